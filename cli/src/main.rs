@@ -1,0 +1,73 @@
+//! `shoal`: the one binary users touch. Parses the command line, sets up logging, runs the
+//! command and turns its error into a message and an exit code.
+
+mod commands;
+mod output;
+mod progress;
+mod registry;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+/// Shoal: a WebAssembly-native edge orchestrator.
+///
+/// Build a Wasm component, push it to any OCI registry, and run it on hosts from servers to
+/// small devices.
+#[derive(Debug, Parser)]
+#[command(
+    name = "shoal",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    Push(commands::push::PushArgs),
+    Pull(commands::pull::PullArgs),
+    Inspect(commands::inspect::InspectArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // Logs go to stderr so stdout stays clean for digests and JSON. SHOAL_LOG (or RUST_LOG)
+    // raises the level, for example SHOAL_LOG=debug.
+    let filter = EnvFilter::try_from_env("SHOAL_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Push(args) => commands::push::run(args).await,
+            Command::Pull(args) => commands::pull::run(args).await,
+            Command::Inspect(args) => commands::inspect::run(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

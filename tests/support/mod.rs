@@ -1,0 +1,161 @@
+//! Shared pieces of the end-to-end tests: the `shoal` binary, guest components built from
+//! source, and real servers (an OCI registry) on free loopback ports, stopped on drop.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+pub mod registry;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
+}
+
+/// A free TCP port on 127.0.0.1 (free when asked; the caller binds it right away).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits until `check` returns `Some`, polling every 50 ms, or panics after `patience`.
+pub fn eventually<T>(patience: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + patience;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {patience:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Builds the guest components in `examples/` (once per test process; cargo makes concurrent
+/// processes wait for each other) and returns the path of `name`'s component.
+pub fn guest(name: &str) -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        // The examples' .cargo/config.toml (target, target dir) applies from their directory.
+        let status = Command::new(cargo)
+            .args(["build", "--release", "--quiet"])
+            .current_dir(workspace().join("examples"))
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "building the guest components failed");
+    });
+    let path = workspace()
+        .join("target/guests/wasm32-wasip2/release")
+        .join(format!("{}.wasm", name.replace('-', "_")));
+    assert!(path.exists(), "{} was not built", path.display());
+    path
+}
+
+/// The `shoal` binary with its own cache directory, so tests never share state.
+pub struct Shoal {
+    pub home: tempfile::TempDir,
+}
+
+impl Shoal {
+    pub fn new() -> Self {
+        Self {
+            home: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    pub fn cache_dir(&self) -> PathBuf {
+        self.home.path().join("cache")
+    }
+
+    /// A `shoal` command whose cache and Docker config live in this test's temp dir.
+    pub fn command(&self) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_shoal"));
+        command
+            .env("SHOAL_CACHE_DIR", self.cache_dir())
+            .env("DOCKER_CONFIG", self.home.path().join("docker"))
+            .env_remove("SHOAL_REGISTRY_USERNAME")
+            .env_remove("SHOAL_REGISTRY_PASSWORD")
+            .env_remove("SHOAL_MAX_ARTIFACT_SIZE")
+            .env_remove("RUST_LOG")
+            .env_remove("SHOAL_LOG");
+        command
+    }
+
+    /// Runs `shoal ARGS` and returns its output, whatever the exit status.
+    pub fn run(&self, args: &[&str]) -> Run {
+        Run(self.command().args(args).output().unwrap())
+    }
+
+    /// Runs `shoal ARGS` and panics with its stderr unless it succeeds.
+    pub fn ok(&self, args: &[&str]) -> Run {
+        let run = self.run(args);
+        assert!(
+            run.0.status.success(),
+            "shoal {args:?} failed:\n{}",
+            run.stderr()
+        );
+        run
+    }
+
+    /// Runs `shoal ARGS`, expects failure and returns stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let run = self.run(args);
+        assert!(
+            !run.0.status.success(),
+            "shoal {args:?} succeeded but should fail:\n{}",
+            run.stderr()
+        );
+        run.stderr()
+    }
+
+    /// Files in the artifact cache's blob store and tag index.
+    pub fn cached_files(&self) -> Vec<PathBuf> {
+        let mut files = Vec::new();
+        for dir in ["oci/blobs", "oci/tags"] {
+            collect_files(&self.cache_dir().join(dir), &mut files);
+        }
+        files
+    }
+}
+
+fn collect_files(dir: &Path, files: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            collect_files(&path, files);
+        } else {
+            files.push(path);
+        }
+    }
+}
+
+/// The output of one `shoal` run.
+pub struct Run(pub Output);
+
+impl Run {
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.0.stdout).into_owned()
+    }
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.0.stderr).into_owned()
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.0.stdout).unwrap()
+    }
+}
