@@ -32,6 +32,7 @@ enum Command {
     Push(commands::push::PushArgs),
     Pull(commands::pull::PullArgs),
     Inspect(commands::inspect::InspectArgs),
+    Run(commands::run::RunArgs),
 }
 
 fn main() -> ExitCode {
@@ -44,6 +45,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -58,13 +60,14 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Push(args) => commands::push::run(args).await,
-            Command::Pull(args) => commands::pull::run(args).await,
-            Command::Inspect(args) => commands::inspect::run(args).await,
+            Command::Push(args) => commands::push::run(args).await.map(|()| 0),
+            Command::Pull(args) => commands::pull::run(args).await.map(|()| 0),
+            Command::Inspect(args) => commands::inspect::run(args).await.map(|()| 0),
+            Command::Run(args) => commands::run::run(args).await,
         }
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(error) => {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE

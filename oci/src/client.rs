@@ -159,6 +159,8 @@ pub struct Client {
 impl Client {
     /// A client that caches into `cache`.
     pub fn new(cache: Cache, options: ClientOptions) -> Self {
+        // TLS uses ring; installing it fails harmlessly when a provider is already installed.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         Self {
             options,
             cache,

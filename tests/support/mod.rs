@@ -4,6 +4,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod registry;
+pub mod served;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -57,11 +58,13 @@ pub fn guest(name: &str) -> PathBuf {
             .expect("cargo runs");
         assert!(status.success(), "building the guest components failed");
     });
-    let path = workspace()
-        .join("target/guests/wasm32-wasip2/release")
-        .join(format!("{}.wasm", name.replace('-', "_")));
-    assert!(path.exists(), "{} was not built", path.display());
-    path
+    // Libraries (cdylib) get underscores in their file names; binaries keep their dashes.
+    let dir = workspace().join("target/guests/wasm32-wasip2/release");
+    [name.replace('-', "_"), name.to_owned()]
+        .iter()
+        .map(|stem| dir.join(format!("{stem}.wasm")))
+        .find(|path| path.exists())
+        .unwrap_or_else(|| panic!("guest {name} was not built into {}", dir.display()))
 }
 
 /// The `shoal` binary with its own cache directory, so tests never share state.

@@ -1,0 +1,242 @@
+//! `shoal run`: one component on this machine, sandboxed and bounded, no lattice.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use shoal_host::command::{self, CommandOutcome};
+use shoal_host::guest::DirGrant;
+use shoal_host::http::{HttpComponent, is_http, serve};
+use shoal_host::{GuestOptions, Limits, OutboundPolicy, Runtime, RuntimeOptions};
+use shoal_oci::{ComponentInfo, Digest, parse_reference};
+
+use crate::registry::{RegistryArgs, parse_size};
+
+/// Run a Wasm component on this machine, like `docker run`.
+///
+/// An HTTP component (wasi:http/proxy) is served on --listen until ctrl-c or SIGTERM, each
+/// request in a fresh instance; a command (wasi:cli/command) runs to completion with your
+/// terminal's stdio and its exit code becomes shoal's. Guests get WASI 0.2 and nothing else:
+/// no files, no environment, no network, unless granted with --dir, --env, --allow-outbound.
+///
+/// Examples: shoal run localhost:5000/examples/hello:1.0 --listen 127.0.0.1:0
+///           shoal run ./hello-cli.wasm --env NAME=edge -- first-arg
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// A registry reference (pulled through the cache) or a .wasm file.
+    pub target: String,
+
+    /// Address to serve an HTTP component on; port 0 picks a free port.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Cap on each instance's linear memory (64Mi, 512MiB, …). Past it the request fails.
+    #[arg(long, value_parser = parse_size, help_heading = "Limits")]
+    pub memory: Option<u64>,
+
+    /// CPU quota in millicores, like cgroups' cpu.max (250m, 0.5, 2). Over quota the guest is
+    /// throttled, not killed. Default: unlimited.
+    #[arg(long, value_parser = parse_cpu, help_heading = "Limits")]
+    pub cpu: Option<u32>,
+
+    /// Wall-clock limit per request (per run for a command); past it, 504.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, help_heading = "Limits")]
+    pub timeout: Duration,
+
+    /// In-flight requests at once; more wait in a queue of the same length, then get 503.
+    #[arg(long, default_value_t = 100, help_heading = "Limits")]
+    pub concurrency: usize,
+
+    /// Largest request body accepted; past it, 413.
+    #[arg(long, default_value = "10MiB", value_parser = parse_size, help_heading = "Limits")]
+    pub max_body: u64,
+
+    /// Set an environment variable in the guest (repeatable); nothing is inherited.
+    #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env, help_heading = "Grants")]
+    pub env: Vec<(String, String)>,
+
+    /// Grant a host directory as HOST:GUEST (read-only) or HOST:GUEST:rw (repeatable).
+    #[arg(long = "dir", value_name = "HOST:GUEST[:rw]", help_heading = "Grants")]
+    pub dirs: Vec<DirGrant>,
+
+    /// Allow outbound HTTP to this origin, e.g. https://api.example.com or http://*.internal
+    /// (repeatable). Everything else is refused.
+    #[arg(long = "allow-outbound", value_name = "URL", help_heading = "Grants")]
+    pub allow_outbound: Vec<String>,
+
+    /// How long in-flight requests may finish after ctrl-c or SIGTERM.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub drain: Duration,
+
+    /// Use on-demand instance allocation instead of the pooling allocator.
+    #[arg(long)]
+    pub no_pooling: bool,
+
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+
+    /// Arguments passed to a command component.
+    #[arg(last = true)]
+    pub args: Vec<String>,
+}
+
+/// Parses `250m`, `0.5` or `2` into millicores.
+fn parse_cpu(value: &str) -> Result<u32, String> {
+    let millicores = match value.strip_suffix('m') {
+        Some(millis) => millis.parse::<u32>().ok(),
+        None => value
+            .parse::<f64>()
+            .ok()
+            .filter(|cores| cores.is_finite() && *cores > 0.0 && *cores <= 1024.0)
+            .map(|cores| (cores * 1000.0).round() as u32),
+    };
+    match millicores {
+        Some(millicores) if millicores > 0 => Ok(millicores),
+        _ => Err(format!(
+            "{value:?} is not a CPU quota; use millicores like 250m, or cores like 0.5"
+        )),
+    }
+}
+
+fn parse_env(value: &str) -> Result<(String, String), String> {
+    match value.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+        _ => Err(format!("{value:?} is not KEY=VALUE")),
+    }
+}
+
+/// Reads the component: from a file, or pulled (through the cache) from a registry.
+async fn fetch(args: &RunArgs) -> anyhow::Result<(Vec<u8>, Digest)> {
+    let path = Path::new(&args.target);
+    if path.exists() || args.target.ends_with(".wasm") {
+        let bytes =
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        ComponentInfo::from_bytes(&bytes)
+            .with_context(|| format!("cannot run {}", path.display()))?;
+        let digest = Digest::of(&bytes);
+        return Ok((bytes, digest));
+    }
+    let reference = parse_reference(&args.target)?;
+    let pulled = args
+        .registry
+        .client()?
+        .pull(&reference)
+        .await
+        .with_context(|| format!("cannot pull {}", args.target))?;
+    let bytes = std::fs::read(&pulled.component_path)
+        .with_context(|| format!("cannot read {}", pulled.component_path.display()))?;
+    Ok((bytes, pulled.manifest.layer.digest))
+}
+
+pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
+    let (bytes, digest) = fetch(&args).await?;
+    let runtime = Runtime::new(RuntimeOptions {
+        cache_dir: args.registry.cache_root()?,
+        pooling: !args.no_pooling,
+    })?;
+    let loaded = runtime.load(&bytes, digest.as_str())?;
+    if loaded.cache_hit {
+        eprintln!(
+            "loaded {digest} from the compile cache in {:.0?}",
+            loaded.elapsed
+        );
+    } else {
+        eprintln!(
+            "compiled {digest} in {:.0?} (cached for next time)",
+            loaded.elapsed
+        );
+    }
+    let outbound = OutboundPolicy::new(&args.allow_outbound).map_err(anyhow::Error::msg)?;
+    let limits = Limits {
+        memory: args.memory,
+        cpu_millicores: args.cpu,
+        timeout: args.timeout,
+        concurrency: args.concurrency,
+        queue: args.concurrency,
+        max_body: args.max_body,
+        ..Limits::default()
+    };
+    let mut guest_args = vec![args.target.clone()];
+    guest_args.extend(args.args.iter().cloned());
+    let options = GuestOptions {
+        env: args.env.clone(),
+        dirs: args.dirs.clone(),
+        outbound,
+        args: guest_args,
+        name: args.target.clone(),
+    };
+
+    if !is_http(runtime.engine(), &loaded.component) {
+        let CommandOutcome { code, failure } =
+            command::run(&runtime, &loaded.component, &options, &limits).await?;
+        if let Some((cause, message)) = failure {
+            eprintln!("error: the component failed ({cause}): {message}");
+        }
+        return Ok(u8::try_from(code & 0xff).unwrap_or(1));
+    }
+
+    let component = Arc::new(HttpComponent::new(
+        &runtime,
+        &loaded.component,
+        options,
+        limits,
+    )?);
+    let listener = match tokio::net::TcpListener::bind(args.listen).await {
+        Ok(listener) => listener,
+        Err(error) if error.kind() == std::io::ErrorKind::AddrInUse => bail!(
+            "cannot listen on {}: the address is already in use; pick another with --listen (port 0 picks a free one)",
+            args.listen
+        ),
+        Err(error) => {
+            return Err(error).with_context(|| format!("cannot listen on {}", args.listen));
+        }
+    };
+    let address = listener.local_addr()?;
+    // stdout carries only the address, for scripts and tests to read.
+    println!("listening on http://{address}");
+    use std::io::Write as _;
+    std::io::stdout().flush()?;
+    serve(
+        listener,
+        Arc::clone(&component),
+        shutdown_signal(),
+        args.drain,
+    )
+    .await;
+    let stats = component.stats();
+    eprintln!("stopped after serving {} requests", stats.served());
+    Ok(0)
+}
+
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+    eprintln!("shutting down: draining in-flight requests");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_quotas_parse_like_kubernetes() {
+        assert_eq!(parse_cpu("250m"), Ok(250));
+        assert_eq!(parse_cpu("0.5"), Ok(500));
+        assert_eq!(parse_cpu("2"), Ok(2000));
+        assert!(parse_cpu("0").is_err());
+        assert!(parse_cpu("fast").is_err());
+    }
+}

@@ -1,0 +1,87 @@
+//! Running a wasi:cli command component to completion, as `docker run` runs a container.
+
+use std::sync::Arc;
+
+use wasmtime::component::Component;
+use wasmtime_wasi::I32Exit;
+use wasmtime_wasi::p2::bindings::CommandPre;
+
+use crate::engine::Runtime;
+use crate::error::{FailureCause, HostError, TimedOut};
+use crate::guest::{GuestOptions, new_store};
+use crate::http::{exports, instantiate_pre, linker};
+use crate::limits::{CpuQuota, Limits};
+
+/// Exit code for a guest that trapped, as a shell reports a process killed by SIGABRT.
+pub const TRAP_EXIT_CODE: i32 = 134;
+
+/// How a command ended.
+#[derive(Debug)]
+pub struct CommandOutcome {
+    /// The exit code to pass on.
+    pub code: i32,
+    /// Why it failed, when it trapped or timed out.
+    pub failure: Option<(FailureCause, String)>,
+}
+
+/// Runs `component`'s `wasi:cli/run` with stdio inherited and the given grants and limits.
+///
+/// # Errors
+/// [`HostError`] when the component cannot be linked or instantiated.
+pub async fn run(
+    runtime: &Runtime,
+    component: &Component,
+    options: &GuestOptions,
+    limits: &Limits,
+) -> Result<CommandOutcome, HostError> {
+    options.validate()?;
+    let engine = runtime.engine();
+    let pre = instantiate_pre(&linker(engine)?, component)?;
+    let pre =
+        CommandPre::new(pre).map_err(|_| HostError::NotRunnable(exports(engine, component)))?;
+    let cpu = limits
+        .cpu_millicores
+        .map(|millicores| Arc::new(CpuQuota::new(millicores)));
+    let mut store = new_store(engine, options, limits, cpu.as_ref(), true)?;
+    let command = pre
+        .instantiate_async(&mut store)
+        .await
+        .map_err(|error| HostError::Instantiate(format!("{error:#}")))?;
+    let result = command.wasi_cli_run().call_run(&mut store).await;
+    Ok(match result {
+        Ok(Ok(())) => CommandOutcome {
+            code: 0,
+            failure: None,
+        },
+        Ok(Err(())) => CommandOutcome {
+            code: 1,
+            failure: None,
+        },
+        Err(error) => {
+            if let Some(exit) = error.downcast_ref::<I32Exit>() {
+                CommandOutcome {
+                    code: exit.0,
+                    failure: None,
+                }
+            } else {
+                let state = store.data();
+                let cause = if state.timed_out() || error.downcast_ref::<TimedOut>().is_some() {
+                    FailureCause::Timeout
+                } else if state.out_of_memory() {
+                    FailureCause::OutOfMemory
+                } else if matches!(
+                    error.downcast_ref::<wasmtime::Trap>(),
+                    Some(wasmtime::Trap::StackOverflow)
+                ) {
+                    FailureCause::StackOverflow
+                } else {
+                    FailureCause::Trap
+                };
+                CommandOutcome {
+                    code: TRAP_EXIT_CODE,
+                    failure: Some((cause, format!("{error}"))),
+                }
+            }
+        }
+    })
+}

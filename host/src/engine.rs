@@ -1,0 +1,221 @@
+//! One wasmtime `Engine` per process, its epoch ticker, and the compile cache.
+//!
+//! Compiled code is cached on disk under `<cache>/compiled/<digest>-<engine hash>.cwasm`, where
+//! the engine hash is wasmtime's precompile compatibility hash: a restart or a second replica
+//! of the same component compiles nothing, and an engine upgrade never loads stale code. Each
+//! file starts with the sha256 of the rest, checked before wasmtime sees the bytes.
+
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest as _, Sha256};
+use wasmtime::component::Component;
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+use crate::error::HostError;
+
+/// How often the epoch advances: the granularity of timeouts and CPU accounting.
+pub const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// How the runtime is set up.
+#[derive(Debug, Clone)]
+pub struct RuntimeOptions {
+    /// Where compiled components are cached.
+    pub cache_dir: PathBuf,
+    /// Try the pooling allocator (falls back to on-demand allocation when the address-space
+    /// reservation fails, as on small devices).
+    pub pooling: bool,
+}
+
+/// A compiled component, and whether it came from the cache.
+pub struct Loaded {
+    /// The compiled component.
+    pub component: Component,
+    /// True when nothing was compiled.
+    pub cache_hit: bool,
+    /// How long loading took.
+    pub elapsed: Duration,
+}
+
+/// The process-wide wasmtime engine and what goes with it.
+pub struct Runtime {
+    engine: Engine,
+    cache_dir: PathBuf,
+    pooling: bool,
+    ticker: Option<Ticker>,
+}
+
+struct Ticker {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn base_config() -> Config {
+    let mut config = Config::new();
+    config.wasm_component_model(true);
+    config.epoch_interruption(true);
+    // A trap's message is enough for the log; capturing wasm backtraces costs time on every
+    // trap and a stack overflow's runs to thousands of frames.
+    config.wasm_backtrace_max_frames(None);
+    config
+}
+
+impl Runtime {
+    /// Builds the engine and starts the epoch ticker.
+    ///
+    /// # Errors
+    /// [`HostError::Engine`] when wasmtime refuses the configuration.
+    pub fn new(options: RuntimeOptions) -> Result<Self, HostError> {
+        let (engine, pooling) = if options.pooling {
+            let mut config = base_config();
+            let mut pool = PoolingAllocationConfig::default();
+            pool.total_component_instances(1000);
+            pool.total_core_instances(4000);
+            pool.total_memories(1000);
+            pool.total_tables(4000);
+            config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+            match Engine::new(&config) {
+                Ok(engine) => (engine, true),
+                Err(error) => {
+                    tracing::info!(%error, "pooling allocator unavailable (address space reservation failed?); using on-demand allocation");
+                    (Self::on_demand()?, false)
+                }
+            }
+        } else {
+            (Self::on_demand()?, false)
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let engine = engine.clone();
+            let stop = Arc::clone(&stop);
+            std::thread::Builder::new()
+                .name("shoal-epoch".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(EPOCH_TICK);
+                        engine.increment_epoch();
+                    }
+                })
+                .map_err(|error| {
+                    HostError::Engine(format!("cannot start the epoch ticker: {error}"))
+                })?
+        };
+        Ok(Self {
+            engine,
+            cache_dir: options.cache_dir,
+            pooling,
+            ticker: Some(Ticker {
+                stop,
+                thread: Some(thread),
+            }),
+        })
+    }
+
+    fn on_demand() -> Result<Engine, HostError> {
+        Engine::new(&base_config()).map_err(|error| HostError::Engine(error.to_string()))
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Whether the pooling allocator is in use.
+    pub fn pooling(&self) -> bool {
+        self.pooling && self.ticker.is_some()
+    }
+
+    fn cache_path(&self, content_digest: &str) -> PathBuf {
+        let mut hasher = DefaultHasher::new();
+        self.engine
+            .precompile_compatibility_hash()
+            .hash(&mut hasher);
+        let hex = content_digest.trim_start_matches("sha256:");
+        self.cache_dir
+            .join("compiled")
+            .join(format!("{hex}-{:016x}.cwasm", hasher.finish()))
+    }
+
+    /// Compiles `bytes` (whose sha256 digest is `content_digest`), or loads it from the
+    /// compile cache.
+    ///
+    /// # Errors
+    /// [`HostError::Compile`] when the component does not compile.
+    pub fn load(&self, bytes: &[u8], content_digest: &str) -> Result<Loaded, HostError> {
+        let started = Instant::now();
+        let path = self.cache_path(content_digest);
+        if let Some(component) = self.load_cached(&path) {
+            return Ok(Loaded {
+                component,
+                cache_hit: true,
+                elapsed: started.elapsed(),
+            });
+        }
+        let compiled = self
+            .engine
+            .precompile_component(bytes)
+            .map_err(|error| HostError::Compile(format!("{error:#}")))?;
+        if let Err(error) = store_compiled(&path, &compiled) {
+            tracing::warn!(path = %path.display(), %error, "cannot write the compile cache; the next start compiles again");
+        }
+        let component = deserialize(&self.engine, &compiled)
+            .map_err(|error| HostError::Compile(format!("{error:#}")))?;
+        Ok(Loaded {
+            component,
+            cache_hit: false,
+            elapsed: started.elapsed(),
+        })
+    }
+
+    fn load_cached(&self, path: &Path) -> Option<Component> {
+        let file = std::fs::read(path).ok()?;
+        let (checksum, compiled) = file.split_at_checked(32)?;
+        if Sha256::digest(compiled).as_slice() != checksum {
+            tracing::warn!(path = %path.display(), "compile cache entry is corrupt; compiling again");
+            let _ = std::fs::remove_file(path);
+            return None;
+        }
+        match deserialize(&self.engine, compiled) {
+            Ok(component) => Some(component),
+            Err(error) => {
+                tracing::warn!(path = %path.display(), %error, "compile cache entry unusable; compiling again");
+                None
+            }
+        }
+    }
+}
+
+/// Turns precompiled bytes back into a component.
+#[allow(unsafe_code)]
+fn deserialize(engine: &Engine, compiled: &[u8]) -> wasmtime::Result<Component> {
+    // SAFETY: the bytes are either what `precompile_component` just produced with this engine,
+    // or a compile cache file whose sha256 matched the checksum we wrote beside that output, in
+    // a directory only this host writes; wasmtime also checks the engine compatibility header.
+    unsafe { Component::deserialize(engine, compiled) }
+}
+
+/// Writes `<sha256><compiled>` via a temp file and a rename, so a crash leaves no half entry.
+fn store_compiled(path: &Path, compiled: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let mut file = tempfile::NamedTempFile::new_in(dir)?;
+    file.write_all(&Sha256::digest(compiled))?;
+    file.write_all(compiled)?;
+    file.as_file().sync_all()?;
+    file.persist(path).map_err(|error| error.error)?;
+    Ok(())
+}

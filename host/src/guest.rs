@@ -1,0 +1,345 @@
+//! What a guest gets: WASI 0.2 with nothing inherited, explicit grants, and outbound HTTP only
+//! to an allowlist. Also the per-store state and the epoch callback that enforces timeouts and
+//! CPU quotas.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use wasmtime::component::ResourceTable;
+use wasmtime::{Engine, Store, UpdateDeadline};
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
+
+use crate::engine::EPOCH_TICK;
+use crate::error::{HostError, TimedOut};
+use crate::limits::{CpuQuota, Limits, MemoryCap};
+
+/// A directory granted to the guest.
+#[derive(Debug, Clone)]
+pub struct DirGrant {
+    /// Path on the host.
+    pub host: PathBuf,
+    /// Path the guest sees.
+    pub guest: String,
+    /// Whether the guest may write.
+    pub writable: bool,
+}
+
+impl std::str::FromStr for DirGrant {
+    type Err = String;
+
+    /// `HOST:GUEST` (read-only) or `HOST:GUEST:rw`; `HOST` alone maps to the same path.
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        let parts: Vec<&str> = value.split(':').collect();
+        let (host, guest, writable) = match parts.as_slice() {
+            [host] => (*host, *host, false),
+            [host, guest] => (*host, *guest, false),
+            [host, guest, "rw"] => (*host, *guest, true),
+            [host, guest, "ro"] => (*host, *guest, false),
+            _ => return Err(format!("{value:?} is not HOST:GUEST or HOST:GUEST:rw")),
+        };
+        if host.is_empty() || guest.is_empty() {
+            return Err(format!("{value:?} has an empty path"));
+        }
+        Ok(Self {
+            host: PathBuf::from(host),
+            guest: guest.to_owned(),
+            writable,
+        })
+    }
+}
+
+/// Outbound HTTP destinations a guest may reach: `scheme://host[:port]`, with `*.` for any
+/// subdomain. Empty means none.
+#[derive(Debug, Clone, Default)]
+pub struct OutboundPolicy {
+    allowed: Vec<AllowedOrigin>,
+}
+
+#[derive(Debug, Clone)]
+struct AllowedOrigin {
+    scheme: String,
+    host: String,
+    port: Option<u16>,
+}
+
+impl OutboundPolicy {
+    /// Parses allowlist entries like `https://api.example.com` or `http://*.internal:8080`.
+    ///
+    /// # Errors
+    /// An entry that is not `scheme://host[:port]`.
+    pub fn new(entries: &[String]) -> Result<Self, String> {
+        let allowed = entries
+            .iter()
+            .map(|entry| {
+                let uri: http::Uri = entry
+                    .replace("*.", "wildcard.")
+                    .parse()
+                    .map_err(|error| format!("{entry:?} is not a URL: {error}"))?;
+                let (Some(scheme), Some(host)) = (uri.scheme_str(), uri.host()) else {
+                    return Err(format!(
+                        "{entry:?} needs a scheme and a host, like https://api.example.com"
+                    ));
+                };
+                Ok(AllowedOrigin {
+                    scheme: scheme.to_ascii_lowercase(),
+                    host: host.to_ascii_lowercase().replacen("wildcard.", "*.", 1),
+                    port: uri.port_u16(),
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self { allowed })
+    }
+
+    /// Whether a request to `uri` may go out.
+    pub fn allows(&self, uri: &http::Uri) -> bool {
+        let (Some(scheme), Some(host)) = (uri.scheme_str(), uri.host()) else {
+            return false;
+        };
+        let host = host.to_ascii_lowercase();
+        self.allowed.iter().any(|origin| {
+            origin.scheme.eq_ignore_ascii_case(scheme)
+                && match origin.host.strip_prefix("*.") {
+                    Some(domain) => host.ends_with(&format!(".{domain}")),
+                    None => origin.host == host,
+                }
+                && origin.port.is_none_or(|port| Some(port) == uri.port_u16())
+        })
+    }
+}
+
+/// What every instance of a replica is given.
+#[derive(Debug, Clone, Default)]
+pub struct GuestOptions {
+    /// Environment variables (nothing is inherited).
+    pub env: Vec<(String, String)>,
+    /// Directories granted.
+    pub dirs: Vec<DirGrant>,
+    /// Outbound HTTP allowlist.
+    pub outbound: OutboundPolicy,
+    /// Arguments, for commands (the first is the program name).
+    pub args: Vec<String>,
+    /// A name for logs: the file or reference.
+    pub name: String,
+}
+
+impl GuestOptions {
+    /// Checks the grants before anything runs, so a typo fails at startup, not per request.
+    ///
+    /// # Errors
+    /// [`HostError::Dir`] for a directory that does not exist.
+    pub fn validate(&self) -> Result<(), HostError> {
+        for dir in &self.dirs {
+            if !dir.host.is_dir() {
+                return Err(HostError::Dir {
+                    path: dir.host.clone(),
+                    reason: "not a directory".into(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn wasi(&self, inherit_stdio: bool) -> Result<WasiCtx, HostError> {
+        let mut builder = WasiCtxBuilder::new();
+        if inherit_stdio {
+            builder.inherit_stdio();
+        } else {
+            builder.inherit_stdout().inherit_stderr();
+        }
+        builder.envs(&self.env);
+        builder.args(&self.args);
+        for dir in &self.dirs {
+            let perms = if dir.writable {
+                FsPerms::ReadWrite
+            } else {
+                FsPerms::ReadOnly
+            };
+            builder
+                .preopened_dir(&dir.host, &dir.guest, perms)
+                .map_err(|error| HostError::Dir {
+                    path: dir.host.clone(),
+                    reason: format!("{error:#}"),
+                })?;
+        }
+        Ok(builder.build())
+    }
+}
+
+/// Checks outbound requests against the allowlist before the default client sends them.
+struct Hooks {
+    outbound: OutboundPolicy,
+    name: Arc<str>,
+}
+
+impl WasiHttpHooks for Hooks {
+    fn send_request(
+        &mut self,
+        request: http::Request<wasmtime_wasi_http::WasiBody>,
+        options: Option<wasmtime_wasi_http::RequestOptions>,
+        fut: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
+    ) -> Box<
+        dyn Future<
+                Output = wasmtime_wasi_http::Result<(
+                    http::Response<wasmtime_wasi_http::WasiBody>,
+                    Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
+                )>,
+            > + Send,
+    > {
+        if !self.outbound.allows(request.uri()) {
+            tracing::warn!(component = %self.name, uri = %request.uri(), "outbound request refused: not in the allowed outbound list");
+            return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
+        }
+        let _ = fut;
+        Box::new(async move {
+            use http_body_util::BodyExt;
+            let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
+            Ok((
+                response.map(BodyExt::boxed_unsync),
+                Box::new(io) as Box<dyn Future<Output = _> + Send>,
+            ))
+        })
+    }
+}
+
+/// The data of one `Store`: one request's (or one run's) instance.
+pub struct GuestState {
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    table: ResourceTable,
+    hooks: Hooks,
+    memory: MemoryCap,
+    deadline: Instant,
+    cpu: Option<Arc<CpuQuota>>,
+    timed_out: bool,
+}
+
+impl GuestState {
+    /// Whether the guest tried to grow memory past its cap.
+    pub fn out_of_memory(&self) -> bool {
+        self.memory.exceeded()
+    }
+
+    /// Whether the epoch callback stopped the guest for running past its deadline.
+    pub fn timed_out(&self) -> bool {
+        self.timed_out
+    }
+}
+
+impl WasiView for GuestState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for GuestState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.hooks,
+        }
+    }
+}
+
+/// Builds a fresh store with the replica's limits: memory cap, deadline, CPU quota.
+///
+/// # Errors
+/// [`HostError::Dir`] when a granted directory cannot be opened.
+pub fn new_store(
+    engine: &Engine,
+    options: &GuestOptions,
+    limits: &Limits,
+    cpu: Option<&Arc<CpuQuota>>,
+    inherit_stdin: bool,
+) -> Result<Store<GuestState>, HostError> {
+    let state = GuestState {
+        wasi: options.wasi(inherit_stdin)?,
+        http: WasiHttpCtx::new(),
+        table: ResourceTable::new(),
+        hooks: Hooks {
+            outbound: options.outbound.clone(),
+            name: Arc::from(options.name.as_str()),
+        },
+        memory: MemoryCap::new(limits.memory),
+        deadline: Instant::now() + limits.timeout,
+        cpu: cpu.cloned(),
+        timed_out: false,
+    };
+    let mut store = Store::new(engine, state);
+    store.limiter(|state| &mut state.memory);
+    // Without a CPU quota, nothing needs to run until the deadline; with one, every tick.
+    let ticks_to_deadline = (limits.timeout.as_millis() / EPOCH_TICK.as_millis()).max(1);
+    let first = if cpu.is_some() {
+        1
+    } else {
+        u64::try_from(ticks_to_deadline).unwrap_or(u64::MAX)
+    };
+    store.set_epoch_deadline(first);
+    store.epoch_deadline_callback(|mut context| {
+        let now = Instant::now();
+        let state = context.data_mut();
+        if now >= state.deadline {
+            state.timed_out = true;
+            return Err(wasmtime::Error::new(TimedOut));
+        }
+        let Some(cpu) = &state.cpu else {
+            let left = state.deadline.saturating_duration_since(now);
+            let ticks = (left.as_millis() / EPOCH_TICK.as_millis()).max(1);
+            return Ok(UpdateDeadline::Continue(u64::try_from(ticks).unwrap_or(1)));
+        };
+        match cpu.charge(EPOCH_TICK, now) {
+            None => Ok(UpdateDeadline::Continue(1)),
+            Some(until) => {
+                // Throttled: wait for the next period, but never past the deadline.
+                let until = until.min(state.deadline);
+                Ok(UpdateDeadline::YieldCustom(
+                    1,
+                    Box::pin(tokio::time::sleep_until(until.into())),
+                ))
+            }
+        }
+    });
+    Ok(store)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn uri(value: &str) -> http::Uri {
+        value.parse().unwrap()
+    }
+
+    #[test]
+    fn outbound_policy_matches_scheme_host_port_and_wildcards() {
+        let policy = OutboundPolicy::new(&[
+            "https://api.example.com".into(),
+            "http://*.internal:8080".into(),
+        ])
+        .unwrap();
+        assert!(policy.allows(&uri("https://api.example.com/v1/users")));
+        assert!(policy.allows(&uri("https://API.example.com:443/")));
+        assert!(!policy.allows(&uri("http://api.example.com/")));
+        assert!(!policy.allows(&uri("https://evil.com/?api.example.com")));
+        assert!(policy.allows(&uri("http://users.internal:8080/")));
+        assert!(!policy.allows(&uri("http://users.internal:9090/")));
+        assert!(!policy.allows(&uri("http://internal:8080/")));
+        assert!(!OutboundPolicy::default().allows(&uri("https://api.example.com/")));
+        assert!(OutboundPolicy::new(&["api.example.com".into()]).is_err());
+    }
+
+    #[test]
+    fn dir_grants_parse() {
+        let grant: DirGrant = "/srv/data:/data:rw".parse().unwrap();
+        assert!(grant.writable);
+        assert_eq!(grant.guest, "/data");
+        let grant: DirGrant = "/srv/data:/data".parse().unwrap();
+        assert!(!grant.writable);
+        assert!("/a:/b:rx".parse::<DirGrant>().is_err());
+    }
+}

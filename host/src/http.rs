@@ -1,0 +1,457 @@
+//! Serving a wasi:http component: one `InstancePre`, a fresh `Store` per request, limits
+//! enforced around it, failures confined to their own request.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode, header};
+use http_body::{Body, Frame};
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Engine, Trap};
+use wasmtime_wasi_http::WasiHttpView as _;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+
+use crate::engine::Runtime;
+use crate::error::{FailureCause, HostError, TimedOut};
+use crate::guest::{GuestOptions, GuestState, new_store};
+use crate::limits::{CpuQuota, Limits};
+
+/// Interfaces Shoal provides to guests: WASI 0.2.
+const PROVIDED: [&str; 7] = [
+    "wasi:cli/",
+    "wasi:clocks/",
+    "wasi:filesystem/",
+    "wasi:io/",
+    "wasi:random/",
+    "wasi:sockets/",
+    "wasi:http/",
+];
+
+/// A linker with everything guests get.
+pub(crate) fn linker(engine: &Engine) -> Result<Linker<GuestState>, HostError> {
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+        .and_then(|()| wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker))
+        .map_err(|error| HostError::Engine(format!("{error:#}")))?;
+    Ok(linker)
+}
+
+/// Pre-instantiates `component`, naming the imports Shoal cannot satisfy when that fails.
+pub(crate) fn instantiate_pre(
+    linker: &Linker<GuestState>,
+    component: &Component,
+) -> Result<wasmtime::component::InstancePre<GuestState>, HostError> {
+    linker.instantiate_pre(component).map_err(|error| {
+        let missing: Vec<String> = component
+            .component_type()
+            .imports(linker.engine())
+            .map(|(name, _)| name.to_owned())
+            .filter(|name| !PROVIDED.iter().any(|provided| name.starts_with(provided)))
+            .collect();
+        if missing.is_empty() {
+            HostError::Instantiate(format!("{error:#}"))
+        } else {
+            HostError::UnsupportedImports(missing)
+        }
+    })
+}
+
+/// The names a component exports, for error messages.
+pub(crate) fn exports(engine: &Engine, component: &Component) -> Vec<String> {
+    component
+        .component_type()
+        .exports(engine)
+        .map(|(name, _)| name.to_owned())
+        .collect()
+}
+
+/// Whether a component is an HTTP handler.
+pub fn is_http(engine: &Engine, component: &Component) -> bool {
+    exports(engine, component)
+        .iter()
+        .any(|name| name.starts_with("wasi:http/incoming-handler@"))
+}
+
+/// Counters of what a replica served.
+#[derive(Debug, Default)]
+pub struct Stats {
+    served: AtomicU64,
+    failed: [AtomicU64; FailureCause::ALL.len()],
+}
+
+impl Stats {
+    /// Requests answered by the guest.
+    pub fn served(&self) -> u64 {
+        self.served.load(Ordering::Relaxed)
+    }
+
+    /// Requests that failed for `cause`.
+    pub fn failed(&self, cause: FailureCause) -> u64 {
+        let index = FailureCause::ALL
+            .iter()
+            .position(|candidate| *candidate == cause)
+            .unwrap_or(0);
+        self.failed[index].load(Ordering::Relaxed)
+    }
+
+    fn count(&self, cause: FailureCause) {
+        if let Some(index) = FailureCause::ALL
+            .iter()
+            .position(|candidate| *candidate == cause)
+        {
+            self.failed[index].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// One replica of a wasi:http component.
+pub struct HttpComponent {
+    pre: ProxyPre<GuestState>,
+    engine: Engine,
+    options: GuestOptions,
+    limits: Limits,
+    cpu: Option<Arc<CpuQuota>>,
+    slots: Arc<Semaphore>,
+    waiting: AtomicUsize,
+    stats: Stats,
+}
+
+type ResponseBody = HyperOutgoingBody;
+
+impl HttpComponent {
+    /// Links and pre-instantiates `component` once; requests then only instantiate.
+    ///
+    /// # Errors
+    /// [`HostError::UnsupportedImports`] or [`HostError::NotRunnable`] when Shoal cannot serve it.
+    pub fn new(
+        runtime: &Runtime,
+        component: &Component,
+        options: GuestOptions,
+        limits: Limits,
+    ) -> Result<Self, HostError> {
+        options.validate()?;
+        let engine = runtime.engine().clone();
+        let pre = instantiate_pre(&linker(&engine)?, component)?;
+        let pre =
+            ProxyPre::new(pre).map_err(|_| HostError::NotRunnable(exports(&engine, component)))?;
+        Ok(Self {
+            pre,
+            engine,
+            cpu: limits
+                .cpu_millicores
+                .map(|millicores| Arc::new(CpuQuota::new(millicores))),
+            slots: Arc::new(Semaphore::new(limits.concurrency.max(1))),
+            waiting: AtomicUsize::new(0),
+            stats: Stats::default(),
+            options,
+            limits,
+        })
+    }
+
+    /// What this replica served and why requests failed.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Guest execution time charged against the CPU quota, when there is one.
+    pub fn cpu_consumed(&self) -> Option<Duration> {
+        self.cpu.as_ref().map(|cpu| cpu.consumed())
+    }
+
+    /// Handles one request in a fresh instance. Never fails: every failure is a status.
+    pub async fn handle(self: Arc<Self>, request: Request<Incoming>) -> Response<ResponseBody> {
+        let declared = request
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.parse::<u64>().ok());
+        if declared.is_some_and(|length| length > self.limits.max_body) {
+            return self.refuse(FailureCause::BodyTooLarge);
+        }
+
+        let permit = match Arc::clone(&self.slots).try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                if self.waiting.fetch_add(1, Ordering::SeqCst) >= self.limits.queue {
+                    self.waiting.fetch_sub(1, Ordering::SeqCst);
+                    return self.refuse(FailureCause::Overloaded);
+                }
+                let waited = tokio::time::timeout(
+                    self.limits.timeout,
+                    Arc::clone(&self.slots).acquire_owned(),
+                )
+                .await;
+                self.waiting.fetch_sub(1, Ordering::SeqCst);
+                match waited {
+                    Ok(Ok(permit)) => permit,
+                    _ => return self.refuse(FailureCause::Overloaded),
+                }
+            }
+        };
+
+        let too_large = Arc::new(AtomicBool::new(false));
+        let limit = self.limits.max_body;
+        let flag = Arc::clone(&too_large);
+        let request = request.map(move |body| CappedBody {
+            inner: body,
+            left: limit,
+            too_large: flag,
+        });
+        let mut store = match new_store(
+            &self.engine,
+            &self.options,
+            &self.limits,
+            self.cpu.as_ref(),
+            false,
+        ) {
+            Ok(store) => store,
+            Err(error) => {
+                tracing::error!(component = %self.options.name, %error, "cannot prepare an instance");
+                return plain(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "the component could not start\n",
+                );
+            }
+        };
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        let prepared = store
+            .data_mut()
+            .http()
+            .new_incoming_request(Scheme::Http, request)
+            .and_then(|request| {
+                let out = store.data_mut().http().new_response_outparam(sender)?;
+                Ok((request, out))
+            });
+        let (guest_request, out) = match prepared {
+            Ok(prepared) => prepared,
+            Err(error) => {
+                tracing::debug!(%error, "malformed request");
+                return plain(StatusCode::BAD_REQUEST, "malformed request\n");
+            }
+        };
+
+        // The guest runs in its own task so it can keep streaming the body after the response
+        // head is sent; it holds the concurrency slot until it is done.
+        let this = Arc::clone(&self);
+        let task = tokio::spawn(async move {
+            let _permit = permit;
+            let pre = this.pre.clone();
+            let run = tokio::time::timeout(this.limits.timeout, async {
+                let proxy = pre.instantiate_async(&mut store).await?;
+                proxy
+                    .wasi_http_incoming_handler()
+                    .call_handle(&mut store, guest_request, out)
+                    .await
+            })
+            .await;
+            let failure = match run {
+                Ok(Ok(())) => None,
+                Err(_elapsed) => Some((
+                    FailureCause::Timeout,
+                    "the request ran past its timeout".to_owned(),
+                )),
+                Ok(Err(error)) => Some(classify(&error, store.data())),
+            };
+            match &failure {
+                Some((cause, message)) => {
+                    this.stats.count(*cause);
+                    tracing::warn!(component = %this.options.name, %cause, message, "request failed");
+                }
+                None => {
+                    this.stats.served.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            failure
+        });
+
+        match receiver.await {
+            Ok(Ok(response)) => response,
+            Ok(Err(code)) => {
+                tracing::debug!(component = %self.options.name, ?code, "the component answered with an error code");
+                plain(StatusCode::INTERNAL_SERVER_ERROR, "the component failed\n")
+            }
+            Err(_) => {
+                let failure = task.await.ok().flatten();
+                let cause = match failure {
+                    Some((cause, _)) => cause,
+                    None => {
+                        self.stats.count(FailureCause::NoResponse);
+                        FailureCause::NoResponse
+                    }
+                };
+                if too_large.load(Ordering::Relaxed) {
+                    return self.refuse(FailureCause::BodyTooLarge);
+                }
+                failure_response(cause)
+            }
+        }
+    }
+
+    fn refuse(&self, cause: FailureCause) -> Response<ResponseBody> {
+        self.stats.count(cause);
+        failure_response(cause)
+    }
+}
+
+fn classify(error: &wasmtime::Error, state: &GuestState) -> (FailureCause, String) {
+    let message = format!("{error}");
+    if state.timed_out() || error.downcast_ref::<TimedOut>().is_some() {
+        return (FailureCause::Timeout, message);
+    }
+    if state.out_of_memory() {
+        return (FailureCause::OutOfMemory, message);
+    }
+    match error.downcast_ref::<Trap>() {
+        Some(Trap::StackOverflow) => (FailureCause::StackOverflow, message),
+        _ => (FailureCause::Trap, message),
+    }
+}
+
+fn failure_response(cause: FailureCause) -> Response<ResponseBody> {
+    match cause {
+        FailureCause::Timeout => plain(
+            StatusCode::GATEWAY_TIMEOUT,
+            "the component ran past its timeout\n",
+        ),
+        FailureCause::BodyTooLarge => {
+            plain(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n")
+        }
+        FailureCause::Overloaded => {
+            let mut response = plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded, retry shortly\n",
+            );
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, http::HeaderValue::from_static("1"));
+            response
+        }
+        FailureCause::OutOfMemory => plain(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the component ran out of memory\n",
+        ),
+        FailureCause::StackOverflow | FailureCause::Trap | FailureCause::NoResponse => {
+            plain(StatusCode::INTERNAL_SERVER_ERROR, "the component failed\n")
+        }
+    }
+}
+
+fn plain(status: StatusCode, text: &'static str) -> Response<ResponseBody> {
+    let body = Full::new(Bytes::from_static(text.as_bytes()))
+        .map_err(|never: Infallible| match never {})
+        .boxed_unsync();
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// A request body that errors past the size limit and remembers that it did.
+struct CappedBody {
+    inner: Incoming,
+    left: u64,
+    too_large: Arc<AtomicBool>,
+}
+
+impl Body for CappedBody {
+    type Data = Bytes;
+    type Error = wasmtime_wasi_http::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(context) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    let len = data.len() as u64;
+                    if len > this.left {
+                        this.too_large.store(true, Ordering::Relaxed);
+                        return Poll::Ready(Some(Err(
+                            wasmtime_wasi_http::Error::HttpRequestBodySize(None),
+                        )));
+                    }
+                    this.left -= len;
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(error.into()))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Serves `component` on `listener` (HTTP/1.1 and HTTP/2) until `shutdown` resolves, then
+/// stops accepting and lets in-flight requests finish for up to `drain`.
+pub async fn serve(
+    listener: TcpListener,
+    component: Arc<HttpComponent>,
+    shutdown: impl Future<Output = ()>,
+    drain: Duration,
+) {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .max_buf_size(component.limits.max_header.max(8192));
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, _peer) = match accepted {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        tracing::warn!(%error, "accept failed");
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let component = Arc::clone(&component);
+                let service = hyper::service::service_fn(move |request| {
+                    let component = Arc::clone(&component);
+                    async move { Ok::<_, Infallible>(component.handle(request).await) }
+                });
+                let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+                let connection = graceful.watch(connection);
+                tokio::spawn(async move {
+                    if let Err(error) = connection.await {
+                        tracing::debug!(%error, "connection ended with an error");
+                    }
+                });
+            }
+            () = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(drain) => {
+            tracing::warn!(?drain, "in-flight requests still running after the drain deadline; stopping anyway");
+        }
+    }
+}

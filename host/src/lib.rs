@@ -1,0 +1,20 @@
+//! The Shoal host runtime: runs Wasm components in a wasmtime sandbox with cgroup-style limits.
+//!
+//! - [`engine`]: one [`engine::Runtime`] per process (one wasmtime `Engine`, pooling allocator
+//!   with an on-demand fallback, epoch ticker) and the on-disk compile cache;
+//! - [`limits`]: per-replica limits: memory cap, CPU quota, timeout, concurrency, body size;
+//! - [`guest`]: what a guest gets (WASI 0.2, nothing inherited, outbound HTTP by allowlist);
+//! - [`http`]: serving a wasi:http component, a fresh `Store` per request;
+//! - [`command`]: running a wasi:cli command component to completion.
+
+pub mod command;
+pub mod engine;
+pub mod error;
+pub mod guest;
+pub mod http;
+pub mod limits;
+
+pub use engine::{Loaded, Runtime, RuntimeOptions};
+pub use error::{FailureCause, HostError};
+pub use guest::{GuestOptions, OutboundPolicy};
+pub use limits::Limits;
