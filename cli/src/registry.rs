@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use shoal_oci::{Cache, Client, ClientOptions, Credentials};
+use shoal_oci::{Cache, Client, ClientOptions, Credentials, Pulled, parse_reference};
 
 use crate::progress::Bars;
 
@@ -44,6 +44,11 @@ pub struct RegistryArgs {
     /// Where pulled artifacts are cached [default: ~/.cache/shoal].
     #[arg(long, env = "SHOAL_CACHE_DIR", help_heading = "Registry")]
     pub cache_dir: Option<PathBuf>,
+}
+
+/// A path that exists, or anything ending in `.wasm`, is a file; everything else a reference.
+pub fn looks_like_a_file(target: &str) -> bool {
+    std::path::Path::new(target).exists() || target.ends_with(".wasm")
 }
 
 /// Parses a size like `100MiB`, `64Mi`, `2G` or a plain byte count.
@@ -88,6 +93,19 @@ impl RegistryArgs {
                 "no cache directory for this user: pass --cache-dir or set SHOAL_CACHE_DIR",
             ),
         }
+    }
+
+    /// Pulls `target` through the cache and reads the component's bytes.
+    pub async fn pull_component(&self, target: &str) -> anyhow::Result<(Pulled, Vec<u8>)> {
+        let reference = parse_reference(target)?;
+        let pulled = self
+            .client()?
+            .pull(&reference)
+            .await
+            .with_context(|| format!("cannot pull {target}"))?;
+        let bytes = std::fs::read(&pulled.component_path)
+            .with_context(|| format!("cannot read {}", pulled.component_path.display()))?;
+        Ok((pulled, bytes))
     }
 
     /// A client with these options, drawing progress bars on a terminal.

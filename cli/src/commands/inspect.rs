@@ -8,10 +8,10 @@ use anyhow::Context;
 use clap::Args;
 use serde::Serialize;
 use shoal_oci::artifact::Blob;
-use shoal_oci::{ComponentInfo, Digest, media_types, parse_reference};
+use shoal_oci::{ComponentInfo, Digest, media_types};
 
 use crate::output::{self, Format};
-use crate::registry::RegistryArgs;
+use crate::registry::{RegistryArgs, looks_like_a_file};
 
 /// Show what a component is: digest, size, media types, annotations, world, imports, exports.
 ///
@@ -67,11 +67,6 @@ pub async fn run(args: InspectArgs) -> anyhow::Result<()> {
     output::print(args.output, &report, render)
 }
 
-/// A path that exists, or anything ending in `.wasm`, is a file; everything else a reference.
-fn looks_like_a_file(target: &str) -> bool {
-    Path::new(target).exists() || target.ends_with(".wasm")
-}
-
 fn inspect_file(path: &Path) -> anyhow::Result<Report> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let component =
@@ -96,17 +91,9 @@ fn inspect_file(path: &Path) -> anyhow::Result<Report> {
 }
 
 async fn inspect_reference(args: &InspectArgs) -> anyhow::Result<Report> {
-    let reference = parse_reference(&args.target)?;
-    let pulled = args
-        .registry
-        .client()?
-        .pull(&reference)
-        .await
-        .with_context(|| format!("cannot inspect {}", args.target))?;
+    let (pulled, bytes) = args.registry.pull_component(&args.target).await?;
     // The binary is the authority on what the component imports and exports; the config only
     // repeats it, and an artifact built by another tool may not carry it at all.
-    let bytes = std::fs::read(&pulled.component_path)
-        .with_context(|| format!("cannot read {}", pulled.component_path.display()))?;
     let component = ComponentInfo::from_bytes(&bytes)
         .with_context(|| format!("the layer of {} is not a valid component", args.target))?;
     Ok(Report {

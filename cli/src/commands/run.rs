@@ -11,9 +11,9 @@ use shoal_host::command::{self, CommandOutcome};
 use shoal_host::guest::DirGrant;
 use shoal_host::http::{HttpComponent, is_http, serve};
 use shoal_host::{GuestOptions, Limits, OutboundPolicy, Runtime, RuntimeOptions};
-use shoal_oci::{ComponentInfo, Digest, parse_reference};
+use shoal_oci::{ComponentInfo, Digest};
 
-use crate::registry::{RegistryArgs, parse_size};
+use crate::registry::{RegistryArgs, looks_like_a_file, parse_size};
 
 /// Run a Wasm component on this machine, like `docker run`.
 ///
@@ -110,25 +110,15 @@ fn parse_env(value: &str) -> Result<(String, String), String> {
 
 /// Reads the component: from a file, or pulled (through the cache) from a registry.
 async fn fetch(args: &RunArgs) -> anyhow::Result<(Vec<u8>, Digest)> {
-    let path = Path::new(&args.target);
-    if path.exists() || args.target.ends_with(".wasm") {
-        let bytes =
-            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-        ComponentInfo::from_bytes(&bytes)
-            .with_context(|| format!("cannot run {}", path.display()))?;
-        let digest = Digest::of(&bytes);
-        return Ok((bytes, digest));
+    if !looks_like_a_file(&args.target) {
+        let (pulled, bytes) = args.registry.pull_component(&args.target).await?;
+        return Ok((bytes, pulled.manifest.layer.digest));
     }
-    let reference = parse_reference(&args.target)?;
-    let pulled = args
-        .registry
-        .client()?
-        .pull(&reference)
-        .await
-        .with_context(|| format!("cannot pull {}", args.target))?;
-    let bytes = std::fs::read(&pulled.component_path)
-        .with_context(|| format!("cannot read {}", pulled.component_path.display()))?;
-    Ok((bytes, pulled.manifest.layer.digest))
+    let path = Path::new(&args.target);
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    ComponentInfo::from_bytes(&bytes).with_context(|| format!("cannot run {}", path.display()))?;
+    let digest = Digest::of(&bytes);
+    Ok((bytes, digest))
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
