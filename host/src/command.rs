@@ -7,9 +7,9 @@ use wasmtime_wasi::I32Exit;
 use wasmtime_wasi::p2::bindings::CommandPre;
 
 use crate::engine::Runtime;
-use crate::error::{FailureCause, HostError, TimedOut};
+use crate::error::{FailureCause, HostError};
 use crate::guest::{GuestOptions, new_store};
-use crate::http::{exports, instantiate_pre, linker};
+use crate::http::{classify, exports, instantiate_pre, linker};
 use crate::limits::{CpuQuota, Limits};
 
 /// Exit code for a guest that trapped, as a shell reports a process killed by SIGABRT.
@@ -64,22 +64,9 @@ pub async fn run(
                     failure: None,
                 }
             } else {
-                let state = store.data();
-                let cause = if state.timed_out() || error.downcast_ref::<TimedOut>().is_some() {
-                    FailureCause::Timeout
-                } else if state.out_of_memory() {
-                    FailureCause::OutOfMemory
-                } else if matches!(
-                    error.downcast_ref::<wasmtime::Trap>(),
-                    Some(wasmtime::Trap::StackOverflow)
-                ) {
-                    FailureCause::StackOverflow
-                } else {
-                    FailureCause::Trap
-                };
                 CommandOutcome {
                     code: TRAP_EXIT_CODE,
-                    failure: Some((cause, format!("{error}"))),
+                    failure: Some(classify(&error, store.data())),
                 }
             }
         }

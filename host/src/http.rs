@@ -305,7 +305,8 @@ impl HttpComponent {
     }
 }
 
-fn classify(error: &wasmtime::Error, state: &GuestState) -> (FailureCause, String) {
+/// Why a guest call failed, from what the store recorded and the error's type.
+pub(crate) fn classify(error: &wasmtime::Error, state: &GuestState) -> (FailureCause, String) {
     let message = format!("{error}");
     if state.timed_out() || error.downcast_ref::<TimedOut>().is_some() {
         return (FailureCause::Timeout, message);
