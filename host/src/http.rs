@@ -417,9 +417,14 @@ pub async fn serve(
 ) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    // hyper answers 431 when an HTTP/1 head outgrows its read buffer; HTTP/2 refuses header
+    // lists past the advertised size.
     builder
         .http1()
         .max_buf_size(component.limits.max_header.max(8192));
+    builder
+        .http2()
+        .max_header_list_size(u32::try_from(component.limits.max_header).unwrap_or(u32::MAX));
     tokio::pin!(shutdown);
     loop {
         tokio::select! {

@@ -49,6 +49,16 @@ impl Served {
         self.stderr.lock().unwrap().clone()
     }
 
+    /// Waits until stderr holds `needle` more than `seen` times. A thread copies the pipe, so
+    /// a line the process already wrote may trail by a moment.
+    pub fn wait_for_log(&self, needle: &str, seen: usize) {
+        super::eventually(
+            Duration::from_secs(10),
+            &format!("log line {needle:?}"),
+            || (self.stderr().matches(needle).count() > seen).then_some(()),
+        );
+    }
+
     pub fn agent() -> ureq::Agent {
         ureq::Agent::config_builder()
             .http_status_as_error(false)

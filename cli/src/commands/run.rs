@@ -54,6 +54,10 @@ pub struct RunArgs {
     #[arg(long, default_value = "10MiB", value_parser = parse_size, help_heading = "Limits")]
     pub max_body: u64,
 
+    /// Largest request head (request line and headers; at least 8KiB); past it, 431.
+    #[arg(long, default_value = "64KiB", value_parser = parse_size, help_heading = "Limits")]
+    pub max_header: u64,
+
     /// Set an environment variable in the guest (repeatable); nothing is inherited.
     #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env, help_heading = "Grants")]
     pub env: Vec<(String, String)>,
@@ -147,7 +151,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         concurrency: args.concurrency,
         queue: args.concurrency,
         max_body: args.max_body,
-        ..Limits::default()
+        max_header: usize::try_from(args.max_header).unwrap_or(usize::MAX),
     };
     let mut guest_args = vec![args.target.clone()];
     guest_args.extend(args.args.iter().cloned());
