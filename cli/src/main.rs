@@ -2,9 +2,11 @@
 //! command and turns its error into a message and an exit code.
 
 mod commands;
+mod lattice;
 mod output;
 mod progress;
 mod registry;
+mod signals;
 
 use std::process::ExitCode;
 
@@ -25,6 +27,9 @@ use tracing_subscriber::EnvFilter;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+
+    #[command(flatten)]
+    lattice: lattice::LatticeArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -33,6 +38,14 @@ enum Command {
     Pull(commands::pull::PullArgs),
     Inspect(commands::inspect::InspectArgs),
     Run(commands::run::RunArgs),
+    Up(commands::up::UpArgs),
+    Host(commands::host::HostArgs),
+    Scheduler(commands::scheduler::SchedulerArgs),
+    Apply(commands::apply::ApplyArgs),
+    Get(commands::get::GetArgs),
+    Describe(commands::describe::DescribeArgs),
+    Scale(commands::scale::ScaleArgs),
+    Delete(commands::delete::DeleteArgs),
 }
 
 fn main() -> ExitCode {
@@ -64,6 +77,14 @@ fn main() -> ExitCode {
             Command::Pull(args) => commands::pull::run(args).await.map(|()| 0),
             Command::Inspect(args) => commands::inspect::run(args).await.map(|()| 0),
             Command::Run(args) => commands::run::run(args).await,
+            Command::Up(args) => commands::up::run(args, &cli.lattice).await,
+            Command::Host(args) => commands::host::run(args, &cli.lattice).await,
+            Command::Scheduler(args) => commands::scheduler::run(args, &cli.lattice).await,
+            Command::Apply(args) => commands::apply::run(args, &cli.lattice).await,
+            Command::Get(args) => commands::get::run(args, &cli.lattice).await,
+            Command::Describe(args) => commands::describe::run(args, &cli.lattice).await,
+            Command::Scale(args) => commands::scale::run(args, &cli.lattice).await,
+            Command::Delete(args) => commands::delete::run(args, &cli.lattice).await,
         }
     });
     match result {

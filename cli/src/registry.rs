@@ -14,7 +14,7 @@ use crate::progress::Bars;
 /// history and `ps`).
 const PASSWORD_ENV: &str = "SHOAL_REGISTRY_PASSWORD";
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct RegistryArgs {
     /// Registry user name. Without it, credentials come from `docker login`
     /// (~/.docker/config.json), else the registry is used anonymously.

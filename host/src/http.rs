@@ -128,7 +128,8 @@ pub struct HttpComponent {
     stats: Stats,
 }
 
-type ResponseBody = HyperOutgoingBody;
+/// The body of every response the host sends.
+pub type ResponseBody = HyperOutgoingBody;
 
 impl HttpComponent {
     /// Links and pre-instantiates `component` once; requests then only instantiate.
@@ -349,7 +350,8 @@ fn failure_response(cause: FailureCause) -> Response<ResponseBody> {
     }
 }
 
-fn plain(status: StatusCode, text: &'static str) -> Response<ResponseBody> {
+/// A short plain-text response the host itself answers with.
+pub fn plain(status: StatusCode, text: &'static str) -> Response<ResponseBody> {
     let body = Full::new(Bytes::from_static(text.as_bytes()))
         .map_err(|never: Infallible| match never {})
         .boxed_unsync();
@@ -415,16 +417,37 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
     drain: Duration,
 ) {
+    let max_header = component.limits.max_header;
+    serve_with(
+        listener,
+        max_header,
+        move |request| Arc::clone(&component).handle(request),
+        shutdown,
+        drain,
+    )
+    .await;
+}
+
+/// Serves `handler` on `listener` (HTTP/1.1 and HTTP/2), refusing request heads larger than
+/// `max_header` (431), until `shutdown` resolves; then drains for up to `drain`.
+pub async fn serve_with<H, F>(
+    listener: TcpListener,
+    max_header: usize,
+    handler: H,
+    shutdown: impl Future<Output = ()>,
+    drain: Duration,
+) where
+    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<ResponseBody>> + Send + 'static,
+{
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     // hyper answers 431 when an HTTP/1 head outgrows its read buffer; HTTP/2 refuses header
     // lists past the advertised size.
-    builder
-        .http1()
-        .max_buf_size(component.limits.max_header.max(8192));
+    builder.http1().max_buf_size(max_header.max(8192));
     builder
         .http2()
-        .max_header_list_size(u32::try_from(component.limits.max_header).unwrap_or(u32::MAX));
+        .max_header_list_size(u32::try_from(max_header).unwrap_or(u32::MAX));
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -437,10 +460,10 @@ pub async fn serve(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let component = Arc::clone(&component);
+                let handler = handler.clone();
                 let service = hyper::service::service_fn(move |request| {
-                    let component = Arc::clone(&component);
-                    async move { Ok::<_, Infallible>(component.handle(request).await) }
+                    let response = handler(request);
+                    async move { Ok::<_, Infallible>(response.await) }
                 });
                 let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
                 let connection = graceful.watch(connection);

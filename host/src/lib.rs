@@ -5,14 +5,18 @@
 //! - [`limits`]: per-replica limits: memory cap, CPU quota, timeout, concurrency, body size;
 //! - [`guest`]: what a guest gets (WASI 0.2, nothing inherited, outbound HTTP by allowlist);
 //! - [`http`]: serving a wasi:http component, a fresh `Store` per request;
-//! - [`command`]: running a wasi:cli command component to completion.
+//! - [`command`]: running a wasi:cli command component to completion;
+//! - [`agent`]: `shoal host`, the lattice agent converging on its assignments;
+//! - [`router`]: the ingress routing table over ready local replicas.
 
+pub mod agent;
 pub mod command;
 pub mod engine;
 pub mod error;
 pub mod guest;
 pub mod http;
 pub mod limits;
+pub mod router;
 
 pub use engine::{Loaded, Runtime, RuntimeOptions};
 pub use error::{FailureCause, HostError};

@@ -3,6 +3,8 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod lattice;
+pub mod nats;
 pub mod registry;
 pub mod served;
 

@@ -1,6 +1,14 @@
 //! One module per `shoal` subcommand: its arguments and what it does.
 
+pub mod apply;
+pub mod delete;
+pub mod describe;
+pub mod get;
+pub mod host;
 pub mod inspect;
 pub mod pull;
 pub mod push;
 pub mod run;
+pub mod scale;
+pub mod scheduler;
+pub mod up;

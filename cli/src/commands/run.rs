@@ -196,29 +196,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
     serve(
         listener,
         Arc::clone(&component),
-        shutdown_signal(),
+        async {
+            crate::signals::shutdown().await;
+            eprintln!("shutting down: draining in-flight requests");
+        },
         args.drain,
     )
     .await;
     let stats = component.stats();
     eprintln!("stopped after serving {} requests", stats.served());
     Ok(0)
-}
-
-async fn shutdown_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = terminate => {}
-    }
-    eprintln!("shutting down: draining in-flight requests");
 }
 
 #[cfg(test)]

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# One command for the benchmark: builds release binaries and guests, installs wrk and the
+# wasmtime CLI matching the embedded wasmtime if they are missing, then runs shoal-bench.
+# Extra arguments go to shoal-bench (see `--help`), e.g. bench/run.sh --duration 5.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+scripts/setup.sh
+# shellcheck source=../scripts/env.sh
+source scripts/env.sh
+
+if ! command -v wrk >/dev/null; then
+    echo "installing wrk (apt)" >&2
+    $(command -v sudo || true) apt-get install -y wrk >&2
+fi
+# The wasmtime version Shoal embeds, from Cargo.lock.
+version="$(awk '/^name = "wasmtime"$/ { getline; gsub(/[^0-9.]/, ""); print; exit }' Cargo.lock)"
+wasmtime="$root/.shoal/tools/bin/wasmtime"
+if ! "$wasmtime" --version 2>/dev/null | grep -q "wasmtime $version"; then
+    echo "installing wasmtime-cli $version (a long compile, once)" >&2
+    cargo install "wasmtime-cli@$version" --locked --root "$root/.shoal/tools"
+fi
+
+scripts/build-guests.sh >/dev/null
+cargo build --release --quiet -p shoal-cli -p shoal-bench
+unset RUST_BACKTRACE
+exec target/release/shoal-bench \
+    --shoal target/release/shoal \
+    --wasmtime "$wasmtime" \
+    --native target/release/native-hello \
+    --guests target/guests/wasm32-wasip2/release \
+    "$@"

@@ -1,0 +1,92 @@
+//! `shoal apply`: validate a manifest whole, pin every component to a digest, then store
+//! each app (a new revision when its template changed).
+
+use std::io::Read;
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use shoal_scheduler::apply::{Change, apply};
+use shoal_scheduler::manifest;
+
+use crate::lattice::LatticeArgs;
+use crate::registry::RegistryArgs;
+
+/// Create or update apps from a manifest (YAML, one or more documents).
+///
+/// The whole file is validated and every component reference is resolved to a digest
+/// before anything is stored, so a bad file changes nothing.
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// The manifest file, or - for standard input.
+    #[arg(short = 'f', long = "filename", value_name = "FILE")]
+    pub file: PathBuf,
+
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+pub async fn run(args: ApplyArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
+    apply_file(&args.file, &args.registry, lattice).await?;
+    Ok(0)
+}
+
+/// Applies the manifest at `file` (`-` for stdin), printing what changed.
+pub async fn apply_file(
+    file: &std::path::Path,
+    registry: &RegistryArgs,
+    lattice: &LatticeArgs,
+) -> anyhow::Result<()> {
+    let text = if file.as_os_str() == "-" {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .context("cannot read the manifest from standard input")?;
+        text
+    } else {
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?
+    };
+    let apps = manifest::parse(&text)?;
+
+    // Pin every component before storing anything.
+    let mut resolved = Vec::with_capacity(apps.len());
+    let mut problems = Vec::new();
+    for app in apps {
+        match registry.pull_component(&app.spec.component).await {
+            Ok((pulled, _)) => resolved.push((app, pulled.digest.to_string())),
+            Err(error) => problems.push(format!(
+                "  app {}/{}: spec.component: {error:#}",
+                app.namespace, app.name
+            )),
+        }
+    }
+    if !problems.is_empty() {
+        bail!(
+            "cannot resolve every component; nothing was applied:\n{}",
+            problems.join("\n")
+        );
+    }
+
+    let connection = lattice.connect("shoal apply").await?;
+    for (app, digest) in &resolved {
+        let (change, record) = apply(&connection, app, digest)
+            .await
+            .with_context(|| format!("cannot store app {}/{}", app.namespace, app.name))?;
+        let name = format!("app {}/{}", app.namespace, app.name);
+        match change {
+            Change::Created => println!(
+                "{name} created (revision 1, {} replicas)",
+                record.spec.replicas
+            ),
+            Change::Revised { revision, changes } => {
+                println!("{name} configured: revision {revision}");
+                for change in changes {
+                    println!("  {change}");
+                }
+            }
+            Change::Scaled { from, to } => println!("{name} scaled: {from} → {to} replicas"),
+            Change::Unchanged => println!("{name} unchanged (revision {})", record.revision),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,218 @@
+//! `shoal get apps|hosts|replicas`: tables for people, `-o json|yaml` for scripts.
+
+use std::collections::HashMap;
+
+use clap::{Args, ValueEnum};
+use comfy_table::{Table, presets::NOTHING};
+use serde::Serialize;
+use shoal_lattice::records::{
+    AppRecord, AppStatus, Assignment, HostRecord, ReplicaStatus, now_millis,
+};
+use shoal_lattice::{Bucket, Lattice};
+
+use crate::lattice::LatticeArgs;
+use crate::output::{Format, print};
+
+/// What to list.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Kind {
+    /// Apps, with their revision and ready replicas.
+    Apps,
+    /// Hosts, with their state, labels and load.
+    Hosts,
+    /// Replicas: where each runs and in what phase.
+    Replicas,
+}
+
+/// List apps, hosts or replicas.
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    /// What to list.
+    pub kind: Kind,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t)]
+    pub output: Format,
+}
+
+/// A host is shown as lost when its record is older than this.
+const LOST_AFTER_MS: u64 = 3_000;
+
+#[derive(Serialize)]
+struct AppRow {
+    #[serde(flatten)]
+    app: AppRecord,
+    status: Option<AppStatus>,
+}
+
+#[derive(Serialize)]
+struct ReplicaRow {
+    #[serde(flatten)]
+    assignment: Assignment,
+    status: Option<ReplicaStatus>,
+}
+
+pub fn table(header: &[&str]) -> Table {
+    let mut table = Table::new();
+    table.load_style(NOTHING);
+    table.set_header(header.to_vec());
+    table
+}
+
+pub fn age(since_ms: u64) -> String {
+    let seconds = now_millis().saturating_sub(since_ms) / 1000;
+    match seconds {
+        0..=119 => format!("{seconds}s"),
+        120..=7199 => format!("{}m", seconds / 60),
+        7200..=172_799 => format!("{}h", seconds / 3600),
+        _ => format!("{}d", seconds / 86_400),
+    }
+}
+
+pub fn host_state(host: &HostRecord) -> &'static str {
+    if host.draining {
+        "draining"
+    } else if now_millis().saturating_sub(host.heartbeat_at) > LOST_AFTER_MS {
+        "lost"
+    } else {
+        "ready"
+    }
+}
+
+pub async fn replicas(
+    connection: &Lattice,
+) -> anyhow::Result<Vec<(Assignment, Option<ReplicaStatus>)>> {
+    let status: HashMap<String, ReplicaStatus> = connection
+        .list::<ReplicaStatus>(Bucket::Status, "replicas.")
+        .await?
+        .into_iter()
+        .map(|record| (record.value.replica.clone(), record.value))
+        .collect();
+    Ok(connection
+        .list::<Assignment>(Bucket::Assignments, "")
+        .await?
+        .into_iter()
+        .map(|record| {
+            let status = status.get(&record.value.replica).cloned();
+            (record.value, status)
+        })
+        .collect())
+}
+
+pub async fn run(args: GetArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
+    let connection = lattice.connect("shoal get").await?;
+    match args.kind {
+        Kind::Apps => {
+            let status: HashMap<String, AppStatus> = connection
+                .list::<AppStatus>(Bucket::Status, "apps.")
+                .await?
+                .into_iter()
+                .map(|record| {
+                    (
+                        record.key.trim_start_matches("apps.").to_owned(),
+                        record.value,
+                    )
+                })
+                .collect();
+            let rows: Vec<AppRow> = connection
+                .list::<AppRecord>(Bucket::Apps, "")
+                .await?
+                .into_iter()
+                .map(|record| AppRow {
+                    status: status.get(&record.key).cloned(),
+                    app: record.value,
+                })
+                .collect();
+            print(args.output, &rows, |rows| {
+                let mut table =
+                    table(&["NAMESPACE", "NAME", "REVISION", "READY", "COMPONENT", "AGE"]);
+                for row in rows {
+                    let ready = row.status.as_ref().map_or(0, |status| status.ready);
+                    table.add_row(vec![
+                        row.app.namespace.clone(),
+                        row.app.name.clone(),
+                        row.app.revision.to_string(),
+                        format!("{ready}/{}", row.app.spec.replicas),
+                        row.app.spec.component.clone(),
+                        age(row.app.created_at),
+                    ]);
+                }
+                format!("{table}\n")
+            })?;
+        }
+        Kind::Hosts => {
+            let hosts: Vec<HostRecord> = connection
+                .list::<HostRecord>(Bucket::Hosts, "")
+                .await?
+                .into_iter()
+                .map(|record| record.value)
+                .collect();
+            let placed = replicas(&connection).await?;
+            print(args.output, &hosts, |hosts| {
+                let mut table = table(&[
+                    "ID", "STATE", "REPLICAS", "MEMORY", "CPU", "LABELS", "INGRESS", "AGE",
+                ]);
+                for host in hosts {
+                    let mine = placed
+                        .iter()
+                        .filter(|(assignment, _)| assignment.host == host.id)
+                        .count();
+                    let labels: Vec<String> = host
+                        .labels
+                        .iter()
+                        .map(|(key, value)| format!("{key}={value}"))
+                        .collect();
+                    table.add_row(vec![
+                        host.id.clone(),
+                        host_state(host).to_owned(),
+                        format!("{mine}/{}", host.capacity.max_replicas),
+                        host.capacity.memory.to_string(),
+                        host.capacity.cpu.to_string(),
+                        labels.join(","),
+                        host.http.clone().unwrap_or_default(),
+                        age(host.started_at),
+                    ]);
+                }
+                format!("{table}\n")
+            })?;
+        }
+        Kind::Replicas => {
+            let rows: Vec<ReplicaRow> = replicas(&connection)
+                .await?
+                .into_iter()
+                .map(|(assignment, status)| ReplicaRow { assignment, status })
+                .collect();
+            print(args.output, &rows, |rows| {
+                let mut table = table(&[
+                    "NAMESPACE",
+                    "APP",
+                    "REPLICA",
+                    "HOST",
+                    "REVISION",
+                    "PHASE",
+                    "REASON",
+                    "AGE",
+                ]);
+                for row in rows {
+                    let status = row.status.as_ref();
+                    table.add_row(vec![
+                        row.assignment.namespace.clone(),
+                        row.assignment.app.clone(),
+                        row.assignment.replica.clone(),
+                        row.assignment.host.clone(),
+                        row.assignment.revision.to_string(),
+                        status.map_or_else(
+                            || "pending".to_owned(),
+                            |status| status.phase.to_string(),
+                        ),
+                        status
+                            .and_then(|status| status.reason.clone())
+                            .unwrap_or_default(),
+                        age(row.assignment.created_at),
+                    ]);
+                }
+                format!("{table}\n")
+            })?;
+        }
+    }
+    Ok(0)
+}

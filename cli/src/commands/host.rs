@@ -1,0 +1,184 @@
+//! `shoal host`: joins a lattice as a host, runs the replicas assigned to it and serves
+//! them on its HTTP ingress.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use shoal_host::agent::{Agent, AgentOptions, Fetch};
+use shoal_host::{Runtime, RuntimeOptions};
+use shoal_lattice::quantity::{Memory, Millicores};
+use shoal_lattice::records::Capacity;
+use shoal_oci::{Client, parse_reference};
+
+use crate::lattice::LatticeArgs;
+use crate::registry::RegistryArgs;
+
+/// Join a lattice as a host: run the replicas the scheduler assigns here.
+#[derive(Debug, Args)]
+pub struct HostArgs {
+    /// Host id, unique in the lattice [default: this machine's hostname].
+    #[arg(long)]
+    pub id: Option<String>,
+
+    /// A label for placement, KEY=VALUE (repeatable); `arch` and `os` are added.
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+
+    /// Address of the HTTP ingress; port 0 picks a free one.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub http: SocketAddr,
+
+    /// Memory replicas may reserve [default: 80% of this machine's memory].
+    #[arg(long, value_parser = parse_memory)]
+    pub memory: Option<Memory>,
+
+    /// CPU replicas may reserve [default: all cores].
+    #[arg(long, value_parser = parse_cpu)]
+    pub cpu: Option<Millicores>,
+
+    /// Most replicas this host runs.
+    #[arg(long, default_value = "100")]
+    pub max_replicas: u32,
+
+    /// How often the host record is refreshed.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub heartbeat: Duration,
+
+    /// How long in-flight requests may take to finish on shutdown.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub drain: Duration,
+
+    /// Do not use the pooling allocator (for machines with little address space).
+    #[arg(long)]
+    pub no_pooling: bool,
+
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+fn parse_label(value: &str) -> Result<(String, String), String> {
+    match value.split_once('=') {
+        Some((key, value)) if !key.is_empty() && !value.is_empty() => {
+            Ok((key.to_owned(), value.to_owned()))
+        }
+        _ => Err(format!("{value:?} is not KEY=VALUE")),
+    }
+}
+
+fn parse_memory(value: &str) -> Result<Memory, String> {
+    value.parse()
+}
+
+fn parse_cpu(value: &str) -> Result<Millicores, String> {
+    value.parse()
+}
+
+/// This machine's hostname, made into a valid host id.
+fn hostname() -> String {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let id: String = name
+        .trim()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(63)
+        .collect();
+    if id.is_empty() { "host".to_owned() } else { id }
+}
+
+/// 80% of MemTotal, or 1 GiB when /proc/meminfo cannot be read.
+fn default_memory() -> Memory {
+    let total_kib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find_map(|line| line.strip_prefix("MemTotal:"))
+                .and_then(|value| value.split_whitespace().next()?.parse::<u64>().ok())
+        });
+    // Rounded down to whole MiB so it reads well in `shoal get hosts`.
+    Memory(total_kib.map_or(1 << 30, |kib| kib * 8 / 10 / 1024 * (1 << 20)))
+}
+
+/// Pulls components through the OCI cache.
+pub struct OciFetch(pub Client);
+
+impl Fetch for OciFetch {
+    async fn fetch(&self, reference: &str) -> Result<(Vec<u8>, String), String> {
+        let parsed = parse_reference(reference).map_err(|error| error.to_string())?;
+        let pulled = self
+            .0
+            .pull(&parsed)
+            .await
+            .map_err(|error| format!("cannot pull {reference}: {error}"))?;
+        let bytes = tokio::fs::read(&pulled.component_path)
+            .await
+            .map_err(|error| format!("cannot read {}: {error}", pulled.component_path.display()))?;
+        Ok((bytes, pulled.manifest.layer.digest.to_string()))
+    }
+}
+
+impl HostArgs {
+    pub fn agent_options(&self, id: String) -> AgentOptions {
+        let mut labels: BTreeMap<String, String> = self.labels.iter().cloned().collect();
+        labels.insert("arch".to_owned(), std::env::consts::ARCH.to_owned());
+        labels.insert("os".to_owned(), std::env::consts::OS.to_owned());
+        let cores = std::thread::available_parallelism().map_or(1, |cores| cores.get());
+        AgentOptions {
+            id,
+            labels,
+            capacity: Capacity {
+                memory: self.memory.unwrap_or_else(default_memory),
+                cpu: self
+                    .cpu
+                    .unwrap_or(Millicores(u32::try_from(cores * 1000).unwrap_or(u32::MAX))),
+                max_replicas: self.max_replicas,
+            },
+            heartbeat: self.heartbeat,
+            drain: self.drain,
+        }
+    }
+
+    /// The runtime, sharing the cache directory with `shoal run`.
+    pub fn runtime(&self) -> anyhow::Result<Arc<Runtime>> {
+        let runtime = Runtime::new(RuntimeOptions {
+            cache_dir: self.registry.cache_root()?,
+            pooling: !self.no_pooling,
+        })?;
+        Ok(Arc::new(runtime))
+    }
+}
+
+pub async fn run(args: HostArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
+    let id = args.id.clone().unwrap_or_else(hostname);
+    shoal_lattice::names::check_host_id(&id)?;
+    let runtime = args.runtime()?;
+    let client = args.registry.client()?;
+    let listener = tokio::net::TcpListener::bind(args.http)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.http))?;
+    let connection = lattice.connect(&format!("host {id}")).await?;
+    let address = listener.local_addr()?;
+    println!("ingress listening on http://{address}");
+    eprintln!(
+        "host {id} joined lattice {:?} at {}",
+        lattice.lattice,
+        lattice.url()
+    );
+    let agent = Agent::new(
+        connection,
+        runtime,
+        OciFetch(client),
+        args.agent_options(id),
+    );
+    agent.run(listener, crate::signals::shutdown()).await?;
+    Ok(0)
+}

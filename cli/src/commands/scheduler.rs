@@ -1,0 +1,53 @@
+//! `shoal scheduler`: runs a scheduler (control plane) for a lattice until stopped.
+
+use std::time::Duration;
+
+use clap::Args;
+use shoal_scheduler::controller::{self, Options};
+
+use crate::lattice::LatticeArgs;
+
+/// Run a scheduler: it places apps' replicas on hosts and heals failures.
+///
+/// Several schedulers may run; one holds the lease and acts, the others take over when it
+/// stops renewing the lease.
+#[derive(Debug, Args)]
+pub struct SchedulerArgs {
+    /// Scheduler id, for the lease [default: scheduler-<pid>].
+    #[arg(long)]
+    pub id: Option<String>,
+
+    /// A host whose heartbeat is older than this is lost and its replicas move.
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    pub host_timeout: Duration,
+
+    /// Lease period: a dead leader is replaced after about this long.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub lease: Duration,
+}
+
+impl SchedulerArgs {
+    pub fn options(&self) -> Options {
+        Options {
+            id: self
+                .id
+                .clone()
+                .unwrap_or_else(|| format!("scheduler-{}", std::process::id())),
+            host_timeout: self.host_timeout,
+            lease: self.lease,
+        }
+    }
+}
+
+pub async fn run(args: SchedulerArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
+    let options = args.options();
+    let connection = lattice.connect(&options.id).await?;
+    eprintln!(
+        "scheduler {} on lattice {:?} at {}",
+        options.id,
+        lattice.lattice,
+        lattice.url()
+    );
+    controller::run(connection, options, crate::signals::shutdown()).await?;
+    Ok(0)
+}

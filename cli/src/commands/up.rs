@@ -1,0 +1,188 @@
+//! `shoal up`: a whole local lattice in one command: a JetStream nats-server (unless
+//! `--nats` names one), a scheduler and one or more hosts in this process, and optionally
+//! the example app; everything stops cleanly on ctrl-c.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use shoal_host::agent::Agent;
+use shoal_scheduler::controller;
+
+use crate::commands::host::{HostArgs, OciFetch};
+use crate::commands::scheduler::SchedulerArgs;
+use crate::lattice::LatticeArgs;
+
+/// Start a local lattice: nats-server, a scheduler and hosts, in one command.
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// How many hosts to run; host N gets the label zone=zone-N.
+    #[arg(long, default_value = "1")]
+    pub hosts: u16,
+
+    /// Port of the nats-server this starts (when --nats is not given).
+    #[arg(long, default_value = "4222")]
+    pub nats_port: u16,
+
+    /// Where nats-server keeps JetStream data [default: ~/.local/share/shoal/nats].
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+
+    /// Apply this manifest once the lattice is up.
+    #[arg(long, value_name = "MANIFEST", num_args = 0..=1, default_missing_value = "examples/apps/hello.yaml")]
+    pub example: Option<PathBuf>,
+
+    /// Ingress address of the first host; the others take the following ports (port 0: free ports).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub http: std::net::SocketAddr,
+
+    #[command(flatten)]
+    pub registry: crate::registry::RegistryArgs,
+}
+
+fn find_nats_server() -> anyhow::Result<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join("nats-server"))
+        .find(|candidate| candidate.is_file())
+        .context("nats-server is not on PATH: scripts/setup.sh installs it, or pass --nats URL to use a running one")
+}
+
+pub async fn run(args: UpArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
+    let mut lattice = lattice.clone();
+    let mut nats_child = None;
+    if lattice.nats.is_none() {
+        let data_dir = match &args.data_dir {
+            Some(dir) => dir.clone(),
+            None => dirs::data_dir()
+                .context("no data directory for this user: pass --data-dir")?
+                .join("shoal/nats"),
+        };
+        std::fs::create_dir_all(&data_dir)
+            .with_context(|| format!("cannot create {}", data_dir.display()))?;
+        let child = tokio::process::Command::new(find_nats_server()?)
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &args.nats_port.to_string(),
+                "-sd",
+            ])
+            .arg(&data_dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            // Its own process group: ctrl-c in the terminal reaches shoal up only, which then
+            // stops the hosts (they deregister) before it stops nats-server.
+            .process_group(0)
+            .spawn()
+            .context("cannot start nats-server")?;
+        nats_child = Some(child);
+        lattice.nats = Some(format!("nats://127.0.0.1:{}", args.nats_port));
+        eprintln!(
+            "started nats-server with JetStream in {}",
+            data_dir.display()
+        );
+    }
+    let result = serve(&args, &lattice).await;
+    if let Some(mut child) = nats_child {
+        if let Some(pid) = child.id() {
+            // SIGTERM lets nats-server flush JetStream to disk.
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+    }
+    result
+}
+
+async fn serve(args: &UpArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let wait = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = stopped.wait_for(|stop| *stop).await;
+    };
+
+    let scheduler = SchedulerArgs {
+        id: Some("up-scheduler".to_owned()),
+        host_timeout: Duration::from_secs(3),
+        lease: Duration::from_secs(5),
+    };
+    let connection = lattice.connect("shoal up scheduler").await?;
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn({
+        let stopped = wait(stopped.clone());
+        let options = scheduler.options();
+        async move {
+            controller::run(connection, options, stopped)
+                .await
+                .map_err(anyhow::Error::from)
+        }
+    });
+
+    let host_args = HostArgs {
+        id: None,
+        labels: Vec::new(),
+        http: args.http,
+        memory: None,
+        cpu: None,
+        max_replicas: 100,
+        heartbeat: Duration::from_secs(1),
+        drain: Duration::from_secs(10),
+        no_pooling: false,
+        registry: args.registry.clone(),
+    };
+    let runtime = host_args.runtime()?;
+    println!("lattice {:?} at {}", lattice.lattice, lattice.url());
+    for index in 1..=args.hosts {
+        let id = format!("local-{index}");
+        let mut address = args.http;
+        if address.port() != 0 {
+            address.set_port(address.port() + index - 1);
+        }
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .with_context(|| format!("cannot listen on {address}"))?;
+        println!("host {id} ingress http://{}", listener.local_addr()?);
+        let mut options = host_args.agent_options(id.clone());
+        options
+            .labels
+            .insert("zone".to_owned(), format!("zone-{index}"));
+        let agent = Agent::new(
+            lattice.connect(&format!("shoal up {id}")).await?,
+            runtime.clone(),
+            OciFetch(args.registry.client()?),
+            options,
+        );
+        let stopped = wait(stopped.clone());
+        tasks.spawn(async move {
+            agent
+                .run(listener, stopped)
+                .await
+                .map_err(anyhow::Error::from)
+        });
+    }
+    if let Some(manifest) = &args.example {
+        crate::commands::apply::apply_file(manifest, &args.registry, lattice).await?;
+        println!("try: curl http://{}/", args.http);
+    }
+    eprintln!("ctrl-c stops the lattice");
+
+    tokio::select! {
+        () = crate::signals::shutdown() => {}
+        Some(ended) = tasks.join_next() => {
+            let _ = stop.send(true);
+            match ended {
+                Ok(Err(error)) => bail!("a part of the lattice stopped: {error:#}"),
+                _ => bail!("a part of the lattice stopped unexpectedly"),
+            }
+        }
+    }
+    eprintln!("stopping the lattice");
+    let _ = stop.send(true);
+    while tasks.join_next().await.is_some() {}
+    Ok(0)
+}

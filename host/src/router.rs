@@ -1,0 +1,140 @@
+//! The host's routing table: which ready local replica answers a request, by Host header
+//! and path. Rebuilt whole from the ready replicas whenever they change; lookups are
+//! lock-light (a read lock and a round-robin counter).
+//!
+//! Precedence: routes naming a host beat wildcard routes; among those, an exact path beats
+//! a prefix and the longest prefix wins. A prefix matches at a path-segment boundary:
+//! `/api` matches `/api` and `/api/users`, not `/apiary`.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+
+use shoal_lattice::records::Route;
+
+use crate::http::HttpComponent;
+
+/// One app's routes and its ready local replicas.
+#[derive(Clone)]
+pub struct AppRoutes {
+    /// `<namespace>/<name>`.
+    pub app: String,
+    /// The app's routes.
+    pub routes: Vec<Route>,
+    /// Ready replicas on this host.
+    pub replicas: Vec<Arc<HttpComponent>>,
+}
+
+/// What a lookup found.
+pub enum Lookup {
+    /// A ready replica.
+    Replica(Arc<HttpComponent>),
+    /// The route belongs to an app with no ready replica here.
+    NotReady(String),
+    /// No app has this route.
+    NoRoute,
+}
+
+/// The routing table.
+#[derive(Default)]
+pub struct Router {
+    apps: RwLock<Vec<AppRoutes>>,
+    next: AtomicUsize,
+}
+
+fn path_matches(prefix: &str, path: &str) -> bool {
+    path == prefix
+        || (path.starts_with(prefix)
+            && (prefix.ends_with('/') || path[prefix.len()..].starts_with('/')))
+}
+
+impl Router {
+    /// Replaces the table.
+    pub fn set(&self, apps: Vec<AppRoutes>) {
+        if let Ok(mut table) = self.apps.write() {
+            *table = apps;
+        }
+    }
+
+    /// Finds the replica for a request to `host` (the Host header, port removed) and `path`.
+    pub fn lookup(&self, host: Option<&str>, path: &str) -> Lookup {
+        let Ok(table) = self.apps.read() else {
+            return Lookup::NoRoute;
+        };
+        let host = host.map(|host| host.split(':').next().unwrap_or(host).to_ascii_lowercase());
+        // (names a host, exact, prefix length): higher is better.
+        let mut best: Option<((bool, bool, usize), &AppRoutes)> = None;
+        for app in table.iter() {
+            for route in &app.routes {
+                let host_rank = match (&route.host, &host) {
+                    (None, _) => false,
+                    (Some(wanted), Some(host)) if wanted.eq_ignore_ascii_case(host) => true,
+                    _ => continue,
+                };
+                if !path_matches(&route.path, path) {
+                    continue;
+                }
+                let rank = (host_rank, route.path == path, route.path.len());
+                if best.as_ref().is_none_or(|(current, _)| rank > *current) {
+                    best = Some((rank, app));
+                }
+            }
+        }
+        match best {
+            None => Lookup::NoRoute,
+            Some((_, app)) if app.replicas.is_empty() => Lookup::NotReady(app.app.clone()),
+            Some((_, app)) => {
+                let index = self.next.fetch_add(1, Ordering::Relaxed) % app.replicas.len();
+                Lookup::Replica(Arc::clone(&app.replicas[index]))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(host: Option<&str>, path: &str) -> Route {
+        Route {
+            host: host.map(str::to_owned),
+            path: path.to_owned(),
+        }
+    }
+
+    fn app(name: &str, routes: Vec<Route>) -> AppRoutes {
+        AppRoutes {
+            app: name.to_owned(),
+            routes,
+            replicas: vec![],
+        }
+    }
+
+    fn found(router: &Router, host: Option<&str>, path: &str) -> String {
+        match router.lookup(host, path) {
+            Lookup::NotReady(app) => app,
+            Lookup::Replica(_) => "replica".to_owned(),
+            Lookup::NoRoute => "none".to_owned(),
+        }
+    }
+
+    #[test]
+    fn precedence_is_host_then_exact_then_longest_prefix() {
+        let router = Router::default();
+        router.set(vec![
+            app("root", vec![route(None, "/")]),
+            app("api", vec![route(None, "/api")]),
+            app("users", vec![route(None, "/api/users")]),
+            app("exact", vec![route(None, "/api/users/me")]),
+            app("hosted", vec![route(Some("hello.local"), "/")]),
+        ]);
+        assert_eq!(found(&router, None, "/anything"), "root");
+        assert_eq!(found(&router, None, "/api"), "api");
+        assert_eq!(found(&router, None, "/apiary"), "root");
+        assert_eq!(found(&router, None, "/api/users/42"), "users");
+        assert_eq!(found(&router, None, "/api/users/me"), "exact");
+        assert_eq!(found(&router, Some("hello.local:8080"), "/api"), "hosted");
+        assert_eq!(found(&router, Some("other.local"), "/api"), "api");
+        router.set(vec![app("hosted", vec![route(Some("hello.local"), "/")])]);
+        assert_eq!(found(&router, Some("other.local"), "/"), "none");
+    }
+}

@@ -1,0 +1,62 @@
+//! Errors of the lattice client, with messages a user can act on.
+
+/// What can go wrong talking to the lattice.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The NATS server could not be reached.
+    #[error(
+        "cannot connect to NATS at {url}: {reason}; is nats-server running there (shoal up starts one)?"
+    )]
+    Connect {
+        /// The server URL.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// JetStream is off or its buckets cannot be made.
+    #[error(
+        "cannot open the lattice's JetStream bucket {bucket}: {reason}; nats-server needs JetStream enabled (-js)"
+    )]
+    Bucket {
+        /// Bucket name.
+        bucket: String,
+        /// Why.
+        reason: String,
+    },
+    /// A name does not follow the naming rules.
+    #[error(
+        "{what} {name:?} is not valid: use lowercase letters, digits and '-', at most 63 characters, starting and ending with a letter or digit"
+    )]
+    InvalidName {
+        /// What was named.
+        what: String,
+        /// The name.
+        name: String,
+    },
+    /// A compare-and-set write lost a race: the key changed since it was read.
+    #[error("{key} in {bucket} was changed by someone else; read it again and retry")]
+    Conflict {
+        /// Bucket name.
+        bucket: String,
+        /// Key.
+        key: String,
+    },
+    /// A stored value could not be decoded.
+    #[error("{key} in {bucket} holds something this Shoal cannot read: {reason}")]
+    Decode {
+        /// Bucket name.
+        bucket: String,
+        /// Key.
+        key: String,
+        /// Why.
+        reason: String,
+    },
+    /// Any other failure of a request to NATS.
+    #[error("lattice request on {bucket} failed: {reason}")]
+    Request {
+        /// Bucket name.
+        bucket: String,
+        /// Why.
+        reason: String,
+    },
+}

@@ -1,0 +1,18 @@
+//! Shoal's lattice protocol: the only home of wire types, bucket and subject names, and the
+//! typed JetStream KV client that hosts, the scheduler and the CLI share.
+//!
+//! State is level-triggered, like Kubernetes: desired state (apps, assignments) and observed
+//! state (hosts, status) live in KV buckets; every party converges on what it reads, and
+//! writes that can race are compare-and-set on the key's revision.
+
+pub mod error;
+pub mod mirror;
+pub mod names;
+pub mod quantity;
+pub mod records;
+pub mod store;
+
+pub use error::Error;
+pub use mirror::Mirror;
+pub use names::Bucket;
+pub use store::{ConnectOptions, Lattice, Versioned};

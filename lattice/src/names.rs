@@ -1,0 +1,167 @@
+//! Names on the wire: lattice and app names, bucket names, KV keys and subjects.
+//!
+//! Both sides build every name with these functions, so a host, the scheduler and the CLI
+//! can never disagree on where a record lives. The protocol version is part of each name:
+//! a `v2` protocol gets its own buckets and subjects and can run beside `v1`.
+
+use crate::Error;
+
+/// The protocol version in every bucket and subject name.
+pub const PROTOCOL: &str = "v1";
+
+/// Checks a DNS-label-like name (lowercase letters, digits and `-`, 1 to 63 characters,
+/// starting and ending with a letter or digit), as Kubernetes does for object names.
+/// `what` names the field in the error.
+pub fn check_name(what: &str, name: &str) -> Result<(), Error> {
+    let valid = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit() || byte == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if valid {
+        Ok(())
+    } else {
+        Err(Error::InvalidName {
+            what: what.to_owned(),
+            name: name.to_owned(),
+        })
+    }
+}
+
+/// A host id: like a name, but `_` is allowed too (machine ids often carry it).
+pub fn check_host_id(id: &str) -> Result<(), Error> {
+    let valid = !id.is_empty()
+        && id.len() <= 63
+        && id
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_');
+    if valid {
+        Ok(())
+    } else {
+        Err(Error::InvalidName {
+            what: "host id".to_owned(),
+            name: id.to_owned(),
+        })
+    }
+}
+
+/// The JetStream KV buckets of one lattice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bucket {
+    /// App records, key `<namespace>.<name>`.
+    Apps,
+    /// Immutable revisions of app templates, key `<namespace>.<name>.<revision>`.
+    Revisions,
+    /// Host records refreshed by heartbeat, key `<host>`.
+    Hosts,
+    /// Replica assignments, key `<host>.<replica>`.
+    Assignments,
+    /// Replica status written by hosts (`replicas.<host>.<replica>`) and app status written
+    /// by the scheduler (`apps.<namespace>.<name>`).
+    Status,
+    /// The scheduler's leader lease, key `scheduler`.
+    Leases,
+}
+
+impl Bucket {
+    /// Every bucket, for setup.
+    pub const ALL: [Bucket; 6] = [
+        Bucket::Apps,
+        Bucket::Revisions,
+        Bucket::Hosts,
+        Bucket::Assignments,
+        Bucket::Status,
+        Bucket::Leases,
+    ];
+
+    fn suffix(self) -> &'static str {
+        match self {
+            Bucket::Apps => "apps",
+            Bucket::Revisions => "revisions",
+            Bucket::Hosts => "hosts",
+            Bucket::Assignments => "assignments",
+            Bucket::Status => "status",
+            Bucket::Leases => "leases",
+        }
+    }
+
+    /// The bucket's name in `lattice`: `shoal-<lattice>-v1-<bucket>`.
+    pub fn name(self, lattice: &str) -> String {
+        format!("shoal-{lattice}-{PROTOCOL}-{}", self.suffix())
+    }
+
+    /// How many values per key the bucket keeps.
+    pub fn history(self) -> i64 {
+        match self {
+            Bucket::Apps => 16,
+            _ => 1,
+        }
+    }
+}
+
+/// Key of an app record.
+pub fn app_key(namespace: &str, name: &str) -> String {
+    format!("{namespace}.{name}")
+}
+
+/// Key of one revision of an app's template.
+pub fn revision_key(namespace: &str, name: &str, revision: u64) -> String {
+    format!("{namespace}.{name}.{revision}")
+}
+
+/// Key of an assignment.
+pub fn assignment_key(host: &str, replica: &str) -> String {
+    format!("{host}.{replica}")
+}
+
+/// The key filter of every assignment of `host`.
+pub fn host_assignments(host: &str) -> String {
+    format!("{host}.>")
+}
+
+/// Key of a replica's status.
+pub fn replica_status_key(host: &str, replica: &str) -> String {
+    format!("replicas.{host}.{replica}")
+}
+
+/// Key of an app's status.
+pub fn app_status_key(namespace: &str, name: &str) -> String {
+    format!("apps.{namespace}.{name}")
+}
+
+/// The key of the scheduler's leader lease.
+pub const SCHEDULER_LEASE: &str = "scheduler";
+
+/// The subject of lattice events.
+pub fn events_subject(lattice: &str) -> String {
+    format!("shoal.{lattice}.{PROTOCOL}.events")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_dns_label_rules() {
+        assert!(check_name("app", "hello-2").is_ok());
+        for bad in ["", "Hello", "-a", "a-", "a.b", "a_b", &"a".repeat(64)] {
+            assert!(check_name("app", bad).is_err(), "{bad}");
+        }
+        assert!(check_host_id("edge_01-a").is_ok());
+        assert!(check_host_id("edge.01").is_err());
+    }
+
+    #[test]
+    fn buckets_and_keys_are_versioned_and_distinct() {
+        let names: std::collections::BTreeSet<_> = Bucket::ALL
+            .iter()
+            .map(|bucket| bucket.name("dev"))
+            .collect();
+        assert_eq!(names.len(), Bucket::ALL.len());
+        assert_eq!(Bucket::Apps.name("dev"), "shoal-dev-v1-apps");
+        assert_eq!(assignment_key("h1", "hello-1a2b"), "h1.hello-1a2b");
+        assert_eq!(events_subject("dev"), "shoal.dev.v1.events");
+    }
+}

@@ -1,0 +1,443 @@
+//! The records stored in the lattice's KV buckets, serialized as JSON.
+//!
+//! Desired state (apps, revisions, assignments) is written by the CLI and the scheduler;
+//! observed state (hosts, replica status) by hosts; app status by the scheduler. Every
+//! record that can change carries a generation, and status carries the generation it
+//! observed, as Kubernetes objects do.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::quantity::{Memory, Millicores, Span};
+
+/// The `apiVersion` of App manifests.
+pub const API_VERSION: &str = "shoal.dev/v1";
+
+/// The namespace of apps that name none.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// Milliseconds since the Unix epoch, for timestamps in records.
+pub fn now_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| {
+            u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
+        })
+}
+
+/// An app's spec as written in its manifest (`spec:`), and as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AppSpec {
+    /// OCI reference of the component, by tag or digest.
+    pub component: String,
+    /// Desired replica count.
+    #[serde(default = "one")]
+    pub replicas: u32,
+    /// Where replicas may run.
+    #[serde(default, skip_serializing_if = "Placement::is_empty")]
+    pub placement: Placement,
+    /// Per-replica limits.
+    #[serde(default, skip_serializing_if = "AppLimits::is_empty")]
+    pub limits: AppLimits,
+    /// HTTP routes to this app.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<Route>,
+    /// Environment given to the component.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub config: BTreeMap<String, String>,
+    /// Names of lattice secrets delivered to hosts running the app.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
+    /// Outbound HTTP the component may make (scheme, host, optional port; `*.` wildcards).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_outbound: Vec<String>,
+    /// Readiness probe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<Health>,
+    /// Rolling update strategy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<Rollout>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl AppSpec {
+    /// The spec with `replicas` cleared: two specs with the same template run the same code
+    /// the same way, so changing only `replicas` scales without a new revision.
+    pub fn template(&self) -> AppSpec {
+        AppSpec {
+            replicas: 0,
+            ..self.clone()
+        }
+    }
+
+    /// Memory one replica reserves on its host: its memory limit, or 64Mi without one.
+    pub fn memory_request(&self) -> Memory {
+        self.limits.memory.unwrap_or(Memory(64 << 20))
+    }
+
+    /// CPU one replica reserves on its host: its CPU limit, or nothing without one.
+    pub fn cpu_request(&self) -> Millicores {
+        self.limits.cpu.unwrap_or_default()
+    }
+}
+
+/// Placement constraints.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Placement {
+    /// Labels a host must have, with these values.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub requires: BTreeMap<String, String>,
+    /// Spread replicas across the values of this host label.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spread_by: Option<String>,
+}
+
+impl Placement {
+    fn is_empty(&self) -> bool {
+        self.requires.is_empty() && self.spread_by.is_none()
+    }
+}
+
+/// Per-replica limits; unset ones take the host's defaults.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AppLimits {
+    /// Linear memory cap per instance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<Memory>,
+    /// CPU quota of the replica.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<Millicores>,
+    /// Wall clock per request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Span>,
+    /// In-flight requests per replica.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<u32>,
+}
+
+impl AppLimits {
+    fn is_empty(&self) -> bool {
+        *self == AppLimits::default()
+    }
+}
+
+/// An HTTP route: requests whose Host header and path match reach the app.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Route {
+    /// Host header to match; any host when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// Path prefix to match.
+    #[serde(default = "root")]
+    pub path: String,
+}
+
+fn root() -> String {
+    "/".to_owned()
+}
+
+/// Readiness probe: the host GETs `path` through the replica.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Health {
+    /// Path that answers 2xx when the replica is ready.
+    pub path: String,
+}
+
+/// Rolling update strategy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Rollout {
+    /// Replicas above `replicas` during a rollout: a count or a percentage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_surge: Option<serde_json::Value>,
+    /// Replicas below `replicas` during a rollout: a count or a percentage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_unavailable: Option<serde_json::Value>,
+    /// How long a new replica must stay ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_ready: Option<Span>,
+    /// How long a rollout may take before it is failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress_deadline: Option<Span>,
+    /// Roll back to the previous revision when the rollout fails.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_rollback: Option<bool>,
+}
+
+/// An app as stored in the `apps` bucket.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AppRecord {
+    /// App name, unique in its namespace.
+    pub name: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Bumped on every change of the spec, `replicas` included.
+    pub generation: u64,
+    /// Bumped when the template changes (everything but `replicas`).
+    pub revision: u64,
+    /// The component's digest, resolved from `spec.component` at apply time.
+    pub digest: String,
+    /// The spec.
+    pub spec: AppSpec,
+    /// When the app was first applied (ms since the epoch).
+    pub created_at: u64,
+    /// When the spec last changed.
+    pub updated_at: u64,
+}
+
+/// One immutable revision of an app's template, in the `revisions` bucket.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RevisionRecord {
+    /// App name.
+    pub name: String,
+    /// Namespace.
+    pub namespace: String,
+    /// The revision number.
+    pub revision: u64,
+    /// The component digest.
+    pub digest: String,
+    /// The template (`replicas` is zero).
+    pub template: AppSpec,
+    /// When it was made.
+    pub created_at: u64,
+    /// Why: what changed.
+    pub cause: String,
+}
+
+/// What a host offers.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Capacity {
+    /// Memory replicas may reserve.
+    pub memory: Memory,
+    /// CPU replicas may reserve.
+    pub cpu: Millicores,
+    /// Most replicas the host runs.
+    pub max_replicas: u32,
+}
+
+/// A host, in the `hosts` bucket, refreshed by its heartbeat.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HostRecord {
+    /// Host id, unique in the lattice.
+    pub id: String,
+    /// Labels, including `arch` and `os`.
+    pub labels: BTreeMap<String, String>,
+    /// What the host offers.
+    pub capacity: Capacity,
+    /// Where the host's HTTP ingress listens, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<String>,
+    /// Shoal version of the host.
+    pub version: String,
+    /// When this incarnation of the host started (ms since the epoch).
+    pub started_at: u64,
+    /// When the host last wrote this record.
+    pub heartbeat_at: u64,
+    /// Component digests in the host's cache, so placement can prefer them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cached: Vec<String>,
+    /// The host is shutting down and takes no new work.
+    #[serde(default)]
+    pub draining: bool,
+}
+
+/// The scheduler's decision that one replica runs on one host, in `assignments`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Assignment {
+    /// Replica id, unique in the lattice.
+    pub replica: String,
+    /// App name.
+    pub app: String,
+    /// Namespace.
+    pub namespace: String,
+    /// The app revision the replica runs.
+    pub revision: u64,
+    /// Fencing generation: grows with every assignment the scheduler writes, so a host can
+    /// tell a current assignment from a stale one it remembers.
+    pub generation: u64,
+    /// The host.
+    pub host: String,
+    /// Component digest.
+    pub digest: String,
+    /// The template the replica runs.
+    pub template: AppSpec,
+    /// When it was assigned.
+    pub created_at: u64,
+}
+
+impl Assignment {
+    /// The component reference pinned to the digest: `<repository>@<digest>`.
+    pub fn pinned_reference(&self) -> String {
+        let reference = &self.template.component;
+        let repository = match reference.split_once('@') {
+            Some((repository, _)) => repository,
+            None => match reference.rsplit_once(':') {
+                // A colon after the last slash separates a tag; one before is a port.
+                Some((repository, tag)) if !tag.contains('/') => repository,
+                _ => reference.as_str(),
+            },
+        };
+        format!("{repository}@{}", self.digest)
+    }
+}
+
+/// Where a replica is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    /// Assigned, not yet started.
+    Pending,
+    /// Fetching the component.
+    Pulling,
+    /// Compiled and instantiated; serving.
+    Ready,
+    /// Could not start, or stopped working.
+    Failed,
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Phase::Pending => "pending",
+            Phase::Pulling => "pulling",
+            Phase::Ready => "ready",
+            Phase::Failed => "failed",
+        })
+    }
+}
+
+/// A replica's status, written by its host in `status` under `replicas.<host>.<replica>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicaStatus {
+    /// Replica id.
+    pub replica: String,
+    /// App name.
+    pub app: String,
+    /// Namespace.
+    pub namespace: String,
+    /// The revision running.
+    pub revision: u64,
+    /// The host.
+    pub host: String,
+    /// Phase.
+    pub phase: Phase,
+    /// Short machine-readable reason for the phase (`PullFailed`, `CompileFailed`…).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// What happened, for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The assignment generation this status is about.
+    pub observed_generation: u64,
+    /// When the phase last changed.
+    pub since: u64,
+}
+
+/// One condition of an app's status.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    /// What the condition is about: `Placed`, `Available`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Whether it holds.
+    pub status: bool,
+    /// Machine-readable reason.
+    pub reason: String,
+    /// For people.
+    pub message: String,
+    /// When `status` last changed.
+    pub last_transition: u64,
+}
+
+/// An app's status, written by the scheduler in `status` under `apps.<namespace>.<name>`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AppStatus {
+    /// The app generation this status describes.
+    pub observed_generation: u64,
+    /// The revision being run.
+    pub revision: u64,
+    /// Replicas wanted.
+    pub desired: u32,
+    /// Replicas assigned to hosts.
+    pub placed: u32,
+    /// Replicas ready.
+    pub ready: u32,
+    /// Conditions.
+    pub conditions: Vec<Condition>,
+    /// Why replicas could not be placed, when some could not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unplaced: Option<String>,
+}
+
+/// The scheduler's leader lease.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Lease {
+    /// Who holds it.
+    pub holder: String,
+    /// When the holder last renewed it (its own clock; informational).
+    pub renewed_at: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assignment(component: &str) -> Assignment {
+        Assignment {
+            replica: "r".into(),
+            app: "a".into(),
+            namespace: "default".into(),
+            revision: 1,
+            generation: 1,
+            host: "h".into(),
+            digest: "sha256:ab".into(),
+            template: AppSpec {
+                component: component.into(),
+                replicas: 0,
+                placement: Placement::default(),
+                limits: AppLimits::default(),
+                routes: vec![],
+                config: BTreeMap::new(),
+                secrets: vec![],
+                allowed_outbound: vec![],
+                health: None,
+                rollout: None,
+            },
+            created_at: 0,
+        }
+    }
+
+    #[test]
+    fn references_are_pinned_to_the_digest() {
+        assert_eq!(
+            assignment("localhost:5000/team/hello:1.0").pinned_reference(),
+            "localhost:5000/team/hello@sha256:ab"
+        );
+        assert_eq!(
+            assignment("localhost:5000/team/hello").pinned_reference(),
+            "localhost:5000/team/hello@sha256:ab"
+        );
+        assert_eq!(
+            assignment("ghcr.io/x/hello@sha256:00").pinned_reference(),
+            "ghcr.io/x/hello@sha256:ab"
+        );
+    }
+}

@@ -1,0 +1,328 @@
+//! The typed lattice client: one NATS connection, the lattice's KV buckets, JSON records.
+//!
+//! Writes that can race are compare-and-set: [`Lattice::create`] succeeds only for a new
+//! key, [`Lattice::update`] and [`Lattice::delete_at`] only at the revision read. A lost
+//! race is [`Error::Conflict`], told apart by the NATS client's error kind, never by text.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+use futures_util::StreamExt;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::names::{self, Bucket};
+use crate::{Error, Mirror};
+
+/// How to reach a lattice.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    /// NATS server URL(s), comma-separated.
+    pub url: String,
+    /// Lattice name (bucket and subject prefix).
+    pub lattice: String,
+    /// Name of this client, shown by NATS monitoring.
+    pub client_name: String,
+}
+
+/// A record with the KV revision it was read at.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Versioned<T> {
+    /// The key.
+    pub key: String,
+    /// The KV revision (stream sequence) of this value.
+    pub revision: u64,
+    /// The record.
+    pub value: T,
+}
+
+/// A connection to one lattice.
+#[derive(Clone)]
+pub struct Lattice {
+    client: async_nats::Client,
+    name: String,
+    buckets: HashMap<&'static str, kv::Store>,
+}
+
+impl std::fmt::Debug for Lattice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lattice").field("name", &self.name).finish()
+    }
+}
+
+fn bucket_slot(bucket: Bucket) -> &'static str {
+    match bucket {
+        Bucket::Apps => "apps",
+        Bucket::Revisions => "revisions",
+        Bucket::Hosts => "hosts",
+        Bucket::Assignments => "assignments",
+        Bucket::Status => "status",
+        Bucket::Leases => "leases",
+    }
+}
+
+impl Lattice {
+    /// Connects and opens (creating when missing) the lattice's buckets.
+    ///
+    /// # Errors
+    /// [`Error::InvalidName`] for a bad lattice name, [`Error::Connect`] when NATS cannot be
+    /// reached, [`Error::Bucket`] when JetStream is unavailable.
+    pub async fn connect(options: &ConnectOptions) -> Result<Self, Error> {
+        names::check_name("lattice name", &options.lattice)?;
+        let client = async_nats::ConnectOptions::new()
+            .name(&options.client_name)
+            .connection_timeout(Duration::from_secs(5))
+            .retry_on_initial_connect()
+            .max_reconnects(None)
+            .connect(options.url.as_str())
+            .await
+            .map_err(|error| Error::Connect {
+                url: options.url.clone(),
+                reason: error.to_string(),
+            })?;
+        // With retry_on_initial_connect the first connect happens in the background; a
+        // flush tells whether the server is there at all.
+        tokio::time::timeout(Duration::from_secs(5), client.flush())
+            .await
+            .map_err(|_| Error::Connect {
+                url: options.url.clone(),
+                reason: "no answer within 5 s".to_owned(),
+            })?
+            .map_err(|error| Error::Connect {
+                url: options.url.clone(),
+                reason: error.to_string(),
+            })?;
+        let context = jetstream::new(client.clone());
+        let mut buckets = HashMap::new();
+        for bucket in Bucket::ALL {
+            buckets.insert(
+                bucket_slot(bucket),
+                open_bucket(&context, &bucket.name(&options.lattice), bucket.history()).await?,
+            );
+        }
+        Ok(Self {
+            client,
+            name: options.lattice.clone(),
+            buckets,
+        })
+    }
+
+    /// The lattice name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The underlying NATS client, for subjects (events, forwarding).
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
+    pub(crate) fn store(&self, bucket: Bucket) -> Result<&kv::Store, Error> {
+        self.buckets
+            .get(bucket_slot(bucket))
+            .ok_or_else(|| Error::Bucket {
+                bucket: bucket.name(&self.name),
+                reason: "not opened".to_owned(),
+            })
+    }
+
+    fn request_error(&self, bucket: Bucket, error: impl std::fmt::Display) -> Error {
+        Error::Request {
+            bucket: bucket.name(&self.name),
+            reason: error.to_string(),
+        }
+    }
+
+    fn conflict(&self, bucket: Bucket, key: &str) -> Error {
+        Error::Conflict {
+            bucket: bucket.name(&self.name),
+            key: key.to_owned(),
+        }
+    }
+
+    /// Reads `key`; `None` when it does not exist or was deleted.
+    pub async fn get<T: DeserializeOwned>(
+        &self,
+        bucket: Bucket,
+        key: &str,
+    ) -> Result<Option<Versioned<T>>, Error> {
+        let entry = self
+            .store(bucket)?
+            .entry(key)
+            .await
+            .map_err(|error| self.request_error(bucket, error))?;
+        match entry {
+            Some(entry) if entry.operation == kv::Operation::Put => {
+                Ok(Some(decode(&self.name, bucket, entry)?))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Writes `value` at `key` whatever is there; returns the new revision.
+    pub async fn put<T: Serialize>(
+        &self,
+        bucket: Bucket,
+        key: &str,
+        value: &T,
+    ) -> Result<u64, Error> {
+        self.store(bucket)?
+            .put(key, encode(value)?)
+            .await
+            .map_err(|error| self.request_error(bucket, error))
+    }
+
+    /// Writes `value` at `key` only if the key does not exist (or was deleted).
+    ///
+    /// # Errors
+    /// [`Error::Conflict`] when the key exists.
+    pub async fn create<T: Serialize>(
+        &self,
+        bucket: Bucket,
+        key: &str,
+        value: &T,
+    ) -> Result<u64, Error> {
+        self.store(bucket)?
+            .create(key, encode(value)?)
+            .await
+            .map_err(|error| match error.kind() {
+                kv::CreateErrorKind::AlreadyExists => self.conflict(bucket, key),
+                _ => self.request_error(bucket, error),
+            })
+    }
+
+    /// Writes `value` at `key` only if the key is still at `revision`.
+    ///
+    /// # Errors
+    /// [`Error::Conflict`] when it changed since.
+    pub async fn update<T: Serialize>(
+        &self,
+        bucket: Bucket,
+        key: &str,
+        value: &T,
+        revision: u64,
+    ) -> Result<u64, Error> {
+        self.store(bucket)?
+            .update(key, encode(value)?, revision)
+            .await
+            .map_err(|error| match error.kind() {
+                kv::UpdateErrorKind::WrongLastRevision => self.conflict(bucket, key),
+                _ => self.request_error(bucket, error),
+            })
+    }
+
+    /// Deletes `key` (a no-op when it does not exist).
+    pub async fn delete(&self, bucket: Bucket, key: &str) -> Result<(), Error> {
+        self.store(bucket)?
+            .delete(key)
+            .await
+            .map_err(|error| self.request_error(bucket, error))
+    }
+
+    /// Deletes `key` only if it is still at `revision`.
+    ///
+    /// # Errors
+    /// [`Error::Conflict`] when it changed since.
+    pub async fn delete_at(&self, bucket: Bucket, key: &str, revision: u64) -> Result<(), Error> {
+        self.store(bucket)?
+            .delete_expect_revision(key, Some(revision))
+            .await
+            .map_err(|error| match error.kind() {
+                kv::UpdateErrorKind::WrongLastRevision => self.conflict(bucket, key),
+                _ => self.request_error(bucket, error),
+            })
+    }
+
+    /// Every live record whose key starts with `prefix` (`""` for all), by key.
+    pub async fn list<T: DeserializeOwned>(
+        &self,
+        bucket: Bucket,
+        prefix: &str,
+    ) -> Result<Vec<Versioned<T>>, Error> {
+        let store = self.store(bucket)?;
+        let mut keys = store
+            .keys()
+            .await
+            .map_err(|error| self.request_error(bucket, error))?;
+        let mut matching = Vec::new();
+        while let Some(key) = keys.next().await {
+            let key = key.map_err(|error| self.request_error(bucket, error))?;
+            if key.starts_with(prefix) {
+                matching.push(key);
+            }
+        }
+        matching.sort();
+        let mut records = Vec::with_capacity(matching.len());
+        for key in matching {
+            if let Some(record) = self.get(bucket, &key).await? {
+                records.push(record);
+            }
+        }
+        Ok(records)
+    }
+
+    /// A live, in-memory copy of the records under `filter` (a KV key filter such as
+    /// `host-1.>`, or `>` for all), kept current by a watch.
+    pub async fn mirror<T>(&self, bucket: Bucket, filter: &str) -> Result<Mirror<T>, Error>
+    where
+        T: DeserializeOwned + Send + Sync + 'static,
+    {
+        Mirror::start(self.clone(), bucket, filter.to_owned()).await
+    }
+}
+
+async fn open_bucket(
+    context: &jetstream::Context,
+    name: &str,
+    history: i64,
+) -> Result<kv::Store, Error> {
+    let failed = |reason: String| Error::Bucket {
+        bucket: name.to_owned(),
+        reason,
+    };
+    if let Ok(store) = context.get_key_value(name).await {
+        return Ok(store);
+    }
+    match context
+        .create_key_value(kv::Config {
+            bucket: name.to_owned(),
+            history,
+            ..Default::default()
+        })
+        .await
+    {
+        Ok(store) => Ok(store),
+        // Another process may have made it in the meantime.
+        Err(error) => context
+            .get_key_value(name)
+            .await
+            .map_err(|_| failed(error.to_string())),
+    }
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<bytes::Bytes, Error> {
+    serde_json::to_vec(value)
+        .map(bytes::Bytes::from)
+        .map_err(|error| Error::Request {
+            bucket: String::new(),
+            reason: format!("cannot encode a record: {error}"),
+        })
+}
+
+pub(crate) fn decode<T: DeserializeOwned>(
+    lattice: &str,
+    bucket: Bucket,
+    entry: kv::Entry,
+) -> Result<Versioned<T>, Error> {
+    let value = serde_json::from_slice(&entry.value).map_err(|error| Error::Decode {
+        bucket: bucket.name(lattice),
+        key: entry.key.clone(),
+        reason: error.to_string(),
+    })?;
+    Ok(Versioned {
+        key: entry.key,
+        revision: entry.revision,
+        value,
+    })
+}

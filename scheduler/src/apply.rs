@@ -1,0 +1,222 @@
+//! Storing desired state: apply (create or update with a new revision when the template
+//! changes), scale and delete, each a compare-and-set on the app's key, retried when
+//! another writer got there first.
+
+use shoal_lattice::names::{app_key, revision_key};
+use shoal_lattice::records::{AppRecord, AppSpec, RevisionRecord, now_millis};
+use shoal_lattice::{Bucket, Error, Lattice};
+
+use crate::manifest::App;
+
+/// What applying one app did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// A new app, at revision 1.
+    Created,
+    /// The template changed: a new revision.
+    Revised {
+        /// The new revision.
+        revision: u64,
+        /// What changed, as `field: old → new`.
+        changes: Vec<String>,
+    },
+    /// Only the replica count changed.
+    Scaled {
+        /// Before.
+        from: u32,
+        /// After.
+        to: u32,
+    },
+    /// Nothing changed.
+    Unchanged,
+}
+
+const ATTEMPTS: usize = 5;
+
+/// Stores `app`, resolved to `digest`.
+///
+/// # Errors
+/// Lattice errors; [`Error::Conflict`] only if the key kept changing for every attempt.
+pub async fn apply(
+    lattice: &Lattice,
+    app: &App,
+    digest: &str,
+) -> Result<(Change, AppRecord), Error> {
+    let key = app_key(&app.namespace, &app.name);
+    let mut last = None;
+    for _ in 0..ATTEMPTS {
+        let now = now_millis();
+        let existing = lattice.get::<AppRecord>(Bucket::Apps, &key).await?;
+        let (change, record) = match &existing {
+            None => (
+                Change::Created,
+                AppRecord {
+                    name: app.name.clone(),
+                    namespace: app.namespace.clone(),
+                    generation: 1,
+                    revision: 1,
+                    digest: digest.to_owned(),
+                    spec: app.spec.clone(),
+                    created_at: now,
+                    updated_at: now,
+                },
+            ),
+            Some(current) => {
+                let current = &current.value;
+                let template_changed =
+                    current.spec.template() != app.spec.template() || current.digest != digest;
+                let mut record = AppRecord {
+                    generation: current.generation + 1,
+                    digest: digest.to_owned(),
+                    spec: app.spec.clone(),
+                    updated_at: now,
+                    ..current.clone()
+                };
+                if template_changed {
+                    record.revision += 1;
+                    let mut changes = differences(&current.spec.template(), &app.spec.template());
+                    if current.digest != digest {
+                        changes.push(format!("digest: {} → {digest}", current.digest));
+                    }
+                    (
+                        Change::Revised {
+                            revision: record.revision,
+                            changes,
+                        },
+                        record,
+                    )
+                } else if current.spec.replicas != app.spec.replicas {
+                    (
+                        Change::Scaled {
+                            from: current.spec.replicas,
+                            to: app.spec.replicas,
+                        },
+                        record,
+                    )
+                } else {
+                    return Ok((Change::Unchanged, current.clone()));
+                }
+            }
+        };
+        if change != Change::Unchanged && !matches!(change, Change::Scaled { .. }) {
+            let cause = match &change {
+                Change::Revised { changes, .. } => changes.join("; "),
+                _ => "created".to_owned(),
+            };
+            lattice
+                .put(
+                    Bucket::Revisions,
+                    &revision_key(&app.namespace, &app.name, record.revision),
+                    &RevisionRecord {
+                        name: app.name.clone(),
+                        namespace: app.namespace.clone(),
+                        revision: record.revision,
+                        digest: digest.to_owned(),
+                        template: app.spec.template(),
+                        created_at: now,
+                        cause,
+                    },
+                )
+                .await?;
+        }
+        let written = match &existing {
+            None => lattice.create(Bucket::Apps, &key, &record).await,
+            Some(current) => {
+                lattice
+                    .update(Bucket::Apps, &key, &record, current.revision)
+                    .await
+            }
+        };
+        match written {
+            Ok(_) => return Ok((change, record)),
+            Err(error @ Error::Conflict { .. }) => last = Some(error),
+            Err(error) => return Err(error),
+        }
+    }
+    Err(last.unwrap_or_else(|| Error::Conflict {
+        bucket: Bucket::Apps.name(lattice.name()),
+        key,
+    }))
+}
+
+/// Sets an app's replica count. Returns the previous count, or `None` if there is no app.
+///
+/// # Errors
+/// Lattice errors.
+pub async fn scale(
+    lattice: &Lattice,
+    namespace: &str,
+    name: &str,
+    replicas: u32,
+) -> Result<Option<u32>, Error> {
+    let key = app_key(namespace, name);
+    let mut last = None;
+    for _ in 0..ATTEMPTS {
+        let Some(current) = lattice.get::<AppRecord>(Bucket::Apps, &key).await? else {
+            return Ok(None);
+        };
+        let from = current.value.spec.replicas;
+        if from == replicas {
+            return Ok(Some(from));
+        }
+        let mut record = current.value.clone();
+        record.spec.replicas = replicas;
+        record.generation += 1;
+        record.updated_at = now_millis();
+        match lattice
+            .update(Bucket::Apps, &key, &record, current.revision)
+            .await
+        {
+            Ok(_) => return Ok(Some(from)),
+            Err(error @ Error::Conflict { .. }) => last = Some(error),
+            Err(error) => return Err(error),
+        }
+    }
+    Err(last.unwrap_or_else(|| Error::Conflict {
+        bucket: Bucket::Apps.name(lattice.name()),
+        key,
+    }))
+}
+
+/// Deletes an app; the scheduler then removes its replicas. Returns whether it existed.
+///
+/// # Errors
+/// Lattice errors.
+pub async fn delete(lattice: &Lattice, namespace: &str, name: &str) -> Result<bool, Error> {
+    let key = app_key(namespace, name);
+    if lattice
+        .get::<AppRecord>(Bucket::Apps, &key)
+        .await?
+        .is_none()
+    {
+        return Ok(false);
+    }
+    lattice.delete(Bucket::Apps, &key).await?;
+    Ok(true)
+}
+
+/// The top-level spec fields that differ, as `spec.field: old → new`.
+fn differences(before: &AppSpec, after: &AppSpec) -> Vec<String> {
+    let (Ok(serde_json::Value::Object(before)), Ok(serde_json::Value::Object(after))) =
+        (serde_json::to_value(before), serde_json::to_value(after))
+    else {
+        return vec!["spec".to_owned()];
+    };
+    let mut fields: Vec<&String> = before.keys().chain(after.keys()).collect();
+    fields.sort();
+    fields.dedup();
+    fields
+        .into_iter()
+        .filter(|field| before.get(*field) != after.get(*field))
+        .map(|field| {
+            let show = |value: Option<&serde_json::Value>| {
+                value.map_or_else(|| "(unset)".to_owned(), ToString::to_string)
+            };
+            format!(
+                "spec.{field}: {} → {}",
+                show(before.get(field)),
+                show(after.get(field))
+            )
+        })
+        .collect()
+}

@@ -1,0 +1,472 @@
+//! The scheduler process: mirrors the lattice's state, holds (or waits for) the lease, and
+//! while leading runs reconcile passes: on every change it sees, and on a short tick so a
+//! silent host is noticed. Each pass reads fresh state and takes one bounded step per app.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use shoal_lattice::names::{app_key, app_status_key, assignment_key, replica_status_key};
+use shoal_lattice::records::{
+    AppRecord, AppStatus, Assignment, Condition, HostRecord, Phase, ReplicaStatus, now_millis,
+};
+use shoal_lattice::{Bucket, Error, Lattice, Mirror, Versioned};
+
+use crate::lease::LeaseKeeper;
+use crate::placement::{self, HostView, Request, Usage};
+use crate::reconcile::{self, Observed};
+
+/// How the scheduler behaves.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// This scheduler's id (lease holder name).
+    pub id: String,
+    /// A host whose record has not been refreshed for this long is lost.
+    pub host_timeout: Duration,
+    /// Lease period: a dead leader is replaced after about this long.
+    pub lease: Duration,
+}
+
+/// Local liveness of hosts, on this scheduler's clock: when did each host record last change.
+#[derive(Debug, Default)]
+struct Liveness {
+    seen: HashMap<String, (u64, Instant)>,
+}
+
+impl Liveness {
+    fn observe(&mut self, hosts: &[Versioned<HostRecord>], now: Instant) {
+        let present: HashSet<&str> = hosts.iter().map(|host| host.key.as_str()).collect();
+        self.seen.retain(|id, _| present.contains(id.as_str()));
+        for host in hosts {
+            match self.seen.get(&host.key) {
+                Some((revision, _)) if *revision == host.revision => {}
+                _ => {
+                    self.seen.insert(host.key.clone(), (host.revision, now));
+                }
+            }
+        }
+    }
+
+    fn live(&self, timeout: Duration, now: Instant) -> HashSet<String> {
+        self.seen
+            .iter()
+            .filter(|(_, (_, at))| now.duration_since(*at) <= timeout)
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+}
+
+/// Writes this scheduler made that its mirror may not show yet: without them, a pass right
+/// after a write would place the same replica twice.
+#[derive(Debug, Default)]
+struct Pending {
+    created: HashMap<String, (Versioned<Assignment>, Instant)>,
+    deleted: HashMap<String, Instant>,
+}
+
+const PENDING_PATIENCE: Duration = Duration::from_secs(5);
+
+impl Pending {
+    fn view(
+        &mut self,
+        mirrored: Vec<Versioned<Assignment>>,
+        now: Instant,
+    ) -> Vec<Versioned<Assignment>> {
+        let keys: HashSet<String> = mirrored.iter().map(|record| record.key.clone()).collect();
+        self.created.retain(|key, (_, at)| {
+            !keys.contains(key) && now.duration_since(*at) < PENDING_PATIENCE
+        });
+        self.deleted
+            .retain(|key, at| keys.contains(key) && now.duration_since(*at) < PENDING_PATIENCE);
+        mirrored
+            .into_iter()
+            .filter(|record| !self.deleted.contains_key(&record.key))
+            .chain(self.created.values().map(|(record, _)| record.clone()))
+            .collect()
+    }
+}
+
+/// Backoff for replacing failed replicas of one app.
+#[derive(Debug, Clone, Copy)]
+struct Backoff {
+    failures: u32,
+    not_before: Instant,
+}
+
+struct State {
+    apps: Mirror<AppRecord>,
+    hosts: Mirror<HostRecord>,
+    assignments: Mirror<Assignment>,
+    replicas: Mirror<ReplicaStatus>,
+    app_status: Mirror<AppStatus>,
+    liveness: Liveness,
+    pending: Pending,
+    backoff: HashMap<String, Backoff>,
+}
+
+/// Runs the scheduler until `shutdown` resolves, then gives up the lease.
+///
+/// # Errors
+/// When the lattice's state cannot be read at startup.
+pub async fn run(
+    lattice: Lattice,
+    options: Options,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
+    let mut state = State {
+        apps: lattice.mirror(Bucket::Apps, ">").await?,
+        hosts: lattice.mirror(Bucket::Hosts, ">").await?,
+        assignments: lattice.mirror(Bucket::Assignments, ">").await?,
+        replicas: lattice.mirror(Bucket::Status, "replicas.>").await?,
+        app_status: lattice.mirror(Bucket::Status, "apps.>").await?,
+        liveness: Liveness::default(),
+        pending: Pending::default(),
+        backoff: HashMap::new(),
+    };
+    let mut lease = LeaseKeeper::new(lattice.clone(), options.id.clone(), options.lease);
+    let mut changes = [
+        state.apps.changes(),
+        state.hosts.changes(),
+        state.assignments.changes(),
+        state.replicas.changes(),
+    ];
+    tracing::info!(id = %options.id, lattice = %lattice.name(), "scheduler started");
+    tokio::pin!(shutdown);
+    loop {
+        let [apps, hosts, assignments, replicas] = &mut changes;
+        tokio::select! {
+            () = &mut shutdown => break,
+            _ = apps.changed() => {}
+            _ = hosts.changed() => {}
+            _ = assignments.changed() => {}
+            _ = replicas.changed() => {}
+            () = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+        let now = Instant::now();
+        state.liveness.observe(&state.hosts.snapshot(), now);
+        if !lease.tick().await {
+            continue;
+        }
+        if let Err(error) = pass(&lattice, &options, &mut state, now).await {
+            tracing::warn!(%error, "reconcile pass failed; retrying");
+        }
+    }
+    lease.release().await;
+    tracing::info!("scheduler stopped");
+    Ok(())
+}
+
+fn replica_id(app: &str) -> String {
+    let unique = nuid::next().to_string().to_ascii_lowercase();
+    format!("{app}-{}", &unique[unique.len().saturating_sub(10)..])
+}
+
+async fn pass(
+    lattice: &Lattice,
+    options: &Options,
+    state: &mut State,
+    now: Instant,
+) -> Result<(), Error> {
+    let live = state.liveness.live(options.host_timeout, now);
+    let hosts: BTreeMap<String, HostRecord> = state
+        .hosts
+        .snapshot()
+        .into_iter()
+        .filter(|host| live.contains(&host.key))
+        .map(|host| (host.key, host.value))
+        .collect();
+    let mut assignments = state.pending.view(state.assignments.snapshot(), now);
+    let status: HashMap<String, ReplicaStatus> = state
+        .replicas
+        .snapshot()
+        .into_iter()
+        .map(|status| (status.value.replica.clone(), status.value))
+        .collect();
+    let apps = state.apps.snapshot();
+    let app_keys: HashSet<String> = apps.iter().map(|app| app.key.clone()).collect();
+
+    // Replicas of deleted apps go.
+    for assignment in &assignments {
+        if !app_keys.contains(&app_key(&assignment.value.namespace, &assignment.value.app)) {
+            remove(lattice, state, &assignment.key, assignment.revision, now).await?;
+        }
+    }
+    for app_status in state.app_status.snapshot() {
+        let app = app_status.key.trim_start_matches("apps.");
+        if !app_keys.contains(app) {
+            lattice.delete(Bucket::Status, &app_status.key).await?;
+        }
+    }
+    assignments.retain(|assignment| {
+        app_keys.contains(&app_key(&assignment.value.namespace, &assignment.value.app))
+    });
+
+    for app in apps {
+        let app = app.value;
+        let key = app_key(&app.namespace, &app.name);
+        let mine: Vec<Versioned<Assignment>> = assignments
+            .iter()
+            .filter(|assignment| {
+                assignment.value.namespace == app.namespace && assignment.value.app == app.name
+            })
+            .cloned()
+            .collect();
+        let backoff = state.backoff.get(&key).copied();
+        let step = reconcile::reconcile(
+            &app,
+            Observed {
+                assignments: &mine,
+                live_hosts: &live,
+                status: &status,
+                replace_failed: backoff.is_none_or(|backoff| now >= backoff.not_before),
+            },
+        );
+        if step.failed > 0 {
+            let failures = backoff.map_or(0, |backoff| backoff.failures) + 1;
+            let delay = Duration::from_secs(1u64 << failures.min(6)).min(Duration::from_secs(60));
+            tracing::warn!(app = %key, failed = step.failed, retry_in = ?delay, "replacing failed replicas");
+            state.backoff.insert(
+                key.clone(),
+                Backoff {
+                    failures,
+                    not_before: now + delay,
+                },
+            );
+        }
+        if step.lost > 0 {
+            tracing::warn!(app = %key, replicas = step.lost, "replicas on lost hosts are placed again");
+        }
+        let removed: HashSet<String> = step.remove.iter().map(|(key, _)| key.clone()).collect();
+        for (assignment_key, revision) in &step.remove {
+            remove(lattice, state, assignment_key, *revision, now).await?;
+            // A lost host cannot clean up its own replica status.
+            if let Some(assignment) = mine
+                .iter()
+                .find(|assignment| &assignment.key == assignment_key)
+                && !live.contains(&assignment.value.host)
+            {
+                lattice
+                    .delete(
+                        Bucket::Status,
+                        &replica_status_key(&assignment.value.host, &assignment.value.replica),
+                    )
+                    .await?;
+            }
+        }
+        assignments.retain(|assignment| !removed.contains(&assignment.key));
+
+        let mut unplaced = None;
+        if step.place > 0 {
+            let plan = placement::place(
+                &host_views(&hosts, &assignments, &app),
+                &request(&app, step.place, &hosts, &assignments),
+            );
+            for host in &plan.hosts {
+                let assignment = Assignment {
+                    replica: replica_id(&app.name),
+                    app: app.name.clone(),
+                    namespace: app.namespace.clone(),
+                    revision: app.revision,
+                    generation: app.generation,
+                    host: host.clone(),
+                    digest: app.digest.clone(),
+                    template: app.spec.template(),
+                    created_at: now_millis(),
+                };
+                let record_key = assignment_key(host, &assignment.replica);
+                let revision = lattice
+                    .create(Bucket::Assignments, &record_key, &assignment)
+                    .await?;
+                tracing::info!(app = %key, replica = %assignment.replica, %host, "placed");
+                let record = Versioned {
+                    key: record_key.clone(),
+                    revision,
+                    value: assignment,
+                };
+                state
+                    .pending
+                    .created
+                    .insert(record_key, (record.clone(), now));
+                assignments.push(record);
+            }
+            if let Some(report) = plan.report {
+                tracing::info!(app = %key, unplaced = plan.unplaced, %report, "cannot place every replica");
+                unplaced = Some(format!("{} replica(s) unplaced: {report}", plan.unplaced));
+            }
+        }
+        write_status(lattice, state, &app, &assignments, &status, unplaced).await?;
+    }
+    Ok(())
+}
+
+async fn remove(
+    lattice: &Lattice,
+    state: &mut State,
+    key: &str,
+    revision: u64,
+    now: Instant,
+) -> Result<(), Error> {
+    match lattice.delete_at(Bucket::Assignments, key, revision).await {
+        // Someone changed or removed it meanwhile: the next pass sees the truth.
+        Ok(()) | Err(Error::Conflict { .. }) => {}
+        Err(error) => return Err(error),
+    }
+    state.pending.created.remove(key);
+    state.pending.deleted.insert(key.to_owned(), now);
+    Ok(())
+}
+
+fn host_views(
+    hosts: &BTreeMap<String, HostRecord>,
+    assignments: &[Versioned<Assignment>],
+    app: &AppRecord,
+) -> Vec<HostView> {
+    hosts
+        .values()
+        .map(|host| {
+            let mut used = Usage::default();
+            let mut same_app = 0;
+            for assignment in assignments
+                .iter()
+                .filter(|assignment| assignment.value.host == host.id)
+            {
+                used.memory += assignment.value.template.memory_request().0;
+                used.cpu += assignment.value.template.cpu_request().0;
+                used.replicas += 1;
+                if assignment.value.app == app.name && assignment.value.namespace == app.namespace {
+                    same_app += 1;
+                }
+            }
+            HostView {
+                id: host.id.clone(),
+                labels: host.labels.clone(),
+                capacity: host.capacity,
+                used,
+                same_app,
+                cached: host.cached.contains(&app.digest),
+                draining: host.draining,
+            }
+        })
+        .collect()
+}
+
+fn request(
+    app: &AppRecord,
+    count: u32,
+    hosts: &BTreeMap<String, HostRecord>,
+    assignments: &[Versioned<Assignment>],
+) -> Request {
+    let mut spread_counts = HashMap::new();
+    if let Some(label) = &app.spec.placement.spread_by {
+        for assignment in assignments.iter().filter(|assignment| {
+            assignment.value.app == app.name && assignment.value.namespace == app.namespace
+        }) {
+            let value = hosts
+                .get(&assignment.value.host)
+                .and_then(|host| host.labels.get(label).cloned())
+                .unwrap_or_default();
+            *spread_counts.entry(value).or_insert(0) += 1;
+        }
+    }
+    Request {
+        count,
+        memory: app.spec.memory_request().0,
+        cpu: app.spec.cpu_request().0,
+        requires: app.spec.placement.requires.clone(),
+        spread_by: app.spec.placement.spread_by.clone(),
+        spread_counts,
+    }
+}
+
+async fn write_status(
+    lattice: &Lattice,
+    state: &State,
+    app: &AppRecord,
+    assignments: &[Versioned<Assignment>],
+    status: &HashMap<String, ReplicaStatus>,
+    unplaced: Option<String>,
+) -> Result<(), Error> {
+    let mine: Vec<&Assignment> = assignments
+        .iter()
+        .map(|assignment| &assignment.value)
+        .filter(|assignment| {
+            assignment.app == app.name
+                && assignment.namespace == app.namespace
+                && assignment.revision == app.revision
+        })
+        .collect();
+    let ready = mine
+        .iter()
+        .filter(|assignment| reconcile::in_phase(assignment, status, Phase::Ready))
+        .count();
+    let key = app_status_key(&app.namespace, &app.name);
+    let previous = state.app_status.get(&key).map(|status| status.value);
+    // Placement failures persist until a pass places everything.
+    let unplaced = match unplaced {
+        Some(reason) => Some(reason),
+        None if (mine.len() as u32) < app.spec.replicas => {
+            previous.as_ref().and_then(|status| status.unplaced.clone())
+        }
+        None => None,
+    };
+    let condition = |kind: &str, holds: bool, reason: &str, message: String| {
+        let last_transition = previous
+            .as_ref()
+            .and_then(|status| {
+                status
+                    .conditions
+                    .iter()
+                    .find(|condition| condition.kind == kind)
+            })
+            .filter(|condition| condition.status == holds)
+            .map_or_else(now_millis, |condition| condition.last_transition);
+        Condition {
+            kind: kind.to_owned(),
+            status: holds,
+            reason: reason.to_owned(),
+            message,
+            last_transition,
+        }
+    };
+    let placed = u32::try_from(mine.len()).unwrap_or(u32::MAX);
+    let ready = u32::try_from(ready).unwrap_or(u32::MAX);
+    let next = AppStatus {
+        observed_generation: app.generation,
+        revision: app.revision,
+        desired: app.spec.replicas,
+        placed,
+        ready,
+        conditions: vec![
+            match &unplaced {
+                Some(reason) => condition("Placed", false, "Unschedulable", reason.clone()),
+                None => condition(
+                    "Placed",
+                    true,
+                    "AllPlaced",
+                    format!("{placed} of {} replicas placed", app.spec.replicas),
+                ),
+            },
+            if ready >= app.spec.replicas {
+                condition(
+                    "Available",
+                    true,
+                    "AllReady",
+                    format!("{ready} of {} replicas ready", app.spec.replicas),
+                )
+            } else {
+                condition(
+                    "Available",
+                    false,
+                    "NotAllReady",
+                    format!("{ready} of {} replicas ready", app.spec.replicas),
+                )
+            },
+        ],
+        unplaced,
+    };
+    // Write status only when it changed.
+    if previous.as_ref() != Some(&next) {
+        lattice.put(Bucket::Status, &key, &next).await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,127 @@
+//! The leader lease: several schedulers may run; the one holding the lease key acts.
+//!
+//! The lease is a KV key renewed by compare-and-set on its revision. Followers watch the
+//! revision on their own clock (no cross-machine clock comparison): when it has not moved
+//! for a whole lease period, the holder is presumed dead and a follower takes the lease
+//! with a compare-and-set at the revision it saw, so only one of several followers wins.
+
+use std::time::{Duration, Instant};
+
+use shoal_lattice::names::SCHEDULER_LEASE;
+use shoal_lattice::records::{Lease, now_millis};
+use shoal_lattice::{Bucket, Error, Lattice};
+
+/// Holds or waits for the scheduler lease.
+#[derive(Debug)]
+pub struct LeaseKeeper {
+    lattice: Lattice,
+    holder: String,
+    duration: Duration,
+    /// When this scheduler last renewed the lease it holds, and the revision it wrote.
+    held: Option<(Instant, u64)>,
+    /// The lease revision last seen held by someone else, and since when.
+    observed: Option<(u64, Instant)>,
+    last_attempt: Option<Instant>,
+}
+
+impl LeaseKeeper {
+    /// A keeper for `holder` with leases of `duration`.
+    pub fn new(lattice: Lattice, holder: String, duration: Duration) -> Self {
+        Self {
+            lattice,
+            holder,
+            duration,
+            held: None,
+            observed: None,
+            last_attempt: None,
+        }
+    }
+
+    /// Whether this scheduler holds a lease it renewed less than a lease period ago.
+    pub fn is_leader(&self) -> bool {
+        self.held
+            .is_some_and(|(renewed, _)| renewed.elapsed() < self.duration)
+    }
+
+    /// Renews or tries to take the lease, at most every third of a lease period.
+    /// Returns whether this scheduler leads.
+    pub async fn tick(&mut self) -> bool {
+        let now = Instant::now();
+        if self
+            .last_attempt
+            .is_some_and(|last| now.duration_since(last) < self.duration / 3)
+        {
+            return self.is_leader();
+        }
+        self.last_attempt = Some(now);
+        if let Err(error) = self.attempt(now).await {
+            tracing::debug!(%error, "lease attempt failed");
+        }
+        self.is_leader()
+    }
+
+    async fn attempt(&mut self, now: Instant) -> Result<(), Error> {
+        let lease = Lease {
+            holder: self.holder.clone(),
+            renewed_at: now_millis(),
+        };
+        let current = self
+            .lattice
+            .get::<Lease>(Bucket::Leases, SCHEDULER_LEASE)
+            .await?;
+        let written = match current {
+            None => {
+                self.lattice
+                    .create(Bucket::Leases, SCHEDULER_LEASE, &lease)
+                    .await
+            }
+            Some(current) if current.value.holder == self.holder => {
+                self.lattice
+                    .update(Bucket::Leases, SCHEDULER_LEASE, &lease, current.revision)
+                    .await
+            }
+            Some(current) => {
+                let since = match self.observed {
+                    Some((revision, since)) if revision == current.revision => since,
+                    _ => {
+                        self.observed = Some((current.revision, now));
+                        now
+                    }
+                };
+                self.held = None;
+                if now.duration_since(since) < self.duration {
+                    return Ok(());
+                }
+                tracing::info!(previous = %current.value.holder, "the scheduler lease expired; taking it");
+                self.lattice
+                    .update(Bucket::Leases, SCHEDULER_LEASE, &lease, current.revision)
+                    .await
+            }
+        };
+        match written {
+            Ok(revision) => {
+                if self.held.is_none() {
+                    tracing::info!(holder = %self.holder, "this scheduler now leads");
+                }
+                self.held = Some((now, revision));
+                Ok(())
+            }
+            Err(error) => {
+                if self.held.take().is_some() {
+                    tracing::warn!(%error, "lost the scheduler lease");
+                }
+                Err(error)
+            }
+        }
+    }
+
+    /// Gives the lease up so another scheduler can take over at once.
+    pub async fn release(&mut self) {
+        if let Some((_, revision)) = self.held.take() {
+            let _ = self
+                .lattice
+                .delete_at(Bucket::Leases, SCHEDULER_LEASE, revision)
+                .await;
+        }
+    }
+}

@@ -1,0 +1,13 @@
+//! Shoal's control plane: validates App manifests, keeps revisions, places replicas on
+//! hosts, reconciles desired against observed state, detects lost hosts, and holds the
+//! leader lease so several schedulers can run and one acts.
+//!
+//! The pure parts ([`manifest`], [`placement`], [`reconcile`]) know nothing of NATS and are
+//! tested on their own; [`controller`] wires them to the lattice.
+
+pub mod apply;
+pub mod controller;
+pub mod lease;
+pub mod manifest;
+pub mod placement;
+pub mod reconcile;

@@ -1,0 +1,284 @@
+//! Reconcile: a pure function from one app's desired state and what is observed to the
+//! next bounded step. Level-triggered, like a Kubernetes controller: it looks only at the
+//! present, so running it again after a crash, a lost write or a duplicate event is safe.
+
+use std::collections::{HashMap, HashSet};
+
+use shoal_lattice::Versioned;
+use shoal_lattice::records::{AppRecord, Assignment, Phase, ReplicaStatus};
+
+/// What to do next for one app.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Step {
+    /// New replicas of the current revision to place.
+    pub place: u32,
+    /// Assignment keys to delete, each with the revision it was read at.
+    pub remove: Vec<(String, u64)>,
+    /// Of `remove`, replicas replaced because their host was lost.
+    pub lost: u32,
+    /// Of `remove`, replicas replaced because they failed.
+    pub failed: u32,
+}
+
+/// What is observed of one app.
+#[derive(Debug, Clone, Copy)]
+pub struct Observed<'a> {
+    /// The app's assignments, on any host.
+    pub assignments: &'a [Versioned<Assignment>],
+    /// Hosts whose heartbeat is fresh.
+    pub live_hosts: &'a HashSet<String>,
+    /// Replica status by replica id.
+    pub status: &'a HashMap<String, ReplicaStatus>,
+    /// Whether failed replicas may be replaced now (false while backing off).
+    pub replace_failed: bool,
+}
+
+/// Whether a replica's host reports it in `phase` for this very assignment.
+pub fn in_phase(
+    assignment: &Assignment,
+    status: &HashMap<String, ReplicaStatus>,
+    phase: Phase,
+) -> bool {
+    status.get(&assignment.replica).is_some_and(|status| {
+        status.phase == phase && status.observed_generation == assignment.generation
+    })
+}
+
+/// The next step for `app`.
+pub fn reconcile(app: &AppRecord, observed: Observed<'_>) -> Step {
+    let mut step = Step::default();
+    let mut current = Vec::new();
+    let mut old = Vec::new();
+    for assignment in observed.assignments {
+        if !observed.live_hosts.contains(&assignment.value.host) {
+            step.remove
+                .push((assignment.key.clone(), assignment.revision));
+            if assignment.value.revision == app.revision {
+                step.lost += 1;
+            }
+        } else if assignment.value.revision != app.revision {
+            old.push(assignment);
+        } else if observed.replace_failed
+            && in_phase(&assignment.value, observed.status, Phase::Failed)
+        {
+            step.remove
+                .push((assignment.key.clone(), assignment.revision));
+            step.failed += 1;
+        } else {
+            current.push(assignment);
+        }
+    }
+    let desired = app.spec.replicas as usize;
+    if current.len() < desired {
+        step.place = u32::try_from(desired - current.len()).unwrap_or(u32::MAX);
+    } else if current.len() > desired {
+        // Remove the least useful first: not ready before ready, then the newest.
+        current.sort_by_key(|assignment| {
+            (
+                in_phase(&assignment.value, observed.status, Phase::Ready),
+                std::cmp::Reverse(assignment.value.created_at),
+                assignment.key.clone(),
+            )
+        });
+        for assignment in &current[..current.len() - desired] {
+            step.remove
+                .push((assignment.key.clone(), assignment.revision));
+        }
+    }
+    // Replicas of an earlier revision go once the current revision is fully ready, so the
+    // app keeps serving through a template change.
+    let ready = current
+        .iter()
+        .filter(|assignment| in_phase(&assignment.value, observed.status, Phase::Ready))
+        .count();
+    if desired == 0 || ready >= desired {
+        for assignment in old {
+            step.remove
+                .push((assignment.key.clone(), assignment.revision));
+        }
+    }
+    step
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_lattice::records::{AppLimits, AppSpec, Placement};
+    use std::collections::BTreeMap;
+
+    fn app(replicas: u32, revision: u64) -> AppRecord {
+        AppRecord {
+            name: "hello".into(),
+            namespace: "default".into(),
+            generation: 1,
+            revision,
+            digest: "sha256:00".into(),
+            spec: AppSpec {
+                component: "r/hello:1".into(),
+                replicas,
+                placement: Placement::default(),
+                limits: AppLimits::default(),
+                routes: vec![],
+                config: BTreeMap::new(),
+                secrets: vec![],
+                allowed_outbound: vec![],
+                health: None,
+                rollout: None,
+            },
+            created_at: 0,
+            updated_at: 0,
+        }
+    }
+
+    fn assigned(
+        replica: &str,
+        host: &str,
+        revision: u64,
+        created_at: u64,
+    ) -> Versioned<Assignment> {
+        let app = app(0, revision);
+        Versioned {
+            key: format!("{host}.{replica}"),
+            revision: created_at,
+            value: Assignment {
+                replica: replica.into(),
+                app: app.name,
+                namespace: app.namespace,
+                revision,
+                generation: 1,
+                host: host.into(),
+                digest: app.digest,
+                template: app.spec,
+                created_at,
+            },
+        }
+    }
+
+    fn status(replica: &str, phase: Phase) -> (String, ReplicaStatus) {
+        (
+            replica.to_owned(),
+            ReplicaStatus {
+                replica: replica.into(),
+                app: "hello".into(),
+                namespace: "default".into(),
+                revision: 1,
+                host: "h".into(),
+                phase,
+                reason: None,
+                message: None,
+                observed_generation: 1,
+                since: 0,
+            },
+        )
+    }
+
+    fn live(hosts: &[&str]) -> HashSet<String> {
+        hosts.iter().map(|host| (*host).to_owned()).collect()
+    }
+
+    #[test]
+    fn places_what_is_missing_and_is_idempotent() {
+        let hosts = live(&["h1"]);
+        let observed = Observed {
+            assignments: &[assigned("r1", "h1", 1, 1)],
+            live_hosts: &hosts,
+            status: &HashMap::new(),
+            replace_failed: true,
+        };
+        let step = reconcile(&app(3, 1), observed);
+        assert_eq!(step.place, 2);
+        assert_eq!(step, reconcile(&app(3, 1), observed));
+    }
+
+    #[test]
+    fn replicas_on_lost_hosts_are_removed_and_replaced() {
+        let hosts = live(&["h2"]);
+        let assignments = [assigned("r1", "h1", 1, 1), assigned("r2", "h2", 1, 2)];
+        let step = reconcile(
+            &app(2, 1),
+            Observed {
+                assignments: &assignments,
+                live_hosts: &hosts,
+                status: &HashMap::new(),
+                replace_failed: true,
+            },
+        );
+        assert_eq!(step.place, 1);
+        assert_eq!(step.remove, [("h1.r1".to_owned(), 1)]);
+        assert_eq!(step.lost, 1);
+    }
+
+    #[test]
+    fn scaling_down_removes_not_ready_then_newest() {
+        let hosts = live(&["h1"]);
+        let assignments = [
+            assigned("r1", "h1", 1, 1),
+            assigned("r2", "h1", 1, 2),
+            assigned("r3", "h1", 1, 3),
+        ];
+        let status: HashMap<_, _> = [
+            status("r1", Phase::Ready),
+            status("r2", Phase::Pending),
+            status("r3", Phase::Ready),
+        ]
+        .into_iter()
+        .collect();
+        let step = reconcile(
+            &app(1, 1),
+            Observed {
+                assignments: &assignments,
+                live_hosts: &hosts,
+                status: &status,
+                replace_failed: true,
+            },
+        );
+        assert_eq!(
+            step.remove,
+            [("h1.r2".to_owned(), 2), ("h1.r3".to_owned(), 3)]
+        );
+    }
+
+    #[test]
+    fn failed_replicas_are_replaced_unless_backing_off() {
+        let hosts = live(&["h1"]);
+        let assignments = [assigned("r1", "h1", 1, 1)];
+        let status: HashMap<_, _> = [status("r1", Phase::Failed)].into_iter().collect();
+        let mut observed = Observed {
+            assignments: &assignments,
+            live_hosts: &hosts,
+            status: &status,
+            replace_failed: true,
+        };
+        let step = reconcile(&app(1, 1), observed);
+        assert_eq!((step.place, step.failed, step.remove.len()), (1, 1, 1));
+        observed.replace_failed = false;
+        assert_eq!(reconcile(&app(1, 1), observed), Step::default());
+    }
+
+    #[test]
+    fn an_old_revision_stays_until_the_new_one_is_ready() {
+        let hosts = live(&["h1"]);
+        let mut assignments = vec![assigned("old", "h1", 1, 1)];
+        let observed = |assignments: &[Versioned<Assignment>],
+                        status: &HashMap<String, ReplicaStatus>| {
+            reconcile(
+                &app(1, 2),
+                Observed {
+                    assignments,
+                    live_hosts: &hosts,
+                    status,
+                    replace_failed: true,
+                },
+            )
+        };
+        assert_eq!(observed(&assignments, &HashMap::new()).place, 1);
+        assignments.push(assigned("new", "h1", 2, 2));
+        assert!(observed(&assignments, &HashMap::new()).remove.is_empty());
+        let mut ready: HashMap<_, _> = [status("new", Phase::Ready)].into_iter().collect();
+        ready.get_mut("new").unwrap().revision = 2;
+        assert_eq!(
+            observed(&assignments, &ready).remove,
+            [("h1.old".to_owned(), 1)]
+        );
+    }
+}

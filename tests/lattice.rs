@@ -1,0 +1,339 @@
+//! End-to-end tests of the lattice: real nats-server, real registry, real `shoal host` and
+//! `shoal scheduler` processes, killed with signals.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use support::lattice::{Lattice, hello_manifest};
+use support::{eventually, free_port};
+
+const PATIENCE: Duration = Duration::from_secs(30);
+
+fn replica_ids(lattice: &Lattice, app: &str) -> Vec<String> {
+    let rows: serde_json::Value =
+        serde_json::from_str(&lattice.ok(&["get", "replicas", "-o", "json"])).unwrap();
+    let mut ids: Vec<String> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|row| row["app"] == app)
+        .map(|row| row["replica"].as_str().unwrap().to_owned())
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[test]
+fn placement_spreads_over_zones_honours_requires_and_waits_for_a_fitting_host() {
+    let lattice = Lattice::start();
+    let _scheduler = lattice.scheduler("s1");
+    let a = lattice.host("host-a", &["zone=a"]);
+    let _b = lattice.host("host-b", &["zone=b"]);
+    let _c = lattice.host("host-c", &["zone=c"]);
+    let hello = lattice.push_hello("1.0");
+
+    let applied = lattice.apply(&hello_manifest(
+        "spread",
+        &hello,
+        3,
+        "  placement: {spreadBy: zone}\n",
+    ));
+    assert!(applied.contains("app default/spread created"), "{applied}");
+    let by_host = lattice.wait_ready("spread", 3, PATIENCE);
+    assert_eq!(
+        by_host.values().copied().collect::<Vec<_>>(),
+        [1, 1, 1],
+        "{by_host:?}"
+    );
+    let (status, body) = eventually(PATIENCE, "host-a to route /spread", || {
+        a.get("/spread").filter(|(status, _)| *status == 200)
+    });
+    assert_eq!((status, body.as_str()), (200, "hello from Shoal\n"));
+
+    lattice.apply(&hello_manifest(
+        "pinned",
+        &hello,
+        2,
+        "  placement: {requires: {zone: b}}\n",
+    ));
+    let by_host = lattice.wait_ready("pinned", 2, PATIENCE);
+    assert_eq!(by_host.keys().collect::<Vec<_>>(), ["host-b"]);
+
+    // Nothing fits: the app stays unplaced and describe says why.
+    lattice.apply(&hello_manifest(
+        "eu",
+        &hello,
+        1,
+        "  placement: {requires: {zone: eu}}\n",
+    ));
+    let described = eventually(
+        PATIENCE,
+        "describe to explain the placement failure",
+        || {
+            let described = lattice.ok(&["describe", "app", "eu"]);
+            described
+                .contains("0 of 3 hosts fit: 3 lack label zone=eu")
+                .then_some(described)
+        },
+    );
+    assert!(described.contains("Unschedulable"), "{described}");
+
+    // A fitting host joins: the app is placed there.
+    let _eu = lattice.host("host-eu", &["zone=eu"]);
+    let by_host = lattice.wait_ready("eu", 1, PATIENCE);
+    assert_eq!(by_host.keys().collect::<Vec<_>>(), ["host-eu"]);
+    let described = lattice.ok(&["describe", "app", "eu"]);
+    assert!(described.contains("AllPlaced"), "{described}");
+}
+
+#[test]
+fn a_lost_host_s_replicas_move_and_a_returning_host_keeps_no_duplicates() {
+    let lattice = Lattice::start();
+    let _scheduler = lattice.scheduler("s1");
+    let mut hosts = [
+        lattice.host("h1", &[]),
+        lattice.host("h2", &[]),
+        lattice.host("h3", &[]),
+    ];
+    let hello = lattice.push_hello("1.0");
+    lattice.apply(&hello_manifest("hello", &hello, 2, ""));
+    let before = lattice.wait_ready("hello", 2, PATIENCE);
+
+    // kill -9 one host that runs a replica.
+    let victim = before.keys().next().unwrap().clone();
+    let index = hosts.iter().position(|host| host.id == victim).unwrap();
+    hosts[index].kill();
+    let killed = Instant::now();
+    let after = eventually(PATIENCE, "the replicas to run elsewhere", || {
+        let ready = lattice.ready_by_host("hello");
+        (ready.values().sum::<usize>() == 2 && !ready.contains_key(&victim)).then_some(ready)
+    });
+    let moved_in = killed.elapsed();
+    eprintln!("host killed → replicas ready elsewhere in {moved_in:?}");
+    // Host timeout 1 s (heartbeats every 250 ms), plus a margin for a loaded CI machine.
+    assert!(moved_in < Duration::from_secs(10), "took {moved_in:?}");
+    assert!(!after.contains_key(&victim));
+
+    // A host that stops answering (SIGSTOP) but comes back: what moved away stops there.
+    let frozen = after.keys().next().unwrap().clone();
+    let index = hosts.iter().position(|host| host.id == frozen).unwrap();
+    let pid = hosts[index].pid();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-STOP", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    eventually(PATIENCE, "replicas to leave the frozen host", || {
+        let ready = lattice.ready_by_host("hello");
+        (ready.values().sum::<usize>() == 2 && !ready.contains_key(&frozen)).then_some(())
+    });
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-CONT", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    eventually(
+        PATIENCE,
+        "the returning host to run nothing that moved away",
+        || {
+            let replicas = lattice.replicas();
+            let hello: Vec<_> = replicas
+                .iter()
+                .filter(|(app, _, _)| app == "hello")
+                .collect();
+            let log = hosts[index].log();
+            (hello.len() == 2
+                && hello.iter().all(|(_, host, _)| *host != frozen)
+                && log.contains("replica stopped"))
+            .then_some(())
+        },
+    );
+}
+
+#[test]
+fn schedulers_hand_over_without_disturbing_what_is_placed() {
+    let lattice = Lattice::start();
+    let mut first = lattice.scheduler("s1");
+    let _host = lattice.host("h1", &[]);
+    let hello = lattice.push_hello("1.0");
+    lattice.apply(&hello_manifest("hello", &hello, 2, ""));
+    lattice.wait_ready("hello", 2, PATIENCE);
+    let placed = replica_ids(&lattice, "hello");
+
+    // kill -9 the only scheduler and start another: nothing placed changes.
+    first.kill();
+    let mut second = lattice.scheduler("s2");
+    eventually(PATIENCE, "s2 to lead", || {
+        second.log().contains("now leads").then_some(())
+    });
+    let _third = lattice.scheduler("s3");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(replica_ids(&lattice, "hello"), placed);
+
+    // Kill the leader: the standby takes the lease and acts on a change.
+    second.kill();
+    lattice.ok(&["scale", "app", "hello", "--replicas", "3"]);
+    let started = Instant::now();
+    lattice.wait_ready("hello", 3, PATIENCE);
+    eprintln!(
+        "leader killed → standby placed the scaled replica in {:?}",
+        started.elapsed()
+    );
+    let now = replica_ids(&lattice, "hello");
+    assert!(
+        placed.iter().all(|id| now.contains(id)),
+        "{placed:?} {now:?}"
+    );
+}
+
+#[test]
+fn apps_and_assignments_survive_a_nats_restart_and_hosts_reconnect() {
+    let mut lattice = Lattice::start();
+    let _scheduler = lattice.scheduler("s1");
+    let host = lattice.host("h1", &[]);
+    let hello = lattice.push_hello("1.0");
+    lattice.apply(&hello_manifest("hello", &hello, 1, ""));
+    lattice.wait_ready("hello", 1, PATIENCE);
+    let placed = replica_ids(&lattice, "hello");
+
+    lattice.nats.restart();
+    // The host keeps serving while the lattice is away, and afterwards.
+    assert_eq!(host.get("/hello").map(|(status, _)| status), Some(200));
+    assert_eq!(replica_ids(&lattice, "hello"), placed);
+    eventually(PATIENCE, "the host to heartbeat again", || {
+        let hosts: serde_json::Value =
+            serde_json::from_str(&lattice.ok(&["get", "hosts", "-o", "json"])).unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        hosts
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|host| {
+                host["id"] == "h1"
+                    && now.saturating_sub(host["heartbeatAt"].as_u64().unwrap()) < 1000
+            })
+            .then_some(())
+    });
+    // The scheduler and host act on new desired state after the restart.
+    lattice.ok(&["scale", "app", "hello", "--replicas", "2"]);
+    lattice.wait_ready("hello", 2, PATIENCE);
+}
+
+#[test]
+fn bad_manifests_are_refused_with_the_field_path_and_nothing_is_stored() {
+    let lattice = Lattice::start();
+    let hello = lattice.push_hello("1.0");
+    let good = hello_manifest("good", &hello, 1, "");
+    let cases = [
+        (
+            good.replace("replicas: 1", "replicas: 1\n  replica: 2"),
+            "spec.replica: unknown field `replica`",
+        ),
+        (
+            good.replace("replicas: 1", "replicas: 1\n  limits: {memory: 64Q}"),
+            "spec.limits.memory",
+        ),
+        (
+            good.replace(&format!("  component: {hello}\n"), ""),
+            "missing field `component`",
+        ),
+        (format!("{good}---\n{good}"), "appears more than once"),
+        (
+            format!(
+                "{good}---\n{}",
+                hello_manifest(
+                    "ghost",
+                    &lattice.registry.reference("examples/ghost:1.0"),
+                    1,
+                    ""
+                )
+            ),
+            "app default/ghost: spec.component",
+        ),
+    ];
+    for (manifest, expected) in cases {
+        let file = lattice.shoal.home.path().join("bad.yaml");
+        std::fs::write(&file, &manifest).unwrap();
+        let (ok, _, stderr) = lattice.shoal(&["apply", "-f", file.to_str().unwrap()]);
+        assert!(!ok, "applied:\n{manifest}");
+        assert!(
+            stderr.contains(expected),
+            "expected {expected:?} in:\n{stderr}"
+        );
+        assert!(stderr.contains("nothing was applied"), "{stderr}");
+        assert_eq!(lattice.ok(&["get", "apps", "-o", "json"]).trim(), "[]");
+    }
+}
+
+#[test]
+fn shoal_up_serves_the_example_app() {
+    let lattice = Lattice::start();
+    let hello = lattice.push_hello("1.0");
+    let manifest = lattice.shoal.home.path().join("hello.yaml");
+    std::fs::write(&manifest, hello_manifest("hello", &hello, 1, "")).unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let port = free_port().to_string();
+    let mut up = lattice
+        .shoal
+        .command()
+        .args([
+            "up",
+            "--nats-port",
+            &port,
+            "--http",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(data.path())
+        .arg("--example")
+        .arg(&manifest)
+        .env_remove("SHOAL_NATS")
+        .env("PATH", std::env::var("PATH").unwrap())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(up.stdout.take().unwrap());
+    let mut url = None;
+    let mut printed = String::new();
+    for _ in 0..10 {
+        let mut line = String::new();
+        if stdout.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        printed.push_str(&line);
+        if let Some(address) = line.trim().strip_prefix("host local-1 ingress ") {
+            url = Some(address.to_owned());
+        }
+        if line.contains("created") {
+            break;
+        }
+    }
+    let url = url.unwrap_or_else(|| panic!("no ingress printed:\n{printed}"));
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let body = eventually(PATIENCE, "the example app to answer", || {
+        let mut response = agent.get(&format!("{url}/hello")).call().ok()?;
+        (response.status() == 200).then(|| response.body_mut().read_to_string().unwrap())
+    });
+    assert_eq!(body, "hello from Shoal\n");
+    let _ = std::process::Command::new("kill")
+        .args(["-INT", &up.id().to_string()])
+        .status();
+    let status = up.wait().unwrap();
+    assert!(status.success(), "{status}");
+}

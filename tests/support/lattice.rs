@@ -1,0 +1,282 @@
+//! A lattice for one test: its own nats-server, registry and lattice name, plus helpers to
+//! run `shoal host` and `shoal scheduler` processes and query state through the CLI.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::nats::Nats;
+use super::registry::Registry;
+use super::{Shoal, eventually, guest};
+
+pub struct Lattice {
+    pub shoal: Shoal,
+    pub nats: Nats,
+    pub registry: Registry,
+    pub name: String,
+}
+
+/// A `shoal host` or `shoal scheduler` process, killed on drop.
+pub struct Process {
+    child: Child,
+    pub id: String,
+    /// The ingress URL, for hosts.
+    pub url: Option<String>,
+    log: Arc<Mutex<String>>,
+}
+
+impl Process {
+    /// SIGKILL: no goodbye, as when a machine dies.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then waits for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        self.child.wait().unwrap()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// GET `path` through this host's ingress: status and body.
+    pub fn get(&self, path: &str) -> Option<(u16, String)> {
+        let url = format!("{}{path}", self.url.as_ref().unwrap());
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(10)))
+            .build()
+            .into();
+        let mut response = agent.get(&url).call().ok()?;
+        let status = response.status().as_u16();
+        Some((
+            status,
+            response.body_mut().read_to_string().unwrap_or_default(),
+        ))
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn copy_lines(pipe: impl std::io::Read + Send + 'static, log: Arc<Mutex<String>>) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+            let mut log = log.lock().unwrap();
+            log.push_str(&line);
+            log.push('\n');
+        }
+    });
+}
+
+impl Lattice {
+    pub fn start() -> Self {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let name = format!(
+            "t{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        Self {
+            shoal: Shoal::new(),
+            nats: Nats::start(),
+            registry: Registry::start(),
+            name,
+        }
+    }
+
+    /// A `shoal` command aimed at this lattice.
+    pub fn command(&self) -> Command {
+        let mut command = self.shoal.command();
+        command
+            .env("SHOAL_NATS", self.nats.url())
+            .env("SHOAL_LATTICE", &self.name)
+            .env("SHOAL_LOG", "info");
+        command
+    }
+
+    /// Runs `shoal ARGS` against the lattice: exit success, stdout, stderr.
+    pub fn shoal(&self, args: &[&str]) -> (bool, String, String) {
+        let output = self.command().args(args).output().unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    }
+
+    /// Runs `shoal ARGS`, panicking with stderr on failure; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let (ok, stdout, stderr) = self.shoal(args);
+        assert!(ok, "shoal {args:?} failed:\n{stderr}");
+        stdout
+    }
+
+    /// Pushes hello-http and returns its reference.
+    pub fn push_hello(&self, tag: &str) -> String {
+        let reference = self.registry.reference(&format!("examples/hello:{tag}"));
+        let hello = guest("hello-http");
+        self.shoal
+            .ok(&["push", hello.to_str().unwrap(), &reference]);
+        reference
+    }
+
+    /// Writes a manifest and applies it.
+    pub fn apply(&self, manifest: &str) -> String {
+        let file = self
+            .shoal
+            .home
+            .path()
+            .join(format!("app-{}.yaml", rand_suffix()));
+        std::fs::write(&file, manifest).unwrap();
+        self.ok(&["apply", "-f", file.to_str().unwrap()])
+    }
+
+    fn spawn(&self, args: &[&str], id: &str, wait_for_url: bool) -> Process {
+        let mut child = self
+            .command()
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        copy_lines(child.stderr.take().unwrap(), Arc::clone(&log));
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let url = if wait_for_url {
+            let mut line = String::new();
+            stdout.read_line(&mut line).unwrap();
+            let url = line
+                .trim()
+                .strip_prefix("ingress listening on ")
+                .unwrap_or_else(|| panic!("{id} printed no address; log:\n{}", log.lock().unwrap()))
+                .to_owned();
+            Some(url)
+        } else {
+            None
+        };
+        copy_lines(stdout.into_inner(), Arc::clone(&log));
+        Process {
+            child,
+            id: id.to_owned(),
+            url,
+            log,
+        }
+    }
+
+    /// Starts `shoal host --id ID --label …` with a fast heartbeat.
+    pub fn host(&self, id: &str, labels: &[&str]) -> Process {
+        let mut args = vec![
+            "host",
+            "--id",
+            id,
+            "--http",
+            "127.0.0.1:0",
+            "--heartbeat",
+            "250ms",
+            "--drain",
+            "2s",
+        ];
+        for label in labels {
+            args.push("--label");
+            args.push(label);
+        }
+        self.spawn(&args, id, true)
+    }
+
+    /// Starts `shoal scheduler` with a 1 s host timeout and lease.
+    pub fn scheduler(&self, id: &str) -> Process {
+        self.spawn(
+            &[
+                "scheduler",
+                "--id",
+                id,
+                "--host-timeout",
+                "1s",
+                "--lease",
+                "1s",
+            ],
+            id,
+            false,
+        )
+    }
+
+    /// `shoal get replicas -o json`: (app, host, phase) of every replica.
+    pub fn replicas(&self) -> Vec<(String, String, String)> {
+        let stdout = self.ok(&["get", "replicas", "-o", "json"]);
+        let rows: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .map(|row| {
+                (
+                    row["app"].as_str().unwrap().to_owned(),
+                    row["host"].as_str().unwrap().to_owned(),
+                    row["status"]["phase"]
+                        .as_str()
+                        .unwrap_or("pending")
+                        .to_owned(),
+                )
+            })
+            .collect()
+    }
+
+    /// Ready replicas of `app` per host.
+    pub fn ready_by_host(&self, app: &str) -> BTreeMap<String, usize> {
+        let mut hosts = BTreeMap::new();
+        for (name, host, phase) in self.replicas() {
+            if name == app && phase == "ready" {
+                *hosts.entry(host).or_insert(0) += 1;
+            }
+        }
+        hosts
+    }
+
+    /// Waits until `app` has exactly `count` replicas, all ready; returns them per host.
+    pub fn wait_ready(
+        &self,
+        app: &str,
+        count: usize,
+        patience: Duration,
+    ) -> BTreeMap<String, usize> {
+        eventually(
+            patience,
+            &format!("{count} ready replicas of {app}"),
+            || {
+                let replicas: Vec<_> = self
+                    .replicas()
+                    .into_iter()
+                    .filter(|(name, _, _)| name == app)
+                    .collect();
+                (replicas.len() == count && replicas.iter().all(|(_, _, phase)| phase == "ready"))
+                    .then(|| self.ready_by_host(app))
+            },
+        )
+    }
+}
+
+fn rand_suffix() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// A manifest for hello-http.
+pub fn hello_manifest(name: &str, component: &str, replicas: u32, extra: &str) -> String {
+    format!(
+        "apiVersion: shoal.dev/v1\nkind: App\nmetadata: {{name: {name}}}\nspec:\n  component: {component}\n  replicas: {replicas}\n  routes: [{{path: /{name}}}]\n{extra}"
+    )
+}

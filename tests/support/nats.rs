@@ -1,0 +1,75 @@
+//! A real `nats-server` with JetStream on free loopback ports, its data in a temp dir,
+//! stopped on drop; restartable with the same ports and data.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use super::{eventually, free_port};
+
+pub struct Nats {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    port: u16,
+    monitor: u16,
+}
+
+impl Nats {
+    pub fn start() -> Self {
+        let mut nats = Self {
+            child: None,
+            dir: tempfile::tempdir().unwrap(),
+            port: free_port(),
+            monitor: free_port(),
+        };
+        nats.launch();
+        nats
+    }
+
+    fn launch(&mut self) {
+        let child = Command::new("nats-server")
+            .args(["-js", "-a", "127.0.0.1"])
+            .args(["-p", &self.port.to_string(), "-m", &self.monitor.to_string()])
+            .arg("-sd")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server is not on PATH: run scripts/setup.sh (tests run through scripts/test.sh put it there)");
+        self.child = Some(child);
+        let health = format!("http://127.0.0.1:{}/healthz", self.monitor);
+        eventually(Duration::from_secs(20), "nats-server to be healthy", || {
+            ureq::get(&health)
+                .call()
+                .ok()
+                .filter(|response| response.status() == 200)
+        });
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops the server with SIGTERM (JetStream flushes to disk) and waits for it.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.stop();
+        self.launch();
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
