@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
-# One command for the benchmark: builds release binaries and guests, installs wrk and the
-# wasmtime CLI matching the embedded wasmtime if they are missing, then runs shoal-bench.
-# Extra arguments go to shoal-bench (see `--help`), e.g. bench/run.sh --duration 5.
+# One command for the benchmarks: builds release binaries and guests, installs wrk and the
+# wasmtime CLI matching the embedded wasmtime if they are missing, then runs
+#   serve:   shoal run vs wasmtime serve vs native axum under wrk (shoal-bench)
+#   lattice: placement throughput (cargo bench), apply-to-ready and host-loss-to-ready
+#            on a local lattice (lattice-bench)
+# Usage: bench/run.sh [serve|lattice|all] [extra shoal-bench arguments, e.g. --duration 5]
 set -euo pipefail
+what=all
+case "${1:-}" in serve|lattice|all) what=$1; shift ;; esac
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 scripts/setup.sh
@@ -16,7 +21,7 @@ fi
 # The wasmtime version Shoal embeds, from Cargo.lock.
 version="$(awk '/^name = "wasmtime"$/ { getline; gsub(/[^0-9.]/, ""); print; exit }' Cargo.lock)"
 wasmtime="$root/.shoal/tools/bin/wasmtime"
-if ! "$wasmtime" --version 2>/dev/null | grep -q "wasmtime $version"; then
+if [ "$what" != lattice ] && ! "$wasmtime" --version 2>/dev/null | grep -q "wasmtime $version"; then
     echo "installing wasmtime-cli $version (a long compile, once)" >&2
     cargo install "wasmtime-cli@$version" --locked --root "$root/.shoal/tools"
 fi
@@ -24,9 +29,18 @@ fi
 scripts/build-guests.sh >/dev/null
 cargo build --release --quiet -p shoal-cli -p shoal-bench
 unset RUST_BACKTRACE
-exec target/release/shoal-bench \
+guests=target/guests/wasm32-wasip2/release
+if [ "$what" != lattice ]; then
+  target/release/shoal-bench \
     --shoal target/release/shoal \
     --wasmtime "$wasmtime" \
     --native target/release/native-hello \
-    --guests target/guests/wasm32-wasip2/release \
+    --guests "$guests" \
     "$@"
+fi
+if [ "$what" != serve ]; then
+  echo
+  cargo bench --quiet -p shoal-scheduler --bench placement
+  echo
+  target/release/lattice-bench --shoal target/release/shoal --component "$guests/hello_http.wasm"
+fi

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Shoal's main job, today: a local OCI registry with the example component pushed to it and
-# inspected. Runs until ctrl-c, then stops the registry. (This grows into `shoal up`: a whole
-# local lattice, as the runtime and the lattice land.)
+# Shoal's main job: a local lattice with the example app serving. Starts a local OCI registry,
+# pushes the example component to it, then runs `shoal up --example` (nats-server with
+# JetStream, a scheduler and a host) until ctrl-c, and stops everything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -46,16 +46,15 @@ fi
 
 echo "==> shoal push $hello $reference"
 "$shoal" push "$hello" "$reference"
-echo "==> shoal inspect $reference"
-"$shoal" inspect "$reference"
-
-cat <<EOT
-
-Try it yourself:
-  $shoal pull $reference -o hello.wasm
-  $shoal inspect $reference -o json
-EOT
-if [ -n "$pid" ]; then
-  echo "The registry keeps running until ctrl-c."
-  wait "$pid"
+manifest=examples/apps/hello.yaml
+if [ "$port" != 5000 ]; then
+  manifest=.shoal/hello.yaml
+  sed "s/localhost:5000/$registry/" examples/apps/hello.yaml > "$manifest"
 fi
+
+echo "==> shoal up --example $manifest"
+"$shoal" up --example "$manifest" --data-dir .shoal/nats &
+up=$!
+trap 'kill -TERM "$up" 2>/dev/null' INT TERM
+wait "$up" || true
+wait "$up" 2>/dev/null || true

@@ -14,6 +14,16 @@ use support::{eventually, free_port};
 
 const PATIENCE: Duration = Duration::from_secs(30);
 
+/// A child process killed if the test ends early.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn replica_ids(lattice: &Lattice, app: &str) -> Vec<String> {
     let rows: serde_json::Value =
         serde_json::from_str(&lattice.ok(&["get", "replicas", "-o", "json"])).unwrap();
@@ -285,27 +295,29 @@ fn shoal_up_serves_the_example_app() {
     std::fs::write(&manifest, hello_manifest("hello", &hello, 1, "")).unwrap();
     let data = tempfile::tempdir().unwrap();
     let port = free_port().to_string();
-    let mut up = lattice
-        .shoal
-        .command()
-        .args([
-            "up",
-            "--nats-port",
-            &port,
-            "--http",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(data.path())
-        .arg("--example")
-        .arg(&manifest)
-        .env_remove("SHOAL_NATS")
-        .env("PATH", std::env::var("PATH").unwrap())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdout = BufReader::new(up.stdout.take().unwrap());
+    let mut up = KillOnDrop(
+        lattice
+            .shoal
+            .command()
+            .args([
+                "up",
+                "--nats-port",
+                &port,
+                "--http",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
+            .arg(data.path())
+            .arg("--example")
+            .arg(&manifest)
+            .env_remove("SHOAL_NATS")
+            .env("PATH", std::env::var("PATH").unwrap())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut stdout = BufReader::new(up.0.stdout.take().unwrap());
     let mut url = None;
     let mut printed = String::new();
     for _ in 0..10 {
@@ -332,8 +344,31 @@ fn shoal_up_serves_the_example_app() {
     });
     assert_eq!(body, "hello from Shoal\n");
     let _ = std::process::Command::new("kill")
-        .args(["-INT", &up.id().to_string()])
+        .args(["-INT", &up.0.id().to_string()])
         .status();
-    let status = up.wait().unwrap();
+    let status = up.0.wait().unwrap();
     assert!(status.success(), "{status}");
+}
+
+#[test]
+fn a_restarted_host_reads_its_assignments_and_serves_them_again() {
+    let lattice = Lattice::start();
+    let mut scheduler = lattice.scheduler("s1");
+    let mut host = lattice.host("h1", &[]);
+    let hello = lattice.push_hello("1.0");
+    lattice.apply(&hello_manifest("hello", &hello, 2, ""));
+    lattice.wait_ready("hello", 2, PATIENCE);
+    let placed = replica_ids(&lattice, "hello");
+
+    // With no scheduler to move anything, the restarted host alone must converge on what
+    // is assigned to it.
+    scheduler.kill();
+    host.kill();
+    let host = lattice.host("h1", &[]);
+    lattice.wait_ready("hello", 2, PATIENCE);
+    assert_eq!(replica_ids(&lattice, "hello"), placed);
+    let (status, body) = eventually(PATIENCE, "the restarted host to serve", || {
+        host.get("/hello").filter(|(status, _)| *status == 200)
+    });
+    assert_eq!((status, body.as_str()), (200, "hello from Shoal\n"));
 }

@@ -157,7 +157,6 @@ impl<F: Fetch> Agent<F> {
                     if let Err(error) = self.lattice.put(Bucket::Hosts, &id, &self.record(started_at, http, false)).await {
                         tracing::warn!(%error, "heartbeat failed; still serving what runs here");
                     }
-                    continue;
                 }
                 _ = changes.changed() => {}
                 Some((replica, generation, result)) = started_rx.recv() => {

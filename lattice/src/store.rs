@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
-use futures_util::StreamExt;
+use futures_util::TryStreamExt;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -235,21 +235,30 @@ impl Lattice {
     }
 
     /// Every live record whose key starts with `prefix` (`""` for all), by key.
+    ///
+    /// Keys come from the stream's subject index and values from direct gets, so listing
+    /// creates no consumer: scripts may poll it as often as they like.
     pub async fn list<T: DeserializeOwned>(
         &self,
         bucket: Bucket,
         prefix: &str,
     ) -> Result<Vec<Versioned<T>>, Error> {
         let store = self.store(bucket)?;
-        let mut keys = store
-            .keys()
+        let mut subjects = store
+            .stream
+            .info_with_subjects(format!("{}>", store.prefix))
             .await
             .map_err(|error| self.request_error(bucket, error))?;
         let mut matching = Vec::new();
-        while let Some(key) = keys.next().await {
-            let key = key.map_err(|error| self.request_error(bucket, error))?;
-            if key.starts_with(prefix) {
-                matching.push(key);
+        while let Some((subject, _count)) = subjects
+            .try_next()
+            .await
+            .map_err(|error| self.request_error(bucket, error))?
+        {
+            if let Some(key) = subject.strip_prefix(store.prefix.as_str())
+                && key.starts_with(prefix)
+            {
+                matching.push(key.to_owned());
             }
         }
         matching.sort();

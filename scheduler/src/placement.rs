@@ -125,7 +125,8 @@ pub struct Plan {
     pub report: Option<FitReport>,
 }
 
-fn filter(host: &HostView, request: &Request, used: Usage) -> Result<(), Rejection> {
+/// The filters that do not depend on what this plan places: checked once per host.
+fn static_filter(host: &HostView, request: &Request) -> Result<(), Rejection> {
     if host.draining {
         return Err(Rejection::Draining);
     }
@@ -134,6 +135,11 @@ fn filter(host: &HostView, request: &Request, used: Usage) -> Result<(), Rejecti
             return Err(Rejection::Label(key.clone(), value.clone()));
         }
     }
+    Ok(())
+}
+
+/// The resource filters, checked against usage including this plan's placements.
+fn fit(host: &HostView, request: &Request, used: Usage) -> Result<(), Rejection> {
     if used.memory.saturating_add(request.memory) > host.capacity.memory.0 {
         return Err(Rejection::Memory);
     }
@@ -166,55 +172,85 @@ fn free_after(host: &HostView, request: &Request, used: Usage) -> u64 {
         / 3
 }
 
+/// A host's score for one replica; lower is better: (replicas in its spread value, replicas
+/// of the app on it, not cached, capacity used after placement).
+type Score = (u32, u32, bool, u64);
+
 /// Places `request.count` replicas on `hosts`.
 pub fn place(hosts: &[HostView], request: &Request) -> Plan {
+    // Label checks and spread values do not change while planning: work them out once, so
+    // each replica costs one pass of integer comparisons over the feasible hosts.
+    let mut static_rejections: BTreeMap<Rejection, usize> = BTreeMap::new();
+    let mut spread_values: Vec<String> = Vec::new();
+    let mut candidates: Vec<(usize, usize)> = Vec::new(); // (host index, spread value index)
+    for (index, host) in hosts.iter().enumerate() {
+        if let Err(rejection) = static_filter(host, request) {
+            *static_rejections.entry(rejection).or_insert(0) += 1;
+            continue;
+        }
+        let value = request
+            .spread_by
+            .as_ref()
+            .and_then(|label| host.labels.get(label))
+            .map_or("", String::as_str);
+        let value_index = match spread_values.iter().position(|known| known == value) {
+            Some(position) => position,
+            None => {
+                spread_values.push(value.to_owned());
+                spread_values.len() - 1
+            }
+        };
+        candidates.push((index, value_index));
+    }
+    let mut spread: Vec<u32> = spread_values
+        .iter()
+        .map(|value| request.spread_counts.get(value).copied().unwrap_or(0))
+        .collect();
     let mut used: Vec<Usage> = hosts.iter().map(|host| host.used).collect();
     let mut same_app: Vec<u32> = hosts.iter().map(|host| host.same_app).collect();
-    let mut spread = request.spread_counts.clone();
     let mut placed = Vec::new();
     let mut report = None;
     for _ in 0..request.count {
-        let mut rejections = BTreeMap::new();
-        let mut best: Option<(usize, (u32, u32, bool, u64))> = None;
-        for (index, host) in hosts.iter().enumerate() {
-            if let Err(rejection) = filter(host, request, used[index]) {
-                *rejections.entry(rejection).or_insert(0) += 1;
+        let mut best: Option<(usize, usize, Score)> = None;
+        for &(index, value) in &candidates {
+            if fit(&hosts[index], request, used[index]).is_err() {
                 continue;
             }
-            let spread_count = request.spread_by.as_ref().map_or(0, |label| {
-                let value = host.labels.get(label).cloned().unwrap_or_default();
-                spread.get(&value).copied().unwrap_or(0)
-            });
-            // Lower is better for the first two; `!cached` so that cached sorts first.
+            // Lower is better throughout; `!cached` so that cached sorts first.
             let score = (
-                spread_count,
+                if request.spread_by.is_some() {
+                    spread[value]
+                } else {
+                    0
+                },
                 same_app[index],
-                !host.cached,
-                u64::MAX - free_after(host, request, used[index]),
+                !hosts[index].cached,
+                u64::MAX - free_after(&hosts[index], request, used[index]),
             );
-            // Strictly better only: ties keep the earlier host, and hosts are sorted by id.
-            if best.as_ref().is_none_or(|(_, current)| score < *current) {
-                best = Some((index, score));
+            // Strictly better only: ties keep the earlier host.
+            if best.as_ref().is_none_or(|(_, _, current)| score < *current) {
+                best = Some((index, value, score));
             }
         }
-        let Some((index, _)) = best else {
+        let Some((index, value, _)) = best else {
+            let mut rejections = static_rejections.clone();
+            for &(index, _) in &candidates {
+                if let Err(rejection) = fit(&hosts[index], request, used[index]) {
+                    *rejections.entry(rejection).or_insert(0) += 1;
+                }
+            }
             report = Some(FitReport {
                 hosts: hosts.len(),
                 rejections,
             });
             break;
         };
-        let host = &hosts[index];
         used[index].memory += request.memory;
         used[index].cpu += request.cpu;
         used[index].replicas += 1;
         same_app[index] += 1;
-        if let Some(label) = &request.spread_by {
-            *spread
-                .entry(host.labels.get(label).cloned().unwrap_or_default())
-                .or_insert(0) += 1;
-        }
-        placed.push(host.id.clone());
+        spread[value] += 1;
+        placed.push(hosts[index].id.clone());
     }
     Plan {
         unplaced: request.count - u32::try_from(placed.len()).unwrap_or(u32::MAX),

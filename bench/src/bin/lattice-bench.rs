@@ -1,0 +1,270 @@
+//! `lattice-bench`: times the lattice's two promises on this machine, with real processes:
+//! apply to all replicas ready (3 hosts), and host killed (kill -9) to its replicas ready
+//! elsewhere, with the scheduler's default host timeout. Each is repeated and the median
+//! and worst are printed.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use shoal_lattice::records::{Phase, ReplicaStatus};
+use shoal_lattice::{Bucket, ConnectOptions, Lattice, Mirror};
+
+#[derive(Parser, Debug)]
+#[command(about = "Time apply-to-ready and host-loss-to-ready on a local lattice")]
+struct Args {
+    /// The `shoal` binary (a release build).
+    #[arg(long)]
+    shoal: PathBuf,
+    /// hello_http.wasm.
+    #[arg(long)]
+    component: PathBuf,
+    /// Repetitions of each measurement.
+    #[arg(long, default_value = "5")]
+    runs: usize,
+}
+
+/// Child processes killed on drop.
+struct Processes(Vec<Child>);
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn wait_for_port(port: u16) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            bail!("nothing listens on {port} after 20 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+struct Bench {
+    shoal: PathBuf,
+    home: tempfile::TempDir,
+    nats: String,
+    lattice: String,
+    processes: Processes,
+}
+
+impl Bench {
+    fn command(&self) -> Command {
+        let mut command = Command::new(&self.shoal);
+        command
+            .env("SHOAL_NATS", &self.nats)
+            .env("SHOAL_LATTICE", &self.lattice)
+            .env("SHOAL_CACHE_DIR", self.home.path().join("cache"))
+            .env_remove("RUST_BACKTRACE")
+            .env_remove("SHOAL_LOG");
+        command
+    }
+
+    fn host(&mut self, id: &str) -> anyhow::Result<()> {
+        let mut child = self
+            .command()
+            .args(["host", "--id", id, "--http", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let mut line = String::new();
+        if let Some(stdout) = child.stdout.take() {
+            BufReader::new(stdout).read_line(&mut line)?;
+        }
+        if !line.starts_with("ingress listening") {
+            bail!("host {id} did not start");
+        }
+        self.processes.0.push(child);
+        Ok(())
+    }
+}
+
+fn ready_replicas(status: &Mirror<ReplicaStatus>, app: &str, excluding: Option<&str>) -> usize {
+    status
+        .snapshot()
+        .into_iter()
+        .filter(|status| {
+            status.value.app == app
+                && status.value.phase == Phase::Ready
+                && excluding != Some(status.value.host.as_str())
+        })
+        .count()
+}
+
+/// Waits, woken by each status change, until `app` has `count` ready replicas.
+async fn wait_ready(
+    status: &Mirror<ReplicaStatus>,
+    app: &str,
+    count: usize,
+    excluding: Option<&str>,
+) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut changes = status.changes();
+    while ready_replicas(status, app, excluding) != count {
+        if tokio::time::timeout_at(deadline, changes.changed())
+            .await
+            .is_err()
+        {
+            bail!("{app} did not get {count} ready replicas within 60 s");
+        }
+    }
+    Ok(())
+}
+
+fn summary(label: &str, mut times: Vec<Duration>) {
+    times.sort();
+    let median = times[times.len() / 2];
+    let worst = times[times.len() - 1];
+    println!(
+        "{label:<42} median {:>8.1} ms   worst {:>8.1} ms   ({} runs)",
+        median.as_secs_f64() * 1e3,
+        worst.as_secs_f64() * 1e3,
+        times.len()
+    );
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let home = tempfile::tempdir()?;
+    let nats_port = free_port()?;
+    let registry_port = free_port()?;
+    let mut processes = Processes(Vec::new());
+    processes.0.push(
+        Command::new("nats-server")
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &nats_port.to_string(),
+                "-sd",
+            ])
+            .arg(home.path().join("nats"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("cannot start nats-server (scripts/setup.sh installs it)")?,
+    );
+    let config = home.path().join("registry.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "version: 0.1\nlog: {{level: error}}\nstorage:\n  filesystem: {{rootdirectory: {}}}\nhttp:\n  addr: 127.0.0.1:{registry_port}\n",
+            home.path().join("registry").display()
+        ),
+    )?;
+    processes.0.push(
+        Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("cannot start docker-registry")?,
+    );
+    wait_for_port(nats_port)?;
+    wait_for_port(registry_port)?;
+
+    let mut bench = Bench {
+        shoal: args.shoal.clone(),
+        home,
+        nats: format!("nats://127.0.0.1:{nats_port}"),
+        lattice: "bench".to_owned(),
+        processes,
+    };
+    let reference = format!("127.0.0.1:{registry_port}/bench/hello:1.0");
+    let pushed = bench
+        .command()
+        .arg("push")
+        .arg(&args.component)
+        .arg(&reference)
+        .output()?;
+    if !pushed.status.success() {
+        bail!("push failed: {}", String::from_utf8_lossy(&pushed.stderr));
+    }
+    let scheduler = bench
+        .command()
+        .arg("scheduler")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    bench.processes.0.push(scheduler);
+    for id in ["h1", "h2", "h3"] {
+        bench.host(id)?;
+    }
+    let lattice = Lattice::connect(&ConnectOptions {
+        url: bench.nats.clone(),
+        lattice: bench.lattice.clone(),
+        client_name: "lattice-bench".to_owned(),
+    })
+    .await?;
+    let status: Mirror<ReplicaStatus> = lattice.mirror(Bucket::Status, "replicas.>").await?;
+    // Let every host's first heartbeat land before timing.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    println!(
+        "3 hosts, scheduler defaults (host timeout 3 s, heartbeat 1 s), 3 replicas of hello\n"
+    );
+
+    let mut apply_times = Vec::new();
+    let mut loss_times = Vec::new();
+    for run in 0..args.runs {
+        let app = format!("hello-{run}");
+        let manifest = bench.home.path().join(format!("{app}.yaml"));
+        std::fs::write(
+            &manifest,
+            format!(
+                "apiVersion: shoal.dev/v1\nkind: App\nmetadata: {{name: {app}}}\nspec:\n  component: {reference}\n  replicas: 3\n  routes: [{{path: /{app}}}]\n"
+            ),
+        )?;
+        let started = Instant::now();
+        let applied = bench
+            .command()
+            .args(["apply", "-f"])
+            .arg(&manifest)
+            .output()?;
+        if !applied.status.success() {
+            bail!("apply failed: {}", String::from_utf8_lossy(&applied.stderr));
+        }
+        wait_ready(&status, &app, 3, None).await?;
+        apply_times.push(started.elapsed());
+
+        // kill -9 the newest host (the scheduler spreads, so it runs one replica), time
+        // until 3 replicas are ready on the others, then start a replacement host.
+        let victim_index = bench.processes.0.len() - 1;
+        let victim_id = format!("h{}", 4 + run);
+        let mut victim = bench.processes.0.remove(victim_index);
+        let victim_name = if run == 0 {
+            "h3".to_owned()
+        } else {
+            format!("h{}", 3 + run)
+        };
+        let killed = Instant::now();
+        let _ = victim.kill();
+        let _ = victim.wait();
+        wait_ready(&status, &app, 3, Some(&victim_name)).await?;
+        loss_times.push(killed.elapsed());
+        bench.host(&victim_id)?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let _ = bench.command().args(["delete", "app", &app]).output();
+    }
+    summary("apply → 3 replicas ready", apply_times);
+    summary("host killed → its replica ready elsewhere", loss_times);
+    Ok(())
+}
