@@ -12,6 +12,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Parser;
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
+use wrk::Load;
+
+mod wrk;
 
 #[derive(Parser, Debug)]
 #[command(about = "Benchmark shoal run against wasmtime serve and a native axum server")]
@@ -57,14 +60,6 @@ struct Case {
     component: PathBuf,
     extra: Vec<String>,
     path: String,
-}
-
-/// What wrk reported.
-struct Load {
-    requests_per_second: f64,
-    p50: Duration,
-    p99: Duration,
-    errors: u64,
 }
 
 /// What one case measured.
@@ -281,65 +276,7 @@ fn memory(pid: u32, field: &str) -> u64 {
 }
 
 fn wrk(args: &Args, url: &str) -> anyhow::Result<Load> {
-    let output = Command::new("wrk")
-        .args([
-            format!("-t{}", args.threads),
-            format!("-c{}", args.connections),
-            format!("-d{}s", args.duration),
-            "--latency".to_owned(),
-            url.to_owned(),
-        ])
-        .output()
-        .context("cannot run wrk (apt install wrk)")?;
-    let text = String::from_utf8_lossy(&output.stdout);
-    parse_wrk(&text).with_context(|| format!("cannot read wrk's report:\n{text}"))
-}
-
-/// Reads requests/s, p50, p99 and errors from wrk's `--latency` report.
-fn parse_wrk(report: &str) -> Option<Load> {
-    let mut requests_per_second = None;
-    let (mut p50, mut p99) = (None, None);
-    let mut errors = 0;
-    for line in report.lines().map(str::trim) {
-        let mut words = line.split_whitespace();
-        match (words.next(), words.next()) {
-            (Some("Requests/sec:"), Some(value)) => requests_per_second = value.parse().ok(),
-            (Some("50%"), Some(value)) => p50 = parse_latency(value),
-            (Some("99%"), Some(value)) => p99 = parse_latency(value),
-            _ => {}
-        }
-        if let Some(count) = line.strip_prefix("Non-2xx or 3xx responses:") {
-            errors += count.trim().parse::<u64>().unwrap_or(0);
-        }
-        if let Some(socket) = line.strip_prefix("Socket errors:") {
-            errors += socket
-                .split(',')
-                .filter_map(|part| part.split_whitespace().last()?.parse::<u64>().ok())
-                .sum::<u64>();
-        }
-    }
-    Some(Load {
-        requests_per_second: requests_per_second?,
-        p50: p50?,
-        p99: p99?,
-        errors,
-    })
-}
-
-/// Parses wrk's latency figures: `245.00us`, `1.23ms`, `2.01s`, `1.05m`.
-fn parse_latency(value: &str) -> Option<Duration> {
-    let split = value.find(|c: char| c.is_ascii_alphabetic())?;
-    let (number, unit) = value.split_at(split);
-    let number: f64 = number.parse().ok()?;
-    let seconds = match unit {
-        "us" => number / 1e6,
-        "ms" => number / 1e3,
-        "s" => number,
-        "m" => number * 60.0,
-        "h" => number * 3600.0,
-        _ => return None,
-    };
-    Some(Duration::from_secs_f64(seconds))
+    wrk::run(args.threads, args.connections, args.duration, url)
 }
 
 fn table(results: &[Measured], with_startup: bool) -> String {
@@ -401,20 +338,5 @@ fn format_duration(duration: Duration) -> String {
         format!("{} µs", duration.as_micros())
     } else {
         format!("{:.2} ms", duration.as_secs_f64() * 1e3)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reads_a_wrk_report() {
-        let report = "Running 10s test @ http://127.0.0.1:1/\n  2 threads and 32 connections\n  Latency Distribution\n     50%  245.00us\n     75%    1.10ms\n     90%    2.00ms\n     99%    3.50ms\n  123 requests in 10.00s, 1.00MB read\n  Socket errors: connect 0, read 2, write 0, timeout 1\n  Non-2xx or 3xx responses: 4\nRequests/sec:  12345.67\nTransfer/sec:      1.00MB\n";
-        let load = parse_wrk(report).unwrap();
-        assert!((load.requests_per_second - 12345.67).abs() < 1e-6);
-        assert_eq!(load.p50, Duration::from_micros(245));
-        assert_eq!(load.p99, Duration::from_micros(3500));
-        assert_eq!(load.errors, 7);
     }
 }

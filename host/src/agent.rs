@@ -15,14 +15,17 @@ use std::time::Duration;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use shoal_lattice::names::{host_assignments, replica_status_key};
-use shoal_lattice::records::{Assignment, Capacity, HostRecord, Phase, ReplicaStatus, now_millis};
+use shoal_lattice::records::{
+    AppRecord, Assignment, Capacity, HostRecord, Phase, ReplicaStatus, now_millis,
+};
 use shoal_lattice::{Bucket, Lattice, Versioned};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 use crate::engine::Runtime;
+use crate::forward::{DEFAULT_FORWARD_LIMIT, Forwarder, Pick, SERVED_BY, listen};
 use crate::guest::{GuestOptions, OutboundPolicy};
-use crate::http::{HttpComponent, ResponseBody, plain, serve_with};
+use crate::http::{HttpComponent, Peer, ResponseBody, plain, serve_with};
 use crate::limits::Limits;
 use crate::router::{AppRoutes, Lookup, Router};
 
@@ -59,6 +62,9 @@ pub struct Agent<F> {
     options: AgentOptions,
     router: Arc<Router>,
     cached: Arc<Mutex<Vec<String>>>,
+    forwarder: Forwarder,
+    /// Queue-group subscriptions, one per app with a ready local replica.
+    listening: Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
 }
 
 enum ReplicaState {
@@ -77,7 +83,14 @@ type Started = (String, u64, Result<Arc<HttpComponent>, (String, String)>);
 impl<F: Fetch> Agent<F> {
     /// An agent for `lattice`.
     pub fn new(lattice: Lattice, runtime: Arc<Runtime>, fetch: F, options: AgentOptions) -> Self {
+        let forwarder = Forwarder::new(
+            lattice.client().clone(),
+            lattice.name(),
+            DEFAULT_FORWARD_LIMIT,
+        );
         Self {
+            forwarder,
+            listening: Mutex::new(HashMap::new()),
             lattice,
             runtime,
             fetch: Arc::new(fetch),
@@ -130,14 +143,25 @@ impl<F: Fetch> Agent<F> {
             .lattice
             .mirror::<Assignment>(Bucket::Assignments, &host_assignments(&id))
             .await?;
+        let apps = self.lattice.mirror::<AppRecord>(Bucket::Apps, ">").await?;
         tracing::info!(host = %id, lattice = %self.lattice.name(), %http, "host joined the lattice");
 
         let (stop_ingress, ingress_stopped) = tokio::sync::oneshot::channel::<()>();
         let router = Arc::clone(&self.router);
+        let forwarder = self.forwarder.clone();
+        let served_by =
+            http::HeaderValue::from_str(&id).unwrap_or(http::HeaderValue::from_static("host"));
         let ingress = tokio::spawn(serve_with(
             listener,
             64 * 1024,
-            move |request| ingress(Arc::clone(&router), request),
+            move |request| {
+                ingress(
+                    Arc::clone(&router),
+                    forwarder.clone(),
+                    served_by.clone(),
+                    request,
+                )
+            },
             async move {
                 let _ = ingress_stopped.await;
             },
@@ -145,6 +169,7 @@ impl<F: Fetch> Agent<F> {
         ));
 
         let mut changes = assignments.changes();
+        let mut app_changes = apps.changes();
         let (started_tx, mut started_rx) = mpsc::channel::<Started>(64);
         let mut replicas: HashMap<String, Replica> = HashMap::new();
         let mut heartbeat = tokio::time::interval(self.options.heartbeat);
@@ -159,15 +184,28 @@ impl<F: Fetch> Agent<F> {
                     }
                 }
                 _ = changes.changed() => {}
+                _ = app_changes.changed() => {}
                 Some((replica, generation, result)) = started_rx.recv() => {
                     self.started(&mut replicas, replica, generation, result).await;
                 }
             }
             self.converge(&assignments.snapshot(), &mut replicas, &started_tx)
                 .await;
+            let records: Vec<AppRecord> = apps
+                .snapshot()
+                .into_iter()
+                .map(|record| record.value)
+                .collect();
+            self.publish_routes(&records, &replicas).await;
         }
 
         tracing::info!(host = %id, "leaving the lattice: draining");
+        // Leave every queue group first, so no new forwarded request arrives.
+        if let Ok(mut listening) = self.listening.lock() {
+            for (_, task) in listening.drain() {
+                task.abort();
+            }
+        }
         let _ = self
             .lattice
             .put(Bucket::Hosts, &id, &self.record(started_at, http, true))
@@ -243,7 +281,7 @@ impl<F: Fetch> Agent<F> {
             );
         }
         if changed {
-            self.publish_routes(replicas);
+            tracing::debug!(replicas = replicas.len(), "converged");
         }
     }
 
@@ -273,26 +311,98 @@ impl<F: Fetch> Agent<F> {
             }
         };
         report(&self.lattice, &entry.assignment, phase, reason, message).await;
-        self.publish_routes(replicas);
     }
 
-    fn publish_routes(&self, replicas: &HashMap<String, Replica>) {
-        let mut apps: BTreeMap<String, AppRoutes> = BTreeMap::new();
+    /// Rebuilds the routing table from every app's routes and the ready local replicas, and
+    /// joins or leaves each app's queue group to match.
+    async fn publish_routes(&self, apps: &[AppRecord], replicas: &HashMap<String, Replica>) {
+        let mut table: BTreeMap<(String, String), AppRoutes> = apps
+            .iter()
+            .map(|app| {
+                (
+                    (app.namespace.clone(), app.name.clone()),
+                    AppRoutes {
+                        namespace: app.namespace.clone(),
+                        app: app.name.clone(),
+                        routes: app.spec.routes.clone(),
+                        // The app's own timeout, plus room for the trip over NATS.
+                        timeout: app
+                            .spec
+                            .limits
+                            .timeout
+                            .map_or(Limits::default().timeout, |timeout| timeout.0)
+                            + Duration::from_secs(5),
+                        replicas: Vec::new(),
+                    },
+                )
+            })
+            .collect();
         for replica in replicas.values() {
-            let key = format!(
-                "{}/{}",
-                replica.assignment.namespace, replica.assignment.app
-            );
-            let entry = apps.entry(key.clone()).or_insert_with(|| AppRoutes {
-                app: key,
-                routes: replica.assignment.template.routes.clone(),
-                replicas: Vec::new(),
-            });
-            if let ReplicaState::Ready(component) = &replica.state {
+            if let ReplicaState::Ready(component) = &replica.state
+                && let Some(entry) = table.get_mut(&(
+                    replica.assignment.namespace.clone(),
+                    replica.assignment.app.clone(),
+                ))
+            {
                 entry.replicas.push(Arc::clone(component));
             }
         }
-        self.router.set(apps.into_values().collect());
+        let serving: Vec<(String, String)> = table
+            .values()
+            .filter(|entry| !entry.replicas.is_empty())
+            .map(|entry| (entry.namespace.clone(), entry.app.clone()))
+            .collect();
+        self.router.set(table.into_values().collect());
+
+        let wanted: HashSet<String> = serving
+            .iter()
+            .map(|(namespace, app)| format!("{namespace}.{app}"))
+            .collect();
+        let missing: Vec<&(String, String)> = match self.listening.lock() {
+            Ok(mut listening) => {
+                listening.retain(|key, task| {
+                    let keep = wanted.contains(key);
+                    if !keep {
+                        task.abort();
+                        tracing::info!(app = %key, "left the app's queue group: no ready replica here");
+                    }
+                    keep
+                });
+                serving
+                    .iter()
+                    .filter(|(namespace, app)| {
+                        !listening.contains_key(&format!("{namespace}.{app}"))
+                    })
+                    .collect()
+            }
+            Err(_) => Vec::new(),
+        };
+        for (namespace, app) in missing {
+            let router = Arc::clone(&self.router);
+            let (pick_namespace, pick_app) = (namespace.clone(), app.clone());
+            let pick: Pick = Arc::new(move || router.pick(&pick_namespace, &pick_app));
+            match listen(
+                self.lattice.client().clone(),
+                &self.options.id,
+                self.lattice.name(),
+                namespace,
+                app,
+                self.forwarder.limit(),
+                pick,
+            )
+            .await
+            {
+                Ok(task) => {
+                    tracing::info!(%namespace, %app, "joined the app's queue group");
+                    if let Ok(mut listening) = self.listening.lock() {
+                        listening.insert(format!("{namespace}.{app}"), task);
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, %namespace, %app, "cannot join the app's queue group")
+                }
+            }
+        }
     }
 }
 
@@ -390,8 +500,14 @@ async fn start<F: Fetch>(
         .await;
 }
 
-/// Answers one ingress request from the routing table.
-async fn ingress(router: Arc<Router>, request: Request<Incoming>) -> Response<ResponseBody> {
+/// Answers one ingress request: a ready local replica when there is one, else forwarded
+/// over the lattice.
+async fn ingress(
+    router: Arc<Router>,
+    forwarder: Forwarder,
+    served_by: http::HeaderValue,
+    request: Request<Incoming>,
+) -> Response<ResponseBody> {
     let host = request
         .headers()
         .get(http::header::HOST)
@@ -399,17 +515,20 @@ async fn ingress(router: Arc<Router>, request: Request<Incoming>) -> Response<Re
         .or_else(|| request.uri().host())
         .map(str::to_owned);
     match router.lookup(host.as_deref(), request.uri().path()) {
-        Lookup::Replica(component) => component.handle(request).await,
-        Lookup::NotReady(_) => {
-            let mut response = plain(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "no ready replica of this app yet\n",
-            );
-            response.headers_mut().insert(
-                http::header::RETRY_AFTER,
-                http::HeaderValue::from_static("1"),
-            );
+        Lookup::Replica(component) => {
+            let mut response = component.handle(request).await;
+            response.headers_mut().insert(SERVED_BY, served_by);
             response
+        }
+        Lookup::Remote {
+            namespace,
+            app,
+            timeout,
+        } => {
+            let peer = request.extensions().get::<Peer>().map(|peer| peer.0);
+            forwarder
+                .forward(&namespace, &app, request, peer, timeout)
+                .await
         }
         Lookup::NoRoute => plain(StatusCode::NOT_FOUND, "no app serves this route\n"),
     }

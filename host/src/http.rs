@@ -21,7 +21,7 @@ use wasmtime::{Engine, Trap};
 use wasmtime_wasi_http::WasiHttpView as _;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
-use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+use wasmtime_wasi_http::p2::body::{HyperIncomingBody, HyperOutgoingBody};
 
 use crate::engine::Runtime;
 use crate::error::{FailureCause, HostError, TimedOut};
@@ -172,7 +172,14 @@ impl HttpComponent {
     }
 
     /// Handles one request in a fresh instance. Never fails: every failure is a status.
-    pub async fn handle(self: Arc<Self>, request: Request<Incoming>) -> Response<ResponseBody> {
+    ///
+    /// The body may be hyper's (a request on the ingress) or one built from a forwarded
+    /// message.
+    pub async fn handle<B>(self: Arc<Self>, request: Request<B>) -> Response<ResponseBody>
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<wasmtime_wasi_http::Error>,
+    {
         let declared = request
             .headers()
             .get(header::CONTENT_LENGTH)
@@ -206,7 +213,7 @@ impl HttpComponent {
         let limit = self.limits.max_body;
         let flag = Arc::clone(&too_large);
         let request = request.map(move |body| CappedBody {
-            inner: body,
+            inner: body.map_err(Into::into).boxed_unsync(),
             left: limit,
             too_large: flag,
         });
@@ -366,7 +373,7 @@ pub fn plain(status: StatusCode, text: &'static str) -> Response<ResponseBody> {
 
 /// A request body that errors past the size limit and remembers that it did.
 struct CappedBody {
-    inner: Incoming,
+    inner: HyperIncomingBody,
     left: u64,
     too_large: Arc<AtomicBool>,
 }
@@ -394,7 +401,7 @@ impl Body for CappedBody {
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(error.into()))),
+            Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(error))),
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
         }
@@ -408,6 +415,10 @@ impl Body for CappedBody {
         self.inner.size_hint()
     }
 }
+
+/// The address of the client that sent a request, in the request's extensions.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub std::net::SocketAddr);
 
 /// Serves `component` on `listener` (HTTP/1.1 and HTTP/2) until `shutdown` resolves, then
 /// stops accepting and lets in-flight requests finish for up to `drain`.
@@ -452,7 +463,7 @@ pub async fn serve_with<H, F>(
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let (stream, _peer) = match accepted {
+                let (stream, peer) = match accepted {
                     Ok(accepted) => accepted,
                     Err(error) => {
                         tracing::warn!(%error, "accept failed");
@@ -461,7 +472,8 @@ pub async fn serve_with<H, F>(
                 };
                 let _ = stream.set_nodelay(true);
                 let handler = handler.clone();
-                let service = hyper::service::service_fn(move |request| {
+                let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+                    request.extensions_mut().insert(Peer(peer));
                     let response = handler(request);
                     async move { Ok::<_, Infallible>(response.await) }
                 });

@@ -13,6 +13,7 @@ pub mod agent;
 pub mod command;
 pub mod engine;
 pub mod error;
+pub mod forward;
 pub mod guest;
 pub mod http;
 pub mod limits;

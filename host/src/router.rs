@@ -16,10 +16,14 @@ use crate::http::HttpComponent;
 /// One app's routes and its ready local replicas.
 #[derive(Clone)]
 pub struct AppRoutes {
-    /// `<namespace>/<name>`.
+    /// Namespace.
+    pub namespace: String,
+    /// App name.
     pub app: String,
     /// The app's routes.
     pub routes: Vec<Route>,
+    /// How long a forwarded request may wait for its answer.
+    pub timeout: std::time::Duration,
     /// Ready replicas on this host.
     pub replicas: Vec<Arc<HttpComponent>>,
 }
@@ -28,8 +32,15 @@ pub struct AppRoutes {
 pub enum Lookup {
     /// A ready replica.
     Replica(Arc<HttpComponent>),
-    /// The route belongs to an app with no ready replica here.
-    NotReady(String),
+    /// The route belongs to an app with no ready replica here: forward it.
+    Remote {
+        /// Namespace.
+        namespace: String,
+        /// App name.
+        app: String,
+        /// How long to wait for the answer.
+        timeout: std::time::Duration,
+    },
     /// No app has this route.
     NoRoute,
 }
@@ -81,12 +92,31 @@ impl Router {
         }
         match best {
             None => Lookup::NoRoute,
-            Some((_, app)) if app.replicas.is_empty() => Lookup::NotReady(app.app.clone()),
+            Some((_, app)) if app.replicas.is_empty() => Lookup::Remote {
+                namespace: app.namespace.clone(),
+                app: app.app.clone(),
+                timeout: app.timeout,
+            },
             Some((_, app)) => {
                 let index = self.next.fetch_add(1, Ordering::Relaxed) % app.replicas.len();
                 Lookup::Replica(Arc::clone(&app.replicas[index]))
             }
         }
+    }
+}
+
+impl Router {
+    /// A ready local replica of `namespace/app`, round robin.
+    pub fn pick(&self, namespace: &str, app: &str) -> Option<Arc<HttpComponent>> {
+        let table = self.apps.read().ok()?;
+        let entry = table
+            .iter()
+            .find(|entry| entry.namespace == namespace && entry.app == app)?;
+        if entry.replicas.is_empty() {
+            return None;
+        }
+        let index = self.next.fetch_add(1, Ordering::Relaxed) % entry.replicas.len();
+        Some(Arc::clone(&entry.replicas[index]))
     }
 }
 
@@ -103,7 +133,9 @@ mod tests {
 
     fn app(name: &str, routes: Vec<Route>) -> AppRoutes {
         AppRoutes {
+            namespace: "default".to_owned(),
             app: name.to_owned(),
+            timeout: std::time::Duration::from_secs(1),
             routes,
             replicas: vec![],
         }
@@ -111,7 +143,7 @@ mod tests {
 
     fn found(router: &Router, host: Option<&str>, path: &str) -> String {
         match router.lookup(host, path) {
-            Lookup::NotReady(app) => app,
+            Lookup::Remote { app, .. } => app,
             Lookup::Replica(_) => "replica".to_owned(),
             Lookup::NoRoute => "none".to_owned(),
         }

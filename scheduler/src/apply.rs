@@ -220,3 +220,49 @@ fn differences(before: &AppSpec, after: &AppSpec) -> Vec<String> {
         })
         .collect()
 }
+
+/// Routes are lattice-wide: one (host, path) belongs to one app. Returns every collision of
+/// `apps` with each other and with the apps already stored (other than themselves), naming
+/// the app that holds the route.
+///
+/// # Errors
+/// Lattice errors reading the stored apps.
+pub async fn route_collisions(lattice: &Lattice, apps: &[App]) -> Result<Vec<String>, Error> {
+    let stored = lattice.list::<AppRecord>(Bucket::Apps, "").await?;
+    let mut owners: Vec<((Option<String>, String), String)> = stored
+        .iter()
+        .filter(|record| {
+            !apps
+                .iter()
+                .any(|app| app.namespace == record.value.namespace && app.name == record.value.name)
+        })
+        .flat_map(|record| {
+            let owner = format!("{}/{}", record.value.namespace, record.value.name);
+            record
+                .value
+                .spec
+                .routes
+                .iter()
+                .map(move |route| ((route.host.clone(), route.path.clone()), owner.clone()))
+        })
+        .collect();
+    let mut problems = Vec::new();
+    for app in apps {
+        let me = format!("{}/{}", app.namespace, app.name);
+        for (index, route) in app.spec.routes.iter().enumerate() {
+            let key = (route.host.clone(), route.path.clone());
+            match owners
+                .iter()
+                .find(|(taken, owner)| *taken == key && *owner != me)
+            {
+                Some((_, owner)) => problems.push(format!(
+                    "app {me}: spec.routes[{index}]: {}{} is already routed to app {owner}",
+                    route.host.as_deref().unwrap_or("*"),
+                    route.path
+                )),
+                None => owners.push((key, me.clone())),
+            }
+        }
+    }
+    Ok(problems)
+}

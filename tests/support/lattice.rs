@@ -50,6 +50,24 @@ impl Process {
         self.log.lock().unwrap().clone()
     }
 
+    /// GET `path` through this host's ingress: status, body and the x-served-by header.
+    pub fn get_served(&self, path: &str) -> Option<(u16, String, String)> {
+        let url = format!("{}{path}", self.url.as_ref().unwrap());
+        let mut response = agent().get(&url).call().ok()?;
+        let status = response.status().as_u16();
+        let served_by = response
+            .headers()
+            .get("x-served-by")
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        Some((
+            status,
+            response.body_mut().read_to_string().unwrap_or_default(),
+            served_by,
+        ))
+    }
+
     /// GET `path` through this host's ingress: status and body.
     pub fn get(&self, path: &str) -> Option<(u16, String)> {
         let url = format!("{}{path}", self.url.as_ref().unwrap());
@@ -71,6 +89,15 @@ impl Drop for Process {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// An HTTP client that returns every status as a response.
+pub fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into()
 }
 
 fn copy_lines(pipe: impl std::io::Read + Send + 'static, log: Arc<Mutex<String>>) {
@@ -128,10 +155,14 @@ impl Lattice {
 
     /// Pushes hello-http and returns its reference.
     pub fn push_hello(&self, tag: &str) -> String {
-        let reference = self.registry.reference(&format!("examples/hello:{tag}"));
-        let hello = guest("hello-http");
-        self.shoal
-            .ok(&["push", hello.to_str().unwrap(), &reference]);
+        self.push_guest("hello-http", tag)
+    }
+
+    /// Pushes the guest `name` (built from examples/) and returns its reference.
+    pub fn push_guest(&self, name: &str, tag: &str) -> String {
+        let reference = self.registry.reference(&format!("examples/{name}:{tag}"));
+        let path = guest(name);
+        self.shoal.ok(&["push", path.to_str().unwrap(), &reference]);
         reference
     }
 

@@ -26,7 +26,12 @@ impl Nats {
     }
 
     fn launch(&mut self) {
+        // As `shoal up` does: room for 8 MiB forwarded bodies plus headers.
+        let config = self.dir.path().join("nats.conf");
+        std::fs::write(&config, "max_payload: 9437184\n").unwrap();
         let child = Command::new("nats-server")
+            .arg("-c")
+            .arg(&config)
             .args(["-js", "-a", "127.0.0.1"])
             .args(["-p", &self.port.to_string(), "-m", &self.monitor.to_string()])
             .arg("-sd")

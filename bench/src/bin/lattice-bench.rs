@@ -39,6 +39,13 @@ impl Drop for Processes {
     }
 }
 
+/// A nats-server config with room for 8 MiB forwarded bodies, as `shoal up` writes.
+fn nats_config(dir: &std::path::Path) -> anyhow::Result<PathBuf> {
+    let path = dir.join("nats.conf");
+    std::fs::write(&path, "max_payload: 9437184\n")?;
+    Ok(path)
+}
+
 fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -62,6 +69,8 @@ struct Bench {
     nats: String,
     lattice: String,
     processes: Processes,
+    /// Running hosts: (id, ingress URL, index in `processes`).
+    hosts: Vec<(String, String)>,
 }
 
 impl Bench {
@@ -87,9 +96,10 @@ impl Bench {
         if let Some(stdout) = child.stdout.take() {
             BufReader::new(stdout).read_line(&mut line)?;
         }
-        if !line.starts_with("ingress listening") {
+        let Some(url) = line.trim().strip_prefix("ingress listening on ") else {
             bail!("host {id} did not start");
-        }
+        };
+        self.hosts.push((id.to_owned(), url.to_owned()));
         self.processes.0.push(child);
         Ok(())
     }
@@ -139,6 +149,9 @@ fn summary(label: &str, mut times: Vec<Duration>) {
     );
 }
 
+#[path = "../wrk.rs"]
+mod wrk;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -148,6 +161,8 @@ async fn main() -> anyhow::Result<()> {
     let mut processes = Processes(Vec::new());
     processes.0.push(
         Command::new("nats-server")
+            .arg("-c")
+            .arg(nats_config(home.path())?)
             .args([
                 "-js",
                 "-a",
@@ -188,6 +203,7 @@ async fn main() -> anyhow::Result<()> {
         nats: format!("nats://127.0.0.1:{nats_port}"),
         lattice: "bench".to_owned(),
         processes,
+        hosts: Vec::new(),
     };
     let reference = format!("127.0.0.1:{registry_port}/bench/hello:1.0");
     let pushed = bench
@@ -255,6 +271,7 @@ async fn main() -> anyhow::Result<()> {
         } else {
             format!("h{}", 3 + run)
         };
+        bench.hosts.retain(|(id, _)| *id != victim_name);
         let killed = Instant::now();
         let _ = victim.kill();
         let _ = victim.wait();
@@ -266,5 +283,57 @@ async fn main() -> anyhow::Result<()> {
     }
     summary("apply → 3 replicas ready", apply_times);
     summary("host killed → its replica ready elsewhere", loss_times);
+
+    // One replica; wrk through its host (local) and through another host (forwarded).
+    let manifest = bench.home.path().join("fw.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "apiVersion: shoal.dev/v1\nkind: App\nmetadata: {{name: fw}}\nspec:\n  component: {reference}\n  replicas: 1\n  routes: [{{path: /fw}}]\n"
+        ),
+    )?;
+    let applied = bench
+        .command()
+        .args(["apply", "-f"])
+        .arg(&manifest)
+        .output()?;
+    if !applied.status.success() {
+        bail!("apply failed: {}", String::from_utf8_lossy(&applied.stderr));
+    }
+    wait_ready(&status, "fw", 1, None).await?;
+    let owner = status
+        .snapshot()
+        .into_iter()
+        .find(|status| status.value.app == "fw" && status.value.phase == Phase::Ready)
+        .map(|status| status.value.host)
+        .context("no ready replica of fw")?;
+    let url_of = |wanted: &dyn Fn(&str) -> bool| {
+        bench
+            .hosts
+            .iter()
+            .find(|(id, _)| wanted(id))
+            .map(|(_, url)| format!("{url}/fw"))
+    };
+    let local_url = url_of(&|id| id == owner).context("the owner's ingress is unknown")?;
+    let remote_url = url_of(&|id| id != owner).context("no other host")?;
+    // Warm both paths (compile, queue-group subscription) before measuring.
+    wrk::run(1, 4, 1, &local_url)?;
+    wrk::run(1, 4, 1, &remote_url)?;
+    let local = wrk::run(2, 32, 10, &local_url)?;
+    let forwarded = wrk::run(2, 32, 10, &remote_url)?;
+    println!("\nhello through its own host and through another host (wrk -t2 -c32 -d10s):");
+    for (label, load) in [("local", &local), ("forwarded over NATS", &forwarded)] {
+        println!(
+            "{label:<22} {:>8.0} req/s  p50 {:>7.2} ms  p99 {:>7.2} ms  errors {}",
+            load.requests_per_second,
+            load.p50.as_secs_f64() * 1e3,
+            load.p99.as_secs_f64() * 1e3,
+            load.errors
+        );
+    }
+    println!(
+        "forwarded / local throughput: {:.2}",
+        forwarded.requests_per_second / local.requests_per_second
+    );
     Ok(())
 }

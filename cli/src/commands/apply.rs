@@ -68,6 +68,14 @@ pub async fn apply_file(
     }
 
     let connection = lattice.connect("shoal apply").await?;
+    let apps: Vec<manifest::App> = resolved.iter().map(|(app, _)| app.clone()).collect();
+    let collisions = shoal_scheduler::apply::route_collisions(&connection, &apps).await?;
+    if !collisions.is_empty() {
+        bail!(
+            "routes collide; nothing was applied:\n  {}",
+            collisions.join("\n  ")
+        );
+    }
     for (app, digest) in &resolved {
         let (change, record) = apply(&connection, app, digest)
             .await

@@ -62,7 +62,14 @@ pub async fn run(args: UpArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
         };
         std::fs::create_dir_all(&data_dir)
             .with_context(|| format!("cannot create {}", data_dir.display()))?;
+        // Forwarded HTTP requests travel as one NATS message: make room for the 8 MiB
+        // forwarding limit plus headers (the server's default is 1 MiB).
+        let config = data_dir.join("nats.conf");
+        std::fs::write(&config, "max_payload: 9437184\n")
+            .with_context(|| format!("cannot write {}", config.display()))?;
         let child = tokio::process::Command::new(find_nats_server()?)
+            .arg("-c")
+            .arg(&config)
             .args([
                 "-js",
                 "-a",

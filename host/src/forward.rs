@@ -1,0 +1,315 @@
+//! Forwarding HTTP over the lattice: a host with no ready local replica of an app sends the
+//! request to `shoal.<lattice>.v1.http.<namespace>.<app>`, where the hosts that have one
+//! listen in a queue group (only while they have one), so NATS balances across ready
+//! replicas and answers "no responders" when there is none anywhere.
+//!
+//! On the wire a request is one NATS message: HTTP headers as NATS headers, plus
+//! `Shoal-Method` and `Shoal-Uri`; the body is the payload. The reply carries
+//! `Shoal-Status` and the response headers, with the body as payload. Bodies are buffered:
+//! a request body over the forwarding limit is refused with 413 before it is sent, and a
+//! response over it becomes 502, never a truncated answer.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper::body::Incoming;
+
+use crate::http::{HttpComponent, ResponseBody, plain};
+
+const METHOD: &str = "Shoal-Method";
+const URI: &str = "Shoal-Uri";
+const STATUS: &str = "Shoal-Status";
+
+/// Default cap on forwarded bodies; the NATS server's `max_payload` may lower it.
+pub const DEFAULT_FORWARD_LIMIT: usize = 8 << 20;
+
+/// Headers that belong to one hop and are not forwarded.
+fn hop_by_hop(name: &str) -> bool {
+    matches!(
+        name,
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "transfer-encoding"
+            | "te"
+            | "trailer"
+            | "upgrade"
+            | "host"
+    ) || name.starts_with("proxy-")
+        || name.eq_ignore_ascii_case(METHOD)
+        || name.eq_ignore_ascii_case(URI)
+        || name.eq_ignore_ascii_case(STATUS)
+}
+
+/// Sends requests to other hosts.
+#[derive(Clone)]
+pub struct Forwarder {
+    client: async_nats::Client,
+    lattice: String,
+    limit: usize,
+}
+
+impl Forwarder {
+    /// A forwarder over `client` for `lattice`; bodies up to `limit` bytes (lowered to what
+    /// the server accepts).
+    pub fn new(client: async_nats::Client, lattice: &str, limit: usize) -> Self {
+        let server_limit = client.server_info().max_payload.saturating_sub(64 * 1024);
+        Self {
+            client,
+            lattice: lattice.to_owned(),
+            limit: limit.min(server_limit.max(64 * 1024)),
+        }
+    }
+
+    /// The largest body forwarded.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Forwards `request` for `namespace/app` and returns the answer, or 413, 502, 503, or
+    /// 504 when none comes within `timeout` (the request died with its host, or ran long).
+    pub async fn forward(
+        &self,
+        namespace: &str,
+        app: &str,
+        request: Request<Incoming>,
+        peer: Option<SocketAddr>,
+        timeout: Duration,
+    ) -> Response<ResponseBody> {
+        let too_large = || {
+            plain(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "the request body is larger than the lattice forwards\n",
+            )
+        };
+        let declared = request
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|length| length.to_str().ok())
+            .and_then(|length| length.parse::<usize>().ok());
+        if declared.is_some_and(|length| length > self.limit) {
+            return too_large();
+        }
+        let (parts, body) = request.into_parts();
+        let body = match Limited::new(body, self.limit).collect().await {
+            Ok(body) => body.to_bytes(),
+            Err(_) => return too_large(),
+        };
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(METHOD, parts.method.as_str());
+        headers.insert(
+            URI,
+            parts.uri.path_and_query().map_or("/", |path| path.as_str()),
+        );
+        for (name, value) in &parts.headers {
+            if hop_by_hop(name.as_str()) {
+                continue;
+            }
+            if let Ok(value) = value.to_str() {
+                headers.append(name.as_str(), value);
+            }
+        }
+        let host = parts
+            .headers
+            .get(http::header::HOST)
+            .and_then(|host| host.to_str().ok())
+            .unwrap_or_default();
+        if !host.is_empty() {
+            headers.insert("host", host);
+        }
+        if let Some(peer) = peer {
+            let ip = peer.ip().to_string();
+            let forwarded_for = match parts
+                .headers
+                .get("x-forwarded-for")
+                .and_then(|value| value.to_str().ok())
+            {
+                Some(earlier) => format!("{earlier}, {ip}"),
+                None => ip.clone(),
+            };
+            headers.insert("x-forwarded-for", forwarded_for);
+            let ip = if peer.is_ipv6() {
+                format!("\"[{ip}]\"")
+            } else {
+                ip
+            };
+            headers.append("forwarded", format!("for={ip};host=\"{host}\";proto=http"));
+        }
+        let subject = shoal_lattice::names::http_subject(&self.lattice, namespace, app);
+        let sent = self
+            .client
+            .send_request(
+                subject,
+                async_nats::Request::new()
+                    .headers(headers)
+                    .payload(body)
+                    .timeout(Some(timeout)),
+            )
+            .await;
+        match sent {
+            Ok(message) => into_response(message),
+            Err(error) => match error.kind() {
+                async_nats::RequestErrorKind::NoResponders => {
+                    let mut response = plain(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "no ready replica of this app anywhere in the lattice\n",
+                    );
+                    response
+                        .headers_mut()
+                        .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+                    response
+                }
+                async_nats::RequestErrorKind::TimedOut => plain(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "the replica did not answer in time\n",
+                ),
+                _ => {
+                    tracing::warn!(%error, %namespace, %app, "forwarding failed");
+                    plain(
+                        StatusCode::BAD_GATEWAY,
+                        "the request could not be forwarded\n",
+                    )
+                }
+            },
+        }
+    }
+}
+
+fn into_response(message: async_nats::Message) -> Response<ResponseBody> {
+    let Some(headers) = message.headers else {
+        return plain(StatusCode::BAD_GATEWAY, "malformed forwarded response\n");
+    };
+    let status = headers
+        .get(STATUS)
+        .and_then(|status| status.as_str().parse::<u16>().ok())
+        .and_then(|status| StatusCode::from_u16(status).ok());
+    let Some(status) = status else {
+        return plain(StatusCode::BAD_GATEWAY, "malformed forwarded response\n");
+    };
+    let mut response = Response::new(full(message.payload));
+    *response.status_mut() = status;
+    for (name, values) in headers.iter() {
+        let name = name.to_string();
+        if name.eq_ignore_ascii_case(STATUS)
+            || hop_by_hop(&name.to_ascii_lowercase())
+            || name.eq_ignore_ascii_case("content-length")
+        {
+            continue;
+        }
+        let Ok(name) = HeaderName::from_bytes(name.as_bytes()) else {
+            continue;
+        };
+        for value in values {
+            if let Ok(value) = HeaderValue::from_str(value.as_str()) {
+                response.headers_mut().append(name.clone(), value);
+            }
+        }
+    }
+    response
+}
+
+fn full(bytes: Bytes) -> ResponseBody {
+    Full::new(bytes)
+        .map_err(|never: Infallible| match never {})
+        .boxed_unsync()
+}
+
+/// Picks a ready local replica of an app, or none.
+pub type Pick = Arc<dyn Fn() -> Option<Arc<HttpComponent>> + Send + Sync>;
+
+/// The response header naming the host whose replica answered.
+pub const SERVED_BY: &str = "x-served-by";
+
+/// Serves forwarded requests for `namespace/app` until the returned task is aborted
+/// (which unsubscribes). `pick` chooses the local replica for each request.
+pub async fn listen(
+    client: async_nats::Client,
+    host: &str,
+    lattice: &str,
+    namespace: &str,
+    app: &str,
+    limit: usize,
+    pick: Pick,
+) -> Result<tokio::task::JoinHandle<()>, async_nats::SubscribeError> {
+    let subject = shoal_lattice::names::http_subject(lattice, namespace, app);
+    let mut subscriber = client.queue_subscribe(subject.clone(), subject).await?;
+    let host = host.to_owned();
+    Ok(tokio::spawn(async move {
+        while let Some(message) = subscriber.next().await {
+            let client = client.clone();
+            let pick = Arc::clone(&pick);
+            let host = host.clone();
+            tokio::spawn(async move {
+                let Some(reply) = message.reply.clone() else {
+                    return;
+                };
+                let (mut headers, payload) = match pick() {
+                    Some(component) => answer(component, message, limit).await,
+                    None => {
+                        reply_plain(StatusCode::SERVICE_UNAVAILABLE, "the replica is stopping\n")
+                    }
+                };
+                headers.insert(SERVED_BY, host.as_str());
+                if let Err(error) = client.publish_with_headers(reply, headers, payload).await {
+                    tracing::debug!(%error, "cannot reply to a forwarded request");
+                }
+            });
+        }
+    }))
+}
+
+fn reply_plain(status: StatusCode, text: &'static str) -> (async_nats::HeaderMap, Bytes) {
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(STATUS, status.as_u16().to_string());
+    headers.insert("content-type", "text/plain; charset=utf-8");
+    (headers, Bytes::from_static(text.as_bytes()))
+}
+
+async fn answer(
+    component: Arc<HttpComponent>,
+    message: async_nats::Message,
+    limit: usize,
+) -> (async_nats::HeaderMap, Bytes) {
+    let Some(headers) = message.headers.as_ref() else {
+        return reply_plain(StatusCode::BAD_REQUEST, "malformed forwarded request\n");
+    };
+    let method = headers.get(METHOD).map_or("GET", |method| method.as_str());
+    let uri = headers.get(URI).map_or("/", |uri| uri.as_str());
+    let mut builder = Request::builder().method(method).uri(uri);
+    for (name, values) in headers.iter() {
+        let name = name.to_string();
+        if name.eq_ignore_ascii_case(METHOD) || name.eq_ignore_ascii_case(URI) {
+            continue;
+        }
+        for value in values {
+            builder = builder.header(name.as_str(), value.as_str());
+        }
+    }
+    let body = Full::new(message.payload.clone())
+        .map_err(|never: Infallible| -> wasmtime_wasi_http::Error { match never {} });
+    let Ok(request) = builder.body(body) else {
+        return reply_plain(StatusCode::BAD_REQUEST, "malformed forwarded request\n");
+    };
+    let response = component.handle(request).await;
+    let (parts, body) = response.into_parts();
+    let Ok(body) = Limited::new(body, limit).collect().await else {
+        return reply_plain(
+            StatusCode::BAD_GATEWAY,
+            "the response is larger than the lattice forwards\n",
+        );
+    };
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(STATUS, parts.status.as_u16().to_string());
+    for (name, value) in &parts.headers {
+        if let Ok(value) = value.to_str() {
+            headers.append(name.as_str(), value);
+        }
+    }
+    (headers, body.to_bytes())
+}
