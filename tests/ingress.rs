@@ -301,3 +301,102 @@ fn killing_the_owning_host_under_load_fails_requests_only_until_rescheduling() {
         );
     }
 }
+
+/// GET /hello over TLS to `address`, asking for `name` and trusting only `trusted` (DER).
+fn tls_get(address: &str, name: &str, trusted: &[u8]) -> Result<String, String> {
+    use std::io::Read;
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from(trusted.to_vec()))
+        .unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let server_name = rustls::pki_types::ServerName::try_from(name.to_owned()).unwrap();
+    let connection = rustls::ClientConnection::new(Arc::new(config), server_name).unwrap();
+    let socket = std::net::TcpStream::connect(address).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut stream = rustls::StreamOwned::new(connection, socket);
+    write!(
+        stream,
+        "GET /hello HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|error| error.to_string())?;
+    let mut response = String::new();
+    // A close without close_notify after the response is fine for this check.
+    let _ = stream.read_to_string(&mut response);
+    if response.is_empty() {
+        return Err("no response".to_owned());
+    }
+    Ok(response)
+}
+
+#[test]
+fn the_ingress_serves_tls_with_the_certificate_each_client_asks_for() {
+    let lattice = Lattice::start();
+    let _scheduler = lattice.scheduler("s1");
+    let dir = tempfile::tempdir().unwrap();
+    let mut files = Vec::new();
+    let mut ders = Vec::new();
+    for (index, name) in ["localhost", "tls.example"].iter().enumerate() {
+        let generated = rcgen::generate_simple_self_signed(vec![(*name).to_owned()]).unwrap();
+        let cert = dir.path().join(format!("cert{index}.pem"));
+        let key = dir.path().join(format!("key{index}.pem"));
+        std::fs::write(&cert, generated.cert.pem()).unwrap();
+        std::fs::write(&key, generated.signing_key.serialize_pem()).unwrap();
+        ders.push(generated.cert.der().to_vec());
+        files.push((cert, key));
+    }
+    let host = lattice.host_with(
+        "secure",
+        &[
+            "--tls-cert",
+            files[0].0.to_str().unwrap(),
+            "--tls-key",
+            files[0].1.to_str().unwrap(),
+            "--tls-cert",
+            files[1].0.to_str().unwrap(),
+            "--tls-key",
+            files[1].1.to_str().unwrap(),
+        ],
+    );
+    let url = host.url.clone().unwrap();
+    assert!(url.starts_with("https://"), "{url}");
+    let address = url.trim_start_matches("https://").to_owned();
+    let hello = lattice.push_hello("1.0");
+    lattice.apply(&manifest("hello", &hello, 1, "/hello", ""));
+    lattice.wait_ready("hello", 1, PATIENCE);
+
+    // Each name gets its own certificate: trusting only that one is enough.
+    for (name, der) in [("localhost", &ders[0]), ("tls.example", &ders[1])] {
+        let response = eventually(PATIENCE, &format!("a 200 over TLS for {name}"), || {
+            tls_get(&address, name, der)
+                .ok()
+                .filter(|response| response.starts_with("HTTP/1.1 200"))
+        });
+        assert!(response.contains("hello from Shoal"), "{response}");
+    }
+    // The wrong certificate for a name is not trusted.
+    assert!(tls_get(&address, "tls.example", &ders[0]).is_err());
+
+    // Plain HTTP to the TLS port fails cleanly (no hang, no HTTP answer), and TLS goes on.
+    let mut plain = std::net::TcpStream::connect(&address).unwrap();
+    plain
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(plain, "GET /hello HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut answer = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut plain, &mut answer);
+    assert!(!String::from_utf8_lossy(&answer).contains("200 OK"));
+    assert!(
+        tls_get(&address, "localhost", &ders[0])
+            .unwrap()
+            .starts_with("HTTP/1.1 200")
+    );
+}

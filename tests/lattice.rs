@@ -372,3 +372,45 @@ fn a_restarted_host_reads_its_assignments_and_serves_them_again() {
     });
     assert_eq!((status, body.as_str()), (200, "hello from Shoal\n"));
 }
+
+#[test]
+fn the_lattice_connection_takes_nats_credentials() {
+    let nats = support::nats::Nats::with_user("shoal", "s3cret");
+    let shoal = support::Shoal::new();
+    let command = |user: Option<(&str, &str)>| {
+        let mut command = shoal.command();
+        command
+            .env("SHOAL_NATS", nats.url())
+            .env("SHOAL_LATTICE", "secured")
+            .env_remove("SHOAL_NATS_USER")
+            .env_remove("SHOAL_NATS_PASSWORD");
+        if let Some((user, password)) = user {
+            command
+                .env("SHOAL_NATS_USER", user)
+                .env("SHOAL_NATS_PASSWORD", password);
+        }
+        command
+    };
+    let refused = command(None).args(["get", "apps"]).output().unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("cannot connect to NATS"), "{stderr}");
+    assert!(stderr.to_lowercase().contains("authorization"), "{stderr}");
+
+    let wrong = command(Some(("shoal", "guess")))
+        .args(["get", "apps"])
+        .output()
+        .unwrap();
+    assert!(!wrong.status.success());
+
+    let allowed = command(Some(("shoal", "s3cret")))
+        .args(["get", "apps", "-o", "json"])
+        .output()
+        .unwrap();
+    assert!(
+        allowed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&allowed.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&allowed.stdout).trim(), "[]");
+}

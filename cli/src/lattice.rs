@@ -1,8 +1,10 @@
 //! The global `--nats` and `--lattice` options and the connection they describe.
 
-use anyhow::Context;
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
 use clap::Args;
-use shoal_lattice::{ConnectOptions, Lattice};
+use shoal_lattice::{ConnectOptions, Lattice, NatsAuth, NatsTls};
 
 /// The default NATS server: a local one, as `shoal up` starts.
 pub const DEFAULT_NATS: &str = "nats://127.0.0.1:4222";
@@ -17,6 +19,77 @@ pub struct LatticeArgs {
     /// Lattice name: several lattices can share one NATS system.
     #[arg(long, env = "SHOAL_LATTICE", global = true, default_value = "default")]
     pub lattice: String,
+
+    /// NATS user (the password comes from SHOAL_NATS_PASSWORD).
+    #[arg(
+        long,
+        env = "SHOAL_NATS_USER",
+        global = true,
+        help_heading = "NATS connection"
+    )]
+    pub nats_user: Option<String>,
+
+    /// NATS password, for --nats-user.
+    #[arg(
+        long,
+        env = "SHOAL_NATS_PASSWORD",
+        global = true,
+        hide_env_values = true,
+        help_heading = "NATS connection"
+    )]
+    pub nats_password: Option<String>,
+
+    /// NATS token.
+    #[arg(
+        long,
+        env = "SHOAL_NATS_TOKEN",
+        global = true,
+        hide_env_values = true,
+        help_heading = "NATS connection"
+    )]
+    pub nats_token: Option<String>,
+
+    /// NATS credentials file (JWT and NKey seed, as `nsc` writes).
+    #[arg(
+        long,
+        env = "SHOAL_NATS_CREDS",
+        global = true,
+        value_name = "FILE",
+        help_heading = "NATS connection"
+    )]
+    pub nats_creds: Option<PathBuf>,
+
+    /// CA certificate (PEM) to trust for a TLS NATS server; implies TLS.
+    #[arg(
+        long,
+        env = "SHOAL_NATS_CA",
+        global = true,
+        value_name = "FILE",
+        help_heading = "NATS connection"
+    )]
+    pub nats_ca: Option<PathBuf>,
+
+    /// Client certificate (PEM) for NATS servers that verify clients; needs --nats-key.
+    #[arg(
+        long,
+        env = "SHOAL_NATS_CERT",
+        global = true,
+        value_name = "FILE",
+        requires = "nats_key",
+        help_heading = "NATS connection"
+    )]
+    pub nats_cert: Option<PathBuf>,
+
+    /// Client key (PEM), for --nats-cert.
+    #[arg(
+        long,
+        env = "SHOAL_NATS_KEY",
+        global = true,
+        value_name = "FILE",
+        requires = "nats_cert",
+        help_heading = "NATS connection"
+    )]
+    pub nats_key: Option<PathBuf>,
 }
 
 impl LatticeArgs {
@@ -25,12 +98,36 @@ impl LatticeArgs {
         self.nats.as_deref().unwrap_or(DEFAULT_NATS)
     }
 
+    fn auth(&self) -> anyhow::Result<NatsAuth> {
+        Ok(
+            match (&self.nats_user, &self.nats_token, &self.nats_creds) {
+                (Some(user), None, None) => {
+                    let password = self
+                        .nats_password
+                        .clone()
+                        .context("--nats-user needs a password: set SHOAL_NATS_PASSWORD")?;
+                    NatsAuth::UserPassword(user.clone(), password)
+                }
+                (None, Some(token), None) => NatsAuth::Token(token.clone()),
+                (None, None, Some(creds)) => NatsAuth::CredsFile(creds.clone()),
+                (None, None, None) => NatsAuth::None,
+                _ => bail!("give one of --nats-user, --nats-token and --nats-creds, not several"),
+            },
+        )
+    }
+
     /// Connects as `client_name`.
     pub async fn connect(&self, client_name: &str) -> anyhow::Result<Lattice> {
+        let tls = (self.nats_ca.is_some() || self.nats_cert.is_some()).then(|| NatsTls {
+            ca: self.nats_ca.clone(),
+            client: self.nats_cert.clone().zip(self.nats_key.clone()),
+        });
         Lattice::connect(&ConnectOptions {
             url: self.url().to_owned(),
             lattice: self.lattice.clone(),
             client_name: client_name.to_owned(),
+            auth: self.auth()?,
+            tls,
         })
         .await
         .with_context(|| format!("cannot reach lattice {:?}", self.lattice))

@@ -30,7 +30,7 @@ use crate::limits::Limits;
 use crate::router::{AppRoutes, Lookup, Router};
 
 /// How a host joins and behaves.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct AgentOptions {
     /// Host id, unique in the lattice.
     pub id: String,
@@ -42,6 +42,8 @@ pub struct AgentOptions {
     pub heartbeat: Duration,
     /// How long in-flight requests may take to finish on shutdown.
     pub drain: Duration,
+    /// TLS for the ingress; plain HTTP without.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// Fetches a component's bytes by pinned reference (`repository@sha256:…`), through a
@@ -153,6 +155,7 @@ impl<F: Fetch> Agent<F> {
             http::HeaderValue::from_str(&id).unwrap_or(http::HeaderValue::from_static("host"));
         let ingress = tokio::spawn(serve_with(
             listener,
+            self.options.tls.clone(),
             64 * 1024,
             move |request| {
                 ingress(

@@ -431,6 +431,7 @@ pub async fn serve(
     let max_header = component.limits.max_header;
     serve_with(
         listener,
+        None,
         max_header,
         move |request| Arc::clone(&component).handle(request),
         shutdown,
@@ -443,6 +444,7 @@ pub async fn serve(
 /// `max_header` (431), until `shutdown` resolves; then drains for up to `drain`.
 pub async fn serve_with<H, F>(
     listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
     max_header: usize,
     handler: H,
     shutdown: impl Future<Output = ()>,
@@ -477,10 +479,35 @@ pub async fn serve_with<H, F>(
                     let response = handler(request);
                     async move { Ok::<_, Infallible>(response.await) }
                 });
-                let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-                let connection = graceful.watch(connection);
+                let Some(tls) = &tls else {
+                    let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+                    let connection = graceful.watch(connection);
+                    tokio::spawn(async move {
+                        if let Err(error) = connection.await {
+                            tracing::debug!(%error, "connection ended with an error");
+                        }
+                    });
+                    continue;
+                };
+                // The handshake runs in the connection's task, so a slow client cannot hold
+                // up accepting others.
+                let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(tls));
+                let watcher = graceful.watcher();
+                let builder = builder.clone();
                 tokio::spawn(async move {
-                    if let Err(error) = connection.await {
+                    let stream = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(error)) => {
+                            tracing::debug!(%error, %peer, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+                    if let Err(error) = watcher.watch(connection).await {
                         tracing::debug!(%error, "connection ended with an error");
                     }
                 });

@@ -18,6 +18,7 @@ pub mod guest;
 pub mod http;
 pub mod limits;
 pub mod router;
+pub mod tls;
 
 pub use engine::{Loaded, Runtime, RuntimeOptions};
 pub use error::{FailureCause, HostError};

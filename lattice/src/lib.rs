@@ -15,4 +15,4 @@ pub mod store;
 pub use error::Error;
 pub use mirror::Mirror;
 pub use names::Bucket;
-pub use store::{ConnectOptions, Lattice, Versioned};
+pub use store::{ConnectOptions, Lattice, NatsAuth, NatsTls, Versioned};

@@ -16,7 +16,7 @@ use crate::names::{self, Bucket};
 use crate::{Error, Mirror};
 
 /// How to reach a lattice.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct ConnectOptions {
     /// NATS server URL(s), comma-separated.
     pub url: String,
@@ -24,6 +24,45 @@ pub struct ConnectOptions {
     pub lattice: String,
     /// Name of this client, shown by NATS monitoring.
     pub client_name: String,
+    /// How to authenticate.
+    pub auth: NatsAuth,
+    /// TLS settings; `None` uses TLS only when the URL says `tls://`.
+    pub tls: Option<NatsTls>,
+}
+
+/// Credentials for the NATS server.
+#[derive(Clone, Default)]
+pub enum NatsAuth {
+    /// No credentials.
+    #[default]
+    None,
+    /// User and password.
+    UserPassword(String, String),
+    /// A token.
+    Token(String),
+    /// A `.creds` file (JWT and NKey seed).
+    CredsFile(std::path::PathBuf),
+}
+
+impl std::fmt::Debug for NatsAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print secrets.
+        match self {
+            NatsAuth::None => f.write_str("None"),
+            NatsAuth::UserPassword(user, _) => write!(f, "UserPassword({user}, ***)"),
+            NatsAuth::Token(_) => f.write_str("Token(***)"),
+            NatsAuth::CredsFile(path) => write!(f, "CredsFile({})", path.display()),
+        }
+    }
+}
+
+/// TLS to the NATS server.
+#[derive(Debug, Clone, Default)]
+pub struct NatsTls {
+    /// CA certificate(s) to trust (PEM), beyond the system's.
+    pub ca: Option<std::path::PathBuf>,
+    /// Client certificate and key (PEM), for servers that verify clients.
+    pub client: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 /// A record with the KV revision it was read at.
@@ -70,10 +109,35 @@ impl Lattice {
     /// reached, [`Error::Bucket`] when JetStream is unavailable.
     pub async fn connect(options: &ConnectOptions) -> Result<Self, Error> {
         names::check_name("lattice name", &options.lattice)?;
-        let client = async_nats::ConnectOptions::new()
+        let mut nats = match &options.auth {
+            NatsAuth::None => async_nats::ConnectOptions::new(),
+            NatsAuth::UserPassword(user, password) => {
+                async_nats::ConnectOptions::new().user_and_password(user.clone(), password.clone())
+            }
+            NatsAuth::Token(token) => async_nats::ConnectOptions::new().token(token.clone()),
+            NatsAuth::CredsFile(path) => async_nats::ConnectOptions::new()
+                .credentials_file(path)
+                .await
+                .map_err(|error| Error::Connect {
+                    url: options.url.clone(),
+                    reason: format!(
+                        "cannot read the credentials file {}: {error}",
+                        path.display()
+                    ),
+                })?,
+        };
+        if let Some(tls) = &options.tls {
+            nats = nats.require_tls(true);
+            if let Some(ca) = &tls.ca {
+                nats = nats.add_root_certificates(ca.clone());
+            }
+            if let Some((cert, key)) = &tls.client {
+                nats = nats.add_client_certificate(cert.clone(), key.clone());
+            }
+        }
+        let client = nats
             .name(&options.client_name)
             .connection_timeout(Duration::from_secs(5))
-            .retry_on_initial_connect()
             .max_reconnects(None)
             .connect(options.url.as_str())
             .await
@@ -81,8 +145,7 @@ impl Lattice {
                 url: options.url.clone(),
                 reason: error.to_string(),
             })?;
-        // With retry_on_initial_connect the first connect happens in the background; a
-        // flush tells whether the server is there at all.
+        // A flush proves the server answers before buckets are opened.
         tokio::time::timeout(Duration::from_secs(5), client.flush())
             .await
             .map_err(|_| Error::Connect {

@@ -209,6 +209,23 @@ impl Lattice {
         }
     }
 
+    /// Starts `shoal host --id ID EXTRA…` with a fast heartbeat.
+    pub fn host_with(&self, id: &str, extra: &[&str]) -> Process {
+        let mut args = vec![
+            "host",
+            "--id",
+            id,
+            "--http",
+            "127.0.0.1:0",
+            "--heartbeat",
+            "250ms",
+            "--drain",
+            "2s",
+        ];
+        args.extend_from_slice(extra);
+        self.spawn(&args, id, true)
+    }
+
     /// Starts `shoal host --id ID --label …` with a fast heartbeat.
     pub fn host(&self, id: &str, labels: &[&str]) -> Process {
         let mut args = vec![

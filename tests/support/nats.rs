@@ -8,6 +8,8 @@ use super::{eventually, free_port};
 
 pub struct Nats {
     child: Option<Child>,
+    /// Extra server configuration (for example an `authorization` block).
+    extra_config: String,
     dir: tempfile::TempDir,
     port: u16,
     monitor: u16,
@@ -15,8 +17,20 @@ pub struct Nats {
 
 impl Nats {
     pub fn start() -> Self {
+        Self::with_config("")
+    }
+
+    /// A server that wants this user and password.
+    pub fn with_user(user: &str, password: &str) -> Self {
+        Self::with_config(&format!(
+            "authorization {{ user: {user}, password: {password} }}\n"
+        ))
+    }
+
+    fn with_config(extra_config: &str) -> Self {
         let mut nats = Self {
             child: None,
+            extra_config: extra_config.to_owned(),
             dir: tempfile::tempdir().unwrap(),
             port: free_port(),
             monitor: free_port(),
@@ -28,7 +42,11 @@ impl Nats {
     fn launch(&mut self) {
         // As `shoal up` does: room for 8 MiB forwarded bodies plus headers.
         let config = self.dir.path().join("nats.conf");
-        std::fs::write(&config, "max_payload: 9437184\n").unwrap();
+        std::fs::write(
+            &config,
+            format!("max_payload: 9437184\n{}", self.extra_config),
+        )
+        .unwrap();
         let child = Command::new("nats-server")
             .arg("-c")
             .arg(&config)

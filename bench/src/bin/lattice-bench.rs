@@ -229,6 +229,7 @@ async fn main() -> anyhow::Result<()> {
         url: bench.nats.clone(),
         lattice: bench.lattice.clone(),
         client_name: "lattice-bench".to_owned(),
+        ..ConnectOptions::default()
     })
     .await?;
     let status: Mirror<ReplicaStatus> = lattice.mirror(Bucket::Status, "replicas.>").await?;

@@ -3,10 +3,11 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use clap::Args;
 use shoal_host::agent::{Agent, AgentOptions, Fetch};
 use shoal_host::{Runtime, RuntimeOptions};
@@ -51,6 +52,25 @@ pub struct HostArgs {
     /// How long in-flight requests may take to finish on shutdown.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub drain: Duration,
+
+    /// Serve the ingress over TLS with this certificate chain (PEM); repeat with --tls-key
+    /// for several certificates, chosen per connection by the name the client asks for.
+    #[arg(
+        long = "tls-cert",
+        value_name = "FILE",
+        requires = "tls_keys",
+        help_heading = "Ingress TLS"
+    )]
+    pub tls_certs: Vec<PathBuf>,
+
+    /// The private key (PEM) of the --tls-cert at the same position.
+    #[arg(
+        long = "tls-key",
+        value_name = "FILE",
+        requires = "tls_certs",
+        help_heading = "Ingress TLS"
+    )]
+    pub tls_keys: Vec<PathBuf>,
 
     /// Do not use the pooling allocator (for machines with little address space).
     #[arg(long)]
@@ -127,6 +147,27 @@ impl Fetch for OciFetch {
 }
 
 impl HostArgs {
+    /// The ingress TLS configuration, when certificates were given.
+    pub fn tls(&self) -> anyhow::Result<Option<Arc<rustls::ServerConfig>>> {
+        if self.tls_certs.is_empty() {
+            return Ok(None);
+        }
+        if self.tls_certs.len() != self.tls_keys.len() {
+            bail!(
+                "{} --tls-cert but {} --tls-key: give one key per certificate, in the same order",
+                self.tls_certs.len(),
+                self.tls_keys.len()
+            );
+        }
+        let pairs: Vec<(PathBuf, PathBuf)> = self
+            .tls_certs
+            .iter()
+            .cloned()
+            .zip(self.tls_keys.iter().cloned())
+            .collect();
+        Ok(Some(shoal_host::tls::server_config(&pairs)?))
+    }
+
     pub fn agent_options(&self, id: String) -> AgentOptions {
         let mut labels: BTreeMap<String, String> = self.labels.iter().cloned().collect();
         labels.insert("arch".to_owned(), std::env::consts::ARCH.to_owned());
@@ -144,6 +185,7 @@ impl HostArgs {
             },
             heartbeat: self.heartbeat,
             drain: self.drain,
+            tls: None,
         }
     }
 
@@ -160,6 +202,7 @@ impl HostArgs {
 pub async fn run(args: HostArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
     let id = args.id.clone().unwrap_or_else(hostname);
     shoal_lattice::names::check_host_id(&id)?;
+    let tls = args.tls().context("cannot set up ingress TLS")?;
     let runtime = args.runtime()?;
     let client = args.registry.client()?;
     let listener = tokio::net::TcpListener::bind(args.http)
@@ -167,18 +210,16 @@ pub async fn run(args: HostArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
         .with_context(|| format!("cannot listen on {}", args.http))?;
     let connection = lattice.connect(&format!("host {id}")).await?;
     let address = listener.local_addr()?;
-    println!("ingress listening on http://{address}");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    println!("ingress listening on {scheme}://{address}");
     eprintln!(
         "host {id} joined lattice {:?} at {}",
         lattice.lattice,
         lattice.url()
     );
-    let agent = Agent::new(
-        connection,
-        runtime,
-        OciFetch(client),
-        args.agent_options(id),
-    );
+    let mut options = args.agent_options(id);
+    options.tls = tls;
+    let agent = Agent::new(connection, runtime, OciFetch(client), options);
     agent.run(listener, crate::signals::shutdown()).await?;
     Ok(0)
 }

@@ -139,6 +139,8 @@ async fn serve(args: &UpArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
         max_replicas: 100,
         heartbeat: Duration::from_secs(1),
         drain: Duration::from_secs(10),
+        tls_certs: Vec::new(),
+        tls_keys: Vec::new(),
         no_pooling: false,
         registry: args.registry.clone(),
     };
