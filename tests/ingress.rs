@@ -400,3 +400,52 @@ fn the_ingress_serves_tls_with_the_certificate_each_client_asks_for() {
             .starts_with("HTTP/1.1 200")
     );
 }
+
+#[test]
+fn a_frontend_reaches_its_greeter_by_name_and_nothing_it_was_not_allowed() {
+    let lattice = Lattice::start();
+    let _scheduler = lattice.scheduler("s1");
+    let hosts = [lattice.host("h1", &[]), lattice.host("h2", &[])];
+    let frontend = lattice.push_guest("frontend", "1.0");
+    let greeter = lattice.push_guest("greeter", "1.0");
+    // The example manifest, pointed at this test's registry.
+    let example =
+        std::fs::read_to_string(support::workspace().join("examples/apps/two-tier.yaml")).unwrap();
+    let manifest = example
+        .replace("localhost:5000/examples/frontend:1.0", &frontend)
+        .replace("localhost:5000/examples/greeter:1.0", &greeter);
+    let applied = lattice.apply(&manifest);
+    assert!(
+        applied.contains("app default/frontend created")
+            && applied.contains("app default/greeter created"),
+        "{applied}"
+    );
+    lattice.wait_ready("frontend", 1, PATIENCE);
+    lattice.wait_ready("greeter", 2, PATIENCE);
+
+    for host in &hosts {
+        let (status, body, _) =
+            eventually(PATIENCE, "the frontend to answer with the greeting", || {
+                host.get_served("/two-tier")
+                    .filter(|(status, _, _)| *status == 200)
+            });
+        assert_eq!(
+            (status, body.as_str()),
+            (200, "the frontend asked the greeter: hi from the greeter\n")
+        );
+    }
+
+    // Anything else outbound is refused inside the guest and logged by its host.
+    let (status, body, served_by) = hosts[0]
+        .get_served("/two-tier/external?url=http://example.com/")
+        .unwrap();
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("HttpRequestDenied"), "{body}");
+    let runner = hosts.iter().find(|host| host.id == served_by).unwrap();
+    eventually(PATIENCE, "the refusal to be logged", || {
+        runner
+            .log()
+            .contains("outbound request refused")
+            .then_some(())
+    });
+}

@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 
 use crate::engine::Runtime;
 use crate::forward::{DEFAULT_FORWARD_LIMIT, Forwarder, Pick, SERVED_BY, listen};
-use crate::guest::{GuestOptions, OutboundPolicy};
+use crate::guest::{GuestOptions, OutboundPolicy, ServiceLink, Services};
 use crate::http::{HttpComponent, Peer, ResponseBody, plain, serve_with};
 use crate::limits::Limits;
 use crate::router::{AppRoutes, Lookup, Router};
@@ -267,12 +267,18 @@ impl<F: Fetch> Agent<F> {
                 continue;
             }
             changed = true;
+            let services: Arc<dyn Services> = Arc::new(LatticeServices {
+                namespace: assignment.namespace.clone(),
+                router: Arc::clone(&self.router),
+                forwarder: self.forwarder.clone(),
+            });
             let task = tokio::spawn(start(
                 self.lattice.clone(),
                 Arc::clone(&self.runtime),
                 Arc::clone(&self.fetch),
                 Arc::clone(&self.cached),
                 (*assignment).clone(),
+                services,
                 started.clone(),
             ));
             replicas.insert(
@@ -447,6 +453,7 @@ async fn start<F: Fetch>(
     fetch: Arc<F>,
     cached: Arc<Mutex<Vec<String>>>,
     assignment: Assignment,
+    services: Arc<dyn Services>,
     done: mpsc::Sender<Started>,
 ) {
     report(&lattice, &assignment, Phase::Pulling, None, None).await;
@@ -489,6 +496,7 @@ async fn start<F: Fetch>(
                 outbound,
                 args: Vec::new(),
                 name,
+                services: Some(ServiceLink(services)),
             };
             HttpComponent::new(&runtime, &loaded.component, options, limits)
                 .map(Arc::new)
@@ -534,6 +542,54 @@ async fn ingress(
                 .await
         }
         Lookup::NoRoute => plain(StatusCode::NOT_FOUND, "no app serves this route\n"),
+    }
+}
+
+/// Service discovery for guests: `http://<app>` (in the caller's namespace) or
+/// `http://<app>.<namespace>` reaches that app through the lattice, a local replica first.
+struct LatticeServices {
+    namespace: String,
+    router: Arc<Router>,
+    forwarder: Forwarder,
+}
+
+impl Services for LatticeServices {
+    fn resolve(&self, uri: &http::Uri) -> Option<(String, String)> {
+        if uri.scheme_str().is_some_and(|scheme| scheme != "http") || uri.port().is_some() {
+            return None;
+        }
+        let host = uri.host()?;
+        let (app, namespace) = match host.split_once('.') {
+            None => (host, self.namespace.as_str()),
+            Some((app, namespace)) if !namespace.contains('.') => (app, namespace),
+            Some(_) => return None,
+        };
+        self.router
+            .has_app(namespace, app)
+            .then(|| (namespace.to_owned(), app.to_owned()))
+    }
+
+    fn call(
+        &self,
+        namespace: String,
+        app: String,
+        request: Request<wasmtime_wasi_http::WasiBody>,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Response<wasmtime_wasi_http::WasiBody>> + Send>,
+    > {
+        let local = self.router.pick(&namespace, &app);
+        let forwarder = self.forwarder.clone();
+        let timeout = self.router.timeout_of(&namespace, &app);
+        Box::pin(async move {
+            match local {
+                Some(component) => component.handle(request).await,
+                None => {
+                    forwarder
+                        .forward(&namespace, &app, request, None, timeout)
+                        .await
+                }
+            }
+        })
     }
 }
 

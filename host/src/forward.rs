@@ -18,7 +18,6 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt as _, Full, Limited};
-use hyper::body::Incoming;
 
 use crate::http::{HttpComponent, ResponseBody, plain};
 
@@ -74,14 +73,18 @@ impl Forwarder {
 
     /// Forwards `request` for `namespace/app` and returns the answer, or 413, 502, 503, or
     /// 504 when none comes within `timeout` (the request died with its host, or ran long).
-    pub async fn forward(
+    pub async fn forward<B>(
         &self,
         namespace: &str,
         app: &str,
-        request: Request<Incoming>,
+        request: Request<B>,
         peer: Option<SocketAddr>,
         timeout: Duration,
-    ) -> Response<ResponseBody> {
+    ) -> Response<ResponseBody>
+    where
+        B: http_body::Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let too_large = || {
             plain(
                 StatusCode::PAYLOAD_TOO_LARGE,

@@ -122,6 +122,34 @@ pub struct GuestOptions {
     pub args: Vec<String>,
     /// A name for logs: the file or reference.
     pub name: String,
+    /// Other apps of the lattice, reachable as `http://<app>[.<namespace>]`.
+    pub services: Option<ServiceLink>,
+}
+
+/// How a guest reaches other apps by name: `http://<app>` or `http://<app>.<namespace>`
+/// goes through the lattice (a local replica first), never to DNS, and needs no
+/// `allowedOutbound` entry.
+pub trait Services: Send + Sync + 'static {
+    /// The (namespace, app) a request to `uri` is for, when its host names an app.
+    fn resolve(&self, uri: &http::Uri) -> Option<(String, String)>;
+
+    /// Sends `request` to a ready replica of `namespace/app`.
+    fn call(
+        &self,
+        namespace: String,
+        app: String,
+        request: http::Request<wasmtime_wasi_http::WasiBody>,
+    ) -> std::pin::Pin<Box<dyn Future<Output = http::Response<wasmtime_wasi_http::WasiBody>> + Send>>;
+}
+
+/// A shared [`Services`] in [`GuestOptions`].
+#[derive(Clone)]
+pub struct ServiceLink(pub Arc<dyn Services>);
+
+impl std::fmt::Debug for ServiceLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ServiceLink")
+    }
 }
 
 impl GuestOptions {
@@ -171,6 +199,7 @@ impl GuestOptions {
 struct Hooks {
     outbound: OutboundPolicy,
     name: Arc<str>,
+    services: Option<ServiceLink>,
 }
 
 impl WasiHttpHooks for Hooks {
@@ -187,6 +216,18 @@ impl WasiHttpHooks for Hooks {
                 )>,
             > + Send,
     > {
+        if let Some(services) = &self.services
+            && let Some((namespace, app)) = services.0.resolve(request.uri())
+        {
+            let call = services.0.call(namespace, app, request);
+            return Box::new(async move {
+                let response = call.await;
+                Ok((
+                    response,
+                    Box::new(async { Ok(()) }) as Box<dyn Future<Output = _> + Send>,
+                ))
+            });
+        }
         if !self.outbound.allows(request.uri()) {
             tracing::warn!(component = %self.name, uri = %request.uri(), "outbound request refused: not in the allowed outbound list");
             return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
@@ -264,6 +305,7 @@ pub fn new_store(
         hooks: Hooks {
             outbound: options.outbound.clone(),
             name: Arc::from(options.name.as_str()),
+            services: options.services.clone(),
         },
         memory: MemoryCap::new(limits.memory),
         deadline: Instant::now() + limits.timeout,

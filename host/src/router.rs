@@ -106,6 +106,29 @@ impl Router {
 }
 
 impl Router {
+    /// Whether the lattice has an app `namespace/app`.
+    pub fn has_app(&self, namespace: &str, app: &str) -> bool {
+        self.apps.read().is_ok_and(|table| {
+            table
+                .iter()
+                .any(|entry| entry.namespace == namespace && entry.app == app)
+        })
+    }
+
+    /// How long a forwarded request to `namespace/app` may wait.
+    pub fn timeout_of(&self, namespace: &str, app: &str) -> std::time::Duration {
+        self.apps
+            .read()
+            .ok()
+            .and_then(|table| {
+                table
+                    .iter()
+                    .find(|entry| entry.namespace == namespace && entry.app == app)
+                    .map(|entry| entry.timeout)
+            })
+            .unwrap_or(std::time::Duration::from_secs(35))
+    }
+
     /// A ready local replica of `namespace/app`, round robin.
     pub fn pick(&self, namespace: &str, app: &str) -> Option<Arc<HttpComponent>> {
         let table = self.apps.read().ok()?;

@@ -161,6 +161,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         outbound,
         args: guest_args,
         name: args.target.clone(),
+        services: None,
     };
 
     if !is_http(runtime.engine(), &loaded.component) {
