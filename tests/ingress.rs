@@ -449,3 +449,46 @@ fn a_frontend_reaches_its_greeter_by_name_and_nothing_it_was_not_allowed() {
             .then_some(())
     });
 }
+
+#[test]
+fn a_replica_that_is_not_ready_receives_nothing() {
+    let lattice = Lattice::start();
+    let _scheduler = lattice.scheduler("s1");
+    let _good = lattice.host("good", &["role=worker"]);
+    // This host refuses any artifact over 1 byte: its replica can never become ready.
+    let _broken = lattice.host_with("broken", &["--label", "role=worker", "--max-size", "1"]);
+    let edge = lattice.host("edge", &["role=edge"]);
+    let hello = lattice.push_hello("1.0");
+    lattice.apply(&manifest(
+        "hello",
+        &hello,
+        2,
+        "/",
+        "  placement: {requires: {role: worker}}\n",
+    ));
+
+    eventually(PATIENCE, "the broken host's replica to fail", || {
+        lattice
+            .replicas()
+            .iter()
+            .any(|(app, host, phase)| app == "hello" && host == "broken" && phase == "failed")
+            .then_some(())
+    });
+    let described = lattice.ok(&["describe", "app", "hello"]);
+    assert!(described.contains("PullFailed"), "{described}");
+    eventually(PATIENCE, "the good replica to be ready and routed", || {
+        lattice
+            .ready_by_host("hello")
+            .contains_key("good")
+            .then_some(())?;
+        edge.get_served("/").filter(|(status, _, _)| *status == 200)
+    });
+    let served: BTreeSet<String> = (0..30)
+        .filter_map(|_| edge.get_served("/"))
+        .map(|(status, _, served_by)| {
+            assert_eq!(status, 200);
+            served_by
+        })
+        .collect();
+    assert_eq!(served.into_iter().collect::<Vec<_>>(), ["good"]);
+}

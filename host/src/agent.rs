@@ -27,6 +27,7 @@ use crate::forward::{DEFAULT_FORWARD_LIMIT, Forwarder, Pick, SERVED_BY, listen};
 use crate::guest::{GuestOptions, OutboundPolicy, ServiceLink, Services};
 use crate::http::{HttpComponent, Peer, ResponseBody, plain, serve_with};
 use crate::limits::Limits;
+use crate::metrics::{Metrics, Path as MetricsPath};
 use crate::router::{AppRoutes, Lookup, Router};
 
 /// How a host joins and behaves.
@@ -65,6 +66,7 @@ pub struct Agent<F> {
     router: Arc<Router>,
     cached: Arc<Mutex<Vec<String>>>,
     forwarder: Forwarder,
+    metrics: Arc<Metrics>,
     /// Queue-group subscriptions, one per app with a ready local replica.
     listening: Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
 }
@@ -92,6 +94,7 @@ impl<F: Fetch> Agent<F> {
         );
         Self {
             forwarder,
+            metrics: Arc::new(Metrics::default()),
             listening: Mutex::new(HashMap::new()),
             lattice,
             runtime,
@@ -100,6 +103,11 @@ impl<F: Fetch> Agent<F> {
             router: Arc::new(Router::default()),
             cached: Arc::new(Mutex::new(Vec::new())),
         }
+    }
+
+    /// This host's ingress counters and latency histograms, per app.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        Arc::clone(&self.metrics)
     }
 
     fn record(&self, started_at: u64, http: SocketAddr, draining: bool) -> HostRecord {
@@ -151,6 +159,7 @@ impl<F: Fetch> Agent<F> {
         let (stop_ingress, ingress_stopped) = tokio::sync::oneshot::channel::<()>();
         let router = Arc::clone(&self.router);
         let forwarder = self.forwarder.clone();
+        let metrics = Arc::clone(&self.metrics);
         let served_by =
             http::HeaderValue::from_str(&id).unwrap_or(http::HeaderValue::from_static("host"));
         let ingress = tokio::spawn(serve_with(
@@ -161,6 +170,7 @@ impl<F: Fetch> Agent<F> {
                 ingress(
                     Arc::clone(&router),
                     forwarder.clone(),
+                    Arc::clone(&metrics),
                     served_by.clone(),
                     request,
                 )
@@ -516,9 +526,11 @@ async fn start<F: Fetch>(
 async fn ingress(
     router: Arc<Router>,
     forwarder: Forwarder,
+    metrics: Arc<Metrics>,
     served_by: http::HeaderValue,
     request: Request<Incoming>,
 ) -> Response<ResponseBody> {
+    let started = std::time::Instant::now();
     let host = request
         .headers()
         .get(http::header::HOST)
@@ -526,9 +538,19 @@ async fn ingress(
         .or_else(|| request.uri().host())
         .map(str::to_owned);
     match router.lookup(host.as_deref(), request.uri().path()) {
-        Lookup::Replica(component) => {
+        Lookup::Replica {
+            namespace,
+            app,
+            component,
+        } => {
             let mut response = component.handle(request).await;
             response.headers_mut().insert(SERVED_BY, served_by);
+            metrics.record(
+                &format!("{namespace}/{app}"),
+                MetricsPath::Local,
+                response.status().as_u16(),
+                started.elapsed(),
+            );
             response
         }
         Lookup::Remote {
@@ -537,9 +559,16 @@ async fn ingress(
             timeout,
         } => {
             let peer = request.extensions().get::<Peer>().map(|peer| peer.0);
-            forwarder
+            let response = forwarder
                 .forward(&namespace, &app, request, peer, timeout)
-                .await
+                .await;
+            metrics.record(
+                &format!("{namespace}/{app}"),
+                MetricsPath::Forwarded,
+                response.status().as_u16(),
+                started.elapsed(),
+            );
+            response
         }
         Lookup::NoRoute => plain(StatusCode::NOT_FOUND, "no app serves this route\n"),
     }

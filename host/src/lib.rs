@@ -17,6 +17,7 @@ pub mod forward;
 pub mod guest;
 pub mod http;
 pub mod limits;
+pub mod metrics;
 pub mod router;
 pub mod tls;
 

@@ -30,8 +30,15 @@ pub struct AppRoutes {
 
 /// What a lookup found.
 pub enum Lookup {
-    /// A ready replica.
-    Replica(Arc<HttpComponent>),
+    /// A ready local replica of `namespace/app`.
+    Replica {
+        /// Namespace.
+        namespace: String,
+        /// App name.
+        app: String,
+        /// The replica.
+        component: Arc<HttpComponent>,
+    },
     /// The route belongs to an app with no ready replica here: forward it.
     Remote {
         /// Namespace.
@@ -99,7 +106,11 @@ impl Router {
             },
             Some((_, app)) => {
                 let index = self.next.fetch_add(1, Ordering::Relaxed) % app.replicas.len();
-                Lookup::Replica(Arc::clone(&app.replicas[index]))
+                Lookup::Replica {
+                    namespace: app.namespace.clone(),
+                    app: app.app.clone(),
+                    component: Arc::clone(&app.replicas[index]),
+                }
             }
         }
     }
@@ -167,7 +178,7 @@ mod tests {
     fn found(router: &Router, host: Option<&str>, path: &str) -> String {
         match router.lookup(host, path) {
             Lookup::Remote { app, .. } => app,
-            Lookup::Replica(_) => "replica".to_owned(),
+            Lookup::Replica { .. } => "replica".to_owned(),
             Lookup::NoRoute => "none".to_owned(),
         }
     }

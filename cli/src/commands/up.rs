@@ -118,7 +118,15 @@ async fn serve(args: &UpArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
         host_timeout: Duration::from_secs(3),
         lease: Duration::from_secs(5),
     };
-    let connection = lattice.connect("shoal up scheduler").await?;
+    // nats-server may still be starting: retry for a while before giving up.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let connection = loop {
+        match lattice.connect("shoal up scheduler").await {
+            Ok(connection) => break connection,
+            Err(error) if std::time::Instant::now() > deadline => return Err(error),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    };
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn({
         let stopped = wait(stopped.clone());
