@@ -128,15 +128,32 @@ fn unknown_routes_get_404_apps_without_replicas_503_and_big_bodies_413() {
     lattice.wait_ready("fixtures", 1, PATIENCE);
     let url = front.url.clone().unwrap();
 
-    // A 4 MiB body round-trips through the forwarding host.
+    // A 4 MiB body and the method, query and headers round-trip through the forwarding
+    // host, which adds Forwarded and X-Forwarded-For.
     let body = vec![b'x'; 4 << 20];
     let mut response = eventually(PATIENCE, "the echo to be forwarded", || {
         agent()
-            .post(&format!("{url}/echo"))
+            .post(&format!("{url}/echo?q=1"))
+            .header("x-custom", "kept")
             .send(&body[..])
             .ok()
             .filter(|response| response.status() == 200)
     });
+    let echoed = |name: &str| {
+        response
+            .headers()
+            .get(format!("echo-{name}"))
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned)
+    };
+    assert_eq!(echoed("x-custom").as_deref(), Some("kept"));
+    assert_eq!(echoed("x-forwarded-for").as_deref(), Some("127.0.0.1"));
+    let forwarded = echoed("forwarded").unwrap_or_default();
+    assert!(
+        forwarded.starts_with("for=127.0.0.1;host=\"127.0.0.1:"),
+        "{forwarded}"
+    );
+    assert_eq!(response.headers().get("x-served-by").unwrap(), "owner");
     assert_eq!(
         response
             .body_mut()

@@ -414,3 +414,39 @@ fn the_lattice_connection_takes_nats_credentials() {
     );
     assert_eq!(String::from_utf8_lossy(&allowed.stdout).trim(), "[]");
 }
+
+#[test]
+fn the_lattice_connection_verifies_a_tls_nats_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let generated = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+    let (cert, key) = (dir.path().join("nats.pem"), dir.path().join("nats.key"));
+    std::fs::write(&cert, generated.cert.pem()).unwrap();
+    std::fs::write(&key, generated.signing_key.serialize_pem()).unwrap();
+    let nats = support::nats::Nats::with_config(&format!(
+        "tls {{ cert_file: \"{}\", key_file: \"{}\" }}\n",
+        cert.display(),
+        key.display()
+    ));
+    let shoal = support::Shoal::new();
+    let get = |extra: &[&str]| {
+        shoal
+            .command()
+            .env("SHOAL_NATS", nats.url())
+            .env("SHOAL_LATTICE", "tls")
+            .args(["get", "apps", "-o", "json"])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    // Without the CA the server's certificate is not trusted.
+    let refused = get(&[]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("cannot connect to NATS"));
+    let trusted = get(&["--nats-ca", cert.to_str().unwrap()]);
+    assert!(
+        trusted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&trusted.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&trusted.stdout).trim(), "[]");
+}

@@ -27,7 +27,7 @@ impl Nats {
         ))
     }
 
-    fn with_config(extra_config: &str) -> Self {
+    pub fn with_config(extra_config: &str) -> Self {
         let mut nats = Self {
             child: None,
             extra_config: extra_config.to_owned(),
