@@ -209,7 +209,8 @@ impl Lattice {
         }
     }
 
-    /// Starts `shoal host --id ID EXTRA…` with a fast heartbeat.
+    /// Starts `shoal host --id ID EXTRA…` with a fast heartbeat, and waits until its host
+    /// record is in the lattice (the ingress address is printed a moment before).
     pub fn host_with(&self, id: &str, extra: &[&str]) -> Process {
         let mut args = vec![
             "host",
@@ -223,27 +224,33 @@ impl Lattice {
             "2s",
         ];
         args.extend_from_slice(extra);
-        self.spawn(&args, id, true)
+        let host = self.spawn(&args, id, true);
+        self.wait_registered(id);
+        host
     }
 
-    /// Starts `shoal host --id ID --label …` with a fast heartbeat.
+    /// Starts `shoal host --id ID --label …`; see [`Self::host_with`].
     pub fn host(&self, id: &str, labels: &[&str]) -> Process {
-        let mut args = vec![
-            "host",
-            "--id",
-            id,
-            "--http",
-            "127.0.0.1:0",
-            "--heartbeat",
-            "250ms",
-            "--drain",
-            "2s",
-        ];
+        let mut extra = Vec::new();
         for label in labels {
-            args.push("--label");
-            args.push(label);
+            extra.push("--label");
+            extra.push(*label);
         }
-        self.spawn(&args, id, true)
+        self.host_with(id, &extra)
+    }
+
+    /// Waits until the host record of `id` is in the lattice, so placement can see it.
+    pub fn wait_registered(&self, id: &str) {
+        let quoted = format!("\"id\": \"{id}\"");
+        eventually(
+            Duration::from_secs(30),
+            &format!("host {id} to register"),
+            || {
+                self.ok(&["get", "hosts", "-o", "json"])
+                    .contains(&quoted)
+                    .then_some(())
+            },
+        );
     }
 
     /// Starts `shoal scheduler` with a 1 s host timeout and lease.
