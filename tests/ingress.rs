@@ -262,8 +262,15 @@ fn killing_the_owning_host_under_load_fails_requests_only_until_rescheduling() {
             url.clone(),
         );
         std::thread::spawn(move || {
+            // A short client timeout, so a request lost with its host does not hide what
+            // happens to the ones after it.
+            let client: ureq::Agent = ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .timeout_global(Some(Duration::from_secs(2)))
+                .build()
+                .into();
             while !stop.load(Ordering::Relaxed) {
-                match agent().get(&format!("{url}/")).call() {
+                match client.get(&format!("{url}/")).call() {
                     Ok(response) if response.status() == 200 => {
                         ok.fetch_add(1, Ordering::Relaxed);
                     }
