@@ -76,7 +76,8 @@ impl Bucket {
         Bucket::Leases,
     ];
 
-    fn suffix(self) -> &'static str {
+    /// The bucket's short name, the last part of [`Bucket::name`].
+    pub fn suffix(self) -> &'static str {
         match self {
             Bucket::Apps => "apps",
             Bucket::Revisions => "revisions",

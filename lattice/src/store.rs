@@ -90,17 +90,6 @@ impl std::fmt::Debug for Lattice {
     }
 }
 
-fn bucket_slot(bucket: Bucket) -> &'static str {
-    match bucket {
-        Bucket::Apps => "apps",
-        Bucket::Revisions => "revisions",
-        Bucket::Hosts => "hosts",
-        Bucket::Assignments => "assignments",
-        Bucket::Status => "status",
-        Bucket::Leases => "leases",
-    }
-}
-
 impl Lattice {
     /// Connects and opens (creating when missing) the lattice's buckets.
     ///
@@ -160,7 +149,7 @@ impl Lattice {
         let mut buckets = HashMap::new();
         for bucket in Bucket::ALL {
             buckets.insert(
-                bucket_slot(bucket),
+                bucket.suffix(),
                 open_bucket(&context, &bucket.name(&options.lattice), bucket.history()).await?,
             );
         }
@@ -183,7 +172,7 @@ impl Lattice {
 
     pub(crate) fn store(&self, bucket: Bucket) -> Result<&kv::Store, Error> {
         self.buckets
-            .get(bucket_slot(bucket))
+            .get(bucket.suffix())
             .ok_or_else(|| Error::Bucket {
                 bucket: bucket.name(&self.name),
                 reason: "not opened".to_owned(),
@@ -194,6 +183,14 @@ impl Lattice {
         Error::Request {
             bucket: bucket.name(&self.name),
             reason: error.to_string(),
+        }
+    }
+
+    /// A compare-and-set failure: a conflict when the revision moved, else a request error.
+    fn cas_error(&self, bucket: Bucket, key: &str, error: kv::UpdateError) -> Error {
+        match error.kind() {
+            kv::UpdateErrorKind::WrongLastRevision => self.conflict(bucket, key),
+            _ => self.request_error(bucket, error),
         }
     }
 
@@ -269,10 +266,7 @@ impl Lattice {
         self.store(bucket)?
             .update(key, encode(value)?, revision)
             .await
-            .map_err(|error| match error.kind() {
-                kv::UpdateErrorKind::WrongLastRevision => self.conflict(bucket, key),
-                _ => self.request_error(bucket, error),
-            })
+            .map_err(|error| self.cas_error(bucket, key, error))
     }
 
     /// Deletes `key` (a no-op when it does not exist).
@@ -291,10 +285,7 @@ impl Lattice {
         self.store(bucket)?
             .delete_expect_revision(key, Some(revision))
             .await
-            .map_err(|error| match error.kind() {
-                kv::UpdateErrorKind::WrongLastRevision => self.conflict(bucket, key),
-                _ => self.request_error(bucket, error),
-            })
+            .map_err(|error| self.cas_error(bucket, key, error))
     }
 
     /// Every live record whose key starts with `prefix` (`""` for all), by key.

@@ -11,6 +11,7 @@ use shoal_host::command::{self, CommandOutcome};
 use shoal_host::guest::DirGrant;
 use shoal_host::http::{HttpComponent, is_http, serve};
 use shoal_host::{GuestOptions, Limits, OutboundPolicy, Runtime, RuntimeOptions};
+use shoal_lattice::quantity::Millicores;
 use shoal_oci::{ComponentInfo, Digest};
 
 use crate::registry::{RegistryArgs, looks_like_a_file, parse_size};
@@ -87,22 +88,9 @@ pub struct RunArgs {
     pub args: Vec<String>,
 }
 
-/// Parses `250m`, `0.5` or `2` into millicores.
+/// Parses `250m`, `0.5` or `2` into millicores, as manifests do.
 fn parse_cpu(value: &str) -> Result<u32, String> {
-    let millicores = match value.strip_suffix('m') {
-        Some(millis) => millis.parse::<u32>().ok(),
-        None => value
-            .parse::<f64>()
-            .ok()
-            .filter(|cores| cores.is_finite() && *cores > 0.0 && *cores <= 1024.0)
-            .map(|cores| (cores * 1000.0).round() as u32),
-    };
-    match millicores {
-        Some(millicores) if millicores > 0 => Ok(millicores),
-        _ => Err(format!(
-            "{value:?} is not a CPU quota; use millicores like 250m, or cores like 0.5"
-        )),
-    }
+    value.parse::<Millicores>().map(|millicores| millicores.0)
 }
 
 fn parse_env(value: &str) -> Result<(String, String), String> {
