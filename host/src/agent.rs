@@ -23,7 +23,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 use crate::engine::Runtime;
-use crate::forward::{DEFAULT_FORWARD_LIMIT, Forwarder, Pick, SERVED_BY, listen};
+use crate::forward::{DEFAULT_FORWARD_LIMIT, Forwarder, Listener, Pick, SERVED_BY, listen};
 use crate::guest::{GuestOptions, OutboundPolicy, ServiceLink, Services};
 use crate::http::{HttpComponent, Peer, ResponseBody, plain, serve_with};
 use crate::limits::Limits;
@@ -67,8 +67,9 @@ pub struct Agent<F> {
     cached: Arc<Mutex<Vec<String>>>,
     forwarder: Forwarder,
     metrics: Arc<Metrics>,
-    /// Queue-group subscriptions, one per app with a ready local replica.
-    listening: Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
+    /// Queue-group subscriptions, one per app with a ready local replica: the signal that
+    /// makes each leave (draining what was delivered).
+    listening: Mutex<HashMap<String, tokio::sync::oneshot::Sender<()>>>,
 }
 
 enum ReplicaState {
@@ -215,8 +216,8 @@ impl<F: Fetch> Agent<F> {
         tracing::info!(host = %id, "leaving the lattice: draining");
         // Leave every queue group first, so no new forwarded request arrives.
         if let Ok(mut listening) = self.listening.lock() {
-            for (_, task) in listening.drain() {
-                task.abort();
+            for (_, stop) in listening.drain() {
+                let _ = stop.send(());
             }
         }
         let _ = self
@@ -379,14 +380,17 @@ impl<F: Fetch> Agent<F> {
             .collect();
         let missing: Vec<&(String, String)> = match self.listening.lock() {
             Ok(mut listening) => {
-                listening.retain(|key, task| {
-                    let keep = wanted.contains(key);
-                    if !keep {
-                        task.abort();
-                        tracing::info!(app = %key, "left the app's queue group: no ready replica here");
+                let leaving: Vec<String> = listening
+                    .keys()
+                    .filter(|key| !wanted.contains(*key))
+                    .cloned()
+                    .collect();
+                for key in leaving {
+                    if let Some(stop) = listening.remove(&key) {
+                        let _ = stop.send(());
+                        tracing::info!(app = %key, "leaving the app's queue group: no ready replica here");
                     }
-                    keep
-                });
+                }
                 serving
                     .iter()
                     .filter(|(namespace, app)| {
@@ -400,21 +404,27 @@ impl<F: Fetch> Agent<F> {
             let router = Arc::clone(&self.router);
             let (pick_namespace, pick_app) = (namespace.clone(), app.clone());
             let pick: Pick = Arc::new(move || router.pick(&pick_namespace, &pick_app));
+            let (stop, stopped) = tokio::sync::oneshot::channel();
+            let listener = Listener {
+                namespace: namespace.clone(),
+                app: app.clone(),
+                host: self.options.id.clone(),
+                timeout: self.router.timeout_of(namespace, app),
+            };
             match listen(
                 self.lattice.client().clone(),
-                &self.options.id,
                 self.lattice.name(),
-                namespace,
-                app,
-                self.forwarder.limit(),
+                listener,
+                self.forwarder.clone(),
                 pick,
+                stopped,
             )
             .await
             {
-                Ok(task) => {
+                Ok(_task) => {
                     tracing::info!(%namespace, %app, "joined the app's queue group");
                     if let Ok(mut listening) = self.listening.lock() {
-                        listening.insert(format!("{namespace}.{app}"), task);
+                        listening.insert(format!("{namespace}.{app}"), stop);
                     }
                 }
                 Err(error) => {

@@ -229,36 +229,66 @@ pub type Pick = Arc<dyn Fn() -> Option<Arc<HttpComponent>> + Send + Sync>;
 /// The response header naming the host whose replica answered.
 pub const SERVED_BY: &str = "x-served-by";
 
-/// Serves forwarded requests for `namespace/app` until the returned task is aborted
-/// (which unsubscribes). `pick` chooses the local replica for each request.
+/// How many times a request may be passed on by hosts that lost their replica meanwhile.
+const MAX_HOPS: u32 = 2;
+const HOPS: &str = "shoal-hops";
+
+/// Where a host listens for one app's forwarded requests.
+#[derive(Debug, Clone)]
+pub struct Listener {
+    /// Namespace.
+    pub namespace: String,
+    /// App name.
+    pub app: String,
+    /// This host's id, for `x-served-by`.
+    pub host: String,
+    /// How long a passed-on request may wait.
+    pub timeout: Duration,
+}
+
+/// Serves forwarded requests for an app until `stop` fires; then leaves the queue group and
+/// still answers what NATS had already delivered (draining), so leaving loses nothing.
+/// `pick` chooses the local replica for each request; a request that finds none (the last
+/// replica just went) is passed on to another host through `forwarder`.
 pub async fn listen(
     client: async_nats::Client,
-    host: &str,
     lattice: &str,
-    namespace: &str,
-    app: &str,
-    limit: usize,
+    listener: Listener,
+    forwarder: Forwarder,
     pick: Pick,
+    stop: tokio::sync::oneshot::Receiver<()>,
 ) -> Result<tokio::task::JoinHandle<()>, async_nats::SubscribeError> {
-    let subject = shoal_lattice::names::http_subject(lattice, namespace, app);
+    let subject = shoal_lattice::names::http_subject(lattice, &listener.namespace, &listener.app);
     let mut subscriber = client.queue_subscribe(subject.clone(), subject).await?;
-    let host = host.to_owned();
+    let listener = Arc::new(listener);
     Ok(tokio::spawn(async move {
-        while let Some(message) = subscriber.next().await {
+        tokio::pin!(stop);
+        let mut stopping = false;
+        loop {
+            let message = tokio::select! {
+                message = subscriber.next() => message,
+                _ = &mut stop, if !stopping => {
+                    stopping = true;
+                    if let Err(error) = subscriber.drain().await {
+                        tracing::debug!(%error, "cannot drain a subscription");
+                        break;
+                    }
+                    continue;
+                }
+            };
+            let Some(message) = message else {
+                break;
+            };
             let client = client.clone();
             let pick = Arc::clone(&pick);
-            let host = host.clone();
+            let listener = Arc::clone(&listener);
+            let forwarder = forwarder.clone();
             tokio::spawn(async move {
                 let Some(reply) = message.reply.clone() else {
                     return;
                 };
-                let (mut headers, payload) = match pick() {
-                    Some(component) => answer(component, message, limit).await,
-                    None => {
-                        reply_plain(StatusCode::SERVICE_UNAVAILABLE, "the replica is stopping\n")
-                    }
-                };
-                headers.insert(SERVED_BY, host.as_str());
+                let (mut headers, payload) = answer(&listener, &forwarder, pick(), message).await;
+                headers.insert(SERVED_BY, listener.host.as_str());
                 if let Err(error) = client.publish_with_headers(reply, headers, payload).await {
                     tracing::debug!(%error, "cannot reply to a forwarded request");
                 }
@@ -275,19 +305,27 @@ fn reply_plain(status: StatusCode, text: &'static str) -> (async_nats::HeaderMap
 }
 
 async fn answer(
-    component: Arc<HttpComponent>,
+    listener: &Listener,
+    forwarder: &Forwarder,
+    component: Option<Arc<HttpComponent>>,
     message: async_nats::Message,
-    limit: usize,
 ) -> (async_nats::HeaderMap, Bytes) {
     let Some(headers) = message.headers.as_ref() else {
         return reply_plain(StatusCode::BAD_REQUEST, "malformed forwarded request\n");
     };
+    let hops: u32 = headers
+        .get(HOPS)
+        .and_then(|hops| hops.as_str().parse().ok())
+        .unwrap_or(0);
     let method = headers.get(METHOD).map_or("GET", |method| method.as_str());
     let uri = headers.get(URI).map_or("/", |uri| uri.as_str());
     let mut builder = Request::builder().method(method).uri(uri);
     for (name, values) in headers.iter() {
         let name = name.to_string();
-        if name.eq_ignore_ascii_case(METHOD) || name.eq_ignore_ascii_case(URI) {
+        if name.eq_ignore_ascii_case(METHOD)
+            || name.eq_ignore_ascii_case(URI)
+            || name.eq_ignore_ascii_case(HOPS)
+        {
             continue;
         }
         for value in values {
@@ -296,12 +334,34 @@ async fn answer(
     }
     let body = Full::new(message.payload.clone())
         .map_err(|never: Infallible| -> wasmtime_wasi_http::Error { match never {} });
-    let Ok(request) = builder.body(body) else {
+    let Ok(mut request) = builder.body(body) else {
         return reply_plain(StatusCode::BAD_REQUEST, "malformed forwarded request\n");
     };
-    let response = component.handle(request).await;
+    let response = match component {
+        Some(component) => component.handle(request).await,
+        None if hops < MAX_HOPS => {
+            request
+                .headers_mut()
+                .insert(HOPS, HeaderValue::from(hops + 1));
+            forwarder
+                .forward(
+                    &listener.namespace,
+                    &listener.app,
+                    request,
+                    None,
+                    listener.timeout,
+                )
+                .await
+        }
+        None => {
+            return reply_plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no ready replica of this app\n",
+            );
+        }
+    };
     let (parts, body) = response.into_parts();
-    let Ok(body) = Limited::new(body, limit).collect().await else {
+    let Ok(body) = Limited::new(body, forwarder.limit).collect().await else {
         return reply_plain(
             StatusCode::BAD_GATEWAY,
             "the response is larger than the lattice forwards\n",

@@ -33,6 +33,50 @@ pub struct Observed<'a> {
     pub replace_failed: bool,
 }
 
+/// `maxSurge` and `maxUnavailable` as replica counts for `desired` replicas: counts as
+/// given, percentages of `desired` (surge rounded up, unavailable rounded down, as
+/// Kubernetes does). Defaults: 25% surge, none unavailable. Both zero would never progress,
+/// so the surge is then one.
+pub fn rollout_bounds(app: &AppRecord, desired: usize) -> (usize, usize) {
+    let resolve = |value: Option<&serde_json::Value>, default: &str, round_up: bool| {
+        let value = value
+            .cloned()
+            .unwrap_or_else(|| serde_json::Value::String(default.to_owned()));
+        match value {
+            serde_json::Value::Number(number) => number.as_u64().map_or(0, |count| count as usize),
+            serde_json::Value::String(text) => {
+                let percent = text
+                    .strip_suffix('%')
+                    .and_then(|percent| percent.parse::<usize>().ok())
+                    .unwrap_or(0);
+                let scaled = desired * percent;
+                if round_up {
+                    scaled.div_ceil(100)
+                } else {
+                    scaled / 100
+                }
+            }
+            _ => 0,
+        }
+    };
+    let rollout = app.spec.rollout.as_ref();
+    let surge = resolve(
+        rollout.and_then(|rollout| rollout.max_surge.as_ref()),
+        "25%",
+        true,
+    );
+    let unavailable = resolve(
+        rollout.and_then(|rollout| rollout.max_unavailable.as_ref()),
+        "0",
+        false,
+    );
+    if surge == 0 && unavailable == 0 {
+        (1, 0)
+    } else {
+        (surge, unavailable)
+    }
+}
+
 /// Whether a replica's host reports it in `phase` for this very assignment.
 pub fn in_phase(
     assignment: &Assignment,
@@ -69,39 +113,137 @@ pub fn reconcile(app: &AppRecord, observed: Observed<'_>) -> Step {
         }
     }
     let desired = app.spec.replicas as usize;
-    if current.len() < desired {
-        step.place = u32::try_from(desired - current.len()).unwrap_or(u32::MAX);
-    } else if current.len() > desired {
-        // Remove the least useful first: not ready before ready, then the newest.
-        current.sort_by_key(|assignment| {
-            (
-                in_phase(&assignment.value, observed.status, Phase::Ready),
-                std::cmp::Reverse(assignment.value.created_at),
-                assignment.key.clone(),
-            )
-        });
-        for assignment in &current[..current.len() - desired] {
-            step.remove
-                .push((assignment.key.clone(), assignment.revision));
+    let is_ready = |assignment: &&Versioned<Assignment>| {
+        in_phase(&assignment.value, observed.status, Phase::Ready)
+    };
+    if old.is_empty() || desired == 0 {
+        if current.len() < desired {
+            step.place = u32::try_from(desired - current.len()).unwrap_or(u32::MAX);
+        } else if current.len() > desired {
+            // Remove the least useful first: not ready before ready, then the newest.
+            current.sort_by_key(|assignment| {
+                (
+                    is_ready(assignment),
+                    std::cmp::Reverse(assignment.value.created_at),
+                    assignment.key.clone(),
+                )
+            });
+            for assignment in &current[..current.len() - desired] {
+                step.remove
+                    .push((assignment.key.clone(), assignment.revision));
+            }
         }
-    }
-    // Replicas of an earlier revision go once the current revision is fully ready, so the
-    // app keeps serving through a template change.
-    let ready = current
-        .iter()
-        .filter(|assignment| in_phase(&assignment.value, observed.status, Phase::Ready))
-        .count();
-    if desired == 0 || ready >= desired {
         for assignment in old {
             step.remove
                 .push((assignment.key.clone(), assignment.revision));
         }
+        return step;
+    }
+
+    // A rollout, recomputed from what is ready now (Kubernetes' rolling update): start new
+    // replicas while the total stays within desired + maxSurge, and stop old ones while the
+    // ready total stays at or above desired - maxUnavailable.
+    let (surge, unavailable) = rollout_bounds(app, desired);
+    let total = current.len() + old.len();
+    let room = (desired + surge).saturating_sub(total);
+    step.place = u32::try_from(room.min(desired.saturating_sub(current.len()))).unwrap_or(u32::MAX);
+    let ready_new = current
+        .iter()
+        .filter(|assignment| is_ready(assignment))
+        .count();
+    let (ready_old, not_ready_old): (Vec<_>, Vec<_>) = old.into_iter().partition(is_ready);
+    // Old replicas that are not ready serve nothing: they may always go.
+    for assignment in not_ready_old {
+        step.remove
+            .push((assignment.key.clone(), assignment.revision));
+    }
+    let min_ready = desired.saturating_sub(unavailable);
+    let removable = (ready_new + ready_old.len()).saturating_sub(min_ready);
+    let mut ready_old = ready_old;
+    ready_old.sort_by_key(|assignment| {
+        (
+            assignment.value.revision,
+            assignment.value.created_at,
+            assignment.key.clone(),
+        )
+    });
+    for assignment in ready_old.iter().take(removable) {
+        step.remove
+            .push((assignment.key.clone(), assignment.revision));
     }
     step
 }
 
 #[cfg(test)]
 mod tests {
+    /// A rollout of six replicas with the defaults (25% surge → 2, none unavailable): never
+    /// more than 8 replicas, never fewer than 6 ready, and it ends with 6 new ones.
+    #[test]
+    fn a_rollout_steps_within_its_bounds_until_done() {
+        let hosts = live(&["h1"]);
+        let mut assignments: Vec<Versioned<Assignment>> = (0..6)
+            .map(|index| assigned(&format!("old{index}"), "h1", 1, index))
+            .collect();
+        let mut statuses: HashMap<String, ReplicaStatus> = (0..6)
+            .map(|index| status(&format!("old{index}"), Phase::Ready))
+            .collect();
+        let app = app(6, 2);
+        let mut next = 100;
+        for _pass in 0..50 {
+            let step = reconcile(
+                &app,
+                Observed {
+                    assignments: &assignments,
+                    live_hosts: &hosts,
+                    status: &statuses,
+                    replace_failed: true,
+                },
+            );
+            let removed: Vec<&String> = step.remove.iter().map(|(key, _)| key).collect();
+            assignments.retain(|assignment| !removed.contains(&&assignment.key));
+            for _ in 0..step.place {
+                next += 1;
+                let replica = format!("new{next}");
+                assignments.push(assigned(&replica, "h1", 2, next));
+            }
+            assert!(assignments.len() <= 8, "{} replicas", assignments.len());
+            let ready = assignments
+                .iter()
+                .filter(|assignment| in_phase(&assignment.value, &statuses, Phase::Ready))
+                .count();
+            assert!(ready >= 6, "only {ready} ready");
+            // Every new replica becomes ready before the next pass.
+            for assignment in &assignments {
+                let mut ready = status(&assignment.value.replica, Phase::Ready).1;
+                ready.revision = assignment.value.revision;
+                statuses.insert(assignment.value.replica.clone(), ready);
+            }
+        }
+        assert_eq!(assignments.len(), 6);
+        assert!(
+            assignments
+                .iter()
+                .all(|assignment| assignment.value.revision == 2)
+        );
+    }
+
+    #[test]
+    fn rollout_bounds_round_like_kubernetes() {
+        let mut app = app(10, 2);
+        assert_eq!(rollout_bounds(&app, 10), (3, 0));
+        app.spec.rollout = Some(shoal_lattice::records::Rollout {
+            max_surge: Some(serde_json::json!("10%")),
+            max_unavailable: Some(serde_json::json!("25%")),
+            min_ready: None,
+            progress_deadline: None,
+            auto_rollback: None,
+        });
+        assert_eq!(rollout_bounds(&app, 10), (1, 2));
+        app.spec.rollout.as_mut().unwrap().max_surge = Some(serde_json::json!(0));
+        app.spec.rollout.as_mut().unwrap().max_unavailable = Some(serde_json::json!(0));
+        assert_eq!(rollout_bounds(&app, 10), (1, 0));
+    }
+
     use super::*;
     use shoal_lattice::records::{AppLimits, AppSpec, Placement};
     use std::collections::BTreeMap;
@@ -271,10 +413,13 @@ mod tests {
                 },
             )
         };
-        assert_eq!(observed(&assignments, &HashMap::new()).place, 1);
+        let old_ready: HashMap<_, _> = [status("old", Phase::Ready)].into_iter().collect();
+        assert_eq!(observed(&assignments, &old_ready).place, 1);
         assignments.push(assigned("new", "h1", 2, 2));
-        assert!(observed(&assignments, &HashMap::new()).remove.is_empty());
-        let mut ready: HashMap<_, _> = [status("new", Phase::Ready)].into_iter().collect();
+        assert!(observed(&assignments, &old_ready).remove.is_empty());
+        let mut ready: HashMap<_, _> = [status("new", Phase::Ready), status("old", Phase::Ready)]
+            .into_iter()
+            .collect();
         ready.get_mut("new").unwrap().revision = 2;
         assert_eq!(
             observed(&assignments, &ready).remove,
