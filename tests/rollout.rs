@@ -41,8 +41,107 @@ fn revisions(lattice: &Lattice) -> Vec<(u64, String)> {
         .collect()
 }
 
+/// A client per host, each sending requests back to back, counting what fails and noting
+/// each change of answer.
+struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    seen: Arc<Mutex<Vec<String>>>,
+    errors: Arc<Mutex<Vec<String>>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(urls: &[String]) -> Self {
+        let load = Load {
+            stop: Arc::new(AtomicBool::new(false)),
+            ok: Arc::new(AtomicU64::new(0)),
+            failed: Arc::new(AtomicU64::new(0)),
+            seen: Arc::new(Mutex::new(Vec::new())),
+            errors: Arc::new(Mutex::new(Vec::new())),
+            threads: Vec::new(),
+        };
+        let threads = urls
+            .iter()
+            .map(|url| {
+                let (stop, ok, failed, seen, errors, url) = (
+                    load.stop.clone(),
+                    load.ok.clone(),
+                    load.failed.clone(),
+                    load.seen.clone(),
+                    load.errors.clone(),
+                    url.clone(),
+                );
+                std::thread::spawn(move || {
+                    let client: ureq::Agent = ureq::Agent::config_builder()
+                        .http_status_as_error(false)
+                        .timeout_global(Some(Duration::from_secs(10)))
+                        .build()
+                        .into();
+                    while !stop.load(Ordering::Relaxed) {
+                        match client.get(&format!("{url}/")).call() {
+                            Ok(mut response) if response.status() == 200 => {
+                                ok.fetch_add(1, Ordering::Relaxed);
+                                let body = response.body_mut().read_to_string().unwrap_or_default();
+                                let mut seen = seen.lock().unwrap();
+                                if seen.last() != Some(&body) {
+                                    seen.push(body);
+                                }
+                            }
+                            Ok(mut response) => {
+                                failed.fetch_add(1, Ordering::Relaxed);
+                                let body = response.body_mut().read_to_string().unwrap_or_default();
+                                errors
+                                    .lock()
+                                    .unwrap()
+                                    .push(format!("{}: {body}", response.status()));
+                            }
+                            Err(error) => {
+                                failed.fetch_add(1, Ordering::Relaxed);
+                                errors.lock().unwrap().push(error.to_string());
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load { threads, ..load }
+    }
+
+    /// Stops the clients; returns (ok, failed, errors, distinct answers).
+    fn finish(self) -> (u64, u64, Vec<String>, BTreeSet<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for thread in self.threads {
+            thread.join().unwrap();
+        }
+        let seen = self.seen.lock().unwrap().iter().cloned().collect();
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+            self.errors.lock().unwrap().clone(),
+            seen,
+        )
+    }
+}
+
+fn wait_rolled_out(lattice: &Lattice, revision: u64) {
+    eventually(
+        PATIENCE,
+        &format!("six ready replicas of revision {revision} and nothing else"),
+        || {
+            let replicas = revisions(lattice);
+            (replicas.len() == 6
+                && replicas
+                    .iter()
+                    .all(|(found, phase)| *found == revision && phase == "ready"))
+            .then_some(())
+        },
+    );
+}
+
 #[test]
-fn a_rollout_switches_versions_without_failing_a_request() {
+fn rollouts_and_undo_switch_versions_without_failing_a_request() {
     let lattice = Lattice::start();
     let _scheduler = lattice.scheduler("s1");
     let hosts = [
@@ -64,88 +163,25 @@ fn a_rollout_switches_versions_without_failing_a_request() {
         });
     }
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let seen = Arc::new(Mutex::new(Vec::<String>::new()));
-    let errors = Arc::new(Mutex::new(Vec::<String>::new()));
-    let load: Vec<_> = urls
-        .iter()
-        .map(|url| {
-            let (stop, ok, failed, seen, errors, url) = (
-                stop.clone(),
-                ok.clone(),
-                failed.clone(),
-                seen.clone(),
-                errors.clone(),
-                url.clone(),
-            );
-            std::thread::spawn(move || {
-                let client: ureq::Agent = ureq::Agent::config_builder()
-                    .http_status_as_error(false)
-                    .timeout_global(Some(Duration::from_secs(10)))
-                    .build()
-                    .into();
-                while !stop.load(Ordering::Relaxed) {
-                    match client.get(&format!("{url}/")).call() {
-                        Ok(mut response) if response.status() == 200 => {
-                            ok.fetch_add(1, Ordering::Relaxed);
-                            let body = response.body_mut().read_to_string().unwrap_or_default();
-                            let mut seen = seen.lock().unwrap();
-                            if seen.last() != Some(&body) {
-                                seen.push(body);
-                            }
-                        }
-                        Ok(mut response) => {
-                            failed.fetch_add(1, Ordering::Relaxed);
-                            let body = response.body_mut().read_to_string().unwrap_or_default();
-                            errors
-                                .lock()
-                                .unwrap()
-                                .push(format!("{}: {body}", response.status()));
-                        }
-                        Err(error) => {
-                            failed.fetch_add(1, Ordering::Relaxed);
-                            errors.lock().unwrap().push(error.to_string());
-                        }
-                    }
-                }
-            })
-        })
-        .collect();
+    // v1 → v2 under load through every host.
+    let load = Load::start(&urls);
     std::thread::sleep(Duration::from_millis(500));
-
     let applied = lattice.apply(&greeter(&component, "v2"));
     assert!(applied.contains("configured: revision 2"), "{applied}");
-    eventually(
-        PATIENCE,
-        "six ready replicas of revision 2 and nothing else",
-        || {
-            let replicas = revisions(&lattice);
-            (replicas.len() == 6
-                && replicas
-                    .iter()
-                    .all(|(revision, phase)| *revision == 2 && phase == "ready"))
-            .then_some(())
-        },
+    let status = lattice.ok(&["rollout", "status", "greeter", "--timeout", "60s"]);
+    assert!(
+        status.contains("rollout of revision 2 complete"),
+        "{status}"
     );
+    wait_rolled_out(&lattice, 2);
     std::thread::sleep(Duration::from_millis(500));
-    stop.store(true, Ordering::Relaxed);
-    for thread in load {
-        thread.join().unwrap();
-    }
-    let seen: BTreeSet<String> = seen.lock().unwrap().iter().cloned().collect();
-    eprintln!(
-        "rollout under load: {} ok, {} failed; errors: {:?}",
-        ok.load(Ordering::Relaxed),
-        failed.load(Ordering::Relaxed),
-        errors.lock().unwrap()
-    );
-    assert_eq!(failed.load(Ordering::Relaxed), 0);
+    let (ok, failed, errors, seen) = load.finish();
+    eprintln!("rollout v1 → v2 under load: {ok} ok, {failed} failed; errors: {errors:?}");
+    assert_eq!(failed, 0, "{errors:?}");
     assert!(
         seen.contains("v1 from the greeter\n") && seen.contains("v2 from the greeter\n"),
         "{seen:?}"
     );
-    // After the rollout, only v2 answers.
     for url in &urls {
         let mut response = support::lattice::agent()
             .get(&format!("{url}/"))
@@ -156,4 +192,36 @@ fn a_rollout_switches_versions_without_failing_a_request() {
             "v2 from the greeter\n"
         );
     }
+
+    let history = lattice.ok(&["rollout", "history", "greeter"]);
+    assert!(
+        history.contains("2 (current)") && history.contains("GREETING"),
+        "{history}"
+    );
+
+    // rollout undo returns to v1 as revision 3, again under load.
+    let load = Load::start(&urls);
+    std::thread::sleep(Duration::from_millis(500));
+    let undone = lattice.ok(&["rollout", "undo", "greeter"]);
+    assert!(
+        undone.contains("rolled back to revision 1 (now revision 3)"),
+        "{undone}"
+    );
+    wait_rolled_out(&lattice, 3);
+    std::thread::sleep(Duration::from_millis(500));
+    let (ok, failed, errors, _) = load.finish();
+    eprintln!("rollout undo under load: {ok} ok, {failed} failed; errors: {errors:?}");
+    assert_eq!(failed, 0, "{errors:?}");
+    for url in &urls {
+        let mut response = support::lattice::agent()
+            .get(&format!("{url}/"))
+            .call()
+            .unwrap();
+        assert_eq!(
+            response.body_mut().read_to_string().unwrap(),
+            "v1 from the greeter\n"
+        );
+    }
+    let (ok, _, stderr) = lattice.shoal(&["rollout", "undo", "greeter", "--to-revision", "9"]);
+    assert!(!ok && stderr.contains("has no revision 9"), "{stderr}");
 }

@@ -46,6 +46,7 @@ enum Command {
     Describe(commands::describe::DescribeArgs),
     Scale(commands::scale::ScaleArgs),
     Delete(commands::delete::DeleteArgs),
+    Rollout(commands::rollout::RolloutArgs),
 }
 
 fn main() -> ExitCode {
@@ -85,6 +86,7 @@ fn main() -> ExitCode {
             Command::Describe(args) => commands::describe::run(args, &cli.lattice).await,
             Command::Scale(args) => commands::scale::run(args, &cli.lattice).await,
             Command::Delete(args) => commands::delete::run(args, &cli.lattice).await,
+            Command::Rollout(args) => commands::rollout::run(args, &cli.lattice).await,
         }
     });
     match result {

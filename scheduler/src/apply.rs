@@ -266,3 +266,74 @@ pub async fn route_collisions(lattice: &Lattice, apps: &[App]) -> Result<Vec<Str
     }
     Ok(problems)
 }
+
+/// Every stored revision of an app, oldest first.
+///
+/// # Errors
+/// Lattice errors.
+pub async fn history(
+    lattice: &Lattice,
+    namespace: &str,
+    name: &str,
+) -> Result<Vec<RevisionRecord>, Error> {
+    let mut revisions: Vec<RevisionRecord> = lattice
+        .list::<RevisionRecord>(Bucket::Revisions, &format!("{namespace}.{name}."))
+        .await?
+        .into_iter()
+        .map(|record| record.value)
+        .filter(|revision| revision.namespace == namespace && revision.name == name)
+        .collect();
+    revisions.sort_by_key(|revision| revision.revision);
+    Ok(revisions)
+}
+
+/// What an undo found to go back to.
+#[derive(Debug)]
+pub enum Undo {
+    /// There is no such app.
+    NoApp,
+    /// There is no such revision (or no earlier one).
+    NoRevision(Option<u64>),
+    /// Rolled back: the change made and the record as stored.
+    Done(u64, Change, AppRecord),
+}
+
+/// Rolls `namespace/name` back to revision `to` (default: the one before the current), as a
+/// new revision with that template, keeping the current replica count.
+///
+/// # Errors
+/// Lattice errors.
+pub async fn undo(
+    lattice: &Lattice,
+    namespace: &str,
+    name: &str,
+    to: Option<u64>,
+) -> Result<Undo, Error> {
+    let Some(current) = lattice
+        .get::<AppRecord>(Bucket::Apps, &app_key(namespace, name))
+        .await?
+    else {
+        return Ok(Undo::NoApp);
+    };
+    let revisions = history(lattice, namespace, name).await?;
+    let target = match to {
+        Some(to) => revisions.iter().find(|revision| revision.revision == to),
+        None => revisions
+            .iter()
+            .rev()
+            .find(|revision| revision.revision < current.value.revision),
+    };
+    let Some(target) = target else {
+        return Ok(Undo::NoRevision(to));
+    };
+    let app = App {
+        name: name.to_owned(),
+        namespace: namespace.to_owned(),
+        spec: AppSpec {
+            replicas: current.value.spec.replicas,
+            ..target.template.clone()
+        },
+    };
+    let (change, record) = apply(lattice, &app, &target.digest).await?;
+    Ok(Undo::Done(target.revision, change, record))
+}

@@ -8,6 +8,7 @@ pub mod host;
 pub mod inspect;
 pub mod pull;
 pub mod push;
+pub mod rollout;
 pub mod run;
 pub mod scale;
 pub mod scheduler;

@@ -1,0 +1,187 @@
+//! `shoal rollout status|history|undo`: follow, list and roll back an app's revisions.
+
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use clap::{Args, Subcommand};
+use shoal_lattice::names::{app_key, app_status_key};
+use shoal_lattice::records::{AppRecord, AppStatus, DEFAULT_NAMESPACE, Phase};
+use shoal_lattice::{Bucket, Lattice};
+use shoal_scheduler::apply::{Change, Undo, history, undo};
+
+use crate::commands::get::{age, replicas, table};
+use crate::lattice::LatticeArgs;
+
+/// Follow, list and roll back an app's revisions.
+#[derive(Debug, Args)]
+pub struct RolloutArgs {
+    #[command(subcommand)]
+    pub command: RolloutCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RolloutCommand {
+    /// Wait until the app's current revision is fully rolled out, showing progress; exits
+    /// non-zero if it is not done within --timeout.
+    Status {
+        /// The app's name.
+        name: String,
+        /// The app's namespace.
+        #[arg(short, long, default_value = DEFAULT_NAMESPACE)]
+        namespace: String,
+        /// How long to wait.
+        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+    /// List the app's revisions: digest, age and what changed.
+    History {
+        /// The app's name.
+        name: String,
+        /// The app's namespace.
+        #[arg(short, long, default_value = DEFAULT_NAMESPACE)]
+        namespace: String,
+    },
+    /// Roll back to the previous revision (or --to-revision N), as a new revision.
+    Undo {
+        /// The app's name.
+        name: String,
+        /// The app's namespace.
+        #[arg(short, long, default_value = DEFAULT_NAMESPACE)]
+        namespace: String,
+        /// The revision to return to.
+        #[arg(long)]
+        to_revision: Option<u64>,
+    },
+}
+
+pub async fn run(args: RolloutArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
+    let connection = lattice.connect("shoal rollout").await?;
+    match args.command {
+        RolloutCommand::History { name, namespace } => {
+            let Some(app) = connection
+                .get::<AppRecord>(Bucket::Apps, &app_key(&namespace, &name))
+                .await?
+            else {
+                bail!("there is no app {namespace}/{name}; shoal get apps lists them");
+            };
+            let mut rows = table(&["REVISION", "DIGEST", "AGE", "CAUSE"]);
+            for revision in history(&connection, &namespace, &name).await? {
+                let marker = if revision.revision == app.value.revision {
+                    " (current)"
+                } else {
+                    ""
+                };
+                rows.add_row(vec![
+                    format!("{}{marker}", revision.revision),
+                    revision.digest.chars().take(19).collect(),
+                    age(revision.created_at),
+                    revision.cause,
+                ]);
+            }
+            println!("{rows}");
+            Ok(0)
+        }
+        RolloutCommand::Undo {
+            name,
+            namespace,
+            to_revision,
+        } => match undo(&connection, &namespace, &name, to_revision).await? {
+            Undo::NoApp => bail!("there is no app {namespace}/{name}; shoal get apps lists them"),
+            Undo::NoRevision(Some(to)) => {
+                bail!(
+                    "app {namespace}/{name} has no revision {to}; shoal rollout history {name} lists them"
+                )
+            }
+            Undo::NoRevision(None) => {
+                bail!("app {namespace}/{name} has no earlier revision to return to")
+            }
+            Undo::Done(target, Change::Revised { revision, .. }, _) => {
+                println!(
+                    "app {namespace}/{name} rolled back to revision {target} (now revision {revision})"
+                );
+                Ok(0)
+            }
+            Undo::Done(target, _, record) => {
+                println!(
+                    "app {namespace}/{name} already runs what revision {target} ran (revision {})",
+                    record.revision
+                );
+                Ok(0)
+            }
+        },
+        RolloutCommand::Status {
+            name,
+            namespace,
+            timeout,
+        } => status(&connection, &namespace, &name, timeout).await,
+    }
+}
+
+async fn status(
+    connection: &Lattice,
+    namespace: &str,
+    name: &str,
+    timeout: Duration,
+) -> anyhow::Result<u8> {
+    let deadline = Instant::now() + timeout;
+    let mut last = String::new();
+    loop {
+        let Some(app) = connection
+            .get::<AppRecord>(Bucket::Apps, &app_key(namespace, name))
+            .await?
+        else {
+            bail!("there is no app {namespace}/{name}; shoal get apps lists them");
+        };
+        let app = app.value;
+        let mine: Vec<_> = replicas(connection)
+            .await?
+            .into_iter()
+            .filter(|(assignment, _)| assignment.app == name && assignment.namespace == namespace)
+            .collect();
+        let ready = |revision_matches: bool| {
+            mine.iter()
+                .filter(|(assignment, status)| {
+                    (assignment.revision == app.revision) == revision_matches
+                        && status
+                            .as_ref()
+                            .is_some_and(|status| status.phase == Phase::Ready)
+                })
+                .count()
+        };
+        let (updated, old) = (
+            ready(true),
+            mine.iter()
+                .filter(|(assignment, _)| assignment.revision != app.revision)
+                .count(),
+        );
+        let unplaced = connection
+            .get::<AppStatus>(Bucket::Status, &app_status_key(namespace, name))
+            .await?
+            .and_then(|status| status.value.unplaced);
+        let line = format!(
+            "revision {}: {updated} of {} updated replicas ready, {old} old replicas left{}",
+            app.revision,
+            app.spec.replicas,
+            unplaced
+                .map(|reason| format!(" ({reason})"))
+                .unwrap_or_default()
+        );
+        if line != last {
+            println!("{line}");
+            last = line;
+        }
+        if updated == app.spec.replicas as usize && old == 0 {
+            println!("rollout of revision {} complete", app.revision);
+            return Ok(0);
+        }
+        if Instant::now() > deadline {
+            eprintln!(
+                "error: the rollout of revision {} is not done after {}",
+                app.revision,
+                humantime::format_duration(timeout)
+            );
+            return Ok(1);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
