@@ -294,8 +294,8 @@ pub enum Undo {
     NoApp,
     /// There is no such revision (or no earlier one).
     NoRevision(Option<u64>),
-    /// Rolled back: the change made and the record as stored.
-    Done(u64, Change, AppRecord),
+    /// Rolled back to the revision: the change made and the record as stored.
+    Done(u64, Change, Box<AppRecord>),
 }
 
 /// Rolls `namespace/name` back to revision `to` (default: the one before the current), as a
@@ -335,5 +335,5 @@ pub async fn undo(
         },
     };
     let (change, record) = apply(lattice, &app, &target.digest).await?;
-    Ok(Undo::Done(target.revision, change, record))
+    Ok(Undo::Done(target.revision, change, Box::new(record)))
 }
