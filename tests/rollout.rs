@@ -224,4 +224,40 @@ fn rollouts_and_undo_switch_versions_without_failing_a_request() {
     }
     let (ok, _, stderr) = lattice.shoal(&["rollout", "undo", "greeter", "--to-revision", "9"]);
     assert!(!ok && stderr.contains("has no revision 9"), "{stderr}");
+
+    // A revision whose health path never answers 2xx: it gets no traffic, the rollout fails
+    // at its progress deadline and the app rolls back by itself.
+    let broken = lattice.push_guest("http-fixtures", "1.0");
+    let load = Load::start(&urls);
+    std::thread::sleep(Duration::from_millis(300));
+    let applied = lattice.apply(&format!(
+        "{}  health: {{path: /nope}}\n  rollout: {{progressDeadline: 3s}}\n",
+        greeter(&broken, "v3")
+    ));
+    assert!(applied.contains("configured: revision 4"), "{applied}");
+    let (ok, _, stderr) = lattice.shoal(&["rollout", "status", "greeter", "--timeout", "60s"]);
+    assert!(!ok, "rollout status should fail");
+    assert!(
+        stderr.contains("the rollout of revision 4 failed"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("GET /nope answered 404"), "{stderr}");
+    assert!(
+        stderr.contains("rolled back to revision 3 (now revision 5)"),
+        "{stderr}"
+    );
+    wait_rolled_out(&lattice, 5);
+    std::thread::sleep(Duration::from_millis(300));
+    let (ok, failed, errors, seen) = load.finish();
+    eprintln!(
+        "failed rollout and automatic rollback under load: {ok} ok, {failed} failed; errors: {errors:?}"
+    );
+    assert_eq!(failed, 0, "{errors:?}");
+    assert_eq!(
+        seen.into_iter().collect::<Vec<_>>(),
+        ["v1 from the greeter\n"],
+        "traffic reached the broken revision"
+    );
+    let described = lattice.ok(&["describe", "app", "greeter", "-o", "json"]);
+    assert!(described.contains("failedRollout"), "{described}");
 }

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use shoal_lattice::names::{host_assignments, replica_status_key};
 use shoal_lattice::records::{
@@ -526,9 +527,57 @@ async fn start<F: Fetch>(
         .map_err(|error| ("StartFailed".to_owned(), error.to_string()))?
     }
     .await;
+    // With a health path, the replica is ready only once that path answers 2xx through it.
+    if let (Ok(component), Some(health)) = (&result, &assignment.template.health) {
+        wait_healthy(&lattice, &assignment, component, &health.path).await;
+    }
     let _ = done
         .send((assignment.replica.clone(), assignment.generation, result))
         .await;
+}
+
+/// How often a replica's health path is asked while it is not ready.
+const PROBE_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Probes `path` through `component` until it answers 2xx, reporting the replica as pending
+/// with reason `ProbeFailed` (and what it answered) while it does not. A replica that never
+/// passes never becomes ready and never gets traffic; the scheduler's progress deadline
+/// decides what happens to its rollout.
+async fn wait_healthy(
+    lattice: &Lattice,
+    assignment: &Assignment,
+    component: &Arc<HttpComponent>,
+    path: &str,
+) {
+    let mut reported = None;
+    loop {
+        let request = Request::get(path)
+            .header(http::header::HOST, "localhost")
+            .body(http_body_util::Empty::<bytes::Bytes>::new().map_err(
+                |never: std::convert::Infallible| -> wasmtime_wasi_http::Error { match never {} },
+            ));
+        let answer = match request {
+            Ok(request) => Arc::clone(component).handle(request).await.status(),
+            Err(_) => StatusCode::BAD_REQUEST,
+        };
+        if answer.is_success() {
+            return;
+        }
+        let message = format!("GET {path} answered {answer}");
+        if reported.as_ref() != Some(&message) {
+            tracing::info!(replica = %assignment.replica, %message, "replica not ready yet");
+            report(
+                lattice,
+                assignment,
+                Phase::Pending,
+                Some("ProbeFailed".to_owned()),
+                Some(message.clone()),
+            )
+            .await;
+            reported = Some(message);
+        }
+        tokio::time::sleep(PROBE_INTERVAL).await;
+    }
 }
 
 /// Answers one ingress request: a ready local replica when there is one, else forwarded

@@ -384,6 +384,22 @@ pub struct AppStatus {
     /// Why replicas could not be placed, when some could not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unplaced: Option<String>,
+    /// The last revision whose rollout failed, and why (kept until a later one succeeds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_rollout: Option<FailedRollout>,
+}
+
+/// A rollout that did not finish.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FailedRollout {
+    /// The revision that failed.
+    pub revision: u64,
+    /// Why, for people.
+    pub reason: String,
+    /// The revision rolled back to, when it was rolled back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolled_back_to: Option<u64>,
 }
 
 /// The scheduler's leader lease.

@@ -6,9 +6,12 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use shoal_lattice::names::{app_key, app_status_key, assignment_key, replica_status_key};
+use shoal_lattice::names::{
+    app_key, app_status_key, assignment_key, replica_status_key, revision_key,
+};
 use shoal_lattice::records::{
-    AppRecord, AppStatus, Assignment, Condition, HostRecord, Phase, ReplicaStatus, now_millis,
+    AppRecord, AppSpec, AppStatus, Assignment, Condition, FailedRollout, HostRecord, Phase,
+    ReplicaStatus, RevisionRecord, now_millis,
 };
 use shoal_lattice::{Bucket, Error, Lattice, Mirror, Versioned};
 
@@ -102,7 +105,14 @@ struct State {
     liveness: Liveness,
     pending: Pending,
     backoff: HashMap<String, Backoff>,
+    /// Per app, the revision being rolled out and when this scheduler first saw it.
+    rollouts: HashMap<String, (u64, Instant)>,
+    /// Per app, the last failed rollout, until a later revision completes.
+    failed: HashMap<String, FailedRollout>,
 }
+
+/// How long a rollout may take when the app says nothing.
+const DEFAULT_PROGRESS_DEADLINE: Duration = Duration::from_secs(120);
 
 /// Runs the scheduler until `shutdown` resolves, then gives up the lease.
 ///
@@ -122,6 +132,8 @@ pub async fn run(
         liveness: Liveness::default(),
         pending: Pending::default(),
         backoff: HashMap::new(),
+        rollouts: HashMap::new(),
+        failed: HashMap::new(),
     };
     let mut lease = LeaseKeeper::new(lattice.clone(), options.id.clone(), options.lease);
     let mut changes = [
@@ -154,6 +166,10 @@ pub async fn run(
     lease.release().await;
     tracing::info!("scheduler stopped");
     Ok(())
+}
+
+fn key_of(app: &AppRecord) -> String {
+    app_key(&app.namespace, &app.name)
 }
 
 fn replica_id(app: &str) -> String {
@@ -294,6 +310,7 @@ async fn pass(
                 unplaced = Some(format!("{} replica(s) unplaced: {report}", plan.unplaced));
             }
         }
+        check_progress(lattice, state, &app, &assignments, &status, now).await?;
         write_status(lattice, state, &app, &assignments, &status, unplaced).await?;
     }
     Ok(())
@@ -376,6 +393,142 @@ fn request(
         spread_by: app.spec.placement.spread_by.clone(),
         spread_counts,
     }
+}
+
+/// Watches a rollout's progress deadline: a revision whose replicas are not all ready
+/// within it has failed; with `autoRollback` (the default) the app goes back to the
+/// revision it was replacing, as a new revision.
+async fn check_progress(
+    lattice: &Lattice,
+    state: &mut State,
+    app: &AppRecord,
+    assignments: &[Versioned<Assignment>],
+    status: &HashMap<String, ReplicaStatus>,
+    now: Instant,
+) -> Result<(), Error> {
+    let key = app_key(&app.namespace, &app.name);
+    let mine: Vec<&Assignment> = assignments
+        .iter()
+        .map(|assignment| &assignment.value)
+        .filter(|assignment| assignment.app == app.name && assignment.namespace == app.namespace)
+        .collect();
+    let old_revision = mine
+        .iter()
+        .filter(|assignment| assignment.revision != app.revision)
+        .map(|assignment| assignment.revision)
+        .max();
+    let ready = mine
+        .iter()
+        .filter(|assignment| {
+            assignment.revision == app.revision
+                && reconcile::in_phase(assignment, status, Phase::Ready)
+        })
+        .count();
+    let started = match state.rollouts.get(&key) {
+        Some((revision, since)) if *revision == app.revision => *since,
+        _ => {
+            state.rollouts.insert(key.clone(), (app.revision, now));
+            now
+        }
+    };
+    if old_revision.is_none() && ready >= app.spec.replicas as usize {
+        // Done: a later success clears an earlier failure.
+        // (The rollback's own revision, failed + 1, completing keeps the failure on record.)
+        if state
+            .failed
+            .get(&key)
+            .is_some_and(|failed| failed.revision + 1 < app.revision)
+        {
+            state.failed.remove(&key);
+        }
+        return Ok(());
+    }
+    let Some(old_revision) = old_revision else {
+        return Ok(());
+    };
+    let rollout = app.spec.rollout.as_ref();
+    let deadline = rollout
+        .and_then(|rollout| rollout.progress_deadline)
+        .map_or(DEFAULT_PROGRESS_DEADLINE, |deadline| deadline.0);
+    if now.duration_since(started) < deadline {
+        return Ok(());
+    }
+    let why = mine
+        .iter()
+        .filter(|assignment| assignment.revision == app.revision)
+        .find_map(|assignment| {
+            status
+                .get(&assignment.replica)
+                .filter(|status| status.phase != Phase::Ready)
+                .and_then(|status| status.message.clone().or_else(|| status.reason.clone()))
+        })
+        .unwrap_or_else(|| "its replicas did not become ready".to_owned());
+    let mut failed = FailedRollout {
+        revision: app.revision,
+        reason: format!(
+            "revision {} was not ready within {} ({ready} of {} ready): {why}",
+            app.revision,
+            humantime::format_duration(deadline),
+            app.spec.replicas
+        ),
+        rolled_back_to: None,
+    };
+    tracing::warn!(app = %key, reason = %failed.reason, "rollout failed");
+    if rollout
+        .and_then(|rollout| rollout.auto_rollback)
+        .unwrap_or(true)
+        && let Some(previous) = lattice
+            .get::<RevisionRecord>(
+                Bucket::Revisions,
+                &revision_key(&app.namespace, &app.name, old_revision),
+            )
+            .await?
+    {
+        let current = lattice.get::<AppRecord>(Bucket::Apps, &key).await?;
+        if let Some(current) = current.filter(|current| current.value.revision == app.revision) {
+            let revision = app.revision + 1;
+            let record = AppRecord {
+                generation: app.generation + 1,
+                revision,
+                digest: previous.value.digest.clone(),
+                spec: AppSpec {
+                    replicas: app.spec.replicas,
+                    ..previous.value.template.clone()
+                },
+                updated_at: now_millis(),
+                ..app.clone()
+            };
+            lattice
+                .put(
+                    Bucket::Revisions,
+                    &revision_key(&app.namespace, &app.name, revision),
+                    &RevisionRecord {
+                        revision,
+                        created_at: now_millis(),
+                        cause: format!(
+                            "automatic rollback to revision {old_revision}: {}",
+                            failed.reason
+                        ),
+                        ..previous.value.clone()
+                    },
+                )
+                .await?;
+            match lattice
+                .update(Bucket::Apps, &key, &record, current.revision)
+                .await
+            {
+                Ok(_) => {
+                    tracing::warn!(app = %key, to = old_revision, as_revision = revision, "rolled back");
+                    failed.rolled_back_to = Some(old_revision);
+                }
+                // Someone changed the app meanwhile: their change wins.
+                Err(Error::Conflict { .. }) => {}
+                Err(error) => return Err(error),
+            }
+        }
+    }
+    state.failed.insert(key, failed);
+    Ok(())
 }
 
 async fn write_status(
@@ -463,6 +616,7 @@ async fn write_status(
             },
         ],
         unplaced,
+        failed_rollout: state.failed.get(&key_of(app)).cloned(),
     };
     // Write status only when it changed.
     if previous.as_ref() != Some(&next) {

@@ -125,6 +125,7 @@ async fn status(
 ) -> anyhow::Result<u8> {
     let deadline = Instant::now() + timeout;
     let mut last = String::new();
+    let mut following = None;
     loop {
         let Some(app) = connection
             .get::<AppRecord>(Bucket::Apps, &app_key(namespace, name))
@@ -133,6 +134,28 @@ async fn status(
             bail!("there is no app {namespace}/{name}; shoal get apps lists them");
         };
         let app = app.value;
+        let watched = *following.get_or_insert(app.revision);
+        let app_status = connection
+            .get::<AppStatus>(Bucket::Status, &app_status_key(namespace, name))
+            .await?
+            .map(|status| status.value);
+        if let Some(failed) = app_status
+            .as_ref()
+            .and_then(|status| status.failed_rollout.as_ref())
+            .filter(|failed| failed.revision >= watched)
+        {
+            eprintln!(
+                "error: the rollout of revision {} failed: {}",
+                failed.revision, failed.reason
+            );
+            if let Some(previous) = failed.rolled_back_to {
+                eprintln!(
+                    "rolled back to revision {previous} (now revision {})",
+                    app.revision
+                );
+            }
+            return Ok(1);
+        }
         let mine: Vec<_> = replicas(connection)
             .await?
             .into_iter()
@@ -154,10 +177,7 @@ async fn status(
                 .filter(|(assignment, _)| assignment.revision != app.revision)
                 .count(),
         );
-        let unplaced = connection
-            .get::<AppStatus>(Bucket::Status, &app_status_key(namespace, name))
-            .await?
-            .and_then(|status| status.value.unplaced);
+        let unplaced = app_status.and_then(|status| status.unplaced);
         let line = format!(
             "revision {}: {updated} of {} updated replicas ready, {old} old replicas left{}",
             app.revision,
