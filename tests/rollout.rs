@@ -261,3 +261,95 @@ fn rollouts_and_undo_switch_versions_without_failing_a_request() {
     let described = lattice.ok(&["describe", "app", "greeter", "-o", "json"]);
     assert!(described.contains("failedRollout"), "{described}");
 }
+
+/// Replica (revision, host) pairs of the greeter, ready ones only.
+fn ready_hosts(lattice: &Lattice) -> Vec<(u64, String)> {
+    let rows: serde_json::Value =
+        serde_json::from_str(&lattice.ok(&["get", "replicas", "-o", "json"])).unwrap();
+    rows.as_array()
+        .unwrap()
+        .iter()
+        .filter(|row| row["app"] == "greeter" && row["status"]["phase"] == "ready")
+        .map(|row| {
+            (
+                row["revision"].as_u64().unwrap(),
+                row["host"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn rollouts_pause_resume_and_survive_a_lost_leader_and_a_lost_host() {
+    let lattice = Lattice::start();
+    let mut first = lattice.scheduler("s1");
+    eventually(PATIENCE, "s1 to lead", || {
+        first.log().contains("now leads").then_some(())
+    });
+    let _standby = lattice.scheduler("s2");
+    let mut hosts = [
+        lattice.host("h1", &[]),
+        lattice.host("h2", &[]),
+        lattice.host("h3", &[]),
+    ];
+    let component = lattice.push_guest("greeter", "1.0");
+    // minReady keeps each step ≥ 1 s, so there is a rollout in progress to disturb.
+    let slow = "  rollout: {minReady: 1s}\n";
+    lattice.apply(&format!("{}{slow}", greeter(&component, "v1")));
+    lattice.wait_ready("greeter", 6, PATIENCE);
+
+    // Paused: a new revision starts nothing until resumed.
+    lattice.ok(&["rollout", "pause", "greeter"]);
+    lattice.apply(&format!("{}{slow}", greeter(&component, "v2")));
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        revisions(&lattice)
+            .iter()
+            .all(|(revision, _)| *revision == 1),
+        "{:?}",
+        revisions(&lattice)
+    );
+    lattice.ok(&["rollout", "resume", "greeter"]);
+
+    // The leader dies mid-rollout: the standby takes the lease and finishes it.
+    eventually(PATIENCE, "the rollout to be under way", || {
+        revisions(&lattice)
+            .iter()
+            .any(|(revision, _)| *revision == 2)
+            .then_some(())
+    });
+    assert!(
+        revisions(&lattice)
+            .iter()
+            .any(|(revision, _)| *revision == 1),
+        "the rollout finished too fast to test"
+    );
+    first.kill();
+    wait_rolled_out(&lattice, 2);
+
+    // A host dies mid-rollout: the rollout completes on the other two.
+    lattice.apply(&format!("{}{slow}", greeter(&component, "v3")));
+    eventually(PATIENCE, "the next rollout to be under way", || {
+        revisions(&lattice)
+            .iter()
+            .any(|(revision, _)| *revision == 3)
+            .then_some(())
+    });
+    hosts[2].kill();
+    wait_rolled_out(&lattice, 3);
+    let placed = ready_hosts(&lattice);
+    assert!(
+        placed
+            .iter()
+            .all(|(revision, host)| *revision == 3 && host != "h3"),
+        "{placed:?}"
+    );
+    let mut response = support::lattice::agent()
+        .get(&format!("{}/", hosts[0].url.clone().unwrap()))
+        .call()
+        .unwrap();
+    assert_eq!(
+        response.body_mut().read_to_string().unwrap(),
+        "v3 from the greeter\n"
+    );
+}

@@ -193,6 +193,9 @@ pub struct AppRecord {
     pub created_at: u64,
     /// When the spec last changed.
     pub updated_at: u64,
+    /// A rollout in progress is held where it is (`shoal rollout pause`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub paused: bool,
 }
 
 /// One immutable revision of an app's template, in the `revisions` bucket.

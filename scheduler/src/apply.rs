@@ -59,6 +59,7 @@ pub async fn apply(
                     spec: app.spec.clone(),
                     created_at: now,
                     updated_at: now,
+                    paused: false,
                 },
             ),
             Some(current) => {
@@ -336,4 +337,43 @@ pub async fn undo(
     };
     let (change, record) = apply(lattice, &app, &target.digest).await?;
     Ok(Undo::Done(target.revision, change, Box::new(record)))
+}
+
+/// Pauses or resumes an app's rollout. Returns whether the app exists.
+///
+/// # Errors
+/// Lattice errors.
+pub async fn set_paused(
+    lattice: &Lattice,
+    namespace: &str,
+    name: &str,
+    paused: bool,
+) -> Result<bool, Error> {
+    let key = app_key(namespace, name);
+    let mut last = None;
+    for _ in 0..ATTEMPTS {
+        let Some(current) = lattice.get::<AppRecord>(Bucket::Apps, &key).await? else {
+            return Ok(false);
+        };
+        if current.value.paused == paused {
+            return Ok(true);
+        }
+        let record = AppRecord {
+            paused,
+            generation: current.value.generation + 1,
+            ..current.value.clone()
+        };
+        match lattice
+            .update(Bucket::Apps, &key, &record, current.revision)
+            .await
+        {
+            Ok(_) => return Ok(true),
+            Err(error @ Error::Conflict { .. }) => last = Some(error),
+            Err(error) => return Err(error),
+        }
+    }
+    Err(last.unwrap_or_else(|| Error::Conflict {
+        bucket: Bucket::Apps.name(lattice.name()),
+        key,
+    }))
 }

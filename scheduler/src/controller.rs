@@ -168,6 +168,32 @@ pub async fn run(
     Ok(())
 }
 
+/// With `rollout.minReady`, a new replica counts as ready for the rollout only once it has
+/// been ready that long (by its host's clock in `since`); until then reconcile sees it as
+/// pending. `None` when there is nothing to adjust.
+fn min_ready_view(
+    app: &AppRecord,
+    mine: &[Versioned<Assignment>],
+    status: &HashMap<String, ReplicaStatus>,
+) -> Option<HashMap<String, ReplicaStatus>> {
+    let min_ready = app.spec.rollout.as_ref()?.min_ready?.0;
+    let min_ready_ms = u64::try_from(min_ready.as_millis()).unwrap_or(u64::MAX);
+    let now = now_millis();
+    let mut adjusted = status.clone();
+    for assignment in mine
+        .iter()
+        .filter(|assignment| assignment.value.revision == app.revision)
+    {
+        if let Some(replica) = adjusted.get_mut(&assignment.value.replica)
+            && replica.phase == Phase::Ready
+            && now.saturating_sub(replica.since) < min_ready_ms
+        {
+            replica.phase = Phase::Pending;
+        }
+    }
+    Some(adjusted)
+}
+
 fn key_of(app: &AppRecord) -> String {
     app_key(&app.namespace, &app.name)
 }
@@ -228,12 +254,13 @@ async fn pass(
             .cloned()
             .collect();
         let backoff = state.backoff.get(&key).copied();
+        let rollout_status = min_ready_view(&app, &mine, &status);
         let step = reconcile::reconcile(
             &app,
             Observed {
                 assignments: &mine,
                 live_hosts: &live,
-                status: &status,
+                status: rollout_status.as_ref().unwrap_or(&status),
                 replace_failed: backoff.is_none_or(|backoff| now >= backoff.not_before),
             },
         );
@@ -425,7 +452,8 @@ async fn check_progress(
         })
         .count();
     let started = match state.rollouts.get(&key) {
-        Some((revision, since)) if *revision == app.revision => *since,
+        // A paused rollout's clock does not run.
+        Some((revision, since)) if *revision == app.revision && !app.paused => *since,
         _ => {
             state.rollouts.insert(key.clone(), (app.revision, now));
             now

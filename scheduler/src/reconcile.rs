@@ -140,6 +140,10 @@ pub fn reconcile(app: &AppRecord, observed: Observed<'_>) -> Step {
         return step;
     }
 
+    // A paused rollout stays where it is; lost and failed replicas were handled above.
+    if app.paused {
+        return step;
+    }
     // A rollout, recomputed from what is ready now (Kubernetes' rolling update): start new
     // replicas while the total stays within desired + maxSurge, and stop old ones while the
     // ready total stays at or above desired - maxUnavailable.
@@ -269,6 +273,7 @@ mod tests {
             },
             created_at: 0,
             updated_at: 0,
+            paused: false,
         }
     }
 

@@ -7,7 +7,7 @@ use clap::{Args, Subcommand};
 use shoal_lattice::names::{app_key, app_status_key};
 use shoal_lattice::records::{AppRecord, AppStatus, DEFAULT_NAMESPACE, Phase};
 use shoal_lattice::{Bucket, Lattice};
-use shoal_scheduler::apply::{Change, Undo, history, undo};
+use shoal_scheduler::apply::{Change, Undo, history, set_paused, undo};
 
 use crate::commands::get::{age, replicas, table};
 use crate::lattice::LatticeArgs;
@@ -35,6 +35,22 @@ pub enum RolloutCommand {
     },
     /// List the app's revisions: digest, age and what changed.
     History {
+        /// The app's name.
+        name: String,
+        /// The app's namespace.
+        #[arg(short, long, default_value = DEFAULT_NAMESPACE)]
+        namespace: String,
+    },
+    /// Hold a rollout where it is: no replica is started or stopped for it until resumed.
+    Pause {
+        /// The app's name.
+        name: String,
+        /// The app's namespace.
+        #[arg(short, long, default_value = DEFAULT_NAMESPACE)]
+        namespace: String,
+    },
+    /// Let a paused rollout go on.
+    Resume {
         /// The app's name.
         name: String,
         /// The app's namespace.
@@ -114,7 +130,27 @@ pub async fn run(args: RolloutArgs, lattice: &LatticeArgs) -> anyhow::Result<u8>
             namespace,
             timeout,
         } => status(&connection, &namespace, &name, timeout).await,
+        RolloutCommand::Pause { name, namespace } => {
+            pause(&connection, &namespace, &name, true).await
+        }
+        RolloutCommand::Resume { name, namespace } => {
+            pause(&connection, &namespace, &name, false).await
+        }
     }
+}
+
+async fn pause(
+    connection: &Lattice,
+    namespace: &str,
+    name: &str,
+    paused: bool,
+) -> anyhow::Result<u8> {
+    if !set_paused(connection, namespace, name, paused).await? {
+        bail!("there is no app {namespace}/{name}; shoal get apps lists them");
+    }
+    let what = if paused { "paused" } else { "resumed" };
+    println!("app {namespace}/{name}: rollout {what}");
+    Ok(0)
 }
 
 async fn status(
