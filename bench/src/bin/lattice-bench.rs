@@ -22,6 +22,9 @@ struct Args {
     /// hello_http.wasm.
     #[arg(long)]
     component: PathBuf,
+    /// greeter.wasm, for the rollout benchmark.
+    #[arg(long)]
+    greeter: PathBuf,
     /// Repetitions of each measurement.
     #[arg(long, default_value = "5")]
     runs: usize,
@@ -69,8 +72,10 @@ struct Bench {
     nats: String,
     lattice: String,
     processes: Processes,
-    /// Running hosts: (id, ingress URL, index in `processes`).
+    /// Running hosts: (id, ingress URL).
     hosts: Vec<(String, String)>,
+    /// The hello component's reference in the bench registry.
+    reference: String,
 }
 
 impl Bench {
@@ -204,8 +209,10 @@ async fn main() -> anyhow::Result<()> {
         lattice: "bench".to_owned(),
         processes,
         hosts: Vec::new(),
+        reference: String::new(),
     };
     let reference = format!("127.0.0.1:{registry_port}/bench/hello:1.0");
+    bench.reference = reference.clone();
     let pushed = bench
         .command()
         .arg("push")
@@ -335,6 +342,115 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "forwarded / local throughput: {:.2}",
         forwarded.requests_per_second / local.requests_per_second
+    );
+
+    rollout_under_load(&bench, &status, &args.greeter).await
+}
+
+/// 30 replicas of the greeter over the hosts; wrk through every host while v1 rolls to v2.
+async fn rollout_under_load(
+    bench: &Bench,
+    status: &Mirror<ReplicaStatus>,
+    greeter: &std::path::Path,
+) -> anyhow::Result<()> {
+    let reference = bench
+        .reference
+        .replace("/bench/hello:1.0", "/bench/greeter:1.0");
+    let pushed = bench
+        .command()
+        .arg("push")
+        .arg(greeter)
+        .arg(&reference)
+        .output()?;
+    if !pushed.status.success() {
+        bail!("push failed: {}", String::from_utf8_lossy(&pushed.stderr));
+    }
+    let manifest = |version: &str| {
+        format!(
+            "apiVersion: shoal.dev/v1\nkind: App\nmetadata: {{name: greeter}}\nspec:\n  component: {reference}\n  replicas: 30\n  routes: [{{path: /greeter}}]\n  config: {{GREETING: {version}}}\n"
+        )
+    };
+    let file = bench.home.path().join("greeter.yaml");
+    let apply = |version: &str| -> anyhow::Result<()> {
+        std::fs::write(&file, manifest(version))?;
+        let applied = bench.command().args(["apply", "-f"]).arg(&file).output()?;
+        if !applied.status.success() {
+            bail!("apply failed: {}", String::from_utf8_lossy(&applied.stderr));
+        }
+        Ok(())
+    };
+    apply("v1")?;
+    wait_ready(status, "greeter", 30, None).await?;
+    let urls: Vec<String> = bench
+        .hosts
+        .iter()
+        .map(|(_, url)| format!("{url}/greeter"))
+        .collect();
+    let steady = wrk::run(1, 8, 5, &urls[0])?;
+
+    // wrk through every host for 20 s; the rollout starts 2 s in.
+    let loads: Vec<_> = urls
+        .iter()
+        .map(|url| {
+            let url = url.clone();
+            std::thread::spawn(move || wrk::run(1, 8, 20, &url))
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let started = Instant::now();
+    apply("v2")?;
+    let lattice_revision = 2;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let mut changes = status.changes();
+    loop {
+        let done = status
+            .snapshot()
+            .iter()
+            .filter(|replica| replica.value.app == "greeter")
+            .filter(|replica| {
+                replica.value.phase == Phase::Ready && replica.value.revision == lattice_revision
+            })
+            .count()
+            >= 30
+            && status
+                .snapshot()
+                .iter()
+                .filter(|replica| {
+                    replica.value.app == "greeter" && replica.value.revision != lattice_revision
+                })
+                .count()
+                == 0;
+        if done {
+            break;
+        }
+        if tokio::time::timeout_at(deadline, changes.changed())
+            .await
+            .is_err()
+        {
+            bail!("the rollout of 30 replicas did not finish within 120 s");
+        }
+    }
+    let rollout_time = started.elapsed();
+    let mut failed = 0;
+    let mut worst_p99 = Duration::ZERO;
+    let mut total = 0.0;
+    for load in loads {
+        let load = load
+            .join()
+            .map_err(|_| anyhow::anyhow!("a wrk thread panicked"))??;
+        failed += load.errors;
+        worst_p99 = worst_p99.max(load.p99);
+        total += load.requests_per_second;
+    }
+    println!(
+        "\nrollout of 30 replicas over {} hosts under wrk through every host (-t1 -c8 each):",
+        urls.len()
+    );
+    println!(
+        "rollout time {:.2} s, {failed} failed requests, {total:.0} req/s in total, p99 during the rollout {:.2} ms (worst host) vs {:.2} ms steady",
+        rollout_time.as_secs_f64(),
+        worst_p99.as_secs_f64() * 1e3,
+        steady.p99.as_secs_f64() * 1e3
     );
     Ok(())
 }
