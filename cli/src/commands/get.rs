@@ -78,18 +78,22 @@ pub fn host_state(host: &HostRecord) -> &'static str {
     }
 }
 
+/// Every assignment with its replica's status. Assignments are read first, so each status
+/// is at least as fresh as its assignment: a replica the scheduler just replaced shows its
+/// successor's readiness rather than a stale "not ready".
 pub async fn replicas(
     connection: &Lattice,
 ) -> anyhow::Result<Vec<(Assignment, Option<ReplicaStatus>)>> {
+    let assignments = connection
+        .list::<Assignment>(Bucket::Assignments, "")
+        .await?;
     let status: HashMap<String, ReplicaStatus> = connection
         .list::<ReplicaStatus>(Bucket::Status, "replicas.")
         .await?
         .into_iter()
         .map(|record| (record.value.replica.clone(), record.value))
         .collect();
-    Ok(connection
-        .list::<Assignment>(Bucket::Assignments, "")
-        .await?
+    Ok(assignments
         .into_iter()
         .map(|record| {
             let status = status.get(&record.value.replica).cloned();
