@@ -355,3 +355,28 @@ fn rollouts_pause_resume_and_survive_a_lost_leader_and_a_lost_host() {
         "v3 from the greeter\n"
     );
 }
+
+#[test]
+fn a_ready_replica_whose_health_path_goes_bad_stops_getting_traffic() {
+    let lattice = Lattice::start();
+    let _scheduler = lattice.scheduler("s1");
+    let host = lattice.host("h1", &[]);
+    let fixtures = lattice.push_guest("http-fixtures", "1.0");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    // Healthy for 4 s, then the health path answers 503.
+    let until = now + 4_000;
+    lattice.apply(&format!(
+        "apiVersion: shoal.dev/v1\nkind: App\nmetadata: {{name: flaky}}\nspec:\n  component: {fixtures}\n  replicas: 1\n  routes: [{{path: /}}]\n  health: {{path: \"/until?epoch_ms={until}\"}}\n"
+    ));
+    lattice.wait_ready("flaky", 1, PATIENCE);
+    assert_eq!(host.get("/hello").map(|(status, _)| status), Some(200));
+    eventually(PATIENCE, "the replica to be reported unhealthy", || {
+        let described = lattice.ok(&["describe", "app", "flaky"]);
+        described.contains("ProbeFailed").then_some(())
+    });
+    let (status, body) = host.get("/hello").unwrap();
+    assert_eq!(status, 503, "{body}");
+}

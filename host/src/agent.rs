@@ -75,9 +75,31 @@ pub struct Agent<F> {
 
 enum ReplicaState {
     Starting(tokio::task::JoinHandle<()>),
-    Ready(Arc<HttpComponent>),
+    /// Started; `ready` while its health path (if any) answers 2xx. The prober keeps asking.
+    Serving {
+        component: Arc<HttpComponent>,
+        ready: bool,
+        prober: Option<tokio::task::JoinHandle<()>>,
+    },
     Failed,
 }
+
+impl ReplicaState {
+    /// Stops the work this state runs in the background.
+    fn stop(&self) {
+        match self {
+            ReplicaState::Starting(task) => task.abort(),
+            ReplicaState::Serving {
+                prober: Some(prober),
+                ..
+            } => prober.abort(),
+            _ => {}
+        }
+    }
+}
+
+/// A readiness change found by a prober: replica, generation, healthy, what the path said.
+type Probed = (String, u64, bool, String);
 
 struct Replica {
     assignment: Assignment,
@@ -186,6 +208,7 @@ impl<F: Fetch> Agent<F> {
         let mut changes = assignments.changes();
         let mut app_changes = apps.changes();
         let (started_tx, mut started_rx) = mpsc::channel::<Started>(64);
+        let (probed_tx, mut probed_rx) = mpsc::channel::<Probed>(64);
         let mut replicas: HashMap<String, Replica> = HashMap::new();
         let mut heartbeat = tokio::time::interval(self.options.heartbeat);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -201,7 +224,10 @@ impl<F: Fetch> Agent<F> {
                 _ = changes.changed() => {}
                 _ = app_changes.changed() => {}
                 Some((replica, generation, result)) = started_rx.recv() => {
-                    self.started(&mut replicas, replica, generation, result).await;
+                    self.started(&mut replicas, replica, generation, result, &probed_tx).await;
+                }
+                Some((replica, generation, healthy, message)) = probed_rx.recv() => {
+                    self.probed(&mut replicas, &replica, generation, healthy, message).await;
                 }
             }
             self.converge(&assignments.snapshot(), &mut replicas, &started_tx)
@@ -228,9 +254,7 @@ impl<F: Fetch> Agent<F> {
         let _ = stop_ingress.send(());
         let _ = ingress.await;
         for (replica, state) in replicas.drain() {
-            if let ReplicaState::Starting(task) = state.state {
-                task.abort();
-            }
+            state.state.stop();
             let _ = self
                 .lattice
                 .delete(Bucket::Status, &replica_status_key(&id, &replica))
@@ -258,12 +282,8 @@ impl<F: Fetch> Agent<F> {
             .collect();
         let mut changed = !gone.is_empty();
         for replica in gone {
-            if let Some(Replica {
-                state: ReplicaState::Starting(task),
-                ..
-            }) = replicas.remove(&replica)
-            {
-                task.abort();
+            if let Some(removed) = replicas.remove(&replica) {
+                removed.state.stop();
             }
             tracing::info!(%replica, "replica stopped: no longer assigned here");
             let _ = self
@@ -312,6 +332,7 @@ impl<F: Fetch> Agent<F> {
         replica: String,
         generation: u64,
         result: Result<Arc<HttpComponent>, (String, String)>,
+        probed: &mpsc::Sender<Probed>,
     ) {
         let Some(entry) = replicas.get_mut(&replica) else {
             return;
@@ -321,7 +342,20 @@ impl<F: Fetch> Agent<F> {
         }
         let (phase, reason, message) = match result {
             Ok(component) => {
-                entry.state = ReplicaState::Ready(component);
+                let prober = entry.assignment.template.health.as_ref().map(|health| {
+                    tokio::spawn(keep_probing(
+                        Arc::clone(&component),
+                        health.path.clone(),
+                        replica.clone(),
+                        generation,
+                        probed.clone(),
+                    ))
+                });
+                entry.state = ReplicaState::Serving {
+                    component,
+                    ready: true,
+                    prober,
+                };
                 tracing::info!(%replica, app = %entry.assignment.app, "replica ready");
                 (Phase::Ready, None, None)
             }
@@ -332,6 +366,40 @@ impl<F: Fetch> Agent<F> {
             }
         };
         report(&self.lattice, &entry.assignment, phase, reason, message).await;
+    }
+
+    /// A serving replica's health changed: it gets traffic only while healthy.
+    async fn probed(
+        &self,
+        replicas: &mut HashMap<String, Replica>,
+        replica: &str,
+        generation: u64,
+        healthy: bool,
+        message: String,
+    ) {
+        let Some(entry) = replicas.get_mut(replica) else {
+            return;
+        };
+        if entry.assignment.generation != generation {
+            return;
+        }
+        if let ReplicaState::Serving { ready, .. } = &mut entry.state {
+            *ready = healthy;
+        }
+        if healthy {
+            tracing::info!(%replica, "replica healthy again");
+            report(&self.lattice, &entry.assignment, Phase::Ready, None, None).await;
+        } else {
+            tracing::warn!(%replica, %message, "replica unhealthy: no traffic until its health path answers 2xx");
+            report(
+                &self.lattice,
+                &entry.assignment,
+                Phase::Pending,
+                Some("ProbeFailed".to_owned()),
+                Some(message),
+            )
+            .await;
+        }
     }
 
     /// Rebuilds the routing table from every app's routes and the ready local replicas, and
@@ -359,7 +427,11 @@ impl<F: Fetch> Agent<F> {
             })
             .collect();
         for replica in replicas.values() {
-            if let ReplicaState::Ready(component) = &replica.state
+            if let ReplicaState::Serving {
+                component,
+                ready: true,
+                ..
+            } = &replica.state
                 && let Some(entry) = table.get_mut(&(
                     replica.assignment.namespace.clone(),
                     replica.assignment.app.clone(),
@@ -539,6 +611,27 @@ async fn start<F: Fetch>(
 /// How often a replica's health path is asked while it is not ready.
 const PROBE_INTERVAL: Duration = Duration::from_millis(500);
 
+/// How often a ready replica's health path is asked.
+const READY_PROBE_INTERVAL: Duration = Duration::from_secs(2);
+
+/// GETs `path` through `component`: `Ok` on 2xx, else what it answered.
+async fn probe(component: &Arc<HttpComponent>, path: &str) -> Result<(), String> {
+    let request = Request::get(path)
+        .header(http::header::HOST, "localhost")
+        .body(http_body_util::Empty::<bytes::Bytes>::new().map_err(
+            |never: std::convert::Infallible| -> wasmtime_wasi_http::Error { match never {} },
+        ));
+    let answer = match request {
+        Ok(request) => Arc::clone(component).handle(request).await.status(),
+        Err(_) => StatusCode::BAD_REQUEST,
+    };
+    if answer.is_success() {
+        Ok(())
+    } else {
+        Err(format!("GET {path} answered {answer}"))
+    }
+}
+
 /// Probes `path` through `component` until it answers 2xx, reporting the replica as pending
 /// with reason `ProbeFailed` (and what it answered) while it does not. A replica that never
 /// passes never becomes ready and never gets traffic; the scheduler's progress deadline
@@ -550,20 +643,7 @@ async fn wait_healthy(
     path: &str,
 ) {
     let mut reported = None;
-    loop {
-        let request = Request::get(path)
-            .header(http::header::HOST, "localhost")
-            .body(http_body_util::Empty::<bytes::Bytes>::new().map_err(
-                |never: std::convert::Infallible| -> wasmtime_wasi_http::Error { match never {} },
-            ));
-        let answer = match request {
-            Ok(request) => Arc::clone(component).handle(request).await.status(),
-            Err(_) => StatusCode::BAD_REQUEST,
-        };
-        if answer.is_success() {
-            return;
-        }
-        let message = format!("GET {path} answered {answer}");
+    while let Err(message) = probe(component, path).await {
         if reported.as_ref() != Some(&message) {
             tracing::info!(replica = %assignment.replica, %message, "replica not ready yet");
             report(
@@ -577,6 +657,37 @@ async fn wait_healthy(
             reported = Some(message);
         }
         tokio::time::sleep(PROBE_INTERVAL).await;
+    }
+}
+
+/// Keeps probing a serving replica and reports each change of health.
+async fn keep_probing(
+    component: Arc<HttpComponent>,
+    path: String,
+    replica: String,
+    generation: u64,
+    probed: mpsc::Sender<Probed>,
+) {
+    let mut healthy = true;
+    loop {
+        tokio::time::sleep(if healthy {
+            READY_PROBE_INTERVAL
+        } else {
+            PROBE_INTERVAL
+        })
+        .await;
+        let result = probe(&component, &path).await;
+        if result.is_ok() != healthy {
+            healthy = result.is_ok();
+            let message = result.err().unwrap_or_default();
+            if probed
+                .send((replica.clone(), generation, healthy, message))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
     }
 }
 
