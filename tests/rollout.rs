@@ -143,7 +143,7 @@ fn wait_rolled_out(lattice: &Lattice, revision: u64) {
 #[test]
 fn rollouts_and_undo_switch_versions_without_failing_a_request() {
     let lattice = Lattice::start();
-    let _scheduler = lattice.scheduler("s1");
+    let scheduler = lattice.scheduler("s1");
     let hosts = [
         lattice.host("h1", &[]),
         lattice.host("h2", &[]),
@@ -224,6 +224,15 @@ fn rollouts_and_undo_switch_versions_without_failing_a_request() {
             "v1 from the greeter\n"
         );
     }
+    // The scheduler checks each rollout step against replicas - maxUnavailable on its own
+    // consistent view, and says so if a step would go below it.
+    assert!(
+        !scheduler
+            .log()
+            .contains("fewer ready replicas than replicas - maxUnavailable"),
+        "{}",
+        scheduler.log()
+    );
     let (ok, _, stderr) = lattice.shoal(&["rollout", "undo", "greeter", "--to-revision", "9"]);
     assert!(!ok && stderr.contains("has no revision 9"), "{stderr}");
 

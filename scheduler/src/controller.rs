@@ -280,6 +280,29 @@ async fn pass(
             tracing::warn!(app = %key, replicas = step.lost, "replicas on lost hosts are placed again");
         }
         let removed: HashSet<String> = step.remove.iter().map(|(key, _)| key.clone()).collect();
+        // During a rollout, what stays ready after this step must not fall below
+        // replicas - maxUnavailable unless replicas were lost or failed: say so if it does.
+        if step.lost == 0
+            && step.failed == 0
+            && mine
+                .iter()
+                .any(|assignment| assignment.value.revision != app.revision)
+        {
+            let staying_ready = mine
+                .iter()
+                .filter(|assignment| !removed.contains(&assignment.key))
+                .filter(|assignment| reconcile::in_phase(&assignment.value, &status, Phase::Ready))
+                .count();
+            let (_, unavailable) = reconcile::rollout_bounds(&app, app.spec.replicas as usize);
+            let floor = (app.spec.replicas as usize).saturating_sub(unavailable);
+            let ready_before = mine
+                .iter()
+                .filter(|assignment| reconcile::in_phase(&assignment.value, &status, Phase::Ready))
+                .count();
+            if staying_ready < floor && staying_ready < ready_before {
+                tracing::error!(app = %key, staying_ready, floor, "rollout step would leave fewer ready replicas than replicas - maxUnavailable");
+            }
+        }
         for (assignment_key, revision) in &step.remove {
             remove(lattice, state, assignment_key, *revision, now).await?;
             // A lost host cannot clean up its own replica status.
