@@ -396,7 +396,9 @@ async fn rollout_under_load(
         .collect();
     let mut steady_p99 = Duration::ZERO;
     for load in steady {
-        let load = load.join().map_err(|_| anyhow::anyhow!("a wrk thread panicked"))??;
+        let load = load
+            .join()
+            .map_err(|_| anyhow::anyhow!("a wrk thread panicked"))??;
         steady_p99 = steady_p99.max(load.p99);
     }
 
