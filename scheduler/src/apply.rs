@@ -150,25 +150,44 @@ pub async fn scale(
     name: &str,
     replicas: u32,
 ) -> Result<Option<u32>, Error> {
+    let before = modify(lattice, namespace, name, |record| {
+        if record.spec.replicas == replicas {
+            return false;
+        }
+        record.spec.replicas = replicas;
+        record.updated_at = now_millis();
+        true
+    })
+    .await?;
+    Ok(before.map(|before| before.spec.replicas))
+}
+
+/// Changes the stored record of `namespace/name` with `change` (which returns `false` when
+/// there is nothing to write), bumping its generation, compare-and-set; re-reads and
+/// retries when another writer got there first. Returns the record as it was before the
+/// change, or `None` when there is no such app.
+async fn modify(
+    lattice: &Lattice,
+    namespace: &str,
+    name: &str,
+    mut change: impl FnMut(&mut AppRecord) -> bool,
+) -> Result<Option<AppRecord>, Error> {
     let key = app_key(namespace, name);
     let mut last = None;
     for _ in 0..ATTEMPTS {
         let Some(current) = lattice.get::<AppRecord>(Bucket::Apps, &key).await? else {
             return Ok(None);
         };
-        let from = current.value.spec.replicas;
-        if from == replicas {
-            return Ok(Some(from));
-        }
         let mut record = current.value.clone();
-        record.spec.replicas = replicas;
+        if !change(&mut record) {
+            return Ok(Some(current.value));
+        }
         record.generation += 1;
-        record.updated_at = now_millis();
         match lattice
             .update(Bucket::Apps, &key, &record, current.revision)
             .await
         {
-            Ok(_) => return Ok(Some(from)),
+            Ok(_) => return Ok(Some(current.value)),
             Err(error @ Error::Conflict { .. }) => last = Some(error),
             Err(error) => return Err(error),
         }
@@ -349,31 +368,11 @@ pub async fn set_paused(
     name: &str,
     paused: bool,
 ) -> Result<bool, Error> {
-    let key = app_key(namespace, name);
-    let mut last = None;
-    for _ in 0..ATTEMPTS {
-        let Some(current) = lattice.get::<AppRecord>(Bucket::Apps, &key).await? else {
-            return Ok(false);
-        };
-        if current.value.paused == paused {
-            return Ok(true);
-        }
-        let record = AppRecord {
-            paused,
-            generation: current.value.generation + 1,
-            ..current.value.clone()
-        };
-        match lattice
-            .update(Bucket::Apps, &key, &record, current.revision)
-            .await
-        {
-            Ok(_) => return Ok(true),
-            Err(error @ Error::Conflict { .. }) => last = Some(error),
-            Err(error) => return Err(error),
-        }
-    }
-    Err(last.unwrap_or_else(|| Error::Conflict {
-        bucket: Bucket::Apps.name(lattice.name()),
-        key,
-    }))
+    let before = modify(lattice, namespace, name, |record| {
+        let changed = record.paused != paused;
+        record.paused = paused;
+        changed
+    })
+    .await?;
+    Ok(before.is_some())
 }
