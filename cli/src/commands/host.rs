@@ -34,11 +34,11 @@ pub struct HostArgs {
     pub http: SocketAddr,
 
     /// Memory replicas may reserve [default: 80% of this machine's memory].
-    #[arg(long, value_parser = parse_memory)]
+    #[arg(long)]
     pub memory: Option<Memory>,
 
     /// CPU replicas may reserve [default: all cores].
-    #[arg(long, value_parser = parse_cpu)]
+    #[arg(long)]
     pub cpu: Option<Millicores>,
 
     /// Most replicas this host runs.
@@ -87,14 +87,6 @@ fn parse_label(value: &str) -> Result<(String, String), String> {
         }
         _ => Err(format!("{value:?} is not KEY=VALUE")),
     }
-}
-
-fn parse_memory(value: &str) -> Result<Memory, String> {
-    value.parse()
-}
-
-fn parse_cpu(value: &str) -> Result<Millicores, String> {
-    value.parse()
 }
 
 /// This machine's hostname, made into a valid host id.
