@@ -410,19 +410,17 @@ impl<F: Fetch> Agent<F> {
             .map(|app| {
                 (
                     (app.namespace.clone(), app.name.clone()),
-                    AppRoutes {
-                        namespace: app.namespace.clone(),
-                        app: app.name.clone(),
-                        routes: app.spec.routes.clone(),
+                    AppRoutes::new(
+                        &app.namespace,
+                        &app.name,
+                        app.spec.routes.clone(),
                         // The app's own timeout, plus room for the trip over NATS.
-                        timeout: app
-                            .spec
+                        app.spec
                             .limits
                             .timeout
                             .map_or(Limits::default().timeout, |timeout| timeout.0)
                             + Duration::from_secs(5),
-                        replicas: Vec::new(),
-                    },
+                    ),
                 )
             })
             .collect();
@@ -705,35 +703,26 @@ async fn ingress(
         .headers()
         .get(http::header::HOST)
         .and_then(|host| host.to_str().ok())
-        .or_else(|| request.uri().host())
-        .map(str::to_owned);
-    match router.lookup(host.as_deref(), request.uri().path()) {
-        Lookup::Replica {
-            namespace,
-            app,
-            component,
-        } => {
+        .or_else(|| request.uri().host());
+    match router.lookup(host, request.uri().path()) {
+        Lookup::Replica { app, component } => {
             let mut response = component.handle(request).await;
             response.headers_mut().insert(SERVED_BY, served_by);
             metrics.record(
-                &format!("{namespace}/{app}"),
+                &app.key,
                 MetricsPath::Local,
                 response.status().as_u16(),
                 started.elapsed(),
             );
             response
         }
-        Lookup::Remote {
-            namespace,
-            app,
-            timeout,
-        } => {
+        Lookup::Remote(app) => {
             let peer = request.extensions().get::<Peer>().map(|peer| peer.0);
             let response = forwarder
-                .forward(&namespace, &app, request, peer, timeout)
+                .forward(&app.namespace, &app.app, request, peer, app.timeout)
                 .await;
             metrics.record(
-                &format!("{namespace}/{app}"),
+                &app.key,
                 MetricsPath::Forwarded,
                 response.status().as_u16(),
                 started.elapsed(),

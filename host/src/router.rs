@@ -26,36 +26,51 @@ pub struct AppRoutes {
     pub timeout: std::time::Duration,
     /// Ready replicas on this host.
     pub replicas: Vec<Arc<HttpComponent>>,
+    /// `<namespace>/<app>`, made once so requests need not format it.
+    pub key: String,
+}
+
+impl AppRoutes {
+    /// An app's routes, with no ready replica yet.
+    pub fn new(
+        namespace: &str,
+        app: &str,
+        routes: Vec<Route>,
+        timeout: std::time::Duration,
+    ) -> Self {
+        Self {
+            namespace: namespace.to_owned(),
+            app: app.to_owned(),
+            routes,
+            timeout,
+            replicas: Vec::new(),
+            key: format!("{namespace}/{app}"),
+        }
+    }
 }
 
 /// What a lookup found.
 pub enum Lookup {
-    /// A ready local replica of `namespace/app`.
+    /// A ready local replica of the app.
     Replica {
-        /// Namespace.
-        namespace: String,
-        /// App name.
-        app: String,
+        /// The app.
+        app: Arc<AppRoutes>,
         /// The replica.
         component: Arc<HttpComponent>,
     },
     /// The route belongs to an app with no ready replica here: forward it.
-    Remote {
-        /// Namespace.
-        namespace: String,
-        /// App name.
-        app: String,
-        /// How long to wait for the answer.
-        timeout: std::time::Duration,
-    },
+    Remote(Arc<AppRoutes>),
     /// No app has this route.
     NoRoute,
 }
 
+/// How well a route matches: (names the host, exact path, prefix length); higher is better.
+type Rank = (bool, bool, usize);
+
 /// The routing table.
 #[derive(Default)]
 pub struct Router {
-    apps: RwLock<Vec<AppRoutes>>,
+    apps: RwLock<Vec<Arc<AppRoutes>>>,
     next: AtomicUsize,
 }
 
@@ -69,7 +84,7 @@ impl Router {
     /// Replaces the table.
     pub fn set(&self, apps: Vec<AppRoutes>) {
         if let Ok(mut table) = self.apps.write() {
-            *table = apps;
+            *table = apps.into_iter().map(Arc::new).collect();
         }
     }
 
@@ -78,9 +93,9 @@ impl Router {
         let Ok(table) = self.apps.read() else {
             return Lookup::NoRoute;
         };
-        let host = host.map(|host| host.split(':').next().unwrap_or(host).to_ascii_lowercase());
-        // (names a host, exact, prefix length): higher is better.
-        let mut best: Option<((bool, bool, usize), &AppRoutes)> = None;
+        // Hosts compare case-insensitively, without the port.
+        let host = host.map(|host| host.split(':').next().unwrap_or(host));
+        let mut best: Option<(Rank, &Arc<AppRoutes>)> = None;
         for app in table.iter() {
             for route in &app.routes {
                 let host_rank = match (&route.host, &host) {
@@ -99,17 +114,12 @@ impl Router {
         }
         match best {
             None => Lookup::NoRoute,
-            Some((_, app)) if app.replicas.is_empty() => Lookup::Remote {
-                namespace: app.namespace.clone(),
-                app: app.app.clone(),
-                timeout: app.timeout,
-            },
+            Some((_, app)) if app.replicas.is_empty() => Lookup::Remote(Arc::clone(app)),
             Some((_, app)) => {
                 let index = self.next.fetch_add(1, Ordering::Relaxed) % app.replicas.len();
                 Lookup::Replica {
-                    namespace: app.namespace.clone(),
-                    app: app.app.clone(),
                     component: Arc::clone(&app.replicas[index]),
+                    app: Arc::clone(app),
                 }
             }
         }
@@ -166,18 +176,12 @@ mod tests {
     }
 
     fn app(name: &str, routes: Vec<Route>) -> AppRoutes {
-        AppRoutes {
-            namespace: "default".to_owned(),
-            app: name.to_owned(),
-            timeout: std::time::Duration::from_secs(1),
-            routes,
-            replicas: vec![],
-        }
+        AppRoutes::new("default", name, routes, std::time::Duration::from_secs(1))
     }
 
     fn found(router: &Router, host: Option<&str>, path: &str) -> String {
         match router.lookup(host, path) {
-            Lookup::Remote { app, .. } => app,
+            Lookup::Remote(app) => app.app.clone(),
             Lookup::Replica { .. } => "replica".to_owned(),
             Lookup::NoRoute => "none".to_owned(),
         }
