@@ -283,6 +283,11 @@ pub struct Assignment {
 }
 
 impl Assignment {
+    /// Whether this is a replica of `app`.
+    pub fn is_of(&self, app: &AppRecord) -> bool {
+        self.app == app.name && self.namespace == app.namespace
+    }
+
     /// The component reference pinned to the digest: `<repository>@<digest>`.
     pub fn pinned_reference(&self) -> String {
         let reference = &self.template.component;

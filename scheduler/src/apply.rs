@@ -99,35 +99,18 @@ pub async fn apply(
                 }
             }
         };
-        if change != Change::Unchanged && !matches!(change, Change::Scaled { .. }) {
-            let cause = match &change {
-                Change::Revised { changes, .. } => changes.join("; "),
-                _ => "created".to_owned(),
-            };
-            lattice
-                .put(
-                    Bucket::Revisions,
-                    &revision_key(&app.namespace, &app.name, record.revision),
-                    &RevisionRecord {
-                        name: app.name.clone(),
-                        namespace: app.namespace.clone(),
-                        revision: record.revision,
-                        digest: digest.to_owned(),
-                        template: app.spec.template(),
-                        created_at: now,
-                        cause,
-                    },
-                )
-                .await?;
-        }
-        let written = match &existing {
-            None => lattice.create(Bucket::Apps, &key, &record).await,
-            Some(current) => {
-                lattice
-                    .update(Bucket::Apps, &key, &record, current.revision)
-                    .await
-            }
+        let cause = match &change {
+            Change::Created => Some("created".to_owned()),
+            Change::Revised { changes, .. } => Some(changes.join("; ")),
+            Change::Scaled { .. } | Change::Unchanged => None,
         };
+        let written = store(
+            lattice,
+            &record,
+            existing.as_ref().map(|current| current.revision),
+            cause,
+        )
+        .await;
         match written {
             Ok(_) => return Ok((change, record)),
             Err(error @ Error::Conflict { .. }) => last = Some(error),
@@ -138,6 +121,44 @@ pub async fn apply(
         bucket: Bucket::Apps.name(lattice.name()),
         key,
     }))
+}
+
+/// Writes `record`, compare-and-set: created when `expected` is `None`, else updated only
+/// if the key is still at that revision. With a `cause` the template changed, and the
+/// revision record (saying why) is written first, so an app never names a revision that
+/// is not stored. Revision records are last-writer-wins: of two writers racing to the same
+/// revision number, the loser's record may stand until its retry writes the next number.
+///
+/// # Errors
+/// [`Error::Conflict`] when the key moved on; other lattice errors.
+pub(crate) async fn store(
+    lattice: &Lattice,
+    record: &AppRecord,
+    expected: Option<u64>,
+    cause: Option<String>,
+) -> Result<u64, Error> {
+    if let Some(cause) = cause {
+        lattice
+            .put(
+                Bucket::Revisions,
+                &revision_key(&record.namespace, &record.name, record.revision),
+                &RevisionRecord {
+                    name: record.name.clone(),
+                    namespace: record.namespace.clone(),
+                    revision: record.revision,
+                    digest: record.digest.clone(),
+                    template: record.spec.template(),
+                    created_at: record.updated_at,
+                    cause,
+                },
+            )
+            .await?;
+    }
+    let key = app_key(&record.namespace, &record.name);
+    match expected {
+        None => lattice.create(Bucket::Apps, &key, record).await,
+        Some(revision) => lattice.update(Bucket::Apps, &key, record, revision).await,
+    }
 }
 
 /// Sets an app's replica count. Returns the previous count, or `None` if there is no app.

@@ -15,6 +15,7 @@ use shoal_lattice::records::{
 };
 use shoal_lattice::{Bucket, Error, Lattice, Mirror, Versioned};
 
+use crate::apply;
 use crate::lease::LeaseKeeper;
 use crate::placement::{self, HostView, Request, Usage};
 use crate::reconcile::{self, Observed};
@@ -248,9 +249,7 @@ async fn pass(
         let key = app_key(&app.namespace, &app.name);
         let mine: Vec<Versioned<Assignment>> = assignments
             .iter()
-            .filter(|assignment| {
-                assignment.value.namespace == app.namespace && assignment.value.app == app.name
-            })
+            .filter(|assignment| assignment.value.is_of(&app))
             .cloned()
             .collect();
         let backoff = state.backoff.get(&key).copied();
@@ -400,7 +399,7 @@ fn host_views(
                 used.memory += assignment.value.template.memory_request().0;
                 used.cpu += assignment.value.template.cpu_request().0;
                 used.replicas += 1;
-                if assignment.value.app == app.name && assignment.value.namespace == app.namespace {
+                if assignment.value.is_of(app) {
                     same_app += 1;
                 }
             }
@@ -425,9 +424,10 @@ fn request(
 ) -> Request {
     let mut spread_counts = HashMap::new();
     if let Some(label) = &app.spec.placement.spread_by {
-        for assignment in assignments.iter().filter(|assignment| {
-            assignment.value.app == app.name && assignment.value.namespace == app.namespace
-        }) {
+        for assignment in assignments
+            .iter()
+            .filter(|assignment| assignment.value.is_of(app))
+        {
             let value = hosts
                 .get(&assignment.value.host)
                 .and_then(|host| host.labels.get(label).cloned())
@@ -460,7 +460,7 @@ async fn check_progress(
     let mine: Vec<&Assignment> = assignments
         .iter()
         .map(|assignment| &assignment.value)
-        .filter(|assignment| assignment.app == app.name && assignment.namespace == app.namespace)
+        .filter(|assignment| assignment.is_of(app))
         .collect();
     let old_revision = mine
         .iter()
@@ -537,10 +537,9 @@ async fn check_progress(
     {
         let current = lattice.get::<AppRecord>(Bucket::Apps, &key).await?;
         if let Some(current) = current.filter(|current| current.value.revision == app.revision) {
-            let revision = app.revision + 1;
             let record = AppRecord {
                 generation: app.generation + 1,
-                revision,
+                revision: app.revision + 1,
                 digest: previous.value.digest.clone(),
                 spec: AppSpec {
                     replicas: app.spec.replicas,
@@ -549,27 +548,13 @@ async fn check_progress(
                 updated_at: now_millis(),
                 ..app.clone()
             };
-            lattice
-                .put(
-                    Bucket::Revisions,
-                    &revision_key(&app.namespace, &app.name, revision),
-                    &RevisionRecord {
-                        revision,
-                        created_at: now_millis(),
-                        cause: format!(
-                            "automatic rollback to revision {old_revision}: {}",
-                            failed.reason
-                        ),
-                        ..previous.value.clone()
-                    },
-                )
-                .await?;
-            match lattice
-                .update(Bucket::Apps, &key, &record, current.revision)
-                .await
-            {
+            let cause = format!(
+                "automatic rollback to revision {old_revision}: {}",
+                failed.reason
+            );
+            match apply::store(lattice, &record, Some(current.revision), Some(cause)).await {
                 Ok(_) => {
-                    tracing::warn!(app = %key, to = old_revision, as_revision = revision, "rolled back");
+                    tracing::warn!(app = %key, to = old_revision, as_revision = record.revision, "rolled back");
                     failed.rolled_back_to = Some(old_revision);
                 }
                 // Someone changed the app meanwhile: their change wins.
@@ -593,11 +578,7 @@ async fn write_status(
     let mine: Vec<&Assignment> = assignments
         .iter()
         .map(|assignment| &assignment.value)
-        .filter(|assignment| {
-            assignment.app == app.name
-                && assignment.namespace == app.namespace
-                && assignment.revision == app.revision
-        })
+        .filter(|assignment| assignment.is_of(app) && assignment.revision == app.revision)
         .collect();
     let ready = mine
         .iter()
