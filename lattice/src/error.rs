@@ -59,4 +59,12 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// The logs stream could not be made, written or read.
+    #[error("the lattice's logs stream {stream}: {reason}")]
+    Logs {
+        /// Stream name.
+        stream: String,
+        /// Why.
+        reason: String,
+    },
 }

@@ -6,6 +6,7 @@
 //! writes that can race are compare-and-set on the key's revision.
 
 pub mod error;
+pub mod logs;
 pub mod mirror;
 pub mod names;
 pub mod quantity;
@@ -13,6 +14,7 @@ pub mod records;
 pub mod store;
 
 pub use error::Error;
+pub use logs::{LogLine, LogReader, LogStart, Output};
 pub use mirror::Mirror;
 pub use names::Bucket;
 pub use store::{ConnectOptions, Lattice, NatsAuth, NatsTls, Versioned};

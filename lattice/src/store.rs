@@ -153,6 +153,8 @@ impl Lattice {
                 open_bucket(&context, &bucket.name(&options.lattice), bucket.history()).await?,
             );
         }
+        // Hosts publish guest output with plain NATS: the stream must exist to keep it.
+        crate::logs::open_logs(&context, &options.lattice).await?;
         Ok(Self {
             client,
             name: options.lattice.clone(),
