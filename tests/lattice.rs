@@ -450,3 +450,91 @@ fn the_lattice_connection_verifies_a_tls_nats_server() {
     );
     assert_eq!(String::from_utf8_lossy(&trusted.stdout).trim(), "[]");
 }
+
+#[test]
+fn logs_show_what_replicas_wrote_on_any_host_and_follow_new_lines() {
+    let lattice = Lattice::start();
+    let _scheduler = lattice.scheduler("s1");
+    let mut writer = lattice.host("writer", &["role=writer"]);
+    let front = lattice.host("front", &["role=front"]);
+    let fixtures = lattice.push_guest("http-fixtures", "1.0");
+    lattice.apply(&format!(
+        "apiVersion: shoal.dev/v1\nkind: App\nmetadata: {{name: printer}}\nspec:\n  component: {fixtures}\n  replicas: 1\n  routes: [{{path: /}}]\n  placement: {{requires: {{role: writer}}}}\n"
+    ));
+    lattice.wait_ready("printer", 1, PATIENCE);
+    let replica = replica_ids(&lattice, "printer").remove(0);
+
+    // Written on the writer host, asked for through the other one (once it routes there,
+    // so that nothing is printed twice).
+    eventually(PATIENCE, "the front host to route to printer", || {
+        front.get("/hello").filter(|(status, _)| *status == 200)
+    });
+    let printed = front.get("/print?out=first-line&err=oops&partial=no-line-end");
+    assert_eq!(printed, Some((200, "printed\n".to_owned())));
+    let expected =
+        format!("{replica} first-line\n{replica} (stderr) oops\n{replica} no-line-end\n");
+    let logs = eventually(PATIENCE, "the lines in shoal logs", || {
+        let logs = lattice.ok(&["logs", "printer"]);
+        (logs == expected).then_some(logs)
+    });
+    assert_eq!(logs, expected);
+
+    let json = lattice.ok(&["logs", "printer", "-o", "json", "--tail", "2"]);
+    let lines: Vec<serde_json::Value> = json
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{json}");
+    assert_eq!(lines[0]["line"], "oops");
+    assert_eq!(lines[0]["output"], "stderr");
+    assert_eq!(lines[0]["host"], "writer");
+    assert_eq!(lines[0]["replica"], replica.as_str());
+    assert_eq!(lines[0]["revision"], 1);
+    assert_eq!(lines[1]["line"], "no-line-end");
+    assert_eq!(lattice.ok(&["logs", "printer", "--replica", "other"]), "");
+    let stamped = lattice.ok(&["logs", "printer", "--timestamps", "--since", "1h"]);
+    assert_eq!(stamped.lines().count(), 3, "{stamped}");
+    for line in stamped.lines() {
+        let (time, rest) = line.split_once(' ').unwrap();
+        assert!(time.starts_with("20") && time.ends_with('Z'), "{line}");
+        assert!(rest.starts_with(&replica), "{line}");
+    }
+
+    // -f prints what is there, then what comes.
+    let mut follow = lattice.command();
+    follow
+        .args(["logs", "printer", "-f"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut child = follow.spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let _follow = KillOnDrop(child);
+    let (seen, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if seen.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let next_line = |what: &str| -> String {
+        lines
+            .recv_timeout(PATIENCE)
+            .unwrap_or_else(|_| panic!("shoal logs -f printed no {what}"))
+    };
+    assert_eq!(next_line("backlog"), format!("{replica} first-line"));
+    next_line("backlog");
+    next_line("backlog");
+    let (status, _) = front.get("/print?out=second-line").unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(next_line("new line"), format!("{replica} second-line"));
+
+    // The lines outlive the host that wrote them.
+    writer.kill();
+    let logs = lattice.ok(&["logs", "printer", "--tail", "1"]);
+    assert_eq!(logs, format!("{replica} second-line\n"));
+
+    let (ok, _, stderr) = lattice.shoal(&["logs", "nope"]);
+    assert!(!ok);
+    assert!(stderr.contains("there is no app default/nope"), "{stderr}");
+}

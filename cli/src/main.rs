@@ -47,6 +47,7 @@ enum Command {
     Scale(commands::scale::ScaleArgs),
     Delete(commands::delete::DeleteArgs),
     Rollout(commands::rollout::RolloutArgs),
+    Logs(commands::logs::LogsArgs),
 }
 
 fn main() -> ExitCode {
@@ -87,6 +88,7 @@ fn main() -> ExitCode {
             Command::Scale(args) => commands::scale::run(args, &cli.lattice).await,
             Command::Delete(args) => commands::delete::run(args, &cli.lattice).await,
             Command::Rollout(args) => commands::rollout::run(args, &cli.lattice).await,
+            Command::Logs(args) => commands::logs::run(args, &cli.lattice).await,
         }
     });
     match result {

@@ -19,7 +19,7 @@ use shoal_lattice::names::{host_assignments, replica_status_key};
 use shoal_lattice::records::{
     AppRecord, Assignment, Capacity, HostRecord, Phase, ReplicaStatus, now_millis,
 };
-use shoal_lattice::{Bucket, Lattice, Versioned};
+use shoal_lattice::{Bucket, Lattice, LogLine, Output, Versioned};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
@@ -29,6 +29,7 @@ use crate::guest::{GuestOptions, OutboundPolicy, ServiceLink, Services};
 use crate::http::{HttpComponent, Peer, ResponseBody, plain, serve_with};
 use crate::limits::Limits;
 use crate::metrics::{Metrics, Path as MetricsPath};
+use crate::output::{GuestOutput, LineSink};
 use crate::router::{AppRoutes, Lookup, Router};
 
 /// How a host joins and behaves.
@@ -71,6 +72,8 @@ pub struct Agent<F> {
     /// Queue-group subscriptions, one per app with a ready local replica: the signal that
     /// makes each leave (draining what was delivered).
     listening: Mutex<HashMap<String, tokio::sync::oneshot::Sender<()>>>,
+    /// Guest output lines dropped because publishing could not keep up.
+    dropped_lines: Arc<std::sync::atomic::AtomicU64>,
 }
 
 enum ReplicaState {
@@ -120,6 +123,7 @@ impl<F: Fetch> Agent<F> {
             forwarder,
             metrics: Arc::new(Metrics::default()),
             listening: Mutex::new(HashMap::new()),
+            dropped_lines: Arc::default(),
             lattice,
             runtime,
             fetch: Arc::new(fetch),
@@ -205,6 +209,8 @@ impl<F: Fetch> Agent<F> {
             self.options.drain,
         ));
 
+        let (log_lines, unpublished) = mpsc::channel::<ReplicaLine>(LOG_BUFFER);
+        let publisher = tokio::spawn(publish_logs(self.lattice.clone(), unpublished));
         let mut changes = assignments.changes();
         let mut app_changes = apps.changes();
         let (started_tx, mut started_rx) = mpsc::channel::<Started>(64);
@@ -230,8 +236,13 @@ impl<F: Fetch> Agent<F> {
                     self.probed(&mut replicas, &replica, generation, healthy, message).await;
                 }
             }
-            self.converge(&assignments.snapshot(), &mut replicas, &started_tx)
-                .await;
+            self.converge(
+                &assignments.snapshot(),
+                &mut replicas,
+                &started_tx,
+                &log_lines,
+            )
+            .await;
             let records: Vec<AppRecord> = apps
                 .snapshot()
                 .into_iter()
@@ -260,6 +271,9 @@ impl<F: Fetch> Agent<F> {
                 .delete(Bucket::Status, &replica_status_key(&id, &replica))
                 .await;
         }
+        // The last lines the replicas wrote go out before the host leaves.
+        drop(log_lines);
+        let _ = tokio::time::timeout(Duration::from_secs(2), publisher).await;
         self.lattice.delete(Bucket::Hosts, &id).await?;
         tracing::info!(host = %id, "host left the lattice");
         Ok(())
@@ -270,6 +284,7 @@ impl<F: Fetch> Agent<F> {
         desired: &[Versioned<Assignment>],
         replicas: &mut HashMap<String, Replica>,
         started: &mpsc::Sender<Started>,
+        log_lines: &mpsc::Sender<ReplicaLine>,
     ) {
         let wanted: HashMap<&str, &Assignment> = desired
             .iter()
@@ -304,13 +319,22 @@ impl<F: Fetch> Agent<F> {
                 router: Arc::clone(&self.router),
                 forwarder: self.forwarder.clone(),
             });
+            let output = GuestOutput(Arc::new(ReplicaLogs {
+                lines: log_lines.clone(),
+                host: self.options.id.clone(),
+                namespace: assignment.namespace.clone(),
+                app: assignment.app.clone(),
+                replica: assignment.replica.clone(),
+                revision: assignment.revision,
+                dropped: Arc::clone(&self.dropped_lines),
+            }));
             let task = tokio::spawn(start(
                 self.lattice.clone(),
                 Arc::clone(&self.runtime),
                 Arc::clone(&self.fetch),
                 Arc::clone(&self.cached),
                 (*assignment).clone(),
-                services,
+                Links { services, output },
                 started.clone(),
             ));
             replicas.insert(
@@ -506,6 +530,65 @@ impl<F: Fetch> Agent<F> {
     }
 }
 
+/// What a replica's guests are connected to: other apps, and where their output goes.
+struct Links {
+    services: Arc<dyn Services>,
+    output: GuestOutput,
+}
+
+/// Guest output lines waiting to be published, per host; past this, new lines are dropped
+/// rather than holding a guest up.
+const LOG_BUFFER: usize = 4096;
+
+/// A line of one app's guest output, on its way to the lattice.
+type ReplicaLine = (String, String, LogLine);
+
+/// Hands a replica's output lines to the host's publisher, never waiting.
+struct ReplicaLogs {
+    lines: mpsc::Sender<ReplicaLine>,
+    host: String,
+    namespace: String,
+    app: String,
+    replica: String,
+    revision: u64,
+    dropped: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl LineSink for ReplicaLogs {
+    fn line(&self, output: Output, line: &str) {
+        tracing::debug!(target: "shoal::guest", app = %self.app, replica = %self.replica, ?output, "{line}");
+        let line = LogLine {
+            host: self.host.clone(),
+            replica: self.replica.clone(),
+            revision: self.revision,
+            output,
+            time: now_millis(),
+            line: line.to_owned(),
+        };
+        if self
+            .lines
+            .try_send((self.namespace.clone(), self.app.clone(), line))
+            .is_err()
+        {
+            let dropped = self
+                .dropped
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if dropped.is_multiple_of(1000) {
+                tracing::warn!(app = %self.app, dropped = dropped + 1, "guest output dropped: the lattice is not keeping up");
+            }
+        }
+    }
+}
+
+/// Publishes guest output lines to the lattice's logs, in order, until the host leaves.
+async fn publish_logs(lattice: Lattice, mut lines: mpsc::Receiver<ReplicaLine>) {
+    while let Some((namespace, app, line)) = lines.recv().await {
+        if let Err(error) = lattice.publish_log(&namespace, &app, &line).await {
+            tracing::debug!(%error, "a guest output line was not published");
+        }
+    }
+}
+
 async fn report(
     lattice: &Lattice,
     assignment: &Assignment,
@@ -544,7 +627,7 @@ async fn start<F: Fetch>(
     fetch: Arc<F>,
     cached: Arc<Mutex<Vec<String>>>,
     assignment: Assignment,
-    services: Arc<dyn Services>,
+    links: Links,
     done: mpsc::Sender<Started>,
 ) {
     report(&lattice, &assignment, Phase::Pulling, None, None).await;
@@ -587,7 +670,8 @@ async fn start<F: Fetch>(
                 outbound,
                 args: Vec::new(),
                 name,
-                services: Some(ServiceLink(services)),
+                services: Some(ServiceLink(links.services)),
+                output: Some(links.output),
             };
             HttpComponent::new(&runtime, &loaded.component, options, limits)
                 .map(Arc::new)

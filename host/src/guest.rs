@@ -14,6 +14,8 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpVi
 use crate::engine::EPOCH_TICK;
 use crate::error::{HostError, TimedOut};
 use crate::limits::{CpuQuota, Limits, MemoryCap};
+use crate::output::GuestOutput;
+use shoal_lattice::Output;
 
 /// A directory granted to the guest.
 #[derive(Debug, Clone)]
@@ -124,6 +126,8 @@ pub struct GuestOptions {
     pub name: String,
     /// Other apps of the lattice, reachable as `http://<app>[.<namespace>]`.
     pub services: Option<ServiceLink>,
+    /// Where stdout and stderr lines go; `None` writes them to the host's own.
+    pub output: Option<GuestOutput>,
 }
 
 /// How a guest reaches other apps by name: `http://<app>` or `http://<app>.<namespace>`
@@ -173,6 +177,10 @@ impl GuestOptions {
         let mut builder = WasiCtxBuilder::new();
         if inherit_stdio {
             builder.inherit_stdio();
+        } else if let Some(output) = &self.output {
+            builder
+                .stdout(output.stream(Output::Stdout))
+                .stderr(output.stream(Output::Stderr));
         } else {
             builder.inherit_stdout().inherit_stderr();
         }

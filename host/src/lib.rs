@@ -6,6 +6,7 @@
 //! - [`guest`]: what a guest gets (WASI 0.2, nothing inherited, outbound HTTP by allowlist);
 //! - [`http`]: serving a wasi:http component, a fresh `Store` per request;
 //! - [`command`]: running a wasi:cli command component to completion;
+//! - [`output`]: guest stdout and stderr cut into lines for a sink (the app's logs);
 //! - [`agent`]: `shoal host`, the lattice agent converging on its assignments;
 //! - [`router`]: the ingress routing table over ready local replicas.
 
@@ -18,6 +19,7 @@ pub mod guest;
 pub mod http;
 pub mod limits;
 pub mod metrics;
+pub mod output;
 pub mod router;
 pub mod tls;
 

@@ -6,6 +6,7 @@ pub mod describe;
 pub mod get;
 pub mod host;
 pub mod inspect;
+pub mod logs;
 pub mod pull;
 pub mod push;
 pub mod rollout;

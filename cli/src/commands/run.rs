@@ -150,6 +150,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         args: guest_args,
         name: args.target.clone(),
         services: None,
+        output: None,
     };
 
     if !is_http(runtime.engine(), &loaded.component) {

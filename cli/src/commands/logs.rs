@@ -1,0 +1,178 @@
+//! `shoal logs APP`: what an app's replicas wrote to stdout and stderr, on whichever host
+//! they ran (the lattice keeps recent lines), and with `-f` what they write next.
+
+use std::collections::VecDeque;
+use std::io::Write;
+use std::time::{Duration, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use clap::{Args, ValueEnum};
+use shoal_lattice::names::app_key;
+use shoal_lattice::records::{AppRecord, DEFAULT_NAMESPACE, now_millis};
+use shoal_lattice::{Bucket, LogLine, LogStart, Output};
+
+use crate::lattice::LatticeArgs;
+
+/// Print what an app's replicas wrote to stdout and stderr.
+///
+/// Lines come from every replica of the app on every host, oldest first, each after the
+/// replica that wrote it. The lattice keeps the last 24 hours (at most 64 MiB of lines over
+/// all apps), including lines of replicas that are gone and hosts that died.
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// The app's name.
+    pub app: String,
+    /// The app's namespace.
+    #[arg(short, long, default_value = DEFAULT_NAMESPACE)]
+    pub namespace: String,
+    /// Keep printing new lines as they are written, until ctrl-c.
+    #[arg(short, long)]
+    pub follow: bool,
+    /// Only lines written within this long, like 10m or 2h.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub since: Option<Duration>,
+    /// Only the last N lines written so far (then, with -f, every new one).
+    #[arg(long, value_name = "N")]
+    pub tail: Option<usize>,
+    /// Only lines of this replica (see shoal get replicas).
+    #[arg(long)]
+    pub replica: Option<String>,
+    /// Start each line with the time it was written (RFC 3339, UTC).
+    #[arg(long)]
+    pub timestamps: bool,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t)]
+    pub output: LogFormat,
+}
+
+/// How lines are printed.
+#[derive(Debug, Clone, Copy, Default, ValueEnum)]
+pub enum LogFormat {
+    /// `REPLICA LINE`, stderr lines marked `(stderr)`.
+    #[default]
+    Text,
+    /// One JSON object a line: host, replica, revision, output, time, line.
+    Json,
+}
+
+pub async fn run(args: LogsArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
+    let connection = lattice.connect("shoal logs").await?;
+    let exists = connection
+        .get::<AppRecord>(Bucket::Apps, &app_key(&args.namespace, &args.app))
+        .await?
+        .is_some();
+    if !exists && args.follow {
+        bail!(
+            "there is no app {}/{}; shoal get apps lists them",
+            args.namespace,
+            args.app
+        );
+    }
+    let start = match (args.since, args.tail) {
+        (_, Some(0)) => LogStart::New,
+        (Some(since), _) => LogStart::Since(
+            now_millis().saturating_sub(u64::try_from(since.as_millis()).unwrap_or(u64::MAX)),
+        ),
+        (None, _) => LogStart::Oldest,
+    };
+    let mut reader = connection
+        .logs(&args.namespace, &args.app, start, args.follow)
+        .await?;
+    let mut printer = Printer {
+        out: std::io::stdout().lock(),
+        args: &args,
+        printed: 0,
+    };
+    // With --tail, the backlog is held back until it is all read, then its end printed.
+    let mut held: Option<(usize, VecDeque<LogLine>)> =
+        args.tail.map(|tail| (tail, VecDeque::new()));
+    if reader.caught_up() {
+        printer.flush_held(&mut held)?;
+    }
+    let stop = crate::signals::shutdown();
+    tokio::pin!(stop);
+    loop {
+        let next = tokio::select! {
+            () = &mut stop => break,
+            next = reader.next() => next,
+        };
+        let Some(line) = next else { break };
+        let line = line?;
+        if args
+            .replica
+            .as_ref()
+            .is_none_or(|wanted| *wanted == line.replica)
+        {
+            match &mut held {
+                Some((tail, backlog)) => {
+                    if backlog.len() >= *tail {
+                        backlog.pop_front();
+                    }
+                    backlog.push_back(line);
+                }
+                None => printer.line(&line)?,
+            }
+        }
+        if reader.caught_up() {
+            printer.flush_held(&mut held)?;
+        }
+    }
+    printer.flush_held(&mut held)?;
+    if !exists && printer.printed == 0 {
+        bail!(
+            "there is no app {}/{} and the lattice keeps no lines of one; shoal get apps lists apps",
+            args.namespace,
+            args.app
+        );
+    }
+    Ok(0)
+}
+
+struct Printer<'a, W> {
+    out: W,
+    args: &'a LogsArgs,
+    printed: usize,
+}
+
+impl<W: Write> Printer<'_, W> {
+    fn line(&mut self, line: &LogLine) -> anyhow::Result<()> {
+        let mut text = match self.args.output {
+            LogFormat::Json => serde_json::to_string(line).context("cannot encode a line")?,
+            LogFormat::Text => {
+                let mut text = String::new();
+                if self.args.timestamps {
+                    let time = UNIX_EPOCH + Duration::from_millis(line.time);
+                    text.push_str(&humantime::format_rfc3339_millis(time).to_string());
+                    text.push(' ');
+                }
+                text.push_str(&line.replica);
+                if line.output == Output::Stderr {
+                    text.push_str(" (stderr)");
+                }
+                text.push(' ');
+                text.push_str(&line.line);
+                text
+            }
+        };
+        text.push('\n');
+        self.printed += 1;
+        match self
+            .out
+            .write_all(text.as_bytes())
+            .and_then(|()| self.out.flush())
+        {
+            // `shoal logs | head` closing the pipe is not an error.
+            Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+            result => result.context("cannot write to stdout"),
+        }
+    }
+
+    fn flush_held(&mut self, held: &mut Option<(usize, VecDeque<LogLine>)>) -> anyhow::Result<()> {
+        if let Some((_, backlog)) = held.take() {
+            for line in &backlog {
+                self.line(line)?;
+            }
+        }
+        Ok(())
+    }
+}
