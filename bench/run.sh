@@ -42,5 +42,5 @@ if [ "$what" != serve ]; then
   echo
   cargo bench --quiet -p shoal-scheduler --bench placement
   echo
-  target/release/lattice-bench --shoal target/release/shoal --component "$guests/hello_http.wasm" --greeter "$guests/greeter.wasm"
+  target/release/lattice-bench --shoal target/release/shoal --component "$guests/hello_http.wasm" --greeter "$guests/greeter.wasm" --fixtures "$guests/http_fixtures.wasm"
 fi

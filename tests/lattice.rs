@@ -529,10 +529,28 @@ fn logs_show_what_replicas_wrote_on_any_host_and_follow_new_lines() {
     assert_eq!(status, 200);
     assert_eq!(next_line("new line"), format!("{replica} second-line"));
 
+    // A burst arrives whole and in order (hosts send what is queued in batches).
+    let (status, _) = front.get("/print?out=burst&repeat=2000").unwrap();
+    assert_eq!(status, 200);
+    let burst: Vec<String> = eventually(PATIENCE, "the whole burst in shoal logs", || {
+        let logs = lattice.ok(&["logs", "printer", "--tail", "2000"]);
+        let burst: Vec<String> = logs
+            .lines()
+            .filter_map(|line| line.strip_prefix(&format!("{replica} burst-")))
+            .map(str::to_owned)
+            .collect();
+        (burst.len() == 2000).then_some(burst)
+    });
+    let expected: Vec<String> = (0..2000).map(|n| n.to_string()).collect();
+    assert_eq!(burst, expected);
+    for _ in 0..2000 {
+        next_line("burst line");
+    }
+
     // The lines outlive the host that wrote them.
     writer.kill();
     let logs = lattice.ok(&["logs", "printer", "--tail", "1"]);
-    assert_eq!(logs, format!("{replica} second-line\n"));
+    assert_eq!(logs, format!("{replica} burst-1999\n"));
 
     let (ok, _, stderr) = lattice.shoal(&["logs", "nope"]);
     assert!(!ok);

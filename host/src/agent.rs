@@ -15,6 +15,7 @@ use std::time::Duration;
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
+use shoal_lattice::logs::MAX_BATCH_BYTES;
 use shoal_lattice::names::{host_assignments, replica_status_key};
 use shoal_lattice::records::{
     AppRecord, Assignment, Capacity, HostRecord, Phase, ReplicaStatus, now_millis,
@@ -580,11 +581,36 @@ impl LineSink for ReplicaLogs {
     }
 }
 
-/// Publishes guest output lines to the lattice's logs, in order, until the host leaves.
+/// How long the publisher gathers lines after the first of a batch: output reaches
+/// `shoal logs -f` at most this much later, and a chatty guest costs the lattice one
+/// message per app per period instead of one per line.
+const LOG_BATCH_WINDOW: Duration = Duration::from_millis(20);
+
+/// Publishes guest output lines to the lattice's logs, in order, until the host leaves:
+/// what arrives within [`LOG_BATCH_WINDOW`] of a batch's first line (up to
+/// [`MAX_BATCH_BYTES`]) goes out together, one message per app.
 async fn publish_logs(lattice: Lattice, mut lines: mpsc::Receiver<ReplicaLine>) {
-    while let Some((namespace, app, line)) = lines.recv().await {
-        if let Err(error) = lattice.publish_log(&namespace, &app, &line).await {
-            tracing::debug!(%error, "a guest output line was not published");
+    let mut batches: BTreeMap<(String, String), Vec<LogLine>> = BTreeMap::new();
+    while let Some(first) = lines.recv().await {
+        let deadline = tokio::time::Instant::now() + LOG_BATCH_WINDOW;
+        let mut bytes = 0;
+        let mut next = Some(first);
+        while let Some((namespace, app, line)) = next {
+            bytes += line.cost();
+            batches.entry((namespace, app)).or_default().push(line);
+            next = if bytes < MAX_BATCH_BYTES {
+                tokio::time::timeout_at(deadline, lines.recv())
+                    .await
+                    .ok()
+                    .flatten()
+            } else {
+                None
+            };
+        }
+        for ((namespace, app), batch) in std::mem::take(&mut batches) {
+            if let Err(error) = lattice.publish_logs(&namespace, &app, &batch).await {
+                tracing::debug!(%error, lines = batch.len(), "guest output was not published");
+            }
         }
     }
 }

@@ -1,5 +1,6 @@
-//! Guest output on the lattice. A host publishes each line a replica writes to stdout or
-//! stderr on `shoal.<lattice>.v1.logs.<namespace>.<app>`; one JetStream stream per lattice
+//! Guest output on the lattice. A host publishes the lines replicas write to stdout or
+//! stderr on `shoal.<lattice>.v1.logs.<namespace>.<app>`, in batches (a JSON array of
+//! [`LogLine`] a message: one line when output is sparse, many under load); one JetStream stream per lattice
 //! keeps the most recent lines (bounded by size and age), so `shoal logs` shows what was
 //! written before it asked, from replicas on any host, even one that has since died, and
 //! can follow what comes next.
@@ -17,8 +18,14 @@ use crate::{Error, Lattice};
 pub const KEPT_BYTES: i64 = 64 << 20;
 /// How long the lattice keeps a line of guest output.
 pub const KEPT_FOR: Duration = Duration::from_secs(24 * 3600);
-/// The longest line kept whole; longer ones are cut (and say so).
+/// The longest line kept whole; longer ones are cut into lines of this size.
 pub const MAX_LINE: usize = 16 * 1024;
+/// A publisher sends lines in batches whose [`LogLine::cost`] adds up to at most this
+/// (plus one line), one message each: JSON escaping at most sextuples text, so a batch
+/// stays under NATS's default 1 MiB payload.
+pub const MAX_BATCH_BYTES: usize = 128 * 1024;
+/// The largest message the logs stream takes.
+const MAX_MESSAGE: i32 = 1 << 20;
 
 /// Which of a guest's outputs a line came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,6 +55,14 @@ pub struct LogLine {
     pub line: String,
 }
 
+impl LogLine {
+    /// What the line counts for against [`MAX_BATCH_BYTES`]: its text and room for the
+    /// fields around it (ids are at most 63 bytes each).
+    pub fn cost(&self) -> usize {
+        self.line.len() + 256
+    }
+}
+
 /// Where reading an app's logs starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogStart {
@@ -62,6 +77,8 @@ pub enum LogStart {
 /// Reads one app's log lines in the order they were written.
 pub struct LogReader {
     messages: consumer::pull::Ordered,
+    /// Lines of the last batch not handed out yet.
+    batch: std::collections::VecDeque<LogLine>,
     /// The stream sequence of the app's last line when reading began; 0 for none.
     backlog_end: u64,
     caught_up: bool,
@@ -78,6 +95,9 @@ impl LogReader {
     /// skipped, not an error.
     pub async fn next(&mut self) -> Option<Result<LogLine, Error>> {
         loop {
+            if let Some(line) = self.batch.pop_front() {
+                return Some(Ok(line));
+            }
             if self.caught_up && !self.follow {
                 return None;
             }
@@ -94,8 +114,8 @@ impl LogReader {
             if sequence >= self.backlog_end {
                 self.caught_up = true;
             }
-            if let Ok(line) = serde_json::from_slice::<LogLine>(&message.payload) {
-                return Some(Ok(line));
+            if let Ok(lines) = serde_json::from_slice::<Vec<LogLine>>(&message.payload) {
+                self.batch = lines.into();
             }
         }
     }
@@ -103,28 +123,29 @@ impl LogReader {
     /// Whether every line that existed when reading began has been read: what comes next
     /// is new.
     pub fn caught_up(&self) -> bool {
-        self.caught_up
+        self.caught_up && self.batch.is_empty()
     }
 }
 
 impl Lattice {
-    /// Publishes one line of `namespace/app`'s guest output. Fire and forget: a line lost
-    /// while NATS is unreachable is not retried (the guest must never wait on its logs).
+    /// Publishes lines of `namespace/app`'s guest output as one message (keep their
+    /// [`LogLine::cost`] within [`MAX_BATCH_BYTES`]). Fire and forget: lines lost while NATS is unreachable
+    /// are not retried (a guest must never wait on its logs).
     ///
     /// # Errors
-    /// [`Error::Logs`] when the line cannot be encoded or the client's buffer is full.
-    pub async fn publish_log(
+    /// [`Error::Logs`] when the lines cannot be encoded or the client cannot take them.
+    pub async fn publish_logs(
         &self,
         namespace: &str,
         app: &str,
-        line: &LogLine,
+        lines: &[LogLine],
     ) -> Result<(), Error> {
         let failed = |reason: String| Error::Logs {
             stream: logs_stream(self.name()),
             reason,
         };
         let payload =
-            serde_json::to_vec(line).map_err(|error| failed(format!("cannot encode: {error}")))?;
+            serde_json::to_vec(lines).map_err(|error| failed(format!("cannot encode: {error}")))?;
         self.client()
             .publish(logs_subject(self.name(), namespace, app), payload.into())
             .await
@@ -186,6 +207,7 @@ impl Lattice {
             .map_err(|error| failed(error.to_string()))?;
         Ok(LogReader {
             messages,
+            batch: std::collections::VecDeque::new(),
             backlog_end,
             caught_up: backlog_end == 0,
             follow,
@@ -206,7 +228,7 @@ pub(crate) async fn open_logs(
             subjects: vec![logs_subjects(lattice)],
             max_bytes: KEPT_BYTES,
             max_age: KEPT_FOR,
-            max_message_size: i32::try_from(MAX_LINE * 2).unwrap_or(i32::MAX),
+            max_message_size: MAX_MESSAGE,
             discard: stream::DiscardPolicy::Old,
             ..Default::default()
         })

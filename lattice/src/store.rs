@@ -153,8 +153,11 @@ impl Lattice {
                 open_bucket(&context, &bucket.name(&options.lattice), bucket.history()).await?,
             );
         }
-        // Hosts publish guest output with plain NATS: the stream must exist to keep it.
-        crate::logs::open_logs(&context, &options.lattice).await?;
+        // Hosts publish guest output with plain NATS: the stream must exist to keep it. A
+        // server short of JetStream storage still runs apps; only their logs are not kept.
+        if let Err(error) = crate::logs::open_logs(&context, &options.lattice).await {
+            tracing::warn!(%error, "guest output will not be kept");
+        }
         Ok(Self {
             client,
             name: options.lattice.clone(),

@@ -25,6 +25,9 @@ struct Args {
     /// greeter.wasm, for the rollout benchmark.
     #[arg(long)]
     greeter: PathBuf,
+    /// http_fixtures.wasm, for the guest output benchmark.
+    #[arg(long)]
+    fixtures: PathBuf,
     /// Repetitions of each measurement.
     #[arg(long, default_value = "5")]
     runs: usize,
@@ -344,7 +347,90 @@ async fn main() -> anyhow::Result<()> {
         forwarded.requests_per_second / local.requests_per_second
     );
 
+    guest_output(&bench, &status, &args.fixtures).await?;
     rollout_under_load(&bench, &status, &args.greeter).await
+}
+
+/// The cost of guest output: the same fixture route through its own host, answering
+/// without a line and printing one line a request (each published to the lattice's logs).
+async fn guest_output(
+    bench: &Bench,
+    status: &Mirror<ReplicaStatus>,
+    fixtures: &std::path::Path,
+) -> anyhow::Result<()> {
+    let reference = bench
+        .reference
+        .replace("/bench/hello:1.0", "/bench/fixtures:1.0");
+    let pushed = bench
+        .command()
+        .arg("push")
+        .arg(fixtures)
+        .arg(&reference)
+        .output()?;
+    if !pushed.status.success() {
+        bail!("push failed: {}", String::from_utf8_lossy(&pushed.stderr));
+    }
+    let manifest = bench.home.path().join("printer.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "apiVersion: shoal.dev/v1\nkind: App\nmetadata: {{name: printer}}\nspec:\n  component: {reference}\n  replicas: 1\n  routes: [{{path: /print}}]\n"
+        ),
+    )?;
+    let applied = bench
+        .command()
+        .args(["apply", "-f"])
+        .arg(&manifest)
+        .output()?;
+    if !applied.status.success() {
+        bail!("apply failed: {}", String::from_utf8_lossy(&applied.stderr));
+    }
+    wait_ready(status, "printer", 1, None).await?;
+    let owner = status
+        .snapshot()
+        .into_iter()
+        .find(|status| status.value.app == "printer" && status.value.phase == Phase::Ready)
+        .map(|status| status.value.host)
+        .context("no ready replica of printer")?;
+    let base = bench
+        .hosts
+        .iter()
+        .find(|(id, _)| *id == owner)
+        .map(|(_, url)| url.clone())
+        .context("the printer's host is unknown")?;
+    let silent = format!("{base}/print");
+    let printing =
+        format!("{base}/print?out=a-line-of-guest-output-of-about-sixty-bytes-0123456789");
+    wrk::run(1, 4, 1, &silent)?;
+    wrk::run(1, 4, 1, &printing)?;
+    let quiet = wrk::run(2, 32, 10, &silent)?;
+    let logged = wrk::run(2, 32, 10, &printing)?;
+    println!(
+        "\nguest output: the same route silent and printing a line a request (wrk -t2 -c32 -d10s, local):"
+    );
+    for (label, load) in [("no output", &quiet), ("one line a request", &logged)] {
+        println!(
+            "{label:<22} {:>8.0} req/s  p50 {:>7.2} ms  p99 {:>7.2} ms  errors {}",
+            load.requests_per_second,
+            load.p50.as_secs_f64() * 1e3,
+            load.p99.as_secs_f64() * 1e3,
+            load.errors
+        );
+    }
+    println!(
+        "printing / silent throughput: {:.2}",
+        logged.requests_per_second / quiet.requests_per_second
+    );
+    let counted = bench
+        .command()
+        .args(["logs", "printer", "-o", "json"])
+        .output()?;
+    let kept = String::from_utf8_lossy(&counted.stdout).lines().count();
+    println!(
+        "lines kept by the lattice: {kept} of about {:.0} printed",
+        logged.requests_per_second * 10.0
+    );
+    Ok(())
 }
 
 /// 30 replicas of the greeter over the hosts; wrk through every host while v1 rolls to v2.
