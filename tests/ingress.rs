@@ -516,3 +516,121 @@ fn a_replica_that_is_not_ready_receives_nothing() {
         .collect();
     assert_eq!(served.into_iter().collect::<Vec<_>>(), ["good"]);
 }
+
+/// The samples of a Prometheus text page: `name{labels}` → value.
+fn scrape(port: u16) -> std::collections::BTreeMap<String, f64> {
+    let mut response = agent()
+        .get(&format!("http://127.0.0.1:{port}/metrics"))
+        .call()
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        content_type.starts_with("text/plain; version=0.0.4"),
+        "{content_type}"
+    );
+    let text = response.body_mut().read_to_string().unwrap();
+    text.lines()
+        .filter(|line| !line.starts_with('#') && !line.is_empty())
+        .map(|line| {
+            let (name, value) = line.rsplit_once(' ').unwrap();
+            (name.to_owned(), value.parse().unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn hosts_serve_prometheus_metrics_of_local_and_forwarded_requests() {
+    let lattice = Lattice::start();
+    let _scheduler = lattice.scheduler("s1");
+    let (owner_port, front_port) = (support::free_port(), support::free_port());
+    let owner = lattice.host_with(
+        "owner",
+        &[
+            "--label",
+            "role=worker",
+            "--metrics",
+            &format!("127.0.0.1:{owner_port}"),
+        ],
+    );
+    let front = lattice.host_with(
+        "front",
+        &[
+            "--label",
+            "role=edge",
+            "--metrics",
+            &format!("127.0.0.1:{front_port}"),
+        ],
+    );
+    let hello = lattice.push_hello("1.0");
+    lattice.apply(&manifest(
+        "hello",
+        &hello,
+        1,
+        "/hello",
+        "  placement: {requires: {role: worker}}\n",
+    ));
+    lattice.wait_ready("hello", 1, PATIENCE);
+    for host in [&owner, &front] {
+        eventually(PATIENCE, &format!("{} to route /hello", host.id), || {
+            host.get("/hello").filter(|(status, _)| *status == 200)
+        });
+    }
+    let series = |path: &str, outcome: &str| {
+        format!(
+            "shoal_http_requests_total{{namespace=\"default\",app=\"hello\",path=\"{path}\",outcome=\"{outcome}\"}}"
+        )
+    };
+    let count = |path: &str| {
+        format!(
+            "shoal_http_request_duration_seconds_count{{namespace=\"default\",app=\"hello\",path=\"{path}\"}}"
+        )
+    };
+    let owner_before = scrape(owner_port);
+    let front_before = scrape(front_port);
+    for _ in 0..3 {
+        assert_eq!(owner.get("/hello").unwrap().0, 200);
+    }
+    for _ in 0..2 {
+        assert_eq!(front.get("/hello").unwrap().0, 200);
+    }
+    let owner_after = scrape(owner_port);
+    let front_after = scrape(front_port);
+    let grew = |before: &std::collections::BTreeMap<String, f64>,
+                after: &std::collections::BTreeMap<String, f64>,
+                key: &str| {
+        after.get(key).copied().unwrap_or(0.0) - before.get(key).copied().unwrap_or(0.0)
+    };
+    assert_eq!(
+        grew(&owner_before, &owner_after, &series("local", "success")),
+        3.0
+    );
+    assert_eq!(grew(&owner_before, &owner_after, &count("local")), 3.0);
+    assert_eq!(
+        grew(&front_before, &front_after, &series("forwarded", "success")),
+        2.0
+    );
+    assert_eq!(grew(&front_before, &front_after, &count("forwarded")), 2.0);
+    assert_eq!(
+        grew(&front_before, &front_after, &series("local", "success")),
+        0.0
+    );
+    let inf = "shoal_http_request_duration_seconds_bucket{namespace=\"default\",app=\"hello\",path=\"local\",le=\"+Inf\"}";
+    assert_eq!(owner_after[inf], owner_after[&count("local")]);
+    assert_eq!(owner_after["shoal_ready_replicas"], 1.0);
+    assert_eq!(owner_after["shoal_replicas"], 1.0);
+    assert_eq!(front_after["shoal_ready_replicas"], 0.0);
+    assert_eq!(front_after["shoal_log_lines_dropped_total"], 0.0);
+
+    let other = agent()
+        .get(&format!("http://127.0.0.1:{owner_port}/other"))
+        .call()
+        .unwrap();
+    assert_eq!(other.status(), 404);
+}

@@ -73,8 +73,6 @@ pub struct Agent<F> {
     /// Queue-group subscriptions, one per app with a ready local replica: the signal that
     /// makes each leave (draining what was delivered).
     listening: Mutex<HashMap<String, tokio::sync::oneshot::Sender<()>>>,
-    /// Guest output lines dropped because publishing could not keep up.
-    dropped_lines: Arc<std::sync::atomic::AtomicU64>,
 }
 
 enum ReplicaState {
@@ -124,7 +122,6 @@ impl<F: Fetch> Agent<F> {
             forwarder,
             metrics: Arc::new(Metrics::default()),
             listening: Mutex::new(HashMap::new()),
-            dropped_lines: Arc::default(),
             lattice,
             runtime,
             fetch: Arc::new(fetch),
@@ -250,6 +247,7 @@ impl<F: Fetch> Agent<F> {
                 .map(|record| record.value)
                 .collect();
             self.publish_routes(&records, &replicas).await;
+            self.count_replicas(&replicas);
         }
 
         tracing::info!(host = %id, "leaving the lattice: draining");
@@ -327,7 +325,7 @@ impl<F: Fetch> Agent<F> {
                 app: assignment.app.clone(),
                 replica: assignment.replica.clone(),
                 revision: assignment.revision,
-                dropped: Arc::clone(&self.dropped_lines),
+                metrics: Arc::clone(&self.metrics),
             }));
             let task = tokio::spawn(start(
                 self.lattice.clone(),
@@ -425,6 +423,26 @@ impl<F: Fetch> Agent<F> {
             )
             .await;
         }
+    }
+
+    /// Sets the replica gauges of the metrics endpoint.
+    fn count_replicas(&self, replicas: &HashMap<String, Replica>) {
+        let ready = replicas
+            .values()
+            .filter(|replica| matches!(replica.state, ReplicaState::Serving { ready: true, .. }))
+            .count();
+        let running = replicas
+            .values()
+            .filter(|replica| !matches!(replica.state, ReplicaState::Failed))
+            .count();
+        let set = |gauge: &std::sync::atomic::AtomicU64, value: usize| {
+            gauge.store(
+                u64::try_from(value).unwrap_or(u64::MAX),
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        };
+        set(&self.metrics.replicas, running);
+        set(&self.metrics.ready_replicas, ready);
     }
 
     /// Rebuilds the routing table from every app's routes and the ready local replicas, and
@@ -552,7 +570,7 @@ struct ReplicaLogs {
     app: String,
     replica: String,
     revision: u64,
-    dropped: Arc<std::sync::atomic::AtomicU64>,
+    metrics: Arc<Metrics>,
 }
 
 impl LineSink for ReplicaLogs {
@@ -572,7 +590,8 @@ impl LineSink for ReplicaLogs {
             .is_err()
         {
             let dropped = self
-                .dropped
+                .metrics
+                .log_lines_dropped
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             if dropped.is_multiple_of(1000) {
                 tracing::warn!(app = %self.app, dropped = dropped + 1, "guest output dropped: the lattice is not keeping up");

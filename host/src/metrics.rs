@@ -1,11 +1,52 @@
 //! Per-app request counters and latency histograms on a host's ingress, split by path
-//! (answered by a local replica, or forwarded to another host), kept for the metrics
-//! endpoint. Lock-free on the request path: atomics in fixed Prometheus-style buckets.
+//! (answered by a local replica, or forwarded to another host), and the host's replica
+//! and guest-output gauges, rendered in the Prometheus text format for `shoal host
+//! --metrics`. Lock-free on the request path: atomics in fixed Prometheus-style buckets.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
+
+/// Serves `GET /metrics` on `listener` (plain HTTP, for a Prometheus scraper) until
+/// `shutdown`; anything else is 404.
+pub async fn serve(
+    metrics: Arc<Metrics>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    use http_body_util::BodyExt as _;
+    let handler = move |request: http::Request<hyper::body::Incoming>| {
+        let metrics = Arc::clone(&metrics);
+        async move {
+            if request.uri().path() != "/metrics" {
+                return crate::http::plain(
+                    http::StatusCode::NOT_FOUND,
+                    "only /metrics is served here\n",
+                );
+            }
+            let body = http_body_util::Full::new(bytes::Bytes::from(metrics.render()))
+                .map_err(|never: std::convert::Infallible| match never {})
+                .boxed_unsync();
+            let mut response = http::Response::new(body);
+            response.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            response
+        }
+    };
+    crate::http::serve_with(
+        listener,
+        None,
+        16 * 1024,
+        handler,
+        shutdown,
+        Duration::from_secs(1),
+    )
+    .await;
+}
 
 /// Upper bounds of the latency buckets, in microseconds (the last bucket is unbounded).
 pub const BUCKETS_MICROS: [u64; 13] = [
@@ -96,10 +137,16 @@ pub struct AppMetrics {
     pub forwarded: Series,
 }
 
-/// Every app's metrics on this host.
+/// Every app's metrics on this host, and the host's own gauges.
 #[derive(Debug, Default)]
 pub struct Metrics {
     apps: RwLock<BTreeMap<String, Arc<AppMetrics>>>,
+    /// Replicas assigned to this host and running or starting.
+    pub replicas: AtomicU64,
+    /// Of those, the ready ones (serving traffic).
+    pub ready_replicas: AtomicU64,
+    /// Guest output lines dropped because publishing could not keep up.
+    pub log_lines_dropped: AtomicU64,
 }
 
 impl Metrics {
@@ -126,6 +173,94 @@ impl Metrics {
     /// The metrics of `app`, if it had requests.
     pub fn app(&self, app: &str) -> Option<Arc<AppMetrics>> {
         self.apps.read().ok()?.get(app).cloned()
+    }
+
+    /// Everything, in the Prometheus text exposition format (version 0.0.4).
+    pub fn render(&self) -> String {
+        let apps: Vec<(String, Arc<AppMetrics>)> = match self.apps.read() {
+            Ok(apps) => apps
+                .iter()
+                .map(|(app, metrics)| (app.clone(), Arc::clone(metrics)))
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        let series = || {
+            apps.iter().flat_map(|(app, metrics)| {
+                let (namespace, name) = app.split_once('/').unwrap_or(("", app.as_str()));
+                [
+                    (namespace, name, "local", &metrics.local),
+                    (namespace, name, "forwarded", &metrics.forwarded),
+                ]
+                .into_iter()
+                .filter(|(_, _, _, series)| series.count() > 0)
+            })
+        };
+        let mut out = String::new();
+        out.push_str("# HELP shoal_http_requests_total Requests answered through this host's ingress, by app, path (local replica or forwarded over NATS) and outcome.\n");
+        out.push_str("# TYPE shoal_http_requests_total counter\n");
+        for (namespace, app, path, series) in series() {
+            for (outcome, counter) in [
+                ("success", &series.ok),
+                ("client_error", &series.client_errors),
+                ("server_error", &series.server_errors),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "shoal_http_requests_total{{namespace=\"{namespace}\",app=\"{app}\",path=\"{path}\",outcome=\"{outcome}\"}} {}",
+                    counter.load(Ordering::Relaxed)
+                );
+            }
+        }
+        out.push_str("# HELP shoal_http_request_duration_seconds Time from a request's arrival to its response head, by app and path.\n");
+        out.push_str("# TYPE shoal_http_request_duration_seconds histogram\n");
+        for (namespace, app, path, series) in series() {
+            let labels = format!("namespace=\"{namespace}\",app=\"{app}\",path=\"{path}\"");
+            let mut cumulative = 0;
+            for (index, bucket) in series.buckets.iter().enumerate() {
+                cumulative += bucket.load(Ordering::Relaxed);
+                let bound = BUCKETS_MICROS.get(index).map_or_else(
+                    || "+Inf".to_owned(),
+                    |micros| (*micros as f64 / 1e6).to_string(),
+                );
+                let _ = writeln!(
+                    out,
+                    "shoal_http_request_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {cumulative}"
+                );
+            }
+            let _ = writeln!(
+                out,
+                "shoal_http_request_duration_seconds_sum{{{labels}}} {}",
+                series.sum_micros.load(Ordering::Relaxed) as f64 / 1e6
+            );
+            let _ = writeln!(
+                out,
+                "shoal_http_request_duration_seconds_count{{{labels}}} {cumulative}"
+            );
+        }
+        for (name, help, value) in [
+            (
+                "shoal_replicas",
+                "Replicas assigned to this host and running or starting.",
+                &self.replicas,
+            ),
+            (
+                "shoal_ready_replicas",
+                "Replicas on this host that are ready and get traffic.",
+                &self.ready_replicas,
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {}",
+                value.load(Ordering::Relaxed)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP shoal_log_lines_dropped_total Guest output lines dropped because publishing could not keep up.\n# TYPE shoal_log_lines_dropped_total counter\nshoal_log_lines_dropped_total {}",
+            self.log_lines_dropped.load(Ordering::Relaxed)
+        );
+        out
     }
 }
 
@@ -173,5 +308,23 @@ mod tests {
             Some(Duration::from_micros(u64::MAX))
         );
         assert!(metrics.app("default/other").is_none());
+
+        let text = metrics.render();
+        assert!(text.contains("shoal_http_requests_total{namespace=\"default\",app=\"hello\",path=\"local\",outcome=\"success\"} 4\n"), "{text}");
+        assert!(text.contains("shoal_http_requests_total{namespace=\"default\",app=\"hello\",path=\"forwarded\",outcome=\"server_error\"} 1\n"), "{text}");
+        assert!(text.contains("shoal_http_request_duration_seconds_bucket{namespace=\"default\",app=\"hello\",path=\"local\",le=\"0.001\"} 2\n"), "{text}");
+        assert!(text.contains("shoal_http_request_duration_seconds_bucket{namespace=\"default\",app=\"hello\",path=\"local\",le=\"0.005\"} 3\n"), "{text}");
+        assert!(text.contains("shoal_http_request_duration_seconds_bucket{namespace=\"default\",app=\"hello\",path=\"local\",le=\"+Inf\"} 4\n"), "{text}");
+        assert!(text.contains("shoal_http_request_duration_seconds_count{namespace=\"default\",app=\"hello\",path=\"forwarded\"} 2\n"), "{text}");
+        assert!(text.contains("shoal_http_request_duration_seconds_sum{namespace=\"default\",app=\"hello\",path=\"local\"} 0.045\n"), "{text}");
+        assert!(
+            text.contains("# TYPE shoal_ready_replicas gauge\nshoal_ready_replicas 0\n"),
+            "{text}"
+        );
+        // Every sample line is NAME{LABELS} VALUE or NAME VALUE with a numeric value.
+        for line in text.lines().filter(|line| !line.starts_with('#')) {
+            let value = line.rsplit(' ').next().unwrap();
+            assert!(value.parse::<f64>().is_ok(), "{line}");
+        }
     }
 }

@@ -72,6 +72,11 @@ pub struct HostArgs {
     )]
     pub tls_keys: Vec<PathBuf>,
 
+    /// Serve Prometheus metrics at http://ADDR/metrics: requests and latencies per app
+    /// (local and forwarded), replicas, dropped guest output [default: off].
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
+
     /// Do not use the pooling allocator (for machines with little address space).
     #[arg(long)]
     pub no_pooling: bool,
@@ -212,6 +217,24 @@ pub async fn run(args: HostArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
     let mut options = args.agent_options(id);
     options.tls = tls;
     let agent = Agent::new(connection, runtime, OciFetch(client), options);
-    agent.run(listener, crate::signals::shutdown()).await?;
+    let metrics = match args.metrics {
+        Some(address) => {
+            let listener = tokio::net::TcpListener::bind(address)
+                .await
+                .with_context(|| format!("cannot listen on {address} for metrics"))?;
+            eprintln!("metrics on http://{}/metrics", listener.local_addr()?);
+            Some(tokio::spawn(shoal_host::metrics::serve(
+                agent.metrics(),
+                listener,
+                std::future::pending(),
+            )))
+        }
+        None => None,
+    };
+    let result = agent.run(listener, crate::signals::shutdown()).await;
+    if let Some(metrics) = metrics {
+        metrics.abort();
+    }
+    result?;
     Ok(0)
 }

@@ -149,6 +149,7 @@ async fn serve(args: &UpArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
         drain: Duration::from_secs(10),
         tls_certs: Vec::new(),
         tls_keys: Vec::new(),
+        metrics: None,
         no_pooling: false,
         registry: args.registry.clone(),
     };
