@@ -15,12 +15,11 @@ use std::time::Duration;
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
-use shoal_lattice::logs::MAX_BATCH_BYTES;
 use shoal_lattice::names::{host_assignments, replica_status_key};
 use shoal_lattice::records::{
     AppRecord, Assignment, Capacity, HostRecord, Phase, ReplicaStatus, now_millis,
 };
-use shoal_lattice::{Bucket, Lattice, LogLine, Output, Versioned};
+use shoal_lattice::{Bucket, Lattice, Versioned};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
@@ -29,8 +28,9 @@ use crate::forward::{DEFAULT_FORWARD_LIMIT, Forwarder, Listener, Pick, SERVED_BY
 use crate::guest::{GuestOptions, OutboundPolicy, ServiceLink, Services};
 use crate::http::{HttpComponent, Peer, ResponseBody, plain, serve_with};
 use crate::limits::Limits;
+use crate::logs::{LOG_BUFFER, ReplicaLine, ReplicaLogs, publish_logs};
 use crate::metrics::{Metrics, Path as MetricsPath};
-use crate::output::{GuestOutput, LineSink};
+use crate::output::GuestOutput;
 use crate::router::{AppRoutes, Lookup, Router};
 
 /// How a host joins and behaves.
@@ -318,15 +318,12 @@ impl<F: Fetch> Agent<F> {
                 router: Arc::clone(&self.router),
                 forwarder: self.forwarder.clone(),
             });
-            let output = GuestOutput(Arc::new(ReplicaLogs {
-                lines: log_lines.clone(),
-                host: self.options.id.clone(),
-                namespace: assignment.namespace.clone(),
-                app: assignment.app.clone(),
-                replica: assignment.replica.clone(),
-                revision: assignment.revision,
-                metrics: Arc::clone(&self.metrics),
-            }));
+            let output = GuestOutput(Arc::new(ReplicaLogs::new(
+                log_lines.clone(),
+                &self.options.id,
+                assignment,
+                Arc::clone(&self.metrics),
+            )));
             let task = tokio::spawn(start(
                 self.lattice.clone(),
                 Arc::clone(&self.runtime),
@@ -553,85 +550,6 @@ impl<F: Fetch> Agent<F> {
 struct Links {
     services: Arc<dyn Services>,
     output: GuestOutput,
-}
-
-/// Guest output lines waiting to be published, per host; past this, new lines are dropped
-/// rather than holding a guest up.
-const LOG_BUFFER: usize = 4096;
-
-/// A line of one app's guest output, on its way to the lattice.
-type ReplicaLine = (String, String, LogLine);
-
-/// Hands a replica's output lines to the host's publisher, never waiting.
-struct ReplicaLogs {
-    lines: mpsc::Sender<ReplicaLine>,
-    host: String,
-    namespace: String,
-    app: String,
-    replica: String,
-    revision: u64,
-    metrics: Arc<Metrics>,
-}
-
-impl LineSink for ReplicaLogs {
-    fn line(&self, output: Output, line: &str) {
-        tracing::debug!(target: "shoal::guest", app = %self.app, replica = %self.replica, ?output, "{line}");
-        let line = LogLine {
-            host: self.host.clone(),
-            replica: self.replica.clone(),
-            revision: self.revision,
-            output,
-            time: now_millis(),
-            line: line.to_owned(),
-        };
-        if self
-            .lines
-            .try_send((self.namespace.clone(), self.app.clone(), line))
-            .is_err()
-        {
-            let dropped = self
-                .metrics
-                .log_lines_dropped
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            if dropped.is_multiple_of(1000) {
-                tracing::warn!(app = %self.app, dropped = dropped + 1, "guest output dropped: the lattice is not keeping up");
-            }
-        }
-    }
-}
-
-/// How long the publisher gathers lines after the first of a batch: output reaches
-/// `shoal logs -f` at most this much later, and a chatty guest costs the lattice one
-/// message per app per period instead of one per line.
-const LOG_BATCH_WINDOW: Duration = Duration::from_millis(20);
-
-/// Publishes guest output lines to the lattice's logs, in order, until the host leaves:
-/// what arrives within [`LOG_BATCH_WINDOW`] of a batch's first line (up to
-/// [`MAX_BATCH_BYTES`]) goes out together, one message per app.
-async fn publish_logs(lattice: Lattice, mut lines: mpsc::Receiver<ReplicaLine>) {
-    let mut batches: BTreeMap<(String, String), Vec<LogLine>> = BTreeMap::new();
-    while let Some(first) = lines.recv().await {
-        let deadline = tokio::time::Instant::now() + LOG_BATCH_WINDOW;
-        let mut bytes = 0;
-        let mut next = Some(first);
-        while let Some((namespace, app, line)) = next {
-            bytes += line.cost();
-            batches.entry((namespace, app)).or_default().push(line);
-            next = if bytes < MAX_BATCH_BYTES {
-                tokio::time::timeout_at(deadline, lines.recv())
-                    .await
-                    .ok()
-                    .flatten()
-            } else {
-                None
-            };
-        }
-        for ((namespace, app), batch) in std::mem::take(&mut batches) {
-            if let Err(error) = lattice.publish_logs(&namespace, &app, &batch).await {
-                tracing::debug!(%error, lines = batch.len(), "guest output was not published");
-            }
-        }
-    }
 }
 
 async fn report(

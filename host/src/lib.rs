@@ -8,6 +8,7 @@
 //! - [`command`]: running a wasi:cli command component to completion;
 //! - [`output`]: guest stdout and stderr cut into lines for a sink (the app's logs);
 //! - [`agent`]: `shoal host`, the lattice agent converging on its assignments;
+//! - [`logs`]: lattice replicas' guest output, queued and published to the lattice's logs;
 //! - [`router`]: the ingress routing table over ready local replicas.
 
 pub mod agent;
@@ -18,6 +19,7 @@ pub mod forward;
 pub mod guest;
 pub mod http;
 pub mod limits;
+pub mod logs;
 pub mod metrics;
 pub mod output;
 pub mod router;
