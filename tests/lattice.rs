@@ -556,3 +556,79 @@ fn logs_show_what_replicas_wrote_on_any_host_and_follow_new_lines() {
     assert!(!ok);
     assert!(stderr.contains("there is no app default/nope"), "{stderr}");
 }
+
+#[test]
+fn events_tell_what_the_scheduler_and_the_hosts_did() {
+    let lattice = Lattice::start();
+    let _scheduler = lattice.scheduler("s1");
+    let mut hosts = [lattice.host("a", &[]), lattice.host("b", &[])];
+    let hello = lattice.push_hello("1.0");
+    lattice.apply(&hello_manifest("hello", &hello, 1, ""));
+    let first = lattice
+        .wait_ready("hello", 1, PATIENCE)
+        .into_keys()
+        .next()
+        .unwrap();
+    let replica = replica_ids(&lattice, "hello").remove(0);
+    let events = |args: &[&str]| -> Vec<serde_json::Value> {
+        let mut all = vec!["events", "-o", "json"];
+        all.extend_from_slice(args);
+        lattice
+            .ok(&all)
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect()
+    };
+    let find = |events: &[serde_json::Value], reason: &str, host: &str| {
+        events
+            .iter()
+            .find(|event| event["reason"] == reason && event["host"] == host)
+            .cloned()
+    };
+    let (placed, ready) = eventually(PATIENCE, "Placed and Ready events", || {
+        let events = events(&["--app", "hello"]);
+        Some((
+            find(&events, "Placed", &first)?,
+            find(&events, "Ready", &first)?,
+        ))
+    });
+    assert_eq!(placed["source"], "scheduler s1");
+    assert_eq!(placed["replica"], replica.as_str());
+    assert_eq!(placed["app"], "hello");
+    assert_eq!(
+        placed["message"],
+        format!("replica {replica} placed on host {first} (revision 1)")
+    );
+    assert_eq!(ready["source"], format!("host {first}"));
+
+    // The host running the replica dies: the scheduler says so and places it again.
+    let other = if first == "a" { "b" } else { "a" };
+    hosts
+        .iter_mut()
+        .find(|host| host.id == first)
+        .unwrap()
+        .kill();
+    let (lost, removed) = eventually(PATIENCE, "the loss and the replacement as events", || {
+        let events = events(&[]);
+        find(&events, "Ready", other)?;
+        find(&events, "Placed", other)?;
+        Some((
+            find(&events, "HostLost", &first)?,
+            find(&events, "Removed", &first)?,
+        ))
+    });
+    assert_eq!(lost["source"], "scheduler s1");
+    assert!(lost["app"].is_null());
+    assert_eq!(
+        removed["message"],
+        format!("replica {replica} removed from host {first}: its host is lost")
+    );
+    // Host events are not an app's; text for people has the reason and the object.
+    assert!(find(&events(&["--app", "hello"]), "HostLost", &first).is_none());
+    let text = lattice.ok(&["events", "--since", "1h"]);
+    assert!(
+        text.lines()
+            .any(|line| line.contains("HostLost") && line.contains(&format!("host {first}"))),
+        "{text}"
+    );
+}

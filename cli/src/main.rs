@@ -48,6 +48,7 @@ enum Command {
     Delete(commands::delete::DeleteArgs),
     Rollout(commands::rollout::RolloutArgs),
     Logs(commands::logs::LogsArgs),
+    Events(commands::events::EventsArgs),
 }
 
 fn main() -> ExitCode {
@@ -89,6 +90,7 @@ fn main() -> ExitCode {
             Command::Delete(args) => commands::delete::run(args, &cli.lattice).await,
             Command::Rollout(args) => commands::rollout::run(args, &cli.lattice).await,
             Command::Logs(args) => commands::logs::run(args, &cli.lattice).await,
+            Command::Events(args) => commands::events::run(args, &cli.lattice).await,
         }
     });
     match result {

@@ -19,7 +19,7 @@ use shoal_lattice::names::{host_assignments, replica_status_key};
 use shoal_lattice::records::{
     AppRecord, Assignment, Capacity, HostRecord, Phase, ReplicaStatus, now_millis,
 };
-use shoal_lattice::{Bucket, Lattice, Versioned};
+use shoal_lattice::{Bucket, Event, Lattice, Versioned};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
@@ -377,15 +377,49 @@ impl<F: Fetch> Agent<F> {
                     prober,
                 };
                 tracing::info!(%replica, app = %entry.assignment.app, "replica ready");
+                self.emit(
+                    &entry.assignment,
+                    "Ready",
+                    format!(
+                        "replica {replica} ready on host {} (revision {})",
+                        self.options.id, entry.assignment.revision
+                    ),
+                )
+                .await;
                 (Phase::Ready, None, None)
             }
             Err((reason, message)) => {
                 entry.state = ReplicaState::Failed;
                 tracing::warn!(%replica, app = %entry.assignment.app, %reason, %message, "replica failed to start");
+                self.emit(
+                    &entry.assignment,
+                    "Failed",
+                    format!(
+                        "replica {replica} failed to start on host {} ({reason}): {message}",
+                        self.options.id
+                    ),
+                )
+                .await;
                 (Phase::Failed, Some(reason), Some(message))
             }
         };
         report(&self.lattice, &entry.assignment, phase, reason, message).await;
+    }
+
+    /// Tells the lattice's events what happened to `assignment`'s replica here.
+    async fn emit(&self, assignment: &Assignment, reason: &str, message: String) {
+        self.lattice
+            .emit(
+                Event::app(
+                    &format!("host {}", self.options.id),
+                    &assignment.namespace,
+                    &assignment.app,
+                    reason,
+                    message,
+                )
+                .on(&self.options.id, &assignment.replica),
+            )
+            .await;
     }
 
     /// A serving replica's health changed: it gets traffic only while healthy.
@@ -408,9 +442,21 @@ impl<F: Fetch> Agent<F> {
         }
         if healthy {
             tracing::info!(%replica, "replica healthy again");
+            self.emit(
+                &entry.assignment,
+                "Healthy",
+                format!("replica {replica} answers its health path again: it gets traffic"),
+            )
+            .await;
             report(&self.lattice, &entry.assignment, Phase::Ready, None, None).await;
         } else {
             tracing::warn!(%replica, %message, "replica unhealthy: no traffic until its health path answers 2xx");
+            self.emit(
+                &entry.assignment,
+                "Unhealthy",
+                format!("replica {replica} gets no traffic: {message}"),
+            )
+            .await;
             report(
                 &self.lattice,
                 &entry.assignment,

@@ -59,9 +59,9 @@ pub enum Error {
         /// Why.
         reason: String,
     },
-    /// The logs stream could not be made, written or read.
-    #[error("the lattice's logs stream {stream}: {reason}")]
-    Logs {
+    /// A journal's stream (logs, events) could not be made, written or read.
+    #[error("the lattice's JetStream stream {stream}: {reason}")]
+    Stream {
         /// Stream name.
         stream: String,
         /// Why.

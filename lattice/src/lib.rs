@@ -6,6 +6,8 @@
 //! writes that can race are compare-and-set on the key's revision.
 
 pub mod error;
+pub mod events;
+pub mod journal;
 pub mod logs;
 pub mod mirror;
 pub mod names;
@@ -14,7 +16,9 @@ pub mod records;
 pub mod store;
 
 pub use error::Error;
-pub use logs::{LogLine, LogReader, LogStart, Output};
+pub use events::Event;
+pub use journal::{Journal, Reader, Start};
+pub use logs::{LogLine, LogReader, Output};
 pub use mirror::Mirror;
 pub use names::Bucket;
 pub use store::{ConnectOptions, Lattice, NatsAuth, NatsTls, Versioned};

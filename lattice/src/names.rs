@@ -141,26 +141,6 @@ pub fn http_subject(lattice: &str, namespace: &str, app: &str) -> String {
     format!("shoal.{lattice}.{PROTOCOL}.http.{namespace}.{app}")
 }
 
-/// The subject a host publishes an app's guest output on, a line a message.
-pub fn logs_subject(lattice: &str, namespace: &str, app: &str) -> String {
-    format!("shoal.{lattice}.{PROTOCOL}.logs.{namespace}.{app}")
-}
-
-/// Every app's log subject in `lattice`: what the logs stream keeps.
-pub fn logs_subjects(lattice: &str) -> String {
-    format!("shoal.{lattice}.{PROTOCOL}.logs.>")
-}
-
-/// The JetStream stream that keeps recent guest output of every app in `lattice`.
-pub fn logs_stream(lattice: &str) -> String {
-    format!("shoal-{lattice}-{PROTOCOL}-logs")
-}
-
-/// The subject of lattice events.
-pub fn events_subject(lattice: &str) -> String {
-    format!("shoal.{lattice}.{PROTOCOL}.events")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -184,11 +164,13 @@ mod tests {
         assert_eq!(names.len(), Bucket::ALL.len());
         assert_eq!(Bucket::Apps.name("dev"), "shoal-dev-v1-apps");
         assert_eq!(assignment_key("h1", "hello-1a2b"), "h1.hello-1a2b");
-        assert_eq!(events_subject("dev"), "shoal.dev.v1.events");
         assert_eq!(
-            logs_subject("dev", "default", "hello"),
+            crate::journal::Journal::Logs.subject("dev", "default.hello"),
             "shoal.dev.v1.logs.default.hello"
         );
-        assert_eq!(logs_stream("dev"), "shoal-dev-v1-logs");
+        assert_eq!(
+            crate::journal::Journal::Events.stream("dev"),
+            "shoal-dev-v1-events"
+        );
     }
 }

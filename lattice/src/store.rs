@@ -153,10 +153,12 @@ impl Lattice {
                 open_bucket(&context, &bucket.name(&options.lattice), bucket.history()).await?,
             );
         }
-        // Hosts publish guest output with plain NATS: the stream must exist to keep it. A
-        // server short of JetStream storage still runs apps; only their logs are not kept.
-        if let Err(error) = crate::logs::open_logs(&context, &options.lattice).await {
-            tracing::warn!(%error, "guest output will not be kept");
+        // Logs and events are published with plain NATS: their streams must exist to keep
+        // them. A server short of JetStream storage still runs apps; only these are lost.
+        for journal in crate::journal::Journal::ALL {
+            if let Err(error) = crate::journal::open(&context, &options.lattice, journal).await {
+                tracing::warn!(%error, "the lattice will not keep these records");
+            }
         }
         Ok(Self {
             client,

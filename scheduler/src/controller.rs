@@ -13,7 +13,7 @@ use shoal_lattice::records::{
     AppRecord, AppSpec, AppStatus, Assignment, Condition, FailedRollout, HostRecord, Phase,
     ReplicaStatus, RevisionRecord, now_millis,
 };
-use shoal_lattice::{Bucket, Error, Lattice, Mirror, Versioned};
+use shoal_lattice::{Bucket, Error, Event, Lattice, Mirror, Versioned};
 
 use crate::apply;
 use crate::lease::LeaseKeeper;
@@ -110,6 +110,9 @@ struct State {
     rollouts: HashMap<String, (u64, Instant)>,
     /// Per app, the last failed rollout, until a later revision completes.
     failed: HashMap<String, FailedRollout>,
+    /// The live hosts of the last pass, to tell joins and losses as events; `None` before
+    /// the first pass (a new leader reports changes, not the hosts it finds).
+    live_hosts: Option<HashSet<String>>,
 }
 
 /// How long a rollout may take when the app says nothing.
@@ -135,6 +138,7 @@ pub async fn run(
         backoff: HashMap::new(),
         rollouts: HashMap::new(),
         failed: HashMap::new(),
+        live_hosts: None,
     };
     let mut lease = LeaseKeeper::new(lattice.clone(), options.id.clone(), options.lease);
     let mut changes = [
@@ -211,6 +215,42 @@ async fn pass(
     now: Instant,
 ) -> Result<(), Error> {
     let live = state.liveness.live(options.host_timeout, now);
+    let source = format!("scheduler {}", options.id);
+    let known: HashSet<String> = state
+        .hosts
+        .snapshot()
+        .into_iter()
+        .map(|host| host.key)
+        .collect();
+    if let Some(before) = &state.live_hosts {
+        for host in before.difference(&live) {
+            let (reason, message) = if known.contains(host) {
+                (
+                    "HostLost",
+                    format!(
+                        "host {host} sent no heartbeat for {}: its replicas are placed elsewhere",
+                        humantime::format_duration(options.host_timeout)
+                    ),
+                )
+            } else {
+                ("HostLeft", format!("host {host} left the lattice"))
+            };
+            lattice
+                .emit(Event::host(&source, host, reason, message))
+                .await;
+        }
+        for host in live.difference(before) {
+            lattice
+                .emit(Event::host(
+                    &source,
+                    host,
+                    "HostJoined",
+                    format!("host {host} is live"),
+                ))
+                .await;
+        }
+    }
+    state.live_hosts = Some(live.clone());
     let hosts: BTreeMap<String, HostRecord> = state
         .hosts
         .snapshot()
@@ -304,6 +344,36 @@ async fn pass(
         }
         for (assignment_key, revision) in &step.remove {
             remove(lattice, state, assignment_key, *revision, now).await?;
+            if let Some(assignment) = mine
+                .iter()
+                .find(|assignment| &assignment.key == assignment_key)
+            {
+                let removed = &assignment.value;
+                let why = if !live.contains(&removed.host) {
+                    "its host is lost".to_owned()
+                } else if reconcile::in_phase(removed, &status, Phase::Failed) {
+                    "it failed".to_owned()
+                } else if removed.revision != app.revision {
+                    format!("revision {} replaces it", app.revision)
+                } else {
+                    "the app has fewer replicas".to_owned()
+                };
+                lattice
+                    .emit(
+                        Event::app(
+                            &source,
+                            &app.namespace,
+                            &app.name,
+                            "Removed",
+                            format!(
+                                "replica {} removed from host {}: {why}",
+                                removed.replica, removed.host
+                            ),
+                        )
+                        .on(&removed.host, &removed.replica),
+                    )
+                    .await;
+            }
             // A lost host cannot clean up its own replica status.
             if let Some(assignment) = mine
                 .iter()
@@ -343,6 +413,21 @@ async fn pass(
                     .create(Bucket::Assignments, &record_key, &assignment)
                     .await?;
                 tracing::info!(app = %key, replica = %assignment.replica, %host, "placed");
+                lattice
+                    .emit(
+                        Event::app(
+                            &source,
+                            &app.namespace,
+                            &app.name,
+                            "Placed",
+                            format!(
+                                "replica {} placed on host {host} (revision {})",
+                                assignment.replica, app.revision
+                            ),
+                        )
+                        .on(host, &assignment.replica),
+                    )
+                    .await;
                 let record = Versioned {
                     key: record_key.clone(),
                     revision,
@@ -359,7 +444,7 @@ async fn pass(
                 unplaced = Some(format!("{} replica(s) unplaced: {report}", plan.unplaced));
             }
         }
-        check_progress(lattice, state, &app, &assignments, &status, now).await?;
+        check_progress(lattice, &source, state, &app, &assignments, &status, now).await?;
         write_status(lattice, state, &app, &assignments, &status, unplaced).await?;
     }
     Ok(())
@@ -450,6 +535,7 @@ fn request(
 /// revision it was replacing, as a new revision.
 async fn check_progress(
     lattice: &Lattice,
+    source: &str,
     state: &mut State,
     app: &AppRecord,
     assignments: &[Versioned<Assignment>],
@@ -525,6 +611,22 @@ async fn check_progress(
         rolled_back_to: None,
     };
     tracing::warn!(app = %key, reason = %failed.reason, "rollout failed");
+    // Told once per failed revision, not on every pass past the deadline.
+    if state
+        .failed
+        .get(&key)
+        .is_none_or(|earlier| earlier.revision != failed.revision)
+    {
+        lattice
+            .emit(Event::app(
+                source,
+                &app.namespace,
+                &app.name,
+                "RolloutFailed",
+                failed.reason.clone(),
+            ))
+            .await;
+    }
     if rollout
         .and_then(|rollout| rollout.auto_rollback)
         .unwrap_or(true)
@@ -555,6 +657,18 @@ async fn check_progress(
             match apply::store(lattice, &record, Some(current.revision), Some(cause)).await {
                 Ok(_) => {
                     tracing::warn!(app = %key, to = old_revision, as_revision = record.revision, "rolled back");
+                    lattice
+                        .emit(Event::app(
+                            source,
+                            &app.namespace,
+                            &app.name,
+                            "RolledBack",
+                            format!(
+                                "back to the template of revision {old_revision}, as revision {}",
+                                record.revision
+                            ),
+                        ))
+                        .await;
                     failed.rolled_back_to = Some(old_revision);
                 }
                 // Someone changed the app meanwhile: their change wins.

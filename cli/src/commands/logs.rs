@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 use shoal_lattice::names::app_key;
 use shoal_lattice::records::{AppRecord, DEFAULT_NAMESPACE, now_millis};
-use shoal_lattice::{Bucket, LogLine, LogStart, Output};
+use shoal_lattice::{Bucket, LogLine, Output, Start};
 
 use crate::lattice::LatticeArgs;
 
@@ -69,11 +69,11 @@ pub async fn run(args: LogsArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
         );
     }
     let start = match (args.since, args.tail) {
-        (_, Some(0)) => LogStart::New,
-        (Some(since), _) => LogStart::Since(
+        (_, Some(0)) => Start::New,
+        (Some(since), _) => Start::Since(
             now_millis().saturating_sub(u64::try_from(since.as_millis()).unwrap_or(u64::MAX)),
         ),
-        (None, _) => LogStart::Oldest,
+        (None, _) => Start::Oldest,
     };
     let mut reader = connection
         .logs(&args.namespace, &args.app, start, args.follow)

@@ -1,0 +1,96 @@
+//! `shoal events`: what happened in the lattice (replicas placed, ready, failed or removed,
+//! hosts joining or lost, rollouts failing and rolling back), oldest first, and with `-f`
+//! what happens next.
+
+use std::io::Write;
+use std::time::{Duration, UNIX_EPOCH};
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use shoal_lattice::records::{DEFAULT_NAMESPACE, now_millis};
+use shoal_lattice::{Event, Start};
+
+use crate::lattice::LatticeArgs;
+
+/// Show what happened in the lattice.
+///
+/// The scheduler reports replicas it places and removes, hosts it finds live or loses, and
+/// rollouts that fail or roll back; hosts report replicas that become ready, fail to start
+/// or stop passing their health check. The lattice keeps the last hour.
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    /// Only events of this app.
+    #[arg(long)]
+    pub app: Option<String>,
+    /// The app's namespace, with --app.
+    #[arg(short, long, default_value = DEFAULT_NAMESPACE, requires = "app")]
+    pub namespace: String,
+    /// Keep printing new events as they happen, until ctrl-c.
+    #[arg(short, long)]
+    pub follow: bool,
+    /// Only events within this long, like 10m.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub since: Option<Duration>,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t)]
+    pub output: EventFormat,
+}
+
+/// How events are printed.
+#[derive(Debug, Clone, Copy, Default, ValueEnum)]
+pub enum EventFormat {
+    /// `TIME REASON OBJECT MESSAGE`, a line each.
+    #[default]
+    Text,
+    /// One JSON object a line.
+    Json,
+}
+
+pub async fn run(args: EventsArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
+    let connection = lattice.connect("shoal events").await?;
+    let start = match args.since {
+        Some(since) => Start::Since(
+            now_millis().saturating_sub(u64::try_from(since.as_millis()).unwrap_or(u64::MAX)),
+        ),
+        None => Start::Oldest,
+    };
+    let app = args
+        .app
+        .as_deref()
+        .map(|app| (args.namespace.as_str(), app));
+    let mut reader = connection.events(app, start, args.follow).await?;
+    let mut out = std::io::stdout().lock();
+    let stop = crate::signals::shutdown();
+    tokio::pin!(stop);
+    loop {
+        let next = tokio::select! {
+            () = &mut stop => break,
+            next = reader.next() => next,
+        };
+        let Some(event) = next else { break };
+        let mut line = render(&event?, args.output)?;
+        line.push('\n');
+        match out.write_all(line.as_bytes()).and_then(|()| out.flush()) {
+            // `shoal events | head` closing the pipe is not an error.
+            Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => break,
+            result => result.context("cannot write to stdout")?,
+        }
+    }
+    Ok(0)
+}
+
+fn render(event: &Event, format: EventFormat) -> anyhow::Result<String> {
+    Ok(match format {
+        EventFormat::Json => serde_json::to_string(event).context("cannot encode an event")?,
+        EventFormat::Text => {
+            let time =
+                humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(event.time));
+            format!(
+                "{time}  {:<13} {:<24} {}",
+                event.reason,
+                event.object(),
+                event.message
+            )
+        }
+    })
+}

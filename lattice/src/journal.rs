@@ -1,0 +1,246 @@
+//! Journals: JetStream streams that keep a lattice's recent records of one kind (guest log
+//! lines, events), bounded by size and age. Records are published fire and forget, a JSON
+//! array a message (a batch of one or many), and read back in order, from the oldest, a
+//! start time or only new ones, either to the end of what was there when reading began
+//! or on as they come.
+
+use std::collections::VecDeque;
+use std::marker::PhantomData;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, stream};
+use futures_util::StreamExt;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::names::PROTOCOL;
+use crate::{Error, Lattice};
+
+/// The largest message a journal takes (NATS's default payload limit).
+const MAX_MESSAGE: i32 = 1 << 20;
+
+/// A lattice's journals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Journal {
+    /// Guest output, subjects `…logs.<namespace>.<app>`.
+    Logs,
+    /// What happened in the lattice, subjects `…events.<namespace>.<app>` and
+    /// `…events.hosts.<host>`.
+    Events,
+}
+
+impl Journal {
+    /// Every journal, for setup.
+    pub const ALL: [Journal; 2] = [Journal::Logs, Journal::Events];
+
+    fn suffix(self) -> &'static str {
+        match self {
+            Journal::Logs => "logs",
+            Journal::Events => "events",
+        }
+    }
+
+    /// The stream's name: `shoal-<lattice>-v1-<journal>`.
+    pub fn stream(self, lattice: &str) -> String {
+        format!("shoal-{lattice}-{PROTOCOL}-{}", self.suffix())
+    }
+
+    /// The subject of records about `tail` (dot-separated tokens): `shoal.<lattice>.v1.<journal>.<tail>`.
+    pub fn subject(self, lattice: &str, tail: &str) -> String {
+        format!("shoal.{lattice}.{PROTOCOL}.{}.{tail}", self.suffix())
+    }
+
+    /// How much the journal keeps, over the whole lattice: the oldest records go first.
+    pub fn kept_bytes(self) -> i64 {
+        match self {
+            Journal::Logs => 64 << 20,
+            Journal::Events => 16 << 20,
+        }
+    }
+
+    /// How long the journal keeps a record.
+    pub fn kept_for(self) -> Duration {
+        match self {
+            Journal::Logs => Duration::from_secs(24 * 3600),
+            Journal::Events => Duration::from_secs(3600),
+        }
+    }
+}
+
+/// Where reading a journal starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// The oldest record kept.
+    Oldest,
+    /// The first record written at or after this time (milliseconds since the Unix epoch).
+    Since(u64),
+    /// Only records written from now on.
+    New,
+}
+
+/// Reads records of one journal subject filter in the order they were written.
+pub struct Reader<T> {
+    messages: consumer::pull::Ordered,
+    /// Records of the last message not handed out yet.
+    batch: VecDeque<T>,
+    /// The stream sequence of the last message when reading began; 0 for none.
+    backlog_end: u64,
+    caught_up: bool,
+    follow: bool,
+    stream: String,
+    _records: PhantomData<fn() -> T>,
+}
+
+impl<T: DeserializeOwned> Reader<T> {
+    /// The next record. Without follow, `None` once every record that existed when reading
+    /// began has been read; with follow, waits for new ones.
+    ///
+    /// # Errors
+    /// [`Error::Stream`] when the stream cannot be read; a message this Shoal cannot decode
+    /// is skipped, not an error.
+    pub async fn next(&mut self) -> Option<Result<T, Error>> {
+        loop {
+            if let Some(record) = self.batch.pop_front() {
+                return Some(Ok(record));
+            }
+            if self.caught_up && !self.follow {
+                return None;
+            }
+            let message = match self.messages.next().await? {
+                Ok(message) => message,
+                Err(error) => {
+                    return Some(Err(Error::Stream {
+                        stream: self.stream.clone(),
+                        reason: error.to_string(),
+                    }));
+                }
+            };
+            let sequence = message.info().map_or(0, |info| info.stream_sequence);
+            if sequence >= self.backlog_end {
+                self.caught_up = true;
+            }
+            if let Ok(records) = serde_json::from_slice::<Vec<T>>(&message.payload) {
+                self.batch = records.into();
+            }
+        }
+    }
+
+    /// Whether every record that existed when reading began has been read: what comes
+    /// next is new.
+    pub fn caught_up(&self) -> bool {
+        self.caught_up && self.batch.is_empty()
+    }
+}
+
+impl Lattice {
+    /// Publishes `records` to `journal` on the subject ending in `tail`, as one message.
+    /// Fire and forget: records lost while NATS is unreachable are not retried.
+    ///
+    /// # Errors
+    /// [`Error::Stream`] when the records cannot be encoded or the client cannot take them.
+    pub async fn publish_to<T: Serialize>(
+        &self,
+        journal: Journal,
+        tail: &str,
+        records: &[T],
+    ) -> Result<(), Error> {
+        let failed = |reason: String| Error::Stream {
+            stream: journal.stream(self.name()),
+            reason,
+        };
+        let payload = serde_json::to_vec(records)
+            .map_err(|error| failed(format!("cannot encode: {error}")))?;
+        self.client()
+            .publish(journal.subject(self.name(), tail), payload.into())
+            .await
+            .map_err(|error| failed(error.to_string()))
+    }
+
+    /// Reads `journal`'s records on subjects matching `tail` (wildcards allowed) from
+    /// `start`; with `follow`, goes on with new ones as they are written.
+    ///
+    /// # Errors
+    /// [`Error::Stream`] when the stream cannot be read.
+    pub async fn read<T: DeserializeOwned>(
+        &self,
+        journal: Journal,
+        tail: &str,
+        start: Start,
+        follow: bool,
+    ) -> Result<Reader<T>, Error> {
+        let name = journal.stream(self.name());
+        let failed = |reason: String| Error::Stream {
+            stream: name.clone(),
+            reason,
+        };
+        let subject = journal.subject(self.name(), tail);
+        let stream = open(&jetstream::new(self.client().clone()), self.name(), journal).await?;
+        let deliver_policy = match start {
+            Start::Oldest => consumer::DeliverPolicy::All,
+            Start::Since(millis) => consumer::DeliverPolicy::ByStartTime {
+                start_time: time::OffsetDateTime::from_unix_timestamp_nanos(
+                    i128::from(millis) * 1_000_000,
+                )
+                .map_err(|error| failed(format!("bad start time: {error}")))?,
+            },
+            Start::New => consumer::DeliverPolicy::New,
+        };
+        let consumer = stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subject: subject.clone(),
+                deliver_policy,
+                ..Default::default()
+            })
+            .await
+            .map_err(|error| failed(error.to_string()))?;
+        // The backlog ends at the last matching message as of now: nothing when the
+        // consumer starts with nothing pending, else that message's sequence. Messages
+        // written after the consumer was made are pending too, so it is always reached.
+        let backlog_end = if consumer.cached_info().num_pending == 0 {
+            0
+        } else {
+            match stream.get_last_raw_message_by_subject(&subject).await {
+                Ok(message) => message.sequence,
+                Err(error) if error.kind() == stream::LastRawMessageErrorKind::NoMessageFound => 0,
+                Err(error) => return Err(failed(error.to_string())),
+            }
+        };
+        let messages = consumer
+            .messages()
+            .await
+            .map_err(|error| failed(error.to_string()))?;
+        Ok(Reader {
+            messages,
+            batch: VecDeque::new(),
+            backlog_end,
+            caught_up: backlog_end == 0,
+            follow,
+            stream: name,
+            _records: PhantomData,
+        })
+    }
+}
+
+/// Opens `journal`'s stream in `lattice`, making it when missing.
+pub(crate) async fn open(
+    context: &jetstream::Context,
+    lattice: &str,
+    journal: Journal,
+) -> Result<stream::Stream, Error> {
+    let name = journal.stream(lattice);
+    context
+        .get_or_create_stream(stream::Config {
+            name: name.clone(),
+            subjects: vec![journal.subject(lattice, ">")],
+            max_bytes: journal.kept_bytes(),
+            max_age: journal.kept_for(),
+            max_message_size: MAX_MESSAGE,
+            discard: stream::DiscardPolicy::Old,
+            ..Default::default()
+        })
+        .await
+        .map_err(|error| Error::Stream {
+            stream: name,
+            reason: format!("{error}; nats-server needs JetStream enabled (-js)"),
+        })
+}
