@@ -1,7 +1,7 @@
 //! Events: what happened in the lattice, for `shoal events`. The scheduler says when it
 //! places or removes a replica, loses or finds a host, or a rollout fails; hosts say when a
 //! replica becomes ready, fails or stops passing its health check. Each is published on
-//! `shoal.<lattice>.v1.events.<namespace>.<app>` (or `…events.hosts.<host>` for hosts) and
+//! `shoal.<lattice>.v1.events.<namespace>.<app>` (or `…events._hosts.<host>` for hosts) and
 //! kept an hour by the lattice's events [`Journal`].
 
 use serde::{Deserialize, Serialize};
@@ -84,8 +84,9 @@ impl Event {
     fn subject_tail(&self) -> String {
         match (&self.namespace, &self.app, &self.host) {
             (Some(namespace), Some(app), _) => format!("{namespace}.{app}"),
-            (_, _, Some(host)) => format!("hosts.{host}"),
-            _ => "lattice".to_owned(),
+            // `_` cannot start a namespace, so no app's subject can collide with a host's.
+            (_, _, Some(host)) => format!("_hosts.{host}"),
+            _ => "_lattice".to_owned(),
         }
     }
 }
@@ -133,10 +134,10 @@ mod tests {
         assert_eq!(placed.subject_tail(), "default.hello");
         let lost = Event::host("scheduler s1", "h1", "HostLost", "y".into());
         assert_eq!(lost.object(), "host h1");
-        assert_eq!(lost.subject_tail(), "hosts.h1");
+        assert_eq!(lost.subject_tail(), "_hosts.h1");
         assert_eq!(
             Journal::Events.subject("dev", &lost.subject_tail()),
-            "shoal.dev.v1.events.hosts.h1"
+            "shoal.dev.v1.events._hosts.h1"
         );
         let json = serde_json::to_value(&lost).unwrap_or_default();
         assert!(json.get("app").is_none(), "{json}");

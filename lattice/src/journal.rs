@@ -25,7 +25,7 @@ pub enum Journal {
     /// Guest output, subjects `…logs.<namespace>.<app>`.
     Logs,
     /// What happened in the lattice, subjects `…events.<namespace>.<app>` and
-    /// `…events.hosts.<host>`.
+    /// `…events._hosts.<host>`.
     Events,
 }
 
