@@ -271,6 +271,21 @@ fn rollouts_and_undo_switch_versions_without_failing_a_request() {
     );
     let described = lattice.ok(&["describe", "app", "greeter", "-o", "json"]);
     assert!(described.contains("failedRollout"), "{described}");
+    let events = lattice.ok(&["events", "--app", "greeter", "-o", "json"]);
+    let told = |reason: &str, text: &str| {
+        events.lines().any(|line| {
+            let event: serde_json::Value = serde_json::from_str(line).unwrap();
+            event["reason"] == reason && event["message"].as_str().unwrap().contains(text)
+        })
+    };
+    assert!(told("RolloutFailed", "GET /nope answered 404"), "{events}");
+    assert!(
+        told(
+            "RolledBack",
+            "back to the template of revision 3, as revision 5"
+        ),
+        "{events}"
+    );
 }
 
 /// Replica (revision, host) pairs of the greeter, ready ones only.
