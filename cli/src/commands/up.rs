@@ -186,6 +186,7 @@ async fn serve(args: &UpArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
     if let Some(manifest) = &args.example {
         crate::commands::apply::apply_file(manifest, &args.registry, lattice).await?;
         println!("try: curl http://{}/", args.http);
+        println!("     shoal get replicas; shoal logs <app> -f; shoal events -f");
     }
     eprintln!("ctrl-c stops the lattice");
 
