@@ -409,16 +409,12 @@ impl<F: Fetch> Agent<F> {
     /// Tells the lattice's events what happened to `assignment`'s replica here.
     async fn emit(&self, assignment: &Assignment, reason: &str, message: String) {
         self.lattice
-            .emit(
-                Event::app(
-                    &format!("host {}", self.options.id),
-                    &assignment.namespace,
-                    &assignment.app,
-                    reason,
-                    message,
-                )
-                .on(&self.options.id, &assignment.replica),
-            )
+            .emit(Event::replica(
+                &format!("host {}", self.options.id),
+                assignment,
+                reason,
+                message,
+            ))
             .await;
     }
 

@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::journal::{Journal, Reader, Start};
-use crate::records::now_millis;
+use crate::records::{Assignment, now_millis};
 use crate::{Error, Lattice};
 
 /// One thing that happened.
@@ -63,6 +63,18 @@ impl Event {
             replica: None,
             message,
         }
+    }
+
+    /// An event about the replica of `assignment`, now.
+    pub fn replica(source: &str, assignment: &Assignment, reason: &str, message: String) -> Self {
+        Self::app(
+            source,
+            &assignment.namespace,
+            &assignment.app,
+            reason,
+            message,
+        )
+        .on(&assignment.host, &assignment.replica)
     }
 
     /// The same event about one replica on one host.

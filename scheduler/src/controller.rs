@@ -344,46 +344,36 @@ async fn pass(
         }
         for (assignment_key, revision) in &step.remove {
             remove(lattice, state, assignment_key, *revision, now).await?;
-            if let Some(assignment) = mine
+            let Some(assignment) = mine
                 .iter()
                 .find(|assignment| &assignment.key == assignment_key)
-            {
-                let removed = &assignment.value;
-                let why = if !live.contains(&removed.host) {
-                    "its host is lost".to_owned()
-                } else if reconcile::in_phase(removed, &status, Phase::Failed) {
-                    "it failed".to_owned()
-                } else if removed.revision != app.revision {
-                    format!("revision {} replaces it", app.revision)
-                } else {
-                    "the app has fewer replicas".to_owned()
-                };
-                lattice
-                    .emit(
-                        Event::app(
-                            &source,
-                            &app.namespace,
-                            &app.name,
-                            "Removed",
-                            format!(
-                                "replica {} removed from host {}: {why}",
-                                removed.replica, removed.host
-                            ),
-                        )
-                        .on(&removed.host, &removed.replica),
-                    )
-                    .await;
-            }
+            else {
+                continue;
+            };
+            let removed = &assignment.value;
+            let host_lost = !live.contains(&removed.host);
+            let why = if host_lost {
+                "its host is lost".to_owned()
+            } else if reconcile::in_phase(removed, &status, Phase::Failed) {
+                "it failed".to_owned()
+            } else if removed.revision != app.revision {
+                format!("revision {} replaces it", app.revision)
+            } else {
+                "the app has fewer replicas".to_owned()
+            };
+            let message = format!(
+                "replica {} removed from host {}: {why}",
+                removed.replica, removed.host
+            );
+            lattice
+                .emit(Event::replica(&source, removed, "Removed", message))
+                .await;
             // A lost host cannot clean up its own replica status.
-            if let Some(assignment) = mine
-                .iter()
-                .find(|assignment| &assignment.key == assignment_key)
-                && !live.contains(&assignment.value.host)
-            {
+            if host_lost {
                 lattice
                     .delete(
                         Bucket::Status,
-                        &replica_status_key(&assignment.value.host, &assignment.value.replica),
+                        &replica_status_key(&removed.host, &removed.replica),
                     )
                     .await?;
             }
@@ -413,20 +403,12 @@ async fn pass(
                     .create(Bucket::Assignments, &record_key, &assignment)
                     .await?;
                 tracing::info!(app = %key, replica = %assignment.replica, %host, "placed");
+                let message = format!(
+                    "replica {} placed on host {host} (revision {})",
+                    assignment.replica, app.revision
+                );
                 lattice
-                    .emit(
-                        Event::app(
-                            &source,
-                            &app.namespace,
-                            &app.name,
-                            "Placed",
-                            format!(
-                                "replica {} placed on host {host} (revision {})",
-                                assignment.replica, app.revision
-                            ),
-                        )
-                        .on(host, &assignment.replica),
-                    )
+                    .emit(Event::replica(&source, &assignment, "Placed", message))
                     .await;
                 let record = Versioned {
                     key: record_key.clone(),
