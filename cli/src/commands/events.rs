@@ -2,14 +2,14 @@
 //! hosts joining or lost, rollouts failing and rolling back), oldest first, and with `-f`
 //! what happens next.
 
-use std::io::Write;
 use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
-use shoal_lattice::records::{DEFAULT_NAMESPACE, now_millis};
-use shoal_lattice::{Event, Start};
+use shoal_lattice::Event;
+use shoal_lattice::records::DEFAULT_NAMESPACE;
 
+use crate::journal;
 use crate::lattice::LatticeArgs;
 
 /// Show what happened in the lattice.
@@ -48,34 +48,18 @@ pub enum EventFormat {
 
 pub async fn run(args: EventsArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
     let connection = lattice.connect("shoal events").await?;
-    let start = match args.since {
-        Some(since) => Start::Since(
-            now_millis().saturating_sub(u64::try_from(since.as_millis()).unwrap_or(u64::MAX)),
-        ),
-        None => Start::Oldest,
-    };
     let app = args
         .app
         .as_deref()
         .map(|app| (args.namespace.as_str(), app));
-    let mut reader = connection.events(app, start, args.follow).await?;
+    let mut reader = connection
+        .events(app, journal::start(args.since), args.follow)
+        .await?;
     let mut out = std::io::stdout().lock();
-    let stop = crate::signals::shutdown();
-    tokio::pin!(stop);
-    loop {
-        let next = tokio::select! {
-            () = &mut stop => break,
-            next = reader.next() => next,
-        };
-        let Some(event) = next else { break };
-        let mut line = render(&event?, args.output)?;
-        line.push('\n');
-        match out.write_all(line.as_bytes()).and_then(|()| out.flush()) {
-            // `shoal events | head` closing the pipe is not an error.
-            Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => break,
-            result => result.context("cannot write to stdout")?,
-        }
-    }
+    journal::read(&mut reader, |event, _| {
+        journal::print_line(&mut out, &render(&event, args.output)?)
+    })
+    .await?;
     Ok(0)
 }
 

@@ -8,9 +8,10 @@ use std::time::{Duration, UNIX_EPOCH};
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 use shoal_lattice::names::app_key;
-use shoal_lattice::records::{AppRecord, DEFAULT_NAMESPACE, now_millis};
+use shoal_lattice::records::{AppRecord, DEFAULT_NAMESPACE};
 use shoal_lattice::{Bucket, LogLine, Output, Start};
 
+use crate::journal;
 use crate::lattice::LatticeArgs;
 
 /// Print what an app's replicas wrote to stdout and stderr.
@@ -68,12 +69,9 @@ pub async fn run(args: LogsArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
             args.app
         );
     }
-    let start = match (args.since, args.tail) {
-        (_, Some(0)) => Start::New,
-        (Some(since), _) => Start::Since(
-            now_millis().saturating_sub(u64::try_from(since.as_millis()).unwrap_or(u64::MAX)),
-        ),
-        (None, _) => Start::Oldest,
+    let start = match args.tail {
+        Some(0) => Start::New,
+        _ => journal::start(args.since),
     };
     let mut reader = connection
         .logs(&args.namespace, &args.app, start, args.follow)
@@ -89,15 +87,7 @@ pub async fn run(args: LogsArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
     if reader.caught_up() {
         printer.flush_held(&mut held)?;
     }
-    let stop = crate::signals::shutdown();
-    tokio::pin!(stop);
-    loop {
-        let next = tokio::select! {
-            () = &mut stop => break,
-            next = reader.next() => next,
-        };
-        let Some(line) = next else { break };
-        let line = line?;
+    journal::read(&mut reader, |line, caught_up| {
         if args
             .replica
             .as_ref()
@@ -113,10 +103,12 @@ pub async fn run(args: LogsArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
                 None => printer.line(&line)?,
             }
         }
-        if reader.caught_up() {
+        if caught_up {
             printer.flush_held(&mut held)?;
         }
-    }
+        Ok(())
+    })
+    .await?;
     printer.flush_held(&mut held)?;
     if !exists && printer.printed == 0 {
         bail!(
@@ -136,7 +128,7 @@ struct Printer<'a, W> {
 
 impl<W: Write> Printer<'_, W> {
     fn line(&mut self, line: &LogLine) -> anyhow::Result<()> {
-        let mut text = match self.args.output {
+        let text = match self.args.output {
             LogFormat::Json => serde_json::to_string(line).context("cannot encode a line")?,
             LogFormat::Text => {
                 let mut text = String::new();
@@ -154,17 +146,8 @@ impl<W: Write> Printer<'_, W> {
                 text
             }
         };
-        text.push('\n');
         self.printed += 1;
-        match self
-            .out
-            .write_all(text.as_bytes())
-            .and_then(|()| self.out.flush())
-        {
-            // `shoal logs | head` closing the pipe is not an error.
-            Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
-            result => result.context("cannot write to stdout"),
-        }
+        journal::print_line(&mut self.out, &text)
     }
 
     fn flush_held(&mut self, held: &mut Option<(usize, VecDeque<LogLine>)>) -> anyhow::Result<()> {
