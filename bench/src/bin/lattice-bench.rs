@@ -77,11 +77,54 @@ struct Bench {
     processes: Processes,
     /// Running hosts: (id, ingress URL).
     hosts: Vec<(String, String)>,
-    /// The hello component's reference in the bench registry.
-    reference: String,
+    /// The bench registry, `127.0.0.1:<port>`.
+    registry: String,
 }
 
 impl Bench {
+    /// Pushes `component` as `bench/<name>:1.0`; returns the reference.
+    fn push(&self, component: &std::path::Path, name: &str) -> anyhow::Result<String> {
+        let reference = format!("{}/bench/{name}:1.0", self.registry);
+        let pushed = self
+            .command()
+            .arg("push")
+            .arg(component)
+            .arg(&reference)
+            .output()?;
+        if !pushed.status.success() {
+            bail!("push failed: {}", String::from_utf8_lossy(&pushed.stderr));
+        }
+        Ok(reference)
+    }
+
+    /// Writes `manifest` to `<name>.yaml` and applies it.
+    fn apply(&self, name: &str, manifest: &str) -> anyhow::Result<()> {
+        let file = self.home.path().join(format!("{name}.yaml"));
+        std::fs::write(&file, manifest)?;
+        let applied = self.command().args(["apply", "-f"]).arg(&file).output()?;
+        if !applied.status.success() {
+            bail!("apply failed: {}", String::from_utf8_lossy(&applied.stderr));
+        }
+        Ok(())
+    }
+
+    /// The host running `app`'s ready replica, and its ingress URL.
+    fn owner(&self, status: &Mirror<ReplicaStatus>, app: &str) -> anyhow::Result<(String, String)> {
+        let owner = status
+            .snapshot()
+            .into_iter()
+            .find(|status| status.value.app == app && status.value.phase == Phase::Ready)
+            .map(|status| status.value.host)
+            .with_context(|| format!("no ready replica of {app}"))?;
+        let url = self
+            .hosts
+            .iter()
+            .find(|(id, _)| *id == owner)
+            .map(|(_, url)| url.clone())
+            .with_context(|| format!("the ingress of {owner} is unknown"))?;
+        Ok((owner, url))
+    }
+
     fn command(&self) -> Command {
         let mut command = Command::new(&self.shoal);
         command
@@ -212,19 +255,9 @@ async fn main() -> anyhow::Result<()> {
         lattice: "bench".to_owned(),
         processes,
         hosts: Vec::new(),
-        reference: String::new(),
+        registry: format!("127.0.0.1:{registry_port}"),
     };
-    let reference = format!("127.0.0.1:{registry_port}/bench/hello:1.0");
-    bench.reference = reference.clone();
-    let pushed = bench
-        .command()
-        .arg("push")
-        .arg(&args.component)
-        .arg(&reference)
-        .output()?;
-    if !pushed.status.success() {
-        bail!("push failed: {}", String::from_utf8_lossy(&pushed.stderr));
-    }
+    let reference = bench.push(&args.component, "hello")?;
     let scheduler = bench
         .command()
         .arg("scheduler")
@@ -253,22 +286,11 @@ async fn main() -> anyhow::Result<()> {
     let mut loss_times = Vec::new();
     for run in 0..args.runs {
         let app = format!("hello-{run}");
-        let manifest = bench.home.path().join(format!("{app}.yaml"));
-        std::fs::write(
-            &manifest,
-            format!(
-                "apiVersion: shoal.dev/v1\nkind: App\nmetadata: {{name: {app}}}\nspec:\n  component: {reference}\n  replicas: 3\n  routes: [{{path: /{app}}}]\n"
-            ),
-        )?;
+        let manifest = format!(
+            "apiVersion: shoal.dev/v1\nkind: App\nmetadata: {{name: {app}}}\nspec:\n  component: {reference}\n  replicas: 3\n  routes: [{{path: /{app}}}]\n"
+        );
         let started = Instant::now();
-        let applied = bench
-            .command()
-            .args(["apply", "-f"])
-            .arg(&manifest)
-            .output()?;
-        if !applied.status.success() {
-            bail!("apply failed: {}", String::from_utf8_lossy(&applied.stderr));
-        }
+        bench.apply(&app, &manifest)?;
         wait_ready(&status, &app, 3, None).await?;
         apply_times.push(started.elapsed());
 
@@ -296,44 +318,46 @@ async fn main() -> anyhow::Result<()> {
     summary("host killed → its replica ready elsewhere", loss_times);
 
     // One replica; wrk through its host (local) and through another host (forwarded).
-    let manifest = bench.home.path().join("fw.yaml");
-    std::fs::write(
-        &manifest,
-        format!(
+    bench.apply(
+        "fw",
+        &format!(
             "apiVersion: shoal.dev/v1\nkind: App\nmetadata: {{name: fw}}\nspec:\n  component: {reference}\n  replicas: 1\n  routes: [{{path: /fw}}]\n"
         ),
     )?;
-    let applied = bench
-        .command()
-        .args(["apply", "-f"])
-        .arg(&manifest)
-        .output()?;
-    if !applied.status.success() {
-        bail!("apply failed: {}", String::from_utf8_lossy(&applied.stderr));
-    }
     wait_ready(&status, "fw", 1, None).await?;
-    let owner = status
-        .snapshot()
-        .into_iter()
-        .find(|status| status.value.app == "fw" && status.value.phase == Phase::Ready)
-        .map(|status| status.value.host)
-        .context("no ready replica of fw")?;
-    let url_of = |wanted: &dyn Fn(&str) -> bool| {
-        bench
-            .hosts
-            .iter()
-            .find(|(id, _)| wanted(id))
-            .map(|(_, url)| format!("{url}/fw"))
-    };
-    let local_url = url_of(&|id| id == owner).context("the owner's ingress is unknown")?;
-    let remote_url = url_of(&|id| id != owner).context("no other host")?;
-    // Warm both paths (compile, queue-group subscription) before measuring.
-    wrk::run(1, 4, 1, &local_url)?;
-    wrk::run(1, 4, 1, &remote_url)?;
-    let local = wrk::run(2, 32, 10, &local_url)?;
-    let forwarded = wrk::run(2, 32, 10, &remote_url)?;
-    println!("\nhello through its own host and through another host (wrk -t2 -c32 -d10s):");
-    for (label, load) in [("local", &local), ("forwarded over NATS", &forwarded)] {
+    let (owner, owner_url) = bench.owner(&status, "fw")?;
+    let local_url = format!("{owner_url}/fw");
+    let remote_url = bench
+        .hosts
+        .iter()
+        .find(|(id, _)| *id != owner)
+        .map(|(_, url)| format!("{url}/fw"))
+        .context("no other host")?;
+    compare(
+        "hello through its own host and through another host",
+        ("local", &local_url),
+        ("forwarded over NATS", &remote_url),
+        "forwarded / local",
+    )?;
+
+    guest_output(&bench, &status, &args.fixtures).await?;
+    rollout_under_load(&bench, &status, &args.greeter).await
+}
+
+/// Warms both URLs (compile, queue-group subscription), then runs wrk -t2 -c32 -d10s on
+/// each in turn and prints both and the ratio of their throughputs (second / first).
+fn compare(
+    title: &str,
+    (first_label, first_url): (&str, &str),
+    (second_label, second_url): (&str, &str),
+    ratio: &str,
+) -> anyhow::Result<(wrk::Load, wrk::Load)> {
+    wrk::run(1, 4, 1, first_url)?;
+    wrk::run(1, 4, 1, second_url)?;
+    let first = wrk::run(2, 32, 10, first_url)?;
+    let second = wrk::run(2, 32, 10, second_url)?;
+    println!("\n{title} (wrk -t2 -c32 -d10s):");
+    for (label, load) in [(first_label, &first), (second_label, &second)] {
         println!(
             "{label:<22} {:>8.0} req/s  p50 {:>7.2} ms  p99 {:>7.2} ms  errors {}",
             load.requests_per_second,
@@ -343,12 +367,10 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     println!(
-        "forwarded / local throughput: {:.2}",
-        forwarded.requests_per_second / local.requests_per_second
+        "{ratio} throughput: {:.2}",
+        second.requests_per_second / first.requests_per_second
     );
-
-    guest_output(&bench, &status, &args.fixtures).await?;
-    rollout_under_load(&bench, &status, &args.greeter).await
+    Ok((first, second))
 }
 
 /// The cost of guest output: the same fixture route through its own host, answering
@@ -358,69 +380,24 @@ async fn guest_output(
     status: &Mirror<ReplicaStatus>,
     fixtures: &std::path::Path,
 ) -> anyhow::Result<()> {
-    let reference = bench
-        .reference
-        .replace("/bench/hello:1.0", "/bench/fixtures:1.0");
-    let pushed = bench
-        .command()
-        .arg("push")
-        .arg(fixtures)
-        .arg(&reference)
-        .output()?;
-    if !pushed.status.success() {
-        bail!("push failed: {}", String::from_utf8_lossy(&pushed.stderr));
-    }
-    let manifest = bench.home.path().join("printer.yaml");
-    std::fs::write(
-        &manifest,
-        format!(
+    let reference = bench.push(fixtures, "fixtures")?;
+    bench.apply(
+        "printer",
+        &format!(
             "apiVersion: shoal.dev/v1\nkind: App\nmetadata: {{name: printer}}\nspec:\n  component: {reference}\n  replicas: 1\n  routes: [{{path: /print}}]\n"
         ),
     )?;
-    let applied = bench
-        .command()
-        .args(["apply", "-f"])
-        .arg(&manifest)
-        .output()?;
-    if !applied.status.success() {
-        bail!("apply failed: {}", String::from_utf8_lossy(&applied.stderr));
-    }
     wait_ready(status, "printer", 1, None).await?;
-    let owner = status
-        .snapshot()
-        .into_iter()
-        .find(|status| status.value.app == "printer" && status.value.phase == Phase::Ready)
-        .map(|status| status.value.host)
-        .context("no ready replica of printer")?;
-    let base = bench
-        .hosts
-        .iter()
-        .find(|(id, _)| *id == owner)
-        .map(|(_, url)| url.clone())
-        .context("the printer's host is unknown")?;
+    let (_, base) = bench.owner(status, "printer")?;
     let silent = format!("{base}/print");
     let printing =
         format!("{base}/print?out=a-line-of-guest-output-of-about-sixty-bytes-0123456789");
-    wrk::run(1, 4, 1, &silent)?;
-    wrk::run(1, 4, 1, &printing)?;
-    let quiet = wrk::run(2, 32, 10, &silent)?;
-    let logged = wrk::run(2, 32, 10, &printing)?;
-    println!(
-        "\nguest output: the same route silent and printing a line a request (wrk -t2 -c32 -d10s, local):"
-    );
-    for (label, load) in [("no output", &quiet), ("one line a request", &logged)] {
-        println!(
-            "{label:<22} {:>8.0} req/s  p50 {:>7.2} ms  p99 {:>7.2} ms  errors {}",
-            load.requests_per_second,
-            load.p50.as_secs_f64() * 1e3,
-            load.p99.as_secs_f64() * 1e3,
-            load.errors
-        );
-    }
-    println!(
-        "printing / silent throughput: {:.2}",
-        logged.requests_per_second / quiet.requests_per_second
-    );
+    let (_, logged) = compare(
+        "guest output: the same route silent and printing a line a request, local",
+        ("no output", &silent),
+        ("one line a request", &printing),
+        "printing / silent",
+    )?;
     let counted = bench
         .command()
         .args(["logs", "printer", "-o", "json"])
@@ -439,31 +416,14 @@ async fn rollout_under_load(
     status: &Mirror<ReplicaStatus>,
     greeter: &std::path::Path,
 ) -> anyhow::Result<()> {
-    let reference = bench
-        .reference
-        .replace("/bench/hello:1.0", "/bench/greeter:1.0");
-    let pushed = bench
-        .command()
-        .arg("push")
-        .arg(greeter)
-        .arg(&reference)
-        .output()?;
-    if !pushed.status.success() {
-        bail!("push failed: {}", String::from_utf8_lossy(&pushed.stderr));
-    }
-    let manifest = |version: &str| {
-        format!(
-            "apiVersion: shoal.dev/v1\nkind: App\nmetadata: {{name: greeter}}\nspec:\n  component: {reference}\n  replicas: 30\n  routes: [{{path: /greeter}}]\n  config: {{GREETING: {version}}}\n"
+    let reference = bench.push(greeter, "greeter")?;
+    let apply = |version: &str| {
+        bench.apply(
+            "greeter",
+            &format!(
+                "apiVersion: shoal.dev/v1\nkind: App\nmetadata: {{name: greeter}}\nspec:\n  component: {reference}\n  replicas: 30\n  routes: [{{path: /greeter}}]\n  config: {{GREETING: {version}}}\n"
+            ),
         )
-    };
-    let file = bench.home.path().join("greeter.yaml");
-    let apply = |version: &str| -> anyhow::Result<()> {
-        std::fs::write(&file, manifest(version))?;
-        let applied = bench.command().args(["apply", "-f"]).arg(&file).output()?;
-        if !applied.status.success() {
-            bail!("apply failed: {}", String::from_utf8_lossy(&applied.stderr));
-        }
-        Ok(())
     };
     apply("v1")?;
     wait_ready(status, "greeter", 30, None).await?;
