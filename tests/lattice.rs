@@ -632,3 +632,33 @@ fn events_tell_what_the_scheduler_and_the_hosts_did() {
         "{text}"
     );
 }
+
+#[test]
+fn a_host_keeps_serving_while_the_lattice_is_away() {
+    let mut lattice = Lattice::start();
+    let _scheduler = lattice.scheduler("s1");
+    let host = lattice.host("edge", &[]);
+    let hello = lattice.push_hello("1.0");
+    lattice.apply(&hello_manifest("hello", &hello, 1, ""));
+    lattice.wait_ready("hello", 1, PATIENCE);
+    assert_eq!(host.get("/hello").map(|(status, _)| status), Some(200));
+
+    // The uplink is gone for several heartbeats and mirror resyncs: every request is still
+    // answered by the replica the host already runs.
+    lattice.nats.stop();
+    let away = Instant::now();
+    let mut answered = 0;
+    while away.elapsed() < Duration::from_secs(6) {
+        let status = host.get("/hello").map(|(status, _)| status);
+        assert_eq!(status, Some(200), "after {:?} without NATS", away.elapsed());
+        answered += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(answered > 20, "{answered}");
+
+    lattice.nats.restart();
+    assert_eq!(host.get("/hello").map(|(status, _)| status), Some(200));
+    // Back on the lattice, it still acts on desired state.
+    lattice.ok(&["scale", "app", "hello", "--replicas", "2"]);
+    lattice.wait_ready("hello", 2, PATIENCE);
+}
