@@ -21,14 +21,22 @@ fn greeter(component: &str, version: &str) -> String {
     )
 }
 
-/// (revision, phase) of every replica of the greeter.
-fn revisions(lattice: &Lattice) -> Vec<(u64, String)> {
+/// `shoal get replicas -o json` rows of the greeter.
+fn greeter_replicas(lattice: &Lattice) -> Vec<serde_json::Value> {
     let rows: serde_json::Value =
         serde_json::from_str(&lattice.ok(&["get", "replicas", "-o", "json"])).unwrap();
     rows.as_array()
         .unwrap()
         .iter()
         .filter(|row| row["app"] == "greeter")
+        .cloned()
+        .collect()
+}
+
+/// (revision, phase) of every replica of the greeter.
+fn revisions(lattice: &Lattice) -> Vec<(u64, String)> {
+    greeter_replicas(lattice)
+        .iter()
         .map(|row| {
             (
                 row["revision"].as_u64().unwrap(),
@@ -290,12 +298,9 @@ fn rollouts_and_undo_switch_versions_without_failing_a_request() {
 
 /// Replica (revision, host) pairs of the greeter, ready ones only.
 fn ready_hosts(lattice: &Lattice) -> Vec<(u64, String)> {
-    let rows: serde_json::Value =
-        serde_json::from_str(&lattice.ok(&["get", "replicas", "-o", "json"])).unwrap();
-    rows.as_array()
-        .unwrap()
+    greeter_replicas(lattice)
         .iter()
-        .filter(|row| row["app"] == "greeter" && row["status"]["phase"] == "ready")
+        .filter(|row| row["status"]["phase"] == "ready")
         .map(|row| {
             (
                 row["revision"].as_u64().unwrap(),
