@@ -21,6 +21,21 @@ fn greeter(component: &str, version: &str) -> String {
     )
 }
 
+/// Asks each ingress once; every one must answer `expected`.
+fn assert_every_host_answers(urls: &[String], expected: &str) {
+    for url in urls {
+        let mut response = support::lattice::agent()
+            .get(&format!("{url}/"))
+            .call()
+            .unwrap();
+        assert_eq!(
+            response.body_mut().read_to_string().unwrap(),
+            expected,
+            "{url}"
+        );
+    }
+}
+
 /// `shoal get replicas -o json` rows of the greeter.
 fn greeter_replicas(lattice: &Lattice) -> Vec<serde_json::Value> {
     let rows: serde_json::Value =
@@ -192,16 +207,7 @@ fn rollouts_and_undo_switch_versions_without_failing_a_request() {
         seen.contains("v1 from the greeter\n") && seen.contains("v2 from the greeter\n"),
         "{seen:?}"
     );
-    for url in &urls {
-        let mut response = support::lattice::agent()
-            .get(&format!("{url}/"))
-            .call()
-            .unwrap();
-        assert_eq!(
-            response.body_mut().read_to_string().unwrap(),
-            "v2 from the greeter\n"
-        );
-    }
+    assert_every_host_answers(&urls, "v2 from the greeter\n");
 
     let history = lattice.ok(&["rollout", "history", "greeter"]);
     assert!(
@@ -222,16 +228,7 @@ fn rollouts_and_undo_switch_versions_without_failing_a_request() {
     let (ok, failed, errors, _) = load.finish();
     eprintln!("rollout undo under load: {ok} ok, {failed} failed; errors: {errors:?}");
     assert_eq!(failed, 0, "{errors:?}");
-    for url in &urls {
-        let mut response = support::lattice::agent()
-            .get(&format!("{url}/"))
-            .call()
-            .unwrap();
-        assert_eq!(
-            response.body_mut().read_to_string().unwrap(),
-            "v1 from the greeter\n"
-        );
-    }
+    assert_every_host_answers(&urls, "v1 from the greeter\n");
     // The scheduler checks each rollout step against replicas - maxUnavailable on its own
     // consistent view, and says so if a step would go below it.
     assert!(
