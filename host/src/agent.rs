@@ -9,9 +9,11 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::FutureExt as _;
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
@@ -214,6 +216,7 @@ impl<F: Fetch> Agent<F> {
         let (started_tx, mut started_rx) = mpsc::channel::<Started>(64);
         let (probed_tx, mut probed_rx) = mpsc::channel::<Probed>(64);
         let mut replicas: HashMap<String, Replica> = HashMap::new();
+        let mut reported = HashSet::new();
         let mut heartbeat = tokio::time::interval(self.options.heartbeat);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(shutdown);
@@ -234,20 +237,32 @@ impl<F: Fetch> Agent<F> {
                     self.probed(&mut replicas, &replica, generation, healthy, message).await;
                 }
             }
-            self.converge(
-                &assignments.snapshot(),
-                &mut replicas,
-                &started_tx,
-                &log_lines,
-            )
+            // A bug that panics on some record must not take down what this host serves:
+            // the pass is dropped, the next one tries again.
+            let pass = AssertUnwindSafe(async {
+                self.report_invalid(&assignments, &mut reported).await;
+                self.converge(
+                    &assignments.snapshot(),
+                    &mut replicas,
+                    &started_tx,
+                    &log_lines,
+                )
+                .await;
+                let records: Vec<AppRecord> = apps
+                    .snapshot()
+                    .into_iter()
+                    .map(|record| record.value)
+                    .collect();
+                self.publish_routes(&records, &replicas).await;
+                self.count_replicas(&replicas);
+            })
+            .catch_unwind()
             .await;
-            let records: Vec<AppRecord> = apps
-                .snapshot()
-                .into_iter()
-                .map(|record| record.value)
-                .collect();
-            self.publish_routes(&records, &replicas).await;
-            self.count_replicas(&replicas);
+            if pass.is_err() {
+                tracing::error!(
+                    "a convergence pass panicked; still serving, trying again next pass"
+                );
+            }
         }
 
         tracing::info!(host = %id, "leaving the lattice: draining");
@@ -276,6 +291,28 @@ impl<F: Fetch> Agent<F> {
         self.lattice.delete(Bucket::Hosts, &id).await?;
         tracing::info!(host = %id, "host left the lattice");
         Ok(())
+    }
+
+    /// Tells of each assignment that breaks the lattice's rules, once: it is not run.
+    async fn report_invalid(
+        &self,
+        assignments: &shoal_lattice::Mirror<Assignment>,
+        reported: &mut HashSet<(String, u64)>,
+    ) {
+        for refused in assignments.invalid() {
+            if !reported.insert((refused.key.clone(), refused.revision)) {
+                continue;
+            }
+            tracing::warn!(key = %refused.key, reason = %refused.reason, "not running an invalid assignment");
+            self.lattice
+                .emit(Event::host(
+                    &format!("host {}", self.options.id),
+                    &self.options.id,
+                    "InvalidRecord",
+                    format!("assignment {} is not run: {}", refused.key, refused.reason),
+                ))
+                .await;
+        }
     }
 
     async fn converge(
@@ -324,7 +361,7 @@ impl<F: Fetch> Agent<F> {
                 assignment,
                 Arc::clone(&self.metrics),
             )));
-            let task = tokio::spawn(start(
+            let start = start(
                 self.lattice.clone(),
                 Arc::clone(&self.runtime),
                 Arc::clone(&self.fetch),
@@ -332,7 +369,19 @@ impl<F: Fetch> Agent<F> {
                 (*assignment).clone(),
                 Links { services, output },
                 started.clone(),
-            ));
+            );
+            let (id, generation, done) =
+                (replica.to_owned(), assignment.generation, started.clone());
+            let task = tokio::spawn(async move {
+                // A start that panics fails its own replica, reported like any failure.
+                if AssertUnwindSafe(start).catch_unwind().await.is_err() {
+                    let failure = (
+                        "StartFailed".to_owned(),
+                        "starting the replica panicked; see the host's log".to_owned(),
+                    );
+                    let _ = done.send((id, generation, Err(failure))).await;
+                }
+            });
             replicas.insert(
                 replica.to_owned(),
                 Replica {
@@ -497,11 +546,9 @@ impl<F: Fetch> Agent<F> {
                         &app.name,
                         app.spec.routes.clone(),
                         // The app's own timeout, plus room for the trip over NATS.
-                        app.spec
-                            .limits
+                        Limits::for_app(&app.spec.limits)
                             .timeout
-                            .map_or(Limits::default().timeout, |timeout| timeout.0)
-                            + Duration::from_secs(5),
+                            .saturating_add(Duration::from_secs(5)),
                     ),
                 )
             })
@@ -655,20 +702,7 @@ async fn start<F: Fetch>(
                 .map_err(|error| ("CompileFailed".to_owned(), error.to_string()))?;
             let outbound = OutboundPolicy::new(&template.allowed_outbound)
                 .map_err(|message| ("InvalidSpec".to_owned(), message))?;
-            let defaults = Limits::default();
-            let limits = Limits {
-                memory: template.limits.memory.map(|memory| memory.0),
-                cpu_millicores: template.limits.cpu.map(|cpu| cpu.0),
-                timeout: template
-                    .limits
-                    .timeout
-                    .map_or(defaults.timeout, |timeout| timeout.0),
-                concurrency: template
-                    .limits
-                    .concurrency
-                    .map_or(defaults.concurrency, |concurrency| concurrency as usize),
-                ..defaults
-            };
+            let limits = Limits::for_app(&template.limits);
             let options = GuestOptions {
                 env: template.config.clone().into_iter().collect(),
                 dirs: Vec::new(),

@@ -297,22 +297,17 @@ pub async fn listen(
     }))
 }
 
-fn reply_plain(status: StatusCode, text: &'static str) -> (async_nats::HeaderMap, Bytes) {
-    let mut headers = async_nats::HeaderMap::new();
-    headers.insert(STATUS, status.as_u16().to_string());
-    headers.insert("content-type", "text/plain; charset=utf-8");
-    (headers, Bytes::from_static(text.as_bytes()))
-}
+/// The body of a request rebuilt from a forwarded message.
+type ForwardedBody =
+    http_body_util::combinators::MapErr<Full<Bytes>, fn(Infallible) -> wasmtime_wasi_http::Error>;
 
-async fn answer(
-    listener: &Listener,
-    forwarder: &Forwarder,
-    component: Option<Arc<HttpComponent>>,
-    message: async_nats::Message,
-) -> (async_nats::HeaderMap, Bytes) {
-    let Some(headers) = message.headers.as_ref() else {
-        return reply_plain(StatusCode::BAD_REQUEST, "malformed forwarded request\n");
-    };
+/// Rebuilds the HTTP request a forwarded message carries, and how many hops it has made;
+/// `None` when the message is not one (no headers, a method or URI that does not parse).
+fn forwarded_request(
+    headers: Option<&async_nats::HeaderMap>,
+    payload: Bytes,
+) -> Option<(Request<ForwardedBody>, u32)> {
+    let headers = headers?;
     let hops: u32 = headers
         .get(HOPS)
         .and_then(|hops| hops.as_str().parse().ok())
@@ -332,9 +327,26 @@ async fn answer(
             builder = builder.header(name.as_str(), value.as_str());
         }
     }
-    let body = Full::new(message.payload.clone())
-        .map_err(|never: Infallible| -> wasmtime_wasi_http::Error { match never {} });
-    let Ok(mut request) = builder.body(body) else {
+    let never: fn(Infallible) -> wasmtime_wasi_http::Error = |never| match never {};
+    let request = builder.body(Full::new(payload).map_err(never)).ok()?;
+    Some((request, hops.min(MAX_HOPS)))
+}
+
+fn reply_plain(status: StatusCode, text: &'static str) -> (async_nats::HeaderMap, Bytes) {
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(STATUS, status.as_u16().to_string());
+    headers.insert("content-type", "text/plain; charset=utf-8");
+    (headers, Bytes::from_static(text.as_bytes()))
+}
+
+async fn answer(
+    listener: &Listener,
+    forwarder: &Forwarder,
+    component: Option<Arc<HttpComponent>>,
+    message: async_nats::Message,
+) -> (async_nats::HeaderMap, Bytes) {
+    let Some((mut request, hops)) = forwarded_request(message.headers.as_ref(), message.payload)
+    else {
         return reply_plain(StatusCode::BAD_REQUEST, "malformed forwarded request\n");
     };
     let response = match component {
@@ -375,4 +387,75 @@ async fn answer(
         }
     }
     (headers, body.to_bytes())
+}
+
+/// Fuzzing: forwarded messages with random headers, methods, URIs and statuses are answered
+/// or refused, never a panic.
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn header_maps() -> impl Strategy<Value = async_nats::HeaderMap> {
+        let name = prop_oneof![
+            Just(METHOD.to_owned()),
+            Just(URI.to_owned()),
+            Just(STATUS.to_owned()),
+            Just(HOPS.to_owned()),
+            Just("content-length".to_owned()),
+            Just("host".to_owned()),
+            "[!-9;-~]{1,12}",
+        ];
+        let value = prop_oneof![
+            "[A-Z]{1,8}",
+            "/[ -~]{0,40}",
+            "[0-9]{1,12}",
+            "[ -~]{0,40}",
+            any::<String>(),
+        ];
+        prop::collection::vec((name, value), 0..8).prop_map(|pairs| {
+            let mut headers = async_nats::HeaderMap::new();
+            for (name, value) in pairs {
+                headers.append(name.as_str(), value.as_str());
+            }
+            headers
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn random_forwarded_requests_never_panic(
+            headers in header_maps(),
+            payload in prop::collection::vec(any::<u8>(), 0..64),
+        ) {
+            if let Some((_, hops)) = forwarded_request(Some(&headers), Bytes::from(payload)) {
+                prop_assert!(hops <= MAX_HOPS);
+            }
+        }
+
+        #[test]
+        fn random_forwarded_responses_never_panic(
+            headers in header_maps(),
+            payload in prop::collection::vec(any::<u8>(), 0..64),
+        ) {
+            let message = async_nats::Message {
+                subject: "reply".into(),
+                reply: None,
+                payload: Bytes::from(payload),
+                headers: Some(headers),
+                status: None,
+                description: None,
+                length: 0,
+            };
+            let _ = into_response(message);
+        }
+    }
+
+    #[test]
+    fn a_message_without_headers_is_malformed() {
+        assert!(forwarded_request(None, Bytes::new()).is_none());
+    }
 }

@@ -295,6 +295,15 @@ impl WasiHttpView for GuestState {
     }
 }
 
+/// The instant `timeout` from now, or a year from now for a timeout beyond what `Instant`
+/// can hold (no timeout a replica is given is that long).
+fn deadline_after(timeout: std::time::Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(timeout)
+        .or_else(|| now.checked_add(std::time::Duration::from_secs(365 * 24 * 3600)))
+        .unwrap_or(now)
+}
+
 /// Builds a fresh store with the replica's limits: memory cap, deadline, CPU quota.
 ///
 /// # Errors
@@ -316,7 +325,7 @@ pub fn new_store(
             services: options.services.clone(),
         },
         memory: MemoryCap::new(limits.memory),
-        deadline: Instant::now() + limits.timeout,
+        deadline: deadline_after(limits.timeout),
         cpu: cpu.cloned(),
         timed_out: false,
     };

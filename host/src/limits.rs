@@ -40,6 +40,50 @@ pub struct Limits {
     pub max_header: usize,
 }
 
+/// Memory cap of a lattice replica whose app sets none: what placement reserves for it.
+pub const DEFAULT_APP_MEMORY: u64 = 64 << 20;
+
+/// Most elements one table of an instance may grow to.
+pub const MAX_TABLE_ELEMENTS: usize = 1 << 20;
+/// Most core instances, tables and memories one store may create: far more than any
+/// component built by a toolchain needs, far fewer than would exhaust the host.
+pub const MAX_INSTANCES: usize = 256;
+/// See [`MAX_INSTANCES`].
+pub const MAX_TABLES: usize = 256;
+/// See [`MAX_INSTANCES`].
+pub const MAX_MEMORIES: usize = 64;
+
+impl Limits {
+    /// The limits of a lattice replica of an app with `limits`: the app's values, clamped
+    /// to the lattice's bounds (the record was checked, but a host trusts no one), and
+    /// the reserved memory as the cap when the app sets none.
+    pub fn for_app(limits: &shoal_lattice::records::AppLimits) -> Self {
+        use shoal_lattice::validate::{
+            MAX_CONCURRENCY, MAX_CPU_MILLICORES, MAX_MEMORY, MAX_TIMEOUT, MIN_MEMORY,
+        };
+        let defaults = Limits::default();
+        Self {
+            memory: Some(
+                limits
+                    .memory
+                    .map_or(DEFAULT_APP_MEMORY, |memory| memory.0)
+                    .clamp(MIN_MEMORY, MAX_MEMORY),
+            ),
+            cpu_millicores: limits.cpu.map(|cpu| cpu.0.clamp(1, MAX_CPU_MILLICORES)),
+            timeout: limits
+                .timeout
+                .map_or(defaults.timeout, |timeout| timeout.0)
+                .clamp(Duration::from_millis(1), MAX_TIMEOUT),
+            concurrency: limits
+                .concurrency
+                .map_or(defaults.concurrency, |concurrency| {
+                    concurrency.clamp(1, MAX_CONCURRENCY) as usize
+                }),
+            ..defaults
+        }
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Self {
@@ -78,7 +122,7 @@ impl CpuQuota {
     /// A quota of `millicores` per `period`.
     pub fn with_period(millicores: u32, period: Duration) -> Self {
         Self {
-            budget: period * millicores / 1000,
+            budget: period.saturating_mul(millicores) / 1000,
             period,
             window: Mutex::new(Window {
                 start: Instant::now(),
@@ -151,10 +195,22 @@ impl ResourceLimiter for MemoryCap {
     fn table_growing(
         &mut self,
         _current: usize,
-        _desired: usize,
+        desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        Ok(true)
+        Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+
+    fn instances(&self) -> usize {
+        MAX_INSTANCES
+    }
+
+    fn tables(&self) -> usize {
+        MAX_TABLES
+    }
+
+    fn memories(&self) -> usize {
+        MAX_MEMORIES
     }
 }
 
@@ -180,6 +236,38 @@ mod tests {
         // The next period starts afresh.
         assert_eq!(quota.charge(tick, until + Duration::from_millis(1)), None);
         assert_eq!(quota.consumed(), tick * 5);
+    }
+
+    #[test]
+    fn app_limits_are_clamped_and_memory_is_capped_by_default() {
+        use shoal_lattice::quantity::{Memory, Millicores, Span};
+        use shoal_lattice::records::AppLimits;
+        let limits = Limits::for_app(&AppLimits::default());
+        assert_eq!(limits.memory, Some(DEFAULT_APP_MEMORY));
+        let extreme = AppLimits {
+            memory: Some(Memory(u64::MAX)),
+            cpu: Some(Millicores(u32::MAX)),
+            timeout: Some(Span(Duration::MAX)),
+            concurrency: Some(u32::MAX),
+        };
+        let limits = Limits::for_app(&extreme);
+        assert_eq!(limits.memory, Some(4 << 30));
+        assert_eq!(limits.timeout, Duration::from_secs(3600));
+        assert_eq!(limits.concurrency, 10_000);
+        assert_eq!(limits.cpu_millicores, Some(1_000_000));
+        let quota = CpuQuota::new(limits.cpu_millicores.unwrap());
+        assert!(
+            quota
+                .charge(Duration::from_millis(5), Instant::now())
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn tables_cannot_grow_without_bound() {
+        let mut cap = MemoryCap::new(None);
+        assert!(cap.table_growing(0, 1000, None).unwrap());
+        assert!(!cap.table_growing(0, usize::MAX, None).unwrap());
     }
 
     #[test]

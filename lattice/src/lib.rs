@@ -14,11 +14,13 @@ pub mod names;
 pub mod quantity;
 pub mod records;
 pub mod store;
+pub mod validate;
 
 pub use error::Error;
 pub use events::Event;
 pub use journal::{Journal, Reader, Start};
 pub use logs::{LogLine, LogReader, Output};
-pub use mirror::Mirror;
+pub use mirror::{Mirror, Refused};
 pub use names::Bucket;
 pub use store::{ConnectOptions, Lattice, NatsAuth, NatsTls, Versioned};
+pub use validate::{Invalid, Problem, Validate};

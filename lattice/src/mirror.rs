@@ -1,6 +1,10 @@
 //! A live in-memory copy of part of a KV bucket, kept current by a watch: the informer of
 //! Kubernetes controllers. Readers take snapshots; a change counter wakes reconcile loops.
 //!
+//! Every record is checked with [`Validate`] as it arrives: one that cannot be decoded or
+//! breaks the lattice's bounds is left out of snapshots and listed by [`Mirror::invalid`]
+//! with the reason, so the reader can report it instead of acting on it.
+//!
 //! When the watch breaks (the NATS server restarted, the connection dropped), the mirror
 //! builds a fresh copy from a new watch and swaps it in whole, so readers never see a
 //! half-synced state.
@@ -15,9 +19,33 @@ use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
 use crate::store::decode;
-use crate::{Bucket, Error, Lattice, Versioned};
+use crate::{Bucket, Error, Lattice, Validate, Versioned};
 
-type Records<T> = BTreeMap<String, Versioned<T>>;
+/// The valid records by key, and the refused ones with why (and the KV revision refused).
+struct Records<T> {
+    valid: BTreeMap<String, Versioned<T>>,
+    invalid: BTreeMap<String, (u64, String)>,
+}
+
+impl<T> Default for Records<T> {
+    fn default() -> Self {
+        Self {
+            valid: BTreeMap::new(),
+            invalid: BTreeMap::new(),
+        }
+    }
+}
+
+/// A record the mirror refused: its key, KV revision and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    /// The key.
+    pub key: String,
+    /// The KV revision refused.
+    pub revision: u64,
+    /// Why, for people.
+    pub reason: String,
+}
 
 /// A live copy of the records under one key filter.
 pub struct Mirror<T> {
@@ -34,7 +62,7 @@ impl<T> Drop for Mirror<T> {
 
 impl<T> Mirror<T>
 where
-    T: DeserializeOwned + Send + Sync + 'static,
+    T: DeserializeOwned + Validate + Send + Sync + 'static,
 {
     pub(crate) async fn start(
         lattice: Lattice,
@@ -65,7 +93,25 @@ impl<T: Clone> Mirror<T> {
     pub fn snapshot(&self) -> Vec<Versioned<T>> {
         self.records
             .read()
-            .map(|records| records.values().cloned().collect())
+            .map(|records| records.valid.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// The records left out because they could not be decoded or broke the bounds.
+    pub fn invalid(&self) -> Vec<Refused> {
+        self.records
+            .read()
+            .map(|records| {
+                records
+                    .invalid
+                    .iter()
+                    .map(|(key, (revision, reason))| Refused {
+                        key: key.clone(),
+                        revision: *revision,
+                        reason: reason.clone(),
+                    })
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -74,7 +120,7 @@ impl<T: Clone> Mirror<T> {
         self.records
             .read()
             .ok()
-            .and_then(|records| records.get(key).cloned())
+            .and_then(|records| records.valid.get(key).cloned())
     }
 }
 
@@ -91,7 +137,7 @@ struct Synced<T> {
 }
 
 /// Opens a watch and reads it until it has delivered the current value of every key.
-async fn sync<T: DeserializeOwned>(
+async fn sync<T: DeserializeOwned + Validate>(
     lattice: &Lattice,
     bucket: Bucket,
     filter: &str,
@@ -116,7 +162,7 @@ async fn sync<T: DeserializeOwned>(
         .watch_with_history(filter)
         .await
         .map_err(|error| failed(&error))?;
-    let mut records = BTreeMap::new();
+    let mut records = Records::default();
     if any {
         loop {
             let next = tokio::time::timeout(Duration::from_secs(10), watch.next())
@@ -136,29 +182,42 @@ async fn sync<T: DeserializeOwned>(
     Ok(Synced { records, watch })
 }
 
-fn apply<T: DeserializeOwned>(
+fn apply<T: DeserializeOwned + Validate>(
     lattice: &Lattice,
     bucket: Bucket,
     records: &mut Records<T>,
     entry: kv::Entry,
 ) {
+    records.invalid.remove(&entry.key);
     if entry.operation != kv::Operation::Put {
-        records.remove(&entry.key);
+        records.valid.remove(&entry.key);
         return;
     }
     let key = entry.key.clone();
-    match decode(lattice.name(), bucket, entry) {
+    let revision = entry.revision;
+    let checked = decode::<T>(lattice.name(), bucket, entry).and_then(|record| {
+        match record.value.validate() {
+            Ok(()) => Ok(record),
+            Err(invalid) => Err(Error::Decode {
+                bucket: bucket.name(lattice.name()),
+                key: key.clone(),
+                reason: invalid.to_string(),
+            }),
+        }
+    });
+    match checked {
         Ok(record) => {
-            records.insert(key, record);
+            records.valid.insert(key, record);
         }
         Err(error) => {
-            tracing::warn!(%error, "skipping a record");
-            records.remove(&key);
+            tracing::warn!(%error, "skipping a record that breaks the lattice's rules");
+            records.valid.remove(&key);
+            records.invalid.insert(key, (revision, error.to_string()));
         }
     }
 }
 
-async fn follow<T: DeserializeOwned>(
+async fn follow<T: DeserializeOwned + Validate>(
     lattice: Lattice,
     bucket: Bucket,
     filter: String,

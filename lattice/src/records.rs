@@ -59,6 +59,9 @@ pub struct AppSpec {
     /// Rolling update strategy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<Rollout>,
+    /// How many revisions of the app are kept for `rollout history` and `undo` (default 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision_history_limit: Option<u32>,
 }
 
 fn one() -> u32 {
@@ -66,13 +69,21 @@ fn one() -> u32 {
 }
 
 impl AppSpec {
-    /// The spec with `replicas` cleared: two specs with the same template run the same code
-    /// the same way, so changing only `replicas` scales without a new revision.
+    /// The spec with `replicas` and `revisionHistoryLimit` cleared: two specs with the same
+    /// template run the same code the same way, so changing only those makes no new revision.
     pub fn template(&self) -> AppSpec {
         AppSpec {
             replicas: 0,
+            revision_history_limit: None,
             ..self.clone()
         }
+    }
+
+    /// How many revisions of the app are kept.
+    pub fn revisions_kept(&self) -> u32 {
+        self.revision_history_limit
+            .unwrap_or(crate::validate::DEFAULT_REVISION_HISTORY)
+            .clamp(1, crate::validate::MAX_REVISION_HISTORY)
     }
 
     /// Memory one replica reserves on its host: its memory limit, or 64Mi without one.
@@ -444,6 +455,7 @@ mod tests {
                 allowed_outbound: vec![],
                 health: None,
                 rollout: None,
+                revision_history_limit: None,
             },
             created_at: 0,
         }

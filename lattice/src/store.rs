@@ -325,8 +325,14 @@ impl Lattice {
         matching.sort();
         let mut records = Vec::with_capacity(matching.len());
         for key in matching {
-            if let Some(record) = self.get(bucket, &key).await? {
-                records.push(record);
+            match self.get(bucket, &key).await {
+                Ok(Some(record)) => records.push(record),
+                Ok(None) => {}
+                // One unreadable record must not hide the others.
+                Err(error @ Error::Decode { .. }) => {
+                    tracing::warn!(%error, "skipping a record");
+                }
+                Err(error) => return Err(error),
             }
         }
         Ok(records)
@@ -336,7 +342,7 @@ impl Lattice {
     /// `host-1.>`, or `>` for all), kept current by a watch.
     pub async fn mirror<T>(&self, bucket: Bucket, filter: &str) -> Result<Mirror<T>, Error>
     where
-        T: DeserializeOwned + Send + Sync + 'static,
+        T: DeserializeOwned + crate::Validate + Send + Sync + 'static,
     {
         Mirror::start(self.clone(), bucket, filter.to_owned()).await
     }

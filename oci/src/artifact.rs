@@ -445,4 +445,57 @@ mod tests {
         let error = check_config(&artifact.config, &other).unwrap_err();
         assert!(error.to_string().contains("layerDigests"), "{error}");
     }
+
+    mod fuzz {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        fn mutate(mut bytes: Vec<u8>, edits: Vec<(prop::sample::Index, u8, u8)>) -> Vec<u8> {
+            for (at, byte, kind) in edits {
+                if bytes.is_empty() {
+                    break;
+                }
+                let at = at.index(bytes.len());
+                match kind {
+                    0 => bytes[at] = byte,
+                    1 => bytes.insert(at, byte),
+                    _ => {
+                        bytes.remove(at);
+                    }
+                }
+            }
+            bytes
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(1000))]
+
+            /// Registry answers with random edits are refused or accepted, never a panic;
+            /// what is accepted names a well-formed digest.
+            #[test]
+            fn mutated_manifests_and_configs_never_panic(
+                edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>(), 0..3u8), 1..10),
+                limit in any::<u64>(),
+            ) {
+                let artifact = built();
+                let manifest = mutate(artifact.manifest.clone(), edits.clone());
+                if let Ok(checked) = check_manifest(&manifest, limit) {
+                    prop_assert!(checked.layer.digest.to_string().starts_with("sha256:"));
+                }
+                let config = mutate(artifact.config.clone(), edits);
+                let _ = check_config(&config, &artifact.layer_digest);
+            }
+
+            #[test]
+            fn random_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+                let _ = check_manifest(&bytes, u64::MAX);
+                let _ = check_config(&bytes, &Digest::of(b"x"));
+                let _ = crate::component::ComponentInfo::from_bytes(&bytes);
+                let mut component = COMPONENT.to_vec();
+                component.extend_from_slice(&bytes);
+                let _ = crate::component::ComponentInfo::from_bytes(&component);
+            }
+        }
+    }
 }

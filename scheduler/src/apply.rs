@@ -27,6 +27,11 @@ pub enum Change {
         /// After.
         to: u32,
     },
+    /// Something that is not part of the template changed (`revisionHistoryLimit`).
+    Updated {
+        /// What changed, as `field: old → new`.
+        changes: Vec<String>,
+    },
     /// Nothing changed.
     Unchanged,
 }
@@ -94,6 +99,13 @@ pub async fn apply(
                         },
                         record,
                     )
+                } else if current.spec != app.spec {
+                    (
+                        Change::Updated {
+                            changes: differences(&current.spec, &app.spec),
+                        },
+                        record,
+                    )
                 } else {
                     return Ok((Change::Unchanged, current.clone()));
                 }
@@ -102,7 +114,7 @@ pub async fn apply(
         let cause = match &change {
             Change::Created => Some("created".to_owned()),
             Change::Revised { changes, .. } => Some(changes.join("; ")),
-            Change::Scaled { .. } | Change::Unchanged => None,
+            Change::Scaled { .. } | Change::Updated { .. } | Change::Unchanged => None,
         };
         let written = store(
             lattice,

@@ -4,8 +4,10 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt as _;
 use shoal_lattice::names::{
     app_key, app_status_key, assignment_key, replica_status_key, revision_key,
 };
@@ -113,6 +115,8 @@ struct State {
     /// The live hosts of the last pass, to tell joins and losses as events; `None` before
     /// the first pass (a new leader reports changes, not the hosts it finds).
     live_hosts: Option<HashSet<String>>,
+    /// Invalid records already reported, by key and KV revision: told once, not every pass.
+    reported: HashSet<(String, u64)>,
 }
 
 /// How long a rollout may take when the app says nothing.
@@ -139,6 +143,7 @@ pub async fn run(
         rollouts: HashMap::new(),
         failed: HashMap::new(),
         live_hosts: None,
+        reported: HashSet::new(),
     };
     let mut lease = LeaseKeeper::new(lattice.clone(), options.id.clone(), options.lease);
     let mut changes = [
@@ -266,7 +271,34 @@ async fn pass(
         .map(|status| (status.value.replica.clone(), status.value))
         .collect();
     let apps = state.apps.snapshot();
-    let app_keys: HashSet<String> = apps.iter().map(|app| app.key.clone()).collect();
+    // An app whose record breaks the rules is reported and left as it is: its replicas are
+    // neither removed (as if it were deleted) nor replaced until someone fixes the record.
+    let invalid_apps = state.apps.invalid();
+    report_invalid_apps(lattice, &source, state, &invalid_apps).await;
+    let app_keys: HashSet<String> = apps
+        .iter()
+        .map(|app| app.key.clone())
+        .chain(invalid_apps.iter().map(|refused| refused.key.clone()))
+        .collect();
+    // Only schedulers write assignments: one that breaks the rules was not written by one.
+    for refused in state.assignments.invalid() {
+        if state
+            .reported
+            .insert((refused.key.clone(), refused.revision))
+        {
+            tracing::warn!(key = %refused.key, reason = %refused.reason, "removing an invalid assignment");
+            let host = refused.key.split('.').next().unwrap_or_default();
+            lattice
+                .emit(Event::host(
+                    &source,
+                    host,
+                    "InvalidRecord",
+                    format!("assignment {} was removed: {}", refused.key, refused.reason),
+                ))
+                .await;
+        }
+        remove(lattice, state, &refused.key, refused.revision, now).await?;
+    }
 
     // Replicas of deleted apps go.
     for assignment in &assignments {
@@ -284,8 +316,117 @@ async fn pass(
         app_keys.contains(&app_key(&assignment.value.namespace, &assignment.value.app))
     });
 
+    let observed = PassView {
+        source: &source,
+        live: &live,
+        hosts: &hosts,
+        status: &status,
+        now,
+    };
     for app in apps {
-        let app = app.value;
+        let key = app.key.clone();
+        // One app's failure, even a panic, is its own: the pass goes on with the others.
+        let step = AssertUnwindSafe(step_app(
+            lattice,
+            state,
+            &observed,
+            app.value,
+            &mut assignments,
+        ))
+        .catch_unwind()
+        .await;
+        match step {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                tracing::warn!(app = %key, %error, "this app's step failed; the others go on");
+            }
+            Err(_) => {
+                tracing::error!(app = %key, "this app's step panicked; the others go on");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What one pass sees, shared by every app's step.
+struct PassView<'a> {
+    source: &'a str,
+    live: &'a HashSet<String>,
+    hosts: &'a BTreeMap<String, HostRecord>,
+    status: &'a HashMap<String, ReplicaStatus>,
+    now: Instant,
+}
+
+/// Tells of each invalid app record once (an event) and says so in its status.
+async fn report_invalid_apps(
+    lattice: &Lattice,
+    source: &str,
+    state: &mut State,
+    invalid: &[shoal_lattice::Refused],
+) {
+    for refused in invalid {
+        if !state
+            .reported
+            .insert((refused.key.clone(), refused.revision))
+        {
+            continue;
+        }
+        let Some((namespace, name)) = refused.key.split_once('.') else {
+            continue;
+        };
+        tracing::warn!(app = %refused.key, reason = %refused.reason, "ignoring an invalid app record");
+        let message = format!(
+            "the stored app breaks the lattice's rules and is left as it is until fixed: {}",
+            refused.reason
+        );
+        lattice
+            .emit(Event::app(
+                source,
+                namespace,
+                name,
+                "InvalidSpec",
+                message.clone(),
+            ))
+            .await;
+        let key = app_status_key(namespace, name);
+        let mut status = state
+            .app_status
+            .get(&key)
+            .map(|status| status.value)
+            .unwrap_or_default();
+        status
+            .conditions
+            .retain(|condition| condition.kind != "Valid");
+        status.conditions.push(Condition {
+            kind: "Valid".to_owned(),
+            status: false,
+            reason: "InvalidSpec".to_owned(),
+            message,
+            last_transition: now_millis(),
+        });
+        if let Err(error) = lattice.put(Bucket::Status, &key, &status).await {
+            tracing::warn!(%error, app = %refused.key, "cannot write the status of an invalid app");
+        }
+    }
+}
+
+/// One app's bounded step: remove what must go, place what is missing, watch the rollout's
+/// deadline, write the app's status.
+async fn step_app(
+    lattice: &Lattice,
+    state: &mut State,
+    observed: &PassView<'_>,
+    app: AppRecord,
+    assignments: &mut Vec<Versioned<Assignment>>,
+) -> Result<(), Error> {
+    let PassView {
+        source,
+        live,
+        hosts,
+        status,
+        now,
+    } = *observed;
+    {
         let key = app_key(&app.namespace, &app.name);
         let mine: Vec<Versioned<Assignment>> = assignments
             .iter()
@@ -293,13 +434,13 @@ async fn pass(
             .cloned()
             .collect();
         let backoff = state.backoff.get(&key).copied();
-        let rollout_status = min_ready_view(&app, &mine, &status);
+        let rollout_status = min_ready_view(&app, &mine, status);
         let step = reconcile::reconcile(
             &app,
             Observed {
                 assignments: &mine,
-                live_hosts: &live,
-                status: rollout_status.as_ref().unwrap_or(&status),
+                live_hosts: live,
+                status: rollout_status.as_ref().unwrap_or(status),
                 replace_failed: backoff.is_none_or(|backoff| now >= backoff.not_before),
             },
         );
@@ -330,13 +471,13 @@ async fn pass(
             let staying_ready = mine
                 .iter()
                 .filter(|assignment| !removed.contains(&assignment.key))
-                .filter(|assignment| reconcile::in_phase(&assignment.value, &status, Phase::Ready))
+                .filter(|assignment| reconcile::in_phase(&assignment.value, status, Phase::Ready))
                 .count();
             let (_, unavailable) = reconcile::rollout_bounds(&app, app.spec.replicas as usize);
             let floor = (app.spec.replicas as usize).saturating_sub(unavailable);
             let ready_before = mine
                 .iter()
-                .filter(|assignment| reconcile::in_phase(&assignment.value, &status, Phase::Ready))
+                .filter(|assignment| reconcile::in_phase(&assignment.value, status, Phase::Ready))
                 .count();
             if staying_ready < floor && staying_ready < ready_before {
                 tracing::error!(app = %key, staying_ready, floor, "rollout step would leave fewer ready replicas than replicas - maxUnavailable");
@@ -354,7 +495,7 @@ async fn pass(
             let host_lost = !live.contains(&removed.host);
             let why = if host_lost {
                 "its host is lost".to_owned()
-            } else if reconcile::in_phase(removed, &status, Phase::Failed) {
+            } else if reconcile::in_phase(removed, status, Phase::Failed) {
                 "it failed".to_owned()
             } else if removed.revision != app.revision {
                 format!("revision {} replaces it", app.revision)
@@ -366,7 +507,7 @@ async fn pass(
                 removed.replica, removed.host
             );
             lattice
-                .emit(Event::replica(&source, removed, "Removed", message))
+                .emit(Event::replica(source, removed, "Removed", message))
                 .await;
             // A lost host cannot clean up its own replica status.
             if host_lost {
@@ -383,8 +524,8 @@ async fn pass(
         let mut unplaced = None;
         if step.place > 0 {
             let plan = placement::place(
-                &host_views(&hosts, &assignments, &app),
-                &request(&app, step.place, &hosts, &assignments),
+                &host_views(hosts, assignments, &app),
+                &request(&app, step.place, hosts, assignments),
             );
             for host in &plan.hosts {
                 let assignment = Assignment {
@@ -408,7 +549,7 @@ async fn pass(
                     assignment.replica, app.revision
                 );
                 lattice
-                    .emit(Event::replica(&source, &assignment, "Placed", message))
+                    .emit(Event::replica(source, &assignment, "Placed", message))
                     .await;
                 let record = Versioned {
                     key: record_key.clone(),
@@ -426,8 +567,8 @@ async fn pass(
                 unplaced = Some(format!("{} replica(s) unplaced: {report}", plan.unplaced));
             }
         }
-        check_progress(lattice, &source, state, &app, &assignments, &status, now).await?;
-        write_status(lattice, state, &app, &assignments, &status, unplaced).await?;
+        check_progress(lattice, source, state, &app, assignments, status, now).await?;
+        write_status(lattice, state, &app, assignments, status, unplaced).await?;
     }
     Ok(())
 }

@@ -176,94 +176,8 @@ fn check(document: usize, parsed: Document) -> Result<App, Vec<ManifestError>> {
     if let Err(error) = names::check_name("namespace", &namespace) {
         fail("metadata.namespace", error.to_string());
     }
-    let spec = &parsed.spec;
-    if spec.component.trim().is_empty() || spec.component.contains(char::is_whitespace) {
-        fail(
-            "spec.component",
-            "must be an OCI reference like registry.example/team/hello:1.0".to_owned(),
-        );
-    }
-    if spec.replicas > 10_000 {
-        fail("spec.replicas", "must be at most 10000".to_owned());
-    }
-    for (key, value) in &spec.placement.requires {
-        if key.is_empty() || value.is_empty() {
-            fail(
-                &format!("spec.placement.requires.{key}"),
-                "labels and their values must not be empty".to_owned(),
-            );
-        }
-    }
-    if spec.placement.spread_by.as_deref() == Some("") {
-        fail(
-            "spec.placement.spreadBy",
-            "must name a host label".to_owned(),
-        );
-    }
-    if spec.limits.concurrency == Some(0) {
-        fail("spec.limits.concurrency", "must be at least 1".to_owned());
-    }
-    if spec
-        .limits
-        .timeout
-        .is_some_and(|timeout| timeout.0.is_zero())
-    {
-        fail("spec.limits.timeout", "must be longer than zero".to_owned());
-    }
-    for (index, route) in spec.routes.iter().enumerate() {
-        if !route.path.starts_with('/') {
-            fail(
-                &format!("spec.routes[{index}].path"),
-                "must start with /".to_owned(),
-            );
-        }
-        if let Some(host) = &route.host
-            && (host.is_empty() || host.contains("://") || host.contains('/'))
-        {
-            fail(
-                &format!("spec.routes[{index}].host"),
-                "must be a host name like hello.local, without scheme or path".to_owned(),
-            );
-        }
-    }
-    for key in spec.config.keys() {
-        let valid = key.bytes().enumerate().all(|(at, byte)| {
-            byte == b'_' || byte.is_ascii_alphabetic() || (at > 0 && byte.is_ascii_digit())
-        });
-        if key.is_empty() || !valid {
-            fail(
-                &format!("spec.config.{key}"),
-                "must be an environment variable name (letters, digits, _)".to_owned(),
-            );
-        }
-    }
-    for (index, url) in spec.allowed_outbound.iter().enumerate() {
-        if !(url.starts_with("http://") || url.starts_with("https://")) {
-            fail(
-                &format!("spec.allowedOutbound[{index}]"),
-                format!("{url:?} must start with http:// or https://"),
-            );
-        }
-    }
-    if let Some(health) = &spec.health
-        && !health.path.starts_with('/')
-    {
-        fail("spec.health.path", "must start with /".to_owned());
-    }
-    if let Some(rollout) = &spec.rollout {
-        for (field, value) in [
-            ("maxSurge", &rollout.max_surge),
-            ("maxUnavailable", &rollout.max_unavailable),
-        ] {
-            if let Some(value) = value
-                && !is_count_or_percent(value)
-            {
-                fail(
-                    &format!("spec.rollout.{field}"),
-                    "must be a count like 1 or a percentage like \"25%\"".to_owned(),
-                );
-            }
-        }
+    for problem in parsed.spec.problems("spec") {
+        fail(&problem.path, problem.reason);
     }
     if errors.is_empty() {
         Ok(App {
@@ -273,17 +187,6 @@ fn check(document: usize, parsed: Document) -> Result<App, Vec<ManifestError>> {
         })
     } else {
         Err(errors)
-    }
-}
-
-fn is_count_or_percent(value: &serde_json::Value) -> bool {
-    match value {
-        serde_json::Value::Number(number) => number.as_u64().is_some(),
-        serde_json::Value::String(text) => text
-            .strip_suffix('%')
-            .and_then(|percent| percent.parse::<u32>().ok())
-            .is_some_and(|percent| percent <= 100),
-        _ => false,
     }
 }
 
@@ -368,5 +271,96 @@ spec:
                 .iter()
                 .any(|error| error.contains("no documents"))
         );
+    }
+
+    #[test]
+    fn numbers_and_durations_have_bounds() {
+        let found = errors(&HELLO.replace(
+            "timeout: 5s, concurrency: 100",
+            "timeout: 18446744073709551615s, concurrency: 0",
+        ));
+        assert!(
+            found.contains(&"document 1: spec.limits.timeout: must be at most 1h".to_owned()),
+            "{found:?}"
+        );
+        assert!(
+            found
+                .iter()
+                .any(|error| error.contains("spec.limits.concurrency")),
+            "{found:?}"
+        );
+        let found = errors(&HELLO.replace("replicas: 3", "replicas: 4294967295"));
+        assert!(
+            found[0].contains("spec.replicas: must be at most 10000"),
+            "{found:?}"
+        );
+        let found = errors(&HELLO.replace("progressDeadline: 60s", "progressDeadline: 10000d"));
+        assert!(
+            found[0].contains("spec.rollout.progressDeadline"),
+            "{found:?}"
+        );
+        let found = errors(&HELLO.replace("maxSurge: 1", "maxSurge: 99999999999"));
+        assert!(found[0].contains("spec.rollout.maxSurge"), "{found:?}");
+        let found = errors(&HELLO.replace("memory: 64Mi", "memory: 1Ei"));
+        assert!(found[0].contains("spec.limits.memory"), "{found:?}");
+        let found = errors(&HELLO.replace(
+            "\"https://api.example.com\"",
+            "\"https://api.example.com/path\"",
+        ));
+        assert!(found[0].contains("spec.allowedOutbound[0]"), "{found:?}");
+    }
+
+    mod fuzz {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(1000))]
+
+            /// Manifests with random edits never panic the parser, and whatever parses is
+            /// within the lattice's bounds.
+            #[test]
+            fn mutated_manifests_never_panic(
+                edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>(), 0..3u8), 1..10)
+            ) {
+                let mut bytes = HELLO.as_bytes().to_vec();
+                for (at, byte, kind) in edits {
+                    if bytes.is_empty() { break; }
+                    let at = at.index(bytes.len());
+                    match kind {
+                        0 => bytes[at] = byte,
+                        1 => bytes.insert(at, byte),
+                        _ => { bytes.remove(at); }
+                    }
+                }
+                let text = String::from_utf8_lossy(&bytes);
+                if let Ok(apps) = parse(&text) {
+                    for app in apps {
+                        prop_assert!(app.spec.problems("spec").is_empty());
+                    }
+                }
+            }
+
+            /// Any text at all.
+            #[test]
+            fn random_text_never_panics(text in any::<String>()) {
+                let _ = parse(&text);
+            }
+
+            /// Extreme numbers in every numeric field are refused, never accepted or a panic.
+            #[test]
+            fn extreme_numbers_are_refused(number in (u64::MAX / 2)..u64::MAX, field in 0..6usize) {
+                let (from, to) = [
+                    ("replicas: 3", format!("replicas: {number}")),
+                    ("timeout: 5s", format!("timeout: {number}s")),
+                    ("concurrency: 100", format!("concurrency: {number}")),
+                    ("memory: 64Mi", format!("memory: {number}")),
+                    ("maxSurge: 1", format!("maxSurge: {number}")),
+                    ("progressDeadline: 60s", format!("progressDeadline: {number}")),
+                ][field].clone();
+                prop_assert!(parse(&HELLO.replace(from, &to)).is_err());
+            }
+        }
     }
 }

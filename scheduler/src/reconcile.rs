@@ -270,6 +270,7 @@ mod tests {
                 allowed_outbound: vec![],
                 health: None,
                 rollout: None,
+                revision_history_limit: None,
             },
             created_at: 0,
             updated_at: 0,

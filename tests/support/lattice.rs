@@ -42,6 +42,11 @@ impl Process {
         self.child.wait().unwrap()
     }
 
+    /// Whether the process is still running (it has not exited or crashed).
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -164,6 +169,27 @@ impl Lattice {
         let path = guest(name);
         self.shoal.ok(&["push", path.to_str().unwrap(), &reference]);
         reference
+    }
+
+    /// `shoal events -o json ARGS…`, one JSON value per event.
+    pub fn events(&self, args: &[&str]) -> Vec<serde_json::Value> {
+        let mut all = vec!["events", "-o", "json"];
+        all.extend_from_slice(args);
+        self.ok(&all)
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect()
+    }
+
+    /// Writes a manifest and applies it: exit success, stdout, stderr.
+    pub fn try_apply(&self, manifest: &str) -> (bool, String, String) {
+        let file = self
+            .shoal
+            .home
+            .path()
+            .join(format!("app-{}.yaml", rand_suffix()));
+        std::fs::write(&file, manifest).unwrap();
+        self.shoal(&["apply", "-f", file.to_str().unwrap()])
     }
 
     /// Writes a manifest and applies it.

@@ -68,6 +68,50 @@ impl Nats {
         });
     }
 
+    /// Publishes `payload` on `subject` as a bare NATS client would: no Shoal code involved,
+    /// the way a hostile or older client writes a KV record (`$KV.<bucket>.<key>`).
+    pub fn publish(&self, subject: &str, payload: &[u8]) {
+        use std::io::{BufRead, BufReader, Write};
+        let stream = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        assert!(line.starts_with("INFO"), "{line}");
+        let mut writer = stream;
+        writer
+            .write_all(b"CONNECT {\"verbose\":false,\"pedantic\":false}\r\n")
+            .unwrap();
+        writer
+            .write_all(format!("PUB {subject} {}\r\n", payload.len()).as_bytes())
+            .unwrap();
+        writer.write_all(payload).unwrap();
+        writer.write_all(b"\r\nPING\r\n").unwrap();
+        loop {
+            line.clear();
+            reader.read_line(&mut line).unwrap();
+            assert!(!line.starts_with("-ERR"), "{line}");
+            if line.starts_with("PONG") {
+                return;
+            }
+        }
+    }
+
+    /// Kills the server with SIGKILL: no flush, no goodbye.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again after [`Self::stop`] or [`Self::kill`], same ports and data.
+    pub fn relaunch(&mut self) {
+        self.launch();
+    }
+
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }

@@ -93,6 +93,12 @@ pub async fn apply_file(
                 }
             }
             Change::Scaled { from, to } => println!("{name} scaled: {from} → {to} replicas"),
+            Change::Updated { changes } => {
+                println!("{name} configured (revision {})", record.revision);
+                for change in changes {
+                    println!("  {change}");
+                }
+            }
             Change::Unchanged => println!("{name} unchanged (revision {})", record.revision),
         }
     }

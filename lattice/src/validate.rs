@@ -1,0 +1,690 @@
+//! Bounds and checks of everything stored in the lattice.
+//!
+//! The CLI checks a manifest with these rules before it stores anything, and the scheduler
+//! and every host check each record again when they read it: a record written by hand, by an
+//! older Shoal or by a hostile client is reported and skipped, never acted on and never a
+//! panic. Every number has a bound so arithmetic on it cannot overflow anywhere downstream.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::names;
+use crate::quantity::Span;
+use crate::records::{
+    AppRecord, AppSpec, AppStatus, Assignment, HostRecord, Lease, ReplicaStatus, RevisionRecord,
+};
+
+/// Most replicas an app may ask for.
+pub const MAX_REPLICAS: u32 = 10_000;
+/// Smallest `limits.memory`: one Wasm page.
+pub const MIN_MEMORY: u64 = 64 << 10;
+/// Largest `limits.memory`: all a 32-bit linear memory can address.
+pub const MAX_MEMORY: u64 = 4 << 30;
+/// Largest `limits.cpu`, in millicores (1,000 cores).
+pub const MAX_CPU_MILLICORES: u32 = 1_000_000;
+/// Longest `limits.timeout`.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Most in-flight requests per replica.
+pub const MAX_CONCURRENCY: u32 = 10_000;
+/// Longest `rollout.minReady`.
+pub const MAX_MIN_READY: Duration = Duration::from_secs(3600);
+/// Longest `rollout.progressDeadline`.
+pub const MAX_PROGRESS_DEADLINE: Duration = Duration::from_secs(24 * 3600);
+/// Most routes of one app.
+pub const MAX_ROUTES: usize = 64;
+/// Longest route or health path, and longest component reference.
+pub const MAX_PATH: usize = 1024;
+/// Longest host name (DNS).
+pub const MAX_HOST_NAME: usize = 253;
+/// Most config entries of one app.
+pub const MAX_CONFIG_ENTRIES: usize = 256;
+/// Most bytes of config (names and values) of one app.
+pub const MAX_CONFIG_BYTES: usize = 256 << 10;
+/// Most entries in `allowedOutbound`, `secrets` or `placement.requires`.
+pub const MAX_LIST: usize = 64;
+/// Longest label key or value, allowlist entry or secret name.
+pub const MAX_SHORT_TEXT: usize = 253;
+/// Most revisions kept per app (`revisionHistoryLimit`).
+pub const MAX_REVISION_HISTORY: u32 = 100;
+/// Revisions kept per app when the app says nothing.
+pub const DEFAULT_REVISION_HISTORY: u32 = 10;
+/// Largest generation or revision number accepted from a record: far beyond any real count,
+/// and far enough below `u64::MAX` that adding to it never overflows.
+pub const MAX_SEQUENCE: u64 = 1 << 53;
+/// Most component digests a host record lists as cached.
+pub const MAX_CACHED: usize = 256;
+/// Most labels of a host.
+pub const MAX_LABELS: usize = 64;
+/// Longest message in a replica status.
+pub const MAX_MESSAGE: usize = 4096;
+
+/// One problem with one field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Field path, like `spec.limits.timeout`.
+    pub path: String,
+    /// What is wrong, and what would be right.
+    pub reason: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.reason)
+    }
+}
+
+/// Why a record was refused: every problem found.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct Invalid(pub Vec<Problem>);
+
+impl fmt::Display for Invalid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (index, problem) in self.0.iter().enumerate() {
+            if index > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{problem}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A record that can check itself against the lattice's bounds.
+pub trait Validate {
+    /// Every problem of the record.
+    ///
+    /// # Errors
+    /// [`Invalid`] with each problem's field path and reason.
+    fn validate(&self) -> Result<(), Invalid>;
+}
+
+/// Collects problems under a path prefix.
+#[derive(Default)]
+struct Problems(Vec<Problem>);
+
+impl Problems {
+    fn add(&mut self, path: impl Into<String>, reason: impl Into<String>) {
+        self.0.push(Problem {
+            path: path.into(),
+            reason: reason.into(),
+        });
+    }
+
+    fn name(&mut self, path: &str, what: &str, name: &str) {
+        if let Err(error) = names::check_name(what, name) {
+            self.add(path, error.to_string());
+        }
+    }
+
+    fn replica(&mut self, path: &str, id: &str) {
+        let valid = !id.is_empty()
+            && id.len() <= 128
+            && id
+                .bytes()
+                .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_');
+        if !valid {
+            self.add(path, "must be 1 to 128 letters, digits, '-' or '_'");
+        }
+    }
+
+    fn host_id(&mut self, path: &str, id: &str) {
+        if let Err(error) = names::check_host_id(id) {
+            self.add(path, error.to_string());
+        }
+    }
+
+    fn sequence(&mut self, path: &str, value: u64) {
+        if value == 0 || value > MAX_SEQUENCE {
+            self.add(path, format!("must be between 1 and {MAX_SEQUENCE}"));
+        }
+    }
+
+    fn digest(&mut self, path: &str, digest: &str) {
+        let valid = digest.strip_prefix("sha256:").is_some_and(|hex| {
+            hex.len() == 64
+                && hex
+                    .bytes()
+                    .all(|byte| byte.is_ascii_digit() || (b'a'..=b'f').contains(&byte))
+        });
+        if !valid {
+            self.add(path, "must be sha256: and 64 lowercase hex digits");
+        }
+    }
+
+    fn span(&mut self, path: &str, span: Option<Span>, max: Duration) {
+        if let Some(span) = span
+            && span.0 > max
+        {
+            self.add(
+                path,
+                format!("must be at most {}", humantime::format_duration(max)),
+            );
+        }
+    }
+
+    fn text(&mut self, path: &str, text: &str, max: usize) -> bool {
+        if text.len() > max {
+            self.add(path, format!("must be at most {max} bytes long"));
+            return false;
+        }
+        true
+    }
+
+    fn finish(self) -> Result<(), Invalid> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(Invalid(self.0))
+        }
+    }
+}
+
+impl AppSpec {
+    /// Every problem of this spec, with field paths under `prefix` (`spec` in a manifest).
+    pub fn problems(&self, prefix: &str) -> Vec<Problem> {
+        let mut found = Problems::default();
+        found.spec(prefix, self);
+        found.0
+    }
+}
+
+impl Problems {
+    fn spec(&mut self, prefix: &str, spec: &AppSpec) {
+        let at = |field: &str| format!("{prefix}.{field}");
+        if spec.component.trim().is_empty() || spec.component.contains(char::is_whitespace) {
+            self.add(
+                at("component"),
+                "must be an OCI reference like registry.example/team/hello:1.0",
+            );
+        }
+        self.text(&at("component"), &spec.component, MAX_PATH);
+        if spec.replicas > MAX_REPLICAS {
+            self.add(at("replicas"), format!("must be at most {MAX_REPLICAS}"));
+        }
+        if spec.placement.requires.len() > MAX_LIST {
+            self.add(
+                at("placement.requires"),
+                format!("must have at most {MAX_LIST} labels"),
+            );
+        }
+        for (key, value) in &spec.placement.requires {
+            let path = at(&format!("placement.requires.{key}"));
+            if key.is_empty() || value.is_empty() {
+                self.add(&path, "labels and their values must not be empty");
+            }
+            if self.text(&path, key, MAX_SHORT_TEXT) {
+                self.text(&path, value, MAX_SHORT_TEXT);
+            }
+        }
+        if let Some(label) = &spec.placement.spread_by {
+            if label.is_empty() {
+                self.add(at("placement.spreadBy"), "must name a host label");
+            }
+            self.text(&at("placement.spreadBy"), label, MAX_SHORT_TEXT);
+        }
+        self.limits(prefix, spec);
+        if spec.routes.len() > MAX_ROUTES {
+            self.add(
+                at("routes"),
+                format!("must have at most {MAX_ROUTES} routes"),
+            );
+        }
+        for (index, route) in spec.routes.iter().enumerate() {
+            let path = at(&format!("routes[{index}].path"));
+            if !route.path.starts_with('/') {
+                self.add(&path, "must start with /");
+            }
+            self.text(&path, &route.path, MAX_PATH);
+            if let Some(host) = &route.host {
+                let path = at(&format!("routes[{index}].host"));
+                if host.is_empty() || host.contains("://") || host.contains('/') {
+                    self.add(
+                        &path,
+                        "must be a host name like hello.local, without scheme or path",
+                    );
+                }
+                self.text(&path, host, MAX_HOST_NAME);
+            }
+        }
+        self.config(prefix, spec);
+        if spec.secrets.len() > MAX_LIST {
+            self.add(
+                at("secrets"),
+                format!("must name at most {MAX_LIST} secrets"),
+            );
+        }
+        for (index, secret) in spec.secrets.iter().enumerate() {
+            self.name(&at(&format!("secrets[{index}]")), "secret name", secret);
+        }
+        if spec.allowed_outbound.len() > MAX_LIST {
+            self.add(
+                at("allowedOutbound"),
+                format!("must have at most {MAX_LIST} entries"),
+            );
+        }
+        for (index, url) in spec.allowed_outbound.iter().enumerate() {
+            let path = at(&format!("allowedOutbound[{index}]"));
+            if let Err(reason) = check_origin(url) {
+                self.add(&path, reason);
+            }
+        }
+        if let Some(health) = &spec.health {
+            if !health.path.starts_with('/') {
+                self.add(at("health.path"), "must start with /");
+            }
+            self.text(&at("health.path"), &health.path, MAX_PATH);
+        }
+        if let Some(rollout) = &spec.rollout {
+            for (field, value) in [
+                ("maxSurge", &rollout.max_surge),
+                ("maxUnavailable", &rollout.max_unavailable),
+            ] {
+                if let Some(value) = value
+                    && !is_count_or_percent(value)
+                {
+                    self.add(
+                        at(&format!("rollout.{field}")),
+                        format!(
+                            "must be a count from 0 to {MAX_REPLICAS} or a percentage like \"25%\""
+                        ),
+                    );
+                }
+            }
+            self.span(&at("rollout.minReady"), rollout.min_ready, MAX_MIN_READY);
+            self.span(
+                &at("rollout.progressDeadline"),
+                rollout.progress_deadline,
+                MAX_PROGRESS_DEADLINE,
+            );
+            if rollout
+                .progress_deadline
+                .is_some_and(|deadline| deadline.0 < Duration::from_secs(1))
+            {
+                self.add(at("rollout.progressDeadline"), "must be at least 1s");
+            }
+        }
+        if let Some(limit) = spec.revision_history_limit
+            && !(1..=MAX_REVISION_HISTORY).contains(&limit)
+        {
+            self.add(
+                at("revisionHistoryLimit"),
+                format!("must be between 1 and {MAX_REVISION_HISTORY}"),
+            );
+        }
+    }
+
+    fn limits(&mut self, prefix: &str, spec: &AppSpec) {
+        let at = |field: &str| format!("{prefix}.limits.{field}");
+        let limits = &spec.limits;
+        if let Some(memory) = limits.memory
+            && !(MIN_MEMORY..=MAX_MEMORY).contains(&memory.0)
+        {
+            self.add(at("memory"), "must be between 64Ki and 4Gi");
+        }
+        if let Some(cpu) = limits.cpu
+            && cpu.0 > MAX_CPU_MILLICORES
+        {
+            self.add(
+                at("cpu"),
+                format!("must be at most {}m (1000 cores)", MAX_CPU_MILLICORES),
+            );
+        }
+        if let Some(timeout) = limits.timeout {
+            if timeout.0.is_zero() {
+                self.add(at("timeout"), "must be longer than zero");
+            }
+            self.span(&at("timeout"), Some(timeout), MAX_TIMEOUT);
+        }
+        if let Some(concurrency) = limits.concurrency
+            && !(1..=MAX_CONCURRENCY).contains(&concurrency)
+        {
+            self.add(
+                at("concurrency"),
+                format!("must be between 1 and {MAX_CONCURRENCY}"),
+            );
+        }
+    }
+
+    fn config(&mut self, prefix: &str, spec: &AppSpec) {
+        if spec.config.len() > MAX_CONFIG_ENTRIES {
+            self.add(
+                format!("{prefix}.config"),
+                format!("must have at most {MAX_CONFIG_ENTRIES} entries"),
+            );
+        }
+        let bytes: usize = spec
+            .config
+            .iter()
+            .map(|(key, value)| key.len().saturating_add(value.len()))
+            .fold(0, usize::saturating_add);
+        if bytes > MAX_CONFIG_BYTES {
+            self.add(
+                format!("{prefix}.config"),
+                format!("must be at most {} KiB in all", MAX_CONFIG_BYTES >> 10),
+            );
+        }
+        for key in spec.config.keys() {
+            let valid = key.bytes().enumerate().all(|(at, byte)| {
+                byte == b'_' || byte.is_ascii_alphabetic() || (at > 0 && byte.is_ascii_digit())
+            });
+            if key.is_empty() || !valid || key.len() > MAX_SHORT_TEXT {
+                self.add(
+                    format!("{prefix}.config.{key}"),
+                    "must be an environment variable name (letters, digits, _)",
+                );
+            }
+        }
+    }
+}
+
+/// Checks an `allowedOutbound` entry: `http://` or `https://`, a host (`*.` allowed as its
+/// first label), an optional port, nothing after but an optional `/`.
+pub fn check_origin(entry: &str) -> Result<(), String> {
+    let usage = || format!("{entry:?} must be scheme://host[:port], like https://api.example.com");
+    if entry.len() > MAX_SHORT_TEXT {
+        return Err(format!("must be at most {MAX_SHORT_TEXT} bytes long"));
+    }
+    let rest = entry
+        .strip_prefix("http://")
+        .or_else(|| entry.strip_prefix("https://"))
+        .ok_or_else(|| format!("{entry:?} must start with http:// or https://"))?;
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    let (host, port) = match rest.strip_prefix('[') {
+        Some(bracketed) => {
+            let (address, after) = bracketed.split_once(']').ok_or_else(usage)?;
+            if address.parse::<std::net::Ipv6Addr>().is_err() {
+                return Err(usage());
+            }
+            match after {
+                "" => ("v6", None),
+                after => ("v6", Some(after.strip_prefix(':').ok_or_else(usage)?)),
+            }
+        }
+        None => match rest.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (rest, None),
+        },
+    };
+    if let Some(port) = port
+        && port.parse::<u16>().ok().is_none_or(|port| port == 0)
+    {
+        return Err(format!("{entry:?} has a port that is not 1 to 65535"));
+    }
+    let host = host.strip_prefix("*.").unwrap_or(host);
+    let valid = !host.is_empty()
+        && host
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'.');
+    if valid { Ok(()) } else { Err(usage()) }
+}
+
+fn is_count_or_percent(value: &serde_json::Value) -> bool {
+    match value {
+        serde_json::Value::Number(number) => number
+            .as_u64()
+            .is_some_and(|count| count <= u64::from(MAX_REPLICAS)),
+        serde_json::Value::String(text) => text
+            .strip_suffix('%')
+            .and_then(|percent| percent.parse::<u32>().ok())
+            .is_some_and(|percent| percent <= 100),
+        _ => false,
+    }
+}
+
+impl Validate for AppRecord {
+    fn validate(&self) -> Result<(), Invalid> {
+        let mut found = Problems::default();
+        found.name("name", "name", &self.name);
+        found.name("namespace", "namespace", &self.namespace);
+        found.sequence("generation", self.generation);
+        found.sequence("revision", self.revision);
+        found.digest("digest", &self.digest);
+        found.spec("spec", &self.spec);
+        found.finish()
+    }
+}
+
+impl Validate for RevisionRecord {
+    fn validate(&self) -> Result<(), Invalid> {
+        let mut found = Problems::default();
+        found.name("name", "name", &self.name);
+        found.name("namespace", "namespace", &self.namespace);
+        found.sequence("revision", self.revision);
+        found.digest("digest", &self.digest);
+        found.spec("template", &self.template);
+        found.finish()
+    }
+}
+
+impl Validate for Assignment {
+    fn validate(&self) -> Result<(), Invalid> {
+        let mut found = Problems::default();
+        found.replica("replica", &self.replica);
+        found.name("app", "app name", &self.app);
+        found.name("namespace", "namespace", &self.namespace);
+        found.host_id("host", &self.host);
+        found.sequence("revision", self.revision);
+        found.sequence("generation", self.generation);
+        found.digest("digest", &self.digest);
+        found.spec("template", &self.template);
+        found.finish()
+    }
+}
+
+impl Validate for HostRecord {
+    fn validate(&self) -> Result<(), Invalid> {
+        let mut found = Problems::default();
+        found.host_id("id", &self.id);
+        if self.labels.len() > MAX_LABELS {
+            found.add("labels", format!("must have at most {MAX_LABELS} labels"));
+        }
+        for (key, value) in &self.labels {
+            if found.text(&format!("labels.{key}"), key, MAX_SHORT_TEXT) {
+                found.text(&format!("labels.{key}"), value, MAX_SHORT_TEXT);
+            }
+        }
+        if self.capacity.cpu.0 > MAX_CPU_MILLICORES.saturating_mul(1000) {
+            found.add("capacity.cpu", "is beyond any machine");
+        }
+        if self.capacity.memory.0 > 1 << 50 {
+            found.add("capacity.memory", "is beyond any machine");
+        }
+        if self.cached.len() > MAX_CACHED {
+            found.add("cached", format!("must list at most {MAX_CACHED} digests"));
+        }
+        found.finish()
+    }
+}
+
+impl Validate for ReplicaStatus {
+    fn validate(&self) -> Result<(), Invalid> {
+        let mut found = Problems::default();
+        found.replica("replica", &self.replica);
+        found.host_id("host", &self.host);
+        if let Some(message) = &self.message {
+            found.text("message", message, MAX_MESSAGE);
+        }
+        if let Some(reason) = &self.reason {
+            found.text("reason", reason, MAX_SHORT_TEXT);
+        }
+        found.finish()
+    }
+}
+
+impl Validate for AppStatus {
+    fn validate(&self) -> Result<(), Invalid> {
+        Ok(())
+    }
+}
+
+impl Validate for Lease {
+    fn validate(&self) -> Result<(), Invalid> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins_need_a_scheme_a_host_and_a_real_port() {
+        for good in [
+            "https://api.example.com",
+            "http://*.internal:8080",
+            "http://127.0.0.1:9000/",
+            "http://[::1]:80",
+        ] {
+            assert!(check_origin(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "api.example.com",
+            "ftp://x",
+            "http://",
+            "http://a:0",
+            "http://a:70000",
+            "http://a/path",
+            "http://a b",
+        ] {
+            assert!(check_origin(bad).is_err(), "{bad}");
+        }
+    }
+}
+
+/// Fuzzing: random and mutated records and quantities go through decoding and validation;
+/// nothing panics, and whatever validates stays within the bounds downstream code relies on.
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::quantity::{Memory, Millicores};
+
+    /// Any JSON value, a few levels deep, with the strings and numbers records use.
+    fn json() -> impl Strategy<Value = serde_json::Value> {
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::Bool),
+            any::<u64>().prop_map(|number| serde_json::json!(number)),
+            any::<i64>().prop_map(|number| serde_json::json!(number)),
+            any::<f64>().prop_map(|number| serde_json::json!(number)),
+            "[a-z0-9:./%-]{0,12}".prop_map(serde_json::Value::String),
+            "[0-9]{1,25}(s|ms|m|h|Mi|Gi|Ti|m|%)".prop_map(serde_json::Value::String),
+            any::<String>().prop_map(serde_json::Value::String),
+        ];
+        leaf.prop_recursive(4, 64, 8, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(serde_json::Value::Array),
+                prop::collection::btree_map(
+                    prop_oneof![
+                        Just("component".to_owned()),
+                        Just("replicas".to_owned()),
+                        Just("limits".to_owned()),
+                        Just("timeout".to_owned()),
+                        Just("memory".to_owned()),
+                        Just("cpu".to_owned()),
+                        Just("concurrency".to_owned()),
+                        Just("routes".to_owned()),
+                        Just("rollout".to_owned()),
+                        Just("maxSurge".to_owned()),
+                        Just("progressDeadline".to_owned()),
+                        "[a-zA-Z]{1,8}",
+                    ],
+                    inner,
+                    0..8,
+                )
+                .prop_map(|map| serde_json::Value::Object(map.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// A valid app record as JSON, to mutate.
+    const APP: &str = r#"{"name":"hello","namespace":"default","generation":3,"revision":2,
+        "digest":"sha256:0000000000000000000000000000000000000000000000000000000000000000",
+        "spec":{"component":"localhost:5000/hello:1.0","replicas":3,
+        "limits":{"memory":"64Mi","cpu":"250m","timeout":"5s","concurrency":100},
+        "routes":[{"host":"hello.local","path":"/"}],"config":{"GREETING":"hi"},
+        "allowedOutbound":["https://api.example.com"],"health":{"path":"/healthz"},
+        "rollout":{"maxSurge":1,"maxUnavailable":"25%","progressDeadline":"60s"}},
+        "createdAt":0,"updatedAt":0}"#;
+
+    fn check_bounds(spec: &AppSpec) {
+        assert!(spec.replicas <= MAX_REPLICAS);
+        if let Some(timeout) = spec.limits.timeout {
+            assert!(timeout.0 <= MAX_TIMEOUT);
+            // What hosts do with it must not overflow.
+            let _ = timeout.0 + std::time::Duration::from_secs(5);
+        }
+        if let Some(memory) = spec.limits.memory {
+            assert!(memory.0 <= MAX_MEMORY);
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn random_records_never_panic(value in json()) {
+            let bytes = serde_json::to_vec(&value).unwrap();
+            if let Ok(record) = serde_json::from_slice::<AppRecord>(&bytes)
+                && record.validate().is_ok()
+            {
+                check_bounds(&record.spec);
+            }
+            if let Ok(spec) = serde_json::from_slice::<AppSpec>(&bytes)
+                && spec.problems("spec").is_empty()
+            {
+                check_bounds(&spec);
+            }
+            if let Ok(assignment) = serde_json::from_slice::<Assignment>(&bytes) {
+                let _ = assignment.validate();
+            }
+            if let Ok(host) = serde_json::from_slice::<HostRecord>(&bytes) {
+                let _ = host.validate();
+            }
+            if let Ok(status) = serde_json::from_slice::<ReplicaStatus>(&bytes) {
+                let _ = status.validate();
+            }
+        }
+
+        #[test]
+        fn mutated_records_never_panic(
+            edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>(), 0..3u8), 1..8)
+        ) {
+            let mut bytes = APP.as_bytes().to_vec();
+            for (at, byte, kind) in edits {
+                let at = at.index(bytes.len());
+                match kind {
+                    0 => bytes[at] = byte,
+                    1 => bytes.insert(at, byte),
+                    _ => { bytes.remove(at); }
+                }
+                if bytes.is_empty() { break; }
+            }
+            if let Ok(record) = serde_json::from_slice::<AppRecord>(&bytes)
+                && record.validate().is_ok()
+            {
+                check_bounds(&record.spec);
+            }
+        }
+
+        #[test]
+        fn quantities_parse_any_text_without_panicking(text in any::<String>(), digits in "[0-9]{1,40}") {
+            let _ = text.parse::<Memory>();
+            let _ = text.parse::<Millicores>();
+            let _ = text.parse::<Span>();
+            for unit in ["", "s", "ms", "h", "m", "Mi", "Gi", "Ti", "Ei"] {
+                let text = format!("{digits}{unit}");
+                let _ = text.parse::<Memory>();
+                let _ = text.parse::<Millicores>();
+                let _ = text.parse::<Span>();
+            }
+        }
+    }
+
+    #[test]
+    fn the_valid_example_is_valid() {
+        let record: AppRecord = serde_json::from_str(APP).unwrap();
+        record.validate().unwrap();
+    }
+}

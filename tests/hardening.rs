@@ -1,0 +1,181 @@
+//! End-to-end tests of hostile input: records written behind the CLI's back, extreme values,
+//! abusive clients. Real nats-server, registry, `shoal host` and `shoal scheduler` processes.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::time::Duration;
+
+use support::eventually;
+use support::lattice::{Lattice, hello_manifest};
+
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// The digest `app` was pinned to, read from `shoal get apps -o json`.
+fn digest_of(lattice: &Lattice, app: &str) -> String {
+    let apps: serde_json::Value =
+        serde_json::from_str(&lattice.ok(&["get", "apps", "-o", "json"])).unwrap();
+    apps.as_array()
+        .unwrap()
+        .iter()
+        .find(|row| row["name"] == app)
+        .and_then(|row| row["digest"].as_str())
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn extreme_values_and_hostile_records_crash_nothing_and_are_reported() {
+    let lattice = Lattice::start();
+    let mut scheduler = lattice.scheduler("s1");
+    let mut host = lattice.host("host-a", &[]);
+    let hello = lattice.push_hello("1.0");
+
+    // The manifest that once took every host down is refused at apply, with the bound.
+    let extreme = hello_manifest(
+        "extreme",
+        &hello,
+        1,
+        "  limits: {timeout: 18446744073709551615s, memory: 1Ti, concurrency: 4000000000}\n",
+    );
+    let (ok, _, stderr) = lattice.try_apply(&extreme);
+    assert!(!ok, "{stderr}");
+    for expected in [
+        "spec.limits.timeout: must be at most 1h",
+        "spec.limits.memory: must be between 64Ki and 4Gi",
+        "spec.limits.concurrency: must be between 1 and 10000",
+    ] {
+        assert!(stderr.contains(expected), "{expected} in:\n{stderr}");
+    }
+    assert!(!lattice.ok(&["get", "apps"]).contains("extreme"));
+
+    lattice.apply(&hello_manifest("good", &hello, 1, ""));
+    lattice.wait_ready("good", 1, PATIENCE);
+    let digest = digest_of(&lattice, "good");
+
+    // A client with no Shoal code writes what the CLI would refuse, straight into the KV
+    // buckets: the extreme app, a record that is not JSON, and an assignment for host-a
+    // with limits no host may run.
+    let spec = format!(
+        r#"{{"component":"{hello}","replicas":1,"routes":[{{"path":"/evil"}}],"limits":{{"timeout":"18446744073709551615s"}}}}"#
+    );
+    let evil_app = format!(
+        r#"{{"name":"evil","namespace":"default","generation":1,"revision":1,"digest":"{digest}","spec":{spec},"createdAt":0,"updatedAt":0}}"#
+    );
+    let bucket = |name: &str| format!("$KV.shoal-{}-v1-{name}", lattice.name);
+    lattice.nats.publish(
+        &format!("{}.default.evil", bucket("apps")),
+        evil_app.as_bytes(),
+    );
+    lattice
+        .nats
+        .publish(&format!("{}.default.junk", bucket("apps")), b"{not json");
+    let evil_assignment = format!(
+        r#"{{"replica":"evil-1","app":"evil","namespace":"default","revision":1,"generation":1,"host":"host-a","digest":"{digest}","template":{spec},"createdAt":0}}"#
+    );
+    lattice.nats.publish(
+        &format!("{}.host-a.evil-1", bucket("assignments")),
+        evil_assignment.as_bytes(),
+    );
+
+    // Both are told as events; the invalid assignment is removed by the scheduler.
+    eventually(PATIENCE, "the invalid records to be reported", || {
+        let events = lattice.events(&[]);
+        let told = |reason: &str, needle: &str| {
+            events.iter().any(|event| {
+                event["reason"] == reason
+                    && event["message"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .contains(needle)
+            })
+        };
+        (told("InvalidSpec", "spec.limits.timeout: must be at most 1h")
+            && told("InvalidSpec", "cannot read")
+            && told("InvalidRecord", "assignment host-a.evil-1 was removed"))
+        .then_some(())
+    });
+    let status: serde_json::Value =
+        serde_json::from_str(&lattice.ok(&["get", "apps", "-o", "json"])).unwrap();
+    let evil = status
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|row| row["name"] == "evil")
+        .unwrap();
+    assert_eq!(evil["status"]["conditions"][0]["type"], "Valid", "{evil}");
+    assert_eq!(evil["status"]["conditions"][0]["status"], false, "{evil}");
+
+    // Nothing crashed; the good app serves; no replica of the extreme app runs.
+    assert!(host.is_running(), "{}", host.log());
+    assert!(scheduler.is_running(), "{}", scheduler.log());
+    assert_eq!(host.get("/good").unwrap().0, 200);
+    assert!(lattice.replicas().iter().all(|(app, _, _)| app != "evil"));
+
+    // And a restart with the hostile records still stored starts and serves.
+    host.kill();
+    let host = lattice.host("host-a", &[]);
+    let (status, _) = eventually(PATIENCE, "the restarted host to serve /good", || {
+        host.get("/good").filter(|(status, _)| *status == 200)
+    });
+    assert_eq!(status, 200);
+    scheduler.kill();
+    let mut scheduler = lattice.scheduler("s2");
+    lattice.ok(&["scale", "app", "good", "--replicas", "2"]);
+    lattice.wait_ready("good", 2, PATIENCE);
+    assert!(scheduler.is_running(), "{}", scheduler.log());
+}
+
+/// A small deterministic random source, so a failing case can be replayed.
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, bound: usize) -> usize {
+        (self.next() % bound.max(1) as u64) as usize
+    }
+}
+
+#[test]
+fn mutated_components_are_refused_or_run_never_a_panic() {
+    let original = std::fs::read(support::guest("hello-http")).unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let runtime = shoal_host::Runtime::new(shoal_host::RuntimeOptions {
+        cache_dir: cache.path().to_owned(),
+        pooling: false,
+    })
+    .unwrap();
+    let mut random = XorShift(0x0005_eed0_f5a1_u64);
+    let (mut refused, mut compiled) = (0, 0);
+    for case in 0..300 {
+        let mut bytes = original.clone();
+        for _ in 0..=random.below(4) {
+            let at = random.below(bytes.len());
+            match random.below(3) {
+                0 => bytes[at] = random.next() as u8,
+                1 => bytes.insert(at, random.next() as u8),
+                _ => {
+                    bytes.remove(at);
+                }
+            }
+        }
+        if shoal_oci::ComponentInfo::from_bytes(&bytes).is_err() {
+            refused += 1;
+            continue;
+        }
+        // What the registry checks let through, the host compiles or refuses, per case.
+        match runtime.load(&bytes, &format!("sha256:{case:064x}")) {
+            Ok(_) => compiled += 1,
+            Err(_) => refused += 1,
+        }
+    }
+    assert_eq!(refused + compiled, 300);
+    assert!(refused > 0, "no mutation was refused");
+}
