@@ -179,3 +179,48 @@ fn mutated_components_are_refused_or_run_never_a_panic() {
     assert_eq!(refused + compiled, 300);
     assert!(refused > 0, "no mutation was refused");
 }
+
+/// A one-answer-per-connection HTTP server on loopback that says 200 to anything.
+fn upstream() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for mut stream in listener.incoming().map_while(Result::ok) {
+            let mut buffer = [0u8; 4096];
+            let _ = stream.read(&mut buffer);
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
+        }
+    });
+    port
+}
+
+#[test]
+fn an_allowlist_entry_without_a_port_allows_only_the_default_port() {
+    let shoal = support::Shoal::new();
+    let fixtures = support::guest("http-fixtures");
+    let port = upstream();
+    let url = format!("/fetch?url=http://127.0.0.1:{port}/");
+
+    let named = format!("http://127.0.0.1:{port}");
+    let served = support::served::Served::start(
+        &shoal,
+        fixtures.to_str().unwrap(),
+        &["--allow-outbound", &named],
+    );
+    assert_eq!(
+        served.get(&url),
+        (200, "upstream answered 200\n".to_owned())
+    );
+    drop(served);
+
+    let served = support::served::Served::start(
+        &shoal,
+        fixtures.to_str().unwrap(),
+        &["--allow-outbound", "http://127.0.0.1"],
+    );
+    let (status, body) = served.get(&url);
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("HttpRequestDenied"), "{body}");
+}

@@ -328,6 +328,11 @@ fn killing_the_owning_host_under_load_fails_requests_only_until_rescheduling() {
 
 /// GET /hello over TLS to `address`, asking for `name` and trusting only `trusted` (DER).
 fn tls_get(address: &str, name: &str, trusted: &[u8]) -> Result<String, String> {
+    tls_get_path(address, name, trusted, "/hello")
+}
+
+/// GET `path` over TLS; see [`tls_get`].
+fn tls_get_path(address: &str, name: &str, trusted: &[u8], path: &str) -> Result<String, String> {
     use std::io::Read;
     let mut roots = rustls::RootCertStore::empty();
     roots
@@ -349,7 +354,7 @@ fn tls_get(address: &str, name: &str, trusted: &[u8]) -> Result<String, String> 
     let mut stream = rustls::StreamOwned::new(connection, socket);
     write!(
         stream,
-        "GET /hello HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n"
     )
     .map_err(|error| error.to_string())?;
     let mut response = String::new();
@@ -408,6 +413,28 @@ fn the_ingress_serves_tls_with_the_certificate_each_client_asks_for() {
     }
     // The wrong certificate for a name is not trusted.
     assert!(tls_get(&address, "tls.example", &ders[0]).is_err());
+
+    // A guest is told the scheme the client used, also when another host forwarded it.
+    let worker = lattice.host("worker", &["role=worker"]);
+    let fixtures = lattice.push_guest("http-fixtures", "1.0");
+    lattice.apply(&manifest(
+        "scheme",
+        &fixtures,
+        1,
+        "/scheme",
+        "  placement: {requires: {role: worker}}\n",
+    ));
+    lattice.wait_ready("scheme", 1, PATIENCE);
+    let response = eventually(PATIENCE, "/scheme over TLS, forwarded", || {
+        tls_get_path(&address, "localhost", &ders[0], "/scheme")
+            .ok()
+            .filter(|response| response.starts_with("HTTP/1.1 200"))
+    });
+    assert!(response.contains("scheme https"), "{response}");
+    assert_eq!(
+        worker.get("/scheme"),
+        Some((200, "scheme http\n".to_owned()))
+    );
 
     // Plain HTTP to the TLS port fails cleanly (no hang, no HTTP answer), and TLS goes on.
     let mut plain = std::net::TcpStream::connect(&address).unwrap();

@@ -19,11 +19,13 @@ use futures_util::StreamExt;
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt as _, Full, Limited};
 
-use crate::http::{HttpComponent, ResponseBody, plain};
+use crate::http::{ArrivedOverTls, HttpComponent, ResponseBody, plain};
 
 const METHOD: &str = "Shoal-Method";
 const URI: &str = "Shoal-Uri";
 const STATUS: &str = "Shoal-Status";
+/// `https` when the request reached the lattice over TLS.
+const SCHEME: &str = "Shoal-Scheme";
 
 /// Default cap on forwarded bodies; the NATS server's `max_payload` may lower it.
 pub const DEFAULT_FORWARD_LIMIT: usize = 8 << 20;
@@ -44,6 +46,7 @@ fn hop_by_hop(name: &str) -> bool {
         || name.eq_ignore_ascii_case(METHOD)
         || name.eq_ignore_ascii_case(URI)
         || name.eq_ignore_ascii_case(STATUS)
+        || name.eq_ignore_ascii_case(SCHEME)
 }
 
 /// Sends requests to other hosts.
@@ -99,6 +102,7 @@ impl Forwarder {
         if declared.is_some_and(|length| length > self.limit) {
             return too_large();
         }
+        let over_tls = request.extensions().get::<ArrivedOverTls>().is_some();
         let (parts, body) = request.into_parts();
         let body = match Limited::new(body, self.limit).collect().await {
             Ok(body) => body.to_bytes(),
@@ -142,7 +146,14 @@ impl Forwarder {
             } else {
                 ip
             };
-            headers.append("forwarded", format!("for={ip};host=\"{host}\";proto=http"));
+            let proto = if over_tls { "https" } else { "http" };
+            headers.append(
+                "forwarded",
+                format!("for={ip};host=\"{host}\";proto={proto}"),
+            );
+        }
+        if over_tls {
+            headers.insert(SCHEME, "https");
         }
         let subject = shoal_lattice::names::http_subject(&self.lattice, namespace, app);
         let sent = self
@@ -320,6 +331,7 @@ fn forwarded_request(
         if name.eq_ignore_ascii_case(METHOD)
             || name.eq_ignore_ascii_case(URI)
             || name.eq_ignore_ascii_case(HOPS)
+            || name.eq_ignore_ascii_case(SCHEME)
         {
             continue;
         }
@@ -328,7 +340,13 @@ fn forwarded_request(
         }
     }
     let never: fn(Infallible) -> wasmtime_wasi_http::Error = |never| match never {};
-    let request = builder.body(Full::new(payload).map_err(never)).ok()?;
+    let mut request = builder.body(Full::new(payload).map_err(never)).ok()?;
+    if headers
+        .get(SCHEME)
+        .is_some_and(|scheme| scheme.as_str() == "https")
+    {
+        request.extensions_mut().insert(ArrivedOverTls);
+    }
     Some((request, hops.min(MAX_HOPS)))
 }
 

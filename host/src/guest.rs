@@ -53,7 +53,8 @@ impl std::str::FromStr for DirGrant {
 }
 
 /// Outbound HTTP destinations a guest may reach: `scheme://host[:port]`, with `*.` for any
-/// subdomain. Empty means none.
+/// subdomain. An entry without a port allows only the scheme's default port (80, 443).
+/// Empty means none.
 #[derive(Debug, Clone, Default)]
 pub struct OutboundPolicy {
     allowed: Vec<AllowedOrigin>,
@@ -106,8 +107,20 @@ impl OutboundPolicy {
                     Some(domain) => host.ends_with(&format!(".{domain}")),
                     None => origin.host == host,
                 }
-                && origin.port.is_none_or(|port| Some(port) == uri.port_u16())
+                && origin.port.or_else(|| default_port(&origin.scheme))
+                    == uri.port_u16().or_else(|| default_port(scheme))
         })
+    }
+}
+
+/// The port a URL of `scheme` means when it names none.
+fn default_port(scheme: &str) -> Option<u16> {
+    if scheme.eq_ignore_ascii_case("https") {
+        Some(443)
+    } else if scheme.eq_ignore_ascii_case("http") {
+        Some(80)
+    } else {
+        None
     }
 }
 
@@ -388,6 +401,12 @@ mod tests {
         assert!(policy.allows(&uri("http://users.internal:8080/")));
         assert!(!policy.allows(&uri("http://users.internal:9090/")));
         assert!(!policy.allows(&uri("http://internal:8080/")));
+        // No port in the entry: the scheme's default port only.
+        assert!(!policy.allows(&uri("https://api.example.com:8443/")));
+        assert!(!policy.allows(&uri("https://api.example.com:22/")));
+        let policy = OutboundPolicy::new(&["http://localhost".into()]).unwrap();
+        assert!(policy.allows(&uri("http://localhost:80/")));
+        assert!(!policy.allows(&uri("http://localhost:4222/")));
         assert!(!OutboundPolicy::default().allows(&uri("https://api.example.com/")));
         assert!(OutboundPolicy::new(&["api.example.com".into()]).is_err());
     }

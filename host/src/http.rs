@@ -234,10 +234,15 @@ impl HttpComponent {
             }
         };
         let (sender, receiver) = tokio::sync::oneshot::channel();
+        let scheme = if request.extensions().get::<ArrivedOverTls>().is_some() {
+            Scheme::Https
+        } else {
+            Scheme::Http
+        };
         let prepared = store
             .data_mut()
             .http()
-            .new_incoming_request(Scheme::Http, request)
+            .new_incoming_request(scheme, request)
             .and_then(|request| {
                 let out = store.data_mut().http().new_response_outparam(sender)?;
                 Ok((request, out))
@@ -420,6 +425,11 @@ impl Body for CappedBody {
 #[derive(Debug, Clone, Copy)]
 pub struct Peer(pub std::net::SocketAddr);
 
+/// In a request's extensions: the request arrived over TLS (directly, or at the host that
+/// forwarded it), so the guest is told its scheme is `https`.
+#[derive(Debug, Clone, Copy)]
+pub struct ArrivedOverTls;
+
 /// Serves `component` on `listener` (HTTP/1.1 and HTTP/2) until `shutdown` resolves, then
 /// stops accepting and lets in-flight requests finish for up to `drain`.
 pub async fn serve(
@@ -474,8 +484,12 @@ pub async fn serve_with<H, F>(
                 };
                 let _ = stream.set_nodelay(true);
                 let handler = handler.clone();
+                let over_tls = tls.is_some();
                 let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
                     request.extensions_mut().insert(Peer(peer));
+                    if over_tls {
+                        request.extensions_mut().insert(ArrivedOverTls);
+                    }
                     let response = handler(request);
                     async move { Ok::<_, Infallible>(response.await) }
                 });
