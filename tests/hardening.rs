@@ -224,3 +224,155 @@ fn an_allowlist_entry_without_a_port_allows_only_the_default_port() {
     assert_eq!(status, 502, "{body}");
     assert!(body.contains("HttpRequestDenied"), "{body}");
 }
+
+#[test]
+fn idle_and_slow_connections_are_closed_and_never_starve_a_real_client() {
+    use std::io::{Read, Write};
+    let lattice = Lattice::start();
+    let _scheduler = lattice.scheduler("s1");
+    let host = lattice.host_with("host-a", &["--header-timeout", "1s"]);
+    let hello = lattice.push_hello("1.0");
+    lattice.apply(&hello_manifest("hello", &hello, 1, ""));
+    lattice.wait_ready("hello", 1, PATIENCE);
+    let address = host
+        .url
+        .clone()
+        .unwrap()
+        .trim_start_matches("http://")
+        .to_owned();
+
+    // 1,000 connections that send nothing, and 100 that send half a request head.
+    let mut idle: Vec<std::net::TcpStream> = (0..1000)
+        .map(|_| std::net::TcpStream::connect(&address).unwrap())
+        .collect();
+    for _ in 0..100 {
+        let mut slow = std::net::TcpStream::connect(&address).unwrap();
+        slow.write_all(b"GET /hello HTTP/1.1\r\nHost: x\r\n")
+            .unwrap();
+        idle.push(slow);
+    }
+    // A normal client is served meanwhile.
+    let started = std::time::Instant::now();
+    assert_eq!(host.get("/hello").map(|(status, _)| status), Some(200));
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // The server closes every one of them (a read sees the end) within the timeouts.
+    for stream in &idle {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+    }
+    let closed = idle
+        .iter_mut()
+        .filter(|stream| {
+            let mut stream: &std::net::TcpStream = stream;
+            let mut buffer = [0u8; 256];
+            loop {
+                match stream.read(&mut buffer) {
+                    Ok(0) => return true,
+                    Ok(_) => continue,
+                    Err(error)
+                        if matches!(
+                            error.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) =>
+                    {
+                        return false;
+                    }
+                    Err(_) => return true,
+                }
+            }
+        })
+        .count();
+    assert_eq!(closed, idle.len());
+    assert_eq!(host.get("/hello").map(|(status, _)| status), Some(200));
+}
+
+/// Resident memory of a process, in bytes.
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| {
+            value
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+        .map_or(0, |kib| kib * 1024)
+}
+
+#[test]
+fn many_large_forwarded_bodies_stay_within_the_forward_buffer() {
+    let lattice = Lattice::start();
+    let _scheduler = lattice.scheduler("s1");
+    let front = lattice.host("front", &[]);
+    let back = lattice.host("back", &["role=back"]);
+    let hello = lattice.push_hello("1.0");
+    lattice.apply(&hello_manifest(
+        "big",
+        &hello,
+        1,
+        "  placement: {requires: {role: back}}\n",
+    ));
+    lattice.wait_ready("big", 1, PATIENCE);
+    eventually(PATIENCE, "front to forward /big", || {
+        front.get("/big").filter(|(status, _)| *status == 200)
+    });
+    let before = (rss(front.pid()), rss(back.pid()));
+
+    let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let sampling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = {
+        let (peak, sampling) = (peak.clone(), sampling.clone());
+        let pids = (front.pid(), back.pid());
+        std::thread::spawn(move || {
+            while sampling.load(std::sync::atomic::Ordering::Relaxed) {
+                let now = rss(pids.0).max(rss(pids.1));
+                peak.fetch_max(now, std::sync::atomic::Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    let url = format!("{}/big", front.url.clone().unwrap());
+    let body = std::sync::Arc::new(vec![b'x'; 8 << 20]);
+    let clients: Vec<_> = (0..64)
+        .map(|_| {
+            let (url, body) = (url.clone(), body.clone());
+            std::thread::spawn(move || {
+                support::lattice::agent()
+                    .post(&url)
+                    .send(&body[..])
+                    .map(|response| response.status().as_u16())
+                    .unwrap_or(0)
+            })
+        })
+        .collect();
+    let statuses: Vec<u16> = clients
+        .into_iter()
+        .map(|client| client.join().unwrap())
+        .collect();
+    sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+    sampler.join().unwrap();
+    let peak = peak.load(std::sync::atomic::Ordering::Relaxed);
+    let served = statuses.iter().filter(|status| **status == 200).count();
+    let busy = statuses.iter().filter(|status| **status == 503).count();
+    eprintln!(
+        "64 x 8 MiB forwarded: {served} served, {busy} busy; RSS before {} / {} MiB, peak {} MiB",
+        before.0 >> 20,
+        before.1 >> 20,
+        peak >> 20
+    );
+    assert_eq!(served + busy, 64, "{statuses:?}");
+    assert!(served > 0, "{statuses:?}");
+    // 512 MiB of bodies were sent at once; each host holds at most its 64 MiB forward
+    // buffer of them, plus what its HTTP and NATS layers have in flight.
+    assert!(peak < 320 << 20, "peak RSS {} MiB", peak >> 20);
+}

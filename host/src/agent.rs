@@ -16,7 +16,6 @@ use std::time::Duration;
 use futures_util::FutureExt as _;
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt as _;
-use hyper::body::Incoming;
 use shoal_lattice::names::{host_assignments, replica_status_key};
 use shoal_lattice::records::{
     AppRecord, Assignment, Capacity, HostRecord, Phase, ReplicaStatus, now_millis,
@@ -26,11 +25,15 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 use crate::engine::Runtime;
-use crate::forward::{DEFAULT_FORWARD_LIMIT, Forwarder, Listener, Pick, SERVED_BY, listen};
+use crate::forward::{
+    BufferBudget, DEFAULT_FORWARD_LIMIT, Forwarder, Listener, Pick, SERVED_BY, listen,
+};
 use crate::guest::{GuestOptions, OutboundPolicy, ServiceLink, Services};
-use crate::http::{HttpComponent, Peer, ResponseBody, plain, serve_with};
+use crate::http::{
+    ConnectionLimits, HttpComponent, Peer, ResponseBody, TimedBody, plain, serve_with,
+};
 use crate::limits::Limits;
-use crate::logs::{LOG_BUFFER, ReplicaLine, ReplicaLogs, publish_logs};
+use crate::logs::{LogQueue, ReplicaLogs, log_queue, publish_logs};
 use crate::metrics::{Metrics, Path as MetricsPath};
 use crate::output::GuestOutput;
 use crate::router::{AppRoutes, Lookup, Router};
@@ -50,6 +53,10 @@ pub struct AgentOptions {
     pub drain: Duration,
     /// TLS for the ingress; plain HTTP without.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// How the ingress bounds connections (count, idle and slow clients, head size).
+    pub connections: ConnectionLimits,
+    /// Most bytes of forwarded bodies held at once.
+    pub forward_buffer: usize,
 }
 
 /// Fetches a component's bytes by pinned reference (`repository@sha256:…`), through a
@@ -119,6 +126,7 @@ impl<F: Fetch> Agent<F> {
             lattice.client().clone(),
             lattice.name(),
             DEFAULT_FORWARD_LIMIT,
+            BufferBudget::new(options.forward_buffer),
         );
         Self {
             forwarder,
@@ -193,7 +201,7 @@ impl<F: Fetch> Agent<F> {
         let ingress = tokio::spawn(serve_with(
             listener,
             self.options.tls.clone(),
-            64 * 1024,
+            self.options.connections,
             move |request| {
                 ingress(
                     Arc::clone(&router),
@@ -209,7 +217,7 @@ impl<F: Fetch> Agent<F> {
             self.options.drain,
         ));
 
-        let (log_lines, unpublished) = mpsc::channel::<ReplicaLine>(LOG_BUFFER);
+        let (log_lines, unpublished) = log_queue();
         let publisher = tokio::spawn(publish_logs(self.lattice.clone(), unpublished));
         let mut changes = assignments.changes();
         let mut app_changes = apps.changes();
@@ -320,7 +328,7 @@ impl<F: Fetch> Agent<F> {
         desired: &[Versioned<Assignment>],
         replicas: &mut HashMap<String, Replica>,
         started: &mpsc::Sender<Started>,
-        log_lines: &mpsc::Sender<ReplicaLine>,
+        log_lines: &LogQueue,
     ) {
         let wanted: HashMap<&str, &Assignment> = desired
             .iter()
@@ -819,7 +827,7 @@ async fn ingress(
     forwarder: Forwarder,
     metrics: Arc<Metrics>,
     served_by: http::HeaderValue,
-    request: Request<Incoming>,
+    request: Request<TimedBody>,
 ) -> Response<ResponseBody> {
     let started = std::time::Instant::now();
     let host = request

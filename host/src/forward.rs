@@ -17,7 +17,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
-use http_body_util::{BodyExt as _, Full, Limited};
+use http_body_util::{BodyExt as _, Full};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::http::{ArrivedOverTls, HttpComponent, ResponseBody, plain};
 
@@ -49,23 +50,131 @@ fn hop_by_hop(name: &str) -> bool {
         || name.eq_ignore_ascii_case(SCHEME)
 }
 
+/// Most forwarded requests a host answers at once for other hosts; more get 503 at once, so
+/// a flood of messages never becomes a flood of tasks.
+pub const MAX_FORWARDED_TASKS: usize = 256;
+
+/// Bytes of forwarded bodies a host holds at once, shared by the requests it forwards and
+/// the ones it answers for other hosts: many concurrent large bodies get 503, not memory.
+#[derive(Clone)]
+pub struct BufferBudget {
+    kib: Arc<Semaphore>,
+}
+
+impl BufferBudget {
+    /// A budget of `bytes` (at least 1 KiB).
+    pub fn new(bytes: usize) -> Self {
+        Self {
+            kib: Arc::new(Semaphore::new(
+                (bytes / 1024).clamp(1, Semaphore::MAX_PERMITS),
+            )),
+        }
+    }
+
+    /// Reserves `bytes` until the permit is dropped; `None` when the budget is spent.
+    fn take(&self, bytes: usize) -> Option<OwnedSemaphorePermit> {
+        let kib = u32::try_from(bytes.div_ceil(1024)).ok()?;
+        Arc::clone(&self.kib).try_acquire_many_owned(kib).ok()
+    }
+
+    /// Bytes not reserved now.
+    pub fn available(&self) -> usize {
+        self.kib.available_permits().saturating_mul(1024)
+    }
+}
+
+/// Why a body could not be buffered.
+enum Collect {
+    TooLarge,
+    Busy,
+    Unreadable,
+}
+
+/// Reads `body` whole, up to `limit` bytes, reserving each piece from `budget`: the bytes
+/// and the reservations, which must live as long as the bytes do. Past the budget the rest
+/// is read and dropped, so the client that sent it reads a clean 503 instead of a reset.
+async fn collect_within<B>(
+    body: B,
+    limit: usize,
+    budget: &BufferBudget,
+) -> Result<(Bytes, Vec<OwnedSemaphorePermit>), Collect>
+where
+    B: http_body::Body<Data = Bytes>,
+{
+    let mut body = std::pin::pin!(body);
+    let mut collected = bytes::BytesMut::new();
+    let mut reserved = Vec::new();
+    let mut read = 0usize;
+    let mut busy = false;
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else {
+            return Err(Collect::Unreadable);
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        read = read.saturating_add(data.len());
+        if read > limit {
+            return Err(Collect::TooLarge);
+        }
+        if busy {
+            continue;
+        }
+        match budget.take(data.len()) {
+            Some(reservation) => {
+                reserved.push(reservation);
+                collected.extend_from_slice(&data);
+            }
+            None => {
+                busy = true;
+                reserved.clear();
+                collected = bytes::BytesMut::new();
+            }
+        }
+    }
+    if busy {
+        return Err(Collect::Busy);
+    }
+    Ok((collected.freeze(), reserved))
+}
+
+fn busy() -> Response<ResponseBody> {
+    let mut response = plain(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "this host holds as many forwarded bodies as it may; retry shortly\n",
+    );
+    response
+        .headers_mut()
+        .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+    response
+}
+
 /// Sends requests to other hosts.
 #[derive(Clone)]
 pub struct Forwarder {
     client: async_nats::Client,
     lattice: String,
     limit: usize,
+    budget: BufferBudget,
+    tasks: Arc<Semaphore>,
 }
 
 impl Forwarder {
     /// A forwarder over `client` for `lattice`; bodies up to `limit` bytes (lowered to what
     /// the server accepts).
-    pub fn new(client: async_nats::Client, lattice: &str, limit: usize) -> Self {
+    pub fn new(
+        client: async_nats::Client,
+        lattice: &str,
+        limit: usize,
+        budget: BufferBudget,
+    ) -> Self {
         let server_limit = client.server_info().max_payload.saturating_sub(64 * 1024);
         Self {
             client,
             lattice: lattice.to_owned(),
             limit: limit.min(server_limit.max(64 * 1024)),
+            budget,
+            tasks: Arc::new(Semaphore::new(MAX_FORWARDED_TASKS)),
         }
     }
 
@@ -104,9 +213,16 @@ impl Forwarder {
         }
         let over_tls = request.extensions().get::<ArrivedOverTls>().is_some();
         let (parts, body) = request.into_parts();
-        let body = match Limited::new(body, self.limit).collect().await {
-            Ok(body) => body.to_bytes(),
-            Err(_) => return too_large(),
+        let (body, _reserved) = match collect_within(body, self.limit, &self.budget).await {
+            Ok(collected) => collected,
+            Err(Collect::TooLarge) => return too_large(),
+            Err(Collect::Busy) => return busy(),
+            Err(Collect::Unreadable) => {
+                return plain(
+                    StatusCode::BAD_REQUEST,
+                    "the request body could not be read\n",
+                );
+            }
         };
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(METHOD, parts.method.as_str());
@@ -290,11 +406,27 @@ pub async fn listen(
             let Some(message) = message else {
                 break;
             };
+            // Bounded: a task and the message's bytes are reserved, or it is refused now.
+            let reserved = Arc::clone(&forwarder.tasks)
+                .try_acquire_owned()
+                .ok()
+                .zip(forwarder.budget.take(message.payload.len()));
+            let Some(reserved) = reserved else {
+                if let Some(reply) = message.reply.clone() {
+                    let (headers, payload) = reply_plain(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "the answering host is busy; retry shortly\n",
+                    );
+                    let _ = client.publish_with_headers(reply, headers, payload).await;
+                }
+                continue;
+            };
             let client = client.clone();
             let pick = Arc::clone(&pick);
             let listener = Arc::clone(&listener);
             let forwarder = forwarder.clone();
             tokio::spawn(async move {
+                let _reserved = reserved;
                 let Some(reply) = message.reply.clone() else {
                     return;
                 };
@@ -391,11 +523,20 @@ async fn answer(
         }
     };
     let (parts, body) = response.into_parts();
-    let Ok(body) = Limited::new(body, forwarder.limit).collect().await else {
-        return reply_plain(
-            StatusCode::BAD_GATEWAY,
-            "the response is larger than the lattice forwards\n",
-        );
+    let body = match collect_within(body, forwarder.limit, &forwarder.budget).await {
+        Ok((body, _reserved)) => body,
+        Err(Collect::Busy) => {
+            return reply_plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the answering host is busy; retry shortly\n",
+            );
+        }
+        Err(Collect::TooLarge | Collect::Unreadable) => {
+            return reply_plain(
+                StatusCode::BAD_GATEWAY,
+                "the response is larger than the lattice forwards\n",
+            );
+        }
     };
     let mut headers = async_nats::HeaderMap::new();
     headers.insert(STATUS, parts.status.as_u16().to_string());
@@ -404,7 +545,7 @@ async fn answer(
             headers.append(name.as_str(), value);
         }
     }
-    (headers, body.to_bytes())
+    (headers, body)
 }
 
 /// Fuzzing: forwarded messages with random headers, methods, URIs and statuses are answered

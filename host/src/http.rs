@@ -430,6 +430,82 @@ pub struct Peer(pub std::net::SocketAddr);
 #[derive(Debug, Clone, Copy)]
 pub struct ArrivedOverTls;
 
+/// How the ingress bounds each connection, so idle, slow or too many clients cannot hold a
+/// host's sockets and memory.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    /// Largest request head (request line and headers), in bytes; beyond that, 431.
+    pub max_header: usize,
+    /// Most open connections; more are closed as soon as they are accepted.
+    pub max_connections: usize,
+    /// How long a client may take to send its first byte, a whole request head, or the next
+    /// request on a kept-alive connection; then the connection is closed.
+    pub header_timeout: Duration,
+    /// How long a request body may go without sending a byte; then the request fails.
+    pub body_timeout: Duration,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            max_header: 64 * 1024,
+            max_connections: 10_000,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A request body that fails when the client sends nothing for a while (slow-body attacks).
+pub struct TimedBody {
+    inner: Incoming,
+    idle: Duration,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl TimedBody {
+    fn new(inner: Incoming, idle: Duration) -> Self {
+        Self {
+            inner,
+            idle,
+            deadline: Box::pin(tokio::time::sleep(idle)),
+        }
+    }
+}
+
+impl Body for TimedBody {
+    type Data = Bytes;
+    type Error = wasmtime_wasi_http::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(context) {
+            Poll::Ready(frame) => {
+                let next = tokio::time::Instant::now() + this.idle;
+                this.deadline.as_mut().reset(next);
+                Poll::Ready(frame.map(|frame| frame.map_err(Into::into)))
+            }
+            Poll::Pending => match this.deadline.as_mut().poll(context) {
+                Poll::Ready(()) => {
+                    Poll::Ready(Some(Err(wasmtime_wasi_http::Error::ConnectionReadTimeout)))
+                }
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// Serves `component` on `listener` (HTTP/1.1 and HTTP/2) until `shutdown` resolves, then
 /// stops accepting and lets in-flight requests finish for up to `drain`.
 pub async fn serve(
@@ -438,11 +514,14 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
     drain: Duration,
 ) {
-    let max_header = component.limits.max_header;
+    let limits = ConnectionLimits {
+        max_header: component.limits.max_header,
+        ..ConnectionLimits::default()
+    };
     serve_with(
         listener,
         None,
-        max_header,
+        limits,
         move |request| Arc::clone(&component).handle(request),
         shutdown,
         drain,
@@ -450,27 +529,38 @@ pub async fn serve(
     .await;
 }
 
-/// Serves `handler` on `listener` (HTTP/1.1 and HTTP/2), refusing request heads larger than
-/// `max_header` (431), until `shutdown` resolves; then drains for up to `drain`.
+/// Serves `handler` on `listener` (HTTP/1.1 and HTTP/2) within `limits` (431 past the head
+/// size; connections past the cap, idle or slow ones closed), until `shutdown` resolves;
+/// then drains for up to `drain`.
 pub async fn serve_with<H, F>(
     listener: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
-    max_header: usize,
+    limits: ConnectionLimits,
     handler: H,
     shutdown: impl Future<Output = ()>,
     drain: Duration,
 ) where
-    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    H: Fn(Request<TimedBody>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<ResponseBody>> + Send + 'static,
 {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     // hyper answers 431 when an HTTP/1 head outgrows its read buffer; HTTP/2 refuses header
-    // lists past the advertised size.
-    builder.http1().max_buf_size(max_header.max(8192));
+    // lists past the advertised size. The header timeout also closes kept-alive connections
+    // that send no next request; HTTP/2 clients that stop answering pings are dropped.
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(limits.max_header.max(8192));
     builder
         .http2()
-        .max_header_list_size(u32::try_from(max_header).unwrap_or(u32::MAX));
+        .timer(hyper_util::rt::TokioTimer::new())
+        .keep_alive_interval(limits.header_timeout)
+        .keep_alive_timeout(limits.header_timeout)
+        .max_header_list_size(u32::try_from(limits.max_header).unwrap_or(u32::MAX));
+    let connections = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let refused = AtomicU64::new(0);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -479,13 +569,24 @@ pub async fn serve_with<H, F>(
                     Ok(accepted) => accepted,
                     Err(error) => {
                         tracing::warn!(%error, "accept failed");
+                        // Out of file descriptors, most likely: give connections time to close.
+                        tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }
+                };
+                let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
+                    let count = refused.fetch_add(1, Ordering::Relaxed);
+                    if count.is_multiple_of(1000) {
+                        tracing::warn!(max = limits.max_connections, refused = count + 1, "too many open connections; closing new ones");
+                    }
+                    continue;
                 };
                 let _ = stream.set_nodelay(true);
                 let handler = handler.clone();
                 let over_tls = tls.is_some();
-                let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+                let body_timeout = limits.body_timeout;
+                let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                    let mut request = request.map(|body| TimedBody::new(body, body_timeout));
                     request.extensions_mut().insert(Peer(peer));
                     if over_tls {
                         request.extensions_mut().insert(ArrivedOverTls);
@@ -493,35 +594,47 @@ pub async fn serve_with<H, F>(
                     let response = handler(request);
                     async move { Ok::<_, Infallible>(response.await) }
                 });
-                let Some(tls) = &tls else {
-                    let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-                    let connection = graceful.watch(connection);
-                    tokio::spawn(async move {
-                        if let Err(error) = connection.await {
-                            tracing::debug!(%error, "connection ended with an error");
-                        }
-                    });
-                    continue;
-                };
-                // The handshake runs in the connection's task, so a slow client cannot hold
-                // up accepting others.
-                let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(tls));
+                let acceptor = tls.as_ref().map(|tls| tokio_rustls::TlsAcceptor::from(Arc::clone(tls)));
                 let watcher = graceful.watcher();
                 let builder = builder.clone();
+                let header_timeout = limits.header_timeout;
+                // Everything before the first request runs in the connection's task, under
+                // the header timeout: a client that connects and sends nothing (or stalls in
+                // the TLS handshake) is closed and holds up nobody else.
                 tokio::spawn(async move {
-                    let stream = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
-                        Ok(Ok(stream)) => stream,
-                        Ok(Err(error)) => {
-                            tracing::debug!(%error, %peer, "TLS handshake failed");
+                    let _permit = permit;
+                    // A peek, not `readable()`: a new socket counts as readable until a read
+                    // says otherwise.
+                    let mut first = [0u8; 1];
+                    match tokio::time::timeout(header_timeout, stream.peek(&mut first)).await {
+                        Ok(Ok(read)) if read > 0 => {}
+                        _ => {
+                            tracing::debug!(%peer, "connection sent nothing; closed");
                             return;
                         }
-                        Err(_) => {
-                            tracing::debug!(%peer, "TLS handshake timed out");
-                            return;
+                    }
+                    let served = match acceptor {
+                        None => {
+                            let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+                            watcher.watch(connection).await
+                        }
+                        Some(acceptor) => {
+                            let stream = match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
+                                Ok(Ok(stream)) => stream,
+                                Ok(Err(error)) => {
+                                    tracing::debug!(%error, %peer, "TLS handshake failed");
+                                    return;
+                                }
+                                Err(_) => {
+                                    tracing::debug!(%peer, "TLS handshake timed out");
+                                    return;
+                                }
+                            };
+                            let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+                            watcher.watch(connection).await
                         }
                     };
-                    let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-                    if let Err(error) = watcher.watch(connection).await {
+                    if let Err(error) = served {
                         tracing::debug!(%error, "connection ended with an error");
                     }
                 });

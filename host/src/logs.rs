@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use shoal_lattice::logs::MAX_BATCH_BYTES;
@@ -19,12 +19,67 @@ use crate::output::LineSink;
 /// rather than holding a guest up.
 pub(crate) const LOG_BUFFER: usize = 4096;
 
+/// Bytes of guest output waiting to be published, per host: with lines of up to 16 KiB,
+/// the line count alone would allow 64 MiB.
+pub(crate) const LOG_BUFFER_BYTES: usize = 4 << 20;
+
 /// A line of one app's guest output, on its way to the lattice.
 pub(crate) type ReplicaLine = (String, String, LogLine);
 
+/// The sending side of a host's queue of guest output, bounded in lines and in bytes.
+#[derive(Clone)]
+pub(crate) struct LogQueue {
+    lines: mpsc::Sender<ReplicaLine>,
+    queued_bytes: Arc<AtomicUsize>,
+}
+
+/// The publisher's side of the queue.
+pub(crate) struct LogReceiver {
+    lines: mpsc::Receiver<ReplicaLine>,
+    queued_bytes: Arc<AtomicUsize>,
+}
+
+/// A host's queue of guest output lines.
+pub(crate) fn log_queue() -> (LogQueue, LogReceiver) {
+    let (sender, receiver) = mpsc::channel(LOG_BUFFER);
+    let queued_bytes = Arc::new(AtomicUsize::new(0));
+    (
+        LogQueue {
+            lines: sender,
+            queued_bytes: Arc::clone(&queued_bytes),
+        },
+        LogReceiver {
+            lines: receiver,
+            queued_bytes,
+        },
+    )
+}
+
+impl LogQueue {
+    /// Queues a line unless the queue is full in lines or bytes; never waits.
+    fn offer(&self, line: ReplicaLine) -> bool {
+        let size = line.2.line.len();
+        let before = self.queued_bytes.fetch_add(size, Ordering::Relaxed);
+        if before.saturating_add(size) > LOG_BUFFER_BYTES || self.lines.try_send(line).is_err() {
+            self.queued_bytes.fetch_sub(size, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+}
+
+impl LogReceiver {
+    async fn recv(&mut self) -> Option<ReplicaLine> {
+        let line = self.lines.recv().await?;
+        self.queued_bytes
+            .fetch_sub(line.2.line.len(), Ordering::Relaxed);
+        Some(line)
+    }
+}
+
 /// Hands a replica's output lines to the host's publisher, never waiting.
 pub(crate) struct ReplicaLogs {
-    lines: mpsc::Sender<ReplicaLine>,
+    lines: LogQueue,
     host: String,
     namespace: String,
     app: String,
@@ -36,7 +91,7 @@ pub(crate) struct ReplicaLogs {
 impl ReplicaLogs {
     /// The sink of `assignment`'s replica on `host`.
     pub(crate) fn new(
-        lines: mpsc::Sender<ReplicaLine>,
+        lines: LogQueue,
         host: &str,
         assignment: &Assignment,
         metrics: Arc<Metrics>,
@@ -64,10 +119,9 @@ impl LineSink for ReplicaLogs {
             time: now_millis(),
             line: line.to_owned(),
         };
-        if self
+        if !self
             .lines
-            .try_send((self.namespace.clone(), self.app.clone(), line))
-            .is_err()
+            .offer((self.namespace.clone(), self.app.clone(), line))
         {
             let dropped = self
                 .metrics
@@ -88,7 +142,7 @@ const LOG_BATCH_WINDOW: Duration = Duration::from_millis(20);
 /// Publishes guest output lines to the lattice's logs, in order, until the host leaves:
 /// what arrives within [`LOG_BATCH_WINDOW`] of a batch's first line (up to
 /// [`MAX_BATCH_BYTES`]) goes out together, one message per app.
-pub(crate) async fn publish_logs(lattice: Lattice, mut lines: mpsc::Receiver<ReplicaLine>) {
+pub(crate) async fn publish_logs(lattice: Lattice, mut lines: LogReceiver) {
     let mut batches: BTreeMap<(String, String), Vec<LogLine>> = BTreeMap::new();
     while let Some(first) = lines.recv().await {
         let deadline = tokio::time::Instant::now() + LOG_BATCH_WINDOW;
@@ -111,5 +165,38 @@ pub(crate) async fn publish_logs(lattice: Lattice, mut lines: mpsc::Receiver<Rep
                 tracing::debug!(%error, lines = batch.len(), "guest output was not published");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(text: &str) -> ReplicaLine {
+        let line = LogLine {
+            host: "h".into(),
+            replica: "r".into(),
+            revision: 1,
+            output: Output::Stdout,
+            time: 0,
+            line: text.to_owned(),
+        };
+        ("default".into(), "app".into(), line)
+    }
+
+    #[tokio::test]
+    async fn the_queue_is_bounded_in_bytes_and_frees_what_is_published() {
+        let (queue, mut receiver) = log_queue();
+        let long = "x".repeat(16 << 10);
+        let mut accepted = 0;
+        while queue.offer(line(&long)) {
+            accepted += 1;
+        }
+        assert_eq!(accepted, LOG_BUFFER_BYTES / (16 << 10));
+        assert!(accepted < LOG_BUFFER);
+        // Short lines still fit in what the count allows, once bytes are freed.
+        receiver.recv().await.unwrap();
+        assert!(queue.offer(line(&long)));
+        assert!(!queue.offer(line("short")));
     }
 }

@@ -17,7 +17,7 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     use http_body_util::BodyExt as _;
-    let handler = move |request: http::Request<hyper::body::Incoming>| {
+    let handler = move |request: http::Request<crate::http::TimedBody>| {
         let metrics = Arc::clone(&metrics);
         async move {
             if request.uri().path() != "/metrics" {
@@ -40,7 +40,11 @@ pub async fn serve(
     crate::http::serve_with(
         listener,
         None,
-        16 * 1024,
+        crate::http::ConnectionLimits {
+            max_header: 16 * 1024,
+            max_connections: 256,
+            ..crate::http::ConnectionLimits::default()
+        },
         handler,
         shutdown,
         Duration::from_secs(1),

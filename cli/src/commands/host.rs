@@ -77,6 +77,24 @@ pub struct HostArgs {
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
 
+    /// Most open ingress connections; more are closed as soon as they are accepted.
+    #[arg(long, default_value = "10000", help_heading = "Ingress limits")]
+    pub max_connections: usize,
+
+    /// How long a client may take to send its first byte, a whole request head, or its
+    /// next request on a kept-alive connection before the connection is closed.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, help_heading = "Ingress limits")]
+    pub header_timeout: Duration,
+
+    /// How long a request body may go without sending a byte before the request fails.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, help_heading = "Ingress limits")]
+    pub body_timeout: Duration,
+
+    /// Most bytes of forwarded request and response bodies this host holds at once (bodies
+    /// travel the lattice whole); past it, forwarded requests get 503 with Retry-After.
+    #[arg(long, default_value = "64Mi", help_heading = "Ingress limits")]
+    pub forward_buffer: Memory,
+
     /// Do not use the pooling allocator (for machines with little address space).
     #[arg(long)]
     pub no_pooling: bool,
@@ -183,6 +201,13 @@ impl HostArgs {
             heartbeat: self.heartbeat,
             drain: self.drain,
             tls: None,
+            connections: shoal_host::http::ConnectionLimits {
+                max_connections: self.max_connections,
+                header_timeout: self.header_timeout,
+                body_timeout: self.body_timeout,
+                ..shoal_host::http::ConnectionLimits::default()
+            },
+            forward_buffer: usize::try_from(self.forward_buffer.0).unwrap_or(usize::MAX),
         }
     }
 

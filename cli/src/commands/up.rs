@@ -138,21 +138,17 @@ async fn serve(args: &UpArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
         }
     });
 
-    let host_args = HostArgs {
-        id: None,
-        labels: Vec::new(),
-        http: args.http,
-        memory: None,
-        cpu: None,
-        max_replicas: 100,
-        heartbeat: Duration::from_secs(1),
-        drain: Duration::from_secs(10),
-        tls_certs: Vec::new(),
-        tls_keys: Vec::new(),
-        metrics: None,
-        no_pooling: false,
-        registry: args.registry.clone(),
-    };
+    // The hosts take `shoal host`'s defaults, written once in its flags.
+    #[derive(clap::Parser)]
+    struct Defaults {
+        #[command(flatten)]
+        host: HostArgs,
+    }
+    let mut host_args = <Defaults as clap::Parser>::try_parse_from(["shoal-host"])
+        .context("cannot take the host defaults")?
+        .host;
+    host_args.http = args.http;
+    host_args.registry = args.registry.clone();
     let runtime = host_args.runtime()?;
     println!("lattice {:?} at {}", lattice.lattice, lattice.url());
     for index in 1..=args.hosts {
