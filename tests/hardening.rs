@@ -376,3 +376,31 @@ fn many_large_forwarded_bodies_stay_within_the_forward_buffer() {
     // buffer of them, plus what its HTTP and NATS layers have in flight.
     assert!(peak < 320 << 20, "peak RSS {} MiB", peak >> 20);
 }
+
+#[test]
+fn revisions_are_capped_and_go_with_their_app() {
+    let lattice = Lattice::start();
+    let hello = lattice.push_hello("1.0");
+    let revisions = |lattice: &Lattice| -> Vec<String> {
+        lattice
+            .ok(&["rollout", "history", "capped"])
+            .lines()
+            .skip(1)
+            .filter_map(|line| line.split_whitespace().next().map(str::to_owned))
+            .collect()
+    };
+    for version in 1..=6 {
+        lattice.apply(&hello_manifest(
+            "capped",
+            &hello,
+            1,
+            &format!("  revisionHistoryLimit: 3\n  config: {{GREETING: v{version}}}\n"),
+        ));
+    }
+    assert_eq!(revisions(&lattice), ["4", "5", "6"]);
+
+    lattice.ok(&["delete", "app", "capped"]);
+    let applied = lattice.apply(&hello_manifest("capped", &hello, 1, ""));
+    assert!(applied.contains("created (revision 1"), "{applied}");
+    assert_eq!(revisions(&lattice), ["1"]);
+}

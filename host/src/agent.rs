@@ -20,6 +20,7 @@ use shoal_lattice::names::{host_assignments, replica_status_key};
 use shoal_lattice::records::{
     AppRecord, Assignment, Capacity, HostRecord, Phase, ReplicaStatus, now_millis,
 };
+use shoal_lattice::validate::MAX_CACHED;
 use shoal_lattice::{Bucket, Event, Lattice, Versioned};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -697,10 +698,13 @@ async fn start<F: Fetch>(
             .fetch(&reference)
             .await
             .map_err(|message| ("PullFailed".to_owned(), message))?;
-        if let Ok(mut cached) = cached.lock()
-            && !cached.contains(&assignment.digest)
-        {
+        // The newest digests only: the host record must not grow with every component
+        // this host ever ran.
+        if let Ok(mut cached) = cached.lock() {
+            cached.retain(|digest| *digest != assignment.digest);
             cached.push(assignment.digest.clone());
+            let excess = cached.len().saturating_sub(MAX_CACHED);
+            cached.drain(..excess);
         }
         let template = assignment.template.clone();
         let name = format!("{}/{}", assignment.namespace, assignment.app);

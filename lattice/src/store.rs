@@ -304,6 +304,25 @@ impl Lattice {
         bucket: Bucket,
         prefix: &str,
     ) -> Result<Vec<Versioned<T>>, Error> {
+        let matching = self.keys(bucket, prefix).await?;
+        let mut records = Vec::with_capacity(matching.len());
+        for key in matching {
+            match self.get(bucket, &key).await {
+                Ok(Some(record)) => records.push(record),
+                Ok(None) => {}
+                // One unreadable record must not hide the others.
+                Err(error @ Error::Decode { .. }) => {
+                    tracing::warn!(%error, "skipping a record");
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(records)
+    }
+
+    /// The keys with a value whose name starts with `prefix`, sorted (deleted keys may
+    /// still be listed until the server compacts them; [`Lattice::get`] tells).
+    pub async fn keys(&self, bucket: Bucket, prefix: &str) -> Result<Vec<String>, Error> {
         let store = self.store(bucket)?;
         let mut subjects = store
             .stream
@@ -323,19 +342,15 @@ impl Lattice {
             }
         }
         matching.sort();
-        let mut records = Vec::with_capacity(matching.len());
-        for key in matching {
-            match self.get(bucket, &key).await {
-                Ok(Some(record)) => records.push(record),
-                Ok(None) => {}
-                // One unreadable record must not hide the others.
-                Err(error @ Error::Decode { .. }) => {
-                    tracing::warn!(%error, "skipping a record");
-                }
-                Err(error) => return Err(error),
-            }
-        }
-        Ok(records)
+        Ok(matching)
+    }
+
+    /// Removes `key` and every earlier value of it, so nothing of it stays in the bucket.
+    pub async fn purge(&self, bucket: Bucket, key: &str) -> Result<(), Error> {
+        self.store(bucket)?
+            .purge(key)
+            .await
+            .map_err(|error| self.request_error(bucket, error))
     }
 
     /// A live, in-memory copy of the records under `filter` (a KV key filter such as

@@ -167,10 +167,45 @@ pub(crate) async fn store(
             .await?;
     }
     let key = app_key(&record.namespace, &record.name);
-    match expected {
+    let written = match expected {
         None => lattice.create(Bucket::Apps, &key, record).await,
         Some(revision) => lattice.update(Bucket::Apps, &key, record, revision).await,
+    }?;
+    if let Err(error) = prune_revisions(lattice, record).await {
+        tracing::warn!(%error, app = %key, "cannot remove old revisions; they stay for now");
     }
+    Ok(written)
+}
+
+/// Keeps the app's newest `revisionHistoryLimit` revisions (never fewer than the current
+/// one and the one before, which an automatic rollback returns to) and removes the rest.
+async fn prune_revisions(lattice: &Lattice, record: &AppRecord) -> Result<(), Error> {
+    let kept = u64::from(record.spec.revisions_kept().max(2));
+    let oldest_kept = record.revision.saturating_sub(kept - 1);
+    for (key, revision) in revision_keys(lattice, &record.namespace, &record.name).await? {
+        if revision < oldest_kept {
+            lattice.purge(Bucket::Revisions, &key).await?;
+        }
+    }
+    Ok(())
+}
+
+/// The keys of an app's revision records, with the revision each names.
+async fn revision_keys(
+    lattice: &Lattice,
+    namespace: &str,
+    name: &str,
+) -> Result<Vec<(String, u64)>, Error> {
+    let prefix = format!("{namespace}.{name}.");
+    Ok(lattice
+        .keys(Bucket::Revisions, &prefix)
+        .await?
+        .into_iter()
+        .filter_map(|key| {
+            let revision = key.strip_prefix(&prefix)?.parse().ok()?;
+            Some((key, revision))
+        })
+        .collect())
 }
 
 /// Sets an app's replica count. Returns the previous count, or `None` if there is no app.
@@ -244,7 +279,11 @@ pub async fn delete(lattice: &Lattice, namespace: &str, name: &str) -> Result<bo
     {
         return Ok(false);
     }
-    lattice.delete(Bucket::Apps, &key).await?;
+    lattice.purge(Bucket::Apps, &key).await?;
+    // A deleted app leaves nothing behind: applied again, it starts at revision 1.
+    for (key, _) in revision_keys(lattice, namespace, name).await? {
+        lattice.purge(Bucket::Revisions, &key).await?;
+    }
     Ok(true)
 }
 
@@ -384,6 +423,7 @@ pub async fn undo(
         namespace: namespace.to_owned(),
         spec: AppSpec {
             replicas: current.value.spec.replicas,
+            revision_history_limit: current.value.spec.revision_history_limit,
             ..target.template.clone()
         },
     };

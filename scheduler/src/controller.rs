@@ -768,6 +768,7 @@ async fn check_progress(
                 digest: previous.value.digest.clone(),
                 spec: AppSpec {
                     replicas: app.spec.replicas,
+                    revision_history_limit: app.spec.revision_history_limit,
                     ..previous.value.template.clone()
                 },
                 updated_at: now_millis(),
