@@ -404,3 +404,144 @@ fn revisions_are_capped_and_go_with_their_app() {
     assert!(applied.contains("created (revision 1"), "{applied}");
     assert_eq!(revisions(&lattice), ["1"]);
 }
+
+#[test]
+fn a_lattice_on_a_three_server_nats_cluster_survives_losing_a_server_under_load() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let mut lattice = Lattice::start_cluster();
+    let scheduler = lattice.scheduler("s1");
+    let hosts = Arc::new([lattice.host("host-a", &[]), lattice.host("host-b", &[])]);
+    let hello = lattice.push_hello("1.0");
+    lattice.apply(&hello_manifest("hello", &hello, 2, ""));
+    assert_eq!(lattice.wait_ready("hello", 2, PATIENCE).len(), 2);
+
+    // Every bucket and stream of the lattice is kept by all three servers.
+    let jsz: serde_json::Value = serde_json::from_str(
+        &support::lattice::agent()
+            .get(&format!(
+                "{}/jsz?streams=true&config=true",
+                lattice.nats.monitor_url()
+            ))
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_to_string()
+            .unwrap(),
+    )
+    .unwrap();
+    let streams: Vec<(String, u64)> = jsz["account_details"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|account| {
+            account["stream_detail"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .map(|stream| {
+            (
+                stream["config"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                stream["config"]["num_replicas"].as_u64().unwrap_or(0),
+            )
+        })
+        .filter(|(name, _)| name.contains(&lattice.name))
+        .collect();
+    assert!(streams.len() >= 8, "{streams:?}");
+    assert!(
+        streams.iter().all(|(_, replicas)| *replicas == 3),
+        "{streams:?}"
+    );
+
+    // Steady load through both hosts while a server dies.
+    let running = Arc::new(AtomicBool::new(true));
+    let (served, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let load = {
+        let (running, served, failed, hosts) = (
+            running.clone(),
+            served.clone(),
+            failed.clone(),
+            hosts.clone(),
+        );
+        std::thread::spawn(move || {
+            while running.load(Ordering::Relaxed) {
+                for host in hosts.iter() {
+                    match host.get("/hello") {
+                        Some((200, _)) => served.fetch_add(1, Ordering::Relaxed),
+                        other => {
+                            eprintln!("{}: {other:?}", host.id);
+                            failed.fetch_add(1, Ordering::Relaxed)
+                        }
+                    };
+                }
+            }
+        })
+    };
+    eventually(PATIENCE, "some load before the kill", || {
+        (served.load(Ordering::Relaxed) > 100).then_some(())
+    });
+    lattice.peers[0].kill();
+
+    // Desired state survives, and applies, scaling and placement go on with two servers.
+    let converged = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        lattice.apply(&hello_manifest("after", &hello, 1, ""));
+        lattice.wait_ready("after", 1, PATIENCE);
+        lattice.ok(&["scale", "app", "hello", "--replicas", "3"]);
+        lattice.wait_ready("hello", 3, PATIENCE);
+    }));
+    if let Err(panic) = converged {
+        eprintln!("scheduler:\n{}", scheduler.log());
+        for host in hosts.iter() {
+            eprintln!("{}:\n{}", host.id, host.log());
+        }
+        std::panic::resume_unwind(panic);
+    }
+    let before = served.load(Ordering::Relaxed);
+    eventually(PATIENCE, "load served after the kill", || {
+        (served.load(Ordering::Relaxed) > before + 100).then_some(())
+    });
+    running.store(false, Ordering::Relaxed);
+    load.join().unwrap();
+    let (served, failed) = (
+        served.load(Ordering::Relaxed),
+        failed.load(Ordering::Relaxed),
+    );
+    eprintln!("one of three NATS servers killed under load: {served} served, {failed} failed");
+    if failed > 0 {
+        eprintln!("scheduler:\n{}", scheduler.log());
+        for host in hosts.iter() {
+            eprintln!("{}:\n{}", host.id, host.log());
+        }
+    }
+    assert_eq!(failed, 0, "{served} served");
+}
+
+#[test]
+fn a_kill_9_of_nats_server_loses_no_applied_app() {
+    let mut lattice = Lattice::start();
+    let _scheduler = lattice.scheduler("s1");
+    let host = lattice.host("host-a", &[]);
+    let hello = lattice.push_hello("1.0");
+    for name in ["one", "two", "three"] {
+        lattice.apply(&hello_manifest(name, &hello, 1, ""));
+    }
+    lattice.wait_ready("three", 1, PATIENCE);
+
+    lattice.nats.kill();
+    lattice.nats.relaunch();
+
+    let apps = lattice.ok(&["get", "apps"]);
+    for name in ["one", "two", "three"] {
+        assert!(apps.contains(name), "{name} lost:\n{apps}");
+    }
+    lattice.ok(&["scale", "app", "two", "--replicas", "2"]);
+    lattice.wait_ready("two", 2, PATIENCE);
+    let (status, _) = eventually(PATIENCE, "host-a to serve /one again", || {
+        host.get("/one").filter(|(status, _)| *status == 200)
+    });
+    assert_eq!(status, 200);
+}

@@ -20,6 +20,19 @@ pub struct LatticeArgs {
     #[arg(long, env = "SHOAL_LATTICE", global = true, default_value = "default")]
     pub lattice: String,
 
+    /// How many NATS servers keep each of the lattice's buckets and streams, when this
+    /// command is the one that creates them: 3 on a three-server cluster, so the lattice
+    /// survives losing one. Existing buckets keep theirs.
+    #[arg(
+        long,
+        env = "SHOAL_LATTICE_REPLICAS",
+        global = true,
+        default_value = "1",
+        value_parser = clap::value_parser!(u8).range(1..=5),
+        help_heading = "NATS connection"
+    )]
+    pub lattice_replicas: u8,
+
     /// NATS user (the password comes from SHOAL_NATS_PASSWORD).
     #[arg(
         long,
@@ -128,6 +141,7 @@ impl LatticeArgs {
             client_name: client_name.to_owned(),
             auth: self.auth()?,
             tls,
+            replicas: usize::from(self.lattice_replicas),
         })
         .await
         .with_context(|| format!("cannot reach lattice {:?}", self.lattice))

@@ -174,7 +174,13 @@ impl Lattice {
             reason,
         };
         let subject = journal.subject(self.name(), tail);
-        let stream = open(&jetstream::new(self.client().clone()), self.name(), journal).await?;
+        let stream = open(
+            &jetstream::new(self.client().clone()),
+            self.name(),
+            journal,
+            self.replicas,
+        )
+        .await?;
         let deliver_policy = match start {
             Start::Oldest => consumer::DeliverPolicy::All,
             Start::Since(millis) => consumer::DeliverPolicy::ByStartTime {
@@ -226,6 +232,7 @@ pub(crate) async fn open(
     context: &jetstream::Context,
     lattice: &str,
     journal: Journal,
+    replicas: usize,
 ) -> Result<stream::Stream, Error> {
     let name = journal.stream(lattice);
     context
@@ -236,6 +243,7 @@ pub(crate) async fn open(
             max_age: journal.kept_for(),
             max_message_size: MAX_MESSAGE,
             discard: stream::DiscardPolicy::Old,
+            num_replicas: replicas.max(1),
             ..Default::default()
         })
         .await

@@ -217,6 +217,24 @@ fn apply<T: DeserializeOwned + Validate>(
     }
 }
 
+/// How long a watch may deliver nothing before the mirror checks it against a fresh copy.
+const RESYNC_WHEN_QUIET: Duration = Duration::from_secs(10);
+
+/// Each key's revision, valid or not: what tells two copies apart.
+fn revisions<T>(records: &Records<T>) -> BTreeMap<&str, u64> {
+    records
+        .valid
+        .iter()
+        .map(|(key, record)| (key.as_str(), record.revision))
+        .chain(
+            records
+                .invalid
+                .iter()
+                .map(|(key, (revision, _))| (key.as_str(), *revision)),
+        )
+        .collect()
+}
+
 async fn follow<T: DeserializeOwned + Validate>(
     lattice: Lattice,
     bucket: Bucket,
@@ -226,7 +244,14 @@ async fn follow<T: DeserializeOwned + Validate>(
     notify: watch::Sender<u64>,
 ) {
     loop {
-        while let Some(entry) = watch.next().await {
+        loop {
+            // A watch whose consumer lived on a NATS server that died can go quiet without
+            // an error: one quiet for a while is checked against a fresh copy.
+            let entry = match tokio::time::timeout(RESYNC_WHEN_QUIET, watch.next()).await {
+                Ok(Some(entry)) => entry,
+                Ok(None) => break,
+                Err(_quiet) => break,
+            };
             match entry {
                 Ok(entry) => {
                     if let Ok(mut records) = records.write() {
@@ -240,15 +265,19 @@ async fn follow<T: DeserializeOwned + Validate>(
                 }
             }
         }
-        // The watch ended: rebuild from a fresh one, retrying until the server is back.
+        // Rebuild from a fresh watch, retrying until the server is back.
         loop {
             tokio::time::sleep(Duration::from_millis(250)).await;
             match sync::<T>(&lattice, bucket, &filter).await {
                 Ok(fresh) => {
-                    if let Ok(mut records) = records.write() {
+                    let changed = records.write().is_ok_and(|mut records| {
+                        let changed = revisions(&records) != revisions(&fresh.records);
                         *records = fresh.records;
+                        changed
+                    });
+                    if changed {
+                        notify.send_modify(|count| *count += 1);
                     }
-                    notify.send_modify(|count| *count += 1);
                     watch = fresh.watch;
                     break;
                 }

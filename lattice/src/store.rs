@@ -28,6 +28,9 @@ pub struct ConnectOptions {
     pub auth: NatsAuth,
     /// TLS settings; `None` uses TLS only when the URL says `tls://`.
     pub tls: Option<NatsTls>,
+    /// How many servers keep each bucket and stream, when this connection creates them
+    /// (3 on a NATS cluster, so losing a server loses nothing; 0 means 1).
+    pub replicas: usize,
 }
 
 /// Credentials for the NATS server.
@@ -81,6 +84,8 @@ pub struct Versioned<T> {
 pub struct Lattice {
     client: async_nats::Client,
     name: String,
+    /// Replicas of the buckets and streams this connection creates.
+    pub(crate) replicas: usize,
     buckets: HashMap<&'static str, kv::Store>,
 }
 
@@ -124,11 +129,20 @@ impl Lattice {
                 nats = nats.add_client_certificate(cert.clone(), key.clone());
             }
         }
+        let servers = options
+            .url
+            .split(',')
+            .map(|url| url.trim().parse::<async_nats::ServerAddr>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|error| Error::Connect {
+                url: options.url.clone(),
+                reason: format!("not a NATS URL or comma-separated list of them: {error}"),
+            })?;
         let client = nats
             .name(&options.client_name)
             .connection_timeout(Duration::from_secs(5))
             .max_reconnects(None)
-            .connect(options.url.as_str())
+            .connect(servers.as_slice())
             .await
             .map_err(|error| Error::Connect {
                 url: options.url.clone(),
@@ -150,19 +164,28 @@ impl Lattice {
         for bucket in Bucket::ALL {
             buckets.insert(
                 bucket.suffix(),
-                open_bucket(&context, &bucket.name(&options.lattice), bucket.history()).await?,
+                open_bucket(
+                    &context,
+                    &bucket.name(&options.lattice),
+                    bucket.history(),
+                    options.replicas,
+                )
+                .await?,
             );
         }
         // Logs and events are published with plain NATS: their streams must exist to keep
         // them. A server short of JetStream storage still runs apps; only these are lost.
         for journal in crate::journal::Journal::ALL {
-            if let Err(error) = crate::journal::open(&context, &options.lattice, journal).await {
+            if let Err(error) =
+                crate::journal::open(&context, &options.lattice, journal, options.replicas).await
+            {
                 tracing::warn!(%error, "the lattice will not keep these records");
             }
         }
         Ok(Self {
             client,
             name: options.lattice.clone(),
+            replicas: options.replicas,
             buckets,
         })
     }
@@ -367,6 +390,7 @@ async fn open_bucket(
     context: &jetstream::Context,
     name: &str,
     history: i64,
+    replicas: usize,
 ) -> Result<kv::Store, Error> {
     let failed = |reason: String| Error::Bucket {
         bucket: name.to_owned(),
@@ -379,6 +403,7 @@ async fn open_bucket(
         .create_key_value(kv::Config {
             bucket: name.to_owned(),
             history,
+            num_replicas: replicas.max(1),
             ..Default::default()
         })
         .await

@@ -53,6 +53,15 @@ impl Liveness {
         }
     }
 
+    /// Counts every known host as seen `now`: a scheduler that just took the lease, or got
+    /// it back after losing the lattice for a while, has not been watching, and a host whose
+    /// heartbeats could not be written meanwhile is not lost for that.
+    fn grace(&mut self, now: Instant) {
+        for (_, seen) in self.seen.values_mut() {
+            *seen = now;
+        }
+    }
+
     fn live(&self, timeout: Duration, now: Instant) -> HashSet<String> {
         self.seen
             .iter()
@@ -152,6 +161,7 @@ pub async fn run(
         state.assignments.changes(),
         state.replicas.changes(),
     ];
+    let mut leading = false;
     tracing::info!(id = %options.id, lattice = %lattice.name(), "scheduler started");
     tokio::pin!(shutdown);
     loop {
@@ -167,7 +177,12 @@ pub async fn run(
         let now = Instant::now();
         state.liveness.observe(&state.hosts.snapshot(), now);
         if !lease.tick().await {
+            leading = false;
             continue;
+        }
+        if !leading {
+            leading = true;
+            state.liveness.grace(now);
         }
         if let Err(error) = pass(&lattice, &options, &mut state, now).await {
             tracing::warn!(%error, "reconcile pass failed; retrying");
@@ -256,6 +271,16 @@ async fn pass(
         }
     }
     state.live_hosts = Some(live.clone());
+    // Every host silent at once is the lattice failing (a NATS server lost, a partition on
+    // the scheduler's side), not every machine dying: replacing replicas would have nowhere
+    // to put them, so everything stays where it is until hosts are heard from again.
+    if live.is_empty() && !known.is_empty() {
+        tracing::warn!(
+            hosts = known.len(),
+            "no host is live: holding every replica where it is"
+        );
+        return Ok(());
+    }
     let hosts: BTreeMap<String, HostRecord> = state
         .hosts
         .snapshot()

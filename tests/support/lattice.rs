@@ -14,6 +14,8 @@ use super::{Shoal, eventually, guest};
 pub struct Lattice {
     pub shoal: Shoal,
     pub nats: Nats,
+    /// The other servers of a NATS cluster, when the lattice runs on one.
+    pub peers: Vec<Nats>,
     pub registry: Registry,
     pub name: String,
 }
@@ -116,26 +118,53 @@ fn copy_lines(pipe: impl std::io::Read + Send + 'static, log: Arc<Mutex<String>>
 }
 
 impl Lattice {
-    pub fn start() -> Self {
+    fn unique_name() -> String {
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let name = format!(
+        format!(
             "t{}-{}",
             std::process::id(),
             NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        );
+        )
+    }
+
+    pub fn start() -> Self {
         Self {
             shoal: Shoal::new(),
             nats: Nats::start(),
+            peers: Vec::new(),
             registry: Registry::start(),
-            name,
+            name: Self::unique_name(),
         }
+    }
+
+    /// A lattice on a three-server NATS cluster, its buckets and streams kept by all three.
+    pub fn start_cluster() -> Self {
+        let mut servers = Nats::cluster(3);
+        let nats = servers.remove(0);
+        Self {
+            shoal: Shoal::new(),
+            nats,
+            peers: servers,
+            registry: Registry::start(),
+            name: Self::unique_name(),
+        }
+    }
+
+    /// Every server's URL, comma-separated.
+    pub fn nats_urls(&self) -> String {
+        std::iter::once(&self.nats)
+            .chain(&self.peers)
+            .map(Nats::url)
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     /// A `shoal` command aimed at this lattice.
     pub fn command(&self) -> Command {
         let mut command = self.shoal.command();
         command
-            .env("SHOAL_NATS", self.nats.url())
+            .env("SHOAL_NATS", self.nats_urls())
+            .env("SHOAL_LATTICE_REPLICAS", (1 + self.peers.len()).to_string())
             .env("SHOAL_LATTICE", &self.name)
             .env("SHOAL_LOG", "info");
         command

@@ -39,7 +39,52 @@ impl Nats {
         nats
     }
 
+    /// `n` servers in one JetStream cluster on loopback, each with its own data dir.
+    pub fn cluster(n: usize) -> Vec<Nats> {
+        // Held open together, so no two of the cluster's ports are the same.
+        let listeners: Vec<std::net::TcpListener> = (0..3 * n)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let mut ports: Vec<u16> = listeners
+            .iter()
+            .map(|listener| listener.local_addr().unwrap().port())
+            .collect();
+        drop(listeners);
+        let routes: Vec<u16> = ports.drain(..n).collect();
+        let route_list = routes
+            .iter()
+            .map(|port| format!("nats-route://127.0.0.1:{port}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut servers: Vec<Nats> = routes
+            .iter()
+            .enumerate()
+            .map(|(index, port)| Self {
+                child: None,
+                extra_config: format!(
+                    "server_name: n{index}\ncluster {{ name: shoal, listen: 127.0.0.1:{port}, routes: [{route_list}] }}\n"
+                ),
+                dir: tempfile::tempdir().unwrap(),
+                port: ports[2 * index],
+                monitor: ports[2 * index + 1],
+            })
+            .collect();
+        // All start before any is asked for its health: JetStream waits for its peers.
+        for server in &mut servers {
+            server.spawn();
+        }
+        for server in &servers {
+            server.wait_healthy();
+        }
+        servers
+    }
+
     fn launch(&mut self) {
+        self.spawn();
+        self.wait_healthy();
+    }
+
+    fn spawn(&mut self) {
         // As `shoal up` does: room for 8 MiB forwarded bodies plus headers.
         let config = self.dir.path().join("nats.conf");
         std::fs::write(
@@ -59,8 +104,11 @@ impl Nats {
             .spawn()
             .expect("nats-server is not on PATH: run scripts/setup.sh (tests run through scripts/test.sh put it there)");
         self.child = Some(child);
+    }
+
+    fn wait_healthy(&self) {
         let health = format!("http://127.0.0.1:{}/healthz", self.monitor);
-        eventually(Duration::from_secs(20), "nats-server to be healthy", || {
+        eventually(Duration::from_secs(30), "nats-server to be healthy", || {
             ureq::get(&health)
                 .call()
                 .ok()
@@ -110,6 +158,11 @@ impl Nats {
     /// Starts the server again after [`Self::stop`] or [`Self::kill`], same ports and data.
     pub fn relaunch(&mut self) {
         self.launch();
+    }
+
+    /// The monitoring endpoint, like `http://127.0.0.1:8222`.
+    pub fn monitor_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.monitor)
     }
 
     pub fn url(&self) -> String {

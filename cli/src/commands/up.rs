@@ -30,6 +30,13 @@ pub struct UpArgs {
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
 
+    /// How often nats-server forces JetStream writes to disk: `always` (every write, so a
+    /// power cut loses nothing applied; slower on SD cards) or a duration. Between syncs
+    /// writes sit in the OS page cache: a crash of nats-server itself (kill -9) loses
+    /// nothing, a power cut loses at most this much.
+    #[arg(long, default_value = "2m", value_parser = parse_sync, value_name = "always|DURATION")]
+    pub nats_sync: String,
+
     /// Apply this manifest once the lattice is up.
     #[arg(long, value_name = "MANIFEST", num_args = 0..=1, default_missing_value = "examples/apps/hello.yaml")]
     pub example: Option<PathBuf>,
@@ -40,6 +47,16 @@ pub struct UpArgs {
 
     #[command(flatten)]
     pub registry: crate::registry::RegistryArgs,
+}
+
+fn parse_sync(value: &str) -> Result<String, String> {
+    if value == "always" || humantime::parse_duration(value).is_ok_and(|span| !span.is_zero()) {
+        Ok(value.to_owned())
+    } else {
+        Err(format!(
+            "{value:?} is neither always nor a duration like 30s"
+        ))
+    }
 }
 
 fn find_nats_server() -> anyhow::Result<PathBuf> {
@@ -65,8 +82,14 @@ pub async fn run(args: UpArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
         // Forwarded HTTP requests travel as one NATS message: make room for the 8 MiB
         // forwarding limit plus headers (the server's default is 1 MiB).
         let config = data_dir.join("nats.conf");
-        std::fs::write(&config, "max_payload: 9437184\n")
-            .with_context(|| format!("cannot write {}", config.display()))?;
+        std::fs::write(
+            &config,
+            format!(
+                "max_payload: 9437184\njetstream {{ sync_interval: {} }}\n",
+                args.nats_sync
+            ),
+        )
+        .with_context(|| format!("cannot write {}", config.display()))?;
         let child = tokio::process::Command::new(find_nats_server()?)
             .arg("-c")
             .arg(&config)
