@@ -545,3 +545,86 @@ fn a_kill_9_of_nats_server_loses_no_applied_app() {
     });
     assert_eq!(status, 200);
 }
+
+/// A server that asks every client for basic credentials and notes whether any sent some.
+fn credential_collector() -> (u16, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let offered = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let seen = offered.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().map_while(Result::ok) {
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|read| read > 2) {
+                if line.to_ascii_lowercase().starts_with("authorization:") {
+                    seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                line.clear();
+            }
+            let _ = (&stream).write_all(
+                b"HTTP/1.1 401 Unauthorized\r\nwww-authenticate: Basic realm=\"give me\"\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+            );
+        }
+    });
+    (port, offered)
+}
+
+#[test]
+fn registry_credentials_go_only_to_the_registry_they_belong_to() {
+    let registry = support::registry::Registry::with_auth("shoal", "s3cret");
+    let (stranger, offered) = credential_collector();
+    let shoal = support::Shoal::new();
+    let hello = support::guest("hello-http");
+    let reference = registry.reference("private/hello:1.0");
+    let with_password = |args: &[&str]| {
+        shoal
+            .command()
+            .args(args)
+            .env("SHOAL_REGISTRY_PASSWORD", "s3cret")
+            .output()
+            .unwrap()
+    };
+    // Bound to the reference's registry: push works.
+    let pushed = with_password(&[
+        "push",
+        hello.to_str().unwrap(),
+        &reference,
+        "--username",
+        "shoal",
+    ]);
+    assert!(
+        pushed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&pushed.stderr)
+    );
+
+    // A component on another registry is pulled without them, even when that registry asks.
+    let elsewhere = format!("127.0.0.1:{stranger}/team/hello:1.0");
+    let pulled = with_password(&[
+        "pull",
+        &elsewhere,
+        "--username",
+        "shoal",
+        "--registry-server",
+        &registry.host(),
+    ]);
+    assert!(!pulled.status.success());
+    assert_eq!(offered.load(std::sync::atomic::Ordering::Relaxed), 0);
+
+    // Commands that reach many registries need to be told where the credentials belong.
+    let manifest = shoal.home.path().join("app.yaml");
+    std::fs::write(&manifest, hello_manifest("hello", &elsewhere, 1, "")).unwrap();
+    let applied = with_password(&[
+        "apply",
+        "-f",
+        manifest.to_str().unwrap(),
+        "--username",
+        "shoal",
+    ]);
+    assert!(!applied.status.success());
+    let stderr = String::from_utf8_lossy(&applied.stderr);
+    assert!(stderr.contains("needs --registry-server"), "{stderr}");
+    assert_eq!(offered.load(std::sync::atomic::Ordering::Relaxed), 0);
+}

@@ -26,10 +26,26 @@ pub struct RegistryArgs {
     #[arg(long, requires = "username", help_heading = "Registry")]
     pub password_stdin: bool,
 
-    /// Allow plain HTTP to this registry. Loopback registries (localhost, 127.0.0.1, ::1)
-    /// always may.
-    #[arg(long, env = "SHOAL_INSECURE_REGISTRY", help_heading = "Registry")]
-    pub insecure: bool,
+    /// The registry (`host[:port]`) --username belongs to; credentials are never sent to
+    /// any other [default: the registry of the reference, for commands that name one].
+    #[arg(
+        long,
+        env = "SHOAL_REGISTRY_SERVER",
+        value_name = "REGISTRY",
+        help_heading = "Registry"
+    )]
+    pub registry_server: Option<String>,
+
+    /// Allow plain HTTP to this registry (`host[:port]`; repeat or separate with commas).
+    /// Loopback registries (localhost, 127.0.0.1, ::1) always may.
+    #[arg(
+        long,
+        env = "SHOAL_INSECURE_REGISTRIES",
+        value_name = "REGISTRY",
+        value_delimiter = ',',
+        help_heading = "Registry"
+    )]
+    pub insecure: Vec<String>,
 
     /// Refuse components larger than this (for example 100MiB, 512Ki, 2G).
     #[arg(
@@ -61,9 +77,15 @@ pub fn parse_size(value: &str) -> Result<u64, String> {
 }
 
 impl RegistryArgs {
-    fn credentials(&self) -> anyhow::Result<Credentials> {
+    /// The credentials given, bound to `--registry-server` or else to `registry`.
+    fn credentials(&self, registry: Option<&str>) -> anyhow::Result<Credentials> {
         let Some(username) = &self.username else {
             return Ok(Credentials::FromDockerConfig);
+        };
+        let Some(registry) = self.registry_server.as_deref().or(registry) else {
+            bail!(
+                "--username {username} needs --registry-server REGISTRY (or SHOAL_REGISTRY_SERVER): credentials go only to the registry they belong to"
+            );
         };
         let password = if self.password_stdin {
             let mut password = String::new();
@@ -80,6 +102,7 @@ impl RegistryArgs {
             }
         };
         Ok(Credentials::Basic {
+            registry: registry.to_owned(),
             username: username.clone(),
             password,
         })
@@ -97,9 +120,18 @@ impl RegistryArgs {
 
     /// Pulls `target` through the cache and reads the component's bytes.
     pub async fn pull_component(&self, target: &str) -> anyhow::Result<(Pulled, Vec<u8>)> {
+        self.pull_component_with(&self.client_for(target)?, target)
+            .await
+    }
+
+    /// Pulls `target` with `client`; see [`Self::pull_component`].
+    pub async fn pull_component_with(
+        &self,
+        client: &Client,
+        target: &str,
+    ) -> anyhow::Result<(Pulled, Vec<u8>)> {
         let reference = parse_reference(target)?;
-        let pulled = self
-            .client()?
+        let pulled = client
             .pull(&reference)
             .await
             .with_context(|| format!("cannot pull {target}"))?;
@@ -108,12 +140,24 @@ impl RegistryArgs {
         Ok((pulled, bytes))
     }
 
-    /// A client with these options, drawing progress bars on a terminal.
+    /// A client for any registry, drawing progress bars on a terminal; --username needs
+    /// --registry-server.
     pub fn client(&self) -> anyhow::Result<Client> {
+        self.build_client(None)
+    }
+
+    /// A client for the command that names `target`: --username belongs to its registry
+    /// unless --registry-server says otherwise.
+    pub fn client_for(&self, target: &str) -> anyhow::Result<Client> {
+        let registry = parse_reference(target)?.resolve_registry().to_owned();
+        self.build_client(Some(&registry))
+    }
+
+    fn build_client(&self, registry: Option<&str>) -> anyhow::Result<Client> {
         let cache = Cache::open(self.cache_root()?.join("oci"))?;
         let options = ClientOptions {
-            credentials: self.credentials()?,
-            insecure: self.insecure,
+            credentials: self.credentials(registry)?,
+            insecure: self.insecure.clone(),
             max_artifact_size: self.max_size,
         };
         Ok(Client::new(cache, options).with_progress(Arc::new(Bars::default())))

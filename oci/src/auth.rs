@@ -1,7 +1,8 @@
 //! Registry credentials: explicit ones first, then the Docker config, else anonymous.
 //!
 //! The CLI turns `--username`/`--password-stdin` and `SHOAL_REGISTRY_USERNAME`/`_PASSWORD`
-//! into [`Credentials::Basic`]; everything else falls back to what `docker login` stored
+//! into [`Credentials::Basic`] for one registry (a manifest naming another registry must not
+//! receive them); everything else falls back to what `docker login` stored
 //! (`$DOCKER_CONFIG/config.json` or `~/.docker/config.json`, credential helpers included).
 
 use std::fmt;
@@ -16,8 +17,11 @@ pub enum Credentials {
     FromDockerConfig,
     /// No credentials.
     Anonymous,
-    /// HTTP basic credentials.
+    /// HTTP basic credentials for one registry; other registries get what the Docker config
+    /// has for them, never these.
     Basic {
+        /// The registry (`host[:port]`) the credentials belong to.
+        registry: String,
         /// User name.
         username: String,
         /// Password or token.
@@ -31,7 +35,9 @@ impl fmt::Debug for Credentials {
         match self {
             Self::FromDockerConfig => f.write_str("FromDockerConfig"),
             Self::Anonymous => f.write_str("Anonymous"),
-            Self::Basic { username, .. } => write!(f, "Basic({username}, ****)"),
+            Self::Basic {
+                registry, username, ..
+            } => write!(f, "Basic({username}@{registry}, ****)"),
         }
     }
 }
@@ -41,10 +47,14 @@ impl Credentials {
     pub(crate) fn for_registry(&self, registry: &str) -> RegistryAuth {
         match self {
             Self::Anonymous => RegistryAuth::Anonymous,
-            Self::Basic { username, password } => {
+            Self::Basic {
+                registry: own,
+                username,
+                password,
+            } if own.eq_ignore_ascii_case(registry) => {
                 RegistryAuth::Basic(username.clone(), password.clone())
             }
-            Self::FromDockerConfig => docker_config_auth(registry),
+            Self::Basic { .. } | Self::FromDockerConfig => docker_config_auth(registry),
         }
     }
 }
@@ -66,5 +76,31 @@ fn docker_config_auth(registry: &str) -> RegistryAuth {
             tracing::debug!(registry, %error, "no Docker credentials; going anonymous");
             RegistryAuth::Anonymous
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn basic_credentials_go_only_to_their_registry() {
+        let credentials = Credentials::Basic {
+            registry: "registry.example:5000".into(),
+            username: "u".into(),
+            password: "p".into(),
+        };
+        assert_eq!(
+            credentials.for_registry("Registry.Example:5000"),
+            RegistryAuth::Basic("u".into(), "p".into())
+        );
+        assert!(!matches!(
+            credentials.for_registry("evil.example"),
+            RegistryAuth::Basic(..)
+        ));
+        assert_eq!(
+            format!("{credentials:?}"),
+            "Basic(u@registry.example:5000, ****)"
+        );
     }
 }

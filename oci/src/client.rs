@@ -81,8 +81,9 @@ pub fn is_loopback(registry: &str) -> bool {
 pub struct ClientOptions {
     /// Credentials to present.
     pub credentials: Credentials,
-    /// Allow plain HTTP to any registry (loopback registries always may).
-    pub insecure: bool,
+    /// Registries (`host[:port]`) that may be reached over plain HTTP; loopback registries
+    /// always may.
+    pub insecure: Vec<String>,
     /// Refuse components larger than this many bytes, on push and on pull.
     pub max_artifact_size: u64,
 }
@@ -91,7 +92,7 @@ impl Default for ClientOptions {
     fn default() -> Self {
         Self {
             credentials: Credentials::default(),
-            insecure: false,
+            insecure: Vec::new(),
             max_artifact_size: DEFAULT_MAX_ARTIFACT_SIZE,
         }
     }
@@ -180,8 +181,18 @@ impl Client {
         &self.cache
     }
 
+    /// Whether `registry` may be reached over plain HTTP: loopback, or named by `insecure`.
+    fn plain_http(&self, registry: &str) -> bool {
+        is_loopback(registry)
+            || self
+                .options
+                .insecure
+                .iter()
+                .any(|insecure| insecure.eq_ignore_ascii_case(registry))
+    }
+
     fn registry_client(&self, registry: &str) -> oci_client::Client {
-        let protocol = if self.options.insecure || is_loopback(registry) {
+        let protocol = if self.plain_http(registry) {
             ClientProtocol::HttpsExcept(vec![registry.to_owned()])
         } else {
             ClientProtocol::Https
@@ -667,6 +678,22 @@ mod tests {
         ] {
             assert!(!is_loopback(registry), "{registry}");
         }
+    }
+
+    #[test]
+    fn plain_http_only_for_loopback_and_the_registries_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let client = Client::new(
+            Cache::open(dir.path()).unwrap(),
+            ClientOptions {
+                insecure: vec!["registry.lan:5000".into()],
+                ..ClientOptions::default()
+            },
+        );
+        assert!(client.plain_http("localhost:5000"));
+        assert!(client.plain_http("Registry.LAN:5000"));
+        assert!(!client.plain_http("registry.lan:5001"));
+        assert!(!client.plain_http("ghcr.io"));
     }
 
     #[test]

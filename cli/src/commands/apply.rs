@@ -51,8 +51,13 @@ pub async fn apply_file(
     // Pin every component before storing anything.
     let mut resolved = Vec::with_capacity(apps.len());
     let mut problems = Vec::new();
+    // One client for every component: --username goes only to --registry-server.
+    let client = registry.client()?;
     for app in apps {
-        match registry.pull_component(&app.spec.component).await {
+        match registry
+            .pull_component_with(&client, &app.spec.component)
+            .await
+        {
             Ok((pulled, _)) => resolved.push((app, pulled.digest.to_string())),
             Err(error) => problems.push(format!(
                 "  app {}/{}: spec.component: {error:#}",

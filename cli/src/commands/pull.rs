@@ -32,7 +32,7 @@ pub struct PullArgs {
 
 pub async fn run(args: PullArgs) -> anyhow::Result<()> {
     let reference = parse_reference(&args.reference)?;
-    let client = args.registry.client()?;
+    let client = args.registry.client_for(&args.reference)?;
     let pulled = client
         .pull(&reference)
         .await

@@ -59,7 +59,7 @@ pub async fn run(args: PushArgs) -> anyhow::Result<()> {
         annotations: args.annotations.into_iter().collect::<BTreeMap<_, _>>(),
         created: None,
     };
-    let client = args.registry.client()?;
+    let client = args.registry.client_for(&args.reference)?;
     let pushed = client
         .push(&bytes, &reference, &options)
         .await
