@@ -197,7 +197,7 @@ fn upstream() -> u16 {
 }
 
 #[test]
-fn an_allowlist_entry_without_a_port_allows_only_the_default_port() {
+fn outbound_allows_the_default_port_only_and_private_addresses_only_by_literal() {
     let shoal = support::Shoal::new();
     let fixtures = support::guest("http-fixtures");
     let port = upstream();
@@ -223,6 +223,20 @@ fn an_allowlist_entry_without_a_port_allows_only_the_default_port() {
     let (status, body) = served.get(&url);
     assert_eq!(status, 502, "{body}");
     assert!(body.contains("HttpRequestDenied"), "{body}");
+    drop(served);
+
+    // Allowed by name, the address it resolves to is still checked when connecting:
+    // loopback (like private and link-local ranges) only when named literally.
+    let by_name = format!("http://localhost:{port}");
+    let served = support::served::Served::start(
+        &shoal,
+        fixtures.to_str().unwrap(),
+        &["--allow-outbound", &by_name],
+    );
+    let (status, body) = served.get(&format!("/fetch?url=http://localhost:{port}/"));
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("DestinationIpProhibited"), "{body}");
+    served.wait_for_log("the address is this host or a private network", 0);
 }
 
 #[test]

@@ -58,6 +58,9 @@ pub struct AgentOptions {
     pub connections: ConnectionLimits,
     /// Most bytes of forwarded bodies held at once.
     pub forward_buffer: usize,
+    /// This host's listeners besides the ingress (metrics), which guests may not call unless
+    /// an allowlist entry names the address; the ingress and NATS are added by the agent.
+    pub own_listeners: Vec<SocketAddr>,
 }
 
 /// Fetches a component's bytes by pinned reference (`repository@sha256:…`), through a
@@ -171,7 +174,7 @@ impl<F: Fetch> Agent<F> {
     /// # Errors
     /// When the host cannot register or read its assignments at startup.
     pub async fn run(
-        self,
+        mut self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), shoal_lattice::Error> {
@@ -182,6 +185,13 @@ impl<F: Fetch> Agent<F> {
                 bucket: String::new(),
                 reason: error.to_string(),
             })?;
+        self.options.own_listeners.push(http);
+        let server = self.lattice.client().server_info();
+        if let Ok(ip) = server.host.parse::<std::net::IpAddr>() {
+            self.options
+                .own_listeners
+                .push(SocketAddr::new(ip, server.port));
+        }
         let started_at = now_millis();
         self.lattice
             .put(Bucket::Hosts, &id, &self.record(started_at, http, false))
@@ -376,7 +386,11 @@ impl<F: Fetch> Agent<F> {
                 Arc::clone(&self.fetch),
                 Arc::clone(&self.cached),
                 (*assignment).clone(),
-                Links { services, output },
+                Links {
+                    services,
+                    output,
+                    own_listeners: self.options.own_listeners.clone(),
+                },
                 started.clone(),
             );
             let (id, generation, done) =
@@ -648,6 +662,7 @@ impl<F: Fetch> Agent<F> {
 struct Links {
     services: Arc<dyn Services>,
     output: GuestOutput,
+    own_listeners: Vec<SocketAddr>,
 }
 
 async fn report(
@@ -713,7 +728,8 @@ async fn start<F: Fetch>(
                 .load(&bytes, &layer_digest)
                 .map_err(|error| ("CompileFailed".to_owned(), error.to_string()))?;
             let outbound = OutboundPolicy::new(&template.allowed_outbound)
-                .map_err(|message| ("InvalidSpec".to_owned(), message))?;
+                .map_err(|message| ("InvalidSpec".to_owned(), message))?
+                .with_own_listeners(links.own_listeners);
             let limits = Limits::for_app(&template.limits);
             let options = GuestOptions {
                 env: template.config.clone().into_iter().collect(),

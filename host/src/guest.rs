@@ -14,6 +14,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpVi
 use crate::engine::EPOCH_TICK;
 use crate::error::{HostError, TimedOut};
 use crate::limits::{CpuQuota, Limits, MemoryCap};
+use crate::outbound::AddressPolicy;
 use crate::output::GuestOutput;
 use shoal_lattice::Output;
 
@@ -58,6 +59,7 @@ impl std::str::FromStr for DirGrant {
 #[derive(Debug, Clone, Default)]
 pub struct OutboundPolicy {
     allowed: Vec<AllowedOrigin>,
+    addresses: Arc<AddressPolicy>,
 }
 
 #[derive(Debug, Clone)]
@@ -91,8 +93,35 @@ impl OutboundPolicy {
                     port: uri.port_u16(),
                 })
             })
-            .collect::<Result<_, _>>()?;
-        Ok(Self { allowed })
+            .collect::<Result<Vec<AllowedOrigin>, _>>()?;
+        let named = allowed
+            .iter()
+            .filter_map(|origin| {
+                origin
+                    .host
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .parse()
+                    .ok()
+            })
+            .collect();
+        Ok(Self {
+            allowed,
+            addresses: Arc::new(AddressPolicy {
+                named,
+                own: Vec::new(),
+            }),
+        })
+    }
+
+    /// Refuses this host's own listeners (ingress, metrics, NATS) unless an entry names
+    /// their address literally.
+    pub fn with_own_listeners(mut self, own: Vec<std::net::SocketAddr>) -> Self {
+        self.addresses = Arc::new(AddressPolicy {
+            named: self.addresses.named.clone(),
+            own,
+        });
+        self
     }
 
     /// Whether a request to `uri` may go out.
@@ -254,14 +283,8 @@ impl WasiHttpHooks for Hooks {
             return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
         }
         let _ = fut;
-        Box::new(async move {
-            use http_body_util::BodyExt;
-            let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
-            Ok((
-                response.map(BodyExt::boxed_unsync),
-                Box::new(io) as Box<dyn Future<Output = _> + Send>,
-            ))
-        })
+        let addresses = Arc::clone(&self.outbound.addresses);
+        Box::new(crate::outbound::send(request, options, addresses))
     }
 }
 

@@ -21,6 +21,7 @@ pub mod http;
 pub mod limits;
 pub mod logs;
 pub mod metrics;
+pub mod outbound;
 pub mod output;
 pub mod router;
 pub mod tls;

@@ -208,6 +208,7 @@ impl HostArgs {
                 ..shoal_host::http::ConnectionLimits::default()
             },
             forward_buffer: usize::try_from(self.forward_buffer.0).unwrap_or(usize::MAX),
+            own_listeners: self.metrics.into_iter().collect(),
         }
     }
 
