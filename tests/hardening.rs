@@ -642,3 +642,57 @@ fn registry_credentials_go_only_to_the_registry_they_belong_to() {
     assert!(stderr.contains("needs --registry-server"), "{stderr}");
     assert_eq!(offered.load(std::sync::atomic::Ordering::Relaxed), 0);
 }
+
+/// The app's stored status, from `shoal get apps -o json`.
+fn app_status(lattice: &Lattice, app: &str) -> serde_json::Value {
+    let apps: serde_json::Value =
+        serde_json::from_str(&lattice.ok(&["get", "apps", "-o", "json"])).unwrap();
+    apps.as_array()
+        .unwrap()
+        .iter()
+        .find(|row| row["name"] == app)
+        .map(|row| row["status"].clone())
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_new_leader_keeps_the_rollout_clock_of_the_last_one() {
+    let lattice = Lattice::start();
+    let mut first = lattice.scheduler("s1");
+    let _host = lattice.host("host-a", &[]);
+    let fixtures = lattice.push_guest("http-fixtures", "1.0");
+    lattice.apply(&hello_manifest("slow", &fixtures, 1, ""));
+    lattice.wait_ready("slow", 1, PATIENCE);
+    let _second = lattice.scheduler("s2");
+
+    // Revision 2 never becomes ready: its rollout clock runs toward a long deadline.
+    lattice.apply(&hello_manifest(
+        "slow",
+        &fixtures,
+        1,
+        "  health: {path: /nope}\n  rollout: {progressDeadline: 10m}\n",
+    ));
+    let started = eventually(PATIENCE, "the rollout clock of revision 2", || {
+        let status = app_status(&lattice, "slow");
+        (status["revision"] == 2)
+            .then(|| status["rolloutStartedAt"].as_u64())
+            .flatten()
+    });
+
+    // The leader dies; once the standby acts, the clock is the one the first leader started.
+    first.kill();
+    lattice.ok(&["scale", "app", "slow", "--replicas", "2"]);
+    eventually(PATIENCE, "the new leader to act", || {
+        lattice
+            .events(&["--app", "slow"])
+            .iter()
+            .any(|event| event["source"] == "scheduler s2" && event["reason"] == "Placed")
+            .then_some(())
+    });
+    let status = app_status(&lattice, "slow");
+    assert_eq!(
+        status["rolloutStartedAt"].as_u64(),
+        Some(started),
+        "{status}"
+    );
+}

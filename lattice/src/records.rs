@@ -406,6 +406,24 @@ pub struct AppStatus {
     /// The last revision whose rollout failed, and why (kept until a later one succeeds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failed_rollout: Option<FailedRollout>,
+    /// When the rollout of `revision` started counting toward its progress deadline (ms
+    /// since the epoch), so a scheduler that takes over keeps the same clock.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout_started_at: Option<u64>,
+    /// Failed replicas are not replaced before this (ms since the epoch), after this many
+    /// failures in a row: the backoff survives a scheduler failover.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff: Option<BackoffRecord>,
+}
+
+/// The backoff of replacing an app's failed replicas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BackoffRecord {
+    /// Failures in a row.
+    pub failures: u32,
+    /// Not before this time (ms since the epoch).
+    pub not_before: u64,
 }
 
 /// A rollout that did not finish.

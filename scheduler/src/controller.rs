@@ -12,8 +12,8 @@ use shoal_lattice::names::{
     app_key, app_status_key, assignment_key, replica_status_key, revision_key,
 };
 use shoal_lattice::records::{
-    AppRecord, AppSpec, AppStatus, Assignment, Condition, FailedRollout, HostRecord, Phase,
-    ReplicaStatus, RevisionRecord, now_millis,
+    AppRecord, AppSpec, AppStatus, Assignment, BackoffRecord, Condition, FailedRollout, HostRecord,
+    Phase, ReplicaStatus, RevisionRecord, now_millis,
 };
 use shoal_lattice::{Bucket, Error, Event, Lattice, Mirror, Versioned};
 
@@ -106,6 +106,8 @@ impl Pending {
 struct Backoff {
     failures: u32,
     not_before: Instant,
+    /// `not_before` on the wall clock, as stored in the app's status.
+    not_before_ms: u64,
 }
 
 struct State {
@@ -118,7 +120,7 @@ struct State {
     pending: Pending,
     backoff: HashMap<String, Backoff>,
     /// Per app, the revision being rolled out and when this scheduler first saw it.
-    rollouts: HashMap<String, (u64, Instant)>,
+    rollouts: HashMap<String, (u64, Instant, u64)>,
     /// Per app, the last failed rollout, until a later revision completes.
     failed: HashMap<String, FailedRollout>,
     /// The live hosts of the last pass, to tell joins and losses as events; `None` before
@@ -126,6 +128,61 @@ struct State {
     live_hosts: Option<HashSet<String>>,
     /// Invalid records already reported, by key and KV revision: told once, not every pass.
     reported: HashSet<(String, u64)>,
+    /// Apps whose rollout clock, backoff and failed rollout were read back from their
+    /// status in this term as leader.
+    seeded: HashSet<String>,
+}
+
+impl State {
+    /// Forgets what this scheduler kept in memory while leading: the next leader term reads
+    /// it back from the lattice, where the leader in between may have changed it.
+    fn step_down(&mut self) {
+        self.seeded.clear();
+        self.rollouts.clear();
+        self.backoff.clear();
+        self.failed.clear();
+    }
+
+    /// Takes the rollout clock, backoff and failed rollout of `app` from its stored status,
+    /// once per leader term: a new leader goes on where the last one was.
+    fn seed(&mut self, app: &AppRecord, now: Instant) {
+        let key = key_of(app);
+        if !self.seeded.insert(key.clone()) {
+            return;
+        }
+        let Some(status) = self
+            .app_status
+            .get(&app_status_key(&app.namespace, &app.name))
+            .map(|status| status.value)
+        else {
+            return;
+        };
+        let wall = now_millis();
+        let instant_of = |millis: u64| {
+            let ago = Duration::from_millis(wall.saturating_sub(millis));
+            now.checked_sub(ago).unwrap_or(now)
+        };
+        if let Some(started) = status.rollout_started_at
+            && status.revision == app.revision
+        {
+            self.rollouts
+                .insert(key.clone(), (app.revision, instant_of(started), started));
+        }
+        if let Some(backoff) = status.backoff {
+            let ahead = Duration::from_millis(backoff.not_before.saturating_sub(wall));
+            self.backoff.insert(
+                key.clone(),
+                Backoff {
+                    failures: backoff.failures,
+                    not_before: now.checked_add(ahead).unwrap_or(now),
+                    not_before_ms: backoff.not_before,
+                },
+            );
+        }
+        if let Some(failed) = status.failed_rollout {
+            self.failed.insert(key, failed);
+        }
+    }
 }
 
 /// How long a rollout may take when the app says nothing.
@@ -153,6 +210,7 @@ pub async fn run(
         failed: HashMap::new(),
         live_hosts: None,
         reported: HashSet::new(),
+        seeded: HashSet::new(),
     };
     let mut lease = LeaseKeeper::new(lattice.clone(), options.id.clone(), options.lease);
     let mut changes = [
@@ -177,6 +235,9 @@ pub async fn run(
         let now = Instant::now();
         state.liveness.observe(&state.hosts.snapshot(), now);
         if !lease.tick().await {
+            if leading {
+                state.step_down();
+            }
             leading = false;
             continue;
         }
@@ -184,7 +245,7 @@ pub async fn run(
             leading = true;
             state.liveness.grace(now);
         }
-        if let Err(error) = pass(&lattice, &options, &mut state, now).await {
+        if let Err(error) = pass(&lattice, &options, &mut state, &lease, now).await {
             tracing::warn!(%error, "reconcile pass failed; retrying");
         }
     }
@@ -232,6 +293,7 @@ async fn pass(
     lattice: &Lattice,
     options: &Options,
     state: &mut State,
+    lease: &LeaseKeeper,
     now: Instant,
 ) -> Result<(), Error> {
     let live = state.liveness.live(options.host_timeout, now);
@@ -349,6 +411,12 @@ async fn pass(
         now,
     };
     for app in apps {
+        // Fenced by the lease: a leader that was paused mid-pass (long enough for another to
+        // take over) stops writing as soon as it notices, not at the end of the pass.
+        if !lease.is_leader() {
+            tracing::warn!("lost the lease during a pass; stopping it");
+            return Ok(());
+        }
         let key = app.key.clone();
         // One app's failure, even a panic, is its own: the pass goes on with the others.
         let step = AssertUnwindSafe(step_app(
@@ -451,6 +519,7 @@ async fn step_app(
         status,
         now,
     } = *observed;
+    state.seed(&app, now);
     {
         let key = app_key(&app.namespace, &app.name);
         let mine: Vec<Versioned<Assignment>> = assignments
@@ -470,14 +539,18 @@ async fn step_app(
             },
         );
         if step.failed > 0 {
-            let failures = backoff.map_or(0, |backoff| backoff.failures) + 1;
+            let failures = backoff
+                .map_or(0, |backoff| backoff.failures)
+                .saturating_add(1);
             let delay = Duration::from_secs(1u64 << failures.min(6)).min(Duration::from_secs(60));
             tracing::warn!(app = %key, failed = step.failed, retry_in = ?delay, "replacing failed replicas");
             state.backoff.insert(
                 key.clone(),
                 Backoff {
                     failures,
-                    not_before: now + delay,
+                    not_before: now.checked_add(delay).unwrap_or(now),
+                    not_before_ms: now_millis()
+                        .saturating_add(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX)),
                 },
             );
         }
@@ -710,9 +783,11 @@ async fn check_progress(
         .count();
     let started = match state.rollouts.get(&key) {
         // A paused rollout's clock does not run.
-        Some((revision, since)) if *revision == app.revision && !app.paused => *since,
+        Some((revision, since, _)) if *revision == app.revision && !app.paused => *since,
         _ => {
-            state.rollouts.insert(key.clone(), (app.revision, now));
+            state
+                .rollouts
+                .insert(key.clone(), (app.revision, now, now_millis()));
             now
         }
     };
@@ -912,6 +987,19 @@ async fn write_status(
         ],
         unplaced,
         failed_rollout: state.failed.get(&key_of(app)).cloned(),
+        // While paused the clock does not run: nothing to keep.
+        rollout_started_at: state
+            .rollouts
+            .get(&key_of(app))
+            .filter(|(revision, _, _)| *revision == app.revision && !app.paused)
+            .map(|(_, _, started_ms)| *started_ms),
+        backoff: state
+            .backoff
+            .get(&key_of(app))
+            .map(|backoff| BackoffRecord {
+                failures: backoff.failures,
+                not_before: backoff.not_before_ms,
+            }),
     };
     // Write status only when it changed.
     if previous.as_ref() != Some(&next) {
