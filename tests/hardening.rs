@@ -12,19 +12,6 @@ use support::lattice::{Lattice, hello_manifest};
 
 const PATIENCE: Duration = Duration::from_secs(30);
 
-/// The digest `app` was pinned to, read from `shoal get apps -o json`.
-fn digest_of(lattice: &Lattice, app: &str) -> String {
-    let apps: serde_json::Value =
-        serde_json::from_str(&lattice.ok(&["get", "apps", "-o", "json"])).unwrap();
-    apps.as_array()
-        .unwrap()
-        .iter()
-        .find(|row| row["name"] == app)
-        .and_then(|row| row["digest"].as_str())
-        .unwrap()
-        .to_owned()
-}
-
 #[test]
 fn extreme_values_and_hostile_records_crash_nothing_and_are_reported() {
     let lattice = Lattice::start();
@@ -52,7 +39,7 @@ fn extreme_values_and_hostile_records_crash_nothing_and_are_reported() {
 
     lattice.apply(&hello_manifest("good", &hello, 1, ""));
     lattice.wait_ready("good", 1, PATIENCE);
-    let digest = digest_of(&lattice, "good");
+    let digest = lattice.app("good")["digest"].as_str().unwrap().to_owned();
 
     // A client with no Shoal code writes what the CLI would refuse, straight into the KV
     // buckets: the extreme app, a record that is not JSON, and an assignment for host-a
@@ -96,14 +83,7 @@ fn extreme_values_and_hostile_records_crash_nothing_and_are_reported() {
             && told("InvalidRecord", "assignment host-a.evil-1 was removed"))
         .then_some(())
     });
-    let status: serde_json::Value =
-        serde_json::from_str(&lattice.ok(&["get", "apps", "-o", "json"])).unwrap();
-    let evil = status
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|row| row["name"] == "evil")
-        .unwrap();
+    let evil = lattice.app("evil");
     assert_eq!(evil["status"]["conditions"][0]["type"], "Valid", "{evil}");
     assert_eq!(evil["status"]["conditions"][0]["status"], false, "{evil}");
 
@@ -643,18 +623,6 @@ fn registry_credentials_go_only_to_the_registry_they_belong_to() {
     assert_eq!(offered.load(std::sync::atomic::Ordering::Relaxed), 0);
 }
 
-/// The app's stored status, from `shoal get apps -o json`.
-fn app_status(lattice: &Lattice, app: &str) -> serde_json::Value {
-    let apps: serde_json::Value =
-        serde_json::from_str(&lattice.ok(&["get", "apps", "-o", "json"])).unwrap();
-    apps.as_array()
-        .unwrap()
-        .iter()
-        .find(|row| row["name"] == app)
-        .map(|row| row["status"].clone())
-        .unwrap_or_default()
-}
-
 #[test]
 fn a_new_leader_keeps_the_rollout_clock_of_the_last_one() {
     let lattice = Lattice::start();
@@ -673,7 +641,7 @@ fn a_new_leader_keeps_the_rollout_clock_of_the_last_one() {
         "  health: {path: /nope}\n  rollout: {progressDeadline: 10m}\n",
     ));
     let started = eventually(PATIENCE, "the rollout clock of revision 2", || {
-        let status = app_status(&lattice, "slow");
+        let status = lattice.app("slow")["status"].clone();
         (status["revision"] == 2)
             .then(|| status["rolloutStartedAt"].as_u64())
             .flatten()
@@ -689,7 +657,7 @@ fn a_new_leader_keeps_the_rollout_clock_of_the_last_one() {
             .any(|event| event["source"] == "scheduler s2" && event["reason"] == "Placed")
             .then_some(())
     });
-    let status = app_status(&lattice, "slow");
+    let status = lattice.app("slow")["status"].clone();
     assert_eq!(
         status["rolloutStartedAt"].as_u64(),
         Some(started),

@@ -223,13 +223,21 @@ impl Lattice {
 
     /// Writes a manifest and applies it.
     pub fn apply(&self, manifest: &str) -> String {
-        let file = self
-            .shoal
-            .home
-            .path()
-            .join(format!("app-{}.yaml", rand_suffix()));
-        std::fs::write(&file, manifest).unwrap();
-        self.ok(&["apply", "-f", file.to_str().unwrap()])
+        let (ok, stdout, stderr) = self.try_apply(manifest);
+        assert!(ok, "shoal apply failed:\n{stderr}");
+        stdout
+    }
+
+    /// `app`'s row of `shoal get apps -o json`: its record and `status` (null when absent).
+    pub fn app(&self, app: &str) -> serde_json::Value {
+        let apps: serde_json::Value =
+            serde_json::from_str(&self.ok(&["get", "apps", "-o", "json"])).unwrap();
+        apps.as_array()
+            .unwrap()
+            .iter()
+            .find(|row| row["name"] == app)
+            .cloned()
+            .unwrap_or_default()
     }
 
     fn spawn(&self, args: &[&str], id: &str, wait_for_url: bool) -> Process {
