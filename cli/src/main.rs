@@ -2,6 +2,7 @@
 //! command and turns its error into a message and an exit code.
 
 mod commands;
+mod duration;
 mod journal;
 mod lattice;
 mod output;

@@ -29,7 +29,7 @@ pub struct EventsArgs {
     #[arg(short, long)]
     pub follow: bool,
     /// Only events within this long, like 10m.
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = crate::duration::parse)]
     pub since: Option<Duration>,
     /// Output format.
     #[arg(short, long, value_enum, default_value_t)]

@@ -46,11 +46,11 @@ pub struct HostArgs {
     pub max_replicas: u32,
 
     /// How often the host record is refreshed.
-    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "1s", value_parser = crate::duration::parse)]
     pub heartbeat: Duration,
 
     /// How long in-flight requests may take to finish on shutdown.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = crate::duration::parse)]
     pub drain: Duration,
 
     /// Serve the ingress over TLS with this certificate chain (PEM); repeat with --tls-key
@@ -83,11 +83,11 @@ pub struct HostArgs {
 
     /// How long a client may take to send its first byte, a whole request head, or its
     /// next request on a kept-alive connection before the connection is closed.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, help_heading = "Ingress limits")]
+    #[arg(long, default_value = "10s", value_parser = crate::duration::parse, help_heading = "Ingress limits")]
     pub header_timeout: Duration,
 
     /// How long a request body may go without sending a byte before the request fails.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, help_heading = "Ingress limits")]
+    #[arg(long, default_value = "30s", value_parser = crate::duration::parse, help_heading = "Ingress limits")]
     pub body_timeout: Duration,
 
     /// Most bytes of forwarded request and response bodies this host holds at once (bodies

@@ -30,7 +30,7 @@ pub struct LogsArgs {
     #[arg(short, long)]
     pub follow: bool,
     /// Only lines written within this long, like 10m or 2h.
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = crate::duration::parse)]
     pub since: Option<Duration>,
     /// Only the last N lines written so far (then, with -f, every new one).
     #[arg(long, value_name = "N")]

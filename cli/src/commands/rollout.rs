@@ -30,7 +30,7 @@ pub enum RolloutCommand {
         #[arg(short, long, default_value = DEFAULT_NAMESPACE)]
         namespace: String,
         /// How long to wait.
-        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+        #[arg(long, default_value = "5m", value_parser = crate::duration::parse)]
         timeout: Duration,
     },
     /// List the app's revisions: digest, age and what changed.

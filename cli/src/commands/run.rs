@@ -44,7 +44,7 @@ pub struct RunArgs {
     pub cpu: Option<u32>,
 
     /// Wall-clock limit per request (per run for a command); past it, 504.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, help_heading = "Limits")]
+    #[arg(long, default_value = "30s", value_parser = crate::duration::parse, help_heading = "Limits")]
     pub timeout: Duration,
 
     /// In-flight requests at once; more wait in a queue of the same length, then get 503.
@@ -73,7 +73,7 @@ pub struct RunArgs {
     pub allow_outbound: Vec<String>,
 
     /// How long in-flight requests may finish after ctrl-c or SIGTERM.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = crate::duration::parse)]
     pub drain: Duration,
 
     /// Use on-demand instance allocation instead of the pooling allocator.

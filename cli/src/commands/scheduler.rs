@@ -18,11 +18,11 @@ pub struct SchedulerArgs {
     pub id: Option<String>,
 
     /// A host whose heartbeat is older than this is lost and its replicas move.
-    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "3s", value_parser = crate::duration::parse)]
     pub host_timeout: Duration,
 
     /// Lease period: a dead leader is replaced after about this long.
-    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = crate::duration::parse)]
     pub lease: Duration,
 }
 
