@@ -664,3 +664,30 @@ fn a_new_leader_keeps_the_rollout_clock_of_the_last_one() {
         "{status}"
     );
 }
+
+#[test]
+fn a_registry_signed_by_a_private_ca_is_trusted_with_registry_ca() {
+    // 0.0.0.0 reaches this machine without being a loopback name, so Shoal speaks HTTPS.
+    let generated = rcgen::generate_simple_self_signed(vec!["0.0.0.0".to_owned()]).unwrap();
+    let registry = support::registry::Registry::with_tls(
+        &generated.cert.pem(),
+        &generated.signing_key.serialize_pem(),
+    );
+    let shoal = support::Shoal::new();
+    let ca = shoal.home.path().join("ca.pem");
+    std::fs::write(&ca, generated.cert.pem()).unwrap();
+    let hello = support::guest("hello-http");
+    let reference = format!("0.0.0.0:{}/private/hello:1.0", registry.port);
+
+    let stderr = shoal.fails(&["push", hello.to_str().unwrap(), &reference]);
+    assert!(stderr.contains("invalid peer certificate"), "{stderr}");
+    shoal.ok(&[
+        "push",
+        hello.to_str().unwrap(),
+        &reference,
+        "--registry-ca",
+        ca.to_str().unwrap(),
+    ]);
+    let fresh = support::Shoal::new();
+    fresh.ok(&["pull", &reference, "--registry-ca", ca.to_str().unwrap()]);
+}

@@ -47,6 +47,16 @@ pub struct RegistryArgs {
     )]
     pub insecure: Vec<String>,
 
+    /// Trust this CA certificate (PEM) for registries, beyond the system's: for a registry
+    /// whose certificate a private CA signed.
+    #[arg(
+        long,
+        env = "SHOAL_REGISTRY_CA",
+        value_name = "FILE",
+        help_heading = "Registry"
+    )]
+    pub registry_ca: Option<PathBuf>,
+
     /// Refuse components larger than this (for example 100MiB, 512Ki, 2G).
     #[arg(
         long,
@@ -155,11 +165,18 @@ impl RegistryArgs {
 
     fn build_client(&self, registry: Option<&str>) -> anyhow::Result<Client> {
         let cache = Cache::open(self.cache_root()?.join("oci"))?;
-        let options = ClientOptions {
-            credentials: self.credentials(registry)?,
-            insecure: self.insecure.clone(),
-            max_artifact_size: self.max_size,
-        };
+        let options =
+            ClientOptions {
+                credentials: self.credentials(registry)?,
+                insecure: self.insecure.clone(),
+                max_artifact_size: self.max_size,
+                extra_ca: match &self.registry_ca {
+                    Some(path) => vec![std::fs::read(path).with_context(|| {
+                        format!("cannot read the registry CA {}", path.display())
+                    })?],
+                    None => Vec::new(),
+                },
+            };
         Ok(Client::new(cache, options).with_progress(Arc::new(Bars::default())))
     }
 }

@@ -86,6 +86,9 @@ pub struct ClientOptions {
     pub insecure: Vec<String>,
     /// Refuse components larger than this many bytes, on push and on pull.
     pub max_artifact_size: u64,
+    /// CA certificates (PEM) trusted for registries beyond the system's, for registries
+    /// signed by a private CA.
+    pub extra_ca: Vec<Vec<u8>>,
 }
 
 impl Default for ClientOptions {
@@ -94,6 +97,7 @@ impl Default for ClientOptions {
             credentials: Credentials::default(),
             insecure: Vec::new(),
             max_artifact_size: DEFAULT_MAX_ARTIFACT_SIZE,
+            extra_ca: Vec::new(),
         }
     }
 }
@@ -203,6 +207,15 @@ impl Client {
             read_timeout: Some(Duration::from_secs(60)),
             platform_resolver: None,
             user_agent: concat!("shoal/", env!("CARGO_PKG_VERSION")),
+            extra_root_certificates: self
+                .options
+                .extra_ca
+                .iter()
+                .map(|pem| oci_client::client::Certificate {
+                    encoding: oci_client::client::CertificateEncoding::Pem,
+                    data: pem.clone(),
+                })
+                .collect(),
             ..ClientConfig::default()
         })
     }

@@ -13,8 +13,9 @@ use super::{eventually, free_port};
 pub struct Registry {
     child: Option<Child>,
     dir: tempfile::TempDir,
-    port: u16,
+    pub port: u16,
     auth: Option<(String, String)>,
+    tls: bool,
 }
 
 fn binary() -> &'static str {
@@ -43,7 +44,16 @@ impl Registry {
         Self::launch(Some((username.to_owned(), password.to_owned())))
     }
 
+    /// A registry serving HTTPS with this certificate and key (PEM).
+    pub fn with_tls(cert_pem: &str, key_pem: &str) -> Self {
+        Self::launch_with(None, Some((cert_pem, key_pem)))
+    }
+
     fn launch(auth: Option<(String, String)>) -> Self {
+        Self::launch_with(auth, None)
+    }
+
+    fn launch_with(auth: Option<(String, String)>, tls: Option<(&str, &str)>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let mut config = format!(
@@ -58,12 +68,22 @@ impl Registry {
                 dir.path().join("htpasswd").display()
             ));
         }
+        if let Some((cert, key)) = tls {
+            std::fs::write(dir.path().join("cert.pem"), cert).unwrap();
+            std::fs::write(dir.path().join("key.pem"), key).unwrap();
+            config.push_str(&format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                dir.path().join("cert.pem").display(),
+                dir.path().join("key.pem").display()
+            ));
+        }
         std::fs::write(dir.path().join("config.yml"), config).unwrap();
         let mut registry = Self {
             child: None,
             dir,
             port,
             auth,
+            tls: tls.is_some(),
         };
         registry.spawn();
         registry
@@ -79,6 +99,13 @@ impl Registry {
             .spawn()
             .unwrap();
         self.child = Some(child);
+        if self.tls {
+            let address = format!("127.0.0.1:{}", self.port);
+            eventually(Duration::from_secs(15), "the registry to listen", || {
+                std::net::TcpStream::connect(&address).ok()
+            });
+            return;
+        }
         let url = format!("{}/v2/", self.url());
         eventually(
             Duration::from_secs(15),
