@@ -691,3 +691,49 @@ fn a_registry_signed_by_a_private_ca_is_trusted_with_registry_ca() {
     let fresh = support::Shoal::new();
     fresh.ok(&["pull", &reference, "--registry-ca", ca.to_str().unwrap()]);
 }
+
+#[test]
+fn a_paused_old_leader_does_not_place_twice_when_it_wakes() {
+    let lattice = Lattice::start();
+    let first = lattice.scheduler("s1");
+    let _host_a = lattice.host("host-a", &[]);
+    let _host_b = lattice.host("host-b", &[]);
+    let hello = lattice.push_hello("1.0");
+    lattice.apply(&hello_manifest("fenced", &hello, 2, ""));
+    lattice.wait_ready("fenced", 2, PATIENCE);
+    let _second = lattice.scheduler("s2");
+
+    // The leader freezes (a stalled VM, a SIGSTOP); the standby takes over and scales.
+    let signal = |name: &str| {
+        std::process::Command::new("kill")
+            .args([name, &first.pid().to_string()])
+            .status()
+            .unwrap()
+    };
+    signal("-STOP");
+    lattice.ok(&["scale", "app", "fenced", "--replicas", "4"]);
+    eventually(PATIENCE, "the standby to place the new replicas", || {
+        lattice
+            .events(&["--app", "fenced"])
+            .iter()
+            .any(|event| event["source"] == "scheduler s2" && event["reason"] == "Placed")
+            .then_some(())
+    });
+    lattice.wait_ready("fenced", 4, PATIENCE);
+
+    // The old leader wakes with its stale view: it must not act on it.
+    signal("-CONT");
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while std::time::Instant::now() < deadline {
+        let replicas = lattice
+            .replicas()
+            .into_iter()
+            .filter(|(app, _, _)| app == "fenced")
+            .count();
+        assert!(
+            replicas <= 4,
+            "{replicas} replicas of 4 after the old leader woke"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
