@@ -702,9 +702,14 @@ fn host_views(
                 .iter()
                 .filter(|assignment| assignment.value.host == host.id)
             {
-                used.memory += assignment.value.template.memory_request().0;
-                used.cpu += assignment.value.template.cpu_request().0;
-                used.replicas += 1;
+                // Saturating: what hosts run is whatever the assignments say.
+                used.memory = used
+                    .memory
+                    .saturating_add(assignment.value.template.memory_request().0);
+                used.cpu = used
+                    .cpu
+                    .saturating_add(assignment.value.template.cpu_request().0);
+                used.replicas = used.replicas.saturating_add(1);
                 if assignment.value.is_of(app) {
                     same_app += 1;
                 }
