@@ -77,9 +77,10 @@ impl BufferBudget {
         Arc::clone(&self.kib).try_acquire_many_owned(kib).ok()
     }
 
-    /// Bytes not reserved now.
-    pub fn available(&self) -> usize {
-        self.kib.available_permits().saturating_mul(1024)
+    /// The budget's size in bytes, for tests.
+    #[cfg(test)]
+    fn unreserved(&self) -> usize {
+        self.kib.available_permits() * 1024
     }
 }
 
@@ -105,6 +106,7 @@ where
     let mut collected = bytes::BytesMut::new();
     let mut reserved = Vec::new();
     let mut read = 0usize;
+    let mut reserved_kib = 0usize;
     let mut busy = false;
     while let Some(frame) = body.frame().await {
         let Ok(frame) = frame else {
@@ -120,8 +122,11 @@ where
         if busy {
             continue;
         }
-        match budget.take(data.len()) {
+        // Reserved by the running total, so many small frames cost what they weigh.
+        let needed = read.div_ceil(1024).saturating_sub(reserved_kib) * 1024;
+        match budget.take(needed) {
             Some(reservation) => {
+                reserved_kib += needed / 1024;
                 reserved.push(reservation);
                 collected.extend_from_slice(&data);
             }
@@ -611,6 +616,29 @@ mod fuzz {
             };
             let _ = into_response(message);
         }
+    }
+
+    #[tokio::test]
+    async fn bodies_are_reserved_by_their_total_and_refused_past_the_budget() {
+        let budget = BufferBudget::new(64 * 1024);
+        // A thousand 10-byte frames weigh 10 KB, not a thousand KiB.
+        let frames: Vec<Result<http_body::Frame<Bytes>, Infallible>> = (0..1000)
+            .map(|_| Ok(http_body::Frame::data(Bytes::from_static(b"0123456789"))))
+            .collect();
+        let body = http_body_util::StreamBody::new(futures_util::stream::iter(frames));
+        let Ok((bytes, reserved)) = collect_within(body, 1 << 20, &budget).await else {
+            panic!("a 10 KB body fits a 64 KiB budget");
+        };
+        assert_eq!(bytes.len(), 10_000);
+        assert_eq!(budget.unreserved(), (64 - 10) * 1024);
+        drop(reserved);
+        assert_eq!(budget.unreserved(), 64 * 1024);
+        let large = Full::new(Bytes::from(vec![0u8; 65 * 1024]));
+        assert!(matches!(
+            collect_within(large, 1 << 20, &budget).await,
+            Err(Collect::Busy)
+        ));
+        assert_eq!(budget.unreserved(), 64 * 1024);
     }
 
     #[test]
