@@ -737,3 +737,45 @@ fn a_paused_old_leader_does_not_place_twice_when_it_wakes() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[test]
+fn a_write_planned_on_an_old_view_of_the_assignments_is_refused() {
+    use shoal_lattice::{Bucket, ConnectOptions, Error};
+    let nats = support::nats::Nats::start();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let lattice = shoal_lattice::Lattice::connect(&ConnectOptions {
+            url: nats.url(),
+            lattice: "fence".to_owned(),
+            client_name: "fence-test".to_owned(),
+            ..ConnectOptions::default()
+        })
+        .await
+        .unwrap();
+        let record = serde_json::json!({"any": "record"});
+        let first = lattice
+            .create_fenced(Bucket::Assignments, "h.a", &record, 0)
+            .await
+            .unwrap();
+        // Planned at revision 0, after someone wrote revision `first`: refused.
+        let stale = lattice
+            .create_fenced(Bucket::Assignments, "h.b", &record, 0)
+            .await;
+        assert!(matches!(stale, Err(Error::Conflict { .. })), "{stale:?}");
+        let second = lattice
+            .create_fenced(Bucket::Assignments, "h.b", &record, first)
+            .await
+            .unwrap();
+        let stale = lattice
+            .delete_fenced(Bucket::Assignments, "h.a", first, first)
+            .await;
+        assert!(matches!(stale, Err(Error::Conflict { .. })), "{stale:?}");
+        lattice
+            .delete_fenced(Bucket::Assignments, "h.a", first, second)
+            .await
+            .unwrap();
+        let gone: Option<shoal_lattice::Versioned<serde_json::Value>> =
+            lattice.get(Bucket::Assignments, "h.a").await.unwrap();
+        assert!(gone.is_none());
+    });
+}

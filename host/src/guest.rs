@@ -119,7 +119,7 @@ impl OutboundPolicy {
     pub fn with_own_listeners(mut self, own: Vec<std::net::SocketAddr>) -> Self {
         self.addresses = Arc::new(AddressPolicy {
             named: self.addresses.named.clone(),
-            own,
+            own: crate::outbound::expand_unspecified(&own),
         });
         self
     }

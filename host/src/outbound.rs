@@ -29,14 +29,41 @@ impl AddressPolicy {
         if self.named.iter().any(|named| canonical(*named) == ip) {
             return true;
         }
-        // A listener bound to every address is reached through loopback or a private address
-        // here, both refused anyway.
+        // Listeners bound to every address were expanded to each local address
+        // (`expand_unspecified`).
         let own = self
             .own
             .iter()
             .any(|own| own.port() == address.port() && canonical(own.ip()) == ip);
         !own && !special(ip)
     }
+}
+
+/// `listeners` with each one bound to every address (0.0.0.0, ::) repeated for each of this
+/// machine's addresses, so a guest cannot reach it through the host's public address.
+pub fn expand_unspecified(listeners: &[SocketAddr]) -> Vec<SocketAddr> {
+    let local: Vec<IpAddr> = if_addrs::get_if_addrs()
+        .map(|interfaces| {
+            interfaces
+                .into_iter()
+                .map(|interface| interface.ip())
+                .collect()
+        })
+        .unwrap_or_default();
+    listeners
+        .iter()
+        .flat_map(|listener| {
+            let every = if listener.ip().is_unspecified() {
+                local
+                    .iter()
+                    .map(|ip| SocketAddr::new(*ip, listener.port()))
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            std::iter::once(*listener).chain(every)
+        })
+        .collect()
 }
 
 /// An IPv4-mapped IPv6 address as the IPv4 address it is.
@@ -225,5 +252,17 @@ mod tests {
         }
         assert!(policy.permits(address("203.0.113.7:443")));
         assert!(policy.permits(address("93.184.216.34:8080")));
+    }
+
+    #[test]
+    fn listeners_on_every_address_are_known_by_each_local_address() {
+        let expanded = expand_unspecified(&[address("0.0.0.0:8080"), address("10.0.0.1:9100")]);
+        assert!(expanded.contains(&address("0.0.0.0:8080")));
+        assert!(
+            expanded.contains(&address("127.0.0.1:8080")),
+            "{expanded:?}"
+        );
+        assert!(expanded.contains(&address("10.0.0.1:9100")));
+        assert!(!expanded.contains(&address("127.0.0.1:9100")));
     }
 }

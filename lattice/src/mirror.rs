@@ -25,6 +25,8 @@ use crate::{Bucket, Error, Lattice, Validate, Versioned};
 struct Records<T> {
     valid: BTreeMap<String, Versioned<T>>,
     invalid: BTreeMap<String, (u64, String)>,
+    /// The highest revision seen, deletions included.
+    last_revision: u64,
 }
 
 impl<T> Default for Records<T> {
@@ -32,6 +34,7 @@ impl<T> Default for Records<T> {
         Self {
             valid: BTreeMap::new(),
             invalid: BTreeMap::new(),
+            last_revision: 0,
         }
     }
 }
@@ -95,6 +98,15 @@ impl<T: Clone> Mirror<T> {
             .read()
             .map(|records| records.valid.values().cloned().collect())
             .unwrap_or_default()
+    }
+
+    /// The highest revision this copy has seen (deletions included): with a mirror of a
+    /// whole bucket, the fence for [`Lattice::create_fenced`] when planning against it.
+    pub fn last_revision(&self) -> u64 {
+        self.records
+            .read()
+            .map(|records| records.last_revision)
+            .unwrap_or(0)
     }
 
     /// The records left out because they could not be decoded or broke the bounds.
@@ -189,6 +201,7 @@ fn apply<T: DeserializeOwned + Validate>(
     entry: kv::Entry,
 ) {
     records.invalid.remove(&entry.key);
+    records.last_revision = records.last_revision.max(entry.revision);
     if entry.operation != kv::Operation::Put {
         records.valid.remove(&entry.key);
         return;

@@ -368,6 +368,82 @@ impl Lattice {
         Ok(matching)
     }
 
+    /// Writes `value` at `key` only if the key does not exist and nothing at all was written
+    /// to the bucket after revision `fence`: a writer that planned against a view at `fence`
+    /// cannot land a write after someone else changed the bucket (optimistic concurrency
+    /// over the whole bucket, as Nomad applies a plan). Returns the new revision, the fence
+    /// for the writer's next write.
+    ///
+    /// # Errors
+    /// [`Error::Conflict`] when the key exists or the bucket moved past `fence`.
+    pub async fn create_fenced<T: Serialize>(
+        &self,
+        bucket: Bucket,
+        key: &str,
+        value: &T,
+        fence: u64,
+    ) -> Result<u64, Error> {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, "0");
+        self.publish_fenced(bucket, key, headers, encode(value)?, fence)
+            .await
+    }
+
+    /// Deletes `key` only if it is still at `revision` and nothing was written to the bucket
+    /// after `fence`; see [`Lattice::create_fenced`]. Returns the new revision.
+    ///
+    /// # Errors
+    /// [`Error::Conflict`] when the key or the bucket moved on.
+    pub async fn delete_fenced(
+        &self,
+        bucket: Bucket,
+        key: &str,
+        revision: u64,
+        fence: u64,
+    ) -> Result<u64, Error> {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("KV-Operation", "DEL");
+        headers.insert(
+            async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+            revision.to_string().as_str(),
+        );
+        self.publish_fenced(bucket, key, headers, bytes::Bytes::new(), fence)
+            .await
+    }
+
+    async fn publish_fenced(
+        &self,
+        bucket: Bucket,
+        key: &str,
+        mut headers: async_nats::HeaderMap,
+        payload: bytes::Bytes,
+        fence: u64,
+    ) -> Result<u64, Error> {
+        let store = self.store(bucket)?;
+        let subject = format!(
+            "{}{key}",
+            store.put_prefix.as_deref().unwrap_or(&store.prefix)
+        );
+        headers.insert(
+            async_nats::header::NATS_EXPECTED_LAST_SEQUENCE,
+            fence.to_string().as_str(),
+        );
+        let published = jetstream::new(self.client.clone())
+            .publish_with_headers(subject, headers, payload)
+            .await
+            .map_err(|error| self.request_error(bucket, error))?
+            .await;
+        match published {
+            Ok(ack) => Ok(ack.sequence),
+            Err(error)
+                if error.kind() == jetstream::context::PublishErrorKind::WrongLastSequence =>
+            {
+                Err(self.conflict(bucket, key))
+            }
+            Err(error) => Err(self.request_error(bucket, error)),
+        }
+    }
+
     /// Removes `key` and every earlier value of it, so nothing of it stays in the bucket.
     pub async fn purge(&self, bucket: Bucket, key: &str) -> Result<(), Error> {
         self.store(bucket)?

@@ -131,12 +131,17 @@ struct State {
     /// Apps whose rollout clock, backoff and failed rollout were read back from their
     /// status in this term as leader.
     seeded: HashSet<String>,
+    /// The assignments bucket's revision this scheduler's writes must follow: the view a pass
+    /// plans against, moved on by each of its own writes. Only schedulers write assignments,
+    /// so a leader that was deposed while it slept finds the bucket moved and writes nothing.
+    fence: u64,
 }
 
 impl State {
     /// Forgets what this scheduler kept in memory while leading: the next leader term reads
     /// it back from the lattice, where the leader in between may have changed it.
     fn step_down(&mut self) {
+        self.fence = 0;
         self.seeded.clear();
         self.rollouts.clear();
         self.backoff.clear();
@@ -211,6 +216,7 @@ pub async fn run(
         live_hosts: None,
         reported: HashSet::new(),
         seeded: HashSet::new(),
+        fence: 0,
     };
     let mut lease = LeaseKeeper::new(lattice.clone(), options.id.clone(), options.lease);
     let mut changes = [
@@ -350,6 +356,9 @@ async fn pass(
         .filter(|host| live.contains(&host.key))
         .map(|host| (host.key, host.value))
         .collect();
+    // The fence is read before the snapshot: a write by anyone else after it makes this
+    // pass's writes fail instead of landing on a stale plan.
+    state.fence = state.fence.max(state.assignments.last_revision());
     let mut assignments = state.pending.view(state.assignments.snapshot(), now);
     let status: HashMap<String, ReplicaStatus> = state
         .replicas
@@ -639,8 +648,9 @@ async fn step_app(
                 };
                 let record_key = assignment_key(host, &assignment.replica);
                 let revision = lattice
-                    .create(Bucket::Assignments, &record_key, &assignment)
+                    .create_fenced(Bucket::Assignments, &record_key, &assignment, state.fence)
                     .await?;
+                state.fence = revision;
                 tracing::info!(app = %key, replica = %assignment.replica, %host, "placed");
                 let message = format!(
                     "replica {} placed on host {host} (revision {})",
@@ -678,11 +688,11 @@ async fn remove(
     revision: u64,
     now: Instant,
 ) -> Result<(), Error> {
-    match lattice.delete_at(Bucket::Assignments, key, revision).await {
-        // Someone changed or removed it meanwhile: the next pass sees the truth.
-        Ok(()) | Err(Error::Conflict { .. }) => {}
-        Err(error) => return Err(error),
-    }
+    // A conflict means the bucket moved since this pass's view (another leader, or the key
+    // itself changed): the pass stops here and the next one plans from what is there.
+    state.fence = lattice
+        .delete_fenced(Bucket::Assignments, key, revision, state.fence)
+        .await?;
     state.pending.created.remove(key);
     state.pending.deleted.insert(key.to_owned(), now);
     Ok(())
