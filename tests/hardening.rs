@@ -779,3 +779,43 @@ fn a_write_planned_on_an_old_view_of_the_assignments_is_refused() {
         assert!(gone.is_none());
     });
 }
+
+#[test]
+fn a_request_body_that_stalls_fails_after_the_body_timeout() {
+    use std::io::{Read, Write};
+    let lattice = Lattice::start();
+    let _scheduler = lattice.scheduler("s1");
+    let host = lattice.host_with(
+        "host-a",
+        &["--body-timeout", "1s", "--header-timeout", "60s"],
+    );
+    let fixtures = lattice.push_guest("http-fixtures", "1.0");
+    lattice.apply(&hello_manifest("echo", &fixtures, 1, ""));
+    lattice.wait_ready("echo", 1, PATIENCE);
+    let address = host
+        .url
+        .clone()
+        .unwrap()
+        .trim_start_matches("http://")
+        .to_owned();
+    eventually(PATIENCE, "host-a to route /echo", || {
+        host.get("/echo").filter(|(status, _)| *status == 200)
+    });
+
+    // Ten bytes of a hundred promised, then nothing: the guest reading it is not held for
+    // the header timeout (60 s) but fails after the body timeout.
+    let mut stream = std::net::TcpStream::connect(&address).unwrap();
+    stream
+        .write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789")
+        .unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let waited = started.elapsed();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(waited < Duration::from_secs(15), "{waited:?}: {answer}");
+    assert!(!answer.starts_with("HTTP/1.1 200"), "{answer}");
+}

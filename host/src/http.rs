@@ -460,7 +460,9 @@ impl Default for ConnectionLimits {
 pub struct TimedBody {
     inner: Incoming,
     idle: Duration,
-    deadline: Pin<Box<tokio::time::Sleep>>,
+    /// Armed the first time the body has nothing to give: most requests (a GET, a small
+    /// body that came with the head) never wait and never pay for a timer.
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl TimedBody {
@@ -468,7 +470,7 @@ impl TimedBody {
         Self {
             inner,
             idle,
-            deadline: Box::pin(tokio::time::sleep(idle)),
+            deadline: None,
         }
     }
 }
@@ -484,16 +486,22 @@ impl Body for TimedBody {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(context) {
             Poll::Ready(frame) => {
-                let next = tokio::time::Instant::now() + this.idle;
-                this.deadline.as_mut().reset(next);
+                // The next wait starts its own clock.
+                this.deadline = None;
                 Poll::Ready(frame.map(|frame| frame.map_err(Into::into)))
             }
-            Poll::Pending => match this.deadline.as_mut().poll(context) {
-                Poll::Ready(()) => {
-                    Poll::Ready(Some(Err(wasmtime_wasi_http::Error::ConnectionReadTimeout)))
+            Poll::Pending => {
+                let idle = this.idle;
+                let deadline = this
+                    .deadline
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                match deadline.as_mut().poll(context) {
+                    Poll::Ready(()) => {
+                        Poll::Ready(Some(Err(wasmtime_wasi_http::Error::ConnectionReadTimeout)))
+                    }
+                    Poll::Pending => Poll::Pending,
                 }
-                Poll::Pending => Poll::Pending,
-            },
+            }
         }
     }
 
