@@ -35,8 +35,35 @@ impl Nats {
             port: free_port(),
             monitor: free_port(),
         };
-        nats.launch();
-        nats
+        // A port that was free when picked can be taken before the server binds it (by any
+        // process's next ephemeral port): a server that exits at start gets new ports.
+        for _ in 0..5 {
+            nats.spawn();
+            if nats.wait_healthy_or_exit() {
+                return nats;
+            }
+            nats.port = free_port();
+            nats.monitor = free_port();
+        }
+        panic!("nats-server did not start on five pairs of free ports");
+    }
+
+    /// Waits until the server is healthy (true) or has exited (false).
+    fn wait_healthy_or_exit(&mut self) -> bool {
+        let health = format!("http://127.0.0.1:{}/healthz", self.monitor);
+        eventually(Duration::from_secs(30), "nats-server to be healthy", || {
+            if let Some(child) = self.child.as_mut()
+                && matches!(child.try_wait(), Ok(Some(_)))
+            {
+                self.child = None;
+                return Some(false);
+            }
+            ureq::get(&health)
+                .call()
+                .ok()
+                .filter(|response| response.status() == 200)
+                .map(|_| true)
+        })
     }
 
     /// `n` servers in one JetStream cluster on loopback, each with its own data dir.

@@ -55,41 +55,54 @@ impl Registry {
 
     fn launch_with(auth: Option<(String, String)>, tls: Option<(&str, &str)>) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let mut config = format!(
-            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
-            dir.path().join("data").display()
-        );
-        if let Some((username, password)) = &auth {
-            let hash = bcrypt::hash(password, 4).unwrap();
-            std::fs::write(dir.path().join("htpasswd"), format!("{username}:{hash}\n")).unwrap();
-            config.push_str(&format!(
-                "auth:\n  htpasswd:\n    realm: shoal-test\n    path: {}\n",
-                dir.path().join("htpasswd").display()
-            ));
-        }
-        if let Some((cert, key)) = tls {
-            std::fs::write(dir.path().join("cert.pem"), cert).unwrap();
-            std::fs::write(dir.path().join("key.pem"), key).unwrap();
-            config.push_str(&format!(
-                "  tls:\n    certificate: {}\n    key: {}\n",
-                dir.path().join("cert.pem").display(),
-                dir.path().join("key.pem").display()
-            ));
-        }
-        std::fs::write(dir.path().join("config.yml"), config).unwrap();
         let mut registry = Self {
             child: None,
             dir,
-            port,
+            port: 0,
             auth,
             tls: tls.is_some(),
         };
-        registry.spawn();
-        registry
+        // A port that was free when picked can be taken before the registry binds it: a
+        // registry that exits at start gets another.
+        for _ in 0..5 {
+            registry.port = free_port();
+            registry.write_config(tls);
+            if registry.spawn() {
+                return registry;
+            }
+        }
+        panic!("the registry did not start on five free ports");
     }
 
-    fn spawn(&mut self) {
+    fn write_config(&self, tls: Option<(&str, &str)>) {
+        let dir = self.dir.path();
+        let port = self.port;
+        let mut config = format!(
+            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            dir.join("data").display()
+        );
+        if let Some((cert, key)) = tls {
+            std::fs::write(dir.join("cert.pem"), cert).unwrap();
+            std::fs::write(dir.join("key.pem"), key).unwrap();
+            config.push_str(&format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                dir.join("cert.pem").display(),
+                dir.join("key.pem").display()
+            ));
+        }
+        if let Some((username, password)) = &self.auth {
+            let hash = bcrypt::hash(password, 4).unwrap();
+            std::fs::write(dir.join("htpasswd"), format!("{username}:{hash}\n")).unwrap();
+            config.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: shoal-test\n    path: {}\n",
+                dir.join("htpasswd").display()
+            ));
+        }
+        std::fs::write(dir.join("config.yml"), config).unwrap();
+    }
+
+    /// Starts the registry and waits until it answers (true) or has exited (false).
+    fn spawn(&mut self) -> bool {
         let log = std::fs::File::create(self.dir.path().join("registry.log")).unwrap();
         let child = Command::new(binary())
             .arg("serve")
@@ -99,23 +112,24 @@ impl Registry {
             .spawn()
             .unwrap();
         self.child = Some(child);
-        if self.tls {
-            let address = format!("127.0.0.1:{}", self.port);
-            eventually(Duration::from_secs(15), "the registry to listen", || {
-                std::net::TcpStream::connect(&address).ok()
-            });
-            return;
-        }
+        let address = format!("127.0.0.1:{}", self.port);
         let url = format!("{}/v2/", self.url());
-        eventually(
-            Duration::from_secs(15),
-            "the registry to answer",
-            || match ureq::get(&url).call() {
-                Ok(_) => Some(()),
-                Err(ureq::Error::StatusCode(401)) => Some(()),
+        let tls = self.tls;
+        eventually(Duration::from_secs(15), "the registry to answer", || {
+            if let Some(child) = self.child.as_mut()
+                && matches!(child.try_wait(), Ok(Some(_)))
+            {
+                self.child = None;
+                return Some(false);
+            }
+            if tls {
+                return std::net::TcpStream::connect(&address).ok().map(|_| true);
+            }
+            match ureq::get(&url).call() {
+                Ok(_) | Err(ureq::Error::StatusCode(401)) => Some(true),
                 Err(_) => None,
-            },
-        );
+            }
+        })
     }
 
     /// `127.0.0.1:PORT`, the registry part of references.
@@ -143,7 +157,7 @@ impl Registry {
     /// Starts it again on the same port with the same storage.
     pub fn restart(&mut self) {
         self.stop();
-        self.spawn();
+        assert!(self.spawn(), "the registry did not start again on its port");
     }
 
     /// The file holding a blob's bytes in the registry's storage.
