@@ -228,12 +228,7 @@ fn idle_and_slow_connections_are_closed_and_never_starve_a_real_client() {
     let hello = lattice.push_hello("1.0");
     lattice.apply(&hello_manifest("hello", &hello, 1, ""));
     lattice.wait_ready("hello", 1, PATIENCE);
-    let address = host
-        .url
-        .clone()
-        .unwrap()
-        .trim_start_matches("http://")
-        .to_owned();
+    let address = host.address();
 
     // 1,000 connections that send nothing, and 100 that send half a request head.
     let mut idle: Vec<std::net::TcpStream> = (0..1000)
@@ -792,12 +787,7 @@ fn a_request_body_that_stalls_fails_after_the_body_timeout() {
     let fixtures = lattice.push_guest("http-fixtures", "1.0");
     lattice.apply(&hello_manifest("echo", &fixtures, 1, ""));
     lattice.wait_ready("echo", 1, PATIENCE);
-    let address = host
-        .url
-        .clone()
-        .unwrap()
-        .trim_start_matches("http://")
-        .to_owned();
+    let address = host.address();
     eventually(PATIENCE, "host-a to route /echo", || {
         host.get("/echo").filter(|(status, _)| *status == 200)
     });

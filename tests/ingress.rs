@@ -397,7 +397,7 @@ fn the_ingress_serves_tls_with_the_certificate_each_client_asks_for() {
     );
     let url = host.url.clone().unwrap();
     assert!(url.starts_with("https://"), "{url}");
-    let address = url.trim_start_matches("https://").to_owned();
+    let address = host.address();
     let hello = lattice.push_hello("1.0");
     lattice.apply(&manifest("hello", &hello, 1, "/hello", ""));
     lattice.wait_ready("hello", 1, PATIENCE);

@@ -57,6 +57,14 @@ impl Process {
         self.log.lock().unwrap().clone()
     }
 
+    /// The ingress address, `IP:PORT`, for raw connections.
+    pub fn address(&self) -> String {
+        let url = self.url.as_ref().unwrap();
+        url.split_once("://")
+            .map_or(url.as_str(), |(_, address)| address)
+            .to_owned()
+    }
+
     /// GET `path` through this host's ingress: status, body and the x-served-by header.
     pub fn get_served(&self, path: &str) -> Option<(u16, String, String)> {
         let url = format!("{}{path}", self.url.as_ref().unwrap());
