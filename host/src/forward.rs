@@ -418,10 +418,7 @@ pub async fn listen(
                 .zip(forwarder.budget.take(message.payload.len()));
             let Some(reserved) = reserved else {
                 if let Some(reply) = message.reply.clone() {
-                    let (headers, payload) = reply_plain(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "the answering host is busy; retry shortly\n",
-                    );
+                    let (headers, payload) = reply_busy();
                     let _ = client.publish_with_headers(reply, headers, payload).await;
                 }
                 continue;
@@ -487,6 +484,14 @@ fn forwarded_request(
     Some((request, hops.min(MAX_HOPS)))
 }
 
+/// The reply of a host past its forwarding budget or task limit.
+fn reply_busy() -> (async_nats::HeaderMap, Bytes) {
+    reply_plain(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the answering host is busy; retry shortly\n",
+    )
+}
+
 fn reply_plain(status: StatusCode, text: &'static str) -> (async_nats::HeaderMap, Bytes) {
     let mut headers = async_nats::HeaderMap::new();
     headers.insert(STATUS, status.as_u16().to_string());
@@ -530,12 +535,7 @@ async fn answer(
     let (parts, body) = response.into_parts();
     let body = match collect_within(body, forwarder.limit, &forwarder.budget).await {
         Ok((body, _reserved)) => body,
-        Err(Collect::Busy) => {
-            return reply_plain(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the answering host is busy; retry shortly\n",
-            );
-        }
+        Err(Collect::Busy) => return reply_busy(),
         Err(Collect::TooLarge | Collect::Unreadable) => {
             return reply_plain(
                 StatusCode::BAD_GATEWAY,
