@@ -369,6 +369,7 @@ fn many_large_forwarded_bodies_stay_within_the_forward_buffer() {
 #[test]
 fn revisions_are_capped_and_go_with_their_app() {
     let lattice = Lattice::start();
+    let _scheduler = lattice.scheduler("s1");
     let hello = lattice.push_hello("1.0");
     let revisions = |lattice: &Lattice| -> Vec<String> {
         lattice

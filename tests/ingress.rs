@@ -203,6 +203,7 @@ fn unknown_routes_get_404_apps_without_replicas_503_and_big_bodies_413() {
 #[test]
 fn colliding_routes_are_refused_at_apply_naming_the_app_that_holds_them() {
     let lattice = Lattice::start();
+    let _scheduler = lattice.scheduler("s1");
     let hello = lattice.push_hello("1.0");
     lattice.apply(&manifest("first", &hello, 1, "/shared", ""));
     let file = lattice.shoal.home.path().join("second.yaml");

@@ -244,6 +244,7 @@ fn apps_and_assignments_survive_a_nats_restart_and_hosts_reconnect() {
 #[test]
 fn bad_manifests_are_refused_with_the_field_path_and_nothing_is_stored() {
     let lattice = Lattice::start();
+    let _scheduler = lattice.scheduler("s1");
     let hello = lattice.push_hello("1.0");
     let good = hello_manifest("good", &hello, 1, "");
     let cases = [
@@ -361,7 +362,8 @@ fn a_restarted_host_reads_its_assignments_and_serves_them_again() {
     let placed = replica_ids(&lattice, "hello");
 
     // With no scheduler to move anything, the restarted host alone must converge on what
-    // is assigned to it.
+    // is assigned to it. (One that never leads answers `shoal get`.)
+    let _reader = lattice.api_only("reader");
     scheduler.kill();
     host.kill();
     let host = lattice.host("h1", &[]);
@@ -391,6 +393,11 @@ fn the_lattice_connection_takes_nats_credentials() {
         }
         command
     };
+    let mut scheduler = command(Some(("shoal", "s3cret")))
+        .args(["scheduler"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
     let refused = command(None).args(["get", "apps"]).output().unwrap();
     assert!(!refused.status.success());
     let stderr = String::from_utf8_lossy(&refused.stderr);
@@ -413,6 +420,8 @@ fn the_lattice_connection_takes_nats_credentials() {
         String::from_utf8_lossy(&allowed.stderr)
     );
     assert_eq!(String::from_utf8_lossy(&allowed.stdout).trim(), "[]");
+    let _ = scheduler.kill();
+    let _ = scheduler.wait();
 }
 
 #[test]
@@ -428,6 +437,14 @@ fn the_lattice_connection_verifies_a_tls_nats_server() {
         key.display()
     ));
     let shoal = support::Shoal::new();
+    let mut scheduler = shoal
+        .command()
+        .env("SHOAL_NATS", nats.url())
+        .env("SHOAL_LATTICE", "tls")
+        .args(["scheduler", "--nats-ca", cert.to_str().unwrap()])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
     let get = |extra: &[&str]| {
         shoal
             .command()
@@ -449,6 +466,8 @@ fn the_lattice_connection_verifies_a_tls_nats_server() {
         String::from_utf8_lossy(&trusted.stderr)
     );
     assert_eq!(String::from_utf8_lossy(&trusted.stdout).trim(), "[]");
+    let _ = scheduler.kill();
+    let _ = scheduler.wait();
 }
 
 #[test]

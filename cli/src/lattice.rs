@@ -4,10 +4,23 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use shoal_lattice::{ConnectOptions, Lattice, NatsAuth, NatsTls};
+use shoal_lattice::{ConnectOptions, Lattice, NatsAuth, NatsTls, api, auth};
 
 /// The default NATS server: a local one, as `shoal up` starts.
 pub const DEFAULT_NATS: &str = "nats://127.0.0.1:4222";
+
+/// Where `shoal up` leaves the admin credential for later commands run in its directory.
+pub const LOCAL_CREDS: &str = ".shoal/admin.creds";
+
+/// The credential used when none is given: `SHOAL_CREDS`, else the one `shoal up` left in
+/// this directory.
+fn default_creds() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("SHOAL_CREDS").filter(|path| !path.is_empty()) {
+        return Some(PathBuf::from(path));
+    }
+    let local = PathBuf::from(LOCAL_CREDS);
+    local.is_file().then_some(local)
+}
 
 /// Which lattice to talk to.
 #[derive(Debug, Clone, Args)]
@@ -62,7 +75,9 @@ pub struct LatticeArgs {
     )]
     pub nats_token: Option<String>,
 
-    /// NATS credentials file (JWT and NKey seed, as `nsc` writes).
+    /// NATS credentials file (JWT and NKey seed, as `shoal auth` and `nsc` write)
+    /// [default: $SHOAL_CREDS, else .shoal/admin.creds in this directory when `shoal up`
+    /// wrote one].
     #[arg(
         long,
         env = "SHOAL_NATS_CREDS",
@@ -123,14 +138,49 @@ impl LatticeArgs {
                 }
                 (None, Some(token), None) => NatsAuth::Token(token.clone()),
                 (None, None, Some(creds)) => NatsAuth::CredsFile(creds.clone()),
-                (None, None, None) => NatsAuth::None,
+                (None, None, None) => match default_creds() {
+                    Some(creds) => NatsAuth::CredsFile(creds),
+                    None => NatsAuth::None,
+                },
                 _ => bail!("give one of --nats-user, --nats-token and --nats-creds, not several"),
             },
         )
     }
 
-    /// Connects as `client_name`.
-    pub async fn connect(&self, client_name: &str) -> anyhow::Result<Lattice> {
+    /// Connects as a host or scheduler publishing events and logs as `origin`.
+    pub async fn connect_as(&self, client_name: &str, origin: &str) -> anyhow::Result<Lattice> {
+        self.connect_with(client_name, origin, false).await
+    }
+
+    /// Who this command's credential is for, when it has one.
+    pub fn holder(&self) -> anyhow::Result<Option<auth::Holder>> {
+        match self.auth()? {
+            NatsAuth::CredsFile(path) => {
+                let text = std::fs::read_to_string(&path)
+                    .with_context(|| format!("cannot read {}", path.display()))?;
+                Ok(Some(auth::holder(&text).with_context(|| {
+                    format!("{} is not a credential", path.display())
+                })?))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// The control API, as the holder of this command's credential, and the connection
+    /// (for logs and events, read from the journals).
+    pub async fn api(&self, client_name: &str) -> anyhow::Result<(api::Client, Lattice)> {
+        let holder = self.holder()?;
+        let connection = self.connect_with(client_name, "", true).await?;
+        let client = api::Client::new(connection.client().clone(), &self.lattice, holder.as_ref());
+        Ok((client, connection))
+    }
+
+    async fn connect_with(
+        &self,
+        client_name: &str,
+        origin: &str,
+        skip_buckets: bool,
+    ) -> anyhow::Result<Lattice> {
         let tls = (self.nats_ca.is_some() || self.nats_cert.is_some()).then(|| NatsTls {
             ca: self.nats_ca.clone(),
             client: self.nats_cert.clone().zip(self.nats_key.clone()),
@@ -142,6 +192,8 @@ impl LatticeArgs {
             auth: self.auth()?,
             tls,
             replicas: usize::from(self.lattice_replicas),
+            origin: origin.to_owned(),
+            skip_buckets,
         })
         .await
         .with_context(|| format!("cannot reach lattice {:?}", self.lattice))

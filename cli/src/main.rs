@@ -36,6 +36,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    Auth(commands::auth::AuthArgs),
     Push(commands::push::PushArgs),
     Pull(commands::pull::PullArgs),
     Inspect(commands::inspect::InspectArgs),
@@ -78,6 +79,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
+            Command::Auth(args) => commands::auth::run(args, &cli.lattice).await,
             Command::Push(args) => commands::push::run(args).await.map(|()| 0),
             Command::Pull(args) => commands::pull::run(args).await.map(|()| 0),
             Command::Inspect(args) => commands::inspect::run(args).await.map(|()| 0),
@@ -99,7 +101,20 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(error) => {
             eprintln!("error: {error:#}");
-            ExitCode::FAILURE
+            // A request the control plane refused for want of a role: 77, as sysexits'
+            // EX_NOPERM, so scripts can tell it from a failure.
+            let forbidden = error.chain().any(|cause| {
+                matches!(
+                    cause.downcast_ref::<shoal_lattice::api::CallError>(),
+                    Some(shoal_lattice::api::CallError::Refused(refused))
+                        if refused.code == shoal_lattice::api::ErrorCode::Forbidden
+                )
+            });
+            if forbidden {
+                ExitCode::from(77)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

@@ -39,7 +39,7 @@ pub struct RegistryArgs {
     /// Allow plain HTTP to this registry (`host[:port]`; repeat or separate with commas).
     /// Loopback registries (localhost, 127.0.0.1, ::1) always may.
     #[arg(
-        long,
+        long = "insecure-registry",
         env = "SHOAL_INSECURE_REGISTRIES",
         value_name = "REGISTRY",
         value_delimiter = ',',

@@ -18,7 +18,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt as _;
 use shoal_lattice::names::{host_assignments, replica_status_key};
 use shoal_lattice::records::{
-    AppRecord, Assignment, Capacity, HostRecord, Phase, ReplicaStatus, now_millis,
+    AppRecord, AppStatus, Assignment, Capacity, HostRecord, Phase, ReplicaStatus, now_millis,
 };
 use shoal_lattice::validate::MAX_CACHED;
 use shoal_lattice::{Bucket, Event, Lattice, Versioned};
@@ -26,9 +26,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 use crate::engine::Runtime;
-use crate::forward::{
-    BufferBudget, DEFAULT_FORWARD_LIMIT, Forwarder, Listener, Pick, SERVED_BY, listen,
-};
+use crate::forward::{BufferBudget, DEFAULT_FORWARD_LIMIT, Forwarder, SERVED_BY, listen};
 use crate::guest::{GuestOptions, OutboundPolicy, ServiceLink, Services};
 use crate::http::{
     ConnectionLimits, HttpComponent, Peer, ResponseBody, TimedBody, plain, serve_with,
@@ -73,6 +71,9 @@ pub trait Fetch: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(Vec<u8>, String), String>> + Send;
 }
 
+/// A host id whose record changed this recently is held by a live host.
+const ID_HOLD: Duration = Duration::from_secs(3);
+
 /// The agent.
 pub struct Agent<F> {
     lattice: Lattice,
@@ -83,9 +84,6 @@ pub struct Agent<F> {
     cached: Arc<Mutex<Vec<String>>>,
     forwarder: Forwarder,
     metrics: Arc<Metrics>,
-    /// Queue-group subscriptions, one per app with a ready local replica: the signal that
-    /// makes each leave (draining what was delivered).
-    listening: Mutex<HashMap<String, tokio::sync::oneshot::Sender<()>>>,
 }
 
 enum ReplicaState {
@@ -126,21 +124,23 @@ type Started = (String, u64, Result<Arc<HttpComponent>, (String, String)>);
 impl<F: Fetch> Agent<F> {
     /// An agent for `lattice`.
     pub fn new(lattice: Lattice, runtime: Arc<Runtime>, fetch: F, options: AgentOptions) -> Self {
+        let router = Arc::new(Router::default());
         let forwarder = Forwarder::new(
             lattice.client().clone(),
             lattice.name(),
+            &options.id,
+            Arc::clone(&router),
             DEFAULT_FORWARD_LIMIT,
             BufferBudget::new(options.forward_buffer),
         );
         Self {
             forwarder,
             metrics: Arc::new(Metrics::default()),
-            listening: Mutex::new(HashMap::new()),
             lattice,
             runtime,
             fetch: Arc::new(fetch),
             options,
-            router: Arc::new(Router::default()),
+            router,
             cached: Arc::new(Mutex::new(Vec::new())),
         }
     }
@@ -193,14 +193,31 @@ impl<F: Fetch> Agent<F> {
                 .push(SocketAddr::new(ip, server.port));
         }
         let started_at = now_millis();
-        self.lattice
-            .put(Bucket::Hosts, &id, &self.record(started_at, http, false))
-            .await?;
+        self.claim_id(&self.record(started_at, http, false)).await?;
         let assignments = self
             .lattice
             .mirror::<Assignment>(Bucket::Assignments, &host_assignments(&id))
             .await?;
         let apps = self.lattice.mirror::<AppRecord>(Bucket::Apps, ">").await?;
+        // Apps' statuses, for their endpoints: where to forward what this host cannot serve.
+        let app_statuses = self
+            .lattice
+            .mirror::<AppStatus>(Bucket::Status, "apps.>")
+            .await?;
+        let (stop_listening, listening_stopped) = tokio::sync::oneshot::channel();
+        let listening = listen(
+            self.lattice.client().clone(),
+            self.lattice.name(),
+            &id,
+            self.forwarder.clone(),
+            Arc::clone(&self.router),
+            listening_stopped,
+        )
+        .await
+        .map_err(|error| shoal_lattice::Error::Request {
+            bucket: String::new(),
+            reason: format!("cannot listen for forwarded requests: {error}"),
+        })?;
         tracing::info!(host = %id, lattice = %self.lattice.name(), %http, "host joined the lattice");
 
         let (stop_ingress, ingress_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -232,6 +249,7 @@ impl<F: Fetch> Agent<F> {
         let publisher = tokio::spawn(publish_logs(self.lattice.clone(), unpublished));
         let mut changes = assignments.changes();
         let mut app_changes = apps.changes();
+        let mut status_changes = app_statuses.changes();
         let (started_tx, mut started_rx) = mpsc::channel::<Started>(64);
         let (probed_tx, mut probed_rx) = mpsc::channel::<Probed>(64);
         let mut replicas: HashMap<String, Replica> = HashMap::new();
@@ -249,6 +267,7 @@ impl<F: Fetch> Agent<F> {
                 }
                 _ = changes.changed() => {}
                 _ = app_changes.changed() => {}
+                _ = status_changes.changed() => {}
                 Some((replica, generation, result)) = started_rx.recv() => {
                     self.started(&mut replicas, replica, generation, result, &probed_tx).await;
                 }
@@ -272,7 +291,19 @@ impl<F: Fetch> Agent<F> {
                     .into_iter()
                     .map(|record| record.value)
                     .collect();
-                self.publish_routes(&records, &replicas).await;
+                let endpoints: HashMap<String, Vec<String>> = app_statuses
+                    .snapshot()
+                    .into_iter()
+                    .map(|record| {
+                        let key = record
+                            .key
+                            .strip_prefix("apps.")
+                            .unwrap_or(&record.key)
+                            .to_owned();
+                        (key, record.value.endpoints)
+                    })
+                    .collect();
+                self.publish_routes(&records, &endpoints, &replicas);
                 self.count_replicas(&replicas);
             })
             .catch_unwind()
@@ -285,18 +316,16 @@ impl<F: Fetch> Agent<F> {
         }
 
         tracing::info!(host = %id, "leaving the lattice: draining");
-        // Leave every queue group first, so no new forwarded request arrives.
-        if let Ok(mut listening) = self.listening.lock() {
-            for (_, stop) in listening.drain() {
-                let _ = stop.send(());
-            }
-        }
         let _ = self
             .lattice
             .put(Bucket::Hosts, &id, &self.record(started_at, http, true))
             .await;
         let _ = stop_ingress.send(());
         let _ = ingress.await;
+        // Forwarded requests are answered while the ingress drains; then no more arrive
+        // (forwarders pass them to other endpoints).
+        let _ = stop_listening.send(());
+        let _ = tokio::time::timeout(self.options.drain, listening).await;
         for (replica, state) in replicas.drain() {
             state.state.stop();
             let _ = self
@@ -310,6 +339,56 @@ impl<F: Fetch> Agent<F> {
         self.lattice.delete(Bucket::Hosts, &id).await?;
         tracing::info!(host = %id, "host left the lattice");
         Ok(())
+    }
+
+    /// Writes this host's first record, refusing an id a live host holds: one whose record
+    /// changes within [`ID_HOLD`] (a host that crashed leaves a record that does not).
+    async fn claim_id(&self, record: &HostRecord) -> Result<(), shoal_lattice::Error> {
+        let id = &self.options.id;
+        loop {
+            let Some(held) = self.lattice.get::<HostRecord>(Bucket::Hosts, id).await? else {
+                match self.lattice.create(Bucket::Hosts, id, record).await {
+                    Ok(_) => return Ok(()),
+                    // Someone registered it meanwhile: look again.
+                    Err(shoal_lattice::Error::Conflict { .. }) => continue,
+                    Err(error) => return Err(error),
+                }
+            };
+            let holder = format!(
+                "ingress {}, started {} ms ago",
+                held.value.http.as_deref().unwrap_or("none"),
+                now_millis().saturating_sub(held.value.started_at)
+            );
+            tracing::info!(host = %id, %holder, "a record holds this host id; checking whether its host is alive");
+            let deadline = tokio::time::Instant::now() + ID_HOLD;
+            let mut alive = false;
+            while tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                match self.lattice.get::<HostRecord>(Bucket::Hosts, id).await? {
+                    Some(now) if now.revision != held.revision && !now.value.draining => {
+                        alive = true;
+                        break;
+                    }
+                    Some(_) => {}
+                    None => break,
+                }
+            }
+            if alive {
+                return Err(shoal_lattice::Error::HostIdTaken {
+                    id: id.clone(),
+                    holder,
+                });
+            }
+            match self
+                .lattice
+                .update(Bucket::Hosts, id, record, held.revision)
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(shoal_lattice::Error::Conflict { .. }) => continue,
+                Err(error) => return Err(error),
+            }
+        }
     }
 
     /// Tells of each assignment that breaks the lattice's rules, once: it is not run.
@@ -556,24 +635,30 @@ impl<F: Fetch> Agent<F> {
         set(&self.metrics.ready_replicas, ready);
     }
 
-    /// Rebuilds the routing table from every app's routes and the ready local replicas, and
-    /// joins or leaves each app's queue group to match.
-    async fn publish_routes(&self, apps: &[AppRecord], replicas: &HashMap<String, Replica>) {
+    /// Rebuilds the routing table from every app's routes, endpoints and ready local
+    /// replicas.
+    fn publish_routes(
+        &self,
+        apps: &[AppRecord],
+        endpoints: &HashMap<String, Vec<String>>,
+        replicas: &HashMap<String, Replica>,
+    ) {
         let mut table: BTreeMap<(String, String), AppRoutes> = apps
             .iter()
             .map(|app| {
-                (
-                    (app.namespace.clone(), app.name.clone()),
-                    AppRoutes::new(
-                        &app.namespace,
-                        &app.name,
-                        app.spec.routes.clone(),
-                        // The app's own timeout, plus room for the trip over NATS.
-                        Limits::for_app(&app.spec.limits)
-                            .timeout
-                            .saturating_add(Duration::from_secs(5)),
-                    ),
-                )
+                let mut routes = AppRoutes::new(
+                    &app.namespace,
+                    &app.name,
+                    app.spec.routes.clone(),
+                    // The app's own timeout, plus room for the trip over NATS.
+                    Limits::for_app(&app.spec.limits)
+                        .timeout
+                        .saturating_add(Duration::from_secs(5)),
+                );
+                if let Some(hosts) = endpoints.get(&format!("{}.{}", app.namespace, app.name)) {
+                    routes.endpoints = Arc::from(hosts.clone());
+                }
+                ((app.namespace.clone(), app.name.clone()), routes)
             })
             .collect();
         for replica in replicas.values() {
@@ -590,71 +675,7 @@ impl<F: Fetch> Agent<F> {
                 entry.replicas.push(Arc::clone(component));
             }
         }
-        let serving: Vec<(String, String)> = table
-            .values()
-            .filter(|entry| !entry.replicas.is_empty())
-            .map(|entry| (entry.namespace.clone(), entry.app.clone()))
-            .collect();
         self.router.set(table.into_values().collect());
-
-        let wanted: HashSet<String> = serving
-            .iter()
-            .map(|(namespace, app)| format!("{namespace}.{app}"))
-            .collect();
-        let missing: Vec<&(String, String)> = match self.listening.lock() {
-            Ok(mut listening) => {
-                let leaving: Vec<String> = listening
-                    .keys()
-                    .filter(|key| !wanted.contains(*key))
-                    .cloned()
-                    .collect();
-                for key in leaving {
-                    if let Some(stop) = listening.remove(&key) {
-                        let _ = stop.send(());
-                        tracing::info!(app = %key, "leaving the app's queue group: no ready replica here");
-                    }
-                }
-                serving
-                    .iter()
-                    .filter(|(namespace, app)| {
-                        !listening.contains_key(&format!("{namespace}.{app}"))
-                    })
-                    .collect()
-            }
-            Err(_) => Vec::new(),
-        };
-        for (namespace, app) in missing {
-            let router = Arc::clone(&self.router);
-            let (pick_namespace, pick_app) = (namespace.clone(), app.clone());
-            let pick: Pick = Arc::new(move || router.pick(&pick_namespace, &pick_app));
-            let (stop, stopped) = tokio::sync::oneshot::channel();
-            let listener = Listener {
-                namespace: namespace.clone(),
-                app: app.clone(),
-                host: self.options.id.clone(),
-                timeout: self.router.timeout_of(namespace, app),
-            };
-            match listen(
-                self.lattice.client().clone(),
-                self.lattice.name(),
-                listener,
-                self.forwarder.clone(),
-                pick,
-                stopped,
-            )
-            .await
-            {
-                Ok(_task) => {
-                    tracing::info!(%namespace, %app, "joined the app's queue group");
-                    if let Ok(mut listening) = self.listening.lock() {
-                        listening.insert(format!("{namespace}.{app}"), stop);
-                    }
-                }
-                Err(error) => {
-                    tracing::warn!(%error, %namespace, %app, "cannot join the app's queue group")
-                }
-            }
-        }
     }
 }
 

@@ -1,7 +1,11 @@
 //! Forwarding HTTP over the lattice: a host with no ready local replica of an app sends the
-//! request to `shoal.<lattice>.v1.http.<namespace>.<app>`, where the hosts that have one
-//! listen in a queue group (only while they have one), so NATS balances across ready
-//! replicas and answers "no responders" when there is none anywhere.
+//! request to one of the app's endpoints (the hosts with a ready replica, as the scheduler
+//! lists them in the app's status), on `shoal.<lattice>.v1.http.<host>.<namespace>.<app>`.
+//! Each host listens only under its own id, which is all a host credential may subscribe
+//! to: a host cannot take another app's requests. Endpoints are tried round robin; one that
+//! has no replica of the app any more (`Shoal-Not-Here`) or is gone (no responders) passes
+//! the request to the next, so a stale list costs a retry, not an error. With no endpoint
+//! left the request waits up to a second for the list to change, then gets 503.
 //!
 //! On the wire a request is one NATS message: HTTP headers as NATS headers, plus
 //! `Shoal-Method` and `Shoal-Uri`; the body is the payload. The reply carries
@@ -12,6 +16,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -21,12 +26,17 @@ use http_body_util::{BodyExt as _, Full};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::http::{ArrivedOverTls, HttpComponent, ResponseBody, plain};
+use crate::router::Router;
 
 const METHOD: &str = "Shoal-Method";
 const URI: &str = "Shoal-Uri";
 const STATUS: &str = "Shoal-Status";
 /// `https` when the request reached the lattice over TLS.
 const SCHEME: &str = "Shoal-Scheme";
+/// In a reply: this host has no ready replica of the app; try another endpoint.
+const NOT_HERE: &str = "Shoal-Not-Here";
+/// How long a request with no endpoint that answers waits for the endpoints to change.
+const ENDPOINT_WAIT: Duration = Duration::from_secs(1);
 
 /// Default cap on forwarded bodies; the NATS server's `max_payload` may lower it.
 pub const DEFAULT_FORWARD_LIMIT: usize = 8 << 20;
@@ -48,6 +58,7 @@ fn hop_by_hop(name: &str) -> bool {
         || name.eq_ignore_ascii_case(URI)
         || name.eq_ignore_ascii_case(STATUS)
         || name.eq_ignore_ascii_case(SCHEME)
+        || name.eq_ignore_ascii_case(NOT_HERE)
 }
 
 /// Most forwarded requests a host answers at once for other hosts; more get 503 at once, so
@@ -159,17 +170,23 @@ fn busy() -> Response<ResponseBody> {
 pub struct Forwarder {
     client: async_nats::Client,
     lattice: String,
+    /// This host's id: never an endpoint of its own forwarded requests.
+    host: String,
+    router: Arc<Router>,
+    next: Arc<AtomicUsize>,
     limit: usize,
     budget: BufferBudget,
     tasks: Arc<Semaphore>,
 }
 
 impl Forwarder {
-    /// A forwarder over `client` for `lattice`; bodies up to `limit` bytes (lowered to what
-    /// the server accepts).
+    /// A forwarder over `client` for host `host` of `lattice`, finding endpoints in
+    /// `router`; bodies up to `limit` bytes (lowered to what the server accepts).
     pub fn new(
         client: async_nats::Client,
         lattice: &str,
+        host: &str,
+        router: Arc<Router>,
         limit: usize,
         budget: BufferBudget,
     ) -> Self {
@@ -177,6 +194,9 @@ impl Forwarder {
         Self {
             client,
             lattice: lattice.to_owned(),
+            host: host.to_owned(),
+            router,
+            next: Arc::new(AtomicUsize::new(0)),
             limit: limit.min(server_limit.max(64 * 1024)),
             budget,
             tasks: Arc::new(Semaphore::new(MAX_FORWARDED_TASKS)),
@@ -276,42 +296,78 @@ impl Forwarder {
         if over_tls {
             headers.insert(SCHEME, "https");
         }
-        let subject = shoal_lattice::names::http_subject(&self.lattice, namespace, app);
-        let sent = self
-            .client
-            .send_request(
-                subject,
-                async_nats::Request::new()
-                    .headers(headers)
-                    .payload(body)
-                    .timeout(Some(timeout)),
-            )
-            .await;
-        match sent {
-            Ok(message) => into_response(message),
-            Err(error) => match error.kind() {
-                async_nats::RequestErrorKind::NoResponders => {
-                    let mut response = plain(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "no ready replica of this app anywhere in the lattice\n",
-                    );
-                    response
-                        .headers_mut()
-                        .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
-                    response
-                }
-                async_nats::RequestErrorKind::TimedOut => plain(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "the replica did not answer in time\n",
-                ),
-                _ => {
-                    tracing::warn!(%error, %namespace, %app, "forwarding failed");
-                    plain(
-                        StatusCode::BAD_GATEWAY,
-                        "the request could not be forwarded\n",
+        self.send(namespace, app, headers, body, timeout).await
+    }
+
+    /// Sends a request to the app's endpoints in turn until one answers.
+    async fn send(
+        &self,
+        namespace: &str,
+        app: &str,
+        headers: async_nats::HeaderMap,
+        body: Bytes,
+        timeout: Duration,
+    ) -> Response<ResponseBody> {
+        let waiting_until = tokio::time::Instant::now() + ENDPOINT_WAIT.min(timeout);
+        loop {
+            let endpoints = self.router.endpoints(namespace, app);
+            let candidates: Vec<&String> = endpoints
+                .iter()
+                .filter(|endpoint| **endpoint != self.host)
+                .collect();
+            let start = self.next.fetch_add(1, Ordering::Relaxed);
+            for offset in 0..candidates.len() {
+                let endpoint = candidates[(start + offset) % candidates.len()];
+                let subject =
+                    shoal_lattice::names::http_subject(&self.lattice, endpoint, namespace, app);
+                let sent = self
+                    .client
+                    .send_request(
+                        subject,
+                        async_nats::Request::new()
+                            .headers(headers.clone())
+                            .payload(body.clone())
+                            .timeout(Some(timeout)),
                     )
+                    .await;
+                match sent {
+                    Ok(message)
+                        if message
+                            .headers
+                            .as_ref()
+                            .is_some_and(|headers| headers.get(NOT_HERE).is_some()) => {}
+                    Ok(message) => return into_response(message),
+                    Err(error) => match error.kind() {
+                        // That host is gone: the next one.
+                        async_nats::RequestErrorKind::NoResponders => {}
+                        async_nats::RequestErrorKind::TimedOut => {
+                            return plain(
+                                StatusCode::GATEWAY_TIMEOUT,
+                                "the replica did not answer in time\n",
+                            );
+                        }
+                        _ => {
+                            tracing::warn!(%error, %namespace, %app, "forwarding failed");
+                            return plain(
+                                StatusCode::BAD_GATEWAY,
+                                "the request could not be forwarded\n",
+                            );
+                        }
+                    },
                 }
-            },
+            }
+            // Nobody answered: the list may be changing (a rollout, a replica starting).
+            if tokio::time::Instant::now() >= waiting_until {
+                let mut response = plain(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "no ready replica of this app anywhere in the lattice\n",
+                );
+                response
+                    .headers_mut()
+                    .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+                return response;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 }
@@ -355,44 +411,26 @@ fn full(bytes: Bytes) -> ResponseBody {
         .boxed_unsync()
 }
 
-/// Picks a ready local replica of an app, or none.
-pub type Pick = Arc<dyn Fn() -> Option<Arc<HttpComponent>> + Send + Sync>;
-
 /// The response header naming the host whose replica answered.
 pub const SERVED_BY: &str = "x-served-by";
 
-/// How many times a request may be passed on by hosts that lost their replica meanwhile.
-const MAX_HOPS: u32 = 2;
-const HOPS: &str = "shoal-hops";
-
-/// Where a host listens for one app's forwarded requests.
-#[derive(Debug, Clone)]
-pub struct Listener {
-    /// Namespace.
-    pub namespace: String,
-    /// App name.
-    pub app: String,
-    /// This host's id, for `x-served-by`.
-    pub host: String,
-    /// How long a passed-on request may wait.
-    pub timeout: Duration,
-}
-
-/// Serves forwarded requests for an app until `stop` fires; then leaves the queue group and
-/// still answers what NATS had already delivered (draining), so leaving loses nothing.
-/// `pick` chooses the local replica for each request; a request that finds none (the last
-/// replica just went) is passed on to another host through `forwarder`.
+/// Serves the requests other hosts forward to this one (`…http.<host>.>`) until `stop`
+/// fires; then unsubscribes and still answers what NATS had already delivered (draining).
+/// Each is answered by a ready local replica of its app from `router`, or with
+/// `Shoal-Not-Here`, which sends the forwarder to the next endpoint.
 pub async fn listen(
     client: async_nats::Client,
     lattice: &str,
-    listener: Listener,
+    host: &str,
     forwarder: Forwarder,
-    pick: Pick,
+    router: Arc<Router>,
     stop: tokio::sync::oneshot::Receiver<()>,
 ) -> Result<tokio::task::JoinHandle<()>, async_nats::SubscribeError> {
-    let subject = shoal_lattice::names::http_subject(lattice, &listener.namespace, &listener.app);
-    let mut subscriber = client.queue_subscribe(subject.clone(), subject).await?;
-    let listener = Arc::new(listener);
+    let prefix = shoal_lattice::names::http_subject(lattice, host, "", "");
+    // `…http.<host>..` → `…http.<host>.`: what precedes `<namespace>.<app>`.
+    let prefix = Arc::<str>::from(prefix.trim_end_matches('.').to_owned() + ".");
+    let mut subscriber = client.subscribe(format!("{prefix}>")).await?;
+    let host = Arc::<str>::from(host);
     Ok(tokio::spawn(async move {
         tokio::pin!(stop);
         let mut stopping = false;
@@ -411,29 +449,31 @@ pub async fn listen(
             let Some(message) = message else {
                 break;
             };
+            let Some(reply) = message.reply.clone() else {
+                continue;
+            };
             // Bounded: a task and the message's bytes are reserved, or it is refused now.
             let reserved = Arc::clone(&forwarder.tasks)
                 .try_acquire_owned()
                 .ok()
                 .zip(forwarder.budget.take(message.payload.len()));
             let Some(reserved) = reserved else {
-                if let Some(reply) = message.reply.clone() {
-                    let (headers, payload) = reply_busy();
-                    let _ = client.publish_with_headers(reply, headers, payload).await;
-                }
+                let (headers, payload) = reply_busy();
+                let _ = client.publish_with_headers(reply, headers, payload).await;
                 continue;
             };
+            let component = message
+                .subject
+                .strip_prefix(&*prefix)
+                .and_then(|rest| rest.split_once('.'))
+                .and_then(|(namespace, app)| router.pick(namespace, app));
             let client = client.clone();
-            let pick = Arc::clone(&pick);
-            let listener = Arc::clone(&listener);
+            let host = Arc::clone(&host);
             let forwarder = forwarder.clone();
             tokio::spawn(async move {
                 let _reserved = reserved;
-                let Some(reply) = message.reply.clone() else {
-                    return;
-                };
-                let (mut headers, payload) = answer(&listener, &forwarder, pick(), message).await;
-                headers.insert(SERVED_BY, listener.host.as_str());
+                let (mut headers, payload) = answer(&forwarder, component, message).await;
+                headers.insert(SERVED_BY, &*host);
                 if let Err(error) = client.publish_with_headers(reply, headers, payload).await {
                     tracing::debug!(%error, "cannot reply to a forwarded request");
                 }
@@ -446,17 +486,13 @@ pub async fn listen(
 type ForwardedBody =
     http_body_util::combinators::MapErr<Full<Bytes>, fn(Infallible) -> wasmtime_wasi_http::Error>;
 
-/// Rebuilds the HTTP request a forwarded message carries, and how many hops it has made;
-/// `None` when the message is not one (no headers, a method or URI that does not parse).
+/// Rebuilds the HTTP request a forwarded message carries; `None` when the message is not
+/// one (no headers, a method or URI that does not parse).
 fn forwarded_request(
     headers: Option<&async_nats::HeaderMap>,
     payload: Bytes,
-) -> Option<(Request<ForwardedBody>, u32)> {
+) -> Option<Request<ForwardedBody>> {
     let headers = headers?;
-    let hops: u32 = headers
-        .get(HOPS)
-        .and_then(|hops| hops.as_str().parse().ok())
-        .unwrap_or(0);
     let method = headers.get(METHOD).map_or("GET", |method| method.as_str());
     let uri = headers.get(URI).map_or("/", |uri| uri.as_str());
     let mut builder = Request::builder().method(method).uri(uri);
@@ -464,7 +500,6 @@ fn forwarded_request(
         let name = name.to_string();
         if name.eq_ignore_ascii_case(METHOD)
             || name.eq_ignore_ascii_case(URI)
-            || name.eq_ignore_ascii_case(HOPS)
             || name.eq_ignore_ascii_case(SCHEME)
         {
             continue;
@@ -481,7 +516,7 @@ fn forwarded_request(
     {
         request.extensions_mut().insert(ArrivedOverTls);
     }
-    Some((request, hops.min(MAX_HOPS)))
+    Some(request)
 }
 
 /// The reply of a host past its forwarding budget or task limit.
@@ -500,38 +535,22 @@ fn reply_plain(status: StatusCode, text: &'static str) -> (async_nats::HeaderMap
 }
 
 async fn answer(
-    listener: &Listener,
     forwarder: &Forwarder,
     component: Option<Arc<HttpComponent>>,
     message: async_nats::Message,
 ) -> (async_nats::HeaderMap, Bytes) {
-    let Some((mut request, hops)) = forwarded_request(message.headers.as_ref(), message.payload)
-    else {
+    let Some(component) = component else {
+        let (mut headers, payload) = reply_plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no ready replica of this app on this host\n",
+        );
+        headers.insert(NOT_HERE, "1");
+        return (headers, payload);
+    };
+    let Some(request) = forwarded_request(message.headers.as_ref(), message.payload) else {
         return reply_plain(StatusCode::BAD_REQUEST, "malformed forwarded request\n");
     };
-    let response = match component {
-        Some(component) => component.handle(request).await,
-        None if hops < MAX_HOPS => {
-            request
-                .headers_mut()
-                .insert(HOPS, HeaderValue::from(hops + 1));
-            forwarder
-                .forward(
-                    &listener.namespace,
-                    &listener.app,
-                    request,
-                    None,
-                    listener.timeout,
-                )
-                .await
-        }
-        None => {
-            return reply_plain(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "no ready replica of this app\n",
-            );
-        }
-    };
+    let response = component.handle(request).await;
     let (parts, body) = response.into_parts();
     let body = match collect_within(body, forwarder.limit, &forwarder.budget).await {
         Ok((body, _reserved)) => body,
@@ -566,7 +585,7 @@ mod fuzz {
             Just(METHOD.to_owned()),
             Just(URI.to_owned()),
             Just(STATUS.to_owned()),
-            Just(HOPS.to_owned()),
+            Just(NOT_HERE.to_owned()),
             Just("content-length".to_owned()),
             Just("host".to_owned()),
             "[!-9;-~]{1,12}",
@@ -595,9 +614,7 @@ mod fuzz {
             headers in header_maps(),
             payload in prop::collection::vec(any::<u8>(), 0..64),
         ) {
-            if let Some((_, hops)) = forwarded_request(Some(&headers), Bytes::from(payload)) {
-                prop_assert!(hops <= MAX_HOPS);
-            }
+            let _ = forwarded_request(Some(&headers), Bytes::from(payload));
         }
 
         #[test]

@@ -26,6 +26,8 @@ pub struct AppRoutes {
     pub timeout: std::time::Duration,
     /// Ready replicas on this host.
     pub replicas: Vec<Arc<HttpComponent>>,
+    /// Hosts with a ready replica, as the scheduler last listed them: where to forward.
+    pub endpoints: Arc<[String]>,
     /// `<namespace>/<app>`, made once so requests need not format it.
     pub key: String,
 }
@@ -44,6 +46,7 @@ impl AppRoutes {
             routes,
             timeout,
             replicas: Vec::new(),
+            endpoints: Arc::from(Vec::new()),
             key: format!("{namespace}/{app}"),
         }
     }
@@ -148,6 +151,20 @@ impl Router {
                     .map(|entry| entry.timeout)
             })
             .unwrap_or(std::time::Duration::from_secs(35))
+    }
+
+    /// The hosts with a ready replica of `namespace/app`.
+    pub fn endpoints(&self, namespace: &str, app: &str) -> Arc<[String]> {
+        self.apps
+            .read()
+            .ok()
+            .and_then(|table| {
+                table
+                    .iter()
+                    .find(|entry| entry.namespace == namespace && entry.app == app)
+                    .map(|entry| Arc::clone(&entry.endpoints))
+            })
+            .unwrap_or_else(|| Arc::from(Vec::new()))
     }
 
     /// A ready local replica of `namespace/app`, round robin.

@@ -67,4 +67,14 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// Another live host holds this host id.
+    #[error(
+        "host id {id} is held by a live host ({holder}); give this host another --id (ids must be unique in a lattice)"
+    )]
+    HostIdTaken {
+        /// The id.
+        id: String,
+        /// Who holds it: its ingress and start time.
+        holder: String,
+    },
 }

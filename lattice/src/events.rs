@@ -1,8 +1,10 @@
 //! Events: what happened in the lattice, for `shoal events`. The scheduler says when it
 //! places or removes a replica, loses or finds a host, or a rollout fails; hosts say when a
 //! replica becomes ready, fails or stops passing its health check. Each is published on
-//! `shoal.<lattice>.v1.events.<namespace>.<app>` (or `…events._hosts.<host>` for hosts) and
-//! kept an hour by the lattice's events [`Journal`].
+//! `shoal.<lattice>.v1.events.<namespace>.<app>.<publisher>` (or
+//! `…events._hosts.<host>.<publisher>` for hosts; the publisher is a host id or
+//! `_scheduler`, so a host may publish only its own) and kept an hour by the lattice's
+//! events [`Journal`].
 
 use serde::{Deserialize, Serialize};
 
@@ -98,7 +100,7 @@ impl Event {
             (Some(namespace), Some(app), _) => format!("{namespace}.{app}"),
             // `_` cannot start a namespace, so no app's subject can collide with a host's.
             (_, _, Some(host)) => format!("_hosts.{host}"),
-            _ => "_lattice".to_owned(),
+            _ => "_lattice._lattice".to_owned(),
         }
     }
 }
@@ -108,11 +110,29 @@ impl Lattice {
     /// caller should stop over an event it could not tell.
     pub async fn emit(&self, event: Event) {
         if let Err(error) = self
-            .publish_to(Journal::Events, &event.subject_tail(), &[&event])
+            .publish_to(
+                Journal::Events,
+                &format!("{}.{}", event.subject_tail(), self.origin),
+                &[&event],
+            )
             .await
         {
             tracing::debug!(%error, reason = %event.reason, "an event was not published");
         }
+    }
+
+    /// Reads the events of one namespace's apps from `start`; with `follow`, goes on.
+    ///
+    /// # Errors
+    /// [`Error::Stream`] when the stream cannot be read.
+    pub async fn namespace_events(
+        &self,
+        namespace: &str,
+        start: Start,
+        follow: bool,
+    ) -> Result<Reader<Event>, Error> {
+        self.read(Journal::Events, &format!("{namespace}.>"), start, follow)
+            .await
     }
 
     /// Reads events from `start`, of one app (`Some((namespace, app))`) or of everything;
@@ -127,7 +147,7 @@ impl Lattice {
         follow: bool,
     ) -> Result<Reader<Event>, Error> {
         let tail = match app {
-            Some((namespace, app)) => format!("{namespace}.{app}"),
+            Some((namespace, app)) => format!("{namespace}.{app}.>"),
             None => ">".to_owned(),
         };
         self.read(Journal::Events, &tail, start, follow).await

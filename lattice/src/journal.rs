@@ -83,8 +83,9 @@ pub struct Reader<T> {
     messages: consumer::pull::Ordered,
     /// Records of the last message not handed out yet.
     batch: VecDeque<T>,
-    /// The stream sequence of the last message when reading began; 0 for none.
-    backlog_end: u64,
+    /// Messages of the backlog (pending when reading began) not read yet: an ordered
+    /// consumer delivers them first, in order, each once.
+    backlog_left: u64,
     caught_up: bool,
     follow: bool,
     stream: String,
@@ -115,8 +116,8 @@ impl<T: DeserializeOwned> Reader<T> {
                     }));
                 }
             };
-            let sequence = message.info().map_or(0, |info| info.stream_sequence);
-            if sequence >= self.backlog_end {
+            self.backlog_left = self.backlog_left.saturating_sub(1);
+            if self.backlog_left == 0 {
                 self.caught_up = true;
             }
             if let Ok(records) = serde_json::from_slice::<Vec<T>>(&message.payload) {
@@ -191,26 +192,20 @@ impl Lattice {
             },
             Start::New => consumer::DeliverPolicy::New,
         };
+        // Named, so the filter is part of the request's subject: nats-server lets a
+        // viewer of one namespace create consumers on that namespace's subjects only.
         let consumer = stream
             .create_consumer(consumer::pull::OrderedConfig {
+                name: Some(nuid::next().to_string()),
                 filter_subject: subject.clone(),
                 deliver_policy,
                 ..Default::default()
             })
             .await
             .map_err(|error| failed(error.to_string()))?;
-        // The backlog ends at the last matching message as of now: nothing when the
-        // consumer starts with nothing pending, else that message's sequence. Messages
-        // written after the consumer was made are pending too, so it is always reached.
-        let backlog_end = if consumer.cached_info().num_pending == 0 {
-            0
-        } else {
-            match stream.get_last_raw_message_by_subject(&subject).await {
-                Ok(message) => message.sequence,
-                Err(error) if error.kind() == stream::LastRawMessageErrorKind::NoMessageFound => 0,
-                Err(error) => return Err(failed(error.to_string())),
-            }
-        };
+        // The backlog is what is pending as the consumer starts; messages written later are
+        // delivered after it.
+        let backlog_left = consumer.cached_info().num_pending;
         let messages = consumer
             .messages()
             .await
@@ -218,8 +213,8 @@ impl Lattice {
         Ok(Reader {
             messages,
             batch: VecDeque::new(),
-            backlog_end,
-            caught_up: backlog_end == 0,
+            backlog_left,
+            caught_up: backlog_left == 0,
             follow,
             stream: name,
             _records: PhantomData,

@@ -5,6 +5,8 @@
 //! state (hosts, status) live in KV buckets; every party converges on what it reads, and
 //! writes that can race are compare-and-set on the key's revision.
 
+pub mod api;
+pub mod auth;
 pub mod error;
 pub mod events;
 pub mod journal;

@@ -1,5 +1,5 @@
 //! Guest output on the lattice. A host publishes the lines replicas write to stdout or
-//! stderr on `shoal.<lattice>.v1.logs.<namespace>.<app>`, in batches (a JSON array of
+//! stderr on `shoal.<lattice>.v1.logs.<namespace>.<app>.<host>`, in batches (a JSON array of
 //! [`LogLine`] a message: one line when output is sparse, many under load); the lattice's
 //! logs [`Journal`] keeps the most recent lines (64 MiB, 24 hours), so `shoal logs` shows what was
 //! written before it asked, from replicas on any host, even one that has since died, and
@@ -69,8 +69,12 @@ impl Lattice {
         app: &str,
         lines: &[LogLine],
     ) -> Result<(), Error> {
-        self.publish_to(Journal::Logs, &format!("{namespace}.{app}"), lines)
-            .await
+        self.publish_to(
+            Journal::Logs,
+            &format!("{namespace}.{app}.{}", self.origin),
+            lines,
+        )
+        .await
     }
 
     /// Reads `namespace/app`'s log lines from `start`; with `follow`, goes on with new lines
@@ -85,7 +89,12 @@ impl Lattice {
         start: Start,
         follow: bool,
     ) -> Result<LogReader, Error> {
-        self.read(Journal::Logs, &format!("{namespace}.{app}"), start, follow)
-            .await
+        self.read(
+            Journal::Logs,
+            &format!("{namespace}.{app}.>"),
+            start,
+            follow,
+        )
+        .await
     }
 }

@@ -135,10 +135,10 @@ pub fn app_status_key(namespace: &str, name: &str) -> String {
 /// The key of the scheduler's leader lease.
 pub const SCHEDULER_LEASE: &str = "scheduler";
 
-/// The subject forwarded HTTP requests for an app go to; hosts with a ready replica listen
-/// in a queue group of the same name.
-pub fn http_subject(lattice: &str, namespace: &str, app: &str) -> String {
-    format!("shoal.{lattice}.{PROTOCOL}.http.{namespace}.{app}")
+/// The subject of HTTP requests forwarded to `host` for an app: each host listens under its
+/// own id only (`…http.<host>.>`), and forwarders pick the host among the app's endpoints.
+pub fn http_subject(lattice: &str, host: &str, namespace: &str, app: &str) -> String {
+    format!("shoal.{lattice}.{PROTOCOL}.http.{host}.{namespace}.{app}")
 }
 
 #[cfg(test)]

@@ -414,6 +414,10 @@ pub struct AppStatus {
     /// failures in a row: the backoff survives a scheduler failover.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backoff: Option<BackoffRecord>,
+    /// The live hosts with a ready replica of the app (any revision), sorted: where other
+    /// hosts forward its requests.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<String>,
 }
 
 /// The backoff of replacing an app's failed replicas.

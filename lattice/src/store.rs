@@ -31,7 +31,17 @@ pub struct ConnectOptions {
     /// How many servers keep each bucket and stream, when this connection creates them
     /// (3 on a NATS cluster, so losing a server loses nothing; 0 means 1).
     pub replicas: usize,
+    /// Who publishes this connection's events and logs: the last token of their subjects,
+    /// so a secure lattice can let each host publish only its own (a host id, or
+    /// [`SCHEDULER_ORIGIN`]); empty for clients that publish none.
+    pub origin: String,
+    /// Whether to open the KV buckets (clients that only use the control API and the
+    /// journals do not, and may not).
+    pub skip_buckets: bool,
 }
+
+/// The publisher token of the control plane's events.
+pub const SCHEDULER_ORIGIN: &str = "_scheduler";
 
 /// Credentials for the NATS server.
 #[derive(Clone, Default)]
@@ -87,6 +97,8 @@ pub struct Lattice {
     /// Replicas of the buckets and streams this connection creates.
     pub(crate) replicas: usize,
     buckets: HashMap<&'static str, kv::Store>,
+    /// The publisher token of this connection's events and logs.
+    pub(crate) origin: String,
 }
 
 impl std::fmt::Debug for Lattice {
@@ -109,16 +121,28 @@ impl Lattice {
                 async_nats::ConnectOptions::new().user_and_password(user.clone(), password.clone())
             }
             NatsAuth::Token(token) => async_nats::ConnectOptions::new().token(token.clone()),
-            NatsAuth::CredsFile(path) => async_nats::ConnectOptions::new()
-                .credentials_file(path)
-                .await
-                .map_err(|error| Error::Connect {
+            NatsAuth::CredsFile(path) => {
+                let unreadable = |error: String| Error::Connect {
                     url: options.url.clone(),
                     reason: format!(
                         "cannot read the credentials file {}: {error}",
                         path.display()
                     ),
-                })?,
+                };
+                let text =
+                    std::fs::read_to_string(path).map_err(|error| unreadable(error.to_string()))?;
+                let mut nats = async_nats::ConnectOptions::new()
+                    .credentials(&text)
+                    .map_err(|error| unreadable(error.to_string()))?;
+                // A Shoal credential may subscribe only to its own reply inboxes.
+                if let Some(prefix) = crate::auth::holder(&text)
+                    .ok()
+                    .and_then(|holder| holder.inbox_prefix)
+                {
+                    nats = nats.custom_inbox_prefix(prefix);
+                }
+                nats
+            }
         };
         if let Some(tls) = &options.tls {
             nats = nats.require_tls(true);
@@ -161,7 +185,11 @@ impl Lattice {
             })?;
         let context = jetstream::new(client.clone());
         let mut buckets = HashMap::new();
-        for bucket in Bucket::ALL {
+        for bucket in Bucket::ALL
+            .iter()
+            .filter(|_| !options.skip_buckets)
+            .copied()
+        {
             buckets.insert(
                 bucket.suffix(),
                 open_bucket(
@@ -187,7 +215,17 @@ impl Lattice {
             name: options.lattice.clone(),
             replicas: options.replicas,
             buckets,
+            origin: if options.origin.is_empty() {
+                "_client".to_owned()
+            } else {
+                options.origin.clone()
+            },
         })
+    }
+
+    /// Who this connection publishes events and logs as.
+    pub fn origin(&self) -> &str {
+        &self.origin
     }
 
     /// The lattice name.

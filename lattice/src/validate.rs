@@ -140,13 +140,7 @@ impl Problems {
     }
 
     fn digest(&mut self, path: &str, digest: &str) {
-        let valid = digest.strip_prefix("sha256:").is_some_and(|hex| {
-            hex.len() == 64
-                && hex
-                    .bytes()
-                    .all(|byte| byte.is_ascii_digit() || (b'a'..=b'f').contains(&byte))
-        });
-        if !valid {
+        if !is_digest(digest) {
             self.add(path, "must be sha256: and 64 lowercase hex digits");
         }
     }
@@ -511,9 +505,30 @@ impl Validate for ReplicaStatus {
     }
 }
 
+/// Whether `digest` is `sha256:` and 64 lowercase hex digits.
+pub fn is_digest(digest: &str) -> bool {
+    digest.strip_prefix("sha256:").is_some_and(|hex| {
+        hex.len() == 64
+            && hex
+                .bytes()
+                .all(|byte| byte.is_ascii_digit() || (b'a'..=b'f').contains(&byte))
+    })
+}
+
 impl Validate for AppStatus {
     fn validate(&self) -> Result<(), Invalid> {
-        Ok(())
+        let mut found = Problems::default();
+        if self.endpoints.len() > MAX_REPLICAS as usize {
+            found.add(
+                "endpoints",
+                format!("must list at most {MAX_REPLICAS} hosts"),
+            );
+        } else {
+            for (index, host) in self.endpoints.iter().enumerate() {
+                found.host_id(&format!("endpoints[{index}]"), host);
+            }
+        }
+        found.finish()
     }
 }
 

@@ -339,6 +339,41 @@ pub async fn route_collisions(lattice: &Lattice, apps: &[App]) -> Result<Vec<Str
         })
         .collect();
     let mut problems = Vec::new();
+    // A route host name belongs to the namespace that claimed it first.
+    let mut claims: Vec<(String, String, String)> = stored
+        .iter()
+        .filter(|record| {
+            !apps
+                .iter()
+                .any(|app| app.namespace == record.value.namespace && app.name == record.value.name)
+        })
+        .flat_map(|record| {
+            record.value.spec.routes.iter().filter_map(|route| {
+                Some((
+                    route.host.clone()?.to_ascii_lowercase(),
+                    record.value.namespace.clone(),
+                    format!("{}/{}", record.value.namespace, record.value.name),
+                ))
+            })
+        })
+        .collect();
+    for app in apps {
+        let me = format!("{}/{}", app.namespace, app.name);
+        for (index, route) in app.spec.routes.iter().enumerate() {
+            let Some(host) = route.host.as_ref().map(|host| host.to_ascii_lowercase()) else {
+                continue;
+            };
+            match claims
+                .iter()
+                .find(|(claimed, namespace, _)| *claimed == host && *namespace != app.namespace)
+            {
+                Some((_, namespace, owner)) => problems.push(format!(
+                    "app {me}: spec.routes[{index}].host: {host} belongs to namespace {namespace} (app {owner})"
+                )),
+                None => claims.push((host, app.namespace.clone(), me.clone())),
+            }
+        }
+    }
     for app in apps {
         let me = format!("{}/{}", app.namespace, app.name);
         for (index, route) in app.spec.routes.iter().enumerate() {

@@ -226,6 +226,8 @@ pub async fn run(
         state.replicas.changes(),
     ];
     let mut leading = false;
+    // Every scheduler answers the control API, leader or not.
+    let api = tokio::spawn(crate::api::serve(lattice.clone(), std::future::pending()));
     tracing::info!(id = %options.id, lattice = %lattice.name(), "scheduler started");
     tokio::pin!(shutdown);
     loop {
@@ -255,6 +257,7 @@ pub async fn run(
             tracing::warn!(%error, "reconcile pass failed; retrying");
         }
     }
+    api.abort();
     lease.release().await;
     tracing::info!("scheduler stopped");
     Ok(())
@@ -676,7 +679,7 @@ async fn step_app(
             }
         }
         check_progress(lattice, source, state, &app, assignments, status, now).await?;
-        write_status(lattice, state, &app, assignments, status, unplaced).await?;
+        write_status(lattice, state, &app, assignments, status, live, unplaced).await?;
     }
     Ok(())
 }
@@ -926,8 +929,23 @@ async fn write_status(
     app: &AppRecord,
     assignments: &[Versioned<Assignment>],
     status: &HashMap<String, ReplicaStatus>,
+    live: &HashSet<String>,
     unplaced: Option<String>,
 ) -> Result<(), Error> {
+    // Where other hosts forward the app's requests: live hosts with a ready replica of any
+    // revision (an old one serves until it is removed).
+    let mut endpoints: Vec<String> = assignments
+        .iter()
+        .map(|assignment| &assignment.value)
+        .filter(|assignment| {
+            assignment.is_of(app)
+                && live.contains(&assignment.host)
+                && reconcile::in_phase(assignment, status, Phase::Ready)
+        })
+        .map(|assignment| assignment.host.clone())
+        .collect();
+    endpoints.sort();
+    endpoints.dedup();
     let mine: Vec<&Assignment> = assignments
         .iter()
         .map(|assignment| &assignment.value)
@@ -1015,6 +1033,7 @@ async fn write_status(
                 failures: backoff.failures,
                 not_before: backoff.not_before_ms,
             }),
+        endpoints,
     };
     // Write status only when it changed.
     if previous.as_ref() != Some(&next) {

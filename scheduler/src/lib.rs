@@ -5,6 +5,7 @@
 //! The pure parts ([`manifest`], [`placement`], [`reconcile`]) know nothing of NATS and are
 //! tested on their own; [`controller`] wires them to the lattice.
 
+pub mod api;
 pub mod apply;
 pub mod controller;
 pub mod lease;

@@ -341,6 +341,12 @@ impl Lattice {
         )
     }
 
+    /// Starts a scheduler that answers the control API but never leads while another
+    /// holds the lease (its lease is an hour): reads and writes with nothing placed.
+    pub fn api_only(&self, id: &str) -> Process {
+        self.spawn(&["scheduler", "--id", id, "--lease", "1h"], id, false)
+    }
+
     /// `shoal get replicas -o json`: (app, host, phase) of every replica.
     pub fn replicas(&self) -> Vec<(String, String, String)> {
         let stdout = self.ok(&["get", "replicas", "-o", "json"]);

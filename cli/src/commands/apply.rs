@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use shoal_scheduler::apply::{Change, apply};
+use shoal_lattice::api::{self, Applied};
 use shoal_scheduler::manifest;
 
 use crate::lattice::LatticeArgs;
@@ -72,39 +72,39 @@ pub async fn apply_file(
         );
     }
 
-    let connection = lattice.connect("shoal apply").await?;
-    let apps: Vec<manifest::App> = resolved.iter().map(|(app, _)| app.clone()).collect();
-    let collisions = shoal_scheduler::apply::route_collisions(&connection, &apps).await?;
-    if !collisions.is_empty() {
-        bail!(
-            "routes collide; nothing was applied:\n  {}",
-            collisions.join("\n  ")
-        );
-    }
-    for (app, digest) in &resolved {
-        let (change, record) = apply(&connection, app, digest)
-            .await
-            .with_context(|| format!("cannot store app {}/{}", app.namespace, app.name))?;
+    let (api, _connection) = lattice.api("shoal apply").await?;
+    let request = api::Request::Apply {
+        apps: resolved
+            .into_iter()
+            .map(|(app, digest)| api::AppManifest {
+                namespace: app.namespace,
+                name: app.name,
+                spec: app.spec,
+                digest,
+            })
+            .collect(),
+    };
+    let applied: Vec<api::AppliedApp> = api.call(&request).await?;
+    for app in applied {
         let name = format!("app {}/{}", app.namespace, app.name);
-        match change {
-            Change::Created => println!(
-                "{name} created (revision 1, {} replicas)",
-                record.spec.replicas
-            ),
-            Change::Revised { revision, changes } => {
+        match app.applied {
+            Applied::Created { replicas } => {
+                println!("{name} created (revision 1, {replicas} replicas)");
+            }
+            Applied::Revised { revision, changes } => {
                 println!("{name} configured: revision {revision}");
                 for change in changes {
                     println!("  {change}");
                 }
             }
-            Change::Scaled { from, to } => println!("{name} scaled: {from} → {to} replicas"),
-            Change::Updated { changes } => {
-                println!("{name} configured (revision {})", record.revision);
+            Applied::Scaled { from, to } => println!("{name} scaled: {from} → {to} replicas"),
+            Applied::Updated { revision, changes } => {
+                println!("{name} configured (revision {revision})");
                 for change in changes {
                     println!("  {change}");
                 }
             }
-            Change::Unchanged => println!("{name} unchanged (revision {})", record.revision),
+            Applied::Unchanged { revision } => println!("{name} unchanged (revision {revision})"),
         }
     }
     Ok(())

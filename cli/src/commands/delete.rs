@@ -1,7 +1,7 @@
 //! `shoal delete app NAME`: remove an app; the scheduler then stops its replicas.
 
-use anyhow::bail;
 use clap::Args;
+use shoal_lattice::api::Request;
 use shoal_lattice::records::DEFAULT_NAMESPACE;
 
 use crate::commands::scale::Scalable;
@@ -20,15 +20,14 @@ pub struct DeleteArgs {
 }
 
 pub async fn run(args: DeleteArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
-    let connection = lattice.connect("shoal delete").await?;
+    let (api, _connection) = lattice.api("shoal delete").await?;
     let Scalable::App = args.kind;
-    if !shoal_scheduler::apply::delete(&connection, &args.namespace, &args.name).await? {
-        bail!(
-            "there is no app {}/{}; shoal get apps lists them",
-            args.namespace,
-            args.name
-        );
-    }
+    let () = api
+        .call(&Request::Delete {
+            namespace: args.namespace.clone(),
+            name: args.name.clone(),
+        })
+        .await?;
     println!("app {}/{} deleted", args.namespace, args.name);
     Ok(0)
 }

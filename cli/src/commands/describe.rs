@@ -1,14 +1,11 @@
 //! `shoal describe app NAME`: spec, revision, replicas per host, conditions, and why
 //! replicas could not be placed.
 
-use anyhow::bail;
 use clap::Args;
-use serde::Serialize;
-use shoal_lattice::Bucket;
-use shoal_lattice::names::{app_key, app_status_key};
-use shoal_lattice::records::{AppRecord, AppStatus, Assignment, DEFAULT_NAMESPACE, ReplicaStatus};
+use shoal_lattice::api::{AppDetail, ReplicaView, Request};
+use shoal_lattice::records::DEFAULT_NAMESPACE;
 
-use crate::commands::get::{age, replicas, table};
+use crate::commands::get::{age, table};
 use crate::commands::scale::Scalable;
 use crate::lattice::LatticeArgs;
 use crate::output::{Format, print};
@@ -28,47 +25,20 @@ pub struct DescribeArgs {
     pub output: Format,
 }
 
-#[derive(Serialize)]
-struct Described {
-    app: AppRecord,
-    status: Option<AppStatus>,
-    replicas: Vec<(Assignment, Option<ReplicaStatus>)>,
-}
-
 pub async fn run(args: DescribeArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
-    let connection = lattice.connect("shoal describe").await?;
+    let (api, _connection) = lattice.api("shoal describe").await?;
     let Scalable::App = args.kind;
-    let Some(app) = connection
-        .get::<AppRecord>(Bucket::Apps, &app_key(&args.namespace, &args.name))
-        .await?
-    else {
-        bail!(
-            "there is no app {}/{}; shoal get apps lists them",
-            args.namespace,
-            args.name
-        );
-    };
-    let status = connection
-        .get::<AppStatus>(Bucket::Status, &app_status_key(&args.namespace, &args.name))
-        .await?
-        .map(|record| record.value);
-    let replicas = replicas(&connection)
-        .await?
-        .into_iter()
-        .filter(|(assignment, _)| {
-            assignment.app == args.name && assignment.namespace == args.namespace
+    let described: AppDetail = api
+        .call(&Request::DescribeApp {
+            namespace: args.namespace.clone(),
+            name: args.name.clone(),
         })
-        .collect();
-    let described = Described {
-        app: app.value,
-        status,
-        replicas,
-    };
+        .await?;
     print(args.output, &described, render)?;
     Ok(0)
 }
 
-fn render(described: &Described) -> String {
+fn render(described: &AppDetail) -> String {
     let app = &described.app;
     let mut out = format!(
         "Name:        {}\nNamespace:   {}\nRevision:    {}\nGeneration:  {}\nComponent:   {}\nDigest:      {}\nCreated:     {} ago\n",
@@ -105,7 +75,7 @@ fn render(described: &Described) -> String {
         out += &format!("  {line}\n");
     }
     let mut replicas = table(&["REPLICA", "HOST", "REVISION", "PHASE", "REASON", "MESSAGE"]);
-    for (assignment, status) in &described.replicas {
+    for ReplicaView { assignment, status } in &described.replicas {
         replicas.add_row(vec![
             assignment.replica.clone(),
             assignment.host.clone(),

@@ -47,14 +47,23 @@ pub enum EventFormat {
 }
 
 pub async fn run(args: EventsArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
-    let connection = lattice.connect("shoal events").await?;
-    let app = args
-        .app
-        .as_deref()
-        .map(|app| (args.namespace.as_str(), app));
-    let mut reader = connection
-        .events(app, journal::start(args.since), args.follow)
-        .await?;
+    let (api, connection) = lattice.api("shoal events").await?;
+    let start = journal::start(args.since);
+    let mut reader = match &args.app {
+        Some(app) => {
+            connection
+                .events(Some((args.namespace.as_str(), app)), start, args.follow)
+                .await?
+        }
+        // A viewer of some namespaces only reads the one asked for (every event of the
+        // lattice, host events included, is for lattice-wide viewers).
+        None if !api.lattice_wide() => {
+            connection
+                .namespace_events(&args.namespace, start, args.follow)
+                .await?
+        }
+        None => connection.events(None, start, args.follow).await?,
+    };
     let mut out = std::io::stdout().lock();
     journal::read(&mut reader, |event, _| {
         journal::print_line(&mut out, &render(&event, args.output)?)

@@ -1,14 +1,9 @@
 //! `shoal get apps|hosts|replicas`: tables for people, `-o json|yaml` for scripts.
 
-use std::collections::HashMap;
-
 use clap::{Args, ValueEnum};
 use comfy_table::{Table, presets::NOTHING};
-use serde::Serialize;
-use shoal_lattice::records::{
-    AppRecord, AppStatus, Assignment, HostRecord, ReplicaStatus, now_millis,
-};
-use shoal_lattice::{Bucket, Lattice};
+use shoal_lattice::api::{AppView, HostView, ReplicaView, Request};
+use shoal_lattice::records::{HostRecord, now_millis};
 
 use crate::lattice::LatticeArgs;
 use crate::output::{Format, print};
@@ -29,6 +24,9 @@ pub enum Kind {
 pub struct GetArgs {
     /// What to list.
     pub kind: Kind,
+    /// Only this namespace (apps and replicas) [default: every namespace you may view].
+    #[arg(short, long)]
+    pub namespace: Option<String>,
     /// Output format.
     #[arg(short, long, value_enum, default_value_t)]
     pub output: Format,
@@ -36,20 +34,6 @@ pub struct GetArgs {
 
 /// A host is shown as lost when its record is older than this.
 const LOST_AFTER_MS: u64 = 3_000;
-
-#[derive(Serialize)]
-struct AppRow {
-    #[serde(flatten)]
-    app: AppRecord,
-    status: Option<AppStatus>,
-}
-
-#[derive(Serialize)]
-struct ReplicaRow {
-    #[serde(flatten)]
-    assignment: Assignment,
-    status: Option<ReplicaStatus>,
-}
 
 pub fn table(header: &[&str]) -> Table {
     let mut table = Table::new();
@@ -78,54 +62,15 @@ pub fn host_state(host: &HostRecord) -> &'static str {
     }
 }
 
-/// Every assignment with its replica's status. Assignments are read first, so each status
-/// is at least as fresh as its assignment: a replica the scheduler just replaced shows its
-/// successor's readiness rather than a stale "not ready".
-pub async fn replicas(
-    connection: &Lattice,
-) -> anyhow::Result<Vec<(Assignment, Option<ReplicaStatus>)>> {
-    let assignments = connection
-        .list::<Assignment>(Bucket::Assignments, "")
-        .await?;
-    let status: HashMap<String, ReplicaStatus> = connection
-        .list::<ReplicaStatus>(Bucket::Status, "replicas.")
-        .await?
-        .into_iter()
-        .map(|record| (record.value.replica.clone(), record.value))
-        .collect();
-    Ok(assignments
-        .into_iter()
-        .map(|record| {
-            let status = status.get(&record.value.replica).cloned();
-            (record.value, status)
-        })
-        .collect())
-}
-
 pub async fn run(args: GetArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
-    let connection = lattice.connect("shoal get").await?;
+    let (api, _connection) = lattice.api("shoal get").await?;
     match args.kind {
         Kind::Apps => {
-            let status: HashMap<String, AppStatus> = connection
-                .list::<AppStatus>(Bucket::Status, "apps.")
-                .await?
-                .into_iter()
-                .map(|record| {
-                    (
-                        record.key.trim_start_matches("apps.").to_owned(),
-                        record.value,
-                    )
+            let rows: Vec<AppView> = api
+                .call(&Request::GetApps {
+                    namespace: args.namespace.clone(),
                 })
-                .collect();
-            let rows: Vec<AppRow> = connection
-                .list::<AppRecord>(Bucket::Apps, "")
-                .await?
-                .into_iter()
-                .map(|record| AppRow {
-                    status: status.get(&record.key).cloned(),
-                    app: record.value,
-                })
-                .collect();
+                .await?;
             print(args.output, &rows, |rows| {
                 let mut table =
                     table(&["NAMESPACE", "NAME", "REVISION", "READY", "COMPONENT", "AGE"]);
@@ -144,22 +89,13 @@ pub async fn run(args: GetArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
             })?;
         }
         Kind::Hosts => {
-            let hosts: Vec<HostRecord> = connection
-                .list::<HostRecord>(Bucket::Hosts, "")
-                .await?
-                .into_iter()
-                .map(|record| record.value)
-                .collect();
-            let placed = replicas(&connection).await?;
+            let hosts: Vec<HostView> = api.call(&Request::GetHosts).await?;
             print(args.output, &hosts, |hosts| {
                 let mut table = table(&[
                     "ID", "STATE", "REPLICAS", "MEMORY", "CPU", "LABELS", "INGRESS", "AGE",
                 ]);
-                for host in hosts {
-                    let mine = placed
-                        .iter()
-                        .filter(|(assignment, _)| assignment.host == host.id)
-                        .count();
+                for view in hosts {
+                    let (host, mine) = (&view.host, view.replicas);
                     let labels: Vec<String> = host
                         .labels
                         .iter()
@@ -180,11 +116,11 @@ pub async fn run(args: GetArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
             })?;
         }
         Kind::Replicas => {
-            let rows: Vec<ReplicaRow> = replicas(&connection)
-                .await?
-                .into_iter()
-                .map(|(assignment, status)| ReplicaRow { assignment, status })
-                .collect();
+            let rows: Vec<ReplicaView> = api
+                .call(&Request::GetReplicas {
+                    namespace: args.namespace.clone(),
+                })
+                .await?;
             print(args.output, &rows, |rows| {
                 let mut table = table(&[
                     "NAMESPACE",

@@ -21,7 +21,9 @@ use crate::registry::RegistryArgs;
 /// Join a lattice as a host: run the replicas the scheduler assigns here.
 #[derive(Debug, Args)]
 pub struct HostArgs {
-    /// Host id, unique in the lattice [default: this machine's hostname].
+    /// Host id, unique in the lattice [default: the id of a host credential (--nats-creds),
+    /// else this machine's hostname and a random suffix kept in the cache directory, so
+    /// devices cloned from one image still get distinct ids].
     #[arg(long)]
     pub id: Option<String>,
 
@@ -222,16 +224,59 @@ impl HostArgs {
     }
 }
 
-pub async fn run(args: HostArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
-    let id = args.id.clone().unwrap_or_else(hostname);
+/// This host's id: `--id`, the credential's, or hostname + a suffix kept on disk.
+fn host_id(args: &HostArgs, lattice: &LatticeArgs) -> anyhow::Result<String> {
+    let credential = lattice.holder()?.filter(|holder| holder.kind == "host");
+    let id = match (&args.id, &credential) {
+        (Some(id), Some(holder)) if *id != holder.name => bail!(
+            "the credential is for host {:?}, not {id:?}: run with --id {} or mint one with shoal auth host {id}",
+            holder.name,
+            holder.name
+        ),
+        (Some(id), _) => id.clone(),
+        (None, Some(holder)) => holder.name.clone(),
+        (None, None) => {
+            let file = args.registry.cache_root()?.join("host-id");
+            match std::fs::read_to_string(&file) {
+                Ok(id) if shoal_lattice::names::check_host_id(id.trim()).is_ok() => {
+                    id.trim().to_owned()
+                }
+                _ => {
+                    let suffix: String = nuid::next()
+                        .to_string()
+                        .to_ascii_lowercase()
+                        .chars()
+                        .rev()
+                        .take(6)
+                        .collect();
+                    let mut base = hostname();
+                    base.truncate(63 - 7);
+                    let id = format!("{base}-{suffix}");
+                    if let Some(dir) = file.parent() {
+                        std::fs::create_dir_all(dir)
+                            .with_context(|| format!("cannot create {}", dir.display()))?;
+                    }
+                    std::fs::write(&file, format!("{id}\n")).with_context(|| {
+                        format!("cannot keep the host id in {}", file.display())
+                    })?;
+                    id
+                }
+            }
+        }
+    };
     shoal_lattice::names::check_host_id(&id)?;
+    Ok(id)
+}
+
+pub async fn run(args: HostArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
+    let id = host_id(&args, lattice)?;
     let tls = args.tls().context("cannot set up ingress TLS")?;
     let runtime = args.runtime()?;
     let client = args.registry.client()?;
     let listener = tokio::net::TcpListener::bind(args.http)
         .await
         .with_context(|| format!("cannot listen on {}", args.http))?;
-    let connection = lattice.connect(&format!("host {id}")).await?;
+    let connection = lattice.connect_as(&format!("host {id}"), &id).await?;
     let address = listener.local_addr()?;
     let scheme = if tls.is_some() { "https" } else { "http" };
     println!("ingress listening on {scheme}://{address}");

@@ -7,9 +7,9 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
-use shoal_lattice::names::app_key;
-use shoal_lattice::records::{AppRecord, DEFAULT_NAMESPACE};
-use shoal_lattice::{Bucket, LogLine, Output, Start};
+use shoal_lattice::api::{CallError, ErrorCode, History, Request};
+use shoal_lattice::records::DEFAULT_NAMESPACE;
+use shoal_lattice::{LogLine, Output, Start};
 
 use crate::journal;
 use crate::lattice::LatticeArgs;
@@ -57,18 +57,23 @@ pub enum LogFormat {
 }
 
 pub async fn run(args: LogsArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
-    let connection = lattice.connect("shoal logs").await?;
-    let exists = connection
-        .get::<AppRecord>(Bucket::Apps, &app_key(&args.namespace, &args.app))
-        .await?
-        .is_some();
-    if !exists && args.follow {
-        bail!(
-            "there is no app {}/{}; shoal get apps lists them",
-            args.namespace,
-            args.app
-        );
-    }
+    let (api, connection) = lattice.api("shoal logs").await?;
+    // Asks the control plane first: a caller who may not view the namespace is refused
+    // with a clear answer (nats-server would refuse the journal read anyway), and following
+    // an app that does not exist is an error. The lines of a deleted app can still be read.
+    let exists = match api
+        .call::<History>(&Request::History {
+            namespace: args.namespace.clone(),
+            name: args.app.clone(),
+        })
+        .await
+    {
+        Ok(_) => true,
+        Err(CallError::Refused(refused)) if refused.code == ErrorCode::NotFound && !args.follow => {
+            false
+        }
+        Err(error) => return Err(error.into()),
+    };
     let start = match args.tail {
         Some(0) => Start::New,
         _ => journal::start(args.since),

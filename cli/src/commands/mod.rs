@@ -1,6 +1,7 @@
 //! One module per `shoal` subcommand: its arguments and what it does.
 
 pub mod apply;
+pub mod auth;
 pub mod delete;
 pub mod describe;
 pub mod events;

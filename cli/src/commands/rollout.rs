@@ -2,14 +2,11 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::bail;
 use clap::{Args, Subcommand};
-use shoal_lattice::names::{app_key, app_status_key};
-use shoal_lattice::records::{AppRecord, AppStatus, DEFAULT_NAMESPACE, Phase};
-use shoal_lattice::{Bucket, Lattice};
-use shoal_scheduler::apply::{Change, Undo, history, set_paused, undo};
+use shoal_lattice::api::{self, AppDetail, History, Request, UndoneTo};
+use shoal_lattice::records::{DEFAULT_NAMESPACE, Phase};
 
-use crate::commands::get::{age, replicas, table};
+use crate::commands::get::{age, table};
 use crate::lattice::LatticeArgs;
 
 /// Follow, list and roll back an app's revisions.
@@ -71,18 +68,18 @@ pub enum RolloutCommand {
 }
 
 pub async fn run(args: RolloutArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
-    let connection = lattice.connect("shoal rollout").await?;
+    let (api, _connection) = lattice.api("shoal rollout").await?;
     match args.command {
         RolloutCommand::History { name, namespace } => {
-            let Some(app) = connection
-                .get::<AppRecord>(Bucket::Apps, &app_key(&namespace, &name))
-                .await?
-            else {
-                bail!("there is no app {namespace}/{name}; shoal get apps lists them");
-            };
+            let history: History = api
+                .call(&Request::History {
+                    namespace: namespace.clone(),
+                    name: name.clone(),
+                })
+                .await?;
             let mut rows = table(&["REVISION", "DIGEST", "AGE", "CAUSE"]);
-            for revision in history(&connection, &namespace, &name).await? {
-                let marker = if revision.revision == app.value.revision {
+            for revision in history.revisions {
+                let marker = if revision.revision == history.current {
                     " (current)"
                 } else {
                     ""
@@ -101,60 +98,52 @@ pub async fn run(args: RolloutArgs, lattice: &LatticeArgs) -> anyhow::Result<u8>
             name,
             namespace,
             to_revision,
-        } => match undo(&connection, &namespace, &name, to_revision).await? {
-            Undo::NoApp => bail!("there is no app {namespace}/{name}; shoal get apps lists them"),
-            Undo::NoRevision(Some(to)) => {
-                bail!(
-                    "app {namespace}/{name} has no revision {to}; shoal rollout history {name} lists them"
-                )
-            }
-            Undo::NoRevision(None) => {
-                bail!("app {namespace}/{name} has no earlier revision to return to")
-            }
-            Undo::Done(target, Change::Revised { revision, .. }, _) => {
+        } => {
+            let undone: UndoneTo = api
+                .call(&Request::Undo {
+                    namespace: namespace.clone(),
+                    name: name.clone(),
+                    to_revision,
+                })
+                .await?;
+            if undone.revised {
                 println!(
-                    "app {namespace}/{name} rolled back to revision {target} (now revision {revision})"
+                    "app {namespace}/{name} rolled back to revision {} (now revision {})",
+                    undone.target, undone.revision
                 );
-                Ok(0)
-            }
-            Undo::Done(target, _, record) => {
+            } else {
                 println!(
-                    "app {namespace}/{name} already runs what revision {target} ran (revision {})",
-                    record.revision
+                    "app {namespace}/{name} already runs what revision {} ran (revision {})",
+                    undone.target, undone.revision
                 );
-                Ok(0)
             }
-        },
+            Ok(0)
+        }
         RolloutCommand::Status {
             name,
             namespace,
             timeout,
-        } => status(&connection, &namespace, &name, timeout).await,
-        RolloutCommand::Pause { name, namespace } => {
-            pause(&connection, &namespace, &name, true).await
-        }
-        RolloutCommand::Resume { name, namespace } => {
-            pause(&connection, &namespace, &name, false).await
-        }
+        } => status(&api, &namespace, &name, timeout).await,
+        RolloutCommand::Pause { name, namespace } => pause(&api, &namespace, &name, true).await,
+        RolloutCommand::Resume { name, namespace } => pause(&api, &namespace, &name, false).await,
     }
 }
 
-async fn pause(
-    connection: &Lattice,
-    namespace: &str,
-    name: &str,
-    paused: bool,
-) -> anyhow::Result<u8> {
-    if !set_paused(connection, namespace, name, paused).await? {
-        bail!("there is no app {namespace}/{name}; shoal get apps lists them");
-    }
+async fn pause(api: &api::Client, namespace: &str, name: &str, paused: bool) -> anyhow::Result<u8> {
+    let () = api
+        .call(&Request::Pause {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            paused,
+        })
+        .await?;
     let what = if paused { "paused" } else { "resumed" };
     println!("app {namespace}/{name}: rollout {what}");
     Ok(0)
 }
 
 async fn status(
-    connection: &Lattice,
+    api: &api::Client,
     namespace: &str,
     name: &str,
     timeout: Duration,
@@ -163,18 +152,15 @@ async fn status(
     let mut last = String::new();
     let mut following = None;
     loop {
-        let Some(app) = connection
-            .get::<AppRecord>(Bucket::Apps, &app_key(namespace, name))
-            .await?
-        else {
-            bail!("there is no app {namespace}/{name}; shoal get apps lists them");
-        };
-        let app = app.value;
+        let detail: AppDetail = api
+            .call(&Request::DescribeApp {
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+            })
+            .await?;
+        let app = detail.app;
         let watched = *following.get_or_insert(app.revision);
-        let app_status = connection
-            .get::<AppStatus>(Bucket::Status, &app_status_key(namespace, name))
-            .await?
-            .map(|status| status.value);
+        let app_status = detail.status;
         if let Some(failed) = app_status
             .as_ref()
             .and_then(|status| status.failed_rollout.as_ref())
@@ -192,16 +178,13 @@ async fn status(
             }
             return Ok(1);
         }
-        let mine: Vec<_> = replicas(connection)
-            .await?
-            .into_iter()
-            .filter(|(assignment, _)| assignment.app == name && assignment.namespace == namespace)
-            .collect();
+        let mine = detail.replicas;
         let ready = |revision_matches: bool| {
             mine.iter()
-                .filter(|(assignment, status)| {
-                    (assignment.revision == app.revision) == revision_matches
-                        && status
+                .filter(|replica| {
+                    (replica.assignment.revision == app.revision) == revision_matches
+                        && replica
+                            .status
                             .as_ref()
                             .is_some_and(|status| status.phase == Phase::Ready)
                 })
@@ -210,7 +193,7 @@ async fn status(
         let (updated, old) = (
             ready(true),
             mine.iter()
-                .filter(|(assignment, _)| assignment.revision != app.revision)
+                .filter(|replica| replica.assignment.revision != app.revision)
                 .count(),
         );
         let unplaced = app_status.and_then(|status| status.unplaced);

@@ -1,7 +1,7 @@
 //! `shoal scale app NAME --replicas N`: change an app's replica count (no new revision).
 
-use anyhow::bail;
 use clap::{Args, ValueEnum};
+use shoal_lattice::api::{Request, Scaled};
 use shoal_lattice::records::DEFAULT_NAMESPACE;
 
 use crate::lattice::LatticeArgs;
@@ -29,20 +29,18 @@ pub struct ScaleArgs {
 }
 
 pub async fn run(args: ScaleArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
-    let connection = lattice.connect("shoal scale").await?;
+    let (api, _connection) = lattice.api("shoal scale").await?;
     let Scalable::App = args.kind;
-    match shoal_scheduler::apply::scale(&connection, &args.namespace, &args.name, args.replicas)
-        .await?
-    {
-        Some(from) => println!(
-            "app {}/{} scaled: {from} → {} replicas",
-            args.namespace, args.name, args.replicas
-        ),
-        None => bail!(
-            "there is no app {}/{}; shoal get apps lists them",
-            args.namespace,
-            args.name
-        ),
-    }
+    let scaled: Scaled = api
+        .call(&Request::Scale {
+            namespace: args.namespace.clone(),
+            name: args.name.clone(),
+            replicas: args.replicas,
+        })
+        .await?;
+    println!(
+        "app {}/{} scaled: {} → {} replicas",
+        args.namespace, args.name, scaled.from, args.replicas
+    );
     Ok(0)
 }

@@ -41,7 +41,9 @@ impl SchedulerArgs {
 
 pub async fn run(args: SchedulerArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
     let options = args.options();
-    let connection = lattice.connect(&options.id).await?;
+    let connection = lattice
+        .connect_as(&options.id, shoal_lattice::store::SCHEDULER_ORIGIN)
+        .await?;
     eprintln!(
         "scheduler {} on lattice {:?} at {}",
         options.id,

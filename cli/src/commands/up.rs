@@ -37,6 +37,11 @@ pub struct UpArgs {
     #[arg(long, default_value = "2m", value_parser = parse_sync, value_name = "always|DURATION")]
     pub nats_sync: String,
 
+    /// Run the lattice open, as before Shoal had identities: any NATS client may do
+    /// anything. For experiments only.
+    #[arg(long = "insecure", id = "open_lattice")]
+    pub insecure: bool,
+
     /// Apply this manifest once the lattice is up.
     #[arg(long, value_name = "MANIFEST", num_args = 0..=1, default_missing_value = "examples/apps/hello.yaml")]
     pub example: Option<PathBuf>,
@@ -67,9 +72,55 @@ fn find_nats_server() -> anyhow::Result<PathBuf> {
         .context("nats-server is not on PATH: scripts/setup.sh installs it, or pass --nats URL to use a running one")
 }
 
+/// The credentials of the parts of a secure local lattice.
+struct Credentials {
+    scheduler: PathBuf,
+    hosts: Vec<PathBuf>,
+    admin: PathBuf,
+}
+
+/// Makes (or reuses) the lattice's signing identity in `dir` and the credentials of its
+/// scheduler, `hosts` hosts and an admin; the admin's is also left where later commands
+/// run in this directory find it.
+fn secure(dir: &std::path::Path, lattice: &str, hosts: u16) -> anyhow::Result<Credentials> {
+    use shoal_lattice::auth::{Grant, Identity, Role};
+    let (mut authority, _) = crate::commands::auth::Authority::init(dir, lattice)?;
+    let scheduler = authority.credential_file(Identity::Scheduler {
+        name: "up-scheduler".to_owned(),
+    })?;
+    let hosts = (1..=hosts)
+        .map(|index| {
+            authority.credential_file(Identity::Host {
+                id: format!("local-{index}"),
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let admin = authority.credential_file(Identity::User {
+        name: "admin".to_owned(),
+        grants: vec![Grant {
+            role: Role::Admin,
+            namespace: None,
+        }],
+    })?;
+    let local = PathBuf::from(crate::lattice::LOCAL_CREDS);
+    if let Some(parent) = local.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    let text = std::fs::read_to_string(&admin)
+        .with_context(|| format!("cannot read {}", admin.display()))?;
+    crate::commands::auth::write_secret(&local, &text)?;
+    Ok(Credentials {
+        scheduler,
+        hosts,
+        admin: local,
+    })
+}
+
 pub async fn run(args: UpArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
     let mut lattice = lattice.clone();
     let mut nats_child = None;
+    let mut credentials = None;
     if lattice.nats.is_none() {
         let data_dir = match &args.data_dir {
             Some(dir) => dir.clone(),
@@ -79,13 +130,31 @@ pub async fn run(args: UpArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
         };
         std::fs::create_dir_all(&data_dir)
             .with_context(|| format!("cannot create {}", data_dir.display()))?;
+        let auth = if args.insecure {
+            eprintln!(
+                "warning: --insecure: any client that reaches NATS at 127.0.0.1:{} may do anything in this lattice",
+                args.nats_port
+            );
+            String::new()
+        } else {
+            let made = secure(&data_dir.join("auth"), &lattice.lattice, args.hosts)?;
+            eprintln!(
+                "lattice is secure: the admin credential is in {} (later shoal commands in this directory use it; elsewhere set SHOAL_CREDS)",
+                made.admin.display()
+            );
+            credentials = Some(made);
+            format!(
+                "include \"auth/{}\"\n",
+                crate::commands::auth::SERVER_CONFIG
+            )
+        };
         // Forwarded HTTP requests travel as one NATS message: make room for the 8 MiB
         // forwarding limit plus headers (the server's default is 1 MiB).
         let config = data_dir.join("nats.conf");
         std::fs::write(
             &config,
             format!(
-                "max_payload: 9437184\njetstream {{ sync_interval: {} }}\n",
+                "{auth}max_payload: 9437184\njetstream {{ sync_interval: {} }}\n",
                 args.nats_sync
             ),
         )
@@ -117,7 +186,7 @@ pub async fn run(args: UpArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
             data_dir.display()
         );
     }
-    let result = serve(&args, &lattice).await;
+    let result = serve(&args, &lattice, credentials.as_ref()).await;
     if let Some(mut child) = nats_child {
         if let Some(pid) = child.id() {
             // SIGTERM lets nats-server flush JetStream to disk.
@@ -130,7 +199,21 @@ pub async fn run(args: UpArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
     result
 }
 
-async fn serve(args: &UpArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
+async fn serve(
+    args: &UpArgs,
+    lattice: &LatticeArgs,
+    credentials: Option<&Credentials>,
+) -> anyhow::Result<u8> {
+    // Each part connects with its own credential on a secure lattice.
+    let as_holder = |creds: Option<&PathBuf>| {
+        let mut args = lattice.clone();
+        if let Some(creds) = creds {
+            args.nats_creds = Some(creds.clone());
+        }
+        args
+    };
+    let scheduler_lattice = as_holder(credentials.map(|made| &made.scheduler));
+    let admin_lattice = as_holder(credentials.map(|made| &made.admin));
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let wait = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
         let _ = stopped.wait_for(|stop| *stop).await;
@@ -144,7 +227,10 @@ async fn serve(args: &UpArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
     // nats-server may still be starting: retry for a while before giving up.
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     let connection = loop {
-        match lattice.connect("shoal up scheduler").await {
+        match scheduler_lattice
+            .connect_as("shoal up scheduler", shoal_lattice::store::SCHEDULER_ORIGIN)
+            .await
+        {
             Ok(connection) => break connection,
             Err(error) if std::time::Instant::now() > deadline => return Err(error),
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
@@ -188,8 +274,12 @@ async fn serve(args: &UpArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
         options
             .labels
             .insert("zone".to_owned(), format!("zone-{index}"));
+        let host_lattice =
+            as_holder(credentials.and_then(|made| made.hosts.get(usize::from(index) - 1)));
         let agent = Agent::new(
-            lattice.connect(&format!("shoal up {id}")).await?,
+            host_lattice
+                .connect_as(&format!("shoal up {id}"), &id)
+                .await?,
             runtime.clone(),
             OciFetch(args.registry.client()?),
             options,
@@ -203,7 +293,7 @@ async fn serve(args: &UpArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
         });
     }
     if let Some(manifest) = &args.example {
-        crate::commands::apply::apply_file(manifest, &args.registry, lattice).await?;
+        crate::commands::apply::apply_file(manifest, &args.registry, &admin_lattice).await?;
         println!("try: curl http://{}/", args.http);
         println!("     shoal get replicas; shoal logs <app> -f; shoal events -f");
     }

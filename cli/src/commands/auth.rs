@@ -1,0 +1,497 @@
+//! `shoal auth init|host|scheduler|user|revoke|list`: a lattice's signing identity and the
+//! credentials it mints.
+//!
+//! `init` makes an operator, the lattice's account (JetStream on) and a system account,
+//! and writes `nats-auth.conf` for nats-server (operator mode, NATS-based account
+//! resolver). Minting a credential needs no server change: nats-server trusts any user JWT
+//! the account signs. Revoking re-signs the account with the user's key in its revocation
+//! list and pushes it through the system account, so it takes effect at once (nats-server
+//! closes the revoked connections) without a restart.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use serde::{Deserialize, Serialize};
+use shoal_lattice::auth::{self, Grant, Identity, Role};
+use shoal_lattice::names::{check_host_id, check_name};
+
+use crate::lattice::LatticeArgs;
+
+/// The signing identity's files in an auth directory.
+const STATE: &str = "auth.json";
+const OPERATOR_SEED: &str = "operator.nk";
+const ACCOUNT_SEED: &str = "account.nk";
+const SYSTEM_SEED: &str = "system.nk";
+/// The system account's user, which pushes account updates to nats-server.
+pub const SYSTEM_CREDS: &str = "system.creds";
+/// The file nats-server includes.
+pub const SERVER_CONFIG: &str = "nats-auth.conf";
+
+/// Create a lattice's signing identity and mint credentials for hosts, schedulers and people.
+#[derive(Debug, Args)]
+pub struct AuthArgs {
+    /// Where the signing identity lives [default: ~/.local/share/shoal/nats/auth, where
+    /// `shoal up` keeps its own].
+    #[arg(long, env = "SHOAL_AUTH_DIR", global = true, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: AuthCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuthCommand {
+    /// Create the signing identity (operator, account, system account) and nats-server's
+    /// auth config. Does nothing when the directory already holds one.
+    Init,
+    /// Mint a credential for one host: it may write only its own host record and replica
+    /// statuses, hear only requests sent to it, and publish only its own logs and events.
+    Host {
+        /// The host's id (`shoal host --id`; a host started with this credential takes it as
+        /// its id by default).
+        id: String,
+        /// Write the credential here (mode 0600) instead of standard output.
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// Mint a credential for a scheduler (the control plane: it writes desired state and
+    /// serves the control API).
+    Scheduler {
+        /// The scheduler's name.
+        name: String,
+        /// Write the credential here (mode 0600) instead of standard output.
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// Mint a credential for a person or a CI job, with roles per namespace or for the whole
+    /// lattice: viewer (get, describe, logs, events), editor (also apply, delete, scale,
+    /// rollout), admin (everything).
+    User {
+        /// The user's name.
+        name: String,
+        /// The role: viewer, editor or admin.
+        #[arg(long, value_name = "ROLE")]
+        role: Role,
+        /// A namespace the role holds in (repeat for several); none: the whole lattice.
+        #[arg(short, long = "namespace", value_name = "NS")]
+        namespaces: Vec<String>,
+        /// Write the credential here (mode 0600) instead of standard output.
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// Revoke every credential minted for NAME; nats-server closes their connections within
+    /// seconds and refuses them from then on.
+    Revoke {
+        /// The host, scheduler or user.
+        name: String,
+    },
+    /// List the identities minted, with their roles and whether they are revoked.
+    List,
+}
+
+/// One minted credential.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Minted {
+    #[serde(flatten)]
+    identity: Identity,
+    public_key: String,
+    issued_at: u64,
+    #[serde(default)]
+    revoked: bool,
+}
+
+/// What `auth.json` keeps: public keys, the account's revocations, what was minted.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct State {
+    lattice: String,
+    operator: String,
+    account: String,
+    system: String,
+    account_issued_at: u64,
+    #[serde(default)]
+    revocations: BTreeMap<String, u64>,
+    #[serde(default)]
+    minted: Vec<Minted>,
+}
+
+/// The default auth directory: next to `shoal up`'s JetStream data, since the account's
+/// JetStream state belongs to its key.
+pub fn default_dir() -> anyhow::Result<PathBuf> {
+    Ok(dirs::data_dir()
+        .context("no data directory for this user: pass --dir")?
+        .join("shoal/nats/auth"))
+}
+
+fn now() -> u64 {
+    shoal_lattice::records::now_millis() / 1000
+}
+
+/// Writes `text` to `path` readable by its owner only, crash-safely (temp file, fsync,
+/// rename).
+pub fn write_secret(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let temp = path.with_extension("tmp");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&temp)
+        .with_context(|| format!("cannot write {}", temp.display()))?;
+    file.write_all(text.as_bytes())
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("cannot write {}", temp.display()))?;
+    std::fs::rename(&temp, path).with_context(|| format!("cannot write {}", path.display()))
+}
+
+fn read_seed(dir: &Path, file: &str) -> anyhow::Result<nkeys::KeyPair> {
+    let path = dir.join(file);
+    let seed = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    nkeys::KeyPair::from_seed(seed.trim())
+        .with_context(|| format!("{} does not hold an nkey seed", path.display()))
+}
+
+/// A lattice's signing identity on disk.
+pub struct Authority {
+    dir: PathBuf,
+    state: State,
+}
+
+impl Authority {
+    /// Creates the signing identity in `dir` for `lattice`, or opens the one there.
+    pub fn init(dir: &Path, lattice: &str) -> anyhow::Result<(Self, bool)> {
+        if dir.join(STATE).exists() {
+            let authority = Self::open(dir)?;
+            if authority.state.lattice != lattice {
+                bail!(
+                    "{} holds the identity of lattice {:?}, not {lattice:?}",
+                    dir.display(),
+                    authority.state.lattice
+                );
+            }
+            // Rewrites nats-server's config as this version of Shoal writes it.
+            authority.save()?;
+            return Ok((authority, false));
+        }
+        check_name("lattice name", lattice)?;
+        std::fs::create_dir_all(dir.join("jwt"))
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        let operator = nkeys::KeyPair::new_operator();
+        let account = nkeys::KeyPair::new_account();
+        let system = nkeys::KeyPair::new_account();
+        for (file, key) in [
+            (OPERATOR_SEED, &operator),
+            (ACCOUNT_SEED, &account),
+            (SYSTEM_SEED, &system),
+        ] {
+            write_secret(&dir.join(file), &format!("{}\n", key.seed()?))?;
+        }
+        let issued_at = now();
+        let system_user = nkeys::KeyPair::new_user();
+        let system_jwt = auth::user_jwt(
+            &system,
+            &system_user.public_key(),
+            "system",
+            None,
+            Vec::new(),
+            issued_at,
+        )?;
+        write_secret(
+            &dir.join(SYSTEM_CREDS),
+            &auth::creds(&system_jwt, &system_user.seed()?),
+        )?;
+        let authority = Self {
+            dir: dir.to_owned(),
+            state: State {
+                lattice: lattice.to_owned(),
+                operator: operator.public_key(),
+                account: account.public_key(),
+                system: system.public_key(),
+                account_issued_at: issued_at,
+                revocations: BTreeMap::new(),
+                minted: Vec::new(),
+            },
+        };
+        authority.save()?;
+        Ok((authority, true))
+    }
+
+    /// Opens the signing identity in `dir`.
+    pub fn open(dir: &Path) -> anyhow::Result<Self> {
+        let path = dir.join(STATE);
+        let text = std::fs::read_to_string(&path).with_context(|| {
+            format!(
+                "cannot read {}: run shoal auth init (or shoal up) first, or pass --dir",
+                path.display()
+            )
+        })?;
+        let state = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a Shoal auth state", path.display()))?;
+        Ok(Self {
+            dir: dir.to_owned(),
+            state,
+        })
+    }
+
+    /// The lattice this identity signs for.
+    pub fn lattice(&self) -> &str {
+        &self.state.lattice
+    }
+
+    fn account_jwt(&self) -> anyhow::Result<String> {
+        let operator = read_seed(&self.dir, OPERATOR_SEED)?;
+        Ok(auth::account_jwt(
+            &operator,
+            &self.state.account,
+            &self.state.lattice,
+            true,
+            &self.state.revocations,
+            self.state.account_issued_at,
+        )?)
+    }
+
+    /// Writes the state and nats-server's config (the preloaded account JWTs are the
+    /// current ones, so a restarted server starts with every revocation).
+    fn save(&self) -> anyhow::Result<()> {
+        let operator = read_seed(&self.dir, OPERATOR_SEED)?;
+        let operator_jwt = auth::operator_jwt(
+            &operator,
+            "shoal",
+            &self.state.system,
+            self.state.account_issued_at,
+        )?;
+        let system_jwt = auth::account_jwt(
+            &operator,
+            &self.state.system,
+            "SYS",
+            false,
+            &BTreeMap::new(),
+            self.state.account_issued_at,
+        )?;
+        let config = format!(
+            "# Written by shoal auth: the lattice {lattice:?} in operator mode.\n\
+             # Credentials carry their permissions: a host's CONNECT line is several KiB.\n\
+             max_control_line: 65536\n\
+             operator: \"{operator_jwt}\"\n\
+             system_account: \"{system}\"\n\
+             resolver: {{\n  type: full\n  dir: \"{jwt_dir}\"\n  allow_delete: false\n  interval: \"2m\"\n}}\n\
+             resolver_preload: {{\n  {account}: \"{account_jwt}\"\n  {system}: \"{system_jwt}\"\n}}\n",
+            lattice = self.state.lattice,
+            system = self.state.system,
+            jwt_dir = self.dir.join("jwt").display(),
+            account = self.state.account,
+            account_jwt = self.account_jwt()?,
+        );
+        write_secret(&self.dir.join(SERVER_CONFIG), &config)?;
+        let state = serde_json::to_string_pretty(&self.state)?;
+        write_secret(&self.dir.join(STATE), &state)
+    }
+
+    /// Mints a credential for `identity` (a name is one kind of identity: a user cannot
+    /// take a host's name).
+    pub fn mint(&mut self, identity: Identity) -> anyhow::Result<String> {
+        match &identity {
+            Identity::Host { id } => check_host_id(id)?,
+            Identity::Scheduler { name } => check_name("scheduler name", name)?,
+            Identity::User { name, grants } => {
+                check_name("user name", name)?;
+                if name == auth::ANONYMOUS {
+                    bail!("{name:?} is reserved for open lattices");
+                }
+                for grant in grants {
+                    if let Some(namespace) = &grant.namespace {
+                        check_name("namespace", namespace)?;
+                    }
+                }
+            }
+        }
+        if let Some(other) = self
+            .state
+            .minted
+            .iter()
+            .find(|minted| minted.identity.name() == identity.name())
+            .filter(|minted| minted.identity.kind() != identity.kind())
+        {
+            bail!(
+                "{:?} is already the name of a {}; pick another name",
+                identity.name(),
+                other.identity.kind()
+            );
+        }
+        let account = read_seed(&self.dir, ACCOUNT_SEED)?;
+        let user = nkeys::KeyPair::new_user();
+        let issued_at = now();
+        let jwt = auth::identity_jwt(
+            &account,
+            &user.public_key(),
+            &self.state.lattice,
+            &identity,
+            issued_at,
+        )?;
+        self.state.minted.push(Minted {
+            identity,
+            public_key: user.public_key(),
+            issued_at,
+            revoked: false,
+        });
+        self.save()?;
+        Ok(auth::creds(&jwt, &user.seed()?))
+    }
+
+    /// A credential for `identity` kept in the auth directory's `creds/`, minted on first use
+    /// (`shoal up` gives its scheduler and hosts theirs this way).
+    pub fn credential_file(&mut self, identity: Identity) -> anyhow::Result<PathBuf> {
+        let dir = self.dir.join("creds");
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        let path = dir.join(format!("{}-{}.creds", identity.kind(), identity.name()));
+        if !path.exists() {
+            let creds = self.mint(identity)?;
+            write_secret(&path, &creds)?;
+        }
+        Ok(path)
+    }
+
+    /// Marks every credential of `name` revoked and returns the account JWT to push.
+    fn revoke(&mut self, name: &str) -> anyhow::Result<String> {
+        let keys: Vec<String> = self
+            .state
+            .minted
+            .iter_mut()
+            .filter(|minted| minted.identity.name() == name)
+            .map(|minted| {
+                minted.revoked = true;
+                minted.public_key.clone()
+            })
+            .collect();
+        if keys.is_empty() {
+            bail!("no credential was minted for {name:?}; shoal auth list shows them");
+        }
+        // A JWT issued in the same second as the current one would not replace it.
+        let issued_at = now().max(self.state.account_issued_at + 1);
+        for key in keys {
+            self.state.revocations.entry(key).or_insert(issued_at);
+        }
+        self.state.account_issued_at = issued_at;
+        self.save()?;
+        self.account_jwt()
+    }
+}
+
+fn emit(creds: &str, output: Option<&Path>) -> anyhow::Result<()> {
+    match output {
+        Some(path) => {
+            write_secret(path, creds)?;
+            eprintln!("wrote {}", path.display());
+        }
+        None => print!("{creds}"),
+    }
+    Ok(())
+}
+
+pub async fn run(args: AuthArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
+    let dir = match args.dir {
+        Some(dir) => dir,
+        None => default_dir()?,
+    };
+    match args.command {
+        AuthCommand::Init => {
+            let (authority, created) = Authority::init(&dir, &lattice.lattice)?;
+            if created {
+                println!(
+                    "created the signing identity of lattice {:?} in {}",
+                    authority.lattice(),
+                    dir.display()
+                );
+            } else {
+                println!(
+                    "{} already holds the signing identity of lattice {:?}",
+                    dir.display(),
+                    authority.lattice()
+                );
+            }
+            println!(
+                "nats-server: add  include \"{}\"  to its config (and -js)",
+                dir.join(SERVER_CONFIG).display()
+            );
+        }
+        AuthCommand::Host { id, output } => {
+            let mut authority = Authority::open(&dir)?;
+            let creds = authority.mint(Identity::Host { id })?;
+            emit(&creds, output.as_deref())?;
+        }
+        AuthCommand::Scheduler { name, output } => {
+            let mut authority = Authority::open(&dir)?;
+            let creds = authority.mint(Identity::Scheduler { name })?;
+            emit(&creds, output.as_deref())?;
+        }
+        AuthCommand::User {
+            name,
+            role,
+            namespaces,
+            output,
+        } => {
+            let mut authority = Authority::open(&dir)?;
+            let grants = if namespaces.is_empty() {
+                vec![Grant {
+                    role,
+                    namespace: None,
+                }]
+            } else {
+                namespaces
+                    .into_iter()
+                    .map(|namespace| Grant {
+                        role,
+                        namespace: Some(namespace),
+                    })
+                    .collect()
+            };
+            let creds = authority.mint(Identity::User { name, grants })?;
+            emit(&creds, output.as_deref())?;
+        }
+        AuthCommand::Revoke { name } => {
+            let mut authority = Authority::open(&dir)?;
+            let jwt = authority.revoke(&name)?;
+            let system = std::fs::read_to_string(dir.join(SYSTEM_CREDS))
+                .with_context(|| format!("cannot read {}", dir.join(SYSTEM_CREDS).display()))?;
+            shoal_lattice::auth::push_account(lattice.url(), &system, &jwt)
+                .await
+                .with_context(|| {
+                    format!(
+                        "the revocation of {name:?} is saved in {} but nats-server did not take it; run this again once it is reachable",
+                        dir.display()
+                    )
+                })?;
+            println!("revoked every credential of {name:?}");
+        }
+        AuthCommand::List => {
+            let authority = Authority::open(&dir)?;
+            let mut table = crate::commands::get::table(&["NAME", "KIND", "ROLES", "AGE", "STATE"]);
+            for minted in &authority.state.minted {
+                let roles = match &minted.identity {
+                    Identity::User { grants, .. } => grants
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    _ => String::new(),
+                };
+                table.add_row(vec![
+                    minted.identity.name().to_owned(),
+                    minted.identity.kind().to_owned(),
+                    roles,
+                    crate::commands::get::age(minted.issued_at * 1000),
+                    if minted.revoked { "revoked" } else { "valid" }.to_owned(),
+                ]);
+            }
+            println!("{table}");
+        }
+    }
+    Ok(0)
+}

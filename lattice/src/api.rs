@@ -1,0 +1,616 @@
+//! The control API: what the CLI asks of the control plane, over NATS request/reply.
+//!
+//! Every scheduler process answers (a queue group, so any one of them, leader or not). A
+//! request goes to `shoal.<lattice>.v1.api.<role>.<scope>.<user>.<verb>`; on a secure
+//! lattice nats-server lets a user publish only on the subjects of the grants in its
+//! credential (see [`crate::auth`]), so the server authorizes by the subject alone: the
+//! grant named there must allow the request's role and namespaces. The body is a JSON
+//! [`Request`]; the answer a JSON [`Answer`].
+
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::auth::{ANONYMOUS, Grant, Holder, LATTICE_SCOPE, Role, api_subject};
+use crate::records::{
+    AppRecord, AppSpec, AppStatus, Assignment, HostRecord, ReplicaStatus, RevisionRecord,
+};
+
+/// How long one attempt waits for an answer: a scheduler that froze (a stopped VM) still
+/// holds its place in the queue group, so a request it got is sent again.
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(4);
+/// How long a call keeps trying.
+pub const TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a call waits for a scheduler to answer at all (one may be starting).
+pub const NO_SERVER_WAIT: Duration = Duration::from_secs(5);
+
+/// One app of an `apply`, its component already pinned by the client.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AppManifest {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// The spec as written.
+    pub spec: AppSpec,
+    /// The component's manifest digest.
+    pub digest: String,
+}
+
+/// What the CLI asks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "verb")]
+pub enum Request {
+    /// Create or update apps (all or nothing for validation and route collisions).
+    Apply {
+        /// The apps.
+        apps: Vec<AppManifest>,
+    },
+    /// Delete an app.
+    Delete {
+        /// Namespace.
+        namespace: String,
+        /// Name.
+        name: String,
+    },
+    /// Change an app's replica count.
+    Scale {
+        /// Namespace.
+        namespace: String,
+        /// Name.
+        name: String,
+        /// Replicas wanted.
+        replicas: u32,
+    },
+    /// Roll back to an earlier revision.
+    Undo {
+        /// Namespace.
+        namespace: String,
+        /// Name.
+        name: String,
+        /// The revision; `None` for the one before.
+        to_revision: Option<u64>,
+    },
+    /// Pause or resume a rollout.
+    Pause {
+        /// Namespace.
+        namespace: String,
+        /// Name.
+        name: String,
+        /// Paused or resumed.
+        paused: bool,
+    },
+    /// An app's revisions.
+    History {
+        /// Namespace.
+        namespace: String,
+        /// Name.
+        name: String,
+    },
+    /// Apps with their status (of one namespace, or every namespace the caller may view).
+    GetApps {
+        /// Only this namespace.
+        namespace: Option<String>,
+    },
+    /// Hosts.
+    GetHosts,
+    /// Replicas with their status.
+    GetReplicas {
+        /// Only this namespace.
+        namespace: Option<String>,
+    },
+    /// One app in detail.
+    DescribeApp {
+        /// Namespace.
+        namespace: String,
+        /// Name.
+        name: String,
+    },
+}
+
+impl Request {
+    /// The verb: the last token of the subject.
+    pub fn verb(&self) -> &'static str {
+        match self {
+            Request::Apply { .. } => "apply",
+            Request::Delete { .. } => "delete",
+            Request::Scale { .. } => "scale",
+            Request::Undo { .. } => "undo",
+            Request::Pause { paused: true, .. } => "pause",
+            Request::Pause { paused: false, .. } => "resume",
+            Request::History { .. } => "history",
+            Request::GetApps { .. } => "get",
+            Request::GetHosts => "get",
+            Request::GetReplicas { .. } => "get",
+            Request::DescribeApp { .. } => "describe",
+        }
+    }
+
+    /// The role it needs and the namespaces it touches (none: it reads lattice-wide or
+    /// filters what it reads to what the caller may see).
+    pub fn needs(&self) -> (Role, Vec<&str>) {
+        match self {
+            Request::Apply { apps } => (
+                Role::Editor,
+                apps.iter().map(|app| app.namespace.as_str()).collect(),
+            ),
+            Request::Delete { namespace, .. }
+            | Request::Scale { namespace, .. }
+            | Request::Undo { namespace, .. }
+            | Request::Pause { namespace, .. } => (Role::Editor, vec![namespace]),
+            Request::History { namespace, .. } | Request::DescribeApp { namespace, .. } => {
+                (Role::Viewer, vec![namespace])
+            }
+            Request::GetApps { namespace } | Request::GetReplicas { namespace } => {
+                (Role::Viewer, namespace.iter().map(String::as_str).collect())
+            }
+            Request::GetHosts => (Role::Viewer, Vec::new()),
+        }
+    }
+}
+
+/// Why a request was not done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ErrorCode {
+    /// The caller's grant does not allow it; nothing changed.
+    Forbidden,
+    /// The request is not valid (with the field paths); nothing changed.
+    Invalid,
+    /// What it names does not exist.
+    NotFound,
+    /// It collides with what is stored (routes); nothing changed.
+    Conflict,
+    /// The server failed.
+    Internal,
+}
+
+/// A refused or failed request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiError {
+    /// What kind of refusal.
+    pub code: ErrorCode,
+    /// For people.
+    pub message: String,
+}
+
+impl ApiError {
+    /// An error of `code`.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// The answer to a request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Answer<T> {
+    /// Done.
+    Ok(T),
+    /// Not done.
+    Error(ApiError),
+}
+
+/// What applying one app did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "change")]
+pub enum Applied {
+    /// A new app, at revision 1.
+    Created {
+        /// Replicas.
+        replicas: u32,
+    },
+    /// A new revision.
+    Revised {
+        /// The revision.
+        revision: u64,
+        /// What changed.
+        changes: Vec<String>,
+    },
+    /// Only the replica count changed.
+    Scaled {
+        /// Before.
+        from: u32,
+        /// After.
+        to: u32,
+    },
+    /// Something outside the template changed.
+    Updated {
+        /// The revision (unchanged).
+        revision: u64,
+        /// What changed.
+        changes: Vec<String>,
+    },
+    /// Nothing changed.
+    Unchanged {
+        /// The revision.
+        revision: u64,
+    },
+}
+
+/// One app's outcome in an apply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AppliedApp {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// What happened.
+    #[serde(flatten)]
+    pub applied: Applied,
+}
+
+/// The outcome of a scale.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Scaled {
+    /// Replicas before.
+    pub from: u32,
+}
+
+/// The outcome of an undo.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UndoneTo {
+    /// The revision returned to.
+    pub target: u64,
+    /// The app's revision now.
+    pub revision: u64,
+    /// Whether a new revision was made (else the app already ran that template).
+    pub revised: bool,
+}
+
+/// An app's revisions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct History {
+    /// The current revision.
+    pub current: u64,
+    /// The revisions kept, oldest first.
+    pub revisions: Vec<RevisionRecord>,
+}
+
+/// An app with its status.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AppView {
+    /// The app.
+    #[serde(flatten)]
+    pub app: AppRecord,
+    /// Its status, once a scheduler wrote one.
+    pub status: Option<AppStatus>,
+}
+
+/// A host with the replicas assigned to it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HostView {
+    /// The host.
+    #[serde(flatten)]
+    pub host: HostRecord,
+    /// Replicas assigned to it.
+    pub replicas: usize,
+}
+
+/// A replica: its assignment and status.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicaView {
+    /// Where it runs, what.
+    #[serde(flatten)]
+    pub assignment: Assignment,
+    /// What its host reports.
+    pub status: Option<ReplicaStatus>,
+}
+
+/// One app in detail.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AppDetail {
+    /// The app.
+    pub app: AppRecord,
+    /// Its status.
+    pub status: Option<AppStatus>,
+    /// Its replicas.
+    pub replicas: Vec<ReplicaView>,
+}
+
+/// Who a request comes from, read from the subject it arrived on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// The user's name.
+    pub user: String,
+    /// The grant the request was sent under.
+    pub grant: Grant,
+}
+
+impl Caller {
+    /// Reads the caller from a request subject `…api.<role>.<scope>.<user>.<verb>`.
+    pub fn from_subject(lattice: &str, subject: &str) -> Option<Self> {
+        let prefix = crate::auth::api_subjects(lattice);
+        let rest = subject.strip_prefix(prefix.trim_end_matches('>'))?;
+        let mut tokens = rest.split('.');
+        let (Some(role), Some(scope), Some(user), Some(_verb), None) = (
+            tokens.next(),
+            tokens.next(),
+            tokens.next(),
+            tokens.next(),
+            tokens.next(),
+        ) else {
+            return None;
+        };
+        Some(Caller {
+            user: user.to_owned(),
+            grant: Grant::from_scope(role.parse().ok()?, scope),
+        })
+    }
+
+    /// Whether this caller may do `request`; else the refusal, naming who, what and where.
+    pub fn authorize(&self, request: &Request) -> Result<(), ApiError> {
+        let (role, namespaces) = request.needs();
+        let refuse = |place: &str| {
+            ApiError::new(
+                ErrorCode::Forbidden,
+                format!(
+                    "forbidden: {} ({}) may not {} {place}",
+                    self.user,
+                    self.grant,
+                    request.verb()
+                ),
+            )
+        };
+        if self.grant.role < role {
+            let place = namespaces
+                .first()
+                .map_or_else(|| "in the lattice".to_owned(), |ns| format!("in {ns}"));
+            return Err(refuse(&place));
+        }
+        for namespace in namespaces {
+            if !self.grant.allows(role, Some(namespace)) {
+                return Err(refuse(&format!("in {namespace}")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether this caller may see things of `namespace`.
+    pub fn may_view(&self, namespace: &str) -> bool {
+        self.grant.allows(Role::Viewer, Some(namespace))
+    }
+}
+
+/// The CLI's side: sends requests under the caller's best grant for each.
+#[derive(Debug, Clone)]
+pub struct Client {
+    nats: async_nats::Client,
+    lattice: String,
+    user: String,
+    grants: Vec<Grant>,
+}
+
+/// What a call can end in.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The server refused or failed the request.
+    #[error(transparent)]
+    Refused(#[from] ApiError),
+    /// No server answered.
+    #[error(
+        "no scheduler answers the control API of lattice {0:?}: start one (shoal scheduler, or shoal up)"
+    )]
+    NoServer(String),
+    /// The request could not be sent or its answer read.
+    #[error("control API request failed: {0}")]
+    Transport(String),
+}
+
+impl Client {
+    /// A client of `lattice` over `nats`, as the holder of the connection's credential
+    /// (`None`: an open lattice, where anyone is an admin).
+    pub fn new(nats: async_nats::Client, lattice: &str, holder: Option<&Holder>) -> Self {
+        let (user, grants) = match holder {
+            Some(holder) if holder.kind == "user" => (holder.name.clone(), holder.grants.clone()),
+            _ => (
+                ANONYMOUS.to_owned(),
+                vec![Grant {
+                    role: Role::Admin,
+                    namespace: None,
+                }],
+            ),
+        };
+        Self {
+            nats,
+            lattice: lattice.to_owned(),
+            user,
+            grants,
+        }
+    }
+
+    /// The caller's name.
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+
+    /// Whether the caller may view the whole lattice.
+    pub fn lattice_wide(&self) -> bool {
+        self.grants.iter().any(|grant| grant.namespace.is_none())
+    }
+
+    /// Sends `request` and decodes the answer.
+    ///
+    /// # Errors
+    /// [`CallError::Refused`] with the server's reason, else why no answer came.
+    pub async fn call<T: DeserializeOwned>(&self, request: &Request) -> Result<T, CallError> {
+        let grant = choose_grant(&self.grants, request);
+        let subject = api_subject(&self.lattice, &grant, &self.user, request.verb());
+        let body =
+            serde_json::to_vec(request).map_err(|error| CallError::Transport(error.to_string()))?;
+        let subject = async_nats::Subject::from(subject);
+        // Sending again is safe for every request but undo, which would roll back twice;
+        // undo is sent again only when nobody got it.
+        let resend_after_timeout = !matches!(request, Request::Undo { .. });
+        let started = tokio::time::Instant::now();
+        let body = bytes::Bytes::from(body);
+        let reply = loop {
+            let attempt = tokio::time::timeout(
+                ATTEMPT_TIMEOUT,
+                self.nats.request(subject.clone(), body.clone()),
+            )
+            .await;
+            match attempt {
+                Ok(Ok(reply)) => break reply,
+                Ok(Err(error)) if error.kind() == async_nats::RequestErrorKind::NoResponders => {
+                    if started.elapsed() >= NO_SERVER_WAIT {
+                        return Err(CallError::NoServer(self.lattice.clone()));
+                    }
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Ok(Err(error)) if error.kind() != async_nats::RequestErrorKind::TimedOut => {
+                    return Err(CallError::Transport(error.to_string()));
+                }
+                _ if resend_after_timeout && started.elapsed() + ATTEMPT_TIMEOUT <= TIMEOUT => {
+                    tracing::debug!("no answer in time; asking again");
+                }
+                _ => {
+                    return Err(CallError::Transport(format!(
+                        "no answer within {:?}",
+                        started.elapsed()
+                    )));
+                }
+            }
+        };
+        match serde_json::from_slice::<Answer<T>>(&reply.payload) {
+            Ok(Answer::Ok(value)) => Ok(value),
+            Ok(Answer::Error(error)) => Err(CallError::Refused(error)),
+            Err(error) => Err(CallError::Transport(format!(
+                "unexpected answer from the control plane: {error}"
+            ))),
+        }
+    }
+}
+
+/// The grant a request goes under: the narrowest one that allows it, else the strongest
+/// in one of its namespaces, else the strongest (the server then says what is missing).
+fn choose_grant(grants: &[Grant], request: &Request) -> Grant {
+    let (role, namespaces) = request.needs();
+    let allows = |grant: &&Grant| {
+        namespaces
+            .iter()
+            .all(|namespace| grant.allows(role, Some(namespace)))
+            && grant.role >= role
+    };
+    let covering =
+        |grant: &&Grant| namespaces.is_empty() || namespaces.iter().any(|ns| grant.scope() == *ns);
+    grants
+        .iter()
+        .filter(allows)
+        .min_by_key(|grant| (grant.role, grant.scope() == LATTICE_SCOPE))
+        .or_else(|| {
+            grants
+                .iter()
+                .filter(covering)
+                .max_by_key(|grant| grant.role)
+        })
+        .or_else(|| grants.iter().max_by_key(|grant| grant.role))
+        .cloned()
+        .unwrap_or(Grant {
+            role: Role::Viewer,
+            namespace: None,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn caller(role: Role, namespace: Option<&str>) -> Caller {
+        Caller {
+            user: "alice".to_owned(),
+            grant: Grant {
+                role,
+                namespace: namespace.map(str::to_owned),
+            },
+        }
+    }
+
+    #[test]
+    fn callers_are_read_from_the_subject() {
+        let read = Caller::from_subject("dev", "shoal.dev.v1.api.viewer.team-a.alice.get");
+        assert_eq!(read, Some(caller(Role::Viewer, Some("team-a"))));
+        assert_eq!(
+            Caller::from_subject("dev", "shoal.dev.v1.api.admin._lattice.root.apply")
+                .map(|caller| caller.grant.namespace),
+            Some(None)
+        );
+        for bad in [
+            "shoal.dev.v1.api.boss.team-a.alice.get",
+            "shoal.dev.v1.api.viewer.team-a.alice",
+            "shoal.dev.v1.api.viewer.team-a.alice.get.more",
+            "shoal.other.v1.api.viewer.team-a.alice.get",
+        ] {
+            assert_eq!(Caller::from_subject("dev", bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn refusals_name_who_what_and_where() {
+        let delete = Request::Delete {
+            namespace: "team-a".to_owned(),
+            name: "web".to_owned(),
+        };
+        let refused = caller(Role::Viewer, Some("team-a"))
+            .authorize(&delete)
+            .unwrap_err();
+        assert_eq!(refused.code, ErrorCode::Forbidden);
+        assert_eq!(
+            refused.message,
+            "forbidden: alice (viewer in team-a) may not delete in team-a"
+        );
+        let elsewhere = caller(Role::Editor, Some("team-b"))
+            .authorize(&delete)
+            .unwrap_err();
+        assert_eq!(
+            elsewhere.message,
+            "forbidden: alice (editor in team-b) may not delete in team-a"
+        );
+        assert!(
+            caller(Role::Editor, Some("team-a"))
+                .authorize(&delete)
+                .is_ok()
+        );
+        assert!(caller(Role::Admin, None).authorize(&delete).is_ok());
+        assert!(
+            caller(Role::Viewer, Some("team-a"))
+                .authorize(&Request::GetHosts)
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn the_client_picks_a_grant_that_allows_the_request() {
+        let viewer = Grant {
+            role: Role::Viewer,
+            namespace: None,
+        };
+        let editor = Grant {
+            role: Role::Editor,
+            namespace: Some("team-a".to_owned()),
+        };
+        let grants = [viewer.clone(), editor.clone()];
+        let delete = |namespace: &str| Request::Delete {
+            namespace: namespace.to_owned(),
+            name: "web".to_owned(),
+        };
+        assert_eq!(choose_grant(&grants, &delete("team-a")), editor);
+        assert_eq!(choose_grant(&grants, &Request::GetHosts), viewer);
+        // No grant allows it: the strongest is sent, and refused by the server.
+        assert_eq!(choose_grant(&grants, &delete("team-b")), editor);
+    }
+}

@@ -1,0 +1,831 @@
+//! Identities of a secure lattice and what each may do, enforced by nats-server.
+//!
+//! A lattice's trust chain is NATS decentralized auth: an operator key signs an account
+//! (one per `shoal auth init`, with JetStream on) and a system account; the account key
+//! signs one user JWT per host, scheduler or person. Each JWT carries the subject
+//! permissions of its kind, built here from the lattice's names so they can never drift
+//! from the subjects the code uses: nats-server refuses anything else, so a stolen host
+//! credential can do what that one host could, and no more.
+//!
+//! People get roles (viewer, editor, admin) per namespace or lattice-wide. A role is
+//! granted by letting the user publish on the control API subject
+//! `shoal.<lattice>.v1.api.<role>.<scope>.<user>.<verb>` (scope: a namespace, or
+//! `_lattice`); the API server reads role, scope and name from the subject the request came
+//! on, which nats-server has already checked against the signed JWT.
+//!
+//! JWTs are encoded here (header, claims, ed25519 signature by the `nkeys` crate): the
+//! format is three base64url parts and a JSON object, no cryptography of our own.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use data_encoding::{BASE32_NOPAD, BASE64URL_NOPAD};
+use nkeys::KeyPair;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::journal::Journal;
+use crate::names::{Bucket, PROTOCOL};
+
+/// The scope token of a lattice-wide grant (`_` cannot start a namespace).
+pub const LATTICE_SCOPE: &str = "_lattice";
+/// The user name of requests on an open (`--insecure`) lattice.
+pub const ANONYMOUS: &str = "anonymous";
+
+/// What an auth operation could not do.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// A key could not be made, read or used.
+    #[error("key error: {0}")]
+    Key(String),
+    /// A JWT or credentials file is not what it should be.
+    #[error("{0}")]
+    Malformed(String),
+    /// nats-server did not take an account update.
+    #[error("cannot update the account in nats-server: {0}")]
+    Push(String),
+}
+
+impl From<nkeys::error::Error> for AuthError {
+    fn from(error: nkeys::error::Error) -> Self {
+        AuthError::Key(error.to_string())
+    }
+}
+
+/// What a person may do; each role includes the ones before it.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// get, describe, logs, events.
+    #[default]
+    Viewer,
+    /// Also apply, delete, scale, rollout.
+    Editor,
+    /// Also identities and hosts.
+    Admin,
+}
+
+impl Role {
+    /// Every role, lowest first.
+    pub const ALL: [Role; 3] = [Role::Viewer, Role::Editor, Role::Admin];
+
+    /// The role's name, as in subjects.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Editor => "editor",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Role::ALL
+            .into_iter()
+            .find(|role| role.as_str() == text)
+            .ok_or_else(|| format!("{text:?} is not a role: viewer, editor or admin"))
+    }
+}
+
+/// A role in one namespace, or in all of them.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Grant {
+    /// The role.
+    pub role: Role,
+    /// The namespace; `None` for the whole lattice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+}
+
+impl Grant {
+    /// The scope token in API subjects: the namespace or [`LATTICE_SCOPE`].
+    pub fn scope(&self) -> &str {
+        self.namespace.as_deref().unwrap_or(LATTICE_SCOPE)
+    }
+
+    /// Whether this grant lets its holder act with `role` in `namespace` (`None`: on
+    /// something of the whole lattice, such as hosts).
+    pub fn allows(&self, role: Role, namespace: Option<&str>) -> bool {
+        self.role >= role
+            && match (&self.namespace, namespace) {
+                (None, _) => true,
+                (Some(mine), Some(wanted)) => mine == wanted,
+                (Some(_), None) => false,
+            }
+    }
+
+    /// Reads a grant back from its scope token.
+    pub fn from_scope(role: Role, scope: &str) -> Self {
+        Grant {
+            role,
+            namespace: (scope != LATTICE_SCOPE).then(|| scope.to_owned()),
+        }
+    }
+
+    /// The JWT tag that records it: `role:scope`.
+    fn tag(&self) -> String {
+        format!("{}:{}", self.role, self.scope())
+    }
+}
+
+impl fmt::Display for Grant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.namespace {
+            Some(namespace) => write!(f, "{} in {namespace}", self.role),
+            None => write!(f, "{} of the lattice", self.role),
+        }
+    }
+}
+
+/// Who a credential is for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "kind")]
+pub enum Identity {
+    /// One host, by id.
+    Host {
+        /// The host id.
+        id: String,
+    },
+    /// A scheduler process (any number may share the control plane).
+    Scheduler {
+        /// Its name.
+        name: String,
+    },
+    /// A person or a CI job.
+    User {
+        /// Its name.
+        name: String,
+        /// Its roles.
+        grants: Vec<Grant>,
+    },
+}
+
+impl Identity {
+    /// The name the credential carries.
+    pub fn name(&self) -> &str {
+        match self {
+            Identity::Host { id } => id,
+            Identity::Scheduler { name } | Identity::User { name, .. } => name,
+        }
+    }
+
+    /// The kind, as one word.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Identity::Host { .. } => "host",
+            Identity::Scheduler { .. } => "scheduler",
+            Identity::User { .. } => "user",
+        }
+    }
+
+    /// The prefix of this identity's reply inboxes: replies to one identity cannot be read
+    /// by another, because each may subscribe only under its own prefix.
+    pub fn inbox_prefix(&self) -> String {
+        format!("_INBOX.{}.{}", self.kind(), self.name())
+    }
+
+    /// Tags in the JWT, so a client can read back what it is (no secret: the server
+    /// enforces the permissions, not the tags).
+    fn tags(&self) -> Vec<String> {
+        let mut tags = vec![format!("shoal-kind:{}", self.kind())];
+        if let Identity::User { grants, .. } = self {
+            tags.extend(grants.iter().map(Grant::tag));
+        }
+        tags
+    }
+}
+
+/// The subjects an identity may publish and subscribe to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Permissions {
+    /// Subjects it may publish on.
+    pub publish: Vec<String>,
+    /// Subjects it may subscribe to.
+    pub subscribe: Vec<String>,
+    /// Whether it may answer requests it received (one reply each).
+    pub responses: bool,
+}
+
+/// The subject prefix of a lattice: `shoal.<lattice>.v1`.
+fn root(lattice: &str) -> String {
+    format!("shoal.{lattice}.{PROTOCOL}")
+}
+
+/// The control API subject of one request.
+pub fn api_subject(lattice: &str, grant: &Grant, user: &str, verb: &str) -> String {
+    format!(
+        "{}.api.{}.{}.{user}.{verb}",
+        root(lattice),
+        grant.role,
+        grant.scope()
+    )
+}
+
+/// Every control API subject, which API servers listen on.
+pub fn api_subjects(lattice: &str) -> String {
+    format!("{}.api.>", root(lattice))
+}
+
+/// Reading a JetStream stream: its info, consumers on it (named ones carry their filter in
+/// the subject), direct gets, flow control.
+fn read_stream(stream: &str, publish: &mut Vec<String>) {
+    publish.extend([
+        format!("$JS.API.STREAM.INFO.{stream}"),
+        format!("$JS.API.CONSUMER.CREATE.{stream}"),
+        format!("$JS.API.CONSUMER.CREATE.{stream}.>"),
+        format!("$JS.API.CONSUMER.INFO.{stream}.>"),
+        format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.>"),
+        format!("$JS.API.DIRECT.GET.{stream}"),
+        format!("$JS.API.DIRECT.GET.{stream}.>"),
+        format!("$JS.API.STREAM.MSG.GET.{stream}"),
+        format!("$JS.FC.{stream}.>"),
+    ]);
+}
+
+/// Reading a journal only under `filter` (a subject with wildcards): a consumer must be
+/// named, so its filter is in the subject nats-server checks.
+fn read_journal(stream: &str, filter: &str, publish: &mut Vec<String>) {
+    publish.extend([
+        format!("$JS.API.STREAM.INFO.{stream}"),
+        format!("$JS.API.CONSUMER.CREATE.{stream}.*.{filter}"),
+        format!("$JS.API.CONSUMER.INFO.{stream}.>"),
+        format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.>"),
+    ]);
+}
+
+/// What `identity` may do in `lattice`.
+pub fn permissions(lattice: &str, identity: &Identity) -> Permissions {
+    let root = root(lattice);
+    let kv_stream = |bucket: Bucket| format!("KV_{}", bucket.name(lattice));
+    let kv_key = |bucket: Bucket, key: &str| format!("$KV.{}.{key}", bucket.name(lattice));
+    let mut publish = Vec::new();
+    let mut subscribe = vec![format!("{}.>", identity.inbox_prefix())];
+    match identity {
+        Identity::Host { id } => {
+            // Every bucket opens (stream info); hosts read apps (routes), hosts (their own
+            // record, to refuse a duplicate id), assignments and statuses (endpoints).
+            for bucket in Bucket::ALL {
+                publish.push(format!("$JS.API.STREAM.INFO.{}", kv_stream(bucket)));
+            }
+            for bucket in [
+                Bucket::Apps,
+                Bucket::Hosts,
+                Bucket::Assignments,
+                Bucket::Status,
+            ] {
+                read_stream(&kv_stream(bucket), &mut publish);
+            }
+            for journal in Journal::ALL {
+                publish.push(format!("$JS.API.STREAM.INFO.{}", journal.stream(lattice)));
+            }
+            publish.extend([
+                kv_key(Bucket::Hosts, id),
+                kv_key(Bucket::Status, &format!("replicas.{id}.*")),
+                // Its own logs and events: the last token is the publisher.
+                format!("{root}.logs.*.*.{id}"),
+                format!("{root}.events.*.*.{id}"),
+                // Forwarded requests go to the host chosen among an app's endpoints.
+                format!("{root}.http.>"),
+            ]);
+            subscribe.push(format!("{root}.http.{id}.>"));
+        }
+        Identity::Scheduler { .. } => {
+            publish.extend([
+                "$JS.API.>".to_owned(),
+                "$JS.FC.>".to_owned(),
+                "$JS.ACK.>".to_owned(),
+                format!("{root}.>"),
+            ]);
+            for bucket in Bucket::ALL {
+                publish.push(format!("$KV.{}.>", bucket.name(lattice)));
+            }
+            subscribe.push(api_subjects(lattice));
+        }
+        Identity::User { name, grants } => {
+            for grant in grants {
+                publish.push(format!(
+                    "{root}.api.{}.{}.{name}.>",
+                    grant.role,
+                    grant.scope()
+                ));
+                // Logs and events of the namespaces it may view, read straight from the
+                // journals.
+                let filter = match &grant.namespace {
+                    Some(namespace) => format!("{namespace}.>"),
+                    None => ">".to_owned(),
+                };
+                for journal in Journal::ALL {
+                    read_journal(
+                        &journal.stream(lattice),
+                        &journal.subject(lattice, &filter),
+                        &mut publish,
+                    );
+                }
+            }
+            publish.sort();
+            publish.dedup();
+        }
+    }
+    subscribe.sort();
+    Permissions {
+        publish,
+        subscribe,
+        responses: matches!(identity, Identity::Host { .. } | Identity::Scheduler { .. }),
+    }
+}
+
+/// The claims every NATS JWT shares.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Claims<N> {
+    jti: String,
+    iat: u64,
+    iss: String,
+    name: String,
+    sub: String,
+    nats: N,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct SubjectList {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    allow: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ResponsePermission {
+    max: i64,
+    ttl: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct UserNats {
+    #[serde(rename = "pub")]
+    publish: SubjectList,
+    #[serde(rename = "sub")]
+    subscribe: SubjectList,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    resp: Option<ResponsePermission>,
+    subs: i64,
+    data: i64,
+    payload: i64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    tags: Vec<String>,
+    #[serde(rename = "type")]
+    kind: String,
+    version: u8,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct AccountLimits {
+    subs: i64,
+    data: i64,
+    payload: i64,
+    imports: i64,
+    exports: i64,
+    wildcards: bool,
+    conn: i64,
+    leaf: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    mem_storage: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    disk_storage: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    streams: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    consumer: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct AccountNats {
+    limits: AccountLimits,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    revocations: BTreeMap<String, u64>,
+    #[serde(rename = "type")]
+    kind: String,
+    version: u8,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct OperatorNats {
+    system_account: String,
+    #[serde(rename = "type")]
+    kind: String,
+    version: u8,
+}
+
+const HEADER: &str = r#"{"typ":"JWT","alg":"ed25519-nkey"}"#;
+
+/// Signs `claims` (whose `jti` is filled in here) with `signer`.
+fn encode<N: Serialize + Clone>(
+    mut claims: Claims<N>,
+    signer: &KeyPair,
+) -> Result<String, AuthError> {
+    claims.jti = String::new();
+    let unidentified = serde_json::to_vec(&claims)
+        .map_err(|error| AuthError::Malformed(format!("cannot encode claims: {error}")))?;
+    claims.jti = BASE32_NOPAD.encode(&Sha256::digest(&unidentified));
+    let body = serde_json::to_vec(&claims)
+        .map_err(|error| AuthError::Malformed(format!("cannot encode claims: {error}")))?;
+    let signed = format!(
+        "{}.{}",
+        BASE64URL_NOPAD.encode(HEADER.as_bytes()),
+        BASE64URL_NOPAD.encode(&body)
+    );
+    let signature = signer.sign(signed.as_bytes())?;
+    Ok(format!("{signed}.{}", BASE64URL_NOPAD.encode(&signature)))
+}
+
+/// The claims of a JWT, checked against its issuer's signature.
+fn decode<N: serde::de::DeserializeOwned>(jwt: &str) -> Result<Claims<N>, AuthError> {
+    let malformed = |what: &str| AuthError::Malformed(format!("not a NATS JWT: {what}"));
+    let mut parts = jwt.trim().split('.');
+    let (Some(header), Some(body), Some(signature), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(malformed("it does not have three parts"));
+    };
+    let bytes = BASE64URL_NOPAD
+        .decode(body.as_bytes())
+        .map_err(|_| malformed("the claims are not base64url"))?;
+    let claims: Claims<N> = serde_json::from_slice(&bytes)
+        .map_err(|error| malformed(&format!("unexpected claims: {error}")))?;
+    let signature = BASE64URL_NOPAD
+        .decode(signature.as_bytes())
+        .map_err(|_| malformed("the signature is not base64url"))?;
+    KeyPair::from_public_key(&claims.iss)?
+        .verify(format!("{header}.{body}").as_bytes(), &signature)
+        .map_err(|_| malformed("the signature does not match its issuer"))?;
+    Ok(claims)
+}
+
+/// The operator JWT, self-signed, naming the system account.
+pub fn operator_jwt(
+    operator: &KeyPair,
+    name: &str,
+    system_account: &str,
+    issued_at: u64,
+) -> Result<String, AuthError> {
+    encode(
+        Claims {
+            jti: String::new(),
+            iat: issued_at,
+            iss: operator.public_key(),
+            name: name.to_owned(),
+            sub: operator.public_key(),
+            nats: OperatorNats {
+                system_account: system_account.to_owned(),
+                kind: "operator".to_owned(),
+                version: 2,
+            },
+        },
+        operator,
+    )
+}
+
+/// An account JWT signed by `operator`; with `jetstream`, unlimited JetStream (the
+/// lattice's account), else none (the system account). `revocations` maps user public keys
+/// to the time (seconds) before which their JWTs no longer count.
+pub fn account_jwt(
+    operator: &KeyPair,
+    account: &str,
+    name: &str,
+    jetstream: bool,
+    revocations: &BTreeMap<String, u64>,
+    issued_at: u64,
+) -> Result<String, AuthError> {
+    let unlimited = jetstream.then_some(-1);
+    encode(
+        Claims {
+            jti: String::new(),
+            iat: issued_at,
+            iss: operator.public_key(),
+            name: name.to_owned(),
+            sub: account.to_owned(),
+            nats: AccountNats {
+                limits: AccountLimits {
+                    subs: -1,
+                    data: -1,
+                    payload: -1,
+                    imports: -1,
+                    exports: -1,
+                    wildcards: true,
+                    conn: -1,
+                    leaf: -1,
+                    mem_storage: unlimited,
+                    disk_storage: unlimited,
+                    streams: unlimited,
+                    consumer: unlimited,
+                },
+                revocations: revocations.clone(),
+                kind: "account".to_owned(),
+                version: 2,
+            },
+        },
+        operator,
+    )
+}
+
+/// A user JWT for `identity` in `lattice`, signed by `account`; `None` permissions means
+/// everything (the system account's user).
+pub fn user_jwt(
+    account: &KeyPair,
+    user: &str,
+    name: &str,
+    permissions: Option<&Permissions>,
+    tags: Vec<String>,
+    issued_at: u64,
+) -> Result<String, AuthError> {
+    let (publish, subscribe, resp) = match permissions {
+        Some(permissions) => (
+            permissions.publish.clone(),
+            permissions.subscribe.clone(),
+            permissions
+                .responses
+                .then_some(ResponsePermission { max: 1, ttl: 0 }),
+        ),
+        None => (Vec::new(), Vec::new(), None),
+    };
+    encode(
+        Claims {
+            jti: String::new(),
+            iat: issued_at,
+            iss: account.public_key(),
+            name: name.to_owned(),
+            sub: user.to_owned(),
+            nats: UserNats {
+                publish: SubjectList { allow: publish },
+                subscribe: SubjectList { allow: subscribe },
+                resp,
+                subs: -1,
+                data: -1,
+                payload: -1,
+                tags,
+                kind: "user".to_owned(),
+                version: 2,
+            },
+        },
+        account,
+    )
+}
+
+/// A user JWT for `identity` in `lattice`.
+pub fn identity_jwt(
+    account: &KeyPair,
+    user: &str,
+    lattice: &str,
+    identity: &Identity,
+    issued_at: u64,
+) -> Result<String, AuthError> {
+    user_jwt(
+        account,
+        user,
+        identity.name(),
+        Some(&permissions(lattice, identity)),
+        identity.tags(),
+        issued_at,
+    )
+}
+
+/// A credentials file (`.creds`), as `nsc` writes and NATS clients read.
+pub fn creds(jwt: &str, seed: &str) -> String {
+    format!(
+        "-----BEGIN NATS USER JWT-----\n{jwt}\n------END NATS USER JWT------\n\n\
+         ************************* IMPORTANT *************************\n\
+         NKEY Seed printed below can be used to sign and prove identity.\n\
+         NKEYs are sensitive and should be treated as secrets.\n\n\
+         -----BEGIN USER NKEY SEED-----\n{seed}\n------END USER NKEY SEED------\n\n\
+         *************************************************************\n"
+    )
+}
+
+/// What a credentials file says about its holder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    /// The name in the JWT.
+    pub name: String,
+    /// `host`, `scheduler`, `user`, or empty for a credential Shoal did not mint.
+    pub kind: String,
+    /// A user's grants.
+    pub grants: Vec<Grant>,
+    /// The reply inbox prefix it may subscribe to, if its permissions name one.
+    pub inbox_prefix: Option<String>,
+    /// The user's public key.
+    pub public_key: String,
+}
+
+/// Reads the holder of a `.creds` file's text (the JWT's signature is checked against its
+/// issuer; whether the server trusts that issuer is the server's business).
+pub fn holder(creds_text: &str) -> Result<Holder, AuthError> {
+    let jwt = creds_text
+        .lines()
+        .skip_while(|line| !line.contains("BEGIN NATS USER JWT"))
+        .nth(1)
+        .map(str::trim)
+        .ok_or_else(|| AuthError::Malformed("no NATS user JWT in the credentials".to_owned()))?;
+    let claims: Claims<UserNats> = decode(jwt)?;
+    let mut kind = String::new();
+    let mut grants = Vec::new();
+    for tag in &claims.nats.tags {
+        if let Some(found) = tag.strip_prefix("shoal-kind:") {
+            kind = found.to_owned();
+        } else if let Some((role, scope)) = tag.split_once(':')
+            && let Ok(role) = role.parse::<Role>()
+        {
+            grants.push(Grant::from_scope(role, scope));
+        }
+    }
+    let inbox_prefix = claims
+        .nats
+        .subscribe
+        .allow
+        .iter()
+        .find_map(|subject| subject.strip_prefix("_INBOX.")?.strip_suffix(".>"))
+        .map(|middle| format!("_INBOX.{middle}"));
+    Ok(Holder {
+        name: claims.name,
+        kind,
+        grants,
+        inbox_prefix,
+        public_key: claims.sub,
+    })
+}
+
+/// The public key of the account that issued an account or user JWT's subject, and the
+/// JWT's issue time: to check a JWT is this lattice's and newer than another.
+pub fn issued(jwt: &str) -> Result<(String, u64), AuthError> {
+    let claims: Claims<serde_json::Value> = decode(jwt)?;
+    Ok((claims.iss, claims.iat))
+}
+
+/// Pushes an account JWT to nats-server through the system account (`system_creds` is
+/// the text of its user's credentials), as `nsc push` does: the server stores it and applies
+/// it at once, closing connections whose keys it now revokes.
+///
+/// # Errors
+/// [`AuthError::Push`] when the server cannot be reached or refuses the JWT.
+pub async fn push_account(url: &str, system_creds: &str, jwt: &str) -> Result<(), AuthError> {
+    let failed = |reason: String| AuthError::Push(reason);
+    let options = async_nats::ConnectOptions::new()
+        .credentials(system_creds)
+        .map_err(|error| failed(format!("unreadable system credentials: {error}")))?
+        .name("shoal auth")
+        .connection_timeout(std::time::Duration::from_secs(5))
+        .retry_on_initial_connect();
+    let servers = url
+        .split(',')
+        .map(|url| url.trim().parse::<async_nats::ServerAddr>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|error| failed(format!("not a NATS URL: {error}")))?;
+    let client = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        options.connect(servers.as_slice()),
+    )
+    .await
+    .map_err(|_| failed(format!("no connection to {url} within 10 s")))?
+    .map_err(|error| failed(error.to_string()))?;
+    let reply = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        client.request("$SYS.REQ.CLAIMS.UPDATE", jwt.to_owned().into()),
+    )
+    .await
+    .map_err(|_| failed("no answer within 10 s".to_owned()))?
+    .map_err(|error| failed(error.to_string()))?;
+    #[derive(Deserialize)]
+    struct Answer {
+        #[serde(default)]
+        error: Option<serde_json::Value>,
+    }
+    let answer: Answer = serde_json::from_slice(&reply.payload)
+        .map_err(|error| failed(format!("unexpected answer: {error}")))?;
+    match answer.error {
+        Some(error) => Err(failed(format!("nats-server refused the account: {error}"))),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_minted_credential_reads_back_its_holder() {
+        let account = KeyPair::new_account();
+        let user = KeyPair::new_user();
+        let identity = Identity::User {
+            name: "alice".to_owned(),
+            grants: vec![
+                Grant {
+                    role: Role::Editor,
+                    namespace: Some("team-a".to_owned()),
+                },
+                Grant {
+                    role: Role::Viewer,
+                    namespace: None,
+                },
+            ],
+        };
+        let jwt = identity_jwt(&account, &user.public_key(), "dev", &identity, 1).unwrap();
+        let text = creds(&jwt, &user.seed().unwrap());
+        let holder = holder(&text).unwrap();
+        assert_eq!(holder.name, "alice");
+        assert_eq!(holder.kind, "user");
+        assert_eq!(holder.inbox_prefix.as_deref(), Some("_INBOX.user.alice"));
+        let Identity::User { grants, .. } = identity else {
+            unreachable!()
+        };
+        assert_eq!(holder.grants, grants);
+        assert_eq!(issued(&jwt).unwrap(), (account.public_key(), 1));
+    }
+
+    #[test]
+    fn a_tampered_jwt_is_refused() {
+        let account = KeyPair::new_account();
+        let identity = Identity::Host {
+            id: "edge-1".to_owned(),
+        };
+        let jwt = identity_jwt(
+            &account,
+            &KeyPair::new_user().public_key(),
+            "dev",
+            &identity,
+            1,
+        )
+        .unwrap();
+        let mut parts: Vec<String> = jwt.split('.').map(str::to_owned).collect();
+        let claims = String::from_utf8(BASE64URL_NOPAD.decode(parts[1].as_bytes()).unwrap())
+            .unwrap()
+            .replace("edge-1", "edge-2");
+        parts[1] = BASE64URL_NOPAD.encode(claims.as_bytes());
+        assert!(issued(&parts.join(".")).is_err());
+    }
+
+    #[test]
+    fn a_host_may_write_only_its_own_records_and_hear_only_its_own_requests() {
+        let permissions = permissions(
+            "dev",
+            &Identity::Host {
+                id: "edge-1".to_owned(),
+            },
+        );
+        assert!(
+            permissions
+                .publish
+                .contains(&"$KV.shoal-dev-v1-hosts.edge-1".to_owned())
+        );
+        assert!(
+            permissions
+                .publish
+                .contains(&"$KV.shoal-dev-v1-status.replicas.edge-1.*".to_owned())
+        );
+        assert!(!permissions.publish.iter().any(
+            |subject| subject.contains("$KV.shoal-dev-v1-apps")
+                || subject.contains("$KV.shoal-dev-v1-assignments")
+                || subject.contains("STREAM.CREATE")
+        ));
+        assert!(
+            permissions
+                .subscribe
+                .contains(&"shoal.dev.v1.http.edge-1.>".to_owned())
+        );
+        assert!(
+            !permissions
+                .subscribe
+                .iter()
+                .any(|s| s == "shoal.dev.v1.http.>")
+        );
+    }
+
+    #[test]
+    fn grants_allow_their_scope_and_lower_roles() {
+        let editor = Grant {
+            role: Role::Editor,
+            namespace: Some("team-a".to_owned()),
+        };
+        assert!(editor.allows(Role::Viewer, Some("team-a")));
+        assert!(editor.allows(Role::Editor, Some("team-a")));
+        assert!(!editor.allows(Role::Admin, Some("team-a")));
+        assert!(!editor.allows(Role::Viewer, Some("team-b")));
+        assert!(!editor.allows(Role::Viewer, None));
+        let admin = Grant {
+            role: Role::Admin,
+            namespace: None,
+        };
+        assert!(admin.allows(Role::Editor, Some("team-b")));
+        assert_eq!(editor.to_string(), "editor in team-a");
+        assert_eq!(
+            api_subject("dev", &editor, "alice", "apply"),
+            "shoal.dev.v1.api.editor.team-a.alice.apply"
+        );
+    }
+}

@@ -1,0 +1,431 @@
+//! The control API server: every scheduler process answers `shoal.<lattice>.v1.api.>` in
+//! one queue group, leader or not (writes are compare-and-set, so any one may do them).
+//! A request is authorized by the grant in its subject (which nats-server checked against
+//! the caller's credential), validated with the same checks as a manifest file, then done
+//! with the functions of [`crate::apply`]; reads are filtered to what the caller may view.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use shoal_lattice::api::{Answer, ApiError};
+use shoal_lattice::api::{
+    AppDetail, AppManifest, AppView, Applied, AppliedApp, Caller, ErrorCode, History, HostView,
+    ReplicaView, Request, Scaled, UndoneTo,
+};
+use shoal_lattice::auth::api_subjects;
+use shoal_lattice::names::{app_key, app_status_key, check_name};
+use shoal_lattice::records::{AppRecord, AppStatus, Assignment, HostRecord, ReplicaStatus};
+use shoal_lattice::{Bucket, Lattice};
+use tokio::sync::Semaphore;
+
+use crate::apply::{self, Change, Undo};
+use crate::manifest::App;
+
+/// Requests answered at once; more wait in NATS's buffer.
+const CONCURRENT: usize = 32;
+/// The queue group all API servers of a lattice share.
+const QUEUE: &str = "shoal-api";
+
+/// Answers control API requests until `shutdown`.
+///
+/// # Errors
+/// When the subscription cannot be made.
+pub async fn serve(
+    lattice: Lattice,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), async_nats::SubscribeError> {
+    let subject = api_subjects(lattice.name());
+    let mut requests = lattice
+        .client()
+        .queue_subscribe(subject, QUEUE.to_owned())
+        .await?;
+    let slots = Arc::new(Semaphore::new(CONCURRENT));
+    tokio::pin!(shutdown);
+    loop {
+        let message = tokio::select! {
+            () = &mut shutdown => break,
+            message = requests.next() => message,
+        };
+        let Some(message) = message else { break };
+        let Some(reply) = message.reply.clone() else {
+            continue;
+        };
+        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+            break;
+        };
+        let lattice = lattice.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let answer = answer(&lattice, &message.subject, &message.payload).await;
+            if let Err(error) = lattice.client().publish(reply, answer.into()).await {
+                tracing::debug!(%error, "cannot answer an API request");
+            }
+        });
+    }
+    let _ = requests.unsubscribe().await;
+    Ok(())
+}
+
+/// The JSON answer to one request.
+async fn answer(lattice: &Lattice, subject: &str, payload: &[u8]) -> Vec<u8> {
+    let result = handle(lattice, subject, payload).await;
+    let encoded = match result {
+        Ok(value) => serde_json::to_vec(&Answer::Ok(value)),
+        Err(error) => {
+            if error.code == ErrorCode::Forbidden {
+                tracing::info!(%subject, message = %error.message, "API request refused");
+            }
+            serde_json::to_vec(&Answer::<()>::Error(error))
+        }
+    };
+    encoded.unwrap_or_else(|_| {
+        br#"{"error":{"code":"internal","message":"cannot encode the answer"}}"#.to_vec()
+    })
+}
+
+fn internal(error: impl std::fmt::Display) -> ApiError {
+    ApiError::new(ErrorCode::Internal, error.to_string())
+}
+
+fn no_app(namespace: &str, name: &str) -> ApiError {
+    ApiError::new(
+        ErrorCode::NotFound,
+        format!("there is no app {namespace}/{name}; shoal get apps lists them"),
+    )
+}
+
+fn to_json<T: serde::Serialize>(value: T) -> Result<serde_json::Value, ApiError> {
+    serde_json::to_value(value).map_err(internal)
+}
+
+async fn handle(
+    lattice: &Lattice,
+    subject: &str,
+    payload: &[u8],
+) -> Result<serde_json::Value, ApiError> {
+    let caller = Caller::from_subject(lattice.name(), subject).ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::Invalid,
+            "the request subject is not …api.<role>.<scope>.<user>.<verb>",
+        )
+    })?;
+    let request: Request = serde_json::from_slice(payload).map_err(|error| {
+        ApiError::new(
+            ErrorCode::Invalid,
+            format!("the request is not one this control plane knows: {error}"),
+        )
+    })?;
+    caller.authorize(&request)?;
+    check_names(&request)?;
+    match request {
+        Request::Apply { apps } => to_json(apply_all(lattice, apps).await?),
+        Request::Delete { namespace, name } => {
+            if !apply::delete(lattice, &namespace, &name)
+                .await
+                .map_err(internal)?
+            {
+                return Err(no_app(&namespace, &name));
+            }
+            to_json(())
+        }
+        Request::Scale {
+            namespace,
+            name,
+            replicas,
+        } => {
+            let max = shoal_lattice::validate::MAX_REPLICAS;
+            if replicas > max {
+                return Err(ApiError::new(
+                    ErrorCode::Invalid,
+                    format!("replicas: must be at most {max}"),
+                ));
+            }
+            match apply::scale(lattice, &namespace, &name, replicas)
+                .await
+                .map_err(internal)?
+            {
+                Some(from) => to_json(Scaled { from }),
+                None => Err(no_app(&namespace, &name)),
+            }
+        }
+        Request::Undo {
+            namespace,
+            name,
+            to_revision,
+        } => match apply::undo(lattice, &namespace, &name, to_revision)
+            .await
+            .map_err(internal)?
+        {
+            Undo::NoApp => Err(no_app(&namespace, &name)),
+            Undo::NoRevision(Some(to)) => Err(ApiError::new(
+                ErrorCode::NotFound,
+                format!(
+                    "app {namespace}/{name} has no revision {to}; shoal rollout history {name} lists them"
+                ),
+            )),
+            Undo::NoRevision(None) => Err(ApiError::new(
+                ErrorCode::NotFound,
+                format!("app {namespace}/{name} has no earlier revision to return to"),
+            )),
+            Undo::Done(target, change, record) => to_json(UndoneTo {
+                target,
+                revision: record.revision,
+                revised: matches!(change, Change::Revised { .. }),
+            }),
+        },
+        Request::Pause {
+            namespace,
+            name,
+            paused,
+        } => {
+            if !apply::set_paused(lattice, &namespace, &name, paused)
+                .await
+                .map_err(internal)?
+            {
+                return Err(no_app(&namespace, &name));
+            }
+            to_json(())
+        }
+        Request::History { namespace, name } => {
+            let app = lattice
+                .get::<AppRecord>(Bucket::Apps, &app_key(&namespace, &name))
+                .await
+                .map_err(internal)?
+                .ok_or_else(|| no_app(&namespace, &name))?;
+            let revisions = apply::history(lattice, &namespace, &name)
+                .await
+                .map_err(internal)?;
+            to_json(History {
+                current: app.value.revision,
+                revisions,
+            })
+        }
+        Request::GetApps { namespace } => {
+            let status: HashMap<String, AppStatus> = lattice
+                .list::<AppStatus>(Bucket::Status, "apps.")
+                .await
+                .map_err(internal)?
+                .into_iter()
+                .map(|record| {
+                    let key = record
+                        .key
+                        .strip_prefix("apps.")
+                        .unwrap_or(&record.key)
+                        .to_owned();
+                    (key, record.value)
+                })
+                .collect();
+            let apps: Vec<AppView> = lattice
+                .list::<AppRecord>(Bucket::Apps, "")
+                .await
+                .map_err(internal)?
+                .into_iter()
+                .filter(|record| {
+                    caller.may_view(&record.value.namespace)
+                        && namespace
+                            .as_ref()
+                            .is_none_or(|wanted| *wanted == record.value.namespace)
+                })
+                .map(|record| AppView {
+                    status: status.get(&record.key).cloned(),
+                    app: record.value,
+                })
+                .collect();
+            to_json(apps)
+        }
+        Request::GetHosts => {
+            let replicas = replicas(lattice).await?;
+            let hosts: Vec<HostView> = lattice
+                .list::<HostRecord>(Bucket::Hosts, "")
+                .await
+                .map_err(internal)?
+                .into_iter()
+                .map(|record| HostView {
+                    replicas: replicas
+                        .iter()
+                        .filter(|replica| replica.assignment.host == record.value.id)
+                        .count(),
+                    host: record.value,
+                })
+                .collect();
+            to_json(hosts)
+        }
+        Request::GetReplicas { namespace } => {
+            let replicas: Vec<ReplicaView> = replicas(lattice)
+                .await?
+                .into_iter()
+                .filter(|replica| {
+                    caller.may_view(&replica.assignment.namespace)
+                        && namespace
+                            .as_ref()
+                            .is_none_or(|wanted| *wanted == replica.assignment.namespace)
+                })
+                .collect();
+            to_json(replicas)
+        }
+        Request::DescribeApp { namespace, name } => {
+            let app = lattice
+                .get::<AppRecord>(Bucket::Apps, &app_key(&namespace, &name))
+                .await
+                .map_err(internal)?
+                .ok_or_else(|| no_app(&namespace, &name))?;
+            let status = lattice
+                .get::<AppStatus>(Bucket::Status, &app_status_key(&namespace, &name))
+                .await
+                .map_err(internal)?
+                .map(|record| record.value);
+            let replicas = replicas(lattice)
+                .await?
+                .into_iter()
+                .filter(|replica| {
+                    replica.assignment.app == name && replica.assignment.namespace == namespace
+                })
+                .collect();
+            to_json(AppDetail {
+                app: app.value,
+                status,
+                replicas,
+            })
+        }
+    }
+}
+
+/// Names in a request follow the naming rules (they become keys and subjects).
+fn check_names(request: &Request) -> Result<(), ApiError> {
+    let invalid =
+        |error: shoal_lattice::Error| ApiError::new(ErrorCode::Invalid, error.to_string());
+    let check = |namespace: &str, name: &str| {
+        check_name("namespace", namespace).map_err(invalid)?;
+        check_name("app name", name).map_err(invalid)
+    };
+    match request {
+        Request::Apply { apps } => apps
+            .iter()
+            .try_for_each(|app| check(&app.namespace, &app.name)),
+        Request::Delete { namespace, name }
+        | Request::Scale {
+            namespace, name, ..
+        }
+        | Request::Undo {
+            namespace, name, ..
+        }
+        | Request::Pause {
+            namespace, name, ..
+        }
+        | Request::History { namespace, name }
+        | Request::DescribeApp { namespace, name } => check(namespace, name),
+        Request::GetApps { namespace } | Request::GetReplicas { namespace } => {
+            namespace.as_deref().map_or(Ok(()), |namespace| {
+                check_name("namespace", namespace).map_err(invalid)
+            })
+        }
+        Request::GetHosts => Ok(()),
+    }
+}
+
+/// Every assignment with its replica's status (assignments read first, so each status is at
+/// least as fresh as its assignment).
+async fn replicas(lattice: &Lattice) -> Result<Vec<ReplicaView>, ApiError> {
+    let assignments = lattice
+        .list::<Assignment>(Bucket::Assignments, "")
+        .await
+        .map_err(internal)?;
+    let status: HashMap<String, ReplicaStatus> = lattice
+        .list::<ReplicaStatus>(Bucket::Status, "replicas.")
+        .await
+        .map_err(internal)?
+        .into_iter()
+        .map(|record| (record.value.replica.clone(), record.value))
+        .collect();
+    Ok(assignments
+        .into_iter()
+        .map(|record| ReplicaView {
+            status: status.get(&record.value.replica).cloned(),
+            assignment: record.value,
+        })
+        .collect())
+}
+
+/// Validates every app as a manifest would be, checks routes against what is stored, then
+/// stores each: all or nothing up to the first write.
+async fn apply_all(lattice: &Lattice, apps: Vec<AppManifest>) -> Result<Vec<AppliedApp>, ApiError> {
+    let mut problems = Vec::new();
+    for (index, app) in apps.iter().enumerate() {
+        for problem in app.spec.problems(&format!("apps[{index}].spec")) {
+            problems.push(problem.to_string());
+        }
+        if !shoal_lattice::validate::is_digest(&app.digest) {
+            problems.push(format!("apps[{index}].digest: not a sha256 digest"));
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    for app in &apps {
+        if !seen.insert((&app.namespace, &app.name)) {
+            problems.push(format!(
+                "app {}/{} appears twice in one apply",
+                app.namespace, app.name
+            ));
+        }
+    }
+    if !problems.is_empty() {
+        return Err(ApiError::new(
+            ErrorCode::Invalid,
+            format!(
+                "the apps are not valid; nothing was applied:\n  {}",
+                problems.join("\n  ")
+            ),
+        ));
+    }
+    let parsed: Vec<App> = apps
+        .iter()
+        .map(|app| App {
+            name: app.name.clone(),
+            namespace: app.namespace.clone(),
+            spec: app.spec.clone(),
+        })
+        .collect();
+    let collisions = apply::route_collisions(lattice, &parsed)
+        .await
+        .map_err(internal)?;
+    if !collisions.is_empty() {
+        return Err(ApiError::new(
+            ErrorCode::Conflict,
+            format!(
+                "routes collide; nothing was applied:\n  {}",
+                collisions.join("\n  ")
+            ),
+        ));
+    }
+    let mut applied = Vec::with_capacity(parsed.len());
+    for (app, manifest) in parsed.iter().zip(&apps) {
+        let (change, record) =
+            apply::apply(lattice, app, &manifest.digest)
+                .await
+                .map_err(|error| {
+                    internal(format!(
+                        "cannot store app {}/{}: {error}",
+                        app.namespace, app.name
+                    ))
+                })?;
+        applied.push(AppliedApp {
+            namespace: app.namespace.clone(),
+            name: app.name.clone(),
+            applied: match change {
+                Change::Created => Applied::Created {
+                    replicas: record.spec.replicas,
+                },
+                Change::Revised { revision, changes } => Applied::Revised { revision, changes },
+                Change::Scaled { from, to } => Applied::Scaled { from, to },
+                Change::Updated { changes } => Applied::Updated {
+                    revision: record.revision,
+                    changes,
+                },
+                Change::Unchanged => Applied::Unchanged {
+                    revision: record.revision,
+                },
+            },
+        });
+    }
+    Ok(applied)
+}
