@@ -344,6 +344,37 @@ fn shoal_up_serves_the_example_app() {
         (response.status() == 200).then(|| response.body_mut().read_to_string().unwrap())
     });
     assert_eq!(body, "hello from Shoal\n");
+
+    // Secure by default: a client without the credential is refused; commands run in the
+    // directory `shoal up` ran in use the admin credential it left there.
+    let nats = format!("nats://127.0.0.1:{port}");
+    let elsewhere = tempfile::tempdir().unwrap();
+    let refused = lattice
+        .shoal
+        .command()
+        .current_dir(elsewhere.path())
+        .env("SHOAL_NATS", &nats)
+        .args(["get", "apps"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("refused this client"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    let allowed = lattice
+        .shoal
+        .command()
+        .env("SHOAL_NATS", &nats)
+        .args(["get", "apps", "-o", "json"])
+        .output()
+        .unwrap();
+    assert!(
+        allowed.status.success() && String::from_utf8_lossy(&allowed.stdout).contains("hello"),
+        "{}",
+        String::from_utf8_lossy(&allowed.stderr)
+    );
     let _ = std::process::Command::new("kill")
         .args(["-INT", &up.0.id().to_string()])
         .status();
@@ -401,7 +432,7 @@ fn the_lattice_connection_takes_nats_credentials() {
     let refused = command(None).args(["get", "apps"]).output().unwrap();
     assert!(!refused.status.success());
     let stderr = String::from_utf8_lossy(&refused.stderr);
-    assert!(stderr.contains("cannot connect to NATS"), "{stderr}");
+    assert!(stderr.contains("refused this client"), "{stderr}");
     assert!(stderr.to_lowercase().contains("authorization"), "{stderr}");
 
     let wrong = command(Some(("shoal", "guess")))

@@ -13,6 +13,14 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// The NATS server refused this client's credentials (or their absence).
+    #[error(
+        "NATS at {url} refused this client (authorization violation): give a credential of this lattice with --nats-creds or SHOAL_CREDS (shoal up leaves its admin's in .shoal/admin.creds), or check it was not revoked"
+    )]
+    Unauthorized {
+        /// The server URL.
+        url: String,
+    },
     /// JetStream is off or its buckets cannot be made.
     #[error(
         "cannot open the lattice's JetStream bucket {bucket}: {reason}; nats-server needs JetStream enabled (-js)"

@@ -168,9 +168,14 @@ impl Lattice {
             .max_reconnects(None)
             .connect(servers.as_slice())
             .await
-            .map_err(|error| Error::Connect {
-                url: options.url.clone(),
-                reason: error.to_string(),
+            .map_err(|error| match error.kind() {
+                async_nats::ConnectErrorKind::AuthorizationViolation => Error::Unauthorized {
+                    url: options.url.clone(),
+                },
+                _ => Error::Connect {
+                    url: options.url.clone(),
+                    reason: error.to_string(),
+                },
             })?;
         // A flush proves the server answers before buckets are opened.
         tokio::time::timeout(Duration::from_secs(5), client.flush())

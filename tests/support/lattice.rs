@@ -18,6 +18,8 @@ pub struct Lattice {
     pub peers: Vec<Nats>,
     pub registry: Registry,
     pub name: String,
+    /// A secure lattice's auth directory; commands then run as its admin.
+    pub auth: Option<tempfile::TempDir>,
 }
 
 /// A `shoal host` or `shoal scheduler` process, killed on drop.
@@ -142,7 +144,83 @@ impl Lattice {
             peers: Vec::new(),
             registry: Registry::start(),
             name: Self::unique_name(),
+            auth: None,
         }
+    }
+
+    /// A secure lattice: `shoal auth init` made its identity, nats-server runs in operator
+    /// mode with it, and commands run as an admin user (`SHOAL_NATS_CREDS`).
+    pub fn start_secure() -> Self {
+        let shoal = Shoal::new();
+        let name = Self::unique_name();
+        let auth = tempfile::tempdir().unwrap();
+        let init = shoal
+            .command()
+            .env("SHOAL_LATTICE", &name)
+            .args(["auth", "--dir"])
+            .arg(auth.path())
+            .arg("init")
+            .output()
+            .unwrap();
+        assert!(
+            init.status.success(),
+            "{}",
+            String::from_utf8_lossy(&init.stderr)
+        );
+        // nats-server includes files by paths relative to its config: inline it instead.
+        let nats = Nats::with_config(
+            &std::fs::read_to_string(auth.path().join("nats-auth.conf")).unwrap(),
+        );
+        let lattice = Self {
+            shoal,
+            nats,
+            peers: Vec::new(),
+            registry: Registry::start(),
+            name,
+            auth: Some(auth),
+        };
+        lattice.mint(&["user", "admin", "--role", "admin"], "admin");
+        lattice
+    }
+
+    /// Mints a credential (`shoal auth ARGS -o <dir>/<file>.creds`) and returns its path.
+    pub fn mint(&self, args: &[&str], file: &str) -> std::path::PathBuf {
+        let dir = self.auth.as_ref().expect("a secure lattice").path();
+        let path = dir.join(format!("{file}.creds"));
+        let output = self
+            .shoal
+            .command()
+            .env("SHOAL_LATTICE", &self.name)
+            .args(["auth", "--dir"])
+            .arg(dir)
+            .args(args)
+            .arg("-o")
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        path
+    }
+
+    /// Runs `shoal auth ARGS` on this lattice's auth directory.
+    pub fn auth(&self, args: &[&str]) -> (bool, String, String) {
+        let dir = self.auth.as_ref().expect("a secure lattice").path();
+        let output = self
+            .command()
+            .args(["auth", "--dir"])
+            .arg(dir)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
     }
 
     /// A lattice on a three-server NATS cluster, its buckets and streams kept by all three.
@@ -155,6 +233,7 @@ impl Lattice {
             peers: servers,
             registry: Registry::start(),
             name: Self::unique_name(),
+            auth: None,
         }
     }
 
@@ -175,6 +254,9 @@ impl Lattice {
             .env("SHOAL_LATTICE_REPLICAS", (1 + self.peers.len()).to_string())
             .env("SHOAL_LATTICE", &self.name)
             .env("SHOAL_LOG", "info");
+        if let Some(auth) = &self.auth {
+            command.env("SHOAL_NATS_CREDS", auth.path().join("admin.creds"));
+        }
         command
     }
 
@@ -248,7 +330,7 @@ impl Lattice {
             .unwrap_or_default()
     }
 
-    fn spawn(&self, args: &[&str], id: &str, wait_for_url: bool) -> Process {
+    pub fn spawn(&self, args: &[&str], id: &str, wait_for_url: bool) -> Process {
         let mut child = self
             .command()
             .args(args)

@@ -88,7 +88,12 @@ impl Shoal {
     /// A `shoal` command whose cache and Docker config live in this test's temp dir.
     pub fn command(&self) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_shoal"));
+        // In the temp dir: `shoal up` leaves its admin credential in the working directory,
+        // where later commands would find it.
         command
+            .current_dir(self.home.path())
+            .env_remove("SHOAL_CREDS")
+            .env_remove("SHOAL_NATS_CREDS")
             .env("SHOAL_CACHE_DIR", self.cache_dir())
             .env("DOCKER_CONFIG", self.home.path().join("docker"))
             .env_remove("SHOAL_REGISTRY_USERNAME")

@@ -417,7 +417,7 @@ pub async fn run(args: AuthArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
                 );
             }
             println!(
-                "nats-server: add  include \"{}\"  to its config (and -js)",
+                "nats-server: include {} in its config (by a path relative to that file) and run it with -js",
                 dir.join(SERVER_CONFIG).display()
             );
         }

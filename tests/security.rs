@@ -1,0 +1,418 @@
+//! The secure lattice over a real nats-server in operator mode: what a host credential can
+//! and cannot do (enforced by the server, tried with a bare NATS client), roles through the
+//! control API, revocation, and unique host ids.
+
+mod support;
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use support::eventually;
+use support::lattice::{Lattice, hello_manifest};
+
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// A bare NATS client with a credential, collecting the errors the server sends it.
+struct Raw {
+    client: async_nats::Client,
+    errors: Arc<Mutex<Vec<String>>>,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Raw {
+    fn connect(url: &str, creds: &Path, inbox: &str) -> Self {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let errors = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::clone(&errors);
+        let client = runtime.block_on(async {
+            async_nats::ConnectOptions::with_credentials_file(creds)
+                .await
+                .unwrap()
+                .custom_inbox_prefix(inbox)
+                .event_callback(move |event| {
+                    let seen = Arc::clone(&seen);
+                    async move {
+                        seen.lock().unwrap().push(event.to_string());
+                    }
+                })
+                .connect(url)
+                .await
+                .unwrap()
+        });
+        Self {
+            client,
+            errors,
+            runtime,
+        }
+    }
+
+    fn publish(&self, subject: &str) {
+        self.runtime.block_on(async {
+            self.client
+                .publish(subject.to_owned(), "{}".into())
+                .await
+                .unwrap();
+            self.client.flush().await.unwrap();
+        });
+    }
+
+    /// A JetStream publish: `Ok` once the stream stored it.
+    fn store(&self, subject: &str, payload: &str) -> Result<(), String> {
+        self.runtime.block_on(async {
+            let context = async_nats::jetstream::new(self.client.clone());
+            let ack = context
+                .publish(subject.to_owned(), payload.to_owned().into())
+                .await
+                .map_err(|error| error.to_string())?;
+            tokio::time::timeout(Duration::from_secs(3), ack)
+                .await
+                .map_err(|_| "no ack".to_owned())?
+                .map(|_| ())
+                .map_err(|error| error.to_string())
+        })
+    }
+
+    fn subscribe(&self, subject: &str) {
+        self.runtime.block_on(async {
+            let subscriber = self.client.subscribe(subject.to_owned()).await.unwrap();
+            self.client.flush().await.unwrap();
+            // Held until the server answered.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            drop(subscriber);
+        });
+    }
+
+    /// Waits until the server has refused `what` on `subject`.
+    fn wait_refused(&self, what: &str, subject: &str) {
+        let wanted = format!("Permissions Violation for {what} to \"{subject}\"");
+        eventually(Duration::from_secs(5), &wanted, || {
+            self.errors
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|error| error.contains(&wanted))
+                .then_some(())
+        });
+    }
+}
+
+fn secure_lattice_with_hello() -> (
+    Lattice,
+    support::lattice::Process,
+    support::lattice::Process,
+) {
+    let lattice = Lattice::start_secure();
+    let scheduler_creds = lattice.mint(&["scheduler", "s1"], "s1");
+    let scheduler = lattice.spawn(
+        &[
+            "scheduler",
+            "--id",
+            "s1",
+            "--host-timeout",
+            "1s",
+            "--lease",
+            "1s",
+            "--nats-creds",
+            scheduler_creds.to_str().unwrap(),
+        ],
+        "s1",
+        false,
+    );
+    let host_creds = lattice.mint(&["host", "h1"], "h1");
+    let host = lattice.host_with("h1", &["--nats-creds", host_creds.to_str().unwrap()]);
+    let hello = lattice.push_hello("1.0");
+    lattice.apply(&hello_manifest("hello", &hello, 1, ""));
+    lattice.wait_ready("hello", 1, PATIENCE);
+    (lattice, scheduler, host)
+}
+
+#[test]
+fn a_host_credential_can_write_only_its_own_records_and_hear_only_its_own_requests() {
+    let (lattice, _scheduler, host) = secure_lattice_with_hello();
+    let name = &lattice.name;
+    let creds = lattice.mint(&["host", "h9"], "h9");
+    let raw = Raw::connect(&lattice.nats.url(), &creds, "_INBOX.host.h9");
+    let kv = |bucket: &str, key: &str| format!("$KV.shoal-{name}-v1-{bucket}.{key}");
+
+    // Its own records: stored.
+    raw.store(&kv("hosts", "h9"), r#"{"id":"h9"}"#).unwrap();
+    raw.store(&kv("status", "replicas.h9.r1"), "{}").unwrap();
+
+    // Desired state, the lease, other hosts' records and statuses: refused by the server.
+    let forbidden = [
+        kv("apps", "default.evil"),
+        kv("revisions", "default.hello.9"),
+        kv("assignments", "h9.evil-1"),
+        kv("assignments", "h1.evil-1"),
+        kv("leases", "scheduler"),
+        kv("hosts", "h1"),
+        kv("status", "replicas.h1.evil-1"),
+        kv("status", "apps.default.hello"),
+        format!("$JS.API.STREAM.CREATE.KV_shoal-{name}-v1-apps"),
+        format!("$JS.API.STREAM.PURGE.KV_shoal-{name}-v1-apps"),
+        format!("shoal.{name}.v1.events.default.hello._scheduler"),
+        format!("shoal.{name}.v1.logs.default.hello.h1"),
+        format!("shoal.{name}.v1.api.admin._lattice.h9.apply"),
+    ];
+    for subject in &forbidden {
+        raw.publish(subject);
+        raw.wait_refused("Publish", subject);
+    }
+    // Another host's requests, every app's requests, other identities' replies.
+    for subject in [
+        format!("shoal.{name}.v1.http.h1.>"),
+        format!("shoal.{name}.v1.http.>"),
+        "_INBOX.>".to_owned(),
+        format!("shoal.{name}.v1.api.>"),
+    ] {
+        raw.subscribe(&subject);
+        raw.wait_refused("Subscription", &subject);
+    }
+
+    // Nothing changed: no app, the host still serves.
+    let (ok, _, stderr) = lattice.shoal(&["describe", "app", "evil"]);
+    assert!(
+        !ok && stderr.contains("there is no app default/evil"),
+        "{stderr}"
+    );
+    assert_eq!(host.get("/hello").unwrap().0, 200);
+    assert_eq!(lattice.ready_by_host("hello").get("h1"), Some(&1));
+
+    // A credential is for one host id: another id is refused at start, and so is a
+    // second host with the id of a live one.
+    let (ok, _, stderr) = lattice.shoal(&[
+        "host",
+        "--id",
+        "h1",
+        "--http",
+        "127.0.0.1:0",
+        "--nats-creds",
+        creds.to_str().unwrap(),
+    ]);
+    assert!(
+        !ok && stderr.contains("the credential is for host \"h9\""),
+        "{stderr}"
+    );
+    let h1 = lattice.auth.as_ref().unwrap().path().join("h1.creds");
+    let (ok, _, stderr) = lattice.shoal(&[
+        "host",
+        "--http",
+        "127.0.0.1:0",
+        "--nats-creds",
+        h1.to_str().unwrap(),
+    ]);
+    assert!(!ok, "a second h1 started");
+    assert!(
+        stderr.contains("host id h1 is held by a live host"),
+        "{stderr}"
+    );
+    assert_eq!(host.get("/hello").unwrap().0, 200);
+}
+
+/// A manifest of one hello app in `namespace`.
+fn in_namespace(name: &str, namespace: &str, component: &str) -> String {
+    hello_manifest(name, component, 1, "").replacen(
+        &format!("{{name: {name}}}"),
+        &format!("{{name: {name}, namespace: {namespace}}}"),
+        1,
+    )
+}
+
+#[test]
+fn roles_decide_what_each_user_may_do_and_refusals_exit_77() {
+    let lattice = Lattice::start_secure();
+    let scheduler_creds = lattice.mint(&["scheduler", "s1"], "s1");
+    let _scheduler = lattice.spawn(
+        &[
+            "scheduler",
+            "--id",
+            "s1",
+            "--nats-creds",
+            scheduler_creds.to_str().unwrap(),
+        ],
+        "s1",
+        false,
+    );
+    let hello = lattice.push_hello("1.0");
+    lattice.apply(&in_namespace("web", "team-a", &hello));
+    lattice.apply(&in_namespace("shop", "team-b", &hello));
+    let viewer = lattice.mint(
+        &["user", "viewer-a", "--role", "viewer", "-n", "team-a"],
+        "viewer-a",
+    );
+    let editor = lattice.mint(
+        &["user", "editor-b", "--role", "editor", "-n", "team-b"],
+        "editor-b",
+    );
+    let as_user = |creds: &Path, args: &[&str]| {
+        let output = lattice
+            .command()
+            .env("SHOAL_NATS_CREDS", creds)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+
+    // A viewer sees its namespace only, and may not change it.
+    let (code, stdout, stderr) = as_user(&viewer, &["get", "apps", "-o", "json"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let apps: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let names: Vec<&str> = apps
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|app| app["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["web"]);
+    let manifest = lattice.shoal.home.path().join("web.yaml");
+    std::fs::write(
+        &manifest,
+        in_namespace("web", "team-a", &hello).replace("replicas: 1", "replicas: 3"),
+    )
+    .unwrap();
+    let (code, _, stderr) = as_user(&viewer, &["apply", "-f", manifest.to_str().unwrap()]);
+    assert_eq!(code, Some(77), "{stderr}");
+    assert!(
+        stderr.contains("forbidden: viewer-a (viewer in team-a) may not apply in team-a"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = as_user(&viewer, &["logs", "shop", "-n", "team-b"]);
+    assert_eq!(code, Some(77), "{stderr}");
+
+    // An editor edits its namespace, not another.
+    let (code, _, stderr) = as_user(&editor, &["delete", "app", "web", "-n", "team-a"]);
+    assert_eq!(code, Some(77), "{stderr}");
+    assert!(
+        stderr.contains("forbidden: editor-b (editor in team-b) may not delete in team-a"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = as_user(
+        &editor,
+        &["scale", "app", "shop", "-n", "team-b", "--replicas", "2"],
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+
+    // Nothing the refused requests asked for happened; the admin's work.
+    let apps: serde_json::Value =
+        serde_json::from_str(&lattice.ok(&["get", "apps", "-o", "json"])).unwrap();
+    let replicas = |name: &str| {
+        apps.as_array()
+            .unwrap()
+            .iter()
+            .find(|app| app["name"] == name)
+            .map(|app| app["spec"]["replicas"].as_u64().unwrap())
+    };
+    assert_eq!(replicas("web"), Some(1));
+    assert_eq!(replicas("shop"), Some(2));
+    lattice.ok(&["delete", "app", "web", "-n", "team-a"]);
+
+    // The server validates what it is sent, whoever sends it: a bare request past the
+    // CLI's checks gets the field path.
+    let admin = lattice.auth.as_ref().unwrap().path().join("admin.creds");
+    let raw = Raw::connect(&lattice.nats.url(), &admin, "_INBOX.user.admin");
+    let digest = format!("sha256:{}", "a".repeat(64));
+    let request = serde_json::json!({
+        "verb": "apply",
+        "apps": [{"namespace": "team-a", "name": "bad", "digest": digest,
+                  "spec": {"component": "r/x:1", "replicas": 1, "limits": {"timeout": "99999h"}}}]
+    });
+    let answer = raw.runtime.block_on(async {
+        raw.client
+            .request(
+                format!("shoal.{}.v1.api.admin._lattice.admin.apply", lattice.name),
+                request.to_string().into(),
+            )
+            .await
+            .unwrap()
+    });
+    let answer: serde_json::Value = serde_json::from_slice(&answer.payload).unwrap();
+    assert_eq!(answer["error"]["code"], "invalid", "{answer}");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("apps[0].spec.limits.timeout: must be at most 1h"),
+        "{answer}"
+    );
+
+    // Without a credential nothing is possible.
+    let (code, _, stderr) = {
+        let output = lattice
+            .command()
+            .env_remove("SHOAL_NATS_CREDS")
+            .args(["get", "apps"])
+            .output()
+            .unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    assert_ne!(code, Some(0));
+    assert!(
+        stderr.contains("refused this client (authorization violation)"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_revoked_credential_stops_working_within_seconds_while_the_others_go_on() {
+    let (lattice, _scheduler, host) = secure_lattice_with_hello();
+    let carol = lattice.mint(&["user", "carol", "--role", "viewer"], "carol");
+    let as_carol = || {
+        lattice
+            .command()
+            .env("SHOAL_NATS_CREDS", &carol)
+            .args(["get", "apps"])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    assert!(as_carol());
+    // A connection that stays open is closed by the server.
+    let raw = Raw::connect(&lattice.nats.url(), &carol, "_INBOX.user.carol");
+
+    let (ok, _, stderr) = lattice.auth(&["revoke", "carol"]);
+    assert!(ok, "{stderr}");
+    let revoked = Instant::now();
+    eventually(Duration::from_secs(5), "carol to be refused", || {
+        (!as_carol()).then_some(())
+    });
+    eventually(
+        Duration::from_secs(5),
+        "carol's open connection to close",
+        || {
+            raw.errors
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|event| {
+                    event.to_lowercase().contains("revoked") || event.contains("disconnected")
+                })
+                .then_some(())
+        },
+    );
+    let took = revoked.elapsed();
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    eprintln!("revocation took effect in {took:?}");
+
+    // Everyone else goes on: the admin, the scheduler, the host and its app.
+    lattice.ok(&["scale", "app", "hello", "--replicas", "2"]);
+    lattice.wait_ready("hello", 2, PATIENCE);
+    assert_eq!(host.get("/hello").unwrap().0, 200);
+    let listed = lattice.auth(&["list"]).1;
+    assert!(
+        listed
+            .lines()
+            .any(|line| line.contains("carol") && line.contains("revoked")),
+        "{listed}"
+    );
+}
