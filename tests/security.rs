@@ -2,6 +2,8 @@
 //! and cannot do (enforced by the server, tried with a bare NATS client), roles through the
 //! control API, revocation, and unique host ids.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::path::Path;
