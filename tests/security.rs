@@ -418,3 +418,71 @@ fn a_revoked_credential_stops_working_within_seconds_while_the_others_go_on() {
         "{listed}"
     );
 }
+
+#[test]
+fn namespaces_are_a_boundary_for_service_discovery_and_route_hosts() {
+    let lattice = Lattice::start();
+    let _scheduler = lattice.scheduler("s1");
+    let host = lattice.host("h1", &[]);
+    let frontend = lattice.push_guest("frontend", "1.0");
+    let greeter = lattice.push_guest("greeter", "1.0");
+    let app = |name: &str, namespace: &str, component: &str, extra: &str| {
+        format!(
+            "apiVersion: shoal.dev/v1\nkind: App\nmetadata: {{name: {name}, namespace: {namespace}}}\nspec:\n  component: {component}\n  replicas: 1\n{extra}"
+        )
+    };
+    lattice.apply(&app(
+        "frontend",
+        "team-a",
+        &frontend,
+        "  routes: [{path: /two-tier}]\n",
+    ));
+    lattice.apply(&app("greeter", "team-b", &greeter, ""));
+    lattice.apply(&app("greeter", "team-a", &greeter, ""));
+    lattice.wait_ready("frontend", 1, PATIENCE);
+    lattice.wait_ready("greeter", 2, PATIENCE);
+    let call = |url: &str| {
+        host.get(&format!("/two-tier/external?url={url}"))
+            .unwrap_or_default()
+    };
+
+    // Its own namespace's greeter, by short name or full name.
+    eventually(PATIENCE, "the frontend to reach its own greeter", || {
+        (call("http://greeter/").0 == 200).then_some(())
+    });
+    assert_eq!(call("http://greeter.team-a/").0, 200);
+    // Another namespace's app is not reachable until it exposes itself to team-a.
+    let (status, body) = call("http://greeter.team-b/");
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("HttpRequestDenied"), "{body}");
+    lattice.apply(&app(
+        "greeter",
+        "team-b",
+        &greeter,
+        "  expose: {namespaces: [team-a]}\n",
+    ));
+    eventually(
+        PATIENCE,
+        "team-b's greeter to be reachable from team-a",
+        || (call("http://greeter.team-b/").0 == 200).then_some(()),
+    );
+
+    // A route host name belongs to the namespace that claimed it.
+    lattice.apply(&app(
+        "shop",
+        "team-c",
+        &greeter,
+        "  routes: [{host: shop.example, path: /}]\n",
+    ));
+    let (ok, _, stderr) = lattice.try_apply(&app(
+        "fake-shop",
+        "team-d",
+        &greeter,
+        "  routes: [{host: shop.example, path: /checkout}]\n",
+    ));
+    assert!(!ok);
+    assert!(
+        stderr.contains("shop.example belongs to namespace team-c (app team-c/shop)"),
+        "{stderr}"
+    );
+}

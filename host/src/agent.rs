@@ -658,6 +658,7 @@ impl<F: Fetch> Agent<F> {
                 if let Some(hosts) = endpoints.get(&format!("{}.{}", app.namespace, app.name)) {
                     routes.endpoints = Arc::from(hosts.clone());
                 }
+                routes.expose = app.spec.expose.clone();
                 ((app.namespace.clone(), app.name.clone()), routes)
             })
             .collect();
@@ -907,6 +908,9 @@ async fn ingress(
 
 /// Service discovery for guests: `http://<app>` (in the caller's namespace) or
 /// `http://<app>.<namespace>` reaches that app through the lattice, a local replica first.
+/// Namespaces are a boundary: another namespace's app is reachable only when its
+/// `spec.expose` names the caller's namespace (or the lattice); otherwise the name is not a
+/// lattice app for the caller, and the request is refused like any outbound one not allowed.
 struct LatticeServices {
     namespace: String,
     router: Arc<Router>,
@@ -925,7 +929,7 @@ impl Services for LatticeServices {
             Some(_) => return None,
         };
         self.router
-            .has_app(namespace, app)
+            .reachable(&self.namespace, namespace, app)
             .then(|| (namespace.to_owned(), app.to_owned()))
     }
 

@@ -28,6 +28,8 @@ pub struct AppRoutes {
     pub replicas: Vec<Arc<HttpComponent>>,
     /// Hosts with a ready replica, as the scheduler last listed them: where to forward.
     pub endpoints: Arc<[String]>,
+    /// Which other namespaces may call it by name.
+    pub expose: shoal_lattice::records::Expose,
     /// `<namespace>/<app>`, made once so requests need not format it.
     pub key: String,
 }
@@ -47,6 +49,7 @@ impl AppRoutes {
             timeout,
             replicas: Vec::new(),
             endpoints: Arc::from(Vec::new()),
+            expose: shoal_lattice::records::Expose::default(),
             key: format!("{namespace}/{app}"),
         }
     }
@@ -130,12 +133,15 @@ impl Router {
 }
 
 impl Router {
-    /// Whether the lattice has an app `namespace/app`.
-    pub fn has_app(&self, namespace: &str, app: &str) -> bool {
+    /// Whether the lattice has an app `namespace/app` that an app of `caller` may call:
+    /// one of its own namespace, or one that exposes itself to `caller`.
+    pub fn reachable(&self, caller: &str, namespace: &str, app: &str) -> bool {
         self.apps.read().is_ok_and(|table| {
-            table
-                .iter()
-                .any(|entry| entry.namespace == namespace && entry.app == app)
+            table.iter().any(|entry| {
+                entry.namespace == namespace
+                    && entry.app == app
+                    && entry.expose.allows(namespace, caller)
+            })
         })
     }
 

@@ -62,6 +62,34 @@ pub struct AppSpec {
     /// How many revisions of the app are kept for `rollout history` and `undo` (default 10).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revision_history_limit: Option<u32>,
+    /// Which other namespaces' apps may call this one by name (`http://<app>.<namespace>`);
+    /// by default only apps of its own namespace may.
+    #[serde(default, skip_serializing_if = "Expose::is_empty")]
+    pub expose: Expose,
+}
+
+/// Who may reach an app through service discovery, beyond its own namespace.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Expose {
+    /// These namespaces.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub namespaces: Vec<String>,
+    /// Every namespace of the lattice.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub lattice: bool,
+}
+
+impl Expose {
+    /// Nothing beyond the app's own namespace.
+    pub fn is_empty(&self) -> bool {
+        self.namespaces.is_empty() && !self.lattice
+    }
+
+    /// Whether an app in `caller` may reach an app in `namespace` exposed like this.
+    pub fn allows(&self, namespace: &str, caller: &str) -> bool {
+        caller == namespace || self.lattice || self.namespaces.iter().any(|ns| ns == caller)
+    }
 }
 
 fn one() -> u32 {
@@ -69,12 +97,13 @@ fn one() -> u32 {
 }
 
 impl AppSpec {
-    /// The spec with `replicas` and `revisionHistoryLimit` cleared: two specs with the same
+    /// The spec with `replicas`, `revisionHistoryLimit` and `expose` cleared: two specs with the same
     /// template run the same code the same way, so changing only those makes no new revision.
     pub fn template(&self) -> AppSpec {
         AppSpec {
             replicas: 0,
             revision_history_limit: None,
+            expose: Expose::default(),
             ..self.clone()
         }
     }
@@ -478,6 +507,7 @@ mod tests {
                 health: None,
                 rollout: None,
                 revision_history_limit: None,
+                expose: Expose::default(),
             },
             created_at: 0,
         }

@@ -305,6 +305,20 @@ impl Problems {
                 format!("must be between 1 and {MAX_REVISION_HISTORY}"),
             );
         }
+        if spec.expose.namespaces.len() > MAX_LIST {
+            self.add(
+                at("expose.namespaces"),
+                format!("must list at most {MAX_LIST} namespaces"),
+            );
+        } else {
+            for (index, namespace) in spec.expose.namespaces.iter().enumerate() {
+                self.name(
+                    &at(&format!("expose.namespaces[{index}]")),
+                    "namespace",
+                    namespace,
+                );
+            }
+        }
     }
 
     fn limits(&mut self, prefix: &str, spec: &AppSpec) {

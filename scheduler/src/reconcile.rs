@@ -271,6 +271,7 @@ mod tests {
                 health: None,
                 rollout: None,
                 revision_history_limit: None,
+                expose: Default::default(),
             },
             created_at: 0,
             updated_at: 0,
