@@ -284,8 +284,17 @@ fn roles_decide_what_each_user_may_do_and_refusals_exit_77() {
         stderr.contains("forbidden: viewer-a (viewer in team-a) may not apply in team-a"),
         "{stderr}"
     );
-    let (code, _, stderr) = as_user(&viewer, &["logs", "shop", "-n", "team-b"]);
-    assert_eq!(code, Some(77), "{stderr}");
+    for refused in [
+        &["logs", "shop", "-n", "team-b"][..],
+        &["events", "--app", "shop", "-n", "team-b"],
+        &["events", "-n", "team-b"],
+        &["describe", "app", "shop", "-n", "team-b"],
+    ] {
+        let (code, _, stderr) = as_user(&viewer, refused);
+        assert_eq!(code, Some(77), "{refused:?}: {stderr}");
+    }
+    let (code, _, stderr) = as_user(&viewer, &["events", "-n", "team-a"]);
+    assert_eq!(code, Some(0), "{stderr}");
 
     // An editor edits its namespace, not another.
     let (code, _, stderr) = as_user(&editor, &["delete", "app", "web", "-n", "team-a"]);

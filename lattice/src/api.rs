@@ -438,6 +438,14 @@ impl Client {
         &self.user
     }
 
+    /// The namespaces the caller holds a role in (none when it holds one lattice-wide).
+    pub fn viewable_namespaces(&self) -> Vec<String> {
+        self.grants
+            .iter()
+            .filter_map(|grant| grant.namespace.clone())
+            .collect()
+    }
+
     /// Whether the caller may view the whole lattice.
     pub fn lattice_wide(&self) -> bool {
         self.grants.iter().any(|grant| grant.namespace.is_none())

@@ -9,6 +9,8 @@ use clap::{Args, ValueEnum};
 use shoal_lattice::Event;
 use shoal_lattice::records::DEFAULT_NAMESPACE;
 
+use shoal_lattice::api::{AppView, Request};
+
 use crate::journal;
 use crate::lattice::LatticeArgs;
 
@@ -22,9 +24,11 @@ pub struct EventsArgs {
     /// Only events of this app.
     #[arg(long)]
     pub app: Option<String>,
-    /// The app's namespace, with --app.
-    #[arg(short, long, default_value = DEFAULT_NAMESPACE, requires = "app")]
-    pub namespace: String,
+    /// Only events of this namespace's apps (with --app: the app's namespace, default
+    /// `default`). Without either: everything, for lattice-wide viewers, else the first
+    /// namespace the credential may view.
+    #[arg(short, long)]
+    pub namespace: Option<String>,
     /// Keep printing new events as they happen, until ctrl-c.
     #[arg(short, long)]
     pub follow: bool,
@@ -48,21 +52,36 @@ pub enum EventFormat {
 
 pub async fn run(args: EventsArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
     let (api, connection) = lattice.api("shoal events").await?;
+    // Every event of the lattice (host events included) is for lattice-wide viewers; others
+    // read a namespace they may view.
+    let namespace = match (&args.namespace, &args.app) {
+        (Some(namespace), _) => Some(namespace.clone()),
+        (None, Some(_)) => Some(DEFAULT_NAMESPACE.to_owned()),
+        (None, None) if api.lattice_wide() => None,
+        (None, None) => api.viewable_namespaces().first().cloned(),
+    };
+    // A caller who may not view the namespace gets the control plane's clear refusal (the
+    // journal read would be refused by nats-server anyway).
+    if let Some(namespace) = &namespace {
+        let _: Vec<AppView> = api
+            .call(&Request::GetApps {
+                namespace: Some(namespace.clone()),
+            })
+            .await?;
+    }
     let start = journal::start(args.since);
-    let mut reader = match &args.app {
-        Some(app) => {
+    let mut reader = match (&args.app, &namespace) {
+        (Some(app), Some(namespace)) => {
             connection
-                .events(Some((args.namespace.as_str(), app)), start, args.follow)
+                .events(Some((namespace.as_str(), app)), start, args.follow)
                 .await?
         }
-        // A viewer of some namespaces only reads the one asked for (every event of the
-        // lattice, host events included, is for lattice-wide viewers).
-        None if !api.lattice_wide() => {
+        (_, Some(namespace)) => {
             connection
-                .namespace_events(&args.namespace, start, args.follow)
+                .namespace_events(namespace, start, args.follow)
                 .await?
         }
-        None => connection.events(None, start, args.follow).await?,
+        (_, None) => connection.events(None, start, args.follow).await?,
     };
     let mut out = std::io::stdout().lock();
     journal::read(&mut reader, |event, _| {
