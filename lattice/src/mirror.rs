@@ -8,18 +8,79 @@
 //! When the watch breaks (the NATS server restarted, the connection dropped), the mirror
 //! builds a fresh copy from a new watch and swaps it in whole, so readers never see a
 //! half-synced state.
+//!
+//! The watch is an ordered push consumer of the bucket's stream, named so that its filter
+//! is part of the subject of the request that makes it: on a secure lattice nats-server lets
+//! a host watch only the keys its credential names (its own assignments, say).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use async_nats::jetstream::kv;
+use async_nats::jetstream::{consumer, kv};
+use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
-use crate::store::decode;
 use crate::{Bucket, Error, Lattice, Validate, Versioned};
+
+/// A watch: the bucket's messages under a key filter, the latest value of each key first.
+type Watch = consumer::push::Ordered;
+
+/// One change a watch delivers.
+struct Entry {
+    key: String,
+    revision: u64,
+    deleted: bool,
+    value: Bytes,
+    /// Messages still pending after this one: 0 once the watch has caught up.
+    delta: u64,
+}
+
+impl Entry {
+    /// Reads a KV change from a stream message; `None` for one that is not (no info).
+    fn from_message(prefix: &str, message: async_nats::jetstream::Message) -> Option<Self> {
+        let info = message.info().ok()?;
+        let (revision, delta) = (info.stream_sequence, info.pending);
+        let key = message.subject.strip_prefix(prefix)?.to_owned();
+        // A delete or purge carries `KV-Operation`; an expired key a marker reason.
+        let deleted = message.headers.as_ref().is_some_and(|headers| {
+            headers.get("KV-Operation").is_some() || headers.get("Nats-Marker-Reason").is_some()
+        });
+        Some(Self {
+            key,
+            revision,
+            deleted,
+            value: message.payload.clone(),
+            delta,
+        })
+    }
+}
+
+/// Starts a watch of `filter` (a key filter) in `store`, from the latest value of each key.
+async fn watch(
+    lattice: &Lattice,
+    store: &kv::Store,
+    filter: &str,
+) -> Result<Watch, String> {
+    store
+        .stream
+        .create_consumer(consumer::push::OrderedConfig {
+            name: Some(nuid::next().to_string()),
+            deliver_subject: lattice.client().new_inbox(),
+            description: Some("shoal mirror".to_owned()),
+            filter_subject: format!("{}{filter}", store.prefix),
+            deliver_policy: consumer::DeliverPolicy::LastPerSubject,
+            replay_policy: consumer::ReplayPolicy::Instant,
+            ..Default::default()
+        })
+        .await
+        .map_err(|error| error.to_string())?
+        .messages()
+        .await
+        .map_err(|error| error.to_string())
+}
 
 /// The valid records by key, and the refused ones with why (and the KV revision refused).
 struct Records<T> {
@@ -145,7 +206,7 @@ impl<T> Mirror<T> {
 
 struct Synced<T> {
     records: Records<T>,
-    watch: kv::Watch,
+    watch: Watch,
 }
 
 /// Opens a watch and reads it until it has delivered the current value of every key.
@@ -170,8 +231,7 @@ async fn sync<T: DeserializeOwned + Validate>(
         .await
         .map_err(|error| failed(&error))?
         .is_some();
-    let mut watch = store
-        .watch_with_history(filter)
+    let mut watch = watch(lattice, store, filter)
         .await
         .map_err(|error| failed(&error))?;
     let mut records = Records::default();
@@ -180,10 +240,13 @@ async fn sync<T: DeserializeOwned + Validate>(
             let next = tokio::time::timeout(Duration::from_secs(10), watch.next())
                 .await
                 .map_err(|_| failed(&"watch delivered nothing for 10 s"))?;
-            let Some(entry) = next else {
+            let Some(message) = next else {
                 return Err(failed(&"watch ended"));
             };
-            let entry = entry.map_err(|error| failed(&error))?;
+            let message = message.map_err(|error| failed(&error))?;
+            let Some(entry) = Entry::from_message(&store.prefix, message) else {
+                continue;
+            };
             let caught_up = entry.delta == 0;
             apply(lattice, bucket, &mut records, entry);
             if caught_up {
@@ -198,26 +261,31 @@ fn apply<T: DeserializeOwned + Validate>(
     lattice: &Lattice,
     bucket: Bucket,
     records: &mut Records<T>,
-    entry: kv::Entry,
+    entry: Entry,
 ) {
     records.invalid.remove(&entry.key);
     records.last_revision = records.last_revision.max(entry.revision);
-    if entry.operation != kv::Operation::Put {
+    if entry.deleted {
         records.valid.remove(&entry.key);
         return;
     }
     let key = entry.key.clone();
     let revision = entry.revision;
-    let checked = decode::<T>(lattice.name(), bucket, entry).and_then(|record| {
-        match record.value.validate() {
-            Ok(()) => Ok(record),
-            Err(invalid) => Err(Error::Decode {
-                bucket: bucket.name(lattice.name()),
+    let refused = |reason: String| Error::Decode {
+        bucket: bucket.name(lattice.name()),
+        key: key.clone(),
+        reason,
+    };
+    let checked = serde_json::from_slice::<T>(&entry.value)
+        .map_err(|error| refused(error.to_string()))
+        .and_then(|value| match value.validate() {
+            Ok(()) => Ok(Versioned {
                 key: key.clone(),
-                reason: invalid.to_string(),
+                revision,
+                value,
             }),
-        }
-    });
+            Err(invalid) => Err(refused(invalid.to_string())),
+        });
     match checked {
         Ok(record) => {
             records.valid.insert(key, record);
@@ -252,10 +320,14 @@ async fn follow<T: DeserializeOwned + Validate>(
     lattice: Lattice,
     bucket: Bucket,
     filter: String,
-    mut watch: kv::Watch,
+    mut watch: Watch,
     records: Arc<RwLock<Records<T>>>,
     notify: watch::Sender<u64>,
 ) {
+    let prefix = match lattice.store(bucket) {
+        Ok(store) => store.prefix.clone(),
+        Err(_) => return,
+    };
     loop {
         loop {
             // A watch whose consumer lived on a NATS server that died can go quiet without
@@ -266,7 +338,10 @@ async fn follow<T: DeserializeOwned + Validate>(
                 Err(_quiet) => break,
             };
             match entry {
-                Ok(entry) => {
+                Ok(message) => {
+                    let Some(entry) = Entry::from_message(&prefix, message) else {
+                        continue;
+                    };
                     if let Ok(mut records) = records.write() {
                         apply(&lattice, bucket, &mut records, entry);
                     }
