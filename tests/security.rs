@@ -161,6 +161,24 @@ fn a_host_credential_can_write_only_its_own_records_and_hear_only_its_own_reques
         raw.publish(subject);
         raw.wait_refused("Publish", subject);
     }
+    // Reading beyond what it serves: apps' specs (their configuration), other hosts'
+    // assignments, other hosts' records.
+    for subject in [
+        format!("$JS.API.CONSUMER.CREATE.KV_shoal-{name}-v1-apps"),
+        format!("$JS.API.CONSUMER.CREATE.KV_shoal-{name}-v1-apps.x.$KV.shoal-{name}-v1-apps.>"),
+        format!("$JS.API.CONSUMER.CREATE.KV_shoal-{name}-v1-assignments"),
+        format!(
+            "$JS.API.CONSUMER.CREATE.KV_shoal-{name}-v1-assignments.x.$KV.shoal-{name}-v1-assignments.h1.>"
+        ),
+        format!(
+            "$JS.API.DIRECT.GET.KV_shoal-{name}-v1-apps.$KV.shoal-{name}-v1-apps.default.hello"
+        ),
+        format!("$JS.API.DIRECT.GET.KV_shoal-{name}-v1-hosts.$KV.shoal-{name}-v1-hosts.h1"),
+        format!("$JS.API.STREAM.MSG.GET.KV_shoal-{name}-v1-apps"),
+    ] {
+        raw.publish(&subject);
+        raw.wait_refused("Publish", &subject);
+    }
     // Another host's requests, every app's requests, other identities' replies.
     for subject in [
         format!("shoal.{name}.v1.http.h1.>"),

@@ -18,7 +18,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt as _;
 use shoal_lattice::names::{host_assignments, replica_status_key};
 use shoal_lattice::records::{
-    AppRecord, AppStatus, Assignment, Capacity, HostRecord, Phase, ReplicaStatus, now_millis,
+    Assignment, Capacity, HostRecord, Phase, ReplicaStatus, RouteRecord, now_millis,
 };
 use shoal_lattice::validate::MAX_CACHED;
 use shoal_lattice::{Bucket, Event, Lattice, Versioned};
@@ -198,11 +198,11 @@ impl<F: Fetch> Agent<F> {
             .lattice
             .mirror::<Assignment>(Bucket::Assignments, &host_assignments(&id))
             .await?;
-        let apps = self.lattice.mirror::<AppRecord>(Bucket::Apps, ">").await?;
-        // Apps' statuses, for their endpoints: where to forward what this host cannot serve.
-        let app_statuses = self
+        // Every app's routes and endpoints, as the scheduler publishes them for hosts (never
+        // the apps' specs: a host credential reads no app's configuration).
+        let routing = self
             .lattice
-            .mirror::<AppStatus>(Bucket::Status, "apps.>")
+            .mirror::<RouteRecord>(Bucket::Status, "routes.>")
             .await?;
         let (stop_listening, listening_stopped) = tokio::sync::oneshot::channel();
         let listening = listen(
@@ -248,8 +248,7 @@ impl<F: Fetch> Agent<F> {
         let (log_lines, unpublished) = log_queue();
         let publisher = tokio::spawn(publish_logs(self.lattice.clone(), unpublished));
         let mut changes = assignments.changes();
-        let mut app_changes = apps.changes();
-        let mut status_changes = app_statuses.changes();
+        let mut routing_changes = routing.changes();
         let (started_tx, mut started_rx) = mpsc::channel::<Started>(64);
         let (probed_tx, mut probed_rx) = mpsc::channel::<Probed>(64);
         let mut replicas: HashMap<String, Replica> = HashMap::new();
@@ -266,8 +265,7 @@ impl<F: Fetch> Agent<F> {
                     }
                 }
                 _ = changes.changed() => {}
-                _ = app_changes.changed() => {}
-                _ = status_changes.changed() => {}
+                _ = routing_changes.changed() => {}
                 Some((replica, generation, result)) = started_rx.recv() => {
                     self.started(&mut replicas, replica, generation, result, &probed_tx).await;
                 }
@@ -286,24 +284,12 @@ impl<F: Fetch> Agent<F> {
                     &log_lines,
                 )
                 .await;
-                let records: Vec<AppRecord> = apps
+                let records: Vec<RouteRecord> = routing
                     .snapshot()
                     .into_iter()
                     .map(|record| record.value)
                     .collect();
-                let endpoints: HashMap<String, Vec<String>> = app_statuses
-                    .snapshot()
-                    .into_iter()
-                    .map(|record| {
-                        let key = record
-                            .key
-                            .strip_prefix("apps.")
-                            .unwrap_or(&record.key)
-                            .to_owned();
-                        (key, record.value.endpoints)
-                    })
-                    .collect();
-                self.publish_routes(&records, &endpoints, &replicas);
+                self.publish_routes(records, &replicas);
                 self.count_replicas(&replicas);
             })
             .catch_unwind()
@@ -637,29 +623,26 @@ impl<F: Fetch> Agent<F> {
 
     /// Rebuilds the routing table from every app's routes, endpoints and ready local
     /// replicas.
-    fn publish_routes(
-        &self,
-        apps: &[AppRecord],
-        endpoints: &HashMap<String, Vec<String>>,
-        replicas: &HashMap<String, Replica>,
-    ) {
+    fn publish_routes(&self, apps: Vec<RouteRecord>, replicas: &HashMap<String, Replica>) {
         let mut table: BTreeMap<(String, String), AppRoutes> = apps
-            .iter()
-            .map(|app| {
+            .into_iter()
+            .map(|record| {
+                let limits = shoal_lattice::records::AppLimits {
+                    timeout: record.timeout,
+                    ..Default::default()
+                };
                 let mut routes = AppRoutes::new(
-                    &app.namespace,
-                    &app.name,
-                    app.spec.routes.clone(),
+                    &record.namespace,
+                    &record.app,
+                    record.routes,
                     // The app's own timeout, plus room for the trip over NATS.
-                    Limits::for_app(&app.spec.limits)
+                    Limits::for_app(&limits)
                         .timeout
                         .saturating_add(Duration::from_secs(5)),
                 );
-                if let Some(hosts) = endpoints.get(&format!("{}.{}", app.namespace, app.name)) {
-                    routes.endpoints = Arc::from(hosts.clone());
-                }
-                routes.expose = app.spec.expose.clone();
-                ((app.namespace.clone(), app.name.clone()), routes)
+                routes.endpoints = Arc::from(record.endpoints);
+                routes.expose = record.expose;
+                ((record.namespace, record.app), routes)
             })
             .collect();
         for replica in replicas.values() {

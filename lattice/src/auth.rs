@@ -237,22 +237,6 @@ pub fn api_subjects(lattice: &str) -> String {
     format!("{}.api.>", root(lattice))
 }
 
-/// Reading a JetStream stream: its info, consumers on it (named ones carry their filter in
-/// the subject), direct gets, flow control.
-fn read_stream(stream: &str, publish: &mut Vec<String>) {
-    publish.extend([
-        format!("$JS.API.STREAM.INFO.{stream}"),
-        format!("$JS.API.CONSUMER.CREATE.{stream}"),
-        format!("$JS.API.CONSUMER.CREATE.{stream}.>"),
-        format!("$JS.API.CONSUMER.INFO.{stream}.>"),
-        format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.>"),
-        format!("$JS.API.DIRECT.GET.{stream}"),
-        format!("$JS.API.DIRECT.GET.{stream}.>"),
-        format!("$JS.API.STREAM.MSG.GET.{stream}"),
-        format!("$JS.FC.{stream}.>"),
-    ]);
-}
-
 /// Reading a journal only under `filter` (a subject with wildcards): a consumer must be
 /// named, so its filter is in the subject nats-server checks.
 fn read_journal(stream: &str, filter: &str, publish: &mut Vec<String>) {
@@ -273,22 +257,36 @@ pub fn permissions(lattice: &str, identity: &Identity) -> Permissions {
     let mut subscribe = vec![format!("{}.>", identity.inbox_prefix())];
     match identity {
         Identity::Host { id } => {
-            // Every bucket opens (stream info); hosts read apps (routes), hosts (their own
-            // record, to refuse a duplicate id), assignments and statuses (endpoints).
+            // Every bucket and journal opens (stream info: its configuration and, with a
+            // subject filter, which keys exist, never a value).
             for bucket in Bucket::ALL {
                 publish.push(format!("$JS.API.STREAM.INFO.{}", kv_stream(bucket)));
-            }
-            for bucket in [
-                Bucket::Apps,
-                Bucket::Hosts,
-                Bucket::Assignments,
-                Bucket::Status,
-            ] {
-                read_stream(&kv_stream(bucket), &mut publish);
             }
             for journal in Journal::ALL {
                 publish.push(format!("$JS.API.STREAM.INFO.{}", journal.stream(lattice)));
             }
+            // It watches its own assignments and every app's routing record (routes,
+            // endpoints; no spec), and reads its own host record: consumers must be named,
+            // so the filter is in the subject nats-server checks.
+            for (bucket, filter) in [
+                (Bucket::Assignments, format!("{id}.>")),
+                (Bucket::Status, "routes.>".to_owned()),
+            ] {
+                let stream = kv_stream(bucket);
+                publish.extend([
+                    format!(
+                        "$JS.API.CONSUMER.CREATE.{stream}.*.{}",
+                        kv_key(bucket, &filter)
+                    ),
+                    format!("$JS.API.CONSUMER.INFO.{stream}.>"),
+                    format!("$JS.FC.{stream}.>"),
+                ]);
+            }
+            publish.push(format!(
+                "$JS.API.DIRECT.GET.{}.{}",
+                kv_stream(Bucket::Hosts),
+                kv_key(Bucket::Hosts, id)
+            ));
             publish.extend([
                 kv_key(Bucket::Hosts, id),
                 kv_key(Bucket::Status, &format!("replicas.{id}.*")),
@@ -788,11 +786,13 @@ mod tests {
                 .publish
                 .contains(&"$KV.shoal-dev-v1-status.replicas.edge-1.*".to_owned())
         );
-        assert!(!permissions.publish.iter().any(
-            |subject| subject.contains("$KV.shoal-dev-v1-apps")
-                || subject.contains("$KV.shoal-dev-v1-assignments")
+        // Writes are publishes on `$KV.…`; reads name their filter inside a consumer subject.
+        assert!(!permissions.publish.iter().any(|subject| {
+            subject.starts_with("$KV.shoal-dev-v1-apps")
+                || subject.starts_with("$KV.shoal-dev-v1-assignments")
                 || subject.contains("STREAM.CREATE")
-        ));
+                || subject.contains("v1-apps.")
+        }));
         assert!(
             permissions
                 .subscribe

@@ -59,11 +59,7 @@ impl Entry {
 }
 
 /// Starts a watch of `filter` (a key filter) in `store`, from the latest value of each key.
-async fn watch(
-    lattice: &Lattice,
-    store: &kv::Store,
-    filter: &str,
-) -> Result<Watch, String> {
+async fn watch(lattice: &Lattice, store: &kv::Store, filter: &str) -> Result<Watch, String> {
     store
         .stream
         .create_consumer(consumer::push::OrderedConfig {

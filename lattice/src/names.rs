@@ -58,8 +58,9 @@ pub enum Bucket {
     Hosts,
     /// Replica assignments, key `<host>.<replica>`.
     Assignments,
-    /// Replica status written by hosts (`replicas.<host>.<replica>`) and app status written
-    /// by the scheduler (`apps.<namespace>.<name>`).
+    /// Replica status written by hosts (`replicas.<host>.<replica>`), and app status
+    /// (`apps.<namespace>.<name>`) and routing (`routes.<namespace>.<name>`) written by the
+    /// scheduler.
     Status,
     /// The scheduler's leader lease, key `scheduler`.
     Leases,
@@ -130,6 +131,11 @@ pub fn replica_status_key(host: &str, replica: &str) -> String {
 /// Key of an app's status.
 pub fn app_status_key(namespace: &str, name: &str) -> String {
     format!("apps.{namespace}.{name}")
+}
+
+/// Key of an app's routing record (what hosts read).
+pub fn route_key(namespace: &str, name: &str) -> String {
+    format!("routes.{namespace}.{name}")
 }
 
 /// The key of the scheduler's leader lease.

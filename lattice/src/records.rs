@@ -443,8 +443,29 @@ pub struct AppStatus {
     /// failures in a row: the backoff survives a scheduler failover.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backoff: Option<BackoffRecord>,
-    /// The live hosts with a ready replica of the app (any revision), sorted: where other
-    /// hosts forward its requests.
+}
+
+/// What hosts need to route an app's requests, written by the scheduler at
+/// `routes.<namespace>.<app>` in the status bucket. Hosts read these, never apps' specs, so
+/// a host's credential does not reveal any app's configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteRecord {
+    /// Namespace.
+    pub namespace: String,
+    /// App name.
+    pub app: String,
+    /// The app's routes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<Route>,
+    /// Which other namespaces may call it by name.
+    #[serde(default, skip_serializing_if = "Expose::is_empty")]
+    pub expose: Expose,
+    /// The app's request timeout, when it sets one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Span>,
+    /// The live hosts with a ready replica (any revision), sorted: where other hosts forward
+    /// its requests.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub endpoints: Vec<String>,
 }

@@ -12,6 +12,7 @@ use crate::names;
 use crate::quantity::Span;
 use crate::records::{
     AppRecord, AppSpec, AppStatus, Assignment, HostRecord, Lease, ReplicaStatus, RevisionRecord,
+    RouteRecord,
 };
 
 /// Most replicas an app may ask for.
@@ -531,7 +532,34 @@ pub fn is_digest(digest: &str) -> bool {
 
 impl Validate for AppStatus {
     fn validate(&self) -> Result<(), Invalid> {
+        Ok(())
+    }
+}
+
+impl Validate for RouteRecord {
+    fn validate(&self) -> Result<(), Invalid> {
         let mut found = Problems::default();
+        found.name("namespace", "namespace", &self.namespace);
+        found.name("app", "app name", &self.app);
+        // The routing part of a spec, checked as a spec's is.
+        let spec = AppSpec {
+            component: "routing/only:1".to_owned(),
+            replicas: 1,
+            placement: Default::default(),
+            limits: crate::records::AppLimits {
+                timeout: self.timeout,
+                ..Default::default()
+            },
+            routes: self.routes.clone(),
+            config: Default::default(),
+            secrets: Vec::new(),
+            allowed_outbound: Vec::new(),
+            health: None,
+            rollout: None,
+            revision_history_limit: None,
+            expose: self.expose.clone(),
+        };
+        found.spec("record", &spec);
         if self.endpoints.len() > MAX_REPLICAS as usize {
             found.add(
                 "endpoints",

@@ -9,11 +9,11 @@ use std::time::{Duration, Instant};
 
 use futures_util::FutureExt as _;
 use shoal_lattice::names::{
-    app_key, app_status_key, assignment_key, replica_status_key, revision_key,
+    app_key, app_status_key, assignment_key, replica_status_key, revision_key, route_key,
 };
 use shoal_lattice::records::{
     AppRecord, AppSpec, AppStatus, Assignment, BackoffRecord, Condition, FailedRollout, HostRecord,
-    Phase, ReplicaStatus, RevisionRecord, now_millis,
+    Phase, ReplicaStatus, RevisionRecord, RouteRecord, now_millis,
 };
 use shoal_lattice::{Bucket, Error, Event, Lattice, Mirror, Versioned};
 
@@ -116,6 +116,8 @@ struct State {
     assignments: Mirror<Assignment>,
     replicas: Mirror<ReplicaStatus>,
     app_status: Mirror<AppStatus>,
+    /// What hosts read to route each app.
+    routes: Mirror<RouteRecord>,
     liveness: Liveness,
     pending: Pending,
     backoff: HashMap<String, Backoff>,
@@ -208,6 +210,7 @@ pub async fn run(
         assignments: lattice.mirror(Bucket::Assignments, ">").await?,
         replicas: lattice.mirror(Bucket::Status, "replicas.>").await?,
         app_status: lattice.mirror(Bucket::Status, "apps.>").await?,
+        routes: lattice.mirror(Bucket::Status, "routes.>").await?,
         liveness: Liveness::default(),
         pending: Pending::default(),
         backoff: HashMap::new(),
@@ -409,6 +412,12 @@ async fn pass(
         let app = app_status.key.trim_start_matches("apps.");
         if !app_keys.contains(app) {
             lattice.delete(Bucket::Status, &app_status.key).await?;
+        }
+    }
+    for routes in state.routes.snapshot() {
+        let app = routes.key.trim_start_matches("routes.");
+        if !app_keys.contains(app) {
+            lattice.delete(Bucket::Status, &routes.key).await?;
         }
     }
     assignments.retain(|assignment| {
@@ -946,6 +955,18 @@ async fn write_status(
         .collect();
     endpoints.sort();
     endpoints.dedup();
+    let routing = RouteRecord {
+        namespace: app.namespace.clone(),
+        app: app.name.clone(),
+        routes: app.spec.routes.clone(),
+        expose: app.spec.expose.clone(),
+        timeout: app.spec.limits.timeout,
+        endpoints,
+    };
+    let routes_key = route_key(&app.namespace, &app.name);
+    if state.routes.get(&routes_key).map(|record| record.value) != Some(routing.clone()) {
+        lattice.put(Bucket::Status, &routes_key, &routing).await?;
+    }
     let mine: Vec<&Assignment> = assignments
         .iter()
         .map(|assignment| &assignment.value)
@@ -1033,7 +1054,6 @@ async fn write_status(
                 failures: backoff.failures,
                 not_before: backoff.not_before_ms,
             }),
-        endpoints,
     };
     // Write status only when it changed.
     if previous.as_ref() != Some(&next) {
