@@ -513,3 +513,105 @@ fn namespaces_are_a_boundary_for_service_discovery_and_route_hosts() {
         "{stderr}"
     );
 }
+
+#[test]
+fn an_admin_drains_a_host_without_a_failed_request_and_others_may_not() {
+    let lattice = Lattice::start_secure();
+    let scheduler_creds = lattice.mint(&["scheduler", "s1"], "s1");
+    let _scheduler = lattice.spawn(
+        &[
+            "scheduler",
+            "--id",
+            "s1",
+            "--host-timeout",
+            "1s",
+            "--lease",
+            "1s",
+            "--nats-creds",
+            scheduler_creds.to_str().unwrap(),
+        ],
+        "s1",
+        false,
+    );
+    let hosts: Vec<_> = ["h1", "h2"]
+        .iter()
+        .map(|id| {
+            let creds = lattice.mint(&["host", id], id);
+            lattice.host_with(id, &["--nats-creds", creds.to_str().unwrap()])
+        })
+        .collect();
+    let hello = lattice.push_hello("1.0");
+    lattice.apply(&hello_manifest("hello", &hello, 2, ""));
+    lattice.wait_ready("hello", 2, PATIENCE);
+    assert_eq!(lattice.ready_by_host("hello").get("h1"), Some(&1));
+
+    // Only a lattice-wide admin may.
+    let editor = lattice.mint(&["user", "ed", "--role", "editor"], "ed");
+    let output = lattice
+        .command()
+        .env("SHOAL_NATS_CREDS", &editor)
+        .args(["drain", "h1"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(77));
+    assert!(
+        String::from_utf8_lossy(&output.stderr)
+            .contains("forbidden: ed (editor of the lattice) may not drain in the lattice")
+    );
+
+    // Requests through both hosts while h1 drains: none fails.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let urls: Vec<String> = hosts
+        .iter()
+        .map(|host| format!("http://{}", host.address()))
+        .collect();
+    let load = {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let agent = support::lattice::agent();
+            let (mut ok, mut failed) = (0, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for url in &urls {
+                    match agent.get(&format!("{url}/hello")).call() {
+                        Ok(response) if response.status() == 200 => ok += 1,
+                        Ok(response) => failed.push(response.status().as_u16()),
+                        Err(_) => failed.push(0),
+                    }
+                }
+            }
+            (ok, failed)
+        })
+    };
+    let drained = lattice.ok(&["drain", "h1", "--timeout", "60s"]);
+    assert!(drained.contains("host h1 drained"), "{drained}");
+    lattice.wait_ready("hello", 2, PATIENCE);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = load.join().unwrap();
+    assert!(
+        failed.is_empty(),
+        "{} failed of {}: {failed:?}",
+        failed.len(),
+        ok + failed.len()
+    );
+    assert!(ok > 0);
+    eprintln!("{ok} requests while h1 drained, none failed");
+    assert_eq!(lattice.ready_by_host("hello").get("h2"), Some(&2));
+    let listed = lattice.ok(&["get", "hosts"]);
+    assert!(
+        listed
+            .lines()
+            .any(|line| line.contains("h1") && line.contains("draining")),
+        "{listed}"
+    );
+
+    // Uncordoned, it takes replicas again.
+    lattice.ok(&["uncordon", "h1"]);
+    lattice.ok(&["scale", "app", "hello", "--replicas", "4"]);
+    lattice.wait_ready("hello", 4, PATIENCE);
+    assert!(
+        lattice
+            .ready_by_host("hello")
+            .get("h1")
+            .is_some_and(|count| *count > 0)
+    );
+}

@@ -52,6 +52,9 @@ enum Command {
     Rollout(commands::rollout::RolloutArgs),
     Logs(commands::logs::LogsArgs),
     Events(commands::events::EventsArgs),
+    Cordon(commands::cordon::CordonArgs),
+    Uncordon(commands::cordon::UncordonArgs),
+    Drain(commands::cordon::DrainArgs),
 }
 
 fn main() -> ExitCode {
@@ -95,6 +98,9 @@ fn main() -> ExitCode {
             Command::Rollout(args) => commands::rollout::run(args, &cli.lattice).await,
             Command::Logs(args) => commands::logs::run(args, &cli.lattice).await,
             Command::Events(args) => commands::events::run(args, &cli.lattice).await,
+            Command::Cordon(args) => commands::cordon::cordon(args, &cli.lattice).await,
+            Command::Uncordon(args) => commands::cordon::uncordon(args, &cli.lattice).await,
+            Command::Drain(args) => commands::cordon::drain(args, &cli.lattice).await,
         }
     });
     match result {

@@ -14,7 +14,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::{ANONYMOUS, Grant, Holder, LATTICE_SCOPE, Role, api_subject};
 use crate::records::{
-    AppRecord, AppSpec, AppStatus, Assignment, HostRecord, ReplicaStatus, RevisionRecord,
+    AppRecord, AppSpec, AppStatus, Assignment, HostControl, HostRecord, ReplicaStatus,
+    RevisionRecord,
 };
 
 /// How long one attempt waits for an answer: a scheduler that froze (a stopped VM) still
@@ -108,6 +109,18 @@ pub enum Request {
         /// Name.
         name: String,
     },
+    /// Cordon a host (no new replicas) or lift its cordon and drain.
+    Cordon {
+        /// The host.
+        host: String,
+        /// Cordoned, or back to normal.
+        cordoned: bool,
+    },
+    /// Cordon a host and move its replicas elsewhere.
+    Drain {
+        /// The host.
+        host: String,
+    },
 }
 
 impl Request {
@@ -125,7 +138,17 @@ impl Request {
             Request::GetHosts => "get",
             Request::GetReplicas { .. } => "get",
             Request::DescribeApp { .. } => "describe",
+            Request::Cordon { cordoned: true, .. } => "cordon",
+            Request::Cordon {
+                cordoned: false, ..
+            } => "uncordon",
+            Request::Drain { .. } => "drain",
         }
+    }
+
+    /// Whether it acts on the whole lattice (hosts), so only a lattice-wide grant allows it.
+    pub fn lattice_wide(&self) -> bool {
+        matches!(self, Request::Cordon { .. } | Request::Drain { .. })
     }
 
     /// The role it needs and the namespaces it touches (none: it reads lattice-wide or
@@ -147,6 +170,7 @@ impl Request {
                 (Role::Viewer, namespace.iter().map(String::as_str).collect())
             }
             Request::GetHosts => (Role::Viewer, Vec::new()),
+            Request::Cordon { .. } | Request::Drain { .. } => (Role::Admin, Vec::new()),
         }
     }
 }
@@ -297,6 +321,9 @@ pub struct HostView {
     pub host: HostRecord,
     /// Replicas assigned to it.
     pub replicas: usize,
+    /// An admin's cordon or drain, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control: Option<HostControl>,
 }
 
 /// A replica: its assignment and status.
@@ -366,7 +393,7 @@ impl Caller {
                 ),
             )
         };
-        if self.grant.role < role {
+        if self.grant.role < role || (request.lattice_wide() && self.grant.namespace.is_some()) {
             let place = namespaces
                 .first()
                 .map_or_else(|| "in the lattice".to_owned(), |ns| format!("in {ns}"));
@@ -513,6 +540,7 @@ fn choose_grant(grants: &[Grant], request: &Request) -> Grant {
             .iter()
             .all(|namespace| grant.allows(role, Some(namespace)))
             && grant.role >= role
+            && (!request.lattice_wide() || grant.namespace.is_none())
     };
     let covering =
         |grant: &&Grant| namespaces.is_empty() || namespaces.iter().any(|ns| grant.scope() == *ns);

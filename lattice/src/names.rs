@@ -138,6 +138,11 @@ pub fn route_key(namespace: &str, name: &str) -> String {
     format!("routes.{namespace}.{name}")
 }
 
+/// Key of an admin's decision about a host (cordoned, draining).
+pub fn host_control_key(host: &str) -> String {
+    format!("hosts.{host}")
+}
+
 /// The key of the scheduler's leader lease.
 pub const SCHEDULER_LEASE: &str = "scheduler";
 

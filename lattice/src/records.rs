@@ -470,6 +470,22 @@ pub struct RouteRecord {
     pub endpoints: Vec<String>,
 }
 
+/// What an admin decided about a host (`hosts.<id>` in the status bucket, written through
+/// the control API): cordoned hosts get no new replicas; drained ones also see their
+/// replicas placed elsewhere, each removed once its replacement is ready.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HostControl {
+    /// No new replicas.
+    pub cordoned: bool,
+    /// Replicas move elsewhere.
+    pub draining: bool,
+    /// Who decided.
+    pub by: String,
+    /// When (ms since the epoch).
+    pub since: u64,
+}
+
 /// The backoff of replacing an app's failed replicas.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -11,8 +11,8 @@ use std::time::Duration;
 use crate::names;
 use crate::quantity::Span;
 use crate::records::{
-    AppRecord, AppSpec, AppStatus, Assignment, HostRecord, Lease, ReplicaStatus, RevisionRecord,
-    RouteRecord,
+    AppRecord, AppSpec, AppStatus, Assignment, HostControl, HostRecord, Lease, ReplicaStatus,
+    RevisionRecord, RouteRecord,
 };
 
 /// Most replicas an app may ask for.
@@ -533,6 +533,14 @@ pub fn is_digest(digest: &str) -> bool {
 impl Validate for AppStatus {
     fn validate(&self) -> Result<(), Invalid> {
         Ok(())
+    }
+}
+
+impl Validate for HostControl {
+    fn validate(&self) -> Result<(), Invalid> {
+        let mut found = Problems::default();
+        found.text("by", &self.by, MAX_SHORT_TEXT);
+        found.finish()
     }
 }
 

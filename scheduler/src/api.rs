@@ -14,8 +14,10 @@ use shoal_lattice::api::{
     ReplicaView, Request, Scaled, UndoneTo,
 };
 use shoal_lattice::auth::api_subjects;
-use shoal_lattice::names::{app_key, app_status_key, check_name};
-use shoal_lattice::records::{AppRecord, AppStatus, Assignment, HostRecord, ReplicaStatus};
+use shoal_lattice::names::{app_key, app_status_key, check_name, host_control_key};
+use shoal_lattice::records::{
+    AppRecord, AppStatus, Assignment, HostControl, HostRecord, ReplicaStatus, now_millis,
+};
 use shoal_lattice::{Bucket, Lattice};
 use tokio::sync::Semaphore;
 
@@ -234,7 +236,53 @@ async fn handle(
                 .collect();
             to_json(apps)
         }
+        Request::Cordon { host, cordoned } => {
+            let key = host_control_key(&host);
+            if cordoned {
+                known_host(lattice, &host).await?;
+                let control = HostControl {
+                    cordoned: true,
+                    draining: false,
+                    by: caller.user.clone(),
+                    since: now_millis(),
+                };
+                lattice
+                    .put(Bucket::Status, &key, &control)
+                    .await
+                    .map_err(internal)?;
+            } else {
+                lattice
+                    .delete(Bucket::Status, &key)
+                    .await
+                    .map_err(internal)?;
+            }
+            to_json(())
+        }
+        Request::Drain { host } => {
+            known_host(lattice, &host).await?;
+            let control = HostControl {
+                cordoned: true,
+                draining: true,
+                by: caller.user.clone(),
+                since: now_millis(),
+            };
+            lattice
+                .put(Bucket::Status, &host_control_key(&host), &control)
+                .await
+                .map_err(internal)?;
+            to_json(())
+        }
         Request::GetHosts => {
+            let controls: HashMap<String, HostControl> = lattice
+                .list::<HostControl>(Bucket::Status, "hosts.")
+                .await
+                .map_err(internal)?
+                .into_iter()
+                .map(|record| {
+                    let host = record.key.trim_start_matches("hosts.").to_owned();
+                    (host, record.value)
+                })
+                .collect();
             let replicas = replicas(lattice).await?;
             let hosts: Vec<HostView> = lattice
                 .list::<HostRecord>(Bucket::Hosts, "")
@@ -246,6 +294,7 @@ async fn handle(
                         .iter()
                         .filter(|replica| replica.assignment.host == record.value.id)
                         .count(),
+                    control: controls.get(&record.value.id).cloned(),
                     host: record.value,
                 })
                 .collect();
@@ -291,6 +340,21 @@ async fn handle(
     }
 }
 
+/// Refuses a host that is not in the lattice.
+async fn known_host(lattice: &Lattice, host: &str) -> Result<(), ApiError> {
+    match lattice
+        .get::<HostRecord>(Bucket::Hosts, host)
+        .await
+        .map_err(internal)?
+    {
+        Some(_) => Ok(()),
+        None => Err(ApiError::new(
+            ErrorCode::NotFound,
+            format!("there is no host {host}; shoal get hosts lists them"),
+        )),
+    }
+}
+
 /// Names in a request follow the naming rules (they become keys and subjects).
 fn check_names(request: &Request) -> Result<(), ApiError> {
     let invalid =
@@ -321,6 +385,9 @@ fn check_names(request: &Request) -> Result<(), ApiError> {
             })
         }
         Request::GetHosts => Ok(()),
+        Request::Cordon { host, .. } | Request::Drain { host } => {
+            shoal_lattice::names::check_host_id(host).map_err(invalid)
+        }
     }
 }
 

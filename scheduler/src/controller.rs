@@ -12,8 +12,8 @@ use shoal_lattice::names::{
     app_key, app_status_key, assignment_key, replica_status_key, revision_key, route_key,
 };
 use shoal_lattice::records::{
-    AppRecord, AppSpec, AppStatus, Assignment, BackoffRecord, Condition, FailedRollout, HostRecord,
-    Phase, ReplicaStatus, RevisionRecord, RouteRecord, now_millis,
+    AppRecord, AppSpec, AppStatus, Assignment, BackoffRecord, Condition, FailedRollout,
+    HostControl, HostRecord, Phase, ReplicaStatus, RevisionRecord, RouteRecord, now_millis,
 };
 use shoal_lattice::{Bucket, Error, Event, Lattice, Mirror, Versioned};
 
@@ -118,6 +118,8 @@ struct State {
     app_status: Mirror<AppStatus>,
     /// What hosts read to route each app.
     routes: Mirror<RouteRecord>,
+    /// Admins' decisions about hosts: cordoned, draining.
+    controls: Mirror<HostControl>,
     liveness: Liveness,
     pending: Pending,
     backoff: HashMap<String, Backoff>,
@@ -211,6 +213,7 @@ pub async fn run(
         replicas: lattice.mirror(Bucket::Status, "replicas.>").await?,
         app_status: lattice.mirror(Bucket::Status, "apps.>").await?,
         routes: lattice.mirror(Bucket::Status, "routes.>").await?,
+        controls: lattice.mirror(Bucket::Status, "hosts.>").await?,
         liveness: Liveness::default(),
         pending: Pending::default(),
         backoff: HashMap::new(),
@@ -355,12 +358,37 @@ async fn pass(
         );
         return Ok(());
     }
+    // A cordoned or drained host takes no new replicas, as a host shutting down does; a
+    // drained one's replicas are replaced elsewhere.
+    let controls: HashMap<String, HostControl> = state
+        .controls
+        .snapshot()
+        .into_iter()
+        .map(|control| {
+            let host = control.key.trim_start_matches("hosts.").to_owned();
+            (host, control.value)
+        })
+        .collect();
+    let draining: HashSet<String> = controls
+        .iter()
+        .filter(|(_, control)| control.draining)
+        .map(|(host, _)| host.clone())
+        .collect();
     let hosts: BTreeMap<String, HostRecord> = state
         .hosts
         .snapshot()
         .into_iter()
         .filter(|host| live.contains(&host.key))
-        .map(|host| (host.key, host.value))
+        .map(|host| {
+            let mut record = host.value;
+            if controls
+                .get(&host.key)
+                .is_some_and(|control| control.cordoned || control.draining)
+            {
+                record.draining = true;
+            }
+            (host.key, record)
+        })
         .collect();
     // The fence is read before the snapshot: a write by anyone else after it makes this
     // pass's writes fail instead of landing on a stale plan.
@@ -427,6 +455,7 @@ async fn pass(
     let observed = PassView {
         source: &source,
         live: &live,
+        draining: &draining,
         hosts: &hosts,
         status: &status,
         now,
@@ -466,6 +495,8 @@ async fn pass(
 struct PassView<'a> {
     source: &'a str,
     live: &'a HashSet<String>,
+    /// Hosts an admin is draining.
+    draining: &'a HashSet<String>,
     hosts: &'a BTreeMap<String, HostRecord>,
     status: &'a HashMap<String, ReplicaStatus>,
     now: Instant,
@@ -536,6 +567,7 @@ async fn step_app(
     let PassView {
         source,
         live,
+        draining,
         hosts,
         status,
         now,
@@ -557,6 +589,7 @@ async fn step_app(
                 live_hosts: live,
                 status: rollout_status.as_ref().unwrap_or(status),
                 replace_failed: backoff.is_none_or(|backoff| now >= backoff.not_before),
+                draining_hosts: draining,
             },
         );
         if step.failed > 0 {
@@ -616,6 +649,8 @@ async fn step_app(
                 "its host is lost".to_owned()
             } else if reconcile::in_phase(removed, status, Phase::Failed) {
                 "it failed".to_owned()
+            } else if draining.contains(&removed.host) {
+                "its host is being drained".to_owned()
             } else if removed.revision != app.revision {
                 format!("revision {} replaces it", app.revision)
             } else {

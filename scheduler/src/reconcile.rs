@@ -31,6 +31,10 @@ pub struct Observed<'a> {
     pub status: &'a HashMap<String, ReplicaStatus>,
     /// Whether failed replicas may be replaced now (false while backing off).
     pub replace_failed: bool,
+    /// Hosts an admin is draining: their replicas are replaced as a rollout replaces an old
+    /// revision's (a new one placed elsewhere first, within maxSurge; the old one removed
+    /// once enough are ready).
+    pub draining_hosts: &'a HashSet<String>,
 }
 
 /// `maxSurge` and `maxUnavailable` as replica counts for `desired` replicas: counts as
@@ -100,7 +104,9 @@ pub fn reconcile(app: &AppRecord, observed: Observed<'_>) -> Step {
             if assignment.value.revision == app.revision {
                 step.lost += 1;
             }
-        } else if assignment.value.revision != app.revision {
+        } else if assignment.value.revision != app.revision
+            || observed.draining_hosts.contains(&assignment.value.host)
+        {
             old.push(assignment);
         } else if observed.replace_failed
             && in_phase(&assignment.value, observed.status, Phase::Failed)
@@ -201,6 +207,7 @@ mod tests {
                     live_hosts: &hosts,
                     status: &statuses,
                     replace_failed: true,
+                    draining_hosts: no_hosts(),
                 },
             );
             let removed: Vec<&String> = step.remove.iter().map(|(key, _)| key).collect();
@@ -321,6 +328,49 @@ mod tests {
         )
     }
 
+    fn no_hosts() -> &'static HashSet<String> {
+        static NONE: std::sync::LazyLock<HashSet<String>> = std::sync::LazyLock::new(HashSet::new);
+        &NONE
+    }
+
+    #[test]
+    fn a_drained_host_s_replica_is_replaced_before_it_is_removed() {
+        let hosts = live(&["h1", "h2"]);
+        let draining = live(&["h1"]);
+        let mut assignments = vec![assigned("r1", "h1", 1, 1), assigned("r2", "h2", 1, 2)];
+        let mut statuses: HashMap<String, ReplicaStatus> =
+            [status("r1", Phase::Ready), status("r2", Phase::Ready)]
+                .into_iter()
+                .collect();
+        let app = app(2, 1);
+        let observe = |assignments: &[Versioned<Assignment>],
+                       statuses: &HashMap<String, ReplicaStatus>| {
+            reconcile(
+                &app,
+                Observed {
+                    assignments,
+                    live_hosts: &hosts,
+                    status: statuses,
+                    replace_failed: true,
+                    draining_hosts: &draining,
+                },
+            )
+        };
+        // First a replacement, and nothing removed while it is not ready.
+        let step = observe(&assignments, &statuses);
+        assert_eq!((step.place, step.remove.len()), (1, 0));
+        assignments.push(assigned("r3", "h2", 1, 3));
+        assert_eq!(observe(&assignments, &statuses).remove.len(), 0);
+        // Once it is ready, the drained host's replica goes.
+        statuses.extend([status("r3", Phase::Ready)]);
+        let step = observe(&assignments, &statuses);
+        assert_eq!(step.place, 0);
+        assert_eq!(
+            step.remove,
+            vec![(assignments[0].key.clone(), assignments[0].revision)]
+        );
+    }
+
     fn live(hosts: &[&str]) -> HashSet<String> {
         hosts.iter().map(|host| (*host).to_owned()).collect()
     }
@@ -333,6 +383,7 @@ mod tests {
             live_hosts: &hosts,
             status: &HashMap::new(),
             replace_failed: true,
+            draining_hosts: no_hosts(),
         };
         let step = reconcile(&app(3, 1), observed);
         assert_eq!(step.place, 2);
@@ -350,6 +401,7 @@ mod tests {
                 live_hosts: &hosts,
                 status: &HashMap::new(),
                 replace_failed: true,
+                draining_hosts: no_hosts(),
             },
         );
         assert_eq!(step.place, 1);
@@ -379,6 +431,7 @@ mod tests {
                 live_hosts: &hosts,
                 status: &status,
                 replace_failed: true,
+                draining_hosts: no_hosts(),
             },
         );
         assert_eq!(
@@ -397,6 +450,7 @@ mod tests {
             live_hosts: &hosts,
             status: &status,
             replace_failed: true,
+            draining_hosts: no_hosts(),
         };
         let step = reconcile(&app(1, 1), observed);
         assert_eq!((step.place, step.failed, step.remove.len()), (1, 1, 1));
@@ -417,6 +471,7 @@ mod tests {
                     live_hosts: &hosts,
                     status,
                     replace_failed: true,
+                    draining_hosts: no_hosts(),
                 },
             )
         };

@@ -103,7 +103,13 @@ pub async fn run(args: GetArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
                         .collect();
                     table.add_row(vec![
                         host.id.clone(),
-                        host_state(host).to_owned(),
+                        match &view.control {
+                            Some(control) if control.draining => "draining (admin)".to_owned(),
+                            Some(control) if control.cordoned => {
+                                format!("{},cordoned", host_state(host))
+                            }
+                            _ => host_state(host).to_owned(),
+                        },
                         format!("{mine}/{}", host.capacity.max_replicas),
                         host.capacity.memory.to_string(),
                         host.capacity.cpu.to_string(),

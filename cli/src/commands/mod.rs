@@ -2,6 +2,7 @@
 
 pub mod apply;
 pub mod auth;
+pub mod cordon;
 pub mod delete;
 pub mod describe;
 pub mod events;
