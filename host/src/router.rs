@@ -136,41 +136,31 @@ impl Router {
     /// Whether the lattice has an app `namespace/app` that an app of `caller` may call:
     /// one of its own namespace, or one that exposes itself to `caller`.
     pub fn reachable(&self, caller: &str, namespace: &str, app: &str) -> bool {
-        self.apps.read().is_ok_and(|table| {
-            table.iter().any(|entry| {
-                entry.namespace == namespace
-                    && entry.app == app
-                    && entry.expose.allows(namespace, caller)
-            })
-        })
+        self.find(namespace, app)
+            .is_some_and(|entry| entry.expose.allows(namespace, caller))
+    }
+
+    /// The entry of `namespace/app`.
+    fn find(&self, namespace: &str, app: &str) -> Option<Arc<AppRoutes>> {
+        let table = self.apps.read().ok()?;
+        table
+            .iter()
+            .find(|entry| entry.namespace == namespace && entry.app == app)
+            .cloned()
     }
 
     /// How long a forwarded request to `namespace/app` may wait.
     pub fn timeout_of(&self, namespace: &str, app: &str) -> std::time::Duration {
-        self.apps
-            .read()
-            .ok()
-            .and_then(|table| {
-                table
-                    .iter()
-                    .find(|entry| entry.namespace == namespace && entry.app == app)
-                    .map(|entry| entry.timeout)
-            })
-            .unwrap_or(std::time::Duration::from_secs(35))
+        self.find(namespace, app)
+            .map_or(std::time::Duration::from_secs(35), |entry| entry.timeout)
     }
 
     /// The hosts with a ready replica of `namespace/app`.
     pub fn endpoints(&self, namespace: &str, app: &str) -> Arc<[String]> {
-        self.apps
-            .read()
-            .ok()
-            .and_then(|table| {
-                table
-                    .iter()
-                    .find(|entry| entry.namespace == namespace && entry.app == app)
-                    .map(|entry| Arc::clone(&entry.endpoints))
-            })
-            .unwrap_or_else(|| Arc::from(Vec::new()))
+        self.find(namespace, app).map_or_else(
+            || Arc::from(Vec::new()),
+            |entry| Arc::clone(&entry.endpoints),
+        )
     }
 
     /// A ready local replica of `namespace/app`, round robin.

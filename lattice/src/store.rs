@@ -529,10 +529,11 @@ async fn open_bucket(
     {
         Ok(store) => Ok(store),
         // Another process may have made it in the meantime.
-        Err(error) => context
-            .get_key_value(name)
-            .await
-            .map_err(|_| failed(error.to_string())),
+        Err(error) => context.get_key_value(name).await.map_err(|_| {
+            failed(format!(
+                "{error} (on a secure lattice only schedulers may create buckets: start one first)"
+            ))
+        }),
     }
 }
 

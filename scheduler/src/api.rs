@@ -10,8 +10,8 @@ use std::sync::Arc;
 use futures_util::StreamExt;
 use shoal_lattice::api::{Answer, ApiError};
 use shoal_lattice::api::{
-    AppDetail, AppManifest, AppView, Applied, AppliedApp, Caller, ErrorCode, History, HostView,
-    ReplicaView, Request, Scaled, UndoneTo,
+    AppDetail, AppManifest, AppView, AppliedApp, Caller, ErrorCode, History, HostView, ReplicaView,
+    Request, Scaled, UndoneTo,
 };
 use shoal_lattice::auth::api_subjects;
 use shoal_lattice::names::{app_key, app_status_key, check_name, host_control_key};
@@ -466,32 +466,18 @@ async fn apply_all(lattice: &Lattice, apps: Vec<AppManifest>) -> Result<Vec<Appl
     }
     let mut applied = Vec::with_capacity(parsed.len());
     for (app, manifest) in parsed.iter().zip(&apps) {
-        let (change, record) =
-            apply::apply(lattice, app, &manifest.digest)
-                .await
-                .map_err(|error| {
-                    internal(format!(
-                        "cannot store app {}/{}: {error}",
-                        app.namespace, app.name
-                    ))
-                })?;
+        let (change, _) = apply::apply(lattice, app, &manifest.digest)
+            .await
+            .map_err(|error| {
+                internal(format!(
+                    "cannot store app {}/{}: {error}",
+                    app.namespace, app.name
+                ))
+            })?;
         applied.push(AppliedApp {
             namespace: app.namespace.clone(),
             name: app.name.clone(),
-            applied: match change {
-                Change::Created => Applied::Created {
-                    replicas: record.spec.replicas,
-                },
-                Change::Revised { revision, changes } => Applied::Revised { revision, changes },
-                Change::Scaled { from, to } => Applied::Scaled { from, to },
-                Change::Updated { changes } => Applied::Updated {
-                    revision: record.revision,
-                    changes,
-                },
-                Change::Unchanged => Applied::Unchanged {
-                    revision: record.revision,
-                },
-            },
+            applied: change,
         });
     }
     Ok(applied)

@@ -8,33 +8,8 @@ use shoal_lattice::{Bucket, Error, Lattice};
 
 use crate::manifest::App;
 
-/// What applying one app did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Change {
-    /// A new app, at revision 1.
-    Created,
-    /// The template changed: a new revision.
-    Revised {
-        /// The new revision.
-        revision: u64,
-        /// What changed, as `field: old → new`.
-        changes: Vec<String>,
-    },
-    /// Only the replica count changed.
-    Scaled {
-        /// Before.
-        from: u32,
-        /// After.
-        to: u32,
-    },
-    /// Something that is not part of the template changed (`revisionHistoryLimit`).
-    Updated {
-        /// What changed, as `field: old → new`.
-        changes: Vec<String>,
-    },
-    /// Nothing changed.
-    Unchanged,
-}
+/// What applying one app did: the control API's [`Applied`], named for this module.
+pub use shoal_lattice::api::Applied as Change;
 
 const ATTEMPTS: usize = 5;
 
@@ -54,7 +29,9 @@ pub async fn apply(
         let existing = lattice.get::<AppRecord>(Bucket::Apps, &key).await?;
         let (change, record) = match &existing {
             None => (
-                Change::Created,
+                Change::Created {
+                    replicas: app.spec.replicas,
+                },
                 AppRecord {
                     name: app.name.clone(),
                     namespace: app.namespace.clone(),
@@ -102,19 +79,25 @@ pub async fn apply(
                 } else if current.spec != app.spec {
                     (
                         Change::Updated {
+                            revision: current.revision,
                             changes: differences(&current.spec, &app.spec),
                         },
                         record,
                     )
                 } else {
-                    return Ok((Change::Unchanged, current.clone()));
+                    return Ok((
+                        Change::Unchanged {
+                            revision: current.revision,
+                        },
+                        current.clone(),
+                    ));
                 }
             }
         };
         let cause = match &change {
-            Change::Created => Some("created".to_owned()),
+            Change::Created { .. } => Some("created".to_owned()),
             Change::Revised { changes, .. } => Some(changes.join("; ")),
-            Change::Scaled { .. } | Change::Updated { .. } | Change::Unchanged => None,
+            Change::Scaled { .. } | Change::Updated { .. } | Change::Unchanged { .. } => None,
         };
         let written = store(
             lattice,
@@ -320,18 +303,23 @@ fn differences(before: &AppSpec, after: &AppSpec) -> Vec<String> {
 /// # Errors
 /// Lattice errors reading the stored apps.
 pub async fn route_collisions(lattice: &Lattice, apps: &[App]) -> Result<Vec<String>, Error> {
-    let stored = lattice.list::<AppRecord>(Bucket::Apps, "").await?;
-    let mut owners: Vec<((Option<String>, String), String)> = stored
-        .iter()
-        .filter(|record| {
+    // What is stored of the apps not being applied now.
+    let others: Vec<AppRecord> = lattice
+        .list::<AppRecord>(Bucket::Apps, "")
+        .await?
+        .into_iter()
+        .map(|record| record.value)
+        .filter(|stored| {
             !apps
                 .iter()
-                .any(|app| app.namespace == record.value.namespace && app.name == record.value.name)
+                .any(|app| app.namespace == stored.namespace && app.name == stored.name)
         })
+        .collect();
+    let mut owners: Vec<((Option<String>, String), String)> = others
+        .iter()
         .flat_map(|record| {
-            let owner = format!("{}/{}", record.value.namespace, record.value.name);
+            let owner = format!("{}/{}", record.namespace, record.name);
             record
-                .value
                 .spec
                 .routes
                 .iter()
@@ -340,19 +328,14 @@ pub async fn route_collisions(lattice: &Lattice, apps: &[App]) -> Result<Vec<Str
         .collect();
     let mut problems = Vec::new();
     // A route host name belongs to the namespace that claimed it first.
-    let mut claims: Vec<(String, String, String)> = stored
+    let mut claims: Vec<(String, String, String)> = others
         .iter()
-        .filter(|record| {
-            !apps
-                .iter()
-                .any(|app| app.namespace == record.value.namespace && app.name == record.value.name)
-        })
         .flat_map(|record| {
-            record.value.spec.routes.iter().filter_map(|route| {
+            record.spec.routes.iter().filter_map(|route| {
                 Some((
                     route.host.clone()?.to_ascii_lowercase(),
-                    record.value.namespace.clone(),
-                    format!("{}/{}", record.value.namespace, record.value.name),
+                    record.namespace.clone(),
+                    format!("{}/{}", record.namespace, record.name),
                 ))
             })
         })
