@@ -289,6 +289,54 @@ fn bad_manifests_are_refused_with_the_field_path_and_nothing_is_stored() {
 }
 
 #[test]
+fn shoal_up_insecure_is_open_and_says_so() {
+    let shoal = support::Shoal::new();
+    let data = tempfile::tempdir().unwrap();
+    let port = free_port().to_string();
+    let mut up = KillOnDrop(
+        shoal
+            .command()
+            .args([
+                "up",
+                "--insecure",
+                "--nats-port",
+                &port,
+                "--http",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
+            .arg(data.path())
+            .env_remove("SHOAL_NATS")
+            .env("PATH", std::env::var("PATH").unwrap())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut stderr = BufReader::new(up.0.stderr.take().unwrap());
+    let mut warning = String::new();
+    stderr.read_line(&mut warning).unwrap();
+    assert!(
+        warning.starts_with("warning: --insecure: any client"),
+        "{warning}"
+    );
+    // Any client may, without a credential; none is left in the working directory.
+    let nats = format!("nats://127.0.0.1:{port}");
+    eventually(PATIENCE, "an open lattice to answer", || {
+        let output = shoal
+            .command()
+            .env("SHOAL_NATS", &nats)
+            .args(["get", "hosts", "-o", "json"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&output.stdout)
+            .contains("local-1")
+            .then_some(())
+    });
+    assert!(!shoal.home.path().join(".shoal/admin.creds").exists());
+}
+
+#[test]
 fn shoal_up_serves_the_example_app() {
     let lattice = Lattice::start();
     let hello = lattice.push_hello("1.0");
