@@ -1,6 +1,6 @@
 //! Forwarding HTTP over the lattice: a host with no ready local replica of an app sends the
 //! request to one of the app's endpoints (the hosts with a ready replica, as the scheduler
-//! lists them in the app's status), on `shoal.<lattice>.v1.http.<host>.<namespace>.<app>`.
+//! lists them in the app's routing record), on `shoal.<lattice>.v1.http.<host>.<namespace>.<app>`.
 //! Each host listens only under its own id, which is all a host credential may subscribe
 //! to: a host cannot take another app's requests. Endpoints are tried round robin; one that
 //! has no replica of the app any more (`Shoal-Not-Here`) or is gone (no responders) passes

@@ -493,25 +493,27 @@ impl Client {
         let resend_after_timeout = !matches!(request, Request::Undo { .. });
         let started = tokio::time::Instant::now();
         let body = bytes::Bytes::from(body);
-        let reply = loop {
+        loop {
             let attempt = tokio::time::timeout(
                 ATTEMPT_TIMEOUT,
                 self.nats.request(subject.clone(), body.clone()),
             )
             .await;
-            match attempt {
-                Ok(Ok(reply)) => break reply,
+            let reply = match attempt {
+                Ok(Ok(reply)) => reply,
                 Ok(Err(error)) if error.kind() == async_nats::RequestErrorKind::NoResponders => {
                     if started.elapsed() >= NO_SERVER_WAIT {
                         return Err(CallError::NoServer(self.lattice.clone()));
                     }
                     tokio::time::sleep(Duration::from_millis(250)).await;
+                    continue;
                 }
                 Ok(Err(error)) if error.kind() != async_nats::RequestErrorKind::TimedOut => {
                     return Err(CallError::Transport(error.to_string()));
                 }
                 _ if resend_after_timeout && started.elapsed() + ATTEMPT_TIMEOUT <= TIMEOUT => {
                     tracing::debug!("no answer in time; asking again");
+                    continue;
                 }
                 _ => {
                     return Err(CallError::Transport(format!(
@@ -519,14 +521,27 @@ impl Client {
                         started.elapsed()
                     )));
                 }
+            };
+            match serde_json::from_slice::<Answer<T>>(&reply.payload) {
+                Ok(Answer::Ok(value)) => return Ok(value),
+                // The server failed, not refused: a NATS server of a cluster lost a moment
+                // ago leaves JetStream without a leader for a second or two. Asked again
+                // while time is left (every request is declarative or idempotent but undo).
+                Ok(Answer::Error(error))
+                    if error.code == ErrorCode::Internal
+                        && resend_after_timeout
+                        && started.elapsed() + ATTEMPT_TIMEOUT <= TIMEOUT =>
+                {
+                    tracing::debug!(%error, "the control plane failed; asking again");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Ok(Answer::Error(error)) => return Err(CallError::Refused(error)),
+                Err(error) => {
+                    return Err(CallError::Transport(format!(
+                        "unexpected answer from the control plane: {error}"
+                    )));
+                }
             }
-        };
-        match serde_json::from_slice::<Answer<T>>(&reply.payload) {
-            Ok(Answer::Ok(value)) => Ok(value),
-            Ok(Answer::Error(error)) => Err(CallError::Refused(error)),
-            Err(error) => Err(CallError::Transport(format!(
-                "unexpected answer from the control plane: {error}"
-            ))),
         }
     }
 }

@@ -344,7 +344,7 @@ async fn main() -> anyhow::Result<()> {
     rollout_under_load(&bench, &status, &args.greeter).await
 }
 
-/// Warms both URLs (compile, queue-group subscription), then runs wrk -t2 -c32 -d10s on
+/// Warms both URLs (compile, endpoints), then runs wrk -t2 -c32 -d10s on
 /// each in turn and prints both and the ratio of their throughputs (second / first).
 fn compare(
     title: &str,

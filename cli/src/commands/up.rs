@@ -137,6 +137,15 @@ pub async fn run(args: UpArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
             );
             String::new()
         } else {
+            // JetStream keeps each account's state apart: an open lattice's (the global
+            // account's) stays on disk untouched, but the secure one starts empty.
+            let open_state = data_dir.join("jetstream").join("$G").join("streams");
+            if !data_dir.join("auth").exists() && open_state.is_dir() {
+                eprintln!(
+                    "warning: {} holds the state of an open lattice (from shoal up before it was secure, or --insecure); the secure lattice starts without it. It stays on disk: shoal up --insecure serves it again.",
+                    data_dir.display()
+                );
+            }
             let made = secure(&data_dir.join("auth"), &lattice.lattice, args.hosts)?;
             eprintln!(
                 "lattice is secure: the admin credential is in {} (later shoal commands in this directory use it; elsewhere set SHOAL_CREDS)",
