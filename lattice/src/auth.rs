@@ -424,12 +424,23 @@ struct OperatorNats {
 
 const HEADER: &str = r#"{"typ":"JWT","alg":"ed25519-nkey"}"#;
 
-/// Signs `claims` (whose `jti` is filled in here) with `signer`.
-fn encode<N: Serialize + Clone>(
-    mut claims: Claims<N>,
+/// A JWT about `subject`, named `name`, issued by `signer` at `issued_at` (seconds) with the
+/// `nats` claims of its kind; its `jti` is the hash of the claims, as NATS tools make it.
+fn sign<N: Serialize>(
     signer: &KeyPair,
+    subject: &str,
+    name: &str,
+    issued_at: u64,
+    nats: N,
 ) -> Result<String, AuthError> {
-    claims.jti = String::new();
+    let mut claims = Claims {
+        jti: String::new(),
+        iat: issued_at,
+        iss: signer.public_key(),
+        name: name.to_owned(),
+        sub: subject.to_owned(),
+        nats,
+    };
     let unidentified = serde_json::to_vec(&claims)
         .map_err(|error| AuthError::Malformed(format!("cannot encode claims: {error}")))?;
     claims.jti = BASE32_NOPAD.encode(&Sha256::digest(&unidentified));
@@ -474,20 +485,16 @@ pub fn operator_jwt(
     system_account: &str,
     issued_at: u64,
 ) -> Result<String, AuthError> {
-    encode(
-        Claims {
-            jti: String::new(),
-            iat: issued_at,
-            iss: operator.public_key(),
-            name: name.to_owned(),
-            sub: operator.public_key(),
-            nats: OperatorNats {
-                system_account: system_account.to_owned(),
-                kind: "operator".to_owned(),
-                version: 2,
-            },
-        },
+    sign(
         operator,
+        &operator.public_key(),
+        name,
+        issued_at,
+        OperatorNats {
+            system_account: system_account.to_owned(),
+            kind: "operator".to_owned(),
+            version: 2,
+        },
     )
 }
 
@@ -503,34 +510,30 @@ pub fn account_jwt(
     issued_at: u64,
 ) -> Result<String, AuthError> {
     let unlimited = jetstream.then_some(-1);
-    encode(
-        Claims {
-            jti: String::new(),
-            iat: issued_at,
-            iss: operator.public_key(),
-            name: name.to_owned(),
-            sub: account.to_owned(),
-            nats: AccountNats {
-                limits: AccountLimits {
-                    subs: -1,
-                    data: -1,
-                    payload: -1,
-                    imports: -1,
-                    exports: -1,
-                    wildcards: true,
-                    conn: -1,
-                    leaf: -1,
-                    mem_storage: unlimited,
-                    disk_storage: unlimited,
-                    streams: unlimited,
-                    consumer: unlimited,
-                },
-                revocations: revocations.clone(),
-                kind: "account".to_owned(),
-                version: 2,
-            },
-        },
+    sign(
         operator,
+        account,
+        name,
+        issued_at,
+        AccountNats {
+            limits: AccountLimits {
+                subs: -1,
+                data: -1,
+                payload: -1,
+                imports: -1,
+                exports: -1,
+                wildcards: true,
+                conn: -1,
+                leaf: -1,
+                mem_storage: unlimited,
+                disk_storage: unlimited,
+                streams: unlimited,
+                consumer: unlimited,
+            },
+            revocations: revocations.clone(),
+            kind: "account".to_owned(),
+            version: 2,
+        },
     )
 }
 
@@ -554,26 +557,22 @@ pub fn user_jwt(
         ),
         None => (Vec::new(), Vec::new(), None),
     };
-    encode(
-        Claims {
-            jti: String::new(),
-            iat: issued_at,
-            iss: account.public_key(),
-            name: name.to_owned(),
-            sub: user.to_owned(),
-            nats: UserNats {
-                publish: SubjectList { allow: publish },
-                subscribe: SubjectList { allow: subscribe },
-                resp,
-                subs: -1,
-                data: -1,
-                payload: -1,
-                tags,
-                kind: "user".to_owned(),
-                version: 2,
-            },
-        },
+    sign(
         account,
+        user,
+        name,
+        issued_at,
+        UserNats {
+            publish: SubjectList { allow: publish },
+            subscribe: SubjectList { allow: subscribe },
+            resp,
+            subs: -1,
+            data: -1,
+            payload: -1,
+            tags,
+            kind: "user".to_owned(),
+            version: 2,
+        },
     )
 }
 
@@ -659,13 +658,6 @@ pub fn holder(creds_text: &str) -> Result<Holder, AuthError> {
     })
 }
 
-/// The public key of the account that issued an account or user JWT's subject, and the
-/// JWT's issue time: to check a JWT is this lattice's and newer than another.
-pub fn issued(jwt: &str) -> Result<(String, u64), AuthError> {
-    let claims: Claims<serde_json::Value> = decode(jwt)?;
-    Ok((claims.iss, claims.iat))
-}
-
 /// Pushes an account JWT to nats-server through the system account (`system_creds` is
 /// the text of its user's credentials), as `nsc push` does: the server stores it and applies
 /// it at once, closing connections whose keys it now revokes.
@@ -680,11 +672,7 @@ pub async fn push_account(url: &str, system_creds: &str, jwt: &str) -> Result<()
         .name("shoal auth")
         .connection_timeout(std::time::Duration::from_secs(5))
         .retry_on_initial_connect();
-    let servers = url
-        .split(',')
-        .map(|url| url.trim().parse::<async_nats::ServerAddr>())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|error| failed(format!("not a NATS URL: {error}")))?;
+    let servers = crate::store::server_addrs(url).map_err(failed)?;
     let client = tokio::time::timeout(
         std::time::Duration::from_secs(10),
         options.connect(servers.as_slice()),
@@ -715,6 +703,12 @@ pub async fn push_account(url: &str, system_creds: &str, jwt: &str) -> Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A JWT's issuer and issue time, once its signature checks.
+    fn issued(jwt: &str) -> Result<(String, u64), AuthError> {
+        let claims: Claims<serde_json::Value> = decode(jwt)?;
+        Ok((claims.iss, claims.iat))
+    }
 
     #[test]
     fn a_minted_credential_reads_back_its_holder() {

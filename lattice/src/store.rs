@@ -153,15 +153,10 @@ impl Lattice {
                 nats = nats.add_client_certificate(cert.clone(), key.clone());
             }
         }
-        let servers = options
-            .url
-            .split(',')
-            .map(|url| url.trim().parse::<async_nats::ServerAddr>())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|error| Error::Connect {
-                url: options.url.clone(),
-                reason: format!("not a NATS URL or comma-separated list of them: {error}"),
-            })?;
+        let servers = server_addrs(&options.url).map_err(|reason| Error::Connect {
+            url: options.url.clone(),
+            reason,
+        })?;
         let client = nats
             .name(&options.client_name)
             .connection_timeout(Duration::from_secs(5))
@@ -503,6 +498,14 @@ impl Lattice {
     {
         Mirror::start(self.clone(), bucket, filter.to_owned()).await
     }
+}
+
+/// The servers of a `--nats` value: one URL or a comma-separated list.
+pub(crate) fn server_addrs(url: &str) -> Result<Vec<async_nats::ServerAddr>, String> {
+    url.split(',')
+        .map(|url| url.trim().parse::<async_nats::ServerAddr>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|error| format!("not a NATS URL or comma-separated list of them: {error}"))
 }
 
 async fn open_bucket(

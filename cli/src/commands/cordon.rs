@@ -35,30 +35,29 @@ pub struct DrainArgs {
 }
 
 pub async fn cordon(args: CordonArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
-    let (api, _connection) = lattice.api("shoal cordon").await?;
-    let () = api
-        .call(&Request::Cordon {
-            host: args.host.clone(),
-            cordoned: true,
-        })
-        .await?;
+    set_cordon(&args.host, true, lattice).await?;
     println!("host {} cordoned: no new replicas go there", args.host);
     Ok(0)
 }
 
 pub async fn uncordon(args: UncordonArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
-    let (api, _connection) = lattice.api("shoal uncordon").await?;
-    let () = api
-        .call(&Request::Cordon {
-            host: args.host.clone(),
-            cordoned: false,
-        })
-        .await?;
+    set_cordon(&args.host, false, lattice).await?;
     println!(
         "host {} uncordoned: replicas may be placed there again",
         args.host
     );
     Ok(0)
+}
+
+async fn set_cordon(host: &str, cordoned: bool, lattice: &LatticeArgs) -> anyhow::Result<()> {
+    let (api, _connection) = lattice.api("shoal cordon").await?;
+    let () = api
+        .call(&Request::Cordon {
+            host: host.to_owned(),
+            cordoned,
+        })
+        .await?;
+    Ok(())
 }
 
 pub async fn drain(args: DrainArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
