@@ -436,17 +436,20 @@ async fn pass(
             remove(lattice, state, &assignment.key, assignment.revision, now).await?;
         }
     }
-    for app_status in state.app_status.snapshot() {
-        let app = app_status.key.trim_start_matches("apps.");
-        if !app_keys.contains(app) {
-            lattice.delete(Bucket::Status, &app_status.key).await?;
-        }
-    }
-    for routes in state.routes.snapshot() {
-        let app = routes.key.trim_start_matches("routes.");
-        if !app_keys.contains(app) {
-            lattice.delete(Bucket::Status, &routes.key).await?;
-        }
+    // Their status and routing record go too (keys `apps.<ns>.<app>`, `routes.<ns>.<app>`).
+    let orphaned: Vec<String> = state
+        .app_status
+        .snapshot()
+        .into_iter()
+        .map(|record| record.key)
+        .chain(state.routes.snapshot().into_iter().map(|record| record.key))
+        .filter(|key| {
+            key.split_once('.')
+                .is_some_and(|(_, app)| !app_keys.contains(app))
+        })
+        .collect();
+    for key in orphaned {
+        lattice.delete(Bucket::Status, &key).await?;
     }
     assignments.retain(|assignment| {
         app_keys.contains(&app_key(&assignment.value.namespace, &assignment.value.app))
