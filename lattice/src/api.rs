@@ -20,7 +20,7 @@ use crate::records::{
 
 /// How long one attempt waits for an answer: a scheduler that froze (a stopped VM) still
 /// holds its place in the queue group, so a request it got is sent again.
-pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(4);
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(2500);
 /// How long a call keeps trying.
 pub const TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a call waits for a scheduler to answer at all (one may be starting).
