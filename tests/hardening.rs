@@ -107,6 +107,66 @@ fn extreme_values_and_hostile_records_crash_nothing_and_are_reported() {
     assert!(scheduler.is_running(), "{}", scheduler.log());
 }
 
+#[test]
+fn records_from_a_newer_version_are_served_and_unreadable_ones_stop_nothing() {
+    let lattice = Lattice::start();
+    let _scheduler = lattice.scheduler("s1");
+    let mut host = lattice.host("host-a", &[]);
+    let hello = lattice.push_hello("1.0");
+    lattice.apply(&hello_manifest("skew", &hello, 1, ""));
+    lattice.wait_ready("skew", 1, PATIENCE);
+    let before = lattice.replica_ids("skew");
+    assert_eq!(before.len(), 1);
+
+    // A newer version wrote the assignment with fields this one does not know, at the top
+    // and inside the template.
+    let (assignments, status) = (lattice.bucket("assignments"), lattice.bucket("status"));
+    let key = format!("host-a.{}", before[0]);
+    let mut record: serde_json::Value =
+        serde_json::from_slice(&lattice.nats.kv_get(&assignments, &key).unwrap()).unwrap();
+    record["placedBy"] = serde_json::json!({"scheduler": "v9", "score": 0.5});
+    record["template"]["autoscale"] = serde_json::json!({"min": 0, "max": 5});
+    lattice.nats.publish(
+        &format!("$KV.{assignments}.{key}"),
+        record.to_string().as_bytes(),
+    );
+    // And the app's routing record in a shape this version cannot read at all.
+    lattice.nats.publish(
+        &format!("$KV.{status}.routes.default.skew"),
+        br#"{"namespace": 7, "routes": "everywhere"}"#,
+    );
+    let rewritten = lattice.nats.kv_get(&assignments, &key).unwrap();
+    assert!(String::from_utf8_lossy(&rewritten).contains("placedBy"));
+
+    // The host says what it could not read, and serves on from what it could.
+    eventually(
+        PATIENCE,
+        "the unreadable routing record to be reported",
+        || {
+            lattice
+                .events(&[])
+                .iter()
+                .any(|event| {
+                    event["reason"] == "InvalidRecord"
+                        && event["message"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .contains("routes.default.skew")
+                })
+                .then_some(())
+        },
+    );
+    for _ in 0..20 {
+        assert_eq!(host.get("/skew").map(|(status, _)| status), Some(200));
+    }
+    assert_eq!(
+        lattice.replica_ids("skew"),
+        before,
+        "the replica kept running"
+    );
+    assert!(host.is_running(), "{}", host.log());
+}
+
 /// A small deterministic random source, so a failing case can be replayed.
 struct XorShift(u64);
 

@@ -152,6 +152,20 @@ impl LatticeArgs {
         self.connect_with(client_name, origin, false).await
     }
 
+    /// Connects as a host or scheduler, without context: the error as the lattice client
+    /// gives it, so the caller can tell a refusal from an unreachable server.
+    pub async fn connect_lattice(
+        &self,
+        client_name: &str,
+        origin: &str,
+    ) -> Result<Lattice, shoal_lattice::Error> {
+        let auth = self.auth().map_err(|error| shoal_lattice::Error::Connect {
+            url: self.url().to_owned(),
+            reason: format!("{error:#}"),
+        })?;
+        Lattice::connect(&self.connect_options(client_name, origin, false, auth)).await
+    }
+
     /// Who this command's credential is for, when it has one.
     pub fn holder(&self) -> anyhow::Result<Option<auth::Holder>> {
         match self.auth()? {
@@ -181,21 +195,31 @@ impl LatticeArgs {
         origin: &str,
         skip_buckets: bool,
     ) -> anyhow::Result<Lattice> {
+        Lattice::connect(&self.connect_options(client_name, origin, skip_buckets, self.auth()?))
+            .await
+            .with_context(|| format!("cannot reach lattice {:?}", self.lattice))
+    }
+
+    fn connect_options(
+        &self,
+        client_name: &str,
+        origin: &str,
+        skip_buckets: bool,
+        auth: NatsAuth,
+    ) -> ConnectOptions {
         let tls = (self.nats_ca.is_some() || self.nats_cert.is_some()).then(|| NatsTls {
             ca: self.nats_ca.clone(),
             client: self.nats_cert.clone().zip(self.nats_key.clone()),
         });
-        Lattice::connect(&ConnectOptions {
+        ConnectOptions {
             url: self.url().to_owned(),
             lattice: self.lattice.clone(),
             client_name: client_name.to_owned(),
-            auth: self.auth()?,
+            auth,
             tls,
             replicas: usize::from(self.lattice_replicas),
             origin: origin.to_owned(),
             skip_buckets,
-        })
-        .await
-        .with_context(|| format!("cannot reach lattice {:?}", self.lattice))
+        }
     }
 }

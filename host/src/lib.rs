@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod outbound;
 pub mod output;
 pub mod router;
+pub mod state;
 pub mod tls;
 
 pub use engine::{Loaded, Runtime, RuntimeOptions};

@@ -287,6 +287,12 @@ pub fn permissions(lattice: &str, identity: &Identity) -> Permissions {
                 kv_stream(Bucket::Hosts),
                 kv_key(Bucket::Hosts, id)
             ));
+            // And the lattice's identity, to tell a lattice that lost its state.
+            publish.push(format!(
+                "$JS.API.DIRECT.GET.{}.{}",
+                kv_stream(Bucket::Status),
+                kv_key(Bucket::Status, crate::names::LATTICE_IDENTITY)
+            ));
             publish.extend([
                 kv_key(Bucket::Hosts, id),
                 kv_key(Bucket::Status, &format!("replicas.{id}.*")),

@@ -2,8 +2,10 @@
 //! Kubernetes controllers. Readers take snapshots; a change counter wakes reconcile loops.
 //!
 //! Every record is checked with [`Validate`] as it arrives: one that cannot be decoded or
-//! breaks the lattice's bounds is left out of snapshots and listed by [`Mirror::invalid`]
-//! with the reason, so the reader can report it instead of acting on it.
+//! breaks the lattice's bounds is not taken (snapshots keep the key's last valid value, if
+//! it had one) and is listed by [`Mirror::invalid`] with the reason, so the reader can
+//! report it instead of acting on it. Fields a record has and this version does not know
+//! are ignored: a newer version may add them.
 //!
 //! When the watch breaks (the NATS server restarted, the connection dropped), the mirror
 //! builds a fresh copy from a new watch and swaps it in whole, so readers never see a
@@ -122,7 +124,7 @@ impl<T> Drop for Mirror<T> {
 
 impl<T> Mirror<T>
 where
-    T: DeserializeOwned + Validate + Send + Sync + 'static,
+    T: DeserializeOwned + Validate + Clone + Send + Sync + 'static,
 {
     pub(crate) async fn start(
         lattice: Lattice,
@@ -287,8 +289,9 @@ fn apply<T: DeserializeOwned + Validate>(
             records.valid.insert(key, record);
         }
         Err(error) => {
+            // The last valid value of the key stays: a record a newer version wrote in a
+            // shape this one cannot read must not stop what runs from the older one.
             tracing::warn!(%error, "skipping a record that breaks the lattice's rules");
-            records.valid.remove(&key);
             records.invalid.insert(key, (revision, error.to_string()));
         }
     }
@@ -312,7 +315,7 @@ fn revisions<T>(records: &Records<T>) -> BTreeMap<&str, u64> {
         .collect()
 }
 
-async fn follow<T: DeserializeOwned + Validate>(
+async fn follow<T: DeserializeOwned + Validate + Clone>(
     lattice: Lattice,
     bucket: Bucket,
     filter: String,
@@ -353,8 +356,17 @@ async fn follow<T: DeserializeOwned + Validate>(
         loop {
             tokio::time::sleep(Duration::from_millis(250)).await;
             match sync::<T>(&lattice, bucket, &filter).await {
-                Ok(fresh) => {
+                Ok(mut fresh) => {
                     let changed = records.write().is_ok_and(|mut records| {
+                        // A fresh copy sees only each key's newest value: the last valid one
+                        // of a key now invalid is carried over.
+                        for key in fresh.records.invalid.keys() {
+                            if !fresh.records.valid.contains_key(key)
+                                && let Some(good) = records.valid.get(key)
+                            {
+                                fresh.records.valid.insert(key.clone(), good.clone());
+                            }
+                        }
                         let changed = revisions(&records) != revisions(&fresh.records);
                         *records = fresh.records;
                         changed

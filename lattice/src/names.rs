@@ -143,6 +143,9 @@ pub fn host_control_key(host: &str) -> String {
     format!("hosts.{host}")
 }
 
+/// The key of the lattice's identity in the status bucket.
+pub const LATTICE_IDENTITY: &str = "lattice";
+
 /// The key of the scheduler's leader lease.
 pub const SCHEDULER_LEASE: &str = "scheduler";
 

@@ -28,7 +28,7 @@ pub fn now_millis() -> u64 {
 
 /// An app's spec as written in its manifest (`spec:`), and as stored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct AppSpec {
     /// OCI reference of the component, by tag or digest.
     pub component: String,
@@ -70,7 +70,7 @@ pub struct AppSpec {
 
 /// Who may reach an app through service discovery, beyond its own namespace.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Expose {
     /// These namespaces.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -128,7 +128,7 @@ impl AppSpec {
 
 /// Placement constraints.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Placement {
     /// Labels a host must have, with these values.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -146,7 +146,7 @@ impl Placement {
 
 /// Per-replica limits; unset ones take the host's defaults.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct AppLimits {
     /// Linear memory cap per instance.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -170,7 +170,7 @@ impl AppLimits {
 
 /// An HTTP route: requests whose Host header and path match reach the app.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Route {
     /// Host header to match; any host when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -186,7 +186,7 @@ fn root() -> String {
 
 /// Readiness probe: the host GETs `path` through the replica.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Health {
     /// Path that answers 2xx when the replica is ready.
     pub path: String,
@@ -194,7 +194,7 @@ pub struct Health {
 
 /// Rolling update strategy.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Rollout {
     /// Replicas above `replicas` during a rollout: a count or a percentage.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -295,6 +295,27 @@ pub struct HostRecord {
     /// The host is shutting down and takes no new work.
     #[serde(default)]
     pub draining: bool,
+    /// How long this host may go without a heartbeat before the scheduler counts it lost
+    /// (`shoal host --lost-after`); the scheduler's `--host-timeout` without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lost_after: Option<Span>,
+    /// Set while the host serves replicas it was given by a lattice whose state is gone (a
+    /// wiped or different NATS server): what it serves, and how to clear it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lattice_mismatch: Option<String>,
+}
+
+/// The identity of a lattice's state (`lattice` in the status bucket), made once by the
+/// first scheduler that finds none. Hosts remember it with their saved state: a lattice
+/// that comes back with another identity, or none, lost its state (a new or wiped NATS
+/// server), and its empty desired state must not stop what they serve.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LatticeIdentity {
+    /// A unique id.
+    pub id: String,
+    /// When it was made (ms since the epoch).
+    pub created_at: u64,
 }
 
 /// The scheduler's decision that one replica runs on one host, in `assignments`.

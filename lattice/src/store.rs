@@ -288,6 +288,47 @@ impl Lattice {
         }
     }
 
+    /// The lattice's identity; `None` for a lattice that has none yet (new, or its state
+    /// gone) or one that cannot be read.
+    ///
+    /// # Errors
+    /// When the status bucket cannot be read.
+    pub async fn identity(&self) -> Result<Option<crate::records::LatticeIdentity>, Error> {
+        use crate::Validate as _;
+        Ok(self
+            .get::<crate::records::LatticeIdentity>(Bucket::Status, names::LATTICE_IDENTITY)
+            .await?
+            .map(|record| record.value)
+            .filter(|identity| identity.validate().is_ok()))
+    }
+
+    /// The lattice's identity, made now if it has none (by the first scheduler).
+    ///
+    /// # Errors
+    /// When the status bucket cannot be read or written.
+    pub async fn ensure_identity(&self) -> Result<crate::records::LatticeIdentity, Error> {
+        loop {
+            if let Some(identity) = self.identity().await? {
+                return Ok(identity);
+            }
+            let made = crate::records::LatticeIdentity {
+                id: nuid::next().to_string(),
+                created_at: crate::records::now_millis(),
+            };
+            match self
+                .create(Bucket::Status, names::LATTICE_IDENTITY, &made)
+                .await
+            {
+                Ok(_) => {
+                    tracing::info!(id = %made.id, "made the lattice's identity");
+                    return Ok(made);
+                }
+                Err(Error::Conflict { .. }) => continue,
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
     /// Writes `value` at `key` whatever is there; returns the new revision.
     pub async fn put<T: Serialize>(
         &self,
@@ -494,7 +535,7 @@ impl Lattice {
     /// `host-1.>`, or `>` for all), kept current by a watch.
     pub async fn mirror<T>(&self, bucket: Bucket, filter: &str) -> Result<Mirror<T>, Error>
     where
-        T: DeserializeOwned + crate::Validate + Send + Sync + 'static,
+        T: DeserializeOwned + crate::Validate + Clone + Send + Sync + 'static,
     {
         Mirror::start(self.clone(), bucket, filter.to_owned()).await
     }

@@ -11,8 +11,8 @@ use std::time::Duration;
 use crate::names;
 use crate::quantity::Span;
 use crate::records::{
-    AppRecord, AppSpec, AppStatus, Assignment, HostControl, HostRecord, Lease, ReplicaStatus,
-    RevisionRecord, RouteRecord,
+    AppRecord, AppSpec, AppStatus, Assignment, HostControl, HostRecord, LatticeIdentity, Lease,
+    ReplicaStatus, RevisionRecord, RouteRecord,
 };
 
 /// Most replicas an app may ask for.
@@ -58,6 +58,9 @@ pub const MAX_CACHED: usize = 256;
 pub const MAX_LABELS: usize = 64;
 /// Longest message in a replica status.
 pub const MAX_MESSAGE: usize = 4096;
+
+/// Longest a host may ask to go without a heartbeat before it is counted lost.
+pub const MAX_LOST_AFTER: Duration = Duration::from_secs(24 * 3600);
 
 /// One problem with one field.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -501,6 +504,18 @@ impl Validate for HostRecord {
         if self.cached.len() > MAX_CACHED {
             found.add("cached", format!("must list at most {MAX_CACHED} digests"));
         }
+        found.span("lostAfter", self.lost_after, MAX_LOST_AFTER);
+        if let Some(mismatch) = &self.lattice_mismatch {
+            found.text("latticeMismatch", mismatch, MAX_MESSAGE);
+        }
+        found.finish()
+    }
+}
+
+impl Validate for LatticeIdentity {
+    fn validate(&self) -> Result<(), Invalid> {
+        let mut found = Problems::default();
+        found.text("id", &self.id, MAX_SHORT_TEXT);
         found.finish()
     }
 }

@@ -112,12 +112,29 @@ async fn handle(
             "the request subject is not …api.<role>.<scope>.<user>.<verb>",
         )
     })?;
-    let request: Request = serde_json::from_slice(payload).map_err(|error| {
-        ApiError::new(
+    // A field this scheduler does not know (sent by a newer CLI) would be dropped without a
+    // word, and the user would believe it applied: refused instead, saying what to upgrade.
+    let mut unknown = Vec::new();
+    let mut json = serde_json::Deserializer::from_slice(payload);
+    let request: Request =
+        serde_ignored::deserialize(&mut json, |path: serde_ignored::Path<'_>| {
+            unknown.push(path.to_string())
+        })
+        .map_err(|error| {
+            ApiError::new(
+                ErrorCode::Invalid,
+                format!("the request is not one this control plane knows: {error}"),
+            )
+        })?;
+    if let Some(field) = unknown.first() {
+        return Err(ApiError::new(
             ErrorCode::Invalid,
-            format!("the request is not one this control plane knows: {error}"),
-        )
-    })?;
+            format!(
+                "this control plane (shoal {}) does not know the field {field}: upgrade the schedulers, or leave the field out",
+                env!("CARGO_PKG_VERSION")
+            ),
+        ));
+    }
     caller.authorize(&request)?;
     check_names(&request)?;
     match request {

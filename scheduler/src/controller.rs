@@ -62,10 +62,19 @@ impl Liveness {
         }
     }
 
-    fn live(&self, timeout: Duration, now: Instant) -> HashSet<String> {
+    /// The hosts heard from within their loss timeout: their own `lostAfter` when their
+    /// record names one (a host on a slow link asks for more), else `timeout`.
+    fn live(
+        &self,
+        timeout: Duration,
+        lost_after: &HashMap<String, Duration>,
+        now: Instant,
+    ) -> HashSet<String> {
         self.seen
             .iter()
-            .filter(|(_, (_, at))| now.duration_since(*at) <= timeout)
+            .filter(|(id, (_, at))| {
+                now.duration_since(*at) <= lost_after.get(*id).copied().unwrap_or(timeout)
+            })
             .map(|(id, _)| id.clone())
             .collect()
     }
@@ -256,6 +265,12 @@ pub async fn run(
             continue;
         }
         if !leading {
+            // A lattice without an identity is new or lost its state: the leader gives it
+            // one, so hosts can tell (see `LatticeIdentity`).
+            if let Err(error) = lattice.ensure_identity().await {
+                tracing::warn!(%error, "cannot read or make the lattice's identity");
+                continue;
+            }
             leading = true;
             state.liveness.grace(now);
         }
@@ -311,7 +326,13 @@ async fn pass(
     lease: &LeaseKeeper,
     now: Instant,
 ) -> Result<(), Error> {
-    let live = state.liveness.live(options.host_timeout, now);
+    let lost_after: HashMap<String, Duration> = state
+        .hosts
+        .snapshot()
+        .into_iter()
+        .filter_map(|host| Some((host.key, host.value.lost_after?.0)))
+        .collect();
+    let live = state.liveness.live(options.host_timeout, &lost_after, now);
     let source = format!("scheduler {}", options.id);
     let known: HashSet<String> = state
         .hosts
@@ -326,7 +347,12 @@ async fn pass(
                     "HostLost",
                     format!(
                         "host {host} sent no heartbeat for {}: its replicas are placed elsewhere",
-                        humantime::format_duration(options.host_timeout)
+                        humantime::format_duration(
+                            lost_after
+                                .get(host)
+                                .copied()
+                                .unwrap_or(options.host_timeout)
+                        )
                     ),
                 )
             } else {

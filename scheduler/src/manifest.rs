@@ -108,7 +108,24 @@ pub fn parse(text: &str) -> Result<Vec<App>, ManifestErrors> {
                 break;
             }
         };
-        match serde_path_to_error::deserialize::<_, Document>(value) {
+        // Records on the wire tolerate fields a newer version adds; what people write does
+        // not: a misspelt or unsupported field is an error, not silently dropped.
+        let mut unknown = Vec::new();
+        let mut note = |path: serde_ignored::Path<'_>| unknown.push(path.to_string());
+        let parsed = serde_path_to_error::deserialize::<_, Document>(
+            serde_ignored::Deserializer::new(value, &mut note),
+        );
+        match parsed {
+            Ok(_) if !unknown.is_empty() => {
+                errors.extend(unknown.into_iter().map(|path| ManifestError {
+                    document: number,
+                    reason: format!(
+                        "unknown field `{}` (not one this version of Shoal knows)",
+                        path.rsplit('.').next().unwrap_or(&path)
+                    ),
+                    path,
+                }));
+            }
             Ok(document) => match check(number, document) {
                 Ok(app) => apps.push((number, app)),
                 Err(mut found) => errors.append(&mut found),
@@ -225,6 +242,17 @@ spec:
             .iter()
             .map(ToString::to_string)
             .collect()
+    }
+
+    #[test]
+    fn nested_unknown_fields_are_refused_though_records_tolerate_them() {
+        let found = errors(&HELLO.replace("memory: 64Mi,", "memory: 64Mi, memroy: 1Gi,"));
+        assert_eq!(
+            found,
+            [
+                "document 1: spec.limits.memroy: unknown field `memroy` (not one this version of Shoal knows)"
+            ],
+        );
     }
 
     #[test]

@@ -449,6 +449,26 @@ impl Lattice {
             .collect()
     }
 
+    /// The ids of `app`'s replicas, sorted.
+    pub fn replica_ids(&self, app: &str) -> Vec<String> {
+        let stdout = self.ok(&["get", "replicas", "-o", "json"]);
+        let rows: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        let mut ids: Vec<String> = rows
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|row| row["app"] == app)
+            .map(|row| row["replica"].as_str().unwrap().to_owned())
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    /// The name of the lattice's KV bucket `suffix` (`assignments`, `status`…).
+    pub fn bucket(&self, suffix: &str) -> String {
+        format!("shoal-{}-v1-{suffix}", self.name)
+    }
+
     /// Ready replicas of `app` per host.
     pub fn ready_by_host(&self, app: &str) -> BTreeMap<String, usize> {
         let mut hosts = BTreeMap::new();

@@ -174,6 +174,42 @@ impl Nats {
         }
     }
 
+    /// The newest value of `key` in KV bucket `bucket`, read as a bare client would (a
+    /// JetStream direct get); `None` when the key has none.
+    pub fn kv_get(&self, bucket: &str, key: &str) -> Option<Vec<u8>> {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let stream = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        let mut writer = stream;
+        let request = format!(
+            "CONNECT {{\"verbose\":false,\"headers\":true}}\r\nSUB _INBOX.kvget 1\r\nPUB $JS.API.DIRECT.GET.KV_{bucket}.$KV.{bucket}.{key} _INBOX.kvget 0\r\n\r\n"
+        );
+        writer.write_all(request.as_bytes()).unwrap();
+        loop {
+            line.clear();
+            reader.read_line(&mut line).unwrap();
+            assert!(!line.starts_with("-ERR"), "{line}");
+            if let Some(head) = line.strip_prefix("HMSG ") {
+                // HMSG <subject> <sid> <header bytes> <total bytes>
+                let fields: Vec<&str> = head.split_whitespace().collect();
+                let header: usize = fields[fields.len() - 2].parse().unwrap();
+                let total: usize = fields[fields.len() - 1].parse().unwrap();
+                let mut message = vec![0; total + 2];
+                reader.read_exact(&mut message).unwrap();
+                let headers = String::from_utf8_lossy(&message[..header]).to_string();
+                if headers.contains("404") || headers.contains("KV-Operation") {
+                    return None;
+                }
+                return Some(message[header..total].to_vec());
+            }
+        }
+    }
+
     /// Kills the server with SIGKILL: no flush, no goodbye.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -204,6 +240,18 @@ impl Nats {
                 .status();
             let _ = child.wait();
         }
+    }
+
+    /// Replaces the server with a fresh one on the same ports: stopped, its JetStream state
+    /// deleted, started again (a wiped or rebuilt NATS server).
+    pub fn wipe(&mut self) {
+        self.stop();
+        for entry in std::fs::read_dir(self.dir.path()).unwrap().flatten() {
+            if entry.path().is_dir() {
+                std::fs::remove_dir_all(entry.path()).unwrap();
+            }
+        }
+        self.launch();
     }
 
     pub fn restart(&mut self) {

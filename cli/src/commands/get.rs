@@ -32,8 +32,9 @@ pub struct GetArgs {
     pub output: Format,
 }
 
-/// A host is shown as lost when its record is older than this.
-const LOST_AFTER_MS: u64 = 3_000;
+/// A host that names no loss timeout of its own is shown as lost when its record is older
+/// than this (the scheduler's default `--host-timeout`).
+const LOST_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
 
 pub fn table(header: &[&str]) -> Table {
     let mut table = Table::new();
@@ -53,10 +54,14 @@ pub fn age(since_ms: u64) -> String {
 }
 
 pub fn host_state(host: &HostRecord) -> &'static str {
+    let lost_after = host.lost_after.map_or(LOST_AFTER, |span| span.0);
     if host.draining {
         "draining"
-    } else if now_millis().saturating_sub(host.heartbeat_at) > LOST_AFTER_MS {
+    } else if u128::from(now_millis().saturating_sub(host.heartbeat_at)) > lost_after.as_millis() {
         "lost"
+    } else if host.lattice_mismatch.is_some() {
+        // Serving what a lattice that lost its state assigned: `-o yaml` says what.
+        "mismatch"
     } else {
         "ready"
     }

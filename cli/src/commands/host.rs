@@ -48,8 +48,26 @@ pub struct HostArgs {
     pub max_replicas: u32,
 
     /// How often the host record is refreshed.
-    #[arg(long, default_value = "1s", value_parser = crate::duration::parse)]
+    #[arg(long, default_value = "2s", value_parser = crate::duration::parse)]
     pub heartbeat: Duration,
+
+    /// How long the scheduler waits for this host's heartbeat before it counts the host
+    /// lost and places its replicas elsewhere [default: the scheduler's --host-timeout].
+    /// Raise it for hosts on slow or lossy links (cellular, satellite).
+    #[arg(long, value_parser = crate::duration::parse)]
+    pub lost_after: Option<Duration>,
+
+    /// Where the host keeps what it needs to serve while its lattice is unreachable (its
+    /// assignments and routes; components and compiled code stay in the cache)
+    /// [default: <cache dir>/hosts/<id>].
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    /// Follow the lattice as it is, even when it is not the one the saved state came from
+    /// (a NATS server wiped or replaced): saved replicas it does not assign here stop.
+    /// Without it, such a host keeps serving and reports the mismatch.
+    #[arg(long)]
+    pub adopt_lattice: bool,
 
     /// How long in-flight requests may take to finish on shutdown.
     #[arg(long, default_value = "10s", value_parser = crate::duration::parse)]
@@ -145,6 +163,18 @@ fn default_memory() -> Memory {
     Memory(total_kib.map_or(1 << 30, |kib| kib * 8 / 10 / 1024 * (1 << 20)))
 }
 
+/// The NATS servers' addresses given by IP in `urls` (comma-separated): guests may not
+/// call them unless an allowlist entry names them.
+pub fn nats_addresses(urls: &str) -> Vec<SocketAddr> {
+    urls.split(',')
+        .filter_map(|url| {
+            let authority = url.trim().split("://").last()?;
+            let authority = authority.rsplit('@').next()?;
+            authority.parse::<SocketAddr>().ok()
+        })
+        .collect()
+}
+
 /// Pulls components through the OCI cache.
 pub struct OciFetch(pub Client);
 
@@ -185,13 +215,21 @@ impl HostArgs {
         Ok(Some(shoal_host::tls::server_config(&pairs)?))
     }
 
-    pub fn agent_options(&self, id: String) -> AgentOptions {
+    pub fn agent_options(&self, id: String, lattice: &str) -> anyhow::Result<AgentOptions> {
         let mut labels: BTreeMap<String, String> = self.labels.iter().cloned().collect();
         labels.insert("arch".to_owned(), std::env::consts::ARCH.to_owned());
         labels.insert("os".to_owned(), std::env::consts::OS.to_owned());
         let cores = std::thread::available_parallelism().map_or(1, |cores| cores.get());
-        AgentOptions {
+        let state_dir = match &self.state_dir {
+            Some(dir) => dir.clone(),
+            None => self.registry.cache_root()?.join("hosts").join(&id),
+        };
+        Ok(AgentOptions {
             id,
+            lattice: lattice.to_owned(),
+            lost_after: self.lost_after,
+            state_dir: Some(state_dir),
+            adopt_lattice: self.adopt_lattice,
             labels,
             capacity: Capacity {
                 memory: self.memory.unwrap_or_else(default_memory),
@@ -211,7 +249,7 @@ impl HostArgs {
             },
             forward_buffer: usize::try_from(self.forward_buffer.0).unwrap_or(usize::MAX),
             own_listeners: self.metrics.into_iter().collect(),
-        }
+        })
     }
 
     /// The runtime, sharing the cache directory with `shoal run`.
@@ -276,18 +314,26 @@ pub async fn run(args: HostArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
     let listener = tokio::net::TcpListener::bind(args.http)
         .await
         .with_context(|| format!("cannot listen on {}", args.http))?;
-    let connection = lattice.connect_as(&format!("host {id}"), &id).await?;
     let address = listener.local_addr()?;
     let scheme = if tls.is_some() { "https" } else { "http" };
     println!("ingress listening on {scheme}://{address}");
     eprintln!(
-        "host {id} joined lattice {:?} at {}",
+        "host {id} joining lattice {:?} at {}",
         lattice.lattice,
         lattice.url()
     );
-    let mut options = args.agent_options(id);
+    let mut options = args.agent_options(id.clone(), &lattice.lattice)?;
     options.tls = tls;
-    let agent = Agent::new(connection, runtime, OciFetch(client), options);
+    options.own_listeners.extend(nats_addresses(lattice.url()));
+    let agent = Agent::new(runtime, OciFetch(client), options);
+    let connect = {
+        let lattice = lattice.clone();
+        move || {
+            let lattice = lattice.clone();
+            let id = id.clone();
+            async move { lattice.connect_lattice(&format!("host {id}"), &id).await }
+        }
+    };
     let metrics = match args.metrics {
         Some(address) => {
             let listener = tokio::net::TcpListener::bind(address)
@@ -302,7 +348,9 @@ pub async fn run(args: HostArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
         }
         None => None,
     };
-    let result = agent.run(listener, crate::signals::shutdown()).await;
+    let result = agent
+        .run(listener, connect, crate::signals::shutdown())
+        .await;
     if let Some(metrics) = metrics {
         metrics.abort();
     }

@@ -17,8 +17,10 @@ pub struct SchedulerArgs {
     #[arg(long)]
     pub id: Option<String>,
 
-    /// A host whose heartbeat is older than this is lost and its replicas move.
-    #[arg(long, default_value = "3s", value_parser = crate::duration::parse)]
+    /// A host whose heartbeat is older than this is lost and its replicas move, unless the
+    /// host names its own timeout (`shoal host --lost-after`). The default rides out a few
+    /// lost heartbeats on a lossy, slow link (cellular: 300 ms RTT, 5% loss).
+    #[arg(long, default_value = "10s", value_parser = crate::duration::parse)]
     pub host_timeout: Duration,
 
     /// Lease period: a dead leader is replaced after about this long.

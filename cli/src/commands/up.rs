@@ -279,24 +279,28 @@ async fn serve(
             .await
             .with_context(|| format!("cannot listen on {address}"))?;
         println!("host {id} ingress http://{}", listener.local_addr()?);
-        let mut options = host_args.agent_options(id.clone());
+        let mut options = host_args.agent_options(id.clone(), &lattice.lattice)?;
+        options
+            .own_listeners
+            .extend(crate::commands::host::nats_addresses(lattice.url()));
         options
             .labels
             .insert("zone".to_owned(), format!("zone-{index}"));
         let host_lattice =
             as_holder(credentials.and_then(|made| made.hosts.get(usize::from(index) - 1)));
-        let agent = Agent::new(
-            host_lattice
-                .connect_as(&format!("shoal up {id}"), &id)
-                .await?,
-            runtime.clone(),
-            OciFetch(args.registry.client()?),
-            options,
-        );
+        let agent = Agent::new(runtime.clone(), OciFetch(args.registry.client()?), options);
+        let connect = move || {
+            let (lattice, id) = (host_lattice.clone(), id.clone());
+            async move {
+                lattice
+                    .connect_lattice(&format!("shoal up {id}"), &id)
+                    .await
+            }
+        };
         let stopped = wait(stopped.clone());
         tasks.spawn(async move {
             agent
-                .run(listener, stopped)
+                .run(listener, connect, stopped)
                 .await
                 .map_err(anyhow::Error::from)
         });

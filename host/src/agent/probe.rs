@@ -1,0 +1,100 @@
+//! Readiness probes: the host GETs an app's health path through a replica, first until it
+//! answers 2xx (the replica gets no traffic before), then on a slower period, reporting each
+//! change of health to the supervisor.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, StatusCode};
+use http_body_util::BodyExt as _;
+use shoal_lattice::records::{Assignment, Phase};
+use tokio::sync::mpsc;
+
+use super::report::Reporter;
+use crate::http::HttpComponent;
+
+/// How often a replica's health path is asked while it is not ready.
+const PROBE_INTERVAL: Duration = Duration::from_millis(500);
+
+/// How often a ready replica's health path is asked.
+const READY_PROBE_INTERVAL: Duration = Duration::from_secs(2);
+
+/// A readiness change found by a prober: replica, generation, healthy, what the path said.
+pub(crate) type Probed = (String, u64, bool, String);
+
+/// GETs `path` through `component`: `Ok` on 2xx, else what it answered.
+async fn probe(component: &Arc<HttpComponent>, path: &str) -> Result<(), String> {
+    let request = Request::get(path)
+        .header(http::header::HOST, "localhost")
+        .body(http_body_util::Empty::<bytes::Bytes>::new().map_err(
+            |never: std::convert::Infallible| -> wasmtime_wasi_http::Error { match never {} },
+        ));
+    let answer = match request {
+        Ok(request) => Arc::clone(component).handle(request).await.status(),
+        Err(_) => StatusCode::BAD_REQUEST,
+    };
+    if answer.is_success() {
+        Ok(())
+    } else {
+        Err(format!("GET {path} answered {answer}"))
+    }
+}
+
+/// Probes `path` through `component` until it answers 2xx, reporting the replica as pending
+/// with reason `ProbeFailed` (and what it answered) while it does not. A replica that never
+/// passes never becomes ready and never gets traffic; the scheduler's progress deadline
+/// decides what happens to its rollout.
+pub(crate) async fn wait_healthy(
+    reporter: &Reporter,
+    assignment: &Assignment,
+    component: &Arc<HttpComponent>,
+    path: &str,
+) {
+    let mut reported = None;
+    while let Err(message) = probe(component, path).await {
+        if reported.as_ref() != Some(&message) {
+            tracing::info!(replica = %assignment.replica, %message, "replica not ready yet");
+            reporter
+                .status(
+                    assignment,
+                    Phase::Pending,
+                    Some("ProbeFailed".to_owned()),
+                    Some(message.clone()),
+                )
+                .await;
+            reported = Some(message);
+        }
+        tokio::time::sleep(PROBE_INTERVAL).await;
+    }
+}
+
+/// Keeps probing a serving replica and reports each change of health.
+pub(crate) async fn keep_probing(
+    component: Arc<HttpComponent>,
+    path: String,
+    replica: String,
+    generation: u64,
+    probed: mpsc::Sender<Probed>,
+) {
+    let mut healthy = true;
+    loop {
+        tokio::time::sleep(if healthy {
+            READY_PROBE_INTERVAL
+        } else {
+            PROBE_INTERVAL
+        })
+        .await;
+        let result = probe(&component, &path).await;
+        if result.is_ok() != healthy {
+            healthy = result.is_ok();
+            let message = result.err().unwrap_or_default();
+            if probed
+                .send((replica.clone(), generation, healthy, message))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,418 @@
+//! The replicas a host runs: converging them on a set of assignments (start what is new,
+//! stop what is gone, keep what stands), starting each (pull by digest through the cache,
+//! compile through the compiled-code cache, instantiate, probe), and reporting each change.
+//!
+//! Converging is level-triggered: each pass compares the assignments it is given with the
+//! replicas it runs, so a restart, a reconnect or a pass on the saved state needs no replay
+//! of missed events, and a replica whose assignment still stands is never restarted.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex};
+
+use futures_util::FutureExt as _;
+use shoal_lattice::Event;
+use shoal_lattice::records::{Assignment, Phase};
+use shoal_lattice::validate::MAX_CACHED;
+use tokio::sync::mpsc;
+
+use super::Fetch;
+use super::ingress::Uplink;
+use super::probe::{Probed, keep_probing, wait_healthy};
+use super::report::Reporter;
+use super::services::LatticeServices;
+use crate::engine::Runtime;
+use crate::guest::{GuestOptions, OutboundPolicy, ServiceLink, Services};
+use crate::http::HttpComponent;
+use crate::limits::Limits;
+use crate::logs::{LogQueue, ReplicaLogs};
+use crate::metrics::Metrics;
+use crate::output::GuestOutput;
+use crate::router::Router;
+
+pub(crate) enum ReplicaState {
+    Starting(tokio::task::JoinHandle<()>),
+    /// Started; `ready` while its health path (if any) answers 2xx. The prober keeps asking.
+    Serving {
+        component: Arc<HttpComponent>,
+        ready: bool,
+        prober: Option<tokio::task::JoinHandle<()>>,
+    },
+    Failed {
+        reason: String,
+        message: String,
+    },
+}
+
+impl ReplicaState {
+    /// Stops the work this state runs in the background.
+    fn stop(&self) {
+        match self {
+            ReplicaState::Starting(task) => task.abort(),
+            ReplicaState::Serving {
+                prober: Some(prober),
+                ..
+            } => prober.abort(),
+            _ => {}
+        }
+    }
+}
+
+pub(crate) struct Replica {
+    pub(crate) assignment: Assignment,
+    pub(crate) state: ReplicaState,
+}
+
+/// The outcome of starting a replica: replica, generation, component or (reason, message).
+pub(crate) type Started = (String, u64, Result<Arc<HttpComponent>, (String, String)>);
+
+/// What replicas are connected to: other apps, their output's way out, this host's own
+/// listeners (which guests may not call unless allowed by address).
+pub(crate) struct Supervisor<F> {
+    pub(crate) host: String,
+    pub(crate) runtime: Arc<Runtime>,
+    pub(crate) fetch: Arc<F>,
+    pub(crate) reporter: Reporter,
+    pub(crate) router: Arc<Router>,
+    pub(crate) uplink: Uplink,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) log_lines: LogQueue,
+    pub(crate) own_listeners: Vec<SocketAddr>,
+    /// Component digests pulled here, newest last (for the host record).
+    pub(crate) cached: Arc<Mutex<Vec<String>>>,
+    pub(crate) replicas: HashMap<String, Replica>,
+    pub(crate) started: mpsc::Sender<Started>,
+    pub(crate) probed: mpsc::Sender<Probed>,
+}
+
+impl<F: Fetch> Supervisor<F> {
+    /// Runs exactly `desired` (plus the replicas in `keep`, whose assignment could not be
+    /// read this time): starts the new, stops the gone, leaves the rest running.
+    pub(crate) async fn converge(&mut self, desired: &[Assignment], keep: &HashSet<String>) {
+        let wanted: HashMap<&str, &Assignment> = desired
+            .iter()
+            .map(|assignment| (assignment.replica.as_str(), assignment))
+            .collect();
+        let gone: Vec<String> = self
+            .replicas
+            .keys()
+            .filter(|replica| !wanted.contains_key(replica.as_str()) && !keep.contains(*replica))
+            .cloned()
+            .collect();
+        let mut changed = !gone.is_empty();
+        for replica in gone {
+            if let Some(removed) = self.replicas.remove(&replica) {
+                removed.state.stop();
+            }
+            tracing::info!(%replica, "replica stopped: no longer assigned here");
+            self.reporter.forget(&self.host, &replica).await;
+        }
+        for (replica, assignment) in wanted {
+            if let Some(running) = self.replicas.get_mut(replica) {
+                // The same replica under a newer fencing generation (its assignment was
+                // written again): it goes on running what it runs.
+                if running.assignment.generation != assignment.generation
+                    && running.assignment.digest == assignment.digest
+                    && running.assignment.template == assignment.template
+                {
+                    running.assignment = assignment.clone();
+                }
+                continue;
+            }
+            changed = true;
+            self.spawn_start(replica, assignment);
+        }
+        if changed {
+            tracing::debug!(replicas = self.replicas.len(), "converged");
+        }
+    }
+
+    fn spawn_start(&mut self, replica: &str, assignment: &Assignment) {
+        let services: Arc<dyn Services> = Arc::new(LatticeServices {
+            namespace: assignment.namespace.clone(),
+            router: Arc::clone(&self.router),
+            uplink: self.uplink.clone(),
+        });
+        let output = GuestOutput(Arc::new(ReplicaLogs::new(
+            self.log_lines.clone(),
+            &self.host,
+            assignment,
+            Arc::clone(&self.metrics),
+        )));
+        let start = start(
+            self.reporter.clone(),
+            Arc::clone(&self.runtime),
+            Arc::clone(&self.fetch),
+            Arc::clone(&self.cached),
+            assignment.clone(),
+            Links {
+                services,
+                output,
+                own_listeners: self.own_listeners.clone(),
+            },
+            self.started.clone(),
+        );
+        let (id, generation, done) = (
+            replica.to_owned(),
+            assignment.generation,
+            self.started.clone(),
+        );
+        let task = tokio::spawn(async move {
+            // A start that panics fails its own replica, reported like any failure.
+            if AssertUnwindSafe(start).catch_unwind().await.is_err() {
+                let failure = (
+                    "StartFailed".to_owned(),
+                    "starting the replica panicked; see the host's log".to_owned(),
+                );
+                let _ = done.send((id, generation, Err(failure))).await;
+            }
+        });
+        self.replicas.insert(
+            replica.to_owned(),
+            Replica {
+                assignment: assignment.clone(),
+                state: ReplicaState::Starting(task),
+            },
+        );
+    }
+
+    /// A replica's start finished: it serves, or it failed.
+    pub(crate) async fn started(
+        &mut self,
+        replica: String,
+        generation: u64,
+        result: Result<Arc<HttpComponent>, (String, String)>,
+    ) {
+        let host = self.host.clone();
+        let probed = self.probed.clone();
+        let Some(entry) = self.replicas.get_mut(&replica) else {
+            return;
+        };
+        if entry.assignment.generation != generation {
+            return;
+        }
+        let (phase, reason, message, event) = match result {
+            Ok(component) => {
+                let prober = entry.assignment.template.health.as_ref().map(|health| {
+                    tokio::spawn(keep_probing(
+                        Arc::clone(&component),
+                        health.path.clone(),
+                        replica.clone(),
+                        generation,
+                        probed,
+                    ))
+                });
+                entry.state = ReplicaState::Serving {
+                    component,
+                    ready: true,
+                    prober,
+                };
+                tracing::info!(%replica, app = %entry.assignment.app, "replica ready");
+                let message = format!(
+                    "replica {replica} ready on host {host} (revision {})",
+                    entry.assignment.revision
+                );
+                (Phase::Ready, None, None, ("Ready", message))
+            }
+            Err((reason, message)) => {
+                entry.state = ReplicaState::Failed {
+                    reason: reason.clone(),
+                    message: message.clone(),
+                };
+                tracing::warn!(%replica, app = %entry.assignment.app, %reason, %message, "replica failed to start");
+                let told = format!(
+                    "replica {replica} failed to start on host {host} ({reason}): {message}"
+                );
+                (Phase::Failed, Some(reason), Some(message), ("Failed", told))
+            }
+        };
+        let assignment = entry.assignment.clone();
+        self.emit(&assignment, event.0, event.1).await;
+        self.reporter
+            .status(&assignment, phase, reason, message)
+            .await;
+    }
+
+    /// A serving replica's health changed: it gets traffic only while healthy.
+    pub(crate) async fn probed(
+        &mut self,
+        replica: &str,
+        generation: u64,
+        healthy: bool,
+        message: String,
+    ) {
+        let Some(entry) = self.replicas.get_mut(replica) else {
+            return;
+        };
+        if entry.assignment.generation != generation {
+            return;
+        }
+        if let ReplicaState::Serving { ready, .. } = &mut entry.state {
+            *ready = healthy;
+        }
+        let assignment = entry.assignment.clone();
+        if healthy {
+            tracing::info!(%replica, "replica healthy again");
+            self.emit(
+                &assignment,
+                "Healthy",
+                format!("replica {replica} answers its health path again: it gets traffic"),
+            )
+            .await;
+            self.reporter
+                .status(&assignment, Phase::Ready, None, None)
+                .await;
+        } else {
+            tracing::warn!(%replica, %message, "replica unhealthy: no traffic until its health path answers 2xx");
+            self.emit(
+                &assignment,
+                "Unhealthy",
+                format!("replica {replica} gets no traffic: {message}"),
+            )
+            .await;
+            self.reporter
+                .status(
+                    &assignment,
+                    Phase::Pending,
+                    Some("ProbeFailed".to_owned()),
+                    Some(message),
+                )
+                .await;
+        }
+    }
+
+    /// Reports every replica's current state: after joining the lattice (statuses could not
+    /// be written before), or after it came back.
+    pub(crate) async fn report_all(&self) {
+        for replica in self.replicas.values() {
+            let (phase, reason, message) = match &replica.state {
+                ReplicaState::Starting(_) => (Phase::Pulling, None, None),
+                ReplicaState::Serving { ready: true, .. } => (Phase::Ready, None, None),
+                ReplicaState::Serving { ready: false, .. } => {
+                    (Phase::Pending, Some("ProbeFailed".to_owned()), None)
+                }
+                ReplicaState::Failed { reason, message } => {
+                    (Phase::Failed, Some(reason.clone()), Some(message.clone()))
+                }
+            };
+            self.reporter
+                .status(&replica.assignment, phase, reason, message)
+                .await;
+        }
+    }
+
+    /// Stops every replica; with `report`, removes its status too.
+    pub(crate) async fn stop_all(&mut self, report: bool) {
+        for (replica, state) in self.replicas.drain() {
+            state.state.stop();
+            if report {
+                self.reporter.forget(&self.host, &replica).await;
+            }
+        }
+    }
+
+    /// Sets the replica gauges of the metrics endpoint.
+    pub(crate) fn count(&self) {
+        let ready = self
+            .replicas
+            .values()
+            .filter(|replica| matches!(replica.state, ReplicaState::Serving { ready: true, .. }))
+            .count();
+        let running = self
+            .replicas
+            .values()
+            .filter(|replica| !matches!(replica.state, ReplicaState::Failed { .. }))
+            .count();
+        let set = |gauge: &std::sync::atomic::AtomicU64, value: usize| {
+            gauge.store(
+                u64::try_from(value).unwrap_or(u64::MAX),
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        };
+        set(&self.metrics.replicas, running);
+        set(&self.metrics.ready_replicas, ready);
+    }
+
+    /// Tells the lattice's events what happened to `assignment`'s replica here.
+    async fn emit(&self, assignment: &Assignment, reason: &str, message: String) {
+        self.reporter
+            .emit(Event::replica(
+                &format!("host {}", self.host),
+                assignment,
+                reason,
+                message,
+            ))
+            .await;
+    }
+}
+
+/// What a replica's guests are connected to: other apps, and where their output goes.
+struct Links {
+    services: Arc<dyn Services>,
+    output: GuestOutput,
+    own_listeners: Vec<SocketAddr>,
+}
+
+/// Pulls, compiles and instantiates one replica, reporting progress; sends the outcome.
+async fn start<F: Fetch>(
+    reporter: Reporter,
+    runtime: Arc<Runtime>,
+    fetch: Arc<F>,
+    cached: Arc<Mutex<Vec<String>>>,
+    assignment: Assignment,
+    links: Links,
+    done: mpsc::Sender<Started>,
+) {
+    reporter
+        .status(&assignment, Phase::Pulling, None, None)
+        .await;
+    let reference = assignment.pinned_reference();
+    let result = async {
+        let (bytes, layer_digest) = fetch
+            .fetch(&reference)
+            .await
+            .map_err(|message| ("PullFailed".to_owned(), message))?;
+        // The newest digests only: the host record must not grow with every component
+        // this host ever ran.
+        if let Ok(mut cached) = cached.lock() {
+            cached.retain(|digest| *digest != assignment.digest);
+            cached.push(assignment.digest.clone());
+            let excess = cached.len().saturating_sub(MAX_CACHED);
+            cached.drain(..excess);
+        }
+        let template = assignment.template.clone();
+        let name = format!("{}/{}", assignment.namespace, assignment.app);
+        tokio::task::spawn_blocking(move || {
+            let loaded = runtime
+                .load(&bytes, &layer_digest)
+                .map_err(|error| ("CompileFailed".to_owned(), error.to_string()))?;
+            let outbound = OutboundPolicy::new(&template.allowed_outbound)
+                .map_err(|message| ("InvalidSpec".to_owned(), message))?
+                .with_own_listeners(links.own_listeners);
+            let limits = Limits::for_app(&template.limits);
+            let options = GuestOptions {
+                env: template.config.clone().into_iter().collect(),
+                dirs: Vec::new(),
+                outbound,
+                args: Vec::new(),
+                name,
+                services: Some(ServiceLink(links.services)),
+                output: Some(links.output),
+            };
+            HttpComponent::new(&runtime, &loaded.component, options, limits)
+                .map(Arc::new)
+                .map_err(|error| ("NotServable".to_owned(), error.to_string()))
+        })
+        .await
+        .map_err(|error| ("StartFailed".to_owned(), error.to_string()))?
+    }
+    .await;
+    // With a health path, the replica is ready only once that path answers 2xx through it.
+    if let (Ok(component), Some(health)) = (&result, &assignment.template.health) {
+        wait_healthy(&reporter, &assignment, component, &health.path).await;
+    }
+    let _ = done
+        .send((assignment.replica.clone(), assignment.generation, result))
+        .await;
+}

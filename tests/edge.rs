@@ -1,0 +1,273 @@
+//! End-to-end tests of edge autonomy: a host that restarts while NATS is unreachable serves
+//! from its saved state, keeps its replicas when the lattice returns, stops promptly while
+//! offline, and keeps serving when the lattice comes back empty. Real nats-server, registry
+//! and `shoal` processes.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use support::eventually;
+use support::lattice::{Lattice, Process, hello_manifest};
+
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// `shoal host` flags of these tests: a fast heartbeat, a short drain.
+fn host_args(id: &str) -> Vec<&str> {
+    vec![
+        "host",
+        "--id",
+        id,
+        "--http",
+        "127.0.0.1:0",
+        "--heartbeat",
+        "250ms",
+        "--drain",
+        "2s",
+    ]
+}
+
+/// GETs `path` through `host` from another thread until stopped; counts failures.
+struct Load {
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicUsize>,
+    failed: Arc<AtomicUsize>,
+    thread: std::thread::JoinHandle<Vec<String>>,
+}
+
+impl Load {
+    fn start(host: &Process, path: &str) -> Self {
+        let url = format!("{}{path}", host.url.as_deref().unwrap());
+        let (stop, sent, failed) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicUsize::new(0)),
+            Arc::new(AtomicUsize::new(0)),
+        );
+        let thread = {
+            let (stop, sent, failed) = (stop.clone(), sent.clone(), failed.clone());
+            std::thread::spawn(move || {
+                let agent = support::lattice::agent();
+                let mut failures = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    sent.fetch_add(1, Ordering::Relaxed);
+                    match agent.get(&url).call() {
+                        Ok(response) if response.status() == 200 => {}
+                        other => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                            failures.push(format!("{other:?}"));
+                        }
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                failures
+            })
+        };
+        Self {
+            stop,
+            sent,
+            failed,
+            thread,
+        }
+    }
+
+    fn stop(self) -> (usize, usize, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        let failures = self.thread.join().unwrap();
+        (
+            self.sent.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+            failures,
+        )
+    }
+}
+
+#[test]
+fn a_host_restarted_offline_serves_its_saved_replicas_and_keeps_them_when_nats_returns() {
+    let mut lattice = Lattice::start();
+    // A long loss timeout: this test is about the host, not about failover.
+    let _scheduler = lattice.spawn(
+        &[
+            "scheduler",
+            "--id",
+            "s1",
+            "--host-timeout",
+            "60s",
+            "--lease",
+            "1s",
+        ],
+        "s1",
+        false,
+    );
+    let host = lattice.spawn(&host_args("edge-1"), "edge-1", true);
+    lattice.wait_registered("edge-1");
+    let hello = lattice.push_hello("1.0");
+    lattice.apply(&hello_manifest("edge", &hello, 1, ""));
+    lattice.wait_ready("edge", 1, PATIENCE);
+    let before = lattice.replica_ids("edge");
+    // The saved state holds the replica and its route once the host has both.
+    let state = lattice.shoal.cache_dir().join("hosts/edge-1/state.json");
+    eventually(PATIENCE, "the host to save its replica and route", || {
+        let text = std::fs::read_to_string(&state).ok()?;
+        (text.contains(&before[0]) && text.contains("\"/edge\"")).then_some(())
+    });
+
+    // Pull the plug: NATS goes away, then the host dies without a goodbye; it comes back
+    // while NATS is still down (and the registry too: the component comes from the cache).
+    lattice.nats.stop();
+    let mut host = host;
+    host.kill();
+    lattice.registry.stop();
+    let started = Instant::now();
+    let mut host = lattice.spawn(&host_args("edge-1"), "edge-1", true);
+    let listening = started.elapsed();
+    let (status, body) = eventually(PATIENCE, "the offline host to serve /edge", || {
+        host.get("/edge").filter(|(status, _)| *status == 200)
+    });
+    let serving = started.elapsed();
+    eprintln!(
+        "offline restart: ingress listening {} ms, first 200 on /edge {} ms after the host process started",
+        listening.as_millis(),
+        serving.as_millis()
+    );
+    assert_eq!(status, 200, "{body}");
+    // What only the lattice could serve is 503, not 404: other hosts may serve it.
+    let (status, _) = host.get("/elsewhere").unwrap();
+    assert_eq!(status, 503);
+    eventually(PATIENCE, "the host to say it retries the lattice", || {
+        host.log()
+            .contains("the lattice is unreachable: serving the saved replicas")
+            .then_some(())
+    });
+
+    // The lattice returns, under load through this host: the replica keeps running (same
+    // id) and no request fails.
+    let load = Load::start(&host, "/edge");
+    lattice.nats.relaunch();
+    eventually(
+        PATIENCE,
+        "the host to join again and report its replica",
+        || {
+            (host.log().contains("host joined the lattice")
+                && lattice.replica_ids("edge") == before
+                && lattice
+                    .replicas()
+                    .iter()
+                    .all(|(_, _, phase)| phase == "ready"))
+            .then_some(())
+        },
+    );
+    // The routes record is written again by the scheduler: requests keep flowing.
+    eventually(PATIENCE, "some requests after the return", || {
+        (load.sent.load(Ordering::Relaxed) > 50).then_some(())
+    });
+    let (sent, failed, failures) = load.stop();
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of {sent} failed: {failures:?}\n{}",
+        host.log()
+    );
+    assert_eq!(lattice.replica_ids("edge"), before, "{}", host.log());
+    assert!(host.is_running());
+}
+
+#[test]
+fn a_host_asked_to_stop_while_nats_is_unreachable_exits_within_its_drain_deadline() {
+    let mut lattice = Lattice::start();
+    let _scheduler = lattice.scheduler("s1");
+    let mut host = lattice.spawn(&host_args("edge-2"), "edge-2", true);
+    lattice.wait_registered("edge-2");
+    let hello = lattice.push_hello("1.0");
+    lattice.apply(&hello_manifest("stop", &hello, 1, ""));
+    lattice.wait_ready("stop", 1, PATIENCE);
+    lattice.nats.stop();
+    // Its forwarded-request subscription, heartbeat and log publisher are all stuck now.
+    std::thread::sleep(Duration::from_millis(500));
+    let asked = Instant::now();
+    std::process::Command::new("kill")
+        .args(["-TERM", &host.pid().to_string()])
+        .status()
+        .unwrap();
+    // Within the drain deadline (2 s), with room for the process to exit.
+    while host.is_running() {
+        assert!(
+            asked.elapsed() < Duration::from_secs(4),
+            "the host still runs {} ms after SIGTERM:\n{}",
+            asked.elapsed().as_millis(),
+            host.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!(
+        "offline SIGTERM: exited {} ms after it",
+        asked.elapsed().as_millis()
+    );
+}
+
+#[test]
+fn a_lattice_that_comes_back_empty_does_not_stop_what_hosts_serve() {
+    let mut lattice = Lattice::start();
+    let mut scheduler = lattice.scheduler("s1");
+    let host = lattice.host("edge-3", &[]);
+    let hello = lattice.push_hello("1.0");
+    let manifest = hello_manifest("kept", &hello, 1, "");
+    lattice.apply(&manifest);
+    lattice.wait_ready("kept", 1, PATIENCE);
+    eventually(PATIENCE, "the host to serve /kept", || {
+        host.get("/kept").filter(|(status, _)| *status == 200)
+    });
+
+    // The NATS server is rebuilt from nothing, and a scheduler started on it.
+    scheduler.kill();
+    let load = Load::start(&host, "/kept");
+    lattice.nats.wipe();
+    let _scheduler = lattice.scheduler("s2");
+    let mismatch = eventually(PATIENCE, "the host to report the mismatch", || {
+        let hosts: serde_json::Value =
+            serde_json::from_str(&lattice.ok(&["get", "hosts", "-o", "json"])).unwrap();
+        hosts
+            .as_array()?
+            .iter()
+            .find(|host| host["id"] == "edge-3")?
+            .get("latticeMismatch")?
+            .as_str()
+            .map(str::to_owned)
+    });
+    assert!(mismatch.contains("which now has"), "{mismatch}");
+    assert!(lattice.ok(&["get", "hosts"]).contains("mismatch"));
+    eventually(PATIENCE, "a LatticeMismatch event", || {
+        lattice
+            .events(&[])
+            .iter()
+            .any(|event| {
+                event["reason"] == "LatticeMismatch"
+                    && event["message"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .contains("default/kept")
+            })
+            .then_some(())
+    });
+    assert!(
+        host.log().contains("it was wiped or replaced"),
+        "{}",
+        host.log()
+    );
+    let (sent, failed, failures) = load.stop();
+    assert_eq!(failed, 0, "{failed} of {sent} failed: {failures:?}");
+
+    // Desired state written anew clears it: the host follows the new lattice.
+    lattice.apply(&manifest);
+    lattice.wait_ready("kept", 1, PATIENCE);
+    eventually(PATIENCE, "the mismatch to clear", || {
+        (!lattice
+            .ok(&["get", "hosts", "-o", "json"])
+            .contains("latticeMismatch"))
+        .then_some(())
+    });
+    assert_eq!(host.get("/kept").unwrap().0, 200);
+}
