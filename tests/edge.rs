@@ -271,3 +271,55 @@ fn a_lattice_that_comes_back_empty_does_not_stop_what_hosts_serve() {
     });
     assert_eq!(host.get("/kept").unwrap().0, 200);
 }
+
+fn signal(process: &Process, signal: &str) {
+    std::process::Command::new("kill")
+        .args([signal, &process.pid().to_string()])
+        .status()
+        .unwrap();
+}
+
+#[test]
+fn a_disconnect_policy_keeps_or_twins_a_silent_host_s_replicas_and_restarts_nothing() {
+    let lattice = Lattice::start();
+    let _scheduler = lattice.scheduler("s1");
+    let mut silent = lattice.host("site-a", &[]);
+    let hello = lattice.push_hello("1.0");
+    let keep = "  disconnect: {lostAfter: 1m}\n";
+    let twin = "  disconnect: {lostAfter: 1m, replace: true, reconcile: keepOriginal}\n";
+    lattice.apply(&hello_manifest("moved", &hello, 1, ""));
+    lattice.apply(&hello_manifest("kept", &hello, 1, keep));
+    lattice.apply(&hello_manifest("twin", &hello, 1, twin));
+    for app in ["moved", "kept", "twin"] {
+        lattice.wait_ready(app, 1, PATIENCE);
+    }
+    let (kept, twin) = (lattice.replica_ids("kept"), lattice.replica_ids("twin"));
+    let _other = lattice.host("site-b", &[]);
+
+    // site-a goes silent (its heartbeats stop, as behind a dropped link).
+    signal(&silent, "-STOP");
+    lattice.wait_ready("moved", 1, PATIENCE);
+    let by_host = eventually(PATIENCE, "moved to be replaced and twin twinned", || {
+        let moved = lattice.ready_by_host("moved");
+        let twins = lattice.replica_ids("twin");
+        (moved.contains_key("site-b")
+            && twins.len() == 2
+            && lattice.ready_by_host("twin").get("site-b") == Some(&1))
+        .then_some(moved)
+    });
+    assert_eq!(by_host.len(), 1, "{by_host:?}");
+    // kept: still the one replica on site-a, nothing placed.
+    assert_eq!(lattice.replica_ids("kept"), kept);
+    assert!(lattice.replica_ids("twin").contains(&twin[0]));
+
+    // site-a is back: its replicas go on; twin's replacement goes (keepOriginal).
+    signal(&silent, "-CONT");
+    eventually(PATIENCE, "twin back to its original replica", || {
+        (lattice.replica_ids("twin") == twin).then_some(())
+    });
+    assert_eq!(lattice.replica_ids("kept"), kept);
+    lattice.wait_ready("kept", 1, PATIENCE);
+    lattice.wait_ready("twin", 1, PATIENCE);
+    assert_eq!(silent.get("/kept").unwrap().0, 200);
+    assert!(silent.is_running());
+}

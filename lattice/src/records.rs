@@ -66,6 +66,38 @@ pub struct AppSpec {
     /// by default only apps of its own namespace may.
     #[serde(default, skip_serializing_if = "Expose::is_empty")]
     pub expose: Expose,
+    /// What happens to replicas on a host that stops sending heartbeats (a device behind a
+    /// link that drops); without it they are replaced as soon as the host is lost.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disconnect: Option<Disconnect>,
+}
+
+/// An app's policy for replicas on a silent host, after Nomad's `disconnect` block.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Disconnect {
+    /// How long replicas on a silent host are kept (still counted, or replaced but not
+    /// removed, by `replace`) before they are lost: removed and placed elsewhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lost_after: Option<Span>,
+    /// Place replacements elsewhere while the host is silent (the silent host's replicas
+    /// are kept too); without it, they are kept and counted, and nothing is placed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub replace: bool,
+    /// Which replicas stay when the host returns and there are too many.
+    #[serde(default)]
+    pub reconcile: ReconcileDisconnected,
+}
+
+/// Which replicas stay when a silent host returns and its app has too many.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ReconcileDisconnected {
+    /// The returning host's replicas stay; replacements go.
+    #[default]
+    KeepOriginal,
+    /// Replacements stay; the returning host's replicas go.
+    KeepReplacement,
 }
 
 /// Who may reach an app through service discovery, beyond its own namespace.
@@ -97,13 +129,14 @@ fn one() -> u32 {
 }
 
 impl AppSpec {
-    /// The spec with `replicas`, `revisionHistoryLimit` and `expose` cleared: two specs with the same
+    /// The spec with `replicas`, `revisionHistoryLimit`, `expose` and `disconnect` cleared: two specs with the same
     /// template run the same code the same way, so changing only those makes no new revision.
     pub fn template(&self) -> AppSpec {
         AppSpec {
             replicas: 0,
             revision_history_limit: None,
             expose: Expose::default(),
+            disconnect: None,
             ..self.clone()
         }
     }
@@ -566,6 +599,7 @@ mod tests {
                 rollout: None,
                 revision_history_limit: None,
                 expose: Expose::default(),
+                disconnect: None,
             },
             created_at: 0,
         }

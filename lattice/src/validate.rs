@@ -59,6 +59,9 @@ pub const MAX_LABELS: usize = 64;
 /// Longest message in a replica status.
 pub const MAX_MESSAGE: usize = 4096;
 
+/// Longest an app keeps replicas on a silent host.
+pub const MAX_DISCONNECTED: Duration = Duration::from_secs(7 * 24 * 3600);
+
 /// Longest a host may ask to go without a heartbeat before it is counted lost.
 pub const MAX_LOST_AFTER: Duration = Duration::from_secs(24 * 3600);
 
@@ -300,6 +303,13 @@ impl Problems {
             {
                 self.add(at("rollout.progressDeadline"), "must be at least 1s");
             }
+        }
+        if let Some(disconnect) = &spec.disconnect {
+            self.span(
+                &at("disconnect.lostAfter"),
+                disconnect.lost_after,
+                MAX_DISCONNECTED,
+            );
         }
         if let Some(limit) = spec.revision_history_limit
             && !(1..=MAX_REVISION_HISTORY).contains(&limit)
@@ -581,6 +591,7 @@ impl Validate for RouteRecord {
             rollout: None,
             revision_history_limit: None,
             expose: self.expose.clone(),
+            disconnect: None,
         };
         found.spec("record", &spec);
         if self.endpoints.len() > MAX_REPLICAS as usize {

@@ -62,6 +62,14 @@ impl Liveness {
         }
     }
 
+    /// How long each known host has been silent (since its record last changed).
+    fn silent_for(&self, now: Instant) -> HashMap<String, Duration> {
+        self.seen
+            .iter()
+            .map(|(id, (_, at))| (id.clone(), now.duration_since(*at)))
+            .collect()
+    }
+
     /// The hosts heard from within their loss timeout: their own `lostAfter` when their
     /// record names one (a host on a slow link asks for more), else `timeout`.
     fn live(
@@ -481,7 +489,9 @@ async fn pass(
         app_keys.contains(&app_key(&assignment.value.namespace, &assignment.value.app))
     });
 
+    let silent_for = state.liveness.silent_for(now);
     let observed = PassView {
+        silent_for: &silent_for,
         source: &source,
         live: &live,
         draining: &draining,
@@ -528,6 +538,8 @@ struct PassView<'a> {
     draining: &'a HashSet<String>,
     hosts: &'a BTreeMap<String, HostRecord>,
     status: &'a HashMap<String, ReplicaStatus>,
+    /// How long each known host has been silent.
+    silent_for: &'a HashMap<String, Duration>,
     now: Instant,
 }
 
@@ -599,6 +611,7 @@ async fn step_app(
         draining,
         hosts,
         status,
+        silent_for,
         now,
     } = *observed;
     state.seed(&app, now);
@@ -619,6 +632,7 @@ async fn step_app(
                 status: rollout_status.as_ref().unwrap_or(status),
                 replace_failed: backoff.is_none_or(|backoff| now >= backoff.not_before),
                 draining_hosts: draining,
+                silent_for,
             },
         );
         if step.failed > 0 {

@@ -3,9 +3,10 @@
 //! present, so running it again after a crash, a lost write or a duplicate event is safe.
 
 use std::collections::{HashMap, HashSet};
+use std::time::Duration;
 
 use shoal_lattice::Versioned;
-use shoal_lattice::records::{AppRecord, Assignment, Phase, ReplicaStatus};
+use shoal_lattice::records::{AppRecord, Assignment, Phase, ReconcileDisconnected, ReplicaStatus};
 
 /// What to do next for one app.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -18,6 +19,8 @@ pub struct Step {
     pub lost: u32,
     /// Of `remove`, replicas replaced because they failed.
     pub failed: u32,
+    /// Replicas on silent hosts kept by the app's `disconnect` policy.
+    pub kept: u32,
 }
 
 /// What is observed of one app.
@@ -35,6 +38,9 @@ pub struct Observed<'a> {
     /// revision's (a new one placed elsewhere first, within maxSurge; the old one removed
     /// once enough are ready).
     pub draining_hosts: &'a HashSet<String>,
+    /// How long each known host that is not live has been silent: an app's `disconnect`
+    /// policy keeps their replicas for a while.
+    pub silent_for: &'a HashMap<String, Duration>,
 }
 
 /// `maxSurge` and `maxUnavailable` as replica counts for `desired` replicas: counts as
@@ -98,7 +104,29 @@ pub fn reconcile(app: &AppRecord, observed: Observed<'_>) -> Step {
     let mut current = Vec::new();
     let mut old = Vec::new();
     for assignment in observed.assignments {
-        if !observed.live_hosts.contains(&assignment.value.host) {
+        let host = &assignment.value.host;
+        // A silent host's replicas, within the app's `disconnect.lostAfter`: kept and
+        // counted (nothing placed), or, with `replace`, kept while replacements run.
+        let kept = !observed.live_hosts.contains(host)
+            && app.spec.disconnect.as_ref().is_some_and(|policy| {
+                let silent = observed.silent_for.get(host).copied();
+                policy
+                    .lost_after
+                    .zip(silent)
+                    .is_some_and(|(lost_after, silent)| silent < lost_after.0)
+            });
+        if kept {
+            step.kept += 1;
+            let replace = app
+                .spec
+                .disconnect
+                .as_ref()
+                .is_some_and(|policy| policy.replace);
+            if replace {
+                continue;
+            }
+        }
+        if !kept && !observed.live_hosts.contains(host) {
             step.remove
                 .push((assignment.key.clone(), assignment.revision));
             if assignment.value.revision == app.revision {
@@ -126,11 +154,22 @@ pub fn reconcile(app: &AppRecord, observed: Observed<'_>) -> Step {
         if current.len() < desired {
             step.place = u32::try_from(desired - current.len()).unwrap_or(u32::MAX);
         } else if current.len() > desired {
-            // Remove the least useful first: not ready before ready, then the newest.
+            // Remove the least useful first: not ready before ready, then the newest (the
+            // oldest with `disconnect.reconcile: keepReplacement`, so replacements placed
+            // while a host was silent stay when it returns).
+            let keep_newest =
+                app.spec.disconnect.as_ref().is_some_and(|policy| {
+                    policy.reconcile == ReconcileDisconnected::KeepReplacement
+                });
             current.sort_by_key(|assignment| {
+                let created = assignment.value.created_at;
                 (
                     is_ready(assignment),
-                    std::cmp::Reverse(assignment.value.created_at),
+                    if keep_newest {
+                        created
+                    } else {
+                        u64::MAX - created
+                    },
                     assignment.key.clone(),
                 )
             });
@@ -208,6 +247,7 @@ mod tests {
                     status: &statuses,
                     replace_failed: true,
                     draining_hosts: no_hosts(),
+                    silent_for: no_silence(),
                 },
             );
             let removed: Vec<&String> = step.remove.iter().map(|(key, _)| key).collect();
@@ -279,6 +319,7 @@ mod tests {
                 rollout: None,
                 revision_history_limit: None,
                 expose: Default::default(),
+                disconnect: None,
             },
             created_at: 0,
             updated_at: 0,
@@ -328,6 +369,12 @@ mod tests {
         )
     }
 
+    fn no_silence() -> &'static HashMap<String, Duration> {
+        static NONE: std::sync::LazyLock<HashMap<String, Duration>> =
+            std::sync::LazyLock::new(HashMap::new);
+        &NONE
+    }
+
     fn no_hosts() -> &'static HashSet<String> {
         static NONE: std::sync::LazyLock<HashSet<String>> = std::sync::LazyLock::new(HashSet::new);
         &NONE
@@ -353,6 +400,7 @@ mod tests {
                     status: statuses,
                     replace_failed: true,
                     draining_hosts: &draining,
+                    silent_for: no_silence(),
                 },
             )
         };
@@ -384,6 +432,7 @@ mod tests {
             status: &HashMap::new(),
             replace_failed: true,
             draining_hosts: no_hosts(),
+            silent_for: no_silence(),
         };
         let step = reconcile(&app(3, 1), observed);
         assert_eq!(step.place, 2);
@@ -402,11 +451,89 @@ mod tests {
                 status: &HashMap::new(),
                 replace_failed: true,
                 draining_hosts: no_hosts(),
+                silent_for: no_silence(),
             },
         );
         assert_eq!(step.place, 1);
         assert_eq!(step.remove, [("h1.r1".to_owned(), 1)]);
         assert_eq!(step.lost, 1);
+    }
+
+    fn with_disconnect(replace: bool, reconcile: ReconcileDisconnected) -> AppRecord {
+        let mut app = app(2, 1);
+        app.spec.disconnect = Some(shoal_lattice::records::Disconnect {
+            lost_after: Some(shoal_lattice::quantity::Span(Duration::from_secs(60))),
+            replace,
+            reconcile,
+        });
+        app
+    }
+
+    #[test]
+    fn a_disconnect_policy_keeps_a_silent_host_s_replicas_until_lost_after() {
+        let hosts = live(&["h2"]);
+        let assignments = [assigned("r1", "h1", 1, 1), assigned("r2", "h2", 1, 2)];
+        let silent = |seconds| HashMap::from([("h1".to_owned(), Duration::from_secs(seconds))]);
+        let observe = |app: &AppRecord, silent_for: &HashMap<String, Duration>| {
+            reconcile(
+                app,
+                Observed {
+                    assignments: &assignments,
+                    live_hosts: &hosts,
+                    status: &HashMap::new(),
+                    replace_failed: true,
+                    draining_hosts: no_hosts(),
+                    silent_for,
+                },
+            )
+        };
+        // Kept and counted: nothing placed, nothing removed.
+        let keep = with_disconnect(false, ReconcileDisconnected::KeepOriginal);
+        let step = observe(&keep, &silent(10));
+        assert_eq!((step.place, step.remove.len(), step.kept), (0, 0, 1));
+        // Kept while a replacement runs.
+        let replace = with_disconnect(true, ReconcileDisconnected::KeepOriginal);
+        let step = observe(&replace, &silent(10));
+        assert_eq!((step.place, step.remove.len(), step.kept), (1, 0, 1));
+        // Past lostAfter: lost, as without a policy.
+        let step = observe(&keep, &silent(61));
+        assert_eq!((step.place, step.lost), (1, 1));
+        assert_eq!(step.remove, [("h1.r1".to_owned(), 1)]);
+    }
+
+    #[test]
+    fn a_returning_host_s_duplicates_are_resolved_by_the_policy() {
+        let hosts = live(&["h1", "h2"]);
+        // r1 ran on h1 before it went silent; r3 replaced it on h2 meanwhile.
+        let assignments = [
+            assigned("r1", "h1", 1, 1),
+            assigned("r2", "h2", 1, 2),
+            assigned("r3", "h2", 1, 3),
+        ];
+        let status: HashMap<_, _> = ["r1", "r2", "r3"]
+            .into_iter()
+            .map(|replica| status(replica, Phase::Ready))
+            .collect();
+        let observe = |app: &AppRecord| {
+            reconcile(
+                app,
+                Observed {
+                    assignments: &assignments,
+                    live_hosts: &hosts,
+                    status: &status,
+                    replace_failed: true,
+                    draining_hosts: no_hosts(),
+                    silent_for: no_silence(),
+                },
+            )
+        };
+        let original = observe(&with_disconnect(true, ReconcileDisconnected::KeepOriginal));
+        assert_eq!(original.remove, [("h2.r3".to_owned(), 3)]);
+        let replacement = observe(&with_disconnect(
+            true,
+            ReconcileDisconnected::KeepReplacement,
+        ));
+        assert_eq!(replacement.remove, [("h1.r1".to_owned(), 1)]);
     }
 
     #[test]
@@ -432,6 +559,7 @@ mod tests {
                 status: &status,
                 replace_failed: true,
                 draining_hosts: no_hosts(),
+                silent_for: no_silence(),
             },
         );
         assert_eq!(
@@ -451,6 +579,7 @@ mod tests {
             status: &status,
             replace_failed: true,
             draining_hosts: no_hosts(),
+            silent_for: no_silence(),
         };
         let step = reconcile(&app(1, 1), observed);
         assert_eq!((step.place, step.failed, step.remove.len()), (1, 1, 1));
@@ -472,6 +601,7 @@ mod tests {
                     status,
                     replace_failed: true,
                     draining_hosts: no_hosts(),
+                    silent_for: no_silence(),
                 },
             )
         };
