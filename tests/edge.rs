@@ -323,3 +323,70 @@ fn a_disconnect_policy_keeps_or_twins_a_silent_host_s_replicas_and_restarts_noth
     assert_eq!(silent.get("/kept").unwrap().0, 200);
     assert!(silent.is_running());
 }
+
+#[test]
+fn the_caches_keep_to_their_budget_never_evicting_what_runs_and_stale_temp_files_go() {
+    let lattice = Lattice::start();
+    let _scheduler = lattice.scheduler("s1");
+    // Leftovers of a host killed mid-write, an hour old.
+    let cache = lattice.shoal.cache_dir();
+    let stale = [
+        cache.join("oci/tmp/.tmpKILLED"),
+        cache.join("compiled/.tmpKILLED"),
+        cache.join("hosts/edge-4/.state.json.tmp-KILLED"),
+    ];
+    for file in &stale {
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(file, b"half a write").unwrap();
+        let hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+        std::fs::File::options()
+            .append(true)
+            .open(file)
+            .unwrap()
+            .set_modified(hour_ago)
+            .unwrap();
+    }
+    let fresh = cache.join("oci/tmp/.tmpWRITING");
+    std::fs::write(&fresh, b"being written by another process").unwrap();
+    let host = lattice.host_with("edge-4", &["--cache-size", "1Ki"]);
+    eventually(PATIENCE, "the stale temporary files to be swept", || {
+        stale.iter().all(|file| !file.exists()).then_some(())
+    });
+    assert!(fresh.exists(), "a write in progress is not swept");
+
+    // One component runs, then another replaces it: the budget (far below either) evicts
+    // the first, never the one running.
+    let hello = lattice.push_hello("1.0");
+    let fixtures = lattice.push_guest("http-fixtures", "1.0");
+    lattice.apply(&hello_manifest("first", &fixtures, 1, ""));
+    lattice.wait_ready("first", 1, PATIENCE);
+    let first = lattice.app("first")["digest"].as_str().unwrap().to_owned();
+    let blob = |digest: &str| {
+        cache
+            .join("oci/blobs/sha256")
+            .join(digest.trim_start_matches("sha256:"))
+    };
+    assert!(blob(&first).exists());
+    lattice.ok(&["delete", "app", "first"]);
+    lattice.apply(&hello_manifest("second", &hello, 1, ""));
+    lattice.wait_ready("second", 1, PATIENCE);
+    let second = lattice.app("second")["digest"].as_str().unwrap().to_owned();
+    eventually(PATIENCE, "the first component to be evicted", || {
+        (!blob(&first).exists()).then_some(())
+    });
+    assert!(blob(&second).exists(), "the running component is kept");
+    let compiled: Vec<String> = std::fs::read_dir(cache.join("compiled"))
+        .unwrap()
+        .flatten()
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        compiled.len(),
+        1,
+        "only the running component's code: {compiled:?}"
+    );
+    eventually(PATIENCE, "the host to say the budget is too small", || {
+        host.log().contains("more than --cache-size").then_some(())
+    });
+    assert_eq!(host.get("/second").unwrap().0, 200);
+}

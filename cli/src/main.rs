@@ -1,6 +1,7 @@
 //! `shoal`: the one binary users touch. Parses the command line, sets up logging, runs the
 //! command and turns its error into a message and an exit code.
 
+mod cache_budget;
 mod commands;
 mod duration;
 mod journal;

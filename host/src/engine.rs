@@ -181,8 +181,18 @@ impl Runtime {
         })
     }
 
+    /// The compiled-code cache's files, for a size budget: each named
+    /// `<layer digest hex>-<engine hash>.cwasm`.
+    pub fn compiled_dir(&self) -> PathBuf {
+        self.cache_dir.join("compiled")
+    }
+
     fn load_cached(&self, path: &Path) -> Option<Component> {
         let file = std::fs::read(path).ok()?;
+        // Its last use, so a size budget evicts what has not run for longest.
+        if let Ok(handle) = std::fs::File::options().append(true).open(path) {
+            let _ = handle.set_modified(std::time::SystemTime::now());
+        }
         let (checksum, compiled) = file.split_at_checked(32)?;
         if Sha256::digest(compiled).as_slice() != checksum {
             tracing::warn!(path = %path.display(), "compile cache entry is corrupt; compiling again");

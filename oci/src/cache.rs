@@ -36,6 +36,45 @@ fn at(path: &Path) -> impl FnOnce(io::Error) -> CacheError + '_ {
     }
 }
 
+/// A file of a cache, for a size budget.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CachedFile {
+    /// Where it is.
+    pub path: PathBuf,
+    /// Its name: a digest's hex for blobs.
+    pub name: String,
+    /// Bytes.
+    pub size: u64,
+    /// When it was last used (its modification time).
+    pub used: std::time::SystemTime,
+}
+
+/// The regular files directly in `dir`.
+pub fn list_files(dir: &Path) -> Vec<CachedFile> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let metadata = entry.metadata().ok().filter(fs::Metadata::is_file)?;
+            Some(CachedFile {
+                path: entry.path(),
+                name: entry.file_name().to_string_lossy().into_owned(),
+                size: metadata.len(),
+                used: metadata.modified().ok()?,
+            })
+        })
+        .collect()
+}
+
+/// Sets a file's modification time to now (its last use, for a size budget).
+pub fn touch(path: &Path) {
+    if let Ok(file) = File::options().append(true).open(path) {
+        let _ = file.set_modified(std::time::SystemTime::now());
+    }
+}
+
 /// What a verified read found.
 #[derive(Debug)]
 pub enum Lookup<T> {
@@ -77,6 +116,50 @@ impl Cache {
 
     fn tmp_dir(&self) -> PathBuf {
         self.root.join("tmp")
+    }
+
+    /// Every blob in the cache with its size and when it was last used (its modification
+    /// time: reads through [`Cache::touch`] renew it), for a size budget.
+    pub fn blobs(&self) -> Vec<CachedFile> {
+        list_files(&self.blobs_dir())
+    }
+
+    /// Marks a blob as used now, so a size budget keeps it over older ones.
+    pub fn touch(&self, digest: &Digest) {
+        touch(&self.blob_path(digest));
+    }
+
+    /// The blobs an artifact is made of, as cached: its manifest, config and layers (what
+    /// a host must keep to start it again without the registry).
+    pub fn closure(&self, manifest: &Digest) -> Vec<Digest> {
+        let mut digests = vec![manifest.clone()];
+        if let Ok(Lookup::Hit(bytes)) = self.read(manifest)
+            && let Ok(value) = serde_json::from_slice::<serde_json::Value>(&bytes)
+        {
+            let config = value.get("config").into_iter();
+            let layers = value
+                .get("layers")
+                .and_then(serde_json::Value::as_array)
+                .into_iter()
+                .flatten();
+            digests.extend(
+                config
+                    .chain(layers)
+                    .filter_map(|blob| blob.get("digest")?.as_str()?.parse::<Digest>().ok()),
+            );
+        }
+        digests
+    }
+
+    /// Removes temporary files that have not been written for `idle` (what an interrupted
+    /// write left; a write in progress, by this or another process, is younger); returns
+    /// how many.
+    pub fn sweep(&self, idle: std::time::Duration) -> usize {
+        list_files(&self.tmp_dir())
+            .into_iter()
+            .filter(|file| file.used.elapsed().is_ok_and(|age| age >= idle))
+            .filter(|file| fs::remove_file(&file.path).is_ok())
+            .count()
     }
 
     /// Where the blob with `digest` lives (whether or not it is there).

@@ -401,6 +401,10 @@ impl Client {
                 return Ok(None);
             }
         };
+        // Used now: a cache size budget keeps what ran last over what did not.
+        for blob in [digest, &manifest.config.digest, &manifest.layer.digest] {
+            self.cache.touch(blob);
+        }
         Ok(Some(Pulled {
             reference: reference.whole(),
             digest: digest.clone(),

@@ -115,6 +115,11 @@ pub struct HostArgs {
     #[arg(long, default_value = "64Mi", help_heading = "Ingress limits")]
     pub forward_buffer: Memory,
 
+    /// Most bytes the artifact and compiled-code caches may hold together; the least
+    /// recently used go first, never what a running replica needs to start again offline.
+    #[arg(long, default_value = "2Gi")]
+    pub cache_size: Memory,
+
     /// Do not use the pooling allocator (for machines with little address space).
     #[arg(long)]
     pub no_pooling: bool,
@@ -173,6 +178,57 @@ pub fn nats_addresses(urls: &str) -> Vec<SocketAddr> {
             authority.parse::<SocketAddr>().ok()
         })
         .collect()
+}
+
+/// How often the cache budget is enforced.
+const CACHE_PRUNE_PERIOD: Duration = Duration::from_secs(60);
+
+/// Sweeps temporary files at start, then keeps the caches within `budget` whenever the
+/// replicas' components change (and every minute), never evicting the artifacts `in_use`
+/// names. Nothing is evicted before the replicas have started: until then, what they need
+/// is not known.
+async fn keep_cache_budget(
+    oci: shoal_oci::Cache,
+    compiled: PathBuf,
+    mut in_use: tokio::sync::watch::Receiver<std::collections::BTreeSet<String>>,
+    budget: u64,
+) {
+    let mut limit = u64::MAX;
+    loop {
+        let pinned = in_use.borrow_and_update().clone();
+        let (oci, compiled) = (oci.clone(), compiled.clone());
+        let pruned = tokio::task::spawn_blocking(move || {
+            crate::cache_budget::prune(&oci, &compiled, &pinned, limit)
+        })
+        .await
+        .unwrap_or_default();
+        if pruned.files > 0 || pruned.temporary > 0 {
+            tracing::info!(
+                removed = pruned.files,
+                removed_bytes = pruned.bytes,
+                temporary = pruned.temporary,
+                kept_bytes = pruned.kept,
+                budget,
+                "kept the caches within their budget"
+            );
+        }
+        if limit == budget && pruned.kept > budget {
+            tracing::warn!(
+                kept_bytes = pruned.kept,
+                budget,
+                "what the running replicas need is more than --cache-size"
+            );
+        }
+        tokio::select! {
+            changed = in_use.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+            () = tokio::time::sleep(CACHE_PRUNE_PERIOD) => {}
+        }
+        limit = budget;
+    }
 }
 
 /// Pulls components through the OCI cache.
@@ -325,7 +381,14 @@ pub async fn run(args: HostArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
     let mut options = args.agent_options(id.clone(), &lattice.lattice)?;
     options.tls = tls;
     options.own_listeners.extend(nats_addresses(lattice.url()));
+    let compiled = runtime.compiled_dir();
     let agent = Agent::new(runtime, OciFetch(client), options);
+    let budget = tokio::spawn(keep_cache_budget(
+        shoal_oci::Cache::open(args.registry.cache_root()?.join("oci"))?,
+        compiled,
+        agent.in_use(),
+        args.cache_size.0,
+    ));
     let connect = {
         let lattice = lattice.clone();
         move || {
@@ -354,6 +417,7 @@ pub async fn run(args: HostArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
     if let Some(metrics) = metrics {
         metrics.abort();
     }
+    budget.abort();
     result?;
     Ok(0)
 }

@@ -105,6 +105,7 @@ pub struct Agent<F> {
     options: AgentOptions,
     router: Arc<Router>,
     cached: Arc<Mutex<Vec<String>>>,
+    in_use: Arc<tokio::sync::watch::Sender<std::collections::BTreeSet<String>>>,
     metrics: Arc<Metrics>,
 }
 
@@ -139,7 +140,16 @@ impl<F: Fetch> Agent<F> {
             options,
             router: Arc::new(Router::default()),
             cached: Arc::new(Mutex::new(Vec::new())),
+            in_use: Arc::new(tokio::sync::watch::Sender::new(
+                std::collections::BTreeSet::new(),
+            )),
         }
+    }
+
+    /// The component (manifest) digests the replicas run, changing as they do: what a
+    /// cache budget keeps.
+    pub fn in_use(&self) -> tokio::sync::watch::Receiver<std::collections::BTreeSet<String>> {
+        self.in_use.subscribe()
     }
 
     /// This host's ingress counters and latency histograms, per app.
@@ -199,6 +209,7 @@ impl<F: Fetch> Agent<F> {
             log_lines: log_lines.clone(),
             own_listeners: self.options.own_listeners.clone(),
             cached: Arc::clone(&self.cached),
+            in_use: Arc::clone(&self.in_use),
             replicas: std::collections::HashMap::new(),
             started: started_tx,
             probed: probed_tx,

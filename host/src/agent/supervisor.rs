@@ -81,6 +81,8 @@ pub(crate) struct Supervisor<F> {
     pub(crate) own_listeners: Vec<SocketAddr>,
     /// Component digests pulled here, newest last (for the host record).
     pub(crate) cached: Arc<Mutex<Vec<String>>>,
+    /// The component digests the replicas run: a cache budget never evicts them.
+    pub(crate) in_use: Arc<tokio::sync::watch::Sender<std::collections::BTreeSet<String>>>,
     pub(crate) replicas: HashMap<String, Replica>,
     pub(crate) started: mpsc::Sender<Started>,
     pub(crate) probed: mpsc::Sender<Probed>,
@@ -312,8 +314,18 @@ impl<F: Fetch> Supervisor<F> {
         }
     }
 
-    /// Sets the replica gauges of the metrics endpoint.
+    /// Sets the replica gauges of the metrics endpoint, and the digests in use.
     pub(crate) fn count(&self) {
+        let digests: std::collections::BTreeSet<String> = self
+            .replicas
+            .values()
+            .map(|replica| replica.assignment.digest.clone())
+            .collect();
+        self.in_use.send_if_modified(|in_use| {
+            let changed = *in_use != digests;
+            *in_use = digests;
+            changed
+        });
         let ready = self
             .replicas
             .values()
