@@ -390,3 +390,143 @@ fn the_caches_keep_to_their_budget_never_evicting_what_runs_and_stale_temp_files
     });
     assert_eq!(host.get("/second").unwrap().0, 200);
 }
+
+/// `shoal up --leaf` for one site: a leaf nats-server linked to the hub and one host.
+struct Site {
+    up: std::process::Child,
+    args: Vec<String>,
+    ingress: String,
+}
+
+impl Site {
+    fn start(lattice: &Lattice, args: &[String]) -> Self {
+        let mut up = lattice
+            .shoal
+            .command()
+            .args(args)
+            .env("SHOAL_LATTICE", &lattice.name)
+            .env("SHOAL_LOG", "info")
+            .env_remove("SHOAL_NATS")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        use std::io::BufRead;
+        let mut stdout = std::io::BufReader::new(up.stdout.take().unwrap());
+        let ingress = loop {
+            let mut line = String::new();
+            assert!(stdout.read_line(&mut line).unwrap() > 0, "shoal up ended");
+            if let Some(address) = line.trim().split(" ingress ").nth(1) {
+                break address.to_owned();
+            }
+        };
+        std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+        Self {
+            up,
+            args: args.to_vec(),
+            ingress,
+        }
+    }
+
+    fn get(&self, path: &str) -> Option<u16> {
+        support::lattice::agent()
+            .get(&format!("{}{path}", self.ingress))
+            .call()
+            .ok()
+            .map(|response| response.status().as_u16())
+    }
+
+    /// Stops the site as an operator would (SIGTERM) and waits for it.
+    fn stop(mut self) -> Vec<String> {
+        std::process::Command::new("kill")
+            .args(["-TERM", &self.up.id().to_string()])
+            .status()
+            .unwrap();
+        let _ = self.up.wait();
+        std::mem::take(&mut self.args)
+    }
+}
+
+impl Drop for Site {
+    fn drop(&mut self) {
+        let _ = self.up.kill();
+        let _ = self.up.wait();
+    }
+}
+
+#[test]
+fn a_site_behind_a_leaf_serves_without_its_hub_restarts_without_it_and_converges_after() {
+    let leafnodes = support::free_port();
+    let mut lattice = Lattice::on(support::nats::Nats::with_config(&format!(
+        "leafnodes {{ listen: \"127.0.0.1:{leafnodes}\" }}\njetstream {{ domain: hub }}\n"
+    )));
+    // A site's link drops: its hosts are not lost for a minute.
+    let _scheduler = lattice.spawn(
+        &[
+            "scheduler",
+            "--id",
+            "s1",
+            "--host-timeout",
+            "60s",
+            "--lease",
+            "1s",
+        ],
+        "s1",
+        false,
+    );
+    let data = tempfile::tempdir().unwrap();
+    let args: Vec<String> = [
+        "up",
+        "--leaf",
+        &format!("nats-leaf://127.0.0.1:{leafnodes}"),
+        "--site",
+        "site-a",
+        "--nats-port",
+        &support::free_port().to_string(),
+        "--http",
+        &format!("127.0.0.1:{}", support::free_port()),
+        "--data-dir",
+        &data.path().display().to_string(),
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let site = Site::start(&lattice, &args);
+    lattice.wait_registered("site-a-1");
+    let hello = lattice.push_hello("1.0");
+    let manifest = hello_manifest(
+        "shop",
+        &hello,
+        1,
+        "  placement: {requires: {site: site-a}}\n",
+    );
+    lattice.apply(&manifest);
+    lattice.wait_ready("shop", 1, PATIENCE);
+    eventually(PATIENCE, "the site to serve /shop", || {
+        (site.get("/shop") == Some(200)).then_some(())
+    });
+    let before = lattice.replica_ids("shop");
+
+    // The hub goes away: the site serves on, and a restarted site serves too.
+    lattice.nats.stop();
+    for _ in 0..20 {
+        assert_eq!(site.get("/shop"), Some(200));
+    }
+    let args = site.stop();
+    let site = Site::start(&lattice, &args);
+    eventually(
+        PATIENCE,
+        "the restarted site to serve /shop without its hub",
+        || (site.get("/shop") == Some(200)).then_some(()),
+    );
+
+    // The hub returns: the site joins again with the same replica, and converges on new
+    // desired state.
+    lattice.nats.relaunch();
+    eventually(PATIENCE, "the site's replica to be reported again", || {
+        (lattice.replica_ids("shop") == before).then_some(())
+    });
+    lattice.ok(&["scale", "app", "shop", "--replicas", "2"]);
+    lattice.wait_ready("shop", 2, PATIENCE);
+    assert!(lattice.replica_ids("shop").contains(&before[0]));
+    assert_eq!(site.get("/shop"), Some(200));
+}

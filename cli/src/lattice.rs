@@ -87,6 +87,17 @@ pub struct LatticeArgs {
     )]
     pub nats_creds: Option<PathBuf>,
 
+    /// JetStream domain of the lattice's state, for hosts on a site's leaf nats-server
+    /// whose hub runs JetStream in that domain (`shoal up --leafnodes` names it `hub`).
+    #[arg(
+        long,
+        env = "SHOAL_JS_DOMAIN",
+        global = true,
+        value_name = "DOMAIN",
+        help_heading = "NATS connection"
+    )]
+    pub js_domain: Option<String>,
+
     /// CA certificate (PEM) to trust for a TLS NATS server; implies TLS.
     #[arg(
         long,
@@ -220,6 +231,7 @@ impl LatticeArgs {
             replicas: usize::from(self.lattice_replicas),
             origin: origin.to_owned(),
             skip_buckets,
+            js_domain: self.js_domain.clone(),
         }
     }
 }

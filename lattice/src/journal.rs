@@ -175,13 +175,7 @@ impl Lattice {
             reason,
         };
         let subject = journal.subject(self.name(), tail);
-        let stream = open(
-            &jetstream::new(self.client().clone()),
-            self.name(),
-            journal,
-            self.replicas,
-        )
-        .await?;
+        let stream = open(&self.jetstream(), self.name(), journal, self.replicas).await?;
         let deliver_policy = match start {
             Start::Oldest => consumer::DeliverPolicy::All,
             Start::Since(millis) => consumer::DeliverPolicy::ByStartTime {

@@ -38,6 +38,9 @@ pub struct ConnectOptions {
     /// Whether to open the KV buckets (clients that only use the control API and the
     /// journals do not, and may not).
     pub skip_buckets: bool,
+    /// The JetStream domain of the lattice's state, for clients of a leaf nats-server (a
+    /// site) whose JetStream lives at the hub; `None` for the server's own.
+    pub js_domain: Option<String>,
 }
 
 /// The publisher token of the control plane's events.
@@ -78,6 +81,14 @@ pub struct NatsTls {
     pub client: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
+/// A JetStream context in `domain`, or the server's own without one.
+fn jetstream_context(client: async_nats::Client, domain: Option<&str>) -> jetstream::Context {
+    match domain {
+        Some(domain) => jetstream::with_domain(client, domain),
+        None => jetstream::new(client),
+    }
+}
+
 /// A record with the KV revision it was read at.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Versioned<T> {
@@ -99,6 +110,8 @@ pub struct Lattice {
     buckets: HashMap<&'static str, kv::Store>,
     /// The publisher token of this connection's events and logs.
     pub(crate) origin: String,
+    /// The JetStream domain of the lattice's state, if not the server's own.
+    js_domain: Option<String>,
 }
 
 impl std::fmt::Debug for Lattice {
@@ -183,7 +196,7 @@ impl Lattice {
                 url: options.url.clone(),
                 reason: error.to_string(),
             })?;
-        let context = jetstream::new(client.clone());
+        let context = jetstream_context(client.clone(), options.js_domain.as_deref());
         let mut buckets = HashMap::new();
         for bucket in Bucket::ALL
             .iter()
@@ -215,12 +228,18 @@ impl Lattice {
             name: options.lattice.clone(),
             replicas: options.replicas,
             buckets,
+            js_domain: options.js_domain.clone(),
             origin: if options.origin.is_empty() {
                 "_client".to_owned()
             } else {
                 options.origin.clone()
             },
         })
+    }
+
+    /// The JetStream context of the lattice's state (in its domain, when it has one).
+    pub(crate) fn jetstream(&self) -> jetstream::Context {
+        jetstream_context(self.client.clone(), self.js_domain.as_deref())
     }
 
     /// Who this connection publishes events and logs as.
@@ -507,7 +526,8 @@ impl Lattice {
             async_nats::header::NATS_EXPECTED_LAST_SEQUENCE,
             fence.to_string().as_str(),
         );
-        let published = jetstream::new(self.client.clone())
+        let published = self
+            .jetstream()
             .publish_with_headers(subject, headers, payload)
             .await
             .map_err(|error| self.request_error(bucket, error))?

@@ -138,9 +138,14 @@ impl Lattice {
     }
 
     pub fn start() -> Self {
+        Self::on(Nats::start())
+    }
+
+    /// A lattice on `nats` (a server with extra configuration, say).
+    pub fn on(nats: Nats) -> Self {
         Self {
             shoal: Shoal::new(),
-            nats: Nats::start(),
+            nats,
             peers: Vec::new(),
             registry: Registry::start(),
             name: Self::unique_name(),

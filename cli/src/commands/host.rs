@@ -286,6 +286,7 @@ impl HostArgs {
             lost_after: self.lost_after,
             state_dir: Some(state_dir),
             adopt_lattice: self.adopt_lattice,
+            wait_for_lattice: false,
             labels,
             capacity: Capacity {
                 memory: self.memory.unwrap_or_else(default_memory),

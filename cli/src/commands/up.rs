@@ -50,6 +50,41 @@ pub struct UpArgs {
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub http: std::net::SocketAddr,
 
+    /// Run this machine as a site of a hub lattice: a local nats-server without JetStream
+    /// whose leaf connection reaches the hub (URL like nats-leaf://hub.example:7422), and
+    /// hosts that connect to it. The site keeps serving, and its hosts restart and serve,
+    /// while the hub link is down; no scheduler runs here. Takes precedence over --nats.
+    #[arg(long, value_name = "URL", help_heading = "Sites (hub and leaves)")]
+    pub leaf: Option<String>,
+
+    /// The credential (.creds) the leaf connection presents to a hub that wants one.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "leaf",
+        help_heading = "Sites (hub and leaves)"
+    )]
+    pub leaf_creds: Option<PathBuf>,
+
+    /// Accept leaf connections from sites on this address (on the hub), e.g. 0.0.0.0:7422.
+    #[arg(
+        long,
+        value_name = "ADDR",
+        conflicts_with = "leaf",
+        help_heading = "Sites (hub and leaves)"
+    )]
+    pub leafnodes: Option<std::net::SocketAddr>,
+
+    /// The JetStream domain of the hub's lattice state: the hub (--leafnodes) runs
+    /// JetStream in it, and a site's hosts (--leaf) reach it there through their leaf.
+    #[arg(long, default_value = "hub", help_heading = "Sites (hub and leaves)")]
+    pub hub_domain: String,
+
+    /// This site's name: host ids are <site>-N (unique across the sites of a hub) and
+    /// hosts get the label site=<site>.
+    #[arg(long, default_value = "local", help_heading = "Sites (hub and leaves)")]
+    pub site: String,
+
     #[command(flatten)]
     pub registry: crate::registry::RegistryArgs,
 }
@@ -118,10 +153,20 @@ fn secure(dir: &std::path::Path, lattice: &str, hosts: u16) -> anyhow::Result<Cr
 }
 
 pub async fn run(args: UpArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
+    shoal_lattice::names::check_name("site", &args.site)?;
     let mut lattice = lattice.clone();
     let mut nats_child = None;
     let mut credentials = None;
-    if lattice.nats.is_none() {
+    if let Some(hub) = &args.leaf {
+        nats_child = Some(start_leaf(&args, hub)?);
+        lattice.nats = Some(format!("nats://127.0.0.1:{}", args.nats_port));
+        lattice.nats_creds = None;
+        lattice.js_domain = Some(args.hub_domain.clone());
+        eprintln!(
+            "started a leaf nats-server on 127.0.0.1:{} for site {:?}, linked to the hub at {hub}",
+            args.nats_port, args.site
+        );
+    } else if lattice.nats.is_none() {
         let data_dir = match &args.data_dir {
             Some(dir) => dir.clone(),
             None => dirs::data_dir()
@@ -160,10 +205,18 @@ pub async fn run(args: UpArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
         // Forwarded HTTP requests travel as one NATS message: make room for the 8 MiB
         // forwarding limit plus headers (the server's default is 1 MiB).
         let config = data_dir.join("nats.conf");
+        // Sites reach the lattice's JetStream across their leaf connection by its domain.
+        let (leafnodes, domain) = match args.leafnodes {
+            Some(address) => (
+                format!("leafnodes {{ listen: \"{address}\" }}\n"),
+                format!(", domain: {:?}", args.hub_domain),
+            ),
+            None => (String::new(), String::new()),
+        };
         std::fs::write(
             &config,
             format!(
-                "{auth}max_payload: 9437184\njetstream {{ sync_interval: {} }}\n",
+                "{auth}{leafnodes}max_payload: 9437184\njetstream {{ sync_interval: {}{domain} }}\n",
                 args.nats_sync
             ),
         )
@@ -208,6 +261,44 @@ pub async fn run(args: UpArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
     result
 }
 
+/// Starts the site's leaf nats-server: no JetStream (the lattice's state lives at the
+/// hub), clients on loopback only, one leaf connection to `hub`.
+fn start_leaf(args: &UpArgs, hub: &str) -> anyhow::Result<tokio::process::Child> {
+    let dir = match &args.data_dir {
+        Some(dir) => dir.clone(),
+        None => dirs::data_dir()
+            .context("no data directory for this user: pass --data-dir")?
+            .join("shoal/leaf"),
+    };
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let credentials = match &args.leaf_creds {
+        Some(path) => {
+            let path = std::fs::canonicalize(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            format!(", credentials: {:?}", path.display().to_string())
+        }
+        None => String::new(),
+    };
+    let config = dir.join("leaf.conf");
+    std::fs::write(
+        &config,
+        format!(
+            "max_payload: 9437184\nleafnodes {{ remotes: [ {{ urls: [{hub:?}]{credentials} }} ] }}\n"
+        ),
+    )
+    .with_context(|| format!("cannot write {}", config.display()))?;
+    tokio::process::Command::new(find_nats_server()?)
+        .arg("-c")
+        .arg(&config)
+        .args(["-a", "127.0.0.1", "-p", &args.nats_port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .process_group(0)
+        .spawn()
+        .context("cannot start nats-server")
+}
+
 async fn serve(
     args: &UpArgs,
     lattice: &LatticeArgs,
@@ -228,33 +319,36 @@ async fn serve(
         let _ = stopped.wait_for(|stop| *stop).await;
     };
 
-    let scheduler = SchedulerArgs {
-        id: Some("up-scheduler".to_owned()),
-        host_timeout: Duration::from_secs(3),
-        lease: Duration::from_secs(5),
-    };
-    // nats-server may still be starting: retry for a while before giving up.
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    let connection = loop {
-        match scheduler_lattice
-            .connect_as("shoal up scheduler", shoal_lattice::store::SCHEDULER_ORIGIN)
-            .await
-        {
-            Ok(connection) => break connection,
-            Err(error) if std::time::Instant::now() > deadline => return Err(error),
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    };
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn({
-        let stopped = wait(stopped.clone());
-        let options = scheduler.options();
-        async move {
-            controller::run(connection, options, stopped)
+    // A site's scheduler is the hub's.
+    if args.leaf.is_none() {
+        let scheduler = SchedulerArgs {
+            id: Some("up-scheduler".to_owned()),
+            host_timeout: Duration::from_secs(3),
+            lease: Duration::from_secs(5),
+        };
+        // nats-server may still be starting: retry for a while before giving up.
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        let connection = loop {
+            match scheduler_lattice
+                .connect_as("shoal up scheduler", shoal_lattice::store::SCHEDULER_ORIGIN)
                 .await
-                .map_err(anyhow::Error::from)
-        }
-    });
+            {
+                Ok(connection) => break connection,
+                Err(error) if std::time::Instant::now() > deadline => return Err(error),
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        };
+        tasks.spawn({
+            let stopped = wait(stopped.clone());
+            let options = scheduler.options();
+            async move {
+                controller::run(connection, options, stopped)
+                    .await
+                    .map_err(anyhow::Error::from)
+            }
+        });
+    }
 
     // The hosts take `shoal host`'s defaults, written once in its flags.
     #[derive(clap::Parser)]
@@ -270,7 +364,7 @@ async fn serve(
     let runtime = host_args.runtime()?;
     println!("lattice {:?} at {}", lattice.lattice, lattice.url());
     for index in 1..=args.hosts {
-        let id = format!("local-{index}");
+        let id = format!("{}-{index}", args.site);
         let mut address = args.http;
         if address.port() != 0 {
             address.set_port(address.port() + index - 1);
@@ -286,6 +380,9 @@ async fn serve(
         options
             .labels
             .insert("zone".to_owned(), format!("zone-{index}"));
+        options.labels.insert("site".to_owned(), args.site.clone());
+        // A site's hosts wait for the hub however long it takes, even on a first start.
+        options.wait_for_lattice = args.leaf.is_some();
         let host_lattice =
             as_holder(credentials.and_then(|made| made.hosts.get(usize::from(index) - 1)));
         let agent = Agent::new(runtime.clone(), OciFetch(args.registry.client()?), options);

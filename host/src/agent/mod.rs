@@ -76,6 +76,9 @@ pub struct AgentOptions {
     /// from (an operator's decision after a lattice was rebuilt): saved replicas it does not
     /// assign here stop.
     pub adopt_lattice: bool,
+    /// Keep trying to reach the lattice even without saved state (a site's host whose hub
+    /// is not reachable yet); without it, the first failure is an error.
+    pub wait_for_lattice: bool,
 }
 
 /// Fetches a component's bytes by pinned reference (`repository@sha256:…`), through a
@@ -220,7 +223,12 @@ impl<F: Fetch> Agent<F> {
         let mut joining = None;
         let mut joined: Option<Joined> = None;
         match &saved {
-            None => joined = Some(self.join(connect, false, 0, started_at, http).await?),
+            None if !self.options.wait_for_lattice => {
+                joined = Some(self.join(connect, false, 0, started_at, http).await?);
+            }
+            None => {
+                joining = Some(tokio::spawn(self.join(connect, true, 0, started_at, http)));
+            }
             Some(state) => {
                 let serving = state.assignments.len();
                 joining = Some(tokio::spawn(
