@@ -16,6 +16,8 @@ cd "$root"
 scripts/setup.sh >/dev/null
 # shellcheck source=../scripts/env.sh
 source scripts/env.sh
+# shellcheck source=lib.sh
+source bench/lib.sh
 command -v curl >/dev/null || { echo "installing curl (apt)" >&2; $(command -v sudo || true) apt-get install -y -qq curl >&2; }
 scripts/build-guests.sh >/dev/null
 cargo build --release --quiet -p shoal-cli
@@ -35,39 +37,22 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 nats_port=$(free_port)
 registry_port=$(free_port)
 export SHOAL_NATS=nats://127.0.0.1:$nats_port SHOAL_LATTICE=chaos SHOAL_LOG=warn
 export SHOAL_CACHE_DIR=$work/cache
 
-start_nats() {
-  printf 'max_payload: 9437184\n' >"$work/nats.conf"
-  nats-server -c "$work/nats.conf" -js -a 127.0.0.1 -p "$nats_port" -sd "$work/nats" >>"$work/nats.log" 2>&1 &
-  nats_pid=$!
-  disown "$nats_pid"
-  for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$nats_port") 2>/dev/null && return; sleep 0.05; done
-}
 start_nats
-mkdir -p "$work/registry"
-cat >"$work/registry/config.yml" <<YAML
-version: 0.1
-log: {level: error}
-storage: {filesystem: {rootdirectory: $work/registry/data}}
-http: {addr: 127.0.0.1:$registry_port}
-YAML
-"$(command -v docker-registry || command -v registry)" serve "$work/registry/config.yml" >"$work/registry.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 100); do curl -fs "http://127.0.0.1:$registry_port/v2/" >/dev/null && break; sleep 0.1; done
+start_registry
 
 start_scheduler() {
-  "$shoal" scheduler --id "$1" >>"$work/$1.log" 2>&1 &
+  "$shoal" scheduler --id "$1" --host-timeout 3s >>"$work/$1.log" 2>&1 &
   scheduler_pid[$1]=$!
   disown "${scheduler_pid[$1]}"
 }
 start_host() {
   local port=${host_port[$1]}
-  "$shoal" host --id "$1" --http "127.0.0.1:$port" --cache-dir "$work/cache-$1" >>"$work/$1.log" 2>&1 &
+  "$shoal" host --id "$1" --heartbeat 1s --http "127.0.0.1:$port" --cache-dir "$work/cache-$1" >>"$work/$1.log" 2>&1 &
   host_pid[$1]=$!
   disown "${host_pid[$1]}"
   host_url[$1]=http://127.0.0.1:$port

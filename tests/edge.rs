@@ -12,23 +12,26 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use support::eventually;
-use support::lattice::{Lattice, Process, hello_manifest};
+use support::lattice::{Lattice, Process, hello_manifest, host_args};
 
 const PATIENCE: Duration = Duration::from_secs(30);
 
-/// `shoal host` flags of these tests: a fast heartbeat, a short drain.
-fn host_args(id: &str) -> Vec<&str> {
-    vec![
-        "host",
-        "--id",
-        id,
-        "--http",
-        "127.0.0.1:0",
-        "--heartbeat",
-        "250ms",
-        "--drain",
-        "2s",
-    ]
+/// A scheduler that counts a silent host lost only after a minute: these tests are about
+/// what hosts do while the lattice is away, not about failover.
+fn patient_scheduler(lattice: &Lattice) -> Process {
+    lattice.spawn(
+        &[
+            "scheduler",
+            "--id",
+            "s1",
+            "--host-timeout",
+            "60s",
+            "--lease",
+            "1s",
+        ],
+        "s1",
+        false,
+    )
 }
 
 /// GETs `path` through `host` from another thread until stopped; counts failures.
@@ -88,20 +91,7 @@ impl Load {
 #[test]
 fn a_host_restarted_offline_serves_its_saved_replicas_and_keeps_them_when_nats_returns() {
     let mut lattice = Lattice::start();
-    // A long loss timeout: this test is about the host, not about failover.
-    let _scheduler = lattice.spawn(
-        &[
-            "scheduler",
-            "--id",
-            "s1",
-            "--host-timeout",
-            "60s",
-            "--lease",
-            "1s",
-        ],
-        "s1",
-        false,
-    );
+    let _scheduler = patient_scheduler(&lattice);
     let host = lattice.spawn(&host_args("edge-1"), "edge-1", true);
     lattice.wait_registered("edge-1");
     let hello = lattice.push_hello("1.0");
@@ -460,20 +450,7 @@ fn a_site_behind_a_leaf_serves_without_its_hub_restarts_without_it_and_converges
     let mut lattice = Lattice::on(support::nats::Nats::with_config(&format!(
         "leafnodes {{ listen: \"127.0.0.1:{leafnodes}\" }}\njetstream {{ domain: hub }}\n"
     )));
-    // A site's link drops: its hosts are not lost for a minute.
-    let _scheduler = lattice.spawn(
-        &[
-            "scheduler",
-            "--id",
-            "s1",
-            "--host-timeout",
-            "60s",
-            "--lease",
-            "1s",
-        ],
-        "s1",
-        false,
-    );
+    let _scheduler = patient_scheduler(&lattice);
     let data = tempfile::tempdir().unwrap();
     let args: Vec<String> = [
         "up",
@@ -506,8 +483,8 @@ fn a_site_behind_a_leaf_serves_without_its_hub_restarts_without_it_and_converges
     });
     let before = lattice.replica_ids("shop");
 
-    // The hub goes away: the site serves on, and a restarted site serves too.
-    lattice.nats.stop();
+    // The hub dies (SIGKILL): the site serves on, and a restarted site serves too.
+    lattice.nats.kill();
     for _ in 0..20 {
         assert_eq!(site.get("/shop"), Some(200));
     }

@@ -24,20 +24,6 @@ impl Drop for KillOnDrop {
     }
 }
 
-fn replica_ids(lattice: &Lattice, app: &str) -> Vec<String> {
-    let rows: serde_json::Value =
-        serde_json::from_str(&lattice.ok(&["get", "replicas", "-o", "json"])).unwrap();
-    let mut ids: Vec<String> = rows
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|row| row["app"] == app)
-        .map(|row| row["replica"].as_str().unwrap().to_owned())
-        .collect();
-    ids.sort();
-    ids
-}
-
 #[test]
 fn placement_spreads_over_zones_honours_requires_and_waits_for_a_fitting_host() {
     let lattice = Lattice::start();
@@ -177,7 +163,7 @@ fn schedulers_hand_over_without_disturbing_what_is_placed() {
     let hello = lattice.push_hello("1.0");
     lattice.apply(&hello_manifest("hello", &hello, 2, ""));
     lattice.wait_ready("hello", 2, PATIENCE);
-    let placed = replica_ids(&lattice, "hello");
+    let placed = lattice.replica_ids("hello");
 
     // kill -9 the only scheduler and start another: nothing placed changes.
     first.kill();
@@ -187,7 +173,7 @@ fn schedulers_hand_over_without_disturbing_what_is_placed() {
     });
     let _third = lattice.scheduler("s3");
     std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(replica_ids(&lattice, "hello"), placed);
+    assert_eq!(lattice.replica_ids("hello"), placed);
 
     // Kill the leader: the standby takes the lease and acts on a change.
     second.kill();
@@ -198,7 +184,7 @@ fn schedulers_hand_over_without_disturbing_what_is_placed() {
         "leader killed → standby placed the scaled replica in {:?}",
         started.elapsed()
     );
-    let now = replica_ids(&lattice, "hello");
+    let now = lattice.replica_ids("hello");
     assert!(
         placed.iter().all(|id| now.contains(id)),
         "{placed:?} {now:?}"
@@ -213,12 +199,12 @@ fn apps_and_assignments_survive_a_nats_restart_and_hosts_reconnect() {
     let hello = lattice.push_hello("1.0");
     lattice.apply(&hello_manifest("hello", &hello, 1, ""));
     lattice.wait_ready("hello", 1, PATIENCE);
-    let placed = replica_ids(&lattice, "hello");
+    let placed = lattice.replica_ids("hello");
 
     lattice.nats.restart();
     // The host keeps serving while the lattice is away, and afterwards.
     assert_eq!(host.get("/hello").map(|(status, _)| status), Some(200));
-    assert_eq!(replica_ids(&lattice, "hello"), placed);
+    assert_eq!(lattice.replica_ids("hello"), placed);
     eventually(PATIENCE, "the host to heartbeat again", || {
         let hosts: serde_json::Value =
             serde_json::from_str(&lattice.ok(&["get", "hosts", "-o", "json"])).unwrap();
@@ -438,7 +424,7 @@ fn a_restarted_host_reads_its_assignments_and_serves_them_again() {
     let hello = lattice.push_hello("1.0");
     lattice.apply(&hello_manifest("hello", &hello, 2, ""));
     lattice.wait_ready("hello", 2, PATIENCE);
-    let placed = replica_ids(&lattice, "hello");
+    let placed = lattice.replica_ids("hello");
 
     // With no scheduler to move anything, the restarted host alone must converge on what
     // is assigned to it. (One that never leads answers `shoal get`.)
@@ -447,7 +433,7 @@ fn a_restarted_host_reads_its_assignments_and_serves_them_again() {
     host.kill();
     let host = lattice.host("h1", &[]);
     lattice.wait_ready("hello", 2, PATIENCE);
-    assert_eq!(replica_ids(&lattice, "hello"), placed);
+    assert_eq!(lattice.replica_ids("hello"), placed);
     let (status, body) = eventually(PATIENCE, "the restarted host to serve", || {
         host.get("/hello").filter(|(status, _)| *status == 200)
     });
@@ -560,7 +546,7 @@ fn logs_show_what_replicas_wrote_on_any_host_and_follow_new_lines() {
         "apiVersion: shoal.dev/v1\nkind: App\nmetadata: {{name: printer}}\nspec:\n  component: {fixtures}\n  replicas: 1\n  routes: [{{path: /}}]\n  placement: {{requires: {{role: writer}}}}\n"
     ));
     lattice.wait_ready("printer", 1, PATIENCE);
-    let replica = replica_ids(&lattice, "printer").remove(0);
+    let replica = lattice.replica_ids("printer").remove(0);
 
     // Written on the writer host, asked for through the other one (once it routes there,
     // so that nothing is printed twice).
@@ -667,7 +653,7 @@ fn events_tell_what_the_scheduler_and_the_hosts_did() {
         .into_keys()
         .next()
         .unwrap();
-    let replica = replica_ids(&lattice, "hello").remove(0);
+    let replica = lattice.replica_ids("hello").remove(0);
     let events = |args: &[&str]| -> Vec<serde_json::Value> {
         let mut all = vec!["events", "-o", "json"];
         all.extend_from_slice(args);

@@ -253,7 +253,11 @@ impl Lattice {
 
     /// A `shoal` command aimed at this lattice.
     pub fn command(&self) -> Command {
-        let mut command = self.shoal.command();
+        self.aim(self.shoal.command())
+    }
+
+    /// `command` (a `shoal` command) aimed at this lattice.
+    pub fn aim(&self, mut command: Command) -> Command {
         command
             .env("SHOAL_NATS", self.nats_urls())
             .env("SHOAL_LATTICE_REPLICAS", (1 + self.peers.len()).to_string())
@@ -336,8 +340,18 @@ impl Lattice {
     }
 
     pub fn spawn(&self, args: &[&str], id: &str, wait_for_url: bool) -> Process {
-        let mut child = self
-            .command()
+        self.spawn_command(self.command(), args, id, wait_for_url)
+    }
+
+    /// [`Self::spawn`] with `command` (aimed at the lattice) instead of the `shoal` under test.
+    pub fn spawn_command(
+        &self,
+        mut command: Command,
+        args: &[&str],
+        id: &str,
+        wait_for_url: bool,
+    ) -> Process {
+        let mut child = command
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -370,17 +384,7 @@ impl Lattice {
     /// Starts `shoal host --id ID EXTRA…` with a fast heartbeat, and waits until its host
     /// record is in the lattice (the ingress address is printed a moment before).
     pub fn host_with(&self, id: &str, extra: &[&str]) -> Process {
-        let mut args = vec![
-            "host",
-            "--id",
-            id,
-            "--http",
-            "127.0.0.1:0",
-            "--heartbeat",
-            "250ms",
-            "--drain",
-            "2s",
-        ];
+        let mut args = host_args(id);
         args.extend_from_slice(extra);
         let host = self.spawn(&args, id, true);
         self.wait_registered(id);
@@ -511,6 +515,22 @@ impl Lattice {
 fn rand_suffix() -> u64 {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// `shoal host --id ID` with the tests' flags: any free ingress port, a fast heartbeat
+/// (250 ms), a short drain (2 s).
+pub fn host_args(id: &str) -> Vec<&str> {
+    vec![
+        "host",
+        "--id",
+        id,
+        "--http",
+        "127.0.0.1:0",
+        "--heartbeat",
+        "250ms",
+        "--drain",
+        "2s",
+    ]
 }
 
 /// A manifest for hello-http.

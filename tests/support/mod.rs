@@ -87,7 +87,12 @@ impl Shoal {
 
     /// A `shoal` command whose cache and Docker config live in this test's temp dir.
     pub fn command(&self) -> Command {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_shoal"));
+        self.command_of(Command::new(env!("CARGO_BIN_EXE_shoal")))
+    }
+
+    /// `program` (another `shoal` binary, or an emulator running one) set up as
+    /// [`Self::command`] sets up the `shoal` under test.
+    pub fn command_of(&self, mut command: Command) -> Command {
         // In the temp dir: `shoal up` leaves its admin credential in the working directory,
         // where later commands would find it.
         command

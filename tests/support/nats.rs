@@ -143,19 +143,27 @@ impl Nats {
         });
     }
 
-    /// Publishes `payload` on `subject` as a bare NATS client would: no Shoal code involved,
-    /// the way a hostile or older client writes a KV record (`$KV.<bucket>.<key>`).
-    pub fn publish(&self, subject: &str, payload: &[u8]) {
-        use std::io::{BufRead, BufReader, Write};
+    /// A bare NATS connection (no Shoal code involved): its reader past the server's INFO
+    /// line, and its writer.
+    fn bare(&self) -> (std::io::BufReader<std::net::TcpStream>, std::net::TcpStream) {
+        use std::io::BufRead;
         let stream = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
         stream
             .set_read_timeout(Some(Duration::from_secs(10)))
             .unwrap();
-        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
         let mut line = String::new();
         reader.read_line(&mut line).unwrap();
         assert!(line.starts_with("INFO"), "{line}");
-        let mut writer = stream;
+        (reader, stream)
+    }
+
+    /// Publishes `payload` on `subject` as a bare NATS client would: no Shoal code involved,
+    /// the way a hostile or older client writes a KV record (`$KV.<bucket>.<key>`).
+    pub fn publish(&self, subject: &str, payload: &[u8]) {
+        use std::io::{BufRead, Write};
+        let (mut reader, mut writer) = self.bare();
+        let mut line = String::new();
         writer
             .write_all(b"CONNECT {\"verbose\":false,\"pedantic\":false}\r\n")
             .unwrap();
@@ -177,15 +185,9 @@ impl Nats {
     /// The newest value of `key` in KV bucket `bucket`, read as a bare client would (a
     /// JetStream direct get); `None` when the key has none.
     pub fn kv_get(&self, bucket: &str, key: &str) -> Option<Vec<u8>> {
-        use std::io::{BufRead, BufReader, Read, Write};
-        let stream = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        use std::io::{BufRead, Read, Write};
+        let (mut reader, mut writer) = self.bare();
         let mut line = String::new();
-        reader.read_line(&mut line).unwrap();
-        let mut writer = stream;
         let request = format!(
             "CONNECT {{\"verbose\":false,\"headers\":true}}\r\nSUB _INBOX.kvget 1\r\nPUB $JS.API.DIRECT.GET.KV_{bucket}.$KV.{bucket}.{key} _INBOX.kvget 0\r\n\r\n"
         );

@@ -139,7 +139,15 @@ impl Bench {
     fn host(&mut self, id: &str) -> anyhow::Result<()> {
         let mut child = self
             .command()
-            .args(["host", "--id", id, "--http", "127.0.0.1:0"])
+            .args([
+                "host",
+                "--id",
+                id,
+                "--http",
+                "127.0.0.1:0",
+                "--heartbeat",
+                "1s",
+            ])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()?;
@@ -260,7 +268,7 @@ async fn main() -> anyhow::Result<()> {
     let reference = bench.push(&args.component, "hello")?;
     let scheduler = bench
         .command()
-        .arg("scheduler")
+        .args(["scheduler", "--host-timeout", "3s"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
@@ -278,9 +286,7 @@ async fn main() -> anyhow::Result<()> {
     let status: Mirror<ReplicaStatus> = lattice.mirror(Bucket::Status, "replicas.>").await?;
     // Let every host's first heartbeat land before timing.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    println!(
-        "3 hosts, scheduler defaults (host timeout 3 s, heartbeat 1 s), 3 replicas of hello\n"
-    );
+    println!("3 hosts (host timeout 3 s, heartbeat 1 s: a LAN's settings), 3 replicas of hello\n");
 
     let mut apply_times = Vec::new();
     let mut loss_times = Vec::new();

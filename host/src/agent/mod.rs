@@ -219,7 +219,7 @@ impl<F: Fetch> Agent<F> {
         };
 
         // Without saved state there is nothing to serve offline: a lattice that cannot be
-        // reached at start is an error, as it always was.
+        // reached at start is an error, as it always was (a site's hosts wait instead).
         let mut joining = None;
         let mut joined: Option<Joined> = None;
         match &saved {
@@ -503,17 +503,15 @@ impl<F: Fetch> Agent<F> {
             // Desired state written anew for this host: the new lattice is the one to follow.
             let found = provenance.mismatch.take().flatten();
             tracing::warn!(lattice_id = ?found, "the lattice assigns replicas here again: following it, the saved replicas it does not assign stop");
-            reporter
-                .emit(Event::host(
-                    &format!("host {}", self.options.id),
-                    &self.options.id,
-                    "LatticeAdopted",
-                    format!(
-                        "host {} follows the lattice's new state: it assigned replicas here again",
-                        self.options.id
-                    ),
-                ))
-                .await;
+            self.tell(
+                reporter,
+                "LatticeAdopted",
+                format!(
+                    "host {} follows the lattice's new state: it assigned replicas here again",
+                    self.options.id
+                ),
+            )
+            .await;
             provenance.expected = found;
         }
         // An assignment this version cannot read keeps its replica running as it was.
@@ -621,14 +619,7 @@ impl<F: Fetch> Agent<F> {
             let message = self.mismatch_message(provenance, supervisor);
             tracing::warn!("{message}");
             provenance.reminded = Some(tokio::time::Instant::now());
-            reporter
-                .emit(Event::host(
-                    &format!("host {}", self.options.id),
-                    &self.options.id,
-                    "LatticeMismatch",
-                    message,
-                ))
-                .await;
+            self.tell(reporter, "LatticeMismatch", message).await;
         }
         true
     }
@@ -773,6 +764,14 @@ impl<F: Fetch> Agent<F> {
         }
     }
 
+    /// Tells the lattice's events something about this host.
+    async fn tell(&self, reporter: &Reporter, reason: &str, message: String) {
+        let source = format!("host {}", self.options.id);
+        reporter
+            .emit(Event::host(&source, &self.options.id, reason, message))
+            .await;
+    }
+
     /// Tells of each record this host could not read, once: an assignment is not run (a
     /// replica it had keeps running), a routing record keeps its last readable routes.
     async fn report_invalid(
@@ -797,17 +796,15 @@ impl<F: Fetch> Agent<F> {
                 continue;
             }
             tracing::warn!(key = %refused.key, reason = %refused.reason, "skipping a record this host cannot use");
-            reporter
-                .emit(Event::host(
-                    &format!("host {}", self.options.id),
-                    &self.options.id,
-                    "InvalidRecord",
-                    format!(
-                        "{kind} {} is skipped (what runs from it goes on): {}",
-                        refused.key, refused.reason
-                    ),
-                ))
-                .await;
+            self.tell(
+                reporter,
+                "InvalidRecord",
+                format!(
+                    "{kind} {} is skipped (what runs from it goes on): {}",
+                    refused.key, refused.reason
+                ),
+            )
+            .await;
         }
     }
 
