@@ -507,3 +507,48 @@ fn a_site_behind_a_leaf_serves_without_its_hub_restarts_without_it_and_converges
     assert!(lattice.replica_ids("shop").contains(&before[0]));
     assert_eq!(site.get("/shop"), Some(200));
 }
+
+#[test]
+fn an_operator_adopts_a_rebuilt_lattice_and_the_saved_replicas_stop() {
+    let mut lattice = Lattice::start();
+    let mut scheduler = lattice.scheduler("s1");
+    let mut host = lattice.spawn(&host_args("edge-5"), "edge-5", true);
+    lattice.wait_registered("edge-5");
+    let hello = lattice.push_hello("1.0");
+    lattice.apply(&hello_manifest("old", &hello, 1, ""));
+    lattice.wait_ready("old", 1, PATIENCE);
+    eventually(PATIENCE, "the host to serve /old", || {
+        host.get("/old").filter(|(status, _)| *status == 200)
+    });
+    scheduler.kill();
+    lattice.nats.wipe();
+    let _scheduler = lattice.scheduler("s2");
+    eventually(PATIENCE, "the mismatch", || {
+        lattice
+            .ok(&["get", "hosts", "-o", "json"])
+            .contains("latticeMismatch")
+            .then_some(())
+    });
+
+    // The operator decides the new lattice is the one: the host follows it as it is.
+    host.kill();
+    let mut args = host_args("edge-5");
+    args.push("--adopt-lattice");
+    let host = lattice.spawn(&args, "edge-5", true);
+    eventually(
+        PATIENCE,
+        "the saved replica to stop and the mismatch to clear",
+        || {
+            let hosts = lattice.ok(&["get", "hosts", "-o", "json"]);
+            (hosts.contains("\"id\": \"edge-5\"")
+                && !hosts.contains("latticeMismatch")
+                && host.get("/old").is_some_and(|(status, _)| status == 404))
+            .then_some(())
+        },
+    );
+    assert!(
+        host.log().contains("adopting the lattice as it is"),
+        "{}",
+        host.log()
+    );
+}
