@@ -120,7 +120,8 @@ pub struct HostArgs {
     #[arg(long, default_value = "2Gi")]
     pub cache_size: Memory,
 
-    /// Do not use the pooling allocator (for machines with little address space).
+    /// Do not use the pooling allocator (for machines with little address space, and under
+    /// qemu-user, which backs its reservation with real memory).
     #[arg(long)]
     pub no_pooling: bool,
 
