@@ -67,6 +67,7 @@ pub struct UpArgs {
     pub leaf_creds: Option<PathBuf>,
 
     /// Accept leaf connections from sites on this address (on the hub), e.g. 0.0.0.0:7422.
+    /// Needs --insecure for now (per-site credentials are not built yet).
     #[arg(
         long,
         value_name = "ADDR",
@@ -154,6 +155,11 @@ fn secure(dir: &std::path::Path, lattice: &str, hosts: u16) -> anyhow::Result<Cr
 
 pub async fn run(args: UpArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
     shoal_lattice::names::check_name("site", &args.site)?;
+    if args.leafnodes.is_some() && !args.insecure && lattice.nats.is_none() {
+        bail!(
+            "--leafnodes needs --insecure for now: a site reaches a secure hub with one credential for all its hosts, and per-site credentials are not built yet"
+        );
+    }
     let mut lattice = lattice.clone();
     let mut nats_child = None;
     let mut credentials = None;
