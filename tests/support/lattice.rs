@@ -402,15 +402,16 @@ impl Lattice {
     }
 
     /// Waits until the host record of `id` is in the lattice, so placement can see it.
+    /// A scheduler that is still starting (on a cold three-server cluster, its buckets can
+    /// take longer than the CLI waits for an answer) is waited for too.
     pub fn wait_registered(&self, id: &str) {
         let quoted = format!("\"id\": \"{id}\"");
         eventually(
             Duration::from_secs(30),
             &format!("host {id} to register"),
             || {
-                self.ok(&["get", "hosts", "-o", "json"])
-                    .contains(&quoted)
-                    .then_some(())
+                let (ok, stdout, _) = self.shoal(&["get", "hosts", "-o", "json"]);
+                (ok && stdout.contains(&quoted)).then_some(())
             },
         );
     }
