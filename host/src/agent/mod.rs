@@ -279,7 +279,10 @@ impl<F: Fetch> Agent<F> {
 
         let mut publisher = None;
         let mut reported = HashSet::new();
-        let mut last_saved: Option<HostState> = saved.clone();
+        let mut last_saved: Option<HostState> = saved.clone().map(|state| HostState {
+            saved_at: 0,
+            ..state
+        });
         let mut heartbeat = tokio::time::interval(self.options.heartbeat);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut assignment_changes: Option<tokio::sync::watch::Receiver<u64>> = None;
@@ -294,6 +297,14 @@ impl<F: Fetch> Agent<F> {
                     newly_joined = false;
                     if let Some(link) = &joined {
                         was_connected = true;
+                        // Guests may not call the NATS server this host reached (by the
+                        // address it reports; the CLI adds the URLs' addresses at start).
+                        let server = link.lattice.client().server_info();
+                        if let Ok(ip) = server.host.parse::<std::net::IpAddr>() {
+                            supervisor
+                                .own_listeners
+                                .push(SocketAddr::new(ip, server.port));
+                        }
                         assignment_changes = Some(link.assignments.changes());
                         routing_changes = Some(link.routing.changes());
                         uplink.joined(link.forwarder.clone());
@@ -449,15 +460,14 @@ impl<F: Fetch> Agent<F> {
         let Some(file) = file else {
             return;
         };
-        let same = last.as_ref().is_some_and(|last| {
-            last.assignments == state.assignments
-                && last.routes == state.routes
-                && last.lattice_id == state.lattice_id
-        });
-        if same {
+        if last.as_ref() == Some(&state) {
             return;
         }
-        let (writer, saving) = (file.clone(), state.clone());
+        let writer = file.clone();
+        let saving = HostState {
+            saved_at: now_millis(),
+            ..state.clone()
+        };
         match tokio::task::spawn_blocking(move || writer.save(&saving)).await {
             Ok(Ok(())) => *last = Some(state),
             Ok(Err(error)) => tracing::warn!(%error, "cannot save the host state"),
@@ -477,11 +487,7 @@ impl<F: Fetch> Agent<F> {
     ) -> Option<HostState> {
         let Some(link) = joined else {
             // Not joined yet: the saved replicas run, with the saved routes.
-            if let Some(state) = saved {
-                self.router
-                    .set(routing_table(state.routes.clone(), &supervisor.replicas));
-            }
-            supervisor.count();
+            self.serve_saved(saved.as_ref(), supervisor);
             return None;
         };
         self.report_invalid(link, reporter, reported).await;
@@ -493,11 +499,7 @@ impl<F: Fetch> Agent<F> {
             .collect();
         if provenance.mismatch.is_some() {
             if desired.is_empty() {
-                if let Some(state) = saved {
-                    self.router
-                        .set(routing_table(state.routes.clone(), &supervisor.replicas));
-                }
-                supervisor.count();
+                self.serve_saved(saved.as_ref(), supervisor);
                 return None;
             }
             // Desired state written anew for this host: the new lattice is the one to follow.
@@ -562,25 +564,36 @@ impl<F: Fetch> Agent<F> {
                 )
             })
             .collect();
+        let mut assignments: Vec<Assignment> = supervisor
+            .replicas
+            .values()
+            .map(|replica| replica.assignment.clone())
+            .collect();
+        assignments.sort_by(|a, b| a.replica.cmp(&b.replica));
+        // `saved_at` is stamped when written, so states compare by what they hold.
         let state = HostState {
             host: self.options.id.clone(),
             lattice: self.options.lattice.clone(),
             lattice_id: provenance.expected.clone(),
-            saved_at: now_millis(),
-            assignments: supervisor
-                .replicas
-                .values()
-                .map(|replica| replica.assignment.clone())
-                .collect::<Vec<_>>(),
+            saved_at: 0,
+            assignments,
             routes: routes
                 .into_iter()
                 .filter(|route| served.contains(&(route.namespace.as_str(), route.app.as_str())))
                 .collect(),
         };
-        let mut state = state;
-        state.assignments.sort_by(|a, b| a.replica.cmp(&b.replica));
         *saved = Some(state.clone());
         Some(state)
+    }
+
+    /// Serves what runs with the routes last followed (the saved state): before the host
+    /// has joined, and while the lattice is not the one its replicas came from.
+    fn serve_saved(&self, saved: Option<&HostState>, supervisor: &Supervisor<F>) {
+        if let Some(state) = saved {
+            self.router
+                .set(routing_table(state.routes.clone(), &supervisor.replicas));
+        }
+        supervisor.count();
     }
 
     /// Compares the joined lattice's identity with the one the running replicas came from;
