@@ -7,12 +7,11 @@
 
 mod support;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use support::eventually;
 use support::lattice::{Lattice, Process, hello_manifest, host_args};
+use support::load::Load;
 
 const PATIENCE: Duration = Duration::from_secs(30);
 
@@ -32,60 +31,6 @@ fn patient_scheduler(lattice: &Lattice) -> Process {
         "s1",
         false,
     )
-}
-
-/// GETs `path` through `host` from another thread until stopped; counts failures.
-struct Load {
-    stop: Arc<AtomicBool>,
-    sent: Arc<AtomicUsize>,
-    failed: Arc<AtomicUsize>,
-    thread: std::thread::JoinHandle<Vec<String>>,
-}
-
-impl Load {
-    fn start(host: &Process, path: &str) -> Self {
-        let url = format!("{}{path}", host.url.as_deref().unwrap());
-        let (stop, sent, failed) = (
-            Arc::new(AtomicBool::new(false)),
-            Arc::new(AtomicUsize::new(0)),
-            Arc::new(AtomicUsize::new(0)),
-        );
-        let thread = {
-            let (stop, sent, failed) = (stop.clone(), sent.clone(), failed.clone());
-            std::thread::spawn(move || {
-                let agent = support::lattice::agent();
-                let mut failures = Vec::new();
-                while !stop.load(Ordering::Relaxed) {
-                    sent.fetch_add(1, Ordering::Relaxed);
-                    match agent.get(&url).call() {
-                        Ok(response) if response.status() == 200 => {}
-                        other => {
-                            failed.fetch_add(1, Ordering::Relaxed);
-                            failures.push(format!("{other:?}"));
-                        }
-                    }
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                failures
-            })
-        };
-        Self {
-            stop,
-            sent,
-            failed,
-            thread,
-        }
-    }
-
-    fn stop(self) -> (usize, usize, Vec<String>) {
-        self.stop.store(true, Ordering::Relaxed);
-        let failures = self.thread.join().unwrap();
-        (
-            self.sent.load(Ordering::Relaxed),
-            self.failed.load(Ordering::Relaxed),
-            failures,
-        )
-    }
 }
 
 #[test]
@@ -135,7 +80,7 @@ fn a_host_restarted_offline_serves_its_saved_replicas_and_keeps_them_when_nats_r
 
     // The lattice returns, under load through this host: the replica keeps running (same
     // id) and no request fails.
-    let load = Load::start(&host, "/edge");
+    let load = Load::start(&[format!("{}/edge", host.url.as_deref().unwrap())]);
     lattice.nats.relaunch();
     eventually(
         PATIENCE,
@@ -152,13 +97,13 @@ fn a_host_restarted_offline_serves_its_saved_replicas_and_keeps_them_when_nats_r
     );
     // The routes record is written again by the scheduler: requests keep flowing.
     eventually(PATIENCE, "some requests after the return", || {
-        (load.sent.load(Ordering::Relaxed) > 50).then_some(())
+        (load.ok() > 50).then_some(())
     });
-    let (sent, failed, failures) = load.stop();
+    let (ok, failed, failures, _) = load.finish();
     assert_eq!(
         failed,
         0,
-        "{failed} of {sent} failed: {failures:?}\n{}",
+        "{failed} failed, {ok} ok: {failures:?}\n{}",
         host.log()
     );
     assert_eq!(lattice.replica_ids("edge"), before, "{}", host.log());
@@ -213,7 +158,7 @@ fn a_lattice_that_comes_back_empty_does_not_stop_what_hosts_serve() {
 
     // The NATS server is rebuilt from nothing, and a scheduler started on it.
     scheduler.kill();
-    let load = Load::start(&host, "/kept");
+    let load = Load::start(&[format!("{}/kept", host.url.as_deref().unwrap())]);
     lattice.nats.wipe();
     let _scheduler = lattice.scheduler("s2");
     let mismatch = eventually(PATIENCE, "the host to report the mismatch", || {
@@ -247,8 +192,8 @@ fn a_lattice_that_comes_back_empty_does_not_stop_what_hosts_serve() {
         "{}",
         host.log()
     );
-    let (sent, failed, failures) = load.stop();
-    assert_eq!(failed, 0, "{failed} of {sent} failed: {failures:?}");
+    let (ok, failed, failures, _) = load.finish();
+    assert_eq!(failed, 0, "{failed} failed, {ok} ok: {failures:?}");
 
     // Desired state written anew clears it: the host follows the new lattice.
     lattice.apply(&manifest);

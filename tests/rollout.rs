@@ -5,13 +5,11 @@
 
 mod support;
 
-use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use support::eventually;
 use support::lattice::Lattice;
+use support::load::Load;
 
 const PATIENCE: Duration = Duration::from_secs(60);
 
@@ -19,6 +17,11 @@ fn greeter(component: &str, version: &str) -> String {
     format!(
         "apiVersion: shoal.dev/v1\nkind: App\nmetadata: {{name: greeter}}\nspec:\n  component: {component}\n  replicas: 6\n  routes: [{{path: /}}]\n  config: {{GREETING: {version}}}\n"
     )
+}
+
+/// The root path of each ingress.
+fn every_root(urls: &[String]) -> Vec<String> {
+    urls.iter().map(|url| format!("{url}/")).collect()
 }
 
 /// Asks each ingress once; every one must answer `expected`.
@@ -64,90 +67,6 @@ fn revisions(lattice: &Lattice) -> Vec<(u64, String)> {
         .collect()
 }
 
-/// A client per host, each sending requests back to back, counting what fails and noting
-/// each change of answer.
-struct Load {
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicU64>,
-    failed: Arc<AtomicU64>,
-    seen: Arc<Mutex<Vec<String>>>,
-    errors: Arc<Mutex<Vec<String>>>,
-    threads: Vec<std::thread::JoinHandle<()>>,
-}
-
-impl Load {
-    fn start(urls: &[String]) -> Self {
-        let load = Load {
-            stop: Arc::new(AtomicBool::new(false)),
-            ok: Arc::new(AtomicU64::new(0)),
-            failed: Arc::new(AtomicU64::new(0)),
-            seen: Arc::new(Mutex::new(Vec::new())),
-            errors: Arc::new(Mutex::new(Vec::new())),
-            threads: Vec::new(),
-        };
-        let threads = urls
-            .iter()
-            .map(|url| {
-                let (stop, ok, failed, seen, errors, url) = (
-                    load.stop.clone(),
-                    load.ok.clone(),
-                    load.failed.clone(),
-                    load.seen.clone(),
-                    load.errors.clone(),
-                    url.clone(),
-                );
-                std::thread::spawn(move || {
-                    let client: ureq::Agent = ureq::Agent::config_builder()
-                        .http_status_as_error(false)
-                        .timeout_global(Some(Duration::from_secs(10)))
-                        .build()
-                        .into();
-                    while !stop.load(Ordering::Relaxed) {
-                        match client.get(&format!("{url}/")).call() {
-                            Ok(mut response) if response.status() == 200 => {
-                                ok.fetch_add(1, Ordering::Relaxed);
-                                let body = response.body_mut().read_to_string().unwrap_or_default();
-                                let mut seen = seen.lock().unwrap();
-                                if seen.last() != Some(&body) {
-                                    seen.push(body);
-                                }
-                            }
-                            Ok(mut response) => {
-                                failed.fetch_add(1, Ordering::Relaxed);
-                                let body = response.body_mut().read_to_string().unwrap_or_default();
-                                errors
-                                    .lock()
-                                    .unwrap()
-                                    .push(format!("{}: {body}", response.status()));
-                            }
-                            Err(error) => {
-                                failed.fetch_add(1, Ordering::Relaxed);
-                                errors.lock().unwrap().push(error.to_string());
-                            }
-                        }
-                    }
-                })
-            })
-            .collect();
-        Load { threads, ..load }
-    }
-
-    /// Stops the clients; returns (ok, failed, errors, distinct answers).
-    fn finish(self) -> (u64, u64, Vec<String>, BTreeSet<String>) {
-        self.stop.store(true, Ordering::Relaxed);
-        for thread in self.threads {
-            thread.join().unwrap();
-        }
-        let seen = self.seen.lock().unwrap().iter().cloned().collect();
-        (
-            self.ok.load(Ordering::Relaxed),
-            self.failed.load(Ordering::Relaxed),
-            self.errors.lock().unwrap().clone(),
-            seen,
-        )
-    }
-}
-
 fn wait_rolled_out(lattice: &Lattice, revision: u64) {
     eventually(
         PATIENCE,
@@ -189,7 +108,7 @@ fn rollouts_and_undo_switch_versions_without_failing_a_request() {
     // v1 → v2 under load through every host. (That ready replicas never drop below
     // replicas - maxUnavailable is proven by reconcile's unit test: sampling it here through
     // the CLI reads statuses key by key and is not a consistent view.)
-    let load = Load::start(&urls);
+    let load = Load::start(&every_root(&urls));
     std::thread::sleep(Duration::from_millis(500));
     let applied = lattice.apply(&greeter(&component, "v2"));
     assert!(applied.contains("configured: revision 2"), "{applied}");
@@ -216,7 +135,7 @@ fn rollouts_and_undo_switch_versions_without_failing_a_request() {
     );
 
     // rollout undo returns to v1 as revision 3, again under load.
-    let load = Load::start(&urls);
+    let load = Load::start(&every_root(&urls));
     std::thread::sleep(Duration::from_millis(500));
     let undone = lattice.ok(&["rollout", "undo", "greeter"]);
     assert!(
@@ -244,7 +163,7 @@ fn rollouts_and_undo_switch_versions_without_failing_a_request() {
     // A revision whose health path never answers 2xx: it gets no traffic, the rollout fails
     // at its progress deadline and the app rolls back by itself.
     let broken = lattice.push_guest("http-fixtures", "1.0");
-    let load = Load::start(&urls);
+    let load = Load::start(&every_root(&urls));
     std::thread::sleep(Duration::from_millis(300));
     let applied = lattice.apply(&format!(
         "{}  health: {{path: /nope}}\n  rollout: {{progressDeadline: 3s}}\n",

@@ -4,6 +4,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod lattice;
+pub mod load;
 pub mod nats;
 pub mod registry;
 pub mod served;
