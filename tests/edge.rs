@@ -497,3 +497,129 @@ fn an_operator_adopts_a_rebuilt_lattice_and_the_saved_replicas_stop() {
         host.log()
     );
 }
+
+#[test]
+fn a_secure_site_reaches_its_hub_with_its_own_credentials_and_no_more() {
+    let leafnodes = support::free_port();
+    let mut lattice = Lattice::start_secure_with(&format!(
+        "leafnodes {{ listen: \"127.0.0.1:{leafnodes}\" }}\njetstream {{ domain: hub }}\n"
+    ));
+    let name = lattice.name.clone();
+    let scheduler_creds = lattice.mint(&["scheduler", "s1"], "s1");
+    let _scheduler = lattice.spawn(
+        &[
+            "scheduler",
+            "--id",
+            "s1",
+            "--host-timeout",
+            "60s",
+            "--nats-creds",
+            scheduler_creds.to_str().unwrap(),
+        ],
+        "s1",
+        false,
+    );
+    let hub_host_creds = lattice.mint(&["host", "hub-1"], "hub-1");
+    let hub_host = lattice.host_with("hub-1", &["--nats-creds", hub_host_creds.to_str().unwrap()]);
+
+    // The hub's operator mints the site's credentials (for as many hosts as a site may
+    // have: the largest credential must still pass nats-server's control line); the site
+    // starts one host with them.
+    let site_auth = tempfile::tempdir().unwrap();
+    let (ok, _, stderr) = lattice.auth(&[
+        "site",
+        "site-s",
+        "--hosts",
+        "50",
+        "-o",
+        site_auth.path().to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    let leaf_port = support::free_port();
+    let data = tempfile::tempdir().unwrap();
+    let args: Vec<String> = [
+        "up",
+        "--leaf",
+        &format!("nats-leaf://127.0.0.1:{leafnodes}"),
+        "--site",
+        "site-s",
+        "--site-auth",
+        site_auth.path().to_str().unwrap(),
+        "--nats-port",
+        &leaf_port.to_string(),
+        "--http",
+        &format!("127.0.0.1:{}", support::free_port()),
+        "--data-dir",
+        &data.path().display().to_string(),
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let site = Site::start(&lattice, &args);
+    lattice.wait_registered("site-s-1");
+    let hello = lattice.push_hello("1.0");
+    lattice.apply(&hello_manifest(
+        "shop",
+        &hello,
+        1,
+        "  placement: {requires: {site: site-s}}\n",
+    ));
+    lattice.wait_ready("shop", 1, PATIENCE);
+    eventually(PATIENCE, "the site to serve /shop", || {
+        (site.get("/shop") == Some(200)).then_some(())
+    });
+    // A request at a hub host crosses the leaf to the site's replica and its answer back.
+    eventually(
+        PATIENCE,
+        "the hub host to forward /shop to the site",
+        || {
+            hub_host
+                .get_served("/shop")
+                .filter(|(status, _, served_by)| *status == 200 && served_by.contains("site-s-1"))
+        },
+    );
+
+    // The leaf admits no client without a credential, and holds each host to its own.
+    let leaf = format!("nats://127.0.0.1:{leaf_port}");
+    assert!(
+        support::raw::Raw::try_connect(&leaf, None).is_err(),
+        "the leaf admitted a client without a credential"
+    );
+    let site_host = site_auth.path().join("site-s-1.creds");
+    let raw = support::raw::Raw::connect(&leaf, &site_host, "_INBOX.host.site-s-1");
+    let kv = |bucket: &str, key: &str| format!("$JS.hub.API.$KV.shoal-{name}-v1-{bucket}.{key}");
+    for subject in [
+        kv("hosts", "hub-1"),
+        kv("apps", "default.evil"),
+        kv("assignments", "site-s-1.evil-1"),
+        format!("shoal.{name}.v1.api.admin._lattice.site-s-1.apply"),
+    ] {
+        raw.publish(&subject);
+        raw.wait_refused("Publish", &subject);
+    }
+    raw.subscribe(&format!("shoal.{name}.v1.http.hub-1.>"));
+    raw.wait_refused("Subscription", &format!("shoal.{name}.v1.http.hub-1.>"));
+    // Its own record is stored at the hub through the leaf.
+    raw.store(&kv("hosts", "site-s-1"), r#"{"id":"site-s-1"}"#)
+        .unwrap();
+    // The site's own credential opens only leaf connections: not a client of the hub.
+    assert!(
+        support::raw::Raw::try_connect(
+            &lattice.nats.url(),
+            Some(&site_auth.path().join("site.creds"))
+        )
+        .is_err(),
+        "the site credential was admitted as a client of the hub"
+    );
+
+    // The hub goes away and comes back: the site serves meanwhile and joins again.
+    let before = lattice.replica_ids("shop");
+    lattice.nats.kill();
+    for _ in 0..10 {
+        assert_eq!(site.get("/shop"), Some(200));
+    }
+    lattice.nats.relaunch();
+    eventually(PATIENCE, "the site's replica to be reported again", || {
+        (lattice.replica_ids("shop") == before).then_some(())
+    });
+    drop(site);
+}

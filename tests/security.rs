@@ -7,97 +7,14 @@
 mod support;
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use support::eventually;
 use support::lattice::{Lattice, hello_manifest};
+use support::raw::Raw;
 
 const PATIENCE: Duration = Duration::from_secs(30);
-
-/// A bare NATS client with a credential, collecting the errors the server sends it.
-struct Raw {
-    client: async_nats::Client,
-    errors: Arc<Mutex<Vec<String>>>,
-    runtime: tokio::runtime::Runtime,
-}
-
-impl Raw {
-    fn connect(url: &str, creds: &Path, inbox: &str) -> Self {
-        let runtime = tokio::runtime::Runtime::new().unwrap();
-        let errors = Arc::new(Mutex::new(Vec::new()));
-        let seen = Arc::clone(&errors);
-        let client = runtime.block_on(async {
-            async_nats::ConnectOptions::with_credentials_file(creds)
-                .await
-                .unwrap()
-                .custom_inbox_prefix(inbox)
-                .event_callback(move |event| {
-                    let seen = Arc::clone(&seen);
-                    async move {
-                        seen.lock().unwrap().push(event.to_string());
-                    }
-                })
-                .connect(url)
-                .await
-                .unwrap()
-        });
-        Self {
-            client,
-            errors,
-            runtime,
-        }
-    }
-
-    fn publish(&self, subject: &str) {
-        self.runtime.block_on(async {
-            self.client
-                .publish(subject.to_owned(), "{}".into())
-                .await
-                .unwrap();
-            self.client.flush().await.unwrap();
-        });
-    }
-
-    /// A JetStream publish: `Ok` once the stream stored it.
-    fn store(&self, subject: &str, payload: &str) -> Result<(), String> {
-        self.runtime.block_on(async {
-            let context = async_nats::jetstream::new(self.client.clone());
-            let ack = context
-                .publish(subject.to_owned(), payload.to_owned().into())
-                .await
-                .map_err(|error| error.to_string())?;
-            tokio::time::timeout(Duration::from_secs(3), ack)
-                .await
-                .map_err(|_| "no ack".to_owned())?
-                .map(|_| ())
-                .map_err(|error| error.to_string())
-        })
-    }
-
-    fn subscribe(&self, subject: &str) {
-        self.runtime.block_on(async {
-            let subscriber = self.client.subscribe(subject.to_owned()).await.unwrap();
-            self.client.flush().await.unwrap();
-            // Held until the server answered.
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            drop(subscriber);
-        });
-    }
-
-    /// Waits until the server has refused `what` on `subject`.
-    fn wait_refused(&self, what: &str, subject: &str) {
-        let wanted = format!("Permissions Violation for {what} to \"{subject}\"");
-        eventually(Duration::from_secs(5), &wanted, || {
-            self.errors
-                .lock()
-                .unwrap()
-                .iter()
-                .any(|error| error.contains(&wanted))
-                .then_some(())
-        });
-    }
-}
 
 /// `shoal scheduler` s1 with its own credential, a 1 s host timeout and lease.
 fn secure_scheduler(lattice: &Lattice) -> support::lattice::Process {

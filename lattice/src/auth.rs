@@ -162,6 +162,16 @@ pub enum Identity {
         /// Its name.
         name: String,
     },
+    /// A site's leaf connection to the hub: it carries what the site's hosts may do, and
+    /// nothing more (the leaf nats-server checks each host against its own credential).
+    Site {
+        /// The site's name.
+        name: String,
+        /// The ids of the site's hosts.
+        hosts: Vec<String>,
+        /// The JetStream domain of the hub's lattice state.
+        domain: String,
+    },
     /// A person or a CI job.
     User {
         /// Its name.
@@ -176,7 +186,9 @@ impl Identity {
     pub fn name(&self) -> &str {
         match self {
             Identity::Host { id } => id,
-            Identity::Scheduler { name } | Identity::User { name, .. } => name,
+            Identity::Scheduler { name }
+            | Identity::Site { name, .. }
+            | Identity::User { name, .. } => name,
         }
     }
 
@@ -185,6 +197,7 @@ impl Identity {
         match self {
             Identity::Host { .. } => "host",
             Identity::Scheduler { .. } => "scheduler",
+            Identity::Site { .. } => "site",
             Identity::User { .. } => "user",
         }
     }
@@ -215,6 +228,34 @@ pub struct Permissions {
     pub subscribe: Vec<String>,
     /// Whether it may answer requests it received (one reply each).
     pub responses: bool,
+    /// The kinds of connection that may present it (nats-server's names, such as
+    /// `LEAFNODE`); empty: any.
+    pub connection_types: Vec<String>,
+}
+
+impl Permissions {
+    /// These permissions for a client that reaches the lattice's JetStream in `domain`
+    /// (across a leaf connection): each JetStream API subject and key write may also be sent
+    /// under `$JS.<domain>.API`, which the hub maps back; nothing else is added.
+    pub fn in_domain(mut self, domain: &str) -> Self {
+        let prefixed: Vec<String> = self
+            .publish
+            .iter()
+            .filter_map(|subject| {
+                if let Some(rest) = subject.strip_prefix("$JS.API.") {
+                    Some(format!("$JS.{domain}.API.{rest}"))
+                } else {
+                    subject
+                        .starts_with("$KV.")
+                        .then(|| format!("$JS.{domain}.API.{subject}"))
+                }
+            })
+            .collect();
+        self.publish.extend(prefixed);
+        self.publish.sort();
+        self.publish.dedup();
+        self
+    }
 }
 
 /// The subject prefix of a lattice: `shoal.<lattice>.v1`.
@@ -316,6 +357,23 @@ pub fn permissions(lattice: &str, identity: &Identity) -> Permissions {
             }
             subscribe.push(api_subjects(lattice));
         }
+        Identity::Site { hosts, domain, .. } => {
+            // The union of its hosts' permissions and nothing of its own: a stolen site
+            // credential is worth what the site's host credentials are worth together.
+            for id in hosts {
+                let host =
+                    permissions(lattice, &Identity::Host { id: id.clone() }).in_domain(domain);
+                publish.extend(host.publish);
+                subscribe.extend(host.subscribe);
+            }
+            // Answers to requests forwarded from other hosts: nats-server carries them
+            // across the leaf connection only to inboxes the site may publish to (a reply
+            // permission does not carry across). The inboxes' names are random: the site
+            // can answer what it was asked and guess nothing else.
+            publish.push("_INBOX.host.*.>".to_owned());
+            publish.sort();
+            publish.dedup();
+        }
         Identity::User { name, grants } => {
             for grant in grants {
                 publish.push(format!(
@@ -342,10 +400,20 @@ pub fn permissions(lattice: &str, identity: &Identity) -> Permissions {
         }
     }
     subscribe.sort();
+    subscribe.dedup();
     Permissions {
         publish,
         subscribe,
-        responses: matches!(identity, Identity::Host { .. } | Identity::Scheduler { .. }),
+        responses: matches!(
+            identity,
+            Identity::Host { .. } | Identity::Scheduler { .. } | Identity::Site { .. }
+        ),
+        // A site's credential opens its leaf connection and nothing else: taken off a
+        // stolen device, it cannot be used as a client of the hub.
+        connection_types: match identity {
+            Identity::Site { .. } => vec!["LEAFNODE".to_owned()],
+            _ => Vec::new(),
+        },
     }
 }
 
@@ -385,6 +453,8 @@ struct UserNats {
     payload: i64,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     tags: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    allowed_connection_types: Vec<String>,
     #[serde(rename = "type")]
     kind: String,
     version: u8,
@@ -553,15 +623,16 @@ pub fn user_jwt(
     tags: Vec<String>,
     issued_at: u64,
 ) -> Result<String, AuthError> {
-    let (publish, subscribe, resp) = match permissions {
+    let (publish, subscribe, resp, allowed_connection_types) = match permissions {
         Some(permissions) => (
             permissions.publish.clone(),
             permissions.subscribe.clone(),
             permissions
                 .responses
                 .then_some(ResponsePermission { max: 1, ttl: 0 }),
+            permissions.connection_types.clone(),
         ),
-        None => (Vec::new(), Vec::new(), None),
+        None => (Vec::new(), Vec::new(), None, Vec::new()),
     };
     sign(
         account,
@@ -576,25 +647,32 @@ pub fn user_jwt(
             data: -1,
             payload: -1,
             tags,
+            allowed_connection_types,
             kind: "user".to_owned(),
             version: 2,
         },
     )
 }
 
-/// A user JWT for `identity` in `lattice`.
+/// A user JWT for `identity` in `lattice`, for a client that reaches the lattice's
+/// JetStream in `domain` when one is given (a site's host, through its leaf).
 pub fn identity_jwt(
     account: &KeyPair,
     user: &str,
     lattice: &str,
     identity: &Identity,
+    domain: Option<&str>,
     issued_at: u64,
 ) -> Result<String, AuthError> {
+    let mut permissions = permissions(lattice, identity);
+    if let Some(domain) = domain {
+        permissions = permissions.in_domain(domain);
+    }
     user_jwt(
         account,
         user,
         identity.name(),
-        Some(&permissions(lattice, identity)),
+        Some(&permissions),
         identity.tags(),
         issued_at,
     )
@@ -733,7 +811,7 @@ mod tests {
                 },
             ],
         };
-        let jwt = identity_jwt(&account, &user.public_key(), "dev", &identity, 1).unwrap();
+        let jwt = identity_jwt(&account, &user.public_key(), "dev", &identity, None, 1).unwrap();
         let text = creds(&jwt, &user.seed().unwrap());
         let holder = holder(&text).unwrap();
         assert_eq!(holder.name, "alice");
@@ -757,6 +835,7 @@ mod tests {
             &KeyPair::new_user().public_key(),
             "dev",
             &identity,
+            None,
             1,
         )
         .unwrap();
@@ -804,6 +883,49 @@ mod tests {
                 .iter()
                 .any(|s| s == "shoal.dev.v1.http.>")
         );
+    }
+
+    #[test]
+    fn a_site_may_do_what_its_hosts_may_across_its_domain_and_nothing_more() {
+        let site = permissions(
+            "dev",
+            &Identity::Site {
+                name: "store-12".to_owned(),
+                hosts: vec!["store-12-1".to_owned(), "store-12-2".to_owned()],
+                domain: "hub".to_owned(),
+            },
+        );
+        for id in ["store-12-1", "store-12-2"] {
+            let host = permissions("dev", &Identity::Host { id: id.to_owned() });
+            // Every host subject, and each JetStream one also under the domain.
+            for subject in &host.publish {
+                assert!(site.publish.contains(subject), "{subject}");
+            }
+            for subject in &host.subscribe {
+                assert!(site.subscribe.contains(subject), "{subject}");
+            }
+            assert!(
+                site.publish
+                    .contains(&format!("$JS.hub.API.$KV.shoal-dev-v1-hosts.{id}"))
+            );
+            assert!(site.publish.contains(&format!(
+                "$JS.hub.API.DIRECT.GET.KV_shoal-dev-v1-hosts.$KV.shoal-dev-v1-hosts.{id}"
+            )));
+        }
+        // Not another host's record, nor its requests.
+        assert!(
+            !site
+                .publish
+                .iter()
+                .any(|subject| subject.contains("hosts.edge-1"))
+        );
+        assert!(
+            !site
+                .subscribe
+                .iter()
+                .any(|subject| subject.contains("edge-1"))
+        );
+        assert!(site.responses);
     }
 
     #[test]

@@ -156,6 +156,11 @@ impl Lattice {
     /// A secure lattice: `shoal auth init` made its identity, nats-server runs in operator
     /// mode with it, and commands run as an admin user (`SHOAL_NATS_CREDS`).
     pub fn start_secure() -> Self {
+        Self::start_secure_with("")
+    }
+
+    /// [`Self::start_secure`] with more nats-server configuration.
+    pub fn start_secure_with(extra_config: &str) -> Self {
         let shoal = Shoal::new();
         let name = Self::unique_name();
         let auth = tempfile::tempdir().unwrap();
@@ -173,9 +178,10 @@ impl Lattice {
             String::from_utf8_lossy(&init.stderr)
         );
         // nats-server includes files by paths relative to its config: inline it instead.
-        let nats = Nats::with_config(
-            &std::fs::read_to_string(auth.path().join("nats-auth.conf")).unwrap(),
-        );
+        let nats = Nats::with_config(&format!(
+            "{}{extra_config}",
+            std::fs::read_to_string(auth.path().join("nats-auth.conf")).unwrap()
+        ));
         let lattice = Self {
             shoal,
             nats,

@@ -6,6 +6,7 @@
 pub mod lattice;
 pub mod load;
 pub mod nats;
+pub mod raw;
 pub mod registry;
 pub mod served;
 

@@ -1,4 +1,4 @@
-//! `shoal auth init|host|scheduler|user|revoke|list`: a lattice's signing identity and the
+//! `shoal auth init|host|scheduler|user|site|revoke|list`: a lattice's signing identity and the
 //! credentials it mints.
 //!
 //! `init` makes an operator, the lattice's account (JetStream on) and a system account,
@@ -87,6 +87,24 @@ pub enum AuthCommand {
         /// The host, scheduler or user.
         name: String,
     },
+    /// Mint what a site (`shoal up --leaf`) needs to reach a secure hub, into DIR: a
+    /// credential for each of its hosts (<site>-1 … <site>-N), one for its leaf connection
+    /// that may do what those hosts may and nothing more, and the leaf nats-server's trust
+    /// config, so the leaf checks each host's own credential even while the hub is away.
+    Site {
+        /// The site's name (`shoal up --site`).
+        name: String,
+        /// How many hosts the site runs (`shoal up --hosts`), at most 50.
+        #[arg(long, default_value = "1")]
+        hosts: u16,
+        /// The hub's JetStream domain (`shoal up --hub-domain`).
+        #[arg(long, default_value = "hub")]
+        domain: String,
+        /// The directory to write into (created, files mode 0600); copy it to the site and
+        /// pass it to `shoal up --leaf URL --site NAME --site-auth DIR`.
+        #[arg(short, long, value_name = "DIR")]
+        output: PathBuf,
+    },
     /// List the identities minted, with their roles and whether they are revoked.
     List,
 }
@@ -99,9 +117,38 @@ struct Minted {
     identity: Identity,
     public_key: String,
     issued_at: u64,
+    /// The JetStream domain it reaches the lattice's state in (a site's hosts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    hub_domain: Option<String>,
     #[serde(default)]
     revoked: bool,
 }
+
+/// What `shoal auth site` writes beside a site's credentials, for `shoal up --site-auth`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SiteAuth {
+    /// The lattice.
+    pub lattice: String,
+    /// The site's name.
+    pub site: String,
+    /// The hub's JetStream domain.
+    pub domain: String,
+    /// The lattice account's public key, which the leaf connection binds to.
+    pub account: String,
+    /// The site's host ids; each has `<id>.creds` beside this file.
+    pub hosts: Vec<String>,
+}
+
+/// The most hosts one site credential carries.
+const MAX_SITE_HOSTS: u16 = 50;
+
+/// The files of a site's auth directory.
+pub const SITE_FILE: &str = "site.json";
+/// The leaf connection's credential.
+pub const SITE_CREDS: &str = "site.creds";
+/// The leaf nats-server's trust config (operator mode, accounts preloaded).
+pub const LEAF_CONFIG: &str = "leaf-auth.conf";
 
 /// What `auth.json` keeps: public keys, the account's revocations, what was minted.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -259,6 +306,21 @@ impl Authority {
     /// Writes the state and nats-server's config (the preloaded account JWTs are the
     /// current ones, so a restarted server starts with every revocation).
     fn save(&self) -> anyhow::Result<()> {
+        let resolver = format!(
+            "resolver: {{\n  type: full\n  dir: \"{}\"\n  allow_delete: false\n  interval: \"2m\"\n}}\n",
+            self.dir.join("jwt").display()
+        );
+        write_secret(
+            &self.dir.join(SERVER_CONFIG),
+            &self.server_config(&resolver)?,
+        )?;
+        let state = serde_json::to_string_pretty(&self.state)?;
+        write_secret(&self.dir.join(STATE), &state)
+    }
+
+    /// nats-server's operator-mode config with `resolver` (the preloaded account JWTs are
+    /// the current ones, so a restarted server starts with every revocation).
+    fn server_config(&self, resolver: &str) -> anyhow::Result<String> {
         let operator = read_seed(&self.dir, OPERATOR_SEED)?;
         let operator_jwt = auth::operator_jwt(
             &operator,
@@ -274,31 +336,80 @@ impl Authority {
             &BTreeMap::new(),
             self.state.account_issued_at,
         )?;
-        let config = format!(
+        Ok(format!(
             "# Written by shoal auth: the lattice {lattice:?} in operator mode.\n\
              # Credentials carry their permissions: a host's CONNECT line is several KiB.\n\
              max_control_line: 65536\n\
              operator: \"{operator_jwt}\"\n\
              system_account: \"{system}\"\n\
-             resolver: {{\n  type: full\n  dir: \"{jwt_dir}\"\n  allow_delete: false\n  interval: \"2m\"\n}}\n\
+             {resolver}\
              resolver_preload: {{\n  {account}: \"{account_jwt}\"\n  {system}: \"{system_jwt}\"\n}}\n",
             lattice = self.state.lattice,
             system = self.state.system,
-            jwt_dir = self.dir.join("jwt").display(),
             account = self.state.account,
             account_jwt = self.account_jwt()?,
-        );
-        write_secret(&self.dir.join(SERVER_CONFIG), &config)?;
-        let state = serde_json::to_string_pretty(&self.state)?;
-        write_secret(&self.dir.join(STATE), &state)
+        ))
+    }
+
+    /// Writes into `dir` what site `name` needs to reach this lattice through its leaf
+    /// (see [`AuthCommand::Site`]).
+    pub fn site(&mut self, name: &str, hosts: u16, domain: &str, dir: &Path) -> anyhow::Result<()> {
+        check_name("site", name)?;
+        check_name("JetStream domain", domain)?;
+        // The site's credential lists each host's subjects (about 0.9 KiB a host), and
+        // nats-server reads it in one control line (64 KiB as `save` configures it).
+        if !(1..=MAX_SITE_HOSTS).contains(&hosts) {
+            bail!(
+                "a site has 1 to {MAX_SITE_HOSTS} hosts (--hosts): its credential lists each host's subjects, and a larger one is more than nats-server reads in a line; split the site in two"
+            );
+        }
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let ids: Vec<String> = (1..=hosts).map(|index| format!("{name}-{index}")).collect();
+        for id in &ids {
+            let creds = self.mint_in(Identity::Host { id: id.clone() }, Some(domain))?;
+            write_secret(&dir.join(format!("{id}.creds")), &creds)?;
+        }
+        let creds = self.mint(Identity::Site {
+            name: name.to_owned(),
+            hosts: ids.clone(),
+            domain: domain.to_owned(),
+        })?;
+        write_secret(&dir.join(SITE_CREDS), &creds)?;
+        // The leaf has no resolver of its own to ask: the accounts as they stand now. A
+        // host revoked later is cut off at the hub; write the site again to cut it at the
+        // leaf too.
+        write_secret(
+            &dir.join(LEAF_CONFIG),
+            &self.server_config("resolver: MEMORY\n")?,
+        )?;
+        let site = SiteAuth {
+            lattice: self.state.lattice.clone(),
+            site: name.to_owned(),
+            domain: domain.to_owned(),
+            account: self.state.account.clone(),
+            hosts: ids,
+        };
+        write_secret(&dir.join(SITE_FILE), &serde_json::to_string_pretty(&site)?)
     }
 
     /// Mints a credential for `identity` (a name is one kind of identity: a user cannot
     /// take a host's name).
     pub fn mint(&mut self, identity: Identity) -> anyhow::Result<String> {
+        self.mint_in(identity, None)
+    }
+
+    /// Mints a credential for `identity`, which reaches the lattice's JetStream in `domain`
+    /// when one is given.
+    fn mint_in(&mut self, identity: Identity, domain: Option<&str>) -> anyhow::Result<String> {
         match &identity {
             Identity::Host { id } => check_host_id(id)?,
             Identity::Scheduler { name } => check_name("scheduler name", name)?,
+            Identity::Site { name, hosts, .. } => {
+                check_name("site", name)?;
+                for id in hosts {
+                    check_host_id(id)?;
+                }
+            }
             Identity::User { name, grants } => {
                 check_name("user name", name)?;
                 if name == auth::ANONYMOUS {
@@ -332,12 +443,14 @@ impl Authority {
             &user.public_key(),
             &self.state.lattice,
             &identity,
+            domain,
             issued_at,
         )?;
         self.state.minted.push(Minted {
             identity,
             public_key: user.public_key(),
             issued_at,
+            hub_domain: domain.map(str::to_owned),
             revoked: false,
         });
         self.save()?;
@@ -470,6 +583,23 @@ pub async fn run(args: AuthArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
                 })?;
             println!("revoked every credential of {name:?}");
         }
+        AuthCommand::Site {
+            name,
+            hosts,
+            domain,
+            output,
+        } => {
+            let mut authority = Authority::open(&dir)?;
+            authority.site(&name, hosts, &domain, &output)?;
+            println!(
+                "wrote the credentials of site {name:?} ({hosts} host(s), hub domain {domain:?}) to {}",
+                output.display()
+            );
+            println!(
+                "on the site: shoal up --leaf nats-leaf://HUB:7422 --site {name} --hosts {hosts} --site-auth {}",
+                output.display()
+            );
+        }
         AuthCommand::List => {
             let authority = Authority::open(&dir)?;
             let mut table = crate::commands::get::table(&["NAME", "KIND", "ROLES", "AGE", "STATE"]);
@@ -480,7 +610,16 @@ pub async fn run(args: AuthArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
                         .map(ToString::to_string)
                         .collect::<Vec<_>>()
                         .join(", "),
-                    _ => String::new(),
+                    Identity::Site { hosts, .. } => match hosts.as_slice() {
+                        [one] => format!("host {one}"),
+                        [first, .., last] => format!("{} hosts: {first} … {last}", hosts.len()),
+                        [] => String::new(),
+                    },
+                    _ => minted
+                        .hub_domain
+                        .as_ref()
+                        .map(|domain| format!("through domain {domain}"))
+                        .unwrap_or_default(),
                 };
                 table.add_row(vec![
                     minted.identity.name().to_owned(),
@@ -494,4 +633,49 @@ pub async fn run(args: AuthArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
         }
     }
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn a_site_and_its_hosts_are_kept_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut authority, _) = Authority::init(&dir.path().join("auth"), "dev").unwrap();
+        let site = dir.path().join("site");
+        authority.site("store-12", 2, "hub", &site).unwrap();
+        let again = Authority::open(&dir.path().join("auth")).unwrap();
+        let kinds: Vec<(&str, &str, Option<&str>)> = again
+            .state
+            .minted
+            .iter()
+            .map(|minted| {
+                (
+                    minted.identity.name(),
+                    minted.identity.kind(),
+                    minted.hub_domain.as_deref(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                ("store-12-1", "host", Some("hub")),
+                ("store-12-2", "host", Some("hub")),
+                ("store-12", "site", None),
+            ]
+        );
+        for file in [
+            SITE_FILE,
+            SITE_CREDS,
+            LEAF_CONFIG,
+            "store-12-1.creds",
+            "store-12-2.creds",
+        ] {
+            assert!(site.join(file).is_file(), "{file}");
+        }
+    }
 }

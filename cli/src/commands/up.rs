@@ -57,17 +57,21 @@ pub struct UpArgs {
     #[arg(long, value_name = "URL", help_heading = "Sites (hub and leaves)")]
     pub leaf: Option<String>,
 
-    /// The credential (.creds) the leaf connection presents to a hub that wants one.
+    /// A secure hub's site credentials, as `shoal auth site` writes them: the leaf
+    /// connection presents the site's credential, and the leaf nats-server admits each of
+    /// this site's hosts by its own (without it, the leaf is open on loopback, for an open
+    /// hub).
     #[arg(
         long,
-        value_name = "FILE",
+        value_name = "DIR",
         requires = "leaf",
+        conflicts_with = "example",
         help_heading = "Sites (hub and leaves)"
     )]
-    pub leaf_creds: Option<PathBuf>,
+    pub site_auth: Option<PathBuf>,
 
     /// Accept leaf connections from sites on this address (on the hub), e.g. 0.0.0.0:7422.
-    /// Needs --insecure for now (per-site credentials are not built yet).
+    /// On a secure lattice each site connects with the credential `shoal auth site` mints.
     #[arg(
         long,
         value_name = "ADDR",
@@ -155,19 +159,20 @@ fn secure(dir: &std::path::Path, lattice: &str, hosts: u16) -> anyhow::Result<Cr
 
 pub async fn run(args: UpArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
     shoal_lattice::names::check_name("site", &args.site)?;
-    if args.leafnodes.is_some() && !args.insecure && lattice.nats.is_none() {
-        bail!(
-            "--leafnodes needs --insecure for now: a site reaches a secure hub with one credential for all its hosts, and per-site credentials are not built yet"
-        );
-    }
     let mut lattice = lattice.clone();
     let mut nats_child = None;
     let mut credentials = None;
     if let Some(hub) = &args.leaf {
-        nats_child = Some(start_leaf(&args, hub)?);
+        let site = args
+            .site_auth
+            .as_deref()
+            .map(|dir| site_credentials(&args, &lattice.lattice, dir))
+            .transpose()?;
+        nats_child = Some(start_leaf(&args, hub, site.as_ref())?);
         lattice.nats = Some(format!("nats://127.0.0.1:{}", args.nats_port));
         lattice.nats_creds = None;
         lattice.js_domain = Some(args.hub_domain.clone());
+        credentials = site.map(|site| site.credentials);
         eprintln!(
             "started a leaf nats-server on 127.0.0.1:{} for site {:?}, linked to the hub at {hub}",
             args.nats_port, args.site
@@ -202,6 +207,13 @@ pub async fn run(args: UpArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
                 "lattice is secure: the admin credential is in {} (later shoal commands in this directory use it; elsewhere set SHOAL_CREDS)",
                 made.admin.display()
             );
+            if let Some(address) = args.leafnodes {
+                eprintln!(
+                    "sites connect on {address} with their own credentials: shoal auth --dir {} site NAME --hosts N -o DIR, then on the site: shoal up --leaf nats-leaf://THIS-HOST:{} --site NAME --site-auth DIR",
+                    data_dir.join("auth").display(),
+                    address.port()
+                );
+            }
             credentials = Some(made);
             format!(
                 "include \"auth/{}\"\n",
@@ -267,9 +279,81 @@ pub async fn run(args: UpArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
     result
 }
 
+/// A site's credentials, from `shoal auth site`'s directory.
+struct Site {
+    auth: crate::commands::auth::SiteAuth,
+    dir: PathBuf,
+    credentials: Credentials,
+}
+
+/// Reads `dir` (written by `shoal auth site`) and checks it is for this site.
+fn site_credentials(args: &UpArgs, lattice: &str, dir: &std::path::Path) -> anyhow::Result<Site> {
+    use crate::commands::auth::{SITE_FILE, SiteAuth};
+    let dir =
+        std::fs::canonicalize(dir).with_context(|| format!("cannot read {}", dir.display()))?;
+    let path = dir.join(SITE_FILE);
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let auth: SiteAuth = serde_json::from_str(&text)
+        .with_context(|| format!("{} was not written by shoal auth site", path.display()))?;
+    if auth.lattice != lattice {
+        bail!(
+            "{} is for lattice {:?}, not {lattice:?} (set --lattice)",
+            dir.display(),
+            auth.lattice
+        );
+    }
+    if auth.site != args.site {
+        bail!(
+            "{} is for site {:?}: pass --site {}",
+            dir.display(),
+            auth.site,
+            auth.site
+        );
+    }
+    if auth.domain != args.hub_domain {
+        bail!(
+            "{} reaches the hub's JetStream domain {:?}: pass --hub-domain {}",
+            dir.display(),
+            auth.domain,
+            auth.domain
+        );
+    }
+    if usize::from(args.hosts) > auth.hosts.len() {
+        bail!(
+            "{} has credentials for {} host(s), not {}: run shoal auth site {} --hosts {} again",
+            dir.display(),
+            auth.hosts.len(),
+            args.hosts,
+            auth.site,
+            args.hosts
+        );
+    }
+    let credentials = Credentials {
+        // A site runs no scheduler and applies nothing.
+        scheduler: PathBuf::new(),
+        admin: PathBuf::new(),
+        hosts: auth
+            .hosts
+            .iter()
+            .map(|id| dir.join(format!("{id}.creds")))
+            .collect(),
+    };
+    Ok(Site {
+        auth,
+        dir,
+        credentials,
+    })
+}
+
 /// Starts the site's leaf nats-server: no JetStream (the lattice's state lives at the
-/// hub), clients on loopback only, one leaf connection to `hub`.
-fn start_leaf(args: &UpArgs, hub: &str) -> anyhow::Result<tokio::process::Child> {
+/// hub), clients on loopback only, one leaf connection to `hub`; with `site`, it admits
+/// the site's hosts by their own credentials and the leaf connection presents the site's.
+fn start_leaf(
+    args: &UpArgs,
+    hub: &str,
+    site: Option<&Site>,
+) -> anyhow::Result<tokio::process::Child> {
     let dir = match &args.data_dir {
         Some(dir) => dir.clone(),
         None => dirs::data_dir()
@@ -277,22 +361,29 @@ fn start_leaf(args: &UpArgs, hub: &str) -> anyhow::Result<tokio::process::Child>
             .join("shoal/leaf"),
     };
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let credentials = match &args.leaf_creds {
-        Some(path) => {
-            let path = std::fs::canonicalize(path)
-                .with_context(|| format!("cannot read {}", path.display()))?;
-            format!(", credentials: {:?}", path.display().to_string())
+    let (trust, remote) = match site {
+        Some(site) => {
+            use crate::commands::auth::{LEAF_CONFIG, SITE_CREDS};
+            let trust = site.dir.join(LEAF_CONFIG);
+            let trust = std::fs::read_to_string(&trust)
+                .with_context(|| format!("cannot read {}", trust.display()))?;
+            let remote = format!(
+                ", credentials: {:?}, account: {:?}",
+                site.dir.join(SITE_CREDS).display().to_string(),
+                site.auth.account
+            );
+            (trust, remote)
         }
-        None => String::new(),
+        None => (String::new(), String::new()),
     };
     let config = dir.join("leaf.conf");
-    std::fs::write(
+    crate::commands::auth::write_secret(
         &config,
-        format!(
-            "max_payload: 9437184\nleafnodes {{ remotes: [ {{ urls: [{hub:?}]{credentials} }} ] }}\n"
+        &format!(
+            "{trust}log_file: {:?}\nmax_payload: 9437184\nleafnodes {{ remotes: [ {{ urls: [{hub:?}]{remote} }} ] }}\n",
+            dir.join("leaf.log").display().to_string()
         ),
-    )
-    .with_context(|| format!("cannot write {}", config.display()))?;
+    )?;
     tokio::process::Command::new(find_nats_server()?)
         .arg("-c")
         .arg(&config)
