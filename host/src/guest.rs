@@ -158,6 +158,8 @@ fn default_port(scheme: &str) -> Option<u16> {
 pub struct GuestOptions {
     /// Environment variables (nothing is inherited).
     pub env: Vec<(String, String)>,
+    /// What the guest reads through `wasi:config/store`.
+    pub config: crate::config::ConfigValues,
     /// Directories granted.
     pub dirs: Vec<DirGrant>,
     /// Outbound HTTP allowlist.
@@ -291,6 +293,7 @@ impl WasiHttpHooks for Hooks {
 /// The data of one `Store`: one request's (or one run's) instance.
 pub struct GuestState {
     wasi: WasiCtx,
+    config: crate::config::ConfigValues,
     http: WasiHttpCtx,
     table: ResourceTable,
     hooks: Hooks,
@@ -309,6 +312,12 @@ impl GuestState {
     /// Whether the epoch callback stopped the guest for running past its deadline.
     pub fn timed_out(&self) -> bool {
         self.timed_out
+    }
+}
+
+impl crate::config::HasConfigValues for GuestState {
+    fn config_values(&self) -> &std::collections::BTreeMap<String, String> {
+        &self.config
     }
 }
 
@@ -353,6 +362,7 @@ pub fn new_store(
 ) -> Result<Store<GuestState>, HostError> {
     let state = GuestState {
         wasi: options.wasi(inherit_stdin)?,
+        config: Arc::clone(&options.config),
         http: WasiHttpCtx::new(),
         table: ResourceTable::new(),
         hooks: Hooks {

@@ -4,6 +4,7 @@
 //!   with an on-demand fallback, epoch ticker) and the on-disk compile cache;
 //! - [`limits`]: per-replica limits: memory cap, CPU quota, timeout, concurrency, body size;
 //! - [`guest`]: what a guest gets (WASI 0.2, nothing inherited, outbound HTTP by allowlist);
+//! - [`config`]: `wasi:config/store` in the versions toolchains produce;
 //! - [`http`]: serving a wasi:http component, a fresh `Store` per request;
 //! - [`command`]: running a wasi:cli command component to completion;
 //! - [`output`]: guest stdout and stderr cut into lines for a sink (the app's logs);
@@ -13,6 +14,7 @@
 
 pub mod agent;
 pub mod command;
+pub mod config;
 pub mod engine;
 pub mod error;
 pub mod forward;

@@ -121,6 +121,34 @@ pub enum Request {
         /// The host.
         host: String,
     },
+    /// Create a config object or replace its values; apps that list it roll out.
+    PutConfig {
+        /// Namespace.
+        namespace: String,
+        /// Name.
+        name: String,
+        /// The values.
+        data: std::collections::BTreeMap<String, String>,
+    },
+    /// Config objects (of one namespace, or every namespace the caller may view).
+    GetConfigs {
+        /// Only this namespace.
+        namespace: Option<String>,
+    },
+    /// One config object with its values and the apps that use it.
+    DescribeConfig {
+        /// Namespace.
+        namespace: String,
+        /// Name.
+        name: String,
+    },
+    /// Delete a config object no app uses.
+    DeleteConfig {
+        /// Namespace.
+        namespace: String,
+        /// Name.
+        name: String,
+    },
 }
 
 impl Request {
@@ -143,6 +171,10 @@ impl Request {
                 cordoned: false, ..
             } => "uncordon",
             Request::Drain { .. } => "drain",
+            Request::PutConfig { .. } => "config",
+            Request::GetConfigs { .. } => "get",
+            Request::DescribeConfig { .. } => "describe",
+            Request::DeleteConfig { .. } => "delete",
         }
     }
 
@@ -162,11 +194,15 @@ impl Request {
             Request::Delete { namespace, .. }
             | Request::Scale { namespace, .. }
             | Request::Undo { namespace, .. }
-            | Request::Pause { namespace, .. } => (Role::Editor, vec![namespace]),
-            Request::History { namespace, .. } | Request::DescribeApp { namespace, .. } => {
-                (Role::Viewer, vec![namespace])
-            }
-            Request::GetApps { namespace } | Request::GetReplicas { namespace } => {
+            | Request::Pause { namespace, .. }
+            | Request::PutConfig { namespace, .. }
+            | Request::DeleteConfig { namespace, .. } => (Role::Editor, vec![namespace]),
+            Request::History { namespace, .. }
+            | Request::DescribeApp { namespace, .. }
+            | Request::DescribeConfig { namespace, .. } => (Role::Viewer, vec![namespace]),
+            Request::GetApps { namespace }
+            | Request::GetReplicas { namespace }
+            | Request::GetConfigs { namespace } => {
                 (Role::Viewer, namespace.iter().map(String::as_str).collect())
             }
             Request::GetHosts => (Role::Viewer, Vec::new()),
@@ -347,6 +383,31 @@ pub struct AppDetail {
     pub status: Option<AppStatus>,
     /// Its replicas.
     pub replicas: Vec<ReplicaView>,
+}
+
+/// What storing a config object did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigPut {
+    /// Its version now.
+    pub version: u64,
+    /// Whether it was new.
+    pub created: bool,
+    /// Whether its values changed (a new object counts as changed).
+    pub changed: bool,
+    /// The apps that list it and were given its new values (each a new revision).
+    pub apps: Vec<AppliedApp>,
+}
+
+/// A config object and the apps that list it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigView {
+    /// The object.
+    #[serde(flatten)]
+    pub object: crate::records::ConfigObject,
+    /// Apps of its namespace whose `configFrom` names it.
+    pub used_by: Vec<String>,
 }
 
 /// Who a request comes from, read from the subject it arrived on.

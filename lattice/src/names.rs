@@ -64,17 +64,20 @@ pub enum Bucket {
     Status,
     /// The scheduler's leader lease, key `scheduler`.
     Leases,
+    /// Config objects, key `<namespace>.<name>`.
+    Configs,
 }
 
 impl Bucket {
     /// Every bucket, for setup.
-    pub const ALL: [Bucket; 6] = [
+    pub const ALL: [Bucket; 7] = [
         Bucket::Apps,
         Bucket::Revisions,
         Bucket::Hosts,
         Bucket::Assignments,
         Bucket::Status,
         Bucket::Leases,
+        Bucket::Configs,
     ];
 
     /// The bucket's short name, the last part of [`Bucket::name`].
@@ -86,6 +89,7 @@ impl Bucket {
             Bucket::Assignments => "assignments",
             Bucket::Status => "status",
             Bucket::Leases => "leases",
+            Bucket::Configs => "configs",
         }
     }
 

@@ -44,9 +44,19 @@ pub struct AppSpec {
     /// HTTP routes to this app.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<Route>,
-    /// Environment given to the component.
+    /// Configuration values the component reads through `wasi:config/store` (over those of
+    /// `configFrom`). Without `env`, also its environment, as before Shoal had
+    /// `wasi:config`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub config: BTreeMap<String, String>,
+    /// Config objects (`shoal config create`) of the app's namespace whose values the
+    /// component reads through `wasi:config/store`, later ones over earlier ones. A change
+    /// to one rolls the app out as a new revision.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub config_from: Vec<String>,
+    /// Environment variables given to the component (nothing is inherited from the host).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
     /// Names of lattice secrets delivered to hosts running the app.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub secrets: Vec<String>,
@@ -129,6 +139,29 @@ fn one() -> u32 {
 }
 
 impl AppSpec {
+    /// The component's environment: `env`, or, for an app that sets none, `config` (what it
+    /// was before `wasi:config`, so older manifests keep working).
+    pub fn environment(&self) -> &BTreeMap<String, String> {
+        if self.env.is_empty() {
+            &self.config
+        } else {
+            &self.env
+        }
+    }
+
+    /// What the component reads through `wasi:config/store`: the values of the config
+    /// objects of `configFrom` as `pinned` holds them, in order, then `config` over them.
+    pub fn config_values(&self, pinned: &PinnedConfigs) -> BTreeMap<String, String> {
+        let mut values = BTreeMap::new();
+        for name in &self.config_from {
+            if let Some(object) = pinned.get(name) {
+                values.extend(object.data.iter().map(|(k, v)| (k.clone(), v.clone())));
+            }
+        }
+        values.extend(self.config.iter().map(|(k, v)| (k.clone(), v.clone())));
+        values
+    }
+
     /// The spec with `replicas`, `revisionHistoryLimit`, `expose` and `disconnect` cleared: two specs with the same
     /// template run the same code the same way, so changing only those makes no new revision.
     pub fn template(&self) -> AppSpec {
@@ -260,6 +293,10 @@ pub struct AppRecord {
     pub revision: u64,
     /// The component's digest, resolved from `spec.component` at apply time.
     pub digest: String,
+    /// The values of `spec.configFrom`'s config objects, taken at apply time and again when
+    /// one of them changes (each time a new revision).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub config_objects: PinnedConfigs,
     /// The spec.
     pub spec: AppSpec,
     /// When the app was first applied (ms since the epoch).
@@ -270,6 +307,38 @@ pub struct AppRecord {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub paused: bool,
 }
+
+/// A named set of configuration values of a namespace (`shoal config create`), in the
+/// `configs` bucket, key `<namespace>.<name>`. Apps list it in `spec.configFrom`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigObject {
+    /// Name, unique in its namespace.
+    pub name: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Bumped on every change of `data`.
+    pub version: u64,
+    /// The values.
+    pub data: BTreeMap<String, String>,
+    /// When it was created (ms since the epoch).
+    pub created_at: u64,
+    /// When its values last changed.
+    pub updated_at: u64,
+}
+
+/// The values of one config object as an app's revision took them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PinnedConfig {
+    /// The object's version.
+    pub version: u64,
+    /// Its values.
+    pub data: BTreeMap<String, String>,
+}
+
+/// The config objects an app's revision runs with, by name.
+pub type PinnedConfigs = BTreeMap<String, PinnedConfig>;
 
 /// One immutable revision of an app's template, in the `revisions` bucket.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -283,6 +352,9 @@ pub struct RevisionRecord {
     pub revision: u64,
     /// The component digest.
     pub digest: String,
+    /// The config objects' values it runs with.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub config_objects: PinnedConfigs,
     /// The template (`replicas` is zero).
     pub template: AppSpec,
     /// When it was made.
@@ -370,6 +442,9 @@ pub struct Assignment {
     pub host: String,
     /// Component digest.
     pub digest: String,
+    /// The config objects' values the replica runs with.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub config_objects: PinnedConfigs,
     /// The template the replica runs.
     pub template: AppSpec,
     /// When it was assigned.
@@ -586,6 +661,7 @@ mod tests {
             generation: 1,
             host: "h".into(),
             digest: "sha256:ab".into(),
+            config_objects: PinnedConfigs::new(),
             template: AppSpec {
                 component: component.into(),
                 replicas: 0,
@@ -594,6 +670,8 @@ mod tests {
                 routes: vec![],
                 config: BTreeMap::new(),
                 secrets: vec![],
+                config_from: Vec::new(),
+                env: Default::default(),
                 allowed_outbound: vec![],
                 health: None,
                 rollout: None,
@@ -619,5 +697,36 @@ mod tests {
             assignment("ghcr.io/x/hello@sha256:00").pinned_reference(),
             "ghcr.io/x/hello@sha256:ab"
         );
+    }
+
+    #[test]
+    fn config_values_layer_objects_in_order_then_inline_config() {
+        let mut spec = assignment("r/a:1").template;
+        spec.config_from = vec!["base".into(), "site".into()];
+        spec.config = BTreeMap::from([("mode".into(), "inline".into())]);
+        let object = |pairs: &[(&str, &str)]| PinnedConfig {
+            version: 1,
+            data: pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        };
+        let pinned = PinnedConfigs::from([
+            (
+                "base".to_owned(),
+                object(&[("a", "base"), ("b", "base"), ("mode", "base")]),
+            ),
+            ("site".to_owned(), object(&[("b", "site")])),
+            ("unlisted".to_owned(), object(&[("c", "unlisted")])),
+        ]);
+        let values = spec.config_values(&pinned);
+        assert_eq!(values["a"], "base");
+        assert_eq!(values["b"], "site");
+        assert_eq!(values["mode"], "inline");
+        assert!(!values.contains_key("c"));
+        // Without env, config is the environment; with it, env alone.
+        assert_eq!(spec.environment(), &spec.config);
+        spec.env = BTreeMap::from([("MODE".into(), "edge".into())]);
+        assert_eq!(spec.environment(), &spec.env);
     }
 }

@@ -367,36 +367,103 @@ impl Problems {
         }
     }
 
-    fn config(&mut self, prefix: &str, spec: &AppSpec) {
-        if spec.config.len() > MAX_CONFIG_ENTRIES {
-            self.add(
-                format!("{prefix}.config"),
-                format!("must have at most {MAX_CONFIG_ENTRIES} entries"),
-            );
+    /// Config objects pinned in a record: as many as `configFrom` may name, each as a
+    /// config object may be.
+    fn pinned(&mut self, path: &str, pinned: &crate::records::PinnedConfigs) {
+        if pinned.len() > MAX_LIST {
+            self.add(path, format!("must hold at most {MAX_LIST} config objects"));
+            return;
         }
-        let bytes: usize = spec
-            .config
-            .iter()
-            .map(|(key, value)| key.len().saturating_add(value.len()))
-            .fold(0, usize::saturating_add);
-        if bytes > MAX_CONFIG_BYTES {
-            self.add(
-                format!("{prefix}.config"),
-                format!("must be at most {} KiB in all", MAX_CONFIG_BYTES >> 10),
-            );
-        }
-        for key in spec.config.keys() {
-            let valid = key.bytes().enumerate().all(|(at, byte)| {
-                byte == b'_' || byte.is_ascii_alphabetic() || (at > 0 && byte.is_ascii_digit())
-            });
-            if key.is_empty() || !valid || key.len() > MAX_SHORT_TEXT {
-                self.add(
-                    format!("{prefix}.config.{key}"),
-                    "must be an environment variable name (letters, digits, _)",
-                );
+        for (name, object) in pinned {
+            let at = format!("{path}.{name}");
+            self.name(&at, "config object name", name);
+            self.sequence(&format!("{at}.version"), object.version);
+            for problem in config_data_problems(&object.data) {
+                self.add(at.clone(), problem);
             }
         }
     }
+
+    fn config(&mut self, prefix: &str, spec: &AppSpec) {
+        // `config` is also the environment of an app without `env`: its keys stay names
+        // an environment can hold.
+        for (field, values) in [("config", &spec.config), ("env", &spec.env)] {
+            let path = format!("{prefix}.{field}");
+            for problem in size_problems(values) {
+                self.add(path.clone(), problem);
+            }
+            for key in values.keys() {
+                if !is_env_name(key) {
+                    self.add(
+                        format!("{path}.{key}"),
+                        "must be an environment variable name (letters, digits, _)",
+                    );
+                }
+            }
+        }
+        if spec.config_from.len() > MAX_LIST {
+            self.add(
+                format!("{prefix}.configFrom"),
+                format!("must name at most {MAX_LIST} config objects"),
+            );
+        }
+        for (index, name) in spec.config_from.iter().enumerate() {
+            let path = format!("{prefix}.configFrom[{index}]");
+            self.name(&path, "config object name", name);
+            if spec.config_from[..index].contains(name) {
+                self.add(path, format!("names {name:?} twice"));
+            }
+        }
+    }
+}
+
+/// Whether `key` can be an environment variable's name.
+fn is_env_name(key: &str) -> bool {
+    !key.is_empty()
+        && key.len() <= MAX_SHORT_TEXT
+        && key.bytes().enumerate().all(|(at, byte)| {
+            byte == b'_' || byte.is_ascii_alphabetic() || (at > 0 && byte.is_ascii_digit())
+        })
+}
+
+/// What is wrong with the size of a set of values (entries, bytes).
+fn size_problems(values: &std::collections::BTreeMap<String, String>) -> Vec<String> {
+    let mut problems = Vec::new();
+    if values.len() > MAX_CONFIG_ENTRIES {
+        problems.push(format!("must have at most {MAX_CONFIG_ENTRIES} entries"));
+    }
+    let bytes: usize = values
+        .iter()
+        .map(|(key, value)| key.len().saturating_add(value.len()))
+        .fold(0, usize::saturating_add);
+    if bytes > MAX_CONFIG_BYTES {
+        problems.push(format!(
+            "must be at most {} KiB in all",
+            MAX_CONFIG_BYTES >> 10
+        ));
+    }
+    problems
+}
+
+/// What is wrong with a config object's values: as many and as large as an app's inline
+/// `config`, keys of letters, digits, `_`, `-` and `.` (what `wasi:config` keys are in
+/// practice; they are not environment variables).
+pub fn config_data_problems(data: &std::collections::BTreeMap<String, String>) -> Vec<String> {
+    let mut problems = size_problems(data);
+    if data.is_empty() {
+        problems.push("must have at least one key (--from-literal KEY=VALUE)".to_owned());
+    }
+    for key in data.keys() {
+        let valid = key
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'_' | b'-' | b'.'));
+        if key.is_empty() || !valid || key.len() > MAX_SHORT_TEXT {
+            problems.push(format!(
+                "key {key:?} must be letters, digits, _, - and . (at most {MAX_SHORT_TEXT})"
+            ));
+        }
+    }
+    problems
 }
 
 /// Checks an `allowedOutbound` entry: `http://` or `https://`, a host (`*.` allowed as its
@@ -461,6 +528,7 @@ impl Validate for AppRecord {
         found.sequence("generation", self.generation);
         found.sequence("revision", self.revision);
         found.digest("digest", &self.digest);
+        found.pinned("configObjects", &self.config_objects);
         found.spec("spec", &self.spec);
         found.finish()
     }
@@ -473,6 +541,7 @@ impl Validate for RevisionRecord {
         found.name("namespace", "namespace", &self.namespace);
         found.sequence("revision", self.revision);
         found.digest("digest", &self.digest);
+        found.pinned("configObjects", &self.config_objects);
         found.spec("template", &self.template);
         found.finish()
     }
@@ -488,6 +557,7 @@ impl Validate for Assignment {
         found.sequence("revision", self.revision);
         found.sequence("generation", self.generation);
         found.digest("digest", &self.digest);
+        found.pinned("configObjects", &self.config_objects);
         found.spec("template", &self.template);
         found.finish()
     }
@@ -586,6 +656,8 @@ impl Validate for RouteRecord {
             routes: self.routes.clone(),
             config: Default::default(),
             secrets: Vec::new(),
+            config_from: Vec::new(),
+            env: Default::default(),
             allowed_outbound: Vec::new(),
             health: None,
             rollout: None,
@@ -777,5 +849,39 @@ mod fuzz {
     fn the_valid_example_is_valid() {
         let record: AppRecord = serde_json::from_str(APP).unwrap();
         record.validate().unwrap();
+    }
+
+    #[test]
+    fn config_from_env_and_config_objects_are_checked() {
+        let mut spec: AppSpec = serde_json::from_str(
+            r#"{"component":"registry.local/hello:1","routes":[{"path":"/"}]}"#,
+        )
+        .unwrap();
+        spec.config_from = vec!["settings".into(), "settings".into(), "Not A Name".into()];
+        spec.env = std::collections::BTreeMap::from([("1BAD".into(), "v".into())]);
+        let problems: Vec<String> = spec
+            .problems("spec")
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        let has = |path: &str, text: &str| {
+            problems
+                .iter()
+                .any(|problem| problem.contains(path) && problem.contains(text))
+        };
+        assert!(has("spec.configFrom[1]", "twice"), "{problems:?}");
+        assert!(has("spec.configFrom[2]", ""), "{problems:?}");
+        assert!(has("spec.env.1BAD", "environment variable"), "{problems:?}");
+        let data = |pairs: &[(&str, &str)]| -> std::collections::BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        assert!(config_data_problems(&data(&[("log.level", "debug"), ("db-url", "x")])).is_empty());
+        assert!(!config_data_problems(&data(&[("has space", "x")])).is_empty());
+        assert!(!config_data_problems(&data(&[])).is_empty());
+        let huge = "x".repeat(MAX_CONFIG_BYTES + 1);
+        assert!(!config_data_problems(&data(&[("big", &huge)])).is_empty());
     }
 }

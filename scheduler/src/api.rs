@@ -22,6 +22,7 @@ use shoal_lattice::{Bucket, Lattice};
 use tokio::sync::Semaphore;
 
 use crate::apply::{self, Change, Undo};
+use crate::configs;
 use crate::manifest::App;
 
 /// Requests answered at once; more wait in NATS's buffer.
@@ -97,6 +98,13 @@ fn no_app(namespace: &str, name: &str) -> ApiError {
     )
 }
 
+fn no_config(namespace: &str, name: &str) -> ApiError {
+    ApiError::new(
+        ErrorCode::NotFound,
+        format!("there is no config {namespace}/{name}; shoal get configs lists them"),
+    )
+}
+
 fn to_json<T: serde::Serialize>(value: T) -> Result<serde_json::Value, ApiError> {
     serde_json::to_value(value).map_err(internal)
 }
@@ -139,6 +147,59 @@ async fn handle(
     check_names(&request)?;
     match request {
         Request::Apply { apps } => to_json(apply_all(lattice, apps).await?),
+        Request::PutConfig {
+            namespace,
+            name,
+            data,
+        } => {
+            let problems = shoal_lattice::validate::config_data_problems(&data);
+            if !problems.is_empty() {
+                return Err(ApiError::new(
+                    ErrorCode::Invalid,
+                    format!(
+                        "config {namespace}/{name} is not valid; nothing was stored:\n  {}",
+                        problems.join("\n  ")
+                    ),
+                ));
+            }
+            to_json(
+                configs::put(lattice, &namespace, &name, data)
+                    .await
+                    .map_err(internal)?,
+            )
+        }
+        Request::GetConfigs { namespace } => to_json(
+            configs::list(lattice, |object_namespace| {
+                caller.may_view(object_namespace)
+                    && namespace
+                        .as_deref()
+                        .is_none_or(|wanted| wanted == object_namespace)
+            })
+            .await
+            .map_err(internal)?,
+        ),
+        Request::DescribeConfig { namespace, name } => to_json(
+            configs::describe(lattice, &namespace, &name)
+                .await
+                .map_err(internal)?
+                .ok_or_else(|| no_config(&namespace, &name))?,
+        ),
+        Request::DeleteConfig { namespace, name } => {
+            match configs::delete(lattice, &namespace, &name)
+                .await
+                .map_err(internal)?
+            {
+                configs::Deleted::Done => to_json(()),
+                configs::Deleted::NotFound => Err(no_config(&namespace, &name)),
+                configs::Deleted::InUse(apps) => Err(ApiError::new(
+                    ErrorCode::Conflict,
+                    format!(
+                        "config {namespace}/{name} is in use by {}: remove it from their spec.configFrom first",
+                        apps.join(", ")
+                    ),
+                )),
+            }
+        }
         Request::Delete { namespace, name } => {
             if !apply::delete(lattice, &namespace, &name)
                 .await
@@ -396,11 +457,19 @@ fn check_names(request: &Request) -> Result<(), ApiError> {
         }
         | Request::History { namespace, name }
         | Request::DescribeApp { namespace, name } => check(namespace, name),
-        Request::GetApps { namespace } | Request::GetReplicas { namespace } => {
-            namespace.as_deref().map_or(Ok(()), |namespace| {
-                check_name("namespace", namespace).map_err(invalid)
-            })
+        Request::PutConfig {
+            namespace, name, ..
         }
+        | Request::DescribeConfig { namespace, name }
+        | Request::DeleteConfig { namespace, name } => {
+            check_name("namespace", namespace).map_err(invalid)?;
+            check_name("config name", name).map_err(invalid)
+        }
+        Request::GetApps { namespace }
+        | Request::GetReplicas { namespace }
+        | Request::GetConfigs { namespace } => namespace.as_deref().map_or(Ok(()), |namespace| {
+            check_name("namespace", namespace).map_err(invalid)
+        }),
         Request::GetHosts => Ok(()),
         Request::Cordon { host, .. } | Request::Drain { host } => {
             shoal_lattice::names::check_host_id(host).map_err(invalid)
@@ -469,6 +538,35 @@ async fn apply_all(lattice: &Lattice, apps: Vec<AppManifest>) -> Result<Vec<Appl
             spec: app.spec.clone(),
         })
         .collect();
+    // Each app's config objects, as they are now: an app that names one that does not
+    // exist is refused with the others (nothing applied).
+    let mut pins = Vec::with_capacity(parsed.len());
+    for (index, app) in parsed.iter().enumerate() {
+        match configs::pin(lattice, &app.namespace, &app.spec.config_from)
+            .await
+            .map_err(internal)?
+        {
+            Ok(pinned) => pins.push(pinned),
+            Err(missing) => {
+                for name in missing {
+                    problems.push(format!(
+                        "apps[{index}].spec.configFrom: there is no config {name:?} in namespace {}: shoal config create {name} -n {} --from-literal KEY=VALUE",
+                        app.namespace, app.namespace
+                    ));
+                }
+                pins.push(Default::default());
+            }
+        }
+    }
+    if !problems.is_empty() {
+        return Err(ApiError::new(
+            ErrorCode::Invalid,
+            format!(
+                "the apps are not valid; nothing was applied:\n  {}",
+                problems.join("\n  ")
+            ),
+        ));
+    }
     let collisions = apply::route_collisions(lattice, &parsed)
         .await
         .map_err(internal)?;
@@ -482,8 +580,8 @@ async fn apply_all(lattice: &Lattice, apps: Vec<AppManifest>) -> Result<Vec<Appl
         ));
     }
     let mut applied = Vec::with_capacity(parsed.len());
-    for (app, manifest) in parsed.iter().zip(&apps) {
-        let (change, _) = apply::apply(lattice, app, &manifest.digest)
+    for ((app, manifest), pinned) in parsed.iter().zip(&apps).zip(&pins) {
+        let (change, _) = apply::apply(lattice, app, &manifest.digest, pinned)
             .await
             .map_err(|error| {
                 internal(format!(

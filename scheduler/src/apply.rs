@@ -3,7 +3,7 @@
 //! another writer got there first.
 
 use shoal_lattice::names::{app_key, revision_key};
-use shoal_lattice::records::{AppRecord, AppSpec, RevisionRecord, now_millis};
+use shoal_lattice::records::{AppRecord, AppSpec, PinnedConfigs, RevisionRecord, now_millis};
 use shoal_lattice::{Bucket, Error, Lattice};
 
 use crate::manifest::App;
@@ -13,7 +13,7 @@ pub use shoal_lattice::api::Applied as Change;
 
 const ATTEMPTS: usize = 5;
 
-/// Stores `app`, resolved to `digest`.
+/// Stores `app`, resolved to `digest` and to the values of its config objects.
 ///
 /// # Errors
 /// Lattice errors; [`Error::Conflict`] only if the key kept changing for every attempt.
@@ -21,6 +21,7 @@ pub async fn apply(
     lattice: &Lattice,
     app: &App,
     digest: &str,
+    config_objects: &PinnedConfigs,
 ) -> Result<(Change, AppRecord), Error> {
     let key = app_key(&app.namespace, &app.name);
     let mut last = None;
@@ -38,6 +39,7 @@ pub async fn apply(
                     generation: 1,
                     revision: 1,
                     digest: digest.to_owned(),
+                    config_objects: config_objects.clone(),
                     spec: app.spec.clone(),
                     created_at: now,
                     updated_at: now,
@@ -46,11 +48,13 @@ pub async fn apply(
             ),
             Some(current) => {
                 let current = &current.value;
-                let template_changed =
-                    current.spec.template() != app.spec.template() || current.digest != digest;
+                let template_changed = current.spec.template() != app.spec.template()
+                    || current.digest != digest
+                    || current.config_objects != *config_objects;
                 let mut record = AppRecord {
                     generation: current.generation + 1,
                     digest: digest.to_owned(),
+                    config_objects: config_objects.clone(),
                     spec: app.spec.clone(),
                     updated_at: now,
                     ..current.clone()
@@ -61,6 +65,7 @@ pub async fn apply(
                     if current.digest != digest {
                         changes.push(format!("digest: {} → {digest}", current.digest));
                     }
+                    changes.extend(config_changes(&current.config_objects, config_objects));
                     (
                         Change::Revised {
                             revision: record.revision,
@@ -118,6 +123,38 @@ pub async fn apply(
     }))
 }
 
+/// What changed between two revisions' config objects, for the revision's cause: names
+/// and versions, never values (a value may be sensitive; the history says where to look).
+fn config_changes(before: &PinnedConfigs, after: &PinnedConfigs) -> Vec<String> {
+    after
+        .iter()
+        .filter_map(|(name, object)| {
+            let old = before.get(name)?;
+            (old != object).then(|| {
+                let keys: Vec<&str> = old
+                    .data
+                    .keys()
+                    .chain(object.data.keys())
+                    .filter(|key| old.data.get(*key) != object.data.get(*key))
+                    .map(String::as_str)
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .into_iter()
+                    .collect();
+                format!(
+                    "config {name}: version {} → {} ({})",
+                    old.version,
+                    object.version,
+                    if keys.is_empty() {
+                        "same values".to_owned()
+                    } else {
+                        format!("changed {}", keys.join(", "))
+                    }
+                )
+            })
+        })
+        .collect()
+}
+
 /// Writes `record`, compare-and-set: created when `expected` is `None`, else updated only
 /// if the key is still at that revision. With a `cause` the template changed, and the
 /// revision record (saying why) is written first, so an app never names a revision that
@@ -142,6 +179,7 @@ pub(crate) async fn store(
                     namespace: record.namespace.clone(),
                     revision: record.revision,
                     digest: record.digest.clone(),
+                    config_objects: record.config_objects.clone(),
                     template: record.spec.template(),
                     created_at: record.updated_at,
                     cause,
@@ -445,7 +483,7 @@ pub async fn undo(
             ..target.template.clone()
         },
     };
-    let (change, record) = apply(lattice, &app, &target.digest).await?;
+    let (change, record) = apply(lattice, &app, &target.digest, &target.config_objects).await?;
     Ok(Undo::Done(target.revision, change, Box::new(record)))
 }
 
@@ -466,4 +504,38 @@ pub async fn set_paused(
     })
     .await?;
     Ok(before.is_some())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_lattice::records::PinnedConfig;
+
+    #[test]
+    fn a_config_change_is_named_by_object_version_and_keys_never_values() {
+        let pinned = |version: u64, pairs: &[(&str, &str)]| {
+            PinnedConfigs::from([(
+                "settings".to_owned(),
+                PinnedConfig {
+                    version,
+                    data: pairs
+                        .iter()
+                        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                        .collect(),
+                },
+            )])
+        };
+        let before = pinned(1, &[("greeting", "hello"), ("token", "s3cret")]);
+        let after = pinned(
+            2,
+            &[("greeting", "bonjour"), ("token", "s3cret"), ("new", "x")],
+        );
+        let changes = config_changes(&before, &after);
+        assert_eq!(
+            changes,
+            ["config settings: version 1 → 2 (changed greeting, new)"]
+        );
+        assert!(!changes[0].contains("bonjour") && !changes[0].contains("s3cret"));
+        assert!(config_changes(&before, &before).is_empty());
+    }
 }

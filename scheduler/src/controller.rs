@@ -733,6 +733,7 @@ async fn step_app(
                     generation: app.generation,
                     host: host.clone(),
                     digest: app.digest.clone(),
+                    config_objects: app.config_objects.clone(),
                     template: app.spec.template(),
                     created_at: now_millis(),
                 };
@@ -971,6 +972,7 @@ async fn check_progress(
                 generation: app.generation + 1,
                 revision: app.revision + 1,
                 digest: previous.value.digest.clone(),
+                config_objects: previous.value.config_objects.clone(),
                 spec: AppSpec {
                     replicas: app.spec.replicas,
                     revision_history_limit: app.spec.revision_history_limit,

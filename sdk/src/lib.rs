@@ -8,23 +8,15 @@
 //! struct Hello;
 //! impl shoal_sdk::wasi::exports::http::incoming_handler::Guest for Hello {
 //!     fn handle(_request: IncomingRequest, out: ResponseOutparam) {
-//!         let greeting = shoal_sdk::config("GREETING").unwrap_or_else(|| "hello".into());
+//!         let greeting = shoal_sdk::config::get("GREETING").unwrap_or_else(|| "hello".into());
 //!         http::text(out, 200, &format!("{greeting} from Shoal\n"));
 //!     }
 //! }
 //! shoal_sdk::wasi::http::proxy::export!(Hello);
 //! ```
 
+pub mod config;
 pub mod http;
 
 /// The WASI 0.2 bindings this SDK is built on, for what it does not wrap.
 pub use wasi;
-
-/// The app's config value `name` (`spec.config` in the manifest), if it is set.
-///
-/// Shoal hands an app's config to its components as their environment, so this is the
-/// environment variable of that name; a component run with `shoal run` sees only what
-/// `--env` granted.
-pub fn config(name: &str) -> Option<String> {
-    std::env::var(name).ok()
-}

@@ -1,33 +1,44 @@
 //! `shoal delete app NAME`: remove an app; the scheduler then stops its replicas.
+//! `shoal delete config NAME`: remove a config object no app uses.
 
 use clap::Args;
 use shoal_lattice::api::Request;
 use shoal_lattice::records::DEFAULT_NAMESPACE;
 
-use crate::commands::scale::Scalable;
+use crate::commands::describe::Object;
 use crate::lattice::LatticeArgs;
 
-/// Delete an app; its replicas stop on every host.
+/// Delete an app (its replicas stop on every host) or a config object no app uses.
 #[derive(Debug, Args)]
 pub struct DeleteArgs {
     /// What to delete.
-    pub kind: Scalable,
-    /// The app's name.
+    pub kind: Object,
+    /// Its name.
     pub name: String,
-    /// The app's namespace.
+    /// Its namespace.
     #[arg(short, long, default_value = DEFAULT_NAMESPACE)]
     pub namespace: String,
 }
 
 pub async fn run(args: DeleteArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
     let (api, _connection) = lattice.api("shoal delete").await?;
-    let Scalable::App = args.kind;
-    let () = api
-        .call(&Request::Delete {
-            namespace: args.namespace.clone(),
-            name: args.name.clone(),
-        })
-        .await?;
-    println!("app {}/{} deleted", args.namespace, args.name);
+    let (request, what) = match args.kind {
+        Object::App => (
+            Request::Delete {
+                namespace: args.namespace.clone(),
+                name: args.name.clone(),
+            },
+            "app",
+        ),
+        Object::Config => (
+            Request::DeleteConfig {
+                namespace: args.namespace.clone(),
+                name: args.name.clone(),
+            },
+            "config",
+        ),
+    };
+    let () = api.call(&request).await?;
+    println!("{what} {}/{} deleted", args.namespace, args.name);
     Ok(0)
 }

@@ -1,23 +1,33 @@
 //! `shoal describe app NAME`: spec, revision, replicas per host, conditions, and why
-//! replicas could not be placed.
+//! replicas could not be placed. `shoal describe config NAME`: a config object's values and
+//! the apps that use it.
 
 use clap::Args;
-use shoal_lattice::api::{AppDetail, ReplicaView, Request};
+use clap::ValueEnum;
+use shoal_lattice::api::{AppDetail, ConfigView, ReplicaView, Request};
 use shoal_lattice::records::DEFAULT_NAMESPACE;
 
 use crate::commands::get::{age, table};
-use crate::commands::scale::Scalable;
 use crate::lattice::LatticeArgs;
 use crate::output::{Format, print};
 
-/// Show an app in detail.
+/// What `describe` and `delete` name.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Object {
+    /// An app.
+    App,
+    /// A config object.
+    Config,
+}
+
+/// Show an app or a config object in detail.
 #[derive(Debug, Args)]
 pub struct DescribeArgs {
     /// What to describe.
-    pub kind: Scalable,
-    /// The app's name.
+    pub kind: Object,
+    /// Its name.
     pub name: String,
-    /// The app's namespace.
+    /// Its namespace.
     #[arg(short, long, default_value = DEFAULT_NAMESPACE)]
     pub namespace: String,
     /// Output format.
@@ -27,7 +37,16 @@ pub struct DescribeArgs {
 
 pub async fn run(args: DescribeArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
     let (api, _connection) = lattice.api("shoal describe").await?;
-    let Scalable::App = args.kind;
+    if let Object::Config = args.kind {
+        let described: ConfigView = api
+            .call(&Request::DescribeConfig {
+                namespace: args.namespace.clone(),
+                name: args.name.clone(),
+            })
+            .await?;
+        print(args.output, &described, render_config)?;
+        return Ok(0);
+    }
     let described: AppDetail = api
         .call(&Request::DescribeApp {
             namespace: args.namespace.clone(),
@@ -36,6 +55,27 @@ pub async fn run(args: DescribeArgs, lattice: &LatticeArgs) -> anyhow::Result<u8
         .await?;
     print(args.output, &described, render)?;
     Ok(0)
+}
+
+fn render_config(described: &ConfigView) -> String {
+    let object = &described.object;
+    let mut out = format!(
+        "Name:        {}\nNamespace:   {}\nVersion:     {}\nCreated:     {} ago\nUpdated:     {} ago\nUsed by:     {}\nData:\n",
+        object.name,
+        object.namespace,
+        object.version,
+        age(object.created_at),
+        age(object.updated_at),
+        if described.used_by.is_empty() {
+            "no app".to_owned()
+        } else {
+            described.used_by.join(", ")
+        }
+    );
+    for (key, value) in &object.data {
+        out += &format!("  {key}: {value}\n");
+    }
+    out
 }
 
 fn render(described: &AppDetail) -> String {
@@ -50,6 +90,18 @@ fn render(described: &AppDetail) -> String {
         app.digest,
         age(app.created_at)
     );
+    if !app.spec.config_from.is_empty() {
+        let objects: Vec<String> = app
+            .spec
+            .config_from
+            .iter()
+            .map(|name| match app.config_objects.get(name) {
+                Some(pinned) => format!("{name} (version {})", pinned.version),
+                None => name.clone(),
+            })
+            .collect();
+        out += &format!("Config from: {}\n", objects.join(", "));
+    }
     match &described.status {
         Some(status) => {
             out += &format!(

@@ -1,8 +1,8 @@
-//! `shoal get apps|hosts|replicas`: tables for people, `-o json|yaml` for scripts.
+//! `shoal get apps|hosts|replicas|configs`: tables for people, `-o json|yaml` for scripts.
 
 use clap::{Args, ValueEnum};
 use comfy_table::{Table, presets::NOTHING};
-use shoal_lattice::api::{AppView, HostView, ReplicaView, Request};
+use shoal_lattice::api::{AppView, ConfigView, HostView, ReplicaView, Request};
 use shoal_lattice::records::{HostRecord, now_millis};
 
 use crate::lattice::LatticeArgs;
@@ -17,14 +17,16 @@ pub enum Kind {
     Hosts,
     /// Replicas: where each runs and in what phase.
     Replicas,
+    /// Config objects: their keys (not values), version and the apps that use them.
+    Configs,
 }
 
-/// List apps, hosts or replicas.
+/// List apps, hosts, replicas or config objects.
 #[derive(Debug, Args)]
 pub struct GetArgs {
     /// What to list.
     pub kind: Kind,
-    /// Only this namespace (apps and replicas) [default: every namespace you may view].
+    /// Only this namespace (apps, replicas, configs) [default: every namespace you may view].
     #[arg(short, long)]
     pub namespace: Option<String>,
     /// Output format.
@@ -121,6 +123,28 @@ pub async fn run(args: GetArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
                         labels.join(","),
                         host.http.clone().unwrap_or_default(),
                         age(host.started_at),
+                    ]);
+                }
+                format!("{table}\n")
+            })?;
+        }
+        Kind::Configs => {
+            let rows: Vec<ConfigView> = api
+                .call(&Request::GetConfigs {
+                    namespace: args.namespace.clone(),
+                })
+                .await?;
+            print(args.output, &rows, |rows| {
+                let mut table = table(&["NAMESPACE", "NAME", "KEYS", "VERSION", "USED BY", "AGE"]);
+                for row in rows {
+                    let keys: Vec<&str> = row.object.data.keys().map(String::as_str).collect();
+                    table.add_row(vec![
+                        row.object.namespace.clone(),
+                        row.object.name.clone(),
+                        keys.join(","),
+                        row.object.version.to_string(),
+                        row.used_by.join(","),
+                        age(row.object.created_at),
                     ]);
                 }
                 format!("{table}\n")

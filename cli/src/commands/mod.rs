@@ -2,6 +2,7 @@
 
 pub mod apply;
 pub mod auth;
+pub mod config;
 pub mod cordon;
 pub mod delete;
 pub mod describe;

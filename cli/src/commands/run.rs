@@ -63,6 +63,11 @@ pub struct RunArgs {
     #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env, help_heading = "Grants")]
     pub env: Vec<(String, String)>,
 
+    /// A value the component reads through wasi:config/store (repeatable), as an app's
+    /// spec.config gives it on the lattice.
+    #[arg(long = "config", value_name = "KEY=VALUE", value_parser = parse_env, help_heading = "Grants")]
+    pub config: Vec<(String, String)>,
+
     /// Grant a host directory as HOST:GUEST (read-only) or HOST:GUEST:rw (repeatable).
     #[arg(long = "dir", value_name = "HOST:GUEST[:rw]", help_heading = "Grants")]
     pub dirs: Vec<DirGrant>,
@@ -145,6 +150,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
     guest_args.extend(args.args.iter().cloned());
     let options = GuestOptions {
         env: args.env.clone(),
+        config: std::sync::Arc::new(args.config.iter().cloned().collect()),
         dirs: args.dirs.clone(),
         outbound,
         args: guest_args,

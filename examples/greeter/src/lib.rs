@@ -7,7 +7,7 @@ struct Greeter;
 
 impl shoal_sdk::wasi::exports::http::incoming_handler::Guest for Greeter {
     fn handle(_request: IncomingRequest, out: ResponseOutparam) {
-        let greeting = shoal_sdk::config("GREETING").unwrap_or_else(|| "hello".to_owned());
+        let greeting = shoal_sdk::config::get("GREETING").unwrap_or_else(|| "hello".to_owned());
         http::text(out, 200, &format!("{greeting} from the greeter\n"));
     }
 }

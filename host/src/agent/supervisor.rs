@@ -394,6 +394,7 @@ async fn start<F: Fetch>(
             cached.drain(..excess);
         }
         let template = assignment.template.clone();
+        let config_objects = assignment.config_objects.clone();
         let name = format!("{}/{}", assignment.namespace, assignment.app);
         tokio::task::spawn_blocking(move || {
             let loaded = runtime
@@ -404,7 +405,8 @@ async fn start<F: Fetch>(
                 .with_own_listeners(links.own_listeners);
             let limits = Limits::for_app(&template.limits);
             let options = GuestOptions {
-                env: template.config.clone().into_iter().collect(),
+                env: template.environment().clone().into_iter().collect(),
+                config: Arc::new(template.config_values(&config_objects)),
                 dirs: Vec::new(),
                 outbound,
                 args: Vec::new(),

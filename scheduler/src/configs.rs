@@ -1,0 +1,266 @@
+//! Config objects: named values of a namespace that apps read through `wasi:config/store`
+//! (`spec.configFrom`). Each app's revision pins the values it runs with, as it pins its
+//! component's digest, so a change to an object reaches the apps that list it as a new
+//! revision: through readiness, with automatic rollback, and named in the history. Unlike a
+//! Kubernetes ConfigMap, whose change reaches no running pod until someone restarts it.
+
+use std::collections::BTreeMap;
+
+use shoal_lattice::api::{AppliedApp, ConfigPut, ConfigView};
+use shoal_lattice::names::app_key;
+use shoal_lattice::records::{AppRecord, ConfigObject, PinnedConfig, PinnedConfigs, now_millis};
+use shoal_lattice::{Bucket, Error, Lattice, Versioned};
+
+use crate::apply;
+use crate::manifest::App;
+
+const ATTEMPTS: usize = 5;
+
+/// The values of `names` (config objects of `namespace`) as stored now; `Err` names the
+/// ones that do not exist.
+///
+/// # Errors
+/// Lattice errors, or the missing names.
+pub async fn pin(
+    lattice: &Lattice,
+    namespace: &str,
+    names: &[String],
+) -> Result<Result<PinnedConfigs, Vec<String>>, Error> {
+    let mut pinned = PinnedConfigs::new();
+    let mut missing = Vec::new();
+    for name in names {
+        match lattice
+            .get::<ConfigObject>(Bucket::Configs, &app_key(namespace, name))
+            .await?
+        {
+            Some(object) => {
+                pinned.insert(
+                    name.clone(),
+                    PinnedConfig {
+                        version: object.value.version,
+                        data: object.value.data,
+                    },
+                );
+            }
+            None => missing.push(name.clone()),
+        }
+    }
+    Ok(if missing.is_empty() {
+        Ok(pinned)
+    } else {
+        Err(missing)
+    })
+}
+
+/// Stores `data` as config object `namespace/name` (a new version when it changed), then
+/// gives its values to every app of the namespace that lists it and does not run them yet.
+/// Apps are brought up to date even when the values did not change, so repeating a put
+/// finishes one that stopped half way.
+///
+/// # Errors
+/// Lattice errors.
+pub async fn put(
+    lattice: &Lattice,
+    namespace: &str,
+    name: &str,
+    data: BTreeMap<String, String>,
+) -> Result<ConfigPut, Error> {
+    let key = app_key(namespace, name);
+    let mut stored = None;
+    for _ in 0..ATTEMPTS {
+        let now = now_millis();
+        let existing = lattice.get::<ConfigObject>(Bucket::Configs, &key).await?;
+        let written = match &existing {
+            Some(current) if current.value.data == data => {
+                stored = Some((current.value.clone(), false, false));
+                break;
+            }
+            Some(current) => {
+                let object = ConfigObject {
+                    version: current.value.version + 1,
+                    data: data.clone(),
+                    updated_at: now,
+                    ..current.value.clone()
+                };
+                lattice
+                    .update(Bucket::Configs, &key, &object, current.revision)
+                    .await
+                    .map(|_| (object, false, true))
+            }
+            None => {
+                let object = ConfigObject {
+                    name: name.to_owned(),
+                    namespace: namespace.to_owned(),
+                    version: 1,
+                    data: data.clone(),
+                    created_at: now,
+                    updated_at: now,
+                };
+                lattice
+                    .create(Bucket::Configs, &key, &object)
+                    .await
+                    .map(|_| (object, true, true))
+            }
+        };
+        match written {
+            Ok(done) => {
+                stored = Some(done);
+                break;
+            }
+            Err(Error::Conflict { .. }) => {}
+            Err(error) => return Err(error),
+        }
+    }
+    let Some((object, created, changed)) = stored else {
+        return Err(Error::Conflict {
+            bucket: Bucket::Configs.name(lattice.name()),
+            key,
+        });
+    };
+    let mut apps = Vec::new();
+    for app in users(lattice, namespace, name).await? {
+        let behind = app
+            .value
+            .config_objects
+            .get(name)
+            .is_none_or(|pinned| pinned.version != object.version);
+        if !behind {
+            continue;
+        }
+        let mut pinned = app.value.config_objects.clone();
+        pinned.insert(
+            name.to_owned(),
+            PinnedConfig {
+                version: object.version,
+                data: object.data.clone(),
+            },
+        );
+        let manifest = App {
+            name: app.value.name.clone(),
+            namespace: app.value.namespace.clone(),
+            spec: app.value.spec.clone(),
+        };
+        let (change, _) = apply::apply(lattice, &manifest, &app.value.digest, &pinned).await?;
+        apps.push(AppliedApp {
+            namespace: manifest.namespace,
+            name: manifest.name,
+            applied: change,
+        });
+    }
+    Ok(ConfigPut {
+        version: object.version,
+        created,
+        changed,
+        apps,
+    })
+}
+
+/// The apps of `namespace` whose `configFrom` names `name`.
+async fn users(
+    lattice: &Lattice,
+    namespace: &str,
+    name: &str,
+) -> Result<Vec<Versioned<AppRecord>>, Error> {
+    Ok(lattice
+        .list::<AppRecord>(Bucket::Apps, &format!("{namespace}."))
+        .await?
+        .into_iter()
+        .filter(|app| {
+            app.value.namespace == namespace && app.value.spec.config_from.iter().any(|n| n == name)
+        })
+        .collect())
+}
+
+/// Config objects of the namespaces `visible` allows, with the apps that use each.
+///
+/// # Errors
+/// Lattice errors.
+pub async fn list(
+    lattice: &Lattice,
+    visible: impl Fn(&str) -> bool,
+) -> Result<Vec<ConfigView>, Error> {
+    let apps = lattice.list::<AppRecord>(Bucket::Apps, "").await?;
+    Ok(lattice
+        .list::<ConfigObject>(Bucket::Configs, "")
+        .await?
+        .into_iter()
+        .filter(|object| visible(&object.value.namespace))
+        .map(|object| {
+            let used_by = apps
+                .iter()
+                .filter(|app| {
+                    app.value.namespace == object.value.namespace
+                        && app.value.spec.config_from.contains(&object.value.name)
+                })
+                .map(|app| app.value.name.clone())
+                .collect();
+            ConfigView {
+                object: object.value,
+                used_by,
+            }
+        })
+        .collect())
+}
+
+/// One config object with the apps that use it; `None` when there is none.
+///
+/// # Errors
+/// Lattice errors.
+pub async fn describe(
+    lattice: &Lattice,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<ConfigView>, Error> {
+    let Some(object) = lattice
+        .get::<ConfigObject>(Bucket::Configs, &app_key(namespace, name))
+        .await?
+    else {
+        return Ok(None);
+    };
+    let used_by = users(lattice, namespace, name)
+        .await?
+        .into_iter()
+        .map(|app| app.value.name)
+        .collect();
+    Ok(Some(ConfigView {
+        object: object.value,
+        used_by,
+    }))
+}
+
+/// What deleting a config object did.
+#[derive(Debug)]
+pub enum Deleted {
+    /// Gone.
+    Done,
+    /// There was none.
+    NotFound,
+    /// Apps list it: kept.
+    InUse(Vec<String>),
+}
+
+/// Deletes config object `namespace/name` unless an app lists it (its next revision would
+/// have nothing to read).
+///
+/// # Errors
+/// Lattice errors.
+pub async fn delete(lattice: &Lattice, namespace: &str, name: &str) -> Result<Deleted, Error> {
+    let key = app_key(namespace, name);
+    if lattice
+        .get::<ConfigObject>(Bucket::Configs, &key)
+        .await?
+        .is_none()
+    {
+        return Ok(Deleted::NotFound);
+    }
+    let users: Vec<String> = users(lattice, namespace, name)
+        .await?
+        .into_iter()
+        .map(|app| app.value.name)
+        .collect();
+    if !users.is_empty() {
+        return Ok(Deleted::InUse(users));
+    }
+    lattice.delete(Bucket::Configs, &key).await?;
+    Ok(Deleted::Done)
+}
