@@ -185,3 +185,180 @@ fn env_sets_the_environment_and_config_still_does_for_older_manifests() {
     assert!(newer.contains("MODE=edge"), "{newer}");
     assert!(!newer.contains("GREETING"), "{newer}");
 }
+
+/// Every file under `dir` whose bytes contain `needle`.
+fn files_containing(dir: &std::path::Path, needle: &str) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_owned()];
+    while let Some(dir) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if std::fs::read(&path).is_ok_and(|bytes| {
+                bytes
+                    .windows(needle.len())
+                    .any(|window| window == needle.as_bytes())
+            }) {
+                found.push(path);
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn a_secret_reaches_only_the_host_that_runs_its_app_and_its_value_appears_nowhere_else() {
+    const PLANTED: &str = "PLANTED-s3cr3t-9d41f";
+    let lattice = Lattice::start();
+    let key = lattice.shoal.home.path().join("lattice-secrets.xk");
+    let scheduler = lattice.spawn(
+        &[
+            "scheduler",
+            "--id",
+            "s1",
+            "--host-timeout",
+            "1s",
+            "--lease",
+            "1s",
+            "--secrets-key",
+            key.to_str().unwrap(),
+        ],
+        "s1",
+        false,
+    );
+    // Hosts log at every level: no line may hold the value.
+    let states = tempfile::tempdir().unwrap();
+    let host = |id: &str, label: &str| {
+        let mut command = lattice.command();
+        command.env("SHOAL_LOG", "trace");
+        let state = states.path().join(id);
+        let mut args = support::lattice::host_args(id);
+        args.extend_from_slice(&["--label", label, "--state-dir", state.to_str().unwrap()]);
+        let process = lattice.spawn_command(command, &args, id, true);
+        lattice.wait_registered(id);
+        process
+    };
+    let runner = host("h1", "role=app");
+    let other = host("h2", "role=spare");
+    let reader = lattice.push_guest("config-reader", "1.0");
+
+    let created = lattice.ok(&[
+        "secret",
+        "create",
+        "db",
+        "--from-literal",
+        &format!("token={PLANTED}"),
+        "--from-literal",
+        "user=reader",
+    ]);
+    assert!(
+        created.contains("secret default/db created (keys: token, user)"),
+        "{created}"
+    );
+    // A key both config and a secret define is refused, naming both, not the value.
+    let manifest = |extra: &str| {
+        hello_manifest(
+            "reader",
+            &reader,
+            1,
+            &format!("  secrets: [db]\n  placement: {{requires: {{role: app}}}}\n{extra}"),
+        )
+    };
+    let (ok, stdout, stderr) = lattice.try_apply(&manifest("  config: {token: inline}\n"));
+    assert!(
+        !ok && stderr.contains("token (secret db and spec.config)"),
+        "{stderr}"
+    );
+    let mut outputs = vec![stdout, stderr];
+    outputs.push(lattice.apply(&manifest("")));
+    lattice.wait_ready("reader", 1, PATIENCE);
+    // The guest reads it through wasi:config, like any value.
+    let value = eventually(PATIENCE, "the reader to read its secret", || {
+        body(&runner, "/reader/config/token")
+    });
+    assert_eq!(value, PLANTED);
+    assert_eq!(
+        body(&runner, "/reader/config/user").as_deref(),
+        Some("reader")
+    );
+
+    // Only h1 runs the app: its assignment carries the secret, sealed to h1's key; h2 has
+    // no assignment at all, and nothing sealed or clear in its state.
+    let replicas = lattice.ok(&["get", "replicas", "-o", "json"]);
+    let replicas: serde_json::Value = serde_json::from_str(&replicas).unwrap();
+    let replicas = replicas.as_array().unwrap();
+    assert_eq!(replicas.len(), 1);
+    assert_eq!(replicas[0]["host"], "h1");
+    assert!(replicas[0]["secrets"]["sealed"].is_string());
+    outputs.push(replicas[0].to_string());
+
+    // A new version rolls the app out; the new value is served.
+    let updated = lattice.ok(&[
+        "secret",
+        "create",
+        "db",
+        "--from-literal",
+        &format!("token={PLANTED}-v2"),
+        "--from-literal",
+        "user=reader",
+    ]);
+    assert!(updated.contains("rolls out revision 2"), "{updated}");
+    outputs.push(updated);
+    lattice.ok(&["rollout", "status", "reader", "--timeout", "60s"]);
+    assert_eq!(
+        body(&runner, "/reader/config/token").unwrap(),
+        format!("{PLANTED}-v2")
+    );
+    let (ok, stdout, stderr) = lattice.shoal(&["delete", "secret", "db"]);
+    assert!(!ok && stderr.contains("in use by reader"), "{stderr}");
+    outputs.extend([stdout, stderr]);
+
+    // Everything a person or a script can read: no value.
+    for args in [
+        &["get", "apps", "-o", "yaml"][..],
+        &["get", "replicas", "-o", "yaml"],
+        &["get", "hosts", "-o", "yaml"],
+        &["get", "secrets", "-o", "yaml"],
+        &["get", "secrets"],
+        &["describe", "app", "reader", "-o", "yaml"],
+        &["describe", "app", "reader"],
+        &["rollout", "history", "reader"],
+        &["events", "-o", "json"],
+        &["logs", "reader"],
+    ] {
+        let (_, stdout, stderr) = lattice.shoal(args);
+        outputs.push(format!("shoal {args:?}: {stdout}{stderr}"));
+    }
+    let (_, stdout, stderr) = lattice.shoal(&["describe", "secret", "db"]);
+    outputs.push(format!("{stdout}{stderr}"));
+    outputs.extend([runner.log(), other.log(), scheduler.log()]);
+    for output in &outputs {
+        assert!(!output.contains(PLANTED), "the value leaked: {output}");
+    }
+    assert!(
+        runner.log().contains("TRACE") || runner.log().contains("DEBUG"),
+        "the hosts did not log at trace level"
+    );
+    // At rest: not in nats-server's JetStream files, nor in either host's state (h1 keeps
+    // it sealed to its own key for an offline restart).
+    assert_eq!(
+        files_containing(lattice.nats.data_dir(), PLANTED),
+        Vec::<std::path::PathBuf>::new()
+    );
+    assert_eq!(
+        files_containing(states.path(), PLANTED),
+        Vec::<std::path::PathBuf>::new()
+    );
+    let saved = std::fs::read_to_string(states.path().join("h1/state.json")).unwrap();
+    assert!(saved.contains("\"secrets\""), "h1 saved no sealed secrets");
+    assert!(
+        !states.path().join("h2/state.json").exists()
+            || !std::fs::read_to_string(states.path().join("h2/state.json"))
+                .unwrap()
+                .contains("\"secrets\"")
+    );
+}

@@ -12,8 +12,53 @@ use std::sync::Arc;
 
 use wasmtime::component::{HasData, Linker};
 
+/// The values a replica's guests read: zeroed in memory when the replica and its last
+/// instance let go of them (secrets are among them), never printed by `Debug`.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct ConfigMap(BTreeMap<String, String>);
+
+impl ConfigMap {
+    /// Takes `values`.
+    pub fn new(values: BTreeMap<String, String>) -> Self {
+        Self(values)
+    }
+}
+
+impl std::ops::Deref for ConfigMap {
+    type Target = BTreeMap<String, String>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for ConfigMap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
+}
+
+impl Drop for ConfigMap {
+    fn drop(&mut self) {
+        use zeroize::Zeroize as _;
+        for value in self.0.values_mut() {
+            value.zeroize();
+        }
+    }
+}
+
+impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for ConfigMap {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
+        Self(
+            iter.into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        )
+    }
+}
+
 /// The values a replica's guests read, shared by every instance of it.
-pub type ConfigValues = Arc<BTreeMap<String, String>>;
+pub type ConfigValues = Arc<ConfigMap>;
 
 /// A guest's view of its values, for the duration of one call.
 pub struct ConfigStore<'a>(&'a BTreeMap<String, String>);

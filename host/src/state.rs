@@ -8,6 +8,10 @@
 //! and the SHA-256 of the JSON body on the second line, so a torn or altered file is
 //! detected and ignored (the host then starts as a new one), never a crash. Temporary files
 //! a kill left behind are swept at start.
+//!
+//! Beside it, `secrets.xk` holds the host's secrets key (an x25519 seed, mode 0600): the
+//! lattice seals the secrets of the replicas it places here to its public half, and the
+//! saved assignments keep them sealed, so an offline restart can open them again.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -25,6 +29,9 @@ const FILE: &str = "state.json";
 
 /// Prefix of the temporary files a save writes before its rename.
 const TEMP_PREFIX: &str = ".state.json.tmp-";
+
+/// The host's secrets key file in the state directory.
+const SECRETS_KEY: &str = "secrets.xk";
 
 /// Most bytes read from a state file: a host's state is small (assignments are bounded by
 /// its capacity); anything larger is not one this host wrote.
@@ -189,6 +196,22 @@ impl StateFile {
             let _ = dir.sync_all();
         }
         Ok(())
+    }
+}
+
+impl StateFile {
+    /// The host's secrets key: the one saved in the state directory, or a new one saved
+    /// there (a file that holds no key is replaced: what was sealed to it cannot be opened
+    /// anyway).
+    ///
+    /// # Errors
+    /// When the file cannot be read or written; the caller then uses a key that lives only
+    /// as long as the process.
+    pub fn secrets_key(&self) -> Result<shoal_lattice::secrets::XKey, StateError> {
+        let path = self.dir.join(SECRETS_KEY);
+        shoal_lattice::secrets::key_file(&path)
+            .map(|(key, _)| key)
+            .map_err(|source| StateError::Io { path, source })
     }
 }
 

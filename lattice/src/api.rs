@@ -149,6 +149,32 @@ pub enum Request {
         /// Name.
         name: String,
     },
+    /// The public key secrets are sealed to.
+    SecretsKey,
+    /// Create a secret or replace its values (sealed by the client to the lattice's secrets
+    /// key); apps that list it roll out.
+    PutSecret {
+        /// Namespace.
+        namespace: String,
+        /// Name.
+        name: String,
+        /// The keys of the sealed values.
+        keys: Vec<String>,
+        /// The values, sealed.
+        sealed: crate::secrets::Sealed,
+    },
+    /// Secrets: names, keys, versions and users, never values.
+    GetSecrets {
+        /// Only this namespace.
+        namespace: Option<String>,
+    },
+    /// Delete a secret no app uses.
+    DeleteSecret {
+        /// Namespace.
+        namespace: String,
+        /// Name.
+        name: String,
+    },
 }
 
 impl Request {
@@ -175,6 +201,10 @@ impl Request {
             Request::GetConfigs { .. } => "get",
             Request::DescribeConfig { .. } => "describe",
             Request::DeleteConfig { .. } => "delete",
+            Request::SecretsKey => "get",
+            Request::PutSecret { .. } => "secret",
+            Request::GetSecrets { .. } => "get",
+            Request::DeleteSecret { .. } => "delete",
         }
     }
 
@@ -196,16 +226,19 @@ impl Request {
             | Request::Undo { namespace, .. }
             | Request::Pause { namespace, .. }
             | Request::PutConfig { namespace, .. }
-            | Request::DeleteConfig { namespace, .. } => (Role::Editor, vec![namespace]),
+            | Request::DeleteConfig { namespace, .. }
+            | Request::PutSecret { namespace, .. }
+            | Request::DeleteSecret { namespace, .. } => (Role::Editor, vec![namespace]),
             Request::History { namespace, .. }
             | Request::DescribeApp { namespace, .. }
             | Request::DescribeConfig { namespace, .. } => (Role::Viewer, vec![namespace]),
             Request::GetApps { namespace }
             | Request::GetReplicas { namespace }
-            | Request::GetConfigs { namespace } => {
+            | Request::GetConfigs { namespace }
+            | Request::GetSecrets { namespace } => {
                 (Role::Viewer, namespace.iter().map(String::as_str).collect())
             }
-            Request::GetHosts => (Role::Viewer, Vec::new()),
+            Request::GetHosts | Request::SecretsKey => (Role::Viewer, Vec::new()),
             Request::Cordon { .. } | Request::Drain { .. } => (Role::Admin, Vec::new()),
         }
     }
@@ -407,6 +440,26 @@ pub struct ConfigView {
     #[serde(flatten)]
     pub object: crate::records::ConfigObject,
     /// Apps of its namespace whose `configFrom` names it.
+    pub used_by: Vec<String>,
+}
+
+/// A secret as listed: never its values.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretView {
+    /// Name.
+    pub name: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Version.
+    pub version: u64,
+    /// The keys of its values.
+    pub keys: Vec<String>,
+    /// When it was created (ms since the epoch).
+    pub created_at: u64,
+    /// When its values last changed.
+    pub updated_at: u64,
+    /// Apps of its namespace whose `secrets` name it.
     pub used_by: Vec<String>,
 }
 

@@ -15,6 +15,7 @@ pub mod mirror;
 pub mod names;
 pub mod quantity;
 pub mod records;
+pub mod secrets;
 pub mod store;
 pub mod validate;
 

@@ -66,11 +66,13 @@ pub enum Bucket {
     Leases,
     /// Config objects, key `<namespace>.<name>`.
     Configs,
+    /// Secrets (values sealed to the lattice's secrets key), key `<namespace>.<name>`.
+    Secrets,
 }
 
 impl Bucket {
     /// Every bucket, for setup.
-    pub const ALL: [Bucket; 7] = [
+    pub const ALL: [Bucket; 8] = [
         Bucket::Apps,
         Bucket::Revisions,
         Bucket::Hosts,
@@ -78,6 +80,7 @@ impl Bucket {
         Bucket::Status,
         Bucket::Leases,
         Bucket::Configs,
+        Bucket::Secrets,
     ];
 
     /// The bucket's short name, the last part of [`Bucket::name`].
@@ -90,6 +93,7 @@ impl Bucket {
             Bucket::Status => "status",
             Bucket::Leases => "leases",
             Bucket::Configs => "configs",
+            Bucket::Secrets => "secrets",
         }
     }
 
@@ -149,6 +153,9 @@ pub fn host_control_key(host: &str) -> String {
 
 /// The key of the lattice's identity in the status bucket.
 pub const LATTICE_IDENTITY: &str = "lattice";
+
+/// Key of the lattice's public secrets key in the status bucket.
+pub const SECRETS_KEY: &str = "secrets-key";
 
 /// The key of the scheduler's leader lease.
 pub const SCHEDULER_LEASE: &str = "scheduler";

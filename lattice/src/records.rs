@@ -57,7 +57,10 @@ pub struct AppSpec {
     /// Environment variables given to the component (nothing is inherited from the host).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
-    /// Names of lattice secrets delivered to hosts running the app.
+    /// Secrets (`shoal secret create`) of the app's namespace whose values the component
+    /// reads through `wasi:config/store`, each key under its own name. Only hosts that run a
+    /// replica of the app receive them, sealed to their own key. A change to one rolls the
+    /// app out as a new revision.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub secrets: Vec<String>,
     /// Outbound HTTP the component may make (scheme, host, optional port; `*.` wildcards).
@@ -297,6 +300,10 @@ pub struct AppRecord {
     /// one of them changes (each time a new revision).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub config_objects: PinnedConfigs,
+    /// The version of each secret of `spec.secrets` when the revision was made (the values
+    /// stay sealed in the secrets bucket; a new version makes a new revision).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secret_versions: BTreeMap<String, u64>,
     /// The spec.
     pub spec: AppSpec,
     /// When the app was first applied (ms since the epoch).
@@ -327,6 +334,36 @@ pub struct ConfigObject {
     pub updated_at: u64,
 }
 
+/// A secret of a namespace (`shoal secret create`), in the `secrets` bucket, key
+/// `<namespace>.<name>`: its values sealed to the lattice's secrets key, its keys in clear.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretObject {
+    /// Name, unique in its namespace.
+    pub name: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Bumped on every change of its values.
+    pub version: u64,
+    /// The keys of its values.
+    pub keys: Vec<String>,
+    /// The values, sealed to the lattice's secrets key.
+    pub sealed: crate::secrets::Sealed,
+    /// When it was created (ms since the epoch).
+    pub created_at: u64,
+    /// When its values last changed.
+    pub updated_at: u64,
+}
+
+/// The public half of the lattice's secrets key (`secrets-key` in the status bucket),
+/// published by the leading scheduler: what clients seal secrets to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretsKey {
+    /// The public xkey (`X…`).
+    pub public: String,
+}
+
 /// The values of one config object as an app's revision took them.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -355,6 +392,9 @@ pub struct RevisionRecord {
     /// The config objects' values it runs with.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub config_objects: PinnedConfigs,
+    /// The secrets' versions it was made with.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secret_versions: BTreeMap<String, u64>,
     /// The template (`replicas` is zero).
     pub template: AppSpec,
     /// When it was made.
@@ -404,6 +444,10 @@ pub struct HostRecord {
     /// (`shoal host --lost-after`); the scheduler's `--host-timeout` without it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lost_after: Option<Span>,
+    /// The host's public secrets key: what the scheduler seals the secrets of the replicas
+    /// it places here to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secrets_key: Option<String>,
     /// Set while the host serves replicas it was given by a lattice whose state is gone (a
     /// wiped or different NATS server): what it serves, and how to clear it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -445,6 +489,9 @@ pub struct Assignment {
     /// The config objects' values the replica runs with.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub config_objects: PinnedConfigs,
+    /// The values of the app's secrets, sealed to this host's secrets key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secrets: Option<crate::secrets::Sealed>,
     /// The template the replica runs.
     pub template: AppSpec,
     /// When it was assigned.
@@ -662,6 +709,7 @@ mod tests {
             host: "h".into(),
             digest: "sha256:ab".into(),
             config_objects: PinnedConfigs::new(),
+            secrets: None,
             template: AppSpec {
                 component: component.into(),
                 replicas: 0,

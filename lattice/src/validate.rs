@@ -563,6 +563,27 @@ impl Validate for Assignment {
     }
 }
 
+impl Validate for crate::records::SecretObject {
+    fn validate(&self) -> Result<(), Invalid> {
+        let mut found = Problems::default();
+        found.name("name", "secret name", &self.name);
+        found.name("namespace", "namespace", &self.namespace);
+        found.sequence("version", self.version);
+        let keys: std::collections::BTreeMap<String, String> = self
+            .keys
+            .iter()
+            .map(|key| (key.clone(), String::new()))
+            .collect();
+        for problem in config_data_problems(&keys) {
+            found.add("keys", problem);
+        }
+        if self.sealed.sealed.len() > 2 * MAX_CONFIG_BYTES {
+            found.add("sealed", "is larger than any secret's values");
+        }
+        found.finish()
+    }
+}
+
 impl Validate for HostRecord {
     fn validate(&self) -> Result<(), Invalid> {
         let mut found = Problems::default();

@@ -24,6 +24,7 @@ use tokio::sync::Semaphore;
 use crate::apply::{self, Change, Undo};
 use crate::configs;
 use crate::manifest::App;
+use crate::secrets;
 
 /// Requests answered at once; more wait in NATS's buffer.
 const CONCURRENT: usize = 32;
@@ -96,6 +97,51 @@ fn no_app(namespace: &str, name: &str) -> ApiError {
         ErrorCode::NotFound,
         format!("there is no app {namespace}/{name}; shoal get apps lists them"),
     )
+}
+
+/// The answer to deleting a config object or a secret.
+fn deleted(
+    outcome: configs::Deleted,
+    kind: &str,
+    namespace: &str,
+    name: &str,
+    field: &str,
+) -> Result<serde_json::Value, ApiError> {
+    match outcome {
+        configs::Deleted::Done => to_json(()),
+        configs::Deleted::NotFound => Err(ApiError::new(
+            ErrorCode::NotFound,
+            format!("there is no {kind} {namespace}/{name}; shoal get {kind}s lists them"),
+        )),
+        configs::Deleted::InUse(apps) => Err(ApiError::new(
+            ErrorCode::Conflict,
+            format!(
+                "{kind} {namespace}/{name} is in use by {}: remove it from their {field} first",
+                apps.join(", ")
+            ),
+        )),
+    }
+}
+
+/// What is wrong with a secret as the CLI sent it: its keys are those of a config object,
+/// its box no larger than such values could make.
+fn secret_problems(keys: &[String], sealed: &shoal_lattice::secrets::Sealed) -> Vec<String> {
+    let named: std::collections::BTreeMap<String, String> = keys
+        .iter()
+        .map(|key| (key.clone(), String::new()))
+        .collect();
+    let mut problems = shoal_lattice::validate::config_data_problems(&named);
+    if named.len() != keys.len() {
+        problems.push("a key is given twice".to_owned());
+    }
+    // Base64 of the values' JSON, with room for escapes and the box.
+    if sealed.sealed.len() > 2 * shoal_lattice::validate::MAX_CONFIG_BYTES {
+        problems.push(format!(
+            "the values must be at most {} KiB in all",
+            shoal_lattice::validate::MAX_CONFIG_BYTES >> 10
+        ));
+    }
+    problems
 }
 
 fn no_config(namespace: &str, name: &str) -> ApiError {
@@ -184,22 +230,72 @@ async fn handle(
                 .map_err(internal)?
                 .ok_or_else(|| no_config(&namespace, &name))?,
         ),
-        Request::DeleteConfig { namespace, name } => {
-            match configs::delete(lattice, &namespace, &name)
+        Request::DeleteConfig { namespace, name } => deleted(
+            configs::delete(lattice, &namespace, &name)
+                .await
+                .map_err(internal)?,
+            "config",
+            &namespace,
+            &name,
+            "spec.configFrom",
+        ),
+        Request::SecretsKey => to_json(
+            lattice
+                .get::<shoal_lattice::records::SecretsKey>(
+                    Bucket::Status,
+                    shoal_lattice::names::SECRETS_KEY,
+                )
                 .await
                 .map_err(internal)?
-            {
-                configs::Deleted::Done => to_json(()),
-                configs::Deleted::NotFound => Err(no_config(&namespace, &name)),
-                configs::Deleted::InUse(apps) => Err(ApiError::new(
-                    ErrorCode::Conflict,
+                .ok_or_else(|| {
+                    ApiError::new(
+                        ErrorCode::NotFound,
+                        "this lattice has no secrets key yet: its schedulers need one (shoal scheduler --secrets-key FILE; shoal auth init and shoal up make one)",
+                    )
+                })?
+                .value,
+        ),
+        Request::PutSecret {
+            namespace,
+            name,
+            keys,
+            sealed,
+        } => {
+            let problems = secret_problems(&keys, &sealed);
+            if !problems.is_empty() {
+                return Err(ApiError::new(
+                    ErrorCode::Invalid,
                     format!(
-                        "config {namespace}/{name} is in use by {}: remove it from their spec.configFrom first",
-                        apps.join(", ")
+                        "secret {namespace}/{name} is not valid; nothing was stored:\n  {}",
+                        problems.join("\n  ")
                     ),
-                )),
+                ));
             }
+            to_json(
+                secrets::put(lattice, &namespace, &name, keys, sealed)
+                    .await
+                    .map_err(internal)?,
+            )
         }
+        Request::GetSecrets { namespace } => to_json(
+            secrets::list(lattice, |secret_namespace| {
+                caller.may_view(secret_namespace)
+                    && namespace
+                        .as_deref()
+                        .is_none_or(|wanted| wanted == secret_namespace)
+            })
+            .await
+            .map_err(internal)?,
+        ),
+        Request::DeleteSecret { namespace, name } => deleted(
+            secrets::delete(lattice, &namespace, &name)
+                .await
+                .map_err(internal)?,
+            "secret",
+            &namespace,
+            &name,
+            "spec.secrets",
+        ),
         Request::Delete { namespace, name } => {
             if !apply::delete(lattice, &namespace, &name)
                 .await
@@ -465,9 +561,18 @@ fn check_names(request: &Request) -> Result<(), ApiError> {
             check_name("namespace", namespace).map_err(invalid)?;
             check_name("config name", name).map_err(invalid)
         }
+        Request::PutSecret {
+            namespace, name, ..
+        }
+        | Request::DeleteSecret { namespace, name } => {
+            check_name("namespace", namespace).map_err(invalid)?;
+            check_name("secret name", name).map_err(invalid)
+        }
+        Request::SecretsKey => Ok(()),
         Request::GetApps { namespace }
         | Request::GetReplicas { namespace }
-        | Request::GetConfigs { namespace } => namespace.as_deref().map_or(Ok(()), |namespace| {
+        | Request::GetConfigs { namespace }
+        | Request::GetSecrets { namespace } => namespace.as_deref().map_or(Ok(()), |namespace| {
             check_name("namespace", namespace).map_err(invalid)
         }),
         Request::GetHosts => Ok(()),
@@ -540,13 +645,16 @@ async fn apply_all(lattice: &Lattice, apps: Vec<AppManifest>) -> Result<Vec<Appl
         .collect();
     // Each app's config objects, as they are now: an app that names one that does not
     // exist is refused with the others (nothing applied).
+    // Each app's config objects and secrets, as they are now: an app that names one that
+    // does not exist, or reads a key from two places, is refused with the others (nothing
+    // applied).
     let mut pins = Vec::with_capacity(parsed.len());
-    for (index, app) in parsed.iter().enumerate() {
-        match configs::pin(lattice, &app.namespace, &app.spec.config_from)
+    for ((index, app), manifest) in parsed.iter().enumerate().zip(&apps) {
+        let config_objects = match configs::pin(lattice, &app.namespace, &app.spec.config_from)
             .await
             .map_err(internal)?
         {
-            Ok(pinned) => pins.push(pinned),
+            Ok(pinned) => pinned,
             Err(missing) => {
                 for name in missing {
                     problems.push(format!(
@@ -554,9 +662,37 @@ async fn apply_all(lattice: &Lattice, apps: Vec<AppManifest>) -> Result<Vec<Appl
                         app.namespace, app.namespace
                     ));
                 }
-                pins.push(Default::default());
+                Default::default()
             }
+        };
+        let stored = match secrets::stored(lattice, &app.namespace, &app.spec.secrets)
+            .await
+            .map_err(internal)?
+        {
+            Ok(stored) => stored,
+            Err(missing) => {
+                for name in missing {
+                    problems.push(format!(
+                        "apps[{index}].spec.secrets: there is no secret {name:?} in namespace {}: shoal secret create {name} -n {} --from-literal KEY=VALUE",
+                        app.namespace, app.namespace
+                    ));
+                }
+                Vec::new()
+            }
+        };
+        for overlap in secrets::overlaps(&app.spec, &config_objects, &stored) {
+            problems.push(format!(
+                "apps[{index}].spec.secrets: a key is defined twice: {overlap}"
+            ));
         }
+        pins.push(apply::Pinned {
+            digest: manifest.digest.clone(),
+            config_objects,
+            secret_versions: stored
+                .iter()
+                .map(|secret| (secret.name.clone(), secret.version))
+                .collect(),
+        });
     }
     if !problems.is_empty() {
         return Err(ApiError::new(
@@ -580,15 +716,13 @@ async fn apply_all(lattice: &Lattice, apps: Vec<AppManifest>) -> Result<Vec<Appl
         ));
     }
     let mut applied = Vec::with_capacity(parsed.len());
-    for ((app, manifest), pinned) in parsed.iter().zip(&apps).zip(&pins) {
-        let (change, _) = apply::apply(lattice, app, &manifest.digest, pinned)
-            .await
-            .map_err(|error| {
-                internal(format!(
-                    "cannot store app {}/{}: {error}",
-                    app.namespace, app.name
-                ))
-            })?;
+    for (app, pinned) in parsed.iter().zip(&pins) {
+        let (change, _) = apply::apply(lattice, app, pinned).await.map_err(|error| {
+            internal(format!(
+                "cannot store app {}/{}: {error}",
+                app.namespace, app.name
+            ))
+        })?;
         applied.push(AppliedApp {
             namespace: app.namespace.clone(),
             name: app.name.clone(),

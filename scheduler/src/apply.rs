@@ -3,6 +3,8 @@
 //! another writer got there first.
 
 use shoal_lattice::names::{app_key, revision_key};
+use std::collections::BTreeMap;
+
 use shoal_lattice::records::{AppRecord, AppSpec, PinnedConfigs, RevisionRecord, now_millis};
 use shoal_lattice::{Bucket, Error, Lattice};
 
@@ -13,16 +15,44 @@ pub use shoal_lattice::api::Applied as Change;
 
 const ATTEMPTS: usize = 5;
 
-/// Stores `app`, resolved to `digest` and to the values of its config objects.
+/// What an app's revision pins at apply time besides its spec: the component's digest, the
+/// values of its config objects and the versions of its secrets. A change to any of them
+/// is a new revision.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Pinned {
+    /// The component's digest.
+    pub digest: String,
+    /// The values of `spec.configFrom`.
+    pub config_objects: PinnedConfigs,
+    /// The versions of `spec.secrets`.
+    pub secret_versions: BTreeMap<String, u64>,
+}
+
+impl Pinned {
+    /// What `record` pins now.
+    pub fn of(record: &AppRecord) -> Self {
+        Self {
+            digest: record.digest.clone(),
+            config_objects: record.config_objects.clone(),
+            secret_versions: record.secret_versions.clone(),
+        }
+    }
+}
+
+/// Stores `app`, resolved to what `pinned` holds.
 ///
 /// # Errors
 /// Lattice errors; [`Error::Conflict`] only if the key kept changing for every attempt.
 pub async fn apply(
     lattice: &Lattice,
     app: &App,
-    digest: &str,
-    config_objects: &PinnedConfigs,
+    pinned: &Pinned,
 ) -> Result<(Change, AppRecord), Error> {
+    let Pinned {
+        digest,
+        config_objects,
+        secret_versions,
+    } = pinned;
     let key = app_key(&app.namespace, &app.name);
     let mut last = None;
     for _ in 0..ATTEMPTS {
@@ -40,6 +70,7 @@ pub async fn apply(
                     revision: 1,
                     digest: digest.to_owned(),
                     config_objects: config_objects.clone(),
+                    secret_versions: secret_versions.clone(),
                     spec: app.spec.clone(),
                     created_at: now,
                     updated_at: now,
@@ -49,8 +80,9 @@ pub async fn apply(
             Some(current) => {
                 let current = &current.value;
                 let template_changed = current.spec.template() != app.spec.template()
-                    || current.digest != digest
-                    || current.config_objects != *config_objects;
+                    || current.digest != *digest
+                    || current.config_objects != *config_objects
+                    || current.secret_versions != *secret_versions;
                 let mut record = AppRecord {
                     generation: current.generation + 1,
                     digest: digest.to_owned(),
@@ -62,10 +94,15 @@ pub async fn apply(
                 if template_changed {
                     record.revision += 1;
                     let mut changes = differences(&current.spec.template(), &app.spec.template());
-                    if current.digest != digest {
+                    if current.digest != *digest {
                         changes.push(format!("digest: {} → {digest}", current.digest));
                     }
                     changes.extend(config_changes(&current.config_objects, config_objects));
+                    changes.extend(secret_versions.iter().filter_map(|(name, version)| {
+                        let old = current.secret_versions.get(name)?;
+                        (old != version)
+                            .then(|| format!("secret {name}: version {old} → {version}"))
+                    }));
                     (
                         Change::Revised {
                             revision: record.revision,
@@ -180,6 +217,7 @@ pub(crate) async fn store(
                     revision: record.revision,
                     digest: record.digest.clone(),
                     config_objects: record.config_objects.clone(),
+                    secret_versions: record.secret_versions.clone(),
                     template: record.spec.template(),
                     created_at: record.updated_at,
                     cause,
@@ -483,7 +521,13 @@ pub async fn undo(
             ..target.template.clone()
         },
     };
-    let (change, record) = apply(lattice, &app, &target.digest, &target.config_objects).await?;
+    // Secret values are not kept per revision: the target runs with the current ones.
+    let pinned = Pinned {
+        digest: target.digest.clone(),
+        config_objects: target.config_objects.clone(),
+        secret_versions: current.value.secret_versions.clone(),
+    };
+    let (change, record) = apply(lattice, &app, &pinned).await?;
     Ok(Undo::Done(target.revision, change, Box::new(record)))
 }
 

@@ -140,7 +140,11 @@ pub async fn put(
             namespace: app.value.namespace.clone(),
             spec: app.value.spec.clone(),
         };
-        let (change, _) = apply::apply(lattice, &manifest, &app.value.digest, &pinned).await?;
+        let pins = apply::Pinned {
+            config_objects: pinned,
+            ..apply::Pinned::of(&app.value)
+        };
+        let (change, _) = apply::apply(lattice, &manifest, &pins).await?;
         apps.push(AppliedApp {
             namespace: manifest.namespace,
             name: manifest.name,
@@ -161,12 +165,22 @@ async fn users(
     namespace: &str,
     name: &str,
 ) -> Result<Vec<Versioned<AppRecord>>, Error> {
+    apps_listing(lattice, namespace, name, |spec| &spec.config_from).await
+}
+
+/// The apps of `namespace` whose list `field` (of config objects or secrets) names `name`.
+pub(crate) async fn apps_listing(
+    lattice: &Lattice,
+    namespace: &str,
+    name: &str,
+    field: impl Fn(&shoal_lattice::records::AppSpec) -> &Vec<String>,
+) -> Result<Vec<Versioned<AppRecord>>, Error> {
     Ok(lattice
         .list::<AppRecord>(Bucket::Apps, &format!("{namespace}."))
         .await?
         .into_iter()
         .filter(|app| {
-            app.value.namespace == namespace && app.value.spec.config_from.iter().any(|n| n == name)
+            app.value.namespace == namespace && field(&app.value.spec).iter().any(|n| n == name)
         })
         .collect())
 }

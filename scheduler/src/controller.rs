@@ -31,6 +31,9 @@ pub struct Options {
     pub host_timeout: Duration,
     /// Lease period: a dead leader is replaced after about this long.
     pub lease: Duration,
+    /// The lattice's secrets key: what secrets are sealed to. Without it, apps that list
+    /// secrets cannot be placed.
+    pub secrets_key: Option<shoal_lattice::secrets::XKey>,
 }
 
 /// Local liveness of hosts, on this scheduler's clock: when did each host record last change.
@@ -137,6 +140,10 @@ struct State {
     routes: Mirror<RouteRecord>,
     /// Admins' decisions about hosts: cordoned, draining.
     controls: Mirror<HostControl>,
+    /// Secrets, sealed to the lattice's key.
+    secrets: Mirror<shoal_lattice::records::SecretObject>,
+    /// The lattice's secrets key, from `Options`.
+    secrets_key: Option<shoal_lattice::secrets::XKey>,
     liveness: Liveness,
     pending: Pending,
     backoff: HashMap<String, Backoff>,
@@ -231,6 +238,8 @@ pub async fn run(
         app_status: lattice.mirror(Bucket::Status, "apps.>").await?,
         routes: lattice.mirror(Bucket::Status, "routes.>").await?,
         controls: lattice.mirror(Bucket::Status, "hosts.>").await?,
+        secrets: lattice.mirror(Bucket::Secrets, ">").await?,
+        secrets_key: options.secrets_key.clone(),
         liveness: Liveness::default(),
         pending: Pending::default(),
         backoff: HashMap::new(),
@@ -277,6 +286,12 @@ pub async fn run(
             // one, so hosts can tell (see `LatticeIdentity`).
             if let Err(error) = lattice.ensure_identity().await {
                 tracing::warn!(%error, "cannot read or make the lattice's identity");
+                continue;
+            }
+            if let Some(key) = &options.secrets_key
+                && let Err(error) = crate::secrets::publish_key(&lattice, key).await
+            {
+                tracing::warn!(%error, "cannot publish the lattice's secrets key");
                 continue;
             }
             leading = true;
@@ -720,11 +735,31 @@ async fn step_app(
 
         let mut unplaced = None;
         if step.place > 0 {
+            // An app with secrets runs only where they can be sealed: a feasibility filter.
+            let with_key;
+            let feasible = if app.spec.secrets.is_empty() {
+                hosts
+            } else {
+                with_key = hosts
+                    .iter()
+                    .filter(|(_, host)| host.secrets_key.is_some())
+                    .map(|(id, host)| (id.clone(), host.clone()))
+                    .collect();
+                &with_key
+            };
             let plan = placement::place(
-                &host_views(hosts, assignments, &app),
-                &request(&app, step.place, hosts, assignments),
+                &host_views(feasible, assignments, &app),
+                &request(&app, step.place, feasible, assignments),
             );
             for host in &plan.hosts {
+                let secrets = match sealed_secrets(state, &app, feasible.get(host)) {
+                    Ok(secrets) => secrets,
+                    Err(why) => {
+                        tracing::warn!(app = %key, %host, %why, "cannot give the app's secrets");
+                        unplaced = Some(format!("the app's secrets cannot be given: {why}"));
+                        continue;
+                    }
+                };
                 let assignment = Assignment {
                     replica: replica_id(&app.name),
                     app: app.name.clone(),
@@ -734,6 +769,7 @@ async fn step_app(
                     host: host.clone(),
                     digest: app.digest.clone(),
                     config_objects: app.config_objects.clone(),
+                    secrets,
                     template: app.spec.template(),
                     created_at: now_millis(),
                 };
@@ -761,7 +797,7 @@ async fn step_app(
                     .insert(record_key, (record.clone(), now));
                 assignments.push(record);
             }
-            if let Some(report) = plan.report {
+            if let Some(report) = plan.report.filter(|_| unplaced.is_none()) {
                 tracing::info!(app = %key, unplaced = plan.unplaced, %report, "cannot place every replica");
                 unplaced = Some(format!("{} replica(s) unplaced: {report}", plan.unplaced));
             }
@@ -770,6 +806,28 @@ async fn step_app(
         write_status(lattice, state, &app, assignments, status, live, unplaced).await?;
     }
     Ok(())
+}
+
+/// The app's secrets sealed to `host`'s key, or `None` for an app without secrets.
+fn sealed_secrets(
+    state: &State,
+    app: &AppRecord,
+    host: Option<&HostRecord>,
+) -> Result<Option<shoal_lattice::secrets::Sealed>, String> {
+    if app.spec.secrets.is_empty() {
+        return Ok(None);
+    }
+    let recipient = host
+        .and_then(|host| host.secrets_key.as_deref())
+        .ok_or("the host has no secrets key")?;
+    crate::secrets::seal_for(
+        state.secrets_key.as_ref(),
+        &app.namespace,
+        &app.spec.secrets,
+        |key| state.secrets.get(key).map(|secret| secret.value),
+        recipient,
+    )
+    .map(Some)
 }
 
 async fn remove(
@@ -973,6 +1031,8 @@ async fn check_progress(
                 revision: app.revision + 1,
                 digest: previous.value.digest.clone(),
                 config_objects: previous.value.config_objects.clone(),
+                // Secret values are not kept per revision: the current ones stay.
+                secret_versions: app.secret_versions.clone(),
                 spec: AppSpec {
                     replicas: app.spec.replicas,
                     revision_history_limit: app.spec.revision_history_limit,

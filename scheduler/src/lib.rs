@@ -13,3 +13,4 @@ pub mod lease;
 pub mod manifest;
 pub mod placement;
 pub mod reconcile;
+pub mod secrets;

@@ -307,6 +307,7 @@ mod tests {
             revision,
             digest: "sha256:00".into(),
             config_objects: Default::default(),
+            secret_versions: Default::default(),
             spec: AppSpec {
                 component: "r/hello:1".into(),
                 replicas,
@@ -349,6 +350,7 @@ mod tests {
                 host: host.into(),
                 digest: app.digest,
                 config_objects: Default::default(),
+                secrets: None,
                 template: app.spec,
                 created_at,
             },

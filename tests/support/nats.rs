@@ -226,6 +226,11 @@ impl Nats {
     }
 
     /// The monitoring endpoint, like `http://127.0.0.1:8222`.
+    /// Where this server keeps its JetStream data.
+    pub fn data_dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
     pub fn monitor_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.monitor)
     }

@@ -26,6 +26,8 @@ const ACCOUNT_SEED: &str = "account.nk";
 const SYSTEM_SEED: &str = "system.nk";
 /// The system account's user, which pushes account updates to nats-server.
 pub const SYSTEM_CREDS: &str = "system.creds";
+/// The lattice's secrets key (an xkey seed), for `shoal scheduler --secrets-key`.
+pub const SECRETS_KEY: &str = "secrets.xk";
 /// The file nats-server includes.
 pub const SERVER_CONFIG: &str = "nats-auth.conf";
 
@@ -266,6 +268,9 @@ impl Authority {
             },
         };
         authority.save()?;
+        // The lattice's secrets key, for its schedulers (`shoal scheduler --secrets-key`).
+        shoal_lattice::secrets::key_file(&dir.join(SECRETS_KEY))
+            .with_context(|| format!("cannot write {}", dir.join(SECRETS_KEY).display()))?;
         Ok((authority, true))
     }
 
@@ -532,6 +537,10 @@ pub async fn run(args: AuthArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
             println!(
                 "nats-server: include {} in its config (by a path relative to that file) and run it with -js",
                 dir.join(SERVER_CONFIG).display()
+            );
+            println!(
+                "schedulers: shoal scheduler --secrets-key {} (the same file for each)",
+                dir.join(SECRETS_KEY).display()
             );
         }
         AuthCommand::Host { id, output } => {

@@ -100,6 +100,12 @@ pub async fn run(args: ConfigArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> 
         (false, true) => println!("{what} updated to version {}", put.version),
         (false, false) => println!("{what} unchanged (version {})", put.version),
     }
+    print_rollouts(&put);
+    Ok(0)
+}
+
+/// Says which apps roll out with the new values.
+pub fn print_rollouts(put: &ConfigPut) {
     for app in &put.apps {
         match &app.applied {
             Applied::Revised { revision, .. } => println!(
@@ -109,5 +115,4 @@ pub async fn run(args: ConfigArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> 
             _ => println!("app {}/{} takes it", app.namespace, app.name),
         }
     }
-    Ok(0)
 }

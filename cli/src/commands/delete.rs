@@ -8,7 +8,8 @@ use shoal_lattice::records::DEFAULT_NAMESPACE;
 use crate::commands::describe::Object;
 use crate::lattice::LatticeArgs;
 
-/// Delete an app (its replicas stop on every host) or a config object no app uses.
+/// Delete an app (its replicas stop on every host), or a config object or secret no app
+/// uses.
 #[derive(Debug, Args)]
 pub struct DeleteArgs {
     /// What to delete.
@@ -36,6 +37,13 @@ pub async fn run(args: DeleteArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> 
                 name: args.name.clone(),
             },
             "config",
+        ),
+        Object::Secret => (
+            Request::DeleteSecret {
+                namespace: args.namespace.clone(),
+                name: args.name.clone(),
+            },
+            "secret",
         ),
     };
     let () = api.call(&request).await?;

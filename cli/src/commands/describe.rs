@@ -18,6 +18,8 @@ pub enum Object {
     App,
     /// A config object.
     Config,
+    /// A secret (delete only: `shoal get secrets` lists them; no command shows values).
+    Secret,
 }
 
 /// Show an app or a config object in detail.
@@ -37,6 +39,11 @@ pub struct DescribeArgs {
 
 pub async fn run(args: DescribeArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
     let (api, _connection) = lattice.api("shoal describe").await?;
+    if let Object::Secret = args.kind {
+        anyhow::bail!(
+            "secrets are not described: shoal get secrets lists their keys and users, and no command shows their values"
+        );
+    }
     if let Object::Config = args.kind {
         let described: ConfigView = api
             .call(&Request::DescribeConfig {

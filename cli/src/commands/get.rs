@@ -1,8 +1,8 @@
-//! `shoal get apps|hosts|replicas|configs`: tables for people, `-o json|yaml` for scripts.
+//! `shoal get apps|hosts|replicas|configs|secrets`: tables for people, `-o json|yaml` for scripts.
 
 use clap::{Args, ValueEnum};
 use comfy_table::{Table, presets::NOTHING};
-use shoal_lattice::api::{AppView, ConfigView, HostView, ReplicaView, Request};
+use shoal_lattice::api::{AppView, ConfigView, HostView, ReplicaView, Request, SecretView};
 use shoal_lattice::records::{HostRecord, now_millis};
 
 use crate::lattice::LatticeArgs;
@@ -19,14 +19,17 @@ pub enum Kind {
     Replicas,
     /// Config objects: their keys (not values), version and the apps that use them.
     Configs,
+    /// Secrets: their keys, version and the apps that use them (values never leave the
+    /// lattice's seal).
+    Secrets,
 }
 
-/// List apps, hosts, replicas or config objects.
+/// List apps, hosts, replicas, config objects or secrets.
 #[derive(Debug, Args)]
 pub struct GetArgs {
     /// What to list.
     pub kind: Kind,
-    /// Only this namespace (apps, replicas, configs) [default: every namespace you may view].
+    /// Only this namespace (apps, replicas, configs, secrets) [default: every namespace you may view].
     #[arg(short, long)]
     pub namespace: Option<String>,
     /// Output format.
@@ -145,6 +148,27 @@ pub async fn run(args: GetArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
                         row.object.version.to_string(),
                         row.used_by.join(","),
                         age(row.object.created_at),
+                    ]);
+                }
+                format!("{table}\n")
+            })?;
+        }
+        Kind::Secrets => {
+            let rows: Vec<SecretView> = api
+                .call(&Request::GetSecrets {
+                    namespace: args.namespace.clone(),
+                })
+                .await?;
+            print(args.output, &rows, |rows| {
+                let mut table = table(&["NAMESPACE", "NAME", "KEYS", "VERSION", "USED BY", "AGE"]);
+                for row in rows {
+                    table.add_row(vec![
+                        row.namespace.clone(),
+                        row.name.clone(),
+                        row.keys.join(","),
+                        row.version.to_string(),
+                        row.used_by.join(","),
+                        age(row.created_at),
                     ]);
                 }
                 format!("{table}\n")

@@ -17,4 +17,5 @@ pub mod rollout;
 pub mod run;
 pub mod scale;
 pub mod scheduler;
+pub mod secret;
 pub mod up;

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use anyhow::Context as _;
 use clap::Args;
 use shoal_scheduler::controller::{self, Options};
 
@@ -26,23 +27,46 @@ pub struct SchedulerArgs {
     /// Lease period: a dead leader is replaced after about this long.
     #[arg(long, default_value = "5s", value_parser = crate::duration::parse)]
     pub lease: Duration,
+
+    /// The lattice's secrets key (an xkey seed file): secrets are sealed to it, and the
+    /// scheduler opens them only to seal them again to the hosts that run their apps. Give
+    /// every scheduler of a lattice the same file (`shoal auth init` writes one as
+    /// secrets.xk); a missing file is created. Without it, apps that list secrets are not
+    /// placed.
+    #[arg(long, env = "SHOAL_SECRETS_KEY", value_name = "FILE")]
+    pub secrets_key: Option<std::path::PathBuf>,
 }
 
 impl SchedulerArgs {
-    pub fn options(&self) -> Options {
-        Options {
+    pub fn options(&self) -> anyhow::Result<Options> {
+        let secrets_key = match &self.secrets_key {
+            Some(path) => {
+                let (key, created) = shoal_lattice::secrets::key_file(path)
+                    .with_context(|| format!("cannot read or write {}", path.display()))?;
+                if created {
+                    eprintln!(
+                        "created the lattice's secrets key in {}: give every scheduler of this lattice that file",
+                        path.display()
+                    );
+                }
+                Some(key)
+            }
+            None => None,
+        };
+        Ok(Options {
             id: self
                 .id
                 .clone()
                 .unwrap_or_else(|| format!("scheduler-{}", std::process::id())),
             host_timeout: self.host_timeout,
             lease: self.lease,
-        }
+            secrets_key,
+        })
     }
 }
 
 pub async fn run(args: SchedulerArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
-    let options = args.options();
+    let options = args.options()?;
     let connection = lattice
         .connect_as(&options.id, shoal_lattice::store::SCHEDULER_ORIGIN)
         .await?;

@@ -279,6 +279,17 @@ pub async fn run(args: UpArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
     result
 }
 
+/// Where `shoal up` keeps its lattice's secrets key: beside its JetStream data.
+fn secrets_key_file(args: &UpArgs) -> anyhow::Result<PathBuf> {
+    Ok(match &args.data_dir {
+        Some(dir) => dir.clone(),
+        None => dirs::data_dir()
+            .context("no data directory for this user: pass --data-dir")?
+            .join("shoal/nats"),
+    }
+    .join("secrets.xk"))
+}
+
 /// A site's credentials, from `shoal auth site`'s directory.
 struct Site {
     auth: crate::commands::auth::SiteAuth,
@@ -423,6 +434,7 @@ async fn serve(
             id: Some("up-scheduler".to_owned()),
             host_timeout: Duration::from_secs(3),
             lease: Duration::from_secs(5),
+            secrets_key: Some(secrets_key_file(args)?),
         };
         // nats-server may still be starting: retry for a while before giving up.
         let deadline = std::time::Instant::now() + Duration::from_secs(15);
@@ -438,7 +450,7 @@ async fn serve(
         };
         tasks.spawn({
             let stopped = wait(stopped.clone());
-            let options = scheduler.options();
+            let options = scheduler.options()?;
             async move {
                 controller::run(connection, options, stopped)
                     .await

@@ -110,6 +110,8 @@ pub struct Agent<F> {
     cached: Arc<Mutex<Vec<String>>>,
     in_use: Arc<tokio::sync::watch::Sender<std::collections::BTreeSet<String>>>,
     metrics: Arc<Metrics>,
+    /// The key the lattice seals this host's secrets to (kept in the state directory).
+    secrets_key: Arc<shoal_lattice::secrets::XKey>,
 }
 
 /// A lattice connection as the host uses it.
@@ -136,7 +138,17 @@ struct Provenance {
 impl<F: Fetch> Agent<F> {
     /// An agent.
     pub fn new(runtime: Arc<Runtime>, fetch: F, options: AgentOptions) -> Self {
+        let secrets_key = match &options.state_dir {
+            Some(dir) => crate::state::StateFile::new(dir)
+                .secrets_key()
+                .unwrap_or_else(|error| {
+                    tracing::warn!(%error, "cannot keep a secrets key; this one lasts until the host stops");
+                    shoal_lattice::secrets::new_key()
+                }),
+            None => shoal_lattice::secrets::new_key(),
+        };
         Self {
+            secrets_key: Arc::new(secrets_key),
             metrics: Arc::new(Metrics::default()),
             runtime,
             fetch: Arc::new(fetch),
@@ -211,6 +223,7 @@ impl<F: Fetch> Agent<F> {
             metrics: Arc::clone(&self.metrics),
             log_lines: log_lines.clone(),
             own_listeners: self.options.own_listeners.clone(),
+            secrets_key: Arc::clone(&self.secrets_key),
             cached: Arc::clone(&self.cached),
             in_use: Arc::clone(&self.in_use),
             replicas: std::collections::HashMap::new(),
@@ -697,6 +710,7 @@ impl<F: Fetch> Agent<F> {
                 .unwrap_or_default(),
             draining,
             lost_after: self.options.lost_after.map(Span),
+            secrets_key: Some(self.secrets_key.public_key()),
             lattice_mismatch: mismatch,
         }
     }

@@ -79,6 +79,8 @@ pub(crate) struct Supervisor<F> {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) log_lines: LogQueue,
     pub(crate) own_listeners: Vec<SocketAddr>,
+    /// This host's secrets key: what the secrets in its assignments are sealed to.
+    pub(crate) secrets_key: Arc<shoal_lattice::secrets::XKey>,
     /// Component digests pulled here, newest last (for the host record).
     pub(crate) cached: Arc<Mutex<Vec<String>>>,
     /// The component digests the replicas run: a cache budget never evicts them.
@@ -152,6 +154,7 @@ impl<F: Fetch> Supervisor<F> {
                 services,
                 output,
                 own_listeners: self.own_listeners.clone(),
+                secrets_key: Arc::clone(&self.secrets_key),
             },
             self.started.clone(),
         );
@@ -364,6 +367,7 @@ struct Links {
     services: Arc<dyn Services>,
     output: GuestOutput,
     own_listeners: Vec<SocketAddr>,
+    secrets_key: Arc<shoal_lattice::secrets::XKey>,
 }
 
 /// Pulls, compiles and instantiates one replica, reporting progress; sends the outcome.
@@ -393,8 +397,27 @@ async fn start<F: Fetch>(
             let excess = cached.len().saturating_sub(MAX_CACHED);
             cached.drain(..excess);
         }
+        // What the guest reads through wasi:config: its config, then its secrets (opened
+        // here, in memory only; apply refuses a key that both define).
+        let mut config = assignment
+            .template
+            .config_values(&assignment.config_objects);
+        if let Some(sealed) = &assignment.secrets {
+            let secrets = sealed.open(&links.secrets_key).map_err(|error| {
+                (
+                    "SecretsUnavailable".to_owned(),
+                    format!("the app's secrets do not open with this host's key: {error}"),
+                )
+            })?;
+            config.extend(
+                secrets
+                    .values()
+                    .iter()
+                    .map(|(key, value)| (key.clone(), value.clone())),
+            );
+        }
+        let config = Arc::new(crate::config::ConfigMap::new(config));
         let template = assignment.template.clone();
-        let config_objects = assignment.config_objects.clone();
         let name = format!("{}/{}", assignment.namespace, assignment.app);
         tokio::task::spawn_blocking(move || {
             let loaded = runtime
@@ -406,7 +429,7 @@ async fn start<F: Fetch>(
             let limits = Limits::for_app(&template.limits);
             let options = GuestOptions {
                 env: template.environment().clone().into_iter().collect(),
-                config: Arc::new(template.config_values(&config_objects)),
+                config,
                 dirs: Vec::new(),
                 outbound,
                 args: Vec::new(),
