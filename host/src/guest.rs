@@ -160,6 +160,9 @@ pub struct GuestOptions {
     pub env: Vec<(String, String)>,
     /// What the guest reads through `wasi:config/store`.
     pub config: crate::config::ConfigValues,
+    /// The key-value stores the guest may open through `wasi:keyvalue` (none: every open
+    /// is `access-denied`).
+    pub stores: Option<crate::keyvalue::StoresLink>,
     /// Directories granted.
     pub dirs: Vec<DirGrant>,
     /// Outbound HTTP allowlist.
@@ -294,6 +297,7 @@ impl WasiHttpHooks for Hooks {
 pub struct GuestState {
     wasi: WasiCtx,
     config: crate::config::ConfigValues,
+    stores: Option<crate::keyvalue::StoresLink>,
     http: WasiHttpCtx,
     table: ResourceTable,
     hooks: Hooks,
@@ -318,6 +322,12 @@ impl GuestState {
 impl crate::config::HasConfigValues for GuestState {
     fn config_values(&self) -> &std::collections::BTreeMap<String, String> {
         &self.config
+    }
+}
+
+impl crate::keyvalue::HasStores for GuestState {
+    fn kv(&mut self) -> crate::keyvalue::KvView<'_> {
+        crate::keyvalue::KvView::new(&mut self.table, self.stores.as_ref())
     }
 }
 
@@ -363,6 +373,7 @@ pub fn new_store(
     let state = GuestState {
         wasi: options.wasi(inherit_stdin)?,
         config: Arc::clone(&options.config),
+        stores: options.stores.clone(),
         http: WasiHttpCtx::new(),
         table: ResourceTable::new(),
         hooks: Hooks {

@@ -45,6 +45,7 @@ pub(crate) fn linker(engine: &Engine) -> Result<Linker<GuestState>, HostError> {
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)
         .and_then(|()| wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker))
         .and_then(|()| crate::config::add_to_linker(&mut linker))
+        .and_then(|()| crate::keyvalue::add_to_linker(&mut linker))
         .map_err(|error| HostError::Engine(format!("{error:#}")))?;
     Ok(linker)
 }

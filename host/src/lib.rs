@@ -5,6 +5,7 @@
 //! - [`limits`]: per-replica limits: memory cap, CPU quota, timeout, concurrency, body size;
 //! - [`guest`]: what a guest gets (WASI 0.2, nothing inherited, outbound HTTP by allowlist);
 //! - [`config`]: `wasi:config/store` in the versions toolchains produce;
+//! - [`keyvalue`]: `wasi:keyvalue` over the app's own JetStream KV buckets;
 //! - [`http`]: serving a wasi:http component, a fresh `Store` per request;
 //! - [`command`]: running a wasi:cli command component to completion;
 //! - [`output`]: guest stdout and stderr cut into lines for a sink (the app's logs);
@@ -20,6 +21,7 @@ pub mod error;
 pub mod forward;
 pub mod guest;
 pub mod http;
+pub mod keyvalue;
 pub mod limits;
 pub mod logs;
 pub mod metrics;

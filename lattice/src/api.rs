@@ -175,6 +175,82 @@ pub enum Request {
         /// Name.
         name: String,
     },
+    /// An operator's look at, or change to, an app's key-value store.
+    KeyValue {
+        /// Namespace.
+        namespace: String,
+        /// The app.
+        app: String,
+        /// The store (as in `spec.keyValue`).
+        store: String,
+        /// What to do.
+        op: KeyValueOp,
+    },
+}
+
+/// What `shoal kv` does to a store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "op")]
+pub enum KeyValueOp {
+    /// Read a key: answers [`KeyValueAnswer::Value`].
+    Get {
+        /// The key.
+        key: String,
+    },
+    /// Write a key.
+    Put {
+        /// The key.
+        key: String,
+        /// The value, base64.
+        value: String,
+    },
+    /// Delete a key.
+    Delete {
+        /// The key.
+        key: String,
+    },
+    /// List keys, a page after `after`: answers [`KeyValueAnswer::Keys`].
+    List {
+        /// The last key of the previous page.
+        after: Option<String>,
+    },
+}
+
+/// A store value as `shoal kv` carries it (base64).
+pub fn encode_value(value: &[u8]) -> String {
+    data_encoding::BASE64.encode(value)
+}
+
+/// A store value from its base64 form; `None` if it is not base64.
+pub fn decode_value(text: &str) -> Option<Vec<u8>> {
+    data_encoding::BASE64.decode(text.as_bytes()).ok()
+}
+
+impl KeyValueOp {
+    /// Whether it changes the store.
+    pub fn writes(&self) -> bool {
+        matches!(self, KeyValueOp::Put { .. } | KeyValueOp::Delete { .. })
+    }
+}
+
+/// What `shoal kv` gets back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "answer")]
+pub enum KeyValueAnswer {
+    /// A value (base64), or none.
+    Value {
+        /// The value.
+        value: Option<String>,
+    },
+    /// A page of keys and where the next one starts.
+    Keys {
+        /// Keys.
+        keys: Vec<String>,
+        /// The last key of this page, when there are more.
+        next: Option<String>,
+    },
+    /// Done.
+    Done,
 }
 
 impl Request {
@@ -205,6 +281,8 @@ impl Request {
             Request::PutSecret { .. } => "secret",
             Request::GetSecrets { .. } => "get",
             Request::DeleteSecret { .. } => "delete",
+            Request::KeyValue { op, .. } if op.writes() => "kv-write",
+            Request::KeyValue { .. } => "kv-read",
         }
     }
 
@@ -232,6 +310,14 @@ impl Request {
             Request::History { namespace, .. }
             | Request::DescribeApp { namespace, .. }
             | Request::DescribeConfig { namespace, .. } => (Role::Viewer, vec![namespace]),
+            Request::KeyValue { namespace, op, .. } => (
+                if op.writes() {
+                    Role::Editor
+                } else {
+                    Role::Viewer
+                },
+                vec![namespace],
+            ),
             Request::GetApps { namespace }
             | Request::GetReplicas { namespace }
             | Request::GetConfigs { namespace }

@@ -224,6 +224,9 @@ impl Identity {
 pub struct Permissions {
     /// Subjects it may publish on.
     pub publish: Vec<String>,
+    /// Subjects it may not publish on although `publish` matches them (nats-server lets a
+    /// deny win).
+    pub publish_deny: Vec<String>,
     /// Subjects it may subscribe to.
     pub subscribe: Vec<String>,
     /// Whether it may answer requests it received (one reply each).
@@ -238,22 +241,23 @@ impl Permissions {
     /// (across a leaf connection): each JetStream API subject and key write may also be sent
     /// under `$JS.<domain>.API`, which the hub maps back; nothing else is added.
     pub fn in_domain(mut self, domain: &str) -> Self {
-        let prefixed: Vec<String> = self
-            .publish
-            .iter()
-            .filter_map(|subject| {
-                if let Some(rest) = subject.strip_prefix("$JS.API.") {
-                    Some(format!("$JS.{domain}.API.{rest}"))
-                } else {
-                    subject
-                        .starts_with("$KV.")
-                        .then(|| format!("$JS.{domain}.API.{subject}"))
-                }
-            })
-            .collect();
-        self.publish.extend(prefixed);
-        self.publish.sort();
-        self.publish.dedup();
+        for list in [&mut self.publish, &mut self.publish_deny] {
+            let prefixed: Vec<String> = list
+                .iter()
+                .filter_map(|subject| {
+                    if let Some(rest) = subject.strip_prefix("$JS.API.") {
+                        Some(format!("$JS.{domain}.API.{rest}"))
+                    } else {
+                        subject
+                            .starts_with("$KV.")
+                            .then(|| format!("$JS.{domain}.API.{subject}"))
+                    }
+                })
+                .collect();
+            list.extend(prefixed);
+            list.sort();
+            list.dedup();
+        }
         self
     }
 }
@@ -295,6 +299,7 @@ pub fn permissions(lattice: &str, identity: &Identity) -> Permissions {
     let kv_stream = |bucket: Bucket| format!("KV_{}", bucket.name(lattice));
     let kv_key = |bucket: Bucket, key: &str| format!("$KV.{}.{key}", bucket.name(lattice));
     let mut publish = Vec::new();
+    let mut publish_deny = Vec::new();
     let mut subscribe = vec![format!("{}.>", identity.inbox_prefix())];
     match identity {
         Identity::Host { id } => {
@@ -334,6 +339,22 @@ pub fn permissions(lattice: &str, identity: &Identity) -> Permissions {
                 kv_stream(Bucket::Status),
                 kv_key(Bucket::Status, crate::names::LATTICE_IDENTITY)
             ));
+            // Apps' key-value stores, for the replicas it runs (the host gives each guest
+            // its own app's stores only): guest keys live under a token that no key of
+            // the lattice's own buckets has.
+            publish.extend([
+                "$JS.API.STREAM.INFO.*".to_owned(),
+                format!("$KV.*.{}.>", crate::appkv::KEY_PREFIX),
+                format!("$JS.API.DIRECT.GET.*.$KV.*.{}.>", crate::appkv::KEY_PREFIX),
+            ]);
+            // That token in the lattice's own buckets is not a store's.
+            for bucket in Bucket::ALL {
+                publish_deny.push(format!(
+                    "$KV.{}.{}.>",
+                    bucket.name(lattice),
+                    crate::appkv::KEY_PREFIX
+                ));
+            }
             publish.extend([
                 kv_key(Bucket::Hosts, id),
                 kv_key(Bucket::Status, &format!("replicas.{id}.*")),
@@ -403,6 +424,7 @@ pub fn permissions(lattice: &str, identity: &Identity) -> Permissions {
     subscribe.dedup();
     Permissions {
         publish,
+        publish_deny,
         subscribe,
         responses: matches!(
             identity,
@@ -432,6 +454,8 @@ struct Claims<N> {
 struct SubjectList {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     allow: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    deny: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -623,16 +647,17 @@ pub fn user_jwt(
     tags: Vec<String>,
     issued_at: u64,
 ) -> Result<String, AuthError> {
-    let (publish, subscribe, resp, allowed_connection_types) = match permissions {
+    let (publish, deny, subscribe, resp, allowed_connection_types) = match permissions {
         Some(permissions) => (
             permissions.publish.clone(),
+            permissions.publish_deny.clone(),
             permissions.subscribe.clone(),
             permissions
                 .responses
                 .then_some(ResponsePermission { max: 1, ttl: 0 }),
             permissions.connection_types.clone(),
         ),
-        None => (Vec::new(), Vec::new(), None, Vec::new()),
+        None => (Vec::new(), Vec::new(), Vec::new(), None, Vec::new()),
     };
     sign(
         account,
@@ -640,8 +665,14 @@ pub fn user_jwt(
         name,
         issued_at,
         UserNats {
-            publish: SubjectList { allow: publish },
-            subscribe: SubjectList { allow: subscribe },
+            publish: SubjectList {
+                allow: publish,
+                deny,
+            },
+            subscribe: SubjectList {
+                allow: subscribe,
+                deny: Vec::new(),
+            },
             resp,
             subs: -1,
             data: -1,

@@ -6,6 +6,7 @@
 //! writes that can race are compare-and-set on the key's revision.
 
 pub mod api;
+pub mod appkv;
 pub mod auth;
 pub mod error;
 pub mod events;

@@ -63,6 +63,10 @@ pub struct AppSpec {
     /// app out as a new revision.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub secrets: Vec<String>,
+    /// Key-value stores the component may open through `wasi:keyvalue` (by name; each is
+    /// this app's own JetStream KV bucket).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub key_value: Vec<KeyValueStore>,
     /// Outbound HTTP the component may make (scheme, host, optional port; `*.` wildcards).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_outbound: Vec<String>,
@@ -83,6 +87,25 @@ pub struct AppSpec {
     /// link that drops); without it they are replaced as soon as the host is lost.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disconnect: Option<Disconnect>,
+}
+
+/// A key-value store an app may open (`spec.keyValue`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyValueStore {
+    /// The name the component opens it by (`default` is what most components open).
+    pub name: String,
+    /// Most bytes the store holds (keys, values and JetStream's overhead); a write past it
+    /// fails in the guest. Default 64Mi.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<Memory>,
+}
+
+impl KeyValueStore {
+    /// Bytes the store may hold.
+    pub fn max_bytes(&self) -> u64 {
+        self.max_bytes.map_or(64 << 20, |bytes| bytes.0)
+    }
 }
 
 /// An app's policy for replicas on a silent host, after Nomad's `disconnect` block.
@@ -718,6 +741,7 @@ mod tests {
                 routes: vec![],
                 config: BTreeMap::new(),
                 secrets: vec![],
+                key_value: Vec::new(),
                 config_from: Vec::new(),
                 env: Default::default(),
                 allowed_outbound: vec![],

@@ -37,6 +37,16 @@ pub const MAX_ROUTES: usize = 64;
 pub const MAX_PATH: usize = 1024;
 /// Longest host name (DNS).
 pub const MAX_HOST_NAME: usize = 253;
+/// Most key-value stores of one app.
+pub const MAX_KV_STORES: usize = 16;
+/// Smallest `maxBytes` of a key-value store.
+pub const MIN_KV_BYTES: u64 = 64 << 10;
+/// Largest `maxBytes` of a key-value store.
+pub const MAX_KV_BYTES: u64 = 64 << 30;
+/// Longest key a guest may use in a key-value store.
+pub const MAX_KV_KEY: usize = 256;
+/// Largest value a guest may store.
+pub const MAX_KV_VALUE: usize = 1 << 20;
 /// Most config entries of one app.
 pub const MAX_CONFIG_ENTRIES: usize = 256;
 /// Most bytes of config (names and values) of one app.
@@ -401,6 +411,31 @@ impl Problems {
                 }
             }
         }
+        if spec.key_value.len() > MAX_KV_STORES {
+            self.add(
+                format!("{prefix}.keyValue"),
+                format!("must grant at most {MAX_KV_STORES} stores"),
+            );
+        }
+        for (index, store) in spec.key_value.iter().enumerate() {
+            let path = format!("{prefix}.keyValue[{index}]");
+            self.name(&format!("{path}.name"), "store name", &store.name);
+            if spec.key_value[..index]
+                .iter()
+                .any(|other| other.name == store.name)
+            {
+                self.add(
+                    format!("{path}.name"),
+                    format!("names {:?} twice", store.name),
+                );
+            }
+            if !(MIN_KV_BYTES..=MAX_KV_BYTES).contains(&store.max_bytes()) {
+                self.add(
+                    format!("{path}.maxBytes"),
+                    "must be between 64Ki and 64Gi".to_owned(),
+                );
+            }
+        }
         if spec.config_from.len() > MAX_LIST {
             self.add(
                 format!("{prefix}.configFrom"),
@@ -677,6 +712,7 @@ impl Validate for RouteRecord {
             routes: self.routes.clone(),
             config: Default::default(),
             secrets: Vec::new(),
+            key_value: Vec::new(),
             config_from: Vec::new(),
             env: Default::default(),
             allowed_outbound: Vec::new(),

@@ -99,6 +99,65 @@ fn no_app(namespace: &str, name: &str) -> ApiError {
     )
 }
 
+/// `shoal kv`: one operation on a store the app grants.
+async fn key_value(
+    lattice: &Lattice,
+    namespace: &str,
+    app: &str,
+    store: &str,
+    op: shoal_lattice::api::KeyValueOp,
+) -> Result<shoal_lattice::api::KeyValueAnswer, ApiError> {
+    use shoal_lattice::api::{KeyValueAnswer, KeyValueOp, decode_value, encode_value};
+    let record = lattice
+        .get::<AppRecord>(Bucket::Apps, &app_key(namespace, app))
+        .await
+        .map_err(internal)?
+        .ok_or_else(|| no_app(namespace, app))?;
+    if !record
+        .value
+        .spec
+        .key_value
+        .iter()
+        .any(|granted| granted.name == store)
+    {
+        return Err(ApiError::new(
+            ErrorCode::NotFound,
+            format!("app {namespace}/{app} has no key-value store {store:?} (spec.keyValue)"),
+        ));
+    }
+    let opened = lattice
+        .open_app_store(namespace, app, store)
+        .await
+        .map_err(internal)?;
+    let invalid = |error: shoal_lattice::appkv::StoreError| match error {
+        shoal_lattice::appkv::StoreError::Unreachable(_) => internal(error),
+        _ => ApiError::new(ErrorCode::Invalid, error.to_string()),
+    };
+    Ok(match op {
+        KeyValueOp::Get { key } => KeyValueAnswer::Value {
+            value: opened
+                .get(&key)
+                .await
+                .map_err(invalid)?
+                .map(|value| encode_value(&value)),
+        },
+        KeyValueOp::Put { key, value } => {
+            let value = decode_value(&value)
+                .ok_or_else(|| ApiError::new(ErrorCode::Invalid, "the value is not base64"))?;
+            opened.set(&key, value).await.map_err(invalid)?;
+            KeyValueAnswer::Done
+        }
+        KeyValueOp::Delete { key } => {
+            opened.delete(&key).await.map_err(invalid)?;
+            KeyValueAnswer::Done
+        }
+        KeyValueOp::List { after } => {
+            let (keys, next) = opened.list(after.as_deref()).await.map_err(invalid)?;
+            KeyValueAnswer::Keys { keys, next }
+        }
+    })
+}
+
 /// The answer to deleting a config object or a secret.
 fn deleted(
     outcome: configs::Deleted,
@@ -239,6 +298,12 @@ async fn handle(
             &name,
             "spec.configFrom",
         ),
+        Request::KeyValue {
+            namespace,
+            app,
+            store,
+            op,
+        } => to_json(key_value(lattice, &namespace, &app, &store, op).await?),
         Request::SecretsKey => to_json(
             lattice
                 .get::<shoal_lattice::records::SecretsKey>(
@@ -303,6 +368,12 @@ async fn handle(
             {
                 return Err(no_app(&namespace, &name));
             }
+            // Its key-value data goes with it: an app applied again under the name starts
+            // empty.
+            lattice
+                .remove_app_stores(&namespace, &name, &[])
+                .await
+                .map_err(internal)?;
             to_json(())
         }
         Request::Scale {
@@ -569,6 +640,15 @@ fn check_names(request: &Request) -> Result<(), ApiError> {
             check_name("secret name", name).map_err(invalid)
         }
         Request::SecretsKey => Ok(()),
+        Request::KeyValue {
+            namespace,
+            app,
+            store,
+            ..
+        } => {
+            check(namespace, app)?;
+            check_name("store name", store).map_err(invalid)
+        }
         Request::GetApps { namespace }
         | Request::GetReplicas { namespace }
         | Request::GetConfigs { namespace }
@@ -717,6 +797,16 @@ async fn apply_all(lattice: &Lattice, apps: Vec<AppManifest>) -> Result<Vec<Appl
     }
     let mut applied = Vec::with_capacity(parsed.len());
     for (app, pinned) in parsed.iter().zip(&pins) {
+        // Its key-value stores exist before any replica may open them.
+        lattice
+            .ensure_app_stores(&app.namespace, &app.name, &app.spec.key_value)
+            .await
+            .map_err(|error| {
+                internal(format!(
+                    "cannot make the key-value stores of app {}/{}: {error}",
+                    app.namespace, app.name
+                ))
+            })?;
         let (change, _) = apply::apply(lattice, app, pinned).await.map_err(|error| {
             internal(format!(
                 "cannot store app {}/{}: {error}",

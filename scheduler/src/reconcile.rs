@@ -316,6 +316,7 @@ mod tests {
                 routes: vec![],
                 config: BTreeMap::new(),
                 secrets: vec![],
+                key_value: Vec::new(),
                 config_from: Vec::new(),
                 env: Default::default(),
                 allowed_outbound: vec![],

@@ -10,6 +10,7 @@ pub mod events;
 pub mod get;
 pub mod host;
 pub mod inspect;
+pub mod kv;
 pub mod logs;
 pub mod pull;
 pub mod push;

@@ -151,6 +151,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
     let options = GuestOptions {
         env: args.env.clone(),
         config: std::sync::Arc::new(args.config.iter().cloned().collect()),
+        stores: None,
         dirs: args.dirs.clone(),
         outbound,
         args: guest_args,

@@ -17,16 +17,26 @@ use crate::limits::Limits;
 use crate::metrics::{Metrics, Path as MetricsPath};
 use crate::router::{AppRoutes, Lookup, Router};
 
-/// The way to other hosts: a forwarder once the host has joined its lattice. Before (a host
-/// started offline serves its own replicas from its saved state), requests for apps with no
-/// ready replica here get 503 with Retry-After.
+/// The way to other hosts and to the lattice's state: a forwarder and the connection once
+/// the host has joined its lattice. Before (a host started offline serves its own replicas
+/// from its saved state), requests for apps with no ready replica here get 503 with
+/// Retry-After, and guests' key-value stores are unreachable.
 #[derive(Clone, Default)]
-pub(crate) struct Uplink(Arc<OnceLock<Forwarder>>);
+pub(crate) struct Uplink(
+    Arc<OnceLock<Forwarder>>,
+    Arc<OnceLock<shoal_lattice::Lattice>>,
+);
 
 impl Uplink {
     /// The host has joined: requests may be forwarded from now on.
-    pub(crate) fn joined(&self, forwarder: Forwarder) {
+    pub(crate) fn joined(&self, forwarder: Forwarder, lattice: shoal_lattice::Lattice) {
         let _ = self.0.set(forwarder);
+        let _ = self.1.set(lattice);
+    }
+
+    /// The lattice connection, once joined.
+    pub(crate) fn lattice(&self) -> Option<&shoal_lattice::Lattice> {
+        self.1.get()
     }
 
     /// Whether the host has joined its lattice.

@@ -14,6 +14,7 @@ mod ingress;
 mod probe;
 mod report;
 mod services;
+mod stores;
 mod supervisor;
 
 use std::collections::{BTreeMap, HashSet};
@@ -320,7 +321,7 @@ impl<F: Fetch> Agent<F> {
                         }
                         assignment_changes = Some(link.assignments.changes());
                         routing_changes = Some(link.routing.changes());
-                        uplink.joined(link.forwarder.clone());
+                        uplink.joined(link.forwarder.clone(), link.lattice.clone());
                         reporter.joined(link.lattice.clone()).await;
                         if let Some(lines) = unpublished.take() {
                             publisher =

@@ -155,6 +155,20 @@ impl<F: Fetch> Supervisor<F> {
                 output,
                 own_listeners: self.own_listeners.clone(),
                 secrets_key: Arc::clone(&self.secrets_key),
+                stores: (!assignment.template.key_value.is_empty()).then(|| {
+                    crate::keyvalue::StoresLink(Arc::new(super::stores::AppStores {
+                        namespace: assignment.namespace.clone(),
+                        app: assignment.app.clone(),
+                        granted: assignment
+                            .template
+                            .key_value
+                            .iter()
+                            .map(|store| store.name.clone())
+                            .collect(),
+                        uplink: self.uplink.clone(),
+                        opened: tokio::sync::Mutex::default(),
+                    }))
+                }),
             },
             self.started.clone(),
         );
@@ -368,6 +382,7 @@ struct Links {
     output: GuestOutput,
     own_listeners: Vec<SocketAddr>,
     secrets_key: Arc<shoal_lattice::secrets::XKey>,
+    stores: Option<crate::keyvalue::StoresLink>,
 }
 
 /// Pulls, compiles and instantiates one replica, reporting progress; sends the outcome.
@@ -430,6 +445,7 @@ async fn start<F: Fetch>(
             let options = GuestOptions {
                 env: template.environment().clone().into_iter().collect(),
                 config,
+                stores: links.stores,
                 dirs: Vec::new(),
                 outbound,
                 args: Vec::new(),
