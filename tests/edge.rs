@@ -505,22 +505,8 @@ fn a_secure_site_reaches_its_hub_with_its_own_credentials_and_no_more() {
         "leafnodes {{ listen: \"127.0.0.1:{leafnodes}\" }}\njetstream {{ domain: hub }}\n"
     ));
     let name = lattice.name.clone();
-    let scheduler_creds = lattice.mint(&["scheduler", "s1"], "s1");
-    let _scheduler = lattice.spawn(
-        &[
-            "scheduler",
-            "--id",
-            "s1",
-            "--host-timeout",
-            "60s",
-            "--nats-creds",
-            scheduler_creds.to_str().unwrap(),
-        ],
-        "s1",
-        false,
-    );
-    let hub_host_creds = lattice.mint(&["host", "hub-1"], "hub-1");
-    let hub_host = lattice.host_with("hub-1", &["--nats-creds", hub_host_creds.to_str().unwrap()]);
+    let _scheduler = lattice.secure_scheduler("60s");
+    let hub_host = lattice.secure_host("hub-1");
 
     // The hub's operator mints the site's credentials (for as many hosts as a site may
     // have: the largest credential must still pass nats-server's control line); the site

@@ -164,22 +164,9 @@ fn apps_keep_state_in_their_own_stores_and_lose_no_update() {
 #[test]
 fn a_host_credential_reaches_app_stores_but_not_the_lattice_s_own_buckets() {
     let lattice = Lattice::start_secure();
-    let scheduler_creds = lattice.mint(&["scheduler", "s1"], "s1");
-    let _scheduler = lattice.spawn(
-        &[
-            "scheduler",
-            "--id",
-            "s1",
-            "--host-timeout",
-            "1s",
-            "--nats-creds",
-            scheduler_creds.to_str().unwrap(),
-        ],
-        "s1",
-        false,
-    );
-    let creds = lattice.mint(&["host", "h1"], "h1");
-    let host = lattice.host_with("h1", &["--nats-creds", creds.to_str().unwrap()]);
+    let _scheduler = lattice.secure_scheduler("1s");
+    let host = lattice.secure_host("h1");
+    let creds = lattice.auth_dir().join("h1.creds");
     let counter = lattice.push_guest("kv-counter", "1.0");
     lattice.apply(&hello_manifest(
         "counter",

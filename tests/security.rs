@@ -16,40 +16,14 @@ use support::raw::Raw;
 
 const PATIENCE: Duration = Duration::from_secs(30);
 
-/// `shoal scheduler` s1 with its own credential, a 1 s host timeout and lease.
-fn secure_scheduler(lattice: &Lattice) -> support::lattice::Process {
-    let creds = lattice.mint(&["scheduler", "s1"], "s1");
-    lattice.spawn(
-        &[
-            "scheduler",
-            "--id",
-            "s1",
-            "--host-timeout",
-            "1s",
-            "--lease",
-            "1s",
-            "--nats-creds",
-            creds.to_str().unwrap(),
-        ],
-        "s1",
-        false,
-    )
-}
-
-/// A host with its own credential.
-fn secure_host(lattice: &Lattice, id: &str) -> support::lattice::Process {
-    let creds = lattice.mint(&["host", id], id);
-    lattice.host_with(id, &["--nats-creds", creds.to_str().unwrap()])
-}
-
 fn secure_lattice_with_hello() -> (
     Lattice,
     support::lattice::Process,
     support::lattice::Process,
 ) {
     let lattice = Lattice::start_secure();
-    let scheduler = secure_scheduler(&lattice);
-    let host = secure_host(&lattice, "h1");
+    let scheduler = lattice.secure_scheduler("1s");
+    let host = lattice.secure_host("h1");
     let hello = lattice.push_hello("1.0");
     lattice.apply(&hello_manifest("hello", &hello, 1, ""));
     lattice.wait_ready("hello", 1, PATIENCE);
@@ -169,7 +143,7 @@ fn in_namespace(name: &str, namespace: &str, component: &str) -> String {
 #[test]
 fn roles_decide_what_each_user_may_do_and_refusals_exit_77() {
     let lattice = Lattice::start_secure();
-    let _scheduler = secure_scheduler(&lattice);
+    let _scheduler = lattice.secure_scheduler("1s");
     let hello = lattice.push_hello("1.0");
     lattice.apply(&in_namespace("web", "team-a", &hello));
     lattice.apply(&in_namespace("shop", "team-b", &hello));
@@ -433,10 +407,10 @@ fn namespaces_are_a_boundary_for_service_discovery_and_route_hosts() {
 #[test]
 fn an_admin_drains_a_host_without_a_failed_request_and_others_may_not() {
     let lattice = Lattice::start_secure();
-    let _scheduler = secure_scheduler(&lattice);
+    let _scheduler = lattice.secure_scheduler("1s");
     let hosts: Vec<_> = ["h1", "h2"]
         .iter()
-        .map(|id| secure_host(&lattice, id))
+        .map(|id| lattice.secure_host(id))
         .collect();
     let hello = lattice.push_hello("1.0");
     lattice.apply(&hello_manifest("hello", &hello, 2, ""));

@@ -99,6 +99,26 @@ fn no_app(namespace: &str, name: &str) -> ApiError {
     )
 }
 
+/// Whether the caller lists things of a namespace: one it may view, and the one it asked
+/// for if it named one.
+fn visible<'a>(caller: &'a Caller, wanted: Option<&'a str>) -> impl Fn(&str) -> bool + 'a {
+    move |namespace| caller.may_view(namespace) && wanted.is_none_or(|wanted| wanted == namespace)
+}
+
+/// Refuses `what` when it has `problems`, naming each.
+fn refuse_invalid(what: &str, problems: Vec<String>) -> Result<(), ApiError> {
+    if problems.is_empty() {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        ErrorCode::Invalid,
+        format!(
+            "{what} is not valid; nothing was stored:\n  {}",
+            problems.join("\n  ")
+        ),
+    ))
+}
+
 /// `shoal kv`: one operation on a store the app grants.
 async fn key_value(
     lattice: &Lattice,
@@ -257,16 +277,10 @@ async fn handle(
             name,
             data,
         } => {
-            let problems = shoal_lattice::validate::config_data_problems(&data);
-            if !problems.is_empty() {
-                return Err(ApiError::new(
-                    ErrorCode::Invalid,
-                    format!(
-                        "config {namespace}/{name} is not valid; nothing was stored:\n  {}",
-                        problems.join("\n  ")
-                    ),
-                ));
-            }
+            refuse_invalid(
+                &format!("config {namespace}/{name}"),
+                shoal_lattice::validate::config_data_problems(&data),
+            )?;
             to_json(
                 configs::put(lattice, &namespace, &name, data)
                     .await
@@ -274,14 +288,9 @@ async fn handle(
             )
         }
         Request::GetConfigs { namespace } => to_json(
-            configs::list(lattice, |object_namespace| {
-                caller.may_view(object_namespace)
-                    && namespace
-                        .as_deref()
-                        .is_none_or(|wanted| wanted == object_namespace)
-            })
-            .await
-            .map_err(internal)?,
+            configs::list(lattice, visible(&caller, namespace.as_deref()))
+                .await
+                .map_err(internal)?,
         ),
         Request::DescribeConfig { namespace, name } => to_json(
             configs::describe(lattice, &namespace, &name)
@@ -326,16 +335,10 @@ async fn handle(
             keys,
             sealed,
         } => {
-            let problems = secret_problems(&keys, &sealed);
-            if !problems.is_empty() {
-                return Err(ApiError::new(
-                    ErrorCode::Invalid,
-                    format!(
-                        "secret {namespace}/{name} is not valid; nothing was stored:\n  {}",
-                        problems.join("\n  ")
-                    ),
-                ));
-            }
+            refuse_invalid(
+                &format!("secret {namespace}/{name}"),
+                secret_problems(&keys, &sealed),
+            )?;
             to_json(
                 secrets::put(lattice, &namespace, &name, keys, sealed)
                     .await
@@ -343,14 +346,9 @@ async fn handle(
             )
         }
         Request::GetSecrets { namespace } => to_json(
-            secrets::list(lattice, |secret_namespace| {
-                caller.may_view(secret_namespace)
-                    && namespace
-                        .as_deref()
-                        .is_none_or(|wanted| wanted == secret_namespace)
-            })
-            .await
-            .map_err(internal)?,
+            secrets::list(lattice, visible(&caller, namespace.as_deref()))
+                .await
+                .map_err(internal)?,
         ),
         Request::DeleteSecret { namespace, name } => deleted(
             secrets::delete(lattice, &namespace, &name)
@@ -468,12 +466,7 @@ async fn handle(
                 .await
                 .map_err(internal)?
                 .into_iter()
-                .filter(|record| {
-                    caller.may_view(&record.value.namespace)
-                        && namespace
-                            .as_ref()
-                            .is_none_or(|wanted| *wanted == record.value.namespace)
-                })
+                .filter(|record| visible(&caller, namespace.as_deref())(&record.value.namespace))
                 .map(|record| AppView {
                     status: status.get(&record.key).cloned(),
                     app: record.value,
@@ -550,10 +543,7 @@ async fn handle(
                 .await?
                 .into_iter()
                 .filter(|replica| {
-                    caller.may_view(&replica.assignment.namespace)
-                        && namespace
-                            .as_ref()
-                            .is_none_or(|wanted| *wanted == replica.assignment.namespace)
+                    visible(&caller, namespace.as_deref())(&replica.assignment.namespace)
                 })
                 .collect();
             to_json(replicas)

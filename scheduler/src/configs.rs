@@ -117,46 +117,61 @@ pub async fn put(
             key,
         });
     };
-    let mut apps = Vec::new();
-    for app in users(lattice, namespace, name).await? {
+    let users = users(lattice, namespace, name).await?;
+    let apps = reapply(lattice, users, |app| {
         let behind = app
-            .value
             .config_objects
             .get(name)
             .is_none_or(|pinned| pinned.version != object.version);
-        if !behind {
-            continue;
-        }
-        let mut pinned = app.value.config_objects.clone();
-        pinned.insert(
-            name.to_owned(),
-            PinnedConfig {
-                version: object.version,
-                data: object.data.clone(),
-            },
-        );
-        let manifest = App {
-            name: app.value.name.clone(),
-            namespace: app.value.namespace.clone(),
-            spec: app.value.spec.clone(),
-        };
-        let pins = apply::Pinned {
-            config_objects: pinned,
-            ..apply::Pinned::of(&app.value)
-        };
-        let (change, _) = apply::apply(lattice, &manifest, &pins).await?;
-        apps.push(AppliedApp {
-            namespace: manifest.namespace,
-            name: manifest.name,
-            applied: change,
-        });
-    }
+        behind.then(|| {
+            let mut pinned = apply::Pinned::of(app);
+            pinned.config_objects.insert(
+                name.to_owned(),
+                PinnedConfig {
+                    version: object.version,
+                    data: object.data.clone(),
+                },
+            );
+            pinned
+        })
+    })
+    .await?;
     Ok(ConfigPut {
         version: object.version,
         created,
         changed,
         apps,
     })
+}
+
+/// Applies each of `apps` again with what `pin` says it should now pin (`None`: it is up to
+/// date): a new revision each, rolled out as any other.
+///
+/// # Errors
+/// Lattice errors.
+pub(crate) async fn reapply(
+    lattice: &Lattice,
+    apps: Vec<Versioned<AppRecord>>,
+    pin: impl Fn(&AppRecord) -> Option<apply::Pinned>,
+) -> Result<Vec<AppliedApp>, Error> {
+    let mut applied = Vec::new();
+    for app in apps {
+        let Some(pinned) = pin(&app.value) else {
+            continue;
+        };
+        let manifest = App {
+            name: app.value.name,
+            namespace: app.value.namespace,
+            spec: app.value.spec,
+        };
+        let (change, _) = apply::apply(lattice, &manifest, &pinned).await?;
+        applied.push(AppliedApp {
+            namespace: manifest.namespace,
+            name: manifest.name,
+            applied: change,
+        });
+    }
+    Ok(applied)
 }
 
 /// The apps of `namespace` whose `configFrom` names `name`.
@@ -259,15 +274,33 @@ pub enum Deleted {
 /// # Errors
 /// Lattice errors.
 pub async fn delete(lattice: &Lattice, namespace: &str, name: &str) -> Result<Deleted, Error> {
+    delete_unused(lattice, Bucket::Configs, namespace, name, |spec| {
+        &spec.config_from
+    })
+    .await
+}
+
+/// Deletes `namespace/name` from `bucket` (of config objects or secrets) unless an app of
+/// the namespace lists it in `field`.
+///
+/// # Errors
+/// Lattice errors.
+pub(crate) async fn delete_unused(
+    lattice: &Lattice,
+    bucket: Bucket,
+    namespace: &str,
+    name: &str,
+    field: impl Fn(&shoal_lattice::records::AppSpec) -> &Vec<String>,
+) -> Result<Deleted, Error> {
     let key = app_key(namespace, name);
     if lattice
-        .get::<ConfigObject>(Bucket::Configs, &key)
+        .get::<serde_json::Value>(bucket, &key)
         .await?
         .is_none()
     {
         return Ok(Deleted::NotFound);
     }
-    let users: Vec<String> = users(lattice, namespace, name)
+    let users: Vec<String> = apps_listing(lattice, namespace, name, field)
         .await?
         .into_iter()
         .map(|app| app.value.name)
@@ -275,6 +308,6 @@ pub async fn delete(lattice: &Lattice, namespace: &str, name: &str) -> Result<De
     if !users.is_empty() {
         return Ok(Deleted::InUse(users));
     }
-    lattice.delete(Bucket::Configs, &key).await?;
+    lattice.delete(bucket, &key).await?;
     Ok(Deleted::Done)
 }

@@ -15,7 +15,6 @@ use shoal_lattice::{Bucket, Error, Lattice};
 
 use crate::apply;
 use crate::configs::apps_listing;
-use crate::manifest::App;
 
 const ATTEMPTS: usize = 5;
 
@@ -167,27 +166,17 @@ pub async fn put(
             key,
         });
     };
-    let mut apps = Vec::new();
-    for app in apps_listing(lattice, namespace, name, |spec| &spec.secrets).await? {
-        if app.value.secret_versions.get(name) == Some(&secret.version) {
-            continue;
-        }
-        let mut pinned = apply::Pinned::of(&app.value);
-        pinned
-            .secret_versions
-            .insert(name.to_owned(), secret.version);
-        let manifest = App {
-            name: app.value.name.clone(),
-            namespace: app.value.namespace.clone(),
-            spec: app.value.spec.clone(),
-        };
-        let (change, _) = apply::apply(lattice, &manifest, &pinned).await?;
-        apps.push(shoal_lattice::api::AppliedApp {
-            namespace: manifest.namespace,
-            name: manifest.name,
-            applied: change,
-        });
-    }
+    let users = apps_listing(lattice, namespace, name, |spec| &spec.secrets).await?;
+    let apps = crate::configs::reapply(lattice, users, |app| {
+        (app.secret_versions.get(name) != Some(&secret.version)).then(|| {
+            let mut pinned = apply::Pinned::of(app);
+            pinned
+                .secret_versions
+                .insert(name.to_owned(), secret.version);
+            pinned
+        })
+    })
+    .await?;
     Ok(ConfigPut {
         version: secret.version,
         created,
@@ -243,25 +232,10 @@ pub async fn delete(
     namespace: &str,
     name: &str,
 ) -> Result<crate::configs::Deleted, Error> {
-    use crate::configs::Deleted;
-    let key = app_key(namespace, name);
-    if lattice
-        .get::<SecretObject>(Bucket::Secrets, &key)
-        .await?
-        .is_none()
-    {
-        return Ok(Deleted::NotFound);
-    }
-    let users: Vec<String> = apps_listing(lattice, namespace, name, |spec| &spec.secrets)
-        .await?
-        .into_iter()
-        .map(|app| app.value.name)
-        .collect();
-    if !users.is_empty() {
-        return Ok(Deleted::InUse(users));
-    }
-    lattice.delete(Bucket::Secrets, &key).await?;
-    Ok(Deleted::Done)
+    crate::configs::delete_unused(lattice, Bucket::Secrets, namespace, name, |spec| {
+        &spec.secrets
+    })
+    .await
 }
 
 /// The values of `names` (secrets of `namespace`, as `stored` holds them) sealed to the

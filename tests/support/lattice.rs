@@ -194,6 +194,11 @@ impl Lattice {
         lattice
     }
 
+    /// The secure lattice's auth directory (where `mint` writes credentials).
+    pub fn auth_dir(&self) -> &std::path::Path {
+        self.auth.as_ref().expect("a secure lattice").path()
+    }
+
     /// Mints a credential (`shoal auth ARGS -o <dir>/<file>.creds`) and returns its path.
     pub fn mint(&self, args: &[&str], file: &str) -> std::path::PathBuf {
         let dir = self.auth.as_ref().expect("a secure lattice").path();
@@ -420,6 +425,33 @@ impl Lattice {
                 (ok && stdout.contains(&quoted)).then_some(())
             },
         );
+    }
+
+    /// `shoal scheduler s1` with its own credential (a secure lattice), a 1 s lease and
+    /// `host_timeout`.
+    pub fn secure_scheduler(&self, host_timeout: &str) -> Process {
+        let creds = self.mint(&["scheduler", "s1"], "s1");
+        self.spawn(
+            &[
+                "scheduler",
+                "--id",
+                "s1",
+                "--host-timeout",
+                host_timeout,
+                "--lease",
+                "1s",
+                "--nats-creds",
+                creds.to_str().unwrap(),
+            ],
+            "s1",
+            false,
+        )
+    }
+
+    /// A host with its own credential (a secure lattice), registered.
+    pub fn secure_host(&self, id: &str) -> Process {
+        let creds = self.mint(&["host", id], id);
+        self.host_with(id, &["--nats-creds", creds.to_str().unwrap()])
     }
 
     /// Starts `shoal scheduler` with a 1 s host timeout and lease.
