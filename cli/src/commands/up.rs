@@ -391,7 +391,7 @@ fn start_leaf(
     crate::commands::auth::write_secret(
         &config,
         &format!(
-            "{trust}log_file: {:?}\nmax_payload: 9437184\nleafnodes {{ remotes: [ {{ urls: [{hub:?}]{remote} }} ] }}\n",
+            "{trust}log_file: {:?}\nlogfile_size_limit: 10MB\nlogfile_max_num: 3\nmax_payload: 9437184\nleafnodes {{ remotes: [ {{ urls: [{hub:?}]{remote} }} ] }}\n",
             dir.join("leaf.log").display().to_string()
         ),
     )?;
