@@ -65,4 +65,3 @@ for round in $(seq "$rounds"); do
   rw=$(rps "$base/rw")
   awk -v r="$round" -v o="$open" -v w="$rw" 'BEGIN { printf "%-6s %12s %12s %7.2f\n", r, o, w, w / o }'
 done
-echo "counter after the run: $(curl -s "$base/get?key=bench") writes (every /rw request wrote once)"
