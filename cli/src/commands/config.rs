@@ -28,10 +28,10 @@ pub enum ConfigCommand {
     Create(CreateArgs),
 }
 
-/// Values of a config object.
+/// Values of a config object or a secret.
 #[derive(Debug, Args)]
 pub struct CreateArgs {
-    /// The config object's name.
+    /// Its name.
     pub name: String,
     /// Its namespace: only apps of that namespace may list it.
     #[arg(short, long, default_value = DEFAULT_NAMESPACE)]
