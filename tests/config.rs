@@ -102,6 +102,11 @@ fn config_objects_reach_components_and_a_change_rolls_out_and_back() {
         body(&host, "/reader/config/greeting").as_deref(),
         Some("bonjour")
     );
+    let described = lattice.ok(&["describe", "app", "reader"]);
+    assert!(
+        described.contains("Config from: settings (version 2)"),
+        "{described}"
+    );
     let history = lattice.ok(&["rollout", "history", "reader"]);
     assert!(
         history.contains("config settings: version 1 → 2 (changed greeting)"),

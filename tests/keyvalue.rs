@@ -117,6 +117,11 @@ fn apps_keep_state_in_their_own_stores_and_lose_no_update() {
     // hits, swapped, and 250 fill keys (a, b were deleted).
     assert_eq!(count, 252, "{listed}");
 
+    let described = lattice.ok(&["describe", "app", "other"]);
+    assert!(
+        described.contains("Key-value:   default (max 64Mi), small (max 128Ki)"),
+        "{described}"
+    );
     // Operators read and write the same stores.
     assert_eq!(lattice.ok(&["kv", "get", "counter", "hits"]), "180");
     lattice.ok(&["kv", "put", "counter/default", "from-operator", "hello"]);

@@ -109,6 +109,33 @@ fn render(described: &AppDetail) -> String {
             .collect();
         out += &format!("Config from: {}\n", objects.join(", "));
     }
+    if !app.spec.secrets.is_empty() {
+        let secrets: Vec<String> = app
+            .spec
+            .secrets
+            .iter()
+            .map(|name| match app.secret_versions.get(name) {
+                Some(version) => format!("{name} (version {version})"),
+                None => name.clone(),
+            })
+            .collect();
+        out += &format!("Secrets:     {}\n", secrets.join(", "));
+    }
+    if !app.spec.key_value.is_empty() {
+        let stores: Vec<String> = app
+            .spec
+            .key_value
+            .iter()
+            .map(|store| {
+                format!(
+                    "{} (max {})",
+                    store.name,
+                    shoal_lattice::quantity::Memory(store.max_bytes())
+                )
+            })
+            .collect();
+        out += &format!("Key-value:   {}\n", stores.join(", "));
+    }
     match &described.status {
         Some(status) => {
             out += &format!(
