@@ -45,6 +45,17 @@ fn config_objects_reach_components_and_a_change_rolls_out_and_back() {
         "{stderr}"
     );
 
+    // A record written around the API (a raw NATS client) is not used, and creating the
+    // object again replaces it.
+    lattice.nats.publish(
+        &format!("$KV.shoal-{}-v1-configs.default.settings", lattice.name),
+        br#"{"name":"settings","data":"not a map"}"#,
+    );
+    let (ok, _, stderr) = lattice.try_apply(&manifest);
+    assert!(
+        !ok && stderr.contains("the stored config \"settings\" is not a valid config object"),
+        "{stderr}"
+    );
     let created = lattice.ok(&[
         "config",
         "create",

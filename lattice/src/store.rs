@@ -307,6 +307,36 @@ impl Lattice {
         }
     }
 
+    /// Reads `key` as a record people write through the API: `Some(Err(revision))` for one
+    /// that does not decode or is not valid (written around the API), so a writer can
+    /// replace it at that revision instead of failing on it.
+    ///
+    /// # Errors
+    /// When the lattice does not answer.
+    pub async fn get_checked<T: DeserializeOwned + crate::Validate>(
+        &self,
+        bucket: Bucket,
+        key: &str,
+    ) -> Result<Option<Result<Versioned<T>, u64>>, Error> {
+        let entry = self
+            .store(bucket)?
+            .entry(key)
+            .await
+            .map_err(|error| self.request_error(bucket, error))?;
+        Ok(match entry {
+            Some(entry) if entry.operation == kv::Operation::Put => {
+                let revision = entry.revision;
+                Some(
+                    decode::<T>(&self.name, bucket, entry)
+                        .ok()
+                        .filter(|record| record.value.validate().is_ok())
+                        .ok_or(revision),
+                )
+            }
+            _ => None,
+        })
+    }
+
     /// The lattice's identity; `None` for a lattice that has none yet (new, or its state
     /// gone) or one that cannot be read.
     ///

@@ -598,6 +598,19 @@ impl Validate for Assignment {
     }
 }
 
+impl Validate for crate::records::ConfigObject {
+    fn validate(&self) -> Result<(), Invalid> {
+        let mut found = Problems::default();
+        found.name("name", "config object name", &self.name);
+        found.name("namespace", "namespace", &self.namespace);
+        found.sequence("version", self.version);
+        for problem in config_data_problems(&self.data) {
+            found.add("data", problem);
+        }
+        found.finish()
+    }
+}
+
 impl Validate for crate::records::SecretObject {
     fn validate(&self) -> Result<(), Invalid> {
         let mut found = Problems::default();

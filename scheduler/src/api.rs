@@ -725,12 +725,9 @@ async fn apply_all(lattice: &Lattice, apps: Vec<AppManifest>) -> Result<Vec<Appl
             .map_err(internal)?
         {
             Ok(pinned) => pinned,
-            Err(missing) => {
-                for name in missing {
-                    problems.push(format!(
-                        "apps[{index}].spec.configFrom: there is no config {name:?} in namespace {}: shoal config create {name} -n {} --from-literal KEY=VALUE",
-                        app.namespace, app.namespace
-                    ));
+            Err(unusable) => {
+                for problem in unusable {
+                    problems.push(format!("apps[{index}].spec.configFrom: {problem}"));
                 }
                 Default::default()
             }
@@ -740,12 +737,9 @@ async fn apply_all(lattice: &Lattice, apps: Vec<AppManifest>) -> Result<Vec<Appl
             .map_err(internal)?
         {
             Ok(stored) => stored,
-            Err(missing) => {
-                for name in missing {
-                    problems.push(format!(
-                        "apps[{index}].spec.secrets: there is no secret {name:?} in namespace {}: shoal secret create {name} -n {} --from-literal KEY=VALUE",
-                        app.namespace, app.namespace
-                    ));
+            Err(unusable) => {
+                for problem in unusable {
+                    problems.push(format!("apps[{index}].spec.secrets: {problem}"));
                 }
                 Vec::new()
             }

@@ -16,24 +16,28 @@ use crate::manifest::App;
 
 const ATTEMPTS: usize = 5;
 
-/// The values of `names` (config objects of `namespace`) as stored now; `Err` names the
-/// ones that do not exist.
+/// The values of `names` (config objects of `namespace`) as stored now; `Err` says what is
+/// wrong with the ones that do not exist or cannot be used.
 ///
 /// # Errors
-/// Lattice errors, or the missing names.
+/// Lattice errors, or what is wrong with the unusable names.
 pub async fn pin(
     lattice: &Lattice,
     namespace: &str,
     names: &[String],
 ) -> Result<Result<PinnedConfigs, Vec<String>>, Error> {
     let mut pinned = PinnedConfigs::new();
-    let mut missing = Vec::new();
+    let mut unusable = Vec::new();
     for name in names {
         match lattice
-            .get::<ConfigObject>(Bucket::Configs, &app_key(namespace, name))
+            .get_checked::<ConfigObject>(Bucket::Configs, &app_key(namespace, name))
             .await?
         {
-            Some(object) => {
+            // Written around the API (by a raw client): not pinned into any revision.
+            Some(Err(_)) => unusable.push(format!(
+                "the stored config {name:?} is not a valid config object: shoal config create {name} -n {namespace} again"
+            )),
+            Some(Ok(object)) => {
                 pinned.insert(
                     name.clone(),
                     PinnedConfig {
@@ -42,13 +46,15 @@ pub async fn pin(
                     },
                 );
             }
-            None => missing.push(name.clone()),
+            None => unusable.push(format!(
+                "there is no config {name:?} in namespace {namespace}: shoal config create {name} -n {namespace} --from-literal KEY=VALUE"
+            )),
         }
     }
-    Ok(if missing.is_empty() {
+    Ok(if unusable.is_empty() {
         Ok(pinned)
     } else {
-        Err(missing)
+        Err(unusable)
     })
 }
 
@@ -69,38 +75,43 @@ pub async fn put(
     let mut stored = None;
     for _ in 0..ATTEMPTS {
         let now = now_millis();
-        let existing = lattice.get::<ConfigObject>(Bucket::Configs, &key).await?;
-        let written = match &existing {
-            Some(current) if current.value.data == data => {
-                stored = Some((current.value.clone(), false, false));
+        let fresh = ConfigObject {
+            name: name.to_owned(),
+            namespace: namespace.to_owned(),
+            version: 1,
+            data: data.clone(),
+            created_at: now,
+            updated_at: now,
+        };
+        let written = match lattice
+            .get_checked::<ConfigObject>(Bucket::Configs, &key)
+            .await?
+        {
+            Some(Ok(current)) if current.value.data == data => {
+                stored = Some((current.value, false, false));
                 break;
             }
-            Some(current) => {
+            Some(Ok(current)) => {
                 let object = ConfigObject {
                     version: current.value.version + 1,
                     data: data.clone(),
                     updated_at: now,
-                    ..current.value.clone()
+                    ..current.value
                 };
                 lattice
                     .update(Bucket::Configs, &key, &object, current.revision)
                     .await
                     .map(|_| (object, false, true))
             }
-            None => {
-                let object = ConfigObject {
-                    name: name.to_owned(),
-                    namespace: namespace.to_owned(),
-                    version: 1,
-                    data: data.clone(),
-                    created_at: now,
-                    updated_at: now,
-                };
-                lattice
-                    .create(Bucket::Configs, &key, &object)
-                    .await
-                    .map(|_| (object, true, true))
-            }
+            // A record written around the API: replaced, as if new.
+            Some(Err(revision)) => lattice
+                .update(Bucket::Configs, &key, &fresh, revision)
+                .await
+                .map(|_| (fresh, true, true)),
+            None => lattice
+                .create(Bucket::Configs, &key, &fresh)
+                .await
+                .map(|_| (fresh, true, true)),
         };
         match written {
             Ok(done) => {

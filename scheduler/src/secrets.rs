@@ -37,7 +37,8 @@ pub async fn publish_key(lattice: &Lattice, key: &XKey) -> Result<(), Error> {
     Ok(())
 }
 
-/// The secrets `names` of `namespace` as stored now; `Err` names the missing ones.
+/// The secrets `names` of `namespace` as stored now; `Err` says what is wrong with the ones
+/// that do not exist or cannot be used.
 ///
 /// # Errors
 /// Lattice errors.
@@ -47,20 +48,25 @@ pub async fn stored(
     names: &[String],
 ) -> Result<Result<Vec<SecretObject>, Vec<String>>, Error> {
     let mut found = Vec::new();
-    let mut missing = Vec::new();
+    let mut unusable = Vec::new();
     for name in names {
         match lattice
-            .get::<SecretObject>(Bucket::Secrets, &app_key(namespace, name))
+            .get_checked::<SecretObject>(Bucket::Secrets, &app_key(namespace, name))
             .await?
         {
-            Some(secret) => found.push(secret.value),
-            None => missing.push(name.clone()),
+            Some(Ok(secret)) => found.push(secret.value),
+            Some(Err(_)) => unusable.push(format!(
+                "the stored secret {name:?} is not a valid secret: shoal secret create {name} -n {namespace} again"
+            )),
+            None => unusable.push(format!(
+                "there is no secret {name:?} in namespace {namespace}: shoal secret create {name} -n {namespace} --from-literal KEY=VALUE"
+            )),
         }
     }
-    Ok(if missing.is_empty() {
+    Ok(if unusable.is_empty() {
         Ok(found)
     } else {
-        Err(missing)
+        Err(unusable)
     })
 }
 
@@ -121,8 +127,20 @@ pub async fn put(
     let mut stored = None;
     for _ in 0..ATTEMPTS {
         let now = now_millis();
-        let written = match lattice.get::<SecretObject>(Bucket::Secrets, &key).await? {
-            Some(current) => {
+        let fresh = SecretObject {
+            name: name.to_owned(),
+            namespace: namespace.to_owned(),
+            version: 1,
+            keys: keys.clone(),
+            sealed: sealed.clone(),
+            created_at: now,
+            updated_at: now,
+        };
+        let written = match lattice
+            .get_checked::<SecretObject>(Bucket::Secrets, &key)
+            .await?
+        {
+            Some(Ok(current)) => {
                 let secret = SecretObject {
                     version: current.value.version + 1,
                     keys: keys.clone(),
@@ -135,21 +153,15 @@ pub async fn put(
                     .await
                     .map(|_| (secret, false))
             }
-            None => {
-                let secret = SecretObject {
-                    name: name.to_owned(),
-                    namespace: namespace.to_owned(),
-                    version: 1,
-                    keys: keys.clone(),
-                    sealed: sealed.clone(),
-                    created_at: now,
-                    updated_at: now,
-                };
-                lattice
-                    .create(Bucket::Secrets, &key, &secret)
-                    .await
-                    .map(|_| (secret, true))
-            }
+            // A record written around the API: replaced, as if new.
+            Some(Err(revision)) => lattice
+                .update(Bucket::Secrets, &key, &fresh, revision)
+                .await
+                .map(|_| (fresh, true)),
+            None => lattice
+                .create(Bucket::Secrets, &key, &fresh)
+                .await
+                .map(|_| (fresh, true)),
         };
         match written {
             Ok(done) => {
