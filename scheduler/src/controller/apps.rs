@@ -1,0 +1,428 @@
+//! The apps controller: one bounded step per app and pass: remove what must go, place what
+//! is missing (placement over the live hosts), with the writes this scheduler made and may
+//! not see yet, and the backoff for replacing failed replicas.
+
+use super::rollout::{check_progress, write_status};
+use super::*;
+
+/// Writes this scheduler made that its mirror may not show yet: without them, a pass right
+/// after a write would place the same replica twice.
+#[derive(Debug, Default)]
+pub(super) struct Pending {
+    pub(super) created: HashMap<String, (Versioned<Assignment>, Instant)>,
+    pub(super) deleted: HashMap<String, Instant>,
+}
+
+pub(super) const PENDING_PATIENCE: Duration = Duration::from_secs(5);
+
+impl Pending {
+    pub(super) fn view(
+        &mut self,
+        mirrored: Vec<Versioned<Assignment>>,
+        now: Instant,
+    ) -> Vec<Versioned<Assignment>> {
+        let keys: HashSet<String> = mirrored.iter().map(|record| record.key.clone()).collect();
+        self.created.retain(|key, (_, at)| {
+            !keys.contains(key) && now.duration_since(*at) < PENDING_PATIENCE
+        });
+        self.deleted
+            .retain(|key, at| keys.contains(key) && now.duration_since(*at) < PENDING_PATIENCE);
+        mirrored
+            .into_iter()
+            .filter(|record| !self.deleted.contains_key(&record.key))
+            .chain(self.created.values().map(|(record, _)| record.clone()))
+            .collect()
+    }
+}
+
+/// Backoff for replacing failed replicas of one app.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Backoff {
+    pub(super) failures: u32,
+    pub(super) not_before: Instant,
+    /// `not_before` on the wall clock, as stored in the app's status.
+    pub(super) not_before_ms: u64,
+}
+
+/// With `rollout.minReady`, a new replica counts as ready for the rollout only once it has
+/// been ready that long (by its host's clock in `since`); until then reconcile sees it as
+/// pending. `None` when there is nothing to adjust.
+pub(super) fn min_ready_view(
+    app: &AppRecord,
+    mine: &[Versioned<Assignment>],
+    status: &HashMap<String, ReplicaStatus>,
+) -> Option<HashMap<String, ReplicaStatus>> {
+    let min_ready = app.spec.rollout.as_ref()?.min_ready?.0;
+    let min_ready_ms = u64::try_from(min_ready.as_millis()).unwrap_or(u64::MAX);
+    let now = now_millis();
+    let mut adjusted = status.clone();
+    for assignment in mine
+        .iter()
+        .filter(|assignment| assignment.value.revision == app.revision)
+    {
+        if let Some(replica) = adjusted.get_mut(&assignment.value.replica)
+            && replica.phase == Phase::Ready
+            && now.saturating_sub(replica.since) < min_ready_ms
+        {
+            replica.phase = Phase::Pending;
+        }
+    }
+    Some(adjusted)
+}
+
+/// Tells of each invalid app record once (an event) and says so in its status.
+pub(super) async fn report_invalid_apps(
+    lattice: &Lattice,
+    source: &str,
+    state: &mut State,
+    invalid: &[shoal_lattice::Refused],
+) {
+    for refused in invalid {
+        if !state
+            .reported
+            .insert((refused.key.clone(), refused.revision))
+        {
+            continue;
+        }
+        let Some((namespace, name)) = refused.key.split_once('.') else {
+            continue;
+        };
+        tracing::warn!(app = %refused.key, reason = %refused.reason, "ignoring an invalid app record");
+        let message = format!(
+            "the stored app breaks the lattice's rules and is left as it is until fixed: {}",
+            refused.reason
+        );
+        lattice
+            .emit(Event::app(
+                source,
+                namespace,
+                name,
+                "InvalidSpec",
+                message.clone(),
+            ))
+            .await;
+        let key = app_status_key(namespace, name);
+        let mut status = state
+            .app_status
+            .get(&key)
+            .map(|status| status.value)
+            .unwrap_or_default();
+        status
+            .conditions
+            .retain(|condition| condition.kind != "Valid");
+        status.conditions.push(Condition {
+            kind: "Valid".to_owned(),
+            status: false,
+            reason: "InvalidSpec".to_owned(),
+            message,
+            last_transition: now_millis(),
+        });
+        if let Err(error) = lattice.put(Bucket::Status, &key, &status).await {
+            tracing::warn!(%error, app = %refused.key, "cannot write the status of an invalid app");
+        }
+    }
+}
+
+/// One app's bounded step: remove what must go, place what is missing, watch the rollout's
+/// deadline, write the app's status.
+pub(super) async fn step_app(
+    lattice: &Lattice,
+    state: &mut State,
+    observed: &PassView<'_>,
+    app: AppRecord,
+    assignments: &mut Vec<Versioned<Assignment>>,
+) -> Result<(), Error> {
+    let PassView {
+        source,
+        live,
+        draining,
+        hosts,
+        status,
+        silent_for,
+        now,
+    } = *observed;
+    state.seed(&app, now);
+    {
+        let key = app_key(&app.namespace, &app.name);
+        let mine: Vec<Versioned<Assignment>> = assignments
+            .iter()
+            .filter(|assignment| assignment.value.is_of(&app))
+            .cloned()
+            .collect();
+        let backoff = state.backoff.get(&key).copied();
+        let rollout_status = min_ready_view(&app, &mine, status);
+        let step = reconcile::reconcile(
+            &app,
+            Observed {
+                assignments: &mine,
+                live_hosts: live,
+                status: rollout_status.as_ref().unwrap_or(status),
+                replace_failed: backoff.is_none_or(|backoff| now >= backoff.not_before),
+                draining_hosts: draining,
+                silent_for,
+            },
+        );
+        if step.failed > 0 {
+            let failures = backoff
+                .map_or(0, |backoff| backoff.failures)
+                .saturating_add(1);
+            let delay = Duration::from_secs(1u64 << failures.min(6)).min(Duration::from_secs(60));
+            tracing::warn!(app = %key, failed = step.failed, retry_in = ?delay, "replacing failed replicas");
+            state.backoff.insert(
+                key.clone(),
+                Backoff {
+                    failures,
+                    not_before: now.checked_add(delay).unwrap_or(now),
+                    not_before_ms: now_millis()
+                        .saturating_add(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX)),
+                },
+            );
+        }
+        if step.lost > 0 {
+            tracing::warn!(app = %key, replicas = step.lost, "replicas on lost hosts are placed again");
+        }
+        let removed: HashSet<String> = step.remove.iter().map(|(key, _)| key.clone()).collect();
+        // During a rollout, what stays ready after this step must not fall below
+        // replicas - maxUnavailable unless replicas were lost or failed: say so if it does.
+        if step.lost == 0
+            && step.failed == 0
+            && mine
+                .iter()
+                .any(|assignment| assignment.value.revision != app.revision)
+        {
+            let staying_ready = mine
+                .iter()
+                .filter(|assignment| !removed.contains(&assignment.key))
+                .filter(|assignment| reconcile::in_phase(&assignment.value, status, Phase::Ready))
+                .count();
+            let (_, unavailable) = reconcile::rollout_bounds(&app, app.spec.replicas as usize);
+            let floor = (app.spec.replicas as usize).saturating_sub(unavailable);
+            let ready_before = mine
+                .iter()
+                .filter(|assignment| reconcile::in_phase(&assignment.value, status, Phase::Ready))
+                .count();
+            if staying_ready < floor && staying_ready < ready_before {
+                tracing::error!(app = %key, staying_ready, floor, "rollout step would leave fewer ready replicas than replicas - maxUnavailable");
+            }
+        }
+        for (assignment_key, revision) in &step.remove {
+            remove(lattice, state, assignment_key, *revision, now).await?;
+            let Some(assignment) = mine
+                .iter()
+                .find(|assignment| &assignment.key == assignment_key)
+            else {
+                continue;
+            };
+            let removed = &assignment.value;
+            let host_lost = !live.contains(&removed.host);
+            let why = if host_lost {
+                "its host is lost".to_owned()
+            } else if reconcile::in_phase(removed, status, Phase::Failed) {
+                "it failed".to_owned()
+            } else if draining.contains(&removed.host) {
+                "its host is being drained".to_owned()
+            } else if removed.revision != app.revision {
+                format!("revision {} replaces it", app.revision)
+            } else {
+                "the app has fewer replicas".to_owned()
+            };
+            let message = format!(
+                "replica {} removed from host {}: {why}",
+                removed.replica, removed.host
+            );
+            lattice
+                .emit(Event::replica(source, removed, "Removed", message))
+                .await;
+            // A lost host cannot clean up its own replica status.
+            if host_lost {
+                lattice
+                    .delete(
+                        Bucket::Status,
+                        &replica_status_key(&removed.host, &removed.replica),
+                    )
+                    .await?;
+            }
+        }
+        assignments.retain(|assignment| !removed.contains(&assignment.key));
+
+        let mut unplaced = None;
+        if step.place > 0 {
+            // An app with secrets runs only where they can be sealed: a feasibility filter.
+            let with_key;
+            let feasible = if app.spec.secrets.is_empty() {
+                hosts
+            } else {
+                with_key = hosts
+                    .iter()
+                    .filter(|(_, host)| host.secrets_key.is_some())
+                    .map(|(id, host)| (id.clone(), host.clone()))
+                    .collect();
+                &with_key
+            };
+            let plan = placement::place(
+                &host_views(feasible, assignments, &app),
+                &request(&app, step.place, feasible, assignments),
+            );
+            for host in &plan.hosts {
+                let secrets = match sealed_secrets(state, &app, feasible.get(host)) {
+                    Ok(secrets) => secrets,
+                    Err(why) => {
+                        tracing::warn!(app = %key, %host, %why, "cannot give the app's secrets");
+                        unplaced = Some(format!("the app's secrets cannot be given: {why}"));
+                        continue;
+                    }
+                };
+                let assignment = Assignment {
+                    replica: replica_id(&app.name),
+                    app: app.name.clone(),
+                    namespace: app.namespace.clone(),
+                    revision: app.revision,
+                    generation: app.generation,
+                    host: host.clone(),
+                    digest: app.digest.clone(),
+                    config_objects: app.config_objects.clone(),
+                    secrets,
+                    template: app.spec.template(),
+                    created_at: now_millis(),
+                };
+                let record_key = assignment_key(host, &assignment.replica);
+                let revision = lattice
+                    .create_fenced(Bucket::Assignments, &record_key, &assignment, state.fence)
+                    .await?;
+                state.fence = revision;
+                tracing::info!(app = %key, replica = %assignment.replica, %host, "placed");
+                let message = format!(
+                    "replica {} placed on host {host} (revision {})",
+                    assignment.replica, app.revision
+                );
+                lattice
+                    .emit(Event::replica(source, &assignment, "Placed", message))
+                    .await;
+                let record = Versioned {
+                    key: record_key.clone(),
+                    revision,
+                    value: assignment,
+                };
+                state
+                    .pending
+                    .created
+                    .insert(record_key, (record.clone(), now));
+                assignments.push(record);
+            }
+            if let Some(report) = plan.report.filter(|_| unplaced.is_none()) {
+                tracing::info!(app = %key, unplaced = plan.unplaced, %report, "cannot place every replica");
+                unplaced = Some(format!("{} replica(s) unplaced: {report}", plan.unplaced));
+            }
+        }
+        check_progress(lattice, source, state, &app, assignments, status, now).await?;
+        write_status(lattice, state, &app, assignments, status, live, unplaced).await?;
+    }
+    Ok(())
+}
+
+/// The app's secrets sealed to `host`'s key, or `None` for an app without secrets.
+pub(super) fn sealed_secrets(
+    state: &State,
+    app: &AppRecord,
+    host: Option<&HostRecord>,
+) -> Result<Option<shoal_lattice::secrets::Sealed>, String> {
+    if app.spec.secrets.is_empty() {
+        return Ok(None);
+    }
+    let recipient = host
+        .and_then(|host| host.secrets_key.as_deref())
+        .ok_or("the host has no secrets key")?;
+    crate::secrets::seal_for(
+        state.secrets_key.as_ref(),
+        &app.namespace,
+        &app.spec.secrets,
+        |key| state.secrets.get(key).map(|secret| secret.value),
+        recipient,
+    )
+    .map(Some)
+}
+
+pub(super) async fn remove(
+    lattice: &Lattice,
+    state: &mut State,
+    key: &str,
+    revision: u64,
+    now: Instant,
+) -> Result<(), Error> {
+    // A conflict means the bucket moved since this pass's view (another leader, or the key
+    // itself changed): the pass stops here and the next one plans from what is there.
+    state.fence = lattice
+        .delete_fenced(Bucket::Assignments, key, revision, state.fence)
+        .await?;
+    state.pending.created.remove(key);
+    state.pending.deleted.insert(key.to_owned(), now);
+    Ok(())
+}
+
+pub(super) fn host_views(
+    hosts: &BTreeMap<String, HostRecord>,
+    assignments: &[Versioned<Assignment>],
+    app: &AppRecord,
+) -> Vec<HostView> {
+    hosts
+        .values()
+        .map(|host| {
+            let mut used = Usage::default();
+            let mut same_app = 0;
+            for assignment in assignments
+                .iter()
+                .filter(|assignment| assignment.value.host == host.id)
+            {
+                // Saturating: what hosts run is whatever the assignments say.
+                used.memory = used
+                    .memory
+                    .saturating_add(assignment.value.template.memory_request().0);
+                used.cpu = used
+                    .cpu
+                    .saturating_add(assignment.value.template.cpu_request().0);
+                used.replicas = used.replicas.saturating_add(1);
+                if assignment.value.is_of(app) {
+                    same_app += 1;
+                }
+            }
+            HostView {
+                id: host.id.clone(),
+                labels: host.labels.clone(),
+                capacity: host.capacity,
+                used,
+                same_app,
+                cached: host.cached.contains(&app.digest),
+                draining: host.draining,
+            }
+        })
+        .collect()
+}
+
+pub(super) fn request(
+    app: &AppRecord,
+    count: u32,
+    hosts: &BTreeMap<String, HostRecord>,
+    assignments: &[Versioned<Assignment>],
+) -> Request {
+    let mut spread_counts = HashMap::new();
+    if let Some(label) = &app.spec.placement.spread_by {
+        for assignment in assignments
+            .iter()
+            .filter(|assignment| assignment.value.is_of(app))
+        {
+            let value = hosts
+                .get(&assignment.value.host)
+                .and_then(|host| host.labels.get(label).cloned())
+                .unwrap_or_default();
+            *spread_counts.entry(value).or_insert(0) += 1;
+        }
+    }
+    Request {
+        count,
+        memory: app.spec.memory_request().0,
+        cpu: app.spec.cpu_request().0,
+        requires: app.spec.placement.requires.clone(),
+        spread_by: app.spec.placement.spread_by.clone(),
+        spread_counts,
+    }
+}

@@ -1,0 +1,393 @@
+//! The scheduler process: mirrors the lattice's state, holds (or waits for) the lease, and
+//! while leading runs reconcile passes: on every change it sees, and on a short tick so a
+//! silent host is noticed. Each pass reads fresh state and takes one bounded step per app.
+//!
+//! `hosts` says which hosts are live and which may take replicas; `apps` takes each app's
+//! step (remove, place); `rollout` watches rollouts' deadlines and writes app statuses. This
+//! module holds the loop, the mirrors and what a scheduler keeps while it leads.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::time::{Duration, Instant};
+
+use futures_util::FutureExt as _;
+use shoal_lattice::names::{
+    app_key, app_status_key, assignment_key, replica_status_key, revision_key, route_key,
+};
+use shoal_lattice::records::{
+    AppRecord, AppSpec, AppStatus, Assignment, BackoffRecord, Condition, FailedRollout,
+    HostControl, HostRecord, Phase, ReplicaStatus, RevisionRecord, RouteRecord, now_millis,
+};
+use shoal_lattice::{Bucket, Error, Event, Lattice, Mirror, Versioned};
+
+use crate::apply;
+use crate::lease::LeaseKeeper;
+use crate::placement::{self, HostView, Request, Usage};
+use crate::reconcile::{self, Observed};
+
+mod apps;
+mod hosts;
+mod rollout;
+
+use apps::{Backoff, Pending, remove, report_invalid_apps, step_app};
+use hosts::Liveness;
+
+/// How the scheduler behaves.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// This scheduler's id (lease holder name).
+    pub id: String,
+    /// A host whose record has not been refreshed for this long is lost.
+    pub host_timeout: Duration,
+    /// Lease period: a dead leader is replaced after about this long.
+    pub lease: Duration,
+    /// The lattice's secrets key: what secrets are sealed to. Without it, apps that list
+    /// secrets cannot be placed.
+    pub secrets_key: Option<shoal_lattice::secrets::XKey>,
+}
+
+struct State {
+    apps: Mirror<AppRecord>,
+    hosts: Mirror<HostRecord>,
+    assignments: Mirror<Assignment>,
+    replicas: Mirror<ReplicaStatus>,
+    app_status: Mirror<AppStatus>,
+    /// What hosts read to route each app.
+    routes: Mirror<RouteRecord>,
+    /// Admins' decisions about hosts: cordoned, draining.
+    controls: Mirror<HostControl>,
+    /// Secrets, sealed to the lattice's key.
+    secrets: Mirror<shoal_lattice::records::SecretObject>,
+    /// The lattice's secrets key, from `Options`.
+    secrets_key: Option<shoal_lattice::secrets::XKey>,
+    liveness: Liveness,
+    pending: Pending,
+    backoff: HashMap<String, Backoff>,
+    /// Per app, the revision being rolled out and when this scheduler first saw it.
+    rollouts: HashMap<String, (u64, Instant, u64)>,
+    /// Per app, the last failed rollout, until a later revision completes.
+    failed: HashMap<String, FailedRollout>,
+    /// The live hosts of the last pass, to tell joins and losses as events; `None` before
+    /// the first pass (a new leader reports changes, not the hosts it finds).
+    live_hosts: Option<HashSet<String>>,
+    /// Invalid records already reported, by key and KV revision: told once, not every pass.
+    reported: HashSet<(String, u64)>,
+    /// Apps whose rollout clock, backoff and failed rollout were read back from their
+    /// status in this term as leader.
+    seeded: HashSet<String>,
+    /// The assignments bucket's revision this scheduler's writes must follow: the view a pass
+    /// plans against, moved on by each of its own writes. Only schedulers write assignments,
+    /// so a leader that was deposed while it slept finds the bucket moved and writes nothing.
+    fence: u64,
+}
+
+impl State {
+    /// Forgets what this scheduler kept in memory while leading: the next leader term reads
+    /// it back from the lattice, where the leader in between may have changed it.
+    fn step_down(&mut self) {
+        self.fence = 0;
+        self.seeded.clear();
+        self.rollouts.clear();
+        self.backoff.clear();
+        self.failed.clear();
+    }
+
+    /// Takes the rollout clock, backoff and failed rollout of `app` from its stored status,
+    /// once per leader term: a new leader goes on where the last one was.
+    fn seed(&mut self, app: &AppRecord, now: Instant) {
+        let key = key_of(app);
+        if !self.seeded.insert(key.clone()) {
+            return;
+        }
+        let Some(status) = self
+            .app_status
+            .get(&app_status_key(&app.namespace, &app.name))
+            .map(|status| status.value)
+        else {
+            return;
+        };
+        let wall = now_millis();
+        let instant_of = |millis: u64| {
+            let ago = Duration::from_millis(wall.saturating_sub(millis));
+            now.checked_sub(ago).unwrap_or(now)
+        };
+        if let Some(started) = status.rollout_started_at
+            && status.revision == app.revision
+        {
+            self.rollouts
+                .insert(key.clone(), (app.revision, instant_of(started), started));
+        }
+        if let Some(backoff) = status.backoff {
+            let ahead = Duration::from_millis(backoff.not_before.saturating_sub(wall));
+            self.backoff.insert(
+                key.clone(),
+                Backoff {
+                    failures: backoff.failures,
+                    not_before: now.checked_add(ahead).unwrap_or(now),
+                    not_before_ms: backoff.not_before,
+                },
+            );
+        }
+        if let Some(failed) = status.failed_rollout {
+            self.failed.insert(key, failed);
+        }
+    }
+}
+
+/// Runs the scheduler until `shutdown` resolves, then gives up the lease.
+///
+/// # Errors
+/// When the lattice's state cannot be read at startup.
+pub async fn run(
+    lattice: Lattice,
+    options: Options,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
+    let mut state = State {
+        apps: lattice.mirror(Bucket::Apps, ">").await?,
+        hosts: lattice.mirror(Bucket::Hosts, ">").await?,
+        assignments: lattice.mirror(Bucket::Assignments, ">").await?,
+        replicas: lattice.mirror(Bucket::Status, "replicas.>").await?,
+        app_status: lattice.mirror(Bucket::Status, "apps.>").await?,
+        routes: lattice.mirror(Bucket::Status, "routes.>").await?,
+        controls: lattice.mirror(Bucket::Status, "hosts.>").await?,
+        secrets: lattice.mirror(Bucket::Secrets, ">").await?,
+        secrets_key: options.secrets_key.clone(),
+        liveness: Liveness::default(),
+        pending: Pending::default(),
+        backoff: HashMap::new(),
+        rollouts: HashMap::new(),
+        failed: HashMap::new(),
+        live_hosts: None,
+        reported: HashSet::new(),
+        seeded: HashSet::new(),
+        fence: 0,
+    };
+    let mut lease = LeaseKeeper::new(lattice.clone(), options.id.clone(), options.lease);
+    let mut changes = [
+        state.apps.changes(),
+        state.hosts.changes(),
+        state.assignments.changes(),
+        state.replicas.changes(),
+    ];
+    let mut leading = false;
+    // Every scheduler answers the control API, leader or not.
+    let api = tokio::spawn(crate::api::serve(lattice.clone(), std::future::pending()));
+    tracing::info!(id = %options.id, lattice = %lattice.name(), "scheduler started");
+    tokio::pin!(shutdown);
+    loop {
+        let [apps, hosts, assignments, replicas] = &mut changes;
+        tokio::select! {
+            () = &mut shutdown => break,
+            _ = apps.changed() => {}
+            _ = hosts.changed() => {}
+            _ = assignments.changed() => {}
+            _ = replicas.changed() => {}
+            () = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+        let now = Instant::now();
+        state.liveness.observe(&state.hosts.snapshot(), now);
+        if !lease.tick().await {
+            if leading {
+                state.step_down();
+            }
+            leading = false;
+            continue;
+        }
+        if !leading {
+            // A lattice without an identity is new or lost its state: the leader gives it
+            // one, so hosts can tell (see `LatticeIdentity`).
+            if let Err(error) = lattice.ensure_identity().await {
+                tracing::warn!(%error, "cannot read or make the lattice's identity");
+                continue;
+            }
+            if let Some(key) = &options.secrets_key
+                && let Err(error) = crate::secrets::publish_key(&lattice, key).await
+            {
+                tracing::warn!(%error, "cannot publish the lattice's secrets key");
+                continue;
+            }
+            leading = true;
+            state.liveness.grace(now);
+        }
+        if let Err(error) = pass(&lattice, &options, &mut state, &lease, now).await {
+            tracing::warn!(%error, "reconcile pass failed; retrying");
+        }
+    }
+    api.abort();
+    lease.release().await;
+    tracing::info!("scheduler stopped");
+    Ok(())
+}
+
+fn key_of(app: &AppRecord) -> String {
+    app_key(&app.namespace, &app.name)
+}
+
+fn replica_id(app: &str) -> String {
+    let unique = nuid::next().to_string().to_ascii_lowercase();
+    format!("{app}-{}", &unique[unique.len().saturating_sub(10)..])
+}
+
+async fn pass(
+    lattice: &Lattice,
+    options: &Options,
+    state: &mut State,
+    lease: &LeaseKeeper,
+    now: Instant,
+) -> Result<(), Error> {
+    let lost_after: HashMap<String, Duration> = state
+        .hosts
+        .snapshot()
+        .into_iter()
+        .filter_map(|host| Some((host.key, host.value.lost_after?.0)))
+        .collect();
+    let live = state.liveness.live(options.host_timeout, &lost_after, now);
+    let source = format!("scheduler {}", options.id);
+    let known: HashSet<String> = state
+        .hosts
+        .snapshot()
+        .into_iter()
+        .map(|host| host.key)
+        .collect();
+    hosts::report_changes(
+        lattice,
+        &source,
+        state,
+        &live,
+        &known,
+        &lost_after,
+        options.host_timeout,
+    )
+    .await;
+    state.live_hosts = Some(live.clone());
+    // Every host silent at once is the lattice failing (a NATS server lost, a partition on
+    // the scheduler's side), not every machine dying: replacing replicas would have nowhere
+    // to put them, so everything stays where it is until hosts are heard from again.
+    if live.is_empty() && !known.is_empty() {
+        tracing::warn!(
+            hosts = known.len(),
+            "no host is live: holding every replica where it is"
+        );
+        return Ok(());
+    }
+    let (hosts, draining) = hosts::schedulable(state, &live);
+    // The fence is read before the snapshot: a write by anyone else after it makes this
+    // pass's writes fail instead of landing on a stale plan.
+    state.fence = state.fence.max(state.assignments.last_revision());
+    let mut assignments = state.pending.view(state.assignments.snapshot(), now);
+    let status: HashMap<String, ReplicaStatus> = state
+        .replicas
+        .snapshot()
+        .into_iter()
+        .map(|status| (status.value.replica.clone(), status.value))
+        .collect();
+    let apps = state.apps.snapshot();
+    // An app whose record breaks the rules is reported and left as it is: its replicas are
+    // neither removed (as if it were deleted) nor replaced until someone fixes the record.
+    let invalid_apps = state.apps.invalid();
+    report_invalid_apps(lattice, &source, state, &invalid_apps).await;
+    let app_keys: HashSet<String> = apps
+        .iter()
+        .map(|app| app.key.clone())
+        .chain(invalid_apps.iter().map(|refused| refused.key.clone()))
+        .collect();
+    // Only schedulers write assignments: one that breaks the rules was not written by one.
+    for refused in state.assignments.invalid() {
+        if state
+            .reported
+            .insert((refused.key.clone(), refused.revision))
+        {
+            tracing::warn!(key = %refused.key, reason = %refused.reason, "removing an invalid assignment");
+            let host = refused.key.split('.').next().unwrap_or_default();
+            lattice
+                .emit(Event::host(
+                    &source,
+                    host,
+                    "InvalidRecord",
+                    format!("assignment {} was removed: {}", refused.key, refused.reason),
+                ))
+                .await;
+        }
+        remove(lattice, state, &refused.key, refused.revision, now).await?;
+    }
+
+    // Replicas of deleted apps go.
+    for assignment in &assignments {
+        if !app_keys.contains(&app_key(&assignment.value.namespace, &assignment.value.app)) {
+            remove(lattice, state, &assignment.key, assignment.revision, now).await?;
+        }
+    }
+    // Their status and routing record go too (keys `apps.<ns>.<app>`, `routes.<ns>.<app>`).
+    let orphaned: Vec<String> = state
+        .app_status
+        .snapshot()
+        .into_iter()
+        .map(|record| record.key)
+        .chain(state.routes.snapshot().into_iter().map(|record| record.key))
+        .filter(|key| {
+            key.split_once('.')
+                .is_some_and(|(_, app)| !app_keys.contains(app))
+        })
+        .collect();
+    for key in orphaned {
+        lattice.delete(Bucket::Status, &key).await?;
+    }
+    assignments.retain(|assignment| {
+        app_keys.contains(&app_key(&assignment.value.namespace, &assignment.value.app))
+    });
+
+    let silent_for = state.liveness.silent_for(now);
+    let observed = PassView {
+        silent_for: &silent_for,
+        source: &source,
+        live: &live,
+        draining: &draining,
+        hosts: &hosts,
+        status: &status,
+        now,
+    };
+    for app in apps {
+        // Fenced by the lease: a leader that was paused mid-pass (long enough for another to
+        // take over) stops writing as soon as it notices, not at the end of the pass.
+        if !lease.is_leader() {
+            tracing::warn!("lost the lease during a pass; stopping it");
+            return Ok(());
+        }
+        let key = app.key.clone();
+        // One app's failure, even a panic, is its own: the pass goes on with the others.
+        let step = AssertUnwindSafe(step_app(
+            lattice,
+            state,
+            &observed,
+            app.value,
+            &mut assignments,
+        ))
+        .catch_unwind()
+        .await;
+        match step {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                tracing::warn!(app = %key, %error, "this app's step failed; the others go on");
+            }
+            Err(_) => {
+                tracing::error!(app = %key, "this app's step panicked; the others go on");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What one pass sees, shared by every app's step.
+struct PassView<'a> {
+    source: &'a str,
+    live: &'a HashSet<String>,
+    /// Hosts an admin is draining.
+    draining: &'a HashSet<String>,
+    hosts: &'a BTreeMap<String, HostRecord>,
+    status: &'a HashMap<String, ReplicaStatus>,
+    /// How long each known host has been silent.
+    silent_for: &'a HashMap<String, Duration>,
+    now: Instant,
+}
