@@ -139,6 +139,9 @@ pub struct AppMetrics {
     pub local: Series,
     /// Forwarded.
     pub forwarded: Series,
+    /// Time spent answering locally since the load was last taken, in microseconds: over
+    /// an interval, requests in flight on average (what autoscaling reads).
+    busy_micros: AtomicU64,
 }
 
 /// Every app's metrics on this host, and the host's own gauges.
@@ -169,9 +172,31 @@ impl Metrics {
             },
         };
         match path {
-            Path::Local => metrics.local.record(status, latency),
+            Path::Local => {
+                metrics.local.record(status, latency);
+                let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+                metrics.busy_micros.fetch_add(micros, Ordering::Relaxed);
+            }
             Path::Forwarded => metrics.forwarded.record(status, latency),
         }
+    }
+
+    /// Requests in flight at this host's replicas over the last `interval`, per app, in
+    /// thousandths (requests answered in it, by how long each took; one still running is
+    /// counted when it ends), and starts the next interval.
+    pub fn take_load(&self, interval: Duration) -> BTreeMap<String, u64> {
+        let interval = u64::try_from(interval.as_micros())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let Ok(apps) = self.apps.read() else {
+            return BTreeMap::new();
+        };
+        apps.iter()
+            .filter_map(|(app, metrics)| {
+                let busy = metrics.busy_micros.swap(0, Ordering::Relaxed);
+                (busy > 0).then(|| (app.clone(), busy.saturating_mul(1000) / interval))
+            })
+            .collect()
     }
 
     /// The metrics of `app`, if it had requests.

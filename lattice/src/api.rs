@@ -502,6 +502,9 @@ pub struct AppDetail {
     pub status: Option<AppStatus>,
     /// Its replicas.
     pub replicas: Vec<ReplicaView>,
+    /// Requests in flight at its replicas as the hosts last reported (thousandths).
+    #[serde(default)]
+    pub load_milli: u64,
 }
 
 /// What storing a config object did.

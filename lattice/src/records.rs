@@ -87,6 +87,66 @@ pub struct AppSpec {
     /// link that drops); without it they are replaced as soon as the host is lost.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disconnect: Option<Disconnect>,
+    /// Replicas follow the load: `replicas` is where they start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscale: Option<Autoscale>,
+}
+
+/// An app's autoscaling, after Knative's KPA: enough replicas that each has about
+/// `targetConcurrency` requests in flight, averaged over `window` (and over a tenth of it,
+/// at least 4 s, when the load doubles: the panic window, which only scales up).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Autoscale {
+    /// Fewest replicas (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<u32>,
+    /// Most replicas (default 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<u32>,
+    /// Requests in flight per replica to aim for (default 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_concurrency: Option<u32>,
+    /// The stable window the load is averaged over (default 60s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<Span>,
+    /// How long the load must have called for fewer replicas before they go (default 60s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_down_delay: Option<Span>,
+}
+
+impl Autoscale {
+    /// Fewest replicas.
+    pub fn min(&self) -> u32 {
+        self.min.unwrap_or(1)
+    }
+
+    /// Most replicas.
+    pub fn max(&self) -> u32 {
+        self.max.unwrap_or(10)
+    }
+
+    /// Requests in flight per replica to aim for.
+    pub fn target(&self) -> u32 {
+        self.target_concurrency.unwrap_or(10)
+    }
+
+    /// The stable window.
+    pub fn window(&self) -> std::time::Duration {
+        self.window
+            .map_or(std::time::Duration::from_secs(60), |span| span.0)
+    }
+
+    /// The panic window: a tenth of the stable window, at least 4 s (two heartbeats).
+    pub fn panic_window(&self) -> std::time::Duration {
+        (self.window() / 10).max(std::time::Duration::from_secs(4))
+    }
+
+    /// How long a lower count must hold before replicas go.
+    pub fn scale_down_delay(&self) -> std::time::Duration {
+        self.scale_down_delay
+            .map_or(std::time::Duration::from_secs(60), |span| span.0)
+    }
 }
 
 /// A key-value store an app may open (`spec.keyValue`).
@@ -188,7 +248,7 @@ impl AppSpec {
         values
     }
 
-    /// The spec with `replicas`, `revisionHistoryLimit`, `expose` and `disconnect` cleared: two specs with the same
+    /// The spec with `replicas`, `revisionHistoryLimit`, `expose`, `disconnect` and `autoscale` cleared: two specs with the same
     /// template run the same code the same way, so changing only those makes no new revision.
     pub fn template(&self) -> AppSpec {
         AppSpec {
@@ -196,6 +256,7 @@ impl AppSpec {
             revision_history_limit: None,
             expose: Expose::default(),
             disconnect: None,
+            autoscale: None,
             ..self.clone()
         }
     }
@@ -467,6 +528,10 @@ pub struct HostRecord {
     /// (`shoal host --lost-after`); the scheduler's `--host-timeout` without it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lost_after: Option<Span>,
+    /// Requests in flight at this host's replicas, per app (`<namespace>/<app>`), in
+    /// thousandths, averaged over the last heartbeat interval: what autoscaling reads.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub load: BTreeMap<String, u64>,
     /// The host's public secrets key: what the scheduler seals the secrets of the replicas
     /// it places here to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -642,6 +707,20 @@ pub struct AppStatus {
     /// failures in a row: the backoff survives a scheduler failover.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backoff: Option<BackoffRecord>,
+    /// What autoscaling last saw and decided, for an app that autoscales.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscale: Option<AutoscaleStatus>,
+}
+
+/// What autoscaling decided (the load itself is in the hosts' records: kept out of the
+/// status, which would otherwise be written at every sample).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoscaleStatus {
+    /// Whether it is scaling on the panic window.
+    pub panicking: bool,
+    /// The replica count the load calls for (within min and max).
+    pub wanted: u32,
 }
 
 /// What hosts need to route an app's requests, written by the scheduler at
@@ -750,6 +829,7 @@ mod tests {
                 revision_history_limit: None,
                 expose: Expose::default(),
                 disconnect: None,
+                autoscale: None,
             },
             created_at: 0,
         }

@@ -37,6 +37,12 @@ pub const MAX_ROUTES: usize = 64;
 pub const MAX_PATH: usize = 1024;
 /// Longest host name (DNS).
 pub const MAX_HOST_NAME: usize = 253;
+/// Largest `autoscale.targetConcurrency`.
+pub const MAX_TARGET_CONCURRENCY: u32 = 10_000;
+/// Longest `autoscale.window` and `autoscale.scaleDownDelay`.
+pub const MAX_AUTOSCALE_SPAN: Duration = Duration::from_secs(3600);
+/// Most apps a host reports load for.
+pub const MAX_LOAD_ENTRIES: usize = 4096;
 /// Most key-value stores of one app.
 pub const MAX_KV_STORES: usize = 16;
 /// Smallest `maxBytes` of a key-value store.
@@ -319,6 +325,42 @@ impl Problems {
                 &at("disconnect.lostAfter"),
                 disconnect.lost_after,
                 MAX_DISCONNECTED,
+            );
+        }
+        if let Some(autoscale) = &spec.autoscale {
+            if autoscale.min() == 0 {
+                self.add(
+                    at("autoscale.min"),
+                    "must be at least 1: scaling to zero is not built yet",
+                );
+            }
+            if autoscale.max() > MAX_REPLICAS || autoscale.max() < autoscale.min() {
+                self.add(
+                    at("autoscale.max"),
+                    format!(
+                        "must be between min ({}) and {MAX_REPLICAS}",
+                        autoscale.min()
+                    ),
+                );
+            }
+            if !(1..=MAX_TARGET_CONCURRENCY).contains(&autoscale.target()) {
+                self.add(
+                    at("autoscale.targetConcurrency"),
+                    format!("must be between 1 and {MAX_TARGET_CONCURRENCY}"),
+                );
+            }
+            if autoscale.window() < Duration::from_secs(6) {
+                self.add(at("autoscale.window"), "must be at least 6s");
+            }
+            self.span(
+                &at("autoscale.window"),
+                autoscale.window,
+                MAX_AUTOSCALE_SPAN,
+            );
+            self.span(
+                &at("autoscale.scaleDownDelay"),
+                autoscale.scale_down_delay,
+                MAX_AUTOSCALE_SPAN,
             );
         }
         if let Some(limit) = spec.revision_history_limit
@@ -644,6 +686,9 @@ impl Validate for HostRecord {
                 found.text(&format!("labels.{key}"), value, MAX_SHORT_TEXT);
             }
         }
+        if self.load.len() > MAX_LOAD_ENTRIES {
+            found.add("load", format!("must list at most {MAX_LOAD_ENTRIES} apps"));
+        }
         if self.capacity.cpu.0 > MAX_CPU_MILLICORES.saturating_mul(1000) {
             found.add("capacity.cpu", "is beyond any machine");
         }
@@ -734,6 +779,7 @@ impl Validate for RouteRecord {
             revision_history_limit: None,
             expose: self.expose.clone(),
             disconnect: None,
+            autoscale: None,
         };
         found.spec("record", &spec);
         if self.endpoints.len() > MAX_REPLICAS as usize {

@@ -566,10 +566,20 @@ async fn handle(
                     replica.assignment.app == name && replica.assignment.namespace == namespace
                 })
                 .collect();
+            // Requests in flight at its replicas, as the hosts last said (autoscaling's input).
+            let load_key = format!("{namespace}/{name}");
+            let load = lattice
+                .list::<HostRecord>(Bucket::Hosts, "")
+                .await
+                .map_err(internal)?
+                .iter()
+                .filter_map(|host| host.value.load.get(&load_key))
+                .fold(0u64, |sum, milli| sum.saturating_add(*milli));
             to_json(AppDetail {
                 app: app.value,
                 status,
                 replicas,
+                load_milli: load,
             })
         }
     }

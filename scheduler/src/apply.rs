@@ -58,6 +58,24 @@ pub async fn apply(
     for _ in 0..ATTEMPTS {
         let now = now_millis();
         let existing = lattice.get::<AppRecord>(Bucket::Apps, &key).await?;
+        // An autoscaled app keeps the count the autoscaler reached (within the new bounds):
+        // `replicas` is only where a new one starts.
+        let adjusted;
+        let app = match &app.spec.autoscale {
+            Some(autoscale) => {
+                let mut spec = app.spec.clone();
+                spec.replicas = existing
+                    .as_ref()
+                    .map_or(app.spec.replicas, |current| current.value.spec.replicas)
+                    .clamp(autoscale.min(), autoscale.max().max(autoscale.min()));
+                adjusted = App {
+                    spec,
+                    ..app.clone()
+                };
+                &adjusted
+            }
+            None => app,
+        };
         let (change, record) = match &existing {
             None => (
                 Change::Created {

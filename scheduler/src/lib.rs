@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod apply;
+pub mod autoscale;
 pub mod configs;
 pub mod controller;
 pub mod lease;

@@ -325,6 +325,7 @@ mod tests {
                 revision_history_limit: None,
                 expose: Default::default(),
                 disconnect: None,
+                autoscale: None,
             },
             created_at: 0,
             updated_at: 0,

@@ -121,6 +121,28 @@ fn render(described: &AppDetail) -> String {
             .collect();
         out += &format!("Secrets:     {}\n", secrets.join(", "));
     }
+    if let Some(autoscale) = &app.spec.autoscale {
+        let decided = described
+            .status
+            .as_ref()
+            .and_then(|status| status.autoscale.as_ref())
+            .map(|status| {
+                format!(
+                    "; wants {}{}",
+                    status.wanted,
+                    if status.panicking { " (panic)" } else { "" }
+                )
+            })
+            .unwrap_or_default();
+        out += &format!(
+            "Autoscale:   {}-{} replicas, target {} in flight each; now {}.{} in flight{decided}\n",
+            autoscale.min(),
+            autoscale.max(),
+            autoscale.target(),
+            described.load_milli / 1000,
+            (described.load_milli % 1000) / 100,
+        );
+    }
     if !app.spec.key_value.is_empty() {
         let stores: Vec<String> = app
             .spec

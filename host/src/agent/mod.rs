@@ -113,6 +113,8 @@ pub struct Agent<F> {
     metrics: Arc<Metrics>,
     /// The key the lattice seals this host's secrets to (kept in the state directory).
     secrets_key: Arc<shoal_lattice::secrets::XKey>,
+    /// When the load was last taken for a host record.
+    load_taken: Mutex<std::time::Instant>,
 }
 
 /// A lattice connection as the host uses it.
@@ -150,6 +152,7 @@ impl<F: Fetch> Agent<F> {
         };
         Self {
             secrets_key: Arc::new(secrets_key),
+            load_taken: Mutex::new(std::time::Instant::now()),
             metrics: Arc::new(Metrics::default()),
             runtime,
             fetch: Arc::new(fetch),
@@ -689,6 +692,17 @@ impl<F: Fetch> Agent<F> {
         }
     }
 
+    /// Requests in flight per app since the last record (see [`Metrics::take_load`]).
+    fn load(&self) -> BTreeMap<String, u64> {
+        let Ok(mut taken) = self.load_taken.lock() else {
+            return BTreeMap::new();
+        };
+        let now = std::time::Instant::now();
+        let interval = now.duration_since(*taken);
+        *taken = now;
+        self.metrics.take_load(interval)
+    }
+
     fn record(
         &self,
         started_at: u64,
@@ -711,6 +725,7 @@ impl<F: Fetch> Agent<F> {
                 .unwrap_or_default(),
             draining,
             lost_after: self.options.lost_after.map(Span),
+            load: self.load(),
             secrets_key: Some(self.secrets_key.public_key()),
             lattice_mismatch: mismatch,
         }

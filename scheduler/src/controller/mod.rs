@@ -16,8 +16,9 @@ use shoal_lattice::names::{
     app_key, app_status_key, assignment_key, replica_status_key, revision_key, route_key,
 };
 use shoal_lattice::records::{
-    AppRecord, AppSpec, AppStatus, Assignment, BackoffRecord, Condition, FailedRollout,
-    HostControl, HostRecord, Phase, ReplicaStatus, RevisionRecord, RouteRecord, now_millis,
+    AppRecord, AppSpec, AppStatus, Assignment, AutoscaleStatus, BackoffRecord, Condition,
+    FailedRollout, HostControl, HostRecord, Phase, ReplicaStatus, RevisionRecord, RouteRecord,
+    now_millis,
 };
 use shoal_lattice::{Bucket, Error, Event, Lattice, Mirror, Versioned};
 
@@ -27,6 +28,7 @@ use crate::placement::{self, HostView, Request, Usage};
 use crate::reconcile::{self, Observed};
 
 mod apps;
+mod autoscaler;
 mod hosts;
 mod rollout;
 
@@ -68,6 +70,8 @@ struct State {
     rollouts: HashMap<String, (u64, Instant, u64)>,
     /// Per app, the last failed rollout, until a later revision completes.
     failed: HashMap<String, FailedRollout>,
+    /// Per autoscaled app, the load this scheduler has seen and what it last decided.
+    autoscaling: HashMap<String, (crate::autoscale::Window, Option<AutoscaleStatus>)>,
     /// The live hosts of the last pass, to tell joins and losses as events; `None` before
     /// the first pass (a new leader reports changes, not the hosts it finds).
     live_hosts: Option<HashSet<String>>,
@@ -91,6 +95,7 @@ impl State {
         self.rollouts.clear();
         self.backoff.clear();
         self.failed.clear();
+        self.autoscaling.clear();
     }
 
     /// Takes the rollout clock, backoff and failed rollout of `app` from its stored status,
@@ -159,6 +164,7 @@ pub async fn run(
         backoff: HashMap::new(),
         rollouts: HashMap::new(),
         failed: HashMap::new(),
+        autoscaling: HashMap::new(),
         live_hosts: None,
         reported: HashSet::new(),
         seeded: HashSet::new(),
@@ -337,6 +343,8 @@ async fn pass(
     assignments.retain(|assignment| {
         app_keys.contains(&app_key(&assignment.value.namespace, &assignment.value.app))
     });
+
+    autoscaler::step(lattice, &source, state, &hosts, &apps, now).await;
 
     let silent_for = state.liveness.silent_for(now);
     let observed = PassView {

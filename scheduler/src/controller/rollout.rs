@@ -239,6 +239,10 @@ pub(super) async fn write_status(
     let placed = u32::try_from(mine.len()).unwrap_or(u32::MAX);
     let ready = u32::try_from(ready).unwrap_or(u32::MAX);
     let next = AppStatus {
+        autoscale: state
+            .autoscaling
+            .get(&key_of(app))
+            .and_then(|(_, status)| status.clone()),
         observed_generation: app.generation,
         revision: app.revision,
         desired: app.spec.replicas,

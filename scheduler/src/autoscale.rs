@@ -1,0 +1,237 @@
+//! Autoscaling, after Knative's KPA, as a pure function of the load seen over time: enough
+//! replicas that each has `targetConcurrency` requests in flight, averaged over a stable
+//! window; when the load over the panic window calls for at least twice the replicas
+//! there are, scale up at once and do not scale down until the load has stayed below that
+//! for a whole stable window; scale down only to the most replicas wanted over the last
+//! `scaleDownDelay`, and only after watching for that long (so a scheduler that just took
+//! over, with no history, keeps the count it finds).
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use shoal_lattice::records::{Autoscale, AutoscaleStatus};
+
+/// Samples closer together than this are one.
+const SAMPLE_EVERY: Duration = Duration::from_secs(1);
+
+/// The load one app has had, as this scheduler saw it.
+#[derive(Debug, Default)]
+pub struct Window {
+    /// (when, requests in flight in thousandths).
+    samples: VecDeque<(Instant, u64)>,
+    /// (when, replicas wanted then).
+    wanted: VecDeque<(Instant, u32)>,
+    /// When this scheduler started watching.
+    since: Option<Instant>,
+    /// Until when it scales on the panic window.
+    panicking_until: Option<Instant>,
+}
+
+/// What the window calls for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// What it saw and wants, for the app's status.
+    pub status: AutoscaleStatus,
+    /// The count to scale to, when it differs from the current one.
+    pub scale_to: Option<u32>,
+    /// Why, for the event: `230 in flight over 60s, target 50`.
+    pub reason: String,
+}
+
+fn mean(samples: impl Iterator<Item = u64>) -> u64 {
+    let (sum, count) = samples.fold((0u64, 0u64), |(sum, count), sample| {
+        (sum.saturating_add(sample), count + 1)
+    });
+    sum.checked_div(count).unwrap_or(0)
+}
+
+/// Replicas for `milli` thousandths of requests in flight at `target` each, within bounds.
+fn replicas_for(milli: u64, spec: &Autoscale) -> u32 {
+    let per_replica = u64::from(spec.target()).saturating_mul(1000).max(1);
+    let wanted = u32::try_from(milli.div_ceil(per_replica)).unwrap_or(u32::MAX);
+    wanted.clamp(spec.min(), spec.max().max(spec.min()))
+}
+
+impl Window {
+    /// Records the app's total load at `now`.
+    pub fn observe(&mut self, now: Instant, milli: u64) {
+        self.since.get_or_insert(now);
+        if self
+            .samples
+            .back()
+            .is_some_and(|(at, _)| now.duration_since(*at) < SAMPLE_EVERY)
+        {
+            return;
+        }
+        self.samples.push_back((now, milli));
+    }
+
+    /// The replica count the load calls for, given `current`.
+    pub fn decide(&mut self, spec: &Autoscale, current: u32, now: Instant) -> Decision {
+        let window = spec.window();
+        let panic_window = spec.panic_window();
+        while self
+            .samples
+            .front()
+            .is_some_and(|(at, _)| now.duration_since(*at) > window)
+        {
+            self.samples.pop_front();
+        }
+        let recent = |span: Duration| {
+            self.samples
+                .iter()
+                .filter(move |(at, _)| now.duration_since(*at) <= span)
+                .map(|(_, milli)| *milli)
+        };
+        let stable_milli = mean(recent(window));
+        let panic_milli = mean(recent(panic_window));
+        let stable = replicas_for(stable_milli, spec);
+        let panic = replicas_for(panic_milli, spec);
+        if panic > current && panic >= current.saturating_mul(2) {
+            self.panicking_until = Some(now + window);
+        }
+        let panicking = self.panicking_until.is_some_and(|until| now < until);
+        let wanted = if panicking {
+            current.max(panic).max(stable)
+        } else {
+            stable
+        };
+        let delay = spec.scale_down_delay();
+        self.wanted.push_back((now, wanted));
+        while self
+            .wanted
+            .front()
+            .is_some_and(|(at, _)| now.duration_since(*at) > delay)
+        {
+            self.wanted.pop_front();
+        }
+        let watched = self
+            .since
+            .is_some_and(|since| now.duration_since(since) >= delay.max(window));
+        let target = if wanted >= current {
+            wanted
+        } else if watched {
+            // The most wanted over the delay: a dip shorter than it removes nothing.
+            self.wanted
+                .iter()
+                .map(|(_, wanted)| *wanted)
+                .max()
+                .unwrap_or(wanted)
+                .min(current)
+        } else {
+            current
+        };
+        let (milli, over) = if panicking {
+            (panic_milli, panic_window)
+        } else {
+            (stable_milli, window)
+        };
+        Decision {
+            status: AutoscaleStatus { panicking, wanted },
+            scale_to: (target != current).then_some(target),
+            reason: format!(
+                "{}.{} in flight over {}{}, target {} a replica",
+                milli / 1000,
+                (milli % 1000) / 100,
+                humantime::format_duration(over),
+                if panicking { " (panic)" } else { "" },
+                spec.target()
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_lattice::quantity::Span;
+
+    fn spec() -> Autoscale {
+        Autoscale {
+            min: Some(1),
+            max: Some(10),
+            target_concurrency: Some(10),
+            window: Some(Span(Duration::from_secs(60))),
+            scale_down_delay: Some(Span(Duration::from_secs(30))),
+        }
+    }
+
+    /// Feeds `milli` every second for `seconds` from `start`, deciding each time; returns
+    /// the count reached and when.
+    fn run(
+        window: &mut Window,
+        spec: &Autoscale,
+        mut current: u32,
+        start: Instant,
+        seconds: u64,
+        milli: u64,
+    ) -> (u32, Vec<(u64, u32)>) {
+        let mut changes = Vec::new();
+        for second in 0..seconds {
+            let now = start + Duration::from_secs(second);
+            window.observe(now, milli);
+            if let Some(to) = window.decide(spec, current, now).scale_to {
+                changes.push((second, to));
+                current = to;
+            }
+        }
+        (current, changes)
+    }
+
+    #[test]
+    fn a_load_four_times_the_target_panics_up_at_once_and_goes_down_after_the_delay() {
+        let spec = spec();
+        let mut window = Window::default();
+        let start = Instant::now();
+        // A quiet minute: nothing changes.
+        let (current, changes) = run(&mut window, &spec, 1, start, 60, 2_000);
+        assert_eq!((current, changes), (1, vec![]));
+        // 40 in flight at target 10: four replicas within the first seconds (panic).
+        let (current, changes) = run(
+            &mut window,
+            &spec,
+            1,
+            start + Duration::from_secs(60),
+            60,
+            40_000,
+        );
+        assert_eq!(current, 4);
+        assert!(changes[0].0 <= 1, "{changes:?}");
+        // The load goes: still four for a while (panic, then the delay), then one.
+        let (current, changes) = run(
+            &mut window,
+            &spec,
+            4,
+            start + Duration::from_secs(120),
+            180,
+            0,
+        );
+        assert_eq!(current, 1);
+        let down_at = changes.last().unwrap().0;
+        assert!(down_at >= 30, "scaled down after {down_at}s: {changes:?}");
+    }
+
+    #[test]
+    fn bounds_hold_and_a_new_watcher_keeps_the_count_it_finds() {
+        let spec = spec();
+        let mut window = Window::default();
+        let start = Instant::now();
+        // Far more than max: max.
+        let (current, _) = run(&mut window, &spec, 3, start, 10, 1_000_000);
+        assert_eq!(current, 10);
+        // A scheduler that just took over with no load seen keeps 6 until it has watched
+        // for the window, and never goes below min.
+        let mut fresh = Window::default();
+        let (current, changes) = run(&mut fresh, &spec, 6, start, 59, 0);
+        assert_eq!((current, changes), (6, vec![]));
+        let (current, _) = run(
+            &mut fresh,
+            &spec,
+            6,
+            start + Duration::from_secs(59),
+            120,
+            0,
+        );
+        assert_eq!(current, 1);
+    }
+}
