@@ -386,6 +386,23 @@ async fn handle(
                     format!("replicas: must be at most {max}"),
                 ));
             }
+            // The autoscaler owns an autoscaled app's count: a scale by hand would be undone
+            // at its next decision.
+            if let Some(autoscale) = lattice
+                .get::<AppRecord>(Bucket::Apps, &app_key(&namespace, &name))
+                .await
+                .map_err(internal)?
+                .and_then(|app| app.value.spec.autoscale)
+            {
+                return Err(ApiError::new(
+                    ErrorCode::Invalid,
+                    format!(
+                        "app {namespace}/{name} autoscales between {} and {} replicas: change spec.autoscale (min, max) instead",
+                        autoscale.min(),
+                        autoscale.max()
+                    ),
+                ));
+            }
             match apply::scale(lattice, &namespace, &name, replicas)
                 .await
                 .map_err(internal)?
