@@ -125,7 +125,7 @@ fn records_from_a_newer_version_are_served_and_unreadable_ones_stop_nothing() {
     let mut record: serde_json::Value =
         serde_json::from_slice(&lattice.nats.kv_get(&assignments, &key).unwrap()).unwrap();
     record["placedBy"] = serde_json::json!({"scheduler": "v9", "score": 0.5});
-    record["template"]["autoscale"] = serde_json::json!({"min": 0, "max": 5});
+    record["template"]["accelerators"] = serde_json::json!({"gpu": 1, "kind": "npu"});
     lattice.nats.publish(
         &format!("$KV.{assignments}.{key}"),
         record.to_string().as_bytes(),
