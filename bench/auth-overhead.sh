@@ -13,27 +13,18 @@ cd "$root"
 scripts/setup.sh >/dev/null
 # shellcheck source=../scripts/env.sh
 source scripts/env.sh
-command -v wrk >/dev/null || $(command -v sudo || true) apt-get install -y wrk >&2
-scripts/build-guests.sh >/dev/null
-cargo build --release --quiet -p shoal-cli
-unset RUST_BACKTRACE
-shoal="$root/target/release/shoal"
+# shellcheck source=lib.sh
+source bench/lib.sh
+need curl wrk
+build_release
 hello="$root/target/guests/wasm32-wasip2/release/hello_http.wasm"
 work=$(mktemp -d)
 pids=()
 cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null; rm -rf "$work"; }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-now_ms() { date +%s%3N; }
-
 registry_port=$(free_port)
-mkdir -p "$work/registry"
-printf 'version: 0.1\nlog: {level: error}\nstorage:\n  filesystem: {rootdirectory: %s}\nhttp:\n  addr: 127.0.0.1:%s\n' \
-  "$work/registry" "$registry_port" > "$work/registry.yml"
-docker-registry serve "$work/registry.yml" >/dev/null 2>&1 &
-pids+=($!)
-until (exec 3<>"/dev/tcp/127.0.0.1/$registry_port") 2>/dev/null; do sleep 0.1; done
+start_registry
 reference="127.0.0.1:$registry_port/bench/hello:1.0"
 "$shoal" push "$hello" "$reference" >/dev/null 2>&1
 

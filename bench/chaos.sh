@@ -18,23 +18,14 @@ scripts/setup.sh >/dev/null
 source scripts/env.sh
 # shellcheck source=lib.sh
 source bench/lib.sh
-command -v curl >/dev/null || { echo "installing curl (apt)" >&2; $(command -v sudo || true) apt-get install -y -qq curl >&2; }
-scripts/build-guests.sh >/dev/null
-cargo build --release --quiet -p shoal-cli
-unset RUST_BACKTRACE
-shoal=$root/target/release/shoal
+need curl
+build_release
 hello=$root/target/guests/wasm32-wasip2/release/hello_http.wasm
 
 work=$(mktemp -d)
 pids=()
 declare -A scheduler_pid host_pid host_url
-cleanup() {
-  for pid in "${pids[@]}" "${host_pid[@]}" "${scheduler_pid[@]}" "${nats_pid:-}" $(jobs -p); do
-    [ -n "$pid" ] && kill -9 "$pid" 2>/dev/null || true
-  done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
+cleanup() { stop_all "${pids[@]}" "${host_pid[@]}" "${scheduler_pid[@]}" "${nats_pid:-}"; }
 trap cleanup EXIT
 
 nats_port=$(free_port)

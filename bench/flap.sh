@@ -19,10 +19,8 @@ scripts/setup.sh >/dev/null
 source scripts/env.sh
 # shellcheck source=lib.sh
 source bench/lib.sh
-command -v nft >/dev/null || { echo "installing nftables (apt)" >&2; apt-get install -y -qq nftables >&2; }
-cargo build --release --quiet -p shoal-cli -p shoal-bench
-unset RUST_BACKTRACE
-shoal=$root/target/release/shoal
+need nft:nftables
+build_release shoal-bench
 bin=$root/target/release
 
 work=$(mktemp -d)
@@ -30,11 +28,9 @@ ns=shoal-flap-$$
 veth=sfl$$
 pids=()
 cleanup() {
-  for pid in "${pids[@]}" "${nats_pid:-}"; do kill -9 "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
+  stop_all "${pids[@]}" "${nats_pid:-}"
   ip netns del "$ns" 2>/dev/null || true
   ip link del "${veth}a" 2>/dev/null || true
-  rm -rf "$work"
 }
 trap cleanup EXIT
 

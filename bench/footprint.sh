@@ -13,24 +13,14 @@ scripts/setup.sh >/dev/null
 source scripts/env.sh
 # shellcheck source=lib.sh
 source bench/lib.sh
-command -v curl >/dev/null || { echo "installing curl (apt)" >&2; $(command -v sudo || true) apt-get install -y -qq curl >&2; }
-scripts/build-guests.sh >/dev/null
-cargo build --release --quiet -p shoal-cli
-unset RUST_BACKTRACE
-shoal=$root/target/release/shoal
+need curl
+build_release
 hello=$root/target/guests/wasm32-wasip2/release/hello_http.wasm
 
 work=$(mktemp -d)
 pids=()
-cleanup() {
-  for pid in "${pids[@]}" ${host_pid:-} ${nats_pid:-} $(jobs -p); do
-    [ -n "$pid" ] && kill -9 "$pid" 2>/dev/null || true
-  done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
+cleanup() { stop_all "${pids[@]}" "${host_pid:-}" "${nats_pid:-}"; }
 trap cleanup EXIT
-now_ms() { date +%s%3N; }
 median() { sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
 rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
 nats_port=$(free_port)

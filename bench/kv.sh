@@ -14,24 +14,13 @@ scripts/setup.sh >/dev/null
 source scripts/env.sh
 # shellcheck source=lib.sh
 source bench/lib.sh
-for tool in curl wrk; do
-  command -v "$tool" >/dev/null || { echo "installing $tool (apt)" >&2; $(command -v sudo || true) apt-get install -y -qq "$tool" >&2; }
-done
-scripts/build-guests.sh >/dev/null
-cargo build --release --quiet -p shoal-cli
-unset RUST_BACKTRACE
-shoal=$root/target/release/shoal
+need curl wrk
+build_release
 counter=$root/target/guests/wasm32-wasip2/release/kv_counter.wasm
 
 work=$(mktemp -d)
 pids=()
-cleanup() {
-  for pid in "${pids[@]}" ${nats_pid:-} $(jobs -p); do
-    [ -n "$pid" ] && kill -9 "$pid" 2>/dev/null || true
-  done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
+cleanup() { stop_all "${pids[@]}" "${nats_pid:-}"; }
 trap cleanup EXIT
 nats_port=$(free_port)
 registry_port=$(free_port)

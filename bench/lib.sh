@@ -1,6 +1,44 @@
-# Sourced by the bench scripts: free ports, and a JetStream nats-server and a registry on
-# loopback with their data in "$work" (which the caller makes and removes). The caller sets
-# nats_port and registry_port; start_nats sets nats_pid, start_registry adds to pids.
+# Sourced by the bench scripts (from the repository root, with $root set): missing tools
+# installed, release binaries built, free ports, a JetStream nats-server and a registry on
+# loopback with their data in "$work" (which the caller makes), and everything stopped at
+# the end. The caller sets nats_port and registry_port; start_nats sets nats_pid,
+# start_registry adds to pids.
+
+# Installs each missing command with apt: `need wrk`, or `need nft:nftables` when the
+# package has another name.
+need() {
+  local spec command package
+  for spec in "$@"; do
+    command=${spec%%:*}
+    package=${spec#*:}
+    command -v "$command" >/dev/null && continue
+    echo "installing $package (apt)" >&2
+    $(command -v sudo || true) apt-get install -y -qq "$package" >&2
+  done
+}
+
+# Builds the guest components and release binaries of shoal-cli and the packages given,
+# and measures as a user would run it: without RUST_BACKTRACE. Sets $shoal.
+build_release() {
+  local packages=(-p shoal-cli) package
+  for package in "$@"; do packages+=(-p "$package"); done
+  scripts/build-guests.sh >/dev/null
+  cargo build --release --quiet "${packages[@]}"
+  unset RUST_BACKTRACE
+  shoal=$root/target/release/shoal
+}
+
+# Kills (SIGKILL) the processes given and the shell's jobs, waits for them, removes $work.
+stop_all() {
+  local pid
+  for pid in "$@" $(jobs -p); do
+    [ -n "$pid" ] && kill -9 "$pid" 2>/dev/null || true
+  done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+
+now_ms() { date +%s%3N; }
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 

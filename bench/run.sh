@@ -14,10 +14,9 @@ scripts/setup.sh
 # shellcheck source=../scripts/env.sh
 source scripts/env.sh
 
-if ! command -v wrk >/dev/null; then
-    echo "installing wrk (apt)" >&2
-    $(command -v sudo || true) apt-get install -y wrk >&2
-fi
+# shellcheck source=lib.sh
+source bench/lib.sh
+need wrk
 # The wasmtime version Shoal embeds, from Cargo.lock.
 version="$(awk '/^name = "wasmtime"$/ { getline; gsub(/[^0-9.]/, ""); print; exit }' Cargo.lock)"
 wasmtime="$root/.shoal/tools/bin/wasmtime"
@@ -26,9 +25,7 @@ if [ "$what" != lattice ] && ! "$wasmtime" --version 2>/dev/null | grep -q "wasm
     cargo install "wasmtime-cli@$version" --locked --root "$root/.shoal/tools"
 fi
 
-scripts/build-guests.sh >/dev/null
-cargo build --release --quiet -p shoal-cli -p shoal-bench
-unset RUST_BACKTRACE
+build_release shoal-bench
 guests=target/guests/wasm32-wasip2/release
 if [ "$what" != lattice ]; then
   target/release/shoal-bench \

@@ -326,6 +326,34 @@ fn the_caches_keep_to_their_budget_never_evicting_what_runs_and_stale_temp_files
     assert_eq!(host.get("/second").unwrap().0, 200);
 }
 
+/// The arguments of `shoal up --leaf` for `site`, linked to the hub's leaf port
+/// `leafnodes`, its own nats-server on `nats_port`, its data in `data`, and `extra`.
+fn site_args(
+    leafnodes: u16,
+    site: &str,
+    nats_port: u16,
+    data: &std::path::Path,
+    extra: &[&str],
+) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "up",
+        "--leaf",
+        &format!("nats-leaf://127.0.0.1:{leafnodes}"),
+        "--site",
+        site,
+        "--nats-port",
+        &nats_port.to_string(),
+        "--http",
+        &format!("127.0.0.1:{}", support::free_port()),
+        "--data-dir",
+        &data.display().to_string(),
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    args.extend(extra.iter().map(|arg| (*arg).to_owned()));
+    args
+}
+
 /// `shoal up --leaf` for one site: a leaf nats-server linked to the hub and one host.
 struct Site {
     up: std::process::Child,
@@ -397,21 +425,7 @@ fn a_site_behind_a_leaf_serves_without_its_hub_restarts_without_it_and_converges
     )));
     let _scheduler = patient_scheduler(&lattice);
     let data = tempfile::tempdir().unwrap();
-    let args: Vec<String> = [
-        "up",
-        "--leaf",
-        &format!("nats-leaf://127.0.0.1:{leafnodes}"),
-        "--site",
-        "site-a",
-        "--nats-port",
-        &support::free_port().to_string(),
-        "--http",
-        &format!("127.0.0.1:{}", support::free_port()),
-        "--data-dir",
-        &data.path().display().to_string(),
-    ]
-    .map(str::to_owned)
-    .to_vec();
+    let args = site_args(leafnodes, "site-a", support::free_port(), data.path(), &[]);
     let site = Site::start(&lattice, &args);
     lattice.wait_registered("site-a-1");
     let hello = lattice.push_hello("1.0");
@@ -523,23 +537,13 @@ fn a_secure_site_reaches_its_hub_with_its_own_credentials_and_no_more() {
     assert!(ok, "{stderr}");
     let leaf_port = support::free_port();
     let data = tempfile::tempdir().unwrap();
-    let args: Vec<String> = [
-        "up",
-        "--leaf",
-        &format!("nats-leaf://127.0.0.1:{leafnodes}"),
-        "--site",
+    let args = site_args(
+        leafnodes,
         "site-s",
-        "--site-auth",
-        site_auth.path().to_str().unwrap(),
-        "--nats-port",
-        &leaf_port.to_string(),
-        "--http",
-        &format!("127.0.0.1:{}", support::free_port()),
-        "--data-dir",
-        &data.path().display().to_string(),
-    ]
-    .map(str::to_owned)
-    .to_vec();
+        leaf_port,
+        data.path(),
+        &["--site-auth", site_auth.path().to_str().unwrap()],
+    );
     let site = Site::start(&lattice, &args);
     lattice.wait_registered("site-s-1");
     let hello = lattice.push_hello("1.0");

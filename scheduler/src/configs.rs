@@ -71,63 +71,28 @@ pub async fn put(
     name: &str,
     data: BTreeMap<String, String>,
 ) -> Result<ConfigPut, Error> {
-    let key = app_key(namespace, name);
-    let mut stored = None;
-    for _ in 0..ATTEMPTS {
-        let now = now_millis();
-        let fresh = ConfigObject {
+    let (object, created, changed) = put_versioned(
+        lattice,
+        Bucket::Configs,
+        &app_key(namespace, name),
+        |now| ConfigObject {
             name: name.to_owned(),
             namespace: namespace.to_owned(),
             version: 1,
             data: data.clone(),
             created_at: now,
             updated_at: now,
-        };
-        let written = match lattice
-            .get_checked::<ConfigObject>(Bucket::Configs, &key)
-            .await?
-        {
-            Some(Ok(current)) if current.value.data == data => {
-                stored = Some((current.value, false, false));
-                break;
-            }
-            Some(Ok(current)) => {
-                let object = ConfigObject {
-                    version: current.value.version + 1,
-                    data: data.clone(),
-                    updated_at: now,
-                    ..current.value
-                };
-                lattice
-                    .update(Bucket::Configs, &key, &object, current.revision)
-                    .await
-                    .map(|_| (object, false, true))
-            }
-            // A record written around the API: replaced, as if new.
-            Some(Err(revision)) => lattice
-                .update(Bucket::Configs, &key, &fresh, revision)
-                .await
-                .map(|_| (fresh, true, true)),
-            None => lattice
-                .create(Bucket::Configs, &key, &fresh)
-                .await
-                .map(|_| (fresh, true, true)),
-        };
-        match written {
-            Ok(done) => {
-                stored = Some(done);
-                break;
-            }
-            Err(Error::Conflict { .. }) => {}
-            Err(error) => return Err(error),
-        }
-    }
-    let Some((object, created, changed)) = stored else {
-        return Err(Error::Conflict {
-            bucket: Bucket::Configs.name(lattice.name()),
-            key,
-        });
-    };
+        },
+        |current: &ConfigObject, now| {
+            (current.data != data).then(|| ConfigObject {
+                version: current.version + 1,
+                data: data.clone(),
+                updated_at: now,
+                ..current.clone()
+            })
+        },
+    )
+    .await?;
     let users = users(lattice, namespace, name).await?;
     let apps = reapply(lattice, users, |app| {
         let behind = app
@@ -152,6 +117,61 @@ pub async fn put(
         created,
         changed,
         apps,
+    })
+}
+
+/// Writes the record at `key` of `bucket` by compare-and-set, again while other writers get
+/// there first: `fresh(now)` when there is none (or one written around the API, which is
+/// replaced), else `change(current, now)`, which is `None` to leave it as it is. Returns
+/// the record as stored, whether it is new, and whether it changed.
+///
+/// # Errors
+/// Lattice errors; [`Error::Conflict`] if the key kept changing for every attempt.
+pub(crate) async fn put_versioned<T>(
+    lattice: &Lattice,
+    bucket: Bucket,
+    key: &str,
+    fresh: impl Fn(u64) -> T,
+    change: impl Fn(&T, u64) -> Option<T>,
+) -> Result<(T, bool, bool), Error>
+where
+    T: serde::Serialize + serde::de::DeserializeOwned + shoal_lattice::Validate,
+{
+    for _ in 0..ATTEMPTS {
+        let now = now_millis();
+        let written = match lattice.get_checked::<T>(bucket, key).await? {
+            Some(Ok(current)) => match change(&current.value, now) {
+                None => return Ok((current.value, false, false)),
+                Some(next) => lattice
+                    .update(bucket, key, &next, current.revision)
+                    .await
+                    .map(|_| (next, false, true)),
+            },
+            // A record written around the API: replaced, as if new.
+            Some(Err(revision)) => {
+                let next = fresh(now);
+                lattice
+                    .update(bucket, key, &next, revision)
+                    .await
+                    .map(|_| (next, true, true))
+            }
+            None => {
+                let next = fresh(now);
+                lattice
+                    .create(bucket, key, &next)
+                    .await
+                    .map(|_| (next, true, true))
+            }
+        };
+        match written {
+            Ok(done) => return Ok(done),
+            Err(Error::Conflict { .. }) => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Err(Error::Conflict {
+        bucket: bucket.name(lattice.name()),
+        key: key.to_owned(),
     })
 }
 

@@ -9,14 +9,12 @@ use std::collections::BTreeMap;
 
 use shoal_lattice::api::{ConfigPut, SecretView};
 use shoal_lattice::names::app_key;
-use shoal_lattice::records::{AppSpec, SecretObject, SecretsKey, now_millis};
+use shoal_lattice::records::{AppSpec, SecretObject, SecretsKey};
 use shoal_lattice::secrets::{Sealed, SecretValues, XKey};
 use shoal_lattice::{Bucket, Error, Lattice};
 
 use crate::apply;
 use crate::configs::apps_listing;
-
-const ATTEMPTS: usize = 5;
 
 /// Publishes the public half of the lattice's secrets key where clients read it.
 ///
@@ -123,11 +121,12 @@ pub async fn put(
     keys: Vec<String>,
     sealed: Sealed,
 ) -> Result<ConfigPut, Error> {
-    let key = app_key(namespace, name);
-    let mut stored = None;
-    for _ in 0..ATTEMPTS {
-        let now = now_millis();
-        let fresh = SecretObject {
+    // Every put is a new version: a box cannot be compared with the one stored.
+    let (secret, created, _) = crate::configs::put_versioned(
+        lattice,
+        Bucket::Secrets,
+        &app_key(namespace, name),
+        |now| SecretObject {
             name: name.to_owned(),
             namespace: namespace.to_owned(),
             version: 1,
@@ -135,49 +134,18 @@ pub async fn put(
             sealed: sealed.clone(),
             created_at: now,
             updated_at: now,
-        };
-        let written = match lattice
-            .get_checked::<SecretObject>(Bucket::Secrets, &key)
-            .await?
-        {
-            Some(Ok(current)) => {
-                let secret = SecretObject {
-                    version: current.value.version + 1,
-                    keys: keys.clone(),
-                    sealed: sealed.clone(),
-                    updated_at: now,
-                    ..current.value
-                };
-                lattice
-                    .update(Bucket::Secrets, &key, &secret, current.revision)
-                    .await
-                    .map(|_| (secret, false))
-            }
-            // A record written around the API: replaced, as if new.
-            Some(Err(revision)) => lattice
-                .update(Bucket::Secrets, &key, &fresh, revision)
-                .await
-                .map(|_| (fresh, true)),
-            None => lattice
-                .create(Bucket::Secrets, &key, &fresh)
-                .await
-                .map(|_| (fresh, true)),
-        };
-        match written {
-            Ok(done) => {
-                stored = Some(done);
-                break;
-            }
-            Err(Error::Conflict { .. }) => {}
-            Err(error) => return Err(error),
-        }
-    }
-    let Some((secret, created)) = stored else {
-        return Err(Error::Conflict {
-            bucket: Bucket::Secrets.name(lattice.name()),
-            key,
-        });
-    };
+        },
+        |current: &SecretObject, now| {
+            Some(SecretObject {
+                version: current.version + 1,
+                keys: keys.clone(),
+                sealed: sealed.clone(),
+                updated_at: now,
+                ..current.clone()
+            })
+        },
+    )
+    .await?;
     let users = apps_listing(lattice, namespace, name, |spec| &spec.secrets).await?;
     let apps = crate::configs::reapply(lattice, users, |app| {
         (app.secret_versions.get(name) != Some(&secret.version)).then(|| {

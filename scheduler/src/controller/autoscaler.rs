@@ -19,17 +19,25 @@ pub(super) async fn step(
         .map(|app| app.key.clone())
         .collect();
     state.autoscaling.retain(|key, _| scaled.contains(key));
+    if scaled.is_empty() {
+        return;
+    }
+    // Each app's load over every live host, summed in one walk over the hosts.
+    let mut load: HashMap<&str, u64> = HashMap::new();
+    for (app, milli) in hosts.values().flat_map(|host| &host.load) {
+        let total = load.entry(app.as_str()).or_default();
+        *total = total.saturating_add(*milli);
+    }
     for app in apps {
         let app = &app.value;
         let Some(spec) = &app.spec.autoscale else {
             continue;
         };
         let key = key_of(app);
-        let load_key = format!("{}/{}", app.namespace, app.name);
-        let milli = hosts
-            .values()
-            .filter_map(|host| host.load.get(&load_key))
-            .fold(0u64, |sum, milli| sum.saturating_add(*milli));
+        let milli = load
+            .get(format!("{}/{}", app.namespace, app.name).as_str())
+            .copied()
+            .unwrap_or(0);
         let (window, status) = state.autoscaling.entry(key.clone()).or_default();
         window.observe(now, milli);
         let decision = window.decide(spec, app.spec.replicas, now);
