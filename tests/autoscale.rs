@@ -122,3 +122,127 @@ fn load_scales_an_app_up_at_once_and_down_after_its_delay() {
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(replicas(&lattice), 1, "went below min");
 }
+
+/// The replica count of `app` as stored.
+fn replicas_of(lattice: &Lattice, app: &str) -> u64 {
+    lattice.app(app)["spec"]["replicas"].as_u64().unwrap()
+}
+
+/// `count` concurrent GETs of `url`: each one's status and `Retry-After`.
+fn burst(url: &str, count: usize) -> Vec<(u16, Option<String>)> {
+    let clients: Vec<_> = (0..count)
+        .map(|_| {
+            let url = url.to_owned();
+            std::thread::spawn(move || {
+                let agent = support::lattice::agent();
+                let response = agent.get(&url).call().unwrap();
+                let retry = response
+                    .headers()
+                    .get("retry-after")
+                    .map(|value| value.to_str().unwrap().to_owned());
+                (response.status().as_u16(), retry)
+            })
+        })
+        .collect();
+    clients.into_iter().map(|c| c.join().unwrap()).collect()
+}
+
+#[test]
+fn an_idle_app_goes_to_zero_and_its_first_requests_wake_it() {
+    let lattice = Lattice::start();
+    let _scheduler = lattice.scheduler("s1");
+    let h1 = lattice.host("h1", &["role=back"]);
+    // h2 holds at most two requests per app, for a second.
+    let h2 = lattice.host_with("h2", &["--hold-requests", "2", "--hold-timeout", "1s"]);
+    let h3 = lattice.host("h3", &[]);
+    let hello = lattice.push_hello("1.0");
+    let app = |name: &str, replicas: u32, extra: &str| {
+        format!(
+            "apiVersion: shoal.dev/v1\nkind: App\nmetadata: {{name: {name}}}\nspec:\n  component: {hello}\n  replicas: {replicas}\n  routes: [{{path: /{name}}}]\n  autoscale: {{min: 0, max: 3, window: 6s, scaleDownDelay: 3s}}\n{extra}"
+        )
+    };
+    lattice.apply(&app("sleepy", 1, ""));
+    let placed = lattice.wait_ready("sleepy", 1, Duration::from_secs(30));
+    let first_host = placed.keys().next().unwrap().clone();
+
+    // No request for its delay: no replica anywhere, and hosts no longer list an endpoint.
+    let quiet = Instant::now();
+    eventually(Duration::from_secs(30), "sleepy to reach zero", || {
+        (replicas_of(&lattice, "sleepy") == 0 && lattice.replica_ids("sleepy").is_empty())
+            .then_some(())
+    });
+    eprintln!("zero {:?} after the last request", quiet.elapsed());
+    let events = lattice.events(&["--app", "sleepy"]);
+    assert!(
+        events.iter().any(|event| event["reason"] == "Scaled"
+            && event["message"] == "scaled from 1 to 0: no request for 3s"),
+        "{events:?}"
+    );
+
+    // 20 concurrent first requests through a host that had no replica: all held, then
+    // served; the woken replica is placed on that host.
+    let other = ["h1", "h3"]
+        .into_iter()
+        .find(|host| *host != first_host)
+        .unwrap();
+    let through = if other == "h1" { &h1 } else { &h3 };
+    let woke = Instant::now();
+    let answers = burst(&format!("{}/sleepy", through.url.clone().unwrap()), 20);
+    eprintln!(
+        "20 first requests through {other} answered in {:?}",
+        woke.elapsed()
+    );
+    assert!(
+        answers.iter().all(|(status, _)| *status == 200),
+        "{answers:?}"
+    );
+    assert_eq!(
+        lattice.wait_ready("sleepy", 1, Duration::from_secs(10)),
+        [(other.to_owned(), 1)].into()
+    );
+    let events = lattice.events(&["--app", "sleepy"]);
+    assert!(
+        events.iter().any(|event| event["reason"] == "Scaled"
+            && event["message"]
+                == format!("scaled from 0 to 1: host {other} holds a request for it").as_str()),
+        "{events:?}"
+    );
+
+    // An app at zero that only h1 may run, asked through h3: woken on h1 and forwarded.
+    lattice.apply(&app("pinned", 0, "  placement: {requires: {role: back}}\n"));
+    // (404 until h3 has the app's routing record, as for any new app.)
+    let (status, body) = eventually(Duration::from_secs(10), "h3 to route /pinned", || {
+        h3.get("/pinned").filter(|(status, _)| *status != 404)
+    });
+    assert_eq!((status, body.as_str()), (200, "hello from Shoal\n"));
+    assert_eq!(
+        lattice.wait_ready("pinned", 1, Duration::from_secs(10)),
+        [("h1".to_owned(), 1)].into()
+    );
+
+    // An app at zero that no host can run: h2 holds two requests for a second, then 503;
+    // the others get 503 at once. All say when to try again.
+    lattice.apply(&app(
+        "nowhere",
+        0,
+        "  placement: {requires: {role: none}}\n",
+    ));
+    eventually(Duration::from_secs(10), "h2 to route /nowhere", || {
+        h2.get("/nowhere").filter(|(status, _)| *status != 404)
+    });
+    let asked = Instant::now();
+    let answers = burst(&format!("{}/nowhere", h2.url.clone().unwrap()), 6);
+    let took = asked.elapsed();
+    assert!(
+        answers
+            .iter()
+            .all(|(status, retry)| *status == 503 && retry.as_deref() == Some("1")),
+        "{answers:?}"
+    );
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "held for {took:?}"
+    );
+    let log = h2.log();
+    assert!(!log.contains("panicked"), "{log}");
+}

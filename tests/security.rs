@@ -57,6 +57,8 @@ fn a_host_credential_can_write_only_its_own_records_and_hear_only_its_own_reques
         format!("shoal.{name}.v1.events.default.hello._scheduler"),
         format!("shoal.{name}.v1.logs.default.hello.h1"),
         format!("shoal.{name}.v1.api.admin._lattice.h9.apply"),
+        // Waking an app in another host's name.
+        format!("shoal.{name}.v1.wake.h1.default.hello"),
     ];
     for subject in &forbidden {
         raw.publish(subject);
@@ -86,6 +88,8 @@ fn a_host_credential_can_write_only_its_own_records_and_hear_only_its_own_reques
         format!("shoal.{name}.v1.http.>"),
         "_INBOX.>".to_owned(),
         format!("shoal.{name}.v1.api.>"),
+        // Other hosts' wakes.
+        format!("shoal.{name}.v1.wake.>"),
     ] {
         raw.subscribe(&subject);
         raw.wait_refused("Subscription", &subject);

@@ -24,7 +24,9 @@ pub struct CommandOutcome {
     pub failure: Option<(FailureCause, String)>,
 }
 
-/// Runs `component`'s `wasi:cli/run` with stdio inherited and the given grants and limits.
+/// Runs `component`'s `wasi:cli/run` with the given grants and limits; stdin is the
+/// process's with `inherit_stdin` (`shoal run`), else empty (a job's run); stdout and
+/// stderr go where `options.output` says.
 ///
 /// # Errors
 /// [`HostError`] when the component cannot be linked or instantiated.
@@ -33,6 +35,7 @@ pub async fn run(
     component: &Component,
     options: &GuestOptions,
     limits: &Limits,
+    inherit_stdin: bool,
 ) -> Result<CommandOutcome, HostError> {
     options.validate()?;
     let engine = runtime.engine();
@@ -42,7 +45,7 @@ pub async fn run(
     let cpu = limits
         .cpu_millicores
         .map(|millicores| Arc::new(CpuQuota::new(millicores)));
-    let mut store = new_store(engine, options, limits, cpu.as_ref(), true)?;
+    let mut store = new_store(engine, options, limits, cpu.as_ref(), inherit_stdin)?;
     let command = pre
         .instantiate_async(&mut store)
         .await

@@ -100,11 +100,20 @@ impl ReplicaLogs {
             lines,
             host: host.to_owned(),
             namespace: assignment.namespace.clone(),
-            app: assignment.app.clone(),
+            app: log_name(assignment),
             replica: assignment.replica.clone(),
             revision: assignment.revision,
             metrics,
         }
+    }
+}
+
+/// What `assignment`'s lines are published under: its app, or `job=<name>` for a job's
+/// run (a token no app name can be, so a job's logs never mix with an app's of that name).
+pub fn log_name(assignment: &Assignment) -> String {
+    match assignment.job {
+        Some(_) => shoal_lattice::jobs::log_name(&assignment.app),
+        None => assignment.app.clone(),
     }
 }
 

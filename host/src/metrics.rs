@@ -183,7 +183,8 @@ impl Metrics {
 
     /// Requests in flight at this host's replicas over the last `interval`, per app, in
     /// thousandths (requests answered in it, by how long each took; one still running is
-    /// counted when it ends), and starts the next interval.
+    /// counted when it ends), and starts the next interval. Rounded up: an app that
+    /// answered any request is never reported idle (scale to zero depends on it).
     pub fn take_load(&self, interval: Duration) -> BTreeMap<String, u64> {
         let interval = u64::try_from(interval.as_micros())
             .unwrap_or(u64::MAX)
@@ -194,7 +195,7 @@ impl Metrics {
         apps.iter()
             .filter_map(|(app, metrics)| {
                 let busy = metrics.busy_micros.swap(0, Ordering::Relaxed);
-                (busy > 0).then(|| (app.clone(), busy.saturating_mul(1000) / interval))
+                (busy > 0).then(|| (app.clone(), busy.saturating_mul(1000).div_ceil(interval)))
             })
             .collect()
     }

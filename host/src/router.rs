@@ -32,6 +32,8 @@ pub struct AppRoutes {
     pub expose: shoal_lattice::records::Expose,
     /// `<namespace>/<app>`, made once so requests need not format it.
     pub key: String,
+    /// The app may be at zero replicas: with no endpoint, hold its requests and wake it.
+    pub scale_to_zero: bool,
 }
 
 impl AppRoutes {
@@ -51,6 +53,7 @@ impl AppRoutes {
             endpoints: Arc::from(Vec::new()),
             expose: shoal_lattice::records::Expose::default(),
             key: format!("{namespace}/{app}"),
+            scale_to_zero: false,
         }
     }
 }
@@ -74,10 +77,21 @@ pub enum Lookup {
 type Rank = (bool, bool, usize);
 
 /// The routing table.
-#[derive(Default)]
 pub struct Router {
     apps: RwLock<Vec<Arc<AppRoutes>>>,
     next: AtomicUsize,
+    /// Told on every change, for requests waiting for an app to get a replica.
+    changed: tokio::sync::watch::Sender<()>,
+}
+
+impl Default for Router {
+    fn default() -> Self {
+        Self {
+            apps: RwLock::default(),
+            next: AtomicUsize::new(0),
+            changed: tokio::sync::watch::Sender::new(()),
+        }
+    }
 }
 
 fn path_matches(prefix: &str, path: &str) -> bool {
@@ -92,6 +106,12 @@ impl Router {
         if let Ok(mut table) = self.apps.write() {
             *table = apps.into_iter().map(Arc::new).collect();
         }
+        self.changed.send_replace(());
+    }
+
+    /// Tells of every later change of the table.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<()> {
+        self.changed.subscribe()
     }
 
     /// Finds the replica for a request to `host` (the Host header, port removed) and `path`.
@@ -138,6 +158,11 @@ impl Router {
     pub fn reachable(&self, caller: &str, namespace: &str, app: &str) -> bool {
         self.find(namespace, app)
             .is_some_and(|entry| entry.expose.allows(namespace, caller))
+    }
+
+    /// The entry of `namespace/app`.
+    pub fn app(&self, namespace: &str, app: &str) -> Option<Arc<AppRoutes>> {
+        self.find(namespace, app)
     }
 
     /// The entry of `namespace/app`.

@@ -246,6 +246,7 @@ mod tests {
                 expose: Default::default(),
                 timeout: None,
                 endpoints: vec!["h1".into()],
+                scale_to_zero: false,
             }],
         }
     }

@@ -40,6 +40,20 @@ pub struct AppManifest {
     pub digest: String,
 }
 
+/// One job or cron job of an `apply`, its component already pinned by the client.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobManifest<S> {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// The spec as written.
+    pub spec: S,
+    /// The component's manifest digest.
+    pub digest: String,
+}
+
 /// What the CLI asks.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", tag = "verb")]
@@ -48,6 +62,49 @@ pub enum Request {
     Apply {
         /// The apps.
         apps: Vec<AppManifest>,
+    },
+    /// Create jobs (a job cannot be changed: the same spec again is no change, another is
+    /// refused) and create or update cron jobs.
+    ApplyJobs {
+        /// The jobs.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        jobs: Vec<JobManifest<crate::jobs::JobSpec>>,
+        /// The cron jobs.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        cron_jobs: Vec<JobManifest<crate::jobs::CronJobSpec>>,
+    },
+    /// Jobs with their status (of one namespace, or every namespace the caller may view).
+    GetJobs {
+        /// Only this namespace.
+        namespace: Option<String>,
+    },
+    /// Delete a job: its runs stop.
+    DeleteJob {
+        /// Namespace.
+        namespace: String,
+        /// Name.
+        name: String,
+    },
+    /// Cron jobs with their status.
+    GetCronJobs {
+        /// Only this namespace.
+        namespace: Option<String>,
+    },
+    /// Delete a cron job and the jobs it made.
+    DeleteCronJob {
+        /// Namespace.
+        namespace: String,
+        /// Name.
+        name: String,
+    },
+    /// Make a job from a cron job's template now.
+    CreateJobFrom {
+        /// Namespace.
+        namespace: String,
+        /// The cron job.
+        cron_job: String,
+        /// The job's name.
+        name: String,
     },
     /// Delete an app.
     Delete {
@@ -257,7 +314,10 @@ impl Request {
     /// The verb: the last token of the subject.
     pub fn verb(&self) -> &'static str {
         match self {
-            Request::Apply { .. } => "apply",
+            Request::Apply { .. } | Request::ApplyJobs { .. } => "apply",
+            Request::GetJobs { .. } | Request::GetCronJobs { .. } => "get",
+            Request::DeleteJob { .. } | Request::DeleteCronJob { .. } => "delete",
+            Request::CreateJobFrom { .. } => "create",
             Request::Delete { .. } => "delete",
             Request::Scale { .. } => "scale",
             Request::Undo { .. } => "undo",
@@ -299,7 +359,17 @@ impl Request {
                 Role::Editor,
                 apps.iter().map(|app| app.namespace.as_str()).collect(),
             ),
+            Request::ApplyJobs { jobs, cron_jobs } => (
+                Role::Editor,
+                jobs.iter()
+                    .map(|job| job.namespace.as_str())
+                    .chain(cron_jobs.iter().map(|cron| cron.namespace.as_str()))
+                    .collect(),
+            ),
             Request::Delete { namespace, .. }
+            | Request::DeleteJob { namespace, .. }
+            | Request::DeleteCronJob { namespace, .. }
+            | Request::CreateJobFrom { namespace, .. }
             | Request::Scale { namespace, .. }
             | Request::Undo { namespace, .. }
             | Request::Pause { namespace, .. }
@@ -319,6 +389,8 @@ impl Request {
                 vec![namespace],
             ),
             Request::GetApps { namespace }
+            | Request::GetJobs { namespace }
+            | Request::GetCronJobs { namespace }
             | Request::GetReplicas { namespace }
             | Request::GetConfigs { namespace }
             | Request::GetSecrets { namespace } => {
@@ -454,6 +526,44 @@ pub struct History {
     pub current: u64,
     /// The revisions kept, oldest first.
     pub revisions: Vec<RevisionRecord>,
+}
+
+/// What applying one job or cron job did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AppliedJob {
+    /// `job` or `cronjob`.
+    pub kind: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// `created`, `configured` or `unchanged`.
+    pub change: String,
+}
+
+/// A job with its status.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobView {
+    /// The job.
+    #[serde(flatten)]
+    pub job: crate::jobs::JobRecord,
+    /// Its status, once a scheduler wrote one.
+    pub status: Option<crate::jobs::JobStatus>,
+}
+
+/// A cron job with its status and the jobs it made that are kept.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CronJobView {
+    /// The cron job.
+    #[serde(flatten)]
+    pub cron_job: crate::jobs::CronJobRecord,
+    /// Its status, once a scheduler wrote one.
+    pub status: Option<crate::jobs::CronJobStatus>,
+    /// The jobs it made that are kept, oldest first, with their phase.
+    pub jobs: Vec<(String, Option<crate::jobs::JobPhase>)>,
 }
 
 /// An app with its status.

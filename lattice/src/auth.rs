@@ -363,6 +363,8 @@ pub fn permissions(lattice: &str, identity: &Identity) -> Permissions {
                 format!("{root}.events.*.*.{id}"),
                 // Forwarded requests go to the host chosen among an app's endpoints.
                 format!("{root}.http.>"),
+                // Waking an app scaled to zero, in its own name only.
+                format!("{root}.wake.{id}.>"),
             ]);
             subscribe.push(format!("{root}.http.{id}.>"));
         }
@@ -377,6 +379,7 @@ pub fn permissions(lattice: &str, identity: &Identity) -> Permissions {
                 publish.push(format!("$KV.{}.>", bucket.name(lattice)));
             }
             subscribe.push(api_subjects(lattice));
+            subscribe.push(crate::names::wake_subjects(lattice));
         }
         Identity::Site { hosts, domain, .. } => {
             // The union of its hosts' permissions and nothing of its own: a stolen site

@@ -86,10 +86,14 @@ impl Event {
         self
     }
 
-    /// What it is about: `app <namespace>/<app>` or `host <id>`.
+    /// What it is about: `app <namespace>/<app>`, `job <namespace>/<name>`,
+    /// `cronjob <namespace>/<name>` or `host <id>`.
     pub fn object(&self) -> String {
         match (&self.namespace, &self.app, &self.host) {
-            (Some(namespace), Some(app), _) => format!("app {namespace}/{app}"),
+            (Some(namespace), Some(app), _) => match app.split_once('=') {
+                Some((kind, name)) => format!("{kind} {namespace}/{name}"),
+                None => format!("app {namespace}/{app}"),
+            },
             (_, _, Some(host)) => format!("host {host}"),
             _ => "lattice".to_owned(),
         }

@@ -10,6 +10,7 @@ pub mod appkv;
 pub mod auth;
 pub mod error;
 pub mod events;
+pub mod jobs;
 pub mod journal;
 pub mod logs;
 pub mod mirror;

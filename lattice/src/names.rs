@@ -68,11 +68,15 @@ pub enum Bucket {
     Configs,
     /// Secrets (values sealed to the lattice's secrets key), key `<namespace>.<name>`.
     Secrets,
+    /// Jobs, key `<namespace>.<name>`.
+    Jobs,
+    /// Cron jobs, key `<namespace>.<name>`.
+    CronJobs,
 }
 
 impl Bucket {
     /// Every bucket, for setup.
-    pub const ALL: [Bucket; 8] = [
+    pub const ALL: [Bucket; 10] = [
         Bucket::Apps,
         Bucket::Revisions,
         Bucket::Hosts,
@@ -81,6 +85,8 @@ impl Bucket {
         Bucket::Leases,
         Bucket::Configs,
         Bucket::Secrets,
+        Bucket::Jobs,
+        Bucket::CronJobs,
     ];
 
     /// The bucket's short name, the last part of [`Bucket::name`].
@@ -94,6 +100,8 @@ impl Bucket {
             Bucket::Leases => "leases",
             Bucket::Configs => "configs",
             Bucket::Secrets => "secrets",
+            Bucket::Jobs => "jobs",
+            Bucket::CronJobs => "cronjobs",
         }
     }
 
@@ -109,6 +117,16 @@ impl Bucket {
             _ => 1,
         }
     }
+}
+
+/// Key of a job's status in the status bucket.
+pub fn job_status_key(namespace: &str, name: &str) -> String {
+    format!("jobs.{namespace}.{name}")
+}
+
+/// Key of a cron job's status in the status bucket.
+pub fn cron_job_status_key(namespace: &str, name: &str) -> String {
+    format!("cronjobs.{namespace}.{name}")
 }
 
 /// Key of an app record.
@@ -166,9 +184,56 @@ pub fn http_subject(lattice: &str, host: &str, namespace: &str, app: &str) -> St
     format!("shoal.{lattice}.{PROTOCOL}.http.{host}.{namespace}.{app}")
 }
 
+/// The subject a host publishes on to wake `namespace/app`, scaled to zero, for a request
+/// it holds: the host's id is in the subject, so a host can speak only for itself.
+pub fn wake_subject(lattice: &str, host: &str, namespace: &str, app: &str) -> String {
+    format!("shoal.{lattice}.{PROTOCOL}.wake.{host}.{namespace}.{app}")
+}
+
+/// What the scheduler listens to for wakes from every host.
+pub fn wake_subjects(lattice: &str) -> String {
+    format!("shoal.{lattice}.{PROTOCOL}.wake.>")
+}
+
+/// `(host, namespace, app)` of a wake subject, checked as names; `None` for anything else.
+pub fn parse_wake_subject<'a>(
+    lattice: &str,
+    subject: &'a str,
+) -> Option<(&'a str, &'a str, &'a str)> {
+    let rest = subject.strip_prefix(&format!("shoal.{lattice}.{PROTOCOL}.wake."))?;
+    let mut tokens = rest.split('.');
+    let (host, namespace, app) = (tokens.next()?, tokens.next()?, tokens.next()?);
+    if tokens.next().is_some()
+        || check_host_id(host).is_err()
+        || check_name("namespace", namespace).is_err()
+        || check_name("app", app).is_err()
+    {
+        return None;
+    }
+    Some((host, namespace, app))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wake_subjects_parse_only_when_well_formed() {
+        let subject = wake_subject("dev", "h1", "default", "hello");
+        assert_eq!(
+            parse_wake_subject("dev", &subject),
+            Some(("h1", "default", "hello"))
+        );
+        for bad in [
+            "shoal.dev.v1.wake.h1.default",
+            "shoal.dev.v1.wake.h1.default.hello.more",
+            "shoal.dev.v1.wake.h1.Default.hello",
+            "shoal.other.v1.wake.h1.default.hello",
+            "shoal.dev.v1.wake.h!.default.hello",
+        ] {
+            assert_eq!(parse_wake_subject("dev", bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn names_follow_dns_label_rules() {

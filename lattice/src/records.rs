@@ -98,7 +98,8 @@ pub struct AppSpec {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Autoscale {
-    /// Fewest replicas (default 1).
+    /// Fewest replicas (default 1). With 0 the app goes to no replicas after
+    /// `scaleDownDelay` without requests, and the first request wakes it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min: Option<u32>,
     /// Most replicas (default 10).
@@ -584,12 +585,15 @@ pub struct Assignment {
     pub template: AppSpec,
     /// When it was assigned.
     pub created_at: u64,
+    /// Set for a job's run: the host runs the command to completion instead of serving.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<crate::jobs::JobRun>,
 }
 
 impl Assignment {
-    /// Whether this is a replica of `app`.
+    /// Whether this is a replica of `app` (a job's run never is, whatever its name).
     pub fn is_of(&self, app: &AppRecord) -> bool {
-        self.app == app.name && self.namespace == app.namespace
+        self.job.is_none() && self.app == app.name && self.namespace == app.namespace
     }
 
     /// The component reference pinned to the digest: `<repository>@<digest>`.
@@ -617,8 +621,12 @@ pub enum Phase {
     Pulling,
     /// Compiled and instantiated; serving.
     Ready,
-    /// Could not start, or stopped working.
+    /// Could not start, or stopped working; a job's run: exited non-zero or trapped.
     Failed,
+    /// A job's run: the command runs.
+    Running,
+    /// A job's run: the command exited 0.
+    Succeeded,
 }
 
 impl std::fmt::Display for Phase {
@@ -628,6 +636,8 @@ impl std::fmt::Display for Phase {
             Phase::Pulling => "pulling",
             Phase::Ready => "ready",
             Phase::Failed => "failed",
+            Phase::Running => "running",
+            Phase::Succeeded => "succeeded",
         })
     }
 }
@@ -658,6 +668,9 @@ pub struct ReplicaStatus {
     pub observed_generation: u64,
     /// When the phase last changed.
     pub since: u64,
+    /// A job's run that ended: the command's exit code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
 }
 
 /// One condition of an app's status.
@@ -746,6 +759,10 @@ pub struct RouteRecord {
     /// its requests.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub endpoints: Vec<String>,
+    /// The app may be scaled to zero (`autoscale.min: 0`): with no endpoint, a host holds
+    /// its requests and wakes it instead of answering 503.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub scale_to_zero: bool,
 }
 
 /// What an admin decided about a host (`hosts.<id>` in the status bucket, written through
@@ -831,6 +848,7 @@ mod tests {
                 disconnect: None,
                 autoscale: None,
             },
+            job: None,
             created_at: 0,
         }
     }

@@ -123,23 +123,23 @@ pub trait Validate {
 
 /// Collects problems under a path prefix.
 #[derive(Default)]
-struct Problems(Vec<Problem>);
+pub(crate) struct Problems(pub(crate) Vec<Problem>);
 
 impl Problems {
-    fn add(&mut self, path: impl Into<String>, reason: impl Into<String>) {
+    pub(crate) fn add(&mut self, path: impl Into<String>, reason: impl Into<String>) {
         self.0.push(Problem {
             path: path.into(),
             reason: reason.into(),
         });
     }
 
-    fn name(&mut self, path: &str, what: &str, name: &str) {
+    pub(crate) fn name(&mut self, path: &str, what: &str, name: &str) {
         if let Err(error) = names::check_name(what, name) {
             self.add(path, error.to_string());
         }
     }
 
-    fn replica(&mut self, path: &str, id: &str) {
+    pub(crate) fn replica(&mut self, path: &str, id: &str) {
         let valid = !id.is_empty()
             && id.len() <= 128
             && id
@@ -150,25 +150,25 @@ impl Problems {
         }
     }
 
-    fn host_id(&mut self, path: &str, id: &str) {
+    pub(crate) fn host_id(&mut self, path: &str, id: &str) {
         if let Err(error) = names::check_host_id(id) {
             self.add(path, error.to_string());
         }
     }
 
-    fn sequence(&mut self, path: &str, value: u64) {
+    pub(crate) fn sequence(&mut self, path: &str, value: u64) {
         if value == 0 || value > MAX_SEQUENCE {
             self.add(path, format!("must be between 1 and {MAX_SEQUENCE}"));
         }
     }
 
-    fn digest(&mut self, path: &str, digest: &str) {
+    pub(crate) fn digest(&mut self, path: &str, digest: &str) {
         if !is_digest(digest) {
             self.add(path, "must be sha256: and 64 lowercase hex digits");
         }
     }
 
-    fn span(&mut self, path: &str, span: Option<Span>, max: Duration) {
+    pub(crate) fn span(&mut self, path: &str, span: Option<Span>, max: Duration) {
         if let Some(span) = span
             && span.0 > max
         {
@@ -179,7 +179,7 @@ impl Problems {
         }
     }
 
-    fn text(&mut self, path: &str, text: &str, max: usize) -> bool {
+    pub(crate) fn text(&mut self, path: &str, text: &str, max: usize) -> bool {
         if text.len() > max {
             self.add(path, format!("must be at most {max} bytes long"));
             return false;
@@ -187,7 +187,7 @@ impl Problems {
         true
     }
 
-    fn finish(self) -> Result<(), Invalid> {
+    pub(crate) fn finish(self) -> Result<(), Invalid> {
         if self.0.is_empty() {
             Ok(())
         } else {
@@ -206,7 +206,7 @@ impl AppSpec {
 }
 
 impl Problems {
-    fn spec(&mut self, prefix: &str, spec: &AppSpec) {
+    pub(crate) fn spec(&mut self, prefix: &str, spec: &AppSpec) {
         let at = |field: &str| format!("{prefix}.{field}");
         if spec.component.trim().is_empty() || spec.component.contains(char::is_whitespace) {
             self.add(
@@ -328,18 +328,12 @@ impl Problems {
             );
         }
         if let Some(autoscale) = &spec.autoscale {
-            if autoscale.min() == 0 {
-                self.add(
-                    at("autoscale.min"),
-                    "must be at least 1: scaling to zero is not built yet",
-                );
-            }
-            if autoscale.max() > MAX_REPLICAS || autoscale.max() < autoscale.min() {
+            if autoscale.max() > MAX_REPLICAS || autoscale.max() < autoscale.min().max(1) {
                 self.add(
                     at("autoscale.max"),
                     format!(
-                        "must be between min ({}) and {MAX_REPLICAS}",
-                        autoscale.min()
+                        "must be between {} and {MAX_REPLICAS}",
+                        autoscale.min().max(1)
                     ),
                 );
             }

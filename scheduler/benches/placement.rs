@@ -46,6 +46,7 @@ fn main() {
             requires: BTreeMap::from([("arch".to_owned(), "x86_64".to_owned())]),
             spread_by: Some("zone".to_owned()),
             spread_counts: HashMap::new(),
+            prefer: None,
         };
         // Warm up, then measure whole plans of 100 replicas until a second has passed.
         let _ = place(&hosts, &request);

@@ -23,6 +23,7 @@ use tokio::sync::Semaphore;
 
 use crate::apply::{self, Change, Undo};
 use crate::configs;
+use crate::job_store;
 use crate::manifest::App;
 use crate::secrets;
 
@@ -272,6 +273,50 @@ async fn handle(
     check_names(&request)?;
     match request {
         Request::Apply { apps } => to_json(apply_all(lattice, apps).await?),
+        Request::ApplyJobs { jobs, cron_jobs } => {
+            to_json(job_store::apply(lattice, jobs, cron_jobs).await?)
+        }
+        Request::GetJobs { namespace } => to_json(
+            job_store::list_jobs(lattice, visible(&caller, namespace.as_deref()))
+                .await
+                .map_err(internal)?,
+        ),
+        Request::GetCronJobs { namespace } => to_json(
+            job_store::list_cron_jobs(lattice, visible(&caller, namespace.as_deref()))
+                .await
+                .map_err(internal)?,
+        ),
+        Request::DeleteJob { namespace, name } => {
+            if !job_store::delete_job(lattice, &namespace, &name)
+                .await
+                .map_err(internal)?
+            {
+                return Err(ApiError::new(
+                    ErrorCode::NotFound,
+                    format!("there is no job {namespace}/{name}; shoal get jobs lists them"),
+                ));
+            }
+            to_json(())
+        }
+        Request::DeleteCronJob { namespace, name } => {
+            if !job_store::delete_cron_job(lattice, &namespace, &name)
+                .await
+                .map_err(internal)?
+            {
+                return Err(ApiError::new(
+                    ErrorCode::NotFound,
+                    format!(
+                        "there is no cron job {namespace}/{name}; shoal get cronjobs lists them"
+                    ),
+                ));
+            }
+            to_json(())
+        }
+        Request::CreateJobFrom {
+            namespace,
+            cron_job,
+            name,
+        } => to_json(job_store::create_from(lattice, &namespace, &cron_job, &name).await?),
         Request::PutConfig {
             namespace,
             name,
@@ -629,6 +674,32 @@ fn check_names(request: &Request) -> Result<(), ApiError> {
         Request::Apply { apps } => apps
             .iter()
             .try_for_each(|app| check(&app.namespace, &app.name)),
+        Request::ApplyJobs { jobs, cron_jobs } => jobs
+            .iter()
+            .map(|job| (&job.namespace, &job.name))
+            .chain(cron_jobs.iter().map(|cron| (&cron.namespace, &cron.name)))
+            .try_for_each(|(namespace, name)| {
+                check_name("namespace", namespace).map_err(invalid)?;
+                check_name("job name", name).map_err(invalid)
+            }),
+        Request::DeleteJob { namespace, name } | Request::DeleteCronJob { namespace, name } => {
+            check_name("namespace", namespace).map_err(invalid)?;
+            check_name("job name", name).map_err(invalid)
+        }
+        Request::CreateJobFrom {
+            namespace,
+            cron_job,
+            name,
+        } => {
+            check_name("namespace", namespace).map_err(invalid)?;
+            check_name("cron job name", cron_job).map_err(invalid)?;
+            check_name("job name", name).map_err(invalid)
+        }
+        Request::GetJobs { namespace } | Request::GetCronJobs { namespace } => {
+            namespace.as_deref().map_or(Ok(()), |namespace| {
+                check_name("namespace", namespace).map_err(invalid)
+            })
+        }
         Request::Delete { namespace, name }
         | Request::Scale {
             namespace, name, ..

@@ -5,6 +5,9 @@
 //! for a whole stable window; scale down only to the most replicas wanted over the last
 //! `scaleDownDelay`, and only after watching for that long (so a scheduler that just took
 //! over, with no history, keeps the count it finds).
+//!
+//! With `min: 0` an app that has had no request for `scaleDownDelay` (and was not woken in
+//! it) goes to zero; otherwise it keeps at least one replica.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -25,6 +28,10 @@ pub struct Window {
     since: Option<Instant>,
     /// Until when it scales on the panic window.
     panicking_until: Option<Instant>,
+    /// When it last saw any load.
+    last_busy: Option<Instant>,
+    /// When a host last asked to wake the app.
+    woken: Option<Instant>,
 }
 
 /// What the window calls for.
@@ -45,17 +52,22 @@ fn mean(samples: impl Iterator<Item = u64>) -> u64 {
     sum.checked_div(count).unwrap_or(0)
 }
 
-/// Replicas for `milli` thousandths of requests in flight at `target` each, within bounds.
+/// Replicas for `milli` thousandths of requests in flight at `target` each, within bounds
+/// and at least one: only [`Window::idle`] takes an app to zero.
 fn replicas_for(milli: u64, spec: &Autoscale) -> u32 {
     let per_replica = u64::from(spec.target()).saturating_mul(1000).max(1);
     let wanted = u32::try_from(milli.div_ceil(per_replica)).unwrap_or(u32::MAX);
-    wanted.clamp(spec.min(), spec.max().max(spec.min()))
+    let floor = spec.min().max(1);
+    wanted.clamp(floor, spec.max().max(floor))
 }
 
 impl Window {
     /// Records the app's total load at `now`.
     pub fn observe(&mut self, now: Instant, milli: u64) {
         self.since.get_or_insert(now);
+        if milli > 0 {
+            self.last_busy = Some(now);
+        }
         if self
             .samples
             .back()
@@ -64,6 +76,25 @@ impl Window {
             return;
         }
         self.samples.push_back((now, milli));
+    }
+
+    /// A host holds a request for the app: it must not go to zero for `scaleDownDelay`.
+    pub fn woken(&mut self, now: Instant) {
+        self.since.get_or_insert(now);
+        self.woken = Some(now);
+    }
+
+    /// Whether an app that may scale to zero should: watched for `delay`, with no load and
+    /// no wake in it.
+    fn idle(&self, spec: &Autoscale, now: Instant) -> bool {
+        let delay = spec.scale_down_delay();
+        let quiet_since = |at: Option<Instant>| at.is_none_or(|at| now.duration_since(at) >= delay);
+        spec.min() == 0
+            && self
+                .since
+                .is_some_and(|since| now.duration_since(since) >= delay)
+            && quiet_since(self.last_busy)
+            && quiet_since(self.woken)
     }
 
     /// The replica count the load calls for, given `current`.
@@ -108,7 +139,9 @@ impl Window {
         let watched = self
             .since
             .is_some_and(|since| now.duration_since(since) >= delay.max(window));
-        let target = if wanted >= current {
+        let target = if self.idle(spec, now) {
+            0
+        } else if wanted >= current {
             wanted
         } else if watched {
             // The most wanted over the delay: a dip shorter than it removes nothing.
@@ -126,6 +159,19 @@ impl Window {
         } else {
             (stable_milli, window)
         };
+        if target == 0 {
+            return Decision {
+                status: AutoscaleStatus {
+                    panicking,
+                    wanted: 0,
+                },
+                scale_to: (current != 0).then_some(0),
+                reason: format!(
+                    "no request for {}",
+                    humantime::format_duration(spec.scale_down_delay())
+                ),
+            };
+        }
         Decision {
             status: AutoscaleStatus { panicking, wanted },
             scale_to: (target != current).then_some(target),
@@ -209,6 +255,43 @@ mod tests {
         assert_eq!(current, 1);
         let down_at = changes.last().unwrap().0;
         assert!(down_at >= 30, "scaled down after {down_at}s: {changes:?}");
+    }
+
+    #[test]
+    fn min_zero_goes_to_zero_after_the_delay_without_requests_and_a_wake_keeps_one() {
+        let spec = Autoscale {
+            min: Some(0),
+            ..spec()
+        };
+        let mut window = Window::default();
+        let start = Instant::now();
+        // Some load: one replica (never zero while requests come).
+        let (current, _) = run(&mut window, &spec, 1, start, 40, 1);
+        assert_eq!(current, 1);
+        // Quiet: zero once the delay (30 s) has passed without a request.
+        let (current, changes) = run(
+            &mut window,
+            &spec,
+            1,
+            start + Duration::from_secs(40),
+            60,
+            0,
+        );
+        assert_eq!(current, 0);
+        assert_eq!(changes.len(), 1, "{changes:?}");
+        assert!((29..=31).contains(&changes[0].0), "{changes:?}");
+        // At zero and quiet, it stays there.
+        let at = start + Duration::from_secs(100);
+        assert_eq!(window.decide(&spec, 0, at).scale_to, None);
+        // A wake (the wake itself scales to one): one is kept for the delay, then zero.
+        window.woken(at);
+        let (current, changes) = run(&mut window, &spec, 1, at, 40, 0);
+        assert_eq!(current, 0);
+        assert!((29..=31).contains(&changes[0].0), "{changes:?}");
+        // Load seen while at zero (a host's last report) brings one back.
+        let later = at + Duration::from_secs(40);
+        window.observe(later, 500);
+        assert_eq!(window.decide(&spec, 0, later).scale_to, Some(1));
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! App manifests: YAML documents parsed and validated whole, before anything is stored.
+//! Manifests: YAML documents (`kind: App`, `Job` or `CronJob`) parsed and validated whole,
+//! before anything is stored.
 //!
 //! Every error names the document, the field path and the reason, and every document of a
 //! file is checked, so one run shows everything to fix.
@@ -7,6 +8,8 @@ use std::collections::BTreeSet;
 use std::fmt;
 
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use shoal_lattice::jobs::{CronJobSpec, JobSpec, MAX_CRON_JOB_NAME};
 use shoal_lattice::names;
 use shoal_lattice::records::{API_VERSION, AppSpec, DEFAULT_NAMESPACE};
 
@@ -19,6 +22,57 @@ pub struct App {
     pub namespace: String,
     /// Spec as written.
     pub spec: AppSpec,
+}
+
+/// One validated job from a manifest.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Job {
+    /// Name.
+    pub name: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Spec as written.
+    pub spec: JobSpec,
+}
+
+/// One validated cron job from a manifest.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CronJob {
+    /// Name.
+    pub name: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Spec as written.
+    pub spec: CronJobSpec,
+}
+
+/// Everything a manifest file declares.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Manifest {
+    /// `kind: App` documents.
+    pub apps: Vec<App>,
+    /// `kind: Job` documents.
+    pub jobs: Vec<Job>,
+    /// `kind: CronJob` documents.
+    pub cron_jobs: Vec<CronJob>,
+}
+
+/// One document, checked.
+enum Object {
+    App(App),
+    Job(Job),
+    CronJob(CronJob),
+}
+
+impl Object {
+    /// `(kind, namespace, name)`, for duplicates.
+    fn id(&self) -> (&'static str, &str, &str) {
+        match self {
+            Object::App(app) => ("app", &app.namespace, &app.name),
+            Object::Job(job) => ("job", &job.namespace, &job.name),
+            Object::CronJob(cron) => ("cron job", &cron.namespace, &cron.name),
+        }
+    }
 }
 
 /// A problem with one field of one document.
@@ -71,7 +125,7 @@ struct Document {
     api_version: String,
     kind: String,
     metadata: Metadata,
-    spec: AppSpec,
+    spec: serde_yaml::Value,
 }
 
 #[derive(Deserialize)]
@@ -88,10 +142,10 @@ struct Metadata {
 /// Parses and validates every document of `text`.
 ///
 /// # Errors
-/// Every problem found, with document number and field path; no app is returned unless all
-/// documents are valid.
-pub fn parse(text: &str) -> Result<Vec<App>, ManifestErrors> {
-    let mut apps = Vec::new();
+/// Every problem found, with document number and field path; nothing is returned unless
+/// all documents are valid.
+pub fn parse_all(text: &str) -> Result<Manifest, ManifestErrors> {
+    let mut objects = Vec::new();
     let mut errors = Vec::new();
     for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let number = index + 1;
@@ -108,64 +162,103 @@ pub fn parse(text: &str) -> Result<Vec<App>, ManifestErrors> {
                 break;
             }
         };
-        // Records on the wire tolerate fields a newer version adds; what people write does
-        // not: a misspelt or unsupported field is an error, not silently dropped.
-        let mut unknown = Vec::new();
-        let mut note = |path: serde_ignored::Path<'_>| unknown.push(path.to_string());
-        let parsed = serde_path_to_error::deserialize::<_, Document>(
-            serde_ignored::Deserializer::new(value, &mut note),
-        );
-        match parsed {
-            Ok(_) if !unknown.is_empty() => {
-                errors.extend(unknown.into_iter().map(|path| ManifestError {
-                    document: number,
-                    reason: format!(
-                        "unknown field `{}` (not one this version of Shoal knows)",
-                        path.rsplit('.').next().unwrap_or(&path)
-                    ),
-                    path,
-                }));
-            }
+        match strict::<Document>(number, "", value) {
             Ok(document) => match check(number, document) {
-                Ok(app) => apps.push((number, app)),
+                Ok(object) => objects.push((number, object)),
                 Err(mut found) => errors.append(&mut found),
             },
-            Err(error) => errors.push(ManifestError {
-                document: number,
-                path: error.path().to_string(),
-                reason: error.into_inner().to_string(),
-            }),
+            Err(mut found) => errors.append(&mut found),
         }
     }
     let mut seen = BTreeSet::new();
-    for (document, app) in &apps {
-        if !seen.insert((app.namespace.clone(), app.name.clone())) {
+    for (document, object) in &objects {
+        let (kind, namespace, name) = object.id();
+        if !seen.insert((kind, namespace.to_owned(), name.to_owned())) {
             errors.push(ManifestError {
                 document: *document,
                 path: "metadata.name".to_owned(),
-                reason: format!(
-                    "app {}/{} appears more than once in this file",
-                    app.namespace, app.name
-                ),
+                reason: format!("{kind} {namespace}/{name} appears more than once in this file"),
             });
         }
     }
-    if apps.is_empty() && errors.is_empty() {
+    if objects.is_empty() && errors.is_empty() {
         errors.push(ManifestError {
             document: 1,
             path: String::new(),
             reason: "the file holds no documents".to_owned(),
         });
     }
-    if errors.is_empty() {
-        Ok(apps.into_iter().map(|(_, app)| app).collect())
-    } else {
+    if !errors.is_empty() {
         errors.sort_by_key(|error| error.document);
-        Err(ManifestErrors(errors))
+        return Err(ManifestErrors(errors));
+    }
+    let mut manifest = Manifest::default();
+    for (_, object) in objects {
+        match object {
+            Object::App(app) => manifest.apps.push(app),
+            Object::Job(job) => manifest.jobs.push(job),
+            Object::CronJob(cron) => manifest.cron_jobs.push(cron),
+        }
+    }
+    Ok(manifest)
+}
+
+/// Parses and validates every document of `text`, all of which must be apps.
+///
+/// # Errors
+/// Every problem found, as [`parse_all`]; a job or cron job is one.
+pub fn parse(text: &str) -> Result<Vec<App>, ManifestErrors> {
+    let manifest = parse_all(text)?;
+    if manifest.jobs.is_empty() && manifest.cron_jobs.is_empty() {
+        return Ok(manifest.apps);
+    }
+    Err(ManifestErrors(vec![ManifestError {
+        document: 1,
+        path: "kind".to_owned(),
+        reason: "only apps are expected here".to_owned(),
+    }]))
+}
+
+/// `value` as a `T`, refusing fields `T` does not have: records on the wire tolerate
+/// fields a newer version adds; what people write does not (a misspelt or unsupported
+/// field is an error, not silently dropped). Paths are under `prefix`.
+fn strict<T: DeserializeOwned>(
+    document: usize,
+    prefix: &str,
+    value: serde_yaml::Value,
+) -> Result<T, Vec<ManifestError>> {
+    let under = |path: String| match (prefix.is_empty(), path.as_str()) {
+        (true, _) => path,
+        (false, "." | "") => prefix.to_owned(),
+        (false, _) => format!("{prefix}.{path}"),
+    };
+    let mut unknown = Vec::new();
+    let mut note = |path: serde_ignored::Path<'_>| unknown.push(path.to_string());
+    let parsed = serde_path_to_error::deserialize::<_, T>(serde_ignored::Deserializer::new(
+        value, &mut note,
+    ));
+    match parsed {
+        Ok(_) if !unknown.is_empty() => Err(unknown
+            .into_iter()
+            .map(|path| ManifestError {
+                document,
+                reason: format!(
+                    "unknown field `{}` (not one this version of Shoal knows)",
+                    path.rsplit('.').next().unwrap_or(&path)
+                ),
+                path: under(path),
+            })
+            .collect()),
+        Ok(value) => Ok(value),
+        Err(error) => Err(vec![ManifestError {
+            document,
+            path: under(error.path().to_string()),
+            reason: error.into_inner().to_string(),
+        }]),
     }
 }
 
-fn check(document: usize, parsed: Document) -> Result<App, Vec<ManifestError>> {
+fn check(document: usize, parsed: Document) -> Result<Object, Vec<ManifestError>> {
     let mut errors = Vec::new();
     let mut fail = |path: &str, reason: String| {
         errors.push(ManifestError {
@@ -180,30 +273,74 @@ fn check(document: usize, parsed: Document) -> Result<App, Vec<ManifestError>> {
             format!("must be {API_VERSION}, not {:?}", parsed.api_version),
         );
     }
-    if parsed.kind != "App" {
-        fail("kind", format!("must be App, not {:?}", parsed.kind));
-    }
     let namespace = parsed
         .metadata
         .namespace
         .unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned());
-    if let Err(error) = names::check_name("name", &parsed.metadata.name) {
+    let name = parsed.metadata.name;
+    if let Err(error) = names::check_name("name", &name) {
         fail("metadata.name", error.to_string());
     }
     if let Err(error) = names::check_name("namespace", &namespace) {
         fail("metadata.namespace", error.to_string());
     }
-    for problem in parsed.spec.problems("spec") {
-        fail(&problem.path, problem.reason);
-    }
-    if errors.is_empty() {
-        Ok(App {
-            name: parsed.metadata.name,
-            namespace,
-            spec: parsed.spec,
-        })
-    } else {
-        Err(errors)
+    let object = match parsed.kind.as_str() {
+        "App" => strict::<AppSpec>(document, "spec", parsed.spec).map(|spec| {
+            for problem in spec.problems("spec") {
+                fail(&problem.path, problem.reason);
+            }
+            Object::App(App {
+                name,
+                namespace,
+                spec,
+            })
+        }),
+        "Job" => strict::<JobSpec>(document, "spec", parsed.spec).map(|spec| {
+            for problem in spec.problems("spec") {
+                fail(&problem.path, problem.reason);
+            }
+            Object::Job(Job {
+                name,
+                namespace,
+                spec,
+            })
+        }),
+        "CronJob" => strict::<CronJobSpec>(document, "spec", parsed.spec).map(|spec| {
+            if name.len() > MAX_CRON_JOB_NAME {
+                fail(
+                    "metadata.name",
+                    format!("a cron job's name must be at most {MAX_CRON_JOB_NAME} characters (its jobs add a time)"),
+                );
+            }
+            for problem in spec.problems("spec") {
+                fail(&problem.path, problem.reason);
+            }
+            if let Err(problem) =
+                crate::cron::Schedule::parse(&spec.schedule, spec.time_zone.as_deref())
+            {
+                fail(&format!("spec.{}", problem.field), problem.reason);
+            }
+            Object::CronJob(CronJob {
+                name,
+                namespace,
+                spec,
+            })
+        }),
+        other => {
+            fail(
+                "kind",
+                format!("must be App, Job or CronJob, not {other:?}"),
+            );
+            return Err(errors);
+        }
+    };
+    match object {
+        Ok(object) if errors.is_empty() => Ok(object),
+        Ok(_) => Err(errors),
+        Err(mut found) => {
+            errors.append(&mut found);
+            Err(errors)
+        }
     }
 }
 

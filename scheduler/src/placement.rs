@@ -56,6 +56,9 @@ pub struct Request {
     pub spread_by: Option<String>,
     /// Replicas of the app already running per value of the spread label.
     pub spread_counts: HashMap<String, u32>,
+    /// A host to take first when it fits and runs no replica of the app: the one that asked
+    /// to wake the app, so its held requests are answered there without another hop.
+    pub prefer: Option<String>,
 }
 
 /// Why a host was filtered out.
@@ -172,9 +175,9 @@ fn free_after(host: &HostView, request: &Request, used: Usage) -> u64 {
         / 3
 }
 
-/// A host's score for one replica; lower is better: (replicas in its spread value, replicas
-/// of the app on it, not cached, capacity used after placement).
-type Score = (u32, u32, bool, u64);
+/// A host's score for one replica; lower is better: (not the preferred host, replicas in
+/// its spread value, replicas of the app on it, not cached, capacity used after placement).
+type Score = (bool, u32, u32, bool, u64);
 
 /// Places `request.count` replicas on `hosts`.
 pub fn place(hosts: &[HostView], request: &Request) -> Plan {
@@ -218,6 +221,12 @@ pub fn place(hosts: &[HostView], request: &Request) -> Plan {
             }
             // Lower is better throughout; `!cached` so that cached sorts first.
             let score = (
+                // Only the first replica there: the rest spread as usual.
+                !(same_app[index] == 0
+                    && request
+                        .prefer
+                        .as_ref()
+                        .is_some_and(|prefer| *prefer == hosts[index].id)),
                 if request.spread_by.is_some() {
                     spread[value]
                 } else {
@@ -288,6 +297,7 @@ mod tests {
 
     fn request(count: u32, memory_mi: u64) -> Request {
         Request {
+            prefer: None,
             count,
             memory: memory_mi * MI,
             cpu: 0,
@@ -346,6 +356,20 @@ mod tests {
         hosts[0].same_app = 1;
         assert_eq!(place(&hosts, &request(1, 64)).hosts, ["h3"]);
         assert_eq!(place(&hosts, &request(3, 64)).hosts, ["h3", "h2", "h1"]);
+    }
+
+    #[test]
+    fn the_preferred_host_comes_first_when_it_fits() {
+        let mut hosts = [host("h1", &[], 1024), host("h2", &[], 64)];
+        hosts[0].cached = true;
+        let mut wanted = request(2, 64);
+        wanted.prefer = Some("h2".into());
+        // h2 first although h1 has the component; the second replica goes by the scores.
+        assert_eq!(place(&hosts, &wanted).hosts, ["h2", "h1"]);
+        // A preferred host that does not fit is passed over.
+        let mut wanted = request(1, 128);
+        wanted.prefer = Some("h2".into());
+        assert_eq!(place(&hosts, &wanted).hosts, ["h1"]);
     }
 
     #[test]

@@ -355,6 +355,7 @@ mod tests {
                 secrets: None,
                 template: app.spec,
                 created_at,
+                job: None,
             },
         }
     }
@@ -373,6 +374,7 @@ mod tests {
                 message: None,
                 observed_generation: 1,
                 since: 0,
+                exit_code: None,
             },
         )
     }

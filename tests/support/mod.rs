@@ -176,3 +176,15 @@ impl Run {
         serde_json::from_slice(&self.0.stdout).unwrap()
     }
 }
+
+/// The system time in ms since the epoch.
+#[allow(dead_code)]
+pub fn now_ms() -> u64 {
+    u64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap()
+}

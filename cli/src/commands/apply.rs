@@ -1,5 +1,5 @@
 //! `shoal apply`: validate a manifest whole, pin every component to a digest, then store
-//! each app (a new revision when its template changed).
+//! each app (a new revision when its template changed), job and cron job.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -12,7 +12,8 @@ use shoal_scheduler::manifest;
 use crate::lattice::LatticeArgs;
 use crate::registry::RegistryArgs;
 
-/// Create or update apps from a manifest (YAML, one or more documents).
+/// Create or update apps, jobs and cron jobs from a manifest (YAML, one or more
+/// documents of kind App, Job or CronJob).
 ///
 /// The whole file is validated and every component reference is resolved to a digest
 /// before anything is stored, so a bad file changes nothing.
@@ -46,23 +47,53 @@ pub async fn apply_file(
     } else {
         std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?
     };
-    let apps = manifest::parse(&text)?;
+    let manifest = manifest::parse_all(&text)?;
 
     // Pin every component before storing anything.
-    let mut resolved = Vec::with_capacity(apps.len());
     let mut problems = Vec::new();
     // One client for every component: --username goes only to --registry-server.
     let client = registry.client()?;
-    for app in apps {
-        match registry
-            .pull_component_with(&client, &app.spec.component)
-            .await
-        {
-            Ok((pulled, _)) => resolved.push((app, pulled.digest.to_string())),
-            Err(error) => problems.push(format!(
-                "  app {}/{}: spec.component: {error:#}",
-                app.namespace, app.name
-            )),
+    let mut pin = async |what: String, component: &str| -> Option<String> {
+        match registry.pull_component_with(&client, component).await {
+            Ok((pulled, _)) => Some(pulled.digest.to_string()),
+            Err(error) => {
+                problems.push(format!("  {what}: {error:#}"));
+                None
+            }
+        }
+    };
+    let mut resolved = Vec::with_capacity(manifest.apps.len());
+    for app in manifest.apps {
+        let what = format!("app {}/{}: spec.component", app.namespace, app.name);
+        if let Some(digest) = pin(what, &app.spec.component).await {
+            resolved.push((app, digest));
+        }
+    }
+    let mut jobs = Vec::new();
+    for job in manifest.jobs {
+        let what = format!("job {}/{}: spec.component", job.namespace, job.name);
+        if let Some(digest) = pin(what, &job.spec.component).await {
+            jobs.push(api::JobManifest {
+                namespace: job.namespace,
+                name: job.name,
+                spec: job.spec,
+                digest,
+            });
+        }
+    }
+    let mut cron_jobs = Vec::new();
+    for cron in manifest.cron_jobs {
+        let what = format!(
+            "cron job {}/{}: spec.jobTemplate.component",
+            cron.namespace, cron.name
+        );
+        if let Some(digest) = pin(what, &cron.spec.job_template.component).await {
+            cron_jobs.push(api::JobManifest {
+                namespace: cron.namespace,
+                name: cron.name,
+                spec: cron.spec,
+                digest,
+            });
         }
     }
     if !problems.is_empty() {
@@ -73,6 +104,7 @@ pub async fn apply_file(
     }
 
     let (api, _connection) = lattice.api("shoal apply").await?;
+    let resolved_any = !resolved.is_empty();
     let request = api::Request::Apply {
         apps: resolved
             .into_iter()
@@ -84,7 +116,11 @@ pub async fn apply_file(
             })
             .collect(),
     };
-    let applied: Vec<api::AppliedApp> = api.call(&request).await?;
+    let applied: Vec<api::AppliedApp> = if resolved_any {
+        api.call(&request).await?
+    } else {
+        Vec::new()
+    };
     for app in applied {
         let name = format!("app {}/{}", app.namespace, app.name);
         match app.applied {
@@ -105,6 +141,14 @@ pub async fn apply_file(
                 }
             }
             Applied::Unchanged { revision } => println!("{name} unchanged (revision {revision})"),
+        }
+    }
+    if !jobs.is_empty() || !cron_jobs.is_empty() {
+        let applied: Vec<api::AppliedJob> = api
+            .call(&api::Request::ApplyJobs { jobs, cron_jobs })
+            .await?;
+        for job in applied {
+            println!("{} {}/{} {}", job.kind, job.namespace, job.name, job.change);
         }
     }
     Ok(())

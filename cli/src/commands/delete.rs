@@ -1,5 +1,7 @@
 //! `shoal delete app NAME`: remove an app; the scheduler then stops its replicas.
 //! `shoal delete config NAME`: remove a config object no app uses.
+//! `shoal delete job NAME`: remove a job; its runs stop. `shoal delete cronjob NAME`: remove
+//! a cron job and the jobs it made.
 
 use clap::Args;
 use shoal_lattice::api::Request;
@@ -8,8 +10,8 @@ use shoal_lattice::records::DEFAULT_NAMESPACE;
 use crate::commands::describe::Object;
 use crate::lattice::LatticeArgs;
 
-/// Delete an app (its replicas stop on every host), or a config object or secret no app
-/// uses.
+/// Delete an app (its replicas stop on every host), a config object or secret no app
+/// uses, a job (its runs stop) or a cron job (with the jobs it made).
 #[derive(Debug, Args)]
 pub struct DeleteArgs {
     /// What to delete.
@@ -44,6 +46,20 @@ pub async fn run(args: DeleteArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> 
                 name: args.name.clone(),
             },
             "secret",
+        ),
+        Object::Job => (
+            Request::DeleteJob {
+                namespace: args.namespace.clone(),
+                name: args.name.clone(),
+            },
+            "job",
+        ),
+        Object::CronJob => (
+            Request::DeleteCronJob {
+                namespace: args.namespace.clone(),
+                name: args.name.clone(),
+            },
+            "cronjob",
         ),
     };
     let () = api.call(&request).await?;

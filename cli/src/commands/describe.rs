@@ -1,10 +1,11 @@
 //! `shoal describe app NAME`: spec, revision, replicas per host, conditions, and why
 //! replicas could not be placed. `shoal describe config NAME`: a config object's values and
-//! the apps that use it.
+//! the apps that use it. `shoal describe job NAME`: its counts and runs, running and ended.
+//! `shoal describe cronjob NAME`: its schedule, times and kept jobs.
 
 use clap::Args;
 use clap::ValueEnum;
-use shoal_lattice::api::{AppDetail, ConfigView, ReplicaView, Request};
+use shoal_lattice::api::{AppDetail, ConfigView, CronJobView, JobView, ReplicaView, Request};
 use shoal_lattice::records::DEFAULT_NAMESPACE;
 
 use crate::commands::get::{age, table};
@@ -20,9 +21,14 @@ pub enum Object {
     Config,
     /// A secret (delete only: `shoal get secrets` lists them; no command shows values).
     Secret,
+    /// A job.
+    Job,
+    /// A cron job.
+    #[value(name = "cronjob")]
+    CronJob,
 }
 
-/// Show an app or a config object in detail.
+/// Show an app, a config object, a job or a cron job in detail.
 #[derive(Debug, Args)]
 pub struct DescribeArgs {
     /// What to describe.
@@ -44,6 +50,58 @@ pub async fn run(args: DescribeArgs, lattice: &LatticeArgs) -> anyhow::Result<u8
             "secrets are not described: shoal get secrets lists their keys and users, and no command shows their values"
         );
     }
+    if let Object::Job = args.kind {
+        let jobs: Vec<JobView> = api
+            .call(&Request::GetJobs {
+                namespace: Some(args.namespace.clone()),
+            })
+            .await?;
+        let job = jobs
+            .into_iter()
+            .find(|job| job.job.name == args.name)
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "there is no job {}/{}; shoal get jobs lists them",
+                    args.namespace,
+                    args.name
+                )
+            })?;
+        let replicas: Vec<ReplicaView> = api
+            .call(&Request::GetReplicas {
+                namespace: Some(args.namespace.clone()),
+            })
+            .await?;
+        let running: Vec<ReplicaView> = replicas
+            .into_iter()
+            .filter(|run| {
+                run.assignment
+                    .job
+                    .as_ref()
+                    .is_some_and(|run| run.uid == job.job.uid)
+            })
+            .collect();
+        print(args.output, &job, |job| render_job(job, &running))?;
+        return Ok(0);
+    }
+    if let Object::CronJob = args.kind {
+        let crons: Vec<CronJobView> = api
+            .call(&Request::GetCronJobs {
+                namespace: Some(args.namespace.clone()),
+            })
+            .await?;
+        let cron = crons
+            .into_iter()
+            .find(|cron| cron.cron_job.name == args.name)
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "there is no cron job {}/{}; shoal get cronjobs lists them",
+                    args.namespace,
+                    args.name
+                )
+            })?;
+        print(args.output, &cron, render_cron_job)?;
+        return Ok(0);
+    }
     if let Object::Config = args.kind {
         let described: ConfigView = api
             .call(&Request::DescribeConfig {
@@ -62,6 +120,169 @@ pub async fn run(args: DescribeArgs, lattice: &LatticeArgs) -> anyhow::Result<u8
         .await?;
     print(args.output, &described, render)?;
     Ok(0)
+}
+
+fn render_job(described: &JobView, running: &[ReplicaView]) -> String {
+    use crate::commands::get::{span, time};
+    let job = &described.job;
+    let spec = &job.spec;
+    let mut out = format!(
+        "Name:          {}\nNamespace:     {}\nComponent:     {}\nDigest:        {}\nCreated:       {} ago\n",
+        job.name,
+        job.namespace,
+        spec.component,
+        job.digest,
+        age(job.created_at)
+    );
+    if let Some(origin) = &job.cron {
+        out += &format!(
+            "Made by:       cron job {}{}\n",
+            origin.cron_job,
+            origin.scheduled_at.map_or_else(
+                || " (by hand)".to_owned(),
+                |at| format!(" for {}", time(at))
+            )
+        );
+    }
+    out += &format!(
+        "Completions:   {}   Parallelism: {}   Backoff limit: {}{}\n",
+        spec.completions(),
+        spec.parallelism(),
+        spec.backoff_limit(),
+        spec.active_deadline
+            .map(|deadline| format!(
+                "   Active deadline: {}",
+                humantime::format_duration(deadline.0)
+            ))
+            .unwrap_or_default()
+    );
+    if !spec.args.is_empty() {
+        out += &format!("Args:          {}\n", spec.args.join(" "));
+    }
+    match &described.status {
+        Some(status) => {
+            out += &format!(
+                "Phase:         {}{}\nRuns:          {} succeeded, {} failed, {} active\n",
+                status.phase,
+                status
+                    .reason
+                    .as_ref()
+                    .map(|reason| format!(
+                        " ({reason}: {})",
+                        status.message.clone().unwrap_or_default()
+                    ))
+                    .unwrap_or_default(),
+                status.succeeded,
+                status.failed,
+                status.active
+            );
+            if let Some(started) = status.started_at {
+                out += &format!("Started:       {}\n", time(started));
+            }
+            if let Some(finished) = status.finished_at {
+                out += &format!(
+                    "Finished:      {} (took {})\n",
+                    time(finished),
+                    span(finished.saturating_sub(status.started_at.unwrap_or(finished)))
+                );
+            }
+            if !status.finished()
+                && let Some(message) = &status.message
+            {
+                out += &format!("Waiting:       {message}\n");
+            }
+            let mut runs = table(&["RUN", "HOST", "PHASE", "EXIT", "PLACED", "ENDED", "MESSAGE"]);
+            for run in &status.runs {
+                runs.add_row(vec![
+                    run.run.clone(),
+                    run.host.clone(),
+                    if run.succeeded { "succeeded" } else { "failed" }.to_owned(),
+                    run.exit_code
+                        .map(|code| code.to_string())
+                        .unwrap_or_default(),
+                    time(run.placed_at),
+                    time(run.finished_at),
+                    run.message.clone(),
+                ]);
+            }
+            for run in running {
+                let status = run.status.as_ref();
+                runs.add_row(vec![
+                    run.assignment.replica.clone(),
+                    run.assignment.host.clone(),
+                    status.map_or_else(|| "pending".to_owned(), |s| s.phase.to_string()),
+                    String::new(),
+                    time(run.assignment.created_at),
+                    String::new(),
+                    status.and_then(|s| s.message.clone()).unwrap_or_default(),
+                ]);
+            }
+            out += &format!("Runs:\n{runs}\n");
+        }
+        None => out += "Phase:         no status yet (is a scheduler running?)\n",
+    }
+    out += &format!(
+        "Logs:          shoal logs job/{} -n {}\nEvents:        shoal events --job {} -n {}\n",
+        job.name, job.namespace, job.name, job.namespace
+    );
+    out
+}
+
+fn render_cron_job(described: &CronJobView) -> String {
+    use crate::commands::get::time;
+    let cron = &described.cron_job;
+    let spec = &cron.spec;
+    let mut out = format!(
+        "Name:          {}\nNamespace:     {}\nSchedule:      {} ({})\nConcurrency:   {:?}\nSuspended:     {}\nHistory kept:  {} succeeded, {} failed\nComponent:     {}\nCreated:       {} ago\n",
+        cron.name,
+        cron.namespace,
+        spec.schedule,
+        spec.time_zone.as_deref().unwrap_or("UTC"),
+        spec.concurrency_policy,
+        spec.suspend,
+        spec.successful_kept(),
+        spec.failed_kept(),
+        spec.job_template.component,
+        age(cron.created_at)
+    );
+    if let Some(deadline) = spec.starting_deadline {
+        out += &format!(
+            "Deadline:      start within {}\n",
+            humantime::format_duration(deadline.0)
+        );
+    }
+    if let Some(jitter) = spec.jitter {
+        out += &format!(
+            "Jitter:        up to {}\n",
+            humantime::format_duration(jitter.0)
+        );
+    }
+    if let Some(status) = &described.status {
+        if let Some(problem) = &status.problem {
+            out += &format!("Problem:       {problem}\n");
+        }
+        for (label, at) in [
+            ("Last time:    ", status.last_scheduled),
+            ("Last success: ", status.last_successful),
+            ("Next time:    ", status.next),
+        ] {
+            if let Some(at) = at {
+                out += &format!("{label} {}\n", time(at));
+            }
+        }
+    }
+    out += "Jobs:\n";
+    for (name, phase) in &described.jobs {
+        out += &format!(
+            "  {name}  {}\n",
+            phase.map_or_else(|| "pending".to_owned(), |phase| phase.to_string())
+        );
+    }
+    out += &format!(
+        "Events:        shoal events --cronjob {} -n {}\n",
+        cron.name, cron.namespace
+    );
+    out
 }
 
 fn render_config(described: &ConfigView) -> String {

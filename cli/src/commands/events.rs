@@ -22,8 +22,14 @@ use crate::lattice::LatticeArgs;
 #[derive(Debug, Args)]
 pub struct EventsArgs {
     /// Only events of this app.
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["job", "cronjob"])]
     pub app: Option<String>,
+    /// Only events of this job (its runs placed, ended, stopped).
+    #[arg(long, conflicts_with = "cronjob")]
+    pub job: Option<String>,
+    /// Only events of this cron job (jobs made, times skipped).
+    #[arg(long)]
+    pub cronjob: Option<String>,
     /// Only events of this namespace's apps (with --app: the app's namespace, default
     /// `default`). Without either: everything, for lattice-wide viewers, else the first
     /// namespace the credential may view.
@@ -50,8 +56,15 @@ pub enum EventFormat {
     Json,
 }
 
-pub async fn run(args: EventsArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
+pub async fn run(mut args: EventsArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
     let (api, connection) = lattice.api("shoal events").await?;
+    // Jobs' and cron jobs' events are published under a name no app can have.
+    if let Some(job) = args.job.take() {
+        args.app = Some(shoal_lattice::jobs::log_name(&job));
+    }
+    if let Some(cron_job) = args.cronjob.take() {
+        args.app = Some(shoal_lattice::jobs::cron_log_name(&cron_job));
+    }
     // Every event of the lattice (host events included) is for lattice-wide viewers; others
     // read a namespace they may view.
     let namespace = match (&args.namespace, &args.app) {

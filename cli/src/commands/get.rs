@@ -1,8 +1,11 @@
-//! `shoal get apps|hosts|replicas|configs|secrets`: tables for people, `-o json|yaml` for scripts.
+//! `shoal get apps|hosts|replicas|configs|secrets|jobs|cronjobs`: tables for people,
+//! `-o json|yaml` for scripts.
 
 use clap::{Args, ValueEnum};
 use comfy_table::{Table, presets::NOTHING};
-use shoal_lattice::api::{AppView, ConfigView, HostView, ReplicaView, Request, SecretView};
+use shoal_lattice::api::{
+    AppView, ConfigView, CronJobView, HostView, JobView, ReplicaView, Request, SecretView,
+};
 use shoal_lattice::records::{HostRecord, now_millis};
 
 use crate::lattice::LatticeArgs;
@@ -22,9 +25,14 @@ pub enum Kind {
     /// Secrets: their keys, version and the apps that use them (values never leave the
     /// lattice's seal).
     Secrets,
+    /// Jobs: their phase, completions and runs.
+    Jobs,
+    /// Cron jobs: their schedule, last and next time, and active jobs.
+    #[value(name = "cronjobs")]
+    CronJobs,
 }
 
-/// List apps, hosts, replicas, config objects or secrets.
+/// List apps, hosts, replicas, config objects, secrets, jobs or cron jobs.
 #[derive(Debug, Args)]
 pub struct GetArgs {
     /// What to list.
@@ -56,6 +64,19 @@ pub fn age(since_ms: u64) -> String {
         7200..=172_799 => format!("{}h", seconds / 3600),
         _ => format!("{}d", seconds / 86_400),
     }
+}
+
+/// A duration in ms for people: `42s`, `3m10s`.
+pub fn span(millis: u64) -> String {
+    humantime::format_duration(std::time::Duration::from_secs(millis / 1000)).to_string()
+}
+
+/// A time in ms since the epoch, to the second, in UTC.
+pub fn time(millis: u64) -> String {
+    humantime::format_rfc3339_seconds(
+        std::time::UNIX_EPOCH + std::time::Duration::from_millis(millis),
+    )
+    .to_string()
 }
 
 pub fn host_state(host: &HostRecord) -> &'static str {
@@ -174,6 +195,100 @@ pub async fn run(args: GetArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
                 format!("{table}\n")
             })?;
         }
+        Kind::Jobs => {
+            let rows: Vec<JobView> = api
+                .call(&Request::GetJobs {
+                    namespace: args.namespace.clone(),
+                })
+                .await?;
+            print(args.output, &rows, |rows| {
+                let mut table = table(&[
+                    "NAMESPACE",
+                    "NAME",
+                    "PHASE",
+                    "COMPLETIONS",
+                    "ACTIVE",
+                    "FAILED",
+                    "DURATION",
+                    "AGE",
+                ]);
+                for row in rows {
+                    let status = row.status.as_ref();
+                    table.add_row(vec![
+                        row.job.namespace.clone(),
+                        row.job.name.clone(),
+                        status.map_or_else(|| "pending".to_owned(), |s| s.phase.to_string()),
+                        format!(
+                            "{}/{}",
+                            status.map_or(0, |s| s.succeeded),
+                            row.job.spec.completions()
+                        ),
+                        status.map_or(0, |s| s.active).to_string(),
+                        status.map_or(0, |s| s.failed).to_string(),
+                        status
+                            .and_then(|s| {
+                                Some((s.started_at?, s.finished_at.unwrap_or_else(now_millis)))
+                            })
+                            .map(|(start, end)| span(end.saturating_sub(start)))
+                            .unwrap_or_default(),
+                        age(row.job.created_at),
+                    ]);
+                }
+                format!("{table}\n")
+            })?;
+        }
+        Kind::CronJobs => {
+            let rows: Vec<CronJobView> = api
+                .call(&Request::GetCronJobs {
+                    namespace: args.namespace.clone(),
+                })
+                .await?;
+            print(args.output, &rows, |rows| {
+                let mut table = table(&[
+                    "NAMESPACE",
+                    "NAME",
+                    "SCHEDULE",
+                    "TIMEZONE",
+                    "SUSPEND",
+                    "ACTIVE",
+                    "LAST",
+                    "NEXT",
+                    "AGE",
+                ]);
+                for row in rows {
+                    let cron = &row.cron_job;
+                    let status = row.status.as_ref();
+                    let active = row
+                        .jobs
+                        .iter()
+                        .filter(|(_, phase)| {
+                            phase
+                                .is_none_or(|phase| phase == shoal_lattice::jobs::JobPhase::Running)
+                        })
+                        .count();
+                    table.add_row(vec![
+                        cron.namespace.clone(),
+                        cron.name.clone(),
+                        cron.spec.schedule.clone(),
+                        cron.spec
+                            .time_zone
+                            .clone()
+                            .unwrap_or_else(|| "UTC".to_owned()),
+                        cron.spec.suspend.to_string(),
+                        active.to_string(),
+                        status
+                            .and_then(|s| s.last_scheduled)
+                            .map(time)
+                            .unwrap_or_default(),
+                        status
+                            .and_then(|s| s.problem.clone().or_else(|| s.next.map(time)))
+                            .unwrap_or_default(),
+                        age(cron.created_at),
+                    ]);
+                }
+                format!("{table}\n")
+            })?;
+        }
         Kind::Replicas => {
             let rows: Vec<ReplicaView> = api
                 .call(&Request::GetReplicas {
@@ -195,7 +310,10 @@ pub async fn run(args: GetArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
                     let status = row.status.as_ref();
                     table.add_row(vec![
                         row.assignment.namespace.clone(),
-                        row.assignment.app.clone(),
+                        match row.assignment.job {
+                            Some(_) => format!("job/{}", row.assignment.app),
+                            None => row.assignment.app.clone(),
+                        },
                         row.assignment.replica.clone(),
                         row.assignment.host.clone(),
                         row.assignment.revision.to_string(),

@@ -115,6 +115,16 @@ pub struct HostArgs {
     #[arg(long, default_value = "64Mi", help_heading = "Ingress limits")]
     pub forward_buffer: Memory,
 
+    /// Most requests held per app while an app scaled to zero wakes up; more get 503 with
+    /// Retry-After at once.
+    #[arg(long, default_value = "100", help_heading = "Ingress limits")]
+    pub hold_requests: usize,
+
+    /// Longest a request waits for an app scaled to zero to wake up before it gets 503
+    /// with Retry-After.
+    #[arg(long, default_value = "10s", value_parser = crate::duration::parse, help_heading = "Ingress limits")]
+    pub hold_timeout: Duration,
+
     /// Most bytes the artifact and compiled-code caches may hold together; the least
     /// recently used go first, never what a running replica needs to start again offline.
     #[arg(long, default_value = "2Gi")]
@@ -307,6 +317,10 @@ impl HostArgs {
             },
             forward_buffer: usize::try_from(self.forward_buffer.0).unwrap_or(usize::MAX),
             own_listeners: self.metrics.into_iter().collect(),
+            hold: shoal_host::agent::HoldLimits {
+                requests: self.hold_requests,
+                timeout: self.hold_timeout,
+            },
         })
     }
 

@@ -1,5 +1,6 @@
-//! `shoal logs APP`: what an app's replicas wrote to stdout and stderr, on whichever host
-//! they ran (the lattice keeps recent lines), and with `-f` what they write next.
+//! `shoal logs APP` (or `job/NAME`): what an app's replicas (or a job's runs) wrote to
+//! stdout and stderr, on whichever host they ran (the lattice keeps recent lines), and with
+//! `-f` what they write next.
 
 use std::collections::VecDeque;
 use std::io::Write;
@@ -7,7 +8,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
-use shoal_lattice::api::{CallError, ErrorCode, History, Request};
+use shoal_lattice::api::{CallError, ErrorCode, History, JobView, Request};
 use shoal_lattice::records::DEFAULT_NAMESPACE;
 use shoal_lattice::{LogLine, Output, Start};
 
@@ -21,7 +22,7 @@ use crate::lattice::LatticeArgs;
 /// all apps), including lines of replicas that are gone and hosts that died.
 #[derive(Debug, Args)]
 pub struct LogsArgs {
-    /// The app's name.
+    /// The app's name (`app/NAME` too), or `job/NAME` for a job's runs.
     pub app: String,
     /// The app's namespace.
     #[arg(short, long, default_value = DEFAULT_NAMESPACE)]
@@ -58,28 +59,57 @@ pub enum LogFormat {
 
 pub async fn run(args: LogsArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
     let (api, connection) = lattice.api("shoal logs").await?;
+    let (kind, name) = match args.app.split_once('/') {
+        Some(("job", name)) => ("job", name),
+        Some(("app", name)) => ("app", name),
+        Some((kind, _)) => bail!("shoal logs reads app/NAME or job/NAME, not {kind}/…"),
+        None => ("app", args.app.as_str()),
+    };
     // Asks the control plane first: a caller who may not view the namespace is refused
     // with a clear answer (nats-server would refuse the journal read anyway), and following
     // an app that does not exist is an error. The lines of a deleted app can still be read.
-    let exists = match api
-        .call::<History>(&Request::History {
-            namespace: args.namespace.clone(),
-            name: args.app.clone(),
-        })
-        .await
-    {
-        Ok(_) => true,
-        Err(CallError::Refused(refused)) if refused.code == ErrorCode::NotFound && !args.follow => {
-            false
+    let exists = if kind == "job" {
+        let jobs: Vec<JobView> = api
+            .call(&Request::GetJobs {
+                namespace: Some(args.namespace.clone()),
+            })
+            .await?;
+        let found = jobs.iter().any(|job| job.job.name == name);
+        if !found && args.follow {
+            bail!(
+                "there is no job {}/{name} to follow; shoal get jobs lists them",
+                args.namespace
+            );
         }
-        Err(error) => return Err(error.into()),
+        found
+    } else {
+        match api
+            .call::<History>(&Request::History {
+                namespace: args.namespace.clone(),
+                name: name.to_owned(),
+            })
+            .await
+        {
+            Ok(_) => true,
+            Err(CallError::Refused(refused))
+                if refused.code == ErrorCode::NotFound && !args.follow =>
+            {
+                false
+            }
+            Err(error) => return Err(error.into()),
+        }
+    };
+    // A job's runs write under a name no app can have.
+    let published = match kind {
+        "job" => shoal_lattice::jobs::log_name(name),
+        _ => name.to_owned(),
     };
     let start = match args.tail {
         Some(0) => Start::New,
         _ => journal::start(args.since),
     };
     let mut reader = connection
-        .logs(&args.namespace, &args.app, start, args.follow)
+        .logs(&args.namespace, &published, start, args.follow)
         .await?;
     let mut printer = Printer {
         out: std::io::stdout().lock(),
@@ -117,9 +147,8 @@ pub async fn run(args: LogsArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
     printer.flush_held(&mut held)?;
     if !exists && printer.printed == 0 {
         bail!(
-            "there is no app {}/{} and the lattice keeps no lines of one; shoal get apps lists apps",
+            "there is no {kind} {}/{name} and the lattice keeps no lines of one; shoal get {kind}s lists them",
             args.namespace,
-            args.app
         );
     }
     Ok(0)

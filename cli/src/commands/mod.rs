@@ -4,6 +4,7 @@ pub mod apply;
 pub mod auth;
 pub mod config;
 pub mod cordon;
+pub mod create;
 pub mod delete;
 pub mod describe;
 pub mod events;

@@ -162,7 +162,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
 
     if !is_http(runtime.engine(), &loaded.component) {
         let CommandOutcome { code, failure } =
-            command::run(&runtime, &loaded.component, &options, &limits).await?;
+            command::run(&runtime, &loaded.component, &options, &limits, true).await?;
         if let Some((cause, message)) = failure {
             eprintln!("error: the component failed ({cause}): {message}");
         }

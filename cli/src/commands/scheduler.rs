@@ -35,6 +35,11 @@ pub struct SchedulerArgs {
     /// placed.
     #[arg(long, env = "SHOAL_SECRETS_KEY", value_name = "FILE")]
     pub secrets_key: Option<std::path::PathBuf>,
+
+    /// For tests: read cron schedules by a clock that starts at START when the system clock
+    /// reads ANCHOR_MS, running RATE times as fast (`START,ANCHOR_MS,RATE`).
+    #[arg(long, hide = true, value_name = "START,ANCHOR_MS,RATE", value_parser = shoal_scheduler::cron::Clock::parse)]
+    pub cron_clock: Option<shoal_scheduler::cron::Clock>,
 }
 
 impl SchedulerArgs {
@@ -61,6 +66,7 @@ impl SchedulerArgs {
             host_timeout: self.host_timeout,
             lease: self.lease,
             secrets_key,
+            clock: self.cron_clock.unwrap_or_default(),
         })
     }
 }

@@ -435,6 +435,7 @@ async fn serve(
             host_timeout: Duration::from_secs(3),
             lease: Duration::from_secs(5),
             secrets_key: Some(secrets_key_file(args)?),
+            cron_clock: None,
         };
         // nats-server may still be starting: retry for a while before giving up.
         let deadline = std::time::Instant::now() + Duration::from_secs(15);

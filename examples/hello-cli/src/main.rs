@@ -1,8 +1,8 @@
-//! A command component: `shoal run hello-cli.wasm -- [--read PATH] [--exit CODE] [ARGS…]`.
+//! A command component: `shoal run hello-cli.wasm -- [--read PATH] [--sleep MS] [--exit CODE] [ARGS…]`.
 //!
 //! Prints a greeting, its arguments and its environment (empty unless granted with --env),
 //! optionally tries to read a file (which fails unless its directory was granted with --dir),
-//! and exits with the code asked for.
+//! sleeps as long as asked (a job that takes a while), and exits with the code asked for.
 
 use std::process::ExitCode;
 
@@ -24,6 +24,10 @@ fn main() -> ExitCode {
                     Ok(text) => println!("read {path}: {}", text.trim_end()),
                     Err(error) => println!("cannot read {path}: {error}"),
                 }
+            }
+            "--sleep" => {
+                let millis = rest.next().and_then(|ms| ms.parse().ok()).unwrap_or(0);
+                std::thread::sleep(std::time::Duration::from_millis(millis));
             }
             "--exit" => code = rest.next().and_then(|code| code.parse().ok()).unwrap_or(1),
             _ => {}

@@ -10,6 +10,7 @@ use std::time::Duration;
 use http::{Request, Response, StatusCode};
 use shoal_lattice::records::{AppLimits, RouteRecord};
 
+use super::activator::Activator;
 use super::supervisor::{Replica, ReplicaState};
 use crate::forward::{Forwarder, SERVED_BY};
 use crate::http::{Peer, ResponseBody, TimedBody, plain};
@@ -82,48 +83,66 @@ fn unreachable_lattice() -> Response<ResponseBody> {
 }
 
 /// Answers one ingress request: a ready local replica when there is one, else forwarded
-/// over the lattice.
+/// over the lattice; an app at zero is woken while the request waits (see `activator`).
 pub(crate) async fn ingress(
     router: Arc<Router>,
     uplink: Uplink,
+    activator: Arc<Activator>,
     metrics: Arc<Metrics>,
     served_by: http::HeaderValue,
     request: Request<TimedBody>,
 ) -> Response<ResponseBody> {
     let started = std::time::Instant::now();
-    let host = request
-        .headers()
-        .get(http::header::HOST)
-        .and_then(|host| host.to_str().ok())
-        .or_else(|| request.uri().host());
-    match router.lookup(host, request.uri().path()) {
-        Lookup::Replica { app, component } => {
-            let mut response = component.handle(request).await;
-            response.headers_mut().insert(SERVED_BY, served_by);
-            metrics.record(
-                &app.key,
-                MetricsPath::Local,
-                response.status().as_u16(),
-                started.elapsed(),
-            );
-            response
+    let mut woken = false;
+    loop {
+        let host = request
+            .headers()
+            .get(http::header::HOST)
+            .and_then(|host| host.to_str().ok())
+            .or_else(|| request.uri().host());
+        match router.lookup(host, request.uri().path()) {
+            Lookup::Replica { app, component } => {
+                let mut response = component.handle(request).await;
+                response.headers_mut().insert(SERVED_BY, served_by);
+                metrics.record(
+                    &app.key,
+                    MetricsPath::Local,
+                    response.status().as_u16(),
+                    started.elapsed(),
+                );
+                return response;
+            }
+            // An app at zero: wait for it to wake, then look again (once: it has a replica
+            // or an endpoint by then, or it is gone).
+            Lookup::Remote(app) if app.scale_to_zero && app.endpoints.is_empty() && !woken => {
+                let Some(lattice) = uplink.lattice() else {
+                    return unreachable_lattice();
+                };
+                if let Err(response) = activator
+                    .until_awake(&router, lattice, &app.namespace, &app.app)
+                    .await
+                {
+                    return response;
+                }
+                woken = true;
+            }
+            Lookup::Remote(app) => {
+                let peer = request.extensions().get::<Peer>().map(|peer| peer.0);
+                let response = uplink
+                    .forward(&app.namespace, &app.app, request, peer, app.timeout)
+                    .await;
+                metrics.record(
+                    &app.key,
+                    MetricsPath::Forwarded,
+                    response.status().as_u16(),
+                    started.elapsed(),
+                );
+                return response;
+            }
+            // Offline, the host knows only its own apps' routes: another may well exist.
+            Lookup::NoRoute if !uplink.is_joined() => return unreachable_lattice(),
+            Lookup::NoRoute => return plain(StatusCode::NOT_FOUND, "no app serves this route\n"),
         }
-        Lookup::Remote(app) => {
-            let peer = request.extensions().get::<Peer>().map(|peer| peer.0);
-            let response = uplink
-                .forward(&app.namespace, &app.app, request, peer, app.timeout)
-                .await;
-            metrics.record(
-                &app.key,
-                MetricsPath::Forwarded,
-                response.status().as_u16(),
-                started.elapsed(),
-            );
-            response
-        }
-        // Offline, the host knows only its own apps' routes: another may well exist.
-        Lookup::NoRoute if !uplink.is_joined() => unreachable_lattice(),
-        Lookup::NoRoute => plain(StatusCode::NOT_FOUND, "no app serves this route\n"),
     }
 }
 
@@ -149,6 +168,7 @@ pub(crate) fn routing_table(
                     .saturating_add(Duration::from_secs(5)),
             );
             routes.endpoints = Arc::from(record.endpoints);
+            routes.scale_to_zero = record.scale_to_zero;
             routes.expose = record.expose;
             ((record.namespace, record.app), routes)
         })

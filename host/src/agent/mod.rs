@@ -10,6 +10,7 @@
 //! state is gone), does not make it stop anything: it keeps serving what it saved, says so
 //! loudly, and waits for new desired state or an operator's `--adopt-lattice`.
 
+mod activator;
 mod ingress;
 mod probe;
 mod report;
@@ -40,6 +41,8 @@ use crate::logs::{LogReceiver, log_queue, publish_logs};
 use crate::metrics::Metrics;
 use crate::router::Router;
 use crate::state::{HostState, StateFile};
+use activator::Activator;
+pub use activator::HoldLimits;
 use ingress::{Uplink, ingress, routing_table};
 use report::Reporter;
 use supervisor::Supervisor;
@@ -80,6 +83,8 @@ pub struct AgentOptions {
     /// Keep trying to reach the lattice even without saved state (a site's host whose hub
     /// is not reachable yet); without it, the first failure is an error.
     pub wait_for_lattice: bool,
+    /// How many requests for an app scaled to zero are held, and how long, while it wakes.
+    pub hold: HoldLimits,
 }
 
 /// Fetches a component's bytes by pinned reference (`repository@sha256:…`), through a
@@ -213,6 +218,7 @@ impl<F: Fetch> Agent<F> {
 
         let reporter = Reporter::default();
         let uplink = Uplink::default();
+        let activator = Arc::new(Activator::new(&id, self.options.hold));
         let (log_lines, unpublished) = log_queue();
         let mut unpublished: Option<LogReceiver> = Some(unpublished);
         let (started_tx, mut started_rx) = mpsc::channel(64);
@@ -223,6 +229,7 @@ impl<F: Fetch> Agent<F> {
             fetch: Arc::clone(&self.fetch),
             reporter: reporter.clone(),
             router: Arc::clone(&self.router),
+            activator: Arc::clone(&activator),
             uplink: uplink.clone(),
             metrics: Arc::clone(&self.metrics),
             log_lines: log_lines.clone(),
@@ -259,6 +266,7 @@ impl<F: Fetch> Agent<F> {
             let router = Arc::clone(&self.router);
             let uplink = uplink.clone();
             let metrics = Arc::clone(&self.metrics);
+            let activator = Arc::clone(&activator);
             let served_by =
                 http::HeaderValue::from_str(&id).unwrap_or(http::HeaderValue::from_static("host"));
             tokio::spawn(serve_with(
@@ -269,6 +277,7 @@ impl<F: Fetch> Agent<F> {
                     ingress(
                         Arc::clone(&router),
                         uplink.clone(),
+                        Arc::clone(&activator),
                         Arc::clone(&metrics),
                         served_by.clone(),
                         request,
@@ -581,9 +590,12 @@ impl<F: Fetch> Agent<F> {
                 )
             })
             .collect();
+        // A job's run is not saved: a host restarted offline serves, it does not run a
+        // job again that the lattice may have finished or placed elsewhere.
         let mut assignments: Vec<Assignment> = supervisor
             .replicas
             .values()
+            .filter(|replica| replica.assignment.job.is_none())
             .map(|replica| replica.assignment.clone())
             .collect();
         assignments.sort_by(|a, b| a.replica.cmp(&b.replica));

@@ -79,6 +79,19 @@ impl Reporter {
         reason: Option<String>,
         message: Option<String>,
     ) {
+        self.status_with_exit(assignment, phase, reason, message, None)
+            .await;
+    }
+
+    /// [`Self::status`], with a job run's exit code.
+    pub(crate) async fn status_with_exit(
+        &self,
+        assignment: &Assignment,
+        phase: Phase,
+        reason: Option<String>,
+        message: Option<String>,
+        exit_code: Option<i32>,
+    ) {
         let Some(lattice) = self.reachable() else {
             return;
         };
@@ -93,6 +106,7 @@ impl Reporter {
             message,
             observed_generation: assignment.generation,
             since: now_millis(),
+            exit_code,
         };
         if let Err(error) = lattice
             .put(

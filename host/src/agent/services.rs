@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use http::{Request, Response};
 
+use super::activator::Activator;
 use super::ingress::Uplink;
 use crate::guest::Services;
 use crate::router::Router;
@@ -16,6 +17,8 @@ pub(crate) struct LatticeServices {
     pub(crate) namespace: String,
     pub(crate) router: Arc<Router>,
     pub(crate) uplink: Uplink,
+    /// Holds calls to an app scaled to zero while it wakes, as the ingress does.
+    pub(crate) activator: Arc<Activator>,
 }
 
 impl Services for LatticeServices {
@@ -42,13 +45,21 @@ impl Services for LatticeServices {
     ) -> std::pin::Pin<
         Box<dyn std::future::Future<Output = Response<wasmtime_wasi_http::WasiBody>> + Send>,
     > {
-        let local = self.router.pick(&namespace, &app);
+        let router = Arc::clone(&self.router);
         let uplink = self.uplink.clone();
-        let timeout = self.router.timeout_of(&namespace, &app);
+        let activator = Arc::clone(&self.activator);
         Box::pin(async move {
-            match local {
+            if let Some(lattice) = uplink.lattice()
+                && let Err(response) = activator
+                    .until_awake(&router, lattice, &namespace, &app)
+                    .await
+            {
+                return response;
+            }
+            match router.pick(&namespace, &app) {
                 Some(component) => component.handle(request).await,
                 None => {
+                    let timeout = router.timeout_of(&namespace, &app);
                     uplink
                         .forward(&namespace, &app, request, None, timeout)
                         .await

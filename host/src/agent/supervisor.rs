@@ -43,6 +43,12 @@ pub(crate) enum ReplicaState {
         reason: String,
         message: String,
     },
+    /// A job's run that ended: its command exited (or trapped).
+    Exited {
+        code: i32,
+        /// Why it failed, when it trapped or timed out.
+        failure: Option<String>,
+    },
 }
 
 impl ReplicaState {
@@ -64,8 +70,14 @@ pub(crate) struct Replica {
     pub(crate) state: ReplicaState,
 }
 
-/// The outcome of starting a replica: replica, generation, component or (reason, message).
-pub(crate) type Started = (String, u64, Result<Arc<HttpComponent>, (String, String)>);
+/// What a start came to: an app's replica that serves, or a job's run that ended.
+pub(crate) enum Outcome {
+    Serving(Arc<HttpComponent>),
+    Exited { code: i32, failure: Option<String> },
+}
+
+/// The outcome of starting a replica: replica, generation, outcome or (reason, message).
+pub(crate) type Started = (String, u64, Result<Outcome, (String, String)>);
 
 /// What replicas are connected to: other apps, their output's way out, this host's own
 /// listeners (which guests may not call unless allowed by address).
@@ -75,6 +87,8 @@ pub(crate) struct Supervisor<F> {
     pub(crate) fetch: Arc<F>,
     pub(crate) reporter: Reporter,
     pub(crate) router: Arc<Router>,
+    /// Holds requests for apps at zero while they wake (shared with the ingress).
+    pub(crate) activator: Arc<super::activator::Activator>,
     pub(crate) uplink: Uplink,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) log_lines: LogQueue,
@@ -137,6 +151,7 @@ impl<F: Fetch> Supervisor<F> {
             namespace: assignment.namespace.clone(),
             router: Arc::clone(&self.router),
             uplink: self.uplink.clone(),
+            activator: Arc::clone(&self.activator),
         });
         let output = GuestOutput(Arc::new(ReplicaLogs::new(
             self.log_lines.clone(),
@@ -201,7 +216,7 @@ impl<F: Fetch> Supervisor<F> {
         &mut self,
         replica: String,
         generation: u64,
-        result: Result<Arc<HttpComponent>, (String, String)>,
+        result: Result<Outcome, (String, String)>,
     ) {
         let host = self.host.clone();
         let probed = self.probed.clone();
@@ -211,8 +226,25 @@ impl<F: Fetch> Supervisor<F> {
         if entry.assignment.generation != generation {
             return;
         }
+        let mut exit_code = None;
         let (phase, reason, message, event) = match result {
-            Ok(component) => {
+            Ok(Outcome::Exited { code, failure }) => {
+                entry.state = ReplicaState::Exited {
+                    code,
+                    failure: failure.clone(),
+                };
+                exit_code = Some(code);
+                let (phase, reason, message) = exited(code, failure);
+                tracing::info!(%replica, job = %entry.assignment.app, code, "job run ended");
+                let told = format!("run {replica} on host {host} ended: {message}");
+                let event = if phase == Phase::Succeeded {
+                    "Completed"
+                } else {
+                    "Failed"
+                };
+                (phase, Some(reason), Some(message), (event, told))
+            }
+            Ok(Outcome::Serving(component)) => {
                 let prober = entry.assignment.template.health.as_ref().map(|health| {
                     tokio::spawn(keep_probing(
                         Arc::clone(&component),
@@ -249,7 +281,7 @@ impl<F: Fetch> Supervisor<F> {
         let assignment = entry.assignment.clone();
         self.emit(&assignment, event.0, event.1).await;
         self.reporter
-            .status(&assignment, phase, reason, message)
+            .status_with_exit(&assignment, phase, reason, message, exit_code)
             .await;
     }
 
@@ -314,6 +346,19 @@ impl<F: Fetch> Supervisor<F> {
                 ReplicaState::Failed { reason, message } => {
                     (Phase::Failed, Some(reason.clone()), Some(message.clone()))
                 }
+                ReplicaState::Exited { code, failure } => {
+                    let (phase, reason, message) = exited(*code, failure.clone());
+                    self.reporter
+                        .status_with_exit(
+                            &replica.assignment,
+                            phase,
+                            Some(reason),
+                            Some(message),
+                            Some(*code),
+                        )
+                        .await;
+                    continue;
+                }
             };
             self.reporter
                 .status(&replica.assignment, phase, reason, message)
@@ -351,7 +396,12 @@ impl<F: Fetch> Supervisor<F> {
         let running = self
             .replicas
             .values()
-            .filter(|replica| !matches!(replica.state, ReplicaState::Failed { .. }))
+            .filter(|replica| {
+                !matches!(
+                    replica.state,
+                    ReplicaState::Failed { .. } | ReplicaState::Exited { .. }
+                )
+            })
             .count();
         let set = |gauge: &std::sync::atomic::AtomicU64, value: usize| {
             gauge.store(
@@ -385,7 +435,42 @@ struct Links {
     stores: Option<crate::keyvalue::StoresLink>,
 }
 
-/// Pulls, compiles and instantiates one replica, reporting progress; sends the outcome.
+/// A replica ready to serve, or a job's run ready to run.
+enum Prepared {
+    Http(Arc<HttpComponent>),
+    Command(
+        Box<(
+            wasmtime::component::Component,
+            GuestOptions,
+            crate::limits::Limits,
+        )>,
+    ),
+}
+
+/// How a job's run that exited is reported: phase, reason and message.
+fn exited(code: i32, failure: Option<String>) -> (Phase, String, String) {
+    match failure {
+        Some(failure) => (
+            Phase::Failed,
+            "Trapped".to_owned(),
+            format!("trapped (exit code {code}): {failure}"),
+        ),
+        None if code == 0 => (
+            Phase::Succeeded,
+            "Completed".to_owned(),
+            "exit code 0".to_owned(),
+        ),
+        None => (
+            Phase::Failed,
+            "Exited".to_owned(),
+            format!("exit code {code}"),
+        ),
+    }
+}
+
+/// Pulls, compiles and instantiates one replica, reporting progress; sends the outcome. A
+/// job's run then runs to its end here, in the replica's start task: stopping the replica
+/// aborts it.
 async fn start<F: Fetch>(
     reporter: Reporter,
     runtime: Arc<Runtime>,
@@ -433,6 +518,9 @@ async fn start<F: Fetch>(
         }
         let config = Arc::new(crate::config::ConfigMap::new(config));
         let template = assignment.template.clone();
+        let job = assignment.job.clone();
+        let assignment_name = assignment.app.clone();
+        let runtime = Arc::clone(&runtime);
         let name = format!("{}/{}", assignment.namespace, assignment.app);
         tokio::task::spawn_blocking(move || {
             let loaded = runtime
@@ -448,21 +536,54 @@ async fn start<F: Fetch>(
                 stores: links.stores,
                 dirs: Vec::new(),
                 outbound,
-                args: Vec::new(),
+                // A job's run gets its program name (the job's) and arguments.
+                args: match &job {
+                    Some(job) => std::iter::once(assignment_name.clone())
+                        .chain(job.args.iter().cloned())
+                        .collect(),
+                    None => Vec::new(),
+                },
                 name,
                 services: Some(ServiceLink(links.services)),
                 output: Some(links.output),
             };
+            if job.is_some() {
+                return Ok(Prepared::Command(Box::new((
+                    loaded.component,
+                    options,
+                    limits,
+                ))));
+            }
             HttpComponent::new(&runtime, &loaded.component, options, limits)
-                .map(Arc::new)
+                .map(|component| Prepared::Http(Arc::new(component)))
                 .map_err(|error| ("NotServable".to_owned(), error.to_string()))
         })
         .await
         .map_err(|error| ("StartFailed".to_owned(), error.to_string()))?
     }
     .await;
+    let result = match result {
+        Ok(Prepared::Http(component)) => Ok(Outcome::Serving(component)),
+        Ok(Prepared::Command(command)) => {
+            let (component, options, limits) = *command;
+            reporter
+                .status(&assignment, Phase::Running, None, None)
+                .await;
+            match crate::command::run(&runtime, &component, &options, &limits, false).await {
+                Ok(outcome) => Ok(Outcome::Exited {
+                    code: outcome.code,
+                    failure: outcome
+                        .failure
+                        .map(|(cause, message)| format!("{cause}: {message}")),
+                }),
+                Err(error) => Err(("NotRunnable".to_owned(), error.to_string())),
+            }
+        }
+        Err(error) => Err(error),
+    };
     // With a health path, the replica is ready only once that path answers 2xx through it.
-    if let (Ok(component), Some(health)) = (&result, &assignment.template.health) {
+    if let (Ok(Outcome::Serving(component)), Some(health)) = (&result, &assignment.template.health)
+    {
         wait_healthy(&reporter, &assignment, component, &health.path).await;
     }
     let _ = done

@@ -247,6 +247,12 @@ pub(super) async fn step_app(
 
         let mut unplaced = None;
         if step.place > 0 {
+            // A woken app's first replica goes where its requests are held.
+            let prefer = state
+                .wakes
+                .get(&key)
+                .filter(|(_, at)| now.duration_since(*at) < super::autoscaler::WAKE_PREFERENCE)
+                .map(|(host, _)| host.clone());
             // An app with secrets runs only where they can be sealed: a feasibility filter.
             let with_key;
             let feasible = if app.spec.secrets.is_empty() {
@@ -260,8 +266,10 @@ pub(super) async fn step_app(
                 &with_key
             };
             let plan = placement::place(
-                &host_views(feasible, assignments, &app),
-                &request(&app, step.place, feasible, assignments),
+                &host_views(feasible, assignments, &app.digest, |other| {
+                    other.is_of(&app)
+                }),
+                &request(&app, step.place, feasible, assignments, prefer),
             );
             for host in &plan.hosts {
                 let secrets = match sealed_secrets(state, &app, feasible.get(host)) {
@@ -284,6 +292,7 @@ pub(super) async fn step_app(
                     secrets,
                     template: app.spec.template(),
                     created_at: now_millis(),
+                    job: None,
                 };
                 let record_key = assignment_key(host, &assignment.replica);
                 let revision = lattice
@@ -359,10 +368,13 @@ pub(super) async fn remove(
     Ok(())
 }
 
+/// Each host as placement sees it, for placing replicas (or runs) of the component
+/// `digest`; `same` says which assignments are of the same app (or job).
 pub(super) fn host_views(
     hosts: &BTreeMap<String, HostRecord>,
     assignments: &[Versioned<Assignment>],
-    app: &AppRecord,
+    digest: &str,
+    same: impl Fn(&Assignment) -> bool,
 ) -> Vec<HostView> {
     hosts
         .values()
@@ -381,7 +393,7 @@ pub(super) fn host_views(
                     .cpu
                     .saturating_add(assignment.value.template.cpu_request().0);
                 used.replicas = used.replicas.saturating_add(1);
-                if assignment.value.is_of(app) {
+                if same(&assignment.value) {
                     same_app += 1;
                 }
             }
@@ -391,7 +403,7 @@ pub(super) fn host_views(
                 capacity: host.capacity,
                 used,
                 same_app,
-                cached: host.cached.contains(&app.digest),
+                cached: host.cached.iter().any(|cached| cached == digest),
                 draining: host.draining,
             }
         })
@@ -403,6 +415,7 @@ pub(super) fn request(
     count: u32,
     hosts: &BTreeMap<String, HostRecord>,
     assignments: &[Versioned<Assignment>],
+    prefer: Option<String>,
 ) -> Request {
     let mut spread_counts = HashMap::new();
     if let Some(label) = &app.spec.placement.spread_by {
@@ -424,5 +437,6 @@ pub(super) fn request(
         requires: app.spec.placement.requires.clone(),
         spread_by: app.spec.placement.spread_by.clone(),
         spread_counts,
+        prefer,
     }
 }

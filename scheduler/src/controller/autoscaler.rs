@@ -2,6 +2,10 @@
 //! live hosts' records say is in flight at its replicas) goes into its window, and when the
 //! window calls for another count, the app is scaled to it (an event says why). The pure
 //! part is [`crate::autoscale`].
+//!
+//! An app scaled to zero is woken by the first host that holds a request for it: the host
+//! publishes on its wake subject, and the leader scales the app to one, placed on that host
+//! when it fits.
 
 use super::*;
 
@@ -62,6 +66,75 @@ pub(super) async fn step(
             Err(error) => {
                 tracing::warn!(app = %key, %error, "cannot scale; trying again next pass");
             }
+        }
+    }
+}
+
+/// How long a wake's host stays the preferred place for the app's first replica.
+pub(super) const WAKE_PREFERENCE: Duration = Duration::from_secs(10);
+
+/// Handles a wake published on `subject`; returns whether it changed anything (a pass
+/// should follow). Anything malformed, for an app that cannot scale to zero, or repeated
+/// within a second is ignored: a host may publish wakes, not make the scheduler work.
+pub(super) async fn wake(
+    lattice: &Lattice,
+    source: &str,
+    state: &mut State,
+    subject: &str,
+    now: Instant,
+) -> bool {
+    let Some((host, namespace, name)) =
+        shoal_lattice::names::parse_wake_subject(lattice.name(), subject)
+    else {
+        return false;
+    };
+    let key = app_key(namespace, name);
+    let Some(app) = state.apps.get(&key).map(|app| app.value) else {
+        return false;
+    };
+    if app
+        .spec
+        .autoscale
+        .as_ref()
+        .is_none_or(|spec| spec.min() != 0)
+    {
+        return false;
+    }
+    if state
+        .wakes
+        .get(&key)
+        .is_some_and(|(_, at)| now.duration_since(*at) < Duration::from_secs(1))
+    {
+        return false;
+    }
+    state.wakes.insert(key.clone(), (host.to_owned(), now));
+    state
+        .autoscaling
+        .entry(key.clone())
+        .or_default()
+        .0
+        .woken(now);
+    if app.spec.replicas > 0 {
+        return false;
+    }
+    match apply::scale(lattice, namespace, name, 1).await {
+        Ok(Some(0)) => {
+            tracing::info!(app = %key, %host, "woken from zero");
+            lattice
+                .emit(Event::app(
+                    source,
+                    namespace,
+                    name,
+                    "Scaled",
+                    format!("scaled from 0 to 1: host {host} holds a request for it"),
+                ))
+                .await;
+            true
+        }
+        Ok(_) => false,
+        Err(error) => {
+            tracing::warn!(app = %key, %error, "cannot wake the app");
+            false
         }
     }
 }

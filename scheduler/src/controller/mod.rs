@@ -11,7 +11,7 @@ use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
 
-use futures_util::FutureExt as _;
+use futures_util::{FutureExt as _, StreamExt as _};
 use shoal_lattice::names::{
     app_key, app_status_key, assignment_key, replica_status_key, revision_key, route_key,
 };
@@ -29,7 +29,9 @@ use crate::reconcile::{self, Observed};
 
 mod apps;
 mod autoscaler;
+mod cron;
 mod hosts;
+mod jobs;
 mod rollout;
 
 use apps::{Backoff, Pending, remove, report_invalid_apps, step_app};
@@ -47,6 +49,8 @@ pub struct Options {
     /// The lattice's secrets key: what secrets are sealed to. Without it, apps that list
     /// secrets cannot be placed.
     pub secrets_key: Option<shoal_lattice::secrets::XKey>,
+    /// The time cron schedules are read by.
+    pub clock: crate::cron::Clock,
 }
 
 struct State {
@@ -61,6 +65,12 @@ struct State {
     controls: Mirror<HostControl>,
     /// Secrets, sealed to the lattice's key.
     secrets: Mirror<shoal_lattice::records::SecretObject>,
+    /// Jobs, and their statuses as this scheduler (or the last leader) wrote them.
+    jobs: Mirror<shoal_lattice::jobs::JobRecord>,
+    job_status: Mirror<shoal_lattice::jobs::JobStatus>,
+    /// Cron jobs and their statuses.
+    cron_jobs: Mirror<shoal_lattice::jobs::CronJobRecord>,
+    cron_status: Mirror<shoal_lattice::jobs::CronJobStatus>,
     /// The lattice's secrets key, from `Options`.
     secrets_key: Option<shoal_lattice::secrets::XKey>,
     liveness: Liveness,
@@ -72,6 +82,8 @@ struct State {
     failed: HashMap<String, FailedRollout>,
     /// Per autoscaled app, the load this scheduler has seen and what it last decided.
     autoscaling: HashMap<String, (crate::autoscale::Window, Option<AutoscaleStatus>)>,
+    /// Per app scaled to zero, the host that last asked to wake it, and when.
+    wakes: HashMap<String, (String, Instant)>,
     /// The live hosts of the last pass, to tell joins and losses as events; `None` before
     /// the first pass (a new leader reports changes, not the hosts it finds).
     live_hosts: Option<HashSet<String>>,
@@ -96,6 +108,7 @@ impl State {
         self.backoff.clear();
         self.failed.clear();
         self.autoscaling.clear();
+        self.wakes.clear();
     }
 
     /// Takes the rollout clock, backoff and failed rollout of `app` from its stored status,
@@ -158,6 +171,10 @@ pub async fn run(
         routes: lattice.mirror(Bucket::Status, "routes.>").await?,
         controls: lattice.mirror(Bucket::Status, "hosts.>").await?,
         secrets: lattice.mirror(Bucket::Secrets, ">").await?,
+        jobs: lattice.mirror(Bucket::Jobs, ">").await?,
+        job_status: lattice.mirror(Bucket::Status, "jobs.>").await?,
+        cron_jobs: lattice.mirror(Bucket::CronJobs, ">").await?,
+        cron_status: lattice.mirror(Bucket::Status, "cronjobs.>").await?,
         secrets_key: options.secrets_key.clone(),
         liveness: Liveness::default(),
         pending: Pending::default(),
@@ -165,6 +182,7 @@ pub async fn run(
         rollouts: HashMap::new(),
         failed: HashMap::new(),
         autoscaling: HashMap::new(),
+        wakes: HashMap::new(),
         live_hosts: None,
         reported: HashSet::new(),
         seeded: HashSet::new(),
@@ -176,20 +194,33 @@ pub async fn run(
         state.hosts.changes(),
         state.assignments.changes(),
         state.replicas.changes(),
+        state.jobs.changes(),
     ];
     let mut leading = false;
+    // Hosts holding requests for apps scaled to zero; only the leader acts on them.
+    let mut wakes = lattice
+        .client()
+        .subscribe(shoal_lattice::names::wake_subjects(lattice.name()))
+        .await
+        .map_err(|error| Error::Request {
+            bucket: "wake subjects".to_owned(),
+            reason: error.to_string(),
+        })?;
     // Every scheduler answers the control API, leader or not.
     let api = tokio::spawn(crate::api::serve(lattice.clone(), std::future::pending()));
     tracing::info!(id = %options.id, lattice = %lattice.name(), "scheduler started");
     tokio::pin!(shutdown);
     loop {
-        let [apps, hosts, assignments, replicas] = &mut changes;
+        let [apps, hosts, assignments, replicas, jobs] = &mut changes;
+        let mut woken = None;
         tokio::select! {
             () = &mut shutdown => break,
+            Some(message) = wakes.next() => woken = Some(message.subject),
             _ = apps.changed() => {}
             _ = hosts.changed() => {}
             _ = assignments.changed() => {}
             _ = replicas.changed() => {}
+            _ = jobs.changed() => {}
             () = tokio::time::sleep(Duration::from_millis(200)) => {}
         }
         let now = Instant::now();
@@ -216,6 +247,12 @@ pub async fn run(
             }
             leading = true;
             state.liveness.grace(now);
+        }
+        if let Some(subject) = woken {
+            let source = format!("scheduler {}", options.id);
+            if !autoscaler::wake(&lattice, &source, &mut state, &subject, now).await {
+                continue;
+            }
         }
         if let Err(error) = pass(&lattice, &options, &mut state, &lease, now).await {
             tracing::warn!(%error, "reconcile pass failed; retrying");
@@ -319,9 +356,11 @@ async fn pass(
         remove(lattice, state, &refused.key, refused.revision, now).await?;
     }
 
-    // Replicas of deleted apps go.
+    // Replicas of deleted apps go (jobs' runs are the jobs controller's).
     for assignment in &assignments {
-        if !app_keys.contains(&app_key(&assignment.value.namespace, &assignment.value.app)) {
+        if assignment.value.job.is_none()
+            && !app_keys.contains(&app_key(&assignment.value.namespace, &assignment.value.app))
+        {
             remove(lattice, state, &assignment.key, assignment.revision, now).await?;
         }
     }
@@ -341,7 +380,8 @@ async fn pass(
         lattice.delete(Bucket::Status, &key).await?;
     }
     assignments.retain(|assignment| {
-        app_keys.contains(&app_key(&assignment.value.namespace, &assignment.value.app))
+        assignment.value.job.is_some()
+            || app_keys.contains(&app_key(&assignment.value.namespace, &assignment.value.app))
     });
 
     autoscaler::step(lattice, &source, state, &hosts, &apps, now).await;
@@ -384,7 +424,11 @@ async fn pass(
             }
         }
     }
-    Ok(())
+    if !lease.is_leader() {
+        return Ok(());
+    }
+    jobs::pass(lattice, state, &observed, &mut assignments).await?;
+    cron::pass(lattice, state, &source, options.clock.now()).await
 }
 
 /// What one pass sees, shared by every app's step.

@@ -193,6 +193,11 @@ pub(super) async fn write_status(
         expose: app.spec.expose.clone(),
         timeout: app.spec.limits.timeout,
         endpoints,
+        scale_to_zero: app
+            .spec
+            .autoscale
+            .as_ref()
+            .is_some_and(|autoscale| autoscale.min() == 0),
     };
     let routes_key = route_key(&app.namespace, &app.name);
     if state.routes.get(&routes_key).map(|record| record.value) != Some(routing.clone()) {

@@ -1,0 +1,261 @@
+//! The jobs controller: each pass, every job's runs are read (assignments with a job run,
+//! their hosts' reports, their hosts' liveness), [`crate::jobs::step`] says what ended and
+//! what to place, and this writes it: the job's status first (so a count is never lost),
+//! then the ended runs' assignments go, then new runs are placed like replicas (same
+//! filters and scores, on the live schedulable hosts). Runs of a deleted job go, and its
+//! status with them.
+
+use shoal_lattice::jobs::{JobRecord, JobStatus, log_name};
+use shoal_lattice::names::job_status_key;
+
+use super::apps::{host_views, remove};
+use super::*;
+use crate::jobs::{RunView, step};
+
+/// The run's job: `(namespace, name, uid)`.
+fn job_of(assignment: &Assignment) -> Option<(&str, &str, &str)> {
+    let run = assignment.job.as_ref()?;
+    Some((&assignment.namespace, &assignment.app, &run.uid))
+}
+
+/// An event about job `namespace/name`.
+pub(super) fn job_event(
+    source: &str,
+    namespace: &str,
+    name: &str,
+    reason: &str,
+    message: String,
+) -> Event {
+    Event::app(source, namespace, &log_name(name), reason, message)
+}
+
+pub(super) async fn pass(
+    lattice: &Lattice,
+    state: &mut State,
+    observed: &PassView<'_>,
+    assignments: &mut Vec<Versioned<Assignment>>,
+) -> Result<(), Error> {
+    let jobs = state.jobs.snapshot();
+    let now = observed.now;
+    let wall = now_millis();
+    let current: HashSet<(&str, &str, &str)> = jobs
+        .iter()
+        .map(|job| {
+            (
+                job.value.namespace.as_str(),
+                job.value.name.as_str(),
+                job.value.uid.as_str(),
+            )
+        })
+        .collect();
+    // Runs of jobs that are gone (or replaced by a new job of the same name) go.
+    let orphaned: Vec<(String, u64)> = assignments
+        .iter()
+        .filter(|run| job_of(&run.value).is_some_and(|job| !current.contains(&job)))
+        .map(|run| (run.key.clone(), run.revision))
+        .collect();
+    for (key, revision) in &orphaned {
+        remove(lattice, state, key, *revision, now).await?;
+    }
+    assignments.retain(|run| !orphaned.iter().any(|(key, _)| *key == run.key));
+    // And the statuses of jobs that are gone.
+    let names: HashSet<String> = jobs
+        .iter()
+        .map(|job| job_status_key(&job.value.namespace, &job.value.name))
+        .collect();
+    for status in state.job_status.snapshot() {
+        if !names.contains(&status.key) {
+            lattice.delete(Bucket::Status, &status.key).await?;
+        }
+    }
+    for job in jobs {
+        let job = job.value;
+        let key = job_status_key(&job.namespace, &job.name);
+        let previous = state.job_status.get(&key).map(|status| status.value);
+        let runs: Vec<RunView<'_>> = assignments
+            .iter()
+            .filter(|run| job_of(&run.value) == Some((&job.namespace, &job.name, &job.uid)))
+            .map(|run| RunView {
+                key: &run.key,
+                revision: run.revision,
+                assignment: &run.value,
+                status: observed.status.get(&run.value.replica),
+                host_live: observed.live.contains(&run.value.host),
+            })
+            .collect();
+        let lost: Vec<(String, String)> = runs
+            .iter()
+            .filter(|run| !run.host_live)
+            .map(|run| (run.assignment.host.clone(), run.assignment.replica.clone()))
+            .collect();
+        let mut step = step(&job, previous.as_ref(), &runs, wall);
+        let placed = if step.place > 0 {
+            place(
+                lattice,
+                state,
+                observed,
+                &job,
+                step.place,
+                assignments,
+                &mut step.status,
+            )
+            .await?
+        } else {
+            0
+        };
+        step.status.active = step.status.active.saturating_add(placed);
+        if previous.as_ref() != Some(&step.status) {
+            lattice.put(Bucket::Status, &key, &step.status).await?;
+        }
+        for run in &step.ended {
+            let (reason, outcome) = if run.succeeded {
+                ("RunSucceeded", "succeeded")
+            } else {
+                ("RunFailed", "failed")
+            };
+            lattice
+                .emit(
+                    job_event(
+                        observed.source,
+                        &job.namespace,
+                        &job.name,
+                        reason,
+                        format!(
+                            "run {} on host {} {outcome}: {}",
+                            run.run, run.host, run.message
+                        ),
+                    )
+                    .on(&run.host, &run.run),
+                )
+                .await;
+        }
+        if previous
+            .as_ref()
+            .is_none_or(|previous| !previous.finished())
+            && step.status.finished()
+        {
+            tracing::info!(job = %job.name, phase = %step.status.phase, "job ended");
+            lattice
+                .emit(job_event(
+                    observed.source,
+                    &job.namespace,
+                    &job.name,
+                    if step.status.phase == shoal_lattice::jobs::JobPhase::Succeeded {
+                        "Completed"
+                    } else {
+                        "Failed"
+                    },
+                    format!(
+                        "job {} {}: {}",
+                        job.name,
+                        step.status.phase,
+                        step.status.message.clone().unwrap_or_default()
+                    ),
+                ))
+                .await;
+        }
+        for stopped in &step.stopped {
+            lattice
+                .emit(job_event(
+                    observed.source,
+                    &job.namespace,
+                    &job.name,
+                    "Stopped",
+                    format!("run {stopped} stopped: the job has ended"),
+                ))
+                .await;
+        }
+        for (key, revision) in &step.remove {
+            remove(lattice, state, key, *revision, now).await?;
+        }
+        // A lost host cannot clean up its own run's status.
+        for (host, replica) in lost {
+            lattice
+                .delete(Bucket::Status, &replica_status_key(&host, &replica))
+                .await?;
+        }
+        assignments.retain(|run| !step.remove.iter().any(|(key, _)| *key == run.key));
+    }
+    Ok(())
+}
+
+/// Places `count` runs of `job`; returns how many were placed, and says in the status why
+/// the others were not.
+async fn place(
+    lattice: &Lattice,
+    state: &mut State,
+    observed: &PassView<'_>,
+    job: &JobRecord,
+    count: u32,
+    assignments: &mut Vec<Versioned<Assignment>>,
+    status: &mut JobStatus,
+) -> Result<u32, Error> {
+    let template = job.spec.template();
+    let same = |other: &Assignment| job_of(other) == Some((&job.namespace, &job.name, &job.uid));
+    let plan = placement::place(
+        &host_views(observed.hosts, assignments, &job.digest, same),
+        &Request {
+            count,
+            memory: template.memory_request().0,
+            cpu: template.cpu_request().0,
+            requires: template.placement.requires.clone(),
+            spread_by: template.placement.spread_by.clone(),
+            spread_counts: HashMap::new(),
+            prefer: None,
+        },
+    );
+    status.message = plan
+        .report
+        .as_ref()
+        .map(|report| format!("{} run(s) waiting for a host: {report}", plan.unplaced));
+    let mut placed = 0;
+    for host in &plan.hosts {
+        let assignment = Assignment {
+            replica: replica_id(&job.name),
+            app: job.name.clone(),
+            namespace: job.namespace.clone(),
+            revision: 1,
+            generation: 1,
+            host: host.clone(),
+            digest: job.digest.clone(),
+            config_objects: BTreeMap::new(),
+            secrets: None,
+            template: template.clone(),
+            created_at: now_millis(),
+            job: Some(shoal_lattice::jobs::JobRun {
+                uid: job.uid.clone(),
+                args: job.spec.args.clone(),
+            }),
+        };
+        let record_key = assignment_key(host, &assignment.replica);
+        let revision = lattice
+            .create_fenced(Bucket::Assignments, &record_key, &assignment, state.fence)
+            .await?;
+        state.fence = revision;
+        tracing::info!(job = %job.name, run = %assignment.replica, %host, "run placed");
+        lattice
+            .emit(
+                job_event(
+                    observed.source,
+                    &job.namespace,
+                    &job.name,
+                    "Placed",
+                    format!("run {} placed on host {host}", assignment.replica),
+                )
+                .on(host, &assignment.replica),
+            )
+            .await;
+        let record = Versioned {
+            key: record_key.clone(),
+            revision,
+            value: assignment,
+        };
+        state
+            .pending
+            .created
+            .insert(record_key, (record.clone(), observed.now));
+        assignments.push(record);
+        placed += 1;
+    }
+    Ok(placed)
+}
