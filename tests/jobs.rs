@@ -67,7 +67,7 @@ fn jobs_run_to_completion_retry_failures_and_survive_a_lost_host() {
     let applied = lattice.apply(&job_manifest(
         "count",
         &cli,
-        "  args: [--sleep, '400', counted]\n  completions: 4\n  parallelism: 2\n",
+        "  args: [--sleep, '400', counted]\n  env: {ROUND: one}\n  completions: 4\n  parallelism: 2\n",
     ));
     assert!(applied.contains("job default/count created"), "{applied}");
     let started = Instant::now();
@@ -92,7 +92,7 @@ fn jobs_run_to_completion_retry_failures_and_survive_a_lost_host() {
     let again = lattice.apply(&job_manifest(
         "count",
         &cli,
-        "  args: [--sleep, '400', counted]\n  completions: 4\n  parallelism: 2\n",
+        "  args: [--sleep, '400', counted]\n  env: {ROUND: one}\n  completions: 4\n  parallelism: 2\n",
     ));
     assert!(again.contains("job default/count unchanged"), "{again}");
     let (ok, _, stderr) = lattice.try_apply(&job_manifest("count", &cli, "  completions: 5\n"));
@@ -100,7 +100,7 @@ fn jobs_run_to_completion_retry_failures_and_survive_a_lost_host() {
         !ok && stderr.contains("a job cannot be changed"),
         "{stderr}"
     );
-    // Its runs' output, under the job's name.
+    // Its runs' output, under the job's name: its arguments and environment.
     let logs = lattice.ok(&["logs", "job/count"]);
     assert_eq!(
         logs.matches("args: [\"--sleep\", \"400\", \"counted\"]")
@@ -108,10 +108,11 @@ fn jobs_run_to_completion_retry_failures_and_survive_a_lost_host() {
         4,
         "{logs}"
     );
+    assert_eq!(logs.matches("env: [\"ROUND=one\"]").count(), 4, "{logs}");
     let described = lattice.ok(&["describe", "job", "count"]);
     assert!(
         described.contains("Phase:         succeeded (Completed: 4 of 4 runs succeeded)")
-            && described.contains("4 succeeded, 0 failed, 0 active"),
+            && described.contains("Counts:        4 succeeded, 0 failed, 0 active"),
         "{described}"
     );
 

@@ -184,6 +184,17 @@ pub struct JobRecord {
     pub cron: Option<CronOrigin>,
 }
 
+impl JobRecord {
+    /// Whether cron job `namespace/cron_job` made this job (on schedule or by hand).
+    pub fn made_by(&self, namespace: &str, cron_job: &str) -> bool {
+        self.namespace == namespace
+            && self
+                .cron
+                .as_ref()
+                .is_some_and(|origin| origin.cron_job == cron_job)
+    }
+}
+
 /// Where a job is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

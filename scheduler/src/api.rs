@@ -89,7 +89,7 @@ async fn answer(lattice: &Lattice, subject: &str, payload: &[u8]) -> Vec<u8> {
     })
 }
 
-fn internal(error: impl std::fmt::Display) -> ApiError {
+pub(crate) fn internal(error: impl std::fmt::Display) -> ApiError {
     ApiError::new(ErrorCode::Internal, error.to_string())
 }
 
@@ -107,7 +107,7 @@ fn visible<'a>(caller: &'a Caller, wanted: Option<&'a str>) -> impl Fn(&str) -> 
 }
 
 /// Refuses `what` when it has `problems`, naming each.
-fn refuse_invalid(what: &str, problems: Vec<String>) -> Result<(), ApiError> {
+pub(crate) fn refuse_invalid(what: &str, problems: Vec<String>) -> Result<(), ApiError> {
     if problems.is_empty() {
         return Ok(());
     }

@@ -13,22 +13,7 @@ use shoal_lattice::names::{app_key, cron_job_status_key, job_status_key};
 use shoal_lattice::records::now_millis;
 use shoal_lattice::{Bucket, Error, Lattice};
 
-fn internal(error: impl std::fmt::Display) -> ApiError {
-    ApiError::new(ErrorCode::Internal, error.to_string())
-}
-
-fn invalid(what: &str, problems: Vec<String>) -> Result<(), ApiError> {
-    if problems.is_empty() {
-        return Ok(());
-    }
-    Err(ApiError::new(
-        ErrorCode::Invalid,
-        format!(
-            "{what} is not valid; nothing was stored:\n  {}",
-            problems.join("\n  ")
-        ),
-    ))
-}
+use crate::api::{internal, refuse_invalid};
 
 fn digest_problem(digest: &str) -> Option<String> {
     let valid = digest
@@ -104,10 +89,10 @@ pub async fn apply(
             .map(|problem| problem.to_string())
             .collect();
         problems.extend(digest_problem(&job.digest));
-        invalid(&format!("job {}/{}", job.namespace, job.name), problems)?;
+        refuse_invalid(&format!("job {}/{}", job.namespace, job.name), problems)?;
     }
     for cron in &cron_jobs {
-        invalid(
+        refuse_invalid(
             &format!("cron job {}/{}", cron.namespace, cron.name),
             cron_problems(cron),
         )?;
@@ -239,14 +224,7 @@ pub async fn list_cron_jobs(
                     .cloned(),
                 jobs: jobs
                     .iter()
-                    .filter(|job| {
-                        job.job.namespace == cron.namespace
-                            && job
-                                .job
-                                .cron
-                                .as_ref()
-                                .is_some_and(|origin| origin.cron_job == cron.name)
-                    })
+                    .filter(|job| job.job.made_by(&cron.namespace, &cron.name))
                     .map(|job| {
                         (
                             job.job.name.clone(),
@@ -300,13 +278,7 @@ pub async fn delete_cron_job(
     // The cron job first: no new job can be made while its jobs go.
     lattice.delete(Bucket::CronJobs, &key).await?;
     for job in lattice.list::<JobRecord>(Bucket::Jobs, "").await? {
-        if job.value.namespace == namespace
-            && job
-                .value
-                .cron
-                .as_ref()
-                .is_some_and(|origin| origin.cron_job == name)
-        {
+        if job.value.made_by(namespace, name) {
             lattice.delete(Bucket::Jobs, &job.key).await?;
         }
     }

@@ -364,6 +364,76 @@ spec:
 ";
 
     #[test]
+    fn jobs_and_cron_jobs_parse_with_their_own_paths() {
+        let text = "apiVersion: shoal.dev/v1
+kind: Job
+metadata: {name: backup}
+spec: {component: r/backup:1, args: [--full], completions: 2, parallelism: 2}
+---
+apiVersion: shoal.dev/v1
+kind: CronJob
+metadata: {name: nightly, namespace: ops}
+spec:
+  schedule: '30 1 * * *'
+  timeZone: Europe/Paris
+  concurrencyPolicy: Forbid
+  jobTemplate: {component: r/backup:1}
+";
+        let manifest = parse_all(text).unwrap();
+        assert_eq!(manifest.jobs[0].spec.completions(), 2);
+        assert_eq!(manifest.cron_jobs[0].namespace, "ops");
+        // Apps only, where apps are expected.
+        assert!(parse(text).is_err());
+        let bad = text
+            .replace("completions: 2", "completions: 0")
+            .replace("'30 1 * * *'", "'61 * * * *'")
+            .replace("Europe/Paris", "Mars/Base")
+            .replace(
+                "jobTemplate: {component: r/backup:1}",
+                "jobTemplate: {component: r/backup:1, retries: 3}",
+            );
+        let found = errors(&bad);
+        assert!(
+            found
+                .iter()
+                .any(|e| e.starts_with("document 1: spec.completions")),
+            "{found:?}"
+        );
+        assert!(
+            found
+                .iter()
+                .any(|e| e.starts_with("document 2: spec.jobTemplate.retries: unknown field")),
+            "{found:?}"
+        );
+        let found = errors(
+            &text
+                .replace("'30 1 * * *'", "'61 * * * *'")
+                .replace("Europe/Paris", "Mars/Base"),
+        );
+        assert!(
+            found
+                .iter()
+                .any(|e| e.starts_with("document 2: spec.timeZone")),
+            "{found:?}"
+        );
+        let found = errors(&text.replace("'30 1 * * *'", "'61 * * * *'"));
+        assert!(
+            found
+                .iter()
+                .any(|e| e.starts_with("document 2: spec.schedule")),
+            "{found:?}"
+        );
+        let found = errors(&text.replace("kind: Job", "kind: Deployment"));
+        assert!(
+            found[0].contains("must be App, Job or CronJob"),
+            "{found:?}"
+        );
+        let long = "a".repeat(53);
+        let found = errors(&text.replace("name: nightly", &format!("name: {long}")));
+        assert!(found.iter().any(|e| e.contains("at most 52")), "{found:?}");
+    }
+
+    #[test]
     fn the_design_example_parses() {
         let apps = parse(HELLO).unwrap();
         assert_eq!(apps.len(), 1);

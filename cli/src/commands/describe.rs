@@ -162,7 +162,7 @@ fn render_job(described: &JobView, running: &[ReplicaView]) -> String {
     match &described.status {
         Some(status) => {
             out += &format!(
-                "Phase:         {}{}\nRuns:          {} succeeded, {} failed, {} active\n",
+                "Phase:         {}{}\nCounts:        {} succeeded, {} failed, {} active\n",
                 status.phase,
                 status
                     .reason

@@ -294,28 +294,15 @@ pub(super) async fn step_app(
                     created_at: now_millis(),
                     job: None,
                 };
-                let record_key = assignment_key(host, &assignment.replica);
-                let revision = lattice
-                    .create_fenced(Bucket::Assignments, &record_key, &assignment, state.fence)
-                    .await?;
-                state.fence = revision;
-                tracing::info!(app = %key, replica = %assignment.replica, %host, "placed");
+                let record = create(lattice, state, assignment, now).await?;
+                tracing::info!(app = %key, replica = %record.value.replica, %host, "placed");
                 let message = format!(
                     "replica {} placed on host {host} (revision {})",
-                    assignment.replica, app.revision
+                    record.value.replica, app.revision
                 );
                 lattice
-                    .emit(Event::replica(source, &assignment, "Placed", message))
+                    .emit(Event::replica(source, &record.value, "Placed", message))
                     .await;
-                let record = Versioned {
-                    key: record_key.clone(),
-                    revision,
-                    value: assignment,
-                };
-                state
-                    .pending
-                    .created
-                    .insert(record_key, (record.clone(), now));
                 assignments.push(record);
             }
             if let Some(report) = plan.report.filter(|_| unplaced.is_none()) {
@@ -349,6 +336,28 @@ pub(super) fn sealed_secrets(
         recipient,
     )
     .map(Some)
+}
+
+/// Writes a new assignment, fenced like every write of a pass, and remembers it until the
+/// mirror shows it (so the next pass does not place it again).
+pub(super) async fn create(
+    lattice: &Lattice,
+    state: &mut State,
+    assignment: Assignment,
+    now: Instant,
+) -> Result<Versioned<Assignment>, Error> {
+    let key = assignment_key(&assignment.host, &assignment.replica);
+    let revision = lattice
+        .create_fenced(Bucket::Assignments, &key, &assignment, state.fence)
+        .await?;
+    state.fence = revision;
+    let record = Versioned {
+        key: key.clone(),
+        revision,
+        value: assignment,
+    };
+    state.pending.created.insert(key, (record.clone(), now));
+    Ok(record)
 }
 
 pub(super) async fn remove(

@@ -54,14 +54,7 @@ pub(super) async fn pass(
         };
         let made: Vec<MadeJob<'_>> = jobs
             .iter()
-            .filter(|job| {
-                job.value.namespace == cron.namespace
-                    && job
-                        .value
-                        .cron
-                        .as_ref()
-                        .is_some_and(|origin| origin.cron_job == cron.name)
-            })
+            .filter(|job| job.value.made_by(&cron.namespace, &cron.name))
             .map(|job| MadeJob {
                 job: &job.value,
                 status: statuses.get(&job_status_key(&job.value.namespace, &job.value.name)),

@@ -8,7 +8,7 @@
 use shoal_lattice::jobs::{JobRecord, JobStatus, log_name};
 use shoal_lattice::names::job_status_key;
 
-use super::apps::{host_views, remove};
+use super::apps::{create, host_views, remove};
 use super::*;
 use crate::jobs::{RunView, step};
 
@@ -227,12 +227,9 @@ async fn place(
                 args: job.spec.args.clone(),
             }),
         };
-        let record_key = assignment_key(host, &assignment.replica);
-        let revision = lattice
-            .create_fenced(Bucket::Assignments, &record_key, &assignment, state.fence)
-            .await?;
-        state.fence = revision;
-        tracing::info!(job = %job.name, run = %assignment.replica, %host, "run placed");
+        let record = create(lattice, state, assignment, observed.now).await?;
+        let run = &record.value.replica;
+        tracing::info!(job = %job.name, %run, %host, "run placed");
         lattice
             .emit(
                 job_event(
@@ -240,20 +237,11 @@ async fn place(
                     &job.namespace,
                     &job.name,
                     "Placed",
-                    format!("run {} placed on host {host}", assignment.replica),
+                    format!("run {run} placed on host {host}"),
                 )
-                .on(host, &assignment.replica),
+                .on(host, run),
             )
             .await;
-        let record = Versioned {
-            key: record_key.clone(),
-            revision,
-            value: assignment,
-        };
-        state
-            .pending
-            .created
-            .insert(record_key, (record.clone(), observed.now));
         assignments.push(record);
         placed += 1;
     }
