@@ -434,6 +434,17 @@ spec:
     }
 
     #[test]
+    fn the_examples_parse() {
+        for text in [
+            include_str!("../../examples/apps/hello.yaml"),
+            include_str!("../../examples/apps/two-tier.yaml"),
+            include_str!("../../examples/apps/nightly.yaml"),
+        ] {
+            parse_all(text).unwrap();
+        }
+    }
+
+    #[test]
     fn the_design_example_parses() {
         let apps = parse(HELLO).unwrap();
         assert_eq!(apps.len(), 1);
