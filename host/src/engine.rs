@@ -1,15 +1,17 @@
-//! One wasmtime `Engine` per process, its epoch ticker, and the compile cache.
+//! One wasmtime `Engine` per process, its epoch ticker, the compile cache, and the
+//! pre-instantiated components shared by every replica that runs the same component.
 //!
 //! Compiled code is cached on disk under `<cache>/compiled/<digest>-<engine hash>.cwasm`, where
 //! the engine hash is wasmtime's precompile compatibility hash: a restart or a second replica
 //! of the same component compiles nothing, and an engine upgrade never loads stale code. Each
 //! file starts with the sha256 of the rest, checked before wasmtime sees the bytes.
 
+use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -17,7 +19,10 @@ use sha2::{Digest as _, Sha256};
 use wasmtime::component::Component;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+
 use crate::error::HostError;
+use crate::guest::GuestState;
 
 /// How often the epoch advances: the granularity of timeouts and CPU accounting.
 pub const EPOCH_TICK: Duration = Duration::from_millis(5);
@@ -48,6 +53,12 @@ pub struct Runtime {
     cache_dir: PathBuf,
     pooling: bool,
     ticker: Option<Ticker>,
+    /// Linked and pre-instantiated HTTP components by content digest, while any replica
+    /// holds one: a thousand apps of one component keep one copy of its code and linking.
+    shared: Mutex<HashMap<String, Weak<ProxyPre<GuestState>>>>,
+    /// One lock per component being prepared, so replicas of it that start together load
+    /// and link it once, not once each (which also kept the heap at its peak).
+    preparing: Mutex<HashMap<String, Arc<Mutex<()>>>>,
 }
 
 struct Ticker {
@@ -122,7 +133,65 @@ impl Runtime {
                 stop,
                 thread: Some(thread),
             }),
+            shared: Mutex::new(HashMap::new()),
+            preparing: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The pre-instantiated component of `content_digest`: the one a running replica holds,
+    /// else `prepare`'s, made once however many replicas ask at the same time (the others
+    /// wait for it). Blocks: call it from a blocking thread.
+    ///
+    /// # Errors
+    /// `prepare`'s.
+    pub(crate) fn shared_pre_or<E>(
+        &self,
+        content_digest: &str,
+        prepare: impl FnOnce() -> Result<ProxyPre<GuestState>, E>,
+    ) -> Result<Arc<ProxyPre<GuestState>>, E> {
+        if let Some(pre) = self.shared_pre(content_digest) {
+            return Ok(pre);
+        }
+        let lock = self.preparing.lock().ok().map(|mut preparing| {
+            Arc::clone(preparing.entry(content_digest.to_owned()).or_default())
+        });
+        let _prepared_once = lock.as_ref().map(|lock| lock.lock());
+        if let Some(pre) = self.shared_pre(content_digest) {
+            return Ok(pre);
+        }
+        let pre = self.share_pre(content_digest, prepare()?);
+        if let Ok(mut preparing) = self.preparing.lock() {
+            preparing.remove(content_digest);
+        }
+        Ok(pre)
+    }
+
+    /// The pre-instantiated component of `content_digest` that a running replica holds.
+    fn shared_pre(&self, content_digest: &str) -> Option<Arc<ProxyPre<GuestState>>> {
+        self.shared
+            .lock()
+            .ok()?
+            .get(content_digest)
+            .and_then(Weak::upgrade)
+    }
+
+    /// Shares `pre` as the pre-instantiated component of `content_digest` (or the one
+    /// another replica shared meanwhile); forgets components no replica holds any more.
+    fn share_pre(
+        &self,
+        content_digest: &str,
+        pre: ProxyPre<GuestState>,
+    ) -> Arc<ProxyPre<GuestState>> {
+        let Ok(mut shared) = self.shared.lock() else {
+            return Arc::new(pre);
+        };
+        if let Some(live) = shared.get(content_digest).and_then(Weak::upgrade) {
+            return live;
+        }
+        shared.retain(|_, pre| pre.strong_count() > 0);
+        let pre = Arc::new(pre);
+        shared.insert(content_digest.to_owned(), Arc::downgrade(&pre));
+        pre
     }
 
     fn on_demand() -> Result<Engine, HostError> {

@@ -120,7 +120,7 @@ impl Stats {
 
 /// One replica of a wasi:http component.
 pub struct HttpComponent {
-    pre: ProxyPre<GuestState>,
+    pre: Arc<ProxyPre<GuestState>>,
     engine: Engine,
     options: GuestOptions,
     limits: Limits,
@@ -144,14 +144,37 @@ impl HttpComponent {
         options: GuestOptions,
         limits: Limits,
     ) -> Result<Self, HostError> {
+        let pre = Arc::new(Self::prepare(runtime, component)?);
+        Self::with_pre(runtime, pre, options, limits)
+    }
+
+    /// Links and pre-instantiates `component`: what every replica of it can share.
+    ///
+    /// # Errors
+    /// [`HostError::UnsupportedImports`] or [`HostError::NotRunnable`] when Shoal cannot serve it.
+    pub fn prepare(
+        runtime: &Runtime,
+        component: &Component,
+    ) -> Result<ProxyPre<GuestState>, HostError> {
+        let engine = runtime.engine();
+        let pre = instantiate_pre(&linker(engine)?, component)?;
+        ProxyPre::new(pre).map_err(|_| HostError::NotRunnable(exports(engine, component)))
+    }
+
+    /// A replica of an already pre-instantiated component, with its own grants and limits.
+    ///
+    /// # Errors
+    /// [`HostError`] when the options are not valid.
+    pub fn with_pre(
+        runtime: &Runtime,
+        pre: Arc<ProxyPre<GuestState>>,
+        options: GuestOptions,
+        limits: Limits,
+    ) -> Result<Self, HostError> {
         options.validate()?;
-        let engine = runtime.engine().clone();
-        let pre = instantiate_pre(&linker(&engine)?, component)?;
-        let pre =
-            ProxyPre::new(pre).map_err(|_| HostError::NotRunnable(exports(&engine, component)))?;
         Ok(Self {
             pre,
-            engine,
+            engine: runtime.engine().clone(),
             cpu: limits
                 .cpu_millicores
                 .map(|millicores| Arc::new(CpuQuota::new(millicores))),

@@ -523,9 +523,15 @@ async fn start<F: Fetch>(
         let runtime = Arc::clone(&runtime);
         let name = format!("{}/{}", assignment.namespace, assignment.app);
         tokio::task::spawn_blocking(move || {
-            let loaded = runtime
-                .load(&bytes, &layer_digest)
-                .map_err(|error| ("CompileFailed".to_owned(), error.to_string()))?;
+            // Another replica of the same component shares its code and linking: nothing
+            // to load. (A job's run is a command: it always loads, from the compile cache.)
+            let load = || {
+                runtime
+                    .load(&bytes, &layer_digest)
+                    .map_err(|error| ("CompileFailed".to_owned(), error.to_string()))
+            };
+            let not_servable =
+                |error: crate::HostError| ("NotServable".to_owned(), error.to_string());
             let outbound = OutboundPolicy::new(&template.allowed_outbound)
                 .map_err(|message| ("InvalidSpec".to_owned(), message))?
                 .with_own_listeners(links.own_listeners);
@@ -548,15 +554,20 @@ async fn start<F: Fetch>(
                 output: Some(links.output),
             };
             if job.is_some() {
+                let loaded = load()?;
                 return Ok(Prepared::Command(Box::new((
                     loaded.component,
                     options,
                     limits,
                 ))));
             }
-            HttpComponent::new(&runtime, &loaded.component, options, limits)
+            // Replicas of one component share its code and linking: loaded once.
+            let pre = runtime.shared_pre_or(&layer_digest, || {
+                HttpComponent::prepare(&runtime, &load()?.component).map_err(not_servable)
+            })?;
+            HttpComponent::with_pre(&runtime, pre, options, limits)
                 .map(|component| Prepared::Http(Arc::new(component)))
-                .map_err(|error| ("NotServable".to_owned(), error.to_string()))
+                .map_err(not_servable)
         })
         .await
         .map_err(|error| ("StartFailed".to_owned(), error.to_string()))?
