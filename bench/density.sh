@@ -76,7 +76,7 @@ LUA
 wrk -t2 -c32 -d10s --latency -s "$work/random.lua" "http://127.0.0.1:$http_port" >"$work/wrk.txt"
 after_rss=$(rss_kib "$host_pid")
 
-printf '\n| %s hello apps on one host, release | value |\n| --- | --- |\n' "$apps"
+printf '\n| %s hello apps on one host | value |\n| --- | --- |\n' "$apps"
 printf '| apply (all apps, one request) | %s ms |\n' "$applied"
 printf '| apply to all ready | %s ms |\n' "$ready"
 printf '| host RSS, no app | %s MiB |\n' "$(mib "$idle_rss")"

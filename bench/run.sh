@@ -4,10 +4,11 @@
 #   serve:   shoal run vs wasmtime serve vs native axum under wrk (shoal-bench)
 #   lattice: placement throughput (cargo bench), apply-to-ready and host-loss-to-ready
 #            on a local lattice (lattice-bench)
-# Usage: bench/run.sh [serve|lattice|all] [extra shoal-bench arguments, e.g. --duration 5]
+#   density: 1,000 hello apps on one host (bench/density.sh; DENSITY_APPS to change)
+# Usage: bench/run.sh [serve|lattice|density|all] [extra shoal-bench arguments, e.g. --duration 5]
 set -euo pipefail
 what=all
-case "${1:-}" in serve|lattice|all) what=$1; shift ;; esac
+case "${1:-}" in serve|lattice|density|all) what=$1; shift ;; esac
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 scripts/setup.sh
@@ -20,14 +21,14 @@ need wrk
 # The wasmtime version Shoal embeds, from Cargo.lock.
 version="$(awk '/^name = "wasmtime"$/ { getline; gsub(/[^0-9.]/, ""); print; exit }' Cargo.lock)"
 wasmtime="$root/.shoal/tools/bin/wasmtime"
-if [ "$what" != lattice ] && ! "$wasmtime" --version 2>/dev/null | grep -q "wasmtime $version"; then
+if [ "$what" != lattice ] && [ "$what" != density ] && ! "$wasmtime" --version 2>/dev/null | grep -q "wasmtime $version"; then
     echo "installing wasmtime-cli $version (a long compile, once)" >&2
     cargo install "wasmtime-cli@$version" --locked --root "$root/.shoal/tools"
 fi
 
 build_release shoal-bench
 guests=target/guests/wasm32-wasip2/release
-if [ "$what" != lattice ]; then
+if [ "$what" = serve ] || [ "$what" = all ]; then
   target/release/shoal-bench \
     --shoal target/release/shoal \
     --wasmtime "$wasmtime" \
@@ -35,7 +36,10 @@ if [ "$what" != lattice ]; then
     --guests "$guests" \
     "$@"
 fi
-if [ "$what" != serve ]; then
+if [ "$what" = density ] || [ "$what" = all ]; then
+  SHOAL_BIN=$root/target/release/shoal bench/density.sh "${DENSITY_APPS:-1000}"
+fi
+if [ "$what" = lattice ] || [ "$what" = all ]; then
   echo
   cargo bench --quiet -p shoal-scheduler --bench placement
   echo
