@@ -475,9 +475,16 @@ impl Lattice {
     /// still be listed until the server compacts them; [`Lattice::get`] tells).
     pub async fn keys(&self, bucket: Bucket, prefix: &str) -> Result<Vec<String>, Error> {
         let store = self.store(bucket)?;
+        // A prefix of whole tokens is filtered by the server: one app's keys cost what they
+        // are, not what the bucket holds.
+        let filter = if prefix.is_empty() || prefix.ends_with('.') {
+            format!("{}{prefix}>", store.prefix)
+        } else {
+            format!("{}>", store.prefix)
+        };
         let mut subjects = store
             .stream
-            .info_with_subjects(format!("{}>", store.prefix))
+            .info_with_subjects(filter)
             .await
             .map_err(|error| self.request_error(bucket, error))?;
         let mut matching = Vec::new();

@@ -259,6 +259,10 @@ pub(crate) async fn store(
 async fn prune_revisions(lattice: &Lattice, record: &AppRecord) -> Result<(), Error> {
     let kept = u64::from(record.spec.revisions_kept().max(2));
     let oldest_kept = record.revision.saturating_sub(kept - 1);
+    // Revisions start at 1: nothing older to look for (a new app, the common case).
+    if oldest_kept <= 1 {
+        return Ok(());
+    }
     for (key, revision) in revision_keys(lattice, &record.namespace, &record.name).await? {
         if revision < oldest_kept {
             lattice.purge(Bucket::Revisions, &key).await?;

@@ -104,6 +104,9 @@ const ID_HOLD: Duration = Duration::from_secs(3);
 const RETRY_FIRST: Duration = Duration::from_millis(250);
 const RETRY_MAX: Duration = Duration::from_secs(5);
 
+/// The most often a host writes its saved state: a change waits at most this long.
+const SAVE_EVERY: Duration = Duration::from_millis(250);
+
 /// How often a host serving another lattice's state says so in its log.
 const MISMATCH_REMINDER: Duration = Duration::from_secs(60);
 
@@ -305,6 +308,11 @@ impl<F: Fetch> Agent<F> {
 
         let mut publisher = None;
         let mut reported = HashSet::new();
+        // What a pass asked to save and is not saved yet, and when the last save was: saves
+        // are at most one every SAVE_EVERY, so a thousand changes in a burst (an apply of
+        // many apps) write the file a few times, not a thousand.
+        let mut unsaved: Option<HostState> = None;
+        let mut last_save = tokio::time::Instant::now();
         let mut last_saved: Option<HostState> = saved.clone().map(|state| HostState {
             saved_at: 0,
             ..state
@@ -399,7 +407,13 @@ impl<F: Fetch> Agent<F> {
                     _ = changed(routing_changes.as_mut()) => {}
                     Some((replica, generation, result)) = started_rx.recv() => {
                         supervisor.started(replica, generation, result).await;
+                        // Replicas that start together end their starts together: one
+                        // pass for all that are done.
+                        while let Ok((replica, generation, result)) = started_rx.try_recv() {
+                            supervisor.started(replica, generation, result).await;
+                        }
                     }
+                    () = tokio::time::sleep_until(last_save + SAVE_EVERY), if unsaved.is_some() => {}
                     Some((replica, generation, healthy, message)) = probed_rx.recv() => {
                         supervisor.probed(&replica, generation, healthy, message).await;
                     }
@@ -417,13 +431,17 @@ impl<F: Fetch> Agent<F> {
                 .catch_unwind()
                 .await;
                 match pass {
-                    Ok(Some(state)) => {
-                        self.save(state_file.as_ref(), state, &mut last_saved).await;
-                    }
+                    Ok(Some(state)) => unsaved = Some(state),
                     Ok(None) => {}
                     Err(_) => tracing::error!(
                         "a convergence pass panicked; still serving, trying again next pass"
                     ),
+                }
+                if last_save.elapsed() >= SAVE_EVERY
+                    && let Some(state) = unsaved.take()
+                {
+                    self.save(state_file.as_ref(), state, &mut last_saved).await;
+                    last_save = tokio::time::Instant::now();
                 }
             }
         };
