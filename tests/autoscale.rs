@@ -14,18 +14,6 @@ use std::time::{Duration, Instant};
 use support::eventually;
 use support::lattice::Lattice;
 
-/// The app's replica count as stored.
-fn replicas(lattice: &Lattice) -> u64 {
-    let apps: serde_json::Value =
-        serde_json::from_str(&lattice.ok(&["get", "apps", "-o", "json"])).unwrap();
-    apps.as_array()
-        .unwrap()
-        .iter()
-        .find(|app| app["name"] == "busy")
-        .map(|app| app["spec"]["replicas"].as_u64().unwrap())
-        .unwrap()
-}
-
 #[test]
 fn load_scales_an_app_up_at_once_and_down_after_its_delay() {
     let lattice = Lattice::start();
@@ -56,7 +44,7 @@ fn load_scales_an_app_up_at_once_and_down_after_its_delay() {
         .collect();
     let started = Instant::now();
     eventually(Duration::from_secs(30), "the app to scale up to 4", || {
-        (replicas(&lattice) == 4).then_some(())
+        (replicas_of(&lattice, "busy") == 4).then_some(())
     });
     let up_after = started.elapsed();
     // The first heartbeats see the load ramping up: it may take a step or two, each on
@@ -95,7 +83,7 @@ fn load_scales_an_app_up_at_once_and_down_after_its_delay() {
     let kept_until = Instant::now() + Duration::from_secs(12);
     while Instant::now() < kept_until {
         assert_eq!(
-            replicas(&lattice),
+            replicas_of(&lattice, "busy"),
             4,
             "the count changed across the failover"
         );
@@ -111,7 +99,7 @@ fn load_scales_an_app_up_at_once_and_down_after_its_delay() {
     eventually(
         Duration::from_secs(60),
         "the app to scale down to 1",
-        || (replicas(&lattice) == 1).then_some(()),
+        || (replicas_of(&lattice, "busy") == 1).then_some(()),
     );
     let down_after = quiet.elapsed();
     assert!(
@@ -120,7 +108,7 @@ fn load_scales_an_app_up_at_once_and_down_after_its_delay() {
     );
     eprintln!("scaled down 4 -> 1 {down_after:?} after the load went");
     std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(replicas(&lattice), 1, "went below min");
+    assert_eq!(replicas_of(&lattice, "busy"), 1, "went below min");
 }
 
 /// The replica count of `app` as stored.

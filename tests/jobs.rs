@@ -15,14 +15,7 @@ use support::lattice::Lattice;
 
 /// `job`'s row of `shoal get jobs -o json`.
 fn job(lattice: &Lattice, name: &str) -> serde_json::Value {
-    let jobs: serde_json::Value =
-        serde_json::from_str(&lattice.ok(&["get", "jobs", "-o", "json"])).unwrap();
-    jobs.as_array()
-        .unwrap()
-        .iter()
-        .find(|job| job["name"] == name)
-        .cloned()
-        .unwrap_or_default()
+    lattice.row("jobs", name)
 }
 
 /// Waits until job `name` has ended; returns its status.

@@ -41,6 +41,15 @@ pub const MAX_CRON_JOB_NAME: usize = 52;
 /// Longest `jitter`.
 pub const MAX_JITTER: Duration = Duration::from_secs(3600);
 
+/// Why `name` cannot name a cron job, beyond the naming rules: its jobs' names add a time.
+pub fn cron_job_name_problem(name: &str) -> Option<String> {
+    (name.len() > MAX_CRON_JOB_NAME).then(|| {
+        format!(
+            "a cron job's name must be at most {MAX_CRON_JOB_NAME} characters (its jobs add a time)"
+        )
+    })
+}
+
 /// The name a job's logs and events are published under: `job=<name>`, which no app's
 /// name can be.
 pub fn log_name(job: &str) -> String {
@@ -503,11 +512,8 @@ impl Validate for CronJobRecord {
     fn validate(&self) -> Result<(), Invalid> {
         let mut found = Problems::default();
         found.name("name", "cron job name", &self.name);
-        if self.name.len() > MAX_CRON_JOB_NAME {
-            found.add(
-                "name",
-                format!("a cron job's name must be at most {MAX_CRON_JOB_NAME} characters (its jobs add a time)"),
-            );
+        if let Some(problem) = cron_job_name_problem(&self.name) {
+            found.add("name", problem);
         }
         found.name("namespace", "namespace", &self.namespace);
         found.digest("digest", &self.digest);

@@ -16,6 +16,7 @@ use croner::parser::{CronParser, Seconds, Year};
 use shoal_lattice::jobs::{
     ConcurrencyPolicy, CronJobRecord, CronJobStatus, JobPhase, JobRecord, JobStatus,
 };
+use shoal_lattice::validate::Problem;
 
 /// Where the cron jobs controller reads the time: the system's, or (for tests of schedules
 /// that span hours or a daylight-saving change) a clock that starts at `start` when the
@@ -171,6 +172,26 @@ impl Schedule {
         times.reverse();
         times
     }
+}
+
+/// Every problem of cron job `name` with `spec`, paths as in a manifest: the name's length,
+/// the spec's bounds, and the schedule and time zone as they are read here.
+pub fn problems(name: &str, spec: &shoal_lattice::jobs::CronJobSpec) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    if let Some(reason) = shoal_lattice::jobs::cron_job_name_problem(name) {
+        problems.push(Problem {
+            path: "metadata.name".to_owned(),
+            reason,
+        });
+    }
+    problems.extend(spec.problems("spec"));
+    if let Err(problem) = Schedule::parse(&spec.schedule, spec.time_zone.as_deref()) {
+        problems.push(Problem {
+            path: format!("spec.{}", problem.field),
+            reason: problem.reason,
+        });
+    }
+    problems
 }
 
 /// The name of the job a cron job makes for the time `at`: the same on every scheduler,

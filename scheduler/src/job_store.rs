@@ -7,7 +7,6 @@ use std::collections::HashMap;
 use shoal_lattice::api::{ApiError, AppliedJob, CronJobView, ErrorCode, JobManifest, JobView};
 use shoal_lattice::jobs::{
     CronJobRecord, CronJobSpec, CronJobStatus, CronOrigin, JobRecord, JobSpec, JobStatus,
-    MAX_CRON_JOB_NAME,
 };
 use shoal_lattice::names::{app_key, cron_job_status_key, job_status_key};
 use shoal_lattice::records::now_millis;
@@ -16,29 +15,15 @@ use shoal_lattice::{Bucket, Error, Lattice};
 use crate::api::{internal, refuse_invalid};
 
 fn digest_problem(digest: &str) -> Option<String> {
-    let valid = digest
-        .strip_prefix("sha256:")
-        .is_some_and(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()));
-    (!valid).then(|| "digest: must be sha256: and 64 hex digits".to_owned())
+    (!shoal_lattice::validate::is_digest(digest))
+        .then(|| "digest: must be sha256: and 64 lowercase hex digits".to_owned())
 }
 
 fn cron_problems(cron: &JobManifest<CronJobSpec>) -> Vec<String> {
-    let mut problems: Vec<String> = cron
-        .spec
-        .problems("spec")
+    let mut problems: Vec<String> = crate::cron::problems(&cron.name, &cron.spec)
         .into_iter()
         .map(|problem| problem.to_string())
         .collect();
-    if cron.name.len() > MAX_CRON_JOB_NAME {
-        problems.push(format!(
-            "metadata.name: a cron job's name must be at most {MAX_CRON_JOB_NAME} characters (its jobs add a time)"
-        ));
-    }
-    if let Err(problem) =
-        crate::cron::Schedule::parse(&cron.spec.schedule, cron.spec.time_zone.as_deref())
-    {
-        problems.push(format!("spec.{problem}"));
-    }
     problems.extend(digest_problem(&cron.digest));
     problems
 }

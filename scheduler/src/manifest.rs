@@ -9,7 +9,7 @@ use std::fmt;
 
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
-use shoal_lattice::jobs::{CronJobSpec, JobSpec, MAX_CRON_JOB_NAME};
+use shoal_lattice::jobs::{CronJobSpec, JobSpec};
 use shoal_lattice::names;
 use shoal_lattice::records::{API_VERSION, AppSpec, DEFAULT_NAMESPACE};
 
@@ -306,19 +306,8 @@ fn check(document: usize, parsed: Document) -> Result<Object, Vec<ManifestError>
             })
         }),
         "CronJob" => strict::<CronJobSpec>(document, "spec", parsed.spec).map(|spec| {
-            if name.len() > MAX_CRON_JOB_NAME {
-                fail(
-                    "metadata.name",
-                    format!("a cron job's name must be at most {MAX_CRON_JOB_NAME} characters (its jobs add a time)"),
-                );
-            }
-            for problem in spec.problems("spec") {
+            for problem in crate::cron::problems(&name, &spec) {
                 fail(&problem.path, problem.reason);
-            }
-            if let Err(problem) =
-                crate::cron::Schedule::parse(&spec.schedule, spec.time_zone.as_deref())
-            {
-                fail(&format!("spec.{}", problem.field), problem.reason);
             }
             Object::CronJob(CronJob {
                 name,

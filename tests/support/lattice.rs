@@ -340,12 +340,17 @@ impl Lattice {
 
     /// `app`'s row of `shoal get apps -o json`: its record and `status` (null when absent).
     pub fn app(&self, app: &str) -> serde_json::Value {
-        let apps: serde_json::Value =
-            serde_json::from_str(&self.ok(&["get", "apps", "-o", "json"])).unwrap();
-        apps.as_array()
+        self.row("apps", app)
+    }
+
+    /// The row named `name` of `shoal get KIND -o json` (null when absent).
+    pub fn row(&self, kind: &str, name: &str) -> serde_json::Value {
+        let rows: serde_json::Value =
+            serde_json::from_str(&self.ok(&["get", kind, "-o", "json"])).unwrap();
+        rows.as_array()
             .unwrap()
             .iter()
-            .find(|row| row["name"] == app)
+            .find(|row| row["name"] == name)
             .cloned()
             .unwrap_or_default()
     }
