@@ -194,21 +194,7 @@ fn jobs_run_to_completion_retry_failures_and_survive_a_lost_host() {
 
 /// A scheduler reading cron schedules by `clock` (`START,ANCHOR_MS,RATE`).
 fn cron_scheduler(lattice: &Lattice, id: &str, clock: &str) -> support::lattice::Process {
-    lattice.spawn(
-        &[
-            "scheduler",
-            "--id",
-            id,
-            "--host-timeout",
-            "1s",
-            "--lease",
-            "1s",
-            "--cron-clock",
-            clock,
-        ],
-        id,
-        false,
-    )
+    lattice.scheduler_with(id, &["--cron-clock", clock])
 }
 
 /// The messages of the events of cron job `name` with `reason`.

@@ -461,19 +461,22 @@ impl Lattice {
 
     /// Starts `shoal scheduler` with a 1 s host timeout and lease.
     pub fn scheduler(&self, id: &str) -> Process {
-        self.spawn(
-            &[
-                "scheduler",
-                "--id",
-                id,
-                "--host-timeout",
-                "1s",
-                "--lease",
-                "1s",
-            ],
+        self.scheduler_with(id, &[])
+    }
+
+    /// [`Self::scheduler`] with `extra` arguments.
+    pub fn scheduler_with(&self, id: &str, extra: &[&str]) -> Process {
+        let mut args = vec![
+            "scheduler",
+            "--id",
             id,
-            false,
-        )
+            "--host-timeout",
+            "1s",
+            "--lease",
+            "1s",
+        ];
+        args.extend_from_slice(extra);
+        self.spawn(&args, id, false)
     }
 
     /// Starts a scheduler that answers the control API but never leads while another
