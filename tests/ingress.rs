@@ -656,6 +656,22 @@ fn hosts_serve_prometheus_metrics_of_local_and_forwarded_requests() {
     assert_eq!(front_after["shoal_ready_replicas"], 0.0);
     assert_eq!(front_after["shoal_log_lines_dropped_total"], 0.0);
 
+    // Heartbeats alone (nothing changed) do not rebuild the routing table.
+    let settled = scrape(owner_port);
+    let rebuilds = settled["shoal_routing_rebuilds_total"];
+    assert!(rebuilds >= 1.0, "{rebuilds}");
+    eventually(PATIENCE, "eight more heartbeats", || {
+        (scrape(owner_port)["shoal_heartbeats_total"] >= settled["shoal_heartbeats_total"] + 8.0)
+            .then_some(())
+    });
+    assert_eq!(scrape(owner_port)["shoal_routing_rebuilds_total"], rebuilds);
+    // A change does: the app gone, its route goes.
+    lattice.ok(&["delete", "app", "hello"]);
+    eventually(PATIENCE, "the route to go", || {
+        (owner.get("/hello").map(|(status, _)| status) == Some(404)).then_some(())
+    });
+    assert!(scrape(owner_port)["shoal_routing_rebuilds_total"] > rebuilds);
+
     let other = agent()
         .get(&format!("http://127.0.0.1:{owner_port}/other"))
         .call()

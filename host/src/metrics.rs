@@ -154,6 +154,11 @@ pub struct Metrics {
     pub ready_replicas: AtomicU64,
     /// Guest output lines dropped because publishing could not keep up.
     pub log_lines_dropped: AtomicU64,
+    /// Times the routing table was built: when a routing record or a ready replica changed,
+    /// not on every heartbeat.
+    pub routing_rebuilds: AtomicU64,
+    /// Heartbeats written to the lattice.
+    pub heartbeats: AtomicU64,
 }
 
 impl Metrics {
@@ -289,6 +294,16 @@ impl Metrics {
             out,
             "# HELP shoal_log_lines_dropped_total Guest output lines dropped because publishing could not keep up.\n# TYPE shoal_log_lines_dropped_total counter\nshoal_log_lines_dropped_total {}",
             self.log_lines_dropped.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP shoal_routing_rebuilds_total Times this host built its routing table (a routing record or a ready replica changed).\n# TYPE shoal_routing_rebuilds_total counter\nshoal_routing_rebuilds_total {}",
+            self.routing_rebuilds.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP shoal_heartbeats_total Heartbeats this host wrote to the lattice.\n# TYPE shoal_heartbeats_total counter\nshoal_heartbeats_total {}",
+            self.heartbeats.load(Ordering::Relaxed)
         );
         out
     }

@@ -18,11 +18,12 @@ mod services;
 mod stores;
 mod supervisor;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -123,6 +124,42 @@ pub struct Agent<F> {
     secrets_key: Arc<shoal_lattice::secrets::XKey>,
     /// When the load was last taken for a host record.
     load_taken: Mutex<std::time::Instant>,
+    /// What the routing table was last built from: a pass with the same inputs (a
+    /// heartbeat, most often) leaves the table as it is.
+    routing_built: Mutex<Option<RoutingInputs>>,
+}
+
+/// What the routing table is built from, in brief: the routing records' highest KV
+/// revision and a fingerprint of the ready local replicas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct RoutingInputs {
+    records: u64,
+    ready: u64,
+}
+
+impl RoutingInputs {
+    fn of(records: u64, replicas: &HashMap<String, supervisor::Replica>) -> Self {
+        use std::hash::{Hash as _, Hasher as _};
+        // Order-free: a sum of each ready replica's hash (its id and the very component
+        // that serves it, so a restart counts as a change).
+        let ready = replicas
+            .iter()
+            .filter_map(|(id, replica)| match &replica.state {
+                supervisor::ReplicaState::Serving {
+                    component,
+                    ready: true,
+                    ..
+                } => {
+                    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+                    id.hash(&mut hasher);
+                    Arc::as_ptr(component).cast::<()>().hash(&mut hasher);
+                    Some(hasher.finish())
+                }
+                _ => None,
+            })
+            .fold(0u64, u64::wrapping_add);
+        Self { records, ready }
+    }
 }
 
 /// A lattice connection as the host uses it.
@@ -161,6 +198,7 @@ impl<F: Fetch> Agent<F> {
         Self {
             secrets_key: Arc::new(secrets_key),
             load_taken: Mutex::new(std::time::Instant::now()),
+            routing_built: Mutex::new(None),
             metrics: Arc::new(Metrics::default()),
             runtime,
             fetch: Arc::new(fetch),
@@ -589,14 +627,14 @@ impl<F: Fetch> Agent<F> {
             }
         }
         supervisor.converge(&desired, &keep).await;
+        let records = link.routing.last_revision();
         let routes: Vec<RouteRecord> = link
             .routing
             .snapshot()
             .into_iter()
             .map(|record| record.value)
             .collect();
-        self.router
-            .set(routing_table(routes.clone(), &supervisor.replicas));
+        self.route(Some(records), routes.clone(), &supervisor.replicas);
         supervisor.count();
         let served: HashSet<(&str, &str)> = supervisor
             .replicas
@@ -637,10 +675,30 @@ impl<F: Fetch> Agent<F> {
     /// has joined, and while the lattice is not the one its replicas came from.
     fn serve_saved(&self, saved: Option<&HostState>, supervisor: &Supervisor<F>) {
         if let Some(state) = saved {
-            self.router
-                .set(routing_table(state.routes.clone(), &supervisor.replicas));
+            self.route(None, state.routes.clone(), &supervisor.replicas);
         }
         supervisor.count();
+    }
+
+    /// Builds the routing table, unless it was built from the same inputs (`records`, the
+    /// routing mirror's revision; `None` for routes that did not come from it).
+    fn route(
+        &self,
+        records: Option<u64>,
+        routes: Vec<RouteRecord>,
+        replicas: &HashMap<String, supervisor::Replica>,
+    ) {
+        let inputs = records.map(|records| RoutingInputs::of(records, replicas));
+        if let Ok(mut built) = self.routing_built.lock() {
+            if inputs.is_some() && *built == inputs {
+                return;
+            }
+            *built = inputs;
+        }
+        self.metrics
+            .routing_rebuilds
+            .fetch_add(1, Ordering::Relaxed);
+        self.router.set(routing_table(routes, replicas));
     }
 
     /// Compares the joined lattice's identity with the one the running replicas came from;
@@ -776,13 +834,15 @@ impl<F: Fetch> Agent<F> {
                 found.as_deref().unwrap_or("none")
             )
         });
-        lattice
+        let written = lattice
             .put(
                 Bucket::Hosts,
                 &self.options.id,
                 &self.record(started_at, http, draining, mismatch),
             )
-            .await
+            .await?;
+        self.metrics.heartbeats.fetch_add(1, Ordering::Relaxed);
+        Ok(written)
     }
 
     /// Reaches the lattice, claims this host's id and opens what the host follows. With
@@ -929,6 +989,9 @@ impl<F: Fetch> Agent<F> {
             let _ = tokio::time::timeout_at(deadline, supervisor.stop_all(reachable)).await;
             // The last lines the replicas wrote go out before the host leaves (when they can).
             self.router.set(Vec::new());
+            if let Ok(mut built) = self.routing_built.lock() {
+                *built = None;
+            }
             drop(supervisor);
             if reachable && let Some(publisher) = publisher {
                 let _ = tokio::time::timeout_at(
