@@ -190,6 +190,7 @@ fn mutated_components_are_refused_or_run_never_a_panic() {
     let runtime = shoal_host::Runtime::new(shoal_host::RuntimeOptions {
         cache_dir: cache.path().to_owned(),
         pooling: false,
+        instance_slots: 16,
     })
     .unwrap();
     let mut random = XorShift(0x0005_eed0_f5a1_u64);
@@ -869,4 +870,59 @@ fn a_request_body_that_stalls_fails_after_the_body_timeout() {
     let answer = String::from_utf8_lossy(&answer);
     assert!(waited < Duration::from_secs(15), "{waited:?}: {answer}");
     assert!(!answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
+#[test]
+fn a_host_with_little_memory_has_few_instance_slots_and_answers_503_past_them() {
+    let lattice = Lattice::start();
+    let _scheduler = lattice.scheduler("s1");
+    // 32 MiB for replicas: 16 pooling slots (2 MiB an instance, at least 16).
+    let host = lattice.host_with("small", &["--memory", "32Mi"]);
+    let fixtures = lattice.push_guest("http-fixtures", "1.0");
+    lattice.apply(&hello_manifest(
+        "slow",
+        &fixtures,
+        1,
+        "  limits: {memory: 8Mi, concurrency: 100}\n",
+    ));
+    lattice.wait_ready("slow", 1, PATIENCE);
+    let url = host.url.clone().unwrap();
+    eventually(PATIENCE, "the route", || {
+        host.get("/slow?ms=1").filter(|(status, _)| *status == 200)
+    });
+    // 40 requests at once, each holding an instance for a second: the first 16 get one,
+    // the rest are told to retry; nothing waits unbounded and the host lives on.
+    let answers: Vec<(u16, Option<String>)> = std::thread::scope(|scope| {
+        let calls: Vec<_> = (0..40)
+            .map(|_| {
+                let url = format!("{url}/slow?ms=1500");
+                scope.spawn(move || {
+                    let response = support::lattice::agent().get(&url).call().unwrap();
+                    let retry = response
+                        .headers()
+                        .get("retry-after")
+                        .map(|value| value.to_str().unwrap().to_owned());
+                    (response.status().as_u16(), retry)
+                })
+            })
+            .collect();
+        calls.into_iter().map(|call| call.join().unwrap()).collect()
+    });
+    let served = answers.iter().filter(|(status, _)| *status == 200).count();
+    let refused: Vec<_> = answers
+        .iter()
+        .filter(|(status, _)| *status == 503)
+        .collect();
+    assert!(
+        (1..=16).contains(&served),
+        "{served} served at once: {answers:?}"
+    );
+    assert_eq!(served + refused.len(), 40, "{answers:?}");
+    assert!(
+        refused
+            .iter()
+            .all(|(_, retry)| retry.as_deref() == Some("1")),
+        "{answers:?}"
+    );
+    assert_eq!(host.get("/slow?ms=1").unwrap().0, 200);
 }

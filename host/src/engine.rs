@@ -35,6 +35,22 @@ pub struct RuntimeOptions {
     /// Try the pooling allocator (falls back to on-demand allocation when the address-space
     /// reservation fails, as on small devices).
     pub pooling: bool,
+    /// The most instances alive at once with the pooling allocator (its slots); see
+    /// [`instance_slots`]. A request past them is answered 503, never queued unbounded.
+    pub instance_slots: u32,
+}
+
+/// The smallest linear memory a live instance holds, for sizing the pool: a Rust guest's
+/// 1 MiB stack plus a little heap.
+const MEMORY_PER_INSTANCE: u64 = 2 << 20;
+
+/// Pool slots for a host that gives replicas `memory` bytes: as many instances as that
+/// memory can hold at [`MEMORY_PER_INSTANCE`] each, at least 16, at most 1,000. A small
+/// device reserves a fraction of the address space a fixed 1,000 would.
+pub fn instance_slots(memory: u64) -> u32 {
+    u32::try_from(memory / MEMORY_PER_INSTANCE)
+        .unwrap_or(u32::MAX)
+        .clamp(16, 1000)
 }
 
 /// A compiled component, and whether it came from the cache.
@@ -93,14 +109,20 @@ impl Runtime {
     pub fn new(options: RuntimeOptions) -> Result<Self, HostError> {
         let (engine, pooling) = if options.pooling {
             let mut config = base_config();
+            let slots = options.instance_slots.max(1);
             let mut pool = PoolingAllocationConfig::default();
-            pool.total_component_instances(1000);
-            pool.total_core_instances(4000);
-            pool.total_memories(1000);
-            pool.total_tables(4000);
+            // A component instance of a Rust guest holds a few core instances and tables.
+            pool.total_component_instances(slots);
+            pool.total_core_instances(slots.saturating_mul(4));
+            pool.total_memories(slots);
+            pool.total_tables(slots.saturating_mul(4));
+            pool.total_stacks(slots);
             config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
             match Engine::new(&config) {
-                Ok(engine) => (engine, true),
+                Ok(engine) => {
+                    tracing::debug!(slots, "pooling allocator");
+                    (engine, true)
+                }
                 Err(error) => {
                     tracing::info!(%error, "pooling allocator unavailable (address space reservation failed?); using on-demand allocation");
                     (Self::on_demand()?, false)
@@ -297,4 +319,17 @@ fn store_compiled(path: &Path, compiled: &[u8]) -> std::io::Result<()> {
     file.as_file().sync_all()?;
     file.persist(path).map_err(|error| error.error)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pool_slots_follow_the_memory_replicas_get() {
+        assert_eq!(instance_slots(0), 16);
+        assert_eq!(instance_slots(410 << 20), 205);
+        assert_eq!(instance_slots(19 << 30), 1000);
+        assert_eq!(instance_slots(u64::MAX), 1000);
+    }
 }

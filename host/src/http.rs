@@ -352,6 +352,12 @@ pub(crate) fn classify(error: &wasmtime::Error, state: &GuestState) -> (FailureC
     if state.out_of_memory() {
         return (FailureCause::OutOfMemory, message);
     }
+    if error
+        .downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
+        .is_some()
+    {
+        return (FailureCause::Overloaded, message);
+    }
     match error.downcast_ref::<Trap>() {
         Some(Trap::StackOverflow) => (FailureCause::StackOverflow, message),
         _ => (FailureCause::Trap, message),

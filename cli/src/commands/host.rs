@@ -326,9 +326,11 @@ impl HostArgs {
 
     /// The runtime, sharing the cache directory with `shoal run`.
     pub fn runtime(&self) -> anyhow::Result<Arc<Runtime>> {
+        let memory = self.memory.unwrap_or_else(default_memory);
         let runtime = Runtime::new(RuntimeOptions {
             cache_dir: self.registry.cache_root()?,
             pooling: !self.no_pooling,
+            instance_slots: shoal_host::engine::instance_slots(memory.0),
         })?;
         Ok(Arc::new(runtime))
     }

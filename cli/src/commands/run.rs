@@ -123,6 +123,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
     let runtime = Runtime::new(RuntimeOptions {
         cache_dir: args.registry.cache_root()?,
         pooling: !args.no_pooling,
+        // One component: at most its concurrency in instances at once.
+        instance_slots: u32::try_from(args.concurrency)
+            .unwrap_or(u32::MAX)
+            .clamp(16, 10_000),
     })?;
     let loaded = runtime.load(&bytes, digest.as_str())?;
     if loaded.cache_hit {
