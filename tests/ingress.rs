@@ -678,3 +678,59 @@ fn hosts_serve_prometheus_metrics_of_local_and_forwarded_requests() {
         .unwrap();
     assert_eq!(other.status(), 404);
 }
+
+#[test]
+fn instance_reuse_keeps_state_within_one_app_never_across_apps() {
+    let lattice = Lattice::start();
+    let _scheduler = lattice.scheduler("s1");
+    let host = lattice.host("h1", &[]);
+    let fixtures = lattice.push_guest("http-fixtures", "1.0");
+    let app = |name: &str, extra: &str| {
+        format!(
+            "apiVersion: shoal.dev/v1\nkind: App\nmetadata: {{name: {name}}}\nspec:\n  component: {fixtures}\n  replicas: 1\n  routes: [{{host: {name}.local, path: /count}}]\n{extra}"
+        )
+    };
+    let (ok, _, stderr) = lattice.try_apply(&app("zero", "  limits: {instanceReuse: 0}\n"));
+    assert!(!ok);
+    assert!(
+        stderr.contains("spec.limits.instanceReuse: must be between 1 and 10000"),
+        "{stderr}"
+    );
+    // Two apps of the same component reuse instances; a third does not.
+    lattice.apply(&app("first", "  limits: {instanceReuse: 50}\n"));
+    lattice.apply(&app("second", "  limits: {instanceReuse: 50}\n"));
+    lattice.apply(&app("fresh", ""));
+    for name in ["first", "second", "fresh"] {
+        lattice.wait_ready(name, 1, PATIENCE);
+    }
+    let url = format!("{}/count", host.url.clone().unwrap());
+    let count = |name: &str| -> Option<u64> {
+        let mut response = agent()
+            .get(&url)
+            .header("host", format!("{name}.local"))
+            .call()
+            .ok()?;
+        (response.status() == 200).then_some(())?;
+        response
+            .body_mut()
+            .read_to_string()
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    };
+    eventually(PATIENCE, "the route of first", || count("first"));
+    let first: Vec<u64> = (0..20).map(|_| count("first").unwrap()).collect();
+    assert!(first.iter().any(|count| *count > 5), "{first:?}");
+    // The other app's requests never reach an instance `first` used: its counts start at 1
+    // (its first answer is the first request its instances saw) and grow on their own.
+    let mut second = vec![eventually(PATIENCE, "the route of second", || {
+        count("second")
+    })];
+    second.extend((0..4).map(|_| count("second").unwrap()));
+    assert_eq!(second[0], 1, "{second:?}");
+    assert!(second.iter().all(|count| *count <= 5), "{second:?}");
+    eventually(PATIENCE, "the route of fresh", || count("fresh"));
+    let fresh: Vec<u64> = (0..5).map(|_| count("fresh").unwrap()).collect();
+    assert_eq!(fresh, [1, 1, 1, 1, 1]);
+}

@@ -318,3 +318,51 @@ fn oversized_request_heads_get_431_and_the_server_goes_on() {
         .unwrap();
     assert_eq!(response.status().as_u16(), 200);
 }
+
+#[test]
+fn instance_reuse_is_opt_in_and_bounded() {
+    let shoal = Shoal::new();
+    let count = |served: &Served| -> u64 {
+        let (status, body) = served.get("/count");
+        assert_eq!(status, 200, "{body}");
+        body.trim().parse().unwrap()
+    };
+    // The default: a fresh instance per request, no state carried over.
+    let fresh = Served::start(&shoal, &fixtures(), &[]);
+    for _ in 0..5 {
+        assert_eq!(count(&fresh), 1);
+    }
+    // Opt-in: one instance serves up to three requests, one after another. (A request may
+    // arrive before the last one's instance is put back, and then gets a fresh one.)
+    let reused = Served::start(&shoal, &fixtures(), &["--instance-reuse", "3"]);
+    let counts: Vec<u64> = (0..30).map(|_| count(&reused)).collect();
+    assert!(
+        counts.iter().all(|count| (1..=3).contains(count)),
+        "{counts:?}"
+    );
+    assert!(
+        counts.iter().filter(|count| **count > 1).count() >= 10,
+        "{counts:?}"
+    );
+    // An instance left idle for a second is dropped: the next request starts afresh.
+    // (Idleness is what is tested, so the test idles.)
+    let long = Served::start(&shoal, &fixtures(), &["--instance-reuse", "10000"]);
+    let counts: Vec<u64> = (0..5).map(|_| count(&long)).collect();
+    assert!(counts.iter().any(|count| *count >= 3), "{counts:?}");
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(count(&long), 1);
+    // A trap never poisons what follows.
+    assert_eq!(reused.get("/panic").0, 500);
+    assert_eq!(reused.get("/hello").0, 200);
+    let out_of_range = shoal
+        .command()
+        .args(["run", &fixtures(), "--instance-reuse", "0"])
+        .output()
+        .unwrap();
+    assert!(!out_of_range.status.success());
+    assert!(
+        String::from_utf8_lossy(&out_of_range.stderr).contains("--instance-reuse"),
+        "{}",
+        String::from_utf8_lossy(&out_of_range.stderr)
+    );
+}

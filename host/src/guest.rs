@@ -359,6 +359,27 @@ fn deadline_after(timeout: std::time::Duration) -> Instant {
         .unwrap_or(now)
 }
 
+/// The epoch ticks until the callback first runs: every tick with a CPU quota (it charges
+/// the quota); without one, nothing needs to run until the deadline.
+fn first_epoch_deadline(limits: &Limits, cpu: bool) -> u64 {
+    if cpu {
+        return 1;
+    }
+    let ticks_to_deadline = (limits.timeout.as_millis() / EPOCH_TICK.as_millis()).max(1);
+    u64::try_from(ticks_to_deadline).unwrap_or(u64::MAX)
+}
+
+/// Readies a kept instance's store for its next request (`limits.instanceReuse`): a new
+/// deadline and no timeout or memory flag from the last one.
+pub(crate) fn rearm(store: &mut Store<GuestState>, limits: &Limits) {
+    let state = store.data_mut();
+    state.deadline = deadline_after(limits.timeout);
+    state.timed_out = false;
+    state.memory.clear();
+    let cpu = state.cpu.is_some();
+    store.set_epoch_deadline(first_epoch_deadline(limits, cpu));
+}
+
 /// Builds a fresh store with the replica's limits: memory cap, deadline, CPU quota.
 ///
 /// # Errors
@@ -388,14 +409,7 @@ pub fn new_store(
     };
     let mut store = Store::new(engine, state);
     store.limiter(|state| &mut state.memory);
-    // Without a CPU quota, nothing needs to run until the deadline; with one, every tick.
-    let ticks_to_deadline = (limits.timeout.as_millis() / EPOCH_TICK.as_millis()).max(1);
-    let first = if cpu.is_some() {
-        1
-    } else {
-        u64::try_from(ticks_to_deadline).unwrap_or(u64::MAX)
-    };
-    store.set_epoch_deadline(first);
+    store.set_epoch_deadline(first_epoch_deadline(limits, cpu.is_some()));
     store.epoch_deadline_callback(|mut context| {
         let now = Instant::now();
         let state = context.data_mut();

@@ -3,10 +3,10 @@
 
 use std::convert::Infallible;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode, header};
@@ -17,15 +17,15 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use wasmtime::component::{Component, Linker};
-use wasmtime::{Engine, Trap};
+use wasmtime::{Engine, Store, Trap};
 use wasmtime_wasi_http::WasiHttpView as _;
-use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
 use wasmtime_wasi_http::p2::body::{HyperIncomingBody, HyperOutgoingBody};
 
 use crate::engine::Runtime;
 use crate::error::{FailureCause, HostError, TimedOut};
-use crate::guest::{GuestOptions, GuestState, new_store};
+use crate::guest::{GuestOptions, GuestState, new_store, rearm};
 use crate::limits::{CpuQuota, Limits};
 
 /// Interfaces Shoal provides to guests: WASI 0.2.
@@ -118,6 +118,10 @@ impl Stats {
     }
 }
 
+/// How long an instance kept for reuse waits for its next request before it is dropped
+/// (as `wasmtime serve --idle-instance-timeout`'s default): an idle app holds no instance.
+const IDLE_INSTANCE: Duration = Duration::from_secs(1);
+
 /// One replica of a wasi:http component.
 pub struct HttpComponent {
     pre: Arc<ProxyPre<GuestState>>,
@@ -128,6 +132,20 @@ pub struct HttpComponent {
     slots: Arc<Semaphore>,
     waiting: AtomicUsize,
     stats: Stats,
+    /// Instances that served a request and may serve more (`limits.instance_reuse` > 1);
+    /// at most one per concurrency slot.
+    idle: Mutex<Vec<IdleInstance>>,
+    /// Whether a task is dropping idle instances that waited past [`IDLE_INSTANCE`].
+    sweeping: AtomicBool,
+}
+
+/// An instance between two requests of the same replica.
+struct IdleInstance {
+    store: Store<GuestState>,
+    proxy: Proxy,
+    /// Requests it served.
+    served: u32,
+    since: Instant,
 }
 
 /// The body of every response the host sends.
@@ -181,9 +199,54 @@ impl HttpComponent {
             slots: Arc::new(Semaphore::new(limits.concurrency.max(1))),
             waiting: AtomicUsize::new(0),
             stats: Stats::default(),
+            idle: Mutex::new(Vec::new()),
+            sweeping: AtomicBool::new(false),
             options,
             limits,
         })
+    }
+
+    /// An instance kept from an earlier request, readied for the next one.
+    fn take_idle(&self) -> Option<IdleInstance> {
+        let mut instance = self.idle.lock().ok()?.pop()?;
+        rearm(&mut instance.store, &self.limits);
+        Some(instance)
+    }
+
+    /// Keeps an instance that served well for the next request, and makes sure a task drops
+    /// it when no request comes for [`IDLE_INSTANCE`].
+    fn keep_idle(self: &Arc<Self>, instance: IdleInstance) {
+        let Ok(mut idle) = self.idle.lock() else {
+            return;
+        };
+        idle.push(instance);
+        if self.sweeping.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        drop(idle);
+        let component = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(IDLE_INSTANCE).await;
+                let Some(component) = component.upgrade() else {
+                    return;
+                };
+                let Ok(mut idle) = component.idle.lock() else {
+                    return;
+                };
+                idle.retain(|instance| instance.since.elapsed() < IDLE_INSTANCE);
+                if idle.is_empty() {
+                    // Under the lock: a keep that comes next starts a sweeper of its own.
+                    component.sweeping.store(false, Ordering::Release);
+                    return;
+                }
+            }
+        });
+    }
+
+    /// Instances kept for reuse right now.
+    pub fn idle_instances(&self) -> usize {
+        self.idle.lock().map_or(0, |idle| idle.len())
     }
 
     /// What this replica served and why requests failed.
@@ -242,21 +305,29 @@ impl HttpComponent {
             left: limit,
             too_large: flag,
         });
-        let mut store = match new_store(
-            &self.engine,
-            &self.options,
-            &self.limits,
-            self.cpu.as_ref(),
-            false,
-        ) {
-            Ok(store) => store,
-            Err(error) => {
-                tracing::error!(component = %self.options.name, %error, "cannot prepare an instance");
-                return plain(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "the component could not start\n",
-                );
-            }
+        let reused = if self.limits.instance_reuse > 1 {
+            self.take_idle()
+        } else {
+            None
+        };
+        let (mut store, proxy, served) = match reused {
+            Some(instance) => (instance.store, Some(instance.proxy), instance.served),
+            None => match new_store(
+                &self.engine,
+                &self.options,
+                &self.limits,
+                self.cpu.as_ref(),
+                false,
+            ) {
+                Ok(store) => (store, None, 0),
+                Err(error) => {
+                    tracing::error!(component = %self.options.name, %error, "cannot prepare an instance");
+                    return plain(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "the component could not start\n",
+                    );
+                }
+            },
         };
         let (sender, receiver) = tokio::sync::oneshot::channel();
         let scheme = if request.extensions().get::<ArrivedOverTls>().is_some() {
@@ -287,15 +358,32 @@ impl HttpComponent {
             let _permit = permit;
             let pre = this.pre.clone();
             let run = tokio::time::timeout(this.limits.timeout, async {
-                let proxy = pre.instantiate_async(&mut store).await?;
+                let proxy = match proxy {
+                    Some(proxy) => proxy,
+                    None => pre.instantiate_async(&mut store).await?,
+                };
                 proxy
                     .wasi_http_incoming_handler()
                     .call_handle(&mut store, guest_request, out)
-                    .await
+                    .await?;
+                Ok::<_, wasmtime::Error>(proxy)
             })
             .await;
             let failure = match run {
-                Ok(Ok(())) => None,
+                Ok(Ok(proxy)) => {
+                    // An instance that served well may serve again (opt-in); one that
+                    // trapped, timed out or hit its memory cap never does.
+                    let served = served.saturating_add(1);
+                    if served < this.limits.instance_reuse && !store.data().out_of_memory() {
+                        this.keep_idle(IdleInstance {
+                            store,
+                            proxy,
+                            served,
+                            since: Instant::now(),
+                        });
+                    }
+                    None
+                }
                 Err(_elapsed) => Some((
                     FailureCause::Timeout,
                     "the request ran past its timeout".to_owned(),

@@ -38,6 +38,9 @@ pub struct Limits {
     pub max_body: u64,
     /// Largest request head (request line and headers), in bytes; beyond that, 431.
     pub max_header: usize,
+    /// Requests one instance serves, one after another, before it is dropped; 1 is a fresh
+    /// instance per request (the default).
+    pub instance_reuse: u32,
 }
 
 /// Memory cap of a lattice replica whose app sets none: what placement reserves for it.
@@ -59,7 +62,8 @@ impl Limits {
     /// the reserved memory as the cap when the app sets none.
     pub fn for_app(limits: &shoal_lattice::records::AppLimits) -> Self {
         use shoal_lattice::validate::{
-            MAX_CONCURRENCY, MAX_CPU_MILLICORES, MAX_MEMORY, MAX_TIMEOUT, MIN_MEMORY,
+            MAX_CONCURRENCY, MAX_CPU_MILLICORES, MAX_INSTANCE_REUSE, MAX_MEMORY, MAX_TIMEOUT,
+            MIN_MEMORY,
         };
         let defaults = Limits::default();
         Self {
@@ -79,6 +83,9 @@ impl Limits {
                 .map_or(defaults.concurrency, |concurrency| {
                     concurrency.clamp(1, MAX_CONCURRENCY) as usize
                 }),
+            instance_reuse: limits
+                .instance_reuse
+                .map_or(1, |reuse| reuse.clamp(1, MAX_INSTANCE_REUSE)),
             ..defaults
         }
     }
@@ -94,6 +101,7 @@ impl Default for Limits {
             queue: 100,
             max_body: 10 * 1024 * 1024,
             max_header: 64 * 1024,
+            instance_reuse: 1,
         }
     }
 }
@@ -176,6 +184,11 @@ impl MemoryCap {
     pub fn exceeded(&self) -> bool {
         self.exceeded
     }
+
+    /// Forgets a refused growth, for an instance that serves again.
+    pub fn clear(&mut self) {
+        self.exceeded = false;
+    }
 }
 
 impl ResourceLimiter for MemoryCap {
@@ -249,8 +262,11 @@ mod tests {
             cpu: Some(Millicores(u32::MAX)),
             timeout: Some(Span(Duration::MAX)),
             concurrency: Some(u32::MAX),
+            instance_reuse: Some(u32::MAX),
         };
         let limits = Limits::for_app(&extreme);
+        assert_eq!(limits.instance_reuse, 10_000);
+        assert_eq!(Limits::for_app(&AppLimits::default()).instance_reuse, 1);
         assert_eq!(limits.memory, Some(4 << 30));
         assert_eq!(limits.timeout, Duration::from_secs(3600));
         assert_eq!(limits.concurrency, 10_000);

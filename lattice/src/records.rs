@@ -314,6 +314,11 @@ pub struct AppLimits {
     /// In-flight requests per replica.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub concurrency: Option<u32>,
+    /// Requests one instance may serve, one after another, before it is dropped (opt-in;
+    /// none or 1: a fresh instance per request). State a request leaves in the instance is
+    /// seen by the next requests of the same app, never by another app's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_reuse: Option<u32>,
 }
 
 impl AppLimits {

@@ -27,6 +27,8 @@ pub const MAX_CPU_MILLICORES: u32 = 1_000_000;
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Most in-flight requests per replica.
 pub const MAX_CONCURRENCY: u32 = 10_000;
+/// Most requests one instance may serve with `limits.instanceReuse`.
+pub const MAX_INSTANCE_REUSE: u32 = 10_000;
 /// Longest `rollout.minReady`.
 pub const MAX_MIN_READY: Duration = Duration::from_secs(3600);
 /// Longest `rollout.progressDeadline`.
@@ -409,6 +411,14 @@ impl Problems {
             self.add(
                 at("concurrency"),
                 format!("must be between 1 and {MAX_CONCURRENCY}"),
+            );
+        }
+        if let Some(reuse) = limits.instance_reuse
+            && !(1..=MAX_INSTANCE_REUSE).contains(&reuse)
+        {
+            self.add(
+                at("instanceReuse"),
+                format!("must be between 1 and {MAX_INSTANCE_REUSE}"),
             );
         }
     }
@@ -857,6 +867,7 @@ mod fuzz {
                         Just("memory".to_owned()),
                         Just("cpu".to_owned()),
                         Just("concurrency".to_owned()),
+                        Just("instanceReuse".to_owned()),
                         Just("routes".to_owned()),
                         Just("rollout".to_owned()),
                         Just("maxSurge".to_owned()),
@@ -875,7 +886,8 @@ mod fuzz {
     const APP: &str = r#"{"name":"hello","namespace":"default","generation":3,"revision":2,
         "digest":"sha256:0000000000000000000000000000000000000000000000000000000000000000",
         "spec":{"component":"localhost:5000/hello:1.0","replicas":3,
-        "limits":{"memory":"64Mi","cpu":"250m","timeout":"5s","concurrency":100},
+        "limits":{"memory":"64Mi","cpu":"250m","timeout":"5s","concurrency":100,
+        "instanceReuse":128},
         "routes":[{"host":"hello.local","path":"/"}],"config":{"GREETING":"hi"},
         "allowedOutbound":["https://api.example.com"],"health":{"path":"/healthz"},
         "rollout":{"maxSurge":1,"maxUnavailable":"25%","progressDeadline":"60s"}},
@@ -890,6 +902,9 @@ mod fuzz {
         }
         if let Some(memory) = spec.limits.memory {
             assert!(memory.0 <= MAX_MEMORY);
+        }
+        if let Some(reuse) = spec.limits.instance_reuse {
+            assert!((1..=MAX_INSTANCE_REUSE).contains(&reuse));
         }
     }
 

@@ -51,6 +51,13 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 100, help_heading = "Limits")]
     pub concurrency: usize,
 
+    /// Requests one instance may serve, one after another, before a fresh one is made
+    /// (1: a fresh instance per request, the default). Faster, but what a request leaves in
+    /// the instance (globals, heap) is seen by the next ones; an instance that traps or
+    /// times out is never reused, an idle one is dropped after 1s.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10_000), help_heading = "Limits")]
+    pub instance_reuse: u32,
+
     /// Largest request body accepted; past it, 413.
     #[arg(long, default_value = "10MiB", value_parser = parse_size, help_heading = "Limits")]
     pub max_body: u64,
@@ -149,6 +156,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         queue: args.concurrency,
         max_body: args.max_body,
         max_header: usize::try_from(args.max_header).unwrap_or(usize::MAX),
+        instance_reuse: args.instance_reuse,
     };
     let mut guest_args = vec![args.target.clone()];
     guest_args.extend(args.args.iter().cloned());
