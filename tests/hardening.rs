@@ -926,3 +926,115 @@ fn a_host_with_little_memory_has_few_instance_slots_and_answers_503_past_them() 
     );
     assert_eq!(host.get("/slow?ms=1").unwrap().0, 200);
 }
+
+/// A reader of `left` bytes of a repeating pattern, never all in memory.
+struct Pattern {
+    left: u64,
+    at: u64,
+}
+
+impl std::io::Read for Pattern {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = usize::try_from(self.left.min(buf.len() as u64)).unwrap();
+        for byte in &mut buf[..n] {
+            *byte = (self.at % 251) as u8;
+            self.at += 1;
+        }
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+fn fnv1a(bytes: impl Iterator<Item = u8>) -> u64 {
+    bytes.fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+#[test]
+fn a_100_mib_upload_and_download_stream_through_a_host_without_the_app() {
+    let lattice = Lattice::start();
+    let _scheduler = lattice.scheduler("s1");
+    let back = lattice.host("back", &["role=back"]);
+    let front = lattice.host("front", &[]);
+    let fixtures = lattice.push_guest("http-fixtures", "1.0");
+    lattice.apply(
+        &hello_manifest(
+            "big",
+            &fixtures,
+            1,
+            "  placement: {requires: {role: back}}\n  limits: {maxBody: 128Mi}\n",
+        )
+        .replace("path: /big", "path: /"),
+    );
+    lattice.wait_ready("big", 1, PATIENCE);
+    eventually(PATIENCE, "front to forward /big", || {
+        front.get("/hello").filter(|(status, _)| *status == 200)
+    });
+    let url = front.url.clone().unwrap();
+    let before = rss(front.pid());
+    let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let sampling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = {
+        let (peak, sampling) = (peak.clone(), sampling.clone());
+        let pid = front.pid();
+        std::thread::spawn(move || {
+            while sampling.load(std::sync::atomic::Ordering::Relaxed) {
+                peak.fetch_max(rss(pid), std::sync::atomic::Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    const SIZE: u64 = 100 << 20;
+    let expected = format!(
+        "{SIZE} {:016x}\n",
+        fnv1a((0..SIZE).map(|at| (at % 251) as u8))
+    );
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(120)))
+        .build()
+        .into();
+    // Upload, chunked (no declared length): the front host streams it after its first MiB.
+    let mut pattern = Pattern { left: SIZE, at: 0 };
+    let mut response = agent
+        .post(&format!("{url}/digest"))
+        .send(ureq::SendBody::from_reader(&mut pattern))
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers().get("x-served-by").unwrap(), "back");
+    assert_eq!(response.body_mut().read_to_string().unwrap(), expected);
+    // Download: 100 MiB the app writes, read as it comes.
+    let mut response = agent.get(&format!("{url}/large?mib=100")).call().unwrap();
+    assert_eq!(response.status(), 200);
+    let downloaded =
+        std::io::copy(&mut response.body_mut().as_reader(), &mut std::io::sink()).unwrap();
+    assert_eq!(downloaded, SIZE);
+    // Past the app's maxBody the body breaks off at the host that runs it: the guest
+    // reading it gets an error (the fixture answers 400), or the host answers 413.
+    let mut pattern = Pattern {
+        left: 129 << 20,
+        at: 0,
+    };
+    let response = agent
+        .post(&format!("{url}/digest"))
+        .send(ureq::SendBody::from_reader(&mut pattern));
+    assert!(
+        response.as_ref().map_or(true, |response| [400, 413]
+            .contains(&response.status().as_u16())),
+        "{response:?}"
+    );
+    sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+    sampler.join().unwrap();
+    let grew = peak
+        .load(std::sync::atomic::Ordering::Relaxed)
+        .saturating_sub(before);
+    eprintln!(
+        "front RSS before {} MiB, grew by {} MiB at most; back RSS now {} MiB",
+        before >> 20,
+        grew >> 20,
+        rss(back.pid()) >> 20
+    );
+    // 300 MiB went through; the front host held a few chunks of it at a time.
+    assert!(grew < 48 << 20, "front RSS grew by {} MiB", grew >> 20);
+}

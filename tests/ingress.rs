@@ -164,14 +164,14 @@ fn unknown_routes_get_404_apps_without_replicas_503_and_big_bodies_413() {
         body
     );
 
-    // Over the 8 MiB forwarding limit: 413 from the forwarding host, answered from the
-    // declared length before the body is sent.
+    // Over the app's body limit (10 MiB unless limits.maxBody says otherwise): 413 from the
+    // host that runs it, answered from the declared length before the body is sent.
     let address = url.trim_start_matches("http://");
     let mut stream = std::net::TcpStream::connect(address).unwrap();
     write!(
         stream,
         "POST /echo HTTP/1.1\r\nHost: {address}\r\nContent-Length: {}\r\n\r\n",
-        9 << 20
+        11 << 20
     )
     .unwrap();
     let mut status_line = String::new();

@@ -62,8 +62,8 @@ impl Limits {
     /// the reserved memory as the cap when the app sets none.
     pub fn for_app(limits: &shoal_lattice::records::AppLimits) -> Self {
         use shoal_lattice::validate::{
-            MAX_CONCURRENCY, MAX_CPU_MILLICORES, MAX_INSTANCE_REUSE, MAX_MEMORY, MAX_TIMEOUT,
-            MIN_MEMORY,
+            MAX_BODY, MAX_CONCURRENCY, MAX_CPU_MILLICORES, MAX_INSTANCE_REUSE, MAX_MEMORY,
+            MAX_TIMEOUT, MIN_MEMORY,
         };
         let defaults = Limits::default();
         Self {
@@ -86,6 +86,9 @@ impl Limits {
             instance_reuse: limits
                 .instance_reuse
                 .map_or(1, |reuse| reuse.clamp(1, MAX_INSTANCE_REUSE)),
+            max_body: limits
+                .max_body
+                .map_or(defaults.max_body, |max_body| max_body.0.min(MAX_BODY)),
             ..defaults
         }
     }
@@ -263,9 +266,11 @@ mod tests {
             timeout: Some(Span(Duration::MAX)),
             concurrency: Some(u32::MAX),
             instance_reuse: Some(u32::MAX),
+            max_body: Some(Memory(u64::MAX)),
         };
         let limits = Limits::for_app(&extreme);
         assert_eq!(limits.instance_reuse, 10_000);
+        assert_eq!(limits.max_body, 4 << 30);
         assert_eq!(Limits::for_app(&AppLimits::default()).instance_reuse, 1);
         assert_eq!(limits.memory, Some(4 << 30));
         assert_eq!(limits.timeout, Duration::from_secs(3600));

@@ -319,6 +319,9 @@ pub struct AppLimits {
     /// seen by the next requests of the same app, never by another app's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance_reuse: Option<u32>,
+    /// Largest request body a replica accepts (default 10Mi); past it, 413.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_body: Option<Memory>,
 }
 
 impl AppLimits {

@@ -27,6 +27,8 @@ pub const MAX_CPU_MILLICORES: u32 = 1_000_000;
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Most in-flight requests per replica.
 pub const MAX_CONCURRENCY: u32 = 10_000;
+/// Largest `limits.maxBody`.
+pub const MAX_BODY: u64 = 4 << 30;
 /// Most requests one instance may serve with `limits.instanceReuse`.
 pub const MAX_INSTANCE_REUSE: u32 = 10_000;
 /// Longest `rollout.minReady`.
@@ -412,6 +414,11 @@ impl Problems {
                 at("concurrency"),
                 format!("must be between 1 and {MAX_CONCURRENCY}"),
             );
+        }
+        if let Some(max_body) = limits.max_body
+            && max_body.0 > MAX_BODY
+        {
+            self.add(at("maxBody"), "must be at most 4Gi");
         }
         if let Some(reuse) = limits.instance_reuse
             && !(1..=MAX_INSTANCE_REUSE).contains(&reuse)
@@ -868,6 +875,7 @@ mod fuzz {
                         Just("cpu".to_owned()),
                         Just("concurrency".to_owned()),
                         Just("instanceReuse".to_owned()),
+                        Just("maxBody".to_owned()),
                         Just("routes".to_owned()),
                         Just("rollout".to_owned()),
                         Just("maxSurge".to_owned()),
@@ -902,6 +910,9 @@ mod fuzz {
         }
         if let Some(memory) = spec.limits.memory {
             assert!(memory.0 <= MAX_MEMORY);
+        }
+        if let Some(max_body) = spec.limits.max_body {
+            assert!(max_body.0 <= MAX_BODY);
         }
         if let Some(reuse) = spec.limits.instance_reuse {
             assert!((1..=MAX_INSTANCE_REUSE).contains(&reuse));

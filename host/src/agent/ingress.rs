@@ -55,7 +55,7 @@ impl Uplink {
         timeout: Duration,
     ) -> Response<ResponseBody>
     where
-        B: http_body::Body<Data = bytes::Bytes>,
+        B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         match self.0.get() {

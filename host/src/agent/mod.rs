@@ -36,7 +36,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::engine::Runtime;
-use crate::forward::{BufferBudget, DEFAULT_FORWARD_LIMIT, Forwarder, listen};
+use crate::forward::{BufferBudget, Forwarder, INLINE_LIMIT, listen};
 use crate::http::{ConnectionLimits, serve_with};
 use crate::logs::{LogReceiver, log_queue, publish_logs};
 use crate::metrics::Metrics;
@@ -1061,7 +1061,7 @@ async fn join_lattice(
         lattice.name(),
         id,
         Arc::clone(&router),
-        DEFAULT_FORWARD_LIMIT,
+        INLINE_LIMIT,
         BufferBudget::new(forward_buffer),
     );
     let (stop_listening, listening_stopped) = oneshot::channel();

@@ -7,14 +7,19 @@
 //! the request to the next, so a stale list costs a retry, not an error. With no endpoint
 //! left the request waits up to a second for the list to change, then gets 503.
 //!
-//! On the wire a request is one NATS message: HTTP headers as NATS headers, plus
-//! `Shoal-Method` and `Shoal-Uri`; the body is the payload. The reply carries
-//! `Shoal-Status` and the response headers, with the body as payload. Bodies are buffered:
-//! a request body over the forwarding limit is refused with 413 before it is sent, and a
-//! response over it becomes 502, never a truncated answer.
+//! On the wire a request is a NATS request: HTTP headers as NATS headers, plus
+//! `Shoal-Method`, `Shoal-Uri` and `Shoal-From` (the forwarding host); the body is the
+//! payload. The reply carries `Shoal-Status` and the response headers, with the body as
+//! payload. A body up to [`INLINE_LIMIT`] travels in that one message; a larger one (either
+//! way) starts there and streams in chunks with flow control ([`stream`]), so a host holds
+//! a few chunks of it, never the whole body. Bodies are bounded by the app's
+//! `limits.maxBody` at the host that runs it.
+
+mod stream;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -38,8 +43,9 @@ const NOT_HERE: &str = "Shoal-Not-Here";
 /// How long a request with no endpoint that answers waits for the endpoints to change.
 const ENDPOINT_WAIT: Duration = Duration::from_secs(1);
 
-/// Default cap on forwarded bodies; the NATS server's `max_payload` may lower it.
-pub const DEFAULT_FORWARD_LIMIT: usize = 8 << 20;
+/// The largest body sent in the message with its head; a larger one streams. The NATS
+/// server's `max_payload` may lower it.
+pub const INLINE_LIMIT: usize = 1 << 20;
 
 /// Headers that belong to one hop and are not forwarded.
 fn hop_by_hop(name: &str) -> bool {
@@ -59,6 +65,10 @@ fn hop_by_hop(name: &str) -> bool {
         || name.eq_ignore_ascii_case(STATUS)
         || name.eq_ignore_ascii_case(SCHEME)
         || name.eq_ignore_ascii_case(NOT_HERE)
+        || name.eq_ignore_ascii_case(stream::BODY)
+        || name.eq_ignore_ascii_case(stream::STREAM)
+        || name.eq_ignore_ascii_case(stream::FROM)
+        || name.eq_ignore_ascii_case(stream::PART)
 }
 
 /// Most forwarded requests a host answers at once for other hosts; more get 503 at once, so
@@ -95,25 +105,33 @@ impl BufferBudget {
     }
 }
 
-/// Why a body could not be buffered.
+/// Why a body could not be read.
 enum Collect {
-    TooLarge,
     Busy,
     Unreadable,
 }
 
-/// Reads `body` whole, up to `limit` bytes, reserving each piece from `budget`: the bytes
-/// and the reservations, which must live as long as the bytes do. Past the budget the rest
-/// is read and dropped, so the client that sent it reads a clean 503 instead of a reset.
-async fn collect_within<B>(
-    body: B,
+/// A body's first part, read into memory.
+struct Collected {
+    bytes: Bytes,
+    /// The forward buffer reserved for `bytes`, which must live as long as they do.
+    _reserved: Vec<OwnedSemaphorePermit>,
+    /// `None` when `bytes` is the whole body; else what was read past the limit, and the
+    /// rest is still in the body.
+    rest: Option<Bytes>,
+}
+
+/// Reads `body` up to `limit` bytes, reserving each piece from `budget`. Past the budget
+/// the rest is read and dropped, so the client that sent it reads a clean 503 instead of
+/// a reset.
+async fn read_up_to<B>(
+    body: &mut Pin<Box<B>>,
     limit: usize,
     budget: &BufferBudget,
-) -> Result<(Bytes, Vec<OwnedSemaphorePermit>), Collect>
+) -> Result<Collected, Collect>
 where
-    B: http_body::Body<Data = Bytes>,
+    B: http_body::Body<Data = Bytes> + ?Sized,
 {
-    let mut body = std::pin::pin!(body);
     let mut collected = bytes::BytesMut::new();
     let mut reserved = Vec::new();
     let mut read = 0usize;
@@ -123,16 +141,15 @@ where
         let Ok(frame) = frame else {
             return Err(Collect::Unreadable);
         };
-        let Ok(data) = frame.into_data() else {
+        let Ok(mut data) = frame.into_data() else {
             continue;
         };
-        read = read.saturating_add(data.len());
-        if read > limit {
-            return Err(Collect::TooLarge);
-        }
         if busy {
             continue;
         }
+        let room = limit.saturating_sub(read);
+        let past = (data.len() > room).then(|| data.split_off(room));
+        read = read.saturating_add(data.len());
         // Reserved by the running total, so many small frames cost what they weigh.
         let needed = read.div_ceil(1024).saturating_sub(reserved_kib) * 1024;
         match budget.take(needed) {
@@ -145,13 +162,25 @@ where
                 busy = true;
                 reserved.clear();
                 collected = bytes::BytesMut::new();
+                continue;
             }
+        }
+        if let Some(past) = past {
+            return Ok(Collected {
+                bytes: collected.freeze(),
+                _reserved: reserved,
+                rest: Some(past),
+            });
         }
     }
     if busy {
         return Err(Collect::Busy);
     }
-    Ok((collected.freeze(), reserved))
+    Ok(Collected {
+        bytes: collected.freeze(),
+        _reserved: reserved,
+        rest: None,
+    })
 }
 
 fn busy() -> Response<ResponseBody> {
@@ -174,20 +203,31 @@ pub struct Forwarder {
     host: String,
     router: Arc<Router>,
     next: Arc<AtomicUsize>,
-    limit: usize,
+    /// The largest body sent in one message; larger ones stream.
+    inline: usize,
     budget: BufferBudget,
     tasks: Arc<Semaphore>,
+    streams: stream::Streams,
+}
+
+/// A request body that streams after its head: what is left of it and its stream.
+struct Outgoing<B: ?Sized> {
+    registration: stream::Registration,
+    id: String,
+    leftover: Bytes,
+    body: Pin<Box<B>>,
 }
 
 impl Forwarder {
     /// A forwarder over `client` for host `host` of `lattice`, finding endpoints in
-    /// `router`; bodies up to `limit` bytes (lowered to what the server accepts).
+    /// `router`; bodies up to `inline` bytes travel in one message (lowered to what the
+    /// server accepts), larger ones stream.
     pub fn new(
         client: async_nats::Client,
         lattice: &str,
         host: &str,
         router: Arc<Router>,
-        limit: usize,
+        inline: usize,
         budget: BufferBudget,
     ) -> Self {
         let server_limit = client.server_info().max_payload.saturating_sub(64 * 1024);
@@ -197,19 +237,24 @@ impl Forwarder {
             host: host.to_owned(),
             router,
             next: Arc::new(AtomicUsize::new(0)),
-            limit: limit.min(server_limit.max(64 * 1024)),
+            inline: inline.min(server_limit.max(64 * 1024)),
             budget,
             tasks: Arc::new(Semaphore::new(MAX_FORWARDED_TASKS)),
+            streams: stream::Streams::default(),
         }
     }
 
-    /// The largest body forwarded.
-    pub fn limit(&self) -> usize {
-        self.limit
+    /// Where stream messages for `namespace/app` reach `host`.
+    fn peer(&self, host: &str, namespace: &str, app: &str, id: &str) -> stream::Peer {
+        stream::Peer {
+            client: self.client.clone(),
+            subject: shoal_lattice::names::http_subject(&self.lattice, host, namespace, app),
+            id: id.to_owned(),
+        }
     }
 
-    /// Forwards `request` for `namespace/app` and returns the answer, or 413, 502, 503, or
-    /// 504 when none comes within `timeout` (the request died with its host, or ran long).
+    /// Forwards `request` for `namespace/app` and returns the answer, or 502, 503, or 504
+    /// when none comes within `timeout` (the request died with its host, or ran long).
     pub async fn forward<B>(
         &self,
         namespace: &str,
@@ -219,28 +264,30 @@ impl Forwarder {
         timeout: Duration,
     ) -> Response<ResponseBody>
     where
-        B: http_body::Body<Data = Bytes>,
+        B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let too_large = || {
-            plain(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "the request body is larger than the lattice forwards\n",
-            )
-        };
+        let over_tls = request.extensions().get::<ArrivedOverTls>().is_some();
         let declared = request
             .headers()
             .get(http::header::CONTENT_LENGTH)
             .and_then(|length| length.to_str().ok())
-            .and_then(|length| length.parse::<usize>().ok());
-        if declared.is_some_and(|length| length > self.limit) {
-            return too_large();
-        }
-        let over_tls = request.extensions().get::<ArrivedOverTls>().is_some();
+            .and_then(|length| length.parse::<u64>().ok());
         let (parts, body) = request.into_parts();
-        let (body, _reserved) = match collect_within(body, self.limit, &self.budget).await {
+        let mut body = Box::pin(body);
+        // A body declared larger than one message streams from the start: the replica's
+        // host may refuse it (413) before any of it is read.
+        let read = if declared.is_some_and(|length| length > self.inline as u64) {
+            Ok(Collected {
+                bytes: Bytes::new(),
+                _reserved: Vec::new(),
+                rest: Some(Bytes::new()),
+            })
+        } else {
+            read_up_to(&mut body, self.inline, &self.budget).await
+        };
+        let collected = match read {
             Ok(collected) => collected,
-            Err(Collect::TooLarge) => return too_large(),
             Err(Collect::Busy) => return busy(),
             Err(Collect::Unreadable) => {
                 return plain(
@@ -255,6 +302,7 @@ impl Forwarder {
             URI,
             parts.uri.path_and_query().map_or("/", |path| path.as_str()),
         );
+        headers.insert(stream::FROM, self.host.as_str());
         for (name, value) in &parts.headers {
             if hop_by_hop(name.as_str()) {
                 continue;
@@ -296,18 +344,49 @@ impl Forwarder {
         if over_tls {
             headers.insert(SCHEME, "https");
         }
-        self.send(namespace, app, headers, body, timeout).await
+        let outgoing = match collected.rest {
+            None => None,
+            Some(leftover) => {
+                let id = stream::new_id(&self.client);
+                let registration = match self.streams.open(&id, namespace, app, false, &self.budget)
+                {
+                    Ok(registration) => registration,
+                    Err(stream::OpenError::Busy) => return busy(),
+                    Err(stream::OpenError::BadId) => {
+                        return plain(
+                            StatusCode::BAD_GATEWAY,
+                            "the request could not be forwarded\n",
+                        );
+                    }
+                };
+                headers.insert(stream::BODY, "stream");
+                headers.insert(stream::STREAM, id.as_str());
+                Some(Outgoing {
+                    registration,
+                    id,
+                    leftover,
+                    body,
+                })
+            }
+        };
+        self.send(namespace, app, headers, collected.bytes, timeout, outgoing)
+            .await
     }
 
-    /// Sends a request to the app's endpoints in turn until one answers.
-    async fn send(
+    /// Sends a request to the app's endpoints in turn until one answers; a streamed body
+    /// goes to the first endpoint that grants it credit.
+    async fn send<B>(
         &self,
         namespace: &str,
         app: &str,
         headers: async_nats::HeaderMap,
         body: Bytes,
         timeout: Duration,
-    ) -> Response<ResponseBody> {
+        mut outgoing: Option<Outgoing<B>>,
+    ) -> Response<ResponseBody>
+    where
+        B: http_body::Body<Data = Bytes> + Send + ?Sized + 'static,
+    {
         let waiting_until = tokio::time::Instant::now() + ENDPOINT_WAIT.min(timeout);
         loop {
             let endpoints = self.router.endpoints(namespace, app);
@@ -320,40 +399,69 @@ impl Forwarder {
                 let endpoint = candidates[(start + offset) % candidates.len()];
                 let subject =
                     shoal_lattice::names::http_subject(&self.lattice, endpoint, namespace, app);
-                let sent = self
-                    .client
-                    .send_request(
-                        subject,
-                        async_nats::Request::new()
-                            .headers(headers.clone())
-                            .payload(body.clone())
-                            .timeout(Some(timeout)),
-                    )
-                    .await;
+                let request = self.client.send_request(
+                    subject,
+                    async_nats::Request::new()
+                        .headers(headers.clone())
+                        .payload(body.clone())
+                        .timeout(Some(timeout)),
+                );
+                let sent = match &outgoing {
+                    None => request.await,
+                    Some(streaming) => {
+                        tokio::pin!(request);
+                        // The endpoint takes the stream by granting credit; until then
+                        // its answer may still send the request elsewhere.
+                        let taken = tokio::select! {
+                            reply = &mut request => Err(reply),
+                            _ = streaming.registration.credits.acquire() => Ok(()),
+                        };
+                        match taken {
+                            Err(reply) => reply,
+                            Ok(()) => {
+                                let Some(mut streaming) = outgoing.take() else {
+                                    continue;
+                                };
+                                let peer = self.peer(endpoint, namespace, app, &streaming.id);
+                                let sending = stream::send(
+                                    streaming.leftover,
+                                    &mut streaming.body,
+                                    &streaming.registration,
+                                    &peer,
+                                );
+                                // The app may answer before it read the whole body.
+                                let (reply, sent) = tokio::select! {
+                                    reply = &mut request => (reply, false),
+                                    () = sending => (request.await, true),
+                                };
+                                if !sent {
+                                    stream::drain(streaming.body);
+                                }
+                                return match reply {
+                                    Ok(message) if !not_here(&message) => {
+                                        self.response(message, namespace, app)
+                                    }
+                                    Ok(_) => plain(
+                                        StatusCode::BAD_GATEWAY,
+                                        "the request could not be forwarded\n",
+                                    ),
+                                    Err(error) => request_failed(&error, namespace, app),
+                                };
+                            }
+                        }
+                    }
+                };
                 match sent {
-                    Ok(message)
-                        if message
-                            .headers
-                            .as_ref()
-                            .is_some_and(|headers| headers.get(NOT_HERE).is_some()) => {}
-                    Ok(message) => return into_response(message),
-                    Err(error) => match error.kind() {
-                        // That host is gone: the next one.
-                        async_nats::RequestErrorKind::NoResponders => {}
-                        async_nats::RequestErrorKind::TimedOut => {
-                            return plain(
-                                StatusCode::GATEWAY_TIMEOUT,
-                                "the replica did not answer in time\n",
-                            );
+                    Ok(message) if not_here(&message) => {}
+                    Ok(message) => {
+                        if let Some(streaming) = outgoing.take() {
+                            stream::drain(streaming.body);
                         }
-                        _ => {
-                            tracing::warn!(%error, %namespace, %app, "forwarding failed");
-                            return plain(
-                                StatusCode::BAD_GATEWAY,
-                                "the request could not be forwarded\n",
-                            );
-                        }
-                    },
+                        return self.response(message, namespace, app);
+                    }
+                    // That host is gone: the next one.
+                    Err(error) if error.kind() == async_nats::RequestErrorKind::NoResponders => {}
+                    Err(error) => return request_failed(&error, namespace, app),
                 }
             }
             // Nobody answered: the list may be changing (a rollout, a replica starting).
@@ -370,20 +478,87 @@ impl Forwarder {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+
+    /// The response a forwarded reply carries; its body streams when the reply says so.
+    fn response(
+        &self,
+        message: async_nats::Message,
+        namespace: &str,
+        app: &str,
+    ) -> Response<ResponseBody> {
+        let streamed = message.headers.as_ref().and_then(|headers| {
+            (headers.get(stream::BODY)?.as_str() == "stream").then(|| {
+                (
+                    headers.get(stream::STREAM).map(|id| id.as_str().to_owned()),
+                    headers
+                        .get(stream::FROM)
+                        .map(|from| from.as_str().to_owned())
+                        .filter(|from| shoal_lattice::names::check_host_id(from).is_ok()),
+                )
+            })
+        });
+        let (response, payload) = match response_head(message) {
+            Some(head) => head,
+            None => return plain(StatusCode::BAD_GATEWAY, "malformed forwarded response\n"),
+        };
+        let body = match streamed {
+            None => full(payload),
+            Some((Some(id), Some(from))) => {
+                match self.streams.open(&id, namespace, app, true, &self.budget) {
+                    Ok(registration) => {
+                        let peer = self.peer(&from, namespace, app, &id);
+                        stream::receive(payload, registration, peer)
+                    }
+                    Err(stream::OpenError::Busy) => return busy(),
+                    Err(stream::OpenError::BadId) => {
+                        return plain(StatusCode::BAD_GATEWAY, "malformed forwarded response\n");
+                    }
+                }
+            }
+            Some(_) => return plain(StatusCode::BAD_GATEWAY, "malformed forwarded response\n"),
+        };
+        response.map(|()| body)
+    }
 }
 
-fn into_response(message: async_nats::Message) -> Response<ResponseBody> {
-    let Some(headers) = message.headers else {
-        return plain(StatusCode::BAD_GATEWAY, "malformed forwarded response\n");
-    };
+/// Whether a reply says its host has no ready replica of the app.
+fn not_here(message: &async_nats::Message) -> bool {
+    message
+        .headers
+        .as_ref()
+        .is_some_and(|headers| headers.get(NOT_HERE).is_some())
+}
+
+/// The answer to a forwarded request that got no reply.
+fn request_failed(
+    error: &async_nats::RequestError,
+    namespace: &str,
+    app: &str,
+) -> Response<ResponseBody> {
+    match error.kind() {
+        async_nats::RequestErrorKind::TimedOut => plain(
+            StatusCode::GATEWAY_TIMEOUT,
+            "the replica did not answer in time\n",
+        ),
+        _ => {
+            tracing::warn!(%error, %namespace, %app, "forwarding failed");
+            plain(
+                StatusCode::BAD_GATEWAY,
+                "the request could not be forwarded\n",
+            )
+        }
+    }
+}
+
+/// The status and headers of a forwarded reply, and its payload; `None` when it is not a
+/// response.
+fn response_head(message: async_nats::Message) -> Option<(Response<()>, Bytes)> {
+    let headers = message.headers?;
     let status = headers
         .get(STATUS)
         .and_then(|status| status.as_str().parse::<u16>().ok())
-        .and_then(|status| StatusCode::from_u16(status).ok());
-    let Some(status) = status else {
-        return plain(StatusCode::BAD_GATEWAY, "malformed forwarded response\n");
-    };
-    let mut response = Response::new(full(message.payload));
+        .and_then(|status| StatusCode::from_u16(status).ok())?;
+    let mut response = Response::new(());
     *response.status_mut() = status;
     for (name, values) in headers.iter() {
         let name = name.to_string();
@@ -402,7 +577,7 @@ fn into_response(message: async_nats::Message) -> Response<ResponseBody> {
             }
         }
     }
-    response
+    Some((response, message.payload))
 }
 
 fn full(bytes: Bytes) -> ResponseBody {
@@ -417,7 +592,8 @@ pub const SERVED_BY: &str = "x-served-by";
 /// Serves the requests other hosts forward to this one (`…http.<host>.>`) until `stop`
 /// fires; then unsubscribes and still answers what NATS had already delivered (draining).
 /// Each is answered by a ready local replica of its app from `router`, or with
-/// `Shoal-Not-Here`, which sends the forwarder to the next endpoint.
+/// `Shoal-Not-Here`, which sends the forwarder to the next endpoint. Stream messages
+/// (chunks of bodies and credits) go to their streams.
 pub async fn listen(
     client: async_nats::Client,
     lattice: &str,
@@ -449,6 +625,21 @@ pub async fn listen(
             let Some(message) = message else {
                 break;
             };
+            let Some((namespace, app)) = message
+                .subject
+                .strip_prefix(&*prefix)
+                .and_then(|rest| rest.split_once('.'))
+            else {
+                continue;
+            };
+            if let Some(headers) = &message.headers
+                && headers.get(stream::PART).is_some()
+            {
+                forwarder
+                    .streams
+                    .deliver(namespace, app, headers, message.payload.clone());
+                continue;
+            }
             let Some(reply) = message.reply.clone() else {
                 continue;
             };
@@ -462,36 +653,40 @@ pub async fn listen(
                 let _ = client.publish_with_headers(reply, headers, payload).await;
                 continue;
             };
-            let component = message
-                .subject
-                .strip_prefix(&*prefix)
-                .and_then(|rest| rest.split_once('.'))
-                .and_then(|(namespace, app)| router.pick(namespace, app));
+            let component = router.pick(namespace, app);
+            let (namespace, app) = (namespace.to_owned(), app.to_owned());
             let client = client.clone();
             let host = Arc::clone(&host);
             let forwarder = forwarder.clone();
             tokio::spawn(async move {
                 let _reserved = reserved;
-                let (mut headers, payload) = answer(&forwarder, component, message).await;
+                let (mut headers, payload, streaming) =
+                    answer(&forwarder, component, message, &namespace, &app).await;
                 headers.insert(SERVED_BY, &*host);
                 if let Err(error) = client.publish_with_headers(reply, headers, payload).await {
                     tracing::debug!(%error, "cannot reply to a forwarded request");
+                    return;
+                }
+                if let Some(mut streaming) = streaming {
+                    stream::send(
+                        streaming.leftover,
+                        &mut streaming.body,
+                        &streaming.registration,
+                        &streaming.peer,
+                    )
+                    .await;
                 }
             });
         }
     }))
 }
 
-/// The body of a request rebuilt from a forwarded message.
-type ForwardedBody =
-    http_body_util::combinators::MapErr<Full<Bytes>, fn(Infallible) -> wasmtime_wasi_http::Error>;
+/// A body rebuilt from a forwarded message: whole, or its first part and a stream.
+type ForwardedBody = http_body_util::combinators::UnsyncBoxBody<Bytes, wasmtime_wasi_http::Error>;
 
-/// Rebuilds the HTTP request a forwarded message carries; `None` when the message is not
-/// one (no headers, a method or URI that does not parse).
-fn forwarded_request(
-    headers: Option<&async_nats::HeaderMap>,
-    payload: Bytes,
-) -> Option<Request<ForwardedBody>> {
+/// Rebuilds the HTTP request a forwarded message carries, with `body`; `None` when the
+/// message is not one (no headers, a method or URI that does not parse).
+fn forwarded_request<B>(headers: Option<&async_nats::HeaderMap>, body: B) -> Option<Request<B>> {
     let headers = headers?;
     let method = headers.get(METHOD).map_or("GET", |method| method.as_str());
     let uri = headers.get(URI).map_or("/", |uri| uri.as_str());
@@ -501,6 +696,9 @@ fn forwarded_request(
         if name.eq_ignore_ascii_case(METHOD)
             || name.eq_ignore_ascii_case(URI)
             || name.eq_ignore_ascii_case(SCHEME)
+            || name.eq_ignore_ascii_case(stream::BODY)
+            || name.eq_ignore_ascii_case(stream::STREAM)
+            || name.eq_ignore_ascii_case(stream::FROM)
         {
             continue;
         }
@@ -508,8 +706,7 @@ fn forwarded_request(
             builder = builder.header(name.as_str(), value.as_str());
         }
     }
-    let never: fn(Infallible) -> wasmtime_wasi_http::Error = |never| match never {};
-    let mut request = builder.body(Full::new(payload).map_err(never)).ok()?;
+    let mut request = builder.body(body).ok()?;
     if headers
         .get(SCHEME)
         .is_some_and(|scheme| scheme.as_str() == "https")
@@ -534,32 +731,93 @@ fn reply_plain(status: StatusCode, text: &'static str) -> (async_nats::HeaderMap
     (headers, Bytes::from_static(text.as_bytes()))
 }
 
+/// A response body that streams after its reply: what is left of it and its stream.
+struct ResponseStream {
+    registration: stream::Registration,
+    peer: stream::Peer,
+    leftover: Bytes,
+    body: Pin<Box<ResponseBody>>,
+}
+
 async fn answer(
     forwarder: &Forwarder,
     component: Option<Arc<HttpComponent>>,
     message: async_nats::Message,
-) -> (async_nats::HeaderMap, Bytes) {
+    namespace: &str,
+    app: &str,
+) -> (async_nats::HeaderMap, Bytes, Option<ResponseStream>) {
+    let whole = |(headers, payload)| (headers, payload, None);
     let Some(component) = component else {
         let (mut headers, payload) = reply_plain(
             StatusCode::SERVICE_UNAVAILABLE,
             "no ready replica of this app on this host\n",
         );
         headers.insert(NOT_HERE, "1");
-        return (headers, payload);
+        return (headers, payload, None);
     };
-    let Some(request) = forwarded_request(message.headers.as_ref(), message.payload) else {
-        return reply_plain(StatusCode::BAD_REQUEST, "malformed forwarded request\n");
+    // The forwarding host, where a streamed body's credits and chunks go.
+    let from = message
+        .headers
+        .as_ref()
+        .and_then(|headers| headers.get(stream::FROM))
+        .map(|from| from.as_str().to_owned())
+        .filter(|from| shoal_lattice::names::check_host_id(from).is_ok());
+    let streamed = message
+        .headers
+        .as_ref()
+        .and_then(|headers| headers.get(stream::BODY))
+        .is_some_and(|body| body.as_str() == "stream");
+    let body: ForwardedBody = if streamed {
+        let id = message
+            .headers
+            .as_ref()
+            .and_then(|headers| headers.get(stream::STREAM))
+            .map(|id| id.as_str().to_owned());
+        let (Some(id), Some(from)) = (id, &from) else {
+            return whole(reply_plain(
+                StatusCode::BAD_REQUEST,
+                "malformed forwarded request\n",
+            ));
+        };
+        match forwarder
+            .streams
+            .open(&id, namespace, app, true, &forwarder.budget)
+        {
+            Ok(registration) => {
+                let peer = forwarder.peer(from, namespace, app, &id);
+                stream::receive(message.payload.clone(), registration, peer)
+            }
+            Err(stream::OpenError::Busy) => return whole(reply_busy()),
+            Err(stream::OpenError::BadId) => {
+                return whole(reply_plain(
+                    StatusCode::BAD_REQUEST,
+                    "malformed forwarded request\n",
+                ));
+            }
+        }
+    } else {
+        let never: fn(Infallible) -> wasmtime_wasi_http::Error = |never| match never {};
+        Full::new(message.payload.clone())
+            .map_err(never)
+            .boxed_unsync()
+    };
+    let Some(request) = forwarded_request(message.headers.as_ref(), body) else {
+        return whole(reply_plain(
+            StatusCode::BAD_REQUEST,
+            "malformed forwarded request\n",
+        ));
     };
     let response = component.handle(request).await;
     let (parts, body) = response.into_parts();
-    let body = match collect_within(body, forwarder.limit, &forwarder.budget).await {
-        Ok((body, _reserved)) => body,
-        Err(Collect::Busy) => return reply_busy(),
-        Err(Collect::TooLarge | Collect::Unreadable) => {
-            return reply_plain(
+    let mut body = Box::pin(body);
+    let collected = match read_up_to(&mut body, forwarder.inline, &forwarder.budget).await {
+        Ok(collected) => collected,
+        Err(Collect::Busy) => return whole(reply_busy()),
+        Err(Collect::Unreadable) => {
+            return whole(reply_plain(
                 StatusCode::BAD_GATEWAY,
-                "the response is larger than the lattice forwards\n",
-            );
+                "the response could not be read\n",
+            ));
         }
     };
     let mut headers = async_nats::HeaderMap::new();
@@ -569,7 +827,38 @@ async fn answer(
             headers.append(name.as_str(), value);
         }
     }
-    (headers, body)
+    let Some(leftover) = collected.rest else {
+        return (headers, collected.bytes, None);
+    };
+    // Larger than one message: the rest streams to the forwarding host.
+    let Some(from) = from else {
+        return whole(reply_plain(
+            StatusCode::BAD_GATEWAY,
+            "the response is larger than the forwarding host can receive\n",
+        ));
+    };
+    let id = stream::new_id(&forwarder.client);
+    let registration = match forwarder
+        .streams
+        .open(&id, namespace, app, false, &forwarder.budget)
+    {
+        Ok(registration) => registration,
+        Err(_) => return whole(reply_busy()),
+    };
+    headers.insert(stream::BODY, "stream");
+    headers.insert(stream::STREAM, id.as_str());
+    headers.insert(stream::FROM, forwarder.host.as_str());
+    let peer = forwarder.peer(&from, namespace, app, &id);
+    (
+        headers,
+        collected.bytes.clone(),
+        Some(ResponseStream {
+            registration,
+            peer,
+            leftover,
+            body,
+        }),
+    )
 }
 
 /// Fuzzing: forwarded messages with random headers, methods, URIs and statuses are answered
@@ -631,7 +920,7 @@ mod fuzz {
                 description: None,
                 length: 0,
             };
-            let _ = into_response(message);
+            let _ = response_head(message);
         }
     }
 
@@ -643,7 +932,12 @@ mod fuzz {
             .map(|_| Ok(http_body::Frame::data(Bytes::from_static(b"0123456789"))))
             .collect();
         let body = http_body_util::StreamBody::new(futures_util::stream::iter(frames));
-        let Ok((bytes, reserved)) = collect_within(body, 1 << 20, &budget).await else {
+        let Ok(Collected {
+            bytes,
+            _reserved: reserved,
+            rest: None,
+        }) = read_up_to(&mut Box::pin(body), 1 << 20, &budget).await
+        else {
             panic!("a 10 KB body fits a 64 KiB budget");
         };
         assert_eq!(bytes.len(), 10_000);
@@ -652,7 +946,7 @@ mod fuzz {
         assert_eq!(budget.unreserved(), 64 * 1024);
         let large = Full::new(Bytes::from(vec![0u8; 65 * 1024]));
         assert!(matches!(
-            collect_within(large, 1 << 20, &budget).await,
+            read_up_to(&mut Box::pin(large), 1 << 20, &budget).await,
             Err(Collect::Busy)
         ));
         assert_eq!(budget.unreserved(), 64 * 1024);
