@@ -111,7 +111,8 @@ pub struct HostArgs {
     pub body_timeout: Duration,
 
     /// Most bytes of forwarded request and response bodies this host holds at once (bodies
-    /// travel the lattice whole); past it, forwarded requests get 503 with Retry-After.
+    /// up to 1 MiB travel whole, larger ones stream with a 1 MiB window each); past it,
+    /// forwarded requests get 503 with Retry-After.
     #[arg(long, default_value = "64Mi", help_heading = "Ingress limits")]
     pub forward_buffer: Memory,
 
