@@ -773,6 +773,9 @@ async fn replicas(lattice: &Lattice) -> Result<Vec<ReplicaView>, ApiError> {
         .collect())
 }
 
+/// Apps of one apply stored at once.
+const APPLY_AT_ONCE: usize = 16;
+
 /// Validates every app as a manifest would be, checks routes against what is stored, then
 /// stores each: all or nothing up to the first write.
 async fn apply_all(lattice: &Lattice, apps: Vec<AppManifest>) -> Result<Vec<AppliedApp>, ApiError> {
@@ -877,29 +880,47 @@ async fn apply_all(lattice: &Lattice, apps: Vec<AppManifest>) -> Result<Vec<Appl
             ),
         ));
     }
-    let mut applied = Vec::with_capacity(parsed.len());
-    for (app, pinned) in parsed.iter().zip(&pins) {
-        // Its key-value stores exist before any replica may open them.
-        lattice
-            .ensure_app_stores(&app.namespace, &app.name, &app.spec.key_value)
-            .await
-            .map_err(|error| {
-                internal(format!(
-                    "cannot make the key-value stores of app {}/{}: {error}",
-                    app.namespace, app.name
-                ))
-            })?;
-        let (change, _) = apply::apply(lattice, app, pinned).await.map_err(|error| {
+    // Apps are independent: several are stored at once (each one's writes in order), so a
+    // thousand apps cost a thousand round trips spread over APPLY_AT_ONCE, not in a row.
+    use futures_util::StreamExt as _;
+    let stores: Vec<_> = parsed
+        .iter()
+        .zip(&pins)
+        .map(|(app, pinned)| store_app(lattice, app, pinned))
+        .collect();
+    let applied: Vec<Result<AppliedApp, ApiError>> = futures_util::stream::iter(stores)
+        .buffered(APPLY_AT_ONCE)
+        .collect()
+        .await;
+    let applied: Vec<AppliedApp> = applied.into_iter().collect::<Result<_, _>>()?;
+    Ok(applied)
+}
+
+/// Stores one app of an apply: its key-value stores first (they exist before any replica
+/// may open them), then its record.
+async fn store_app(
+    lattice: &Lattice,
+    app: &App,
+    pinned: &apply::Pinned,
+) -> Result<AppliedApp, ApiError> {
+    lattice
+        .ensure_app_stores(&app.namespace, &app.name, &app.spec.key_value)
+        .await
+        .map_err(|error| {
             internal(format!(
-                "cannot store app {}/{}: {error}",
+                "cannot make the key-value stores of app {}/{}: {error}",
                 app.namespace, app.name
             ))
         })?;
-        applied.push(AppliedApp {
-            namespace: app.namespace.clone(),
-            name: app.name.clone(),
-            applied: change,
-        });
-    }
-    Ok(applied)
+    let (change, _) = apply::apply(lattice, app, pinned).await.map_err(|error| {
+        internal(format!(
+            "cannot store app {}/{}: {error}",
+            app.namespace, app.name
+        ))
+    })?;
+    Ok(AppliedApp {
+        namespace: app.namespace.clone(),
+        name: app.name.clone(),
+        applied: change,
+    })
 }

@@ -53,13 +53,26 @@ pub async fn apply_file(
     let mut problems = Vec::new();
     // One client for every component: --username goes only to --registry-server.
     let client = registry.client()?;
+    // A reference named by many documents (a thousand apps of one component) is resolved
+    // once: one digest for all of them, and one registry round trip.
+    let mut pinned: std::collections::HashMap<String, Result<String, String>> =
+        std::collections::HashMap::new();
     let mut pin = async |what: String, component: &str| -> Option<String> {
-        match registry.pull_component_with(&client, component).await {
-            Ok((pulled, _)) => Some(pulled.digest.to_string()),
-            Err(error) => {
-                problems.push(format!("  {what}: {error:#}"));
+        if !pinned.contains_key(component) {
+            let result = registry
+                .pull_component_with(&client, component)
+                .await
+                .map(|(pulled, _)| pulled.digest.to_string())
+                .map_err(|error| format!("{error:#}"));
+            pinned.insert(component.to_owned(), result);
+        }
+        match pinned.get(component) {
+            Some(Ok(digest)) => Some(digest.clone()),
+            Some(Err(error)) => {
+                problems.push(format!("  {what}: {error}"));
                 None
             }
+            None => None,
         }
     };
     let mut resolved = Vec::with_capacity(manifest.apps.len());
