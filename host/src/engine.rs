@@ -38,7 +38,14 @@ pub struct RuntimeOptions {
     /// The most instances alive at once with the pooling allocator (its slots); see
     /// [`instance_slots`]. A request past them is answered 503, never queued unbounded.
     pub instance_slots: u32,
+    /// Bytes of a free slot's linear memory kept resident for the next instance (0: all of
+    /// it is unmapped, and the next instance faults its pages in again).
+    pub keep_resident: usize,
 }
+
+/// Bytes of a free pool slot's linear memory kept resident for the next instance, unless a
+/// runtime says otherwise.
+pub const KEEP_RESIDENT: usize = 1 << 20;
 
 /// The smallest linear memory a live instance holds, for sizing the pool: a Rust guest's
 /// 1 MiB stack plus a little heap.
@@ -117,6 +124,15 @@ impl Runtime {
             pool.total_memories(slots);
             pool.total_tables(slots.saturating_mul(4));
             pool.total_stacks(slots);
+            // A slot's linear memory is reset for the next instance by rewriting the pages
+            // the last one touched (found with PAGEMAP_SCAN where the kernel has it, Linux
+            // 6.7+), up to 1 MiB, instead of unmapping it: the next request takes no page
+            // faults for them. At most 16 free slots stay warm, so this holds at most 16 MiB
+            // (at the default 1 MiB).
+            pool.linear_memory_keep_resident(options.keep_resident);
+            pool.table_keep_resident(64 << 10);
+            pool.pagemap_scan(wasmtime::Enabled::Auto);
+            pool.max_unused_warm_slots(slots.min(16));
             config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
             match Engine::new(&config) {
                 Ok(engine) => {

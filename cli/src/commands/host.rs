@@ -332,6 +332,7 @@ impl HostArgs {
             cache_dir: self.registry.cache_root()?,
             pooling: !self.no_pooling,
             instance_slots: shoal_host::engine::instance_slots(memory.0),
+            keep_resident: shoal_host::engine::KEEP_RESIDENT,
         })?;
         Ok(Arc::new(runtime))
     }
