@@ -107,6 +107,27 @@ fn main() -> anyhow::Result<()> {
     let hello_cases = [
         case("wasmtime serve", Server::Wasmtime, &hello, &[], "/"),
         case("shoal run", Server::Shoal, &hello, &[], "/"),
+        case(
+            "shoal run --pool-keep-resident 0",
+            Server::Shoal,
+            &hello,
+            &["--pool-keep-resident", "0"],
+            "/",
+        ),
+        case(
+            "wasmtime serve --max-instance-reuse-count 128",
+            Server::Wasmtime,
+            &hello,
+            &["--max-instance-reuse-count", "128"],
+            "/",
+        ),
+        case(
+            "shoal run --instance-reuse 128",
+            Server::Shoal,
+            &hello,
+            &["--instance-reuse", "128"],
+            "/",
+        ),
         case("native axum", Server::Native, &hello, &[], "/"),
     ];
     let mut results = Vec::new();
@@ -115,6 +136,21 @@ fn main() -> anyhow::Result<()> {
     }
     println!("hello component (GET /)");
     println!("{}\n", table(&results, true));
+    let rate = |label: &str| {
+        results
+            .iter()
+            .find(|result| result.label == label)
+            .map_or(f64::NAN, |result| result.load.requests_per_second)
+    };
+    println!(
+        "fresh instance per request: shoal run / wasmtime serve = {:.2}",
+        rate("shoal run") / rate("wasmtime serve")
+    );
+    println!(
+        "instance reuse (128): shoal run / wasmtime serve = {:.2}\n",
+        rate("shoal run --instance-reuse 128")
+            / rate("wasmtime serve --max-instance-reuse-count 128")
+    );
 
     let work = format!("/work?units={}", args.work_units);
     let fuel = u64::MAX.to_string();

@@ -86,7 +86,14 @@ fn rss_mib(pid: u32) -> f64 {
         .unwrap_or_default()
         .lines()
         .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .and_then(|value| {
+            value
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
         .map_or(0.0, |kib| kib / 1024.0)
 }
 
@@ -167,11 +174,12 @@ async fn heartbeats(
 }
 
 /// Reports every assignment ready, once, as soon as it is seen (a host that runs nothing).
-async fn reporter(lattice: Lattice, dead: Arc<std::sync::Mutex<HashSet<String>>>, stop: Arc<AtomicBool>) {
-    let Ok(assignments) = lattice
-        .mirror::<Assignment>(Bucket::Assignments, ">")
-        .await
-    else {
+async fn reporter(
+    lattice: Lattice,
+    dead: Arc<std::sync::Mutex<HashSet<String>>>,
+    stop: Arc<AtomicBool>,
+) {
+    let Ok(assignments) = lattice.mirror::<Assignment>(Bucket::Assignments, ">").await else {
         eprintln!("cannot follow assignments");
         return;
     };
@@ -273,7 +281,11 @@ async fn main() -> anyhow::Result<()> {
     for index in 0..args.connections.max(1) {
         connections.push(Lattice::connect(&options(&format!("sim-hosts-{index}"))).await?);
     }
-    let hosts: Arc<Vec<String>> = Arc::new((0..args.hosts).map(|index| format!("sim-{index}")).collect());
+    let hosts: Arc<Vec<String>> = Arc::new(
+        (0..args.hosts)
+            .map(|index| format!("sim-{index}"))
+            .collect(),
+    );
     let dead = Arc::new(std::sync::Mutex::new(HashSet::new()));
     let stop = Arc::new(AtomicBool::new(false));
     let beating = tokio::spawn(heartbeats(
@@ -283,7 +295,11 @@ async fn main() -> anyhow::Result<()> {
         args.heartbeat,
         Arc::clone(&stop),
     ));
-    let reporting = tokio::spawn(reporter(connections[0].clone(), Arc::clone(&dead), Arc::clone(&stop)));
+    let reporting = tokio::spawn(reporter(
+        connections[0].clone(),
+        Arc::clone(&dead),
+        Arc::clone(&stop),
+    ));
     // Every host has written its record once.
     tokio::time::sleep(args.heartbeat + Duration::from_millis(500)).await;
     let idle_rss = rss_mib(scheduler_pid);
@@ -355,7 +371,8 @@ async fn main() -> anyhow::Result<()> {
         let _ = tokio::time::timeout(Duration::from_millis(200), changes.changed()).await;
     }
     let ready_in = started.elapsed();
-    let applying_rate = (in_msgs(monitor)? - applying.0) as f64 / applying.1.elapsed().as_secs_f64();
+    let applying_rate =
+        (in_msgs(monitor)? - applying.0) as f64 / applying.1.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs(3)).await;
     let steady = (in_msgs(monitor)?, Instant::now());
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -385,7 +402,9 @@ async fn main() -> anyhow::Result<()> {
         .await?
         .map_or_else(now_millis, |record| record.value.heartbeat_at);
     let silent = Instant::now()
-        .checked_sub(Duration::from_millis(now_millis().saturating_sub(last_beat)))
+        .checked_sub(Duration::from_millis(
+            now_millis().saturating_sub(last_beat),
+        ))
         .unwrap_or_else(Instant::now);
     let mut moved_in = None;
     loop {
@@ -438,7 +457,9 @@ async fn main() -> anyhow::Result<()> {
             "| last heartbeat of a host → its {held} replicas placed elsewhere (host timeout 10 s) | {:.1} s |",
             moved_in.as_secs_f64()
         ),
-        None => println!("| host silent → its {held} replicas placed elsewhere | not within 120 s |"),
+        None => {
+            println!("| host silent → its {held} replicas placed elsewhere | not within 120 s |")
+        }
     }
     Ok(())
 }

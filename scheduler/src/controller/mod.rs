@@ -96,6 +96,53 @@ struct State {
     /// plans against, moved on by each of its own writes. Only schedulers write assignments,
     /// so a leader that was deposed while it slept finds the bucket moved and writes nothing.
     fence: u64,
+    /// Writes of this pass that wait for nothing and nothing waits for (apps' statuses and
+    /// routing records), made many at once when the pass ends.
+    deferred: Deferred,
+}
+
+/// Writes a pass makes at its end, many at once, rather than one round trip after another
+/// as it goes: with a thousand new apps, a thousand statuses and routing records cost about
+/// what a few do. Each key is written at most once a pass, and the next pass starts after
+/// they are all done, so no write overtakes a newer one. One that fails is logged; the next
+/// pass, still seeing the old value in its mirror, writes it again.
+#[derive(Default)]
+pub(super) struct Deferred {
+    writes: std::sync::Mutex<Vec<futures_util::future::BoxFuture<'static, ()>>>,
+}
+
+/// Deferred writes in flight at once.
+const DEFERRED_AT_ONCE: usize = 64;
+
+impl Deferred {
+    /// Puts `value` at `key` of `bucket` when the pass ends.
+    pub(super) fn put<T>(&self, lattice: &Lattice, bucket: Bucket, key: String, value: T)
+    where
+        T: serde::Serialize + Send + Sync + 'static,
+    {
+        let lattice = lattice.clone();
+        let write = async move {
+            if let Err(error) = lattice.put(bucket, &key, &value).await {
+                tracing::warn!(%key, %error, "a write failed; the next pass makes it again");
+            }
+        };
+        if let Ok(mut writes) = self.writes.lock() {
+            writes.push(Box::pin(write));
+        }
+    }
+
+    /// Makes every deferred write.
+    async fn flush(&self) {
+        use futures_util::StreamExt as _;
+        let writes = match self.writes.lock() {
+            Ok(mut writes) => std::mem::take(&mut *writes),
+            Err(_) => return,
+        };
+        futures_util::stream::iter(writes)
+            .buffer_unordered(DEFERRED_AT_ONCE)
+            .collect::<Vec<()>>()
+            .await;
+    }
 }
 
 impl State {
@@ -187,6 +234,7 @@ pub async fn run(
         reported: HashSet::new(),
         seeded: HashSet::new(),
         fence: 0,
+        deferred: Deferred::default(),
     };
     let mut lease = LeaseKeeper::new(lattice.clone(), options.id.clone(), options.lease);
     let mut changes = [
@@ -257,6 +305,7 @@ pub async fn run(
         if let Err(error) = pass(&lattice, &options, &mut state, &lease, now).await {
             tracing::warn!(%error, "reconcile pass failed; retrying");
         }
+        state.deferred.flush().await;
     }
     api.abort();
     lease.release().await;

@@ -201,7 +201,9 @@ pub(super) async fn write_status(
     };
     let routes_key = route_key(&app.namespace, &app.name);
     if state.routes.get(&routes_key).map(|record| record.value) != Some(routing.clone()) {
-        lattice.put(Bucket::Status, &routes_key, &routing).await?;
+        state
+            .deferred
+            .put(lattice, Bucket::Status, routes_key, routing);
     }
     let mine: Vec<&Assignment> = assignments
         .iter()
@@ -297,7 +299,7 @@ pub(super) async fn write_status(
     };
     // Write status only when it changed.
     if previous.as_ref() != Some(&next) {
-        lattice.put(Bucket::Status, &key, &next).await?;
+        state.deferred.put(lattice, Bucket::Status, key, next);
     }
     Ok(())
 }
