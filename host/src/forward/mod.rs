@@ -347,7 +347,9 @@ impl Forwarder {
         let outgoing = match collected.rest {
             None => None,
             Some(leftover) => {
-                let id = stream::new_id(&self.client);
+                let Some(id) = stream::new_id() else {
+                    return busy();
+                };
                 let registration = match self.streams.open(&id, namespace, app, false, &self.budget)
                 {
                     Ok(registration) => registration,
@@ -837,7 +839,9 @@ async fn answer(
             "the response is larger than the forwarding host can receive\n",
         ));
     };
-    let id = stream::new_id(&forwarder.client);
+    let Some(id) = stream::new_id() else {
+        return whole(reply_busy());
+    };
     let registration = match forwarder
         .streams
         .open(&id, namespace, app, false, &forwarder.budget)

@@ -95,10 +95,12 @@ pub(super) enum OpenError {
     BadId,
 }
 
-/// A fresh stream id: random, a NATS token.
-pub(super) fn new_id(client: &async_nats::Client) -> String {
-    let inbox = client.new_inbox();
-    inbox.rsplit('.').next().unwrap_or(&inbox).to_owned()
+/// A fresh stream id: 128 bits from the operating system's generator, as hex (a NATS
+/// token). Unguessable, so no other host can slip chunks into a stream it is not part of.
+pub(super) fn new_id() -> Option<String> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).ok()?;
+    Some(bytes.iter().map(|byte| format!("{byte:02x}")).collect())
 }
 
 /// Whether `id` can be a stream id (what [`new_id`] makes: a short alphanumeric token).
@@ -360,6 +362,9 @@ mod tests {
 
     #[test]
     fn ids_are_tokens_and_open_once() {
+        let fresh = new_id().unwrap();
+        assert!(valid_id(&fresh), "{fresh}");
+        assert_ne!(new_id(), Some(fresh));
         assert!(valid_id("AbC123xyz0"));
         assert!(!valid_id("short"));
         assert!(!valid_id("has.dot.in.it"));
