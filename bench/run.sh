@@ -3,7 +3,8 @@
 # wasmtime CLI matching the embedded wasmtime if they are missing, then runs
 #   serve:   shoal run vs wasmtime serve vs native axum under wrk (shoal-bench)
 #   lattice: placement throughput (cargo bench), apply-to-ready and host-loss-to-ready
-#            on a local lattice (lattice-bench)
+#            on a local lattice (lattice-bench), and the scheduler with 10,000 simulated
+#            hosts and 10,000 apps (sim-hosts; SIM_HOSTS, SIM_APPS to change)
 #   density: 1,000 hello apps on one host (bench/density.sh; DENSITY_APPS to change)
 # Usage: bench/run.sh [serve|lattice|density|all] [extra shoal-bench arguments, e.g. --duration 5]
 set -euo pipefail
@@ -44,4 +45,5 @@ if [ "$what" = lattice ] || [ "$what" = all ]; then
   cargo bench --quiet -p shoal-scheduler --bench placement
   echo
   target/release/lattice-bench --shoal target/release/shoal --component "$guests/hello_http.wasm" --greeter "$guests/greeter.wasm" --fixtures "$guests/http_fixtures.wasm"
+  target/release/sim-hosts --shoal target/release/shoal --hosts "${SIM_HOSTS:-10000}" --apps "${SIM_APPS:-10000}"
 fi
