@@ -101,6 +101,9 @@ struct State {
     deferred: Deferred,
 }
 
+/// The most often host record changes alone (heartbeats) start a pass.
+const HOSTS_ONLY_EVERY: Duration = Duration::from_millis(250);
+
 /// Writes a pass makes at its end, many at once, rather than one round trip after another
 /// as it goes: with a thousand new apps, a thousand statuses and routing records cost about
 /// what a few do. Each key is written at most once a pass, and the next pass starts after
@@ -258,20 +261,26 @@ pub async fn run(
     let api = tokio::spawn(crate::api::serve(lattice.clone(), std::future::pending()));
     tracing::info!(id = %options.id, lattice = %lattice.name(), "scheduler started");
     tokio::pin!(shutdown);
+    let mut last_pass = Instant::now();
     loop {
         let [apps, hosts, assignments, replicas, jobs] = &mut changes;
         let mut woken = None;
+        // Heartbeats change only liveness: with thousands of hosts they would start a pass
+        // after every pass. A host record change alone starts one at most every
+        // HOSTS_ONLY_EVERY (the 200 ms tick covers the rest); any other change at once.
+        let hosts_due = last_pass.elapsed() >= HOSTS_ONLY_EVERY;
         tokio::select! {
             () = &mut shutdown => break,
             Some(message) = wakes.next() => woken = Some(message.subject),
             _ = apps.changed() => {}
-            _ = hosts.changed() => {}
+            _ = hosts.changed(), if hosts_due => {}
             _ = assignments.changed() => {}
             _ = replicas.changed() => {}
             _ = jobs.changed() => {}
             () = tokio::time::sleep(Duration::from_millis(200)) => {}
         }
         let now = Instant::now();
+        last_pass = now;
         state.liveness.observe(&state.hosts.snapshot(), now);
         if !lease.tick().await {
             if leading {
