@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use support::eventually;
-use support::lattice::Lattice;
+use support::lattice::{Lattice, burst};
 
 #[test]
 fn load_scales_an_app_up_at_once_and_down_after_its_delay() {
@@ -114,25 +114,6 @@ fn load_scales_an_app_up_at_once_and_down_after_its_delay() {
 /// The replica count of `app` as stored.
 fn replicas_of(lattice: &Lattice, app: &str) -> u64 {
     lattice.app(app)["spec"]["replicas"].as_u64().unwrap()
-}
-
-/// `count` concurrent GETs of `url`: each one's status and `Retry-After`.
-fn burst(url: &str, count: usize) -> Vec<(u16, Option<String>)> {
-    let clients: Vec<_> = (0..count)
-        .map(|_| {
-            let url = url.to_owned();
-            std::thread::spawn(move || {
-                let agent = support::lattice::agent();
-                let response = agent.get(&url).call().unwrap();
-                let retry = response
-                    .headers()
-                    .get("retry-after")
-                    .map(|value| value.to_str().unwrap().to_owned());
-                (response.status().as_u16(), retry)
-            })
-        })
-        .collect();
-    clients.into_iter().map(|c| c.join().unwrap()).collect()
 }
 
 #[test]

@@ -893,22 +893,7 @@ fn a_host_with_little_memory_has_few_instance_slots_and_answers_503_past_them() 
     });
     // 40 requests at once, each holding an instance for a second: the first 16 get one,
     // the rest are told to retry; nothing waits unbounded and the host lives on.
-    let answers: Vec<(u16, Option<String>)> = std::thread::scope(|scope| {
-        let calls: Vec<_> = (0..40)
-            .map(|_| {
-                let url = format!("{url}/slow?ms=1500");
-                scope.spawn(move || {
-                    let response = support::lattice::agent().get(&url).call().unwrap();
-                    let retry = response
-                        .headers()
-                        .get("retry-after")
-                        .map(|value| value.to_str().unwrap().to_owned());
-                    (response.status().as_u16(), retry)
-                })
-            })
-            .collect();
-        calls.into_iter().map(|call| call.join().unwrap()).collect()
-    });
+    let answers = support::lattice::burst(&format!("{url}/slow?ms=1500"), 40);
     let served = answers.iter().filter(|(status, _)| *status == 200).count();
     let refused: Vec<_> = answers
         .iter()

@@ -117,6 +117,27 @@ pub fn agent() -> ureq::Agent {
         .into()
 }
 
+/// `count` GETs of `url` at once: each one's status and `Retry-After`.
+pub fn burst(url: &str, count: usize) -> Vec<(u16, Option<String>)> {
+    let clients: Vec<_> = (0..count)
+        .map(|_| {
+            let url = url.to_owned();
+            std::thread::spawn(move || {
+                let response = agent().get(&url).call().unwrap();
+                let retry = response
+                    .headers()
+                    .get("retry-after")
+                    .map(|value| value.to_str().unwrap().to_owned());
+                (response.status().as_u16(), retry)
+            })
+        })
+        .collect();
+    clients
+        .into_iter()
+        .map(|client| client.join().unwrap())
+        .collect()
+}
+
 fn copy_lines(pipe: impl std::io::Read + Send + 'static, log: Arc<Mutex<String>>) {
     std::thread::spawn(move || {
         for line in BufReader::new(pipe).lines().map_while(Result::ok) {

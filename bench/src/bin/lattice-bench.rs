@@ -3,13 +3,17 @@
 //! elsewhere, with the scheduler's default host timeout. Each is repeated and the median
 //! and worst are printed.
 
+#[path = "../local.rs"]
+mod local;
+
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Parser;
+use local::{Processes, free_port, wait_for_port};
 use shoal_lattice::records::{Phase, ReplicaStatus};
 use shoal_lattice::{Bucket, ConnectOptions, Lattice, Mirror};
 
@@ -33,40 +37,11 @@ struct Args {
     runs: usize,
 }
 
-/// Child processes killed on drop.
-struct Processes(Vec<Child>);
-
-impl Drop for Processes {
-    fn drop(&mut self) {
-        for child in &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
 /// A nats-server config with room for 8 MiB forwarded bodies, as `shoal up` writes.
 fn nats_config(dir: &std::path::Path) -> anyhow::Result<PathBuf> {
     let path = dir.join("nats.conf");
     std::fs::write(&path, "max_payload: 9437184\n")?;
     Ok(path)
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-fn wait_for_port(port: u16) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if Instant::now() > deadline {
-            bail!("nothing listens on {port} after 20 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(())
 }
 
 struct Bench {

@@ -6,8 +6,11 @@
 //! the messages nats-server took per second (KV writes and reads, API calls) while applying
 //! and while idle, and the time from a host's last heartbeat to its replicas placed again.
 
+#[path = "../local.rs"]
+mod local;
+
 use std::collections::{HashMap, HashSet};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -15,6 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Parser;
 use futures_util::StreamExt as _;
+use local::{Processes, free_port, wait_for_port};
 use shoal_lattice::api::{self, AppManifest, AppliedApp, Request};
 use shoal_lattice::names::replica_status_key;
 use shoal_lattice::quantity::{Memory, Millicores};
@@ -49,35 +53,6 @@ fn humantime_secs(value: &str) -> Result<Duration, String> {
         .parse::<f64>()
         .map(Duration::from_secs_f64)
         .map_err(|error| format!("{value:?} is not a number of seconds: {error}"))
-}
-
-/// Child processes killed on drop.
-struct Processes(Vec<Child>);
-
-impl Drop for Processes {
-    fn drop(&mut self) {
-        for child in &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-fn wait_for_port(port: u16) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if Instant::now() > deadline {
-            bail!("nothing listens on {port} after 20 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(())
 }
 
 /// Resident memory of a process, in MiB.
