@@ -244,11 +244,6 @@ impl HttpComponent {
         });
     }
 
-    /// Instances kept for reuse right now.
-    pub fn idle_instances(&self) -> usize {
-        self.idle.lock().map_or(0, |idle| idle.len())
-    }
-
     /// What this replica served and why requests failed.
     pub fn stats(&self) -> &Stats {
         &self.stats

@@ -634,7 +634,7 @@ impl<F: Fetch> Agent<F> {
             .into_iter()
             .map(|record| record.value)
             .collect();
-        self.route(Some(records), routes.clone(), &supervisor.replicas);
+        self.route(Some(records), &routes, &supervisor.replicas);
         supervisor.count();
         let served: HashSet<(&str, &str)> = supervisor
             .replicas
@@ -675,17 +675,18 @@ impl<F: Fetch> Agent<F> {
     /// has joined, and while the lattice is not the one its replicas came from.
     fn serve_saved(&self, saved: Option<&HostState>, supervisor: &Supervisor<F>) {
         if let Some(state) = saved {
-            self.route(None, state.routes.clone(), &supervisor.replicas);
+            self.route(None, &state.routes, &supervisor.replicas);
         }
         supervisor.count();
     }
 
     /// Builds the routing table, unless it was built from the same inputs (`records`, the
-    /// routing mirror's revision; `None` for routes that did not come from it).
+    /// routing mirror's revision; `None` for routes that did not come from it). The routes
+    /// are copied only when it is built.
     fn route(
         &self,
         records: Option<u64>,
-        routes: Vec<RouteRecord>,
+        routes: &[RouteRecord],
         replicas: &HashMap<String, supervisor::Replica>,
     ) {
         let inputs = records.map(|records| RoutingInputs::of(records, replicas));
@@ -698,7 +699,7 @@ impl<F: Fetch> Agent<F> {
         self.metrics
             .routing_rebuilds
             .fetch_add(1, Ordering::Relaxed);
-        self.router.set(routing_table(routes, replicas));
+        self.router.set(routing_table(routes.to_vec(), replicas));
     }
 
     /// Compares the joined lattice's identity with the one the running replicas came from;
