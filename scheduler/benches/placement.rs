@@ -1,6 +1,7 @@
 //! Placement throughput over synthetic lattices of 1,000 and 10,000 hosts: how many replica
 //! placements per second the pure placement pipeline makes. `cargo bench -p shoal-scheduler`.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
@@ -8,17 +9,17 @@ use shoal_lattice::quantity::{Memory, Millicores};
 use shoal_lattice::records::Capacity;
 use shoal_scheduler::placement::{HostView, Request, Usage, place};
 
-fn hosts(count: usize) -> Vec<HostView> {
+fn hosts(count: usize) -> Vec<HostView<'static>> {
     (0..count)
         .map(|index| HostView {
-            id: format!("host-{index:05}"),
-            labels: BTreeMap::from([
+            id: Cow::Owned(format!("host-{index:05}")),
+            labels: Cow::Owned(BTreeMap::from([
                 ("zone".to_owned(), format!("zone-{}", index % 10)),
                 (
                     "arch".to_owned(),
                     if index % 4 == 0 { "aarch64" } else { "x86_64" }.to_owned(),
                 ),
-            ]),
+            ])),
             capacity: Capacity {
                 memory: Memory(16 << 30),
                 cpu: Millicores(8000),

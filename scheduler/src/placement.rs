@@ -6,18 +6,20 @@
 //! allocated), with the host id as the deterministic tie-break. Usage counts what this plan
 //! has already placed, so one pass never over-commits a host.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
 use shoal_lattice::records::Capacity;
 
-/// One host as placement sees it.
+/// One host as placement sees it. Borrowed from the host's record where it can be: a
+/// placement over 10,000 hosts should not copy 10,000 label maps first.
 #[derive(Debug, Clone)]
-pub struct HostView {
+pub struct HostView<'a> {
     /// Host id.
-    pub id: String,
+    pub id: Cow<'a, str>,
     /// Labels.
-    pub labels: BTreeMap<String, String>,
+    pub labels: Cow<'a, BTreeMap<String, String>>,
     /// What it offers.
     pub capacity: Capacity,
     /// What is placed on it already (all apps).
@@ -129,7 +131,7 @@ pub struct Plan {
 }
 
 /// The filters that do not depend on what this plan places: checked once per host.
-fn static_filter(host: &HostView, request: &Request) -> Result<(), Rejection> {
+fn static_filter(host: &HostView<'_>, request: &Request) -> Result<(), Rejection> {
     if host.draining {
         return Err(Rejection::Draining);
     }
@@ -142,7 +144,7 @@ fn static_filter(host: &HostView, request: &Request) -> Result<(), Rejection> {
 }
 
 /// The resource filters, checked against usage including this plan's placements.
-fn fit(host: &HostView, request: &Request, used: Usage) -> Result<(), Rejection> {
+fn fit(host: &HostView<'_>, request: &Request, used: Usage) -> Result<(), Rejection> {
     if used.memory.saturating_add(request.memory) > host.capacity.memory.0 {
         return Err(Rejection::Memory);
     }
@@ -157,7 +159,7 @@ fn fit(host: &HostView, request: &Request, used: Usage) -> Result<(), Rejection>
 
 /// Per-mille of capacity left free after adding `request`, averaged over memory, CPU and
 /// replica slots (dimensions a host does not offer count as full).
-fn free_after(host: &HostView, request: &Request, used: Usage) -> u64 {
+fn free_after(host: &HostView<'_>, request: &Request, used: Usage) -> u64 {
     let share = |used: u64, capacity: u64| {
         (capacity.saturating_sub(used) * 1000)
             .checked_div(capacity)
@@ -180,7 +182,7 @@ fn free_after(host: &HostView, request: &Request, used: Usage) -> u64 {
 type Score = (bool, u32, u32, bool, u64);
 
 /// Places `request.count` replicas on `hosts`.
-pub fn place(hosts: &[HostView], request: &Request) -> Plan {
+pub fn place(hosts: &[HostView<'_>], request: &Request) -> Plan {
     // Label checks and spread values do not change while planning: work them out once, so
     // each replica costs one pass of integer comparisons over the feasible hosts.
     let mut static_rejections: BTreeMap<Rejection, usize> = BTreeMap::new();
@@ -226,7 +228,7 @@ pub fn place(hosts: &[HostView], request: &Request) -> Plan {
                     && request
                         .prefer
                         .as_ref()
-                        .is_some_and(|prefer| *prefer == hosts[index].id)),
+                        .is_some_and(|prefer| *prefer == *hosts[index].id)),
                 if request.spread_by.is_some() {
                     spread[value]
                 } else {
@@ -259,7 +261,7 @@ pub fn place(hosts: &[HostView], request: &Request) -> Plan {
         used[index].replicas += 1;
         same_app[index] += 1;
         spread[value] += 1;
-        placed.push(hosts[index].id.clone());
+        placed.push(hosts[index].id.to_string());
     }
     Plan {
         unplaced: request.count - u32::try_from(placed.len()).unwrap_or(u32::MAX),
@@ -276,13 +278,15 @@ mod tests {
 
     const MI: u64 = 1 << 20;
 
-    fn host(id: &str, labels: &[(&str, &str)], memory_mi: u64) -> HostView {
+    fn host(id: &str, labels: &[(&str, &str)], memory_mi: u64) -> HostView<'static> {
         HostView {
-            id: id.to_owned(),
-            labels: labels
-                .iter()
-                .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
-                .collect(),
+            id: Cow::Owned(id.to_owned()),
+            labels: Cow::Owned(
+                labels
+                    .iter()
+                    .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
+                    .collect(),
+            ),
             capacity: Capacity {
                 memory: Memory(memory_mi * MI),
                 cpu: Millicores(4000),
@@ -379,7 +383,7 @@ mod tests {
         assert_eq!(plan.report.unwrap().to_string(), "no hosts in the lattice");
     }
 
-    fn arbitrary_hosts() -> impl Strategy<Value = Vec<HostView>> {
+    fn arbitrary_hosts() -> impl Strategy<Value = Vec<HostView<'static>>> {
         prop::collection::vec(
             (0u64..2048, 0u32..4000, 0u32..10, 0usize..3, 0u64..512),
             0..12,
@@ -418,7 +422,7 @@ mod tests {
             prop_assert_eq!(&plan, &place(&hosts, &wanted));
             prop_assert_eq!(plan.hosts.len() as u32 + plan.unplaced, count);
             for host in &hosts {
-                let placed = plan.hosts.iter().filter(|id| **id == host.id).count() as u64;
+                let placed = plan.hosts.iter().filter(|id| **id == *host.id).count() as u64;
                 if placed > 0 {
                     prop_assert!(host.used.memory + placed * wanted.memory <= host.capacity.memory.0);
                     prop_assert!(u64::from(host.used.cpu) + placed * u64::from(cpu) <= u64::from(host.capacity.cpu.0));
@@ -430,7 +434,7 @@ mod tests {
         #[test]
         fn spread_is_as_even_as_capacity_allows(count in 1u32..30) {
             // Three zones of roomy hosts: counts per zone differ by at most one.
-            let hosts: Vec<HostView> = (0..6)
+            let hosts: Vec<HostView<'static>> = (0..6)
                 .map(|index| host(&format!("h{index}"), &[("zone", ["a", "b", "c"][index % 3])], 1 << 16))
                 .collect();
             let mut wanted = request(count, 64);

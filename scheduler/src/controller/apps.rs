@@ -2,6 +2,7 @@
 //! is missing (placement over the live hosts), with the writes this scheduler made and may
 //! not see yet, and the backoff for replacing failed replicas.
 
+use super::placed::{Owner, Placed};
 use super::rollout::{check_progress, write_status};
 use super::*;
 
@@ -130,7 +131,7 @@ pub(super) async fn step_app(
     state: &mut State,
     observed: &PassView<'_>,
     app: AppRecord,
-    assignments: &mut Vec<Versioned<Assignment>>,
+    placed: &mut Placed,
 ) -> Result<(), Error> {
     let PassView {
         source,
@@ -144,11 +145,8 @@ pub(super) async fn step_app(
     state.seed(&app, now);
     {
         let key = app_key(&app.namespace, &app.name);
-        let mine: Vec<Versioned<Assignment>> = assignments
-            .iter()
-            .filter(|assignment| assignment.value.is_of(&app))
-            .cloned()
-            .collect();
+        let owner = Owner::app(&app);
+        let mine: Vec<Versioned<Assignment>> = placed.of(&owner).to_vec();
         let backoff = state.backoff.get(&key).copied();
         let rollout_status = min_ready_view(&app, &mine, status);
         let step = reconcile::reconcile(
@@ -243,7 +241,7 @@ pub(super) async fn step_app(
                     .await?;
             }
         }
-        assignments.retain(|assignment| !removed.contains(&assignment.key));
+        placed.remove_of(&owner, &removed);
 
         let mut unplaced = None;
         if step.place > 0 {
@@ -266,10 +264,8 @@ pub(super) async fn step_app(
                 &with_key
             };
             let plan = placement::place(
-                &host_views(feasible, assignments, &app.digest, |other| {
-                    other.is_of(&app)
-                }),
-                &request(&app, step.place, feasible, assignments, prefer),
+                &placed.host_views(feasible, &owner, &app.digest),
+                &request(&app, step.place, feasible, placed.of(&owner), prefer),
             );
             for host in &plan.hosts {
                 let secrets = match sealed_secrets(state, &app, feasible.get(host)) {
@@ -303,15 +299,16 @@ pub(super) async fn step_app(
                 lattice
                     .emit(Event::replica(source, &record.value, "Placed", message))
                     .await;
-                assignments.push(record);
+                placed.push(record);
             }
             if let Some(report) = plan.report.filter(|_| unplaced.is_none()) {
                 tracing::info!(app = %key, unplaced = plan.unplaced, %report, "cannot place every replica");
                 unplaced = Some(format!("{} replica(s) unplaced: {report}", plan.unplaced));
             }
         }
-        check_progress(lattice, source, state, &app, assignments, status, now).await?;
-        write_status(lattice, state, &app, assignments, status, live, unplaced).await?;
+        let mine = placed.of(&owner);
+        check_progress(lattice, source, state, &app, mine, status, now).await?;
+        write_status(lattice, state, &app, mine, status, live, unplaced).await?;
     }
     Ok(())
 }
@@ -377,61 +374,16 @@ pub(super) async fn remove(
     Ok(())
 }
 
-/// Each host as placement sees it, for placing replicas (or runs) of the component
-/// `digest`; `same` says which assignments are of the same app (or job).
-pub(super) fn host_views(
-    hosts: &BTreeMap<String, HostRecord>,
-    assignments: &[Versioned<Assignment>],
-    digest: &str,
-    same: impl Fn(&Assignment) -> bool,
-) -> Vec<HostView> {
-    // One walk over the assignments, not one per host: with 10,000 hosts and as many
-    // replicas, a placement was 10^8 steps.
-    let mut on_host: HashMap<&str, (Usage, u32)> = HashMap::new();
-    for assignment in assignments {
-        let (used, same_app) = on_host.entry(assignment.value.host.as_str()).or_default();
-        // Saturating: what hosts run is whatever the assignments say.
-        used.memory = used
-            .memory
-            .saturating_add(assignment.value.template.memory_request().0);
-        used.cpu = used
-            .cpu
-            .saturating_add(assignment.value.template.cpu_request().0);
-        used.replicas = used.replicas.saturating_add(1);
-        if same(&assignment.value) {
-            *same_app += 1;
-        }
-    }
-    hosts
-        .values()
-        .map(|host| {
-            let (used, same_app) = on_host.get(host.id.as_str()).copied().unwrap_or_default();
-            HostView {
-                id: host.id.clone(),
-                labels: host.labels.clone(),
-                capacity: host.capacity,
-                used,
-                same_app,
-                cached: host.cached.iter().any(|cached| cached == digest),
-                draining: host.draining,
-            }
-        })
-        .collect()
-}
-
 pub(super) fn request(
     app: &AppRecord,
     count: u32,
     hosts: &BTreeMap<String, HostRecord>,
-    assignments: &[Versioned<Assignment>],
+    mine: &[Versioned<Assignment>],
     prefer: Option<String>,
 ) -> Request {
     let mut spread_counts = HashMap::new();
     if let Some(label) = &app.spec.placement.spread_by {
-        for assignment in assignments
-            .iter()
-            .filter(|assignment| assignment.value.is_of(app))
-        {
+        for assignment in mine {
             let value = hosts
                 .get(&assignment.value.host)
                 .and_then(|host| host.labels.get(label).cloned())

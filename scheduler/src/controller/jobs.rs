@@ -8,7 +8,8 @@
 use shoal_lattice::jobs::{JobRecord, JobStatus, log_name};
 use shoal_lattice::names::job_status_key;
 
-use super::apps::{create, host_views, remove};
+use super::apps::{create, remove};
+use super::placed::{Owner, Placed};
 use super::*;
 use crate::jobs::{RunView, step};
 
@@ -33,7 +34,7 @@ pub(super) async fn pass(
     lattice: &Lattice,
     state: &mut State,
     observed: &PassView<'_>,
-    assignments: &mut Vec<Versioned<Assignment>>,
+    placed: &mut Placed,
 ) -> Result<(), Error> {
     let jobs = state.jobs.snapshot();
     let now = observed.now;
@@ -49,7 +50,7 @@ pub(super) async fn pass(
         })
         .collect();
     // Runs of jobs that are gone (or replaced by a new job of the same name) go.
-    let orphaned: Vec<(String, u64)> = assignments
+    let orphaned: Vec<(String, u64)> = placed
         .iter()
         .filter(|run| job_of(&run.value).is_some_and(|job| !current.contains(&job)))
         .map(|run| (run.key.clone(), run.revision))
@@ -57,7 +58,8 @@ pub(super) async fn pass(
     for (key, revision) in &orphaned {
         remove(lattice, state, key, *revision, now).await?;
     }
-    assignments.retain(|run| !orphaned.iter().any(|(key, _)| *key == run.key));
+    let orphaned_keys: HashSet<&str> = orphaned.iter().map(|(key, _)| key.as_str()).collect();
+    placed.retain(|run| !orphaned_keys.contains(run.key.as_str()));
     // And the statuses of jobs that are gone.
     let names: HashSet<String> = jobs
         .iter()
@@ -72,9 +74,10 @@ pub(super) async fn pass(
         let job = job.value;
         let key = job_status_key(&job.namespace, &job.name);
         let previous = state.job_status.get(&key).map(|status| status.value);
-        let runs: Vec<RunView<'_>> = assignments
+        let owner = Owner::job(&job.namespace, &job.name, &job.uid);
+        let runs: Vec<RunView<'_>> = placed
+            .of(&owner)
             .iter()
-            .filter(|run| job_of(&run.value) == Some((&job.namespace, &job.name, &job.uid)))
             .map(|run| RunView {
                 key: &run.key,
                 revision: run.revision,
@@ -89,21 +92,21 @@ pub(super) async fn pass(
             .map(|run| (run.assignment.host.clone(), run.assignment.replica.clone()))
             .collect();
         let mut step = step(&job, previous.as_ref(), &runs, wall);
-        let placed = if step.place > 0 {
+        let new_runs = if step.place > 0 {
             place(
                 lattice,
                 state,
                 observed,
                 &job,
                 step.place,
-                assignments,
+                placed,
                 &mut step.status,
             )
             .await?
         } else {
             0
         };
-        step.status.active = step.status.active.saturating_add(placed);
+        step.status.active = step.status.active.saturating_add(new_runs);
         if previous.as_ref() != Some(&step.status) {
             lattice.put(Bucket::Status, &key, &step.status).await?;
         }
@@ -174,7 +177,8 @@ pub(super) async fn pass(
                 .delete(Bucket::Status, &replica_status_key(&host, &replica))
                 .await?;
         }
-        assignments.retain(|run| !step.remove.iter().any(|(key, _)| *key == run.key));
+        let removed: HashSet<String> = step.remove.iter().map(|(key, _)| key.clone()).collect();
+        placed.remove_of(&owner, &removed);
     }
     Ok(())
 }
@@ -187,13 +191,13 @@ async fn place(
     observed: &PassView<'_>,
     job: &JobRecord,
     count: u32,
-    assignments: &mut Vec<Versioned<Assignment>>,
+    placed: &mut Placed,
     status: &mut JobStatus,
 ) -> Result<u32, Error> {
     let template = job.spec.template();
-    let same = |other: &Assignment| job_of(other) == Some((&job.namespace, &job.name, &job.uid));
+    let owner = Owner::job(&job.namespace, &job.name, &job.uid);
     let plan = placement::place(
-        &host_views(observed.hosts, assignments, &job.digest, same),
+        &placed.host_views(observed.hosts, &owner, &job.digest),
         &Request {
             count,
             memory: template.memory_request().0,
@@ -208,7 +212,7 @@ async fn place(
         .report
         .as_ref()
         .map(|report| format!("{} run(s) waiting for a host: {report}", plan.unplaced));
-    let mut placed = 0;
+    let mut count_placed = 0;
     for host in &plan.hosts {
         let assignment = Assignment {
             replica: replica_id(&job.name),
@@ -242,8 +246,8 @@ async fn place(
                 .on(host, run),
             )
             .await;
-        assignments.push(record);
-        placed += 1;
+        placed.push(record);
+        count_placed += 1;
     }
-    Ok(placed)
+    Ok(count_placed)
 }

@@ -32,6 +32,7 @@ mod autoscaler;
 mod cron;
 mod hosts;
 mod jobs;
+mod placed;
 mod rollout;
 
 use apps::{Backoff, Pending, remove, report_invalid_apps, step_app};
@@ -377,7 +378,7 @@ async fn pass(
     // The fence is read before the snapshot: a write by anyone else after it makes this
     // pass's writes fail instead of landing on a stale plan.
     state.fence = state.fence.max(state.assignments.last_revision());
-    let mut assignments = state.pending.view(state.assignments.snapshot(), now);
+    let mut placed = placed::Placed::new(state.pending.view(state.assignments.snapshot(), now));
     let status: HashMap<String, ReplicaStatus> = state
         .replicas
         .snapshot()
@@ -415,12 +416,16 @@ async fn pass(
     }
 
     // Replicas of deleted apps go (jobs' runs are the jobs controller's).
-    for assignment in &assignments {
-        if assignment.value.job.is_none()
-            && !app_keys.contains(&app_key(&assignment.value.namespace, &assignment.value.app))
-        {
-            remove(lattice, state, &assignment.key, assignment.revision, now).await?;
-        }
+    let of_deleted_apps: Vec<(String, u64)> = placed
+        .iter()
+        .filter(|assignment| {
+            assignment.value.job.is_none()
+                && !app_keys.contains(&app_key(&assignment.value.namespace, &assignment.value.app))
+        })
+        .map(|assignment| (assignment.key.clone(), assignment.revision))
+        .collect();
+    for (key, revision) in &of_deleted_apps {
+        remove(lattice, state, key, *revision, now).await?;
     }
     // Their status and routing record go too (keys `apps.<ns>.<app>`, `routes.<ns>.<app>`).
     let orphaned: Vec<String> = state
@@ -437,7 +442,7 @@ async fn pass(
     for key in orphaned {
         lattice.delete(Bucket::Status, &key).await?;
     }
-    assignments.retain(|assignment| {
+    placed.retain(|assignment| {
         assignment.value.job.is_some()
             || app_keys.contains(&app_key(&assignment.value.namespace, &assignment.value.app))
     });
@@ -463,15 +468,9 @@ async fn pass(
         }
         let key = app.key.clone();
         // One app's failure, even a panic, is its own: the pass goes on with the others.
-        let step = AssertUnwindSafe(step_app(
-            lattice,
-            state,
-            &observed,
-            app.value,
-            &mut assignments,
-        ))
-        .catch_unwind()
-        .await;
+        let step = AssertUnwindSafe(step_app(lattice, state, &observed, app.value, &mut placed))
+            .catch_unwind()
+            .await;
         match step {
             Ok(Ok(())) => {}
             Ok(Err(error)) => {
@@ -485,7 +484,7 @@ async fn pass(
     if !lease.is_leader() {
         return Ok(());
     }
-    jobs::pass(lattice, state, &observed, &mut assignments).await?;
+    jobs::pass(lattice, state, &observed, &mut placed).await?;
     cron::pass(lattice, state, &source, options.clock.now()).await
 }
 

@@ -14,16 +14,12 @@ pub(super) async fn check_progress(
     source: &str,
     state: &mut State,
     app: &AppRecord,
-    assignments: &[Versioned<Assignment>],
+    mine: &[Versioned<Assignment>],
     status: &HashMap<String, ReplicaStatus>,
     now: Instant,
 ) -> Result<(), Error> {
     let key = app_key(&app.namespace, &app.name);
-    let mine: Vec<&Assignment> = assignments
-        .iter()
-        .map(|assignment| &assignment.value)
-        .filter(|assignment| assignment.is_of(app))
-        .collect();
+    let mine: Vec<&Assignment> = mine.iter().map(|assignment| &assignment.value).collect();
     let old_revision = mine
         .iter()
         .filter(|assignment| assignment.revision != app.revision)
@@ -167,20 +163,18 @@ pub(super) async fn write_status(
     lattice: &Lattice,
     state: &State,
     app: &AppRecord,
-    assignments: &[Versioned<Assignment>],
+    mine: &[Versioned<Assignment>],
     status: &HashMap<String, ReplicaStatus>,
     live: &HashSet<String>,
     unplaced: Option<String>,
 ) -> Result<(), Error> {
     // Where other hosts forward the app's requests: live hosts with a ready replica of any
     // revision (an old one serves until it is removed).
-    let mut endpoints: Vec<String> = assignments
+    let mut endpoints: Vec<String> = mine
         .iter()
         .map(|assignment| &assignment.value)
         .filter(|assignment| {
-            assignment.is_of(app)
-                && live.contains(&assignment.host)
-                && reconcile::in_phase(assignment, status, Phase::Ready)
+            live.contains(&assignment.host) && reconcile::in_phase(assignment, status, Phase::Ready)
         })
         .map(|assignment| assignment.host.clone())
         .collect();
@@ -205,10 +199,10 @@ pub(super) async fn write_status(
             .deferred
             .put(lattice, Bucket::Status, routes_key, routing);
     }
-    let mine: Vec<&Assignment> = assignments
+    let mine: Vec<&Assignment> = mine
         .iter()
         .map(|assignment| &assignment.value)
-        .filter(|assignment| assignment.is_of(app) && assignment.revision == app.revision)
+        .filter(|assignment| assignment.revision == app.revision)
         .collect();
     let ready = mine
         .iter()
