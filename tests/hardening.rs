@@ -1024,3 +1024,50 @@ fn a_100_mib_upload_and_download_stream_through_a_host_without_the_app() {
     // 300 MiB went through; the front host held a few chunks of it at a time.
     assert!(grew < 48 << 20, "front RSS grew by {} MiB", grew >> 20);
 }
+
+#[test]
+fn a_streamed_upload_that_gets_no_answer_from_the_app_still_gets_its_503() {
+    // The app's routing record exists but no host may run it: the front host forwards, finds
+    // no endpoint for a second, and answers 503. The client, still sending its 8 MiB body,
+    // must read that answer, not a reset.
+    let lattice = Lattice::start();
+    let _scheduler = lattice.scheduler("s1");
+    let front = lattice.host("front", &[]);
+    let fixtures = lattice.push_guest("http-fixtures", "1.0");
+    lattice.apply(
+        &hello_manifest(
+            "nowhere",
+            &fixtures,
+            1,
+            "  placement: {requires: {role: none}}\n",
+        )
+        .replace("path: /nowhere", "path: /"),
+    );
+    eventually(PATIENCE, "front to route the app", || {
+        front.get("/hello").filter(|(status, _)| *status == 503)
+    });
+    let url = front.url.clone().unwrap();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(60)))
+        .build()
+        .into();
+    for declared in [false, true] {
+        let mut pattern = Pattern {
+            left: 8 << 20,
+            at: 0,
+        };
+        let request = agent.post(&format!("{url}/digest"));
+        let response = if declared {
+            request
+                .header("content-length", (8u64 << 20).to_string())
+                .send(ureq::SendBody::from_reader(&mut pattern))
+        } else {
+            request.send(ureq::SendBody::from_reader(&mut pattern))
+        };
+        let response = response
+            .unwrap_or_else(|error| panic!("declared length {declared}: no answer read: {error}"));
+        assert_eq!(response.status(), 503, "declared length {declared}");
+        assert_eq!(pattern.left, 0, "the whole body was sent");
+    }
+}

@@ -211,11 +211,28 @@ pub struct Forwarder {
 }
 
 /// A request body that streams after its head: what is left of it and its stream.
-struct Outgoing<B: ?Sized> {
+/// Dropped, however the request ended (an answer, a 503, a 504, a NATS error), it reads
+/// what the client still sends and throws it away, so the client reads the answer rather
+/// than a reset.
+struct Outgoing<B>
+where
+    B: http_body::Body<Data = Bytes> + Send + ?Sized + 'static,
+{
     registration: stream::Registration,
     id: String,
     leftover: Bytes,
-    body: Pin<Box<B>>,
+    body: Option<Pin<Box<B>>>,
+}
+
+impl<B> Drop for Outgoing<B>
+where
+    B: http_body::Body<Data = Bytes> + Send + ?Sized + 'static,
+{
+    fn drop(&mut self) {
+        if let Some(body) = self.body.take() {
+            stream::drain(body);
+        }
+    }
 }
 
 impl Forwarder {
@@ -288,7 +305,10 @@ impl Forwarder {
         };
         let collected = match read {
             Ok(collected) => collected,
-            Err(Collect::Busy) => return busy(),
+            Err(Collect::Busy) => {
+                stream::drain(body);
+                return busy();
+            }
             Err(Collect::Unreadable) => {
                 return plain(
                     StatusCode::BAD_REQUEST,
@@ -348,13 +368,18 @@ impl Forwarder {
             None => None,
             Some(leftover) => {
                 let Some(id) = stream::new_id() else {
+                    stream::drain(body);
                     return busy();
                 };
                 let registration = match self.streams.open(&id, namespace, app, false, &self.budget)
                 {
                     Ok(registration) => registration,
-                    Err(stream::OpenError::Busy) => return busy(),
+                    Err(stream::OpenError::Busy) => {
+                        stream::drain(body);
+                        return busy();
+                    }
                     Err(stream::OpenError::BadId) => {
+                        stream::drain(body);
                         return plain(
                             StatusCode::BAD_GATEWAY,
                             "the request could not be forwarded\n",
@@ -367,7 +392,7 @@ impl Forwarder {
                     registration,
                     id,
                     leftover,
-                    body,
+                    body: Some(body),
                 })
             }
         };
@@ -425,20 +450,24 @@ impl Forwarder {
                                     continue;
                                 };
                                 let peer = self.peer(endpoint, namespace, app, &streaming.id);
-                                let sending = stream::send(
-                                    streaming.leftover,
-                                    &mut streaming.body,
-                                    &streaming.registration,
-                                    &peer,
-                                );
-                                // The app may answer before it read the whole body.
-                                let (reply, sent) = tokio::select! {
-                                    reply = &mut request => (reply, false),
-                                    () = sending => (request.await, true),
+                                let leftover = std::mem::take(&mut streaming.leftover);
+                                let reply = match streaming.body.as_mut() {
+                                    Some(body) => {
+                                        let sending = stream::send(
+                                            leftover,
+                                            body,
+                                            &streaming.registration,
+                                            &peer,
+                                        );
+                                        // The app may answer before it read the whole body
+                                        // (dropping `streaming` drains the rest).
+                                        tokio::select! {
+                                            reply = &mut request => reply,
+                                            () = sending => request.await,
+                                        }
+                                    }
+                                    None => request.await,
                                 };
-                                if !sent {
-                                    stream::drain(streaming.body);
-                                }
                                 return match reply {
                                     Ok(message) if !not_here(&message) => {
                                         self.response(message, namespace, app)
@@ -455,12 +484,7 @@ impl Forwarder {
                 };
                 match sent {
                     Ok(message) if not_here(&message) => {}
-                    Ok(message) => {
-                        if let Some(streaming) = outgoing.take() {
-                            stream::drain(streaming.body);
-                        }
-                        return self.response(message, namespace, app);
-                    }
+                    Ok(message) => return self.response(message, namespace, app),
                     // That host is gone: the next one.
                     Err(error) if error.kind() == async_nats::RequestErrorKind::NoResponders => {}
                     Err(error) => return request_failed(&error, namespace, app),
