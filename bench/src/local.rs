@@ -36,3 +36,26 @@ pub fn wait_for_port(port: u16) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// CPU time `pid` has used so far (user and system), from `/proc/PID/stat`; zero when it
+/// cannot be read.
+#[allow(dead_code, reason = "lattice-bench's, not sim-hosts'")]
+pub fn cpu_time(pid: u32) -> Duration {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return Duration::ZERO;
+    };
+    // Fields after the command name (which may hold spaces): state is the 3rd field, utime
+    // and stime the 14th and 15th, in clock ticks (100 a second on Linux).
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let ticks = |index: usize| {
+        fields
+            .get(index)
+            .and_then(|field| field.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    Duration::from_millis((ticks(11) + ticks(12)) * 10)
+}

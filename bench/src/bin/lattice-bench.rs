@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use local::{Processes, free_port, wait_for_port};
+use local::{Processes, cpu_time, free_port, wait_for_port};
 use shoal_lattice::records::{Phase, ReplicaStatus};
 use shoal_lattice::{Bucket, ConnectOptions, Lattice, Mirror};
 
@@ -314,11 +314,35 @@ async fn main() -> anyhow::Result<()> {
         .find(|(id, _)| *id != owner)
         .map(|(_, url)| format!("{url}/fw"))
         .context("no other host")?;
-    compare(
+    let front = bench
+        .hosts
+        .iter()
+        .position(|(id, _)| *id != owner)
+        .context("no other host")?;
+    let back = bench
+        .hosts
+        .iter()
+        .position(|(id, _)| *id == owner)
+        .context("no owner")?;
+    // Processes: nats-server, registry, scheduler, then the hosts in order.
+    let pid = |index: usize| {
+        bench
+            .processes
+            .0
+            .get(index)
+            .map_or(0, std::process::Child::id)
+    };
+    let watched = [
+        ("nats-server", pid(0)),
+        ("host with the replica", pid(3 + back)),
+        ("host forwarding", pid(3 + front)),
+    ];
+    compare_watching(
         "hello through its own host and through another host",
         ("local", &local_url),
         ("forwarded over NATS", &remote_url),
         "forwarded / local",
+        &watched,
     )?;
 
     guest_output(&bench, &status, &args.fixtures).await?;
@@ -329,16 +353,41 @@ async fn main() -> anyhow::Result<()> {
 /// each in turn and prints both and the ratio of their throughputs (second / first).
 fn compare(
     title: &str,
+    first: (&str, &str),
+    second: (&str, &str),
+    ratio: &str,
+) -> anyhow::Result<(wrk::Load, wrk::Load)> {
+    compare_watching(title, first, second, ratio, &[])
+}
+
+/// [`compare`], also printing the CPU time each `watched` process spent per request in
+/// each run: where a request's cost goes.
+fn compare_watching(
+    title: &str,
     (first_label, first_url): (&str, &str),
     (second_label, second_url): (&str, &str),
     ratio: &str,
+    watched: &[(&str, u32)],
 ) -> anyhow::Result<(wrk::Load, wrk::Load)> {
     wrk::run(1, 4, 1, first_url)?;
     wrk::run(1, 4, 1, second_url)?;
-    let first = wrk::run(2, 32, 10, first_url)?;
-    let second = wrk::run(2, 32, 10, second_url)?;
+    let measured = |url: &str| -> anyhow::Result<(wrk::Load, Vec<Duration>)> {
+        let before: Vec<Duration> = watched.iter().map(|(_, pid)| cpu_time(*pid)).collect();
+        let load = wrk::run(2, 32, 10, url)?;
+        let spent = watched
+            .iter()
+            .zip(before)
+            .map(|((_, pid), before)| cpu_time(*pid).saturating_sub(before))
+            .collect();
+        Ok((load, spent))
+    };
+    let (first, first_cpu) = measured(first_url)?;
+    let (second, second_cpu) = measured(second_url)?;
     println!("\n{title} (wrk -t2 -c32 -d10s):");
-    for (label, load) in [(first_label, &first), (second_label, &second)] {
+    for (label, load, cpu) in [
+        (first_label, &first, &first_cpu),
+        (second_label, &second, &second_cpu),
+    ] {
         println!(
             "{label:<22} {:>8.0} req/s  p50 {:>7.2} ms  p99 {:>7.2} ms  errors {}",
             load.requests_per_second,
@@ -346,6 +395,13 @@ fn compare(
             load.p99.as_secs_f64() * 1e3,
             load.errors
         );
+        let requests = (load.requests_per_second * 10.0).max(1.0);
+        for ((name, _), spent) in watched.iter().zip(cpu) {
+            println!(
+                "    CPU per request, {name:<22} {:>6.1} µs",
+                spent.as_secs_f64() * 1e6 / requests
+            );
+        }
     }
     println!(
         "{ratio} throughput: {:.2}",
