@@ -37,6 +37,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    New(commands::new::NewArgs),
+    Build(commands::build::BuildArgs),
     Auth(commands::auth::AuthArgs),
     Push(commands::push::PushArgs),
     Pull(commands::pull::PullArgs),
@@ -60,10 +62,42 @@ enum Command {
     Cordon(commands::cordon::CordonArgs),
     Uncordon(commands::cordon::UncordonArgs),
     Drain(commands::cordon::DrainArgs),
+    Completion(commands::version::CompletionArgs),
+    Version(commands::version::VersionArgs),
+}
+
+/// sysexits' EX_USAGE: the command line was wrong.
+const USAGE: u8 = 64;
+
+/// The usage line of the deepest subcommand `args` name.
+fn usage_of(args: impl Iterator<Item = String>) -> clap::builder::StyledStr {
+    let mut command = <Cli as clap::CommandFactory>::command();
+    command.build();
+    for arg in args {
+        if let Some(sub) = command.find_subcommand(&arg) {
+            command = sub.clone();
+        }
+    }
+    command.render_usage()
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            // --help and --version are answers, not mistakes.
+            let usage_error = error.use_stderr();
+            let _ = error.print();
+            if !usage_error {
+                return ExitCode::SUCCESS;
+            }
+            // clap shows the usage line with some mistakes only (not a bad value): always.
+            if !error.render().to_string().contains("Usage:") {
+                eprintln!("\n{}", usage_of(std::env::args().skip(1)));
+            }
+            return ExitCode::from(USAGE);
+        }
+    };
     // Logs go to stderr so stdout stays clean for digests and JSON. SHOAL_LOG (or RUST_LOG)
     // raises the level, for example SHOAL_LOG=debug.
     let filter = EnvFilter::try_from_env("SHOAL_LOG")
@@ -87,6 +121,10 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
+            Command::New(args) => commands::new::run(args).map(|()| 0),
+            Command::Build(args) => commands::build::run(args).map(|()| 0),
+            Command::Completion(args) => commands::version::completion::<Cli>(args).map(|()| 0),
+            Command::Version(args) => commands::version::run(args).map(|()| 0),
             Command::Auth(args) => commands::auth::run(args, &cli.lattice).await,
             Command::Push(args) => commands::push::run(args).await.map(|()| 0),
             Command::Pull(args) => commands::pull::run(args).await.map(|()| 0),

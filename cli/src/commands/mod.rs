@@ -2,6 +2,7 @@
 
 pub mod apply;
 pub mod auth;
+pub mod build;
 pub mod config;
 pub mod cordon;
 pub mod create;
@@ -13,6 +14,7 @@ pub mod host;
 pub mod inspect;
 pub mod kv;
 pub mod logs;
+pub mod new;
 pub mod pull;
 pub mod push;
 pub mod rollout;
@@ -21,3 +23,4 @@ pub mod scale;
 pub mod scheduler;
 pub mod secret;
 pub mod up;
+pub mod version;

