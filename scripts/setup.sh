@@ -52,6 +52,8 @@ if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then
 fi
 
 command -v docker-registry >/dev/null || command -v registry >/dev/null || apt_install docker-registry
+# Headless Chromium and its WebDriver, for the dashboard's tests.
+command -v chromedriver >/dev/null || apt_install chromium chromium-driver
 
 # nats-server >= 2.10 (JetStream KV features Shoal uses).
 nats_ok() {

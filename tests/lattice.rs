@@ -354,6 +354,7 @@ fn shoal_up_serves_the_example_app() {
     );
     let mut stdout = BufReader::new(up.0.stdout.take().unwrap());
     let mut url = None;
+    let mut dashboard = None;
     let mut printed = String::new();
     for _ in 0..10 {
         let mut line = String::new();
@@ -363,6 +364,9 @@ fn shoal_up_serves_the_example_app() {
         printed.push_str(&line);
         if let Some(address) = line.trim().strip_prefix("host local-1 ingress ") {
             url = Some(address.to_owned());
+        }
+        if let Some(address) = line.trim().strip_prefix("dashboard ") {
+            dashboard = Some(address.trim_end_matches('/').to_owned());
         }
         if line.contains("created") {
             break;
@@ -378,6 +382,16 @@ fn shoal_up_serves_the_example_app() {
         (response.status() == 200).then(|| response.body_mut().read_to_string().unwrap())
     });
     assert_eq!(body, "hello from Shoal\n");
+    // The dashboard runs beside it, as the lattice's admin.
+    let dashboard = dashboard.unwrap_or_else(|| panic!("no dashboard printed:\n{printed}"));
+    eventually(PATIENCE, "the dashboard to show the example app", || {
+        let mut response = agent
+            .get(&format!("{dashboard}/api/snapshot"))
+            .call()
+            .ok()?;
+        let text = response.body_mut().read_to_string().ok()?;
+        text.contains("\"name\":\"hello\"").then_some(())
+    });
 
     // Secure by default: a client without the credential is refused; commands run in the
     // directory `shoal up` ran in use the admin credential it left there.

@@ -3,6 +3,7 @@
 
 mod cache_budget;
 mod commands;
+mod dashboard;
 mod duration;
 mod journal;
 mod lattice;
@@ -62,6 +63,7 @@ enum Command {
     Cordon(commands::cordon::CordonArgs),
     Uncordon(commands::cordon::UncordonArgs),
     Drain(commands::cordon::DrainArgs),
+    Dashboard(commands::dashboard::DashboardArgs),
     Completion(commands::version::CompletionArgs),
     Version(commands::version::VersionArgs),
 }
@@ -148,6 +150,7 @@ fn main() -> ExitCode {
             Command::Cordon(args) => commands::cordon::cordon(args, &cli.lattice).await,
             Command::Uncordon(args) => commands::cordon::uncordon(args, &cli.lattice).await,
             Command::Drain(args) => commands::cordon::drain(args, &cli.lattice).await,
+            Command::Dashboard(args) => commands::dashboard::run(args, &cli.lattice).await,
         }
     });
     match result {

@@ -786,6 +786,13 @@ impl Client {
             .collect()
     }
 
+    /// Whether the caller may change apps in `namespace` (apply, scale, rollout, delete).
+    pub fn may_edit(&self, namespace: &str) -> bool {
+        self.grants
+            .iter()
+            .any(|grant| grant.allows(Role::Editor, Some(namespace)))
+    }
+
     /// Whether the caller may view the whole lattice.
     pub fn lattice_wide(&self) -> bool {
         self.grants.iter().any(|grant| grant.namespace.is_none())

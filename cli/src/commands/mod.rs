@@ -6,6 +6,7 @@ pub mod build;
 pub mod config;
 pub mod cordon;
 pub mod create;
+pub mod dashboard;
 pub mod delete;
 pub mod describe;
 pub mod events;

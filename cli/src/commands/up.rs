@@ -42,6 +42,15 @@ pub struct UpArgs {
     #[arg(long = "insecure", id = "open_lattice")]
     pub insecure: bool,
 
+    /// Where the web dashboard listens (as the lattice's admin); when the port is taken,
+    /// a free one (printed).
+    #[arg(long, default_value = "127.0.0.1:8090", value_name = "ADDR")]
+    pub dashboard: std::net::SocketAddr,
+
+    /// Do not serve the web dashboard.
+    #[arg(long)]
+    pub no_dashboard: bool,
+
     /// Apply this manifest once the lattice is up.
     #[arg(long, value_name = "MANIFEST", num_args = 0..=1, default_missing_value = "examples/apps/hello.yaml")]
     pub example: Option<PathBuf>,
@@ -572,6 +581,32 @@ async fn serve(
                 .run(listener, connect, stopped)
                 .await
                 .map_err(anyhow::Error::from)
+        });
+    }
+    // A site's dashboard is the hub's.
+    if !args.no_dashboard && args.leaf.is_none() {
+        let listener = match tokio::net::TcpListener::bind(args.dashboard).await {
+            Ok(listener) => listener,
+            Err(_) if args.dashboard.port() != 0 => {
+                tokio::net::TcpListener::bind((args.dashboard.ip(), 0))
+                    .await
+                    .with_context(|| format!("cannot listen on {}", args.dashboard.ip()))?
+            }
+            Err(error) => {
+                return Err(error).with_context(|| format!("cannot listen on {}", args.dashboard));
+            }
+        };
+        let (api, connection) = admin_lattice.api("shoal up dashboard").await?;
+        println!("dashboard http://{}/", listener.local_addr()?);
+        let stopped = wait(stopped.clone());
+        tasks.spawn(async move {
+            crate::dashboard::serve(
+                listener,
+                crate::dashboard::Dashboard::new(api, connection),
+                stopped,
+            )
+            .await
+            .map_err(anyhow::Error::from)
         });
     }
     if let Some(manifest) = &args.example {
