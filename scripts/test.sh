@@ -14,6 +14,8 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 (cd examples && cargo clippy --quiet -- -D warnings)
 echo "==> guest components"
 scripts/build-guests.sh >/dev/null
+echo "==> the guest SDK's examples compile"
+(cd examples && cargo test --doc -p shoal-sdk --quiet)
 echo "==> tests"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast

@@ -2,7 +2,7 @@
 //! objects of `spec.configFrom` on a lattice, `--config KEY=VALUE` under `shoal run`. Any
 //! host that implements `wasi:config` (0.2.0-rc.1) gives its values the same way.
 //!
-//! ```ignore
+//! ```no_run,standalone_crate
 //! let greeting = shoal_sdk::config::get("GREETING").unwrap_or_else(|| "hello".into());
 //! ```
 

@@ -17,6 +17,22 @@ const READ_CHUNK: u64 = 64 * 1024;
 /// Answers with `status`, `headers` and a body made of `chunks`, written as they come (a
 /// large body need not be in memory at once). A client that went away ends the writing:
 /// there is no one left to tell.
+///
+/// ```no_run,standalone_crate
+/// use shoal_sdk::http::{self, Fields, IncomingRequest, ResponseOutparam};
+///
+/// struct Numbers;
+/// impl shoal_sdk::wasi::exports::http::incoming_handler::Guest for Numbers {
+///     fn handle(_request: IncomingRequest, out: ResponseOutparam) {
+///         let headers = Fields::from_list(&[("content-type".to_owned(), b"text/csv".to_vec())])
+///             .unwrap_or_else(|_| Fields::new());
+///         // A million lines, never all in memory.
+///         http::respond(out, 200, headers, (0..1_000_000).map(|n| format!("{n}\n")));
+///     }
+/// }
+/// shoal_sdk::wasi::http::proxy::export!(Numbers);
+/// # fn main() {}
+/// ```
 pub fn respond<C: AsRef<[u8]>>(
     out: ResponseOutparam,
     status: u16,
@@ -42,6 +58,19 @@ pub fn respond<C: AsRef<[u8]>>(
 }
 
 /// Answers with `status` and `body` as `text/plain; charset=utf-8`.
+///
+/// ```no_run,standalone_crate
+/// use shoal_sdk::http::{self, IncomingRequest, ResponseOutparam};
+///
+/// struct Hello;
+/// impl shoal_sdk::wasi::exports::http::incoming_handler::Guest for Hello {
+///     fn handle(_request: IncomingRequest, out: ResponseOutparam) {
+///         http::text(out, 200, "hello from Shoal\n");
+///     }
+/// }
+/// shoal_sdk::wasi::http::proxy::export!(Hello);
+/// # fn main() {}
+/// ```
 pub fn text(out: ResponseOutparam, status: u16, body: &str) {
     let headers = Fields::from_list(&[(
         "content-type".to_owned(),
@@ -55,6 +84,22 @@ pub fn text(out: ResponseOutparam, status: u16, body: &str) {
 ///
 /// # Errors
 /// [`Error::Body`] when the body stream fails part way.
+///
+/// ```no_run,standalone_crate
+/// use shoal_sdk::http::{self, IncomingRequest, ResponseOutparam};
+///
+/// struct Length;
+/// impl shoal_sdk::wasi::exports::http::incoming_handler::Guest for Length {
+///     fn handle(request: IncomingRequest, out: ResponseOutparam) {
+///         match http::body(request) {
+///             Ok(bytes) => http::text(out, 200, &format!("{} bytes\n", bytes.len())),
+///             Err(error) => http::text(out, 400, &format!("{error}\n")),
+///         }
+///     }
+/// }
+/// shoal_sdk::wasi::http::proxy::export!(Length);
+/// # fn main() {}
+/// ```
 pub fn body(request: IncomingRequest) -> Result<Vec<u8>, Error> {
     let Ok(incoming) = request.consume() else {
         return Ok(Vec::new());
@@ -66,6 +111,11 @@ pub fn body(request: IncomingRequest) -> Result<Vec<u8>, Error> {
 }
 
 /// The value of `key` in the query string of `path_with_query`, as sent (not decoded).
+///
+/// ```no_run,standalone_crate
+/// assert_eq!(shoal_sdk::http::query("/greet?name=edge&x=1", "name"), Some("edge"));
+/// assert_eq!(shoal_sdk::http::query("/greet", "name"), None);
+/// ```
 pub fn query<'a>(path_with_query: &'a str, key: &str) -> Option<&'a str> {
     let (_, query) = path_with_query.split_once('?')?;
     query
@@ -118,6 +168,23 @@ impl std::error::Error for Error {}
 ///
 /// # Errors
 /// [`Error`] says which step failed.
+///
+/// ```no_run,standalone_crate
+/// use shoal_sdk::http::{self, IncomingRequest, ResponseOutparam};
+///
+/// struct Frontend;
+/// impl shoal_sdk::wasi::exports::http::incoming_handler::Guest for Frontend {
+///     fn handle(_request: IncomingRequest, out: ResponseOutparam) {
+///         // Another app of the lattice, by name: no allowedOutbound entry needed.
+///         match http::get("http://greeter/") {
+///             Ok(answer) => http::text(out, 200, &format!("the greeter said: {}", answer.text())),
+///             Err(error) => http::text(out, 502, &format!("{error}\n")),
+///         }
+///     }
+/// }
+/// shoal_sdk::wasi::http::proxy::export!(Frontend);
+/// # fn main() {}
+/// ```
 pub fn get(url: &str) -> Result<Response, Error> {
     let (scheme, rest) = match url.split_once("://") {
         Some(("https", rest)) => (Scheme::Https, rest),

@@ -2,7 +2,7 @@
 //! that a handler is a few lines. It builds for `wasm32-wasip2` only and depends on nothing
 //! of the host's.
 //!
-//! ```ignore
+//! ```no_run,standalone_crate
 //! use shoal_sdk::http::{self, IncomingRequest, ResponseOutparam};
 //!
 //! struct Hello;
