@@ -325,3 +325,113 @@ fn a_ready_replica_whose_health_path_goes_bad_stops_getting_traffic() {
     let (status, body) = host.get("/hello").unwrap();
     assert_eq!(status, 503, "{body}");
 }
+
+/// The `restarts` and `lastRestart` of `app`'s replicas, by replica id.
+fn restarts(lattice: &Lattice, app: &str) -> Vec<(String, u64, String)> {
+    let stdout = lattice.ok(&["get", "replicas", "-o", "json"]);
+    let rows: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    rows.as_array()
+        .unwrap()
+        .iter()
+        .filter(|row| row["app"] == app)
+        .map(|row| {
+            (
+                row["replica"].as_str().unwrap().to_owned(),
+                row["status"]["restarts"].as_u64().unwrap_or(0),
+                row["status"]["lastRestart"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_replica_that_keeps_failing_its_liveness_probe_is_restarted_in_place_with_backoff() {
+    let lattice = Lattice::start();
+    let _scheduler = lattice.scheduler("s1");
+    let host = lattice.host("h1", &[]);
+    let fixtures = lattice.push_guest("http-fixtures", "1.0");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    // Alive for 4 s, then the liveness path answers 503 for good; a second app whose
+    // liveness path always answers, and a third whose path hangs (a stuck replica).
+    let until = now + 4_000;
+    let manifest = |name: &str, liveness: &str| {
+        format!(
+            "apiVersion: shoal.dev/v1\nkind: App\nmetadata: {{name: {name}}}\nspec:\n  component: {fixtures}\n  replicas: 1\n  routes: [{{path: /{name}}}]\n  health:\n    path: /hello\n    liveness: {{path: \"{liveness}\", period: 300ms, failureThreshold: 2, timeout: 500ms}}\n---\n"
+        )
+    };
+    lattice.apply(&format!(
+        "{}{}{}",
+        manifest("dying", &format!("/until?epoch_ms={until}")),
+        manifest("fine", "/hello"),
+        manifest("stuck", "/slow?ms=5000"),
+    ));
+    for app in ["dying", "fine"] {
+        lattice.wait_ready(app, 1, PATIENCE);
+    }
+    let first = restarts(&lattice, "dying");
+    assert_eq!(first.len(), 1);
+    let replica = first[0].0.clone();
+    // While its path answers, nothing happens (a second before the path goes bad).
+    let bad_at = std::time::UNIX_EPOCH + Duration::from_millis(u64::try_from(until).unwrap());
+    if let Ok(left) = bad_at.duration_since(std::time::SystemTime::now()) {
+        std::thread::sleep(left.saturating_sub(Duration::from_secs(1)));
+    }
+    assert_eq!(restarts(&lattice, "dying")[0].1, 0);
+
+    // Then it is restarted, in place, again and again, each wait longer than the last.
+    let mut seen: Vec<std::time::Instant> = Vec::new();
+    for count in 1..=3 {
+        eventually(PATIENCE, &format!("restart {count}"), || {
+            let now = restarts(&lattice, "dying");
+            (now.len() == 1 && now[0].1 >= count).then_some(())
+        });
+        seen.push(std::time::Instant::now());
+    }
+    let after = restarts(&lattice, "dying");
+    assert_eq!(after[0].0, replica, "the same replica id");
+    assert!(after[0].2.contains("503"), "{after:?}");
+    assert!(after[0].2.contains("2 times in a row"), "{after:?}");
+    let (gap1, gap2) = (seen[1] - seen[0], seen[2] - seen[1]);
+    assert!(gap2 > gap1, "backoff did not grow: {gap1:?} then {gap2:?}");
+    // A stuck replica (its path never answers within the timeout) is restarted too.
+    eventually(PATIENCE, "the stuck replica restarted", || {
+        let stuck = restarts(&lattice, "stuck");
+        (stuck.len() == 1 && stuck[0].1 >= 1 && stuck[0].2.contains("did not answer within"))
+            .then_some(())
+    });
+    // Describe shows the count; events say what happened; the healthy app was never touched.
+    let described = lattice.ok(&["describe", "app", "dying"]);
+    assert!(described.contains("RESTARTS"), "{described}");
+    let events = lattice.events(&["--app", "dying"]);
+    assert!(
+        events.iter().any(|event| event["reason"] == "Restarting"),
+        "{events:?}"
+    );
+    assert_eq!(restarts(&lattice, "fine")[0].1, 0);
+    lattice.wait_ready("fine", 1, PATIENCE);
+    drop(host);
+}
+
+#[test]
+fn liveness_settings_out_of_bounds_are_refused_with_the_field() {
+    let lattice = Lattice::start();
+    let _scheduler = lattice.scheduler("s1");
+    let fixtures = lattice.push_guest("http-fixtures", "1.0");
+    let (ok, _, stderr) = lattice.try_apply(&format!(
+        "apiVersion: shoal.dev/v1\nkind: App\nmetadata: {{name: bad}}\nspec:\n  component: {fixtures}\n  health: {{path: /hello, liveness: {{path: live, period: 10ms, failureThreshold: 0}}}}\n"
+    ));
+    assert!(!ok);
+    for expected in [
+        "spec.health.liveness.path: must start with /",
+        "spec.health.liveness.period: must be at least 100ms",
+        "spec.health.liveness.failureThreshold: must be 1 to 100",
+    ] {
+        assert!(stderr.contains(expected), "{expected}: {stderr}");
+    }
+}

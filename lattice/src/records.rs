@@ -352,6 +352,48 @@ fn root() -> String {
 pub struct Health {
     /// Path that answers 2xx when the replica is ready.
     pub path: String,
+    /// A replica that keeps failing this probe is restarted in place.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub liveness: Option<Liveness>,
+}
+
+/// Liveness probe: the host GETs `path` through a serving replica every `period`; after
+/// `failureThreshold` failures in a row (not 2xx, or no answer within `timeout`) the
+/// replica is restarted in place: a fresh instance set under the same replica id, after a
+/// backoff (1 s, doubling to 60 s). Readiness still decides whether it gets traffic.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Liveness {
+    /// Path that answers 2xx while the replica is alive.
+    pub path: String,
+    /// How often it is asked (default 10s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub period: Option<Span>,
+    /// Failures in a row that restart the replica (default 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_threshold: Option<u32>,
+    /// How long one probe may take (default 1s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Span>,
+}
+
+impl Liveness {
+    /// How often the path is asked.
+    pub fn period(&self) -> std::time::Duration {
+        self.period
+            .map_or(std::time::Duration::from_secs(10), |period| period.0)
+    }
+
+    /// Failures in a row that restart the replica.
+    pub fn failure_threshold(&self) -> u32 {
+        self.failure_threshold.unwrap_or(3).max(1)
+    }
+
+    /// How long one probe may take.
+    pub fn timeout(&self) -> std::time::Duration {
+        self.timeout
+            .map_or(std::time::Duration::from_secs(1), |timeout| timeout.0)
+    }
 }
 
 /// Rolling update strategy.
@@ -679,6 +721,16 @@ pub struct ReplicaStatus {
     /// A job's run that ended: the command's exit code.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
+    /// Times the host restarted the replica in place (its liveness probe failed).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub restarts: u32,
+    /// Why it was last restarted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_restart: Option<String>,
+}
+
+fn is_zero(count: &u32) -> bool {
+    *count == 0
 }
 
 /// One condition of an app's status.

@@ -33,6 +33,12 @@ pub const MAX_BODY: u64 = 4 << 30;
 pub const MAX_INSTANCE_REUSE: u32 = 10_000;
 /// Longest `rollout.minReady`.
 pub const MAX_MIN_READY: Duration = Duration::from_secs(3600);
+/// Longest liveness probe period or timeout.
+pub const MAX_PROBE_SPAN: Duration = Duration::from_secs(3600);
+/// Shortest liveness probe period or timeout.
+pub const MIN_PROBE_SPAN: Duration = Duration::from_millis(100);
+/// Most liveness failures in a row before a restart.
+pub const MAX_FAILURE_THRESHOLD: u32 = 100;
 /// Longest `rollout.progressDeadline`.
 pub const MAX_PROGRESS_DEADLINE: Duration = Duration::from_secs(24 * 3600);
 /// Most routes of one app.
@@ -294,6 +300,28 @@ impl Problems {
                 self.add(at("health.path"), "must start with /");
             }
             self.text(&at("health.path"), &health.path, MAX_PATH);
+            if let Some(liveness) = &health.liveness {
+                if !liveness.path.starts_with('/') {
+                    self.add(at("health.liveness.path"), "must start with /");
+                }
+                self.text(&at("health.liveness.path"), &liveness.path, MAX_PATH);
+                for (field, span) in [("period", liveness.period), ("timeout", liveness.timeout)] {
+                    let path = at(&format!("health.liveness.{field}"));
+                    self.span(&path, span, MAX_PROBE_SPAN);
+                    if span.is_some_and(|span| span.0 < MIN_PROBE_SPAN) {
+                        self.add(&path, "must be at least 100ms");
+                    }
+                }
+                if liveness
+                    .failure_threshold
+                    .is_some_and(|threshold| !(1..=MAX_FAILURE_THRESHOLD).contains(&threshold))
+                {
+                    self.add(
+                        at("health.liveness.failureThreshold"),
+                        format!("must be 1 to {MAX_FAILURE_THRESHOLD}"),
+                    );
+                }
+            }
         }
         if let Some(rollout) = &spec.rollout {
             for (field, value) in [

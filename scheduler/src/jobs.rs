@@ -255,6 +255,8 @@ mod tests {
 
     fn reported(assignment: &Assignment, phase: Phase, code: Option<i32>) -> ReplicaStatus {
         ReplicaStatus {
+            restarts: 0,
+            last_restart: None,
             replica: assignment.replica.clone(),
             app: assignment.app.clone(),
             namespace: assignment.namespace.clone(),

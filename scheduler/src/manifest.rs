@@ -59,7 +59,7 @@ pub struct Manifest {
 
 /// One document, checked.
 enum Object {
-    App(App),
+    App(Box<App>),
     Job(Job),
     CronJob(CronJob),
 }
@@ -195,7 +195,7 @@ pub fn parse_all(text: &str) -> Result<Manifest, ManifestErrors> {
     let mut manifest = Manifest::default();
     for (_, object) in objects {
         match object {
-            Object::App(app) => manifest.apps.push(app),
+            Object::App(app) => manifest.apps.push(*app),
             Object::Job(job) => manifest.jobs.push(job),
             Object::CronJob(cron) => manifest.cron_jobs.push(cron),
         }
@@ -289,11 +289,11 @@ fn check(document: usize, parsed: Document) -> Result<Object, Vec<ManifestError>
             for problem in spec.problems("spec") {
                 fail(&problem.path, problem.reason);
             }
-            Object::App(App {
+            Object::App(Box::new(App {
                 name,
                 namespace,
                 spec,
-            })
+            }))
         }),
         "Job" => strict::<JobSpec>(document, "spec", parsed.spec).map(|spec| {
             for problem in spec.problems("spec") {

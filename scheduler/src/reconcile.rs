@@ -364,6 +364,8 @@ mod tests {
         (
             replica.to_owned(),
             ReplicaStatus {
+                restarts: 0,
+                last_restart: None,
                 replica: replica.into(),
                 app: "hello".into(),
                 namespace: "default".into(),

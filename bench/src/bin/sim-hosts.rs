@@ -178,6 +178,8 @@ async fn reporter(
                 let lattice = lattice.clone();
                 async move {
                     let status = ReplicaStatus {
+                        restarts: 0,
+                        last_restart: None,
                         replica: assignment.replica.clone(),
                         app: assignment.app.clone(),
                         namespace: assignment.namespace.clone(),

@@ -403,8 +403,11 @@ fn render(described: &AppDetail) -> String {
     for line in spec.lines() {
         out += &format!("  {line}\n");
     }
-    let mut replicas = table(&["REPLICA", "HOST", "REVISION", "PHASE", "REASON", "MESSAGE"]);
+    let mut replicas = table(&[
+        "REPLICA", "HOST", "REVISION", "PHASE", "RESTARTS", "REASON", "MESSAGE",
+    ]);
     for ReplicaView { assignment, status } in &described.replicas {
+        let restarts = status.as_ref().map_or(0, |status| status.restarts);
         replicas.add_row(vec![
             assignment.replica.clone(),
             assignment.host.clone(),
@@ -412,13 +415,22 @@ fn render(described: &AppDetail) -> String {
             status
                 .as_ref()
                 .map_or_else(|| "pending".to_owned(), |status| status.phase.to_string()),
+            restarts.to_string(),
             status
                 .as_ref()
                 .and_then(|status| status.reason.clone())
                 .unwrap_or_default(),
+            // What is going on now, else why it was last restarted.
             status
                 .as_ref()
-                .and_then(|status| status.message.clone())
+                .and_then(|status| {
+                    status.message.clone().or_else(|| {
+                        status
+                            .last_restart
+                            .as_ref()
+                            .map(|why| format!("last restarted: {why}"))
+                    })
+                })
                 .unwrap_or_default(),
         ]);
     }

@@ -303,6 +303,7 @@ pub async fn run(args: GetArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
                     "HOST",
                     "REVISION",
                     "PHASE",
+                    "RESTARTS",
                     "REASON",
                     "AGE",
                 ]);
@@ -321,6 +322,7 @@ pub async fn run(args: GetArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
                             || "pending".to_owned(),
                             |status| status.phase.to_string(),
                         ),
+                        status.map_or(0, |status| status.restarts).to_string(),
                         status
                             .and_then(|status| status.reason.clone())
                             .unwrap_or_default(),

@@ -264,6 +264,7 @@ impl<F: Fetch> Agent<F> {
         let mut unpublished: Option<LogReceiver> = Some(unpublished);
         let (started_tx, mut started_rx) = mpsc::channel(64);
         let (probed_tx, mut probed_rx) = mpsc::channel(64);
+        let (dead_tx, mut dead_rx) = mpsc::channel(64);
         let mut supervisor = Supervisor {
             host: id.clone(),
             runtime: Arc::clone(&self.runtime),
@@ -281,6 +282,7 @@ impl<F: Fetch> Agent<F> {
             replicas: std::collections::HashMap::new(),
             started: started_tx,
             probed: probed_tx,
+            dead: dead_tx,
         };
 
         // Without saved state there is nothing to serve offline: a lattice that cannot be
@@ -454,6 +456,9 @@ impl<F: Fetch> Agent<F> {
                     () = tokio::time::sleep_until(last_save + SAVE_EVERY), if unsaved.is_some() => {}
                     Some((replica, generation, healthy, message)) = probed_rx.recv() => {
                         supervisor.probed(&replica, generation, healthy, message).await;
+                    }
+                    Some((replica, generation, message)) = dead_rx.recv() => {
+                        supervisor.liveness_failed(&replica, generation, message).await;
                     }
                 }
                 // A bug that panics on some record must not take down what this host serves:

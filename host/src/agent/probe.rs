@@ -1,6 +1,7 @@
-//! Readiness probes: the host GETs an app's health path through a replica, first until it
-//! answers 2xx (the replica gets no traffic before), then on a slower period, reporting each
-//! change of health to the supervisor.
+//! Probes: readiness (the host GETs an app's health path through a replica, first until it
+//! answers 2xx, the replica getting no traffic before, then on a slower period, reporting
+//! each change of health to the supervisor) and liveness (a replica that keeps failing its
+//! liveness path is reported dead, for the supervisor to restart).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +22,9 @@ const READY_PROBE_INTERVAL: Duration = Duration::from_secs(2);
 
 /// A readiness change found by a prober: replica, generation, healthy, what the path said.
 pub(crate) type Probed = (String, u64, bool, String);
+
+/// A replica that failed its liveness probe too often: replica, generation, the last failure.
+pub(crate) type Dead = (String, u64, String);
 
 /// GETs `path` through `component`: `Ok` on 2xx, else what it answered.
 async fn probe(component: &Arc<HttpComponent>, path: &str) -> Result<(), String> {
@@ -94,6 +98,42 @@ pub(crate) async fn keep_probing(
                 .is_err()
             {
                 return;
+            }
+        }
+    }
+}
+
+/// Asks `liveness.path` through a serving replica every period; after `failureThreshold`
+/// failures in a row (not 2xx, or no answer within the probe's timeout: a stuck replica),
+/// reports the replica dead once and stops.
+pub(crate) async fn keep_alive(
+    component: Arc<HttpComponent>,
+    liveness: shoal_lattice::records::Liveness,
+    replica: String,
+    generation: u64,
+    dead: mpsc::Sender<Dead>,
+) {
+    let (period, timeout) = (liveness.period(), liveness.timeout());
+    let mut failures = 0;
+    loop {
+        tokio::time::sleep(period).await;
+        let result = match tokio::time::timeout(timeout, probe(&component, &liveness.path)).await {
+            Ok(result) => result,
+            Err(_) => Err(format!(
+                "GET {} did not answer within {}",
+                liveness.path,
+                shoal_lattice::quantity::Span(timeout)
+            )),
+        };
+        match result {
+            Ok(()) => failures = 0,
+            Err(message) => {
+                failures += 1;
+                if failures >= liveness.failure_threshold() {
+                    let message = format!("{message} ({failures} times in a row)");
+                    let _ = dead.send((replica, generation, message)).await;
+                    return;
+                }
             }
         }
     }

@@ -3,7 +3,7 @@
 //! there is nowhere to write: statuses are skipped (the host reports every replica's
 //! current state once it joins, level-triggered) and events wait in a bounded queue.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use shoal_lattice::names::replica_status_key;
@@ -18,6 +18,9 @@ const QUEUED_EVENTS: usize = 256;
 pub(crate) struct Reporter {
     lattice: Arc<OnceLock<Lattice>>,
     queued: Arc<Mutex<VecDeque<Event>>>,
+    /// Per replica restarted in place: how many times, and why last. Every later status
+    /// of the replica carries them.
+    restarts: Arc<Mutex<HashMap<String, (u32, String)>>>,
 }
 
 impl Reporter {
@@ -95,7 +98,15 @@ impl Reporter {
         let Some(lattice) = self.reachable() else {
             return;
         };
+        let (restarts, last_restart) = self
+            .restarts
+            .lock()
+            .ok()
+            .and_then(|restarts| restarts.get(&assignment.replica).cloned())
+            .map_or((0, None), |(count, why)| (count, Some(why)));
         let status = ReplicaStatus {
+            restarts,
+            last_restart,
             replica: assignment.replica.clone(),
             app: assignment.app.clone(),
             namespace: assignment.namespace.clone(),
@@ -121,7 +132,17 @@ impl Reporter {
     }
 
     /// Removes the status of replica `replica` of host `host`.
+    /// Replica `replica` was restarted in place for the `count`th time, because of `why`.
+    pub(crate) fn restarted(&self, replica: &str, count: u32, why: &str) {
+        if let Ok(mut restarts) = self.restarts.lock() {
+            restarts.insert(replica.to_owned(), (count, why.to_owned()));
+        }
+    }
+
     pub(crate) async fn forget(&self, host: &str, replica: &str) {
+        if let Ok(mut restarts) = self.restarts.lock() {
+            restarts.remove(replica);
+        }
         if let Some(lattice) = self.reachable() {
             let _ = lattice
                 .delete(Bucket::Status, &replica_status_key(host, replica))

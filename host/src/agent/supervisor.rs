@@ -10,6 +10,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use futures_util::FutureExt as _;
 use shoal_lattice::Event;
@@ -19,7 +20,7 @@ use tokio::sync::mpsc;
 
 use super::Fetch;
 use super::ingress::Uplink;
-use super::probe::{Probed, keep_probing, wait_healthy};
+use super::probe::{Dead, Probed, keep_alive, keep_probing, wait_healthy};
 use super::report::Reporter;
 use super::services::LatticeServices;
 use crate::engine::Runtime;
@@ -38,6 +39,8 @@ pub(crate) enum ReplicaState {
         component: Arc<HttpComponent>,
         ready: bool,
         prober: Option<tokio::task::JoinHandle<()>>,
+        /// Asks the liveness path, when the app has one.
+        liveness: Option<tokio::task::JoinHandle<()>>,
     },
     Failed {
         reason: String,
@@ -57,9 +60,12 @@ impl ReplicaState {
         match self {
             ReplicaState::Starting(task) => task.abort(),
             ReplicaState::Serving {
-                prober: Some(prober),
-                ..
-            } => prober.abort(),
+                prober, liveness, ..
+            } => {
+                for task in [prober, liveness].into_iter().flatten() {
+                    task.abort();
+                }
+            }
             _ => {}
         }
     }
@@ -68,7 +74,14 @@ impl ReplicaState {
 pub(crate) struct Replica {
     pub(crate) assignment: Assignment,
     pub(crate) state: ReplicaState,
+    /// Times this host restarted it in place (its liveness probe failed).
+    pub(crate) restarts: u32,
 }
+
+/// The first wait before restarting a replica that failed its liveness probe; it doubles
+/// with each restart, up to [`MAX_RESTART_BACKOFF`].
+const RESTART_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_RESTART_BACKOFF: Duration = Duration::from_secs(60);
 
 /// What a start came to: an app's replica that serves, or a job's run that ended.
 pub(crate) enum Outcome {
@@ -102,6 +115,7 @@ pub(crate) struct Supervisor<F> {
     pub(crate) replicas: HashMap<String, Replica>,
     pub(crate) started: mpsc::Sender<Started>,
     pub(crate) probed: mpsc::Sender<Probed>,
+    pub(crate) dead: mpsc::Sender<Dead>,
 }
 
 impl<F: Fetch> Supervisor<F> {
@@ -139,14 +153,15 @@ impl<F: Fetch> Supervisor<F> {
                 continue;
             }
             changed = true;
-            self.spawn_start(replica, assignment);
+            self.spawn_start(replica, assignment, Duration::ZERO);
         }
         if changed {
             tracing::debug!(replicas = self.replicas.len(), "converged");
         }
     }
 
-    fn spawn_start(&mut self, replica: &str, assignment: &Assignment) {
+    /// Starts `replica` after `delay` (a restart's backoff; zero for a new replica).
+    fn spawn_start(&mut self, replica: &str, assignment: &Assignment, delay: Duration) {
         let services: Arc<dyn Services> = Arc::new(LatticeServices {
             namespace: assignment.namespace.clone(),
             router: Arc::clone(&self.router),
@@ -193,6 +208,9 @@ impl<F: Fetch> Supervisor<F> {
             self.started.clone(),
         );
         let task = tokio::spawn(async move {
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
             // A start that panics fails its own replica, reported like any failure.
             if AssertUnwindSafe(start).catch_unwind().await.is_err() {
                 let failure = (
@@ -207,6 +225,7 @@ impl<F: Fetch> Supervisor<F> {
             Replica {
                 assignment: assignment.clone(),
                 state: ReplicaState::Starting(task),
+                restarts: 0,
             },
         );
     }
@@ -220,6 +239,7 @@ impl<F: Fetch> Supervisor<F> {
     ) {
         let host = self.host.clone();
         let probed = self.probed.clone();
+        let dead = self.dead.clone();
         let Some(entry) = self.replicas.get_mut(&replica) else {
             return;
         };
@@ -254,10 +274,26 @@ impl<F: Fetch> Supervisor<F> {
                         probed,
                     ))
                 });
+                let liveness = entry
+                    .assignment
+                    .template
+                    .health
+                    .as_ref()
+                    .and_then(|health| health.liveness.clone())
+                    .map(|liveness| {
+                        tokio::spawn(keep_alive(
+                            Arc::clone(&component),
+                            liveness,
+                            replica.clone(),
+                            generation,
+                            dead,
+                        ))
+                    });
                 entry.state = ReplicaState::Serving {
                     component,
                     ready: true,
                     prober,
+                    liveness,
                 };
                 tracing::info!(%replica, app = %entry.assignment.app, "replica ready");
                 let message = format!(
@@ -283,6 +319,54 @@ impl<F: Fetch> Supervisor<F> {
         self.reporter
             .status_with_exit(&assignment, phase, reason, message, exit_code)
             .await;
+    }
+
+    /// A serving replica failed its liveness probe `failureThreshold` times in a row: it is
+    /// restarted in place (same replica id, a fresh instance set) after a backoff that
+    /// doubles with each restart.
+    pub(crate) async fn liveness_failed(
+        &mut self,
+        replica: &str,
+        generation: u64,
+        message: String,
+    ) {
+        let Some(entry) = self.replicas.get_mut(replica) else {
+            return;
+        };
+        if entry.assignment.generation != generation
+            || !matches!(entry.state, ReplicaState::Serving { .. })
+        {
+            return;
+        }
+        entry.state.stop();
+        let restarts = entry.restarts.saturating_add(1);
+        let backoff = RESTART_BACKOFF
+            .saturating_mul(1 << restarts.saturating_sub(1).min(6))
+            .min(MAX_RESTART_BACKOFF);
+        let assignment = entry.assignment.clone();
+        tracing::warn!(%replica, %message, restarts, ?backoff, "replica failed its liveness probe: restarting it");
+        self.reporter.restarted(replica, restarts, &message);
+        self.emit(
+            &assignment,
+            "Restarting",
+            format!(
+                "replica {replica} failed its liveness probe ({message}): restart {restarts} in {}",
+                shoal_lattice::quantity::Span(backoff)
+            ),
+        )
+        .await;
+        self.reporter
+            .status(
+                &assignment,
+                Phase::Pending,
+                Some("LivenessFailed".to_owned()),
+                Some(message),
+            )
+            .await;
+        self.spawn_start(replica, &assignment, backoff);
+        if let Some(entry) = self.replicas.get_mut(replica) {
+            entry.restarts = restarts;
+        }
     }
 
     /// A serving replica's health changed: it gets traffic only while healthy.
