@@ -78,6 +78,18 @@ fn the_page_follows_the_lattice_live_and_acts_for_an_editor() {
         (lattice.app("web")["spec"]["replicas"] == 2).then_some(())
     });
     browser.wait_text(PATIENCE, ready, |text| text == "2/2");
+    // Pause, then resume, the rollout from the page.
+    for (action, paused) in [("pause", true), ("resume", false)] {
+        browser.click(&format!(
+            r#"tr[data-app="default/web"] button[data-action="{action}"]"#
+        ));
+        browser.click(r#"[data-testid="confirm"]"#);
+        eventually(
+            PATIENCE,
+            &format!("the page to {action} the rollout"),
+            || (lattice.app("web")["paused"].as_bool().unwrap_or(false) == paused).then_some(()),
+        );
+    }
 
     // A new revision, and the diff between the two on the app's page.
     lattice.apply(&fixtures_app(&lattice, 2, "  env: {COLOUR: blue}\n"));

@@ -307,10 +307,7 @@ fn a_ready_replica_whose_health_path_goes_bad_stops_getting_traffic() {
     let _scheduler = lattice.scheduler("s1");
     let host = lattice.host("h1", &[]);
     let fixtures = lattice.push_guest("http-fixtures", "1.0");
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis();
+    let now = support::now_ms();
     // Healthy for 4 s, then the health path answers 503.
     let until = now + 4_000;
     lattice.apply(&format!(
@@ -353,10 +350,7 @@ fn a_replica_that_keeps_failing_its_liveness_probe_is_restarted_in_place_with_ba
     let _scheduler = lattice.scheduler("s1");
     let host = lattice.host("h1", &[]);
     let fixtures = lattice.push_guest("http-fixtures", "1.0");
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis();
+    let now = support::now_ms();
     // Alive for 4 s, then the liveness path answers 503 for good; a second app whose
     // liveness path always answers, and a third whose path hangs (a stuck replica).
     let until = now + 4_000;
@@ -378,7 +372,7 @@ fn a_replica_that_keeps_failing_its_liveness_probe_is_restarted_in_place_with_ba
     assert_eq!(first.len(), 1);
     let replica = first[0].0.clone();
     // While its path answers, nothing happens (a second before the path goes bad).
-    let bad_at = std::time::UNIX_EPOCH + Duration::from_millis(u64::try_from(until).unwrap());
+    let bad_at = std::time::UNIX_EPOCH + Duration::from_millis(until);
     if let Ok(left) = bad_at.duration_since(std::time::SystemTime::now()) {
         std::thread::sleep(left.saturating_sub(Duration::from_secs(1)));
     }

@@ -61,8 +61,10 @@ pub fn router(dashboard: Arc<Dashboard>) -> axum::Router {
         .route("/api/apps/{namespace}/{name}/diff", get(diff))
         .route("/api/apps/{namespace}/{name}/logs", get(logs))
         .route("/api/apps/{namespace}/{name}/scale", post(scale))
-        .route("/api/apps/{namespace}/{name}/pause", post(pause))
-        .route("/api/apps/{namespace}/{name}/resume", post(resume))
+        .route(
+            "/api/apps/{namespace}/{name}/{action}",
+            post(pause_or_resume),
+        )
         .route("/api/apps/{namespace}/{name}/undo", post(undo))
         .with_state(dashboard)
 }
@@ -529,35 +531,24 @@ async fn scale(
     .await
 }
 
-async fn pause(
+/// `pause` or `resume` an app's rollout.
+async fn pause_or_resume(
     State(dashboard): State<Arc<Dashboard>>,
-    Path((namespace, name)): Path<(String, String)>,
+    Path((namespace, name, action)): Path<(String, String, String)>,
     headers: HeaderMap,
 ) -> Response {
+    let paused = match action.as_str() {
+        "pause" => true,
+        "resume" => false,
+        _ => return refused(StatusCode::NOT_FOUND, "no such action"),
+    };
     act(
         &dashboard,
         &headers,
         Request::Pause {
             namespace,
             name,
-            paused: true,
-        },
-    )
-    .await
-}
-
-async fn resume(
-    State(dashboard): State<Arc<Dashboard>>,
-    Path((namespace, name)): Path<(String, String)>,
-    headers: HeaderMap,
-) -> Response {
-    act(
-        &dashboard,
-        &headers,
-        Request::Pause {
-            namespace,
-            name,
-            paused: false,
+            paused,
         },
     )
     .await
