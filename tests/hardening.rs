@@ -192,6 +192,7 @@ fn mutated_components_are_refused_or_run_never_a_panic() {
         pooling: false,
         instance_slots: 16,
         keep_resident: 0,
+        fuel: false,
     })
     .unwrap();
     let mut random = XorShift(0x0005_eed0_f5a1_u64);

@@ -734,3 +734,52 @@ fn instance_reuse_keeps_state_within_one_app_never_across_apps() {
     let fresh: Vec<u64> = (0..5).map(|_| count("fresh").unwrap()).collect();
     assert_eq!(fresh, [1, 1, 1, 1, 1]);
 }
+
+#[test]
+fn a_fuel_budget_is_per_app_and_forwarded_requests_keep_it() {
+    let lattice = Lattice::start();
+    let _scheduler = lattice.scheduler("s1");
+    let owner = lattice.host("h1", &["role=owner"]);
+    let front = lattice.host("h2", &[]);
+    let fixtures = lattice.push_guest("http-fixtures", "1.0");
+    let app = |name: &str, extra: &str| {
+        format!(
+            "apiVersion: shoal.dev/v1\nkind: App\nmetadata: {{name: {name}}}\nspec:\n  component: {fixtures}\n  replicas: 1\n  placement: {{requires: {{role: owner}}}}\n  routes: [{{host: {name}.local, path: /}}]\n{extra}"
+        )
+    };
+    let (ok, _, stderr) = lattice.try_apply(&app("none", "  limits: {fuel: 0}\n"));
+    assert!(!ok);
+    assert!(
+        stderr.contains("spec.limits.fuel: must be between 1 and"),
+        "{stderr}"
+    );
+    // One app of the component with a budget, one without, on the same host.
+    lattice.apply(&app("budgeted", "  limits: {fuel: 20000000}\n"));
+    lattice.apply(&app("free", ""));
+    for name in ["budgeted", "free"] {
+        lattice.wait_ready(name, 1, PATIENCE);
+    }
+    let status = |host: &support::lattice::Process, name: &str, path: &str| -> Option<u16> {
+        let response = agent()
+            .get(&format!("{}{path}", host.url.clone().unwrap()))
+            .header("host", format!("{name}.local"))
+            .call()
+            .ok()?;
+        Some(response.status().as_u16())
+    };
+    eventually(PATIENCE, "both routes on both hosts", || {
+        ["budgeted", "free"]
+            .iter()
+            .all(|name| {
+                [&owner, &front]
+                    .iter()
+                    .all(|host| status(host, name, "/hello") == Some(200))
+            })
+            .then_some(())
+    });
+    for host in [&owner, &front] {
+        assert_eq!(status(host, "budgeted", "/work?units=10"), Some(200));
+        assert_eq!(status(host, "budgeted", "/work?units=100"), Some(508));
+        assert_eq!(status(host, "free", "/work?units=100"), Some(200));
+    }
+}

@@ -366,3 +366,29 @@ fn instance_reuse_is_opt_in_and_bounded() {
         String::from_utf8_lossy(&out_of_range.stderr)
     );
 }
+
+#[test]
+fn a_fuel_budget_stops_the_same_work_every_time_with_508() {
+    let shoal = Shoal::new();
+    let served = Served::start(&shoal, &fixtures(), &["--fuel", "20000000"]);
+    // The same work passes or fails the same way every time: instructions, not time.
+    for _ in 0..5 {
+        assert_eq!(served.get("/work?units=10").0, 200);
+        let (status, body) = served.get("/work?units=100");
+        assert_eq!(status, 508, "{body}");
+        assert_eq!(body, "the component used its whole fuel budget\n");
+    }
+    // A loop ends at its budget, long before the 30 s timeout.
+    let started = Instant::now();
+    assert_eq!(served.get("/loop").0, 508);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(served.get("/hello").0, 200);
+    served.wait_for_log("cause=out_of_fuel", 0);
+    // Without --fuel nothing is counted: the same work passes.
+    let unbudgeted = Served::start(&shoal, &fixtures(), &[]);
+    assert_eq!(unbudgeted.get("/work?units=100").0, 200);
+}

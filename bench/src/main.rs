@@ -154,6 +154,9 @@ fn main() -> anyhow::Result<()> {
 
     let work = format!("/work?units={}", args.work_units);
     let fuel = u64::MAX.to_string();
+    // A budget that never binds: what counting costs (epochs, the deadline and CPU
+    // accounting, are always on in shoal).
+    let shoal_fuel = (1u64 << 52).to_string();
     let cpu_cases = [
         case("wasmtime serve", Server::Wasmtime, &fixtures, &[], &work),
         case(
@@ -169,6 +172,13 @@ fn main() -> anyhow::Result<()> {
             Server::Shoal,
             &fixtures,
             &["--cpu", "2", "--memory", "64Mi"],
+            &work,
+        ),
+        case(
+            "shoal run --fuel (never binds)",
+            Server::Shoal,
+            &fixtures,
+            &["--fuel", &shoal_fuel],
             &work,
         ),
     ];
@@ -187,10 +197,14 @@ fn main() -> anyhow::Result<()> {
             .map_or(f64::NAN, |result| result.load.requests_per_second)
     };
     println!(
-        "limit overhead in shoal: {:.1}%; fuel overhead in wasmtime: {:.1}%",
+        "limit overhead in shoal: {:.1}%; fuel overhead in shoal: {:.1}%; fuel overhead in wasmtime: {:.1}%",
         overhead(
             throughput("shoal run"),
             throughput("shoal run --cpu 2 --memory 64Mi")
+        ),
+        overhead(
+            throughput("shoal run"),
+            throughput("shoal run --fuel (never binds)")
         ),
         overhead(
             throughput("wasmtime serve"),

@@ -23,6 +23,7 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 use crate::error::HostError;
 use crate::guest::GuestState;
+use crate::limits::Limits;
 
 /// How often the epoch advances: the granularity of timeouts and CPU accounting.
 pub const EPOCH_TICK: Duration = Duration::from_millis(5);
@@ -41,6 +42,10 @@ pub struct RuntimeOptions {
     /// Bytes of a free slot's linear memory kept resident for the next instance (0: all of
     /// it is unmapped, and the next instance faults its pages in again).
     pub keep_resident: usize,
+    /// Count fuel: compiled code counts the instructions it runs, so a request can be given
+    /// a budget (`limits.fuel`). It slows every guest, so a host enables it only in a second
+    /// runtime made for the apps that ask ([`Runtime::for_fuel`]).
+    pub fuel: bool,
 }
 
 /// Bytes of a free pool slot's linear memory kept resident for the next instance, unless a
@@ -82,6 +87,12 @@ pub struct Runtime {
     /// One lock per component being prepared, so replicas of it that start together load
     /// and link it once, not once each (which also kept the heap at its peak).
     preparing: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    /// Whether this runtime counts fuel.
+    fuel: bool,
+    /// The runtime that counts fuel, made the first time an app with a fuel budget starts
+    /// here (on-demand allocation: it reserves no pool).
+    fuel_runtime: std::sync::OnceLock<Arc<Runtime>>,
+    cache_dir_for_fuel: PathBuf,
 }
 
 struct Ticker {
@@ -98,10 +109,11 @@ impl Drop for Ticker {
     }
 }
 
-fn base_config() -> Config {
+fn base_config(fuel: bool) -> Config {
     let mut config = Config::new();
     config.wasm_component_model(true);
     config.epoch_interruption(true);
+    config.consume_fuel(fuel);
     // A trap's message is enough for the log; capturing wasm backtraces costs time on every
     // trap and a stack overflow's runs to thousands of frames.
     config.wasm_backtrace_max_frames(None);
@@ -115,7 +127,7 @@ impl Runtime {
     /// [`HostError::Engine`] when wasmtime refuses the configuration.
     pub fn new(options: RuntimeOptions) -> Result<Self, HostError> {
         let (engine, pooling) = if options.pooling {
-            let mut config = base_config();
+            let mut config = base_config(options.fuel);
             let slots = options.instance_slots.max(1);
             let mut pool = PoolingAllocationConfig::default();
             // A component instance of a Rust guest holds a few core instances and tables.
@@ -141,11 +153,11 @@ impl Runtime {
                 }
                 Err(error) => {
                     tracing::info!(%error, "pooling allocator unavailable (address space reservation failed?); using on-demand allocation");
-                    (Self::on_demand()?, false)
+                    (Self::on_demand(options.fuel)?, false)
                 }
             }
         } else {
-            (Self::on_demand()?, false)
+            (Self::on_demand(options.fuel)?, false)
         };
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
@@ -165,6 +177,9 @@ impl Runtime {
         };
         Ok(Self {
             engine,
+            cache_dir_for_fuel: options.cache_dir.clone(),
+            fuel: options.fuel,
+            fuel_runtime: std::sync::OnceLock::new(),
             cache_dir: options.cache_dir,
             pooling,
             ticker: Some(Ticker {
@@ -232,8 +247,36 @@ impl Runtime {
         pre
     }
 
-    fn on_demand() -> Result<Engine, HostError> {
-        Engine::new(&base_config()).map_err(|error| HostError::Engine(error.to_string()))
+    fn on_demand(fuel: bool) -> Result<Engine, HostError> {
+        Engine::new(&base_config(fuel)).map_err(|error| HostError::Engine(error.to_string()))
+    }
+
+    /// Whether this runtime counts fuel.
+    pub fn counts_fuel(&self) -> bool {
+        self.fuel
+    }
+
+    /// The runtime for a replica with `limits`: this one, or for a fuel budget the one that
+    /// counts fuel (made on first use; its compiled code is cached apart, as the engine
+    /// differs).
+    ///
+    /// # Errors
+    /// [`HostError::Engine`] when the fuel runtime cannot be made.
+    pub fn for_fuel(self: &Arc<Self>, limits: &Limits) -> Result<Arc<Runtime>, HostError> {
+        if limits.fuel.is_none() || self.fuel {
+            return Ok(Arc::clone(self));
+        }
+        if let Some(runtime) = self.fuel_runtime.get() {
+            return Ok(Arc::clone(runtime));
+        }
+        let runtime = Arc::new(Runtime::new(RuntimeOptions {
+            cache_dir: self.cache_dir_for_fuel.clone(),
+            pooling: false,
+            instance_slots: 16,
+            keep_resident: 0,
+            fuel: true,
+        })?);
+        Ok(Arc::clone(self.fuel_runtime.get_or_init(|| runtime)))
     }
 
     /// The engine.

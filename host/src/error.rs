@@ -62,11 +62,13 @@ pub enum FailureCause {
     BodyTooLarge,
     /// No concurrency slot and the queue was full: 503.
     Overloaded,
+    /// Ran its whole fuel budget (`limits.fuel`): 508.
+    OutOfFuel,
 }
 
 impl FailureCause {
     /// Every cause, for metrics.
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 8] = [
         Self::Timeout,
         Self::OutOfMemory,
         Self::StackOverflow,
@@ -74,6 +76,7 @@ impl FailureCause {
         Self::NoResponse,
         Self::BodyTooLarge,
         Self::Overloaded,
+        Self::OutOfFuel,
     ];
 
     /// A short name for logs and metrics labels.
@@ -86,6 +89,7 @@ impl FailureCause {
             Self::NoResponse => "no_response",
             Self::BodyTooLarge => "body_too_large",
             Self::Overloaded => "overloaded",
+            Self::OutOfFuel => "out_of_fuel",
         }
     }
 }

@@ -378,6 +378,15 @@ pub(crate) fn rearm(store: &mut Store<GuestState>, limits: &Limits) {
     state.memory.clear();
     let cpu = state.cpu.is_some();
     store.set_epoch_deadline(first_epoch_deadline(limits, cpu));
+    set_fuel(store, limits);
+}
+
+/// Gives the store its request's fuel budget, when it has one (an engine that does not
+/// count fuel refuses, and has no budget to give).
+fn set_fuel(store: &mut Store<GuestState>, limits: &Limits) {
+    if let Some(fuel) = limits.fuel {
+        let _ = store.set_fuel(fuel);
+    }
 }
 
 /// Builds a fresh store with the replica's limits: memory cap, deadline, CPU quota.
@@ -409,6 +418,7 @@ pub fn new_store(
     };
     let mut store = Store::new(engine, state);
     store.limiter(|state| &mut state.memory);
+    set_fuel(&mut store, limits);
     store.set_epoch_deadline(first_epoch_deadline(limits, cpu.is_some()));
     store.epoch_deadline_callback(|mut context| {
         let now = Instant::now();

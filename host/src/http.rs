@@ -443,6 +443,7 @@ pub(crate) fn classify(error: &wasmtime::Error, state: &GuestState) -> (FailureC
     }
     match error.downcast_ref::<Trap>() {
         Some(Trap::StackOverflow) => (FailureCause::StackOverflow, message),
+        Some(Trap::OutOfFuel) => (FailureCause::OutOfFuel, message),
         _ => (FailureCause::Trap, message),
     }
 }
@@ -456,6 +457,12 @@ fn failure_response(cause: FailureCause) -> Response<ResponseBody> {
         FailureCause::BodyTooLarge => {
             plain(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n")
         }
+        // 508 (Loop Detected): the request ran out of instructions, as a loop would; the
+        // same request would again.
+        FailureCause::OutOfFuel => plain(
+            StatusCode::LOOP_DETECTED,
+            "the component used its whole fuel budget\n",
+        ),
         FailureCause::Overloaded => {
             let mut response = plain(
                 StatusCode::SERVICE_UNAVAILABLE,

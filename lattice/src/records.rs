@@ -322,6 +322,10 @@ pub struct AppLimits {
     /// Largest request body a replica accepts (default 10Mi); past it, 413.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_body: Option<Memory>,
+    /// Instructions one request may run (wasmtime fuel: the same work on a slow device and
+    /// a fast one); past it the request fails with 508. None: no fuel budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fuel: Option<u64>,
 }
 
 impl AppLimits {

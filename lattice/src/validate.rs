@@ -33,6 +33,9 @@ pub const MAX_BODY: u64 = 4 << 30;
 pub const MAX_INSTANCE_REUSE: u32 = 10_000;
 /// Longest `rollout.minReady`.
 pub const MAX_MIN_READY: Duration = Duration::from_secs(3600);
+/// The largest fuel budget of one request (about an hour of a fast core's work; within
+/// JSON's exact integers).
+pub const MAX_FUEL: u64 = 1 << 52;
 /// Longest liveness probe period or timeout.
 pub const MAX_PROBE_SPAN: Duration = Duration::from_secs(3600);
 /// Shortest liveness probe period or timeout.
@@ -447,6 +450,11 @@ impl Problems {
             && max_body.0 > MAX_BODY
         {
             self.add(at("maxBody"), "must be at most 4Gi");
+        }
+        if let Some(fuel) = limits.fuel
+            && !(1..=MAX_FUEL).contains(&fuel)
+        {
+            self.add(at("fuel"), format!("must be between 1 and {MAX_FUEL}"));
         }
         if let Some(reuse) = limits.instance_reuse
             && !(1..=MAX_INSTANCE_REUSE).contains(&reuse)

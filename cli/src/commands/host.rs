@@ -333,6 +333,8 @@ impl HostArgs {
             pooling: !self.no_pooling,
             instance_slots: shoal_host::engine::instance_slots(memory.0),
             keep_resident: shoal_host::engine::KEEP_RESIDENT,
+            // Apps with a fuel budget get a second runtime that counts it, when one starts.
+            fuel: false,
         })?;
         Ok(Arc::new(runtime))
     }

@@ -62,6 +62,12 @@ pub struct RunArgs {
     #[arg(long, default_value = "10MiB", value_parser = parse_size, help_heading = "Limits")]
     pub max_body: u64,
 
+    /// Instructions one request (or the command) may run, counted by wasmtime's fuel: the
+    /// same work on any machine, unlike --timeout. Past it the request fails with 508 (a
+    /// command stops as on a trap). Counting costs some speed; without it nothing is counted.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=(1u64 << 52)), help_heading = "Limits")]
+    pub fuel: Option<u64>,
+
     /// Largest request head (request line and headers; at least 8KiB); past it, 431.
     #[arg(long, default_value = "64KiB", value_parser = parse_size, help_heading = "Limits")]
     pub max_header: u64,
@@ -141,6 +147,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
             .unwrap_or(u32::MAX)
             .clamp(16, 10_000),
         keep_resident: usize::try_from(args.pool_keep_resident).unwrap_or(usize::MAX),
+        fuel: args.fuel.is_some(),
     })?;
     let loaded = runtime.load(&bytes, digest.as_str())?;
     if loaded.cache_hit {
@@ -164,6 +171,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         max_body: args.max_body,
         max_header: usize::try_from(args.max_header).unwrap_or(usize::MAX),
         instance_reuse: args.instance_reuse,
+        fuel: args.fuel,
     };
     let mut guest_args = vec![args.target.clone()];
     guest_args.extend(args.args.iter().cloned());

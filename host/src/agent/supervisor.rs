@@ -567,6 +567,21 @@ async fn start<F: Fetch>(
     reporter
         .status(&assignment, Phase::Pulling, None, None)
         .await;
+    // An app with a fuel budget runs on the runtime that counts fuel.
+    let runtime = match runtime.for_fuel(&Limits::for_app(&assignment.template.limits)) {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            let failure = ("NotServable".to_owned(), error.to_string());
+            let _ = done
+                .send((
+                    assignment.replica.clone(),
+                    assignment.generation,
+                    Err(failure),
+                ))
+                .await;
+            return;
+        }
+    };
     let reference = assignment.pinned_reference();
     let result = async {
         let (bytes, layer_digest) = fetch
