@@ -90,9 +90,10 @@ pub struct Runtime {
     /// Whether this runtime counts fuel.
     fuel: bool,
     /// The runtime that counts fuel, made the first time an app with a fuel budget starts
-    /// here (on-demand allocation: it reserves no pool).
+    /// here, with this one's options (its own pool: the address space reserved doubles
+    /// once a host runs such an app).
     fuel_runtime: std::sync::OnceLock<Arc<Runtime>>,
-    cache_dir_for_fuel: PathBuf,
+    options: RuntimeOptions,
 }
 
 struct Ticker {
@@ -177,7 +178,7 @@ impl Runtime {
         };
         Ok(Self {
             engine,
-            cache_dir_for_fuel: options.cache_dir.clone(),
+            options: options.clone(),
             fuel: options.fuel,
             fuel_runtime: std::sync::OnceLock::new(),
             cache_dir: options.cache_dir,
@@ -270,11 +271,8 @@ impl Runtime {
             return Ok(Arc::clone(runtime));
         }
         let runtime = Arc::new(Runtime::new(RuntimeOptions {
-            cache_dir: self.cache_dir_for_fuel.clone(),
-            pooling: false,
-            instance_slots: 16,
-            keep_resident: 0,
             fuel: true,
+            ..self.options.clone()
         })?);
         Ok(Arc::clone(self.fuel_runtime.get_or_init(|| runtime)))
     }
