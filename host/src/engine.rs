@@ -78,7 +78,6 @@ pub struct Loaded {
 /// The process-wide wasmtime engine and what goes with it.
 pub struct Runtime {
     engine: Engine,
-    cache_dir: PathBuf,
     pooling: bool,
     ticker: Option<Ticker>,
     /// Linked and pre-instantiated HTTP components by content digest, while any replica
@@ -87,12 +86,11 @@ pub struct Runtime {
     /// One lock per component being prepared, so replicas of it that start together load
     /// and link it once, not once each (which also kept the heap at its peak).
     preparing: Mutex<HashMap<String, Arc<Mutex<()>>>>,
-    /// Whether this runtime counts fuel.
-    fuel: bool,
     /// The runtime that counts fuel, made the first time an app with a fuel budget starts
     /// here, with this one's options (its own pool: the address space reserved doubles
     /// once a host runs such an app).
     fuel_runtime: std::sync::OnceLock<Arc<Runtime>>,
+    /// What it was made with (`fuel`: whether it counts fuel).
     options: RuntimeOptions,
 }
 
@@ -178,10 +176,8 @@ impl Runtime {
         };
         Ok(Self {
             engine,
-            options: options.clone(),
-            fuel: options.fuel,
+            options,
             fuel_runtime: std::sync::OnceLock::new(),
-            cache_dir: options.cache_dir,
             pooling,
             ticker: Some(Ticker {
                 stop,
@@ -252,11 +248,6 @@ impl Runtime {
         Engine::new(&base_config(fuel)).map_err(|error| HostError::Engine(error.to_string()))
     }
 
-    /// Whether this runtime counts fuel.
-    pub fn counts_fuel(&self) -> bool {
-        self.fuel
-    }
-
     /// The runtime for a replica with `limits`: this one, or for a fuel budget the one that
     /// counts fuel (made on first use; its compiled code is cached apart, as the engine
     /// differs).
@@ -264,7 +255,7 @@ impl Runtime {
     /// # Errors
     /// [`HostError::Engine`] when the fuel runtime cannot be made.
     pub fn for_fuel(self: &Arc<Self>, limits: &Limits) -> Result<Arc<Runtime>, HostError> {
-        if limits.fuel.is_none() || self.fuel {
+        if limits.fuel.is_none() || self.options.fuel {
             return Ok(Arc::clone(self));
         }
         if let Some(runtime) = self.fuel_runtime.get() {
@@ -293,7 +284,8 @@ impl Runtime {
             .precompile_compatibility_hash()
             .hash(&mut hasher);
         let hex = content_digest.trim_start_matches("sha256:");
-        self.cache_dir
+        self.options
+            .cache_dir
             .join("compiled")
             .join(format!("{hex}-{:016x}.cwasm", hasher.finish()))
     }
@@ -332,7 +324,7 @@ impl Runtime {
     /// The compiled-code cache's files, for a size budget: each named
     /// `<layer digest hex>-<engine hash>.cwasm`.
     pub fn compiled_dir(&self) -> PathBuf {
-        self.cache_dir.join("compiled")
+        self.options.cache_dir.join("compiled")
     }
 
     fn load_cached(&self, path: &Path) -> Option<Component> {

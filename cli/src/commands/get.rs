@@ -93,6 +93,15 @@ pub fn host_state(host: &HostRecord) -> &'static str {
     }
 }
 
+/// A host's state with an admin's decision about it: `draining (admin)`, `ready,cordoned`.
+pub fn host_view_state(view: &HostView) -> String {
+    match &view.control {
+        Some(control) if control.draining => "draining (admin)".to_owned(),
+        Some(control) if control.cordoned => format!("{},cordoned", host_state(&view.host)),
+        _ => host_state(&view.host).to_owned(),
+    }
+}
+
 pub async fn run(args: GetArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
     let (api, _connection) = lattice.api("shoal get").await?;
     match args.kind {
@@ -134,13 +143,7 @@ pub async fn run(args: GetArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
                         .collect();
                     table.add_row(vec![
                         host.id.clone(),
-                        match &view.control {
-                            Some(control) if control.draining => "draining (admin)".to_owned(),
-                            Some(control) if control.cordoned => {
-                                format!("{},cordoned", host_state(host))
-                            }
-                            _ => host_state(host).to_owned(),
-                        },
+                        host_view_state(view),
                         format!("{mine}/{}", host.capacity.max_replicas),
                         host.capacity.memory.to_string(),
                         host.capacity.cpu.to_string(),

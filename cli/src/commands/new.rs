@@ -254,11 +254,11 @@ mod tests {
             .1;
         assert!(source.contains("from hello-api at {path}"));
         assert!(source.contains("hello_api.wasm"));
-        let files = files_of_command();
-        assert!(files.iter().any(|(path, _)| path.ends_with("src/main.rs")));
-    }
-
-    fn files_of_command() -> Vec<(PathBuf, String)> {
-        files("job", Template::Command)
+        let command = super::files("job", Template::Command);
+        assert!(
+            command
+                .iter()
+                .any(|(path, _)| path.ends_with("src/main.rs"))
+        );
     }
 }

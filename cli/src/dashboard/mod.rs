@@ -195,19 +195,25 @@ async fn read_snapshot(dashboard: &Dashboard) -> Snapshot {
                 .and_then(|status| status.reason.clone()),
         })
         .collect();
+    // Ready replicas by app and revision, in one walk over the replicas.
+    let mut ready_at: std::collections::HashMap<(&str, &str, u64), usize> =
+        std::collections::HashMap::new();
+    for replica in replica_rows
+        .iter()
+        .filter(|replica| replica.phase == "ready")
+    {
+        *ready_at
+            .entry((&replica.namespace, &replica.app, replica.revision))
+            .or_default() += 1;
+    }
     let app_rows = apps
         .into_iter()
         .map(|view| {
             let app = &view.app;
-            let updated = replica_rows
-                .iter()
-                .filter(|replica| {
-                    replica.namespace == app.namespace
-                        && replica.app == app.name
-                        && replica.revision == app.revision
-                        && replica.phase == "ready"
-                })
-                .count();
+            let updated = ready_at
+                .get(&(app.namespace.as_str(), app.name.as_str(), app.revision))
+                .copied()
+                .unwrap_or(0);
             let status = view.status.as_ref();
             AppRow {
                 namespace: app.namespace.clone(),
@@ -244,26 +250,23 @@ async fn read_snapshot(dashboard: &Dashboard) -> Snapshot {
             }
         })
         .collect();
+    // What each host's replicas reserve, in one walk over the replicas.
+    let mut reserved: std::collections::HashMap<&str, (u64, u32)> =
+        std::collections::HashMap::new();
+    for replica in &replicas {
+        let (memory, cpu) = reserved
+            .entry(replica.assignment.host.as_str())
+            .or_default();
+        *memory = memory.saturating_add(replica.assignment.template.memory_request().0);
+        *cpu = cpu.saturating_add(replica.assignment.template.cpu_request().0);
+    }
     let host_rows = hosts
-        .into_iter()
+        .iter()
         .map(|view| {
             let host = &view.host;
-            let on_host = replicas
-                .iter()
-                .filter(|replica| replica.assignment.host == host.id);
-            let (memory_used, cpu_used) = on_host.fold((0u64, 0u32), |(memory, cpu), replica| {
-                (
-                    memory.saturating_add(replica.assignment.template.memory_request().0),
-                    cpu.saturating_add(replica.assignment.template.cpu_request().0),
-                )
-            });
-            let state = match &view.control {
-                Some(control) if control.draining => "draining".to_owned(),
-                Some(control) if control.cordoned => {
-                    format!("{},cordoned", crate::commands::get::host_state(host))
-                }
-                _ => crate::commands::get::host_state(host).to_owned(),
-            };
+            let (memory_used, cpu_used) =
+                reserved.get(host.id.as_str()).copied().unwrap_or_default();
+            let state = crate::commands::get::host_view_state(view);
             HostRow {
                 id: host.id.clone(),
                 state,

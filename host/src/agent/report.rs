@@ -132,6 +132,15 @@ impl Reporter {
     }
 
     /// Removes the status of replica `replica` of host `host`.
+    /// How many times `replica` was restarted in place.
+    pub(crate) fn restarts(&self, replica: &str) -> u32 {
+        self.restarts
+            .lock()
+            .ok()
+            .and_then(|restarts| restarts.get(replica).map(|(count, _)| *count))
+            .unwrap_or(0)
+    }
+
     /// Replica `replica` was restarted in place for the `count`th time, because of `why`.
     pub(crate) fn restarted(&self, replica: &str, count: u32, why: &str) {
         if let Ok(mut restarts) = self.restarts.lock() {

@@ -74,8 +74,6 @@ impl ReplicaState {
 pub(crate) struct Replica {
     pub(crate) assignment: Assignment,
     pub(crate) state: ReplicaState,
-    /// Times this host restarted it in place (its liveness probe failed).
-    pub(crate) restarts: u32,
 }
 
 /// The first wait before restarting a replica that failed its liveness probe; it doubles
@@ -225,7 +223,6 @@ impl<F: Fetch> Supervisor<F> {
             Replica {
                 assignment: assignment.clone(),
                 state: ReplicaState::Starting(task),
-                restarts: 0,
             },
         );
     }
@@ -339,7 +336,7 @@ impl<F: Fetch> Supervisor<F> {
             return;
         }
         entry.state.stop();
-        let restarts = entry.restarts.saturating_add(1);
+        let restarts = self.reporter.restarts(replica).saturating_add(1);
         let backoff = RESTART_BACKOFF
             .saturating_mul(1 << restarts.saturating_sub(1).min(6))
             .min(MAX_RESTART_BACKOFF);
@@ -364,9 +361,6 @@ impl<F: Fetch> Supervisor<F> {
             )
             .await;
         self.spawn_start(replica, &assignment, backoff);
-        if let Some(entry) = self.replicas.get_mut(replica) {
-            entry.restarts = restarts;
-        }
     }
 
     /// A serving replica's health changed: it gets traffic only while healthy.
