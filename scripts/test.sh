@@ -5,6 +5,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 source scripts/env.sh
+# A CI build starts clean and runs once: incremental caches would only take disk (gigabytes)
+# and time.
+if [[ -n "${CI:-}" ]]; then
+  export CARGO_INCREMENTAL=0
+fi
 
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
