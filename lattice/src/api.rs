@@ -232,6 +232,28 @@ pub enum Request {
         /// Name.
         name: String,
     },
+    /// Trust a public key: with any key trusted, a host runs only components signed by one
+    /// (the lattice's keys and the app's namespace's).
+    TrustKey {
+        /// The namespace's policy; `None`: the lattice's.
+        namespace: Option<String>,
+        /// The key's name in the policy.
+        name: String,
+        /// The key, a `PUBLIC KEY` PEM block (ECDSA P-256).
+        pem: String,
+    },
+    /// Stop trusting a key.
+    UntrustKey {
+        /// The namespace's policy; `None`: the lattice's.
+        namespace: Option<String>,
+        /// The key's name (or id).
+        name: String,
+    },
+    /// The trust policies: the lattice's and those of the namespaces the caller may view.
+    GetTrust {
+        /// Only the lattice's and this namespace's.
+        namespace: Option<String>,
+    },
     /// An operator's look at, or change to, an app's key-value store.
     KeyValue {
         /// Namespace.
@@ -341,6 +363,9 @@ impl Request {
             Request::PutSecret { .. } => "secret",
             Request::GetSecrets { .. } => "get",
             Request::DeleteSecret { .. } => "delete",
+            Request::TrustKey { .. } => "trust",
+            Request::UntrustKey { .. } => "untrust",
+            Request::GetTrust { .. } => "get",
             Request::KeyValue { op, .. } if op.writes() => "kv-write",
             Request::KeyValue { .. } => "kv-read",
         }
@@ -348,7 +373,14 @@ impl Request {
 
     /// Whether it acts on the whole lattice (hosts), so only a lattice-wide grant allows it.
     pub fn lattice_wide(&self) -> bool {
-        matches!(self, Request::Cordon { .. } | Request::Drain { .. })
+        // A trust policy binds every editor of its scope: only a lattice-wide admin sets one.
+        matches!(
+            self,
+            Request::Cordon { .. }
+                | Request::Drain { .. }
+                | Request::TrustKey { .. }
+                | Request::UntrustKey { .. }
+        )
     }
 
     /// The role it needs and the namespaces it touches (none: it reads lattice-wide or
@@ -398,6 +430,12 @@ impl Request {
             }
             Request::GetHosts | Request::SecretsKey => (Role::Viewer, Vec::new()),
             Request::Cordon { .. } | Request::Drain { .. } => (Role::Admin, Vec::new()),
+            Request::TrustKey { namespace, .. } | Request::UntrustKey { namespace, .. } => {
+                (Role::Admin, namespace.iter().map(String::as_str).collect())
+            }
+            Request::GetTrust { namespace } => {
+                (Role::Viewer, namespace.iter().map(String::as_str).collect())
+            }
         }
     }
 }
@@ -960,6 +998,43 @@ mod tests {
         assert!(
             caller(Role::Viewer, Some("team-a"))
                 .authorize(&Request::GetHosts)
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn only_a_lattice_wide_admin_changes_trust_policies() {
+        let add = |namespace: Option<&str>| Request::TrustKey {
+            namespace: namespace.map(str::to_owned),
+            name: "ci".to_owned(),
+            pem: String::new(),
+        };
+        // A namespace's own admin could otherwise trust a key of their choosing.
+        for (who, request) in [
+            (caller(Role::Admin, Some("team-a")), add(Some("team-a"))),
+            (caller(Role::Editor, None), add(None)),
+            (caller(Role::Editor, None), add(Some("team-a"))),
+            (caller(Role::Admin, Some("team-a")), add(None)),
+        ] {
+            let refused = who.authorize(&request).unwrap_err();
+            assert_eq!(refused.code, ErrorCode::Forbidden, "{who:?}");
+        }
+        assert!(
+            caller(Role::Admin, None)
+                .authorize(&add(Some("team-a")))
+                .is_ok()
+        );
+        let untrust = Request::UntrustKey {
+            namespace: None,
+            name: "ci".to_owned(),
+        };
+        assert!(caller(Role::Editor, None).authorize(&untrust).is_err());
+        // Anyone may read them: they say what a component needs.
+        assert!(
+            caller(Role::Viewer, Some("team-a"))
+                .authorize(&Request::GetTrust {
+                    namespace: Some("team-a".to_owned())
+                })
                 .is_ok()
         );
     }

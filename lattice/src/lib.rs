@@ -19,6 +19,7 @@ pub mod quantity;
 pub mod records;
 pub mod secrets;
 pub mod store;
+pub mod trust;
 pub mod validate;
 
 pub use error::Error;

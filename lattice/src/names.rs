@@ -72,11 +72,14 @@ pub enum Bucket {
     Jobs,
     /// Cron jobs, key `<namespace>.<name>`.
     CronJobs,
+    /// Trust policies: the lattice's (key `lattice`) and each namespace's
+    /// (`namespaces.<namespace>`).
+    Trust,
 }
 
 impl Bucket {
     /// Every bucket, for setup.
-    pub const ALL: [Bucket; 10] = [
+    pub const ALL: [Bucket; 11] = [
         Bucket::Apps,
         Bucket::Revisions,
         Bucket::Hosts,
@@ -87,6 +90,7 @@ impl Bucket {
         Bucket::Secrets,
         Bucket::Jobs,
         Bucket::CronJobs,
+        Bucket::Trust,
     ];
 
     /// The bucket's short name, the last part of [`Bucket::name`].
@@ -102,6 +106,7 @@ impl Bucket {
             Bucket::Secrets => "secrets",
             Bucket::Jobs => "jobs",
             Bucket::CronJobs => "cronjobs",
+            Bucket::Trust => "trust",
         }
     }
 

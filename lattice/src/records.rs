@@ -595,6 +595,10 @@ pub struct HostRecord {
     /// wiped or different NATS server): what it serves, and how to clear it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lattice_mismatch: Option<String>,
+    /// The host checks components' signatures against the trust policy in its assignments
+    /// (hosts of releases before trust policies do not, and get no app that needs one).
+    #[serde(default)]
+    pub verifies_signatures: bool,
 }
 
 /// The identity of a lattice's state (`lattice` in the status bucket), made once by the
@@ -642,6 +646,11 @@ pub struct Assignment {
     /// Set for a job's run: the host runs the command to completion instead of serving.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job: Option<crate::jobs::JobRun>,
+    /// The keys the trust policies (the lattice's and the namespace's) held when this was
+    /// assigned: the host runs the component only with a signature of its digest by one of
+    /// them. Empty: no policy, no signature needed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusted_keys: Vec<crate::trust::TrustedKey>,
 }
 
 impl Assignment {
@@ -913,6 +922,7 @@ mod tests {
                 autoscale: None,
             },
             job: None,
+            trusted_keys: Vec::new(),
             created_at: 0,
         }
     }

@@ -683,6 +683,35 @@ impl Validate for Assignment {
         found.digest("digest", &self.digest);
         found.pinned("configObjects", &self.config_objects);
         found.spec("template", &self.template);
+        for (index, key) in self.trusted_keys.iter().enumerate() {
+            if !key.is_consistent() {
+                found.add(
+                    format!("trustedKeys[{index}]"),
+                    "is not a P-256 public key with its own id",
+                );
+            }
+        }
+        found.finish()
+    }
+}
+
+impl Validate for crate::trust::TrustPolicy {
+    fn validate(&self) -> Result<(), Invalid> {
+        let mut found = Problems::default();
+        if self.keys.len() > crate::trust::MAX_KEYS {
+            found.add(
+                "keys",
+                format!("must hold at most {} keys", crate::trust::MAX_KEYS),
+            );
+        }
+        for (index, key) in self.keys.iter().enumerate() {
+            if !key.is_consistent() {
+                found.add(
+                    format!("keys[{index}]"),
+                    "is not a P-256 public key with its own id",
+                );
+            }
+        }
         found.finish()
     }
 }

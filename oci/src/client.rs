@@ -185,6 +185,11 @@ impl Client {
         &self.cache
     }
 
+    /// The credentials this client has for `registry`.
+    pub(crate) fn credentials_for(&self, registry: &str) -> RegistryAuth {
+        self.options.credentials.for_registry(registry)
+    }
+
     /// Whether `registry` may be reached over plain HTTP: loopback, or named by `insecure`.
     fn plain_http(&self, registry: &str) -> bool {
         is_loopback(registry)
@@ -195,7 +200,7 @@ impl Client {
                 .any(|insecure| insecure.eq_ignore_ascii_case(registry))
     }
 
-    fn registry_client(&self, registry: &str) -> oci_client::Client {
+    pub(crate) fn registry_client(&self, registry: &str) -> oci_client::Client {
         let protocol = if self.plain_http(registry) {
             ClientProtocol::HttpsExcept(vec![registry.to_owned()])
         } else {
@@ -524,7 +529,7 @@ impl Client {
 
     /// Streams one blob into `sink`, refusing more bytes than its descriptor announced and
     /// content that does not match its digest.
-    async fn fetch(
+    pub(crate) async fn fetch(
         &self,
         client: &oci_client::Client,
         reference: &Reference,
@@ -636,15 +641,15 @@ fn short(digest: &str) -> &str {
 }
 
 /// Where downloaded bytes go: memory for configs, a cache temp file for components.
-trait BlobSink {
+pub(crate) trait BlobSink {
     fn put(&mut self, bytes: &[u8]) -> Result<(), CacheError>;
     fn len(&self) -> u64;
     fn digest(&self) -> Digest;
 }
 
 #[derive(Default)]
-struct MemorySink {
-    bytes: Vec<u8>,
+pub(crate) struct MemorySink {
+    pub(crate) bytes: Vec<u8>,
 }
 
 impl BlobSink for MemorySink {

@@ -3,6 +3,8 @@
 //! - [`component`] reads a component binary: valid or why not, imports, exports, world;
 //! - [`artifact`] builds the config and manifest for push and checks them on pull;
 //! - [`client`] pushes to and pulls from any OCI registry, with [`auth`] and [`progress`];
+//! - [`signature`] signs and verifies artifacts in cosign's layout, with [`keys`] in
+//!   cosign's formats;
 //! - [`cache`] is the verified, content-addressed store that pulls fill and that serves
 //!   pinned digests with no registry at all.
 
@@ -13,8 +15,10 @@ pub mod client;
 pub mod component;
 pub mod digest;
 pub mod error;
+pub mod keys;
 pub mod media_types;
 pub mod progress;
+pub mod signature;
 
 pub use artifact::{ArtifactOptions, WasmConfig};
 pub use auth::Credentials;

@@ -390,6 +390,17 @@ async fn handle(
                     .map_err(internal)?,
             )
         }
+        Request::TrustKey {
+            namespace,
+            name,
+            pem,
+        } => to_json(crate::trust::add(lattice, namespace.as_deref(), &name, &pem).await?),
+        Request::UntrustKey { namespace, name } => {
+            to_json(crate::trust::remove(lattice, namespace.as_deref(), &name).await?)
+        }
+        Request::GetTrust { namespace } => to_json(
+            crate::trust::list(lattice, visible(&caller, namespace.as_deref())).await?,
+        ),
         Request::GetSecrets { namespace } => to_json(
             secrets::list(lattice, visible(&caller, namespace.as_deref()))
                 .await
@@ -744,6 +755,28 @@ fn check_names(request: &Request) -> Result<(), ApiError> {
             check_name("namespace", namespace).map_err(invalid)
         }),
         Request::GetHosts => Ok(()),
+        Request::TrustKey {
+            namespace, name, ..
+        } => {
+            if let Some(namespace) = namespace {
+                check_name("namespace", namespace).map_err(invalid)?;
+            }
+            check_name("key name", name).map_err(invalid)
+        }
+        Request::UntrustKey { namespace, name } => {
+            if let Some(namespace) = namespace {
+                check_name("namespace", namespace).map_err(invalid)?;
+            }
+            // A key is named by its name or its id (sha256:…).
+            if name.starts_with("sha256:") {
+                Ok(())
+            } else {
+                check_name("key name", name).map_err(invalid)
+            }
+        }
+        Request::GetTrust { namespace } => namespace.as_deref().map_or(Ok(()), |namespace| {
+            check_name("namespace", namespace).map_err(invalid)
+        }),
         Request::Cordon { host, .. } | Request::Drain { host } => {
             shoal_lattice::names::check_host_id(host).map_err(invalid)
         }

@@ -250,6 +250,7 @@ mod tests {
                 uid: "u1".into(),
                 args: Vec::new(),
             }),
+            trusted_keys: Vec::new(),
         }
     }
 

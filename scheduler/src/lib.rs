@@ -18,3 +18,4 @@ pub mod manifest;
 pub mod placement;
 pub mod reconcile;
 pub mod secrets;
+pub mod trust;

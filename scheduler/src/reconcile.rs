@@ -356,6 +356,7 @@ mod tests {
                 template: app.spec,
                 created_at,
                 job: None,
+                trusted_keys: Vec::new(),
             },
         }
     }

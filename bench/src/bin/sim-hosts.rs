@@ -107,6 +107,7 @@ fn host_record(id: &str, started_at: u64) -> HostRecord {
         load: Default::default(),
         secrets_key: None,
         lattice_mismatch: None,
+        verifies_signatures: true,
     }
 }
 

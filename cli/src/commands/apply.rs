@@ -117,6 +117,34 @@ pub async fn apply_file(
     }
 
     let (api, _connection) = lattice.api("shoal apply").await?;
+    let signed: Vec<(String, &str, &str, &str)> = resolved
+        .iter()
+        .map(|(app, digest)| {
+            (
+                format!("app {}/{}", app.namespace, app.name),
+                app.namespace.as_str(),
+                app.spec.component.as_str(),
+                digest.as_str(),
+            )
+        })
+        .chain(jobs.iter().map(|job| {
+            (
+                format!("job {}/{}", job.namespace, job.name),
+                job.namespace.as_str(),
+                job.spec.component.as_str(),
+                job.digest.as_str(),
+            )
+        }))
+        .chain(cron_jobs.iter().map(|cron| {
+            (
+                format!("cron job {}/{}", cron.namespace, cron.name),
+                cron.namespace.as_str(),
+                cron.spec.job_template.component.as_str(),
+                cron.digest.as_str(),
+            )
+        }))
+        .collect();
+    warn_unsigned(&api, &client, &signed).await;
     let resolved_any = !resolved.is_empty();
     let request = api::Request::Apply {
         apps: resolved
@@ -165,4 +193,59 @@ pub async fn apply_file(
         }
     }
     Ok(())
+}
+
+/// Warns, before anything is stored, about each component that hosts will refuse to run
+/// because the trust policies of its namespace need a signature it lacks. (Only a warning:
+/// the signature may be added after the apply, and hosts check when replicas start.)
+async fn warn_unsigned(
+    api: &api::Client,
+    client: &shoal_oci::Client,
+    items: &[(String, &str, &str, &str)],
+) {
+    let mut policies: std::collections::HashMap<&str, Vec<shoal_oci::keys::PublicKey>> =
+        std::collections::HashMap::new();
+    for (what, namespace, component, digest) in items {
+        if !policies.contains_key(namespace) {
+            let views: Vec<shoal_lattice::trust::TrustView> = match api
+                .call(&api::Request::GetTrust {
+                    namespace: Some((*namespace).to_owned()),
+                })
+                .await
+            {
+                Ok(views) => views,
+                Err(error) => {
+                    tracing::debug!(%error, "cannot read the trust policies");
+                    Vec::new()
+                }
+            };
+            let lattice = views.iter().find(|view| view.namespace.is_none());
+            let own = views
+                .iter()
+                .find(|view| view.namespace.as_deref() == Some(*namespace));
+            let policy = |view: Option<&shoal_lattice::trust::TrustView>| {
+                view.map(|view| shoal_lattice::trust::TrustPolicy {
+                    keys: view.keys.clone(),
+                })
+            };
+            let keys =
+                shoal_lattice::trust::effective(policy(lattice).as_ref(), policy(own).as_ref());
+            policies.insert(namespace, crate::commands::trust::public_keys(&keys));
+        }
+        let Some(keys) = policies.get(namespace).filter(|keys| !keys.is_empty()) else {
+            continue;
+        };
+        let (Ok(reference), Ok(digest)) = (
+            shoal_oci::parse_reference(component),
+            digest.parse::<shoal_oci::Digest>(),
+        ) else {
+            continue;
+        };
+        if let Err(error) = client.verify(&reference, &digest, keys).await {
+            eprintln!(
+                "warning: {what}: hosts will refuse to run {component} ({}): {error}",
+                error.reason()
+            );
+        }
+    }
 }

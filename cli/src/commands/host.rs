@@ -9,10 +9,11 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use shoal_host::agent::{Agent, AgentOptions, Fetch};
+use shoal_host::agent::{Agent, AgentOptions, Fetch, FetchError};
 use shoal_host::{Runtime, RuntimeOptions};
 use shoal_lattice::quantity::{Memory, Millicores};
 use shoal_lattice::records::Capacity;
+use shoal_lattice::trust::TrustedKey;
 use shoal_oci::{Client, parse_reference};
 
 use crate::lattice::LatticeArgs;
@@ -247,16 +248,39 @@ async fn keep_cache_budget(
 pub struct OciFetch(pub Client);
 
 impl Fetch for OciFetch {
-    async fn fetch(&self, reference: &str) -> Result<(Vec<u8>, String), String> {
-        let parsed = parse_reference(reference).map_err(|error| error.to_string())?;
+    async fn fetch(
+        &self,
+        reference: &str,
+        trusted: &[TrustedKey],
+    ) -> Result<(Vec<u8>, String), FetchError> {
+        let parsed =
+            parse_reference(reference).map_err(|error| FetchError::pull(error.to_string()))?;
         let pulled = self
             .0
             .pull(&parsed)
             .await
-            .map_err(|error| format!("cannot pull {reference}: {error}"))?;
+            .map_err(|error| FetchError::pull(format!("cannot pull {reference}: {error}")))?;
+        // Checked after the pull, against the digest the pull verified the bytes by.
+        if !trusted.is_empty() {
+            let keys = crate::commands::trust::public_keys(trusted);
+            let verified = self
+                .0
+                .verify(&parsed, &pulled.digest, &keys)
+                .await
+                .map_err(|error| FetchError {
+                    reason: error.reason(),
+                    message: error.to_string(),
+                })?;
+            tracing::info!(%reference, key = %verified.key_id, "signature verified");
+        }
         let bytes = tokio::fs::read(&pulled.component_path)
             .await
-            .map_err(|error| format!("cannot read {}: {error}", pulled.component_path.display()))?;
+            .map_err(|error| {
+                FetchError::pull(format!(
+                    "cannot read {}: {error}",
+                    pulled.component_path.display()
+                ))
+            })?;
         Ok((bytes, pulled.manifest.layer.digest.to_string()))
     }
 }

@@ -23,5 +23,7 @@ pub mod run;
 pub mod scale;
 pub mod scheduler;
 pub mod secret;
+pub mod sign;
+pub mod trust;
 pub mod up;
 pub mod version;

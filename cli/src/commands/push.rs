@@ -30,6 +30,12 @@ pub struct PushArgs {
     #[arg(long = "annotation", value_name = "KEY=VALUE", value_parser = parse_annotation)]
     pub annotations: Vec<(String, String)>,
 
+    /// Sign the pushed digest with this private key (cosign's layout, as `shoal sign`):
+    /// cosign's encrypted key (password in SHOAL_KEY_PASSWORD or COSIGN_PASSWORD) or a
+    /// PKCS#8/SEC1 PEM key.
+    #[arg(long, value_name = "KEY")]
+    pub sign: Option<PathBuf>,
+
     /// Output format: text prints the digest alone on stdout.
     #[arg(short, long, value_enum, default_value_t)]
     pub output: Format,
@@ -49,6 +55,11 @@ fn parse_annotation(value: &str) -> Result<(String, String), String> {
 
 pub async fn run(args: PushArgs) -> anyhow::Result<()> {
     let reference = parse_reference(&args.reference)?;
+    // The key is read first: a wrong password should stop the push, not follow it.
+    let key = match &args.sign {
+        Some(path) => Some(crate::commands::sign::private_key(path)?),
+        None => None,
+    };
     let bytes = std::fs::read(&args.file)
         .with_context(|| format!("cannot read {}", args.file.display()))?;
     let options = ArtifactOptions {
@@ -70,6 +81,9 @@ pub async fn run(args: PushArgs) -> anyhow::Result<()> {
         output::size(pushed.size),
         pushed.reference
     );
+    if let Some(key) = &key {
+        crate::commands::sign::sign_pushed(&client, &reference, &pushed.digest, key).await?;
+    }
     output::print(args.output, &pushed, |pushed| {
         format!("{}\n", pushed.digest)
     })

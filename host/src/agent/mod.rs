@@ -89,13 +89,35 @@ pub struct AgentOptions {
 }
 
 /// Fetches a component's bytes by pinned reference (`repository@sha256:…`), through a
-/// verified cache. Returns the bytes and the digest of the component layer.
+/// verified cache, and checks its signature when the assignment names trusted keys.
+/// Returns the bytes and the digest of the component layer.
 pub trait Fetch: Send + Sync + 'static {
-    /// Fetches `reference`.
+    /// Fetches `reference`; with `trusted` keys, only if a signature of its manifest digest
+    /// by one of them is stored beside it (or cached from an earlier fetch).
     fn fetch(
         &self,
         reference: &str,
-    ) -> impl Future<Output = Result<(Vec<u8>, String), String>> + Send;
+        trusted: &[shoal_lattice::trust::TrustedKey],
+    ) -> impl Future<Output = Result<(Vec<u8>, String), FetchError>> + Send;
+}
+
+/// Why a fetch failed, as a replica's status shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchError {
+    /// `PullFailed`, `SignatureMissing` or `SignatureInvalid`.
+    pub reason: &'static str,
+    /// What happened, for people.
+    pub message: String,
+}
+
+impl FetchError {
+    /// The component could not be pulled.
+    pub fn pull(message: impl Into<String>) -> Self {
+        FetchError {
+            reason: "PullFailed",
+            message: message.into(),
+        }
+    }
 }
 
 /// A host id whose record changed this recently is held by a live host.
@@ -822,6 +844,7 @@ impl<F: Fetch> Agent<F> {
             load: self.load(),
             secrets_key: Some(self.secrets_key.public_key()),
             lattice_mismatch: mismatch,
+            verifies_signatures: true,
         }
     }
 

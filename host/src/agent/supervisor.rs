@@ -579,9 +579,9 @@ async fn start<F: Fetch>(
     let reference = assignment.pinned_reference();
     let result = async {
         let (bytes, layer_digest) = fetch
-            .fetch(&reference)
+            .fetch(&reference, &assignment.trusted_keys)
             .await
-            .map_err(|message| ("PullFailed".to_owned(), message))?;
+            .map_err(|error| (error.reason.to_owned(), error.message))?;
         // The newest digests only: the host record must not grow with every component
         // this host ever ran.
         if let Ok(mut cached) = cached.lock() {

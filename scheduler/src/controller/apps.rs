@@ -251,23 +251,38 @@ pub(super) async fn step_app(
                 .get(&key)
                 .filter(|(_, at)| now.duration_since(*at) < super::autoscaler::WAKE_PREFERENCE)
                 .map(|(host, _)| host.clone());
-            // An app with secrets runs only where they can be sealed: a feasibility filter.
-            let with_key;
-            let feasible = if app.spec.secrets.is_empty() {
+            let trusted_keys = match state.trusted_keys(&app.namespace) {
+                Ok(keys) => keys,
+                Err(why) => {
+                    tracing::warn!(app = %key, %why, "not placed");
+                    unplaced = Some(why);
+                    Vec::new()
+                }
+            };
+            // An app with secrets runs only where they can be sealed, and one under a trust
+            // policy only where signatures are checked: feasibility filters.
+            let filtered;
+            let feasible = if app.spec.secrets.is_empty() && trusted_keys.is_empty() {
                 hosts
             } else {
-                with_key = hosts
+                filtered = hosts
                     .iter()
-                    .filter(|(_, host)| host.secrets_key.is_some())
+                    .filter(|(_, host)| app.spec.secrets.is_empty() || host.secrets_key.is_some())
+                    .filter(|(_, host)| trusted_keys.is_empty() || host.verifies_signatures)
                     .map(|(id, host)| (id.clone(), host.clone()))
                     .collect();
-                &with_key
+                &filtered
             };
             let plan = placement::place(
                 &placed.host_views(feasible, &owner, &app.digest),
                 &request(&app, step.place, feasible, placed.of(&owner), prefer),
             );
-            for host in &plan.hosts {
+            let hosts_to_use = if unplaced.is_some() {
+                &[][..]
+            } else {
+                &plan.hosts[..]
+            };
+            for host in hosts_to_use {
                 let secrets = match sealed_secrets(state, &app, feasible.get(host)) {
                     Ok(secrets) => secrets,
                     Err(why) => {
@@ -289,6 +304,7 @@ pub(super) async fn step_app(
                     template: app.spec.template(),
                     created_at: now_millis(),
                     job: None,
+                    trusted_keys: trusted_keys.clone(),
                 };
                 let record = create(lattice, state, assignment, now).await?;
                 tracing::info!(app = %key, replica = %record.value.replica, %host, "placed");

@@ -196,8 +196,28 @@ async fn place(
 ) -> Result<u32, Error> {
     let template = job.spec.template();
     let owner = Owner::job(&job.namespace, &job.name, &job.uid);
+    let trusted_keys = match state.trusted_keys(&job.namespace) {
+        Ok(keys) => keys,
+        Err(why) => {
+            status.message = Some(why);
+            return Ok(0);
+        }
+    };
+    // Under a trust policy, only hosts that check signatures.
+    let checking;
+    let feasible = if trusted_keys.is_empty() {
+        observed.hosts
+    } else {
+        checking = observed
+            .hosts
+            .iter()
+            .filter(|(_, host)| host.verifies_signatures)
+            .map(|(id, host)| (id.clone(), host.clone()))
+            .collect();
+        &checking
+    };
     let plan = placement::place(
-        &placed.host_views(observed.hosts, &owner, &job.digest),
+        &placed.host_views(feasible, &owner, &job.digest),
         &Request {
             count,
             memory: template.memory_request().0,
@@ -230,6 +250,7 @@ async fn place(
                 uid: job.uid.clone(),
                 args: job.spec.args.clone(),
             }),
+            trusted_keys: trusted_keys.clone(),
         };
         let record = create(lattice, state, assignment, observed.now).await?;
         let run = &record.value.replica;

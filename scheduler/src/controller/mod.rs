@@ -69,6 +69,8 @@ struct State {
     /// Jobs, and their statuses as this scheduler (or the last leader) wrote them.
     jobs: Mirror<shoal_lattice::jobs::JobRecord>,
     job_status: Mirror<shoal_lattice::jobs::JobStatus>,
+    /// Trust policies: the keys new replicas need a signature by.
+    trust: Mirror<shoal_lattice::trust::TrustPolicy>,
     /// Cron jobs and their statuses.
     cron_jobs: Mirror<shoal_lattice::jobs::CronJobRecord>,
     cron_status: Mirror<shoal_lattice::jobs::CronJobStatus>,
@@ -100,6 +102,36 @@ struct State {
     /// Writes of this pass that wait for nothing and nothing waits for (apps' statuses and
     /// routing records), made many at once when the pass ends.
     deferred: Deferred,
+}
+
+impl State {
+    /// The keys a new replica in `namespace` needs a signature by (the lattice's policy and
+    /// the namespace's); `Err` when a policy record is unreadable: nothing is placed then,
+    /// rather than placed without the policy it may hold.
+    fn trusted_keys(
+        &self,
+        namespace: &str,
+    ) -> Result<Vec<shoal_lattice::trust::TrustedKey>, String> {
+        let namespace_key = shoal_lattice::trust::namespace_key(namespace);
+        let keys = [shoal_lattice::trust::LATTICE_KEY, namespace_key.as_str()];
+        if let Some(refused) = self
+            .trust
+            .invalid()
+            .into_iter()
+            .find(|refused| keys.contains(&refused.key.as_str()))
+        {
+            return Err(format!(
+                "the trust policy {:?} is unreadable ({}): set it again with shoal trust",
+                refused.key, refused.reason
+            ));
+        }
+        let lattice = self.trust.get(shoal_lattice::trust::LATTICE_KEY);
+        let own = self.trust.get(&namespace_key);
+        Ok(shoal_lattice::trust::effective(
+            lattice.as_ref().map(|policy| &policy.value),
+            own.as_ref().map(|policy| &policy.value),
+        ))
+    }
 }
 
 /// The most often host record changes alone (heartbeats) start a pass.
@@ -224,6 +256,7 @@ pub async fn run(
         secrets: lattice.mirror(Bucket::Secrets, ">").await?,
         jobs: lattice.mirror(Bucket::Jobs, ">").await?,
         job_status: lattice.mirror(Bucket::Status, "jobs.>").await?,
+        trust: lattice.mirror(Bucket::Trust, ">").await?,
         cron_jobs: lattice.mirror(Bucket::CronJobs, ">").await?,
         cron_status: lattice.mirror(Bucket::Status, "cronjobs.>").await?,
         secrets_key: options.secrets_key.clone(),
