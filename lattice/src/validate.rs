@@ -192,6 +192,17 @@ impl Problems {
         }
     }
 
+    pub(crate) fn trusted_keys(&mut self, path: &str, keys: &[crate::trust::TrustedKey]) {
+        for (index, key) in keys.iter().enumerate() {
+            if !key.is_consistent() {
+                self.add(
+                    format!("{path}[{index}]"),
+                    "is not a P-256 public key with its own id",
+                );
+            }
+        }
+    }
+
     pub(crate) fn text(&mut self, path: &str, text: &str, max: usize) -> bool {
         if text.len() > max {
             self.add(path, format!("must be at most {max} bytes long"));
@@ -683,14 +694,7 @@ impl Validate for Assignment {
         found.digest("digest", &self.digest);
         found.pinned("configObjects", &self.config_objects);
         found.spec("template", &self.template);
-        for (index, key) in self.trusted_keys.iter().enumerate() {
-            if !key.is_consistent() {
-                found.add(
-                    format!("trustedKeys[{index}]"),
-                    "is not a P-256 public key with its own id",
-                );
-            }
-        }
+        found.trusted_keys("trustedKeys", &self.trusted_keys);
         found.finish()
     }
 }
@@ -704,14 +708,7 @@ impl Validate for crate::trust::TrustPolicy {
                 format!("must hold at most {} keys", crate::trust::MAX_KEYS),
             );
         }
-        for (index, key) in self.keys.iter().enumerate() {
-            if !key.is_consistent() {
-                found.add(
-                    format!("keys[{index}]"),
-                    "is not a P-256 public key with its own id",
-                );
-            }
-        }
+        found.trusted_keys("keys", &self.keys);
         found.finish()
     }
 }

@@ -507,16 +507,9 @@ impl Client {
                 already: true,
             });
         }
-        if !client
-            .blob_exists(&at, payload_digest.as_str())
+        push_blob_once(&client, &at, &payload, &payload_digest)
             .await
-            .map_err(failed)?
-        {
-            client
-                .push_blob(&at, payload.clone(), payload_digest.as_str())
-                .await
-                .map_err(failed)?;
-        }
+            .map_err(failed)?;
         layers.push(OciDescriptor {
             media_type: SIMPLE_SIGNING.to_owned(),
             digest: payload_digest.to_string(),
@@ -542,16 +535,9 @@ impl Client {
         });
         let config = serde_json::to_vec(&config).unwrap_or_default();
         let config_digest = Digest::of(&config);
-        if !client
-            .blob_exists(&at, config_digest.as_str())
+        push_blob_once(&client, &at, &config, &config_digest)
             .await
-            .map_err(failed)?
-        {
-            client
-                .push_blob(&at, config.clone(), config_digest.as_str())
-                .await
-                .map_err(failed)?;
-        }
+            .map_err(failed)?;
         let manifest = serde_json::json!({
             "schemaVersion": 2,
             "mediaType": media_types::OCI_MANIFEST,
@@ -578,6 +564,21 @@ impl Client {
             already: false,
         })
     }
+}
+
+/// Uploads `bytes` unless the repository has them already.
+async fn push_blob_once(
+    client: &oci_client::Client,
+    at: &Reference,
+    bytes: &[u8],
+    digest: &Digest,
+) -> oci_client::errors::Result<()> {
+    if !client.blob_exists(at, digest.as_str()).await? {
+        client
+            .push_blob(at, bytes.to_vec(), digest.as_str())
+            .await?;
+    }
+    Ok(())
 }
 
 /// The Docker manifest type, which older signers wrote signature manifests as.
