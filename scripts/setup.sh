@@ -54,6 +54,10 @@ fi
 command -v docker-registry >/dev/null || command -v registry >/dev/null || apt_install docker-registry
 # Headless Chromium and its WebDriver, for the dashboard's tests.
 command -v chromedriver >/dev/null || apt_install chromium chromium-driver
+# The signing tests check Shoal's signatures with openssl (an independent implementation) and
+# give `shoal keygen` a terminal with script (util-linux).
+command -v openssl >/dev/null || apt_install openssl
+command -v script >/dev/null || apt_install bsdutils
 
 # nats-server >= 2.10 (JetStream KV features Shoal uses).
 nats_ok() {

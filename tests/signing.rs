@@ -340,3 +340,77 @@ fn only_components_signed_by_a_trusted_key_run_and_the_signatures_are_cosigns() 
     assert!(!ok && stderr.contains("has no key nope"), "{stderr}");
     lattice.ok(&["trust", "remove", "openssl"]);
 }
+
+/// Runs `shoal ARGS` on a terminal (`script` gives it one) with `typed` as what a person
+/// types; returns whether it succeeded and what the terminal showed.
+fn on_a_terminal(args: &str, typed: &str) -> (bool, String) {
+    use std::io::{Read as _, Write as _};
+    let command = format!("{} {args}", env!("CARGO_BIN_EXE_shoal"));
+    let mut child = Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .env_remove("SHOAL_KEY_PASSWORD")
+        .env_remove("COSIGN_PASSWORD")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(typed.as_bytes()).unwrap();
+    // Kept open until the command ends: `script` ends the session when its input does.
+    let status = child.wait().unwrap();
+    drop(stdin);
+    let mut shown = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut shown)
+        .unwrap();
+    (status.success(), shown)
+}
+
+#[test]
+fn keygen_asks_for_a_password_on_a_terminal_and_signing_asks_for_it_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = dir.path().join("typed");
+    let (ok, shown) = on_a_terminal(
+        &format!("keygen --output-key-prefix {}", prefix.display()),
+        "s3cret\ns3cret\n",
+    );
+    assert!(ok, "{shown}");
+    assert!(shown.contains("Enter password for private key"), "{shown}");
+    let sealed = std::fs::read_to_string(prefix.with_extension("key")).unwrap();
+    assert!(shoal_oci::keys::PrivateKey::from_pem(&sealed, b"s3cret").is_ok());
+    assert!(matches!(
+        shoal_oci::keys::PrivateKey::from_pem(&sealed, b""),
+        Err(shoal_oci::keys::KeyError::WrongPassword)
+    ));
+
+    // Two different answers: nothing is written.
+    let other = dir.path().join("other");
+    let (ok, shown) = on_a_terminal(
+        &format!("keygen --output-key-prefix {}", other.display()),
+        "one\ntwo\n",
+    );
+    assert!(!ok && shown.contains("do not match"), "{shown}");
+    assert!(!other.with_extension("key").exists());
+
+    // Signing with the sealed key asks for its password (the registry is not reached: a
+    // wrong password stops the command before it).
+    let (ok, shown) = on_a_terminal(
+        &format!(
+            "sign 127.0.0.1:1/none:1 --key {}",
+            prefix.with_extension("key").display()
+        ),
+        "wrong\n",
+    );
+    assert!(!ok, "{shown}");
+    assert!(
+        shown.contains(&format!(
+            "Enter password for {}",
+            prefix.with_extension("key").display()
+        )) && shown.contains("password does not open this key"),
+        "{shown}"
+    );
+}

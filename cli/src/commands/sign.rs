@@ -19,8 +19,9 @@ const PASSWORD_VARIABLES: [&str; 2] = ["SHOAL_KEY_PASSWORD", "COSIGN_PASSWORD"];
 /// Make a signing key pair: cosign.key (ECDSA P-256, encrypted in cosign's format) and
 /// cosign.pub.
 ///
-/// The private key is sealed with the password in SHOAL_KEY_PASSWORD (or COSIGN_PASSWORD);
-/// without one it is sealed with an empty password, as cosign does. cosign reads both
+/// The private key is sealed with the password in SHOAL_KEY_PASSWORD (or COSIGN_PASSWORD),
+/// else with one asked for twice on the terminal; with neither, with an empty password, as
+/// cosign allows. cosign reads both
 /// files, and Shoal reads cosign's. Give the .pub to `shoal trust add`, keep the .key for
 /// `shoal push --sign` and `shoal sign`.
 #[derive(Debug, Args)]
@@ -45,7 +46,7 @@ pub struct SignArgs {
     /// The component: registry/repository:tag or …@sha256:….
     pub reference: String,
     /// The private key: cosign's encrypted key (password in SHOAL_KEY_PASSWORD or
-    /// COSIGN_PASSWORD), or a PKCS#8 or SEC1 PEM key (openssl).
+    /// COSIGN_PASSWORD, else asked for on a terminal), or a PKCS#8 or SEC1 PEM key (openssl).
     #[arg(long, value_name = "FILE")]
     pub key: PathBuf,
     /// Output format.
@@ -77,14 +78,41 @@ pub struct VerifyArgs {
     pub registry: RegistryArgs,
 }
 
-/// The password for private keys, from the environment (empty when unset).
-fn password() -> zeroize::Zeroizing<String> {
-    zeroize::Zeroizing::new(
-        PASSWORD_VARIABLES
-            .iter()
-            .find_map(|name| std::env::var(name).ok())
-            .unwrap_or_default(),
-    )
+/// The password for private keys from the environment, if it names one.
+fn password_from_env() -> Option<zeroize::Zeroizing<String>> {
+    PASSWORD_VARIABLES
+        .iter()
+        .find_map(|name| std::env::var(name).ok())
+        .map(zeroize::Zeroizing::new)
+}
+
+/// Whether a person can be asked (standard input is a terminal).
+fn interactive() -> bool {
+    std::io::IsTerminal::is_terminal(&std::io::stdin())
+}
+
+/// Asks for a password on the terminal, without echo.
+fn prompt(text: &str) -> anyhow::Result<zeroize::Zeroizing<String>> {
+    rpassword::prompt_password(text)
+        .map(zeroize::Zeroizing::new)
+        .context("cannot read the password from the terminal")
+}
+
+/// The password to seal a new key with: the environment's, else asked twice on a terminal,
+/// else empty (as cosign allows).
+fn new_password() -> anyhow::Result<zeroize::Zeroizing<String>> {
+    if let Some(password) = password_from_env() {
+        return Ok(password);
+    }
+    if !interactive() {
+        return Ok(zeroize::Zeroizing::new(String::new()));
+    }
+    let first = prompt("Enter password for private key: ")?;
+    let again = prompt("Enter password for private key again: ")?;
+    if *first != *again {
+        bail!("the passwords do not match; nothing was written");
+    }
+    Ok(first)
 }
 
 fn read_key_file(path: &Path) -> anyhow::Result<String> {
@@ -96,11 +124,21 @@ fn read_key_file(path: &Path) -> anyhow::Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
 }
 
-/// Reads a private key file.
+/// Reads a private key file: with the environment's password, else an empty one, else
+/// (on a terminal) the password asked for.
 pub fn private_key(path: &Path) -> anyhow::Result<PrivateKey> {
     let text = read_key_file(path)?;
-    PrivateKey::from_pem(&text, password().as_bytes())
-        .with_context(|| format!("cannot use {} as a signing key", path.display()))
+    let context = || format!("cannot use {} as a signing key", path.display());
+    if let Some(password) = password_from_env() {
+        return PrivateKey::from_pem(&text, password.as_bytes()).with_context(context);
+    }
+    match PrivateKey::from_pem(&text, b"") {
+        Err(shoal_oci::keys::KeyError::WrongPassword) if interactive() => {
+            let password = prompt(&format!("Enter password for {}: ", path.display()))?;
+            PrivateKey::from_pem(&text, password.as_bytes()).with_context(context)
+        }
+        other => other.with_context(context),
+    }
 }
 
 /// Reads a public key file.
@@ -124,7 +162,7 @@ pub fn keygen(args: KeygenArgs) -> anyhow::Result<()> {
         }
     }
     let key = PrivateKey::generate();
-    let password = password();
+    let password = new_password()?;
     let sealed = key.to_encrypted_pem(password.as_bytes())?;
     write_private(&private_path, &sealed)?;
     std::fs::write(&public_path, key.public().to_pem())
@@ -133,9 +171,9 @@ pub fn keygen(args: KeygenArgs) -> anyhow::Result<()> {
         "private key written to {} ({}), public key to {}",
         private_path.display(),
         if password.is_empty() {
-            "no password: set SHOAL_KEY_PASSWORD to seal it with one"
+            "no password: set SHOAL_KEY_PASSWORD, or run on a terminal, to seal it with one"
         } else {
-            "sealed with the password in the environment"
+            "sealed with the password"
         },
         public_path.display()
     );
