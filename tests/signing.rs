@@ -17,19 +17,26 @@ use support::lattice::{Lattice, hello_manifest};
 const PATIENCE: Duration = Duration::from_secs(30);
 const PASSWORD: &str = "correct horse";
 
-/// `shoal keygen` into `dir/<name>.key|.pub`, sealed with [`PASSWORD`].
-fn keygen(lattice: &Lattice, dir: &Path, name: &str) {
-    let output = lattice
-        .command()
-        .env("SHOAL_KEY_PASSWORD", PASSWORD)
-        .args(["keygen", "--output-key-prefix"])
-        .arg(dir.join(name))
-        .output()
-        .unwrap();
+/// The output of a command that must have succeeded (else its stderr is the panic).
+fn succeeded(output: std::process::Output) -> std::process::Output {
     assert!(
         output.status.success(),
         "{}",
         String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+/// `shoal keygen` into `dir/<name>.key|.pub`, sealed with [`PASSWORD`].
+fn keygen(lattice: &Lattice, dir: &Path, name: &str) {
+    succeeded(
+        lattice
+            .command()
+            .env("SHOAL_KEY_PASSWORD", PASSWORD)
+            .args(["keygen", "--output-key-prefix"])
+            .arg(dir.join(name))
+            .output()
+            .unwrap(),
     );
 }
 
@@ -48,12 +55,7 @@ fn push(lattice: &Lattice, tag: &str, key: Option<&Path>) -> (String, String) {
     if let Some(key) = key {
         command.arg("--sign").arg(key);
     }
-    let output = command.output().unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let output = succeeded(command.output().unwrap());
     let digest = String::from_utf8_lossy(&output.stdout).trim().to_owned();
     (reference, digest)
 }

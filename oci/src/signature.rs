@@ -375,30 +375,13 @@ impl Client {
         reference: &Reference,
         tag: &str,
     ) -> Result<Vec<Signature>, Error> {
-        let signatures_at = Reference::with_tag(
-            reference.registry().to_owned(),
-            reference.repository().to_owned(),
-            tag.to_owned(),
-        );
+        let signatures_at = at_tag(reference, tag);
         let whole = signatures_at.whole();
         let registry = signatures_at.resolve_registry().to_owned();
         let client = self.registry_client(&registry);
         let auth = self.credentials_for(&registry);
-        let manifest_bytes = match client
-            .pull_manifest_raw(
-                &signatures_at,
-                &auth,
-                &[media_types::OCI_MANIFEST, DOCKER_MANIFEST],
-            )
-            .await
-        {
-            Ok((bytes, _)) => bytes,
-            Err(error) => {
-                return match Error::from_registry(&registry, &whole, error) {
-                    Error::NotFound { .. } => Ok(Vec::new()),
-                    other => Err(other),
-                };
-            }
+        let Some(manifest_bytes) = existing_manifest(&client, &signatures_at, &auth).await? else {
+            return Ok(Vec::new());
         };
         let manifest =
             SignatureManifest::parse(&manifest_bytes).map_err(|message| Error::Registry {
@@ -443,11 +426,7 @@ impl Client {
     ) -> Result<Signed, Error> {
         let repository = format!("{}/{}", reference.registry(), reference.repository());
         let tag = signature_tag(digest);
-        let at = Reference::with_tag(
-            reference.registry().to_owned(),
-            reference.repository().to_owned(),
-            tag.clone(),
-        );
+        let at = at_tag(reference, &tag);
         let whole = at.whole();
         let registry = at.resolve_registry().to_owned();
         let failed = |error| Error::from_registry(&registry, &whole, error);
@@ -471,23 +450,19 @@ impl Client {
         let key_id = key.public().id();
 
         // The layers already there stay, in order; ours goes last.
-        let mut layers: Vec<OciDescriptor> = match client
-            .pull_manifest_raw(&at, &auth, &[media_types::OCI_MANIFEST, DOCKER_MANIFEST])
-            .await
-        {
-            Ok((bytes, _)) => {
-                let existing: OciImageManifest =
-                    serde_json::from_slice(&bytes).map_err(|error| Error::Registry {
+        let mut layers: Vec<OciDescriptor> = match existing_manifest(&client, &at, &auth).await? {
+            Some(bytes) => {
+                let existing: OciImageManifest = serde_json::from_slice(&bytes)
+                    .ok()
+                    .filter(|_| bytes.len() <= MAX_MANIFEST)
+                    .ok_or_else(|| Error::Registry {
                         registry: registry.clone(),
                         reference: whole.clone(),
-                        message: format!("the existing signature manifest is unreadable: {error}"),
+                        message: "the signature manifest there is not one to add to".to_owned(),
                     })?;
                 existing.layers
             }
-            Err(error) => match Error::from_registry(&registry, &whole, error) {
-                Error::NotFound { .. } => Vec::new(),
-                other => return Err(other),
-            },
+            None => Vec::new(),
         };
         // ECDSA with RFC 6979 nonces: the same key over the same payload gives the same
         // signature, so a signature already there is found by its key.
@@ -563,6 +538,33 @@ impl Client {
             key_id,
             already: false,
         })
+    }
+}
+
+/// `reference`'s repository at `tag`.
+fn at_tag(reference: &Reference, tag: &str) -> Reference {
+    Reference::with_tag(
+        reference.registry().to_owned(),
+        reference.repository().to_owned(),
+        tag.to_owned(),
+    )
+}
+
+/// The signature manifest at `at`, or `None` when the tag does not exist.
+async fn existing_manifest(
+    client: &oci_client::Client,
+    at: &Reference,
+    auth: &oci_client::secrets::RegistryAuth,
+) -> Result<Option<bytes::Bytes>, Error> {
+    match client
+        .pull_manifest_raw(at, auth, &[media_types::OCI_MANIFEST, DOCKER_MANIFEST])
+        .await
+    {
+        Ok((bytes, _)) => Ok(Some(bytes)),
+        Err(error) => match Error::from_registry(at.resolve_registry(), &at.whole(), error) {
+            Error::NotFound { .. } => Ok(None),
+            other => Err(other),
+        },
     }
 }
 
