@@ -93,17 +93,13 @@ pub struct TrustView {
     pub keys: Vec<TrustedKey>,
 }
 
-/// The keys an app of `namespace` needs a signature from: the lattice's and the
-/// namespace's, without repeats (by id). Empty: no signature needed.
-pub fn effective(
-    lattice: Option<&TrustPolicy>,
-    namespace: Option<&TrustPolicy>,
-) -> Vec<TrustedKey> {
+/// The keys an app needs a signature from: those of its policies (the lattice's and its
+/// namespace's), without repeats (by id). Empty: no signature needed.
+pub fn effective<'a>(policies: impl IntoIterator<Item = &'a [TrustedKey]>) -> Vec<TrustedKey> {
     let mut keys: Vec<TrustedKey> = Vec::new();
-    for key in lattice
+    for key in policies
         .into_iter()
-        .chain(namespace)
-        .flat_map(|policy| policy.keys.iter())
+        .flatten()
         .filter(|key| key.is_consistent())
     {
         if !keys.iter().any(|kept| kept.id == key.id) {
@@ -192,7 +188,10 @@ JeY71DpvMvJ+TXUMeskxsbN8alVw4fvqOmoTeSy7QrKWjyN5Eol3iTqQjQ==
         let mut again = a.clone();
         again.name = "same-key".to_owned();
         let namespace = TrustPolicy { keys: vec![again] };
-        assert_eq!(effective(Some(&lattice), Some(&namespace)), vec![a]);
-        assert!(effective(None, None).is_empty());
+        assert_eq!(
+            effective([lattice.keys.as_slice(), namespace.keys.as_slice()]),
+            vec![a]
+        );
+        assert!(effective([]).is_empty());
     }
 }

@@ -422,7 +422,7 @@ impl Client {
         }))
     }
 
-    fn cached_bytes(
+    pub(crate) fn cached_bytes(
         &self,
         digest: &Digest,
         repaired: &mut Vec<Digest>,

@@ -259,19 +259,10 @@ impl SignatureManifest {
     }
 }
 
-/// Where [`Client::signatures`] looks first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Lookup {
-    /// The registry; the cache only when the registry cannot be reached.
-    RegistryFirst,
-    /// The cache; the registry when nothing is cached.
-    CacheFirst,
-}
-
 impl Client {
-    /// The signatures stored for `digest` in `reference`'s repository (none when the
-    /// signature tag does not exist). What comes from the registry is cached, so a host
-    /// verifies offline.
+    /// The signatures the registry stores for `digest` in `reference`'s repository (none
+    /// when the signature tag does not exist); the cached ones when the registry cannot be
+    /// reached. What comes from the registry is cached, so a host verifies offline.
     ///
     /// # Errors
     /// When the registry fails (and, unreachable, nothing is cached) or serves content
@@ -280,16 +271,10 @@ impl Client {
         &self,
         reference: &Reference,
         digest: &Digest,
-        lookup: Lookup,
     ) -> Result<Vec<Signature>, Error> {
         let registry = reference.resolve_registry().to_owned();
         let repository = reference.repository().to_owned();
         let tag = signature_tag(digest);
-        if lookup == Lookup::CacheFirst
-            && let Some(cached) = self.cached_signatures(&registry, &repository, &tag)?
-        {
-            return Ok(cached);
-        }
         match self.fetch_signatures(reference, &tag).await {
             Err(error) if error.is_unreachable() => {
                 match self.cached_signatures(&registry, &repository, &tag)? {
@@ -329,7 +314,7 @@ impl Client {
             return Ok(verified);
         }
         let signatures = self
-            .signatures(reference, digest, Lookup::RegistryFirst)
+            .signatures(reference, digest)
             .await
             .map_err(unreadable)?;
         verify(digest, &signatures, keys)
@@ -344,7 +329,7 @@ impl Client {
         let Some(manifest_digest) = self.cache().lookup_tag(registry, repository, tag)? else {
             return Ok(None);
         };
-        let Some(bytes) = self.cached_blob(&manifest_digest)? else {
+        let Some(bytes) = self.cached_bytes(&manifest_digest, &mut Vec::new())? else {
             return Ok(None);
         };
         let Ok(manifest) = SignatureManifest::parse(&bytes) else {
@@ -352,7 +337,7 @@ impl Client {
         };
         let mut signatures = Vec::new();
         for (blob, signature) in manifest.signatures() {
-            let Some(payload) = self.cached_blob(&blob.digest)? else {
+            let Some(payload) = self.cached_bytes(&blob.digest, &mut Vec::new())? else {
                 return Ok(None);
             };
             signatures.push(Signature {
@@ -361,13 +346,6 @@ impl Client {
             });
         }
         Ok(Some(signatures))
-    }
-
-    fn cached_blob(&self, digest: &Digest) -> Result<Option<Vec<u8>>, Error> {
-        Ok(match self.cache().read(digest)? {
-            crate::cache::Lookup::Hit(bytes) => Some(bytes),
-            _ => None,
-        })
     }
 
     async fn fetch_signatures(
@@ -391,7 +369,7 @@ impl Client {
             })?;
         let mut signatures = Vec::new();
         for (blob, signature) in manifest.signatures() {
-            let payload = match self.cached_blob(&blob.digest)? {
+            let payload = match self.cached_bytes(&blob.digest, &mut Vec::new())? {
                 Some(payload) => payload,
                 None => {
                     let mut sink = MemorySink::default();

@@ -677,6 +677,11 @@ async fn known_host(lattice: &Lattice, host: &str) -> Result<(), ApiError> {
 fn check_names(request: &Request) -> Result<(), ApiError> {
     let invalid =
         |error: shoal_lattice::Error| ApiError::new(ErrorCode::Invalid, error.to_string());
+    let optional_namespace = |namespace: &Option<String>| {
+        namespace.as_deref().map_or(Ok(()), |namespace| {
+            check_name("namespace", namespace).map_err(invalid)
+        })
+    };
     let check = |namespace: &str, name: &str| {
         check_name("namespace", namespace).map_err(invalid)?;
         check_name("app name", name).map_err(invalid)
@@ -758,15 +763,11 @@ fn check_names(request: &Request) -> Result<(), ApiError> {
         Request::TrustKey {
             namespace, name, ..
         } => {
-            if let Some(namespace) = namespace {
-                check_name("namespace", namespace).map_err(invalid)?;
-            }
+            optional_namespace(namespace)?;
             check_name("key name", name).map_err(invalid)
         }
         Request::UntrustKey { namespace, name } => {
-            if let Some(namespace) = namespace {
-                check_name("namespace", namespace).map_err(invalid)?;
-            }
+            optional_namespace(namespace)?;
             // A key is named by its name or its id (sha256:…).
             if name.starts_with("sha256:") {
                 Ok(())
@@ -774,9 +775,7 @@ fn check_names(request: &Request) -> Result<(), ApiError> {
                 check_name("key name", name).map_err(invalid)
             }
         }
-        Request::GetTrust { namespace } => namespace.as_deref().map_or(Ok(()), |namespace| {
-            check_name("namespace", namespace).map_err(invalid)
-        }),
+        Request::GetTrust { namespace } => optional_namespace(namespace),
         Request::Cordon { host, .. } | Request::Drain { host } => {
             shoal_lattice::names::check_host_id(host).map_err(invalid)
         }

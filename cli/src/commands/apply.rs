@@ -219,17 +219,13 @@ async fn warn_unsigned(
                     Vec::new()
                 }
             };
-            let lattice = views.iter().find(|view| view.namespace.is_none());
-            let own = views
-                .iter()
-                .find(|view| view.namespace.as_deref() == Some(*namespace));
-            let policy = |view: Option<&shoal_lattice::trust::TrustView>| {
-                view.map(|view| shoal_lattice::trust::TrustPolicy {
-                    keys: view.keys.clone(),
-                })
-            };
-            let keys =
-                shoal_lattice::trust::effective(policy(lattice).as_ref(), policy(own).as_ref());
+            // The lattice's policy and this namespace's: what the API answered.
+            let keys = shoal_lattice::trust::effective(
+                views
+                    .iter()
+                    .filter(|view| view.namespace.as_deref().is_none_or(|ns| ns == *namespace))
+                    .map(|view| view.keys.as_slice()),
+            );
             policies.insert(namespace, crate::commands::trust::public_keys(&keys));
         }
         let Some(keys) = policies.get(namespace).filter(|keys| !keys.is_empty()) else {

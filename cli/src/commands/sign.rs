@@ -263,11 +263,7 @@ pub async fn verify(args: VerifyArgs) -> anyhow::Result<u8> {
     let client = args.registry.client_for(&args.reference)?;
     // Always what the registry holds now: a verify is a question about the registry.
     let signatures = client
-        .signatures(
-            &reference,
-            &digest,
-            shoal_oci::signature::Lookup::RegistryFirst,
-        )
+        .signatures(&reference, &digest)
         .await
         .with_context(|| format!("cannot read the signatures of {}", reference.whole()))?;
     match shoal_oci::signature::verify(&digest, &signatures, &keys) {

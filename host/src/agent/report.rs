@@ -131,7 +131,6 @@ impl Reporter {
         }
     }
 
-    /// Removes the status of replica `replica` of host `host`.
     /// How many times `replica` was restarted in place.
     pub(crate) fn restarts(&self, replica: &str) -> u32 {
         self.restarts
@@ -148,6 +147,7 @@ impl Reporter {
         }
     }
 
+    /// Removes the status of replica `replica` of host `host`.
     pub(crate) async fn forget(&self, host: &str, replica: &str) {
         if let Ok(mut restarts) = self.restarts.lock() {
             restarts.remove(replica);

@@ -244,46 +244,39 @@ pub(super) async fn step_app(
         placed.remove_of(&owner, &removed);
 
         let mut unplaced = None;
-        if step.place > 0 {
+        // An unreadable trust policy places nothing: placing without it could run what it
+        // forbids.
+        let trusted_keys = if step.place > 0 {
+            match state.trusted_keys(&app.namespace) {
+                Ok(keys) => Some(keys),
+                Err(why) => {
+                    tracing::warn!(app = %key, %why, "not placed");
+                    unplaced = Some(why);
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        if let Some(trusted_keys) = trusted_keys {
             // A woken app's first replica goes where its requests are held.
             let prefer = state
                 .wakes
                 .get(&key)
                 .filter(|(_, at)| now.duration_since(*at) < super::autoscaler::WAKE_PREFERENCE)
                 .map(|(host, _)| host.clone());
-            let trusted_keys = match state.trusted_keys(&app.namespace) {
-                Ok(keys) => keys,
-                Err(why) => {
-                    tracing::warn!(app = %key, %why, "not placed");
-                    unplaced = Some(why);
-                    Vec::new()
-                }
-            };
             // An app with secrets runs only where they can be sealed, and one under a trust
             // policy only where signatures are checked: feasibility filters.
-            let filtered;
-            let feasible = if app.spec.secrets.is_empty() && trusted_keys.is_empty() {
-                hosts
-            } else {
-                filtered = hosts
-                    .iter()
-                    .filter(|(_, host)| app.spec.secrets.is_empty() || host.secrets_key.is_some())
-                    .filter(|(_, host)| trusted_keys.is_empty() || host.verifies_signatures)
-                    .map(|(id, host)| (id.clone(), host.clone()))
-                    .collect();
-                &filtered
+            let feasible = |host: &HostRecord| {
+                (app.spec.secrets.is_empty() || host.secrets_key.is_some())
+                    && (trusted_keys.is_empty() || host.verifies_signatures)
             };
             let plan = placement::place(
-                &placed.host_views(feasible, &owner, &app.digest),
-                &request(&app, step.place, feasible, placed.of(&owner), prefer),
+                &placed.host_views(hosts, &owner, &app.digest, feasible),
+                &request(&app, step.place, hosts, feasible, placed.of(&owner), prefer),
             );
-            let hosts_to_use = if unplaced.is_some() {
-                &[][..]
-            } else {
-                &plan.hosts[..]
-            };
-            for host in hosts_to_use {
-                let secrets = match sealed_secrets(state, &app, feasible.get(host)) {
+            for host in &plan.hosts {
+                let secrets = match sealed_secrets(state, &app, hosts.get(host)) {
                     Ok(secrets) => secrets,
                     Err(why) => {
                         tracing::warn!(app = %key, %host, %why, "cannot give the app's secrets");
@@ -394,6 +387,7 @@ pub(super) fn request(
     app: &AppRecord,
     count: u32,
     hosts: &BTreeMap<String, HostRecord>,
+    feasible: impl Fn(&HostRecord) -> bool,
     mine: &[Versioned<Assignment>],
     prefer: Option<String>,
 ) -> Request {
@@ -402,6 +396,7 @@ pub(super) fn request(
         for assignment in mine {
             let value = hosts
                 .get(&assignment.value.host)
+                .filter(|host| feasible(host))
                 .and_then(|host| host.labels.get(label).cloned())
                 .unwrap_or_default();
             *spread_counts.entry(value).or_insert(0) += 1;

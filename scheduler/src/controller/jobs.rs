@@ -204,20 +204,10 @@ async fn place(
         }
     };
     // Under a trust policy, only hosts that check signatures.
-    let checking;
-    let feasible = if trusted_keys.is_empty() {
-        observed.hosts
-    } else {
-        checking = observed
-            .hosts
-            .iter()
-            .filter(|(_, host)| host.verifies_signatures)
-            .map(|(id, host)| (id.clone(), host.clone()))
-            .collect();
-        &checking
-    };
     let plan = placement::place(
-        &placed.host_views(feasible, &owner, &job.digest),
+        &placed.host_views(observed.hosts, &owner, &job.digest, |host| {
+            trusted_keys.is_empty() || host.verifies_signatures
+        }),
         &Request {
             count,
             memory: template.memory_request().0,

@@ -125,11 +125,9 @@ impl State {
                 refused.key, refused.reason
             ));
         }
-        let lattice = self.trust.get(shoal_lattice::trust::LATTICE_KEY);
-        let own = self.trust.get(&namespace_key);
+        let policies: Vec<_> = keys.iter().filter_map(|key| self.trust.get(key)).collect();
         Ok(shoal_lattice::trust::effective(
-            lattice.as_ref().map(|policy| &policy.value),
-            own.as_ref().map(|policy| &policy.value),
+            policies.iter().map(|policy| policy.value.keys.as_slice()),
         ))
     }
 }

@@ -109,13 +109,16 @@ impl Placed {
         }
     }
 
-    /// Each host as placement sees it, for placing replicas (or runs) of `owner`, whose
-    /// component is `digest`.
+    /// Each host that passes `feasible` as placement sees it, for placing replicas (or runs)
+    /// of `owner`, whose component is `digest`. (A filter, not a filtered copy of `hosts`:
+    /// with thousands of hosts, copying their records for every placement cost more than
+    /// placing.)
     pub(super) fn host_views<'a>(
         &self,
         hosts: &'a BTreeMap<String, HostRecord>,
         owner: &Owner,
         digest: &str,
+        feasible: impl Fn(&HostRecord) -> bool,
     ) -> Vec<HostView<'a>> {
         let mut same: HashMap<&str, u32> = HashMap::new();
         for assignment in self.of(owner) {
@@ -123,6 +126,7 @@ impl Placed {
         }
         hosts
             .values()
+            .filter(|host| feasible(host))
             .map(|host| HostView {
                 id: std::borrow::Cow::Borrowed(host.id.as_str()),
                 labels: std::borrow::Cow::Borrowed(&host.labels),
