@@ -6,6 +6,7 @@
 //! a prefix and the longest prefix wins. A prefix matches at a path-segment boundary:
 //! `/api` matches `/api` and `/api/users`, not `/apiary`.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
@@ -76,9 +77,17 @@ pub enum Lookup {
 /// How well a route matches: (names the host, exact path, prefix length); higher is better.
 type Rank = (bool, bool, usize);
 
+/// The apps, in the order routes are matched, and by namespace and name: a forwarded
+/// request or a service call finds its app without a walk over every app.
+#[derive(Default)]
+struct Table {
+    apps: Vec<Arc<AppRoutes>>,
+    by_name: HashMap<String, HashMap<String, Arc<AppRoutes>>>,
+}
+
 /// The routing table.
 pub struct Router {
-    apps: RwLock<Vec<Arc<AppRoutes>>>,
+    apps: RwLock<Table>,
     next: AtomicUsize,
     /// Told on every change, for requests waiting for an app to get a replica.
     changed: tokio::sync::watch::Sender<()>,
@@ -103,8 +112,16 @@ fn path_matches(prefix: &str, path: &str) -> bool {
 impl Router {
     /// Replaces the table.
     pub fn set(&self, apps: Vec<AppRoutes>) {
+        let apps: Vec<Arc<AppRoutes>> = apps.into_iter().map(Arc::new).collect();
+        let mut by_name: HashMap<String, HashMap<String, Arc<AppRoutes>>> = HashMap::new();
+        for app in &apps {
+            by_name
+                .entry(app.namespace.clone())
+                .or_default()
+                .insert(app.app.clone(), Arc::clone(app));
+        }
         if let Ok(mut table) = self.apps.write() {
-            *table = apps.into_iter().map(Arc::new).collect();
+            *table = Table { apps, by_name };
         }
         self.changed.send_replace(());
     }
@@ -122,7 +139,7 @@ impl Router {
         // Hosts compare case-insensitively, without the port.
         let host = host.map(|host| host.split(':').next().unwrap_or(host));
         let mut best: Option<(Rank, &Arc<AppRoutes>)> = None;
-        for app in table.iter() {
+        for app in &table.apps {
             for route in &app.routes {
                 let host_rank = match (&route.host, &host) {
                     (None, _) => false,
@@ -168,10 +185,7 @@ impl Router {
     /// The entry of `namespace/app`.
     fn find(&self, namespace: &str, app: &str) -> Option<Arc<AppRoutes>> {
         let table = self.apps.read().ok()?;
-        table
-            .iter()
-            .find(|entry| entry.namespace == namespace && entry.app == app)
-            .cloned()
+        table.by_name.get(namespace)?.get(app).cloned()
     }
 
     /// How long a forwarded request to `namespace/app` may wait.
@@ -190,10 +204,7 @@ impl Router {
 
     /// A ready local replica of `namespace/app`, round robin.
     pub fn pick(&self, namespace: &str, app: &str) -> Option<Arc<HttpComponent>> {
-        let table = self.apps.read().ok()?;
-        let entry = table
-            .iter()
-            .find(|entry| entry.namespace == namespace && entry.app == app)?;
+        let entry = self.find(namespace, app)?;
         if entry.replicas.is_empty() {
             return None;
         }
@@ -204,6 +215,8 @@ impl Router {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn route(host: Option<&str>, path: &str) -> Route {
@@ -244,5 +257,27 @@ mod tests {
         assert_eq!(found(&router, Some("other.local"), "/api"), "api");
         router.set(vec![app("hosted", vec![route(Some("hello.local"), "/")])]);
         assert_eq!(found(&router, Some("other.local"), "/"), "none");
+    }
+
+    #[test]
+    fn apps_are_found_by_namespace_and_name() {
+        let router = Router::default();
+        let mut team = AppRoutes::new("team", "web", Vec::new(), Duration::from_secs(7));
+        team.endpoints = Arc::from(vec!["h2".to_owned()]);
+        router.set(vec![
+            app("web", vec![route(None, "/")]),
+            team,
+            app("api", Vec::new()),
+        ]);
+        assert_eq!(router.timeout_of("team", "web"), Duration::from_secs(7));
+        assert_eq!(router.timeout_of("default", "web"), Duration::from_secs(1));
+        assert_eq!(&*router.endpoints("team", "web"), ["h2".to_owned()]);
+        assert!(router.endpoints("default", "web").is_empty());
+        assert!(router.app("other", "web").is_none());
+        assert!(router.pick("team", "web").is_none());
+        // A new table forgets what the old one held.
+        router.set(vec![app("api", Vec::new())]);
+        assert!(router.app("team", "web").is_none());
+        assert!(router.app("default", "api").is_some());
     }
 }

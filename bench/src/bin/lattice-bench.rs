@@ -1,7 +1,9 @@
 //! `lattice-bench`: times the lattice's two promises on this machine, with real processes:
 //! apply to all replicas ready (3 hosts), and host killed (kill -9) to its replicas ready
 //! elsewhere, with the scheduler's default host timeout. Each is repeated and the median
-//! and worst are printed.
+//! and worst are printed. Then hello served locally against forwarded over NATS, twice: on
+//! the machine's shared CPUs, and with each host held to its own CPU quota (a cgroup), as
+//! hosts on machines of their own are; then guest output's cost and a rollout under load.
 
 #[path = "../local.rs"]
 mod local;
@@ -35,6 +37,77 @@ struct Args {
     /// Repetitions of each measurement.
     #[arg(long, default_value = "5")]
     runs: usize,
+    /// Measure only the forwarded path (local vs forwarded, on shared and on own CPUs).
+    #[arg(long)]
+    only_forwarded: bool,
+    /// The CPU each host gets of its own for the second forwarded comparison (a cgroup
+    /// quota, as if each host were a machine of its own); 0 skips that comparison.
+    #[arg(long, default_value = "0.5")]
+    host_cpu: f64,
+    /// Rounds of each forwarded comparison (local then forwarded, alternating).
+    #[arg(long, default_value = "2")]
+    forward_rounds: usize,
+}
+
+/// A cgroup holding processes to a CPU quota (cgroup v2's `cpu.max`, or v1's
+/// `cpu.cfs_quota_us`); its processes go back to the root cgroup and it is removed on drop.
+struct CpuBudget {
+    dir: PathBuf,
+    root: PathBuf,
+    pids: Vec<u32>,
+}
+
+impl CpuBudget {
+    /// A cgroup named `name` allowing `cpus` CPUs (0.5: half of one); `None` when neither
+    /// cgroup version's CPU controller is writable here (not root, or in a container).
+    fn new(name: &str, cpus: f64) -> Option<Self> {
+        // A short period (10 ms) spreads the quota evenly: with the default 100 ms, a host
+        // would serve for 50 ms and then stall for 50.
+        let period = 10_000u64;
+        let quota = (cpus * period as f64) as u64;
+        let v2 = PathBuf::from("/sys/fs/cgroup");
+        let v2_has_cpu = std::fs::read_to_string(v2.join("cgroup.controllers"))
+            .is_ok_and(|controllers| controllers.split_whitespace().any(|c| c == "cpu"));
+        let (root, file, value) = if v2_has_cpu {
+            let _ = std::fs::write(v2.join("cgroup.subtree_control"), "+cpu");
+            (v2, "cpu.max", format!("{quota} {period}"))
+        } else {
+            (
+                PathBuf::from("/sys/fs/cgroup/cpu"),
+                "cpu.cfs_quota_us",
+                quota.to_string(),
+            )
+        };
+        let dir = root.join(format!("{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).ok()?;
+        let budget = CpuBudget {
+            dir,
+            root,
+            pids: Vec::new(),
+        };
+        if file == "cpu.cfs_quota_us" {
+            std::fs::write(budget.dir.join("cpu.cfs_period_us"), period.to_string()).ok()?;
+        }
+        std::fs::write(budget.dir.join(file), value).ok()?;
+        Some(budget)
+    }
+
+    /// Moves `pid` (all its threads) into the budget.
+    fn hold(&mut self, pid: u32) -> anyhow::Result<()> {
+        std::fs::write(self.dir.join("cgroup.procs"), pid.to_string())
+            .with_context(|| format!("cannot move {pid} into {}", self.dir.display()))?;
+        self.pids.push(pid);
+        Ok(())
+    }
+}
+
+impl Drop for CpuBudget {
+    fn drop(&mut self) {
+        for pid in &self.pids {
+            let _ = std::fs::write(self.root.join("cgroup.procs"), pid.to_string());
+        }
+        let _ = std::fs::remove_dir(&self.dir);
+    }
 }
 
 /// A nats-server config with room for 8 MiB forwarded bodies, as `shoal up` writes.
@@ -265,7 +338,8 @@ async fn main() -> anyhow::Result<()> {
 
     let mut apply_times = Vec::new();
     let mut loss_times = Vec::new();
-    for run in 0..args.runs {
+    let runs = if args.only_forwarded { 0 } else { args.runs };
+    for run in 0..runs {
         let app = format!("hello-{run}");
         let manifest = format!(
             "apiVersion: shoal.dev/v1\nkind: App\nmetadata: {{name: {app}}}\nspec:\n  component: {reference}\n  replicas: 3\n  routes: [{{path: /{app}}}]\n"
@@ -295,8 +369,10 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_secs(2)).await;
         let _ = bench.command().args(["delete", "app", &app]).output();
     }
-    summary("apply → 3 replicas ready", apply_times);
-    summary("host killed → its replica ready elsewhere", loss_times);
+    if !args.only_forwarded {
+        summary("apply → 3 replicas ready", apply_times);
+        summary("host killed → its replica ready elsewhere", loss_times);
+    }
 
     // One replica; wrk through its host (local) and through another host (forwarded).
     bench.apply(
@@ -337,13 +413,50 @@ async fn main() -> anyhow::Result<()> {
         ("host with the replica", pid(3 + back)),
         ("host forwarding", pid(3 + front)),
     ];
-    compare_watching(
-        "hello through its own host and through another host",
-        ("local", &local_url),
-        ("forwarded over NATS", &remote_url),
-        "forwarded / local",
-        &watched,
-    )?;
+    for round in 1..=args.forward_rounds {
+        compare_watching(
+            &format!("hello through its own host and through another host, round {round}"),
+            ("local", &local_url),
+            ("forwarded over NATS", &remote_url),
+            "forwarded / local",
+            &watched,
+        )?;
+    }
+    // On one machine every process shares its CPUs, so the comparison above weighs the
+    // forwarding host's and nats-server's work against the app's. Across machines each host
+    // has CPUs of its own: hold each to the same quota and compare again.
+    if args.host_cpu > 0.0 {
+        let budgets = [("app", pid(3 + back)), ("front", pid(3 + front))]
+            .into_iter()
+            .map(|(name, pid)| {
+                let mut budget = CpuBudget::new(&format!("shoal-bench-{name}"), args.host_cpu)?;
+                budget.hold(pid).ok()?;
+                Some(budget)
+            })
+            .collect::<Option<Vec<CpuBudget>>>();
+        match budgets {
+            Some(_held) => {
+                for round in 1..=args.forward_rounds {
+                    compare_watching(
+                        &format!(
+                            "the same, each host held to {} CPU by a cgroup (a machine of its own), round {round}",
+                            args.host_cpu
+                        ),
+                        ("local", &local_url),
+                        ("forwarded over NATS", &remote_url),
+                        "forwarded / local",
+                        &watched,
+                    )?;
+                }
+            }
+            None => println!(
+                "\n(each host on its own CPU budget: skipped, no writable cgroup CPU controller; run as root)"
+            ),
+        }
+    }
+    if args.only_forwarded {
+        return Ok(());
+    }
 
     guest_output(&bench, &status, &args.fixtures).await?;
     rollout_under_load(&bench, &status, &args.greeter).await
