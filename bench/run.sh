@@ -2,9 +2,11 @@
 # One command for the benchmarks: builds release binaries and guests, installs wrk and the
 # wasmtime CLI matching the embedded wasmtime if they are missing, then runs
 #   serve:   shoal run vs wasmtime serve vs native axum under wrk (shoal-bench)
-#   lattice: placement throughput (cargo bench), apply-to-ready and host-loss-to-ready
-#            on a local lattice (lattice-bench), and the scheduler with 10,000 simulated
-#            hosts and 10,000 apps (sim-hosts; SIM_HOSTS, SIM_APPS to change)
+#   lattice: placement throughput (cargo bench), apply-to-ready, host-loss-to-ready and
+#            forwarded vs local (on shared CPUs, then each host held to its own CPU quota by
+#            a cgroup, which needs root) on a local lattice (lattice-bench), and the
+#            scheduler with 10,000 simulated hosts and 10,000 apps (sim-hosts; SIM_HOSTS,
+#            SIM_APPS to change)
 #   density: 1,000 hello apps on one host (bench/density.sh; DENSITY_APPS to change)
 # Usage: bench/run.sh [serve|lattice|density|all] [extra shoal-bench arguments, e.g. --duration 5]
 set -euo pipefail
