@@ -412,8 +412,7 @@ impl Site {
 
 impl Drop for Site {
     fn drop(&mut self) {
-        let _ = self.up.kill();
-        let _ = self.up.wait();
+        support::stop_up(&mut self.up);
     }
 }
 

@@ -14,13 +14,13 @@ use support::{eventually, free_port};
 
 const PATIENCE: Duration = Duration::from_secs(30);
 
-/// A child process killed if the test ends early.
-struct KillOnDrop(std::process::Child);
+/// A `shoal` process stopped on drop with SIGTERM: a `shoal up` then stops the nats-server
+/// it started.
+struct StopOnDrop(std::process::Child);
 
-impl Drop for KillOnDrop {
+impl Drop for StopOnDrop {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        support::stop_up(&mut self.0);
     }
 }
 
@@ -279,7 +279,7 @@ fn shoal_up_insecure_is_open_and_says_so() {
     let shoal = support::Shoal::new();
     let data = tempfile::tempdir().unwrap();
     let port = free_port().to_string();
-    let mut up = KillOnDrop(
+    let mut up = StopOnDrop(
         shoal
             .command()
             .args([
@@ -330,7 +330,7 @@ fn shoal_up_serves_the_example_app() {
     std::fs::write(&manifest, hello_manifest("hello", &hello, 1, "")).unwrap();
     let data = tempfile::tempdir().unwrap();
     let port = free_port().to_string();
-    let mut up = KillOnDrop(
+    let mut up = StopOnDrop(
         lattice
             .shoal
             .command()
@@ -606,7 +606,7 @@ fn logs_show_what_replicas_wrote_on_any_host_and_follow_new_lines() {
         .stderr(Stdio::null());
     let mut child = follow.spawn().unwrap();
     let stdout = child.stdout.take().unwrap();
-    let _follow = KillOnDrop(child);
+    let _follow = StopOnDrop(child);
     let (seen, lines) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {

@@ -49,6 +49,28 @@ pub fn eventually<T>(patience: Duration, what: &str, mut check: impl FnMut() -> 
     }
 }
 
+/// Stops `shoal up` at the end of a test as an operator would: SIGTERM, so it stops the
+/// nats-server it started (a SIGKILLed `shoal up` leaves that server running, with nobody
+/// to stop it), then SIGKILL if it has not exited within 10 s. Never panics: it runs in
+/// `Drop`, also while a failed test unwinds.
+pub fn stop_up(child: &mut std::process::Child) {
+    if matches!(child.try_wait(), Ok(Some(_))) {
+        return;
+    }
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if !matches!(child.try_wait(), Ok(None)) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 /// Builds the guest components in `examples/` (once per test process; cargo makes concurrent
 /// processes wait for each other) and returns the path of `name`'s component.
 pub fn guest(name: &str) -> PathBuf {
