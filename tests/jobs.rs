@@ -52,7 +52,7 @@ fn runs(lattice: &Lattice, job: &str) -> Vec<(String, String)> {
 #[test]
 fn jobs_run_to_completion_retry_failures_and_survive_a_lost_host() {
     let lattice = Lattice::start();
-    let _scheduler = lattice.scheduler("s1");
+    let scheduler = lattice.scheduler("s1");
     let mut hosts = [lattice.host("h1", &[]), lattice.host("h2", &[])];
     let cli = lattice.push_guest("hello-cli", "1.0");
 
@@ -167,7 +167,18 @@ fn jobs_run_to_completion_retry_failures_and_survive_a_lost_host() {
         &cli,
         "  args: [--sleep, '60000']\n  activeDeadline: 2s\n",
     ));
-    let status = ended(&lattice, "slowpoke", Duration::from_secs(30));
+    let status = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        ended(&lattice, "slowpoke", Duration::from_secs(30))
+    }))
+    .unwrap_or_else(|timed_out| {
+        // Seen once in a CI run (and never alone): say what the scheduler and hosts did.
+        eprintln!("slowpoke: {}", job(&lattice, "slowpoke"));
+        eprintln!("scheduler log:\n{}", scheduler.log());
+        for host in &hosts {
+            eprintln!("host {} log:\n{}", host.id, host.log());
+        }
+        std::panic::resume_unwind(timed_out)
+    });
     assert_eq!(status["reason"], "DeadlineExceeded", "{status}");
     eventually(Duration::from_secs(10), "slowpoke's run to stop", || {
         runs(&lattice, "slowpoke").is_empty().then_some(())
