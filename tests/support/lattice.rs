@@ -40,9 +40,7 @@ impl Process {
 
     /// SIGTERM, then waits for the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
+        super::sigterm(self.child.id());
         self.child.wait().unwrap()
     }
 

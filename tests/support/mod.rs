@@ -49,6 +49,13 @@ pub fn eventually<T>(patience: Duration, what: &str, mut check: impl FnMut() -> 
     }
 }
 
+/// Sends SIGTERM to process `pid` (what an operator's `kill` or systemd sends).
+pub fn sigterm(pid: u32) {
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+}
+
 /// Stops `shoal up` at the end of a test as an operator would: SIGTERM, so it stops the
 /// nats-server it started (a SIGKILLed `shoal up` leaves that server running, with nobody
 /// to stop it), then SIGKILL if it has not exited within 10 s. Never panics: it runs in
@@ -57,9 +64,7 @@ pub fn stop_up(child: &mut std::process::Child) {
     if matches!(child.try_wait(), Ok(Some(_))) {
         return;
     }
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
+    sigterm(child.id());
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
         if !matches!(child.try_wait(), Ok(None)) {

@@ -242,9 +242,7 @@ impl Nats {
     /// Stops the server with SIGTERM (JetStream flushes to disk) and waits for it.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
+            super::sigterm(child.id());
             let _ = child.wait();
         }
     }

@@ -82,9 +82,7 @@ impl Served {
 
     /// Sends SIGTERM and waits for the exit status.
     pub fn terminate(mut self) -> std::process::ExitStatus {
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
+        super::sigterm(self.child.id());
         self.child.wait().unwrap()
     }
 }
