@@ -413,15 +413,19 @@ async fn main() -> anyhow::Result<()> {
         ("host with the replica", pid(3 + back)),
         ("host forwarding", pid(3 + front)),
     ];
-    for round in 1..=args.forward_rounds {
-        compare_watching(
-            &format!("hello through its own host and through another host, round {round}"),
-            ("local", &local_url),
-            ("forwarded over NATS", &remote_url),
-            "forwarded / local",
-            &watched,
-        )?;
-    }
+    let forwarded_rounds = |title: &str| -> anyhow::Result<()> {
+        for round in 1..=args.forward_rounds {
+            compare_watching(
+                &format!("{title}, round {round}"),
+                ("local", &local_url),
+                ("forwarded over NATS", &remote_url),
+                "forwarded / local",
+                &watched,
+            )?;
+        }
+        Ok(())
+    };
+    forwarded_rounds("hello through its own host and through another host")?;
     // On one machine every process shares its CPUs, so the comparison above weighs the
     // forwarding host's and nats-server's work against the app's. Across machines each host
     // has CPUs of its own: hold each to the same quota and compare again.
@@ -435,20 +439,10 @@ async fn main() -> anyhow::Result<()> {
             })
             .collect::<Option<Vec<CpuBudget>>>();
         match budgets {
-            Some(_held) => {
-                for round in 1..=args.forward_rounds {
-                    compare_watching(
-                        &format!(
-                            "the same, each host held to {} CPU by a cgroup (a machine of its own), round {round}",
-                            args.host_cpu
-                        ),
-                        ("local", &local_url),
-                        ("forwarded over NATS", &remote_url),
-                        "forwarded / local",
-                        &watched,
-                    )?;
-                }
-            }
+            Some(_held) => forwarded_rounds(&format!(
+                "the same, each host held to {} CPU by a cgroup (a machine of its own)",
+                args.host_cpu
+            ))?,
             None => println!(
                 "\n(each host on its own CPU budget: skipped, no writable cgroup CPU controller; run as root)"
             ),
