@@ -111,6 +111,36 @@ fn a_host_restarted_offline_serves_its_saved_replicas_and_keeps_them_when_nats_r
 }
 
 #[test]
+fn a_host_stopped_as_soon_as_it_serves_restarts_without_nats_and_serves_at_once() {
+    let mut lattice = Lattice::start();
+    let _scheduler = patient_scheduler(&lattice);
+    let mut host = lattice.spawn(&host_args("edge-6"), "edge-6", true);
+    lattice.wait_registered("edge-6");
+    let hello = lattice.push_hello("1.0");
+    lattice.apply(&hello_manifest("quick", &hello, 1, ""));
+    eventually(PATIENCE, "the host to serve /quick", || {
+        host.get("/quick").filter(|(status, _)| *status == 200)
+    });
+    // No wait for the saved state to reach the disk: the host is stopped at once, NATS and
+    // the registry go away, and the host is started again while they are away.
+    host.terminate();
+    lattice.nats.stop();
+    lattice.registry.stop();
+    let host = lattice.spawn(&host_args("edge-6"), "edge-6", true);
+    let url = format!("{}/quick", host.url.as_deref().unwrap());
+    let serving = support::until_served(
+        PATIENCE,
+        "the host restarted without NATS to serve /quick",
+        &url,
+        || host.log(),
+    );
+    eprintln!(
+        "restarted without NATS: first 200 after {} ms",
+        serving.as_millis()
+    );
+}
+
+#[test]
 fn a_host_asked_to_stop_while_nats_is_unreachable_exits_within_its_drain_deadline() {
     let mut lattice = Lattice::start();
     let _scheduler = lattice.scheduler("s1");
@@ -194,6 +224,23 @@ fn a_lattice_that_comes_back_empty_does_not_stop_what_hosts_serve() {
     );
     let (ok, failed, failures, _) = load.finish();
     assert_eq!(failed, 0, "{failed} failed, {ok} ok: {failures:?}");
+
+    // Restarted while the lattice is still the empty one, the host serves its saved
+    // replica from the start.
+    let mut host = host;
+    host.terminate();
+    let host = lattice.spawn(&host_args("edge-3"), "edge-3", true);
+    let url = format!("{}/kept", host.url.as_deref().unwrap());
+    let serving = support::until_served(
+        PATIENCE,
+        "the host restarted on the empty lattice to serve /kept",
+        &url,
+        || host.log(),
+    );
+    eprintln!(
+        "restarted on an empty lattice: first 200 after {} ms",
+        serving.as_millis()
+    );
 
     // Desired state written anew clears it: the host follows the new lattice.
     lattice.apply(&manifest);
@@ -359,10 +406,25 @@ struct Site {
     up: std::process::Child,
     args: Vec<String>,
     ingress: String,
+    /// Where its stderr (the host's log) goes: `shoal-up.log` in its data directory,
+    /// appended to by every start, so a failure can show what the site said.
+    log: std::path::PathBuf,
 }
 
 impl Site {
     fn start(lattice: &Lattice, args: &[String]) -> Self {
+        let data = args
+            .iter()
+            .position(|arg| arg == "--data-dir")
+            .and_then(|at| args.get(at + 1))
+            .expect("site args name a data dir");
+        let log = std::path::Path::new(data).join("shoal-up.log");
+        std::fs::create_dir_all(data).unwrap();
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
         let mut up = lattice
             .shoal
             .command()
@@ -371,7 +433,7 @@ impl Site {
             .env("SHOAL_LOG", "info")
             .env_remove("SHOAL_NATS")
             .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
+            .stderr(stderr)
             .spawn()
             .unwrap();
         use std::io::BufRead;
@@ -388,7 +450,20 @@ impl Site {
             up,
             args: args.to_vec(),
             ingress,
+            log,
         }
+    }
+
+    /// What the site's `shoal up` processes have written to stderr so far.
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Probes `path` from now on until it answers 200; see [`support::until_served`].
+    fn until_served(&self, what: &str, path: &str) -> Duration {
+        support::until_served(PATIENCE, what, &format!("{}{path}", self.ingress), || {
+            self.log()
+        })
     }
 
     fn get(&self, path: &str) -> Option<u16> {
@@ -446,12 +521,14 @@ fn a_site_behind_a_leaf_serves_without_its_hub_restarts_without_it_and_converges
     for _ in 0..20 {
         assert_eq!(site.get("/shop"), Some(200));
     }
+    // Stopped right away (its saved state may still be on its way to disk), restarted,
+    // and probed at once: the saved replica is served with its route from the start.
     let args = site.stop();
     let site = Site::start(&lattice, &args);
-    eventually(
-        PATIENCE,
-        "the restarted site to serve /shop without its hub",
-        || (site.get("/shop") == Some(200)).then_some(()),
+    let serving = site.until_served("the restarted site to serve /shop without its hub", "/shop");
+    eprintln!(
+        "site restarted without its hub: first 200 after {} ms",
+        serving.as_millis()
     );
 
     // The hub returns: the site joins again with the same replica, and converges on new

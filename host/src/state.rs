@@ -59,6 +59,30 @@ pub struct HostState {
     pub routes: Vec<RouteRecord>,
 }
 
+impl HostState {
+    /// The routes to serve the saved replicas with: the saved routing records, and for a
+    /// replica whose app has none (the host stopped before the record arrived or was
+    /// saved), the routes of the template it runs. A saved replica always has its routes,
+    /// so a host restarted without its lattice answers them from its first second.
+    pub fn routes_to_serve(&self) -> Vec<RouteRecord> {
+        let mut routes = self.routes.clone();
+        for assignment in self.assignments.iter().filter(|a| a.job.is_none()) {
+            let known = routes.iter().any(|route| {
+                route.namespace == assignment.namespace && route.app == assignment.app
+            });
+            if !known {
+                routes.push(RouteRecord::for_app(
+                    &assignment.namespace,
+                    &assignment.app,
+                    &assignment.template,
+                    Vec::new(),
+                ));
+            }
+        }
+        routes
+    }
+}
+
 /// Why a state file was not used.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -249,6 +273,36 @@ mod tests {
                 scale_to_zero: false,
             }],
         }
+    }
+
+    #[test]
+    fn a_saved_replica_without_its_routing_record_is_served_with_its_template_s_routes() {
+        let assignment: Assignment = serde_json::from_value(serde_json::json!({
+            "replica": "shop-1", "app": "shop", "namespace": "default", "revision": 1,
+            "generation": 1, "host": "h1", "digest": "sha256:ab", "createdAt": 1,
+            "template": {
+                "component": "r/shop:1",
+                "routes": [{"path": "/shop"}],
+                "autoscale": {"min": 0, "max": 2, "targetConcurrency": 5}
+            }
+        }))
+        .unwrap();
+        let mut saved = state();
+        saved.assignments = vec![assignment];
+        let routes = saved.routes_to_serve();
+        // The saved record stays as it was; the replica's app gets its template's routes.
+        assert_eq!(routes.len(), 2);
+        assert_eq!(routes[0], saved.routes[0]);
+        assert_eq!(
+            (routes[1].namespace.as_str(), routes[1].app.as_str()),
+            ("default", "shop")
+        );
+        assert_eq!(routes[1].routes[0].path, "/shop");
+        assert!(routes[1].scale_to_zero && routes[1].endpoints.is_empty());
+        // With its routing record saved, that record is used as it is.
+        saved.routes.push(routes[1].clone());
+        saved.routes[1].endpoints = vec!["h2".into()];
+        assert_eq!(saved.routes_to_serve(), saved.routes);
     }
 
     #[test]

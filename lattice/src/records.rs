@@ -809,6 +809,30 @@ pub struct AutoscaleStatus {
     pub wanted: u32,
 }
 
+/// The statuses to believe, by replica id: each one read at the key of the host and
+/// replica it names (`replicas.<host>.<replica>`: a host's credential writes only under
+/// its own id) and about a replica assigned to that same host. A host that writes a status
+/// for another host's replica, or a record whose fields disagree with its key, is not
+/// heard: it cannot fail, ready or end a replica it does not run.
+pub fn trusted_statuses<'a>(
+    statuses: impl IntoIterator<Item = crate::Versioned<ReplicaStatus>>,
+    assignments: impl IntoIterator<Item = &'a Assignment>,
+) -> std::collections::HashMap<String, ReplicaStatus> {
+    let placed: std::collections::HashSet<(&str, &str)> = assignments
+        .into_iter()
+        .map(|assignment| (assignment.host.as_str(), assignment.replica.as_str()))
+        .collect();
+    statuses
+        .into_iter()
+        .filter(|record| {
+            let status = &record.value;
+            record.key == crate::names::replica_status_key(&status.host, &status.replica)
+                && placed.contains(&(status.host.as_str(), status.replica.as_str()))
+        })
+        .map(|record| (record.value.replica.clone(), record.value))
+        .collect()
+}
+
 /// What hosts need to route an app's requests, written by the scheduler at
 /// `routes.<namespace>.<app>` in the status bucket. Hosts read these, never apps' specs, so
 /// a host's credential does not reveal any app's configuration.
@@ -836,6 +860,26 @@ pub struct RouteRecord {
     /// its requests and wakes it instead of answering 503.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub scale_to_zero: bool,
+}
+
+impl RouteRecord {
+    /// The routing record of an app with `spec`, forwarded to `endpoints`: what the
+    /// scheduler publishes, and what a host rebuilds from a saved assignment's template
+    /// when it has no routing record for it.
+    pub fn for_app(namespace: &str, app: &str, spec: &AppSpec, endpoints: Vec<String>) -> Self {
+        RouteRecord {
+            namespace: namespace.to_owned(),
+            app: app.to_owned(),
+            routes: spec.routes.clone(),
+            expose: spec.expose.clone(),
+            timeout: spec.limits.timeout,
+            endpoints,
+            scale_to_zero: spec
+                .autoscale
+                .as_ref()
+                .is_some_and(|autoscale| autoscale.min() == 0),
+        }
+    }
 }
 
 /// What an admin decided about a host (`hosts.<id>` in the status bucket, written through
@@ -875,6 +919,21 @@ pub struct FailedRollout {
     /// The revision rolled back to, when it was rolled back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rolled_back_to: Option<u64>,
+}
+
+/// Which namespace holds a route host name (`routehosts.<host>` in the status bucket),
+/// and the app that claimed it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteHostClaim {
+    /// The namespace the name belongs to.
+    pub namespace: String,
+    /// The app (in that namespace) that claimed it first.
+    pub app: String,
+    /// When (ms since the epoch, the claimer's clock): a claim is made before its app is
+    /// stored, so a young claim with no app yet is not a stale one.
+    #[serde(default)]
+    pub claimed_at: u64,
 }
 
 /// The scheduler's leader lease.
@@ -925,6 +984,47 @@ mod tests {
             trusted_keys: Vec::new(),
             created_at: 0,
         }
+    }
+
+    #[test]
+    fn statuses_count_only_at_their_own_key_and_for_their_own_host_s_replica() {
+        let placed = assignment("r/a:1");
+        let status = |host: &str, replica: &str| ReplicaStatus {
+            replica: replica.into(),
+            app: "a".into(),
+            namespace: "default".into(),
+            revision: 1,
+            host: host.into(),
+            phase: Phase::Ready,
+            reason: None,
+            message: None,
+            observed_generation: 1,
+            since: 0,
+            exit_code: None,
+            restarts: 0,
+            last_restart: None,
+        };
+        let at = |key: &str, value: ReplicaStatus| crate::Versioned {
+            key: key.into(),
+            revision: 1,
+            value,
+        };
+        let trusted = trusted_statuses(
+            vec![
+                // The host's own status of its own replica.
+                at("replicas.h.r", status("h", "r")),
+                // Another host writes a status naming h's replica, at its own key.
+                at("replicas.evil.r", status("h", "r2")),
+                // Its own key, naming the replica as its own: not assigned to it.
+                at("replicas.evil.r", status("evil", "r")),
+            ],
+            [&placed],
+        );
+        assert_eq!(trusted.len(), 1);
+        assert_eq!(trusted["r"].host, "h");
+        // The real one missing, a forged one does not stand in for it.
+        let trusted = trusted_statuses(vec![at("replicas.evil.r", status("evil", "r"))], [&placed]);
+        assert!(trusted.is_empty());
     }
 
     #[test]

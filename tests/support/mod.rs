@@ -49,6 +49,46 @@ pub fn eventually<T>(patience: Duration, what: &str, mut check: impl FnMut() -> 
     }
 }
 
+/// Probes `url` with GETs from now on until one answers 200, and returns how long that
+/// took; after `patience`, panics naming what the last attempt got (status and body, or
+/// the transport error), how many attempts got what, and `log()` (the server's log).
+pub fn until_served(
+    patience: Duration,
+    what: &str,
+    url: &str,
+    log: impl Fn() -> String,
+) -> Duration {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(2)))
+        .build()
+        .into();
+    let started = Instant::now();
+    let mut seen: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
+    loop {
+        let last = match agent.get(url).call() {
+            Ok(response) if response.status().as_u16() == 200 => return started.elapsed(),
+            Ok(mut response) => format!(
+                "{} {}",
+                response.status().as_u16(),
+                response
+                    .body_mut()
+                    .read_to_string()
+                    .unwrap_or_default()
+                    .trim()
+            ),
+            Err(error) => format!("transport error: {error}"),
+        };
+        *seen.entry(last.clone()).or_default() += 1;
+        assert!(
+            started.elapsed() < patience,
+            "timed out after {patience:?} waiting for {what} ({url});\nlast attempt: {last}\nattempts by outcome: {seen:#?}\nlog:\n{}",
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Sends SIGTERM to process `pid` (what an operator's `kill` or systemd sends).
 pub fn sigterm(pid: u32) {
     let _ = std::process::Command::new("kill")

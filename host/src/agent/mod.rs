@@ -365,7 +365,7 @@ impl<F: Fetch> Agent<F> {
                 .converge(&state.assignments, &HashSet::new())
                 .await;
             self.router
-                .set(routing_table(state.routes.clone(), &supervisor.replicas));
+                .set(routing_table(state.routes_to_serve(), &supervisor.replicas));
         }
 
         let mut publisher = None;
@@ -515,6 +515,11 @@ impl<F: Fetch> Agent<F> {
             result = work => result,
         };
         outcome?;
+        // What the last passes asked to save goes to disk before leaving (saves wait up to
+        // SAVE_EVERY): a restart, offline too, serves what ran, with its routes.
+        if let Some(state) = unsaved.take() {
+            self.save(state_file.as_ref(), state, &mut last_saved).await;
+        }
 
         if let Some(task) = joining {
             task.abort();
@@ -702,7 +707,7 @@ impl<F: Fetch> Agent<F> {
     /// has joined, and while the lattice is not the one its replicas came from.
     fn serve_saved(&self, saved: Option<&HostState>, supervisor: &Supervisor<F>) {
         if let Some(state) = saved {
-            self.route(None, &state.routes, &supervisor.replicas);
+            self.route(None, &state.routes_to_serve(), &supervisor.replicas);
         }
         supervisor.count();
     }
@@ -892,13 +897,22 @@ impl<F: Fetch> Agent<F> {
         let id = self.options.id.clone();
         let record = self.record(started_at, http, false, None);
         let router = Arc::clone(&self.router);
+        let metrics = Arc::clone(&self.metrics);
         let forward_buffer = self.options.forward_buffer;
         async move {
             let mut wait = RETRY_FIRST;
             loop {
                 let attempt = async {
                     let lattice = connect().await?;
-                    join_lattice(lattice, &id, &record, Arc::clone(&router), forward_buffer).await
+                    join_lattice(
+                        lattice,
+                        &id,
+                        &record,
+                        Arc::clone(&router),
+                        Arc::clone(&metrics),
+                        forward_buffer,
+                    )
+                    .await
                 };
                 let error = match attempt.await {
                     Ok(joined) => return Ok(joined),
@@ -1074,6 +1088,7 @@ async fn join_lattice(
     id: &str,
     record: &HostRecord,
     router: Arc<Router>,
+    metrics: Arc<Metrics>,
     forward_buffer: usize,
 ) -> Result<Joined, shoal_lattice::Error> {
     claim_id(&lattice, id, record).await?;
@@ -1100,6 +1115,7 @@ async fn join_lattice(
         id,
         forwarder.clone(),
         router,
+        metrics,
         listening_stopped,
     )
     .await

@@ -180,19 +180,7 @@ pub(super) async fn write_status(
         .collect();
     endpoints.sort();
     endpoints.dedup();
-    let routing = RouteRecord {
-        namespace: app.namespace.clone(),
-        app: app.name.clone(),
-        routes: app.spec.routes.clone(),
-        expose: app.spec.expose.clone(),
-        timeout: app.spec.limits.timeout,
-        endpoints,
-        scale_to_zero: app
-            .spec
-            .autoscale
-            .as_ref()
-            .is_some_and(|autoscale| autoscale.min() == 0),
-    };
+    let routing = RouteRecord::for_app(&app.namespace, &app.name, &app.spec, endpoints);
     let routes_key = route_key(&app.namespace, &app.name);
     if state.routes.get(&routes_key).map(|record| record.value) != Some(routing.clone()) {
         state
