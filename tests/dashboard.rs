@@ -190,3 +190,100 @@ fn a_viewer_sees_no_actions_and_an_action_posted_anyway_is_refused() {
     assert_eq!(answer.status(), 403);
     assert_eq!(lattice.app("web")["spec"]["replicas"], 1);
 }
+
+/// One HTTP/1.1 request written by hand, so its Host and Origin are exactly `headers`:
+/// the status line's code.
+fn raw_request(address: &str, method: &str, path: &str, headers: &[(&str, &str)]) -> u16 {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut request = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("Content-Length: 0\r\n\r\n");
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    answer
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {answer:?}"))
+}
+
+#[test]
+fn the_dashboard_answers_only_its_own_origin() {
+    let lattice = Lattice::start();
+    let _scheduler = lattice.scheduler("s1");
+    let _host = lattice.host("h1", &[]);
+    lattice.apply(&fixtures_app(&lattice, 1, ""));
+    lattice.wait_ready("web", 1, PATIENCE);
+    let (_dashboard, url) = dashboard(&lattice, &["--allow-host", "shoal.example.org"]);
+    let address = url.trim_start_matches("http://");
+    let port = address.rsplit_once(':').unwrap().1;
+    let foreign = format!("attacker.example:{port}");
+    let foreign_origin = format!("http://attacker.example:{port}");
+    let own_origin = format!("http://{address}");
+    let action = ("x-shoal-dashboard", "1");
+
+    // A page whose name was rebound to this address (DNS rebinding): its Host is its own.
+    assert_eq!(
+        raw_request(address, "GET", "/api/snapshot", &[("Host", &foreign)]),
+        403
+    );
+    assert_eq!(
+        raw_request(
+            address,
+            "DELETE",
+            "/api/apps/default/web",
+            &[("Host", &foreign), ("Origin", &foreign_origin), action]
+        ),
+        403
+    );
+    // The dashboard's own Host, sent by another site's page.
+    assert_eq!(
+        raw_request(
+            address,
+            "DELETE",
+            "/api/apps/default/web",
+            &[("Host", address), ("Origin", &foreign_origin), action]
+        ),
+        403
+    );
+    assert_eq!(
+        raw_request(
+            address,
+            "GET",
+            "/api/snapshot",
+            &[("Host", address), ("Origin", "null")]
+        ),
+        403
+    );
+    // Nothing changed.
+    assert_eq!(lattice.app("web")["spec"]["replicas"], 1);
+
+    // Its own names are answered: the address, localhost, a name given with --allow-host.
+    for host in [
+        address.to_owned(),
+        format!("localhost:{port}"),
+        "shoal.example.org".to_owned(),
+    ] {
+        assert_eq!(
+            raw_request(address, "GET", "/api/snapshot", &[("Host", &host)]),
+            200,
+            "{host}"
+        );
+    }
+    assert_eq!(
+        raw_request(
+            address,
+            "GET",
+            "/api/snapshot",
+            &[("Host", address), ("Origin", &own_origin)]
+        ),
+        200
+    );
+}

@@ -53,6 +53,24 @@ fn echo_round_trips_a_5_mib_body_and_headers() {
 }
 
 #[test]
+fn a_memory_bomb_is_capped_by_default() {
+    let shoal = Shoal::new();
+    // No --memory: the default cap (256Mi) holds, as an app's does.
+    let served = Served::start(&shoal, &fixtures(), &["--timeout", "20s"]);
+    let (status, _) = served.get("/hog");
+    assert_eq!(status, 500);
+    served.wait_for_log("cause=out_of_memory", 0);
+    let peak = served.peak_rss();
+    assert!(
+        peak < 600 << 20,
+        "shoal run reached {} MiB resident for one memory bomb",
+        peak >> 20
+    );
+    // And it goes on serving.
+    assert_eq!(served.get("/hello").0, 200);
+}
+
+#[test]
 fn hostile_requests_fail_alone_while_hello_keeps_succeeding() {
     let shoal = Shoal::new();
     let served = Served::start(

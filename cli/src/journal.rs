@@ -22,7 +22,7 @@ pub fn start(since: Option<Duration>) -> Start {
 
 /// Hands each record to `each`, with whether the backlog has been read by then, until the
 /// reader ends (not following) or ctrl-c.
-pub async fn read<T: DeserializeOwned>(
+pub async fn read<T: DeserializeOwned + shoal_lattice::journal::Attributed>(
     reader: &mut Reader<T>,
     mut each: impl FnMut(T, bool) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {

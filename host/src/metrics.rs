@@ -159,6 +159,9 @@ pub struct Metrics {
     pub routing_rebuilds: AtomicU64,
     /// Heartbeats written to the lattice.
     pub heartbeats: AtomicU64,
+    /// Forwarded requests dropped unanswered because their reply subject was not a
+    /// host's inbox (an answer there would write where the requester may not).
+    pub refused_replies: AtomicU64,
 }
 
 impl Metrics {
@@ -304,6 +307,11 @@ impl Metrics {
             out,
             "# HELP shoal_heartbeats_total Heartbeats this host wrote to the lattice.\n# TYPE shoal_heartbeats_total counter\nshoal_heartbeats_total {}",
             self.heartbeats.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP shoal_refused_replies_total Forwarded requests dropped because their reply subject was not a host's inbox.\n# TYPE shoal_refused_replies_total counter\nshoal_refused_replies_total {}",
+            self.refused_replies.load(Ordering::Relaxed)
         );
         out
     }

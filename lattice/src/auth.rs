@@ -205,7 +205,7 @@ impl Identity {
     /// The prefix of this identity's reply inboxes: replies to one identity cannot be read
     /// by another, because each may subscribe only under its own prefix.
     pub fn inbox_prefix(&self) -> String {
-        format!("_INBOX.{}.{}", self.kind(), self.name())
+        inbox_prefix(self.kind(), self.name())
     }
 
     /// Tags in the JWT, so a client can read back what it is (no secret: the server
@@ -219,6 +219,34 @@ impl Identity {
     }
 }
 
+/// The prefix of the reply inboxes of identity `name` of `kind` (`host`, `scheduler`,
+/// `user`): `_INBOX.<kind>.<name>`.
+pub fn inbox_prefix(kind: &str, name: &str) -> String {
+    format!("_INBOX.{kind}.{name}")
+}
+
+/// Whether `reply` is a reply inbox of an identity of `kind`, and of the one named `name`
+/// when given: `_INBOX.<kind>.<name>.<token>…`, literal (no wildcard, no empty token).
+/// Shoal's processes answer a request only there: a reply subject the requester chose
+/// freely (a KV key, a JetStream API subject, another identity's inbox) would make the
+/// answering process write where the requester may not.
+pub fn is_inbox_of(reply: &str, kind: &str, name: Option<&str>) -> bool {
+    let mut tokens = reply.split('.');
+    let literal = reply.split('.').all(|token| {
+        !token.is_empty()
+            && token != "*"
+            && token != ">"
+            && !token.contains(|c: char| c.is_whitespace() || c.is_control())
+    });
+    literal
+        && tokens.next() == Some("_INBOX")
+        && tokens.next() == Some(kind)
+        && tokens
+            .next()
+            .is_some_and(|owner| name.is_none_or(|name| owner == name))
+        && tokens.next().is_some()
+}
+
 /// The subjects an identity may publish and subscribe to.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Permissions {
@@ -229,8 +257,6 @@ pub struct Permissions {
     pub publish_deny: Vec<String>,
     /// Subjects it may subscribe to.
     pub subscribe: Vec<String>,
-    /// Whether it may answer requests it received (one reply each).
-    pub responses: bool,
     /// The kinds of connection that may present it (nats-server's names, such as
     /// `LEAFNODE`); empty: any.
     pub connection_types: Vec<String>,
@@ -361,8 +387,11 @@ pub fn permissions(lattice: &str, identity: &Identity) -> Permissions {
                 // Its own logs and events: the last token is the publisher.
                 format!("{root}.logs.*.*.{id}"),
                 format!("{root}.events.*.*.{id}"),
-                // Forwarded requests go to the host chosen among an app's endpoints.
+                // Forwarded requests go to the host chosen among an app's endpoints, and
+                // their answers to the forwarding host's inbox (never a reply subject a
+                // requester chose: no `responses` permission).
                 format!("{root}.http.>"),
+                "_INBOX.host.*.>".to_owned(),
                 // Waking an app scaled to zero, in its own name only.
                 format!("{root}.wake.{id}.>"),
             ]);
@@ -378,6 +407,9 @@ pub fn permissions(lattice: &str, identity: &Identity) -> Permissions {
             for bucket in Bucket::ALL {
                 publish.push(format!("$KV.{}.>", bucket.name(lattice)));
             }
+            // Control API answers go to the requesting user's inbox, and nowhere else a
+            // requester could name.
+            publish.push("_INBOX.user.*.>".to_owned());
             subscribe.push(api_subjects(lattice));
             subscribe.push(crate::names::wake_subjects(lattice));
         }
@@ -429,10 +461,6 @@ pub fn permissions(lattice: &str, identity: &Identity) -> Permissions {
         publish,
         publish_deny,
         subscribe,
-        responses: matches!(
-            identity,
-            Identity::Host { .. } | Identity::Scheduler { .. } | Identity::Site { .. }
-        ),
         // A site's credential opens its leaf connection and nothing else: taken off a
         // stolen device, it cannot be used as a client of the hub.
         connection_types: match identity {
@@ -650,17 +678,18 @@ pub fn user_jwt(
     tags: Vec<String>,
     issued_at: u64,
 ) -> Result<String, AuthError> {
-    let (publish, deny, subscribe, resp, allowed_connection_types) = match permissions {
+    // No identity gets a `resp` (allow-responses) permission: nats-server lets a responder
+    // answer on any reply subject it was sent, past every allow and deny list (a host
+    // answering its own request with reply subject `$KV.…` wrote any record). Answers are
+    // plain publishes to the requester's inbox, which the allow lists name.
+    let (publish, deny, subscribe, allowed_connection_types) = match permissions {
         Some(permissions) => (
             permissions.publish.clone(),
             permissions.publish_deny.clone(),
             permissions.subscribe.clone(),
-            permissions
-                .responses
-                .then_some(ResponsePermission { max: 1, ttl: 0 }),
             permissions.connection_types.clone(),
         ),
-        None => (Vec::new(), Vec::new(), Vec::new(), None, Vec::new()),
+        None => (Vec::new(), Vec::new(), Vec::new(), Vec::new()),
     };
     sign(
         account,
@@ -676,7 +705,7 @@ pub fn user_jwt(
                 allow: subscribe,
                 deny: Vec::new(),
             },
-            resp,
+            resp: None,
             subs: -1,
             data: -1,
             payload: -1,
@@ -829,6 +858,45 @@ mod tests {
     }
 
     #[test]
+    fn answers_go_only_to_the_requester_s_own_inboxes() {
+        assert!(is_inbox_of(
+            "_INBOX.user.alice.abc123",
+            "user",
+            Some("alice")
+        ));
+        assert!(is_inbox_of(
+            "_INBOX.user.alice.abc.1",
+            "user",
+            Some("alice")
+        ));
+        assert!(is_inbox_of("_INBOX.host.edge-1.x", "host", None));
+        for (reply, kind, name) in [
+            (
+                "$KV.shoal-default-v1-leases.scheduler",
+                "user",
+                Some("alice"),
+            ),
+            (
+                "$JS.API.STREAM.PURGE.KV_shoal-default-v1-apps",
+                "host",
+                None,
+            ),
+            ("_INBOX.user.bob.abc", "user", Some("alice")),
+            ("_INBOX.host.alice.abc", "user", Some("alice")),
+            ("_INBOX.user.alice", "user", Some("alice")),
+            ("_INBOX.user.alice.", "user", Some("alice")),
+            ("_INBOX.user.alice.*", "user", Some("alice")),
+            ("_INBOX.user.alice.>", "user", Some("alice")),
+            ("_INBOX.user.alice..x", "user", Some("alice")),
+            ("_INBOX.user.alice.a b", "user", Some("alice")),
+            ("_INBOX.abcdef", "host", None),
+            ("", "user", None),
+        ] {
+            assert!(!is_inbox_of(reply, kind, name), "{reply}");
+        }
+    }
+
+    #[test]
     fn a_minted_credential_reads_back_its_holder() {
         let account = KeyPair::new_account();
         let user = KeyPair::new_user();
@@ -959,7 +1027,8 @@ mod tests {
                 .iter()
                 .any(|subject| subject.contains("edge-1"))
         );
-        assert!(site.responses);
+        // Answers to forwarded requests only to hosts' inboxes.
+        assert!(site.publish.contains(&"_INBOX.host.*.>".to_owned()));
     }
 
     #[test]

@@ -109,6 +109,25 @@ impl Event {
     }
 }
 
+impl crate::journal::Attributed for Event {
+    /// The scheduler's events are taken as they are; a host's speak for that host only:
+    /// its source and host are the publisher, and what it is about is the subject's.
+    fn attribute(&mut self, first: &str, second: &str, publisher: &str) {
+        if publisher == crate::store::SCHEDULER_ORIGIN {
+            return;
+        }
+        self.source = format!("host {publisher}");
+        self.host = Some(publisher.to_owned());
+        if first == "_hosts" {
+            self.namespace = None;
+            self.app = None;
+        } else {
+            self.namespace = Some(first.to_owned());
+            self.app = Some(second.to_owned());
+        }
+    }
+}
+
 impl Lattice {
     /// Publishes `event`, fire and forget; a failure is logged, not returned, because no
     /// caller should stop over an event it could not tell.

@@ -78,6 +78,15 @@ pub enum Start {
     New,
 }
 
+/// A journal record that says who published it. The reader sets that from the subject the
+/// record came on, `…<journal>.<first>.<second>.<publisher>` (a host may publish only under
+/// its own id there, which nats-server checks), never from what the payload claims.
+pub trait Attributed {
+    /// Makes the record say it came from `publisher` (a host id or the scheduler's origin)
+    /// about `first.second` (`<namespace>.<app>`, or `_hosts.<host>`).
+    fn attribute(&mut self, first: &str, second: &str, publisher: &str);
+}
+
 /// Reads records of one journal subject filter in the order they were written.
 pub struct Reader<T> {
     messages: consumer::pull::Ordered,
@@ -89,10 +98,12 @@ pub struct Reader<T> {
     caught_up: bool,
     follow: bool,
     stream: String,
+    /// The journal's subject prefix, `shoal.<lattice>.v1.<journal>.`.
+    prefix: String,
     _records: PhantomData<fn() -> T>,
 }
 
-impl<T: DeserializeOwned> Reader<T> {
+impl<T: DeserializeOwned + Attributed> Reader<T> {
     /// The next record. Without follow, `None` once every record that existed when reading
     /// began has been read; with follow, waits for new ones.
     ///
@@ -120,7 +131,18 @@ impl<T: DeserializeOwned> Reader<T> {
             if self.backlog_left == 0 {
                 self.caught_up = true;
             }
-            if let Ok(records) = serde_json::from_slice::<Vec<T>>(&message.payload) {
+            let tokens = message
+                .subject
+                .strip_prefix(self.prefix.as_str())
+                .map(|tail| tail.split('.').collect::<Vec<_>>());
+            // A message on a subject of another shape was not published by Shoal: skipped.
+            let Some([first, second, publisher]) = tokens.as_deref() else {
+                continue;
+            };
+            if let Ok(mut records) = serde_json::from_slice::<Vec<T>>(&message.payload) {
+                for record in &mut records {
+                    record.attribute(first, second, publisher);
+                }
                 self.batch = records.into();
             }
         }
@@ -211,6 +233,7 @@ impl Lattice {
             caught_up: backlog_left == 0,
             follow,
             stream: name,
+            prefix: journal.subject(self.name(), ""),
             _records: PhantomData,
         })
     }

@@ -53,6 +53,13 @@ impl LogLine {
     }
 }
 
+impl crate::journal::Attributed for LogLine {
+    /// A line is the publishing host's: it names no other host, whatever it says.
+    fn attribute(&mut self, _namespace: &str, _app: &str, publisher: &str) {
+        publisher.clone_into(&mut self.host);
+    }
+}
+
 /// Reads one app's log lines in the order they were written.
 pub type LogReader = Reader<LogLine>;
 

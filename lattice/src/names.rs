@@ -164,6 +164,12 @@ pub fn app_status_key(namespace: &str, name: &str) -> String {
     format!("apps.{namespace}.{name}")
 }
 
+/// Key of the claim of route host name `host` (lowercase) by one namespace: made by
+/// compare-and-set, so two namespaces applying at once cannot both take one name.
+pub fn route_host_claim_key(host: &str) -> String {
+    format!("routehosts.{host}")
+}
+
 /// Key of an app's routing record (what hosts read).
 pub fn route_key(namespace: &str, name: &str) -> String {
     format!("routes.{namespace}.{name}")

@@ -81,6 +81,18 @@ pub struct NatsTls {
     pub client: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
+/// The reply inboxes of a connection without a Shoal credential, bound to what it
+/// publishes as, as a credential binds them: `_INBOX.host.<id>` for a host, the
+/// scheduler's for the control plane, `_INBOX.user.anonymous` for a person. Hosts and the
+/// control API answer only such inboxes (see [`crate::auth::is_inbox_of`]).
+fn default_inbox_prefix(origin: &str) -> String {
+    match origin {
+        "" => crate::auth::inbox_prefix("user", crate::auth::ANONYMOUS),
+        SCHEDULER_ORIGIN => crate::auth::inbox_prefix("scheduler", SCHEDULER_ORIGIN),
+        host => crate::auth::inbox_prefix("host", host),
+    }
+}
+
 /// A JetStream context in `domain`, or the server's own without one.
 fn jetstream_context(client: async_nats::Client, domain: Option<&str>) -> jetstream::Context {
     match domain {
@@ -129,11 +141,14 @@ impl Lattice {
     pub async fn connect(options: &ConnectOptions) -> Result<Self, Error> {
         names::check_name("lattice name", &options.lattice)?;
         let mut nats = match &options.auth {
-            NatsAuth::None => async_nats::ConnectOptions::new(),
-            NatsAuth::UserPassword(user, password) => {
-                async_nats::ConnectOptions::new().user_and_password(user.clone(), password.clone())
-            }
-            NatsAuth::Token(token) => async_nats::ConnectOptions::new().token(token.clone()),
+            NatsAuth::None => async_nats::ConnectOptions::new()
+                .custom_inbox_prefix(default_inbox_prefix(&options.origin)),
+            NatsAuth::UserPassword(user, password) => async_nats::ConnectOptions::new()
+                .user_and_password(user.clone(), password.clone())
+                .custom_inbox_prefix(default_inbox_prefix(&options.origin)),
+            NatsAuth::Token(token) => async_nats::ConnectOptions::new()
+                .token(token.clone())
+                .custom_inbox_prefix(default_inbox_prefix(&options.origin)),
             NatsAuth::CredsFile(path) => {
                 let unreadable = |error: String| Error::Connect {
                     url: options.url.clone(),
@@ -148,12 +163,11 @@ impl Lattice {
                     .credentials(&text)
                     .map_err(|error| unreadable(error.to_string()))?;
                 // A Shoal credential may subscribe only to its own reply inboxes.
-                if let Some(prefix) = crate::auth::holder(&text)
+                let prefix = crate::auth::holder(&text)
                     .ok()
                     .and_then(|holder| holder.inbox_prefix)
-                {
-                    nats = nats.custom_inbox_prefix(prefix);
-                }
+                    .unwrap_or_else(|| default_inbox_prefix(&options.origin));
+                nats = nats.custom_inbox_prefix(prefix);
                 nats
             }
         };

@@ -869,6 +869,15 @@ impl Validate for RouteRecord {
     }
 }
 
+impl Validate for crate::records::RouteHostClaim {
+    fn validate(&self) -> Result<(), Invalid> {
+        let mut found = Problems::default();
+        found.name("namespace", "namespace", &self.namespace);
+        found.name("app", "app name", &self.app);
+        found.finish()
+    }
+}
+
 impl Validate for Lease {
     fn validate(&self) -> Result<(), Invalid> {
         Ok(())

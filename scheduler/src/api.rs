@@ -46,6 +46,7 @@ pub async fn serve(
         .queue_subscribe(subject, QUEUE.to_owned())
         .await?;
     let slots = Arc::new(Semaphore::new(CONCURRENT));
+    let mut refused_replies: u64 = 0;
     tokio::pin!(shutdown);
     loop {
         let message = tokio::select! {
@@ -56,6 +57,16 @@ pub async fn serve(
         let Some(reply) = message.reply.clone() else {
             continue;
         };
+        // The answer goes only to the caller's own inbox (the user the subject names, which
+        // nats-server checked against the credential): a reply subject chosen freely, such
+        // as the scheduler lease's KV key, would make the scheduler write it.
+        if !answers_to_caller(lattice.name(), &message.subject, &reply) {
+            refused_replies += 1;
+            if refused_replies == 1 {
+                tracing::warn!(subject = %message.subject, %reply, "dropped an API request whose reply subject is not its caller's inbox (logged once)");
+            }
+            continue;
+        }
         let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
             break;
         };
@@ -70,6 +81,12 @@ pub async fn serve(
     }
     let _ = requests.unsubscribe().await;
     Ok(())
+}
+
+/// Whether `reply` is an inbox of the user that API request `subject` names.
+fn answers_to_caller(lattice: &str, subject: &str, reply: &str) -> bool {
+    Caller::from_subject(lattice, subject)
+        .is_some_and(|caller| shoal_lattice::auth::is_inbox_of(reply, "user", Some(&caller.user)))
 }
 
 /// The JSON answer to one request.
@@ -789,13 +806,13 @@ async fn replicas(lattice: &Lattice) -> Result<Vec<ReplicaView>, ApiError> {
         .list::<Assignment>(Bucket::Assignments, "")
         .await
         .map_err(internal)?;
-    let status: HashMap<String, ReplicaStatus> = lattice
-        .list::<ReplicaStatus>(Bucket::Status, "replicas.")
-        .await
-        .map_err(internal)?
-        .into_iter()
-        .map(|record| (record.value.replica.clone(), record.value))
-        .collect();
+    let status: HashMap<String, ReplicaStatus> = shoal_lattice::records::trusted_statuses(
+        lattice
+            .list::<ReplicaStatus>(Bucket::Status, "replicas.")
+            .await
+            .map_err(internal)?,
+        assignments.iter().map(|record| &record.value),
+    );
     Ok(assignments
         .into_iter()
         .map(|record| ReplicaView {
@@ -900,9 +917,14 @@ async fn apply_all(lattice: &Lattice, apps: Vec<AppManifest>) -> Result<Vec<Appl
             ),
         ));
     }
-    let collisions = apply::route_collisions(lattice, &parsed)
+    let mut collisions = apply::route_collisions(lattice, &parsed)
         .await
         .map_err(internal)?;
+    if collisions.is_empty() {
+        collisions = apply::claim_route_hosts(lattice, &parsed)
+            .await
+            .map_err(internal)?;
+    }
     if !collisions.is_empty() {
         return Err(ApiError::new(
             ErrorCode::Conflict,
@@ -955,4 +977,29 @@ async fn store_app(
         name: app.name.clone(),
         applied: change,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_go_to_the_caller_s_inbox_only() {
+        let subject = "shoal.dev.v1.api.viewer.team-a.alice.getHosts";
+        assert!(answers_to_caller("dev", subject, "_INBOX.user.alice.x1"));
+        for reply in [
+            "$KV.shoal-dev-v1-leases.scheduler",
+            "_INBOX.user.bob.x1",
+            "_INBOX.host.alice.x1",
+            "_INBOX.x1",
+        ] {
+            assert!(!answers_to_caller("dev", subject, reply), "{reply}");
+        }
+        // No caller in the subject: no answer at all.
+        assert!(!answers_to_caller(
+            "dev",
+            "shoal.dev.v1.api.x",
+            "_INBOX.user.alice.x1"
+        ));
+    }
 }

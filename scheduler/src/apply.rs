@@ -475,6 +475,89 @@ pub async fn route_collisions(lattice: &Lattice, apps: &[App]) -> Result<Vec<Str
     Ok(problems)
 }
 
+/// Claims each route host name `apps` use for their namespace, by compare-and-set on its
+/// claim record, so that of two namespaces applying one name at once only one gets it
+/// ([`route_collisions`] reads what is stored, and both could pass it). A name held by
+/// another namespace is refused, unless no app of that namespace routes it any more (its
+/// claim is stale: taken over, again by compare-and-set). Returns the refusals.
+///
+/// # Errors
+/// Lattice errors.
+pub async fn claim_route_hosts(lattice: &Lattice, apps: &[App]) -> Result<Vec<String>, Error> {
+    use shoal_lattice::names::route_host_claim_key;
+    use shoal_lattice::records::RouteHostClaim;
+    let mut wanted: BTreeMap<String, (String, String)> = BTreeMap::new();
+    for app in apps {
+        for route in &app.spec.routes {
+            if let Some(host) = &route.host {
+                wanted
+                    .entry(host.to_ascii_lowercase())
+                    .or_insert_with(|| (app.namespace.clone(), app.name.clone()));
+            }
+        }
+    }
+    let mut problems = Vec::new();
+    for (host, (namespace, app)) in wanted {
+        let key = route_host_claim_key(&host);
+        let claim = RouteHostClaim {
+            namespace: namespace.clone(),
+            app: app.clone(),
+            claimed_at: now_millis(),
+        };
+        for attempt in 0.. {
+            let current = lattice
+                .get_checked::<RouteHostClaim>(Bucket::Status, &key)
+                .await?;
+            let written = match current {
+                None => lattice.create(Bucket::Status, &key, &claim).await,
+                Some(Ok(held)) if held.value.namespace == namespace => break,
+                Some(Ok(held)) => {
+                    let young =
+                        now_millis().saturating_sub(held.value.claimed_at) < CLAIM_SETTLES_MS;
+                    if young || still_routes(lattice, &held.value.namespace, &host).await? {
+                        problems.push(format!(
+                            "app {namespace}/{app}: route host {host} belongs to namespace {} (app {}/{})",
+                            held.value.namespace, held.value.namespace, held.value.app
+                        ));
+                        break;
+                    }
+                    lattice
+                        .update(Bucket::Status, &key, &claim, held.revision)
+                        .await
+                }
+                // Unreadable: replaced, as nothing can hold a name with it.
+                Some(Err(revision)) => lattice.update(Bucket::Status, &key, &claim, revision).await,
+            };
+            match written {
+                Ok(_) => break,
+                Err(Error::Conflict { .. }) if attempt < ATTEMPTS => {}
+                Err(error) => return Err(error),
+            }
+        }
+    }
+    Ok(problems)
+}
+
+/// How long a route host claim holds without an app that routes the name: the claiming
+/// apply stores its apps right after claiming (or fails, leaving the claim to lapse).
+const CLAIM_SETTLES_MS: u64 = 30_000;
+
+/// Whether an app of `namespace` still routes host name `host`.
+async fn still_routes(lattice: &Lattice, namespace: &str, host: &str) -> Result<bool, Error> {
+    Ok(lattice
+        .list::<AppRecord>(Bucket::Apps, &format!("{namespace}."))
+        .await?
+        .iter()
+        .any(|record| {
+            record.value.spec.routes.iter().any(|route| {
+                route
+                    .host
+                    .as_ref()
+                    .is_some_and(|claimed| claimed.eq_ignore_ascii_case(host))
+            })
+        }))
+}
+
 /// Every stored revision of an app, oldest first.
 ///
 /// # Errors

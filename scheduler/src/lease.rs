@@ -65,26 +65,39 @@ impl LeaseKeeper {
             holder: self.holder.clone(),
             renewed_at: now_millis(),
         };
+        // An unreadable record (torn, written by hand, by a confused or hostile client) is a
+        // lease no one holds: it is replaced, as an expired one is, after a whole lease
+        // period without change, so it delays leadership by one period at most.
         let current = self
             .lattice
-            .get::<Lease>(Bucket::Leases, SCHEDULER_LEASE)
-            .await?;
+            .get_checked::<Lease>(Bucket::Leases, SCHEDULER_LEASE)
+            .await?
+            .map(|record| match record {
+                Ok(record) => (record.revision, Some(record.value.holder)),
+                Err(revision) => (revision, None),
+            });
         let written = match current {
             None => {
                 self.lattice
                     .create(Bucket::Leases, SCHEDULER_LEASE, &lease)
                     .await
             }
-            Some(current) if current.value.holder == self.holder => {
+            Some((revision, Some(holder))) if holder == self.holder => {
                 self.lattice
-                    .update(Bucket::Leases, SCHEDULER_LEASE, &lease, current.revision)
+                    .update(Bucket::Leases, SCHEDULER_LEASE, &lease, revision)
                     .await
             }
-            Some(current) => {
+            Some((revision, holder)) => {
                 let since = match self.observed {
-                    Some((revision, since)) if revision == current.revision => since,
+                    Some((seen, since)) if seen == revision => since,
                     _ => {
-                        self.observed = Some((current.revision, now));
+                        if holder.is_none() {
+                            tracing::warn!(
+                                revision,
+                                "the scheduler lease record is unreadable: replacing it after one lease period"
+                            );
+                        }
+                        self.observed = Some((revision, now));
                         now
                     }
                 };
@@ -92,9 +105,14 @@ impl LeaseKeeper {
                 if now.duration_since(since) < self.duration {
                     return Ok(());
                 }
-                tracing::info!(previous = %current.value.holder, "the scheduler lease expired; taking it");
+                match &holder {
+                    Some(previous) => {
+                        tracing::info!(%previous, "the scheduler lease expired; taking it");
+                    }
+                    None => tracing::warn!("taking the place of the unreadable scheduler lease"),
+                }
                 self.lattice
-                    .update(Bucket::Leases, SCHEDULER_LEASE, &lease, current.revision)
+                    .update(Bucket::Leases, SCHEDULER_LEASE, &lease, revision)
                     .await
             }
         };

@@ -90,6 +90,17 @@ impl Raw {
         })
     }
 
+    /// The value of `key` in KV bucket `bucket`, as this credential may read it.
+    pub fn kv_get(&self, bucket: &str, key: &str) -> Option<Vec<u8>> {
+        self.runtime.block_on(async {
+            let store = async_nats::jetstream::new(self.client.clone())
+                .get_key_value(bucket)
+                .await
+                .unwrap();
+            store.get(key).await.unwrap().map(|value| value.to_vec())
+        })
+    }
+
     pub fn subscribe(&self, subject: &str) {
         self.runtime.block_on(async {
             let subscriber = self.client.subscribe(subject.to_owned()).await.unwrap();

@@ -81,6 +81,17 @@ impl Served {
     }
 
     /// Sends SIGTERM and waits for the exit status.
+    /// The process's peak resident memory so far (VmHWM), in bytes.
+    pub fn peak_rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let kib: u64 = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmHWM:"))
+            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap();
+        kib * 1024
+    }
+
     pub fn terminate(mut self) -> std::process::ExitStatus {
         super::sigterm(self.child.id());
         self.child.wait().unwrap()

@@ -24,6 +24,13 @@ pub struct DashboardArgs {
     /// Address to listen on (port 0: a free port, printed).
     #[arg(long, default_value = "127.0.0.1:8090")]
     pub listen: SocketAddr,
+
+    /// Another name the dashboard answers to (a reverse proxy's, say), with any port.
+    /// Requests whose Host header, or Origin when sent, names neither the listen address,
+    /// localhost nor such a name get 403 (no other site's page can use the dashboard,
+    /// DNS rebinding included). Repeatable.
+    #[arg(long = "allow-host", value_name = "NAME")]
+    pub allow_hosts: Vec<String>,
 }
 
 pub async fn run(args: DashboardArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
@@ -35,7 +42,11 @@ pub async fn run(args: DashboardArgs, lattice: &LatticeArgs) -> anyhow::Result<u
     println!("dashboard on http://{address}/");
     crate::dashboard::serve(
         listener,
-        crate::dashboard::Dashboard::new(api, connection),
+        crate::dashboard::Dashboard::new(
+            api,
+            connection,
+            crate::dashboard::AllowedHosts::new(address, &args.allow_hosts),
+        ),
         crate::signals::shutdown(),
     )
     .await

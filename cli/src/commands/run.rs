@@ -34,9 +34,11 @@ pub struct RunArgs {
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
-    /// Cap on each instance's linear memory (64Mi, 512MiB, …). Past it the request fails.
-    #[arg(long, value_parser = parse_size, help_heading = "Limits")]
-    pub memory: Option<u64>,
+    /// Cap on each instance's linear memory (64Mi, 512MiB, …). Past it the request fails
+    /// (500, out_of_memory) and the process goes on: a guest cannot take the machine's
+    /// memory, as apps cannot.
+    #[arg(long, value_parser = parse_size, default_value = "256Mi", help_heading = "Limits")]
+    pub memory: u64,
 
     /// CPU quota in millicores, like cgroups' cpu.max (250m, 0.5, 2). Over quota the guest is
     /// throttled, not killed. Default: unlimited.
@@ -163,7 +165,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
     }
     let outbound = OutboundPolicy::new(&args.allow_outbound).map_err(anyhow::Error::msg)?;
     let limits = Limits {
-        memory: args.memory,
+        memory: Some(args.memory),
         cpu_millicores: args.cpu,
         timeout: args.timeout,
         concurrency: args.concurrency,

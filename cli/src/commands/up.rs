@@ -47,6 +47,11 @@ pub struct UpArgs {
     #[arg(long, default_value = "127.0.0.1:8090", value_name = "ADDR")]
     pub dashboard: std::net::SocketAddr,
 
+    /// Another name the dashboard answers to besides its address and localhost (see
+    /// `shoal dashboard --allow-host`). Repeatable.
+    #[arg(long = "dashboard-allow-host", value_name = "NAME")]
+    pub dashboard_allow_hosts: Vec<String>,
+
     /// Do not serve the web dashboard.
     #[arg(long)]
     pub no_dashboard: bool,
@@ -597,12 +602,14 @@ async fn serve(
             }
         };
         let (api, connection) = admin_lattice.api("shoal up dashboard").await?;
-        println!("dashboard http://{}/", listener.local_addr()?);
+        let address = listener.local_addr()?;
+        println!("dashboard http://{address}/");
+        let allowed = crate::dashboard::AllowedHosts::new(address, &args.dashboard_allow_hosts);
         let stopped = wait(stopped.clone());
         tasks.spawn(async move {
             crate::dashboard::serve(
                 listener,
-                crate::dashboard::Dashboard::new(api, connection),
+                crate::dashboard::Dashboard::new(api, connection, allowed),
                 stopped,
             )
             .await

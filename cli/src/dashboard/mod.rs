@@ -38,15 +38,38 @@ const ACTION_HEADER: &str = "x-shoal-dashboard";
 
 const PAGE: &str = include_str!("page.html");
 
+mod origin;
+
+pub use origin::AllowedHosts;
+
 /// What every handler shares.
 pub struct Dashboard {
     api: api::Client,
     connection: Lattice,
+    allowed: AllowedHosts,
 }
 
 impl Dashboard {
-    pub fn new(api: api::Client, connection: Lattice) -> Self {
-        Self { api, connection }
+    /// A dashboard acting through `api`, answering only requests addressed to `allowed`.
+    pub fn new(api: api::Client, connection: Lattice, allowed: AllowedHosts) -> Self {
+        Self {
+            api,
+            connection,
+            allowed,
+        }
+    }
+}
+
+/// Refuses (403) a request not addressed to the dashboard by one of its names, or sent by
+/// a page of another origin (see [`origin`]).
+async fn own_origin_only(
+    State(dashboard): State<Arc<Dashboard>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match dashboard.allowed.check(request.headers()) {
+        None => next.run(request).await,
+        Some(reason) => (StatusCode::FORBIDDEN, format!("{reason}\n")).into_response(),
     }
 }
 
@@ -66,6 +89,10 @@ pub fn router(dashboard: Arc<Dashboard>) -> axum::Router {
             post(pause_or_resume),
         )
         .route("/api/apps/{namespace}/{name}/undo", post(undo))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&dashboard),
+            own_origin_only,
+        ))
         .with_state(dashboard)
 }
 
@@ -416,7 +443,9 @@ async fn logs(
 }
 
 /// A journal's records as server-sent events of type `kind`.
-fn journal_stream<T: Serialize + serde::de::DeserializeOwned + Send + 'static>(
+fn journal_stream<
+    T: Serialize + serde::de::DeserializeOwned + shoal_lattice::journal::Attributed + Send + 'static,
+>(
     reader: shoal_lattice::Reader<T>,
     kind: &'static str,
 ) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {

@@ -626,6 +626,7 @@ pub async fn listen(
     host: &str,
     forwarder: Forwarder,
     router: Arc<Router>,
+    metrics: Arc<crate::metrics::Metrics>,
     stop: tokio::sync::oneshot::Receiver<()>,
 ) -> Result<tokio::task::JoinHandle<()>, async_nats::SubscribeError> {
     let prefix = shoal_lattice::names::http_subject(lattice, host, "", "");
@@ -669,6 +670,15 @@ pub async fn listen(
             let Some(reply) = message.reply.clone() else {
                 continue;
             };
+            // Answers go only to a forwarding host's inbox: a reply subject chosen freely
+            // (a KV key, a JetStream API subject) would make this host write there.
+            if !shoal_lattice::auth::is_inbox_of(&reply, "host", None) {
+                let refused = metrics.refused_replies.fetch_add(1, Ordering::Relaxed);
+                if refused == 0 {
+                    tracing::warn!(%reply, subject = %message.subject, "dropped a forwarded request whose reply subject is not a host's inbox (logged once; counted in shoal_refused_replies_total)");
+                }
+                continue;
+            }
             // Bounded: a task and the message's bytes are reserved, or it is refused now.
             let reserved = Arc::clone(&forwarder.tasks)
                 .try_acquire_owned()

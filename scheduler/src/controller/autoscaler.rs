@@ -26,12 +26,11 @@ pub(super) async fn step(
     if scaled.is_empty() {
         return;
     }
-    // Each app's load over every live host, summed in one walk over the hosts.
-    let mut load: HashMap<&str, u64> = HashMap::new();
-    for (app, milli) in hosts.values().flat_map(|host| &host.load) {
-        let total = load.entry(app.as_str()).or_default();
-        *total = total.saturating_add(*milli);
-    }
+    // Each app's load over the live hosts that run it, summed in one walk over the hosts: a
+    // host's word about an app it runs no replica of is not heard (one host could hold any
+    // app at its max, or keep a `min: 0` app awake).
+    let assignments = state.assignments.snapshot();
+    let load = load_of_running(hosts, assignments.iter().map(|record| &record.value));
     for app in apps {
         let app = &app.value;
         let Some(spec) = &app.spec.autoscale else {
@@ -68,6 +67,37 @@ pub(super) async fn step(
             }
         }
     }
+}
+
+/// Per app (`namespace/name`), the load the live `hosts` report for it, counting only the
+/// hosts that `assignments` place a replica of it on.
+fn load_of_running<'a>(
+    hosts: &'a BTreeMap<String, HostRecord>,
+    assignments: impl Iterator<Item = &'a Assignment>,
+) -> HashMap<&'a str, u64> {
+    let running: HashSet<(&str, &str, &str)> = assignments
+        .filter(|assignment| assignment.job.is_none())
+        .map(|assignment| {
+            (
+                assignment.host.as_str(),
+                assignment.namespace.as_str(),
+                assignment.app.as_str(),
+            )
+        })
+        .collect();
+    let mut load: HashMap<&str, u64> = HashMap::new();
+    for (id, host) in hosts {
+        for (app, milli) in &host.load {
+            let runs = app
+                .split_once('/')
+                .is_some_and(|(namespace, name)| running.contains(&(id.as_str(), namespace, name)));
+            if runs {
+                let total = load.entry(app.as_str()).or_default();
+                *total = total.saturating_add(*milli);
+            }
+        }
+    }
+    load
 }
 
 /// How long a wake's host stays the preferred place for the app's first replica.
@@ -136,5 +166,62 @@ pub(super) async fn wake(
             tracing::warn!(app = %key, %error, "cannot wake the app");
             false
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn host(id: &str, load: &[(&str, u64)]) -> (String, HostRecord) {
+        let mut record: HostRecord = serde_json::from_value(serde_json::json!({
+            "id": id, "labels": {}, "version": "0", "startedAt": 0, "heartbeatAt": 0,
+            "capacity": {"memory": "1Gi", "cpu": "1", "maxReplicas": 10}
+        }))
+        .unwrap();
+        record.load = load
+            .iter()
+            .map(|(app, milli)| ((*app).to_owned(), *milli))
+            .collect();
+        (id.to_owned(), record)
+    }
+
+    fn placed(host: &str, namespace: &str, app: &str) -> Assignment {
+        serde_json::from_value(serde_json::json!({
+            "replica": format!("{app}-{host}"), "app": app, "namespace": namespace,
+            "revision": 1, "generation": 1, "host": host, "digest": "sha256:ab",
+            "createdAt": 0, "template": {"component": "r/a:1"}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn load_counts_only_from_hosts_that_run_the_app() {
+        let hosts: BTreeMap<String, HostRecord> = [
+            host("h1", &[("default/web", 3000)]),
+            host("h2", &[("default/web", 2000), ("team/api", 500)]),
+            // Runs nothing of either: claims a flood of both, and one for a malformed key.
+            host(
+                "evil",
+                &[
+                    ("default/web", 1_000_000),
+                    ("team/api", 1_000_000),
+                    ("x", 9),
+                ],
+            ),
+        ]
+        .into_iter()
+        .collect();
+        let assignments = [
+            placed("h1", "default", "web"),
+            placed("h2", "default", "web"),
+            placed("h2", "team", "api"),
+        ];
+        let load = load_of_running(&hosts, assignments.iter());
+        assert_eq!(load.get("default/web"), Some(&5000));
+        assert_eq!(load.get("team/api"), Some(&500));
+        assert_eq!(load.len(), 2);
     }
 }

@@ -409,13 +409,12 @@ async fn pass(
     // The fence is read before the snapshot: a write by anyone else after it makes this
     // pass's writes fail instead of landing on a stale plan.
     state.fence = state.fence.max(state.assignments.last_revision());
-    let mut placed = placed::Placed::new(state.pending.view(state.assignments.snapshot(), now));
-    let status: HashMap<String, ReplicaStatus> = state
-        .replicas
-        .snapshot()
-        .into_iter()
-        .map(|status| (status.value.replica.clone(), status.value))
-        .collect();
+    let assigned = state.assignments.snapshot();
+    let status: HashMap<String, ReplicaStatus> = shoal_lattice::records::trusted_statuses(
+        state.replicas.snapshot(),
+        assigned.iter().map(|record| &record.value),
+    );
+    let mut placed = placed::Placed::new(state.pending.view(assigned, now));
     let apps = state.apps.snapshot();
     // An app whose record breaks the rules is reported and left as it is: its replicas are
     // neither removed (as if it were deleted) nor replaced until someone fixes the record.

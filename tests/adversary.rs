@@ -1,0 +1,322 @@
+//! An attacker holding one credential of a secure lattice, with a bare NATS client: every
+//! path by which that credential could make another process write for it, or feed the
+//! control plane facts it may not state. Each attack is refused by nats-server or dropped
+//! by Shoal, and after each the lattice still converges (a scale is carried out within
+//! seconds). Real nats-server in operator mode, registry, scheduler and hosts.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt as _;
+use support::eventually;
+use support::lattice::{Lattice, Process, hello_manifest};
+use support::raw::Raw;
+
+const PATIENCE: Duration = Duration::from_secs(30);
+/// How soon a scale must be carried out after an attack: the control plane was not stopped.
+const CONVERGES_WITHIN: Duration = Duration::from_secs(5);
+
+fn kv(lattice: &Lattice, bucket: &str, key: &str) -> String {
+    format!("$KV.shoal-{}-v1-{bucket}.{key}", lattice.name)
+}
+
+/// A secure lattice with one scheduler (1 s lease), host h1 and app `hello` (1 replica).
+fn secure_lattice() -> (Lattice, Process, Process) {
+    secure_lattice_with("")
+}
+
+/// [`secure_lattice`] with `extra` in `hello`'s spec.
+fn secure_lattice_with(extra: &str) -> (Lattice, Process, Process) {
+    let lattice = Lattice::start_secure();
+    let scheduler = lattice.secure_scheduler("60s");
+    let host = lattice.secure_host("h1");
+    let hello = lattice.push_hello("1.0");
+    lattice.apply(&hello_manifest("hello", &hello, 1, extra));
+    lattice.wait_ready("hello", 1, PATIENCE);
+    (lattice, scheduler, host)
+}
+
+/// Scales `hello` to `replicas` and requires it ready within [`CONVERGES_WITHIN`]: the
+/// control plane still acts.
+fn still_converges(lattice: &Lattice, replicas: u32) {
+    let asked = Instant::now();
+    lattice.ok(&["scale", "app", "hello", "--replicas", &replicas.to_string()]);
+    lattice.wait_ready("hello", replicas as usize, CONVERGES_WITHIN);
+    eprintln!("scaled to {replicas} in {:?}", asked.elapsed());
+}
+
+/// `key` of `bucket`, read with the scheduler's credential (the only one that reads every
+/// bucket).
+fn kv_get(lattice: &Lattice, bucket: &str, key: &str) -> Option<Vec<u8>> {
+    let creds = lattice.auth_dir().join("s1.creds");
+    let raw = Raw::connect(&lattice.nats.url(), &creds, "_INBOX.scheduler.s1");
+    raw.kv_get(&format!("shoal-{}-v1-{bucket}", lattice.name), key)
+}
+
+/// Whether the apps bucket has `key`.
+fn app_record_exists(lattice: &Lattice, key: &str) -> bool {
+    kv_get(lattice, "apps", key).is_some()
+}
+
+#[test]
+fn a_host_credential_cannot_answer_its_own_request_into_a_record() {
+    let (lattice, _scheduler, _host) = secure_lattice();
+    let name = lattice.name.clone();
+    let creds = lattice.mint(&["host", "h9"], "h9");
+    let raw = Raw::connect(&lattice.nats.url(), &creds, "_INBOX.host.h9");
+    let own = format!("shoal.{name}.v1.http.h9.default.x");
+    // Every reply subject an attacker would aim at: an app record, the lease, the trust
+    // policy, a stream purge, another identity's inbox.
+    let targets = [
+        kv(&lattice, "apps", "default.x"),
+        kv(&lattice, "leases", "scheduler"),
+        kv(&lattice, "trust", "lattice"),
+        format!("$JS.API.STREAM.PURGE.KV_shoal-{name}-v1-apps"),
+        "_INBOX.user.admin.stolen".to_owned(),
+    ];
+    for target in &targets {
+        raw.runtime.block_on(async {
+            let mut requests = raw.client.subscribe(own.clone()).await.unwrap();
+            raw.client
+                .publish_with_reply(own.clone(), target.clone(), "{}".into())
+                .await
+                .unwrap();
+            let request = tokio::time::timeout(Duration::from_secs(5), requests.next())
+                .await
+                .unwrap()
+                .unwrap();
+            // Answering it is a publish to the reply subject: no `responses` permission
+            // lets that through.
+            let reply = request.reply.unwrap();
+            raw.client
+                .publish(reply, r#"{"spec":{"component":"evil"}}"#.into())
+                .await
+                .unwrap();
+            raw.client.flush().await.unwrap();
+        });
+        raw.wait_refused("Publish", target);
+    }
+    assert!(!app_record_exists(&lattice, "default.x"));
+    still_converges(&lattice, 2);
+}
+
+#[test]
+fn an_honest_host_answers_no_reply_subject_but_a_host_s_inbox() {
+    let (lattice, _scheduler, host) = secure_lattice();
+    let name = lattice.name.clone();
+    let creds = lattice.mint(&["host", "h9"], "h9");
+    let raw = Raw::connect(&lattice.nats.url(), &creds, "_INBOX.host.h9");
+    let subject = format!("shoal.{name}.v1.http.h1.default.hello");
+    for target in [
+        kv(&lattice, "apps", "default.y"),
+        kv(&lattice, "leases", "scheduler"),
+        format!("$JS.API.STREAM.PURGE.KV_shoal-{name}-v1-apps"),
+    ] {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Shoal-Method", "GET");
+        headers.insert("Shoal-Uri", "/hello");
+        raw.runtime.block_on(async {
+            raw.client
+                .publish_with_reply_and_headers(subject.clone(), target, headers, "".into())
+                .await
+                .unwrap();
+            raw.client.flush().await.unwrap();
+        });
+    }
+    eventually(PATIENCE, "h1 to say it dropped the request", || {
+        host.log()
+            .contains("dropped a forwarded request whose reply subject is not a host's inbox")
+            .then_some(())
+    });
+    assert!(!app_record_exists(&lattice, "default.y"));
+    // A request with its own inbox is answered (the check is not a refusal of everything).
+    let answer = raw.runtime.block_on(async {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Shoal-Method", "GET");
+        headers.insert("Shoal-Uri", "/hello");
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            raw.client
+                .request_with_headers(subject.clone(), headers, "".into()),
+        )
+        .await
+        .unwrap()
+        .unwrap()
+    });
+    assert!(
+        answer
+            .headers
+            .as_ref()
+            .is_some_and(|headers| headers.get("Shoal-Status").is_some()),
+        "no answer to a request with the requester's own inbox"
+    );
+    assert_eq!(host.get("/hello").unwrap().0, 200);
+    still_converges(&lattice, 2);
+}
+
+#[test]
+fn a_namespace_viewer_cannot_aim_the_control_api_s_answer_at_the_lease() {
+    let (lattice, _scheduler, _host) = secure_lattice();
+    let name = lattice.name.clone();
+    let viewer = lattice.mint(
+        &["user", "viewer-a", "--role", "viewer", "-n", "team-a"],
+        "viewer-a",
+    );
+    let raw = Raw::connect(&lattice.nats.url(), &viewer, "_INBOX.user.viewer-a");
+    let request = format!("shoal.{name}.v1.api.viewer.team-a.viewer-a.get");
+    for target in [
+        kv(&lattice, "leases", "scheduler"),
+        kv(&lattice, "apps", "team-a.z"),
+        "_INBOX.user.admin.stolen".to_owned(),
+        "_INBOX.host.h1.stolen".to_owned(),
+    ] {
+        raw.runtime.block_on(async {
+            raw.client
+                .publish_with_reply(request.clone(), target, r#"{"verb":"getHosts"}"#.into())
+                .await
+                .unwrap();
+            raw.client.flush().await.unwrap();
+        });
+    }
+    // The lease is the scheduler's still, and the scheduler still acts.
+    let lease = kv_get(&lattice, "leases", "scheduler").unwrap();
+    let lease: serde_json::Value = serde_json::from_slice(&lease).unwrap();
+    assert_eq!(lease["holder"], "s1", "{lease}");
+    assert!(!app_record_exists(&lattice, "team-a.z"));
+    still_converges(&lattice, 3);
+}
+
+#[test]
+fn an_unreadable_lease_delays_leadership_by_one_lease_period_at_most() {
+    let (lattice, scheduler, _host) = secure_lattice();
+    // The scheduler's own credential may write the lease: the worst it can write there.
+    let creds = lattice.auth_dir().join("s1.creds");
+    let raw = Raw::connect(&lattice.nats.url(), &creds, "_INBOX.scheduler.s1");
+    raw.store(&kv(&lattice, "leases", "scheduler"), "not a lease {")
+        .unwrap();
+    // Once the scheduler has read it (it stops leading on a lease it cannot read)...
+    eventually(
+        PATIENCE,
+        "the scheduler to find the lease unreadable",
+        || {
+            scheduler
+                .log()
+                .contains("the scheduler lease record is unreadable")
+                .then_some(())
+        },
+    );
+    // Lease 1 s: replaced within a period or two, then the scale is carried out.
+    let asked = Instant::now();
+    lattice.ok(&["scale", "app", "hello", "--replicas", "2"]);
+    lattice.wait_ready("hello", 2, CONVERGES_WITHIN);
+    eprintln!("scaled past an unreadable lease in {:?}", asked.elapsed());
+}
+
+/// A host record for `id` as a host writes it, with `load`.
+fn host_record(id: &str, load: serde_json::Value) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    serde_json::json!({
+        "id": id, "labels": {"arch": "x86_64", "os": "linux"},
+        "capacity": {"memory": "1Gi", "cpu": "1", "maxReplicas": 10},
+        "version": "0.1.0", "startedAt": now, "heartbeatAt": now, "load": load
+    })
+    .to_string()
+}
+
+#[test]
+fn a_host_s_word_about_replicas_and_load_it_does_not_run_is_not_heard() {
+    // Autoscaled: one replica for up to 10 requests in flight, at most 3.
+    let (lattice, _scheduler, _host) =
+        secure_lattice_with("  autoscale: {min: 1, max: 3, targetConcurrency: 10, window: 6s}\n");
+    let before = lattice.replica_ids("hello");
+    let creds = lattice.mint(&["host", "h9"], "h9");
+    let raw = Raw::connect(&lattice.nats.url(), &creds, "_INBOX.host.h9");
+
+    // A flood of load for an app it runs none of.
+    raw.store(
+        &kv(&lattice, "hosts", "h9"),
+        &host_record("h9", serde_json::json!({"default/hello": 1_000_000_000u64})),
+    )
+    .unwrap();
+    // h1's replica marked failed, twice: at its own key naming h1, and naming itself.
+    let status = |host: &str| {
+        serde_json::json!({
+            "replica": before[0], "app": "hello", "namespace": "default", "revision": 2,
+            "host": host, "phase": "failed", "reason": "Forged", "observedGeneration": 99,
+            "since": 1
+        })
+        .to_string()
+    };
+    raw.store(
+        &kv(&lattice, "status", &format!("replicas.h9.{}", before[0])),
+        &status("h1"),
+    )
+    .unwrap();
+    raw.store(
+        &kv(&lattice, "status", &format!("replicas.h9.{}", before[0])),
+        &status("h9"),
+    )
+    .unwrap();
+
+    // For several scheduler passes: the app stays at one replica, the same one, ready.
+    let watched = Instant::now();
+    while watched.elapsed() < Duration::from_secs(4) {
+        let app = lattice.app("hello");
+        assert_eq!(app["spec"]["replicas"], 1, "scaled on forged load: {app}");
+        assert_eq!(lattice.replica_ids("hello"), before);
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let replicas = lattice.replicas();
+    assert!(
+        replicas.iter().all(|(_, _, phase)| phase == "ready"),
+        "{replicas:?}"
+    );
+}
+
+#[test]
+fn two_namespaces_claiming_one_route_host_at_once_get_it_once() {
+    let (lattice, _scheduler, _host) = secure_lattice();
+    let hello = lattice.push_hello("1.0");
+    let app = |namespace: &str, host: &str| {
+        format!(
+            "apiVersion: shoal.dev/v1\nkind: App\nmetadata: {{name: shop, namespace: {namespace}}}\nspec:\n  component: {hello}\n  replicas: 0\n  routes: [{{host: {host}, path: /}}]\n"
+        )
+    };
+    for round in 0..5 {
+        let host = format!("shop-{round}.example");
+        let applies: Vec<_> = ["team-a", "team-b"]
+            .into_iter()
+            .map(|namespace| {
+                let manifest = app(namespace, &host);
+                let file = lattice
+                    .shoal
+                    .home
+                    .path()
+                    .join(format!("{namespace}-{round}.yaml"));
+                std::fs::write(&file, manifest).unwrap();
+                lattice
+                    .command()
+                    .args(["apply", "-f"])
+                    .arg(&file)
+                    .stdout(std::process::Stdio::null())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        let succeeded = applies
+            .into_iter()
+            .map(|mut child| child.wait().unwrap().success())
+            .filter(|ok| *ok)
+            .count();
+        assert_eq!(
+            succeeded, 1,
+            "round {round}: {succeeded} namespaces got {host}"
+        );
+    }
+}
