@@ -292,7 +292,10 @@ impl Lattice {
             .env("SHOAL_NATS", self.nats_urls())
             .env("SHOAL_LATTICE_REPLICAS", (1 + self.peers.len()).to_string())
             .env("SHOAL_LATTICE", &self.name)
-            .env("SHOAL_LOG", "info");
+            .env(
+                "SHOAL_LOG",
+                std::env::var("SHOAL_TEST_LOG").unwrap_or_else(|_| "info".to_owned()),
+            );
         if let Some(auth) = &self.auth {
             command.env("SHOAL_NATS_CREDS", auth.path().join("admin.creds"));
         }

@@ -70,10 +70,18 @@ pub(super) async fn pass(
             lattice.delete(Bucket::Status, &status.key).await?;
         }
     }
+    state
+        .job_status_written
+        .retain(|key, _| names.contains(key));
     for job in jobs {
         let job = job.value;
         let key = job_status_key(&job.namespace, &job.name);
-        let previous = state.job_status.get(&key).map(|status| status.value);
+        // What this leader wrote last, if the mirror has not shown it yet.
+        let previous = state
+            .job_status_written
+            .get(&key)
+            .cloned()
+            .or_else(|| state.job_status.get(&key).map(|status| status.value));
         let owner = Owner::job(&job.namespace, &job.name, &job.uid);
         let runs: Vec<RunView<'_>> = placed
             .of(&owner)
@@ -109,6 +117,9 @@ pub(super) async fn pass(
         step.status.active = step.status.active.saturating_add(new_runs);
         if previous.as_ref() != Some(&step.status) {
             lattice.put(Bucket::Status, &key, &step.status).await?;
+            state
+                .job_status_written
+                .insert(key.clone(), step.status.clone());
         }
         for run in &step.ended {
             let (reason, outcome) = if run.succeeded {
@@ -241,6 +252,7 @@ async fn place(
                 args: job.spec.args.clone(),
             }),
             trusted_keys: trusted_keys.clone(),
+            private_egress: state.private_egress(),
         };
         let record = create(lattice, state, assignment, observed.now).await?;
         let run = &record.value.replica;
