@@ -320,3 +320,219 @@ fn two_namespaces_claiming_one_route_host_at_once_get_it_once() {
         );
     }
 }
+
+#[test]
+fn a_host_s_watch_cannot_deliver_its_records_into_another_bucket() {
+    let (lattice, _scheduler, _host) = secure_lattice();
+    let name = lattice.name.clone();
+    // h1's own credential: it may watch its own assignments, of which it has one.
+    let creds = lattice.auth_dir().join("h1.creds");
+    let raw = Raw::connect(&lattice.nats.url(), &creds, "_INBOX.host.h1");
+    let stream = format!("KV_shoal-{name}-v1-assignments");
+    let target = kv(&lattice, "apps", "default.pwned");
+    let created = raw.runtime.block_on(async {
+        let context = async_nats::jetstream::new(raw.client.clone());
+        let stream = context.get_stream_no_info(&stream).await.unwrap();
+        stream
+            .create_consumer(async_nats::jetstream::consumer::push::Config {
+                name: Some("pwn".to_owned()),
+                deliver_subject: target.clone(),
+                filter_subject: format!("$KV.shoal-{name}-v1-assignments.h1.>"),
+                deliver_policy: async_nats::jetstream::consumer::DeliverPolicy::All,
+                ..Default::default()
+            })
+            .await
+            .map(|_| ())
+            .map_err(|error| error.to_string())
+    });
+    eprintln!("push consumer delivering to {target}: {created:?}");
+    // Watched for a while: a delivery would land within milliseconds.
+    let watched = Instant::now();
+    while watched.elapsed() < Duration::from_secs(3) {
+        assert!(
+            !app_record_exists(&lattice, "default.pwned"),
+            "a host's watch delivered its assignment into the apps bucket"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    still_converges(&lattice, 2);
+}
+
+#[test]
+fn a_control_plane_that_stopped_acting_is_reported_not_hidden() {
+    let (lattice, mut scheduler, _host) = secure_lattice();
+    // Healthy: the leader and a recent pass, nothing unreadable.
+    let status = eventually(PATIENCE, "shoal status to name the leader", || {
+        let (ok, stdout, _) = lattice.shoal(&["status"]);
+        (ok && stdout.contains("leader      s1")).then_some(stdout)
+    });
+    assert!(status.contains("unreadable  none"), "{status}");
+    let (_, _, stderr) = lattice.shoal(&["get", "hosts"]);
+    assert!(!stderr.contains("warning"), "{stderr}");
+
+    // A record it cannot read is listed (written with the scheduler's own credential).
+    let creds = lattice.auth_dir().join("s1.creds");
+    let raw = Raw::connect(&lattice.nats.url(), &creds, "_INBOX.scheduler.s1");
+    raw.store(&kv(&lattice, "apps", "default.garbled"), "{not json")
+        .unwrap();
+    eventually(PATIENCE, "shoal status to list the unreadable app", || {
+        let (_, stdout, _) = lattice.shoal(&["status", "-o", "json"]);
+        stdout.contains("apps/default.garbled").then_some(())
+    });
+
+    // A standby scheduler answers the control API but never takes the lease in this test
+    // (its own lease is an hour): the leader dies, and every screen says that nobody acts
+    // once the leader's lease (1 s) has long passed.
+    let standby_creds = lattice.mint(&["scheduler", "s2"], "s2");
+    let _standby = lattice.spawn(
+        &[
+            "scheduler",
+            "--id",
+            "s2",
+            "--lease",
+            "1h",
+            "--nats-creds",
+            standby_creds.to_str().unwrap(),
+        ],
+        "s2",
+        false,
+    );
+    scheduler.kill();
+    let stderr = eventually(PATIENCE, "shoal status to warn", || {
+        let output = lattice.command().args(["status"]).output().unwrap();
+        (output.status.code() == Some(1))
+            .then(|| String::from_utf8_lossy(&output.stderr).into_owned())
+    });
+    assert!(stderr.contains("no scheduler has acted for"), "{stderr}");
+    let (ok, _, stderr) = lattice.shoal(&["get", "hosts"]);
+    assert!(ok);
+    assert!(
+        stderr.contains("warning: no scheduler has acted for"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn an_editor_s_allowlist_alone_does_not_open_a_private_address() {
+    let lattice = Lattice::start_secure();
+    let _scheduler = lattice.secure_scheduler("60s");
+    let host = lattice.secure_host("h1");
+    let fixtures = lattice.push_guest("http-fixtures", "1.0");
+    // A server on this machine's loopback: what a guest must not reach on an editor's
+    // word alone (the cloud metadata address and the LAN are the same case).
+    let port = support::upstream();
+    let target = format!("http://127.0.0.1:{port}");
+    let editor = lattice.mint(&["user", "ed", "--role", "editor", "-n", "default"], "ed");
+    let manifest = lattice.shoal.home.path().join("fetcher.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "apiVersion: shoal.dev/v1\nkind: App\nmetadata: {{name: fetcher}}\nspec:\n  component: {fixtures}\n  replicas: 1\n  routes: [{{path: /fetch}}]\n  allowedOutbound: [\"{target}\"]\n"
+        ),
+    )
+    .unwrap();
+    let as_editor = |args: &[&str]| {
+        let output = lattice
+            .command()
+            .env("SHOAL_NATS_CREDS", &editor)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let (code, stderr) = as_editor(&["apply", "-f", manifest.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{stderr}");
+    lattice.wait_ready("fetcher", 1, PATIENCE);
+    let fetch = || host.get(&format!("/fetch?url={target}/")).unwrap();
+    let (status, body) = fetch();
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("DestinationIpProhibited"), "{body}");
+
+    // The editor may not open it; a lattice admin may.
+    let (code, stderr) = as_editor(&["egress", "allow", "127.0.0.1/32"]);
+    assert_eq!(code, Some(77), "{stderr}");
+    let allowed = lattice.ok(&["egress", "allow", "127.0.0.1/32"]);
+    assert!(allowed.contains("127.0.0.1/32"), "{allowed}");
+    assert!(lattice.ok(&["egress", "list"]).contains("127.0.0.1/32"));
+    // The policy holds for replicas that start after it: one more starts, and reaches it.
+    lattice.ok(&["scale", "app", "fetcher", "--replicas", "0"]);
+    eventually(PATIENCE, "the old replica to go", || {
+        lattice.replica_ids("fetcher").is_empty().then_some(())
+    });
+    lattice.ok(&["scale", "app", "fetcher", "--replicas", "1"]);
+    lattice.wait_ready("fetcher", 1, PATIENCE);
+    let (status, body) = eventually(PATIENCE, "the new replica to reach the server", || {
+        Some(fetch()).filter(|(status, _)| *status == 200)
+    });
+    assert_eq!(status, 200, "{body}");
+    // Another private address the allowlist might name stays closed: only the range opened.
+    let (code, stderr) = as_editor(&["egress", "deny", "127.0.0.1/32"]);
+    assert_eq!(code, Some(77), "{stderr}");
+    let (ok, _, stderr) = lattice.shoal(&["egress", "allow", "not-a-range"]);
+    assert!(
+        !ok && stderr.contains("is not an address range"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_host_is_placed_by_what_its_credential_grants_not_by_what_it_claims() {
+    let lattice = Lattice::start_secure();
+    let _scheduler = lattice.secure_scheduler("60s");
+    // h1's credential grants zone=a and two replicas; h2's grants nothing, and h2 claims
+    // zone=a and room for a hundred.
+    let granted = lattice.mint(
+        &["host", "h1", "--label", "zone=a", "--max-replicas", "2"],
+        "h1",
+    );
+    let _h1 = lattice.host_with(
+        "h1",
+        &[
+            "--nats-creds",
+            granted.to_str().unwrap(),
+            "--label",
+            "zone=a",
+        ],
+    );
+    let plain = lattice.mint(&["host", "h2"], "h2");
+    let h2 = lattice.host_with(
+        "h2",
+        &[
+            "--nats-creds",
+            plain.to_str().unwrap(),
+            "--label",
+            "zone=a",
+            "--max-replicas",
+            "100",
+        ],
+    );
+    eventually(PATIENCE, "h2 to warn that zone=a is not granted", || {
+        h2.log()
+            .contains("warning: the label zone=a is not granted by this host's credential")
+            .then_some(())
+    });
+    let hello = lattice.push_hello("1.0");
+    lattice.apply(&hello_manifest(
+        "zoned",
+        &hello,
+        3,
+        "  placement: {requires: {zone: a}}\n",
+    ));
+    eventually(PATIENCE, "two replicas on h1, as its grant allows", || {
+        (lattice.ready_by_host("zoned").get("h1") == Some(&2)).then_some(())
+    });
+    // For several passes: the third is placed nowhere, h2's claims notwithstanding.
+    let watched = Instant::now();
+    while watched.elapsed() < Duration::from_secs(3) {
+        let placed = lattice.ready_by_host("zoned");
+        assert_eq!(placed.get("h2"), None, "{placed:?}");
+        assert!(
+            placed.get("h1").is_some_and(|count| *count <= 2),
+            "{placed:?}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}

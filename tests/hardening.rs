@@ -223,27 +223,11 @@ fn mutated_components_are_refused_or_run_never_a_panic() {
     assert!(refused > 0, "no mutation was refused");
 }
 
-/// A one-answer-per-connection HTTP server on loopback that says 200 to anything.
-fn upstream() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        use std::io::{Read, Write};
-        for mut stream in listener.incoming().map_while(Result::ok) {
-            let mut buffer = [0u8; 4096];
-            let _ = stream.read(&mut buffer);
-            let _ = stream
-                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
-        }
-    });
-    port
-}
-
 #[test]
 fn outbound_allows_the_default_port_only_and_private_addresses_only_by_literal() {
     let shoal = support::Shoal::new();
     let fixtures = support::guest("http-fixtures");
-    let port = upstream();
+    let port = support::upstream();
     let url = format!("/fetch?url=http://127.0.0.1:{port}/");
 
     let named = format!("http://127.0.0.1:{port}");

@@ -191,6 +191,27 @@ impl LatticeArgs {
         }
     }
 
+    /// The account that signed this command's Shoal credential (the lattice's), when it
+    /// has one: a secure lattice's control plane checks hosts' credentials against it.
+    pub fn account(&self) -> anyhow::Result<Option<String>> {
+        Ok(self
+            .holder()?
+            .filter(|holder| !holder.kind.is_empty())
+            .map(|holder| holder.issuer))
+    }
+
+    /// The JWT of this command's credential, when it has a `.creds` file.
+    pub fn credential_jwt(&self) -> anyhow::Result<Option<String>> {
+        match self.auth()? {
+            NatsAuth::CredsFile(path) => {
+                let text = std::fs::read_to_string(&path)
+                    .with_context(|| format!("cannot read {}", path.display()))?;
+                Ok(auth::creds_jwt(&text).map(str::to_owned))
+            }
+            _ => Ok(None),
+        }
+    }
+
     /// The control API, as the holder of this command's credential, and the connection
     /// (for logs and events, read from the journals).
     pub async fn api(&self, client_name: &str) -> anyhow::Result<(api::Client, Lattice)> {

@@ -56,6 +56,7 @@ enum Command {
     Config(commands::config::ConfigArgs),
     Secret(commands::secret::SecretArgs),
     Trust(commands::trust::TrustArgs),
+    Egress(commands::egress::EgressArgs),
     Kv(commands::kv::KvArgs),
     Get(commands::get::GetArgs),
     Describe(commands::describe::DescribeArgs),
@@ -67,6 +68,7 @@ enum Command {
     Cordon(commands::cordon::CordonArgs),
     Uncordon(commands::cordon::UncordonArgs),
     Drain(commands::cordon::DrainArgs),
+    Status(commands::status::StatusArgs),
     Dashboard(commands::dashboard::DashboardArgs),
     Completion(commands::version::CompletionArgs),
     Version(commands::version::VersionArgs),
@@ -147,6 +149,7 @@ fn main() -> ExitCode {
             Command::Config(args) => commands::config::run(args, &cli.lattice).await,
             Command::Secret(args) => commands::secret::run(args, &cli.lattice).await,
             Command::Trust(args) => commands::trust::run(args, &cli.lattice).await,
+            Command::Egress(args) => commands::egress::run(args, &cli.lattice).await,
             Command::Kv(args) => commands::kv::run(args, &cli.lattice).await,
             Command::Get(args) => commands::get::run(args, &cli.lattice).await,
             Command::Describe(args) => commands::describe::run(args, &cli.lattice).await,
@@ -158,6 +161,7 @@ fn main() -> ExitCode {
             Command::Cordon(args) => commands::cordon::cordon(args, &cli.lattice).await,
             Command::Uncordon(args) => commands::cordon::uncordon(args, &cli.lattice).await,
             Command::Drain(args) => commands::cordon::drain(args, &cli.lattice).await,
+            Command::Status(args) => commands::status::run(args, &cli.lattice).await,
             Command::Dashboard(args) => commands::dashboard::run(args, &cli.lattice).await,
         }
     });

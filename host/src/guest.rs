@@ -114,6 +114,32 @@ impl OutboundPolicy {
         })
     }
 
+    /// Keeps the literally named addresses in special ranges (loopback, private,
+    /// link-local, …) only where one of `ranges` (the lattice's egress policy, CIDRs) holds
+    /// them: in a lattice, an app's allowlist alone never opens the host's networks or the
+    /// cloud metadata address. `shoal run` (the developer's own machine) does not call this.
+    pub fn within_private_ranges(mut self, ranges: &[String]) -> Self {
+        let ranges: Vec<ipnet::IpNet> = ranges
+            .iter()
+            .filter_map(|range| range.parse().ok())
+            .collect();
+        let named = self
+            .addresses
+            .named
+            .iter()
+            .copied()
+            .filter(|address| {
+                !crate::outbound::special(*address)
+                    || ranges.iter().any(|range| range.contains(address))
+            })
+            .collect();
+        self.addresses = Arc::new(AddressPolicy {
+            named,
+            own: self.addresses.own.clone(),
+        });
+        self
+    }
+
     /// Refuses this host's own listeners (ingress, metrics, NATS) unless an entry names
     /// their address literally.
     pub fn with_own_listeners(mut self, own: Vec<std::net::SocketAddr>) -> Self {
@@ -453,6 +479,35 @@ mod tests {
 
     fn uri(value: &str) -> http::Uri {
         value.parse().unwrap()
+    }
+
+    #[test]
+    fn a_named_special_address_needs_the_lattice_s_egress_policy() {
+        let entries = [
+            "http://169.254.169.254".to_owned(),
+            "http://10.1.2.3:9000".to_owned(),
+            "http://127.0.0.1:8080".to_owned(),
+            "http://93.184.216.34".to_owned(),
+        ];
+        let address = |text: &str| -> std::net::SocketAddr { text.parse().unwrap() };
+        // No policy: a public address named literally is reachable, special ones are not.
+        let policy = OutboundPolicy::new(&entries)
+            .unwrap()
+            .within_private_ranges(&[]);
+        assert!(policy.addresses.permits(address("93.184.216.34:80")));
+        for refused in ["169.254.169.254:80", "10.1.2.3:9000", "127.0.0.1:8080"] {
+            assert!(!policy.addresses.permits(address(refused)), "{refused}");
+        }
+        // The admin opens 10.1.0.0/16: that one, and only that one.
+        let policy = OutboundPolicy::new(&entries)
+            .unwrap()
+            .within_private_ranges(&["10.1.0.0/16".to_owned(), "not a range".to_owned()]);
+        assert!(policy.addresses.permits(address("10.1.2.3:9000")));
+        assert!(!policy.addresses.permits(address("10.2.0.1:9000")));
+        assert!(!policy.addresses.permits(address("169.254.169.254:80")));
+        // Without the policy step (shoal run): named literally is enough.
+        let policy = OutboundPolicy::new(&entries).unwrap();
+        assert!(policy.addresses.permits(address("127.0.0.1:8080")));
     }
 
     #[test]

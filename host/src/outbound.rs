@@ -76,7 +76,8 @@ fn canonical(ip: IpAddr) -> IpAddr {
 
 /// Ranges a guest never reaches by name: this machine, private networks, link-local (cloud
 /// metadata at 169.254.169.254), shared address space, multicast, unspecified.
-fn special(ip: IpAddr) -> bool {
+pub(crate) fn special(ip: IpAddr) -> bool {
+    let ip = canonical(ip);
     match ip {
         IpAddr::V4(v4) => {
             let [a, b, ..] = v4.octets();

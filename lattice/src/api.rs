@@ -154,6 +154,17 @@ pub enum Request {
     },
     /// Hosts.
     GetHosts,
+    /// The control plane's health: who leads, when it last acted, what it cannot read.
+    GetControlPlane,
+    /// Allow (or stop allowing) guests to reach a special address range (lattice admins).
+    Egress {
+        /// The range, as a CIDR.
+        range: String,
+        /// Allow it, or take it out.
+        allowed: bool,
+    },
+    /// The lattice's egress policy.
+    GetEgress,
     /// Replicas with their status.
     GetReplicas {
         /// Only this namespace.
@@ -347,7 +358,8 @@ impl Request {
             Request::Pause { paused: false, .. } => "resume",
             Request::History { .. } => "history",
             Request::GetApps { .. } => "get",
-            Request::GetHosts => "get",
+            Request::GetHosts | Request::GetControlPlane | Request::GetEgress => "get",
+            Request::Egress { .. } => "egress",
             Request::GetReplicas { .. } => "get",
             Request::DescribeApp { .. } => "describe",
             Request::Cordon { cordoned: true, .. } => "cordon",
@@ -380,6 +392,7 @@ impl Request {
                 | Request::Drain { .. }
                 | Request::TrustKey { .. }
                 | Request::UntrustKey { .. }
+                | Request::Egress { .. }
         )
     }
 
@@ -428,7 +441,12 @@ impl Request {
             | Request::GetSecrets { namespace } => {
                 (Role::Viewer, namespace.iter().map(String::as_str).collect())
             }
-            Request::GetHosts | Request::SecretsKey => (Role::Viewer, Vec::new()),
+            Request::GetHosts
+            | Request::GetControlPlane
+            | Request::GetEgress
+            | Request::SecretsKey => (Role::Viewer, Vec::new()),
+            // What guests may reach of a host's own networks: the lattice's admins decide.
+            Request::Egress { .. } => (Role::Admin, Vec::new()),
             Request::Cordon { .. } | Request::Drain { .. } => (Role::Admin, Vec::new()),
             Request::TrustKey { namespace, .. } | Request::UntrustKey { namespace, .. } => {
                 (Role::Admin, namespace.iter().map(String::as_str).collect())
@@ -436,6 +454,37 @@ impl Request {
             Request::GetTrust { namespace } => {
                 (Role::Viewer, namespace.iter().map(String::as_str).collect())
             }
+        }
+    }
+}
+
+/// The control plane's health, as the answering scheduler reads it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ControlPlaneView {
+    /// What the leader last wrote; `None` when no scheduler has led yet.
+    pub status: Option<crate::records::ControlPlaneStatus>,
+    /// The answering scheduler's clock, ms since the epoch.
+    pub now: u64,
+    /// What is wrong, for people: no scheduler acting, or none ever.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
+}
+
+impl ControlPlaneView {
+    /// The view of `status` at `now`.
+    pub fn of(status: Option<crate::records::ControlPlaneStatus>, now: u64) -> Self {
+        let warning = match &status {
+            Some(status) => status.warning(now),
+            None => Some(
+                "no scheduler has led this lattice yet: nothing is placed until one runs (shoal scheduler)"
+                    .to_owned(),
+            ),
+        };
+        Self {
+            status,
+            now,
+            warning,
         }
     }
 }

@@ -148,6 +148,102 @@ impl fmt::Display for Grant {
     }
 }
 
+/// What an admin grants a host when minting its credential: the labels placement may
+/// match it by and the most capacity it may be given. Carried in the JWT's tags
+/// (`shoal-label:<key>=<value>`, `shoal-memory:<bytes>`, `shoal-cpu:<millicores>`,
+/// `shoal-max-replicas:<n>`), signed with it: a host cannot claim more than this, whatever
+/// its own record says.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HostGrant {
+    /// Labels the host may be matched by.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// The most memory (bytes) its replicas may reserve.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<u64>,
+    /// The most CPU (millicores) its replicas may reserve.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<u32>,
+    /// The most replicas it may run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_replicas: Option<u32>,
+}
+
+impl HostGrant {
+    fn tags(&self) -> Vec<String> {
+        let mut tags: Vec<String> = self
+            .labels
+            .iter()
+            .map(|(key, value)| format!("shoal-label:{key}={value}"))
+            .collect();
+        tags.extend(self.memory.map(|bytes| format!("shoal-memory:{bytes}")));
+        tags.extend(self.cpu.map(|millis| format!("shoal-cpu:{millis}")));
+        tags.extend(
+            self.max_replicas
+                .map(|count| format!("shoal-max-replicas:{count}")),
+        );
+        tags
+    }
+
+    /// Reads a grant back from JWT tags (others are ignored; NATS may lowercase tags, so
+    /// label values are as the admin wrote them only when they were lowercase).
+    fn from_tags(tags: &[String]) -> Self {
+        let mut grant = HostGrant::default();
+        for tag in tags {
+            if let Some(label) = tag.strip_prefix("shoal-label:")
+                && let Some((key, value)) = label.split_once('=')
+            {
+                grant.labels.insert(key.to_owned(), value.to_owned());
+            } else if let Some(bytes) = tag.strip_prefix("shoal-memory:") {
+                grant.memory = bytes.parse().ok();
+            } else if let Some(millis) = tag.strip_prefix("shoal-cpu:") {
+                grant.cpu = millis.parse().ok();
+            } else if let Some(count) = tag.strip_prefix("shoal-max-replicas:") {
+                grant.max_replicas = count.parse().ok();
+            }
+        }
+        grant
+    }
+}
+
+/// Reads a host's credential (its JWT) as the control plane must: signed by `account` (the
+/// lattice's account, which signed the reader's own credential), for a host, named `id`.
+/// Returns what it grants.
+///
+/// # Errors
+/// [`AuthError::Malformed`] for anything else: a JWT that does not verify, another
+/// account's, another kind's or another host's.
+pub fn host_grant(jwt: &str, account: &str, id: &str) -> Result<HostGrant, AuthError> {
+    let claims: Claims<UserNats> = decode(jwt)?;
+    if claims.iss != account {
+        return Err(AuthError::Malformed(
+            "the credential was not signed by this lattice's account".to_owned(),
+        ));
+    }
+    if !claims.nats.tags.iter().any(|tag| tag == "shoal-kind:host") {
+        return Err(AuthError::Malformed(
+            "the credential is not a host's".to_owned(),
+        ));
+    }
+    if claims.name != id {
+        return Err(AuthError::Malformed(format!(
+            "the credential is host {:?}'s, not {id:?}'s",
+            claims.name
+        )));
+    }
+    Ok(HostGrant::from_tags(&claims.nats.tags))
+}
+
+/// The JWT of a `.creds` file's text.
+pub fn creds_jwt(creds_text: &str) -> Option<&str> {
+    creds_text
+        .lines()
+        .skip_while(|line| !line.contains("BEGIN NATS USER JWT"))
+        .nth(1)
+        .map(str::trim)
+}
+
 /// Who a credential is for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", tag = "kind")]
@@ -156,6 +252,9 @@ pub enum Identity {
     Host {
         /// The host id.
         id: String,
+        /// What it may claim to be and offer.
+        #[serde(default, skip_serializing_if = "is_default_grant")]
+        grant: HostGrant,
     },
     /// A scheduler process (any number may share the control plane).
     Scheduler {
@@ -185,7 +284,7 @@ impl Identity {
     /// The name the credential carries.
     pub fn name(&self) -> &str {
         match self {
-            Identity::Host { id } => id,
+            Identity::Host { id, .. } => id,
             Identity::Scheduler { name }
             | Identity::Site { name, .. }
             | Identity::User { name, .. } => name,
@@ -212,8 +311,10 @@ impl Identity {
     /// enforces the permissions, not the tags).
     fn tags(&self) -> Vec<String> {
         let mut tags = vec![format!("shoal-kind:{}", self.kind())];
-        if let Identity::User { grants, .. } = self {
-            tags.extend(grants.iter().map(Grant::tag));
+        match self {
+            Identity::User { grants, .. } => tags.extend(grants.iter().map(Grant::tag)),
+            Identity::Host { grant, .. } => tags.extend(grant.tags()),
+            _ => {}
         }
         tags
     }
@@ -245,6 +346,10 @@ pub fn is_inbox_of(reply: &str, kind: &str, name: Option<&str>) -> bool {
             .next()
             .is_some_and(|owner| name.is_none_or(|name| owner == name))
         && tokens.next().is_some()
+}
+
+fn is_default_grant(grant: &HostGrant) -> bool {
+    *grant == HostGrant::default()
 }
 
 /// The subjects an identity may publish and subscribe to.
@@ -328,7 +433,7 @@ pub fn permissions(lattice: &str, identity: &Identity) -> Permissions {
     let mut publish_deny = Vec::new();
     let mut subscribe = vec![format!("{}.>", identity.inbox_prefix())];
     match identity {
-        Identity::Host { id } => {
+        Identity::Host { id, .. } => {
             // Every bucket and journal opens (stream info: its configuration and, with a
             // subject filter, which keys exist, never a value).
             for bucket in Bucket::ALL {
@@ -384,6 +489,8 @@ pub fn permissions(lattice: &str, identity: &Identity) -> Permissions {
             publish.extend([
                 kv_key(Bucket::Hosts, id),
                 kv_key(Bucket::Status, &format!("replicas.{id}.*")),
+                // Its credential's JWT, for the control plane to read its grant from.
+                kv_key(Bucket::Status, &crate::names::host_credential_key(id)),
                 // Its own logs and events: the last token is the publisher.
                 format!("{root}.logs.*.*.{id}"),
                 format!("{root}.events.*.*.{id}"),
@@ -417,8 +524,14 @@ pub fn permissions(lattice: &str, identity: &Identity) -> Permissions {
             // The union of its hosts' permissions and nothing of its own: a stolen site
             // credential is worth what the site's host credentials are worth together.
             for id in hosts {
-                let host =
-                    permissions(lattice, &Identity::Host { id: id.clone() }).in_domain(domain);
+                let host = permissions(
+                    lattice,
+                    &Identity::Host {
+                        id: id.clone(),
+                        grant: HostGrant::default(),
+                    },
+                )
+                .in_domain(domain);
                 publish.extend(host.publish);
                 subscribe.extend(host.subscribe);
             }
@@ -741,6 +854,24 @@ pub fn identity_jwt(
     )
 }
 
+/// Whether a `.creds` file's text grants `identity` in `lattice` exactly what this version
+/// of Shoal would mint for it (permissions, tags, no `responses` permission): a credential
+/// minted by an older version, with permissions since taken away, is not.
+pub fn is_current(creds_text: &str, lattice: &str, identity: &Identity) -> bool {
+    let Some(claims) = creds_jwt(creds_text).and_then(|jwt| decode::<UserNats>(jwt).ok()) else {
+        return false;
+    };
+    let wanted = permissions(lattice, identity);
+    let nats = &claims.nats;
+    claims.name == identity.name()
+        && nats.resp.is_none()
+        && nats.publish.allow == wanted.publish
+        && nats.publish.deny == wanted.publish_deny
+        && nats.subscribe.allow == wanted.subscribe
+        && nats.tags == identity.tags()
+        && nats.allowed_connection_types == wanted.connection_types
+}
+
 /// A credentials file (`.creds`), as `nsc` writes and NATS clients read.
 pub fn creds(jwt: &str, seed: &str) -> String {
     format!(
@@ -766,16 +897,14 @@ pub struct Holder {
     pub inbox_prefix: Option<String>,
     /// The user's public key.
     pub public_key: String,
+    /// The account that signed it: the lattice's.
+    pub issuer: String,
 }
 
 /// Reads the holder of a `.creds` file's text (the JWT's signature is checked against its
 /// issuer; whether the server trusts that issuer is the server's business).
 pub fn holder(creds_text: &str) -> Result<Holder, AuthError> {
-    let jwt = creds_text
-        .lines()
-        .skip_while(|line| !line.contains("BEGIN NATS USER JWT"))
-        .nth(1)
-        .map(str::trim)
+    let jwt = creds_jwt(creds_text)
         .ok_or_else(|| AuthError::Malformed("no NATS user JWT in the credentials".to_owned()))?;
     let claims: Claims<UserNats> = decode(jwt)?;
     let mut kind = String::new();
@@ -802,6 +931,7 @@ pub fn holder(creds_text: &str) -> Result<Holder, AuthError> {
         grants,
         inbox_prefix,
         public_key: claims.sub,
+        issuer: claims.iss,
     })
 }
 
@@ -855,6 +985,85 @@ mod tests {
     fn issued(jwt: &str) -> Result<(String, u64), AuthError> {
         let claims: Claims<serde_json::Value> = decode(jwt)?;
         Ok((claims.iss, claims.iat))
+    }
+
+    #[test]
+    fn a_host_grant_is_read_only_from_a_credential_of_this_account_for_that_host() {
+        let account = KeyPair::new_account();
+        let grant = HostGrant {
+            labels: [("zone".to_owned(), "a".to_owned())].into(),
+            memory: Some(2 << 30),
+            cpu: Some(1500),
+            max_replicas: Some(7),
+        };
+        let mint = |account: &KeyPair, id: &str, grant: HostGrant| {
+            identity_jwt(
+                account,
+                &KeyPair::new_user().public_key(),
+                "dev",
+                &Identity::Host {
+                    id: id.to_owned(),
+                    grant,
+                },
+                None,
+                1,
+            )
+            .unwrap()
+        };
+        let jwt = mint(&account, "edge-1", grant.clone());
+        assert_eq!(
+            host_grant(&jwt, &account.public_key(), "edge-1").unwrap(),
+            grant
+        );
+        // Another host's credential, another account's, a tampered one: refused.
+        assert!(host_grant(&jwt, &account.public_key(), "edge-2").is_err());
+        let other = KeyPair::new_account();
+        let foreign = mint(&other, "edge-1", grant.clone());
+        assert!(host_grant(&foreign, &account.public_key(), "edge-1").is_err());
+        let mut parts: Vec<String> = jwt.split('.').map(str::to_owned).collect();
+        let claims = String::from_utf8(BASE64URL_NOPAD.decode(parts[1].as_bytes()).unwrap())
+            .unwrap()
+            .replace("shoal-memory:2147483648", "shoal-memory:9999999999999");
+        parts[1] = BASE64URL_NOPAD.encode(claims.as_bytes());
+        assert!(host_grant(&parts.join("."), &account.public_key(), "edge-1").is_err());
+        // A user's credential is not a host's.
+        let user = identity_jwt(
+            &account,
+            &KeyPair::new_user().public_key(),
+            "dev",
+            &Identity::User {
+                name: "edge-1".to_owned(),
+                grants: Vec::new(),
+            },
+            None,
+            1,
+        )
+        .unwrap();
+        assert!(host_grant(&user, &account.public_key(), "edge-1").is_err());
+    }
+
+    #[test]
+    fn a_credential_minted_with_other_permissions_is_not_current() {
+        let account = KeyPair::new_account();
+        let user = KeyPair::new_user();
+        let identity = Identity::Host {
+            id: "edge-1".to_owned(),
+            grant: HostGrant::default(),
+        };
+        let jwt = identity_jwt(&account, &user.public_key(), "dev", &identity, None, 1).unwrap();
+        let seed = user.seed().unwrap();
+        assert!(is_current(&creds(&jwt, &seed), "dev", &identity));
+        // The same host with a grant, or in another lattice, needs a new one.
+        let granted = Identity::Host {
+            id: "edge-1".to_owned(),
+            grant: HostGrant {
+                max_replicas: Some(3),
+                ..HostGrant::default()
+            },
+        };
+        assert!(!is_current(&creds(&jwt, &seed), "dev", &granted));
+        assert!(!is_current(&creds(&jwt, &seed), "prod", &identity));
+        assert!(!is_current("not a credential", "dev", &identity));
     }
 
     #[test]
@@ -931,6 +1140,7 @@ mod tests {
         let account = KeyPair::new_account();
         let identity = Identity::Host {
             id: "edge-1".to_owned(),
+            grant: HostGrant::default(),
         };
         let jwt = identity_jwt(
             &account,
@@ -955,6 +1165,7 @@ mod tests {
             "dev",
             &Identity::Host {
                 id: "edge-1".to_owned(),
+                grant: HostGrant::default(),
             },
         );
         assert!(
@@ -998,7 +1209,13 @@ mod tests {
             },
         );
         for id in ["store-12-1", "store-12-2"] {
-            let host = permissions("dev", &Identity::Host { id: id.to_owned() });
+            let host = permissions(
+                "dev",
+                &Identity::Host {
+                    id: id.to_owned(),
+                    grant: HostGrant::default(),
+                },
+            );
             // Every host subject, and each JetStream one also under the domain.
             for subject in &host.publish {
                 assert!(site.publish.contains(subject), "{subject}");

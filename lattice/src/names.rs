@@ -170,6 +170,12 @@ pub fn route_host_claim_key(host: &str) -> String {
     format!("routehosts.{host}")
 }
 
+/// Key, in the status bucket, of the JWT of host `host`'s credential, which the host writes
+/// when it joins ([`crate::records::HostCredential`]).
+pub fn host_credential_key(host: &str) -> String {
+    format!("credentials.{host}")
+}
+
 /// Key of an app's routing record (what hosts read).
 pub fn route_key(namespace: &str, name: &str) -> String {
     format!("routes.{namespace}.{name}")
@@ -182,6 +188,14 @@ pub fn host_control_key(host: &str) -> String {
 
 /// The key of the lattice's identity in the status bucket.
 pub const LATTICE_IDENTITY: &str = "lattice";
+
+/// Key, in the status bucket, of the control plane's health as its leader last wrote it
+/// ([`crate::records::ControlPlaneStatus`]).
+pub const CONTROL_PLANE: &str = "controlplane";
+
+/// Key, in the status bucket, of the lattice's egress policy
+/// ([`crate::records::EgressPolicy`]), which only lattice admins change.
+pub const EGRESS_POLICY: &str = "egress";
 
 /// Key of the lattice's public secrets key in the status bucket.
 pub const SECRETS_KEY: &str = "secrets-key";

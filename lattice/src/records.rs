@@ -651,6 +651,11 @@ pub struct Assignment {
     /// them. Empty: no policy, no signature needed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub trusted_keys: Vec<crate::trust::TrustedKey>,
+    /// The lattice's egress policy when this was assigned: the special address ranges
+    /// (CIDRs) the replica's guests may reach when the app's `allowedOutbound` names an
+    /// address in them literally. Empty: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub private_egress: Vec<String>,
 }
 
 impl Assignment {
@@ -936,6 +941,75 @@ pub struct RouteHostClaim {
     pub claimed_at: u64,
 }
 
+/// A host's credential as it presents it to the control plane (`credentials.<id>` in the
+/// status bucket): the JWT, whose signature and tags say what an admin granted the host
+/// ([`crate::auth::host_grant`]). Public: a JWT is no secret, its seed is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HostCredential {
+    /// The user JWT of the host's `.creds` file.
+    pub jwt: String,
+}
+
+/// The address ranges outside the public internet that guests may reach at all: loopback,
+/// private, link-local (cloud metadata), shared and other special ranges are refused to
+/// guests unless an app's `allowedOutbound` names the address literally *and* it lies in
+/// one of these ranges. Set by lattice admins (`shoal egress allow 10.1.0.0/16`), at
+/// [`crate::names::EGRESS_POLICY`] in the status bucket: an editor's allowlist alone never
+/// opens a host's network or the metadata address.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EgressPolicy {
+    /// The ranges, as CIDRs (`10.1.0.0/16`, `127.0.0.1/32`, `fd00::/8`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub private: Vec<String>,
+}
+
+impl EgressPolicy {
+    /// The most ranges a policy holds.
+    pub const MAX_RANGES: usize = 64;
+}
+
+/// The control plane's health, written by the leading scheduler after its passes (at most
+/// once a second) at [`crate::names::CONTROL_PLANE`] in the status bucket: who leads, when
+/// it last acted, and the records it cannot read. Screens show it, so a control plane that
+/// stopped acting does not look healthy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ControlPlaneStatus {
+    /// The leading scheduler's id.
+    pub leader: String,
+    /// When its last pass ended (ms since the epoch, its clock).
+    pub pass_at: u64,
+    /// Its lease period, in ms: a leader that stops is replaced after about this long.
+    pub lease_ms: u64,
+    /// Records it cannot read, as `<bucket>/<key>: <why>` (at most
+    /// [`ControlPlaneStatus::MAX_UNREADABLE`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unreadable: Vec<String>,
+}
+
+impl ControlPlaneStatus {
+    /// The most unreadable records one status lists.
+    pub const MAX_UNREADABLE: usize = 20;
+
+    /// A warning for people when no scheduler has acted for longer than its lease allows
+    /// at `now` (ms since the epoch): twice the lease and two seconds more, room for the
+    /// write interval, a failover and clocks a little apart.
+    pub fn warning(&self, now: u64) -> Option<String> {
+        let silent = now.saturating_sub(self.pass_at);
+        let allowed = self.lease_ms.saturating_mul(2).saturating_add(2_000);
+        (silent > allowed).then(|| {
+            format!(
+                "no scheduler has acted for {:.1} s (the lease is {:.1} s; {} led last): nothing is placed, scaled or healed until one does; check that a scheduler runs and reaches NATS",
+                silent as f64 / 1000.0,
+                self.lease_ms as f64 / 1000.0,
+                self.leader
+            )
+        })
+    }
+}
+
 /// The scheduler's leader lease.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -982,6 +1056,7 @@ mod tests {
             },
             job: None,
             trusted_keys: Vec::new(),
+            private_egress: Vec::new(),
             created_at: 0,
         }
     }

@@ -211,6 +211,27 @@ impl Problems {
         true
     }
 
+    /// Address ranges (CIDRs) of an egress policy.
+    pub(crate) fn ranges(&mut self, path: &str, ranges: &[String]) {
+        if ranges.len() > crate::records::EgressPolicy::MAX_RANGES {
+            self.add(
+                path,
+                format!(
+                    "must list at most {} ranges",
+                    crate::records::EgressPolicy::MAX_RANGES
+                ),
+            );
+        }
+        for (index, range) in ranges.iter().enumerate() {
+            if range.parse::<ipnet::IpNet>().is_err() {
+                self.add(
+                    format!("{path}[{index}]"),
+                    format!("{range:?} is not an address range like 10.1.0.0/16 or fd00::/8"),
+                );
+            }
+        }
+    }
+
     pub(crate) fn finish(self) -> Result<(), Invalid> {
         if self.0.is_empty() {
             Ok(())
@@ -695,6 +716,7 @@ impl Validate for Assignment {
         found.pinned("configObjects", &self.config_objects);
         found.spec("template", &self.template);
         found.trusted_keys("trustedKeys", &self.trusted_keys);
+        found.ranges("privateEgress", &self.private_egress);
         found.finish()
     }
 }
@@ -874,6 +896,39 @@ impl Validate for crate::records::RouteHostClaim {
         let mut found = Problems::default();
         found.name("namespace", "namespace", &self.namespace);
         found.name("app", "app name", &self.app);
+        found.finish()
+    }
+}
+
+impl Validate for crate::records::ControlPlaneStatus {
+    fn validate(&self) -> Result<(), Invalid> {
+        let mut found = Problems::default();
+        found.text("leader", &self.leader, 256);
+        if self.unreadable.len() > Self::MAX_UNREADABLE {
+            found.add(
+                "unreadable",
+                format!("must list at most {} records", Self::MAX_UNREADABLE),
+            );
+        }
+        for (index, entry) in self.unreadable.iter().enumerate() {
+            found.text(&format!("unreadable[{index}]"), entry, 2048);
+        }
+        found.finish()
+    }
+}
+
+impl Validate for crate::records::EgressPolicy {
+    fn validate(&self) -> Result<(), Invalid> {
+        let mut found = Problems::default();
+        found.ranges("private", &self.private);
+        found.finish()
+    }
+}
+
+impl Validate for crate::records::HostCredential {
+    fn validate(&self) -> Result<(), Invalid> {
+        let mut found = Problems::default();
+        found.text("jwt", &self.jwt, 64 * 1024);
         found.finish()
     }
 }

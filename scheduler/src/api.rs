@@ -415,6 +415,10 @@ async fn handle(
         Request::UntrustKey { namespace, name } => {
             to_json(crate::trust::remove(lattice, namespace.as_deref(), &name).await?)
         }
+        Request::Egress { range, allowed } => {
+            to_json(crate::egress::set(lattice, &range, allowed).await?)
+        }
+        Request::GetEgress => to_json(crate::egress::read(lattice).await.map_err(internal)?.0),
         Request::GetTrust { namespace } => to_json(
             crate::trust::list(lattice, visible(&caller, namespace.as_deref())).await?,
         ),
@@ -600,6 +604,18 @@ async fn handle(
                 .map_err(internal)?;
             to_json(())
         }
+        Request::GetControlPlane => {
+            let status = lattice
+                .get_checked::<shoal_lattice::records::ControlPlaneStatus>(
+                    Bucket::Status,
+                    shoal_lattice::names::CONTROL_PLANE,
+                )
+                .await
+                .map_err(internal)?
+                .and_then(Result::ok)
+                .map(|record| record.value);
+            to_json(shoal_lattice::api::ControlPlaneView::of(status, now_millis()))
+        }
         Request::GetHosts => {
             let controls: HashMap<String, HostControl> = lattice
                 .list::<HostControl>(Bucket::Status, "hosts.")
@@ -776,7 +792,10 @@ fn check_names(request: &Request) -> Result<(), ApiError> {
         | Request::GetSecrets { namespace } => namespace.as_deref().map_or(Ok(()), |namespace| {
             check_name("namespace", namespace).map_err(invalid)
         }),
-        Request::GetHosts => Ok(()),
+        Request::GetHosts
+        | Request::GetControlPlane
+        | Request::GetEgress
+        | Request::Egress { .. } => Ok(()),
         Request::TrustKey {
             namespace, name, ..
         } => {

@@ -251,6 +251,7 @@ mod tests {
                 args: Vec::new(),
             }),
             trusted_keys: Vec::new(),
+            private_egress: Vec::new(),
         }
     }
 

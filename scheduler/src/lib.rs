@@ -11,6 +11,7 @@ pub mod autoscale;
 pub mod configs;
 pub mod controller;
 pub mod cron;
+pub mod egress;
 pub mod job_store;
 pub mod jobs;
 pub mod lease;

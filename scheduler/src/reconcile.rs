@@ -357,6 +357,7 @@ mod tests {
                 created_at,
                 job: None,
                 trusted_keys: Vec::new(),
+                private_egress: Vec::new(),
             },
         }
     }

@@ -89,6 +89,22 @@ pub fn until_served(
     }
 }
 
+/// A one-answer-per-connection HTTP server on loopback that says 200 to anything.
+pub fn upstream() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for mut stream in listener.incoming().map_while(Result::ok) {
+            let mut buffer = [0u8; 4096];
+            let _ = stream.read(&mut buffer);
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
+        }
+    });
+    port
+}
+
 /// Sends SIGTERM to process `pid` (what an operator's `kill` or systemd sends).
 pub fn sigterm(pid: u32) {
     let _ = std::process::Command::new("kill")

@@ -50,10 +50,27 @@ pub enum AuthCommand {
     Init,
     /// Mint a credential for one host: it may write only its own host record and replica
     /// statuses, hear only requests sent to it, and publish only its own logs and events.
+    ///
+    /// What the host says of itself counts for placement only within what is granted
+    /// here: on a secure lattice it is matched only by the labels given (and its `arch` and
+    /// `os`), and given at most the memory, CPU and replicas given (without them, what it
+    /// reports).
     Host {
         /// The host's id (`shoal host --id`; a host started with this credential takes it as
         /// its id by default).
         id: String,
+        /// A label placement may match the host by, KEY=VALUE (repeatable).
+        #[arg(long = "label", value_name = "KEY=VALUE", value_parser = crate::commands::host::parse_label)]
+        labels: Vec<(String, String)>,
+        /// The most memory its replicas may reserve (2Gi, 512Mi).
+        #[arg(long)]
+        memory: Option<shoal_lattice::quantity::Memory>,
+        /// The most CPU its replicas may reserve (2, 500m).
+        #[arg(long)]
+        cpu: Option<shoal_lattice::quantity::Millicores>,
+        /// The most replicas it may run.
+        #[arg(long)]
+        max_replicas: Option<u32>,
         /// Write the credential here (mode 0600) instead of standard output.
         #[arg(short, long, value_name = "FILE")]
         output: Option<PathBuf>,
@@ -371,7 +388,18 @@ impl Authority {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let ids: Vec<String> = (1..=hosts).map(|index| format!("{name}-{index}")).collect();
         for id in &ids {
-            let creds = self.mint_in(Identity::Host { id: id.clone() }, Some(domain))?;
+            // A site's hosts are matched by their site (`placement.requires: {site: NAME}`).
+            let grant = shoal_lattice::auth::HostGrant {
+                labels: [("site".to_owned(), name.to_owned())].into(),
+                ..Default::default()
+            };
+            let creds = self.mint_in(
+                Identity::Host {
+                    id: id.clone(),
+                    grant,
+                },
+                Some(domain),
+            )?;
             write_secret(&dir.join(format!("{id}.creds")), &creds)?;
         }
         let creds = self.mint(Identity::Site {
@@ -407,7 +435,7 @@ impl Authority {
     /// when one is given.
     fn mint_in(&mut self, identity: Identity, domain: Option<&str>) -> anyhow::Result<String> {
         match &identity {
-            Identity::Host { id } => check_host_id(id)?,
+            Identity::Host { id, .. } => check_host_id(id)?,
             Identity::Scheduler { name } => check_name("scheduler name", name)?,
             Identity::Site { name, hosts, .. } => {
                 check_name("site", name)?;
@@ -469,7 +497,12 @@ impl Authority {
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("cannot create {}", dir.display()))?;
         let path = dir.join(format!("{}-{}.creds", identity.kind(), identity.name()));
-        if !path.exists() {
+        // Minted again when an older version minted it with other permissions (a
+        // `responses` permission, say) or other grants.
+        let current = std::fs::read_to_string(&path).is_ok_and(|text| {
+            shoal_lattice::auth::is_current(&text, &self.state.lattice, &identity)
+        });
+        if !current {
             let creds = self.mint(identity)?;
             write_secret(&path, &creds)?;
         }
@@ -543,9 +576,22 @@ pub async fn run(args: AuthArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
                 dir.join(SECRETS_KEY).display()
             );
         }
-        AuthCommand::Host { id, output } => {
+        AuthCommand::Host {
+            id,
+            labels,
+            memory,
+            cpu,
+            max_replicas,
+            output,
+        } => {
             let mut authority = Authority::open(&dir)?;
-            let creds = authority.mint(Identity::Host { id })?;
+            let grant = shoal_lattice::auth::HostGrant {
+                labels: labels.into_iter().collect(),
+                memory: memory.map(|memory| memory.0),
+                cpu: cpu.map(|cpu| cpu.0),
+                max_replicas,
+            };
+            let creds = authority.mint(Identity::Host { id, grant })?;
             emit(&creds, output.as_deref())?;
         }
         AuthCommand::Scheduler { name, output } => {

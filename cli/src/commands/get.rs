@@ -154,6 +154,14 @@ pub async fn run(args: GetArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
                 }
                 format!("{table}\n")
             })?;
+            // The hosts can all look fine while no scheduler acts on them: say so.
+            if let Ok(control_plane) = api
+                .call::<shoal_lattice::api::ControlPlaneView>(&Request::GetControlPlane)
+                .await
+                && let Some(warning) = control_plane.warning
+            {
+                eprintln!("warning: {warning}");
+            }
         }
         Kind::Configs => {
             let rows: Vec<ConfigView> = api

@@ -141,7 +141,7 @@ pub struct HostArgs {
     pub registry: RegistryArgs,
 }
 
-fn parse_label(value: &str) -> Result<(String, String), String> {
+pub fn parse_label(value: &str) -> Result<(String, String), String> {
     match value.split_once('=') {
         Some((key, value)) if !key.is_empty() && !value.is_empty() => {
             Ok((key.to_owned(), value.to_owned()))
@@ -346,6 +346,7 @@ impl HostArgs {
                 requests: self.hold_requests,
                 timeout: self.hold_timeout,
             },
+            credential: None,
         })
     }
 
@@ -408,6 +409,30 @@ fn host_id(args: &HostArgs, lattice: &LatticeArgs) -> anyhow::Result<String> {
     Ok(id)
 }
 
+/// Says which `--label`s the host's credential does not grant: on a secure lattice,
+/// placement matches a host only by the labels its credential grants.
+fn warn_ungranted_labels(
+    args: &HostArgs,
+    lattice: &LatticeArgs,
+    id: &str,
+    jwt: Option<&str>,
+) -> anyhow::Result<()> {
+    let (Some(jwt), Some(holder)) = (jwt, lattice.holder()?) else {
+        return Ok(());
+    };
+    let Ok(grant) = shoal_lattice::auth::host_grant(jwt, &holder.issuer, id) else {
+        return Ok(());
+    };
+    for (key, value) in &args.labels {
+        if grant.labels.get(key) != Some(value) {
+            eprintln!(
+                "warning: the label {key}={value} is not granted by this host's credential: placement does not match the host by it (shoal auth host {id} --label {key}={value} mints one that grants it)"
+            );
+        }
+    }
+    Ok(())
+}
+
 pub async fn run(args: HostArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
     let id = host_id(&args, lattice)?;
     let tls = args.tls().context("cannot set up ingress TLS")?;
@@ -426,6 +451,8 @@ pub async fn run(args: HostArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
     );
     let mut options = args.agent_options(id.clone(), &lattice.lattice)?;
     options.tls = tls;
+    options.credential = lattice.credential_jwt()?;
+    warn_ungranted_labels(&args, lattice, &id, options.credential.as_deref())?;
     options.own_listeners.extend(nats_addresses(lattice.url()));
     let compiled = runtime.compiled_dir();
     let agent = Agent::new(runtime, OciFetch(client), options);

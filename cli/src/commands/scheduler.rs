@@ -67,12 +67,14 @@ impl SchedulerArgs {
             lease: self.lease,
             secrets_key,
             clock: self.cron_clock.unwrap_or_default(),
+            account: None,
         })
     }
 }
 
 pub async fn run(args: SchedulerArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
-    let options = args.options()?;
+    let mut options = args.options()?;
+    options.account = lattice.account()?;
     let connection = lattice
         .connect_as(&options.id, shoal_lattice::store::SCHEDULER_ORIGIN)
         .await?;

@@ -198,16 +198,31 @@ struct Credentials {
 /// Makes (or reuses) the lattice's signing identity in `dir` and the credentials of its
 /// scheduler, `hosts` hosts and an admin; the admin's is also left where later commands
 /// run in this directory find it.
-fn secure(dir: &std::path::Path, lattice: &str, hosts: u16) -> anyhow::Result<Credentials> {
-    use shoal_lattice::auth::{Grant, Identity, Role};
+fn secure(
+    dir: &std::path::Path,
+    lattice: &str,
+    site: &str,
+    hosts: u16,
+) -> anyhow::Result<Credentials> {
+    use shoal_lattice::auth::{Grant, HostGrant, Identity, Role};
     let (mut authority, _) = crate::commands::auth::Authority::init(dir, lattice)?;
     let scheduler = authority.credential_file(Identity::Scheduler {
         name: "up-scheduler".to_owned(),
     })?;
     let hosts = (1..=hosts)
         .map(|index| {
+            // The labels `shoal up` gives its hosts, granted in their credentials (placement
+            // matches a host only by granted labels).
             authority.credential_file(Identity::Host {
-                id: format!("local-{index}"),
+                id: format!("{site}-{index}"),
+                grant: HostGrant {
+                    labels: [
+                        ("zone".to_owned(), format!("zone-{index}")),
+                        ("site".to_owned(), site.to_owned()),
+                    ]
+                    .into(),
+                    ..Default::default()
+                },
             })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
@@ -278,7 +293,12 @@ pub async fn run(args: UpArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
                     data_dir.display()
                 );
             }
-            let made = secure(&data_dir.join("auth"), &lattice.lattice, args.hosts)?;
+            let made = secure(
+                &data_dir.join("auth"),
+                &lattice.lattice,
+                &args.site,
+                args.hosts,
+            )?;
             eprintln!(
                 "lattice is secure: the admin credential is in {} (later shoal commands in this directory use it; elsewhere set SHOAL_CREDS)",
                 made.admin.display()
@@ -527,7 +547,8 @@ async fn serve(
         };
         tasks.spawn({
             let stopped = wait(stopped.clone());
-            let options = scheduler.options()?;
+            let mut options = scheduler.options()?;
+            options.account = scheduler_lattice.account()?;
             async move {
                 controller::run(connection, options, stopped)
                     .await
@@ -571,6 +592,7 @@ async fn serve(
         options.wait_for_lattice = args.leaf.is_some();
         let host_lattice =
             as_holder(credentials.and_then(|made| made.hosts.get(usize::from(index) - 1)));
+        options.credential = host_lattice.credential_jwt()?;
         let agent = Agent::new(runtime.clone(), OciFetch(args.registry.client()?), options);
         let connect = move || {
             let (lattice, id) = (host_lattice.clone(), id.clone());

@@ -133,6 +133,9 @@ struct Snapshot {
     /// Why part of the state could not be read (a viewer of one namespace sees no hosts).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     problems: Vec<String>,
+    /// The control plane's warning: no scheduler acting (see `shoal status`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    control_plane_warning: Option<String>,
 }
 
 #[derive(Debug, Serialize, PartialEq)]
@@ -203,6 +206,11 @@ async fn read_snapshot(dashboard: &Dashboard) -> Snapshot {
         problems.push(format!("hosts: {error}"));
         Vec::new()
     });
+    let control_plane_warning = api
+        .call::<api::ControlPlaneView>(&Request::GetControlPlane)
+        .await
+        .ok()
+        .and_then(|view| view.warning);
     let replica_rows: Vec<ReplicaRow> = replicas
         .iter()
         .filter(|view| view.assignment.job.is_none())
@@ -315,6 +323,7 @@ async fn read_snapshot(dashboard: &Dashboard) -> Snapshot {
         hosts: host_rows,
         replicas: replica_rows,
         problems,
+        control_plane_warning,
     }
 }
 

@@ -86,6 +86,9 @@ pub struct AgentOptions {
     pub wait_for_lattice: bool,
     /// How many requests for an app scaled to zero are held, and how long, while it wakes.
     pub hold: HoldLimits,
+    /// The JWT of the host's credential, presented to the control plane when it joins: the
+    /// labels and capacity it grants are what placement believes of this host.
+    pub credential: Option<String>,
 }
 
 /// Fetches a component's bytes by pinned reference (`repository@sha256:…`), through a
@@ -899,6 +902,7 @@ impl<F: Fetch> Agent<F> {
         let router = Arc::clone(&self.router);
         let metrics = Arc::clone(&self.metrics);
         let forward_buffer = self.options.forward_buffer;
+        let credential = self.options.credential.clone();
         async move {
             let mut wait = RETRY_FIRST;
             loop {
@@ -915,7 +919,10 @@ impl<F: Fetch> Agent<F> {
                     .await
                 };
                 let error = match attempt.await {
-                    Ok(joined) => return Ok(joined),
+                    Ok(joined) => {
+                        present_credential(&joined.lattice, &id, credential.as_deref()).await;
+                        return Ok(joined);
+                    }
                     Err(error) => error,
                 };
                 let refused = matches!(
@@ -1080,6 +1087,20 @@ fn jitter() -> u8 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |elapsed| elapsed.subsec_nanos());
     (nanos ^ (nanos >> 8) ^ std::process::id()).to_le_bytes()[0]
+}
+
+/// Writes the JWT of this host's credential where the control plane reads what it grants
+/// (its labels and capacity count for placement only within it). A failure is logged: the
+/// host still serves, and is placed by its arch and os alone.
+async fn present_credential(lattice: &Lattice, id: &str, jwt: Option<&str>) {
+    let Some(jwt) = jwt else { return };
+    let record = shoal_lattice::records::HostCredential {
+        jwt: jwt.to_owned(),
+    };
+    let key = shoal_lattice::names::host_credential_key(id);
+    if let Err(error) = lattice.put(Bucket::Status, &key, &record).await {
+        tracing::warn!(%error, "cannot present this host's credential to the control plane: placement matches it by arch and os only");
+    }
 }
 
 /// Claims the host id in a reached lattice and opens what the host follows there.

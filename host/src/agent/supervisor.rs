@@ -611,6 +611,7 @@ async fn start<F: Fetch>(
         }
         let config = Arc::new(crate::config::ConfigMap::new(config));
         let template = assignment.template.clone();
+        let private_egress = assignment.private_egress.clone();
         let job = assignment.job.clone();
         let assignment_name = assignment.app.clone();
         let runtime = Arc::clone(&runtime);
@@ -627,6 +628,7 @@ async fn start<F: Fetch>(
                 |error: crate::HostError| ("NotServable".to_owned(), error.to_string());
             let outbound = OutboundPolicy::new(&template.allowed_outbound)
                 .map_err(|message| ("InvalidSpec".to_owned(), message))?
+                .within_private_ranges(&private_egress)
                 .with_own_listeners(links.own_listeners);
             let limits = Limits::for_app(&template.limits);
             let options = GuestOptions {

@@ -298,6 +298,7 @@ pub(super) async fn step_app(
                     created_at: now_millis(),
                     job: None,
                     trusted_keys: trusted_keys.clone(),
+                    private_egress: state.private_egress(),
                 };
                 let record = create(lattice, state, assignment, now).await?;
                 tracing::info!(app = %key, replica = %record.value.replica, %host, "placed");

@@ -102,11 +102,78 @@ pub(super) async fn report_changes(
     }
 }
 
+/// Checks the credentials hosts presented (only those that changed since the last pass:
+/// a signature check per host per pass would cost the control plane at 10,000 hosts).
+/// Nothing on an open lattice (`account` `None`).
+pub(super) fn check_grants(state: &mut State, account: Option<&str>) {
+    let Some(account) = account else {
+        return;
+    };
+    let presented: HashMap<String, String> = state
+        .credentials
+        .snapshot()
+        .into_iter()
+        .filter_map(|record| {
+            let host = record.key.strip_prefix("credentials.")?.to_owned();
+            Some((host, record.value.jwt))
+        })
+        .collect();
+    state.grants.retain(|host, _| presented.contains_key(host));
+    for (host, jwt) in presented {
+        if state
+            .grants
+            .get(&host)
+            .is_some_and(|(checked, _)| *checked == jwt)
+        {
+            continue;
+        }
+        let grant = match shoal_lattice::auth::host_grant(&jwt, account, &host) {
+            Ok(grant) => Some(grant),
+            Err(error) => {
+                tracing::warn!(%host, %error, "a host's credential does not verify: it is placed by its arch and os alone");
+                None
+            }
+        };
+        state.grants.insert(host, (jwt, grant));
+    }
+}
+
+/// What placement believes of a host on a secure lattice: its `arch` and `os` as it reports
+/// them, the labels its credential grants (no other), and its capacity within the grant.
+pub(super) fn bounded(
+    mut record: HostRecord,
+    grant: Option<&shoal_lattice::auth::HostGrant>,
+) -> HostRecord {
+    let mut labels: BTreeMap<String, String> = record
+        .labels
+        .iter()
+        .filter(|(key, _)| matches!(key.as_str(), "arch" | "os"))
+        .map(|(key, value)| (key.clone(), value.clone()))
+        .collect();
+    if let Some(grant) = grant {
+        labels.extend(grant.labels.clone());
+        let capacity = &mut record.capacity;
+        if let Some(memory) = grant.memory {
+            capacity.memory.0 = capacity.memory.0.min(memory);
+        }
+        if let Some(cpu) = grant.cpu {
+            capacity.cpu.0 = capacity.cpu.0.min(cpu);
+        }
+        if let Some(max) = grant.max_replicas {
+            capacity.max_replicas = capacity.max_replicas.min(max);
+        }
+    }
+    record.labels = labels;
+    record
+}
+
 /// The live hosts that may take replicas (a cordoned or draining one is marked draining, as
-/// a host shutting down is) and the hosts an admin is draining (their replicas move).
+/// a host shutting down is) and the hosts an admin is draining (their replicas move). On a
+/// secure lattice (`secure`), each host as [`bounded`] by its credential's grant.
 pub(super) fn schedulable(
     state: &State,
     live: &HashSet<String>,
+    secure: bool,
 ) -> (BTreeMap<String, HostRecord>, HashSet<String>) {
     // A cordoned or drained host takes no new replicas, as a host shutting down does; a
     // drained one's replicas are replaced elsewhere.
@@ -131,6 +198,15 @@ pub(super) fn schedulable(
         .filter(|host| live.contains(&host.key))
         .map(|host| {
             let mut record = host.value;
+            // The key is the host's (a host writes only its own); the id inside is its word.
+            record.id.clone_from(&host.key);
+            if secure {
+                let grant = state
+                    .grants
+                    .get(&host.key)
+                    .and_then(|(_, grant)| grant.as_ref());
+                record = bounded(record, grant);
+            }
             if controls
                 .get(&host.key)
                 .is_some_and(|control| control.cordoned || control.draining)
@@ -141,4 +217,42 @@ pub(super) fn schedulable(
         })
         .collect();
     (hosts, draining)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn a_host_is_believed_only_within_its_grant() {
+        let record: HostRecord = serde_json::from_value(serde_json::json!({
+            "id": "h1", "version": "0", "startedAt": 0, "heartbeatAt": 0,
+            "labels": {"arch": "x86_64", "os": "linux", "zone": "vault", "gpu": "yes"},
+            "capacity": {"memory": "64Gi", "cpu": "64", "maxReplicas": 1000}
+        }))
+        .unwrap();
+        // No grant: arch and os only, capacity as reported.
+        let plain = bounded(record.clone(), None);
+        assert_eq!(
+            plain.labels.keys().map(String::as_str).collect::<Vec<_>>(),
+            ["arch", "os"]
+        );
+        assert_eq!(plain.capacity, record.capacity);
+        // A grant: its labels (overriding what the host says), capacity within it.
+        let grant = shoal_lattice::auth::HostGrant {
+            labels: [("zone".to_owned(), "a".to_owned())].into(),
+            memory: Some(2 << 30),
+            cpu: Some(2000),
+            max_replicas: Some(20),
+        };
+        let held = bounded(record, Some(&grant));
+        assert_eq!(held.labels.get("zone").map(String::as_str), Some("a"));
+        assert!(!held.labels.contains_key("gpu"));
+        assert_eq!(held.labels.get("arch").map(String::as_str), Some("x86_64"));
+        assert_eq!(held.capacity.memory.0, 2 << 30);
+        assert_eq!(held.capacity.cpu.0, 2000);
+        assert_eq!(held.capacity.max_replicas, 20);
+    }
 }

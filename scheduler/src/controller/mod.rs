@@ -30,6 +30,7 @@ use crate::reconcile::{self, Observed};
 mod apps;
 mod autoscaler;
 mod cron;
+mod health;
 mod hosts;
 mod jobs;
 mod placed;
@@ -52,6 +53,11 @@ pub struct Options {
     pub secrets_key: Option<shoal_lattice::secrets::XKey>,
     /// The time cron schedules are read by.
     pub clock: crate::cron::Clock,
+    /// The lattice's account (which signed this scheduler's credential), on a secure
+    /// lattice: hosts are believed only as far as their credentials, signed by it, grant
+    /// (labels, capacity). `None` on an open lattice, where hosts' records are taken as
+    /// they are.
+    pub account: Option<String>,
 }
 
 struct State {
@@ -71,6 +77,12 @@ struct State {
     job_status: Mirror<shoal_lattice::jobs::JobStatus>,
     /// Trust policies: the keys new replicas need a signature by.
     trust: Mirror<shoal_lattice::trust::TrustPolicy>,
+    /// The lattice's egress policy: the special ranges new replicas' guests may reach.
+    egress: Mirror<shoal_lattice::records::EgressPolicy>,
+    /// Hosts' credentials (their JWTs), and what each grants as last checked (by host:
+    /// the JWT checked and its grant, `None` when it did not verify).
+    credentials: Mirror<shoal_lattice::records::HostCredential>,
+    grants: HashMap<String, (String, Option<shoal_lattice::auth::HostGrant>)>,
     /// Cron jobs and their statuses.
     cron_jobs: Mirror<shoal_lattice::jobs::CronJobRecord>,
     cron_status: Mirror<shoal_lattice::jobs::CronJobStatus>,
@@ -102,9 +114,25 @@ struct State {
     /// Writes of this pass that wait for nothing and nothing waits for (apps' statuses and
     /// routing records), made many at once when the pass ends.
     deferred: Deferred,
+    /// When this scheduler last wrote the control plane's health.
+    health_written: Option<Instant>,
+    /// The job statuses this leader wrote, by key: newer than the mirror until the mirror
+    /// catches up (passes follow each other faster than a write comes back through the
+    /// watch, and a pass that started from the older status lost what the last one
+    /// recorded: a job's start time, so its deadline never came).
+    job_status_written: HashMap<String, shoal_lattice::jobs::JobStatus>,
 }
 
 impl State {
+    /// The special address ranges the egress policy opens to new replicas; none when there
+    /// is no policy or it cannot be read (nothing is opened by a record nobody can read).
+    fn private_egress(&self) -> Vec<String> {
+        self.egress
+            .get(shoal_lattice::names::EGRESS_POLICY)
+            .map(|policy| policy.value.private)
+            .unwrap_or_default()
+    }
+
     /// The keys a new replica in `namespace` needs a signature by (the lattice's policy and
     /// the namespace's); `Err` when a policy record is unreadable: nothing is placed then,
     /// rather than placed without the policy it may hold.
@@ -184,6 +212,7 @@ impl State {
     /// it back from the lattice, where the leader in between may have changed it.
     fn step_down(&mut self) {
         self.fence = 0;
+        self.job_status_written.clear();
         self.seeded.clear();
         self.rollouts.clear();
         self.backoff.clear();
@@ -255,6 +284,11 @@ pub async fn run(
         jobs: lattice.mirror(Bucket::Jobs, ">").await?,
         job_status: lattice.mirror(Bucket::Status, "jobs.>").await?,
         trust: lattice.mirror(Bucket::Trust, ">").await?,
+        egress: lattice
+            .mirror(Bucket::Status, shoal_lattice::names::EGRESS_POLICY)
+            .await?,
+        credentials: lattice.mirror(Bucket::Status, "credentials.>").await?,
+        grants: HashMap::new(),
         cron_jobs: lattice.mirror(Bucket::CronJobs, ">").await?,
         cron_status: lattice.mirror(Bucket::Status, "cronjobs.>").await?,
         secrets_key: options.secrets_key.clone(),
@@ -270,6 +304,8 @@ pub async fn run(
         seeded: HashSet::new(),
         fence: 0,
         deferred: Deferred::default(),
+        health_written: None,
+        job_status_written: HashMap::new(),
     };
     let mut lease = LeaseKeeper::new(lattice.clone(), options.id.clone(), options.lease);
     let mut changes = [
@@ -303,7 +339,14 @@ pub async fn run(
         let hosts_due = last_pass.elapsed() >= HOSTS_ONLY_EVERY;
         tokio::select! {
             () = &mut shutdown => break,
-            Some(message) = wakes.next() => woken = Some(message.subject),
+            // A host publishes its wake with no reply subject; a message with one was not
+            // published by a host in its own name (a JetStream push consumer's delivery, say,
+            // whose deliver subject its creator chose: nats-server does not check it).
+            Some(message) = wakes.next() => {
+                if message.reply.is_none() {
+                    woken = Some(message.subject);
+                }
+            }
             _ = apps.changed() => {}
             _ = hosts.changed(), if hosts_due => {}
             _ = assignments.changed() => {}
@@ -343,8 +386,10 @@ pub async fn run(
                 continue;
             }
         }
-        if let Err(error) = pass(&lattice, &options, &mut state, &lease, now).await {
-            tracing::warn!(%error, "reconcile pass failed; retrying");
+        // Only a pass that went through counts as the control plane acting.
+        match pass(&lattice, &options, &mut state, &lease, now).await {
+            Ok(()) => health::report(&lattice, &options, &mut state, now),
+            Err(error) => tracing::warn!(%error, "reconcile pass failed; retrying"),
         }
         state.deferred.flush().await;
     }
@@ -405,7 +450,8 @@ async fn pass(
         );
         return Ok(());
     }
-    let (hosts, draining) = hosts::schedulable(state, &live);
+    hosts::check_grants(state, options.account.as_deref());
+    let (hosts, draining) = hosts::schedulable(state, &live, options.account.is_some());
     // The fence is read before the snapshot: a write by anyone else after it makes this
     // pass's writes fail instead of landing on a stale plan.
     state.fence = state.fence.max(state.assignments.last_revision());
