@@ -536,3 +536,65 @@ fn a_host_is_placed_by_what_its_credential_grants_not_by_what_it_claims() {
         std::thread::sleep(Duration::from_millis(250));
     }
 }
+
+#[test]
+fn no_user_or_host_credential_reaches_control_state_or_the_system_account() {
+    let (lattice, _scheduler, _host) = secure_lattice();
+    let name = lattice.name.clone();
+    let stream = |bucket: &str| format!("KV_shoal-{name}-v1-{bucket}");
+    let credentials = [
+        (
+            lattice.mint(
+                &["user", "viewer-a", "--role", "viewer", "-n", "team-a"],
+                "viewer-a",
+            ),
+            "_INBOX.user.viewer-a",
+        ),
+        (
+            lattice.mint(
+                &["user", "editor-a", "--role", "editor", "-n", "team-a"],
+                "editor-a",
+            ),
+            "_INBOX.user.editor-a",
+        ),
+        (lattice.auth_dir().join("admin.creds"), "_INBOX.user.admin"),
+        (lattice.mint(&["host", "h9"], "h9"), "_INBOX.host.h9"),
+    ];
+    let publish = [
+        kv(&lattice, "leases", "scheduler"),
+        kv(&lattice, "apps", "team-a.x"),
+        kv(&lattice, "trust", "lattice"),
+        kv(&lattice, "status", "egress"),
+        kv(&lattice, "status", "controlplane"),
+        kv(&lattice, "status", "routehosts.shop.example"),
+        format!("$JS.API.STREAM.PURGE.{}", stream("apps")),
+        format!("$JS.API.STREAM.DELETE.{}", stream("assignments")),
+        format!("$JS.API.STREAM.UPDATE.{}", stream("leases")),
+        format!("$JS.API.CONSUMER.CREATE.{}", stream("apps")),
+        format!("$JS.API.STREAM.MSG.GET.{}", stream("secrets")),
+        format!(
+            "$JS.API.DIRECT.GET.{}.$KV.shoal-{name}-v1-secrets.team-a.db",
+            stream("secrets")
+        ),
+        "$SYS.REQ.SERVER.PING.CONNZ".to_owned(),
+        "$SYS.REQ.ACCOUNT.PING.STATZ".to_owned(),
+    ];
+    let subscribe = [
+        "_INBOX.>".to_owned(),
+        format!("shoal.{name}.v1.api.>"),
+        "$SYS.>".to_owned(),
+        format!("shoal.{name}.v1.wake.>"),
+    ];
+    for (creds, inbox) in &credentials {
+        let raw = Raw::connect(&lattice.nats.url(), creds, inbox);
+        for subject in &publish {
+            raw.publish(subject);
+            raw.wait_refused("Publish", subject);
+        }
+        for subject in &subscribe {
+            raw.subscribe(subject);
+            raw.wait_refused("Subscription", subject);
+        }
+    }
+    still_converges(&lattice, 2);
+}

@@ -263,7 +263,9 @@ pub(super) async fn step_app(
             let prefer = state
                 .wakes
                 .get(&key)
-                .filter(|(_, at)| now.duration_since(*at) < super::autoscaler::WAKE_PREFERENCE)
+                .filter(|(host, at)| {
+                    !host.is_empty() && now.duration_since(*at) < super::autoscaler::WAKE_PREFERENCE
+                })
                 .map(|(host, _)| host.clone());
             // An app with secrets runs only where they can be sealed, and one under a trust
             // policy only where signatures are checked: feasibility filters.

@@ -105,12 +105,16 @@ pub(super) const WAKE_PREFERENCE: Duration = Duration::from_secs(10);
 
 /// Handles a wake published on `subject`; returns whether it changed anything (a pass
 /// should follow). Anything malformed, for an app that cannot scale to zero, or repeated
-/// within a second is ignored: a host may publish wakes, not make the scheduler work.
+/// within a second is ignored: a host may publish wakes, not make the scheduler work. The
+/// waking host becomes the app's first choice only when it may run it (its labels, on a
+/// secure lattice those its credential grants, meet the app's `requires`): a host that
+/// holds a request for an app it may not run wakes it elsewhere.
 pub(super) async fn wake(
     lattice: &Lattice,
     source: &str,
     state: &mut State,
     subject: &str,
+    secure: bool,
     now: Instant,
 ) -> bool {
     let Some((host, namespace, name)) =
@@ -130,6 +134,22 @@ pub(super) async fn wake(
     {
         return false;
     }
+    // A wake from a host the lattice does not know is not a host's.
+    let Some(record) = state.hosts.get(host).map(|record| record.value) else {
+        return false;
+    };
+    let record = if secure {
+        let grant = state.grants.get(host).and_then(|(_, grant)| grant.as_ref());
+        super::hosts::bounded(record, grant)
+    } else {
+        record
+    };
+    let may_run = app
+        .spec
+        .placement
+        .requires
+        .iter()
+        .all(|(label, value)| record.labels.get(label) == Some(value));
     if state
         .wakes
         .get(&key)
@@ -137,7 +157,8 @@ pub(super) async fn wake(
     {
         return false;
     }
-    state.wakes.insert(key.clone(), (host.to_owned(), now));
+    let preferred = if may_run { host } else { "" };
+    state.wakes.insert(key.clone(), (preferred.to_owned(), now));
     state
         .autoscaling
         .entry(key.clone())

@@ -382,7 +382,8 @@ pub async fn run(
         }
         if let Some(subject) = woken {
             let source = format!("scheduler {}", options.id);
-            if !autoscaler::wake(&lattice, &source, &mut state, &subject, now).await {
+            let secure = options.account.is_some();
+            if !autoscaler::wake(&lattice, &source, &mut state, &subject, secure, now).await {
                 continue;
             }
         }
