@@ -598,3 +598,52 @@ fn no_user_or_host_credential_reaches_control_state_or_the_system_account() {
     }
     still_converges(&lattice, 2);
 }
+
+#[test]
+fn jetstream_answers_aimed_at_the_lease_do_not_stop_the_control_plane() {
+    let (lattice, scheduler, _host) = secure_lattice();
+    let name = lattice.name.clone();
+    let viewer = lattice.mint(
+        &["user", "viewer-a", "--role", "viewer", "-n", "team-a"],
+        "viewer-a",
+    );
+    let raw = Raw::connect(&lattice.nats.url(), &viewer, "_INBOX.user.viewer-a");
+    // A viewer may ask for the events journal's info; nats-server sends the answer to
+    // whatever reply subject the request names, and a KV stream stores what arrives on its
+    // subjects: the lease is overwritten by nats-server itself, past every permission.
+    let request = format!("$JS.API.STREAM.INFO.shoal-{name}-v1-events");
+    let lease = kv(&lattice, "leases", "scheduler");
+    let inject = || {
+        raw.runtime.block_on(async {
+            raw.client
+                .publish_with_reply(request.clone(), lease.clone(), "".into())
+                .await
+                .unwrap();
+            raw.client.flush().await.unwrap();
+        });
+    };
+    inject();
+    eventually(
+        PATIENCE,
+        "the scheduler to find the lease unreadable",
+        || {
+            scheduler
+                .log()
+                .contains("the scheduler lease record is unreadable")
+                .then_some(())
+        },
+    );
+    // Rewritten five times a second while a scale is asked for: carried out all the same.
+    let asked = Instant::now();
+    lattice.ok(&["scale", "app", "hello", "--replicas", "2"]);
+    while lattice.ready_by_host("hello").values().sum::<usize>() < 2 {
+        assert!(
+            asked.elapsed() < CONVERGES_WITHIN,
+            "no scale within {CONVERGES_WITHIN:?} while the lease was rewritten:\n{}",
+            scheduler.log()
+        );
+        inject();
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!("scaled in {:?} under lease rewrites", asked.elapsed());
+}

@@ -75,30 +75,55 @@ fn canonical(ip: IpAddr) -> IpAddr {
 }
 
 /// Ranges a guest never reaches by name: this machine, private networks, link-local (cloud
-/// metadata at 169.254.169.254), shared address space, multicast, unspecified.
+/// metadata at 169.254.169.254), shared address space, multicast, unspecified, benchmarking
+/// (198.18/15), IETF protocol assignments (192.0.0/24) and reserved (240/4) ones; and IPv6
+/// addresses that carry an IPv4 address (NAT64 `64:ff9b::/96` and `64:ff9b:1::/48`, 6to4
+/// `2002::/16`, IPv4-compatible `::/96`) when the address they carry is one of those.
 pub(crate) fn special(ip: IpAddr) -> bool {
-    let ip = canonical(ip);
-    match ip {
-        IpAddr::V4(v4) => {
-            let [a, b, ..] = v4.octets();
-            v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.is_multicast()
-                || (a == 100 && (64..128).contains(&b))
-                || a == 0
-        }
+    match canonical(ip) {
+        IpAddr::V4(v4) => special_v4(v4),
         IpAddr::V6(v6) => {
-            let first = v6.segments()[0];
+            let segments = v6.segments();
+            let first = segments[0];
+            let octets = v6.octets();
+            let last_four = std::net::Ipv4Addr::new(octets[12], octets[13], octets[14], octets[15]);
+            let embedded = if segments[..6] == [0x64, 0xff9b, 0, 0, 0, 0]
+                || segments[..6] == [0, 0, 0, 0, 0, 0]
+            {
+                Some(last_four)
+            } else if segments[..2] == [0x64, 0xff9b] && segments[2] == 1 {
+                // 64:ff9b:1::/48, RFC 8215: the IPv4 address in the low 32 bits.
+                Some(last_four)
+            } else if first == 0x2002 {
+                Some(std::net::Ipv4Addr::new(
+                    octets[2], octets[3], octets[4], octets[5],
+                ))
+            } else {
+                None
+            };
             v6.is_loopback()
                 || v6.is_unspecified()
                 || v6.is_multicast()
                 || (first & 0xfe00) == 0xfc00
                 || (first & 0xffc0) == 0xfe80
+                || embedded.is_some_and(special_v4)
         }
     }
+}
+
+fn special_v4(v4: std::net::Ipv4Addr) -> bool {
+    let [a, b, c, _] = v4.octets();
+    v4.is_loopback()
+        || v4.is_private()
+        || v4.is_link_local()
+        || v4.is_unspecified()
+        || v4.is_broadcast()
+        || v4.is_multicast()
+        || (a == 100 && (64..128).contains(&b))
+        || a == 0
+        || (a == 198 && (b == 18 || b == 19))
+        || (a == 192 && b == 0 && c == 0)
+        || a >= 240
 }
 
 /// The response body and the future that drives the connection, as wasi-http wants them.
@@ -248,11 +273,20 @@ mod tests {
             "[fe80::1]:80",
             "[::ffff:10.0.0.1]:80",
             "203.0.113.7:4222",
+            "[64:ff9b::a01:203]:80",
+            "[64:ff9b:1::a9fe:a9fe]:80",
+            "[2002:a9fe:a9fe::1]:80",
+            "[::7f00:1]:80",
+            "198.18.0.1:80",
+            "192.0.0.8:80",
+            "240.0.0.1:80",
         ] {
             assert!(!policy.permits(address(refused)), "{refused}");
         }
         assert!(policy.permits(address("203.0.113.7:443")));
         assert!(policy.permits(address("93.184.216.34:8080")));
+        // A public address behind NAT64 is public.
+        assert!(policy.permits(address("[64:ff9b::5db8:d822]:443")));
     }
 
     #[test]

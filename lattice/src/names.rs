@@ -30,9 +30,11 @@ pub fn check_name(what: &str, name: &str) -> Result<(), Error> {
     }
 }
 
-/// A host id: like a name, but `_` is allowed too (machine ids often carry it).
+/// A host id: like a name, but `_` is allowed too (machine ids often carry it), though not
+/// first: `_` starts the names Shoal keeps for itself (`_scheduler`, `_lattice`, `_hosts`).
 pub fn check_host_id(id: &str) -> Result<(), Error> {
     let valid = !id.is_empty()
+        && !id.starts_with('_')
         && id.len() <= 63
         && id
             .bytes()

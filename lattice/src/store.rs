@@ -538,6 +538,29 @@ impl Lattice {
             .await
     }
 
+    /// Writes `value` at `key` only if the key is still at `revision` and nothing was
+    /// written to the bucket after `fence`; see [`Lattice::create_fenced`]. Returns the new
+    /// revision.
+    ///
+    /// # Errors
+    /// [`Error::Conflict`] when the key or the bucket moved on.
+    pub async fn update_fenced<T: Serialize>(
+        &self,
+        bucket: Bucket,
+        key: &str,
+        value: &T,
+        revision: u64,
+        fence: u64,
+    ) -> Result<u64, Error> {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(
+            async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+            revision.to_string().as_str(),
+        );
+        self.publish_fenced(bucket, key, headers, encode(value)?, fence)
+            .await
+    }
+
     /// Deletes `key` only if it is still at `revision` and nothing was written to the bucket
     /// after `fence`; see [`Lattice::create_fenced`]. Returns the new revision.
     ///

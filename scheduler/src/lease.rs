@@ -21,6 +21,8 @@ pub struct LeaseKeeper {
     held: Option<(Instant, u64)>,
     /// The lease revision last seen held by someone else, and since when.
     observed: Option<(u64, Instant)>,
+    /// Since when the lease record has been unreadable (whatever its revisions).
+    unreadable_since: Option<Instant>,
     last_attempt: Option<Instant>,
 }
 
@@ -33,6 +35,7 @@ impl LeaseKeeper {
             duration,
             held: None,
             observed: None,
+            unreadable_since: None,
             last_attempt: None,
         }
     }
@@ -65,9 +68,12 @@ impl LeaseKeeper {
             holder: self.holder.clone(),
             renewed_at: now_millis(),
         };
-        // An unreadable record (torn, written by hand, by a confused or hostile client) is a
-        // lease no one holds: it is replaced, as an expired one is, after a whole lease
-        // period without change, so it delays leadership by one period at most.
+        // An unreadable record (torn, written by hand, or by nats-server itself: a JetStream
+        // answer or publish ack whose reply subject someone aimed at the lease key) is a
+        // lease no one holds. The scheduler that held it takes it back at once; the others
+        // take it once it has stayed unreadable for a whole lease period, however often it
+        // was rewritten meanwhile (a rewrite does not restart the wait), so it delays
+        // leadership by one period at most.
         let current = self
             .lattice
             .get_checked::<Lease>(Bucket::Leases, SCHEDULER_LEASE)
@@ -76,6 +82,9 @@ impl LeaseKeeper {
                 Ok(record) => (record.revision, Some(record.value.holder)),
                 Err(revision) => (revision, None),
             });
+        if !matches!(current, Some((_, None))) {
+            self.unreadable_since = None;
+        }
         let written = match current {
             None => {
                 self.lattice
@@ -87,16 +96,30 @@ impl LeaseKeeper {
                     .update(Bucket::Leases, SCHEDULER_LEASE, &lease, revision)
                     .await
             }
-            Some((revision, holder)) => {
+            Some((revision, None)) => {
+                let since = *self.unreadable_since.get_or_insert_with(|| {
+                    tracing::warn!(
+                        revision,
+                        "the scheduler lease record is unreadable: replacing it"
+                    );
+                    now
+                });
+                let held = self.is_leader();
+                if !held && now.duration_since(since) < self.duration {
+                    self.held = None;
+                    return Ok(());
+                }
+                if !held {
+                    tracing::warn!("taking the place of the unreadable scheduler lease");
+                }
+                self.lattice
+                    .update(Bucket::Leases, SCHEDULER_LEASE, &lease, revision)
+                    .await
+            }
+            Some((revision, Some(previous))) => {
                 let since = match self.observed {
                     Some((seen, since)) if seen == revision => since,
                     _ => {
-                        if holder.is_none() {
-                            tracing::warn!(
-                                revision,
-                                "the scheduler lease record is unreadable: replacing it after one lease period"
-                            );
-                        }
                         self.observed = Some((revision, now));
                         now
                     }
@@ -105,12 +128,7 @@ impl LeaseKeeper {
                 if now.duration_since(since) < self.duration {
                     return Ok(());
                 }
-                match &holder {
-                    Some(previous) => {
-                        tracing::info!(%previous, "the scheduler lease expired; taking it");
-                    }
-                    None => tracing::warn!("taking the place of the unreadable scheduler lease"),
-                }
+                tracing::info!(%previous, "the scheduler lease expired; taking it");
                 self.lattice
                     .update(Bucket::Leases, SCHEDULER_LEASE, &lease, revision)
                     .await

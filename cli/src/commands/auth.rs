@@ -498,11 +498,29 @@ impl Authority {
             .with_context(|| format!("cannot create {}", dir.display()))?;
         let path = dir.join(format!("{}-{}.creds", identity.kind(), identity.name()));
         // Minted again when an older version minted it with other permissions (a
-        // `responses` permission, say) or other grants.
-        let current = std::fs::read_to_string(&path).is_ok_and(|text| {
-            shoal_lattice::auth::is_current(&text, &self.state.lattice, &identity)
+        // `responses` permission, say) or other grants; the old one is revoked, so a copy
+        // of it left anywhere does not keep what was taken away.
+        let existing = std::fs::read_to_string(&path).ok();
+        let current = existing.as_deref().is_some_and(|text| {
+            shoal_lattice::auth::is_current(text, &self.state.lattice, &identity)
         });
         if !current {
+            if let Some(old) = existing
+                .as_deref()
+                .and_then(|text| shoal_lattice::auth::holder(text).ok())
+            {
+                let issued_at = now().max(self.state.account_issued_at + 1);
+                for minted in &mut self.state.minted {
+                    if minted.public_key == old.public_key {
+                        minted.revoked = true;
+                    }
+                }
+                self.state
+                    .revocations
+                    .entry(old.public_key)
+                    .or_insert(issued_at);
+                self.state.account_issued_at = issued_at;
+            }
             let creds = self.mint(identity)?;
             write_secret(&path, &creds)?;
         }

@@ -36,17 +36,20 @@ pub(super) fn report(lattice: &Lattice, options: &Options, state: &mut State, no
 /// The records the mirrors refused, as `<what>/<key>: <why>`, the first
 /// [`ControlPlaneStatus::MAX_UNREADABLE`] of them.
 fn unreadable(state: &State) -> Vec<String> {
+    // Desired state and policies first: hosts may write records of their own (their
+    // record, their replicas' statuses), and a host writing many unreadable ones must not
+    // push the lattice's own out of the list.
     let refused = [
-        ("apps", state.apps.invalid()),
-        ("assignments", state.assignments.invalid()),
-        ("hosts", state.hosts.invalid()),
-        ("status", state.replicas.invalid()),
-        ("status", state.controls.invalid()),
         ("trust", state.trust.invalid()),
         ("status", state.egress.invalid()),
+        ("apps", state.apps.invalid()),
+        ("assignments", state.assignments.invalid()),
         ("secrets", state.secrets.invalid()),
         ("jobs", state.jobs.invalid()),
         ("cronjobs", state.cron_jobs.invalid()),
+        ("status", state.controls.invalid()),
+        ("hosts", state.hosts.invalid()),
+        ("status", state.replicas.invalid()),
     ];
     refused
         .into_iter()

@@ -339,11 +339,12 @@ pub async fn run(
         let hosts_due = last_pass.elapsed() >= HOSTS_ONLY_EVERY;
         tokio::select! {
             () = &mut shutdown => break,
-            // A host publishes its wake with no reply subject; a message with one was not
-            // published by a host in its own name (a JetStream push consumer's delivery, say,
-            // whose deliver subject its creator chose: nats-server does not check it).
+            // A host publishes its wake empty, with no reply subject and no headers. Anything
+            // else on a wake subject was not published by a host in its own name: a JetStream
+            // push consumer's delivery or an API answer, sent there by whoever chose the
+            // deliver or reply subject (nats-server checks neither against permissions).
             Some(message) = wakes.next() => {
-                if message.reply.is_none() {
+                if message.reply.is_none() && message.headers.is_none() && message.payload.is_empty() {
                     woken = Some(message.subject);
                 }
             }
@@ -473,23 +474,45 @@ async fn pass(
         .chain(invalid_apps.iter().map(|refused| refused.key.clone()))
         .collect();
     // Only schedulers write assignments: one that breaks the rules was not written by one.
+    // Where the key held a readable assignment before (overwritten by a client, or by
+    // nats-server with an answer whose reply subject someone aimed there), that one is
+    // written back, so its replica goes on; an unreadable assignment of its own is removed.
     for refused in state.assignments.invalid() {
+        let last = state.assignments.get(&refused.key);
         if state
             .reported
             .insert((refused.key.clone(), refused.revision))
         {
-            tracing::warn!(key = %refused.key, reason = %refused.reason, "removing an invalid assignment");
+            let done = if last.is_some() {
+                "restored"
+            } else {
+                "removed"
+            };
+            tracing::warn!(key = %refused.key, reason = %refused.reason, "an invalid assignment was {done}");
             let host = refused.key.split('.').next().unwrap_or_default();
             lattice
                 .emit(Event::host(
                     &source,
                     host,
                     "InvalidRecord",
-                    format!("assignment {} was removed: {}", refused.key, refused.reason),
+                    format!("assignment {} was {done}: {}", refused.key, refused.reason),
                 ))
                 .await;
         }
-        remove(lattice, state, &refused.key, refused.revision, now).await?;
+        match last {
+            Some(last) => {
+                state.fence = lattice
+                    .update_fenced(
+                        Bucket::Assignments,
+                        &refused.key,
+                        &last.value,
+                        refused.revision,
+                        state.fence,
+                    )
+                    .await?;
+            }
+            None => remove(lattice, state, &refused.key, refused.revision, now).await?,
+        }
     }
 
     // Replicas of deleted apps go (jobs' runs are the jobs controller's).
