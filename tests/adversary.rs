@@ -56,6 +56,15 @@ fn kv_get(lattice: &Lattice, bucket: &str, key: &str) -> Option<Vec<u8>> {
     raw.kv_get(&format!("shoal-{}-v1-{bucket}", lattice.name), key)
 }
 
+/// A bare client with the credential of a viewer of namespace `team-a`.
+fn viewer_of_team_a(lattice: &Lattice) -> Raw {
+    let viewer = lattice.mint(
+        &["user", "viewer-a", "--role", "viewer", "-n", "team-a"],
+        "viewer-a",
+    );
+    Raw::connect(&lattice.nats.url(), &viewer, "_INBOX.user.viewer-a")
+}
+
 /// Whether the apps bucket has `key`.
 fn app_record_exists(lattice: &Lattice, key: &str) -> bool {
     kv_get(lattice, "apps", key).is_some()
@@ -161,11 +170,7 @@ fn an_honest_host_answers_no_reply_subject_but_a_host_s_inbox() {
 fn a_namespace_viewer_cannot_aim_the_control_api_s_answer_at_the_lease() {
     let (lattice, _scheduler, _host) = secure_lattice();
     let name = lattice.name.clone();
-    let viewer = lattice.mint(
-        &["user", "viewer-a", "--role", "viewer", "-n", "team-a"],
-        "viewer-a",
-    );
-    let raw = Raw::connect(&lattice.nats.url(), &viewer, "_INBOX.user.viewer-a");
+    let raw = viewer_of_team_a(&lattice);
     let request = format!("shoal.{name}.v1.api.viewer.team-a.viewer-a.get");
     for target in [
         kv(&lattice, "leases", "scheduler"),
@@ -173,13 +178,7 @@ fn a_namespace_viewer_cannot_aim_the_control_api_s_answer_at_the_lease() {
         "_INBOX.user.admin.stolen".to_owned(),
         "_INBOX.host.h1.stolen".to_owned(),
     ] {
-        raw.runtime.block_on(async {
-            raw.client
-                .publish_with_reply(request.clone(), target, r#"{"verb":"getHosts"}"#.into())
-                .await
-                .unwrap();
-            raw.client.flush().await.unwrap();
-        });
+        raw.publish_with_reply(&request, &target, r#"{"verb":"getHosts"}"#);
     }
     // The lease is the scheduler's still, and the scheduler still acts.
     let lease = kv_get(&lattice, "leases", "scheduler").unwrap();
@@ -603,25 +602,13 @@ fn no_user_or_host_credential_reaches_control_state_or_the_system_account() {
 fn jetstream_answers_aimed_at_the_lease_do_not_stop_the_control_plane() {
     let (lattice, scheduler, _host) = secure_lattice();
     let name = lattice.name.clone();
-    let viewer = lattice.mint(
-        &["user", "viewer-a", "--role", "viewer", "-n", "team-a"],
-        "viewer-a",
-    );
-    let raw = Raw::connect(&lattice.nats.url(), &viewer, "_INBOX.user.viewer-a");
+    let raw = viewer_of_team_a(&lattice);
     // A viewer may ask for the events journal's info; nats-server sends the answer to
     // whatever reply subject the request names, and a KV stream stores what arrives on its
     // subjects: the lease is overwritten by nats-server itself, past every permission.
     let request = format!("$JS.API.STREAM.INFO.shoal-{name}-v1-events");
     let lease = kv(&lattice, "leases", "scheduler");
-    let inject = || {
-        raw.runtime.block_on(async {
-            raw.client
-                .publish_with_reply(request.clone(), lease.clone(), "".into())
-                .await
-                .unwrap();
-            raw.client.flush().await.unwrap();
-        });
-    };
+    let inject = || raw.publish_with_reply(&request, &lease, "");
     inject();
     eventually(
         PATIENCE,

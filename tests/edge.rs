@@ -127,12 +127,10 @@ fn a_host_stopped_as_soon_as_it_serves_restarts_without_nats_and_serves_at_once(
     lattice.nats.stop();
     lattice.registry.stop();
     let host = lattice.spawn(&host_args("edge-6"), "edge-6", true);
-    let url = format!("{}/quick", host.url.as_deref().unwrap());
-    let serving = support::until_served(
+    let serving = host.until_served(
         PATIENCE,
         "the host restarted without NATS to serve /quick",
-        &url,
-        || host.log(),
+        "/quick",
     );
     eprintln!(
         "restarted without NATS: first 200 after {} ms",
@@ -230,12 +228,10 @@ fn a_lattice_that_comes_back_empty_does_not_stop_what_hosts_serve() {
     let mut host = host;
     host.terminate();
     let host = lattice.spawn(&host_args("edge-3"), "edge-3", true);
-    let url = format!("{}/kept", host.url.as_deref().unwrap());
-    let serving = support::until_served(
+    let serving = host.until_served(
         PATIENCE,
         "the host restarted on the empty lattice to serve /kept",
-        &url,
-        || host.log(),
+        "/kept",
     );
     eprintln!(
         "restarted on an empty lattice: first 200 after {} ms",

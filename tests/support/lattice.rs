@@ -65,6 +65,14 @@ impl Process {
             .to_owned()
     }
 
+    /// Probes `path` through this host's ingress from now on until it answers 200 and
+    /// returns how long that took; see [`super::until_served`] (this process's log on
+    /// failure).
+    pub fn until_served(&self, patience: Duration, what: &str, path: &str) -> Duration {
+        let url = format!("{}{path}", self.url.as_ref().unwrap());
+        super::until_served(patience, what, &url, || self.log())
+    }
+
     /// GET `path` through this host's ingress: status, body and the x-served-by header.
     pub fn get_served(&self, path: &str) -> Option<(u16, String, String)> {
         let url = format!("{}{path}", self.url.as_ref().unwrap());

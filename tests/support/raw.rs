@@ -64,6 +64,22 @@ impl Raw {
         })
     }
 
+    /// Publishes `payload` on `subject` with the reply subject `reply`, as a requester that
+    /// chooses where the answer goes.
+    pub fn publish_with_reply(&self, subject: &str, reply: &str, payload: &str) {
+        self.runtime.block_on(async {
+            self.client
+                .publish_with_reply(
+                    subject.to_owned(),
+                    reply.to_owned(),
+                    payload.to_owned().into(),
+                )
+                .await
+                .unwrap();
+            self.client.flush().await.unwrap();
+        });
+    }
+
     pub fn publish(&self, subject: &str) {
         self.runtime.block_on(async {
             self.client
