@@ -48,11 +48,31 @@ fn still_converges(lattice: &Lattice, replicas: u32) {
     eprintln!("scaled to {replicas} in {:?}", asked.elapsed());
 }
 
+/// A bare client with the scheduler's credential (`s1`): the one that may write every
+/// bucket, so the worst it can write there is what a stolen one could.
+fn as_scheduler(lattice: &Lattice) -> Raw {
+    let creds = lattice.auth_dir().join("s1.creds");
+    Raw::connect(&lattice.nats.url(), &creds, "_INBOX.scheduler.s1")
+}
+
+/// Waits until `scheduler` has read the lease and found it unreadable.
+fn wait_lease_unreadable(scheduler: &Process) {
+    eventually(
+        PATIENCE,
+        "the scheduler to find the lease unreadable",
+        || {
+            scheduler
+                .log()
+                .contains("the scheduler lease record is unreadable")
+                .then_some(())
+        },
+    );
+}
+
 /// `key` of `bucket`, read with the scheduler's credential (the only one that reads every
 /// bucket).
 fn kv_get(lattice: &Lattice, bucket: &str, key: &str) -> Option<Vec<u8>> {
-    let creds = lattice.auth_dir().join("s1.creds");
-    let raw = Raw::connect(&lattice.nats.url(), &creds, "_INBOX.scheduler.s1");
+    let raw = as_scheduler(lattice);
     raw.kv_get(&format!("shoal-{}-v1-{bucket}", lattice.name), key)
 }
 
@@ -192,21 +212,11 @@ fn a_namespace_viewer_cannot_aim_the_control_api_s_answer_at_the_lease() {
 fn an_unreadable_lease_delays_leadership_by_one_lease_period_at_most() {
     let (lattice, scheduler, _host) = secure_lattice();
     // The scheduler's own credential may write the lease: the worst it can write there.
-    let creds = lattice.auth_dir().join("s1.creds");
-    let raw = Raw::connect(&lattice.nats.url(), &creds, "_INBOX.scheduler.s1");
+    let raw = as_scheduler(&lattice);
     raw.store(&kv(&lattice, "leases", "scheduler"), "not a lease {")
         .unwrap();
-    // Once the scheduler has read it (it stops leading on a lease it cannot read)...
-    eventually(
-        PATIENCE,
-        "the scheduler to find the lease unreadable",
-        || {
-            scheduler
-                .log()
-                .contains("the scheduler lease record is unreadable")
-                .then_some(())
-        },
-    );
+    // Once the scheduler has read it...
+    wait_lease_unreadable(&scheduler);
     // Lease 1 s: replaced within a period or two, then the scale is carried out.
     let asked = Instant::now();
     lattice.ok(&["scale", "app", "hello", "--replicas", "2"]);
@@ -370,8 +380,7 @@ fn a_control_plane_that_stopped_acting_is_reported_not_hidden() {
     assert!(!stderr.contains("warning"), "{stderr}");
 
     // A record it cannot read is listed (written with the scheduler's own credential).
-    let creds = lattice.auth_dir().join("s1.creds");
-    let raw = Raw::connect(&lattice.nats.url(), &creds, "_INBOX.scheduler.s1");
+    let raw = as_scheduler(&lattice);
     raw.store(&kv(&lattice, "apps", "default.garbled"), "{not json")
         .unwrap();
     eventually(PATIENCE, "shoal status to list the unreadable app", || {
@@ -610,16 +619,7 @@ fn jetstream_answers_aimed_at_the_lease_do_not_stop_the_control_plane() {
     let lease = kv(&lattice, "leases", "scheduler");
     let inject = || raw.publish_with_reply(&request, &lease, "");
     inject();
-    eventually(
-        PATIENCE,
-        "the scheduler to find the lease unreadable",
-        || {
-            scheduler
-                .log()
-                .contains("the scheduler lease record is unreadable")
-                .then_some(())
-        },
-    );
+    wait_lease_unreadable(&scheduler);
     // Rewritten five times a second while a scale is asked for: carried out all the same.
     let asked = Instant::now();
     lattice.ok(&["scale", "app", "hello", "--replicas", "2"]);
