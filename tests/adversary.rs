@@ -23,6 +23,12 @@ fn kv(lattice: &Lattice, bucket: &str, key: &str) -> String {
     format!("$KV.shoal-{}-v1-{bucket}.{key}", lattice.name)
 }
 
+/// `subject` (a JetStream API call or key write) as a host or a person sends it: their
+/// account has no JetStream and imports the state account's under a prefix.
+fn as_client(subject: &str) -> String {
+    shoal_lattice::auth::client_subject(subject)
+}
+
 /// A secure lattice with one scheduler (1 s lease), host h1 and app `hello` (1 replica).
 fn secure_lattice() -> (Lattice, Process, Process) {
     secure_lattice_with("")
@@ -249,7 +255,7 @@ fn a_host_s_word_about_replicas_and_load_it_does_not_run_is_not_heard() {
 
     // A flood of load for an app it runs none of.
     raw.store(
-        &kv(&lattice, "hosts", "h9"),
+        &as_client(&kv(&lattice, "hosts", "h9")),
         &host_record("h9", serde_json::json!({"default/hello": 1_000_000_000u64})),
     )
     .unwrap();
@@ -262,16 +268,13 @@ fn a_host_s_word_about_replicas_and_load_it_does_not_run_is_not_heard() {
         })
         .to_string()
     };
-    raw.store(
-        &kv(&lattice, "status", &format!("replicas.h9.{}", before[0])),
-        &status("h1"),
-    )
-    .unwrap();
-    raw.store(
-        &kv(&lattice, "status", &format!("replicas.h9.{}", before[0])),
-        &status("h9"),
-    )
-    .unwrap();
+    let own_status = as_client(&kv(
+        &lattice,
+        "status",
+        &format!("replicas.h9.{}", before[0]),
+    ));
+    raw.store(&own_status, &status("h1")).unwrap();
+    raw.store(&own_status, &status("h9")).unwrap();
 
     // For several scheduler passes: the app stays at one replica, the same one, ready.
     let watched = Instant::now();
@@ -340,7 +343,10 @@ fn a_host_s_watch_cannot_deliver_its_records_into_another_bucket() {
     let stream = format!("KV_shoal-{name}-v1-assignments");
     let target = kv(&lattice, "apps", "default.pwned");
     let created = raw.runtime.block_on(async {
-        let context = async_nats::jetstream::new(raw.client.clone());
+        let context = async_nats::jetstream::with_prefix(
+            raw.client.clone(),
+            shoal_lattice::auth::STATE_API_PREFIX,
+        );
         let stream = context.get_stream_no_info(&stream).await.unwrap();
         stream
             .create_consumer(async_nats::jetstream::consumer::push::Config {
@@ -355,6 +361,10 @@ fn a_host_s_watch_cannot_deliver_its_records_into_another_bucket() {
             .map_err(|error| error.to_string())
     });
     eprintln!("push consumer delivering to {target}: {created:?}");
+    assert!(
+        created.is_ok(),
+        "the host may create this consumer: {created:?}"
+    );
     // Watched for a while: a delivery would land within milliseconds.
     let watched = Instant::now();
     while watched.elapsed() < Duration::from_secs(3) {
@@ -593,6 +603,13 @@ fn no_user_or_host_credential_reaches_control_state_or_the_system_account() {
         "$SYS.>".to_owned(),
         format!("shoal.{name}.v1.wake.>"),
     ];
+    // Each under the state account's own name and as a client sends it.
+    let publish: Vec<String> = publish
+        .iter()
+        .flat_map(|subject| [subject.clone(), as_client(subject)])
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
     for (creds, inbox) in &credentials {
         let raw = Raw::connect(&lattice.nats.url(), creds, inbox);
         for subject in &publish {
@@ -608,29 +625,76 @@ fn no_user_or_host_credential_reaches_control_state_or_the_system_account() {
 }
 
 #[test]
-fn jetstream_answers_aimed_at_the_lease_do_not_stop_the_control_plane() {
+fn jetstream_answers_write_nothing_for_a_host_or_a_viewer() {
     let (lattice, scheduler, _host) = secure_lattice();
     let name = lattice.name.clone();
-    let raw = viewer_of_team_a(&lattice);
-    // A viewer may ask for the events journal's info; nats-server sends the answer to
-    // whatever reply subject the request names, and a KV stream stores what arrives on its
-    // subjects: the lease is overwritten by nats-server itself, past every permission.
-    let request = format!("$JS.API.STREAM.INFO.shoal-{name}-v1-events");
-    let lease = kv(&lattice, "leases", "scheduler");
-    let inject = || raw.publish_with_reply(&request, &lease, "");
-    inject();
-    wait_lease_unreadable(&scheduler);
-    // Rewritten five times a second while a scale is asked for: carried out all the same.
-    let asked = Instant::now();
-    lattice.ok(&["scale", "app", "hello", "--replicas", "2"]);
-    while lattice.ready_by_host("hello").values().sum::<usize>() < 2 {
-        assert!(
-            asked.elapsed() < CONVERGES_WITHIN,
-            "no scale within {CONVERGES_WITHIN:?} while the lease was rewritten:\n{}",
-            scheduler.log()
-        );
-        inject();
-        std::thread::sleep(Duration::from_millis(200));
+    let hosts = format!("shoal-{name}-v1-hosts");
+    let host = Raw::connect(
+        &lattice.nats.url(),
+        &lattice.mint(&["host", "h9"], "h9"),
+        "_INBOX.host.h9",
+    );
+    let viewer = viewer_of_team_a(&lattice);
+    // The host writes the one record it may, with the bytes it wants elsewhere; nats-server
+    // answers a direct get of it (and a stream's info, and a publish ack) on whatever reply
+    // subject the request names, and a stream stores what arrives on its subjects. With the
+    // lattice's state in an account of its own, the answer comes back into the clients'
+    // account, where no stream is.
+    let forged = r#"{"spec":{"component":"evil"}}"#;
+    host.store(&as_client(&format!("$KV.{hosts}.h9")), forged)
+        .unwrap();
+    let targets = [
+        ("apps", "default.evil"),
+        ("trust", "lattice"),
+        ("status", "egress"),
+        ("leases", "scheduler"),
+        ("hosts", "h1"),
+    ];
+    let lease_before = kv_get(&lattice, "leases", "scheduler");
+    let h1_before = kv_get(&lattice, "hosts", "h1");
+    for (bucket, key) in targets {
+        let target = kv(&lattice, bucket, key);
+        // Aimed at the record's name in the state account and at its client form.
+        for reply in [target.clone(), as_client(&target)] {
+            host.publish_with_reply(
+                &as_client(&format!("$JS.API.DIRECT.GET.KV_{hosts}.$KV.{hosts}.h9")),
+                &reply,
+                "",
+            );
+            host.publish_with_reply(
+                &as_client(&format!("$JS.API.STREAM.INFO.KV_{hosts}")),
+                &reply,
+                "",
+            );
+            host.publish_with_reply(&as_client(&format!("$KV.{hosts}.h9")), &reply, forged);
+            viewer.publish_with_reply(
+                &as_client(&format!("$JS.API.STREAM.INFO.shoal-{name}-v1-events")),
+                &reply,
+                "",
+            );
+        }
     }
-    eprintln!("scaled in {:?} under lease rewrites", asked.elapsed());
+    // Answers to later requests on the same connections came back: the ones aimed
+    // elsewhere were sent before them.
+    assert_eq!(
+        host.client_kv_get(&hosts, "h9").as_deref(),
+        Some(forged.as_bytes())
+    );
+    assert!(!app_record_exists(&lattice, "default.evil"));
+    assert_eq!(kv_get(&lattice, "trust", "lattice"), None);
+    assert_eq!(kv_get(&lattice, "status", "egress"), None);
+    assert_eq!(kv_get(&lattice, "hosts", "h1"), h1_before);
+    let lease = kv_get(&lattice, "leases", "scheduler");
+    assert!(
+        lease.is_some() && lease != Some(forged.as_bytes().to_vec()),
+        "the lease: {lease:?} (before: {lease_before:?})"
+    );
+    still_converges(&lattice, 2);
+    assert!(
+        !scheduler
+            .log()
+            .contains("the scheduler lease record is unreadable"),
+        "{}",
+        scheduler.log()
+    );
 }

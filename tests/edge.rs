@@ -648,7 +648,11 @@ fn a_secure_site_reaches_its_hub_with_its_own_credentials_and_no_more() {
     );
     let site_host = site_auth.path().join("site-s-1.creds");
     let raw = support::raw::Raw::connect(&leaf, &site_host, "_INBOX.host.site-s-1");
-    let kv = |bucket: &str, key: &str| format!("$JS.hub.API.$KV.shoal-{name}-v1-{bucket}.{key}");
+    // Key writes as a secure lattice's client sends them (under the state account's
+    // prefix, across the leaf).
+    let kv = |bucket: &str, key: &str| {
+        shoal_lattice::auth::client_subject(&format!("$KV.shoal-{name}-v1-{bucket}.{key}"))
+    };
     for subject in [
         kv("hosts", "hub-1"),
         kv("apps", "default.evil"),

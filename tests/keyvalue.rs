@@ -188,7 +188,8 @@ fn a_host_credential_reaches_app_stores_but_not_the_lattice_s_own_buckets() {
     let raw = support::raw::Raw::connect(&lattice.nats.url(), &creds, "_INBOX.host.h1");
     let name = &lattice.name;
     for bucket in ["apps", "assignments", "status", "hosts"] {
-        let subject = format!("$KV.shoal-{name}-v1-{bucket}.=kv.junk");
+        let subject =
+            shoal_lattice::auth::client_subject(&format!("$KV.shoal-{name}-v1-{bucket}.=kv.junk"));
         raw.publish(&subject);
         raw.wait_refused("Publish", &subject);
     }

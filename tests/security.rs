@@ -36,7 +36,10 @@ fn a_host_credential_can_write_only_its_own_records_and_hear_only_its_own_reques
     let name = &lattice.name;
     let creds = lattice.mint(&["host", "h9"], "h9");
     let raw = Raw::connect(&lattice.nats.url(), &creds, "_INBOX.host.h9");
-    let kv = |bucket: &str, key: &str| format!("$KV.shoal-{name}-v1-{bucket}.{key}");
+    // Key writes and JetStream calls as a host sends them: its account imports the state
+    // account's under a prefix.
+    let client = shoal_lattice::auth::client_subject;
+    let kv = |bucket: &str, key: &str| client(&format!("$KV.shoal-{name}-v1-{bucket}.{key}"));
 
     // Its own records: stored.
     raw.store(&kv("hosts", "h9"), r#"{"id":"h9"}"#).unwrap();
@@ -52,8 +55,8 @@ fn a_host_credential_can_write_only_its_own_records_and_hear_only_its_own_reques
         kv("hosts", "h1"),
         kv("status", "replicas.h1.evil-1"),
         kv("status", "apps.default.hello"),
-        format!("$JS.API.STREAM.CREATE.KV_shoal-{name}-v1-apps"),
-        format!("$JS.API.STREAM.PURGE.KV_shoal-{name}-v1-apps"),
+        client(&format!("$JS.API.STREAM.CREATE.KV_shoal-{name}-v1-apps")),
+        client(&format!("$JS.API.STREAM.PURGE.KV_shoal-{name}-v1-apps")),
         format!("shoal.{name}.v1.events.default.hello._scheduler"),
         format!("shoal.{name}.v1.logs.default.hello.h1"),
         format!("shoal.{name}.v1.api.admin._lattice.h9.apply"),
@@ -67,17 +70,23 @@ fn a_host_credential_can_write_only_its_own_records_and_hear_only_its_own_reques
     // Reading beyond what it serves: apps' specs (their configuration), other hosts'
     // assignments, other hosts' records.
     for subject in [
-        format!("$JS.API.CONSUMER.CREATE.KV_shoal-{name}-v1-apps"),
-        format!("$JS.API.CONSUMER.CREATE.KV_shoal-{name}-v1-apps.x.$KV.shoal-{name}-v1-apps.>"),
-        format!("$JS.API.CONSUMER.CREATE.KV_shoal-{name}-v1-assignments"),
-        format!(
+        client(&format!("$JS.API.CONSUMER.CREATE.KV_shoal-{name}-v1-apps")),
+        client(&format!(
+            "$JS.API.CONSUMER.CREATE.KV_shoal-{name}-v1-apps.x.$KV.shoal-{name}-v1-apps.>"
+        )),
+        client(&format!(
+            "$JS.API.CONSUMER.CREATE.KV_shoal-{name}-v1-assignments"
+        )),
+        client(&format!(
             "$JS.API.CONSUMER.CREATE.KV_shoal-{name}-v1-assignments.x.$KV.shoal-{name}-v1-assignments.h1.>"
-        ),
-        format!(
+        )),
+        client(&format!(
             "$JS.API.DIRECT.GET.KV_shoal-{name}-v1-apps.$KV.shoal-{name}-v1-apps.default.hello"
-        ),
-        format!("$JS.API.DIRECT.GET.KV_shoal-{name}-v1-hosts.$KV.shoal-{name}-v1-hosts.h1"),
-        format!("$JS.API.STREAM.MSG.GET.KV_shoal-{name}-v1-apps"),
+        )),
+        client(&format!(
+            "$JS.API.DIRECT.GET.KV_shoal-{name}-v1-hosts.$KV.shoal-{name}-v1-hosts.h1"
+        )),
+        client(&format!("$JS.API.STREAM.MSG.GET.KV_shoal-{name}-v1-apps")),
     ] {
         raw.publish(&subject);
         raw.wait_refused("Publish", &subject);

@@ -191,13 +191,15 @@ impl LatticeArgs {
         }
     }
 
-    /// The account that signed this command's Shoal credential (the lattice's), when it
-    /// has one: a secure lattice's control plane checks hosts' credentials against it.
+    /// The account that signs hosts' credentials in this command's lattice, when the
+    /// command has a Shoal credential: a scheduler's names it (its own is signed by the
+    /// state account), anyone else's was signed by it. A secure lattice's control plane
+    /// checks hosts' credentials against it.
     pub fn account(&self) -> anyhow::Result<Option<String>> {
         Ok(self
             .holder()?
             .filter(|holder| !holder.kind.is_empty())
-            .map(|holder| holder.issuer))
+            .map(|holder| holder.clients_account.unwrap_or(holder.issuer)))
     }
 
     /// The JWT of this command's credential, when it has a `.creds` file.

@@ -348,6 +348,21 @@ pub fn is_inbox_of(reply: &str, kind: &str, name: Option<&str>) -> bool {
         && tokens.next().is_some()
 }
 
+/// Whether `reply` is a reply subject nats-server made for a request that crossed a service
+/// import (`_R_.<token>…`, literal): the server carries an answer there back to the
+/// requester's reply subject in the importing account, and nowhere else.
+pub fn is_import_reply(reply: &str) -> bool {
+    let mut tokens = reply.split('.');
+    tokens.next() == Some("_R_")
+        && tokens.next().is_some()
+        && reply.split('.').all(|token| {
+            !token.is_empty()
+                && token != "*"
+                && token != ">"
+                && !token.contains(|c: char| c.is_whitespace() || c.is_control())
+        })
+}
+
 fn is_default_grant(grant: &HostGrant) -> bool {
     *grant == HostGrant::default()
 }
@@ -368,24 +383,12 @@ pub struct Permissions {
 }
 
 impl Permissions {
-    /// These permissions for a client that reaches the lattice's JetStream in `domain`
-    /// (across a leaf connection): each JetStream API subject and key write may also be sent
-    /// under `$JS.<domain>.API`, which the hub maps back; nothing else is added.
-    pub fn in_domain(mut self, domain: &str) -> Self {
+    /// These permissions as a secure lattice's client holds them: each JetStream API call
+    /// and key write under [`STATE_API_PREFIX`] (see [`client_subject`]), where its
+    /// account imports them from the state account; nothing else changes.
+    fn for_client(mut self) -> Self {
         for list in [&mut self.publish, &mut self.publish_deny] {
-            let prefixed: Vec<String> = list
-                .iter()
-                .filter_map(|subject| {
-                    if let Some(rest) = subject.strip_prefix("$JS.API.") {
-                        Some(format!("$JS.{domain}.API.{rest}"))
-                    } else {
-                        subject
-                            .starts_with("$KV.")
-                            .then(|| format!("$JS.{domain}.API.{subject}"))
-                    }
-                })
-                .collect();
-            list.extend(prefixed);
+            *list = list.iter().map(|subject| client_subject(subject)).collect();
             list.sort();
             list.dedup();
         }
@@ -515,12 +518,15 @@ pub fn permissions(lattice: &str, identity: &Identity) -> Permissions {
                 publish.push(format!("$KV.{}.>", bucket.name(lattice)));
             }
             // Control API answers go to the requesting user's inbox, and nowhere else a
-            // requester could name.
+            // requester could name: on a secure lattice, to the reply subject nats-server
+            // made for the request as it crossed from the clients' account (`_R_.…`),
+            // which it hands back to the requester's inbox there.
             publish.push("_INBOX.user.*.>".to_owned());
+            publish.push("_R_.>".to_owned());
             subscribe.push(api_subjects(lattice));
             subscribe.push(crate::names::wake_subjects(lattice));
         }
-        Identity::Site { hosts, domain, .. } => {
+        Identity::Site { hosts, .. } => {
             // The union of its hosts' permissions and nothing of its own: a stolen site
             // credential is worth what the site's host credentials are worth together.
             for id in hosts {
@@ -530,8 +536,7 @@ pub fn permissions(lattice: &str, identity: &Identity) -> Permissions {
                         id: id.clone(),
                         grant: HostGrant::default(),
                     },
-                )
-                .in_domain(domain);
+                );
                 publish.extend(host.publish);
                 subscribe.extend(host.subscribe);
             }
@@ -570,7 +575,7 @@ pub fn permissions(lattice: &str, identity: &Identity) -> Permissions {
     }
     subscribe.sort();
     subscribe.dedup();
-    Permissions {
+    let permissions = Permissions {
         publish,
         publish_deny,
         subscribe,
@@ -580,6 +585,11 @@ pub fn permissions(lattice: &str, identity: &Identity) -> Permissions {
             Identity::Site { .. } => vec!["LEAFNODE".to_owned()],
             _ => Vec::new(),
         },
+    };
+    match identity {
+        // The scheduler lives in the state account and uses its JetStream as it is.
+        Identity::Scheduler { .. } => permissions,
+        _ => permissions.for_client(),
     }
 }
 
@@ -651,6 +661,10 @@ struct AccountLimits {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct AccountNats {
     limits: AccountLimits,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    exports: Vec<ExportClaim>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    imports: Vec<ImportClaim>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     revocations: BTreeMap<String, u64>,
     #[serde(rename = "type")]
@@ -742,18 +756,214 @@ pub fn operator_jwt(
     )
 }
 
-/// An account JWT signed by `operator`; with `jetstream`, unlimited JetStream (the
-/// lattice's account), else none (the system account). `revocations` maps user public keys
-/// to the time (seconds) before which their JWTs no longer count.
+/// Which of a secure lattice's accounts an account JWT describes.
+///
+/// A lattice keeps its state (every bucket and journal, JetStream on) in an account of its
+/// own, where only schedulers connect, and its hosts, sites and people in a second one,
+/// without JetStream, which imports from the first exactly the subjects they use (see
+/// [`shared_subjects`]). The split is what keeps JetStream itself from writing for a
+/// client: nats-server sends a JetStream answer (a stream's info, a publish ack, a record
+/// fetched by direct get, whose bytes the requester may have written itself) to whatever
+/// reply subject the request named, and a stream stores what arrives on its subjects. In
+/// one account a host could so write its own record's bytes into the apps bucket, the
+/// trust policy or the lease. Across an import, nats-server answers on a reply subject of
+/// its own making in the state account and hands the answer back in the clients' account,
+/// which has no stream to store it in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccountKind<'a> {
+    /// The lattice's state and its schedulers: JetStream on, exporting [`shared_subjects`].
+    State,
+    /// Hosts, sites and people: no JetStream; imports [`shared_subjects`] from the state
+    /// account with this public key, or nothing (`None`: as a site's leaf nats-server
+    /// preloads it, sending all of it across the leaf connection to the hub's).
+    Clients {
+        /// The state account's public key, when imports are wanted.
+        state: Option<&'a str>,
+    },
+    /// nats-server's system account.
+    System,
+}
+
+/// How answers to one of the state account's services flow back to the importer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answers {
+    /// No answer, or one (nats-server forgets the way back after it).
+    One,
+    /// Several (a pull consumer's batch).
+    Several,
+}
+
+/// The prefix under which a secure lattice's clients reach its JetStream: the state
+/// account's API (`$JS.API.…`) and key writes (`$KV.…`) are imported into the clients'
+/// account under it, as if the state were a JetStream domain of its own. Not `$JS.API`
+/// itself: nats-server answers that in an account without JetStream ("not enabled"),
+/// before any import could.
+pub const STATE_API_PREFIX: &str = "$JS.shoal-state.API";
+
+/// One subject the state account shares with the clients' account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Shared {
+    /// Requests and publishes from clients into the state account.
+    Service {
+        /// The subject in the state account (wildcards allowed).
+        subject: String,
+        /// The subject clients send on, in their account (the same wildcards).
+        local: String,
+        /// How its answers flow back.
+        answers: Answers,
+    },
+    /// Messages from the state account to clients: consumers' deliveries to inboxes.
+    Stream {
+        /// The subject (wildcards allowed), the same in both accounts.
+        subject: String,
+    },
+}
+
+/// `subject` as a secure lattice's client sends it: a JetStream API call or key write
+/// under [`STATE_API_PREFIX`], anything else as it is.
+pub fn client_subject(subject: &str) -> String {
+    if let Some(call) = subject.strip_prefix("$JS.API.") {
+        format!("{STATE_API_PREFIX}.{call}")
+    } else if subject.starts_with("$KV.") {
+        format!("{STATE_API_PREFIX}.{subject}")
+    } else {
+        subject.to_owned()
+    }
+}
+
+/// What the state account of `lattice` exports and its clients' account imports: the
+/// JetStream API calls clients make (each client's permissions still decide which streams
+/// and keys), key writes, the control API, wakes, logs and events, and consumers'
+/// deliveries to inboxes. The lists are disjoint, so no message is carried by two imports.
+pub fn shared_subjects(lattice: &str) -> Vec<Shared> {
+    let service = |subject: String, answers: Answers| Shared::Service {
+        local: client_subject(&subject),
+        subject,
+        answers,
+    };
+    let mut shared = Vec::new();
+    for (call, answers) in [
+        ("STREAM.INFO.>", Answers::One),
+        ("CONSUMER.CREATE.>", Answers::One),
+        ("CONSUMER.INFO.>", Answers::One),
+        ("DIRECT.GET.>", Answers::One),
+        ("CONSUMER.MSG.NEXT.>", Answers::Several),
+    ] {
+        shared.push(service(format!("$JS.API.{call}"), answers));
+    }
+    shared.push(service("$KV.>".to_owned(), Answers::One));
+    // Flow control and acks of consumers clients created.
+    shared.push(service("$JS.FC.>".to_owned(), Answers::One));
+    shared.push(service("$JS.ACK.>".to_owned(), Answers::One));
+    shared.push(service(api_subjects(lattice), Answers::One));
+    shared.push(service(crate::names::wake_subjects(lattice), Answers::One));
+    for journal in Journal::ALL {
+        shared.push(service(journal.subject(lattice, ">"), Answers::One));
+    }
+    shared.push(Shared::Stream {
+        subject: "_INBOX.>".to_owned(),
+    });
+    shared
+}
+
+/// One export of an account JWT.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ExportClaim {
+    name: String,
+    subject: String,
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    response_type: Option<String>,
+}
+
+/// One import of an account JWT.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ImportClaim {
+    name: String,
+    subject: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    local_subject: Option<String>,
+    account: String,
+    #[serde(rename = "type")]
+    kind: String,
+}
+
+impl Shared {
+    fn subject(&self) -> &str {
+        match self {
+            Shared::Service { subject, .. } | Shared::Stream { subject } => subject,
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            Shared::Service { .. } => "service",
+            Shared::Stream { .. } => "stream",
+        }
+    }
+
+    fn export(&self) -> ExportClaim {
+        ExportClaim {
+            name: self.subject().to_owned(),
+            subject: self.subject().to_owned(),
+            kind: self.kind().to_owned(),
+            response_type: match self {
+                Shared::Service {
+                    answers: Answers::Several,
+                    ..
+                } => Some("Stream".to_owned()),
+                Shared::Service { .. } => Some("Singleton".to_owned()),
+                Shared::Stream { .. } => None,
+            },
+        }
+    }
+
+    fn import(&self, account: &str) -> ImportClaim {
+        ImportClaim {
+            name: self.subject().to_owned(),
+            subject: self.subject().to_owned(),
+            local_subject: match self {
+                Shared::Service { subject, local, .. } if local != subject => Some(local.clone()),
+                _ => None,
+            },
+            account: account.to_owned(),
+            kind: self.kind().to_owned(),
+        }
+    }
+}
+
+/// An account JWT signed by `operator` for `account` of `kind` in `lattice` (see
+/// [`AccountKind`]). `revocations` maps user public keys to the time (seconds) before which
+/// their JWTs no longer count.
+#[allow(clippy::too_many_arguments)]
 pub fn account_jwt(
     operator: &KeyPair,
     account: &str,
     name: &str,
-    jetstream: bool,
+    kind: AccountKind<'_>,
+    lattice: &str,
     revocations: &BTreeMap<String, u64>,
     issued_at: u64,
 ) -> Result<String, AuthError> {
-    let unlimited = jetstream.then_some(-1);
+    let unlimited = (kind == AccountKind::State).then_some(-1);
+    let (exports, imports) = match kind {
+        AccountKind::State => (
+            shared_subjects(lattice)
+                .iter()
+                .map(Shared::export)
+                .collect(),
+            Vec::new(),
+        ),
+        AccountKind::Clients { state: Some(state) } => (
+            Vec::new(),
+            shared_subjects(lattice)
+                .iter()
+                .map(|shared| shared.import(state))
+                .collect(),
+        ),
+        AccountKind::Clients { state: None } | AccountKind::System => (Vec::new(), Vec::new()),
+    };
     sign(
         operator,
         account,
@@ -774,6 +984,8 @@ pub fn account_jwt(
                 streams: unlimited,
                 consumer: unlimited,
             },
+            exports,
+            imports,
             revocations: revocations.clone(),
             kind: "account".to_owned(),
             version: 2,
@@ -830,45 +1042,63 @@ pub fn user_jwt(
     )
 }
 
-/// A user JWT for `identity` in `lattice`, for a client that reaches the lattice's
-/// JetStream in `domain` when one is given (a site's host, through its leaf).
+/// The JWT tag naming, in a scheduler's credential, the clients' account whose host
+/// credentials it checks grants against (its own is signed by the state account).
+const CLIENTS_TAG: &str = "shoal-clients:";
+
+/// The tags of `identity`'s JWT: what it is, and for a scheduler the clients' account
+/// (NATS tools lowercase tags; a public key reads back uppercased).
+fn jwt_tags(identity: &Identity, clients_account: Option<&str>) -> Vec<String> {
+    let mut tags = identity.tags();
+    if let (Identity::Scheduler { .. }, Some(clients)) = (identity, clients_account) {
+        tags.push(format!("{CLIENTS_TAG}{}", clients.to_lowercase()));
+    }
+    tags
+}
+
+/// A user JWT for `identity` in `lattice`. `clients_account` is, for a scheduler, the
+/// public key of the account that signs hosts' credentials.
 pub fn identity_jwt(
     account: &KeyPair,
     user: &str,
     lattice: &str,
     identity: &Identity,
-    domain: Option<&str>,
+    clients_account: Option<&str>,
     issued_at: u64,
 ) -> Result<String, AuthError> {
-    let mut permissions = permissions(lattice, identity);
-    if let Some(domain) = domain {
-        permissions = permissions.in_domain(domain);
-    }
     user_jwt(
         account,
         user,
         identity.name(),
-        Some(&permissions),
-        identity.tags(),
+        Some(&permissions(lattice, identity)),
+        jwt_tags(identity, clients_account),
         issued_at,
     )
 }
 
 /// Whether a `.creds` file's text grants `identity` in `lattice` exactly what this version
-/// of Shoal would mint for it (permissions, tags, no `responses` permission): a credential
-/// minted by an older version, with permissions since taken away, is not.
-pub fn is_current(creds_text: &str, lattice: &str, identity: &Identity) -> bool {
+/// of Shoal would mint for it, signed by `issuer` (permissions, tags, no `responses`
+/// permission): a credential minted by an older version, with permissions since taken
+/// away or by an account that no longer holds its kind, is not.
+pub fn is_current(
+    creds_text: &str,
+    lattice: &str,
+    identity: &Identity,
+    issuer: &str,
+    clients_account: Option<&str>,
+) -> bool {
     let Some(claims) = creds_jwt(creds_text).and_then(|jwt| decode::<UserNats>(jwt).ok()) else {
         return false;
     };
     let wanted = permissions(lattice, identity);
     let nats = &claims.nats;
     claims.name == identity.name()
+        && claims.iss == issuer
         && nats.resp.is_none()
         && nats.publish.allow == wanted.publish
         && nats.publish.deny == wanted.publish_deny
         && nats.subscribe.allow == wanted.subscribe
-        && nats.tags == identity.tags()
+        && nats.tags == jwt_tags(identity, clients_account)
         && nats.allowed_connection_types == wanted.connection_types
 }
 
@@ -897,8 +1127,11 @@ pub struct Holder {
     pub inbox_prefix: Option<String>,
     /// The user's public key.
     pub public_key: String,
-    /// The account that signed it: the lattice's.
+    /// The account that signed it: the lattice's state account for a scheduler, its
+    /// clients' account for anyone else.
     pub issuer: String,
+    /// For a scheduler, the clients' account (which signs hosts' credentials).
+    pub clients_account: Option<String>,
 }
 
 /// Reads the holder of a `.creds` file's text (the JWT's signature is checked against its
@@ -909,9 +1142,12 @@ pub fn holder(creds_text: &str) -> Result<Holder, AuthError> {
     let claims: Claims<UserNats> = decode(jwt)?;
     let mut kind = String::new();
     let mut grants = Vec::new();
+    let mut clients_account = None;
     for tag in &claims.nats.tags {
         if let Some(found) = tag.strip_prefix("shoal-kind:") {
             kind = found.to_owned();
+        } else if let Some(key) = tag.strip_prefix(CLIENTS_TAG) {
+            clients_account = Some(key.to_uppercase());
         } else if let Some((role, scope)) = tag.split_once(':')
             && let Ok(role) = role.parse::<Role>()
         {
@@ -932,6 +1168,7 @@ pub fn holder(creds_text: &str) -> Result<Holder, AuthError> {
         inbox_prefix,
         public_key: claims.sub,
         issuer: claims.iss,
+        clients_account,
     })
 }
 
@@ -1052,7 +1289,21 @@ mod tests {
         };
         let jwt = identity_jwt(&account, &user.public_key(), "dev", &identity, None, 1).unwrap();
         let seed = user.seed().unwrap();
-        assert!(is_current(&creds(&jwt, &seed), "dev", &identity));
+        let signer = account.public_key();
+        assert!(is_current(
+            &creds(&jwt, &seed),
+            "dev",
+            &identity,
+            &signer,
+            None
+        ));
+        assert!(!is_current(
+            &creds(&jwt, &seed),
+            "dev",
+            &identity,
+            "AOTHER",
+            None
+        ));
         // The same host with a grant, or in another lattice, needs a new one.
         let granted = Identity::Host {
             id: "edge-1".to_owned(),
@@ -1061,9 +1312,211 @@ mod tests {
                 ..HostGrant::default()
             },
         };
-        assert!(!is_current(&creds(&jwt, &seed), "dev", &granted));
-        assert!(!is_current(&creds(&jwt, &seed), "prod", &identity));
-        assert!(!is_current("not a credential", "dev", &identity));
+        assert!(!is_current(
+            &creds(&jwt, &seed),
+            "dev",
+            &granted,
+            &signer,
+            None
+        ));
+        assert!(!is_current(
+            &creds(&jwt, &seed),
+            "prod",
+            &identity,
+            &signer,
+            None
+        ));
+        assert!(!is_current(
+            "not a credential",
+            "dev",
+            &identity,
+            &signer,
+            None
+        ));
+    }
+
+    /// Whether every subject `pattern` matches is matched by `cover` (NATS wildcards).
+    fn covers(cover: &str, pattern: &str) -> bool {
+        let mut wanted = pattern.split('.');
+        for token in cover.split('.') {
+            match (token, wanted.next()) {
+                (">", Some(_)) => return true,
+                ("*", Some(next)) if next != ">" => {}
+                (token, Some(next)) if token == next => {}
+                _ => return false,
+            }
+        }
+        wanted.next().is_none()
+    }
+
+    #[test]
+    fn every_jetstream_subject_a_client_may_use_crosses_into_the_state_account_once() {
+        let shared = shared_subjects("dev");
+        let services: Vec<&str> = shared
+            .iter()
+            .filter_map(|shared| match shared {
+                Shared::Service { local, .. } => Some(local.as_str()),
+                Shared::Stream { .. } => None,
+            })
+            .collect();
+        let identities = [
+            Identity::Host {
+                id: "edge-1".to_owned(),
+                grant: HostGrant::default(),
+            },
+            Identity::Site {
+                name: "s".to_owned(),
+                hosts: vec!["s-1".to_owned()],
+                domain: "hub".to_owned(),
+            },
+            Identity::User {
+                name: "alice".to_owned(),
+                grants: vec![Grant {
+                    role: Role::Viewer,
+                    namespace: Some("team-a".to_owned()),
+                }],
+            },
+        ];
+        for identity in &identities {
+            for subject in &permissions("dev", identity).publish {
+                if subject.starts_with("$JS.") || subject.starts_with("$KV.") {
+                    let carriers = services
+                        .iter()
+                        .filter(|local| covers(local, subject))
+                        .count();
+                    assert_eq!(carriers, 1, "{subject} of {identity:?}");
+                }
+            }
+        }
+        // The imports are disjoint: no subject is carried twice.
+        for (index, one) in services.iter().enumerate() {
+            for other in &services[index + 1..] {
+                assert!(!covers(one, other) && !covers(other, one), "{one} {other}");
+            }
+        }
+        // The scheduler uses the state account's JetStream as it is.
+        let scheduler = permissions(
+            "dev",
+            &Identity::Scheduler {
+                name: "s1".to_owned(),
+            },
+        );
+        assert!(scheduler.publish.contains(&"$JS.API.>".to_owned()));
+    }
+
+    #[test]
+    fn account_jwts_share_what_clients_use_and_nothing_else() {
+        let operator = KeyPair::new_operator();
+        let state = KeyPair::new_account().public_key();
+        let clients = KeyPair::new_account().public_key();
+        let none = BTreeMap::new();
+        let claims = |jwt: String| decode::<AccountNats>(&jwt).unwrap().nats;
+        let exported = claims(
+            account_jwt(
+                &operator,
+                &state,
+                "dev",
+                AccountKind::State,
+                "dev",
+                &none,
+                1,
+            )
+            .unwrap(),
+        );
+        assert_eq!(exported.exports.len(), shared_subjects("dev").len());
+        assert!(exported.imports.is_empty());
+        assert_eq!(exported.limits.streams, Some(-1));
+        let imported = claims(
+            account_jwt(
+                &operator,
+                &clients,
+                "dev-clients",
+                AccountKind::Clients {
+                    state: Some(&state),
+                },
+                "dev",
+                &none,
+                1,
+            )
+            .unwrap(),
+        );
+        assert!(imported.exports.is_empty());
+        assert_eq!(imported.limits.streams, None, "no JetStream of its own");
+        assert!(
+            imported
+                .imports
+                .iter()
+                .all(|import| import.account == state)
+        );
+        assert!(imported.imports.iter().any(|import| {
+            import.subject == "$KV.>"
+                && import.local_subject.as_deref() == Some("$JS.shoal-state.API.$KV.>")
+        }));
+        let leaf = claims(
+            account_jwt(
+                &operator,
+                &clients,
+                "dev-clients",
+                AccountKind::Clients { state: None },
+                "dev",
+                &none,
+                1,
+            )
+            .unwrap(),
+        );
+        assert!(leaf.imports.is_empty());
+    }
+
+    #[test]
+    fn a_scheduler_s_credential_names_the_clients_account() {
+        let state = KeyPair::new_account();
+        let clients = KeyPair::new_account().public_key();
+        let user = KeyPair::new_user();
+        let identity = Identity::Scheduler {
+            name: "s1".to_owned(),
+        };
+        let jwt = identity_jwt(
+            &state,
+            &user.public_key(),
+            "dev",
+            &identity,
+            Some(&clients),
+            1,
+        )
+        .unwrap();
+        let text = creds(&jwt, &user.seed().unwrap());
+        let holder = holder(&text).unwrap();
+        assert_eq!(holder.issuer, state.public_key());
+        assert_eq!(holder.clients_account, Some(clients.clone()));
+        assert!(is_current(
+            &text,
+            "dev",
+            &identity,
+            &state.public_key(),
+            Some(&clients)
+        ));
+        assert!(!is_current(
+            &text,
+            "dev",
+            &identity,
+            &clients,
+            Some(&clients)
+        ));
+    }
+
+    #[test]
+    fn only_a_reply_subject_nats_server_made_for_an_import_counts_as_one() {
+        assert!(is_import_reply("_R_.abc.def"));
+        for reply in [
+            "_R_",
+            "_R_.",
+            "_R_.>",
+            "_R_.a.*",
+            "_INBOX.user.a.b",
+            "$KV.x._R_.a",
+        ] {
+            assert!(!is_import_reply(reply), "{reply}");
+        }
     }
 
     #[test]
@@ -1171,17 +1624,20 @@ mod tests {
         assert!(
             permissions
                 .publish
-                .contains(&"$KV.shoal-dev-v1-hosts.edge-1".to_owned())
+                .contains(&"$JS.shoal-state.API.$KV.shoal-dev-v1-hosts.edge-1".to_owned())
         );
         assert!(
-            permissions
-                .publish
-                .contains(&"$KV.shoal-dev-v1-status.replicas.edge-1.*".to_owned())
+            permissions.publish.contains(
+                &"$JS.shoal-state.API.$KV.shoal-dev-v1-status.replicas.edge-1.*".to_owned()
+            )
         );
-        // Writes are publishes on `$KV.…`; reads name their filter inside a consumer subject.
+        // Writes are publishes on `$KV.…` (under the state's prefix); reads name their
+        // filter inside a consumer subject. Nothing under the state account's own names.
         assert!(!permissions.publish.iter().any(|subject| {
-            subject.starts_with("$KV.shoal-dev-v1-apps")
-                || subject.starts_with("$KV.shoal-dev-v1-assignments")
+            subject.starts_with("$KV.")
+                || subject.starts_with("$JS.API.")
+                || subject.starts_with("$JS.shoal-state.API.$KV.shoal-dev-v1-apps")
+                || subject.starts_with("$JS.shoal-state.API.$KV.shoal-dev-v1-assignments")
                 || subject.contains("STREAM.CREATE")
                 || subject.contains("v1-apps.")
         }));
@@ -1199,7 +1655,7 @@ mod tests {
     }
 
     #[test]
-    fn a_site_may_do_what_its_hosts_may_across_its_domain_and_nothing_more() {
+    fn a_site_may_do_what_its_hosts_may_and_nothing_more() {
         let site = permissions(
             "dev",
             &Identity::Site {
@@ -1216,7 +1672,7 @@ mod tests {
                     grant: HostGrant::default(),
                 },
             );
-            // Every host subject, and each JetStream one also under the domain.
+            // Every host subject.
             for subject in &host.publish {
                 assert!(site.publish.contains(subject), "{subject}");
             }
@@ -1225,10 +1681,10 @@ mod tests {
             }
             assert!(
                 site.publish
-                    .contains(&format!("$JS.hub.API.$KV.shoal-dev-v1-hosts.{id}"))
+                    .contains(&format!("$JS.shoal-state.API.$KV.shoal-dev-v1-hosts.{id}"))
             );
             assert!(site.publish.contains(&format!(
-                "$JS.hub.API.DIRECT.GET.KV_shoal-dev-v1-hosts.$KV.shoal-dev-v1-hosts.{id}"
+                "$JS.shoal-state.API.DIRECT.GET.KV_shoal-dev-v1-hosts.$KV.shoal-dev-v1-hosts.{id}"
             )));
         }
         // Not another host's record, nor its requests.

@@ -93,11 +93,43 @@ fn default_inbox_prefix(origin: &str) -> String {
     }
 }
 
-/// A JetStream context in `domain`, or the server's own without one.
-fn jetstream_context(client: async_nats::Client, domain: Option<&str>) -> jetstream::Context {
-    match domain {
-        Some(domain) => jetstream::with_domain(client, domain),
-        None => jetstream::new(client),
+/// Where a connection finds the lattice's JetStream state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum StateApi {
+    /// In its own account, on its own server (an open lattice, or a scheduler).
+    Own,
+    /// In a JetStream domain across a leaf connection (an open lattice's site).
+    Domain(String),
+    /// In the secure lattice's state account, imported into the clients' one under
+    /// [`crate::auth::STATE_API_PREFIX`] (a host, site or person with a Shoal credential).
+    Imported,
+}
+
+impl StateApi {
+    /// Where a connection with `options` finds the state: a Shoal credential other than a
+    /// scheduler's belongs to the clients' account.
+    fn of(options: &ConnectOptions) -> Self {
+        let client_credential = match &options.auth {
+            NatsAuth::CredsFile(path) => std::fs::read_to_string(path)
+                .ok()
+                .and_then(|text| crate::auth::holder(&text).ok())
+                .is_some_and(|holder| !holder.kind.is_empty() && holder.kind != "scheduler"),
+            _ => false,
+        };
+        match (&options.js_domain, client_credential) {
+            (_, true) => StateApi::Imported,
+            (Some(domain), false) => StateApi::Domain(domain.clone()),
+            (None, false) => StateApi::Own,
+        }
+    }
+
+    /// A JetStream context of the lattice's state.
+    fn context(&self, client: async_nats::Client) -> jetstream::Context {
+        match self {
+            StateApi::Own => jetstream::new(client),
+            StateApi::Domain(domain) => jetstream::with_domain(client, domain),
+            StateApi::Imported => jetstream::with_prefix(client, crate::auth::STATE_API_PREFIX),
+        }
     }
 }
 
@@ -122,8 +154,8 @@ pub struct Lattice {
     buckets: HashMap<&'static str, kv::Store>,
     /// The publisher token of this connection's events and logs.
     pub(crate) origin: String,
-    /// The JetStream domain of the lattice's state, if not the server's own.
-    js_domain: Option<String>,
+    /// Where the lattice's JetStream state is.
+    state_api: StateApi,
 }
 
 impl std::fmt::Debug for Lattice {
@@ -210,7 +242,8 @@ impl Lattice {
                 url: options.url.clone(),
                 reason: error.to_string(),
             })?;
-        let context = jetstream_context(client.clone(), options.js_domain.as_deref());
+        let state_api = StateApi::of(options);
+        let context = state_api.context(client.clone());
         let mut buckets = HashMap::new();
         for bucket in Bucket::ALL
             .iter()
@@ -242,7 +275,7 @@ impl Lattice {
             name: options.lattice.clone(),
             replicas: options.replicas,
             buckets,
-            js_domain: options.js_domain.clone(),
+            state_api,
             origin: if options.origin.is_empty() {
                 "_client".to_owned()
             } else {
@@ -253,7 +286,7 @@ impl Lattice {
 
     /// The JetStream context of the lattice's state (in its domain, when it has one).
     pub(crate) fn jetstream(&self) -> jetstream::Context {
-        jetstream_context(self.client.clone(), self.js_domain.as_deref())
+        self.state_api.context(self.client.clone())
     }
 
     /// Who this connection publishes events and logs as.

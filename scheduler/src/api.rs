@@ -83,10 +83,15 @@ pub async fn serve(
     Ok(())
 }
 
-/// Whether `reply` is an inbox of the user that API request `subject` names.
+/// Whether `reply` leads back to the user that API request `subject` names: an inbox of
+/// that user, or (on a secure lattice, where requests cross from the clients' account)
+/// the reply subject nats-server made for the crossing, which it hands back only to the
+/// requester's own reply subject in the clients' account, where nothing is stored.
 fn answers_to_caller(lattice: &str, subject: &str, reply: &str) -> bool {
-    Caller::from_subject(lattice, subject)
-        .is_some_and(|caller| shoal_lattice::auth::is_inbox_of(reply, "user", Some(&caller.user)))
+    Caller::from_subject(lattice, subject).is_some_and(|caller| {
+        shoal_lattice::auth::is_inbox_of(reply, "user", Some(&caller.user))
+            || shoal_lattice::auth::is_import_reply(reply)
+    })
 }
 
 /// The JSON answer to one request.

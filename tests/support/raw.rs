@@ -117,6 +117,21 @@ impl Raw {
         })
     }
 
+    /// The value of `key` in KV bucket `bucket`, read as a host or a person reads it: in
+    /// the state account, through their account's imports.
+    pub fn client_kv_get(&self, bucket: &str, key: &str) -> Option<Vec<u8>> {
+        self.runtime.block_on(async {
+            let store = async_nats::jetstream::with_prefix(
+                self.client.clone(),
+                shoal_lattice::auth::STATE_API_PREFIX,
+            )
+            .get_key_value(bucket)
+            .await
+            .unwrap();
+            store.get(key).await.unwrap().map(|value| value.to_vec())
+        })
+    }
+
     pub fn subscribe(&self, subject: &str) {
         self.runtime.block_on(async {
             let subscriber = self.client.subscribe(subject.to_owned()).await.unwrap();

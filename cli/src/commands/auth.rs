@@ -1,12 +1,15 @@
 //! `shoal auth init|host|scheduler|user|site|revoke|list`: a lattice's signing identity and the
 //! credentials it mints.
 //!
-//! `init` makes an operator, the lattice's account (JetStream on) and a system account,
-//! and writes `nats-auth.conf` for nats-server (operator mode, NATS-based account
-//! resolver). Minting a credential needs no server change: nats-server trusts any user JWT
-//! the account signs. Revoking re-signs the account with the user's key in its revocation
-//! list and pushes it through the system account, so it takes effect at once (nats-server
-//! closes the revoked connections) without a restart.
+//! `init` makes an operator, the lattice's two accounts and a system account, and writes
+//! `nats-auth.conf` for nats-server (operator mode, NATS-based account resolver). The
+//! state account holds the lattice's JetStream state and signs schedulers' credentials; the
+//! clients' account, without JetStream, signs hosts', sites' and people's and imports from
+//! the state account only what they use (`shoal_lattice::auth::AccountKind` says why).
+//! Minting a credential needs no server change: nats-server trusts any user JWT an account
+//! signs. Revoking re-signs the accounts with the user's key in their revocation lists and
+//! pushes them through the system account, so it takes effect at once (nats-server closes
+//! the revoked connections) without a restart.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -23,6 +26,8 @@ use crate::lattice::LatticeArgs;
 const STATE: &str = "auth.json";
 const OPERATOR_SEED: &str = "operator.nk";
 const ACCOUNT_SEED: &str = "account.nk";
+/// The clients' account's seed (hosts, sites, people).
+const CLIENTS_SEED: &str = "clients.nk";
 const SYSTEM_SEED: &str = "system.nk";
 /// The system account's user, which pushes account updates to nats-server.
 pub const SYSTEM_CREDS: &str = "system.creds";
@@ -153,7 +158,7 @@ pub struct SiteAuth {
     pub site: String,
     /// The hub's JetStream domain.
     pub domain: String,
-    /// The lattice account's public key, which the leaf connection binds to.
+    /// The clients' account's public key, which the leaf connection binds to.
     pub account: String,
     /// The site's host ids; each has `<id>.creds` beside this file.
     pub hosts: Vec<String>,
@@ -175,7 +180,12 @@ pub const LEAF_CONFIG: &str = "leaf-auth.conf";
 struct State {
     lattice: String,
     operator: String,
+    /// The state account (JetStream, schedulers).
     account: String,
+    /// The clients' account (hosts, sites, people); absent in an identity made before
+    /// lattices had one, until [`Authority::init`] adds it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    clients: Option<String>,
     system: String,
     account_issued_at: u64,
     #[serde(default)]
@@ -241,6 +251,10 @@ impl Authority {
                     authority.state.lattice
                 );
             }
+            let mut authority = authority;
+            if authority.state.clients.is_none() {
+                authority.add_clients_account()?;
+            }
             // Rewrites nats-server's config as this version of Shoal writes it.
             authority.save()?;
             return Ok((authority, false));
@@ -250,10 +264,12 @@ impl Authority {
             .with_context(|| format!("cannot create {}", dir.display()))?;
         let operator = nkeys::KeyPair::new_operator();
         let account = nkeys::KeyPair::new_account();
+        let clients = nkeys::KeyPair::new_account();
         let system = nkeys::KeyPair::new_account();
         for (file, key) in [
             (OPERATOR_SEED, &operator),
             (ACCOUNT_SEED, &account),
+            (CLIENTS_SEED, &clients),
             (SYSTEM_SEED, &system),
         ] {
             write_secret(&dir.join(file), &format!("{}\n", key.seed()?))?;
@@ -278,6 +294,7 @@ impl Authority {
                 lattice: lattice.to_owned(),
                 operator: operator.public_key(),
                 account: account.public_key(),
+                clients: Some(clients.public_key()),
                 system: system.public_key(),
                 account_issued_at: issued_at,
                 revocations: BTreeMap::new(),
@@ -313,13 +330,74 @@ impl Authority {
         &self.state.lattice
     }
 
-    fn account_jwt(&self) -> anyhow::Result<String> {
+    /// Gives an identity made before lattices had a clients' account one. Every credential
+    /// it minted was signed by the state account and would keep reaching the lattice's
+    /// state directly: each is revoked, to be minted again (`shoal up` mints its own anew).
+    fn add_clients_account(&mut self) -> anyhow::Result<()> {
+        let clients = nkeys::KeyPair::new_account();
+        write_secret(
+            &self.dir.join(CLIENTS_SEED),
+            &format!("{}\n", clients.seed()?),
+        )?;
+        self.state.clients = Some(clients.public_key());
+        let issued_at = now().max(self.state.account_issued_at + 1);
+        let mut revoked = 0;
+        for minted in &mut self.state.minted {
+            if !minted.revoked {
+                minted.revoked = true;
+                revoked += 1;
+            }
+            self.state
+                .revocations
+                .entry(minted.public_key.clone())
+                .or_insert(issued_at);
+        }
+        self.state.account_issued_at = issued_at;
+        if revoked > 0 {
+            eprintln!(
+                "warning: the lattice {:?} now keeps its clients in an account of their own; the {revoked} credential(s) minted before were revoked: mint them again (shoal auth host|user|scheduler|site)",
+                self.state.lattice
+            );
+        }
+        Ok(())
+    }
+
+    /// The clients' account's public key.
+    fn clients(&self) -> anyhow::Result<&str> {
+        self.state.clients.as_deref().with_context(|| {
+            format!(
+                "{} has no clients' account: run shoal auth init",
+                self.dir.display()
+            )
+        })
+    }
+
+    /// The state account's JWT, exporting what clients may reach.
+    fn state_account_jwt(&self) -> anyhow::Result<String> {
         let operator = read_seed(&self.dir, OPERATOR_SEED)?;
         Ok(auth::account_jwt(
             &operator,
             &self.state.account,
             &self.state.lattice,
-            true,
+            auth::AccountKind::State,
+            &self.state.lattice,
+            &self.state.revocations,
+            self.state.account_issued_at,
+        )?)
+    }
+
+    /// The clients' account's JWT: importing from the state account, or (`imports`
+    /// false, as a site's leaf nats-server preloads it) nothing.
+    fn clients_account_jwt(&self, imports: bool) -> anyhow::Result<String> {
+        let operator = read_seed(&self.dir, OPERATOR_SEED)?;
+        Ok(auth::account_jwt(
+            &operator,
+            self.clients()?,
+            &format!("{}-clients", self.state.lattice),
+            auth::AccountKind::Clients {
+                state: imports.then_some(self.state.account.as_str()),
+            },
+            &self.state.lattice,
             &self.state.revocations,
             self.state.account_issued_at,
         )?)
@@ -334,15 +412,17 @@ impl Authority {
         );
         write_secret(
             &self.dir.join(SERVER_CONFIG),
-            &self.server_config(&resolver)?,
+            &self.server_config(&resolver, false)?,
         )?;
         let state = serde_json::to_string_pretty(&self.state)?;
         write_secret(&self.dir.join(STATE), &state)
     }
 
     /// nats-server's operator-mode config with `resolver` (the preloaded account JWTs are
-    /// the current ones, so a restarted server starts with every revocation).
-    fn server_config(&self, resolver: &str) -> anyhow::Result<String> {
+    /// the current ones, so a restarted server starts with every revocation). A hub's
+    /// preloads both of the lattice's accounts; a site's leaf (`leaf`) only the clients'
+    /// one, without imports: all it carries goes across the leaf connection.
+    fn server_config(&self, resolver: &str, leaf: bool) -> anyhow::Result<String> {
         let operator = read_seed(&self.dir, OPERATOR_SEED)?;
         let operator_jwt = auth::operator_jwt(
             &operator,
@@ -354,10 +434,24 @@ impl Authority {
             &operator,
             &self.state.system,
             "SYS",
-            false,
+            auth::AccountKind::System,
+            &self.state.lattice,
             &BTreeMap::new(),
             self.state.account_issued_at,
         )?;
+        let mut preload = format!(
+            "  {clients}: \"{clients_jwt}\"\n  {system}: \"{system_jwt}\"\n",
+            clients = self.clients()?,
+            clients_jwt = self.clients_account_jwt(!leaf)?,
+            system = self.state.system,
+        );
+        if !leaf {
+            preload.push_str(&format!(
+                "  {account}: \"{account_jwt}\"\n",
+                account = self.state.account,
+                account_jwt = self.state_account_jwt()?,
+            ));
+        }
         Ok(format!(
             "# Written by shoal auth: the lattice {lattice:?} in operator mode.\n\
              # Credentials carry their permissions: a host's CONNECT line is several KiB.\n\
@@ -365,11 +459,9 @@ impl Authority {
              operator: \"{operator_jwt}\"\n\
              system_account: \"{system}\"\n\
              {resolver}\
-             resolver_preload: {{\n  {account}: \"{account_jwt}\"\n  {system}: \"{system_jwt}\"\n}}\n",
+             resolver_preload: {{\n{preload}}}\n",
             lattice = self.state.lattice,
             system = self.state.system,
-            account = self.state.account,
-            account_jwt = self.account_jwt()?,
         ))
     }
 
@@ -413,13 +505,13 @@ impl Authority {
         // leaf too.
         write_secret(
             &dir.join(LEAF_CONFIG),
-            &self.server_config("resolver: MEMORY\n")?,
+            &self.server_config("resolver: MEMORY\n", true)?,
         )?;
         let site = SiteAuth {
             lattice: self.state.lattice.clone(),
             site: name.to_owned(),
             domain: domain.to_owned(),
-            account: self.state.account.clone(),
+            account: self.clients()?.to_owned(),
             hosts: ids,
         };
         write_secret(&dir.join(SITE_FILE), &serde_json::to_string_pretty(&site)?)
@@ -468,7 +560,8 @@ impl Authority {
                 other.identity.kind()
             );
         }
-        let account = read_seed(&self.dir, ACCOUNT_SEED)?;
+        // A scheduler belongs to the state account, anyone else to the clients' one.
+        let account = read_seed(&self.dir, self.signer_seed(&identity))?;
         let user = nkeys::KeyPair::new_user();
         let issued_at = now();
         let jwt = auth::identity_jwt(
@@ -476,7 +569,7 @@ impl Authority {
             &user.public_key(),
             &self.state.lattice,
             &identity,
-            domain,
+            Some(self.clients()?),
             issued_at,
         )?;
         self.state.minted.push(Minted {
@@ -501,8 +594,16 @@ impl Authority {
         // `responses` permission, say) or other grants; the old one is revoked, so a copy
         // of it left anywhere does not keep what was taken away.
         let existing = std::fs::read_to_string(&path).ok();
+        let issuer = read_seed(&self.dir, self.signer_seed(&identity))?.public_key();
+        let clients = self.clients()?.to_owned();
         let current = existing.as_deref().is_some_and(|text| {
-            shoal_lattice::auth::is_current(text, &self.state.lattice, &identity)
+            shoal_lattice::auth::is_current(
+                text,
+                &self.state.lattice,
+                &identity,
+                &issuer,
+                Some(&clients),
+            )
         });
         if !current {
             if let Some(old) = existing
@@ -527,8 +628,17 @@ impl Authority {
         Ok(path)
     }
 
-    /// Marks every credential of `name` revoked and returns the account JWT to push.
-    fn revoke(&mut self, name: &str) -> anyhow::Result<String> {
+    /// The seed file of the account that signs `identity`'s credentials.
+    fn signer_seed(&self, identity: &Identity) -> &'static str {
+        match identity {
+            Identity::Scheduler { .. } => ACCOUNT_SEED,
+            _ => CLIENTS_SEED,
+        }
+    }
+
+    /// Marks every credential of `name` revoked and returns the account JWTs to push (both
+    /// accounts carry every revocation).
+    fn revoke(&mut self, name: &str) -> anyhow::Result<Vec<String>> {
         let keys: Vec<String> = self
             .state
             .minted
@@ -549,7 +659,10 @@ impl Authority {
         }
         self.state.account_issued_at = issued_at;
         self.save()?;
-        self.account_jwt()
+        Ok(vec![
+            self.state_account_jwt()?,
+            self.clients_account_jwt(true)?,
+        ])
     }
 }
 
@@ -643,17 +756,19 @@ pub async fn run(args: AuthArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
         }
         AuthCommand::Revoke { name } => {
             let mut authority = Authority::open(&dir)?;
-            let jwt = authority.revoke(&name)?;
+            let jwts = authority.revoke(&name)?;
             let system = std::fs::read_to_string(dir.join(SYSTEM_CREDS))
                 .with_context(|| format!("cannot read {}", dir.join(SYSTEM_CREDS).display()))?;
-            shoal_lattice::auth::push_account(lattice.url(), &system, &jwt)
-                .await
-                .with_context(|| {
-                    format!(
-                        "the revocation of {name:?} is saved in {} but nats-server did not take it; run this again once it is reachable",
-                        dir.display()
-                    )
-                })?;
+            for jwt in jwts {
+                shoal_lattice::auth::push_account(lattice.url(), &system, &jwt)
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "the revocation of {name:?} is saved in {} but nats-server did not take it; run this again once it is reachable",
+                            dir.display()
+                        )
+                    })?;
+            }
             println!("revoked every credential of {name:?}");
         }
         AuthCommand::Site {
@@ -750,5 +865,52 @@ mod tests {
         ] {
             assert!(site.join(file).is_file(), "{file}");
         }
+    }
+
+    #[test]
+    fn an_identity_from_before_the_clients_account_gets_one_and_revokes_what_it_minted() {
+        let dir = tempfile::tempdir().unwrap();
+        let auth = dir.path().join("auth");
+        let (mut authority, _) = Authority::init(&auth, "dev").unwrap();
+        let host = Identity::Host {
+            id: "edge-1".to_owned(),
+            grant: auth::HostGrant::default(),
+        };
+        let old = authority.credential_file(host.clone()).unwrap();
+        let old_key = auth::holder(&std::fs::read_to_string(&old).unwrap())
+            .unwrap()
+            .public_key;
+        // As an older version wrote it: one account, which signed every credential.
+        let mut state: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(auth.join(STATE)).unwrap()).unwrap();
+        state.as_object_mut().unwrap().remove("clients");
+        std::fs::write(auth.join(STATE), state.to_string()).unwrap();
+        std::fs::remove_file(auth.join(CLIENTS_SEED)).unwrap();
+
+        let (mut authority, created) = Authority::init(&auth, "dev").unwrap();
+        assert!(!created);
+        let clients = authority.clients().unwrap().to_owned();
+        assert_ne!(clients, authority.state.account);
+        assert!(authority.state.revocations.contains_key(&old_key));
+        assert!(authority.state.minted.iter().all(|minted| minted.revoked));
+        // Minted again, by the clients' account; a scheduler still by the state account,
+        // naming the clients'.
+        let again = authority.credential_file(host).unwrap();
+        let holder = auth::holder(&std::fs::read_to_string(again).unwrap()).unwrap();
+        assert_ne!(holder.public_key, old_key);
+        assert_eq!(holder.issuer, clients);
+        let scheduler = authority
+            .mint(Identity::Scheduler {
+                name: "s1".to_owned(),
+            })
+            .unwrap();
+        let holder = auth::holder(&scheduler).unwrap();
+        assert_eq!(holder.issuer, authority.state.account);
+        assert_eq!(holder.clients_account, Some(clients.clone()));
+        // nats-server preloads both accounts; a site's leaf only the clients'.
+        let config = std::fs::read_to_string(auth.join(SERVER_CONFIG)).unwrap();
+        assert!(config.contains(&clients) && config.contains(&authority.state.account));
+        let leaf = authority.server_config("resolver: MEMORY\n", true).unwrap();
+        assert!(leaf.contains(&clients) && !leaf.contains(&authority.state.account));
     }
 }
