@@ -698,3 +698,52 @@ fn jetstream_answers_write_nothing_for_a_host_or_a_viewer() {
         scheduler.log()
     );
 }
+
+#[test]
+fn a_key_write_with_a_rollup_header_purges_no_other_record() {
+    let (lattice, _scheduler, _host) = secure_lattice();
+    let name = lattice.name.clone();
+    let raw = Raw::connect(
+        &lattice.nats.url(),
+        &lattice.mint(&["host", "h9"], "h9"),
+        "_INBOX.host.h9",
+    );
+    // Keys the host may write, with the header that would purge the rest of the stream
+    // (every other host's record, the lattice's identity, routes): refused by the stream.
+    for subject in [
+        kv(&lattice, "hosts", "h9"),
+        kv(&lattice, "status", "replicas.h9.x"),
+    ] {
+        let stored = raw.store_with_headers(&as_client(&subject), "{}", &[("Nats-Rollup", "all")]);
+        assert!(stored.is_err(), "{subject} took a rollup");
+        // Without it, the same write is stored.
+        raw.store(&as_client(&subject), "{}").unwrap();
+    }
+    assert!(kv_get(&lattice, "hosts", "h1").is_some());
+    assert!(kv_get(&lattice, "status", "lattice").is_some());
+    assert!(kv_get(&lattice, "status", "routes.default.hello").is_some());
+    let scheduler = as_scheduler(&lattice);
+    for bucket in ["hosts", "status"] {
+        assert!(!scheduler.takes_rollups(&format!("KV_shoal-{name}-v1-{bucket}")));
+    }
+    still_converges(&lattice, 2);
+}
+
+#[test]
+fn a_host_whose_credential_does_not_verify_takes_no_new_replicas() {
+    let (lattice, _scheduler, _host) = secure_lattice();
+    // h2 is granted one replica, then overwrites the credential it presented (its own key,
+    // which it may write) to lift the grant.
+    let creds = lattice.mint(&["host", "h2", "--max-replicas", "1"], "h2");
+    let _h2 = lattice.host_with("h2", &["--nats-creds", creds.to_str().unwrap()]);
+    let raw = Raw::connect(&lattice.nats.url(), &creds, "_INBOX.host.h2");
+    raw.store(
+        &as_client(&kv(&lattice, "status", "credentials.h2")),
+        r#"{"jwt":"forged"}"#,
+    )
+    .unwrap();
+    lattice.ok(&["scale", "app", "hello", "--replicas", "4"]);
+    lattice.wait_ready("hello", 4, PATIENCE);
+    let placed = lattice.ready_by_host("hello");
+    assert_eq!(placed.get("h1"), Some(&4), "{placed:?}");
+}

@@ -167,11 +167,11 @@ fn apps_keep_state_in_their_own_stores_and_lose_no_update() {
 }
 
 #[test]
-fn a_host_credential_reaches_app_stores_but_not_the_lattice_s_own_buckets() {
+fn a_host_reaches_only_the_stores_of_the_apps_it_runs() {
     let lattice = Lattice::start_secure();
-    let _scheduler = lattice.secure_scheduler("1s");
+    // Store credentials last 4 s: renewed every 2 s or so, while the app keeps counting.
+    let _scheduler = lattice.secure_scheduler_with("1s", &["--store-credential-lifetime", "4s"]);
     let host = lattice.secure_host("h1");
-    let creds = lattice.auth_dir().join("h1.creds");
     let counter = lattice.push_guest("kv-counter", "1.0");
     lattice.apply(&hello_manifest(
         "counter",
@@ -184,13 +184,48 @@ fn a_host_credential_reaches_app_stores_but_not_the_lattice_s_own_buckets() {
         (get(&host, "/counter/incr") == (200, "1".to_owned())).then_some(())
     });
     assert_eq!(get(&host, "/counter/list").0, 200);
-    // The token of guests' keys, in the lattice's own buckets: refused.
-    let raw = support::raw::Raw::connect(&lattice.nats.url(), &creds, "_INBOX.host.h1");
+
+    // Neither the host's own credential nor another host's reaches the app's store: only
+    // the credential in the assignment does.
     let name = &lattice.name;
-    for bucket in ["apps", "assignments", "status", "hosts"] {
-        let subject =
-            shoal_lattice::auth::client_subject(&format!("$KV.shoal-{name}-v1-{bucket}.=kv.junk"));
-        raw.publish(&subject);
-        raw.wait_refused("Publish", &subject);
+    let bucket = format!("shoal-{name}-v1-kv_default_counter_default");
+    let client = shoal_lattice::auth::client_subject;
+    let store_subjects = [
+        client(&format!("$KV.{bucket}.=kv.counter")),
+        client(&format!(
+            "$JS.API.DIRECT.GET.KV_{bucket}.$KV.{bucket}.=kv.counter"
+        )),
+        client(&format!("$JS.API.STREAM.INFO.KV_{bucket}")),
+    ];
+    let own = lattice.auth_dir().join("h1.creds");
+    let other = lattice.mint(&["host", "h9"], "h9");
+    for (creds, inbox) in [(&own, "_INBOX.host.h1"), (&other, "_INBOX.host.h9")] {
+        let raw = support::raw::Raw::connect(&lattice.nats.url(), creds, inbox);
+        for subject in &store_subjects {
+            raw.publish(subject);
+            raw.wait_refused("Publish", subject);
+        }
+        // The token of guests' keys, in the lattice's own buckets: refused.
+        for bucket in ["apps", "assignments", "status", "hosts"] {
+            let subject = client(&format!("$KV.shoal-{name}-v1-{bucket}.=kv.junk"));
+            raw.publish(&subject);
+            raw.wait_refused("Publish", &subject);
+        }
+    }
+
+    // Past two lifetimes of the first credential, the app still counts: renewed ones
+    // replaced it.
+    let mut expected = 1;
+    let counting = std::time::Instant::now();
+    while counting.elapsed() < Duration::from_secs(9) {
+        expected += 1;
+        assert_eq!(
+            get(&host, "/counter/incr"),
+            (200, expected.to_string()),
+            "after {:?}:\n{}",
+            counting.elapsed(),
+            host.log()
+        );
+        std::thread::sleep(Duration::from_millis(500));
     }
 }

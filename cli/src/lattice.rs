@@ -255,6 +255,7 @@ impl LatticeArgs {
             origin: origin.to_owned(),
             skip_buckets,
             js_domain: self.js_domain.clone(),
+            skip_journals: false,
         }
     }
 }

@@ -294,9 +294,11 @@ impl Lattice {
                 .create_or_update_key_value(self.app_store_config(name.clone(), store))
                 .await
                 .map_err(|error| Error::Bucket {
-                    bucket: name,
+                    bucket: name.clone(),
                     reason: error.to_string(),
                 })?;
+            // Hosts write guests' keys: one with `Nats-Rollup: all` would empty the store.
+            crate::store::refuse_rollups(&context, &format!("KV_{name}")).await;
         }
         Ok(())
     }

@@ -433,7 +433,7 @@ pub fn permissions(lattice: &str, identity: &Identity) -> Permissions {
     let kv_stream = |bucket: Bucket| format!("KV_{}", bucket.name(lattice));
     let kv_key = |bucket: Bucket, key: &str| format!("$KV.{}.{key}", bucket.name(lattice));
     let mut publish = Vec::new();
-    let mut publish_deny = Vec::new();
+    let publish_deny = Vec::new();
     let mut subscribe = vec![format!("{}.>", identity.inbox_prefix())];
     match identity {
         Identity::Host { id, .. } => {
@@ -473,22 +473,8 @@ pub fn permissions(lattice: &str, identity: &Identity) -> Permissions {
                 kv_stream(Bucket::Status),
                 kv_key(Bucket::Status, crate::names::LATTICE_IDENTITY)
             ));
-            // Apps' key-value stores, for the replicas it runs (the host gives each guest
-            // its own app's stores only): guest keys live under a token that no key of
-            // the lattice's own buckets has.
-            publish.extend([
-                "$JS.API.STREAM.INFO.*".to_owned(),
-                format!("$KV.*.{}.>", crate::appkv::KEY_PREFIX),
-                format!("$JS.API.DIRECT.GET.*.$KV.*.{}.>", crate::appkv::KEY_PREFIX),
-            ]);
-            // That token in the lattice's own buckets is not a store's.
-            for bucket in Bucket::ALL {
-                publish_deny.push(format!(
-                    "$KV.{}.{}.>",
-                    bucket.name(lattice),
-                    crate::appkv::KEY_PREFIX
-                ));
-            }
+            // No app's key-value store: each replica's assignment carries a credential for
+            // its own app's stores (`store_credential`).
             publish.extend([
                 kv_key(Bucket::Hosts, id),
                 kv_key(Bucket::Status, &format!("replicas.{id}.*")),
@@ -598,6 +584,9 @@ pub fn permissions(lattice: &str, identity: &Identity) -> Permissions {
 struct Claims<N> {
     jti: String,
     iat: u64,
+    /// When it stops counting (seconds); absent: never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    exp: Option<u64>,
     iss: String,
     name: String,
     sub: String,
@@ -633,6 +622,9 @@ struct UserNats {
     tags: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     allowed_connection_types: Vec<String>,
+    /// The account a user belongs to when a signing key of that account signed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    issuer_account: Option<String>,
     #[serde(rename = "type")]
     kind: String,
     version: u8,
@@ -661,6 +653,9 @@ struct AccountLimits {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct AccountNats {
     limits: AccountLimits,
+    /// Keys that may sign users of this account besides its own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    signing_keys: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     exports: Vec<ExportClaim>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -691,9 +686,22 @@ fn sign<N: Serialize>(
     issued_at: u64,
     nats: N,
 ) -> Result<String, AuthError> {
+    sign_until(signer, subject, name, issued_at, None, nats)
+}
+
+/// [`sign`], for a JWT that stops counting at `expires` (seconds) when given.
+fn sign_until<N: Serialize>(
+    signer: &KeyPair,
+    subject: &str,
+    name: &str,
+    issued_at: u64,
+    expires: Option<u64>,
+    nats: N,
+) -> Result<String, AuthError> {
     let mut claims = Claims {
         jti: String::new(),
         iat: issued_at,
+        exp: expires,
         iss: signer.public_key(),
         name: name.to_owned(),
         sub: subject.to_owned(),
@@ -779,6 +787,9 @@ pub enum AccountKind<'a> {
     Clients {
         /// The state account's public key, when imports are wanted.
         state: Option<&'a str>,
+        /// The key schedulers sign hosts' store credentials with ([`store_credential`]),
+        /// a signing key of this account.
+        store_signer: Option<&'a str>,
     },
     /// nats-server's system account.
     System,
@@ -955,14 +966,23 @@ pub fn account_jwt(
                 .collect(),
             Vec::new(),
         ),
-        AccountKind::Clients { state: Some(state) } => (
+        AccountKind::Clients {
+            state: Some(state), ..
+        } => (
             Vec::new(),
             shared_subjects(lattice)
                 .iter()
                 .map(|shared| shared.import(state))
                 .collect(),
         ),
-        AccountKind::Clients { state: None } | AccountKind::System => (Vec::new(), Vec::new()),
+        AccountKind::Clients { state: None, .. } | AccountKind::System => (Vec::new(), Vec::new()),
+    };
+    let signing_keys = match kind {
+        AccountKind::Clients {
+            store_signer: Some(key),
+            ..
+        } => vec![key.to_owned()],
+        _ => Vec::new(),
     };
     sign(
         operator,
@@ -984,6 +1004,7 @@ pub fn account_jwt(
                 streams: unlimited,
                 consumer: unlimited,
             },
+            signing_keys,
             exports,
             imports,
             revocations: revocations.clone(),
@@ -1036,11 +1057,126 @@ pub fn user_jwt(
             payload: -1,
             tags,
             allowed_connection_types,
+            issuer_account: None,
             kind: "user".to_owned(),
             version: 2,
         },
     )
 }
+
+/// The subjects a host's store credential for app `namespace/app` may publish: for each of
+/// `stores`, its bucket's info (opening it, listing keys) and the guests' keys in it
+/// (direct gets and writes under `=kv`), as a client sends them.
+fn store_permissions(
+    lattice: &str,
+    host: &str,
+    namespace: &str,
+    app: &str,
+    stores: &[String],
+) -> Permissions {
+    let mut publish = Vec::new();
+    for store in stores {
+        let bucket = crate::appkv::bucket_name(lattice, namespace, app, store);
+        let keys = format!("$KV.{bucket}.{}.>", crate::appkv::KEY_PREFIX);
+        publish.extend([
+            format!("$JS.API.STREAM.INFO.KV_{bucket}"),
+            format!("$JS.API.DIRECT.GET.KV_{bucket}.{keys}"),
+            keys,
+        ]);
+    }
+    Permissions {
+        publish,
+        publish_deny: Vec::new(),
+        subscribe: vec![format!("{}.>", inbox_prefix("host", host))],
+        connection_types: Vec::new(),
+    }
+    .for_client()
+}
+
+/// A signing key of a lattice's clients' account, with which schedulers mint store
+/// credentials ([`store_credential`]); `shoal auth init` writes it as `stores.nk`.
+pub struct StoreSigner(KeyPair);
+
+impl StoreSigner {
+    /// Reads the key from a seed file's text.
+    ///
+    /// # Errors
+    /// [`AuthError::Key`] when the text is not an account seed.
+    pub fn from_seed(text: &str) -> Result<Self, AuthError> {
+        let key = KeyPair::from_seed(text.trim())?;
+        if key.key_pair_type() != nkeys::KeyPairType::Account {
+            return Err(AuthError::Key(
+                "the store key is not an account signing key (an SA… seed)".to_owned(),
+            ));
+        }
+        Ok(Self(key))
+    }
+
+    /// Its public key, as the clients' account lists it.
+    pub fn public_key(&self) -> String {
+        self.0.public_key()
+    }
+}
+
+impl fmt::Debug for StoreSigner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "StoreSigner({})", self.0.public_key())
+    }
+}
+
+/// A credential that lets `host` reach app `namespace/app`'s key-value `stores` and nothing
+/// else, until `expires_at` (seconds): a user of the clients' account (`clients_account`),
+/// signed by `signer`, one of that account's signing keys, which schedulers hold. A host's
+/// own credential reaches no app's store: the scheduler gives it one of these, sealed in
+/// each assignment of an app with stores, and renews it before it expires.
+///
+/// # Errors
+/// When the JWT cannot be signed.
+#[allow(clippy::too_many_arguments)]
+pub fn store_credential(
+    signer: &StoreSigner,
+    clients_account: &str,
+    lattice: &str,
+    host: &str,
+    namespace: &str,
+    app: &str,
+    stores: &[String],
+    issued_at: u64,
+    expires_at: u64,
+) -> Result<String, AuthError> {
+    let user = KeyPair::new_user();
+    let permissions = store_permissions(lattice, host, namespace, app, stores);
+    let jwt = sign_until(
+        &signer.0,
+        &user.public_key(),
+        &format!("{host}/{namespace}/{app}"),
+        issued_at,
+        Some(expires_at),
+        UserNats {
+            publish: SubjectList {
+                allow: permissions.publish,
+                deny: Vec::new(),
+            },
+            subscribe: SubjectList {
+                allow: permissions.subscribe,
+                deny: Vec::new(),
+            },
+            resp: None,
+            subs: -1,
+            data: -1,
+            payload: -1,
+            tags: vec![format!("shoal-kind:{STORES_KIND}")],
+            allowed_connection_types: Vec::new(),
+            issuer_account: Some(clients_account.to_owned()),
+            kind: "user".to_owned(),
+            version: 2,
+        },
+    )?;
+    Ok(creds(&jwt, &user.seed()?))
+}
+
+/// The kind of a store credential ([`store_credential`]), as [`Holder::kind`] reads it.
+pub const STORES_KIND: &str = "stores";
 
 /// The JWT tag naming, in a scheduler's credential, the clients' account whose host
 /// credentials it checks grants against (its own is signed by the state account).
@@ -1433,6 +1569,7 @@ mod tests {
                 "dev-clients",
                 AccountKind::Clients {
                     state: Some(&state),
+                    store_signer: Some("ASIGNER"),
                 },
                 "dev",
                 &none,
@@ -1441,6 +1578,7 @@ mod tests {
             .unwrap(),
         );
         assert!(imported.exports.is_empty());
+        assert_eq!(imported.signing_keys, ["ASIGNER"]);
         assert_eq!(imported.limits.streams, None, "no JetStream of its own");
         assert!(
             imported
@@ -1457,7 +1595,10 @@ mod tests {
                 &operator,
                 &clients,
                 "dev-clients",
-                AccountKind::Clients { state: None },
+                AccountKind::Clients {
+                    state: None,
+                    store_signer: Some("ASIGNER"),
+                },
                 "dev",
                 &none,
                 1,
@@ -1465,6 +1606,72 @@ mod tests {
             .unwrap(),
         );
         assert!(leaf.imports.is_empty());
+    }
+
+    #[test]
+    fn a_store_credential_reaches_its_app_s_stores_only_until_it_expires() {
+        let signer = StoreSigner::from_seed(&KeyPair::new_account().seed().unwrap()).unwrap();
+        assert!(StoreSigner::from_seed(&KeyPair::new_user().seed().unwrap()).is_err());
+        let clients = KeyPair::new_account().public_key();
+        let stores = ["cache".to_owned(), "sessions".to_owned()];
+        let text = store_credential(
+            &signer, &clients, "dev", "edge-1", "team-a", "shop", &stores, 100, 3700,
+        )
+        .unwrap();
+        let jwt = creds_jwt(&text).unwrap();
+        let claims: Claims<UserNats> = decode(jwt).unwrap();
+        assert_eq!(claims.iss, signer.public_key());
+        assert_eq!(
+            claims.nats.issuer_account.as_deref(),
+            Some(clients.as_str())
+        );
+        assert_eq!(claims.exp, Some(3700));
+        assert_eq!(holder(&text).unwrap().kind, STORES_KIND);
+        let publish = &claims.nats.publish.allow;
+        for store in &stores {
+            let bucket = format!("shoal-dev-v1-kv_team-a_shop_{store}");
+            assert!(publish.contains(&format!("$JS.shoal-state.API.$KV.{bucket}.=kv.>")));
+            assert!(publish.contains(&format!(
+                "$JS.shoal-state.API.DIRECT.GET.KV_{bucket}.$KV.{bucket}.=kv.>"
+            )));
+        }
+        // Nothing else: no other app's store, no bucket of the lattice's own.
+        assert_eq!(publish.len(), 6, "{publish:?}");
+        assert!(
+            publish
+                .iter()
+                .all(|subject| subject.contains("_team-a_shop_"))
+        );
+        assert_eq!(claims.nats.subscribe.allow, ["_INBOX.host.edge-1.>"]);
+        // A host's own credential reaches no store.
+        let host = permissions(
+            "dev",
+            &Identity::Host {
+                id: "edge-1".to_owned(),
+                grant: HostGrant::default(),
+            },
+        );
+        assert!(!host.publish.iter().any(|subject| subject.contains("=kv")));
+        assert!(
+            !host
+                .publish
+                .iter()
+                .any(|subject| subject.ends_with("STREAM.INFO.*"))
+        );
+        // Each subject it uses crosses into the state account.
+        let services: Vec<String> = shared_subjects("dev")
+            .into_iter()
+            .filter_map(|shared| match shared {
+                Shared::Service { local, .. } => Some(local),
+                Shared::Stream { .. } => None,
+            })
+            .collect();
+        for subject in publish {
+            assert!(
+                services.iter().any(|local| covers(local, subject)),
+                "{subject}"
+            );
+        }
     }
 
     #[test]

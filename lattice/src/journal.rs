@@ -212,7 +212,7 @@ impl Lattice {
         // viewer of one namespace create consumers on that namespace's subjects only.
         let consumer = stream
             .create_consumer(consumer::pull::OrderedConfig {
-                name: Some(nuid::next().to_string()),
+                name: Some(crate::names::unguessable()),
                 filter_subject: subject.clone(),
                 deliver_policy,
                 ..Default::default()

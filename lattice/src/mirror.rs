@@ -65,7 +65,7 @@ async fn watch(lattice: &Lattice, store: &kv::Store, filter: &str) -> Result<Wat
     store
         .stream
         .create_consumer(consumer::push::OrderedConfig {
-            name: Some(nuid::next().to_string()),
+            name: Some(crate::names::unguessable()),
             deliver_subject: lattice.client().new_inbox(),
             description: Some("shoal mirror".to_owned()),
             filter_subject: format!("{}{filter}", store.prefix),

@@ -117,6 +117,11 @@ impl Bucket {
         format!("shoal-{lattice}-{PROTOCOL}-{}", self.suffix())
     }
 
+    /// Whether hosts write keys of this bucket (their own records and statuses).
+    pub fn written_by_hosts(self) -> bool {
+        matches!(self, Bucket::Hosts | Bucket::Status)
+    }
+
     /// How many values per key the bucket keeps.
     pub fn history(self) -> i64 {
         match self {
@@ -238,6 +243,14 @@ pub fn parse_wake_subject<'a>(
         return None;
     }
     Some((host, namespace, app))
+}
+
+/// A name no one can guess from names seen before (about 130 random bits, base62): the
+/// names of consumers, which a client that knows one could inspect or reconfigure, and the
+/// lattice's identity. `nuid::next()` shares one sequence per process, so one name seen
+/// gives the next ones away.
+pub fn unguessable() -> String {
+    nuid::NUID::new().next().to_string()
 }
 
 #[cfg(test)]

@@ -656,7 +656,20 @@ pub struct Assignment {
     /// address in them literally. Empty: none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub private_egress: Vec<String>,
+    /// On a secure lattice, for an app with key-value stores: a credential that reaches
+    /// this app's stores and nothing else (`auth::store_credential`, under the key
+    /// `credential`), sealed to this host's secrets key. The host's own credential reaches
+    /// no app's store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store_access: Option<crate::secrets::Sealed>,
+    /// When that credential expires (seconds since the epoch): the control plane writes the
+    /// assignment again with a new one before then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store_access_expires: Option<u64>,
 }
+
+/// The key, in an assignment's sealed store access, of the credential.
+pub const STORE_CREDENTIAL: &str = "credential";
 
 impl Assignment {
     /// Whether this is a replica of `app` (a job's run never is, whatever its name).
@@ -1057,6 +1070,8 @@ mod tests {
             job: None,
             trusted_keys: Vec::new(),
             private_egress: Vec::new(),
+            store_access: None,
+            store_access_expires: None,
             created_at: 0,
         }
     }

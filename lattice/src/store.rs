@@ -41,6 +41,9 @@ pub struct ConnectOptions {
     /// The JetStream domain of the lattice's state, for clients of a leaf nats-server (a
     /// site) whose JetStream lives at the hub; `None` for the server's own.
     pub js_domain: Option<String>,
+    /// Whether to leave the journals (logs, events) unopened: a connection that reaches
+    /// only apps' stores may not.
+    pub skip_journals: bool,
 }
 
 /// The publisher token of the control plane's events.
@@ -58,6 +61,9 @@ pub enum NatsAuth {
     Token(String),
     /// A `.creds` file (JWT and NKey seed).
     CredsFile(std::path::PathBuf),
+    /// A credential's text (JWT and NKey seed) held in memory: a store credential a host
+    /// was given in an assignment.
+    Creds(String),
 }
 
 impl std::fmt::Debug for NatsAuth {
@@ -68,6 +74,7 @@ impl std::fmt::Debug for NatsAuth {
             NatsAuth::UserPassword(user, _) => write!(f, "UserPassword({user}, ***)"),
             NatsAuth::Token(_) => f.write_str("Token(***)"),
             NatsAuth::CredsFile(path) => write!(f, "CredsFile({})", path.display()),
+            NatsAuth::Creds(_) => f.write_str("Creds(***)"),
         }
     }
 }
@@ -93,6 +100,19 @@ fn default_inbox_prefix(origin: &str) -> String {
     }
 }
 
+/// NATS options that present the credential `text` (a `.creds` file's), with the reply
+/// inboxes it may subscribe to (a Shoal credential names them; others get `origin`'s).
+fn with_credential(text: &str, origin: &str) -> Result<async_nats::ConnectOptions, String> {
+    let nats = async_nats::ConnectOptions::new()
+        .credentials(text)
+        .map_err(|error| error.to_string())?;
+    let prefix = crate::auth::holder(text)
+        .ok()
+        .and_then(|holder| holder.inbox_prefix)
+        .unwrap_or_else(|| default_inbox_prefix(origin));
+    Ok(nats.custom_inbox_prefix(prefix))
+}
+
 /// Where a connection finds the lattice's JetStream state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum StateApi {
@@ -109,11 +129,15 @@ impl StateApi {
     /// Where a connection with `options` finds the state: a Shoal credential other than a
     /// scheduler's belongs to the clients' account.
     fn of(options: &ConnectOptions) -> Self {
+        let is_client = |text: &str| {
+            crate::auth::holder(text)
+                .is_ok_and(|holder| !holder.kind.is_empty() && holder.kind != "scheduler")
+        };
         let client_credential = match &options.auth {
             NatsAuth::CredsFile(path) => std::fs::read_to_string(path)
                 .ok()
-                .and_then(|text| crate::auth::holder(&text).ok())
-                .is_some_and(|holder| !holder.kind.is_empty() && holder.kind != "scheduler"),
+                .is_some_and(|text| is_client(&text)),
+            NatsAuth::Creds(text) => is_client(text),
             _ => false,
         };
         match (&options.js_domain, client_credential) {
@@ -156,6 +180,8 @@ pub struct Lattice {
     pub(crate) origin: String,
     /// Where the lattice's JetStream state is.
     state_api: StateApi,
+    /// How this connection was made, for [`Lattice::connect_with`].
+    options: std::sync::Arc<ConnectOptions>,
 }
 
 impl std::fmt::Debug for Lattice {
@@ -191,16 +217,13 @@ impl Lattice {
                 };
                 let text =
                     std::fs::read_to_string(path).map_err(|error| unreadable(error.to_string()))?;
-                let mut nats = async_nats::ConnectOptions::new()
-                    .credentials(&text)
-                    .map_err(|error| unreadable(error.to_string()))?;
-                // A Shoal credential may subscribe only to its own reply inboxes.
-                let prefix = crate::auth::holder(&text)
-                    .ok()
-                    .and_then(|holder| holder.inbox_prefix)
-                    .unwrap_or_else(|| default_inbox_prefix(&options.origin));
-                nats = nats.custom_inbox_prefix(prefix);
-                nats
+                with_credential(&text, &options.origin).map_err(unreadable)?
+            }
+            NatsAuth::Creds(text) => {
+                with_credential(text, &options.origin).map_err(|error| Error::Connect {
+                    url: options.url.clone(),
+                    reason: format!("an unreadable credential: {error}"),
+                })?
             }
         };
         if let Some(tls) = &options.tls {
@@ -260,10 +283,20 @@ impl Lattice {
                 )
                 .await?,
             );
+            // The buckets hosts write: a key write with `Nats-Rollup: all` would purge
+            // every other host's record (nats-server cannot refuse a header per user). The
+            // connection that owns the state (a scheduler) makes the streams refuse it.
+            if state_api == StateApi::Own && bucket.written_by_hosts() {
+                refuse_rollups(&context, &format!("KV_{}", bucket.name(&options.lattice))).await;
+            }
         }
         // Logs and events are published with plain NATS: their streams must exist to keep
         // them. A server short of JetStream storage still runs apps; only these are lost.
-        for journal in crate::journal::Journal::ALL {
+        for journal in crate::journal::Journal::ALL
+            .iter()
+            .filter(|_| !options.skip_journals)
+            .copied()
+        {
             if let Err(error) =
                 crate::journal::open(&context, &options.lattice, journal, options.replicas).await
             {
@@ -271,6 +304,7 @@ impl Lattice {
             }
         }
         Ok(Self {
+            options: std::sync::Arc::new(options.clone()),
             client,
             name: options.lattice.clone(),
             replicas: options.replicas,
@@ -282,6 +316,23 @@ impl Lattice {
                 options.origin.clone()
             },
         })
+    }
+
+    /// Another connection to the same lattice (same servers, TLS, name) presenting the
+    /// credential `creds` (a `.creds` file's text) and opening no bucket or journal: a
+    /// host's connection for one app's key-value stores.
+    ///
+    /// # Errors
+    /// As [`Lattice::connect`].
+    pub async fn connect_with(&self, creds: String, client_name: &str) -> Result<Self, Error> {
+        let options = ConnectOptions {
+            auth: NatsAuth::Creds(creds),
+            client_name: client_name.to_owned(),
+            skip_buckets: true,
+            skip_journals: true,
+            ..(*self.options).clone()
+        };
+        Self::connect(&options).await
     }
 
     /// The JetStream context of the lattice's state (in its domain, when it has one).
@@ -408,7 +459,7 @@ impl Lattice {
                 return Ok(identity);
             }
             let made = crate::records::LatticeIdentity {
-                id: nuid::next().to_string(),
+                id: crate::names::unguessable(),
                 created_at: crate::records::now_millis(),
             };
             match self
@@ -674,6 +725,25 @@ pub(crate) fn server_addrs(url: &str) -> Result<Vec<async_nats::ServerAddr>, Str
         .map(|url| url.trim().parse::<async_nats::ServerAddr>())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|error| format!("not a NATS URL or comma-separated list of them: {error}"))
+}
+
+/// Makes stream `stream` refuse `Nats-Rollup` headers (a key write that purges the rest of
+/// the stream), if it takes them; a connection that may not change it leaves it as it is.
+pub(crate) async fn refuse_rollups(context: &jetstream::Context, stream: &str) {
+    let Ok(mut found) = context.get_stream(stream).await else {
+        return;
+    };
+    let Ok(info) = found.info().await else {
+        return;
+    };
+    if !info.config.allow_rollup {
+        return;
+    }
+    let mut config = info.config.clone();
+    config.allow_rollup = false;
+    if let Err(error) = context.update_stream(config).await {
+        tracing::debug!(%stream, %error, "cannot make the stream refuse rollups");
+    }
 }
 
 async fn open_bucket(

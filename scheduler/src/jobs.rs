@@ -252,6 +252,8 @@ mod tests {
             }),
             trusted_keys: Vec::new(),
             private_egress: Vec::new(),
+            store_access: None,
+            store_access_expires: None,
         }
     }
 

@@ -358,6 +358,8 @@ mod tests {
                 job: None,
                 trusted_keys: Vec::new(),
                 private_egress: Vec::new(),
+                store_access: None,
+                store_access_expires: None,
             },
         }
     }

@@ -465,22 +465,32 @@ impl Lattice {
     /// `shoal scheduler s1` with its own credential (a secure lattice), a 1 s lease and
     /// `host_timeout`.
     pub fn secure_scheduler(&self, host_timeout: &str) -> Process {
+        self.secure_scheduler_with(host_timeout, &[])
+    }
+
+    /// [`Self::secure_scheduler`] with `extra` arguments. It holds the lattice's secrets
+    /// key and store key, as `shoal auth init` wrote them.
+    pub fn secure_scheduler_with(&self, host_timeout: &str, extra: &[&str]) -> Process {
         let creds = self.mint(&["scheduler", "s1"], "s1");
-        self.spawn(
-            &[
-                "scheduler",
-                "--id",
-                "s1",
-                "--host-timeout",
-                host_timeout,
-                "--lease",
-                "1s",
-                "--nats-creds",
-                creds.to_str().unwrap(),
-            ],
+        let secrets = self.auth_dir().join("secrets.xk");
+        let stores = self.auth_dir().join("stores.nk");
+        let mut args = vec![
+            "scheduler",
+            "--id",
             "s1",
-            false,
-        )
+            "--host-timeout",
+            host_timeout,
+            "--lease",
+            "1s",
+            "--nats-creds",
+            creds.to_str().unwrap(),
+            "--secrets-key",
+            secrets.to_str().unwrap(),
+            "--store-key",
+            stores.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        self.spawn(&args, "s1", false)
     }
 
     /// A host with its own credential (a secure lattice), registered.

@@ -106,6 +106,43 @@ impl Raw {
         })
     }
 
+    /// A JetStream publish with `headers`: `Ok` once the stream stored it.
+    pub fn store_with_headers(
+        &self,
+        subject: &str,
+        payload: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<(), String> {
+        self.runtime.block_on(async {
+            let context = async_nats::jetstream::new(self.client.clone());
+            let mut map = async_nats::HeaderMap::new();
+            for (name, value) in headers {
+                map.insert(*name, *value);
+            }
+            let ack = context
+                .publish_with_headers(subject.to_owned(), map, payload.to_owned().into())
+                .await
+                .map_err(|error| error.to_string())?;
+            tokio::time::timeout(Duration::from_secs(3), ack)
+                .await
+                .map_err(|_| "no ack".to_owned())?
+                .map(|_| ())
+                .map_err(|error| error.to_string())
+        })
+    }
+
+    /// Whether stream `stream` takes `Nats-Rollup` headers (read with a credential of the
+    /// state account).
+    pub fn takes_rollups(&self, stream: &str) -> bool {
+        self.runtime.block_on(async {
+            let mut stream = async_nats::jetstream::new(self.client.clone())
+                .get_stream(stream)
+                .await
+                .unwrap();
+            stream.info().await.unwrap().config.allow_rollup
+        })
+    }
+
     /// The value of `key` in KV bucket `bucket`, as this credential may read it.
     pub fn kv_get(&self, bucket: &str, key: &str) -> Option<Vec<u8>> {
         self.runtime.block_on(async {

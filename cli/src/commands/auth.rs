@@ -28,6 +28,9 @@ const OPERATOR_SEED: &str = "operator.nk";
 const ACCOUNT_SEED: &str = "account.nk";
 /// The clients' account's seed (hosts, sites, people).
 const CLIENTS_SEED: &str = "clients.nk";
+/// A signing key of the clients' account, with which schedulers mint hosts' credentials
+/// for the key-value stores of the apps they run (`shoal scheduler --store-key`).
+pub const STORE_KEY: &str = "stores.nk";
 const SYSTEM_SEED: &str = "system.nk";
 /// The system account's user, which pushes account updates to nats-server.
 pub const SYSTEM_CREDS: &str = "system.creds";
@@ -243,7 +246,7 @@ impl Authority {
     /// Creates the signing identity in `dir` for `lattice`, or opens the one there.
     pub fn init(dir: &Path, lattice: &str) -> anyhow::Result<(Self, bool)> {
         if dir.join(STATE).exists() {
-            let authority = Self::open(dir)?;
+            let authority = Self::read(dir)?;
             if authority.state.lattice != lattice {
                 bail!(
                     "{} holds the identity of lattice {:?}, not {lattice:?}",
@@ -254,6 +257,10 @@ impl Authority {
             let mut authority = authority;
             if authority.state.clients.is_none() {
                 authority.add_clients_account()?;
+            }
+            if !dir.join(STORE_KEY).exists() {
+                let key = nkeys::KeyPair::new_account();
+                write_secret(&dir.join(STORE_KEY), &format!("{}\n", key.seed()?))?;
             }
             // Rewrites nats-server's config as this version of Shoal writes it.
             authority.save()?;
@@ -270,6 +277,7 @@ impl Authority {
             (OPERATOR_SEED, &operator),
             (ACCOUNT_SEED, &account),
             (CLIENTS_SEED, &clients),
+            (STORE_KEY, &nkeys::KeyPair::new_account()),
             (SYSTEM_SEED, &system),
         ] {
             write_secret(&dir.join(file), &format!("{}\n", key.seed()?))?;
@@ -308,8 +316,21 @@ impl Authority {
         Ok((authority, true))
     }
 
-    /// Opens the signing identity in `dir`.
+    /// Opens the signing identity in `dir`, as this version of Shoal keeps it.
     pub fn open(dir: &Path) -> anyhow::Result<Self> {
+        let authority = Self::read(dir)?;
+        if authority.state.clients.is_none() || !dir.join(STORE_KEY).exists() {
+            bail!(
+                "{} was made by an older Shoal (one account for the lattice's state and its clients): run shoal auth init --dir {} (or shoal up) to upgrade it",
+                dir.display(),
+                dir.display()
+            );
+        }
+        Ok(authority)
+    }
+
+    /// Reads the signing identity in `dir`, however old.
+    fn read(dir: &Path) -> anyhow::Result<Self> {
         let path = dir.join(STATE);
         let text = std::fs::read_to_string(&path).with_context(|| {
             format!(
@@ -317,7 +338,7 @@ impl Authority {
                 path.display()
             )
         })?;
-        let state = serde_json::from_str(&text)
+        let state: State = serde_json::from_str(&text)
             .with_context(|| format!("{} is not a Shoal auth state", path.display()))?;
         Ok(Self {
             dir: dir.to_owned(),
@@ -396,6 +417,7 @@ impl Authority {
             &format!("{}-clients", self.state.lattice),
             auth::AccountKind::Clients {
                 state: imports.then_some(self.state.account.as_str()),
+                store_signer: Some(&read_seed(&self.dir, STORE_KEY)?.public_key()),
             },
             &self.state.lattice,
             &self.state.revocations,
@@ -703,8 +725,9 @@ pub async fn run(args: AuthArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
                 dir.join(SERVER_CONFIG).display()
             );
             println!(
-                "schedulers: shoal scheduler --secrets-key {} (the same file for each)",
-                dir.join(SECRETS_KEY).display()
+                "schedulers: shoal scheduler --secrets-key {} --store-key {} (the same files for each)",
+                dir.join(SECRETS_KEY).display(),
+                dir.join(STORE_KEY).display()
             );
         }
         AuthCommand::Host {
@@ -887,8 +910,12 @@ mod tests {
         std::fs::write(auth.join(STATE), state.to_string()).unwrap();
         std::fs::remove_file(auth.join(CLIENTS_SEED)).unwrap();
 
+        std::fs::remove_file(auth.join(STORE_KEY)).unwrap();
+        let refused = Authority::open(&auth).err().unwrap().to_string();
+        assert!(refused.contains("shoal auth init"), "{refused}");
         let (mut authority, created) = Authority::init(&auth, "dev").unwrap();
         assert!(!created);
+        assert!(auth.join(STORE_KEY).is_file());
         let clients = authority.clients().unwrap().to_owned();
         assert_ne!(clients, authority.state.account);
         assert!(authority.state.revocations.contains_key(&old_key));

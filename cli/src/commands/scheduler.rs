@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
-use shoal_scheduler::controller::{self, Options};
+use shoal_scheduler::controller::{self, Options, StoreMinter};
 
 use crate::lattice::LatticeArgs;
 
@@ -35,6 +35,19 @@ pub struct SchedulerArgs {
     /// placed.
     #[arg(long, env = "SHOAL_SECRETS_KEY", value_name = "FILE")]
     pub secrets_key: Option<std::path::PathBuf>,
+
+    /// On a secure lattice: the key hosts' credentials for apps' key-value stores are
+    /// signed with (`stores.nk`, which `shoal auth init` writes). A host's own credential
+    /// reaches no app's store; each assignment of an app with stores carries one for that
+    /// app only, sealed to the host's secrets key (so --secrets-key is needed too). Without
+    /// it, apps with stores are not placed on a secure lattice.
+    #[arg(long, env = "SHOAL_STORE_KEY", value_name = "FILE")]
+    pub store_key: Option<std::path::PathBuf>,
+
+    /// How long a store credential lasts (renewed when half is left): how long a host that
+    /// lost an app's replicas, or a stolen one, may still reach that app's stores.
+    #[arg(long, default_value = "1h", value_parser = crate::duration::parse)]
+    pub store_credential_lifetime: Duration,
 
     /// For tests: read cron schedules by a clock that starts at START when the system clock
     /// reads ANCHOR_MS, running RATE times as fast (`START,ANCHOR_MS,RATE`).
@@ -68,13 +81,38 @@ impl SchedulerArgs {
             secrets_key,
             clock: self.cron_clock.unwrap_or_default(),
             account: None,
+            stores: None,
         })
+    }
+
+    /// What store credentials are minted with, on a secure lattice whose clients' account
+    /// is `account`: from `--store-key`, or `None` (with a warning) without it.
+    pub fn store_minter(&self, account: Option<&str>) -> anyhow::Result<Option<StoreMinter>> {
+        let Some(account) = account else {
+            return Ok(None);
+        };
+        let Some(path) = &self.store_key else {
+            eprintln!(
+                "warning: no --store-key: apps with key-value stores are not placed on this secure lattice (shoal auth init writes stores.nk)"
+            );
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the store key {}", path.display()))?;
+        let signer = shoal_lattice::auth::StoreSigner::from_seed(&text)
+            .with_context(|| format!("{} is not a store key", path.display()))?;
+        Ok(Some(StoreMinter {
+            signer: std::sync::Arc::new(signer),
+            clients_account: account.to_owned(),
+            lifetime: self.store_credential_lifetime,
+        }))
     }
 }
 
 pub async fn run(args: SchedulerArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
     let mut options = args.options()?;
     options.account = lattice.account()?;
+    options.stores = args.store_minter(options.account.as_deref())?;
     let connection = lattice
         .connect_as(&options.id, shoal_lattice::store::SCHEDULER_ORIGIN)
         .await?;

@@ -193,6 +193,8 @@ struct Credentials {
     scheduler: PathBuf,
     hosts: Vec<PathBuf>,
     admin: PathBuf,
+    /// The auth directory they were minted from (its store key is the scheduler's).
+    auth_dir: PathBuf,
 }
 
 /// Makes (or reuses) the lattice's signing identity in `dir` and the credentials of its
@@ -242,6 +244,7 @@ fn secure(
         .with_context(|| format!("cannot read {}", admin.display()))?;
     crate::commands::auth::write_secret(&local, &text)?;
     Ok(Credentials {
+        auth_dir: dir.to_owned(),
         scheduler,
         hosts,
         admin: local,
@@ -440,6 +443,7 @@ fn site_credentials(args: &UpArgs, lattice: &str, dir: &std::path::Path) -> anyh
         // A site runs no scheduler and applies nothing.
         scheduler: PathBuf::new(),
         admin: PathBuf::new(),
+        auth_dir: dir.clone(),
         hosts: auth
             .hosts
             .iter()
@@ -531,6 +535,8 @@ async fn serve(
             host_timeout: Duration::from_secs(3),
             lease: Duration::from_secs(5),
             secrets_key: Some(secrets_key_file(args)?),
+            store_key: credentials.map(|made| made.auth_dir.join(crate::commands::auth::STORE_KEY)),
+            store_credential_lifetime: shoal_scheduler::controller::STORE_CREDENTIAL_LIFETIME,
             cron_clock: None,
         };
         // nats-server may still be starting: retry for a while before giving up.
@@ -549,6 +555,7 @@ async fn serve(
             let stopped = wait(stopped.clone());
             let mut options = scheduler.options()?;
             options.account = scheduler_lattice.account()?;
+            options.stores = scheduler.store_minter(options.account.as_deref())?;
             async move {
                 controller::run(connection, options, stopped)
                     .await

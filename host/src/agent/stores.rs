@@ -1,11 +1,17 @@
 //! The key-value stores of one replica: the names its app grants (`spec.keyValue`), opened
-//! on the lattice connection once and kept for the replica's life (opening reads the
-//! bucket's configuration: one round trip, not one per request).
+//! once and kept for the replica's life (opening reads the bucket's configuration: one
+//! round trip, not one per request).
+//!
+//! On a secure lattice the host's own connection reaches no app's store: the assignment
+//! carries a credential for this app's stores only (sealed to the host's key), and the
+//! stores are opened on a connection of their own that presents it. The control plane
+//! renews it before it expires; the newest one is used for the next connection.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 
+use shoal_lattice::Lattice;
 use shoal_lattice::appkv::AppStore;
 
 use super::ingress::Uplink;
@@ -17,7 +23,80 @@ pub(crate) struct AppStores {
     pub(crate) app: String,
     pub(crate) granted: Vec<String>,
     pub(crate) uplink: Uplink,
-    pub(crate) opened: tokio::sync::Mutex<HashMap<String, AppStore>>,
+    /// The store credential the assignment carries, opened (`None`: the host's own
+    /// connection reaches the stores, as on an open lattice), or why it did not open.
+    pub(crate) access: std::sync::Mutex<Access>,
+    pub(crate) opened: tokio::sync::Mutex<Opened>,
+}
+
+/// How a replica reaches its app's stores.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Access {
+    /// With the host's own connection (an open lattice).
+    Host,
+    /// With this credential (a `.creds` text).
+    Credential(String),
+    /// Not at all: the assignment's credential did not open (why).
+    Refused(String),
+}
+
+/// The connection the stores were opened on and the stores opened so far.
+#[derive(Default)]
+pub(crate) struct Opened {
+    /// The credential and its connection, when one is used.
+    connection: Option<(String, Lattice)>,
+    stores: HashMap<String, AppStore>,
+}
+
+impl AppStores {
+    /// Uses `access` from the next store opened on (a renewed credential).
+    pub(crate) fn set_access(&self, access: Access) {
+        if let Ok(mut current) = self.access.lock() {
+            *current = access;
+        }
+    }
+
+    /// The connection to open stores on, made (and the stores opened on an older one
+    /// forgotten) when the credential changed.
+    async fn connection(&self, opened: &mut Opened) -> Result<Lattice, OpenError> {
+        let access = self
+            .access
+            .lock()
+            .map(|access| access.clone())
+            .unwrap_or(Access::Refused("the store access is unreadable".to_owned()));
+        let offline = || {
+            OpenError::Other(
+                "the lattice is unreachable: key-value stores are not available while the host is offline"
+                    .to_owned(),
+            )
+        };
+        match access {
+            Access::Host => self.uplink.lattice().cloned().ok_or_else(offline),
+            Access::Refused(why) => Err(OpenError::Other(why)),
+            Access::Credential(creds) => {
+                if let Some((current, lattice)) = &opened.connection
+                    && *current == creds
+                {
+                    return Ok(lattice.clone());
+                }
+                let host = self.uplink.lattice().ok_or_else(offline)?;
+                let lattice = host
+                    .connect_with(
+                        creds.clone(),
+                        &format!("stores of {}/{}", self.namespace, self.app),
+                    )
+                    .await
+                    .map_err(|error| {
+                        OpenError::Other(format!(
+                            "cannot reach the app's key-value stores: {error}"
+                        ))
+                    })?;
+                opened.stores.clear();
+                opened.connection = Some((creds, lattice.clone()));
+                Ok(lattice)
+            }
+        }
+    }
 }
 
 impl Stores for AppStores {
@@ -30,20 +109,39 @@ impl Stores for AppStores {
                 return Err(OpenError::AccessDenied);
             }
             let mut opened = self.opened.lock().await;
-            if let Some(store) = opened.get(name) {
+            let lattice = self.connection(&mut opened).await?;
+            if let Some(store) = opened.stores.get(name) {
                 return Ok(store.clone());
             }
-            let Some(lattice) = self.uplink.lattice() else {
-                return Err(OpenError::Other(
-                    "the lattice is unreachable: key-value stores are not available while the host is offline".to_owned(),
-                ));
-            };
             let store = lattice
                 .open_app_store(&self.namespace, &self.app, name)
                 .await
                 .map_err(|error| OpenError::Other(error.to_string()))?;
-            opened.insert(name.to_owned(), store.clone());
+            opened.stores.insert(name.to_owned(), store.clone());
             Ok(store)
         })
+    }
+}
+
+/// How a replica of `assignment` reaches its stores, with this host's secrets key.
+pub(crate) fn access_of(
+    assignment: &shoal_lattice::records::Assignment,
+    key: &shoal_lattice::secrets::XKey,
+) -> Access {
+    let Some(sealed) = &assignment.store_access else {
+        return Access::Host;
+    };
+    let opened = sealed.open(key).map_err(|error| error.to_string());
+    match opened.as_ref().map(|values| {
+        values
+            .values()
+            .get(shoal_lattice::records::STORE_CREDENTIAL)
+            .cloned()
+    }) {
+        Ok(Some(creds)) => Access::Credential(creds),
+        Ok(None) => Access::Refused("the assignment's store credential is empty".to_owned()),
+        Err(why) => Access::Refused(format!(
+            "the assignment's store credential does not open with this host's key: {why}"
+        )),
     }
 }

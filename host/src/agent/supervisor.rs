@@ -74,6 +74,8 @@ impl ReplicaState {
 pub(crate) struct Replica {
     pub(crate) assignment: Assignment,
     pub(crate) state: ReplicaState,
+    /// Its app's key-value stores, when it has any (a renewed store credential goes there).
+    pub(crate) stores: Option<Arc<super::stores::AppStores>>,
 }
 
 /// The first wait before restarting a replica that failed its liveness probe; it doubles
@@ -140,12 +142,18 @@ impl<F: Fetch> Supervisor<F> {
         }
         for (replica, assignment) in wanted {
             if let Some(running) = self.replicas.get_mut(replica) {
-                // The same replica under a newer fencing generation (its assignment was
-                // written again): it goes on running what it runs.
-                if running.assignment.generation != assignment.generation
+                // The same replica under a newer fencing generation, or with a renewed store
+                // credential (its assignment was written again): it goes on running what it
+                // runs.
+                if running.assignment != *assignment
                     && running.assignment.digest == assignment.digest
                     && running.assignment.template == assignment.template
                 {
+                    if running.assignment.store_access != assignment.store_access
+                        && let Some(stores) = &running.stores
+                    {
+                        stores.set_access(super::stores::access_of(assignment, &self.secrets_key));
+                    }
                     running.assignment = assignment.clone();
                 }
                 continue;
@@ -160,6 +168,24 @@ impl<F: Fetch> Supervisor<F> {
 
     /// Starts `replica` after `delay` (a restart's backoff; zero for a new replica).
     fn spawn_start(&mut self, replica: &str, assignment: &Assignment, delay: Duration) {
+        let stores = (!assignment.template.key_value.is_empty()).then(|| {
+            Arc::new(super::stores::AppStores {
+                namespace: assignment.namespace.clone(),
+                app: assignment.app.clone(),
+                granted: assignment
+                    .template
+                    .key_value
+                    .iter()
+                    .map(|store| store.name.clone())
+                    .collect(),
+                uplink: self.uplink.clone(),
+                access: std::sync::Mutex::new(super::stores::access_of(
+                    assignment,
+                    &self.secrets_key,
+                )),
+                opened: tokio::sync::Mutex::default(),
+            })
+        });
         let services: Arc<dyn Services> = Arc::new(LatticeServices {
             namespace: assignment.namespace.clone(),
             router: Arc::clone(&self.router),
@@ -183,20 +209,9 @@ impl<F: Fetch> Supervisor<F> {
                 output,
                 own_listeners: self.own_listeners.clone(),
                 secrets_key: Arc::clone(&self.secrets_key),
-                stores: (!assignment.template.key_value.is_empty()).then(|| {
-                    crate::keyvalue::StoresLink(Arc::new(super::stores::AppStores {
-                        namespace: assignment.namespace.clone(),
-                        app: assignment.app.clone(),
-                        granted: assignment
-                            .template
-                            .key_value
-                            .iter()
-                            .map(|store| store.name.clone())
-                            .collect(),
-                        uplink: self.uplink.clone(),
-                        opened: tokio::sync::Mutex::default(),
-                    }))
-                }),
+                stores: stores
+                    .clone()
+                    .map(|stores| crate::keyvalue::StoresLink(stores)),
             },
             self.started.clone(),
         );
@@ -223,6 +238,7 @@ impl<F: Fetch> Supervisor<F> {
             Replica {
                 assignment: assignment.clone(),
                 state: ReplicaState::Starting(task),
+                stores,
             },
         );
     }

@@ -141,6 +141,8 @@ pub(super) async fn step_app(
         status,
         silent_for,
         now,
+        stores,
+        secure,
     } = *observed;
     state.seed(&app, now);
     {
@@ -267,10 +269,13 @@ pub(super) async fn step_app(
                     !host.is_empty() && now.duration_since(*at) < super::autoscaler::WAKE_PREFERENCE
                 })
                 .map(|(host, _)| host.clone());
-            // An app with secrets runs only where they can be sealed, and one under a trust
-            // policy only where signatures are checked: feasibility filters.
+            // An app with secrets runs only where they can be sealed (and, on a secure
+            // lattice, one with stores where its store credential can), and one under a
+            // trust policy only where signatures are checked: feasibility filters.
+            let sealed_to_host =
+                !app.spec.secrets.is_empty() || (secure && !app.spec.key_value.is_empty());
             let feasible = |host: &HostRecord| {
-                (app.spec.secrets.is_empty() || host.secrets_key.is_some())
+                (!sealed_to_host || host.secrets_key.is_some())
                     && (trusted_keys.is_empty() || host.verifies_signatures)
             };
             let plan = placement::place(
@@ -286,6 +291,33 @@ pub(super) async fn step_app(
                         continue;
                     }
                 };
+                let template = app.spec.template();
+                let store_names: Vec<String> = template
+                    .key_value
+                    .iter()
+                    .map(|store| store.name.clone())
+                    .collect();
+                let issuer = super::stores::Issuer {
+                    minter: stores,
+                    secure,
+                    sealer: state.secrets_key.as_ref(),
+                    lattice: lattice.name(),
+                };
+                let access = match super::stores::access_for(
+                    issuer,
+                    (&app.namespace, &app.name),
+                    &store_names,
+                    hosts.get(host),
+                    now_millis() / 1000,
+                ) {
+                    Ok(access) => access,
+                    Err(why) => {
+                        tracing::warn!(app = %key, %host, %why, "cannot give the app's store credential");
+                        unplaced =
+                            Some(format!("the app's key-value stores cannot be given: {why}"));
+                        continue;
+                    }
+                };
                 let assignment = Assignment {
                     replica: replica_id(&app.name),
                     app: app.name.clone(),
@@ -296,11 +328,13 @@ pub(super) async fn step_app(
                     digest: app.digest.clone(),
                     config_objects: app.config_objects.clone(),
                     secrets,
-                    template: app.spec.template(),
+                    template,
                     created_at: now_millis(),
                     job: None,
                     trusted_keys: trusted_keys.clone(),
                     private_egress: state.private_egress(),
+                    store_access: access.as_ref().map(|(sealed, _)| sealed.clone()),
+                    store_access_expires: access.map(|(_, expires)| expires),
                 };
                 let record = create(lattice, state, assignment, now).await?;
                 tracing::info!(app = %key, replica = %record.value.replica, %host, "placed");

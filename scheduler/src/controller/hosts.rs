@@ -130,7 +130,7 @@ pub(super) fn check_grants(state: &mut State, account: Option<&str>) {
         let grant = match shoal_lattice::auth::host_grant(&jwt, account, &host) {
             Ok(grant) => Some(grant),
             Err(error) => {
-                tracing::warn!(%host, %error, "a host's credential does not verify: it is placed by its arch and os alone");
+                tracing::warn!(%host, %error, "a host's credential does not verify: it takes no new replicas");
                 None
             }
         };
@@ -169,7 +169,8 @@ pub(super) fn bounded(
 
 /// The live hosts that may take replicas (a cordoned or draining one is marked draining, as
 /// a host shutting down is) and the hosts an admin is draining (their replicas move). On a
-/// secure lattice (`secure`), each host as [`bounded`] by its credential's grant.
+/// secure lattice (`secure`), each host as [`bounded`] by its credential's grant, and one
+/// whose credential does not verify marked draining.
 pub(super) fn schedulable(
     state: &State,
     live: &HashSet<String>,
@@ -205,6 +206,12 @@ pub(super) fn schedulable(
                     .grants
                     .get(&host.key)
                     .and_then(|(_, grant)| grant.as_ref());
+                // Without a credential that verifies (never presented, unreadable, removed
+                // by the host itself), nothing bounds what it claims: it takes no new
+                // replicas, as a host shutting down does, and keeps those it runs.
+                if grant.is_none() {
+                    record.draining = true;
+                }
                 record = bounded(record, grant);
             }
             if controls

@@ -214,10 +214,13 @@ async fn place(
             return Ok(0);
         }
     };
-    // Under a trust policy, only hosts that check signatures.
+    // Under a trust policy, only hosts that check signatures; with stores on a secure
+    // lattice, only hosts a store credential can be sealed to.
+    let sealed_to_host = observed.secure && !template.key_value.is_empty();
     let plan = placement::place(
         &placed.host_views(observed.hosts, &owner, &job.digest, |host| {
-            trusted_keys.is_empty() || host.verifies_signatures
+            (trusted_keys.is_empty() || host.verifies_signatures)
+                && (!sealed_to_host || host.secrets_key.is_some())
         }),
         &Request {
             count,
@@ -234,7 +237,31 @@ async fn place(
         .as_ref()
         .map(|report| format!("{} run(s) waiting for a host: {report}", plan.unplaced));
     let mut count_placed = 0;
+    let store_names: Vec<String> = template
+        .key_value
+        .iter()
+        .map(|store| store.name.clone())
+        .collect();
     for host in &plan.hosts {
+        let issuer = super::stores::Issuer {
+            minter: observed.stores,
+            secure: observed.secure,
+            sealer: state.secrets_key.as_ref(),
+            lattice: lattice.name(),
+        };
+        let access = match super::stores::access_for(
+            issuer,
+            (&job.namespace, &job.name),
+            &store_names,
+            observed.hosts.get(host),
+            now_millis() / 1000,
+        ) {
+            Ok(access) => access,
+            Err(why) => {
+                status.message = Some(format!("the job's key-value stores cannot be given: {why}"));
+                continue;
+            }
+        };
         let assignment = Assignment {
             replica: replica_id(&job.name),
             app: job.name.clone(),
@@ -253,6 +280,8 @@ async fn place(
             }),
             trusted_keys: trusted_keys.clone(),
             private_egress: state.private_egress(),
+            store_access: access.as_ref().map(|(sealed, _)| sealed.clone()),
+            store_access_expires: access.map(|(_, expires)| expires),
         };
         let record = create(lattice, state, assignment, observed.now).await?;
         let run = &record.value.replica;

@@ -35,6 +35,9 @@ mod hosts;
 mod jobs;
 mod placed;
 mod rollout;
+mod stores;
+
+pub use stores::{LIFETIME as STORE_CREDENTIAL_LIFETIME, StoreMinter};
 
 use apps::{Backoff, Pending, remove, report_invalid_apps, step_app};
 use hosts::Liveness;
@@ -58,6 +61,9 @@ pub struct Options {
     /// (labels, capacity). `None` on an open lattice, where hosts' records are taken as
     /// they are.
     pub account: Option<String>,
+    /// What store credentials are minted with, on a secure lattice: without it, apps with
+    /// key-value stores are not placed there (a host's own credential reaches no store).
+    pub stores: Option<StoreMinter>,
 }
 
 struct State {
@@ -121,6 +127,9 @@ struct State {
     /// watch, and a pass that started from the older status lost what the last one
     /// recorded: a job's start time, so its deadline never came).
     job_status_written: HashMap<String, shoal_lattice::jobs::JobStatus>,
+    /// Assignments whose store credential this leader renewed, with the revision written,
+    /// until the mirror shows it.
+    store_renewals: HashMap<String, u64>,
 }
 
 impl State {
@@ -306,6 +315,7 @@ pub async fn run(
         deferred: Deferred::default(),
         health_written: None,
         job_status_written: HashMap::new(),
+        store_renewals: HashMap::new(),
     };
     let mut lease = LeaseKeeper::new(lattice.clone(), options.id.clone(), options.lease);
     let mut changes = [
@@ -558,6 +568,8 @@ async fn pass(
         hosts: &hosts,
         status: &status,
         now,
+        stores: options.stores.as_ref(),
+        secure: options.account.is_some(),
     };
     for app in apps {
         // Fenced by the lease: a leader that was paused mid-pass (long enough for another to
@@ -585,6 +597,7 @@ async fn pass(
         return Ok(());
     }
     jobs::pass(lattice, state, &observed, &mut placed).await?;
+    stores::renew(lattice, state, options.stores.as_ref()).await?;
     cron::pass(lattice, state, &source, options.clock.now()).await
 }
 
@@ -598,5 +611,9 @@ struct PassView<'a> {
     status: &'a HashMap<String, ReplicaStatus>,
     /// How long each known host has been silent.
     silent_for: &'a HashMap<String, Duration>,
+    /// What store credentials are minted with.
+    stores: Option<&'a StoreMinter>,
+    /// Whether the lattice is secure (hosts reach stores only with a store credential).
+    secure: bool,
     now: Instant,
 }

@@ -1,0 +1,228 @@
+//! Credentials for apps' key-value stores. On a secure lattice a host's own credential
+//! reaches no app's store: each assignment of an app with stores carries one, minted here
+//! for that host and that app's buckets only, sealed to the host's secrets key, and written
+//! again with a fresh one before it expires. A host that loses the assignment keeps what it
+//! was given until then, and no longer.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use shoal_lattice::auth::StoreSigner;
+use shoal_lattice::names::Bucket;
+use shoal_lattice::records::{Assignment, HostRecord, STORE_CREDENTIAL};
+use shoal_lattice::secrets::{Sealed, SecretValues, XKey};
+use shoal_lattice::{Error, Lattice};
+
+use super::State;
+
+/// What a scheduler mints store credentials with.
+#[derive(Debug, Clone)]
+pub struct StoreMinter {
+    /// A signing key of the clients' account.
+    pub signer: Arc<StoreSigner>,
+    /// The clients' account.
+    pub clients_account: String,
+    /// How long a credential lasts; it is renewed when less than half is left.
+    pub lifetime: Duration,
+}
+
+/// The default lifetime of a store credential: how long a host that lost an assignment
+/// (or its credential, stolen) may still reach that app's stores.
+pub const LIFETIME: Duration = Duration::from_secs(3600);
+
+/// What an assignment of app `namespace/app` (its template's `stores`) to `host` carries:
+/// the sealed credential and when it expires, or `None` when it needs none (no stores, or
+/// an open lattice, where hosts reach stores with their own connection). `Err` says why it
+/// cannot be given; the replica is then not placed.
+/// Who gives store credentials in a pass: the minter, whether the lattice is secure, the
+/// key credentials are sealed with (the lattice's secrets key), the lattice's name.
+#[derive(Clone, Copy)]
+pub(super) struct Issuer<'a> {
+    pub(super) minter: Option<&'a StoreMinter>,
+    pub(super) secure: bool,
+    pub(super) sealer: Option<&'a XKey>,
+    pub(super) lattice: &'a str,
+}
+
+pub(super) fn access_for(
+    Issuer {
+        minter,
+        secure,
+        sealer,
+        lattice,
+    }: Issuer<'_>,
+    (namespace, app): (&str, &str),
+    stores: &[String],
+    host: Option<&HostRecord>,
+    now_secs: u64,
+) -> Result<Option<(Sealed, u64)>, String> {
+    if stores.is_empty() || !secure {
+        return Ok(None);
+    }
+    let Some(minter) = minter else {
+        return Err(
+            "the scheduler has no store key to give hosts access to the app's key-value stores (shoal scheduler --store-key FILE; shoal auth init writes stores.nk)"
+                .to_owned(),
+        );
+    };
+    let Some(sealer) = sealer else {
+        return Err(
+            "the scheduler has no secrets key to seal the app's store credential with (shoal scheduler --secrets-key FILE)"
+                .to_owned(),
+        );
+    };
+    let host = host.ok_or("the host is unknown")?;
+    let recipient = host
+        .secrets_key
+        .as_deref()
+        .ok_or("the host has no secrets key to receive the app's store credential")?;
+    let expires = now_secs + minter.lifetime.as_secs().max(2);
+    let credential = shoal_lattice::auth::store_credential(
+        &minter.signer,
+        &minter.clients_account,
+        lattice,
+        &host.id,
+        namespace,
+        app,
+        stores,
+        now_secs,
+        expires,
+    )
+    .map_err(|error| error.to_string())?;
+    let sealed = SecretValues::new([(STORE_CREDENTIAL.to_owned(), credential)].into())
+        .seal(sealer, recipient)
+        .map_err(|error| error.to_string())?;
+    Ok(Some((sealed, expires)))
+}
+
+/// The names of the stores `assignment`'s template grants.
+pub(super) fn store_names(assignment: &Assignment) -> Vec<String> {
+    assignment
+        .template
+        .key_value
+        .iter()
+        .map(|store| store.name.clone())
+        .collect()
+}
+
+/// Whether a credential that expires at `expires` (seconds) and lasts `lifetime` is due to
+/// be renewed at `now_secs`: less than half of it is left.
+pub(super) fn due(expires: u64, lifetime: Duration, now_secs: u64) -> bool {
+    expires.saturating_sub(now_secs) < lifetime.as_secs().max(2) / 2
+}
+
+/// Writes again, with a fresh credential, each assignment on a live host whose store
+/// credential is due, or that has stores and none; fenced like every write of a pass.
+pub(super) async fn renew(
+    lattice: &Lattice,
+    state: &mut State,
+    minter: Option<&StoreMinter>,
+) -> Result<(), Error> {
+    let Some(minter) = minter else {
+        return Ok(());
+    };
+    let now_secs = shoal_lattice::records::now_millis() / 1000;
+    let live = state.live_hosts.clone().unwrap_or_default();
+    let assignments = state.assignments.snapshot();
+    // A renewal written is remembered until the mirror shows it, so the passes in between
+    // do not write it again.
+    state.store_renewals.retain(|key, written| {
+        assignments
+            .iter()
+            .any(|record| record.key == *key && record.revision < *written)
+    });
+    let due: Vec<_> = assignments
+        .into_iter()
+        .filter(|record| {
+            live.contains(&record.value.host)
+                && !state.store_renewals.contains_key(&record.key)
+                && match record.value.store_access_expires {
+                    Some(expires) => due(expires, minter.lifetime, now_secs),
+                    // Assigned before store credentials existed (or by a scheduler without
+                    // a store key): given one now.
+                    None => !record.value.template.key_value.is_empty(),
+                }
+        })
+        .collect();
+    for record in due {
+        let mut renewed = record.value.clone();
+        let issuer = Issuer {
+            minter: Some(minter),
+            secure: true,
+            sealer: state.secrets_key.as_ref(),
+            lattice: lattice.name(),
+        };
+        let access = access_for(
+            issuer,
+            (&renewed.namespace, &renewed.app),
+            &store_names(&renewed),
+            state
+                .hosts
+                .get(&renewed.host)
+                .map(|host| host.value)
+                .as_ref(),
+            now_secs,
+        );
+        match access {
+            Ok(Some((sealed, expires))) => {
+                renewed.store_access = Some(sealed);
+                renewed.store_access_expires = Some(expires);
+            }
+            Ok(None) => continue,
+            Err(why) => {
+                // Said once: not tried again until the assignment changes.
+                tracing::warn!(key = %record.key, %why, "cannot renew a store credential");
+                state
+                    .store_renewals
+                    .insert(record.key.clone(), record.revision + 1);
+                continue;
+            }
+        }
+        state.fence = lattice
+            .update_fenced(
+                Bucket::Assignments,
+                &record.key,
+                &renewed,
+                record.revision,
+                state.fence,
+            )
+            .await?;
+        state.store_renewals.insert(record.key.clone(), state.fence);
+        tracing::debug!(key = %record.key, "store credential renewed");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_credential_is_renewed_once_less_than_half_its_life_is_left() {
+        let hour = Duration::from_secs(3600);
+        assert!(!due(10_000 + 3600, hour, 10_000));
+        assert!(!due(10_000 + 1801, hour, 10_000));
+        assert!(due(10_000 + 1799, hour, 10_000));
+        assert!(due(10_000, hour, 10_000));
+        assert!(due(5, hour, 10_000), "expired");
+    }
+
+    #[test]
+    fn only_a_secure_lattice_s_app_with_stores_needs_one_and_says_why_it_cannot_have_it() {
+        let stores = ["cache".to_owned()];
+        let open = Issuer {
+            minter: None,
+            secure: false,
+            sealer: None,
+            lattice: "dev",
+        };
+        let secure = Issuer {
+            secure: true,
+            ..open
+        };
+        assert_eq!(access_for(open, ("a", "b"), &stores, None, 1), Ok(None));
+        assert_eq!(access_for(secure, ("a", "b"), &[], None, 1), Ok(None));
+        let why = access_for(secure, ("a", "b"), &stores, None, 1).unwrap_err();
+        assert!(why.contains("--store-key"), "{why}");
+    }
+}
