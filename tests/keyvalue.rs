@@ -213,6 +213,14 @@ fn a_host_reaches_only_the_stores_of_the_apps_it_runs() {
         }
     }
 
+    // Its stream refuses rollups: a key write with `Nats-Rollup: all` would empty it.
+    let scheduler = support::raw::Raw::connect(
+        &lattice.nats.url(),
+        &lattice.auth_dir().join("s1.creds"),
+        "_INBOX.scheduler.s1",
+    );
+    assert!(!scheduler.takes_rollups(&format!("KV_{bucket}")));
+
     // Past two lifetimes of the first credential, the app still counts: renewed ones
     // replaced it.
     let mut expected = 1;

@@ -290,15 +290,40 @@ impl Lattice {
         let context = self.jetstream();
         for store in stores {
             let name = bucket_name(self.name(), namespace, app, &store.name);
-            context
-                .create_or_update_key_value(self.app_store_config(name.clone(), store))
-                .await
-                .map_err(|error| Error::Bucket {
-                    bucket: name.clone(),
-                    reason: error.to_string(),
-                })?;
-            // Hosts write guests' keys: one with `Nats-Rollup: all` would empty the store.
-            crate::store::refuse_rollups(&context, &format!("KV_{name}")).await;
+            let failed = |error: String| Error::Bucket {
+                bucket: name.clone(),
+                reason: error,
+            };
+            let config = self.app_store_config(name.clone(), store);
+            // Hosts write guests' keys: one with `Nats-Rollup: all` would empty the store,
+            // so its stream refuses rollups. A store that exists is resized in place, never
+            // taking them again even for a moment; a new one refuses them before any host
+            // has a credential for it.
+            match context.get_stream(format!("KV_{name}")).await {
+                Ok(mut existing) => {
+                    let info = existing
+                        .info()
+                        .await
+                        .map_err(|error| failed(error.to_string()))?;
+                    let mut wanted = info.config.clone();
+                    wanted.max_bytes = config.max_bytes;
+                    wanted.max_message_size = config.max_value_size;
+                    wanted.allow_rollup = false;
+                    if wanted != info.config {
+                        context
+                            .update_stream(wanted)
+                            .await
+                            .map_err(|error| failed(error.to_string()))?;
+                    }
+                }
+                Err(_) => {
+                    context
+                        .create_key_value(config)
+                        .await
+                        .map_err(|error| failed(error.to_string()))?;
+                    crate::store::refuse_rollups(&context, &format!("KV_{name}")).await;
+                }
+            }
         }
         Ok(())
     }

@@ -1084,10 +1084,14 @@ fn store_permissions(
             keys,
         ]);
     }
+    // Replies on an inbox of its own, not the host's: whoever holds the credential (a
+    // host that no longer runs the app, one that lied about its id) hears nothing of the
+    // host's other traffic.
+    let inbox = inbox_prefix("stores", &format!("{host}.{}", crate::names::unguessable()));
     Permissions {
         publish,
         publish_deny: Vec::new(),
-        subscribe: vec![format!("{}.>", inbox_prefix("host", host))],
+        subscribe: vec![format!("{inbox}.>")],
         connection_types: Vec::new(),
     }
     .for_client()
@@ -1110,6 +1114,11 @@ impl StoreSigner {
             ));
         }
         Ok(Self(key))
+    }
+
+    /// A new key (tests; `shoal auth init` writes the lattice's).
+    pub fn generate() -> Self {
+        Self(KeyPair::new_account())
     }
 
     /// Its public key, as the clients' account lists it.
@@ -1642,7 +1651,16 @@ mod tests {
                 .iter()
                 .all(|subject| subject.contains("_team-a_shop_"))
         );
-        assert_eq!(claims.nats.subscribe.allow, ["_INBOX.host.edge-1.>"]);
+        let [inbox] = claims.nats.subscribe.allow.as_slice() else {
+            panic!("one inbox: {:?}", claims.nats.subscribe.allow);
+        };
+        assert!(inbox.starts_with("_INBOX.stores.edge-1.") && inbox.ends_with(".>"));
+        assert!(
+            holder(&text)
+                .unwrap()
+                .inbox_prefix
+                .is_some_and(|prefix| inbox.starts_with(&prefix))
+        );
         // A host's own credential reaches no store.
         let host = permissions(
             "dev",

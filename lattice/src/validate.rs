@@ -797,6 +797,13 @@ impl Validate for HostRecord {
         if let Some(mismatch) = &self.lattice_mismatch {
             found.text("latticeMismatch", mismatch, MAX_MESSAGE);
         }
+        // What secrets and store credentials are sealed to: a key that is none would make
+        // every placement on this host fail.
+        if let Some(key) = &self.secrets_key
+            && nkeys::XKey::from_public_key(key).is_err()
+        {
+            found.add("secretsKey", "must be an xkey public key (X…)");
+        }
         found.finish()
     }
 }
@@ -942,6 +949,23 @@ impl Validate for Lease {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_host_s_secrets_key_must_be_an_xkey() {
+        let record = |key: &str| -> HostRecord {
+            serde_json::from_value(serde_json::json!({
+                "id": "h1", "version": "0", "startedAt": 0, "heartbeatAt": 0,
+                "labels": {}, "capacity": {"memory": "1Gi", "cpu": "1", "maxReplicas": 1},
+                "secretsKey": key
+            }))
+            .unwrap()
+        };
+        let key = crate::secrets::new_key().public_key();
+        assert!(record(&key).validate().is_ok());
+        for bogus in ["XBOGUS", "", "not a key"] {
+            assert!(record(bogus).validate().is_err(), "{bogus:?}");
+        }
+    }
 
     #[test]
     fn origins_need_a_scheme_a_host_and_a_real_port() {

@@ -204,7 +204,9 @@ impl Nats {
                 let mut message = vec![0; total + 2];
                 reader.read_exact(&mut message).unwrap();
                 let headers = String::from_utf8_lossy(&message[..header]).to_string();
-                if headers.contains("404") || headers.contains("KV-Operation") {
+                // The status line says not found; a header line (its timestamp, say) may
+                // hold "404" too.
+                if headers.starts_with("NATS/1.0 404") || headers.contains("KV-Operation:") {
                     return None;
                 }
                 return Some(message[header..total].to_vec());

@@ -307,7 +307,7 @@ pub(super) async fn step_app(
                     issuer,
                     (&app.namespace, &app.name),
                     &store_names,
-                    hosts.get(host),
+                    (host, hosts.get(host)),
                     now_millis() / 1000,
                 ) {
                     Ok(access) => access,

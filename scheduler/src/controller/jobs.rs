@@ -253,7 +253,7 @@ async fn place(
             issuer,
             (&job.namespace, &job.name),
             &store_names,
-            observed.hosts.get(host),
+            (host, observed.hosts.get(host)),
             now_millis() / 1000,
         ) {
             Ok(access) => access,

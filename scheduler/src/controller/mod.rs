@@ -129,7 +129,7 @@ struct State {
     job_status_written: HashMap<String, shoal_lattice::jobs::JobStatus>,
     /// Assignments whose store credential this leader renewed, with the revision written,
     /// until the mirror shows it.
-    store_renewals: HashMap<String, u64>,
+    store_renewals: HashMap<String, (u64, Instant)>,
 }
 
 impl State {

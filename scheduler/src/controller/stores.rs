@@ -5,7 +5,7 @@
 //! was given until then, and no longer.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use shoal_lattice::auth::StoreSigner;
 use shoal_lattice::names::Bucket;
@@ -30,7 +30,9 @@ pub struct StoreMinter {
 /// (or its credential, stolen) may still reach that app's stores.
 pub const LIFETIME: Duration = Duration::from_secs(3600);
 
-/// What an assignment of app `namespace/app` (its template's `stores`) to `host` carries:
+/// What an assignment of app `namespace/app` (its template's `stores`) to host `host_id`
+/// (whose record, read at that id's key, is `host`: the id inside it is the host's word and
+/// is not used) carries:
 /// the sealed credential and when it expires, or `None` when it needs none (no stores, or
 /// an open lattice, where hosts reach stores with their own connection). `Err` says why it
 /// cannot be given; the replica is then not placed.
@@ -53,7 +55,7 @@ pub(super) fn access_for(
     }: Issuer<'_>,
     (namespace, app): (&str, &str),
     stores: &[String],
-    host: Option<&HostRecord>,
+    (host_id, host): (&str, Option<&HostRecord>),
     now_secs: u64,
 ) -> Result<Option<(Sealed, u64)>, String> {
     if stores.is_empty() || !secure {
@@ -81,7 +83,7 @@ pub(super) fn access_for(
         &minter.signer,
         &minter.clients_account,
         lattice,
-        &host.id,
+        host_id,
         namespace,
         app,
         stores,
@@ -124,12 +126,14 @@ pub(super) async fn renew(
     let now_secs = shoal_lattice::records::now_millis() / 1000;
     let live = state.live_hosts.clone().unwrap_or_default();
     let assignments = state.assignments.snapshot();
-    // A renewal written is remembered until the mirror shows it, so the passes in between
-    // do not write it again.
-    state.store_renewals.retain(|key, written| {
-        assignments
-            .iter()
-            .any(|record| record.key == *key && record.revision < *written)
+    // A renewal written is remembered until the mirror shows it, and one that failed for a
+    // while, so the passes in between do not repeat it.
+    let now = Instant::now();
+    state.store_renewals.retain(|key, (written, at)| {
+        now.duration_since(*at) < RETRY_AFTER
+            && assignments
+                .iter()
+                .any(|record| record.key == *key && record.revision < *written)
     });
     let due: Vec<_> = assignments
         .into_iter()
@@ -156,11 +160,14 @@ pub(super) async fn renew(
             issuer,
             (&renewed.namespace, &renewed.app),
             &store_names(&renewed),
-            state
-                .hosts
-                .get(&renewed.host)
-                .map(|host| host.value)
-                .as_ref(),
+            (
+                &renewed.host,
+                state
+                    .hosts
+                    .get(&renewed.host)
+                    .map(|host| host.value)
+                    .as_ref(),
+            ),
             now_secs,
         );
         match access {
@@ -170,15 +177,14 @@ pub(super) async fn renew(
             }
             Ok(None) => continue,
             Err(why) => {
-                // Said once: not tried again until the assignment changes.
-                tracing::warn!(key = %record.key, %why, "cannot renew a store credential");
+                tracing::warn!(key = %record.key, %why, "cannot renew a store credential; trying again in 30 s");
                 state
                     .store_renewals
-                    .insert(record.key.clone(), record.revision + 1);
+                    .insert(record.key.clone(), (record.revision + 1, now));
                 continue;
             }
         }
-        state.fence = lattice
+        match lattice
             .update_fenced(
                 Bucket::Assignments,
                 &record.key,
@@ -186,12 +192,29 @@ pub(super) async fn renew(
                 record.revision,
                 state.fence,
             )
-            .await?;
-        state.store_renewals.insert(record.key.clone(), state.fence);
-        tracing::debug!(key = %record.key, "store credential renewed");
+            .await
+        {
+            Ok(revision) => {
+                state.fence = revision;
+                state
+                    .store_renewals
+                    .insert(record.key.clone(), (revision, now));
+                tracing::debug!(key = %record.key, "store credential renewed");
+            }
+            // Someone wrote since this pass's view: the next pass renews from what is there.
+            // The rest of this pass (cron jobs, health) goes on.
+            Err(error) => {
+                tracing::debug!(key = %record.key, %error, "a store credential renewal lost to a newer write");
+                break;
+            }
+        }
     }
     Ok(())
 }
+
+/// How long a renewal written (or failed) is not tried again while the mirror does not
+/// show a newer assignment.
+const RETRY_AFTER: Duration = Duration::from_secs(30);
 
 #[cfg(test)]
 mod tests {
@@ -208,6 +231,49 @@ mod tests {
     }
 
     #[test]
+    fn a_credential_names_the_host_it_is_assigned_to_not_the_id_its_record_claims() {
+        let host_key = shoal_lattice::secrets::new_key();
+        // h9's record (at key h9) claims to be h1.
+        let record: HostRecord = serde_json::from_value(serde_json::json!({
+            "id": "h1", "version": "0", "startedAt": 0, "heartbeatAt": 0,
+            "labels": {}, "capacity": {"memory": "1Gi", "cpu": "1", "maxReplicas": 1},
+            "secretsKey": host_key.public_key()
+        }))
+        .unwrap();
+        let minter = StoreMinter {
+            signer: Arc::new(StoreSigner::generate()),
+            clients_account: "ACLIENTS".to_owned(),
+            lifetime: LIFETIME,
+        };
+        let sealer = shoal_lattice::secrets::new_key();
+        let issuer = Issuer {
+            minter: Some(&minter),
+            secure: true,
+            sealer: Some(&sealer),
+            lattice: "dev",
+        };
+        let (sealed, expires) = access_for(
+            issuer,
+            ("team-a", "shop"),
+            &["cache".to_owned()],
+            ("h9", Some(&record)),
+            1000,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(expires, 1000 + LIFETIME.as_secs());
+        let opened = sealed.open(&host_key).unwrap();
+        let creds = opened.values().get(STORE_CREDENTIAL).unwrap();
+        let holder = shoal_lattice::auth::holder(creds).unwrap();
+        assert_eq!(holder.name, "h9/team-a/shop");
+        assert!(
+            holder
+                .inbox_prefix
+                .is_some_and(|prefix| prefix.starts_with("_INBOX.stores.h9."))
+        );
+    }
+
+    #[test]
     fn only_a_secure_lattice_s_app_with_stores_needs_one_and_says_why_it_cannot_have_it() {
         let stores = ["cache".to_owned()];
         let open = Issuer {
@@ -220,9 +286,10 @@ mod tests {
             secure: true,
             ..open
         };
-        assert_eq!(access_for(open, ("a", "b"), &stores, None, 1), Ok(None));
-        assert_eq!(access_for(secure, ("a", "b"), &[], None, 1), Ok(None));
-        let why = access_for(secure, ("a", "b"), &stores, None, 1).unwrap_err();
+        let host = ("h1", None);
+        assert_eq!(access_for(open, ("a", "b"), &stores, host, 1), Ok(None));
+        assert_eq!(access_for(secure, ("a", "b"), &[], host, 1), Ok(None));
+        let why = access_for(secure, ("a", "b"), &stores, host, 1).unwrap_err();
         assert!(why.contains("--store-key"), "{why}");
     }
 }
