@@ -92,18 +92,7 @@ impl Raw {
 
     /// A JetStream publish: `Ok` once the stream stored it.
     pub fn store(&self, subject: &str, payload: &str) -> Result<(), String> {
-        self.runtime.block_on(async {
-            let context = async_nats::jetstream::new(self.client.clone());
-            let ack = context
-                .publish(subject.to_owned(), payload.to_owned().into())
-                .await
-                .map_err(|error| error.to_string())?;
-            tokio::time::timeout(Duration::from_secs(3), ack)
-                .await
-                .map_err(|_| "no ack".to_owned())?
-                .map(|_| ())
-                .map_err(|error| error.to_string())
-        })
+        self.store_with_headers(subject, payload, &[])
     }
 
     /// A JetStream publish with `headers`: `Ok` once the stream stored it.

@@ -141,8 +141,8 @@ pub(super) async fn step_app(
         status,
         silent_for,
         now,
-        stores,
         secure,
+        ..
     } = *observed;
     state.seed(&app, now);
     {
@@ -292,21 +292,10 @@ pub(super) async fn step_app(
                     }
                 };
                 let template = app.spec.template();
-                let store_names: Vec<String> = template
-                    .key_value
-                    .iter()
-                    .map(|store| store.name.clone())
-                    .collect();
-                let issuer = super::stores::Issuer {
-                    minter: stores,
-                    secure,
-                    sealer: state.secrets_key.as_ref(),
-                    lattice: lattice.name(),
-                };
                 let access = match super::stores::access_for(
-                    issuer,
+                    super::stores::Issuer::of(observed, state, lattice),
                     (&app.namespace, &app.name),
-                    &store_names,
+                    &template.key_value,
                     (host, hosts.get(host)),
                     now_millis() / 1000,
                 ) {

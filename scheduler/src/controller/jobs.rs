@@ -237,22 +237,11 @@ async fn place(
         .as_ref()
         .map(|report| format!("{} run(s) waiting for a host: {report}", plan.unplaced));
     let mut count_placed = 0;
-    let store_names: Vec<String> = template
-        .key_value
-        .iter()
-        .map(|store| store.name.clone())
-        .collect();
     for host in &plan.hosts {
-        let issuer = super::stores::Issuer {
-            minter: observed.stores,
-            secure: observed.secure,
-            sealer: state.secrets_key.as_ref(),
-            lattice: lattice.name(),
-        };
         let access = match super::stores::access_for(
-            issuer,
+            super::stores::Issuer::of(observed, state, lattice),
             (&job.namespace, &job.name),
-            &store_names,
+            &template.key_value,
             (host, observed.hosts.get(host)),
             now_millis() / 1000,
         ) {

@@ -9,11 +9,11 @@ use std::time::{Duration, Instant};
 
 use shoal_lattice::auth::StoreSigner;
 use shoal_lattice::names::Bucket;
-use shoal_lattice::records::{Assignment, HostRecord, STORE_CREDENTIAL};
+use shoal_lattice::records::{HostRecord, KeyValueStore, STORE_CREDENTIAL};
 use shoal_lattice::secrets::{Sealed, SecretValues, XKey};
 use shoal_lattice::{Error, Lattice};
 
-use super::State;
+use super::{PassView, State};
 
 /// What a scheduler mints store credentials with.
 #[derive(Debug, Clone)]
@@ -46,6 +46,18 @@ pub(super) struct Issuer<'a> {
     pub(super) lattice: &'a str,
 }
 
+impl<'a> Issuer<'a> {
+    /// The issuer of a pass that sees `observed`, sealing with `state`'s secrets key.
+    pub(super) fn of(observed: &PassView<'a>, state: &'a State, lattice: &'a Lattice) -> Self {
+        Self {
+            minter: observed.stores,
+            secure: observed.secure,
+            sealer: state.secrets_key.as_ref(),
+            lattice: lattice.name(),
+        }
+    }
+}
+
 pub(super) fn access_for(
     Issuer {
         minter,
@@ -54,13 +66,14 @@ pub(super) fn access_for(
         lattice,
     }: Issuer<'_>,
     (namespace, app): (&str, &str),
-    stores: &[String],
+    stores: &[KeyValueStore],
     (host_id, host): (&str, Option<&HostRecord>),
     now_secs: u64,
 ) -> Result<Option<(Sealed, u64)>, String> {
     if stores.is_empty() || !secure {
         return Ok(None);
     }
+    let stores: Vec<String> = stores.iter().map(|store| store.name.clone()).collect();
     let Some(minter) = minter else {
         return Err(
             "the scheduler has no store key to give hosts access to the app's key-value stores (shoal scheduler --store-key FILE; shoal auth init writes stores.nk)"
@@ -86,7 +99,7 @@ pub(super) fn access_for(
         host_id,
         namespace,
         app,
-        stores,
+        &stores,
         now_secs,
         expires,
     )
@@ -95,16 +108,6 @@ pub(super) fn access_for(
         .seal(sealer, recipient)
         .map_err(|error| error.to_string())?;
     Ok(Some((sealed, expires)))
-}
-
-/// The names of the stores `assignment`'s template grants.
-pub(super) fn store_names(assignment: &Assignment) -> Vec<String> {
-    assignment
-        .template
-        .key_value
-        .iter()
-        .map(|store| store.name.clone())
-        .collect()
 }
 
 /// Whether a credential that expires at `expires` (seconds) and lasts `lifetime` is due to
@@ -159,7 +162,7 @@ pub(super) async fn renew(
         let access = access_for(
             issuer,
             (&renewed.namespace, &renewed.app),
-            &store_names(&renewed),
+            &renewed.template.key_value,
             (
                 &renewed.host,
                 state
@@ -255,7 +258,8 @@ mod tests {
         let (sealed, expires) = access_for(
             issuer,
             ("team-a", "shop"),
-            &["cache".to_owned()],
+            &serde_json::from_value::<Vec<KeyValueStore>>(serde_json::json!([{"name": "cache"}]))
+                .unwrap(),
             ("h9", Some(&record)),
             1000,
         )
@@ -275,7 +279,8 @@ mod tests {
 
     #[test]
     fn only_a_secure_lattice_s_app_with_stores_needs_one_and_says_why_it_cannot_have_it() {
-        let stores = ["cache".to_owned()];
+        let stores: Vec<KeyValueStore> =
+            serde_json::from_value(serde_json::json!([{"name": "cache"}])).unwrap();
         let open = Issuer {
             minter: None,
             secure: false,
