@@ -333,13 +333,7 @@ pub fn inbox_prefix(kind: &str, name: &str) -> String {
 /// answering process write where the requester may not.
 pub fn is_inbox_of(reply: &str, kind: &str, name: Option<&str>) -> bool {
     let mut tokens = reply.split('.');
-    let literal = reply.split('.').all(|token| {
-        !token.is_empty()
-            && token != "*"
-            && token != ">"
-            && !token.contains(|c: char| c.is_whitespace() || c.is_control())
-    });
-    literal
+    is_literal(reply)
         && tokens.next() == Some("_INBOX")
         && tokens.next() == Some(kind)
         && tokens
@@ -353,14 +347,18 @@ pub fn is_inbox_of(reply: &str, kind: &str, name: Option<&str>) -> bool {
 /// requester's reply subject in the importing account, and nowhere else.
 pub fn is_import_reply(reply: &str) -> bool {
     let mut tokens = reply.split('.');
-    tokens.next() == Some("_R_")
-        && tokens.next().is_some()
-        && reply.split('.').all(|token| {
-            !token.is_empty()
-                && token != "*"
-                && token != ">"
-                && !token.contains(|c: char| c.is_whitespace() || c.is_control())
-        })
+    is_literal(reply) && tokens.next() == Some("_R_") && tokens.next().is_some()
+}
+
+/// Whether `subject` names one subject: no wildcard, no empty token, nothing a protocol line
+/// would split on.
+fn is_literal(subject: &str) -> bool {
+    subject.split('.').all(|token| {
+        !token.is_empty()
+            && token != "*"
+            && token != ">"
+            && !token.contains(|c: char| c.is_whitespace() || c.is_control())
+    })
 }
 
 fn is_default_grant(grant: &HostGrant) -> bool {
@@ -1433,22 +1431,10 @@ mod tests {
             grant: HostGrant::default(),
         };
         let jwt = identity_jwt(&account, &user.public_key(), "dev", &identity, None, 1).unwrap();
-        let seed = user.seed().unwrap();
+        let text = creds(&jwt, &user.seed().unwrap());
         let signer = account.public_key();
-        assert!(is_current(
-            &creds(&jwt, &seed),
-            "dev",
-            &identity,
-            &signer,
-            None
-        ));
-        assert!(!is_current(
-            &creds(&jwt, &seed),
-            "dev",
-            &identity,
-            "AOTHER",
-            None
-        ));
+        assert!(is_current(&text, "dev", &identity, &signer, None));
+        assert!(!is_current(&text, "dev", &identity, "AOTHER", None));
         // The same host with a grant, or in another lattice, needs a new one.
         let granted = Identity::Host {
             id: "edge-1".to_owned(),
@@ -1457,20 +1443,8 @@ mod tests {
                 ..HostGrant::default()
             },
         };
-        assert!(!is_current(
-            &creds(&jwt, &seed),
-            "dev",
-            &granted,
-            &signer,
-            None
-        ));
-        assert!(!is_current(
-            &creds(&jwt, &seed),
-            "prod",
-            &identity,
-            &signer,
-            None
-        ));
+        assert!(!is_current(&text, "dev", &granted, &signer, None));
+        assert!(!is_current(&text, "prod", &identity, &signer, None));
         assert!(!is_current(
             "not a credential",
             "dev",

@@ -101,16 +101,21 @@ fn default_inbox_prefix(origin: &str) -> String {
 }
 
 /// NATS options that present the credential `text` (a `.creds` file's), with the reply
-/// inboxes it may subscribe to (a Shoal credential names them; others get `origin`'s).
-fn with_credential(text: &str, origin: &str) -> Result<async_nats::ConnectOptions, String> {
+/// inboxes it may subscribe to (a Shoal credential names them; others get `origin`'s), and
+/// who holds it, when the JWT reads.
+fn with_credential(
+    text: &str,
+    origin: &str,
+) -> Result<(async_nats::ConnectOptions, Option<crate::auth::Holder>), String> {
     let nats = async_nats::ConnectOptions::new()
         .credentials(text)
         .map_err(|error| error.to_string())?;
-    let prefix = crate::auth::holder(text)
-        .ok()
-        .and_then(|holder| holder.inbox_prefix)
+    let holder = crate::auth::holder(text).ok();
+    let prefix = holder
+        .as_ref()
+        .and_then(|holder| holder.inbox_prefix.clone())
         .unwrap_or_else(|| default_inbox_prefix(origin));
-    Ok(nats.custom_inbox_prefix(prefix))
+    Ok((nats.custom_inbox_prefix(prefix), holder))
 }
 
 /// Where a connection finds the lattice's JetStream state.
@@ -126,21 +131,13 @@ enum StateApi {
 }
 
 impl StateApi {
-    /// Where a connection with `options` finds the state: a Shoal credential other than a
-    /// scheduler's belongs to the clients' account.
-    fn of(options: &ConnectOptions) -> Self {
-        let is_client = |text: &str| {
-            crate::auth::holder(text)
-                .is_ok_and(|holder| !holder.kind.is_empty() && holder.kind != "scheduler")
-        };
-        let client_credential = match &options.auth {
-            NatsAuth::CredsFile(path) => std::fs::read_to_string(path)
-                .ok()
-                .is_some_and(|text| is_client(&text)),
-            NatsAuth::Creds(text) => is_client(text),
-            _ => false,
-        };
-        match (&options.js_domain, client_credential) {
+    /// Where a connection in JetStream domain `js_domain` whose credential is `holder`'s
+    /// finds the state: a Shoal credential other than a scheduler's belongs to the clients'
+    /// account.
+    fn of(js_domain: Option<&String>, holder: Option<&crate::auth::Holder>) -> Self {
+        let client_credential =
+            holder.is_some_and(|holder| !holder.kind.is_empty() && holder.kind != "scheduler");
+        match (js_domain, client_credential) {
             (_, true) => StateApi::Imported,
             (Some(domain), false) => StateApi::Domain(domain.clone()),
             (None, false) => StateApi::Own,
@@ -198,15 +195,24 @@ impl Lattice {
     /// reached, [`Error::Bucket`] when JetStream is unavailable.
     pub async fn connect(options: &ConnectOptions) -> Result<Self, Error> {
         names::check_name("lattice name", &options.lattice)?;
-        let mut nats = match &options.auth {
-            NatsAuth::None => async_nats::ConnectOptions::new()
-                .custom_inbox_prefix(default_inbox_prefix(&options.origin)),
-            NatsAuth::UserPassword(user, password) => async_nats::ConnectOptions::new()
-                .user_and_password(user.clone(), password.clone())
-                .custom_inbox_prefix(default_inbox_prefix(&options.origin)),
-            NatsAuth::Token(token) => async_nats::ConnectOptions::new()
-                .token(token.clone())
-                .custom_inbox_prefix(default_inbox_prefix(&options.origin)),
+        let (mut nats, holder) = match &options.auth {
+            NatsAuth::None => (
+                async_nats::ConnectOptions::new()
+                    .custom_inbox_prefix(default_inbox_prefix(&options.origin)),
+                None,
+            ),
+            NatsAuth::UserPassword(user, password) => (
+                async_nats::ConnectOptions::new()
+                    .user_and_password(user.clone(), password.clone())
+                    .custom_inbox_prefix(default_inbox_prefix(&options.origin)),
+                None,
+            ),
+            NatsAuth::Token(token) => (
+                async_nats::ConnectOptions::new()
+                    .token(token.clone())
+                    .custom_inbox_prefix(default_inbox_prefix(&options.origin)),
+                None,
+            ),
             NatsAuth::CredsFile(path) => {
                 let unreadable = |error: String| Error::Connect {
                     url: options.url.clone(),
@@ -265,7 +271,7 @@ impl Lattice {
                 url: options.url.clone(),
                 reason: error.to_string(),
             })?;
-        let state_api = StateApi::of(options);
+        let state_api = StateApi::of(options.js_domain.as_ref(), holder.as_ref());
         let context = state_api.context(client.clone());
         let mut buckets = HashMap::new();
         for bucket in Bucket::ALL

@@ -130,6 +130,8 @@ struct State {
     /// Assignments whose store credential this leader renewed, with the revision written,
     /// until the mirror shows it.
     store_renewals: HashMap<String, (u64, Instant)>,
+    /// When this leader last looked for store credentials due.
+    stores_checked: Option<Instant>,
 }
 
 impl State {
@@ -316,6 +318,7 @@ pub async fn run(
         health_written: None,
         job_status_written: HashMap::new(),
         store_renewals: HashMap::new(),
+        stores_checked: None,
     };
     let mut lease = LeaseKeeper::new(lattice.clone(), options.id.clone(), options.lease);
     let mut changes = [

@@ -4,6 +4,7 @@
 //! again with a fresh one before it expires. A host that loses the assignment keeps what it
 //! was given until then, and no longer.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -126,17 +127,30 @@ pub(super) async fn renew(
     let Some(minter) = minter else {
         return Ok(());
     };
+    // Credentials last at least seconds: looking once a second is enough, and spares the
+    // passes in between (every change or 200 ms) a copy of every assignment.
+    let now = Instant::now();
+    if state
+        .stores_checked
+        .is_some_and(|at| now.duration_since(at) < CHECK_EVERY)
+    {
+        return Ok(());
+    }
+    state.stores_checked = Some(now);
     let now_secs = shoal_lattice::records::now_millis() / 1000;
     let live = state.live_hosts.clone().unwrap_or_default();
     let assignments = state.assignments.snapshot();
+    let revisions: HashMap<&str, u64> = assignments
+        .iter()
+        .map(|record| (record.key.as_str(), record.revision))
+        .collect();
     // A renewal written is remembered until the mirror shows it, and one that failed for a
     // while, so the passes in between do not repeat it.
-    let now = Instant::now();
     state.store_renewals.retain(|key, (written, at)| {
         now.duration_since(*at) < RETRY_AFTER
-            && assignments
-                .iter()
-                .any(|record| record.key == *key && record.revision < *written)
+            && revisions
+                .get(key.as_str())
+                .is_some_and(|revision| revision < written)
     });
     let due: Vec<_> = assignments
         .into_iter()
@@ -218,6 +232,9 @@ pub(super) async fn renew(
 /// How long a renewal written (or failed) is not tried again while the mirror does not
 /// show a newer assignment.
 const RETRY_AFTER: Duration = Duration::from_secs(30);
+
+/// How often the leader looks for credentials due.
+const CHECK_EVERY: Duration = Duration::from_secs(1);
 
 #[cfg(test)]
 mod tests {
