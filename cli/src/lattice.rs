@@ -255,7 +255,9 @@ impl LatticeArgs {
             origin: origin.to_owned(),
             skip_buckets,
             js_domain: self.js_domain.clone(),
-            skip_journals: false,
+            // A command reads the journals and publishes nothing to them: the processes
+            // that publish (schedulers, hosts) make them exist. Two round trips saved.
+            skip_journals: skip_buckets,
         }
     }
 }

@@ -107,9 +107,7 @@ fn with_credential(
     text: &str,
     origin: &str,
 ) -> Result<(async_nats::ConnectOptions, Option<crate::auth::Holder>), String> {
-    let nats = async_nats::ConnectOptions::new()
-        .credentials(text)
-        .map_err(|error| error.to_string())?;
+    let nats = crate::auth::connect_options(text).map_err(|error| error.to_string())?;
     let holder = crate::auth::holder(text).ok();
     let prefix = holder
         .as_ref()
