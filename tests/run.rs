@@ -288,7 +288,7 @@ fn startup_errors_are_clear() {
     std::fs::write(&empty, b"\0asm\x0d\x00\x01\x00").unwrap();
     let stderr = shoal.fails(&["run", empty.to_str().unwrap()]);
     assert!(
-        stderr.contains("exports neither wasi:http/incoming-handler"),
+        stderr.contains("exports neither an HTTP handler (wasi:http/incoming-handler@0.2 or wasi:http/handler@0.3)"),
         "{stderr}"
     );
 }

@@ -1,4 +1,5 @@
-//! Running a wasi:cli command component to completion, as `docker run` runs a container.
+//! Running a wasi:cli command component (WASI 0.2 or 0.3) to completion, as `docker run` runs
+//! a container.
 
 use std::sync::Arc;
 
@@ -40,17 +41,31 @@ pub async fn run(
     options.validate()?;
     let engine = runtime.engine();
     let pre = instantiate_pre(&linker(engine)?, component)?;
-    let pre =
-        CommandPre::new(pre).map_err(|_| HostError::NotRunnable(exports(engine, component)))?;
     let cpu = limits
         .cpu_millicores
         .map(|millicores| Arc::new(CpuQuota::new(millicores)));
     let mut store = new_store(engine, options, limits, cpu.as_ref(), inherit_stdin)?;
-    let command = pre
-        .instantiate_async(&mut store)
-        .await
-        .map_err(|error| HostError::Instantiate(format!("{error:#}")))?;
-    let result = command.wasi_cli_run().call_run(&mut store).await;
+    let instantiated = |error: wasmtime::Error| HostError::Instantiate(format!("{error:#}"));
+    // WASI 0.3 first (`wasi:cli/run@0.3`, an async export run on the store's event loop),
+    // then 0.2.
+    let result = if let Ok(pre) = wasmtime_wasi::p3::bindings::CommandPre::new(pre.clone()) {
+        let command = pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(instantiated)?;
+        store
+            .run_concurrent(async |store| command.wasi_cli_run().call_run(store).await)
+            .await
+            .and_then(|result| result)
+    } else {
+        let pre =
+            CommandPre::new(pre).map_err(|_| HostError::NotRunnable(exports(engine, component)))?;
+        let command = pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(instantiated)?;
+        command.wasi_cli_run().call_run(&mut store).await
+    };
     Ok(match result {
         Ok(Ok(())) => CommandOutcome {
             code: 0,

@@ -19,10 +19,8 @@ use sha2::{Digest as _, Sha256};
 use wasmtime::component::Component;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-use wasmtime_wasi_http::p2::bindings::ProxyPre;
-
 use crate::error::HostError;
-use crate::guest::GuestState;
+use crate::handler::HandlerPre;
 use crate::limits::Limits;
 
 /// How often the epoch advances: the granularity of timeouts and CPU accounting.
@@ -82,7 +80,7 @@ pub struct Runtime {
     ticker: Option<Ticker>,
     /// Linked and pre-instantiated HTTP components by content digest, while any replica
     /// holds one: a thousand apps of one component keep one copy of its code and linking.
-    shared: Mutex<HashMap<String, Weak<ProxyPre<GuestState>>>>,
+    shared: Mutex<HashMap<String, Weak<HandlerPre>>>,
     /// One lock per component being prepared, so replicas of it that start together load
     /// and link it once, not once each (which also kept the heap at its peak).
     preparing: Mutex<HashMap<String, Arc<Mutex<()>>>>,
@@ -111,6 +109,8 @@ impl Drop for Ticker {
 fn base_config(fuel: bool) -> Config {
     let mut config = Config::new();
     config.wasm_component_model(true);
+    // WASI 0.3 components: the async ABI, streams and futures.
+    config.wasm_component_model_async(true);
     config.epoch_interruption(true);
     config.consume_fuel(fuel);
     // A trap's message is enough for the log; capturing wasm backtraces costs time on every
@@ -197,8 +197,8 @@ impl Runtime {
     pub(crate) fn shared_pre_or<E>(
         &self,
         content_digest: &str,
-        prepare: impl FnOnce() -> Result<ProxyPre<GuestState>, E>,
-    ) -> Result<Arc<ProxyPre<GuestState>>, E> {
+        prepare: impl FnOnce() -> Result<HandlerPre, E>,
+    ) -> Result<Arc<HandlerPre>, E> {
         if let Some(pre) = self.shared_pre(content_digest) {
             return Ok(pre);
         }
@@ -217,7 +217,7 @@ impl Runtime {
     }
 
     /// The pre-instantiated component of `content_digest` that a running replica holds.
-    fn shared_pre(&self, content_digest: &str) -> Option<Arc<ProxyPre<GuestState>>> {
+    fn shared_pre(&self, content_digest: &str) -> Option<Arc<HandlerPre>> {
         self.shared
             .lock()
             .ok()?
@@ -227,11 +227,7 @@ impl Runtime {
 
     /// Shares `pre` as the pre-instantiated component of `content_digest` (or the one
     /// another replica shared meanwhile); forgets components no replica holds any more.
-    fn share_pre(
-        &self,
-        content_digest: &str,
-        pre: ProxyPre<GuestState>,
-    ) -> Arc<ProxyPre<GuestState>> {
+    fn share_pre(&self, content_digest: &str, pre: HandlerPre) -> Arc<HandlerPre> {
         let Ok(mut shared) = self.shared.lock() else {
             return Arc::new(pre);
         };

@@ -14,13 +14,13 @@ pub enum HostError {
     Compile(String),
     /// The component imports interfaces Shoal does not provide.
     #[error(
-        "the component imports {} which Shoal does not provide; guests get WASI 0.2 (cli, clocks, filesystem, io, random, sockets, http) and nothing else",
+        "the component imports {} which Shoal does not provide; guests get WASI 0.2 and 0.3 (cli, clocks, filesystem, io, random, sockets, http), wasi:config and wasi:keyvalue, and nothing else",
         .0.join(", ")
     )]
     UnsupportedImports(Vec<String>),
-    /// The component exports neither wasi:http/incoming-handler nor wasi:cli/run.
+    /// The component exports no HTTP handler and no wasi:cli/run.
     #[error(
-        "the component exports neither wasi:http/incoming-handler (an HTTP component) nor wasi:cli/run (a command); it exports: {}",
+        "the component exports neither an HTTP handler (wasi:http/incoming-handler@0.2 or wasi:http/handler@0.3) nor wasi:cli/run (a command); it exports: {}",
         if .0.is_empty() { "nothing".to_owned() } else { .0.join(", ") }
     )]
     NotRunnable(Vec<String>),

@@ -1,5 +1,6 @@
-//! Serving a wasi:http component: one `InstancePre`, a fresh `Store` per request, limits
-//! enforced around it, failures confined to their own request.
+//! Serving a wasi:http component, WASI 0.2 (`wasi:http/incoming-handler`) or 0.3
+//! (`wasi:http/handler`): one `InstancePre`, a fresh `Store` per request, limits enforced around
+//! it, failures confined to their own request.
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -18,18 +19,17 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Engine, Store, Trap};
-use wasmtime_wasi_http::WasiHttpView as _;
-use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
-use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
+use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
 use wasmtime_wasi_http::p2::body::{HyperIncomingBody, HyperOutgoingBody};
 
 use crate::engine::Runtime;
 use crate::error::{FailureCause, HostError, TimedOut};
 use crate::guest::{GuestOptions, GuestState, new_store, rearm};
+use crate::handler::{GuestHandler, HandlerPre};
 use crate::limits::{CpuQuota, Limits};
 
-/// Interfaces Shoal provides to guests: WASI 0.2.
-const PROVIDED: [&str; 7] = [
+/// Interfaces Shoal provides to guests, WASI 0.2 and 0.3 alike.
+const PROVIDED: [&str; 9] = [
     "wasi:cli/",
     "wasi:clocks/",
     "wasi:filesystem/",
@@ -37,6 +37,8 @@ const PROVIDED: [&str; 7] = [
     "wasi:random/",
     "wasi:sockets/",
     "wasi:http/",
+    "wasi:config/",
+    "wasi:keyvalue/",
 ];
 
 /// A linker with everything guests get.
@@ -44,6 +46,8 @@ pub(crate) fn linker(engine: &Engine) -> Result<Linker<GuestState>, HostError> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)
         .and_then(|()| wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker))
+        .and_then(|()| wasmtime_wasi::p3::add_to_linker(&mut linker))
+        .and_then(|()| wasmtime_wasi_http::p3::add_to_linker(&mut linker))
         .and_then(|()| crate::config::add_to_linker(&mut linker))
         .and_then(|()| crate::keyvalue::add_to_linker(&mut linker))
         .map_err(|error| HostError::Engine(format!("{error:#}")))?;
@@ -79,11 +83,11 @@ pub(crate) fn exports(engine: &Engine, component: &Component) -> Vec<String> {
         .collect()
 }
 
-/// Whether a component is an HTTP handler.
+/// Whether a component is an HTTP handler (WASI 0.2 or 0.3).
 pub fn is_http(engine: &Engine, component: &Component) -> bool {
-    exports(engine, component)
-        .iter()
-        .any(|name| name.starts_with("wasi:http/incoming-handler@"))
+    exports(engine, component).iter().any(|name| {
+        name.starts_with("wasi:http/incoming-handler@") || name.starts_with("wasi:http/handler@")
+    })
 }
 
 /// Counters of what a replica served.
@@ -124,7 +128,7 @@ const IDLE_INSTANCE: Duration = Duration::from_secs(1);
 
 /// One replica of a wasi:http component.
 pub struct HttpComponent {
-    pre: Arc<ProxyPre<GuestState>>,
+    pre: Arc<HandlerPre>,
     engine: Engine,
     options: GuestOptions,
     limits: Limits,
@@ -142,7 +146,7 @@ pub struct HttpComponent {
 /// An instance between two requests of the same replica.
 struct IdleInstance {
     store: Store<GuestState>,
-    proxy: Proxy,
+    handler: GuestHandler,
     /// Requests it served.
     served: u32,
     since: Instant,
@@ -150,6 +154,10 @@ struct IdleInstance {
 
 /// The body of every response the host sends.
 pub type ResponseBody = HyperOutgoingBody;
+
+/// Where a guest's response (or the error code it answered with) goes.
+pub(crate) type ResponseSender =
+    tokio::sync::oneshot::Sender<Result<Response<ResponseBody>, ErrorCode>>;
 
 impl HttpComponent {
     /// Links and pre-instantiates `component` once; requests then only instantiate.
@@ -170,13 +178,15 @@ impl HttpComponent {
     ///
     /// # Errors
     /// [`HostError::UnsupportedImports`] or [`HostError::NotRunnable`] when Shoal cannot serve it.
-    pub fn prepare(
-        runtime: &Runtime,
-        component: &Component,
-    ) -> Result<ProxyPre<GuestState>, HostError> {
+    pub fn prepare(runtime: &Runtime, component: &Component) -> Result<HandlerPre, HostError> {
         let engine = runtime.engine();
         let pre = instantiate_pre(&linker(engine)?, component)?;
-        ProxyPre::new(pre).map_err(|_| HostError::NotRunnable(exports(engine, component)))
+        HandlerPre::new(pre).ok_or_else(|| HostError::NotRunnable(exports(engine, component)))
+    }
+
+    /// The WASI version of the component's handler: `"0.2"` or `"0.3"`.
+    pub fn wasi(&self) -> &'static str {
+        self.pre.wasi()
     }
 
     /// A replica of an already pre-instantiated component, with its own grants and limits.
@@ -185,7 +195,7 @@ impl HttpComponent {
     /// [`HostError`] when the options are not valid.
     pub fn with_pre(
         runtime: &Runtime,
-        pre: Arc<ProxyPre<GuestState>>,
+        pre: Arc<HandlerPre>,
         options: GuestOptions,
         limits: Limits,
     ) -> Result<Self, HostError> {
@@ -305,8 +315,8 @@ impl HttpComponent {
         } else {
             None
         };
-        let (mut store, proxy, served) = match reused {
-            Some(instance) => (instance.store, Some(instance.proxy), instance.served),
+        let (mut store, handler, served) = match reused {
+            Some(instance) => (instance.store, Some(instance.handler), instance.served),
             None => match new_store(
                 &self.engine,
                 &self.options,
@@ -330,16 +340,8 @@ impl HttpComponent {
         } else {
             Scheme::Http
         };
-        let prepared = store
-            .data_mut()
-            .http()
-            .new_incoming_request(scheme, request)
-            .and_then(|request| {
-                let out = store.data_mut().http().new_response_outparam(sender)?;
-                Ok((request, out))
-            });
-        let (guest_request, out) = match prepared {
-            Ok(prepared) => prepared,
+        let call = match crate::handler::Call::new(&mut store, &self.pre, scheme, request, sender) {
+            Ok(call) => call,
             Err(error) => {
                 tracing::debug!(%error, "malformed request");
                 return plain(StatusCode::BAD_REQUEST, "malformed request\n");
@@ -351,28 +353,19 @@ impl HttpComponent {
         let this = Arc::clone(&self);
         let task = tokio::spawn(async move {
             let _permit = permit;
-            let pre = this.pre.clone();
-            let run = tokio::time::timeout(this.limits.timeout, async {
-                let proxy = match proxy {
-                    Some(proxy) => proxy,
-                    None => pre.instantiate_async(&mut store).await?,
-                };
-                proxy
-                    .wasi_http_incoming_handler()
-                    .call_handle(&mut store, guest_request, out)
-                    .await?;
-                Ok::<_, wasmtime::Error>(proxy)
-            })
-            .await;
+            let pre = Arc::clone(&this.pre);
+            let run =
+                tokio::time::timeout(this.limits.timeout, call.run(&mut store, &pre, handler))
+                    .await;
             let failure = match run {
-                Ok(Ok(proxy)) => {
+                Ok(Ok(handler)) => {
                     // An instance that served well may serve again (opt-in); one that
                     // trapped, timed out or hit its memory cap never does.
                     let served = served.saturating_add(1);
                     if served < this.limits.instance_reuse && !store.data().out_of_memory() {
                         this.keep_idle(IdleInstance {
                             store,
-                            proxy,
+                            handler,
                             served,
                             since: Instant::now(),
                         });
@@ -398,9 +391,18 @@ impl HttpComponent {
         });
 
         match receiver.await {
+            // The guest answered after its body was cut off at the limit (a WASI 0.3 guest
+            // sees only the end of the stream unless it reads the trailers): 413 whatever it
+            // said, as for a body declared too large.
+            Ok(Ok(_)) if too_large.load(Ordering::Relaxed) => {
+                self.refuse(FailureCause::BodyTooLarge)
+            }
             Ok(Ok(response)) => response,
             Ok(Err(code)) => {
                 tracing::debug!(component = %self.options.name, ?code, "the component answered with an error code");
+                if too_large.load(Ordering::Relaxed) {
+                    return self.refuse(FailureCause::BodyTooLarge);
+                }
                 plain(StatusCode::INTERNAL_SERVER_ERROR, "the component failed\n")
             }
             Err(_) => {
@@ -498,7 +500,7 @@ pub fn plain(status: StatusCode, text: &'static str) -> Response<ResponseBody> {
 }
 
 /// A request body that errors past the size limit and remembers that it did.
-struct CappedBody {
+pub(crate) struct CappedBody {
     inner: HyperIncomingBody,
     left: u64,
     too_large: Arc<AtomicBool>,

@@ -3,10 +3,12 @@
 //! - [`engine`]: one [`engine::Runtime`] per process (one wasmtime `Engine`, pooling allocator
 //!   with an on-demand fallback, epoch ticker) and the on-disk compile cache;
 //! - [`limits`]: per-replica limits: memory cap, CPU quota, timeout, concurrency, body size;
-//! - [`guest`]: what a guest gets (WASI 0.2, nothing inherited, outbound HTTP by allowlist);
+//! - [`guest`]: what a guest gets (WASI 0.2 and 0.3, nothing inherited, outbound HTTP by
+//!   allowlist);
 //! - [`config`]: `wasi:config/store` in the versions toolchains produce;
 //! - [`keyvalue`]: `wasi:keyvalue` over the app's own JetStream KV buckets;
 //! - [`http`]: serving a wasi:http component, a fresh `Store` per request;
+//! - [`handler`]: calling a guest's HTTP handler, WASI 0.2 or 0.3, behind one shape;
 //! - [`command`]: running a wasi:cli command component to completion;
 //! - [`output`]: guest stdout and stderr cut into lines for a sink (the app's logs);
 //! - [`agent`]: `shoal host`, the lattice agent converging on its assignments;
@@ -20,6 +22,7 @@ pub mod engine;
 pub mod error;
 pub mod forward;
 pub mod guest;
+pub mod handler;
 pub mod http;
 pub mod keyvalue;
 pub mod limits;

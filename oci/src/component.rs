@@ -156,10 +156,12 @@ fn invalid(error: wasmparser::BinaryReaderError) -> ComponentError {
 }
 
 /// A component binary does not carry the name of the world it was built for, only its imports
-/// and exports; the two WASI worlds Shoal runs are recognised by their export.
+/// and exports; the WASI worlds Shoal runs are recognised by their export: an HTTP handler
+/// (`wasi:http/proxy` in WASI 0.2, `wasi:http/service` in 0.3) or a command.
 fn infer_target(exports: &[String]) -> Option<String> {
-    const WORLDS: [(&str, &str); 2] = [
+    const WORLDS: [(&str, &str); 3] = [
         ("wasi:http/incoming-handler@", "wasi:http/proxy@"),
+        ("wasi:http/handler@", "wasi:http/service@"),
         ("wasi:cli/run@", "wasi:cli/command@"),
     ];
     exports.iter().find_map(|export| {
@@ -219,6 +221,16 @@ mod tests {
         assert_eq!(
             infer_target(&cli).as_deref(),
             Some("wasi:cli/command@0.2.0")
+        );
+        let http = ["wasi:http/handler@0.3.0".to_owned()];
+        assert_eq!(
+            infer_target(&http).as_deref(),
+            Some("wasi:http/service@0.3.0")
+        );
+        let cli = ["wasi:cli/run@0.3.0".to_owned()];
+        assert_eq!(
+            infer_target(&cli).as_deref(),
+            Some("wasi:cli/command@0.3.0")
         );
         assert_eq!(infer_target(&["my:pkg/thing".to_owned()]), None);
     }

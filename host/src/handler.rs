@@ -1,0 +1,232 @@
+//! Calling a guest's HTTP handler, WASI 0.2 (`wasi:http/incoming-handler`, a response
+//! out-parameter) or WASI 0.3 (`wasi:http/handler`, an async function returning the response
+//! while its body streams from tasks of the same store), behind one shape: prepare a call in a
+//! store, run it, get the instance back for reuse.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::Request;
+use http_body::{Body, Frame};
+use http_body_util::BodyExt as _;
+use wasmtime::Store;
+use wasmtime::component::{InstancePre, Resource};
+use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
+use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
+use wasmtime_wasi_http::p2::types::{HostIncomingRequest, HostResponseOutparam};
+use wasmtime_wasi_http::p3::bindings::{Service, ServicePre};
+use wasmtime_wasi_http::{FieldMap, WasiHttpView as _};
+
+use crate::guest::GuestState;
+use crate::http::{CappedBody, ResponseBody, ResponseSender};
+
+/// A component's HTTP handler, linked and pre-instantiated: what every replica of the
+/// component shares.
+pub enum HandlerPre {
+    /// Exports `wasi:http/incoming-handler@0.2`.
+    P2(ProxyPre<GuestState>),
+    /// Exports `wasi:http/handler@0.3`.
+    P3(ServicePre<GuestState>),
+}
+
+impl HandlerPre {
+    /// The handler `pre` exports, when it exports one (0.3 first: a component exporting
+    /// both is served as the newer).
+    pub fn new(pre: InstancePre<GuestState>) -> Option<Self> {
+        if let Ok(service) = ServicePre::new(pre.clone()) {
+            return Some(Self::P3(service));
+        }
+        ProxyPre::new(pre).ok().map(Self::P2)
+    }
+
+    /// The WASI version of the handler: `"0.2"` or `"0.3"`.
+    pub fn wasi(&self) -> &'static str {
+        match self {
+            Self::P2(_) => "0.2",
+            Self::P3(_) => "0.3",
+        }
+    }
+}
+
+/// An instance of a component's HTTP handler, in the store it was made in.
+pub enum GuestHandler {
+    /// A WASI 0.2 handler.
+    P2(Proxy),
+    /// A WASI 0.3 handler.
+    P3(Service),
+}
+
+/// One request, put into a store and ready to be handed to the guest.
+pub(crate) enum Call {
+    P2 {
+        request: Resource<HostIncomingRequest>,
+        out: Resource<HostResponseOutparam>,
+    },
+    P3 {
+        request: wasmtime_wasi_http::p3::Request,
+        /// Tells the host how reading the request body ended; given to the response so the
+        /// guest learns of a failed upload.
+        io: Pin<Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>>,
+        sender: ResponseSender,
+    },
+}
+
+impl Call {
+    /// Puts `request` into `store` for `pre`'s kind of handler; the response goes to
+    /// `sender`.
+    ///
+    /// # Errors
+    /// A request the guest cannot be given (no authority, an unreadable Host header).
+    pub(crate) fn new(
+        store: &mut Store<GuestState>,
+        pre: &HandlerPre,
+        scheme: Scheme,
+        request: Request<CappedBody>,
+        sender: ResponseSender,
+    ) -> wasmtime::Result<Self> {
+        match pre {
+            HandlerPre::P2(_) => {
+                let mut http = store.data_mut().http();
+                let request = http.new_incoming_request(scheme, request)?;
+                let out = http.new_response_outparam(sender)?;
+                Ok(Self::P2 { request, out })
+            }
+            HandlerPre::P3(_) => {
+                let (parts, body) = request.into_parts();
+                // As WASI 0.2's incoming request does: the authority from the URI, else the
+                // Host header; a request with neither is refused.
+                let authority = match parts.uri.authority() {
+                    Some(authority) => authority.clone(),
+                    None => parts
+                        .headers
+                        .get(http::header::HOST)
+                        .ok_or_else(|| wasmtime::format_err!("no authority and no Host header"))?
+                        .to_str()?
+                        .parse()?,
+                };
+                let scheme = match scheme {
+                    Scheme::Https => http::uri::Scheme::HTTPS,
+                    _ => http::uri::Scheme::HTTP,
+                };
+                let headers = FieldMap::new_immutable(store.data_mut().http().hooks, parts.headers);
+                let (request, io) = wasmtime_wasi_http::p3::Request::new(
+                    parts.method,
+                    Some(scheme),
+                    Some(authority),
+                    parts.uri.path_and_query().cloned(),
+                    headers,
+                    None,
+                    body,
+                );
+                Ok(Self::P3 {
+                    request,
+                    io: Box::pin(io),
+                    sender,
+                })
+            }
+        }
+    }
+
+    /// Hands the request to `handler` (an instance kept from an earlier request) or to a new
+    /// instance of `pre`, and runs the guest until it has answered and its response body has
+    /// been sent (or dropped by the client). Returns the instance, which may serve again.
+    ///
+    /// # Errors
+    /// The guest trapped, or could not be instantiated.
+    pub(crate) async fn run(
+        self,
+        store: &mut Store<GuestState>,
+        pre: &HandlerPre,
+        handler: Option<GuestHandler>,
+    ) -> wasmtime::Result<GuestHandler> {
+        match (self, pre) {
+            (Self::P2 { request, out }, HandlerPre::P2(pre)) => {
+                let proxy = match handler {
+                    Some(GuestHandler::P2(proxy)) => proxy,
+                    _ => pre.instantiate_async(&mut *store).await?,
+                };
+                proxy
+                    .wasi_http_incoming_handler()
+                    .call_handle(&mut *store, request, out)
+                    .await?;
+                Ok(GuestHandler::P2(proxy))
+            }
+            (
+                Self::P3 {
+                    request,
+                    io,
+                    sender,
+                },
+                HandlerPre::P3(pre),
+            ) => {
+                let service = match handler {
+                    Some(GuestHandler::P3(service)) => service,
+                    _ => pre.instantiate_async(&mut *store).await?,
+                };
+                store
+                    .run_concurrent(async |accessor| -> wasmtime::Result<()> {
+                        match service.handle(accessor, request).await? {
+                            Ok(response) => {
+                                let response = accessor
+                                    .with(|mut access| response.into_http(&mut access, io))?;
+                                let (done, finished) = tokio::sync::oneshot::channel();
+                                let response = response.map(|body| {
+                                    Watched {
+                                        inner: body,
+                                        done: Some(done),
+                                    }
+                                    .boxed_unsync()
+                                });
+                                // The guest writes the body from tasks of this store after it
+                                // returned: the store runs until the body is sent or dropped.
+                                if sender.send(Ok(response)).is_ok() {
+                                    let _ = finished.await;
+                                }
+                            }
+                            Err(code) => {
+                                let _ = sender
+                                    .send(Err(ErrorCode::InternalError(Some(format!("{code:?}")))));
+                            }
+                        }
+                        Ok(())
+                    })
+                    .await??;
+                Ok(GuestHandler::P3(service))
+            }
+            _ => Err(wasmtime::format_err!(
+                "a request prepared for one WASI version was given to another"
+            )),
+        }
+    }
+}
+
+/// A response body that says when it has ended or been dropped.
+struct Watched {
+    inner: ResponseBody,
+    done: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Body for Watched {
+    type Data = Bytes;
+    type Error = wasmtime_wasi_http::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(context);
+        if let Poll::Ready(None | Some(Err(_))) = polled {
+            self.done.take();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,338 @@
+//! End-to-end tests of WASI 0.3 components beside 0.2 ones: an unmodified Spin SDK 7 HTTP
+//! component, a plain `wasip3` HTTP fixture and a `wasip3` command, through `shoal run` and
+//! through a real lattice, with the limits, grants and outcomes 0.2 components get.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::io::Read as _;
+use std::time::Duration;
+
+use support::lattice::{Lattice, agent};
+use support::served::Served;
+use support::{Shoal, eventually, guest};
+
+const PATIENCE: Duration = Duration::from_secs(30);
+
+fn path(name: &str) -> String {
+    guest(name).to_str().unwrap().to_owned()
+}
+
+/// A body sent in 64 KiB chunks with no declared length (chunked transfer encoding).
+struct Chunks {
+    left: usize,
+    at: u8,
+}
+
+impl std::io::Read for Chunks {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let count = buf.len().min(self.left).min(64 << 10);
+        for byte in &mut buf[..count] {
+            *byte = self.at;
+            self.at = self.at.wrapping_mul(31).wrapping_add(7);
+        }
+        self.left -= count;
+        Ok(count)
+    }
+}
+
+/// FNV-1a 64 of `bytes`, as the fixture's `/digest` answers it.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(*byte)).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+fn chunks(len: usize) -> (Chunks, Vec<u8>) {
+    let mut expected = Vec::new();
+    Chunks { left: len, at: 1 }
+        .read_to_end(&mut expected)
+        .unwrap();
+    (Chunks { left: len, at: 1 }, expected)
+}
+
+#[test]
+fn shoal_run_serves_an_unmodified_spin_sdk_component() {
+    let shoal = Shoal::new();
+    let spin = path("hello-spin");
+    let served = Served::start(&shoal, &spin, &[]);
+    assert_eq!(
+        served.get("/abc"),
+        (200, "spin-sdk hello /abc\n".to_owned())
+    );
+    // inspect names the 0.3 world by its export.
+    let inspected = shoal.ok(&["inspect", &spin]).stdout();
+    assert!(
+        inspected.contains("World:       wasi:http/service@0.3.0"),
+        "{inspected}"
+    );
+}
+
+#[test]
+fn a_wasi_03_component_streams_both_ways_and_fails_alone_within_its_limits() {
+    let shoal = Shoal::new();
+    let served = Served::start(
+        &shoal,
+        &path("p3-fixtures"),
+        &["--memory", "64Mi", "--timeout", "2s", "--max-body", "16Mi"],
+    );
+    assert_eq!(
+        served.get("/hello"),
+        (200, "hello from a WASI 0.3 component\n".to_owned())
+    );
+    // 8 MiB sent chunked and echoed as it arrives; 20 MiB written after the handler
+    // returned, read as it comes.
+    let (mut body, expected) = chunks(8 << 20);
+    let mut response = Served::agent()
+        .post(&format!("{}/echo", served.url))
+        .send(ureq::SendBody::from_reader(&mut body))
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let echoed = response
+        .body_mut()
+        .with_config()
+        .limit(32 << 20)
+        .read_to_vec()
+        .unwrap();
+    assert!(
+        echoed == expected,
+        "the echo differs ({} bytes)",
+        echoed.len()
+    );
+    let mut response = Served::agent()
+        .get(&format!("{}/large?mib=20", served.url))
+        .call()
+        .unwrap();
+    let downloaded =
+        std::io::copy(&mut response.body_mut().as_reader(), &mut std::io::sink()).unwrap();
+    assert_eq!(downloaded, 20 << 20);
+
+    // Each hostile request fails with the status a 0.2 component's gets, alone.
+    assert_eq!(
+        served.get("/hog"),
+        (500, "the component ran out of memory\n".to_owned())
+    );
+    assert_eq!(
+        served.get("/loop"),
+        (504, "the component ran past its timeout\n".to_owned())
+    );
+    assert_eq!(
+        served.get("/panic"),
+        (500, "the component failed\n".to_owned())
+    );
+    // Past maxBody: 413, declared (answered before the body is sent) or not.
+    let address = served.url.trim_start_matches("http://").to_owned();
+    let mut stream = std::net::TcpStream::connect(&address).unwrap();
+    std::io::Write::write_all(
+        &mut stream,
+        format!(
+            "POST /digest HTTP/1.1\r\nHost: {address}\r\nContent-Length: {}\r\n\r\n",
+            17 << 20
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let mut status_line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stream), &mut status_line).unwrap();
+    assert!(status_line.starts_with("HTTP/1.1 413"), "{status_line}");
+    let (mut body, _) = chunks(17 << 20);
+    let response = Served::agent()
+        .post(&format!("{}/digest", served.url))
+        .send(ureq::SendBody::from_reader(&mut body));
+    assert!(
+        response
+            .as_ref()
+            .map_or(true, |response| response.status() == 413),
+        "{response:?}"
+    );
+    assert_eq!(served.get("/hello").0, 200);
+    let stderr = served.stderr();
+    for cause in ["cause=out_of_memory", "cause=timeout", "cause=trap"] {
+        assert!(stderr.contains(cause), "{cause} not logged:\n{stderr}");
+    }
+}
+
+#[test]
+fn fuel_cpu_and_instance_reuse_hold_for_wasi_03() {
+    let shoal = Shoal::new();
+    let fixtures = path("p3-fixtures");
+    let served = Served::start(&shoal, &fixtures, &["--fuel", "100000000"]);
+    assert_eq!(
+        served.get("/loop"),
+        (508, "the component used its whole fuel budget\n".to_owned())
+    );
+    assert_eq!(served.get("/hello").0, 200);
+    drop(served);
+
+    // One instance per request unless reuse is asked for.
+    let served = Served::start(&shoal, &fixtures, &[]);
+    assert_eq!(served.get("/count").1, "1\n");
+    assert_eq!(served.get("/count").1, "1\n");
+    drop(served);
+    let served = Served::start(&shoal, &fixtures, &["--instance-reuse", "3"]);
+    // An instance goes back to the pool a moment after its response ended: a request that
+    // comes sooner gets a fresh one. Within 30 requests one instance serves its third, and
+    // none serves a fourth.
+    let counts: Vec<String> = (0..30).map(|_| served.get("/count").1).collect();
+    assert!(counts.iter().any(|count| count == "3\n"), "{counts:?}");
+    assert!(
+        counts
+            .iter()
+            .all(|count| ["1\n", "2\n", "3\n"].contains(&count.as_str())),
+        "{counts:?}"
+    );
+    drop(served);
+
+    let units = |extra: &[&str]| -> u64 {
+        let served = Served::start(&shoal, &fixtures, extra);
+        let (status, body) = served.get("/burn?ms=2000");
+        assert_eq!(status, 200);
+        body.trim().parse().unwrap()
+    };
+    let unlimited = units(&[]);
+    let throttled = units(&["--cpu", "200m"]);
+    let ratio = throttled as f64 / unlimited as f64;
+    eprintln!("burn units in 2 s: unlimited {unlimited}, 200m {throttled}, ratio {ratio:.3}");
+    assert!(
+        ratio < 0.4 && ratio > 0.08,
+        "throttled run did {ratio:.3} of the work"
+    );
+}
+
+#[test]
+fn outbound_requests_through_wasi_http_03_follow_the_allowlist() {
+    let shoal = Shoal::new();
+    let upstream = Served::start(&shoal, &path("hello-spin"), &[]);
+    let allowed = upstream.url.clone();
+    let served = Served::start(
+        &shoal,
+        &path("p3-fixtures"),
+        &["--allow-outbound", &allowed],
+    );
+    assert_eq!(
+        served.get(&format!("/fetch?url={allowed}/via")),
+        (
+            200,
+            "upstream answered 200: spin-sdk hello /via\n".to_owned()
+        )
+    );
+    let (status, body) = served.get("/fetch?url=http://127.0.0.1:9/refused");
+    assert_eq!(status, 502);
+    assert!(body.contains("HttpRequestDenied"), "{body}");
+    served.wait_for_log("not in the allowed outbound list", 0);
+}
+
+#[test]
+fn a_wasi_03_command_runs_with_its_arguments_environment_and_exit_status() {
+    let shoal = Shoal::new();
+    let command = path("p3-command");
+    let run = shoal.ok(&["run", &command, "--env", "GREETING=hi", "--", "one", "two"]);
+    let stdout = run.stdout();
+    assert!(
+        stdout.starts_with("hello from a WASI 0.3 command [")
+            && stdout.contains("\"one\", \"two\"] hi"),
+        "{stdout}"
+    );
+    let run = shoal.run(&["run", &command, "--", "fail"]);
+    assert_eq!(run.0.status.code(), Some(1), "{}", run.stderr());
+}
+
+#[test]
+fn wasi_03_apps_route_forward_stream_discover_services_log_and_run_as_jobs() {
+    let lattice = Lattice::start();
+    let _scheduler = lattice.scheduler("s1");
+    let _worker = lattice.host("worker", &["role=worker"]);
+    let edge = lattice.host("edge", &["role=edge"]);
+    let spin = lattice.push_guest("hello-spin", "1.0");
+    let fixtures = lattice.push_guest("p3-fixtures", "1.0");
+    let command = lattice.push_guest("p3-command", "1.0");
+    let app = |name: &str, component: &str, route: &str, extra: &str| {
+        format!(
+            "apiVersion: shoal.dev/v1\nkind: App\nmetadata: {{name: {name}}}\nspec:\n  component: {component}\n  replicas: 1\n  routes: [{{path: {route}}}]\n  placement: {{requires: {{role: worker}}}}\n{extra}"
+        )
+    };
+    lattice.apply(&app("spin", &spin, "/spin", ""));
+    lattice.apply(&app("p3", &fixtures, "/", "  health: {path: /hello}\n"));
+    lattice.wait_ready("spin", 1, PATIENCE);
+    lattice.wait_ready("p3", 1, PATIENCE);
+    let url = edge.url.clone().unwrap();
+
+    // Through the host that runs neither: forwarded, with the replica's host named.
+    let (status, body, served_by) = eventually(PATIENCE, "the spin app through the edge", || {
+        edge.get_served("/spin/x")
+            .filter(|(status, _, _)| *status == 200)
+    });
+    assert_eq!(
+        (status, body.as_str(), served_by.as_str()),
+        (200, "spin-sdk hello /spin/x\n", "worker")
+    );
+
+    // Streamed through the forwarding host both ways: 6 MiB uploaded chunked and hashed as
+    // it arrives, 20 MiB downloaded as the guest writes it, 512 KiB echoed.
+    let (mut body, expected) = chunks(6 << 20);
+    let mut response = agent()
+        .post(&format!("{url}/digest"))
+        .send(ureq::SendBody::from_reader(&mut body))
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers().get("x-served-by").unwrap(), "worker");
+    assert_eq!(
+        response.body_mut().read_to_string().unwrap(),
+        format!("{} {:016x}\n", expected.len(), fnv1a(&expected))
+    );
+    let mut response = agent().get(&format!("{url}/large?mib=20")).call().unwrap();
+    assert_eq!(response.status(), 200);
+    let downloaded =
+        std::io::copy(&mut response.body_mut().as_reader(), &mut std::io::sink()).unwrap();
+    assert_eq!(downloaded, 20 << 20);
+    let (mut body, expected) = chunks(512 << 10);
+    let mut response = agent()
+        .post(&format!("{url}/echo"))
+        .send(ureq::SendBody::from_reader(&mut body))
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let echoed = response
+        .body_mut()
+        .with_config()
+        .limit(16 << 20)
+        .read_to_vec()
+        .unwrap();
+    assert!(
+        echoed == expected,
+        "the forwarded echo differs ({} bytes)",
+        echoed.len()
+    );
+
+    // Service discovery from a 0.3 component's outgoing request: http://<app>.
+    let (status, body) = edge.get("/fetch?url=http://spin/spin/by-name").unwrap();
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "upstream answered 200: spin-sdk hello /spin/by-name\n")
+    );
+
+    // The guest's output is the app's logs.
+    assert_eq!(edge.get("/print?out=p3-log-line").unwrap().0, 200);
+    eventually(PATIENCE, "the app's log line", || {
+        lattice
+            .ok(&["logs", "p3"])
+            .contains("p3-log-line")
+            .then_some(())
+    });
+
+    // A 0.3 command as a job: it runs to completion and its output is kept.
+    lattice.apply(&format!(
+        "apiVersion: shoal.dev/v1\nkind: Job\nmetadata: {{name: greet}}\nspec:\n  component: {command}\n  args: [once]\n  env: {{GREETING: from-a-job}}\n"
+    ));
+    let phase = eventually(PATIENCE, "the job to end", || {
+        let status = lattice.row("jobs", "greet")["status"].clone();
+        (status["phase"] == "succeeded" || status["phase"] == "failed")
+            .then(|| status["phase"].clone())
+    });
+    assert_eq!(phase, "succeeded");
+    let logs = lattice.ok(&["logs", "job/greet"]);
+    assert!(
+        logs.contains("hello from a WASI 0.3 command") && logs.contains("from-a-job"),
+        "{logs}"
+    );
+}
