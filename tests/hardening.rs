@@ -193,6 +193,7 @@ fn mutated_components_are_refused_or_run_never_a_panic() {
         instance_slots: 16,
         keep_resident: 0,
         fuel: false,
+        wasi_03: true,
     })
     .unwrap();
     let mut random = XorShift(0x0005_eed0_f5a1_u64);

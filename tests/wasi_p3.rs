@@ -336,3 +336,64 @@ fn wasi_03_apps_route_forward_stream_discover_services_log_and_run_as_jobs() {
         "{logs}"
     );
 }
+
+#[test]
+fn a_wasi_03_component_goes_only_to_hosts_that_run_wasi_03() {
+    let lattice = Lattice::start();
+    let _scheduler = lattice.scheduler("s1");
+    // A host that runs WASI 0.2 only, as a host of an older release does.
+    let _old = lattice.host_with("old", &["--wasi", "0.2"]);
+    let spin = lattice.push_guest("hello-spin", "1.0");
+    let hello = lattice.push_hello("1.0");
+    let app = |name: &str, component: &str| {
+        format!(
+            "apiVersion: shoal.dev/v1\nkind: App\nmetadata: {{name: {name}}}\nspec:\n  component: {component}\n  replicas: 1\n  routes: [{{path: /{name}}}]\n"
+        )
+    };
+    lattice.apply(&app("spin", &spin));
+    lattice.apply(&app("hello", &hello));
+    // The 0.2 app runs there; the 0.3 one waits, and describe says why.
+    assert_eq!(
+        lattice
+            .wait_ready("hello", 1, PATIENCE)
+            .keys()
+            .collect::<Vec<_>>(),
+        ["old"]
+    );
+    let described = eventually(PATIENCE, "describe to say why spin waits", || {
+        let described = lattice.ok(&["describe", "app", "spin"]);
+        described
+            .contains("0 of 1 hosts fit: 1 does not run WASI 0.3")
+            .then_some(described)
+    });
+    assert!(described.contains("Unschedulable"), "{described}");
+    assert!(lattice.replica_ids("spin").is_empty());
+
+    // A host that runs 0.3 joins: the app is placed there, and each host says what it runs.
+    let new = lattice.host("new", &[]);
+    assert_eq!(
+        lattice
+            .wait_ready("spin", 1, PATIENCE)
+            .keys()
+            .collect::<Vec<_>>(),
+        ["new"]
+    );
+    let (status, body, _) = eventually(PATIENCE, "spin through the new host", || {
+        new.get_served("/spin")
+            .filter(|(status, _, _)| *status == 200)
+    });
+    assert_eq!((status, body.as_str()), (200, "spin-sdk hello /spin\n"));
+    let hosts: serde_json::Value =
+        serde_json::from_str(&lattice.ok(&["get", "hosts", "-o", "json"])).unwrap();
+    let wasi = |id: &str| {
+        hosts
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|host| host["id"] == id)
+            .map(|host| host["wasi"].clone())
+            .unwrap()
+    };
+    assert_eq!(wasi("old"), serde_json::json!(["0.2"]));
+    assert_eq!(wasi("new"), serde_json::json!(["0.2", "0.3"]));
+}

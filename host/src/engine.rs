@@ -44,7 +44,13 @@ pub struct RuntimeOptions {
     /// a budget (`limits.fuel`). It slows every guest, so a host enables it only in a second
     /// runtime made for the apps that ask ([`Runtime::for_fuel`]).
     pub fuel: bool,
+    /// Run WASI 0.3 components (the component model's async ABI, which wasmtime 48 calls
+    /// experimental); without it, only 0.2.
+    pub wasi_03: bool,
 }
+
+/// The WASI versions Shoal runs, newest last.
+pub const WASI_VERSIONS: [&str; 2] = ["0.2", "0.3"];
 
 /// Bytes of a free pool slot's linear memory kept resident for the next instance, unless a
 /// runtime says otherwise.
@@ -106,11 +112,11 @@ impl Drop for Ticker {
     }
 }
 
-fn base_config(fuel: bool) -> Config {
+fn base_config(fuel: bool, wasi_03: bool) -> Config {
     let mut config = Config::new();
     config.wasm_component_model(true);
     // WASI 0.3 components: the async ABI, streams and futures.
-    config.wasm_component_model_async(true);
+    config.wasm_component_model_async(wasi_03);
     config.epoch_interruption(true);
     config.consume_fuel(fuel);
     // A trap's message is enough for the log; capturing wasm backtraces costs time on every
@@ -126,7 +132,7 @@ impl Runtime {
     /// [`HostError::Engine`] when wasmtime refuses the configuration.
     pub fn new(options: RuntimeOptions) -> Result<Self, HostError> {
         let (engine, pooling) = if options.pooling {
-            let mut config = base_config(options.fuel);
+            let mut config = base_config(options.fuel, options.wasi_03);
             let slots = options.instance_slots.max(1);
             let mut pool = PoolingAllocationConfig::default();
             // A component instance of a Rust guest holds a few core instances and tables.
@@ -152,11 +158,11 @@ impl Runtime {
                 }
                 Err(error) => {
                     tracing::info!(%error, "pooling allocator unavailable (address space reservation failed?); using on-demand allocation");
-                    (Self::on_demand(options.fuel)?, false)
+                    (Self::on_demand(&options)?, false)
                 }
             }
         } else {
-            (Self::on_demand(options.fuel)?, false)
+            (Self::on_demand(&options)?, false)
         };
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
@@ -240,8 +246,23 @@ impl Runtime {
         pre
     }
 
-    fn on_demand(fuel: bool) -> Result<Engine, HostError> {
-        Engine::new(&base_config(fuel)).map_err(|error| HostError::Engine(error.to_string()))
+    fn on_demand(options: &RuntimeOptions) -> Result<Engine, HostError> {
+        Engine::new(&base_config(options.fuel, options.wasi_03))
+            .map_err(|error| HostError::Engine(error.to_string()))
+    }
+
+    /// The WASI versions this runtime runs.
+    pub fn wasi_versions(&self) -> Vec<String> {
+        let count = if self.options.wasi_03 { 2 } else { 1 };
+        WASI_VERSIONS[..count]
+            .iter()
+            .map(|version| (*version).to_owned())
+            .collect()
+    }
+
+    /// Whether this runtime runs WASI 0.3 components.
+    pub fn runs_wasi_03(&self) -> bool {
+        self.options.wasi_03
     }
 
     /// The runtime for a replica with `limits`: this one, or for a fuel budget the one that
@@ -301,10 +322,17 @@ impl Runtime {
                 elapsed: started.elapsed(),
             });
         }
-        let compiled = self
-            .engine
-            .precompile_component(bytes)
-            .map_err(|error| HostError::Compile(format!("{error:#}")))?;
+        let compiled = self.engine.precompile_component(bytes).map_err(|error| {
+            let message = format!("{error:#}");
+            if !self.options.wasi_03 && message.contains("component model async") {
+                HostError::Compile(
+                    "a WASI 0.3 component, and this host runs WASI 0.2 only (shoal host --wasi)"
+                        .to_owned(),
+                )
+            } else {
+                HostError::Compile(message)
+            }
+        })?;
         if let Err(error) = store_compiled(&path, &compiled) {
             tracing::warn!(path = %path.display(), %error, "cannot write the compile cache; the next start compiles again");
         }

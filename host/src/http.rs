@@ -41,16 +41,19 @@ const PROVIDED: [&str; 9] = [
     "wasi:keyvalue/",
 ];
 
-/// A linker with everything guests get.
-pub(crate) fn linker(engine: &Engine) -> Result<Linker<GuestState>, HostError> {
-    let mut linker = Linker::new(engine);
+/// A linker with everything guests of `runtime` get: WASI 0.2, and 0.3 where it runs it.
+pub(crate) fn linker(runtime: &Runtime) -> Result<Linker<GuestState>, HostError> {
+    let mut linker = Linker::new(runtime.engine());
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)
         .and_then(|()| wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker))
-        .and_then(|()| wasmtime_wasi::p3::add_to_linker(&mut linker))
-        .and_then(|()| wasmtime_wasi_http::p3::add_to_linker(&mut linker))
         .and_then(|()| crate::config::add_to_linker(&mut linker))
         .and_then(|()| crate::keyvalue::add_to_linker(&mut linker))
         .map_err(|error| HostError::Engine(format!("{error:#}")))?;
+    if runtime.runs_wasi_03() {
+        wasmtime_wasi::p3::add_to_linker(&mut linker)
+            .and_then(|()| wasmtime_wasi_http::p3::add_to_linker(&mut linker))
+            .map_err(|error| HostError::Engine(format!("{error:#}")))?;
+    }
     Ok(linker)
 }
 
@@ -180,7 +183,7 @@ impl HttpComponent {
     /// [`HostError::UnsupportedImports`] or [`HostError::NotRunnable`] when Shoal cannot serve it.
     pub fn prepare(runtime: &Runtime, component: &Component) -> Result<HandlerPre, HostError> {
         let engine = runtime.engine();
-        let pre = instantiate_pre(&linker(engine)?, component)?;
+        let pre = instantiate_pre(&linker(runtime)?, component)?;
         HandlerPre::new(pre).ok_or_else(|| HostError::NotRunnable(exports(engine, component)))
     }
 

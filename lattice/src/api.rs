@@ -38,6 +38,10 @@ pub struct AppManifest {
     pub spec: AppSpec,
     /// The component's manifest digest.
     pub digest: String,
+    /// The WASI version the component needs a host to run (`0.3`), read from its exports at
+    /// apply; none for WASI 0.2 (and for records made before Shoal ran 0.3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wasi: Option<String>,
 }
 
 /// One job or cron job of an `apply`, its component already pinned by the client.
@@ -52,6 +56,10 @@ pub struct JobManifest<S> {
     pub spec: S,
     /// The component's manifest digest.
     pub digest: String,
+    /// The WASI version the component needs a host to run (`0.3`), read from its exports at
+    /// apply; none for WASI 0.2 (and for records made before Shoal ran 0.3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wasi: Option<String>,
 }
 
 /// What the CLI asks.

@@ -184,6 +184,10 @@ pub struct JobRecord {
     pub uid: String,
     /// The component's manifest digest, pinned when the job was made.
     pub digest: String,
+    /// The WASI version the component needs a host to run (`0.3`), read from its exports at
+    /// apply; none for WASI 0.2 (and for records made before Shoal ran 0.3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wasi: Option<String>,
     /// What it runs.
     pub spec: JobSpec,
     /// When it was made (ms since the epoch).
@@ -380,6 +384,10 @@ pub struct CronJobRecord {
     pub name: String,
     /// The job template's component digest, pinned when the cron job was applied.
     pub digest: String,
+    /// The WASI version the component needs a host to run (`0.3`), read from its exports at
+    /// apply; none for WASI 0.2 (and for records made before Shoal ran 0.3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wasi: Option<String>,
     /// What it makes and when.
     pub spec: CronJobSpec,
     /// When it was made (ms since the epoch).

@@ -435,6 +435,10 @@ pub struct AppRecord {
     pub revision: u64,
     /// The component's digest, resolved from `spec.component` at apply time.
     pub digest: String,
+    /// The WASI version the component needs a host to run (`0.3`), read from its exports at
+    /// apply; none for WASI 0.2 (and for records made before Shoal ran 0.3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wasi: Option<String>,
     /// The values of `spec.configFrom`'s config objects, taken at apply time and again when
     /// one of them changes (each time a new revision).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -528,6 +532,10 @@ pub struct RevisionRecord {
     pub revision: u64,
     /// The component digest.
     pub digest: String,
+    /// The WASI version the component needs a host to run (`0.3`), read from its exports at
+    /// apply; none for WASI 0.2 (and for records made before Shoal ran 0.3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wasi: Option<String>,
     /// The config objects' values it runs with.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub config_objects: PinnedConfigs,
@@ -599,7 +607,25 @@ pub struct HostRecord {
     /// (hosts of releases before trust policies do not, and get no app that needs one).
     #[serde(default)]
     pub verifies_signatures: bool,
+    /// The WASI versions the host runs (`0.2`, `0.3`); empty from hosts of releases before
+    /// WASI 0.3, which run 0.2 only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub wasi: Vec<String>,
 }
+
+impl HostRecord {
+    /// Whether the host runs components that need WASI `version` (`None`: 0.2).
+    pub fn runs_wasi(&self, version: Option<&str>) -> bool {
+        let version = version.unwrap_or(WASI_02);
+        if self.wasi.is_empty() {
+            return version == WASI_02;
+        }
+        self.wasi.iter().any(|offered| offered == version)
+    }
+}
+
+/// WASI 0.2, what every host runs.
+pub const WASI_02: &str = "0.2";
 
 /// The identity of a lattice's state (`lattice` in the status bucket), made once by the
 /// first scheduler that finds none. Hosts remember it with their saved state: a lattice

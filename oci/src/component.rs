@@ -55,6 +55,14 @@ pub struct ComponentInfo {
 }
 
 impl ComponentInfo {
+    /// The WASI version of the world it targets, `major.minor` (`0.2`, `0.3`), when it
+    /// targets one Shoal recognises.
+    pub fn wasi_version(&self) -> Option<String> {
+        let (_, version) = self.target.as_deref()?.rsplit_once('@')?;
+        let mut parts = version.split('.');
+        Some(format!("{}.{}", parts.next()?, parts.next()?))
+    }
+
     /// Validates `bytes` as a Wasm component and reads its imports, exports and target world.
     ///
     /// # Errors
@@ -233,5 +241,18 @@ mod tests {
             Some("wasi:cli/command@0.3.0")
         );
         assert_eq!(infer_target(&["my:pkg/thing".to_owned()]), None);
+        let info = |exports: &[&str]| ComponentInfo {
+            target: infer_target(&exports.iter().map(|e| (*e).to_owned()).collect::<Vec<_>>()),
+            ..ComponentInfo::default()
+        };
+        assert_eq!(
+            info(&["wasi:http/handler@0.3.0"]).wasi_version().as_deref(),
+            Some("0.3")
+        );
+        assert_eq!(
+            info(&["wasi:cli/run@0.2.6"]).wasi_version().as_deref(),
+            Some("0.2")
+        );
+        assert_eq!(info(&["my:pkg/thing"]).wasi_version(), None);
     }
 }

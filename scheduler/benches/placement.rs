@@ -33,6 +33,7 @@ fn hosts(count: usize) -> Vec<HostView<'static>> {
             same_app: 0,
             cached: index % 3 == 0,
             draining: index % 97 == 0,
+            runs_wasi: true,
         })
         .collect()
 }
@@ -48,6 +49,7 @@ fn main() {
             spread_by: Some("zone".to_owned()),
             spread_counts: HashMap::new(),
             prefer: None,
+            wasi: None,
         };
         // Warm up, then measure whole plans of 100 replicas until a second has passed.
         let _ = place(&hosts, &request);

@@ -925,6 +925,7 @@ async fn apply_all(lattice: &Lattice, apps: Vec<AppManifest>) -> Result<Vec<Appl
         }
         pins.push(apply::Pinned {
             digest: manifest.digest.clone(),
+            wasi: manifest.wasi.clone(),
             config_objects,
             secret_versions: stored
                 .iter()

@@ -22,6 +22,8 @@ const ATTEMPTS: usize = 5;
 pub struct Pinned {
     /// The component's digest.
     pub digest: String,
+    /// The WASI version the component needs, when newer than 0.2.
+    pub wasi: Option<String>,
     /// The values of `spec.configFrom`.
     pub config_objects: PinnedConfigs,
     /// The versions of `spec.secrets`.
@@ -33,6 +35,7 @@ impl Pinned {
     pub fn of(record: &AppRecord) -> Self {
         Self {
             digest: record.digest.clone(),
+            wasi: record.wasi.clone(),
             config_objects: record.config_objects.clone(),
             secret_versions: record.secret_versions.clone(),
         }
@@ -50,6 +53,7 @@ pub async fn apply(
 ) -> Result<(Change, AppRecord), Error> {
     let Pinned {
         digest,
+        wasi,
         config_objects,
         secret_versions,
     } = pinned;
@@ -87,6 +91,7 @@ pub async fn apply(
                     generation: 1,
                     revision: 1,
                     digest: digest.to_owned(),
+                    wasi: wasi.clone(),
                     config_objects: config_objects.clone(),
                     secret_versions: secret_versions.clone(),
                     spec: app.spec.clone(),
@@ -104,6 +109,7 @@ pub async fn apply(
                 let mut record = AppRecord {
                     generation: current.generation + 1,
                     digest: digest.to_owned(),
+                    wasi: wasi.clone(),
                     config_objects: config_objects.clone(),
                     spec: app.spec.clone(),
                     updated_at: now,
@@ -234,6 +240,7 @@ pub(crate) async fn store(
                     namespace: record.namespace.clone(),
                     revision: record.revision,
                     digest: record.digest.clone(),
+                    wasi: record.wasi.clone(),
                     config_objects: record.config_objects.clone(),
                     secret_versions: record.secret_versions.clone(),
                     template: record.spec.template(),
@@ -629,6 +636,7 @@ pub async fn undo(
     // Secret values are not kept per revision: the target runs with the current ones.
     let pinned = Pinned {
         digest: target.digest.clone(),
+        wasi: target.wasi.clone(),
         config_objects: target.config_objects.clone(),
         secret_versions: current.value.secret_versions.clone(),
     };

@@ -446,6 +446,7 @@ mod step_tests {
             namespace: "default".into(),
             name: "tick".into(),
             digest: format!("sha256:{}", "a".repeat(64)),
+            wasi: None,
             spec: CronJobSpec {
                 schedule: "* * * * *".into(),
                 time_zone: None,
@@ -470,6 +471,7 @@ mod step_tests {
             name: name.into(),
             uid: format!("uid-{name}"),
             digest: format!("sha256:{}", "a".repeat(64)),
+            wasi: None,
             spec: cron(ConcurrencyPolicy::Allow).spec.job_template,
             created_at,
             cron: Some(CronOrigin {

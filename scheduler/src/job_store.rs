@@ -42,7 +42,7 @@ fn new_job(
     namespace: &str,
     name: &str,
     spec: JobSpec,
-    digest: &str,
+    (digest, wasi): (&str, Option<&String>),
     cron: Option<CronOrigin>,
 ) -> JobRecord {
     JobRecord {
@@ -50,6 +50,7 @@ fn new_job(
         name: name.to_owned(),
         uid: nuid::next().to_string().to_ascii_lowercase(),
         digest: digest.to_owned(),
+        wasi: wasi.cloned(),
         spec,
         created_at: now_millis(),
         cron,
@@ -111,7 +112,13 @@ pub async fn apply(
         }
     }
     for job in new_jobs {
-        let record = new_job(&job.namespace, &job.name, job.spec, &job.digest, None);
+        let record = new_job(
+            &job.namespace,
+            &job.name,
+            job.spec,
+            (&job.digest, job.wasi.as_ref()),
+            None,
+        );
         lattice
             .put(Bucket::Jobs, &app_key(&job.namespace, &job.name), &record)
             .await
@@ -127,7 +134,9 @@ pub async fn apply(
             .and_then(Result::ok);
         let change = match &existing {
             Some(existing)
-                if existing.value.spec == cron.spec && existing.value.digest == cron.digest =>
+                if existing.value.spec == cron.spec
+                    && existing.value.digest == cron.digest
+                    && existing.value.wasi == cron.wasi =>
             {
                 outcome.push(applied("cronjob", &cron.namespace, &cron.name, "unchanged"));
                 continue;
@@ -139,6 +148,7 @@ pub async fn apply(
             namespace: cron.namespace.clone(),
             name: cron.name.clone(),
             digest: cron.digest,
+            wasi: cron.wasi,
             spec: cron.spec,
             created_at: existing.map_or_else(now_millis, |existing| existing.value.created_at),
         };
@@ -297,7 +307,7 @@ pub async fn create_from(
         namespace,
         name,
         cron.value.spec.job_template,
-        &cron.value.digest,
+        (&cron.value.digest, cron.value.wasi.as_ref()),
         Some(CronOrigin {
             cron_job: cron_job.to_owned(),
             scheduled_at: None,

@@ -221,6 +221,7 @@ mod tests {
             name: "task".into(),
             uid: "u1".into(),
             digest: format!("sha256:{}", "a".repeat(64)),
+            wasi: None,
             spec: JobSpec {
                 completions: Some(completions),
                 parallelism: Some(parallelism),

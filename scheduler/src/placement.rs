@@ -1,6 +1,6 @@
 //! Placement: a pure pipeline from (hosts, what is placed, a request) to a plan.
 //!
-//! As in Nomad and the Kubernetes scheduler: first filters (draining, label selector, memory,
+//! As in Nomad and the Kubernetes scheduler: first filters (draining, WASI version, label selector, memory,
 //! CPU, replica count), each rejection recorded with its reason; then scores (spread across
 //! `spreadBy` values, fewest replicas of the app on the host, component already cached, least
 //! allocated), with the host id as the deterministic tie-break. Usage counts what this plan
@@ -30,6 +30,8 @@ pub struct HostView<'a> {
     pub cached: bool,
     /// Whether it is shutting down.
     pub draining: bool,
+    /// Whether it runs the WASI version the component needs.
+    pub runs_wasi: bool,
 }
 
 /// Resources in use on a host.
@@ -61,6 +63,9 @@ pub struct Request {
     /// A host to take first when it fits and runs no replica of the app: the one that asked
     /// to wake the app, so its held requests are answered there without another hop.
     pub prefer: Option<String>,
+    /// The WASI version the component needs, when newer than 0.2 (hosts that do not run it
+    /// are filtered out).
+    pub wasi: Option<String>,
 }
 
 /// Why a host was filtered out.
@@ -68,6 +73,8 @@ pub struct Request {
 pub enum Rejection {
     /// It is shutting down.
     Draining,
+    /// It does not run the WASI version the component needs.
+    Wasi(String),
     /// It lacks a required label value.
     Label(String, String),
     /// Not enough free memory.
@@ -86,6 +93,10 @@ impl Rejection {
         let be = if one { "is" } else { "are" };
         match self {
             Rejection::Draining => format!("{count} {be} draining"),
+            Rejection::Wasi(version) => {
+                let does = if one { "does" } else { "do" };
+                format!("{count} {does} not run WASI {version}")
+            }
             Rejection::Label(key, value) => format!("{count} {lack} label {key}={value}"),
             Rejection::Memory => format!("{count} {lack} memory"),
             Rejection::Cpu => format!("{count} {lack} CPU"),
@@ -134,6 +145,11 @@ pub struct Plan {
 fn static_filter(host: &HostView<'_>, request: &Request) -> Result<(), Rejection> {
     if host.draining {
         return Err(Rejection::Draining);
+    }
+    if !host.runs_wasi {
+        return Err(Rejection::Wasi(
+            request.wasi.clone().unwrap_or_else(|| "0.2".to_owned()),
+        ));
     }
     for (key, value) in &request.requires {
         if host.labels.get(key) != Some(value) {
@@ -296,12 +312,14 @@ mod tests {
             same_app: 0,
             cached: false,
             draining: false,
+            runs_wasi: true,
         }
     }
 
     fn request(count: u32, memory_mi: u64) -> Request {
         Request {
             prefer: None,
+            wasi: None,
             count,
             memory: memory_mi * MI,
             cpu: 0,
@@ -374,6 +392,25 @@ mod tests {
         let mut wanted = request(1, 128);
         wanted.prefer = Some("h2".into());
         assert_eq!(place(&hosts, &wanted).hosts, ["h1"]);
+    }
+
+    #[test]
+    fn a_component_that_needs_wasi_03_goes_only_to_hosts_that_run_it_and_the_report_says_why() {
+        let mut old = host("old", &[], 1024);
+        old.runs_wasi = false;
+        let mut older = host("older", &[], 1024);
+        older.runs_wasi = false;
+        let new = host("new", &[], 1024);
+        let mut needs = request(2, 64);
+        needs.wasi = Some("0.3".to_owned());
+        let plan = place(&[old.clone(), new.clone()], &needs);
+        assert_eq!(plan.hosts, ["new", "new"]);
+        let plan = place(&[old, older], &needs);
+        assert_eq!(plan.unplaced, 2);
+        assert_eq!(
+            plan.report.unwrap().to_string(),
+            "0 of 2 hosts fit: 2 do not run WASI 0.3"
+        );
     }
 
     #[test]

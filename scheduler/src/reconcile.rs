@@ -306,6 +306,7 @@ mod tests {
             generation: 1,
             revision,
             digest: "sha256:00".into(),
+            wasi: None,
             config_objects: Default::default(),
             secret_versions: Default::default(),
             spec: AppSpec {

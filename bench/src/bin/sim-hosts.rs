@@ -108,6 +108,7 @@ fn host_record(id: &str, started_at: u64) -> HostRecord {
         secrets_key: None,
         lattice_mismatch: None,
         verifies_signatures: true,
+        wasi: Vec::new(),
     }
 }
 
@@ -305,6 +306,7 @@ async fn main() -> anyhow::Result<()> {
                 name: format!("app-{index}"),
                 spec: spec(index)?,
                 digest: format!("sha256:{}", "0".repeat(64)),
+                wasi: None,
             })
         })
         .collect::<anyhow::Result<_>>()?;

@@ -33,6 +33,9 @@ pub async fn run(args: ApplyArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
 }
 
 /// Applies the manifest at `file` (`-` for stdin), printing what changed.
+/// A component pinned: its digest, and the WASI version it needs when newer than 0.2.
+type Pinned = (String, Option<String>);
+
 pub async fn apply_file(
     file: &std::path::Path,
     registry: &RegistryArgs,
@@ -55,19 +58,27 @@ pub async fn apply_file(
     let client = registry.client()?;
     // A reference named by many documents (a thousand apps of one component) is resolved
     // once: one digest for all of them, and one registry round trip.
-    let mut pinned: std::collections::HashMap<String, Result<String, String>> =
+    // With the digest, the WASI version the component needs (read from its exports), so
+    // placement gives a WASI 0.3 component only to hosts that run 0.3.
+    let mut pinned: std::collections::HashMap<String, Result<Pinned, String>> =
         std::collections::HashMap::new();
-    let mut pin = async |what: String, component: &str| -> Option<String> {
+    let mut pin = async |what: String, component: &str| -> Option<Pinned> {
         if !pinned.contains_key(component) {
             let result = registry
                 .pull_component_with(&client, component)
                 .await
-                .map(|(pulled, _)| pulled.digest.to_string())
+                .map(|(pulled, bytes)| {
+                    let wasi = shoal_oci::ComponentInfo::from_bytes(&bytes)
+                        .ok()
+                        .and_then(|info| info.wasi_version())
+                        .filter(|version| version != shoal_lattice::records::WASI_02);
+                    (pulled.digest.to_string(), wasi)
+                })
                 .map_err(|error| format!("{error:#}"));
             pinned.insert(component.to_owned(), result);
         }
         match pinned.get(component) {
-            Some(Ok(digest)) => Some(digest.clone()),
+            Some(Ok(pinned)) => Some(pinned.clone()),
             Some(Err(error)) => {
                 problems.push(format!("  {what}: {error}"));
                 None
@@ -85,12 +96,13 @@ pub async fn apply_file(
     let mut jobs = Vec::new();
     for job in manifest.jobs {
         let what = format!("job {}/{}: spec.component", job.namespace, job.name);
-        if let Some(digest) = pin(what, &job.spec.component).await {
+        if let Some((digest, wasi)) = pin(what, &job.spec.component).await {
             jobs.push(api::JobManifest {
                 namespace: job.namespace,
                 name: job.name,
                 spec: job.spec,
                 digest,
+                wasi,
             });
         }
     }
@@ -100,12 +112,13 @@ pub async fn apply_file(
             "cron job {}/{}: spec.jobTemplate.component",
             cron.namespace, cron.name
         );
-        if let Some(digest) = pin(what, &cron.spec.job_template.component).await {
+        if let Some((digest, wasi)) = pin(what, &cron.spec.job_template.component).await {
             cron_jobs.push(api::JobManifest {
                 namespace: cron.namespace,
                 name: cron.name,
                 spec: cron.spec,
                 digest,
+                wasi,
             });
         }
     }
@@ -119,7 +132,7 @@ pub async fn apply_file(
     let (api, _connection) = lattice.api("shoal apply").await?;
     let signed: Vec<(String, &str, &str, &str)> = resolved
         .iter()
-        .map(|(app, digest)| {
+        .map(|(app, (digest, _))| {
             (
                 format!("app {}/{}", app.namespace, app.name),
                 app.namespace.as_str(),
@@ -149,11 +162,12 @@ pub async fn apply_file(
     let request = api::Request::Apply {
         apps: resolved
             .into_iter()
-            .map(|(app, digest)| api::AppManifest {
+            .map(|(app, (digest, wasi))| api::AppManifest {
                 namespace: app.namespace,
                 name: app.name,
                 spec: app.spec,
                 digest,
+                wasi,
             })
             .collect(),
     };

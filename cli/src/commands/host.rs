@@ -48,6 +48,12 @@ pub struct HostArgs {
     #[arg(long, default_value = "100")]
     pub max_replicas: u32,
 
+    /// The WASI versions this host runs. `--wasi 0.2` keeps WASI 0.3 (the component model's
+    /// async ABI, which wasmtime 48 calls experimental) off this host: the scheduler gives
+    /// it no 0.3 component.
+    #[arg(long, value_delimiter = ',', default_value = "0.2,0.3", value_parser = ["0.2", "0.3"])]
+    pub wasi: Vec<String>,
+
     /// How often the host record is refreshed.
     #[arg(long, default_value = "2s", value_parser = crate::duration::parse)]
     pub heartbeat: Duration,
@@ -320,6 +326,11 @@ impl HostArgs {
             id,
             lattice: lattice.to_owned(),
             lost_after: self.lost_after,
+            wasi: shoal_host::engine::WASI_VERSIONS
+                .iter()
+                .filter(|version| self.wasi.iter().any(|offered| offered == *version))
+                .map(|version| (*version).to_owned())
+                .collect(),
             state_dir: Some(state_dir),
             adopt_lattice: self.adopt_lattice,
             wait_for_lattice: false,
@@ -360,6 +371,7 @@ impl HostArgs {
             keep_resident: shoal_host::engine::KEEP_RESIDENT,
             // Apps with a fuel budget get a second runtime that counts it, when one starts.
             fuel: false,
+            wasi_03: self.wasi.iter().any(|version| version == "0.3"),
         })?;
         Ok(Arc::new(runtime))
     }

@@ -150,6 +150,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
             .clamp(16, 10_000),
         keep_resident: usize::try_from(args.pool_keep_resident).unwrap_or(usize::MAX),
         fuel: args.fuel.is_some(),
+        wasi_03: true,
     })?;
     let loaded = runtime.load(&bytes, digest.as_str())?;
     if loaded.cache_hit {

@@ -279,7 +279,7 @@ pub(super) async fn step_app(
                     && (trusted_keys.is_empty() || host.verifies_signatures)
             };
             let plan = placement::place(
-                &placed.host_views(hosts, &owner, &app.digest, feasible),
+                &placed.host_views(hosts, &owner, (&app.digest, app.wasi.as_deref()), feasible),
                 &request(&app, step.place, hosts, feasible, placed.of(&owner), prefer),
             );
             for host in &plan.hosts {
@@ -436,5 +436,6 @@ pub(super) fn request(
         spread_by: app.spec.placement.spread_by.clone(),
         spread_counts,
         prefer,
+        wasi: app.wasi.clone(),
     }
 }

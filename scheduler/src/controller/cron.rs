@@ -84,6 +84,7 @@ pub(super) async fn pass(
                 name: name.clone(),
                 uid: nuid::next().to_string().to_ascii_lowercase(),
                 digest: cron.digest.clone(),
+                wasi: cron.wasi.clone(),
                 spec: cron.spec.job_template.clone(),
                 created_at: now_millis(),
                 cron: Some(CronOrigin {

@@ -218,10 +218,15 @@ async fn place(
     // lattice, only hosts a store credential can be sealed to.
     let sealed_to_host = observed.secure && !template.key_value.is_empty();
     let plan = placement::place(
-        &placed.host_views(observed.hosts, &owner, &job.digest, |host| {
-            (trusted_keys.is_empty() || host.verifies_signatures)
-                && (!sealed_to_host || host.secrets_key.is_some())
-        }),
+        &placed.host_views(
+            observed.hosts,
+            &owner,
+            (&job.digest, job.wasi.as_deref()),
+            |host| {
+                (trusted_keys.is_empty() || host.verifies_signatures)
+                    && (!sealed_to_host || host.secrets_key.is_some())
+            },
+        ),
         &Request {
             count,
             memory: template.memory_request().0,
@@ -230,6 +235,7 @@ async fn place(
             spread_by: template.placement.spread_by.clone(),
             spread_counts: HashMap::new(),
             prefer: None,
+            wasi: job.wasi.clone(),
         },
     );
     status.message = plan

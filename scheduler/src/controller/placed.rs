@@ -110,14 +110,14 @@ impl Placed {
     }
 
     /// Each host that passes `feasible` as placement sees it, for placing replicas (or runs)
-    /// of `owner`, whose component is `digest`. (A filter, not a filtered copy of `hosts`:
+    /// of `owner`, whose component is `digest` and needs WASI `wasi` (`None`: 0.2). (A filter, not a filtered copy of `hosts`:
     /// with thousands of hosts, copying their records for every placement cost more than
     /// placing.)
     pub(super) fn host_views<'a>(
         &self,
         hosts: &'a BTreeMap<String, HostRecord>,
         owner: &Owner,
-        digest: &str,
+        (digest, wasi): (&str, Option<&str>),
         feasible: impl Fn(&HostRecord) -> bool,
     ) -> Vec<HostView<'a>> {
         let mut same: HashMap<&str, u32> = HashMap::new();
@@ -135,6 +135,7 @@ impl Placed {
                 same_app: same.get(host.id.as_str()).copied().unwrap_or(0),
                 cached: host.cached.iter().any(|cached| cached == digest),
                 draining: host.draining,
+                runs_wasi: host.runs_wasi(wasi),
             })
             .collect()
     }
