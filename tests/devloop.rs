@@ -65,6 +65,50 @@ fn a_new_http_project_builds_pushes_and_serves() {
 }
 
 #[test]
+fn new_wasi_03_projects_build_with_crates_from_crates_io_and_run() {
+    let shoal = Shoal::new();
+    let created = shoal.ok(&["new", "devloop-p3", "--wasi", "0.3"]);
+    assert!(
+        created.stdout().contains("world wasi:http/service@0.3"),
+        "{}",
+        created.stdout()
+    );
+    let built = build(&shoal, "devloop-p3");
+    assert!(built.0.status.success(), "{}", built.stderr());
+    assert!(
+        built.stdout().contains("world wasi:http/service@0.3.0"),
+        "{}",
+        built.stdout()
+    );
+    let served = Served::start(&shoal, &built_path(&built), &["--env", "GREETING=hi"]);
+    assert_eq!(
+        served.get("/there?x=1"),
+        (200, "hi from devloop-p3 at /there?x=1\n".to_owned())
+    );
+
+    shoal.ok(&[
+        "new",
+        "devloop-p3-job",
+        "--wasi",
+        "0.3",
+        "--template",
+        "command",
+    ]);
+    let built = build(&shoal, "devloop-p3-job");
+    assert!(built.0.status.success(), "{}", built.stderr());
+    assert!(
+        built.stdout().contains("world wasi:cli/command@0.3.0"),
+        "{}",
+        built.stdout()
+    );
+    let ran = shoal.ok(&["run", &built_path(&built), "--", "a", "b"]);
+    assert_eq!(
+        ran.stdout(),
+        "hello from devloop-p3-job, arguments [\"a\", \"b\"]\n"
+    );
+}
+
+#[test]
 fn a_new_command_project_builds_and_runs_and_a_wrong_world_is_named() {
     let shoal = Shoal::new();
     shoal.ok(&["new", "devloop-job", "--template", "command"]);
@@ -94,7 +138,7 @@ fn a_new_command_project_builds_and_runs_and_a_wrong_world_is_named() {
     assert!(
         wrong
             .stderr()
-            .contains("not wasi:http/proxy as Cargo.toml says"),
+            .contains("not wasi:http/proxy@0.2 as Cargo.toml says"),
         "{}",
         wrong.stderr()
     );

@@ -51,6 +51,8 @@ struct Metadata {
 #[derive(Debug, Deserialize)]
 struct ShoalMetadata {
     world: Option<String>,
+    /// "0.2" or "0.3"; either when absent.
+    wasi: Option<String>,
 }
 
 /// One line of cargo's `--message-format json` output, as far as artifacts go.
@@ -93,19 +95,28 @@ pub fn run(args: BuildArgs) -> anyhow::Result<()> {
             manifest_path.display()
         )
     })?;
-    let world = package
-        .metadata
-        .and_then(|metadata| metadata.shoal)
-        .and_then(|shoal| shoal.world);
-    let expected = match world.as_deref() {
-        None => None,
-        Some("http") => Some("wasi:http/proxy"),
-        Some("command") => Some("wasi:cli/command"),
-        Some(other) => bail!(
+    let metadata = package.metadata.and_then(|metadata| metadata.shoal);
+    let world = metadata.as_ref().and_then(|shoal| shoal.world.clone());
+    let wasi = metadata.and_then(|shoal| shoal.wasi);
+    // The worlds the component may target: each kind's, in the WASI versions allowed.
+    let worlds: &[&str] = match (world.as_deref(), wasi.as_deref()) {
+        (None, _) => &[],
+        (Some("http"), None) => &["wasi:http/proxy@0.2", "wasi:http/service@0.3"],
+        (Some("http"), Some("0.2")) => &["wasi:http/proxy@0.2"],
+        (Some("http"), Some("0.3")) => &["wasi:http/service@0.3"],
+        (Some("command"), None) => &["wasi:cli/command@0.2", "wasi:cli/command@0.3"],
+        (Some("command"), Some("0.2")) => &["wasi:cli/command@0.2"],
+        (Some("command"), Some("0.3")) => &["wasi:cli/command@0.3"],
+        (Some("http" | "command"), Some(other)) => bail!(
+            "{}: [package.metadata.shoal] wasi = {other:?} is not a WASI version Shoal runs: use \"0.2\" or \"0.3\"",
+            manifest_path.display()
+        ),
+        (Some(other), _) => bail!(
             "{}: [package.metadata.shoal] world = {other:?} is not a world Shoal runs: use \"http\" or \"command\"",
             manifest_path.display()
         ),
     };
+    let expected = (!worlds.is_empty()).then(|| worlds.join(" or "));
     ensure_target()?;
     let wasm = cargo_build(&manifest_path, &package.name)?;
     let bytes = std::fs::read(&wasm).with_context(|| format!("cannot read {}", wasm.display()))?;
@@ -117,7 +128,7 @@ pub fn run(args: BuildArgs) -> anyhow::Result<()> {
     })?;
     let target = info.target.clone().unwrap_or_default();
     if let Some(expected) = expected
-        && !target.starts_with(expected)
+        && !worlds.iter().any(|world| target.starts_with(world))
     {
         bail!(
             "{} is a component of world {}, not {expected} as Cargo.toml says ([package.metadata.shoal] world = {:?}): {}",
@@ -128,10 +139,17 @@ pub fn run(args: BuildArgs) -> anyhow::Result<()> {
                 &target
             },
             world.unwrap_or_default(),
-            if expected.starts_with("wasi:http") {
-                "export an incoming-handler (shoal_sdk::wasi::http::proxy::export!) from a cdylib"
-            } else {
-                "give the crate a fn main (a bin target)"
+            match (
+                expected.starts_with("wasi:http"),
+                wasi.as_deref() == Some("0.3")
+            ) {
+                (true, false) => {
+                    "export an incoming-handler (shoal_sdk::wasi::http::proxy::export!) from a cdylib"
+                }
+                (true, true) => "export a handler (wasip3::http::service::export!) from a cdylib",
+                (false, false) => "give the crate a fn main (a bin target)",
+                (false, true) =>
+                    "export wasi:cli/run (wasip3::cli::command::export!) from a cdylib",
             }
         );
     }

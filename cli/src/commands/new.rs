@@ -13,9 +13,13 @@ use clap::{Args, ValueEnum};
 /// its .cargo/config.toml points at that target). The SDK is copied into vendor/shoal-sdk,
 /// so the project stands on its own.
 ///
+/// With `--wasi 0.3` the project is a WASI 0.3 component written with the `wasip3` crate
+/// from crates.io (an async handler; no vendored SDK).
+///
 /// Examples: shoal new hello
 ///           shoal new nightly-report --template command
 ///           shoal new api --dir ~/src/api
+///           shoal new hello3 --wasi 0.3
 #[derive(Debug, Args)]
 pub struct NewArgs {
     /// The project's name: the crate, the component file and a good app name. Lowercase
@@ -29,6 +33,11 @@ pub struct NewArgs {
     /// Where to write the project (default: ./NAME). It must not exist, or be empty.
     #[arg(long)]
     pub dir: Option<PathBuf>,
+
+    /// The WASI version the component is built for: 0.2 (Shoal's guest SDK, vendored) or
+    /// 0.3 (the `wasip3` crate: async handlers, streams).
+    #[arg(long, default_value = "0.2", value_parser = ["0.2", "0.3"])]
+    pub wasi: String,
 }
 
 /// A project template.
@@ -68,6 +77,12 @@ const LOCKFILE: &str = include_str!("../../../examples/Cargo.lock");
 
 const HTTP_SOURCE: &str = include_str!("../../templates/http.rs");
 const COMMAND_SOURCE: &str = include_str!("../../templates/command.rs");
+const HTTP_P3_SOURCE: &str = include_str!("../../templates/http_p3.rs");
+const COMMAND_P3_SOURCE: &str = include_str!("../../templates/command_p3.rs");
+
+/// The `wasip3` release a WASI 0.3 project starts from: WASI 0.3.0, what Shoal's wasmtime
+/// runs (0.10 is 0.3.2).
+const WASIP3: &str = "0.9";
 
 pub fn run(args: NewArgs) -> anyhow::Result<()> {
     check_name(&args.name)?;
@@ -86,7 +101,8 @@ pub fn run(args: NewArgs) -> anyhow::Result<()> {
             dir.display()
         );
     }
-    for (path, contents) in files(&args.name, args.template) {
+    let wasi_03 = args.wasi == "0.3";
+    for (path, contents) in files(&args.name, args.template, wasi_03) {
         write(&dir.join(path), &contents)?;
     }
     let wasm = format!(
@@ -97,9 +113,11 @@ pub fn run(args: NewArgs) -> anyhow::Result<()> {
         "created {} ({} component, world {})",
         dir.display(),
         args.template.world(),
-        match args.template {
-            Template::Http => "wasi:http/proxy",
-            Template::Command => "wasi:cli/command",
+        match (args.template, wasi_03) {
+            (Template::Http, false) => "wasi:http/proxy@0.2",
+            (Template::Http, true) => "wasi:http/service@0.3",
+            (Template::Command, false) => "wasi:cli/command@0.2",
+            (Template::Command, true) => "wasi:cli/command@0.3",
         }
     );
     println!("next:");
@@ -136,16 +154,31 @@ fn check_name(name: &str) -> anyhow::Result<()> {
 }
 
 /// Every file of a new project, by path inside it.
-fn files(name: &str, template: Template) -> Vec<(PathBuf, String)> {
+fn files(name: &str, template: Template, wasi_03: bool) -> Vec<(PathBuf, String)> {
     let crate_name = name.replace('-', "_");
     let fill = |text: &str| text.replace("{name}", name).replace("{crate}", &crate_name);
-    let (source_path, source, lib) = match template {
-        Template::Http => (
-            "src/lib.rs",
-            HTTP_SOURCE,
-            "\n[lib]\ncrate-type = [\"cdylib\"]\n",
+    let cdylib = "\n[lib]\ncrate-type = [\"cdylib\"]\n";
+    // A WASI 0.3 command exports wasi:cli/run@0.3 from a library; a 0.2 one is a program
+    // whose main the toolchain exports as wasi:cli/run@0.2.
+    let (source_path, source, lib) = match (template, wasi_03) {
+        (Template::Http, false) => ("src/lib.rs", HTTP_SOURCE, cdylib),
+        (Template::Command, false) => ("src/main.rs", COMMAND_SOURCE, ""),
+        (Template::Http, true) => ("src/lib.rs", HTTP_P3_SOURCE, cdylib),
+        (Template::Command, true) => ("src/lib.rs", COMMAND_P3_SOURCE, cdylib),
+    };
+    let (dependency, wasi) = match (template, wasi_03) {
+        (_, false) => (
+            "shoal-sdk = { path = \"vendor/shoal-sdk\" }".to_owned(),
+            "wasi = \"0.2\"\n".to_owned(),
         ),
-        Template::Command => ("src/main.rs", COMMAND_SOURCE, ""),
+        (Template::Http, true) => (
+            format!("wasip3 = {{ version = \"{WASIP3}\", features = [\"async-spawn\"] }}"),
+            "wasi = \"0.3\"\n".to_owned(),
+        ),
+        (Template::Command, true) => (
+            format!("wasip3 = \"{WASIP3}\""),
+            "wasi = \"0.3\"\n".to_owned(),
+        ),
     };
     let manifest = format!(
         r#"[package]
@@ -155,13 +188,13 @@ edition = "2024"
 publish = false
 {lib}
 [dependencies]
-shoal-sdk = {{ path = "vendor/shoal-sdk" }}
+{dependency}
 
-# What `shoal build` checks the component against: "http" (wasi:http/proxy) or "command"
-# (wasi:cli/command).
+# What `shoal build` checks the component against: "http" (wasi:http/proxy, or
+# wasi:http/service in WASI 0.3) or "command" (wasi:cli/command), and the WASI version.
 [package.metadata.shoal]
 world = "{world}"
-
+{wasi}
 # Small components: they are pulled by every host that runs them.
 [profile.release]
 opt-level = "s"
@@ -201,6 +234,10 @@ wit-bindgen = "0.57"
             sdk_manifest.to_owned(),
         ),
     ];
+    if wasi_03 {
+        files.retain(|(path, _)| !path.starts_with("vendor"));
+        return files;
+    }
     for (path, contents) in SDK_FILES {
         files.push((
             Path::new("vendor/shoal-sdk").join(path),
@@ -242,7 +279,7 @@ mod tests {
 
     #[test]
     fn templates_name_the_project_and_its_world() {
-        let files = files("hello-api", Template::Http);
+        let files = files("hello-api", Template::Http, false);
         let manifest = &files[0].1;
         assert!(manifest.contains("name = \"hello-api\""));
         assert!(manifest.contains("world = \"http\""));
@@ -254,11 +291,20 @@ mod tests {
             .1;
         assert!(source.contains("from hello-api at {path}"));
         assert!(source.contains("hello_api.wasm"));
-        let command = super::files("job", Template::Command);
+        let command = super::files("job", Template::Command, false);
         assert!(
             command
                 .iter()
                 .any(|(path, _)| path.ends_with("src/main.rs"))
         );
+        // WASI 0.3: the wasip3 crate, no vendored SDK, the version in the metadata.
+        for template in [Template::Http, Template::Command] {
+            let files = super::files("hello3", template, true);
+            let manifest = &files[0].1;
+            assert!(manifest.contains("wasip3 = "), "{manifest}");
+            assert!(manifest.contains("wasi = \"0.3\""), "{manifest}");
+            assert!(manifest.contains("crate-type = [\"cdylib\"]"), "{manifest}");
+            assert!(files.iter().all(|(path, _)| !path.starts_with("vendor")));
+        }
     }
 }
