@@ -10,6 +10,7 @@ use std::io::Read as _;
 use std::time::Duration;
 
 use support::lattice::{Lattice, agent};
+use support::load::Load;
 use support::served::Served;
 use support::{Shoal, eventually, guest};
 
@@ -396,4 +397,70 @@ fn a_wasi_03_component_goes_only_to_hosts_that_run_wasi_03() {
     };
     assert_eq!(wasi("old"), serde_json::json!(["0.2"]));
     assert_eq!(wasi("new"), serde_json::json!(["0.2", "0.3"]));
+}
+
+#[test]
+fn a_rollout_between_a_wasi_02_and_a_wasi_03_component_fails_no_request() {
+    let lattice = Lattice::start();
+    let _scheduler = lattice.scheduler("s1");
+    let hosts = [lattice.host("h1", &[]), lattice.host("h2", &[])];
+    let hello = lattice.push_hello("1.0");
+    let spin = lattice.push_guest("hello-spin", "1.0");
+    let web = |component: &str| {
+        format!(
+            "apiVersion: shoal.dev/v1\nkind: App\nmetadata: {{name: web}}\nspec:\n  component: {component}\n  replicas: 4\n  routes: [{{path: /web}}]\n"
+        )
+    };
+    lattice.apply(&web(&hello));
+    lattice.wait_ready("web", 4, PATIENCE);
+    let urls: Vec<String> = hosts
+        .iter()
+        .map(|host| format!("{}/web", host.url.clone().unwrap()))
+        .collect();
+    for url in &urls {
+        eventually(PATIENCE, "every host to serve the 0.2 component", || {
+            agent()
+                .get(url)
+                .call()
+                .ok()
+                .filter(|response| response.status() == 200)
+        });
+    }
+    // 0.2 → 0.3 under load through both hosts, then back with undo.
+    for (step, expected) in [
+        ("apply", "spin-sdk hello /web\n"),
+        ("undo", "hello from Shoal\n"),
+    ] {
+        let load = Load::start(&urls);
+        eventually(PATIENCE, "the load to be answered", || {
+            (load.ok() > 20).then_some(())
+        });
+        if step == "apply" {
+            lattice.apply(&web(&spin));
+        } else {
+            lattice.ok(&["rollout", "undo", "web"]);
+        }
+        let status = lattice.ok(&["rollout", "status", "web", "--timeout", "60s"]);
+        assert!(status.contains("complete"), "{status}");
+        eventually(
+            PATIENCE,
+            "every host to answer with the new component",
+            || {
+                urls.iter()
+                    .all(|url| {
+                        agent()
+                            .get(url)
+                            .call()
+                            .ok()
+                            .and_then(|mut response| response.body_mut().read_to_string().ok())
+                            .is_some_and(|body| body == expected)
+                    })
+                    .then_some(())
+            },
+        );
+        let (ok, failed, errors, seen) = load.finish();
+        eprintln!("{step} under load: {ok} ok, {failed} failed; errors: {errors:?}");
+        assert_eq!(failed, 0, "{step}: {errors:?}");
+        assert!(seen.iter().any(|answer| answer == expected), "{seen:?}");
+    }
 }
