@@ -464,3 +464,45 @@ fn a_rollout_between_a_wasi_02_and_a_wasi_03_component_fails_no_request() {
         assert!(seen.iter().any(|answer| answer == expected), "{seen:?}");
     }
 }
+
+#[test]
+fn a_wasi_03_app_scales_to_zero_wakes_on_a_request_and_is_counted_in_metrics() {
+    let lattice = Lattice::start();
+    let _scheduler = lattice.scheduler("s1");
+    let port = support::free_port();
+    let host = lattice.host_with("h1", &["--metrics", &format!("127.0.0.1:{port}")]);
+    let spin = lattice.push_guest("hello-spin", "1.0");
+    lattice.apply(&format!(
+        "apiVersion: shoal.dev/v1\nkind: App\nmetadata: {{name: sleepy}}\nspec:\n  component: {spin}\n  replicas: 0\n  routes: [{{path: /sleepy}}]\n  autoscale: {{min: 0, max: 2, window: 6s, scaleDownDelay: 3s}}\n"
+    ));
+    // At zero: the first request wakes a replica and is answered by it.
+    let (status, body) = eventually(PATIENCE, "the host to route /sleepy", || {
+        host.get("/sleepy/woken")
+            .filter(|(status, _)| *status != 404)
+    });
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "spin-sdk hello /sleepy/woken\n")
+    );
+    assert_eq!(
+        lattice.wait_ready("sleepy", 1, PATIENCE),
+        [("h1".to_owned(), 1)].into()
+    );
+    // Idle for its delay: back to zero.
+    eventually(PATIENCE, "sleepy to reach zero", || {
+        lattice.replica_ids("sleepy").is_empty().then_some(())
+    });
+    let metrics = agent()
+        .get(&format!("http://127.0.0.1:{port}/metrics"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    assert!(
+        metrics.contains(
+            "shoal_http_requests_total{namespace=\"default\",app=\"sleepy\",path=\"local\",outcome=\"success\"} 1"
+        ),
+        "{metrics}"
+    );
+}
