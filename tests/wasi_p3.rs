@@ -506,3 +506,72 @@ fn a_wasi_03_app_scales_to_zero_wakes_on_a_request_and_is_counted_in_metrics() {
         "{metrics}"
     );
 }
+
+#[test]
+fn with_instance_concurrency_one_wasi_03_instance_serves_requests_at_once_and_fails_them_together()
+{
+    let shoal = Shoal::new();
+    let served = Served::start(
+        &shoal,
+        &path("p3-fixtures"),
+        &["--instance-concurrency", "8", "--timeout", "2s"],
+    );
+    // Eight requests waiting on the clock at once: answered, and an instance saw several
+    // in flight together. (Without the option each has an instance of its own.)
+    let url = served.url.clone();
+    let peak = || {
+        let waits: Vec<_> = (0..8)
+            .map(|_| {
+                let url = url.clone();
+                std::thread::spawn(move || {
+                    let mut response = Served::agent()
+                        .get(&format!("{url}/sleep?ms=300"))
+                        .call()
+                        .unwrap();
+                    let status = response.status().as_u16();
+                    let _ = response.body_mut().read_to_string();
+                    status
+                })
+            })
+            .collect();
+        for wait in waits {
+            assert_eq!(wait.join().unwrap(), 200);
+        }
+        served.get("/peak").1.trim().parse::<u64>().unwrap()
+    };
+    let shared = eventually(PATIENCE, "one instance to serve sleeps at once", || {
+        let peak = peak();
+        (peak >= 2).then_some(peak)
+    });
+    eprintln!("most sleeps in flight in one instance: {shared}");
+    // Limits hold per request; a failure ends the instance, and the next request gets a
+    // fresh one.
+    assert_eq!(served.get("/loop").0, 504);
+    assert_eq!(served.get("/panic").0, 500);
+    assert_eq!(served.get("/count"), (200, "1\n".to_owned()));
+    let (mut body, expected) = chunks(1 << 20);
+    let mut response = Served::agent()
+        .post(&format!("{url}/echo"))
+        .send(ureq::SendBody::from_reader(&mut body))
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(
+        response
+            .body_mut()
+            .with_config()
+            .limit(4 << 20)
+            .read_to_vec()
+            .unwrap()
+            == expected
+    );
+    // Fuel counts one request's instructions: not with shared instances.
+    let refused = shoal.fails(&[
+        "run",
+        &path("p3-fixtures"),
+        "--instance-concurrency",
+        "4",
+        "--fuel",
+        "1000",
+    ]);
+    assert!(refused.contains("cannot be used with"), "{refused}");
+}

@@ -343,6 +343,12 @@ impl GuestState {
     pub fn timed_out(&self) -> bool {
         self.timed_out
     }
+
+    /// Moves the store's deadline to `timeout` from now, if that is later (an instance
+    /// that serves several requests at once runs until its newest one's deadline).
+    pub(crate) fn extend_deadline(&mut self, timeout: std::time::Duration) {
+        self.deadline = self.deadline.max(deadline_after(timeout));
+    }
 }
 
 impl crate::config::HasConfigValues for GuestState {

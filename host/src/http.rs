@@ -144,6 +144,9 @@ pub struct HttpComponent {
     idle: Mutex<Vec<IdleInstance>>,
     /// Whether a task is dropping idle instances that waited past [`IDLE_INSTANCE`].
     sweeping: AtomicBool,
+    /// A WASI 0.3 component's instances that serve several requests at once
+    /// (`limits.instance_concurrency` > 1).
+    shared: Option<crate::shared::Shared>,
 }
 
 /// An instance between two requests of the same replica.
@@ -203,12 +206,24 @@ impl HttpComponent {
         limits: Limits,
     ) -> Result<Self, HostError> {
         options.validate()?;
+        let cpu = limits
+            .cpu_millicores
+            .map(|millicores| Arc::new(CpuQuota::new(millicores)));
+        let shared =
+            (limits.instance_concurrency > 1 && matches!(*pre, HandlerPre::P3(_))).then(|| {
+                crate::shared::new(
+                    runtime.engine().clone(),
+                    Arc::clone(&pre),
+                    options.clone(),
+                    limits.clone(),
+                    cpu.clone(),
+                )
+            });
         Ok(Self {
             pre,
             engine: runtime.engine().clone(),
-            cpu: limits
-                .cpu_millicores
-                .map(|millicores| Arc::new(CpuQuota::new(millicores))),
+            cpu,
+            shared,
             slots: Arc::new(Semaphore::new(limits.concurrency.max(1))),
             waiting: AtomicUsize::new(0),
             stats: Stats::default(),
@@ -313,6 +328,11 @@ impl HttpComponent {
             left: limit,
             too_large: flag,
         });
+        if let Some(shared) = &self.shared {
+            return self
+                .handle_shared(shared, request, permit, &too_large)
+                .await;
+        }
         let reused = if self.limits.instance_reuse > 1 {
             self.take_idle()
         } else {
@@ -425,6 +445,51 @@ impl HttpComponent {
         }
     }
 
+    /// Handles one request in an instance that may be serving others
+    /// (`limits.instance_concurrency`); the concurrency slot is held until the response body
+    /// ends.
+    async fn handle_shared(
+        &self,
+        shared: &crate::shared::Shared,
+        request: Request<CappedBody>,
+        permit: tokio::sync::OwnedSemaphorePermit,
+        too_large: &AtomicBool,
+    ) -> Response<ResponseBody> {
+        let scheme = if request.extensions().get::<ArrivedOverTls>().is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let Some(request) = absolute(request, scheme) else {
+            return plain(StatusCode::BAD_REQUEST, "malformed request\n");
+        };
+        let request = request.map(|body| body.boxed_unsync());
+        let handled = tokio::time::timeout(self.limits.timeout, shared.handle((), request)).await;
+        let cause = match handled {
+            Ok(Ok(_)) if too_large.load(Ordering::Relaxed) => FailureCause::BodyTooLarge,
+            Ok(Ok(response)) => {
+                self.stats.served.fetch_add(1, Ordering::Relaxed);
+                return response.map(|body| {
+                    Holding {
+                        inner: body,
+                        _permit: permit,
+                    }
+                    .boxed_unsync()
+                });
+            }
+            Ok(Err(_)) if too_large.load(Ordering::Relaxed) => FailureCause::BodyTooLarge,
+            Ok(Err(error)) if error.is::<wasmtime_wasi_http::handler::ExpirationError>() => {
+                FailureCause::Timeout
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(component = %self.options.name, %error, "request failed in a shared instance");
+                FailureCause::Trap
+            }
+            Err(_elapsed) => FailureCause::Timeout,
+        };
+        self.refuse(cause)
+    }
+
     fn refuse(&self, cause: FailureCause) -> Response<ResponseBody> {
         self.stats.count(cause);
         failure_response(cause)
@@ -500,6 +565,47 @@ pub fn plain(status: StatusCode, text: &'static str) -> Response<ResponseBody> {
         http::HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     response
+}
+
+/// `request` with an absolute URI (scheme, and the authority from its Host header), as a
+/// guest's request names them; `None` without a usable Host.
+fn absolute<B>(request: Request<B>, scheme: &str) -> Option<Request<B>> {
+    let (mut parts, body) = request.into_parts();
+    if parts.uri.authority().is_none() {
+        let host = parts.headers.get(header::HOST)?.to_str().ok()?;
+        let path = parts
+            .uri
+            .path_and_query()
+            .map_or("/", http::uri::PathAndQuery::as_str);
+        parts.uri = format!("{scheme}://{host}{path}").parse().ok()?;
+    }
+    Some(Request::from_parts(parts, body))
+}
+
+/// A response body that holds something (a concurrency slot) until it ends or is dropped.
+struct Holding<T> {
+    inner: ResponseBody,
+    _permit: T,
+}
+
+impl<T: Send + Unpin + 'static> Body for Holding<T> {
+    type Data = Bytes;
+    type Error = wasmtime_wasi_http::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(context)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// A request body that errors past the size limit and remembers that it did.

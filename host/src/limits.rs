@@ -41,6 +41,9 @@ pub struct Limits {
     /// Requests one instance serves, one after another, before it is dropped; 1 is a fresh
     /// instance per request (the default).
     pub instance_reuse: u32,
+    /// Requests one WASI 0.3 instance serves at once (1, the default: one at a time; see
+    /// [`crate::shared`]). WASI 0.2 handlers are synchronous and serve one at a time.
+    pub instance_concurrency: usize,
     /// Fuel (wasmtime's instruction count) one request may burn; `None`: not counted. Only
     /// a runtime with fuel enabled ([`crate::engine::Runtime::for_fuel`]) can count it.
     pub fuel: Option<u64>,
@@ -65,8 +68,8 @@ impl Limits {
     /// the reserved memory as the cap when the app sets none.
     pub fn for_app(limits: &shoal_lattice::records::AppLimits) -> Self {
         use shoal_lattice::validate::{
-            MAX_BODY, MAX_CONCURRENCY, MAX_CPU_MILLICORES, MAX_FUEL, MAX_INSTANCE_REUSE,
-            MAX_MEMORY, MAX_TIMEOUT, MIN_MEMORY,
+            MAX_BODY, MAX_CONCURRENCY, MAX_CPU_MILLICORES, MAX_FUEL, MAX_INSTANCE_CONCURRENCY,
+            MAX_INSTANCE_REUSE, MAX_MEMORY, MAX_TIMEOUT, MIN_MEMORY,
         };
         let defaults = Limits::default();
         Self {
@@ -89,6 +92,9 @@ impl Limits {
             instance_reuse: limits
                 .instance_reuse
                 .map_or(1, |reuse| reuse.clamp(1, MAX_INSTANCE_REUSE)),
+            instance_concurrency: limits.instance_concurrency.map_or(1, |concurrency| {
+                concurrency.clamp(1, MAX_INSTANCE_CONCURRENCY)
+            }) as usize,
             fuel: limits.fuel.map(|fuel| fuel.clamp(1, MAX_FUEL)),
             max_body: limits
                 .max_body
@@ -109,6 +115,7 @@ impl Default for Limits {
             max_body: 10 * 1024 * 1024,
             max_header: 64 * 1024,
             instance_reuse: 1,
+            instance_concurrency: 1,
             fuel: None,
         }
     }
@@ -271,6 +278,7 @@ mod tests {
             timeout: Some(Span(Duration::MAX)),
             concurrency: Some(u32::MAX),
             instance_reuse: Some(u32::MAX),
+            instance_concurrency: Some(u32::MAX),
             max_body: Some(Memory(u64::MAX)),
             fuel: Some(u64::MAX),
         };
@@ -278,6 +286,11 @@ mod tests {
         assert_eq!(limits.fuel, Some(1 << 52));
         assert_eq!(Limits::for_app(&AppLimits::default()).fuel, None);
         assert_eq!(limits.instance_reuse, 10_000);
+        assert_eq!(limits.instance_concurrency, 1_000);
+        assert_eq!(
+            Limits::for_app(&AppLimits::default()).instance_concurrency,
+            1
+        );
         assert_eq!(limits.max_body, 4 << 30);
         assert_eq!(Limits::for_app(&AppLimits::default()).instance_reuse, 1);
         assert_eq!(limits.memory, Some(4 << 30));

@@ -319,6 +319,11 @@ pub struct AppLimits {
     /// seen by the next requests of the same app, never by another app's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance_reuse: Option<u32>,
+    /// Requests one instance of a WASI 0.3 component serves at once (none or 1: one at a
+    /// time). Those requests share the instance's memory, its memory cap and its fate: one
+    /// that traps or runs past its timeout ends the others in it. Not with `fuel`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_concurrency: Option<u32>,
     /// Largest request body a replica accepts (default 10Mi); past it, 413.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_body: Option<Memory>,

@@ -29,6 +29,8 @@ pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
 pub const MAX_CONCURRENCY: u32 = 10_000;
 /// Largest `limits.maxBody`.
 pub const MAX_BODY: u64 = 4 << 30;
+/// Most requests one instance may serve at once with `limits.instanceConcurrency`.
+pub const MAX_INSTANCE_CONCURRENCY: u32 = 1_000;
 /// Most requests one instance may serve with `limits.instanceReuse`.
 pub const MAX_INSTANCE_REUSE: u32 = 10_000;
 /// Longest `rollout.minReady`.
@@ -496,6 +498,19 @@ impl Problems {
                 format!("must be between 1 and {MAX_INSTANCE_REUSE}"),
             );
         }
+        if let Some(concurrency) = limits.instance_concurrency {
+            if !(1..=MAX_INSTANCE_CONCURRENCY).contains(&concurrency) {
+                self.add(
+                    at("instanceConcurrency"),
+                    format!("must be between 1 and {MAX_INSTANCE_CONCURRENCY}"),
+                );
+            } else if concurrency > 1 && limits.fuel.is_some() {
+                self.add(
+                    at("instanceConcurrency"),
+                    "cannot be given with fuel: a fuel budget counts one request's instructions, and requests sharing an instance share its fuel".to_owned(),
+                );
+            }
+        }
     }
 
     /// Config objects pinned in a record: as many as `configFrom` may name, each as a
@@ -951,6 +966,32 @@ mod tests {
     use super::*;
 
     #[test]
+    fn instance_concurrency_is_bounded_and_not_given_with_fuel() {
+        let problems = |limits: &str| {
+            let spec: AppSpec = serde_json::from_str(&format!(
+                r#"{{"component":"localhost:5000/hello:1.0","limits":{limits}}}"#
+            ))
+            .unwrap();
+            spec.problems("spec")
+                .iter()
+                .map(|problem| format!("{}: {}", problem.path, problem.reason))
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
+        assert_eq!(problems(r#"{"instanceConcurrency":16}"#), "");
+        assert!(
+            problems(r#"{"instanceConcurrency":0}"#)
+                .contains("instanceConcurrency: must be between 1 and 1000")
+        );
+        let both = problems(r#"{"instanceConcurrency":16,"fuel":1000}"#);
+        assert!(
+            both.contains("instanceConcurrency: cannot be given with fuel"),
+            "{both}"
+        );
+        assert_eq!(problems(r#"{"instanceConcurrency":1,"fuel":1000}"#), "");
+    }
+
+    #[test]
     fn a_host_s_secrets_key_must_be_an_xkey() {
         let record = |key: &str| -> HostRecord {
             serde_json::from_value(serde_json::json!({
@@ -1066,6 +1107,10 @@ mod fuzz {
         }
         if let Some(reuse) = spec.limits.instance_reuse {
             assert!((1..=MAX_INSTANCE_REUSE).contains(&reuse));
+        }
+        if let Some(concurrency) = spec.limits.instance_concurrency {
+            assert!((1..=MAX_INSTANCE_CONCURRENCY).contains(&concurrency));
+            assert!(concurrency == 1 || spec.limits.fuel.is_none());
         }
     }
 

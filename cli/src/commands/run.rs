@@ -60,6 +60,13 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10_000), help_heading = "Limits")]
     pub instance_reuse: u32,
 
+    /// Requests one instance of a WASI 0.3 component serves at once (1: one at a time, the
+    /// default). Those requests share the instance's memory and its fate: one that traps or
+    /// runs past its timeout ends the others in it. An instance then serves --instance-reuse
+    /// requests in all (128 when that is 1). Not with --fuel.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1_000), help_heading = "Limits", conflicts_with = "fuel")]
+    pub instance_concurrency: u32,
+
     /// Largest request body accepted; past it, 413.
     #[arg(long, default_value = "10MiB", value_parser = parse_size, help_heading = "Limits")]
     pub max_body: u64,
@@ -174,6 +181,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         max_body: args.max_body,
         max_header: usize::try_from(args.max_header).unwrap_or(usize::MAX),
         instance_reuse: args.instance_reuse,
+        instance_concurrency: args.instance_concurrency as usize,
         fuel: args.fuel,
     };
     let mut guest_args = vec![args.target.clone()];
