@@ -2,8 +2,10 @@
 //! axum server on this machine, drives each with `wrk`, and prints throughput, latency,
 //! startup time and memory as tables with ratios to `wasmtime serve`.
 //!
-//! One run measures everything, so the ratios compare like with like on the same (noisy)
-//! machine. `bench/run.sh` builds what this needs and calls it.
+//! One run measures everything (or one part, `--only`), so the ratios compare like with like
+//! on the same (noisy) machine: the WASI 0.2 hello, a CPU-bound guest under limits, and the
+//! Spin SDK's WASI 0.3 hello against `wasmtime serve -S p3=y`. `bench/run.sh` builds what
+//! this needs and calls it.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -43,6 +45,10 @@ struct Args {
     /// Units of work per request of the CPU-bound guest (one unit is 10,000 xorshift steps).
     #[arg(long, default_value = "50")]
     work_units: u32,
+    /// Run one part only: `hello` (WASI 0.2), `cpu` (limits' cost) or `wasi-03` (the Spin SDK
+    /// hello, a WASI 0.3 component).
+    #[arg(long, value_parser = ["hello", "cpu", "wasi-03"])]
+    only: Option<String>,
 }
 
 /// A way of serving a component.
@@ -81,7 +87,8 @@ fn main() -> anyhow::Result<()> {
     }
     let hello = args.guests.join("hello_http.wasm");
     let fixtures = args.guests.join("http_fixtures.wasm");
-    for component in [&hello, &fixtures] {
+    let spin = args.guests.join("hello_spin.wasm");
+    for component in [&hello, &fixtures, &spin] {
         if !component.is_file() {
             bail!(
                 "{} does not exist; run scripts/build-guests.sh",
@@ -130,9 +137,99 @@ fn main() -> anyhow::Result<()> {
         ),
         case("native axum", Server::Native, &hello, &[], "/"),
     ];
+    let part = |name: &str| args.only.as_deref().is_none_or(|only| only == name);
+    if part("wasi-03") {
+        wasi_03(&args, &spin)?;
+    }
+    if part("hello") {
+        hello_part(&args, &hello_cases)?;
+    }
+    if part("cpu") {
+        cpu_part(&args, &fixtures)?;
+    }
+    Ok(())
+}
+
+/// The Spin SDK's hello (a WASI 0.3 component) under `shoal run` and `wasmtime serve -S
+/// p3=y`: an instance per request in both, then each one's way of serving several
+/// requests per instance; and latency at concurrency 1.
+fn wasi_03(args: &Args, spin: &Path) -> anyhow::Result<()> {
+    let case = |label: &str, server, extra: &[&str]| Case {
+        label: label.to_owned(),
+        server,
+        component: spin.to_owned(),
+        extra: extra.iter().map(|&extra| extra.to_owned()).collect(),
+        path: "/".to_owned(),
+    };
+    let fresh = [
+        "-S",
+        "p3=y",
+        "--max-instance-reuse-count",
+        "1",
+        "--max-instance-concurrent-reuse-count",
+        "1",
+    ];
+    let cases = [
+        case(
+            "wasmtime serve -S p3=y (instance per request)",
+            Server::Wasmtime,
+            &fresh,
+        ),
+        case("shoal run", Server::Shoal, &[]),
+        case(
+            "wasmtime serve -S p3=y (defaults: 16 at once, 128 each)",
+            Server::Wasmtime,
+            &["-S", "p3=y"],
+        ),
+        case(
+            "shoal run --instance-concurrency 16 --instance-reuse 128",
+            Server::Shoal,
+            &["--instance-concurrency", "16", "--instance-reuse", "128"],
+        ),
+    ];
     let mut results = Vec::new();
-    for case in &hello_cases {
-        results.push(measure(&args, case)?);
+    for case in &cases {
+        results.push(measure(args, case)?);
+    }
+    println!("WASI 0.3 hello: the Spin SDK 7 example (GET /)");
+    println!("{}\n", table(&results, true));
+    let rate = |label: &str| {
+        results
+            .iter()
+            .find(|result| result.label.starts_with(label))
+            .map_or(f64::NAN, |result| result.load.requests_per_second)
+    };
+    println!(
+        "instance per request: shoal run / wasmtime serve = {:.2}",
+        rate("shoal run") / rate("wasmtime serve -S p3=y (instance per request)")
+    );
+    println!(
+        "several per instance: shoal run / wasmtime serve = {:.2}",
+        rate("shoal run --instance-concurrency") / rate("wasmtime serve -S p3=y (defaults")
+    );
+    // One request at a time: the latency a single client sees.
+    for case in &cases[..2] {
+        let cache = tempfile::tempdir()?;
+        let (child, _, url) = start(args, case, cache.path())?;
+        let load = wrk::run(1, 1, args.duration, &format!("{url}/"));
+        stop(child);
+        let load = load?;
+        println!(
+            "concurrency 1, {}: p50 {} p99 {} ({:.0} req/s)",
+            case.label,
+            format_duration(load.p50),
+            format_duration(load.p99),
+            load.requests_per_second
+        );
+    }
+    println!();
+    Ok(())
+}
+
+fn hello_part(args: &Args, hello_cases: &[Case]) -> anyhow::Result<()> {
+    let mut results = Vec::new();
+    for case in hello_cases {
+        results.push(measure(args, case)?);
     }
     println!("hello component (GET /)");
     println!("{}\n", table(&results, true));
@@ -152,39 +249,50 @@ fn main() -> anyhow::Result<()> {
             / rate("wasmtime serve --max-instance-reuse-count 128")
     );
 
+    Ok(())
+}
+
+fn cpu_part(args: &Args, fixtures: &Path) -> anyhow::Result<()> {
+    let case = |label: &str, server, component: &Path, extra: &[&str], path: &str| Case {
+        label: label.to_owned(),
+        server,
+        component: component.to_owned(),
+        extra: extra.iter().map(|&extra| extra.to_owned()).collect(),
+        path: path.to_owned(),
+    };
     let work = format!("/work?units={}", args.work_units);
     let fuel = u64::MAX.to_string();
     // A budget that never binds: what counting costs (epochs, the deadline and CPU
     // accounting, are always on in shoal).
     let shoal_fuel = (1u64 << 52).to_string();
     let cpu_cases = [
-        case("wasmtime serve", Server::Wasmtime, &fixtures, &[], &work),
+        case("wasmtime serve", Server::Wasmtime, fixtures, &[], &work),
         case(
             "wasmtime serve -W fuel",
             Server::Wasmtime,
-            &fixtures,
+            fixtures,
             &["-W", &format!("fuel={fuel}")],
             &work,
         ),
-        case("shoal run", Server::Shoal, &fixtures, &[], &work),
+        case("shoal run", Server::Shoal, fixtures, &[], &work),
         case(
             "shoal run --cpu 2 --memory 64Mi",
             Server::Shoal,
-            &fixtures,
+            fixtures,
             &["--cpu", "2", "--memory", "64Mi"],
             &work,
         ),
         case(
             "shoal run --fuel (never binds)",
             Server::Shoal,
-            &fixtures,
+            fixtures,
             &["--fuel", &shoal_fuel],
             &work,
         ),
     ];
     let mut results = Vec::new();
     for case in &cpu_cases {
-        results.push(measure(&args, case)?);
+        results.push(measure(args, case)?);
     }
     println!(
         "CPU-bound guest (GET {work}); limits that never bind, so this is their bookkeeping cost"
