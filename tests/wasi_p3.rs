@@ -71,6 +71,22 @@ fn shoal_run_serves_an_unmodified_spin_sdk_component() {
 }
 
 #[test]
+fn a_spin_component_reads_the_app_s_configuration_as_its_variables() {
+    let shoal = Shoal::new();
+    let served = Served::start(
+        &shoal,
+        &path("spin-variables"),
+        &["--config", "GREETING=hi", "--config", "api_key=k1"],
+    );
+    // As written, then regardless of case (Spin names its variables in lowercase).
+    assert_eq!(served.get("/api_key"), (200, "api_key=k1\n".to_owned()));
+    assert_eq!(served.get("/greeting"), (200, "greeting=hi\n".to_owned()));
+    let (status, body) = served.get("/missing");
+    assert_eq!(status, 404);
+    assert!(body.contains("Undefined"), "{body}");
+}
+
+#[test]
 fn a_wasi_03_component_streams_both_ways_and_fails_alone_within_its_limits() {
     let shoal = Shoal::new();
     let served = Served::start(

@@ -29,7 +29,7 @@ use crate::handler::{GuestHandler, HandlerPre};
 use crate::limits::{CpuQuota, Limits};
 
 /// Interfaces Shoal provides to guests, WASI 0.2 and 0.3 alike.
-const PROVIDED: [&str; 9] = [
+const PROVIDED: [&str; 10] = [
     "wasi:cli/",
     "wasi:clocks/",
     "wasi:filesystem/",
@@ -39,6 +39,7 @@ const PROVIDED: [&str; 9] = [
     "wasi:http/",
     "wasi:config/",
     "wasi:keyvalue/",
+    "spin:variables/",
 ];
 
 /// A linker with everything guests of `runtime` get: WASI 0.2, and 0.3 where it runs it.
@@ -52,6 +53,7 @@ pub(crate) fn linker(runtime: &Runtime) -> Result<Linker<GuestState>, HostError>
     if runtime.runs_wasi_03() {
         wasmtime_wasi::p3::add_to_linker(&mut linker)
             .and_then(|()| wasmtime_wasi_http::p3::add_to_linker(&mut linker))
+            .and_then(|()| crate::spin::add_to_linker(&mut linker))
             .map_err(|error| HostError::Engine(format!("{error:#}")))?;
     }
     Ok(linker)

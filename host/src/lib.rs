@@ -10,6 +10,7 @@
 //! - [`http`]: serving a wasi:http component, a fresh `Store` per request;
 //! - [`handler`]: calling a guest's HTTP handler, WASI 0.2 or 0.3, behind one shape;
 //! - `shared`: several requests at once in one WASI 0.3 instance (opt-in);
+//! - [`spin`]: Spin's `spin:variables`, read from the app's configuration;
 //! - [`command`]: running a wasi:cli command component to completion;
 //! - [`output`]: guest stdout and stderr cut into lines for a sink (the app's logs);
 //! - [`agent`]: `shoal host`, the lattice agent converging on its assignments;
@@ -33,6 +34,7 @@ pub mod outbound;
 pub mod output;
 pub mod router;
 pub(crate) mod shared;
+pub mod spin;
 pub mod state;
 pub mod tls;
 
