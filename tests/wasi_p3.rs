@@ -591,3 +591,96 @@ fn with_instance_concurrency_one_wasi_03_instance_serves_requests_at_once_and_fa
     ]);
     assert!(refused.contains("cannot be used with"), "{refused}");
 }
+
+/// Runs `shoal ARGS` on `lattice` with `SHOAL_KEY_PASSWORD` set; panics unless it succeeds.
+fn with_key_password(lattice: &Lattice, args: &[&str]) -> String {
+    let output = lattice
+        .command()
+        .env("SHOAL_KEY_PASSWORD", "a test password")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "shoal {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[test]
+fn a_signed_wasi_03_component_runs_under_a_trust_policy_and_serves_offline_after_a_restart() {
+    let mut lattice = Lattice::start();
+    // Patient: this test is about what the host does while the lattice is away.
+    let _scheduler = lattice.spawn(
+        &[
+            "scheduler",
+            "--id",
+            "s1",
+            "--host-timeout",
+            "60s",
+            "--lease",
+            "1s",
+        ],
+        "s1",
+        false,
+    );
+    let host = lattice.spawn(&support::lattice::host_args("edge-1"), "edge-1", true);
+    lattice.wait_registered("edge-1");
+    let keys = tempfile::tempdir().unwrap();
+    let prefix = keys.path().join("ci");
+    with_key_password(
+        &lattice,
+        &["keygen", "--output-key-prefix", prefix.to_str().unwrap()],
+    );
+    lattice.ok(&["trust", "add", keys.path().join("ci.pub").to_str().unwrap()]);
+    // Signed at push: it runs. The same component unsigned is refused.
+    let spin = guest("hello-spin");
+    let signed = lattice.registry.reference("examples/spin:signed");
+    with_key_password(
+        &lattice,
+        &[
+            "push",
+            spin.to_str().unwrap(),
+            &signed,
+            "--annotation",
+            "build=signed",
+            "--sign",
+            keys.path().join("ci.key").to_str().unwrap(),
+        ],
+    );
+    let unsigned = lattice.registry.reference("examples/spin:unsigned");
+    lattice.ok(&[
+        "push",
+        spin.to_str().unwrap(),
+        &unsigned,
+        "--annotation",
+        "build=unsigned",
+    ]);
+    let app = |name: &str, component: &str| {
+        format!(
+            "apiVersion: shoal.dev/v1\nkind: App\nmetadata: {{name: {name}}}\nspec:\n  component: {component}\n  replicas: 1\n  routes: [{{path: /{name}}}]\n"
+        )
+    };
+    lattice.apply(&app("edge", &signed));
+    lattice.wait_ready("edge", 1, PATIENCE);
+    let (ok, _, stderr) = lattice.try_apply(&app("unsigned", &unsigned));
+    assert!(ok && stderr.contains("SignatureMissing"), "{stderr}");
+
+    // Offline restart: NATS and the registry gone, the host killed and started again; it
+    // serves the saved 0.3 replica from its cache.
+    let state = lattice.shoal.cache_dir().join("hosts/edge-1/state.json");
+    eventually(PATIENCE, "the host to save its replica and route", || {
+        let text = std::fs::read_to_string(&state).ok()?;
+        text.contains("\"/edge\"").then_some(())
+    });
+    lattice.nats.stop();
+    let mut host = host;
+    host.kill();
+    lattice.registry.stop();
+    let host = lattice.spawn(&support::lattice::host_args("edge-1"), "edge-1", true);
+    let (status, body) = eventually(PATIENCE, "the offline host to serve /edge", || {
+        host.get("/edge").filter(|(status, _)| *status == 200)
+    });
+    assert_eq!((status, body.as_str()), (200, "spin-sdk hello /edge\n"));
+}
