@@ -75,13 +75,16 @@ fn a_spin_component_reads_the_app_s_configuration_as_its_variables() {
     let shoal = Shoal::new();
     let served = Served::start(
         &shoal,
-        &path("spin-variables"),
+        &path("spin-fixtures"),
         &["--config", "GREETING=hi", "--config", "api_key=k1"],
     );
     // As written, then regardless of case (Spin names its variables in lowercase).
-    assert_eq!(served.get("/api_key"), (200, "api_key=k1\n".to_owned()));
-    assert_eq!(served.get("/greeting"), (200, "greeting=hi\n".to_owned()));
-    let (status, body) = served.get("/missing");
+    assert_eq!(served.get("/var/api_key"), (200, "api_key=k1\n".to_owned()));
+    assert_eq!(
+        served.get("/var/greeting"),
+        (200, "greeting=hi\n".to_owned())
+    );
+    let (status, body) = served.get("/var/missing");
     assert_eq!(status, 404);
     assert!(body.contains("Undefined"), "{body}");
 }
@@ -683,4 +686,67 @@ fn a_signed_wasi_03_component_runs_under_a_trust_policy_and_serves_offline_after
         host.get("/edge").filter(|(status, _)| *status == 200)
     });
     assert_eq!((status, body.as_str()), (200, "spin-sdk hello /edge\n"));
+}
+
+#[test]
+fn a_spin_component_uses_the_app_s_stores_through_spin_key_value_and_its_config_as_variables() {
+    let lattice = Lattice::start();
+    let _scheduler = lattice.scheduler("s1");
+    let host = lattice.host("h1", &[]);
+    let fixtures = lattice.push_guest("spin-fixtures", "1.0");
+    lattice.apply(&format!(
+        "apiVersion: shoal.dev/v1\nkind: App\nmetadata: {{name: spinkv}}\nspec:\n  component: {fixtures}\n  replicas: 1\n  routes: [{{path: /}}]\n  config: {{GREETING: from-the-lattice}}\n  keyValue: [{{name: default}}]\n"
+    ));
+    lattice.wait_ready("spinkv", 1, PATIENCE);
+    let url = host.url.clone().unwrap();
+    let (status, body) = eventually(PATIENCE, "the app's route", || {
+        host.get("/var/greeting")
+            .filter(|(status, _)| *status != 404)
+    });
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "greeting=from-the-lattice\n")
+    );
+    let call = |method: &str, path: &str, body: &str| {
+        let agent = agent();
+        let url = format!("{url}{path}");
+        let mut response = match method {
+            "PUT" => agent.put(&url).send(body),
+            "DELETE" => agent.delete(&url).call(),
+            _ => agent.get(&url).call(),
+        }
+        .unwrap();
+        (
+            response.status().as_u16(),
+            response.body_mut().read_to_string().unwrap(),
+        )
+    };
+    assert_eq!(
+        call("PUT", "/kv/default/visits", "41"),
+        (200, "stored\n".to_owned())
+    );
+    assert_eq!(
+        call("PUT", "/kv/default/name", "spin"),
+        (200, "stored\n".to_owned())
+    );
+    assert_eq!(
+        call("GET", "/kv/default/visits", ""),
+        (200, "41".to_owned())
+    );
+    assert_eq!(
+        call("GET", "/keys/default", ""),
+        (200, "name\nvisits\n".to_owned())
+    );
+    assert_eq!(
+        call("DELETE", "/kv/default/visits", ""),
+        (200, "deleted\n".to_owned())
+    );
+    assert_eq!(call("GET", "/kv/default/visits", "").0, 404);
+    // A store the app does not grant: access denied.
+    let (status, body) = call("GET", "/kv/other/visits", "");
+    assert_eq!(status, 403);
+    assert!(body.to_lowercase().contains("access"), "{body}");
+    // The value is in the app's own store, where `shoal kv` reads it too.
+    let stored = lattice.ok(&["kv", "get", "spinkv/default", "name"]);
+    assert_eq!(stored.trim(), "spin");
 }

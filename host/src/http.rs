@@ -29,7 +29,7 @@ use crate::handler::{GuestHandler, HandlerPre};
 use crate::limits::{CpuQuota, Limits};
 
 /// Interfaces Shoal provides to guests, WASI 0.2 and 0.3 alike.
-const PROVIDED: [&str; 10] = [
+const PROVIDED: [&str; 11] = [
     "wasi:cli/",
     "wasi:clocks/",
     "wasi:filesystem/",
@@ -40,6 +40,7 @@ const PROVIDED: [&str; 10] = [
     "wasi:config/",
     "wasi:keyvalue/",
     "spin:variables/",
+    "spin:key-value/",
 ];
 
 /// A linker with everything guests of `runtime` get: WASI 0.2, and 0.3 where it runs it.
@@ -54,6 +55,7 @@ pub(crate) fn linker(runtime: &Runtime) -> Result<Linker<GuestState>, HostError>
         wasmtime_wasi::p3::add_to_linker(&mut linker)
             .and_then(|()| wasmtime_wasi_http::p3::add_to_linker(&mut linker))
             .and_then(|()| crate::spin::add_to_linker(&mut linker))
+            .and_then(|()| crate::spin::add_key_value_to_linker(&mut linker))
             .map_err(|error| HostError::Engine(format!("{error:#}")))?;
     }
     Ok(linker)

@@ -47,6 +47,18 @@ impl std::fmt::Debug for StoresLink {
 /// An open store, as a guest holds it.
 pub struct KvBucket(AppStore);
 
+impl KvBucket {
+    /// `store`, to be held by a guest.
+    pub(crate) fn new(store: AppStore) -> Self {
+        Self(store)
+    }
+
+    /// The store.
+    pub(crate) fn store(&self) -> &AppStore {
+        &self.0
+    }
+}
+
 /// A value read for a compare-and-swap (draft2's `cas`).
 pub struct KvCas {
     store: AppStore,
@@ -65,6 +77,16 @@ impl<'a> KvView<'a> {
     /// A view of `table` and the replica's `stores`.
     pub fn new(table: &'a mut ResourceTable, stores: Option<&'a StoresLink>) -> Self {
         Self { table, stores }
+    }
+
+    /// The replica's stores, if it has any.
+    pub(crate) fn stores(&self) -> Option<StoresLink> {
+        self.stores.cloned()
+    }
+
+    /// The guest's resources.
+    pub(crate) fn table(&mut self) -> &mut ResourceTable {
+        self.table
     }
 
     async fn open(&mut self, name: &str) -> Result<Resource<KvBucket>, OpenError> {
