@@ -104,13 +104,6 @@ fn main() -> anyhow::Result<()> {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
 
-    let case = |label: &str, server, component: &Path, extra: &[&str], path: &str| Case {
-        label: label.to_owned(),
-        server,
-        component: component.to_owned(),
-        extra: extra.iter().map(|&extra| extra.to_owned()).collect(),
-        path: path.to_owned(),
-    };
     let hello_cases = [
         case("wasmtime serve", Server::Wasmtime, &hello, &[], "/"),
         case("shoal run", Server::Shoal, &hello, &[], "/"),
@@ -150,17 +143,32 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+const PEER_FRESH: &str = "wasmtime serve -S p3=y (instance per request)";
+const PEER_SHARED: &str = "wasmtime serve -S p3=y (defaults: 16 at once, 128 each)";
+const SHOAL_SHARED: &str = "shoal run --instance-concurrency 16 --instance-reuse 128";
+
+fn case(label: &str, server: Server, component: &Path, extra: &[&str], path: &str) -> Case {
+    Case {
+        label: label.to_owned(),
+        server,
+        component: component.to_owned(),
+        extra: extra.iter().map(|&extra| extra.to_owned()).collect(),
+        path: path.to_owned(),
+    }
+}
+
+/// The requests per second of the case labelled `label`.
+fn rate(results: &[Measured], label: &str) -> f64 {
+    results
+        .iter()
+        .find(|result| result.label == label)
+        .map_or(f64::NAN, |result| result.load.requests_per_second)
+}
+
 /// The Spin SDK's hello (a WASI 0.3 component) under `shoal run` and `wasmtime serve -S
 /// p3=y`: an instance per request in both, then each one's way of serving several
 /// requests per instance; and latency at concurrency 1.
 fn wasi_03(args: &Args, spin: &Path) -> anyhow::Result<()> {
-    let case = |label: &str, server, extra: &[&str]| Case {
-        label: label.to_owned(),
-        server,
-        component: spin.to_owned(),
-        extra: extra.iter().map(|&extra| extra.to_owned()).collect(),
-        path: "/".to_owned(),
-    };
     let fresh = [
         "-S",
         "p3=y",
@@ -170,21 +178,15 @@ fn wasi_03(args: &Args, spin: &Path) -> anyhow::Result<()> {
         "1",
     ];
     let cases = [
+        case(PEER_FRESH, Server::Wasmtime, spin, &fresh, "/"),
+        case("shoal run", Server::Shoal, spin, &[], "/"),
+        case(PEER_SHARED, Server::Wasmtime, spin, &["-S", "p3=y"], "/"),
         case(
-            "wasmtime serve -S p3=y (instance per request)",
-            Server::Wasmtime,
-            &fresh,
-        ),
-        case("shoal run", Server::Shoal, &[]),
-        case(
-            "wasmtime serve -S p3=y (defaults: 16 at once, 128 each)",
-            Server::Wasmtime,
-            &["-S", "p3=y"],
-        ),
-        case(
-            "shoal run --instance-concurrency 16 --instance-reuse 128",
+            SHOAL_SHARED,
             Server::Shoal,
+            spin,
             &["--instance-concurrency", "16", "--instance-reuse", "128"],
+            "/",
         ),
     ];
     let mut results = Vec::new();
@@ -193,19 +195,13 @@ fn wasi_03(args: &Args, spin: &Path) -> anyhow::Result<()> {
     }
     println!("WASI 0.3 hello: the Spin SDK 7 example (GET /)");
     println!("{}\n", table(&results, true));
-    let rate = |label: &str| {
-        results
-            .iter()
-            .find(|result| result.label.starts_with(label))
-            .map_or(f64::NAN, |result| result.load.requests_per_second)
-    };
     println!(
         "instance per request: shoal run / wasmtime serve = {:.2}",
-        rate("shoal run") / rate("wasmtime serve -S p3=y (instance per request)")
+        rate(&results, "shoal run") / rate(&results, PEER_FRESH)
     );
     println!(
         "several per instance: shoal run / wasmtime serve = {:.2}",
-        rate("shoal run --instance-concurrency") / rate("wasmtime serve -S p3=y (defaults")
+        rate(&results, SHOAL_SHARED) / rate(&results, PEER_SHARED)
     );
     // One request at a time: the latency a single client sees.
     for case in &cases[..2] {
@@ -233,33 +229,20 @@ fn hello_part(args: &Args, hello_cases: &[Case]) -> anyhow::Result<()> {
     }
     println!("hello component (GET /)");
     println!("{}\n", table(&results, true));
-    let rate = |label: &str| {
-        results
-            .iter()
-            .find(|result| result.label == label)
-            .map_or(f64::NAN, |result| result.load.requests_per_second)
-    };
     println!(
         "fresh instance per request: shoal run / wasmtime serve = {:.2}",
-        rate("shoal run") / rate("wasmtime serve")
+        rate(&results, "shoal run") / rate(&results, "wasmtime serve")
     );
     println!(
         "instance reuse (128): shoal run / wasmtime serve = {:.2}\n",
-        rate("shoal run --instance-reuse 128")
-            / rate("wasmtime serve --max-instance-reuse-count 128")
+        rate(&results, "shoal run --instance-reuse 128")
+            / rate(&results, "wasmtime serve --max-instance-reuse-count 128")
     );
 
     Ok(())
 }
 
 fn cpu_part(args: &Args, fixtures: &Path) -> anyhow::Result<()> {
-    let case = |label: &str, server, component: &Path, extra: &[&str], path: &str| Case {
-        label: label.to_owned(),
-        server,
-        component: component.to_owned(),
-        extra: extra.iter().map(|&extra| extra.to_owned()).collect(),
-        path: path.to_owned(),
-    };
     let work = format!("/work?units={}", args.work_units);
     let fuel = u64::MAX.to_string();
     // A budget that never binds: what counting costs (epochs, the deadline and CPU
@@ -298,12 +281,7 @@ fn cpu_part(args: &Args, fixtures: &Path) -> anyhow::Result<()> {
         "CPU-bound guest (GET {work}); limits that never bind, so this is their bookkeeping cost"
     );
     println!("{}", table(&results, false));
-    let throughput = |label: &str| {
-        results
-            .iter()
-            .find(|result| result.label == label)
-            .map_or(f64::NAN, |result| result.load.requests_per_second)
-    };
+    let throughput = |label: &str| rate(&results, label);
     println!(
         "limit overhead in shoal: {:.1}%; fuel overhead in shoal: {:.1}%; fuel overhead in wasmtime: {:.1}%",
         overhead(

@@ -4,12 +4,8 @@
 //! store, run it, get the instance back for reuse.
 
 use std::pin::Pin;
-use std::task::{Context, Poll};
 
-use bytes::Bytes;
 use http::Request;
-use http_body::{Body, Frame};
-use http_body_util::BodyExt as _;
 use wasmtime::Store;
 use wasmtime::component::{InstancePre, Resource};
 use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
@@ -19,7 +15,7 @@ use wasmtime_wasi_http::p3::bindings::{Service, ServicePre};
 use wasmtime_wasi_http::{FieldMap, WasiHttpView as _};
 
 use crate::guest::GuestState;
-use crate::http::{CappedBody, ResponseBody, ResponseSender};
+use crate::http::{CappedBody, Holding, ResponseSender};
 
 /// A component's HTTP handler, linked and pre-instantiated: what every replica of the
 /// component shares.
@@ -170,14 +166,10 @@ impl Call {
                             Ok(response) => {
                                 let response = accessor
                                     .with(|mut access| response.into_http(&mut access, io))?;
-                                let (done, finished) = tokio::sync::oneshot::channel();
-                                let response = response.map(|body| {
-                                    Watched {
-                                        inner: body,
-                                        done: Some(done),
-                                    }
-                                    .boxed_unsync()
-                                });
+                                // The body holds the sender: dropped when hyper is done with
+                                // the body (sent, or the client gone).
+                                let (done, finished) = tokio::sync::oneshot::channel::<()>();
+                                let response = response.map(|body| Holding::body(body, done));
                                 // The guest writes the body from tasks of this store after it
                                 // returned: the store runs until the body is sent or dropped.
                                 if sender.send(Ok(response)).is_ok() {
@@ -198,35 +190,5 @@ impl Call {
                 "a request prepared for one WASI version was given to another"
             )),
         }
-    }
-}
-
-/// A response body that says when it has ended or been dropped.
-struct Watched {
-    inner: ResponseBody,
-    done: Option<tokio::sync::oneshot::Sender<()>>,
-}
-
-impl Body for Watched {
-    type Data = Bytes;
-    type Error = wasmtime_wasi_http::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        context: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(context);
-        if let Poll::Ready(None | Some(Err(_))) = polled {
-            self.done.take();
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
     }
 }

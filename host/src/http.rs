@@ -468,21 +468,21 @@ impl HttpComponent {
             return plain(StatusCode::BAD_REQUEST, "malformed request\n");
         };
         let request = request.map(|body| body.boxed_unsync());
+        let started = Instant::now();
         let handled = tokio::time::timeout(self.limits.timeout, shared.handle((), request)).await;
         let cause = match handled {
             Ok(Ok(_)) if too_large.load(Ordering::Relaxed) => FailureCause::BodyTooLarge,
             Ok(Ok(response)) => {
                 self.stats.served.fetch_add(1, Ordering::Relaxed);
-                return response.map(|body| {
-                    Holding {
-                        inner: body,
-                        _permit: permit,
-                    }
-                    .boxed_unsync()
-                });
+                return response.map(|body| Holding::body(body, permit));
             }
             Ok(Err(_)) if too_large.load(Ordering::Relaxed) => FailureCause::BodyTooLarge,
-            Ok(Err(error)) if error.is::<wasmtime_wasi_http::handler::ExpirationError>() => {
+            // Expired, or its instance stopped once the request was past its timeout (on a
+            // busy machine the stop can come before this task's own timer).
+            Ok(Err(error))
+                if error.is::<wasmtime_wasi_http::handler::ExpirationError>()
+                    || started.elapsed() >= self.limits.timeout =>
+            {
                 FailureCause::Timeout
             }
             Ok(Err(error)) => {
@@ -586,10 +586,18 @@ fn absolute<B>(request: Request<B>, scheme: &str) -> Option<Request<B>> {
     Some(Request::from_parts(parts, body))
 }
 
-/// A response body that holds something (a concurrency slot) until it ends or is dropped.
-struct Holding<T> {
+/// A response body that holds something (a concurrency slot; a sender whose drop says the
+/// body is done) until hyper drops it, sent or abandoned.
+pub(crate) struct Holding<T> {
     inner: ResponseBody,
-    _permit: T,
+    _held: T,
+}
+
+impl<T: Send + Unpin + 'static> Holding<T> {
+    /// `inner`, holding `held`.
+    pub(crate) fn body(inner: ResponseBody, held: T) -> ResponseBody {
+        Self { inner, _held: held }.boxed_unsync()
+    }
 }
 
 impl<T: Send + Unpin + 'static> Body for Holding<T> {
