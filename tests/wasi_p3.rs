@@ -750,3 +750,36 @@ fn a_spin_component_uses_the_app_s_stores_through_spin_key_value_and_its_config_
     let stored = lattice.ok(&["kv", "get", "spinkv/default", "name"]);
     assert_eq!(stored.trim(), "spin");
 }
+
+#[test]
+fn a_wasi_03_guest_reaches_a_private_address_only_inside_the_lattice_s_egress_policy() {
+    let lattice = Lattice::start();
+    let _scheduler = lattice.scheduler("s1");
+    let host = lattice.host("h1", &[]);
+    let fixtures = lattice.push_guest("p3-fixtures", "1.0");
+    // A server on this machine's loopback, named by the app's allowlist: not enough.
+    let port = support::upstream();
+    let target = format!("http://127.0.0.1:{port}");
+    lattice.apply(&format!(
+        "apiVersion: shoal.dev/v1\nkind: App\nmetadata: {{name: fetcher}}\nspec:\n  component: {fixtures}\n  replicas: 1\n  routes: [{{path: /fetch}}]\n  allowedOutbound: [\"{target}\"]\n"
+    ));
+    lattice.wait_ready("fetcher", 1, PATIENCE);
+    let fetch = || host.get(&format!("/fetch?url={target}/")).unwrap();
+    let (status, body) = eventually(PATIENCE, "the route", || {
+        Some(fetch()).filter(|(status, _)| *status != 404)
+    });
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("DestinationIpProhibited"), "{body}");
+    // The lattice's policy opens the range: a replica that starts after it reaches it.
+    lattice.ok(&["egress", "allow", "127.0.0.1/32"]);
+    lattice.ok(&["scale", "app", "fetcher", "--replicas", "0"]);
+    eventually(PATIENCE, "the old replica to go", || {
+        lattice.replica_ids("fetcher").is_empty().then_some(())
+    });
+    lattice.ok(&["scale", "app", "fetcher", "--replicas", "1"]);
+    lattice.wait_ready("fetcher", 1, PATIENCE);
+    let (status, body) = eventually(PATIENCE, "the new replica to reach the server", || {
+        Some(fetch()).filter(|(status, _)| *status == 200)
+    });
+    assert!(body.starts_with("upstream answered 200"), "{status} {body}");
+}
