@@ -689,7 +689,7 @@ fn a_signed_wasi_03_component_runs_under_a_trust_policy_and_serves_offline_after
 }
 
 #[test]
-fn a_spin_component_uses_the_app_s_stores_through_spin_key_value_and_its_config_as_variables() {
+fn wasi_03_components_use_the_app_s_stores_through_spin_key_value_and_wasi_keyvalue() {
     let lattice = Lattice::start();
     let _scheduler = lattice.scheduler("s1");
     let host = lattice.host("h1", &[]);
@@ -749,6 +749,30 @@ fn a_spin_component_uses_the_app_s_stores_through_spin_key_value_and_its_config_
     // The value is in the app's own store, where `shoal kv` reads it too.
     let stored = lattice.ok(&["kv", "get", "spinkv/default", "name"]);
     assert_eq!(stored.trim(), "spin");
+
+    // A plain wasip3 component through wasi:keyvalue@0.2.0-draft (as wasmCloud's toolchain
+    // imports it), in the same lattice: its own store only.
+    let plain = lattice.push_guest("p3-fixtures", "1.0");
+    lattice.apply(&format!(
+        "apiVersion: shoal.dev/v1\nkind: App\nmetadata: {{name: p3kv}}\nspec:\n  component: {plain}\n  replicas: 1\n  routes: [{{path: /kv}}]\n  keyValue: [{{name: default}}]\n"
+    ));
+    lattice.wait_ready("p3kv", 1, PATIENCE);
+    let (status, body) = eventually(PATIENCE, "the p3 app's route", || {
+        host.get("/kv?store=default&key=hits&value=7")
+            .filter(|(status, _)| *status != 404)
+    });
+    assert_eq!((status, body.as_str()), (200, "7"));
+    assert_eq!(
+        host.get("/kv?store=default&key=hits").unwrap(),
+        (200, "7".to_owned())
+    );
+    assert_eq!(
+        lattice.ok(&["kv", "get", "p3kv/default", "hits"]).trim(),
+        "7"
+    );
+    let (status, body) = host.get("/kv?store=other&key=hits").unwrap();
+    assert_eq!(status, 403);
+    assert!(body.contains("AccessDenied"), "{body}");
 }
 
 #[test]
