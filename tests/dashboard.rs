@@ -115,9 +115,11 @@ fn the_page_follows_the_lattice_live_and_acts_for_an_editor() {
     browser.run(
         "const f = document.querySelector('#log-filter'); f.value = 'line-3'; f.dispatchEvent(new Event('input', { bubbles: true }));",
     );
-    let filtered = browser.text("#logs").unwrap();
-    assert!(filtered.contains("dashboard-line-3"), "{filtered}");
-    assert!(!filtered.contains("dashboard-line-1"), "{filtered}");
+    // Waited for, not read once: the page re-renders the list as the filter applies (a
+    // single read once found no element mid-render).
+    browser.wait_text(PATIENCE, "#logs", |text| {
+        text.contains("dashboard-line-3") && !text.contains("dashboard-line-1")
+    });
     let _ = support::lattice::agent()
         .get(&format!("{front}/print?out=dashboard-line-3-late"))
         .call();
