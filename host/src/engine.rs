@@ -251,7 +251,7 @@ impl Runtime {
             .map_err(|error| HostError::Engine(error.to_string()))
     }
 
-    /// The WASI versions this runtime runs.
+    /// The WASI versions this runtime runs, as its host's record tells placement.
     pub fn wasi_versions(&self) -> Vec<String> {
         let count = if self.options.wasi_03 { 2 } else { 1 };
         WASI_VERSIONS[..count]

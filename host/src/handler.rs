@@ -36,13 +36,6 @@ impl HandlerPre {
         ProxyPre::new(pre).ok().map(Self::P2)
     }
 
-    /// The WASI version of the handler: `"0.2"` or `"0.3"`.
-    pub fn wasi(&self) -> &'static str {
-        match self {
-            Self::P2(_) => "0.2",
-            Self::P3(_) => "0.3",
-        }
-    }
 }
 
 /// An instance of a component's HTTP handler, in the store it was made in.

@@ -194,10 +194,6 @@ impl HttpComponent {
         HandlerPre::new(pre).ok_or_else(|| HostError::NotRunnable(exports(engine, component)))
     }
 
-    /// The WASI version of the component's handler: `"0.2"` or `"0.3"`.
-    pub fn wasi(&self) -> &'static str {
-        self.pre.wasi()
-    }
 
     /// A replica of an already pre-instantiated component, with its own grants and limits.
     ///

@@ -326,11 +326,6 @@ impl HostArgs {
             id,
             lattice: lattice.to_owned(),
             lost_after: self.lost_after,
-            wasi: shoal_host::engine::WASI_VERSIONS
-                .iter()
-                .filter(|version| self.wasi.iter().any(|offered| offered == *version))
-                .map(|version| (*version).to_owned())
-                .collect(),
             state_dir: Some(state_dir),
             adopt_lattice: self.adopt_lattice,
             wait_for_lattice: false,

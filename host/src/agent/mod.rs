@@ -64,8 +64,6 @@ pub struct AgentOptions {
     /// How long the scheduler waits for a heartbeat before it counts this host lost;
     /// the scheduler's own timeout without it.
     pub lost_after: Option<Duration>,
-    /// The WASI versions the host runs, as its record tells placement.
-    pub wasi: Vec<String>,
     /// How long in-flight requests may take to finish on shutdown.
     pub drain: Duration,
     /// TLS for the ingress; plain HTTP without.
@@ -855,7 +853,7 @@ impl<F: Fetch> Agent<F> {
             secrets_key: Some(self.secrets_key.public_key()),
             lattice_mismatch: mismatch,
             verifies_signatures: true,
-            wasi: self.options.wasi.clone(),
+            wasi: self.runtime.wasi_versions(),
         }
     }
 
