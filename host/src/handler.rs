@@ -8,11 +8,11 @@ use std::pin::Pin;
 use http::Request;
 use wasmtime::Store;
 use wasmtime::component::{InstancePre, Resource};
+use wasmtime_wasi_http::WasiHttpView as _;
 use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
 use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
 use wasmtime_wasi_http::p2::types::{HostIncomingRequest, HostResponseOutparam};
 use wasmtime_wasi_http::p3::bindings::{Service, ServicePre};
-use wasmtime_wasi_http::{FieldMap, WasiHttpView as _};
 
 use crate::guest::GuestState;
 use crate::http::{CappedBody, Holding, ResponseSender};
@@ -35,7 +35,6 @@ impl HandlerPre {
         }
         ProxyPre::new(pre).ok().map(Self::P2)
     }
-
 }
 
 /// An instance of a component's HTTP handler, in the store it was made in.
@@ -44,6 +43,42 @@ pub enum GuestHandler {
     P2(Proxy),
     /// A WASI 0.3 handler.
     P3(Service),
+}
+
+/// The URI a WASI 0.3 guest sees for a request that arrived with `parts`: the scheme it
+/// arrived with (not one the client claims), the authority from the URI else the Host header
+/// (as WASI 0.2's incoming request takes it), the path and query.
+///
+/// # Errors
+/// No authority in the URI and no Host header, or one that is not an authority.
+pub(crate) fn guest_uri(
+    parts: &http::request::Parts,
+    scheme: Scheme,
+) -> wasmtime::Result<http::Uri> {
+    let authority = match parts.uri.authority() {
+        Some(authority) => authority.clone(),
+        None => parts
+            .headers
+            .get(http::header::HOST)
+            .ok_or_else(|| wasmtime::format_err!("no authority and no Host header"))?
+            .to_str()?
+            .parse::<http::uri::Authority>()?,
+    };
+    let scheme = match scheme {
+        Scheme::Https => http::uri::Scheme::HTTPS,
+        _ => http::uri::Scheme::HTTP,
+    };
+    Ok(http::Uri::builder()
+        .scheme(scheme)
+        .authority(authority)
+        .path_and_query(
+            parts
+                .uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+        )
+        .build()?)
 }
 
 /// One request, put into a store and ready to be handed to the guest.
@@ -82,31 +117,11 @@ impl Call {
                 Ok(Self::P2 { request, out })
             }
             HandlerPre::P3(_) => {
-                let (parts, body) = request.into_parts();
-                // As WASI 0.2's incoming request does: the authority from the URI, else the
-                // Host header; a request with neither is refused.
-                let authority = match parts.uri.authority() {
-                    Some(authority) => authority.clone(),
-                    None => parts
-                        .headers
-                        .get(http::header::HOST)
-                        .ok_or_else(|| wasmtime::format_err!("no authority and no Host header"))?
-                        .to_str()?
-                        .parse()?,
-                };
-                let scheme = match scheme {
-                    Scheme::Https => http::uri::Scheme::HTTPS,
-                    _ => http::uri::Scheme::HTTP,
-                };
-                let headers = FieldMap::new_immutable(store.data_mut().http().hooks, parts.headers);
-                let (request, io) = wasmtime_wasi_http::p3::Request::new(
-                    parts.method,
-                    Some(scheme),
-                    Some(authority),
-                    parts.uri.path_and_query().cloned(),
-                    headers,
-                    None,
-                    body,
+                let (mut parts, body) = request.into_parts();
+                parts.uri = guest_uri(&parts, scheme)?;
+                let (request, io) = wasmtime_wasi_http::p3::Request::from_http(
+                    store.data_mut().http().hooks,
+                    Request::from_parts(parts, body),
                 );
                 Ok(Self::P3 {
                     request,
@@ -183,5 +198,32 @@ impl Call {
                 "a request prepared for one WASI version was given to another"
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(uri: &str, host: Option<&str>) -> http::request::Parts {
+        let mut request = Request::builder().uri(uri);
+        if let Some(host) = host {
+            request = request.header(http::header::HOST, host);
+        }
+        request.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn a_guest_sees_the_arrival_scheme_the_host_and_the_path_and_nothing_a_host_header_smuggles() {
+        let uri = guest_uri(&parts("/a?b=1", Some("shop.example:8080")), Scheme::Http).unwrap();
+        assert_eq!(uri.to_string(), "http://shop.example:8080/a?b=1");
+        // A client claiming https over plain HTTP/2 is told what it arrived with.
+        let uri = guest_uri(&parts("https://shop.example/x", None), Scheme::Http).unwrap();
+        assert_eq!(uri.to_string(), "http://shop.example/x");
+        let uri = guest_uri(&parts("/x", Some("shop.example")), Scheme::Https).unwrap();
+        assert_eq!(uri.to_string(), "https://shop.example/x");
+        // No authority anywhere, or a Host that is not one (it would move the path).
+        assert!(guest_uri(&parts("/x", None), Scheme::Http).is_err());
+        assert!(guest_uri(&parts("/x", Some("evil.example/admin?")), Scheme::Http).is_err());
     }
 }

@@ -194,7 +194,6 @@ impl HttpComponent {
         HandlerPre::new(pre).ok_or_else(|| HostError::NotRunnable(exports(engine, component)))
     }
 
-
     /// A replica of an already pre-instantiated component, with its own grants and limits.
     ///
     /// # Errors
@@ -456,14 +455,19 @@ impl HttpComponent {
         too_large: &AtomicBool,
     ) -> Response<ResponseBody> {
         let scheme = if request.extensions().get::<ArrivedOverTls>().is_some() {
-            "https"
+            Scheme::Https
         } else {
-            "http"
+            Scheme::Http
         };
-        let Some(request) = absolute(request, scheme) else {
-            return plain(StatusCode::BAD_REQUEST, "malformed request\n");
+        let (mut parts, body) = request.into_parts();
+        parts.uri = match crate::handler::guest_uri(&parts, scheme) {
+            Ok(uri) => uri,
+            Err(error) => {
+                tracing::debug!(%error, "malformed request");
+                return plain(StatusCode::BAD_REQUEST, "malformed request\n");
+            }
         };
-        let request = request.map(|body| body.boxed_unsync());
+        let request = Request::from_parts(parts, body.boxed_unsync());
         let started = Instant::now();
         let handled = tokio::time::timeout(self.limits.timeout, shared.handle((), request)).await;
         let cause = match handled {
@@ -565,21 +569,6 @@ pub fn plain(status: StatusCode, text: &'static str) -> Response<ResponseBody> {
         http::HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     response
-}
-
-/// `request` with an absolute URI (scheme, and the authority from its Host header), as a
-/// guest's request names them; `None` without a usable Host.
-fn absolute<B>(request: Request<B>, scheme: &str) -> Option<Request<B>> {
-    let (mut parts, body) = request.into_parts();
-    if parts.uri.authority().is_none() {
-        let host = parts.headers.get(header::HOST)?.to_str().ok()?;
-        let path = parts
-            .uri
-            .path_and_query()
-            .map_or("/", http::uri::PathAndQuery::as_str);
-        parts.uri = format!("{scheme}://{host}{path}").parse().ok()?;
-    }
-    Some(Request::from_parts(parts, body))
 }
 
 /// A response body that holds something (a concurrency slot; a sender whose drop says the
