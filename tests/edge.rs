@@ -15,28 +15,10 @@ use support::load::Load;
 
 const PATIENCE: Duration = Duration::from_secs(30);
 
-/// A scheduler that counts a silent host lost only after a minute: these tests are about
-/// what hosts do while the lattice is away, not about failover.
-fn patient_scheduler(lattice: &Lattice) -> Process {
-    lattice.spawn(
-        &[
-            "scheduler",
-            "--id",
-            "s1",
-            "--host-timeout",
-            "60s",
-            "--lease",
-            "1s",
-        ],
-        "s1",
-        false,
-    )
-}
-
 #[test]
 fn a_host_restarted_offline_serves_its_saved_replicas_and_keeps_them_when_nats_returns() {
     let mut lattice = Lattice::start();
-    let _scheduler = patient_scheduler(&lattice);
+    let _scheduler = lattice.patient_scheduler("s1");
     let host = lattice.spawn(&host_args("edge-1"), "edge-1", true);
     lattice.wait_registered("edge-1");
     let hello = lattice.push_hello("1.0");
@@ -113,7 +95,7 @@ fn a_host_restarted_offline_serves_its_saved_replicas_and_keeps_them_when_nats_r
 #[test]
 fn a_host_stopped_as_soon_as_it_serves_restarts_without_nats_and_serves_at_once() {
     let mut lattice = Lattice::start();
-    let _scheduler = patient_scheduler(&lattice);
+    let _scheduler = lattice.patient_scheduler("s1");
     let mut host = lattice.spawn(&host_args("edge-6"), "edge-6", true);
     lattice.wait_registered("edge-6");
     let hello = lattice.push_hello("1.0");
@@ -493,7 +475,7 @@ fn a_site_behind_a_leaf_serves_without_its_hub_restarts_without_it_and_converges
     let mut lattice = Lattice::on(support::nats::Nats::with_config(&format!(
         "leafnodes {{ listen: \"127.0.0.1:{leafnodes}\" }}\njetstream {{ domain: hub }}\n"
     )));
-    let _scheduler = patient_scheduler(&lattice);
+    let _scheduler = lattice.patient_scheduler("s1");
     let data = tempfile::tempdir().unwrap();
     let args = site_args(leafnodes, "site-a", support::free_port(), data.path(), &[]);
     let site = Site::start(&lattice, &args);

@@ -9,7 +9,7 @@ mod support;
 use std::io::Read as _;
 use std::time::Duration;
 
-use support::lattice::{Lattice, agent};
+use support::lattice::{Lattice, agent, hello_manifest};
 use support::load::Load;
 use support::served::Served;
 use support::{Shoal, eventually, guest};
@@ -43,6 +43,40 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
         (hash ^ u64::from(*byte)).wrapping_mul(0x100_0000_01b3)
     })
+}
+
+/// POSTs `len` bytes chunked to `url` (an echo route) and checks that the same bytes come
+/// back; returns the response's `x-served-by`, when the ingress added one.
+fn assert_echoes(agent: &ureq::Agent, url: &str, len: usize) -> Option<String> {
+    let (mut body, expected) = chunks(len);
+    let mut response = agent
+        .post(url)
+        .send(ureq::SendBody::from_reader(&mut body))
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let echoed = response
+        .body_mut()
+        .with_config()
+        .limit(2 * len as u64 + (1 << 20))
+        .read_to_vec()
+        .unwrap();
+    assert!(
+        echoed == expected,
+        "the echo of {url} differs ({} bytes)",
+        echoed.len()
+    );
+    response
+        .headers()
+        .get("x-served-by")
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_owned)
+}
+
+/// GETs `url` (a download route): 200, and how many bytes came, read as they came.
+fn download(agent: &ureq::Agent, url: &str) -> u64 {
+    let mut response = agent.get(url).call().unwrap();
+    assert_eq!(response.status(), 200);
+    std::io::copy(&mut response.body_mut().as_reader(), &mut std::io::sink()).unwrap()
 }
 
 fn chunks(len: usize) -> (Chunks, Vec<u8>) {
@@ -103,29 +137,8 @@ fn a_wasi_03_component_streams_both_ways_and_fails_alone_within_its_limits() {
     );
     // 8 MiB sent chunked and echoed as it arrives; 20 MiB written after the handler
     // returned, read as it comes.
-    let (mut body, expected) = chunks(8 << 20);
-    let mut response = Served::agent()
-        .post(&format!("{}/echo", served.url))
-        .send(ureq::SendBody::from_reader(&mut body))
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let echoed = response
-        .body_mut()
-        .with_config()
-        .limit(32 << 20)
-        .read_to_vec()
-        .unwrap();
-    assert!(
-        echoed == expected,
-        "the echo differs ({} bytes)",
-        echoed.len()
-    );
-    let mut response = Served::agent()
-        .get(&format!("{}/large?mib=20", served.url))
-        .call()
-        .unwrap();
-    let downloaded =
-        std::io::copy(&mut response.body_mut().as_reader(), &mut std::io::sink()).unwrap();
+    assert_echoes(&Served::agent(), &format!("{}/echo", served.url), 8 << 20);
+    let downloaded = download(&Served::agent(), &format!("{}/large?mib=20", served.url));
     assert_eq!(downloaded, 20 << 20);
 
     // Each hostile request fails with the status a 0.2 component's gets, alone.
@@ -301,28 +314,9 @@ fn wasi_03_apps_route_forward_stream_discover_services_log_and_run_as_jobs() {
         response.body_mut().read_to_string().unwrap(),
         format!("{} {:016x}\n", expected.len(), fnv1a(&expected))
     );
-    let mut response = agent().get(&format!("{url}/large?mib=20")).call().unwrap();
-    assert_eq!(response.status(), 200);
-    let downloaded =
-        std::io::copy(&mut response.body_mut().as_reader(), &mut std::io::sink()).unwrap();
-    assert_eq!(downloaded, 20 << 20);
-    let (mut body, expected) = chunks(512 << 10);
-    let mut response = agent()
-        .post(&format!("{url}/echo"))
-        .send(ureq::SendBody::from_reader(&mut body))
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let echoed = response
-        .body_mut()
-        .with_config()
-        .limit(16 << 20)
-        .read_to_vec()
-        .unwrap();
-    assert!(
-        echoed == expected,
-        "the forwarded echo differs ({} bytes)",
-        echoed.len()
-    );
+    assert_eq!(download(&agent(), &format!("{url}/large?mib=20")), 20 << 20);
+    let served_by = assert_echoes(&agent(), &format!("{url}/echo"), 512 << 10);
+    assert_eq!(served_by.as_deref(), Some("worker"));
 
     // Service discovery from a 0.3 component's outgoing request: http://<app>.
     let (status, body) = edge.get("/fetch?url=http://spin/spin/by-name").unwrap();
@@ -365,11 +359,7 @@ fn a_wasi_03_component_goes_only_to_hosts_that_run_wasi_03() {
     let _old = lattice.host_with("old", &["--wasi", "0.2"]);
     let spin = lattice.push_guest("hello-spin", "1.0");
     let hello = lattice.push_hello("1.0");
-    let app = |name: &str, component: &str| {
-        format!(
-            "apiVersion: shoal.dev/v1\nkind: App\nmetadata: {{name: {name}}}\nspec:\n  component: {component}\n  replicas: 1\n  routes: [{{path: /{name}}}]\n"
-        )
-    };
+    let app = |name: &str, component: &str| hello_manifest(name, component, 1, "");
     lattice.apply(&app("spin", &spin));
     lattice.apply(&app("hello", &hello));
     // The 0.2 app runs there; the 0.3 one waits, and describe says why.
@@ -425,11 +415,7 @@ fn a_rollout_between_a_wasi_02_and_a_wasi_03_component_fails_no_request() {
     let hosts = [lattice.host("h1", &[]), lattice.host("h2", &[])];
     let hello = lattice.push_hello("1.0");
     let spin = lattice.push_guest("hello-spin", "1.0");
-    let web = |component: &str| {
-        format!(
-            "apiVersion: shoal.dev/v1\nkind: App\nmetadata: {{name: web}}\nspec:\n  component: {component}\n  replicas: 4\n  routes: [{{path: /web}}]\n"
-        )
-    };
+    let web = |component: &str| hello_manifest("web", component, 4, "");
     lattice.apply(&web(&hello));
     lattice.wait_ready("web", 4, PATIENCE);
     let urls: Vec<String> = hosts
@@ -491,8 +477,11 @@ fn a_wasi_03_app_scales_to_zero_wakes_on_a_request_and_is_counted_in_metrics() {
     let port = support::free_port();
     let host = lattice.host_with("h1", &["--metrics", &format!("127.0.0.1:{port}")]);
     let spin = lattice.push_guest("hello-spin", "1.0");
-    lattice.apply(&format!(
-        "apiVersion: shoal.dev/v1\nkind: App\nmetadata: {{name: sleepy}}\nspec:\n  component: {spin}\n  replicas: 0\n  routes: [{{path: /sleepy}}]\n  autoscale: {{min: 0, max: 2, window: 6s, scaleDownDelay: 3s}}\n"
+    lattice.apply(&hello_manifest(
+        "sleepy",
+        &spin,
+        0,
+        "  autoscale: {min: 0, max: 2, window: 6s, scaleDownDelay: 3s}\n",
     ));
     // At zero: the first request wakes a replica and is answered by it.
     let (status, body) = eventually(PATIENCE, "the host to route /sleepy", || {
@@ -568,21 +557,7 @@ fn with_instance_concurrency_one_wasi_03_instance_serves_requests_at_once_and_fa
     assert_eq!(served.get("/loop").0, 504);
     assert_eq!(served.get("/panic").0, 500);
     assert_eq!(served.get("/count"), (200, "1\n".to_owned()));
-    let (mut body, expected) = chunks(1 << 20);
-    let mut response = Served::agent()
-        .post(&format!("{url}/echo"))
-        .send(ureq::SendBody::from_reader(&mut body))
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    assert!(
-        response
-            .body_mut()
-            .with_config()
-            .limit(4 << 20)
-            .read_to_vec()
-            .unwrap()
-            == expected
-    );
+    assert_echoes(&Served::agent(), &format!("{url}/echo"), 1 << 20);
     // Fuel counts one request's instructions: not with shared instances.
     let refused = shoal.fails(&[
         "run",
@@ -614,20 +589,7 @@ fn with_key_password(lattice: &Lattice, args: &[&str]) -> String {
 #[test]
 fn a_signed_wasi_03_component_runs_under_a_trust_policy_and_serves_offline_after_a_restart() {
     let mut lattice = Lattice::start();
-    // Patient: this test is about what the host does while the lattice is away.
-    let _scheduler = lattice.spawn(
-        &[
-            "scheduler",
-            "--id",
-            "s1",
-            "--host-timeout",
-            "60s",
-            "--lease",
-            "1s",
-        ],
-        "s1",
-        false,
-    );
+    let _scheduler = lattice.patient_scheduler("s1");
     let host = lattice.spawn(&support::lattice::host_args("edge-1"), "edge-1", true);
     lattice.wait_registered("edge-1");
     let keys = tempfile::tempdir().unwrap();
@@ -660,11 +622,7 @@ fn a_signed_wasi_03_component_runs_under_a_trust_policy_and_serves_offline_after
         "--annotation",
         "build=unsigned",
     ]);
-    let app = |name: &str, component: &str| {
-        format!(
-            "apiVersion: shoal.dev/v1\nkind: App\nmetadata: {{name: {name}}}\nspec:\n  component: {component}\n  replicas: 1\n  routes: [{{path: /{name}}}]\n"
-        )
-    };
+    let app = |name: &str, component: &str| hello_manifest(name, component, 1, "");
     lattice.apply(&app("edge", &signed));
     lattice.wait_ready("edge", 1, PATIENCE);
     let (ok, _, stderr) = lattice.try_apply(&app("unsigned", &unsigned));

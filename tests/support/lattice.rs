@@ -519,6 +519,24 @@ impl Lattice {
         self.spawn(&args, id, false)
     }
 
+    /// A scheduler that counts a silent host lost only after a minute: for tests about what
+    /// hosts do while the lattice is away, not about failover.
+    pub fn patient_scheduler(&self, id: &str) -> Process {
+        self.spawn(
+            &[
+                "scheduler",
+                "--id",
+                id,
+                "--host-timeout",
+                "60s",
+                "--lease",
+                "1s",
+            ],
+            id,
+            false,
+        )
+    }
+
     /// Starts a scheduler that answers the control API but never leads while another
     /// holds the lease (its lease is an hour): reads and writes with nothing placed.
     pub fn api_only(&self, id: &str) -> Process {
