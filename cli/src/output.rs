@@ -23,7 +23,7 @@ pub fn print<T: Serialize>(
     let rendered = match format {
         Format::Text => text(value),
         Format::Json => serde_json::to_string_pretty(value)? + "\n",
-        Format::Yaml => serde_yaml::to_string(value)?,
+        Format::Yaml => serde_saphyr::to_string(value)?,
     };
     print!("{rendered}");
     Ok(())

@@ -125,7 +125,7 @@ struct Document {
     api_version: String,
     kind: String,
     metadata: Metadata,
-    spec: serde_yaml::Value,
+    spec: serde_json::Value,
 }
 
 #[derive(Deserialize)]
@@ -147,10 +147,19 @@ struct Metadata {
 pub fn parse_all(text: &str) -> Result<Manifest, ManifestErrors> {
     let mut objects = Vec::new();
     let mut errors = Vec::new();
-    for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
+    // Each document is read as a plain value first (serde-saphyr: a pure-Rust parser whose
+    // budgets stop alias bombs and deep nesting, and whose errors carry line and column),
+    // then checked field by field so every problem is reported with its path.
+    // YAML 1.2's booleans, as Kubernetes reads manifests: `yes`, `no`, `on` and `off` are
+    // strings (a country code `NO` stays one).
+    let mut options = serde_saphyr::Options::default();
+    options.strict_booleans = true;
+    let mut input = text.as_bytes();
+    let documents = serde_saphyr::read_with_options::<_, serde_json::Value>(&mut input, options);
+    for (index, document) in documents.enumerate() {
         let number = index + 1;
-        let value = match serde_yaml::Value::deserialize(document) {
-            Ok(serde_yaml::Value::Null) => continue,
+        let value = match document {
+            Ok(serde_json::Value::Null) => continue,
             Ok(value) => value,
             Err(error) => {
                 errors.push(ManifestError {
@@ -225,7 +234,7 @@ pub fn parse(text: &str) -> Result<Vec<App>, ManifestErrors> {
 fn strict<T: DeserializeOwned>(
     document: usize,
     prefix: &str,
-    value: serde_yaml::Value,
+    value: serde_json::Value,
 ) -> Result<T, Vec<ManifestError>> {
     let under = |path: String| match (prefix.is_empty(), path.as_str()) {
         (true, _) => path,
@@ -505,6 +514,42 @@ spec:
             errors("")
                 .iter()
                 .any(|error| error.contains("no documents"))
+        );
+    }
+
+    #[test]
+    fn bad_yaml_is_named_by_line_and_an_alias_bomb_is_refused() {
+        // YAML 1.2 booleans: `yes` and `NO` are strings where a string goes.
+        let apps = parse(&HELLO.replace("GREETING: hello", "GREETING: yes, COUNTRY: NO"))
+            .expect("the manifest parses");
+        assert_eq!(apps[0].spec.config["GREETING"], "yes");
+        assert_eq!(apps[0].spec.config["COUNTRY"], "NO");
+        let found = errors(&format!("{HELLO}---\nspec: [1, 2\n"));
+        assert!(
+            found
+                .iter()
+                .any(|error| error.starts_with("document 2: not valid YAML")
+                    && error.contains("line ")),
+            "{found:?}"
+        );
+        let found = errors(&HELLO.replace("replicas: 3", "replicas: 3\n  replicas: 4"));
+        assert!(
+            found.iter().any(|error| error.contains("duplicate")),
+            "{found:?}"
+        );
+        // Nine to the eighth strings from a few hundred bytes: refused by the parser's
+        // budget before it is expanded.
+        let mut bomb = "a0: &a0 [x, x, x, x, x, x, x, x, x]\n".to_owned();
+        for level in 1..8 {
+            let previous = format!("*a{}", level - 1);
+            bomb += &format!("a{level}: &a{level} [{}]\n", vec![previous; 9].join(", "));
+        }
+        let found = errors(&bomb);
+        assert!(
+            found
+                .iter()
+                .any(|error| error.contains("not valid YAML") && error.contains("budget")),
+            "{found:?}"
         );
     }
 

@@ -398,7 +398,7 @@ fn render(described: &AppDetail) -> String {
         }
         None => out += "Replicas:    no status yet (is a scheduler running?)\n",
     }
-    let spec = serde_yaml::to_string(&app.spec).unwrap_or_default();
+    let spec = serde_saphyr::to_string(&app.spec).unwrap_or_default();
     out += "Spec:\n";
     for line in spec.lines() {
         out += &format!("  {line}\n");

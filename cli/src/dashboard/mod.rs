@@ -528,7 +528,7 @@ async fn diff(
             .revisions
             .iter()
             .find(|record| record.revision == revision)
-            .map(|record| serde_yaml::to_string(&record.template).unwrap_or_default())
+            .map(|record| serde_saphyr::to_string(&record.template).unwrap_or_default())
     };
     let (Some(from), Some(to)) = (yaml_of(query.from), yaml_of(query.to)) else {
         return refused(StatusCode::NOT_FOUND, "no such revision");
