@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use shoal_host::agent::{Agent, AgentOptions, Fetch, FetchError};
+use shoal_host::agent::{Agent, AgentOptions, Fetch, FetchError, Fetched};
 use shoal_host::{Runtime, RuntimeOptions};
 use shoal_lattice::quantity::{Memory, Millicores};
 use shoal_lattice::records::Capacity;
@@ -258,7 +258,7 @@ impl Fetch for OciFetch {
         &self,
         reference: &str,
         trusted: &[TrustedKey],
-    ) -> Result<(Vec<u8>, String), FetchError> {
+    ) -> Result<Fetched, FetchError> {
         let parsed =
             parse_reference(reference).map_err(|error| FetchError::pull(error.to_string()))?;
         let pulled = self
@@ -287,7 +287,10 @@ impl Fetch for OciFetch {
                     pulled.component_path.display()
                 ))
             })?;
-        Ok((bytes, pulled.manifest.layer.digest.to_string()))
+        Ok(Fetched {
+            bytes,
+            layer_digest: pulled.manifest.layer.digest.to_string(),
+        })
     }
 }
 

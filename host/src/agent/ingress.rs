@@ -23,26 +23,26 @@ use crate::router::{AppRoutes, Lookup, Router};
 /// from its saved state), requests for apps with no ready replica here get 503 with
 /// Retry-After, and guests' key-value stores are unreachable.
 #[derive(Clone, Default)]
-pub(crate) struct Uplink(
-    Arc<OnceLock<Forwarder>>,
-    Arc<OnceLock<shoal_lattice::Lattice>>,
-);
+pub(crate) struct Uplink {
+    forwarder: Arc<OnceLock<Forwarder>>,
+    lattice: Arc<OnceLock<shoal_lattice::Lattice>>,
+}
 
 impl Uplink {
     /// The host has joined: requests may be forwarded from now on.
     pub(crate) fn joined(&self, forwarder: Forwarder, lattice: shoal_lattice::Lattice) {
-        let _ = self.0.set(forwarder);
-        let _ = self.1.set(lattice);
+        let _ = self.forwarder.set(forwarder);
+        let _ = self.lattice.set(lattice);
     }
 
     /// The lattice connection, once joined.
     pub(crate) fn lattice(&self) -> Option<&shoal_lattice::Lattice> {
-        self.1.get()
+        self.lattice.get()
     }
 
     /// Whether the host has joined its lattice.
     pub(crate) fn is_joined(&self) -> bool {
-        self.0.get().is_some()
+        self.forwarder.get().is_some()
     }
 
     /// Forwards a request over the lattice, or answers 503 before the host has joined it.
@@ -58,7 +58,7 @@ impl Uplink {
         B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        match self.0.get() {
+        match self.forwarder.get() {
             Some(forwarder) => {
                 forwarder
                     .forward(namespace, app, request, peer, timeout)

@@ -93,7 +93,6 @@ pub struct AgentOptions {
 
 /// Fetches a component's bytes by pinned reference (`repository@sha256:…`), through a
 /// verified cache, and checks its signature when the assignment names trusted keys.
-/// Returns the bytes and the digest of the component layer.
 pub trait Fetch: Send + Sync + 'static {
     /// Fetches `reference`; with `trusted` keys, only if a signature of its manifest digest
     /// by one of them is stored beside it (or cached from an earlier fetch).
@@ -101,7 +100,16 @@ pub trait Fetch: Send + Sync + 'static {
         &self,
         reference: &str,
         trusted: &[shoal_lattice::trust::TrustedKey],
-    ) -> impl Future<Output = Result<(Vec<u8>, String), FetchError>> + Send;
+    ) -> impl Future<Output = Result<Fetched, FetchError>> + Send;
+}
+
+/// A fetched component.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fetched {
+    /// The component's bytes.
+    pub bytes: Vec<u8>,
+    /// The digest of its layer (`sha256:…`): what compiled code is cached and shared by.
+    pub layer_digest: String,
 }
 
 /// Why a fetch failed, as a replica's status shows it.
@@ -479,12 +487,8 @@ impl<F: Fetch> Agent<F> {
                         }
                     }
                     () = tokio::time::sleep_until(last_save + SAVE_EVERY), if unsaved.is_some() => {}
-                    Some((replica, generation, healthy, message)) = probed_rx.recv() => {
-                        supervisor.probed(&replica, generation, healthy, message).await;
-                    }
-                    Some((replica, generation, message)) = dead_rx.recv() => {
-                        supervisor.liveness_failed(&replica, generation, message).await;
-                    }
+                    Some(probed) = probed_rx.recv() => supervisor.probed(probed).await,
+                    Some(dead) = dead_rx.recv() => supervisor.liveness_failed(dead).await,
                 }
                 // A bug that panics on some record must not take down what this host serves:
                 // the pass is dropped, the next one tries again.

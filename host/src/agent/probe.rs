@@ -20,11 +20,25 @@ const PROBE_INTERVAL: Duration = Duration::from_millis(500);
 /// How often a ready replica's health path is asked.
 const READY_PROBE_INTERVAL: Duration = Duration::from_secs(2);
 
-/// A readiness change found by a prober: replica, generation, healthy, what the path said.
-pub(crate) type Probed = (String, u64, bool, String);
+/// A readiness change found by a prober.
+#[derive(Debug)]
+pub(crate) struct Probed {
+    pub(crate) replica: String,
+    /// The assignment generation probed: a change for an older one is stale.
+    pub(crate) generation: u64,
+    pub(crate) healthy: bool,
+    /// What the health path answered when it failed; empty when healthy.
+    pub(crate) message: String,
+}
 
-/// A replica that failed its liveness probe too often: replica, generation, the last failure.
-pub(crate) type Dead = (String, u64, String);
+/// A replica that failed its liveness probe too often.
+#[derive(Debug)]
+pub(crate) struct Dead {
+    pub(crate) replica: String,
+    pub(crate) generation: u64,
+    /// The last failure, with how many came in a row.
+    pub(crate) message: String,
+}
 
 /// GETs `path` through `component`: `Ok` on 2xx, else what it answered.
 async fn probe(component: &Arc<HttpComponent>, path: &str) -> Result<(), String> {
@@ -93,7 +107,12 @@ pub(crate) async fn keep_probing(
             healthy = result.is_ok();
             let message = result.err().unwrap_or_default();
             if probed
-                .send((replica.clone(), generation, healthy, message))
+                .send(Probed {
+                    replica: replica.clone(),
+                    generation,
+                    healthy,
+                    message,
+                })
                 .await
                 .is_err()
             {
@@ -131,7 +150,13 @@ pub(crate) async fn keep_alive(
                 failures += 1;
                 if failures >= liveness.failure_threshold() {
                     let message = format!("{message} ({failures} times in a row)");
-                    let _ = dead.send((replica, generation, message)).await;
+                    let _ = dead
+                        .send(Dead {
+                            replica,
+                            generation,
+                            message,
+                        })
+                        .await;
                     return;
                 }
             }

@@ -337,12 +337,13 @@ impl<F: Fetch> Supervisor<F> {
     /// A serving replica failed its liveness probe `failureThreshold` times in a row: it is
     /// restarted in place (same replica id, a fresh instance set) after a backoff that
     /// doubles with each restart.
-    pub(crate) async fn liveness_failed(
-        &mut self,
-        replica: &str,
-        generation: u64,
-        message: String,
-    ) {
+    pub(crate) async fn liveness_failed(&mut self, dead: Dead) {
+        let Dead {
+            replica,
+            generation,
+            message,
+        } = dead;
+        let replica = replica.as_str();
         let Some(entry) = self.replicas.get_mut(replica) else {
             return;
         };
@@ -380,13 +381,14 @@ impl<F: Fetch> Supervisor<F> {
     }
 
     /// A serving replica's health changed: it gets traffic only while healthy.
-    pub(crate) async fn probed(
-        &mut self,
-        replica: &str,
-        generation: u64,
-        healthy: bool,
-        message: String,
-    ) {
+    pub(crate) async fn probed(&mut self, probed: Probed) {
+        let Probed {
+            replica,
+            generation,
+            healthy,
+            message,
+        } = probed;
+        let replica = replica.as_str();
         let Some(entry) = self.replicas.get_mut(replica) else {
             return;
         };
@@ -594,7 +596,10 @@ async fn start<F: Fetch>(
     };
     let reference = assignment.pinned_reference();
     let result = async {
-        let (bytes, layer_digest) = fetch
+        let super::Fetched {
+            bytes,
+            layer_digest,
+        } = fetch
             .fetch(&reference, &assignment.trusted_keys)
             .await
             .map_err(|error| (error.reason.to_owned(), error.message))?;
