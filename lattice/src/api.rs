@@ -523,6 +523,14 @@ pub struct ApiError {
     pub message: String,
 }
 
+/// A failure reading or writing the lattice's state answers as an internal error: the
+/// caller did nothing wrong, and the message says what failed.
+impl From<crate::Error> for ApiError {
+    fn from(error: crate::Error) -> Self {
+        Self::new(ErrorCode::Internal, error.to_string())
+    }
+}
+
 impl ApiError {
     /// An error of `code`.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {

@@ -153,8 +153,7 @@ async fn key_value(
     use shoal_lattice::api::{KeyValueAnswer, KeyValueOp, decode_value, encode_value};
     let record = lattice
         .get::<AppRecord>(Bucket::Apps, &app_key(namespace, app))
-        .await
-        .map_err(internal)?
+        .await?
         .ok_or_else(|| no_app(namespace, app))?;
     if !record
         .value
@@ -300,18 +299,15 @@ async fn handle(
         }
         Request::GetJobs { namespace } => to_json(
             job_store::list_jobs(lattice, visible(&caller, namespace.as_deref()))
-                .await
-                .map_err(internal)?,
+                .await?,
         ),
         Request::GetCronJobs { namespace } => to_json(
             job_store::list_cron_jobs(lattice, visible(&caller, namespace.as_deref()))
-                .await
-                .map_err(internal)?,
+                .await?,
         ),
         Request::DeleteJob { namespace, name } => {
             if !job_store::delete_job(lattice, &namespace, &name)
-                .await
-                .map_err(internal)?
+                .await?
             {
                 return Err(ApiError::new(
                     ErrorCode::NotFound,
@@ -322,8 +318,7 @@ async fn handle(
         }
         Request::DeleteCronJob { namespace, name } => {
             if !job_store::delete_cron_job(lattice, &namespace, &name)
-                .await
-                .map_err(internal)?
+                .await?
             {
                 return Err(ApiError::new(
                     ErrorCode::NotFound,
@@ -350,25 +345,21 @@ async fn handle(
             )?;
             to_json(
                 configs::put(lattice, &namespace, &name, data)
-                    .await
-                    .map_err(internal)?,
+                    .await?,
             )
         }
         Request::GetConfigs { namespace } => to_json(
             configs::list(lattice, visible(&caller, namespace.as_deref()))
-                .await
-                .map_err(internal)?,
+                .await?,
         ),
         Request::DescribeConfig { namespace, name } => to_json(
             configs::describe(lattice, &namespace, &name)
-                .await
-                .map_err(internal)?
+                .await?
                 .ok_or_else(|| no_config(&namespace, &name))?,
         ),
         Request::DeleteConfig { namespace, name } => deleted(
             configs::delete(lattice, &namespace, &name)
-                .await
-                .map_err(internal)?,
+                .await?,
             "config",
             &namespace,
             &name,
@@ -386,8 +377,7 @@ async fn handle(
                     Bucket::Status,
                     shoal_lattice::names::SECRETS_KEY,
                 )
-                .await
-                .map_err(internal)?
+                .await?
                 .ok_or_else(|| {
                     ApiError::new(
                         ErrorCode::NotFound,
@@ -408,8 +398,7 @@ async fn handle(
             )?;
             to_json(
                 secrets::put(lattice, &namespace, &name, keys, sealed)
-                    .await
-                    .map_err(internal)?,
+                    .await?,
             )
         }
         Request::TrustKey {
@@ -423,19 +412,17 @@ async fn handle(
         Request::Egress { range, allowed } => {
             to_json(crate::egress::set(lattice, &range, allowed).await?)
         }
-        Request::GetEgress => to_json(crate::egress::read(lattice).await.map_err(internal)?.0),
+        Request::GetEgress => to_json(crate::egress::read(lattice).await?.0),
         Request::GetTrust { namespace } => to_json(
             crate::trust::list(lattice, visible(&caller, namespace.as_deref())).await?,
         ),
         Request::GetSecrets { namespace } => to_json(
             secrets::list(lattice, visible(&caller, namespace.as_deref()))
-                .await
-                .map_err(internal)?,
+                .await?,
         ),
         Request::DeleteSecret { namespace, name } => deleted(
             secrets::delete(lattice, &namespace, &name)
-                .await
-                .map_err(internal)?,
+                .await?,
             "secret",
             &namespace,
             &name,
@@ -443,8 +430,7 @@ async fn handle(
         ),
         Request::Delete { namespace, name } => {
             if !apply::delete(lattice, &namespace, &name)
-                .await
-                .map_err(internal)?
+                .await?
             {
                 return Err(no_app(&namespace, &name));
             }
@@ -452,8 +438,7 @@ async fn handle(
             // empty.
             lattice
                 .remove_app_stores(&namespace, &name, &[])
-                .await
-                .map_err(internal)?;
+                .await?;
             to_json(())
         }
         Request::Scale {
@@ -472,8 +457,7 @@ async fn handle(
             // at its next decision.
             if let Some(autoscale) = lattice
                 .get::<AppRecord>(Bucket::Apps, &app_key(&namespace, &name))
-                .await
-                .map_err(internal)?
+                .await?
                 .and_then(|app| app.value.spec.autoscale)
             {
                 return Err(ApiError::new(
@@ -486,8 +470,7 @@ async fn handle(
                 ));
             }
             match apply::scale(lattice, &namespace, &name, replicas)
-                .await
-                .map_err(internal)?
+                .await?
             {
                 Some(from) => to_json(Scaled { from }),
                 None => Err(no_app(&namespace, &name)),
@@ -498,8 +481,7 @@ async fn handle(
             name,
             to_revision,
         } => match apply::undo(lattice, &namespace, &name, to_revision)
-            .await
-            .map_err(internal)?
+            .await?
         {
             Undo::NoApp => Err(no_app(&namespace, &name)),
             Undo::NoRevision(Some(to)) => Err(ApiError::new(
@@ -524,8 +506,7 @@ async fn handle(
             paused,
         } => {
             if !apply::set_paused(lattice, &namespace, &name, paused)
-                .await
-                .map_err(internal)?
+                .await?
             {
                 return Err(no_app(&namespace, &name));
             }
@@ -534,12 +515,10 @@ async fn handle(
         Request::History { namespace, name } => {
             let app = lattice
                 .get::<AppRecord>(Bucket::Apps, &app_key(&namespace, &name))
-                .await
-                .map_err(internal)?
+                .await?
                 .ok_or_else(|| no_app(&namespace, &name))?;
             let revisions = apply::history(lattice, &namespace, &name)
-                .await
-                .map_err(internal)?;
+                .await?;
             to_json(History {
                 current: app.value.revision,
                 revisions,
@@ -548,8 +527,7 @@ async fn handle(
         Request::GetApps { namespace } => {
             let status: HashMap<String, AppStatus> = lattice
                 .list::<AppStatus>(Bucket::Status, "apps.")
-                .await
-                .map_err(internal)?
+                .await?
                 .into_iter()
                 .map(|record| {
                     let key = record
@@ -562,8 +540,7 @@ async fn handle(
                 .collect();
             let apps: Vec<AppView> = lattice
                 .list::<AppRecord>(Bucket::Apps, "")
-                .await
-                .map_err(internal)?
+                .await?
                 .into_iter()
                 .filter(|record| visible(&caller, namespace.as_deref())(&record.value.namespace))
                 .map(|record| AppView {
@@ -585,13 +562,11 @@ async fn handle(
                 };
                 lattice
                     .put(Bucket::Status, &key, &control)
-                    .await
-                    .map_err(internal)?;
+                    .await?;
             } else {
                 lattice
                     .delete(Bucket::Status, &key)
-                    .await
-                    .map_err(internal)?;
+                    .await?;
             }
             to_json(())
         }
@@ -605,8 +580,7 @@ async fn handle(
             };
             lattice
                 .put(Bucket::Status, &host_control_key(&host), &control)
-                .await
-                .map_err(internal)?;
+                .await?;
             to_json(())
         }
         Request::GetControlPlane => {
@@ -615,8 +589,7 @@ async fn handle(
                     Bucket::Status,
                     shoal_lattice::names::CONTROL_PLANE,
                 )
-                .await
-                .map_err(internal)?
+                .await?
                 .and_then(Result::ok)
                 .map(|record| record.value);
             to_json(shoal_lattice::api::ControlPlaneView::of(status, now_millis()))
@@ -624,8 +597,7 @@ async fn handle(
         Request::GetHosts => {
             let controls: HashMap<String, HostControl> = lattice
                 .list::<HostControl>(Bucket::Status, "hosts.")
-                .await
-                .map_err(internal)?
+                .await?
                 .into_iter()
                 .map(|record| {
                     let host = record.key.trim_start_matches("hosts.").to_owned();
@@ -635,8 +607,7 @@ async fn handle(
             let replicas = replicas(lattice).await?;
             let hosts: Vec<HostView> = lattice
                 .list::<HostRecord>(Bucket::Hosts, "")
-                .await
-                .map_err(internal)?
+                .await?
                 .into_iter()
                 .map(|record| HostView {
                     replicas: replicas
@@ -662,13 +633,11 @@ async fn handle(
         Request::DescribeApp { namespace, name } => {
             let app = lattice
                 .get::<AppRecord>(Bucket::Apps, &app_key(&namespace, &name))
-                .await
-                .map_err(internal)?
+                .await?
                 .ok_or_else(|| no_app(&namespace, &name))?;
             let status = lattice
                 .get::<AppStatus>(Bucket::Status, &app_status_key(&namespace, &name))
-                .await
-                .map_err(internal)?
+                .await?
                 .map(|record| record.value);
             let replicas = replicas(lattice)
                 .await?
@@ -681,8 +650,7 @@ async fn handle(
             let load_key = format!("{namespace}/{name}");
             let load = lattice
                 .list::<HostRecord>(Bucket::Hosts, "")
-                .await
-                .map_err(internal)?
+                .await?
                 .iter()
                 .filter_map(|host| host.value.load.get(&load_key))
                 .fold(0u64, |sum, milli| sum.saturating_add(*milli));
@@ -698,11 +666,7 @@ async fn handle(
 
 /// Refuses a host that is not in the lattice.
 async fn known_host(lattice: &Lattice, host: &str) -> Result<(), ApiError> {
-    match lattice
-        .get::<HostRecord>(Bucket::Hosts, host)
-        .await
-        .map_err(internal)?
-    {
+    match lattice.get::<HostRecord>(Bucket::Hosts, host).await? {
         Some(_) => Ok(()),
         None => Err(ApiError::new(
             ErrorCode::NotFound,
@@ -826,15 +790,11 @@ fn check_names(request: &Request) -> Result<(), ApiError> {
 /// Every assignment with its replica's status (assignments read first, so each status is at
 /// least as fresh as its assignment).
 async fn replicas(lattice: &Lattice) -> Result<Vec<ReplicaView>, ApiError> {
-    let assignments = lattice
-        .list::<Assignment>(Bucket::Assignments, "")
-        .await
-        .map_err(internal)?;
+    let assignments = lattice.list::<Assignment>(Bucket::Assignments, "").await?;
     let status: HashMap<String, ReplicaStatus> = shoal_lattice::records::trusted_statuses(
         lattice
             .list::<ReplicaStatus>(Bucket::Status, "replicas.")
-            .await
-            .map_err(internal)?,
+            .await?,
         assignments.iter().map(|record| &record.value),
     );
     Ok(assignments
@@ -894,22 +854,17 @@ async fn apply_all(lattice: &Lattice, apps: Vec<AppManifest>) -> Result<Vec<Appl
     // applied).
     let mut pins = Vec::with_capacity(parsed.len());
     for ((index, app), manifest) in parsed.iter().enumerate().zip(&apps) {
-        let config_objects = match configs::pin(lattice, &app.namespace, &app.spec.config_from)
-            .await
-            .map_err(internal)?
-        {
-            Ok(pinned) => pinned,
-            Err(unusable) => {
-                for problem in unusable {
-                    problems.push(format!("apps[{index}].spec.configFrom: {problem}"));
+        let config_objects =
+            match configs::pin(lattice, &app.namespace, &app.spec.config_from).await? {
+                Ok(pinned) => pinned,
+                Err(unusable) => {
+                    for problem in unusable {
+                        problems.push(format!("apps[{index}].spec.configFrom: {problem}"));
+                    }
+                    Default::default()
                 }
-                Default::default()
-            }
-        };
-        let stored = match secrets::stored(lattice, &app.namespace, &app.spec.secrets)
-            .await
-            .map_err(internal)?
-        {
+            };
+        let stored = match secrets::stored(lattice, &app.namespace, &app.spec.secrets).await? {
             Ok(stored) => stored,
             Err(unusable) => {
                 for problem in unusable {
@@ -942,13 +897,9 @@ async fn apply_all(lattice: &Lattice, apps: Vec<AppManifest>) -> Result<Vec<Appl
             ),
         ));
     }
-    let mut collisions = apply::route_collisions(lattice, &parsed)
-        .await
-        .map_err(internal)?;
+    let mut collisions = apply::route_collisions(lattice, &parsed).await?;
     if collisions.is_empty() {
-        collisions = apply::claim_route_hosts(lattice, &parsed)
-            .await
-            .map_err(internal)?;
+        collisions = apply::claim_route_hosts(lattice, &parsed).await?;
     }
     if !collisions.is_empty() {
         return Err(ApiError::new(

@@ -49,7 +49,7 @@ pub async fn set(lattice: &Lattice, range: &str, allowed: bool) -> Result<Egress
     // Stored as parsed, so `10.1.0.0/16` and `10.1.0.0/016` are one range.
     let range = parsed.to_string();
     for _ in 0..ATTEMPTS {
-        let (mut policy, revision) = read(lattice).await.map_err(internal)?;
+        let (mut policy, revision) = read(lattice).await?;
         let had = policy.private.contains(&range);
         if had == allowed {
             return Ok(policy);

@@ -88,11 +88,7 @@ pub async fn apply(
     let mut outcome = Vec::new();
     for job in jobs {
         let key = app_key(&job.namespace, &job.name);
-        match lattice
-            .get_checked::<JobRecord>(Bucket::Jobs, &key)
-            .await
-            .map_err(internal)?
-        {
+        match lattice.get_checked::<JobRecord>(Bucket::Jobs, &key).await? {
             Some(Ok(existing))
                 if existing.value.spec == job.spec && existing.value.digest == job.digest =>
             {
@@ -121,16 +117,14 @@ pub async fn apply(
         );
         lattice
             .put(Bucket::Jobs, &app_key(&job.namespace, &job.name), &record)
-            .await
-            .map_err(internal)?;
+            .await?;
         outcome.push(applied("job", &job.namespace, &job.name, "created"));
     }
     for cron in cron_jobs {
         let key = app_key(&cron.namespace, &cron.name);
         let existing = lattice
             .get_checked::<CronJobRecord>(Bucket::CronJobs, &key)
-            .await
-            .map_err(internal)?
+            .await?
             .and_then(Result::ok);
         let change = match &existing {
             Some(existing)
@@ -152,10 +146,7 @@ pub async fn apply(
             spec: cron.spec,
             created_at: existing.map_or_else(now_millis, |existing| existing.value.created_at),
         };
-        lattice
-            .put(Bucket::CronJobs, &key, &record)
-            .await
-            .map_err(internal)?;
+        lattice.put(Bucket::CronJobs, &key, &record).await?;
         outcome.push(applied("cronjob", &cron.namespace, &cron.name, change));
     }
     Ok(outcome)
@@ -292,8 +283,7 @@ pub async fn create_from(
 ) -> Result<AppliedJob, ApiError> {
     let cron = lattice
         .get_checked::<CronJobRecord>(Bucket::CronJobs, &app_key(namespace, cron_job))
-        .await
-        .map_err(internal)?
+        .await?
         .and_then(Result::ok)
         .ok_or_else(|| {
             ApiError::new(

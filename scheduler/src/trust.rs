@@ -8,7 +8,6 @@ use shoal_lattice::records::now_millis;
 use shoal_lattice::trust::{LATTICE_KEY, MAX_KEYS, TrustPolicy, TrustView, TrustedKey};
 use shoal_lattice::{Bucket, Lattice};
 
-use crate::api::internal;
 use crate::configs::put_versioned;
 
 fn key_of(namespace: Option<&str>) -> String {
@@ -64,8 +63,7 @@ pub async fn add(
     let record_key = key_of(namespace);
     if let Some(current) = lattice
         .get::<TrustPolicy>(Bucket::Trust, &record_key)
-        .await
-        .map_err(internal)?
+        .await?
         && let Some(problem) = conflict(&current.value)
     {
         return Err(invalid(problem));
@@ -86,8 +84,7 @@ pub async fn add(
             Some(next)
         },
     )
-    .await
-    .map_err(internal)?;
+    .await?;
     Ok(TrustView {
         namespace: namespace.map(str::to_owned),
         keys: policy.keys,
@@ -107,8 +104,7 @@ pub async fn remove(
     let matches = |key: &TrustedKey| key.name == name || key.id == name;
     let current = lattice
         .get::<TrustPolicy>(Bucket::Trust, &record_key)
-        .await
-        .map_err(internal)?;
+        .await?;
     if !current
         .as_ref()
         .is_some_and(|current| current.value.keys.iter().any(matches))
@@ -137,8 +133,7 @@ pub async fn remove(
             })
         },
     )
-    .await
-    .map_err(internal)?;
+    .await?;
     Ok(TrustView {
         namespace: namespace.map(str::to_owned),
         keys: policy.keys,
@@ -158,11 +153,7 @@ pub async fn list(
         namespace: None,
         keys: Vec::new(),
     }];
-    for record in lattice
-        .list::<TrustPolicy>(Bucket::Trust, "")
-        .await
-        .map_err(internal)?
-    {
+    for record in lattice.list::<TrustPolicy>(Bucket::Trust, "").await? {
         let keys = record.value.keys.clone();
         if record.key == LATTICE_KEY {
             views[0].keys = keys;

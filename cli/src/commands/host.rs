@@ -254,11 +254,7 @@ async fn keep_cache_budget(
 pub struct OciFetch(pub Client);
 
 impl Fetch for OciFetch {
-    async fn fetch(
-        &self,
-        reference: &str,
-        trusted: &[TrustedKey],
-    ) -> Result<Fetched, FetchError> {
+    async fn fetch(&self, reference: &str, trusted: &[TrustedKey]) -> Result<Fetched, FetchError> {
         let parsed =
             parse_reference(reference).map_err(|error| FetchError::pull(error.to_string()))?;
         let pulled = self
