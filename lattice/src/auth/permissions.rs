@@ -1,0 +1,342 @@
+//! The subjects each identity may publish and subscribe to, built from the lattice's names
+//! so they never drift from the subjects the code uses; and the reply subjects Shoal's
+//! processes answer on.
+
+use serde::{Deserialize, Serialize};
+
+use super::*;
+use crate::journal::Journal;
+use crate::names::{Bucket, PROTOCOL};
+
+/// Who a credential is for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "kind")]
+pub enum Identity {
+    /// One host, by id.
+    Host {
+        /// The host id.
+        id: String,
+        /// What it may claim to be and offer.
+        #[serde(default, skip_serializing_if = "is_default_grant")]
+        grant: HostGrant,
+    },
+    /// A scheduler process (any number may share the control plane).
+    Scheduler {
+        /// Its name.
+        name: String,
+    },
+    /// A site's leaf connection to the hub: it carries what the site's hosts may do, and
+    /// nothing more (the leaf nats-server checks each host against its own credential).
+    Site {
+        /// The site's name.
+        name: String,
+        /// The ids of the site's hosts.
+        hosts: Vec<String>,
+        /// The JetStream domain of the hub's lattice state.
+        domain: String,
+    },
+    /// A person or a CI job.
+    User {
+        /// Its name.
+        name: String,
+        /// Its roles.
+        grants: Vec<Grant>,
+    },
+}
+
+impl Identity {
+    /// The name the credential carries.
+    pub fn name(&self) -> &str {
+        match self {
+            Identity::Host { id, .. } => id,
+            Identity::Scheduler { name }
+            | Identity::Site { name, .. }
+            | Identity::User { name, .. } => name,
+        }
+    }
+
+    /// The kind, as one word.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Identity::Host { .. } => "host",
+            Identity::Scheduler { .. } => "scheduler",
+            Identity::Site { .. } => "site",
+            Identity::User { .. } => "user",
+        }
+    }
+
+    /// The prefix of this identity's reply inboxes: replies to one identity cannot be read
+    /// by another, because each may subscribe only under its own prefix.
+    pub fn inbox_prefix(&self) -> String {
+        inbox_prefix(self.kind(), self.name())
+    }
+
+    /// Tags in the JWT, so a client can read back what it is (no secret: the server
+    /// enforces the permissions, not the tags).
+    pub(super) fn tags(&self) -> Vec<String> {
+        let mut tags = vec![format!("shoal-kind:{}", self.kind())];
+        match self {
+            Identity::User { grants, .. } => tags.extend(grants.iter().map(Grant::tag)),
+            Identity::Host { grant, .. } => tags.extend(grant.tags()),
+            _ => {}
+        }
+        tags
+    }
+}
+
+/// The prefix of the reply inboxes of identity `name` of `kind` (`host`, `scheduler`,
+/// `user`): `_INBOX.<kind>.<name>`.
+pub fn inbox_prefix(kind: &str, name: &str) -> String {
+    format!("_INBOX.{kind}.{name}")
+}
+
+/// Whether `reply` is a reply inbox of an identity of `kind`, and of the one named `name`
+/// when given: `_INBOX.<kind>.<name>.<token>…`, literal (no wildcard, no empty token).
+/// Shoal's processes answer a request only there: a reply subject the requester chose
+/// freely (a KV key, a JetStream API subject, another identity's inbox) would make the
+/// answering process write where the requester may not.
+pub fn is_inbox_of(reply: &str, kind: &str, name: Option<&str>) -> bool {
+    let mut tokens = reply.split('.');
+    is_literal(reply)
+        && tokens.next() == Some("_INBOX")
+        && tokens.next() == Some(kind)
+        && tokens
+            .next()
+            .is_some_and(|owner| name.is_none_or(|name| owner == name))
+        && tokens.next().is_some()
+}
+
+/// Whether `reply` is a reply subject nats-server made for a request that crossed a service
+/// import (`_R_.<token>…`, literal): the server carries an answer there back to the
+/// requester's reply subject in the importing account, and nowhere else.
+pub fn is_import_reply(reply: &str) -> bool {
+    let mut tokens = reply.split('.');
+    is_literal(reply) && tokens.next() == Some("_R_") && tokens.next().is_some()
+}
+
+/// Whether `subject` names one subject: no wildcard, no empty token, nothing a protocol line
+/// would split on.
+pub(super) fn is_literal(subject: &str) -> bool {
+    subject.split('.').all(|token| {
+        !token.is_empty()
+            && token != "*"
+            && token != ">"
+            && !token.contains(|c: char| c.is_whitespace() || c.is_control())
+    })
+}
+
+pub(super) fn is_default_grant(grant: &HostGrant) -> bool {
+    *grant == HostGrant::default()
+}
+
+/// The subjects an identity may publish and subscribe to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Permissions {
+    /// Subjects it may publish on.
+    pub publish: Vec<String>,
+    /// Subjects it may not publish on although `publish` matches them (nats-server lets a
+    /// deny win).
+    pub publish_deny: Vec<String>,
+    /// Subjects it may subscribe to.
+    pub subscribe: Vec<String>,
+    /// The kinds of connection that may present it (nats-server's names, such as
+    /// `LEAFNODE`); empty: any.
+    pub connection_types: Vec<String>,
+}
+
+impl Permissions {
+    /// These permissions as a secure lattice's client holds them: each JetStream API call
+    /// and key write under [`STATE_API_PREFIX`] (see [`client_subject`]), where its
+    /// account imports them from the state account; nothing else changes.
+    pub(super) fn for_client(mut self) -> Self {
+        for list in [&mut self.publish, &mut self.publish_deny] {
+            *list = list.iter().map(|subject| client_subject(subject)).collect();
+            list.sort();
+            list.dedup();
+        }
+        self
+    }
+}
+
+/// The subject prefix of a lattice: `shoal.<lattice>.v1`.
+pub(super) fn root(lattice: &str) -> String {
+    format!("shoal.{lattice}.{PROTOCOL}")
+}
+
+/// The control API subject of one request.
+pub fn api_subject(lattice: &str, grant: &Grant, user: &str, verb: &str) -> String {
+    format!(
+        "{}.api.{}.{}.{user}.{verb}",
+        root(lattice),
+        grant.role,
+        grant.scope()
+    )
+}
+
+/// Every control API subject, which API servers listen on.
+pub fn api_subjects(lattice: &str) -> String {
+    format!("{}.api.>", root(lattice))
+}
+
+/// Reading a journal only under `filter` (a subject with wildcards): a consumer must be
+/// named, so its filter is in the subject nats-server checks.
+pub(super) fn read_journal(stream: &str, filter: &str, publish: &mut Vec<String>) {
+    publish.extend([
+        format!("$JS.API.STREAM.INFO.{stream}"),
+        format!("$JS.API.CONSUMER.CREATE.{stream}.*.{filter}"),
+        format!("$JS.API.CONSUMER.INFO.{stream}.>"),
+        format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.>"),
+    ]);
+}
+
+/// What `identity` may do in `lattice`.
+pub fn permissions(lattice: &str, identity: &Identity) -> Permissions {
+    let root = root(lattice);
+    let kv_stream = |bucket: Bucket| format!("KV_{}", bucket.name(lattice));
+    let kv_key = |bucket: Bucket, key: &str| format!("$KV.{}.{key}", bucket.name(lattice));
+    let mut publish = Vec::new();
+    let publish_deny = Vec::new();
+    let mut subscribe = vec![format!("{}.>", identity.inbox_prefix())];
+    match identity {
+        Identity::Host { id, .. } => {
+            // Every bucket and journal opens (stream info: its configuration and, with a
+            // subject filter, which keys exist, never a value).
+            for bucket in Bucket::ALL {
+                publish.push(format!("$JS.API.STREAM.INFO.{}", kv_stream(bucket)));
+            }
+            for journal in Journal::ALL {
+                publish.push(format!("$JS.API.STREAM.INFO.{}", journal.stream(lattice)));
+            }
+            // It watches its own assignments and every app's routing record (routes,
+            // endpoints; no spec), and reads its own host record: consumers must be named,
+            // so the filter is in the subject nats-server checks.
+            for (bucket, filter) in [
+                (Bucket::Assignments, format!("{id}.>")),
+                (Bucket::Status, "routes.>".to_owned()),
+            ] {
+                let stream = kv_stream(bucket);
+                publish.extend([
+                    format!(
+                        "$JS.API.CONSUMER.CREATE.{stream}.*.{}",
+                        kv_key(bucket, &filter)
+                    ),
+                    format!("$JS.API.CONSUMER.INFO.{stream}.>"),
+                    format!("$JS.FC.{stream}.>"),
+                ]);
+            }
+            publish.push(format!(
+                "$JS.API.DIRECT.GET.{}.{}",
+                kv_stream(Bucket::Hosts),
+                kv_key(Bucket::Hosts, id)
+            ));
+            // And the lattice's identity, to tell a lattice that lost its state.
+            publish.push(format!(
+                "$JS.API.DIRECT.GET.{}.{}",
+                kv_stream(Bucket::Status),
+                kv_key(Bucket::Status, crate::names::LATTICE_IDENTITY)
+            ));
+            // No app's key-value store: each replica's assignment carries a credential for
+            // its own app's stores (`store_credential`).
+            publish.extend([
+                kv_key(Bucket::Hosts, id),
+                kv_key(Bucket::Status, &format!("replicas.{id}.*")),
+                // Its credential's JWT, for the control plane to read its grant from.
+                kv_key(Bucket::Status, &crate::names::host_credential_key(id)),
+                // Its own logs and events: the last token is the publisher.
+                format!("{root}.logs.*.*.{id}"),
+                format!("{root}.events.*.*.{id}"),
+                // Forwarded requests go to the host chosen among an app's endpoints, and
+                // their answers to the forwarding host's inbox (never a reply subject a
+                // requester chose: no `responses` permission).
+                format!("{root}.http.>"),
+                "_INBOX.host.*.>".to_owned(),
+                // Waking an app scaled to zero, in its own name only.
+                format!("{root}.wake.{id}.>"),
+            ]);
+            subscribe.push(format!("{root}.http.{id}.>"));
+        }
+        Identity::Scheduler { .. } => {
+            publish.extend([
+                "$JS.API.>".to_owned(),
+                "$JS.FC.>".to_owned(),
+                "$JS.ACK.>".to_owned(),
+                format!("{root}.>"),
+            ]);
+            for bucket in Bucket::ALL {
+                publish.push(format!("$KV.{}.>", bucket.name(lattice)));
+            }
+            // Control API answers go to the requesting user's inbox, and nowhere else a
+            // requester could name: on a secure lattice, to the reply subject nats-server
+            // made for the request as it crossed from the clients' account (`_R_.…`),
+            // which it hands back to the requester's inbox there.
+            publish.push("_INBOX.user.*.>".to_owned());
+            publish.push("_R_.>".to_owned());
+            subscribe.push(api_subjects(lattice));
+            subscribe.push(crate::names::wake_subjects(lattice));
+        }
+        Identity::Site { hosts, .. } => {
+            // The union of its hosts' permissions and nothing of its own: a stolen site
+            // credential is worth what the site's host credentials are worth together.
+            for id in hosts {
+                let host = permissions(
+                    lattice,
+                    &Identity::Host {
+                        id: id.clone(),
+                        grant: HostGrant::default(),
+                    },
+                );
+                publish.extend(host.publish);
+                subscribe.extend(host.subscribe);
+            }
+            // Answers to requests forwarded from other hosts: nats-server carries them
+            // across the leaf connection only to inboxes the site may publish to (a reply
+            // permission does not carry across). The inboxes' names are random: the site
+            // can answer what it was asked and guess nothing else.
+            publish.push("_INBOX.host.*.>".to_owned());
+            publish.sort();
+            publish.dedup();
+        }
+        Identity::User { name, grants } => {
+            for grant in grants {
+                publish.push(format!(
+                    "{root}.api.{}.{}.{name}.>",
+                    grant.role,
+                    grant.scope()
+                ));
+                // Logs and events of the namespaces it may view, read straight from the
+                // journals.
+                let filter = match &grant.namespace {
+                    Some(namespace) => format!("{namespace}.>"),
+                    None => ">".to_owned(),
+                };
+                for journal in Journal::ALL {
+                    read_journal(
+                        &journal.stream(lattice),
+                        &journal.subject(lattice, &filter),
+                        &mut publish,
+                    );
+                }
+            }
+            publish.sort();
+            publish.dedup();
+        }
+    }
+    subscribe.sort();
+    subscribe.dedup();
+    let permissions = Permissions {
+        publish,
+        publish_deny,
+        subscribe,
+        // A site's credential opens its leaf connection and nothing else: taken off a
+        // stolen device, it cannot be used as a client of the hub.
+        connection_types: match identity {
+            Identity::Site { .. } => vec!["LEAFNODE".to_owned()],
+            _ => Vec::new(),
+        },
+    };
+    match identity {
+        // The scheduler lives in the state account and uses its JetStream as it is.
+        Identity::Scheduler { .. } => permissions,
+        _ => permissions.for_client(),
+    }
+}
