@@ -113,12 +113,33 @@ pub struct Refused {
 pub struct Mirror<T> {
     records: Arc<RwLock<Records<T>>>,
     changes: watch::Receiver<u64>,
-    task: tokio::task::JoinHandle<()>,
+    /// What follows the bucket; `None` for a [`Mirror::fixed`] one.
+    task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl<T> Drop for Mirror<T> {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+impl<T> Mirror<T> {
+    /// A mirror of `records` that follows no bucket and never changes: what a controller
+    /// test plans against, without nats-server. Its last revision is the highest of theirs.
+    pub fn fixed(records: impl IntoIterator<Item = Versioned<T>>) -> Self {
+        let mut fixed = Records::default();
+        for record in records {
+            fixed.last_revision = fixed.last_revision.max(record.revision);
+            fixed.valid.insert(record.key.clone(), record);
+        }
+        let (_, changes) = watch::channel(0u64);
+        Self {
+            records: Arc::new(RwLock::new(fixed)),
+            changes,
+            task: None,
+        }
     }
 }
 
@@ -145,7 +166,7 @@ where
         Ok(Self {
             records,
             changes,
-            task,
+            task: Some(task),
         })
     }
 }

@@ -1,9 +1,11 @@
-//! The apps controller: one bounded step per app and pass: remove what must go, place what
-//! is missing (placement over the live hosts), with the writes this scheduler made and may
-//! not see yet, and the backoff for replacing failed replicas.
+//! The apps controller: one bounded step per app and pass, planned from what the pass
+//! sees (remove what must go, place what is missing over the live hosts, with the writes
+//! this scheduler made and may not see yet, and the backoff for replacing failed
+//! replicas), then applied by the one writer (`plan`).
 
 use super::placed::{Owner, Placed};
-use super::rollout::{check_progress, write_status};
+use super::plan::{Op, Plan};
+use super::rollout::{StatusWrite, check_progress, status_writes};
 use super::*;
 
 /// Writes this scheduler made that its mirror may not show yet: without them, a pass right
@@ -124,8 +126,8 @@ pub(super) async fn report_invalid_apps(
     }
 }
 
-/// One app's bounded step: remove what must go, place what is missing, watch the rollout's
-/// deadline, write the app's status.
+/// One app's bounded step: plans it ([`plan_app`]), applies the plan, then writes the
+/// app's status and routing record (when the pass ends) from what is placed now.
 pub(super) async fn step_app(
     lattice: &Lattice,
     state: &mut State,
@@ -133,6 +135,40 @@ pub(super) async fn step_app(
     app: AppRecord,
     placed: &mut Placed,
 ) -> Result<(), Error> {
+    let owner = Owner::app(&app);
+    let (plan, unplaced) = plan_app(state, observed, &app, placed);
+    let applied = super::plan::apply(lattice, state, plan, observed.now).await;
+    placed.settle(&owner, &applied);
+    if let Some(error) = applied.stopped {
+        return Err(error);
+    }
+    let writes = status_writes(
+        state,
+        &app,
+        placed.of(&owner),
+        observed.status,
+        observed.live,
+        unplaced,
+    );
+    for (key, write) in writes {
+        match write {
+            StatusWrite::Route(record) => state.deferred.put(lattice, Bucket::Status, key, record),
+            StatusWrite::App(status) => state.deferred.put(lattice, Bucket::Status, key, status),
+        }
+    }
+    Ok(())
+}
+
+/// Plans one app's step from what the pass sees: remove what must go, place what is
+/// missing, watch the rollout's deadline. `placed` follows the plan (what it removes goes,
+/// what it places comes, provisionally, until the plan is applied). Returns the plan and
+/// why replicas stay unplaced, if they do.
+pub(super) fn plan_app(
+    state: &mut State,
+    observed: &PassView<'_>,
+    app: &AppRecord,
+    placed: &mut Placed,
+) -> (Plan, Option<String>) {
     let PassView {
         source,
         live,
@@ -144,208 +180,222 @@ pub(super) async fn step_app(
         secure,
         ..
     } = *observed;
-    state.seed(&app, now);
-    {
-        let key = app_key(&app.namespace, &app.name);
-        let owner = Owner::app(&app);
-        let mine: Vec<Versioned<Assignment>> = placed.of(&owner).to_vec();
-        let backoff = state.backoff.get(&key).copied();
-        let rollout_status = min_ready_view(&app, &mine, status);
-        let step = reconcile::reconcile(
-            &app,
-            Observed {
-                assignments: &mine,
-                live_hosts: live,
-                status: rollout_status.as_ref().unwrap_or(status),
-                replace_failed: backoff.is_none_or(|backoff| now >= backoff.not_before),
-                draining_hosts: draining,
-                silent_for,
+    let mut plan = Plan::default();
+    state.seed(app, now);
+    let key = app_key(&app.namespace, &app.name);
+    let owner = Owner::app(app);
+    let mine: Vec<Versioned<Assignment>> = placed.of(&owner).to_vec();
+    let backoff = state.backoff.get(&key).copied();
+    let rollout_status = min_ready_view(app, &mine, status);
+    let step = reconcile::reconcile(
+        app,
+        Observed {
+            assignments: &mine,
+            live_hosts: live,
+            status: rollout_status.as_ref().unwrap_or(status),
+            replace_failed: backoff.is_none_or(|backoff| now >= backoff.not_before),
+            draining_hosts: draining,
+            silent_for,
+        },
+    );
+    if step.failed > 0 {
+        let failures = backoff
+            .map_or(0, |backoff| backoff.failures)
+            .saturating_add(1);
+        let delay = Duration::from_secs(1u64 << failures.min(6)).min(Duration::from_secs(60));
+        tracing::warn!(app = %key, failed = step.failed, retry_in = ?delay, "replacing failed replicas");
+        state.backoff.insert(
+            key.clone(),
+            Backoff {
+                failures,
+                not_before: now.checked_add(delay).unwrap_or(now),
+                not_before_ms: now_millis()
+                    .saturating_add(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX)),
             },
         );
-        if step.failed > 0 {
-            let failures = backoff
-                .map_or(0, |backoff| backoff.failures)
-                .saturating_add(1);
-            let delay = Duration::from_secs(1u64 << failures.min(6)).min(Duration::from_secs(60));
-            tracing::warn!(app = %key, failed = step.failed, retry_in = ?delay, "replacing failed replicas");
-            state.backoff.insert(
-                key.clone(),
-                Backoff {
-                    failures,
-                    not_before: now.checked_add(delay).unwrap_or(now),
-                    not_before_ms: now_millis()
-                        .saturating_add(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX)),
-                },
-            );
-        }
-        if step.lost > 0 {
-            tracing::warn!(app = %key, replicas = step.lost, "replicas on lost hosts are placed again");
-        }
-        let removed: HashSet<String> = step.remove.iter().map(|(key, _)| key.clone()).collect();
-        // During a rollout, what stays ready after this step must not fall below
-        // replicas - maxUnavailable unless replicas were lost or failed: say so if it does.
-        if step.lost == 0
-            && step.failed == 0
-            && mine
-                .iter()
-                .any(|assignment| assignment.value.revision != app.revision)
-        {
-            let staying_ready = mine
-                .iter()
-                .filter(|assignment| !removed.contains(&assignment.key))
-                .filter(|assignment| reconcile::in_phase(&assignment.value, status, Phase::Ready))
-                .count();
-            let (_, unavailable) = reconcile::rollout_bounds(&app, app.spec.replicas as usize);
-            let floor = (app.spec.replicas as usize).saturating_sub(unavailable);
-            let ready_before = mine
-                .iter()
-                .filter(|assignment| reconcile::in_phase(&assignment.value, status, Phase::Ready))
-                .count();
-            if staying_ready < floor && staying_ready < ready_before {
-                tracing::error!(app = %key, staying_ready, floor, "rollout step would leave fewer ready replicas than replicas - maxUnavailable");
-            }
-        }
-        for (assignment_key, revision) in &step.remove {
-            remove(lattice, state, assignment_key, *revision, now).await?;
-            let Some(assignment) = mine
-                .iter()
-                .find(|assignment| &assignment.key == assignment_key)
-            else {
-                continue;
-            };
-            let removed = &assignment.value;
-            let host_lost = !live.contains(&removed.host);
-            let why = if host_lost {
-                "its host is lost".to_owned()
-            } else if reconcile::in_phase(removed, status, Phase::Failed) {
-                "it failed".to_owned()
-            } else if draining.contains(&removed.host) {
-                "its host is being drained".to_owned()
-            } else if removed.revision != app.revision {
-                format!("revision {} replaces it", app.revision)
-            } else {
-                "the app has fewer replicas".to_owned()
-            };
-            let message = format!(
-                "replica {} removed from host {}: {why}",
-                removed.replica, removed.host
-            );
-            lattice
-                .emit(Event::replica(source, removed, "Removed", message))
-                .await;
-            // A lost host cannot clean up its own replica status.
-            if host_lost {
-                lattice
-                    .delete(
-                        Bucket::Status,
-                        &replica_status_key(&removed.host, &removed.replica),
-                    )
-                    .await?;
-            }
-        }
-        placed.remove_of(&owner, &removed);
-
-        let mut unplaced = None;
-        // An unreadable trust policy places nothing: placing without it could run what it
-        // forbids.
-        let trusted_keys = if step.place > 0 {
-            match state.trusted_keys(&app.namespace) {
-                Ok(keys) => Some(keys),
-                Err(why) => {
-                    tracing::warn!(app = %key, %why, "not placed");
-                    unplaced = Some(why);
-                    None
-                }
-            }
-        } else {
-            None
-        };
-        if let Some(trusted_keys) = trusted_keys {
-            // A woken app's first replica goes where its requests are held.
-            let prefer = state
-                .wakes
-                .get(&key)
-                .filter(|(host, at)| {
-                    !host.is_empty() && now.duration_since(*at) < super::autoscaler::WAKE_PREFERENCE
-                })
-                .map(|(host, _)| host.clone());
-            // An app with secrets runs only where they can be sealed (and, on a secure
-            // lattice, one with stores where its store credential can), and one under a
-            // trust policy only where signatures are checked: feasibility filters.
-            let sealed_to_host =
-                !app.spec.secrets.is_empty() || (secure && !app.spec.key_value.is_empty());
-            let feasible = |host: &HostRecord| {
-                (!sealed_to_host || host.secrets_key.is_some())
-                    && (trusted_keys.is_empty() || host.verifies_signatures)
-            };
-            let plan = placement::place(
-                &placed.host_views(hosts, &owner, (&app.digest, app.wasi.as_deref()), feasible),
-                &request(&app, step.place, hosts, feasible, placed.of(&owner), prefer),
-            );
-            for host in &plan.hosts {
-                let secrets = match sealed_secrets(state, &app, hosts.get(host)) {
-                    Ok(secrets) => secrets,
-                    Err(why) => {
-                        tracing::warn!(app = %key, %host, %why, "cannot give the app's secrets");
-                        unplaced = Some(format!("the app's secrets cannot be given: {why}"));
-                        continue;
-                    }
-                };
-                let template = app.spec.template();
-                let access = match super::stores::access_for(
-                    super::stores::Issuer::of(observed, state, lattice),
-                    (&app.namespace, &app.name),
-                    &template.key_value,
-                    (host, hosts.get(host)),
-                    now_millis() / 1000,
-                ) {
-                    Ok(access) => access,
-                    Err(why) => {
-                        tracing::warn!(app = %key, %host, %why, "cannot give the app's store credential");
-                        unplaced =
-                            Some(format!("the app's key-value stores cannot be given: {why}"));
-                        continue;
-                    }
-                };
-                let assignment = Assignment {
-                    replica: replica_id(&app.name),
-                    app: app.name.clone(),
-                    namespace: app.namespace.clone(),
-                    revision: app.revision,
-                    generation: app.generation,
-                    host: host.clone(),
-                    digest: app.digest.clone(),
-                    config_objects: app.config_objects.clone(),
-                    secrets,
-                    template,
-                    created_at: now_millis(),
-                    job: None,
-                    trusted_keys: trusted_keys.clone(),
-                    private_egress: state.private_egress(),
-                    store_access: access.as_ref().map(|(sealed, _)| sealed.clone()),
-                    store_access_expires: access.map(|(_, expires)| expires),
-                };
-                let record = create(lattice, state, assignment, now).await?;
-                tracing::info!(app = %key, replica = %record.value.replica, %host, "placed");
-                let message = format!(
-                    "replica {} placed on host {host} (revision {})",
-                    record.value.replica, app.revision
-                );
-                lattice
-                    .emit(Event::replica(source, &record.value, "Placed", message))
-                    .await;
-                placed.push(record);
-            }
-            if let Some(report) = plan.report.filter(|_| unplaced.is_none()) {
-                tracing::info!(app = %key, unplaced = plan.unplaced, %report, "cannot place every replica");
-                unplaced = Some(format!("{} replica(s) unplaced: {report}", plan.unplaced));
-            }
-        }
-        let mine = placed.of(&owner);
-        check_progress(lattice, source, state, &app, mine, status, now).await?;
-        write_status(lattice, state, &app, mine, status, live, unplaced).await?;
     }
-    Ok(())
+    if step.lost > 0 {
+        tracing::warn!(app = %key, replicas = step.lost, "replicas on lost hosts are placed again");
+    }
+    let removed: HashSet<String> = step.remove.iter().map(|(key, _)| key.clone()).collect();
+    // During a rollout, what stays ready after this step must not fall below
+    // replicas - maxUnavailable unless replicas were lost or failed: say so if it does.
+    if step.lost == 0
+        && step.failed == 0
+        && mine
+            .iter()
+            .any(|assignment| assignment.value.revision != app.revision)
+    {
+        let staying_ready = mine
+            .iter()
+            .filter(|assignment| !removed.contains(&assignment.key))
+            .filter(|assignment| reconcile::in_phase(&assignment.value, status, Phase::Ready))
+            .count();
+        let (_, unavailable) = reconcile::rollout_bounds(app, app.spec.replicas as usize);
+        let floor = (app.spec.replicas as usize).saturating_sub(unavailable);
+        let ready_before = mine
+            .iter()
+            .filter(|assignment| reconcile::in_phase(&assignment.value, status, Phase::Ready))
+            .count();
+        if staying_ready < floor && staying_ready < ready_before {
+            tracing::error!(app = %key, staying_ready, floor, "rollout step would leave fewer ready replicas than replicas - maxUnavailable");
+        }
+    }
+    for (assignment_key, revision) in &step.remove {
+        // Reconcile removes only what it was shown.
+        let Some(assignment) = mine
+            .iter()
+            .find(|assignment| &assignment.key == assignment_key)
+        else {
+            continue;
+        };
+        plan.push(Op::Remove(Versioned {
+            revision: *revision,
+            ..assignment.clone()
+        }));
+        let removed = &assignment.value;
+        let host_lost = !live.contains(&removed.host);
+        let why = if host_lost {
+            "its host is lost".to_owned()
+        } else if reconcile::in_phase(removed, status, Phase::Failed) {
+            "it failed".to_owned()
+        } else if draining.contains(&removed.host) {
+            "its host is being drained".to_owned()
+        } else if removed.revision != app.revision {
+            format!("revision {} replaces it", app.revision)
+        } else {
+            "the app has fewer replicas".to_owned()
+        };
+        let message = format!(
+            "replica {} removed from host {}: {why}",
+            removed.replica, removed.host
+        );
+        plan.push(Op::Emit(Event::replica(
+            source, removed, "Removed", message,
+        )));
+        // A lost host cannot clean up its own replica status.
+        if host_lost {
+            plan.push(Op::DeleteStatus(replica_status_key(
+                &removed.host,
+                &removed.replica,
+            )));
+        }
+    }
+    placed.remove_of(&owner, &removed);
+
+    let mut unplaced = None;
+    // An unreadable trust policy places nothing: placing without it could run what it
+    // forbids.
+    let trusted_keys = if step.place > 0 {
+        match state.trusted_keys(&app.namespace) {
+            Ok(keys) => Some(keys),
+            Err(why) => {
+                tracing::warn!(app = %key, %why, "not placed");
+                unplaced = Some(why);
+                None
+            }
+        }
+    } else {
+        None
+    };
+    if let Some(trusted_keys) = trusted_keys {
+        // A woken app's first replica goes where its requests are held.
+        let prefer = state
+            .wakes
+            .get(&key)
+            .filter(|(host, at)| {
+                !host.is_empty() && now.duration_since(*at) < super::autoscaler::WAKE_PREFERENCE
+            })
+            .map(|(host, _)| host.clone());
+        // An app with secrets runs only where they can be sealed (and, on a secure
+        // lattice, one with stores where its store credential can), and one under a
+        // trust policy only where signatures are checked: feasibility filters.
+        let sealed_to_host =
+            !app.spec.secrets.is_empty() || (secure && !app.spec.key_value.is_empty());
+        let feasible = |host: &HostRecord| {
+            (!sealed_to_host || host.secrets_key.is_some())
+                && (trusted_keys.is_empty() || host.verifies_signatures)
+        };
+        let placement = placement::place(
+            &placed.host_views(hosts, &owner, (&app.digest, app.wasi.as_deref()), feasible),
+            &request(app, step.place, hosts, feasible, placed.of(&owner), prefer),
+        );
+        for host in &placement.hosts {
+            let secrets = match sealed_secrets(state, app, hosts.get(host)) {
+                Ok(secrets) => secrets,
+                Err(why) => {
+                    tracing::warn!(app = %key, %host, %why, "cannot give the app's secrets");
+                    unplaced = Some(format!("the app's secrets cannot be given: {why}"));
+                    continue;
+                }
+            };
+            let template = app.spec.template();
+            let access = match super::stores::access_for(
+                super::stores::Issuer::of(observed, state),
+                (&app.namespace, &app.name),
+                &template.key_value,
+                (host, hosts.get(host)),
+                now_millis() / 1000,
+            ) {
+                Ok(access) => access,
+                Err(why) => {
+                    tracing::warn!(app = %key, %host, %why, "cannot give the app's store credential");
+                    unplaced = Some(format!("the app's key-value stores cannot be given: {why}"));
+                    continue;
+                }
+            };
+            let assignment = Assignment {
+                replica: replica_id(&app.name),
+                app: app.name.clone(),
+                namespace: app.namespace.clone(),
+                revision: app.revision,
+                generation: app.generation,
+                host: host.clone(),
+                digest: app.digest.clone(),
+                config_objects: app.config_objects.clone(),
+                secrets,
+                template,
+                created_at: now_millis(),
+                job: None,
+                trusted_keys: trusted_keys.clone(),
+                private_egress: state.private_egress(),
+                store_access: access.as_ref().map(|(sealed, _)| sealed.clone()),
+                store_access_expires: access.map(|(_, expires)| expires),
+            };
+            tracing::info!(app = %key, replica = %assignment.replica, %host, "placed");
+            let message = format!(
+                "replica {} placed on host {host} (revision {})",
+                assignment.replica, app.revision
+            );
+            // Provisionally placed: the rest of the pass sees it, and applying the plan
+            // settles it.
+            placed.push(Versioned {
+                key: assignment_key(host, &assignment.replica),
+                revision: 0,
+                value: assignment.clone(),
+            });
+            let placed_event = Event::replica(source, &assignment, "Placed", message);
+            plan.push(Op::Place(assignment));
+            plan.push(Op::Emit(placed_event));
+        }
+        if let Some(report) = placement.report.filter(|_| unplaced.is_none()) {
+            tracing::info!(app = %key, unplaced = placement.unplaced, %report, "cannot place every replica");
+            unplaced = Some(format!(
+                "{} replica(s) unplaced: {report}",
+                placement.unplaced
+            ));
+        }
+    }
+    check_progress(
+        &mut plan,
+        source,
+        state,
+        app,
+        placed.of(&owner),
+        status,
+        now,
+    );
+    (plan, unplaced)
 }
 
 /// The app's secrets sealed to `host`'s key, or `None` for an app without secrets.
@@ -368,45 +418,6 @@ pub(super) fn sealed_secrets(
         recipient,
     )
     .map(Some)
-}
-
-/// Writes a new assignment, fenced like every write of a pass, and remembers it until the
-/// mirror shows it (so the next pass does not place it again).
-pub(super) async fn create(
-    lattice: &Lattice,
-    state: &mut State,
-    assignment: Assignment,
-    now: Instant,
-) -> Result<Versioned<Assignment>, Error> {
-    let key = assignment_key(&assignment.host, &assignment.replica);
-    let revision = lattice
-        .create_fenced(Bucket::Assignments, &key, &assignment, state.fence)
-        .await?;
-    state.fence = revision;
-    let record = Versioned {
-        key: key.clone(),
-        revision,
-        value: assignment,
-    };
-    state.pending.created.insert(key, (record.clone(), now));
-    Ok(record)
-}
-
-pub(super) async fn remove(
-    lattice: &Lattice,
-    state: &mut State,
-    key: &str,
-    revision: u64,
-    now: Instant,
-) -> Result<(), Error> {
-    // A conflict means the bucket moved since this pass's view (another leader, or the key
-    // itself changed): the pass stops here and the next one plans from what is there.
-    state.fence = lattice
-        .delete_fenced(Bucket::Assignments, key, revision, state.fence)
-        .await?;
-    state.pending.created.remove(key);
-    state.pending.deleted.insert(key.to_owned(), now);
-    Ok(())
 }
 
 pub(super) fn request(

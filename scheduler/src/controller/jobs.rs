@@ -8,8 +8,8 @@
 use shoal_lattice::jobs::{JobRecord, JobStatus, log_name};
 use shoal_lattice::names::job_status_key;
 
-use super::apps::{create, remove};
 use super::placed::{Owner, Placed};
+use super::plan::{create, remove};
 use super::*;
 use crate::jobs::{RunView, step};
 
@@ -245,7 +245,7 @@ async fn place(
     let mut count_placed = 0;
     for host in &plan.hosts {
         let access = match super::stores::access_for(
-            super::stores::Issuer::of(observed, state, lattice),
+            super::stores::Issuer::of(observed, state),
             (&job.namespace, &job.name),
             &template.key_value,
             (host, observed.hosts.get(host)),

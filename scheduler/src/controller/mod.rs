@@ -2,9 +2,11 @@
 //! while leading runs reconcile passes: on every change it sees, and on a short tick so a
 //! silent host is noticed. Each pass reads fresh state and takes one bounded step per app.
 //!
-//! `hosts` says which hosts are live and which may take replicas; `apps` takes each app's
-//! step (remove, place); `rollout` watches rollouts' deadlines and writes app statuses. This
-//! module holds the loop, the mirrors and what a scheduler keeps while it leads.
+//! `hosts` says which hosts are live and which may take replicas; `apps` plans each app's
+//! step (remove, place, and with `rollout`, a failed rollout's rollback) and `rollout`
+//! derives app statuses; `plan` is the one writer of plans, each write fenced; `harness`
+//! runs controllers over records in memory for tests. This module holds the loop, the
+//! mirrors and what a scheduler keeps while it leads.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
@@ -30,17 +32,21 @@ use crate::reconcile::{self, Observed};
 mod apps;
 mod autoscaler;
 mod cron;
+#[cfg(test)]
+mod harness;
 mod health;
 mod hosts;
 mod jobs;
 mod placed;
+mod plan;
 mod rollout;
 mod stores;
 
 pub use stores::{LIFETIME as STORE_CREDENTIAL_LIFETIME, StoreMinter};
 
-use apps::{Backoff, Pending, remove, report_invalid_apps, step_app};
+use apps::{Backoff, Pending, report_invalid_apps, step_app};
 use hosts::Liveness;
+use plan::remove;
 
 /// How the scheduler behaves.
 #[derive(Debug, Clone)]
@@ -564,6 +570,7 @@ async fn pass(
 
     let silent_for = state.liveness.silent_for(now);
     let observed = PassView {
+        lattice: lattice.name(),
         silent_for: &silent_for,
         source: &source,
         live: &live,
@@ -606,6 +613,8 @@ async fn pass(
 
 /// What one pass sees, shared by every app's step.
 struct PassView<'a> {
+    /// The lattice's name.
+    lattice: &'a str,
     source: &'a str,
     live: &'a HashSet<String>,
     /// Hosts an admin is draining.

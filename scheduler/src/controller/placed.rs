@@ -109,6 +109,29 @@ impl Placed {
         }
     }
 
+    /// Makes `owner`'s assignments what applying its plan left: the created ones with their
+    /// revisions, the provisional ones that were not created gone, the ones that were not
+    /// removed back.
+    pub(super) fn settle(&mut self, owner: &Owner, applied: &super::plan::Applied) {
+        let not_created: HashSet<String> = applied.not_created.iter().cloned().collect();
+        if !not_created.is_empty() {
+            self.remove_of(owner, &not_created);
+        }
+        if let Some(assignments) = self.by_owner.get_mut(owner) {
+            for created in &applied.created {
+                if let Some(assignment) = assignments
+                    .iter_mut()
+                    .find(|assignment| assignment.key == created.key)
+                {
+                    assignment.revision = created.revision;
+                }
+            }
+        }
+        for assignment in &applied.not_removed {
+            self.push(assignment.clone());
+        }
+    }
+
     /// Each host that passes `feasible` as placement sees it, for placing replicas (or runs)
     /// of `owner`, whose component is `digest` and needs WASI `wasi` (`None`: 0.2). (A filter, not a filtered copy of `hosts`:
     /// with thousands of hosts, copying their records for every placement cost more than

@@ -1,23 +1,24 @@
 //! Rollouts and status: a rollout's progress deadline and automatic rollback, and each
 //! app's status record (observed generation, counts, conditions).
 
+use super::plan::{Op, Plan};
 use super::*;
 
 /// How long a rollout may take when the app says nothing.
 pub(super) const DEFAULT_PROGRESS_DEADLINE: Duration = Duration::from_secs(120);
 
 /// Watches a rollout's progress deadline: a revision whose replicas are not all ready
-/// within it has failed; with `autoRollback` (the default) the app goes back to the
-/// revision it was replacing, as a new revision.
-pub(super) async fn check_progress(
-    lattice: &Lattice,
+/// within it has failed; with `autoRollback` (the default) the plan rolls the app back to
+/// the revision it was replacing, as a new revision.
+pub(super) fn check_progress(
+    plan: &mut Plan,
     source: &str,
     state: &mut State,
     app: &AppRecord,
     mine: &[Versioned<Assignment>],
     status: &HashMap<String, ReplicaStatus>,
     now: Instant,
-) -> Result<(), Error> {
+) {
     let key = app_key(&app.namespace, &app.name);
     let mine: Vec<&Assignment> = mine.iter().map(|assignment| &assignment.value).collect();
     let old_revision = mine
@@ -52,17 +53,17 @@ pub(super) async fn check_progress(
         {
             state.failed.remove(&key);
         }
-        return Ok(());
+        return;
     }
     let Some(old_revision) = old_revision else {
-        return Ok(());
+        return;
     };
     let rollout = app.spec.rollout.as_ref();
     let deadline = rollout
         .and_then(|rollout| rollout.progress_deadline)
         .map_or(DEFAULT_PROGRESS_DEADLINE, |deadline| deadline.0);
     if now.duration_since(started) < deadline {
-        return Ok(());
+        return;
     }
     let why = mine
         .iter()
@@ -74,7 +75,7 @@ pub(super) async fn check_progress(
                 .and_then(|status| status.message.clone().or_else(|| status.reason.clone()))
         })
         .unwrap_or_else(|| "its replicas did not become ready".to_owned());
-    let mut failed = FailedRollout {
+    let failed = FailedRollout {
         revision: app.revision,
         reason: format!(
             "revision {} was not ready within {} ({ready} of {} ready): {why}",
@@ -86,88 +87,126 @@ pub(super) async fn check_progress(
     };
     tracing::warn!(app = %key, reason = %failed.reason, "rollout failed");
     // Told once per failed revision, not on every pass past the deadline.
-    if state
-        .failed
-        .get(&key)
-        .is_none_or(|earlier| earlier.revision != failed.revision)
-    {
-        lattice
-            .emit(Event::app(
-                source,
-                &app.namespace,
-                &app.name,
-                "RolloutFailed",
-                failed.reason.clone(),
-            ))
-            .await;
+    let earlier = state.failed.get(&key);
+    if earlier.is_none_or(|earlier| earlier.revision != failed.revision) {
+        plan.push(Op::Emit(Event::app(
+            source,
+            &app.namespace,
+            &app.name,
+            "RolloutFailed",
+            failed.reason.clone(),
+        )));
     }
+    // Asked again on every pass past the deadline until it is done (or someone's change
+    // makes it moot), as before the step was a plan.
+    let rolled_back = earlier
+        .filter(|earlier| earlier.revision == failed.revision)
+        .and_then(|earlier| earlier.rolled_back_to);
     if rollout
         .and_then(|rollout| rollout.auto_rollback)
         .unwrap_or(true)
-        && let Some(previous) = lattice
-            .get::<RevisionRecord>(
-                Bucket::Revisions,
-                &revision_key(&app.namespace, &app.name, old_revision),
-            )
-            .await?
+        && rolled_back.is_none()
     {
-        let current = lattice.get::<AppRecord>(Bucket::Apps, &key).await?;
-        if let Some(current) = current.filter(|current| current.value.revision == app.revision) {
-            let record = AppRecord {
-                generation: app.generation + 1,
-                revision: app.revision + 1,
-                digest: previous.value.digest.clone(),
-                config_objects: previous.value.config_objects.clone(),
-                // Secret values are not kept per revision: the current ones stay.
-                secret_versions: app.secret_versions.clone(),
-                spec: AppSpec {
-                    replicas: app.spec.replicas,
-                    revision_history_limit: app.spec.revision_history_limit,
-                    ..previous.value.template.clone()
-                },
-                updated_at: now_millis(),
-                ..app.clone()
-            };
-            let cause = format!(
-                "automatic rollback to revision {old_revision}: {}",
-                failed.reason
-            );
-            match apply::store(lattice, &record, Some(current.revision), Some(cause)).await {
-                Ok(_) => {
-                    tracing::warn!(app = %key, to = old_revision, as_revision = record.revision, "rolled back");
-                    lattice
-                        .emit(Event::app(
-                            source,
-                            &app.namespace,
-                            &app.name,
-                            "RolledBack",
-                            format!(
-                                "back to the template of revision {old_revision}, as revision {}",
-                                record.revision
-                            ),
-                        ))
-                        .await;
-                    failed.rolled_back_to = Some(old_revision);
-                }
-                // Someone changed the app meanwhile: their change wins.
-                Err(Error::Conflict { .. }) => {}
-                Err(error) => return Err(error),
-            }
-        }
+        plan.push(Op::Rollback {
+            app: Box::new(app.clone()),
+            to: old_revision,
+            reason: failed.reason.clone(),
+            source: source.to_owned(),
+        });
     }
+    let failed = FailedRollout {
+        rolled_back_to: rolled_back,
+        ..failed
+    };
     state.failed.insert(key, failed);
-    Ok(())
 }
 
-pub(super) async fn write_status(
+/// Applies a planned rollback: the app goes back to the template of revision `to` as a new
+/// revision, if it is still at the revision the plan saw and `to` is still kept.
+pub(super) async fn roll_back(
     lattice: &Lattice,
+    state: &mut State,
+    source: &str,
+    app: &AppRecord,
+    to: u64,
+    reason: &str,
+) -> Result<(), Error> {
+    let key = app_key(&app.namespace, &app.name);
+    let Some(previous) = lattice
+        .get::<RevisionRecord>(
+            Bucket::Revisions,
+            &revision_key(&app.namespace, &app.name, to),
+        )
+        .await?
+    else {
+        return Ok(());
+    };
+    let current = lattice.get::<AppRecord>(Bucket::Apps, &key).await?;
+    let Some(current) = current.filter(|current| current.value.revision == app.revision) else {
+        return Ok(());
+    };
+    let record = AppRecord {
+        generation: app.generation + 1,
+        revision: app.revision + 1,
+        digest: previous.value.digest.clone(),
+        config_objects: previous.value.config_objects.clone(),
+        // Secret values are not kept per revision: the current ones stay.
+        secret_versions: app.secret_versions.clone(),
+        spec: AppSpec {
+            replicas: app.spec.replicas,
+            revision_history_limit: app.spec.revision_history_limit,
+            ..previous.value.template.clone()
+        },
+        updated_at: now_millis(),
+        ..app.clone()
+    };
+    let cause = format!("automatic rollback to revision {to}: {reason}");
+    match apply::store(lattice, &record, Some(current.revision), Some(cause)).await {
+        Ok(_) => {
+            tracing::warn!(app = %key, to, as_revision = record.revision, "rolled back");
+            lattice
+                .emit(Event::app(
+                    source,
+                    &app.namespace,
+                    &app.name,
+                    "RolledBack",
+                    format!(
+                        "back to the template of revision {to}, as revision {}",
+                        record.revision
+                    ),
+                ))
+                .await;
+            if let Some(failed) = state.failed.get_mut(&key) {
+                failed.rolled_back_to = Some(to);
+            }
+            Ok(())
+        }
+        // Someone changed the app meanwhile: their change wins.
+        Err(Error::Conflict { .. }) => Ok(()),
+        Err(error) => Err(error),
+    }
+}
+
+/// A record of the status bucket an app's step writes when the pass ends.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum StatusWrite {
+    /// Where other hosts forward the app's requests.
+    Route(RouteRecord),
+    /// The app's status.
+    App(AppStatus),
+}
+
+/// The app's routing record and status as they follow from what is placed, each only when
+/// it changed: keyed writes for the end of the pass.
+pub(super) fn status_writes(
     state: &State,
     app: &AppRecord,
     mine: &[Versioned<Assignment>],
     status: &HashMap<String, ReplicaStatus>,
     live: &HashSet<String>,
     unplaced: Option<String>,
-) -> Result<(), Error> {
+) -> Vec<(String, StatusWrite)> {
+    let mut writes = Vec::new();
     // Where other hosts forward the app's requests: live hosts with a ready replica of any
     // revision (an old one serves until it is removed).
     let mut endpoints: Vec<String> = mine
@@ -183,9 +222,7 @@ pub(super) async fn write_status(
     let routing = RouteRecord::for_app(&app.namespace, &app.name, &app.spec, endpoints);
     let routes_key = route_key(&app.namespace, &app.name);
     if state.routes.get(&routes_key).map(|record| record.value) != Some(routing.clone()) {
-        state
-            .deferred
-            .put(lattice, Bucket::Status, routes_key, routing);
+        writes.push((routes_key, StatusWrite::Route(routing)));
     }
     let mine: Vec<&Assignment> = mine
         .iter()
@@ -281,7 +318,7 @@ pub(super) async fn write_status(
     };
     // Write status only when it changed.
     if previous.as_ref() != Some(&next) {
-        state.deferred.put(lattice, Bucket::Status, key, next);
+        writes.push((key, StatusWrite::App(next)));
     }
-    Ok(())
+    writes
 }

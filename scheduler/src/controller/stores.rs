@@ -49,12 +49,12 @@ pub(super) struct Issuer<'a> {
 
 impl<'a> Issuer<'a> {
     /// The issuer of a pass that sees `observed`, sealing with `state`'s secrets key.
-    pub(super) fn of(observed: &PassView<'a>, state: &'a State, lattice: &'a Lattice) -> Self {
+    pub(super) fn of(observed: &PassView<'a>, state: &'a State) -> Self {
         Self {
             minter: observed.stores,
             secure: observed.secure,
             sealer: state.secrets_key.as_ref(),
-            lattice: lattice.name(),
+            lattice: observed.lattice,
         }
     }
 }

@@ -1,0 +1,561 @@
+//! A harness for controller tests, after Nomad's `scheduler/testing.go`: a lattice's records
+//! in memory (no nats-server), a pass's view of them, and plans applied to them as the one
+//! writer would, or refused at their first write as a fenced write is when another leader
+//! moved the assignments bucket since the plan's snapshot. A test runs a controller, reads
+//! its plan, applies it, changes the world (a replica ready, a host lost, time passing) and
+//! runs it again, in milliseconds.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use shoal_lattice::names::{app_key, assignment_key};
+use shoal_lattice::records::{AppRecord, Assignment, HostRecord, Phase, ReplicaStatus};
+use shoal_lattice::{Event, Mirror, Versioned};
+
+use super::apps::{Pending, plan_app};
+use super::hosts::Liveness;
+use super::placed::{Owner, Placed};
+use super::plan::{Applied, Op, Plan};
+use super::{Deferred, PassView, State};
+
+/// A lattice in memory and a leader's memory of it.
+pub(super) struct Harness {
+    pub(super) hosts: BTreeMap<String, HostRecord>,
+    pub(super) apps: BTreeMap<String, AppRecord>,
+    pub(super) assignments: BTreeMap<String, Versioned<Assignment>>,
+    pub(super) status: HashMap<String, ReplicaStatus>,
+    /// Hosts that are not lost.
+    pub(super) live: HashSet<String>,
+    pub(super) draining: HashSet<String>,
+    /// The assignments bucket's revision: every write moves it.
+    pub(super) revision: u64,
+    pub(super) state: State,
+    pub(super) now: Instant,
+    /// Every event the applied plans told.
+    pub(super) events: Vec<Event>,
+}
+
+impl Harness {
+    pub(super) fn new() -> Self {
+        Self {
+            hosts: BTreeMap::new(),
+            apps: BTreeMap::new(),
+            assignments: BTreeMap::new(),
+            status: HashMap::new(),
+            live: HashSet::new(),
+            draining: HashSet::new(),
+            revision: 0,
+            state: empty_state(),
+            now: Instant::now(),
+            events: Vec::new(),
+        }
+    }
+
+    /// A live host with room for 100 replicas of 64Mi.
+    pub(super) fn host(&mut self, id: &str) -> &mut Self {
+        let host: HostRecord = serde_json::from_value(serde_json::json!({
+            "id": id,
+            "labels": {"zone": format!("zone-{id}")},
+            "capacity": {"memory": "8Gi", "cpu": "4000m", "maxReplicas": 100},
+            "version": "0.1.0",
+            "startedAt": 0,
+            "heartbeatAt": 0,
+        }))
+        .expect("a host record");
+        self.hosts.insert(id.to_owned(), host);
+        self.live.insert(id.to_owned());
+        self
+    }
+
+    /// An app `name` of `default` at `revision` with `replicas`, its spec changed by
+    /// `spec` (JSON merged over a plain one).
+    pub(super) fn app(
+        &mut self,
+        name: &str,
+        revision: u64,
+        replicas: u32,
+        spec: serde_json::Value,
+    ) -> &mut Self {
+        let mut plain = serde_json::json!({
+            "component": format!("r/{name}:{revision}"),
+            "replicas": replicas,
+        });
+        if let (Some(plain), Some(extra)) = (plain.as_object_mut(), spec.as_object()) {
+            plain.extend(extra.clone());
+        }
+        let app: AppRecord = serde_json::from_value(serde_json::json!({
+            "name": name,
+            "namespace": "default",
+            "generation": revision,
+            "revision": revision,
+            "digest": format!("sha256:{revision:064}"),
+            "spec": plain,
+            "createdAt": 0,
+            "updatedAt": 0,
+        }))
+        .expect("an app record");
+        self.apps.insert(app_key("default", name), app);
+        self
+    }
+
+    /// Runs the apps controller's step for `name` over the harness's records, as one pass
+    /// would, and returns its plan (the leader's memory changes as in a pass).
+    pub(super) fn plan(&mut self, name: &str) -> Plan {
+        let app = self.apps[&app_key("default", name)].clone();
+        let silent_for = HashMap::new();
+        let mut placed = self.placed();
+        // As `hosts::schedulable` gives a pass: the live hosts.
+        let schedulable: BTreeMap<String, HostRecord> = self
+            .hosts
+            .iter()
+            .filter(|(id, _)| self.live.contains(*id))
+            .map(|(id, host)| (id.clone(), host.clone()))
+            .collect();
+        let observed = PassView {
+            lattice: "test",
+            source: "scheduler test",
+            live: &self.live,
+            draining: &self.draining,
+            hosts: &schedulable,
+            status: &self.status,
+            silent_for: &silent_for,
+            stores: None,
+            secure: false,
+            now: self.now,
+        };
+        plan_app(&mut self.state, &observed, &app, &mut placed).0
+    }
+
+    /// What a pass starts from: the assignments, with this leader's unseen writes.
+    fn placed(&mut self) -> Placed {
+        let mirrored = self.assignments.values().cloned().collect();
+        Placed::new(self.state.pending.view(mirrored, self.now))
+    }
+
+    /// Applies `plan` as the one writer does: every write lands and moves the bucket.
+    pub(super) fn apply(&mut self, plan: Plan) -> Applied {
+        self.apply_at(plan, self.revision)
+    }
+
+    /// Applies `plan`, planned when the bucket was at `fence`: if another writer moved it
+    /// since, the first assignment write is refused, and so is everything after it.
+    pub(super) fn apply_at(&mut self, plan: Plan, fence: u64) -> Applied {
+        let mut applied = Applied::default();
+        let mut refused = self.revision != fence;
+        for op in plan.ops {
+            match op {
+                Op::Remove(record) if refused => applied.not_removed.push(record),
+                Op::Place(assignment) if refused => applied
+                    .not_created
+                    .push(assignment_key(&assignment.host, &assignment.replica)),
+                _ if refused => {}
+                Op::Remove(record) => {
+                    if self.assignments.remove(&record.key).is_none() {
+                        refused = true;
+                        applied.not_removed.push(record);
+                        continue;
+                    }
+                    self.revision += 1;
+                    self.state.pending.deleted.insert(record.key, self.now);
+                }
+                Op::Place(assignment) => {
+                    self.revision += 1;
+                    let record = Versioned {
+                        key: assignment_key(&assignment.host, &assignment.replica),
+                        revision: self.revision,
+                        value: assignment,
+                    };
+                    self.assignments.insert(record.key.clone(), record.clone());
+                    self.state
+                        .pending
+                        .created
+                        .insert(record.key.clone(), (record.clone(), self.now));
+                    applied.created.push(record);
+                }
+                Op::DeleteStatus(key) => {
+                    let replica = key.rsplit('.').next().unwrap_or_default().to_owned();
+                    self.status.remove(&replica);
+                }
+                Op::Emit(event) => self.events.push(event),
+                Op::Rollback { app, to, .. } => {
+                    // As apply::store does: the template of `to` comes back as a new revision.
+                    let key = app_key(&app.namespace, &app.name);
+                    if self.apps.get(&key).map(|app| app.revision) == Some(app.revision) {
+                        let mut back = (*app).clone();
+                        back.revision += 1;
+                        back.generation += 1;
+                        back.digest = format!("sha256:{to:064}");
+                        back.spec.component = format!("r/{}:{to}", app.name);
+                        self.apps.insert(key.clone(), back);
+                        if let Some(failed) = self.state.failed.get_mut(&key) {
+                            failed.rolled_back_to = Some(to);
+                        }
+                    }
+                }
+            }
+        }
+        if refused {
+            applied.stopped = Some(shoal_lattice::Error::Conflict {
+                bucket: "assignments".to_owned(),
+                key: "fence".to_owned(),
+            });
+        }
+        applied
+    }
+
+    /// Another writer (a leader this one does not know has replaced it) writes.
+    pub(super) fn someone_else_writes(&mut self) {
+        self.revision += 1;
+    }
+
+    /// Every replica of `name` at `revision` reports `phase`.
+    pub(super) fn report(&mut self, name: &str, revision: u64, phase: Phase) {
+        let replicas: Vec<Assignment> = self
+            .assignments
+            .values()
+            .map(|record| record.value.clone())
+            .filter(|assignment| assignment.app == name && assignment.revision == revision)
+            .collect();
+        for assignment in replicas {
+            self.status.insert(
+                assignment.replica.clone(),
+                ReplicaStatus {
+                    replica: assignment.replica.clone(),
+                    app: assignment.app.clone(),
+                    namespace: assignment.namespace.clone(),
+                    revision: assignment.revision,
+                    host: assignment.host.clone(),
+                    phase,
+                    reason: None,
+                    message: None,
+                    observed_generation: assignment.generation,
+                    since: 0,
+                    restarts: 0,
+                    last_restart: None,
+                    exit_code: None,
+                },
+            );
+        }
+    }
+
+    /// Time passes (for deadlines and the leader's memory of its writes).
+    pub(super) fn later(&mut self, by: Duration) {
+        self.now += by;
+    }
+
+    /// The replicas of `name`: (host, revision), sorted.
+    pub(super) fn replicas(&self, name: &str) -> Vec<(String, u64)> {
+        let mut replicas: Vec<(String, u64)> = self
+            .assignments
+            .values()
+            .filter(|record| record.value.app == name)
+            .map(|record| (record.value.host.clone(), record.value.revision))
+            .collect();
+        replicas.sort();
+        replicas
+    }
+
+    /// Plans and applies steps of `name` until one changes nothing (at most `passes`), each
+    /// new replica reporting ready at once.
+    pub(super) fn converge(&mut self, name: &str, passes: usize) -> usize {
+        for pass in 0..passes {
+            let plan = self.plan(name);
+            if plan.placed().next().is_none() && plan.removed().next().is_none() {
+                return pass;
+            }
+            self.apply(plan);
+            let revision = self.apps[&app_key("default", name)].revision;
+            self.report(name, revision, Phase::Ready);
+        }
+        passes
+    }
+
+    /// The owner of `name`'s replicas, for `Placed`.
+    pub(super) fn owner(&self, name: &str) -> Owner {
+        Owner::app(&self.apps[&app_key("default", name)])
+    }
+}
+
+/// A scheduler's state over empty mirrors, leading, with nothing remembered.
+fn empty_state() -> State {
+    State {
+        apps: Mirror::fixed([]),
+        hosts: Mirror::fixed([]),
+        assignments: Mirror::fixed([]),
+        replicas: Mirror::fixed([]),
+        app_status: Mirror::fixed([]),
+        routes: Mirror::fixed([]),
+        controls: Mirror::fixed([]),
+        secrets: Mirror::fixed([]),
+        jobs: Mirror::fixed([]),
+        job_status: Mirror::fixed([]),
+        trust: Mirror::fixed([]),
+        egress: Mirror::fixed([]),
+        credentials: Mirror::fixed([]),
+        grants: HashMap::new(),
+        cron_jobs: Mirror::fixed([]),
+        cron_status: Mirror::fixed([]),
+        secrets_key: None,
+        liveness: Liveness::default(),
+        pending: Pending::default(),
+        backoff: HashMap::new(),
+        rollouts: HashMap::new(),
+        failed: HashMap::new(),
+        autoscaling: HashMap::new(),
+        wakes: HashMap::new(),
+        live_hosts: None,
+        reported: HashSet::new(),
+        seeded: HashSet::new(),
+        fence: 0,
+        deferred: Deferred::default(),
+        health_written: None,
+        job_status_written: HashMap::new(),
+        store_renewals: HashMap::new(),
+        stores_checked: None,
+    }
+}
+
+/// The apps controller (and rollouts), over the harness.
+mod apps {
+    use super::*;
+
+    fn reasons(plan: &Plan) -> Vec<String> {
+        plan.ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::Emit(event) => Some(event.reason.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn missing_replicas_are_placed_one_per_host_and_a_second_plan_is_empty() {
+        let mut lattice = Harness::new();
+        lattice
+            .host("h1")
+            .host("h2")
+            .host("h3")
+            .app("web", 1, 3, serde_json::json!({}));
+        let plan = lattice.plan("web");
+        let hosts: BTreeMap<&str, usize> =
+            plan.placed()
+                .fold(BTreeMap::new(), |mut hosts, assignment| {
+                    *hosts.entry(assignment.host.as_str()).or_default() += 1;
+                    hosts
+                });
+        assert_eq!(
+            hosts,
+            BTreeMap::from([("h1", 1), ("h2", 1), ("h3", 1)]),
+            "{plan:?}"
+        );
+        // Each placement is told after its write.
+        assert!(matches!(plan.ops[0], Op::Place(_)), "{plan:?}");
+        assert_eq!(reasons(&plan), ["Placed", "Placed", "Placed"]);
+        lattice.apply(plan);
+        // Placed, not yet ready: nothing more to do, even before the mirror shows the writes.
+        let again = lattice.plan("web");
+        assert_eq!(
+            again.placed().count() + again.removed().count(),
+            0,
+            "{again:?}"
+        );
+    }
+
+    #[test]
+    fn a_lost_host_s_replicas_are_removed_and_placed_on_live_hosts() {
+        let mut lattice = Harness::new();
+        lattice
+            .host("h1")
+            .host("h2")
+            .app("web", 1, 2, serde_json::json!({}));
+        assert_eq!(lattice.converge("web", 5), 1);
+        assert_eq!(
+            lattice.replicas("web"),
+            [("h1".to_owned(), 1), ("h2".to_owned(), 1)]
+        );
+        lattice.live.remove("h2");
+        let plan = lattice.plan("web");
+        let removed: Vec<&str> = plan
+            .removed()
+            .map(|record| record.value.host.as_str())
+            .collect();
+        assert_eq!(removed, ["h2"], "{plan:?}");
+        // Its status goes with it: a lost host cannot remove its own.
+        assert!(
+            plan.ops
+                .iter()
+                .any(|op| matches!(op, Op::DeleteStatus(key) if key.starts_with("replicas.h2."))),
+            "{plan:?}"
+        );
+        let placed: Vec<&str> = plan.placed().map(|a| a.host.as_str()).collect();
+        assert_eq!(placed, ["h1"], "{plan:?}");
+        lattice.apply(plan);
+        lattice.report("web", 1, Phase::Ready);
+        assert_eq!(
+            lattice.replicas("web"),
+            [("h1".to_owned(), 1), ("h1".to_owned(), 1)]
+        );
+    }
+
+    #[test]
+    fn a_rollout_surges_within_its_bounds_and_removes_old_replicas_only_when_new_are_ready() {
+        let mut lattice = Harness::new();
+        let rollout = serde_json::json!({"rollout": {"maxSurge": 1, "maxUnavailable": 0}});
+        lattice
+            .host("h1")
+            .host("h2")
+            .host("h3")
+            .app("web", 1, 3, rollout.clone());
+        lattice.converge("web", 5);
+        lattice.app("web", 2, 3, rollout);
+        let mut passes = 0;
+        loop {
+            passes += 1;
+            assert!(passes < 20, "the rollout never finished");
+            let plan = lattice.plan("web");
+            let (placed, removed) = (plan.placed().count(), plan.removed().count());
+            if placed + removed == 0 {
+                break;
+            }
+            lattice.apply(plan);
+            let replicas = lattice.replicas("web");
+            // Surge: never more than replicas + maxSurge at once.
+            assert!(replicas.len() <= 4, "{replicas:?}");
+            // Unavailability 0: before new replicas are ready, no old one goes.
+            let ready = lattice
+                .assignments
+                .values()
+                .filter(|record| {
+                    lattice
+                        .status
+                        .get(&record.value.replica)
+                        .is_some_and(|status| status.phase == Phase::Ready)
+                })
+                .count();
+            assert!(ready >= 3, "{ready} ready of {replicas:?}");
+            lattice.report("web", 2, Phase::Ready);
+        }
+        let replicas = lattice.replicas("web");
+        assert_eq!(replicas.len(), 3, "{replicas:?}");
+        assert!(
+            replicas.iter().all(|(_, revision)| *revision == 2),
+            "{replicas:?}"
+        );
+    }
+
+    #[test]
+    fn a_rollout_past_its_deadline_fails_once_and_rolls_back() {
+        let mut lattice = Harness::new();
+        let rollout = serde_json::json!({"rollout": {"progressDeadline": "30s"}});
+        lattice
+            .host("h1")
+            .host("h2")
+            .app("web", 1, 2, rollout.clone());
+        lattice.converge("web", 5);
+        lattice.app("web", 2, 2, rollout);
+        let plan = lattice.plan("web");
+        lattice.apply(plan);
+        // Revision 2's replicas never become ready.
+        lattice.report("web", 2, Phase::Pending);
+        lattice.later(Duration::from_secs(29));
+        let plan = lattice.plan("web");
+        assert!(
+            !plan.ops.iter().any(|op| matches!(op, Op::Rollback { .. })),
+            "{plan:?}"
+        );
+        lattice.apply(plan);
+        lattice.later(Duration::from_secs(2));
+        let plan = lattice.plan("web");
+        assert_eq!(reasons(&plan), ["RolloutFailed"], "{plan:?}");
+        assert!(
+            plan.ops
+                .iter()
+                .any(|op| matches!(op, Op::Rollback { to: 1, .. })),
+            "{plan:?}"
+        );
+        let key = app_key("default", "web");
+        lattice.apply(plan);
+        assert_eq!(lattice.apps[&key].revision, 3);
+        assert_eq!(lattice.apps[&key].spec.component, "r/web:1");
+        assert_eq!(
+            lattice.state.failed[&key].rolled_back_to,
+            Some(1),
+            "{:?}",
+            lattice.state.failed
+        );
+    }
+
+    #[test]
+    fn without_auto_rollback_a_failed_rollout_is_told_once_and_stays() {
+        let mut lattice = Harness::new();
+        let rollout =
+            serde_json::json!({"rollout": {"progressDeadline": "30s", "autoRollback": false}});
+        lattice.host("h1").app("web", 1, 1, rollout.clone());
+        lattice.converge("web", 5);
+        lattice.app("web", 2, 1, rollout);
+        let plan = lattice.plan("web");
+        lattice.apply(plan);
+        lattice.later(Duration::from_secs(31));
+        let first = lattice.plan("web");
+        assert_eq!(reasons(&first), ["RolloutFailed"]);
+        assert!(!first.ops.iter().any(|op| matches!(op, Op::Rollback { .. })));
+        lattice.apply(first);
+        let second = lattice.plan("web");
+        assert!(reasons(&second).is_empty(), "told again: {second:?}");
+    }
+
+    #[test]
+    fn a_plan_refused_by_the_fence_writes_nothing_and_the_next_plan_starts_over() {
+        let mut lattice = Harness::new();
+        lattice
+            .host("h1")
+            .host("h2")
+            .app("web", 1, 2, serde_json::json!({}));
+        let fence = lattice.revision;
+        let plan = lattice.plan("web");
+        assert_eq!(plan.placed().count(), 2);
+        // A leader this one does not know replaced it wrote meanwhile.
+        lattice.someone_else_writes();
+        let mut placed = lattice.placed();
+        let owner = lattice.owner("web");
+        for assignment in plan.placed() {
+            placed.push(Versioned {
+                key: assignment_key(&assignment.host, &assignment.replica),
+                revision: 0,
+                value: assignment.clone(),
+            });
+        }
+        let applied = lattice.apply_at(plan, fence);
+        assert!(applied.stopped.is_some());
+        assert_eq!(applied.not_created.len(), 2);
+        assert!(lattice.assignments.is_empty());
+        assert!(lattice.events.is_empty(), "{:?}", lattice.events);
+        // What the pass counted provisionally is gone from its view again.
+        placed.settle(&owner, &applied);
+        assert!(placed.of(&owner).is_empty());
+        // The next pass plans from what is there: both replicas again.
+        assert_eq!(lattice.plan("web").placed().count(), 2);
+    }
+
+    #[test]
+    fn failed_replicas_are_replaced_with_a_growing_backoff() {
+        let mut lattice = Harness::new();
+        lattice.host("h1").app("web", 1, 1, serde_json::json!({}));
+        lattice.converge("web", 5);
+        lattice.report("web", 1, Phase::Failed);
+        let plan = lattice.plan("web");
+        assert_eq!((plan.removed().count(), plan.placed().count()), (1, 1));
+        lattice.apply(plan);
+        lattice.report("web", 1, Phase::Failed);
+        // Within the backoff (2 s after the first failure) the failed one stays.
+        lattice.later(Duration::from_secs(1));
+        let plan = lattice.plan("web");
+        assert_eq!(plan.removed().count(), 0, "{plan:?}");
+        lattice.later(Duration::from_secs(2));
+        let plan = lattice.plan("web");
+        assert_eq!(plan.removed().count(), 1, "{plan:?}");
+        let key = app_key("default", "web");
+        assert_eq!(lattice.state.backoff[&key].failures, 2);
+    }
+}

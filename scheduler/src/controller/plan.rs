@@ -1,0 +1,175 @@
+//! Plans: what a controller decided in one step, as data, and the one writer that applies
+//! them. A controller reads a snapshot (the mirrored records, the clock, what this leader
+//! remembers) and returns a [`Plan`]; [`apply`] makes its writes in order, each assignment
+//! write fenced by the assignments bucket's revision the pass planned against, and stops
+//! at the first that fails: another leader moved the bucket (or the key changed), and the
+//! next pass plans again from what is there. Controller tests read plans, and reject them
+//! as a fenced write would, without nats-server (`harness`).
+
+use super::*;
+
+/// One write (or event) of a plan.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum Op {
+    /// Deletes this assignment at the revision the step saw.
+    Remove(Versioned<Assignment>),
+    /// Creates an assignment.
+    Place(Assignment),
+    /// Deletes a record of the status bucket (the replica status a lost host cannot).
+    DeleteStatus(String),
+    /// Tells an event, once the writes before it went through.
+    Emit(Event),
+    /// Rolls an app back to the template of revision `to`, as a new revision, if the app is
+    /// still at the revision the step saw (someone's newer change wins).
+    Rollback {
+        /// The app as the step saw it.
+        app: Box<AppRecord>,
+        /// The revision whose template comes back.
+        to: u64,
+        /// Why (the failed rollout).
+        reason: String,
+        /// Who acts, for events.
+        source: String,
+    },
+}
+
+/// What one controller step decided.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub(super) struct Plan {
+    pub(super) ops: Vec<Op>,
+}
+
+impl Plan {
+    pub(super) fn push(&mut self, op: Op) {
+        self.ops.push(op);
+    }
+
+    /// The assignments the plan creates.
+    #[cfg(test)]
+    pub(super) fn placed(&self) -> impl Iterator<Item = &Assignment> {
+        self.ops.iter().filter_map(|op| match op {
+            Op::Place(assignment) => Some(assignment),
+            _ => None,
+        })
+    }
+
+    /// The assignments the plan removes.
+    #[cfg(test)]
+    pub(super) fn removed(&self) -> impl Iterator<Item = &Versioned<Assignment>> {
+        self.ops.iter().filter_map(|op| match op {
+            Op::Remove(assignment) => Some(assignment),
+            _ => None,
+        })
+    }
+}
+
+/// What applying a plan did: the assignments it created (with their revisions), the ones
+/// it was to remove and did not, and why it stopped, if it did.
+#[derive(Debug, Default)]
+pub(super) struct Applied {
+    pub(super) created: Vec<Versioned<Assignment>>,
+    pub(super) not_created: Vec<String>,
+    pub(super) not_removed: Vec<Versioned<Assignment>>,
+    pub(super) stopped: Option<Error>,
+}
+
+/// Makes `plan`'s writes in order, stopping at the first that fails.
+pub(super) async fn apply(
+    lattice: &Lattice,
+    state: &mut State,
+    plan: Plan,
+    now: Instant,
+) -> Applied {
+    let mut applied = Applied::default();
+    let mut ops = plan.ops.into_iter();
+    for op in ops.by_ref() {
+        let done = match op {
+            Op::Remove(record) => {
+                let result = remove(lattice, state, &record.key, record.revision, now).await;
+                if result.is_err() {
+                    applied.not_removed.push(record);
+                }
+                result
+            }
+            Op::Place(assignment) => {
+                let key = assignment_key(&assignment.host, &assignment.replica);
+                match create(lattice, state, assignment, now).await {
+                    Ok(record) => {
+                        applied.created.push(record);
+                        Ok(())
+                    }
+                    Err(error) => {
+                        applied.not_created.push(key);
+                        Err(error)
+                    }
+                }
+            }
+            Op::DeleteStatus(key) => lattice.delete(Bucket::Status, &key).await,
+            Op::Emit(event) => {
+                lattice.emit(event).await;
+                Ok(())
+            }
+            Op::Rollback {
+                app,
+                to,
+                reason,
+                source,
+            } => super::rollout::roll_back(lattice, state, &source, &app, to, &reason).await,
+        };
+        if let Err(error) = done {
+            applied.stopped = Some(error);
+            break;
+        }
+    }
+    // What was not reached is not done either.
+    for op in ops {
+        match op {
+            Op::Remove(record) => applied.not_removed.push(record),
+            Op::Place(assignment) => applied
+                .not_created
+                .push(assignment_key(&assignment.host, &assignment.replica)),
+            _ => {}
+        }
+    }
+    applied
+}
+
+/// Writes a new assignment, fenced like every write of a pass, and remembers it until the
+/// mirror shows it (so the next pass does not place it again).
+pub(super) async fn create(
+    lattice: &Lattice,
+    state: &mut State,
+    assignment: Assignment,
+    now: Instant,
+) -> Result<Versioned<Assignment>, Error> {
+    let key = assignment_key(&assignment.host, &assignment.replica);
+    let revision = lattice
+        .create_fenced(Bucket::Assignments, &key, &assignment, state.fence)
+        .await?;
+    state.fence = revision;
+    let record = Versioned {
+        key: key.clone(),
+        revision,
+        value: assignment,
+    };
+    state.pending.created.insert(key, (record.clone(), now));
+    Ok(record)
+}
+
+/// Deletes an assignment at `revision`, fenced.
+pub(super) async fn remove(
+    lattice: &Lattice,
+    state: &mut State,
+    key: &str,
+    revision: u64,
+    now: Instant,
+) -> Result<(), Error> {
+    // A conflict means the bucket moved since this pass's view (another leader, or the key
+    // itself changed): the pass stops here and the next one plans from what is there.
+    state.fence = lattice
+        .delete_fenced(Bucket::Assignments, key, revision, state.fence)
+        .await?;
+    state.pending.created.remove(key);
+    state.pending.deleted.insert(key.to_owned(), now);
+    Ok(())
+}
