@@ -14,6 +14,7 @@ use shoal_lattice::{Event, Mirror, Versioned};
 
 use super::apps::{Pending, plan_app};
 use super::hosts::Liveness;
+use super::jobs::{plan_job, plan_orphans};
 use super::placed::{Owner, Placed};
 use super::plan::{Applied, Op, Plan};
 use super::{Deferred, PassView, State};
@@ -33,6 +34,7 @@ pub(super) struct Harness {
     pub(super) now: Instant,
     /// Every event the applied plans told.
     pub(super) events: Vec<Event>,
+    pub(super) jobs: BTreeMap<String, shoal_lattice::jobs::JobRecord>,
 }
 
 impl Harness {
@@ -48,7 +50,78 @@ impl Harness {
             state: empty_state(),
             now: Instant::now(),
             events: Vec::new(),
+            jobs: BTreeMap::new(),
         }
+    }
+
+    /// A job `name` of `default` with `spec` (JSON merged over a plain one).
+    pub(super) fn job(&mut self, name: &str, spec: serde_json::Value) -> &mut Self {
+        let mut plain = serde_json::json!({"component": format!("r/{name}:1")});
+        if let (Some(plain), Some(extra)) = (plain.as_object_mut(), spec.as_object()) {
+            plain.extend(extra.clone());
+        }
+        let job: shoal_lattice::jobs::JobRecord = serde_json::from_value(serde_json::json!({
+            "namespace": "default",
+            "name": name,
+            "uid": format!("{name}-uid"),
+            "digest": format!("sha256:{:064}", 1),
+            "spec": plain,
+            "createdAt": 0,
+        }))
+        .expect("a job record");
+        self.jobs.insert(app_key("default", name), job);
+        self.mirror_jobs();
+        self
+    }
+
+    /// The job `name` is deleted.
+    pub(super) fn delete_job(&mut self, name: &str) {
+        self.jobs.remove(&app_key("default", name));
+        self.mirror_jobs();
+    }
+
+    fn mirror_jobs(&mut self) {
+        self.state.jobs = Mirror::fixed(self.jobs.iter().map(|(key, job)| Versioned {
+            key: key.clone(),
+            revision: 1,
+            value: job.clone(),
+        }));
+    }
+
+    /// Runs the jobs controller's step for job `name`, as one pass would.
+    pub(super) fn plan_job(&mut self, name: &str) -> Plan {
+        let job = self.jobs[&app_key("default", name)].clone();
+        let silent_for = HashMap::new();
+        let mut placed = self.placed();
+        let schedulable = self.schedulable();
+        let observed = PassView {
+            lattice: "test",
+            source: "scheduler test",
+            live: &self.live,
+            draining: &self.draining,
+            hosts: &schedulable,
+            status: &self.status,
+            silent_for: &silent_for,
+            stores: None,
+            secure: false,
+            now: self.now,
+        };
+        plan_job(&mut self.state, &observed, &job, &mut placed)
+    }
+
+    /// Runs the jobs controller's clean-up of jobs that are gone.
+    pub(super) fn plan_orphans(&mut self) -> Plan {
+        let mut placed = self.placed();
+        plan_orphans(&mut self.state, &mut placed)
+    }
+
+    /// The live hosts, as `hosts::schedulable` gives a pass.
+    fn schedulable(&self) -> BTreeMap<String, HostRecord> {
+        self.hosts
+            .iter()
+            .filter(|(id, _)| self.live.contains(*id))
+            .map(|(id, host)| (id.clone(), host.clone()))
+            .collect()
     }
 
     /// A live host with room for 100 replicas of 64Mi.
@@ -104,13 +177,7 @@ impl Harness {
         let app = self.apps[&app_key("default", name)].clone();
         let silent_for = HashMap::new();
         let mut placed = self.placed();
-        // As `hosts::schedulable` gives a pass: the live hosts.
-        let schedulable: BTreeMap<String, HostRecord> = self
-            .hosts
-            .iter()
-            .filter(|(id, _)| self.live.contains(*id))
-            .map(|(id, host)| (id.clone(), host.clone()))
-            .collect();
+        let schedulable = self.schedulable();
         let observed = PassView {
             lattice: "test",
             source: "scheduler test",
@@ -177,6 +244,9 @@ impl Harness {
                     self.status.remove(&replica);
                 }
                 Op::Emit(event) => self.events.push(event),
+                Op::PutJobStatus(key, status) => {
+                    self.state.job_status_written.insert(key, *status);
+                }
                 Op::Rollback { app, to, .. } => {
                     // As apply::store does: the template of `to` comes back as a new revision.
                     let key = app_key(&app.namespace, &app.name);
@@ -312,6 +382,123 @@ fn empty_state() -> State {
         job_status_written: HashMap::new(),
         store_renewals: HashMap::new(),
         stores_checked: None,
+    }
+}
+
+/// The jobs controller, over the harness (what a run's end does to its job is
+/// `crate::jobs::step`'s, tested there).
+mod jobs {
+    use shoal_lattice::jobs::JobPhase;
+    use shoal_lattice::names::job_status_key;
+
+    use super::*;
+
+    fn reasons(plan: &Plan) -> Vec<String> {
+        plan.ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::Emit(event) => Some(event.reason.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn runs_are_placed_and_when_they_end_the_status_is_written_before_they_go() {
+        let mut lattice = Harness::new();
+        lattice.host("h1").host("h2").job(
+            "backup",
+            serde_json::json!({"completions": 2, "parallelism": 2}),
+        );
+        let plan = lattice.plan_job("backup");
+        assert_eq!(plan.placed().count(), 2, "{plan:?}");
+        assert_eq!(reasons(&plan), ["Placed", "Placed"]);
+        let Some(Op::PutJobStatus(_, status)) = plan
+            .ops
+            .iter()
+            .find(|op| matches!(op, Op::PutJobStatus(..)))
+        else {
+            panic!("no status: {plan:?}");
+        };
+        assert_eq!(status.active, 2);
+        lattice.apply(plan);
+        lattice.report("backup", 1, Phase::Succeeded);
+        let plan = lattice.plan_job("backup");
+        assert_eq!(
+            reasons(&plan),
+            ["RunSucceeded", "RunSucceeded", "Completed"],
+            "{plan:?}"
+        );
+        let status_at = plan
+            .ops
+            .iter()
+            .position(|op| matches!(op, Op::PutJobStatus(..)))
+            .expect("a status write");
+        let first_remove = plan
+            .ops
+            .iter()
+            .position(|op| matches!(op, Op::Remove(_)))
+            .expect("the ended runs go");
+        // A count is never lost: the status is written before the runs it counts go.
+        assert!(status_at < first_remove, "{plan:?}");
+        lattice.apply(plan);
+        let key = job_status_key("default", "backup");
+        let status = &lattice.state.job_status_written[&key];
+        assert_eq!((status.phase, status.succeeded), (JobPhase::Succeeded, 2));
+        assert!(lattice.replicas("backup").is_empty());
+        // Done: nothing more, not even an event.
+        let again = lattice.plan_job("backup");
+        assert!(again.ops.is_empty(), "{again:?}");
+    }
+
+    #[test]
+    fn a_run_on_a_lost_host_fails_and_its_status_goes_with_it() {
+        let mut lattice = Harness::new();
+        lattice
+            .host("h1")
+            .job("backup", serde_json::json!({"backoffLimit": 0}));
+        let plan = lattice.plan_job("backup");
+        lattice.apply(plan);
+        lattice.report("backup", 1, Phase::Running);
+        let host = lattice.replicas("backup")[0].0.clone();
+        lattice.live.remove(&host);
+        let plan = lattice.plan_job("backup");
+        assert!(reasons(&plan).contains(&"RunFailed".to_owned()), "{plan:?}");
+        assert!(
+            plan.ops.iter().any(
+                |op| matches!(op, Op::DeleteStatus(key) if key.starts_with(&format!("replicas.{host}.")))
+            ),
+            "{plan:?}"
+        );
+        assert_eq!(plan.removed().count(), 1);
+    }
+
+    #[test]
+    fn the_runs_and_status_of_a_deleted_job_go() {
+        let mut lattice = Harness::new();
+        lattice
+            .host("h1")
+            .job("backup", serde_json::json!({"parallelism": 1}));
+        let plan = lattice.plan_job("backup");
+        lattice.apply(plan);
+        assert_eq!(lattice.replicas("backup").len(), 1);
+        lattice.delete_job("backup");
+        let key = job_status_key("default", "backup");
+        lattice.state.job_status = Mirror::fixed([Versioned {
+            key: key.clone(),
+            revision: 1,
+            value: shoal_lattice::jobs::JobStatus::new("backup-uid"),
+        }]);
+        let plan = lattice.plan_orphans();
+        assert_eq!(plan.removed().count(), 1, "{plan:?}");
+        assert!(
+            plan.ops
+                .iter()
+                .any(|op| matches!(op, Op::DeleteStatus(deleted) if *deleted == key)),
+            "{plan:?}"
+        );
+        // And what this leader remembers writing goes too.
+        assert!(!lattice.state.job_status_written.contains_key(&key));
     }
 }
 

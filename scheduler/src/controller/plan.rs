@@ -17,6 +17,9 @@ pub(super) enum Op {
     Place(Assignment),
     /// Deletes a record of the status bucket (the replica status a lost host cannot).
     DeleteStatus(String),
+    /// Writes a job's status (before the runs it counts go), and remembers it until the
+    /// mirror shows it.
+    PutJobStatus(String, Box<shoal_lattice::jobs::JobStatus>),
     /// Tells an event, once the writes before it went through.
     Emit(Event),
     /// Rolls an app back to the template of revision `to`, as a new revision, if the app is
@@ -105,6 +108,13 @@ pub(super) async fn apply(
                 }
             }
             Op::DeleteStatus(key) => lattice.delete(Bucket::Status, &key).await,
+            Op::PutJobStatus(key, status) => {
+                let written = lattice.put(Bucket::Status, &key, &status).await;
+                if written.is_ok() {
+                    state.job_status_written.insert(key, *status);
+                }
+                written.map(|_| ())
+            }
             Op::Emit(event) => {
                 lattice.emit(event).await;
                 Ok(())
