@@ -1,22 +1,38 @@
 //! The cron jobs controller: each pass, every cron job's schedule is read with the
 //! scheduler's clock, [`crate::cron::step`] says whether a time has come and what its
-//! history keeps, and this writes it: jobs stopped for `Replace` (deleted: their runs go),
-//! the new job (a `create`, so a time two leaders both see makes one job), the status
+//! history keeps, and the plan writes it: jobs stopped for `Replace` (deleted: their runs
+//! go), the new job (a `create`, so a time two leaders both see makes one job), the status
 //! (the time handled), then the history trimmed.
 
 use shoal_lattice::jobs::{CronJobStatus, CronOrigin, JobRecord, JobStatus, cron_log_name};
 use shoal_lattice::names::{cron_job_status_key, job_status_key};
 
 use super::jobs::job_event;
+use super::plan::{Op, Plan};
 use super::*;
 use crate::cron::{MadeJob, Schedule, step};
 
+/// Plans and applies the cron jobs' step at `now` (ms since the epoch, by the
+/// scheduler's clock).
 pub(super) async fn pass(
     lattice: &Lattice,
     state: &mut State,
     source: &str,
     now: u64,
 ) -> Result<(), Error> {
+    let plan = plan_cron(state, source, now);
+    let applied = super::plan::apply(lattice, state, plan, Instant::now()).await;
+    match applied.stopped {
+        Some(error) => Err(error),
+        None => Ok(()),
+    }
+}
+
+/// Plans every cron job's step: jobs stopped for `Replace` (deleted: their runs go), the
+/// new job (a create, so a time two leaders both see makes one job), the status (the time
+/// handled), then the history trimmed; and the statuses of cron jobs that are gone.
+pub(super) fn plan_cron(state: &State, source: &str, now: u64) -> Plan {
+    let mut plan = Plan::default();
     let crons = state.cron_jobs.snapshot();
     let jobs = state.jobs.snapshot();
     let statuses: HashMap<String, JobStatus> = state
@@ -31,7 +47,7 @@ pub(super) async fn pass(
         .collect();
     for status in state.cron_status.snapshot() {
         if !names.contains(&status.key) {
-            lattice.delete(Bucket::Status, &status.key).await?;
+            plan.push(Op::DeleteStatus(status.key));
         }
     }
     for cron in crons {
@@ -47,7 +63,7 @@ pub(super) async fn pass(
                     ..previous.clone().unwrap_or_default()
                 };
                 if previous.as_ref() != Some(&status) {
-                    lattice.put(Bucket::Status, &key, &status).await?;
+                    plan.push(Op::PutCronJobStatus(key, Box::new(status)));
                 }
                 continue;
             }
@@ -62,21 +78,17 @@ pub(super) async fn pass(
             .collect();
         let step = step(&cron, &schedule, previous.as_ref(), &made, now);
         for replaced in &step.replace {
-            lattice
-                .delete(Bucket::Jobs, &app_key(&cron.namespace, replaced))
-                .await?;
-            lattice
-                .emit(job_event(
-                    source,
-                    &cron.namespace,
-                    replaced,
-                    "Stopped",
-                    format!(
-                        "job {replaced} stopped and deleted: cron job {} starts another (concurrencyPolicy Replace)",
-                        cron.name
-                    ),
-                ))
-                .await;
+            plan.push(Op::DeleteJob(app_key(&cron.namespace, replaced)));
+            plan.push(Op::Emit(job_event(
+                source,
+                &cron.namespace,
+                replaced,
+                "Stopped",
+                format!(
+                    "job {replaced} stopped and deleted: cron job {} starts another (concurrencyPolicy Replace)",
+                    cron.name
+                ),
+            )));
         }
         if let Some((name, at)) = &step.create {
             let job = JobRecord {
@@ -92,49 +104,35 @@ pub(super) async fn pass(
                     scheduled_at: Some(*at),
                 }),
             };
-            match lattice
-                .create(Bucket::Jobs, &app_key(&cron.namespace, name), &job)
-                .await
-            {
-                Ok(_) => {
-                    tracing::info!(cron_job = %cron.name, job = %name, "job made on schedule");
-                    lattice
-                        .emit(Event::app(
-                            source,
-                            &cron.namespace,
-                            &cron_log_name(&cron.name),
-                            "JobCreated",
-                            format!("made job {name} for {}", time_text(*at)),
-                        ))
-                        .await;
-                }
-                // Made already: by this scheduler before a status write that did not land,
-                // or by a leader before it.
-                Err(Error::Conflict { .. }) => {}
-                Err(error) => return Err(error),
-            }
-        }
-        if let Some((at, why)) = &step.skipped {
-            lattice
-                .emit(Event::app(
+            plan.push(Op::CreateJob {
+                key: app_key(&cron.namespace, name),
+                job: Box::new(job),
+                made: Event::app(
                     source,
                     &cron.namespace,
                     &cron_log_name(&cron.name),
-                    "Skipped",
-                    format!("no job for {}: {why}", time_text(*at)),
-                ))
-                .await;
+                    "JobCreated",
+                    format!("made job {name} for {}", time_text(*at)),
+                ),
+            });
+        }
+        if let Some((at, why)) = &step.skipped {
+            plan.push(Op::Emit(Event::app(
+                source,
+                &cron.namespace,
+                &cron_log_name(&cron.name),
+                "Skipped",
+                format!("no job for {}: {why}", time_text(*at)),
+            )));
         }
         if previous.as_ref() != Some(&step.status) {
-            lattice.put(Bucket::Status, &key, &step.status).await?;
+            plan.push(Op::PutCronJobStatus(key, Box::new(step.status)));
         }
         for trimmed in &step.trim {
-            lattice
-                .delete(Bucket::Jobs, &app_key(&cron.namespace, trimmed))
-                .await?;
+            plan.push(Op::DeleteJob(app_key(&cron.namespace, trimmed)));
         }
     }
-    Ok(())
+    plan
 }
 
 /// `2026-12-01T09:00:00Z` for ms since the epoch.

@@ -13,6 +13,7 @@ use shoal_lattice::records::{AppRecord, Assignment, HostRecord, Phase, ReplicaSt
 use shoal_lattice::{Event, Mirror, Versioned};
 
 use super::apps::{Pending, plan_app};
+use super::cron::plan_cron;
 use super::hosts::Liveness;
 use super::jobs::{plan_job, plan_orphans};
 use super::placed::{Owner, Placed};
@@ -35,6 +36,8 @@ pub(super) struct Harness {
     /// Every event the applied plans told.
     pub(super) events: Vec<Event>,
     pub(super) jobs: BTreeMap<String, shoal_lattice::jobs::JobRecord>,
+    pub(super) cron_jobs: BTreeMap<String, shoal_lattice::jobs::CronJobRecord>,
+    pub(super) cron_status: BTreeMap<String, shoal_lattice::jobs::CronJobStatus>,
 }
 
 impl Harness {
@@ -51,7 +54,43 @@ impl Harness {
             now: Instant::now(),
             events: Vec::new(),
             jobs: BTreeMap::new(),
+            cron_jobs: BTreeMap::new(),
+            cron_status: BTreeMap::new(),
         }
+    }
+
+    /// A cron job `name` of `default` with `spec` (JSON merged over a plain one that makes
+    /// a plain job).
+    pub(super) fn cron(&mut self, name: &str, spec: serde_json::Value) -> &mut Self {
+        let mut plain = serde_json::json!({"jobTemplate": {"component": format!("r/{name}:1")}});
+        if let (Some(plain), Some(extra)) = (plain.as_object_mut(), spec.as_object()) {
+            plain.extend(extra.clone());
+        }
+        let cron: shoal_lattice::jobs::CronJobRecord = serde_json::from_value(serde_json::json!({
+            "namespace": "default",
+            "name": name,
+            "digest": format!("sha256:{:064}", 1),
+            "spec": plain,
+            "createdAt": 0,
+        }))
+        .expect("a cron job record");
+        self.cron_jobs.insert(app_key("default", name), cron);
+        self.mirror_cron();
+        self
+    }
+
+    fn mirror_cron(&mut self) {
+        self.state.cron_jobs = Mirror::fixed(versioned(&self.cron_jobs));
+        self.state.cron_status = Mirror::fixed(versioned(&self.cron_status));
+    }
+
+    /// Runs the cron jobs controller at `at` (RFC 3339) by the scheduler's clock.
+    pub(super) fn plan_cron(&mut self, at: &str) -> Plan {
+        let at = humantime::parse_rfc3339(at).expect("an RFC 3339 time");
+        let millis = at.duration_since(std::time::UNIX_EPOCH).map_or(0, |since| {
+            u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+        });
+        plan_cron(&self.state, "scheduler test", millis)
     }
 
     /// A job `name` of `default` with `spec` (JSON merged over a plain one).
@@ -81,11 +120,7 @@ impl Harness {
     }
 
     fn mirror_jobs(&mut self) {
-        self.state.jobs = Mirror::fixed(self.jobs.iter().map(|(key, job)| Versioned {
-            key: key.clone(),
-            revision: 1,
-            value: job.clone(),
-        }));
+        self.state.jobs = Mirror::fixed(versioned(&self.jobs));
     }
 
     /// Runs the jobs controller's step for job `name`, as one pass would.
@@ -247,6 +282,22 @@ impl Harness {
                 Op::PutJobStatus(key, status) => {
                     self.state.job_status_written.insert(key, *status);
                 }
+                Op::PutCronJobStatus(key, status) => {
+                    self.cron_status.insert(key, *status);
+                    self.mirror_cron();
+                }
+                Op::DeleteJob(key) => {
+                    self.jobs.remove(&key);
+                    self.mirror_jobs();
+                }
+                Op::CreateJob { key, job, made } => {
+                    if let std::collections::btree_map::Entry::Vacant(vacant) = self.jobs.entry(key)
+                    {
+                        vacant.insert(*job);
+                        self.mirror_jobs();
+                        self.events.push(made);
+                    }
+                }
                 Op::Rollback { app, to, .. } => {
                     // As apply::store does: the template of `to` comes back as a new revision.
                     let key = app_key(&app.namespace, &app.name);
@@ -344,6 +395,18 @@ impl Harness {
     pub(super) fn owner(&self, name: &str) -> Owner {
         Owner::app(&self.apps[&app_key("default", name)])
     }
+}
+
+/// Records by key as a mirror holds them.
+fn versioned<T: Clone>(records: &BTreeMap<String, T>) -> Vec<Versioned<T>> {
+    records
+        .iter()
+        .map(|(key, value)| Versioned {
+            key: key.clone(),
+            revision: 1,
+            value: value.clone(),
+        })
+        .collect()
 }
 
 /// A scheduler's state over empty mirrors, leading, with nothing remembered.
@@ -499,6 +562,88 @@ mod jobs {
         );
         // And what this leader remembers writing goes too.
         assert!(!lattice.state.job_status_written.contains_key(&key));
+    }
+}
+
+/// The cron jobs controller, over the harness (which times come when is `crate::cron`'s,
+/// tested there).
+mod cron {
+    use super::*;
+
+    fn created(lattice: &Harness) -> usize {
+        lattice
+            .events
+            .iter()
+            .filter(|event| event.reason == "JobCreated")
+            .count()
+    }
+
+    #[test]
+    fn a_time_makes_one_job_even_when_a_new_leader_sees_it_again() {
+        let mut lattice = Harness::new();
+        lattice.cron("nightly", serde_json::json!({"schedule": "0 3 * * *"}));
+        // The first look only reads the next time.
+        let plan = lattice.plan_cron("2026-12-01T02:59:00Z");
+        assert!(
+            !plan.ops.iter().any(|op| matches!(op, Op::CreateJob { .. })),
+            "{plan:?}"
+        );
+        lattice.apply(plan);
+        let mut plan = lattice.plan_cron("2026-12-01T03:00:10Z");
+        let creates = plan
+            .ops
+            .iter()
+            .position(|op| matches!(op, Op::CreateJob { .. }))
+            .expect("the job of 03:00");
+        // The leader made the job and died before its status write landed.
+        plan.ops.truncate(creates + 1);
+        lattice.apply(plan);
+        assert_eq!((lattice.jobs.len(), created(&lattice)), (1, 1));
+        // The next leader sees the time again: the same job name, made once.
+        let plan = lattice.plan_cron("2026-12-01T03:00:20Z");
+        lattice.apply(plan);
+        assert_eq!(
+            (lattice.jobs.len(), created(&lattice)),
+            (1, 1),
+            "{:?}",
+            lattice.jobs
+        );
+        // And the time is handled from then on.
+        let plan = lattice.plan_cron("2026-12-01T03:00:30Z");
+        assert!(
+            !plan.ops.iter().any(|op| matches!(op, Op::CreateJob { .. })),
+            "{plan:?}"
+        );
+    }
+
+    #[test]
+    fn replace_stops_the_running_job_before_making_the_next() {
+        let mut lattice = Harness::new();
+        lattice.cron(
+            "hourly",
+            serde_json::json!({"schedule": "0 * * * *", "concurrencyPolicy": "Replace"}),
+        );
+        let plan = lattice.plan_cron("2026-12-01T02:59:00Z");
+        lattice.apply(plan);
+        let plan = lattice.plan_cron("2026-12-01T03:00:05Z");
+        lattice.apply(plan);
+        let first: Vec<String> = lattice.jobs.keys().cloned().collect();
+        assert_eq!(first.len(), 1);
+        let plan = lattice.plan_cron("2026-12-01T04:00:05Z");
+        let deleted = plan
+            .ops
+            .iter()
+            .position(|op| matches!(op, Op::DeleteJob(key) if *key == first[0]))
+            .expect("the running job is stopped");
+        let made = plan
+            .ops
+            .iter()
+            .position(|op| matches!(op, Op::CreateJob { .. }))
+            .expect("the next job");
+        assert!(deleted < made, "{plan:?}");
+        lattice.apply(plan);
+        assert_eq!(lattice.jobs.len(), 1);
+        assert!(!lattice.jobs.contains_key(&first[0]));
     }
 }
 

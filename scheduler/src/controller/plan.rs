@@ -20,6 +20,17 @@ pub(super) enum Op {
     /// Writes a job's status (before the runs it counts go), and remembers it until the
     /// mirror shows it.
     PutJobStatus(String, Box<shoal_lattice::jobs::JobStatus>),
+    /// Writes a cron job's status (the times it handled).
+    PutCronJobStatus(String, Box<shoal_lattice::jobs::CronJobStatus>),
+    /// Deletes a job (its runs go with it at the jobs controller's next step).
+    DeleteJob(String),
+    /// Creates a job, unless one of its name exists (made by this leader before a status
+    /// write that did not land, or by the last one): then nothing, and `made` is not told.
+    CreateJob {
+        key: String,
+        job: Box<shoal_lattice::jobs::JobRecord>,
+        made: Event,
+    },
     /// Tells an event, once the writes before it went through.
     Emit(Event),
     /// Rolls an app back to the template of revision `to`, as a new revision, if the app is
@@ -108,6 +119,21 @@ pub(super) async fn apply(
                 }
             }
             Op::DeleteStatus(key) => lattice.delete(Bucket::Status, &key).await,
+            Op::PutCronJobStatus(key, status) => {
+                lattice.put(Bucket::Status, &key, &status).await.map(|_| ())
+            }
+            Op::DeleteJob(key) => lattice.delete(Bucket::Jobs, &key).await,
+            Op::CreateJob { key, job, made } => {
+                match lattice.create(Bucket::Jobs, &key, &job).await {
+                    Ok(_) => {
+                        tracing::info!(job = %key, "job made on schedule");
+                        lattice.emit(made).await;
+                        Ok(())
+                    }
+                    Err(Error::Conflict { .. }) => Ok(()),
+                    Err(error) => Err(error),
+                }
+            }
             Op::PutJobStatus(key, status) => {
                 let written = lattice.put(Bucket::Status, &key, &status).await;
                 if written.is_ok() {
