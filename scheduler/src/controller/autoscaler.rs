@@ -1,14 +1,17 @@
 //! The autoscaler controller: each pass, every autoscaled app's load (the sum of what the
 //! live hosts' records say is in flight at its replicas) goes into its window, and when the
-//! window calls for another count, the app is scaled to it (an event says why). The pure
-//! part is [`crate::autoscale`].
+//! window calls for another count, the plan scales the app to it (an event says why). The
+//! window's arithmetic is [`crate::autoscale`].
 //!
 //! An app scaled to zero is woken by the first host that holds a request for it: the host
 //! publishes on its wake subject, and the leader scales the app to one, placed on that host
 //! when it fits.
 
+use super::plan::{Op, Plan};
 use super::*;
 
+/// Plans and applies the autoscaler's step; an app that cannot be scaled now is tried
+/// again next pass, and the others go on.
 pub(super) async fn step(
     lattice: &Lattice,
     source: &str,
@@ -17,6 +20,23 @@ pub(super) async fn step(
     apps: &[Versioned<AppRecord>],
     now: Instant,
 ) {
+    for plan in plan_autoscale(source, state, hosts, apps, now) {
+        let applied = super::plan::apply(lattice, state, plan, now).await;
+        if let Some(error) = applied.stopped {
+            tracing::warn!(%error, "cannot scale; trying again next pass");
+        }
+    }
+}
+
+/// Each autoscaled app's load (over the live `hosts` that run it) goes into its window;
+/// a plan per app whose window calls for another count.
+pub(super) fn plan_autoscale(
+    source: &str,
+    state: &mut State,
+    hosts: &BTreeMap<String, HostRecord>,
+    apps: &[Versioned<AppRecord>],
+    now: Instant,
+) -> Vec<Plan> {
     let scaled: HashSet<String> = apps
         .iter()
         .filter(|app| app.value.spec.autoscale.is_some())
@@ -24,13 +44,14 @@ pub(super) async fn step(
         .collect();
     state.autoscaling.retain(|key, _| scaled.contains(key));
     if scaled.is_empty() {
-        return;
+        return Vec::new();
     }
     // Each app's load over the live hosts that run it, summed in one walk over the hosts: a
     // host's word about an app it runs no replica of is not heard (one host could hold any
     // app at its max, or keep a `min: 0` app awake).
     let assignments = state.assignments.snapshot();
     let load = load_of_running(hosts, assignments.iter().map(|record| &record.value));
+    let mut plans = Vec::new();
     for app in apps {
         let app = &app.value;
         let Some(spec) = &app.spec.autoscale else {
@@ -45,28 +66,20 @@ pub(super) async fn step(
         window.observe(now, milli);
         let decision = window.decide(spec, app.spec.replicas, now);
         *status = Some(decision.status.clone());
-        let Some(to) = decision.scale_to else {
-            continue;
-        };
-        match apply::scale(lattice, &app.namespace, &app.name, to).await {
-            Ok(Some(from)) => {
-                tracing::info!(app = %key, from, to, reason = %decision.reason, "autoscaled");
-                lattice
-                    .emit(Event::app(
-                        source,
-                        &app.namespace,
-                        &app.name,
-                        "Scaled",
-                        format!("scaled from {from} to {to}: {}", decision.reason),
-                    ))
-                    .await;
-            }
-            Ok(None) => {}
-            Err(error) => {
-                tracing::warn!(app = %key, %error, "cannot scale; trying again next pass");
-            }
+        if let Some(to) = decision.scale_to {
+            plans.push(Plan {
+                ops: vec![Op::Scale {
+                    namespace: app.namespace.clone(),
+                    name: app.name.clone(),
+                    to,
+                    why: decision.reason.to_string(),
+                    source: source.to_owned(),
+                    from_zero: false,
+                }],
+            });
         }
     }
+    plans
 }
 
 /// Per app (`namespace/name`), the load the live `hosts` report for it, counting only the
@@ -117,27 +130,39 @@ pub(super) async fn wake(
     secure: bool,
     now: Instant,
 ) -> bool {
-    let Some((host, namespace, name)) =
-        shoal_lattice::names::parse_wake_subject(lattice.name(), subject)
-    else {
+    let Some(plan) = plan_wake(lattice.name(), source, state, subject, secure, now) else {
         return false;
     };
+    let applied = super::plan::apply(lattice, state, plan, now).await;
+    if let Some(error) = &applied.stopped {
+        tracing::warn!(%error, %subject, "cannot wake the app");
+    }
+    applied.scaled > 0
+}
+
+/// Plans what a wake on `subject` does: `None` when it is ignored or the app already has
+/// replicas (the waking host may still become its first choice).
+pub(super) fn plan_wake(
+    lattice: &str,
+    source: &str,
+    state: &mut State,
+    subject: &str,
+    secure: bool,
+    now: Instant,
+) -> Option<Plan> {
+    let (host, namespace, name) = shoal_lattice::names::parse_wake_subject(lattice, subject)?;
     let key = app_key(namespace, name);
-    let Some(app) = state.apps.get(&key).map(|app| app.value) else {
-        return false;
-    };
+    let app = state.apps.get(&key)?.value;
     if app
         .spec
         .autoscale
         .as_ref()
         .is_none_or(|spec| spec.min() != 0)
     {
-        return false;
+        return None;
     }
     // A wake from a host the lattice does not know is not a host's.
-    let Some(record) = state.hosts.get(host).map(|record| record.value) else {
-        return false;
-    };
+    let record = state.hosts.get(host)?.value;
     let record = if secure {
         let grant = state.grants.get(host).and_then(|(_, grant)| grant.as_ref());
         super::hosts::bounded(record, grant)
@@ -155,7 +180,7 @@ pub(super) async fn wake(
         .get(&key)
         .is_some_and(|(_, at)| now.duration_since(*at) < Duration::from_secs(1))
     {
-        return false;
+        return None;
     }
     let preferred = if may_run { host } else { "" };
     state.wakes.insert(key.clone(), (preferred.to_owned(), now));
@@ -166,28 +191,19 @@ pub(super) async fn wake(
         .0
         .woken(now);
     if app.spec.replicas > 0 {
-        return false;
+        return None;
     }
-    match apply::scale(lattice, namespace, name, 1).await {
-        Ok(Some(0)) => {
-            tracing::info!(app = %key, %host, "woken from zero");
-            lattice
-                .emit(Event::app(
-                    source,
-                    namespace,
-                    name,
-                    "Scaled",
-                    format!("scaled from 0 to 1: host {host} holds a request for it"),
-                ))
-                .await;
-            true
-        }
-        Ok(_) => false,
-        Err(error) => {
-            tracing::warn!(app = %key, %error, "cannot wake the app");
-            false
-        }
-    }
+    tracing::info!(app = %key, %host, "woken from zero");
+    Some(Plan {
+        ops: vec![Op::Scale {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            to: 1,
+            why: format!("host {host} holds a request for it"),
+            source: source.to_owned(),
+            from_zero: true,
+        }],
+    })
 }
 
 #[cfg(test)]

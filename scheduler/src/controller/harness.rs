@@ -13,6 +13,7 @@ use shoal_lattice::records::{AppRecord, Assignment, HostRecord, Phase, ReplicaSt
 use shoal_lattice::{Event, Mirror, Versioned};
 
 use super::apps::{Pending, plan_app};
+use super::autoscaler::{plan_autoscale, plan_wake};
 use super::cron::plan_cron;
 use super::hosts::Liveness;
 use super::jobs::{plan_job, plan_orphans};
@@ -82,6 +83,42 @@ impl Harness {
     fn mirror_cron(&mut self) {
         self.state.cron_jobs = Mirror::fixed(versioned(&self.cron_jobs));
         self.state.cron_status = Mirror::fixed(versioned(&self.cron_status));
+    }
+
+    /// The apps, hosts and assignments as the scheduler's mirrors show them.
+    fn mirror_records(&mut self) {
+        self.state.apps = Mirror::fixed(versioned(&self.apps));
+        self.state.hosts = Mirror::fixed(versioned(&self.hosts));
+        self.state.assignments = Mirror::fixed(self.assignments.values().cloned());
+    }
+
+    /// Runs the autoscaler over the live hosts' reported load.
+    pub(super) fn plan_autoscale(&mut self) -> Vec<Plan> {
+        self.mirror_records();
+        let apps = versioned(&self.apps);
+        let hosts = self.schedulable();
+        plan_autoscale("scheduler test", &mut self.state, &hosts, &apps, self.now)
+    }
+
+    /// What a wake for `name` published by `host` plans.
+    pub(super) fn plan_wake(&mut self, host: &str, name: &str) -> Option<Plan> {
+        self.mirror_records();
+        let subject = shoal_lattice::names::wake_subject("test", host, "default", name);
+        plan_wake(
+            "test",
+            "scheduler test",
+            &mut self.state,
+            &subject,
+            false,
+            self.now,
+        )
+    }
+
+    /// `host` reports `milli` thousandths of requests in flight for `name`.
+    pub(super) fn load(&mut self, host: &str, name: &str, milli: u64) {
+        if let Some(record) = self.hosts.get_mut(host) {
+            record.load.insert(format!("default/{name}"), milli);
+        }
     }
 
     /// Runs the cron jobs controller at `at` (RFC 3339) by the scheduler's clock.
@@ -285,6 +322,31 @@ impl Harness {
                 Op::PutCronJobStatus(key, status) => {
                     self.cron_status.insert(key, *status);
                     self.mirror_cron();
+                }
+                Op::Scale {
+                    namespace,
+                    name,
+                    to,
+                    why,
+                    source,
+                    from_zero,
+                } => {
+                    let key = app_key(&namespace, &name);
+                    if let Some(app) = self.apps.get_mut(&key) {
+                        let from = app.spec.replicas;
+                        if from != to && (!from_zero || from == 0) {
+                            app.spec.replicas = to;
+                            app.generation += 1;
+                            applied.scaled += 1;
+                            self.events.push(Event::app(
+                                &source,
+                                &namespace,
+                                &name,
+                                "Scaled",
+                                format!("scaled from {from} to {to}: {why}"),
+                            ));
+                        }
+                    }
                 }
                 Op::DeleteJob(key) => {
                     self.jobs.remove(&key);
@@ -562,6 +624,107 @@ mod jobs {
         );
         // And what this leader remembers writing goes too.
         assert!(!lattice.state.job_status_written.contains_key(&key));
+    }
+}
+
+/// The autoscaler, over the harness (what a window decides is `crate::autoscale`'s, tested
+/// there).
+mod autoscaler {
+    use super::*;
+
+    fn scaled_to(plans: &[Plan]) -> Vec<u32> {
+        plans
+            .iter()
+            .flat_map(|plan| &plan.ops)
+            .filter_map(|op| match op {
+                Op::Scale { to, .. } => Some(*to),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn replicas(lattice: &Harness, name: &str) -> u32 {
+        lattice.apps[&app_key("default", name)].spec.replicas
+    }
+
+    /// Passes every two seconds for `seconds`, applying what they plan; the replica counts
+    /// scaled to, in order.
+    fn run_for(lattice: &mut Harness, name: &str, seconds: u64) -> Vec<u32> {
+        let mut scaled = Vec::new();
+        for _ in 0..seconds / 2 {
+            lattice.later(Duration::from_secs(2));
+            let plans = lattice.plan_autoscale();
+            scaled.extend(scaled_to(&plans));
+            for plan in plans {
+                lattice.apply(plan);
+            }
+            lattice.converge(name, 3);
+        }
+        scaled
+    }
+
+    #[test]
+    fn load_scales_up_at_once_and_down_only_after_the_delay() {
+        let mut lattice = Harness::new();
+        let autoscale = serde_json::json!({"autoscale": {
+            "min": 1, "max": 10, "targetConcurrency": 10, "window": "60s", "scaleDownDelay": "60s"
+        }});
+        lattice.host("h1").app("web", 1, 1, autoscale);
+        lattice.converge("web", 3);
+        // A host that runs no replica of the app is not heard, however loud.
+        lattice.host("h2");
+        lattice.load("h2", "web", 1_000_000);
+        assert!(scaled_to(&lattice.plan_autoscale()).is_empty());
+        lattice.load("h2", "web", 0);
+        // 40 requests in flight at 10 each: up on the first pass that sees it, to 4 within
+        // the panic window.
+        lattice.load("h1", "web", 40_000);
+        let up = run_for(&mut lattice, "web", 2);
+        assert!(up.first().is_some_and(|to| *to >= 2), "{up:?}");
+        let up = run_for(&mut lattice, "web", 10);
+        assert_eq!(replicas(&lattice, "web"), 4, "{up:?}");
+        // The load goes; the replicas stay through the delay, then go.
+        for host in ["h1", "h2"] {
+            lattice.load(host, "web", 0);
+        }
+        assert!(run_for(&mut lattice, "web", 50).is_empty());
+        let down = run_for(&mut lattice, "web", 80);
+        assert_eq!(down.last(), Some(&1), "{down:?}");
+        assert_eq!(replicas(&lattice, "web"), 1);
+    }
+
+    #[test]
+    fn an_idle_app_goes_to_zero_and_a_wake_brings_one_back_where_the_request_waits() {
+        let mut lattice = Harness::new();
+        let autoscale = serde_json::json!({"autoscale": {
+            "min": 0, "max": 3, "window": "20s", "scaleDownDelay": "20s"
+        }});
+        lattice.host("h1").host("h2").app("web", 1, 1, autoscale);
+        lattice.converge("web", 3);
+        let down = run_for(&mut lattice, "web", 120);
+        assert_eq!(down, [0]);
+        assert!(lattice.replicas("web").is_empty());
+        let wake = lattice.plan_wake("h2", "web").expect("a wake scales it up");
+        assert_eq!(scaled_to(std::slice::from_ref(&wake)), [1]);
+        // Said once: a wake again within a second (a host retrying, or a flood) is ignored,
+        // even before the first is applied.
+        assert!(lattice.plan_wake("h2", "web").is_none());
+        lattice.apply(wake);
+        // The first replica goes to the host that holds the request.
+        lattice.converge("web", 3);
+        assert_eq!(lattice.replicas("web"), [("h2".to_owned(), 1)]);
+    }
+
+    #[test]
+    fn a_wake_for_an_app_that_cannot_sleep_or_from_a_stranger_is_ignored() {
+        let mut lattice = Harness::new();
+        lattice
+            .host("h1")
+            .app("web", 1, 0, serde_json::json!({"autoscale": {"min": 1}}))
+            .app("api", 1, 0, serde_json::json!({"autoscale": {"min": 0}}));
+        assert!(lattice.plan_wake("h1", "web").is_none());
+        assert!(lattice.plan_wake("stranger", "api").is_none());
+        assert!(lattice.plan_wake("h1", "api").is_some());
     }
 }
 

@@ -31,6 +31,16 @@ pub(super) enum Op {
         job: Box<shoal_lattice::jobs::JobRecord>,
         made: Event,
     },
+    /// Sets an app's replicas (read, changed, compare-and-set), telling it with `why` when
+    /// it changed from something else (`from_zero`: only when it was at zero).
+    Scale {
+        namespace: String,
+        name: String,
+        to: u32,
+        why: String,
+        source: String,
+        from_zero: bool,
+    },
     /// Tells an event, once the writes before it went through.
     Emit(Event),
     /// Rolls an app back to the template of revision `to`, as a new revision, if the app is
@@ -84,6 +94,8 @@ pub(super) struct Applied {
     pub(super) created: Vec<Versioned<Assignment>>,
     pub(super) not_created: Vec<String>,
     pub(super) not_removed: Vec<Versioned<Assignment>>,
+    /// Apps whose replicas a `Scale` changed.
+    pub(super) scaled: usize,
     pub(super) stopped: Option<Error>,
 }
 
@@ -134,6 +146,31 @@ pub(super) async fn apply(
                     Err(error) => Err(error),
                 }
             }
+            Op::Scale {
+                namespace,
+                name,
+                to,
+                why,
+                source,
+                from_zero,
+            } => match apply::scale(lattice, &namespace, &name, to).await {
+                Ok(Some(from)) if !from_zero || from == 0 => {
+                    tracing::info!(app = %app_key(&namespace, &name), from, to, %why, "scaled");
+                    lattice
+                        .emit(Event::app(
+                            &source,
+                            &namespace,
+                            &name,
+                            "Scaled",
+                            format!("scaled from {from} to {to}: {why}"),
+                        ))
+                        .await;
+                    applied.scaled += 1;
+                    Ok(())
+                }
+                Ok(_) => Ok(()),
+                Err(error) => Err(error),
+            },
             Op::PutJobStatus(key, status) => {
                 let written = lattice.put(Bucket::Status, &key, &status).await;
                 if written.is_ok() {
