@@ -29,7 +29,8 @@ pub(super) struct Harness {
     pub(super) status: HashMap<String, ReplicaStatus>,
     /// Hosts that are not lost.
     pub(super) live: HashSet<String>,
-    pub(super) draining: HashSet<String>,
+    /// Admins' decisions about hosts (cordoned, draining), by host.
+    pub(super) controls: BTreeMap<String, shoal_lattice::records::HostControl>,
     /// The assignments bucket's revision: every write moves it.
     pub(super) revision: u64,
     pub(super) state: State,
@@ -49,7 +50,7 @@ impl Harness {
             assignments: BTreeMap::new(),
             status: HashMap::new(),
             live: HashSet::new(),
-            draining: HashSet::new(),
+            controls: BTreeMap::new(),
             revision: 0,
             state: empty_state(),
             now: Instant::now(),
@@ -89,6 +90,12 @@ impl Harness {
     fn mirror_records(&mut self) {
         self.state.apps = Mirror::fixed(versioned(&self.apps));
         self.state.hosts = Mirror::fixed(versioned(&self.hosts));
+        self.state.controls =
+            Mirror::fixed(self.controls.iter().map(|(host, control)| Versioned {
+                key: format!("hosts.{host}"),
+                revision: 1,
+                value: control.clone(),
+            }));
         self.state.assignments = Mirror::fixed(self.assignments.values().cloned());
     }
 
@@ -96,7 +103,7 @@ impl Harness {
     pub(super) fn plan_autoscale(&mut self) -> Vec<Plan> {
         self.mirror_records();
         let apps = versioned(&self.apps);
-        let hosts = self.schedulable();
+        let (hosts, _) = self.schedulable();
         plan_autoscale("scheduler test", &mut self.state, &hosts, &apps, self.now)
     }
 
@@ -165,12 +172,12 @@ impl Harness {
         let job = self.jobs[&app_key("default", name)].clone();
         let silent_for = HashMap::new();
         let mut placed = self.placed();
-        let schedulable = self.schedulable();
+        let (schedulable, draining) = self.schedulable();
         let observed = PassView {
             lattice: "test",
             source: "scheduler test",
             live: &self.live,
-            draining: &self.draining,
+            draining: &draining,
             hosts: &schedulable,
             status: &self.status,
             silent_for: &silent_for,
@@ -187,13 +194,25 @@ impl Harness {
         plan_orphans(&mut self.state, &mut placed)
     }
 
-    /// The live hosts, as `hosts::schedulable` gives a pass.
-    fn schedulable(&self) -> BTreeMap<String, HostRecord> {
-        self.hosts
-            .iter()
-            .filter(|(id, _)| self.live.contains(*id))
-            .map(|(id, host)| (id.clone(), host.clone()))
-            .collect()
+    /// The hosts a pass may place on and the ones being drained, by `hosts::schedulable`
+    /// over the live hosts and the admins' controls.
+    fn schedulable(&mut self) -> (BTreeMap<String, HostRecord>, HashSet<String>) {
+        self.mirror_records();
+        super::hosts::schedulable(&self.state, &self.live, false)
+    }
+
+    /// An admin cordons `host` (it takes no new replicas) or, with `drain`, drains it too
+    /// (its replicas move).
+    pub(super) fn control(&mut self, host: &str, drain: bool) {
+        self.controls.insert(
+            host.to_owned(),
+            shoal_lattice::records::HostControl {
+                cordoned: true,
+                draining: drain,
+                by: "admin".to_owned(),
+                since: 0,
+            },
+        );
     }
 
     /// A live host with room for 100 replicas of 64Mi.
@@ -249,12 +268,12 @@ impl Harness {
         let app = self.apps[&app_key("default", name)].clone();
         let silent_for = HashMap::new();
         let mut placed = self.placed();
-        let schedulable = self.schedulable();
+        let (schedulable, draining) = self.schedulable();
         let observed = PassView {
             lattice: "test",
             source: "scheduler test",
             live: &self.live,
-            draining: &self.draining,
+            draining: &draining,
             hosts: &schedulable,
             status: &self.status,
             silent_for: &silent_for,
@@ -624,6 +643,106 @@ mod jobs {
         );
         // And what this leader remembers writing goes too.
         assert!(!lattice.state.job_status_written.contains_key(&key));
+    }
+}
+
+/// The hosts controller, over the harness: what hosts' comings and goings tell, and which
+/// hosts a pass may place on.
+mod hosts {
+    use super::*;
+
+    fn told(plan: &Plan) -> Vec<(String, String)> {
+        plan.ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::Emit(event) => Some((event.reason.clone(), event.host.clone()?)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn losses_leaves_and_joins_are_told_once_and_a_new_leader_tells_none() {
+        let mut state = empty_state();
+        let set =
+            |ids: &[&str]| -> HashSet<String> { ids.iter().map(|id| (*id).to_owned()).collect() };
+        let timeout = Duration::from_secs(10);
+        let lost_after = HashMap::from([("h2".to_owned(), Duration::from_secs(30))]);
+        // A new leader has no last pass: it reports changes, not what it finds.
+        let plan = super::super::hosts::plan_changes(
+            "s",
+            &state,
+            &set(&["h1", "h2"]),
+            &set(&["h1", "h2"]),
+            &lost_after,
+            timeout,
+        );
+        assert!(plan.ops.is_empty(), "{plan:?}");
+        state.live_hosts = Some(set(&["h1", "h2", "h3"]));
+        // h2 is silent (still known), h3's record is gone (it left), h4 is new.
+        let plan = super::super::hosts::plan_changes(
+            "s",
+            &state,
+            &set(&["h1", "h4"]),
+            &set(&["h1", "h2", "h4"]),
+            &lost_after,
+            timeout,
+        );
+        assert_eq!(
+            told(&plan),
+            [
+                ("HostLost".to_owned(), "h2".to_owned()),
+                ("HostLeft".to_owned(), "h3".to_owned()),
+                ("HostJoined".to_owned(), "h4".to_owned()),
+            ]
+        );
+        // h2's own lostAfter is what it was silent for.
+        let Some(Op::Emit(lost)) = plan.ops.first() else {
+            panic!("{plan:?}");
+        };
+        assert!(lost.message.contains("30s"), "{}", lost.message);
+    }
+
+    #[test]
+    fn a_cordoned_host_takes_no_new_replica_and_a_drained_one_s_move_first() {
+        let mut lattice = Harness::new();
+        lattice
+            .host("h1")
+            .host("h2")
+            .app("web", 1, 1, serde_json::json!({}));
+        lattice.control("h1", false);
+        lattice.converge("web", 3);
+        assert_eq!(lattice.replicas("web"), [("h2".to_owned(), 1)]);
+        // Draining h2: a replacement first, on the only other host (cordoned hosts take
+        // none, so h1 is uncordoned), and the drained replica goes once it is ready.
+        lattice.controls.clear();
+        lattice.control("h2", true);
+        let plan = lattice.plan("web");
+        assert_eq!(plan.removed().count(), 0, "{plan:?}");
+        let placed: Vec<&str> = plan.placed().map(|a| a.host.as_str()).collect();
+        assert_eq!(placed, ["h1"], "{plan:?}");
+        lattice.apply(plan);
+        lattice.report("web", 1, Phase::Ready);
+        let plan = lattice.plan("web");
+        let removed: Vec<&str> = plan
+            .removed()
+            .map(|record| record.value.host.as_str())
+            .collect();
+        assert_eq!(removed, ["h2"], "{plan:?}");
+        assert!(
+            reasons_of(&plan).contains(&"Removed".to_owned()),
+            "{plan:?}"
+        );
+    }
+
+    fn reasons_of(plan: &Plan) -> Vec<String> {
+        plan.ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::Emit(event) => Some(event.reason.clone()),
+                _ => None,
+            })
+            .collect()
     }
 }
 

@@ -1,6 +1,7 @@
 //! Hosts as the scheduler sees them: which are live (by when their records last changed,
 //! on this scheduler's clock), which just joined or were lost.
 
+use super::plan::{Op, Plan};
 use super::*;
 
 /// Local liveness of hosts, on this scheduler's clock: when did each host record last change.
@@ -58,21 +59,23 @@ impl Liveness {
     }
 }
 
-/// Says which hosts were lost or left since the last pass, and which joined (a new leader,
-/// with no last pass, says nothing).
-pub(super) async fn report_changes(
-    lattice: &Lattice,
+/// Plans telling which hosts were lost or left since the last pass, and which joined (a
+/// new leader, with no last pass, says nothing).
+pub(super) fn plan_changes(
     source: &str,
     state: &State,
     live: &HashSet<String>,
     known: &HashSet<String>,
     lost_after: &HashMap<String, Duration>,
     host_timeout: Duration,
-) {
+) -> Plan {
+    let mut plan = Plan::default();
     let Some(before) = &state.live_hosts else {
-        return;
+        return plan;
     };
-    for host in before.difference(live) {
+    let mut gone: Vec<&String> = before.difference(live).collect();
+    gone.sort();
+    for host in gone {
         let (reason, message) = if known.contains(host) {
             (
                 "HostLost",
@@ -86,20 +89,19 @@ pub(super) async fn report_changes(
         } else {
             ("HostLeft", format!("host {host} left the lattice"))
         };
-        lattice
-            .emit(Event::host(source, host, reason, message))
-            .await;
+        plan.push(Op::Emit(Event::host(source, host, reason, message)));
     }
-    for host in live.difference(before) {
-        lattice
-            .emit(Event::host(
-                source,
-                host,
-                "HostJoined",
-                format!("host {host} is live"),
-            ))
-            .await;
+    let mut joined: Vec<&String> = live.difference(before).collect();
+    joined.sort();
+    for host in joined {
+        plan.push(Op::Emit(Event::host(
+            source,
+            host,
+            "HostJoined",
+            format!("host {host} is live"),
+        )));
     }
+    plan
 }
 
 /// Checks the credentials hosts presented (only those that changed since the last pass:

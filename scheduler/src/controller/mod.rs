@@ -450,16 +450,15 @@ async fn pass(
         .into_iter()
         .map(|host| host.key)
         .collect();
-    hosts::report_changes(
-        lattice,
+    let changes = hosts::plan_changes(
         &source,
         state,
         &live,
         &known,
         &lost_after,
         options.host_timeout,
-    )
-    .await;
+    );
+    plan::apply(lattice, state, changes, now).await;
     state.live_hosts = Some(live.clone());
     // Every host silent at once is the lattice failing (a NATS server lost, a partition on
     // the scheduler's side), not every machine dying: replacing replicas would have nowhere
