@@ -125,6 +125,13 @@ impl<T> Drop for Mirror<T> {
     }
 }
 
+/// An empty mirror that follows nothing: what a state not yet opened (or a test's) holds.
+impl<T> Default for Mirror<T> {
+    fn default() -> Self {
+        Self::fixed([])
+    }
+}
+
 impl<T> Mirror<T> {
     /// A mirror of `records` that follows no bucket and never changes: what a controller
     /// test plans against, without nats-server. Its last revision is the highest of theirs.

@@ -12,14 +12,13 @@ use shoal_lattice::names::{app_key, assignment_key};
 use shoal_lattice::records::{AppRecord, Assignment, HostRecord, Phase, ReplicaStatus};
 use shoal_lattice::{Event, Mirror, Versioned};
 
-use super::apps::{Pending, plan_app};
+use super::apps::plan_app;
 use super::autoscaler::{plan_autoscale, plan_wake};
 use super::cron::plan_cron;
-use super::hosts::Liveness;
 use super::jobs::{plan_job, plan_orphans};
 use super::placed::{Owner, Placed};
 use super::plan::{Applied, Op, Plan};
-use super::{Deferred, PassView, State};
+use super::{PassView, State};
 
 /// A lattice in memory and a leader's memory of it.
 pub(super) struct Harness {
@@ -170,6 +169,15 @@ impl Harness {
     /// Runs the jobs controller's step for job `name`, as one pass would.
     pub(super) fn plan_job(&mut self, name: &str) -> Plan {
         let job = self.jobs[&app_key("default", name)].clone();
+        self.pass(|state, observed, placed| plan_job(state, observed, &job, placed))
+    }
+
+    /// Runs `controller` as a pass would: over what the pass sees of the harness's records
+    /// and what it starts from placed.
+    fn pass<R>(
+        &mut self,
+        controller: impl FnOnce(&mut State, &PassView<'_>, &mut Placed) -> R,
+    ) -> R {
         let silent_for = HashMap::new();
         let mut placed = self.placed();
         let (schedulable, draining) = self.schedulable();
@@ -185,7 +193,7 @@ impl Harness {
             secure: false,
             now: self.now,
         };
-        plan_job(&mut self.state, &observed, &job, &mut placed)
+        controller(&mut self.state, &observed, &mut placed)
     }
 
     /// Runs the jobs controller's clean-up of jobs that are gone.
@@ -266,22 +274,7 @@ impl Harness {
     /// would, and returns its plan (the leader's memory changes as in a pass).
     pub(super) fn plan(&mut self, name: &str) -> Plan {
         let app = self.apps[&app_key("default", name)].clone();
-        let silent_for = HashMap::new();
-        let mut placed = self.placed();
-        let (schedulable, draining) = self.schedulable();
-        let observed = PassView {
-            lattice: "test",
-            source: "scheduler test",
-            live: &self.live,
-            draining: &draining,
-            hosts: &schedulable,
-            status: &self.status,
-            silent_for: &silent_for,
-            stores: None,
-            secure: false,
-            now: self.now,
-        };
-        plan_app(&mut self.state, &observed, &app, &mut placed).0
+        self.pass(|state, observed, placed| plan_app(state, observed, &app, placed).0)
     }
 
     /// What a pass starts from: the assignments, with this leader's unseen writes.
@@ -357,12 +350,8 @@ impl Harness {
                             app.spec.replicas = to;
                             app.generation += 1;
                             applied.scaled += 1;
-                            self.events.push(Event::app(
-                                &source,
-                                &namespace,
-                                &name,
-                                "Scaled",
-                                format!("scaled from {from} to {to}: {why}"),
+                            self.events.push(super::plan::scaled(
+                                &source, &namespace, &name, from, to, &why,
                             ));
                         }
                     }
@@ -492,41 +481,7 @@ fn versioned<T: Clone>(records: &BTreeMap<String, T>) -> Vec<Versioned<T>> {
 
 /// A scheduler's state over empty mirrors, leading, with nothing remembered.
 fn empty_state() -> State {
-    State {
-        apps: Mirror::fixed([]),
-        hosts: Mirror::fixed([]),
-        assignments: Mirror::fixed([]),
-        replicas: Mirror::fixed([]),
-        app_status: Mirror::fixed([]),
-        routes: Mirror::fixed([]),
-        controls: Mirror::fixed([]),
-        secrets: Mirror::fixed([]),
-        jobs: Mirror::fixed([]),
-        job_status: Mirror::fixed([]),
-        trust: Mirror::fixed([]),
-        egress: Mirror::fixed([]),
-        credentials: Mirror::fixed([]),
-        grants: HashMap::new(),
-        cron_jobs: Mirror::fixed([]),
-        cron_status: Mirror::fixed([]),
-        secrets_key: None,
-        liveness: Liveness::default(),
-        pending: Pending::default(),
-        backoff: HashMap::new(),
-        rollouts: HashMap::new(),
-        failed: HashMap::new(),
-        autoscaling: HashMap::new(),
-        wakes: HashMap::new(),
-        live_hosts: None,
-        reported: HashSet::new(),
-        seeded: HashSet::new(),
-        fence: 0,
-        deferred: Deferred::default(),
-        health_written: None,
-        job_status_written: HashMap::new(),
-        store_renewals: HashMap::new(),
-        stores_checked: None,
-    }
+    State::default()
 }
 
 /// The jobs controller, over the harness (what a run's end does to its job is
@@ -537,16 +492,6 @@ mod jobs {
 
     use super::*;
 
-    fn reasons(plan: &Plan) -> Vec<String> {
-        plan.ops
-            .iter()
-            .filter_map(|op| match op {
-                Op::Emit(event) => Some(event.reason.clone()),
-                _ => None,
-            })
-            .collect()
-    }
-
     #[test]
     fn runs_are_placed_and_when_they_end_the_status_is_written_before_they_go() {
         let mut lattice = Harness::new();
@@ -556,7 +501,7 @@ mod jobs {
         );
         let plan = lattice.plan_job("backup");
         assert_eq!(plan.placed().count(), 2, "{plan:?}");
-        assert_eq!(reasons(&plan), ["Placed", "Placed"]);
+        assert_eq!(plan.reasons(), ["Placed", "Placed"]);
         let Some(Op::PutJobStatus(_, status)) = plan
             .ops
             .iter()
@@ -569,7 +514,7 @@ mod jobs {
         lattice.report("backup", 1, Phase::Succeeded);
         let plan = lattice.plan_job("backup");
         assert_eq!(
-            reasons(&plan),
+            plan.reasons(),
             ["RunSucceeded", "RunSucceeded", "Completed"],
             "{plan:?}"
         );
@@ -607,7 +552,7 @@ mod jobs {
         let host = lattice.replicas("backup")[0].0.clone();
         lattice.live.remove(&host);
         let plan = lattice.plan_job("backup");
-        assert!(reasons(&plan).contains(&"RunFailed".to_owned()), "{plan:?}");
+        assert!(plan.reasons().contains(&"RunFailed".to_owned()), "{plan:?}");
         assert!(
             plan.ops.iter().any(
                 |op| matches!(op, Op::DeleteStatus(key) if key.starts_with(&format!("replicas.{host}.")))
@@ -729,20 +674,7 @@ mod hosts {
             .map(|record| record.value.host.as_str())
             .collect();
         assert_eq!(removed, ["h2"], "{plan:?}");
-        assert!(
-            reasons_of(&plan).contains(&"Removed".to_owned()),
-            "{plan:?}"
-        );
-    }
-
-    fn reasons_of(plan: &Plan) -> Vec<String> {
-        plan.ops
-            .iter()
-            .filter_map(|op| match op {
-                Op::Emit(event) => Some(event.reason.clone()),
-                _ => None,
-            })
-            .collect()
+        assert!(plan.reasons().contains(&"Removed".to_owned()), "{plan:?}");
     }
 }
 
@@ -933,16 +865,6 @@ mod cron {
 mod apps {
     use super::*;
 
-    fn reasons(plan: &Plan) -> Vec<String> {
-        plan.ops
-            .iter()
-            .filter_map(|op| match op {
-                Op::Emit(event) => Some(event.reason.clone()),
-                _ => None,
-            })
-            .collect()
-    }
-
     #[test]
     fn missing_replicas_are_placed_one_per_host_and_a_second_plan_is_empty() {
         let mut lattice = Harness::new();
@@ -965,7 +887,7 @@ mod apps {
         );
         // Each placement is told after its write.
         assert!(matches!(plan.ops[0], Op::Place(_)), "{plan:?}");
-        assert_eq!(reasons(&plan), ["Placed", "Placed", "Placed"]);
+        assert_eq!(plan.reasons(), ["Placed", "Placed", "Placed"]);
         lattice.apply(plan);
         // Placed, not yet ready: nothing more to do, even before the mirror shows the writes.
         let again = lattice.plan("web");
@@ -1081,7 +1003,7 @@ mod apps {
         lattice.apply(plan);
         lattice.later(Duration::from_secs(2));
         let plan = lattice.plan("web");
-        assert_eq!(reasons(&plan), ["RolloutFailed"], "{plan:?}");
+        assert_eq!(plan.reasons(), ["RolloutFailed"], "{plan:?}");
         assert!(
             plan.ops
                 .iter()
@@ -1112,11 +1034,11 @@ mod apps {
         lattice.apply(plan);
         lattice.later(Duration::from_secs(31));
         let first = lattice.plan("web");
-        assert_eq!(reasons(&first), ["RolloutFailed"]);
+        assert_eq!(first.reasons(), ["RolloutFailed"]);
         assert!(!first.ops.iter().any(|op| matches!(op, Op::Rollback { .. })));
         lattice.apply(first);
         let second = lattice.plan("web");
-        assert!(reasons(&second).is_empty(), "told again: {second:?}");
+        assert!(second.reasons().is_empty(), "told again: {second:?}");
     }
 
     #[test]

@@ -72,6 +72,7 @@ pub struct Options {
     pub stores: Option<StoreMinter>,
 }
 
+#[derive(Default)]
 struct State {
     apps: Mirror<AppRecord>,
     hosts: Mirror<HostRecord>,
@@ -305,26 +306,10 @@ pub async fn run(
             .mirror(Bucket::Status, shoal_lattice::names::EGRESS_POLICY)
             .await?,
         credentials: lattice.mirror(Bucket::Status, "credentials.>").await?,
-        grants: HashMap::new(),
         cron_jobs: lattice.mirror(Bucket::CronJobs, ">").await?,
         cron_status: lattice.mirror(Bucket::Status, "cronjobs.>").await?,
         secrets_key: options.secrets_key.clone(),
-        liveness: Liveness::default(),
-        pending: Pending::default(),
-        backoff: HashMap::new(),
-        rollouts: HashMap::new(),
-        failed: HashMap::new(),
-        autoscaling: HashMap::new(),
-        wakes: HashMap::new(),
-        live_hosts: None,
-        reported: HashSet::new(),
-        seeded: HashSet::new(),
-        fence: 0,
-        deferred: Deferred::default(),
-        health_written: None,
-        job_status_written: HashMap::new(),
-        store_renewals: HashMap::new(),
-        stores_checked: None,
+        ..State::default()
     };
     let mut lease = LeaseKeeper::new(lattice.clone(), options.id.clone(), options.lease);
     let mut changes = [

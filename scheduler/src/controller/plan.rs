@@ -77,6 +77,18 @@ impl Plan {
         })
     }
 
+    /// The reasons of the events the plan tells, in order.
+    #[cfg(test)]
+    pub(super) fn reasons(&self) -> Vec<String> {
+        self.ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::Emit(event) => Some(event.reason.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// The assignments the plan removes.
     #[cfg(test)]
     pub(super) fn removed(&self) -> impl Iterator<Item = &Versioned<Assignment>> {
@@ -157,13 +169,7 @@ pub(super) async fn apply(
                 Ok(Some(from)) if !from_zero || from == 0 => {
                     tracing::info!(app = %app_key(&namespace, &name), from, to, %why, "scaled");
                     lattice
-                        .emit(Event::app(
-                            &source,
-                            &namespace,
-                            &name,
-                            "Scaled",
-                            format!("scaled from {from} to {to}: {why}"),
-                        ))
+                        .emit(scaled(&source, &namespace, &name, from, to, &why))
                         .await;
                     applied.scaled += 1;
                     Ok(())
@@ -205,6 +211,24 @@ pub(super) async fn apply(
         }
     }
     applied
+}
+
+/// The event of an app scaled from `from` to `to`, and why.
+pub(super) fn scaled(
+    source: &str,
+    namespace: &str,
+    name: &str,
+    from: u32,
+    to: u32,
+    why: &str,
+) -> Event {
+    Event::app(
+        source,
+        namespace,
+        name,
+        "Scaled",
+        format!("scaled from {from} to {to}: {why}"),
+    )
 }
 
 /// Writes a new assignment, fenced like every write of a pass, and remembers it until the
