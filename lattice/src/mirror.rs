@@ -148,6 +148,24 @@ impl<T> Mirror<T> {
             task: None,
         }
     }
+
+    /// This mirror, also holding records it refused (as a following one does when a record
+    /// does not decode or breaks the rules): for tests of what reads one.
+    #[must_use]
+    pub fn refusing(self, refused: impl IntoIterator<Item = Refused>) -> Self {
+        if let Ok(mut records) = self.records.write() {
+            for Refused {
+                key,
+                revision,
+                reason,
+            } in refused
+            {
+                records.last_revision = records.last_revision.max(revision);
+                records.invalid.insert(key, (revision, reason));
+            }
+        }
+        self
+    }
 }
 
 impl<T> Mirror<T>

@@ -73,13 +73,14 @@ pub(super) fn min_ready_view(
     Some(adjusted)
 }
 
-/// Tells of each invalid app record once (an event) and says so in its status.
-pub(super) async fn report_invalid_apps(
-    lattice: &Lattice,
+/// Tells of each invalid app record once (an event) and says so in its status: a plan per
+/// app, so one status that cannot be written does not keep the others untold.
+pub(super) fn plan_invalid_apps(
     source: &str,
     state: &mut State,
     invalid: &[shoal_lattice::Refused],
-) {
+) -> Vec<Plan> {
+    let mut plans = Vec::new();
     for refused in invalid {
         if !state
             .reported
@@ -95,15 +96,6 @@ pub(super) async fn report_invalid_apps(
             "the stored app breaks the lattice's rules and is left as it is until fixed: {}",
             refused.reason
         );
-        lattice
-            .emit(Event::app(
-                source,
-                namespace,
-                name,
-                "InvalidSpec",
-                message.clone(),
-            ))
-            .await;
         let key = app_status_key(namespace, name);
         let mut status = state
             .app_status
@@ -117,13 +109,92 @@ pub(super) async fn report_invalid_apps(
             kind: "Valid".to_owned(),
             status: false,
             reason: "InvalidSpec".to_owned(),
-            message,
+            message: message.clone(),
             last_transition: now_millis(),
         });
-        if let Err(error) = lattice.put(Bucket::Status, &key, &status).await {
-            tracing::warn!(%error, app = %refused.key, "cannot write the status of an invalid app");
+        plans.push(Plan {
+            ops: vec![
+                Op::Emit(Event::app(source, namespace, name, "InvalidSpec", message)),
+                Op::PutAppStatus(key, Box::new(status)),
+            ],
+        });
+    }
+    plans
+}
+
+/// Plans what no app's step does: an assignment that breaks the rules written back (or
+/// removed when none was readable before), replicas of deleted apps removed, and the
+/// statuses and routing records of deleted apps. `placed` forgets the deleted apps'
+/// replicas (jobs' runs are the jobs controller's).
+pub(super) fn plan_cleanup(
+    source: &str,
+    state: &mut State,
+    app_keys: &HashSet<String>,
+    placed: &mut Placed,
+) -> Plan {
+    let mut plan = Plan::default();
+    // Only schedulers write assignments: one that breaks the rules was not written by one.
+    // Where the key held a readable assignment before (overwritten by a client, or by
+    // nats-server with an answer whose reply subject someone aimed there), that one is
+    // written back, so its replica goes on; an unreadable assignment of its own is removed.
+    for refused in state.assignments.invalid() {
+        let last = state.assignments.get(&refused.key);
+        if state
+            .reported
+            .insert((refused.key.clone(), refused.revision))
+        {
+            let done = if last.is_some() {
+                "restored"
+            } else {
+                "removed"
+            };
+            tracing::warn!(key = %refused.key, reason = %refused.reason, "an invalid assignment was {done}");
+            let host = refused.key.split('.').next().unwrap_or_default();
+            plan.push(Op::Emit(Event::host(
+                source,
+                host,
+                "InvalidRecord",
+                format!("assignment {} was {done}: {}", refused.key, refused.reason),
+            )));
+        }
+        match last {
+            Some(last) => plan.push(Op::Restore {
+                record: last,
+                refused: refused.revision,
+            }),
+            None => plan.push(Op::RemoveUnreadable {
+                key: refused.key.clone(),
+                revision: refused.revision,
+            }),
         }
     }
+    // Replicas of deleted apps go.
+    let of_deleted_apps: Vec<Versioned<Assignment>> = placed
+        .iter()
+        .filter(|assignment| {
+            assignment.value.job.is_none()
+                && !app_keys.contains(&app_key(&assignment.value.namespace, &assignment.value.app))
+        })
+        .cloned()
+        .collect();
+    plan.ops.extend(of_deleted_apps.into_iter().map(Op::Remove));
+    // Their status and routing record go too (keys `apps.<ns>.<app>`, `routes.<ns>.<app>`).
+    let orphaned = state
+        .app_status
+        .snapshot()
+        .into_iter()
+        .map(|record| record.key)
+        .chain(state.routes.snapshot().into_iter().map(|record| record.key))
+        .filter(|key| {
+            key.split_once('.')
+                .is_some_and(|(_, app)| !app_keys.contains(app))
+        });
+    plan.ops.extend(orphaned.map(Op::DeleteStatus));
+    placed.retain(|assignment| {
+        assignment.value.job.is_some()
+            || app_keys.contains(&app_key(&assignment.value.namespace, &assignment.value.app))
+    });
+    plan
 }
 
 /// One app's bounded step: plans it ([`plan_app`]), applies the plan, then writes the

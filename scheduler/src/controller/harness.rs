@@ -39,6 +39,10 @@ pub(super) struct Harness {
     pub(super) jobs: BTreeMap<String, shoal_lattice::jobs::JobRecord>,
     pub(super) cron_jobs: BTreeMap<String, shoal_lattice::jobs::CronJobRecord>,
     pub(super) cron_status: BTreeMap<String, shoal_lattice::jobs::CronJobStatus>,
+    /// Statuses written now (the pass's end-of-pass writes are not kept).
+    pub(super) app_status: BTreeMap<String, shoal_lattice::records::AppStatus>,
+    /// Assignment records the scheduler's mirror refuses.
+    pub(super) refused: Vec<shoal_lattice::Refused>,
 }
 
 impl Harness {
@@ -57,6 +61,8 @@ impl Harness {
             jobs: BTreeMap::new(),
             cron_jobs: BTreeMap::new(),
             cron_status: BTreeMap::new(),
+            app_status: BTreeMap::new(),
+            refused: Vec::new(),
         }
     }
 
@@ -95,7 +101,30 @@ impl Harness {
                 revision: 1,
                 value: control.clone(),
             }));
-        self.state.assignments = Mirror::fixed(self.assignments.values().cloned());
+        self.state.assignments =
+            Mirror::fixed(self.assignments.values().cloned()).refusing(self.refused.clone());
+        self.state.app_status = Mirror::fixed(versioned(&self.app_status));
+    }
+
+    /// Runs the clean-up a pass makes before the apps' steps, with `invalid_apps` the app
+    /// records the mirror refused; returns its plan and the reports of invalid apps.
+    pub(super) fn plan_cleanup(
+        &mut self,
+        invalid_apps: &[shoal_lattice::Refused],
+    ) -> (Plan, Vec<Plan>) {
+        self.mirror_records();
+        let reports =
+            super::apps::plan_invalid_apps("scheduler test", &mut self.state, invalid_apps);
+        let app_keys: HashSet<String> = self
+            .apps
+            .keys()
+            .cloned()
+            .chain(invalid_apps.iter().map(|refused| refused.key.clone()))
+            .collect();
+        let mut placed = self.placed();
+        let plan =
+            super::apps::plan_cleanup("scheduler test", &mut self.state, &app_keys, &mut placed);
+        (plan, reports)
     }
 
     /// Runs the autoscaler over the live hosts' reported load.
@@ -328,6 +357,18 @@ impl Harness {
                     self.status.remove(&replica);
                 }
                 Op::Emit(event) => self.events.push(event),
+                Op::RemoveUnreadable { key, .. } => {
+                    self.revision += 1;
+                    self.refused.retain(|refused| refused.key != key);
+                }
+                Op::Restore { record, .. } => {
+                    self.revision += 1;
+                    self.refused.retain(|refused| refused.key != record.key);
+                    self.assignments.insert(record.key.clone(), record);
+                }
+                Op::PutAppStatus(key, status) => {
+                    self.app_status.insert(key, *status);
+                }
                 Op::PutJobStatus(key, status) => {
                     self.state.job_status_written.insert(key, *status);
                 }
@@ -588,6 +629,86 @@ mod jobs {
         );
         // And what this leader remembers writing goes too.
         assert!(!lattice.state.job_status_written.contains_key(&key));
+    }
+}
+
+/// What a pass cleans up before the apps' steps, over the harness.
+mod cleanup {
+    use super::*;
+
+    fn refused(key: &str, revision: u64) -> shoal_lattice::Refused {
+        shoal_lattice::Refused {
+            key: key.to_owned(),
+            revision,
+            reason: "not a scheduler's".to_owned(),
+        }
+    }
+
+    #[test]
+    fn a_deleted_app_s_replicas_status_and_routes_go_and_an_invalid_one_s_stay() {
+        let mut lattice = Harness::new();
+        lattice
+            .host("h1")
+            .app("web", 1, 2, serde_json::json!({}))
+            .app("api", 1, 1, serde_json::json!({}));
+        lattice.converge("web", 3);
+        lattice.converge("api", 3);
+        lattice
+            .app_status
+            .insert("apps.default.web".to_owned(), Default::default());
+        // web is deleted; api's record is one the mirror refuses (someone broke it).
+        lattice.apps.clear();
+        let broken = [refused("default.api", 9)];
+        let (plan, reports) = lattice.plan_cleanup(&broken);
+        let removed: Vec<&str> = plan
+            .removed()
+            .map(|record| record.value.app.as_str())
+            .collect();
+        assert_eq!(removed, ["web", "web"], "{plan:?}");
+        assert!(
+            plan.ops
+                .iter()
+                .any(|op| matches!(op, Op::DeleteStatus(key) if key == "apps.default.web")),
+            "{plan:?}"
+        );
+        // The invalid app is told once, in an event and its status.
+        assert_eq!(reports.len(), 1);
+        assert_eq!(reports[0].reasons(), ["InvalidSpec"]);
+        let (_, again) = lattice.plan_cleanup(&broken);
+        assert!(again.is_empty(), "told again: {again:?}");
+    }
+
+    #[test]
+    fn an_overwritten_assignment_is_restored_and_an_unreadable_one_removed() {
+        let mut lattice = Harness::new();
+        lattice.host("h1").app("web", 1, 1, serde_json::json!({}));
+        lattice.converge("web", 3);
+        let key = lattice
+            .assignments
+            .keys()
+            .next()
+            .cloned()
+            .expect("a replica");
+        // Someone not a scheduler overwrote it (the mirror keeps the last readable one),
+        // and wrote an unreadable one of its own elsewhere.
+        lattice.refused = vec![refused(&key, 7), refused("h1.forged", 8)];
+        let (plan, _) = lattice.plan_cleanup(&[]);
+        assert!(
+            plan.ops
+                .iter()
+                .any(|op| matches!(op, Op::Restore { record, refused: 7 } if record.key == key)),
+            "{plan:?}"
+        );
+        assert!(
+            plan.ops.iter().any(|op| matches!(
+                op,
+                Op::RemoveUnreadable { key, revision: 8 } if key == "h1.forged"
+            )),
+            "{plan:?}"
+        );
+        assert_eq!(plan.reasons(), ["InvalidRecord", "InvalidRecord"]);
+        lattice.apply(plan);
+        assert_eq!(lattice.replicas("web").len(), 1);
     }
 }
 

@@ -44,9 +44,8 @@ mod stores;
 
 pub use stores::{LIFETIME as STORE_CREDENTIAL_LIFETIME, StoreMinter};
 
-use apps::{Backoff, Pending, report_invalid_apps, step_app};
+use apps::{Backoff, Pending, step_app};
 use hosts::Liveness;
-use plan::remove;
 
 /// How the scheduler behaves.
 #[derive(Debug, Clone)]
@@ -470,85 +469,20 @@ async fn pass(
     // An app whose record breaks the rules is reported and left as it is: its replicas are
     // neither removed (as if it were deleted) nor replaced until someone fixes the record.
     let invalid_apps = state.apps.invalid();
-    report_invalid_apps(lattice, &source, state, &invalid_apps).await;
+    for report in apps::plan_invalid_apps(&source, state, &invalid_apps) {
+        if let Some(error) = plan::apply(lattice, state, report, now).await.stopped {
+            tracing::warn!(%error, "cannot write the status of an invalid app");
+        }
+    }
     let app_keys: HashSet<String> = apps
         .iter()
         .map(|app| app.key.clone())
         .chain(invalid_apps.iter().map(|refused| refused.key.clone()))
         .collect();
-    // Only schedulers write assignments: one that breaks the rules was not written by one.
-    // Where the key held a readable assignment before (overwritten by a client, or by
-    // nats-server with an answer whose reply subject someone aimed there), that one is
-    // written back, so its replica goes on; an unreadable assignment of its own is removed.
-    for refused in state.assignments.invalid() {
-        let last = state.assignments.get(&refused.key);
-        if state
-            .reported
-            .insert((refused.key.clone(), refused.revision))
-        {
-            let done = if last.is_some() {
-                "restored"
-            } else {
-                "removed"
-            };
-            tracing::warn!(key = %refused.key, reason = %refused.reason, "an invalid assignment was {done}");
-            let host = refused.key.split('.').next().unwrap_or_default();
-            lattice
-                .emit(Event::host(
-                    &source,
-                    host,
-                    "InvalidRecord",
-                    format!("assignment {} was {done}: {}", refused.key, refused.reason),
-                ))
-                .await;
-        }
-        match last {
-            Some(last) => {
-                state.fence = lattice
-                    .update_fenced(
-                        Bucket::Assignments,
-                        &refused.key,
-                        &last.value,
-                        refused.revision,
-                        state.fence,
-                    )
-                    .await?;
-            }
-            None => remove(lattice, state, &refused.key, refused.revision, now).await?,
-        }
+    let cleanup = apps::plan_cleanup(&source, state, &app_keys, &mut placed);
+    if let Some(error) = plan::apply(lattice, state, cleanup, now).await.stopped {
+        return Err(error);
     }
-
-    // Replicas of deleted apps go (jobs' runs are the jobs controller's).
-    let of_deleted_apps: Vec<(String, u64)> = placed
-        .iter()
-        .filter(|assignment| {
-            assignment.value.job.is_none()
-                && !app_keys.contains(&app_key(&assignment.value.namespace, &assignment.value.app))
-        })
-        .map(|assignment| (assignment.key.clone(), assignment.revision))
-        .collect();
-    for (key, revision) in &of_deleted_apps {
-        remove(lattice, state, key, *revision, now).await?;
-    }
-    // Their status and routing record go too (keys `apps.<ns>.<app>`, `routes.<ns>.<app>`).
-    let orphaned: Vec<String> = state
-        .app_status
-        .snapshot()
-        .into_iter()
-        .map(|record| record.key)
-        .chain(state.routes.snapshot().into_iter().map(|record| record.key))
-        .filter(|key| {
-            key.split_once('.')
-                .is_some_and(|(_, app)| !app_keys.contains(app))
-        })
-        .collect();
-    for key in orphaned {
-        lattice.delete(Bucket::Status, &key).await?;
-    }
-    placed.retain(|assignment| {
-        assignment.value.job.is_some()
-            || app_keys.contains(&app_key(&assignment.value.namespace, &assignment.value.app))
-    });
 
     autoscaler::step(lattice, &source, state, &hosts, &apps, now).await;
 

@@ -13,8 +13,18 @@ use super::*;
 pub(super) enum Op {
     /// Deletes this assignment at the revision the step saw.
     Remove(Versioned<Assignment>),
+    /// Deletes an assignment that could not be read, at the revision refused.
+    RemoveUnreadable { key: String, revision: u64 },
     /// Creates an assignment.
     Place(Assignment),
+    /// Writes back the last readable assignment of a key whose record breaks the rules
+    /// (overwritten by someone not a scheduler), at the revision that broke them.
+    Restore {
+        record: Versioned<Assignment>,
+        refused: u64,
+    },
+    /// Writes an app's status now (not at the pass's end).
+    PutAppStatus(String, Box<AppStatus>),
     /// Deletes a record of the status bucket (the replica status a lost host cannot).
     DeleteStatus(String),
     /// Writes a job's status (before the runs it counts go), and remembers it until the
@@ -141,6 +151,30 @@ pub(super) async fn apply(
                         Err(error)
                     }
                 }
+            }
+            Op::RemoveUnreadable { key, revision } => {
+                remove(lattice, state, &key, revision, now).await
+            }
+            Op::Restore { record, refused } => {
+                match lattice
+                    .update_fenced(
+                        Bucket::Assignments,
+                        &record.key,
+                        &record.value,
+                        refused,
+                        state.fence,
+                    )
+                    .await
+                {
+                    Ok(fence) => {
+                        state.fence = fence;
+                        Ok(())
+                    }
+                    Err(error) => Err(error),
+                }
+            }
+            Op::PutAppStatus(key, status) => {
+                lattice.put(Bucket::Status, &key, &status).await.map(|_| ())
             }
             Op::DeleteStatus(key) => lattice.delete(Bucket::Status, &key).await,
             Op::PutCronJobStatus(key, status) => {
