@@ -4,7 +4,7 @@
 //! replicas), then applied by the one writer (`plan`).
 
 use super::placed::{Owner, Placed};
-use super::plan::{Op, Plan};
+use super::plan::{Op, Plan, Rewrite};
 use super::rollout::{StatusWrite, check_progress, status_writes};
 use super::*;
 
@@ -158,9 +158,11 @@ pub(super) fn plan_cleanup(
             )));
         }
         match last {
-            Some(last) => plan.push(Op::Restore {
-                record: last,
-                refused: refused.revision,
+            Some(last) => plan.push(Op::Rewrite {
+                key: last.key,
+                value: Box::new(last.value),
+                revision: refused.revision,
+                why: Rewrite::Restore,
             }),
             None => plan.push(Op::RemoveUnreadable {
                 key: refused.key.clone(),

@@ -361,10 +361,22 @@ impl Harness {
                     self.revision += 1;
                     self.refused.retain(|refused| refused.key != key);
                 }
-                Op::Restore { record, .. } => {
+                Op::Rewrite {
+                    key, value, why, ..
+                } => {
                     self.revision += 1;
-                    self.refused.retain(|refused| refused.key != record.key);
-                    self.assignments.insert(record.key.clone(), record);
+                    self.refused.retain(|refused| refused.key != key);
+                    let record = Versioned {
+                        key: key.clone(),
+                        revision: self.revision,
+                        value: *value,
+                    };
+                    if why == super::plan::Rewrite::RenewStoreCredential {
+                        self.state
+                            .store_renewals
+                            .insert(key.clone(), (self.revision, self.now));
+                    }
+                    self.assignments.insert(key, record);
                 }
                 Op::PutAppStatus(key, status) => {
                     self.app_status.insert(key, *status);
@@ -632,6 +644,69 @@ mod jobs {
     }
 }
 
+/// Store credentials renewed before they run out, over the harness.
+mod stores {
+    use std::sync::Arc;
+
+    use shoal_lattice::auth::StoreSigner;
+
+    use super::super::stores::{StoreMinter, plan_renewals};
+    use super::*;
+
+    #[test]
+    fn a_due_credential_is_renewed_once_on_live_hosts_only() {
+        let mut lattice = Harness::new();
+        let host_key = shoal_lattice::secrets::new_key();
+        lattice.host("h1").host("h2");
+        for host in lattice.hosts.values_mut() {
+            host.secrets_key = Some(host_key.public_key());
+        }
+        lattice.state.secrets_key = Some(shoal_lattice::secrets::new_key());
+        lattice.app(
+            "shop",
+            1,
+            2,
+            serde_json::json!({"keyValue": [{"name": "cache"}]}),
+        );
+        lattice.converge("shop", 3);
+        // Both replicas' credentials expire in a second; h2 is silent.
+        let soon = shoal_lattice::records::now_millis() / 1000 + 1;
+        for record in lattice.assignments.values_mut() {
+            record.value.store_access_expires = Some(soon);
+        }
+        lattice.live.remove("h2");
+        lattice.state.live_hosts = Some(lattice.live.clone());
+        let minter = StoreMinter {
+            signer: Arc::new(StoreSigner::generate()),
+            clients_account: "ACLIENTS".to_owned(),
+            lifetime: Duration::from_secs(60),
+        };
+        let renew = |lattice: &mut Harness| {
+            lattice.mirror_records();
+            plan_renewals(&mut lattice.state, Some(&minter), "test", lattice.now)
+        };
+        let plan = renew(&mut lattice);
+        let renewed: Vec<(&str, Option<u64>)> = plan
+            .ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::Rewrite { value, .. } => {
+                    Some((value.host.as_str(), value.store_access_expires))
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(renewed.len(), 1, "{plan:?}");
+        assert_eq!(renewed[0].0, "h1");
+        assert!(renewed[0].1.is_some_and(|expires| expires > soon + 30));
+        lattice.apply(plan);
+        // Looked for at most once a second, and once renewed not again.
+        assert!(renew(&mut lattice).ops.is_empty());
+        lattice.later(Duration::from_secs(2));
+        assert!(renew(&mut lattice).ops.is_empty());
+    }
+}
+
 /// What a pass cleans up before the apps' steps, over the harness.
 mod cleanup {
     use super::*;
@@ -696,7 +771,7 @@ mod cleanup {
         assert!(
             plan.ops
                 .iter()
-                .any(|op| matches!(op, Op::Restore { record, refused: 7 } if record.key == key)),
+                .any(|op| matches!(op, Op::Rewrite { key: restored, revision: 7, .. } if *restored == key)),
             "{plan:?}"
         );
         assert!(

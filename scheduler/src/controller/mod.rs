@@ -525,7 +525,7 @@ async fn pass(
         return Ok(());
     }
     jobs::pass(lattice, state, &observed, &mut placed).await?;
-    stores::renew(lattice, state, options.stores.as_ref()).await?;
+    stores::renew(lattice, state, options.stores.as_ref()).await;
     cron::pass(lattice, state, &source, options.clock.now()).await
 }
 

@@ -17,11 +17,12 @@ pub(super) enum Op {
     RemoveUnreadable { key: String, revision: u64 },
     /// Creates an assignment.
     Place(Assignment),
-    /// Writes back the last readable assignment of a key whose record breaks the rules
-    /// (overwritten by someone not a scheduler), at the revision that broke them.
-    Restore {
-        record: Versioned<Assignment>,
-        refused: u64,
+    /// Writes `value` over the assignment at `key` if it is still at `revision`.
+    Rewrite {
+        key: String,
+        value: Box<Assignment>,
+        revision: u64,
+        why: Rewrite,
     },
     /// Writes an app's status now (not at the pass's end).
     PutAppStatus(String, Box<AppStatus>),
@@ -65,6 +66,17 @@ pub(super) enum Op {
         /// Who acts, for events.
         source: String,
     },
+}
+
+/// Why an assignment is written again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Rewrite {
+    /// It broke the rules (overwritten by someone not a scheduler): the last readable one
+    /// comes back.
+    Restore,
+    /// Its store credential is due: the same assignment with a fresh one (remembered until
+    /// the mirror shows it, so the passes in between do not renew it again).
+    RenewStoreCredential,
 }
 
 /// What one controller step decided.
@@ -155,24 +167,24 @@ pub(super) async fn apply(
             Op::RemoveUnreadable { key, revision } => {
                 remove(lattice, state, &key, revision, now).await
             }
-            Op::Restore { record, refused } => {
-                match lattice
-                    .update_fenced(
-                        Bucket::Assignments,
-                        &record.key,
-                        &record.value,
-                        refused,
-                        state.fence,
-                    )
-                    .await
-                {
-                    Ok(fence) => {
-                        state.fence = fence;
-                        Ok(())
+            Op::Rewrite {
+                key,
+                value,
+                revision,
+                why,
+            } => match lattice
+                .update_fenced(Bucket::Assignments, &key, &value, revision, state.fence)
+                .await
+            {
+                Ok(written) => {
+                    state.fence = written;
+                    if why == Rewrite::RenewStoreCredential {
+                        state.store_renewals.insert(key, (written, now));
                     }
-                    Err(error) => Err(error),
+                    Ok(())
                 }
-            }
+                Err(error) => Err(error),
+            },
             Op::PutAppStatus(key, status) => {
                 lattice.put(Bucket::Status, &key, &status).await.map(|_| ())
             }

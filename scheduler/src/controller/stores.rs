@@ -8,12 +8,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use shoal_lattice::Lattice;
 use shoal_lattice::auth::StoreSigner;
-use shoal_lattice::names::Bucket;
 use shoal_lattice::records::{HostRecord, KeyValueStore, STORE_CREDENTIAL};
 use shoal_lattice::secrets::{Sealed, SecretValues, XKey};
-use shoal_lattice::{Error, Lattice};
 
+use super::plan::{Op, Plan, Rewrite};
 use super::{PassView, State};
 
 /// What a scheduler mints store credentials with.
@@ -119,22 +119,34 @@ pub(super) fn due(expires: u64, lifetime: Duration, now_secs: u64) -> bool {
 
 /// Writes again, with a fresh credential, each assignment on a live host whose store
 /// credential is due, or that has stores and none; fenced like every write of a pass.
-pub(super) async fn renew(
-    lattice: &Lattice,
+pub(super) async fn renew(lattice: &Lattice, state: &mut State, minter: Option<&StoreMinter>) {
+    let now = Instant::now();
+    let plan = plan_renewals(state, minter, lattice.name(), now);
+    if let Some(error) = super::plan::apply(lattice, state, plan, now).await.stopped {
+        // Someone wrote since this pass's view: the next pass renews from what is there.
+        // The rest of this pass (cron jobs, health) goes on.
+        tracing::debug!(%error, "a store credential renewal lost to a newer write");
+    }
+}
+
+/// Plans the renewals due at `now` (looked for at most once a second).
+pub(super) fn plan_renewals(
     state: &mut State,
     minter: Option<&StoreMinter>,
-) -> Result<(), Error> {
+    lattice: &str,
+    now: Instant,
+) -> Plan {
+    let mut plan = Plan::default();
     let Some(minter) = minter else {
-        return Ok(());
+        return plan;
     };
     // Credentials last at least seconds: looking once a second is enough, and spares the
     // passes in between (every change or 200 ms) a copy of every assignment.
-    let now = Instant::now();
     if state
         .stores_checked
         .is_some_and(|at| now.duration_since(at) < CHECK_EVERY)
     {
-        return Ok(());
+        return plan;
     }
     state.stores_checked = Some(now);
     let now_secs = shoal_lattice::records::now_millis() / 1000;
@@ -171,7 +183,7 @@ pub(super) async fn renew(
             minter: Some(minter),
             secure: true,
             sealer: state.secrets_key.as_ref(),
-            lattice: lattice.name(),
+            lattice,
         };
         let access = access_for(
             issuer,
@@ -201,32 +213,14 @@ pub(super) async fn renew(
                 continue;
             }
         }
-        match lattice
-            .update_fenced(
-                Bucket::Assignments,
-                &record.key,
-                &renewed,
-                record.revision,
-                state.fence,
-            )
-            .await
-        {
-            Ok(revision) => {
-                state.fence = revision;
-                state
-                    .store_renewals
-                    .insert(record.key.clone(), (revision, now));
-                tracing::debug!(key = %record.key, "store credential renewed");
-            }
-            // Someone wrote since this pass's view: the next pass renews from what is there.
-            // The rest of this pass (cron jobs, health) goes on.
-            Err(error) => {
-                tracing::debug!(key = %record.key, %error, "a store credential renewal lost to a newer write");
-                break;
-            }
-        }
+        plan.push(Op::Rewrite {
+            key: record.key,
+            value: Box::new(renewed),
+            revision: record.revision,
+            why: Rewrite::RenewStoreCredential,
+        });
     }
-    Ok(())
+    plan
 }
 
 /// How long a renewal written (or failed) is not tried again while the mirror does not
