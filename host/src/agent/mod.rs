@@ -11,14 +11,18 @@
 //! loudly, and waits for new desired state or an operator's `--adopt-lattice`.
 
 mod activator;
+mod identity;
 mod ingress;
+mod membership;
+mod pass;
 mod probe;
 mod report;
+mod saving;
 mod services;
 mod stores;
 mod supervisor;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
@@ -28,10 +32,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::FutureExt as _;
-use shoal_lattice::names::host_assignments;
-use shoal_lattice::quantity::Span;
-use shoal_lattice::records::{Assignment, Capacity, HostRecord, RouteRecord, now_millis};
-use shoal_lattice::{Bucket, Event, Lattice, Mirror};
+use shoal_lattice::Lattice;
+use shoal_lattice::records::{Capacity, now_millis};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 
@@ -44,8 +46,12 @@ use crate::router::Router;
 use crate::state::{HostState, StateFile};
 use activator::Activator;
 pub use activator::HoldLimits;
+use identity::Provenance;
 use ingress::{Uplink, ingress, routing_table};
+use membership::Joined;
+use pass::RoutingInputs;
 use report::Reporter;
+use saving::SAVE_EVERY;
 use supervisor::Supervisor;
 
 /// How a host joins and behaves.
@@ -131,18 +137,35 @@ impl FetchError {
     }
 }
 
-/// A host id whose record changed this recently is held by a live host.
-const ID_HOLD: Duration = Duration::from_secs(3);
+/// Why a host agent stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The ingress listener's address could not be read.
+    #[error("cannot read the ingress listener's address: {0}")]
+    Listener(#[source] std::io::Error),
+    /// The lattice refused this host (its id is held by a live host, its credential was
+    /// refused), or could not be reached and there was no saved state to serve meanwhile.
+    #[error(transparent)]
+    Lattice(#[from] shoal_lattice::Error),
+}
 
-/// The first and the longest wait between attempts to reach the lattice.
-const RETRY_FIRST: Duration = Duration::from_millis(250);
-const RETRY_MAX: Duration = Duration::from_secs(5);
-
-/// The most often a host writes its saved state: a change waits at most this long.
-const SAVE_EVERY: Duration = Duration::from_millis(250);
-
-/// How often a host serving another lattice's state says so in its log.
-const MISMATCH_REMINDER: Duration = Duration::from_secs(60);
+/// What wakes the agent's loop; each is handled, then a convergence pass runs.
+enum AgentEvent {
+    /// Time for a heartbeat (and a look at the connection).
+    Heartbeat,
+    /// Joining the lattice ended: joined, refused, or the task failed.
+    Joined(Box<Result<Result<Joined, shoal_lattice::Error>, tokio::task::JoinError>>),
+    /// The assignments or the routing records changed.
+    Changed,
+    /// Replicas' starts ended.
+    Started(Vec<supervisor::Started>),
+    /// The saved state waited long enough: it is written after the pass.
+    SaveDue,
+    /// A replica's health changed.
+    Probed(probe::Probed),
+    /// A replica failed its liveness probe too often.
+    Dead(probe::Dead),
+}
 
 /// The agent.
 pub struct Agent<F> {
@@ -160,60 +183,6 @@ pub struct Agent<F> {
     /// What the routing table was last built from: a pass with the same inputs (a
     /// heartbeat, most often) leaves the table as it is.
     routing_built: Mutex<Option<RoutingInputs>>,
-}
-
-/// What the routing table is built from, in brief: the routing records' highest KV
-/// revision and a fingerprint of the ready local replicas.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct RoutingInputs {
-    records: u64,
-    ready: u64,
-}
-
-impl RoutingInputs {
-    fn of(records: u64, replicas: &HashMap<String, supervisor::Replica>) -> Self {
-        use std::hash::{Hash as _, Hasher as _};
-        // Order-free: a sum of each ready replica's hash (its id and the very component
-        // that serves it, so a restart counts as a change).
-        let ready = replicas
-            .iter()
-            .filter_map(|(id, replica)| match &replica.state {
-                supervisor::ReplicaState::Serving {
-                    component,
-                    ready: true,
-                    ..
-                } => {
-                    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-                    id.hash(&mut hasher);
-                    Arc::as_ptr(component).cast::<()>().hash(&mut hasher);
-                    Some(hasher.finish())
-                }
-                _ => None,
-            })
-            .fold(0u64, u64::wrapping_add);
-        Self { records, ready }
-    }
-}
-
-/// A lattice connection as the host uses it.
-struct Joined {
-    lattice: Lattice,
-    assignments: Mirror<Assignment>,
-    routing: Mirror<RouteRecord>,
-    forwarder: Forwarder,
-    listening: tokio::task::JoinHandle<()>,
-    stop_listening: oneshot::Sender<()>,
-}
-
-/// What the host knows about the lattice its replicas came from.
-#[derive(Default)]
-struct Provenance {
-    /// The identity the running replicas were assigned under.
-    expected: Option<String>,
-    /// Set while the joined lattice's identity is not `expected`: what it has instead.
-    mismatch: Option<Option<String>>,
-    /// When the mismatch was last said in the log.
-    reminded: Option<tokio::time::Instant>,
 }
 
 impl<F: Fetch> Agent<F> {
@@ -269,18 +238,13 @@ impl<F: Fetch> Agent<F> {
         listener: TcpListener,
         connect: C,
         shutdown: impl Future<Output = ()>,
-    ) -> Result<(), shoal_lattice::Error>
+    ) -> Result<(), AgentError>
     where
         C: FnMut() -> Fut + Send + 'static,
         Fut: Future<Output = Result<Lattice, shoal_lattice::Error>> + Send,
     {
         let id = self.options.id.clone();
-        let http = listener
-            .local_addr()
-            .map_err(|error| shoal_lattice::Error::Request {
-                bucket: String::new(),
-                reason: error.to_string(),
-            })?;
+        let http = listener.local_addr().map_err(AgentError::Listener)?;
         self.options.own_listeners.push(http);
         let started_at = now_millis();
         let state_file = self.options.state_dir.clone().map(StateFile::new);
@@ -404,91 +368,84 @@ impl<F: Fetch> Agent<F> {
                     newly_joined = false;
                     if let Some(link) = &joined {
                         was_connected = true;
-                        // Guests may not call the NATS server this host reached (by the
-                        // address it reports; the CLI adds the URLs' addresses at start).
-                        let server = link.lattice.client().server_info();
-                        if let Ok(ip) = server.host.parse::<std::net::IpAddr>() {
-                            supervisor
-                                .own_listeners
-                                .push(SocketAddr::new(ip, server.port));
-                        }
                         assignment_changes = Some(link.assignments.changes());
                         routing_changes = Some(link.routing.changes());
-                        uplink.joined(link.forwarder.clone(), link.lattice.clone());
-                        reporter.joined(link.lattice.clone()).await;
-                        if let Some(lines) = unpublished.take() {
-                            publisher =
-                                Some(tokio::spawn(publish_logs(link.lattice.clone(), lines)));
-                        }
-                        tracing::info!(host = %id, lattice = %link.lattice.name(), %http, "host joined the lattice");
-                        let _ = self
-                            .check_lattice(&link.lattice, &mut provenance, &supervisor, &reporter)
+                        let started = self
+                            .on_joined(
+                                link,
+                                &mut unpublished,
+                                &mut provenance,
+                                &mut supervisor,
+                                (&reporter, &uplink),
+                                (started_at, http),
+                            )
                             .await;
-                        if provenance.mismatch.is_none() {
-                            supervisor.report_all().await;
+                        if started.is_some() {
+                            publisher = started;
                         }
-                        let _ = self
-                            .heartbeat(&link.lattice, started_at, http, false, &provenance)
-                            .await;
                     }
                 }
-                tokio::select! {
-                    _ = heartbeat.tick() => {
+                let event = tokio::select! {
+                    _ = heartbeat.tick() => AgentEvent::Heartbeat,
+                    Some(result) = async { match joining.as_mut() { Some(task) => Some(task.await), None => None } } => {
+                        joining = None;
+                        AgentEvent::Joined(Box::new(result))
+                    }
+                    _ = changed(assignment_changes.as_mut()) => AgentEvent::Changed,
+                    _ = changed(routing_changes.as_mut()) => AgentEvent::Changed,
+                    Some(first) = started_rx.recv() => {
+                        // Replicas that start together end their starts together: one
+                        // pass for all that are done.
+                        let mut all = vec![first];
+                        while let Ok(more) = started_rx.try_recv() {
+                            all.push(more);
+                        }
+                        AgentEvent::Started(all)
+                    }
+                    () = tokio::time::sleep_until(last_save + SAVE_EVERY), if unsaved.is_some() => AgentEvent::SaveDue,
+                    Some(probed) = probed_rx.recv() => AgentEvent::Probed(probed),
+                    Some(dead) = dead_rx.recv() => AgentEvent::Dead(dead),
+                };
+                match event {
+                    AgentEvent::Heartbeat => {
                         if let Some(link) = &joined {
-                            let connected = link.lattice.client().connection_state()
-                                == async_nats::connection::State::Connected;
-                            if connected != was_connected {
-                                was_connected = connected;
-                                if connected {
-                                    // Statuses were not written meanwhile; events were kept.
-                                    tracing::info!("the lattice is reachable again: reporting");
-                                    reporter.flush().await;
-                                    if provenance.mismatch.is_none() {
-                                        supervisor.report_all().await;
-                                    }
-                                } else {
-                                    tracing::warn!("the lattice is unreachable: still serving what runs here");
-                                }
-                            }
-                            if connected
-                                && let Err(error) = self.heartbeat(&link.lattice, started_at, http, false, &provenance).await
-                            {
-                                tracing::warn!(%error, "heartbeat failed; still serving what runs here");
-                            }
+                            self.on_heartbeat(
+                                link,
+                                &mut was_connected,
+                                &provenance,
+                                &mut supervisor,
+                                &reporter,
+                                (started_at, http),
+                            )
+                            .await;
                         }
                         self.remind(&mut provenance, &supervisor);
                     }
-                    Some(result) = async { match joining.as_mut() { Some(task) => Some(task.await), None => None } } => {
-                        joining = None;
-                        match result {
-                            Ok(Ok(link)) => {
-                                joined = Some(link);
-                                newly_joined = true;
-                                continue;
-                            }
-                            Ok(Err(error)) => {
-                                tracing::error!(%error, "the lattice refused this host: stopping");
-                                supervisor.stop_all(false).await;
-                                return Err::<(), _>(error);
-                            }
-                            Err(_) => {
-                                tracing::error!("joining the lattice failed unexpectedly: still serving the saved state");
-                            }
+                    AgentEvent::Joined(result) => match *result {
+                        Ok(Ok(link)) => {
+                            joined = Some(link);
+                            newly_joined = true;
+                            continue;
+                        }
+                        Ok(Err(error)) => {
+                            tracing::error!(%error, "the lattice refused this host: stopping");
+                            supervisor.stop_all(false).await;
+                            return Err::<(), _>(AgentError::Lattice(error));
+                        }
+                        Err(_) => {
+                            tracing::error!(
+                                "joining the lattice failed unexpectedly: still serving the saved state"
+                            );
+                        }
+                    },
+                    AgentEvent::Started(all) => {
+                        for started in all {
+                            supervisor.started(started).await;
                         }
                     }
-                    _ = changed(assignment_changes.as_mut()) => {}
-                    _ = changed(routing_changes.as_mut()) => {}
-                    Some((replica, generation, result)) = started_rx.recv() => {
-                        supervisor.started(replica, generation, result).await;
-                        // Replicas that start together end their starts together: one
-                        // pass for all that are done.
-                        while let Ok((replica, generation, result)) = started_rx.try_recv() {
-                            supervisor.started(replica, generation, result).await;
-                        }
-                    }
-                    () = tokio::time::sleep_until(last_save + SAVE_EVERY), if unsaved.is_some() => {}
-                    Some(probed) = probed_rx.recv() => supervisor.probed(probed).await,
-                    Some(dead) = dead_rx.recv() => supervisor.liveness_failed(dead).await,
+                    AgentEvent::Probed(probed) => supervisor.probed(probed).await,
+                    AgentEvent::Dead(dead) => supervisor.liveness_failed(dead).await,
+                    AgentEvent::Changed | AgentEvent::SaveDue => {}
                 }
                 // A bug that panics on some record must not take down what this host serves:
                 // the pass is dropped, the next one tries again.
@@ -544,533 +501,6 @@ impl<F: Fetch> Agent<F> {
         drop(log_lines);
         Ok(())
     }
-
-    /// The saved state, when it is this host's in this lattice and can be read.
-    fn load_saved(&self, file: Option<&StateFile>) -> Option<HostState> {
-        let file = file?;
-        let swept = file.sweep();
-        if swept > 0 {
-            tracing::info!(
-                files = swept,
-                "removed temporary files an interrupted save left"
-            );
-        }
-        match file.load() {
-            Ok(Some(state))
-                if state.host == self.options.id && state.lattice == self.options.lattice =>
-            {
-                Some(state)
-            }
-            Ok(Some(state)) => {
-                tracing::warn!(
-                    saved_for = %format!("{}/{}", state.lattice, state.host),
-                    "the saved state is another host's or lattice's: not serving it"
-                );
-                None
-            }
-            Ok(None) => None,
-            Err(error) => {
-                tracing::warn!(%error, "cannot use the saved state");
-                None
-            }
-        }
-    }
-
-    /// Saves `state` when it differs from what was saved last.
-    async fn save(&self, file: Option<&StateFile>, state: HostState, last: &mut Option<HostState>) {
-        let Some(file) = file else {
-            return;
-        };
-        if last.as_ref() == Some(&state) {
-            return;
-        }
-        let writer = file.clone();
-        let saving = HostState {
-            saved_at: now_millis(),
-            ..state.clone()
-        };
-        match tokio::task::spawn_blocking(move || writer.save(&saving)).await {
-            Ok(Ok(())) => *last = Some(state),
-            Ok(Err(error)) => tracing::warn!(%error, "cannot save the host state"),
-            Err(_) => tracing::warn!("saving the host state panicked"),
-        }
-    }
-
-    /// One convergence pass; returns the state to save, when the host follows the lattice.
-    async fn pass(
-        &self,
-        joined: Option<&Joined>,
-        saved: &mut Option<HostState>,
-        provenance: &mut Provenance,
-        supervisor: &mut Supervisor<F>,
-        reporter: &Reporter,
-        reported: &mut HashSet<(String, u64)>,
-    ) -> Option<HostState> {
-        let Some(link) = joined else {
-            // Not joined yet: the saved replicas run, with the saved routes.
-            self.serve_saved(saved.as_ref(), supervisor);
-            return None;
-        };
-        self.report_invalid(link, reporter, reported).await;
-        let desired: Vec<Assignment> = link
-            .assignments
-            .snapshot()
-            .into_iter()
-            .map(|record| record.value)
-            .collect();
-        if provenance.mismatch.is_some() {
-            if desired.is_empty() {
-                self.serve_saved(saved.as_ref(), supervisor);
-                return None;
-            }
-            // Desired state written anew for this host: the new lattice is the one to follow.
-            let found = provenance.mismatch.take().flatten();
-            tracing::warn!(lattice_id = ?found, "the lattice assigns replicas here again: following it, the saved replicas it does not assign stop");
-            self.tell(
-                reporter,
-                "LatticeAdopted",
-                format!(
-                    "host {} follows the lattice's new state: it assigned replicas here again",
-                    self.options.id
-                ),
-            )
-            .await;
-            provenance.expected = found;
-        }
-        // An assignment this version cannot read keeps its replica running as it was.
-        let keep: HashSet<String> = link
-            .assignments
-            .invalid()
-            .into_iter()
-            .filter_map(|refused| {
-                refused
-                    .key
-                    .split_once('.')
-                    .map(|(_, replica)| replica.to_owned())
-            })
-            .collect();
-        let wanted: HashSet<&str> = desired.iter().map(|a| a.replica.as_str()).collect();
-        let stopping = supervisor
-            .replicas
-            .keys()
-            .any(|replica| !wanted.contains(replica.as_str()) && !keep.contains(replica));
-        // Before stopping what runs, make sure the lattice is still the one that assigned it
-        // (a wiped NATS server has no assignments at all); and learn its identity once.
-        if stopping || provenance.expected.is_none() {
-            let verified = self
-                .check_lattice(&link.lattice, provenance, supervisor, reporter)
-                .await;
-            if stopping && (!verified || provenance.mismatch.is_some()) {
-                supervisor.count();
-                return None;
-            }
-        }
-        supervisor.converge(&desired, &keep).await;
-        let records = link.routing.last_revision();
-        let routes: Vec<RouteRecord> = link
-            .routing
-            .snapshot()
-            .into_iter()
-            .map(|record| record.value)
-            .collect();
-        self.route(Some(records), &routes, &supervisor.replicas);
-        supervisor.count();
-        let served: HashSet<(&str, &str)> = supervisor
-            .replicas
-            .values()
-            .map(|replica| {
-                (
-                    replica.assignment.namespace.as_str(),
-                    replica.assignment.app.as_str(),
-                )
-            })
-            .collect();
-        // A job's run is not saved: a host restarted offline serves, it does not run a
-        // job again that the lattice may have finished or placed elsewhere.
-        let mut assignments: Vec<Assignment> = supervisor
-            .replicas
-            .values()
-            .filter(|replica| replica.assignment.job.is_none())
-            .map(|replica| replica.assignment.clone())
-            .collect();
-        assignments.sort_by(|a, b| a.replica.cmp(&b.replica));
-        // `saved_at` is stamped when written, so states compare by what they hold.
-        let state = HostState {
-            host: self.options.id.clone(),
-            lattice: self.options.lattice.clone(),
-            lattice_id: provenance.expected.clone(),
-            saved_at: 0,
-            assignments,
-            routes: routes
-                .into_iter()
-                .filter(|route| served.contains(&(route.namespace.as_str(), route.app.as_str())))
-                .collect(),
-        };
-        *saved = Some(state.clone());
-        Some(state)
-    }
-
-    /// Serves what runs with the routes last followed (the saved state): before the host
-    /// has joined, and while the lattice is not the one its replicas came from.
-    fn serve_saved(&self, saved: Option<&HostState>, supervisor: &Supervisor<F>) {
-        if let Some(state) = saved {
-            self.route(None, &state.routes_to_serve(), &supervisor.replicas);
-        }
-        supervisor.count();
-    }
-
-    /// Builds the routing table, unless it was built from the same inputs (`records`, the
-    /// routing mirror's revision; `None` for routes that did not come from it). The routes
-    /// are copied only when it is built.
-    fn route(
-        &self,
-        records: Option<u64>,
-        routes: &[RouteRecord],
-        replicas: &HashMap<String, supervisor::Replica>,
-    ) {
-        let inputs = records.map(|records| RoutingInputs::of(records, replicas));
-        if let Ok(mut built) = self.routing_built.lock() {
-            if inputs.is_some() && *built == inputs {
-                return;
-            }
-            *built = inputs;
-        }
-        self.metrics
-            .routing_rebuilds
-            .fetch_add(1, Ordering::Relaxed);
-        self.router.set(routing_table(routes.to_vec(), replicas));
-    }
-
-    /// Compares the joined lattice's identity with the one the running replicas came from;
-    /// enters (and says) or keeps the mismatch when they differ. `false` when the identity
-    /// could not be read: nothing should be stopped on that.
-    async fn check_lattice(
-        &self,
-        lattice: &Lattice,
-        provenance: &mut Provenance,
-        supervisor: &Supervisor<F>,
-        reporter: &Reporter,
-    ) -> bool {
-        let found = match lattice.identity().await {
-            Ok(found) => found.map(|identity| identity.id),
-            Err(error) => {
-                tracing::debug!(%error, "cannot read the lattice's identity");
-                return false;
-            }
-        };
-        let matches = match (&provenance.expected, &found) {
-            (None, _) => true,
-            (Some(expected), Some(found)) => expected == found,
-            (Some(_), None) => false,
-        };
-        if matches || self.options.adopt_lattice {
-            if !matches {
-                tracing::warn!(was = ?provenance.expected, now = ?found, "adopting the lattice as it is (--adopt-lattice)");
-            }
-            provenance.expected = found.or(provenance.expected.take());
-            provenance.mismatch = None;
-            return true;
-        }
-        let fresh = provenance.mismatch.as_ref() != Some(&found);
-        provenance.mismatch = Some(found);
-        if fresh {
-            let message = self.mismatch_message(provenance, supervisor);
-            tracing::warn!("{message}");
-            provenance.reminded = Some(tokio::time::Instant::now());
-            self.tell(reporter, "LatticeMismatch", message).await;
-        }
-        true
-    }
-
-    fn mismatch_message(&self, provenance: &Provenance, supervisor: &Supervisor<F>) -> String {
-        let apps: std::collections::BTreeSet<String> = supervisor
-            .replicas
-            .values()
-            .map(|replica| {
-                format!(
-                    "{}/{}",
-                    replica.assignment.namespace, replica.assignment.app
-                )
-            })
-            .collect();
-        let now = match provenance.mismatch.as_ref() {
-            Some(Some(found)) => format!("state {found}"),
-            _ => "no state".to_owned(),
-        };
-        format!(
-            "host {} keeps serving {} replicas ({}) assigned by lattice state {}, but the lattice now has {now}: it was wiped or replaced. Apply the apps again (their new replicas replace these), or restart the host with --adopt-lattice to drop them",
-            self.options.id,
-            supervisor.replicas.len(),
-            apps.into_iter().collect::<Vec<_>>().join(", "),
-            provenance.expected.as_deref().unwrap_or("unknown"),
-        )
-    }
-
-    /// Says again, now and then, that the host serves another lattice's state.
-    fn remind(&self, provenance: &mut Provenance, supervisor: &Supervisor<F>) {
-        if provenance.mismatch.is_none() {
-            return;
-        }
-        let due = provenance
-            .reminded
-            .is_none_or(|at| at.elapsed() >= MISMATCH_REMINDER);
-        if due {
-            tracing::warn!("{}", self.mismatch_message(provenance, supervisor));
-            provenance.reminded = Some(tokio::time::Instant::now());
-        }
-    }
-
-    /// Requests in flight per app since the last record (see [`Metrics::take_load`]).
-    fn load(&self) -> BTreeMap<String, u64> {
-        let Ok(mut taken) = self.load_taken.lock() else {
-            return BTreeMap::new();
-        };
-        let now = std::time::Instant::now();
-        let interval = now.duration_since(*taken);
-        *taken = now;
-        self.metrics.take_load(interval)
-    }
-
-    fn record(
-        &self,
-        started_at: u64,
-        http: SocketAddr,
-        draining: bool,
-        mismatch: Option<String>,
-    ) -> HostRecord {
-        HostRecord {
-            id: self.options.id.clone(),
-            labels: self.options.labels.clone(),
-            capacity: self.options.capacity,
-            http: Some(http.to_string()),
-            version: env!("CARGO_PKG_VERSION").to_owned(),
-            started_at,
-            heartbeat_at: now_millis(),
-            cached: self
-                .cached
-                .lock()
-                .map(|cached| cached.clone())
-                .unwrap_or_default(),
-            draining,
-            lost_after: self.options.lost_after.map(Span),
-            load: self.load(),
-            secrets_key: Some(self.secrets_key.public_key()),
-            lattice_mismatch: mismatch,
-            verifies_signatures: true,
-            wasi: self.runtime.wasi_versions(),
-        }
-    }
-
-    async fn heartbeat(
-        &self,
-        lattice: &Lattice,
-        started_at: u64,
-        http: SocketAddr,
-        draining: bool,
-        provenance: &Provenance,
-    ) -> Result<u64, shoal_lattice::Error> {
-        let mismatch = provenance.mismatch.as_ref().map(|found| {
-            format!(
-                "serves state {} of this lattice, which now has {}",
-                provenance.expected.as_deref().unwrap_or("unknown"),
-                found.as_deref().unwrap_or("none")
-            )
-        });
-        let written = lattice
-            .put(
-                Bucket::Hosts,
-                &self.options.id,
-                &self.record(started_at, http, draining, mismatch),
-            )
-            .await?;
-        self.metrics.heartbeats.fetch_add(1, Ordering::Relaxed);
-        Ok(written)
-    }
-
-    /// Reaches the lattice, claims this host's id and opens what the host follows. With
-    /// `retry`, failures other than a refusal are tried again with backoff (the host
-    /// serves its saved state meanwhile); without, the first failure is returned.
-    fn join<C, Fut>(
-        &self,
-        mut connect: C,
-        retry: bool,
-        serving: usize,
-        started_at: u64,
-        http: SocketAddr,
-    ) -> impl Future<Output = Result<Joined, shoal_lattice::Error>> + Send + 'static
-    where
-        C: FnMut() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<Lattice, shoal_lattice::Error>> + Send,
-    {
-        let id = self.options.id.clone();
-        let record = self.record(started_at, http, false, None);
-        let router = Arc::clone(&self.router);
-        let metrics = Arc::clone(&self.metrics);
-        let forward_buffer = self.options.forward_buffer;
-        let credential = self.options.credential.clone();
-        async move {
-            let mut wait = RETRY_FIRST;
-            loop {
-                let attempt = async {
-                    let lattice = connect().await?;
-                    join_lattice(
-                        lattice,
-                        &id,
-                        &record,
-                        Arc::clone(&router),
-                        Arc::clone(&metrics),
-                        forward_buffer,
-                    )
-                    .await
-                };
-                let error = match attempt.await {
-                    Ok(joined) => {
-                        present_credential(&joined.lattice, &id, credential.as_deref()).await;
-                        return Ok(joined);
-                    }
-                    Err(error) => error,
-                };
-                let refused = matches!(
-                    error,
-                    shoal_lattice::Error::Unauthorized { .. }
-                        | shoal_lattice::Error::InvalidName { .. }
-                        | shoal_lattice::Error::HostIdTaken { .. }
-                );
-                if refused || !retry {
-                    return Err(error);
-                }
-                let pause = wait.mul_f64(0.8 + f64::from(jitter()) / f64::from(u8::MAX) * 0.4);
-                tracing::warn!(
-                    %error,
-                    serving,
-                    retry_in_ms = u64::try_from(pause.as_millis()).unwrap_or(u64::MAX),
-                    "the lattice is unreachable: serving the saved replicas, trying again"
-                );
-                tokio::time::sleep(pause).await;
-                wait = (wait * 2).min(RETRY_MAX);
-            }
-        }
-    }
-
-    /// Tells the lattice's events something about this host.
-    async fn tell(&self, reporter: &Reporter, reason: &str, message: String) {
-        let source = format!("host {}", self.options.id);
-        reporter
-            .emit(Event::host(&source, &self.options.id, reason, message))
-            .await;
-    }
-
-    /// Tells of each record this host could not read, once: an assignment is not run (a
-    /// replica it had keeps running), a routing record keeps its last readable routes.
-    async fn report_invalid(
-        &self,
-        link: &Joined,
-        reporter: &Reporter,
-        reported: &mut HashSet<(String, u64)>,
-    ) {
-        let refused = link
-            .assignments
-            .invalid()
-            .into_iter()
-            .map(|refused| ("assignment", refused))
-            .chain(
-                link.routing
-                    .invalid()
-                    .into_iter()
-                    .map(|refused| ("routing record", refused)),
-            );
-        for (kind, refused) in refused {
-            if !reported.insert((refused.key.clone(), refused.revision)) {
-                continue;
-            }
-            tracing::warn!(key = %refused.key, reason = %refused.reason, "skipping a record this host cannot use");
-            self.tell(
-                reporter,
-                "InvalidRecord",
-                format!(
-                    "{kind} {} is skipped (what runs from it goes on): {}",
-                    refused.key, refused.reason
-                ),
-            )
-            .await;
-        }
-    }
-
-    /// Leaves within the drain deadline: drains the ingress and forwarded requests, stops
-    /// the replicas and, when the lattice is reachable, removes this host's record and
-    /// replica status. The saved state stays, so a restart (offline too) serves again.
-    #[allow(clippy::too_many_arguments)]
-    async fn leave(
-        &self,
-        joined: Option<Joined>,
-        mut supervisor: Supervisor<F>,
-        ingress: tokio::task::JoinHandle<()>,
-        stop_ingress: oneshot::Sender<()>,
-        publisher: Option<tokio::task::JoinHandle<()>>,
-        started_at: u64,
-        http: SocketAddr,
-    ) {
-        let id = &self.options.id;
-        let deadline = tokio::time::Instant::now() + self.options.drain;
-        let reachable = joined.as_ref().is_some_and(|link| {
-            link.lattice.client().connection_state() == async_nats::connection::State::Connected
-        });
-        tracing::info!(host = %id, reachable, "leaving the lattice: draining");
-        if reachable && let Some(link) = &joined {
-            let _ = tokio::time::timeout_at(
-                deadline,
-                self.heartbeat(
-                    &link.lattice,
-                    started_at,
-                    http,
-                    true,
-                    &Provenance::default(),
-                ),
-            )
-            .await;
-        }
-        let _ = stop_ingress.send(());
-        let _ = tokio::time::timeout_at(deadline, ingress).await;
-        if let Some(link) = joined {
-            // Forwarded requests are answered while the ingress drains; then no more arrive
-            // (forwarders pass them to other endpoints).
-            let _ = link.stop_listening.send(());
-            if reachable {
-                let _ = tokio::time::timeout_at(deadline, link.listening).await;
-            } else {
-                // No forwarded request can arrive, and the unsubscribe cannot be confirmed.
-                link.listening.abort();
-            }
-            let _ = tokio::time::timeout_at(deadline, supervisor.stop_all(reachable)).await;
-            // The last lines the replicas wrote go out before the host leaves (when they can).
-            self.router.set(Vec::new());
-            if let Ok(mut built) = self.routing_built.lock() {
-                *built = None;
-            }
-            drop(supervisor);
-            if reachable && let Some(publisher) = publisher {
-                let _ = tokio::time::timeout_at(
-                    deadline.min(tokio::time::Instant::now() + Duration::from_secs(2)),
-                    publisher,
-                )
-                .await;
-            }
-            if reachable {
-                match tokio::time::timeout_at(deadline, link.lattice.delete(Bucket::Hosts, id))
-                    .await
-                {
-                    Ok(Ok(())) => {}
-                    Ok(Err(error)) => tracing::warn!(%error, "cannot remove the host record"),
-                    Err(_) => {
-                        tracing::warn!("the lattice did not answer before the drain deadline")
-                    }
-                }
-            }
-        } else {
-            supervisor.stop_all(false).await;
-        }
-        tracing::info!(host = %id, "host left the lattice");
-    }
 }
 
 /// Resolves when `changes` (if any) changes; never without.
@@ -1082,131 +512,5 @@ async fn changed(changes: Option<&mut tokio::sync::watch::Receiver<u64>>) {
             }
         }
         None => std::future::pending::<()>().await,
-    }
-}
-
-/// A byte of randomness for jitter (hosts that lost the lattice together do not all come
-/// back in the same instant).
-fn jitter() -> u8 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.subsec_nanos());
-    (nanos ^ (nanos >> 8) ^ std::process::id()).to_le_bytes()[0]
-}
-
-/// Writes the JWT of this host's credential where the control plane reads what it grants
-/// (its labels and capacity count for placement only within it). A failure is logged: the
-/// host still serves, and is placed by its arch and os alone.
-async fn present_credential(lattice: &Lattice, id: &str, jwt: Option<&str>) {
-    let Some(jwt) = jwt else { return };
-    let record = shoal_lattice::records::HostCredential {
-        jwt: jwt.to_owned(),
-    };
-    let key = shoal_lattice::names::host_credential_key(id);
-    if let Err(error) = lattice.put(Bucket::Status, &key, &record).await {
-        tracing::warn!(%error, "cannot present this host's credential to the control plane: placement matches it by arch and os only");
-    }
-}
-
-/// Claims the host id in a reached lattice and opens what the host follows there.
-async fn join_lattice(
-    lattice: Lattice,
-    id: &str,
-    record: &HostRecord,
-    router: Arc<Router>,
-    metrics: Arc<Metrics>,
-    forward_buffer: usize,
-) -> Result<Joined, shoal_lattice::Error> {
-    claim_id(&lattice, id, record).await?;
-    let assignments = lattice
-        .mirror::<Assignment>(Bucket::Assignments, &host_assignments(id))
-        .await?;
-    // Every app's routes and endpoints, as the scheduler publishes them for hosts (never
-    // the apps' specs: a host credential reads no app's configuration).
-    let routing = lattice
-        .mirror::<RouteRecord>(Bucket::Status, "routes.>")
-        .await?;
-    let forwarder = Forwarder::new(
-        lattice.client().clone(),
-        lattice.name(),
-        id,
-        Arc::clone(&router),
-        INLINE_LIMIT,
-        BufferBudget::new(forward_buffer),
-    );
-    let (stop_listening, listening_stopped) = oneshot::channel();
-    let listening = listen(
-        lattice.client().clone(),
-        lattice.name(),
-        id,
-        forwarder.clone(),
-        router,
-        metrics,
-        listening_stopped,
-    )
-    .await
-    .map_err(|error| shoal_lattice::Error::Request {
-        bucket: String::new(),
-        reason: format!("cannot listen for forwarded requests: {error}"),
-    })?;
-    Ok(Joined {
-        lattice,
-        assignments,
-        routing,
-        forwarder,
-        listening,
-        stop_listening,
-    })
-}
-
-/// Writes this host's first record, refusing an id a live host holds: one whose record
-/// changes within [`ID_HOLD`] (a host that crashed leaves a record that does not).
-async fn claim_id(
-    lattice: &Lattice,
-    id: &str,
-    record: &HostRecord,
-) -> Result<(), shoal_lattice::Error> {
-    loop {
-        let Some(held) = lattice.get::<HostRecord>(Bucket::Hosts, id).await? else {
-            match lattice.create(Bucket::Hosts, id, record).await {
-                Ok(_) => return Ok(()),
-                // Someone registered it meanwhile: look again.
-                Err(shoal_lattice::Error::Conflict { .. }) => continue,
-                Err(error) => return Err(error),
-            }
-        };
-        let holder = format!(
-            "ingress {}, started {} ms ago",
-            held.value.http.as_deref().unwrap_or("none"),
-            now_millis().saturating_sub(held.value.started_at)
-        );
-        tracing::info!(host = %id, %holder, "a record holds this host id; checking whether its host is alive");
-        let deadline = tokio::time::Instant::now() + ID_HOLD;
-        let mut alive = false;
-        while tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(250)).await;
-            match lattice.get::<HostRecord>(Bucket::Hosts, id).await? {
-                Some(now) if now.revision != held.revision && !now.value.draining => {
-                    alive = true;
-                    break;
-                }
-                Some(_) => {}
-                None => break,
-            }
-        }
-        if alive {
-            return Err(shoal_lattice::Error::HostIdTaken {
-                id: id.to_owned(),
-                holder,
-            });
-        }
-        match lattice
-            .update(Bucket::Hosts, id, record, held.revision)
-            .await
-        {
-            Ok(_) => return Ok(()),
-            Err(shoal_lattice::Error::Conflict { .. }) => continue,
-            Err(error) => return Err(error),
-        }
     }
 }

@@ -89,8 +89,30 @@ pub(crate) enum Outcome {
     Exited { code: i32, failure: Option<String> },
 }
 
-/// The outcome of starting a replica: replica, generation, outcome or (reason, message).
-pub(crate) type Started = (String, u64, Result<Outcome, (String, String)>);
+/// Why a replica did not start: a reason for its status (`PullFailed`, `CompileFailed`, …)
+/// and what happened, for people.
+#[derive(Debug, Clone)]
+pub(crate) struct StartFailure {
+    pub(crate) reason: String,
+    pub(crate) message: String,
+}
+
+impl StartFailure {
+    fn new(reason: &str, message: impl Into<String>) -> Self {
+        Self {
+            reason: reason.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+/// A replica's start that ended.
+pub(crate) struct Started {
+    pub(crate) replica: String,
+    /// The assignment generation started: an end for an older one is stale.
+    pub(crate) generation: u64,
+    pub(crate) result: Result<Outcome, StartFailure>,
+}
 
 /// What replicas are connected to: other apps, their output's way out, this host's own
 /// listeners (which guests may not call unless allowed by address).
@@ -226,11 +248,17 @@ impl<F: Fetch> Supervisor<F> {
             }
             // A start that panics fails its own replica, reported like any failure.
             if AssertUnwindSafe(start).catch_unwind().await.is_err() {
-                let failure = (
-                    "StartFailed".to_owned(),
-                    "starting the replica panicked; see the host's log".to_owned(),
+                let failure = StartFailure::new(
+                    "StartFailed",
+                    "starting the replica panicked; see the host's log",
                 );
-                let _ = done.send((id, generation, Err(failure))).await;
+                let _ = done
+                    .send(Started {
+                        replica: id,
+                        generation,
+                        result: Err(failure),
+                    })
+                    .await;
             }
         });
         self.replicas.insert(
@@ -244,12 +272,12 @@ impl<F: Fetch> Supervisor<F> {
     }
 
     /// A replica's start finished: it serves, or it failed.
-    pub(crate) async fn started(
-        &mut self,
-        replica: String,
-        generation: u64,
-        result: Result<Outcome, (String, String)>,
-    ) {
+    pub(crate) async fn started(&mut self, started: Started) {
+        let Started {
+            replica,
+            generation,
+            result,
+        } = started;
         let host = self.host.clone();
         let probed = self.probed.clone();
         let dead = self.dead.clone();
@@ -315,7 +343,7 @@ impl<F: Fetch> Supervisor<F> {
                 );
                 (Phase::Ready, None, None, ("Ready", message))
             }
-            Err((reason, message)) => {
+            Err(StartFailure { reason, message }) => {
                 entry.state = ReplicaState::Failed {
                     reason: reason.clone(),
                     message: message.clone(),
@@ -583,13 +611,12 @@ async fn start<F: Fetch>(
     let runtime = match runtime.for_fuel(&Limits::for_app(&assignment.template.limits)) {
         Ok(runtime) => runtime,
         Err(error) => {
-            let failure = ("NotServable".to_owned(), error.to_string());
             let _ = done
-                .send((
-                    assignment.replica.clone(),
-                    assignment.generation,
-                    Err(failure),
-                ))
+                .send(Started {
+                    replica: assignment.replica.clone(),
+                    generation: assignment.generation,
+                    result: Err(StartFailure::new("NotServable", error.to_string())),
+                })
                 .await;
             return;
         }
@@ -602,7 +629,7 @@ async fn start<F: Fetch>(
         } = fetch
             .fetch(&reference, &assignment.trusted_keys)
             .await
-            .map_err(|error| (error.reason.to_owned(), error.message))?;
+            .map_err(|error| StartFailure::new(error.reason, error.message))?;
         // The newest digests only: the host record must not grow with every component
         // this host ever ran.
         if let Ok(mut cached) = cached.lock() {
@@ -618,8 +645,8 @@ async fn start<F: Fetch>(
             .config_values(&assignment.config_objects);
         if let Some(sealed) = &assignment.secrets {
             let secrets = sealed.open(&links.secrets_key).map_err(|error| {
-                (
-                    "SecretsUnavailable".to_owned(),
+                StartFailure::new(
+                    "SecretsUnavailable",
                     format!("the app's secrets do not open with this host's key: {error}"),
                 )
             })?;
@@ -643,12 +670,12 @@ async fn start<F: Fetch>(
             let load = || {
                 runtime
                     .load(&bytes, &layer_digest)
-                    .map_err(|error| ("CompileFailed".to_owned(), error.to_string()))
+                    .map_err(|error| StartFailure::new("CompileFailed", error.to_string()))
             };
             let not_servable =
-                |error: crate::HostError| ("NotServable".to_owned(), error.to_string());
+                |error: crate::HostError| StartFailure::new("NotServable", error.to_string());
             let outbound = OutboundPolicy::new(&template.allowed_outbound)
-                .map_err(|message| ("InvalidSpec".to_owned(), message))?
+                .map_err(|message| StartFailure::new("InvalidSpec", message))?
                 .within_private_ranges(&private_egress)
                 .with_own_listeners(links.own_listeners);
             let limits = Limits::for_app(&template.limits);
@@ -686,7 +713,7 @@ async fn start<F: Fetch>(
                 .map_err(not_servable)
         })
         .await
-        .map_err(|error| ("StartFailed".to_owned(), error.to_string()))?
+        .map_err(|error| StartFailure::new("StartFailed", error.to_string()))?
     }
     .await;
     let result = match result {
@@ -703,7 +730,7 @@ async fn start<F: Fetch>(
                         .failure
                         .map(|(cause, message)| format!("{cause}: {message}")),
                 }),
-                Err(error) => Err(("NotRunnable".to_owned(), error.to_string())),
+                Err(error) => Err(StartFailure::new("NotRunnable", error.to_string())),
             }
         }
         Err(error) => Err(error),
@@ -714,6 +741,10 @@ async fn start<F: Fetch>(
         wait_healthy(&reporter, &assignment, component, &health.path).await;
     }
     let _ = done
-        .send((assignment.replica.clone(), assignment.generation, result))
+        .send(Started {
+            replica: assignment.replica.clone(),
+            generation: assignment.generation,
+            result,
+        })
         .await;
 }
