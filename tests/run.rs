@@ -280,7 +280,9 @@ fn startup_errors_are_clear() {
     let stderr = shoal.fails(&["run", unsupported.to_str().unwrap()]);
     assert!(
         stderr.contains("imports shoal-fixtures:unsupported/store")
-            && stderr.contains("which Shoal does not provide"),
+            && stderr.contains("which Shoal does not provide")
+            && stderr.contains("this host provides WASI 0.2")
+            && stderr.contains("spin:key-value 3"),
         "{stderr}"
     );
 

@@ -40,7 +40,7 @@ pub async fn run(
 ) -> Result<CommandOutcome, HostError> {
     options.validate()?;
     let engine = runtime.engine();
-    let pre = instantiate_pre(&linker(runtime)?, component)?;
+    let pre = instantiate_pre(&linker(runtime)?, component, runtime.runs_wasi_03())?;
     let cpu = limits
         .cpu_millicores
         .map(|millicores| Arc::new(CpuQuota::new(millicores)));

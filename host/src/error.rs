@@ -14,10 +14,16 @@ pub enum HostError {
     Compile(String),
     /// The component imports interfaces Shoal does not provide.
     #[error(
-        "the component imports {} which Shoal does not provide; guests get WASI 0.2 and 0.3 (cli, clocks, filesystem, io, random, sockets, http), wasi:config and wasi:keyvalue, and nothing else",
-        .0.join(", ")
+        "the component imports {} which Shoal does not provide; this host provides {}, and nothing else",
+        missing.join(", "),
+        provided.join(", ")
     )]
-    UnsupportedImports(Vec<String>),
+    UnsupportedImports {
+        /// The imports no capability provides.
+        missing: Vec<String>,
+        /// What this host's engine provides, for people.
+        provided: Vec<&'static str>,
+    },
     /// The component exports no HTTP handler and no wasi:cli/run.
     #[error(
         "the component exports neither an HTTP handler (wasi:http/incoming-handler@0.2 or wasi:http/handler@0.3) nor wasi:cli/run (a command); it exports: {}",

@@ -28,35 +28,14 @@ use crate::guest::{GuestOptions, GuestState, new_store, rearm};
 use crate::handler::{GuestHandler, HandlerPre};
 use crate::limits::{CpuQuota, Limits};
 
-/// Interfaces Shoal provides to guests, WASI 0.2 and 0.3 alike.
-const PROVIDED: [&str; 11] = [
-    "wasi:cli/",
-    "wasi:clocks/",
-    "wasi:filesystem/",
-    "wasi:io/",
-    "wasi:random/",
-    "wasi:sockets/",
-    "wasi:http/",
-    "wasi:config/",
-    "wasi:keyvalue/",
-    "spin:variables/",
-    "spin:key-value/",
-];
-
-/// A linker with everything guests of `runtime` get: WASI 0.2, and 0.3 where it runs it.
+/// A linker with everything guests of `runtime` get: WASI 0.2, and 0.3 where it runs it
+/// (the table is `capabilities::CAPABILITIES`).
 pub(crate) fn linker(runtime: &Runtime) -> Result<Linker<GuestState>, HostError> {
     let mut linker = Linker::new(runtime.engine());
-    wasmtime_wasi::p2::add_to_linker_async(&mut linker)
-        .and_then(|()| wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker))
-        .and_then(|()| crate::config::add_to_linker(&mut linker))
-        .and_then(|()| crate::keyvalue::add_to_linker(&mut linker))
-        .map_err(|error| HostError::Engine(format!("{error:#}")))?;
-    if runtime.runs_wasi_03() {
-        wasmtime_wasi::p3::add_to_linker(&mut linker)
-            .and_then(|()| wasmtime_wasi_http::p3::add_to_linker(&mut linker))
-            .and_then(|()| crate::spin::add_to_linker(&mut linker))
-            .and_then(|()| crate::spin::add_key_value_to_linker(&mut linker))
-            .map_err(|error| HostError::Engine(format!("{error:#}")))?;
+    for capability in crate::capabilities::offered(runtime.runs_wasi_03()) {
+        (capability.add)(&mut linker).map_err(|error| {
+            HostError::Engine(format!("cannot offer {}: {error:#}", capability.name))
+        })?;
     }
     Ok(linker)
 }
@@ -65,18 +44,22 @@ pub(crate) fn linker(runtime: &Runtime) -> Result<Linker<GuestState>, HostError>
 pub(crate) fn instantiate_pre(
     linker: &Linker<GuestState>,
     component: &Component,
+    wasi_03: bool,
 ) -> Result<wasmtime::component::InstancePre<GuestState>, HostError> {
     linker.instantiate_pre(component).map_err(|error| {
-        let missing: Vec<String> = component
+        let imports: Vec<String> = component
             .component_type()
             .imports(linker.engine())
             .map(|(name, _)| name.to_owned())
-            .filter(|name| !PROVIDED.iter().any(|provided| name.starts_with(provided)))
             .collect();
+        let missing = crate::capabilities::missing(imports.iter().map(String::as_str), wasi_03);
         if missing.is_empty() {
             HostError::Instantiate(format!("{error:#}"))
         } else {
-            HostError::UnsupportedImports(missing)
+            HostError::UnsupportedImports {
+                missing,
+                provided: crate::capabilities::names(wasi_03),
+            }
         }
     })
 }
@@ -190,7 +173,7 @@ impl HttpComponent {
     /// [`HostError::UnsupportedImports`] or [`HostError::NotRunnable`] when Shoal cannot serve it.
     pub fn prepare(runtime: &Runtime, component: &Component) -> Result<HandlerPre, HostError> {
         let engine = runtime.engine();
-        let pre = instantiate_pre(&linker(runtime)?, component)?;
+        let pre = instantiate_pre(&linker(runtime)?, component, runtime.runs_wasi_03())?;
         HandlerPre::new(pre).ok_or_else(|| HostError::NotRunnable(exports(engine, component)))
     }
 

@@ -18,6 +18,7 @@
 //! - [`router`]: the ingress routing table over ready local replicas.
 
 pub mod agent;
+mod capabilities;
 pub mod command;
 pub mod config;
 pub mod engine;
