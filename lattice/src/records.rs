@@ -249,16 +249,48 @@ impl AppSpec {
         values
     }
 
-    /// The spec with `replicas`, `revisionHistoryLimit`, `expose`, `disconnect` and `autoscale` cleared: two specs with the same
-    /// template run the same code the same way, so changing only those makes no new revision.
+    /// What a replica runs and how: two specs with the same template run the same code the
+    /// same way, so a change outside it (replicas, history, expose, disconnect, autoscale)
+    /// makes no new revision. Every field is named here, in or out, so a new field cannot
+    /// join the template (or stay out of it) without a decision.
     pub fn template(&self) -> AppSpec {
+        let AppSpec {
+            component,
+            replicas: _,
+            placement,
+            limits,
+            routes,
+            config,
+            config_from,
+            env,
+            secrets,
+            key_value,
+            allowed_outbound,
+            health,
+            rollout,
+            revision_history_limit: _,
+            expose: _,
+            disconnect: _,
+            autoscale: _,
+        } = self.clone();
         AppSpec {
+            component,
+            placement,
+            limits,
+            routes,
+            config,
+            config_from,
+            env,
+            secrets,
+            key_value,
+            allowed_outbound,
+            health,
+            rollout,
             replicas: 0,
             revision_history_limit: None,
             expose: Expose::default(),
             disconnect: None,
             autoscale: None,
-            ..self.clone()
         }
     }
 
@@ -1067,6 +1099,40 @@ pub struct Lease {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_template_keeps_what_runs_and_drops_what_only_scales_or_keeps_history() {
+        let spec: AppSpec = serde_json::from_value(serde_json::json!({
+            "component": "r/web:1",
+            "replicas": 3,
+            "env": {"A": "1"},
+            "routes": [{"path": "/"}],
+            "revisionHistoryLimit": 4,
+            "expose": {"namespaces": ["team-b"]},
+            "disconnect": {"lostAfter": "30s"},
+            "autoscale": {"max": 5},
+        }))
+        .expect("a spec");
+        let template = spec.template();
+        assert_eq!(template.replicas, 0);
+        assert_eq!(template.revision_history_limit, None);
+        assert_eq!(template.expose, Expose::default());
+        assert!(template.disconnect.is_none() && template.autoscale.is_none());
+        assert_eq!(template.env, spec.env);
+        assert_eq!(template.routes, spec.routes);
+        // Changing only what the template leaves out leaves it as it was.
+        let scaled = AppSpec {
+            replicas: 9,
+            revision_history_limit: Some(2),
+            ..spec.clone()
+        };
+        assert_eq!(scaled.template(), template);
+        let changed = AppSpec {
+            env: BTreeMap::from([("A".to_owned(), "2".to_owned())]),
+            ..spec
+        };
+        assert_ne!(changed.template(), template);
+    }
 
     fn assignment(component: &str) -> Assignment {
         Assignment {
