@@ -9,9 +9,9 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::eventually;
-use support::lattice::{Lattice, Process, hello_manifest, host_args};
+use support::lattice::{Lattice, hello_manifest, host_args};
 use support::load::Load;
+use support::{Signal, eventually};
 
 const PATIENCE: Duration = Duration::from_secs(30);
 
@@ -133,10 +133,7 @@ fn a_host_asked_to_stop_while_nats_is_unreachable_exits_within_its_drain_deadlin
     // Its forwarded-request subscription, heartbeat and log publisher are all stuck now.
     std::thread::sleep(Duration::from_millis(500));
     let asked = Instant::now();
-    std::process::Command::new("kill")
-        .args(["-TERM", &host.pid().to_string()])
-        .status()
-        .unwrap();
+    host.signal(Signal::Term);
     // Within the drain deadline (2 s), with room for the process to exit.
     while host.is_running() {
         assert!(
@@ -232,13 +229,6 @@ fn a_lattice_that_comes_back_empty_does_not_stop_what_hosts_serve() {
     assert_eq!(host.get("/kept").unwrap().0, 200);
 }
 
-fn signal(process: &Process, signal: &str) {
-    std::process::Command::new("kill")
-        .args([signal, &process.pid().to_string()])
-        .status()
-        .unwrap();
-}
-
 #[test]
 fn a_disconnect_policy_keeps_or_twins_a_silent_host_s_replicas_and_restarts_nothing() {
     let lattice = Lattice::start();
@@ -257,7 +247,7 @@ fn a_disconnect_policy_keeps_or_twins_a_silent_host_s_replicas_and_restarts_noth
     let _other = lattice.host("site-b", &[]);
 
     // site-a goes silent (its heartbeats stop, as behind a dropped link).
-    signal(&silent, "-STOP");
+    silent.signal(Signal::Stop);
     lattice.wait_ready("moved", 1, PATIENCE);
     let by_host = eventually(PATIENCE, "moved to be replaced and twin twinned", || {
         let moved = lattice.ready_by_host("moved");
@@ -273,7 +263,7 @@ fn a_disconnect_policy_keeps_or_twins_a_silent_host_s_replicas_and_restarts_noth
     assert!(lattice.replica_ids("twin").contains(&twin[0]));
 
     // site-a is back: its replicas go on; twin's replacement goes (keepOriginal).
-    signal(&silent, "-CONT");
+    silent.signal(Signal::Cont);
     eventually(PATIENCE, "twin back to its original replica", || {
         (lattice.replica_ids("twin") == twin).then_some(())
     });
@@ -454,10 +444,7 @@ impl Site {
 
     /// Stops the site as an operator would (SIGTERM) and waits for it.
     fn stop(mut self) -> Vec<String> {
-        std::process::Command::new("kill")
-            .args(["-TERM", &self.up.id().to_string()])
-            .status()
-            .unwrap();
+        assert!(support::signal(self.up.id(), Signal::Term));
         let _ = self.up.wait();
         std::mem::take(&mut self.args)
     }

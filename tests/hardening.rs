@@ -7,8 +7,8 @@ mod support;
 
 use std::time::Duration;
 
-use support::eventually;
 use support::lattice::{Lattice, hello_manifest};
+use support::{Signal, eventually};
 
 const PATIENCE: Duration = Duration::from_secs(30);
 
@@ -752,13 +752,7 @@ fn a_paused_old_leader_does_not_place_twice_when_it_wakes() {
     let _second = lattice.scheduler("s2");
 
     // The leader freezes (a stalled VM, a SIGSTOP); the standby takes over and scales.
-    let signal = |name: &str| {
-        std::process::Command::new("kill")
-            .args([name, &first.pid().to_string()])
-            .status()
-            .unwrap()
-    };
-    signal("-STOP");
+    first.signal(Signal::Stop);
     lattice.ok(&["scale", "app", "fenced", "--replicas", "4"]);
     // While frozen, the old leader keeps its place in the control API's queue group until
     // nats-server drops it, so a call may wait out an attempt (2.5 s) or, rarely, all of
@@ -794,7 +788,7 @@ fn a_paused_old_leader_does_not_place_twice_when_it_wakes() {
     });
 
     // The old leader wakes with its stale view: it must not act on it.
-    signal("-CONT");
+    first.signal(Signal::Cont);
     let deadline = std::time::Instant::now() + Duration::from_secs(3);
     while std::time::Instant::now() < deadline {
         if let Some(replicas) = replicas_of("fenced") {

@@ -10,7 +10,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use support::lattice::{Lattice, hello_manifest};
-use support::{eventually, free_port};
+use support::{Signal, eventually, free_port};
 
 const PATIENCE: Duration = Duration::from_secs(30);
 
@@ -119,24 +119,12 @@ fn a_lost_host_s_replicas_move_and_a_returning_host_keeps_no_duplicates() {
     let frozen = after.keys().next().unwrap().clone();
     let index = hosts.iter().position(|host| host.id == frozen).unwrap();
     let pid = hosts[index].pid();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-STOP", &pid.to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
+    assert!(support::signal(pid, Signal::Stop));
     eventually(PATIENCE, "replicas to leave the frozen host", || {
         let ready = lattice.ready_by_host("hello");
         (ready.values().sum::<usize>() == 2 && !ready.contains_key(&frozen)).then_some(())
     });
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-CONT", &pid.to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
+    assert!(support::signal(pid, Signal::Cont));
     eventually(
         PATIENCE,
         "the returning host to run nothing that moved away",
@@ -172,7 +160,7 @@ fn schedulers_hand_over_without_disturbing_what_is_placed() {
         second.log().contains("now leads").then_some(())
     });
     let _third = lattice.scheduler("s3");
-    std::thread::sleep(Duration::from_secs(2));
+    lattice.wait_acting("s2", PATIENCE);
     assert_eq!(lattice.replica_ids("hello"), placed);
 
     // Kill the leader: the standby takes the lease and acts on a change.
@@ -423,9 +411,7 @@ fn shoal_up_serves_the_example_app() {
         "{}",
         String::from_utf8_lossy(&allowed.stderr)
     );
-    let _ = std::process::Command::new("kill")
-        .args(["-INT", &up.0.id().to_string()])
-        .status();
+    support::signal(up.0.id(), Signal::Int);
     let status = up.0.wait().unwrap();
     assert!(status.success(), "{status}");
 }

@@ -248,7 +248,7 @@ fn rollouts_pause_resume_and_survive_a_lost_leader_and_a_lost_host() {
     // Paused: a new revision starts nothing until resumed.
     lattice.ok(&["rollout", "pause", "greeter"]);
     lattice.apply(&format!("{}{slow}", greeter(&component, "v2")));
-    std::thread::sleep(Duration::from_secs(2));
+    lattice.wait_observed("greeter", PATIENCE);
     assert!(
         revisions(&lattice)
             .iter()

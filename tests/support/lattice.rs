@@ -53,6 +53,15 @@ impl Process {
         self.child.id()
     }
 
+    /// Sends `signal`, asserting it was sent.
+    pub fn signal(&self, signal: super::Signal) {
+        assert!(
+            super::signal(self.child.id(), signal),
+            "cannot send {signal:?} to {}",
+            self.child.id()
+        );
+    }
+
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
     }
@@ -383,6 +392,28 @@ impl Lattice {
             .find(|row| row["name"] == name)
             .cloned()
             .unwrap_or_default()
+    }
+
+    /// Waits until the scheduler has seen the latest change of `app`: its status's
+    /// `observedGeneration` is the app's generation. What a test then finds placed is what
+    /// the scheduler decided for that change, not what it has yet to get to.
+    pub fn wait_observed(&self, app: &str, patience: Duration) {
+        eventually(patience, &format!("the scheduler to observe {app}"), || {
+            let row = self.app(app);
+            (row["generation"].as_u64().is_some()
+                && row["status"]["observedGeneration"] == row["generation"])
+                .then_some(())
+        });
+    }
+
+    /// Waits until scheduler `id` leads and has finished a pass: the control plane's health,
+    /// which the leader writes after a pass goes through, names it.
+    pub fn wait_acting(&self, id: &str, patience: Duration) {
+        eventually(patience, &format!("scheduler {id} to act"), || {
+            let (_, stdout, _) = self.shoal(&["status", "-o", "json"]);
+            let view: serde_json::Value = serde_json::from_str(&stdout).ok()?;
+            (view["status"]["leader"] == id).then_some(())
+        });
     }
 
     pub fn spawn(&self, args: &[&str], id: &str, wait_for_url: bool) -> Process {

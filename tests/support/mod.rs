@@ -105,11 +105,36 @@ pub fn upstream() -> u16 {
     port
 }
 
+/// A signal a test sends a process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// What an operator's `kill` or systemd sends.
+    Term,
+    /// Ctrl-C.
+    Int,
+    /// A stalled VM or machine: the process stops without knowing.
+    Stop,
+    /// And goes on.
+    Cont,
+}
+
+/// Sends `signal` to process `pid` (by `kill`, as an operator would); whether it was sent.
+pub fn signal(pid: u32, signal: Signal) -> bool {
+    let name = match signal {
+        Signal::Term => "-TERM",
+        Signal::Int => "-INT",
+        Signal::Stop => "-STOP",
+        Signal::Cont => "-CONT",
+    };
+    std::process::Command::new("kill")
+        .args([name, &pid.to_string()])
+        .status()
+        .is_ok_and(|status| status.success())
+}
+
 /// Sends SIGTERM to process `pid` (what an operator's `kill` or systemd sends).
 pub fn sigterm(pid: u32) {
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status();
+    signal(pid, Signal::Term);
 }
 
 /// Stops `shoal up` at the end of a test as an operator would: SIGTERM, so it stops the
