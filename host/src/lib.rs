@@ -34,6 +34,7 @@ pub mod metrics;
 pub mod outbound;
 pub mod output;
 pub mod router;
+pub mod server;
 pub(crate) mod shared;
 pub mod spin;
 pub mod state;

@@ -17,7 +17,7 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     use http_body_util::BodyExt as _;
-    let handler = move |request: http::Request<crate::http::TimedBody>| {
+    let handler = move |request: http::Request<crate::server::TimedBody>| {
         let metrics = Arc::clone(&metrics);
         async move {
             if request.uri().path() != "/metrics" {
@@ -37,13 +37,13 @@ pub async fn serve(
             response
         }
     };
-    crate::http::serve_with(
+    crate::server::serve_with(
         listener,
         None,
-        crate::http::ConnectionLimits {
+        crate::server::ConnectionLimits {
             max_header: 16 * 1024,
             max_connections: 256,
-            ..crate::http::ConnectionLimits::default()
+            ..crate::server::ConnectionLimits::default()
         },
         handler,
         shutdown,

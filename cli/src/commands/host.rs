@@ -339,11 +339,11 @@ impl HostArgs {
             heartbeat: self.heartbeat,
             drain: self.drain,
             tls: None,
-            connections: shoal_host::http::ConnectionLimits {
+            connections: shoal_host::server::ConnectionLimits {
                 max_connections: self.max_connections,
                 header_timeout: self.header_timeout,
                 body_timeout: self.body_timeout,
-                ..shoal_host::http::ConnectionLimits::default()
+                ..shoal_host::server::ConnectionLimits::default()
             },
             forward_buffer: usize::try_from(self.forward_buffer.0).unwrap_or(usize::MAX),
             own_listeners: self.metrics.into_iter().collect(),

@@ -13,10 +13,11 @@ use shoal_lattice::records::{AppLimits, RouteRecord};
 use super::activator::Activator;
 use super::supervisor::{Replica, ReplicaState};
 use crate::forward::{Forwarder, SERVED_BY};
-use crate::http::{Peer, ResponseBody, TimedBody, plain};
+use crate::http::{ResponseBody, plain};
 use crate::limits::Limits;
 use crate::metrics::{Metrics, Path as MetricsPath};
 use crate::router::{AppRoutes, Lookup, Router};
+use crate::server::{Peer, TimedBody};
 
 /// The way to other hosts and to the lattice's state: a forwarder and the connection once
 /// the host has joined its lattice. Before (a host started offline serves its own replicas

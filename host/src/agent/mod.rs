@@ -39,10 +39,10 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::engine::Runtime;
 use crate::forward::{BufferBudget, Forwarder, INLINE_LIMIT, listen};
-use crate::http::{ConnectionLimits, serve_with};
 use crate::logs::{LogReceiver, log_queue, publish_logs};
 use crate::metrics::Metrics;
 use crate::router::Router;
+use crate::server::{ConnectionLimits, serve_with};
 use crate::state::{HostState, StateFile};
 use activator::Activator;
 pub use activator::HoldLimits;

@@ -14,8 +14,9 @@ use http_body_util::{BodyExt as _, Full};
 use tokio::sync::Semaphore;
 
 use super::{budget::*, stream, wire::*};
-use crate::http::{ArrivedOverTls, ResponseBody, plain};
+use crate::http::{ResponseBody, plain};
 use crate::router::Router;
+use crate::server::ArrivedOverTls;
 
 /// How long a request with no endpoint that answers waits for the endpoints to change.
 pub(super) const ENDPOINT_WAIT: Duration = Duration::from_secs(1);

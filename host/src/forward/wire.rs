@@ -5,7 +5,7 @@ use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
 
 use super::stream;
-use crate::http::ArrivedOverTls;
+use crate::server::ArrivedOverTls;
 
 pub(super) const METHOD: &str = "Shoal-Method";
 pub(super) const URI: &str = "Shoal-Uri";
