@@ -376,10 +376,11 @@ pub(super) fn plan_app(
         let prefer = state
             .wakes
             .get(&key)
-            .filter(|(host, at)| {
-                !host.is_empty() && now.duration_since(*at) < super::autoscaler::WAKE_PREFERENCE
+            .filter(|wake| {
+                !wake.host.is_empty()
+                    && now.duration_since(wake.at) < super::autoscaler::WAKE_PREFERENCE
             })
-            .map(|(host, _)| host.clone());
+            .map(|wake| wake.host.clone());
         // An app with secrets runs only where they can be sealed (and, on a secure
         // lattice, one with stores where its store credential can), and one under a
         // trust policy only where signatures are checked: feasibility filters.

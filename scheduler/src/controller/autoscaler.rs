@@ -62,10 +62,10 @@ pub(super) fn plan_autoscale(
             .get(format!("{}/{}", app.namespace, app.name).as_str())
             .copied()
             .unwrap_or(0);
-        let (window, status) = state.autoscaling.entry(key.clone()).or_default();
-        window.observe(now, milli);
-        let decision = window.decide(spec, app.spec.replicas, now);
-        *status = Some(decision.status.clone());
+        let autoscaling = state.autoscaling.entry(key.clone()).or_default();
+        autoscaling.window.observe(now, milli);
+        let decision = autoscaling.window.decide(spec, app.spec.replicas, now);
+        autoscaling.status = Some(decision.status.clone());
         if let Some(to) = decision.scale_to {
             plans.push(Plan {
                 ops: vec![Op::Scale {
@@ -164,7 +164,10 @@ pub(super) fn plan_wake(
     // A wake from a host the lattice does not know is not a host's.
     let record = state.hosts.get(host)?.value;
     let record = if secure {
-        let grant = state.grants.get(host).and_then(|(_, grant)| grant.as_ref());
+        let grant = state
+            .grants
+            .get(host)
+            .and_then(|checked| checked.grant.as_ref());
         super::hosts::bounded(record, grant)
     } else {
         record
@@ -178,17 +181,23 @@ pub(super) fn plan_wake(
     if state
         .wakes
         .get(&key)
-        .is_some_and(|(_, at)| now.duration_since(*at) < Duration::from_secs(1))
+        .is_some_and(|wake| now.duration_since(wake.at) < Duration::from_secs(1))
     {
         return None;
     }
     let preferred = if may_run { host } else { "" };
-    state.wakes.insert(key.clone(), (preferred.to_owned(), now));
+    state.wakes.insert(
+        key.clone(),
+        Wake {
+            host: preferred.to_owned(),
+            at: now,
+        },
+    );
     state
         .autoscaling
         .entry(key.clone())
         .or_default()
-        .0
+        .window
         .woken(now);
     if app.spec.replicas > 0 {
         return None;

@@ -372,9 +372,13 @@ impl Harness {
                         value: *value,
                     };
                     if why == super::plan::Rewrite::RenewStoreCredential {
-                        self.state
-                            .store_renewals
-                            .insert(key.clone(), (self.revision, self.now));
+                        self.state.store_renewals.insert(
+                            key.clone(),
+                            super::Renewal {
+                                written: self.revision,
+                                at: self.now,
+                            },
+                        );
                     }
                     self.assignments.insert(key, record);
                 }

@@ -125,7 +125,7 @@ pub(super) fn check_grants(state: &mut State, account: Option<&str>) {
         if state
             .grants
             .get(&host)
-            .is_some_and(|(checked, _)| *checked == jwt)
+            .is_some_and(|checked| checked.jwt == jwt)
         {
             continue;
         }
@@ -136,7 +136,7 @@ pub(super) fn check_grants(state: &mut State, account: Option<&str>) {
                 None
             }
         };
-        state.grants.insert(host, (jwt, grant));
+        state.grants.insert(host, CheckedGrant { jwt, grant });
     }
 }
 
@@ -207,7 +207,7 @@ pub(super) fn schedulable(
                 let grant = state
                     .grants
                     .get(&host.key)
-                    .and_then(|(_, grant)| grant.as_ref());
+                    .and_then(|checked| checked.grant.as_ref());
                 // Without a credential that verifies (never presented, unreadable, removed
                 // by the host itself), nothing bounds what it claims: it takes no new
                 // replicas, as a host shutting down does, and keeps those it runs.

@@ -91,10 +91,9 @@ struct State {
     trust: Mirror<shoal_lattice::trust::TrustPolicy>,
     /// The lattice's egress policy: the special ranges new replicas' guests may reach.
     egress: Mirror<shoal_lattice::records::EgressPolicy>,
-    /// Hosts' credentials (their JWTs), and what each grants as last checked (by host:
-    /// the JWT checked and its grant, `None` when it did not verify).
+    /// Hosts' credentials (their JWTs), and what each grants as last checked, by host.
     credentials: Mirror<shoal_lattice::records::HostCredential>,
-    grants: HashMap<String, (String, Option<shoal_lattice::auth::HostGrant>)>,
+    grants: HashMap<String, CheckedGrant>,
     /// Cron jobs and their statuses.
     cron_jobs: Mirror<shoal_lattice::jobs::CronJobRecord>,
     cron_status: Mirror<shoal_lattice::jobs::CronJobStatus>,
@@ -104,13 +103,13 @@ struct State {
     pending: Pending,
     backoff: HashMap<String, Backoff>,
     /// Per app, the revision being rolled out and when this scheduler first saw it.
-    rollouts: HashMap<String, (u64, Instant, u64)>,
+    rollouts: HashMap<String, RolloutClock>,
     /// Per app, the last failed rollout, until a later revision completes.
     failed: HashMap<String, FailedRollout>,
     /// Per autoscaled app, the load this scheduler has seen and what it last decided.
-    autoscaling: HashMap<String, (crate::autoscale::Window, Option<AutoscaleStatus>)>,
-    /// Per app scaled to zero, the host that last asked to wake it, and when.
-    wakes: HashMap<String, (String, Instant)>,
+    autoscaling: HashMap<String, Autoscaling>,
+    /// Per app scaled to zero, the last wake.
+    wakes: HashMap<String, Wake>,
     /// The live hosts of the last pass, to tell joins and losses as events; `None` before
     /// the first pass (a new leader reports changes, not the hosts it finds).
     live_hosts: Option<HashSet<String>>,
@@ -135,9 +134,49 @@ struct State {
     job_status_written: HashMap<String, shoal_lattice::jobs::JobStatus>,
     /// Assignments whose store credential this leader renewed, with the revision written,
     /// until the mirror shows it.
-    store_renewals: HashMap<String, (u64, Instant)>,
+    store_renewals: HashMap<String, Renewal>,
     /// When this leader last looked for store credentials due.
     stores_checked: Option<Instant>,
+}
+
+/// When this leader started timing a rollout: the revision, by its own clock and on the
+/// wall clock (kept in the app's status, so a new leader goes on where it was).
+#[derive(Debug, Clone, Copy)]
+struct RolloutClock {
+    revision: u64,
+    since: Instant,
+    since_ms: u64,
+}
+
+/// What the autoscaler keeps per app: the load it has seen and what it last decided.
+#[derive(Debug, Default)]
+struct Autoscaling {
+    window: crate::autoscale::Window,
+    status: Option<AutoscaleStatus>,
+}
+
+/// A host's credential as last checked: the JWT, and what it grants (`None` when it did not
+/// verify).
+#[derive(Debug, Clone)]
+struct CheckedGrant {
+    jwt: String,
+    grant: Option<shoal_lattice::auth::HostGrant>,
+}
+
+/// A store credential renewal written (or failed): the assignment revision that will show
+/// it, and when.
+#[derive(Debug, Clone, Copy)]
+struct Renewal {
+    written: u64,
+    at: Instant,
+}
+
+/// The last wake of an app at zero: the host that holds a request for it (empty when that
+/// host may not run it) and when.
+#[derive(Debug, Clone)]
+struct Wake {
+    host: String,
+    at: Instant,
 }
 
 impl State {
@@ -260,8 +299,14 @@ impl State {
         if let Some(started) = status.rollout_started_at
             && status.revision == app.revision
         {
-            self.rollouts
-                .insert(key.clone(), (app.revision, instant_of(started), started));
+            self.rollouts.insert(
+                key.clone(),
+                RolloutClock {
+                    revision: app.revision,
+                    since: instant_of(started),
+                    since_ms: started,
+                },
+            );
         }
         if let Some(backoff) = status.backoff {
             let ahead = Duration::from_millis(backoff.not_before.saturating_sub(wall));

@@ -179,7 +179,9 @@ pub(super) async fn apply(
                 Ok(written) => {
                     state.fence = written;
                     if why == Rewrite::RenewStoreCredential {
-                        state.store_renewals.insert(key, (written, now));
+                        state
+                            .store_renewals
+                            .insert(key, super::Renewal { written, at: now });
                     }
                     Ok(())
                 }

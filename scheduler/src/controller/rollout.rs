@@ -35,11 +35,16 @@ pub(super) fn check_progress(
         .count();
     let started = match state.rollouts.get(&key) {
         // A paused rollout's clock does not run.
-        Some((revision, since, _)) if *revision == app.revision && !app.paused => *since,
+        Some(clock) if clock.revision == app.revision && !app.paused => clock.since,
         _ => {
-            state
-                .rollouts
-                .insert(key.clone(), (app.revision, now, now_millis()));
+            state.rollouts.insert(
+                key.clone(),
+                RolloutClock {
+                    revision: app.revision,
+                    since: now,
+                    since_ms: now_millis(),
+                },
+            );
             now
         }
     };
@@ -268,7 +273,7 @@ pub(super) fn status_writes(
         autoscale: state
             .autoscaling
             .get(&key_of(app))
-            .and_then(|(_, status)| status.clone()),
+            .and_then(|autoscaling| autoscaling.status.clone()),
         observed_generation: app.generation,
         revision: app.revision,
         desired: app.spec.replicas,
@@ -306,8 +311,8 @@ pub(super) fn status_writes(
         rollout_started_at: state
             .rollouts
             .get(&key_of(app))
-            .filter(|(revision, _, _)| *revision == app.revision && !app.paused)
-            .map(|(_, _, started_ms)| *started_ms),
+            .filter(|clock| clock.revision == app.revision && !app.paused)
+            .map(|clock| clock.since_ms),
         backoff: state
             .backoff
             .get(&key_of(app))

@@ -14,7 +14,7 @@ use shoal_lattice::records::{HostRecord, KeyValueStore, STORE_CREDENTIAL};
 use shoal_lattice::secrets::{Sealed, SecretValues, XKey};
 
 use super::plan::{Op, Plan, Rewrite};
-use super::{PassView, State};
+use super::{PassView, Renewal, State};
 
 /// What a scheduler mints store credentials with.
 #[derive(Debug, Clone)]
@@ -158,11 +158,11 @@ pub(super) fn plan_renewals(
         .collect();
     // A renewal written is remembered until the mirror shows it, and one that failed for a
     // while, so the passes in between do not repeat it.
-    state.store_renewals.retain(|key, (written, at)| {
-        now.duration_since(*at) < RETRY_AFTER
+    state.store_renewals.retain(|key, renewal| {
+        now.duration_since(renewal.at) < RETRY_AFTER
             && revisions
                 .get(key.as_str())
-                .is_some_and(|revision| revision < written)
+                .is_some_and(|revision| *revision < renewal.written)
     });
     let due: Vec<_> = assignments
         .into_iter()
@@ -207,9 +207,13 @@ pub(super) fn plan_renewals(
             Ok(None) => continue,
             Err(why) => {
                 tracing::warn!(key = %record.key, %why, "cannot renew a store credential; trying again in 30 s");
-                state
-                    .store_renewals
-                    .insert(record.key.clone(), (record.revision + 1, now));
+                state.store_renewals.insert(
+                    record.key.clone(),
+                    Renewal {
+                        written: record.revision + 1,
+                        at: now,
+                    },
+                );
                 continue;
             }
         }
