@@ -133,6 +133,12 @@ pub(super) fn plan_cleanup(
     placed: &mut Placed,
 ) -> Plan {
     let mut plan = Plan::default();
+    // What this leader remembers of deleted apps goes with them: an app applied again under
+    // the same name starts at revision 1, and must not inherit a failed rollout, a rollout
+    // clock or a backoff.
+    state.failed.retain(|key, _| app_keys.contains(key));
+    state.rollouts.retain(|key, _| app_keys.contains(key));
+    state.backoff.retain(|key, _| app_keys.contains(key));
     // Only schedulers write assignments: one that breaks the rules was not written by one.
     // Where the key held a readable assignment before (overwritten by a client, or by
     // nats-server with an answer whose reply subject someone aimed there), that one is

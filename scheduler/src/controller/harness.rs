@@ -317,25 +317,50 @@ impl Harness {
         self.apply_at(plan, self.revision)
     }
 
-    /// Applies `plan`, planned when the bucket was at `fence`: if another writer moved it
-    /// since, the first assignment write is refused, and so is everything after it.
+    /// Applies `plan`, planned when the bucket was at `fence`, as the one writer does: in
+    /// order, each assignment write conditional on the bucket being where this writer left
+    /// it (and the key at the revision the plan saw), stopping at the first refused. What
+    /// came before it (events, statuses) was done, as with the real writer.
     pub(super) fn apply_at(&mut self, plan: Plan, fence: u64) -> Applied {
         let mut applied = Applied::default();
-        let mut refused = self.revision != fence;
-        for op in plan.ops {
+        let mut expected = fence;
+        let mut ops = plan.ops.into_iter();
+        for op in ops.by_ref() {
+            let fenced = matches!(
+                op,
+                Op::Remove(_) | Op::RemoveUnreadable { .. } | Op::Place(_) | Op::Rewrite { .. }
+            );
+            let refused = fenced
+                && (self.revision != expected
+                    || match &op {
+                        Op::Remove(record) => {
+                            self.assignments
+                                .get(&record.key)
+                                .map(|found| found.revision)
+                                != Some(record.revision)
+                        }
+                        Op::Place(assignment) => self
+                            .assignments
+                            .contains_key(&assignment_key(&assignment.host, &assignment.replica)),
+                        Op::RemoveUnreadable { key, revision }
+                        | Op::Rewrite { key, revision, .. } => {
+                            self.revision_of(key) != Some(*revision)
+                        }
+                        _ => false,
+                    });
+            if refused {
+                not_done(&mut applied, op);
+                applied.stopped = Some(shoal_lattice::Error::Conflict {
+                    bucket: "assignments".to_owned(),
+                    key: "fence".to_owned(),
+                });
+                break;
+            }
             match op {
-                Op::Remove(record) if refused => applied.not_removed.push(record),
-                Op::Place(assignment) if refused => applied
-                    .not_created
-                    .push(assignment_key(&assignment.host, &assignment.replica)),
-                _ if refused => {}
                 Op::Remove(record) => {
-                    if self.assignments.remove(&record.key).is_none() {
-                        refused = true;
-                        applied.not_removed.push(record);
-                        continue;
-                    }
+                    self.assignments.remove(&record.key);
                     self.revision += 1;
+                    self.state.pending.created.remove(&record.key);
                     self.state.pending.deleted.insert(record.key, self.now);
                 }
                 Op::Place(assignment) => {
@@ -357,9 +382,14 @@ impl Harness {
                     self.status.remove(&replica);
                 }
                 Op::Emit(event) => self.events.push(event),
+                Op::RolloutFailed { key, failed, event } => {
+                    self.state.failed.insert(key, failed);
+                    self.events.push(event);
+                }
                 Op::RemoveUnreadable { key, .. } => {
                     self.revision += 1;
                     self.refused.retain(|refused| refused.key != key);
+                    self.state.pending.deleted.insert(key, self.now);
                 }
                 Op::Rewrite {
                     key, value, why, ..
@@ -425,8 +455,11 @@ impl Harness {
                         self.events.push(made);
                     }
                 }
-                Op::Rollback { app, to, .. } => {
-                    // As apply::store does: the template of `to` comes back as a new revision.
+                Op::Rollback {
+                    app, to, source, ..
+                } => {
+                    // As roll_back does: the template of `to` comes back as a new revision,
+                    // if the app is still at the revision the plan saw.
                     let key = app_key(&app.namespace, &app.name);
                     if self.apps.get(&key).map(|app| app.revision) == Some(app.revision) {
                         let mut back = (*app).clone();
@@ -438,17 +471,32 @@ impl Harness {
                         if let Some(failed) = self.state.failed.get_mut(&key) {
                             failed.rolled_back_to = Some(to);
                         }
+                        self.events.push(Event::app(
+                            &source,
+                            &app.namespace,
+                            &app.name,
+                            "RolledBack",
+                            format!("back to the template of revision {to}"),
+                        ));
                     }
                 }
             }
+            expected = self.revision;
         }
-        if refused {
-            applied.stopped = Some(shoal_lattice::Error::Conflict {
-                bucket: "assignments".to_owned(),
-                key: "fence".to_owned(),
-            });
+        for op in ops {
+            not_done(&mut applied, op);
         }
         applied
+    }
+
+    /// The revision of the assignment at `key` as the bucket holds it (a refused record's
+    /// own, when someone overwrote it).
+    fn revision_of(&self, key: &str) -> Option<u64> {
+        self.refused
+            .iter()
+            .find(|refused| refused.key == key)
+            .map(|refused| refused.revision)
+            .or_else(|| self.assignments.get(key).map(|record| record.revision))
     }
 
     /// Another writer (a leader this one does not know has replaced it) writes.
@@ -521,6 +569,17 @@ impl Harness {
     /// The owner of `name`'s replicas, for `Placed`.
     pub(super) fn owner(&self, name: &str) -> Owner {
         Owner::app(&self.apps[&app_key("default", name)])
+    }
+}
+
+/// Notes an assignment write of a plan that was not made.
+fn not_done(applied: &mut Applied, op: Op) {
+    match op {
+        Op::Remove(record) => applied.not_removed.push(record),
+        Op::Place(assignment) => applied
+            .not_created
+            .push(assignment_key(&assignment.host, &assignment.replica)),
+        _ => {}
     }
 }
 
@@ -1220,6 +1279,81 @@ mod apps {
             "{:?}",
             lattice.state.failed
         );
+    }
+
+    #[test]
+    fn a_failed_rollout_whose_plan_stopped_early_is_told_by_the_next_pass() {
+        let mut lattice = Harness::new();
+        let rollout = serde_json::json!({"rollout": {"progressDeadline": "30s"}});
+        lattice
+            .host("h1")
+            .host("h2")
+            .app("web", 1, 2, rollout.clone());
+        lattice.converge("web", 5);
+        lattice.app("web", 2, 2, rollout);
+        let plan = lattice.plan("web");
+        lattice.apply(plan);
+        lattice.later(Duration::from_secs(31));
+        // Past the deadline and a host lost at once: the plan removes and places before it
+        // tells of the failure, and another leader's write refuses it at its first write.
+        lattice.live.remove("h2");
+        let fence = lattice.revision;
+        let plan = lattice.plan("web");
+        assert!(plan.removed().count() > 0, "{plan:?}");
+        assert!(plan.reasons().contains(&"RolloutFailed".to_owned()));
+        lattice.someone_else_writes();
+        lattice.events.clear();
+        let applied = lattice.apply_at(plan, fence);
+        assert!(applied.stopped.is_some());
+        assert!(
+            !lattice
+                .events
+                .iter()
+                .any(|event| event.reason == "RolloutFailed"),
+            "{:?}",
+            lattice.events
+        );
+        let key = app_key("default", "web");
+        assert!(!lattice.state.failed.contains_key(&key));
+        // The next pass tells it, and rolls back.
+        let plan = lattice.plan("web");
+        assert!(
+            plan.reasons().contains(&"RolloutFailed".to_owned()),
+            "{plan:?}"
+        );
+        lattice.apply(plan);
+        assert_eq!(lattice.apps[&key].revision, 3);
+    }
+
+    #[test]
+    fn an_app_deleted_and_applied_again_forgets_its_failed_rollout() {
+        let mut lattice = Harness::new();
+        let rollout = serde_json::json!({"rollout": {"progressDeadline": "30s"}});
+        let fail_a_rollout = |lattice: &mut Harness| {
+            lattice.app("web", 1, 1, rollout.clone());
+            lattice.converge("web", 5);
+            lattice.app("web", 2, 1, rollout.clone());
+            let plan = lattice.plan("web");
+            lattice.apply(plan);
+            lattice.later(Duration::from_secs(31));
+            let plan = lattice.plan("web");
+            let told = plan.reasons().contains(&"RolloutFailed".to_owned());
+            let rolls_back = plan
+                .ops
+                .iter()
+                .any(|op| matches!(op, Op::Rollback { to: 1, .. }));
+            lattice.apply(plan);
+            (told, rolls_back)
+        };
+        lattice.host("h1");
+        assert_eq!(fail_a_rollout(&mut lattice), (true, true));
+        // Deleted: its replicas go, and so does what this leader remembers of it.
+        lattice.apps.clear();
+        let (cleanup, _) = lattice.plan_cleanup(&[]);
+        lattice.apply(cleanup);
+        assert!(lattice.state.failed.is_empty());
+        // Applied again, its revision 2 fails too: told again and rolled back again.
+        assert_eq!(fail_a_rollout(&mut lattice), (true, true));
     }
 
     #[test]

@@ -42,8 +42,8 @@ pub(super) enum Op {
         job: Box<shoal_lattice::jobs::JobRecord>,
         made: Event,
     },
-    /// Sets an app's replicas (read, changed, compare-and-set), telling it with `why` when
-    /// it changed from something else (`from_zero`: only when it was at zero).
+    /// Sets an app's replicas (read, changed, compare-and-set), telling it with `why` and
+    /// the count it was at (`from_zero`: only when that was zero).
     Scale {
         namespace: String,
         name: String,
@@ -54,6 +54,14 @@ pub(super) enum Op {
     },
     /// Tells an event, once the writes before it went through.
     Emit(Event),
+    /// Records a failed rollout in the leader's memory (and so in the app's status) as its
+    /// event is told: a plan that stops before telling it records nothing, and the next
+    /// pass tells it.
+    RolloutFailed {
+        key: String,
+        failed: FailedRollout,
+        event: Event,
+    },
     /// Rolls an app back to the template of revision `to`, as a new revision, if the app is
     /// still at the revision the step saw (someone's newer change wins).
     Rollback {
@@ -105,7 +113,7 @@ impl Plan {
         self.ops
             .iter()
             .filter_map(|op| match op {
-                Op::Emit(event) => Some(event.reason.clone()),
+                Op::Emit(event) | Op::RolloutFailed { event, .. } => Some(event.reason.clone()),
                 _ => None,
             })
             .collect()
@@ -214,7 +222,7 @@ pub(super) async fn apply(
                 source,
                 from_zero,
             } => match apply::scale(lattice, &namespace, &name, to).await {
-                Ok(Some(from)) if !from_zero || from == 0 => {
+                Ok(Some(from)) if from != to && (!from_zero || from == 0) => {
                     tracing::info!(app = %app_key(&namespace, &name), from, to, %why, "scaled");
                     lattice
                         .emit(scaled(&source, &namespace, &name, from, to, &why))
@@ -233,6 +241,11 @@ pub(super) async fn apply(
                 written.map(|_| ())
             }
             Op::Emit(event) => {
+                lattice.emit(event).await;
+                Ok(())
+            }
+            Op::RolloutFailed { key, failed, event } => {
+                state.failed.insert(key, failed);
                 lattice.emit(event).await;
                 Ok(())
             }

@@ -91,39 +91,39 @@ pub(super) fn check_progress(
         rolled_back_to: None,
     };
     tracing::warn!(app = %key, reason = %failed.reason, "rollout failed");
-    // Told once per failed revision, not on every pass past the deadline.
-    let earlier = state.failed.get(&key);
-    if earlier.is_none_or(|earlier| earlier.revision != failed.revision) {
-        plan.push(Op::Emit(Event::app(
-            source,
-            &app.namespace,
-            &app.name,
-            "RolloutFailed",
-            failed.reason.clone(),
-        )));
+    let reason = failed.reason.clone();
+    match state.failed.get_mut(&key) {
+        // Told already (once per failed revision, not on every pass past the deadline):
+        // the reason is brought up to date, a rollback done stays on record.
+        Some(earlier) if earlier.revision == failed.revision => {
+            earlier.reason = failed.reason;
+        }
+        // Recorded when it is told: a plan stopped before it tells it next pass.
+        _ => plan.push(Op::RolloutFailed {
+            key,
+            event: Event::app(
+                source,
+                &app.namespace,
+                &app.name,
+                "RolloutFailed",
+                failed.reason.clone(),
+            ),
+            failed,
+        }),
     }
-    // Asked again on every pass past the deadline until it is done (or someone's change
-    // makes it moot), as before the step was a plan.
-    let rolled_back = earlier
-        .filter(|earlier| earlier.revision == failed.revision)
-        .and_then(|earlier| earlier.rolled_back_to);
+    // Asked on every pass past the deadline until it is done: the rollback reads the app
+    // again and does nothing once someone (or an earlier rollback) changed it.
     if rollout
         .and_then(|rollout| rollout.auto_rollback)
         .unwrap_or(true)
-        && rolled_back.is_none()
     {
         plan.push(Op::Rollback {
             app: Box::new(app.clone()),
             to: old_revision,
-            reason: failed.reason.clone(),
+            reason,
             source: source.to_owned(),
         });
     }
-    let failed = FailedRollout {
-        rolled_back_to: rolled_back,
-        ..failed
-    };
-    state.failed.insert(key, failed);
 }
 
 /// Applies a planned rollback: the app goes back to the template of revision `to` as a new
