@@ -481,13 +481,14 @@ fn an_admin_drains_a_host_without_a_failed_request_and_others_may_not() {
     assert!(ok > 0);
     eprintln!("{ok} requests while h1 drained, none failed");
     assert_eq!(lattice.ready_by_host("hello").get("h2"), Some(&2));
-    let listed = lattice.ok(&["get", "hosts"]);
-    assert!(
-        listed
-            .lines()
-            .any(|line| line.contains("h1") && line.contains("draining")),
-        "{listed}"
-    );
+    let hosts: serde_json::Value =
+        serde_json::from_str(&lattice.ok(&["get", "hosts", "-o", "json"])).unwrap();
+    let h1 = hosts
+        .as_array()
+        .and_then(|hosts| hosts.iter().find(|host| host["id"] == "h1"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(h1["control"]["draining"], true, "{h1}");
 
     // Uncordoned, it takes replicas again.
     lattice.ok(&["uncordon", "h1"]);

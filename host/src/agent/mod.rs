@@ -141,7 +141,7 @@ impl FetchError {
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     /// The ingress listener's address could not be read.
-    #[error("cannot read the ingress listener's address: {0}")]
+    #[error("cannot read the ingress listener's address")]
     Listener(#[source] std::io::Error),
     /// The lattice refused this host (its id is held by a live host, its credential was
     /// refused), or could not be reached and there was no saved state to serve meanwhile.
@@ -440,6 +440,10 @@ impl<F: Fetch> Agent<F> {
                     },
                     AgentEvent::Started(all) => {
                         for started in all {
+                            supervisor.started(started).await;
+                        }
+                        // Starts that ended meanwhile join this pass too.
+                        while let Ok(started) = started_rx.try_recv() {
                             supervisor.started(started).await;
                         }
                     }
