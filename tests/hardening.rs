@@ -35,7 +35,11 @@ fn extreme_values_and_hostile_records_crash_nothing_and_are_reported() {
     ] {
         assert!(stderr.contains(expected), "{expected} in:\n{stderr}");
     }
-    assert!(lattice.app("extreme").is_null(), "{}", lattice.app("extreme"));
+    assert!(
+        lattice.app("extreme").is_null(),
+        "{}",
+        lattice.app("extreme")
+    );
 
     lattice.apply(&hello_manifest("good", &hello, 1, ""));
     lattice.wait_ready("good", 1, PATIENCE);
