@@ -30,26 +30,17 @@ impl Capability {
     }
 }
 
-const WASI_CORE: [&str; 6] = [
-    "wasi:cli/",
-    "wasi:clocks/",
-    "wasi:filesystem/",
-    "wasi:io/",
-    "wasi:random/",
-    "wasi:sockets/",
-];
-
 /// Every capability, in the order they join a linker.
 pub(crate) const CAPABILITIES: &[Capability] = &[
     Capability {
         name: "WASI 0.2 (cli, clocks, filesystem, io, random, sockets)",
         interfaces: &[
-            (WASI_CORE[0], "0.2"),
-            (WASI_CORE[1], "0.2"),
-            (WASI_CORE[2], "0.2"),
-            (WASI_CORE[3], "0.2"),
-            (WASI_CORE[4], "0.2"),
-            (WASI_CORE[5], "0.2"),
+            ("wasi:cli/", "0.2"),
+            ("wasi:clocks/", "0.2"),
+            ("wasi:filesystem/", "0.2"),
+            ("wasi:io/", "0.2"),
+            ("wasi:random/", "0.2"),
+            ("wasi:sockets/", "0.2"),
         ],
         wasi_03: false,
         add: |linker| wasmtime_wasi::p2::add_to_linker_async(linker),
@@ -75,11 +66,11 @@ pub(crate) const CAPABILITIES: &[Capability] = &[
     Capability {
         name: "WASI 0.3 (cli, clocks, filesystem, random, sockets)",
         interfaces: &[
-            (WASI_CORE[0], "0.3"),
-            (WASI_CORE[1], "0.3"),
-            (WASI_CORE[2], "0.3"),
-            (WASI_CORE[4], "0.3"),
-            (WASI_CORE[5], "0.3"),
+            ("wasi:cli/", "0.3"),
+            ("wasi:clocks/", "0.3"),
+            ("wasi:filesystem/", "0.3"),
+            ("wasi:random/", "0.3"),
+            ("wasi:sockets/", "0.3"),
         ],
         wasi_03: true,
         add: |linker| wasmtime_wasi::p3::add_to_linker(linker),

@@ -10,7 +10,7 @@ use wasmtime_wasi::p2::bindings::CommandPre;
 use crate::engine::Runtime;
 use crate::error::{FailureCause, HostError};
 use crate::guest::{GuestOptions, new_store};
-use crate::http::{classify, exports, instantiate_pre, linker};
+use crate::http::{classify, exports, instantiate_pre};
 use crate::limits::{CpuQuota, Limits};
 
 /// Exit code for a guest that trapped, as a shell reports a process killed by SIGABRT.
@@ -40,7 +40,7 @@ pub async fn run(
 ) -> Result<CommandOutcome, HostError> {
     options.validate()?;
     let engine = runtime.engine();
-    let pre = instantiate_pre(&linker(runtime)?, component, runtime.runs_wasi_03())?;
+    let pre = instantiate_pre(runtime, component)?;
     let cpu = limits
         .cpu_millicores
         .map(|millicores| Arc::new(CpuQuota::new(millicores)));

@@ -29,7 +29,7 @@ use crate::server::ArrivedOverTls;
 
 /// A linker with everything guests of `runtime` get: WASI 0.2, and 0.3 where it runs it
 /// (the table is `capabilities::CAPABILITIES`).
-pub(crate) fn linker(runtime: &Runtime) -> Result<Linker<GuestState>, HostError> {
+fn linker(runtime: &Runtime) -> Result<Linker<GuestState>, HostError> {
     let mut linker = Linker::new(runtime.engine());
     for capability in crate::capabilities::offered(runtime.runs_wasi_03()) {
         (capability.add)(&mut linker).map_err(|error| {
@@ -39,12 +39,14 @@ pub(crate) fn linker(runtime: &Runtime) -> Result<Linker<GuestState>, HostError>
     Ok(linker)
 }
 
-/// Pre-instantiates `component`, naming the imports Shoal cannot satisfy when that fails.
+/// Links `component` with what guests of `runtime` get and pre-instantiates it, naming the
+/// imports Shoal cannot satisfy when that fails.
 pub(crate) fn instantiate_pre(
-    linker: &Linker<GuestState>,
+    runtime: &Runtime,
     component: &Component,
-    wasi_03: bool,
 ) -> Result<wasmtime::component::InstancePre<GuestState>, HostError> {
+    let linker = linker(runtime)?;
+    let wasi_03 = runtime.runs_wasi_03();
     linker.instantiate_pre(component).map_err(|error| {
         let imports: Vec<String> = component
             .component_type()
@@ -172,7 +174,7 @@ impl HttpComponent {
     /// [`HostError::UnsupportedImports`] or [`HostError::NotRunnable`] when Shoal cannot serve it.
     pub fn prepare(runtime: &Runtime, component: &Component) -> Result<HandlerPre, HostError> {
         let engine = runtime.engine();
-        let pre = instantiate_pre(&linker(runtime)?, component, runtime.runs_wasi_03())?;
+        let pre = instantiate_pre(runtime, component)?;
         HandlerPre::new(pre).ok_or_else(|| HostError::NotRunnable(exports(engine, component)))
     }
 
