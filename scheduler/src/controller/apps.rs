@@ -442,7 +442,6 @@ pub(super) fn plan_app(
                 store_access: access.as_ref().map(|(sealed, _)| sealed.clone()),
                 store_access_expires: access.map(|(_, expires)| expires),
             };
-            tracing::info!(app = %key, replica = %assignment.replica, %host, "placed");
             let message = format!(
                 "replica {} placed on host {host} (revision {})",
                 assignment.replica, app.revision

@@ -202,7 +202,6 @@ pub(super) fn plan_wake(
     if app.spec.replicas > 0 {
         return None;
     }
-    tracing::info!(app = %key, %host, "woken from zero");
     Some(Plan {
         ops: vec![Op::Scale {
             namespace: namespace.to_owned(),

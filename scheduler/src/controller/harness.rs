@@ -228,7 +228,8 @@ impl Harness {
     /// Runs the jobs controller's clean-up of jobs that are gone.
     pub(super) fn plan_orphans(&mut self) -> Plan {
         let mut placed = self.placed();
-        plan_orphans(&mut self.state, &mut placed)
+        let jobs = self.state.jobs.snapshot();
+        plan_orphans(&mut self.state, &jobs, &mut placed)
     }
 
     /// The hosts a pass may place on and the ones being drained, by `hosts::schedulable`
@@ -306,6 +307,16 @@ impl Harness {
         self.pass(|state, observed, placed| plan_app(state, observed, &app, placed).0)
     }
 
+    /// `name` with `replicas` ready replicas of revision 1 and `spec`, then revision 2 of the
+    /// same spec applied and its first step taken: a rollout under way.
+    pub(super) fn start_rollout(&mut self, name: &str, replicas: u32, spec: serde_json::Value) {
+        self.app(name, 1, replicas, spec.clone());
+        self.converge(name, 5);
+        self.app(name, 2, replicas, spec);
+        let plan = self.plan(name);
+        self.apply(plan);
+    }
+
     /// What a pass starts from: the assignments, with this leader's unseen writes.
     fn placed(&mut self) -> Placed {
         let mirrored = self.assignments.values().cloned().collect();
@@ -349,7 +360,7 @@ impl Harness {
                         _ => false,
                     });
             if refused {
-                not_done(&mut applied, op);
+                applied.not_done(op);
                 applied.stopped = Some(shoal_lattice::Error::Conflict {
                     bucket: "assignments".to_owned(),
                     key: "fence".to_owned(),
@@ -484,7 +495,7 @@ impl Harness {
             expected = self.revision;
         }
         for op in ops {
-            not_done(&mut applied, op);
+            applied.not_done(op);
         }
         applied
     }
@@ -569,17 +580,6 @@ impl Harness {
     /// The owner of `name`'s replicas, for `Placed`.
     pub(super) fn owner(&self, name: &str) -> Owner {
         Owner::app(&self.apps[&app_key("default", name)])
-    }
-}
-
-/// Notes an assignment write of a plan that was not made.
-fn not_done(applied: &mut Applied, op: Op) {
-    match op {
-        Op::Remove(record) => applied.not_removed.push(record),
-        Op::Place(assignment) => applied
-            .not_created
-            .push(assignment_key(&assignment.host, &assignment.replica)),
-        _ => {}
     }
 }
 
@@ -1246,11 +1246,7 @@ mod apps {
         lattice
             .host("h1")
             .host("h2")
-            .app("web", 1, 2, rollout.clone());
-        lattice.converge("web", 5);
-        lattice.app("web", 2, 2, rollout);
-        let plan = lattice.plan("web");
-        lattice.apply(plan);
+            .start_rollout("web", 2, rollout);
         // Revision 2's replicas never become ready.
         lattice.report("web", 2, Phase::Pending);
         lattice.later(Duration::from_secs(29));
@@ -1288,11 +1284,7 @@ mod apps {
         lattice
             .host("h1")
             .host("h2")
-            .app("web", 1, 2, rollout.clone());
-        lattice.converge("web", 5);
-        lattice.app("web", 2, 2, rollout);
-        let plan = lattice.plan("web");
-        lattice.apply(plan);
+            .start_rollout("web", 2, rollout);
         lattice.later(Duration::from_secs(31));
         // Past the deadline and a host lost at once: the plan removes and places before it
         // tells of the failure, and another leader's write refuses it at its first write.
@@ -1330,11 +1322,7 @@ mod apps {
         let mut lattice = Harness::new();
         let rollout = serde_json::json!({"rollout": {"progressDeadline": "30s"}});
         let fail_a_rollout = |lattice: &mut Harness| {
-            lattice.app("web", 1, 1, rollout.clone());
-            lattice.converge("web", 5);
-            lattice.app("web", 2, 1, rollout.clone());
-            let plan = lattice.plan("web");
-            lattice.apply(plan);
+            lattice.start_rollout("web", 1, rollout.clone());
             lattice.later(Duration::from_secs(31));
             let plan = lattice.plan("web");
             let told = plan.reasons().contains(&"RolloutFailed".to_owned());
@@ -1361,11 +1349,7 @@ mod apps {
         let mut lattice = Harness::new();
         let rollout =
             serde_json::json!({"rollout": {"progressDeadline": "30s", "autoRollback": false}});
-        lattice.host("h1").app("web", 1, 1, rollout.clone());
-        lattice.converge("web", 5);
-        lattice.app("web", 2, 1, rollout);
-        let plan = lattice.plan("web");
-        lattice.apply(plan);
+        lattice.host("h1").start_rollout("web", 1, rollout);
         lattice.later(Duration::from_secs(31));
         let first = lattice.plan("web");
         assert_eq!(first.reasons(), ["RolloutFailed"]);

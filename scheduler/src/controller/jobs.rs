@@ -38,12 +38,13 @@ pub(super) async fn pass(
     observed: &PassView<'_>,
     placed: &mut Placed,
 ) -> Result<(), Error> {
-    let plan = plan_orphans(state, placed);
+    let jobs = state.jobs.snapshot();
+    let plan = plan_orphans(state, &jobs, placed);
     let applied = super::plan::apply(lattice, state, plan, observed.now).await;
     if let Some(error) = applied.stopped {
         return Err(error);
     }
-    for job in state.jobs.snapshot() {
+    for job in jobs {
         let job = job.value;
         let owner = Owner::job(&job.namespace, &job.name, &job.uid);
         let plan = plan_job(state, observed, &job, placed);
@@ -56,11 +57,14 @@ pub(super) async fn pass(
     Ok(())
 }
 
-/// Plans the removal of the runs of jobs that are gone (or replaced by a new job of the
-/// same name), and of their statuses; `placed` forgets those runs.
-pub(super) fn plan_orphans(state: &mut State, placed: &mut Placed) -> Plan {
+/// Plans the removal of the runs of jobs that are gone (not among `jobs`, or replaced by a
+/// new job of the same name), and of their statuses; `placed` forgets those runs.
+pub(super) fn plan_orphans(
+    state: &mut State,
+    jobs: &[Versioned<JobRecord>],
+    placed: &mut Placed,
+) -> Plan {
     let mut plan = Plan::default();
-    let jobs = state.jobs.snapshot();
     let current: HashSet<(&str, &str, &str)> = jobs
         .iter()
         .map(|job| {
@@ -302,7 +306,6 @@ fn place(
             store_access_expires: access.map(|(_, expires)| expires),
         };
         let run = assignment.replica.clone();
-        tracing::info!(job = %job.name, %run, %host, "run placed");
         placed.push(Versioned {
             key: assignment_key(host, &run),
             revision: 0,

@@ -141,6 +141,19 @@ pub(super) struct Applied {
     pub(super) stopped: Option<Error>,
 }
 
+impl Applied {
+    /// Notes an assignment write of the plan that was not made.
+    pub(super) fn not_done(&mut self, op: Op) {
+        match op {
+            Op::Remove(record) => self.not_removed.push(record),
+            Op::Place(assignment) => self
+                .not_created
+                .push(assignment_key(&assignment.host, &assignment.replica)),
+            _ => {}
+        }
+    }
+}
+
 /// Makes `plan`'s writes in order, stopping at the first that fails.
 pub(super) async fn apply(
     lattice: &Lattice,
@@ -163,6 +176,9 @@ pub(super) async fn apply(
                 let key = assignment_key(&assignment.host, &assignment.replica);
                 match create(lattice, state, assignment, now).await {
                     Ok(record) => {
+                        // Logged once written (a job's run is an app's replica here too).
+                        let placed = &record.value;
+                        tracing::info!(namespace = %placed.namespace, app = %placed.app, replica = %placed.replica, host = %placed.host, "placed");
                         applied.created.push(record);
                         Ok(())
                     }
@@ -180,21 +196,17 @@ pub(super) async fn apply(
                 value,
                 revision,
                 why,
-            } => match lattice
+            } => lattice
                 .update_fenced(Bucket::Assignments, &key, &value, revision, state.fence)
                 .await
-            {
-                Ok(written) => {
+                .map(|written| {
                     state.fence = written;
                     if why == Rewrite::RenewStoreCredential {
                         state
                             .store_renewals
                             .insert(key, super::Renewal { written, at: now });
                     }
-                    Ok(())
-                }
-                Err(error) => Err(error),
-            },
+                }),
             Op::PutAppStatus(key, status) => {
                 lattice.put(Bucket::Status, &key, &status).await.map(|_| ())
             }
@@ -263,13 +275,7 @@ pub(super) async fn apply(
     }
     // What was not reached is not done either.
     for op in ops {
-        match op {
-            Op::Remove(record) => applied.not_removed.push(record),
-            Op::Place(assignment) => applied
-                .not_created
-                .push(assignment_key(&assignment.host, &assignment.replica)),
-            _ => {}
-        }
+        applied.not_done(op);
     }
     applied
 }
