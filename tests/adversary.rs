@@ -476,12 +476,7 @@ fn an_editor_s_allowlist_alone_does_not_open_a_private_address() {
     assert!(allowed.contains("127.0.0.1/32"), "{allowed}");
     assert!(lattice.ok(&["egress", "list"]).contains("127.0.0.1/32"));
     // The policy holds for replicas that start after it: one more starts, and reaches it.
-    lattice.ok(&["scale", "app", "fetcher", "--replicas", "0"]);
-    eventually(PATIENCE, "the old replica to go", || {
-        lattice.replica_ids("fetcher").is_empty().then_some(())
-    });
-    lattice.ok(&["scale", "app", "fetcher", "--replicas", "1"]);
-    lattice.wait_ready("fetcher", 1, PATIENCE);
+    lattice.replace_replica("fetcher", PATIENCE);
     let (status, body) = eventually(PATIENCE, "the new replica to reach the server", || {
         Some(fetch()).filter(|(status, _)| *status == 200)
     });

@@ -754,12 +754,7 @@ fn a_wasi_03_guest_reaches_a_private_address_only_inside_the_lattice_s_egress_po
     assert!(body.contains("DestinationIpProhibited"), "{body}");
     // The lattice's policy opens the range: a replica that starts after it reaches it.
     lattice.ok(&["egress", "allow", "127.0.0.1/32"]);
-    lattice.ok(&["scale", "app", "fetcher", "--replicas", "0"]);
-    eventually(PATIENCE, "the old replica to go", || {
-        lattice.replica_ids("fetcher").is_empty().then_some(())
-    });
-    lattice.ok(&["scale", "app", "fetcher", "--replicas", "1"]);
-    lattice.wait_ready("fetcher", 1, PATIENCE);
+    lattice.replace_replica("fetcher", PATIENCE);
     let (status, body) = eventually(PATIENCE, "the new replica to reach the server", || {
         Some(fetch()).filter(|(status, _)| *status == 200)
     });

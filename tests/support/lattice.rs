@@ -394,6 +394,17 @@ impl Lattice {
             .unwrap_or_default()
     }
 
+    /// Replaces the one replica of `app` with a new one (scaled to 0, gone, scaled to 1,
+    /// ready): a replica that starts after a policy changed.
+    pub fn replace_replica(&self, app: &str, patience: Duration) {
+        self.ok(&["scale", "app", app, "--replicas", "0"]);
+        eventually(patience, "the old replica to go", || {
+            self.replica_ids(app).is_empty().then_some(())
+        });
+        self.ok(&["scale", "app", app, "--replicas", "1"]);
+        self.wait_ready(app, 1, patience);
+    }
+
     /// Waits until the scheduler has seen the latest change of `app`: its status's
     /// `observedGeneration` is the app's generation. What a test then finds placed is what
     /// the scheduler decided for that change, not what it has yet to get to.
