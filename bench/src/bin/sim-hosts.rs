@@ -19,7 +19,8 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use futures_util::StreamExt as _;
 use local::{Processes, free_port, wait_for_port};
-use shoal_lattice::api::{self, AppManifest, AppliedApp, Request};
+use shoal_lattice::api::Apply;
+use shoal_lattice::api::{self, AppManifest, AppliedApp};
 use shoal_lattice::names::replica_status_key;
 use shoal_lattice::quantity::{Memory, Millicores};
 use shoal_lattice::records::{
@@ -320,7 +321,7 @@ async fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     for batch in manifests.chunks(500) {
         let applied: Vec<AppliedApp> = api
-            .call(&Request::Apply {
+            .call(Apply {
                 apps: batch.to_vec(),
             })
             .await

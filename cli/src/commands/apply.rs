@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use clap::Args;
 use shoal_lattice::api::{self, Applied};
+use shoal_lattice::api::{Apply, ApplyJobs, GetTrust};
 use shoal_scheduler::manifest;
 
 use crate::lattice::LatticeArgs;
@@ -159,7 +160,7 @@ pub async fn apply_file(
         .collect();
     warn_unsigned(&api, &client, &signed).await;
     let resolved_any = !resolved.is_empty();
-    let request = api::Request::Apply {
+    let request = Apply {
         apps: resolved
             .into_iter()
             .map(|(app, (digest, wasi))| api::AppManifest {
@@ -172,7 +173,7 @@ pub async fn apply_file(
             .collect(),
     };
     let applied: Vec<api::AppliedApp> = if resolved_any {
-        api.call(&request).await?
+        api.call(request).await?
     } else {
         Vec::new()
     };
@@ -199,9 +200,7 @@ pub async fn apply_file(
         }
     }
     if !jobs.is_empty() || !cron_jobs.is_empty() {
-        let applied: Vec<api::AppliedJob> = api
-            .call(&api::Request::ApplyJobs { jobs, cron_jobs })
-            .await?;
+        let applied: Vec<api::AppliedJob> = api.call(ApplyJobs { jobs, cron_jobs }).await?;
         for job in applied {
             println!("{} {}/{} {}", job.kind, job.namespace, job.name, job.change);
         }
@@ -222,7 +221,7 @@ async fn warn_unsigned(
     for (what, namespace, component, digest) in items {
         if !policies.contains_key(namespace) {
             let views: Vec<shoal_lattice::trust::TrustView> = match api
-                .call(&api::Request::GetTrust {
+                .call(GetTrust {
                     namespace: Some((*namespace).to_owned()),
                 })
                 .await

@@ -7,7 +7,8 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
-use shoal_lattice::api::{Applied, ConfigPut, Request};
+use shoal_lattice::api::PutConfig;
+use shoal_lattice::api::{Applied, ConfigPut};
 use shoal_lattice::records::DEFAULT_NAMESPACE;
 
 use crate::lattice::LatticeArgs;
@@ -88,7 +89,7 @@ pub async fn run(args: ConfigArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> 
     let data = values(&args.literals, &args.files)?;
     let (api, _connection) = lattice.api("shoal config").await?;
     let put: ConfigPut = api
-        .call(&Request::PutConfig {
+        .call(PutConfig {
             namespace: args.namespace.clone(),
             name: args.name.clone(),
             data,

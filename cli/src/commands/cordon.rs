@@ -5,7 +5,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use clap::Args;
-use shoal_lattice::api::{HostView, Request};
+use shoal_lattice::api::HostView;
+use shoal_lattice::api::{CordonHost, DrainHost, GetHosts};
 
 use crate::lattice::LatticeArgs;
 
@@ -52,7 +53,7 @@ pub async fn uncordon(args: UncordonArgs, lattice: &LatticeArgs) -> anyhow::Resu
 async fn set_cordon(host: &str, cordoned: bool, lattice: &LatticeArgs) -> anyhow::Result<()> {
     let (api, _connection) = lattice.api("shoal cordon").await?;
     let () = api
-        .call(&Request::Cordon {
+        .call(CordonHost {
             host: host.to_owned(),
             cordoned,
         })
@@ -63,7 +64,7 @@ async fn set_cordon(host: &str, cordoned: bool, lattice: &LatticeArgs) -> anyhow
 pub async fn drain(args: DrainArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
     let (api, _connection) = lattice.api("shoal drain").await?;
     let () = api
-        .call(&Request::Drain {
+        .call(DrainHost {
             host: args.host.clone(),
         })
         .await?;
@@ -74,7 +75,7 @@ pub async fn drain(args: DrainArgs, lattice: &LatticeArgs) -> anyhow::Result<u8>
     let deadline = Instant::now() + args.timeout;
     let mut last = None;
     loop {
-        let hosts: Vec<HostView> = api.call(&Request::GetHosts).await?;
+        let hosts: Vec<HostView> = api.call(GetHosts {}).await?;
         let Some(host) = hosts.iter().find(|view| view.host.id == args.host) else {
             println!("host {} left the lattice", args.host);
             return Ok(0);

@@ -3,7 +3,8 @@
 
 use anyhow::bail;
 use clap::{Args, Subcommand};
-use shoal_lattice::api::{AppliedJob, Request};
+use shoal_lattice::api::AppliedJob;
+use shoal_lattice::api::CreateJobFrom;
 use shoal_lattice::records::DEFAULT_NAMESPACE;
 
 use crate::lattice::LatticeArgs;
@@ -42,7 +43,7 @@ pub async fn run(args: CreateArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> 
     };
     let (api, _connection) = lattice.api("shoal create").await?;
     let created: AppliedJob = api
-        .call(&Request::CreateJobFrom {
+        .call(CreateJobFrom {
             namespace: namespace.clone(),
             cron_job: cron_job.to_owned(),
             name: name.clone(),

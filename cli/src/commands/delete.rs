@@ -4,7 +4,7 @@
 //! a cron job and the jobs it made.
 
 use clap::Args;
-use shoal_lattice::api::Request;
+use shoal_lattice::api::{DeleteApp, DeleteConfig, DeleteCronJob, DeleteJob, DeleteSecret};
 use shoal_lattice::records::DEFAULT_NAMESPACE;
 
 use crate::commands::describe::Object;
@@ -25,44 +25,29 @@ pub struct DeleteArgs {
 
 pub async fn run(args: DeleteArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
     let (api, _connection) = lattice.api("shoal delete").await?;
-    let (request, what) = match args.kind {
-        Object::App => (
-            Request::Delete {
-                namespace: args.namespace.clone(),
-                name: args.name.clone(),
-            },
-            "app",
-        ),
-        Object::Config => (
-            Request::DeleteConfig {
-                namespace: args.namespace.clone(),
-                name: args.name.clone(),
-            },
-            "config",
-        ),
-        Object::Secret => (
-            Request::DeleteSecret {
-                namespace: args.namespace.clone(),
-                name: args.name.clone(),
-            },
-            "secret",
-        ),
-        Object::Job => (
-            Request::DeleteJob {
-                namespace: args.namespace.clone(),
-                name: args.name.clone(),
-            },
-            "job",
-        ),
-        Object::CronJob => (
-            Request::DeleteCronJob {
-                namespace: args.namespace.clone(),
-                name: args.name.clone(),
-            },
-            "cronjob",
-        ),
+    let (namespace, name) = (args.namespace.clone(), args.name.clone());
+    let what = match args.kind {
+        Object::App => {
+            api.call(DeleteApp { namespace, name }).await?;
+            "app"
+        }
+        Object::Config => {
+            api.call(DeleteConfig { namespace, name }).await?;
+            "config"
+        }
+        Object::Secret => {
+            api.call(DeleteSecret { namespace, name }).await?;
+            "secret"
+        }
+        Object::Job => {
+            api.call(DeleteJob { namespace, name }).await?;
+            "job"
+        }
+        Object::CronJob => {
+            api.call(DeleteCronJob { namespace, name }).await?;
+            "cronjob"
+        }
     };
-    let () = api.call(&request).await?;
     println!("{what} {}/{} deleted", args.namespace, args.name);
     Ok(0)
 }

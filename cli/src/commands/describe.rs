@@ -5,7 +5,8 @@
 
 use clap::Args;
 use clap::ValueEnum;
-use shoal_lattice::api::{AppDetail, ConfigView, CronJobView, JobView, ReplicaView, Request};
+use shoal_lattice::api::{AppDetail, ConfigView, CronJobView, JobView, ReplicaView};
+use shoal_lattice::api::{DescribeApp, DescribeConfig, GetCronJobs, GetJobs, GetReplicas};
 use shoal_lattice::records::DEFAULT_NAMESPACE;
 
 use crate::commands::get::{age, table};
@@ -52,7 +53,7 @@ pub async fn run(args: DescribeArgs, lattice: &LatticeArgs) -> anyhow::Result<u8
     }
     if let Object::Job = args.kind {
         let jobs: Vec<JobView> = api
-            .call(&Request::GetJobs {
+            .call(GetJobs {
                 namespace: Some(args.namespace.clone()),
             })
             .await?;
@@ -67,7 +68,7 @@ pub async fn run(args: DescribeArgs, lattice: &LatticeArgs) -> anyhow::Result<u8
                 )
             })?;
         let replicas: Vec<ReplicaView> = api
-            .call(&Request::GetReplicas {
+            .call(GetReplicas {
                 namespace: Some(args.namespace.clone()),
             })
             .await?;
@@ -85,7 +86,7 @@ pub async fn run(args: DescribeArgs, lattice: &LatticeArgs) -> anyhow::Result<u8
     }
     if let Object::CronJob = args.kind {
         let crons: Vec<CronJobView> = api
-            .call(&Request::GetCronJobs {
+            .call(GetCronJobs {
                 namespace: Some(args.namespace.clone()),
             })
             .await?;
@@ -104,7 +105,7 @@ pub async fn run(args: DescribeArgs, lattice: &LatticeArgs) -> anyhow::Result<u8
     }
     if let Object::Config = args.kind {
         let described: ConfigView = api
-            .call(&Request::DescribeConfig {
+            .call(DescribeConfig {
                 namespace: args.namespace.clone(),
                 name: args.name.clone(),
             })
@@ -113,7 +114,7 @@ pub async fn run(args: DescribeArgs, lattice: &LatticeArgs) -> anyhow::Result<u8
         return Ok(0);
     }
     let described: AppDetail = api
-        .call(&Request::DescribeApp {
+        .call(DescribeApp {
             namespace: args.namespace.clone(),
             name: args.name.clone(),
         })

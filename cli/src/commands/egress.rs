@@ -3,8 +3,7 @@
 //! `allowedOutbound` names such an address literally. Lattice admins only.
 
 use clap::{Args, Subcommand};
-use shoal_lattice::api::Request;
-use shoal_lattice::records::EgressPolicy;
+use shoal_lattice::api::{GetEgress, SetEgress};
 
 use crate::lattice::LatticeArgs;
 use crate::output::{Format, print};
@@ -53,24 +52,23 @@ pub struct ListArgs {
 
 pub async fn run(args: EgressArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
     let (api, _connection) = lattice.api("shoal egress").await?;
-    let (request, output) = match args.command {
-        EgressCommand::Allow(RangeArgs { range }) => (
-            Request::Egress {
+    let (policy, output) = match args.command {
+        EgressCommand::Allow(RangeArgs { range }) => {
+            let allow = SetEgress {
                 range,
                 allowed: true,
-            },
-            None,
-        ),
-        EgressCommand::Deny(RangeArgs { range }) => (
-            Request::Egress {
+            };
+            (api.call(allow).await?, None)
+        }
+        EgressCommand::Deny(RangeArgs { range }) => {
+            let deny = SetEgress {
                 range,
                 allowed: false,
-            },
-            None,
-        ),
-        EgressCommand::List(ListArgs { output }) => (Request::GetEgress, Some(output)),
+            };
+            (api.call(deny).await?, None)
+        }
+        EgressCommand::List(ListArgs { output }) => (api.call(GetEgress {}).await?, Some(output)),
     };
-    let policy: EgressPolicy = api.call(&request).await?;
     print(output.unwrap_or_default(), &policy, |policy| {
         if policy.private.is_empty() {
             "no special address range is allowed\n".to_owned()

@@ -7,9 +7,10 @@ use std::time::{Duration, UNIX_EPOCH};
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 use shoal_lattice::Event;
+use shoal_lattice::api::GetApps;
 use shoal_lattice::records::DEFAULT_NAMESPACE;
 
-use shoal_lattice::api::{AppView, Request};
+use shoal_lattice::api::AppView;
 
 use crate::journal;
 use crate::lattice::LatticeArgs;
@@ -77,7 +78,7 @@ pub async fn run(mut args: EventsArgs, lattice: &LatticeArgs) -> anyhow::Result<
     // journal read would be refused by nats-server anyway).
     if let Some(namespace) = &namespace {
         let _: Vec<AppView> = api
-            .call(&Request::GetApps {
+            .call(GetApps {
                 namespace: Some(namespace.clone()),
             })
             .await?;

@@ -4,7 +4,10 @@
 use clap::{Args, ValueEnum};
 use comfy_table::{Table, presets::NOTHING};
 use shoal_lattice::api::{
-    AppView, ConfigView, CronJobView, HostView, JobView, ReplicaView, Request, SecretView,
+    AppView, ConfigView, CronJobView, HostView, JobView, ReplicaView, SecretView,
+};
+use shoal_lattice::api::{
+    GetApps, GetConfigs, GetControlPlane, GetCronJobs, GetHosts, GetJobs, GetReplicas, GetSecrets,
 };
 use shoal_lattice::records::{HostRecord, now_millis};
 
@@ -107,7 +110,7 @@ pub async fn run(args: GetArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
     match args.kind {
         Kind::Apps => {
             let rows: Vec<AppView> = api
-                .call(&Request::GetApps {
+                .call(GetApps {
                     namespace: args.namespace.clone(),
                 })
                 .await?;
@@ -129,7 +132,7 @@ pub async fn run(args: GetArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
             })?;
         }
         Kind::Hosts => {
-            let hosts: Vec<HostView> = api.call(&Request::GetHosts).await?;
+            let hosts: Vec<HostView> = api.call(GetHosts {}).await?;
             print(args.output, &hosts, |hosts| {
                 let mut table = table(&[
                     "ID", "STATE", "REPLICAS", "MEMORY", "CPU", "LABELS", "INGRESS", "AGE",
@@ -155,9 +158,7 @@ pub async fn run(args: GetArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
                 format!("{table}\n")
             })?;
             // The hosts can all look fine while no scheduler acts on them: say so.
-            if let Ok(control_plane) = api
-                .call::<shoal_lattice::api::ControlPlaneView>(&Request::GetControlPlane)
-                .await
+            if let Ok(control_plane) = api.call(GetControlPlane {}).await
                 && let Some(warning) = control_plane.warning
             {
                 eprintln!("warning: {warning}");
@@ -165,7 +166,7 @@ pub async fn run(args: GetArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
         }
         Kind::Configs => {
             let rows: Vec<ConfigView> = api
-                .call(&Request::GetConfigs {
+                .call(GetConfigs {
                     namespace: args.namespace.clone(),
                 })
                 .await?;
@@ -187,7 +188,7 @@ pub async fn run(args: GetArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
         }
         Kind::Secrets => {
             let rows: Vec<SecretView> = api
-                .call(&Request::GetSecrets {
+                .call(GetSecrets {
                     namespace: args.namespace.clone(),
                 })
                 .await?;
@@ -208,7 +209,7 @@ pub async fn run(args: GetArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
         }
         Kind::Jobs => {
             let rows: Vec<JobView> = api
-                .call(&Request::GetJobs {
+                .call(GetJobs {
                     namespace: args.namespace.clone(),
                 })
                 .await?;
@@ -250,7 +251,7 @@ pub async fn run(args: GetArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
         }
         Kind::CronJobs => {
             let rows: Vec<CronJobView> = api
-                .call(&Request::GetCronJobs {
+                .call(GetCronJobs {
                     namespace: args.namespace.clone(),
                 })
                 .await?;
@@ -302,7 +303,7 @@ pub async fn run(args: GetArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
         }
         Kind::Replicas => {
             let rows: Vec<ReplicaView> = api
-                .call(&Request::GetReplicas {
+                .call(GetReplicas {
                     namespace: args.namespace.clone(),
                 })
                 .await?;

@@ -6,7 +6,8 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
-use shoal_lattice::api::{KeyValueAnswer, KeyValueOp, Request, decode_value, encode_value};
+use shoal_lattice::api::KeyValue;
+use shoal_lattice::api::{KeyValueAnswer, KeyValueOp, decode_value, encode_value};
 use shoal_lattice::records::DEFAULT_NAMESPACE;
 
 use crate::lattice::LatticeArgs;
@@ -93,7 +94,7 @@ pub async fn run(args: KvArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
         KvCommand::Ls { store } => (store, KeyValueOp::List { after: None }),
     };
     let (app, store) = split(&target);
-    let request = |op| Request::KeyValue {
+    let request = |op| KeyValue {
         namespace: args.namespace.clone(),
         app: app.clone(),
         store: store.clone(),
@@ -103,7 +104,7 @@ pub async fn run(args: KvArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
         KeyValueOp::List { .. } => {
             let mut after = None;
             loop {
-                let answer: KeyValueAnswer = api.call(&request(KeyValueOp::List { after })).await?;
+                let answer: KeyValueAnswer = api.call(request(KeyValueOp::List { after })).await?;
                 let KeyValueAnswer::Keys { keys, next } = answer else {
                     bail!("the control plane answered a list with something else");
                 };
@@ -117,7 +118,7 @@ pub async fn run(args: KvArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
             }
         }
         KeyValueOp::Get { .. } => {
-            let answer: KeyValueAnswer = api.call(&request(op)).await?;
+            let answer: KeyValueAnswer = api.call(request(op)).await?;
             match answer {
                 KeyValueAnswer::Value { value: Some(value) } => {
                     use std::io::Write as _;
@@ -132,7 +133,7 @@ pub async fn run(args: KvArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
             }
         }
         op => {
-            let _: KeyValueAnswer = api.call(&request(op)).await?;
+            let _: KeyValueAnswer = api.call(request(op)).await?;
             Ok(0)
         }
     }

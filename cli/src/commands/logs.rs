@@ -8,7 +8,8 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
-use shoal_lattice::api::{CallError, ErrorCode, History, JobView, Request};
+use shoal_lattice::api::{AppHistory, GetJobs};
+use shoal_lattice::api::{CallError, ErrorCode, JobView};
 use shoal_lattice::records::DEFAULT_NAMESPACE;
 use shoal_lattice::{LogLine, Output, Start};
 
@@ -70,7 +71,7 @@ pub async fn run(args: LogsArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
     // an app that does not exist is an error. The lines of a deleted app can still be read.
     let exists = if kind == "job" {
         let jobs: Vec<JobView> = api
-            .call(&Request::GetJobs {
+            .call(GetJobs {
                 namespace: Some(args.namespace.clone()),
             })
             .await?;
@@ -84,7 +85,7 @@ pub async fn run(args: LogsArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
         found
     } else {
         match api
-            .call::<History>(&Request::History {
+            .call(AppHistory {
                 namespace: args.namespace.clone(),
                 name: name.to_owned(),
             })

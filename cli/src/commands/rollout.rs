@@ -3,7 +3,8 @@
 use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand};
-use shoal_lattice::api::{self, AppDetail, History, Request, UndoneTo};
+use shoal_lattice::api::{self, AppDetail, History, UndoneTo};
+use shoal_lattice::api::{AppHistory, DescribeApp, PauseRollout, UndoRollout};
 use shoal_lattice::records::{DEFAULT_NAMESPACE, Phase};
 
 use crate::commands::get::{age, table};
@@ -72,7 +73,7 @@ pub async fn run(args: RolloutArgs, lattice: &LatticeArgs) -> anyhow::Result<u8>
     match args.command {
         RolloutCommand::History { name, namespace } => {
             let history: History = api
-                .call(&Request::History {
+                .call(AppHistory {
                     namespace: namespace.clone(),
                     name: name.clone(),
                 })
@@ -100,7 +101,7 @@ pub async fn run(args: RolloutArgs, lattice: &LatticeArgs) -> anyhow::Result<u8>
             to_revision,
         } => {
             let undone: UndoneTo = api
-                .call(&Request::Undo {
+                .call(UndoRollout {
                     namespace: namespace.clone(),
                     name: name.clone(),
                     to_revision,
@@ -131,7 +132,7 @@ pub async fn run(args: RolloutArgs, lattice: &LatticeArgs) -> anyhow::Result<u8>
 
 async fn pause(api: &api::Client, namespace: &str, name: &str, paused: bool) -> anyhow::Result<u8> {
     let () = api
-        .call(&Request::Pause {
+        .call(PauseRollout {
             namespace: namespace.to_owned(),
             name: name.to_owned(),
             paused,
@@ -153,7 +154,7 @@ async fn status(
     let mut following = None;
     loop {
         let detail: AppDetail = api
-            .call(&Request::DescribeApp {
+            .call(DescribeApp {
                 namespace: namespace.to_owned(),
                 name: name.to_owned(),
             })

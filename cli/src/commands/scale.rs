@@ -1,7 +1,8 @@
 //! `shoal scale app NAME --replicas N`: change an app's replica count (no new revision).
 
 use clap::{Args, ValueEnum};
-use shoal_lattice::api::{Request, Scaled};
+use shoal_lattice::api::ScaleApp;
+use shoal_lattice::api::Scaled;
 use shoal_lattice::records::DEFAULT_NAMESPACE;
 
 use crate::lattice::LatticeArgs;
@@ -32,7 +33,7 @@ pub async fn run(args: ScaleArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
     let (api, _connection) = lattice.api("shoal scale").await?;
     let Scalable::App = args.kind;
     let scaled: Scaled = api
-        .call(&Request::Scale {
+        .call(ScaleApp {
             namespace: args.namespace.clone(),
             name: args.name.clone(),
             replicas: args.replicas,

@@ -3,7 +3,8 @@
 //! that list it in `spec.secrets` through `wasi:config/store`. No command prints a value.
 
 use clap::{Args, Subcommand};
-use shoal_lattice::api::{ConfigPut, Request};
+use shoal_lattice::api::ConfigPut;
+use shoal_lattice::api::{GetSecretsKey, PutSecret};
 use shoal_lattice::records::SecretsKey;
 use shoal_lattice::secrets::SecretValues;
 
@@ -32,12 +33,12 @@ pub async fn run(args: SecretArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> 
     let SecretCommand::Create(args) = args.command;
     let values = SecretValues::new(values(&args.literals, &args.files)?);
     let (api, _connection) = lattice.api("shoal secret").await?;
-    let key: SecretsKey = api.call(&Request::SecretsKey).await?;
+    let key: SecretsKey = api.call(GetSecretsKey {}).await?;
     let sealed = values.seal(&shoal_lattice::secrets::new_key(), &key.public)?;
     let keys = values.keys();
     drop(values);
     let put: ConfigPut = api
-        .call(&Request::PutSecret {
+        .call(PutSecret {
             namespace: args.namespace.clone(),
             name: args.name.clone(),
             keys: keys.clone(),

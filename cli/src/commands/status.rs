@@ -3,7 +3,8 @@
 //! lease allows (so a stopped control plane never looks healthy).
 
 use clap::Args;
-use shoal_lattice::api::{ControlPlaneView, Request};
+use shoal_lattice::api::ControlPlaneView;
+use shoal_lattice::api::GetControlPlane;
 
 use crate::lattice::LatticeArgs;
 use crate::output::{Format, print};
@@ -23,7 +24,7 @@ pub struct StatusArgs {
 
 pub async fn run(args: StatusArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
     let (api, _connection) = lattice.api("shoal status").await?;
-    let view: ControlPlaneView = api.call(&Request::GetControlPlane).await?;
+    let view: ControlPlaneView = api.call(GetControlPlane {}).await?;
     print(args.output, &view, text)?;
     if let Some(warning) = &view.warning {
         eprintln!("warning: {warning}");

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
-use shoal_lattice::api::Request;
+use shoal_lattice::api::{GetTrust, TrustKey, UntrustKey};
 use shoal_lattice::trust::{TrustView, TrustedKey};
 use shoal_oci::keys::PublicKey;
 
@@ -121,7 +121,7 @@ pub async fn run(args: TrustArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
                     .unwrap_or_else(|| "key".to_owned()),
             };
             let view: TrustView = api
-                .call(&Request::TrustKey {
+                .call(TrustKey {
                     namespace: args.namespace.clone(),
                     name: name.clone(),
                     pem: key.to_pem(),
@@ -136,7 +136,7 @@ pub async fn run(args: TrustArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
         }
         TrustCommand::Remove(args) => {
             let view: TrustView = api
-                .call(&Request::UntrustKey {
+                .call(UntrustKey {
                     namespace: args.namespace.clone(),
                     name: args.name.clone(),
                 })
@@ -155,7 +155,7 @@ pub async fn run(args: TrustArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
         }
         TrustCommand::List(args) => {
             let views: Vec<TrustView> = api
-                .call(&Request::GetTrust {
+                .call(GetTrust {
                     namespace: args.namespace.clone(),
                 })
                 .await?;

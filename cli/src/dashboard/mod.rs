@@ -19,8 +19,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use futures_util::Stream;
 use serde::{Deserialize, Serialize};
+use shoal_lattice::api::{self, AppView, CallError, ErrorCode, HostView, ReplicaView, Verb};
 use shoal_lattice::api::{
-    self, AppDetail, AppView, CallError, ErrorCode, History, HostView, ReplicaView, Request,
+    AppHistory, DeleteApp, DescribeApp, GetApps, GetControlPlane, GetHosts, GetReplicas,
+    PauseRollout, ScaleApp, UndoRollout,
 };
 use shoal_lattice::records::now_millis;
 use shoal_lattice::{Lattice, Start};
@@ -189,25 +191,25 @@ async fn read_snapshot(dashboard: &Dashboard) -> Snapshot {
     let mut problems = Vec::new();
     let api = &dashboard.api;
     let apps: Vec<AppView> = api
-        .call(&Request::GetApps { namespace: None })
+        .call(GetApps { namespace: None })
         .await
         .unwrap_or_else(|error| {
             problems.push(format!("apps: {error}"));
             Vec::new()
         });
     let replicas: Vec<ReplicaView> = api
-        .call(&Request::GetReplicas { namespace: None })
+        .call(GetReplicas { namespace: None })
         .await
         .unwrap_or_else(|error| {
             problems.push(format!("replicas: {error}"));
             Vec::new()
         });
-    let hosts: Vec<HostView> = api.call(&Request::GetHosts).await.unwrap_or_else(|error| {
+    let hosts: Vec<HostView> = api.call(GetHosts {}).await.unwrap_or_else(|error| {
         problems.push(format!("hosts: {error}"));
         Vec::new()
     });
     let control_plane_warning = api
-        .call::<api::ControlPlaneView>(&Request::GetControlPlane)
+        .call(GetControlPlane {})
         .await
         .ok()
         .and_then(|view| view.warning);
@@ -407,7 +409,7 @@ async fn logs(
     // The control plane's answer first: a caller who may not view the app is told so.
     if let Err(error) = dashboard
         .api
-        .call::<History>(&Request::History {
+        .call(AppHistory {
             namespace: namespace.clone(),
             name: name.clone(),
         })
@@ -480,14 +482,14 @@ async fn app(
 ) -> Response {
     let detail = dashboard
         .api
-        .call::<AppDetail>(&Request::DescribeApp {
+        .call(DescribeApp {
             namespace: namespace.clone(),
             name: name.clone(),
         })
         .await;
     let history = dashboard
         .api
-        .call::<History>(&Request::History {
+        .call(AppHistory {
             namespace: namespace.clone(),
             name,
         })
@@ -515,11 +517,7 @@ async fn diff(
     Path((namespace, name)): Path<(String, String)>,
     Query(query): Query<DiffQuery>,
 ) -> Response {
-    let history = match dashboard
-        .api
-        .call::<History>(&Request::History { namespace, name })
-        .await
-    {
+    let history = match dashboard.api.call(AppHistory { namespace, name }).await {
         Ok(history) => history,
         Err(error) => return call_failed(&error),
     };
@@ -563,7 +561,7 @@ async fn scale(
     act(
         &dashboard,
         &headers,
-        Request::Scale {
+        ScaleApp {
             namespace,
             name,
             replicas: body.replicas,
@@ -586,7 +584,7 @@ async fn pause_or_resume(
     act(
         &dashboard,
         &headers,
-        Request::Pause {
+        PauseRollout {
             namespace,
             name,
             paused,
@@ -605,7 +603,7 @@ async fn undo(
     act(
         &dashboard,
         &headers,
-        Request::Undo {
+        UndoRollout {
             namespace,
             name,
             to_revision: revision,
@@ -619,19 +617,19 @@ async fn delete_app(
     Path((namespace, name)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    act(&dashboard, &headers, Request::Delete { namespace, name }).await
+    act(&dashboard, &headers, DeleteApp { namespace, name }).await
 }
 
 /// Sends an action to the control API as the dashboard's caller; the control API decides
 /// whether the caller may.
-async fn act(dashboard: &Dashboard, headers: &HeaderMap, request: Request) -> Response {
+async fn act<V: Verb>(dashboard: &Dashboard, headers: &HeaderMap, request: V) -> Response {
     if headers.get(ACTION_HEADER) != Some(&HeaderValue::from_static("1")) {
         return refused(
             StatusCode::FORBIDDEN,
             "actions need the x-shoal-dashboard: 1 header (sent by the dashboard's own page)",
         );
     }
-    match dashboard.api.call::<serde_json::Value>(&request).await {
+    match dashboard.api.call(request).await {
         Ok(answer) => Json(answer).into_response(),
         Err(error) => call_failed(&error),
     }

@@ -3,9 +3,7 @@
 
 use std::time::Duration;
 
-use serde::de::DeserializeOwned;
-
-use super::{Answer, ApiError, ErrorCode, Request};
+use super::{Answer, ApiError, ErrorCode, Request, Rules, Verb};
 use crate::auth::{ANONYMOUS, Grant, Holder, LATTICE_SCOPE, Role, api_subject};
 
 /// How long one attempt waits for an answer: a scheduler that froze (a stopped VM) still
@@ -88,19 +86,19 @@ impl Client {
         self.grants.iter().any(|grant| grant.namespace.is_none())
     }
 
-    /// Sends `request` and decodes the answer.
+    /// Sends `request` and decodes the answer its verb gives.
     ///
     /// # Errors
     /// [`CallError::Refused`] with the server's reason, else why no answer came.
-    pub async fn call<T: DeserializeOwned>(&self, request: &Request) -> Result<T, CallError> {
-        let grant = choose_grant(&self.grants, request);
+    pub async fn call<V: Verb>(&self, request: V) -> Result<V::Answer, CallError> {
+        let grant = choose_grant(&self.grants, &request);
         let subject = api_subject(&self.lattice, &grant, &self.user, request.verb());
-        let body =
-            serde_json::to_vec(request).map_err(|error| CallError::Transport(error.to_string()))?;
+        // A request that must not be done twice is sent again only when nobody got it.
+        let resend_after_timeout = request.resend_safe();
+        let request: Request = request.into();
+        let body = serde_json::to_vec(&request)
+            .map_err(|error| CallError::Transport(error.to_string()))?;
         let subject = async_nats::Subject::from(subject);
-        // Sending again is safe for every request but undo, which would roll back twice;
-        // undo is sent again only when nobody got it.
-        let resend_after_timeout = !matches!(request, Request::Undo { .. });
         let started = tokio::time::Instant::now();
         let body = bytes::Bytes::from(body);
         loop {
@@ -132,7 +130,7 @@ impl Client {
                     )));
                 }
             };
-            match serde_json::from_slice::<Answer<T>>(&reply.payload) {
+            match serde_json::from_slice::<Answer<V::Answer>>(&reply.payload) {
                 Ok(Answer::Ok(value)) => return Ok(value),
                 // The server failed, not refused: a NATS server of a cluster lost a moment
                 // ago leaves JetStream without a leader for a second or two. Asked again
@@ -158,7 +156,7 @@ impl Client {
 
 /// The grant a request goes under: the narrowest one that allows it, else the strongest
 /// in one of its namespaces, else the strongest (the server then says what is missing).
-pub(super) fn choose_grant(grants: &[Grant], request: &Request) -> Grant {
+pub(super) fn choose_grant(grants: &[Grant], request: &dyn Rules) -> Grant {
     let (role, namespaces) = request.needs();
     let allows = |grant: &&Grant| {
         namespaces

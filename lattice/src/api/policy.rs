@@ -2,123 +2,8 @@
 //! a request comes from, read from the subject it arrived on (on a secure lattice,
 //! nats-server let it publish there only under a grant of its credential).
 
-use super::{ApiError, ErrorCode, Request};
+use super::{ApiError, ErrorCode, Rules};
 use crate::auth::{Grant, Role};
-
-impl Request {
-    /// The verb: the last token of the subject.
-    pub fn verb(&self) -> &'static str {
-        match self {
-            Request::Apply { .. } | Request::ApplyJobs { .. } => "apply",
-            Request::GetJobs { .. } | Request::GetCronJobs { .. } => "get",
-            Request::DeleteJob { .. } | Request::DeleteCronJob { .. } => "delete",
-            Request::CreateJobFrom { .. } => "create",
-            Request::Delete { .. } => "delete",
-            Request::Scale { .. } => "scale",
-            Request::Undo { .. } => "undo",
-            Request::Pause { paused: true, .. } => "pause",
-            Request::Pause { paused: false, .. } => "resume",
-            Request::History { .. } => "history",
-            Request::GetApps { .. } => "get",
-            Request::GetHosts | Request::GetControlPlane | Request::GetEgress => "get",
-            Request::Egress { .. } => "egress",
-            Request::GetReplicas { .. } => "get",
-            Request::DescribeApp { .. } => "describe",
-            Request::Cordon { cordoned: true, .. } => "cordon",
-            Request::Cordon {
-                cordoned: false, ..
-            } => "uncordon",
-            Request::Drain { .. } => "drain",
-            Request::PutConfig { .. } => "config",
-            Request::GetConfigs { .. } => "get",
-            Request::DescribeConfig { .. } => "describe",
-            Request::DeleteConfig { .. } => "delete",
-            Request::SecretsKey => "get",
-            Request::PutSecret { .. } => "secret",
-            Request::GetSecrets { .. } => "get",
-            Request::DeleteSecret { .. } => "delete",
-            Request::TrustKey { .. } => "trust",
-            Request::UntrustKey { .. } => "untrust",
-            Request::GetTrust { .. } => "get",
-            Request::KeyValue { op, .. } if op.writes() => "kv-write",
-            Request::KeyValue { .. } => "kv-read",
-        }
-    }
-
-    /// Whether it acts on the whole lattice (hosts), so only a lattice-wide grant allows it.
-    pub fn lattice_wide(&self) -> bool {
-        // A trust policy binds every editor of its scope: only a lattice-wide admin sets one.
-        matches!(
-            self,
-            Request::Cordon { .. }
-                | Request::Drain { .. }
-                | Request::TrustKey { .. }
-                | Request::UntrustKey { .. }
-                | Request::Egress { .. }
-        )
-    }
-
-    /// The role it needs and the namespaces it touches (none: it reads lattice-wide or
-    /// filters what it reads to what the caller may see).
-    pub fn needs(&self) -> (Role, Vec<&str>) {
-        match self {
-            Request::Apply { apps } => (
-                Role::Editor,
-                apps.iter().map(|app| app.namespace.as_str()).collect(),
-            ),
-            Request::ApplyJobs { jobs, cron_jobs } => (
-                Role::Editor,
-                jobs.iter()
-                    .map(|job| job.namespace.as_str())
-                    .chain(cron_jobs.iter().map(|cron| cron.namespace.as_str()))
-                    .collect(),
-            ),
-            Request::Delete { namespace, .. }
-            | Request::DeleteJob { namespace, .. }
-            | Request::DeleteCronJob { namespace, .. }
-            | Request::CreateJobFrom { namespace, .. }
-            | Request::Scale { namespace, .. }
-            | Request::Undo { namespace, .. }
-            | Request::Pause { namespace, .. }
-            | Request::PutConfig { namespace, .. }
-            | Request::DeleteConfig { namespace, .. }
-            | Request::PutSecret { namespace, .. }
-            | Request::DeleteSecret { namespace, .. } => (Role::Editor, vec![namespace]),
-            Request::History { namespace, .. }
-            | Request::DescribeApp { namespace, .. }
-            | Request::DescribeConfig { namespace, .. } => (Role::Viewer, vec![namespace]),
-            Request::KeyValue { namespace, op, .. } => (
-                if op.writes() {
-                    Role::Editor
-                } else {
-                    Role::Viewer
-                },
-                vec![namespace],
-            ),
-            Request::GetApps { namespace }
-            | Request::GetJobs { namespace }
-            | Request::GetCronJobs { namespace }
-            | Request::GetReplicas { namespace }
-            | Request::GetConfigs { namespace }
-            | Request::GetSecrets { namespace } => {
-                (Role::Viewer, namespace.iter().map(String::as_str).collect())
-            }
-            Request::GetHosts
-            | Request::GetControlPlane
-            | Request::GetEgress
-            | Request::SecretsKey => (Role::Viewer, Vec::new()),
-            // What guests may reach of a host's own networks: the lattice's admins decide.
-            Request::Egress { .. } => (Role::Admin, Vec::new()),
-            Request::Cordon { .. } | Request::Drain { .. } => (Role::Admin, Vec::new()),
-            Request::TrustKey { namespace, .. } | Request::UntrustKey { namespace, .. } => {
-                (Role::Admin, namespace.iter().map(String::as_str).collect())
-            }
-            Request::GetTrust { namespace } => {
-                (Role::Viewer, namespace.iter().map(String::as_str).collect())
-            }
-        }
-    }
-}
 
 /// Who a request comes from, read from the subject it arrived on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -151,7 +36,7 @@ impl Caller {
     }
 
     /// Whether this caller may do `request`; else the refusal, naming who, what and where.
-    pub fn authorize(&self, request: &Request) -> Result<(), ApiError> {
+    pub fn authorize(&self, request: &dyn Rules) -> Result<(), ApiError> {
         let (role, namespaces) = request.needs();
         let refuse = |place: &str| {
             ApiError::new(
@@ -187,6 +72,7 @@ impl Caller {
 #[cfg(test)]
 mod tests {
     use super::super::client::choose_grant;
+    use super::super::{DeleteApp, GetHosts, GetTrust, TrustKey, UntrustKey};
     use super::*;
 
     fn caller(role: Role, namespace: Option<&str>) -> Caller {
@@ -220,7 +106,7 @@ mod tests {
 
     #[test]
     fn refusals_name_who_what_and_where() {
-        let delete = Request::Delete {
+        let delete = DeleteApp {
             namespace: "team-a".to_owned(),
             name: "web".to_owned(),
         };
@@ -247,14 +133,14 @@ mod tests {
         assert!(caller(Role::Admin, None).authorize(&delete).is_ok());
         assert!(
             caller(Role::Viewer, Some("team-a"))
-                .authorize(&Request::GetHosts)
+                .authorize(&GetHosts {})
                 .is_ok()
         );
     }
 
     #[test]
     fn only_a_lattice_wide_admin_changes_trust_policies() {
-        let add = |namespace: Option<&str>| Request::TrustKey {
+        let add = |namespace: Option<&str>| TrustKey {
             namespace: namespace.map(str::to_owned),
             name: "ci".to_owned(),
             pem: String::new(),
@@ -274,7 +160,7 @@ mod tests {
                 .authorize(&add(Some("team-a")))
                 .is_ok()
         );
-        let untrust = Request::UntrustKey {
+        let untrust = UntrustKey {
             namespace: None,
             name: "ci".to_owned(),
         };
@@ -282,7 +168,7 @@ mod tests {
         // Anyone may read them: they say what a component needs.
         assert!(
             caller(Role::Viewer, Some("team-a"))
-                .authorize(&Request::GetTrust {
+                .authorize(&GetTrust {
                     namespace: Some("team-a".to_owned())
                 })
                 .is_ok()
@@ -300,12 +186,12 @@ mod tests {
             namespace: Some("team-a".to_owned()),
         };
         let grants = [viewer.clone(), editor.clone()];
-        let delete = |namespace: &str| Request::Delete {
+        let delete = |namespace: &str| DeleteApp {
             namespace: namespace.to_owned(),
             name: "web".to_owned(),
         };
         assert_eq!(choose_grant(&grants, &delete("team-a")), editor);
-        assert_eq!(choose_grant(&grants, &Request::GetHosts), viewer);
+        assert_eq!(choose_grant(&grants, &GetHosts {}), viewer);
         // No grant allows it: the strongest is sent, and refused by the server.
         assert_eq!(choose_grant(&grants, &delete("team-b")), editor);
     }
