@@ -17,7 +17,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::quantity::Span;
-use crate::records::{AppLimits, AppSpec, Expose, Placement};
+use crate::records::AppSpec;
 use crate::validate::{Invalid, Problems, Validate};
 
 /// Most runs a job may ask to complete.
@@ -61,42 +61,28 @@ pub fn cron_log_name(cron_job: &str) -> String {
     format!("cronjob={cron_job}")
 }
 
-/// What a job runs, and how many times.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct JobSpec {
-    /// The command component (OCI reference).
-    pub component: String,
-    /// Arguments after the program name.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub args: Vec<String>,
-    /// Environment variables.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub env: BTreeMap<String, String>,
-    /// What it reads through `wasi:config/store`.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub config: BTreeMap<String, String>,
-    /// Where runs may go.
-    #[serde(default)]
-    pub placement: Placement,
-    /// Limits of each run (`timeout` bounds one run; default 1h for jobs).
-    #[serde(default)]
-    pub limits: AppLimits,
-    /// Outbound HTTP origins a run may call.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub allowed_outbound: Vec<String>,
-    /// Runs that must exit 0 (default 1).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub completions: Option<u32>,
-    /// Most runs at once (default 1).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub parallelism: Option<u32>,
-    /// Failed runs retried before the job fails (default 6).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub backoff_limit: Option<u32>,
-    /// How long the job may run in all, from its start; then it fails and its runs stop.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub active_deadline: Option<Span>,
+crate::records::workload_spec! {
+    /// What a job runs, and how many times.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    pub struct JobSpec {
+        /// Arguments after the program name.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pub args: Vec<String>,
+        /// Runs that must exit 0 (default 1).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub completions: Option<u32>,
+        /// Most runs at once (default 1).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub parallelism: Option<u32>,
+        /// Failed runs retried before the job fails (default 6).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub backoff_limit: Option<u32>,
+        /// How long the job may run in all, from its start; then it fails and its runs
+        /// stop.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub active_deadline: Option<Span>,
+    }
 }
 
 impl JobSpec {
@@ -119,27 +105,13 @@ impl JobSpec {
     /// same limits, environment and grants as an app's replica (one run per request of the
     /// timeout: 1h unless the job says otherwise).
     pub fn template(&self) -> AppSpec {
-        let mut limits = self.limits.clone();
-        limits.timeout = Some(limits.timeout.unwrap_or(Span(Duration::from_secs(3600))));
-        AppSpec {
-            component: self.component.clone(),
-            replicas: 0,
-            placement: self.placement.clone(),
-            limits,
-            routes: Vec::new(),
-            config: self.config.clone(),
-            config_from: Vec::new(),
-            env: self.env.clone(),
-            secrets: Vec::new(),
-            key_value: Vec::new(),
-            allowed_outbound: self.allowed_outbound.clone(),
-            health: None,
-            rollout: None,
-            revision_history_limit: None,
-            expose: Expose::default(),
-            disconnect: None,
-            autoscale: None,
-        }
+        let mut spec = AppSpec::of_workload(self.workload());
+        let timeout = spec
+            .limits
+            .timeout
+            .unwrap_or(Span(Duration::from_secs(3600)));
+        spec.limits.timeout = Some(timeout);
+        spec
     }
 
     /// Every problem of this spec, with field paths under `prefix` (`spec` in a manifest).
@@ -552,6 +524,67 @@ mod tests {
             "parallelism": 2,
         }))
         .unwrap()
+    }
+
+    /// A job and an app as stored before their shared fields were declared once: each
+    /// reads as it did and is written back the same (a job's empty placement and limits,
+    /// written out before, are now left out, and read back as the same defaults).
+    #[test]
+    fn records_of_today_read_and_write_as_before() {
+        let app = serde_json::json!({
+            "component": "r/web:1",
+            "replicas": 3,
+            "placement": {"requires": {"zone": "a"}, "spreadBy": "rack"},
+            "limits": {"memory": "64Mi", "timeout": "30s"},
+            "routes": [{"path": "/"}],
+            "config": {"MODE": "fast"},
+            "configFrom": ["settings"],
+            "env": {"A": "1"},
+            "secrets": ["db"],
+            "keyValue": [{"name": "cache"}],
+            "allowedOutbound": ["https://api.example"],
+            "revisionHistoryLimit": 4,
+            "expose": {"namespaces": ["team-b"]},
+        });
+        let read: AppSpec = serde_json::from_value(app.clone()).unwrap();
+        assert_eq!(serde_json::to_value(&read).unwrap(), app);
+        assert_eq!(read.workload().allowed_outbound, ["https://api.example"]);
+
+        let job = serde_json::json!({
+            "component": "r/task:1",
+            "args": ["--exit", "0"],
+            "env": {"A": "1"},
+            "config": {"MODE": "fast"},
+            "placement": {"requires": {"zone": "a"}},
+            "limits": {"timeout": "30s"},
+            "allowedOutbound": ["https://api.example"],
+            "completions": 3,
+        });
+        let read: JobSpec = serde_json::from_value(job.clone()).unwrap();
+        assert_eq!(serde_json::to_value(&read).unwrap(), job);
+
+        let bare = serde_json::json!({
+            "component": "r/task:1",
+            "placement": {},
+            "limits": {},
+        });
+        let read: JobSpec = serde_json::from_value(bare).unwrap();
+        let written = serde_json::to_value(&read).unwrap();
+        assert_eq!(written, serde_json::json!({"component": "r/task:1"}));
+        assert_eq!(serde_json::from_value::<JobSpec>(written).unwrap(), read);
+    }
+
+    #[test]
+    fn a_run_is_confined_as_its_job_says_and_granted_nothing_more() {
+        let mut spec = job();
+        spec.env.insert("A".into(), "1".into());
+        spec.allowed_outbound.push("https://api.example".into());
+        let run = spec.template();
+        assert_eq!(run.workload().component, spec.component);
+        assert_eq!(run.env, spec.env);
+        assert_eq!(run.allowed_outbound, spec.allowed_outbound);
+        assert_eq!(run.replicas, 0);
+        assert!(run.routes.is_empty() && run.secrets.is_empty() && run.key_value.is_empty());
     }
 
     #[test]

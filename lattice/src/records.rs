@@ -26,70 +26,163 @@ pub fn now_millis() -> u64 {
         })
 }
 
-/// An app's spec as written in its manifest (`spec:`), and as stored.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct AppSpec {
-    /// OCI reference of the component, by tag or digest.
-    pub component: String,
-    /// Desired replica count.
-    #[serde(default = "one")]
-    pub replicas: u32,
-    /// Where replicas may run.
-    #[serde(default, skip_serializing_if = "Placement::is_empty")]
-    pub placement: Placement,
-    /// Per-replica limits.
-    #[serde(default, skip_serializing_if = "AppLimits::is_empty")]
-    pub limits: AppLimits,
-    /// HTTP routes to this app.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub routes: Vec<Route>,
-    /// Configuration values the component reads through `wasi:config/store` (over those of
-    /// `configFrom`). Without `env`, also its environment, as before Shoal had
-    /// `wasi:config`.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub config: BTreeMap<String, String>,
-    /// Config objects (`shoal config create`) of the app's namespace whose values the
-    /// component reads through `wasi:config/store`, later ones over earlier ones. A change
-    /// to one rolls the app out as a new revision.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub config_from: Vec<String>,
-    /// Environment variables given to the component (nothing is inherited from the host).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub env: BTreeMap<String, String>,
-    /// Secrets (`shoal secret create`) of the app's namespace whose values the component
-    /// reads through `wasi:config/store`, each key under its own name. Only hosts that run a
-    /// replica of the app receive them, sealed to their own key. A change to one rolls the
-    /// app out as a new revision.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub secrets: Vec<String>,
-    /// Key-value stores the component may open through `wasi:keyvalue` (by name; each is
-    /// this app's own JetStream KV bucket).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub key_value: Vec<KeyValueStore>,
-    /// Outbound HTTP the component may make (scheme, host, optional port; `*.` wildcards).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub allowed_outbound: Vec<String>,
-    /// Readiness probe.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub health: Option<Health>,
-    /// Rolling update strategy.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rollout: Option<Rollout>,
-    /// How many revisions of the app are kept for `rollout history` and `undo` (default 10).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub revision_history_limit: Option<u32>,
-    /// Which other namespaces' apps may call this one by name (`http://<app>.<namespace>`);
-    /// by default only apps of its own namespace may.
-    #[serde(default, skip_serializing_if = "Expose::is_empty")]
-    pub expose: Expose,
-    /// What happens to replicas on a host that stops sending heartbeats (a device behind a
-    /// link that drops); without it they are replaced as soon as the host is lost.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub disconnect: Option<Disconnect>,
-    /// Replicas follow the load: `replicas` is where they start.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub autoscale: Option<Autoscale>,
+/// Declares a workload's spec: the fields of [`Workload`] (what runs and how it is
+/// confined), written once here, then the spec's own. Apps and jobs share them, so a new
+/// confinement (a limit, a grant) is added in one place and means the same in both; the
+/// fields are declared, not `#[serde(flatten)]`ed, because flattening hides a misspelt
+/// field of a manifest from the strict reading that refuses it.
+macro_rules! workload_spec {
+    (
+        $(#[$meta:meta])*
+        pub struct $name:ident {
+            $( $(#[$field_meta:meta])* pub $field:ident: $type:ty, )*
+        }
+    ) => {
+        $(#[$meta])*
+        pub struct $name {
+            /// OCI reference of the component, by tag or digest.
+            pub component: String,
+            /// Where it may run.
+            #[serde(default, skip_serializing_if = "crate::records::Placement::is_empty")]
+            pub placement: crate::records::Placement,
+            /// Limits of each replica or run.
+            #[serde(default, skip_serializing_if = "crate::records::AppLimits::is_empty")]
+            pub limits: crate::records::AppLimits,
+            /// Configuration values the component reads through `wasi:config/store`. Without
+            /// `env`, also its environment, as before Shoal had `wasi:config`.
+            #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+            pub config: BTreeMap<String, String>,
+            /// Environment variables given to the component (nothing is inherited from the
+            /// host).
+            #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+            pub env: BTreeMap<String, String>,
+            /// Outbound HTTP the component may make (scheme, host, optional port; `*.`
+            /// wildcards).
+            #[serde(default, skip_serializing_if = "Vec::is_empty")]
+            pub allowed_outbound: Vec<String>,
+            $( $(#[$field_meta])* pub $field: $type, )*
+        }
+
+        impl $name {
+            /// What it runs and how it is confined.
+            pub fn workload(&self) -> crate::records::Workload {
+                crate::records::Workload {
+                    component: self.component.clone(),
+                    placement: self.placement.clone(),
+                    limits: self.limits.clone(),
+                    config: self.config.clone(),
+                    env: self.env.clone(),
+                    allowed_outbound: self.allowed_outbound.clone(),
+                }
+            }
+
+            /// Runs `workload`: its fields replace this spec's.
+            pub fn set_workload(&mut self, workload: crate::records::Workload) {
+                let crate::records::Workload {
+                    component,
+                    placement,
+                    limits,
+                    config,
+                    env,
+                    allowed_outbound,
+                } = workload;
+                self.component = component;
+                self.placement = placement;
+                self.limits = limits;
+                self.config = config;
+                self.env = env;
+                self.allowed_outbound = allowed_outbound;
+            }
+        }
+    };
+}
+pub(crate) use workload_spec;
+
+workload_spec! {
+    /// What a workload runs and how it is confined, apps and jobs alike: the component,
+    /// where it may run, its limits, configuration, environment and outbound calls.
+    #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    pub struct Workload {}
+}
+
+workload_spec! {
+    /// An app's spec as written in its manifest (`spec:`), and as stored.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    pub struct AppSpec {
+        /// Desired replica count.
+        #[serde(default = "one")]
+        pub replicas: u32,
+        /// HTTP routes to this app.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pub routes: Vec<Route>,
+        /// Config objects (`shoal config create`) of the app's namespace whose values the
+        /// component reads through `wasi:config/store`, later ones over earlier ones (and
+        /// `config` over them). A change to one rolls the app out as a new revision.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pub config_from: Vec<String>,
+        /// Secrets (`shoal secret create`) of the app's namespace whose values the component
+        /// reads through `wasi:config/store`, each key under its own name. Only hosts that
+        /// run a replica of the app receive them, sealed to their own key. A change to one
+        /// rolls the app out as a new revision.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pub secrets: Vec<String>,
+        /// Key-value stores the component may open through `wasi:keyvalue` (by name; each
+        /// is this app's own JetStream KV bucket).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pub key_value: Vec<KeyValueStore>,
+        /// Readiness probe.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub health: Option<Health>,
+        /// Rolling update strategy.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub rollout: Option<Rollout>,
+        /// How many revisions of the app are kept for `rollout history` and `undo` (default
+        /// 10).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub revision_history_limit: Option<u32>,
+        /// Which other namespaces' apps may call this one by name
+        /// (`http://<app>.<namespace>`); by default only apps of its own namespace may.
+        #[serde(default, skip_serializing_if = "Expose::is_empty")]
+        pub expose: Expose,
+        /// What happens to replicas on a host that stops sending heartbeats (a device
+        /// behind a link that drops); without it they are replaced as soon as the host is
+        /// lost.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub disconnect: Option<Disconnect>,
+        /// Replicas follow the load: `replicas` is where they start.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub autoscale: Option<Autoscale>,
+    }
+}
+
+impl AppSpec {
+    /// A spec that runs `workload` and nothing more: no replicas, routes or grants of its
+    /// own (a job's run is placed and confined as such a replica).
+    pub fn of_workload(workload: Workload) -> Self {
+        let mut spec = Self {
+            component: String::new(),
+            placement: Placement::default(),
+            limits: AppLimits::default(),
+            config: BTreeMap::new(),
+            env: BTreeMap::new(),
+            allowed_outbound: Vec::new(),
+            replicas: 0,
+            routes: Vec::new(),
+            config_from: Vec::new(),
+            secrets: Vec::new(),
+            key_value: Vec::new(),
+            health: None,
+            rollout: None,
+            revision_history_limit: None,
+            expose: Expose::default(),
+            disconnect: None,
+            autoscale: None,
+        };
+        spec.set_workload(workload);
+        spec
+    }
 }
 
 /// An app's autoscaling, after Knative's KPA: enough replicas that each has about
@@ -325,7 +418,8 @@ pub struct Placement {
 }
 
 impl Placement {
-    fn is_empty(&self) -> bool {
+    /// Whether it constrains nothing.
+    pub(crate) fn is_empty(&self) -> bool {
         self.requires.is_empty() && self.spread_by.is_none()
     }
 }
@@ -366,7 +460,8 @@ pub struct AppLimits {
 }
 
 impl AppLimits {
-    fn is_empty(&self) -> bool {
+    /// Whether every limit is the default.
+    pub(crate) fn is_empty(&self) -> bool {
         *self == AppLimits::default()
     }
 }
