@@ -259,12 +259,10 @@ async fn apply_all(lattice: &Lattice, apps: Vec<AppManifest>) -> Result<Vec<Appl
         }
     }
     if !problems.is_empty() {
-        return Err(ApiError::new(
+        return Err(nothing_applied(
             ErrorCode::Invalid,
-            format!(
-                "the apps are not valid; nothing was applied:\n  {}",
-                problems.join("\n  ")
-            ),
+            "the apps are not valid",
+            &problems,
         ));
     }
     let parsed: Vec<App> = apps
@@ -317,12 +315,10 @@ async fn apply_all(lattice: &Lattice, apps: Vec<AppManifest>) -> Result<Vec<Appl
         });
     }
     if !problems.is_empty() {
-        return Err(ApiError::new(
+        return Err(nothing_applied(
             ErrorCode::Invalid,
-            format!(
-                "the apps are not valid; nothing was applied:\n  {}",
-                problems.join("\n  ")
-            ),
+            "the apps are not valid",
+            &problems,
         ));
     }
     let mut collisions = apply::route_collisions(lattice, &parsed).await?;
@@ -330,12 +326,10 @@ async fn apply_all(lattice: &Lattice, apps: Vec<AppManifest>) -> Result<Vec<Appl
         collisions = apply::claim_route_hosts(lattice, &parsed).await?;
     }
     if !collisions.is_empty() {
-        return Err(ApiError::new(
+        return Err(nothing_applied(
             ErrorCode::Conflict,
-            format!(
-                "routes collide; nothing was applied:\n  {}",
-                collisions.join("\n  ")
-            ),
+            "routes collide",
+            &collisions,
         ));
     }
     // Apps are independent: several are stored at once (each one's writes in order), so a
@@ -352,6 +346,17 @@ async fn apply_all(lattice: &Lattice, apps: Vec<AppManifest>) -> Result<Vec<Appl
         .await;
     let applied: Vec<AppliedApp> = applied.into_iter().collect::<Result<_, _>>()?;
     Ok(applied)
+}
+
+/// An apply refused as a whole, with each of its problems on a line.
+fn nothing_applied(code: ErrorCode, headline: &str, problems: &[String]) -> ApiError {
+    ApiError::new(
+        code,
+        format!(
+            "{headline}; nothing was applied:\n  {}",
+            problems.join("\n  ")
+        ),
+    )
 }
 
 /// Stores one app of an apply: its key-value stores first (they exist before any replica
