@@ -172,7 +172,7 @@ impl LatticeArgs {
     ) -> Result<Lattice, shoal_lattice::Error> {
         let auth = self.auth().map_err(|error| shoal_lattice::Error::Connect {
             url: self.url().to_owned(),
-            reason: format!("{error:#}"),
+            source: error.into(),
         })?;
         Lattice::connect(&self.connect_options(client_name, origin, false, auth)).await
     }

@@ -168,7 +168,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(code),
         Err(error) => {
-            eprintln!("error: {error:#}");
+            eprintln!("error: {}", shoal_lattice::Chain(&*error));
             // A request the control plane refused for want of a role: 77, as sysexits'
             // EX_NOPERM, so scripts can tell it from a failure.
             let forbidden = error.chain().any(|cause| {

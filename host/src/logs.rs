@@ -171,7 +171,7 @@ pub(crate) async fn publish_logs(lattice: Lattice, mut lines: LogReceiver) {
         }
         for ((namespace, app), batch) in std::mem::take(&mut batches) {
             if let Err(error) = lattice.publish_logs(&namespace, &app, &batch).await {
-                tracing::debug!(%error, lines = batch.len(), "guest output was not published");
+                tracing::debug!(error = %shoal_lattice::Chain(&error), lines = batch.len(), "guest output was not published");
             }
         }
     }

@@ -15,6 +15,7 @@ use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
 use futures_util::TryStreamExt as _;
 
+use crate::Cause;
 use crate::records::KeyValueStore;
 use crate::validate::{MAX_KV_KEY, MAX_KV_VALUE};
 use crate::{Error, Lattice};
@@ -290,9 +291,9 @@ impl Lattice {
         let context = self.jetstream();
         for store in stores {
             let name = bucket_name(self.name(), namespace, app, &store.name);
-            let failed = |error: String| Error::Bucket {
+            let failed = |error: Cause| Error::Bucket {
                 bucket: name.clone(),
-                reason: error,
+                source: error,
             };
             let config = self.app_store_config(name.clone(), store);
             // Hosts write guests' keys: one with `Nats-Rollup: all` would empty the store,
@@ -304,7 +305,7 @@ impl Lattice {
                     let info = existing
                         .info()
                         .await
-                        .map_err(|error| failed(error.to_string()))?;
+                        .map_err(|error| failed(error.into()))?;
                     let mut wanted = info.config.clone();
                     wanted.max_bytes = config.max_bytes;
                     wanted.max_message_size = config.max_value_size;
@@ -313,14 +314,14 @@ impl Lattice {
                         context
                             .update_stream(wanted)
                             .await
-                            .map_err(|error| failed(error.to_string()))?;
+                            .map_err(|error| failed(error.into()))?;
                     }
                 }
                 Err(_) => {
                     context
                         .create_key_value(config)
                         .await
-                        .map_err(|error| failed(error.to_string()))?;
+                        .map_err(|error| failed(error.into()))?;
                     crate::store::refuse_rollups(&context, &format!("KV_{name}")).await;
                 }
             }
@@ -344,7 +345,7 @@ impl Lattice {
         let mut doomed = Vec::new();
         while let Some(stream) = names.try_next().await.map_err(|error| Error::Bucket {
             bucket: prefix.clone(),
-            reason: error.to_string(),
+            source: error.into(),
         })? {
             if let Some(store) = stream.strip_prefix(&prefix)
                 && !keep.iter().any(|kept| kept.name == store)
@@ -358,7 +359,7 @@ impl Lattice {
                 .await
                 .map_err(|error| Error::Bucket {
                     bucket,
-                    reason: error.to_string(),
+                    source: error.into(),
                 })?;
         }
         Ok(())

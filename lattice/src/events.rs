@@ -140,7 +140,7 @@ impl Lattice {
             )
             .await
         {
-            tracing::debug!(%error, reason = %event.reason, "an event was not published");
+            tracing::debug!(error = %crate::Chain(&error), reason = %event.reason, "an event was not published");
         }
     }
 

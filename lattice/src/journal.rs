@@ -13,6 +13,7 @@ use futures_util::StreamExt;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::Cause;
 use crate::names::PROTOCOL;
 use crate::{Error, Lattice};
 
@@ -123,7 +124,7 @@ impl<T: DeserializeOwned + Attributed> Reader<T> {
                 Err(error) => {
                     return Some(Err(Error::Stream {
                         stream: self.stream.clone(),
-                        reason: error.to_string(),
+                        source: error.into(),
                     }));
                 }
             };
@@ -167,16 +168,15 @@ impl Lattice {
         tail: &str,
         records: &[T],
     ) -> Result<(), Error> {
-        let failed = |reason: String| Error::Stream {
+        let failed = |source: Cause| Error::Stream {
             stream: journal.stream(self.name()),
-            reason,
+            source,
         };
-        let payload = serde_json::to_vec(records)
-            .map_err(|error| failed(format!("cannot encode: {error}")))?;
+        let payload = serde_json::to_vec(records).map_err(|error| failed(error.into()))?;
         self.client()
             .publish(journal.subject(self.name(), tail), payload.into())
             .await
-            .map_err(|error| failed(error.to_string()))
+            .map_err(|error| failed(error.into()))
     }
 
     /// Reads `journal`'s records on subjects matching `tail` (wildcards allowed) from
@@ -192,9 +192,9 @@ impl Lattice {
         follow: bool,
     ) -> Result<Reader<T>, Error> {
         let name = journal.stream(self.name());
-        let failed = |reason: String| Error::Stream {
+        let failed = |source: Cause| Error::Stream {
             stream: name.clone(),
-            reason,
+            source,
         };
         let subject = journal.subject(self.name(), tail);
         let stream = open(&self.jetstream(), self.name(), journal, self.replicas).await?;
@@ -204,7 +204,7 @@ impl Lattice {
                 start_time: time::OffsetDateTime::from_unix_timestamp_nanos(
                     i128::from(millis) * 1_000_000,
                 )
-                .map_err(|error| failed(format!("bad start time: {error}")))?,
+                .map_err(|error| failed(format!("bad start time: {error}").into()))?,
             },
             Start::New => consumer::DeliverPolicy::New,
         };
@@ -218,14 +218,14 @@ impl Lattice {
                 ..Default::default()
             })
             .await
-            .map_err(|error| failed(error.to_string()))?;
+            .map_err(|error| failed(error.into()))?;
         // The backlog is what is pending as the consumer starts; messages written later are
         // delivered after it.
         let backlog_left = consumer.cached_info().num_pending;
         let messages = consumer
             .messages()
             .await
-            .map_err(|error| failed(error.to_string()))?;
+            .map_err(|error| failed(error.into()))?;
         Ok(Reader {
             messages,
             batch: VecDeque::new(),
@@ -261,6 +261,6 @@ pub(crate) async fn open(
         .await
         .map_err(|error| Error::Stream {
             stream: name,
-            reason: format!("{error}; nats-server needs JetStream enabled (-js)"),
+            source: format!("{error} (nats-server needs JetStream enabled: -js)").into(),
         })
 }

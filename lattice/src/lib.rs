@@ -22,7 +22,7 @@ pub mod store;
 pub mod trust;
 pub mod validate;
 
-pub use error::Error;
+pub use error::{Cause, Chain, Error};
 pub use events::Event;
 pub use journal::{Journal, Reader, Start};
 pub use logs::{LogLine, LogReader, Output};

@@ -25,6 +25,7 @@ use futures_util::{StreamExt, TryStreamExt};
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
+use crate::Cause;
 use crate::{Bucket, Error, Lattice, Validate, Versioned};
 
 /// A watch: the bucket's messages under a key filter, the latest value of each key first.
@@ -260,9 +261,9 @@ async fn sync<T: DeserializeOwned + Validate>(
     filter: &str,
 ) -> Result<Synced<T>, Error> {
     let store = lattice.store(bucket)?;
-    let failed = |error: &dyn std::fmt::Display| Error::Request {
+    let failed = |error: Cause| Error::Request {
         bucket: bucket.name(lattice.name()),
-        reason: error.to_string(),
+        source: error,
     };
     // A watch over no keys delivers nothing, not even a "caught up" mark: ask the stream
     // first whether any key matches.
@@ -270,24 +271,24 @@ async fn sync<T: DeserializeOwned + Validate>(
         .stream
         .info_with_subjects(format!("{}{filter}", store.prefix))
         .await
-        .map_err(|error| failed(&error))?
+        .map_err(|error| failed(error.into()))?
         .try_next()
         .await
-        .map_err(|error| failed(&error))?
+        .map_err(|error| failed(error.into()))?
         .is_some();
     let mut watch = watch(lattice, store, filter)
         .await
-        .map_err(|error| failed(&error))?;
+        .map_err(|error| failed(error.into()))?;
     let mut records = Records::default();
     if any {
         loop {
             let next = tokio::time::timeout(Duration::from_secs(10), watch.next())
                 .await
-                .map_err(|_| failed(&"watch delivered nothing for 10 s"))?;
+                .map_err(|_| failed("watch delivered nothing for 10 s".into()))?;
             let Some(message) = next else {
-                return Err(failed(&"watch ended"));
+                return Err(failed("watch ended".into()));
             };
-            let message = message.map_err(|error| failed(&error))?;
+            let message = message.map_err(|error| failed(error.into()))?;
             let Some(entry) = Entry::from_message(&store.prefix, message) else {
                 continue;
             };
@@ -315,20 +316,20 @@ fn apply<T: DeserializeOwned + Validate>(
     }
     let key = entry.key.clone();
     let revision = entry.revision;
-    let refused = |reason: String| Error::Decode {
+    let refused = |source: Cause| Error::Decode {
         bucket: bucket.name(lattice.name()),
         key: key.clone(),
-        reason,
+        source,
     };
     let checked = serde_json::from_slice::<T>(&entry.value)
-        .map_err(|error| refused(error.to_string()))
+        .map_err(|error| refused(error.into()))
         .and_then(|value| match value.validate() {
             Ok(()) => Ok(Versioned {
                 key: key.clone(),
                 revision,
                 value,
             }),
-            Err(invalid) => Err(refused(invalid.to_string())),
+            Err(invalid) => Err(refused(invalid.into())),
         });
     match checked {
         Ok(record) => {
@@ -337,8 +338,9 @@ fn apply<T: DeserializeOwned + Validate>(
         Err(error) => {
             // The last valid value of the key stays: a record a newer version wrote in a
             // shape this one cannot read must not stop what runs from the older one.
+            let error = crate::Chain(&error).to_string();
             tracing::warn!(%error, "skipping a record that breaks the lattice's rules");
-            records.invalid.insert(key, (revision, error.to_string()));
+            records.invalid.insert(key, (revision, error));
         }
     }
 }
@@ -424,7 +426,7 @@ async fn follow<T: DeserializeOwned + Validate + Clone>(
                     break;
                 }
                 Err(error) => {
-                    tracing::debug!(%error, "resyncing a mirror");
+                    tracing::debug!(error = %crate::Chain(&error), "resyncing a mirror");
                 }
             }
         }

@@ -12,6 +12,7 @@ use futures_util::TryStreamExt;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::Cause;
 use crate::names::{self, Bucket};
 use crate::{Error, Mirror};
 
@@ -214,10 +215,11 @@ impl Lattice {
             NatsAuth::CredsFile(path) => {
                 let unreadable = |error: String| Error::Connect {
                     url: options.url.clone(),
-                    reason: format!(
+                    source: format!(
                         "cannot read the credentials file {}: {error}",
                         path.display()
-                    ),
+                    )
+                    .into(),
                 };
                 let text =
                     std::fs::read_to_string(path).map_err(|error| unreadable(error.to_string()))?;
@@ -226,7 +228,7 @@ impl Lattice {
             NatsAuth::Creds(text) => {
                 with_credential(text, &options.origin).map_err(|error| Error::Connect {
                     url: options.url.clone(),
-                    reason: format!("an unreadable credential: {error}"),
+                    source: format!("an unreadable credential: {error}").into(),
                 })?
             }
         };
@@ -241,7 +243,7 @@ impl Lattice {
         }
         let servers = server_addrs(&options.url).map_err(|reason| Error::Connect {
             url: options.url.clone(),
-            reason,
+            source: reason.into(),
         })?;
         let client = nats
             .name(&options.client_name)
@@ -255,7 +257,7 @@ impl Lattice {
                 },
                 _ => Error::Connect {
                     url: options.url.clone(),
-                    reason: error.to_string(),
+                    source: error.into(),
                 },
             })?;
         // A flush proves the server answers before buckets are opened.
@@ -263,11 +265,11 @@ impl Lattice {
             .await
             .map_err(|_| Error::Connect {
                 url: options.url.clone(),
-                reason: "no answer within 5 s".to_owned(),
+                source: "no answer within 5 s".into(),
             })?
             .map_err(|error| Error::Connect {
                 url: options.url.clone(),
-                reason: error.to_string(),
+                source: error.into(),
             })?;
         let state_api = StateApi::of(options.js_domain.as_ref(), holder.as_ref());
         let context = state_api.context(client.clone());
@@ -304,7 +306,7 @@ impl Lattice {
             if let Err(error) =
                 crate::journal::open(&context, &options.lattice, journal, options.replicas).await
             {
-                tracing::warn!(%error, "the lattice will not keep these records");
+                tracing::warn!(error = %crate::Chain(&error), "the lattice will not keep these records");
             }
         }
         Ok(Self {
@@ -364,14 +366,14 @@ impl Lattice {
             .get(bucket.suffix())
             .ok_or_else(|| Error::Bucket {
                 bucket: bucket.name(&self.name),
-                reason: "not opened".to_owned(),
+                source: "not opened".into(),
             })
     }
 
-    fn request_error(&self, bucket: Bucket, error: impl std::fmt::Display) -> Error {
+    fn request_error(&self, bucket: Bucket, error: impl Into<Cause>) -> Error {
         Error::Request {
             bucket: bucket.name(&self.name),
-            reason: error.to_string(),
+            source: error.into(),
         }
     }
 
@@ -565,7 +567,7 @@ impl Lattice {
                 Ok(None) => {}
                 // One unreadable record must not hide the others.
                 Err(error @ Error::Decode { .. }) => {
-                    tracing::warn!(%error, "skipping a record");
+                    tracing::warn!(error = %crate::Chain(&error), "skipping a record");
                 }
                 Err(error) => return Err(error),
             }
@@ -758,7 +760,7 @@ async fn open_bucket(
 ) -> Result<kv::Store, Error> {
     let failed = |reason: String| Error::Bucket {
         bucket: name.to_owned(),
-        reason,
+        source: reason.into(),
     };
     if let Ok(store) = context.get_key_value(name).await {
         return Ok(store);
@@ -787,7 +789,7 @@ fn encode<T: Serialize>(value: &T) -> Result<bytes::Bytes, Error> {
         .map(bytes::Bytes::from)
         .map_err(|error| Error::Request {
             bucket: String::new(),
-            reason: format!("cannot encode a record: {error}"),
+            source: format!("cannot encode a record: {error}").into(),
         })
 }
 
@@ -799,7 +801,7 @@ pub(crate) fn decode<T: DeserializeOwned>(
     let value = serde_json::from_slice(&entry.value).map_err(|error| Error::Decode {
         bucket: bucket.name(lattice),
         key: entry.key.clone(),
-        reason: error.to_string(),
+        source: error.into(),
     })?;
     Ok(Versioned {
         key: entry.key,

@@ -256,7 +256,7 @@ pub(crate) async fn store(
         Some(revision) => lattice.update(Bucket::Apps, &key, record, revision).await,
     }?;
     if let Err(error) = prune_revisions(lattice, record).await {
-        tracing::warn!(%error, app = %key, "cannot remove old revisions; they stay for now");
+        tracing::warn!(error = %shoal_lattice::Chain(&error), app = %key, "cannot remove old revisions; they stay for now");
     }
     Ok(written)
 }

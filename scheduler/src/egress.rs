@@ -80,7 +80,7 @@ pub async fn set(lattice: &Lattice, range: &str, allowed: bool) -> Result<Egress
         match written {
             Ok(_) => return Ok(policy),
             Err(Error::Conflict { .. }) => continue,
-            Err(error) => return Err(internal(error)),
+            Err(error) => return Err(internal(shoal_lattice::Chain(&error))),
         }
     }
     Err(internal("the egress policy kept changing: try again"))

@@ -312,6 +312,6 @@ pub async fn create_from(
             ErrorCode::Conflict,
             format!("job {namespace}/{name} exists: give another name, or delete it first"),
         )),
-        Err(error) => Err(internal(error)),
+        Err(error) => Err(internal(shoal_lattice::Chain(&error))),
     }
 }

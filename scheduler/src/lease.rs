@@ -58,7 +58,7 @@ impl LeaseKeeper {
         }
         self.last_attempt = Some(now);
         if let Err(error) = self.attempt(now).await {
-            tracing::debug!(%error, "lease attempt failed");
+            tracing::debug!(error = %shoal_lattice::Chain(&error), "lease attempt failed");
         }
         self.is_leader()
     }
@@ -144,7 +144,7 @@ impl LeaseKeeper {
             }
             Err(error) => {
                 if self.held.take().is_some() {
-                    tracing::warn!(%error, "lost the scheduler lease");
+                    tracing::warn!(error = %shoal_lattice::Chain(&error), "lost the scheduler lease");
                 }
                 Err(error)
             }

@@ -36,7 +36,7 @@ impl<F: Fetch> Agent<F> {
         let found = match lattice.identity().await {
             Ok(found) => found.map(|identity| identity.id),
             Err(error) => {
-                tracing::debug!(%error, "cannot read the lattice's identity");
+                tracing::debug!(error = %shoal_lattice::Chain(&error), "cannot read the lattice's identity");
                 return false;
             }
         };

@@ -52,7 +52,7 @@ pub(super) async fn present_credential(lattice: &Lattice, id: &str, jwt: Option<
     };
     let key = shoal_lattice::names::host_credential_key(id);
     if let Err(error) = lattice.put(Bucket::Status, &key, &record).await {
-        tracing::warn!(%error, "cannot present this host's credential to the control plane: placement matches it by arch and os only");
+        tracing::warn!(error = %shoal_lattice::Chain(&error), "cannot present this host's credential to the control plane: placement matches it by arch and os only");
     }
 }
 
@@ -95,7 +95,7 @@ pub(super) async fn join_lattice(
     .await
     .map_err(|error| shoal_lattice::Error::Request {
         bucket: String::new(),
-        reason: format!("cannot listen for forwarded requests: {error}"),
+        source: format!("cannot listen for forwarded requests: {error}").into(),
     })?;
     Ok(Joined {
         lattice,
@@ -281,7 +281,7 @@ impl<F: Fetch> Agent<F> {
                 }
                 let pause = wait.mul_f64(0.8 + f64::from(jitter()) / f64::from(u8::MAX) * 0.4);
                 tracing::warn!(
-                    %error,
+                    error = %shoal_lattice::Chain(&error),
                     serving,
                     retry_in_ms = u64::try_from(pause.as_millis()).unwrap_or(u64::MAX),
                     "the lattice is unreachable: serving the saved replicas, trying again"
@@ -356,7 +356,9 @@ impl<F: Fetch> Agent<F> {
                     .await
                 {
                     Ok(Ok(())) => {}
-                    Ok(Err(error)) => tracing::warn!(%error, "cannot remove the host record"),
+                    Ok(Err(error)) => {
+                        tracing::warn!(error = %shoal_lattice::Chain(&error), "cannot remove the host record")
+                    }
                     Err(_) => {
                         tracing::warn!("the lattice did not answer before the drain deadline")
                     }
@@ -438,7 +440,7 @@ impl<F: Fetch> Agent<F> {
                 .heartbeat(&link.lattice, started_at, http, false, provenance)
                 .await
         {
-            tracing::warn!(%error, "heartbeat failed; still serving what runs here");
+            tracing::warn!(error = %shoal_lattice::Chain(&error), "heartbeat failed; still serving what runs here");
         }
     }
 }

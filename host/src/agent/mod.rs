@@ -428,7 +428,7 @@ impl<F: Fetch> Agent<F> {
                             continue;
                         }
                         Ok(Err(error)) => {
-                            tracing::error!(%error, "the lattice refused this host: stopping");
+                            tracing::error!(error = %shoal_lattice::Chain(&error), "the lattice refused this host: stopping");
                             supervisor.stop_all(false).await;
                             return Err::<(), _>(AgentError::Lattice(error));
                         }

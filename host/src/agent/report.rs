@@ -127,7 +127,7 @@ impl Reporter {
             )
             .await
         {
-            tracing::warn!(%error, replica = %assignment.replica, "cannot report replica status");
+            tracing::warn!(error = %shoal_lattice::Chain(&error), replica = %assignment.replica, "cannot report replica status");
         }
     }
 

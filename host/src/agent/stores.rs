@@ -88,7 +88,8 @@ impl AppStores {
                     .await
                     .map_err(|error| {
                         OpenError::Other(format!(
-                            "cannot reach the app's key-value stores: {error}"
+                            "cannot reach the app's key-value stores: {}",
+                            shoal_lattice::Chain(&error)
                         ))
                     })?;
                 opened.stores.clear();

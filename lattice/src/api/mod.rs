@@ -86,7 +86,7 @@ pub struct ApiError {
 /// caller did nothing wrong, and the message says what failed.
 impl From<crate::Error> for ApiError {
     fn from(error: crate::Error) -> Self {
-        Self::new(ErrorCode::Internal, error.to_string())
+        Self::new(ErrorCode::Internal, crate::Chain(&error).to_string())
     }
 }
 

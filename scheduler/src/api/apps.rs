@@ -371,14 +371,18 @@ async fn store_app(
         .await
         .map_err(|error| {
             internal(format!(
-                "cannot make the key-value stores of app {}/{}: {error}",
-                app.namespace, app.name
+                "cannot make the key-value stores of app {}/{}: {}",
+                app.namespace,
+                app.name,
+                shoal_lattice::Chain(&error)
             ))
         })?;
     let (change, _) = apply::apply(lattice, app, pinned).await.map_err(|error| {
         internal(format!(
-            "cannot store app {}/{}: {error}",
-            app.namespace, app.name
+            "cannot store app {}/{}: {}",
+            app.namespace,
+            app.name,
+            shoal_lattice::Chain(&error)
         ))
     })?;
     Ok(AppliedApp {

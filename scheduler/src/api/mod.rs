@@ -146,9 +146,9 @@ async fn handle(lattice: &Lattice, subject: &str, payload: &[u8]) -> Result<Vec<
     })?;
     let (request, fields) = decode(payload)?;
     caller.authorize(&request)?;
-    request
-        .check_names()
-        .map_err(|error| ApiError::new(ErrorCode::Invalid, error.to_string()))?;
+    request.check_names().map_err(|error| {
+        ApiError::new(ErrorCode::Invalid, shoal_lattice::Chain(&error).to_string())
+    })?;
     let cx = Context {
         lattice,
         caller: &caller,

@@ -23,7 +23,7 @@ pub(super) async fn step(
     for plan in plan_autoscale(source, state, hosts, apps, now) {
         let applied = super::plan::apply(lattice, state, plan, now).await;
         if let Some(error) = applied.stopped {
-            tracing::warn!(%error, "cannot scale; trying again next pass");
+            tracing::warn!(error = %shoal_lattice::Chain(&error), "cannot scale; trying again next pass");
         }
     }
 }
@@ -135,7 +135,7 @@ pub(super) async fn wake(
     };
     let applied = super::plan::apply(lattice, state, plan, now).await;
     if let Some(error) = &applied.stopped {
-        tracing::warn!(%error, %subject, "cannot wake the app");
+        tracing::warn!(error = %shoal_lattice::Chain(&error), %subject, "cannot wake the app");
     }
     applied.scaled > 0
 }

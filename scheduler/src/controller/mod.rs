@@ -241,7 +241,7 @@ impl Deferred {
         let lattice = lattice.clone();
         let write = async move {
             if let Err(error) = lattice.put(bucket, &key, &value).await {
-                tracing::warn!(%key, %error, "a write failed; the next pass makes it again");
+                tracing::warn!(%key, error = %shoal_lattice::Chain(&error), "a write failed; the next pass makes it again");
             }
         };
         if let Ok(mut writes) = self.writes.lock() {
@@ -371,7 +371,7 @@ pub async fn run(
         .await
         .map_err(|error| Error::Request {
             bucket: "wake subjects".to_owned(),
-            reason: error.to_string(),
+            source: error.into(),
         })?;
     // Every scheduler answers the control API, leader or not.
     let api = tokio::spawn(crate::api::serve(lattice.clone(), std::future::pending()));
@@ -417,13 +417,13 @@ pub async fn run(
             // A lattice without an identity is new or lost its state: the leader gives it
             // one, so hosts can tell (see `LatticeIdentity`).
             if let Err(error) = lattice.ensure_identity().await {
-                tracing::warn!(%error, "cannot read or make the lattice's identity");
+                tracing::warn!(error = %shoal_lattice::Chain(&error), "cannot read or make the lattice's identity");
                 continue;
             }
             if let Some(key) = &options.secrets_key
                 && let Err(error) = crate::secrets::publish_key(&lattice, key).await
             {
-                tracing::warn!(%error, "cannot publish the lattice's secrets key");
+                tracing::warn!(error = %shoal_lattice::Chain(&error), "cannot publish the lattice's secrets key");
                 continue;
             }
             leading = true;
@@ -439,7 +439,9 @@ pub async fn run(
         // Only a pass that went through counts as the control plane acting.
         match pass(&lattice, &options, &mut state, &lease, now).await {
             Ok(()) => health::report(&lattice, &options, &mut state, now),
-            Err(error) => tracing::warn!(%error, "reconcile pass failed; retrying"),
+            Err(error) => {
+                tracing::warn!(error = %shoal_lattice::Chain(&error), "reconcile pass failed; retrying")
+            }
         }
         state.deferred.flush().await;
     }
@@ -516,7 +518,7 @@ async fn pass(
     let invalid_apps = state.apps.invalid();
     for report in apps::plan_invalid_apps(&source, state, &invalid_apps) {
         if let Some(error) = plan::apply(lattice, state, report, now).await.stopped {
-            tracing::warn!(%error, "cannot write the status of an invalid app");
+            tracing::warn!(error = %shoal_lattice::Chain(&error), "cannot write the status of an invalid app");
         }
     }
     let app_keys: HashSet<String> = apps
@@ -559,7 +561,7 @@ async fn pass(
         match step {
             Ok(Ok(())) => {}
             Ok(Err(error)) => {
-                tracing::warn!(app = %key, %error, "this app's step failed; the others go on");
+                tracing::warn!(app = %key, error = %shoal_lattice::Chain(&error), "this app's step failed; the others go on");
             }
             Err(_) => {
                 tracing::error!(app = %key, "this app's step panicked; the others go on");

@@ -125,7 +125,7 @@ pub(super) async fn renew(lattice: &Lattice, state: &mut State, minter: Option<&
     if let Some(error) = super::plan::apply(lattice, state, plan, now).await.stopped {
         // Someone wrote since this pass's view: the next pass renews from what is there.
         // The rest of this pass (cron jobs, health) goes on.
-        tracing::debug!(%error, "a store credential renewal lost to a newer write");
+        tracing::debug!(error = %shoal_lattice::Chain(&error), "a store credential renewal lost to a newer write");
     }
 }
 
