@@ -310,6 +310,95 @@ fn shoal_up_insecure_is_open_and_says_so() {
     assert!(!shoal.home.path().join(".shoal/admin.creds").exists());
 }
 
+/// `shoal up --insecure` on `port` and `data`, its stderr piped.
+fn open_up(shoal: &support::Shoal, port: &str, data: &std::path::Path) -> StopOnDrop {
+    StopOnDrop(
+        shoal
+            .command()
+            .args([
+                "up",
+                "--insecure",
+                "--nats-port",
+                port,
+                "--http",
+                "127.0.0.1:0",
+            ])
+            .arg("--data-dir")
+            .arg(data)
+            .env_remove("SHOAL_NATS")
+            .env("PATH", std::env::var("PATH").unwrap())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// Whether process `pid` runs (and is not a zombie).
+fn runs(pid: u32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|line| !line.is_empty())
+}
+
+#[test]
+fn a_shoal_up_killed_with_sigkill_leaves_nothing_in_the_next_one_s_way() {
+    let shoal = support::Shoal::new();
+    let data = tempfile::tempdir().unwrap();
+    let port = free_port().to_string();
+    let nats = format!("nats://127.0.0.1:{port}");
+    let hosts_answer = || {
+        let output = shoal
+            .command()
+            .env("SHOAL_NATS", &nats)
+            .args(["get", "hosts", "-o", "json"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&output.stdout)
+            .contains("local-1")
+            .then_some(())
+    };
+    let mut first = open_up(&shoal, &port, data.path());
+    eventually(PATIENCE, "the first lattice to answer", hosts_answer);
+    let pid_file = data.path().join("nats-server.pid");
+    let server: u32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // SIGKILL: shoal up cannot stop its nats-server, which runs in its own process group.
+    first.0.kill().unwrap();
+    first.0.wait().unwrap();
+    assert!(runs(server), "the server outlived its shoal up");
+
+    let mut second = open_up(&shoal, &port, data.path());
+    let mut stderr = BufReader::new(second.0.stderr.take().unwrap());
+    let said = eventually(PATIENCE, "the second shoal up to stop the leftover", || {
+        let mut line = String::new();
+        stderr.read_line(&mut line).ok()?;
+        line.contains("stopping the nats-server").then_some(line)
+    });
+    assert!(said.contains(&format!("(pid {server})")), "{said}");
+    eventually(PATIENCE, "the second lattice to answer", hosts_answer);
+    assert!(!runs(server), "the leftover server still runs");
+    drop(second);
+
+    // A port held by something else is refused, naming what holds it.
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = holder.local_addr().unwrap().port().to_string();
+    let other = tempfile::tempdir().unwrap();
+    let mut refused = open_up(&shoal, &taken, other.path());
+    let status = refused.0.wait().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut refused.0.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "port {taken} is taken by pid {}",
+            std::process::id()
+        )),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn shoal_up_serves_the_example_app() {
     let lattice = Lattice::start();

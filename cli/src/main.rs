@@ -7,6 +7,7 @@ mod dashboard;
 mod duration;
 mod journal;
 mod lattice;
+mod local_nats;
 mod output;
 mod progress;
 mod registry;

@@ -338,6 +338,10 @@ pub async fn run(args: UpArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
             ),
         )
         .with_context(|| format!("cannot write {}", config.display()))?;
+        // A shoal up killed with SIGKILL left its server running on this data: stopped
+        // first, else the new one could not take the port (or the data).
+        crate::local_nats::stop_leftover(&config)?;
+        crate::local_nats::check_port_free(args.nats_port, "--nats-port")?;
         let child = tokio::process::Command::new(find_nats_server()?)
             .arg("-c")
             .arg(&config)
@@ -347,8 +351,10 @@ pub async fn run(args: UpArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
                 "127.0.0.1",
                 "-p",
                 &args.nats_port.to_string(),
-                "-sd",
+                "-P",
             ])
+            .arg(crate::local_nats::pid_file(&config))
+            .arg("-sd")
             .arg(&data_dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -495,10 +501,13 @@ fn start_leaf(
             dir.join("leaf.log").display().to_string()
         ),
     )?;
+    crate::local_nats::stop_leftover(&config)?;
+    crate::local_nats::check_port_free(args.nats_port, "--nats-port")?;
     tokio::process::Command::new(find_nats_server()?)
         .arg("-c")
         .arg(&config)
-        .args(["-a", "127.0.0.1", "-p", &args.nats_port.to_string()])
+        .args(["-a", "127.0.0.1", "-p", &args.nats_port.to_string(), "-P"])
+        .arg(crate::local_nats::pid_file(&config))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .kill_on_drop(true)
