@@ -501,3 +501,86 @@ fn an_admin_drains_a_host_without_a_failed_request_and_others_may_not() {
             .is_some_and(|count| *count > 0)
     );
 }
+
+/// Whether the lattice's events report `host` lost.
+fn reported_lost(lattice: &Lattice, host: &str) -> bool {
+    lattice.events(&["--since", "1h"]).iter().any(|event| {
+        event["reason"] == "HostLost" && event["source"] == "scheduler s1" && {
+            let message = event["message"].as_str().unwrap_or_default();
+            message.contains(&format!("host {host} "))
+        }
+    })
+}
+
+#[test]
+fn a_host_whose_process_dies_is_replaced_within_the_grace_and_a_frozen_one_is_not() {
+    let lattice = Lattice::start_secure();
+    let presence = lattice.auth_dir().join("presence.creds");
+    // By heartbeats alone a host would be lost after a minute: only its connection closing
+    // can move its replica in time.
+    let _scheduler = lattice.secure_scheduler_with(
+        "60s",
+        &[
+            "--presence-creds",
+            presence.to_str().unwrap(),
+            "--disconnect-grace",
+            "1s",
+        ],
+    );
+    // The presence credential hears connections come and go, and does nothing else: not
+    // the system account's updates, not any other subject.
+    let raw = Raw::connect(&lattice.nats.url(), &presence, "_INBOX.presence");
+    for subject in ["$SYS.REQ.CLAIMS.UPDATE", "$SYS.REQ.SERVER.PING"] {
+        raw.publish(subject);
+        raw.wait_refused("Publish", subject);
+    }
+    raw.subscribe("$SYS.>");
+    raw.wait_refused("Subscription", "$SYS.>");
+    drop(raw);
+    let mut hosts: Vec<_> = ["h1", "h2", "h3"]
+        .into_iter()
+        .map(|id| lattice.secure_host(id))
+        .collect();
+    let hello = lattice.push_hello("1.0");
+    lattice.apply(&hello_manifest("hello", &hello, 1, ""));
+    let placed = lattice.wait_ready("hello", 1, PATIENCE);
+    let first = placed.keys().next().unwrap().clone();
+    let killed = Instant::now();
+    hosts
+        .iter_mut()
+        .find(|host| host.id == first)
+        .unwrap()
+        .kill();
+    let moved = eventually(PATIENCE, "the replica to be ready on another host", || {
+        lattice
+            .replicas()
+            .into_iter()
+            .find(|(app, host, phase)| app == "hello" && *host != first && phase == "ready")
+            .map(|(_, host, _)| host)
+    });
+    let took = killed.elapsed();
+    eprintln!("kill -9 of {first}: replica ready on {moved} after {took:?}");
+    assert!(
+        took < Duration::from_secs(30),
+        "replaced after {took:?}, as by heartbeats"
+    );
+    assert!(reported_lost(&lattice, &first));
+
+    // A frozen host keeps its connection open: nats-server says nothing, and only its
+    // heartbeats (a minute here) can tell. The last host dying meanwhile is reported lost
+    // by its connection, while the frozen one, frozen as long, is not.
+    let frozen = hosts.iter().find(|host| host.id == moved).unwrap();
+    frozen.signal(support::Signal::Stop);
+    let last = hosts
+        .iter_mut()
+        .find(|host| host.id != first && host.id != moved)
+        .unwrap();
+    let last_id = last.id.clone();
+    last.kill();
+    eventually(PATIENCE, "the dead host to be reported lost", || {
+        reported_lost(&lattice, &last_id).then_some(())
+    });
+    assert!(!reported_lost(&lattice, &moved), "the frozen host was lost");
+    let frozen = hosts.iter().find(|host| host.id == moved).unwrap();
+    frozen.signal(support::Signal::Cont);
+}

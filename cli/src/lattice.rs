@@ -223,6 +223,23 @@ impl LatticeArgs {
         Ok((client, connection))
     }
 
+    /// Connects to nats-server's system account with the presence credential `creds`
+    /// (for a scheduler to hear hosts' connections open and close).
+    pub async fn connect_presence(&self, creds: &std::path::Path) -> anyhow::Result<Lattice> {
+        let options = self.connect_options(
+            "shoal scheduler presence",
+            "",
+            true,
+            NatsAuth::CredsFile(creds.to_owned()),
+        );
+        Lattice::connect(&options).await.with_context(|| {
+            format!(
+                "cannot connect with the presence credential {}",
+                creds.display()
+            )
+        })
+    }
+
     async fn connect_with(
         &self,
         client_name: &str,

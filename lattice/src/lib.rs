@@ -15,6 +15,7 @@ pub mod journal;
 pub mod logs;
 pub mod mirror;
 pub mod names;
+pub mod presence;
 pub mod quantity;
 pub mod records;
 pub mod secrets;

@@ -34,6 +34,9 @@ pub const STORE_KEY: &str = "stores.nk";
 const SYSTEM_SEED: &str = "system.nk";
 /// The system account's user, which pushes account updates to nats-server.
 pub const SYSTEM_CREDS: &str = "system.creds";
+/// A user of the system account that may only hear hosts' connections open and close, for
+/// `shoal scheduler --presence-creds` (fast failover).
+pub const PRESENCE_CREDS: &str = "presence.creds";
 /// The lattice's secrets key (an xkey seed), for `shoal scheduler --secrets-key`.
 pub const SECRETS_KEY: &str = "secrets.xk";
 /// The file nats-server includes.
@@ -262,6 +265,9 @@ impl Authority {
                 let key = nkeys::KeyPair::new_account();
                 write_secret(&dir.join(STORE_KEY), &format!("{}\n", key.seed()?))?;
             }
+            if !dir.join(PRESENCE_CREDS).exists() {
+                authority.write_presence_creds()?;
+            }
             // Rewrites nats-server's config as this version of Shoal writes it.
             authority.save()?;
             return Ok((authority, false));
@@ -310,10 +316,31 @@ impl Authority {
             },
         };
         authority.save()?;
+        authority.write_presence_creds()?;
         // The lattice's secrets key, for its schedulers (`shoal scheduler --secrets-key`).
         shoal_lattice::secrets::key_file(&dir.join(SECRETS_KEY))
             .with_context(|| format!("cannot write {}", dir.join(SECRETS_KEY).display()))?;
         Ok((authority, true))
+    }
+
+    /// Writes the presence credential: a system account user that may hear the clients'
+    /// account's connect and disconnect advisories and do nothing else.
+    fn write_presence_creds(&self) -> anyhow::Result<()> {
+        let system = read_seed(&self.dir, SYSTEM_SEED)?;
+        let user = nkeys::KeyPair::new_user();
+        let permissions = shoal_lattice::presence::presence_permissions(self.clients()?);
+        let jwt = auth::user_jwt(
+            &system,
+            &user.public_key(),
+            "presence",
+            Some(&permissions),
+            Vec::new(),
+            now(),
+        )?;
+        write_secret(
+            &self.dir.join(PRESENCE_CREDS),
+            &auth::creds(&jwt, &user.seed()?),
+        )
     }
 
     /// Opens the signing identity in `dir`, as this version of Shoal keeps it.

@@ -49,6 +49,18 @@ pub struct SchedulerArgs {
     #[arg(long, default_value = "1h", value_parser = crate::duration::parse)]
     pub store_credential_lifetime: Duration,
 
+    /// On a secure lattice: a credential of nats-server's system account that may hear
+    /// hosts' connections open and close (`presence.creds`, which `shoal auth init`
+    /// writes). A host whose process dies is then lost after --disconnect-grace, not
+    /// --host-timeout; a host frozen or cut off still goes by its heartbeats.
+    #[arg(long, env = "SHOAL_PRESENCE_CREDS", value_name = "FILE")]
+    pub presence_creds: Option<std::path::PathBuf>,
+
+    /// How long a host whose connection closed has to connect again before it is lost
+    /// (with --presence-creds).
+    #[arg(long, default_value = "1s", value_parser = crate::duration::parse)]
+    pub disconnect_grace: Duration,
+
     /// For tests: read cron schedules by a clock that starts at START when the system clock
     /// reads ANCHOR_MS, running RATE times as fast (`START,ANCHOR_MS,RATE`).
     #[arg(long, hide = true, value_name = "START,ANCHOR_MS,RATE", value_parser = shoal_scheduler::cron::Clock::parse)]
@@ -82,7 +94,30 @@ impl SchedulerArgs {
             clock: self.cron_clock.unwrap_or_default(),
             account: None,
             stores: None,
+            presence: None,
         })
+    }
+
+    /// Where hosts' connections are heard opening and closing, on a secure lattice whose
+    /// clients' account is `account`: with `--presence-creds`, else `None`.
+    pub async fn presence(
+        &self,
+        lattice: &LatticeArgs,
+        account: Option<&str>,
+    ) -> anyhow::Result<Option<controller::Presence>> {
+        let Some(creds) = &self.presence_creds else {
+            return Ok(None);
+        };
+        let Some(account) = account else {
+            anyhow::bail!(
+                "--presence-creds is for a secure lattice: this scheduler has no credential of one (--nats-creds)"
+            );
+        };
+        Ok(Some(controller::Presence {
+            connection: lattice.connect_presence(creds).await?,
+            clients_account: account.to_owned(),
+            grace: self.disconnect_grace,
+        }))
     }
 
     /// What store credentials are minted with, on a secure lattice whose clients' account
@@ -113,6 +148,7 @@ pub async fn run(args: SchedulerArgs, lattice: &LatticeArgs) -> anyhow::Result<u
     let mut options = args.options()?;
     options.account = lattice.account()?;
     options.stores = args.store_minter(options.account.as_deref())?;
+    options.presence = args.presence(lattice, options.account.as_deref()).await?;
     let connection = lattice
         .connect_as(&options.id, shoal_lattice::store::SCHEDULER_ORIGIN)
         .await?;

@@ -546,6 +546,9 @@ async fn serve(
             secrets_key: Some(secrets_key_file(args)?),
             store_key: credentials.map(|made| made.auth_dir.join(crate::commands::auth::STORE_KEY)),
             store_credential_lifetime: shoal_scheduler::controller::STORE_CREDENTIAL_LIFETIME,
+            presence_creds: credentials
+                .map(|made| made.auth_dir.join(crate::commands::auth::PRESENCE_CREDS)),
+            disconnect_grace: Duration::from_secs(1),
             cron_clock: None,
         };
         // nats-server may still be starting: retry for a while before giving up.
@@ -565,6 +568,9 @@ async fn serve(
             let mut options = scheduler.options()?;
             options.account = scheduler_lattice.account()?;
             options.stores = scheduler.store_minter(options.account.as_deref())?;
+            options.presence = scheduler
+                .presence(&scheduler_lattice, options.account.as_deref())
+                .await?;
             async move {
                 controller::run(connection, options, stopped)
                     .await

@@ -84,6 +84,11 @@ pub struct Holder {
 pub fn holder(creds_text: &str) -> Result<Holder, AuthError> {
     let jwt = creds_jwt(creds_text)
         .ok_or_else(|| AuthError::Malformed("no NATS user JWT in the credentials".to_owned()))?;
+    jwt_holder(jwt)
+}
+
+/// Reads the holder of a user JWT (its signature checked against its issuer).
+pub fn jwt_holder(jwt: &str) -> Result<Holder, AuthError> {
     let claims: Claims<UserNats> = decode(jwt)?;
     let mut kind = String::new();
     let mut grants = Vec::new();

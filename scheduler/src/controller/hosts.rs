@@ -1,19 +1,29 @@
 //! Hosts as the scheduler sees them: which are live (by when their records last changed,
 //! on this scheduler's clock), which just joined or were lost.
 
+use shoal_lattice::presence::ConnectionEvent;
+
 use super::plan::{Op, Plan};
 use super::*;
 
-/// Local liveness of hosts, on this scheduler's clock: when did each host record last change.
+/// Local liveness of hosts, on this scheduler's clock: when did each host record last
+/// change, and which hosts' connections nats-server said closed.
 #[derive(Debug, Default)]
 pub(super) struct Liveness {
     seen: HashMap<String, (u64, Instant)>,
+    /// Per host, the newest of its connections nats-server said opened.
+    connections: HashMap<String, (String, u64)>,
+    /// Per host whose connection nats-server said closed, with none opened since: when.
+    closed: HashMap<String, Instant>,
 }
 
 impl Liveness {
     pub(super) fn observe(&mut self, hosts: &[Versioned<HostRecord>], now: Instant) {
         let present: HashSet<&str> = hosts.iter().map(|host| host.key.as_str()).collect();
         self.seen.retain(|id, _| present.contains(id.as_str()));
+        self.connections
+            .retain(|id, _| present.contains(id.as_str()));
+        self.closed.retain(|id, _| present.contains(id.as_str()));
         for host in hosts {
             match self.seen.get(&host.key) {
                 Some((revision, _)) if *revision == host.revision => {}
@@ -41,12 +51,37 @@ impl Liveness {
             .collect()
     }
 
-    /// The hosts heard from within their loss timeout: their own `lostAfter` when their
-    /// record names one (a host on a slow link asks for more), else `timeout`.
+    /// A host's connection opened or closed, as nats-server said at `now`. A close of a
+    /// connection older than one that opened since is not the host going (it reconnected,
+    /// and the server noticed the old socket late).
+    pub(super) fn connection(&mut self, event: ConnectionEvent, now: Instant) {
+        let ConnectionEvent {
+            host,
+            connection,
+            opened,
+        } = event;
+        if opened {
+            self.closed.remove(&host);
+            self.connections.insert(host, connection);
+        } else if self
+            .connections
+            .get(&host)
+            .is_none_or(|newest| *newest == connection)
+        {
+            self.connections.remove(&host);
+            self.closed.insert(host, now);
+        }
+    }
+
+    /// The hosts heard from within their loss timeout (their own `lostAfter` when their
+    /// record names one: a host on a slow link asks for more; else `timeout`), less those
+    /// whose connection closed at least `grace` ago and that were not heard from since: a
+    /// process that died is lost in about `grace`, a host that reconnects within it is not.
     pub(super) fn live(
         &self,
         timeout: Duration,
         lost_after: &HashMap<String, Duration>,
+        grace: Duration,
         now: Instant,
     ) -> HashSet<String> {
         self.seen
@@ -54,9 +89,45 @@ impl Liveness {
             .filter(|(id, (_, at))| {
                 now.duration_since(*at) <= lost_after.get(*id).copied().unwrap_or(timeout)
             })
+            .filter(|(id, (_, at))| {
+                !self
+                    .closed
+                    .get(*id)
+                    .is_some_and(|closed| *at <= *closed && now.duration_since(*closed) >= grace)
+            })
             .map(|(id, _)| id.clone())
             .collect()
     }
+}
+
+/// The hosts' connections opening and closing, as nats-server announces them in its system
+/// account to the presence credential's holder.
+///
+/// # Errors
+/// When the advisories cannot be subscribed to.
+pub(super) async fn connection_events(
+    presence: &Presence,
+) -> Result<futures_util::stream::BoxStream<'static, ConnectionEvent>, Error> {
+    let mut streams = Vec::new();
+    for subject in shoal_lattice::presence::advisory_subjects(&presence.clients_account) {
+        let subscription = presence
+            .connection
+            .client()
+            .subscribe(subject.clone())
+            .await
+            .map_err(|error| Error::Request {
+                bucket: subject,
+                source: error.into(),
+            })?;
+        streams.push(subscription);
+    }
+    let account = presence.clients_account.clone();
+    Ok(futures_util::stream::select_all(streams)
+        .filter_map(move |message| {
+            let event = ConnectionEvent::from_advisory(&account, &message.payload);
+            std::future::ready(event)
+        })
+        .boxed())
 }
 
 /// Plans telling which hosts were lost or left since the last pass, and which joined (a
@@ -263,5 +334,70 @@ mod tests {
         assert_eq!(held.capacity.memory.0, 2 << 30);
         assert_eq!(held.capacity.cpu.0, 2000);
         assert_eq!(held.capacity.max_replicas, 20);
+    }
+
+    fn record(id: &str, revision: u64) -> Versioned<HostRecord> {
+        let value = serde_json::from_value(serde_json::json!({
+            "id": id, "version": "0", "startedAt": 0, "heartbeatAt": 0, "labels": {},
+            "capacity": {"memory": "1Gi", "cpu": "1", "maxReplicas": 10}
+        }))
+        .unwrap();
+        Versioned {
+            key: id.to_owned(),
+            revision,
+            value,
+        }
+    }
+
+    fn event(host: &str, connection: u64, opened: bool) -> ConnectionEvent {
+        ConnectionEvent {
+            host: host.to_owned(),
+            connection: ("n1".to_owned(), connection),
+            opened,
+        }
+    }
+
+    #[test]
+    fn a_closed_connection_loses_its_host_after_the_grace_unless_it_comes_back() {
+        const TIMEOUT: Duration = Duration::from_secs(60);
+        const GRACE: Duration = Duration::from_secs(1);
+        let start = Instant::now();
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        let live = |liveness: &Liveness, ms: u64| {
+            let mut live: Vec<String> = liveness
+                .live(TIMEOUT, &HashMap::new(), GRACE, at(ms))
+                .into_iter()
+                .collect();
+            live.sort();
+            live
+        };
+        let mut liveness = Liveness::default();
+        liveness.observe(&[record("h1", 1), record("h2", 1), record("h3", 1)], at(0));
+        liveness.connection(event("h1", 1, true), at(0));
+        liveness.connection(event("h2", 2, true), at(0));
+
+        // h1's process dies: lost once the grace has passed, not before.
+        liveness.connection(event("h1", 1, false), at(100));
+        assert_eq!(live(&liveness, 900), ["h1", "h2", "h3"]);
+        assert_eq!(live(&liveness, 1100), ["h2", "h3"]);
+
+        // h2 reconnects, and the server notices its old socket only afterwards: its new
+        // connection counts, the old one's close does not.
+        liveness.connection(event("h2", 3, true), at(200));
+        liveness.connection(event("h2", 2, false), at(300));
+        assert!(live(&liveness, 5000).contains(&"h2".to_owned()));
+
+        // h3's connection closes (the scheduler never saw it open) and it is heard from
+        // again within the grace, on a connection this scheduler missed: not lost.
+        liveness.connection(event("h3", 4, false), at(400));
+        liveness.observe(
+            &[record("h1", 1), record("h2", 1), record("h3", 2)],
+            at(600),
+        );
+        assert!(live(&liveness, 5000).contains(&"h3".to_owned()));
+
+        // h1 comes back: a new connection, then heartbeats.
+        liveness.connection(event("h1", 5, true), at(2000));
+        assert!(live(&liveness, 2000).contains(&"h1".to_owned()));
     }
 }

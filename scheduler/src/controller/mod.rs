@@ -69,6 +69,21 @@ pub struct Options {
     /// What store credentials are minted with, on a secure lattice: without it, apps with
     /// key-value stores are not placed there (a host's own credential reaches no store).
     pub stores: Option<StoreMinter>,
+    /// Where nats-server says hosts' connections open and close, on a secure lattice: a
+    /// host whose process died is then lost after `Presence::grace`, not `host_timeout`.
+    pub presence: Option<Presence>,
+}
+
+/// A connection to nats-server's system account that may hear hosts' connections open and
+/// close (`shoal auth init` writes a credential for it, presence.creds).
+#[derive(Debug, Clone)]
+pub struct Presence {
+    /// The connection, as the presence credential's holder (no buckets opened).
+    pub connection: Lattice,
+    /// The clients' account, whose hosts' connections count.
+    pub clients_account: String,
+    /// How long a host whose connection closed has to open another before it is lost.
+    pub grace: Duration,
 }
 
 #[derive(Default)]
@@ -373,6 +388,16 @@ pub async fn run(
             bucket: "wake subjects".to_owned(),
             source: error.into(),
         })?;
+    // Hosts' connections closing, as nats-server tells (nothing without a presence
+    // credential: hosts are then lost by their heartbeats alone).
+    let mut presence = match &options.presence {
+        Some(presence) => hosts::connection_events(presence).await?,
+        None => futures_util::stream::pending().boxed(),
+    };
+    let grace = options
+        .presence
+        .as_ref()
+        .map_or(Duration::MAX, |presence| presence.grace);
     // Every scheduler answers the control API, leader or not.
     let api = tokio::spawn(crate::api::serve(lattice.clone(), std::future::pending()));
     tracing::info!(id = %options.id, lattice = %lattice.name(), "scheduler started");
@@ -381,6 +406,7 @@ pub async fn run(
     loop {
         let [apps, hosts, assignments, replicas, jobs] = &mut changes;
         let mut woken = None;
+        let mut connection = None;
         // Heartbeats change only liveness: with thousands of hosts they would start a pass
         // after every pass. A host record change alone starts one at most every
         // HOSTS_ONLY_EVERY (the 200 ms tick covers the rest); any other change at once.
@@ -396,6 +422,7 @@ pub async fn run(
                     woken = Some(message.subject);
                 }
             }
+            Some(event) = presence.next() => connection = Some(event),
             _ = apps.changed() => {}
             _ = hosts.changed(), if hosts_due => {}
             _ = assignments.changed() => {}
@@ -406,6 +433,9 @@ pub async fn run(
         let now = Instant::now();
         last_pass = now;
         state.liveness.observe(&state.hosts.snapshot(), now);
+        if let Some(event) = connection {
+            state.liveness.connection(event, now);
+        }
         if !lease.tick().await {
             if leading {
                 state.step_down();
@@ -437,7 +467,7 @@ pub async fn run(
             }
         }
         // Only a pass that went through counts as the control plane acting.
-        match pass(&lattice, &options, &mut state, &lease, now).await {
+        match pass(&lattice, &options, &mut state, &lease, grace, now).await {
             Ok(()) => health::report(&lattice, &options, &mut state, now),
             Err(error) => {
                 tracing::warn!(error = %shoal_lattice::Chain(&error), "reconcile pass failed; retrying")
@@ -465,6 +495,7 @@ async fn pass(
     options: &Options,
     state: &mut State,
     lease: &LeaseKeeper,
+    grace: Duration,
     now: Instant,
 ) -> Result<(), Error> {
     let lost_after: HashMap<String, Duration> = state
@@ -473,7 +504,9 @@ async fn pass(
         .into_iter()
         .filter_map(|host| Some((host.key, host.value.lost_after?.0)))
         .collect();
-    let live = state.liveness.live(options.host_timeout, &lost_after, now);
+    let live = state
+        .liveness
+        .live(options.host_timeout, &lost_after, grace, now);
     let source = format!("scheduler {}", options.id);
     let known: HashSet<String> = state
         .hosts
