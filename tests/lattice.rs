@@ -267,26 +267,7 @@ fn shoal_up_insecure_is_open_and_says_so() {
     let shoal = support::Shoal::new();
     let data = tempfile::tempdir().unwrap();
     let port = free_port().to_string();
-    let mut up = StopOnDrop(
-        shoal
-            .command()
-            .args([
-                "up",
-                "--insecure",
-                "--nats-port",
-                &port,
-                "--http",
-                "127.0.0.1:0",
-                "--data-dir",
-            ])
-            .arg(data.path())
-            .env_remove("SHOAL_NATS")
-            .env("PATH", std::env::var("PATH").unwrap())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
+    let mut up = open_up(&shoal, &port, data.path());
     let mut stderr = BufReader::new(up.0.stderr.take().unwrap());
     let mut warning = String::new();
     stderr.read_line(&mut warning).unwrap();
