@@ -507,7 +507,9 @@ fn reported_lost(lattice: &Lattice, host: &str) -> bool {
     lattice.events(&["--since", "1h"]).iter().any(|event| {
         event["reason"] == "HostLost" && event["source"] == "scheduler s1" && {
             let message = event["message"].as_str().unwrap_or_default();
-            message.contains(&format!("host {host} "))
+            message
+                .strip_prefix(&format!("host {host}"))
+                .is_some_and(|rest| rest.starts_with([' ', '\'']))
         }
     })
 }
@@ -566,6 +568,14 @@ fn a_host_whose_process_dies_is_replaced_within_the_grace_and_a_frozen_one_is_no
     );
     assert!(reported_lost(&lattice, &first));
 
+    // A second connection presenting that host's own credential (a second process started
+    // by mistake, a stolen copy) comes and goes: it is not the host's connection.
+    let copy = lattice.auth_dir().join(format!("{moved}.creds"));
+    drop(Raw::connect(
+        &lattice.nats.url(),
+        &copy,
+        &format!("_INBOX.host.{moved}"),
+    ));
     // A frozen host keeps its connection open: nats-server says nothing, and only its
     // heartbeats (a minute here) can tell. The last host dying meanwhile is reported lost
     // by its connection, while the frozen one, frozen as long, is not.

@@ -8,13 +8,17 @@
 //!
 //! Only what nats-server verified is believed: the user JWT the connection presented (which
 //! the advisory carries; its signature is checked again here, by the clients' account),
-//! never the connection name a client chose for itself.
+//! never the connection name a client chose for itself. And a JWT is public: anyone may
+//! present a host's on a connection of their own (which then fails, or is a second process
+//! with the host's credential), so a close counts only for the connection the host itself
+//! wrote into its record ([`crate::records::HostConnection`]).
 //! Hosts behind a leaf nats-server connect to that server, whose advisories stay at the
 //! site: a site's link going down is not a host's connection closing.
 
 use serde::Deserialize;
 
 use crate::auth::Permissions;
+use crate::records::HostConnection;
 
 /// The subjects nats-server publishes `account`'s connect and disconnect advisories on.
 pub fn advisory_subjects(account: &str) -> [String; 2] {
@@ -33,7 +37,8 @@ pub fn presence_permissions(clients_account: &str) -> Permissions {
         // An empty allow list lets everything through: nothing may be published.
         publish_deny: vec![">".to_owned()],
         subscribe: advisory_subjects(clients_account).to_vec(),
-        connection_types: Vec::new(),
+        // A plain client connection only (not a leaf node, websocket or MQTT one).
+        connection_types: vec!["STANDARD".to_owned()],
     }
 }
 
@@ -42,8 +47,8 @@ pub fn presence_permissions(clients_account: &str) -> Permissions {
 pub struct ConnectionEvent {
     /// The host, as its credential names it.
     pub host: String,
-    /// Which connection: the server's name and its id there (ids are per server).
-    pub connection: (String, u64),
+    /// Which connection (ids are per server).
+    pub connection: HostConnection,
     /// Opened, or closed.
     pub opened: bool,
 }
@@ -59,7 +64,7 @@ struct Advisory {
 #[derive(Deserialize)]
 struct ServerInfo {
     #[serde(default)]
-    name: String,
+    id: String,
 }
 
 #[derive(Deserialize)]
@@ -95,7 +100,10 @@ impl ConnectionEvent {
         crate::names::check_host_id(&holder.name).ok()?;
         Some(Self {
             host: holder.name,
-            connection: (advisory.server.name, client.id),
+            connection: HostConnection {
+                server: advisory.server.id,
+                id: client.id,
+            },
             opened,
         })
     }
@@ -140,7 +148,10 @@ mod tests {
             closed,
             Some(ConnectionEvent {
                 host: "h1".to_owned(),
-                connection: ("n1".to_owned(), 7),
+                connection: HostConnection {
+                    server: "NABC".to_owned(),
+                    id: 7,
+                },
                 opened: false,
             })
         );

@@ -743,6 +743,23 @@ pub struct HostRecord {
     /// WASI 0.3, which run 0.2 only.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub wasi: Vec<String>,
+    /// The connection to nats-server the host holds, as the server named it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection: Option<HostConnection>,
+}
+
+/// Which connection to nats-server a host holds: the server's id and the client id that
+/// server gave it. A scheduler that hears this connection closed counts the host as gone; a
+/// close of any other connection presenting the host's credential (a second process, a
+/// JWT replayed on another connection) says nothing about the host. Only the host's own
+/// credential may write its record.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HostConnection {
+    /// The server's id (its public key).
+    pub server: String,
+    /// The client id the server gave the connection.
+    pub id: u64,
 }
 
 impl HostRecord {

@@ -356,6 +356,18 @@ impl Lattice {
         &self.name
     }
 
+    /// This client's connection as the server named it: its id and the client id it gave
+    /// (none before the server's first greeting). A host writes it into its record, so a
+    /// scheduler can tell its connection closing from any other that presents its JWT.
+    pub fn connection(&self) -> Option<crate::records::HostConnection> {
+        let info = self.client().server_info();
+        let known = info.client_id != 0 && !info.server_id.is_empty();
+        known.then_some(crate::records::HostConnection {
+            server: info.server_id,
+            id: info.client_id,
+        })
+    }
+
     /// The underlying NATS client, for subjects (events, forwarding).
     pub fn client(&self) -> &async_nats::Client {
         &self.client

@@ -809,6 +809,9 @@ impl Validate for HostRecord {
             found.add("cached", format!("must list at most {MAX_CACHED} digests"));
         }
         found.span("lostAfter", self.lost_after, MAX_LOST_AFTER);
+        if let Some(connection) = &self.connection {
+            found.text("connection.server", &connection.server, MAX_SHORT_TEXT);
+        }
         if let Some(mismatch) = &self.lattice_mismatch {
             found.text("latticeMismatch", mismatch, MAX_MESSAGE);
         }

@@ -110,6 +110,7 @@ fn host_record(id: &str, started_at: u64) -> HostRecord {
         lattice_mismatch: None,
         verifies_signatures: true,
         wasi: Vec::new(),
+        connection: None,
     }
 }
 

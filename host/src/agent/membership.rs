@@ -198,6 +198,8 @@ impl<F: Fetch> Agent<F> {
             lattice_mismatch: mismatch,
             verifies_signatures: true,
             wasi: self.runtime.wasi_versions(),
+            // Filled in by whoever writes it, from the connection it is written on.
+            connection: None,
         }
     }
 
@@ -216,12 +218,10 @@ impl<F: Fetch> Agent<F> {
                 found.as_deref().unwrap_or("none")
             )
         });
+        let mut record = self.record(started_at, http, draining, mismatch);
+        record.connection = lattice.connection();
         let written = lattice
-            .put(
-                Bucket::Hosts,
-                &self.options.id,
-                &self.record(started_at, http, draining, mismatch),
-            )
+            .put(Bucket::Hosts, &self.options.id, &record)
             .await?;
         self.metrics.heartbeats.fetch_add(1, Ordering::Relaxed);
         Ok(written)
@@ -253,6 +253,8 @@ impl<F: Fetch> Agent<F> {
             loop {
                 let attempt = async {
                     let lattice = connect().await?;
+                    let mut record = record.clone();
+                    record.connection = lattice.connection();
                     join_lattice(
                         lattice,
                         &id,

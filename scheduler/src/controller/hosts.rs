@@ -2,18 +2,22 @@
 //! on this scheduler's clock), which just joined or were lost.
 
 use shoal_lattice::presence::ConnectionEvent;
+use shoal_lattice::records::HostConnection;
 
 use super::plan::{Op, Plan};
 use super::*;
 
 /// Local liveness of hosts, on this scheduler's clock: when did each host record last
-/// change, and which hosts' connections nats-server said closed.
+/// change, and which hosts' own connections nats-server said closed.
 #[derive(Debug, Default)]
 pub(super) struct Liveness {
     seen: HashMap<String, (u64, Instant)>,
-    /// Per host, the newest of its connections nats-server said opened.
-    connections: HashMap<String, (String, u64)>,
-    /// Per host whose connection nats-server said closed, with none opened since: when.
+    /// The connection each host's record says it holds.
+    reported: HashMap<String, HostConnection>,
+    /// Per host, the newest connection nats-server said it opened.
+    opened: HashMap<String, HostConnection>,
+    /// Per host whose reported connection nats-server said closed, with none opened since:
+    /// when.
     closed: HashMap<String, Instant>,
 }
 
@@ -21,9 +25,12 @@ impl Liveness {
     pub(super) fn observe(&mut self, hosts: &[Versioned<HostRecord>], now: Instant) {
         let present: HashSet<&str> = hosts.iter().map(|host| host.key.as_str()).collect();
         self.seen.retain(|id, _| present.contains(id.as_str()));
-        self.connections
-            .retain(|id, _| present.contains(id.as_str()));
+        self.opened.retain(|id, _| present.contains(id.as_str()));
         self.closed.retain(|id, _| present.contains(id.as_str()));
+        self.reported = hosts
+            .iter()
+            .filter_map(|host| Some((host.key.clone(), host.value.connection.clone()?)))
+            .collect();
         for host in hosts {
             match self.seen.get(&host.key) {
                 Some((revision, _)) if *revision == host.revision => {}
@@ -51,9 +58,9 @@ impl Liveness {
             .collect()
     }
 
-    /// A host's connection opened or closed, as nats-server said at `now`. A close of a
-    /// connection older than one that opened since is not the host going (it reconnected,
-    /// and the server noticed the old socket late).
+    /// A host's connection opened or closed, as nats-server said at `now`. Only a close of
+    /// the connection the host's record names counts, and not once a newer one opened (the
+    /// host reconnected, and the server noticed the old socket late).
     pub(super) fn connection(&mut self, event: ConnectionEvent, now: Instant) {
         let ConnectionEvent {
             host,
@@ -62,21 +69,28 @@ impl Liveness {
         } = event;
         if opened {
             self.closed.remove(&host);
-            self.connections.insert(host, connection);
-        } else if self
-            .connections
-            .get(&host)
-            .is_none_or(|newest| *newest == connection)
+            self.opened.insert(host, connection);
+        } else if self.reported.get(&host) == Some(&connection)
+            && self
+                .opened
+                .get(&host)
+                .is_none_or(|newest| *newest == connection)
         {
-            self.connections.remove(&host);
             self.closed.insert(host, now);
         }
+    }
+
+    /// Whether `host`'s own connection closed and no other opened since.
+    pub(super) fn connection_closed(&self, host: &str) -> bool {
+        self.closed.contains_key(host)
     }
 
     /// The hosts heard from within their loss timeout (their own `lostAfter` when their
     /// record names one: a host on a slow link asks for more; else `timeout`), less those
     /// whose connection closed at least `grace` ago and that were not heard from since: a
     /// process that died is lost in about `grace`, a host that reconnects within it is not.
+    /// A host that names its own `lostAfter` is on a link that drops connections now and
+    /// then: it goes by its heartbeats only.
     pub(super) fn live(
         &self,
         timeout: Duration,
@@ -90,10 +104,10 @@ impl Liveness {
                 now.duration_since(*at) <= lost_after.get(*id).copied().unwrap_or(timeout)
             })
             .filter(|(id, (_, at))| {
-                !self
-                    .closed
-                    .get(*id)
-                    .is_some_and(|closed| *at <= *closed && now.duration_since(*closed) >= grace)
+                lost_after.contains_key(*id)
+                    || !self.closed.get(*id).is_some_and(|closed| {
+                        *at <= *closed && now.duration_since(*closed) >= grace
+                    })
             })
             .map(|(id, _)| id.clone())
             .collect()
@@ -122,11 +136,16 @@ pub(super) async fn connection_events(
         streams.push(subscription);
     }
     let account = presence.clients_account.clone();
+    let ended = futures_util::stream::once(async {
+        tracing::warn!(
+            "nats-server's connection advisories stopped: hosts are lost by their heartbeats only"
+        );
+        None
+    });
     Ok(futures_util::stream::select_all(streams)
-        .filter_map(move |message| {
-            let event = ConnectionEvent::from_advisory(&account, &message.payload);
-            std::future::ready(event)
-        })
+        .map(move |message| ConnectionEvent::from_advisory(&account, &message.payload))
+        .chain(ended)
+        .filter_map(std::future::ready)
         .boxed())
 }
 
@@ -147,7 +166,14 @@ pub(super) fn plan_changes(
     let mut gone: Vec<&String> = before.difference(live).collect();
     gone.sort();
     for host in gone {
-        let (reason, message) = if known.contains(host) {
+        let (reason, message) = if known.contains(host) && state.liveness.connection_closed(host) {
+            (
+                "HostLost",
+                format!(
+                    "host {host}'s connection closed and it did not connect again: its replicas are placed elsewhere"
+                ),
+            )
+        } else if known.contains(host) {
             (
                 "HostLost",
                 format!(
@@ -336,10 +362,11 @@ mod tests {
         assert_eq!(held.capacity.max_replicas, 20);
     }
 
-    fn record(id: &str, revision: u64) -> Versioned<HostRecord> {
+    fn record(id: &str, revision: u64, connection: u64) -> Versioned<HostRecord> {
         let value = serde_json::from_value(serde_json::json!({
             "id": id, "version": "0", "startedAt": 0, "heartbeatAt": 0, "labels": {},
-            "capacity": {"memory": "1Gi", "cpu": "1", "maxReplicas": 10}
+            "capacity": {"memory": "1Gi", "cpu": "1", "maxReplicas": 10},
+            "connection": {"server": "NABC", "id": connection}
         }))
         .unwrap();
         Versioned {
@@ -352,52 +379,65 @@ mod tests {
     fn event(host: &str, connection: u64, opened: bool) -> ConnectionEvent {
         ConnectionEvent {
             host: host.to_owned(),
-            connection: ("n1".to_owned(), connection),
+            connection: HostConnection {
+                server: "NABC".to_owned(),
+                id: connection,
+            },
             opened,
         }
     }
 
     #[test]
-    fn a_closed_connection_loses_its_host_after_the_grace_unless_it_comes_back() {
+    fn a_host_s_own_connection_closing_loses_it_after_the_grace_and_nothing_else_does() {
         const TIMEOUT: Duration = Duration::from_secs(60);
         const GRACE: Duration = Duration::from_secs(1);
         let start = Instant::now();
         let at = |ms: u64| start + Duration::from_millis(ms);
+        let slow_link = HashMap::from([("h5".to_owned(), Duration::from_secs(60))]);
         let live = |liveness: &Liveness, ms: u64| {
             let mut live: Vec<String> = liveness
-                .live(TIMEOUT, &HashMap::new(), GRACE, at(ms))
+                .live(TIMEOUT, &slow_link, GRACE, at(ms))
                 .into_iter()
                 .collect();
             live.sort();
             live
         };
+        let records = |h4: (u64, u64)| {
+            vec![
+                record("h1", 1, 1),
+                record("h2", 1, 2),
+                record("h3", 1, 3),
+                record("h4", h4.0, h4.1),
+                record("h5", 1, 8),
+            ]
+        };
         let mut liveness = Liveness::default();
-        liveness.observe(&[record("h1", 1), record("h2", 1), record("h3", 1)], at(0));
-        liveness.connection(event("h1", 1, true), at(0));
-        liveness.connection(event("h2", 2, true), at(0));
+        liveness.observe(&records((1, 5)), at(0));
 
         // h1's process dies: lost once the grace has passed, not before.
         liveness.connection(event("h1", 1, false), at(100));
-        assert_eq!(live(&liveness, 900), ["h1", "h2", "h3"]);
-        assert_eq!(live(&liveness, 1100), ["h2", "h3"]);
+        assert_eq!(live(&liveness, 900), ["h1", "h2", "h3", "h4", "h5"]);
+        assert_eq!(live(&liveness, 1100), ["h2", "h3", "h4", "h5"]);
+        assert!(liveness.connection_closed("h1"));
 
-        // h2 reconnects, and the server notices its old socket only afterwards: its new
-        // connection counts, the old one's close does not.
-        liveness.connection(event("h2", 3, true), at(200));
-        liveness.connection(event("h2", 2, false), at(300));
-        assert!(live(&liveness, 5000).contains(&"h2".to_owned()));
+        // A second process with h2's credential connects and goes away, and h2's JWT is
+        // replayed on a connection that fails: neither is h2's own connection.
+        liveness.connection(event("h2", 9, true), at(100));
+        liveness.connection(event("h2", 9, false), at(150));
+        liveness.connection(event("h2", 10, false), at(160));
+        // h3 reconnects, and the server notices its old socket only afterwards.
+        liveness.connection(event("h3", 4, true), at(200));
+        liveness.connection(event("h3", 3, false), at(300));
+        // h4's connection closes and it is heard from again within the grace, on a new
+        // connection whose advisory this scheduler missed.
+        liveness.connection(event("h4", 5, false), at(400));
+        liveness.observe(&records((2, 6)), at(600));
+        // h5 is on a slow link (its own lostAfter): its connection dropping is not its end.
+        liveness.connection(event("h5", 8, false), at(400));
+        assert_eq!(live(&liveness, 5000), ["h2", "h3", "h4", "h5"]);
 
-        // h3's connection closes (the scheduler never saw it open) and it is heard from
-        // again within the grace, on a connection this scheduler missed: not lost.
-        liveness.connection(event("h3", 4, false), at(400));
-        liveness.observe(
-            &[record("h1", 1), record("h2", 1), record("h3", 2)],
-            at(600),
-        );
-        assert!(live(&liveness, 5000).contains(&"h3".to_owned()));
-
-        // h1 comes back: a new connection, then heartbeats.
-        liveness.connection(event("h1", 5, true), at(2000));
-        assert!(live(&liveness, 2000).contains(&"h1".to_owned()));
+        // h1 comes back on a new connection.
+        liveness.connection(event("h1", 7, true), at(6000));
+        assert!(live(&liveness, 6000).contains(&"h1".to_owned()));
     }
 }

@@ -434,7 +434,10 @@ pub async fn run(
         last_pass = now;
         state.liveness.observe(&state.hosts.snapshot(), now);
         if let Some(event) = connection {
+            // Hosts' connections come and go by the thousand in a large lattice: one alone
+            // starts no pass (the next tick sees its grace run out).
             state.liveness.connection(event, now);
+            continue;
         }
         if !lease.tick().await {
             if leading {
