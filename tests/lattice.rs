@@ -481,6 +481,13 @@ fn shoal_up_serves_the_example_app() {
         "{}",
         String::from_utf8_lossy(&allowed.stderr)
     );
+    // And `shoal auth` there mints with the identity `shoal up` made, wherever its data is.
+    let minted = lattice.shoal.home.path().join("h9.creds");
+    lattice
+        .shoal
+        .ok(&["auth", "host", "h9", "-o", minted.to_str().unwrap()]);
+    let listed = lattice.shoal.ok(&["auth", "list"]).stdout();
+    assert!(listed.contains("h9"), "{listed}");
     support::signal(up.0.id(), Signal::Int);
     let status = up.0.wait().unwrap();
     assert!(status.success(), "{status}");

@@ -11,6 +11,9 @@ pub const DEFAULT_NATS: &str = "nats://127.0.0.1:4222";
 
 /// Where `shoal up` leaves the admin credential for later commands run in its directory.
 pub const LOCAL_CREDS: &str = ".shoal/admin.creds";
+/// Where `shoal up` notes its signing identity's directory, for `shoal auth` run in its
+/// directory.
+pub const LOCAL_AUTH_DIR: &str = ".shoal/auth-dir";
 
 /// The credential used when none is given: `SHOAL_CREDS`, else the one `shoal up` left in
 /// this directory.

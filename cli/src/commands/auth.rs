@@ -45,8 +45,8 @@ pub const SERVER_CONFIG: &str = "nats-auth.conf";
 /// Create a lattice's signing identity and mint credentials for hosts, schedulers and people.
 #[derive(Debug, Args)]
 pub struct AuthArgs {
-    /// Where the signing identity lives [default: ~/.local/share/shoal/nats/auth, where
-    /// `shoal up` keeps its own].
+    /// Where the signing identity lives [default: the one `shoal up` made, when run in this
+    /// directory (.shoal/auth-dir names it), else ~/.local/share/shoal/nats/auth].
     #[arg(long, env = "SHOAL_AUTH_DIR", global = true, value_name = "DIR")]
     pub dir: Option<PathBuf>,
 
@@ -206,6 +206,19 @@ pub fn default_dir() -> anyhow::Result<PathBuf> {
     Ok(dirs::data_dir()
         .context("no data directory for this user: pass --dir")?
         .join("shoal/nats/auth"))
+}
+
+/// The auth directory a command uses without `--dir`: the one `shoal up` noted in this
+/// directory (`.shoal/auth-dir`, as `.shoal/admin.creds` serves the other commands), else
+/// [`default_dir`].
+fn command_dir() -> anyhow::Result<PathBuf> {
+    if let Ok(noted) = std::fs::read_to_string(crate::lattice::LOCAL_AUTH_DIR) {
+        let noted = PathBuf::from(noted.trim());
+        if noted.join(STATE).is_file() {
+            return Ok(noted);
+        }
+    }
+    default_dir()
 }
 
 fn now() -> u64 {
@@ -729,7 +742,7 @@ fn emit(creds: &str, output: Option<&Path>) -> anyhow::Result<()> {
 pub async fn run(args: AuthArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
     let dir = match args.dir {
         Some(dir) => dir,
-        None => default_dir()?,
+        None => command_dir()?,
     };
     match args.command {
         AuthCommand::Init => {

@@ -243,6 +243,13 @@ fn secure(
     let text = std::fs::read_to_string(&admin)
         .with_context(|| format!("cannot read {}", admin.display()))?;
     crate::commands::auth::write_secret(&local, &text)?;
+    // Later `shoal auth` commands in this directory mint with this lattice's identity.
+    let absolute = std::path::absolute(dir).unwrap_or_else(|_| dir.to_owned());
+    std::fs::write(
+        crate::lattice::LOCAL_AUTH_DIR,
+        format!("{}\n", absolute.display()),
+    )
+    .with_context(|| format!("cannot write {}", crate::lattice::LOCAL_AUTH_DIR))?;
     Ok(Credentials {
         auth_dir: dir.to_owned(),
         scheduler,
