@@ -481,6 +481,12 @@ fn shoal_up_serves_the_example_app() {
         "{}",
         String::from_utf8_lossy(&allowed.stderr)
     );
+    // What its host saves to serve offline lives with the lattice's data, so another
+    // `shoal up` with another data directory does not find it.
+    assert!(
+        data.path().join("hosts/local-1").is_dir(),
+        "no host state in the data directory"
+    );
     // And `shoal auth` there mints with the identity `shoal up` made, wherever its data is.
     let minted = lattice.shoal.home.path().join("h9.creds");
     lattice

@@ -26,7 +26,9 @@ pub struct UpArgs {
     #[arg(long, default_value = "4222")]
     pub nats_port: u16,
 
-    /// Where nats-server keeps JetStream data [default: ~/.local/share/shoal/nats].
+    /// Where the lattice keeps its data: nats-server's JetStream data, the signing identity,
+    /// the secrets key and what each host saves to serve offline (`hosts/<id>`) [default:
+    /// ~/.local/share/shoal/nats].
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
 
@@ -279,12 +281,7 @@ pub async fn run(args: UpArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
             args.nats_port, args.site
         );
     } else if lattice.nats.is_none() {
-        let data_dir = match &args.data_dir {
-            Some(dir) => dir.clone(),
-            None => dirs::data_dir()
-                .context("no data directory for this user: pass --data-dir")?
-                .join("shoal/nats"),
-        };
+        let data_dir = data_dir(&args)?;
         std::fs::create_dir_all(&data_dir)
             .with_context(|| format!("cannot create {}", data_dir.display()))?;
         let auth = if args.insecure {
@@ -391,15 +388,24 @@ pub async fn run(args: UpArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
     result
 }
 
-/// Where `shoal up` keeps its lattice's secrets key: beside its JetStream data.
-fn secrets_key_file(args: &UpArgs) -> anyhow::Result<PathBuf> {
+/// Where `shoal up` keeps its lattice's data (a site's, with `--leaf`): `--data-dir`, else
+/// under the user's data directory.
+fn data_dir(args: &UpArgs) -> anyhow::Result<PathBuf> {
     Ok(match &args.data_dir {
         Some(dir) => dir.clone(),
         None => dirs::data_dir()
             .context("no data directory for this user: pass --data-dir")?
-            .join("shoal/nats"),
-    }
-    .join("secrets.xk"))
+            .join(if args.leaf.is_some() {
+                "shoal/leaf"
+            } else {
+                "shoal/nats"
+            }),
+    })
+}
+
+/// Where `shoal up` keeps its lattice's secrets key: beside its JetStream data.
+fn secrets_key_file(args: &UpArgs) -> anyhow::Result<PathBuf> {
+    Ok(data_dir(args)?.join("secrets.xk"))
 }
 
 /// A site's credentials, from `shoal auth site`'s directory.
@@ -478,12 +484,7 @@ fn start_leaf(
     hub: &str,
     site: Option<&Site>,
 ) -> anyhow::Result<tokio::process::Child> {
-    let dir = match &args.data_dir {
-        Some(dir) => dir.clone(),
-        None => dirs::data_dir()
-            .context("no data directory for this user: pass --data-dir")?
-            .join("shoal/leaf"),
-    };
+    let dir = data_dir(args)?;
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let (trust, remote) = match site {
         Some(site) => {
@@ -610,6 +611,9 @@ async fn serve(
             .with_context(|| format!("cannot listen on {address}"))?;
         println!("host {id} ingress http://{}", listener.local_addr()?);
         let mut options = host_args.agent_options(id.clone(), &lattice.lattice)?;
+        // What a host saves to serve offline belongs to this lattice: beside its data, so
+        // a shoal up with another data directory starts its hosts afresh.
+        options.state_dir = Some(data_dir(args)?.join("hosts").join(&id));
         options
             .own_listeners
             .extend(crate::commands::host::nats_addresses(lattice.url()));
