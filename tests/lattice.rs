@@ -278,41 +278,48 @@ fn shoal_up_insecure_is_open_and_says_so() {
     // Any client may, without a credential; none is left in the working directory.
     let nats = format!("nats://127.0.0.1:{port}");
     eventually(PATIENCE, "an open lattice to answer", || {
-        let output = shoal
-            .command()
-            .env("SHOAL_NATS", &nats)
-            .args(["get", "hosts", "-o", "json"])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&output.stdout)
-            .contains("local-1")
-            .then_some(())
+        up_hosts_answer(&shoal, &nats)
     });
     assert!(!shoal.home.path().join(".shoal/admin.creds").exists());
+}
+
+/// `shoal up` on `port` with its data in `data`, from the test's home, for the `nats-server`
+/// on PATH.
+fn up_command(shoal: &support::Shoal, port: &str, data: &std::path::Path) -> std::process::Command {
+    let mut command = shoal.command();
+    command
+        .args(["up", "--nats-port", port, "--http", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(data)
+        .env_remove("SHOAL_NATS")
+        .env("PATH", std::env::var("PATH").unwrap());
+    command
 }
 
 /// `shoal up --insecure` on `port` and `data`, its stderr piped.
 fn open_up(shoal: &support::Shoal, port: &str, data: &std::path::Path) -> StopOnDrop {
     StopOnDrop(
-        shoal
-            .command()
-            .args([
-                "up",
-                "--insecure",
-                "--nats-port",
-                port,
-                "--http",
-                "127.0.0.1:0",
-            ])
-            .arg("--data-dir")
-            .arg(data)
-            .env_remove("SHOAL_NATS")
-            .env("PATH", std::env::var("PATH").unwrap())
+        up_command(shoal, port, data)
+            .arg("--insecure")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap(),
     )
+}
+
+/// Whether the lattice at `nats` lists the host `shoal up` starts (as an anonymous client:
+/// only an open lattice answers).
+fn up_hosts_answer(shoal: &support::Shoal, nats: &str) -> Option<()> {
+    let output = shoal
+        .command()
+        .env("SHOAL_NATS", nats)
+        .args(["get", "hosts", "-o", "json"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&output.stdout)
+        .contains("local-1")
+        .then_some(())
 }
 
 /// Whether process `pid` runs (and is not a zombie).
@@ -326,17 +333,7 @@ fn a_shoal_up_killed_with_sigkill_leaves_nothing_in_the_next_one_s_way() {
     let data = tempfile::tempdir().unwrap();
     let port = free_port().to_string();
     let nats = format!("nats://127.0.0.1:{port}");
-    let hosts_answer = || {
-        let output = shoal
-            .command()
-            .env("SHOAL_NATS", &nats)
-            .args(["get", "hosts", "-o", "json"])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&output.stdout)
-            .contains("local-1")
-            .then_some(())
-    };
+    let hosts_answer = || up_hosts_answer(&shoal, &nats);
     let mut first = open_up(&shoal, &port, data.path());
     eventually(PATIENCE, "the first lattice to answer", hosts_answer);
     let pid_file = data.path().join("nats-server.pid");
@@ -389,22 +386,9 @@ fn shoal_up_serves_the_example_app() {
     let data = tempfile::tempdir().unwrap();
     let port = free_port().to_string();
     let mut up = StopOnDrop(
-        lattice
-            .shoal
-            .command()
-            .args([
-                "up",
-                "--nats-port",
-                &port,
-                "--http",
-                "127.0.0.1:0",
-                "--data-dir",
-            ])
-            .arg(data.path())
+        up_command(&lattice.shoal, &port, data.path())
             .arg("--example")
             .arg(&manifest)
-            .env_remove("SHOAL_NATS")
-            .env("PATH", std::env::var("PATH").unwrap())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
