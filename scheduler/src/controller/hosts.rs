@@ -27,15 +27,21 @@ impl Liveness {
         self.seen.retain(|id, _| present.contains(id.as_str()));
         self.opened.retain(|id, _| present.contains(id.as_str()));
         self.closed.retain(|id, _| present.contains(id.as_str()));
-        self.reported = hosts
-            .iter()
-            .filter_map(|host| Some((host.key.clone(), host.value.connection.clone()?)))
-            .collect();
+        self.reported.retain(|id, _| present.contains(id.as_str()));
         for host in hosts {
             match self.seen.get(&host.key) {
                 Some((revision, _)) if *revision == host.revision => {}
+                // A record that changed: when, and the connection it names now.
                 _ => {
                     self.seen.insert(host.key.clone(), (host.revision, now));
+                    match &host.value.connection {
+                        Some(connection) => {
+                            self.reported.insert(host.key.clone(), connection.clone());
+                        }
+                        None => {
+                            self.reported.remove(&host.key);
+                        }
+                    }
                 }
             }
         }
