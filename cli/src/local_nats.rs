@@ -92,8 +92,8 @@ fn command_line(pid: i32) -> Option<String> {
     (!words.is_empty()).then(|| words.join(" "))
 }
 
-/// Sends `signal` (`TERM`, `KILL`) to `pid`; one that is gone is no error.
-fn signal(pid: i32, signal: &str) {
+/// Sends `signal` (`TERM`, `KILL`) to `pid`, as `kill` does; one that is gone is no error.
+pub fn signal(pid: i32, signal: &str) {
     let _ = std::process::Command::new("kill")
         .args(["-s", signal, &pid.to_string()])
         .stderr(std::process::Stdio::null())

@@ -379,9 +379,9 @@ pub async fn run(args: UpArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
     if let Some(mut child) = nats_child {
         if let Some(pid) = child.id() {
             // SIGTERM lets nats-server flush JetStream to disk.
-            let _ = std::process::Command::new("kill")
-                .args(["-TERM", &pid.to_string()])
-                .status();
+            if let Ok(pid) = i32::try_from(pid) {
+                crate::local_nats::signal(pid, "TERM");
+            }
         }
         let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
     }
