@@ -46,13 +46,10 @@ const ACCEPTED_MANIFESTS: &[&str] = &[
 /// # Errors
 /// [`Error::InvalidReference`] with the parser's reason.
 pub fn parse_reference(reference: &str) -> Result<Reference, Error> {
-    let parsed: Reference =
-        reference
-            .parse()
-            .map_err(|error: oci_client::ParseError| Error::InvalidReference {
-                reference: reference.to_owned(),
-                reason: error.to_string(),
-            })?;
+    let parsed = crate::reference::parse(reference).map_err(|error| Error::InvalidReference {
+        reference: reference.to_owned(),
+        reason: error.to_string(),
+    })?;
     if let Some(digest) = parsed.digest() {
         digest
             .parse::<Digest>()

@@ -2,6 +2,7 @@
 //!
 //! - [`component`] reads a component binary: valid or why not, imports, exports, world;
 //! - [`artifact`] builds the config and manifest for push and checks them on pull;
+//! - [`reference`] parses references without a regex engine's memory;
 //! - [`client`] pushes to and pulls from any OCI registry, with [`auth`] and [`progress`];
 //! - [`signature`] signs and verifies artifacts in cosign's layout, with [`keys`] in
 //!   cosign's formats;
@@ -18,6 +19,7 @@ pub mod error;
 pub mod keys;
 pub mod media_types;
 pub mod progress;
+pub mod reference;
 pub mod signature;
 
 pub use artifact::{ArtifactOptions, WasmConfig};
