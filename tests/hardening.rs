@@ -198,6 +198,7 @@ fn mutated_components_are_refused_or_run_never_a_panic() {
         keep_resident: 0,
         fuel: false,
         wasi_03: true,
+        compiler: None,
     })
     .unwrap();
     let mut random = XorShift(0x0005_eed0_f5a1_u64);
@@ -1079,4 +1080,50 @@ fn a_streamed_upload_that_gets_no_answer_from_the_app_still_gets_its_503() {
         assert_eq!(response.status(), 503, "declared length {declared}");
         assert_eq!(pattern.left, 0, "the whole body was sent");
     }
+}
+
+/// Components are compiled in a child process: one the compiler needs more memory for than
+/// the host allows fails to start with that reason, and the host and its other replicas
+/// keep serving (compiling in the host's own process, the cap could only be the host's).
+#[test]
+fn a_compile_past_its_memory_cap_fails_the_app_and_not_the_host() {
+    let lattice = Lattice::start();
+    let _scheduler = lattice.scheduler("s1");
+    let mut capped = lattice.host_with(
+        "capped",
+        &["--label", "zone=capped", "--compile-memory", "4Mi"],
+    );
+    let hello = lattice.push_hello("1.0");
+    lattice.apply(&hello_manifest(
+        "heavy",
+        &hello,
+        1,
+        "  placement: {requires: {zone: capped}}\n",
+    ));
+    eventually(PATIENCE, "the compile failure to be told", || {
+        lattice
+            .events(&["--app", "heavy"])
+            .iter()
+            .find(|event| {
+                let message = event["message"].as_str().unwrap_or_default();
+                event["reason"] == "Failed"
+                    && message.contains("(CompileFailed)")
+                    && message.contains("compile memory limit of 4 MiB")
+            })
+            .map(|_| ())
+    });
+    assert!(capped.is_running(), "{}", capped.log());
+    // The host still serves: its ingress answers (404 for an app it does not run).
+    assert_eq!(capped.get("/nothing-here").unwrap().0, 404);
+
+    // A host with room compiles the same component and serves it.
+    let roomy = lattice.host_with("roomy", &["--label", "zone=roomy"]);
+    lattice.apply(&hello_manifest(
+        "light",
+        &hello,
+        1,
+        "  placement: {requires: {zone: roomy}}\n",
+    ));
+    lattice.wait_ready("light", 1, PATIENCE);
+    assert_eq!(roomy.get("/light").unwrap().0, 200);
 }

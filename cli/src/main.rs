@@ -73,6 +73,8 @@ enum Command {
     Dashboard(commands::dashboard::DashboardArgs),
     Completion(commands::version::CompletionArgs),
     Version(commands::version::VersionArgs),
+    #[command(hide = true)]
+    CompileWorker(commands::compile_worker::CompileWorkerArgs),
 }
 
 /// sysexits' EX_USAGE: the command line was wrong.
@@ -107,6 +109,10 @@ fn main() -> ExitCode {
             return ExitCode::from(USAGE);
         }
     };
+    // A host's compile worker: no async runtime, no logging set-up, gone when compiled.
+    if let Command::CompileWorker(args) = &cli.command {
+        return commands::compile_worker::run(args);
+    }
     // Logs go to stderr so stdout stays clean for digests and JSON. SHOAL_LOG (or RUST_LOG)
     // raises the level, for example SHOAL_LOG=debug.
     let filter = EnvFilter::try_from_env("SHOAL_LOG")
@@ -164,6 +170,8 @@ fn main() -> ExitCode {
             Command::Drain(args) => commands::cordon::drain(args, &cli.lattice).await,
             Command::Status(args) => commands::status::run(args, &cli.lattice).await,
             Command::Dashboard(args) => commands::dashboard::run(args, &cli.lattice).await,
+            // Run above, before the async runtime.
+            Command::CompileWorker(_) => Ok(0),
         }
     });
     match result {

@@ -4,7 +4,8 @@
 //! Compiled code is cached on disk under `<cache>/compiled/<digest>-<engine hash>.cwasm`, where
 //! the engine hash is wasmtime's precompile compatibility hash: a restart or a second replica
 //! of the same component compiles nothing, and an engine upgrade never loads stale code. Each
-//! file starts with the sha256 of the rest, checked before wasmtime sees the bytes.
+//! file starts with the sha256 of the rest, checked before wasmtime sees the bytes. A host
+//! compiles in a child process ([`crate::compile`]) and loads what it wrote to the cache.
 
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -47,6 +48,52 @@ pub struct RuntimeOptions {
     /// Run WASI 0.3 components (the component model's async ABI, which wasmtime 48 calls
     /// experimental); without it, only 0.2.
     pub wasi_03: bool,
+    /// Where a component not in the compile cache is compiled: in this process (`None`), or
+    /// by a compile worker, a child process that writes the cache entry this one loads.
+    pub compiler: Option<crate::compile::Worker>,
+}
+
+/// What the engine's compiled code depends on: the compile worker builds its engine from the
+/// same settings as the runtime that asks, so what it writes loads there.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EngineSettings {
+    /// Compiled code counts fuel.
+    pub fuel: bool,
+    /// The component model's async ABI (WASI 0.3).
+    pub wasi_03: bool,
+    /// The pooling allocator's slots and warm bytes; `None`: on-demand allocation.
+    pub pool: Option<PoolSettings>,
+}
+
+/// The pooling allocator's settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PoolSettings {
+    /// Instances alive at once.
+    pub slots: u32,
+    /// Bytes of a free slot's linear memory kept resident.
+    pub keep_resident: usize,
+}
+
+impl EngineSettings {
+    /// The wasmtime configuration these settings describe.
+    pub fn config(&self) -> Config {
+        let mut config = base_config(self.fuel, self.wasi_03);
+        if let Some(pool) = self.pool {
+            config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling(pool)));
+        }
+        config
+    }
+
+    /// The engine these settings describe.
+    ///
+    /// # Errors
+    /// [`HostError::Engine`] when wasmtime refuses them (with a pool: when the address
+    /// space cannot be reserved).
+    pub fn engine(&self) -> Result<Engine, HostError> {
+        Engine::new(&self.config()).map_err(|error| HostError::Engine(format!("{error:#}")))
+    }
 }
 
 /// The WASI versions Shoal runs, newest last.
@@ -82,7 +129,8 @@ pub struct Loaded {
 /// The process-wide wasmtime engine and what goes with it.
 pub struct Runtime {
     engine: Engine,
-    pooling: bool,
+    /// What the engine was built from (with the pool only when it could be reserved).
+    settings: EngineSettings,
     ticker: Option<Ticker>,
     /// Linked and pre-instantiated HTTP components by content digest, while any replica
     /// holds one: a thousand apps of one component keep one copy of its code and linking.
@@ -125,44 +173,54 @@ fn base_config(fuel: bool, wasi_03: bool) -> Config {
     config
 }
 
+fn pooling(settings: PoolSettings) -> PoolingAllocationConfig {
+    let slots = settings.slots.max(1);
+    let mut pool = PoolingAllocationConfig::default();
+    // A component instance of a Rust guest holds a few core instances and tables.
+    pool.total_component_instances(slots);
+    pool.total_core_instances(slots.saturating_mul(4));
+    pool.total_memories(slots);
+    pool.total_tables(slots.saturating_mul(4));
+    pool.total_stacks(slots);
+    // A slot's linear memory is reset for the next instance by rewriting the pages the last
+    // one touched (found with PAGEMAP_SCAN where the kernel has it, Linux 6.7+), up to 1 MiB,
+    // instead of unmapping it: the next request takes no page faults for them. At most 16
+    // free slots stay warm, so this holds at most 16 MiB (at the default 1 MiB).
+    pool.linear_memory_keep_resident(settings.keep_resident);
+    pool.table_keep_resident(64 << 10);
+    pool.pagemap_scan(wasmtime::Enabled::Auto);
+    pool.max_unused_warm_slots(slots.min(16));
+    pool
+}
+
 impl Runtime {
     /// Builds the engine and starts the epoch ticker.
     ///
     /// # Errors
     /// [`HostError::Engine`] when wasmtime refuses the configuration.
     pub fn new(options: RuntimeOptions) -> Result<Self, HostError> {
-        let (engine, pooling) = if options.pooling {
-            let mut config = base_config(options.fuel, options.wasi_03);
-            let slots = options.instance_slots.max(1);
-            let mut pool = PoolingAllocationConfig::default();
-            // A component instance of a Rust guest holds a few core instances and tables.
-            pool.total_component_instances(slots);
-            pool.total_core_instances(slots.saturating_mul(4));
-            pool.total_memories(slots);
-            pool.total_tables(slots.saturating_mul(4));
-            pool.total_stacks(slots);
-            // A slot's linear memory is reset for the next instance by rewriting the pages
-            // the last one touched (found with PAGEMAP_SCAN where the kernel has it, Linux
-            // 6.7+), up to 1 MiB, instead of unmapping it: the next request takes no page
-            // faults for them. At most 16 free slots stay warm, so this holds at most 16 MiB
-            // (at the default 1 MiB).
-            pool.linear_memory_keep_resident(options.keep_resident);
-            pool.table_keep_resident(64 << 10);
-            pool.pagemap_scan(wasmtime::Enabled::Auto);
-            pool.max_unused_warm_slots(slots.min(16));
-            config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-            match Engine::new(&config) {
-                Ok(engine) => {
-                    tracing::debug!(slots, "pooling allocator");
-                    (engine, true)
-                }
-                Err(error) => {
-                    tracing::info!(%error, "pooling allocator unavailable (address space reservation failed?); using on-demand allocation");
-                    (Self::on_demand(&options)?, false)
-                }
+        let on_demand = EngineSettings {
+            fuel: options.fuel,
+            wasi_03: options.wasi_03,
+            pool: None,
+        };
+        let pooled = EngineSettings {
+            pool: Some(PoolSettings {
+                slots: options.instance_slots.max(1),
+                keep_resident: options.keep_resident,
+            }),
+            ..on_demand.clone()
+        };
+        let (engine, settings) = match options.pooling.then(|| pooled.engine()) {
+            Some(Ok(engine)) => {
+                tracing::debug!(slots = options.instance_slots, "pooling allocator");
+                (engine, pooled)
             }
-        } else {
-            (Self::on_demand(&options)?, false)
+            Some(Err(error)) => {
+                tracing::info!(%error, "pooling allocator unavailable (address space reservation failed?); using on-demand allocation");
+                (on_demand.engine()?, on_demand)
+            }
+            None => (on_demand.engine()?, on_demand),
         };
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
@@ -182,9 +240,9 @@ impl Runtime {
         };
         Ok(Self {
             engine,
+            settings,
             options,
             fuel_runtime: std::sync::OnceLock::new(),
-            pooling,
             ticker: Some(Ticker {
                 stop,
                 thread: Some(thread),
@@ -246,11 +304,6 @@ impl Runtime {
         pre
     }
 
-    fn on_demand(options: &RuntimeOptions) -> Result<Engine, HostError> {
-        Engine::new(&base_config(options.fuel, options.wasi_03))
-            .map_err(|error| HostError::Engine(error.to_string()))
-    }
-
     /// The WASI versions this runtime runs, as its host's record tells placement.
     pub fn wasi_versions(&self) -> Vec<String> {
         let count = if self.options.wasi_03 { 2 } else { 1 };
@@ -292,7 +345,7 @@ impl Runtime {
 
     /// Whether the pooling allocator is in use.
     pub fn pooling(&self) -> bool {
-        self.pooling && self.ticker.is_some()
+        self.settings.pool.is_some() && self.ticker.is_some()
     }
 
     fn cache_path(&self, content_digest: &str) -> PathBuf {
@@ -322,27 +375,65 @@ impl Runtime {
                 elapsed: started.elapsed(),
             });
         }
-        let compiled = self.engine.precompile_component(bytes).map_err(|error| {
-            let message = format!("{error:#}");
-            if !self.options.wasi_03 && message.contains("component model async") {
-                HostError::Compile(
-                    "a WASI 0.3 component, and this host runs WASI 0.2 only (shoal host --wasi)"
-                        .to_owned(),
-                )
-            } else {
-                HostError::Compile(message)
-            }
-        })?;
-        if let Err(error) = store_compiled(&path, &compiled) {
-            tracing::warn!(path = %path.display(), %error, "cannot write the compile cache; the next start compiles again");
-        }
-        let component = deserialize(&self.engine, &compiled)
-            .map_err(|error| HostError::Compile(format!("{error:#}")))?;
+        let (component, compiled_by) = match &self.options.compiler {
+            None => (self.compile_here(bytes, &path)?, "this process"),
+            Some(worker) => match worker.compile(&self.settings, bytes, &path) {
+                Ok(()) => match self.load_cached(&path) {
+                    Some(component) => (component, "the compile worker"),
+                    None => {
+                        tracing::warn!(path = %path.display(), "the compile worker's output does not load; compiling in this process");
+                        (self.compile_here(bytes, &path)?, "this process")
+                    }
+                },
+                Err(crate::compile::WorkerError::Refused(message)) => {
+                    return Err(self.compile_error(message));
+                }
+                Err(crate::compile::WorkerError::Died(message)) => {
+                    return Err(HostError::Compile(message));
+                }
+                Err(crate::compile::WorkerError::Unavailable(message)) => {
+                    tracing::warn!(error = %message, "no compile worker; compiling in this process");
+                    (self.compile_here(bytes, &path)?, "this process")
+                }
+            },
+        };
+        let elapsed = started.elapsed();
+        tracing::info!(
+            digest = content_digest,
+            elapsed_ms = elapsed.as_millis(),
+            by = compiled_by,
+            "component compiled"
+        );
         Ok(Loaded {
             component,
             cache_hit: false,
-            elapsed: started.elapsed(),
+            elapsed,
         })
+    }
+
+    /// Compiles `bytes` with this process's engine and keeps the result at `path`.
+    fn compile_here(&self, bytes: &[u8], path: &Path) -> Result<Component, HostError> {
+        let compiled = self
+            .engine
+            .precompile_component(bytes)
+            .map_err(|error| self.compile_error(format!("{error:#}")))?;
+        if let Err(error) = store_compiled(path, &compiled) {
+            tracing::warn!(path = %path.display(), %error, "cannot write the compile cache; the next start compiles again");
+        }
+        deserialize(&self.engine, &compiled)
+            .map_err(|error| HostError::Compile(format!("{error:#}")))
+    }
+
+    /// Why a component does not compile, in the words a user can act on.
+    fn compile_error(&self, message: String) -> HostError {
+        if !self.settings.wasi_03 && message.contains("component model async") {
+            HostError::Compile(
+                "a WASI 0.3 component, and this host runs WASI 0.2 only (shoal host --wasi)"
+                    .to_owned(),
+            )
+        } else {
+            HostError::Compile(message)
+        }
     }
 
     /// The compiled-code cache's files, for a size budget: each named
@@ -383,7 +474,7 @@ fn deserialize(engine: &Engine, compiled: &[u8]) -> wasmtime::Result<Component> 
 }
 
 /// Writes `<sha256><compiled>` via a temp file and a rename, so a crash leaves no half entry.
-fn store_compiled(path: &Path, compiled: &[u8]) -> std::io::Result<()> {
+pub(crate) fn store_compiled(path: &Path, compiled: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
     let mut file = tempfile::NamedTempFile::new_in(dir)?;

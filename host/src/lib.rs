@@ -20,6 +20,7 @@
 pub mod agent;
 mod capabilities;
 pub mod command;
+pub mod compile;
 pub mod config;
 pub mod engine;
 pub mod error;

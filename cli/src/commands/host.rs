@@ -143,6 +143,13 @@ pub struct HostArgs {
     #[arg(long)]
     pub no_pooling: bool,
 
+    /// Most memory compiling one component may take. Components are compiled in a child
+    /// process, so a component the compiler needs too much memory for fails to start
+    /// (CompileFailed) while the host and its other replicas keep running [default: no cap
+    /// beyond the machine's].
+    #[arg(long)]
+    pub compile_memory: Option<Memory>,
+
     #[command(flatten)]
     pub registry: RegistryArgs,
 }
@@ -366,6 +373,12 @@ impl HostArgs {
             // Apps with a fuel budget get a second runtime that counts it, when one starts.
             fuel: false,
             wasi_03: self.wasi.iter().any(|version| version == "0.3"),
+            // Compiling in a child keeps Cranelift's code and memory out of a long-lived
+            // host, and a component the compiler chokes on from taking the host down.
+            compiler: Some(shoal_host::compile::Worker {
+                memory_limit: self.compile_memory.map(|memory| memory.0),
+                ..super::compile_worker::worker()
+            }),
         })?;
         Ok(Arc::new(runtime))
     }

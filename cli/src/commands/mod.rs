@@ -3,6 +3,7 @@
 pub mod apply;
 pub mod auth;
 pub mod build;
+pub mod compile_worker;
 pub mod config;
 pub mod cordon;
 pub mod create;

@@ -18,10 +18,11 @@ use crate::registry::{RegistryArgs, looks_like_a_file, parse_size};
 
 /// Run a Wasm component on this machine, like `docker run`.
 ///
-/// An HTTP component (wasi:http/proxy) is served on --listen until ctrl-c or SIGTERM, each
-/// request in a fresh instance; a command (wasi:cli/command) runs to completion with your
-/// terminal's stdio and its exit code becomes shoal's. Guests get WASI 0.2 and nothing else:
-/// no files, no environment, no network, unless granted with --dir, --env, --allow-outbound.
+/// An HTTP component (wasi:http/proxy, or a WASI 0.3 wasi:http/service) is served on --listen
+/// until ctrl-c or SIGTERM, each request in a fresh instance; a command (wasi:cli/command)
+/// runs to completion with your terminal's stdio and its exit code becomes shoal's. Guests get
+/// WASI 0.2 and 0.3 and nothing else: no files, no environment, no network, unless granted
+/// with --dir, --env, --allow-outbound.
 ///
 /// Examples: shoal run localhost:5000/examples/hello:1.0 --listen 127.0.0.1:0
 ///           shoal run ./hello-cli.wasm --env NAME=edge -- first-arg
@@ -158,6 +159,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         keep_resident: usize::try_from(args.pool_keep_resident).unwrap_or(usize::MAX),
         fuel: args.fuel.is_some(),
         wasi_03: true,
+        // One component, compiled once before serving: in this process.
+        compiler: None,
     })?;
     let loaded = runtime.load(&bytes, digest.as_str())?;
     if loaded.cache_hit {

@@ -1,0 +1,329 @@
+//! The compile worker: a host compiles a component it has not compiled before in a child
+//! process, which writes the compile cache entry the host then loads.
+//!
+//! Why a process and not a thread: compiling is the host's largest transient cost, and it
+//! stays behind in a long-lived process. Cranelift's code (about 12 MiB of the binary's
+//! pages) and its working memory (freed, but kept by the allocator) made a host that had
+//! compiled one small app hold twice the memory of an idle one. In a child both go when it
+//! exits. It also keeps a component that makes the compiler run out of memory from taking
+//! the host (and every replica it serves) down with it: the child dies, the app fails to
+//! start with that reason, and the host keeps serving.
+//!
+//! The protocol: the component's bytes on the child's stdin, a [`Request`] (the engine's
+//! settings and the cache path to write) as JSON in its last argument; exit 0 when the entry
+//! is written, [`REFUSED`] with the compiler's message on stdout when the component does not
+//! compile, [`UNAVAILABLE`] with a message when the worker could not do its job for a reason
+//! of its own (then the host compiles itself). Anything else (a panic, a signal, the cap, the
+//! deadline) fails the component: compiling it again in the host could take the host down.
+
+use std::ffi::OsString;
+use std::io::{Read, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::engine::{EngineSettings, store_compiled};
+
+/// The worker's exit code when the component does not compile (its message on stdout).
+pub const REFUSED: i32 = 2;
+
+/// The worker's exit code when it could not do its job for a reason of its own, not the
+/// component's (its message on stdout).
+pub const UNAVAILABLE: i32 = 3;
+
+/// How long a compile may take before its worker is stopped, unless a worker says.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// The longest message read back from a worker.
+const MESSAGE_LIMIT: usize = 16 << 10;
+
+/// How to start a compile worker: a program and its first arguments; the request follows.
+#[derive(Debug, Clone)]
+pub struct Worker {
+    /// The program to run.
+    pub program: PathBuf,
+    /// Its arguments before the request.
+    pub args: Vec<OsString>,
+    /// The most memory (heap and private mappings) a compile may take; past it the worker
+    /// dies and the component is refused, whatever else the device is doing.
+    pub memory_limit: Option<u64>,
+    /// How long a compile may take before the worker is stopped and the component refused.
+    pub timeout: Duration,
+}
+
+/// What a worker is asked to do (besides reading the component from stdin).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Request {
+    /// The engine to compile for: the asking runtime's.
+    pub engine: EngineSettings,
+    /// The compile cache entry to write.
+    pub output: PathBuf,
+    /// The worker's memory cap, in bytes ([`Worker::memory_limit`]).
+    #[serde(default)]
+    pub memory_limit: Option<u64>,
+}
+
+/// Why a worker did not write the entry.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// The component does not compile: the compiler's message.
+    #[error("{0}")]
+    Refused(String),
+    /// The worker was killed (by the kernel when out of memory, say) while compiling.
+    #[error("{0}")]
+    Died(String),
+    /// No worker could be started or it failed for a reason of its own: compile here.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl Worker {
+    /// The running executable with `args` before the request. On Linux it is
+    /// `/proc/self/exe`, which still starts this same build after an upgrade replaced the
+    /// file on disk.
+    pub fn this_executable(args: impl IntoIterator<Item = impl Into<OsString>>) -> Self {
+        let program = if Path::new("/proc/self/exe").exists() {
+            PathBuf::from("/proc/self/exe")
+        } else {
+            std::env::current_exe().unwrap_or_else(|_| PathBuf::from("shoal"))
+        };
+        Self {
+            program,
+            args: args.into_iter().map(Into::into).collect(),
+            memory_limit: None,
+            timeout: DEFAULT_TIMEOUT,
+        }
+    }
+
+    /// Has a worker compile `component` for `engine` into the cache entry `output`. Blocks
+    /// until the worker exits.
+    ///
+    /// # Errors
+    /// [`WorkerError`]: refused, died, or unavailable (then the caller compiles itself).
+    pub fn compile(
+        &self,
+        engine: &EngineSettings,
+        component: &[u8],
+        output: &Path,
+    ) -> Result<(), WorkerError> {
+        let request = Request {
+            engine: engine.clone(),
+            output: output.to_owned(),
+            memory_limit: self.memory_limit,
+        };
+        let request = serde_json::to_string(&request).map_err(|error| {
+            WorkerError::Unavailable(format!("cannot write the request: {error}"))
+        })?;
+        let mut child = Command::new(&self.program)
+            .args(&self.args)
+            .arg(request)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|error| {
+                WorkerError::Unavailable(format!(
+                    "cannot start the compile worker {}: {error}",
+                    self.program.display()
+                ))
+            })?;
+        // The worker reads all of stdin before it writes anything, so this cannot deadlock.
+        let written = child
+            .stdin
+            .take()
+            .map(|mut stdin| stdin.write_all(component));
+        let reader = child.stdout.take().map(|stdout| {
+            std::thread::spawn(move || {
+                let mut message = Vec::new();
+                let _ = stdout.take(MESSAGE_LIMIT as u64).read_to_end(&mut message);
+                message
+            })
+        });
+        let status = match wait(&mut child, self.timeout) {
+            Ok(Some(status)) => status,
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(WorkerError::Died(format!(
+                    "compiling this component took longer than {}s; the compiler was stopped",
+                    self.timeout.as_secs()
+                )));
+            }
+            Err(error) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(WorkerError::Unavailable(format!(
+                    "cannot wait for the compile worker: {error}"
+                )));
+            }
+        };
+        let message = reader
+            .and_then(|reader| reader.join().ok())
+            .unwrap_or_default();
+        let message = String::from_utf8_lossy(&message).trim().to_owned();
+        match status.code() {
+            Some(0) => return Ok(()),
+            Some(REFUSED) => return Err(WorkerError::Refused(message)),
+            Some(UNAVAILABLE) => return Err(WorkerError::Unavailable(message)),
+            _ => {}
+        }
+        if let Some(Err(error)) = written {
+            tracing::debug!(%error, "the compile worker did not read the whole component");
+        }
+        #[cfg(unix)]
+        let signal = std::os::unix::process::ExitStatusExt::signal(&status);
+        #[cfg(not(unix))]
+        let signal: Option<i32> = None;
+        // Past the cap an allocation fails: the worker aborts (SIGABRT), or panics (a thread
+        // it needs cannot start); the kernel's OOM killer sends SIGKILL.
+        Err(WorkerError::Died(match (self.memory_limit, signal) {
+            (Some(limit), Some(6 | 9) | None) => format!(
+                "compiling this component took more than the compile memory limit of {} MiB (shoal host --compile-memory); the compiler ended with {status}",
+                limit >> 20
+            ),
+            (None, Some(9)) => format!(
+                "the compiler was killed while compiling this component ({status}; out of memory?)"
+            ),
+            _ => format!("the compiler failed while compiling this component ({status})"),
+        }))
+    }
+}
+
+/// Waits for `child` until `timeout`: its status, or `None` when it is still running.
+fn wait(
+    child: &mut std::process::Child,
+    timeout: Duration,
+) -> std::io::Result<Option<std::process::ExitStatus>> {
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(Some(status));
+        }
+        if Instant::now() >= deadline {
+            return Ok(None);
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(20));
+    }
+}
+
+/// The worker's side: reads the component from `input`, compiles it as `request` says and
+/// writes the cache entry; the exit code and the message (for `stdout`) to end with.
+pub fn serve(request: &str, input: &mut impl Read) -> (i32, String) {
+    let request: Request = match serde_json::from_str(request) {
+        Ok(request) => request,
+        Err(error) => {
+            return (
+                UNAVAILABLE,
+                format!("cannot read the compile request: {error}"),
+            );
+        }
+    };
+    let mut component = Vec::new();
+    if let Err(error) = input.read_to_end(&mut component) {
+        return (UNAVAILABLE, format!("cannot read the component: {error}"));
+    }
+    if let Some(limit) = request.memory_limit {
+        let limit = rustix::process::Rlimit {
+            current: Some(limit),
+            maximum: Some(limit),
+        };
+        if let Err(error) = rustix::process::setrlimit(rustix::process::Resource::Data, limit) {
+            return (
+                UNAVAILABLE,
+                format!("cannot cap the compile worker's memory: {error}"),
+            );
+        }
+    }
+    // The pool is how instances are allocated, not how code is compiled (the engine's
+    // compatibility hash leaves it out: `a_pool_does_not_change_compiled_code`), and
+    // reserving it would only cost the worker time and address space.
+    let settings = EngineSettings {
+        pool: None,
+        ..request.engine
+    };
+    let engine = match settings.engine() {
+        Ok(engine) => engine,
+        Err(error) => return (UNAVAILABLE, error.to_string()),
+    };
+    let compiled = match engine.precompile_component(&component) {
+        Ok(compiled) => compiled,
+        Err(error) => return (REFUSED, format!("{error:#}")),
+    };
+    match store_compiled(&request.output, &compiled) {
+        Ok(()) => (0, String::new()),
+        Err(error) => (
+            UNAVAILABLE,
+            format!("cannot write {}: {error}", request.output.display()),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::hash::{DefaultHasher, Hash as _, Hasher as _};
+
+    use super::*;
+    use crate::engine::PoolSettings;
+
+    fn hash(settings: &EngineSettings) -> u64 {
+        let engine = settings.engine().unwrap();
+        let mut hasher = DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut hasher);
+        hasher.finish()
+    }
+
+    #[test]
+    fn a_pool_does_not_change_compiled_code() {
+        let on_demand = EngineSettings {
+            fuel: false,
+            wasi_03: true,
+            pool: None,
+        };
+        let pooled = EngineSettings {
+            pool: Some(PoolSettings {
+                slots: 16,
+                keep_resident: 1 << 20,
+            }),
+            ..on_demand.clone()
+        };
+        assert_eq!(hash(&on_demand), hash(&pooled));
+        // What does change it, so the worker must be told.
+        assert_ne!(
+            hash(&on_demand),
+            hash(&EngineSettings {
+                fuel: true,
+                ..on_demand.clone()
+            })
+        );
+    }
+
+    #[test]
+    fn a_worker_refuses_what_does_not_compile_and_writes_what_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let output = dir.path().join("out.cwasm");
+        let request = serde_json::to_string(&Request {
+            engine: EngineSettings {
+                fuel: false,
+                wasi_03: false,
+                pool: None,
+            },
+            output: output.clone(),
+            memory_limit: None,
+        })
+        .unwrap();
+        let (code, message) = serve(&request, &mut &b"not wasm"[..]);
+        assert_eq!(code, REFUSED, "{message}");
+        assert!(!output.exists());
+        // The empty component: the magic, version 0x0d, layer 1.
+        let empty = b"\0asm\x0d\x00\x01\x00";
+        let (code, message) = serve(&request, &mut &empty[..]);
+        assert_eq!(code, 0, "{message}");
+        assert!(output.exists());
+        let (code, message) = serve("{\"engine\": 1}", &mut &b""[..]);
+        assert_eq!(code, UNAVAILABLE);
+        assert!(message.contains("compile request"), "{message}");
+    }
+}
