@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Footprint of an edge host, release build: binary size, `shoal host` startup to ingress
-# listening and to joined, idle RSS with no app and with one hello replica, and an offline
-# restart (NATS stopped, host killed with SIGKILL and started again) to the first 200 from
-# its saved state. Median of ROUNDS (default 5) where timed.
-# Usage: bench/footprint.sh [ROUNDS]
+# Footprint of an edge host, built with the `edge` profile (PROFILE=release to compare):
+# binary size, `shoal host` startup to ingress listening and to joined, idle RSS with no
+# app, with one hello replica and with ten apps, and an offline restart (NATS stopped, host
+# killed with SIGKILL and started again) to the first 200 from its saved state. Median of
+# ROUNDS (default 5) where timed.
+# Usage: [PROFILE=release] bench/footprint.sh [ROUNDS]
 set -euo pipefail
 rounds=${1:-5}
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -14,6 +15,7 @@ source scripts/env.sh
 # shellcheck source=lib.sh
 source bench/lib.sh
 need curl
+PROFILE=${PROFILE:-edge}
 build_release
 hello=$root/target/guests/wasm32-wasip2/release/hello_http.wasm
 
@@ -74,6 +76,22 @@ for _ in $(seq 200); do curl -fs "http://127.0.0.1:$http_port/" >/dev/null; done
 sleep 3
 one_app_rss=$(rss_kib "$host_pid")
 
+# Nine more apps of their own (each its own replica and route), 50 requests each.
+for n in $(seq 2 10); do
+  sed -e "s/name: hello/name: hello-$n/" -e "s|path: /}|path: /app-$n}|" "$work/hello.yaml" >"$work/hello-$n.yaml"
+  "$shoal" apply -f "$work/hello-$n.yaml" >/dev/null
+done
+for n in $(seq 2 10); do
+  until curl -fs "http://127.0.0.1:$http_port/app-$n" >/dev/null; do sleep 0.05; done
+  for _ in $(seq 50); do curl -fs "http://127.0.0.1:$http_port/app-$n" >/dev/null; done
+done
+sleep 3
+ten_apps_rss=$(rss_kib "$host_pid")
+for n in $(seq 2 10); do "$shoal" delete app "hello-$n" >/dev/null; done
+# The offline restart below serves the one app: wait until the others are gone and saved.
+while "$shoal" get replicas | grep -Eq 'hello-(10|[2-9])\b'; do sleep 0.1; done
+sleep 2
+
 # Offline restart: NATS gone, host killed, started again: time to the first 200.
 until [ -s "$SHOAL_CACHE_DIR/hosts/edge/state.json" ]; do sleep 0.05; done
 kill -TERM "$nats_pid"
@@ -90,11 +108,12 @@ done
 offline_rss=$(rss_kib "$host_pid")
 
 size=$(stat -c %s "$shoal")
-printf '\n| shoal host, release, %s | value |\n| --- | --- |\n' "$(uname -m)"
+printf '\n| shoal host, %s profile, %s | value |\n| --- | --- |\n' "$PROFILE" "$(uname -m)"
 printf '| binary size | %.1f MiB (%s bytes) |\n' "$(echo "$size / 1048576" | bc -l)" "$size"
 printf '| start to ingress listening (median of %s) | %s ms |\n' "$rounds" "$(printf '%s\n' "${listening[@]}" | median)"
 printf '| start to joined the lattice (median of %s) | %s ms |\n' "$rounds" "$(printf '%s\n' "${joined[@]}" | median)"
 printf '| idle RSS, no app | %.1f MiB |\n' "$(echo "$idle_rss / 1024" | bc -l)"
 printf '| RSS, one hello replica after 200 requests | %.1f MiB |\n' "$(echo "$one_app_rss / 1024" | bc -l)"
+printf '| RSS, ten hello apps after 50 requests each | %.1f MiB |\n' "$(echo "$ten_apps_rss / 1024" | bc -l)"
 printf '| offline restart (NATS down, kill -9) to first 200 (median of %s) | %s ms |\n' "$rounds" "$(printf '%s\n' "${offline[@]}" | median)"
 printf '| RSS serving offline | %.1f MiB |\n' "$(echo "$offline_rss / 1024" | bc -l)"

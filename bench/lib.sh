@@ -17,15 +17,16 @@ need() {
   done
 }
 
-# Builds the guest components and release binaries of shoal-cli and the packages given,
-# and measures as a user would run it: without RUST_BACKTRACE. Sets $shoal.
+# Builds the guest components and release binaries of shoal-cli and the packages given
+# (the cargo profile in $PROFILE, default release), and measures as a user would run it:
+# without RUST_BACKTRACE. Sets $shoal.
 build_release() {
-  local packages=(-p shoal-cli) package
+  local packages=(-p shoal-cli) package profile=${PROFILE:-release}
   for package in "$@"; do packages+=(-p "$package"); done
   scripts/build-guests.sh >/dev/null
-  cargo build --release --quiet "${packages[@]}"
+  cargo build --profile "$profile" --quiet "${packages[@]}"
   unset RUST_BACKTRACE
-  shoal=$root/target/release/shoal
+  shoal=$root/target/$profile/shoal
 }
 
 # Kills (SIGKILL) the processes given and the shell's jobs, waits for them, removes $work.
