@@ -213,11 +213,20 @@ mod tests {
 
     const SHA256: &str = "sha256:ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff";
 
-    /// oci-spec's own cases: input, registry, repository, tag, digest.
+    /// A case: input, registry, repository, tag, digest.
+    type Case = (
+        String,
+        &'static str,
+        &'static str,
+        Option<&'static str>,
+        Option<String>,
+    );
+
+    /// oci-spec's own cases, and a few of ours.
     #[test]
     fn parses_as_oci_spec_does() {
         let sha512 = format!("sha512:{}", "f".repeat(128));
-        let cases: Vec<(String, &str, &str, Option<&str>, Option<String>)> = vec![
+        let cases: Vec<Case> = vec![
             (
                 "busybox".into(),
                 "docker.io",
