@@ -31,6 +31,11 @@ pub const REFUSED: i32 = 2;
 /// component's (its message on stdout).
 pub const UNAVAILABLE: i32 = 3;
 
+/// The worker's exit code when it compiled the component but could not write the entry (its
+/// message on stdout): the component fails to start rather than being compiled again in the
+/// host, with no cap.
+pub const NOT_STORED: i32 = 4;
+
 /// How long a compile may take before its worker is stopped, unless a worker says.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -62,6 +67,8 @@ pub struct Request {
     /// The worker's memory cap, in bytes ([`Worker::memory_limit`]).
     #[serde(default)]
     pub memory_limit: Option<u64>,
+    /// The component's length: a worker that reads fewer bytes compiles nothing.
+    pub size: u64,
 }
 
 /// Why a worker did not write the entry.
@@ -79,21 +86,21 @@ pub enum WorkerError {
 }
 
 impl Worker {
-    /// The running executable with `args` before the request. On Linux it is
-    /// `/proc/self/exe`, which still starts this same build after an upgrade replaced the
-    /// file on disk.
-    pub fn this_executable(args: impl IntoIterator<Item = impl Into<OsString>>) -> Self {
-        let program = if Path::new("/proc/self/exe").exists() {
-            PathBuf::from("/proc/self/exe")
-        } else {
-            std::env::current_exe().unwrap_or_else(|_| PathBuf::from("shoal"))
-        };
-        Self {
+    /// The running executable with `args` before the request: `/proc/self/exe`, which still
+    /// starts this same build after an upgrade replaced the file on disk. `None` where there
+    /// is no such file (then the host compiles in its own process; a program found by name
+    /// could be another version, or another program).
+    pub fn this_executable(args: impl IntoIterator<Item = impl Into<OsString>>) -> Option<Self> {
+        let program = PathBuf::from("/proc/self/exe");
+        if !program.exists() {
+            return None;
+        }
+        Some(Self {
             program,
             args: args.into_iter().map(Into::into).collect(),
             memory_limit: None,
             timeout: DEFAULT_TIMEOUT,
-        }
+        })
     }
 
     /// Has a worker compile `component` for `engine` into the cache entry `output`. Blocks
@@ -111,6 +118,7 @@ impl Worker {
             engine: engine.clone(),
             output: output.to_owned(),
             memory_limit: self.memory_limit,
+            size: component.len() as u64,
         };
         let request = serde_json::to_string(&request).map_err(|error| {
             WorkerError::Unavailable(format!("cannot write the request: {error}"))
@@ -128,18 +136,30 @@ impl Worker {
                     self.program.display()
                 ))
             })?;
-        // The worker reads all of stdin before it writes anything, so this cannot deadlock.
-        let written = child
-            .stdin
-            .take()
-            .map(|mut stdin| stdin.write_all(component));
-        let reader = child.stdout.take().map(|stdout| {
-            std::thread::spawn(move || {
-                let mut message = Vec::new();
-                let _ = stdout.take(MESSAGE_LIMIT as u64).read_to_end(&mut message);
-                message
-            })
+        // The component goes in from a thread of its own, so a worker that stops reading
+        // cannot hold this one past the deadline (killing it ends the write).
+        let writer = child.stdin.take().map(|mut stdin| {
+            let component = component.to_vec();
+            std::thread::Builder::new()
+                .name("shoal-compile-in".into())
+                .spawn(move || stdin.write_all(&component))
         });
+        let reader = child.stdout.take().map(|stdout| {
+            std::thread::Builder::new()
+                .name("shoal-compile-out".into())
+                .spawn(move || {
+                    let mut message = Vec::new();
+                    let _ = stdout.take(MESSAGE_LIMIT as u64).read_to_end(&mut message);
+                    message
+                })
+        });
+        let (Some(Ok(writer)), Some(Ok(reader))) = (writer, reader) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(WorkerError::Unavailable(
+                "cannot start a thread to talk to the compile worker".to_owned(),
+            ));
+        };
         let status = match wait(&mut child, self.timeout) {
             Ok(Some(status)) => status,
             Ok(None) => {
@@ -158,18 +178,15 @@ impl Worker {
                 )));
             }
         };
-        let message = reader
-            .and_then(|reader| reader.join().ok())
-            .unwrap_or_default();
+        let message = reader.join().unwrap_or_default();
         let message = String::from_utf8_lossy(&message).trim().to_owned();
+        let written = writer.join();
         match status.code() {
-            Some(0) => return Ok(()),
+            Some(0) if matches!(written, Ok(Ok(()))) => return Ok(()),
             Some(REFUSED) => return Err(WorkerError::Refused(message)),
             Some(UNAVAILABLE) => return Err(WorkerError::Unavailable(message)),
+            Some(NOT_STORED) => return Err(WorkerError::Died(message)),
             _ => {}
-        }
-        if let Some(Err(error)) = written {
-            tracing::debug!(%error, "the compile worker did not read the whole component");
         }
         #[cfg(unix)]
         let signal = std::os::unix::process::ExitStatusExt::signal(&status);
@@ -177,16 +194,18 @@ impl Worker {
         let signal: Option<i32> = None;
         // Past the cap an allocation fails: the worker aborts (SIGABRT), or panics (a thread
         // it needs cannot start); the kernel's OOM killer sends SIGKILL.
-        Err(WorkerError::Died(match (self.memory_limit, signal) {
-            (Some(limit), Some(6 | 9) | None) => format!(
-                "compiling this component took more than the compile memory limit of {} MiB (shoal host --compile-memory); the compiler ended with {status}",
-                limit >> 20
-            ),
-            (None, Some(9)) => format!(
-                "the compiler was killed while compiling this component ({status}; out of memory?)"
-            ),
-            _ => format!("the compiler failed while compiling this component ({status})"),
-        }))
+        Err(WorkerError::Died(
+            match (self.memory_limit, signal, status.code()) {
+                (Some(limit), Some(6 | 9), _) | (Some(limit), None, Some(101)) => format!(
+                    "compiling this component took more than the compile memory limit of {} MiB (shoal host --compile-memory); the compiler ended with {status}",
+                    limit >> 20
+                ),
+                (None, Some(9), _) => format!(
+                    "the compiler was killed while compiling this component ({status}; out of memory?)"
+                ),
+                _ => format!("the compiler failed while compiling this component ({status})"),
+            },
+        ))
     }
 }
 
@@ -212,6 +231,9 @@ fn wait(
 /// The worker's side: reads the component from `input`, compiles it as `request` says and
 /// writes the cache entry; the exit code and the message (for `stdout`) to end with.
 pub fn serve(request: &str, input: &mut impl Read) -> (i32, String) {
+    // A worker whose host is gone (killed, out of memory) stops with it.
+    #[cfg(target_os = "linux")]
+    let _ = rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL));
     let request: Request = match serde_json::from_str(request) {
         Ok(request) => request,
         Err(error) => {
@@ -225,21 +247,21 @@ pub fn serve(request: &str, input: &mut impl Read) -> (i32, String) {
     if let Err(error) = input.read_to_end(&mut component) {
         return (UNAVAILABLE, format!("cannot read the component: {error}"));
     }
-    if let Some(limit) = request.memory_limit {
-        let limit = rustix::process::Rlimit {
-            current: Some(limit),
-            maximum: Some(limit),
-        };
-        if let Err(error) = rustix::process::setrlimit(rustix::process::Resource::Data, limit) {
-            return (
-                UNAVAILABLE,
-                format!("cannot cap the compile worker's memory: {error}"),
-            );
-        }
+    if component.len() as u64 != request.size {
+        return (
+            UNAVAILABLE,
+            format!(
+                "read {} bytes of a {}-byte component",
+                component.len(),
+                request.size
+            ),
+        );
     }
     // The pool is how instances are allocated, not how code is compiled (the engine's
     // compatibility hash leaves it out: `a_pool_does_not_change_compiled_code`), and
-    // reserving it would only cost the worker time and address space.
+    // reserving it would only cost the worker time and address space. The engine is made
+    // before the cap, which is for compiling: a cap too small for the engine alone fails
+    // the component below, never sends it back to the host uncapped.
     let settings = EngineSettings {
         pool: None,
         ..request.engine
@@ -248,6 +270,18 @@ pub fn serve(request: &str, input: &mut impl Read) -> (i32, String) {
         Ok(engine) => engine,
         Err(error) => return (UNAVAILABLE, error.to_string()),
     };
+    if let Some(limit) = request.memory_limit {
+        let limit = rustix::process::Rlimit {
+            current: Some(limit),
+            maximum: Some(limit),
+        };
+        if let Err(error) = rustix::process::setrlimit(rustix::process::Resource::Data, limit) {
+            return (
+                NOT_STORED,
+                format!("cannot cap the compile worker's memory: {error}"),
+            );
+        }
+    }
     let compiled = match engine.precompile_component(&component) {
         Ok(compiled) => compiled,
         Err(error) => return (REFUSED, format!("{error:#}")),
@@ -255,8 +289,11 @@ pub fn serve(request: &str, input: &mut impl Read) -> (i32, String) {
     match store_compiled(&request.output, &compiled) {
         Ok(()) => (0, String::new()),
         Err(error) => (
-            UNAVAILABLE,
-            format!("cannot write {}: {error}", request.output.display()),
+            NOT_STORED,
+            format!(
+                "cannot write the compiled component to {}: {error}",
+                request.output.display()
+            ),
         ),
     }
 }
@@ -312,6 +349,7 @@ mod tests {
             },
             output: output.clone(),
             memory_limit: None,
+            size: 8,
         })
         .unwrap();
         let (code, message) = serve(&request, &mut &b"not wasm"[..]);

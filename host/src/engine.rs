@@ -378,11 +378,14 @@ impl Runtime {
         let (component, compiled_by) = match &self.options.compiler {
             None => (self.compile_here(bytes, &path)?, "this process"),
             Some(worker) => match worker.compile(&self.settings, bytes, &path) {
+                // Not compiled again here: the worker is where a compile is capped.
                 Ok(()) => match self.load_cached(&path) {
                     Some(component) => (component, "the compile worker"),
                     None => {
-                        tracing::warn!(path = %path.display(), "the compile worker's output does not load; compiling in this process");
-                        (self.compile_here(bytes, &path)?, "this process")
+                        return Err(HostError::Compile(format!(
+                            "the compile worker's output at {} does not load",
+                            path.display()
+                        )));
                     }
                 },
                 Err(crate::compile::WorkerError::Refused(message)) => {

@@ -13,8 +13,8 @@ pub struct CompileWorkerArgs {
     pub request: String,
 }
 
-/// The host's compile worker for this binary.
-pub fn worker() -> shoal_host::compile::Worker {
+/// The host's compile worker for this binary, where it can be started again by path.
+pub fn worker() -> Option<shoal_host::compile::Worker> {
     shoal_host::compile::Worker::this_executable(["compile-worker"])
 }
 

@@ -375,12 +375,24 @@ impl HostArgs {
             wasi_03: self.wasi.iter().any(|version| version == "0.3"),
             // Compiling in a child keeps Cranelift's code and memory out of a long-lived
             // host, and a component the compiler chokes on from taking the host down.
-            compiler: Some(shoal_host::compile::Worker {
-                memory_limit: self.compile_memory.map(|memory| memory.0),
-                ..super::compile_worker::worker()
-            }),
+            compiler: self.compile_worker(),
         })?;
         Ok(Arc::new(runtime))
+    }
+
+    /// The compile worker, with `--compile-memory`; none where this binary cannot be
+    /// started again by path (then components compile in the host, uncapped).
+    fn compile_worker(&self) -> Option<shoal_host::compile::Worker> {
+        let worker = super::compile_worker::worker();
+        if worker.is_none() {
+            tracing::warn!(
+                "no /proc/self/exe: components compile in the host's own process, and --compile-memory does not apply"
+            );
+        }
+        worker.map(|worker| shoal_host::compile::Worker {
+            memory_limit: self.compile_memory.map(|memory| memory.0),
+            ..worker
+        })
     }
 }
 
