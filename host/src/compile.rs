@@ -137,52 +137,62 @@ impl Worker {
                 ))
             })?;
         // The component goes in from a thread of its own, so a worker that stops reading
-        // cannot hold this one past the deadline (killing it ends the write).
-        let writer = child.stdin.take().map(|mut stdin| {
-            let component = component.to_vec();
-            std::thread::Builder::new()
-                .name("shoal-compile-in".into())
-                .spawn(move || stdin.write_all(&component))
-        });
-        let reader = child.stdout.take().map(|stdout| {
-            std::thread::Builder::new()
-                .name("shoal-compile-out".into())
-                .spawn(move || {
-                    let mut message = Vec::new();
-                    let _ = stdout.take(MESSAGE_LIMIT as u64).read_to_end(&mut message);
-                    message
-                })
-        });
-        let (Some(Ok(writer)), Some(Ok(reader))) = (writer, reader) else {
+        // cannot hold this one past the deadline (killing it ends the write). Scoped, so it
+        // writes from the caller's bytes rather than a copy of them.
+        let (Some(mut stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
             let _ = child.kill();
             let _ = child.wait();
             return Err(WorkerError::Unavailable(
-                "cannot start a thread to talk to the compile worker".to_owned(),
+                "the compile worker has no stdin or stdout".to_owned(),
             ));
         };
-        let status = match wait(&mut child, self.timeout) {
-            Ok(Some(status)) => status,
-            Ok(None) => {
+        let outcome = std::thread::scope(|scope| {
+            let writer = std::thread::Builder::new()
+                .name("shoal-compile-in".into())
+                .spawn_scoped(scope, move || stdin.write_all(component));
+            let reader = std::thread::Builder::new()
+                .name("shoal-compile-out".into())
+                .spawn_scoped(scope, move || {
+                    let mut message = Vec::new();
+                    let _ = stdout.take(MESSAGE_LIMIT as u64).read_to_end(&mut message);
+                    message
+                });
+            let (Ok(writer), Ok(reader)) = (writer, reader) else {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(WorkerError::Died(format!(
-                    "compiling this component took longer than {}s; the compiler was stopped",
-                    self.timeout.as_secs()
-                )));
-            }
-            Err(error) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(WorkerError::Unavailable(format!(
-                    "cannot wait for the compile worker: {error}"
-                )));
-            }
-        };
-        let message = reader.join().unwrap_or_default();
-        let message = String::from_utf8_lossy(&message).trim().to_owned();
-        let written = writer.join();
+                return Err(WorkerError::Unavailable(
+                    "cannot start a thread to talk to the compile worker".to_owned(),
+                ));
+            };
+            let status = match wait(&mut child, self.timeout) {
+                Ok(Some(status)) => status,
+                Ok(None) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(WorkerError::Died(format!(
+                        "compiling this component took longer than {}s; the compiler was stopped",
+                        self.timeout.as_secs()
+                    )));
+                }
+                Err(error) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(WorkerError::Unavailable(format!(
+                        "cannot wait for the compile worker: {error}"
+                    )));
+                }
+            };
+            let message = reader.join().unwrap_or_default();
+            let written = matches!(writer.join(), Ok(Ok(())));
+            Ok((
+                status,
+                String::from_utf8_lossy(&message).trim().to_owned(),
+                written,
+            ))
+        });
+        let (status, message, written) = outcome?;
         match status.code() {
-            Some(0) if matches!(written, Ok(Ok(()))) => return Ok(()),
+            Some(0) if written => return Ok(()),
             Some(REFUSED) => return Err(WorkerError::Refused(message)),
             Some(UNAVAILABLE) => return Err(WorkerError::Unavailable(message)),
             Some(NOT_STORED) => return Err(WorkerError::Died(message)),
