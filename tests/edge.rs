@@ -658,3 +658,111 @@ fn a_secure_site_reaches_its_hub_with_its_own_credentials_and_no_more() {
     });
     drop(site);
 }
+
+/// A connection to `lattice` as a scheduler (the only kind of identity that writes the
+/// lattice's copy of components), opening no bucket.
+fn as_scheduler(lattice: &Lattice, runtime: &tokio::runtime::Runtime) -> shoal_lattice::Lattice {
+    let creds = lattice.mint(&["scheduler", "s9"], "s9");
+    runtime
+        .block_on(shoal_lattice::Lattice::connect(
+            &shoal_lattice::store::ConnectOptions {
+                url: lattice.nats_urls(),
+                lattice: lattice.name.clone(),
+                client_name: "test".to_owned(),
+                auth: shoal_lattice::store::NatsAuth::CredsFile(creds),
+                skip_buckets: true,
+                skip_journals: true,
+                ..Default::default()
+            },
+        ))
+        .unwrap()
+}
+
+#[test]
+fn a_host_that_cannot_reach_the_registry_starts_apps_from_the_lattice_s_checked_copy() {
+    let mut lattice = Lattice::start_secure();
+    let scheduler = lattice.secure_scheduler("60s");
+    let h1 = lattice.secure_host("h1");
+    let hello = lattice.push_hello("1.0");
+    lattice.apply(&hello_manifest("shop", &hello, 1, ""));
+    lattice.wait_ready("shop", 1, PATIENCE);
+    eventually(PATIENCE, "the leader to copy the component", || {
+        scheduler
+            .log()
+            .contains("component copied into the lattice")
+            .then_some(())
+    });
+    let digest = lattice.app("shop")["digest"].as_str().unwrap().to_owned();
+
+    // The registry goes away; a new host, with nothing cached, takes the next replica.
+    lattice.registry.stop();
+    lattice.ok(&["cordon", "h1"]);
+    let cache = tempfile::tempdir().unwrap();
+    let creds = lattice.mint(&["host", "h2"], "h2");
+    let h2 = lattice.host_with(
+        "h2",
+        &[
+            "--nats-creds",
+            creds.to_str().unwrap(),
+            "--cache-dir",
+            cache.path().to_str().unwrap(),
+        ],
+    );
+    lattice.ok(&["scale", "app", "shop", "--replicas", "2"]);
+    eventually(PATIENCE, "a ready replica on h2", || {
+        lattice
+            .ready_by_host("shop")
+            .contains_key("h2")
+            .then_some(())
+    });
+    let log = h2.log();
+    assert!(log.contains("fetched from the lattice's copy"), "{log}");
+    assert!(log.contains("cannot reach registry"), "{log}");
+    drop(h1);
+
+    // A copy that does not match its digest is refused, as a registry's would be: the
+    // scheduler's own credential overwrites the layer; a third host with an empty cache
+    // does not run it.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let writer = as_scheduler(&lattice, &runtime);
+    runtime.block_on(async {
+        let store = writer.component_store(1 << 30).await.unwrap();
+        store
+            .put(&format!("{digest}/layer"), b"not the component")
+            .await
+            .unwrap();
+    });
+    lattice.ok(&["cordon", "h2"]);
+    let cache = tempfile::tempdir().unwrap();
+    let creds = lattice.mint(&["host", "h3"], "h3");
+    let h3 = lattice.host_with(
+        "h3",
+        &[
+            "--nats-creds",
+            creds.to_str().unwrap(),
+            "--cache-dir",
+            cache.path().to_str().unwrap(),
+        ],
+    );
+    lattice.ok(&["scale", "app", "shop", "--replicas", "3"]);
+    eventually(PATIENCE, "h3 to refuse the altered copy", || {
+        lattice
+            .events(&["--app", "shop"])
+            .iter()
+            .any(|event| {
+                event["message"]
+                    .as_str()
+                    .is_some_and(|message| message.contains("does not match"))
+            })
+            .then_some(())
+    });
+    assert!(!lattice.ready_by_host("shop").contains_key("h3"));
+    drop(h3);
+
+    // Hosts read the copy and never write it.
+    let raw = support::raw::Raw::connect(&lattice.nats_urls(), &creds, "_INBOX.host.h3");
+    let bucket = shoal_lattice::components::bucket_name(&lattice.name);
+    let subject = format!("$O.{bucket}.C.forged");
+    raw.publish(&subject);
+    raw.wait_refused("Publish", &subject);
+}

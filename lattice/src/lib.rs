@@ -8,6 +8,7 @@
 pub mod api;
 pub mod appkv;
 pub mod auth;
+pub mod components;
 pub mod error;
 pub mod events;
 pub mod jobs;

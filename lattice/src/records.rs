@@ -854,17 +854,22 @@ impl Assignment {
 
     /// The component reference pinned to the digest: `<repository>@<digest>`.
     pub fn pinned_reference(&self) -> String {
-        let reference = &self.template.component;
-        let repository = match reference.split_once('@') {
-            Some((repository, _)) => repository,
-            None => match reference.rsplit_once(':') {
-                // A colon after the last slash separates a tag; one before is a port.
-                Some((repository, tag)) if !tag.contains('/') => repository,
-                _ => reference.as_str(),
-            },
-        };
-        format!("{repository}@{}", self.digest)
+        pinned_reference(&self.template.component, &self.digest)
     }
+}
+
+/// Component `reference` (as a spec names it, by tag or digest) pinned to `digest`:
+/// `<repository>@<digest>`.
+pub fn pinned_reference(reference: &str, digest: &str) -> String {
+    let repository = match reference.split_once('@') {
+        Some((repository, _)) => repository,
+        None => match reference.rsplit_once(':') {
+            // A colon after the last slash separates a tag; one before is a port.
+            Some((repository, tag)) if !tag.contains('/') => repository,
+            _ => reference,
+        },
+    };
+    format!("{repository}@{digest}")
 }
 
 /// Where a replica is in its life.

@@ -127,6 +127,8 @@ pub enum PullSource {
         /// Why the registry could not be used.
         reason: String,
     },
+    /// Pulled by digest from a mirror (the lattice's copy), every blob checked.
+    Mirror,
 }
 
 /// A pulled artifact, verified and in the cache.
@@ -180,6 +182,11 @@ impl Client {
     /// The cache this client fills.
     pub fn cache(&self) -> &Cache {
         &self.cache
+    }
+
+    /// The largest artifact this client takes.
+    pub(crate) fn max_artifact_size(&self) -> u64 {
+        self.options.max_artifact_size
     }
 
     /// The credentials this client has for `registry`.
@@ -380,7 +387,7 @@ impl Client {
     }
 
     /// The artifact with manifest `digest`, if the cache holds all of it intact.
-    fn load_cached(
+    pub(crate) fn load_cached(
         &self,
         reference: &Reference,
         digest: &Digest,
@@ -434,7 +441,7 @@ impl Client {
         })
     }
 
-    fn check_manifest(
+    pub(crate) fn check_manifest(
         &self,
         reference: &Reference,
         bytes: &[u8],

@@ -105,6 +105,14 @@ pub enum Error {
         /// What the registry or client said.
         message: String,
     },
+    /// A mirror (the lattice's copy of components) could not serve the artifact.
+    #[error("cannot fetch {reference} from the lattice's copy: {message}")]
+    Mirror {
+        /// The reference being pulled.
+        reference: String,
+        /// What went wrong.
+        message: String,
+    },
     /// The local cache failed (disk full, permissions).
     #[error(transparent)]
     Cache(#[from] CacheError),

@@ -18,6 +18,7 @@ pub mod digest;
 pub mod error;
 pub mod keys;
 pub mod media_types;
+pub mod mirror;
 pub mod progress;
 pub mod reference;
 pub mod signature;

@@ -212,7 +212,7 @@ pub struct Signed {
 /// The signature manifest as read: lenient about what verification does not need.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct SignatureManifest {
+pub(crate) struct SignatureManifest {
     #[serde(default)]
     layers: Vec<SignatureLayer>,
 }
@@ -228,7 +228,7 @@ struct SignatureLayer {
 }
 
 impl SignatureManifest {
-    fn parse(bytes: &[u8]) -> Result<Self, String> {
+    pub(crate) fn parse(bytes: &[u8]) -> Result<Self, String> {
         if bytes.len() > MAX_MANIFEST {
             return Err(format!(
                 "the signature manifest is larger than {MAX_MANIFEST} bytes"
@@ -239,7 +239,7 @@ impl SignatureManifest {
     }
 
     /// The signature layers, each with its payload descriptor and signature.
-    fn signatures(&self) -> impl Iterator<Item = (Blob, &str)> {
+    pub(crate) fn signatures(&self) -> impl Iterator<Item = (Blob, &str)> {
         self.layers
             .iter()
             .filter(|layer| layer.media_type == SIMPLE_SIGNING && layer.size <= MAX_PAYLOAD)

@@ -8,6 +8,7 @@
 pub mod api;
 pub mod apply;
 pub mod autoscale;
+pub mod components;
 pub mod configs;
 pub mod controller;
 pub mod cron;

@@ -260,15 +260,51 @@ async fn keep_cache_budget(
 /// Pulls components through the OCI cache.
 pub struct OciFetch(pub Client);
 
+/// The lattice's copy of components, as the OCI client reads a mirror.
+struct LatticeCopy<'a>(&'a shoal_lattice::Lattice);
+
+impl shoal_oci::mirror::Mirror for LatticeCopy<'_> {
+    async fn object(&self, name: &str, limit: u64) -> Result<Option<Vec<u8>>, String> {
+        self.0
+            .component_object(name, limit)
+            .await
+            .map_err(|error| shoal_lattice::Chain(&error).to_string())
+    }
+}
+
 impl Fetch for OciFetch {
-    async fn fetch(&self, reference: &str, trusted: &[TrustedKey]) -> Result<Fetched, FetchError> {
+    async fn fetch(
+        &self,
+        reference: &str,
+        trusted: &[TrustedKey],
+        lattice: Option<&shoal_lattice::Lattice>,
+    ) -> Result<Fetched, FetchError> {
         let parsed =
             parse_reference(reference).map_err(|error| FetchError::pull(error.to_string()))?;
-        let pulled = self
-            .0
-            .pull(&parsed)
-            .await
-            .map_err(|error| FetchError::pull(format!("cannot pull {reference}: {error}")))?;
+        let pulled = match self.0.pull(&parsed).await {
+            Ok(pulled) => pulled,
+            // The registry cannot serve it (unreachable, gone, refusing): the lattice's copy,
+            // checked by digest as the registry's would be. A local cache failure is not
+            // the registry's.
+            Err(error) => {
+                let Some(lattice) =
+                    lattice.filter(|_| !matches!(error, shoal_oci::Error::Cache(_)))
+                else {
+                    return Err(FetchError::pull(format!(
+                        "cannot pull {reference}: {error}"
+                    )));
+                };
+                let pulled = self
+                    .0
+                    .pull_from_mirror(&parsed, &LatticeCopy(lattice))
+                    .await
+                    .map_err(|copy| {
+                        FetchError::pull(format!("cannot pull {reference}: {error}; {copy}"))
+                    })?;
+                tracing::info!(%reference, registry_error = %error, "fetched from the lattice's copy");
+                pulled
+            }
+        };
         // Checked after the pull, against the digest the pull verified the bytes by.
         if !trusted.is_empty() {
             let keys = crate::commands::trust::public_keys(trusted);

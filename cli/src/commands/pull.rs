@@ -44,6 +44,7 @@ pub async fn run(args: PullArgs) -> anyhow::Result<()> {
     let origin = match &pulled.source {
         PullSource::Registry => "from the registry".to_owned(),
         PullSource::Cache => "from the local cache".to_owned(),
+        PullSource::Mirror => "from the lattice's copy".to_owned(),
         PullSource::CachedTag { reason } => {
             eprintln!(
                 "warning: {reason}; using {}, the digest this tag last resolved to (it may be out of date)",

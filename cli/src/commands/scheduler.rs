@@ -4,9 +4,13 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
+use shoal_scheduler::components::{Copier, Part, Source};
 use shoal_scheduler::controller::{self, Options, StoreMinter};
 
 use crate::lattice::LatticeArgs;
+
+/// How large the lattice's copy of components may grow unless `--component-store` says.
+pub const DEFAULT_COMPONENT_STORE: &str = "1GiB";
 
 /// Run a scheduler: it places apps' replicas on hosts and heals failures.
 ///
@@ -61,6 +65,16 @@ pub struct SchedulerArgs {
     #[arg(long, default_value = "1s", value_parser = crate::duration::parse)]
     pub disconnect_grace: Duration,
 
+    /// The most the lattice's copy of pinned components may hold (a JetStream object store
+    /// the leader fills from the registry, so hosts that cannot reach the registry start
+    /// apps from the lattice); 0 keeps no copy. Set when the bucket is first made.
+    #[arg(long, default_value = DEFAULT_COMPONENT_STORE, value_parser = crate::registry::parse_size, value_name = "SIZE")]
+    pub component_store: u64,
+
+    /// Where the leader pulls components from to copy them into the lattice.
+    #[command(flatten)]
+    pub registry: crate::registry::RegistryArgs,
+
     /// For tests: read cron schedules by a clock that starts at START when the system clock
     /// reads ANCHOR_MS, running RATE times as fast (`START,ANCHOR_MS,RATE`).
     #[arg(long, hide = true, value_name = "START,ANCHOR_MS,RATE", value_parser = shoal_scheduler::cron::Clock::parse)]
@@ -95,7 +109,21 @@ impl SchedulerArgs {
             account: None,
             stores: None,
             presence: None,
+            components: None,
         })
+    }
+
+    /// How the leader keeps the lattice's copy of components: `None` with
+    /// `--component-store 0`.
+    pub fn copier(&self) -> anyhow::Result<Option<Copier>> {
+        if self.component_store == 0 {
+            return Ok(None);
+        }
+        Ok(Some(Copier {
+            source: std::sync::Arc::new(OciSource(self.registry.client()?)),
+            max_bytes: self.component_store,
+            complete: shoal_oci::mirror::MANIFEST.to_owned(),
+        }))
     }
 
     /// Where hosts' connections are heard opening and closing, on a secure lattice whose
@@ -149,6 +177,7 @@ pub async fn run(args: SchedulerArgs, lattice: &LatticeArgs) -> anyhow::Result<u
     options.account = lattice.account()?;
     options.stores = args.store_minter(options.account.as_deref())?;
     options.presence = args.presence(lattice, options.account.as_deref()).await?;
+    options.components = args.copier()?;
     let connection = lattice
         .connect_as(&options.id, shoal_lattice::store::SCHEDULER_ORIGIN)
         .await?;
@@ -160,4 +189,31 @@ pub async fn run(args: SchedulerArgs, lattice: &LatticeArgs) -> anyhow::Result<u
     );
     controller::run(connection, options, crate::signals::shutdown()).await?;
     Ok(0)
+}
+
+/// Pulls components for the lattice's copy through the OCI cache, which verifies them.
+struct OciSource(shoal_oci::client::Client);
+
+impl Source for OciSource {
+    fn parts<'a>(
+        &'a self,
+        pinned: &'a str,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<Vec<Part>, String>> + Send + 'a>> {
+        Box::pin(async move {
+            let reference =
+                shoal_oci::client::parse_reference(pinned).map_err(|error| error.to_string())?;
+            let parts = self
+                .0
+                .mirror_parts(&reference)
+                .await
+                .map_err(|error| error.to_string())?;
+            Ok(parts
+                .into_iter()
+                .map(|part| Part {
+                    name: part.name,
+                    bytes: part.bytes,
+                })
+                .collect())
+        })
+    }
 }

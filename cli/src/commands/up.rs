@@ -558,6 +558,11 @@ async fn serve(
                 .map(|made| made.auth_dir.join(crate::commands::auth::PRESENCE_CREDS)),
             disconnect_grace: Duration::from_secs(1),
             cron_clock: None,
+            component_store: crate::registry::parse_size(
+                crate::commands::scheduler::DEFAULT_COMPONENT_STORE,
+            )
+            .map_err(anyhow::Error::msg)?,
+            registry: args.registry.clone(),
         };
         // nats-server may still be starting: retry for a while before giving up.
         let deadline = std::time::Instant::now() + Duration::from_secs(15);
@@ -576,6 +581,7 @@ async fn serve(
             let mut options = scheduler.options()?;
             options.account = scheduler_lattice.account()?;
             options.stores = scheduler.store_minter(options.account.as_deref())?;
+            options.components = scheduler.copier()?;
             options.presence = scheduler
                 .presence(&scheduler_lattice, options.account.as_deref())
                 .await?;

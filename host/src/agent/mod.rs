@@ -101,11 +101,14 @@ pub struct AgentOptions {
 /// verified cache, and checks its signature when the assignment names trusted keys.
 pub trait Fetch: Send + Sync + 'static {
     /// Fetches `reference`; with `trusted` keys, only if a signature of its manifest digest
-    /// by one of them is stored beside it (or cached from an earlier fetch).
+    /// by one of them is stored beside it (or cached from an earlier fetch). With the
+    /// `lattice` (once joined), from the lattice's copy of components when the registry
+    /// cannot serve it.
     fn fetch(
         &self,
         reference: &str,
         trusted: &[shoal_lattice::trust::TrustedKey],
+        lattice: Option<&Lattice>,
     ) -> impl Future<Output = Result<Fetched, FetchError>> + Send;
 }
 

@@ -234,6 +234,7 @@ impl<F: Fetch> Supervisor<F> {
                 stores: stores
                     .clone()
                     .map(|stores| crate::keyvalue::StoresLink(stores)),
+                uplink: self.uplink.clone(),
             },
             self.started.clone(),
         );
@@ -557,6 +558,8 @@ struct Links {
     own_listeners: Vec<SocketAddr>,
     secrets_key: Arc<shoal_lattice::secrets::XKey>,
     stores: Option<crate::keyvalue::StoresLink>,
+    /// The lattice, once joined: where a component the registry cannot serve is fetched.
+    uplink: Uplink,
 }
 
 /// A replica ready to serve, or a job's run ready to run.
@@ -627,7 +630,7 @@ async fn start<F: Fetch>(
             bytes,
             layer_digest,
         } = fetch
-            .fetch(&reference, &assignment.trusted_keys)
+            .fetch(&reference, &assignment.trusted_keys, links.uplink.lattice())
             .await
             .map_err(|error| StartFailure::new(error.reason, error.message))?;
         // The newest digests only: the host record must not grow with every component

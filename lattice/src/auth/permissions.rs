@@ -235,6 +235,14 @@ pub fn permissions(lattice: &str, identity: &Identity) -> Permissions {
                 kv_stream(Bucket::Status),
                 kv_key(Bucket::Status, crate::names::LATTICE_IDENTITY)
             ));
+            // The lattice's copy of the components (for when the registry cannot be
+            // reached), read message by message with direct gets: no consumer, nothing
+            // delivered. Only the control plane writes it; hosts check every blob's digest.
+            let components = crate::components::stream_name(lattice);
+            publish.extend([
+                format!("$JS.API.DIRECT.GET.{components}"),
+                format!("$JS.API.DIRECT.GET.{components}.>"),
+            ]);
             // No app's key-value store: each replica's assignment carries a credential for
             // its own app's stores (`store_credential`).
             publish.extend([
@@ -265,6 +273,8 @@ pub fn permissions(lattice: &str, identity: &Identity) -> Permissions {
             for bucket in Bucket::ALL {
                 publish.push(format!("$KV.{}.>", bucket.name(lattice)));
             }
+            // The lattice's copy of components, which only the control plane writes.
+            publish.push(format!("$O.{}.>", crate::components::bucket_name(lattice)));
             // Control API answers go to the requesting user's inbox, and nowhere else a
             // requester could name: on a secure lattice, to the reply subject nats-server
             // made for the request as it crossed from the clients' account (`_R_.…`),

@@ -72,6 +72,9 @@ pub struct Options {
     /// Where nats-server says hosts' connections open and close, on a secure lattice: a
     /// host whose process died is then lost after `Presence::grace`, not `host_timeout`.
     pub presence: Option<Presence>,
+    /// How the leader keeps the lattice's copy of pinned components (for hosts that cannot
+    /// reach the registry); `None`: no copy is kept.
+    pub components: Option<crate::components::Copier>,
 }
 
 /// A connection to nats-server's system account that may hear hosts' connections open and
@@ -142,6 +145,8 @@ struct State {
     deferred: Deferred,
     /// When this scheduler last wrote the control plane's health.
     health_written: Option<Instant>,
+    /// The leader's copying of pinned components into the lattice.
+    copying: crate::components::Copying,
     /// The job statuses this leader wrote, by key: newer than the mirror until the mirror
     /// catches up (passes follow each other faster than a write comes back through the
     /// watch, and a pass that started from the older status lost what the last one
@@ -279,6 +284,19 @@ impl Deferred {
 }
 
 impl State {
+    /// The components the lattice's copy should hold, from what the mirrors hold now.
+    fn pinned_components(&self) -> std::collections::BTreeMap<String, String> {
+        fn values<T>(records: Vec<shoal_lattice::store::Versioned<T>>) -> Vec<T> {
+            records.into_iter().map(|record| record.value).collect()
+        }
+        crate::components::wanted(
+            &values(self.apps.snapshot()),
+            &values(self.jobs.snapshot()),
+            &values(self.cron_jobs.snapshot()),
+            &values(self.assignments.snapshot()),
+        )
+    }
+
     /// Forgets what this scheduler kept in memory while leading: the next leader term reads
     /// it back from the lattice, where the leader in between may have changed it.
     fn step_down(&mut self) {
@@ -290,6 +308,7 @@ impl State {
         self.failed.clear();
         self.autoscaling.clear();
         self.wakes.clear();
+        self.copying.stop();
     }
 
     /// Takes the rollout clock, backoff and failed rollout of `app` from its stored status,
@@ -471,7 +490,13 @@ pub async fn run(
         }
         // Only a pass that went through counts as the control plane acting.
         match pass(&lattice, &options, &mut state, &lease, grace, now).await {
-            Ok(()) => health::report(&lattice, &options, &mut state, now),
+            Ok(()) => {
+                health::report(&lattice, &options, &mut state, now);
+                if let Some(copier) = &options.components {
+                    let wanted = state.pinned_components();
+                    state.copying.tick(&lattice, copier, wanted, now);
+                }
+            }
             Err(error) => {
                 tracing::warn!(error = %shoal_lattice::Chain(&error), "reconcile pass failed; retrying")
             }

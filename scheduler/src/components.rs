@@ -1,0 +1,242 @@
+//! Keeps the lattice's copy of the components its workloads pin (see
+//! `shoal_lattice::components`): the leader copies each pinned component that is not there
+//! yet from the registry, manifest last, and drops the copies nothing pins any more. Hosts
+//! read the copy when they cannot reach the registry.
+//!
+//! Copying runs beside the passes, in a task of its own, so a slow or unreachable registry
+//! never holds up placement.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use shoal_lattice::Lattice;
+use shoal_lattice::jobs::{CronJobRecord, JobRecord};
+use shoal_lattice::records::{AppRecord, Assignment, pinned_reference};
+
+/// One part of a component to store (`<manifest digest>/<part>`), as the OCI client names
+/// them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Part {
+    /// Its name in the bucket; the text before the first `/` is the manifest digest.
+    pub name: String,
+    /// Its bytes.
+    pub bytes: Vec<u8>,
+}
+
+/// Where the parts of a pinned component come from (the registry, through an OCI client
+/// that verifies what it pulls).
+pub trait Source: Send + Sync + 'static {
+    /// Every part of pinned reference `pinned`, the one that marks the copy complete last.
+    fn parts<'a>(
+        &'a self,
+        pinned: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Result<Vec<Part>, String>> + Send + 'a>>;
+}
+
+/// How the control plane keeps the copy.
+#[derive(Clone)]
+pub struct Copier {
+    /// Where components come from.
+    pub source: Arc<dyn Source>,
+    /// The bucket's size limit (it is made with it).
+    pub max_bytes: u64,
+    /// The name of the part that marks a copy complete (`manifest`).
+    pub complete: String,
+}
+
+impl std::fmt::Debug for Copier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Copier")
+            .field("max_bytes", &self.max_bytes)
+            .finish()
+    }
+}
+
+/// The components the lattice's copy should hold: manifest digest → a pinned reference to
+/// pull it by. Apps (also those waiting to be placed or scaled to zero), jobs, cron jobs,
+/// and whatever a host runs now (a replica of an earlier revision during a rollout).
+pub fn wanted(
+    apps: &[AppRecord],
+    jobs: &[JobRecord],
+    cron_jobs: &[CronJobRecord],
+    assignments: &[Assignment],
+) -> BTreeMap<String, String> {
+    let pinned = apps
+        .iter()
+        .map(|app| (&app.spec.component, &app.digest))
+        .chain(jobs.iter().map(|job| (&job.spec.component, &job.digest)))
+        .chain(
+            cron_jobs
+                .iter()
+                .map(|cron| (&cron.spec.job_template.component, &cron.digest)),
+        )
+        .chain(
+            assignments
+                .iter()
+                .map(|assignment| (&assignment.template.component, &assignment.digest)),
+        );
+    pinned
+        .filter(|(_, digest)| !digest.is_empty())
+        .map(|(component, digest)| (digest.clone(), pinned_reference(component, digest)))
+        .collect()
+}
+
+/// What a sweep should do given what the bucket holds: the components to copy (those
+/// whose completing part is missing) and the objects to delete (parts of components
+/// nothing pins).
+pub fn plan(
+    wanted: &BTreeMap<String, String>,
+    stored: &BTreeSet<String>,
+    complete: &str,
+) -> (Vec<String>, Vec<String>) {
+    let copy = wanted
+        .iter()
+        .filter(|(digest, _)| !stored.contains(&format!("{digest}/{complete}")))
+        .map(|(_, pinned)| pinned.clone())
+        .collect();
+    let drop = stored
+        .iter()
+        .filter(|name| {
+            let component = name.split_once('/').map_or(name.as_str(), |(c, _)| c);
+            !wanted.contains_key(component)
+        })
+        .cloned()
+        .collect();
+    (copy, drop)
+}
+
+/// How often the copy is checked when nothing pinned changed.
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
+/// The leader's copying: at most one sweep at a time.
+#[derive(Default)]
+pub(crate) struct Copying {
+    task: Option<tokio::task::JoinHandle<()>>,
+    last: Option<(Instant, BTreeMap<String, String>)>,
+}
+
+impl Copying {
+    /// Starts a sweep when none runs and the pinned components changed since the last one
+    /// (or it is a minute old).
+    pub(crate) fn tick(
+        &mut self,
+        lattice: &Lattice,
+        copier: &Copier,
+        wanted: BTreeMap<String, String>,
+        now: Instant,
+    ) {
+        if self.task.as_ref().is_some_and(|task| !task.is_finished()) {
+            return;
+        }
+        if let Some((at, last)) = &self.last
+            && *last == wanted
+            && now.duration_since(*at) < SWEEP_EVERY
+        {
+            return;
+        }
+        self.last = Some((now, wanted.clone()));
+        let (lattice, copier) = (lattice.clone(), copier.clone());
+        self.task = Some(tokio::spawn(async move {
+            sweep(&lattice, &copier, &wanted).await;
+        }));
+    }
+
+    /// Stops a sweep in progress (this scheduler no longer leads).
+    pub(crate) fn stop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+        self.last = None;
+    }
+}
+
+/// Copies what is missing and drops what nothing pins; failures are logged and tried again
+/// by the next sweep.
+async fn sweep(lattice: &Lattice, copier: &Copier, wanted: &BTreeMap<String, String>) {
+    let store = match lattice.component_store(copier.max_bytes).await {
+        Ok(store) => store,
+        Err(error) => {
+            tracing::warn!(error = %shoal_lattice::Chain(&error), "cannot open the lattice's copy of components");
+            return;
+        }
+    };
+    let stored = match store.names().await {
+        Ok(stored) => stored,
+        Err(error) => {
+            tracing::warn!(error = %shoal_lattice::Chain(&error), "cannot list the lattice's copy of components");
+            return;
+        }
+    };
+    let (copy, drop) = plan(wanted, &stored, &copier.complete);
+    // Dropped first: the room they free may be what a new copy needs.
+    for name in drop {
+        if let Err(error) = store.delete(&name).await {
+            tracing::warn!(%name, error = %shoal_lattice::Chain(&error), "cannot drop a component nothing pins from the lattice's copy");
+        }
+    }
+    for pinned in copy {
+        let parts = match copier.source.parts(&pinned).await {
+            Ok(parts) => parts,
+            Err(error) => {
+                tracing::warn!(component = %pinned, %error, "cannot copy the component into the lattice; trying again later");
+                continue;
+            }
+        };
+        let size: usize = parts.iter().map(|part| part.bytes.len()).sum();
+        let mut stored = true;
+        for part in &parts {
+            if let Err(error) = store.put(&part.name, &part.bytes).await {
+                tracing::warn!(component = %pinned, part = %part.name, error = %shoal_lattice::Chain(&error), "cannot store the component in the lattice (is the bucket full? shoal scheduler --component-store)");
+                stored = false;
+                break;
+            }
+        }
+        if stored {
+            tracing::info!(component = %pinned, bytes = size, "component copied into the lattice");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sweep_copies_what_is_incomplete_and_drops_what_nothing_pins() {
+        let wanted: BTreeMap<String, String> = [
+            ("sha256:aa".to_owned(), "r/a@sha256:aa".to_owned()),
+            ("sha256:bb".to_owned(), "r/b@sha256:bb".to_owned()),
+        ]
+        .into();
+        let stored: BTreeSet<String> = [
+            // Complete.
+            "sha256:aa/layer",
+            "sha256:aa/manifest",
+            // A copy cut short: no manifest yet.
+            "sha256:bb/layer",
+            // Nothing pins it any more.
+            "sha256:cc/layer",
+            "sha256:cc/manifest",
+        ]
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+        let (copy, drop) = plan(&wanted, &stored, "manifest");
+        assert_eq!(copy, ["r/b@sha256:bb"]);
+        assert_eq!(drop, ["sha256:cc/layer", "sha256:cc/manifest"]);
+    }
+
+    #[test]
+    fn components_are_pinned_by_repository_and_digest() {
+        assert_eq!(
+            pinned_reference("localhost:5000/x/hello:1.0", "sha256:aa"),
+            "localhost:5000/x/hello@sha256:aa"
+        );
+        assert_eq!(
+            pinned_reference("localhost:5000/x/hello@sha256:bb", "sha256:aa"),
+            "localhost:5000/x/hello@sha256:aa"
+        );
+    }
+}
