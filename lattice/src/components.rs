@@ -188,13 +188,14 @@ impl Lattice {
                 .direct_get_next_for_subject(chunks.clone(), next)
                 .await
                 .map_err(|error| failed(error.into()))?;
-            if bytes.len() + chunk.payload.len() > info.size {
+            // Every chunk carries bytes: at most `size` of them, whatever `chunks` says.
+            if chunk.payload.is_empty() || bytes.len() + chunk.payload.len() > info.size {
                 return Err(failed(
-                    format!("{name} holds more than the {} bytes it declares", info.size).into(),
+                    format!("{name} is not stored as it declares ({} bytes)", info.size).into(),
                 ));
             }
             bytes.extend_from_slice(&chunk.payload);
-            next = Some(chunk.sequence + 1);
+            next = Some(chunk.sequence.saturating_add(1));
         }
         if bytes.len() != info.size {
             return Err(failed(

@@ -184,11 +184,6 @@ impl Client {
         &self.cache
     }
 
-    /// The largest artifact this client takes.
-    pub(crate) fn max_artifact_size(&self) -> u64 {
-        self.options.max_artifact_size
-    }
-
     /// The credentials this client has for `registry`.
     pub(crate) fn credentials_for(&self, registry: &str) -> RegistryAuth {
         self.options.credentials.for_registry(registry)

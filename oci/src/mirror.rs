@@ -4,8 +4,9 @@
 //! registry pull does, so a mirror can lose or corrupt a copy but never substitute one.
 
 use crate::artifact::Blob;
+use crate::artifact::MAX_MANIFEST_SIZE;
 use crate::client::{Client, PullSource, Pulled};
-use crate::signature::{SignatureManifest, signature_tag};
+use crate::signature::{MAX_MANIFEST as MAX_SIGNATURE_MANIFEST, SignatureManifest, signature_tag};
 use crate::{Digest, Error, Reference};
 
 /// A store of named objects that holds copies of components (read side).
@@ -139,7 +140,6 @@ impl Client {
         let digest: Digest = digest
             .parse()
             .map_err(|_| failed(format!("{digest} is not a digest")))?;
-        let limit = self.max_artifact_size();
         let get = async |part: &str, limit: u64| {
             mirror
                 .object(&part_name(&digest, part), limit)
@@ -147,7 +147,7 @@ impl Client {
                 .map_err(&failed)
         };
 
-        let Some(manifest_bytes) = get(MANIFEST, limit).await? else {
+        let Some(manifest_bytes) = get(MANIFEST, MAX_MANIFEST_SIZE).await? else {
             return Err(failed("the lattice holds no copy of it".to_owned()));
         };
         let actual = Digest::of(&manifest_bytes);
@@ -170,7 +170,7 @@ impl Client {
             check(reference, what, blob, &bytes)?;
             self.cache().write(&blob.digest, &bytes)?;
         }
-        if let Some(bytes) = get(SIGNATURES, limit).await?
+        if let Some(bytes) = get(SIGNATURES, MAX_SIGNATURE_MANIFEST as u64).await?
             && let Ok(signatures) = SignatureManifest::parse(&bytes)
         {
             for (blob, _) in signatures.signatures() {

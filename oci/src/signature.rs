@@ -34,7 +34,7 @@ const IMAGE_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 /// (or whoever wrote the tag) cannot make a host read without end.
 const MAX_SIGNATURES: usize = 64;
 const MAX_PAYLOAD: u64 = 64 * 1024;
-const MAX_MANIFEST: usize = 512 * 1024;
+pub(crate) const MAX_MANIFEST: usize = 512 * 1024;
 
 /// The tag that holds the signatures of `digest`: `sha256-<hex>.sig`.
 pub fn signature_tag(digest: &Digest) -> String {

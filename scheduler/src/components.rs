@@ -54,15 +54,17 @@ impl std::fmt::Debug for Copier {
     }
 }
 
-/// The components the lattice's copy should hold: manifest digest → a pinned reference to
-/// pull it by. Apps (also those waiting to be placed or scaled to zero), jobs, cron jobs,
-/// and whatever a host runs now (a replica of an earlier revision during a rollout).
+/// The components the lattice's copy should hold: manifest digest → the pinned references
+/// that name it (one digest may be named in several repositories, and one of them may be a
+/// registry that never answers: each is tried). Apps (also those waiting to be placed or
+/// scaled to zero), jobs, cron jobs, and whatever a host runs now (a replica of an earlier
+/// revision during a rollout).
 pub fn wanted(
     apps: &[AppRecord],
     jobs: &[JobRecord],
     cron_jobs: &[CronJobRecord],
     assignments: &[Assignment],
-) -> BTreeMap<String, String> {
+) -> Wanted {
     let pinned = apps
         .iter()
         .map(|app| (&app.spec.component, &app.digest))
@@ -77,24 +79,31 @@ pub fn wanted(
                 .iter()
                 .map(|assignment| (&assignment.template.component, &assignment.digest)),
         );
-    pinned
-        .filter(|(_, digest)| !digest.is_empty())
-        .map(|(component, digest)| (digest.clone(), pinned_reference(component, digest)))
-        .collect()
+    let mut wanted = Wanted::new();
+    for (component, digest) in pinned.filter(|(_, digest)| !digest.is_empty()) {
+        wanted
+            .entry(digest.clone())
+            .or_default()
+            .insert(pinned_reference(component, digest));
+    }
+    wanted
 }
+
+/// Manifest digest → the pinned references that name it.
+pub type Wanted = BTreeMap<String, BTreeSet<String>>;
 
 /// What a sweep should do given what the bucket holds: the components to copy (those
 /// whose completing part is missing) and the objects to delete (parts of components
 /// nothing pins).
 pub fn plan(
-    wanted: &BTreeMap<String, String>,
+    wanted: &Wanted,
     stored: &BTreeSet<String>,
     complete: &str,
-) -> (Vec<String>, Vec<String>) {
+) -> (Vec<BTreeSet<String>>, Vec<String>) {
     let copy = wanted
         .iter()
         .filter(|(digest, _)| !stored.contains(&format!("{digest}/{complete}")))
-        .map(|(_, pinned)| pinned.clone())
+        .map(|(_, references)| references.clone())
         .collect();
     let drop = stored
         .iter()
@@ -110,11 +119,15 @@ pub fn plan(
 /// How often the copy is checked when nothing pinned changed.
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
 
+/// How long one component's pull may take: a registry that answers slowly holds up the
+/// copies after it no longer than this.
+const COPY_DEADLINE: Duration = Duration::from_secs(300);
+
 /// The leader's copying: at most one sweep at a time.
 #[derive(Default)]
 pub(crate) struct Copying {
     task: Option<tokio::task::JoinHandle<()>>,
-    last: Option<(Instant, BTreeMap<String, String>)>,
+    last: Option<(Instant, Wanted)>,
 }
 
 impl Copying {
@@ -124,7 +137,7 @@ impl Copying {
         &mut self,
         lattice: &Lattice,
         copier: &Copier,
-        wanted: BTreeMap<String, String>,
+        wanted: Wanted,
         now: Instant,
     ) {
         if self.task.as_ref().is_some_and(|task| !task.is_finished()) {
@@ -154,7 +167,7 @@ impl Copying {
 
 /// Copies what is missing and drops what nothing pins; failures are logged and tried again
 /// by the next sweep.
-async fn sweep(lattice: &Lattice, copier: &Copier, wanted: &BTreeMap<String, String>) {
+async fn sweep(lattice: &Lattice, copier: &Copier, wanted: &Wanted) {
     let store = match lattice.component_store(copier.max_bytes).await {
         Ok(store) => store,
         Err(error) => {
@@ -176,13 +189,9 @@ async fn sweep(lattice: &Lattice, copier: &Copier, wanted: &BTreeMap<String, Str
             tracing::warn!(%name, error = %shoal_lattice::Chain(&error), "cannot drop a component nothing pins from the lattice's copy");
         }
     }
-    for pinned in copy {
-        let parts = match copier.source.parts(&pinned).await {
-            Ok(parts) => parts,
-            Err(error) => {
-                tracing::warn!(component = %pinned, %error, "cannot copy the component into the lattice; trying again later");
-                continue;
-            }
+    for references in copy {
+        let Some((pinned, parts)) = pull_any(copier, &references).await else {
+            continue;
         };
         let size: usize = parts.iter().map(|part| part.bytes.len()).sum();
         let mut stored = true;
@@ -199,15 +208,37 @@ async fn sweep(lattice: &Lattice, copier: &Copier, wanted: &BTreeMap<String, Str
     }
 }
 
+/// The parts of the first of `references` that a pull within [`COPY_DEADLINE`] gets.
+async fn pull_any<'a>(
+    copier: &Copier,
+    references: &'a BTreeSet<String>,
+) -> Option<(&'a str, Vec<Part>)> {
+    for pinned in references {
+        match tokio::time::timeout(COPY_DEADLINE, copier.source.parts(pinned)).await {
+            Ok(Ok(parts)) => return Some((pinned, parts)),
+            Ok(Err(error)) => {
+                tracing::warn!(component = %pinned, %error, "cannot copy the component into the lattice; trying again later");
+            }
+            Err(_) => {
+                tracing::warn!(component = %pinned, deadline = ?COPY_DEADLINE, "the registry took too long to copy the component into the lattice; trying again later");
+            }
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn a_sweep_copies_what_is_incomplete_and_drops_what_nothing_pins() {
-        let wanted: BTreeMap<String, String> = [
-            ("sha256:aa".to_owned(), "r/a@sha256:aa".to_owned()),
-            ("sha256:bb".to_owned(), "r/b@sha256:bb".to_owned()),
+        let wanted: Wanted = [
+            ("sha256:aa".to_owned(), ["r/a@sha256:aa".to_owned()].into()),
+            (
+                "sha256:bb".to_owned(),
+                ["r/b@sha256:bb".to_owned(), "s/b@sha256:bb".to_owned()].into(),
+            ),
         ]
         .into();
         let stored: BTreeSet<String> = [
@@ -224,7 +255,9 @@ mod tests {
         .map(str::to_owned)
         .collect();
         let (copy, drop) = plan(&wanted, &stored, "manifest");
-        assert_eq!(copy, ["r/b@sha256:bb"]);
+        let both: BTreeSet<String> =
+            ["r/b@sha256:bb".to_owned(), "s/b@sha256:bb".to_owned()].into();
+        assert_eq!(copy, [both]);
         assert_eq!(drop, ["sha256:cc/layer", "sha256:cc/manifest"]);
     }
 

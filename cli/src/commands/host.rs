@@ -283,13 +283,16 @@ impl Fetch for OciFetch {
             parse_reference(reference).map_err(|error| FetchError::pull(error.to_string()))?;
         let pulled = match self.0.pull(&parsed).await {
             Ok(pulled) => pulled,
-            // The registry cannot serve it (unreachable, gone, refusing): the lattice's copy,
-            // checked by digest as the registry's would be. A local cache failure is not
-            // the registry's.
+            // The registry cannot be reached or fails: the lattice's copy, checked by digest
+            // as the registry's would be. Not when the registry refuses this host or says
+            // the component is not there: the copy must not give a host more than its own
+            // registry credentials do.
             Err(error) => {
-                let Some(lattice) =
-                    lattice.filter(|_| !matches!(error, shoal_oci::Error::Cache(_)))
-                else {
+                let unavailable = matches!(
+                    error,
+                    shoal_oci::Error::Unreachable { .. } | shoal_oci::Error::Registry { .. }
+                );
+                let Some(lattice) = lattice.filter(|_| unavailable) else {
                     return Err(FetchError::pull(format!(
                         "cannot pull {reference}: {error}"
                     )));

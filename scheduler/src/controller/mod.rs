@@ -285,7 +285,7 @@ impl Deferred {
 
 impl State {
     /// The components the lattice's copy should hold, from what the mirrors hold now.
-    fn pinned_components(&self) -> std::collections::BTreeMap<String, String> {
+    fn pinned_components(&self) -> crate::components::Wanted {
         fn values<T>(records: Vec<shoal_lattice::store::Versioned<T>>) -> Vec<T> {
             records.into_iter().map(|record| record.value).collect()
         }
