@@ -594,3 +594,64 @@ fn a_host_whose_process_dies_is_replaced_within_the_grace_and_a_frozen_one_is_no
     let frozen = hosts.iter().find(|host| host.id == moved).unwrap();
     frozen.signal(support::Signal::Cont);
 }
+
+#[test]
+fn shoal_auth_presence_rotates_expires_and_withdraws_the_presence_credential() {
+    let lattice = Lattice::start_secure();
+    let url = lattice.nats.url();
+    let file = lattice.auth_dir().join("presence.creds");
+    let kept = tempfile::tempdir().unwrap();
+    let keep = |name: &str| {
+        let copy = kept.path().join(name);
+        std::fs::copy(&file, &copy).unwrap();
+        copy
+    };
+    let admitted = |creds: &std::path::Path| Raw::try_connect(&url, Some(creds)).is_ok();
+    let first = keep("first.creds");
+    assert!(admitted(&first));
+
+    // A new one, for three seconds: the first is withdrawn at once.
+    let (ok, stdout, stderr) = lattice.auth(&["presence", "--expires", "3s"]);
+    assert!(ok && stdout.contains("withdrawn"), "{stdout}{stderr}");
+    eventually(
+        PATIENCE,
+        "the first presence credential to be refused",
+        || (!admitted(&first)).then_some(()),
+    );
+    let short = keep("short.creds");
+    assert!(admitted(&short));
+    eventually(PATIENCE, "the short-lived credential to expire", || {
+        (!admitted(&short)).then_some(())
+    });
+
+    // Another without expiry, then every one withdrawn.
+    assert!(lattice.auth(&["presence"]).0);
+    let last = keep("last.creds");
+    assert!(admitted(&last));
+    let (ok, stdout, stderr) = lattice.auth(&["presence", "--revoke"]);
+    assert!(ok, "{stdout}{stderr}");
+    eventually(
+        PATIENCE,
+        "the last presence credential to be refused",
+        || (!admitted(&last)).then_some(()),
+    );
+    let (_, listed, _) = lattice.auth(&["list"]);
+    let presence: Vec<&str> = listed
+        .lines()
+        .filter(|line| line.trim_start().starts_with("presence"))
+        .collect();
+    assert_eq!(presence.len(), 3, "{listed}");
+    assert!(
+        presence.iter().all(|line| line.contains("revoked")),
+        "{listed}"
+    );
+    // A scheduler given a withdrawn one says so and leads anyway, by heartbeats.
+    let scheduler =
+        lattice.secure_scheduler_with("60s", &["--presence-creds", last.to_str().unwrap()]);
+    lattice.wait_acting("s1", PATIENCE);
+    assert!(
+        scheduler.log().contains("refused the presence credential"),
+        "{}",
+        scheduler.log()
+    );
+}

@@ -135,6 +135,19 @@ pub enum AuthCommand {
         #[arg(short, long, value_name = "DIR")]
         output: PathBuf,
     },
+    /// Mint a new presence credential (`presence.creds` in the auth directory, for
+    /// `shoal scheduler --presence-creds`) and withdraw the earlier ones: schedulers still
+    /// holding an old one hear no connections closing (hosts are then lost by their
+    /// heartbeats) until they are given the new file. With --revoke, withdraw them all and
+    /// mint none.
+    Presence {
+        /// Until when nats-server admits it (for example 90d); without: no expiry.
+        #[arg(long, value_parser = crate::duration::parse, value_name = "DURATION")]
+        expires: Option<std::time::Duration>,
+        /// Withdraw every presence credential and mint none.
+        #[arg(long, conflicts_with = "expires")]
+        revoke: bool,
+    },
     /// List the identities minted, with their roles and whether they are revoked.
     List,
 }
@@ -198,6 +211,25 @@ struct State {
     revocations: BTreeMap<String, u64>,
     #[serde(default)]
     minted: Vec<Minted>,
+    /// The presence credentials minted (system account users): their public keys.
+    #[serde(default)]
+    presence: Vec<MintedPresence>,
+    /// The system account's revocations: presence credentials withdrawn.
+    #[serde(default)]
+    system_revocations: BTreeMap<String, u64>,
+}
+
+/// One presence credential minted.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct MintedPresence {
+    public_key: String,
+    issued_at: u64,
+    /// When nats-server stops admitting it (seconds since the epoch); none: never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    expires_at: Option<u64>,
+    #[serde(default)]
+    revoked: bool,
 }
 
 /// The default auth directory: next to `shoal up`'s JetStream data, since the account's
@@ -279,7 +311,7 @@ impl Authority {
                 write_secret(&dir.join(STORE_KEY), &format!("{}\n", key.seed()?))?;
             }
             if !dir.join(PRESENCE_CREDS).exists() {
-                authority.write_presence_creds()?;
+                authority.write_presence_creds(None)?;
             }
             // Rewrites nats-server's config as this version of Shoal writes it.
             authority.save()?;
@@ -326,34 +358,105 @@ impl Authority {
                 account_issued_at: issued_at,
                 revocations: BTreeMap::new(),
                 minted: Vec::new(),
+                presence: Vec::new(),
+                system_revocations: BTreeMap::new(),
             },
         };
+        let mut authority = authority;
+        authority.write_presence_creds(None)?;
         authority.save()?;
-        authority.write_presence_creds()?;
         // The lattice's secrets key, for its schedulers (`shoal scheduler --secrets-key`).
         shoal_lattice::secrets::key_file(&dir.join(SECRETS_KEY))
             .with_context(|| format!("cannot write {}", dir.join(SECRETS_KEY).display()))?;
         Ok((authority, true))
     }
 
-    /// Writes the presence credential: a system account user that may hear the clients'
-    /// account's connect and disconnect advisories and do nothing else.
-    fn write_presence_creds(&self) -> anyhow::Result<()> {
+    /// Writes the presence credential (`presence.creds`): a system account user that may
+    /// hear the clients' account's connect and disconnect advisories and do nothing else,
+    /// until `lifetime` has passed when given. Records its key (save the state after).
+    fn write_presence_creds(
+        &mut self,
+        lifetime: Option<std::time::Duration>,
+    ) -> anyhow::Result<()> {
         let system = read_seed(&self.dir, SYSTEM_SEED)?;
         let user = nkeys::KeyPair::new_user();
         let permissions = shoal_lattice::presence::presence_permissions(self.clients()?);
-        let jwt = auth::user_jwt(
+        let issued_at = now();
+        let expires_at =
+            lifetime.map(|lifetime| issued_at.saturating_add(lifetime.as_secs().max(1)));
+        let jwt = auth::user_jwt_until(
             &system,
             &user.public_key(),
             "presence",
             Some(&permissions),
             Vec::new(),
-            now(),
+            issued_at,
+            expires_at,
         )?;
         write_secret(
             &self.dir.join(PRESENCE_CREDS),
             &auth::creds(&jwt, &user.seed()?),
-        )
+        )?;
+        self.state.presence.push(MintedPresence {
+            public_key: user.public_key(),
+            issued_at,
+            expires_at,
+            revoked: false,
+        });
+        Ok(())
+    }
+
+    /// Records the key of the presence credential in the auth directory when it was written
+    /// before keys were recorded, so it can be withdrawn like the others.
+    fn adopt_presence_file(&mut self) {
+        if let Ok(text) = std::fs::read_to_string(self.dir.join(PRESENCE_CREDS))
+            && let Ok(holder) = auth::holder(&text)
+            && !self
+                .state
+                .presence
+                .iter()
+                .any(|minted| minted.public_key == holder.public_key)
+        {
+            self.state.presence.push(MintedPresence {
+                public_key: holder.public_key,
+                issued_at: 0,
+                expires_at: None,
+                revoked: false,
+            });
+        }
+    }
+
+    /// Withdraws every presence credential minted so far (but the one `keep` names) and
+    /// returns the system account's JWT to push, which carries the revocations.
+    fn revoke_presence(&mut self, keep: Option<&str>) -> anyhow::Result<String> {
+        // A JWT issued in the same second as the current one would not replace it.
+        let issued_at = now().max(self.state.account_issued_at + 1);
+        for minted in &mut self.state.presence {
+            if Some(minted.public_key.as_str()) != keep && !minted.revoked {
+                minted.revoked = true;
+                self.state
+                    .system_revocations
+                    .entry(minted.public_key.clone())
+                    .or_insert(issued_at);
+            }
+        }
+        self.state.account_issued_at = issued_at;
+        self.save()?;
+        self.system_account_jwt()
+    }
+
+    /// The system account's JWT, with its revocations.
+    fn system_account_jwt(&self) -> anyhow::Result<String> {
+        let operator = read_seed(&self.dir, OPERATOR_SEED)?;
+        Ok(auth::account_jwt(
+            &operator,
+            &self.state.system,
+            "SYS",
+            auth::AccountKind::System,
+            &self.state.lattice,
+            &self.state.system_revocations,
+            self.state.account_issued_at,
+        )?)
     }
 
     /// Opens the signing identity in `dir`, as this version of Shoal keeps it.
@@ -492,15 +595,7 @@ impl Authority {
             &self.state.system,
             self.state.account_issued_at,
         )?;
-        let system_jwt = auth::account_jwt(
-            &operator,
-            &self.state.system,
-            "SYS",
-            auth::AccountKind::System,
-            &self.state.lattice,
-            &BTreeMap::new(),
-            self.state.account_issued_at,
-        )?;
+        let system_jwt = self.system_account_jwt()?;
         let mut preload = format!(
             "  {clients}: \"{clients_jwt}\"\n  {system}: \"{system_jwt}\"\n",
             clients = self.clients()?,
@@ -834,6 +929,39 @@ pub async fn run(args: AuthArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
             }
             println!("revoked every credential of {name:?}");
         }
+        AuthCommand::Presence { expires, revoke } => {
+            let mut authority = Authority::open(&dir)?;
+            authority.adopt_presence_file();
+            let keep = if revoke {
+                None
+            } else {
+                authority.write_presence_creds(expires)?;
+                authority
+                    .state
+                    .presence
+                    .last()
+                    .map(|minted| minted.public_key.clone())
+            };
+            let jwt = authority.revoke_presence(keep.as_deref())?;
+            let system = std::fs::read_to_string(dir.join(SYSTEM_CREDS))
+                .with_context(|| format!("cannot read {}", dir.join(SYSTEM_CREDS).display()))?;
+            shoal_lattice::auth::push_account(lattice.url(), &system, &jwt)
+                .await
+                .with_context(|| {
+                    format!(
+                        "the change is saved in {} but nats-server did not take it; run shoal auth presence again once it is reachable",
+                        dir.display()
+                    )
+                })?;
+            if revoke {
+                println!("withdrew every presence credential");
+            } else {
+                println!(
+                    "wrote {}; the earlier presence credentials are withdrawn",
+                    dir.join(PRESENCE_CREDS).display()
+                );
+            }
+        }
         AuthCommand::Site {
             name,
             hosts,
@@ -878,6 +1006,33 @@ pub async fn run(args: AuthArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
                     roles,
                     crate::commands::get::age(minted.issued_at * 1000),
                     if minted.revoked { "revoked" } else { "valid" }.to_owned(),
+                ]);
+            }
+            for minted in &authority.state.presence {
+                let expired = minted.expires_at.is_some_and(|at| at <= now());
+                table.add_row(vec![
+                    "presence".to_owned(),
+                    "presence".to_owned(),
+                    minted
+                        .expires_at
+                        .map(|at| {
+                            format!(
+                                "expires {}",
+                                humantime::format_rfc3339_seconds(
+                                    std::time::UNIX_EPOCH + std::time::Duration::from_secs(at)
+                                )
+                            )
+                        })
+                        .unwrap_or_default(),
+                    crate::commands::get::age(minted.issued_at * 1000),
+                    if minted.revoked {
+                        "revoked"
+                    } else if expired {
+                        "expired"
+                    } else {
+                        "valid"
+                    }
+                    .to_owned(),
                 ]);
             }
             println!("{table}");

@@ -141,8 +141,26 @@ impl SchedulerArgs {
                 "--presence-creds is for a secure lattice: this scheduler has no credential of one (--nats-creds)"
             );
         };
+        let connection = match lattice.connect_presence(creds).await {
+            Ok(connection) => connection,
+            // Expired or withdrawn (`shoal auth presence`): hosts are lost by their
+            // heartbeats, as without one; the control plane still runs.
+            Err(error)
+                if matches!(
+                    error.downcast_ref::<shoal_lattice::Error>(),
+                    Some(shoal_lattice::Error::Unauthorized { .. })
+                ) =>
+            {
+                eprintln!(
+                    "warning: nats-server refused the presence credential {} (expired or withdrawn? shoal auth presence mints a new one): hosts are lost by their heartbeats only",
+                    creds.display()
+                );
+                return Ok(None);
+            }
+            Err(error) => return Err(error),
+        };
         Ok(Some(controller::Presence {
-            connection: lattice.connect_presence(creds).await?,
+            connection,
             clients_account: account.to_owned(),
             grace: self.disconnect_grace,
         }))

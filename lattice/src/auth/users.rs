@@ -17,6 +17,20 @@ pub fn user_jwt(
     tags: Vec<String>,
     issued_at: u64,
 ) -> Result<String, AuthError> {
+    user_jwt_until(account, user, name, permissions, tags, issued_at, None)
+}
+
+/// [`user_jwt`] for a credential nats-server stops admitting at `expires` (seconds since
+/// the epoch) when given.
+pub fn user_jwt_until(
+    account: &KeyPair,
+    user: &str,
+    name: &str,
+    permissions: Option<&Permissions>,
+    tags: Vec<String>,
+    issued_at: u64,
+    expires: Option<u64>,
+) -> Result<String, AuthError> {
     // No identity gets a `resp` (allow-responses) permission: nats-server lets a responder
     // answer on any reply subject it was sent, past every allow and deny list (a host
     // answering its own request with reply subject `$KV.…` wrote any record). Answers are
@@ -30,11 +44,12 @@ pub fn user_jwt(
         ),
         None => (Vec::new(), Vec::new(), Vec::new(), Vec::new()),
     };
-    sign(
+    sign_until(
         account,
         user,
         name,
         issued_at,
+        expires,
         UserNats {
             publish: SubjectList {
                 allow: publish,
