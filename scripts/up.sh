@@ -18,6 +18,24 @@ scripts/build-guests.sh >/dev/null
 shoal=target/debug/shoal
 hello=target/guests/wasm32-wasip2/release/hello_http.wasm
 
+# `shoal` by name from any shell: a link in cargo's bin directory (on PATH wherever rustup
+# installed Rust) to the binary just built, so a rebuild is picked up. A `shoal` there that
+# is not such a link (cargo install) is left alone.
+bin_dir=${CARGO_HOME:-$HOME/.cargo}/bin
+link=$bin_dir/shoal
+if [ -L "$link" ] || [ ! -e "$link" ]; then
+  mkdir -p "$bin_dir"
+  ln -sfn "$(pwd)/$shoal" "$link"
+  echo "==> shoal is on your PATH: $link links to $(pwd)/$shoal"
+  case ":$PATH:" in
+    *":$bin_dir:"*) ;;
+    *) echo "    (add $bin_dir to PATH to run it by name)" ;;
+  esac
+  export PATH="$bin_dir:$PATH"
+else
+  echo "==> $link is another shoal (not a link); run this one as $(pwd)/$shoal"
+fi
+
 answers() { curl -fsS -o /dev/null "http://$registry/v2/" 2>/dev/null || (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; }
 
 pid=
