@@ -4,6 +4,7 @@
 #   scripts/cross.sh aarch64
 # Installs what it needs (gcc-aarch64-linux-gnu, libc6-dev-arm64-cross, qemu-user, the Rust
 # target) and is idempotent. Not part of CI: the cross build alone takes longer than CI may.
+# PROFILE=edge builds the profile meant for small devices (default: release).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 arch="${1:-aarch64}"
@@ -26,13 +27,14 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 rustup target list --installed | grep -qx "$target" || rustup target add "$target"
 
-echo "==> cargo build --release --target $target"
+profile=${PROFILE:-release}
+echo "==> cargo build --profile $profile --target $target"
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
 export CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc
 export AR_aarch64_unknown_linux_gnu=aarch64-linux-gnu-ar
 started=$(date +%s)
-cargo build --release --target "$target" -p shoal-cli
-binary="target/$target/release/shoal"
+cargo build --profile "$profile" --target "$target" -p shoal-cli
+binary="target/$target/$profile/shoal"
 echo "==> built $binary: $(stat -c %s "$binary") bytes in $(( $(date +%s) - started )) s"
 file "$binary" 2>/dev/null || true
 
