@@ -678,6 +678,26 @@ fn as_scheduler(lattice: &Lattice, runtime: &tokio::runtime::Runtime) -> shoal_l
         .unwrap()
 }
 
+/// A host of a secure lattice with its own credential and an empty cache of its own (the
+/// test's other processes share one); the cache lives as long as the returned directory.
+fn host_with_nothing_cached(
+    lattice: &Lattice,
+    id: &str,
+) -> (support::lattice::Process, tempfile::TempDir) {
+    let cache = tempfile::tempdir().unwrap();
+    let creds = lattice.mint(&["host", id], id);
+    let host = lattice.host_with(
+        id,
+        &[
+            "--nats-creds",
+            creds.to_str().unwrap(),
+            "--cache-dir",
+            cache.path().to_str().unwrap(),
+        ],
+    );
+    (host, cache)
+}
+
 #[test]
 fn a_host_that_cannot_reach_the_registry_starts_apps_from_the_lattice_s_checked_copy() {
     let mut lattice = Lattice::start_secure();
@@ -697,17 +717,7 @@ fn a_host_that_cannot_reach_the_registry_starts_apps_from_the_lattice_s_checked_
     // The registry goes away; a new host, with nothing cached, takes the next replica.
     lattice.registry.stop();
     lattice.ok(&["cordon", "h1"]);
-    let cache = tempfile::tempdir().unwrap();
-    let creds = lattice.mint(&["host", "h2"], "h2");
-    let h2 = lattice.host_with(
-        "h2",
-        &[
-            "--nats-creds",
-            creds.to_str().unwrap(),
-            "--cache-dir",
-            cache.path().to_str().unwrap(),
-        ],
-    );
+    let (h2, _cache) = host_with_nothing_cached(&lattice, "h2");
     lattice.ok(&["scale", "app", "shop", "--replicas", "2"]);
     eventually(PATIENCE, "a ready replica on h2", || {
         lattice
@@ -733,17 +743,7 @@ fn a_host_that_cannot_reach_the_registry_starts_apps_from_the_lattice_s_checked_
             .unwrap();
     });
     lattice.ok(&["cordon", "h2"]);
-    let cache = tempfile::tempdir().unwrap();
-    let creds = lattice.mint(&["host", "h3"], "h3");
-    let h3 = lattice.host_with(
-        "h3",
-        &[
-            "--nats-creds",
-            creds.to_str().unwrap(),
-            "--cache-dir",
-            cache.path().to_str().unwrap(),
-        ],
-    );
+    let (h3, _cache) = host_with_nothing_cached(&lattice, "h3");
     lattice.ok(&["scale", "app", "shop", "--replicas", "3"]);
     eventually(PATIENCE, "h3 to refuse the altered copy", || {
         lattice
@@ -760,6 +760,7 @@ fn a_host_that_cannot_reach_the_registry_starts_apps_from_the_lattice_s_checked_
     drop(h3);
 
     // Hosts read the copy and never write it.
+    let creds = lattice.auth_dir().join("h3.creds");
     let raw = support::raw::Raw::connect(&lattice.nats_urls(), &creds, "_INBOX.host.h3");
     let bucket = shoal_lattice::components::bucket_name(&lattice.name);
     let subject = format!("$O.{bucket}.C.forged");

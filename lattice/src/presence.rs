@@ -120,7 +120,8 @@ mod tests {
     fn advisory(kind: &str, account: &str, signer: &KeyPair, name: &str, tags: &[&str]) -> Vec<u8> {
         let user = KeyPair::new_user();
         let tags = tags.iter().map(|tag| (*tag).to_owned()).collect();
-        let jwt = crate::auth::user_jwt(signer, &user.public_key(), name, None, tags, 1).unwrap();
+        let jwt =
+            crate::auth::user_jwt(signer, &user.public_key(), name, None, tags, 1, None).unwrap();
         serde_json::to_vec(&serde_json::json!({
             "type": format!("io.nats.server.advisory.v1.client_{kind}"),
             "id": "x",

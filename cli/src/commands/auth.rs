@@ -342,6 +342,7 @@ impl Authority {
             None,
             Vec::new(),
             issued_at,
+            None,
         )?;
         write_secret(
             &dir.join(SYSTEM_CREDS),
@@ -384,7 +385,7 @@ impl Authority {
         let issued_at = now();
         let expires_at =
             lifetime.map(|lifetime| issued_at.saturating_add(lifetime.as_secs().max(1)));
-        let jwt = auth::user_jwt_until(
+        let jwt = auth::user_jwt(
             &system,
             &user.public_key(),
             "presence",
@@ -823,6 +824,29 @@ impl Authority {
     }
 }
 
+/// Pushes account JWTs (with their revocations) to nats-server as the system account's user
+/// of the auth directory `dir`; `again` names what to run again when the server is away.
+async fn push_accounts(
+    dir: &Path,
+    lattice: &LatticeArgs,
+    jwts: &[String],
+    again: &str,
+) -> anyhow::Result<()> {
+    let system = std::fs::read_to_string(dir.join(SYSTEM_CREDS))
+        .with_context(|| format!("cannot read {}", dir.join(SYSTEM_CREDS).display()))?;
+    for jwt in jwts {
+        shoal_lattice::auth::push_account(lattice.url(), &system, jwt)
+            .await
+            .with_context(|| {
+                format!(
+                    "the change is saved in {} but nats-server did not take it; run {again} again once it is reachable",
+                    dir.display()
+                )
+            })?;
+    }
+    Ok(())
+}
+
 fn emit(creds: &str, output: Option<&Path>) -> anyhow::Result<()> {
     match output {
         Some(path) => {
@@ -915,18 +939,7 @@ pub async fn run(args: AuthArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
         AuthCommand::Revoke { name } => {
             let mut authority = Authority::open(&dir)?;
             let jwts = authority.revoke(&name)?;
-            let system = std::fs::read_to_string(dir.join(SYSTEM_CREDS))
-                .with_context(|| format!("cannot read {}", dir.join(SYSTEM_CREDS).display()))?;
-            for jwt in jwts {
-                shoal_lattice::auth::push_account(lattice.url(), &system, &jwt)
-                    .await
-                    .with_context(|| {
-                        format!(
-                            "the revocation of {name:?} is saved in {} but nats-server did not take it; run this again once it is reachable",
-                            dir.display()
-                        )
-                    })?;
-            }
+            push_accounts(&dir, lattice, &jwts, "this").await?;
             println!("revoked every credential of {name:?}");
         }
         AuthCommand::Presence { expires, revoke } => {
@@ -943,16 +956,7 @@ pub async fn run(args: AuthArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
                     .map(|minted| minted.public_key.clone())
             };
             let jwt = authority.revoke_presence(keep.as_deref())?;
-            let system = std::fs::read_to_string(dir.join(SYSTEM_CREDS))
-                .with_context(|| format!("cannot read {}", dir.join(SYSTEM_CREDS).display()))?;
-            shoal_lattice::auth::push_account(lattice.url(), &system, &jwt)
-                .await
-                .with_context(|| {
-                    format!(
-                        "the change is saved in {} but nats-server did not take it; run shoal auth presence again once it is reachable",
-                        dir.display()
-                    )
-                })?;
+            push_accounts(&dir, lattice, &[jwt], "shoal auth presence").await?;
             if revoke {
                 println!("withdrew every presence credential");
             } else {

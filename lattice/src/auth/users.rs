@@ -8,21 +8,9 @@ use nkeys::KeyPair;
 use super::*;
 
 /// A user JWT for `identity` in `lattice`, signed by `account`; `None` permissions means
-/// everything (the system account's user).
+/// everything (the system account's user). nats-server stops admitting it at `expires`
+/// (seconds since the epoch) when given.
 pub fn user_jwt(
-    account: &KeyPair,
-    user: &str,
-    name: &str,
-    permissions: Option<&Permissions>,
-    tags: Vec<String>,
-    issued_at: u64,
-) -> Result<String, AuthError> {
-    user_jwt_until(account, user, name, permissions, tags, issued_at, None)
-}
-
-/// [`user_jwt`] for a credential nats-server stops admitting at `expires` (seconds since
-/// the epoch) when given.
-pub fn user_jwt_until(
     account: &KeyPair,
     user: &str,
     name: &str,
@@ -226,6 +214,7 @@ pub fn identity_jwt(
         Some(&permissions(lattice, identity)),
         jwt_tags(identity, clients_account),
         issued_at,
+        None,
     )
 }
 
