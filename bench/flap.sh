@@ -27,7 +27,7 @@ source scripts/env.sh
 source bench/lib.sh
 need nft:nftables
 build_release shoal-bench
-bin=$root/target/release
+bin=$root/target/${PROFILE:-release}
 
 work=$(mktemp -d)
 ns=shoal-flap-$$

@@ -310,7 +310,10 @@ impl Authority {
                 let key = nkeys::KeyPair::new_account();
                 write_secret(&dir.join(STORE_KEY), &format!("{}\n", key.seed()?))?;
             }
-            if !dir.join(PRESENCE_CREDS).exists() {
+            if dir.join(PRESENCE_CREDS).exists() {
+                // One written before keys were recorded: recorded now, so it can be withdrawn.
+                authority.adopt_presence_file();
+            } else {
                 authority.write_presence_creds(None)?;
             }
             // Rewrites nats-server's config as this version of Shoal writes it.
@@ -944,7 +947,9 @@ pub async fn run(args: AuthArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
         }
         AuthCommand::Presence { expires, revoke } => {
             let mut authority = Authority::open(&dir)?;
+            // Recorded before presence.creds is written over, so it can still be withdrawn.
             authority.adopt_presence_file();
+            authority.save()?;
             let keep = if revoke {
                 None
             } else {
@@ -956,7 +961,12 @@ pub async fn run(args: AuthArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
                     .map(|minted| minted.public_key.clone())
             };
             let jwt = authority.revoke_presence(keep.as_deref())?;
-            push_accounts(&dir, lattice, &[jwt], "shoal auth presence").await?;
+            let again = if revoke {
+                "shoal auth presence --revoke"
+            } else {
+                "shoal auth presence"
+            };
+            push_accounts(&dir, lattice, &[jwt], again).await?;
             if revoke {
                 println!("withdrew every presence credential");
             } else {

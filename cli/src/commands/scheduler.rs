@@ -152,7 +152,7 @@ impl SchedulerArgs {
                 ) =>
             {
                 eprintln!(
-                    "warning: nats-server refused the presence credential {} (expired or withdrawn? shoal auth presence mints a new one): hosts are lost by their heartbeats only",
+                    "warning: nats-server refused the presence credential {} (expired, withdrawn, or another lattice's? shoal auth presence mints a new one): hosts are lost by their heartbeats only",
                     creds.display()
                 );
                 return Ok(None);
