@@ -767,3 +767,55 @@ fn a_host_that_cannot_reach_the_registry_starts_apps_from_the_lattice_s_checked_
     raw.publish(&subject);
     raw.wait_refused("Publish", &subject);
 }
+
+#[test]
+fn a_rollback_without_the_registry_runs_the_earlier_revision_from_the_lattice_s_copy() {
+    let mut lattice = Lattice::start_secure();
+    // The scheduler's own pull cache, emptied below: a leader that took over on another
+    // machine has only the lattice's copy to go by.
+    let pulls = tempfile::tempdir().unwrap();
+    let scheduler =
+        lattice.secure_scheduler_with("60s", &["--cache-dir", pulls.path().to_str().unwrap()]);
+    let h1 = lattice.secure_host("h1");
+    let first = lattice.push_hello("1.0");
+    // The same component under another manifest (an annotation): another digest.
+    let second = lattice.registry.reference("examples/hello-http:2.0");
+    let path = support::guest("hello-http");
+    lattice.shoal.ok(&[
+        "push",
+        path.to_str().unwrap(),
+        &second,
+        "--annotation",
+        "release=2",
+    ]);
+    lattice.apply(&hello_manifest("shop", &first, 1, ""));
+    lattice.wait_ready("shop", 1, PATIENCE);
+    lattice.apply(&hello_manifest("shop", &second, 1, ""));
+    // Once the second revision replaced the first and nothing runs the first one's
+    // component, the copy keeps it for a rollback.
+    eventually(
+        PATIENCE,
+        "the copy to keep the first revision's component",
+        || {
+            scheduler
+                .log()
+                .contains("keeps components that only apps' earlier revisions pin")
+                .then_some(())
+        },
+    );
+
+    lattice.registry.stop();
+    std::fs::remove_dir_all(pulls.path().join("oci")).unwrap();
+    lattice.ok(&["cordon", "h1"]);
+    let (h2, _cache) = host_with_nothing_cached(&lattice, "h2");
+    lattice.ok(&["rollout", "undo", "shop"]);
+    eventually(PATIENCE, "the first revision ready on h2", || {
+        lattice
+            .ready_by_host("shop")
+            .contains_key("h2")
+            .then_some(())
+    });
+    let log = h2.log();
+    assert!(log.contains("fetched from the lattice's copy"), "{log}");
+    drop(h1);
+}

@@ -1,7 +1,8 @@
 //! Keeps the lattice's copy of the components its workloads pin (see
 //! `shoal_lattice::components`): the leader copies each pinned component that is not there
-//! yet from the registry, manifest last, and drops the copies nothing pins any more. Hosts
-//! read the copy when they cannot reach the registry.
+//! yet from the registry, manifest last, and drops the copies nothing pins any more (an
+//! app's kept revisions count: a rollback must find its component). Hosts read the copy
+//! when they cannot reach the registry.
 //!
 //! Copying runs beside the passes, in a task of its own, so a slow or unreachable registry
 //! never holds up placement.
@@ -13,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use shoal_lattice::Lattice;
 use shoal_lattice::jobs::{CronJobRecord, JobRecord};
-use shoal_lattice::records::{AppRecord, Assignment, pinned_reference};
+use shoal_lattice::records::{AppRecord, Assignment, RevisionRecord, pinned_reference};
 
 /// One part of a component to store (`<manifest digest>/<part>`), as the OCI client names
 /// them.
@@ -107,13 +108,16 @@ pub fn plan(
         .collect();
     let drop = stored
         .iter()
-        .filter(|name| {
-            let component = name.split_once('/').map_or(name.as_str(), |(c, _)| c);
-            !wanted.contains_key(component)
-        })
+        .filter(|name| !wanted.contains_key(component_of(name)))
         .cloned()
         .collect();
     (copy, drop)
+}
+
+/// The manifest digest an object's name belongs to: the text before its first `/`.
+fn component_of(name: &str) -> &str {
+    name.split_once('/')
+        .map_or(name, |(component, _)| component)
 }
 
 /// How often the copy is checked when nothing pinned changed.
@@ -182,7 +186,34 @@ async fn sweep(lattice: &Lattice, copier: &Copier, wanted: &Wanted) {
             return;
         }
     };
-    let (copy, drop) = plan(wanted, &stored, &copier.complete);
+    let (copy, mut drop) = plan(wanted, &stored, &copier.complete);
+    if !drop.is_empty() {
+        // What an app's kept revisions pin stays: a rollback at a site that cannot reach
+        // the registry needs it. Unknown (the revisions cannot be read): nothing is dropped.
+        match lattice
+            .list::<RevisionRecord>(shoal_lattice::Bucket::Revisions, "")
+            .await
+        {
+            Ok(revisions) => {
+                let kept: BTreeSet<String> = revisions
+                    .into_iter()
+                    .map(|revision| revision.value.digest)
+                    .collect();
+                let before = drop.len();
+                drop.retain(|name| !kept.contains(component_of(name)));
+                if drop.len() < before {
+                    tracing::info!(
+                        objects = before - drop.len(),
+                        "the lattice's copy keeps components that only apps' earlier revisions pin (for a rollback)"
+                    );
+                }
+            }
+            Err(error) => {
+                tracing::warn!(error = %shoal_lattice::Chain(&error), "cannot read the apps' revisions: the lattice's copy keeps every component for now");
+                drop.clear();
+            }
+        }
+    }
     // Dropped first: the room they free may be what a new copy needs.
     for name in drop {
         if let Err(error) = store.delete(&name).await {
