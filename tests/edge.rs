@@ -698,6 +698,24 @@ fn host_with_nothing_cached(
     (host, cache)
 }
 
+/// Waits until `host` runs a ready replica of `app` and checks it fetched the component from
+/// the lattice's copy; returns the host's log.
+fn ready_from_the_copy(lattice: &Lattice, host: &support::lattice::Process, app: &str) -> String {
+    eventually(
+        PATIENCE,
+        &format!("a ready replica of {app} on {}", host.id),
+        || {
+            lattice
+                .ready_by_host(app)
+                .contains_key(&host.id)
+                .then_some(())
+        },
+    );
+    let log = host.log();
+    assert!(log.contains("fetched from the lattice's copy"), "{log}");
+    log
+}
+
 #[test]
 fn a_host_that_cannot_reach_the_registry_starts_apps_from_the_lattice_s_checked_copy() {
     let mut lattice = Lattice::start_secure();
@@ -719,14 +737,7 @@ fn a_host_that_cannot_reach_the_registry_starts_apps_from_the_lattice_s_checked_
     lattice.ok(&["cordon", "h1"]);
     let (h2, _cache) = host_with_nothing_cached(&lattice, "h2");
     lattice.ok(&["scale", "app", "shop", "--replicas", "2"]);
-    eventually(PATIENCE, "a ready replica on h2", || {
-        lattice
-            .ready_by_host("shop")
-            .contains_key("h2")
-            .then_some(())
-    });
-    let log = h2.log();
-    assert!(log.contains("fetched from the lattice's copy"), "{log}");
+    let log = ready_from_the_copy(&lattice, &h2, "shop");
     assert!(log.contains("cannot reach registry"), "{log}");
     drop(h1);
 
@@ -809,13 +820,6 @@ fn a_rollback_without_the_registry_runs_the_earlier_revision_from_the_lattice_s_
     lattice.ok(&["cordon", "h1"]);
     let (h2, _cache) = host_with_nothing_cached(&lattice, "h2");
     lattice.ok(&["rollout", "undo", "shop"]);
-    eventually(PATIENCE, "the first revision ready on h2", || {
-        lattice
-            .ready_by_host("shop")
-            .contains_key("h2")
-            .then_some(())
-    });
-    let log = h2.log();
-    assert!(log.contains("fetched from the lattice's copy"), "{log}");
+    ready_from_the_copy(&lattice, &h2, "shop");
     drop(h1);
 }
