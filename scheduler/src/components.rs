@@ -131,26 +131,41 @@ const COPY_DEADLINE: Duration = Duration::from_secs(300);
 #[derive(Default)]
 pub(crate) struct Copying {
     task: Option<tokio::task::JoinHandle<()>>,
+    /// When the last sweep started and what it was for.
     last: Option<(Instant, Wanted)>,
+    /// The revisions of the buckets the pinned set was last read from: unchanged, the set
+    /// is too, and passes (many a second) do not read it again.
+    read_at: Option<Revisions>,
 }
+
+/// The last revisions of the buckets [`wanted`] reads: apps, jobs, cron jobs, assignments.
+pub(crate) type Revisions = [u64; 4];
 
 impl Copying {
     /// Starts a sweep when none runs and the pinned components changed since the last one
-    /// (or it is a minute old).
+    /// (or it is a minute old). `wanted` is called only when the buckets it reads moved on
+    /// since it was last called (`revisions`), or a minute passed.
     pub(crate) fn tick(
         &mut self,
         lattice: &Lattice,
         copier: &Copier,
-        wanted: Wanted,
+        revisions: Revisions,
+        wanted: impl FnOnce() -> Wanted,
         now: Instant,
     ) {
         if self.task.as_ref().is_some_and(|task| !task.is_finished()) {
             return;
         }
-        if let Some((at, last)) = &self.last
-            && *last == wanted
-            && now.duration_since(*at) < SWEEP_EVERY
-        {
+        let recent = self
+            .last
+            .as_ref()
+            .is_some_and(|(at, _)| now.duration_since(*at) < SWEEP_EVERY);
+        if recent && self.read_at == Some(revisions) {
+            return;
+        }
+        self.read_at = Some(revisions);
+        let wanted = wanted();
+        if recent && self.last.as_ref().is_some_and(|(_, last)| *last == wanted) {
             return;
         }
         self.last = Some((now, wanted.clone()));
@@ -166,6 +181,7 @@ impl Copying {
             task.abort();
         }
         self.last = None;
+        self.read_at = None;
     }
 }
 

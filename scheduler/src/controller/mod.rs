@@ -284,19 +284,6 @@ impl Deferred {
 }
 
 impl State {
-    /// The components the lattice's copy should hold, from what the mirrors hold now.
-    fn pinned_components(&self) -> crate::components::Wanted {
-        fn values<T>(records: Vec<shoal_lattice::store::Versioned<T>>) -> Vec<T> {
-            records.into_iter().map(|record| record.value).collect()
-        }
-        crate::components::wanted(
-            &values(self.apps.snapshot()),
-            &values(self.jobs.snapshot()),
-            &values(self.cron_jobs.snapshot()),
-            &values(self.assignments.snapshot()),
-        )
-    }
-
     /// Forgets what this scheduler kept in memory while leading: the next leader term reads
     /// it back from the lattice, where the leader in between may have changed it.
     fn step_down(&mut self) {
@@ -493,8 +480,21 @@ pub async fn run(
             Ok(()) => {
                 health::report(&lattice, &options, &mut state, now);
                 if let Some(copier) = &options.components {
-                    let wanted = state.pinned_components();
-                    state.copying.tick(&lattice, copier, wanted, now);
+                    let revisions = [
+                        state.apps.last_revision(),
+                        state.jobs.last_revision(),
+                        state.cron_jobs.last_revision(),
+                        state.assignments.last_revision(),
+                    ];
+                    let pinned = || {
+                        crate::components::wanted(
+                            &values(state.apps.snapshot()),
+                            &values(state.jobs.snapshot()),
+                            &values(state.cron_jobs.snapshot()),
+                            &values(state.assignments.snapshot()),
+                        )
+                    };
+                    state.copying.tick(&lattice, copier, revisions, pinned, now);
                 }
             }
             Err(error) => {
@@ -507,6 +507,11 @@ pub async fn run(
     lease.release().await;
     tracing::info!("scheduler stopped");
     Ok(())
+}
+
+/// The records of a mirror's snapshot, without their keys and revisions.
+fn values<T>(records: Vec<shoal_lattice::store::Versioned<T>>) -> Vec<T> {
+    records.into_iter().map(|record| record.value).collect()
 }
 
 fn key_of(app: &AppRecord) -> String {
