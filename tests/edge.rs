@@ -749,7 +749,10 @@ fn a_host_that_cannot_reach_the_registry_starts_apps_from_the_lattice_s_checked_
     runtime.block_on(async {
         let store = writer.component_store(1 << 30).await.unwrap();
         store
-            .put(&format!("{digest}/layer"), b"not the component")
+            .put(
+                &shoal_lattice::components::object_name(&digest, "layer"),
+                b"not the component",
+            )
             .await
             .unwrap();
     });

@@ -26,6 +26,20 @@ pub fn stream_name(lattice: &str) -> String {
     format!("OBJ_{}", bucket_name(lattice))
 }
 
+/// The object holding `part` (for example `layer`) of the component whose manifest digest
+/// is `manifest`: `<manifest>/<part>`. Every part of one component shares the prefix, so
+/// the copy drops a component by its digest ([`component_of`]).
+pub fn object_name(manifest: &str, part: &str) -> String {
+    format!("{manifest}/{part}")
+}
+
+/// The manifest digest an object of the copy belongs to: the text before its first `/`.
+pub fn component_of(object: &str) -> &str {
+    object
+        .split_once('/')
+        .map_or(object, |(component, _)| component)
+}
+
 /// The subject of an object's description (its metadata message) in `bucket`.
 fn meta_subject(bucket: &str, object: &str) -> String {
     format!(
@@ -224,5 +238,13 @@ mod tests {
             "$O.b.M.c2hhMjU2OmFiL2xheWVy"
         );
         assert_eq!(stream_name("dev"), "OBJ_shoal-dev-v1-components");
+    }
+
+    #[test]
+    fn every_part_of_a_component_is_named_under_its_manifest_digest() {
+        let name = object_name("sha256:ab", "signature.cd");
+        assert_eq!(name, "sha256:ab/signature.cd");
+        assert_eq!(component_of(&name), "sha256:ab");
+        assert_eq!(component_of("no-slash"), "no-slash");
     }
 }

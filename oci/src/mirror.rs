@@ -1,7 +1,8 @@
 //! A component copied to, and pulled from, a mirror other than its registry (Shoal's
-//! lattice keeps one): the names of its parts there, the parts to copy once a pull has
-//! verified them, and a pull from the mirror that checks every blob by digest exactly as a
-//! registry pull does, so a mirror can lose or corrupt a copy but never substitute one.
+//! lattice keeps one): its parts (manifest, config, layer, signatures), the parts to copy
+//! once a pull has verified them, and a pull from the mirror that checks every blob by
+//! digest exactly as a registry pull does, so a mirror can lose or corrupt a copy but never
+//! substitute one. Where the mirror keeps each part is the mirror's business.
 
 use crate::artifact::Blob;
 use crate::artifact::MAX_MANIFEST_SIZE;
@@ -9,28 +10,17 @@ use crate::client::{Client, PullSource, Pulled};
 use crate::signature::{MAX_MANIFEST as MAX_SIGNATURE_MANIFEST, SignatureManifest, signature_tag};
 use crate::{Digest, Error, Reference};
 
-/// A store of named objects that holds copies of components (read side).
+/// A store that holds copies of components (read side).
 pub trait Mirror: Sync {
-    /// The object `name`, or `None` when the mirror does not hold it; an error when it
-    /// cannot be read or is larger than `limit` bytes.
+    /// `part` of the component whose manifest digest is `component`, or `None` when the
+    /// mirror does not hold it; an error when it cannot be read or is larger than `limit`
+    /// bytes.
     fn object(
         &self,
-        name: &str,
+        component: &Digest,
+        part: &str,
         limit: u64,
     ) -> impl Future<Output = Result<Option<Vec<u8>>, String>> + Send;
-}
-
-/// The name of one part of the component whose manifest digest is `manifest`:
-/// `<manifest digest>/<part>`. Every part of one component shares the prefix, so a mirror
-/// drops a component by its digest.
-pub fn part_name(manifest: &Digest, part: &str) -> String {
-    format!("{manifest}/{part}")
-}
-
-/// The manifest digest a part name belongs to (the text before the first `/`).
-pub fn component_of(part: &str) -> &str {
-    part.split_once('/')
-        .map_or(part, |(component, _)| component)
 }
 
 /// The part that says a component's copy is complete: written last, read first.
@@ -43,11 +33,11 @@ fn signature_part(payload: &Digest) -> String {
     format!("signature.{}", payload.hex())
 }
 
-/// One part to store in a mirror.
+/// One part of a component to store in a mirror.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Part {
-    /// Its name there ([`part_name`]).
-    pub name: String,
+    /// Which part: `manifest`, `config`, `layer`, `signatures` or `signature.<hex>`.
+    pub part: String,
     /// Its bytes.
     pub bytes: Vec<u8>,
 }
@@ -78,11 +68,11 @@ impl Client {
             .ok_or_else(|| missing("manifest"))?;
         let mut parts = vec![
             Part {
-                name: part_name(digest, CONFIG),
+                part: CONFIG.to_owned(),
                 bytes: config,
             },
             Part {
-                name: part_name(digest, LAYER),
+                part: LAYER.to_owned(),
                 bytes: layer,
             },
         ];
@@ -97,18 +87,18 @@ impl Client {
             for (blob, _) in manifest.signatures() {
                 if let Some(payload) = self.cached_bytes(&blob.digest, &mut unused)? {
                     parts.push(Part {
-                        name: part_name(digest, &signature_part(&blob.digest)),
+                        part: signature_part(&blob.digest),
                         bytes: payload,
                     });
                 }
             }
             parts.push(Part {
-                name: part_name(digest, SIGNATURES),
+                part: SIGNATURES.to_owned(),
                 bytes,
             });
         }
         parts.push(Part {
-            name: part_name(digest, MANIFEST),
+            part: MANIFEST.to_owned(),
             bytes: manifest,
         });
         Ok(parts)
@@ -141,10 +131,7 @@ impl Client {
             .parse()
             .map_err(|_| failed(format!("{digest} is not a digest")))?;
         let get = async |part: &str, limit: u64| {
-            mirror
-                .object(&part_name(&digest, part), limit)
-                .await
-                .map_err(&failed)
+            mirror.object(&digest, part, limit).await.map_err(&failed)
         };
 
         let Some(manifest_bytes) = get(MANIFEST, MAX_MANIFEST_SIZE).await? else {
@@ -219,18 +206,4 @@ fn check(
         });
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_part_of_a_component_is_named_under_its_manifest_digest() {
-        let digest = Digest::of(b"manifest");
-        let name = part_name(&digest, &signature_part(&Digest::of(b"payload")));
-        assert!(name.starts_with(&format!("{digest}/signature.")));
-        assert_eq!(component_of(&name), digest.to_string());
-        assert_eq!(component_of("no-slash"), "no-slash");
-    }
 }

@@ -13,15 +13,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use shoal_lattice::Lattice;
+use shoal_lattice::components::{component_of, object_name};
 use shoal_lattice::jobs::{CronJobRecord, JobRecord};
 use shoal_lattice::records::{AppRecord, Assignment, RevisionRecord, pinned_reference};
 
-/// One part of a component to store (`<manifest digest>/<part>`), as the OCI client names
-/// them.
+/// One part of a component to store, as the OCI client names it (`layer`, say); its object
+/// in the bucket is `shoal_lattice::components::object_name`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Part {
-    /// Its name in the bucket; the text before the first `/` is the manifest digest.
-    pub name: String,
+    /// Which part.
+    pub part: String,
     /// Its bytes.
     pub bytes: Vec<u8>,
 }
@@ -96,15 +97,14 @@ pub type Wanted = BTreeMap<String, BTreeSet<String>>;
 /// What a sweep should do given what the bucket holds: the components to copy (those
 /// whose completing part is missing) and the objects to delete (parts of components
 /// nothing pins).
-pub fn plan(
-    wanted: &Wanted,
+pub fn plan<'a>(
+    wanted: &'a Wanted,
     stored: &BTreeSet<String>,
     complete: &str,
-) -> (Vec<BTreeSet<String>>, Vec<String>) {
+) -> (Vec<(&'a String, &'a BTreeSet<String>)>, Vec<String>) {
     let copy = wanted
         .iter()
-        .filter(|(digest, _)| !stored.contains(&format!("{digest}/{complete}")))
-        .map(|(_, references)| references.clone())
+        .filter(|(digest, _)| !stored.contains(&object_name(digest, complete)))
         .collect();
     let drop = stored
         .iter()
@@ -112,12 +112,6 @@ pub fn plan(
         .cloned()
         .collect();
     (copy, drop)
-}
-
-/// The manifest digest an object's name belongs to: the text before its first `/`.
-fn component_of(name: &str) -> &str {
-    name.split_once('/')
-        .map_or(name, |(component, _)| component)
 }
 
 /// How often the copy is checked when nothing pinned changed.
@@ -236,15 +230,18 @@ async fn sweep(lattice: &Lattice, copier: &Copier, wanted: &Wanted) {
             tracing::warn!(%name, error = %shoal_lattice::Chain(&error), "cannot drop a component nothing pins from the lattice's copy");
         }
     }
-    for references in copy {
-        let Some((pinned, parts)) = pull_any(copier, &references).await else {
+    for (digest, references) in copy {
+        let Some((pinned, parts)) = pull_any(copier, references).await else {
             continue;
         };
         let size: usize = parts.iter().map(|part| part.bytes.len()).sum();
         let mut stored = true;
         for part in &parts {
-            if let Err(error) = store.put(&part.name, &part.bytes).await {
-                tracing::warn!(component = %pinned, part = %part.name, error = %shoal_lattice::Chain(&error), "cannot store the component in the lattice (is the bucket full? shoal scheduler --component-store)");
+            if let Err(error) = store
+                .put(&object_name(digest, &part.part), &part.bytes)
+                .await
+            {
+                tracing::warn!(component = %pinned, part = %part.part, error = %shoal_lattice::Chain(&error), "cannot store the component in the lattice (is the bucket full? shoal scheduler --component-store)");
                 stored = false;
                 break;
             }
@@ -304,7 +301,7 @@ mod tests {
         let (copy, drop) = plan(&wanted, &stored, "manifest");
         let both: BTreeSet<String> =
             ["r/b@sha256:bb".to_owned(), "s/b@sha256:bb".to_owned()].into();
-        assert_eq!(copy, [both]);
+        assert_eq!(copy, [(&"sha256:bb".to_owned(), &both)]);
         assert_eq!(drop, ["sha256:cc/layer", "sha256:cc/manifest"]);
     }
 

@@ -264,9 +264,15 @@ pub struct OciFetch(pub Client);
 struct LatticeCopy<'a>(&'a shoal_lattice::Lattice);
 
 impl shoal_oci::mirror::Mirror for LatticeCopy<'_> {
-    async fn object(&self, name: &str, limit: u64) -> Result<Option<Vec<u8>>, String> {
+    async fn object(
+        &self,
+        component: &shoal_oci::Digest,
+        part: &str,
+        limit: u64,
+    ) -> Result<Option<Vec<u8>>, String> {
+        let name = shoal_lattice::components::object_name(component.as_str(), part);
         self.0
-            .component_object(name, limit)
+            .component_object(&name, limit)
             .await
             .map_err(|error| shoal_lattice::Chain(&error).to_string())
     }

@@ -228,7 +228,7 @@ impl Source for OciSource {
             Ok(parts
                 .into_iter()
                 .map(|part| Part {
-                    name: part.name,
+                    part: part.part,
                     bytes: part.bytes,
                 })
                 .collect())
