@@ -351,7 +351,7 @@ impl Authority {
             &dir.join(SYSTEM_CREDS),
             &auth::creds(&system_jwt, &system_user.seed()?),
         )?;
-        let authority = Self {
+        let mut authority = Self {
             dir: dir.to_owned(),
             state: State {
                 lattice: lattice.to_owned(),
@@ -366,7 +366,6 @@ impl Authority {
                 system_revocations: BTreeMap::new(),
             },
         };
-        let mut authority = authority;
         authority.write_presence_creds(None)?;
         authority.save()?;
         // The lattice's secrets key, for its schedulers (`shoal scheduler --secrets-key`).
@@ -433,8 +432,7 @@ impl Authority {
     /// Withdraws every presence credential minted so far (but the one `keep` names) and
     /// returns the system account's JWT to push, which carries the revocations.
     fn revoke_presence(&mut self, keep: Option<&str>) -> anyhow::Result<String> {
-        // A JWT issued in the same second as the current one would not replace it.
-        let issued_at = now().max(self.state.account_issued_at + 1);
+        let issued_at = self.next_issue();
         for minted in &mut self.state.presence {
             if Some(minted.public_key.as_str()) != keep && !minted.revoked {
                 minted.revoked = true;
@@ -444,9 +442,17 @@ impl Authority {
                     .or_insert(issued_at);
             }
         }
-        self.state.account_issued_at = issued_at;
         self.save()?;
         self.system_account_jwt()
+    }
+
+    /// The time of new revocations and of the account JWTs that carry them (now, later than
+    /// the JWTs they replace: one issued in the same second would not replace them), made
+    /// the accounts' issue time.
+    fn next_issue(&mut self) -> u64 {
+        let issued_at = now().max(self.state.account_issued_at + 1);
+        self.state.account_issued_at = issued_at;
+        issued_at
     }
 
     /// The system account's JWT, with its revocations.
@@ -508,7 +514,7 @@ impl Authority {
             &format!("{}\n", clients.seed()?),
         )?;
         self.state.clients = Some(clients.public_key());
-        let issued_at = now().max(self.state.account_issued_at + 1);
+        let issued_at = self.next_issue();
         let mut revoked = 0;
         for minted in &mut self.state.minted {
             if !minted.revoked {
@@ -520,7 +526,6 @@ impl Authority {
                 .entry(minted.public_key.clone())
                 .or_insert(issued_at);
         }
-        self.state.account_issued_at = issued_at;
         if revoked > 0 {
             eprintln!(
                 "warning: the lattice {:?} now keeps its clients in an account of their own; the {revoked} credential(s) minted before were revoked: mint them again (shoal auth host|user|scheduler|site)",
@@ -771,7 +776,7 @@ impl Authority {
                 .as_deref()
                 .and_then(|text| shoal_lattice::auth::holder(text).ok())
             {
-                let issued_at = now().max(self.state.account_issued_at + 1);
+                let issued_at = self.next_issue();
                 for minted in &mut self.state.minted {
                     if minted.public_key == old.public_key {
                         minted.revoked = true;
@@ -781,7 +786,6 @@ impl Authority {
                     .revocations
                     .entry(old.public_key)
                     .or_insert(issued_at);
-                self.state.account_issued_at = issued_at;
             }
             let creds = self.mint(identity)?;
             write_secret(&path, &creds)?;
@@ -813,12 +817,10 @@ impl Authority {
         if keys.is_empty() {
             bail!("no credential was minted for {name:?}; shoal auth list shows them");
         }
-        // A JWT issued in the same second as the current one would not replace it.
-        let issued_at = now().max(self.state.account_issued_at + 1);
+        let issued_at = self.next_issue();
         for key in keys {
             self.state.revocations.entry(key).or_insert(issued_at);
         }
-        self.state.account_issued_at = issued_at;
         self.save()?;
         Ok(vec![
             self.state_account_jwt()?,
