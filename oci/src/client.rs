@@ -619,7 +619,12 @@ fn parse_digest(reference: &Reference, digest: &str) -> Result<Digest, Error> {
     )
 }
 
-fn mismatch(reference: &Reference, what: &'static str, blob: &Blob, actual: Digest) -> Error {
+pub(crate) fn mismatch(
+    reference: &Reference,
+    what: &'static str,
+    blob: &Blob,
+    actual: Digest,
+) -> Error {
     Error::DigestMismatch {
         reference: reference.whole(),
         what,

@@ -6,7 +6,7 @@
 
 use crate::artifact::Blob;
 use crate::artifact::MAX_MANIFEST_SIZE;
-use crate::client::{Client, PullSource, Pulled};
+use crate::client::{Client, PullSource, Pulled, mismatch};
 use crate::signature::{MAX_MANIFEST as MAX_SIGNATURE_MANIFEST, SignatureManifest, signature_tag};
 use crate::{Digest, Error, Reference};
 
@@ -76,14 +76,11 @@ impl Client {
                 bytes: layer,
             },
         ];
-        let tag = signature_tag(digest);
-        let registry = reference.resolve_registry();
-        if let Some(signatures) = self
-            .cache()
-            .lookup_tag(registry, reference.repository(), &tag)?
-            && let Some(bytes) = self.cached_bytes(&signatures, &mut unused)?
-            && let Ok(manifest) = SignatureManifest::parse(&bytes)
-        {
+        if let Some((bytes, manifest)) = self.cached_signature_manifest(
+            reference.resolve_registry(),
+            reference.repository(),
+            &signature_tag(digest),
+        )? {
             for (blob, _) in manifest.signatures() {
                 if let Some(payload) = self.cached_bytes(&blob.digest, &mut unused)? {
                     parts.push(Part {
@@ -198,12 +195,7 @@ fn check(
     }
     let actual = Digest::of(bytes);
     if actual != blob.digest {
-        return Err(Error::DigestMismatch {
-            reference: reference.whole(),
-            what,
-            expected: blob.digest.clone(),
-            actual,
-        });
+        return Err(mismatch(reference, what, blob, actual));
     }
     Ok(())
 }

@@ -320,19 +320,32 @@ impl Client {
         verify(digest, &signatures, keys)
     }
 
-    fn cached_signatures(
+    /// The signature manifest cached for `tag` of `repository` at `registry`, with its
+    /// bytes: `None` when none is cached, or it does not read.
+    pub(crate) fn cached_signature_manifest(
         &self,
         registry: &str,
         repository: &str,
         tag: &str,
-    ) -> Result<Option<Vec<Signature>>, Error> {
+    ) -> Result<Option<(Vec<u8>, SignatureManifest)>, Error> {
         let Some(manifest_digest) = self.cache().lookup_tag(registry, repository, tag)? else {
             return Ok(None);
         };
         let Some(bytes) = self.cached_bytes(&manifest_digest, &mut Vec::new())? else {
             return Ok(None);
         };
-        let Ok(manifest) = SignatureManifest::parse(&bytes) else {
+        Ok(SignatureManifest::parse(&bytes)
+            .ok()
+            .map(|manifest| (bytes, manifest)))
+    }
+
+    fn cached_signatures(
+        &self,
+        registry: &str,
+        repository: &str,
+        tag: &str,
+    ) -> Result<Option<Vec<Signature>>, Error> {
+        let Some((_, manifest)) = self.cached_signature_manifest(registry, repository, tag)? else {
             return Ok(None);
         };
         let mut signatures = Vec::new();
