@@ -416,3 +416,40 @@ fn keygen_asks_for_a_password_on_a_terminal_and_signing_asks_for_it_back() {
         "{shown}"
     );
 }
+
+#[test]
+fn a_signed_component_starts_from_the_lattice_s_copy_with_its_signatures() {
+    let mut lattice = Lattice::start();
+    let scheduler = lattice.scheduler("s1");
+    let h1 = lattice.host("h1", &[]);
+    let keys = tempfile::tempdir().unwrap();
+    keygen(&lattice, keys.path(), "ci");
+    lattice.ok(&["trust", "add", keys.path().join("ci.pub").to_str().unwrap()]);
+    let (signed, _) = push(&lattice, "signed", Some(&keys.path().join("ci.key")));
+    lattice.apply(&hello_manifest("signed", &signed, 1, ""));
+    lattice.wait_ready("signed", 1, PATIENCE);
+    eventually(PATIENCE, "the leader to copy the component", || {
+        scheduler
+            .log()
+            .contains("component copied into the lattice")
+            .then_some(())
+    });
+
+    // No registry, and a host that has never seen the component or its signatures: both
+    // come from the lattice's copy, and the signature is checked as before.
+    lattice.registry.stop();
+    lattice.ok(&["cordon", "h1"]);
+    let cache = tempfile::tempdir().unwrap();
+    let h2 = lattice.host_with("h2", &["--cache-dir", cache.path().to_str().unwrap()]);
+    lattice.ok(&["scale", "app", "signed", "--replicas", "2"]);
+    eventually(PATIENCE, "a ready replica on h2", || {
+        lattice
+            .ready_by_host("signed")
+            .contains_key("h2")
+            .then_some(())
+    });
+    let log = h2.log();
+    assert!(log.contains("fetched from the lattice's copy"), "{log}");
+    assert!(log.contains("signature verified"), "{log}");
+    drop(h1);
+}
