@@ -783,6 +783,67 @@ fn a_host_that_cannot_reach_the_registry_starts_apps_from_the_lattice_s_checked_
 }
 
 #[test]
+fn a_host_loads_the_code_the_control_plane_compiled_for_its_target_and_never_a_corrupt_one() {
+    let lattice = Lattice::start_secure();
+    let scheduler = lattice.secure_scheduler("60s");
+    let (h1, _h1_cache) = host_with_nothing_cached(&lattice, "h1");
+    let hello = lattice.push_hello("1.0");
+    lattice.apply(&hello_manifest("shop", &hello, 1, ""));
+    lattice.wait_ready("shop", 1, PATIENCE);
+    // The first host compiled it itself; the leader compiles it for that host's target.
+    assert!(h1.log().contains("component compiled"), "{}", h1.log());
+    eventually(PATIENCE, "the leader to precompile the component", || {
+        scheduler
+            .log()
+            .contains("component precompiled for hosts of this target")
+            .then_some(())
+    });
+
+    // A second host of the same machine, with nothing cached, compiles nothing.
+    lattice.ok(&["cordon", "h1"]);
+    let (h2, _h2_cache) = host_with_nothing_cached(&lattice, "h2");
+    lattice.ok(&["scale", "app", "shop", "--replicas", "2"]);
+    eventually(PATIENCE, "a ready replica of shop on h2", || {
+        lattice
+            .ready_by_host("shop")
+            .contains_key("h2")
+            .then_some(())
+    });
+    let log = h2.log();
+    assert!(log.contains("precompiled code from the lattice"), "{log}");
+    assert!(!log.contains("component compiled"), "{log}");
+
+    // Code that does not match its checksum is never loaded: written over by a control-plane
+    // credential (no host's may write), a third host refuses it and compiles.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let writer = as_scheduler(&lattice, &runtime);
+    runtime.block_on(async {
+        let store = writer.component_store(1 << 30).await.unwrap();
+        let names = store.names().await.unwrap();
+        let compiled: Vec<&String> = names
+            .iter()
+            .filter(|name| name.contains("/compiled."))
+            .collect();
+        assert_eq!(compiled.len(), 1, "{names:?}");
+        let mut forged = vec![0_u8; 32];
+        forged.extend_from_slice(b"\x7fELF native code from nowhere");
+        store.put(compiled[0], &forged).await.unwrap();
+    });
+    lattice.ok(&["cordon", "h2"]);
+    let (h3, _h3_cache) = host_with_nothing_cached(&lattice, "h3");
+    lattice.ok(&["scale", "app", "shop", "--replicas", "3"]);
+    eventually(PATIENCE, "a ready replica of shop on h3", || {
+        lattice
+            .ready_by_host("shop")
+            .contains_key("h3")
+            .then_some(())
+    });
+    let log = h3.log();
+    assert!(log.contains("does not match its checksum"), "{log}");
+    assert!(log.contains("component compiled"), "{log}");
+}
+
+#[test]
 fn a_rollback_without_the_registry_runs_the_earlier_revision_from_the_lattice_s_copy() {
     let mut lattice = Lattice::start_secure();
     // The scheduler's own pull cache, emptied below: a leader that took over on another

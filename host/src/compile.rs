@@ -69,6 +69,10 @@ pub struct Request {
     pub memory_limit: Option<u64>,
     /// The component's length: a worker that reads fewer bytes compiles nothing.
     pub size: u64,
+    /// The compile key the engine must have (code for a host of another machine): a worker
+    /// whose engine for `engine` has another compiles nothing, as the host would not load it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
 }
 
 /// Why a worker did not write the entry.
@@ -114,11 +118,49 @@ impl Worker {
         component: &[u8],
         output: &Path,
     ) -> Result<(), WorkerError> {
+        self.run(engine, None, component, output)
+    }
+
+    /// Has a worker compile `component` for a host whose record says `target`, and returns
+    /// the compile cache entry (`<sha256><compiled>`) that host's runtime adopts
+    /// ([`crate::engine::Runtime::adopt_compiled`]). Blocks until the worker exits.
+    ///
+    /// # Errors
+    /// [`WorkerError`]; [`WorkerError::Unavailable`] also when the engine made for `target`
+    /// has another key than the target's (this build cannot make that host's code).
+    pub fn compile_for(
+        &self,
+        target: &shoal_lattice::records::CompileTarget,
+        component: &[u8],
+    ) -> Result<Vec<u8>, WorkerError> {
+        let dir = tempfile::tempdir().map_err(|error| {
+            WorkerError::Unavailable(format!("cannot make a directory to compile in: {error}"))
+        })?;
+        let output = dir.path().join("compiled.cwasm");
+        self.run(
+            &EngineSettings::for_target(target),
+            Some(&target.key),
+            component,
+            &output,
+        )?;
+        std::fs::read(&output).map_err(|error| {
+            WorkerError::Unavailable(format!("cannot read the compiled code back: {error}"))
+        })
+    }
+
+    fn run(
+        &self,
+        engine: &EngineSettings,
+        key: Option<&str>,
+        component: &[u8],
+        output: &Path,
+    ) -> Result<(), WorkerError> {
         let request = Request {
             engine: engine.clone(),
             output: output.to_owned(),
             memory_limit: self.memory_limit,
             size: component.len() as u64,
+            key: key.map(str::to_owned),
         };
         let request = serde_json::to_string(&request).map_err(|error| {
             WorkerError::Unavailable(format!("cannot write the request: {error}"))
@@ -280,6 +322,17 @@ pub fn serve(request: &str, input: &mut impl Read) -> (i32, String) {
         Ok(engine) => engine,
         Err(error) => return (UNAVAILABLE, error.to_string()),
     };
+    if let Some(wanted) = &request.key {
+        let key = crate::engine::compile_key(&engine);
+        if key != *wanted {
+            return (
+                UNAVAILABLE,
+                format!(
+                    "this build makes code with compile key {key} for that target, not {wanted} (another wasmtime version or setting)"
+                ),
+            );
+        }
+    }
     if let Some(limit) = request.memory_limit {
         let limit = rustix::process::Rlimit {
             current: Some(limit),
@@ -328,6 +381,7 @@ mod tests {
             fuel: false,
             wasi_03: true,
             pool: None,
+            target: None,
         };
         let pooled = EngineSettings {
             pool: Some(PoolSettings {
@@ -356,10 +410,12 @@ mod tests {
                 fuel: false,
                 wasi_03: false,
                 pool: None,
+                target: None,
             },
             output: output.clone(),
             memory_limit: None,
             size: 8,
+            key: None,
         })
         .unwrap();
         let (code, message) = serve(&request, &mut &b"not wasm"[..]);
@@ -370,6 +426,25 @@ mod tests {
         let (code, message) = serve(&request, &mut &empty[..]);
         assert_eq!(code, 0, "{message}");
         assert!(output.exists());
+        // Asked for code of another engine than this build makes for those settings: nothing.
+        let other = dir.path().join("other.cwasm");
+        let request = serde_json::to_string(&Request {
+            engine: EngineSettings {
+                fuel: false,
+                wasi_03: false,
+                pool: None,
+                target: crate::engine::native_target(),
+            },
+            output: other.clone(),
+            memory_limit: None,
+            size: 8,
+            key: Some("0".repeat(32)),
+        })
+        .unwrap();
+        let (code, message) = serve(&request, &mut &empty[..]);
+        assert_eq!(code, UNAVAILABLE, "{message}");
+        assert!(message.contains("compile key"), "{message}");
+        assert!(!other.exists());
         let (code, message) = serve("{\"engine\": 1}", &mut &b""[..]);
         assert_eq!(code, UNAVAILABLE);
         assert!(message.contains("compile request"), "{message}");

@@ -1,14 +1,16 @@
 //! One wasmtime `Engine` per process, its epoch ticker, the compile cache, and the
 //! pre-instantiated components shared by every replica that runs the same component.
 //!
-//! Compiled code is cached on disk under `<cache>/compiled/<digest>-<engine hash>.cwasm`, where
-//! the engine hash is wasmtime's precompile compatibility hash: a restart or a second replica
-//! of the same component compiles nothing, and an engine upgrade never loads stale code. Each
-//! file starts with the sha256 of the rest, checked before wasmtime sees the bytes. A host
-//! compiles in a child process ([`crate::compile`]) and loads what it wrote to the cache.
+//! Compiled code is cached on disk under `<cache>/compiled/<digest>-<compile key>.cwasm`, where
+//! the compile key is a sha256 of wasmtime's precompile compatibility hash (target, CPU
+//! features, settings, wasmtime version): a restart or a second replica of the same component
+//! compiles nothing, and an engine upgrade never loads stale code. Each file starts with the
+//! sha256 of the rest, checked before wasmtime sees the bytes. A host compiles in a child
+//! process ([`crate::compile`]) and loads what it wrote to the cache; code the control plane
+//! compiled for the same key ([`Runtime::compile_target`]) enters the cache the same way.
 
 use std::collections::HashMap;
-use std::hash::{DefaultHasher, Hash, Hasher};
+use std::hash::{Hash, Hasher};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -64,6 +66,67 @@ pub struct EngineSettings {
     pub wasi_03: bool,
     /// The pooling allocator's slots and warm bytes; `None`: on-demand allocation.
     pub pool: Option<PoolSettings>,
+    /// The machine to compile for; `None`: this one, with the CPU features it has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<TargetSettings>,
+}
+
+/// A machine compiled code is for: its target triple and Cranelift's CPU-feature settings.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TargetSettings {
+    /// The target triple.
+    pub triple: String,
+    /// Cranelift ISA settings: a name (enabled) or `name=value`.
+    pub isa_flags: Vec<String>,
+}
+
+/// This machine as its compiler sees it: the host triple and the CPU features Cranelift
+/// finds (exactly what an engine without a target uses). `None` where Cranelift does not
+/// support this machine.
+pub fn native_target() -> Option<TargetSettings> {
+    /// Records the settings Cranelift's feature detection makes.
+    struct Recorder(Vec<String>);
+    impl cranelift_codegen::settings::Configurable for Recorder {
+        fn set(&mut self, name: &str, value: &str) -> cranelift_codegen::settings::SetResult<()> {
+            self.0.push(format!("{name}={value}"));
+            Ok(())
+        }
+        fn enable(&mut self, name: &str) -> cranelift_codegen::settings::SetResult<()> {
+            self.0.push(name.to_owned());
+            Ok(())
+        }
+    }
+    let mut recorder = Recorder(Vec::new());
+    cranelift_native::infer_native_flags(&mut recorder).ok()?;
+    Some(TargetSettings {
+        triple: target_lexicon::Triple::host().to_string(),
+        isa_flags: recorder.0,
+    })
+}
+
+/// Hex digits of a compile key kept (128 bits).
+const COMPILE_KEY_LEN: usize = shoal_lattice::validate::COMPILE_KEY_LEN;
+
+/// The compile key of `engine`: the sha256 of wasmtime's precompile compatibility hash
+/// (target, CPU features, tunables, wasm features, wasmtime version), so it is the same in
+/// every process whose engine makes the same code, whatever machine hashes it.
+pub fn compile_key(engine: &Engine) -> String {
+    /// A `Hasher` that feeds sha256 (`finish` is not used).
+    struct Sha(Sha256);
+    impl Hasher for Sha {
+        fn write(&mut self, bytes: &[u8]) {
+            self.0.update(bytes);
+        }
+        fn finish(&self) -> u64 {
+            0
+        }
+    }
+    let mut hasher = Sha(Sha256::new());
+    engine.precompile_compatibility_hash().hash(&mut hasher);
+    let mut key = hex::encode(hasher.0.finalize());
+    key.truncate(COMPILE_KEY_LEN);
+    key
 }
 
 /// The pooling allocator's settings.
@@ -77,22 +140,56 @@ pub struct PoolSettings {
 }
 
 impl EngineSettings {
+    /// The settings of the engine that makes code for a host's `target`: no pool (it does
+    /// not change code), the target's triple and CPU features.
+    pub fn for_target(target: &shoal_lattice::records::CompileTarget) -> Self {
+        Self {
+            fuel: target.fuel,
+            wasi_03: target.wasi_03,
+            pool: None,
+            target: Some(TargetSettings {
+                triple: target.triple.clone(),
+                isa_flags: target.isa_flags.clone(),
+            }),
+        }
+    }
+
     /// The wasmtime configuration these settings describe.
-    pub fn config(&self) -> Config {
+    ///
+    /// # Errors
+    /// [`HostError::Engine`] for a target triple wasmtime does not know.
+    #[allow(unsafe_code)]
+    pub fn config(&self) -> Result<Config, HostError> {
         let mut config = base_config(self.fuel, self.wasi_03);
         if let Some(pool) = self.pool {
             config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling(pool)));
         }
-        config
+        if let Some(target) = &self.target {
+            config.target(&target.triple).map_err(|error| {
+                HostError::Engine(format!("unknown target {:?}: {error:#}", target.triple))
+            })?;
+            for flag in &target.isa_flags {
+                // SAFETY: code made with settings a machine lacks would be wrong on it; these
+                // are the settings a host found on itself, and what they make is loaded only
+                // by engines whose compile key (which covers every setting) is this one's.
+                unsafe {
+                    match flag.split_once('=') {
+                        Some((name, value)) => config.cranelift_flag_set(name, value),
+                        None => config.cranelift_flag_enable(flag),
+                    };
+                }
+            }
+        }
+        Ok(config)
     }
 
     /// The engine these settings describe.
     ///
     /// # Errors
     /// [`HostError::Engine`] when wasmtime refuses them (with a pool: when the address
-    /// space cannot be reserved).
+    /// space cannot be reserved; a target it does not know or cannot compile for).
     pub fn engine(&self) -> Result<Engine, HostError> {
-        Engine::new(&self.config()).map_err(|error| HostError::Engine(format!("{error:#}")))
+        Engine::new(&self.config()?).map_err(|error| HostError::Engine(format!("{error:#}")))
     }
 }
 
@@ -144,6 +241,10 @@ pub struct Runtime {
     fuel_runtime: std::sync::OnceLock<Arc<Runtime>>,
     /// What it was made with (`fuel`: whether it counts fuel).
     options: RuntimeOptions,
+    /// The engine's compile key ([`compile_key`]).
+    key: String,
+    /// This machine as its compiler sees it ([`native_target`]).
+    native: Option<TargetSettings>,
 }
 
 struct Ticker {
@@ -203,6 +304,7 @@ impl Runtime {
             fuel: options.fuel,
             wasi_03: options.wasi_03,
             pool: None,
+            target: None,
         };
         let pooled = EngineSettings {
             pool: Some(PoolSettings {
@@ -239,6 +341,8 @@ impl Runtime {
                 })?
         };
         Ok(Self {
+            key: compile_key(&engine),
+            native: native_target(),
             engine,
             settings,
             options,
@@ -349,15 +453,54 @@ impl Runtime {
     }
 
     fn cache_path(&self, content_digest: &str) -> PathBuf {
-        let mut hasher = DefaultHasher::new();
-        self.engine
-            .precompile_compatibility_hash()
-            .hash(&mut hasher);
         let hex = content_digest.trim_start_matches("sha256:");
         self.options
             .cache_dir
             .join("compiled")
-            .join(format!("{hex}-{:016x}.cwasm", hasher.finish()))
+            .join(format!("{hex}-{}.cwasm", self.key))
+    }
+
+    /// What this runtime's compiled code is for, as its host's record tells the control
+    /// plane (which then compiles pinned components for it); `None` where Cranelift cannot
+    /// tell this machine's features.
+    pub fn compile_target(&self) -> Option<shoal_lattice::records::CompileTarget> {
+        let native = self.native.as_ref()?;
+        Some(shoal_lattice::records::CompileTarget {
+            triple: native.triple.clone(),
+            isa_flags: native.isa_flags.clone(),
+            fuel: self.settings.fuel,
+            wasi_03: self.settings.wasi_03,
+            key: self.key.clone(),
+        })
+    }
+
+    /// The engine's compile key: code compiled elsewhere for it loads here.
+    pub fn compile_key(&self) -> &str {
+        &self.key
+    }
+
+    /// Whether the compile cache holds `content_digest`'s code for this engine.
+    pub fn has_compiled(&self, content_digest: &str) -> bool {
+        self.cache_path(content_digest).is_file()
+    }
+
+    /// Puts code compiled elsewhere for this engine's key into the compile cache as
+    /// `content_digest`'s: `entry` is a cache entry (`<sha256><compiled>`), written only when
+    /// its checksum holds. [`Runtime::load`] then loads it (wasmtime checking again that it
+    /// was made for this engine) or, should it not load, compiles.
+    ///
+    /// # Errors
+    /// A message when the checksum does not hold or the entry cannot be written.
+    pub fn adopt_compiled(&self, content_digest: &str, entry: &[u8]) -> Result<(), String> {
+        let Some((checksum, compiled)) = entry.split_at_checked(32) else {
+            return Err("the precompiled code is shorter than its checksum".to_owned());
+        };
+        if Sha256::digest(compiled).as_slice() != checksum {
+            return Err("the precompiled code does not match its checksum".to_owned());
+        }
+        let path = self.cache_path(content_digest);
+        store_compiled(&path, compiled)
+            .map_err(|error| format!("cannot write {}: {error}", path.display()))
     }
 
     /// Compiles `bytes` (whose sha256 digest is `content_digest`), or loads it from the
@@ -491,6 +634,105 @@ pub(crate) fn store_compiled(path: &Path, compiled: &[u8]) -> std::io::Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn settings(target: Option<TargetSettings>) -> EngineSettings {
+        EngineSettings {
+            fuel: false,
+            wasi_03: true,
+            pool: None,
+            target,
+        }
+    }
+
+    fn key(settings: &EngineSettings) -> String {
+        compile_key(&settings.engine().unwrap())
+    }
+
+    #[test]
+    fn code_compiled_for_a_host_s_reported_target_has_that_host_s_key() {
+        // What the control plane compiles from a host's record loads on that host only if
+        // both engines hash alike: the reported triple and CPU features must make it so.
+        let native = native_target().expect("Cranelift supports this machine");
+        assert!(!native.isa_flags.is_empty(), "{native:?}");
+        let here = key(&settings(None));
+        assert_eq!(here.len(), COMPILE_KEY_LEN);
+        assert_eq!(key(&settings(Some(native.clone()))), here);
+        // A CPU feature fewer, fuel, or another machine: another key, never loaded here.
+        let fewer = TargetSettings {
+            isa_flags: native.isa_flags[1..].to_vec(),
+            ..native.clone()
+        };
+        assert_ne!(key(&settings(Some(fewer))), here);
+        let fuel = EngineSettings {
+            fuel: true,
+            ..settings(None)
+        };
+        assert_ne!(key(&fuel), here);
+        let other = if native.triple.starts_with("x86_64") {
+            "aarch64-unknown-linux-gnu"
+        } else {
+            "x86_64-unknown-linux-gnu"
+        };
+        let other = settings(Some(TargetSettings {
+            triple: other.to_owned(),
+            isa_flags: Vec::new(),
+        }));
+        // This build compiles for the other architecture too.
+        assert_ne!(key(&other), here);
+        let empty = b"\0asm\x0d\x00\x01\x00";
+        assert!(other.engine().unwrap().precompile_component(empty).is_ok());
+    }
+
+    #[test]
+    fn a_target_wasmtime_does_not_know_is_an_error_not_a_crash() {
+        for triple in ["", "no-such-machine", "riscv64gc-unknown-linux-gnu\n"] {
+            let target = TargetSettings {
+                triple: triple.to_owned(),
+                isa_flags: vec!["has_nothing".to_owned(), "x=1=2".to_owned()],
+            };
+            assert!(settings(Some(target)).engine().is_err(), "{triple:?}");
+        }
+        let native = native_target().unwrap();
+        let unknown = TargetSettings {
+            isa_flags: vec!["has_nothing".to_owned()],
+            ..native
+        };
+        assert!(settings(Some(unknown)).engine().is_err());
+    }
+
+    #[test]
+    fn code_from_elsewhere_enters_the_cache_only_with_its_checksum() {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = Runtime::new(RuntimeOptions {
+            cache_dir: dir.path().to_owned(),
+            pooling: false,
+            instance_slots: 1,
+            keep_resident: 0,
+            fuel: false,
+            wasi_03: false,
+            compiler: None,
+        })
+        .unwrap();
+        let target = runtime.compile_target().unwrap();
+        assert_eq!(target.key, runtime.compile_key());
+        let empty = b"\0asm\x0d\x00\x01\x00";
+        let compiled = runtime.engine().precompile_component(empty).unwrap();
+        let mut entry = Sha256::digest(&compiled).to_vec();
+        entry.extend_from_slice(&compiled);
+        let mut corrupt = entry.clone();
+        *corrupt.last_mut().unwrap() ^= 1;
+        assert!(runtime.adopt_compiled("sha256:aa", &corrupt).is_err());
+        assert!(runtime.adopt_compiled("sha256:aa", &entry[..10]).is_err());
+        assert!(!runtime.has_compiled("sha256:aa"));
+        runtime.adopt_compiled("sha256:aa", &entry).unwrap();
+        assert!(runtime.has_compiled("sha256:aa"));
+        assert!(
+            runtime
+                .load(b"not even wasm", "sha256:aa")
+                .unwrap()
+                .cache_hit
+        );
+    }
 
     #[test]
     fn pool_slots_follow_the_memory_replicas_get() {

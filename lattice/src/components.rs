@@ -33,6 +33,19 @@ pub fn object_name(manifest: &str, part: &str) -> String {
     format!("{manifest}/{part}")
 }
 
+/// The part holding a component's code compiled for the engine whose compatibility key is
+/// `key` (a host's `CompileTarget::key`): `compiled.<key>`.
+pub fn compiled_part(key: &str) -> String {
+    format!("{COMPILED}{key}")
+}
+
+/// The compile key of a part written by [`compiled_part`].
+pub fn compiled_key(part: &str) -> Option<&str> {
+    part.strip_prefix(COMPILED)
+}
+
+const COMPILED: &str = "compiled.";
+
 /// The manifest digest an object of the copy belongs to: the text before its first `/`.
 pub fn component_of(object: &str) -> &str {
     object

@@ -746,6 +746,36 @@ pub struct HostRecord {
     /// The connection to nats-server the host holds, as the server named it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connection: Option<HostConnection>,
+    /// What the host's compiled code is for, so the control plane can compile pinned
+    /// components for it ahead of time; absent from hosts that cannot tell (and those of
+    /// releases before precompiled code), which compile everything themselves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compile_target: Option<CompileTarget>,
+}
+
+/// What a host's compiled code must be for: its target triple and CPU features (as Cranelift
+/// names them), the engine settings that change code (fuel, the async ABI), and the key all
+/// of those (with the wasmtime version and every other setting) hash to. Code compiled for
+/// another key is never loaded: the key is the host's engine's own, and the control plane
+/// stores what it compiles under the key of the engine it compiled with, so an input that
+/// differs (or a host that lies about one) only means a miss, and the host compiles.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CompileTarget {
+    /// The target triple (`x86_64-unknown-linux-gnu`).
+    pub triple: String,
+    /// The CPU features the host's compiler uses, as Cranelift's settings (`has_avx2`, or
+    /// `name=value`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub isa_flags: Vec<String>,
+    /// Compiled code counts fuel.
+    #[serde(default)]
+    pub fuel: bool,
+    /// The component model's async ABI (WASI 0.3) is on.
+    #[serde(default)]
+    pub wasi_03: bool,
+    /// The engine's compatibility key: lowercase hex.
+    pub key: String,
 }
 
 /// Which connection to nats-server a host holds: the server's id and the client id that

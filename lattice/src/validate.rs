@@ -85,6 +85,10 @@ pub const DEFAULT_REVISION_HISTORY: u32 = 10;
 pub const MAX_SEQUENCE: u64 = 1 << 53;
 /// Most component digests a host record lists as cached.
 pub const MAX_CACHED: usize = 256;
+/// The most CPU-feature settings a host's compile target lists (Cranelift knows about 30).
+pub const MAX_ISA_FLAGS: usize = 64;
+/// Hex digits in a compile target's key (128 bits of its engine's compatibility hash).
+pub const COMPILE_KEY_LEN: usize = 32;
 /// Most labels of a host.
 pub const MAX_LABELS: usize = 64;
 /// Longest message in a replica status.
@@ -815,6 +819,40 @@ impl Validate for HostRecord {
         if let Some(mismatch) = &self.lattice_mismatch {
             found.text("latticeMismatch", mismatch, MAX_MESSAGE);
         }
+        if let Some(target) = &self.compile_target {
+            found.text("compileTarget.triple", &target.triple, MAX_SHORT_TEXT);
+            if target.isa_flags.len() > MAX_ISA_FLAGS {
+                found.add(
+                    "compileTarget.isaFlags",
+                    format!("must list at most {MAX_ISA_FLAGS} settings"),
+                );
+            }
+            for flag in &target.isa_flags {
+                if flag.is_empty()
+                    || flag.len() > MAX_SHORT_TEXT
+                    || !flag
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'=')
+                {
+                    found.add(
+                        "compileTarget.isaFlags",
+                        "must be Cranelift settings (letters, digits, _ and =)",
+                    );
+                    break;
+                }
+            }
+            if target.key.len() != COMPILE_KEY_LEN
+                || !target
+                    .key
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            {
+                found.add(
+                    "compileTarget.key",
+                    format!("must be {COMPILE_KEY_LEN} lowercase hex digits"),
+                );
+            }
+        }
         // What secrets and store credentials are sealed to: a key that is none would make
         // every placement on this host fail.
         if let Some(key) = &self.secrets_key
@@ -1008,6 +1046,33 @@ mod tests {
         assert!(record(&key).validate().is_ok());
         for bogus in ["XBOGUS", "", "not a key"] {
             assert!(record(bogus).validate().is_err(), "{bogus:?}");
+        }
+    }
+
+    #[test]
+    fn a_host_s_compile_target_is_bounded_and_its_key_is_hex() {
+        let record = |target: serde_json::Value| -> HostRecord {
+            serde_json::from_value(serde_json::json!({
+                "id": "h1", "version": "0", "startedAt": 0, "heartbeatAt": 0,
+                "labels": {}, "capacity": {"memory": "1Gi", "cpu": "1", "maxReplicas": 1},
+                "compileTarget": target
+            }))
+            .unwrap()
+        };
+        let key = "0123456789abcdef0123456789abcdef";
+        let good = serde_json::json!({"triple": "aarch64-unknown-linux-gnu",
+            "isaFlags": ["has_lse", "sign_return_address=false"], "key": key});
+        assert!(record(good).validate().is_ok());
+        let too_many: Vec<String> = (0..=MAX_ISA_FLAGS).map(|n| format!("f{n}")).collect();
+        for bad in [
+            serde_json::json!({"triple": "x", "key": "ABCDEF0123456789abcdef0123456789"}),
+            serde_json::json!({"triple": "x", "key": "00"}),
+            serde_json::json!({"triple": "x", "key": key, "isaFlags": ["a b"]}),
+            serde_json::json!({"triple": "x", "key": key, "isaFlags": [""]}),
+            serde_json::json!({"triple": "x", "key": key, "isaFlags": too_many}),
+            serde_json::json!({"triple": "x".repeat(300), "key": key}),
+        ] {
+            assert!(record(bad.clone()).validate().is_err(), "{bad}");
         }
     }
 

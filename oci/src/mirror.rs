@@ -26,7 +26,8 @@ pub trait Mirror: Sync {
 /// The part that says a component's copy is complete: written last, read first.
 pub const MANIFEST: &str = "manifest";
 const CONFIG: &str = "config";
-const LAYER: &str = "layer";
+/// The part holding the component's bytes.
+pub const LAYER: &str = "layer";
 const SIGNATURES: &str = "signatures";
 
 fn signature_part(payload: &Digest) -> String {

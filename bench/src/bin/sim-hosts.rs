@@ -111,6 +111,7 @@ fn host_record(id: &str, started_at: u64) -> HostRecord {
         verifies_signatures: true,
         wasi: Vec::new(),
         connection: None,
+        compile_target: None,
     }
 }
 

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
-use shoal_scheduler::components::{Copier, Part, Source};
+use shoal_scheduler::components::{Compiler, Copier, Part, Source};
 use shoal_scheduler::controller::{self, Options, StoreMinter};
 
 use crate::lattice::LatticeArgs;
@@ -71,6 +71,12 @@ pub struct SchedulerArgs {
     #[arg(long, default_value = DEFAULT_COMPONENT_STORE, value_parser = crate::registry::parse_size, value_name = "SIZE")]
     pub component_store: u64,
 
+    /// The most memory one compile of precompiled code for hosts may take (in a child
+    /// process; past it that compile fails and those hosts compile the component
+    /// themselves). 0: hosts compile everything themselves.
+    #[arg(long, default_value = "2GiB", value_parser = crate::registry::parse_size, value_name = "SIZE")]
+    pub precompile_memory: u64,
+
     /// Where the leader pulls components from to copy them into the lattice.
     #[command(flatten)]
     pub registry: crate::registry::RegistryArgs,
@@ -119,10 +125,21 @@ impl SchedulerArgs {
         if self.component_store == 0 {
             return Ok(None);
         }
+        // Compiled in a child process, as hosts compile: capped, and the scheduler keeps
+        // none of the compiler's memory.
+        let compiler = (self.precompile_memory > 0)
+            .then(super::compile_worker::worker)
+            .flatten()
+            .map(|mut worker| {
+                worker.memory_limit = Some(self.precompile_memory);
+                std::sync::Arc::new(WorkerCompiler(worker)) as std::sync::Arc<dyn Compiler>
+            });
         Ok(Some(Copier {
             source: std::sync::Arc::new(OciSource(self.registry.client()?)),
             max_bytes: self.component_store,
             complete: shoal_oci::mirror::MANIFEST.to_owned(),
+            layer: shoal_oci::mirror::LAYER.to_owned(),
+            compiler,
         }))
     }
 
@@ -207,6 +224,25 @@ pub async fn run(args: SchedulerArgs, lattice: &LatticeArgs) -> anyhow::Result<u
     );
     controller::run(connection, options, crate::signals::shutdown()).await?;
     Ok(0)
+}
+
+/// Compiles components for hosts' targets in the host's compile worker.
+struct WorkerCompiler(shoal_host::compile::Worker);
+
+impl Compiler for WorkerCompiler {
+    fn compile<'a>(
+        &'a self,
+        target: &'a shoal_lattice::records::CompileTarget,
+        wasm: Vec<u8>,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<Vec<u8>, String>> + Send + 'a>> {
+        Box::pin(async move {
+            let (worker, target) = (self.0.clone(), target.clone());
+            tokio::task::spawn_blocking(move || worker.compile_for(&target, &wasm))
+                .await
+                .map_err(|error| error.to_string())?
+                .map_err(|error| error.to_string())
+        })
+    }
 }
 
 /// Pulls components for the lattice's copy through the OCI cache, which verifies them.

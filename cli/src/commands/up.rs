@@ -562,6 +562,9 @@ async fn serve(
                 crate::commands::scheduler::DEFAULT_COMPONENT_STORE,
             )
             .map_err(anyhow::Error::msg)?,
+            // A local lattice's one host compiles what it runs: compiling it again for that
+            // host would only take the developer's CPU.
+            precompile_memory: 0,
             registry: args.registry.clone(),
         };
         // nats-server may still be starting: retry for a while before giving up.

@@ -200,6 +200,7 @@ impl<F: Fetch> Agent<F> {
             wasi: self.runtime.wasi_versions(),
             // Filled in by whoever writes it, from the connection it is written on.
             connection: None,
+            compile_target: self.runtime.compile_target(),
         }
     }
 

@@ -15,6 +15,7 @@ mod identity;
 mod ingress;
 mod membership;
 mod pass;
+mod precompiled;
 mod probe;
 mod report;
 mod saving;

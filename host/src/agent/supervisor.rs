@@ -641,6 +641,9 @@ async fn start<F: Fetch>(
             let excess = cached.len().saturating_sub(MAX_CACHED);
             cached.drain(..excess);
         }
+        if let Some(lattice) = links.uplink.lattice() {
+            super::precompiled::adopt(&runtime, lattice, &assignment.digest, &layer_digest).await;
+        }
         // What the guest reads through wasi:config: its config, then its secrets (opened
         // here, in memory only; apply refuses a key that both define).
         let mut config = assignment

@@ -487,12 +487,14 @@ pub async fn run(
                         state.assignments.last_revision(),
                     ];
                     let pinned = || {
-                        crate::components::wanted(
+                        let wanted = crate::components::wanted(
                             &values(state.apps.snapshot()),
                             &values(state.jobs.snapshot()),
                             &values(state.cron_jobs.snapshot()),
                             &values(state.assignments.snapshot()),
-                        )
+                        );
+                        let hosts = values(state.hosts.snapshot());
+                        (wanted, crate::components::targets(&hosts))
                     };
                     state.copying.tick(&lattice, copier, revisions, pinned, now);
                 }
