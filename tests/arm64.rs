@@ -101,3 +101,85 @@ fn the_arm64_binary_runs_a_component_and_joins_an_x86_64_lattice() {
     });
     assert_eq!(status, 200);
 }
+
+/// Milliseconds from applying `app` to its replica being ready.
+fn apply_until_ready(lattice: &Lattice, app: &str, hello: &str, slot: &str) -> u128 {
+    let started = std::time::Instant::now();
+    lattice.apply(&hello_manifest(
+        app,
+        hello,
+        1,
+        &format!("  placement: {{requires: {{arch: aarch64, slot: {slot}}}}}\n"),
+    ));
+    lattice.wait_ready(app, 1, PATIENCE);
+    started.elapsed().as_millis()
+}
+
+#[test]
+fn an_arm64_host_starts_an_app_from_code_an_x86_64_scheduler_compiled_for_it() {
+    let lattice = Lattice::start();
+    let Some(first) = arm64(&lattice.shoal) else {
+        return;
+    };
+    let second = arm64(&lattice.shoal).unwrap();
+    let hello = lattice.push_hello("1.0");
+    let scheduler = lattice.scheduler("s1");
+    // Two arm64 hosts, each with a compile cache of its own.
+    let caches = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let arm = |command, id: &str, slot: &str, cache: &tempfile::TempDir| {
+        lattice.spawn_command(
+            lattice.aim(command),
+            &[
+                "host",
+                "--id",
+                id,
+                "--http",
+                "127.0.0.1:0",
+                "--heartbeat",
+                "500ms",
+                "--no-pooling",
+                "--label",
+                &format!("slot={slot}"),
+                "--cache-dir",
+                cache.path().to_str().unwrap(),
+            ],
+            id,
+            true,
+        )
+    };
+    let arm1 = arm(first, "arm-1", "a", &caches[0]);
+    let arm2 = arm(second, "arm-2", "b", &caches[1]);
+    lattice.wait_registered("arm-1");
+    lattice.wait_registered("arm-2");
+
+    // The first start compiles on the (emulated) device; the scheduler, on x86_64, then
+    // compiles the component for the arm64 hosts' target.
+    let compiled_here = apply_until_ready(&lattice, "first", &hello, "a");
+    assert!(arm1.log().contains("component compiled"), "{}", arm1.log());
+    eventually(PATIENCE, "the scheduler to compile for arm64", || {
+        scheduler
+            .log()
+            .lines()
+            .any(|line| {
+                line.contains("component precompiled for hosts of this target")
+                    && line.contains("aarch64")
+            })
+            .then_some(())
+    });
+    // The second host starts the same component from that code.
+    let precompiled = apply_until_ready(&lattice, "second", &hello, "b");
+    let log = arm2.log();
+    assert!(log.contains("precompiled code from the lattice"), "{log}");
+    assert!(!log.contains("component compiled"), "{log}");
+    let compile_ms = |log: &str| {
+        log.lines()
+            .find(|line| line.contains("component compiled"))
+            .and_then(|line| line.split("elapsed_ms=").nth(1))
+            .and_then(|rest| rest.split_whitespace().next().map(str::to_owned))
+    };
+    eprintln!(
+        "first start under qemu-aarch64, apply to ready: compiled on the host {compiled_here} ms \
+         (compile {} ms); precompiled by the scheduler {precompiled} ms",
+        compile_ms(&arm1.log()).unwrap_or_default()
+    );
+}
