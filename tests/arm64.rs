@@ -67,21 +67,7 @@ fn the_arm64_binary_runs_a_component_and_joins_an_x86_64_lattice() {
     // An arm64 host in a lattice of x86_64 processes.
     let _scheduler = lattice.scheduler("s1");
     let _x86 = lattice.host("x86-1", &[]);
-    let arm = lattice.spawn_command(
-        lattice.aim(command),
-        &[
-            "host",
-            "--id",
-            "arm-1",
-            "--http",
-            "127.0.0.1:0",
-            "--heartbeat",
-            "500ms",
-            "--no-pooling",
-        ],
-        "arm-1",
-        true,
-    );
+    let arm = arm64_host(&lattice, command, "arm-1", &[]);
     lattice.wait_registered("arm-1");
     lattice.apply(&hello_manifest(
         "on-arm",
@@ -100,6 +86,27 @@ fn the_arm64_binary_runs_a_component_and_joins_an_x86_64_lattice() {
         arm.get("/on-arm").filter(|(status, _)| *status == 200)
     });
     assert_eq!(status, 200);
+}
+
+/// An arm64 host `id` under qemu joining `lattice`, with `extra` flags.
+fn arm64_host(
+    lattice: &Lattice,
+    command: Command,
+    id: &str,
+    extra: &[&str],
+) -> support::lattice::Process {
+    let mut args = vec![
+        "host",
+        "--id",
+        id,
+        "--http",
+        "127.0.0.1:0",
+        "--heartbeat",
+        "500ms",
+        "--no-pooling",
+    ];
+    args.extend_from_slice(extra);
+    lattice.spawn_command(lattice.aim(command), &args, id, true)
 }
 
 /// Milliseconds from applying `app` to its replica being ready.
@@ -127,24 +134,13 @@ fn an_arm64_host_starts_an_app_from_code_an_x86_64_scheduler_compiled_for_it() {
     // Two arm64 hosts, each with a compile cache of its own.
     let caches = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
     let arm = |command, id: &str, slot: &str, cache: &tempfile::TempDir| {
-        lattice.spawn_command(
-            lattice.aim(command),
-            &[
-                "host",
-                "--id",
-                id,
-                "--http",
-                "127.0.0.1:0",
-                "--heartbeat",
-                "500ms",
-                "--no-pooling",
-                "--label",
-                &format!("slot={slot}"),
-                "--cache-dir",
-                cache.path().to_str().unwrap(),
-            ],
+        let slot = format!("slot={slot}");
+        let cache = cache.path().to_str().unwrap();
+        arm64_host(
+            &lattice,
+            command,
             id,
-            true,
+            &["--label", &slot, "--cache-dir", cache],
         )
     };
     let arm1 = arm(first, "arm-1", "a", &caches[0]);

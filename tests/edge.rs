@@ -701,6 +701,13 @@ fn host_with_nothing_cached(
 /// Waits until `host` runs a ready replica of `app` and checks it fetched the component from
 /// the lattice's copy; returns the host's log.
 fn ready_from_the_copy(lattice: &Lattice, host: &support::lattice::Process, app: &str) -> String {
+    let log = ready_on(lattice, host, app);
+    assert!(log.contains("fetched from the lattice's copy"), "{log}");
+    log
+}
+
+/// Waits until `host` runs a ready replica of `app`; returns the host's log.
+fn ready_on(lattice: &Lattice, host: &support::lattice::Process, app: &str) -> String {
     eventually(
         PATIENCE,
         &format!("a ready replica of {app} on {}", host.id),
@@ -711,9 +718,7 @@ fn ready_from_the_copy(lattice: &Lattice, host: &support::lattice::Process, app:
                 .then_some(())
         },
     );
-    let log = host.log();
-    assert!(log.contains("fetched from the lattice's copy"), "{log}");
-    log
+    host.log()
 }
 
 #[test]
@@ -803,15 +808,21 @@ fn a_host_loads_the_code_the_control_plane_compiled_for_its_target_and_never_a_c
     lattice.ok(&["cordon", "h1"]);
     let (h2, _h2_cache) = host_with_nothing_cached(&lattice, "h2");
     lattice.ok(&["scale", "app", "shop", "--replicas", "2"]);
-    eventually(PATIENCE, "a ready replica of shop on h2", || {
-        lattice
-            .ready_by_host("shop")
-            .contains_key("h2")
-            .then_some(())
-    });
-    let log = h2.log();
+    let log = ready_on(&lattice, &h2, "shop");
     assert!(log.contains("precompiled code from the lattice"), "{log}");
     assert!(!log.contains("component compiled"), "{log}");
+    let elapsed = |log: &str, what: &str| {
+        log.lines()
+            .find(|line| line.contains(what))
+            .and_then(|line| line.split("elapsed_ms=").nth(1))
+            .and_then(|rest| rest.split_whitespace().next().map(str::to_owned))
+            .unwrap_or_default()
+    };
+    eprintln!(
+        "h1 compiled the component in {} ms; h2 fetched and cached the precompiled code in {} ms",
+        elapsed(&h1.log(), "component compiled"),
+        elapsed(&log, "precompiled code from the lattice")
+    );
 
     // Code that does not match its checksum is never loaded: written over by a control-plane
     // credential (no host's may write), a third host refuses it and compiles.
@@ -832,13 +843,7 @@ fn a_host_loads_the_code_the_control_plane_compiled_for_its_target_and_never_a_c
     lattice.ok(&["cordon", "h2"]);
     let (h3, _h3_cache) = host_with_nothing_cached(&lattice, "h3");
     lattice.ok(&["scale", "app", "shop", "--replicas", "3"]);
-    eventually(PATIENCE, "a ready replica of shop on h3", || {
-        lattice
-            .ready_by_host("shop")
-            .contains_key("h3")
-            .then_some(())
-    });
-    let log = h3.log();
+    let log = ready_on(&lattice, &h3, "shop");
     assert!(log.contains("does not match its checksum"), "{log}");
     assert!(log.contains("component compiled"), "{log}");
 }

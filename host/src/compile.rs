@@ -405,19 +405,22 @@ mod tests {
     fn a_worker_refuses_what_does_not_compile_and_writes_what_does() {
         let dir = tempfile::tempdir().unwrap();
         let output = dir.path().join("out.cwasm");
-        let request = serde_json::to_string(&Request {
-            engine: EngineSettings {
-                fuel: false,
-                wasi_03: false,
-                pool: None,
-                target: None,
-            },
-            output: output.clone(),
-            memory_limit: None,
-            size: 8,
-            key: None,
-        })
-        .unwrap();
+        let request_for = |target, output: &Path, key: Option<String>| {
+            serde_json::to_string(&Request {
+                engine: EngineSettings {
+                    fuel: false,
+                    wasi_03: false,
+                    pool: None,
+                    target,
+                },
+                output: output.to_owned(),
+                memory_limit: None,
+                size: 8,
+                key,
+            })
+            .unwrap()
+        };
+        let request = request_for(None, &output, None);
         let (code, message) = serve(&request, &mut &b"not wasm"[..]);
         assert_eq!(code, REFUSED, "{message}");
         assert!(!output.exists());
@@ -428,19 +431,7 @@ mod tests {
         assert!(output.exists());
         // Asked for code of another engine than this build makes for those settings: nothing.
         let other = dir.path().join("other.cwasm");
-        let request = serde_json::to_string(&Request {
-            engine: EngineSettings {
-                fuel: false,
-                wasi_03: false,
-                pool: None,
-                target: crate::engine::native_target(),
-            },
-            output: other.clone(),
-            memory_limit: None,
-            size: 8,
-            key: Some("0".repeat(32)),
-        })
-        .unwrap();
+        let request = request_for(crate::engine::native_target(), &other, Some("0".repeat(32)));
         let (code, message) = serve(&request, &mut &empty[..]);
         assert_eq!(code, UNAVAILABLE, "{message}");
         assert!(message.contains("compile key"), "{message}");
