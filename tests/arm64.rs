@@ -124,23 +124,34 @@ fn apply_until_ready(lattice: &Lattice, app: &str, hello: &str, slot: &str) -> u
 
 #[test]
 fn an_arm64_host_starts_an_app_from_code_an_x86_64_scheduler_compiled_for_it() {
-    let lattice = Lattice::start();
+    // Secure: hosts take native code from the lattice only where nothing but the control
+    // plane can write it.
+    let lattice = Lattice::start_secure();
     let Some(first) = arm64(&lattice.shoal) else {
         return;
     };
     let second = arm64(&lattice.shoal).unwrap();
     let hello = lattice.push_hello("1.0");
-    let scheduler = lattice.scheduler("s1");
+    let scheduler = lattice.secure_scheduler_with("60s", &["--precompile-memory", "2GiB"]);
     // Two arm64 hosts, each with a compile cache of its own.
     let caches = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
     let arm = |command, id: &str, slot: &str, cache: &tempfile::TempDir| {
         let slot = format!("slot={slot}");
+        let creds = lattice.mint(&["host", id, "--label", &slot], id);
+        let creds = creds.to_str().unwrap();
         let cache = cache.path().to_str().unwrap();
         arm64_host(
             &lattice,
             command,
             id,
-            &["--label", &slot, "--cache-dir", cache],
+            &[
+                "--label",
+                &slot,
+                "--cache-dir",
+                cache,
+                "--nats-creds",
+                creds,
+            ],
         )
     };
     let arm1 = arm(first, "arm-1", "a", &caches[0]);

@@ -790,7 +790,7 @@ fn a_host_that_cannot_reach_the_registry_starts_apps_from_the_lattice_s_checked_
 #[test]
 fn a_host_loads_the_code_the_control_plane_compiled_for_its_target_and_never_a_corrupt_one() {
     let lattice = Lattice::start_secure();
-    let scheduler = lattice.secure_scheduler("60s");
+    let scheduler = lattice.secure_scheduler_with("60s", &["--precompile-memory", "2GiB"]);
     let (h1, _h1_cache) = host_with_nothing_cached(&lattice, "h1");
     let hello = lattice.push_hello("1.0");
     lattice.apply(&hello_manifest("shop", &hello, 1, ""));

@@ -57,7 +57,7 @@ pub fn prune(oci: &Cache, compiled: &Path, in_use: &BTreeSet<String>, budget: u6
         .flat_map(|manifest| oci.closure(&manifest))
         .map(|digest| digest.hex().to_owned())
         .collect();
-    // Compiled files are named `<layer hex>-<engine hash>.cwasm`.
+    // Compiled files are named `<layer hex>-<compile key>.cwasm`.
     let files: Vec<(CachedFile, bool)> = oci
         .blobs()
         .into_iter()

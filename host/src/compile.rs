@@ -10,9 +10,10 @@
 //! start with that reason, and the host keeps serving.
 //!
 //! The protocol: the component's bytes on the child's stdin, a [`Request`] (the engine's
-//! settings and the cache path to write) as JSON in its last argument; exit 0 when the entry
-//! is written, [`REFUSED`] with the compiler's message on stdout when the component does not
-//! compile, [`UNAVAILABLE`] with a message when the worker could not do its job for a reason
+//! settings and the cache path to write; for another machine's code, its target and the
+//! compile key the engine must have) as JSON in its last argument; exit 0 when the entry is
+//! written, [`REFUSED`] with the compiler's message on stdout when the component does not
+//! compile (or this build cannot make code of that key), [`UNAVAILABLE`] with a message when the worker could not do its job for a reason
 //! of its own (then the host compiles itself). Anything else (a panic, a signal, the cap, the
 //! deadline) fails the component: compiling it again in the host could take the host down.
 
@@ -36,8 +37,14 @@ pub const UNAVAILABLE: i32 = 3;
 /// host, with no cap.
 pub const NOT_STORED: i32 = 4;
 
+/// The exit code of a program that could not be run at all (it never came from a worker).
+const EXEC_FAILED: i32 = 127;
+
 /// How long a compile may take before its worker is stopped, unless a worker says.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// The environment variables a worker is started with (the rest are not passed).
+const PASSED_ENVIRONMENT: [&str; 4] = ["PATH", "TMPDIR", "LD_LIBRARY_PATH", "QEMU_LD_PREFIX"];
 
 /// The longest message read back from a worker.
 const MESSAGE_LIMIT: usize = 16 << 10;
@@ -167,6 +174,14 @@ impl Worker {
         })?;
         let mut child = Command::new(&self.program)
             .args(&self.args)
+            // The compiler reads untrusted bytes: it gets no credential a parent holds in its
+            // environment (a lattice credential, a registry password), only what starting a
+            // program needs.
+            .env_clear()
+            .envs(
+                std::env::vars_os()
+                    .filter(|(name, _)| PASSED_ENVIRONMENT.iter().any(|kept| name == kept)),
+            )
             .arg(request)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -238,6 +253,14 @@ impl Worker {
             Some(REFUSED) => return Err(WorkerError::Refused(message)),
             Some(UNAVAILABLE) => return Err(WorkerError::Unavailable(message)),
             Some(NOT_STORED) => return Err(WorkerError::Died(message)),
+            // What a shell or loader says when the program could not be run at all (under
+            // qemu-user, /proc/self/exe is the emulator): no worker, so the host compiles.
+            Some(EXEC_FAILED) => {
+                return Err(WorkerError::Unavailable(format!(
+                    "the compile worker {} could not be run (exit {EXEC_FAILED})",
+                    self.program.display()
+                )));
+            }
             _ => {}
         }
         #[cfg(unix)]
@@ -326,7 +349,7 @@ pub fn serve(request: &str, input: &mut impl Read) -> (i32, String) {
         let key = crate::engine::compile_key(&engine);
         if key != *wanted {
             return (
-                UNAVAILABLE,
+                REFUSED,
                 format!(
                     "this build makes code with compile key {key} for that target, not {wanted} (another wasmtime version or setting)"
                 ),
@@ -433,7 +456,7 @@ mod tests {
         let other = dir.path().join("other.cwasm");
         let request = request_for(crate::engine::native_target(), &other, Some("0".repeat(32)));
         let (code, message) = serve(&request, &mut &empty[..]);
-        assert_eq!(code, UNAVAILABLE, "{message}");
+        assert_eq!(code, REFUSED, "{message}");
         assert!(message.contains("compile key"), "{message}");
         assert!(!other.exists());
         let (code, message) = serve("{\"engine\": 1}", &mut &b""[..]);

@@ -77,32 +77,63 @@ pub struct EngineSettings {
 pub struct TargetSettings {
     /// The target triple.
     pub triple: String,
-    /// Cranelift ISA settings: a name (enabled) or `name=value`.
+    /// The CPU features (Cranelift's boolean ISA settings) enabled.
     pub isa_flags: Vec<String>,
 }
 
 /// This machine as its compiler sees it: the host triple and the CPU features Cranelift
 /// finds (exactly what an engine without a target uses). `None` where Cranelift does not
-/// support this machine.
+/// support this machine, or describes it with more than features it has or lacks.
 pub fn native_target() -> Option<TargetSettings> {
-    /// Records the settings Cranelift's feature detection makes.
-    struct Recorder(Vec<String>);
+    /// Records the features Cranelift's detection enables; any other setting spoils it.
+    #[derive(Default)]
+    struct Recorder {
+        enabled: Vec<String>,
+        other: bool,
+    }
     impl cranelift_codegen::settings::Configurable for Recorder {
-        fn set(&mut self, name: &str, value: &str) -> cranelift_codegen::settings::SetResult<()> {
-            self.0.push(format!("{name}={value}"));
+        fn set(&mut self, _: &str, _: &str) -> cranelift_codegen::settings::SetResult<()> {
+            self.other = true;
             Ok(())
         }
         fn enable(&mut self, name: &str) -> cranelift_codegen::settings::SetResult<()> {
-            self.0.push(name.to_owned());
+            self.enabled.push(name.to_owned());
             Ok(())
         }
     }
-    let mut recorder = Recorder(Vec::new());
+    let mut recorder = Recorder::default();
     cranelift_native::infer_native_flags(&mut recorder).ok()?;
-    Some(TargetSettings {
+    (!recorder.other).then(|| TargetSettings {
         triple: target_lexicon::Triple::host().to_string(),
-        isa_flags: recorder.0,
+        isa_flags: recorder.enabled,
     })
+}
+
+/// Checks that `target` names a machine this build compiles for and that each of its flags
+/// is a CPU feature (a boolean ISA setting) of that machine: no compiler setting (a host
+/// could ask for slow or unchecked code), no preset.
+fn check_target(target: &TargetSettings) -> Result<(), HostError> {
+    use cranelift_codegen::settings::SettingKind;
+    let refused =
+        |why: String| HostError::Engine(format!("cannot compile for {:?}: {why}", target.triple));
+    let triple: target_lexicon::Triple = target
+        .triple
+        .parse()
+        .map_err(|error| refused(format!("{error}")))?;
+    let isa = cranelift_codegen::isa::lookup(triple).map_err(|error| refused(error.to_string()))?;
+    let features: std::collections::HashSet<&str> = isa
+        .iter()
+        .filter(|setting| setting.kind == SettingKind::Bool)
+        .map(|setting| setting.name)
+        .collect();
+    match target
+        .isa_flags
+        .iter()
+        .find(|flag| !features.contains(flag.as_str()))
+    {
+        Some(flag) => Err(refused(format!("{flag:?} is not one of its CPU features"))),
+        None => Ok(()),
+    }
 }
 
 /// Hex digits of a compile key kept (128 bits).
@@ -165,18 +196,16 @@ impl EngineSettings {
             config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling(pool)));
         }
         if let Some(target) = &self.target {
+            check_target(target)?;
             config.target(&target.triple).map_err(|error| {
                 HostError::Engine(format!("unknown target {:?}: {error:#}", target.triple))
             })?;
             for flag in &target.isa_flags {
-                // SAFETY: code made with settings a machine lacks would be wrong on it; these
-                // are the settings a host found on itself, and what they make is loaded only
+                // SAFETY: code using a CPU feature a machine lacks would fault on it; these
+                // are the features a host found on itself, and what they make is loaded only
                 // by engines whose compile key (which covers every setting) is this one's.
                 unsafe {
-                    match flag.split_once('=') {
-                        Some((name, value)) => config.cranelift_flag_set(name, value),
-                        None => config.cranelift_flag_enable(flag),
-                    };
+                    config.cranelift_flag_enable(flag);
                 }
             }
         }
@@ -583,7 +612,7 @@ impl Runtime {
     }
 
     /// The compiled-code cache's files, for a size budget: each named
-    /// `<layer digest hex>-<engine hash>.cwasm`.
+    /// `<layer digest hex>-<compile key>.cwasm`.
     pub fn compiled_dir(&self) -> PathBuf {
         self.options.cache_dir.join("compiled")
     }
@@ -688,16 +717,25 @@ mod tests {
         for triple in ["", "no-such-machine", "riscv64gc-unknown-linux-gnu\n"] {
             let target = TargetSettings {
                 triple: triple.to_owned(),
-                isa_flags: vec!["has_nothing".to_owned(), "x=1=2".to_owned()],
+                isa_flags: vec!["has_nothing".to_owned()],
             };
             assert!(settings(Some(target)).engine().is_err(), "{triple:?}");
         }
+        // Only CPU features: not a compiler setting (a slow or unchecked compile), not a
+        // preset, not a value.
         let native = native_target().unwrap();
-        let unknown = TargetSettings {
-            isa_flags: vec!["has_nothing".to_owned()],
-            ..native
-        };
-        assert!(settings(Some(unknown)).engine().is_err());
+        for flag in [
+            "has_nothing",
+            "regalloc_checker",
+            "enable_verifier",
+            "opt_level=none",
+        ] {
+            let unknown = TargetSettings {
+                isa_flags: vec![flag.to_owned()],
+                ..native.clone()
+            };
+            assert!(settings(Some(unknown)).engine().is_err(), "{flag}");
+        }
     }
 
     #[test]

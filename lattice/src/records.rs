@@ -764,8 +764,7 @@ pub struct HostRecord {
 pub struct CompileTarget {
     /// The target triple (`x86_64-unknown-linux-gnu`).
     pub triple: String,
-    /// The CPU features the host's compiler uses, as Cranelift's settings (`has_avx2`, or
-    /// `name=value`).
+    /// The CPU features the host's compiler uses, as Cranelift names them (`has_avx2`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub isa_flags: Vec<String>,
     /// Compiled code counts fuel.

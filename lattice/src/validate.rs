@@ -830,13 +830,11 @@ impl Validate for HostRecord {
             for flag in &target.isa_flags {
                 if flag.is_empty()
                     || flag.len() > MAX_SHORT_TEXT
-                    || !flag
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'=')
+                    || !flag.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
                 {
                     found.add(
                         "compileTarget.isaFlags",
-                        "must be Cranelift settings (letters, digits, _ and =)",
+                        "must be Cranelift CPU features (letters, digits and _)",
                     );
                     break;
                 }
@@ -1061,13 +1059,14 @@ mod tests {
         };
         let key = "0123456789abcdef0123456789abcdef";
         let good = serde_json::json!({"triple": "aarch64-unknown-linux-gnu",
-            "isaFlags": ["has_lse", "sign_return_address=false"], "key": key});
+            "isaFlags": ["has_lse", "sign_return_address"], "key": key});
         assert!(record(good).validate().is_ok());
         let too_many: Vec<String> = (0..=MAX_ISA_FLAGS).map(|n| format!("f{n}")).collect();
         for bad in [
             serde_json::json!({"triple": "x", "key": "ABCDEF0123456789abcdef0123456789"}),
             serde_json::json!({"triple": "x", "key": "00"}),
             serde_json::json!({"triple": "x", "key": key, "isaFlags": ["a b"]}),
+            serde_json::json!({"triple": "x", "key": key, "isaFlags": ["opt_level=none"]}),
             serde_json::json!({"triple": "x", "key": key, "isaFlags": [""]}),
             serde_json::json!({"triple": "x", "key": key, "isaFlags": too_many}),
             serde_json::json!({"triple": "x".repeat(300), "key": key}),

@@ -18,6 +18,7 @@ pub mod jobs;
 pub mod lease;
 pub mod manifest;
 pub mod placement;
+pub mod precompile;
 pub mod reconcile;
 pub mod secrets;
 pub mod trust;

@@ -211,6 +211,10 @@ impl Shoal {
             .env_remove("SHOAL_CREDS")
             .env_remove("SHOAL_NATS_CREDS")
             .env("SHOAL_CACHE_DIR", self.cache_dir())
+            // Schedulers compile nothing for hosts unless a test asks (`--precompile-memory`):
+            // the test's hosts share one compile cache, and every test would compile its
+            // components twice.
+            .env("SHOAL_PRECOMPILE_MEMORY", "0")
             .env("DOCKER_CONFIG", self.home.path().join("docker"))
             .env_remove("SHOAL_REGISTRY_USERNAME")
             .env_remove("SHOAL_REGISTRY_PASSWORD")

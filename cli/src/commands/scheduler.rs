@@ -4,8 +4,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
-use shoal_scheduler::components::{Compiler, Copier, Part, Source};
+use shoal_scheduler::components::{Copier, Part, Source};
 use shoal_scheduler::controller::{self, Options, StoreMinter};
+use shoal_scheduler::precompile::{CompileFailure, Compiler};
 
 use crate::lattice::LatticeArgs;
 
@@ -74,7 +75,7 @@ pub struct SchedulerArgs {
     /// The most memory one compile of precompiled code for hosts may take (in a child
     /// process; past it that compile fails and those hosts compile the component
     /// themselves). 0: hosts compile everything themselves.
-    #[arg(long, default_value = "2GiB", value_parser = crate::registry::parse_size, value_name = "SIZE")]
+    #[arg(long, env = "SHOAL_PRECOMPILE_MEMORY", default_value = "2GiB", value_parser = crate::registry::parse_size, value_name = "SIZE")]
     pub precompile_memory: u64,
 
     /// Where the leader pulls components from to copy them into the lattice.
@@ -132,6 +133,7 @@ impl SchedulerArgs {
             .flatten()
             .map(|mut worker| {
                 worker.memory_limit = Some(self.precompile_memory);
+                worker.timeout = shoal_scheduler::precompile::COMPILE_DEADLINE;
                 std::sync::Arc::new(WorkerCompiler(worker)) as std::sync::Arc<dyn Compiler>
             });
         Ok(Some(Copier {
@@ -234,13 +236,18 @@ impl Compiler for WorkerCompiler {
         &'a self,
         target: &'a shoal_lattice::records::CompileTarget,
         wasm: Vec<u8>,
-    ) -> std::pin::Pin<Box<dyn Future<Output = Result<Vec<u8>, String>> + Send + 'a>> {
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<Vec<u8>, CompileFailure>> + Send + 'a>> {
         Box::pin(async move {
             let (worker, target) = (self.0.clone(), target.clone());
-            tokio::task::spawn_blocking(move || worker.compile_for(&target, &wasm))
+            let compiled = tokio::task::spawn_blocking(move || worker.compile_for(&target, &wasm))
                 .await
-                .map_err(|error| error.to_string())?
-                .map_err(|error| error.to_string())
+                .map_err(|error| CompileFailure::Failed(error.to_string()))?;
+            compiled.map_err(|error| match error {
+                shoal_host::compile::WorkerError::Unavailable(message) => {
+                    CompileFailure::Failed(message)
+                }
+                refused => CompileFailure::Refused(refused.to_string()),
+            })
         })
     }
 }

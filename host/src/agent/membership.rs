@@ -200,7 +200,13 @@ impl<F: Fetch> Agent<F> {
             wasi: self.runtime.wasi_versions(),
             // Filled in by whoever writes it, from the connection it is written on.
             connection: None,
-            compile_target: self.runtime.compile_target(),
+            // Only on a secure lattice is code in the lattice the control plane's alone (see
+            // `super::precompiled`): elsewhere none is asked for.
+            compile_target: self
+                .options
+                .credential
+                .as_ref()
+                .and_then(|_| self.runtime.compile_target()),
         }
     }
 

@@ -280,6 +280,7 @@ impl<F: Fetch> Agent<F> {
             secrets_key: Arc::clone(&self.secrets_key),
             cached: Arc::clone(&self.cached),
             in_use: Arc::clone(&self.in_use),
+            precompiled: self.options.credential.is_some(),
             replicas: std::collections::HashMap::new(),
             started: started_tx,
             probed: probed_tx,

@@ -2,9 +2,10 @@
 //! compiles a component the host has not compiled, the host looks for it in the lattice's
 //! copy of components, under the component's digest and the engine's compile key, and puts
 //! it into its compile cache, where loading checks it as any cache entry (its checksum, then
-//! wasmtime's own check that it was made for this engine). Only the control plane writes
-//! that bucket; a miss, an error or code that does not load means the host compiles, as it
-//! would without it.
+//! wasmtime's own check that it was made for this engine). That checksum finds damage, not
+//! forgery: what makes the code trustworthy is that only the control plane can write the
+//! bucket, so a host takes it only on a secure lattice, where nats-server enforces that. A
+//! miss, an error or code that does not load means the host compiles, as it would without.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,17 +22,18 @@ const MAX_COMPILED: u64 = 256 << 20;
 const FETCH_DEADLINE: Duration = Duration::from_secs(30);
 
 /// Puts the code the control plane compiled for `runtime`'s engine of the component whose
-/// manifest digest is `component` (and layer digest `layer_digest`) into the compile cache,
-/// when the lattice has it and the cache does not.
+/// manifest digest is `manifest_digest` (and layer digest `layer_digest`) into the compile
+/// cache, when the lattice has it and the cache does not.
 pub(super) async fn adopt(
     runtime: &Arc<Runtime>,
     lattice: &Lattice,
-    component: &str,
+    manifest_digest: &str,
     layer_digest: &str,
 ) {
-    if component.is_empty() || runtime.has_compiled(layer_digest) {
+    if manifest_digest.is_empty() || runtime.has_compiled(layer_digest) {
         return;
     }
+    let component = manifest_digest;
     let name = object_name(component, &compiled_part(runtime.compile_key()));
     let started = Instant::now();
     let entry = match tokio::time::timeout(

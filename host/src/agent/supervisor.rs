@@ -134,6 +134,9 @@ pub(crate) struct Supervisor<F> {
     pub(crate) cached: Arc<Mutex<Vec<String>>>,
     /// The component digests the replicas run: a cache budget never evicts them.
     pub(crate) in_use: Arc<tokio::sync::watch::Sender<std::collections::BTreeSet<String>>>,
+    /// Load code the control plane compiled for this host (`super::precompiled`): only on a
+    /// secure lattice, where nothing but the control plane can write it.
+    pub(crate) precompiled: bool,
     pub(crate) replicas: HashMap<String, Replica>,
     pub(crate) started: mpsc::Sender<Started>,
     pub(crate) probed: mpsc::Sender<Probed>,
@@ -235,6 +238,7 @@ impl<F: Fetch> Supervisor<F> {
                     .clone()
                     .map(|stores| crate::keyvalue::StoresLink(stores)),
                 uplink: self.uplink.clone(),
+                precompiled: self.precompiled,
             },
             self.started.clone(),
         );
@@ -560,6 +564,8 @@ struct Links {
     stores: Option<crate::keyvalue::StoresLink>,
     /// The lattice, once joined: where a component the registry cannot serve is fetched.
     uplink: Uplink,
+    /// Whether code the control plane compiled for this host is loaded.
+    precompiled: bool,
 }
 
 /// A replica ready to serve, or a job's run ready to run.
@@ -641,7 +647,7 @@ async fn start<F: Fetch>(
             let excess = cached.len().saturating_sub(MAX_CACHED);
             cached.drain(..excess);
         }
-        if let Some(lattice) = links.uplink.lattice() {
+        if let Some(lattice) = links.uplink.lattice().filter(|_| links.precompiled) {
             super::precompiled::adopt(&runtime, lattice, &assignment.digest, &layer_digest).await;
         }
         // What the guest reads through wasi:config: its config, then its secrets (opened

@@ -494,7 +494,7 @@ pub async fn run(
                             &values(state.assignments.snapshot()),
                         );
                         let hosts = values(state.hosts.snapshot());
-                        (wanted, crate::components::targets(&hosts))
+                        (wanted, crate::precompile::targets(&hosts))
                     };
                     state.copying.tick(&lattice, copier, revisions, pinned, now);
                 }
