@@ -237,7 +237,9 @@ pub fn permissions(lattice: &str, identity: &Identity) -> Permissions {
             ));
             // The lattice's copy of the components (for when the registry cannot be
             // reached), read message by message with direct gets: no consumer, nothing
-            // delivered. Only the control plane writes it; hosts check every blob's digest.
+            // delivered. Only the control plane writes it; hosts check every blob's digest,
+            // and load the native code compiled for them there because no one else can
+            // write it (nothing here may ever let a host publish to `$O.`).
             let components = crate::components::stream_name(lattice);
             publish.extend([
                 format!("$JS.API.DIRECT.GET.{components}"),
