@@ -132,7 +132,9 @@ fn an_arm64_host_starts_an_app_from_code_an_x86_64_scheduler_compiled_for_it() {
     };
     let second = arm64(&lattice.shoal).unwrap();
     let hello = lattice.push_hello("1.0");
-    let scheduler = lattice.secure_scheduler_with("60s", &["--precompile-memory", "2GiB"]);
+    // First a scheduler that compiles nothing for hosts (else the first start, slow under
+    // emulation, might already find code compiled for it).
+    let without = lattice.secure_scheduler_with("60s", &["--precompile-memory", "0"]);
     // Two arm64 hosts, each with a compile cache of its own.
     let caches = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
     let arm = |command, id: &str, slot: &str, cache: &tempfile::TempDir| {
@@ -159,10 +161,12 @@ fn an_arm64_host_starts_an_app_from_code_an_x86_64_scheduler_compiled_for_it() {
     lattice.wait_registered("arm-1");
     lattice.wait_registered("arm-2");
 
-    // The first start compiles on the (emulated) device; the scheduler, on x86_64, then
+    // The first start compiles on the (emulated) device. The next leader, on x86_64,
     // compiles the component for the arm64 hosts' target.
     let compiled_here = apply_until_ready(&lattice, "first", &hello, "a");
     assert!(arm1.log().contains("component compiled"), "{}", arm1.log());
+    drop(without);
+    let scheduler = lattice.secure_scheduler_with("60s", &["--precompile-memory", "2GiB"]);
     eventually(PATIENCE, "the scheduler to compile for arm64", || {
         scheduler
             .log()

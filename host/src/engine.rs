@@ -141,7 +141,9 @@ const COMPILE_KEY_LEN: usize = shoal_lattice::validate::COMPILE_KEY_LEN;
 
 /// The compile key of `engine`: the sha256 of wasmtime's precompile compatibility hash
 /// (target, CPU features, tunables, wasm features, wasmtime version), so it is the same in
-/// every process whose engine makes the same code, whatever machine hashes it.
+/// every process whose engine makes the same code, on any 64-bit little-endian machine (the
+/// hash writes integers as the machine holds them: elsewhere the key differs, which means a
+/// miss, never wrong code).
 pub fn compile_key(engine: &Engine) -> String {
     /// A `Hasher` that feeds sha256 (`finish` is not used).
     struct Sha(Sha256);
@@ -521,12 +523,8 @@ impl Runtime {
     /// # Errors
     /// A message when the checksum does not hold or the entry cannot be written.
     pub fn adopt_compiled(&self, content_digest: &str, entry: &[u8]) -> Result<(), String> {
-        let Some((checksum, compiled)) = entry.split_at_checked(32) else {
-            return Err("the precompiled code is shorter than its checksum".to_owned());
-        };
-        if Sha256::digest(compiled).as_slice() != checksum {
-            return Err("the precompiled code does not match its checksum".to_owned());
-        }
+        let compiled = checked_entry(entry)
+            .ok_or_else(|| "the precompiled code does not match its checksum".to_owned())?;
         let path = self.cache_path(content_digest);
         store_compiled(&path, compiled)
             .map_err(|error| format!("cannot write {}: {error}", path.display()))
@@ -623,12 +621,11 @@ impl Runtime {
         if let Ok(handle) = std::fs::File::options().append(true).open(path) {
             let _ = handle.set_modified(std::time::SystemTime::now());
         }
-        let (checksum, compiled) = file.split_at_checked(32)?;
-        if Sha256::digest(compiled).as_slice() != checksum {
+        let Some(compiled) = checked_entry(&file) else {
             tracing::warn!(path = %path.display(), "compile cache entry is corrupt; compiling again");
             let _ = std::fs::remove_file(path);
             return None;
-        }
+        };
         match deserialize(&self.engine, compiled) {
             Ok(component) => Some(component),
             Err(error) => {
@@ -637,6 +634,13 @@ impl Runtime {
             }
         }
     }
+}
+
+/// The compiled code of a compile cache entry (`<sha256><compiled>`, as [`store_compiled`]
+/// writes it), when its checksum holds.
+fn checked_entry(entry: &[u8]) -> Option<&[u8]> {
+    let (checksum, compiled) = entry.split_at_checked(32)?;
+    (Sha256::digest(compiled).as_slice() == checksum).then_some(compiled)
 }
 
 /// Turns precompiled bytes back into a component.

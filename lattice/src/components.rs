@@ -46,6 +46,10 @@ pub fn compiled_key(part: &str) -> Option<&str> {
 
 const COMPILED: &str = "compiled.";
 
+/// The largest code compiled for a host that is stored, and read (a host reads it into
+/// memory): compiled code runs a few times its component's size.
+pub const MAX_COMPILED_BYTES: u64 = 64 << 20;
+
 /// The manifest digest an object of the copy belongs to: the text before its first `/`.
 pub fn component_of(object: &str) -> &str {
     object

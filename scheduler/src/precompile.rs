@@ -16,7 +16,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use shoal_lattice::Lattice;
-use shoal_lattice::components::{ComponentStore, compiled_key, compiled_part, object_name};
+use shoal_lattice::components::{
+    ComponentStore, MAX_COMPILED_BYTES, compiled_key, compiled_part, object_name,
+};
 use shoal_lattice::records::{CompileTarget, HostRecord};
 
 use crate::components::{Copier, Wanted};
@@ -264,6 +266,16 @@ impl Run {
                     "took longer than {COMPILE_DEADLINE:?}"
                 )))
             });
+        let compiled = compiled.and_then(|compiled| {
+            if compiled.len() as u64 > MAX_COMPILED_BYTES {
+                Err(CompileFailure::Refused(format!(
+                    "its code is {} bytes, more than the {MAX_COMPILED_BYTES} hosts read",
+                    compiled.len()
+                )))
+            } else {
+                Ok(compiled)
+            }
+        });
         let compiled = match compiled {
             Ok(compiled) => compiled,
             Err(failure) => {

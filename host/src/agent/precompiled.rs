@@ -11,12 +11,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use shoal_lattice::Lattice;
-use shoal_lattice::components::{compiled_part, object_name};
+use shoal_lattice::components::{MAX_COMPILED_BYTES, compiled_part, object_name};
 
 use crate::engine::Runtime;
-
-/// The largest precompiled code read (compiled code runs a few times its component's size).
-const MAX_COMPILED: u64 = 256 << 20;
 
 /// How long the lattice may take to hand it over before the host compiles instead.
 const FETCH_DEADLINE: Duration = Duration::from_secs(30);
@@ -38,7 +35,7 @@ pub(super) async fn adopt(
     let started = Instant::now();
     let entry = match tokio::time::timeout(
         FETCH_DEADLINE,
-        lattice.component_object(&name, MAX_COMPILED),
+        lattice.component_object(&name, MAX_COMPILED_BYTES),
     )
     .await
     {
