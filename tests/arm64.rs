@@ -95,16 +95,8 @@ fn arm64_host(
     id: &str,
     extra: &[&str],
 ) -> support::lattice::Process {
-    let mut args = vec![
-        "host",
-        "--id",
-        id,
-        "--http",
-        "127.0.0.1:0",
-        "--heartbeat",
-        "500ms",
-        "--no-pooling",
-    ];
+    let mut args = support::lattice::host_args(id);
+    args.push("--no-pooling");
     args.extend_from_slice(extra);
     lattice.spawn_command(lattice.aim(command), &args, id, true)
 }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use shoal_lattice::Lattice;
-use shoal_lattice::components::{component_of, object_name};
+use shoal_lattice::components::{ComponentStore, component_of, object_name};
 use shoal_lattice::jobs::{CronJobRecord, JobRecord};
 use shoal_lattice::records::{AppRecord, Assignment, RevisionRecord, pinned_reference};
 
@@ -213,19 +213,8 @@ impl Copying {
 /// Copies what is missing and drops what nothing pins; failures are logged and tried again
 /// by the next sweep.
 async fn sweep(lattice: &Lattice, copier: &Copier, wanted: &Wanted) {
-    let store = match lattice.component_store(copier.max_bytes).await {
-        Ok(store) => store,
-        Err(error) => {
-            tracing::warn!(error = %shoal_lattice::Chain(&error), "cannot open the lattice's copy of components");
-            return;
-        }
-    };
-    let stored = match store.names().await {
-        Ok(stored) => stored,
-        Err(error) => {
-            tracing::warn!(error = %shoal_lattice::Chain(&error), "cannot list the lattice's copy of components");
-            return;
-        }
+    let Some((store, stored)) = open_listed(lattice, copier.max_bytes).await else {
+        return;
     };
     let (copy, mut drop) = plan(wanted, &stored, &copier.complete);
     if !drop.is_empty() {
@@ -279,6 +268,28 @@ async fn sweep(lattice: &Lattice, copier: &Copier, wanted: &Wanted) {
         }
         if stored {
             tracing::info!(component = %pinned, bytes = size, "component copied into the lattice");
+        }
+    }
+}
+
+/// The components bucket (made at most `max_bytes` large when missing) and the names of
+/// the objects in it; `None`, logged, when JetStream cannot say.
+pub(crate) async fn open_listed(
+    lattice: &Lattice,
+    max_bytes: u64,
+) -> Option<(ComponentStore, BTreeSet<String>)> {
+    let store = match lattice.component_store(max_bytes).await {
+        Ok(store) => store,
+        Err(error) => {
+            tracing::warn!(error = %shoal_lattice::Chain(&error), "cannot open the lattice's copy of components");
+            return None;
+        }
+    };
+    match store.names().await {
+        Ok(stored) => Some((store, stored)),
+        Err(error) => {
+            tracing::warn!(error = %shoal_lattice::Chain(&error), "cannot list the lattice's copy of components");
+            None
         }
     }
 }

@@ -198,19 +198,10 @@ impl Run {
     /// Compiles the copied components for each target that has no code yet (and was not
     /// refused), and drops code for keys no host reports.
     async fn sweep(&self, wanted: &Wanted, targets: &Targets) {
-        let store = match self.lattice.component_store(self.max_bytes).await {
-            Ok(store) => store,
-            Err(error) => {
-                tracing::warn!(error = %shoal_lattice::Chain(&error), "cannot open the lattice's copy of components");
-                return;
-            }
-        };
-        let stored = match store.names().await {
-            Ok(stored) => stored,
-            Err(error) => {
-                tracing::warn!(error = %shoal_lattice::Chain(&error), "cannot list the lattice's copy of components");
-                return;
-            }
+        let Some((store, stored)) =
+            crate::components::open_listed(&self.lattice, self.max_bytes).await
+        else {
+            return;
         };
         let (compile, drop) = compile_plan(wanted, &stored, &self.complete, targets);
         for name in drop {
