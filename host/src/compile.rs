@@ -346,7 +346,7 @@ pub fn serve(request: &str, input: &mut impl Read) -> (i32, String) {
         Err(error) => return (UNAVAILABLE, error.to_string()),
     };
     if let Some(wanted) = &request.key {
-        let key = crate::engine::compile_key(&engine);
+        let key = crate::target::compile_key(&engine);
         if key != *wanted {
             return (
                 REFUSED,
@@ -454,7 +454,7 @@ mod tests {
         assert!(output.exists());
         // Asked for code of another engine than this build makes for those settings: nothing.
         let other = dir.path().join("other.cwasm");
-        let request = request_for(crate::engine::native_target(), &other, Some("0".repeat(32)));
+        let request = request_for(crate::target::native_target(), &other, Some("0".repeat(32)));
         let (code, message) = serve(&request, &mut &empty[..]);
         assert_eq!(code, REFUSED, "{message}");
         assert!(message.contains("compile key"), "{message}");

@@ -39,6 +39,7 @@ pub mod server;
 pub(crate) mod shared;
 pub mod spin;
 pub mod state;
+pub mod target;
 pub mod tls;
 
 pub use engine::{Loaded, Runtime, RuntimeOptions};
