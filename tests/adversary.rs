@@ -161,11 +161,10 @@ fn an_honest_host_answers_no_reply_subject_but_a_host_s_inbox() {
             raw.client.flush().await.unwrap();
         });
     }
-    eventually(PATIENCE, "h1 to say it dropped the request", || {
-        host.log()
-            .contains("dropped a forwarded request whose reply subject is not a host's inbox")
-            .then_some(())
-    });
+    host.wait_log(
+        PATIENCE,
+        "dropped a forwarded request whose reply subject is not a host's inbox",
+    );
     assert!(!app_record_exists(&lattice, "default.y"));
     // A request with its own inbox is answered (the check is not a refusal of everything).
     let answer = raw.runtime.block_on(async {
@@ -522,11 +521,10 @@ fn a_host_is_placed_by_what_its_credential_grants_not_by_what_it_claims() {
             "100",
         ],
     );
-    eventually(PATIENCE, "h2 to warn that zone=a is not granted", || {
-        h2.log()
-            .contains("warning: the label zone=a is not granted by this host's credential")
-            .then_some(())
-    });
+    h2.wait_log(
+        PATIENCE,
+        "warning: the label zone=a is not granted by this host's credential",
+    );
     let hello = lattice.push_hello("1.0");
     lattice.apply(&hello_manifest(
         "zoned",

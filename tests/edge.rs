@@ -54,11 +54,10 @@ fn a_host_restarted_offline_serves_its_saved_replicas_and_keeps_them_when_nats_r
     // What only the lattice could serve is 503, not 404: other hosts may serve it.
     let (status, _) = host.get("/elsewhere").unwrap();
     assert_eq!(status, 503);
-    eventually(PATIENCE, "the host to say it retries the lattice", || {
-        host.log()
-            .contains("the lattice is unreachable: serving the saved replicas")
-            .then_some(())
-    });
+    host.wait_log(
+        PATIENCE,
+        "the lattice is unreachable: serving the saved replicas",
+    );
 
     // The lattice returns, under load through this host: the replica keeps running (same
     // id) and no request fails.
@@ -729,12 +728,7 @@ fn a_host_that_cannot_reach_the_registry_starts_apps_from_the_lattice_s_checked_
     let hello = lattice.push_hello("1.0");
     lattice.apply(&hello_manifest("shop", &hello, 1, ""));
     lattice.wait_ready("shop", 1, PATIENCE);
-    eventually(PATIENCE, "the leader to copy the component", || {
-        scheduler
-            .log()
-            .contains("component copied into the lattice")
-            .then_some(())
-    });
+    scheduler.wait_log(PATIENCE, "component copied into the lattice");
     let digest = lattice.app("shop")["digest"].as_str().unwrap().to_owned();
 
     // The registry goes away; a new host, with nothing cached, takes the next replica.
@@ -797,12 +791,7 @@ fn a_host_loads_the_code_the_control_plane_compiled_for_its_target_and_never_a_c
     lattice.wait_ready("shop", 1, PATIENCE);
     // The first host compiled it itself; the leader compiles it for that host's target.
     assert!(h1.log().contains("component compiled"), "{}", h1.log());
-    eventually(PATIENCE, "the leader to precompile the component", || {
-        scheduler
-            .log()
-            .contains("component precompiled for hosts of this target")
-            .then_some(())
-    });
+    scheduler.wait_log(PATIENCE, "component precompiled for hosts of this target");
 
     // A second host of the same machine, with nothing cached, compiles nothing.
     lattice.ok(&["cordon", "h1"]);

@@ -494,12 +494,7 @@ fn a_frontend_reaches_its_greeter_by_name_and_nothing_it_was_not_allowed() {
     assert_eq!(status, 502, "{body}");
     assert!(body.contains("HttpRequestDenied"), "{body}");
     let runner = hosts.iter().find(|host| host.id == served_by).unwrap();
-    eventually(PATIENCE, "the refusal to be logged", || {
-        runner
-            .log()
-            .contains("outbound request refused")
-            .then_some(())
-    });
+    runner.wait_log(PATIENCE, "outbound request refused");
 }
 
 #[test]

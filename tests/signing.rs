@@ -428,12 +428,7 @@ fn a_signed_component_starts_from_the_lattice_s_copy_with_its_signatures() {
     let (signed, _) = push(&lattice, "signed", Some(&keys.path().join("ci.key")));
     lattice.apply(&hello_manifest("signed", &signed, 1, ""));
     lattice.wait_ready("signed", 1, PATIENCE);
-    eventually(PATIENCE, "the leader to copy the component", || {
-        scheduler
-            .log()
-            .contains("component copied into the lattice")
-            .then_some(())
-    });
+    scheduler.wait_log(PATIENCE, "component copied into the lattice");
 
     // No registry, and a host that has never seen the component or its signatures: both
     // come from the lattice's copy, and the signature is checked as before.

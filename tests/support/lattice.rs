@@ -66,6 +66,13 @@ impl Process {
         self.log.lock().unwrap().clone()
     }
 
+    /// Waits until the process's log contains `text`.
+    pub fn wait_log(&self, patience: Duration, text: &str) {
+        eventually(patience, &format!("{} to log {text:?}", self.id), || {
+            self.log().contains(text).then_some(())
+        });
+    }
+
     /// The ingress address, `IP:PORT`, for raw connections.
     pub fn address(&self) -> String {
         let url = self.url.as_ref().unwrap();
