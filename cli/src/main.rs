@@ -1,6 +1,7 @@
 //! `shoal`: the one binary users touch. Parses the command line, sets up logging, runs the
 //! command and turns its error into a message and an exit code.
 
+mod build_label;
 mod cache_budget;
 mod commands;
 mod dashboard;
@@ -12,6 +13,7 @@ mod output;
 mod progress;
 mod registry;
 mod signals;
+mod upgrade;
 
 use std::process::ExitCode;
 
@@ -69,12 +71,15 @@ enum Command {
     Cordon(commands::cordon::CordonArgs),
     Uncordon(commands::cordon::UncordonArgs),
     Drain(commands::cordon::DrainArgs),
+    Fleet(commands::fleet::FleetArgs),
     Status(commands::status::StatusArgs),
     Dashboard(commands::dashboard::DashboardArgs),
     Completion(commands::version::CompletionArgs),
     Version(commands::version::VersionArgs),
     #[command(hide = true)]
     CompileWorker(commands::compile_worker::CompileWorkerArgs),
+    #[command(hide = true)]
+    UpgradeWatchdog(upgrade::WatchdogArgs),
 }
 
 /// sysexits' EX_USAGE: the command line was wrong.
@@ -112,6 +117,16 @@ fn main() -> ExitCode {
     // A host's compile worker: no async runtime, no logging set-up, gone when compiled.
     if let Command::CompileWorker(args) = &cli.command {
         return commands::compile_worker::run(args);
+    }
+    // A host's upgrade watchdog: waits on a pipe, and starts the old binary again or exits.
+    if let Command::UpgradeWatchdog(args) = &cli.command {
+        return match upgrade::watchdog(args) {
+            Ok(code) => ExitCode::from(code),
+            Err(error) => {
+                eprintln!("error: {error:#}");
+                ExitCode::FAILURE
+            }
+        };
     }
     // Logs go to stderr so stdout stays clean for digests and JSON. SHOAL_LOG (or RUST_LOG)
     // raises the level, for example SHOAL_LOG=debug.
@@ -171,7 +186,8 @@ fn main() -> ExitCode {
             Command::Status(args) => commands::status::run(args, &cli.lattice).await,
             Command::Dashboard(args) => commands::dashboard::run(args, &cli.lattice).await,
             // Run above, before the async runtime.
-            Command::CompileWorker(_) => Ok(0),
+            Command::CompileWorker(_) | Command::UpgradeWatchdog(_) => Ok(0),
+            Command::Fleet(args) => commands::fleet::run(args, &cli.lattice).await,
         }
     });
     match result {

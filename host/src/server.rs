@@ -7,7 +7,7 @@
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -114,6 +114,9 @@ impl Body for TimedBody {
     }
 }
 
+/// How long a drain tells clients to reconnect before it closes idle connections.
+const CLOSE_NOTICE: Duration = Duration::from_millis(250);
+
 /// Serves `handler` on `listener` (HTTP/1.1 and HTTP/2) within `limits` (431 past the head
 /// size; connections past the cap, idle or slow ones closed), until `shutdown` resolves;
 /// then drains for up to `drain`.
@@ -146,6 +149,9 @@ pub async fn serve_with<H, F>(
         .max_header_list_size(u32::try_from(limits.max_header).unwrap_or(u32::MAX));
     let connections = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let refused = AtomicU64::new(0);
+    // Set when the drain begins: HTTP/1 answers then say `Connection: close`, so clients
+    // open their next request on a new connection instead of one about to close under them.
+    let closing = Arc::new(AtomicBool::new(false));
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -170,14 +176,26 @@ pub async fn serve_with<H, F>(
                 let handler = handler.clone();
                 let over_tls = tls.is_some();
                 let body_timeout = limits.body_timeout;
+                let closing = Arc::clone(&closing);
                 let service = hyper::service::service_fn(move |request: Request<Incoming>| {
                     let mut request = request.map(|body| TimedBody::new(body, body_timeout));
                     request.extensions_mut().insert(Peer(peer));
                     if over_tls {
                         request.extensions_mut().insert(ArrivedOverTls);
                     }
+                    let http1 = request.version() < http::Version::HTTP_2;
                     let response = handler(request);
-                    async move { Ok::<_, Infallible>(response.await) }
+                    let closing = Arc::clone(&closing);
+                    async move {
+                        let mut response = response.await;
+                        if http1 && closing.load(Ordering::Relaxed) {
+                            response.headers_mut().insert(
+                                http::header::CONNECTION,
+                                http::HeaderValue::from_static("close"),
+                            );
+                        }
+                        Ok::<_, Infallible>(response)
+                    }
                 });
                 let acceptor = tls.as_ref().map(|tls| tokio_rustls::TlsAcceptor::from(Arc::clone(tls)));
                 let watcher = graceful.watcher();
@@ -228,6 +246,9 @@ pub async fn serve_with<H, F>(
         }
     }
     drop(listener);
+    // Busy clients learn to reconnect from their next answer before idle connections close.
+    closing.store(true, Ordering::Relaxed);
+    tokio::time::sleep(CLOSE_NOTICE.min(drain)).await;
     tokio::select! {
         () = graceful.shutdown() => {}
         () = tokio::time::sleep(drain) => {

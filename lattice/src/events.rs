@@ -67,6 +67,20 @@ impl Event {
         }
     }
 
+    /// An event about the lattice as a whole (a fleet upgrade), now.
+    pub fn lattice(source: &str, reason: &str, message: String) -> Self {
+        Self {
+            time: now_millis(),
+            reason: reason.to_owned(),
+            source: source.to_owned(),
+            namespace: None,
+            app: None,
+            host: None,
+            replica: None,
+            message,
+        }
+    }
+
     /// An event about the replica of `assignment`, now.
     pub fn replica(source: &str, assignment: &Assignment, reason: &str, message: String) -> Self {
         Self::app(

@@ -11,6 +11,7 @@ pub mod auth;
 pub mod components;
 pub mod error;
 pub mod events;
+pub mod fleet;
 pub mod jobs;
 pub mod journal;
 pub mod logs;

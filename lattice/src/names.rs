@@ -193,6 +193,16 @@ pub fn host_control_key(host: &str) -> String {
     format!("hosts.{host}")
 }
 
+/// Key, in the status bucket, of the fleet's host upgrade ([`crate::fleet::FleetUpgrade`]).
+pub const FLEET_UPGRADE: &str = "fleet.upgrade";
+
+/// Key, in the status bucket, of the upgrade order the leader gives `host`
+/// ([`crate::fleet::UpgradeOrder`]): the one key of that bucket besides its own that the
+/// host reads.
+pub fn upgrade_order_key(host: &str) -> String {
+    format!("upgrades.{host}")
+}
+
 /// The key of the lattice's identity in the status bucket.
 pub const LATTICE_IDENTITY: &str = "lattice";
 

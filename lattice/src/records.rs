@@ -751,6 +751,14 @@ pub struct HostRecord {
     /// releases before precompiled code), which compile everything themselves.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compile_target: Option<CompileTarget>,
+    /// The digest of the binary the host runs (`sha256:…`), once it has read it: what a
+    /// fleet upgrade counts as done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binary: Option<String>,
+    /// The fleet upgrade the host was ordered, while it prepares or restarts, or after it
+    /// failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upgrade: Option<crate::fleet::UpgradeReport>,
 }
 
 /// What a host's compiled code must be for: its target triple and CPU features (as Cranelift

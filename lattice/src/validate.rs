@@ -754,6 +754,95 @@ impl Validate for crate::trust::TrustPolicy {
     }
 }
 
+impl Problems {
+    /// A pinned host binary: a reference with its digest, its binary's digest, short texts.
+    fn binary_target(&mut self, path: &str, target: &crate::fleet::BinaryTarget) {
+        self.text(&format!("{path}.arch"), &target.arch, MAX_SHORT_TEXT);
+        if !target
+            .arch
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        {
+            self.add(
+                format!("{path}.arch"),
+                "must be an architecture (x86_64, aarch64)",
+            );
+        }
+        self.text(&format!("{path}.version"), &target.version, MAX_SHORT_TEXT);
+        self.text(&format!("{path}.reference"), &target.reference, MAX_PATH);
+        if !target
+            .reference
+            .rsplit_once('@')
+            .is_some_and(|(_, digest)| is_digest(digest))
+        {
+            self.add(
+                format!("{path}.reference"),
+                "must be pinned: repository@sha256:…",
+            );
+        }
+        self.digest(&format!("{path}.binary"), &target.binary);
+    }
+}
+
+impl Validate for crate::fleet::FleetUpgrade {
+    fn validate(&self) -> Result<(), Invalid> {
+        let mut found = Problems::default();
+        found.text("id", &self.id, MAX_SHORT_TEXT);
+        found.text("reference", &self.reference, MAX_PATH);
+        found.text("by", &self.by, MAX_SHORT_TEXT);
+        if self.targets.is_empty() || self.targets.len() > crate::fleet::MAX_TARGETS {
+            found.add(
+                "targets",
+                format!(
+                    "must name between 1 and {} architectures",
+                    crate::fleet::MAX_TARGETS
+                ),
+            );
+        }
+        for (index, target) in self.targets.iter().enumerate() {
+            found.binary_target(&format!("targets[{index}]"), target);
+        }
+        if self.selector.len() > MAX_LABELS {
+            found.add("selector", format!("must have at most {MAX_LABELS} labels"));
+        }
+        for (key, value) in &self.selector {
+            found.text(&format!("selector.{key}"), key, MAX_SHORT_TEXT);
+            found.text(&format!("selector.{key}"), value, MAX_SHORT_TEXT);
+        }
+        found.span("timeout", Some(self.timeout), MAX_TIMEOUT);
+        if self.hosts.len() > crate::fleet::MAX_UPGRADE_HOSTS {
+            found.add(
+                "hosts",
+                format!("must list at most {}", crate::fleet::MAX_UPGRADE_HOSTS),
+            );
+        }
+        for (host, progress) in &self.hosts {
+            found.host_id("hosts", host);
+            if let Some(message) = &progress.message {
+                found.text(&format!("hosts.{host}.message"), message, MAX_MESSAGE);
+            }
+        }
+        found.finish()
+    }
+}
+
+impl Validate for crate::fleet::UpgradeOrder {
+    fn validate(&self) -> Result<(), Invalid> {
+        let mut found = Problems::default();
+        found.text("upgrade", &self.upgrade, MAX_SHORT_TEXT);
+        found.binary_target("target", &self.target);
+        if self.trusted.is_empty() || self.trusted.len() > crate::trust::MAX_KEYS {
+            found.add(
+                "trusted",
+                format!("must hold between 1 and {} keys", crate::trust::MAX_KEYS),
+            );
+        }
+        found.trusted_keys("trusted", &self.trusted);
+        found.span("timeout", Some(self.timeout), MAX_TIMEOUT);
+        found.finish()
+    }
+}
+
 impl Validate for crate::records::ConfigObject {
     fn validate(&self) -> Result<(), Invalid> {
         let mut found = Problems::default();
@@ -849,6 +938,16 @@ impl Validate for HostRecord {
                     "compileTarget.key",
                     format!("must be {COMPILE_KEY_LEN} lowercase hex digits"),
                 );
+            }
+        }
+        if let Some(binary) = &self.binary {
+            found.digest("binary", binary);
+        }
+        if let Some(upgrade) = &self.upgrade {
+            found.text("upgrade.upgrade", &upgrade.upgrade, MAX_SHORT_TEXT);
+            found.digest("upgrade.binary", &upgrade.binary);
+            if let Some(message) = &upgrade.message {
+                found.text("upgrade.message", message, MAX_MESSAGE);
             }
         }
         // What secrets and store credentials are sealed to: a key that is none would make

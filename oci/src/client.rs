@@ -300,7 +300,7 @@ impl Client {
         })
     }
 
-    async fn upload(
+    pub(crate) async fn upload(
         &self,
         client: &oci_client::Client,
         reference: &Reference,

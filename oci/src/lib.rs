@@ -11,6 +11,7 @@
 
 pub mod artifact;
 pub mod auth;
+pub mod binary;
 pub mod cache;
 pub mod client;
 pub mod component;

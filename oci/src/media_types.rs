@@ -7,6 +7,15 @@
 /// The OCI image manifest that carries a Wasm artifact.
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 
+/// The OCI image index: the host binaries of every architecture under one reference.
+pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+
+/// The config blob of a Shoal host binary artifact: os, architecture, version.
+pub const HOST_BINARY_CONFIG: &str = "application/vnd.shoal.host.config.v1+json";
+
+/// The one layer of a Shoal host binary artifact: the `shoal` executable.
+pub const HOST_BINARY_LAYER: &str = "application/vnd.shoal.host.binary.v1";
+
 /// The config blob of a Wasm artifact: architecture, os, layer digests and component metadata.
 pub const WASM_CONFIG: &str = "application/vnd.wasm.config.v0+json";
 

@@ -13,6 +13,7 @@ pub mod configs;
 pub mod controller;
 pub mod cron;
 pub mod egress;
+pub mod fleet;
 pub mod job_store;
 pub mod jobs;
 pub mod lease;

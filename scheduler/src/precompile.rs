@@ -331,6 +331,8 @@ mod tests {
             wasi: Vec::new(),
             connection: None,
             compile_target: key.map(target),
+            binary: None,
+            upgrade: None,
         }
     }
 

@@ -29,11 +29,19 @@ pub struct Process {
     /// The ingress URL, for hosts.
     pub url: Option<String>,
     log: Arc<Mutex<String>>,
+    /// Runs in a process group of its own, killed as a whole (a host that restarts into
+    /// another binary may end up in another process of that group).
+    group: bool,
 }
 
 impl Process {
     /// SIGKILL: no goodbye, as when a machine dies.
     pub fn kill(&mut self) {
+        if self.group {
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{}", self.child.id())])
+                .status();
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -473,6 +481,7 @@ impl Lattice {
             id: id.to_owned(),
             url,
             log,
+            group: false,
         }
     }
 
@@ -482,6 +491,18 @@ impl Lattice {
         let mut args = host_args(id);
         args.extend_from_slice(extra);
         let host = self.spawn(&args, id, true);
+        self.wait_registered(id);
+        host
+    }
+
+    /// [`Self::host_with`] in a process group of its own, killed as a whole.
+    pub fn host_in_group(&self, id: &str, extra: &[&str]) -> Process {
+        let mut args = host_args(id);
+        args.extend_from_slice(extra);
+        let mut command = self.command();
+        std::os::unix::process::CommandExt::process_group(&mut command, 0);
+        let mut host = self.spawn_command(command, &args, id, true);
+        host.group = true;
         self.wait_registered(id);
         host
     }

@@ -112,6 +112,8 @@ fn host_record(id: &str, started_at: u64) -> HostRecord {
         wasi: Vec::new(),
         connection: None,
         compile_target: None,
+        binary: None,
+        upgrade: None,
     }
 }
 

@@ -206,6 +206,9 @@ pub fn nats_addresses(urls: &str) -> Vec<SocketAddr> {
         .collect()
 }
 
+/// Longest a host handed a listening socket waits to join before it accepts on it.
+const ACCEPT_AFTER_JOIN: Duration = Duration::from_secs(5);
+
 /// How often the cache budget is enforced.
 const CACHE_PRUNE_PERIOD: Duration = Duration::from_secs(60);
 
@@ -404,6 +407,11 @@ impl HostArgs {
                 timeout: self.hold_timeout,
             },
             credential: None,
+            version: crate::build_label::version(),
+            binary: Arc::new(std::sync::OnceLock::new()),
+            upgrader: None,
+            upgrade: None,
+            accept_after_join: None,
         })
     }
 
@@ -514,9 +522,21 @@ pub async fn run(args: HostArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
     let tls = args.tls().context("cannot set up ingress TLS")?;
     let runtime = args.runtime()?;
     let client = args.registry.client()?;
-    let listener = tokio::net::TcpListener::bind(args.http)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.http))?;
+    // A host restarting into a new binary hands over its listening socket: clients wait in
+    // its backlog meanwhile instead of being refused.
+    let handover = crate::upgrade::handover();
+    let handed_over = handover.listener.is_some();
+    let listener = match handover.listener {
+        Some(listener) => listener,
+        None => tokio::net::TcpListener::bind(args.http)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.http))?
+            .into_std()?,
+    };
+    listener.set_nonblocking(true)?;
+    // Kept for the next binary, should an upgrade come.
+    let kept = listener.try_clone()?;
+    let listener = tokio::net::TcpListener::from_std(listener)?;
     let address = listener.local_addr()?;
     let scheme = if tls.is_some() { "https" } else { "http" };
     println!("ingress listening on {scheme}://{address}");
@@ -530,6 +550,17 @@ pub async fn run(args: HostArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
     options.credential = lattice.credential_jwt()?;
     warn_ungranted_labels(&args, lattice, &id, options.credential.as_deref())?;
     options.own_listeners.extend(nats_addresses(lattice.url()));
+    if let Some(binary) = handover.binary {
+        let _ = options.binary.set(binary);
+    }
+    options.upgrade = handover.failed;
+    if handed_over {
+        options.accept_after_join = Some(ACCEPT_AFTER_JOIN);
+    }
+    options.upgrader = Some(Arc::new(crate::upgrade::OciUpgrader {
+        client: client.clone(),
+        dir: args.registry.cache_root()?.join("host-binaries"),
+    }));
     let compiled = runtime.compiled_dir();
     let agent = Agent::new(runtime, OciFetch(client), options);
     let budget = tokio::spawn(keep_cache_budget(
@@ -560,6 +591,14 @@ pub async fn run(args: HostArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
         }
         None => None,
     };
+    if let Some(watchdog) = handover.watchdog {
+        let mut joined = agent.joined();
+        tokio::spawn(async move {
+            if joined.wait_for(|joined| *joined).await.is_ok() {
+                crate::upgrade::rejoined(watchdog).await;
+            }
+        });
+    }
     let result = agent
         .run(listener, connect, crate::signals::shutdown())
         .await;
@@ -567,6 +606,10 @@ pub async fn run(args: HostArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
         metrics.abort();
     }
     budget.abort();
-    result?;
-    Ok(0)
+    match result? {
+        shoal_host::agent::Stopped::Shutdown => Ok(0),
+        shoal_host::agent::Stopped::Upgrade(prepared) => {
+            Err(crate::upgrade::restart_into(&prepared, &kept))
+        }
+    }
 }

@@ -12,6 +12,7 @@ pub mod delete;
 pub mod describe;
 pub mod egress;
 pub mod events;
+pub mod fleet;
 pub mod get;
 pub mod host;
 pub mod inspect;

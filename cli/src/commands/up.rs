@@ -646,9 +646,11 @@ async fn serve(
         };
         let stopped = wait(stopped.clone());
         tasks.spawn(async move {
+            // No upgrader: `shoal up`'s hosts run in its own process, upgraded with it.
             agent
                 .run(listener, connect, stopped)
                 .await
+                .map(|_| ())
                 .map_err(anyhow::Error::from)
         });
     }

@@ -128,6 +128,23 @@ pub(super) async fn claim_id(
             held.value.http.as_deref().unwrap_or("none"),
             now_millis().saturating_sub(held.value.started_at)
         );
+        // The process this one replaced in an upgrade left its record, marked restarting,
+        // for it: same id, same ingress (the listening socket was handed over).
+        let predecessor = held.value.draining
+            && held.value.http == record.http
+            && held.value.upgrade.as_ref().is_some_and(|report| {
+                report.phase == shoal_lattice::fleet::ReportPhase::Restarting
+            });
+        if predecessor {
+            match lattice
+                .update(Bucket::Hosts, id, record, held.revision)
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(shoal_lattice::Error::Conflict { .. }) => continue,
+                Err(error) => return Err(error),
+            }
+        }
         tracing::info!(host = %id, %holder, "a record holds this host id; checking whether its host is alive");
         let deadline = tokio::time::Instant::now() + ID_HOLD;
         let mut alive = false;
@@ -183,7 +200,7 @@ impl<F: Fetch> Agent<F> {
             labels: self.options.labels.clone(),
             capacity: self.options.capacity,
             http: Some(http.to_string()),
-            version: env!("CARGO_PKG_VERSION").to_owned(),
+            version: self.options.version.clone(),
             started_at,
             heartbeat_at: now_millis(),
             cached: self
@@ -207,6 +224,12 @@ impl<F: Fetch> Agent<F> {
                 .credential
                 .as_ref()
                 .and_then(|_| self.runtime.compile_target()),
+            binary: self.options.binary.get().cloned(),
+            upgrade: self
+                .upgrade_report
+                .lock()
+                .ok()
+                .and_then(|report| report.clone()),
         }
     }
 
@@ -314,6 +337,7 @@ impl<F: Fetch> Agent<F> {
         publisher: Option<tokio::task::JoinHandle<()>>,
         started_at: u64,
         http: SocketAddr,
+        restarting: bool,
     ) {
         let id = &self.options.id;
         let deadline = tokio::time::Instant::now() + self.options.drain;
@@ -360,7 +384,9 @@ impl<F: Fetch> Agent<F> {
                 )
                 .await;
             }
-            if reachable {
+            // A host restarting into a new binary keeps its record (marked restarting): the
+            // new process takes it over, and its replicas are not placed elsewhere meanwhile.
+            if reachable && !restarting {
                 match tokio::time::timeout_at(deadline, link.lattice.delete(Bucket::Hosts, id))
                     .await
                 {

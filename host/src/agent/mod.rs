@@ -22,6 +22,7 @@ mod saving;
 mod services;
 mod stores;
 mod supervisor;
+mod upgrade;
 
 use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
@@ -54,6 +55,8 @@ use pass::RoutingInputs;
 use report::Reporter;
 use saving::SAVE_EVERY;
 use supervisor::Supervisor;
+use upgrade::Upgrades;
+pub use upgrade::{Prepared, Stopped, Upgrader};
 
 /// How a host joins and behaves.
 #[derive(Clone)]
@@ -96,6 +99,19 @@ pub struct AgentOptions {
     /// The JWT of the host's credential, presented to the control plane when it joins: the
     /// labels and capacity it grants are what placement believes of this host.
     pub credential: Option<String>,
+    /// The version the host reports.
+    pub version: String,
+    /// The digest of the binary the host runs (`sha256:…`), once the caller has read it.
+    pub binary: Arc<std::sync::OnceLock<String>>,
+    /// What prepares a new binary when the control plane orders an upgrade; without it,
+    /// orders are not read.
+    pub upgrader: Option<Arc<dyn Upgrader>>,
+    /// Accept on the ingress only once joined (or after this long, to serve the saved state
+    /// with the lattice out of reach): for a socket handed over by the process this one
+    /// replaced, whose clients wait in its backlog.
+    pub accept_after_join: Option<Duration>,
+    /// What the last incarnation told of an upgrade (one that failed and was rolled back).
+    pub upgrade: Option<shoal_lattice::fleet::UpgradeReport>,
 }
 
 /// Fetches a component's bytes by pinned reference (`repository@sha256:…`), through a
@@ -163,6 +179,8 @@ enum AgentEvent {
     Changed,
     /// Replicas' starts ended.
     Started(Vec<supervisor::Started>),
+    /// A new binary is ready, or could not be made ready.
+    Prepared(Result<Prepared, (shoal_lattice::fleet::UpgradeOrder, String)>),
     /// The saved state waited long enough: it is written after the pass.
     SaveDue,
     /// A replica's health changed.
@@ -187,6 +205,10 @@ pub struct Agent<F> {
     /// What the routing table was last built from: a pass with the same inputs (a
     /// heartbeat, most often) leaves the table as it is.
     routing_built: Mutex<Option<RoutingInputs>>,
+    /// What the host's record tells of an upgrade.
+    upgrade_report: Arc<Mutex<Option<shoal_lattice::fleet::UpgradeReport>>>,
+    /// Whether the host has joined the lattice (and reported what it runs).
+    joined: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl<F: Fetch> Agent<F> {
@@ -204,6 +226,8 @@ impl<F: Fetch> Agent<F> {
         Self {
             secrets_key: Arc::new(secrets_key),
             load_taken: Mutex::new(std::time::Instant::now()),
+            upgrade_report: Arc::new(Mutex::new(options.upgrade.clone())),
+            joined: Arc::new(tokio::sync::watch::Sender::new(false)),
             routing_built: Mutex::new(None),
             metrics: Arc::new(Metrics::default()),
             runtime,
@@ -223,6 +247,11 @@ impl<F: Fetch> Agent<F> {
         self.in_use.subscribe()
     }
 
+    /// Becomes true once the host has joined the lattice and reported what it runs.
+    pub fn joined(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.joined.subscribe()
+    }
+
     /// This host's ingress counters and latency histograms, per app.
     pub fn metrics(&self) -> Arc<Metrics> {
         Arc::clone(&self.metrics)
@@ -230,7 +259,9 @@ impl<F: Fetch> Agent<F> {
 
     /// Serves `listener` as the ingress and runs the replicas assigned to this host until
     /// `shutdown` resolves; then leaves: drains, stops, and (when the lattice is reachable)
-    /// removes its record and replica status, all within the drain deadline.
+    /// removes its record and replica status, all within the drain deadline. Or until a new
+    /// binary is ready for an upgrade: then it drains and stops the same way but keeps its
+    /// record (marked restarting), for the new binary to take over ([`Stopped::Upgrade`]).
     ///
     /// `connect` reaches the lattice; it is called again, with backoff, while it fails. A
     /// host with saved state serves it meanwhile; one without fails on the first attempt.
@@ -242,7 +273,7 @@ impl<F: Fetch> Agent<F> {
         listener: TcpListener,
         connect: C,
         shutdown: impl Future<Output = ()>,
-    ) -> Result<(), AgentError>
+    ) -> Result<Stopped, AgentError>
     where
         C: FnMut() -> Fut + Send + 'static,
         Fut: Future<Output = Result<Lattice, shoal_lattice::Error>> + Send,
@@ -266,6 +297,14 @@ impl<F: Fetch> Agent<F> {
         let (started_tx, mut started_rx) = mpsc::channel(64);
         let (probed_tx, mut probed_rx) = mpsc::channel(64);
         let (dead_tx, mut dead_rx) = mpsc::channel(64);
+        let (prepared_tx, mut prepared_rx) = mpsc::channel(1);
+        let mut upgrades = Upgrades::new(
+            self.options.credential.is_some(),
+            self.options.upgrader.clone(),
+            Arc::clone(&self.options.binary),
+            Arc::clone(&self.upgrade_report),
+            prepared_tx,
+        );
         let mut supervisor = Supervisor {
             host: id.clone(),
             runtime: Arc::clone(&self.runtime),
@@ -314,7 +353,9 @@ impl<F: Fetch> Agent<F> {
             let activator = Arc::clone(&activator);
             let served_by =
                 http::HeaderValue::from_str(&id).unwrap_or(http::HeaderValue::from_static("host"));
-            tokio::spawn(serve_with(
+            let mut joined = self.joined.subscribe();
+            let hold = self.options.accept_after_join;
+            let serve = serve_with(
                 listener,
                 self.options.tls.clone(),
                 self.options.connections,
@@ -332,7 +373,16 @@ impl<F: Fetch> Agent<F> {
                     let _ = ingress_stopped.await;
                 },
                 self.options.drain,
-            ))
+            );
+            tokio::spawn(async move {
+                // Clients wait in the socket's backlog meanwhile (a socket handed over by
+                // the binary this one replaced), rather than get 503s from a host that can
+                // route nothing but its own replicas yet.
+                if let Some(hold) = hold {
+                    let _ = tokio::time::timeout(hold, joined.wait_for(|joined| *joined)).await;
+                }
+                serve.await;
+            })
         };
         if let Some(state) = &saved {
             tracing::info!(
@@ -388,6 +438,7 @@ impl<F: Fetch> Agent<F> {
                         if started.is_some() {
                             publisher = started;
                         }
+                        self.joined.send_replace(true);
                     }
                 }
                 let event = tokio::select! {
@@ -410,6 +461,7 @@ impl<F: Fetch> Agent<F> {
                     () = tokio::time::sleep_until(last_save + SAVE_EVERY), if unsaved.is_some() => AgentEvent::SaveDue,
                     Some(probed) = probed_rx.recv() => AgentEvent::Probed(probed),
                     Some(dead) = dead_rx.recv() => AgentEvent::Dead(dead),
+                    Some(prepared) = prepared_rx.recv() => AgentEvent::Prepared(prepared),
                 };
                 match event {
                     AgentEvent::Heartbeat => {
@@ -425,6 +477,16 @@ impl<F: Fetch> Agent<F> {
                             .await;
                         }
                         self.remind(&mut provenance, &supervisor);
+                        if let Some(link) = &joined {
+                            upgrades.check(&link.lattice, &self.options.id).await;
+                        }
+                    }
+                    AgentEvent::Prepared(Ok(prepared)) => {
+                        upgrades.restarting(&prepared.order);
+                        return Ok(Some(prepared));
+                    }
+                    AgentEvent::Prepared(Err((order, message))) => {
+                        upgrades.failed(&order, message);
                     }
                     AgentEvent::Joined(result) => match *result {
                         Ok(Ok(link)) => {
@@ -435,7 +497,7 @@ impl<F: Fetch> Agent<F> {
                         Ok(Err(error)) => {
                             tracing::error!(error = %shoal_lattice::Chain(&error), "the lattice refused this host: stopping");
                             supervisor.stop_all(false).await;
-                            return Err::<(), _>(AgentError::Lattice(error));
+                            return Err::<Option<Prepared>, _>(AgentError::Lattice(error));
                         }
                         Err(_) => {
                             tracing::error!(
@@ -484,10 +546,10 @@ impl<F: Fetch> Agent<F> {
             }
         };
         let outcome = tokio::select! {
-            () = shutdown => Ok(()),
+            () = shutdown => Ok(None),
             result = work => result,
         };
-        outcome?;
+        let upgrade = outcome?;
         // What the last passes asked to save goes to disk before leaving (saves wait up to
         // SAVE_EVERY): a restart, offline too, serves what ran, with its routes.
         if let Some(state) = unsaved.take() {
@@ -505,10 +567,11 @@ impl<F: Fetch> Agent<F> {
             publisher,
             started_at,
             http,
+            upgrade.is_some(),
         )
         .await;
         drop(log_lines);
-        Ok(())
+        Ok(upgrade.map_or(Stopped::Shutdown, Stopped::Upgrade))
     }
 }
 

@@ -229,6 +229,13 @@ pub fn permissions(lattice: &str, identity: &Identity) -> Permissions {
                 kv_stream(Bucket::Hosts),
                 kv_key(Bucket::Hosts, id)
             ));
+            // Its own upgrade order (the one key of the status bucket it reads besides the
+            // routes): what binary the control plane wants it to run.
+            publish.push(format!(
+                "$JS.API.DIRECT.GET.{}.{}",
+                kv_stream(Bucket::Status),
+                kv_key(Bucket::Status, &crate::names::upgrade_order_key(id))
+            ));
             // And the lattice's identity, to tell a lattice that lost its state.
             publish.push(format!(
                 "$JS.API.DIRECT.GET.{}.{}",

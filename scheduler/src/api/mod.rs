@@ -9,6 +9,7 @@
 
 mod apps;
 mod configs;
+mod fleet;
 mod hosts;
 mod jobs;
 mod kv;
@@ -188,6 +189,9 @@ async fn handle(lattice: &Lattice, subject: &str, payload: &[u8]) -> Result<Vec<
         Request::UntrustKey(request) => done(request, &cx).await,
         Request::GetTrust(request) => done(request, &cx).await,
         Request::KeyValue(request) => done(request, &cx).await,
+        Request::StartUpgrade(request) => done(request, &cx).await,
+        Request::GetUpgrade(request) => done(request, &cx).await,
+        Request::CancelUpgrade(request) => done(request, &cx).await,
     }
 }
 

@@ -32,6 +32,7 @@ use crate::reconcile::{self, Observed};
 mod apps;
 mod autoscaler;
 mod cron;
+mod fleet;
 #[cfg(test)]
 mod harness;
 mod health;
@@ -100,6 +101,9 @@ struct State {
     routes: Mirror<RouteRecord>,
     /// Admins' decisions about hosts: cordoned, draining.
     controls: Mirror<HostControl>,
+    /// The fleet's host upgrade, and the orders it gave hosts.
+    fleet: Mirror<shoal_lattice::fleet::FleetUpgrade>,
+    upgrade_orders: Mirror<shoal_lattice::fleet::UpgradeOrder>,
     /// Secrets, sealed to the lattice's key.
     secrets: Mirror<shoal_lattice::records::SecretObject>,
     /// Jobs, and their statuses as this scheduler (or the last leader) wrote them.
@@ -363,6 +367,8 @@ pub async fn run(
         app_status: lattice.mirror(Bucket::Status, "apps.>").await?,
         routes: lattice.mirror(Bucket::Status, "routes.>").await?,
         controls: lattice.mirror(Bucket::Status, "hosts.>").await?,
+        fleet: lattice.mirror(Bucket::Status, "fleet.>").await?,
+        upgrade_orders: lattice.mirror(Bucket::Status, "upgrades.>").await?,
         secrets: lattice.mirror(Bucket::Secrets, ">").await?,
         jobs: lattice.mirror(Bucket::Jobs, ">").await?,
         job_status: lattice.mirror(Bucket::Status, "jobs.>").await?,
@@ -533,11 +539,24 @@ async fn pass(
     grace: Duration,
     now: Instant,
 ) -> Result<(), Error> {
+    // A host that names its own loss timeout goes by its heartbeats alone, and so does one
+    // restarting into a new binary (its connection closes on purpose; the new process
+    // writes its record as soon as it is back).
     let lost_after: HashMap<String, Duration> = state
         .hosts
         .snapshot()
         .into_iter()
-        .filter_map(|host| Some((host.key, host.value.lost_after?.0)))
+        .filter_map(|host| {
+            let restarting = host.value.upgrade.as_ref().is_some_and(|report| {
+                report.phase == shoal_lattice::fleet::ReportPhase::Restarting
+            });
+            let timeout = host
+                .value
+                .lost_after
+                .map(|span| span.0)
+                .or(restarting.then_some(options.host_timeout))?;
+            Some((host.key, timeout))
+        })
         .collect();
     let live = state
         .liveness
@@ -640,6 +659,7 @@ async fn pass(
         return Ok(());
     }
     jobs::pass(lattice, state, &observed, &mut placed).await?;
+    fleet::pass(lattice, &source, state, &hosts).await;
     stores::renew(lattice, state, options.stores.as_ref()).await;
     cron::pass(lattice, state, &source, options.clock.now()).await
 }

@@ -6,6 +6,7 @@
 
 mod apps;
 mod configs;
+mod fleet;
 mod hosts;
 mod jobs;
 mod kv;
@@ -19,6 +20,7 @@ pub use configs::{
     DeleteConfig, DeleteSecret, DescribeConfig, GetConfigs, GetSecrets, GetSecretsKey, PutConfig,
     PutSecret,
 };
+pub use fleet::{CancelUpgrade, GetUpgrade, StartUpgrade};
 pub use hosts::{CordonHost, DrainHost, GetControlPlane, GetHosts};
 pub use jobs::{
     ApplyJobs, CreateJobFrom, DeleteCronJob, DeleteJob, GetCronJobs, GetJobs, JobManifest,
@@ -164,6 +166,12 @@ requests! {
     GetTrust(GetTrust),
     /// An operator's look at, or change to, an app's key-value store.
     KeyValue(KeyValue),
+    /// Upgrade the hosts' binary in waves.
+    StartUpgrade(StartUpgrade),
+    /// The fleet's host upgrade.
+    GetUpgrade(GetUpgrade),
+    /// Stop the fleet's host upgrade.
+    CancelUpgrade(CancelUpgrade),
 }
 
 /// A request as a whole follows the rules of its verb.

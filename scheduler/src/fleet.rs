@@ -1,0 +1,512 @@
+//! Fleet upgrades as pure logic: given the upgrade, the live hosts and the orders standing,
+//! which hosts advance, fail or get their order, and what the upgrade says next. The
+//! controller writes what [`step`] returns; everything here is tested without a lattice.
+//!
+//! One wave at a time: a wave goes out only when no host of the last one is still on its
+//! way, so at most the wave size of hosts restart at once. A host is done when its record
+//! reports the new binary's digest; it failed when it reports that it could not (it went
+//! back to the old binary on its own) or stays silent past the deadline.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use shoal_lattice::Event;
+use shoal_lattice::fleet::{
+    FleetUpgrade, HostPhase, HostProgress, ReportPhase, UpgradeOrder, UpgradeState,
+};
+use shoal_lattice::quantity::Span;
+use shoal_lattice::records::HostRecord;
+use shoal_lattice::trust::TrustedKey;
+
+/// Time past a host's own rollback deadline after which the control plane counts it
+/// failed: the host first pulls the binary, then restarts, then has the deadline to rejoin.
+pub const PULL_ALLOWANCE: Duration = Duration::from_secs(120);
+
+/// What one step decided.
+#[derive(Debug, Default, PartialEq)]
+pub struct Step {
+    /// The upgrade as it stands now, when it changed.
+    pub upgrade: Option<FleetUpgrade>,
+    /// Orders to write, by host.
+    pub orders: BTreeMap<String, UpgradeOrder>,
+    /// Hosts whose order goes.
+    pub withdrawn: Vec<String>,
+    /// What to tell.
+    pub events: Vec<Event>,
+}
+
+/// One step of `upgrade` (none: every order is stale) over the live hosts (with the labels
+/// placement trusts), the orders standing, and the lattice's trusted keys.
+pub fn step(
+    source: &str,
+    upgrade: Option<&FleetUpgrade>,
+    hosts: &BTreeMap<String, HostRecord>,
+    orders: &BTreeMap<String, UpgradeOrder>,
+    trusted: &[TrustedKey],
+    now: u64,
+) -> Step {
+    let mut out = Step::default();
+    let Some(current) = upgrade else {
+        out.withdrawn = orders.keys().cloned().collect();
+        return out;
+    };
+    let mut next = current.clone();
+    if next.state != UpgradeState::Complete {
+        advance(source, &mut next, hosts, now, &mut out.events);
+    }
+    // Orders stand for the hosts on their way, and for no one else.
+    for (host, progress) in &next.hosts {
+        let Some(record) = hosts.get(host) else {
+            continue;
+        };
+        let Some(target) = labels_arch(record).and_then(|arch| next.target(arch)) else {
+            continue;
+        };
+        if progress.phase != HostPhase::Upgrading {
+            continue;
+        }
+        let order = UpgradeOrder {
+            upgrade: next.id.clone(),
+            target: target.clone(),
+            trusted: trusted.to_vec(),
+            timeout: next.timeout,
+        };
+        if orders.get(host) != Some(&order) {
+            out.orders.insert(host.clone(), order);
+        }
+    }
+    out.withdrawn = orders
+        .keys()
+        .filter(|host| {
+            next.hosts
+                .get(*host)
+                .is_none_or(|progress| progress.phase != HostPhase::Upgrading)
+        })
+        .cloned()
+        .collect();
+    if next != *current {
+        out.upgrade = Some(next);
+    }
+    out
+}
+
+/// The architecture a host labels itself with.
+fn labels_arch(host: &HostRecord) -> Option<&str> {
+    host.labels.get("arch").map(String::as_str)
+}
+
+/// Moves an upgrade on: settles the wave under way; when running, also selects new hosts,
+/// and sends the next wave or completes (or pauses at a failure).
+fn advance(
+    source: &str,
+    upgrade: &mut FleetUpgrade,
+    hosts: &BTreeMap<String, HostRecord>,
+    now: u64,
+    events: &mut Vec<Event>,
+) {
+    // Hosts that match (joined since, too) and have a binary for their architecture.
+    let running = upgrade.state == UpgradeState::Running;
+    for (id, host) in hosts.iter().filter(|_| running) {
+        let matches = upgrade
+            .selector
+            .iter()
+            .all(|(key, value)| host.labels.get(key) == Some(value));
+        let Some(target) = labels_arch(host).and_then(|arch| upgrade.target(arch)) else {
+            continue;
+        };
+        if !matches || upgrade.hosts.contains_key(id) {
+            continue;
+        }
+        let phase = if host.binary.as_deref() == Some(target.binary.as_str()) {
+            HostPhase::Upgraded
+        } else {
+            HostPhase::Waiting
+        };
+        upgrade.hosts.insert(
+            id.clone(),
+            HostProgress {
+                phase,
+                wave: 0,
+                since: now,
+                message: None,
+            },
+        );
+    }
+    let deadline = deadline(upgrade.timeout);
+    let id = upgrade.id.clone();
+    let targets = upgrade.targets.clone();
+    for (host, progress) in &mut upgrade.hosts {
+        if progress.phase != HostPhase::Upgrading {
+            continue;
+        }
+        let record = hosts.get(host);
+        let target = record
+            .and_then(labels_arch)
+            .and_then(|arch| targets.iter().find(|target| target.arch == arch));
+        let runs = |record: &HostRecord| {
+            target.is_some_and(|target| record.binary.as_deref() == Some(target.binary.as_str()))
+        };
+        let failure = record
+            .and_then(|record| record.upgrade.as_ref())
+            .filter(|report| report.upgrade == id && report.phase == ReportPhase::Failed);
+        if let Some(record) = record.filter(|record| runs(record)) {
+            progress.phase = HostPhase::Upgraded;
+            progress.since = now;
+            events.push(Event::host(
+                source,
+                host,
+                "HostUpgraded",
+                format!("host {host} runs version {}", record.version),
+            ));
+        } else if let Some(report) = failure {
+            let message = report
+                .message
+                .clone()
+                .unwrap_or_else(|| "the host could not upgrade".to_owned());
+            fail(source, host, progress, message, now, events);
+        } else if now.saturating_sub(progress.since) > deadline {
+            let message = format!(
+                "did not come back on the new binary within {}",
+                humantime_secs(deadline)
+            );
+            fail(source, host, progress, message, now, events);
+        }
+    }
+    let failed = upgrade
+        .hosts
+        .values()
+        .any(|progress| progress.phase == HostPhase::Failed);
+    if !running {
+        return;
+    }
+    if failed && upgrade.pause_on_failure {
+        upgrade.state = UpgradeState::Paused;
+        events.push(Event::lattice(
+            source,
+            "UpgradePaused",
+            format!(
+                "upgrade to {} paused: a host failed (shoal fleet status)",
+                upgrade.reference
+            ),
+        ));
+        return;
+    }
+    let on_the_way = upgrade
+        .hosts
+        .values()
+        .any(|progress| progress.phase == HostPhase::Upgrading);
+    if on_the_way {
+        return;
+    }
+    let size = upgrade.wave.of(upgrade.hosts.len());
+    let wave: Vec<String> = upgrade
+        .hosts
+        .iter()
+        .filter(|(host, progress)| {
+            progress.phase == HostPhase::Waiting
+                && hosts.get(*host).is_some_and(|record| !record.draining)
+        })
+        .map(|(host, _)| host.clone())
+        .take(size)
+        .collect();
+    if wave.is_empty() {
+        let waiting = upgrade
+            .hosts
+            .values()
+            .any(|progress| progress.phase == HostPhase::Waiting);
+        if !waiting {
+            upgrade.state = UpgradeState::Complete;
+            let count = |phase| {
+                upgrade
+                    .hosts
+                    .values()
+                    .filter(|progress| progress.phase == phase)
+                    .count()
+            };
+            events.push(Event::lattice(
+                source,
+                "UpgradeComplete",
+                format!(
+                    "upgrade to {} complete: {} hosts upgraded, {} failed",
+                    upgrade.reference,
+                    count(HostPhase::Upgraded),
+                    count(HostPhase::Failed)
+                ),
+            ));
+        }
+        return;
+    }
+    upgrade.waves += 1;
+    for host in &wave {
+        if let Some(progress) = upgrade.hosts.get_mut(host) {
+            progress.phase = HostPhase::Upgrading;
+            progress.wave = upgrade.waves;
+            progress.since = now;
+        }
+    }
+    events.push(Event::lattice(
+        source,
+        "UpgradeWave",
+        format!(
+            "upgrade to {}: wave {} ({})",
+            upgrade.reference,
+            upgrade.waves,
+            wave.join(", ")
+        ),
+    ));
+}
+
+/// How long the control plane waits for a host of a wave, in ms.
+fn deadline(timeout: Span) -> u64 {
+    let total = timeout.0 + PULL_ALLOWANCE;
+    u64::try_from(total.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn humantime_secs(millis: u64) -> String {
+    format!("{}s", millis / 1000)
+}
+
+fn fail(
+    source: &str,
+    host: &str,
+    progress: &mut HostProgress,
+    message: String,
+    now: u64,
+    events: &mut Vec<Event>,
+) {
+    events.push(Event::host(
+        source,
+        host,
+        "HostUpgradeFailed",
+        format!("host {host}: {message}"),
+    ));
+    progress.phase = HostPhase::Failed;
+    progress.since = now;
+    progress.message = Some(message);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_lattice::fleet::{BinaryTarget, UpgradeReport, WaveSize};
+    use shoal_lattice::records::Capacity;
+
+    const OLD: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
+    const NEW: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+
+    fn host(id: &str, binary: &str) -> HostRecord {
+        HostRecord {
+            id: id.to_owned(),
+            labels: [("arch", "x86_64"), ("zone", "a")]
+                .into_iter()
+                .map(|(key, value)| (key.to_owned(), value.to_owned()))
+                .collect(),
+            capacity: Capacity {
+                memory: shoal_lattice::quantity::Memory(1 << 30),
+                cpu: shoal_lattice::quantity::Millicores(1000),
+                max_replicas: 10,
+            },
+            http: None,
+            version: "old".to_owned(),
+            started_at: 0,
+            heartbeat_at: 0,
+            cached: Vec::new(),
+            draining: false,
+            lost_after: None,
+            load: BTreeMap::new(),
+            secrets_key: None,
+            lattice_mismatch: None,
+            verifies_signatures: true,
+            wasi: Vec::new(),
+            connection: None,
+            compile_target: None,
+            binary: Some(binary.to_owned()),
+            upgrade: None,
+        }
+    }
+
+    fn upgrade(wave: WaveSize, pause_on_failure: bool) -> FleetUpgrade {
+        FleetUpgrade {
+            id: "u1".to_owned(),
+            reference: "registry/shoal:2".to_owned(),
+            targets: vec![BinaryTarget {
+                arch: "x86_64".to_owned(),
+                reference: format!("registry/shoal@{NEW}"),
+                binary: NEW.to_owned(),
+                size: 1,
+                version: "new".to_owned(),
+            }],
+            selector: BTreeMap::new(),
+            wave,
+            pause_on_failure,
+            timeout: Span(Duration::from_secs(60)),
+            by: "admin".to_owned(),
+            started_at: 0,
+            state: UpgradeState::Running,
+            hosts: BTreeMap::new(),
+            waves: 0,
+        }
+    }
+
+    fn fleet(ids: &[&str]) -> BTreeMap<String, HostRecord> {
+        ids.iter()
+            .map(|id| (id.to_string(), host(id, OLD)))
+            .collect()
+    }
+
+    fn phases(upgrade: &FleetUpgrade) -> Vec<(&str, HostPhase)> {
+        upgrade
+            .hosts
+            .iter()
+            .map(|(host, progress)| (host.as_str(), progress.phase))
+            .collect()
+    }
+
+    /// Runs steps as the controller does (orders written, the upgrade saved), with the
+    /// hosts changed by `hosts` between steps.
+    fn run(
+        upgrade: &mut FleetUpgrade,
+        hosts: &BTreeMap<String, HostRecord>,
+        orders: &mut BTreeMap<String, UpgradeOrder>,
+        now: u64,
+    ) -> Step {
+        let step = step("test", Some(upgrade), hosts, orders, &[], now);
+        for host in &step.withdrawn {
+            orders.remove(host);
+        }
+        orders.extend(step.orders.clone());
+        if let Some(next) = &step.upgrade {
+            *upgrade = next.clone();
+        }
+        step
+    }
+
+    #[test]
+    fn waves_go_one_at_a_time_and_never_more_hosts_than_the_wave_size_at_once() {
+        let mut hosts = fleet(&["h1", "h2", "h3"]);
+        let mut upgrade = upgrade(WaveSize::Hosts(2), false);
+        let mut orders = BTreeMap::new();
+        run(&mut upgrade, &hosts, &mut orders, 0);
+        assert_eq!(
+            phases(&upgrade),
+            [
+                ("h1", HostPhase::Upgrading),
+                ("h2", HostPhase::Upgrading),
+                ("h3", HostPhase::Waiting)
+            ]
+        );
+        assert_eq!(orders.keys().collect::<Vec<_>>(), ["h1", "h2"]);
+        // h1 is back on the new binary; h2 is not yet: no new wave.
+        hosts.get_mut("h1").unwrap().binary = Some(NEW.to_owned());
+        run(&mut upgrade, &hosts, &mut orders, 10);
+        assert_eq!(upgrade.hosts["h1"].phase, HostPhase::Upgraded);
+        assert_eq!(upgrade.hosts["h3"].phase, HostPhase::Waiting);
+        assert_eq!(orders.keys().collect::<Vec<_>>(), ["h2"]);
+        hosts.get_mut("h2").unwrap().binary = Some(NEW.to_owned());
+        run(&mut upgrade, &hosts, &mut orders, 20);
+        assert_eq!(upgrade.hosts["h3"].phase, HostPhase::Upgrading);
+        assert_eq!(upgrade.waves, 2);
+        assert_eq!(orders.keys().collect::<Vec<_>>(), ["h3"]);
+        hosts.get_mut("h3").unwrap().binary = Some(NEW.to_owned());
+        let last = run(&mut upgrade, &hosts, &mut orders, 30);
+        assert_eq!(upgrade.state, UpgradeState::Complete);
+        assert!(orders.is_empty());
+        assert!(
+            last.events
+                .iter()
+                .any(|event| event.reason == "UpgradeComplete"),
+            "{:?}",
+            last.events
+        );
+    }
+
+    #[test]
+    fn a_host_that_rolled_back_fails_and_pauses_the_upgrade_when_asked() {
+        let mut hosts = fleet(&["h1", "h2", "h3"]);
+        let mut upgrade = upgrade(WaveSize::Hosts(2), true);
+        let mut orders = BTreeMap::new();
+        run(&mut upgrade, &hosts, &mut orders, 0);
+        let report = |upgrade: &str| UpgradeReport {
+            upgrade: upgrade.to_owned(),
+            binary: NEW.to_owned(),
+            phase: ReportPhase::Failed,
+            message: Some("the new binary exited".to_owned()),
+        };
+        // A failure reported for another upgrade does not count.
+        hosts.get_mut("h1").unwrap().upgrade = Some(report("u0"));
+        run(&mut upgrade, &hosts, &mut orders, 5);
+        assert_eq!(upgrade.hosts["h1"].phase, HostPhase::Upgrading);
+        hosts.get_mut("h1").unwrap().upgrade = Some(report("u1"));
+        let step = run(&mut upgrade, &hosts, &mut orders, 10);
+        assert_eq!(upgrade.hosts["h1"].phase, HostPhase::Failed);
+        assert_eq!(
+            upgrade.hosts["h1"].message.as_deref(),
+            Some("the new binary exited")
+        );
+        assert_eq!(upgrade.state, UpgradeState::Paused);
+        assert!(
+            step.events
+                .iter()
+                .any(|event| event.reason == "UpgradePaused")
+        );
+        // h2 was on its way: its order stands; h3 gets none, now or later.
+        assert_eq!(orders.keys().collect::<Vec<_>>(), ["h2"]);
+        // h2 settles too, paused as the upgrade is; h3 stays where it was.
+        hosts.get_mut("h2").unwrap().upgrade = Some(report("u1"));
+        run(&mut upgrade, &hosts, &mut orders, 20);
+        assert_eq!(upgrade.hosts["h2"].phase, HostPhase::Failed);
+        assert_eq!(upgrade.hosts["h3"].phase, HostPhase::Waiting);
+        assert!(orders.is_empty());
+    }
+
+    #[test]
+    fn a_silent_host_fails_after_its_deadline_and_the_next_wave_goes_without_a_pause() {
+        let hosts = fleet(&["h1", "h2"]);
+        let mut upgrade = upgrade(WaveSize::Hosts(1), false);
+        let mut orders = BTreeMap::new();
+        run(&mut upgrade, &hosts, &mut orders, 0);
+        let deadline = deadline(upgrade.timeout);
+        run(&mut upgrade, &hosts, &mut orders, deadline);
+        assert_eq!(upgrade.hosts["h1"].phase, HostPhase::Upgrading);
+        run(&mut upgrade, &hosts, &mut orders, deadline + 1);
+        assert_eq!(upgrade.hosts["h1"].phase, HostPhase::Failed);
+        assert_eq!(upgrade.hosts["h2"].phase, HostPhase::Upgrading);
+        assert_eq!(orders.keys().collect::<Vec<_>>(), ["h2"]);
+    }
+
+    #[test]
+    fn only_selected_hosts_of_a_known_architecture_take_part_and_those_already_there_are_done() {
+        let mut hosts = fleet(&["h1", "h2", "h3", "h4"]);
+        hosts
+            .get_mut("h2")
+            .unwrap()
+            .labels
+            .insert("zone".into(), "b".into());
+        hosts
+            .get_mut("h3")
+            .unwrap()
+            .labels
+            .insert("arch".into(), "riscv64".into());
+        hosts.get_mut("h4").unwrap().binary = Some(NEW.to_owned());
+        let mut upgrade = upgrade(WaveSize::Percent(100), false);
+        upgrade.selector.insert("zone".into(), "a".into());
+        let mut orders = BTreeMap::new();
+        run(&mut upgrade, &hosts, &mut orders, 0);
+        assert_eq!(
+            phases(&upgrade),
+            [("h1", HostPhase::Upgrading), ("h4", HostPhase::Upgraded)]
+        );
+        assert_eq!(orders.keys().collect::<Vec<_>>(), ["h1"]);
+    }
+
+    #[test]
+    fn without_an_upgrade_every_order_is_withdrawn() {
+        let hosts = fleet(&["h1"]);
+        let mut upgrade = upgrade(WaveSize::Hosts(1), false);
+        let mut orders = BTreeMap::new();
+        run(&mut upgrade, &hosts, &mut orders, 0);
+        assert_eq!(orders.len(), 1);
+        let step = step("test", None, &hosts, &orders, &[], 1);
+        assert_eq!(step.withdrawn, ["h1"]);
+    }
+}

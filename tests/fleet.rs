@@ -1,0 +1,284 @@
+//! End-to-end tests of over-the-air host upgrades: the `shoal` binary published as a signed
+//! artifact, three real hosts upgraded in waves under load, and a broken binary rolled back
+//! by every host of its wave while the upgrade stops.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use support::eventually;
+use support::lattice::{Lattice, hello_manifest};
+use support::load::Load;
+
+const PASSWORD: &str = "correct horse";
+const PATIENCE: Duration = Duration::from_secs(90);
+
+/// A copy of the `shoal` under test whose build label is `label`: another build of the same
+/// release, as a packager's would be.
+fn labelled_copy(dir: &Path, label: &str) -> PathBuf {
+    let mut bytes = std::fs::read(env!("CARGO_BIN_EXE_shoal")).unwrap();
+    let marker = [b"SHOAL-BUILD-".as_slice(), b"LABEL-1:"].concat();
+    let at = bytes
+        .windows(marker.len())
+        .position(|window| window == marker.as_slice())
+        .expect("the binary has no build label")
+        + marker.len();
+    bytes[at..at + 48].fill(0);
+    bytes[at..at + label.len()].copy_from_slice(label.as_bytes());
+    let path = dir.join(format!("shoal-{label}"));
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+fn publish(lattice: &Lattice, reference: &str, binary: &Path, key: &Path, extra: &[&str]) {
+    let output = lattice
+        .command()
+        .env("SHOAL_KEY_PASSWORD", PASSWORD)
+        .args(["fleet", "publish", reference, "--binary"])
+        .arg(binary)
+        .arg("--sign")
+        .arg(key)
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Each host's reported version, by id.
+fn versions(lattice: &Lattice) -> Vec<(String, String)> {
+    let hosts: serde_json::Value =
+        serde_json::from_str(&lattice.ok(&["get", "hosts", "-o", "json"])).unwrap();
+    let mut versions: Vec<(String, String)> = hosts
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|host| {
+            (
+                host["id"].as_str().unwrap().to_owned(),
+                host["version"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    versions.sort();
+    versions
+}
+
+#[test]
+fn hosts_upgrade_in_waves_under_load_and_a_broken_binary_rolls_back_and_stops_the_upgrade() {
+    let lattice = Lattice::start_secure();
+    let keys = tempfile::tempdir().unwrap();
+    let output = lattice
+        .command()
+        .env("SHOAL_KEY_PASSWORD", PASSWORD)
+        .args(["keygen", "--output-key-prefix"])
+        .arg(keys.path().join("release"))
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let key = keys.path().join("release.key");
+
+    // No trusted key: no upgrade starts (no host would run the binary).
+    let v2 = labelled_copy(keys.path(), "v2");
+    let reference = lattice.registry.reference("shoal/host:v2");
+    publish(&lattice, &reference, &v2, &key, &[]);
+    let _scheduler = lattice.secure_scheduler("2s");
+    let (ok, _, stderr) = lattice.shoal(&["fleet", "upgrade", &reference]);
+    assert!(!ok && stderr.contains("trusts no key"), "{stderr}");
+    lattice.ok(&[
+        "trust",
+        "add",
+        keys.path().join("release.pub").to_str().unwrap(),
+    ]);
+
+    let hosts: Vec<_> = ["h1", "h2", "h3"]
+        .into_iter()
+        .map(|id| {
+            let creds = lattice.mint(&["host", id], id);
+            lattice.host_in_group(id, &["--nats-creds", creds.to_str().unwrap()])
+        })
+        .collect();
+    let urls: Vec<String> = hosts
+        .iter()
+        .map(|host| format!("{}/hello", host.url.as_deref().unwrap()))
+        .collect();
+    // The lattice's trust policy is the components' too: the app is signed as well.
+    let component = lattice.registry.reference("examples/hello-http:1.0");
+    let output = lattice
+        .command()
+        .env("SHOAL_KEY_PASSWORD", PASSWORD)
+        .args([
+            "push",
+            support::guest("hello-http").to_str().unwrap(),
+            &component,
+        ])
+        .arg("--sign")
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    lattice.apply(&hello_manifest("hello", &component, 3, ""));
+    lattice.wait_ready("hello", 3, PATIENCE);
+    let before = versions(&lattice);
+    assert!(
+        before.iter().all(|(_, version)| !version.contains('+')),
+        "{before:?}"
+    );
+
+    // One host at a time, under load through every host: nothing fails.
+    let load = Load::start(&urls);
+    eventually(PATIENCE, "the load to be served", || {
+        (load.ok() > 20).then_some(())
+    });
+    let upgraded = lattice.ok(&[
+        "fleet",
+        "upgrade",
+        &reference,
+        "--wave",
+        "1",
+        "--timeout",
+        "60s",
+        "--wait",
+    ]);
+    assert!(upgraded.contains("upgrade complete"), "{upgraded}");
+    let answered = load.ok();
+    eventually(PATIENCE, "the load to go on after the upgrade", || {
+        (load.ok() > answered + 20).then_some(())
+    });
+    let (ok, failed, errors, _) = load.finish();
+    eprintln!("upgrade of 3 hosts under load: {ok} ok, {failed} failed; errors: {errors:?}");
+    assert_eq!(failed, 0, "{errors:?}");
+    let after = versions(&lattice);
+    assert!(
+        after.iter().all(|(_, version)| version.ends_with("+v2")),
+        "{after:?}"
+    );
+    let status = lattice.ok(&["fleet", "status", "-o", "json"]);
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["state"], "complete", "{status}");
+    let waves: Vec<u64> = ["h1", "h2", "h3"]
+        .iter()
+        .map(|host| status["hosts"][host]["wave"].as_u64().unwrap())
+        .collect();
+    assert_eq!(waves, [1, 2, 3], "one host per wave: {status}");
+
+    // A binary that never comes up: each host of the first wave goes back on its own, and
+    // the upgrade stops there.
+    let broken = keys.path().join("broken");
+    std::fs::write(&broken, "#!/bin/sh\necho 'broken build' >&2\nexit 3\n").unwrap();
+    std::os::unix::fs::PermissionsExt::set_mode(
+        &mut std::fs::metadata(&broken).unwrap().permissions(),
+        0o755,
+    );
+    let broken_reference = lattice.registry.reference("shoal/host:broken");
+    publish(
+        &lattice,
+        &broken_reference,
+        &broken,
+        &key,
+        &[
+            "--arch",
+            std::env::consts::ARCH,
+            "--binary-version",
+            "broken",
+        ],
+    );
+    let (ok, stdout, stderr) = lattice.shoal(&[
+        "fleet",
+        "upgrade",
+        &broken_reference,
+        "--wave",
+        "2",
+        "--pause-on-failure",
+        "--wait",
+    ]);
+    if std::env::var("FLEET_DEBUG").is_ok() {
+        eprintln!("h1 log:\n{}", hosts[0].log());
+    }
+    assert!(!ok, "{stdout}");
+    assert!(
+        stderr.contains("upgrade paused: 2 host(s) failed"),
+        "{stdout}{stderr}"
+    );
+    let status: serde_json::Value =
+        serde_json::from_str(&lattice.ok(&["fleet", "status", "-o", "json"])).unwrap();
+    assert_eq!(status["state"], "paused", "{status}");
+    let phases: Vec<&str> = ["h1", "h2", "h3"]
+        .iter()
+        .map(|host| status["hosts"][host]["phase"].as_str().unwrap())
+        .collect();
+    assert_eq!(phases, ["failed", "failed", "waiting"], "{status}");
+    assert!(
+        status["hosts"]["h1"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("exited before it rejoined"),
+        "{status}"
+    );
+    // Every host is back on v2 and serves.
+    eventually(PATIENCE, "every host back on v2", || {
+        versions(&lattice)
+            .iter()
+            .all(|(_, version)| version.ends_with("+v2"))
+            .then_some(())
+    });
+    lattice.wait_ready("hello", 3, PATIENCE);
+    for url in &urls {
+        eventually(PATIENCE, "every host to answer", || {
+            ureq::get(url)
+                .call()
+                .is_ok_and(|response| response.status() == 200)
+                .then_some(())
+        });
+    }
+    let events = lattice.ok(&["events"]);
+    assert!(
+        events.contains("HostUpgradeFailed") && events.contains("UpgradePaused"),
+        "{events}"
+    );
+    drop(hosts);
+}
+
+#[test]
+fn a_host_on_a_lattice_without_credentials_refuses_upgrade_orders() {
+    let lattice = Lattice::start();
+    let keys = tempfile::tempdir().unwrap();
+    let output = lattice
+        .command()
+        .env("SHOAL_KEY_PASSWORD", PASSWORD)
+        .args(["keygen", "--output-key-prefix"])
+        .arg(keys.path().join("release"))
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let _scheduler = lattice.scheduler("s1");
+    lattice.ok(&[
+        "trust",
+        "add",
+        keys.path().join("release.pub").to_str().unwrap(),
+    ]);
+    let _host = lattice.host_in_group("h1", &[]);
+    let script = keys.path().join("script");
+    std::fs::write(&script, "#!/bin/sh\nexit 0\n").unwrap();
+    let reference = lattice.registry.reference("shoal/host:script");
+    publish(
+        &lattice,
+        &reference,
+        &script,
+        &keys.path().join("release.key"),
+        &["--arch", std::env::consts::ARCH],
+    );
+    let (ok, stdout, _) = lattice.shoal(&["fleet", "upgrade", &reference, "--wait"]);
+    assert!(!ok, "{stdout}");
+    assert!(
+        stdout.contains("h1: failed: this host takes upgrades only on a secure lattice"),
+        "{stdout}"
+    );
+    assert!(!versions(&lattice)[0].1.contains("broken"));
+}
