@@ -9,6 +9,7 @@ use shoal_lattice::api::{
 use shoal_lattice::api::{
     GetApps, GetConfigs, GetControlPlane, GetCronJobs, GetHosts, GetJobs, GetReplicas, GetSecrets,
 };
+use shoal_lattice::fleet::ReportPhase;
 use shoal_lattice::records::{HostRecord, now_millis};
 
 use crate::lattice::LatticeArgs;
@@ -98,10 +99,20 @@ pub fn host_state(host: &HostRecord) -> &'static str {
 
 /// A host's state with an admin's decision about it: `draining (admin)`, `ready,cordoned`.
 pub fn host_view_state(view: &HostView) -> String {
-    match &view.control {
+    let state = match &view.control {
         Some(control) if control.draining => "draining (admin)".to_owned(),
         Some(control) if control.cordoned => format!("{},cordoned", host_state(&view.host)),
         _ => host_state(&view.host).to_owned(),
+    };
+    // A fleet upgrade under way here, or one that failed (the host went back).
+    let upgrade = view.host.upgrade.as_ref().map(|report| match report.phase {
+        ReportPhase::Preparing => "upgrading",
+        ReportPhase::Restarting => "restarting",
+        ReportPhase::Failed => "upgrade failed",
+    });
+    match upgrade {
+        Some(upgrade) => format!("{state},{upgrade}"),
+        None => state,
     }
 }
 
@@ -135,7 +146,8 @@ pub async fn run(args: GetArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
             let hosts: Vec<HostView> = api.call(GetHosts {}).await?;
             print(args.output, &hosts, |hosts| {
                 let mut table = table(&[
-                    "ID", "STATE", "REPLICAS", "MEMORY", "CPU", "LABELS", "INGRESS", "AGE",
+                    "ID", "STATE", "VERSION", "REPLICAS", "MEMORY", "CPU", "LABELS", "INGRESS",
+                    "AGE",
                 ]);
                 for view in hosts {
                     let (host, mine) = (&view.host, view.replicas);
@@ -147,6 +159,7 @@ pub async fn run(args: GetArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
                     table.add_row(vec![
                         host.id.clone(),
                         host_view_state(view),
+                        host.version.clone(),
                         format!("{mine}/{}", host.capacity.max_replicas),
                         host.capacity.memory.to_string(),
                         host.capacity.cpu.to_string(),

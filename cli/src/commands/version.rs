@@ -20,7 +20,7 @@ pub struct VersionArgs {
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 struct Version {
-    shoal: &'static str,
+    shoal: String,
     wasmtime: &'static str,
     api_version: &'static str,
     target: &'static str,
@@ -28,7 +28,7 @@ struct Version {
 
 pub fn run(args: VersionArgs) -> anyhow::Result<()> {
     let version = Version {
-        shoal: env!("CARGO_PKG_VERSION"),
+        shoal: crate::build_label::version(),
         wasmtime: env!("SHOAL_WASMTIME_VERSION"),
         api_version: shoal_lattice::records::API_VERSION,
         target: "wasm32-wasip2",

@@ -1,22 +1,25 @@
-//! The leader's side of fleet upgrades: each pass, one [`crate::fleet::step`] over the
-//! live hosts, its upgrade record written compare-and-set (an admin starting or cancelling
-//! one meanwhile wins), then the hosts' orders and the events.
+//! The leader's side of fleet upgrades: each pass plans one [`crate::fleet::step`] over the
+//! live hosts (the upgrade written compare-and-set first, so an admin starting or
+//! cancelling one meanwhile wins and nothing else of the step is written; then the hosts'
+//! orders and the events), and applies it.
 
-use shoal_lattice::fleet::{FleetUpgrade, UpgradeOrder};
+use shoal_lattice::fleet::UpgradeOrder;
 use shoal_lattice::names::{FLEET_UPGRADE, upgrade_order_key};
 use shoal_lattice::records::now_millis;
 use shoal_lattice::trust::LATTICE_KEY;
 
+use super::plan::{Op, Plan};
 use super::*;
 
-/// Moves the fleet's upgrade on by one step over the live `hosts` (labels as placement
-/// trusts them).
-pub(super) async fn pass(
-    lattice: &Lattice,
+/// What one step of the fleet's upgrade writes, over the live `hosts` (labels as placement
+/// trusts them), at `now` (ms since the epoch).
+pub(super) fn plan_fleet(
     source: &str,
     state: &State,
     hosts: &BTreeMap<String, HostRecord>,
-) {
+    now: u64,
+) -> Plan {
+    let mut plan = Plan::default();
     let upgrade = state.fleet.get(FLEET_UPGRADE);
     let orders: BTreeMap<String, UpgradeOrder> = state
         .upgrade_orders
@@ -28,7 +31,7 @@ pub(super) async fn pass(
         })
         .collect();
     if upgrade.is_none() && orders.is_empty() {
-        return;
+        return plan;
     }
     let trusted = state
         .trust
@@ -41,45 +44,135 @@ pub(super) async fn pass(
         hosts,
         &orders,
         &trusted,
-        now_millis(),
+        now,
     );
-    if let (Some(next), Some(current)) = (&step.upgrade, &upgrade)
-        && !write(lattice, next, current.revision).await
-    {
-        // Changed meanwhile (a new upgrade, a cancel): the next pass steps that one.
-        return;
+    if let (Some(next), Some(current)) = (step.upgrade, &upgrade) {
+        plan.push(Op::UpdateFleet {
+            upgrade: Box::new(next),
+            revision: current.revision,
+        });
     }
-    for (host, order) in &step.orders {
-        if let Err(error) = lattice
-            .put(Bucket::Status, &upgrade_order_key(host), order)
-            .await
-        {
-            tracing::warn!(%host, error = %shoal_lattice::Chain(&error), "cannot write a host's upgrade order");
-        }
+    for (host, order) in step.orders {
+        plan.push(Op::PutUpgradeOrder(host, Box::new(order)));
     }
-    for host in &step.withdrawn {
-        if let Err(error) = lattice
-            .delete(Bucket::Status, &upgrade_order_key(host))
-            .await
-        {
-            tracing::warn!(%host, error = %shoal_lattice::Chain(&error), "cannot withdraw a host's upgrade order");
-        }
+    for host in step.withdrawn {
+        plan.push(Op::DeleteStatus(upgrade_order_key(&host)));
     }
     for event in step.events {
-        lattice.emit(event).await;
+        plan.push(Op::Emit(event));
+    }
+    plan
+}
+
+/// Plans and applies one step.
+pub(super) async fn pass(
+    lattice: &Lattice,
+    source: &str,
+    state: &mut State,
+    hosts: &BTreeMap<String, HostRecord>,
+    now: Instant,
+) {
+    let plan = plan_fleet(source, state, hosts, now_millis());
+    match plan::apply(lattice, state, plan, now).await.stopped {
+        // Changed meanwhile (a new upgrade, a cancel): the next pass steps that one.
+        None | Some(Error::Conflict { .. }) => {}
+        Some(error) => {
+            tracing::warn!(error = %shoal_lattice::Chain(&error), "cannot write the fleet upgrade's step")
+        }
     }
 }
 
-async fn write(lattice: &Lattice, upgrade: &FleetUpgrade, revision: u64) -> bool {
-    match lattice
-        .update(Bucket::Status, FLEET_UPGRADE, upgrade, revision)
-        .await
-    {
-        Ok(_) => true,
-        Err(Error::Conflict { .. }) => false,
-        Err(error) => {
-            tracing::warn!(error = %shoal_lattice::Chain(&error), "cannot write the fleet upgrade");
-            false
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use shoal_lattice::fleet::{BinaryTarget, FleetUpgrade, HostPhase, UpgradeState, WaveSize};
+    use shoal_lattice::quantity::Span;
+
+    use super::super::harness::Harness;
+    use super::*;
+
+    const NEW: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+
+    fn upgrade(id: &str) -> FleetUpgrade {
+        FleetUpgrade {
+            id: id.to_owned(),
+            reference: "registry/shoal:2".to_owned(),
+            targets: vec![BinaryTarget {
+                arch: "x86_64".to_owned(),
+                reference: format!("registry/shoal@{NEW}"),
+                binary: NEW.to_owned(),
+                size: 1,
+                version: "2".to_owned(),
+            }],
+            selector: BTreeMap::new(),
+            wave: WaveSize::Hosts(1),
+            pause_on_failure: false,
+            timeout: Span(Duration::from_secs(60)),
+            by: "admin".to_owned(),
+            started_at: 0,
+            state: UpgradeState::Running,
+            hosts: BTreeMap::new(),
+            waves: 0,
         }
+    }
+
+    fn lattice() -> Harness {
+        let mut harness = Harness::new();
+        for id in ["h1", "h2"] {
+            harness.host(id);
+            if let Some(host) = harness.hosts.get_mut(id) {
+                host.labels.insert("arch".to_owned(), "x86_64".to_owned());
+            }
+        }
+        harness
+    }
+
+    #[test]
+    fn a_wave_goes_out_as_orders_once_the_upgrade_is_written_and_a_cancel_takes_them_back() {
+        let mut harness = lattice();
+        harness.fleet = Some(Versioned {
+            key: FLEET_UPGRADE.to_owned(),
+            revision: 7,
+            value: upgrade("u1"),
+        });
+        let plan = harness.plan_fleet(0);
+        assert_eq!(plan.reasons(), ["UpgradeWave"]);
+        assert!(harness.apply(plan).stopped.is_none());
+        assert_eq!(harness.orders.keys().collect::<Vec<_>>(), ["h1"]);
+        let written = harness.fleet.as_ref().map(|record| &record.value);
+        assert_eq!(
+            written.map(|upgrade| upgrade.hosts["h1"].phase),
+            Some(HostPhase::Upgrading)
+        );
+        // Cancelled: the order goes.
+        harness.fleet = None;
+        let plan = harness.plan_fleet(1);
+        harness.apply(plan);
+        assert!(harness.orders.is_empty());
+    }
+
+    #[test]
+    fn an_upgrade_started_again_meanwhile_wins_and_the_stale_step_writes_no_order() {
+        let mut harness = lattice();
+        harness.fleet = Some(Versioned {
+            key: FLEET_UPGRADE.to_owned(),
+            revision: 7,
+            value: upgrade("u1"),
+        });
+        let plan = harness.plan_fleet(0);
+        // An admin starts another upgrade before the step is written.
+        harness.fleet = Some(Versioned {
+            key: FLEET_UPGRADE.to_owned(),
+            revision: 8,
+            value: upgrade("u2"),
+        });
+        let applied = harness.apply(plan);
+        assert!(matches!(applied.stopped, Some(Error::Conflict { .. })));
+        assert!(harness.orders.is_empty());
+        assert!(harness.events.is_empty());
+        let plan = harness.plan_fleet(1);
+        harness.apply(plan);
+        assert_eq!(harness.orders["h1"].upgrade, "u2");
     }
 }

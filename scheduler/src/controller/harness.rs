@@ -43,6 +43,9 @@ pub(super) struct Harness {
     pub(super) app_status: BTreeMap<String, shoal_lattice::records::AppStatus>,
     /// Assignment records the scheduler's mirror refuses.
     pub(super) refused: Vec<shoal_lattice::Refused>,
+    /// The fleet's upgrade (with its status bucket revision) and the hosts' orders.
+    pub(super) fleet: Option<Versioned<shoal_lattice::fleet::FleetUpgrade>>,
+    pub(super) orders: BTreeMap<String, shoal_lattice::fleet::UpgradeOrder>,
 }
 
 impl Harness {
@@ -63,7 +66,27 @@ impl Harness {
             cron_status: BTreeMap::new(),
             app_status: BTreeMap::new(),
             refused: Vec::new(),
+            fleet: None,
+            orders: BTreeMap::new(),
         }
+    }
+
+    /// The fleet controller's step over the live hosts at `now` (ms since the epoch).
+    pub(super) fn plan_fleet(&mut self, now: u64) -> Plan {
+        self.state.fleet = Mirror::fixed(self.fleet.clone());
+        self.state.upgrade_orders =
+            Mirror::fixed(self.orders.iter().map(|(host, order)| Versioned {
+                key: format!("upgrades.{host}"),
+                revision: 1,
+                value: order.clone(),
+            }));
+        let live: BTreeMap<String, HostRecord> = self
+            .hosts
+            .iter()
+            .filter(|(id, _)| self.live.contains(*id))
+            .map(|(id, host)| (id.clone(), host.clone()))
+            .collect();
+        super::fleet::plan_fleet("scheduler test", &self.state, &live, now)
     }
 
     /// A cron job `name` of `default` with `spec` (JSON merged over a plain one that makes
@@ -389,8 +412,29 @@ impl Harness {
                     applied.created.push(record);
                 }
                 Op::DeleteStatus(key) => {
+                    if let Some(host) = key.strip_prefix("upgrades.") {
+                        self.orders.remove(host);
+                    }
                     let replica = key.rsplit('.').next().unwrap_or_default().to_owned();
                     self.status.remove(&replica);
+                }
+                Op::UpdateFleet { upgrade, revision } => {
+                    let Some(current) = self
+                        .fleet
+                        .as_mut()
+                        .filter(|current| current.revision == revision)
+                    else {
+                        applied.stopped = Some(shoal_lattice::Error::Conflict {
+                            bucket: "status".to_owned(),
+                            key: shoal_lattice::names::FLEET_UPGRADE.to_owned(),
+                        });
+                        break;
+                    };
+                    current.value = *upgrade;
+                    current.revision += 1;
+                }
+                Op::PutUpgradeOrder(host, order) => {
+                    self.orders.insert(host, *order);
                 }
                 Op::Emit(event) => self.events.push(event),
                 Op::RolloutFailed { key, failed, event } => {

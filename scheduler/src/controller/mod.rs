@@ -659,7 +659,7 @@ async fn pass(
         return Ok(());
     }
     jobs::pass(lattice, state, &observed, &mut placed).await?;
-    fleet::pass(lattice, &source, state, &hosts).await;
+    fleet::pass(lattice, &source, state, &hosts, observed.now).await;
     stores::renew(lattice, state, options.stores.as_ref()).await;
     cron::pass(lattice, state, &source, options.clock.now()).await
 }

@@ -54,6 +54,14 @@ pub(super) enum Op {
     },
     /// Tells an event, once the writes before it went through.
     Emit(Event),
+    /// Writes the fleet's upgrade if it is still at `revision` (an admin's newer start or
+    /// cancel wins: the plan stops).
+    UpdateFleet {
+        upgrade: Box<shoal_lattice::fleet::FleetUpgrade>,
+        revision: u64,
+    },
+    /// Writes a host's upgrade order.
+    PutUpgradeOrder(String, Box<shoal_lattice::fleet::UpgradeOrder>),
     /// Records a failed rollout in the leader's memory (and so in the app's status) as its
     /// event is told: a plan that stops before telling it records nothing, and the next
     /// pass tells it.
@@ -211,6 +219,23 @@ pub(super) async fn apply(
                 lattice.put(Bucket::Status, &key, &status).await.map(|_| ())
             }
             Op::DeleteStatus(key) => lattice.delete(Bucket::Status, &key).await,
+            Op::UpdateFleet { upgrade, revision } => lattice
+                .update(
+                    Bucket::Status,
+                    shoal_lattice::names::FLEET_UPGRADE,
+                    &upgrade,
+                    revision,
+                )
+                .await
+                .map(|_| ()),
+            Op::PutUpgradeOrder(host, order) => lattice
+                .put(
+                    Bucket::Status,
+                    &shoal_lattice::names::upgrade_order_key(&host),
+                    &order,
+                )
+                .await
+                .map(|_| ()),
             Op::PutCronJobStatus(key, status) => {
                 lattice.put(Bucket::Status, &key, &status).await.map(|_| ())
             }
