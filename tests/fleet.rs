@@ -101,7 +101,16 @@ fn hosts_upgrade_in_waves_under_load_and_a_broken_binary_rolls_back_and_stops_th
         .into_iter()
         .map(|id| {
             let creds = lattice.mint(&["host", id], id);
-            lattice.host_in_group(id, &["--nats-creds", creds.to_str().unwrap()])
+            let key = keys.path().join("release.pub");
+            lattice.host_in_group(
+                id,
+                &[
+                    "--nats-creds",
+                    creds.to_str().unwrap(),
+                    "--upgrade-key",
+                    key.to_str().unwrap(),
+                ],
+            )
         })
         .collect();
     let urls: Vec<String> = hosts
@@ -286,4 +295,56 @@ fn a_host_on_a_lattice_without_credentials_refuses_upgrade_orders() {
         "{stdout}"
     );
     assert!(!versions(&lattice)[0].1.contains("broken"));
+}
+
+#[test]
+fn a_host_takes_no_binary_unless_a_key_it_was_given_signed_it() {
+    let lattice = Lattice::start_secure();
+    let keys = tempfile::tempdir().unwrap();
+    for name in ["release", "other"] {
+        let output = lattice
+            .command()
+            .env("SHOAL_KEY_PASSWORD", PASSWORD)
+            .args(["keygen", "--output-key-prefix"])
+            .arg(keys.path().join(name))
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+    }
+    let _scheduler = lattice.secure_scheduler("2s");
+    lattice.ok(&[
+        "trust",
+        "add",
+        keys.path().join("release.pub").to_str().unwrap(),
+    ]);
+    // The host accepts only binaries signed by `other`, which the lattice does not trust:
+    // the control plane alone cannot make it run one.
+    let creds = lattice.mint(&["host", "h1"], "h1");
+    let other = keys.path().join("other.pub");
+    let _host = lattice.host_in_group(
+        "h1",
+        &[
+            "--nats-creds",
+            creds.to_str().unwrap(),
+            "--upgrade-key",
+            other.to_str().unwrap(),
+        ],
+    );
+    let script = keys.path().join("script");
+    std::fs::write(&script, "#!/bin/sh\nexit 0\n").unwrap();
+    let reference = lattice.registry.reference("shoal/host:script");
+    publish(
+        &lattice,
+        &reference,
+        &script,
+        &keys.path().join("release.key"),
+        &["--arch", std::env::consts::ARCH],
+    );
+    let (ok, stdout, _) = lattice.shoal(&["fleet", "upgrade", &reference, "--wait"]);
+    assert!(!ok, "{stdout}");
+    assert!(
+        stdout
+            .contains("h1: failed: no key of the lattice's trust policy is one this host accepts"),
+        "{stdout}"
+    );
 }

@@ -119,6 +119,12 @@ fn main() -> ExitCode {
         return commands::compile_worker::run(args);
     }
     // A host's upgrade watchdog: waits on a pipe, and starts the old binary again or exits.
+    // What the binary this one replaced handed over, taken before any other thread runs
+    // (reading it unsets the socket activation variables).
+    let handover = match &cli.command {
+        Command::Host(_) => upgrade::handover(),
+        _ => upgrade::Handover::default(),
+    };
     if let Command::UpgradeWatchdog(args) = &cli.command {
         return match upgrade::watchdog(args) {
             Ok(code) => ExitCode::from(code),
@@ -164,7 +170,7 @@ fn main() -> ExitCode {
             Command::Inspect(args) => commands::inspect::run(args).await.map(|()| 0),
             Command::Run(args) => commands::run::run(args).await,
             Command::Up(args) => commands::up::run(args, &cli.lattice).await,
-            Command::Host(args) => commands::host::run(args, &cli.lattice).await,
+            Command::Host(args) => commands::host::run(args, &cli.lattice, handover).await,
             Command::Scheduler(args) => commands::scheduler::run(args, &cli.lattice).await,
             Command::Apply(args) => commands::apply::run(args, &cli.lattice).await,
             Command::Create(args) => commands::create::run(args, &cli.lattice).await,

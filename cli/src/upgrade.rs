@@ -79,9 +79,13 @@ pub fn handover() -> Handover {
     }
 }
 
-/// Says the new binary rejoined: the watchdog stands down, and is reaped.
-pub async fn rejoined(watchdog: rustix::process::Pid) {
+/// Says the new binary rejoined: the watchdog stands down, and is reaped; `dir`'s
+/// `current` link names this binary from now on (what a service manager should start).
+pub async fn rejoined(watchdog: rustix::process::Pid, dir: &std::path::Path) {
     tracing::info!("rejoined the lattice on the new binary");
+    if let Err(error) = link_current(dir) {
+        tracing::warn!(error = %format!("{error:#}"), "cannot point host-binaries/current at the new binary");
+    }
     if let Err(error) = rustix::process::kill_process(watchdog, rustix::process::Signal::USR1) {
         tracing::warn!(%error, "cannot tell the upgrade's watchdog this host rejoined");
         return;
@@ -90,6 +94,16 @@ pub async fn rejoined(watchdog: rustix::process::Pid) {
         rustix::process::waitpid(Some(watchdog), rustix::process::WaitOptions::empty())
     })
     .await;
+}
+
+/// Points `dir/current` at the running binary, atomically (a new link renamed over it).
+fn link_current(dir: &std::path::Path) -> anyhow::Result<()> {
+    let running = std::fs::read_link(SELF)?;
+    let temporary = dir.join(format!(".current-{}", std::process::id()));
+    let _ = std::fs::remove_file(&temporary);
+    std::os::unix::fs::symlink(&running, &temporary)?;
+    std::fs::rename(&temporary, dir.join("current"))?;
+    Ok(())
 }
 
 /// The digest of the running binary.
@@ -114,6 +128,8 @@ pub struct OciUpgrader {
     pub client: Client,
     /// Where runnable copies go.
     pub dir: PathBuf,
+    /// The keys this host itself accepts binaries signed by (`--upgrade-key`).
+    pub anchors: Vec<shoal_oci::keys::PublicKey>,
 }
 
 impl Upgrader for OciUpgrader {
@@ -123,7 +139,25 @@ impl Upgrader for OciUpgrader {
     ) -> Pin<Box<dyn Future<Output = Result<PathBuf, String>> + Send>> {
         let client = self.client.clone();
         let dir = self.dir.clone();
+        // Signed by a key the host was given and the lattice trusts: a control plane (or a
+        // stolen scheduler credential) alone cannot make a host run native code.
+        let trusted: Vec<String> = order.trusted.iter().map(|key| key.id.clone()).collect();
+        let keys: Vec<shoal_oci::keys::PublicKey> = self
+            .anchors
+            .iter()
+            .filter(|key| trusted.contains(&key.id()))
+            .cloned()
+            .collect();
         Box::pin(async move {
+            if std::process::id() == 1 {
+                return Err(
+                    "the host runs as process 1 (in a container?): upgrade its image instead"
+                        .to_owned(),
+                );
+            }
+            if keys.is_empty() {
+                return Err("no key of the lattice's trust policy is one this host accepts upgrades signed by (shoal host --upgrade-key KEY.pub)".to_owned());
+            }
             let reference =
                 parse_reference(&order.target.reference).map_err(|error| error.to_string())?;
             let expected: Digest = order
@@ -140,7 +174,6 @@ impl Upgrader for OciUpgrader {
                 .pull_binary(&reference, &expected)
                 .await
                 .map_err(|error| format!("cannot pull {}: {error}", order.target.reference))?;
-            let keys = crate::commands::trust::public_keys(&order.trusted);
             client
                 .verify(&reference, &manifest, &keys)
                 .await
@@ -167,19 +200,47 @@ fn install(
     expected: &Digest,
 ) -> anyhow::Result<PathBuf> {
     use std::os::unix::fs::PermissionsExt as _;
+    let dir = path.parent().context("no directory for host binaries")?;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    // Only this user may put a binary where hosts start them from.
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("cannot restrict {}", dir.display()))?;
+    prune(dir, path);
     if file_digest(path).as_deref() == Some(expected.as_str()) {
         return Ok(path.to_owned());
     }
-    let dir = path.parent().context("no directory for host binaries")?;
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let temporary = tempfile::NamedTempFile::new_in(dir)?;
     std::fs::copy(cached, temporary.path())
         .with_context(|| format!("cannot copy the binary to {}", dir.display()))?;
+    if file_digest(temporary.path()).as_deref() != Some(expected.as_str()) {
+        anyhow::bail!("the copy of the binary does not match its digest");
+    }
     std::fs::set_permissions(temporary.path(), std::fs::Permissions::from_mode(0o755))?;
     temporary
         .persist(path)
         .with_context(|| format!("cannot install {}", path.display()))?;
     Ok(path.to_owned())
+}
+
+/// Removes the binaries of `dir` other than `keep`, the running one and the one `current`
+/// names: each upgrade leaves one, which nothing else would remove.
+fn prune(dir: &std::path::Path, keep: &std::path::Path) {
+    let running = std::fs::read_link(SELF).ok();
+    let current = std::fs::read_link(dir.join("current")).ok();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let named = |other: &Option<PathBuf>| other.as_deref() == Some(path.as_path());
+        let binary = entry
+            .file_name()
+            .to_str()
+            .is_some_and(|name| name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit()));
+        if binary && path != keep && !named(&running) && !named(&current) {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
 }
 
 /// This very binary, even when its file was replaced or removed since it started.
@@ -195,10 +256,17 @@ pub fn restart_into(prepared: &Prepared, listener: &std::net::TcpListener) -> an
         phase: ReportPhase::Failed,
         message: Some(message),
     };
-    let error = match try_restart(prepared, listener) {
+    let mut watchdog = None;
+    let error = match try_restart(prepared, listener, &mut watchdog) {
         Ok(never) => match never {},
         Err(error) => error,
     };
+    // The watchdog would take this process, started again below under the same pid, for
+    // the new binary and kill it at its deadline.
+    if let Some(mut watchdog) = watchdog {
+        let _ = watchdog.kill();
+        let _ = watchdog.wait();
+    }
     tracing::error!(error = %format!("{error:#}"), "cannot restart into the new binary; starting this one again");
     let report = failed(format!("{error:#}"));
     let again = match socket(listener) {
@@ -235,6 +303,7 @@ fn socket(listener: &std::net::TcpListener) -> anyhow::Result<Vec<FdMapping>> {
 fn try_restart(
     prepared: &Prepared,
     listener: &std::net::TcpListener,
+    watchdog_started: &mut Option<std::process::Child>,
 ) -> anyhow::Result<std::convert::Infallible> {
     let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
     let failed = UpgradeReport {
@@ -260,6 +329,8 @@ fn try_restart(
     let started = watchdog
         .spawn()
         .context("cannot start the upgrade's watchdog")?;
+    let watchdog_pid = started.id();
+    *watchdog_started = Some(started);
     tracing::info!(
         binary = %prepared.path.display(),
         version = %prepared.order.target.version,
@@ -270,7 +341,7 @@ fn try_restart(
         .env("LISTEN_FDS", "1")
         .env("LISTEN_PID", std::process::id().to_string())
         .env(RUNNING, &prepared.order.target.binary)
-        .env(WATCHDOG, started.id().to_string())
+        .env(WATCHDOG, watchdog_pid.to_string())
         .env_remove(FAILED)
         .fd_mappings(socket(listener)?)
         .context("cannot hand the socket to the new binary")?;
@@ -314,7 +385,8 @@ pub fn watchdog(args: &WatchdogArgs) -> anyhow::Result<u8> {
             tokio::select! {
                 _ = rejoined.recv() => return Ok::<_, anyhow::Error>(None),
                 () = tokio::time::sleep_until(deadline) => {
-                    if let Some(pid) = parent {
+                    // Still this process's parent (not a pid reused since it exited).
+                    if let Some(pid) = parent.filter(|_| rustix::process::getppid() == parent) {
                         let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
                         // Gone once this process is no longer its child.
                         let gone = tokio::time::Instant::now() + Duration::from_secs(10);

@@ -801,6 +801,15 @@ impl Validate for crate::fleet::FleetUpgrade {
         }
         for (index, target) in self.targets.iter().enumerate() {
             found.binary_target(&format!("targets[{index}]"), target);
+            if self.targets[..index]
+                .iter()
+                .any(|other| other.arch == target.arch)
+            {
+                found.add(
+                    format!("targets[{index}].arch"),
+                    "names an architecture twice",
+                );
+            }
         }
         if self.selector.len() > MAX_LABELS {
             found.add("selector", format!("must have at most {MAX_LABELS} labels"));
@@ -810,6 +819,9 @@ impl Validate for crate::fleet::FleetUpgrade {
             found.text(&format!("selector.{key}"), value, MAX_SHORT_TEXT);
         }
         found.span("timeout", Some(self.timeout), MAX_TIMEOUT);
+        if self.timeout.0 < crate::fleet::MIN_UPGRADE_TIMEOUT {
+            found.add("timeout", "must be at least 5s");
+        }
         if self.hosts.len() > crate::fleet::MAX_UPGRADE_HOSTS {
             found.add(
                 "hosts",
@@ -819,7 +831,11 @@ impl Validate for crate::fleet::FleetUpgrade {
         for (host, progress) in &self.hosts {
             found.host_id("hosts", host);
             if let Some(message) = &progress.message {
-                found.text(&format!("hosts.{host}.message"), message, MAX_MESSAGE);
+                found.text(
+                    &format!("hosts.{host}.message"),
+                    message,
+                    crate::fleet::MAX_PROGRESS_MESSAGE + 4,
+                );
             }
         }
         found.finish()

@@ -262,9 +262,6 @@ impl Client {
         reference: &Reference,
         expected: &Digest,
     ) -> Result<std::path::PathBuf, Error> {
-        if let crate::cache::Lookup::Hit(path) = self.cache().verify(expected)? {
-            return Ok(path);
-        }
         let registry = reference.resolve_registry().to_owned();
         let client = self.registry_client(&registry);
         let auth = self.credentials_for(&registry);
@@ -283,6 +280,10 @@ impl Client {
                 expected: expected.clone(),
                 actual: layer.digest,
             });
+        }
+        // Only once the (signed) manifest names it as a host binary does a cached copy serve.
+        if let crate::cache::Lookup::Hit(path) = self.cache().verify(expected)? {
+            return Ok(path);
         }
         let mut writer = self.cache().writer()?;
         self.fetch(&client, reference, &layer, "layer", &mut writer)

@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use shoal_lattice::Event;
 use shoal_lattice::fleet::{
-    FleetUpgrade, HostPhase, HostProgress, ReportPhase, UpgradeOrder, UpgradeState,
+    FleetUpgrade, HostPhase, HostProgress, MAX_PROGRESS_MESSAGE, MAX_UPGRADE_HOSTS, ReportPhase,
+    UpgradeOrder, UpgradeState, truncate,
 };
 use shoal_lattice::quantity::Span;
 use shoal_lattice::records::HostRecord;
@@ -117,6 +118,9 @@ fn advance(
         if !matches || upgrade.hosts.contains_key(id) {
             continue;
         }
+        if upgrade.hosts.len() >= MAX_UPGRADE_HOSTS {
+            break;
+        }
         let phase = if host.binary.as_deref() == Some(target.binary.as_str()) {
             HostPhase::Upgraded
         } else {
@@ -136,10 +140,24 @@ fn advance(
     let id = upgrade.id.clone();
     let targets = upgrade.targets.clone();
     for (host, progress) in &mut upgrade.hosts {
+        let record = hosts.get(host);
+        // Back on another binary (restarted from the one its service starts, say): it
+        // waits for a wave again.
+        if running
+            && progress.phase == HostPhase::Upgraded
+            && let Some(record) = record
+            && let Some(binary) = &record.binary
+            && let Some(target) = labels_arch(record)
+                .and_then(|arch| targets.iter().find(|target| target.arch == arch))
+            && *binary != target.binary
+        {
+            progress.phase = HostPhase::Waiting;
+            progress.since = now;
+            continue;
+        }
         if progress.phase != HostPhase::Upgrading {
             continue;
         }
-        let record = hosts.get(host);
         let target = record
             .and_then(labels_arch)
             .and_then(|arch| targets.iter().find(|target| target.arch == arch));
@@ -159,10 +177,10 @@ fn advance(
                 format!("host {host} runs version {}", record.version),
             ));
         } else if let Some(report) = failure {
-            let message = report
-                .message
-                .clone()
-                .unwrap_or_else(|| "the host could not upgrade".to_owned());
+            let message = report.message.as_deref().map_or_else(
+                || "the host could not upgrade".to_owned(),
+                |message| truncate(message, MAX_PROGRESS_MESSAGE),
+            );
             fail(source, host, progress, message, now, events);
         } else if now.saturating_sub(progress.since) > deadline {
             let message = format!(
@@ -210,30 +228,34 @@ fn advance(
         .take(size)
         .collect();
     if wave.is_empty() {
-        let waiting = upgrade
-            .hosts
-            .values()
-            .any(|progress| progress.phase == HostPhase::Waiting);
-        if !waiting {
-            upgrade.state = UpgradeState::Complete;
-            let count = |phase| {
-                upgrade
-                    .hosts
-                    .values()
-                    .filter(|progress| progress.phase == phase)
-                    .count()
-            };
-            events.push(Event::lattice(
-                source,
-                "UpgradeComplete",
-                format!(
-                    "upgrade to {} complete: {} hosts upgraded, {} failed",
-                    upgrade.reference,
-                    count(HostPhase::Upgraded),
-                    count(HostPhase::Failed)
-                ),
-            ));
+        // Whoever still waits cannot take a wave now (lost, draining): left out, so the
+        // upgrade ends (a later upgrade takes them).
+        for progress in upgrade.hosts.values_mut() {
+            if progress.phase == HostPhase::Waiting {
+                progress.phase = HostPhase::Skipped;
+                progress.since = now;
+                progress.message = Some("not live, or draining, when its wave was due".to_owned());
+            }
         }
+        upgrade.state = UpgradeState::Complete;
+        let count = |phase| {
+            upgrade
+                .hosts
+                .values()
+                .filter(|progress| progress.phase == phase)
+                .count()
+        };
+        events.push(Event::lattice(
+            source,
+            "UpgradeComplete",
+            format!(
+                "upgrade to {} complete: {} hosts upgraded, {} failed, {} skipped",
+                upgrade.reference,
+                count(HostPhase::Upgraded),
+                count(HostPhase::Failed),
+                count(HostPhase::Skipped)
+            ),
+        ));
         return;
     }
     upgrade.waves += 1;
@@ -497,6 +519,29 @@ mod tests {
             [("h1", HostPhase::Upgrading), ("h4", HostPhase::Upgraded)]
         );
         assert_eq!(orders.keys().collect::<Vec<_>>(), ["h1"]);
+    }
+
+    #[test]
+    fn hosts_that_cannot_take_a_wave_are_skipped_and_one_back_on_another_binary_waits_again() {
+        let mut hosts = fleet(&["h1", "h2"]);
+        hosts.get_mut("h2").unwrap().draining = true;
+        let mut upgrade = upgrade(WaveSize::Hosts(1), false);
+        let mut orders = BTreeMap::new();
+        run(&mut upgrade, &hosts, &mut orders, 0);
+        hosts.get_mut("h1").unwrap().binary = Some(NEW.to_owned());
+        run(&mut upgrade, &hosts, &mut orders, 10);
+        assert_eq!(upgrade.hosts["h2"].phase, HostPhase::Skipped);
+        assert_eq!(upgrade.state, UpgradeState::Complete);
+
+        // While running, a host restarted on its old binary is upgraded again.
+        let mut upgrade = self::upgrade(WaveSize::Hosts(1), false);
+        let mut hosts = fleet(&["h1", "h2"]);
+        hosts.get_mut("h1").unwrap().binary = Some(NEW.to_owned());
+        run(&mut upgrade, &hosts, &mut orders, 0);
+        assert_eq!(upgrade.hosts["h1"].phase, HostPhase::Upgraded);
+        hosts.get_mut("h1").unwrap().binary = Some(OLD.to_owned());
+        run(&mut upgrade, &hosts, &mut orders, 5);
+        assert_eq!(upgrade.hosts["h1"].phase, HostPhase::Waiting);
     }
 
     #[test]

@@ -211,6 +211,9 @@ async fn upgrade(args: UpgradeArgs, lattice: &LatticeArgs) -> anyhow::Result<u8>
         "upgrade {} to {} started: waves of {}",
         started.id, args.reference, started.wave
     );
+    for target in &started.targets {
+        println!("  {} {} {}", target.arch, target.version, target.binary);
+    }
     if !args.wait {
         println!("follow it with: shoal fleet status");
         return Ok(0);
@@ -263,6 +266,7 @@ fn describe(phase: HostPhase, message: Option<&str>) -> String {
         HostPhase::Upgrading => "upgrading".to_owned(),
         HostPhase::Upgraded => "upgraded".to_owned(),
         HostPhase::Failed => format!("failed: {}", message.unwrap_or("no reason given")),
+        HostPhase::Skipped => format!("skipped: {}", message.unwrap_or("no reason given")),
     }
 }
 

@@ -150,6 +150,12 @@ pub struct HostArgs {
     #[arg(long)]
     pub compile_memory: Option<Memory>,
 
+    /// A public key (PEM) this host accepts new binaries signed by, in a fleet upgrade
+    /// (repeatable). The key must be in the lattice's trust policy too: the control plane
+    /// alone cannot make a host run native code. Without one, the host takes no upgrade.
+    #[arg(long = "upgrade-key", value_name = "FILE")]
+    pub upgrade_keys: Vec<PathBuf>,
+
     #[command(flatten)]
     pub registry: RegistryArgs,
 }
@@ -517,14 +523,27 @@ fn warn_ungranted_labels(
     Ok(())
 }
 
-pub async fn run(args: HostArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
+pub async fn run(
+    args: HostArgs,
+    lattice: &LatticeArgs,
+    handover: crate::upgrade::Handover,
+) -> anyhow::Result<u8> {
     let id = host_id(&args, lattice)?;
+    let anchors = args
+        .upgrade_keys
+        .iter()
+        .map(|path| {
+            let pem = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read --upgrade-key {}", path.display()))?;
+            shoal_oci::keys::PublicKey::from_pem(&pem)
+                .with_context(|| format!("--upgrade-key {} is not a public key", path.display()))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let tls = args.tls().context("cannot set up ingress TLS")?;
     let runtime = args.runtime()?;
     let client = args.registry.client()?;
     // A host restarting into a new binary hands over its listening socket: clients wait in
     // its backlog meanwhile instead of being refused.
-    let handover = crate::upgrade::handover();
     let handed_over = handover.listener.is_some();
     let listener = match handover.listener {
         Some(listener) => listener,
@@ -560,6 +579,7 @@ pub async fn run(args: HostArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
     options.upgrader = Some(Arc::new(crate::upgrade::OciUpgrader {
         client: client.clone(),
         dir: args.registry.cache_root()?.join("host-binaries"),
+        anchors,
     }));
     let compiled = runtime.compiled_dir();
     let agent = Agent::new(runtime, OciFetch(client), options);
@@ -593,9 +613,10 @@ pub async fn run(args: HostArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
     };
     if let Some(watchdog) = handover.watchdog {
         let mut joined = agent.joined();
+        let binaries = args.registry.cache_root()?.join("host-binaries");
         tokio::spawn(async move {
             if joined.wait_for(|joined| *joined).await.is_ok() {
-                crate::upgrade::rejoined(watchdog).await;
+                crate::upgrade::rejoined(watchdog, &binaries).await;
             }
         });
     }

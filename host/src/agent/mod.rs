@@ -482,8 +482,18 @@ impl<F: Fetch> Agent<F> {
                         }
                     }
                     AgentEvent::Prepared(Ok(prepared)) => {
-                        upgrades.restarting(&prepared.order);
-                        return Ok(Some(prepared));
+                        let stands = match &joined {
+                            Some(link) => {
+                                upgrades
+                                    .still_ordered(&link.lattice, &self.options.id, &prepared.order)
+                                    .await
+                            }
+                            None => false,
+                        };
+                        if stands {
+                            upgrades.restarting(&prepared.order);
+                            return Ok(Some(prepared));
+                        }
                     }
                     AgentEvent::Prepared(Err((order, message))) => {
                         upgrades.failed(&order, message);

@@ -177,13 +177,42 @@ impl Upgrades {
         self.tell(order, ReportPhase::Restarting, None);
     }
 
+    /// Whether `order` still stands (not cancelled or replaced while its binary was
+    /// prepared): only then does the host restart.
+    pub(super) async fn still_ordered(
+        &mut self,
+        lattice: &Lattice,
+        host: &str,
+        order: &UpgradeOrder,
+    ) -> bool {
+        self.preparing = None;
+        let standing = lattice
+            .get::<UpgradeOrder>(Bucket::Status, &upgrade_order_key(host))
+            .await;
+        let stands = matches!(&standing, Ok(Some(current)) if current.value == *order);
+        if !stands {
+            tracing::info!(upgrade = %order.upgrade, "the upgrade order was withdrawn while its binary was prepared: not restarting");
+            if let Ok(mut report) = self.report.lock() {
+                *report = None;
+            }
+        }
+        stands
+    }
+
     fn tell(&self, order: &UpgradeOrder, phase: ReportPhase, message: Option<String>) {
         if let Ok(mut report) = self.report.lock() {
             *report = Some(UpgradeReport {
                 upgrade: order.upgrade.clone(),
                 binary: order.target.binary.clone(),
                 phase,
-                message,
+                // What went wrong may come from a registry: bounded, so the record stays
+                // valid.
+                message: message.map(|message| {
+                    shoal_lattice::fleet::truncate(
+                        &message,
+                        shoal_lattice::fleet::MAX_PROGRESS_MESSAGE,
+                    )
+                }),
             });
         }
     }

@@ -47,6 +47,11 @@ pub(super) fn plan_fleet(
         now,
     );
     if let (Some(next), Some(current)) = (step.upgrade, &upgrade) {
+        // A record the mirrors would refuse would stall the upgrade on every pass.
+        if let Err(invalid) = shoal_lattice::Validate::validate(&next) {
+            tracing::error!(%invalid, "the fleet upgrade's next step is not valid; not written");
+            return Plan::default();
+        }
         plan.push(Op::UpdateFleet {
             upgrade: Box::new(next),
             revision: current.revision,
