@@ -51,6 +51,35 @@ fn publish(lattice: &Lattice, reference: &str, binary: &Path, key: &Path, extra:
     );
 }
 
+/// `shoal keygen` of each of `names` into `dir` (`<name>.key`, `<name>.pub`).
+fn keygen(lattice: &Lattice, dir: &Path, names: &[&str]) {
+    for name in names {
+        let output = lattice
+            .command()
+            .env("SHOAL_KEY_PASSWORD", PASSWORD)
+            .args(["keygen", "--output-key-prefix"])
+            .arg(dir.join(name))
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+    }
+}
+
+/// A shell script published as this machine's host binary, signed with `key`.
+fn publish_script(lattice: &Lattice, dir: &Path, key: &Path) -> String {
+    let script = dir.join("script");
+    std::fs::write(&script, "#!/bin/sh\nexit 0\n").unwrap();
+    let reference = lattice.registry.reference("shoal/host:script");
+    publish(
+        lattice,
+        &reference,
+        &script,
+        key,
+        &["--arch", std::env::consts::ARCH],
+    );
+    reference
+}
+
 /// Each host's reported version, by id.
 fn versions(lattice: &Lattice) -> Vec<(String, String)> {
     let hosts: serde_json::Value =
@@ -74,14 +103,7 @@ fn versions(lattice: &Lattice) -> Vec<(String, String)> {
 fn hosts_upgrade_in_waves_under_load_and_a_broken_binary_rolls_back_and_stops_the_upgrade() {
     let lattice = Lattice::start_secure();
     let keys = tempfile::tempdir().unwrap();
-    let output = lattice
-        .command()
-        .env("SHOAL_KEY_PASSWORD", PASSWORD)
-        .args(["keygen", "--output-key-prefix"])
-        .arg(keys.path().join("release"))
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{output:?}");
+    keygen(&lattice, keys.path(), &["release"]);
     let key = keys.path().join("release.key");
 
     // No trusted key: no upgrade starts (no host would run the binary).
@@ -263,14 +285,7 @@ fn hosts_upgrade_in_waves_under_load_and_a_broken_binary_rolls_back_and_stops_th
 fn a_host_on_a_lattice_without_credentials_refuses_upgrade_orders() {
     let lattice = Lattice::start();
     let keys = tempfile::tempdir().unwrap();
-    let output = lattice
-        .command()
-        .env("SHOAL_KEY_PASSWORD", PASSWORD)
-        .args(["keygen", "--output-key-prefix"])
-        .arg(keys.path().join("release"))
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{output:?}");
+    keygen(&lattice, keys.path(), &["release"]);
     let _scheduler = lattice.scheduler("s1");
     lattice.ok(&[
         "trust",
@@ -278,16 +293,7 @@ fn a_host_on_a_lattice_without_credentials_refuses_upgrade_orders() {
         keys.path().join("release.pub").to_str().unwrap(),
     ]);
     let _host = lattice.host_in_group("h1", &[]);
-    let script = keys.path().join("script");
-    std::fs::write(&script, "#!/bin/sh\nexit 0\n").unwrap();
-    let reference = lattice.registry.reference("shoal/host:script");
-    publish(
-        &lattice,
-        &reference,
-        &script,
-        &keys.path().join("release.key"),
-        &["--arch", std::env::consts::ARCH],
-    );
+    let reference = publish_script(&lattice, keys.path(), &keys.path().join("release.key"));
     let (ok, stdout, _) = lattice.shoal(&["fleet", "upgrade", &reference, "--wait"]);
     assert!(!ok, "{stdout}");
     assert!(
@@ -301,16 +307,7 @@ fn a_host_on_a_lattice_without_credentials_refuses_upgrade_orders() {
 fn a_host_takes_no_binary_unless_a_key_it_was_given_signed_it() {
     let lattice = Lattice::start_secure();
     let keys = tempfile::tempdir().unwrap();
-    for name in ["release", "other"] {
-        let output = lattice
-            .command()
-            .env("SHOAL_KEY_PASSWORD", PASSWORD)
-            .args(["keygen", "--output-key-prefix"])
-            .arg(keys.path().join(name))
-            .output()
-            .unwrap();
-        assert!(output.status.success(), "{output:?}");
-    }
+    keygen(&lattice, keys.path(), &["release", "other"]);
     let _scheduler = lattice.secure_scheduler("2s");
     lattice.ok(&[
         "trust",
@@ -330,16 +327,7 @@ fn a_host_takes_no_binary_unless_a_key_it_was_given_signed_it() {
             other.to_str().unwrap(),
         ],
     );
-    let script = keys.path().join("script");
-    std::fs::write(&script, "#!/bin/sh\nexit 0\n").unwrap();
-    let reference = lattice.registry.reference("shoal/host:script");
-    publish(
-        &lattice,
-        &reference,
-        &script,
-        &keys.path().join("release.key"),
-        &["--arch", std::env::consts::ARCH],
-    );
+    let reference = publish_script(&lattice, keys.path(), &keys.path().join("release.key"));
     let (ok, stdout, _) = lattice.shoal(&["fleet", "upgrade", &reference, "--wait"]);
     assert!(!ok, "{stdout}");
     assert!(

@@ -307,66 +307,59 @@ fn fail(
     progress.message = Some(message);
 }
 
+/// An upgrade `id` to one x86-64 binary, one host per wave, for tests.
+#[cfg(test)]
+pub(crate) fn example(id: &str) -> FleetUpgrade {
+    use shoal_lattice::fleet::{BinaryTarget, WaveSize};
+    const NEW: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+    FleetUpgrade {
+        id: id.to_owned(),
+        reference: "registry/shoal:2".to_owned(),
+        targets: vec![BinaryTarget {
+            arch: "x86_64".to_owned(),
+            reference: format!("registry/shoal@{NEW}"),
+            binary: NEW.to_owned(),
+            size: 1,
+            version: "new".to_owned(),
+        }],
+        selector: BTreeMap::new(),
+        wave: WaveSize::Hosts(1),
+        pause_on_failure: false,
+        timeout: Span(Duration::from_secs(60)),
+        by: "admin".to_owned(),
+        started_at: 0,
+        state: UpgradeState::Running,
+        hosts: BTreeMap::new(),
+        waves: 0,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shoal_lattice::fleet::{BinaryTarget, UpgradeReport, WaveSize};
-    use shoal_lattice::records::Capacity;
+    use shoal_lattice::fleet::{UpgradeReport, WaveSize};
 
     const OLD: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
     const NEW: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
 
     fn host(id: &str, binary: &str) -> HostRecord {
-        HostRecord {
-            id: id.to_owned(),
-            labels: [("arch", "x86_64"), ("zone", "a")]
-                .into_iter()
-                .map(|(key, value)| (key.to_owned(), value.to_owned()))
-                .collect(),
-            capacity: Capacity {
-                memory: shoal_lattice::quantity::Memory(1 << 30),
-                cpu: shoal_lattice::quantity::Millicores(1000),
-                max_replicas: 10,
-            },
-            http: None,
-            version: "old".to_owned(),
-            started_at: 0,
-            heartbeat_at: 0,
-            cached: Vec::new(),
-            draining: false,
-            lost_after: None,
-            load: BTreeMap::new(),
-            secrets_key: None,
-            lattice_mismatch: None,
-            verifies_signatures: true,
-            wasi: Vec::new(),
-            connection: None,
-            compile_target: None,
-            binary: Some(binary.to_owned()),
-            upgrade: None,
-        }
+        serde_json::from_value(serde_json::json!({
+            "id": id,
+            "labels": {"arch": "x86_64", "zone": "a"},
+            "capacity": {"memory": "1Gi", "cpu": "1000m", "maxReplicas": 10},
+            "version": "old",
+            "startedAt": 0,
+            "heartbeatAt": 0,
+            "binary": binary,
+        }))
+        .unwrap()
     }
 
     fn upgrade(wave: WaveSize, pause_on_failure: bool) -> FleetUpgrade {
         FleetUpgrade {
-            id: "u1".to_owned(),
-            reference: "registry/shoal:2".to_owned(),
-            targets: vec![BinaryTarget {
-                arch: "x86_64".to_owned(),
-                reference: format!("registry/shoal@{NEW}"),
-                binary: NEW.to_owned(),
-                size: 1,
-                version: "new".to_owned(),
-            }],
-            selector: BTreeMap::new(),
             wave,
             pause_on_failure,
-            timeout: Span(Duration::from_secs(60)),
-            by: "admin".to_owned(),
-            started_at: 0,
-            state: UpgradeState::Running,
-            hosts: BTreeMap::new(),
-            waves: 0,
+            ..example("u1")
         }
     }
 

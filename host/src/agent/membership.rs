@@ -135,31 +135,7 @@ pub(super) async fn claim_id(
             && held.value.upgrade.as_ref().is_some_and(|report| {
                 report.phase == shoal_lattice::fleet::ReportPhase::Restarting
             });
-        if predecessor {
-            match lattice
-                .update(Bucket::Hosts, id, record, held.revision)
-                .await
-            {
-                Ok(_) => return Ok(()),
-                Err(shoal_lattice::Error::Conflict { .. }) => continue,
-                Err(error) => return Err(error),
-            }
-        }
-        tracing::info!(host = %id, %holder, "a record holds this host id; checking whether its host is alive");
-        let deadline = tokio::time::Instant::now() + ID_HOLD;
-        let mut alive = false;
-        while tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(250)).await;
-            match lattice.get::<HostRecord>(Bucket::Hosts, id).await? {
-                Some(now) if now.revision != held.revision && !now.value.draining => {
-                    alive = true;
-                    break;
-                }
-                Some(_) => {}
-                None => break,
-            }
-        }
-        if alive {
+        if !predecessor && held_by_live_host(lattice, id, held.revision).await? {
             return Err(shoal_lattice::Error::HostIdTaken {
                 id: id.to_owned(),
                 holder,
@@ -174,6 +150,26 @@ pub(super) async fn claim_id(
             Err(error) => return Err(error),
         }
     }
+}
+
+/// Whether the record of `id` at `revision` belongs to a live host: it changes within
+/// [`ID_HOLD`], and not to say the host is leaving.
+async fn held_by_live_host(
+    lattice: &Lattice,
+    id: &str,
+    revision: u64,
+) -> Result<bool, shoal_lattice::Error> {
+    tracing::info!(host = %id, "a record holds this host id; checking whether its host is alive");
+    let deadline = tokio::time::Instant::now() + ID_HOLD;
+    while tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        match lattice.get::<HostRecord>(Bucket::Hosts, id).await? {
+            Some(now) if now.revision != revision && !now.value.draining => return Ok(true),
+            Some(_) => {}
+            None => return Ok(false),
+        }
+    }
+    Ok(false)
 }
 
 impl<F: Fetch> Agent<F> {

@@ -89,37 +89,18 @@ pub(super) async fn pass(
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
-    use shoal_lattice::fleet::{BinaryTarget, FleetUpgrade, HostPhase, UpgradeState, WaveSize};
-    use shoal_lattice::quantity::Span;
+    use shoal_lattice::fleet::HostPhase;
 
     use super::super::harness::Harness;
     use super::*;
 
-    const NEW: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
-
-    fn upgrade(id: &str) -> FleetUpgrade {
-        FleetUpgrade {
-            id: id.to_owned(),
-            reference: "registry/shoal:2".to_owned(),
-            targets: vec![BinaryTarget {
-                arch: "x86_64".to_owned(),
-                reference: format!("registry/shoal@{NEW}"),
-                binary: NEW.to_owned(),
-                size: 1,
-                version: "2".to_owned(),
-            }],
-            selector: BTreeMap::new(),
-            wave: WaveSize::Hosts(1),
-            pause_on_failure: false,
-            timeout: Span(Duration::from_secs(60)),
-            by: "admin".to_owned(),
-            started_at: 0,
-            state: UpgradeState::Running,
-            hosts: BTreeMap::new(),
-            waves: 0,
-        }
+    /// An admin's start of upgrade `id`, stored at `revision`.
+    fn start(harness: &mut Harness, revision: u64, id: &str) {
+        harness.fleet = Some(Versioned {
+            key: FLEET_UPGRADE.to_owned(),
+            revision,
+            value: crate::fleet::example(id),
+        });
     }
 
     fn lattice() -> Harness {
@@ -136,11 +117,7 @@ mod tests {
     #[test]
     fn a_wave_goes_out_as_orders_once_the_upgrade_is_written_and_a_cancel_takes_them_back() {
         let mut harness = lattice();
-        harness.fleet = Some(Versioned {
-            key: FLEET_UPGRADE.to_owned(),
-            revision: 7,
-            value: upgrade("u1"),
-        });
+        start(&mut harness, 7, "u1");
         let plan = harness.plan_fleet(0);
         assert_eq!(plan.reasons(), ["UpgradeWave"]);
         assert!(harness.apply(plan).stopped.is_none());
@@ -160,18 +137,10 @@ mod tests {
     #[test]
     fn an_upgrade_started_again_meanwhile_wins_and_the_stale_step_writes_no_order() {
         let mut harness = lattice();
-        harness.fleet = Some(Versioned {
-            key: FLEET_UPGRADE.to_owned(),
-            revision: 7,
-            value: upgrade("u1"),
-        });
+        start(&mut harness, 7, "u1");
         let plan = harness.plan_fleet(0);
         // An admin starts another upgrade before the step is written.
-        harness.fleet = Some(Versioned {
-            key: FLEET_UPGRADE.to_owned(),
-            revision: 8,
-            value: upgrade("u2"),
-        });
+        start(&mut harness, 8, "u2");
         let applied = harness.apply(plan);
         assert!(matches!(applied.stopped, Some(Error::Conflict { .. })));
         assert!(harness.orders.is_empty());
