@@ -204,14 +204,14 @@ fn hosts_upgrade_in_waves_under_load_and_a_broken_binary_rolls_back_and_stops_th
         .collect();
     assert_eq!(waves, [1, 2, 3], "one host per wave: {status}");
 
-    // A binary that never comes up: each host of the first wave goes back on its own, and
-    // the upgrade stops there.
+    // A binary that never comes up (on h1 it hangs, on the others it exits at once): each
+    // host of the first wave goes back on its own, and the upgrade stops there.
     let broken = keys.path().join("broken");
-    std::fs::write(&broken, "#!/bin/sh\necho 'broken build' >&2\nexit 3\n").unwrap();
-    std::os::unix::fs::PermissionsExt::set_mode(
-        &mut std::fs::metadata(&broken).unwrap().permissions(),
-        0o755,
-    );
+    std::fs::write(
+        &broken,
+        "#!/bin/sh\ncase \" $* \" in *\" h1 \"*) exec sleep 600;; esac\necho 'broken build' >&2\nexit 3\n",
+    )
+    .unwrap();
     let broken_reference = lattice.registry.reference("shoal/host:broken");
     publish(
         &lattice,
@@ -232,26 +232,35 @@ fn hosts_upgrade_in_waves_under_load_and_a_broken_binary_rolls_back_and_stops_th
         "--wave",
         "2",
         "--pause-on-failure",
+        "--timeout",
+        "5s",
         "--wait",
     ]);
     assert!(!ok, "{stdout}");
-    assert!(
-        stderr.contains("upgrade paused: 2 host(s) failed"),
-        "{stdout}{stderr}"
-    );
-    let status: serde_json::Value =
-        serde_json::from_str(&lattice.ok(&["fleet", "status", "-o", "json"])).unwrap();
+    assert!(stderr.contains("upgrade paused"), "{stdout}{stderr}");
+    // The host still on its way when the other failed settles too (paused, no new wave).
+    let status = eventually(PATIENCE, "both hosts of the wave to fail", || {
+        let status: serde_json::Value =
+            serde_json::from_str(&lattice.ok(&["fleet", "status", "-o", "json"])).unwrap();
+        let phases: Vec<&str> = ["h1", "h2", "h3"]
+            .iter()
+            .map(|host| status["hosts"][host]["phase"].as_str().unwrap_or_default())
+            .collect();
+        (phases == ["failed", "failed", "waiting"]).then_some(status)
+    });
     assert_eq!(status["state"], "paused", "{status}");
-    let phases: Vec<&str> = ["h1", "h2", "h3"]
-        .iter()
-        .map(|host| status["hosts"][host]["phase"].as_str().unwrap())
-        .collect();
-    assert_eq!(phases, ["failed", "failed", "waiting"], "{status}");
-    assert!(
-        status["hosts"]["h1"]["message"]
+    let message = |host: &str| {
+        status["hosts"][host]["message"]
             .as_str()
             .unwrap()
-            .contains("exited before it rejoined"),
+            .to_owned()
+    };
+    assert!(
+        message("h1").contains("did not rejoin the lattice within 5 s"),
+        "{status}"
+    );
+    assert!(
+        message("h2").contains("exited before it rejoined"),
         "{status}"
     );
     // Every host is back on v2 and serves.

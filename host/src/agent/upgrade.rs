@@ -87,9 +87,6 @@ impl Upgrades {
     /// Reads this host's order and starts preparing it when it is new to this host and its
     /// binary is not the one running.
     pub(super) async fn check(&mut self, lattice: &Lattice, host: &str) {
-        let Some(upgrader) = &self.upgrader else {
-            return;
-        };
         if self.preparing.is_some() {
             return;
         }
@@ -108,6 +105,30 @@ impl Upgrades {
             tracing::warn!(%invalid, "ignoring an upgrade order that is not valid");
             return;
         }
+        let tried = self.report.lock().ok().and_then(|report| {
+            report.as_ref().map(|report| {
+                report.upgrade == order.upgrade && report.phase == ReportPhase::Failed
+            })
+        });
+        if tried == Some(true) {
+            return;
+        }
+        let refusal = match &self.upgrader {
+            None => Some("this host takes no upgrades (shoal up's hosts go with shoal up)"),
+            // On a lattice without credentials anyone may write the order, trusted keys and
+            // all: a native binary runs only on the control plane's word.
+            Some(_) if !self.secure => {
+                Some("this host takes upgrades only on a secure lattice (with a host credential)")
+            }
+            Some(_) => None,
+        };
+        if let Some(refusal) = refusal {
+            self.tell(&order, ReportPhase::Failed, Some(refusal.to_owned()));
+            return;
+        }
+        let Some(upgrader) = &self.upgrader else {
+            return;
+        };
         // Not before the host knows what it runs: an order for the binary it already runs
         // is done, not a restart.
         let Some(binary) = self.binary.get() else {
@@ -123,27 +144,6 @@ impl Upgrades {
             return;
         };
         if order.target.binary == *binary {
-            return;
-        }
-        let tried = self.report.lock().ok().and_then(|report| {
-            report.as_ref().map(|report| {
-                report.upgrade == order.upgrade && report.phase == ReportPhase::Failed
-            })
-        });
-        if tried == Some(true) {
-            return;
-        }
-        // On a lattice without credentials anyone may write the order, trusted keys and
-        // all: a native binary runs only on the control plane's word.
-        if !self.secure {
-            self.tell(
-                &order,
-                ReportPhase::Failed,
-                Some(
-                    "this host takes upgrades only on a secure lattice (with a host credential)"
-                        .to_owned(),
-                ),
-            );
             return;
         }
         tracing::info!(
