@@ -3,11 +3,14 @@
 //! `SHOAL_BUILD_LABEL` or written into a built binary by a packager. Two builds of one
 //! release tell themselves apart by it, which is what a fleet upgrade shows.
 
-/// The bytes before the label.
-const MARKER: &[u8] = b"SHOAL-BUILD-LABEL-1:";
+/// The bytes before the label, in two halves: whole, they are in the binary once, in the
+/// stamp itself, where a packager's tool finds them.
+const MARKER_HEAD: &[u8] = b"SHOAL-BUILD-";
+const MARKER_TAIL: &[u8] = b"LABEL-1:";
+const MARKER_LEN: usize = MARKER_HEAD.len() + MARKER_TAIL.len();
 /// Most bytes of a label.
 pub const LABEL_LEN: usize = 48;
-const STAMP_LEN: usize = MARKER.len() + LABEL_LEN;
+const STAMP_LEN: usize = MARKER_LEN + LABEL_LEN;
 
 /// The marker and the label, zero-padded.
 #[used]
@@ -16,15 +19,19 @@ static STAMP: [u8; STAMP_LEN] = stamp(option_env!("SHOAL_BUILD_LABEL"));
 const fn stamp(label: Option<&str>) -> [u8; STAMP_LEN] {
     let mut stamp = [0_u8; STAMP_LEN];
     let mut at = 0;
-    while at < MARKER.len() {
-        stamp[at] = MARKER[at];
+    while at < MARKER_HEAD.len() {
+        stamp[at] = MARKER_HEAD[at];
+        at += 1;
+    }
+    while at < MARKER_LEN {
+        stamp[at] = MARKER_TAIL[at - MARKER_HEAD.len()];
         at += 1;
     }
     if let Some(label) = label {
         let label = label.as_bytes();
         let mut index = 0;
         while index < label.len() && index < LABEL_LEN {
-            stamp[MARKER.len() + index] = label[index];
+            stamp[MARKER_LEN + index] = label[index];
             index += 1;
         }
     }
@@ -35,13 +42,12 @@ const fn stamp(label: Option<&str>) -> [u8; STAMP_LEN] {
 pub fn label() -> Option<String> {
     // Read through an opaque reference: the bytes may have been written after the build.
     let stamp: &[u8; STAMP_LEN] = std::hint::black_box(&STAMP);
-    parse(&stamp[MARKER.len()..])
+    parse(&stamp[MARKER_LEN..])
 }
 
 /// The label of the binary `bytes`, if it has the marker.
 pub fn label_in(bytes: &[u8]) -> Option<String> {
-    // Put together here, so this function's own constant is not taken for the marker.
-    let marker = [&MARKER[..6], &MARKER[6..]].concat();
+    let marker = [MARKER_HEAD, MARKER_TAIL].concat();
     let at = bytes
         .windows(marker.len())
         .position(|window| window == marker.as_slice())?;
@@ -85,13 +91,13 @@ mod tests {
         binary.extend_from_slice(&stamp(None));
         binary.extend_from_slice(&[9; 10]);
         assert_eq!(label_in(&binary), None);
-        let at = 100 + MARKER.len();
+        let at = 100 + MARKER_LEN;
         binary[at..at + 5].copy_from_slice(b"v2.rc");
         assert_eq!(label_in(&binary).as_deref(), Some("v2.rc"));
         binary[at] = b'/';
         assert_eq!(label_in(&binary), None);
         assert_eq!(
-            parse(&stamp(Some("nightly-7"))[MARKER.len()..]).as_deref(),
+            parse(&stamp(Some("nightly-7"))[MARKER_LEN..]).as_deref(),
             Some("nightly-7")
         );
     }

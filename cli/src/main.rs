@@ -118,13 +118,14 @@ fn main() -> ExitCode {
     if let Command::CompileWorker(args) = &cli.command {
         return commands::compile_worker::run(args);
     }
-    // A host's upgrade watchdog: waits on a pipe, and starts the old binary again or exits.
     // What the binary this one replaced handed over, taken before any other thread runs
     // (reading it unsets the socket activation variables).
     let handover = match &cli.command {
         Command::Host(_) => upgrade::handover(),
         _ => upgrade::Handover::default(),
     };
+    // A host's upgrade watchdog: waits for the new binary's signal, and starts the old
+    // binary again or exits.
     if let Command::UpgradeWatchdog(args) = &cli.command {
         return match upgrade::watchdog(args) {
             Ok(code) => ExitCode::from(code),

@@ -22,23 +22,11 @@ pub const MAX_TARGETS: usize = 8;
 /// Most hosts one upgrade tracks (more are left for the next upgrade).
 pub const MAX_UPGRADE_HOSTS: usize = 10_000;
 
-/// Most bytes of a failure message a host's progress keeps.
+/// Most bytes of a failure message a host's progress keeps (see [`crate::validate::truncate`]).
 pub const MAX_PROGRESS_MESSAGE: usize = 512;
 
 /// The shortest time a new binary may be given to rejoin.
 pub const MIN_UPGRADE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// `message` cut to at most `max` bytes, on a character boundary.
-pub fn truncate(message: &str, max: usize) -> String {
-    if message.len() <= max {
-        return message.to_owned();
-    }
-    let mut end = max;
-    while !message.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &message[..end])
-}
 
 /// How many hosts of a wave upgrade at once: a count, or a share of the selected hosts
 /// (rounded up, at least one). Written `3` or `10%`.
@@ -150,7 +138,8 @@ pub enum HostPhase {
     /// Did not come back on the new binary in time, or said it could not (and runs the old
     /// one again, when it rolled back).
     Failed,
-    /// Left out: when the last wave was done it could not take one (lost, draining).
+    /// Left out: when the last wave was done it could not take one (lost, draining,
+    /// cordoned).
     Skipped,
 }
 

@@ -200,7 +200,15 @@ pub const FLEET_UPGRADE: &str = "fleet.upgrade";
 /// ([`crate::fleet::UpgradeOrder`]): the one key of that bucket besides its own that the
 /// host reads.
 pub fn upgrade_order_key(host: &str) -> String {
-    format!("upgrades.{host}")
+    format!("{UPGRADE_ORDERS}{host}")
+}
+
+/// The prefix of every upgrade order's key in the status bucket.
+pub const UPGRADE_ORDERS: &str = "upgrades.";
+
+/// The host an upgrade order's key is for.
+pub fn upgrade_order_host(key: &str) -> Option<&str> {
+    key.strip_prefix(UPGRADE_ORDERS)
 }
 
 /// The key of the lattice's identity in the status bucket.

@@ -820,7 +820,13 @@ impl Validate for crate::fleet::FleetUpgrade {
         }
         found.span("timeout", Some(self.timeout), MAX_TIMEOUT);
         if self.timeout.0 < crate::fleet::MIN_UPGRADE_TIMEOUT {
-            found.add("timeout", "must be at least 5s");
+            found.add(
+                "timeout",
+                format!(
+                    "must be at least {}s",
+                    crate::fleet::MIN_UPGRADE_TIMEOUT.as_secs()
+                ),
+            );
         }
         if self.hosts.len() > crate::fleet::MAX_UPGRADE_HOSTS {
             found.add(
@@ -834,7 +840,7 @@ impl Validate for crate::fleet::FleetUpgrade {
                 found.text(
                     &format!("hosts.{host}.message"),
                     message,
-                    crate::fleet::MAX_PROGRESS_MESSAGE + 4,
+                    crate::fleet::MAX_PROGRESS_MESSAGE,
                 );
             }
         }
@@ -1000,6 +1006,20 @@ impl Validate for ReplicaStatus {
     }
 }
 
+/// `text` cut to at most `max` bytes on a character boundary, ending with `…` when cut:
+/// for what a record keeps of a message that came from elsewhere.
+pub fn truncate(text: &str, max: usize) -> String {
+    const CUT: char = '…';
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max.saturating_sub(CUT.len_utf8());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{CUT}", &text[..end])
+}
+
 /// Whether `digest` is `sha256:` and 64 lowercase hex digits.
 pub fn is_digest(digest: &str) -> bool {
     digest.strip_prefix("sha256:").is_some_and(|hex| {
@@ -1112,6 +1132,20 @@ impl Validate for crate::records::HostCredential {
 impl Validate for Lease {
     fn validate(&self) -> Result<(), Invalid> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod truncate_tests {
+    use super::truncate;
+
+    #[test]
+    fn truncated_text_fits_its_limit_on_a_character_boundary() {
+        assert_eq!(truncate("short", 10), "short");
+        let cut = truncate("ééééé", 6);
+        assert!(cut.len() <= 6, "{cut}");
+        assert_eq!(cut, "é…");
+        assert!(truncate(&"x".repeat(600), 512).len() <= 512);
     }
 }
 

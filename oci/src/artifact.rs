@@ -131,7 +131,8 @@ pub fn build(
     })
 }
 
-fn descriptor(media_type: &str, digest: &Digest, size: u64) -> OciDescriptor {
+/// A descriptor of a blob.
+pub(crate) fn descriptor(media_type: &str, digest: &Digest, size: u64) -> OciDescriptor {
     OciDescriptor {
         media_type: media_type.to_owned(),
         digest: digest.to_string(),

@@ -3,12 +3,12 @@
 //! reference serves a mixed fleet. Signatures are those of components: of each manifest's
 //! digest, stored beside it (see [`crate::signature`]).
 
-use oci_client::manifest::{OciDescriptor, OciImageIndex, OciImageManifest, Platform};
+use oci_client::manifest::{OciImageIndex, OciImageManifest, Platform};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Reference, RegistryOperation};
 use serde::{Deserialize, Serialize};
 
-use crate::artifact::Blob;
+use crate::artifact::{Blob, descriptor};
 use crate::client::{Client, MemorySink};
 use crate::digest::Digest;
 use crate::error::Error;
@@ -95,8 +95,12 @@ impl Client {
             let manifest = OciImageManifest {
                 schema_version: 2,
                 media_type: Some(OCI_MANIFEST.to_owned()),
-                config: descriptor(HOST_BINARY_CONFIG, &config_digest, config_bytes.len()),
-                layers: vec![descriptor(HOST_BINARY_LAYER, &binary_digest, binary.len())],
+                config: descriptor(
+                    HOST_BINARY_CONFIG,
+                    &config_digest,
+                    config_bytes.len() as u64,
+                ),
+                layers: vec![descriptor(HOST_BINARY_LAYER, &binary_digest, size)],
                 artifact_type: None,
                 annotations: None,
                 subject: None,
@@ -183,7 +187,7 @@ impl Client {
     /// The binaries `reference` names (an index of them, or one), each with its config.
     ///
     /// # Errors
-    /// Registry errors; [`Error::Registry`] for what is not a host binary.
+    /// Registry errors; [`Error::NotHostBinary`] for what is not a host binary.
     pub async fn resolve_binaries(
         &self,
         reference: &Reference,
@@ -332,57 +336,115 @@ impl Client {
                 actual,
             });
         }
-        let manifest: OciImageManifest =
-            serde_json::from_slice(&bytes).map_err(|error| not_binary(reference, error))?;
-        if manifest.config.media_type != HOST_BINARY_CONFIG {
-            return Err(not_binary(
-                reference,
-                format!("its config is {}", manifest.config.media_type),
-            ));
-        }
-        let [layer] = manifest.layers.as_slice() else {
-            return Err(not_binary(reference, "it must have exactly one layer"));
-        };
-        if layer.media_type != HOST_BINARY_LAYER {
-            return Err(not_binary(
-                reference,
-                format!("its layer is {}", layer.media_type),
-            ));
-        }
-        let size = u64::try_from(layer.size).unwrap_or(u64::MAX);
-        if size > MAX_BINARY_SIZE {
-            return Err(Error::TooLarge {
+        check_binary_manifest(&bytes).map_err(|problem| match problem {
+            Problem::TooLarge(size) => Error::TooLarge {
                 size,
                 limit: MAX_BINARY_SIZE,
-            });
-        }
-        let blob = Blob {
-            media_type: layer.media_type.clone(),
-            digest: layer
-                .digest
-                .parse()
-                .map_err(|error| not_binary(reference, error))?,
-            size,
-        };
-        Ok((manifest, blob))
+            },
+            Problem::Shape(problem) => not_binary(reference, problem),
+        })
     }
 }
 
-fn descriptor(media_type: &str, digest: &Digest, size: usize) -> OciDescriptor {
-    OciDescriptor {
-        media_type: media_type.to_owned(),
-        digest: digest.to_string(),
-        size: i64::try_from(size).unwrap_or(i64::MAX),
-        urls: None,
-        annotations: None,
-        artifact_type: None,
+/// Why a manifest is not a host binary's.
+#[derive(Debug, PartialEq)]
+enum Problem {
+    /// Its layer is larger than a host binary may be.
+    TooLarge(u64),
+    /// It is not shaped like one.
+    Shape(String),
+}
+
+/// Checks a host binary's manifest: its config's media type, one layer of the binary's
+/// media type within [`MAX_BINARY_SIZE`]; returns it and its layer.
+fn check_binary_manifest(bytes: &[u8]) -> Result<(OciImageManifest, Blob), Problem> {
+    let shape = |problem: String| Problem::Shape(problem);
+    let manifest: OciImageManifest =
+        serde_json::from_slice(bytes).map_err(|error| shape(error.to_string()))?;
+    if manifest.config.media_type != HOST_BINARY_CONFIG {
+        return Err(shape(format!(
+            "its config is {}",
+            manifest.config.media_type
+        )));
     }
+    let [layer] = manifest.layers.as_slice() else {
+        return Err(shape("it must have exactly one layer".to_owned()));
+    };
+    if layer.media_type != HOST_BINARY_LAYER {
+        return Err(shape(format!("its layer is {}", layer.media_type)));
+    }
+    let size =
+        u64::try_from(layer.size).map_err(|_| shape("its layer's size is negative".to_owned()))?;
+    if size > MAX_BINARY_SIZE {
+        return Err(Problem::TooLarge(size));
+    }
+    let blob = Blob {
+        media_type: layer.media_type.clone(),
+        digest: layer
+            .digest
+            .parse()
+            .map_err(|error: crate::digest::InvalidDigest| shape(error.to_string()))?,
+        size,
+    };
+    Ok((manifest, blob))
 }
 
 fn not_binary(reference: &Reference, problem: impl std::fmt::Display) -> Error {
-    Error::Registry {
-        registry: reference.resolve_registry().to_owned(),
+    Error::NotHostBinary {
         reference: reference.whole(),
-        message: format!("not a Shoal host binary: {problem}"),
+        problem: problem.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LAYER: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+
+    fn manifest(config: &str, layers: &[(&str, i64)]) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": config, "digest": LAYER, "size": 10},
+            "layers": layers.iter().map(|(media_type, size)| serde_json::json!({
+                "mediaType": media_type, "digest": LAYER, "size": size
+            })).collect::<Vec<_>>(),
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn only_a_manifest_of_one_host_binary_layer_within_the_limit_is_a_host_binary() {
+        let (_, layer) =
+            check_binary_manifest(&manifest(HOST_BINARY_CONFIG, &[(HOST_BINARY_LAYER, 5)]))
+                .unwrap();
+        assert_eq!(layer.digest.as_str(), LAYER);
+        assert_eq!(layer.size, 5);
+        let refused = [
+            // A component (or anything else) signed by a trusted key is not a binary.
+            manifest(crate::media_types::WASM_CONFIG, &[(HOST_BINARY_LAYER, 5)]),
+            manifest(HOST_BINARY_CONFIG, &[(crate::media_types::WASM_LAYER, 5)]),
+            manifest(HOST_BINARY_CONFIG, &[]),
+            manifest(
+                HOST_BINARY_CONFIG,
+                &[(HOST_BINARY_LAYER, 5), (HOST_BINARY_LAYER, 5)],
+            ),
+            manifest(HOST_BINARY_CONFIG, &[(HOST_BINARY_LAYER, -1)]),
+            b"not json".to_vec(),
+        ];
+        for bytes in refused {
+            assert!(
+                matches!(check_binary_manifest(&bytes), Err(Problem::Shape(_))),
+                "{}",
+                String::from_utf8_lossy(&bytes)
+            );
+        }
+        let huge = i64::try_from(MAX_BINARY_SIZE + 1).unwrap();
+        assert_eq!(
+            check_binary_manifest(&manifest(HOST_BINARY_CONFIG, &[(HOST_BINARY_LAYER, huge)]))
+                .err(),
+            Some(Problem::TooLarge(MAX_BINARY_SIZE + 1))
+        );
     }
 }

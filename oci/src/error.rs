@@ -45,6 +45,14 @@ pub enum Error {
         /// Which rule it breaks (in the message, so not also a `source`).
         problem: ArtifactError,
     },
+    /// What a reference names is not a Shoal host binary artifact.
+    #[error("{reference} is not a Shoal host binary: {problem}")]
+    NotHostBinary {
+        /// What was asked for.
+        reference: String,
+        /// Which rule it breaks.
+        problem: String,
+    },
     /// A blob's content does not match the digest its descriptor names.
     #[error(
         "the {what} does not match its digest (expected {expected}, got {actual}); the registry or the network corrupted it, nothing was cached"

@@ -12,12 +12,13 @@ use std::time::Duration;
 
 use shoal_lattice::Event;
 use shoal_lattice::fleet::{
-    FleetUpgrade, HostPhase, HostProgress, MAX_PROGRESS_MESSAGE, MAX_UPGRADE_HOSTS, ReportPhase,
-    UpgradeOrder, UpgradeState, truncate,
+    BinaryTarget, FleetUpgrade, HostPhase, HostProgress, MAX_PROGRESS_MESSAGE, MAX_UPGRADE_HOSTS,
+    ReportPhase, UpgradeOrder, UpgradeState,
 };
 use shoal_lattice::quantity::Span;
 use shoal_lattice::records::HostRecord;
 use shoal_lattice::trust::TrustedKey;
+use shoal_lattice::validate::truncate;
 
 /// Time past a host's own rollback deadline after which the control plane counts it
 /// failed: the host first pulls the binary, then restarts, then has the deadline to rejoin.
@@ -60,7 +61,7 @@ pub fn step(
         let Some(record) = hosts.get(host) else {
             continue;
         };
-        let Some(target) = labels_arch(record).and_then(|arch| next.target(arch)) else {
+        let Some(target) = target_of(&next, record) else {
             continue;
         };
         if progress.phase != HostPhase::Upgrading {
@@ -91,12 +92,21 @@ pub fn step(
     out
 }
 
-/// The architecture a host labels itself with.
-fn labels_arch(host: &HostRecord) -> Option<&str> {
-    host.labels.get("arch").map(String::as_str)
+/// The binary `upgrade` has for `host`'s architecture.
+fn target_of<'a>(upgrade: &'a FleetUpgrade, host: &HostRecord) -> Option<&'a BinaryTarget> {
+    host.labels
+        .get("arch")
+        .and_then(|arch| upgrade.target(arch))
 }
 
-/// Moves an upgrade on: settles the wave under way; when running, also selects new hosts,
+/// Whether `host` reports running `upgrade`'s binary for it (one that has not read its own
+/// binary yet does not: its order makes it read it, then it reports).
+fn runs_target(upgrade: &FleetUpgrade, host: &HostRecord) -> bool {
+    target_of(upgrade, host)
+        .is_some_and(|target| host.binary.as_deref() == Some(target.binary.as_str()))
+}
+
+/// Moves an upgrade on: settles the wave under way; when running, also takes in new hosts,
 /// and sends the next wave or completes (or pauses at a failure).
 fn advance(
     source: &str,
@@ -105,23 +115,32 @@ fn advance(
     now: u64,
     events: &mut Vec<Event>,
 ) {
-    // Hosts that match (joined since, too) and have a binary for their architecture.
     let running = upgrade.state == UpgradeState::Running;
-    for (id, host) in hosts.iter().filter(|_| running) {
+    if running {
+        select(upgrade, hosts, now);
+    }
+    settle(source, upgrade, hosts, now, events);
+    if running {
+        next_wave(source, upgrade, hosts, now, events);
+    }
+}
+
+/// Takes in the hosts that match (joined since, too) and have a binary for their
+/// architecture; a waiting host that runs the binary already is upgraded, and an upgraded
+/// one that runs another again (restarted from the one its service starts, say) waits.
+fn select(upgrade: &mut FleetUpgrade, hosts: &BTreeMap<String, HostRecord>, now: u64) {
+    for (id, host) in hosts {
         let matches = upgrade
             .selector
             .iter()
             .all(|(key, value)| host.labels.get(key) == Some(value));
-        let Some(target) = labels_arch(host).and_then(|arch| upgrade.target(arch)) else {
-            continue;
-        };
-        if !matches || upgrade.hosts.contains_key(id) {
+        if !matches || target_of(upgrade, host).is_none() || upgrade.hosts.contains_key(id) {
             continue;
         }
         if upgrade.hosts.len() >= MAX_UPGRADE_HOSTS {
             break;
         }
-        let phase = if host.binary.as_deref() == Some(target.binary.as_str()) {
+        let phase = if runs_target(upgrade, host) {
             HostPhase::Upgraded
         } else {
             HostPhase::Waiting
@@ -136,67 +155,98 @@ fn advance(
             },
         );
     }
-    let deadline = deadline(upgrade.timeout);
-    let id = upgrade.id.clone();
-    let targets = upgrade.targets.clone();
-    for (host, progress) in &mut upgrade.hosts {
-        let record = hosts.get(host);
-        // Back on another binary (restarted from the one its service starts, say): it
-        // waits for a wave again.
-        if running
-            && progress.phase == HostPhase::Upgraded
-            && let Some(record) = record
-            && let Some(binary) = &record.binary
-            && let Some(target) = labels_arch(record)
-                .and_then(|arch| targets.iter().find(|target| target.arch == arch))
-            && *binary != target.binary
-        {
-            progress.phase = HostPhase::Waiting;
+    // Waiting and upgraded follow what each host reports running now.
+    let moved: Vec<(String, HostPhase)> = upgrade
+        .hosts
+        .iter()
+        .filter_map(|(id, progress)| {
+            let runs = runs_target(upgrade, hosts.get(id)?);
+            match progress.phase {
+                HostPhase::Upgraded if !runs => Some((id.clone(), HostPhase::Waiting)),
+                HostPhase::Waiting if runs => Some((id.clone(), HostPhase::Upgraded)),
+                _ => None,
+            }
+        })
+        .collect();
+    for (id, phase) in moved {
+        if let Some(progress) = upgrade.hosts.get_mut(&id) {
+            progress.phase = phase;
             progress.since = now;
-            continue;
         }
+    }
+}
+
+/// Settles the hosts on their way: upgraded when they report the binary, failed when they
+/// report that they went back or stay silent past the deadline.
+fn settle(
+    source: &str,
+    upgrade: &mut FleetUpgrade,
+    hosts: &BTreeMap<String, HostRecord>,
+    now: u64,
+    events: &mut Vec<Event>,
+) {
+    let deadline = deadline(upgrade.timeout);
+    let mut settled = Vec::new();
+    for (id, progress) in &upgrade.hosts {
         if progress.phase != HostPhase::Upgrading {
             continue;
         }
-        let target = record
-            .and_then(labels_arch)
-            .and_then(|arch| targets.iter().find(|target| target.arch == arch));
-        let runs = |record: &HostRecord| {
-            target.is_some_and(|target| record.binary.as_deref() == Some(target.binary.as_str()))
-        };
+        let record = hosts.get(id);
         let failure = record
             .and_then(|record| record.upgrade.as_ref())
-            .filter(|report| report.upgrade == id && report.phase == ReportPhase::Failed);
-        if let Some(record) = record.filter(|record| runs(record)) {
-            progress.phase = HostPhase::Upgraded;
-            progress.since = now;
+            .filter(|report| report.upgrade == upgrade.id && report.phase == ReportPhase::Failed);
+        if let Some(record) = record.filter(|record| runs_target(upgrade, record)) {
             events.push(Event::host(
                 source,
-                host,
+                id,
                 "HostUpgraded",
-                format!("host {host} runs version {}", record.version),
+                format!("host {id} runs version {}", record.version),
             ));
+            settled.push((id.clone(), HostPhase::Upgraded, None));
         } else if let Some(report) = failure {
             let message = report.message.as_deref().map_or_else(
                 || "the host could not upgrade".to_owned(),
                 |message| truncate(message, MAX_PROGRESS_MESSAGE),
             );
-            fail(source, host, progress, message, now, events);
+            settled.push((id.clone(), HostPhase::Failed, Some(message)));
         } else if now.saturating_sub(progress.since) > deadline {
             let message = format!(
-                "did not come back on the new binary within {}",
-                humantime_secs(deadline)
+                "did not come back on the new binary within {} s",
+                deadline / 1000
             );
-            fail(source, host, progress, message, now, events);
+            settled.push((id.clone(), HostPhase::Failed, Some(message)));
         }
     }
+    for (id, phase, message) in settled {
+        if let Some(message) = &message {
+            events.push(Event::host(
+                source,
+                &id,
+                "HostUpgradeFailed",
+                format!("host {id}: {message}"),
+            ));
+        }
+        if let Some(progress) = upgrade.hosts.get_mut(&id) {
+            progress.phase = phase;
+            progress.since = now;
+            progress.message = message;
+        }
+    }
+}
+
+/// Pauses at a failure when asked; else sends the next wave once none is on its way, or
+/// completes when none is left (skipping the hosts that cannot take one).
+fn next_wave(
+    source: &str,
+    upgrade: &mut FleetUpgrade,
+    hosts: &BTreeMap<String, HostRecord>,
+    now: u64,
+    events: &mut Vec<Event>,
+) {
     let failed = upgrade
         .hosts
         .values()
         .any(|progress| progress.phase == HostPhase::Failed);
-    if !running {
-        return;
-    }
     if failed && upgrade.pause_on_failure {
         upgrade.state = UpgradeState::Paused;
         events.push(Event::lattice(
@@ -284,30 +334,6 @@ fn deadline(timeout: Span) -> u64 {
     u64::try_from(total.as_millis()).unwrap_or(u64::MAX)
 }
 
-fn humantime_secs(millis: u64) -> String {
-    format!("{}s", millis / 1000)
-}
-
-fn fail(
-    source: &str,
-    host: &str,
-    progress: &mut HostProgress,
-    message: String,
-    now: u64,
-    events: &mut Vec<Event>,
-) {
-    events.push(Event::host(
-        source,
-        host,
-        "HostUpgradeFailed",
-        format!("host {host}: {message}"),
-    ));
-    progress.phase = HostPhase::Failed;
-    progress.since = now;
-    progress.message = Some(message);
-}
-
-/// An upgrade `id` to one x86-64 binary, one host per wave, for tests.
 #[cfg(test)]
 pub(crate) fn example(id: &str) -> FleetUpgrade {
     use shoal_lattice::fleet::{BinaryTarget, WaveSize};
@@ -534,6 +560,14 @@ mod tests {
         assert_eq!(upgrade.hosts["h1"].phase, HostPhase::Upgraded);
         hosts.get_mut("h1").unwrap().binary = Some(OLD.to_owned());
         run(&mut upgrade, &hosts, &mut orders, 5);
+        assert_eq!(upgrade.hosts["h1"].phase, HostPhase::Waiting);
+        // So is one restarted plainly, which has not read its binary yet (its order makes
+        // it read and report it).
+        hosts.get_mut("h1").unwrap().binary = Some(NEW.to_owned());
+        run(&mut upgrade, &hosts, &mut orders, 6);
+        assert_eq!(upgrade.hosts["h1"].phase, HostPhase::Upgraded);
+        hosts.get_mut("h1").unwrap().binary = None;
+        run(&mut upgrade, &hosts, &mut orders, 7);
         assert_eq!(upgrade.hosts["h1"].phase, HostPhase::Waiting);
     }
 

@@ -41,11 +41,11 @@ pub struct PublishArgs {
     /// A `shoal` binary to publish (repeat for each architecture) [default: this one].
     #[arg(long = "binary", value_name = "FILE")]
     pub binaries: Vec<PathBuf>,
-    /// The architecture of each --binary, when it is not an ELF file that says.
+    /// The architecture of the one --binary, when it is not an ELF file that says.
     #[arg(long)]
     pub arch: Option<String>,
-    /// The version the binaries report [default: this release and each binary's build
-    /// label].
+    /// The version the binaries report [default: this CLI's release and each binary's
+    /// build label; give it for binaries of another release].
     #[arg(long)]
     pub binary_version: Option<String>,
     /// Sign each binary's manifest with this private key (as `shoal push --sign`); hosts run
@@ -122,7 +122,12 @@ async fn publish(args: PublishArgs) -> anyhow::Result<u8> {
     } else {
         args.binaries.clone()
     };
-    let mut binaries = Vec::new();
+    if args.arch.is_some() && paths.len() > 1 {
+        bail!(
+            "--arch names the architecture of one --binary; binaries of several architectures must be ELF files that say theirs"
+        );
+    }
+    let mut binaries: Vec<(Vec<u8>, BinaryConfig)> = Vec::new();
     for path in &paths {
         let bytes =
             std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
@@ -134,6 +139,12 @@ async fn publish(args: PublishArgs) -> anyhow::Result<u8> {
                 path.display()
             ),
         };
+        if binaries
+            .iter()
+            .any(|(_, config)| config.architecture == arch)
+        {
+            bail!("two binaries for {arch}: publish one per architecture");
+        }
         let version = args.binary_version.clone().unwrap_or_else(|| {
             crate::build_label::version_with(crate::build_label::label_in(&bytes))
         });

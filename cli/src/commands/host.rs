@@ -416,7 +416,7 @@ impl HostArgs {
             version: crate::build_label::version(),
             binary: Arc::new(std::sync::OnceLock::new()),
             upgrader: None,
-            upgrade: None,
+            failed_upgrade: None,
             accept_after_join: None,
         })
     }
@@ -569,16 +569,18 @@ pub async fn run(
     options.credential = lattice.credential_jwt()?;
     warn_ungranted_labels(&args, lattice, &id, options.credential.as_deref())?;
     options.own_listeners.extend(nats_addresses(lattice.url()));
+    // Each host its own: hosts sharing a cache directory must not prune each other's.
+    let binaries = args.registry.cache_root()?.join("host-binaries").join(&id);
     if let Some(binary) = handover.binary {
         let _ = options.binary.set(binary);
     }
-    options.upgrade = handover.failed;
+    options.failed_upgrade = handover.failed;
     if handed_over {
         options.accept_after_join = Some(ACCEPT_AFTER_JOIN);
     }
     options.upgrader = Some(Arc::new(crate::upgrade::OciUpgrader {
         client: client.clone(),
-        dir: args.registry.cache_root()?.join("host-binaries"),
+        dir: binaries.clone(),
         anchors,
     }));
     let compiled = runtime.compiled_dir();
@@ -613,7 +615,6 @@ pub async fn run(
     };
     if let Some(watchdog) = handover.watchdog {
         let mut joined = agent.joined();
-        let binaries = args.registry.cache_root()?.join("host-binaries");
         tokio::spawn(async move {
             if joined.wait_for(|joined| *joined).await.is_ok() {
                 crate::upgrade::rejoined(watchdog, &binaries).await;

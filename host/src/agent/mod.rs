@@ -111,7 +111,7 @@ pub struct AgentOptions {
     /// replaced, whose clients wait in its backlog.
     pub accept_after_join: Option<Duration>,
     /// What the last incarnation told of an upgrade (one that failed and was rolled back).
-    pub upgrade: Option<shoal_lattice::fleet::UpgradeReport>,
+    pub failed_upgrade: Option<shoal_lattice::fleet::UpgradeReport>,
 }
 
 /// Fetches a component's bytes by pinned reference (`repository@sha256:…`), through a
@@ -208,7 +208,7 @@ pub struct Agent<F> {
     /// What the host's record tells of an upgrade.
     upgrade_report: Arc<Mutex<Option<shoal_lattice::fleet::UpgradeReport>>>,
     /// Whether the host has joined the lattice (and reported what it runs).
-    joined: Arc<tokio::sync::watch::Sender<bool>>,
+    joined_signal: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl<F: Fetch> Agent<F> {
@@ -226,8 +226,8 @@ impl<F: Fetch> Agent<F> {
         Self {
             secrets_key: Arc::new(secrets_key),
             load_taken: Mutex::new(std::time::Instant::now()),
-            upgrade_report: Arc::new(Mutex::new(options.upgrade.clone())),
-            joined: Arc::new(tokio::sync::watch::Sender::new(false)),
+            upgrade_report: Arc::new(Mutex::new(options.failed_upgrade.clone())),
+            joined_signal: Arc::new(tokio::sync::watch::Sender::new(false)),
             routing_built: Mutex::new(None),
             metrics: Arc::new(Metrics::default()),
             runtime,
@@ -249,7 +249,7 @@ impl<F: Fetch> Agent<F> {
 
     /// Becomes true once the host has joined the lattice and reported what it runs.
     pub fn joined(&self) -> tokio::sync::watch::Receiver<bool> {
-        self.joined.subscribe()
+        self.joined_signal.subscribe()
     }
 
     /// This host's ingress counters and latency histograms, per app.
@@ -353,7 +353,7 @@ impl<F: Fetch> Agent<F> {
             let activator = Arc::clone(&activator);
             let served_by =
                 http::HeaderValue::from_str(&id).unwrap_or(http::HeaderValue::from_static("host"));
-            let mut joined = self.joined.subscribe();
+            let mut has_joined = self.joined_signal.subscribe();
             let hold = self.options.accept_after_join;
             let serve = serve_with(
                 listener,
@@ -379,7 +379,7 @@ impl<F: Fetch> Agent<F> {
                 // the binary this one replaced), rather than get 503s from a host that can
                 // route nothing but its own replicas yet.
                 if let Some(hold) = hold {
-                    let _ = tokio::time::timeout(hold, joined.wait_for(|joined| *joined)).await;
+                    let _ = tokio::time::timeout(hold, has_joined.wait_for(|joined| *joined)).await;
                 }
                 serve.await;
             })
@@ -438,7 +438,7 @@ impl<F: Fetch> Agent<F> {
                         if started.is_some() {
                             publisher = started;
                         }
-                        self.joined.send_replace(true);
+                        self.joined_signal.send_replace(true);
                     }
                 }
                 let event = tokio::select! {

@@ -55,8 +55,8 @@ pub(super) struct Upgrades {
     upgrader: Option<Arc<dyn Upgrader>>,
     /// What the record tells.
     report: Arc<Mutex<Option<UpgradeReport>>>,
-    /// The upgrade being prepared.
-    preparing: Option<String>,
+    /// Whether a binary is being prepared.
+    preparing: bool,
     /// The running binary's digest, once known.
     binary: Arc<std::sync::OnceLock<String>>,
     identifying: bool,
@@ -76,7 +76,7 @@ impl Upgrades {
         Self {
             upgrader,
             report,
-            preparing: None,
+            preparing: false,
             binary,
             identifying: false,
             secure,
@@ -87,7 +87,7 @@ impl Upgrades {
     /// Reads this host's order and starts preparing it when it is new to this host and its
     /// binary is not the one running.
     pub(super) async fn check(&mut self, lattice: &Lattice, host: &str) {
-        if self.preparing.is_some() {
+        if self.preparing {
             return;
         }
         let order = match lattice
@@ -113,31 +113,40 @@ impl Upgrades {
         if tried == Some(true) {
             return;
         }
-        let refusal = match &self.upgrader {
-            None => Some("this host takes no upgrades (shoal up's hosts go with shoal up)"),
+        let upgrader = match &self.upgrader {
             // On a lattice without credentials anyone may write the order, trusted keys and
             // all: a native binary runs only on the control plane's word.
-            Some(_) if !self.secure => {
-                Some("this host takes upgrades only on a secure lattice (with a host credential)")
+            Some(upgrader) if self.secure => Arc::clone(upgrader),
+            Some(_) => {
+                return self.refuse(
+                    &order,
+                    "this host takes upgrades only on a secure lattice (with a host credential)",
+                );
             }
-            Some(_) => None,
-        };
-        if let Some(refusal) = refusal {
-            self.tell(&order, ReportPhase::Failed, Some(refusal.to_owned()));
-            return;
-        }
-        let Some(upgrader) = &self.upgrader else {
-            return;
+            None => {
+                return self.refuse(
+                    &order,
+                    "this host takes no upgrades (shoal up's hosts go with shoal up)",
+                );
+            }
         };
         // Not before the host knows what it runs: an order for the binary it already runs
         // is done, not a restart.
         let Some(binary) = self.binary.get() else {
             if !self.identifying {
                 self.identifying = true;
-                let (upgrader, known) = (Arc::clone(upgrader), Arc::clone(&self.binary));
+                let (known, report) = (Arc::clone(&self.binary), Arc::clone(&self.report));
                 tokio::spawn(async move {
-                    if let Some(digest) = upgrader.identify().await {
-                        let _ = known.set(digest);
+                    match upgrader.identify().await {
+                        Some(digest) => {
+                            let _ = known.set(digest);
+                        }
+                        None => tell(
+                            &report,
+                            &order,
+                            ReportPhase::Failed,
+                            Some("cannot read this host's own binary".to_owned()),
+                        ),
                     }
                 });
             }
@@ -153,8 +162,7 @@ impl Upgrades {
             "upgrading this host: preparing the new binary"
         );
         self.tell(&order, ReportPhase::Preparing, None);
-        self.preparing = Some(order.upgrade.clone());
-        let upgrader = Arc::clone(upgrader);
+        self.preparing = true;
         let prepared = self.prepared.clone();
         tokio::spawn(async move {
             let result = match upgrader.prepare(order.clone()).await {
@@ -168,7 +176,7 @@ impl Upgrades {
     /// The binary could not be prepared: told, and not tried again.
     pub(super) fn failed(&mut self, order: &UpgradeOrder, message: String) {
         tracing::warn!(upgrade = %order.upgrade, %message, "cannot upgrade this host");
-        self.preparing = None;
+        self.preparing = false;
         self.tell(order, ReportPhase::Failed, Some(message));
     }
 
@@ -185,7 +193,7 @@ impl Upgrades {
         host: &str,
         order: &UpgradeOrder,
     ) -> bool {
-        self.preparing = None;
+        self.preparing = false;
         let standing = lattice
             .get::<UpgradeOrder>(Bucket::Status, &upgrade_order_key(host))
             .await;
@@ -199,21 +207,35 @@ impl Upgrades {
         stands
     }
 
+    /// Refuses `order`, saying why (once: a refused upgrade is not looked at again).
+    fn refuse(&self, order: &UpgradeOrder, why: &str) {
+        self.tell(order, ReportPhase::Failed, Some(why.to_owned()));
+    }
+
     fn tell(&self, order: &UpgradeOrder, phase: ReportPhase, message: Option<String>) {
-        if let Ok(mut report) = self.report.lock() {
-            *report = Some(UpgradeReport {
-                upgrade: order.upgrade.clone(),
-                binary: order.target.binary.clone(),
-                phase,
-                // What went wrong may come from a registry: bounded, so the record stays
-                // valid.
-                message: message.map(|message| {
-                    shoal_lattice::fleet::truncate(
-                        &message,
-                        shoal_lattice::fleet::MAX_PROGRESS_MESSAGE,
-                    )
-                }),
-            });
-        }
+        tell(&self.report, order, phase, message);
+    }
+}
+
+/// Puts what the host tells of `order` in `report` (its record's).
+fn tell(
+    report: &Mutex<Option<UpgradeReport>>,
+    order: &UpgradeOrder,
+    phase: ReportPhase,
+    message: Option<String>,
+) {
+    if let Ok(mut report) = report.lock() {
+        *report = Some(UpgradeReport {
+            upgrade: order.upgrade.clone(),
+            binary: order.target.binary.clone(),
+            phase,
+            // What went wrong may come from a registry: bounded, so the record stays valid.
+            message: message.map(|message| {
+                shoal_lattice::validate::truncate(
+                    &message,
+                    shoal_lattice::fleet::MAX_PROGRESS_MESSAGE,
+                )
+            }),
+        });
     }
 }

@@ -1,9 +1,9 @@
 //! The leader's side of fleet upgrades: each pass plans one [`crate::fleet::step`] over the
-//! live hosts (the upgrade written compare-and-set first, so an admin starting or
-//! cancelling one meanwhile wins and nothing else of the step is written; then the hosts'
-//! orders and the events), and applies it.
+//! live hosts (the upgrade written compare-and-set first whenever the step changes it or
+//! gives orders, so an admin starting or cancelling one meanwhile wins and no order of the
+//! stale step is written; then the orders, withdrawals and events), and applies it.
 
-use shoal_lattice::fleet::UpgradeOrder;
+use shoal_lattice::fleet::{FleetUpgrade, UpgradeOrder};
 use shoal_lattice::names::{FLEET_UPGRADE, upgrade_order_key};
 use shoal_lattice::records::now_millis;
 use shoal_lattice::trust::LATTICE_KEY;
@@ -26,7 +26,7 @@ pub(super) fn plan_fleet(
         .snapshot()
         .into_iter()
         .filter_map(|order| {
-            let host = order.key.strip_prefix("upgrades.")?.to_owned();
+            let host = shoal_lattice::names::upgrade_order_host(&order.key)?.to_owned();
             Some((host, order.value))
         })
         .collect();
@@ -46,16 +46,22 @@ pub(super) fn plan_fleet(
         &trusted,
         now,
     );
-    if let (Some(next), Some(current)) = (step.upgrade, &upgrade) {
+    if let Some(current) = &upgrade {
+        // Orders go out only while the upgrade is the one this step read: the write of
+        // the upgrade (unchanged, when only orders change) is the guard.
+        let next: FleetUpgrade = step.upgrade.unwrap_or_else(|| current.value.clone());
+        let guarded = next != current.value || !step.orders.is_empty();
         // A record the mirrors would refuse would stall the upgrade on every pass.
         if let Err(invalid) = shoal_lattice::Validate::validate(&next) {
             tracing::error!(%invalid, "the fleet upgrade's next step is not valid; not written");
             return Plan::default();
         }
-        plan.push(Op::UpdateFleet {
-            upgrade: Box::new(next),
-            revision: current.revision,
-        });
+        if guarded {
+            plan.push(Op::UpdateFleet {
+                upgrade: Box::new(next),
+                revision: current.revision,
+            });
+        }
     }
     for (host, order) in step.orders {
         plan.push(Op::PutUpgradeOrder(host, Box::new(order)));

@@ -76,7 +76,7 @@ impl Harness {
         self.state.fleet = Mirror::fixed(self.fleet.clone());
         self.state.upgrade_orders =
             Mirror::fixed(self.orders.iter().map(|(host, order)| Versioned {
-                key: format!("upgrades.{host}"),
+                key: shoal_lattice::names::upgrade_order_key(host),
                 revision: 1,
                 value: order.clone(),
             }));
@@ -412,7 +412,7 @@ impl Harness {
                     applied.created.push(record);
                 }
                 Op::DeleteStatus(key) => {
-                    if let Some(host) = key.strip_prefix("upgrades.") {
+                    if let Some(host) = shoal_lattice::names::upgrade_order_host(&key) {
                         self.orders.remove(host);
                     }
                     let replica = key.rsplit('.').next().unwrap_or_default().to_owned();

@@ -58,16 +58,7 @@ fn unreadable(state: &State) -> Vec<String> {
                 .into_iter()
                 .map(move |refused| format!("{bucket}/{}: {}", refused.key, refused.reason))
         })
-        .map(|mut entry| {
-            if entry.len() > 1024 {
-                let mut cut = 1024;
-                while !entry.is_char_boundary(cut) {
-                    cut -= 1;
-                }
-                entry.truncate(cut);
-            }
-            entry
-        })
+        .map(|entry| shoal_lattice::validate::truncate(&entry, 1024))
         .take(ControlPlaneStatus::MAX_UNREADABLE)
         .collect()
 }

@@ -367,8 +367,15 @@ pub async fn run(
         app_status: lattice.mirror(Bucket::Status, "apps.>").await?,
         routes: lattice.mirror(Bucket::Status, "routes.>").await?,
         controls: lattice.mirror(Bucket::Status, "hosts.>").await?,
-        fleet: lattice.mirror(Bucket::Status, "fleet.>").await?,
-        upgrade_orders: lattice.mirror(Bucket::Status, "upgrades.>").await?,
+        fleet: lattice
+            .mirror(Bucket::Status, shoal_lattice::names::FLEET_UPGRADE)
+            .await?,
+        upgrade_orders: lattice
+            .mirror(
+                Bucket::Status,
+                &format!("{}>", shoal_lattice::names::UPGRADE_ORDERS),
+            )
+            .await?,
         secrets: lattice.mirror(Bucket::Secrets, ">").await?,
         jobs: lattice.mirror(Bucket::Jobs, ">").await?,
         job_status: lattice.mirror(Bucket::Status, "jobs.>").await?,
@@ -542,6 +549,10 @@ async fn pass(
     // A host that names its own loss timeout goes by its heartbeats alone, and so does one
     // restarting into a new binary (its connection closes on purpose; the new process
     // writes its record as soon as it is back).
+    let upgrade_timeout = state
+        .fleet
+        .get(shoal_lattice::names::FLEET_UPGRADE)
+        .map_or(Duration::from_secs(60), |upgrade| upgrade.value.timeout.0);
     let lost_after: HashMap<String, Duration> = state
         .hosts
         .snapshot()
@@ -550,11 +561,13 @@ async fn pass(
             let restarting = host.value.upgrade.as_ref().is_some_and(|report| {
                 report.phase == shoal_lattice::fleet::ReportPhase::Restarting
             });
+            // The new binary has the upgrade's timeout to rejoin, after the old one drained.
+            let restart = options.host_timeout + upgrade_timeout;
             let timeout = host
                 .value
                 .lost_after
                 .map(|span| span.0)
-                .or(restarting.then_some(options.host_timeout))?;
+                .or(restarting.then_some(restart))?;
             Some((host.key, timeout))
         })
         .collect();
