@@ -5,9 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Rules, Verb, lattice_read};
-use crate::Error;
-use crate::auth::Role;
+use super::{lattice_admin, lattice_read};
 use crate::fleet::{BinaryTarget, FleetUpgrade, WaveSize};
 use crate::quantity::Span;
 
@@ -37,27 +35,9 @@ pub struct StartUpgrade {
     pub timeout: Span,
 }
 
-impl Rules for StartUpgrade {
-    fn verb(&self) -> &'static str {
-        "upgrade"
-    }
-
-    fn needs(&self) -> (Role, Vec<&str>) {
-        (Role::Admin, Vec::new())
-    }
-
-    fn lattice_wide(&self) -> bool {
-        true
-    }
-
-    fn check_names(&self) -> Result<(), Error> {
-        Ok(())
-    }
-}
-
-impl Verb for StartUpgrade {
-    type Answer = FleetUpgrade;
-}
+// The fleet's hosts run what lattice-wide admins decide; the targets are validated as a
+// whole where the upgrade is stored.
+lattice_admin!(StartUpgrade, "upgrade", FleetUpgrade);
 
 /// Stop the fleet's host upgrade: no more waves, and hosts not restarted yet stay as they
 /// are (hosts already on the new binary keep it).
@@ -65,24 +45,4 @@ impl Verb for StartUpgrade {
 #[serde(deny_unknown_fields)]
 pub struct CancelUpgrade {}
 
-impl Rules for CancelUpgrade {
-    fn verb(&self) -> &'static str {
-        "cancel"
-    }
-
-    fn needs(&self) -> (Role, Vec<&str>) {
-        (Role::Admin, Vec::new())
-    }
-
-    fn lattice_wide(&self) -> bool {
-        true
-    }
-
-    fn check_names(&self) -> Result<(), Error> {
-        Ok(())
-    }
-}
-
-impl Verb for CancelUpgrade {
-    type Answer = Option<FleetUpgrade>;
-}
+lattice_admin!(CancelUpgrade, "cancel", Option<FleetUpgrade>);

@@ -307,6 +307,35 @@ macro_rules! lattice_read {
 }
 use lattice_read;
 
+/// Declares the rules of a verb only a lattice-wide admin may send, whose fields carry no
+/// names (what they carry is checked where it is used): its subject's verb and its answer.
+macro_rules! lattice_admin {
+    ($name:ident, $verb:literal, $answer:ty) => {
+        impl $crate::api::Rules for $name {
+            fn verb(&self) -> &'static str {
+                $verb
+            }
+
+            fn needs(&self) -> ($crate::auth::Role, Vec<&str>) {
+                ($crate::auth::Role::Admin, Vec::new())
+            }
+
+            fn lattice_wide(&self) -> bool {
+                true
+            }
+
+            fn check_names(&self) -> Result<(), $crate::Error> {
+                Ok(())
+            }
+        }
+
+        impl $crate::api::Verb for $name {
+            type Answer = $answer;
+        }
+    };
+}
+use lattice_admin;
+
 /// A namespace and the name of a `kind` (`app`, `config`, …) in it.
 pub(crate) fn check_named(namespace: &str, kind: &str, name: &str) -> Result<(), Error> {
     check_name("namespace", namespace)?;

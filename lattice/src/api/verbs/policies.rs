@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Rules, Verb, check_namespace, lattice_read, listing};
+use super::{Rules, Verb, check_namespace, lattice_admin, lattice_read, listing};
 use crate::Error;
 use crate::auth::Role;
 use crate::names::check_name;
@@ -102,29 +102,9 @@ pub struct SetEgress {
     pub allowed: bool,
 }
 
-impl Rules for SetEgress {
-    fn verb(&self) -> &'static str {
-        "egress"
-    }
-
-    // What guests may reach of a host's own networks: the lattice's admins decide.
-    fn needs(&self) -> (Role, Vec<&str>) {
-        (Role::Admin, Vec::new())
-    }
-
-    fn lattice_wide(&self) -> bool {
-        true
-    }
-
-    fn check_names(&self) -> Result<(), Error> {
-        // The range is parsed, with its own error, where it is stored.
-        Ok(())
-    }
-}
-
-impl Verb for SetEgress {
-    type Answer = EgressPolicy;
-}
+// What guests may reach of a host's own networks: the lattice's admins decide. The range
+// is parsed, with its own error, where it is stored.
+lattice_admin!(SetEgress, "egress", EgressPolicy);
 
 lattice_read!(
     /// The lattice's egress policy.
