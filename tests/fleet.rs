@@ -13,7 +13,7 @@ use support::eventually;
 use support::lattice::{Lattice, hello_manifest};
 use support::load::Load;
 
-const PASSWORD: &str = "correct horse";
+const PASSWORD: &str = support::KEY_PASSWORD;
 const PATIENCE: Duration = Duration::from_secs(90);
 
 /// A copy of the `shoal` under test whose build label is `label`: another build of the same
@@ -34,35 +34,18 @@ fn labelled_copy(dir: &Path, label: &str) -> PathBuf {
 }
 
 fn publish(lattice: &Lattice, reference: &str, binary: &Path, key: &Path, extra: &[&str]) {
-    let output = lattice
-        .command()
-        .env("SHOAL_KEY_PASSWORD", PASSWORD)
-        .args(["fleet", "publish", reference, "--binary"])
-        .arg(binary)
-        .arg("--sign")
-        .arg(key)
-        .args(extra)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
-/// `shoal keygen` of each of `names` into `dir` (`<name>.key`, `<name>.pub`).
-fn keygen(lattice: &Lattice, dir: &Path, names: &[&str]) {
-    for name in names {
-        let output = lattice
+    support::succeeded(
+        lattice
             .command()
             .env("SHOAL_KEY_PASSWORD", PASSWORD)
-            .args(["keygen", "--output-key-prefix"])
-            .arg(dir.join(name))
+            .args(["fleet", "publish", reference, "--binary"])
+            .arg(binary)
+            .arg("--sign")
+            .arg(key)
+            .args(extra)
             .output()
-            .unwrap();
-        assert!(output.status.success(), "{output:?}");
-    }
+            .unwrap(),
+    );
 }
 
 /// A shell script published as this machine's host binary, signed with `key`.
@@ -103,7 +86,7 @@ fn versions(lattice: &Lattice) -> Vec<(String, String)> {
 fn hosts_upgrade_in_waves_under_load_and_a_broken_binary_rolls_back_and_stops_the_upgrade() {
     let lattice = Lattice::start_secure();
     let keys = tempfile::tempdir().unwrap();
-    keygen(&lattice, keys.path(), &["release"]);
+    lattice.keygen(keys.path(), "release");
     let key = keys.path().join("release.key");
 
     // No trusted key: no upgrade starts (no host would run the binary).
@@ -141,19 +124,20 @@ fn hosts_upgrade_in_waves_under_load_and_a_broken_binary_rolls_back_and_stops_th
         .collect();
     // The lattice's trust policy is the components' too: the app is signed as well.
     let component = lattice.registry.reference("examples/hello-http:1.0");
-    let output = lattice
-        .command()
-        .env("SHOAL_KEY_PASSWORD", PASSWORD)
-        .args([
-            "push",
-            support::guest("hello-http").to_str().unwrap(),
-            &component,
-        ])
-        .arg("--sign")
-        .arg(&key)
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{output:?}");
+    support::succeeded(
+        lattice
+            .command()
+            .env("SHOAL_KEY_PASSWORD", PASSWORD)
+            .args([
+                "push",
+                support::guest("hello-http").to_str().unwrap(),
+                &component,
+            ])
+            .arg("--sign")
+            .arg(&key)
+            .output()
+            .unwrap(),
+    );
     lattice.apply(&hello_manifest("hello", &component, 3, ""));
     lattice.wait_ready("hello", 3, PATIENCE);
     let before = versions(&lattice);
@@ -294,7 +278,7 @@ fn hosts_upgrade_in_waves_under_load_and_a_broken_binary_rolls_back_and_stops_th
 fn a_host_on_a_lattice_without_credentials_refuses_upgrade_orders() {
     let lattice = Lattice::start();
     let keys = tempfile::tempdir().unwrap();
-    keygen(&lattice, keys.path(), &["release"]);
+    lattice.keygen(keys.path(), "release");
     let _scheduler = lattice.scheduler("s1");
     lattice.ok(&[
         "trust",
@@ -316,7 +300,8 @@ fn a_host_on_a_lattice_without_credentials_refuses_upgrade_orders() {
 fn a_host_takes_no_binary_unless_a_key_it_was_given_signed_it() {
     let lattice = Lattice::start_secure();
     let keys = tempfile::tempdir().unwrap();
-    keygen(&lattice, keys.path(), &["release", "other"]);
+    lattice.keygen(keys.path(), "release");
+    lattice.keygen(keys.path(), "other");
     let _scheduler = lattice.secure_scheduler("2s");
     lattice.ok(&[
         "trust",

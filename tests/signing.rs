@@ -15,30 +15,7 @@ use support::eventually;
 use support::lattice::{Lattice, hello_manifest};
 
 const PATIENCE: Duration = Duration::from_secs(30);
-const PASSWORD: &str = "correct horse";
-
-/// The output of a command that must have succeeded (else its stderr is the panic).
-fn succeeded(output: std::process::Output) -> std::process::Output {
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
-}
-
-/// `shoal keygen` into `dir/<name>.key|.pub`, sealed with [`PASSWORD`].
-fn keygen(lattice: &Lattice, dir: &Path, name: &str) {
-    succeeded(
-        lattice
-            .command()
-            .env("SHOAL_KEY_PASSWORD", PASSWORD)
-            .args(["keygen", "--output-key-prefix"])
-            .arg(dir.join(name))
-            .output()
-            .unwrap(),
-    );
-}
+const PASSWORD: &str = support::KEY_PASSWORD;
 
 /// `shoal push` of hello-http with an annotation that makes its digest its own, signed
 /// with `key` when given; returns the reference and digest.
@@ -55,7 +32,7 @@ fn push(lattice: &Lattice, tag: &str, key: Option<&Path>) -> (String, String) {
     if let Some(key) = key {
         command.arg("--sign").arg(key);
     }
-    let output = succeeded(command.output().unwrap());
+    let output = support::succeeded(command.output().unwrap());
     let digest = String::from_utf8_lossy(&output.stdout).trim().to_owned();
     (reference, digest)
 }
@@ -100,8 +77,8 @@ fn only_components_signed_by_a_trusted_key_run_and_the_signatures_are_cosigns() 
     let _scheduler = lattice.scheduler("s1");
     let mut host = lattice.host("h1", &[]);
     let keys = tempfile::tempdir().unwrap();
-    keygen(&lattice, keys.path(), "ci");
-    keygen(&lattice, keys.path(), "other");
+    lattice.keygen(keys.path(), "ci");
+    lattice.keygen(keys.path(), "other");
     let ci_key = keys.path().join("ci.key");
     let ci_pub = keys.path().join("ci.pub");
     assert!(
@@ -423,7 +400,7 @@ fn a_signed_component_starts_from_the_lattice_s_copy_with_its_signatures() {
     let scheduler = lattice.scheduler("s1");
     let h1 = lattice.host("h1", &[]);
     let keys = tempfile::tempdir().unwrap();
-    keygen(&lattice, keys.path(), "ci");
+    lattice.keygen(keys.path(), "ci");
     lattice.ok(&["trust", "add", keys.path().join("ci.pub").to_str().unwrap()]);
     let (signed, _) = push(&lattice, "signed", Some(&keys.path().join("ci.key")));
     lattice.apply(&hello_manifest("signed", &signed, 1, ""));

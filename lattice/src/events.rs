@@ -56,14 +56,8 @@ impl Event {
     /// An event about `host`, now.
     pub fn host(source: &str, host: &str, reason: &str, message: String) -> Self {
         Self {
-            time: now_millis(),
-            reason: reason.to_owned(),
-            source: source.to_owned(),
-            namespace: None,
-            app: None,
             host: Some(host.to_owned()),
-            replica: None,
-            message,
+            ..Self::lattice(source, reason, message)
         }
     }
 

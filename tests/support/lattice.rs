@@ -215,18 +215,15 @@ impl Lattice {
         let shoal = Shoal::new();
         let name = Self::unique_name();
         let auth = tempfile::tempdir().unwrap();
-        let init = shoal
-            .command()
-            .env("SHOAL_LATTICE", &name)
-            .args(["auth", "--dir"])
-            .arg(auth.path())
-            .arg("init")
-            .output()
-            .unwrap();
-        assert!(
-            init.status.success(),
-            "{}",
-            String::from_utf8_lossy(&init.stderr)
+        super::succeeded(
+            shoal
+                .command()
+                .env("SHOAL_LATTICE", &name)
+                .args(["auth", "--dir"])
+                .arg(auth.path())
+                .arg("init")
+                .output()
+                .unwrap(),
         );
         // nats-server includes files by paths relative to its config: inline it instead.
         let nats = Nats::with_config(&format!(
@@ -485,24 +482,38 @@ impl Lattice {
         }
     }
 
+    /// `shoal keygen` into `dir/<name>.key|.pub`, sealed with [`super::KEY_PASSWORD`].
+    pub fn keygen(&self, dir: &std::path::Path, name: &str) {
+        super::succeeded(
+            self.command()
+                .env("SHOAL_KEY_PASSWORD", super::KEY_PASSWORD)
+                .args(["keygen", "--output-key-prefix"])
+                .arg(dir.join(name))
+                .output()
+                .unwrap(),
+        );
+    }
+
     /// Starts `shoal host --id ID EXTRA…` with a fast heartbeat, and waits until its host
     /// record is in the lattice (the ingress address is printed a moment before).
     pub fn host_with(&self, id: &str, extra: &[&str]) -> Process {
-        let mut args = host_args(id);
-        args.extend_from_slice(extra);
-        let host = self.spawn(&args, id, true);
-        self.wait_registered(id);
-        host
+        self.start_host(self.command(), id, extra)
     }
 
     /// [`Self::host_with`] in a process group of its own, killed as a whole.
     pub fn host_in_group(&self, id: &str, extra: &[&str]) -> Process {
-        let mut args = host_args(id);
-        args.extend_from_slice(extra);
         let mut command = self.command();
         std::os::unix::process::CommandExt::process_group(&mut command, 0);
-        let mut host = self.spawn_command(command, &args, id, true);
+        let mut host = self.start_host(command, id, extra);
         host.group = true;
+        host
+    }
+
+    /// `command` run as `shoal host --id ID EXTRA…`, once its record is in the lattice.
+    fn start_host(&self, command: Command, id: &str, extra: &[&str]) -> Process {
+        let mut args = host_args(id);
+        args.extend_from_slice(extra);
+        let host = self.spawn_command(command, &args, id, true);
         self.wait_registered(id);
         host
     }

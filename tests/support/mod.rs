@@ -11,6 +11,19 @@ pub mod raw;
 pub mod registry;
 pub mod served;
 
+/// The password tests seal signing keys with (`SHOAL_KEY_PASSWORD`).
+pub const KEY_PASSWORD: &str = "correct horse";
+
+/// The output of a command that must have succeeded (else its stderr is the panic).
+pub fn succeeded(output: std::process::Output) -> std::process::Output {
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
