@@ -405,11 +405,16 @@ impl Site {
             .unwrap();
         use std::io::BufRead;
         let mut stdout = std::io::BufReader::new(up.stdout.take().unwrap());
+        // A site without hosts of its own (`--hosts 0`) is up once it names its lattice.
+        let hostless = args.windows(2).any(|pair| pair == ["--hosts", "0"]);
         let ingress = loop {
             let mut line = String::new();
             assert!(stdout.read_line(&mut line).unwrap() > 0, "shoal up ended");
             if let Some(address) = line.trim().split(" ingress ").nth(1) {
                 break address.to_owned();
+            }
+            if hostless && line.starts_with("lattice ") {
+                break String::new();
             }
         };
         std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
@@ -656,6 +661,217 @@ fn a_secure_site_reaches_its_hub_with_its_own_credentials_and_no_more() {
         (lattice.replica_ids("shop") == before).then_some(())
     });
     drop(site);
+}
+
+/// The bytes the hub at `monitor` (its monitoring URL) has sent across its leaf connections.
+fn bytes_to_leaves(monitor: &str) -> u64 {
+    let leafz = support::lattice::agent()
+        .get(&format!("{monitor}/leafz"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    let leafz: serde_json::Value = serde_json::from_str(&leafz).unwrap();
+    leafz["leafs"]
+        .as_array()
+        .map(|leafs| {
+            leafs
+                .iter()
+                .filter_map(|leaf| leaf["out_bytes"].as_u64())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// Writes hello-http with a custom section of `padding` bytes appended (bytes no compressor
+/// shrinks) into `dir`, for a component of a realistic size.
+fn padded_hello(dir: &std::path::Path, padding: usize) -> std::path::PathBuf {
+    let mut component = std::fs::read(support::guest("hello-http")).unwrap();
+    let name = b"shoal-test-padding";
+    let mut payload = vec![name.len() as u8];
+    payload.extend_from_slice(name);
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    payload.extend((0..padding).map(|_| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state.to_le_bytes()[0]
+    }));
+    // A custom section: id 0, its size as unsigned LEB128, then the name and the bytes.
+    component.push(0);
+    let mut size = payload.len();
+    loop {
+        let byte = (size & 0x7f) as u8;
+        size >>= 7;
+        if size == 0 {
+            component.push(byte);
+            break;
+        }
+        component.push(byte | 0x80);
+    }
+    component.extend_from_slice(&payload);
+    let path = dir.join("padded-hello.wasm");
+    std::fs::write(&path, component).unwrap();
+    path
+}
+
+#[test]
+fn a_secure_site_s_hosts_fetch_one_copy_of_a_component_over_the_leaf() {
+    one_copy_over_the_leaf(true);
+}
+
+#[test]
+fn an_open_site_s_hosts_fetch_one_copy_of_a_component_over_the_leaf() {
+    one_copy_over_the_leaf(false);
+}
+
+/// Three hosts of a site (`secure`: with the credentials `shoal auth site` mints), none
+/// able to reach the registry, start a 5 MiB component: one copy of it crosses the leaf,
+/// into the site's copy of the lattice's components, and each host reads it there.
+/// `SHOAL_SITE_HOSTS` sets how many hosts (`bench/site-copy.sh` runs 20).
+fn one_copy_over_the_leaf(secure: bool) {
+    let count: usize = std::env::var("SHOAL_SITE_HOSTS")
+        .ok()
+        .and_then(|hosts| hosts.parse().ok())
+        .unwrap_or(3);
+    let leafnodes = support::free_port();
+    let hub =
+        format!("leafnodes {{ listen: \"127.0.0.1:{leafnodes}\" }}\njetstream {{ domain: hub }}\n");
+    let (mut lattice, scheduler) = if secure {
+        let lattice = Lattice::start_secure_with(&hub);
+        let scheduler = lattice.secure_scheduler("60s");
+        (lattice, scheduler)
+    } else {
+        let lattice = Lattice::on(support::nats::Nats::with_config(&hub));
+        let scheduler = lattice.patient_scheduler("s1");
+        (lattice, scheduler)
+    };
+    let site_auth = tempfile::tempdir().unwrap();
+    if secure {
+        let (ok, _, stderr) = lattice.auth(&[
+            "site",
+            "site-c",
+            "--hosts",
+            &count.to_string(),
+            "-o",
+            site_auth.path().to_str().unwrap(),
+        ]);
+        assert!(ok, "{stderr}");
+    }
+
+    // A 5 MiB component, copied into the lattice when applied; then the registry goes
+    // away, so the site's hosts can fetch it only from the lattice.
+    const SIZE: usize = 5 << 20;
+    let work = tempfile::tempdir().unwrap();
+    let reference = lattice.registry.reference("examples/padded-hello:1.0");
+    lattice.ok(&[
+        "push",
+        padded_hello(work.path(), SIZE).to_str().unwrap(),
+        &reference,
+    ]);
+    lattice.apply(&hello_manifest(
+        "big",
+        &reference,
+        0,
+        "  placement: {requires: {site: site-c}}\n",
+    ));
+    scheduler.wait_log(PATIENCE, "component copied into the lattice");
+    lattice.registry.stop();
+
+    // The site: its leaf (keeping the copy) and three hosts, each with nothing cached.
+    let monitor = lattice.nats.monitor_url();
+    assert_eq!(bytes_to_leaves(&monitor), 0);
+    let leaf_port = support::free_port();
+    let data = tempfile::tempdir().unwrap();
+    let site_auth_dir = site_auth.path().to_str().unwrap();
+    let mut extra = vec!["--hosts", "0"];
+    if secure {
+        extra.extend(["--site-auth", site_auth_dir]);
+    }
+    let args = site_args(leafnodes, "site-c", leaf_port, data.path(), &extra);
+    let site = Site::start(&lattice, &args);
+    let leaf = format!("nats://127.0.0.1:{leaf_port}");
+    let caches: Vec<_> = (0..count).map(|_| tempfile::tempdir().unwrap()).collect();
+    let hosts: Vec<_> = caches
+        .iter()
+        .enumerate()
+        .map(|(index, cache)| {
+            let id = format!("site-c-{}", index + 1);
+            let creds = site_auth.path().join(format!("{id}.creds"));
+            let mut args = vec![
+                "--nats",
+                &leaf,
+                "--site-copy",
+                "--cache-dir",
+                cache.path().to_str().unwrap(),
+            ];
+            if secure {
+                args.extend(["--nats-creds", creds.to_str().unwrap()]);
+            } else {
+                args.extend(["--js-domain", "hub", "--label", "site=site-c"]);
+            }
+            lattice.host_with(&id, &args)
+        })
+        .collect();
+    // One replica on each (placed at once, the fewest of the app on each host).
+    lattice.ok(&["scale", "app", "big", "--replicas", &count.to_string()]);
+    for host in &hosts {
+        ready_from_the_copy(&lattice, host, "big");
+    }
+    let sent = bytes_to_leaves(&monitor);
+    eprintln!(
+        "{} site: bytes across the leaf for {count} hosts fetching a {SIZE}-byte component: {sent} ({:.2} copies)",
+        if secure { "secure" } else { "open" },
+        sent as f64 / SIZE as f64
+    );
+    assert!(
+        sent < SIZE as u64 * 3 / 2,
+        "{sent} bytes crossed the leaf for one {SIZE}-byte component: more than one copy\n{}",
+        site.log()
+    );
+    if !secure {
+        return;
+    }
+
+    // The copy answers a host across an import, never where the host aims the answer:
+    // direct gets of it whose reply subject is another host's record (in the state
+    // account's name and its client form) write nothing there.
+    let name = lattice.name.clone();
+    let raw = support::raw::Raw::connect(
+        &leaf,
+        &site_auth.path().join("site-c-1.creds"),
+        "_INBOX.host.site-c-1",
+    );
+    let stream = shoal_lattice::components::stream_name(&name);
+    let bucket = shoal_lattice::components::bucket_name(&name);
+    let target = format!("$KV.shoal-{name}-v1-hosts.site-c-2");
+    for reply in [target.clone(), shoal_lattice::auth::client_subject(&target)] {
+        raw.publish_with_reply(
+            &format!("$JS.shoal-site-copy.API.DIRECT.GET.{stream}"),
+            &reply,
+            &format!(r#"{{"last_by_subj":"$O.{bucket}.M.>"}}"#),
+        );
+    }
+    // Nor may a host make or change the copy, or write into it.
+    for subject in [
+        format!("$JS.shoal-site-copy.API.STREAM.CREATE.{stream}"),
+        format!("$JS.API.STREAM.CREATE.{stream}"),
+        format!("$O.{bucket}.C.forged"),
+    ] {
+        raw.publish(&subject);
+        raw.wait_refused("Publish", &subject);
+    }
+    let record = support::raw::Raw::connect(
+        &lattice.nats.url(),
+        &lattice.mint(&["scheduler", "s8"], "s8"),
+        "_INBOX.scheduler.s8",
+    )
+    .kv_get(&format!("shoal-{name}-v1-hosts"), "site-c-2")
+    .expect("site-c-2's record");
+    let record: serde_json::Value = serde_json::from_slice(&record).expect("a host record");
+    assert_eq!(record["id"], "site-c-2", "{record}");
+    assert!(record.get("nuid").is_none(), "{record}");
 }
 
 /// A connection to `lattice` as a scheduler (the only kind of identity that writes the

@@ -101,6 +101,17 @@ pub struct LatticeArgs {
     )]
     pub js_domain: Option<String>,
 
+    /// Read the lattice's components from the copy a site's leaf nats-server keeps
+    /// (`shoal up --leaf` keeps one): for hosts of a site, which then fetch one copy of
+    /// each component over the site's uplink between them.
+    #[arg(
+        long,
+        env = "SHOAL_SITE_COPY",
+        global = true,
+        help_heading = "NATS connection"
+    )]
+    pub site_copy: bool,
+
     /// CA certificate (PEM) to trust for a TLS NATS server; implies TLS.
     #[arg(
         long,
@@ -275,6 +286,7 @@ impl LatticeArgs {
             origin: origin.to_owned(),
             skip_buckets,
             js_domain: self.js_domain.clone(),
+            site_copy: self.site_copy,
             // A command reads the journals and publishes nothing to them: the processes
             // that publish (schedulers, hosts) make them exist. Two round trips saved.
             skip_journals: skip_buckets,

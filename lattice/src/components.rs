@@ -8,9 +8,10 @@
 //! checked against the digest the assignment pins, as a registry's would be.
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 use async_nats::jetstream::object_store::{self, ObjectInfo, ObjectStore};
-use async_nats::jetstream::stream::{DirectGetErrorKind, StorageType};
+use async_nats::jetstream::stream::{DirectGetErrorKind, StorageType, Stream};
 use futures_util::TryStreamExt;
 
 use crate::names::PROTOCOL;
@@ -24,6 +25,94 @@ pub fn bucket_name(lattice: &str) -> String {
 /// The JetStream stream behind [`bucket_name`].
 pub fn stream_name(lattice: &str) -> String {
     format!("OBJ_{}", bucket_name(lattice))
+}
+
+/// The JetStream domain of a site's leaf nats-server, which keeps the site's copy of the
+/// components bucket.
+pub const SITE_DOMAIN: &str = "shoal-site";
+
+/// Where an open site's hosts read the site's copy of the components bucket: the JetStream
+/// API of the site's domain.
+pub const SITE_API_PREFIX: &str = "$JS.shoal-site.API";
+
+/// Where a secure site's hosts read it: the same calls imported into the clients' account
+/// from the account that keeps the copy (see `auth::site_copy_subjects`). Not the domain's
+/// prefix: nats-server maps that in every account of the leaf, before any import.
+pub const SITE_COPY_IMPORT_PREFIX: &str = "$JS.shoal-site-copy.API";
+
+/// The configuration of a site's copy of `lattice`'s components bucket: a mirror of the
+/// hub's, whose JetStream API the site reaches at `hub_api` (`$JS.<domain>.API` across an
+/// open leaf, the clients' import prefix across a secure one), delivered to the site under
+/// `deliver`, at most `max_bytes` large (the oldest objects go first).
+pub fn site_copy_config(
+    lattice: &str,
+    hub_api: &str,
+    deliver: &str,
+    max_bytes: u64,
+) -> SiteCopyConfig {
+    use async_nats::jetstream::stream::{Config, DiscardPolicy, External, Source};
+    SiteCopyConfig(Config {
+        name: stream_name(lattice),
+        description: Some("Shoal: this site's copy of the lattice's components".to_owned()),
+        mirror: Some(Source {
+            name: stream_name(lattice),
+            external: Some(External {
+                api_prefix: hub_api.to_owned(),
+                delivery_prefix: Some(deliver.to_owned()),
+            }),
+            ..Default::default()
+        }),
+        max_bytes: i64::try_from(max_bytes).unwrap_or(i64::MAX),
+        discard: DiscardPolicy::Old,
+        storage: StorageType::File,
+        allow_direct: true,
+        ..Default::default()
+    })
+}
+
+/// The configuration of a site's copy, made by [`site_copy_config`].
+#[derive(Debug, Clone)]
+pub struct SiteCopyConfig(async_nats::jetstream::stream::Config);
+
+/// Makes (or brings up to date) a site's copy of the components in the JetStream of the
+/// leaf nats-server at `url`, connecting with the keeper's credential `creds` (a `.creds`
+/// file's text) on a secure site. From then on nats-server keeps it current.
+///
+/// # Errors
+/// [`Error::Connect`] when the leaf cannot be reached, [`Error::Bucket`] when its
+/// JetStream does not take the copy.
+pub async fn make_site_copy(
+    url: &str,
+    creds: Option<&str>,
+    config: SiteCopyConfig,
+) -> Result<(), Error> {
+    let connect_failed = |source: crate::Cause| Error::Connect {
+        url: url.to_owned(),
+        source,
+    };
+    let options = match creds {
+        Some(creds) => crate::auth::connect_options(creds)
+            .map_err(|error| connect_failed(error.into()))?
+            .custom_inbox_prefix(crate::auth::SITE_COPY_KEEPER_INBOX),
+        None => async_nats::ConnectOptions::new(),
+    };
+    let client = options
+        .name("shoal site copy")
+        .connection_timeout(Duration::from_secs(5))
+        .connect(url)
+        .await
+        .map_err(|error| connect_failed(error.into()))?;
+    let bucket = config.0.name.clone();
+    let made = async_nats::jetstream::new(client.clone())
+        .create_or_update_stream(config.0)
+        .await
+        .map(|_| ())
+        .map_err(|error| Error::Bucket {
+            bucket,
+            source: error.into(),
+        });
+    drop(client);
+    made
 }
 
 /// The object holding `part` (for example `layer`) of the component whose manifest digest
@@ -170,38 +259,69 @@ impl Lattice {
         Ok(ComponentStore { store, bucket })
     }
 
-    /// Reads the object `name` from the lattice's components bucket: `None` when it is not
-    /// there (or the bucket does not exist), and an error for one larger than `limit`.
-    /// Read with direct gets only (what a host's credential allows), so the bytes are as
-    /// the bucket holds them: callers check them against the digest they expect.
+    /// Reads the object `name` from the lattice's components bucket for a caller that
+    /// checks the bytes itself (a component's parts, against the digests its assignment
+    /// pins): `None` when it is not there (or the bucket does not exist), and an error for
+    /// one larger than `limit`. On a site that keeps a copy of the bucket
+    /// ([`ConnectOptions::site_copy`](crate::ConnectOptions::site_copy)) the bytes come
+    /// from that copy, and so does the object's description when the hub does not answer.
     ///
     /// # Errors
     /// [`Error::Request`] when JetStream does not answer, or the object is larger than
-    /// `limit` or incomplete.
+    /// `limit`, incomplete or not the bytes its description names.
     pub async fn component_object(&self, name: &str, limit: u64) -> Result<Option<Vec<u8>>, Error> {
+        self.read_object(name, limit, Described::ByHubOrSite).await
+    }
+
+    /// Reads the object `name` as [`Lattice::component_object`] does, for a caller that
+    /// trusts the bytes because only the control plane can write them (code compiled for
+    /// a host): the object's description, which names its digest, comes from the hub's
+    /// bucket alone, so bytes from a site's copy are taken only when they hash to it.
+    ///
+    /// # Errors
+    /// As [`Lattice::component_object`]'s.
+    pub async fn control_plane_object(
+        &self,
+        name: &str,
+        limit: u64,
+    ) -> Result<Option<Vec<u8>>, Error> {
+        self.read_object(name, limit, Described::ByHub).await
+    }
+
+    async fn read_object(
+        &self,
+        name: &str,
+        limit: u64,
+        described: Described,
+    ) -> Result<Option<Vec<u8>>, Error> {
         let bucket = bucket_name(self.name());
         let failed = |source: crate::Cause| Error::Request {
             bucket: bucket.clone(),
             source,
         };
-        let stream = self
+        let stream = stream_name(self.name());
+        let hub = self
             .jetstream()
-            .get_stream_no_info(stream_name(self.name()))
+            .get_stream_no_info(&stream)
             .await
             .map_err(|error| failed(error.into()))?;
-        let info = match stream
-            .direct_get_last_for_subject(meta_subject(&bucket, name))
-            .await
-        {
-            Ok(message) => message,
-            Err(error) if matches!(error.kind(), DirectGetErrorKind::NotFound) => return Ok(None),
-            Err(error) => return Err(failed(error.into())),
+        let site = match &self.site_copy {
+            Some(context) => context.get_stream_no_info(&stream).await.ok(),
+            None => None,
         };
-        let info: ObjectInfo =
-            serde_json::from_slice(&info.payload).map_err(|error| failed(error.into()))?;
-        if info.deleted {
+        let meta = meta_subject(&bucket, name);
+        let info = match (describe(&hub, &bucket, &meta).await, &site) {
+            (Ok(info), _) => info,
+            // The hub cannot be asked: the site's copy describes what the caller checks.
+            (Err(error), Some(site)) if described == Described::ByHubOrSite => {
+                tracing::debug!(error = %crate::Chain(&error), "the hub does not describe {name}: asking the site's copy");
+                describe(site, &bucket, &meta).await?
+            }
+            (Err(error), _) => return Err(failed(error.into())),
+        };
+        let Some(info) = info else {
             return Ok(None);
-        }
+        };
         if info.size as u64 > limit {
             return Err(failed(
                 format!(
@@ -211,35 +331,129 @@ impl Lattice {
                 .into(),
             ));
         }
-        let chunks = format!("$O.{bucket}.C.{}", info.nuid);
-        let mut bytes = Vec::with_capacity(info.size);
-        let mut next = None;
-        for _ in 0..info.chunks {
-            let chunk = stream
-                .direct_get_next_for_subject(chunks.clone(), next)
-                .await
-                .map_err(|error| failed(error.into()))?;
-            // Every chunk carries bytes: at most `size` of them, whatever `chunks` says.
-            if chunk.payload.is_empty() || bytes.len() + chunk.payload.len() > info.size {
-                return Err(failed(
-                    format!("{name} is not stored as it declares ({} bytes)", info.size).into(),
-                ));
+        if let Some(site) = &site {
+            match from_site_copy(site, &meta, &bucket, &info).await {
+                Ok(bytes) => return Ok(Some(bytes)),
+                Err(error) => {
+                    tracing::debug!(%error, "reading {name} from the hub: the site's copy did not give it");
+                }
             }
-            bytes.extend_from_slice(&chunk.payload);
-            next = Some(chunk.sequence.saturating_add(1));
         }
-        if bytes.len() != info.size {
-            return Err(failed(
-                format!(
-                    "{name} is incomplete: {} of {} bytes",
-                    bytes.len(),
-                    info.size
-                )
-                .into(),
-            ));
-        }
-        Ok(Some(bytes))
+        read_chunks(&hub, &bucket, &info)
+            .await
+            .map(Some)
+            .map_err(failed)
     }
+}
+
+/// Whose description of an object a reader takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Described {
+    /// The hub's; the site's copy's when the hub does not answer (the caller checks the
+    /// bytes against a digest of its own).
+    ByHubOrSite,
+    /// The hub's only (the caller trusts the bytes for who wrote them).
+    ByHub,
+}
+
+/// How long a reader waits for a site's copy to catch up with the hub's description of
+/// an object (a copy is a mirror, a moment behind) before it reads the hub's bytes.
+const SITE_COPY_LAG: Duration = Duration::from_secs(5);
+
+/// How often a reader looks again whether the site's copy caught up.
+const SITE_COPY_POLL: Duration = Duration::from_millis(100);
+
+/// The description of an object in `stream`: `None` when there is none or it was deleted.
+async fn describe(
+    stream: &Stream<()>,
+    bucket: &str,
+    meta: &str,
+) -> Result<Option<ObjectInfo>, Error> {
+    let failed = |source: crate::Cause| Error::Request {
+        bucket: bucket.to_owned(),
+        source,
+    };
+    let message = match stream.direct_get_last_for_subject(meta).await {
+        Ok(message) => message,
+        Err(error) if matches!(error.kind(), DirectGetErrorKind::NotFound) => return Ok(None),
+        Err(error) => return Err(failed(error.into())),
+    };
+    let info: ObjectInfo =
+        serde_json::from_slice(&message.payload).map_err(|error| failed(error.into()))?;
+    Ok((!info.deleted).then_some(info))
+}
+
+/// The object `info` describes, from a site's copy: once the copy describes it alike
+/// (the mirror stores an object's description after its chunks, so then it holds them
+/// all), waiting at most [`SITE_COPY_LAG`].
+async fn from_site_copy(
+    site: &Stream<()>,
+    meta: &str,
+    bucket: &str,
+    info: &ObjectInfo,
+) -> Result<Vec<u8>, crate::Cause> {
+    let deadline = tokio::time::Instant::now() + SITE_COPY_LAG;
+    loop {
+        match describe(site, bucket, meta).await {
+            Ok(Some(copy)) if copy.nuid == info.nuid => break,
+            Ok(_) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(SITE_COPY_POLL).await;
+            }
+            Ok(_) => return Err("the site's copy has not caught up".into()),
+            Err(error) => return Err(error.into()),
+        }
+    }
+    read_chunks(site, bucket, info).await
+}
+
+/// The bytes of the object `info` describes, chunk by chunk with direct gets, checked
+/// against the size and digest it names.
+async fn read_chunks(
+    stream: &Stream<()>,
+    bucket: &str,
+    info: &ObjectInfo,
+) -> Result<Vec<u8>, crate::Cause> {
+    let name = &info.name;
+    let chunks = format!("$O.{bucket}.C.{}", info.nuid);
+    let mut bytes = Vec::with_capacity(info.size);
+    let mut next = None;
+    for _ in 0..info.chunks {
+        let chunk = stream
+            .direct_get_next_for_subject(chunks.clone(), next)
+            .await?;
+        // Every chunk carries bytes: at most `size` of them, whatever `chunks` says.
+        if chunk.payload.is_empty() || bytes.len() + chunk.payload.len() > info.size {
+            return Err(
+                format!("{name} is not stored as it declares ({} bytes)", info.size).into(),
+            );
+        }
+        bytes.extend_from_slice(&chunk.payload);
+        next = Some(chunk.sequence.saturating_add(1));
+    }
+    if bytes.len() != info.size {
+        return Err(format!(
+            "{name} is incomplete: {} of {} bytes",
+            bytes.len(),
+            info.size
+        )
+        .into());
+    }
+    if let Some(digest) = &info.digest
+        && !digest_matches(digest, &bytes)
+    {
+        return Err(format!("{name} does not match the digest it is stored under").into());
+    }
+    Ok(bytes)
+}
+
+/// Whether `bytes` hash to `digest` as object stores write it (`SHA-256=<base64url>`).
+fn digest_matches(digest: &str, bytes: &[u8]) -> bool {
+    use sha2::Digest as _;
+    let Some(encoded) = digest.strip_prefix("SHA-256=") else {
+        return false;
+    };
+    let actual = data_encoding::BASE64URL.encode(&sha2::Sha256::digest(bytes));
+    actual.trim_end_matches('=') == encoded.trim_end_matches('=')
 }
 
 #[cfg(test)]
@@ -255,6 +469,37 @@ mod tests {
             "$O.b.M.c2hhMjU2OmFiL2xheWVy"
         );
         assert_eq!(stream_name("dev"), "OBJ_shoal-dev-v1-components");
+    }
+
+    #[test]
+    fn bytes_match_the_digest_an_object_store_wrote_only_when_they_hash_to_it() {
+        use sha2::Digest as _;
+        let bytes = b"compiled code";
+        let digest = format!(
+            "SHA-256={}",
+            data_encoding::BASE64URL.encode(&sha2::Sha256::digest(bytes))
+        );
+        assert!(digest_matches(&digest, bytes));
+        // Unpadded, as some clients write it.
+        assert!(digest_matches(digest.trim_end_matches('='), bytes));
+        assert!(!digest_matches(&digest, b"compiled cod3"));
+        assert!(!digest_matches("SHA-512=abc", bytes));
+        assert!(!digest_matches("", bytes));
+    }
+
+    #[test]
+    fn a_site_s_copy_mirrors_the_hub_s_bucket_under_the_same_name() {
+        let config = site_copy_config("dev", "$JS.hub.API", "_INBOX.site.s.copy", 1 << 30).0;
+        assert_eq!(config.name, stream_name("dev"));
+        let mirror = config.mirror.expect("a mirror");
+        assert_eq!(mirror.name, stream_name("dev"));
+        let external = mirror.external.expect("across the leaf");
+        assert_eq!(external.api_prefix, "$JS.hub.API");
+        assert_eq!(
+            external.delivery_prefix.as_deref(),
+            Some("_INBOX.site.s.copy")
+        );
+        assert!(config.allow_direct && config.subjects.is_empty());
     }
 
     #[test]

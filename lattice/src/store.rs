@@ -45,6 +45,10 @@ pub struct ConnectOptions {
     /// Whether to leave the journals (logs, events) unopened: a connection that reaches
     /// only apps' stores may not.
     pub skip_journals: bool,
+    /// Whether this connection's server (a site's leaf nats-server) keeps a copy of the
+    /// lattice's components bucket: a site's hosts then fetch one copy of each component
+    /// over the site's uplink between them.
+    pub site_copy: bool,
 }
 
 /// The publisher token of the control plane's events.
@@ -176,6 +180,8 @@ pub struct Lattice {
     pub(crate) origin: String,
     /// Where the lattice's JetStream state is.
     state_api: StateApi,
+    /// The JetStream API of the site's copy of the components bucket, when it keeps one.
+    pub(crate) site_copy: Option<jetstream::Context>,
     /// How this connection was made, for [`Lattice::connect_with`].
     options: std::sync::Arc<ConnectOptions>,
 }
@@ -309,6 +315,16 @@ impl Lattice {
                 tracing::warn!(error = %crate::Chain(&error), "the lattice will not keep these records");
             }
         }
+        // An open site's copy is in the leaf's JetStream domain; a secure site's is
+        // imported into the clients' account, as the state is.
+        let site_copy = options.site_copy.then(|| {
+            let prefix = if state_api == StateApi::Imported {
+                crate::components::SITE_COPY_IMPORT_PREFIX
+            } else {
+                crate::components::SITE_API_PREFIX
+            };
+            jetstream::with_prefix(client.clone(), prefix)
+        });
         Ok(Self {
             options: std::sync::Arc::new(options.clone()),
             client,
@@ -316,6 +332,7 @@ impl Lattice {
             replicas: options.replicas,
             buckets,
             state_api,
+            site_copy,
             origin: if options.origin.is_empty() {
                 "_client".to_owned()
             } else {

@@ -130,6 +130,10 @@ pub enum AuthCommand {
         /// The hub's JetStream domain (`shoal up --hub-domain`).
         #[arg(long, default_value = "hub")]
         domain: String,
+        /// The most the site's copy of the lattice's components may hold on the site's
+        /// leaf (its hosts fetch each component over the uplink once, from the copy).
+        #[arg(long, value_parser = crate::registry::parse_size, default_value = DEFAULT_COPY_SIZE, value_name = "SIZE")]
+        copy_size: u64,
         /// The directory to write into (created, files mode 0600); copy it to the site and
         /// pass it to `shoal up --leaf URL --site NAME --site-auth DIR`.
         #[arg(short, long, value_name = "DIR")]
@@ -181,6 +185,14 @@ pub struct SiteAuth {
     pub account: String,
     /// The site's host ids; each has `<id>.creds` beside this file.
     pub hosts: Vec<String>,
+    /// The public key of the account keeping the site's copy of the lattice's components
+    /// (JetStream on, on the site's leaf only), whose keeper's credential is
+    /// [`SITE_COPY_CREDS`]; none for a site minted before sites kept one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copy_account: Option<String>,
+    /// The most that copy may hold.
+    #[serde(default)]
+    pub copy_bytes: u64,
 }
 
 /// The most hosts one site credential carries.
@@ -192,6 +204,18 @@ pub const SITE_FILE: &str = "site.json";
 pub const SITE_CREDS: &str = "site.creds";
 /// The leaf nats-server's trust config (operator mode, accounts preloaded).
 pub const LEAF_CONFIG: &str = "leaf-auth.conf";
+/// How much a site's copy of the lattice's components holds unless told.
+pub const DEFAULT_COPY_SIZE: &str = "1GiB";
+/// The credential that makes the site's copy of the components (`shoal up --leaf`).
+pub const SITE_COPY_CREDS: &str = "site-copy.creds";
+
+/// The account keeping a site's copy of the components, as its leaf preloads it.
+struct SiteCopy {
+    /// Its public key.
+    account: String,
+    /// Its JWT.
+    jwt: String,
+}
 
 /// What `auth.json` keeps: public keys, the account's revocations, what was minted.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -559,17 +583,19 @@ impl Authority {
         )?)
     }
 
-    /// The clients' account's JWT: importing from the state account, or (`imports`
-    /// false, as a site's leaf nats-server preloads it) nothing.
-    fn clients_account_jwt(&self, imports: bool) -> anyhow::Result<String> {
+    /// The clients' account's JWT: importing from the state account (a hub's), or, as a
+    /// site's leaf nats-server preloads it (`site` given), only from the account keeping
+    /// the site's copy of the components, whose public key it is.
+    fn clients_account_jwt(&self, site: Option<&str>) -> anyhow::Result<String> {
         let operator = read_seed(&self.dir, OPERATOR_SEED)?;
         Ok(auth::account_jwt(
             &operator,
             self.clients()?,
             &format!("{}-clients", self.state.lattice),
             auth::AccountKind::Clients {
-                state: imports.then_some(self.state.account.as_str()),
+                state: site.is_none().then_some(self.state.account.as_str()),
                 store_signer: Some(&read_seed(&self.dir, STORE_KEY)?.public_key()),
+                site_copy: site,
             },
             &self.state.lattice,
             &self.state.revocations,
@@ -586,7 +612,7 @@ impl Authority {
         );
         write_secret(
             &self.dir.join(SERVER_CONFIG),
-            &self.server_config(&resolver, false)?,
+            &self.server_config(&resolver, None)?,
         )?;
         let state = serde_json::to_string_pretty(&self.state)?;
         write_secret(&self.dir.join(STATE), &state)
@@ -594,9 +620,10 @@ impl Authority {
 
     /// nats-server's operator-mode config with `resolver` (the preloaded account JWTs are
     /// the current ones, so a restarted server starts with every revocation). A hub's
-    /// preloads both of the lattice's accounts; a site's leaf (`leaf`) only the clients'
-    /// one, without imports: all it carries goes across the leaf connection.
-    fn server_config(&self, resolver: &str, leaf: bool) -> anyhow::Result<String> {
+    /// preloads both of the lattice's accounts; a site's leaf (`site`) the clients' one,
+    /// importing nothing but the site's copy of the components (all else goes across the
+    /// leaf connection), and the account keeping that copy.
+    fn server_config(&self, resolver: &str, site: Option<&SiteCopy>) -> anyhow::Result<String> {
         let operator = read_seed(&self.dir, OPERATOR_SEED)?;
         let operator_jwt = auth::operator_jwt(
             &operator,
@@ -608,10 +635,12 @@ impl Authority {
         let mut preload = format!(
             "  {clients}: \"{clients_jwt}\"\n  {system}: \"{system_jwt}\"\n",
             clients = self.clients()?,
-            clients_jwt = self.clients_account_jwt(!leaf)?,
+            clients_jwt = self.clients_account_jwt(site.map(|copy| copy.account.as_str()))?,
             system = self.state.system,
         );
-        if !leaf {
+        if let Some(copy) = site {
+            preload.push_str(&format!("  {}: \"{}\"\n", copy.account, copy.jwt));
+        } else {
             preload.push_str(&format!(
                 "  {account}: \"{account_jwt}\"\n",
                 account = self.state.account,
@@ -633,7 +662,14 @@ impl Authority {
 
     /// Writes into `dir` what site `name` needs to reach this lattice through its leaf
     /// (see [`AuthCommand::Site`]).
-    pub fn site(&mut self, name: &str, hosts: u16, domain: &str, dir: &Path) -> anyhow::Result<()> {
+    pub fn site(
+        &mut self,
+        name: &str,
+        hosts: u16,
+        domain: &str,
+        copy_bytes: u64,
+        dir: &Path,
+    ) -> anyhow::Result<()> {
         check_name("site", name)?;
         check_name("JetStream domain", domain)?;
         // The site's credential lists each host's subjects (about 0.9 KiB a host), and
@@ -669,9 +705,10 @@ impl Authority {
         // The leaf has no resolver of its own to ask: the accounts as they stand now. A
         // host revoked later is cut off at the hub; write the site again to cut it at the
         // leaf too.
+        let copy = self.site_copy(name, copy_bytes, dir)?;
         write_secret(
             &dir.join(LEAF_CONFIG),
-            &self.server_config("resolver: MEMORY\n", true)?,
+            &self.server_config("resolver: MEMORY\n", Some(&copy))?,
         )?;
         let site = SiteAuth {
             lattice: self.state.lattice.clone(),
@@ -679,8 +716,49 @@ impl Authority {
             domain: domain.to_owned(),
             account: self.clients()?.to_owned(),
             hosts: ids,
+            copy_account: Some(copy.account),
+            copy_bytes,
         };
         write_secret(&dir.join(SITE_FILE), &serde_json::to_string_pretty(&site)?)
+    }
+
+    /// A new account for site `name`'s copy of the components (at most `copy_bytes`), with
+    /// the credential of its keeper written into `dir`. Its key is thrown away: the
+    /// account lives only on the site's leaf, which preloads its JWT, and a site minted
+    /// again gets a new one.
+    fn site_copy(&self, name: &str, copy_bytes: u64, dir: &Path) -> anyhow::Result<SiteCopy> {
+        let operator = read_seed(&self.dir, OPERATOR_SEED)?;
+        let account = nkeys::KeyPair::new_account();
+        let lattice = &self.state.lattice;
+        let jwt = auth::account_jwt(
+            &operator,
+            &account.public_key(),
+            &format!("{lattice}-site-{name}-copy"),
+            auth::AccountKind::SiteCopy {
+                max_bytes: copy_bytes,
+            },
+            lattice,
+            &BTreeMap::new(),
+            now(),
+        )?;
+        let keeper = nkeys::KeyPair::new_user();
+        let keeper_jwt = auth::user_jwt(
+            &account,
+            &keeper.public_key(),
+            &format!("{name}-copy"),
+            Some(&auth::site_copy_keeper(lattice)),
+            vec!["shoal-kind:site-copy".to_owned()],
+            now(),
+            None,
+        )?;
+        write_secret(
+            &dir.join(SITE_COPY_CREDS),
+            &auth::creds(&keeper_jwt, &keeper.seed()?),
+        )?;
+        Ok(SiteCopy {
+            account: account.public_key(),
+            jwt,
+        })
     }
 
     /// Mints a credential for `identity` (a name is one kind of identity: a user cannot
@@ -824,7 +902,7 @@ impl Authority {
         self.save()?;
         Ok(vec![
             self.state_account_jwt()?,
-            self.clients_account_jwt(true)?,
+            self.clients_account_jwt(None)?,
         ])
     }
 }
@@ -982,10 +1060,11 @@ pub async fn run(args: AuthArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
             name,
             hosts,
             domain,
+            copy_size,
             output,
         } => {
             let mut authority = Authority::open(&dir)?;
-            authority.site(&name, hosts, &domain, &output)?;
+            authority.site(&name, hosts, &domain, copy_size, &output)?;
             println!(
                 "wrote the credentials of site {name:?} ({hosts} host(s), hub domain {domain:?}) to {}",
                 output.display()
@@ -1068,7 +1147,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (mut authority, _) = Authority::init(&dir.path().join("auth"), "dev").unwrap();
         let site = dir.path().join("site");
-        authority.site("store-12", 2, "hub", &site).unwrap();
+        authority.site("store-12", 2, "hub", 1 << 30, &site).unwrap();
         let again = Authority::open(&dir.path().join("auth")).unwrap();
         let kinds: Vec<(&str, &str, Option<&str>)> = again
             .state
@@ -1094,11 +1173,23 @@ mod tests {
             SITE_FILE,
             SITE_CREDS,
             LEAF_CONFIG,
+            SITE_COPY_CREDS,
             "store-12-1.creds",
             "store-12-2.creds",
         ] {
             assert!(site.join(file).is_file(), "{file}");
         }
+        // The leaf preloads the account keeping the site's copy, which the site names.
+        let written: SiteAuth =
+            serde_json::from_str(&std::fs::read_to_string(site.join(SITE_FILE)).unwrap())
+                .unwrap();
+        let copy = written.copy_account.expect("a copy account");
+        assert_eq!(written.copy_bytes, 1 << 30);
+        let leaf = std::fs::read_to_string(site.join(LEAF_CONFIG)).unwrap();
+        assert!(leaf.contains(&copy));
+        let keeper = auth::holder(&std::fs::read_to_string(site.join(SITE_COPY_CREDS)).unwrap())
+            .unwrap();
+        assert_eq!(keeper.issuer, copy);
     }
 
     #[test]
@@ -1148,7 +1239,14 @@ mod tests {
         // nats-server preloads both accounts; a site's leaf only the clients'.
         let config = std::fs::read_to_string(auth.join(SERVER_CONFIG)).unwrap();
         assert!(config.contains(&clients) && config.contains(&authority.state.account));
-        let leaf = authority.server_config("resolver: MEMORY\n", true).unwrap();
+        let copy = SiteCopy {
+            account: "ACOPY".to_owned(),
+            jwt: "copy-jwt".to_owned(),
+        };
+        let leaf = authority
+            .server_config("resolver: MEMORY\n", Some(&copy))
+            .unwrap();
         assert!(leaf.contains(&clients) && !leaf.contains(&authority.state.account));
+        assert!(leaf.contains("ACOPY: \"copy-jwt\""));
     }
 }

@@ -66,10 +66,12 @@ pub struct UpArgs {
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub http: std::net::SocketAddr,
 
-    /// Run this machine as a site of a hub lattice: a local nats-server without JetStream
-    /// whose leaf connection reaches the hub (URL like nats-leaf://hub.example:7422), and
-    /// hosts that connect to it. The site keeps serving, and its hosts restart and serve,
-    /// while the hub link is down; no scheduler runs here. Takes precedence over --nats.
+    /// Run this machine as a site of a hub lattice: a local nats-server whose leaf
+    /// connection reaches the hub (URL like nats-leaf://hub.example:7422), and hosts that
+    /// connect to it. The lattice's state stays at the hub; the leaf keeps a copy of its
+    /// components (--copy-size), so the site's hosts fetch each one over the uplink once.
+    /// The site keeps serving, and its hosts restart and serve, while the hub link is
+    /// down; no scheduler runs here. Takes precedence over --nats.
     #[arg(long, value_name = "URL", help_heading = "Sites (hub and leaves)")]
     pub leaf: Option<String>,
 
@@ -100,6 +102,19 @@ pub struct UpArgs {
     /// JetStream in it, and a site's hosts (--leaf) reach it there through their leaf.
     #[arg(long, default_value = "hub", help_heading = "Sites (hub and leaves)")]
     pub hub_domain: String,
+
+    /// The most a site's copy of the lattice's components holds (its leaf's JetStream, in
+    /// the data directory); 0: no copy, each host fetches from the hub. A secure site's
+    /// copy holds at most what `shoal auth site --copy-size` allowed.
+    #[arg(
+        long,
+        value_parser = crate::registry::parse_size,
+        default_value = crate::commands::auth::DEFAULT_COPY_SIZE,
+        value_name = "SIZE",
+        requires = "leaf",
+        help_heading = "Sites (hub and leaves)"
+    )]
+    pub copy_size: u64,
 
     /// This site's name: host ids are <site>-N (unique across the sites of a hub) and
     /// hosts get the label site=<site>.
@@ -271,10 +286,15 @@ pub async fn run(args: UpArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
             .as_deref()
             .map(|dir| site_credentials(&args, &lattice.lattice, dir))
             .transpose()?;
-        nats_child = Some(start_leaf(&args, hub, site.as_ref())?);
+        let copy = site_copy(&args, site.as_ref());
+        nats_child = Some(start_leaf(&args, hub, site.as_ref(), copy.as_ref())?);
         lattice.nats = Some(format!("nats://127.0.0.1:{}", args.nats_port));
         lattice.nats_creds = None;
         lattice.js_domain = Some(args.hub_domain.clone());
+        if let Some(copy) = copy {
+            lattice.site_copy = true;
+            tokio::spawn(keep_site_copy(lattice.clone(), copy));
+        }
         credentials = site.map(|site| site.credentials);
         eprintln!(
             "started a leaf nats-server on 127.0.0.1:{} for site {:?}, linked to the hub at {hub}",
@@ -476,37 +496,162 @@ fn site_credentials(args: &UpArgs, lattice: &str, dir: &std::path::Path) -> anyh
     })
 }
 
-/// Starts the site's leaf nats-server: no JetStream (the lattice's state lives at the
-/// hub), clients on loopback only, one leaf connection to `hub`; with `site`, it admits
-/// the site's hosts by their own credentials and the leaf connection presents the site's.
+/// What a site's copy of the lattice's components is made with.
+#[derive(Debug, Clone)]
+struct SiteCopy {
+    /// The most it holds.
+    max_bytes: u64,
+    /// On a secure site: the account keeping it, and its keeper's credential.
+    account: Option<(String, PathBuf)>,
+    /// Where the site's JetStream reaches the hub's API.
+    hub_api: String,
+    /// Where the hub delivers the copy's messages to the site.
+    deliver: String,
+}
+
+/// The copy a site keeps of the lattice's components: none with `--copy-size 0`, nor on a
+/// secure site whose credentials predate copies (it says so).
+fn site_copy(args: &UpArgs, site: Option<&Site>) -> Option<SiteCopy> {
+    if args.copy_size == 0 {
+        return None;
+    }
+    let deliver = format!(
+        "{}.copy",
+        shoal_lattice::auth::inbox_prefix("site", &args.site)
+    );
+    match site {
+        None => Some(SiteCopy {
+            max_bytes: args.copy_size,
+            account: None,
+            hub_api: format!("$JS.{}.API", args.hub_domain),
+            deliver,
+        }),
+        Some(site) => {
+            let Some(account) = site.auth.copy_account.clone() else {
+                eprintln!(
+                    "warning: {} was minted before sites kept a copy of the lattice's components: each host fetches its own from the hub (run shoal auth site {} again for a copy)",
+                    site.dir.display(),
+                    site.auth.site
+                );
+                return None;
+            };
+            Some(SiteCopy {
+                max_bytes: args.copy_size.min(site.auth.copy_bytes),
+                account: Some((
+                    account,
+                    site.dir.join(crate::commands::auth::SITE_COPY_CREDS),
+                )),
+                hub_api: shoal_lattice::auth::STATE_API_PREFIX.to_owned(),
+                deliver,
+            })
+        }
+    }
+}
+
+/// Makes the site's copy of the lattice's components in the leaf's JetStream (a mirror of
+/// the hub's bucket, kept current by nats-server from then on), retrying until the leaf
+/// takes it.
+async fn keep_site_copy(lattice: LatticeArgs, copy: SiteCopy) {
+    let config = shoal_lattice::components::site_copy_config(
+        &lattice.lattice,
+        &copy.hub_api,
+        &copy.deliver,
+        copy.max_bytes,
+    );
+    // The leaf is still starting on the first tries.
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match make_site_copy(&lattice, &copy, config.clone()).await {
+            Ok(()) => {
+                tracing::info!(
+                    max_bytes = copy.max_bytes,
+                    "this site keeps a copy of the lattice's components"
+                );
+                return;
+            }
+            Err(error) if tries == 5 => {
+                tracing::warn!(error = %format!("{error:#}"), "cannot make the site's copy of the lattice's components yet; retrying");
+            }
+            Err(_) => {}
+        }
+        tokio::time::sleep(Duration::from_millis(if tries < 5 { 250 } else { 2000 })).await;
+    }
+}
+
+async fn make_site_copy(
+    lattice: &LatticeArgs,
+    copy: &SiteCopy,
+    config: shoal_lattice::components::SiteCopyConfig,
+) -> anyhow::Result<()> {
+    let creds = match &copy.account {
+        Some((_, creds)) => Some(
+            std::fs::read_to_string(creds)
+                .with_context(|| format!("cannot read {}", creds.display()))?,
+        ),
+        None => None,
+    };
+    shoal_lattice::components::make_site_copy(lattice.url(), creds.as_deref(), config).await?;
+    Ok(())
+}
+
+/// Starts the site's leaf nats-server: clients on loopback only, one leaf connection to
+/// `hub`; with `site`, it admits the site's hosts by their own credentials and the leaf
+/// connection presents the site's. Its JetStream (domain
+/// [`SITE_DOMAIN`](shoal_lattice::components::SITE_DOMAIN), in the data directory) holds
+/// only the site's `copy` of the components; the lattice's state lives at the hub.
 fn start_leaf(
     args: &UpArgs,
     hub: &str,
     site: Option<&Site>,
+    copy: Option<&SiteCopy>,
 ) -> anyhow::Result<tokio::process::Child> {
     let dir = data_dir(args)?;
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let (trust, remote) = match site {
+    let (trust, mut remotes) = match site {
         Some(site) => {
             use crate::commands::auth::{LEAF_CONFIG, SITE_CREDS};
             let trust = site.dir.join(LEAF_CONFIG);
             let trust = std::fs::read_to_string(&trust)
                 .with_context(|| format!("cannot read {}", trust.display()))?;
-            let remote = format!(
-                ", credentials: {:?}, account: {:?}",
-                site.dir.join(SITE_CREDS).display().to_string(),
+            let credentials = site.dir.join(SITE_CREDS).display().to_string();
+            let mut remotes = vec![format!(
+                "{{ urls: [{hub:?}], credentials: {credentials:?}, account: {:?} }}",
                 site.auth.account
-            );
-            (trust, remote)
+            )];
+            // The copy's account reaches the hub on a leaf connection of its own, with
+            // the site's credential: nats-server binds one account to each.
+            if let Some((account, _)) = copy.and_then(|copy| copy.account.as_ref()) {
+                remotes.push(format!(
+                    "{{ urls: [{hub:?}], credentials: {credentials:?}, account: {account:?} }}"
+                ));
+            }
+            (trust, remotes)
         }
-        None => (String::new(), String::new()),
+        None => (String::new(), Vec::new()),
+    };
+    if remotes.is_empty() {
+        remotes.push(format!("{{ urls: [{hub:?}] }}"));
+    }
+    let jetstream = match copy {
+        Some(copy) => format!(
+            "jetstream {{ domain: {:?}, store_dir: {:?}, max_memory_store: 0, max_file_store: {} }}\n",
+            shoal_lattice::components::SITE_DOMAIN,
+            dir.join("jetstream").display().to_string(),
+            // Room for the stream's own bookkeeping beside its objects.
+            copy.max_bytes
+                .saturating_add(copy.max_bytes / 16)
+                .max(1 << 20)
+        ),
+        None => String::new(),
     };
     let config = dir.join("leaf.conf");
     crate::commands::auth::write_secret(
         &config,
         &format!(
-            "{trust}log_file: {:?}\nlogfile_size_limit: 10MB\nlogfile_max_num: 3\nmax_payload: 9437184\nleafnodes {{ remotes: [ {{ urls: [{hub:?}]{remote} }} ] }}\n",
-            dir.join("leaf.log").display().to_string()
+            "{trust}log_file: {:?}\nlogfile_size_limit: 10MB\nlogfile_max_num: 3\nmax_payload: 9437184\n{jetstream}leafnodes {{ remotes: [ {} ] }}\n",
+            dir.join("leaf.log").display().to_string(),
+            remotes.join(", ")
         ),
     )?;
     crate::local_nats::stop_leftover(&config)?;

@@ -35,7 +35,7 @@ pub(super) async fn adopt(
     let started = Instant::now();
     let entry = match tokio::time::timeout(
         FETCH_DEADLINE,
-        lattice.component_object(&name, MAX_COMPILED_BYTES),
+        lattice.control_plane_object(&name, MAX_COMPILED_BYTES),
     )
     .await
     {

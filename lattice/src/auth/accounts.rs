@@ -35,6 +35,17 @@ pub enum AccountKind<'a> {
         /// The key schedulers sign hosts' store credentials with ([`store_credential`]),
         /// a signing key of this account.
         store_signer: Option<&'a str>,
+        /// On a site's leaf nats-server, the public key of the account keeping the site's
+        /// copy of the components bucket: [`site_copy_subjects`] are imported from it.
+        site_copy: Option<&'a str>,
+    },
+    /// A site's copy of the lattice's components bucket, on the site's leaf nats-server
+    /// only: JetStream on (at most `max_bytes` stored), exporting [`site_copy_subjects`].
+    /// Its own account for the reason the state has one: the site's hosts reach its
+    /// JetStream only across an import, so no answer of it lands where a host aims it.
+    SiteCopy {
+        /// The most the copy may store.
+        max_bytes: u64,
     },
     /// nats-server's system account.
     System,
@@ -122,6 +133,24 @@ pub fn shared_subjects(lattice: &str) -> Vec<Shared> {
     shared
 }
 
+/// What the account keeping a site's copy of `lattice`'s components exports and the site's
+/// clients' account imports: direct gets of the copy's objects, under
+/// [`SITE_COPY_IMPORT_PREFIX`](crate::components::SITE_COPY_IMPORT_PREFIX).
+pub fn site_copy_subjects(lattice: &str) -> Vec<Shared> {
+    let stream = crate::components::stream_name(lattice);
+    [
+        format!("DIRECT.GET.{stream}"),
+        format!("DIRECT.GET.{stream}.>"),
+    ]
+    .into_iter()
+    .map(|call| Shared::Service {
+        subject: format!("$JS.API.{call}"),
+        local: format!("{}.{call}", crate::components::SITE_COPY_IMPORT_PREFIX),
+        answers: Answers::One,
+    })
+    .collect()
+}
+
 /// One export of an account JWT.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(super) struct ExportClaim {
@@ -202,7 +231,6 @@ pub fn account_jwt(
     revocations: &BTreeMap<String, u64>,
     issued_at: u64,
 ) -> Result<String, AuthError> {
-    let unlimited = (kind == AccountKind::State).then_some(-1);
     let (exports, imports) = match kind {
         AccountKind::State => (
             shared_subjects(lattice)
@@ -212,16 +240,43 @@ pub fn account_jwt(
             Vec::new(),
         ),
         AccountKind::Clients {
-            state: Some(state), ..
-        } => (
-            Vec::new(),
-            shared_subjects(lattice)
+            state, site_copy, ..
+        } => {
+            let from_state = state.into_iter().flat_map(|state| {
+                shared_subjects(lattice)
+                    .into_iter()
+                    .map(move |shared| shared.import(state))
+            });
+            let from_copy = site_copy.into_iter().flat_map(|copy| {
+                site_copy_subjects(lattice)
+                    .into_iter()
+                    .map(move |shared| shared.import(copy))
+            });
+            (Vec::new(), from_state.chain(from_copy).collect())
+        }
+        AccountKind::SiteCopy { .. } => (
+            site_copy_subjects(lattice)
                 .iter()
-                .map(|shared| shared.import(state))
+                .map(Shared::export)
                 .collect(),
+            Vec::new(),
         ),
-        AccountKind::Clients { state: None, .. } | AccountKind::System => (Vec::new(), Vec::new()),
+        AccountKind::System => (Vec::new(), Vec::new()),
     };
+    // JetStream: unlimited for the state, the copy's size for a site's copy, none else.
+    let (disk_storage, streams) = match kind {
+        AccountKind::State => (Some(-1), Some(-1)),
+        AccountKind::SiteCopy { max_bytes } => {
+            (Some(i64::try_from(max_bytes).unwrap_or(i64::MAX)), Some(1))
+        }
+        _ => (None, None),
+    };
+    let mem_storage = match kind {
+        AccountKind::State => Some(-1),
+        AccountKind::SiteCopy { .. } => Some(0),
+        _ => None,
+    };
+    let consumer = disk_storage.map(|_| -1);
     let signing_keys = match kind {
         AccountKind::Clients {
             store_signer: Some(key),
@@ -244,10 +299,10 @@ pub fn account_jwt(
                 wildcards: true,
                 conn: -1,
                 leaf: -1,
-                mem_storage: unlimited,
-                disk_storage: unlimited,
-                streams: unlimited,
-                consumer: unlimited,
+                mem_storage,
+                disk_storage,
+                streams,
+                consumer,
             },
             signing_keys,
             exports,

@@ -178,6 +178,25 @@ pub fn api_subjects(lattice: &str) -> String {
     format!("{}.api.>", root(lattice))
 }
 
+/// The reply inboxes of the keeper of a site's copy of the components bucket.
+pub const SITE_COPY_KEEPER_INBOX: &str = "_INBOX.site-copy";
+
+/// What the keeper of a site's copy of `lattice`'s components bucket (`shoal up --leaf`)
+/// may do in the account that keeps it (`AccountKind::SiteCopy`): make the copy and read
+/// its state, nothing else. Whatever it makes, the site's hosts check what they read from
+/// it against the hub's description or the digests their assignments pin.
+pub fn site_copy_keeper(lattice: &str) -> Permissions {
+    let stream = crate::components::stream_name(lattice);
+    Permissions {
+        publish: ["CREATE", "UPDATE", "INFO"]
+            .map(|call| format!("$JS.API.STREAM.{call}.{stream}"))
+            .to_vec(),
+        publish_deny: Vec::new(),
+        subscribe: vec![format!("{SITE_COPY_KEEPER_INBOX}.>")],
+        connection_types: Vec::new(),
+    }
+}
+
 /// Reading a journal only under `filter` (a subject with wildcards): a consumer must be
 /// named, so its filter is in the subject nats-server checks.
 pub(super) fn read_journal(stream: &str, filter: &str, publish: &mut Vec<String>) {
@@ -252,6 +271,13 @@ pub fn permissions(lattice: &str, identity: &Identity) -> Permissions {
                 format!("$JS.API.DIRECT.GET.{components}"),
                 format!("$JS.API.DIRECT.GET.{components}.>"),
             ]);
+            // The same reads from a site's copy of the bucket, on a site's leaf
+            // (`site_copy_subjects`): nothing answers them elsewhere.
+            let site = crate::components::SITE_COPY_IMPORT_PREFIX;
+            publish.extend([
+                format!("{site}.DIRECT.GET.{components}"),
+                format!("{site}.DIRECT.GET.{components}.>"),
+            ]);
             // No app's key-value store: each replica's assignment carries a credential for
             // its own app's stores (`store_credential`).
             publish.extend([
@@ -294,8 +320,9 @@ pub fn permissions(lattice: &str, identity: &Identity) -> Permissions {
             subscribe.push(crate::names::wake_subjects(lattice));
         }
         Identity::Site { hosts, .. } => {
-            // The union of its hosts' permissions and nothing of its own: a stolen site
-            // credential is worth what the site's host credentials are worth together.
+            // The union of its hosts' permissions and, of its own, only the mirroring of
+            // the components bucket (which each of its hosts may read anyway): a stolen
+            // site credential is worth what the site's host credentials are worth together.
             for id in hosts {
                 let host = permissions(
                     lattice,
@@ -312,6 +339,16 @@ pub fn permissions(lattice: &str, identity: &Identity) -> Permissions {
             // permission does not carry across). The inboxes' names are random: the site
             // can answer what it was asked and guess nothing else.
             publish.push("_INBOX.host.*.>".to_owned());
+            // The site's copy of the components bucket mirrors the hub's across the leaf:
+            // one consumer of the bucket's stream, made by the site's JetStream, which
+            // delivers to the site's inboxes; its flow control; and the answer to the
+            // consumer's creation, which nats-server sends to `$JSC.R.<token>`.
+            let components = crate::components::stream_name(lattice);
+            publish.extend([
+                format!("$JS.API.CONSUMER.CREATE.{components}"),
+                format!("$JS.FC.{components}.>"),
+            ]);
+            subscribe.push("$JSC.R.>".to_owned());
             publish.sort();
             publish.dedup();
         }
