@@ -749,11 +749,12 @@ fn one_copy_over_the_leaf(secure: bool) {
     };
     let site_auth = tempfile::tempdir().unwrap();
     if secure {
+        // One host more than run: its record, never written, is a target below.
         let (ok, _, stderr) = lattice.auth(&[
             "site",
             "site-c",
             "--hosts",
-            &count.to_string(),
+            &(count + 1).to_string(),
             "-o",
             site_auth.path().to_str().unwrap(),
         ]);
@@ -792,6 +793,7 @@ fn one_copy_over_the_leaf(secure: bool) {
     let args = site_args(leafnodes, "site-c", leaf_port, data.path(), &extra);
     let site = Site::start(&lattice, &args);
     let leaf = format!("nats://127.0.0.1:{leaf_port}");
+    let reader = site_auth.path().join("site-copy-reader.creds");
     let caches: Vec<_> = (0..count).map(|_| tempfile::tempdir().unwrap()).collect();
     let hosts: Vec<_> = caches
         .iter()
@@ -802,14 +804,24 @@ fn one_copy_over_the_leaf(secure: bool) {
             let mut args = vec![
                 "--nats",
                 &leaf,
-                "--site-copy",
                 "--cache-dir",
                 cache.path().to_str().unwrap(),
             ];
             if secure {
-                args.extend(["--nats-creds", creds.to_str().unwrap()]);
+                args.extend([
+                    "--nats-creds",
+                    creds.to_str().unwrap(),
+                    "--site-copy-creds",
+                    reader.to_str().unwrap(),
+                ]);
             } else {
-                args.extend(["--js-domain", "hub", "--label", "site=site-c"]);
+                args.extend([
+                    "--site-copy",
+                    "--js-domain",
+                    "hub",
+                    "--label",
+                    "site=site-c",
+                ]);
             }
             lattice.host_with(&id, &args)
         })
@@ -834,44 +846,68 @@ fn one_copy_over_the_leaf(secure: bool) {
         return;
     }
 
-    // The copy answers a host across an import, never where the host aims the answer:
-    // direct gets of it whose reply subject is another host's record (in the state
-    // account's name and its client form) write nothing there.
+    // Whatever reply subject a reader or the keeper of the copy names, the copy's answer
+    // stays in its account, whose leaf connection carries nothing but the copy's own
+    // consumer traffic: direct gets and stream infos aimed at a site host's record (one
+    // no host writes) and at the lattice's trust policy write nothing there.
     let name = lattice.name.clone();
-    let raw = support::raw::Raw::connect(
+    let stream = shoal_lattice::components::stream_name(&name);
+    let bucket = shoal_lattice::components::bucket_name(&name);
+    let unwritten = format!("site-c-{}", count + 1);
+    let targets = [
+        format!("$KV.shoal-{name}-v1-hosts.{unwritten}"),
+        format!("$KV.shoal-{name}-v1-trust.lattice"),
+    ];
+    let as_reader = support::raw::Raw::connect(&leaf, &reader, "_INBOX.site-copy-reader");
+    let as_keeper = support::raw::Raw::connect(
+        &leaf,
+        &site_auth.path().join("site-copy.creds"),
+        "_INBOX.site-copy-keeper",
+    );
+    for target in &targets {
+        for reply in [target.clone(), shoal_lattice::auth::client_subject(target)] {
+            as_reader.publish_with_reply(
+                &format!("$JS.API.DIRECT.GET.{stream}"),
+                &reply,
+                &format!(r#"{{"last_by_subj":"$O.{bucket}.M.>"}}"#),
+            );
+            as_keeper.publish_with_reply(&format!("$JS.API.STREAM.INFO.{stream}"), &reply, "");
+        }
+    }
+    // A reader may not change the copy, a site host may not reach it with its own
+    // credential, and nobody may write into it.
+    let as_host = support::raw::Raw::connect(
         &leaf,
         &site_auth.path().join("site-c-1.creds"),
         "_INBOX.host.site-c-1",
     );
-    let stream = shoal_lattice::components::stream_name(&name);
-    let bucket = shoal_lattice::components::bucket_name(&name);
-    let target = format!("$KV.shoal-{name}-v1-hosts.site-c-2");
-    for reply in [target.clone(), shoal_lattice::auth::client_subject(&target)] {
-        raw.publish_with_reply(
-            &format!("$JS.shoal-site-copy.API.DIRECT.GET.{stream}"),
-            &reply,
-            &format!(r#"{{"last_by_subj":"$O.{bucket}.M.>"}}"#),
-        );
-    }
-    // Nor may a host make or change the copy, or write into it.
-    for subject in [
-        format!("$JS.shoal-site-copy.API.STREAM.CREATE.{stream}"),
-        format!("$JS.API.STREAM.CREATE.{stream}"),
-        format!("$O.{bucket}.C.forged"),
+    for (raw, subject) in [
+        (&as_reader, format!("$JS.API.STREAM.CREATE.{stream}")),
+        (&as_reader, format!("$O.{bucket}.C.forged")),
+        (&as_host, format!("$JS.API.DIRECT.GET.{stream}")),
+        (&as_keeper, format!("$O.{bucket}.C.forged")),
     ] {
         raw.publish(&subject);
         raw.wait_refused("Publish", &subject);
     }
-    let record = support::raw::Raw::connect(
+    let scheduler = support::raw::Raw::connect(
         &lattice.nats.url(),
         &lattice.mint(&["scheduler", "s8"], "s8"),
         "_INBOX.scheduler.s8",
-    )
-    .kv_get(&format!("shoal-{name}-v1-hosts"), "site-c-2")
-    .expect("site-c-2's record");
-    let record: serde_json::Value = serde_json::from_slice(&record).expect("a host record");
-    assert_eq!(record["id"], "site-c-2", "{record}");
-    assert!(record.get("nuid").is_none(), "{record}");
+    );
+    // Watched for a while: a write would land within milliseconds.
+    let watched = Instant::now();
+    while watched.elapsed() < Duration::from_secs(2) {
+        assert_eq!(
+            scheduler.kv_get(&format!("shoal-{name}-v1-hosts"), &unwritten),
+            None
+        );
+        assert_eq!(
+            scheduler.kv_get(&format!("shoal-{name}-v1-trust"), "lattice"),
+            None
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
 }
 
 /// A connection to `lattice` as a scheduler (the only kind of identity that writes the

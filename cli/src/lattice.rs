@@ -101,7 +101,7 @@ pub struct LatticeArgs {
     )]
     pub js_domain: Option<String>,
 
-    /// Read the lattice's components from the copy a site's leaf nats-server keeps
+    /// Read the lattice's components from the copy an open site's leaf nats-server keeps
     /// (`shoal up --leaf` keeps one): for hosts of a site, which then fetch one copy of
     /// each component over the site's uplink between them.
     #[arg(
@@ -111,6 +111,17 @@ pub struct LatticeArgs {
         help_heading = "NATS connection"
     )]
     pub site_copy: bool,
+
+    /// The same on a secure site, with the reader's credential `shoal auth site` wrote
+    /// (`site-copy-reader.creds`).
+    #[arg(
+        long,
+        env = "SHOAL_SITE_COPY_CREDS",
+        global = true,
+        value_name = "FILE",
+        help_heading = "NATS connection"
+    )]
+    pub site_copy_creds: Option<PathBuf>,
 
     /// CA certificate (PEM) to trust for a TLS NATS server; implies TLS.
     #[arg(
@@ -286,7 +297,11 @@ impl LatticeArgs {
             origin: origin.to_owned(),
             skip_buckets,
             js_domain: self.js_domain.clone(),
-            site_copy: self.site_copy,
+            site_copy: match (&self.site_copy_creds, self.site_copy) {
+                (Some(creds), _) => shoal_lattice::SiteCopy::Reader(creds.clone()),
+                (None, true) => shoal_lattice::SiteCopy::Domain,
+                (None, false) => shoal_lattice::SiteCopy::None,
+            },
             // A command reads the journals and publishes nothing to them: the processes
             // that publish (schedulers, hosts) make them exist. Two round trips saved.
             skip_journals: skip_buckets,

@@ -32,13 +32,9 @@ pub fn stream_name(lattice: &str) -> String {
 pub const SITE_DOMAIN: &str = "shoal-site";
 
 /// Where an open site's hosts read the site's copy of the components bucket: the JetStream
-/// API of the site's domain.
+/// API of the site's domain. A secure site's hosts read it in the account that keeps it,
+/// with a reader's credential (`auth::site_copy_reader`).
 pub const SITE_API_PREFIX: &str = "$JS.shoal-site.API";
-
-/// Where a secure site's hosts read it: the same calls imported into the clients' account
-/// from the account that keeps the copy (see `auth::site_copy_subjects`). Not the domain's
-/// prefix: nats-server maps that in every account of the leaf, before any import.
-pub const SITE_COPY_IMPORT_PREFIX: &str = "$JS.shoal-site-copy.API";
 
 /// The configuration of a site's copy of `lattice`'s components bucket: a mirror of the
 /// hub's, whose JetStream API the site reaches at `hub_api` (`$JS.<domain>.API` across an
@@ -103,16 +99,28 @@ pub async fn make_site_copy(
         .await
         .map_err(|error| connect_failed(error.into()))?;
     let bucket = config.0.name.clone();
-    let made = async_nats::jetstream::new(client.clone())
+    let failed = |source: crate::Cause| Error::Bucket {
+        bucket: bucket.clone(),
+        source,
+    };
+    let info = async_nats::jetstream::new(client)
         .create_or_update_stream(config.0)
         .await
-        .map(|_| ())
-        .map_err(|error| Error::Bucket {
-            bucket,
-            source: error.into(),
-        });
-    drop(client);
-    made
+        .map_err(|error| failed(error.into()))?;
+    // A stream of that name made otherwise (by whoever held the keeper's credential first)
+    // is not taken for the copy: say so rather than keep it.
+    let made = &info.config;
+    let is_copy = made.mirror.is_some()
+        && made.subjects.is_empty()
+        && made.sources.as_ref().is_none_or(Vec::is_empty)
+        && made.republish.is_none();
+    if !is_copy {
+        return Err(failed(
+            format!("{bucket} exists and is not a mirror of the hub's components: delete it from the site's JetStream")
+                .into(),
+        ));
+    }
+    Ok(())
 }
 
 /// The object holding `part` (for example `layer`) of the component whose manifest digest
@@ -392,6 +400,10 @@ async fn from_site_copy(
     bucket: &str,
     info: &ObjectInfo,
 ) -> Result<Vec<u8>, crate::Cause> {
+    // Bytes from the copy are taken only against a digest: without one, the hub's.
+    if info.digest.is_none() {
+        return Err("its description names no digest".into());
+    }
     let deadline = tokio::time::Instant::now() + SITE_COPY_LAG;
     loop {
         match describe(site, bucket, meta).await {
@@ -414,8 +426,17 @@ async fn read_chunks(
     info: &ObjectInfo,
 ) -> Result<Vec<u8>, crate::Cause> {
     let name = &info.name;
+    // A description read where anyone could have written it bounds nothing by itself:
+    // chunks at least `MIN_CHUNK` bytes (all but the last), memory as the bytes arrive.
+    if info.chunks > info.size / MIN_CHUNK + 1 {
+        return Err(format!(
+            "{name} declares {} chunks for {} bytes",
+            info.chunks, info.size
+        )
+        .into());
+    }
     let chunks = format!("$O.{bucket}.C.{}", info.nuid);
-    let mut bytes = Vec::with_capacity(info.size);
+    let mut bytes = Vec::with_capacity(info.size.min(MAX_FIRST_ALLOCATION));
     let mut next = None;
     for _ in 0..info.chunks {
         let chunk = stream
@@ -445,6 +466,12 @@ async fn read_chunks(
     }
     Ok(bytes)
 }
+
+/// The smallest chunk an object is read in (object stores write 128 KiB ones).
+const MIN_CHUNK: usize = 1024;
+
+/// The most memory reserved for an object before its bytes arrive.
+const MAX_FIRST_ALLOCATION: usize = 8 << 20;
 
 /// Whether `bytes` hash to `digest` as object stores write it (`SHA-256=<base64url>`).
 fn digest_matches(digest: &str, bytes: &[u8]) -> bool {

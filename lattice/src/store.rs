@@ -45,10 +45,23 @@ pub struct ConnectOptions {
     /// Whether to leave the journals (logs, events) unopened: a connection that reaches
     /// only apps' stores may not.
     pub skip_journals: bool,
-    /// Whether this connection's server (a site's leaf nats-server) keeps a copy of the
+    /// Where this connection's server (a site's leaf nats-server) keeps a copy of the
     /// lattice's components bucket: a site's hosts then fetch one copy of each component
     /// over the site's uplink between them.
-    pub site_copy: bool,
+    pub site_copy: SiteCopy,
+}
+
+/// How a connection reaches its site's copy of the components bucket.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum SiteCopy {
+    /// It has none (a hub's connection, or a site that keeps no copy).
+    #[default]
+    None,
+    /// In the leaf's JetStream domain, on the same connection (an open site).
+    Domain,
+    /// In the account that keeps it, on a second connection presenting this reader's
+    /// credential (a secure site; `shoal auth site` writes it).
+    Reader(std::path::PathBuf),
 }
 
 /// The publisher token of the control plane's events.
@@ -155,6 +168,25 @@ impl StateApi {
             StateApi::Imported => jetstream::with_prefix(client, crate::auth::STATE_API_PREFIX),
         }
     }
+}
+
+/// A connection to the account keeping a site's copy of the components at `servers`, with
+/// the reader's credential in the file `creds`.
+async fn site_copy_reader(
+    servers: &[async_nats::ServerAddr],
+    creds: &std::path::Path,
+) -> Result<async_nats::Client, String> {
+    let text = std::fs::read_to_string(creds)
+        .map_err(|error| format!("cannot read {}: {error}", creds.display()))?;
+    crate::auth::connect_options(&text)
+        .map_err(|error| format!("{}: {error}", creds.display()))?
+        .custom_inbox_prefix(crate::auth::SITE_COPY_READER_INBOX)
+        .name("shoal site copy reader")
+        .connection_timeout(Duration::from_secs(5))
+        .max_reconnects(None)
+        .connect(servers)
+        .await
+        .map_err(|error| error.to_string())
 }
 
 /// A record with the KV revision it was read at.
@@ -315,16 +347,22 @@ impl Lattice {
                 tracing::warn!(error = %crate::Chain(&error), "the lattice will not keep these records");
             }
         }
-        // An open site's copy is in the leaf's JetStream domain; a secure site's is
-        // imported into the clients' account, as the state is.
-        let site_copy = options.site_copy.then(|| {
-            let prefix = if state_api == StateApi::Imported {
-                crate::components::SITE_COPY_IMPORT_PREFIX
-            } else {
-                crate::components::SITE_API_PREFIX
-            };
-            jetstream::with_prefix(client.clone(), prefix)
-        });
+        let site_copy = match &options.site_copy {
+            SiteCopy::None => None,
+            SiteCopy::Domain => Some(jetstream::with_prefix(
+                client.clone(),
+                crate::components::SITE_API_PREFIX,
+            )),
+            // A copy that cannot be reached is no reason to stay off the lattice: its
+            // objects are read at the hub then.
+            SiteCopy::Reader(creds) => match site_copy_reader(&servers, creds).await {
+                Ok(client) => Some(jetstream::new(client)),
+                Err(error) => {
+                    tracing::warn!(%error, "cannot reach the site's copy of the lattice's components; reading them at the hub");
+                    None
+                }
+            },
+        };
         Ok(Self {
             options: std::sync::Arc::new(options.clone()),
             client,
@@ -353,6 +391,7 @@ impl Lattice {
             client_name: client_name.to_owned(),
             skip_buckets: true,
             skip_journals: true,
+            site_copy: SiteCopy::None,
             ..(*self.options).clone()
         };
         Self::connect(&options).await

@@ -208,6 +208,10 @@ pub const LEAF_CONFIG: &str = "leaf-auth.conf";
 pub const DEFAULT_COPY_SIZE: &str = "1GiB";
 /// The credential that makes the site's copy of the components (`shoal up --leaf`).
 pub const SITE_COPY_CREDS: &str = "site-copy.creds";
+/// The credential with which the site's hosts read that copy.
+pub const SITE_COPY_READER_CREDS: &str = "site-copy-reader.creds";
+/// The credential of the copy's own leaf connection to the hub.
+pub const SITE_COPY_LEAF_CREDS: &str = "site-copy-leaf.creds";
 
 /// The account keeping a site's copy of the components, as its leaf preloads it.
 struct SiteCopy {
@@ -583,19 +587,17 @@ impl Authority {
         )?)
     }
 
-    /// The clients' account's JWT: importing from the state account (a hub's), or, as a
-    /// site's leaf nats-server preloads it (`site` given), only from the account keeping
-    /// the site's copy of the components, whose public key it is.
-    fn clients_account_jwt(&self, site: Option<&str>) -> anyhow::Result<String> {
+    /// The clients' account's JWT: importing from the state account, or (`imports`
+    /// false, as a site's leaf nats-server preloads it) nothing.
+    fn clients_account_jwt(&self, imports: bool) -> anyhow::Result<String> {
         let operator = read_seed(&self.dir, OPERATOR_SEED)?;
         Ok(auth::account_jwt(
             &operator,
             self.clients()?,
             &format!("{}-clients", self.state.lattice),
             auth::AccountKind::Clients {
-                state: site.is_none().then_some(self.state.account.as_str()),
+                state: imports.then_some(self.state.account.as_str()),
                 store_signer: Some(&read_seed(&self.dir, STORE_KEY)?.public_key()),
-                site_copy: site,
             },
             &self.state.lattice,
             &self.state.revocations,
@@ -621,8 +623,8 @@ impl Authority {
     /// nats-server's operator-mode config with `resolver` (the preloaded account JWTs are
     /// the current ones, so a restarted server starts with every revocation). A hub's
     /// preloads both of the lattice's accounts; a site's leaf (`site`) the clients' one,
-    /// importing nothing but the site's copy of the components (all else goes across the
-    /// leaf connection), and the account keeping that copy.
+    /// without imports (all it carries goes across the leaf connection), and the account
+    /// keeping the site's copy of the components.
     fn server_config(&self, resolver: &str, site: Option<&SiteCopy>) -> anyhow::Result<String> {
         let operator = read_seed(&self.dir, OPERATOR_SEED)?;
         let operator_jwt = auth::operator_jwt(
@@ -635,7 +637,7 @@ impl Authority {
         let mut preload = format!(
             "  {clients}: \"{clients_jwt}\"\n  {system}: \"{system_jwt}\"\n",
             clients = self.clients()?,
-            clients_jwt = self.clients_account_jwt(site.map(|copy| copy.account.as_str()))?,
+            clients_jwt = self.clients_account_jwt(site.is_none())?,
             system = self.state.system,
         );
         if let Some(copy) = site {
@@ -723,10 +725,15 @@ impl Authority {
     }
 
     /// A new account for site `name`'s copy of the components (at most `copy_bytes`), with
-    /// the credential of its keeper written into `dir`. Its key is thrown away: the
-    /// account lives only on the site's leaf, which preloads its JWT, and a site minted
-    /// again gets a new one.
-    fn site_copy(&self, name: &str, copy_bytes: u64, dir: &Path) -> anyhow::Result<SiteCopy> {
+    /// the credentials of its keeper (which makes the copy), its readers (the site's
+    /// hosts) and its leaf connection to the hub (which may only mirror the components)
+    /// written into `dir`. The account's key is thrown away: the account lives only on the
+    /// site's leaf, which preloads its JWT, and a site minted again gets a new one.
+    fn site_copy(&mut self, name: &str, copy_bytes: u64, dir: &Path) -> anyhow::Result<SiteCopy> {
+        let leaf = self.mint(Identity::SiteCopy {
+            name: auth::site_copy_name(name),
+        })?;
+        write_secret(&dir.join(SITE_COPY_LEAF_CREDS), &leaf)?;
         let operator = read_seed(&self.dir, OPERATOR_SEED)?;
         let account = nkeys::KeyPair::new_account();
         let lattice = &self.state.lattice;
@@ -755,6 +762,20 @@ impl Authority {
             &dir.join(SITE_COPY_CREDS),
             &auth::creds(&keeper_jwt, &keeper.seed()?),
         )?;
+        let reader = nkeys::KeyPair::new_user();
+        let reader_jwt = auth::user_jwt(
+            &account,
+            &reader.public_key(),
+            &format!("{name}-copy-reader"),
+            Some(&auth::site_copy_reader(lattice)),
+            vec!["shoal-kind:site-copy-reader".to_owned()],
+            now(),
+            None,
+        )?;
+        write_secret(
+            &dir.join(SITE_COPY_READER_CREDS),
+            &auth::creds(&reader_jwt, &reader.seed()?),
+        )?;
         Ok(SiteCopy {
             account: account.public_key(),
             jwt,
@@ -779,6 +800,7 @@ impl Authority {
                     check_host_id(id)?;
                 }
             }
+            Identity::SiteCopy { name } => check_name("site", name)?,
             Identity::User { name, grants } => {
                 check_name("user name", name)?;
                 if name == auth::ANONYMOUS {
@@ -902,7 +924,7 @@ impl Authority {
         self.save()?;
         Ok(vec![
             self.state_account_jwt()?,
-            self.clients_account_jwt(None)?,
+            self.clients_account_jwt(true)?,
         ])
     }
 }
@@ -1147,7 +1169,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (mut authority, _) = Authority::init(&dir.path().join("auth"), "dev").unwrap();
         let site = dir.path().join("site");
-        authority.site("store-12", 2, "hub", 1 << 30, &site).unwrap();
+        authority
+            .site("store-12", 2, "hub", 1 << 30, &site)
+            .unwrap();
         let again = Authority::open(&dir.path().join("auth")).unwrap();
         let kinds: Vec<(&str, &str, Option<&str>)> = again
             .state
@@ -1167,6 +1191,7 @@ mod tests {
                 ("store-12-1", "host", Some("hub")),
                 ("store-12-2", "host", Some("hub")),
                 ("store-12", "site", None),
+                ("store-12-copy", "site-copy", None),
             ]
         );
         for file in [
@@ -1174,6 +1199,8 @@ mod tests {
             SITE_CREDS,
             LEAF_CONFIG,
             SITE_COPY_CREDS,
+            SITE_COPY_READER_CREDS,
+            SITE_COPY_LEAF_CREDS,
             "store-12-1.creds",
             "store-12-2.creds",
         ] {
@@ -1181,14 +1208,13 @@ mod tests {
         }
         // The leaf preloads the account keeping the site's copy, which the site names.
         let written: SiteAuth =
-            serde_json::from_str(&std::fs::read_to_string(site.join(SITE_FILE)).unwrap())
-                .unwrap();
+            serde_json::from_str(&std::fs::read_to_string(site.join(SITE_FILE)).unwrap()).unwrap();
         let copy = written.copy_account.expect("a copy account");
         assert_eq!(written.copy_bytes, 1 << 30);
         let leaf = std::fs::read_to_string(site.join(LEAF_CONFIG)).unwrap();
         assert!(leaf.contains(&copy));
-        let keeper = auth::holder(&std::fs::read_to_string(site.join(SITE_COPY_CREDS)).unwrap())
-            .unwrap();
+        let keeper =
+            auth::holder(&std::fs::read_to_string(site.join(SITE_COPY_CREDS)).unwrap()).unwrap();
         assert_eq!(keeper.issuer, copy);
     }
 

@@ -292,7 +292,10 @@ pub async fn run(args: UpArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
         lattice.nats_creds = None;
         lattice.js_domain = Some(args.hub_domain.clone());
         if let Some(copy) = copy {
-            lattice.site_copy = true;
+            match &copy.account {
+                Some(account) => lattice.site_copy_creds = Some(account.reader.clone()),
+                None => lattice.site_copy = true,
+            }
             tokio::spawn(keep_site_copy(lattice.clone(), copy));
         }
         credentials = site.map(|site| site.credentials);
@@ -501,12 +504,25 @@ fn site_credentials(args: &UpArgs, lattice: &str, dir: &std::path::Path) -> anyh
 struct SiteCopy {
     /// The most it holds.
     max_bytes: u64,
-    /// On a secure site: the account keeping it, and its keeper's credential.
-    account: Option<(String, PathBuf)>,
+    /// On a secure site: the account keeping it and its credentials.
+    account: Option<CopyAccount>,
     /// Where the site's JetStream reaches the hub's API.
     hub_api: String,
     /// Where the hub delivers the copy's messages to the site.
     deliver: String,
+}
+
+/// The account keeping a secure site's copy, and its credentials (`shoal auth site`'s).
+#[derive(Debug, Clone)]
+struct CopyAccount {
+    /// Its public key.
+    key: String,
+    /// The keeper's credential, which makes the copy.
+    keeper: PathBuf,
+    /// The readers' credential, which the site's hosts read it with.
+    reader: PathBuf,
+    /// The credential of its leaf connection to the hub.
+    leaf: PathBuf,
 }
 
 /// The copy a site keeps of the lattice's components: none with `--copy-size 0`, nor on a
@@ -515,32 +531,45 @@ fn site_copy(args: &UpArgs, site: Option<&Site>) -> Option<SiteCopy> {
     if args.copy_size == 0 {
         return None;
     }
-    let deliver = format!(
-        "{}.copy",
-        shoal_lattice::auth::inbox_prefix("site", &args.site)
+    // Past a pebibyte nats-server's limits overflow; no site keeps that much.
+    let copy_size = args.copy_size.min(1 << 50);
+    // Where the hub delivers the copy: the inboxes of the copy's own leaf identity.
+    let deliver = shoal_lattice::auth::inbox_prefix(
+        "site-copy",
+        &shoal_lattice::auth::site_copy_name(&args.site),
     );
     match site {
         None => Some(SiteCopy {
-            max_bytes: args.copy_size,
+            max_bytes: copy_size,
             account: None,
             hub_api: format!("$JS.{}.API", args.hub_domain),
             deliver,
         }),
         Some(site) => {
-            let Some(account) = site.auth.copy_account.clone() else {
+            let Some(key) = site
+                .auth
+                .copy_account
+                .clone()
+                .filter(|_| site.auth.copy_bytes > 0)
+            else {
                 eprintln!(
-                    "warning: {} was minted before sites kept a copy of the lattice's components: each host fetches its own from the hub (run shoal auth site {} again for a copy)",
+                    "warning: {} gives this site no copy of the lattice's components (minted before sites kept one, or with --copy-size 0): each host fetches its own from the hub (run shoal auth site {} again for a copy)",
                     site.dir.display(),
                     site.auth.site
                 );
                 return None;
             };
+            use crate::commands::auth::{
+                SITE_COPY_CREDS, SITE_COPY_LEAF_CREDS, SITE_COPY_READER_CREDS,
+            };
             Some(SiteCopy {
-                max_bytes: args.copy_size.min(site.auth.copy_bytes),
-                account: Some((
-                    account,
-                    site.dir.join(crate::commands::auth::SITE_COPY_CREDS),
-                )),
+                max_bytes: copy_size.min(site.auth.copy_bytes),
+                account: Some(CopyAccount {
+                    key,
+                    keeper: site.dir.join(SITE_COPY_CREDS),
+                    reader: site.dir.join(SITE_COPY_READER_CREDS),
+                    leaf: site.dir.join(SITE_COPY_LEAF_CREDS),
+                }),
                 hub_api: shoal_lattice::auth::STATE_API_PREFIX.to_owned(),
                 deliver,
             })
@@ -584,8 +613,8 @@ async fn make_site_copy(
     copy: &SiteCopy,
     config: shoal_lattice::components::SiteCopyConfig,
 ) -> anyhow::Result<()> {
-    let creds = match &copy.account {
-        Some((_, creds)) => Some(
+    let creds = match &copy.account.as_ref().map(|account| &account.keeper) {
+        Some(creds) => Some(
             std::fs::read_to_string(creds)
                 .with_context(|| format!("cannot read {}", creds.display()))?,
         ),
@@ -619,11 +648,15 @@ fn start_leaf(
                 "{{ urls: [{hub:?}], credentials: {credentials:?}, account: {:?} }}",
                 site.auth.account
             )];
-            // The copy's account reaches the hub on a leaf connection of its own, with
-            // the site's credential: nats-server binds one account to each.
-            if let Some((account, _)) = copy.and_then(|copy| copy.account.as_ref()) {
+            // The copy's account reaches the hub on a leaf connection of its own
+            // (nats-server binds one account to each), whose credential may carry only
+            // the copy's consumer traffic: no answer of the copy's JetStream, wherever a
+            // reader aims it, can cross as a write.
+            if let Some(account) = copy.and_then(|copy| copy.account.as_ref()) {
                 remotes.push(format!(
-                    "{{ urls: [{hub:?}], credentials: {credentials:?}, account: {account:?} }}"
+                    "{{ urls: [{hub:?}], credentials: {:?}, account: {:?} }}",
+                    account.leaf.display().to_string(),
+                    account.key
                 ));
             }
             (trust, remotes)

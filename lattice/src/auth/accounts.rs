@@ -35,14 +35,12 @@ pub enum AccountKind<'a> {
         /// The key schedulers sign hosts' store credentials with ([`store_credential`]),
         /// a signing key of this account.
         store_signer: Option<&'a str>,
-        /// On a site's leaf nats-server, the public key of the account keeping the site's
-        /// copy of the components bucket: [`site_copy_subjects`] are imported from it.
-        site_copy: Option<&'a str>,
     },
     /// A site's copy of the lattice's components bucket, on the site's leaf nats-server
-    /// only: JetStream on (at most `max_bytes` stored), exporting [`site_copy_subjects`].
-    /// Its own account for the reason the state has one: the site's hosts reach its
-    /// JetStream only across an import, so no answer of it lands where a host aims it.
+    /// only: JetStream on (at most `max_bytes` stored), sharing nothing. Its own account,
+    /// whose leaf connection to the hub may carry only the copy's consumer traffic
+    /// (`Identity::SiteCopy`): whatever reply subject a reader of the copy names, the
+    /// answer cannot become a write at the hub.
     SiteCopy {
         /// The most the copy may store.
         max_bytes: u64,
@@ -131,24 +129,6 @@ pub fn shared_subjects(lattice: &str) -> Vec<Shared> {
         subject: "_INBOX.>".to_owned(),
     });
     shared
-}
-
-/// What the account keeping a site's copy of `lattice`'s components exports and the site's
-/// clients' account imports: direct gets of the copy's objects, under
-/// [`SITE_COPY_IMPORT_PREFIX`](crate::components::SITE_COPY_IMPORT_PREFIX).
-pub fn site_copy_subjects(lattice: &str) -> Vec<Shared> {
-    let stream = crate::components::stream_name(lattice);
-    [
-        format!("DIRECT.GET.{stream}"),
-        format!("DIRECT.GET.{stream}.>"),
-    ]
-    .into_iter()
-    .map(|call| Shared::Service {
-        subject: format!("$JS.API.{call}"),
-        local: format!("{}.{call}", crate::components::SITE_COPY_IMPORT_PREFIX),
-        answers: Answers::One,
-    })
-    .collect()
 }
 
 /// One export of an account JWT.
@@ -240,27 +220,17 @@ pub fn account_jwt(
             Vec::new(),
         ),
         AccountKind::Clients {
-            state, site_copy, ..
-        } => {
-            let from_state = state.into_iter().flat_map(|state| {
-                shared_subjects(lattice)
-                    .into_iter()
-                    .map(move |shared| shared.import(state))
-            });
-            let from_copy = site_copy.into_iter().flat_map(|copy| {
-                site_copy_subjects(lattice)
-                    .into_iter()
-                    .map(move |shared| shared.import(copy))
-            });
-            (Vec::new(), from_state.chain(from_copy).collect())
-        }
-        AccountKind::SiteCopy { .. } => (
-            site_copy_subjects(lattice)
-                .iter()
-                .map(Shared::export)
-                .collect(),
+            state: Some(state), ..
+        } => (
             Vec::new(),
+            shared_subjects(lattice)
+                .iter()
+                .map(|shared| shared.import(state))
+                .collect(),
         ),
+        AccountKind::Clients { state: None, .. } | AccountKind::SiteCopy { .. } => {
+            (Vec::new(), Vec::new())
+        }
         AccountKind::System => (Vec::new(), Vec::new()),
     };
     // JetStream: unlimited for the state, the copy's size for a site's copy, none else.

@@ -35,6 +35,13 @@ pub enum Identity {
         /// The JetStream domain of the hub's lattice state.
         domain: String,
     },
+    /// The leaf connection of a site's copy of the components (`shoal up --leaf`): it
+    /// mirrors the components bucket into the site and may do nothing else, so nothing
+    /// JetStream answers in the copy's account can reach the hub as a write.
+    SiteCopy {
+        /// Its name: [`site_copy_name`] of the site's.
+        name: String,
+    },
     /// A person or a CI job.
     User {
         /// Its name.
@@ -52,6 +59,7 @@ impl Identity {
             Identity::Scheduler { name }
             | Identity::Site { name, .. }
             | Identity::User { name, .. } => name,
+            Identity::SiteCopy { name } => name,
         }
     }
 
@@ -61,6 +69,7 @@ impl Identity {
             Identity::Host { .. } => "host",
             Identity::Scheduler { .. } => "scheduler",
             Identity::Site { .. } => "site",
+            Identity::SiteCopy { .. } => "site-copy",
             Identity::User { .. } => "user",
         }
     }
@@ -82,6 +91,12 @@ impl Identity {
         }
         tags
     }
+}
+
+/// The name of the identity of site `site`'s copy of the components (`<site>-copy`: a name
+/// is one kind of identity, and the site's own is the site's name).
+pub fn site_copy_name(site: &str) -> String {
+    format!("{site}-copy")
 }
 
 /// The prefix of the reply inboxes of identity `name` of `kind` (`host`, `scheduler`,
@@ -179,7 +194,28 @@ pub fn api_subjects(lattice: &str) -> String {
 }
 
 /// The reply inboxes of the keeper of a site's copy of the components bucket.
-pub const SITE_COPY_KEEPER_INBOX: &str = "_INBOX.site-copy";
+pub const SITE_COPY_KEEPER_INBOX: &str = "_INBOX.site-copy-keeper";
+
+/// The reply inboxes of a reader of a site's copy of the components bucket.
+pub const SITE_COPY_READER_INBOX: &str = "_INBOX.site-copy-reader";
+
+/// What a site's hosts may do with the reader's credential of the site's copy of
+/// `lattice`'s components, in the account that keeps it (`AccountKind::SiteCopy`): read
+/// the copy's objects with direct gets, nothing else. Whatever reply subject a reader
+/// names, the answer stays in that account, whose leaf connection (`Identity::SiteCopy`)
+/// may carry nothing to the hub but the copy's own consumer traffic.
+pub fn site_copy_reader(lattice: &str) -> Permissions {
+    let stream = crate::components::stream_name(lattice);
+    Permissions {
+        publish: vec![
+            format!("$JS.API.DIRECT.GET.{stream}"),
+            format!("$JS.API.DIRECT.GET.{stream}.>"),
+        ],
+        publish_deny: Vec::new(),
+        subscribe: vec![format!("{SITE_COPY_READER_INBOX}.>")],
+        connection_types: Vec::new(),
+    }
+}
 
 /// What the keeper of a site's copy of `lattice`'s components bucket (`shoal up --leaf`)
 /// may do in the account that keeps it (`AccountKind::SiteCopy`): make the copy and read
@@ -271,13 +307,7 @@ pub fn permissions(lattice: &str, identity: &Identity) -> Permissions {
                 format!("$JS.API.DIRECT.GET.{components}"),
                 format!("$JS.API.DIRECT.GET.{components}.>"),
             ]);
-            // The same reads from a site's copy of the bucket, on a site's leaf
-            // (`site_copy_subjects`): nothing answers them elsewhere.
-            let site = crate::components::SITE_COPY_IMPORT_PREFIX;
-            publish.extend([
-                format!("{site}.DIRECT.GET.{components}"),
-                format!("{site}.DIRECT.GET.{components}.>"),
-            ]);
+
             // No app's key-value store: each replica's assignment carries a credential for
             // its own app's stores (`store_credential`).
             publish.extend([
@@ -320,9 +350,8 @@ pub fn permissions(lattice: &str, identity: &Identity) -> Permissions {
             subscribe.push(crate::names::wake_subjects(lattice));
         }
         Identity::Site { hosts, .. } => {
-            // The union of its hosts' permissions and, of its own, only the mirroring of
-            // the components bucket (which each of its hosts may read anyway): a stolen
-            // site credential is worth what the site's host credentials are worth together.
+            // The union of its hosts' permissions and nothing of its own: a stolen site
+            // credential is worth what the site's host credentials are worth together.
             for id in hosts {
                 let host = permissions(
                     lattice,
@@ -339,18 +368,19 @@ pub fn permissions(lattice: &str, identity: &Identity) -> Permissions {
             // permission does not carry across). The inboxes' names are random: the site
             // can answer what it was asked and guess nothing else.
             publish.push("_INBOX.host.*.>".to_owned());
-            // The site's copy of the components bucket mirrors the hub's across the leaf:
-            // one consumer of the bucket's stream, made by the site's JetStream, which
-            // delivers to the site's inboxes; its flow control; and the answer to the
-            // consumer's creation, which nats-server sends to `$JSC.R.<token>`.
+            publish.sort();
+            publish.dedup();
+        }
+        Identity::SiteCopy { .. } => {
+            // One consumer of the components bucket's stream, made by the site's JetStream,
+            // which delivers to this identity's inboxes; its flow control; and the answer
+            // to the consumer's creation, which nats-server sends to `$JSC.R.<token>`.
             let components = crate::components::stream_name(lattice);
             publish.extend([
                 format!("$JS.API.CONSUMER.CREATE.{components}"),
                 format!("$JS.FC.{components}.>"),
             ]);
             subscribe.push("$JSC.R.>".to_owned());
-            publish.sort();
-            publish.dedup();
         }
         Identity::User { name, grants } => {
             for grant in grants {
@@ -386,7 +416,7 @@ pub fn permissions(lattice: &str, identity: &Identity) -> Permissions {
         // A site's credential opens its leaf connection and nothing else: taken off a
         // stolen device, it cannot be used as a client of the hub.
         connection_types: match identity {
-            Identity::Site { .. } => vec!["LEAFNODE".to_owned()],
+            Identity::Site { .. } | Identity::SiteCopy { .. } => vec!["LEAFNODE".to_owned()],
             _ => Vec::new(),
         },
     };

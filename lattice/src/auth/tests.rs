@@ -152,6 +152,9 @@ fn every_jetstream_subject_a_client_may_use_crosses_into_the_state_account_once(
             hosts: vec!["s-1".to_owned()],
             domain: "hub".to_owned(),
         },
+        Identity::SiteCopy {
+            name: site_copy_name("s"),
+        },
         Identity::User {
             name: "alice".to_owned(),
             grants: vec![Grant {
@@ -160,20 +163,9 @@ fn every_jetstream_subject_a_client_may_use_crosses_into_the_state_account_once(
             }],
         },
     ];
-    // A site's hosts read its copy of the components across an import of their own.
-    let copy: Vec<String> = site_copy_subjects("dev")
-        .into_iter()
-        .filter_map(|shared| match shared {
-            Shared::Service { local, .. } => Some(local),
-            Shared::Stream { .. } => None,
-        })
-        .collect();
     for identity in &identities {
         for subject in &permissions("dev", identity).publish {
-            if subject.starts_with(crate::components::SITE_COPY_IMPORT_PREFIX) {
-                let carriers = copy.iter().filter(|local| covers(local, subject)).count();
-                assert_eq!(carriers, 1, "{subject} of {identity:?}");
-            } else if subject.starts_with("$JS.") || subject.starts_with("$KV.") {
+            if subject.starts_with("$JS.") || subject.starts_with("$KV.") {
                 let carriers = services
                     .iter()
                     .filter(|local| covers(local, subject))
@@ -228,7 +220,6 @@ fn account_jwts_share_what_clients_use_and_nothing_else() {
             AccountKind::Clients {
                 state: Some(&state),
                 store_signer: Some("ASIGNER"),
-                site_copy: None,
             },
             "dev",
             &none,
@@ -257,7 +248,6 @@ fn account_jwts_share_what_clients_use_and_nothing_else() {
             AccountKind::Clients {
                 state: None,
                 store_signer: Some("ASIGNER"),
-                site_copy: None,
             },
             "dev",
             &none,
@@ -266,8 +256,7 @@ fn account_jwts_share_what_clients_use_and_nothing_else() {
         .unwrap(),
     );
     assert!(leaf.imports.is_empty());
-    // A site's copy of the components: JetStream of its size, exporting direct gets of the
-    // copy's stream only, which a site's clients import under the site's prefix.
+    // A site's copy of the components: JetStream of its size, sharing nothing.
     let copy = KeyPair::new_account().public_key();
     let keeping = claims(
         account_jwt(
@@ -284,52 +273,20 @@ fn account_jwts_share_what_clients_use_and_nothing_else() {
     assert_eq!(keeping.limits.disk_storage, Some(1 << 30));
     assert_eq!(keeping.limits.streams, Some(1));
     assert_eq!(keeping.limits.mem_storage, Some(0));
-    assert!(keeping.imports.is_empty());
-    assert_eq!(
-        keeping
-            .exports
-            .iter()
-            .map(|export| export.subject.as_str())
-            .collect::<Vec<_>>(),
-        [
-            "$JS.API.DIRECT.GET.OBJ_shoal-dev-v1-components",
-            "$JS.API.DIRECT.GET.OBJ_shoal-dev-v1-components.>"
-        ]
-    );
-    let site_leaf = claims(
-        account_jwt(
-            &operator,
-            &clients,
-            "dev-clients",
-            AccountKind::Clients {
-                state: None,
-                store_signer: Some("ASIGNER"),
-                site_copy: Some(&copy),
-            },
-            "dev",
-            &none,
-            1,
-        )
-        .unwrap(),
-    );
-    assert_eq!(site_leaf.imports.len(), 2);
-    assert!(site_leaf.imports.iter().all(|import| {
-        import.account == copy
-            && import
-                .local_subject
-                .as_deref()
-                .is_some_and(|local| local.starts_with("$JS.shoal-site-copy.API.DIRECT.GET."))
-    }));
-    assert_eq!(site_leaf.limits.streams, None, "no JetStream of its own");
-    // Its keeper makes the copy and nothing else.
-    let keeper = site_copy_keeper("dev");
-    assert!(
-        keeper
-            .publish
-            .iter()
-            .all(|subject| subject.starts_with("$JS.API.STREAM.")
-                && subject.ends_with(".OBJ_shoal-dev-v1-components"))
-    );
+    assert!(keeping.imports.is_empty() && keeping.exports.is_empty());
+    // Its keeper makes the copy and its readers read it, nothing else.
+    let only_the_copy = |permissions: Permissions, calls: &[&str]| {
+        permissions.publish.iter().all(|subject| {
+            calls.iter().any(|call| {
+                subject.starts_with(&format!("$JS.API.{call}.OBJ_shoal-dev-v1-components"))
+            })
+        })
+    };
+    assert!(only_the_copy(
+        site_copy_keeper("dev"),
+        &["STREAM.CREATE", "STREAM.UPDATE", "STREAM.INFO"]
+    ));
+    assert!(only_the_copy(site_copy_reader("dev"), &["DIRECT.GET"]));
 }
 
 #[test]
@@ -642,32 +599,25 @@ fn a_site_may_do_what_its_hosts_may_and_nothing_more() {
     );
     // Answers to forwarded requests only to hosts' inboxes.
     assert!(site.publish.contains(&"_INBOX.host.*.>".to_owned()));
-    // Of its own, only the mirroring of the components bucket into the site's copy.
-    let hosts: Vec<String> = ["store-12-1", "store-12-2"]
-        .iter()
-        .flat_map(|id| {
-            permissions(
-                "dev",
-                &Identity::Host {
-                    id: (*id).to_owned(),
-                    grant: HostGrant::default(),
-                },
-            )
-            .publish
-        })
-        .collect();
-    let own: Vec<&String> = site
-        .publish
-        .iter()
-        .filter(|subject| !hosts.contains(subject) && *subject != "_INBOX.host.*.>")
-        .collect();
+    // The copy's leaf connection may mirror the components bucket and nothing else.
+    let copy = permissions(
+        "dev",
+        &Identity::SiteCopy {
+            name: site_copy_name("store-12"),
+        },
+    );
     assert_eq!(
-        own,
+        copy.publish,
         [
             "$JS.FC.OBJ_shoal-dev-v1-components.>",
             "$JS.shoal-state.API.CONSUMER.CREATE.OBJ_shoal-dev-v1-components"
         ]
     );
+    assert_eq!(
+        copy.subscribe,
+        ["$JSC.R.>", "_INBOX.site-copy.store-12-copy.>"]
+    );
+    assert_eq!(copy.connection_types, ["LEAFNODE"]);
 }
 
 #[test]
