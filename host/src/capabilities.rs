@@ -64,6 +64,15 @@ pub(crate) const CAPABILITIES: &[Capability] = &[
         add: |linker| crate::keyvalue::add_to_linker(linker),
     },
     Capability {
+        name: "wasi:messaging 0.2 (draft: types, producer)",
+        interfaces: &[
+            ("wasi:messaging/types", "0.2"),
+            ("wasi:messaging/producer", "0.2"),
+        ],
+        wasi_03: false,
+        add: |linker| crate::messaging::add_to_linker(linker),
+    },
+    Capability {
         name: "WASI 0.3 (cli, clocks, filesystem, random, sockets)",
         interfaces: &[
             ("wasi:cli/", "0.3"),

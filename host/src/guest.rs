@@ -189,6 +189,9 @@ pub struct GuestOptions {
     /// The key-value stores the guest may open through `wasi:keyvalue` (none: every open
     /// is `access-denied`).
     pub stores: Option<crate::keyvalue::StoresLink>,
+    /// Where the guest publishes through `wasi:messaging` (none: every send is
+    /// `permission-denied`).
+    pub publisher: Option<crate::messaging::PublisherLink>,
     /// Directories granted.
     pub dirs: Vec<DirGrant>,
     /// Outbound HTTP allowlist.
@@ -324,6 +327,7 @@ pub struct GuestState {
     wasi: WasiCtx,
     config: crate::config::ConfigValues,
     stores: Option<crate::keyvalue::StoresLink>,
+    publisher: Option<crate::messaging::PublisherLink>,
     http: WasiHttpCtx,
     table: ResourceTable,
     hooks: Hooks,
@@ -360,6 +364,12 @@ impl crate::config::HasConfigValues for GuestState {
 impl crate::keyvalue::HasStores for GuestState {
     fn kv(&mut self) -> crate::keyvalue::KvView<'_> {
         crate::keyvalue::KvView::new(&mut self.table, self.stores.as_ref())
+    }
+}
+
+impl crate::messaging::HasMessaging for GuestState {
+    fn messaging(&mut self) -> crate::messaging::MessagingView<'_> {
+        crate::messaging::MessagingView::new(&mut self.table, self.publisher.as_ref())
     }
 }
 
@@ -436,6 +446,7 @@ pub fn new_store(
         wasi: options.wasi(inherit_stdin)?,
         config: Arc::clone(&options.config),
         stores: options.stores.clone(),
+        publisher: options.publisher.clone(),
         http: WasiHttpCtx::new(),
         table: ResourceTable::new(),
         hooks: Hooks {

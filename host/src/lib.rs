@@ -31,6 +31,7 @@ pub mod http;
 pub mod keyvalue;
 pub mod limits;
 pub mod logs;
+pub mod messaging;
 pub mod metrics;
 pub mod outbound;
 pub mod output;

@@ -240,6 +240,43 @@ pub fn wake_subject(lattice: &str, host: &str, namespace: &str, app: &str) -> St
     format!("shoal.{lattice}.{PROTOCOL}.wake.{host}.{namespace}.{app}")
 }
 
+/// The NATS subject of message subject `subject` of namespace `namespace` (as an app's
+/// spec and guests name it: relative to its namespace): `shoal.<lattice>.v1.msg.<namespace>.<subject>`.
+pub fn message_subject(lattice: &str, namespace: &str, subject: &str) -> String {
+    format!("shoal.{lattice}.{PROTOCOL}.msg.{namespace}.{subject}")
+}
+
+/// Whether message subject `subject` (literal) matches `pattern` (NATS wildcards: `*` one
+/// token, a last `>` one or more).
+pub fn subject_matches(pattern: &str, subject: &str) -> bool {
+    let mut subject = subject.split('.');
+    for token in pattern.split('.') {
+        match (token, subject.next()) {
+            (">", Some(_)) => return true,
+            ("*", Some(_)) => {}
+            (token, Some(actual)) if token == actual => {}
+            _ => return false,
+        }
+    }
+    subject.next().is_none()
+}
+
+/// Whether `subject` is a message subject an app may name (relative to its namespace):
+/// 1 to 16 tokens of letters, digits, `-` and `_`, at most 200 bytes; with `wildcards`, a
+/// token may be `*` and the last one `>`.
+pub fn is_message_subject(subject: &str, wildcards: bool) -> bool {
+    let tokens: Vec<&str> = subject.split('.').collect();
+    subject.len() <= 200
+        && tokens.len() <= 16
+        && tokens.iter().enumerate().all(|(index, token)| {
+            (wildcards && (*token == "*" || (*token == ">" && index + 1 == tokens.len())))
+                || (!token.is_empty()
+                    && token
+                        .bytes()
+                        .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_'))
+        })
+}
+
 /// What the scheduler listens to for wakes from every host.
 pub fn wake_subjects(lattice: &str) -> String {
     format!("shoal.{lattice}.{PROTOCOL}.wake.>")
@@ -274,6 +311,23 @@ pub fn unguessable() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn message_subjects_match_as_nats_matches_them() {
+        assert!(subject_matches("alerts.>", "alerts.room1.hot"));
+        assert!(!subject_matches("alerts.>", "alerts"));
+        assert!(subject_matches("sensors.*.temp", "sensors.room1.temp"));
+        assert!(!subject_matches("sensors.*.temp", "sensors.room1.temp.c"));
+        assert!(!subject_matches("a.b", "a.b.c") && !subject_matches("a.b.c", "a.b"));
+        assert!(is_message_subject("alerts.>", true) && !is_message_subject("alerts.>", false));
+        for bad in ["", "a..b", "$KV.x", "a.>.b", "a b", "_INBOX.x.\u{0}"] {
+            assert!(!is_message_subject(bad, true), "{bad}");
+        }
+        assert_eq!(
+            message_subject("dev", "team-a", "alerts.hot"),
+            "shoal.dev.v1.msg.team-a.alerts.hot"
+        );
+    }
 
     #[test]
     fn wake_subjects_parse_only_when_well_formed() {

@@ -132,6 +132,11 @@ workload_spec! {
         /// is this app's own JetStream KV bucket).
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         pub key_value: Vec<KeyValueStore>,
+        /// Message subjects the component may publish to through `wasi:messaging`
+        /// (relative to the app's namespace; NATS wildcards allowed); any other is
+        /// `permission-denied`.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pub publish: Vec<String>,
         /// Readiness probe.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub health: Option<Health>,
@@ -173,6 +178,7 @@ impl AppSpec {
             config_from: Vec::new(),
             secrets: Vec::new(),
             key_value: Vec::new(),
+            publish: Vec::new(),
             health: None,
             rollout: None,
             revision_history_limit: None,
@@ -358,6 +364,7 @@ impl AppSpec {
             env,
             secrets,
             key_value,
+            publish,
             allowed_outbound,
             health,
             rollout,
@@ -376,6 +383,7 @@ impl AppSpec {
             env,
             secrets,
             key_value,
+            publish,
             allowed_outbound,
             health,
             rollout,
@@ -385,6 +393,13 @@ impl AppSpec {
             disconnect: None,
             autoscale: None,
         }
+    }
+
+    /// Whether its replicas reach anything beyond their host's own credential (key-value
+    /// stores, message subjects to publish to): on a secure lattice each then carries a
+    /// credential of its own (`auth::store_credential`).
+    pub fn needs_app_credential(&self) -> bool {
+        !self.key_value.is_empty() || !self.publish.is_empty()
     }
 
     /// How many revisions of the app are kept.
@@ -1308,6 +1323,7 @@ mod tests {
                 config: BTreeMap::new(),
                 secrets: vec![],
                 key_value: Vec::new(),
+                publish: Vec::new(),
                 config_from: Vec::new(),
                 env: Default::default(),
                 allowed_outbound: vec![],

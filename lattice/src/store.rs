@@ -402,6 +402,44 @@ impl Lattice {
         self.state_api.context(self.client.clone())
     }
 
+    /// Publishes `payload` with `headers` on message subject `subject` of `namespace` (as an
+    /// app names it: relative to its namespace; see [`names::message_subject`]). nats-server
+    /// drops, and reports to the connection, a publish its credential does not allow: the
+    /// caller checks grants first.
+    ///
+    /// # Errors
+    /// [`Error::Request`] for a header NATS cannot carry, or a connection that is gone.
+    pub async fn publish_message(
+        &self,
+        namespace: &str,
+        subject: &str,
+        headers: &[(String, String)],
+        payload: bytes::Bytes,
+    ) -> Result<(), Error> {
+        let failed = |source: crate::Cause| Error::Request {
+            bucket: "messages".to_owned(),
+            source,
+        };
+        let mut map = async_nats::HeaderMap::new();
+        for (name, value) in headers {
+            let name: async_nats::HeaderName = name
+                .parse()
+                .map_err(|_| failed(format!("{name:?} is not a header name").into()))?;
+            let value: async_nats::HeaderValue = value
+                .parse()
+                .map_err(|_| failed(format!("the value of {name} is not a header value").into()))?;
+            map.append(name, value);
+        }
+        self.client
+            .publish_with_headers(
+                names::message_subject(&self.name, namespace, subject),
+                map,
+                payload,
+            )
+            .await
+            .map_err(|error| failed(error.into()))
+    }
+
     /// Who this connection publishes events and logs as.
     pub fn origin(&self) -> &str {
         &self.origin

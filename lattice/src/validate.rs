@@ -60,6 +60,8 @@ pub const MAX_AUTOSCALE_SPAN: Duration = Duration::from_secs(3600);
 pub const MAX_LOAD_ENTRIES: usize = 4096;
 /// Most key-value stores of one app.
 pub const MAX_KV_STORES: usize = 16;
+/// The most message subjects an app may be granted to publish to.
+pub const MAX_PUBLISH: usize = 32;
 /// Smallest `maxBytes` of a key-value store.
 pub const MIN_KV_BYTES: u64 = 64 << 10;
 /// Largest `maxBytes` of a key-value store.
@@ -576,6 +578,20 @@ impl Problems {
                 );
             }
         }
+        if spec.publish.len() > MAX_PUBLISH {
+            self.add(
+                format!("{prefix}.publish"),
+                format!("must grant at most {MAX_PUBLISH} subjects"),
+            );
+        }
+        for (index, subject) in spec.publish.iter().enumerate() {
+            if !crate::names::is_message_subject(subject, true) {
+                self.add(
+                    format!("{prefix}.publish[{index}]"),
+                    "must be a message subject: 1 to 16 dot-separated tokens of letters, digits, - and _ (a token may be *, the last >), at most 200 bytes",
+                );
+            }
+        }
         if spec.config_from.len() > MAX_LIST {
             self.add(
                 format!("{prefix}.configFrom"),
@@ -1062,6 +1078,7 @@ impl Validate for RouteRecord {
             config: Default::default(),
             secrets: Vec::new(),
             key_value: Vec::new(),
+            publish: Vec::new(),
             config_from: Vec::new(),
             env: Default::default(),
             allowed_outbound: Vec::new(),

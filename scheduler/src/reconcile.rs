@@ -318,6 +318,7 @@ mod tests {
                 config: BTreeMap::new(),
                 secrets: vec![],
                 key_value: Vec::new(),
+                publish: Vec::new(),
                 config_from: Vec::new(),
                 env: Default::default(),
                 allowed_outbound: vec![],

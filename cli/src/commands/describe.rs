@@ -380,6 +380,9 @@ fn render(described: &AppDetail) -> String {
             .collect();
         out += &format!("Key-value:   {}\n", stores.join(", "));
     }
+    if !app.spec.publish.is_empty() {
+        out += &format!("Publishes:   {}\n", app.spec.publish.join(", "));
+    }
     match &described.status {
         Some(status) => {
             out += &format!(

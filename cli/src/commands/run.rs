@@ -193,6 +193,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         env: args.env.clone(),
         config: std::sync::Arc::new(args.config.iter().cloned().collect()),
         stores: None,
+        // No lattice: nothing to publish to.
+        publisher: None,
         dirs: args.dirs.clone(),
         outbound,
         args: guest_args,

@@ -1,11 +1,12 @@
-//! The key-value stores of one replica: the names its app grants (`spec.keyValue`), opened
-//! once and kept for the replica's life (opening reads the bucket's configuration: one
-//! round trip, not one per request).
+//! What one replica reaches beyond its host: the key-value stores its app grants
+//! (`spec.keyValue`), opened once and kept for the replica's life (opening reads the
+//! bucket's configuration: one round trip, not one per request), and the message subjects
+//! it may publish to (`spec.publish`).
 //!
-//! On a secure lattice the host's own connection reaches no app's store: the assignment
-//! carries a credential for this app's stores only (sealed to the host's key), and the
-//! stores are opened on a connection of their own that presents it. The control plane
-//! renews it before it expires; the newest one is used for the next connection.
+//! On a secure lattice the host's own connection reaches no app's store or subject: the
+//! assignment carries a credential for this app's grants only (sealed to the host's key),
+//! presented by a connection of their own. The control plane renews it before it expires;
+//! the newest one is used for the next connection.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -16,12 +17,15 @@ use shoal_lattice::appkv::AppStore;
 
 use super::ingress::Uplink;
 use crate::keyvalue::{OpenError, Stores};
+use crate::messaging::PublishError;
 
 /// The stores one replica's guests may open.
 pub(crate) struct AppStores {
     pub(crate) namespace: String,
     pub(crate) app: String,
     pub(crate) granted: Vec<String>,
+    /// The message subjects (patterns, relative to the namespace) it may publish to.
+    pub(crate) publish: Vec<String>,
     pub(crate) uplink: Uplink,
     /// The store credential the assignment carries, opened (`None`: the host's own
     /// connection reaches the stores, as on an open lattice), or why it did not open.
@@ -120,6 +124,40 @@ impl Stores for AppStores {
                 .map_err(|error| OpenError::Other(error.to_string()))?;
             opened.stores.insert(name.to_owned(), store.clone());
             Ok(store)
+        })
+    }
+}
+
+impl crate::messaging::Publisher for AppStores {
+    fn publish<'a>(
+        &'a self,
+        topic: &'a str,
+        headers: Vec<(String, String)>,
+        payload: Vec<u8>,
+    ) -> Pin<Box<dyn Future<Output = Result<(), PublishError>> + Send + 'a>> {
+        Box::pin(async move {
+            if !self
+                .publish
+                .iter()
+                .any(|pattern| shoal_lattice::names::subject_matches(pattern, topic))
+            {
+                return Err(PublishError::PermissionDenied(format!(
+                    "{topic} is not among the subjects the app may publish to (spec.publish)"
+                )));
+            }
+            let lattice = {
+                let mut opened = self.opened.lock().await;
+                self.connection(&mut opened)
+                    .await
+                    .map_err(|error| match error {
+                        OpenError::AccessDenied => PublishError::PermissionDenied(topic.to_owned()),
+                        OpenError::Other(why) => PublishError::Connection(why),
+                    })?
+            };
+            lattice
+                .publish_message(&self.namespace, topic, &headers, payload.into())
+                .await
+                .map_err(|error| PublishError::Connection(shoal_lattice::Chain(&error).to_string()))
         })
     }
 }

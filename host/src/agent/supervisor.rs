@@ -193,7 +193,7 @@ impl<F: Fetch> Supervisor<F> {
 
     /// Starts `replica` after `delay` (a restart's backoff; zero for a new replica).
     fn spawn_start(&mut self, replica: &str, assignment: &Assignment, delay: Duration) {
-        let stores = (!assignment.template.key_value.is_empty()).then(|| {
+        let stores = assignment.template.needs_app_credential().then(|| {
             Arc::new(super::stores::AppStores {
                 namespace: assignment.namespace.clone(),
                 app: assignment.app.clone(),
@@ -203,6 +203,7 @@ impl<F: Fetch> Supervisor<F> {
                     .iter()
                     .map(|store| store.name.clone())
                     .collect(),
+                publish: assignment.template.publish.clone(),
                 uplink: self.uplink.clone(),
                 access: std::sync::Mutex::new(super::stores::access_of(
                     assignment,
@@ -237,6 +238,9 @@ impl<F: Fetch> Supervisor<F> {
                 stores: stores
                     .clone()
                     .map(|stores| crate::keyvalue::StoresLink(stores)),
+                publisher: stores
+                    .clone()
+                    .map(|stores| crate::messaging::PublisherLink(stores)),
                 uplink: self.uplink.clone(),
                 precompiled: self.precompiled,
             },
@@ -562,6 +566,7 @@ struct Links {
     own_listeners: Vec<SocketAddr>,
     secrets_key: Arc<shoal_lattice::secrets::XKey>,
     stores: Option<crate::keyvalue::StoresLink>,
+    publisher: Option<crate::messaging::PublisherLink>,
     /// The lattice, once joined: where a component the registry cannot serve is fetched.
     uplink: Uplink,
     /// Whether code the control plane compiled for this host is loaded.
@@ -695,6 +700,7 @@ async fn start<F: Fetch>(
                 env: template.environment().clone().into_iter().collect(),
                 config,
                 stores: links.stores,
+                publisher: links.publisher,
                 dirs: Vec::new(),
                 outbound,
                 // A job's run gets its program name (the job's) and arguments.

@@ -402,6 +402,9 @@ pub fn permissions(lattice: &str, identity: &Identity) -> Permissions {
                         &mut publish,
                     );
                 }
+                // And the messages its namespaces' apps publish.
+                let namespace = grant.namespace.as_deref().unwrap_or("*");
+                subscribe.push(crate::names::message_subject(lattice, namespace, ">"));
             }
             publish.sort();
             publish.dedup();

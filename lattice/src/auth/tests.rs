@@ -295,8 +295,20 @@ fn a_store_credential_reaches_its_app_s_stores_only_until_it_expires() {
     assert!(StoreSigner::from_seed(&KeyPair::new_user().seed().unwrap()).is_err());
     let clients = KeyPair::new_account().public_key();
     let stores = ["cache".to_owned(), "sessions".to_owned()];
+    let publish = ["alerts.>".to_owned()];
     let text = store_credential(
-        &signer, &clients, "dev", "edge-1", "team-a", "shop", &stores, 100, 3700,
+        &signer,
+        &clients,
+        "dev",
+        "edge-1",
+        AppGrants {
+            namespace: "team-a",
+            app: "shop",
+            stores: &stores,
+            publish: &publish,
+        },
+        100,
+        3700,
     )
     .unwrap();
     let jwt = creds_jwt(&text).unwrap();
@@ -316,12 +328,15 @@ fn a_store_credential_reaches_its_app_s_stores_only_until_it_expires() {
             "$JS.shoal-state.API.DIRECT.GET.KV_{bucket}.$KV.{bucket}.=kv.>"
         )));
     }
+    // The subjects it may publish to, under its namespace.
+    assert!(publish.contains(&"shoal.dev.v1.msg.team-a.alerts.>".to_owned()));
     // Nothing else: no other app's store, no bucket of the lattice's own.
-    assert_eq!(publish.len(), 6, "{publish:?}");
+    assert_eq!(publish.len(), 7, "{publish:?}");
     assert!(
         publish
             .iter()
-            .all(|subject| subject.contains("_team-a_shop_"))
+            .all(|subject| subject.contains("_team-a_shop_")
+                || subject.starts_with("shoal.dev.v1.msg.team-a."))
     );
     let [inbox] = claims.nats.subscribe.allow.as_slice() else {
         panic!("one inbox: {:?}", claims.nats.subscribe.allow);
@@ -356,7 +371,8 @@ fn a_store_credential_reaches_its_app_s_stores_only_until_it_expires() {
             Shared::Stream { .. } => None,
         })
         .collect();
-    for subject in publish {
+    // (Messages stay in the clients' account, where their subscribers are.)
+    for subject in publish.iter().filter(|subject| !subject.contains(".msg.")) {
         assert!(
             services.iter().any(|local| covers(local, subject)),
             "{subject}"

@@ -60,17 +60,35 @@ pub fn user_jwt(
     )
 }
 
+/// What one replica of app `namespace/app` reaches beyond its host: the key-value `stores`
+/// and the message subjects it may `publish` to (its spec's, relative to its namespace).
+#[derive(Debug, Clone, Copy)]
+pub struct AppGrants<'a> {
+    /// The app's namespace.
+    pub namespace: &'a str,
+    /// The app.
+    pub app: &'a str,
+    /// Its key-value stores' names.
+    pub stores: &'a [String],
+    /// The message subjects it may publish to.
+    pub publish: &'a [String],
+}
+
 /// The subjects a host's store credential for app `namespace/app` may publish: for each of
 /// `stores`, its bucket's info (opening it, listing keys) and the guests' keys in it
-/// (direct gets and writes under `=kv`), as a client sends them.
-pub(super) fn store_permissions(
-    lattice: &str,
-    host: &str,
-    namespace: &str,
-    app: &str,
-    stores: &[String],
-) -> Permissions {
-    let mut publish = Vec::new();
+/// (direct gets and writes under `=kv`), as a client sends them; and the message subjects
+/// the app may publish to.
+pub(super) fn store_permissions(lattice: &str, host: &str, grants: AppGrants<'_>) -> Permissions {
+    let AppGrants {
+        namespace,
+        app,
+        stores,
+        publish: subjects,
+    } = grants;
+    let mut publish: Vec<String> = subjects
+        .iter()
+        .map(|subject| crate::names::message_subject(lattice, namespace, subject))
+        .collect();
     for store in stores {
         let bucket = crate::appkv::bucket_name(lattice, namespace, app, store);
         let keys = format!("$KV.{bucket}.{}.>", crate::appkv::KEY_PREFIX);
@@ -129,28 +147,27 @@ impl fmt::Debug for StoreSigner {
     }
 }
 
-/// A credential that lets `host` reach app `namespace/app`'s key-value `stores` and nothing
-/// else, until `expires_at` (seconds): a user of the clients' account (`clients_account`),
+/// A credential that lets `host` reach what app `namespace/app`'s replicas are granted
+/// (`grants`: key-value stores, message subjects to publish to) and nothing else, until
+/// `expires_at` (seconds): a user of the clients' account (`clients_account`),
 /// signed by `signer`, one of that account's signing keys, which schedulers hold. A host's
 /// own credential reaches no app's store: the scheduler gives it one of these, sealed in
 /// each assignment of an app with stores, and renews it before it expires.
 ///
 /// # Errors
 /// When the JWT cannot be signed.
-#[allow(clippy::too_many_arguments)]
 pub fn store_credential(
     signer: &StoreSigner,
     clients_account: &str,
     lattice: &str,
     host: &str,
-    namespace: &str,
-    app: &str,
-    stores: &[String],
+    grants: AppGrants<'_>,
     issued_at: u64,
     expires_at: u64,
 ) -> Result<String, AuthError> {
     let user = KeyPair::new_user();
-    let permissions = store_permissions(lattice, host, namespace, app, stores);
+    let (namespace, app) = (grants.namespace, grants.app);
+    let permissions = store_permissions(lattice, host, grants);
     let jwt = sign_until(
         &signer.0,
         &user.public_key(),

@@ -391,7 +391,7 @@ pub(super) fn plan_app(
         // lattice, one with stores where its store credential can), and one under a
         // trust policy only where signatures are checked: feasibility filters.
         let sealed_to_host =
-            !app.spec.secrets.is_empty() || (secure && !app.spec.key_value.is_empty());
+            !app.spec.secrets.is_empty() || (secure && app.spec.needs_app_credential());
         let feasible = |host: &HostRecord| {
             (!sealed_to_host || host.secrets_key.is_some())
                 && (trusted_keys.is_empty() || host.verifies_signatures)
@@ -413,7 +413,7 @@ pub(super) fn plan_app(
             let access = match super::stores::access_for(
                 super::stores::Issuer::of(observed, state),
                 (&app.namespace, &app.name),
-                &template.key_value,
+                &template,
                 (host, hosts.get(host)),
                 now_millis() / 1000,
             ) {

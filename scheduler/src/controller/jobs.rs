@@ -243,7 +243,7 @@ fn place(
     };
     // Under a trust policy, only hosts that check signatures; with stores on a secure
     // lattice, only hosts a store credential can be sealed to.
-    let sealed_to_host = observed.secure && !template.key_value.is_empty();
+    let sealed_to_host = observed.secure && template.needs_app_credential();
     let placement = placement::place(
         &placed.host_views(
             observed.hosts,
@@ -274,7 +274,7 @@ fn place(
         let access = match super::stores::access_for(
             super::stores::Issuer::of(observed, state),
             (&job.namespace, &job.name),
-            &template.key_value,
+            &template,
             (host, observed.hosts.get(host)),
             now_millis() / 1000,
         ) {

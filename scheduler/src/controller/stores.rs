@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use shoal_lattice::Lattice;
 use shoal_lattice::auth::StoreSigner;
-use shoal_lattice::records::{HostRecord, KeyValueStore, STORE_CREDENTIAL};
+use shoal_lattice::records::{AppSpec, HostRecord, STORE_CREDENTIAL};
 use shoal_lattice::secrets::{Sealed, SecretValues, XKey};
 
 use super::plan::{Op, Plan, Rewrite};
@@ -67,14 +67,18 @@ pub(super) fn access_for(
         lattice,
     }: Issuer<'_>,
     (namespace, app): (&str, &str),
-    stores: &[KeyValueStore],
+    template: &AppSpec,
     (host_id, host): (&str, Option<&HostRecord>),
     now_secs: u64,
 ) -> Result<Option<(Sealed, u64)>, String> {
-    if stores.is_empty() || !secure {
+    if !template.needs_app_credential() || !secure {
         return Ok(None);
     }
-    let stores: Vec<String> = stores.iter().map(|store| store.name.clone()).collect();
+    let stores: Vec<String> = template
+        .key_value
+        .iter()
+        .map(|store| store.name.clone())
+        .collect();
     let Some(minter) = minter else {
         return Err(
             "the scheduler has no store key to give hosts access to the app's key-value stores (shoal scheduler --store-key FILE; shoal auth init writes stores.nk)"
@@ -98,9 +102,12 @@ pub(super) fn access_for(
         &minter.clients_account,
         lattice,
         host_id,
-        namespace,
-        app,
-        &stores,
+        shoal_lattice::auth::AppGrants {
+            namespace,
+            app,
+            stores: &stores,
+            publish: &template.publish,
+        },
         now_secs,
         expires,
     )
@@ -173,7 +180,7 @@ pub(super) fn plan_renewals(
                     Some(expires) => due(expires, minter.lifetime, now_secs),
                     // Assigned before store credentials existed (or by a scheduler without
                     // a store key): given one now.
-                    None => !record.value.template.key_value.is_empty(),
+                    None => record.value.template.needs_app_credential(),
                 }
         })
         .collect();
@@ -188,7 +195,7 @@ pub(super) fn plan_renewals(
         let access = access_for(
             issuer,
             (&renewed.namespace, &renewed.app),
-            &renewed.template.key_value,
+            &renewed.template,
             (
                 &renewed.host,
                 state
@@ -273,8 +280,7 @@ mod tests {
         let (sealed, expires) = access_for(
             issuer,
             ("team-a", "shop"),
-            &serde_json::from_value::<Vec<KeyValueStore>>(serde_json::json!([{"name": "cache"}]))
-                .unwrap(),
+            &with_stores(),
             ("h9", Some(&record)),
             1000,
         )
@@ -292,10 +298,16 @@ mod tests {
         );
     }
 
+    /// A spec granting the store `cache`.
+    fn with_stores() -> AppSpec {
+        let mut spec = AppSpec::of_workload(Default::default());
+        spec.key_value = serde_json::from_value(serde_json::json!([{"name": "cache"}])).unwrap();
+        spec
+    }
+
     #[test]
     fn only_a_secure_lattice_s_app_with_stores_needs_one_and_says_why_it_cannot_have_it() {
-        let stores: Vec<KeyValueStore> =
-            serde_json::from_value(serde_json::json!([{"name": "cache"}])).unwrap();
+        let stores = with_stores();
         let open = Issuer {
             minter: None,
             secure: false,
@@ -308,8 +320,13 @@ mod tests {
         };
         let host = ("h1", None);
         assert_eq!(access_for(open, ("a", "b"), &stores, host, 1), Ok(None));
-        assert_eq!(access_for(secure, ("a", "b"), &[], host, 1), Ok(None));
+        let nothing = shoal_lattice::records::AppSpec::of_workload(Default::default());
+        assert_eq!(access_for(secure, ("a", "b"), &nothing, host, 1), Ok(None));
         let why = access_for(secure, ("a", "b"), &stores, host, 1).unwrap_err();
         assert!(why.contains("--store-key"), "{why}");
+        // Subjects to publish to need one as stores do.
+        let mut publishing = nothing;
+        publishing.publish = vec!["alerts.>".to_owned()];
+        assert!(access_for(secure, ("a", "b"), &publishing, host, 1).is_err());
     }
 }

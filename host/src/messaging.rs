@@ -1,0 +1,303 @@
+//! `wasi:messaging@0.2.0-draft` for guests: `types` and `producer`, so a component built
+//! with that WIT's bindings publishes messages, to the subjects its app grants
+//! (`spec.publish`, relative to the app's namespace) and no others: any other topic is
+//! `permission-denied`. The WIT is upstream's, in `host/wit-messaging`.
+//!
+//! A message's metadata and content type travel as NATS headers. Clients are handles on
+//! the replica's one connection: `connect` takes any name and opens nothing.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
+
+/// The most bytes one message carries (NATS's default maximum payload).
+pub const MAX_MESSAGE_BYTES: usize = 1 << 20;
+
+/// The most metadata entries one message carries.
+pub const MAX_METADATA: usize = 64;
+
+/// Why a message was not published.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PublishError {
+    /// The app does not grant the topic.
+    PermissionDenied(String),
+    /// The lattice cannot be reached, or refused it.
+    Connection(String),
+}
+
+/// Where one replica's guests publish.
+pub trait Publisher: Send + Sync + 'static {
+    /// Publishes `payload` with `headers` on `topic` (relative to the app's namespace), if
+    /// the app grants it.
+    fn publish<'a>(
+        &'a self,
+        topic: &'a str,
+        headers: Vec<(String, String)>,
+        payload: Vec<u8>,
+    ) -> Pin<Box<dyn Future<Output = Result<(), PublishError>> + Send + 'a>>;
+}
+
+/// A shared [`Publisher`] in a replica's options.
+#[derive(Clone)]
+pub struct PublisherLink(pub Arc<dyn Publisher>);
+
+impl std::fmt::Debug for PublisherLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PublisherLink")
+    }
+}
+
+/// A guest's client: a handle, nothing open.
+pub struct MessagingClient;
+
+/// A message a guest builds.
+#[derive(Debug, Default)]
+pub struct Message {
+    data: Vec<u8>,
+    content_type: Option<String>,
+    metadata: Vec<(String, String)>,
+}
+
+impl Message {
+    /// The NATS headers that carry its metadata and content type.
+    fn headers(&self) -> Vec<(String, String)> {
+        let mut headers = self.metadata.clone();
+        if let Some(content_type) = &self.content_type {
+            headers.push(("content-type".to_owned(), content_type.clone()));
+        }
+        headers
+    }
+}
+
+/// What the bindings reach in a store's data.
+pub struct MessagingView<'a> {
+    table: &'a mut ResourceTable,
+    publisher: Option<&'a PublisherLink>,
+}
+
+impl<'a> MessagingView<'a> {
+    /// A view of `table` and the replica's `publisher`.
+    pub fn new(table: &'a mut ResourceTable, publisher: Option<&'a PublisherLink>) -> Self {
+        Self { table, publisher }
+    }
+}
+
+struct HasMessagingView;
+
+impl HasData for HasMessagingView {
+    type Data<'a> = MessagingView<'a>;
+}
+
+/// Something that holds a replica's publisher and a resource table.
+pub trait HasMessaging {
+    /// The view the bindings use.
+    fn messaging(&mut self) -> MessagingView<'_>;
+}
+
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "wit-messaging",
+        world: "wasi:messaging/imports",
+        imports: { default: async | trappable },
+        with: {
+            "wasi:messaging/types.client": super::MessagingClient,
+            "wasi:messaging/types.message": super::Message,
+        },
+    });
+}
+
+use bindings::wasi::messaging::{producer, types};
+use types::Error;
+
+fn resource_error(error: wasmtime::component::ResourceTableError) -> Error {
+    Error::Other(error.to_string())
+}
+
+impl types::Host for MessagingView<'_> {}
+
+impl types::HostClient for MessagingView<'_> {
+    async fn connect(
+        &mut self,
+        _name: String,
+    ) -> wasmtime::Result<Result<Resource<MessagingClient>, Error>> {
+        Ok(self.table.push(MessagingClient).map_err(resource_error))
+    }
+
+    async fn disconnect(
+        &mut self,
+        _client: Resource<MessagingClient>,
+    ) -> wasmtime::Result<Result<(), Error>> {
+        Ok(Ok(()))
+    }
+
+    async fn drop(&mut self, client: Resource<MessagingClient>) -> wasmtime::Result<()> {
+        self.table.delete(client)?;
+        Ok(())
+    }
+}
+
+impl types::HostMessage for MessagingView<'_> {
+    async fn new(&mut self, data: Vec<u8>) -> wasmtime::Result<Resource<Message>> {
+        Ok(self.table.push(Message {
+            data,
+            ..Message::default()
+        })?)
+    }
+
+    async fn topic(&mut self, _message: Resource<Message>) -> wasmtime::Result<Option<String>> {
+        // Messages a guest builds have no topic until sent.
+        Ok(None)
+    }
+
+    async fn content_type(
+        &mut self,
+        message: Resource<Message>,
+    ) -> wasmtime::Result<Option<String>> {
+        Ok(self.table.get(&message)?.content_type.clone())
+    }
+
+    async fn set_content_type(
+        &mut self,
+        message: Resource<Message>,
+        content_type: String,
+    ) -> wasmtime::Result<()> {
+        self.table.get_mut(&message)?.content_type = Some(content_type);
+        Ok(())
+    }
+
+    async fn data(&mut self, message: Resource<Message>) -> wasmtime::Result<Vec<u8>> {
+        Ok(self.table.get(&message)?.data.clone())
+    }
+
+    async fn set_data(
+        &mut self,
+        message: Resource<Message>,
+        data: Vec<u8>,
+    ) -> wasmtime::Result<()> {
+        self.table.get_mut(&message)?.data = data;
+        Ok(())
+    }
+
+    async fn metadata(
+        &mut self,
+        message: Resource<Message>,
+    ) -> wasmtime::Result<Option<types::Metadata>> {
+        let metadata = &self.table.get(&message)?.metadata;
+        Ok((!metadata.is_empty()).then(|| metadata.clone()))
+    }
+
+    async fn add_metadata(
+        &mut self,
+        message: Resource<Message>,
+        key: String,
+        value: String,
+    ) -> wasmtime::Result<()> {
+        let metadata = &mut self.table.get_mut(&message)?.metadata;
+        // Past the bound, entries are not kept: `send` would refuse the message anyway.
+        if metadata.len() <= MAX_METADATA {
+            metadata.push((key, value));
+        }
+        Ok(())
+    }
+
+    async fn set_metadata(
+        &mut self,
+        message: Resource<Message>,
+        metadata: types::Metadata,
+    ) -> wasmtime::Result<()> {
+        self.table.get_mut(&message)?.metadata = metadata;
+        Ok(())
+    }
+
+    async fn remove_metadata(
+        &mut self,
+        message: Resource<Message>,
+        key: String,
+    ) -> wasmtime::Result<()> {
+        self.table
+            .get_mut(&message)?
+            .metadata
+            .retain(|(name, _)| *name != key);
+        Ok(())
+    }
+
+    async fn drop(&mut self, message: Resource<Message>) -> wasmtime::Result<()> {
+        self.table.delete(message)?;
+        Ok(())
+    }
+}
+
+impl producer::Host for MessagingView<'_> {
+    async fn send(
+        &mut self,
+        _client: Resource<MessagingClient>,
+        topic: String,
+        message: Resource<Message>,
+    ) -> wasmtime::Result<Result<(), Error>> {
+        let message = self.table.delete(message)?;
+        if !shoal_lattice::names::is_message_subject(&topic, false) {
+            return Ok(Err(Error::Other(format!(
+                "{topic:?} is not a message subject (dot-separated tokens of letters, digits, - and _)"
+            ))));
+        }
+        if message.data.len() > MAX_MESSAGE_BYTES {
+            return Ok(Err(Error::Other(format!(
+                "a message carries at most {MAX_MESSAGE_BYTES} bytes"
+            ))));
+        }
+        if message.metadata.len() > MAX_METADATA {
+            return Ok(Err(Error::Other(format!(
+                "a message carries at most {MAX_METADATA} metadata entries"
+            ))));
+        }
+        let Some(publisher) = self.publisher else {
+            return Ok(Err(Error::PermissionDenied(format!(
+                "the app may publish to no subject (spec.publish): not {topic}"
+            ))));
+        };
+        let headers = message.headers();
+        Ok(publisher
+            .0
+            .publish(&topic, headers, message.data)
+            .await
+            .map_err(|error| match error {
+                PublishError::PermissionDenied(why) => Error::PermissionDenied(why),
+                PublishError::Connection(why) => Error::Connection(why),
+            }))
+    }
+}
+
+/// Adds `wasi:messaging`'s `types` and `producer` to `linker`.
+///
+/// # Errors
+/// When the linker already has them.
+pub fn add_to_linker<T: HasMessaging + Send + 'static>(
+    linker: &mut Linker<T>,
+) -> wasmtime::Result<()> {
+    types::add_to_linker::<T, HasMessagingView>(linker, T::messaging)?;
+    producer::add_to_linker::<T, HasMessagingView>(linker, T::messaging)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_s_metadata_and_content_type_travel_as_headers() {
+        let message = Message {
+            data: b"42".to_vec(),
+            content_type: Some("text/plain".to_owned()),
+            metadata: vec![("sent-by".to_owned(), "guest".to_owned())],
+        };
+        assert_eq!(
+            message.headers(),
+            [
+                ("sent-by".to_owned(), "guest".to_owned()),
+                ("content-type".to_owned(), "text/plain".to_owned())
+            ]
+        );
+        assert!(Message::default().headers().is_empty());
+    }
+}

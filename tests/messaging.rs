@@ -1,0 +1,130 @@
+//! End-to-end tests of `wasi:messaging`: a component built from source with upstream's
+//! WIT publishes to the subjects its app grants (`spec.publish`) and is refused others,
+//! on an open and a secure lattice, where the host's own credential may publish to none
+//! of them and a replica's credential only to its app's. Real nats-server, registry,
+//! scheduler and hosts; the messages are read with a bare NATS client.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::time::Duration;
+
+use futures_util::StreamExt as _;
+use support::lattice::{Lattice, Process};
+
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// A manifest for the messaging-publisher fixture, routed at `/pub`, granted `alerts.>`.
+fn publisher_manifest(component: &str) -> String {
+    format!(
+        "apiVersion: shoal.dev/v1\nkind: App\nmetadata: {{name: publisher}}\nspec:\n  component: {component}\n  replicas: 1\n  routes: [{{path: /pub}}]\n  publish: [alerts.>]\n"
+    )
+}
+
+/// Publishes through the app and reads what a subscriber to every message of namespace
+/// `default` heard, connected as `client`.
+fn publishes_only_what_it_is_granted(
+    lattice: &Lattice,
+    host: &Process,
+    client: async_nats::Client,
+    runtime: &tokio::runtime::Runtime,
+) {
+    let everything = format!("shoal.{}.v1.msg.default.>", lattice.name);
+    let mut heard = runtime.block_on(async {
+        let subscriber = client.subscribe(everything).await.unwrap();
+        client.flush().await.unwrap();
+        subscriber
+    });
+    let (status, body) = host
+        .get("/pub?topic=alerts.hot&data=42")
+        .expect("the app answers");
+    assert_eq!((status, body.trim()), (200, "published"));
+    let message = runtime
+        .block_on(async { tokio::time::timeout(PATIENCE, heard.next()).await })
+        .expect("a message within the patience")
+        .expect("a message");
+    assert_eq!(
+        message.subject.as_str(),
+        format!("shoal.{}.v1.msg.default.alerts.hot", lattice.name)
+    );
+    assert_eq!(&message.payload[..], b"42");
+    let headers = message.headers.expect("headers");
+    assert_eq!(
+        headers.get("content-type").map(|value| value.as_str()),
+        Some("text/plain")
+    );
+    assert_eq!(
+        headers.get("sent-by").map(|value| value.as_str()),
+        Some("messaging-publisher")
+    );
+
+    // A subject outside the grant: the guest hears permission-denied, nothing is sent.
+    let (status, body) = host.get("/pub?topic=orders.new&data=1").unwrap();
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("PermissionDenied"), "{body}");
+    // Nor a subject that is not one, nor a wildcard.
+    for topic in ["alerts.*", "alerts..x", "$KV.x"] {
+        let (status, body) = host.get(&format!("/pub?topic={topic}&data=1")).unwrap();
+        assert_eq!(status, 502, "{topic}: {body}");
+    }
+    // The next granted message is the next one heard: nothing came in between.
+    assert_eq!(host.get("/pub?topic=alerts.cold&data=2").unwrap().0, 200);
+    let next = runtime
+        .block_on(async { tokio::time::timeout(PATIENCE, heard.next()).await })
+        .expect("a message within the patience")
+        .expect("a message");
+    assert!(next.subject.ends_with(".alerts.cold"), "{}", next.subject);
+}
+
+#[test]
+fn an_app_publishes_to_the_subjects_it_is_granted_and_no_other() {
+    let lattice = Lattice::start();
+    let _scheduler = lattice.scheduler("s1");
+    let host = lattice.host("h1", &[]);
+    let component = lattice.push_guest("messaging-publisher", "1.0");
+    lattice.apply(&publisher_manifest(&component));
+    lattice.wait_ready("publisher", 1, PATIENCE);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let client = runtime
+        .block_on(async_nats::connect(lattice.nats.url()))
+        .unwrap();
+    publishes_only_what_it_is_granted(&lattice, &host, client, &runtime);
+}
+
+#[test]
+fn on_a_secure_lattice_only_a_replica_s_credential_publishes_its_app_s_subjects() {
+    let lattice = Lattice::start_secure();
+    let _scheduler = lattice.secure_scheduler("60s");
+    let host = lattice.secure_host("h1");
+    let component = lattice.push_guest("messaging-publisher", "1.0");
+    lattice.apply(&publisher_manifest(&component));
+    lattice.wait_ready("publisher", 1, PATIENCE);
+    // An admin hears its namespaces' messages.
+    let admin = support::raw::Raw::connect(
+        &lattice.nats.url(),
+        &lattice.auth_dir().join("admin.creds"),
+        "_INBOX.user.admin",
+    );
+    publishes_only_what_it_is_granted(&lattice, &host, admin.client.clone(), &admin.runtime);
+
+    // The host's own credential publishes no app's messages; a viewer of another
+    // namespace hears none of this one's.
+    let subject = format!("shoal.{}.v1.msg.default.alerts.forged", lattice.name);
+    let as_host = support::raw::Raw::connect(
+        &lattice.nats.url(),
+        &lattice.auth_dir().join("h1.creds"),
+        "_INBOX.host.h1",
+    );
+    as_host.publish(&subject);
+    as_host.wait_refused("Publish", &subject);
+    let viewer = lattice.mint(
+        &["user", "viewer-b", "--role", "viewer", "-n", "team-b"],
+        "viewer-b",
+    );
+    let as_viewer =
+        support::raw::Raw::connect(&lattice.nats.url(), &viewer, "_INBOX.user.viewer-b");
+    let everything = format!("shoal.{}.v1.msg.default.>", lattice.name);
+    as_viewer.subscribe(&everything);
+    as_viewer.wait_refused("Subscription", &everything);
+}
