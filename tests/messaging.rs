@@ -128,3 +128,83 @@ fn on_a_secure_lattice_only_a_replica_s_credential_publishes_its_app_s_subjects(
     as_viewer.subscribe(&everything);
     as_viewer.wait_refused("Subscription", &everything);
 }
+
+#[test]
+fn a_triggering_message_is_handled_once_by_one_of_the_app_s_replicas() {
+    let lattice = Lattice::start_secure();
+    let _scheduler = lattice.secure_scheduler("60s");
+    let hosts = [lattice.secure_host("h1"), lattice.secure_host("h2")];
+    let component = lattice.push_guest("messaging-publisher", "1.0");
+    // It publishes readings (through its route) and is triggered by them: each reading
+    // is answered with one alert.
+    lattice.apply(&format!(
+        "apiVersion: shoal.dev/v1\nkind: App\nmetadata: {{name: sensor}}\nspec:\n  component: {component}\n  replicas: 2\n  routes: [{{path: /pub}}]\n  publish: [sensors.>, alerts.>]\n  triggers: [{{subject: \"sensors.*\"}}]\n"
+    ));
+    lattice.wait_ready("sensor", 2, PATIENCE);
+    for host in &hosts {
+        host.wait_log(PATIENCE, "subscribed to the trigger's messages");
+    }
+    let admin = support::raw::Raw::connect(
+        &lattice.nats.url(),
+        &lattice.auth_dir().join("admin.creds"),
+        "_INBOX.user.admin",
+    );
+    let alerts = format!("shoal.{}.v1.msg.default.alerts.>", lattice.name);
+    let mut heard = admin.runtime.block_on(async {
+        let subscriber = admin.client.subscribe(alerts).await.unwrap();
+        admin.client.flush().await.unwrap();
+        subscriber
+    });
+    let next = |heard: &mut async_nats::Subscriber, within: Duration| {
+        admin
+            .runtime
+            .block_on(async { tokio::time::timeout(within, heard.next()).await })
+            .ok()
+            .flatten()
+    };
+    for (room, reading) in [("room1", "21"), ("room2", "fail"), ("room3", "23")] {
+        let (status, body) = hosts[0]
+            .get(&format!("/pub?topic=sensors.{room}&data={reading}"))
+            .unwrap();
+        assert_eq!(status, 200, "{body}");
+    }
+    // Each reading once, by one replica (in either order); the one its handler refused
+    // is not answered.
+    let mut answered: Vec<(String, String)> = (0..2)
+        .map(|_| {
+            let alert = next(&mut heard, PATIENCE).expect("an alert");
+            assert_eq!(
+                alert
+                    .headers
+                    .as_ref()
+                    .and_then(|headers| headers.get("sent-by"))
+                    .map(|value| value.as_str()),
+                Some("messaging-publisher")
+            );
+            let room = alert.subject.rsplit('.').next().unwrap().to_owned();
+            (room, String::from_utf8_lossy(&alert.payload).into_owned())
+        })
+        .collect();
+    answered.sort();
+    assert_eq!(
+        answered,
+        [
+            ("room1".to_owned(), "handled 21".to_owned()),
+            ("room3".to_owned(), "handled 23".to_owned())
+        ]
+    );
+    assert!(
+        next(&mut heard, Duration::from_secs(1)).is_none(),
+        "a reading was answered twice"
+    );
+    support::eventually(
+        PATIENCE,
+        "a host to say why room2's reading was not handled",
+        || {
+            hosts
+                .iter()
+                .any(|host| host.log().contains("asked to fail"))
+                .then_some(())
+        },
+    );
+}

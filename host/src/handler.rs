@@ -37,6 +37,16 @@ impl HandlerPre {
     }
 }
 
+impl HandlerPre {
+    /// The component, linked and pre-instantiated, whatever it exports.
+    pub fn instance_pre(&self) -> &InstancePre<GuestState> {
+        match self {
+            Self::P2(proxy) => proxy.instance_pre(),
+            Self::P3(service) => service.instance_pre(),
+        }
+    }
+}
+
 /// An instance of a component's HTTP handler, in the store it was made in.
 pub enum GuestHandler {
     /// A WASI 0.2 handler.

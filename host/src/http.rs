@@ -135,6 +135,8 @@ pub struct HttpComponent {
     /// A WASI 0.3 component's instances that serve several requests at once
     /// (`limits.instance_concurrency` > 1).
     shared: Option<crate::shared::Shared>,
+    /// Its `wasi:messaging` handler, when it exports one (messages of its app's triggers).
+    messages: Option<crate::messaging::handler::HandlerPre<GuestState>>,
 }
 
 /// An instance between two requests of the same replica.
@@ -202,7 +204,9 @@ impl HttpComponent {
                     cpu.clone(),
                 )
             });
+        let messages = crate::messaging::handler::HandlerPre::new(pre.instance_pre().clone()).ok();
         Ok(Self {
+            messages,
             pre,
             engine: runtime.engine().clone(),
             cpu,
@@ -215,6 +219,57 @@ impl HttpComponent {
             options,
             limits,
         })
+    }
+
+    /// Whether the component exports a `wasi:messaging` handler.
+    pub fn handles_messages(&self) -> bool {
+        self.messages.is_some()
+    }
+
+    /// Hands `message` to the component's `wasi:messaging` handler in an instance of its
+    /// own, within the replica's limits (a concurrency slot, memory, CPU, fuel, timeout) as
+    /// a request is: `Err` says why it was not handled (the guest's error, a trap, the
+    /// limit it hit).
+    ///
+    /// # Errors
+    /// As said.
+    pub async fn handle_message(&self, message: crate::messaging::Message) -> Result<(), String> {
+        let Some(pre) = &self.messages else {
+            return Err("the component exports no wasi:messaging handler".to_owned());
+        };
+        let _slot = self
+            .slots
+            .acquire()
+            .await
+            .map_err(|_| "the replica is stopping".to_owned())?;
+        let mut store = crate::guest::new_store(
+            &self.engine,
+            &self.options,
+            &self.limits,
+            self.cpu.as_ref(),
+            false,
+        )
+        .map_err(|error| error.to_string())?;
+        let handled = async {
+            let handler = pre.instantiate_async(&mut store).await?;
+            let message = {
+                use crate::messaging::HasMessaging as _;
+                store.data_mut().messaging().push(message)?
+            };
+            handler
+                .wasi_messaging_incoming_handler()
+                .call_handle(&mut store, message)
+                .await
+        }
+        .await;
+        match handled {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err(format!("the handler answered {error:?}")),
+            Err(error) => {
+                let (cause, message) = classify(&error, store.data());
+                Err(format!("{cause}: {message}"))
+            }
+        }
     }
 
     /// An instance kept from an earlier request, readied for the next one.

@@ -1,7 +1,9 @@
 //! `wasi:messaging@0.2.0-draft` for guests: `types` and `producer`, so a component built
 //! with that WIT's bindings publishes messages, to the subjects its app grants
 //! (`spec.publish`, relative to the app's namespace) and no others: any other topic is
-//! `permission-denied`. The WIT is upstream's, in `host/wit-messaging`.
+//! `permission-denied`; and the `incoming-handler` export, which the messages of its app's
+//! triggers are handed to (`spec.triggers`, see `agent::triggers`). The WIT is upstream's,
+//! in `host/wit-messaging`.
 //!
 //! A message's metadata and content type travel as NATS headers. Clients are handles on
 //! the replica's one connection: `connect` takes any name and opens nothing.
@@ -52,15 +54,37 @@ impl std::fmt::Debug for PublisherLink {
 /// A guest's client: a handle, nothing open.
 pub struct MessagingClient;
 
-/// A message a guest builds.
+/// A message a guest builds, or one it is handed.
 #[derive(Debug, Default)]
 pub struct Message {
+    /// The subject it came on (relative to the app's namespace); none for one a guest built.
+    topic: Option<String>,
     data: Vec<u8>,
     content_type: Option<String>,
     metadata: Vec<(String, String)>,
 }
 
 impl Message {
+    /// A message that arrived on `topic` (relative to the app's namespace) with `headers`
+    /// (a `content-type` header is its content type, the rest its metadata).
+    pub fn incoming(topic: String, headers: Vec<(String, String)>, data: Vec<u8>) -> Self {
+        let mut content_type = None;
+        let mut metadata = Vec::new();
+        for (name, value) in headers {
+            if name.eq_ignore_ascii_case("content-type") && content_type.is_none() {
+                content_type = Some(value);
+            } else {
+                metadata.push((name, value));
+            }
+        }
+        Self {
+            topic: Some(topic),
+            data,
+            content_type,
+            metadata,
+        }
+    }
+
     /// The NATS headers that carry its metadata and content type.
     fn headers(&self) -> Vec<(String, String)> {
         let mut headers = self.metadata.clone();
@@ -81,6 +105,16 @@ impl<'a> MessagingView<'a> {
     /// A view of `table` and the replica's `publisher`.
     pub fn new(table: &'a mut ResourceTable, publisher: Option<&'a PublisherLink>) -> Self {
         Self { table, publisher }
+    }
+}
+
+impl MessagingView<'_> {
+    /// Hands `message` to the guest: the resource its handler is called with.
+    ///
+    /// # Errors
+    /// When the guest's resource table is full.
+    pub fn push(&mut self, message: Message) -> wasmtime::Result<Resource<Message>> {
+        Ok(self.table.push(message)?)
     }
 }
 
@@ -105,6 +139,18 @@ mod bindings {
             "wasi:messaging/types.client": super::MessagingClient,
             "wasi:messaging/types.message": super::Message,
         },
+    });
+}
+
+/// The `wasi:messaging/incoming-handler` export, as a component linked ahead of its
+/// instances exports it.
+pub mod handler {
+    wasmtime::component::bindgen!({
+        path: "wit-messaging",
+        world: "wasi:messaging/handler",
+        imports: { default: async | trappable },
+        exports: { default: async },
+        with: { "wasi:messaging/types": super::bindings::wasi::messaging::types },
     });
 }
 
@@ -146,9 +192,8 @@ impl types::HostMessage for MessagingView<'_> {
         })?)
     }
 
-    async fn topic(&mut self, _message: Resource<Message>) -> wasmtime::Result<Option<String>> {
-        // Messages a guest builds have no topic until sent.
-        Ok(None)
+    async fn topic(&mut self, message: Resource<Message>) -> wasmtime::Result<Option<String>> {
+        Ok(self.table.get(&message)?.topic.clone())
     }
 
     async fn content_type(
@@ -287,6 +332,7 @@ mod tests {
     #[test]
     fn a_message_s_metadata_and_content_type_travel_as_headers() {
         let message = Message {
+            topic: None,
             data: b"42".to_vec(),
             content_type: Some("text/plain".to_owned()),
             metadata: vec![("sent-by".to_owned(), "guest".to_owned())],
@@ -299,5 +345,20 @@ mod tests {
             ]
         );
         assert!(Message::default().headers().is_empty());
+        // One that arrives: its content type from its headers, the rest its metadata.
+        let incoming = Message::incoming(
+            "orders.new".to_owned(),
+            vec![
+                ("Content-Type".to_owned(), "application/json".to_owned()),
+                ("sent-by".to_owned(), "device".to_owned()),
+            ],
+            b"{}".to_vec(),
+        );
+        assert_eq!(incoming.topic.as_deref(), Some("orders.new"));
+        assert_eq!(incoming.content_type.as_deref(), Some("application/json"));
+        assert_eq!(
+            incoming.metadata,
+            [("sent-by".to_owned(), "device".to_owned())]
+        );
     }
 }

@@ -31,5 +31,5 @@ pub use journal::{Journal, Reader, Start};
 pub use logs::{LogLine, LogReader, Output};
 pub use mirror::{Mirror, Refused};
 pub use names::Bucket;
-pub use store::{ConnectOptions, Lattice, NatsAuth, NatsTls, SiteCopy, Versioned};
+pub use store::{AppMessage, ConnectOptions, Lattice, NatsAuth, NatsTls, SiteCopy, Versioned};
 pub use validate::{Invalid, Problem, Validate};

@@ -137,6 +137,9 @@ workload_spec! {
         /// `permission-denied`.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         pub publish: Vec<String>,
+        /// Messages that trigger the component's `wasi:messaging` handler.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pub triggers: Vec<Trigger>,
         /// Readiness probe.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub health: Option<Health>,
@@ -179,6 +182,7 @@ impl AppSpec {
             secrets: Vec::new(),
             key_value: Vec::new(),
             publish: Vec::new(),
+            triggers: Vec::new(),
             health: None,
             rollout: None,
             revision_history_limit: None,
@@ -247,6 +251,16 @@ impl Autoscale {
         self.scale_down_delay
             .map_or(std::time::Duration::from_secs(60), |span| span.0)
     }
+}
+
+/// Messages that trigger an app's component (`spec.triggers`): each message on `subject`
+/// (relative to the app's namespace; NATS wildcards allowed) is handled by one replica (a
+/// queue group across them), at most once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Trigger {
+    /// The message subject.
+    pub subject: String,
 }
 
 /// A key-value store an app may open (`spec.keyValue`).
@@ -365,6 +379,7 @@ impl AppSpec {
             secrets,
             key_value,
             publish,
+            triggers,
             allowed_outbound,
             health,
             rollout,
@@ -384,6 +399,7 @@ impl AppSpec {
             secrets,
             key_value,
             publish,
+            triggers,
             allowed_outbound,
             health,
             rollout,
@@ -396,10 +412,10 @@ impl AppSpec {
     }
 
     /// Whether its replicas reach anything beyond their host's own credential (key-value
-    /// stores, message subjects to publish to): on a secure lattice each then carries a
+    /// stores, message subjects to publish to or be triggered by): on a secure lattice each then carries a
     /// credential of its own (`auth::store_credential`).
     pub fn needs_app_credential(&self) -> bool {
-        !self.key_value.is_empty() || !self.publish.is_empty()
+        !self.key_value.is_empty() || !self.publish.is_empty() || !self.triggers.is_empty()
     }
 
     /// How many revisions of the app are kept.
@@ -1324,6 +1340,7 @@ mod tests {
                 secrets: vec![],
                 key_value: Vec::new(),
                 publish: Vec::new(),
+                triggers: Vec::new(),
                 config_from: Vec::new(),
                 env: Default::default(),
                 allowed_outbound: vec![],

@@ -189,6 +189,18 @@ async fn site_copy_reader(
         .map_err(|error| error.to_string())
 }
 
+/// A message that triggers an app: its subject relative to the app's namespace, headers
+/// and payload.
+#[derive(Debug, Clone)]
+pub struct AppMessage {
+    /// The subject, relative to the namespace.
+    pub subject: String,
+    /// Its headers, each value once.
+    pub headers: Vec<(String, String)>,
+    /// Its payload.
+    pub payload: bytes::Bytes,
+}
+
 /// A record with the KV revision it was read at.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Versioned<T> {
@@ -438,6 +450,54 @@ impl Lattice {
             )
             .await
             .map_err(|error| failed(error.into()))
+    }
+
+    /// The messages on message subject `subject` (wildcards allowed) of `namespace`, each
+    /// to one subscriber of queue group `queue`, with subjects relative to the namespace.
+    /// The stream ends when the connection does.
+    ///
+    /// # Errors
+    /// [`Error::Request`] when the subscription cannot be made.
+    pub async fn subscribe_messages(
+        &self,
+        namespace: &str,
+        subject: &str,
+        queue: &str,
+    ) -> Result<futures_util::stream::BoxStream<'static, AppMessage>, Error> {
+        use futures_util::StreamExt as _;
+        let prefix = names::message_subject(&self.name, namespace, "");
+        let subscriber = self
+            .client
+            .queue_subscribe(
+                names::message_subject(&self.name, namespace, subject),
+                queue.to_owned(),
+            )
+            .await
+            .map_err(|error| Error::Request {
+                bucket: "messages".to_owned(),
+                source: error.into(),
+            })?;
+        Ok(subscriber
+            .map(move |message| AppMessage {
+                subject: message
+                    .subject
+                    .strip_prefix(prefix.as_str())
+                    .unwrap_or(&message.subject)
+                    .to_owned(),
+                headers: message
+                    .headers
+                    .iter()
+                    .flat_map(|headers| {
+                        headers.iter().flat_map(|(name, values)| {
+                            values
+                                .iter()
+                                .map(|value| (name.to_string(), value.as_str().to_owned()))
+                        })
+                    })
+                    .collect(),
+                payload: message.payload,
+            })
+            .boxed())
     }
 
     /// Who this connection publishes events and logs as.

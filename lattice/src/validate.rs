@@ -62,6 +62,8 @@ pub const MAX_LOAD_ENTRIES: usize = 4096;
 pub const MAX_KV_STORES: usize = 16;
 /// The most message subjects an app may be granted to publish to.
 pub const MAX_PUBLISH: usize = 32;
+/// The most triggers an app may have.
+pub const MAX_TRIGGERS: usize = 16;
 /// Smallest `maxBytes` of a key-value store.
 pub const MIN_KV_BYTES: u64 = 64 << 10;
 /// Largest `maxBytes` of a key-value store.
@@ -592,6 +594,20 @@ impl Problems {
                 );
             }
         }
+        if spec.triggers.len() > MAX_TRIGGERS {
+            self.add(
+                format!("{prefix}.triggers"),
+                format!("must have at most {MAX_TRIGGERS} triggers"),
+            );
+        }
+        for (index, trigger) in spec.triggers.iter().enumerate() {
+            if !crate::names::is_message_subject(&trigger.subject, true) {
+                self.add(
+                    format!("{prefix}.triggers[{index}].subject"),
+                    "must be a message subject: 1 to 16 dot-separated tokens of letters, digits, - and _ (a token may be *, the last >), at most 200 bytes",
+                );
+            }
+        }
         if spec.config_from.len() > MAX_LIST {
             self.add(
                 format!("{prefix}.configFrom"),
@@ -1079,6 +1095,7 @@ impl Validate for RouteRecord {
             secrets: Vec::new(),
             key_value: Vec::new(),
             publish: Vec::new(),
+            triggers: Vec::new(),
             config_from: Vec::new(),
             env: Default::default(),
             allowed_outbound: Vec::new(),

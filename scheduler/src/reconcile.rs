@@ -319,6 +319,7 @@ mod tests {
                 secrets: vec![],
                 key_value: Vec::new(),
                 publish: Vec::new(),
+                triggers: Vec::new(),
                 config_from: Vec::new(),
                 env: Default::default(),
                 allowed_outbound: vec![],

@@ -383,6 +383,15 @@ fn render(described: &AppDetail) -> String {
     if !app.spec.publish.is_empty() {
         out += &format!("Publishes:   {}\n", app.spec.publish.join(", "));
     }
+    if !app.spec.triggers.is_empty() {
+        let subjects: Vec<&str> = app
+            .spec
+            .triggers
+            .iter()
+            .map(|trigger| trigger.subject.as_str())
+            .collect();
+        out += &format!("Triggers:    {}\n", subjects.join(", "));
+    }
     match &described.status {
         Some(status) => {
             out += &format!(

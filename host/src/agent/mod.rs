@@ -22,6 +22,7 @@ mod saving;
 mod services;
 mod stores;
 mod supervisor;
+mod triggers;
 mod upgrade;
 
 use std::collections::{BTreeMap, HashSet};

@@ -60,6 +60,20 @@ impl AppStores {
         }
     }
 
+    /// How the replica reaches its grants now (a renewed credential changes it).
+    pub(crate) fn access(&self) -> Access {
+        self.access
+            .lock()
+            .map(|access| access.clone())
+            .unwrap_or(Access::Refused("the store access is unreadable".to_owned()))
+    }
+
+    /// The connection the replica's grants are reached on.
+    pub(crate) async fn lattice(&self) -> Result<Lattice, OpenError> {
+        let mut opened = self.opened.lock().await;
+        self.connection(&mut opened).await
+    }
+
     /// The connection to open stores on, made (and the stores opened on an older one
     /// forgotten) when the credential changed.
     async fn connection(&self, opened: &mut Opened) -> Result<Lattice, OpenError> {

@@ -41,6 +41,8 @@ pub(crate) enum ReplicaState {
         prober: Option<tokio::task::JoinHandle<()>>,
         /// Asks the liveness path, when the app has one.
         liveness: Option<tokio::task::JoinHandle<()>>,
+        /// Hands its app's triggering messages to it, when the app has triggers.
+        triggers: Option<tokio::task::JoinHandle<()>>,
     },
     Failed {
         reason: String,
@@ -60,9 +62,12 @@ impl ReplicaState {
         match self {
             ReplicaState::Starting(task) => task.abort(),
             ReplicaState::Serving {
-                prober, liveness, ..
+                prober,
+                liveness,
+                triggers,
+                ..
             } => {
-                for task in [prober, liveness].into_iter().flatten() {
+                for task in [prober, liveness, triggers].into_iter().flatten() {
                     task.abort();
                 }
             }
@@ -339,11 +344,23 @@ impl<F: Fetch> Supervisor<F> {
                             dead,
                         ))
                     });
+                let triggers = match &entry.stores {
+                    Some(grants) if !entry.assignment.template.triggers.is_empty() => {
+                        Some(super::triggers::spawn(
+                            Arc::clone(&component),
+                            Arc::clone(grants),
+                            entry.assignment.template.triggers.clone(),
+                            replica.to_owned(),
+                        ))
+                    }
+                    _ => None,
+                };
                 entry.state = ReplicaState::Serving {
                     component,
                     ready: true,
                     prober,
                     liveness,
+                    triggers,
                 };
                 tracing::info!(%replica, app = %entry.assignment.app, "replica ready");
                 let message = format!(

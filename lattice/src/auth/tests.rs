@@ -306,6 +306,7 @@ fn a_store_credential_reaches_its_app_s_stores_only_until_it_expires() {
             app: "shop",
             stores: &stores,
             publish: &publish,
+            subscribe: &["orders.*".to_owned()],
         },
         100,
         3700,
@@ -338,9 +339,10 @@ fn a_store_credential_reaches_its_app_s_stores_only_until_it_expires() {
             .all(|subject| subject.contains("_team-a_shop_")
                 || subject.starts_with("shoal.dev.v1.msg.team-a."))
     );
-    let [inbox] = claims.nats.subscribe.allow.as_slice() else {
-        panic!("one inbox: {:?}", claims.nats.subscribe.allow);
+    let [inbox, trigger] = claims.nats.subscribe.allow.as_slice() else {
+        panic!("one inbox and a trigger: {:?}", claims.nats.subscribe.allow);
     };
+    assert_eq!(trigger, "shoal.dev.v1.msg.team-a.orders.*");
     assert!(inbox.starts_with("_INBOX.stores.edge-1.") && inbox.ends_with(".>"));
     assert!(
         holder(&text)

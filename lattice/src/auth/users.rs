@@ -72,18 +72,21 @@ pub struct AppGrants<'a> {
     pub stores: &'a [String],
     /// The message subjects it may publish to.
     pub publish: &'a [String],
+    /// The message subjects that trigger it.
+    pub subscribe: &'a [String],
 }
 
 /// The subjects a host's store credential for app `namespace/app` may publish: for each of
 /// `stores`, its bucket's info (opening it, listing keys) and the guests' keys in it
-/// (direct gets and writes under `=kv`), as a client sends them; and the message subjects
-/// the app may publish to.
+/// (direct gets and writes under `=kv`), as a client sends them; the message subjects the
+/// app may publish to; and, to subscribe to, those that trigger it.
 pub(super) fn store_permissions(lattice: &str, host: &str, grants: AppGrants<'_>) -> Permissions {
     let AppGrants {
         namespace,
         app,
         stores,
         publish: subjects,
+        subscribe: triggers,
     } = grants;
     let mut publish: Vec<String> = subjects
         .iter()
@@ -102,10 +105,16 @@ pub(super) fn store_permissions(lattice: &str, host: &str, grants: AppGrants<'_>
     // host that no longer runs the app, one that lied about its id) hears nothing of the
     // host's other traffic.
     let inbox = inbox_prefix("stores", &format!("{host}.{}", crate::names::unguessable()));
+    let mut subscribe = vec![format!("{inbox}.>")];
+    subscribe.extend(
+        triggers
+            .iter()
+            .map(|subject| crate::names::message_subject(lattice, namespace, subject)),
+    );
     Permissions {
         publish,
         publish_deny: Vec::new(),
-        subscribe: vec![format!("{inbox}.>")],
+        subscribe,
         connection_types: Vec::new(),
     }
     .for_client()

@@ -107,6 +107,11 @@ pub(super) fn access_for(
             app,
             stores: &stores,
             publish: &template.publish,
+            subscribe: &template
+                .triggers
+                .iter()
+                .map(|trigger| trigger.subject.clone())
+                .collect::<Vec<_>>(),
         },
         now_secs,
         expires,
