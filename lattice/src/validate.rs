@@ -162,6 +162,16 @@ impl Problems {
         }
     }
 
+    /// A message subject an app names (`spec.publish`, a trigger's), wildcards allowed.
+    pub(crate) fn message_subject(&mut self, path: String, subject: &str) {
+        if !names::is_message_subject(subject, true) {
+            self.add(
+                path,
+                "must be a message subject: 1 to 16 dot-separated tokens of letters, digits, - and _ (a token may be *, the last >), at most 200 bytes",
+            );
+        }
+    }
+
     pub(crate) fn replica(&mut self, path: &str, id: &str) {
         let valid = !id.is_empty()
             && id.len() <= 128
@@ -587,12 +597,7 @@ impl Problems {
             );
         }
         for (index, subject) in spec.publish.iter().enumerate() {
-            if !crate::names::is_message_subject(subject, true) {
-                self.add(
-                    format!("{prefix}.publish[{index}]"),
-                    "must be a message subject: 1 to 16 dot-separated tokens of letters, digits, - and _ (a token may be *, the last >), at most 200 bytes",
-                );
-            }
+            self.message_subject(format!("{prefix}.publish[{index}]"), subject);
         }
         if spec.triggers.len() > MAX_TRIGGERS {
             self.add(
@@ -601,12 +606,10 @@ impl Problems {
             );
         }
         for (index, trigger) in spec.triggers.iter().enumerate() {
-            if !crate::names::is_message_subject(&trigger.subject, true) {
-                self.add(
-                    format!("{prefix}.triggers[{index}].subject"),
-                    "must be a message subject: 1 to 16 dot-separated tokens of letters, digits, - and _ (a token may be *, the last >), at most 200 bytes",
-                );
-            }
+            self.message_subject(
+                format!("{prefix}.triggers[{index}].subject"),
+                &trigger.subject,
+            );
         }
         if spec.config_from.len() > MAX_LIST {
             self.add(
@@ -1211,6 +1214,41 @@ mod tests {
             "{both}"
         );
         assert_eq!(problems(r#"{"instanceConcurrency":1,"fuel":1000}"#), "");
+    }
+
+    #[test]
+    fn message_subjects_an_app_names_are_checked_where_they_are_named() {
+        let problems = |grants: &str| {
+            let spec: AppSpec = serde_json::from_str(&format!(
+                r#"{{"component":"localhost:5000/hello:1.0",{grants}}}"#
+            ))
+            .unwrap();
+            spec.problems("spec")
+                .iter()
+                .map(|problem| problem.path.clone())
+                .collect::<Vec<_>>()
+        };
+        assert!(
+            problems(r#""publish":["alerts.>"],"triggers":[{"subject":"sensors.*"}]"#).is_empty()
+        );
+        assert_eq!(
+            problems(r#""publish":["ok", "a..b"],"triggers":[{"subject":"$KV.x"}]"#),
+            ["spec.publish[1]", "spec.triggers[0].subject"]
+        );
+        let many: Vec<String> = (0..=MAX_TRIGGERS)
+            .map(|index| format!(r#"{{"subject":"s{index}"}}"#))
+            .collect();
+        assert_eq!(
+            problems(&format!(r#""triggers":[{}]"#, many.join(","))),
+            ["spec.triggers"]
+        );
+        // A trigger of a kind this version does not know (a JetStream one) is refused.
+        assert!(
+            serde_json::from_str::<AppSpec>(
+                r#"{"component":"c","triggers":[{"stream":"orders"}]}"#
+            )
+            .is_err()
+        );
     }
 
     #[test]

@@ -748,34 +748,27 @@ impl Authority {
             &BTreeMap::new(),
             now(),
         )?;
-        let keeper = nkeys::KeyPair::new_user();
-        let keeper_jwt = auth::user_jwt(
-            &account,
-            &keeper.public_key(),
-            &format!("{name}-copy"),
-            Some(&auth::site_copy_keeper(lattice)),
-            vec!["shoal-kind:site-copy".to_owned()],
-            now(),
-            None,
-        )?;
-        write_secret(
-            &dir.join(SITE_COPY_CREDS),
-            &auth::creds(&keeper_jwt, &keeper.seed()?),
-        )?;
-        let reader = nkeys::KeyPair::new_user();
-        let reader_jwt = auth::user_jwt(
-            &account,
-            &reader.public_key(),
-            &format!("{name}-copy-reader"),
-            Some(&auth::site_copy_reader(lattice)),
-            vec!["shoal-kind:site-copy-reader".to_owned()],
-            now(),
-            None,
-        )?;
-        write_secret(
-            &dir.join(SITE_COPY_READER_CREDS),
-            &auth::creds(&reader_jwt, &reader.seed()?),
-        )?;
+        // Its users, signed by its key: the keeper, which makes the copy, and the readers.
+        for (file, user, permissions) in [
+            (SITE_COPY_CREDS, "keeper", auth::site_copy_keeper(lattice)),
+            (
+                SITE_COPY_READER_CREDS,
+                "reader",
+                auth::site_copy_reader(lattice),
+            ),
+        ] {
+            let key = nkeys::KeyPair::new_user();
+            let jwt = auth::user_jwt(
+                &account,
+                &key.public_key(),
+                &format!("{name}-copy-{user}"),
+                Some(&permissions),
+                vec![format!("shoal-kind:site-copy-{user}")],
+                now(),
+                None,
+            )?;
+            write_secret(&dir.join(file), &auth::creds(&jwt, &key.seed()?))?;
+        }
         Ok(SiteCopy {
             account: account.public_key(),
             jwt,
