@@ -197,6 +197,17 @@ fn a_triggering_message_is_handled_once_by_one_of_the_app_s_replicas() {
         next(&mut heard, Duration::from_secs(1)).is_none(),
         "a reading was answered twice"
     );
+    // A viewer (or editor) of the namespace may not listen: as a subscriber it could join
+    // the app's queue group and take readings from the app.
+    let viewer = lattice.mint(
+        &["user", "viewer-d", "--role", "editor", "-n", "default"],
+        "viewer-d",
+    );
+    let as_viewer =
+        support::raw::Raw::connect(&lattice.nats.url(), &viewer, "_INBOX.user.viewer-d");
+    let readings = format!("shoal.{}.v1.msg.default.sensors.*", lattice.name);
+    as_viewer.subscribe(&readings);
+    as_viewer.wait_refused("Subscription", &readings);
     support::eventually(
         PATIENCE,
         "a host to say why room2's reading was not handled",

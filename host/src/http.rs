@@ -226,6 +226,11 @@ impl HttpComponent {
         self.messages.is_some()
     }
 
+    /// How many requests (or messages) it handles at once.
+    pub fn concurrency(&self) -> usize {
+        self.limits.concurrency.max(1)
+    }
+
     /// Hands `message` to the component's `wasi:messaging` handler in an instance of its
     /// own, within the replica's limits (a concurrency slot, memory, CPU, fuel, timeout) as
     /// a request is: `Err` says why it was not handled (the guest's error, a trap, the
@@ -250,7 +255,9 @@ impl HttpComponent {
             false,
         )
         .map_err(|error| error.to_string())?;
-        let handled = async {
+        // The epoch deadline stops running guest code; this, a handler waiting in a host
+        // call.
+        let handled = tokio::time::timeout(self.limits.timeout, async {
             let handler = pre.instantiate_async(&mut store).await?;
             let message = {
                 use crate::messaging::HasMessaging as _;
@@ -260,15 +267,19 @@ impl HttpComponent {
                 .wasi_messaging_incoming_handler()
                 .call_handle(&mut store, message)
                 .await
-        }
+        })
         .await;
         match handled {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(error)) => Err(format!("the handler answered {error:?}")),
-            Err(error) => {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(error))) => Err(format!("the handler answered {error:?}")),
+            Ok(Err(error)) => {
                 let (cause, message) = classify(&error, store.data());
                 Err(format!("{cause}: {message}"))
             }
+            Err(_) => Err(format!(
+                "timed out after {}",
+                shoal_lattice::quantity::Span(self.limits.timeout)
+            )),
         }
     }
 

@@ -20,6 +20,38 @@ pub const MAX_MESSAGE_BYTES: usize = 1 << 20;
 /// The most metadata entries one message carries.
 pub const MAX_METADATA: usize = 64;
 
+/// The longest metadata value one message carries.
+pub const MAX_METADATA_VALUE: usize = 4096;
+
+/// Whether `metadata` may travel as NATS headers: names of letters, digits, `-`, `_` and
+/// `.`, none NATS's own (`Nats-…`, which tell nats-server and JetStream what to do with a
+/// message), values of printable text up to [`MAX_METADATA_VALUE`] bytes.
+fn check_metadata(metadata: &[(String, String)]) -> Result<(), String> {
+    if metadata.len() > MAX_METADATA {
+        return Err(format!(
+            "a message carries at most {MAX_METADATA} metadata entries"
+        ));
+    }
+    for (name, value) in metadata {
+        let valid_name = !name.is_empty()
+            && name
+                .bytes()
+                .all(|byte| byte.is_ascii_alphanumeric() || b"-_.".contains(&byte))
+            && !name.to_ascii_lowercase().starts_with("nats-");
+        if !valid_name {
+            return Err(format!(
+                "{name:?} is not a metadata name (letters, digits, -, _ and ., not Nats-…)"
+            ));
+        }
+        if value.len() > MAX_METADATA_VALUE || value.chars().any(char::is_control) {
+            return Err(format!(
+                "the value of {name} is not printable text of at most {MAX_METADATA_VALUE} bytes"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Why a message was not published.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PublishError {
@@ -292,10 +324,8 @@ impl producer::Host for MessagingView<'_> {
                 "a message carries at most {MAX_MESSAGE_BYTES} bytes"
             ))));
         }
-        if message.metadata.len() > MAX_METADATA {
-            return Ok(Err(Error::Other(format!(
-                "a message carries at most {MAX_METADATA} metadata entries"
-            ))));
+        if let Err(why) = check_metadata(&message.headers()) {
+            return Ok(Err(Error::Other(why)));
         }
         let Some(publisher) = self.publisher else {
             return Ok(Err(Error::PermissionDenied(format!(
@@ -328,6 +358,31 @@ pub fn add_to_linker<T: HasMessaging + Send + 'static>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metadata_travels_only_as_headers_nats_takes_as_data() {
+        let entry = |name: &str, value: &str| vec![(name.to_owned(), value.to_owned())];
+        assert!(check_metadata(&entry("sent-by", "guest")).is_ok());
+        assert!(check_metadata(&entry("content-type", "text/plain; charset=utf-8")).is_ok());
+        for (name, value) in [
+            ("", "x"),
+            ("Nats-Rollup", "all"),
+            ("nats-msg-id", "1"),
+            ("a b", "x"),
+            ("a:b", "x"),
+            ("ok", "line\r\nInjected: yes"),
+        ] {
+            assert!(
+                check_metadata(&entry(name, value)).is_err(),
+                "{name}: {value}"
+            );
+        }
+        assert!(check_metadata(&entry("big", &"x".repeat(MAX_METADATA_VALUE + 1))).is_err());
+        let many: Vec<(String, String)> = (0..=MAX_METADATA)
+            .map(|index| (format!("k{index}"), "v".to_owned()))
+            .collect();
+        assert!(check_metadata(&many).is_err());
+    }
 
     #[test]
     fn a_message_s_metadata_and_content_type_travel_as_headers() {

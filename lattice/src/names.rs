@@ -246,6 +246,12 @@ pub fn message_subject(lattice: &str, namespace: &str, subject: &str) -> String 
     format!("shoal.{lattice}.{PROTOCOL}.msg.{namespace}.{subject}")
 }
 
+/// The queue group in which the replicas of app `namespace/app` share its triggers'
+/// messages (each to one of them); their credential may subscribe in it only.
+pub fn trigger_queue(namespace: &str, app: &str) -> String {
+    format!("{namespace}.{app}")
+}
+
 /// Whether message subject `subject` (literal) matches `pattern` (NATS wildcards: `*` one
 /// token, a last `>` one or more).
 pub fn subject_matches(pattern: &str, subject: &str) -> bool {

@@ -38,6 +38,7 @@ pub fn presence_permissions(clients_account: &str) -> Permissions {
         publish_deny: vec![">".to_owned()],
         subscribe: advisory_subjects(clients_account).to_vec(),
         // A plain client connection only (not a leaf node, websocket or MQTT one).
+        subscribe_deny: Vec::new(),
         connection_types: vec!["STANDARD".to_owned()],
     }
 }

@@ -409,6 +409,22 @@ impl Lattice {
         Self::connect(&options).await
     }
 
+    /// Another connection to the same lattice with the same credential, opening no bucket
+    /// or journal: one whose failure touches no other work (a replica's triggers).
+    ///
+    /// # Errors
+    /// As [`Lattice::connect`].
+    pub async fn connect_again(&self, client_name: &str) -> Result<Self, Error> {
+        let options = ConnectOptions {
+            client_name: client_name.to_owned(),
+            skip_buckets: true,
+            skip_journals: true,
+            site_copy: SiteCopy::None,
+            ..(*self.options).clone()
+        };
+        Self::connect(&options).await
+    }
+
     /// The JetStream context of the lattice's state (in its domain, when it has one).
     pub(crate) fn jetstream(&self) -> jetstream::Context {
         self.state_api.context(self.client.clone())

@@ -68,10 +68,20 @@ impl AppStores {
             .unwrap_or(Access::Refused("the store access is unreadable".to_owned()))
     }
 
-    /// The connection the replica's grants are reached on.
-    pub(crate) async fn lattice(&self) -> Result<Lattice, OpenError> {
-        let mut opened = self.opened.lock().await;
-        self.connection(&mut opened).await
+    /// A connection of its own, presenting what the replica's grants are reached with now
+    /// (for its triggers: a connection that fails takes nothing else with it).
+    pub(crate) async fn own_connection(&self, name: &str) -> Result<Lattice, OpenError> {
+        let host = self
+            .uplink
+            .lattice()
+            .cloned()
+            .ok_or_else(|| OpenError::Other("the lattice is unreachable".to_owned()))?;
+        let connected = match self.access() {
+            Access::Host => host.connect_again(name).await,
+            Access::Credential(creds) => host.connect_with(creds, name).await,
+            Access::Refused(why) => return Err(OpenError::Other(why)),
+        };
+        connected.map_err(|error| OpenError::Other(shoal_lattice::Chain(&error).to_string()))
     }
 
     /// The connection to open stores on, made (and the stores opened on an older one

@@ -1,10 +1,12 @@
 //! Messages that trigger a replica (`spec.triggers`): for each trigger, a queue
 //! subscription shared by the app's replicas (each message goes to one of them, at most
-//! once: core NATS), on the connection that presents the replica's app credential (on a
-//! secure lattice the host's own may subscribe to no app's subjects), each message handed
-//! to the component's `wasi:messaging` handler within the replica's limits. When the
-//! credential is renewed the subscription moves to the new connection; when the lattice is
-//! unreachable it is made again once it is back.
+//! once: core NATS), on a connection of its own that presents the replica's app
+//! credential (on a secure lattice the host's own may subscribe to no app's subjects, and
+//! the app's only in its queue group), so whatever a message does to that connection
+//! touches nothing else. Each message is handed to the component's `wasi:messaging`
+//! handler within the replica's limits; no more are taken from NATS than the replica
+//! handles at once (core NATS drops what a slow subscriber cannot take). When the
+//! credential is renewed or the connection ends, the subscription is made again.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,22 +55,25 @@ async fn subscribe(
     replica: String,
 ) {
     // One queue group per app: each message to one of its replicas, wherever they run.
-    let queue = format!("{}.{}", grants.namespace, grants.app);
+    let queue = shoal_lattice::names::trigger_queue(&grants.namespace, &grants.app);
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(component.concurrency()));
     let mut told = false;
     loop {
         let access = grants.access();
-        let subscribed = match grants.lattice().await {
+        let name = format!("triggers of {replica}");
+        let subscribed = match grants.own_connection(&name).await {
             Ok(lattice) => lattice
                 .subscribe_messages(&grants.namespace, &subject, &queue)
                 .await
+                .map(|messages| (lattice, messages))
                 .map_err(|error| shoal_lattice::Chain(&error).to_string()),
             Err(error) => Err(format!("{error:?}")),
         };
-        let mut messages = match subscribed {
-            Ok(messages) => {
+        let (_connection, mut messages) = match subscribed {
+            Ok(subscribed) => {
                 tracing::info!(%replica, %subject, "subscribed to the trigger's messages");
                 told = false;
-                messages
+                subscribed
             }
             Err(why) => {
                 if !told {
@@ -82,13 +87,17 @@ async fn subscribe(
         let mut check = tokio::time::interval(CREDENTIAL_CHECK);
         check.tick().await;
         loop {
+            // A slot first: the next message is read only when it can be handled.
+            let Ok(slot) = Arc::clone(&in_flight).acquire_owned().await else {
+                return;
+            };
             tokio::select! {
                 message = messages.next() => {
                     let Some(message) = message else { break };
                     let component = Arc::clone(&component);
                     let (replica, topic) = (replica.clone(), message.subject.clone());
-                    // Handled beside the next ones, within the replica's concurrency.
                     tokio::spawn(async move {
+                        let _slot = slot;
                         let message = crate::messaging::Message::incoming(
                             message.subject,
                             message.headers,
@@ -106,5 +115,8 @@ async fn subscribe(
                 }
             }
         }
+        // The connection ended (or the credential changed): a new one, after a pause so a
+        // connection that keeps failing does not spin.
+        tokio::time::sleep(RETRY).await;
     }
 }

@@ -32,6 +32,22 @@ pub(super) struct SubjectList {
     pub(super) deny: Vec<String>,
 }
 
+impl SubjectList {
+    /// The subjects `allow` allows, less `deny`; nothing at all when `allow` is empty
+    /// (nats-server reads a list without `allow` as allowing every subject).
+    pub(super) fn only(allow: &[String], deny: &[String]) -> Self {
+        let deny = if allow.is_empty() {
+            vec![">".to_owned()]
+        } else {
+            deny.to_vec()
+        };
+        Self {
+            allow: allow.to_vec(),
+            deny,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(super) struct ResponsePermission {
     pub(super) max: i64,

@@ -154,6 +154,9 @@ pub struct Permissions {
     pub publish_deny: Vec<String>,
     /// Subjects it may subscribe to.
     pub subscribe: Vec<String>,
+    /// Subscriptions it may not make although `subscribe` matches them (`<subject> <queue>`
+    /// entries refuse queue subscriptions).
+    pub subscribe_deny: Vec<String>,
     /// The kinds of connection that may present it (nats-server's names, such as
     /// `LEAFNODE`); empty: any.
     pub connection_types: Vec<String>,
@@ -213,6 +216,7 @@ pub fn site_copy_reader(lattice: &str) -> Permissions {
         ],
         publish_deny: Vec::new(),
         subscribe: vec![format!("{SITE_COPY_READER_INBOX}.>")],
+        subscribe_deny: Vec::new(),
         connection_types: Vec::new(),
     }
 }
@@ -229,6 +233,7 @@ pub fn site_copy_keeper(lattice: &str) -> Permissions {
             .to_vec(),
         publish_deny: Vec::new(),
         subscribe: vec![format!("{SITE_COPY_KEEPER_INBOX}.>")],
+        subscribe_deny: Vec::new(),
         connection_types: Vec::new(),
     }
 }
@@ -252,6 +257,7 @@ pub fn permissions(lattice: &str, identity: &Identity) -> Permissions {
     let mut publish = Vec::new();
     let publish_deny = Vec::new();
     let mut subscribe = vec![format!("{}.>", identity.inbox_prefix())];
+    let mut subscribe_deny = Vec::new();
     match identity {
         Identity::Host { id, .. } => {
             // Every bucket and journal opens (stream info: its configuration and, with a
@@ -402,9 +408,16 @@ pub fn permissions(lattice: &str, identity: &Identity) -> Permissions {
                         &mut publish,
                     );
                 }
-                // And the messages its namespaces' apps publish.
-                let namespace = grant.namespace.as_deref().unwrap_or("*");
-                subscribe.push(crate::names::message_subject(lattice, namespace, ">"));
+                // A lattice-wide admin hears every app's messages (it may do anything in the
+                // lattice anyway). No one else: nats-server lets a subscriber of a subject
+                // join any queue group on it, and in an app's group it would take messages
+                // from the app (a `<subject> *` deny is meant to refuse that, and does for
+                // users of a config file, but not for a JWT's, measured on nats-server 2.15).
+                if grant.role == Role::Admin && grant.namespace.is_none() {
+                    let messages = crate::names::message_subject(lattice, "*", ">");
+                    subscribe_deny.push(format!("{messages} *"));
+                    subscribe.push(messages);
+                }
             }
             publish.sort();
             publish.dedup();
@@ -412,10 +425,13 @@ pub fn permissions(lattice: &str, identity: &Identity) -> Permissions {
     }
     subscribe.sort();
     subscribe.dedup();
+    subscribe_deny.sort();
+    subscribe_deny.dedup();
     let permissions = Permissions {
         publish,
         publish_deny,
         subscribe,
+        subscribe_deny,
         // A site's credential opens its leaf connection and nothing else: taken off a
         // stolen device, it cannot be used as a client of the hub.
         connection_types: match identity {

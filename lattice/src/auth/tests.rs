@@ -342,7 +342,8 @@ fn a_store_credential_reaches_its_app_s_stores_only_until_it_expires() {
     let [inbox, trigger] = claims.nats.subscribe.allow.as_slice() else {
         panic!("one inbox and a trigger: {:?}", claims.nats.subscribe.allow);
     };
-    assert_eq!(trigger, "shoal.dev.v1.msg.team-a.orders.*");
+    // Its triggers only in its own app's queue group.
+    assert_eq!(trigger, "shoal.dev.v1.msg.team-a.orders.* team-a.shop");
     assert!(inbox.starts_with("_INBOX.stores.edge-1.") && inbox.ends_with(".>"));
     assert!(
         holder(&text)
@@ -378,6 +379,63 @@ fn a_store_credential_reaches_its_app_s_stores_only_until_it_expires() {
         assert!(
             services.iter().any(|local| covers(local, subject)),
             "{subject}"
+        );
+    }
+}
+
+#[test]
+fn a_credential_that_allows_nothing_of_a_kind_denies_all_of_it() {
+    // An app with triggers only: nothing to publish. A JWT without an allow list would
+    // let it publish anything.
+    let signer = StoreSigner::generate();
+    let text = store_credential(
+        &signer,
+        "ACLIENTS",
+        "dev",
+        "edge-1",
+        AppGrants {
+            namespace: "team-a",
+            app: "shop",
+            stores: &[],
+            publish: &[],
+            subscribe: &["orders.*".to_owned()],
+        },
+        100,
+        3700,
+    )
+    .unwrap();
+    let claims: Claims<UserNats> = decode(creds_jwt(&text).unwrap()).unwrap();
+    assert!(claims.nats.publish.allow.is_empty());
+    assert_eq!(claims.nats.publish.deny, [">"]);
+    assert!(claims.nats.subscribe.deny.is_empty());
+    // A lattice-wide admin hears apps' messages; a namespace's people do not (a subscriber
+    // could join an app's queue group and take its messages).
+    let person = |role: Role, namespace: Option<&str>| {
+        permissions(
+            "dev",
+            &Identity::User {
+                name: "alice".to_owned(),
+                grants: vec![Grant {
+                    role,
+                    namespace: namespace.map(str::to_owned),
+                }],
+            },
+        )
+    };
+    let admin = person(Role::Admin, None);
+    assert!(admin.subscribe.contains(&"shoal.dev.v1.msg.*.>".to_owned()));
+    for (role, namespace) in [
+        (Role::Viewer, Some("team-a")),
+        (Role::Admin, Some("team-a")),
+        (Role::Viewer, None),
+    ] {
+        let person = person(role, namespace);
+        assert!(
+            !person
+                .subscribe
+                .iter()
+                .any(|subject| subject.contains(".msg.")),
+            "{role:?} {namespace:?}"
         );
     }
 }

@@ -23,14 +23,13 @@ pub fn user_jwt(
     // answer on any reply subject it was sent, past every allow and deny list (a host
     // answering its own request with reply subject `$KV.…` wrote any record). Answers are
     // plain publishes to the requester's inbox, which the allow lists name.
-    let (publish, deny, subscribe, allowed_connection_types) = match permissions {
+    let (publish, subscribe, allowed_connection_types) = match permissions {
         Some(permissions) => (
-            permissions.publish.clone(),
-            permissions.publish_deny.clone(),
-            permissions.subscribe.clone(),
+            SubjectList::only(&permissions.publish, &permissions.publish_deny),
+            SubjectList::only(&permissions.subscribe, &permissions.subscribe_deny),
             permissions.connection_types.clone(),
         ),
-        None => (Vec::new(), Vec::new(), Vec::new(), Vec::new()),
+        None => (SubjectList::default(), SubjectList::default(), Vec::new()),
     };
     sign_until(
         account,
@@ -39,14 +38,8 @@ pub fn user_jwt(
         issued_at,
         expires,
         UserNats {
-            publish: SubjectList {
-                allow: publish,
-                deny,
-            },
-            subscribe: SubjectList {
-                allow: subscribe,
-                deny: Vec::new(),
-            },
+            publish,
+            subscribe,
             resp: None,
             subs: -1,
             data: -1,
@@ -105,16 +98,21 @@ pub(super) fn store_permissions(lattice: &str, host: &str, grants: AppGrants<'_>
     // host that no longer runs the app, one that lied about its id) hears nothing of the
     // host's other traffic.
     let inbox = inbox_prefix("stores", &format!("{host}.{}", crate::names::unguessable()));
+    // Its triggers' subjects in its app's queue group only: a plain subscription would
+    // hear every message, one in another group would take some from the app.
+    let queue = crate::names::trigger_queue(namespace, app);
     let mut subscribe = vec![format!("{inbox}.>")];
-    subscribe.extend(
-        triggers
-            .iter()
-            .map(|subject| crate::names::message_subject(lattice, namespace, subject)),
-    );
+    subscribe.extend(triggers.iter().map(|subject| {
+        format!(
+            "{} {queue}",
+            crate::names::message_subject(lattice, namespace, subject)
+        )
+    }));
     Permissions {
         publish,
         publish_deny: Vec::new(),
         subscribe,
+        subscribe_deny: Vec::new(),
         connection_types: Vec::new(),
     }
     .for_client()
@@ -184,14 +182,8 @@ pub fn store_credential(
         issued_at,
         Some(expires_at),
         UserNats {
-            publish: SubjectList {
-                allow: permissions.publish,
-                deny: Vec::new(),
-            },
-            subscribe: SubjectList {
-                allow: permissions.subscribe,
-                deny: Vec::new(),
-            },
+            publish: SubjectList::only(&permissions.publish, &permissions.publish_deny),
+            subscribe: SubjectList::only(&permissions.subscribe, &permissions.subscribe_deny),
             resp: None,
             subs: -1,
             data: -1,
@@ -259,13 +251,16 @@ pub fn is_current(
         return false;
     };
     let wanted = permissions(lattice, identity);
+    let (publish, subscribe) = (
+        SubjectList::only(&wanted.publish, &wanted.publish_deny),
+        SubjectList::only(&wanted.subscribe, &wanted.subscribe_deny),
+    );
     let nats = &claims.nats;
     claims.name == identity.name()
         && claims.iss == issuer
         && nats.resp.is_none()
-        && nats.publish.allow == wanted.publish
-        && nats.publish.deny == wanted.publish_deny
-        && nats.subscribe.allow == wanted.subscribe
+        && (&nats.publish.allow, &nats.publish.deny) == (&publish.allow, &publish.deny)
+        && (&nats.subscribe.allow, &nats.subscribe.deny) == (&subscribe.allow, &subscribe.deny)
         && nats.tags == jwt_tags(identity, clients_account)
         && nats.allowed_connection_types == wanted.connection_types
 }
