@@ -168,9 +168,17 @@ fn a_triggering_message_is_handled_once_by_one_of_the_app_s_replicas() {
             .unwrap();
         assert_eq!(status, 200, "{body}");
     }
-    // Each reading once, by one replica (in either order); the one its handler refused
-    // is not answered.
-    let mut answered: Vec<(String, String)> = (0..2)
+    // And one from the command line, as an editor would send it.
+    lattice.ok(&[
+        "publish",
+        "sensors.room4",
+        "24",
+        "-H",
+        "sent-by=messaging-publisher",
+    ]);
+    // Each reading once, by one replica (in any order); the one its handler refused is not
+    // answered.
+    let mut answered: Vec<(String, String)> = (0..3)
         .map(|_| {
             let alert = next(&mut heard, PATIENCE).expect("an alert");
             assert_eq!(
@@ -190,7 +198,8 @@ fn a_triggering_message_is_handled_once_by_one_of_the_app_s_replicas() {
         answered,
         [
             ("room1".to_owned(), "handled 21".to_owned()),
-            ("room3".to_owned(), "handled 23".to_owned())
+            ("room3".to_owned(), "handled 23".to_owned()),
+            ("room4".to_owned(), "handled 24".to_owned())
         ]
     );
     assert!(

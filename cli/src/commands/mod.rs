@@ -19,6 +19,7 @@ pub mod inspect;
 pub mod kv;
 pub mod logs;
 pub mod new;
+pub mod publish;
 pub mod pull;
 pub mod push;
 pub mod rollout;

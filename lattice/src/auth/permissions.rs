@@ -413,6 +413,12 @@ pub fn permissions(lattice: &str, identity: &Identity) -> Permissions {
                 // join any queue group on it, and in an app's group it would take messages
                 // from the app (a `<subject> *` deny is meant to refuse that, and does for
                 // users of a config file, but not for a JWT's, measured on nats-server 2.15).
+                // Editors publish messages in their namespaces (`shoal publish`), as the
+                // namespaces' apps may: none of them reaches the lattice's state.
+                if grant.role != Role::Viewer {
+                    let namespace = grant.namespace.as_deref().unwrap_or("*");
+                    publish.push(crate::names::message_subject(lattice, namespace, ">"));
+                }
                 if grant.role == Role::Admin && grant.namespace.is_none() {
                     let messages = crate::names::message_subject(lattice, "*", ">");
                     subscribe_deny.push(format!("{messages} *"));

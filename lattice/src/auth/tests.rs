@@ -424,6 +424,18 @@ fn a_credential_that_allows_nothing_of_a_kind_denies_all_of_it() {
     };
     let admin = person(Role::Admin, None);
     assert!(admin.subscribe.contains(&"shoal.dev.v1.msg.*.>".to_owned()));
+    // Editors publish in their namespaces; viewers do not.
+    assert!(
+        person(Role::Editor, Some("team-a"))
+            .publish
+            .contains(&"shoal.dev.v1.msg.team-a.>".to_owned())
+    );
+    assert!(
+        !person(Role::Viewer, Some("team-a"))
+            .publish
+            .iter()
+            .any(|subject| subject.contains(".msg."))
+    );
     for (role, namespace) in [
         (Role::Viewer, Some("team-a")),
         (Role::Admin, Some("team-a")),
