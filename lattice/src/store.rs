@@ -398,15 +398,8 @@ impl Lattice {
     /// # Errors
     /// As [`Lattice::connect`].
     pub async fn connect_with(&self, creds: String, client_name: &str) -> Result<Self, Error> {
-        let options = ConnectOptions {
-            auth: NatsAuth::Creds(creds),
-            client_name: client_name.to_owned(),
-            skip_buckets: true,
-            skip_journals: true,
-            site_copy: SiteCopy::None,
-            ..(*self.options).clone()
-        };
-        Self::connect(&options).await
+        self.sibling(Some(NatsAuth::Creds(creds)), client_name)
+            .await
     }
 
     /// Another connection to the same lattice with the same credential, opening no bucket
@@ -415,13 +408,22 @@ impl Lattice {
     /// # Errors
     /// As [`Lattice::connect`].
     pub async fn connect_again(&self, client_name: &str) -> Result<Self, Error> {
-        let options = ConnectOptions {
+        self.sibling(None, client_name).await
+    }
+
+    /// A connection made as this one was (with `auth` instead, when given) that opens no
+    /// bucket, journal or site copy.
+    async fn sibling(&self, auth: Option<NatsAuth>, client_name: &str) -> Result<Self, Error> {
+        let mut options = ConnectOptions {
             client_name: client_name.to_owned(),
             skip_buckets: true,
             skip_journals: true,
             site_copy: SiteCopy::None,
             ..(*self.options).clone()
         };
+        if let Some(auth) = auth {
+            options.auth = auth;
+        }
         Self::connect(&options).await
     }
 

@@ -19,7 +19,8 @@ use super::ingress::Uplink;
 use crate::keyvalue::{OpenError, Stores};
 use crate::messaging::PublishError;
 
-/// The stores one replica's guests may open.
+/// What one replica's guests reach beyond their host: the stores they may open and the
+/// subjects they may publish to (and its triggers subscribe to).
 pub(crate) struct AppStores {
     pub(crate) namespace: String,
     pub(crate) app: String,
@@ -87,11 +88,7 @@ impl AppStores {
     /// The connection to open stores on, made (and the stores opened on an older one
     /// forgotten) when the credential changed.
     async fn connection(&self, opened: &mut Opened) -> Result<Lattice, OpenError> {
-        let access = self
-            .access
-            .lock()
-            .map(|access| access.clone())
-            .unwrap_or(Access::Refused("the store access is unreadable".to_owned()));
+        let access = self.access();
         let offline = || {
             OpenError::Other(
                 "the lattice is unreachable: key-value stores are not available while the host is offline"
