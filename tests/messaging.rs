@@ -129,6 +129,34 @@ fn on_a_secure_lattice_only_a_replica_s_credential_publishes_its_app_s_subjects(
     as_viewer.wait_refused("Subscription", &everything);
 }
 
+/// Has a host credential (h9's, minted for the purpose) aim JetStream's answers at message
+/// subject `subject` of namespace `default`: it writes its own host record with `forged`
+/// and asks for it by direct get, and for its bucket's info, each with `subject` as the
+/// reply subject (nats-server checks no reply subject against any permission).
+fn aim_jetstream_answers_at(lattice: &Lattice, subject: &str, forged: &str) {
+    let as_client = |subject: &str| shoal_lattice::auth::client_subject(subject);
+    let hosts = format!("shoal-{}-v1-hosts", lattice.name);
+    let host = support::raw::Raw::connect(
+        &lattice.nats.url(),
+        &lattice.mint(&["host", "h9"], "h9"),
+        "_INBOX.host.h9",
+    );
+    host.store(&as_client(&format!("$KV.{hosts}.h9")), forged)
+        .unwrap();
+    let reply = format!("shoal.{}.v1.msg.default.{subject}", lattice.name);
+    host.publish_with_reply(
+        &as_client(&format!("$JS.API.DIRECT.GET.KV_{hosts}.$KV.{hosts}.h9")),
+        &reply,
+        "",
+    );
+    host.publish_with_reply(
+        &as_client(&format!("$JS.API.STREAM.INFO.KV_{hosts}")),
+        &reply,
+        "",
+    );
+    host.client_kv_get(&hosts, "h9");
+}
+
 #[test]
 fn a_triggering_message_is_handled_once_by_one_of_the_app_s_replicas() {
     let lattice = Lattice::start_secure();
@@ -162,6 +190,9 @@ fn a_triggering_message_is_handled_once_by_one_of_the_app_s_replicas() {
             .ok()
             .flatten()
     };
+    // JetStream's answers aimed at a reading's subject are no readings: no replica takes
+    // them (through one, a host could send any app the bytes of whatever it may read).
+    aim_jetstream_answers_at(&lattice, "sensors.injected", "forged");
     for (room, reading) in [("room1", "21"), ("room2", "fail"), ("room3", "23")] {
         let (status, body) = hosts[0]
             .get(&format!("/pub?topic=sensors.{room}&data={reading}"))
@@ -226,5 +257,144 @@ fn a_triggering_message_is_handled_once_by_one_of_the_app_s_replicas() {
                 .any(|host| host.log().contains("asked to fail"))
                 .then_some(())
         },
+    );
+}
+
+/// The manifest of an app that handles stream `orders` of namespace `default` with
+/// consumer `billing`: three deliveries at most, 200 ms apart, then `orders.dead`.
+fn orders_manifest(component: &str, replicas: u32) -> String {
+    format!(
+        "apiVersion: shoal.dev/v1\nkind: App\nmetadata: {{name: billing}}\nspec:\n  component: {component}\n  replicas: {replicas}\n  publish: [alerts.>]\n  triggers:\n    - stream: orders\n      consumer: billing\n      ackWait: 3s\n      maxDeliver: 3\n      backoff: [200ms]\n      deadLetter: orders.dead\n"
+    )
+}
+
+#[test]
+fn a_jetstream_trigger_handles_every_message_at_least_once_though_a_host_is_killed() {
+    let lattice = Lattice::start_secure();
+    let _scheduler = lattice.secure_scheduler("60s");
+    let mut hosts = [lattice.secure_host("h1"), lattice.secure_host("h2")];
+    let component = lattice.push_guest("messaging-publisher", "1.0");
+    lattice.apply(&orders_manifest(&component, 2));
+    lattice.wait_ready("billing", 2, PATIENCE);
+    for host in &hosts {
+        host.wait_log(PATIENCE, "reading the trigger's stream");
+    }
+    let admin = support::raw::Raw::connect(
+        &lattice.nats.url(),
+        &lattice.auth_dir().join("admin.creds"),
+        "_INBOX.user.admin",
+    );
+    let messages = |subject: &str| format!("shoal.{}.v1.msg.default.{subject}", lattice.name);
+    let (mut alerts, mut dead) = admin.runtime.block_on(async {
+        let alerts = admin.client.subscribe(messages("alerts.>")).await.unwrap();
+        let dead = admin
+            .client
+            .subscribe(messages("orders.dead"))
+            .await
+            .unwrap();
+        admin.client.flush().await.unwrap();
+        (alerts, dead)
+    });
+    // A thousand orders and a poison one, published as any NATS client would (core NATS:
+    // the stream keeps them whether a replica runs or not).
+    const ORDERS: usize = 1000;
+    admin.runtime.block_on(async {
+        for order in 0..ORDERS {
+            admin
+                .client
+                .publish(
+                    messages(&format!("orders.{order}")),
+                    order.to_string().into(),
+                )
+                .await
+                .unwrap();
+        }
+        admin
+            .client
+            .publish(messages("orders.poison"), "fail".into())
+            .await
+            .unwrap();
+        admin.client.flush().await.unwrap();
+    });
+    // Each order is answered with an alert; a host is killed (SIGKILL) mid-stream, and the
+    // orders it held unanswered are delivered to the other after ackWait.
+    let mut handled = std::collections::BTreeMap::<String, usize>::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let mut killed = false;
+    while handled.len() < ORDERS {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {} of {ORDERS} orders handled",
+            handled.len()
+        );
+        let alert = admin
+            .runtime
+            .block_on(async { tokio::time::timeout(Duration::from_secs(5), alerts.next()).await });
+        let Ok(Some(alert)) = alert else { continue };
+        let order = alert.subject.rsplit('.').next().unwrap().to_owned();
+        assert_eq!(
+            String::from_utf8_lossy(&alert.payload),
+            format!("handled {order}")
+        );
+        *handled.entry(order).or_default() += 1;
+        if !killed && handled.len() >= 150 {
+            hosts[0].kill();
+            killed = true;
+        }
+    }
+    assert!(killed);
+    let duplicates: usize = handled.values().map(|count| count - 1).sum();
+    println!("{ORDERS} orders handled; {duplicates} handled twice or more (the killed host's)");
+    assert!(handled.contains_key("0") && handled.contains_key(&(ORDERS - 1).to_string()));
+    // The poison order: three deliveries, then the dead-letter subject, with the cause.
+    let letter = admin
+        .runtime
+        .block_on(async { tokio::time::timeout(PATIENCE, dead.next()).await })
+        .expect("a dead letter")
+        .unwrap();
+    assert_eq!(&letter.payload[..], b"fail");
+    let headers = letter.headers.expect("the cause in its headers");
+    let header = |name: &str| headers.get(name).map(|value| value.as_str().to_owned());
+    assert!(
+        header("Shoal-Failure").is_some_and(|cause| cause.contains("asked to fail")),
+        "{headers:?}"
+    );
+    assert_eq!(header("Shoal-Deliveries").as_deref(), Some("3"));
+    assert_eq!(header("Shoal-Subject").as_deref(), Some("orders.poison"));
+    assert_eq!(header("Shoal-App").as_deref(), Some("default/billing"));
+    // describe says where the consumer stands: nothing pending, one dead letter.
+    support::eventually(PATIENCE, "the consumer to have caught up", || {
+        let described = lattice.ok(&["describe", "app", "billing"]);
+        described
+            .contains("stream orders consumer billing: 0 pending, 0 unacknowledged")
+            .then_some(described)
+    });
+    let described = lattice.ok(&["describe", "app", "billing"]);
+    assert!(described.contains("1 dead-lettered"), "{described}");
+    // JetStream's answers aimed at the stream's subjects are not kept by it: only what
+    // clients publish is (the order published after them is handled, they are not).
+    aim_jetstream_answers_at(&lattice, "orders.injected", "forged");
+    admin.publish(&messages("orders.marker"));
+    let mut after = Vec::new();
+    while !after
+        .iter()
+        .any(|subject: &String| subject.ends_with(".marker"))
+    {
+        let alert = admin
+            .runtime
+            .block_on(async { tokio::time::timeout(PATIENCE, alerts.next()).await })
+            .expect("the marker's alert")
+            .unwrap();
+        after.push(alert.subject.to_string());
+    }
+    if let Ok(Some(alert)) = admin
+        .runtime
+        .block_on(async { tokio::time::timeout(Duration::from_secs(1), alerts.next()).await })
+    {
+        after.push(alert.subject.to_string());
+    }
+    assert!(
+        !after.iter().any(|subject| subject.ends_with(".injected")),
+        "{after:?}"
     );
 }

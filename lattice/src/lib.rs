@@ -22,6 +22,7 @@ pub mod quantity;
 pub mod records;
 pub mod secrets;
 pub mod store;
+pub mod streams;
 pub mod trust;
 pub mod validate;
 

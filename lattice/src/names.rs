@@ -246,6 +246,11 @@ pub fn message_subject(lattice: &str, namespace: &str, subject: &str) -> String 
     format!("shoal.{lattice}.{PROTOCOL}.msg.{namespace}.{subject}")
 }
 
+/// Every message subject of every namespace of `lattice`.
+pub fn all_message_subjects(lattice: &str) -> String {
+    format!("shoal.{lattice}.{PROTOCOL}.msg.>")
+}
+
 /// The queue group in which the replicas of app `namespace/app` share its triggers'
 /// messages (each to one of them); their credential may subscribe in it only.
 pub fn trigger_queue(namespace: &str, app: &str) -> String {

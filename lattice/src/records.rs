@@ -253,14 +253,113 @@ impl Autoscale {
     }
 }
 
-/// Messages that trigger an app's component (`spec.triggers`): each message on `subject`
-/// (relative to the app's namespace; NATS wildcards allowed) is handled by one replica (a
-/// queue group across them), at most once.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// Messages that trigger an app's component (`spec.triggers`). Subjects and streams are
+/// relative to the app's namespace.
+///
+/// - Core NATS (`subject` alone; wildcards allowed): each message is handled by one replica
+///   (a queue group across them), at most once.
+/// - JetStream (`stream`): the namespace's stream of that name keeps every message on
+///   `<stream>` and `<stream>.…`, and the app's durable consumer (`consumer`, shared by its
+///   replicas; `subject` narrows it) hands each to one replica, at least once: a message is
+///   acknowledged when the handler succeeds; a failure, trap or timeout is delivered again
+///   after `backoff`, a lost host's after `ackWait`, up to `maxDeliver` deliveries, then it
+///   goes to `deadLetter` (when named) with the cause in its headers.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Trigger {
-    /// The message subject.
-    pub subject: String,
+    /// The message subject (core NATS), or the subjects of the stream a JetStream
+    /// trigger takes (within `<stream>.…`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// The stream of a JetStream trigger.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<String>,
+    /// The durable consumer's name; default `default`. Each of the app's JetStream
+    /// triggers has its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumer: Option<String>,
+    /// How long a delivered message may go unacknowledged (while its handler runs, the host
+    /// tells JetStream it is in progress) before it is delivered again; default 30s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ack_wait: Option<Span>,
+    /// Most deliveries of one message; default 5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_deliver: Option<u32>,
+    /// The pause before each delivery again after a failure (the last repeats); default
+    /// `[1s, 5s, 30s]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub backoff: Vec<Span>,
+    /// Where a message goes after its last failed delivery (a message subject of the
+    /// namespace); without it, it is dropped (logged and counted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter: Option<String>,
+    /// The most bytes the stream keeps (the oldest messages go first); default 64Mi. The
+    /// namespace's triggers naming one stream share it: the last apply sets it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<Memory>,
+}
+
+impl Trigger {
+    /// The default of `ackWait`.
+    pub const ACK_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+    /// The default of `maxDeliver`.
+    pub const MAX_DELIVER: u32 = 5;
+    /// The default of `maxBytes`.
+    pub const MAX_BYTES: u64 = 64 << 20;
+    /// The default consumer name.
+    pub const CONSUMER: &str = "default";
+
+    /// A core NATS trigger on `subject`.
+    pub fn core(subject: &str) -> Self {
+        Self {
+            subject: Some(subject.to_owned()),
+            ..Self::default()
+        }
+    }
+
+    /// The subject of a core NATS trigger; `None` for a JetStream one.
+    pub fn core_subject(&self) -> Option<&str> {
+        match (&self.subject, &self.stream) {
+            (Some(subject), None) => Some(subject),
+            _ => None,
+        }
+    }
+
+    /// The consumer's name, as the manifest gives it or the default.
+    pub fn consumer(&self) -> &str {
+        self.consumer.as_deref().unwrap_or(Self::CONSUMER)
+    }
+
+    /// How long a delivery may go unacknowledged.
+    pub fn ack_wait(&self) -> std::time::Duration {
+        self.ack_wait.map_or(Self::ACK_WAIT, |span| span.0)
+    }
+
+    /// Most deliveries of one message.
+    pub fn max_deliver(&self) -> u32 {
+        self.max_deliver.unwrap_or(Self::MAX_DELIVER)
+    }
+
+    /// The pause before delivery number `delivered + 1` after delivery number `delivered`
+    /// (from 1) failed.
+    pub fn backoff(&self, delivered: u64) -> std::time::Duration {
+        const DEFAULT: [std::time::Duration; 3] = [
+            std::time::Duration::from_secs(1),
+            std::time::Duration::from_secs(5),
+            std::time::Duration::from_secs(30),
+        ];
+        let index = usize::try_from(delivered.saturating_sub(1)).unwrap_or(usize::MAX);
+        if self.backoff.is_empty() {
+            DEFAULT[index.min(DEFAULT.len() - 1)]
+        } else {
+            self.backoff[index.min(self.backoff.len() - 1)].0
+        }
+    }
+
+    /// The most bytes the stream keeps.
+    pub fn max_bytes(&self) -> u64 {
+        self.max_bytes.map_or(Self::MAX_BYTES, |bytes| bytes.0)
+    }
 }
 
 /// A key-value store an app may open (`spec.keyValue`).

@@ -201,6 +201,41 @@ pub struct AppMessage {
     pub payload: bytes::Bytes,
 }
 
+/// A message's headers as pairs, each value once.
+pub fn header_pairs(headers: Option<&async_nats::HeaderMap>) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .flat_map(|headers| {
+            headers.iter().flat_map(|(name, values)| {
+                values
+                    .iter()
+                    .map(|value| (name.to_string(), value.as_str().to_owned()))
+            })
+        })
+        .collect()
+}
+
+/// Whether a message on a message subject is an answer of JetStream's, sent there because
+/// a client named that subject as the reply subject of its request (nats-server checks no
+/// reply subject against any permission): a message fetched by direct get (JetStream's
+/// `Nats-Stream` and `Nats-Sequence` headers), one a consumer delivered (a `$JS.ACK` reply
+/// subject), a consumer's status (a `Status` header) or an API answer. No client published
+/// it, so no trigger takes it: through one, a client could send another namespace's app
+/// the bytes of anything it may read.
+pub(crate) fn is_jetstream_answer(
+    reply: Option<&str>,
+    headers: &[(String, String)],
+    payload: &[u8],
+) -> bool {
+    reply.is_some_and(|reply| reply.starts_with("$JS."))
+        || headers.iter().any(|(name, _)| {
+            ["Nats-Stream", "Nats-Sequence", "Status"]
+                .iter()
+                .any(|mark| name.eq_ignore_ascii_case(mark))
+        })
+        || payload.starts_with(br#"{"type":"io.nats.jetstream.api.v1."#)
+}
+
 /// A record with the KV revision it was read at.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Versioned<T> {
@@ -496,24 +531,26 @@ impl Lattice {
                 source: error.into(),
             })?;
         Ok(subscriber
-            .map(move |message| AppMessage {
-                subject: message
-                    .subject
-                    .strip_prefix(prefix.as_str())
-                    .unwrap_or(&message.subject)
-                    .to_owned(),
-                headers: message
-                    .headers
-                    .iter()
-                    .flat_map(|headers| {
-                        headers.iter().flat_map(|(name, values)| {
-                            values
-                                .iter()
-                                .map(|value| (name.to_string(), value.as_str().to_owned()))
-                        })
-                    })
-                    .collect(),
-                payload: message.payload,
+            .filter_map(move |message| {
+                let subject = message.subject.strip_prefix(prefix.as_str()).map(str::to_owned);
+                let headers = header_pairs(message.headers.as_ref());
+                let published = subject.is_some()
+                    && !is_jetstream_answer(
+                        message.reply.as_deref(),
+                        &headers,
+                        &message.payload,
+                    );
+                futures_util::future::ready(match subject {
+                    Some(subject) if published => Some(AppMessage {
+                        subject,
+                        headers,
+                        payload: message.payload,
+                    }),
+                    _ => {
+                        tracing::debug!(subject = %message.subject, "dropped a message that JetStream answered to a chosen reply subject");
+                        None
+                    }
+                })
             })
             .boxed())
     }

@@ -12,7 +12,7 @@ use crate::names;
 use crate::quantity::Span;
 use crate::records::{
     AppRecord, AppSpec, AppStatus, Assignment, HostControl, HostRecord, LatticeIdentity, Lease,
-    ReplicaStatus, RevisionRecord, RouteRecord,
+    ReplicaStatus, RevisionRecord, RouteRecord, Trigger,
 };
 
 /// Most replicas an app may ask for.
@@ -64,6 +64,12 @@ pub const MAX_KV_STORES: usize = 16;
 pub const MAX_PUBLISH: usize = 32;
 /// The most triggers an app may have.
 pub const MAX_TRIGGERS: usize = 16;
+
+/// The most deliveries a JetStream trigger may ask for one message.
+pub const MAX_DELIVER: u32 = 100;
+
+/// The most pauses a JetStream trigger's backoff lists.
+pub const MAX_BACKOFF: usize = 16;
 /// Smallest `maxBytes` of a key-value store.
 pub const MIN_KV_BYTES: u64 = 64 << 10;
 /// Largest `maxBytes` of a key-value store.
@@ -169,6 +175,93 @@ impl Problems {
                 path,
                 "must be a message subject: 1 to 16 dot-separated tokens of letters, digits, - and _ (a token may be *, the last >), at most 200 bytes",
             );
+        }
+    }
+
+    /// One of an app's triggers: a core NATS one names a subject and nothing of
+    /// JetStream's; a JetStream one a stream (one token) and, if any, a subject within it.
+    pub(crate) fn trigger(&mut self, path: &str, trigger: &Trigger) {
+        let Some(stream) = &trigger.stream else {
+            match &trigger.subject {
+                Some(subject) => self.message_subject(format!("{path}.subject"), subject),
+                None => self.add(
+                    path,
+                    "must name a subject (core NATS) or a stream (JetStream)",
+                ),
+            }
+            let jetstream_only = [
+                ("consumer", trigger.consumer.is_some()),
+                ("ackWait", trigger.ack_wait.is_some()),
+                ("maxDeliver", trigger.max_deliver.is_some()),
+                ("backoff", !trigger.backoff.is_empty()),
+                ("deadLetter", trigger.dead_letter.is_some()),
+                ("maxBytes", trigger.max_bytes.is_some()),
+            ];
+            for (field, given) in jetstream_only {
+                if given {
+                    self.add(
+                        format!("{path}.{field}"),
+                        "is for JetStream triggers only: name a stream too",
+                    );
+                }
+            }
+            return;
+        };
+        if !names::is_message_subject(stream, false) || stream.contains('.') {
+            self.add(
+                format!("{path}.stream"),
+                "must be a stream name: one token of letters, digits, - and _",
+            );
+        } else if let Some(subject) = &trigger.subject {
+            self.message_subject(format!("{path}.subject"), subject);
+            if subject != stream && !subject.starts_with(&format!("{stream}.")) {
+                self.add(
+                    format!("{path}.subject"),
+                    format!("must be within the stream's subjects ({stream} or {stream}.…)"),
+                );
+            }
+        }
+        if let Some(consumer) = &trigger.consumer
+            && (names::check_name("consumer name", consumer).is_err() || consumer.len() > 32)
+        {
+            self.add(
+                format!("{path}.consumer"),
+                "must be 1 to 32 lowercase letters, digits and - (starting and ending with a letter or digit)",
+            );
+        }
+        if !(Duration::from_secs(1)..=Duration::from_secs(12 * 3600)).contains(&trigger.ack_wait())
+        {
+            self.add(format!("{path}.ackWait"), "must be between 1s and 12h");
+        }
+        if !(1..=MAX_DELIVER).contains(&trigger.max_deliver()) {
+            self.add(
+                format!("{path}.maxDeliver"),
+                format!("must be between 1 and {MAX_DELIVER}"),
+            );
+        }
+        if trigger.backoff.len() > MAX_BACKOFF {
+            self.add(
+                format!("{path}.backoff"),
+                format!("must have at most {MAX_BACKOFF} pauses"),
+            );
+        }
+        if trigger
+            .backoff
+            .iter()
+            .any(|pause| pause.0 > Duration::from_secs(3600))
+        {
+            self.add(format!("{path}.backoff"), "pauses must be at most 1h");
+        }
+        if let Some(dead_letter) = &trigger.dead_letter
+            && !names::is_message_subject(dead_letter, false)
+        {
+            self.add(
+                format!("{path}.deadLetter"),
+                "must be a message subject without wildcards: 1 to 16 dot-separated tokens of letters, digits, - and _",
+            );
+        }
+        if !(MIN_KV_BYTES..=MAX_KV_BYTES).contains(&trigger.max_bytes()) {
+            self.add(format!("{path}.maxBytes"), "must be between 64Ki and 64Gi");
         }
     }
 
@@ -606,10 +699,17 @@ impl Problems {
             );
         }
         for (index, trigger) in spec.triggers.iter().enumerate() {
-            self.message_subject(
-                format!("{prefix}.triggers[{index}].subject"),
-                &trigger.subject,
-            );
+            self.trigger(&format!("{prefix}.triggers[{index}]"), trigger);
+            if trigger.stream.is_some()
+                && spec.triggers[..index].iter().any(|other| {
+                    other.stream == trigger.stream && other.consumer() == trigger.consumer()
+                })
+            {
+                self.add(
+                    format!("{prefix}.triggers[{index}].consumer"),
+                    "names a stream and consumer another trigger of the app has: give each its own consumer",
+                );
+            }
         }
         if spec.config_from.len() > MAX_LIST {
             self.add(
@@ -1242,12 +1342,35 @@ mod tests {
             problems(&format!(r#""triggers":[{}]"#, many.join(","))),
             ["spec.triggers"]
         );
-        // A trigger of a kind this version does not know (a JetStream one) is refused.
+        // A trigger of a kind this version does not know is refused.
         assert!(
-            serde_json::from_str::<AppSpec>(
-                r#"{"component":"c","triggers":[{"stream":"orders"}]}"#
+            serde_json::from_str::<AppSpec>(r#"{"component":"c","triggers":[{"queue":"orders"}]}"#)
+                .is_err()
+        );
+        // JetStream triggers: a stream (one token), a subject within it, sane limits, one
+        // consumer per trigger; JetStream's fields only with a stream.
+        assert!(
+            problems(
+                r#""triggers":[{"stream":"orders","consumer":"billing","ackWait":"30s","maxDeliver":5,"backoff":["1s","5s"],"deadLetter":"orders.dead"},{"stream":"orders","subject":"orders.eu.*","consumer":"eu"}]"#
             )
-            .is_err()
+            .is_empty()
+        );
+        assert_eq!(
+            problems(
+                r#""triggers":[{"stream":"a.b"},{"stream":"orders","subject":"other.x"},{"subject":"s","maxDeliver":2},{},{"stream":"o","maxDeliver":0,"ackWait":"0s","deadLetter":"d.*","consumer":"Bad_"},{"stream":"o","consumer":"Bad_"}]"#
+            ),
+            [
+                "spec.triggers[0].stream",
+                "spec.triggers[1].subject",
+                "spec.triggers[2].maxDeliver",
+                "spec.triggers[3]",
+                "spec.triggers[4].consumer",
+                "spec.triggers[4].ackWait",
+                "spec.triggers[4].maxDeliver",
+                "spec.triggers[4].deadLetter",
+                "spec.triggers[5].consumer",
+                "spec.triggers[5].consumer",
+            ]
         );
     }
 

@@ -580,7 +580,9 @@ impl Authority {
             &operator,
             &self.state.account,
             &self.state.lattice,
-            auth::AccountKind::State,
+            auth::AccountKind::State {
+                clients: Some(self.clients()?),
+            },
             &self.state.lattice,
             &self.state.revocations,
             self.state.account_issued_at,

@@ -384,13 +384,30 @@ fn render(described: &AppDetail) -> String {
         out += &format!("Publishes:   {}\n", app.spec.publish.join(", "));
     }
     if !app.spec.triggers.is_empty() {
-        let subjects: Vec<&str> = app
-            .spec
-            .triggers
-            .iter()
-            .map(|trigger| trigger.subject.as_str())
-            .collect();
-        out += &format!("Triggers:    {}\n", subjects.join(", "));
+        out += "Triggers:\n";
+        for trigger in &app.spec.triggers {
+            out += &format!("  {}\n", describe_trigger(trigger));
+        }
+        for view in &described.triggers {
+            let state = match &view.state {
+                Ok(state) => format!(
+                    "{} pending, {} unacknowledged, {} redelivered{}, {} in the stream",
+                    state.pending,
+                    state.ack_pending,
+                    state.redelivered,
+                    state
+                        .dead_lettered
+                        .map(|count| format!(", {count} dead-lettered"))
+                        .unwrap_or_default(),
+                    state.messages
+                ),
+                Err(why) => format!("cannot be read: {why}"),
+            };
+            out += &format!(
+                "  stream {} consumer {}: {state}\n",
+                view.stream, view.consumer
+            );
+        }
     }
     match &described.status {
         Some(status) => {
@@ -449,4 +466,25 @@ fn render(described: &AppDetail) -> String {
     }
     out += &format!("Replicas by host:\n{replicas}\n");
     out
+}
+
+/// One trigger on a line: its subject, or its stream and consumer with their settings.
+pub(crate) fn describe_trigger(trigger: &shoal_lattice::records::Trigger) -> String {
+    let Some(stream) = &trigger.stream else {
+        return format!("subject {}", trigger.subject.as_deref().unwrap_or_default());
+    };
+    let mut line = format!("stream {stream}");
+    if let Some(subject) = &trigger.subject {
+        line += &format!(" ({subject})");
+    }
+    line += &format!(
+        " consumer {}, ackWait {}s, maxDeliver {}",
+        trigger.consumer(),
+        trigger.ack_wait().as_secs(),
+        trigger.max_deliver()
+    );
+    if let Some(dead_letter) = &trigger.dead_letter {
+        line += &format!(", deadLetter {dead_letter}");
+    }
+    line
 }

@@ -1,26 +1,35 @@
-//! Messages that trigger a replica (`spec.triggers`): for each trigger, a queue
-//! subscription shared by the app's replicas (each message goes to one of them, at most
-//! once: core NATS), on a connection of its own that presents the replica's app
-//! credential (on a secure lattice the host's own may subscribe to no app's subjects, and
-//! the app's only in its queue group), so whatever a message does to that connection
-//! touches nothing else. Each message is handed to the component's `wasi:messaging`
-//! handler within the replica's limits; no more are taken from NATS than the replica
-//! handles at once (core NATS drops what a slow subscriber cannot take). When the
-//! credential is renewed or the connection ends, the subscription is made again.
+//! Messages that trigger a replica (`spec.triggers`), on a connection of its own that
+//! presents the replica's app credential (on a secure lattice the host's own may read no
+//! app's messages), so whatever a message does to that connection touches nothing else.
+//! Each message is handed to the component's `wasi:messaging` handler within the replica's
+//! limits; no more are taken than the replica handles at once. When the credential is
+//! renewed or the connection ends, the trigger starts again on a new one.
+//!
+//! - Core NATS: a queue subscription shared by the app's replicas (each message to one of
+//!   them, at most once; the credential may subscribe in the app's queue group only).
+//! - JetStream: the app's durable consumer, shared by its replicas; each message is
+//!   acknowledged when its handler succeeds, told "in progress" every half `ackWait` while
+//!   it runs, delivered again after the trigger's backoff when it fails, and after its last
+//!   delivery sent to the dead-letter subject with the cause in its headers
+//!   (`shoal_lattice::streams`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_nats::jetstream::AckKind;
 use futures_util::StreamExt as _;
+use shoal_lattice::Lattice;
 use shoal_lattice::records::Trigger;
+use shoal_lattice::streams::{Outcome, Verdict};
 
-use super::stores::AppStores;
+use super::stores::{Access, AppStores};
 use crate::http::HttpComponent;
 
-/// How often a subscription looks whether the replica's credential was renewed.
+/// How often a trigger looks whether the replica's credential was renewed.
 const CREDENTIAL_CHECK: Duration = Duration::from_secs(5);
 
-/// How long to wait before subscribing again after the connection could not be had.
+/// How long to wait before starting again after the connection or consumer could not be
+/// had, or ended.
 const RETRY: Duration = Duration::from_secs(1);
 
 /// Runs the triggers of a replica of `namespace/app` until aborted.
@@ -35,67 +44,111 @@ pub(super) fn spawn(
             tracing::warn!(%replica, "the app has triggers but its component exports no wasi:messaging handler: no message will reach it");
             return;
         }
-        let subscriptions = triggers.into_iter().map(|trigger| {
-            subscribe(
+        let runs = triggers.into_iter().map(|trigger| {
+            run(
                 Arc::clone(&component),
                 Arc::clone(&grants),
-                trigger.subject,
+                trigger,
                 replica.clone(),
             )
         });
-        futures_util::future::join_all(subscriptions).await;
+        futures_util::future::join_all(runs).await;
     })
 }
 
-/// One trigger's subscription, made again whenever its connection changes or ends.
-async fn subscribe(
+/// One trigger, started again whenever its connection changes or ends.
+async fn run(
     component: Arc<HttpComponent>,
     grants: Arc<AppStores>,
-    subject: String,
+    trigger: Trigger,
     replica: String,
 ) {
-    // One queue group per app: each message to one of its replicas, wherever they run.
-    let queue = shoal_lattice::names::trigger_queue(&grants.namespace, &grants.app);
     let in_flight = Arc::new(tokio::sync::Semaphore::new(component.concurrency()));
+    let what = trigger
+        .stream
+        .as_ref()
+        .map(|stream| format!("stream {stream}"))
+        .or_else(|| {
+            trigger
+                .core_subject()
+                .map(|subject| format!("subject {subject}"))
+        })
+        .unwrap_or_default();
     let mut told = false;
     loop {
         let access = grants.access();
-        let name = format!("triggers of {replica}");
-        let subscribed = match grants.own_connection(&name).await {
-            Ok(lattice) => lattice
-                .subscribe_messages(&grants.namespace, &subject, &queue)
-                .await
-                .map(|messages| (lattice, messages))
-                .map_err(|error| shoal_lattice::Chain(&error).to_string()),
-            Err(error) => Err(format!("{error:?}")),
-        };
-        let (_connection, mut messages) = match subscribed {
-            Ok(subscribed) => {
-                tracing::info!(%replica, %subject, "subscribed to the trigger's messages");
-                told = false;
-                subscribed
-            }
-            Err(why) => {
-                if !told {
-                    tracing::warn!(%replica, %subject, %why, "cannot subscribe to the trigger's messages yet; retrying");
-                    told = true;
+        let connected = grants
+            .own_connection(&format!("triggers of {replica}"))
+            .await
+            .map_err(|error| format!("{error:?}"));
+        let ended = match connected {
+            Ok(lattice) => {
+                let trigger = Running {
+                    component: &component,
+                    grants: &grants,
+                    trigger: &trigger,
+                    replica: &replica,
+                    in_flight: &in_flight,
+                    access: &access,
+                };
+                match &trigger.trigger.stream {
+                    Some(_) => trigger.consume(&lattice, &mut told).await,
+                    None => trigger.subscribe(&lattice, &mut told).await,
                 }
-                tokio::time::sleep(RETRY).await;
-                continue;
             }
+            Err(why) => Err(why),
         };
+        if let Err(why) = ended
+            && !told
+        {
+            tracing::warn!(%replica, trigger = %what, %why, "cannot read the trigger's messages yet; retrying");
+            told = true;
+        }
+        // A new connection after a pause, so one that keeps failing does not spin.
+        tokio::time::sleep(RETRY).await;
+    }
+}
+
+/// One trigger on one connection.
+struct Running<'a> {
+    component: &'a Arc<HttpComponent>,
+    grants: &'a AppStores,
+    trigger: &'a Trigger,
+    replica: &'a str,
+    in_flight: &'a Arc<tokio::sync::Semaphore>,
+    /// The credential the connection presents: the trigger starts again when it changes.
+    access: &'a Access,
+}
+
+impl Running<'_> {
+    /// Whether the replica's credential changed since the connection was made.
+    fn renewed(&self) -> bool {
+        self.grants.access() != *self.access
+    }
+
+    /// A core NATS trigger: the app's queue subscription, until the connection ends or
+    /// the credential changes.
+    async fn subscribe(&self, lattice: &Lattice, told: &mut bool) -> Result<(), String> {
+        let subject = self.trigger.core_subject().unwrap_or_default();
+        let queue = shoal_lattice::names::trigger_queue(&self.grants.namespace, &self.grants.app);
+        let mut messages = lattice
+            .subscribe_messages(&self.grants.namespace, subject, &queue)
+            .await
+            .map_err(|error| shoal_lattice::Chain(&error).to_string())?;
+        tracing::info!(replica = %self.replica, %subject, "subscribed to the trigger's messages");
+        *told = false;
         let mut check = tokio::time::interval(CREDENTIAL_CHECK);
         check.tick().await;
         loop {
             // A slot first: the next message is read only when it can be handled.
-            let Ok(slot) = Arc::clone(&in_flight).acquire_owned().await else {
-                return;
+            let Ok(slot) = Arc::clone(self.in_flight).acquire_owned().await else {
+                return Ok(());
             };
             tokio::select! {
                 message = messages.next() => {
-                    let Some(message) = message else { break };
-                    let component = Arc::clone(&component);
-                    let (replica, topic) = (replica.clone(), message.subject.clone());
+                    let Some(message) = message else { return Ok(()) };
+                    let component = Arc::clone(self.component);
+                    let (replica, topic) = (self.replica.to_owned(), message.subject.clone());
                     tokio::spawn(async move {
                         let _slot = slot;
                         let message = crate::messaging::Message::incoming(
@@ -109,14 +162,201 @@ async fn subscribe(
                     });
                 }
                 _ = check.tick() => {
-                    if grants.access() != access {
-                        break;
+                    if self.renewed() {
+                        return Ok(());
                     }
                 }
             }
         }
-        // The connection ended (or the credential changed): a new one, after a pause so a
-        // connection that keeps failing does not spin.
-        tokio::time::sleep(RETRY).await;
+    }
+
+    /// A JetStream trigger: the app's durable consumer, until the connection ends or the
+    /// credential changes.
+    async fn consume(&self, lattice: &Lattice, told: &mut bool) -> Result<(), String> {
+        let (namespace, app) = (&self.grants.namespace, &self.grants.app);
+        let mut messages = lattice
+            .trigger_messages(namespace, app, self.trigger, self.component.concurrency())
+            .await
+            .map_err(|error| shoal_lattice::Chain(&error).to_string())?;
+        let stream = self.trigger.stream.as_deref().unwrap_or_default();
+        tracing::info!(replica = %self.replica, %stream, consumer = %self.trigger.consumer(), "reading the trigger's stream");
+        *told = false;
+        let prefix = shoal_lattice::names::message_subject(lattice.name(), namespace, "");
+        let mut check = tokio::time::interval(CREDENTIAL_CHECK);
+        check.tick().await;
+        loop {
+            let Ok(slot) = Arc::clone(self.in_flight).acquire_owned().await else {
+                return Ok(());
+            };
+            tokio::select! {
+                message = messages.next() => {
+                    let message = match message {
+                        Some(Ok(message)) => message,
+                        // A missed heartbeat or a consumer gone: start again.
+                        Some(Err(error)) => return Err(error.to_string()),
+                        None => return Ok(()),
+                    };
+                    let Some(subject) = message.subject.strip_prefix(prefix.as_str()) else {
+                        // Not a message of the namespace: nothing a stream of it keeps.
+                        let _ = message.ack_with(AckKind::Term).await;
+                        continue;
+                    };
+                    let delivery = Delivery {
+                        subject: subject.to_owned(),
+                        lattice: lattice.clone(),
+                        trigger: self.trigger.clone(),
+                        namespace: namespace.clone(),
+                        app: app.clone(),
+                        replica: self.replica.to_owned(),
+                    };
+                    let component = Arc::clone(self.component);
+                    tokio::spawn(async move {
+                        let _slot = slot;
+                        delivery.handle(&component, message).await;
+                    });
+                }
+                _ = check.tick() => {
+                    if self.renewed() {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One delivery of a JetStream trigger's message.
+struct Delivery {
+    /// Its subject, relative to the namespace.
+    subject: String,
+    /// The trigger's connection (acks, dead letters).
+    lattice: Lattice,
+    trigger: Trigger,
+    namespace: String,
+    app: String,
+    replica: String,
+}
+
+impl Delivery {
+    /// Hands the message to the component (unless it is not to be handled) and tells
+    /// JetStream the outcome: acknowledged, delivered again later, or dead-lettered.
+    async fn handle(self, component: &HttpComponent, message: async_nats::jetstream::Message) {
+        let (delivered, sequence) = match message.info() {
+            Ok(info) => (
+                u64::try_from(info.delivered).unwrap_or(u64::MAX),
+                info.stream_sequence,
+            ),
+            Err(_) => return,
+        };
+        let failure = match Verdict::of(&self.trigger, &self.subject, delivered) {
+            Verdict::Skip => {
+                let _ = message.ack().await;
+                return;
+            }
+            Verdict::Unanswered => Some(format!(
+                "no answer within ackWait ({}s) on delivery {}: its host was lost, or the handler ran past it",
+                self.trigger.ack_wait().as_secs(),
+                delivered - 1
+            )),
+            Verdict::Handle => {
+                let headers = shoal_lattice::store::header_pairs(message.headers.as_ref());
+                let incoming = crate::messaging::Message::incoming(
+                    self.subject.clone(),
+                    headers,
+                    message.payload.to_vec(),
+                );
+                // While the handler runs, JetStream hears it is in progress, so a slow
+                // handler within its timeout is not delivered to a second replica.
+                let handled = component.handle_message(incoming);
+                tokio::pin!(handled);
+                let mut progress = tokio::time::interval(self.trigger.ack_wait() / 2);
+                progress.tick().await;
+                let result = loop {
+                    tokio::select! {
+                        result = &mut handled => break result,
+                        _ = progress.tick() => {
+                            let _ = message.ack_with(AckKind::Progress).await;
+                        }
+                    }
+                };
+                match Outcome::of(&self.trigger, delivered, result.is_ok()) {
+                    Outcome::Ack => {
+                        if let Err(error) = message.double_ack().await {
+                            tracing::debug!(replica = %self.replica, %error, "a handled message's acknowledgement was not confirmed; it may be delivered again");
+                        }
+                        return;
+                    }
+                    Outcome::Retry(pause) => {
+                        let why = result.err().unwrap_or_default();
+                        tracing::warn!(replica = %self.replica, topic = %self.subject, delivered, %why, "a triggering message was not handled; it will be delivered again");
+                        let _ = message.ack_with(AckKind::Nak(Some(pause))).await;
+                        return;
+                    }
+                    Outcome::DeadLetter => result.err(),
+                }
+            }
+        };
+        let cause = failure.unwrap_or_default();
+        // Ended for good only once the dead letter is out: unsent, the message comes back
+        // after ackWait (once more at most) and is dead-lettered then.
+        if self
+            .dead_letter(&message, sequence, delivered, &cause)
+            .await
+        {
+            let _ = message.ack_with(AckKind::Term).await;
+        }
+    }
+
+    /// Sends a message that failed its last delivery to the trigger's dead-letter subject
+    /// (its own headers and payload, and the cause), or drops it when there is none.
+    /// Returns whether the message is done with.
+    async fn dead_letter(
+        &self,
+        message: &async_nats::jetstream::Message,
+        sequence: u64,
+        delivered: u64,
+        cause: &str,
+    ) -> bool {
+        let stream = self.trigger.stream.as_deref().unwrap_or_default();
+        let Some(dead_letter) = &self.trigger.dead_letter else {
+            tracing::warn!(replica = %self.replica, topic = %self.subject, %stream, sequence, delivered, %cause, "a triggering message failed its last delivery and is dropped (the trigger names no deadLetter)");
+            return true;
+        };
+        let mut headers: Vec<(String, String)> =
+            shoal_lattice::store::header_pairs(message.headers.as_ref())
+                .into_iter()
+                .filter(|(name, _)| {
+                    !name.to_ascii_lowercase().starts_with("nats-")
+                        && !name.to_ascii_lowercase().starts_with("shoal-")
+                })
+                .collect();
+        headers.extend(shoal_lattice::streams::dead_letter_headers(
+            &self.namespace,
+            &self.app,
+            stream,
+            &self.subject,
+            sequence,
+            delivered,
+            cause,
+        ));
+        match self
+            .lattice
+            .publish_message(
+                &self.namespace,
+                dead_letter,
+                &headers,
+                message.payload.clone(),
+            )
+            .await
+        {
+            Ok(()) => {
+                tracing::warn!(replica = %self.replica, topic = %self.subject, %dead_letter, delivered, %cause, "a triggering message failed its last delivery: sent to the dead-letter subject");
+                true
+            }
+            Err(error) => {
+                tracing::warn!(replica = %self.replica, topic = %self.subject, %dead_letter, error = %shoal_lattice::Chain(&error), "a dead letter could not be sent");
+                false
+            }
+        }
     }
 }

@@ -277,6 +277,21 @@ pub struct AppDetail {
     /// Requests in flight at its replicas as the hosts last reported (thousandths).
     #[serde(default)]
     pub load_milli: u64,
+    /// How its JetStream triggers stand, in the order of its spec.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub triggers: Vec<TriggerView>,
+}
+
+/// How one JetStream trigger of an app stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TriggerView {
+    /// The stream.
+    pub stream: String,
+    /// The consumer.
+    pub consumer: String,
+    /// Its consumer's state, or why it could not be read.
+    pub state: Result<crate::streams::ConsumerState, String>,
 }
 
 /// What storing a config object did.

@@ -24,8 +24,13 @@ use crate::journal::Journal;
 /// which has no stream to store it in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AccountKind<'a> {
-    /// The lattice's state and its schedulers: JetStream on, exporting [`shared_subjects`].
-    State,
+    /// The lattice's state and its schedulers: JetStream on, exporting [`shared_subjects`]
+    /// and importing the clients' messages ([`messages`]) for the streams of JetStream
+    /// triggers.
+    State {
+        /// The clients' account's public key, when the import is wanted.
+        clients: Option<&'a str>,
+    },
     /// Hosts, sites and people: no JetStream; imports [`shared_subjects`] from the state
     /// account with this public key, or nothing (`None`: as a site's leaf nats-server
     /// preloads it, sending all of it across the leaf connection to the hub's).
@@ -131,6 +136,17 @@ pub fn shared_subjects(lattice: &str) -> Vec<Shared> {
     shared
 }
 
+/// Apps' messages (`shoal.<lattice>.v1.msg.>`), which the clients' account exports and the
+/// state account imports, so the streams of JetStream triggers keep what clients publish.
+/// Answers of JetStream's aimed at a message subject (a reply subject a client chose) are
+/// delivered in the clients' account and not carried by this import (measured on
+/// nats-server 2.15): only publishes reach a stream.
+pub fn messages(lattice: &str) -> Shared {
+    Shared::Stream {
+        subject: crate::names::all_message_subjects(lattice),
+    }
+}
+
 /// One export of an account JWT.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(super) struct ExportClaim {
@@ -212,17 +228,20 @@ pub fn account_jwt(
     issued_at: u64,
 ) -> Result<String, AuthError> {
     let (exports, imports) = match kind {
-        AccountKind::State => (
+        AccountKind::State { clients } => (
             shared_subjects(lattice)
                 .iter()
                 .map(Shared::export)
                 .collect(),
-            Vec::new(),
+            clients
+                .map(|clients| messages(lattice).import(clients))
+                .into_iter()
+                .collect(),
         ),
         AccountKind::Clients {
             state: Some(state), ..
         } => (
-            Vec::new(),
+            vec![messages(lattice).export()],
             shared_subjects(lattice)
                 .iter()
                 .map(|shared| shared.import(state))
@@ -235,14 +254,14 @@ pub fn account_jwt(
     };
     // JetStream: unlimited for the state, the copy's size for a site's copy, none else.
     let (disk_storage, streams) = match kind {
-        AccountKind::State => (Some(-1), Some(-1)),
+        AccountKind::State { .. } => (Some(-1), Some(-1)),
         AccountKind::SiteCopy { max_bytes } => {
             (Some(i64::try_from(max_bytes).unwrap_or(i64::MAX)), Some(1))
         }
         _ => (None, None),
     };
     let mem_storage = match kind {
-        AccountKind::State => Some(-1),
+        AccountKind::State { .. } => Some(-1),
         AccountKind::SiteCopy { .. } => Some(0),
         _ => None,
     };

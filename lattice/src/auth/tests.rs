@@ -6,6 +6,7 @@ use data_encoding::BASE64URL_NOPAD;
 use nkeys::KeyPair;
 
 use super::*;
+use crate::records::Trigger;
 
 /// A JWT's issuer and issue time, once its signature checks.
 fn issued(jwt: &str) -> Result<(String, u64), AuthError> {
@@ -202,7 +203,9 @@ fn account_jwts_share_what_clients_use_and_nothing_else() {
             &operator,
             &state,
             "dev",
-            AccountKind::State,
+            AccountKind::State {
+                clients: Some(&clients),
+            },
             "dev",
             &none,
             1,
@@ -210,7 +213,11 @@ fn account_jwts_share_what_clients_use_and_nothing_else() {
         .unwrap(),
     );
     assert_eq!(exported.exports.len(), shared_subjects("dev").len());
-    assert!(exported.imports.is_empty());
+    // It imports the clients' messages, for the streams of JetStream triggers.
+    assert_eq!(exported.imports.len(), 1);
+    assert_eq!(exported.imports[0].subject, "shoal.dev.v1.msg.>");
+    assert_eq!(exported.imports[0].account, clients);
+    assert_eq!(exported.imports[0].kind, "stream");
     assert_eq!(exported.limits.streams, Some(-1));
     let imported = claims(
         account_jwt(
@@ -227,7 +234,8 @@ fn account_jwts_share_what_clients_use_and_nothing_else() {
         )
         .unwrap(),
     );
-    assert!(imported.exports.is_empty());
+    assert_eq!(imported.exports.len(), 1);
+    assert_eq!(imported.exports[0].subject, "shoal.dev.v1.msg.>");
     assert_eq!(imported.signing_keys, ["ASIGNER"]);
     assert_eq!(imported.limits.streams, None, "no JetStream of its own");
     assert!(
@@ -306,7 +314,15 @@ fn a_store_credential_reaches_its_app_s_stores_only_until_it_expires() {
             app: "shop",
             stores: &stores,
             publish: &publish,
-            subscribe: &["orders.*".to_owned()],
+            triggers: &[
+                Trigger::core("orders.*"),
+                Trigger {
+                    stream: Some("payments".to_owned()),
+                    consumer: Some("billing".to_owned()),
+                    dead_letter: Some("payments.dead".to_owned()),
+                    ..Trigger::default()
+                },
+            ],
         },
         100,
         3700,
@@ -329,14 +345,26 @@ fn a_store_credential_reaches_its_app_s_stores_only_until_it_expires() {
             "$JS.shoal-state.API.DIRECT.GET.KV_{bucket}.$KV.{bucket}.=kv.>"
         )));
     }
-    // The subjects it may publish to, under its namespace.
+    // The subjects it may publish to, under its namespace, and its JetStream trigger's
+    // dead-letter subject.
     assert!(publish.contains(&"shoal.dev.v1.msg.team-a.alerts.>".to_owned()));
-    // Nothing else: no other app's store, no bucket of the lattice's own.
-    assert_eq!(publish.len(), 7, "{publish:?}");
+    assert!(publish.contains(&"shoal.dev.v1.msg.team-a.payments.dead".to_owned()));
+    // Its JetStream trigger's consumer: info, next messages, acks; no other consumer.
+    let stream = "shoal-dev-v1-msg_team-a_payments";
+    for call in [
+        format!("$JS.shoal-state.API.CONSUMER.INFO.{stream}.shop_billing"),
+        format!("$JS.shoal-state.API.CONSUMER.MSG.NEXT.{stream}.shop_billing"),
+        format!("$JS.ACK.{stream}.shop_billing.>"),
+    ] {
+        assert!(publish.contains(&call), "{call}");
+    }
+    // Nothing else: no other app's store or consumer, no bucket of the lattice's own.
+    assert_eq!(publish.len(), 11, "{publish:?}");
     assert!(
         publish
             .iter()
             .all(|subject| subject.contains("_team-a_shop_")
+                || subject.contains("_team-a_payments.shop_billing")
                 || subject.starts_with("shoal.dev.v1.msg.team-a."))
     );
     let [inbox, trigger] = claims.nats.subscribe.allow.as_slice() else {
@@ -398,7 +426,7 @@ fn a_credential_that_allows_nothing_of_a_kind_denies_all_of_it() {
             app: "shop",
             stores: &[],
             publish: &[],
-            subscribe: &["orders.*".to_owned()],
+            triggers: &[Trigger::core("orders.*")],
         },
         100,
         3700,

@@ -6,6 +6,7 @@ use std::fmt;
 use nkeys::KeyPair;
 
 use super::*;
+use crate::records::Trigger;
 
 /// A user JWT for `identity` in `lattice`, signed by `account`; `None` permissions means
 /// everything (the system account's user). nats-server stops admitting it at `expires`
@@ -65,21 +66,24 @@ pub struct AppGrants<'a> {
     pub stores: &'a [String],
     /// The message subjects it may publish to.
     pub publish: &'a [String],
-    /// The message subjects that trigger it.
-    pub subscribe: &'a [String],
+    /// Its triggers: core NATS ones it subscribes to, JetStream ones whose consumers it
+    /// reads and acknowledges (and whose dead-letter subjects it publishes to).
+    pub triggers: &'a [crate::records::Trigger],
 }
 
 /// The subjects a host's store credential for app `namespace/app` may publish: for each of
 /// `stores`, its bucket's info (opening it, listing keys) and the guests' keys in it
 /// (direct gets and writes under `=kv`), as a client sends them; the message subjects the
-/// app may publish to; and, to subscribe to, those that trigger it.
+/// app may publish to; for each JetStream trigger, its consumer's info, next messages and
+/// acknowledgements and its dead-letter subject; and, to subscribe to, the subjects of its
+/// core NATS triggers.
 pub(super) fn store_permissions(lattice: &str, host: &str, grants: AppGrants<'_>) -> Permissions {
     let AppGrants {
         namespace,
         app,
         stores,
         publish: subjects,
-        subscribe: triggers,
+        triggers,
     } = grants;
     let mut publish: Vec<String> = subjects
         .iter()
@@ -94,6 +98,24 @@ pub(super) fn store_permissions(lattice: &str, host: &str, grants: AppGrants<'_>
             keys,
         ]);
     }
+    for trigger in triggers {
+        if let Some((stream, durable)) =
+            crate::streams::trigger_consumer(lattice, namespace, app, trigger)
+        {
+            publish.extend([
+                format!("$JS.API.CONSUMER.INFO.{stream}.{durable}"),
+                format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}"),
+                format!("$JS.ACK.{stream}.{durable}.>"),
+            ]);
+        }
+        if let Some(dead_letter) = &trigger.dead_letter {
+            publish.push(crate::names::message_subject(
+                lattice,
+                namespace,
+                dead_letter,
+            ));
+        }
+    }
     // Replies on an inbox of its own, not the host's: whoever holds the credential (a
     // host that no longer runs the app, one that lied about its id) hears nothing of the
     // host's other traffic.
@@ -102,12 +124,17 @@ pub(super) fn store_permissions(lattice: &str, host: &str, grants: AppGrants<'_>
     // hear every message, one in another group would take some from the app.
     let queue = crate::names::trigger_queue(namespace, app);
     let mut subscribe = vec![format!("{inbox}.>")];
-    subscribe.extend(triggers.iter().map(|subject| {
-        format!(
-            "{} {queue}",
-            crate::names::message_subject(lattice, namespace, subject)
-        )
-    }));
+    subscribe.extend(
+        triggers
+            .iter()
+            .filter_map(Trigger::core_subject)
+            .map(|subject| {
+                format!(
+                    "{} {queue}",
+                    crate::names::message_subject(lattice, namespace, subject)
+                )
+            }),
+    );
     Permissions {
         publish,
         publish_deny: Vec::new(),

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use shoal_lattice::api::{
     AppDetail, AppHistory, AppManifest, AppView, AppliedApp, Apply, DeleteApp, DescribeApp,
     ErrorCode, GetApps, GetReplicas, History, PauseRollout, ReplicaView, ScaleApp, Scaled,
-    UndoRollout, UndoneTo,
+    TriggerView, UndoRollout, UndoneTo,
 };
 use shoal_lattice::names::{app_key, app_status_key};
 use shoal_lattice::records::{AppRecord, AppStatus, Assignment, HostRecord, ReplicaStatus};
@@ -34,6 +34,10 @@ impl Handle for DeleteApp {
         // Its key-value data goes with it: an app applied again under the name starts
         // empty.
         cx.lattice.remove_app_stores(&namespace, &name, &[]).await?;
+        // Its consumers too (the streams stay, with their messages, for the namespace).
+        cx.lattice
+            .remove_app_triggers(&namespace, &name, &[])
+            .await?;
         Ok(())
     }
 }
@@ -197,11 +201,28 @@ impl Handle for DescribeApp {
             .iter()
             .filter_map(|host| host.value.load.get(&load_key))
             .fold(0u64, |sum, milli| sum.saturating_add(*milli));
+        let mut triggers = Vec::new();
+        for trigger in &app.spec.triggers {
+            let Some(stream) = &trigger.stream else {
+                continue;
+            };
+            let state = cx
+                .lattice
+                .trigger_state(&namespace, &name, trigger)
+                .await
+                .map_err(|error| shoal_lattice::Chain(&error).to_string());
+            triggers.push(TriggerView {
+                stream: stream.clone(),
+                consumer: trigger.consumer().to_owned(),
+                state,
+            });
+        }
         Ok(AppDetail {
             app,
             status,
             replicas,
             load_milli: load,
+            triggers,
         })
     }
 }
@@ -377,6 +398,19 @@ async fn store_app(
                 shoal_lattice::Chain(&error)
             ))
         })?;
+    // Its JetStream triggers' streams and consumers, before any replica reads them.
+    let triggers_failed = |error: shoal_lattice::Error| {
+        internal(format!(
+            "cannot make the streams and consumers of app {}/{}'s triggers: {}",
+            app.namespace,
+            app.name,
+            shoal_lattice::Chain(&error)
+        ))
+    };
+    lattice
+        .ensure_app_triggers(&app.namespace, &app.name, &app.spec.triggers)
+        .await
+        .map_err(triggers_failed)?;
     let (change, _) = apply::apply(lattice, app, pinned).await.map_err(|error| {
         internal(format!(
             "cannot store app {}/{}: {}",
@@ -385,6 +419,15 @@ async fn store_app(
             shoal_lattice::Chain(&error)
         ))
     })?;
+    // The consumers of triggers it no longer has go (its old replicas then stop reading
+    // them, as they would stop serving a route it no longer has). Only a changed app can
+    // have dropped one: an apply of many new apps lists no streams.
+    if matches!(change, Change::Revised { .. } | Change::Updated { .. }) {
+        lattice
+            .remove_app_triggers(&app.namespace, &app.name, &app.spec.triggers)
+            .await
+            .map_err(triggers_failed)?;
+    }
     Ok(AppliedApp {
         namespace: app.namespace.clone(),
         name: app.name.clone(),

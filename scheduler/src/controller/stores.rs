@@ -107,11 +107,7 @@ pub(super) fn access_for(
             app,
             stores: &stores,
             publish: &template.publish,
-            subscribe: &template
-                .triggers
-                .iter()
-                .map(|trigger| trigger.subject.clone())
-                .collect::<Vec<_>>(),
+            triggers: &template.triggers,
         },
         now_secs,
         expires,
