@@ -398,3 +398,74 @@ fn a_jetstream_trigger_handles_every_message_at_least_once_though_a_host_is_kill
         "{after:?}"
     );
 }
+
+#[test]
+fn a_backlog_wakes_an_app_at_zero_and_scales_it_up() {
+    // An open lattice: its streams and consumers in the one account there is.
+    let lattice = Lattice::start();
+    let _scheduler = lattice.scheduler("s1");
+    let _host = lattice.host("h1", &[]);
+    let component = lattice.push_guest("messaging-publisher", "1.0");
+    lattice.apply(&format!(
+        "apiVersion: shoal.dev/v1\nkind: App\nmetadata: {{name: billing}}\nspec:\n  component: {component}\n  replicas: 0\n  publish: [alerts.>]\n  limits: {{concurrency: 1}}\n  triggers: [{{stream: orders}}]\n  autoscale: {{min: 0, max: 3, targetPending: 20, window: 6s, scaleDownDelay: 6s}}\n"
+    ));
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let client = runtime
+        .block_on(async_nats::connect(lattice.nats.url()))
+        .unwrap();
+    let messages = |subject: &str| format!("shoal.{}.v1.msg.default.{subject}", lattice.name);
+    let mut alerts = runtime.block_on(async {
+        let alerts = client.subscribe(messages("alerts.>")).await.unwrap();
+        client.flush().await.unwrap();
+        alerts
+    });
+    // 200 orders wait in the stream, and call for three replicas (20 a replica, at most
+    // 3).
+    let replicas = || {
+        lattice
+            .replicas()
+            .into_iter()
+            .filter(|(app, _, _)| app == "billing")
+            .count()
+    };
+    // It idles to zero first (a scheduler starts an autoscaled app with one replica).
+    support::eventually(PATIENCE, "the app to idle to zero", || {
+        let events = lattice.ok(&["events", "--app", "billing"]);
+        (events.contains("no request for") && replicas() == 0).then_some(())
+    });
+    const ORDERS: usize = 200;
+    runtime.block_on(async {
+        for order in 0..ORDERS {
+            client
+                .publish(
+                    messages(&format!("orders.{order}")),
+                    order.to_string().into(),
+                )
+                .await
+                .unwrap();
+        }
+        client.flush().await.unwrap();
+    });
+    let mut handled = std::collections::BTreeSet::new();
+    let mut most = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while handled.len() < ORDERS {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of {ORDERS} orders handled; at most {most} replicas",
+            handled.len()
+        );
+        if let Ok(Some(alert)) = runtime
+            .block_on(async { tokio::time::timeout(Duration::from_secs(1), alerts.next()).await })
+        {
+            handled.insert(alert.subject.to_string());
+        }
+        most = most.max(replicas());
+    }
+    assert!(most >= 2, "the backlog scaled it to {most} replica(s)");
+    let events = lattice.ok(&["events", "--app", "billing"]);
+    assert!(
+        events.contains("messages waiting, target 20 a replica"),
+        "{events}"
+    );
+}

@@ -211,6 +211,11 @@ pub struct Autoscale {
     /// Requests in flight per replica to aim for (default 10).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_concurrency: Option<u32>,
+    /// Messages waiting in its JetStream triggers' consumers (not yet delivered, or not yet
+    /// acknowledged) per replica to aim for, as KEDA's NATS JetStream scaler does: with it
+    /// the backlog counts as load too, and with `min: 0` a message wakes the app.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_pending: Option<u32>,
     /// The stable window the load is averaged over (default 60s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub window: Option<Span>,

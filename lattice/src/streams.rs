@@ -346,6 +346,41 @@ impl Lattice {
             .map_err(|error| failed(error.into()))
     }
 
+    /// The backlog of app `namespace/app`'s JetStream triggers: messages not yet delivered
+    /// or not yet acknowledged, summed over its consumers (one request each).
+    ///
+    /// # Errors
+    /// When a consumer does not exist or the lattice does not answer.
+    pub async fn app_backlog(
+        &self,
+        namespace: &str,
+        app: &str,
+        triggers: &[Trigger],
+    ) -> Result<u64, Error> {
+        let context = self.jetstream();
+        let mut backlog = 0u64;
+        for (stream, durable) in triggers
+            .iter()
+            .filter_map(|trigger| trigger_consumer(self.name(), namespace, app, trigger))
+        {
+            let mut consumer: consumer::PullConsumer = context
+                .get_consumer_from_stream(&durable, &stream)
+                .await
+                .map_err(|error| Error::Bucket {
+                    bucket: stream.clone(),
+                    source: error.into(),
+                })?;
+            let info = consumer.info().await.map_err(|error| Error::Bucket {
+                bucket: stream.clone(),
+                source: error.into(),
+            })?;
+            backlog = backlog
+                .saturating_add(info.num_pending)
+                .saturating_add(u64::try_from(info.num_ack_pending).unwrap_or(0));
+        }
+        Ok(backlog)
+    }
+
     /// How app `namespace/app`'s JetStream trigger `trigger` stands: its consumer's backlog
     /// and its stream's size.
     ///
@@ -396,10 +431,8 @@ impl Lattice {
             }
             None => None,
         };
-        let mut consumer: consumer::PullConsumer = handle
-            .get_consumer(&durable)
-            .await
-            .map_err(failed)?;
+        let mut consumer: consumer::PullConsumer =
+            handle.get_consumer(&durable).await.map_err(failed)?;
         let info = consumer
             .info()
             .await

@@ -523,6 +523,20 @@ impl Problems {
                     format!("must be between 1 and {MAX_TARGET_CONCURRENCY}"),
                 );
             }
+            if let Some(pending) = autoscale.target_pending {
+                if !(1..=1_000_000).contains(&pending) {
+                    self.add(
+                        at("autoscale.targetPending"),
+                        "must be between 1 and 1000000",
+                    );
+                }
+                if !spec.triggers.iter().any(|trigger| trigger.stream.is_some()) {
+                    self.add(
+                        at("autoscale.targetPending"),
+                        "needs a JetStream trigger (spec.triggers[].stream): only a stream keeps a backlog",
+                    );
+                }
+            }
             if autoscale.window() < Duration::from_secs(6) {
                 self.add(at("autoscale.window"), "must be at least 6s");
             }

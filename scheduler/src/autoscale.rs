@@ -197,6 +197,7 @@ mod tests {
             min: Some(1),
             max: Some(10),
             target_concurrency: Some(10),
+            target_pending: None,
             window: Some(Span(Duration::from_secs(60))),
             scale_down_delay: Some(Span(Duration::from_secs(30))),
         }

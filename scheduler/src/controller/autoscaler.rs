@@ -20,12 +20,63 @@ pub(super) async fn step(
     apps: &[Versioned<AppRecord>],
     now: Instant,
 ) {
+    read_backlogs(lattice, state, apps, now).await;
     for plan in plan_autoscale(source, state, hosts, apps, now) {
         let applied = super::plan::apply(lattice, state, plan, now).await;
         if let Some(error) = applied.stopped {
             tracing::warn!(error = %shoal_lattice::Chain(&error), "cannot scale; trying again next pass");
         }
     }
+}
+
+/// How often an app's backlog is read.
+const BACKLOG_EVERY: Duration = Duration::from_secs(1);
+
+/// Reads, at most once a [`BACKLOG_EVERY`], the backlog of each app that scales on it
+/// (`autoscale.targetPending`). One that cannot be read keeps its last value.
+async fn read_backlogs(
+    lattice: &Lattice,
+    state: &mut State,
+    apps: &[Versioned<AppRecord>],
+    now: Instant,
+) {
+    for app in apps {
+        let app = &app.value;
+        if app
+            .spec
+            .autoscale
+            .as_ref()
+            .is_none_or(|spec| spec.target_pending.is_none())
+        {
+            continue;
+        }
+        let autoscaling = state.autoscaling.entry(key_of(app)).or_default();
+        if autoscaling
+            .backlog
+            .is_some_and(|(at, _)| now.duration_since(at) < BACKLOG_EVERY)
+        {
+            continue;
+        }
+        match lattice
+            .app_backlog(&app.namespace, &app.name, &app.spec.triggers)
+            .await
+        {
+            Ok(backlog) => autoscaling.backlog = Some((now, backlog)),
+            Err(error) => {
+                tracing::debug!(app = %key_of(app), error = %shoal_lattice::Chain(&error), "cannot read the app's backlog");
+            }
+        }
+    }
+}
+
+/// The load, in thousandths of requests in flight, that `backlog` messages stand for when
+/// each replica should have `target_pending` of them: the replicas it calls for at the
+/// app's `targetConcurrency` are those the backlog calls for.
+fn backlog_load(backlog: u64, target_pending: u32, target_concurrency: u32) -> u64 {
+    backlog
+        .saturating_mul(u64::from(target_concurrency))
+        .saturating_mul(1000)
+        .div_ceil(u64::from(target_pending).max(1))
 }
 
 /// Each autoscaled app's load (over the live `hosts` that run it) goes into its window;
@@ -63,6 +114,14 @@ pub(super) fn plan_autoscale(
             .copied()
             .unwrap_or(0);
         let autoscaling = state.autoscaling.entry(key.clone()).or_default();
+        // The backlog counts as load too: the replicas it calls for, when more.
+        let (milli, waiting) = match (spec.target_pending, autoscaling.backlog) {
+            (Some(target), Some((_, backlog))) => (
+                milli.max(backlog_load(backlog, target, spec.target())),
+                format!("; {backlog} messages waiting, target {target} a replica"),
+            ),
+            _ => (milli, String::new()),
+        };
         autoscaling.window.observe(now, milli);
         let decision = autoscaling.window.decide(spec, app.spec.replicas, now);
         autoscaling.status = Some(decision.status.clone());
@@ -72,7 +131,7 @@ pub(super) fn plan_autoscale(
                     namespace: app.namespace.clone(),
                     name: app.name.clone(),
                     to,
-                    why: decision.reason.to_string(),
+                    why: format!("{}{waiting}", decision.reason),
                     source: source.to_owned(),
                     from_zero: false,
                 }],

@@ -158,6 +158,17 @@ impl Harness {
         plan_autoscale("scheduler test", &mut self.state, &hosts, &apps, self.now)
     }
 
+    /// The backlog of app `name`'s JetStream triggers, as if just read.
+    pub(super) fn backlog(&mut self, name: &str, messages: u64) -> &mut Self {
+        let autoscaling = self
+            .state
+            .autoscaling
+            .entry(app_key("default", name))
+            .or_default();
+        autoscaling.backlog = Some((self.now, messages));
+        self
+    }
+
     /// What a wake for `name` published by `host` plans.
     pub(super) fn plan_wake(&mut self, host: &str, name: &str) -> Option<Plan> {
         self.mirror_records();
@@ -1045,6 +1056,33 @@ mod autoscaler {
         let down = run_for(&mut lattice, "web", 80);
         assert_eq!(down.last(), Some(&1), "{down:?}");
         assert_eq!(replicas(&lattice, "web"), 1);
+    }
+
+    #[test]
+    fn a_backlog_scales_an_app_from_zero_and_up_as_keda_would() {
+        let mut lattice = Harness::new();
+        let spec = serde_json::json!({
+            "triggers": [{"stream": "orders"}],
+            "autoscale": {
+                "min": 0, "max": 5, "targetPending": 100, "window": "20s", "scaleDownDelay": "20s"
+            }
+        });
+        lattice.host("h1").host("h2").app("billing", 1, 1, spec);
+        lattice.converge("billing", 3);
+        // Nothing waits: it goes to zero.
+        lattice.backlog("billing", 0);
+        assert_eq!(run_for(&mut lattice, "billing", 60), [0]);
+        // One message wakes it; 450 call for five replicas (100 a replica), no more.
+        lattice.backlog("billing", 1);
+        let up = run_for(&mut lattice, "billing", 2);
+        assert_eq!(up, [1]);
+        lattice.backlog("billing", 450);
+        run_for(&mut lattice, "billing", 10);
+        assert_eq!(replicas(&lattice, "billing"), 5);
+        // Drained: back to zero after the delay.
+        lattice.backlog("billing", 0);
+        let down = run_for(&mut lattice, "billing", 120);
+        assert_eq!(down.last(), Some(&0), "{down:?}");
     }
 
     #[test]

@@ -177,6 +177,8 @@ struct RolloutClock {
 struct Autoscaling {
     window: crate::autoscale::Window,
     status: Option<AutoscaleStatus>,
+    /// Its JetStream triggers' backlog as last read, and when (`autoscale.targetPending`).
+    backlog: Option<(Instant, u64)>,
 }
 
 /// A host's credential as last checked: the JWT, and what it grants (`None` when it did not
