@@ -322,11 +322,27 @@ fn a_jetstream_trigger_handles_every_message_at_least_once_though_a_host_is_kill
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     let mut killed = false;
     while handled.len() < ORDERS {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "only {} of {ORDERS} orders handled",
-            handled.len()
-        );
+        if std::time::Instant::now() >= deadline {
+            let missing: Vec<usize> = (0..ORDERS)
+                .filter(|order| !handled.contains_key(&order.to_string()))
+                .collect();
+            let logs: Vec<String> = hosts
+                .iter()
+                .map(|host| {
+                    host.log()
+                        .lines()
+                        .filter(|line| line.contains("WARN") || line.contains("ERROR"))
+                        .map(str::to_owned)
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                })
+                .collect();
+            panic!(
+                "only {} of {ORDERS} orders handled; missing {missing:?}\n{}",
+                handled.len(),
+                logs.join("\n----\n")
+            );
+        }
         let alert = admin
             .runtime
             .block_on(async { tokio::time::timeout(Duration::from_secs(5), alerts.next()).await });
@@ -371,6 +387,15 @@ fn a_jetstream_trigger_handles_every_message_at_least_once_though_a_host_is_kill
     });
     let described = lattice.ok(&["describe", "app", "billing"]);
     assert!(described.contains("1 dead-lettered"), "{described}");
+    // And so does get triggers, for every app.
+    let listed: serde_json::Value =
+        serde_json::from_str(&lattice.ok(&["get", "triggers", "-o", "json"])).unwrap();
+    let state = &listed[0]["state"];
+    assert_eq!(listed[0]["app"], "billing", "{listed}");
+    assert_eq!(state["deadLettered"], 1, "{listed}");
+    assert_eq!(state["pending"], 0, "{listed}");
+    let table = lattice.ok(&["get", "triggers"]);
+    assert!(table.contains("stream orders consumer billing"), "{table}");
     // JetStream's answers aimed at the stream's subjects are not kept by it: only what
     // clients publish is (the order published after them is handled, they are not).
     aim_jetstream_answers_at(&lattice, "orders.injected", "forged");
@@ -404,7 +429,8 @@ fn a_backlog_wakes_an_app_at_zero_and_scales_it_up() {
     // An open lattice: its streams and consumers in the one account there is.
     let lattice = Lattice::start();
     let _scheduler = lattice.scheduler("s1");
-    let _host = lattice.host("h1", &[]);
+    let port = support::free_port();
+    let _host = lattice.host_with("h1", &["--metrics", &format!("127.0.0.1:{port}")]);
     let component = lattice.push_guest("messaging-publisher", "1.0");
     lattice.apply(&format!(
         "apiVersion: shoal.dev/v1\nkind: App\nmetadata: {{name: billing}}\nspec:\n  component: {component}\n  replicas: 0\n  publish: [alerts.>]\n  limits: {{concurrency: 1}}\n  triggers: [{{stream: orders}}]\n  autoscale: {{min: 0, max: 3, targetPending: 20, window: 6s, scaleDownDelay: 6s}}\n"
@@ -468,4 +494,22 @@ fn a_backlog_wakes_an_app_at_zero_and_scales_it_up() {
         events.contains("messages waiting, target 20 a replica"),
         "{events}"
     );
+    // The host counts what its replicas handled, per trigger.
+    let metrics = support::lattice::agent()
+        .get(&format!("http://127.0.0.1:{port}/metrics"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    let handled: u64 = metrics
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix(
+                "shoal_trigger_messages_total{namespace=\"default\",app=\"billing\",trigger=\"stream orders\",outcome=\"handled\"} ",
+            )
+        })
+        .and_then(|count| count.parse().ok())
+        .unwrap_or_else(|| panic!("{metrics}"));
+    assert!(handled >= ORDERS as u64, "{metrics}");
 }

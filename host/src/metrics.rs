@@ -162,6 +162,33 @@ pub struct Metrics {
     /// Forwarded requests dropped unanswered because their reply subject was not a
     /// host's inbox (an answer there would write where the requester may not).
     pub refused_replies: AtomicU64,
+    /// Messages triggers handed to replicas here, by (app, trigger, outcome).
+    triggers: std::sync::Mutex<BTreeMap<(String, String, TriggerOutcome), u64>>,
+}
+
+/// What became of one delivery of a triggering message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TriggerOutcome {
+    /// The handler succeeded (a JetStream message was acknowledged).
+    Handled,
+    /// The handler failed, trapped or timed out (a JetStream message is delivered again).
+    Failed,
+    /// A JetStream message failed its last delivery and went to the dead-letter subject.
+    DeadLettered,
+    /// A JetStream message failed its last delivery and was dropped (no dead-letter
+    /// subject).
+    Dropped,
+}
+
+impl TriggerOutcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            TriggerOutcome::Handled => "handled",
+            TriggerOutcome::Failed => "failed",
+            TriggerOutcome::DeadLettered => "dead_lettered",
+            TriggerOutcome::Dropped => "dropped",
+        }
+    }
 }
 
 impl Metrics {
@@ -206,6 +233,16 @@ impl Metrics {
                 (busy > 0).then(|| (app.clone(), busy.saturating_mul(1000).div_ceil(interval)))
             })
             .collect()
+    }
+
+    /// Counts one delivery of a message of `app`'s (`namespace/name`) trigger `trigger` (its
+    /// subject or stream) and what became of it.
+    pub fn record_message(&self, app: &str, trigger: &str, outcome: TriggerOutcome) {
+        if let Ok(mut counts) = self.triggers.lock() {
+            *counts
+                .entry((app.to_owned(), trigger.to_owned(), outcome))
+                .or_default() += 1;
+        }
     }
 
     /// The metrics of `app`, if it had requests.
@@ -291,6 +328,21 @@ impl Metrics {
                 out,
                 "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {}",
                 value.load(Ordering::Relaxed)
+            );
+        }
+        out.push_str("# HELP shoal_trigger_messages_total Deliveries of triggering messages to replicas on this host, by app, trigger (subject or stream) and outcome.\n");
+        out.push_str("# TYPE shoal_trigger_messages_total counter\n");
+        let counts = self
+            .triggers
+            .lock()
+            .map(|counts| counts.clone())
+            .unwrap_or_default();
+        for ((app, trigger, outcome), count) in counts {
+            let (namespace, name) = app.split_once('/').unwrap_or(("", app.as_str()));
+            let _ = writeln!(
+                out,
+                "shoal_trigger_messages_total{{namespace=\"{namespace}\",app=\"{name}\",trigger=\"{trigger}\",outcome=\"{}\"}} {count}",
+                outcome.as_str()
             );
         }
         let _ = writeln!(

@@ -462,6 +462,17 @@ impl Lattice {
         Self::connect(&options).await
     }
 
+    /// Waits until nats-server has every message this connection published so far.
+    ///
+    /// # Errors
+    /// [`Error::Request`] when the connection is gone.
+    pub async fn flush(&self) -> Result<(), Error> {
+        self.client.flush().await.map_err(|error| Error::Request {
+            bucket: "messages".to_owned(),
+            source: error.into(),
+        })
+    }
+
     /// The JetStream context of the lattice's state (in its domain, when it has one).
     pub(crate) fn jetstream(&self) -> jetstream::Context {
         self.state_api.context(self.client.clone())

@@ -389,8 +389,8 @@ fn render(described: &AppDetail) -> String {
             out += &format!("  {}\n", describe_trigger(trigger));
         }
         for view in &described.triggers {
-            let state = match &view.state {
-                Ok(state) => format!(
+            let state = match (&view.state, &view.error) {
+                (Some(state), _) => format!(
                     "{} pending, {} unacknowledged, {} redelivered{}, {} in the stream",
                     state.pending,
                     state.ack_pending,
@@ -401,7 +401,7 @@ fn render(described: &AppDetail) -> String {
                         .unwrap_or_default(),
                     state.messages
                 ),
-                Err(why) => format!("cannot be read: {why}"),
+                (None, why) => format!("cannot be read: {}", why.as_deref().unwrap_or("no answer")),
             };
             out += &format!(
                 "  stream {} consumer {}: {state}\n",

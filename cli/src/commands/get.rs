@@ -1,4 +1,4 @@
-//! `shoal get apps|hosts|replicas|configs|secrets|jobs|cronjobs`: tables for people,
+//! `shoal get apps|hosts|replicas|triggers|configs|secrets|jobs|cronjobs`: tables for people,
 //! `-o json|yaml` for scripts.
 
 use clap::{Args, ValueEnum};
@@ -24,6 +24,9 @@ pub enum Kind {
     Hosts,
     /// Replicas: where each runs and in what phase.
     Replicas,
+    /// Apps' triggers: their subjects or streams, and each JetStream consumer's backlog
+    /// (pending, unacknowledged, redelivered, dead-lettered).
+    Triggers,
     /// Config objects: their keys (not values), version and the apps that use them.
     Configs,
     /// Secrets: their keys, version and the apps that use them (values never leave the
@@ -36,12 +39,12 @@ pub enum Kind {
     CronJobs,
 }
 
-/// List apps, hosts, replicas, config objects, secrets, jobs or cron jobs.
+/// List apps, hosts, replicas, triggers, config objects, secrets, jobs or cron jobs.
 #[derive(Debug, Args)]
 pub struct GetArgs {
     /// What to list.
     pub kind: Kind,
-    /// Only this namespace (apps, replicas, configs, secrets) [default: every namespace you may view].
+    /// Only this namespace (apps, replicas, triggers, configs, secrets) [default: every namespace you may view].
     #[arg(short, long)]
     pub namespace: Option<String>,
     /// Output format.
@@ -140,6 +143,41 @@ pub async fn run(args: GetArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
                     ]);
                 }
                 format!("{table}\n")
+            })?;
+        }
+        Kind::Triggers => {
+            let rows = triggers(&api, args.namespace.clone()).await?;
+            print(args.output, &rows, |rows| {
+                let mut table = table(&[
+                    "NAMESPACE",
+                    "APP",
+                    "TRIGGER",
+                    "PENDING",
+                    "UNACKED",
+                    "REDELIVERED",
+                    "DEAD-LETTERED",
+                ]);
+                for row in rows {
+                    let count =
+                        |count: Option<u64>| count.map_or("-".to_owned(), |n| n.to_string());
+                    let state = row.state.as_ref();
+                    table.add_row(vec![
+                        row.namespace.clone(),
+                        row.app.clone(),
+                        super::describe::describe_trigger(&row.trigger),
+                        count(state.map(|state| state.pending)),
+                        count(state.map(|state| state.ack_pending)),
+                        count(state.map(|state| state.redelivered)),
+                        count(state.and_then(|state| state.dead_lettered)),
+                    ]);
+                }
+                let mut out = format!("{table}\n");
+                for row in rows {
+                    if let Some(why) = &row.error {
+                        out += &format!("{}/{}: {why}\n", row.namespace, row.app);
+                    }
+                }
+                out
             })?;
         }
         Kind::Hosts => {
@@ -359,4 +397,61 @@ pub async fn run(args: GetArgs, lattice: &LatticeArgs) -> anyhow::Result<u8> {
         }
     }
     Ok(0)
+}
+
+/// One trigger of one app, with its consumer's state for a JetStream trigger.
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct TriggerRow {
+    namespace: String,
+    app: String,
+    trigger: shoal_lattice::records::Trigger,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    state: Option<shoal_lattice::streams::ConsumerState>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+/// The triggers of the apps in `namespace` (or every namespace one may view), each
+/// JetStream one with its consumer's state (one describe per app that has any).
+async fn triggers(
+    api: &shoal_lattice::api::Client,
+    namespace: Option<String>,
+) -> anyhow::Result<Vec<TriggerRow>> {
+    let apps: Vec<AppView> = api.call(GetApps { namespace }).await?;
+    let mut rows = Vec::new();
+    for view in apps
+        .iter()
+        .filter(|view| !view.app.spec.triggers.is_empty())
+    {
+        let app = &view.app;
+        let mut states = if app
+            .spec
+            .triggers
+            .iter()
+            .any(|trigger| trigger.stream.is_some())
+        {
+            let detail: shoal_lattice::api::AppDetail = api
+                .call(shoal_lattice::api::DescribeApp {
+                    namespace: app.namespace.clone(),
+                    name: app.name.clone(),
+                })
+                .await?;
+            detail.triggers.into_iter()
+        } else {
+            Vec::new().into_iter()
+        };
+        for trigger in &app.spec.triggers {
+            let view = trigger.stream.is_some().then(|| states.next()).flatten();
+            let (state, error) = view.map_or((None, None), |view| (view.state, view.error));
+            rows.push(TriggerRow {
+                namespace: app.namespace.clone(),
+                app: app.name.clone(),
+                trigger: trigger.clone(),
+                state,
+                error,
+            });
+        }
+    }
+    Ok(rows)
 }

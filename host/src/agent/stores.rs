@@ -125,6 +125,36 @@ impl AppStores {
     }
 }
 
+impl AppStores {
+    /// Waits until nats-server has every message the replica's guests published so far:
+    /// a triggering message is acknowledged only after what its handler sent is out (a
+    /// host killed between the two would otherwise lose what the handler sent, though the
+    /// message counted as handled).
+    ///
+    /// # Errors
+    /// When the connection is gone.
+    pub(crate) async fn flush(&self) -> Result<(), String> {
+        let lattice = match self.access() {
+            Access::Host => self.uplink.lattice().cloned(),
+            Access::Credential(_) => self
+                .opened
+                .lock()
+                .await
+                .connection
+                .as_ref()
+                .map(|(_, lattice)| lattice.clone()),
+            Access::Refused(_) => None,
+        };
+        match lattice {
+            Some(lattice) => lattice
+                .flush()
+                .await
+                .map_err(|error| shoal_lattice::Chain(&error).to_string()),
+            None => Ok(()),
+        }
+    }
+}
+
 impl Stores for AppStores {
     fn open<'a>(
         &'a self,

@@ -351,6 +351,7 @@ impl<F: Fetch> Supervisor<F> {
                             Arc::clone(grants),
                             entry.assignment.template.triggers.clone(),
                             replica.to_owned(),
+                            Arc::clone(&self.metrics),
                         ))
                     }
                     _ => None,

@@ -24,6 +24,7 @@ use shoal_lattice::streams::{Outcome, Verdict};
 
 use super::stores::{Access, AppStores};
 use crate::http::HttpComponent;
+use crate::metrics::{Metrics, TriggerOutcome};
 
 /// How often a trigger looks whether the replica's credential was renewed.
 const CREDENTIAL_CHECK: Duration = Duration::from_secs(5);
@@ -38,6 +39,7 @@ pub(super) fn spawn(
     grants: Arc<AppStores>,
     triggers: Vec<Trigger>,
     replica: String,
+    metrics: Arc<Metrics>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         if !component.handles_messages() {
@@ -50,6 +52,7 @@ pub(super) fn spawn(
                 Arc::clone(&grants),
                 trigger,
                 replica.clone(),
+                Arc::clone(&metrics),
             )
         });
         futures_util::future::join_all(runs).await;
@@ -62,6 +65,7 @@ async fn run(
     grants: Arc<AppStores>,
     trigger: Trigger,
     replica: String,
+    metrics: Arc<Metrics>,
 ) {
     let in_flight = Arc::new(tokio::sync::Semaphore::new(component.concurrency()));
     let what = trigger
@@ -90,6 +94,8 @@ async fn run(
                     replica: &replica,
                     in_flight: &in_flight,
                     access: &access,
+                    metrics: &metrics,
+                    name: &what,
                 };
                 match &trigger.trigger.stream {
                     Some(_) => trigger.consume(&lattice, &mut told).await,
@@ -112,12 +118,22 @@ async fn run(
 /// One trigger on one connection.
 struct Running<'a> {
     component: &'a Arc<HttpComponent>,
-    grants: &'a AppStores,
+    grants: &'a Arc<AppStores>,
     trigger: &'a Trigger,
     replica: &'a str,
     in_flight: &'a Arc<tokio::sync::Semaphore>,
     /// The credential the connection presents: the trigger starts again when it changes.
     access: &'a Access,
+    metrics: &'a Arc<Metrics>,
+    /// The trigger as metrics name it: `subject …` or `stream …`.
+    name: &'a str,
+}
+
+impl Running<'_> {
+    /// `namespace/app`, as metrics name it.
+    fn app(&self) -> String {
+        format!("{}/{}", self.grants.namespace, self.grants.app)
+    }
 }
 
 impl Running<'_> {
@@ -149,6 +165,8 @@ impl Running<'_> {
                     let Some(message) = message else { return Ok(()) };
                     let component = Arc::clone(self.component);
                     let (replica, topic) = (self.replica.to_owned(), message.subject.clone());
+                    let (metrics, app, name) =
+                        (Arc::clone(self.metrics), self.app(), self.name.to_owned());
                     tokio::spawn(async move {
                         let _slot = slot;
                         let message = crate::messaging::Message::incoming(
@@ -156,9 +174,14 @@ impl Running<'_> {
                             message.headers,
                             message.payload.to_vec(),
                         );
-                        if let Err(why) = component.handle_message(message).await {
-                            tracing::warn!(%replica, %topic, %why, "a triggering message was not handled");
-                        }
+                        let outcome = match component.handle_message(message).await {
+                            Ok(()) => TriggerOutcome::Handled,
+                            Err(why) => {
+                                tracing::warn!(%replica, %topic, %why, "a triggering message was not handled");
+                                TriggerOutcome::Failed
+                            }
+                        };
+                        metrics.record_message(&app, &name, outcome);
                     });
                 }
                 _ = check.tick() => {
@@ -208,6 +231,9 @@ impl Running<'_> {
                         namespace: namespace.clone(),
                         app: app.clone(),
                         replica: self.replica.to_owned(),
+                        metrics: Arc::clone(self.metrics),
+                        name: self.name.to_owned(),
+                        grants: Arc::clone(self.grants),
                     };
                     let component = Arc::clone(self.component);
                     tokio::spawn(async move {
@@ -235,9 +261,19 @@ struct Delivery {
     namespace: String,
     app: String,
     replica: String,
+    metrics: Arc<Metrics>,
+    /// The trigger as metrics name it.
+    name: String,
+    /// What the replica's guests publish through (flushed before an acknowledgement).
+    grants: Arc<AppStores>,
 }
 
 impl Delivery {
+    fn count(&self, outcome: TriggerOutcome) {
+        let app = format!("{}/{}", self.namespace, self.app);
+        self.metrics.record_message(&app, &self.name, outcome);
+    }
+
     /// Hands the message to the component (unless it is not to be handled) and tells
     /// JetStream the outcome: acknowledged, delivered again later, or dead-lettered.
     async fn handle(self, component: &HttpComponent, message: async_nats::jetstream::Message) {
@@ -279,6 +315,18 @@ impl Delivery {
                         }
                     }
                 };
+                // What the handler sent is out before the message counts as handled.
+                let result = match result {
+                    Ok(()) => self.grants.flush().await.map_err(|why| {
+                        format!("what the handler published may not have been sent: {why}")
+                    }),
+                    failed => failed,
+                };
+                self.count(if result.is_ok() {
+                    TriggerOutcome::Handled
+                } else {
+                    TriggerOutcome::Failed
+                });
                 match Outcome::of(&self.trigger, delivered, result.is_ok()) {
                     Outcome::Ack => {
                         if let Err(error) = message.double_ack().await {
@@ -320,6 +368,7 @@ impl Delivery {
         let stream = self.trigger.stream.as_deref().unwrap_or_default();
         let Some(dead_letter) = &self.trigger.dead_letter else {
             tracing::warn!(replica = %self.replica, topic = %self.subject, %stream, sequence, delivered, %cause, "a triggering message failed its last delivery and is dropped (the trigger names no deadLetter)");
+            self.count(TriggerOutcome::Dropped);
             return true;
         };
         let mut headers: Vec<(String, String)> =
@@ -351,6 +400,7 @@ impl Delivery {
         {
             Ok(()) => {
                 tracing::warn!(replica = %self.replica, topic = %self.subject, %dead_letter, delivered, %cause, "a triggering message failed its last delivery: sent to the dead-letter subject");
+                self.count(TriggerOutcome::DeadLettered);
                 true
             }
             Err(error) => {

@@ -290,8 +290,12 @@ pub struct TriggerView {
     pub stream: String,
     /// The consumer.
     pub consumer: String,
-    /// Its consumer's state, or why it could not be read.
-    pub state: Result<crate::streams::ConsumerState, String>,
+    /// Its consumer's state, when it could be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<crate::streams::ConsumerState>,
+    /// Why it could not be.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// What storing a config object did.

@@ -206,15 +206,15 @@ impl Handle for DescribeApp {
             let Some(stream) = &trigger.stream else {
                 continue;
             };
-            let state = cx
-                .lattice
-                .trigger_state(&namespace, &name, trigger)
-                .await
-                .map_err(|error| shoal_lattice::Chain(&error).to_string());
+            let state = cx.lattice.trigger_state(&namespace, &name, trigger).await;
             triggers.push(TriggerView {
                 stream: stream.clone(),
                 consumer: trigger.consumer().to_owned(),
-                state,
+                error: state
+                    .as_ref()
+                    .err()
+                    .map(|error| shoal_lattice::Chain(error).to_string()),
+                state: state.ok(),
             });
         }
         Ok(AppDetail {
