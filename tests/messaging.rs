@@ -422,6 +422,28 @@ fn a_jetstream_trigger_handles_every_message_at_least_once_though_a_host_is_kill
         !after.iter().any(|subject| subject.ends_with(".injected")),
         "{after:?}"
     );
+    // A stream acknowledges nothing it stores: its import keeps a publish's reply subject,
+    // and an acknowledgement sent there, in the state account, would write the lease or
+    // an app record.
+    let state = |bucket: &str| format!("shoal-{}-v1-{bucket}", lattice.name);
+    let scheduler = support::raw::Raw::connect(
+        &lattice.nats.url(),
+        &lattice.auth_dir().join("s1.creds"),
+        "_INBOX.scheduler.s1",
+    );
+    // (Aimed at keys nobody else writes: the lease is rewritten as the scheduler renews it.)
+    for reply in [
+        format!("$KV.{}.default.evil", state("apps")),
+        format!("$KV.{}.h7", state("hosts")),
+    ] {
+        admin.publish_with_reply(&messages("orders.acked"), &reply, "x");
+    }
+    admin.publish(&messages("orders.marker2"));
+    admin
+        .runtime
+        .block_on(async { while !alerts.next().await.unwrap().subject.ends_with(".marker2") {} });
+    assert_eq!(scheduler.kv_get(&state("apps"), "default.evil"), None);
+    assert_eq!(scheduler.kv_get(&state("hosts"), "h7"), None);
 }
 
 #[test]
@@ -512,4 +534,40 @@ fn a_backlog_wakes_an_app_at_zero_and_scales_it_up() {
         .and_then(|count| count.parse().ok())
         .unwrap_or_else(|| panic!("{metrics}"));
     assert!(handled >= ORDERS as u64, "{metrics}");
+}
+
+#[test]
+fn a_component_that_exports_only_a_message_handler_is_an_app_of_its_triggers() {
+    let lattice = Lattice::start();
+    let _scheduler = lattice.scheduler("s1");
+    let host = lattice.host("h1", &[]);
+    let component = lattice.push_guest("messaging-handler", "1.0");
+    // shoal inspect names its world: wasi:messaging's, no HTTP.
+    let inspected = lattice.ok(&["inspect", &component]);
+    assert!(
+        inspected.contains("wasi:messaging/messaging-core@0.2.0-draft"),
+        "{inspected}"
+    );
+    lattice.apply(&format!(
+        "apiVersion: shoal.dev/v1\nkind: App\nmetadata: {{name: worker}}\nspec:\n  component: {component}\n  publish: [done.>]\n  triggers: [{{subject: \"jobs.*\"}}]\n"
+    ));
+    lattice.wait_ready("worker", 1, PATIENCE);
+    host.wait_log(PATIENCE, "subscribed to the trigger's messages");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let client = runtime
+        .block_on(async_nats::connect(lattice.nats.url()))
+        .unwrap();
+    let messages = |subject: &str| format!("shoal.{}.v1.msg.default.{subject}", lattice.name);
+    let answer = runtime.block_on(async {
+        let mut done = client.subscribe(messages("done.>")).await.unwrap();
+        client.flush().await.unwrap();
+        client
+            .publish(messages("jobs.first"), "42".into())
+            .await
+            .unwrap();
+        tokio::time::timeout(PATIENCE, done.next()).await
+    });
+    let answer = answer.expect("an answer").unwrap();
+    assert_eq!(answer.subject.as_str(), messages("done.first"));
+    assert_eq!(&answer.payload[..], b"handled 42");
 }

@@ -24,16 +24,22 @@ pub enum HandlerPre {
     P2(ProxyPre<GuestState>),
     /// Exports `wasi:http/handler@0.3`.
     P3(ServicePre<GuestState>),
+    /// Exports no HTTP handler, only a message handler (`wasi:messaging` or
+    /// `wasmcloud:messaging`): an app of its triggers alone, which answers no request.
+    Messages(InstancePre<GuestState>),
 }
 
 impl HandlerPre {
     /// The handler `pre` exports, when it exports one (0.3 first: a component exporting
-    /// both is served as the newer).
+    /// both is served as the newer; a message handler when it exports no HTTP one).
     pub fn new(pre: InstancePre<GuestState>) -> Option<Self> {
         if let Ok(service) = ServicePre::new(pre.clone()) {
             return Some(Self::P3(service));
         }
-        ProxyPre::new(pre).ok().map(Self::P2)
+        if let Ok(proxy) = ProxyPre::new(pre.clone()) {
+            return Some(Self::P2(proxy));
+        }
+        crate::messaging::handles_messages(&pre).then_some(Self::Messages(pre))
     }
 }
 
@@ -43,6 +49,7 @@ impl HandlerPre {
         match self {
             Self::P2(proxy) => proxy.instance_pre(),
             Self::P3(service) => service.instance_pre(),
+            Self::Messages(pre) => pre,
         }
     }
 }
@@ -139,6 +146,9 @@ impl Call {
                     sender,
                 })
             }
+            HandlerPre::Messages(_) => Err(wasmtime::format_err!(
+                "the component exports no wasi:http handler: it handles messages only"
+            )),
         }
     }
 

@@ -186,6 +186,11 @@ pub mod handler {
     });
 }
 
+/// Whether the component `pre` links exports a message handler Shoal can hand messages to.
+pub fn handles_messages<T: 'static>(pre: &wasmtime::component::InstancePre<T>) -> bool {
+    handler::HandlerPre::new(pre.clone()).is_ok()
+}
+
 use bindings::wasi::messaging::{producer, types};
 use types::Error;
 

@@ -84,6 +84,12 @@ impl HandlerState for Replica {
                     .map_err(|_| wasmtime::format_err!("instantiation ran past the timeout"))??,
             ),
             HandlerPre::P2(pre) => Proxy::P2(pre.instantiate_async(&mut store).await?),
+            // Only WASI 0.3 HTTP handlers share instances.
+            HandlerPre::Messages(_) => {
+                return Err(wasmtime::format_err!(
+                    "the component exports no wasi:http handler"
+                ));
+            }
         };
         let total = if self.limits.instance_reuse > 1 {
             self.limits.instance_reuse as usize

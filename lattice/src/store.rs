@@ -219,22 +219,34 @@ pub fn header_pairs(headers: Option<&async_nats::HeaderMap>) -> Vec<(String, Str
 /// a client named that subject as the reply subject of its request (nats-server checks no
 /// reply subject against any permission): a message fetched by direct get (JetStream's
 /// `Nats-Stream` and `Nats-Sequence` headers), one a consumer delivered (a `$JS.ACK` reply
-/// subject), a consumer's status (a `Status` header) or an API answer. No client published
+/// subject), a consumer's status, a publish's acknowledgement (`{"stream":…,"seq":…}`), an
+/// API answer of JetStream's or the control plane's. No client published
 /// it, so no trigger takes it: through one, a client could send another namespace's app
 /// the bytes of anything it may read.
 pub(crate) fn is_jetstream_answer(
     reply: Option<&str>,
+    status: bool,
     headers: &[(String, String)],
     payload: &[u8],
 ) -> bool {
-    reply.is_some_and(|reply| reply.starts_with("$JS."))
+    let publish_ack = payload.len() < 512
+        && payload.starts_with(br#"{"stream":""#)
+        && payload.windows(6).any(|window| window == br#""seq":"#);
+    status
+        || reply.is_some_and(|reply| reply.starts_with("$JS."))
         || headers.iter().any(|(name, _)| {
-            ["Nats-Stream", "Nats-Sequence", "Status"]
+            ["Nats-Stream", "Nats-Sequence", "Status", ANSWER_HEADER]
                 .iter()
                 .any(|mark| name.eq_ignore_ascii_case(mark))
         })
         || payload.starts_with(br#"{"type":"io.nats.jetstream.api.v1."#)
+        || publish_ack
 }
+
+/// The header the control plane marks its answers with (they too may be aimed at a
+/// message subject through a chosen reply subject): no trigger takes a message that
+/// carries it.
+pub const ANSWER_HEADER: &str = "Shoal-Answer";
 
 /// A record with the KV revision it was read at.
 #[derive(Debug, Clone, PartialEq)]
@@ -548,6 +560,7 @@ impl Lattice {
                 let published = subject.is_some()
                     && !is_jetstream_answer(
                         message.reply.as_deref(),
+                        message.status.is_some(),
                         &headers,
                         &message.payload,
                     );

@@ -72,6 +72,11 @@ pub fn stream_config(
         allow_rollup: false,
         deny_delete: true,
         deny_purge: true,
+        // No acknowledgement of what it stores: the import from the clients' account keeps
+        // a publish's reply subject, and the stream would send its ack there, in the state
+        // account, where a publisher could name a bucket's key (measured on nats-server
+        // 2.15: a publish with reply `$KV.<bucket>.<key>` wrote the ack as that key).
+        no_ack: true,
         ..Default::default()
     }
 }
@@ -237,6 +242,7 @@ impl Lattice {
                     let mut wanted = info.config.clone();
                     wanted.max_bytes = config.max_bytes;
                     wanted.subjects = config.subjects.clone();
+                    wanted.no_ack = true;
                     if wanted != info.config {
                         context
                             .update_stream(wanted)
@@ -307,19 +313,16 @@ impl Lattice {
         Ok(())
     }
 
-    /// The messages of app `namespace/app`'s JetStream trigger `trigger`, read at most
-    /// `batch` at a time (a replica's concurrency: no more wait at the host than it
-    /// handles at once, so ackWait runs while they are handled, not queued).
+    /// The durable consumer of app `namespace/app`'s JetStream trigger `trigger`.
     ///
     /// # Errors
     /// When the consumer does not exist (yet) or the lattice does not answer.
-    pub async fn trigger_messages(
+    pub async fn trigger_consumer(
         &self,
         namespace: &str,
         app: &str,
         trigger: &Trigger,
-        batch: usize,
-    ) -> Result<consumer::pull::Stream, Error> {
+    ) -> Result<consumer::PullConsumer, Error> {
         let (stream, durable) =
             trigger_consumer(self.name(), namespace, app, trigger).ok_or_else(|| {
                 Error::Bucket {
@@ -327,23 +330,13 @@ impl Lattice {
                     source: "a core NATS trigger has no consumer".into(),
                 }
             })?;
-        let failed = |source: Cause| Error::Bucket {
-            bucket: stream.clone(),
-            source,
-        };
-        let consumer: consumer::PullConsumer = self
-            .jetstream()
+        self.jetstream()
             .get_consumer_from_stream(&durable, &stream)
             .await
-            .map_err(|error| failed(error.into()))?;
-        consumer
-            .stream()
-            .max_messages_per_batch(batch.max(1))
-            .heartbeat(Duration::from_secs(5))
-            .expires(Duration::from_secs(30))
-            .messages()
-            .await
-            .map_err(|error| failed(error.into()))
+            .map_err(|error| Error::Bucket {
+                bucket: stream.clone(),
+                source: error.into(),
+            })
     }
 
     /// The backlog of app `namespace/app`'s JetStream triggers: messages not yet delivered
@@ -363,17 +356,15 @@ impl Lattice {
             .iter()
             .filter_map(|trigger| trigger_consumer(self.name(), namespace, app, trigger))
         {
-            let mut consumer: consumer::PullConsumer = context
+            // Getting the consumer reads its info: one request a trigger.
+            let consumer: consumer::PullConsumer = context
                 .get_consumer_from_stream(&durable, &stream)
                 .await
                 .map_err(|error| Error::Bucket {
                     bucket: stream.clone(),
                     source: error.into(),
                 })?;
-            let info = consumer.info().await.map_err(|error| Error::Bucket {
-                bucket: stream.clone(),
-                source: error.into(),
-            })?;
+            let info = consumer.cached_info();
             backlog = backlog
                 .saturating_add(info.num_pending)
                 .saturating_add(u64::try_from(info.num_ack_pending).unwrap_or(0));
@@ -513,22 +504,22 @@ mod tests {
     fn jetstream_s_answers_on_a_message_subject_are_told_from_publishes() {
         use crate::store::is_jetstream_answer;
         let header = |name: &str| vec![(name.to_owned(), "x".to_owned())];
-        assert!(!is_jetstream_answer(None, &header("sent-by"), b"21"));
-        assert!(!is_jetstream_answer(Some("_INBOX.x"), &[], b"{}"));
-        // A direct get's answer, a consumer's delivery, a status, an API answer.
-        assert!(is_jetstream_answer(None, &header("Nats-Stream"), b"x"));
-        assert!(is_jetstream_answer(None, &header("nats-sequence"), b"x"));
-        assert!(is_jetstream_answer(
-            Some("$JS.ACK.s.c.1.1.1.1.0"),
-            &[],
-            b"x"
-        ));
-        assert!(is_jetstream_answer(None, &header("Status"), b""));
-        assert!(is_jetstream_answer(
-            None,
-            &[],
-            br#"{"type":"io.nats.jetstream.api.v1.stream_info_response"}"#
-        ));
+        let answer = |reply, status, headers: &[(String, String)], payload: &[u8]| {
+            is_jetstream_answer(reply, status, headers, payload)
+        };
+        assert!(!answer(None, false, &header("sent-by"), b"21"));
+        assert!(!answer(Some("_INBOX.x"), false, &[], b"{}"));
+        assert!(!answer(None, false, &[], br#"{"stream":"video"}"#));
+        // A direct get's answer, a consumer's delivery, a status, API answers, an ack.
+        assert!(answer(None, false, &header("Nats-Stream"), b"x"));
+        assert!(answer(None, false, &header("nats-sequence"), b"x"));
+        assert!(answer(Some("$JS.ACK.s.c.1.1.1.1.0"), false, &[], b"x"));
+        assert!(answer(None, true, &[], b""));
+        assert!(answer(None, false, &header("Shoal-Answer"), b"{}"));
+        let info = br#"{"type":"io.nats.jetstream.api.v1.stream_info_response"}"#;
+        assert!(answer(None, false, &[], info));
+        let ack = br#"{"stream":"KV_shoal-dev-v1-hosts","seq":42}"#;
+        assert!(answer(None, false, &[], ack));
     }
 
     #[test]

@@ -207,10 +207,10 @@ impl Problems {
             }
             return;
         };
-        if !names::is_message_subject(stream, false) || stream.contains('.') {
+        if !names::is_message_subject(stream, false) || stream.contains('.') || stream.len() > 64 {
             self.add(
                 format!("{path}.stream"),
-                "must be a stream name: one token of letters, digits, - and _",
+                "must be a stream name: one token of 1 to 64 letters, digits, - and _",
             );
         } else if let Some(subject) = &trigger.subject {
             self.message_subject(format!("{path}.subject"), subject);
@@ -252,13 +252,19 @@ impl Problems {
         {
             self.add(format!("{path}.backoff"), "pauses must be at most 1h");
         }
-        if let Some(dead_letter) = &trigger.dead_letter
-            && !names::is_message_subject(dead_letter, false)
-        {
-            self.add(
-                format!("{path}.deadLetter"),
-                "must be a message subject without wildcards: 1 to 16 dot-separated tokens of letters, digits, - and _",
-            );
+        if let Some(dead_letter) = &trigger.dead_letter {
+            if !names::is_message_subject(dead_letter, false) {
+                self.add(
+                    format!("{path}.deadLetter"),
+                    "must be a message subject without wildcards: 1 to 16 dot-separated tokens of letters, digits, - and _",
+                );
+            } else if dead_letter == stream || trigger.subject.as_ref() == Some(dead_letter) {
+                // The trigger skips its own dead letters: every message it takes would be.
+                self.add(
+                    format!("{path}.deadLetter"),
+                    "must not be the subject the trigger takes: its messages would all be skipped as dead letters (use a subject of its own, say <stream>.dead)",
+                );
+            }
         }
         if !(MIN_KV_BYTES..=MAX_KV_BYTES).contains(&trigger.max_bytes()) {
             self.add(format!("{path}.maxBytes"), "must be between 64Ki and 64Gi");
@@ -1371,7 +1377,7 @@ mod tests {
         );
         assert_eq!(
             problems(
-                r#""triggers":[{"stream":"a.b"},{"stream":"orders","subject":"other.x"},{"subject":"s","maxDeliver":2},{},{"stream":"o","maxDeliver":0,"ackWait":"0s","deadLetter":"d.*","consumer":"Bad_"},{"stream":"o","consumer":"Bad_"}]"#
+                r#""triggers":[{"stream":"a.b"},{"stream":"orders","subject":"other.x"},{"subject":"s","maxDeliver":2},{},{"stream":"o","maxDeliver":0,"ackWait":"0s","deadLetter":"d.*","consumer":"Bad_"},{"stream":"o","consumer":"Bad_"},{"stream":"o","consumer":"d","deadLetter":"o"}]"#
             ),
             [
                 "spec.triggers[0].stream",
@@ -1384,6 +1390,7 @@ mod tests {
                 "spec.triggers[4].deadLetter",
                 "spec.triggers[5].consumer",
                 "spec.triggers[5].consumer",
+                "spec.triggers[6].deadLetter",
             ]
         );
     }

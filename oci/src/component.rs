@@ -172,13 +172,20 @@ fn infer_target(exports: &[String]) -> Option<String> {
         ("wasi:http/handler@", "wasi:http/service@"),
         ("wasi:cli/run@", "wasi:cli/command@"),
     ];
-    exports.iter().find_map(|export| {
-        WORLDS.iter().find_map(|(interface, world)| {
-            export
-                .strip_prefix(interface)
-                .map(|version| format!("{world}{version}"))
-        })
-    })
+    // A message handler that serves no HTTP: upstream's `messaging-core` world.
+    const MESSAGES: (&str, &str) = (
+        "wasi:messaging/incoming-handler@",
+        "wasi:messaging/messaging-core@",
+    );
+    let world = |export: &String, (interface, world): &(&str, &str)| {
+        export
+            .strip_prefix(interface)
+            .map(|version| format!("{world}{version}"))
+    };
+    exports
+        .iter()
+        .find_map(|export| WORLDS.iter().find_map(|known| world(export, known)))
+        .or_else(|| exports.iter().find_map(|export| world(export, &MESSAGES)))
 }
 
 #[cfg(test)]
@@ -220,6 +227,20 @@ mod tests {
 
     #[test]
     fn infers_worlds_from_exports() {
+        // A message handler alone; with an HTTP handler, an HTTP app.
+        let messages = ["wasi:messaging/incoming-handler@0.2.0-draft".to_owned()];
+        assert_eq!(
+            infer_target(&messages).as_deref(),
+            Some("wasi:messaging/messaging-core@0.2.0-draft")
+        );
+        let both = [
+            messages[0].clone(),
+            "wasi:http/incoming-handler@0.2.4".to_owned(),
+        ];
+        assert_eq!(
+            infer_target(&both).as_deref(),
+            Some("wasi:http/proxy@0.2.4")
+        );
         let http = ["wasi:http/incoming-handler@0.2.4".to_owned()];
         assert_eq!(
             infer_target(&http).as_deref(),

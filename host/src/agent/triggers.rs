@@ -33,6 +33,13 @@ const CREDENTIAL_CHECK: Duration = Duration::from_secs(5);
 /// had, or ended.
 const RETRY: Duration = Duration::from_secs(1);
 
+/// Room kept in a dead letter for its headers (the message's own and the cause's).
+const DEAD_LETTER_HEADROOM: usize = 16 << 10;
+
+/// How long one fetch of a JetStream trigger's messages waits for them (and so how soon a
+/// renewed credential is taken up).
+const FETCH_WAIT: Duration = Duration::from_secs(5);
+
 /// Runs the triggers of a replica of `namespace/app` until aborted.
 pub(super) fn spawn(
     component: Arc<HttpComponent>,
@@ -194,58 +201,62 @@ impl Running<'_> {
     }
 
     /// A JetStream trigger: the app's durable consumer, until the connection ends or the
-    /// credential changes.
+    /// credential changes. Each fetch asks for as many messages as the replica has free
+    /// slots, so a delivered message waits for no handler (its ackWait runs while it is
+    /// handled, and JetStream hears of its progress then).
     async fn consume(&self, lattice: &Lattice, told: &mut bool) -> Result<(), String> {
         let (namespace, app) = (&self.grants.namespace, &self.grants.app);
-        let mut messages = lattice
-            .trigger_messages(namespace, app, self.trigger, self.component.concurrency())
+        let consumer = lattice
+            .trigger_consumer(namespace, app, self.trigger)
             .await
             .map_err(|error| shoal_lattice::Chain(&error).to_string())?;
         let stream = self.trigger.stream.as_deref().unwrap_or_default();
         tracing::info!(replica = %self.replica, %stream, consumer = %self.trigger.consumer(), "reading the trigger's stream");
         *told = false;
         let prefix = shoal_lattice::names::message_subject(lattice.name(), namespace, "");
-        let mut check = tokio::time::interval(CREDENTIAL_CHECK);
-        check.tick().await;
         loop {
-            let Ok(slot) = Arc::clone(self.in_flight).acquire_owned().await else {
+            if self.renewed() {
+                return Ok(());
+            }
+            let Ok(first) = Arc::clone(self.in_flight).acquire_owned().await else {
                 return Ok(());
             };
-            tokio::select! {
-                message = messages.next() => {
-                    let message = match message {
-                        Some(Ok(message)) => message,
-                        // A missed heartbeat or a consumer gone: start again.
-                        Some(Err(error)) => return Err(error.to_string()),
-                        None => return Ok(()),
-                    };
-                    let Some(subject) = message.subject.strip_prefix(prefix.as_str()) else {
-                        // Not a message of the namespace: nothing a stream of it keeps.
-                        let _ = message.ack_with(AckKind::Term).await;
-                        continue;
-                    };
-                    let delivery = Delivery {
-                        subject: subject.to_owned(),
-                        lattice: lattice.clone(),
-                        trigger: self.trigger.clone(),
-                        namespace: namespace.clone(),
-                        app: app.clone(),
-                        replica: self.replica.to_owned(),
-                        metrics: Arc::clone(self.metrics),
-                        name: self.name.to_owned(),
-                        grants: Arc::clone(self.grants),
-                    };
-                    let component = Arc::clone(self.component);
-                    tokio::spawn(async move {
-                        let _slot = slot;
-                        delivery.handle(&component, message).await;
-                    });
-                }
-                _ = check.tick() => {
-                    if self.renewed() {
-                        return Ok(());
-                    }
-                }
+            let mut slots = vec![first];
+            while let Ok(slot) = Arc::clone(self.in_flight).try_acquire_owned() {
+                slots.push(slot);
+            }
+            let mut batch = consumer
+                .fetch()
+                .max_messages(slots.len())
+                .expires(FETCH_WAIT)
+                .messages()
+                .await
+                .map_err(|error| error.to_string())?;
+            while let Some(message) = batch.next().await {
+                // A consumer gone or the connection lost: start again.
+                let message = message.map_err(|error| error.to_string())?;
+                let Some(slot) = slots.pop() else { break };
+                let Some(subject) = message.subject.strip_prefix(prefix.as_str()) else {
+                    // Not a message of the namespace: nothing a stream of it keeps.
+                    let _ = message.ack_with(AckKind::Term).await;
+                    continue;
+                };
+                let delivery = Delivery {
+                    subject: subject.to_owned(),
+                    lattice: lattice.clone(),
+                    trigger: self.trigger.clone(),
+                    namespace: namespace.clone(),
+                    app: app.clone(),
+                    replica: self.replica.to_owned(),
+                    metrics: Arc::clone(self.metrics),
+                    name: self.name.to_owned(),
+                    grants: Arc::clone(self.grants),
+                };
+                let component = Arc::clone(self.component);
+                tokio::spawn(async move {
+                    let _slot = slot;
+                    delivery.handle(&component, message).await;
+                });
             }
         }
     }
@@ -388,14 +399,19 @@ impl Delivery {
             delivered,
             cause,
         ));
+        // A payload that leaves no room for the headers within NATS's default maximum is not
+        // carried (the letter says how big it was): a letter nats-server refuses is lost.
+        let mut payload = message.payload.clone();
+        if payload.len() > crate::messaging::MAX_MESSAGE_BYTES - DEAD_LETTER_HEADROOM {
+            headers.push((
+                "Shoal-Payload-Dropped".to_owned(),
+                payload.len().to_string(),
+            ));
+            payload = bytes::Bytes::new();
+        }
         match self
             .lattice
-            .publish_message(
-                &self.namespace,
-                dead_letter,
-                &headers,
-                message.payload.clone(),
-            )
+            .publish_message(&self.namespace, dead_letter, &headers, payload)
             .await
         {
             Ok(()) => {

@@ -72,7 +72,15 @@ pub async fn serve(
         tokio::spawn(async move {
             let _slot = slot;
             let answer = answer(&lattice, &message.subject, &message.payload).await;
-            if let Err(error) = lattice.client().publish(reply, answer.into()).await {
+            // Marked as an answer: aimed (through an import's reply) at a message subject,
+            // no trigger takes it for a message.
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(shoal_lattice::store::ANSWER_HEADER, "api");
+            if let Err(error) = lattice
+                .client()
+                .publish_with_headers(reply, headers, answer.into())
+                .await
+            {
                 tracing::debug!(%error, "cannot answer an API request");
             }
         });

@@ -32,6 +32,9 @@ pub(super) async fn step(
 /// How often an app's backlog is read.
 const BACKLOG_EVERY: Duration = Duration::from_secs(1);
 
+/// How long a backlog read counts when no newer one could be made.
+const BACKLOG_STALE: Duration = Duration::from_secs(30);
+
 /// Reads, at most once a [`BACKLOG_EVERY`], the backlog of each app that scales on it
 /// (`autoscale.targetPending`). One that cannot be read keeps its last value.
 async fn read_backlogs(
@@ -115,7 +118,11 @@ pub(super) fn plan_autoscale(
             .unwrap_or(0);
         let autoscaling = state.autoscaling.entry(key.clone()).or_default();
         // The backlog counts as load too: the replicas it calls for, when more.
-        let (milli, waiting) = match (spec.target_pending, autoscaling.backlog) {
+        // A backlog not read for a while (its consumer gone, the lattice slow) counts no more.
+        let fresh = autoscaling
+            .backlog
+            .filter(|(at, _)| now.duration_since(*at) <= BACKLOG_STALE);
+        let (milli, waiting) = match (spec.target_pending, fresh) {
             (Some(target), Some((_, backlog))) => (
                 milli.max(backlog_load(backlog, target, spec.target())),
                 format!("; {backlog} messages waiting, target {target} a replica"),
