@@ -571,3 +571,52 @@ fn a_component_that_exports_only_a_message_handler_is_an_app_of_its_triggers() {
     assert_eq!(answer.subject.as_str(), messages("done.first"));
     assert_eq!(&answer.payload[..], b"handled 42");
 }
+
+#[test]
+fn an_app_answers_requests_on_the_asker_s_inbox_only_and_asks_its_own() {
+    let lattice = Lattice::start_secure();
+    let _scheduler = lattice.secure_scheduler("60s");
+    let host = lattice.secure_host("h1");
+    let component = lattice.push_guest("messaging-publisher", "1.0");
+    lattice.apply(&format!(
+        "apiVersion: shoal.dev/v1\nkind: App\nmetadata: {{name: oracle}}\nspec:\n  component: {component}\n  routes: [{{path: /pub}}]\n  publish: [ask.>]\n  triggers: [{{subject: \"ask.*\"}}]\n"
+    ));
+    lattice.wait_ready("oracle", 1, PATIENCE);
+    host.wait_log(PATIENCE, "subscribed to the trigger's messages");
+    let messages = |subject: &str| format!("shoal.{}.v1.msg.default.{subject}", lattice.name);
+    // An editor of the namespace asks, as any NATS client would; the app answers.
+    let editor = lattice.mint(&["user", "ed", "--role", "editor", "-n", "default"], "ed");
+    let editor = support::raw::Raw::connect(&lattice.nats.url(), &editor, "_INBOX.user.ed");
+    let answer = editor.runtime.block_on(async {
+        tokio::time::timeout(
+            PATIENCE,
+            editor.client.request(messages("ask.question"), "42".into()),
+        )
+        .await
+    });
+    let answer = answer.expect("an answer in time").expect("an answer");
+    assert_eq!(&answer.payload[..], b"answer 42");
+    // The app asks too, through its route (request-reply's request), and is answered.
+    let (status, body) = host.get("/pub/request?topic=ask.self&data=hi").unwrap();
+    assert_eq!((status, body.as_str()), (200, "answer hi"));
+    // A subject it was not granted is refused in the guest.
+    let (status, body) = host.get("/pub/request?topic=other.x&data=hi").unwrap();
+    assert_eq!(status, 403, "{body}");
+    // A reply subject that is not an inbox is not answered: aimed at an app record, the
+    // answer would write it (through the clients' import of key writes); aimed at another
+    // message subject, it would be a message the app may not send.
+    let apps = format!("shoal-{}-v1-apps", lattice.name);
+    editor.publish_with_reply(
+        &messages("ask.evil"),
+        &shoal_lattice::auth::client_subject(&format!("$KV.{apps}.default.evil")),
+        "x",
+    );
+    editor.publish_with_reply(&messages("ask.loop"), &messages("elsewhere"), "x");
+    host.wait_log(PATIENCE, "is not an inbox");
+    let scheduler = support::raw::Raw::connect(
+        &lattice.nats.url(),
+        &lattice.auth_dir().join("s1.creds"),
+        "_INBOX.scheduler.s1",
+    );
+    assert_eq!(scheduler.kv_get(&apps, "default.evil"), None);
+}

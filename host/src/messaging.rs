@@ -1,9 +1,11 @@
 //! `wasi:messaging@0.2.0-draft` for guests: `types` and `producer`, so a component built
 //! with that WIT's bindings publishes messages, to the subjects its app grants
 //! (`spec.publish`, relative to the app's namespace) and no others: any other topic is
-//! `permission-denied`; and the `incoming-handler` export, which the messages of its app's
-//! triggers are handed to (`spec.triggers`, see `agent::triggers`). The WIT is upstream's,
-//! in `host/wit-messaging`.
+//! `permission-denied`; `request-reply`, requests on those subjects (their answers come to
+//! the replica's inbox) and answers to the messages that asked for one (on the asker's
+//! inbox, `_INBOX.…`, only); and the `incoming-handler` export, which the messages of its
+//! app's triggers are handed to (`spec.triggers`, see `agent::triggers`). The WIT is
+//! upstream's, in `host/wit-messaging`.
 //!
 //! A message's metadata and content type travel as NATS headers. Clients are handles on
 //! the replica's one connection: `connect` takes any name and opens nothing.
@@ -59,7 +61,18 @@ pub enum PublishError {
     PermissionDenied(String),
     /// The lattice cannot be reached, or refused it.
     Connection(String),
+    /// No answer came in time.
+    Timeout(String),
 }
+
+/// An answer a request gathered: its subject, headers and payload.
+pub type Answer = (String, Vec<(String, String)>, Vec<u8>);
+
+/// How long a request waits when its options name no timeout.
+pub const DEFAULT_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The most answers one request gathers.
+pub const MAX_REPLIES: u32 = 64;
 
 /// Where one replica's guests publish.
 pub trait Publisher: Send + Sync + 'static {
@@ -71,6 +84,49 @@ pub trait Publisher: Send + Sync + 'static {
         headers: Vec<(String, String)>,
         payload: Vec<u8>,
     ) -> Pin<Box<dyn Future<Output = Result<(), PublishError>> + Send + 'a>>;
+
+    /// Sends `payload` with `headers` on `topic` (relative to the app's namespace) as a
+    /// request, if the app grants the topic, and gathers up to `replies` answers within
+    /// `timeout`.
+    fn request<'a>(
+        &'a self,
+        topic: &'a str,
+        headers: Vec<(String, String)>,
+        payload: Vec<u8>,
+        timeout: std::time::Duration,
+        replies: usize,
+    ) -> Pin<Box<dyn Future<Output = Result<Vec<Answer>, PublishError>> + Send + 'a>>;
+}
+
+/// Where the answers to one incoming message go: the connection it arrived on.
+pub trait Replier: Send + Sync + 'static {
+    /// Publishes an answer on `subject`, the message's reply subject.
+    fn reply<'a>(
+        &'a self,
+        subject: &'a str,
+        headers: Vec<(String, String)>,
+        payload: Vec<u8>,
+    ) -> Pin<Box<dyn Future<Output = Result<(), PublishError>> + Send + 'a>>;
+}
+
+/// The reply subject of an incoming message and the connection to answer on.
+#[derive(Clone)]
+pub struct ReplyTo {
+    subject: String,
+    via: Arc<dyn Replier>,
+}
+
+impl std::fmt::Debug for ReplyTo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ReplyTo({})", self.subject)
+    }
+}
+
+/// A request's options, as a guest sets them.
+#[derive(Debug, Default)]
+pub struct RequestOptions {
+    timeout: Option<std::time::Duration>,
+    replies: Option<u32>,
 }
 
 /// A shared [`Publisher`] in a replica's options.
@@ -94,6 +150,8 @@ pub struct Message {
     data: Vec<u8>,
     content_type: Option<String>,
     metadata: Vec<(String, String)>,
+    /// Where its answers go, when its sender asked for them.
+    reply: Option<ReplyTo>,
 }
 
 impl Message {
@@ -114,7 +172,26 @@ impl Message {
             data,
             content_type,
             metadata,
+            reply: None,
         }
+    }
+
+    /// The same message, answered on `subject` through `via` (the connection it came on).
+    pub fn replying_to(self, subject: String, via: Arc<dyn Replier>) -> Self {
+        Self {
+            reply: Some(ReplyTo { subject, via }),
+            ..self
+        }
+    }
+
+    /// Checks what a guest built before it is sent: its size and metadata.
+    fn check(&self) -> Result<(), Error> {
+        if self.data.len() > MAX_MESSAGE_BYTES {
+            return Err(Error::Other(format!(
+                "a message carries at most {MAX_MESSAGE_BYTES} bytes"
+            )));
+        }
+        check_metadata(&self.headers()).map_err(Error::Other)
     }
 
     /// The NATS headers that carry its metadata and content type.
@@ -170,6 +247,7 @@ mod bindings {
         with: {
             "wasi:messaging/types.client": super::MessagingClient,
             "wasi:messaging/types.message": super::Message,
+            "wasi:messaging/request-reply.request-options": super::RequestOptions,
         },
     });
 }
@@ -191,7 +269,7 @@ pub fn handles_messages<T: 'static>(pre: &wasmtime::component::InstancePre<T>) -
     handler::HandlerPre::new(pre.clone()).is_ok()
 }
 
-use bindings::wasi::messaging::{producer, types};
+use bindings::wasi::messaging::{producer, request_reply, types};
 use types::Error;
 
 fn resource_error(error: wasmtime::component::ResourceTableError) -> Error {
@@ -324,13 +402,8 @@ impl producer::Host for MessagingView<'_> {
                 "{topic:?} is not a message subject (dot-separated tokens of letters, digits, - and _)"
             ))));
         }
-        if message.data.len() > MAX_MESSAGE_BYTES {
-            return Ok(Err(Error::Other(format!(
-                "a message carries at most {MAX_MESSAGE_BYTES} bytes"
-            ))));
-        }
-        if let Err(why) = check_metadata(&message.headers()) {
-            return Ok(Err(Error::Other(why)));
+        if let Err(error) = message.check() {
+            return Ok(Err(error));
         }
         let Some(publisher) = self.publisher else {
             return Ok(Err(Error::PermissionDenied(format!(
@@ -342,14 +415,117 @@ impl producer::Host for MessagingView<'_> {
             .0
             .publish(&topic, headers, message.data)
             .await
-            .map_err(|error| match error {
-                PublishError::PermissionDenied(why) => Error::PermissionDenied(why),
-                PublishError::Connection(why) => Error::Connection(why),
-            }))
+            .map_err(guest_error))
     }
 }
 
-/// Adds `wasi:messaging`'s `types` and `producer` to `linker`.
+/// A publish's error as a guest hears it.
+fn guest_error(error: PublishError) -> Error {
+    match error {
+        PublishError::PermissionDenied(why) => Error::PermissionDenied(why),
+        PublishError::Connection(why) => Error::Connection(why),
+        PublishError::Timeout(_) => Error::Timeout,
+    }
+}
+
+impl request_reply::HostRequestOptions for MessagingView<'_> {
+    async fn new(&mut self) -> wasmtime::Result<Resource<RequestOptions>> {
+        Ok(self.table.push(RequestOptions::default())?)
+    }
+
+    async fn set_timeout_ms(
+        &mut self,
+        options: Resource<RequestOptions>,
+        timeout_ms: u32,
+    ) -> wasmtime::Result<()> {
+        self.table.get_mut(&options)?.timeout =
+            Some(std::time::Duration::from_millis(u64::from(timeout_ms)));
+        Ok(())
+    }
+
+    async fn set_expected_replies(
+        &mut self,
+        options: Resource<RequestOptions>,
+        replies: u32,
+    ) -> wasmtime::Result<()> {
+        self.table.get_mut(&options)?.replies = Some(replies);
+        Ok(())
+    }
+
+    async fn drop(&mut self, options: Resource<RequestOptions>) -> wasmtime::Result<()> {
+        self.table.delete(options)?;
+        Ok(())
+    }
+}
+
+impl request_reply::Host for MessagingView<'_> {
+    async fn request(
+        &mut self,
+        _client: Resource<MessagingClient>,
+        topic: String,
+        message: Resource<Message>,
+        options: Option<Resource<RequestOptions>>,
+    ) -> wasmtime::Result<Result<Vec<Resource<Message>>, Error>> {
+        let options = match options {
+            Some(options) => self.table.delete(options)?,
+            None => RequestOptions::default(),
+        };
+        let message = self.table.get(&message)?;
+        if !shoal_lattice::names::is_message_subject(&topic, false) {
+            return Ok(Err(Error::Other(format!(
+                "{topic:?} is not a message subject (dot-separated tokens of letters, digits, - and _)"
+            ))));
+        }
+        if let Err(error) = message.check() {
+            return Ok(Err(error));
+        }
+        let Some(publisher) = self.publisher else {
+            return Ok(Err(Error::PermissionDenied(format!(
+                "the app may publish to no subject (spec.publish): not {topic}"
+            ))));
+        };
+        let (headers, data) = (message.headers(), message.data.clone());
+        let replies = options.replies.unwrap_or(1).clamp(1, MAX_REPLIES);
+        let timeout = options.timeout.unwrap_or(DEFAULT_REQUEST_TIMEOUT);
+        let answers = match publisher
+            .0
+            .request(&topic, headers, data, timeout, replies as usize)
+            .await
+        {
+            Ok(answers) => answers,
+            Err(error) => return Ok(Err(guest_error(error))),
+        };
+        let mut resources = Vec::with_capacity(answers.len());
+        for (subject, headers, data) in answers {
+            resources.push(self.table.push(Message::incoming(subject, headers, data))?);
+        }
+        Ok(Ok(resources))
+    }
+
+    async fn reply(
+        &mut self,
+        reply_to: Resource<Message>,
+        message: Resource<Message>,
+    ) -> wasmtime::Result<Result<(), Error>> {
+        let message = self.table.delete(message)?;
+        let Some(reply) = self.table.get(&reply_to)?.reply.clone() else {
+            return Ok(Err(Error::Other(
+                "the message asked for no answer (it has no reply subject)".to_owned(),
+            )));
+        };
+        if let Err(error) = message.check() {
+            return Ok(Err(error));
+        }
+        let headers = message.headers();
+        Ok(reply
+            .via
+            .reply(&reply.subject, headers, message.data)
+            .await
+            .map_err(guest_error))
+    }
+}
+
+/// Adds `wasi:messaging`'s `types`, `producer` and `request-reply` to `linker`.
 ///
 /// # Errors
 /// When the linker already has them.
@@ -357,7 +533,8 @@ pub fn add_to_linker<T: HasMessaging + Send + 'static>(
     linker: &mut Linker<T>,
 ) -> wasmtime::Result<()> {
     types::add_to_linker::<T, HasMessagingView>(linker, T::messaging)?;
-    producer::add_to_linker::<T, HasMessagingView>(linker, T::messaging)
+    producer::add_to_linker::<T, HasMessagingView>(linker, T::messaging)?;
+    request_reply::add_to_linker::<T, HasMessagingView>(linker, T::messaging)
 }
 
 #[cfg(test)]
@@ -396,6 +573,7 @@ mod tests {
             data: b"42".to_vec(),
             content_type: Some("text/plain".to_owned()),
             metadata: vec![("sent-by".to_owned(), "guest".to_owned())],
+            reply: None,
         };
         assert_eq!(
             message.headers(),

@@ -199,6 +199,23 @@ pub struct AppMessage {
     pub headers: Vec<(String, String)>,
     /// Its payload.
     pub payload: bytes::Bytes,
+    /// Where an answer goes, when its sender asked for one.
+    pub reply: Option<String>,
+}
+
+/// `headers` as NATS headers.
+fn header_map(headers: &[(String, String)]) -> Result<async_nats::HeaderMap, crate::Cause> {
+    let mut map = async_nats::HeaderMap::new();
+    for (name, value) in headers {
+        let header: async_nats::HeaderName = name
+            .parse()
+            .map_err(|_| format!("{name:?} is not a header name"))?;
+        let value: async_nats::HeaderValue = value
+            .parse()
+            .map_err(|_| format!("the value of {name} is not a header value"))?;
+        map.append(header, value);
+    }
+    Ok(map)
 }
 
 /// A message's headers as pairs, each value once.
@@ -213,6 +230,21 @@ pub fn header_pairs(headers: Option<&async_nats::HeaderMap>) -> Vec<(String, Str
             })
         })
         .collect()
+}
+
+/// Whether `reply` is a subject an app's answer may go to: an inbox, `_INBOX.` and tokens
+/// without wildcards.
+pub fn is_reply_inbox(reply: &str) -> bool {
+    reply.strip_prefix("_INBOX.").is_some_and(|rest| {
+        !rest.is_empty()
+            && reply.len() <= 256
+            && rest.split('.').all(|token| {
+                !token.is_empty()
+                    && token
+                        .bytes()
+                        .all(|byte| byte.is_ascii_graphic() && byte != b'*' && byte != b'>')
+            })
+    })
 }
 
 /// Whether a message on a message subject is an answer of JetStream's, sent there because
@@ -508,22 +540,102 @@ impl Lattice {
             bucket: "messages".to_owned(),
             source,
         };
-        let mut map = async_nats::HeaderMap::new();
-        for (name, value) in headers {
-            let name: async_nats::HeaderName = name
-                .parse()
-                .map_err(|_| failed(format!("{name:?} is not a header name").into()))?;
-            let value: async_nats::HeaderValue = value
-                .parse()
-                .map_err(|_| failed(format!("the value of {name} is not a header value").into()))?;
-            map.append(name, value);
-        }
+        let map = header_map(headers).map_err(failed)?;
         self.client
             .publish_with_headers(
                 names::message_subject(&self.name, namespace, subject),
                 map,
                 payload,
             )
+            .await
+            .map_err(|error| failed(error.into()))
+    }
+
+    /// Sends `payload` with `headers` on message subject `subject` of `namespace` as a
+    /// request and gathers up to `replies` answers within `timeout` (at least one, or
+    /// [`Error::Timeout`]-like `Err`), each with its subject as it arrived.
+    ///
+    /// # Errors
+    /// [`Error::Request`] when no one answers in time, or the connection is gone.
+    pub async fn request_message(
+        &self,
+        namespace: &str,
+        subject: &str,
+        headers: &[(String, String)],
+        payload: bytes::Bytes,
+        timeout: std::time::Duration,
+        replies: usize,
+    ) -> Result<Vec<AppMessage>, Error> {
+        use futures_util::StreamExt as _;
+        let failed = |source: crate::Cause| Error::Request {
+            bucket: "messages".to_owned(),
+            source,
+        };
+        let inbox = self.client.new_inbox();
+        let mut answers = self
+            .client
+            .subscribe(inbox.clone())
+            .await
+            .map_err(|error| failed(error.into()))?;
+        let map = header_map(headers).map_err(failed)?;
+        self.client
+            .publish_with_reply_and_headers(
+                names::message_subject(&self.name, namespace, subject),
+                inbox,
+                map,
+                payload,
+            )
+            .await
+            .map_err(|error| failed(error.into()))?;
+        let mut gathered = Vec::new();
+        let deadline = tokio::time::Instant::now() + timeout;
+        while gathered.len() < replies.max(1) {
+            match tokio::time::timeout_at(deadline, answers.next()).await {
+                Ok(Some(answer)) if answer.status.is_none() => gathered.push(AppMessage {
+                    subject: answer.subject.to_string(),
+                    headers: header_pairs(answer.headers.as_ref()),
+                    payload: answer.payload,
+                    reply: answer.reply.map(|reply| reply.to_string()),
+                }),
+                // "No responders": nobody subscribes to the subject.
+                Ok(Some(_)) => break,
+                Ok(None) | Err(_) => break,
+            }
+        }
+        if gathered.is_empty() {
+            return Err(failed(
+                format!("no answer on {subject} within {}ms", timeout.as_millis()).into(),
+            ));
+        }
+        Ok(gathered)
+    }
+
+    /// Publishes an answer on `reply`, the reply subject a message asked for: an inbox
+    /// (`_INBOX.…`) only, as NATS clients make them, for a credential may publish there and
+    /// nowhere else a sender could name.
+    ///
+    /// # Errors
+    /// [`Error::Request`] for another subject, a header NATS cannot carry, or a connection
+    /// that is gone.
+    pub async fn publish_reply(
+        &self,
+        reply: &str,
+        headers: &[(String, String)],
+        payload: bytes::Bytes,
+    ) -> Result<(), Error> {
+        let failed = |source: crate::Cause| Error::Request {
+            bucket: "messages".to_owned(),
+            source,
+        };
+        if !is_reply_inbox(reply) {
+            return Err(failed(
+                format!("{reply:?} is not an inbox: Shoal answers only on _INBOX.… subjects")
+                    .into(),
+            ));
+        }
+        let map = header_map(headers).map_err(failed)?;
+        self.client
+            .publish_with_headers(reply.to_owned(), map, payload)
             .await
             .map_err(|error| failed(error.into()))
     }
@@ -569,6 +681,7 @@ impl Lattice {
                         subject,
                         headers,
                         payload: message.payload,
+                        reply: message.reply.map(|reply| reply.to_string()),
                     }),
                     _ => {
                         tracing::debug!(subject = %message.subject, "dropped a message that JetStream answered to a chosen reply subject");

@@ -179,6 +179,28 @@ impl Stores for AppStores {
     }
 }
 
+impl AppStores {
+    /// The connection a guest's message on `topic` goes out on, if the app grants the topic.
+    async fn publishing_on(&self, topic: &str) -> Result<Lattice, PublishError> {
+        if !self
+            .publish
+            .iter()
+            .any(|pattern| shoal_lattice::names::subject_matches(pattern, topic))
+        {
+            return Err(PublishError::PermissionDenied(format!(
+                "{topic} is not among the subjects the app may publish to (spec.publish)"
+            )));
+        }
+        let mut opened = self.opened.lock().await;
+        self.connection(&mut opened)
+            .await
+            .map_err(|error| match error {
+                OpenError::AccessDenied => PublishError::PermissionDenied(topic.to_owned()),
+                OpenError::Other(why) => PublishError::Connection(why),
+            })
+    }
+}
+
 impl crate::messaging::Publisher for AppStores {
     fn publish<'a>(
         &'a self,
@@ -187,26 +209,61 @@ impl crate::messaging::Publisher for AppStores {
         payload: Vec<u8>,
     ) -> Pin<Box<dyn Future<Output = Result<(), PublishError>> + Send + 'a>> {
         Box::pin(async move {
-            if !self
-                .publish
-                .iter()
-                .any(|pattern| shoal_lattice::names::subject_matches(pattern, topic))
-            {
+            self.publishing_on(topic)
+                .await?
+                .publish_message(&self.namespace, topic, &headers, payload.into())
+                .await
+                .map_err(|error| PublishError::Connection(shoal_lattice::Chain(&error).to_string()))
+        })
+    }
+
+    fn request<'a>(
+        &'a self,
+        topic: &'a str,
+        headers: Vec<(String, String)>,
+        payload: Vec<u8>,
+        timeout: std::time::Duration,
+        replies: usize,
+    ) -> Pin<
+        Box<dyn Future<Output = Result<Vec<crate::messaging::Answer>, PublishError>> + Send + 'a>,
+    > {
+        Box::pin(async move {
+            let answers = self
+                .publishing_on(topic)
+                .await?
+                .request_message(
+                    &self.namespace,
+                    topic,
+                    &headers,
+                    payload.into(),
+                    timeout,
+                    replies,
+                )
+                .await
+                .map_err(|error| PublishError::Timeout(shoal_lattice::Chain(&error).to_string()))?;
+            Ok(answers
+                .into_iter()
+                .map(|answer| (answer.subject, answer.headers, answer.payload.to_vec()))
+                .collect())
+        })
+    }
+}
+
+/// A trigger's connection answers the messages that arrived on it.
+impl crate::messaging::Replier for Lattice {
+    fn reply<'a>(
+        &'a self,
+        subject: &'a str,
+        headers: Vec<(String, String)>,
+        payload: Vec<u8>,
+    ) -> Pin<Box<dyn Future<Output = Result<(), PublishError>> + Send + 'a>> {
+        Box::pin(async move {
+            if !shoal_lattice::store::is_reply_inbox(subject) {
                 return Err(PublishError::PermissionDenied(format!(
-                    "{topic} is not among the subjects the app may publish to (spec.publish)"
+                    "the message's reply subject {subject:?} is not an inbox (_INBOX.…): Shoal answers there only"
                 )));
             }
-            let lattice = {
-                let mut opened = self.opened.lock().await;
-                self.connection(&mut opened)
-                    .await
-                    .map_err(|error| match error {
-                        OpenError::AccessDenied => PublishError::PermissionDenied(topic.to_owned()),
-                        OpenError::Other(why) => PublishError::Connection(why),
-                    })?
-            };
-            lattice
-                .publish_message(&self.namespace, topic, &headers, payload.into())
+            self.publish_reply(subject, &headers, payload.into())
                 .await
                 .map_err(|error| PublishError::Connection(shoal_lattice::Chain(&error).to_string()))
         })

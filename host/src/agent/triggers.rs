@@ -160,6 +160,8 @@ impl Running<'_> {
             .map_err(|error| shoal_lattice::Chain(&error).to_string())?;
         tracing::info!(replica = %self.replica, %subject, "subscribed to the trigger's messages");
         *told = false;
+        // Answers to a message that asks for one go out on the connection it came on.
+        let replier: Arc<dyn crate::messaging::Replier> = Arc::new(lattice.clone());
         let mut check = tokio::time::interval(CREDENTIAL_CHECK);
         check.tick().await;
         loop {
@@ -174,14 +176,18 @@ impl Running<'_> {
                     let (replica, topic) = (self.replica.to_owned(), message.subject.clone());
                     let (metrics, app, name) =
                         (Arc::clone(self.metrics), self.app(), self.name.to_owned());
+                    let replier = Arc::clone(&replier);
                     tokio::spawn(async move {
                         let _slot = slot;
-                        let message = crate::messaging::Message::incoming(
+                        let mut incoming = crate::messaging::Message::incoming(
                             message.subject,
                             message.headers,
                             message.payload.to_vec(),
                         );
-                        let outcome = match component.handle_message(message).await {
+                        if let Some(reply) = message.reply {
+                            incoming = incoming.replying_to(reply, replier);
+                        }
+                        let outcome = match component.handle_message(incoming).await {
                             Ok(()) => TriggerOutcome::Handled,
                             Err(why) => {
                                 tracing::warn!(%replica, %topic, %why, "a triggering message was not handled");

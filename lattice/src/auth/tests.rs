@@ -358,14 +358,17 @@ fn a_store_credential_reaches_its_app_s_stores_only_until_it_expires() {
     ] {
         assert!(publish.contains(&call), "{call}");
     }
+    // Answers to requests among its core triggers' messages, on requesters' inboxes.
+    assert!(publish.contains(&"_INBOX.>".to_owned()));
     // Nothing else: no other app's store or consumer, no bucket of the lattice's own.
-    assert_eq!(publish.len(), 11, "{publish:?}");
+    assert_eq!(publish.len(), 12, "{publish:?}");
     assert!(
         publish
             .iter()
             .all(|subject| subject.contains("_team-a_shop_")
                 || subject.contains("_team-a_payments.shop_billing")
-                || subject.starts_with("shoal.dev.v1.msg.team-a."))
+                || subject.starts_with("shoal.dev.v1.msg.team-a.")
+                || subject == "_INBOX.>")
     );
     let [inbox, trigger] = claims.nats.subscribe.allow.as_slice() else {
         panic!("one inbox and a trigger: {:?}", claims.nats.subscribe.allow);
@@ -402,8 +405,11 @@ fn a_store_credential_reaches_its_app_s_stores_only_until_it_expires() {
             Shared::Stream { .. } => None,
         })
         .collect();
-    // (Messages stay in the clients' account, where their subscribers are.)
-    for subject in publish.iter().filter(|subject| !subject.contains(".msg.")) {
+    // (Messages and answers stay in the clients' account, where their subscribers are.)
+    for subject in publish
+        .iter()
+        .filter(|subject| !subject.contains(".msg.") && *subject != "_INBOX.>")
+    {
         assert!(
             services.iter().any(|local| covers(local, subject)),
             "{subject}"
@@ -413,8 +419,8 @@ fn a_store_credential_reaches_its_app_s_stores_only_until_it_expires() {
 
 #[test]
 fn a_credential_that_allows_nothing_of_a_kind_denies_all_of_it() {
-    // An app with triggers only: nothing to publish. A JWT without an allow list would
-    // let it publish anything.
+    // An app granted nothing to publish (no subjects, stores, consumers or answers). A JWT
+    // without an allow list would let it publish anything.
     let signer = StoreSigner::generate();
     let text = store_credential(
         &signer,
@@ -426,7 +432,7 @@ fn a_credential_that_allows_nothing_of_a_kind_denies_all_of_it() {
             app: "shop",
             stores: &[],
             publish: &[],
-            triggers: &[Trigger::core("orders.*")],
+            triggers: &[],
         },
         100,
         3700,

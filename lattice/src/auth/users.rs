@@ -116,6 +116,15 @@ pub(super) fn store_permissions(lattice: &str, host: &str, grants: AppGrants<'_>
             ));
         }
     }
+    // Answers to the requests among its core NATS triggers' messages go to the requesters'
+    // inboxes (the host answers on `_INBOX.…` only). Not a `responses` permission: that
+    // would let it publish to whatever reply subject a sender named, a bucket's key too.
+    if triggers
+        .iter()
+        .any(|trigger| trigger.core_subject().is_some())
+    {
+        publish.push("_INBOX.>".to_owned());
+    }
     // Replies on an inbox of its own, not the host's: whoever holds the credential (a
     // host that no longer runs the app, one that lied about its id) hears nothing of the
     // host's other traffic.
