@@ -620,3 +620,44 @@ fn an_app_answers_requests_on_the_asker_s_inbox_only_and_asks_its_own() {
     );
     assert_eq!(scheduler.kv_get(&apps, "default.evil"), None);
 }
+
+#[test]
+fn a_wasmcloud_messaging_component_handles_triggers_and_answers_requests() {
+    let lattice = Lattice::start();
+    let _scheduler = lattice.scheduler("s1");
+    let host = lattice.host("h1", &[]);
+    let component = lattice.push_guest("wasmcloud-messaging", "1.0");
+    let inspected = lattice.ok(&["inspect", &component]);
+    assert!(
+        inspected.contains("wasmcloud:messaging/messaging@0.2.0"),
+        "{inspected}"
+    );
+    lattice.apply(&format!(
+        "apiVersion: shoal.dev/v1\nkind: App\nmetadata: {{name: wc}}\nspec:\n  component: {component}\n  publish: [done.>]\n  triggers: [{{subject: \"jobs.*\"}}]\n"
+    ));
+    lattice.wait_ready("wc", 1, PATIENCE);
+    host.wait_log(PATIENCE, "subscribed to the trigger's messages");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let client = runtime
+        .block_on(async_nats::connect(lattice.nats.url()))
+        .unwrap();
+    let messages = |subject: &str| format!("shoal.{}.v1.msg.default.{subject}", lattice.name);
+    let (done, answer) = runtime.block_on(async {
+        let mut done = client.subscribe(messages("done.>")).await.unwrap();
+        client.flush().await.unwrap();
+        client
+            .publish(messages("jobs.first"), "42".into())
+            .await
+            .unwrap();
+        let done = tokio::time::timeout(PATIENCE, done.next()).await;
+        // A request: answered on its reply subject, as wasmCloud's components answer.
+        let answer =
+            tokio::time::timeout(PATIENCE, client.request(messages("jobs.ask"), "7".into())).await;
+        (done, answer)
+    });
+    let done = done.expect("a message in time").unwrap();
+    assert_eq!(done.subject.as_str(), messages("done.first"));
+    assert_eq!(&done.payload[..], b"handled 42");
+    let answer = answer.expect("an answer in time").expect("an answer");
+    assert_eq!(&answer.payload[..], b"answer 7");
+}

@@ -136,7 +136,7 @@ pub struct HttpComponent {
     /// (`limits.instance_concurrency` > 1).
     shared: Option<crate::shared::Shared>,
     /// Its `wasi:messaging` handler, when it exports one (messages of its app's triggers).
-    messages: Option<crate::messaging::handler::HandlerPre<GuestState>>,
+    messages: Option<crate::messaging::MessageHandlerPre<GuestState>>,
 }
 
 /// An instance between two requests of the same replica.
@@ -204,7 +204,7 @@ impl HttpComponent {
                     cpu.clone(),
                 )
             });
-        let messages = crate::messaging::handler::HandlerPre::new(pre.instance_pre().clone()).ok();
+        let messages = crate::messaging::MessageHandlerPre::new(pre.instance_pre());
         Ok(Self {
             messages,
             pre,
@@ -240,7 +240,7 @@ impl HttpComponent {
     /// As said.
     pub async fn handle_message(&self, message: crate::messaging::Message) -> Result<(), String> {
         let Some(pre) = &self.messages else {
-            return Err("the component exports no wasi:messaging handler".to_owned());
+            return Err("the component exports no message handler".to_owned());
         };
         let _slot = self
             .slots
@@ -257,21 +257,11 @@ impl HttpComponent {
         .map_err(|error| error.to_string())?;
         // The epoch deadline stops running guest code; this, a handler waiting in a host
         // call.
-        let handled = tokio::time::timeout(self.limits.timeout, async {
-            let handler = pre.instantiate_async(&mut store).await?;
-            let message = {
-                use crate::messaging::HasMessaging as _;
-                store.data_mut().messaging().push(message)?
-            };
-            handler
-                .wasi_messaging_incoming_handler()
-                .call_handle(&mut store, message)
-                .await
-        })
-        .await;
+        let handled =
+            tokio::time::timeout(self.limits.timeout, pre.handle(&mut store, message)).await;
         match handled {
             Ok(Ok(Ok(()))) => Ok(()),
-            Ok(Ok(Err(error))) => Err(format!("the handler answered {error:?}")),
+            Ok(Ok(Err(error))) => Err(format!("the handler answered {error}")),
             Ok(Err(error)) => {
                 let (cause, message) = classify(&error, store.data());
                 Err(format!("{cause}: {message}"))

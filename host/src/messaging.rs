@@ -96,6 +96,14 @@ pub trait Publisher: Send + Sync + 'static {
         timeout: std::time::Duration,
         replies: usize,
     ) -> Pin<Box<dyn Future<Output = Result<Vec<Answer>, PublishError>> + Send + 'a>>;
+
+    /// Publishes `payload` on `inbox`, the reply subject a received message named, if it is
+    /// an inbox (`_INBOX.…`): how wasmCloud's components answer a request.
+    fn answer<'a>(
+        &'a self,
+        inbox: &'a str,
+        payload: Vec<u8>,
+    ) -> Pin<Box<dyn Future<Output = Result<(), PublishError>> + Send + 'a>>;
 }
 
 /// Where the answers to one incoming message go: the connection it arrived on.
@@ -264,9 +272,87 @@ pub mod handler {
     });
 }
 
+/// wasmCloud's `wasmcloud:messaging@0.2.0`: the consumer guests import.
+mod wasmcloud {
+    wasmtime::component::bindgen!({
+        path: "wit-wasmcloud-messaging",
+        world: "wasmcloud:messaging/imports",
+        imports: { default: async | trappable },
+    });
+}
+
+/// wasmCloud's message handler, as a component exports it.
+mod wasmcloud_handler {
+    wasmtime::component::bindgen!({
+        path: "wit-wasmcloud-messaging",
+        world: "wasmcloud:messaging/handler-world",
+        imports: { default: async | trappable },
+        exports: { default: async },
+        with: { "wasmcloud:messaging/types": super::wasmcloud::wasmcloud::messaging::types },
+    });
+}
+
+/// A component's message handler, linked ahead of its instances: `wasi:messaging`'s
+/// `incoming-handler` or wasmCloud's `handler`.
+pub enum MessageHandlerPre<T: 'static> {
+    /// `wasi:messaging/incoming-handler@0.2.0-draft`.
+    Wasi(handler::HandlerPre<T>),
+    /// `wasmcloud:messaging/handler@0.2.0`.
+    WasmCloud(wasmcloud_handler::HandlerWorldPre<T>),
+}
+
+impl<T: HasMessaging + Send + 'static> MessageHandlerPre<T> {
+    /// The handler `pre` exports, if any (`wasi:messaging`'s first).
+    pub fn new(pre: &wasmtime::component::InstancePre<T>) -> Option<Self> {
+        if let Ok(wasi) = handler::HandlerPre::new(pre.clone()) {
+            return Some(Self::Wasi(wasi));
+        }
+        wasmcloud_handler::HandlerWorldPre::new(pre.clone())
+            .ok()
+            .map(Self::WasmCloud)
+    }
+
+    /// Instantiates the component in `store` and hands it `message`: `Ok(Err(why))` when
+    /// the handler answered an error.
+    ///
+    /// # Errors
+    /// A trap, or an instance that could not be made.
+    pub async fn handle(
+        &self,
+        store: &mut wasmtime::Store<T>,
+        message: Message,
+    ) -> wasmtime::Result<Result<(), String>> {
+        match self {
+            Self::Wasi(pre) => {
+                let handler = pre.instantiate_async(&mut *store).await?;
+                let message = store.data_mut().messaging().push(message)?;
+                Ok(handler
+                    .wasi_messaging_incoming_handler()
+                    .call_handle(&mut *store, message)
+                    .await?
+                    .map_err(|error| format!("{error:?}")))
+            }
+            Self::WasmCloud(pre) => {
+                let handler = pre.instantiate_async(&mut *store).await?;
+                let message = wasmcloud::wasmcloud::messaging::types::BrokerMessage {
+                    subject: message.topic.unwrap_or_default(),
+                    body: message.data,
+                    reply_to: message.reply.map(|reply| reply.subject),
+                };
+                handler
+                    .wasmcloud_messaging_handler()
+                    .call_handle_message(&mut *store, &message)
+                    .await
+            }
+        }
+    }
+}
+
 /// Whether the component `pre` links exports a message handler Shoal can hand messages to.
-pub fn handles_messages<T: 'static>(pre: &wasmtime::component::InstancePre<T>) -> bool {
-    handler::HandlerPre::new(pre.clone()).is_ok()
+pub fn handles_messages<T: HasMessaging + Send + 'static>(
+    pre: &wasmtime::component::InstancePre<T>,
+) -> bool {
+    MessageHandlerPre::new(pre).is_some()
 }
 
 use bindings::wasi::messaging::{producer, request_reply, types};
@@ -525,7 +611,87 @@ impl request_reply::Host for MessagingView<'_> {
     }
 }
 
-/// Adds `wasi:messaging`'s `types`, `producer` and `request-reply` to `linker`.
+impl wasmcloud::wasmcloud::messaging::types::Host for MessagingView<'_> {}
+
+impl wasmcloud::wasmcloud::messaging::consumer::Host for MessagingView<'_> {
+    async fn request(
+        &mut self,
+        subject: String,
+        body: Vec<u8>,
+        timeout_ms: u32,
+    ) -> wasmtime::Result<Result<wasmcloud::wasmcloud::messaging::types::BrokerMessage, String>>
+    {
+        if body.len() > MAX_MESSAGE_BYTES {
+            return Ok(Err(format!(
+                "a message carries at most {MAX_MESSAGE_BYTES} bytes"
+            )));
+        }
+        let Some(publisher) = self.publisher else {
+            return Ok(Err(format!(
+                "permission denied: the app may publish to no subject (spec.publish): not {subject}"
+            )));
+        };
+        let timeout = std::time::Duration::from_millis(u64::from(timeout_ms));
+        Ok(
+            match publisher
+                .0
+                .request(&subject, Vec::new(), body, timeout, 1)
+                .await
+            {
+                Ok(answers) => match answers.into_iter().next() {
+                    Some((subject, _, body)) => {
+                        Ok(wasmcloud::wasmcloud::messaging::types::BrokerMessage {
+                            subject,
+                            body,
+                            reply_to: None,
+                        })
+                    }
+                    None => Err(format!("no answer on {subject}")),
+                },
+                Err(error) => Err(format!("{:?}", guest_error(error))),
+            },
+        )
+    }
+
+    async fn publish(
+        &mut self,
+        message: wasmcloud::wasmcloud::messaging::types::BrokerMessage,
+    ) -> wasmtime::Result<Result<(), String>> {
+        if message.body.len() > MAX_MESSAGE_BYTES {
+            return Ok(Err(format!(
+                "a message carries at most {MAX_MESSAGE_BYTES} bytes"
+            )));
+        }
+        let Some(publisher) = self.publisher else {
+            return Ok(Err(format!(
+                "permission denied: the app may publish to no subject (spec.publish): not {}",
+                message.subject
+            )));
+        };
+        // An answer to a request: wasmCloud's components publish to its reply subject.
+        if shoal_lattice::store::is_reply_inbox(&message.subject) {
+            return Ok(publisher
+                .0
+                .answer(&message.subject, message.body)
+                .await
+                .map_err(|error| format!("{:?}", guest_error(error))));
+        }
+        if !shoal_lattice::names::is_message_subject(&message.subject, false) {
+            return Ok(Err(format!(
+                "{:?} is not a message subject (dot-separated tokens of letters, digits, - and _)",
+                message.subject
+            )));
+        }
+        Ok(publisher
+            .0
+            .publish(&message.subject, Vec::new(), message.body)
+            .await
+            .map_err(|error| format!("{:?}", guest_error(error))))
+    }
+}
+
+/// Adds `wasi:messaging`'s `types`, `producer` and `request-reply`, and wasmCloud's
+/// `consumer`, to `linker`.
 ///
 /// # Errors
 /// When the linker already has them.
@@ -534,7 +700,15 @@ pub fn add_to_linker<T: HasMessaging + Send + 'static>(
 ) -> wasmtime::Result<()> {
     types::add_to_linker::<T, HasMessagingView>(linker, T::messaging)?;
     producer::add_to_linker::<T, HasMessagingView>(linker, T::messaging)?;
-    request_reply::add_to_linker::<T, HasMessagingView>(linker, T::messaging)
+    request_reply::add_to_linker::<T, HasMessagingView>(linker, T::messaging)?;
+    wasmcloud::wasmcloud::messaging::types::add_to_linker::<T, HasMessagingView>(
+        linker,
+        T::messaging,
+    )?;
+    wasmcloud::wasmcloud::messaging::consumer::add_to_linker::<T, HasMessagingView>(
+        linker,
+        T::messaging,
+    )
 }
 
 #[cfg(test)]

@@ -172,20 +172,29 @@ fn infer_target(exports: &[String]) -> Option<String> {
         ("wasi:http/handler@", "wasi:http/service@"),
         ("wasi:cli/run@", "wasi:cli/command@"),
     ];
-    // A message handler that serves no HTTP: upstream's `messaging-core` world.
-    const MESSAGES: (&str, &str) = (
-        "wasi:messaging/incoming-handler@",
-        "wasi:messaging/messaging-core@",
-    );
+    // A message handler that serves no HTTP: wasi:messaging's `messaging-core` world, or
+    // wasmCloud's messaging one.
+    const MESSAGES: [(&str, &str); 2] = [
+        (
+            "wasi:messaging/incoming-handler@",
+            "wasi:messaging/messaging-core@",
+        ),
+        (
+            "wasmcloud:messaging/handler@",
+            "wasmcloud:messaging/messaging@",
+        ),
+    ];
     let world = |export: &String, (interface, world): &(&str, &str)| {
         export
             .strip_prefix(interface)
             .map(|version| format!("{world}{version}"))
     };
-    exports
-        .iter()
-        .find_map(|export| WORLDS.iter().find_map(|known| world(export, known)))
-        .or_else(|| exports.iter().find_map(|export| world(export, &MESSAGES)))
+    let find = |worlds: &[(&str, &str)]| {
+        exports
+            .iter()
+            .find_map(|export| worlds.iter().find_map(|known| world(export, known)))
+    };
+    find(&WORLDS).or_else(|| find(&MESSAGES))
 }
 
 #[cfg(test)]
