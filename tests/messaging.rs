@@ -536,39 +536,74 @@ fn a_backlog_wakes_an_app_at_zero_and_scales_it_up() {
     assert!(handled >= ORDERS as u64, "{metrics}");
 }
 
+/// An open lattice with one host running `guest` as app `name`, triggered by `jobs.*` and
+/// granted `done.>`, after `shoal inspect` named its world `world`; and a plain NATS client.
+struct TriggerApp {
+    lattice: Lattice,
+    _scheduler: Process,
+    _host: Process,
+    runtime: tokio::runtime::Runtime,
+    client: async_nats::Client,
+}
+
+impl TriggerApp {
+    fn start(guest: &str, name: &str, world: &str) -> Self {
+        let lattice = Lattice::start();
+        let scheduler = lattice.scheduler("s1");
+        let host = lattice.host("h1", &[]);
+        let component = lattice.push_guest(guest, "1.0");
+        let inspected = lattice.ok(&["inspect", &component]);
+        assert!(inspected.contains(world), "{inspected}");
+        lattice.apply(&format!(
+            "apiVersion: shoal.dev/v1\nkind: App\nmetadata: {{name: {name}}}\nspec:\n  component: {component}\n  publish: [done.>]\n  triggers: [{{subject: \"jobs.*\"}}]\n"
+        ));
+        lattice.wait_ready(name, 1, PATIENCE);
+        host.wait_log(PATIENCE, "subscribed to the trigger's messages");
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let client = runtime
+            .block_on(async_nats::connect(lattice.nats.url()))
+            .unwrap();
+        Self {
+            lattice,
+            _scheduler: scheduler,
+            _host: host,
+            runtime,
+            client,
+        }
+    }
+
+    /// The NATS subject of message subject `subject` of namespace `default`.
+    fn subject(&self, subject: &str) -> String {
+        format!("shoal.{}.v1.msg.default.{subject}", self.lattice.name)
+    }
+
+    /// Publishes `data` on `jobs.<job>` and waits for what comes on `done.>`.
+    fn run(&self, job: &str, data: &str) -> async_nats::Message {
+        self.runtime.block_on(async {
+            let mut done = self.client.subscribe(self.subject("done.>")).await.unwrap();
+            self.client.flush().await.unwrap();
+            self.client
+                .publish(self.subject(&format!("jobs.{job}")), data.to_owned().into())
+                .await
+                .unwrap();
+            tokio::time::timeout(PATIENCE, done.next())
+                .await
+                .expect("an answer in time")
+                .unwrap()
+        })
+    }
+}
+
 #[test]
 fn a_component_that_exports_only_a_message_handler_is_an_app_of_its_triggers() {
-    let lattice = Lattice::start();
-    let _scheduler = lattice.scheduler("s1");
-    let host = lattice.host("h1", &[]);
-    let component = lattice.push_guest("messaging-handler", "1.0");
     // shoal inspect names its world: wasi:messaging's, no HTTP.
-    let inspected = lattice.ok(&["inspect", &component]);
-    assert!(
-        inspected.contains("wasi:messaging/messaging-core@0.2.0-draft"),
-        "{inspected}"
+    let app = TriggerApp::start(
+        "messaging-handler",
+        "worker",
+        "wasi:messaging/messaging-core@0.2.0-draft",
     );
-    lattice.apply(&format!(
-        "apiVersion: shoal.dev/v1\nkind: App\nmetadata: {{name: worker}}\nspec:\n  component: {component}\n  publish: [done.>]\n  triggers: [{{subject: \"jobs.*\"}}]\n"
-    ));
-    lattice.wait_ready("worker", 1, PATIENCE);
-    host.wait_log(PATIENCE, "subscribed to the trigger's messages");
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let client = runtime
-        .block_on(async_nats::connect(lattice.nats.url()))
-        .unwrap();
-    let messages = |subject: &str| format!("shoal.{}.v1.msg.default.{subject}", lattice.name);
-    let answer = runtime.block_on(async {
-        let mut done = client.subscribe(messages("done.>")).await.unwrap();
-        client.flush().await.unwrap();
-        client
-            .publish(messages("jobs.first"), "42".into())
-            .await
-            .unwrap();
-        tokio::time::timeout(PATIENCE, done.next()).await
-    });
-    let answer = answer.expect("an answer").unwrap();
-    assert_eq!(answer.subject.as_str(), messages("done.first"));
+    let answer = app.run("first", "42");
+    assert_eq!(answer.subject.as_str(), app.subject("done.first"));
     assert_eq!(&answer.payload[..], b"handled 42");
 }
 
@@ -623,41 +658,22 @@ fn an_app_answers_requests_on_the_asker_s_inbox_only_and_asks_its_own() {
 
 #[test]
 fn a_wasmcloud_messaging_component_handles_triggers_and_answers_requests() {
-    let lattice = Lattice::start();
-    let _scheduler = lattice.scheduler("s1");
-    let host = lattice.host("h1", &[]);
-    let component = lattice.push_guest("wasmcloud-messaging", "1.0");
-    let inspected = lattice.ok(&["inspect", &component]);
-    assert!(
-        inspected.contains("wasmcloud:messaging/messaging@0.2.0"),
-        "{inspected}"
+    let app = TriggerApp::start(
+        "wasmcloud-messaging",
+        "wc",
+        "wasmcloud:messaging/messaging@0.2.0",
     );
-    lattice.apply(&format!(
-        "apiVersion: shoal.dev/v1\nkind: App\nmetadata: {{name: wc}}\nspec:\n  component: {component}\n  publish: [done.>]\n  triggers: [{{subject: \"jobs.*\"}}]\n"
-    ));
-    lattice.wait_ready("wc", 1, PATIENCE);
-    host.wait_log(PATIENCE, "subscribed to the trigger's messages");
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let client = runtime
-        .block_on(async_nats::connect(lattice.nats.url()))
-        .unwrap();
-    let messages = |subject: &str| format!("shoal.{}.v1.msg.default.{subject}", lattice.name);
-    let (done, answer) = runtime.block_on(async {
-        let mut done = client.subscribe(messages("done.>")).await.unwrap();
-        client.flush().await.unwrap();
-        client
-            .publish(messages("jobs.first"), "42".into())
-            .await
-            .unwrap();
-        let done = tokio::time::timeout(PATIENCE, done.next()).await;
-        // A request: answered on its reply subject, as wasmCloud's components answer.
-        let answer =
-            tokio::time::timeout(PATIENCE, client.request(messages("jobs.ask"), "7".into())).await;
-        (done, answer)
-    });
-    let done = done.expect("a message in time").unwrap();
-    assert_eq!(done.subject.as_str(), messages("done.first"));
+    let done = app.run("first", "42");
+    assert_eq!(done.subject.as_str(), app.subject("done.first"));
     assert_eq!(&done.payload[..], b"handled 42");
+    // A request: answered on its reply subject, as wasmCloud's components answer.
+    let answer = app.runtime.block_on(async {
+        tokio::time::timeout(
+            PATIENCE,
+            app.client.request(app.subject("jobs.ask"), "7".into()),
+        )
+        .await
+    });
     let answer = answer.expect("an answer in time").expect("an answer");
     assert_eq!(&answer.payload[..], b"answer 7");
 }

@@ -191,11 +191,17 @@ impl AppStores {
                 "{topic} is not among the subjects the app may publish to (spec.publish)"
             )));
         }
+        self.messaging_connection(topic).await
+    }
+
+    /// The connection the replica's messages go out on; `subject` names what is sent, for
+    /// the error.
+    async fn messaging_connection(&self, subject: &str) -> Result<Lattice, PublishError> {
         let mut opened = self.opened.lock().await;
         self.connection(&mut opened)
             .await
             .map_err(|error| match error {
-                OpenError::AccessDenied => PublishError::PermissionDenied(topic.to_owned()),
+                OpenError::AccessDenied => PublishError::PermissionDenied(subject.to_owned()),
                 OpenError::Other(why) => PublishError::Connection(why),
             })
     }
@@ -261,15 +267,7 @@ impl AppStores {
     /// Publishes an answer on `inbox` with the replica's credential (which may publish on
     /// inboxes when the app has core NATS triggers).
     async fn answer_on(&self, inbox: &str, payload: Vec<u8>) -> Result<(), PublishError> {
-        let lattice = {
-            let mut opened = self.opened.lock().await;
-            self.connection(&mut opened)
-                .await
-                .map_err(|error| match error {
-                    OpenError::AccessDenied => PublishError::PermissionDenied(inbox.to_owned()),
-                    OpenError::Other(why) => PublishError::Connection(why),
-                })?
-        };
+        let lattice = self.messaging_connection(inbox).await?;
         crate::messaging::Replier::reply(&lattice, inbox, Vec::new(), payload).await
     }
 }
