@@ -61,10 +61,12 @@ spec:
 YAML
 for _ in $(seq 100); do "$shoal" apply -f "$work/apps.yaml" >/dev/null 2>&1 && break; sleep 0.2; done
 # The sink's replica ready (the host logs at warn: its status says).
+ready=
 for _ in $(seq 600); do
-  "$shoal" get replicas | grep sink | grep -q ready && break
+  "$shoal" get replicas | grep sink | grep -q ready && ready=1 && break
   sleep 0.2
 done
+[ -n "$ready" ] || { echo "the sink app did not become ready:" >&2; tail -5 "$work/host.log" >&2; exit 1; }
 "$root/.shoal/tools/venv/bin/python" bench/triggers.py "nats://127.0.0.1:$nats_port" triggerbench \
   "http://127.0.0.1:$metrics_port/metrics" "$shoal" "$count" | tee "$work/result.json"
 "$root/.shoal/tools/venv/bin/python" - "$work/result.json" <<'PY'
