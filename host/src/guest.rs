@@ -328,6 +328,8 @@ pub struct GuestState {
     config: crate::config::ConfigValues,
     stores: Option<crate::keyvalue::StoresLink>,
     publisher: Option<crate::messaging::PublisherLink>,
+    /// The reply subject of the wasmCloud message being handled.
+    answering: Option<crate::messaging::ReplyTo>,
     http: WasiHttpCtx,
     table: ResourceTable,
     hooks: Hooks,
@@ -369,7 +371,11 @@ impl crate::keyvalue::HasStores for GuestState {
 
 impl crate::messaging::HasMessaging for GuestState {
     fn messaging(&mut self) -> crate::messaging::MessagingView<'_> {
-        crate::messaging::MessagingView::new(&mut self.table, self.publisher.as_ref())
+        crate::messaging::MessagingView::new(
+            &mut self.table,
+            self.publisher.as_ref(),
+            &mut self.answering,
+        )
     }
 }
 
@@ -447,6 +453,7 @@ pub fn new_store(
         config: Arc::clone(&options.config),
         stores: options.stores.clone(),
         publisher: options.publisher.clone(),
+        answering: None,
         http: WasiHttpCtx::new(),
         table: ResourceTable::new(),
         hooks: Hooks {

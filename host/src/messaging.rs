@@ -96,14 +96,6 @@ pub trait Publisher: Send + Sync + 'static {
         timeout: std::time::Duration,
         replies: usize,
     ) -> Pin<Box<dyn Future<Output = Result<Vec<Answer>, PublishError>> + Send + 'a>>;
-
-    /// Publishes `payload` on `inbox`, the reply subject a received message named, if it is
-    /// an inbox (`_INBOX.…`): how wasmCloud's components answer a request.
-    fn answer<'a>(
-        &'a self,
-        inbox: &'a str,
-        payload: Vec<u8>,
-    ) -> Pin<Box<dyn Future<Output = Result<(), PublishError>> + Send + 'a>>;
 }
 
 /// Where the answers to one incoming message go: the connection it arrived on.
@@ -216,12 +208,23 @@ impl Message {
 pub struct MessagingView<'a> {
     table: &'a mut ResourceTable,
     publisher: Option<&'a PublisherLink>,
+    /// The reply subject of the wasmCloud message being handled, the one inbox its
+    /// component may publish to (wasmCloud's way of answering).
+    answering: &'a mut Option<ReplyTo>,
 }
 
 impl<'a> MessagingView<'a> {
-    /// A view of `table` and the replica's `publisher`.
-    pub fn new(table: &'a mut ResourceTable, publisher: Option<&'a PublisherLink>) -> Self {
-        Self { table, publisher }
+    /// A view of `table`, the replica's `publisher` and the message being `answering`.
+    pub fn new(
+        table: &'a mut ResourceTable,
+        publisher: Option<&'a PublisherLink>,
+        answering: &'a mut Option<ReplyTo>,
+    ) -> Self {
+        Self {
+            table,
+            publisher,
+            answering,
+        }
     }
 }
 
@@ -334,10 +337,12 @@ impl<T: HasMessaging + Send + 'static> MessageHandlerPre<T> {
             }
             Self::WasmCloud(pre) => {
                 let handler = pre.instantiate_async(&mut *store).await?;
+                let reply_to = message.reply.as_ref().map(|reply| reply.subject.clone());
+                *store.data_mut().messaging().answering = message.reply;
                 let message = wasmcloud::wasmcloud::messaging::types::BrokerMessage {
                     subject: message.topic.unwrap_or_default(),
                     body: message.data,
-                    reply_to: message.reply.map(|reply| reply.subject),
+                    reply_to,
                 };
                 handler
                     .wasmcloud_messaging_handler()
@@ -626,6 +631,11 @@ impl wasmcloud::wasmcloud::messaging::consumer::Host for MessagingView<'_> {
                 "a message carries at most {MAX_MESSAGE_BYTES} bytes"
             )));
         }
+        if !shoal_lattice::names::is_message_subject(&subject, false) {
+            return Ok(Err(format!(
+                "{subject:?} is not a message subject (dot-separated tokens of letters, digits, - and _)"
+            )));
+        }
         let Some(publisher) = self.publisher else {
             return Ok(Err(format!(
                 "permission denied: the app may publish to no subject (spec.publish): not {subject}"
@@ -668,11 +678,17 @@ impl wasmcloud::wasmcloud::messaging::consumer::Host for MessagingView<'_> {
                 message.subject
             )));
         };
-        // An answer to a request: wasmCloud's components publish to its reply subject.
-        if shoal_lattice::store::is_reply_inbox(&message.subject) {
-            return Ok(publisher
-                .0
-                .answer(&message.subject, message.body)
+        // An answer to the request being handled: wasmCloud's components publish to its
+        // reply subject, which goes out on the connection the request came on. No other
+        // inbox: a component answers what it was asked, not whoever it heard of.
+        if let Some(answering) = self
+            .answering
+            .as_ref()
+            .filter(|reply| reply.subject == message.subject)
+        {
+            return Ok(answering
+                .via
+                .reply(&answering.subject, Vec::new(), message.body)
                 .await
                 .map_err(|error| format!("{:?}", guest_error(error))));
         }

@@ -232,19 +232,37 @@ pub fn header_pairs(headers: Option<&async_nats::HeaderMap>) -> Vec<(String, Str
         .collect()
 }
 
+/// The most bytes (headers and payloads) one request keeps of its answers.
+pub const REQUEST_ANSWER_BYTES: usize = 4 << 20;
+
+/// The inboxes an app's answers may go to on a secure lattice: people's and other apps'
+/// replicas' (the askers there); never a host's, a scheduler's or a site's.
+pub const ASKER_INBOXES: [&str; 2] = ["_INBOX.user.*.>", "_INBOX.stores.*.>"];
+
+/// The inboxes of the lattice's own processes, which no app answers.
+const PROCESS_INBOXES: [&str; 4] = [
+    "_INBOX.host.",
+    "_INBOX.scheduler.",
+    "_INBOX.site-copy",
+    "_INBOX.site.",
+];
+
 /// Whether `reply` is a subject an app's answer may go to: an inbox, `_INBOX.` and tokens
-/// without wildcards.
+/// without wildcards, none of the lattice's own processes.
 pub fn is_reply_inbox(reply: &str) -> bool {
-    reply.strip_prefix("_INBOX.").is_some_and(|rest| {
-        !rest.is_empty()
-            && reply.len() <= 256
-            && rest.split('.').all(|token| {
-                !token.is_empty()
-                    && token
-                        .bytes()
-                        .all(|byte| byte.is_ascii_graphic() && byte != b'*' && byte != b'>')
-            })
-    })
+    !PROCESS_INBOXES
+        .iter()
+        .any(|process| reply.starts_with(process))
+        && reply.strip_prefix("_INBOX.").is_some_and(|rest| {
+            !rest.is_empty()
+                && reply.len() <= 256
+                && rest.split('.').all(|token| {
+                    !token.is_empty()
+                        && token
+                            .bytes()
+                            .all(|byte| byte.is_ascii_graphic() && byte != b'*' && byte != b'>')
+                })
+        })
 }
 
 /// Whether a message on a message subject is an answer of JetStream's, sent there because
@@ -267,11 +285,13 @@ pub(crate) fn is_jetstream_answer(
     status
         || reply.is_some_and(|reply| reply.starts_with("$JS."))
         || headers.iter().any(|(name, _)| {
-            ["Nats-Stream", "Nats-Sequence", "Status", ANSWER_HEADER]
+            ["Nats-Stream", "Nats-Sequence", ANSWER_HEADER]
                 .iter()
                 .any(|mark| name.eq_ignore_ascii_case(mark))
         })
         || payload.starts_with(br#"{"type":"io.nats.jetstream.api.v1."#)
+        // A failed publish's acknowledgement leads with its error.
+        || payload.starts_with(br#"{"error":{"code":"#)
         || publish_ack
 }
 
@@ -552,8 +572,8 @@ impl Lattice {
     }
 
     /// Sends `payload` with `headers` on message subject `subject` of `namespace` as a
-    /// request and gathers up to `replies` answers within `timeout` (at least one, or
-    /// [`Error::Timeout`]-like `Err`), each with its subject as it arrived.
+    /// request and gathers up to `replies` answers within `timeout`, at most
+    /// [`REQUEST_ANSWER_BYTES`] of them, each with the request's subject.
     ///
     /// # Errors
     /// [`Error::Request`] when no one answers in time, or the connection is gone.
@@ -588,15 +608,26 @@ impl Lattice {
             .await
             .map_err(|error| failed(error.into()))?;
         let mut gathered = Vec::new();
+        let mut bytes = 0usize;
         let deadline = tokio::time::Instant::now() + timeout;
         while gathered.len() < replies.max(1) {
             match tokio::time::timeout_at(deadline, answers.next()).await {
-                Ok(Some(answer)) if answer.status.is_none() => gathered.push(AppMessage {
-                    subject: answer.subject.to_string(),
-                    headers: header_pairs(answer.headers.as_ref()),
-                    payload: answer.payload,
-                    reply: answer.reply.map(|reply| reply.to_string()),
-                }),
+                Ok(Some(answer)) if answer.status.is_none() => {
+                    // Answers past the budget are not kept: a guest's request cannot make
+                    // its host hold more than this, however many answer.
+                    bytes = bytes.saturating_add(answer.length);
+                    if bytes > REQUEST_ANSWER_BYTES {
+                        break;
+                    }
+                    // Its topic is the request's: the inbox it came on is the
+                    // credential's own, not the guest's to know.
+                    gathered.push(AppMessage {
+                        subject: subject.to_owned(),
+                        headers: header_pairs(answer.headers.as_ref()),
+                        payload: answer.payload,
+                        reply: answer.reply.map(|reply| reply.to_string()),
+                    });
+                }
                 // "No responders": nobody subscribes to the subject.
                 Ok(Some(_)) => break,
                 Ok(None) | Err(_) => break,

@@ -516,10 +516,36 @@ mod tests {
         assert!(answer(Some("$JS.ACK.s.c.1.1.1.1.0"), false, &[], b"x"));
         assert!(answer(None, true, &[], b""));
         assert!(answer(None, false, &header("Shoal-Answer"), b"{}"));
+        // A header named Status is a publisher's own (a status is not a header).
+        assert!(!answer(None, false, &header("Status"), b"ok"));
+        let failed =
+            br#"{"error":{"code":400,"err_code":10071,"description":"x"},"stream":"KV_a","seq":0}"#;
+        assert!(answer(None, false, &[], failed));
         let info = br#"{"type":"io.nats.jetstream.api.v1.stream_info_response"}"#;
         assert!(answer(None, false, &[], info));
         let ack = br#"{"stream":"KV_shoal-dev-v1-hosts","seq":42}"#;
         assert!(answer(None, false, &[], ack));
+    }
+
+    #[test]
+    fn an_app_answers_on_askers_inboxes_only() {
+        use crate::store::is_reply_inbox;
+        assert!(is_reply_inbox("_INBOX.user.ed.abc.1"));
+        assert!(is_reply_inbox("_INBOX.stores.h1.xyz.2"));
+        assert!(is_reply_inbox("_INBOX.Xq3nuid.7"));
+        for bad in [
+            "_INBOX.host.h1.x",
+            "_INBOX.scheduler.s1.x",
+            "_INBOX.site.edge.x",
+            "_INBOX.site-copy-reader.x",
+            "_INBOX.",
+            "_INBOX.a.>",
+            "_INBOX.a..b",
+            "$JS.shoal-state.API.$KV.b.k",
+            "shoal.l.v1.msg.ns.x",
+        ] {
+            assert!(!is_reply_inbox(bad), "{bad}");
+        }
     }
 
     #[test]

@@ -253,23 +253,6 @@ impl crate::messaging::Publisher for AppStores {
                 .collect())
         })
     }
-
-    fn answer<'a>(
-        &'a self,
-        inbox: &'a str,
-        payload: Vec<u8>,
-    ) -> Pin<Box<dyn Future<Output = Result<(), PublishError>> + Send + 'a>> {
-        Box::pin(self.answer_on(inbox, payload))
-    }
-}
-
-impl AppStores {
-    /// Publishes an answer on `inbox` with the replica's credential (which may publish on
-    /// inboxes when the app has core NATS triggers).
-    async fn answer_on(&self, inbox: &str, payload: Vec<u8>) -> Result<(), PublishError> {
-        let lattice = self.messaging_connection(inbox).await?;
-        crate::messaging::Replier::reply(&lattice, inbox, Vec::new(), payload).await
-    }
 }
 
 /// A trigger's connection answers the messages that arrived on it.

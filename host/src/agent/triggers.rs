@@ -33,6 +33,9 @@ const CREDENTIAL_CHECK: Duration = Duration::from_secs(5);
 /// had, or ended.
 const RETRY: Duration = Duration::from_secs(1);
 
+/// How long a handled message waits for what its handler published to go out.
+const FLUSH_WAIT: Duration = Duration::from_secs(5);
+
 /// Room kept in a dead letter for its headers (the message's own and the cause's).
 const DEAD_LETTER_HEADROOM: usize = 16 << 10;
 
@@ -334,9 +337,14 @@ impl Delivery {
                 };
                 // What the handler sent is out before the message counts as handled.
                 let result = match result {
-                    Ok(()) => self.grants.flush().await.map_err(|why| {
-                        format!("what the handler published may not have been sent: {why}")
-                    }),
+                    Ok(()) => match tokio::time::timeout(FLUSH_WAIT, self.grants.flush()).await {
+                        Ok(flushed) => flushed.map_err(|why| {
+                            format!("what the handler published may not have been sent: {why}")
+                        }),
+                        Err(_) => {
+                            Err("what the handler published was not sent within 5s".to_owned())
+                        }
+                    },
                     failed => failed,
                 };
                 self.count(if result.is_ok() {
@@ -408,12 +416,23 @@ impl Delivery {
         // A payload that leaves no room for the headers within NATS's default maximum is not
         // carried (the letter says how big it was): a letter nats-server refuses is lost.
         let mut payload = message.payload.clone();
-        if payload.len() > crate::messaging::MAX_MESSAGE_BYTES - DEAD_LETTER_HEADROOM {
+        let size = |headers: &[(String, String)]| {
+            headers
+                .iter()
+                .map(|(name, value)| name.len() + value.len() + 4)
+                .sum::<usize>()
+        };
+        let limit = crate::messaging::MAX_MESSAGE_BYTES - DEAD_LETTER_HEADROOM;
+        if payload.len() + size(&headers) > limit {
             headers.push((
                 "Shoal-Payload-Dropped".to_owned(),
                 payload.len().to_string(),
             ));
             payload = bytes::Bytes::new();
+        }
+        if size(&headers) > limit {
+            // The message's own headers alone are too many: the letter keeps Shoal's.
+            headers.retain(|(name, _)| name.starts_with("Shoal-"));
         }
         match self
             .lattice

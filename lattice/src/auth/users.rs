@@ -116,14 +116,15 @@ pub(super) fn store_permissions(lattice: &str, host: &str, grants: AppGrants<'_>
             ));
         }
     }
-    // Answers to the requests among its core NATS triggers' messages go to the requesters'
-    // inboxes (the host answers on `_INBOX.…` only). Not a `responses` permission: that
-    // would let it publish to whatever reply subject a sender named, a bucket's key too.
+    // Answers to the requests among its core NATS triggers' messages go to the askers'
+    // inboxes: people's and apps' (the host answers on those only). Not a `responses`
+    // permission, which would let it publish to whatever reply subject a sender named (a
+    // bucket's key too), nor hosts' or schedulers' inboxes.
     if triggers
         .iter()
         .any(|trigger| trigger.core_subject().is_some())
     {
-        publish.push("_INBOX.>".to_owned());
+        publish.extend(crate::store::ASKER_INBOXES.map(str::to_owned));
     }
     // Replies on an inbox of its own, not the host's: whoever holds the credential (a
     // host that no longer runs the app, one that lied about its id) hears nothing of the
