@@ -203,6 +203,14 @@ pub struct AppMessage {
     pub reply: Option<String>,
 }
 
+/// An error of sending or receiving apps' messages.
+fn message_error(source: crate::Cause) -> Error {
+    Error::Request {
+        bucket: "messages".to_owned(),
+        source,
+    }
+}
+
 /// `headers` as NATS headers.
 fn header_map(headers: &[(String, String)]) -> Result<async_nats::HeaderMap, crate::Cause> {
     let mut map = async_nats::HeaderMap::new();
@@ -531,10 +539,10 @@ impl Lattice {
     /// # Errors
     /// [`Error::Request`] when the connection is gone.
     pub async fn flush(&self) -> Result<(), Error> {
-        self.client.flush().await.map_err(|error| Error::Request {
-            bucket: "messages".to_owned(),
-            source: error.into(),
-        })
+        self.client
+            .flush()
+            .await
+            .map_err(|error| message_error(error.into()))
     }
 
     /// The JetStream context of the lattice's state (in its domain, when it has one).
@@ -556,10 +564,7 @@ impl Lattice {
         headers: &[(String, String)],
         payload: bytes::Bytes,
     ) -> Result<(), Error> {
-        let failed = |source: crate::Cause| Error::Request {
-            bucket: "messages".to_owned(),
-            source,
-        };
+        let failed = message_error;
         let map = header_map(headers).map_err(failed)?;
         self.client
             .publish_with_headers(
@@ -587,10 +592,7 @@ impl Lattice {
         replies: usize,
     ) -> Result<Vec<AppMessage>, Error> {
         use futures_util::StreamExt as _;
-        let failed = |source: crate::Cause| Error::Request {
-            bucket: "messages".to_owned(),
-            source,
-        };
+        let failed = message_error;
         let inbox = self.client.new_inbox();
         let mut answers = self
             .client
@@ -654,10 +656,7 @@ impl Lattice {
         headers: &[(String, String)],
         payload: bytes::Bytes,
     ) -> Result<(), Error> {
-        let failed = |source: crate::Cause| Error::Request {
-            bucket: "messages".to_owned(),
-            source,
-        };
+        let failed = message_error;
         if !is_reply_inbox(reply) {
             return Err(failed(
                 format!("{reply:?} is not an inbox: Shoal answers only on _INBOX.… subjects")
@@ -692,10 +691,7 @@ impl Lattice {
                 queue.to_owned(),
             )
             .await
-            .map_err(|error| Error::Request {
-                bucket: "messages".to_owned(),
-                source: error.into(),
-            })?;
+            .map_err(|error| message_error(error.into()))?;
         Ok(subscriber
             .filter_map(move |message| {
                 let subject = message.subject.strip_prefix(prefix.as_str()).map(str::to_owned);
