@@ -5,10 +5,13 @@
 //! the replica's inbox) and answers to the messages that asked for one (on the asker's
 //! inbox, `_INBOX.…`, only); and the `incoming-handler` export, which the messages of its
 //! app's triggers are handed to (`spec.triggers`, see `agent::triggers`). The WIT is
-//! upstream's, in `host/wit-messaging`.
+//! upstream's, in `host/wit-messaging`. wasmCloud's own messaging interface is in
+//! [`wasmcloud`].
 //!
 //! A message's metadata and content type travel as NATS headers. Clients are handles on
 //! the replica's one connection: `connect` takes any name and opens nothing.
+
+mod wasmcloud;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -275,33 +278,13 @@ pub mod handler {
     });
 }
 
-/// wasmCloud's `wasmcloud:messaging@0.2.0`: the consumer guests import.
-mod wasmcloud {
-    wasmtime::component::bindgen!({
-        path: "wit-wasmcloud-messaging",
-        world: "wasmcloud:messaging/imports",
-        imports: { default: async | trappable },
-    });
-}
-
-/// wasmCloud's message handler, as a component exports it.
-mod wasmcloud_handler {
-    wasmtime::component::bindgen!({
-        path: "wit-wasmcloud-messaging",
-        world: "wasmcloud:messaging/handler-world",
-        imports: { default: async | trappable },
-        exports: { default: async },
-        with: { "wasmcloud:messaging/types": super::wasmcloud::wasmcloud::messaging::types },
-    });
-}
-
 /// A component's message handler, linked ahead of its instances: `wasi:messaging`'s
 /// `incoming-handler` or wasmCloud's `handler`.
 pub enum MessageHandlerPre<T: 'static> {
     /// `wasi:messaging/incoming-handler@0.2.0-draft`.
     Wasi(handler::HandlerPre<T>),
     /// `wasmcloud:messaging/handler@0.2.0`.
-    WasmCloud(wasmcloud_handler::HandlerWorldPre<T>),
+    WasmCloud(wasmcloud::HandlerWorldPre<T>),
 }
 
 impl<T: HasMessaging + Send + 'static> MessageHandlerPre<T> {
@@ -310,7 +293,7 @@ impl<T: HasMessaging + Send + 'static> MessageHandlerPre<T> {
         if let Ok(wasi) = handler::HandlerPre::new(pre.clone()) {
             return Some(Self::Wasi(wasi));
         }
-        wasmcloud_handler::HandlerWorldPre::new(pre.clone())
+        wasmcloud::HandlerWorldPre::new(pre.clone())
             .ok()
             .map(Self::WasmCloud)
     }
@@ -339,7 +322,7 @@ impl<T: HasMessaging + Send + 'static> MessageHandlerPre<T> {
                 let handler = pre.instantiate_async(&mut *store).await?;
                 let reply_to = message.reply.as_ref().map(|reply| reply.subject.clone());
                 *store.data_mut().messaging().answering = message.reply;
-                let message = wasmcloud::wasmcloud::messaging::types::BrokerMessage {
+                let message = wasmcloud::BrokerMessage {
                     subject: message.topic.unwrap_or_default(),
                     body: message.data,
                     reply_to,
@@ -616,96 +599,6 @@ impl request_reply::Host for MessagingView<'_> {
     }
 }
 
-impl wasmcloud::wasmcloud::messaging::types::Host for MessagingView<'_> {}
-
-impl wasmcloud::wasmcloud::messaging::consumer::Host for MessagingView<'_> {
-    async fn request(
-        &mut self,
-        subject: String,
-        body: Vec<u8>,
-        timeout_ms: u32,
-    ) -> wasmtime::Result<Result<wasmcloud::wasmcloud::messaging::types::BrokerMessage, String>>
-    {
-        if body.len() > MAX_MESSAGE_BYTES {
-            return Ok(Err(format!(
-                "a message carries at most {MAX_MESSAGE_BYTES} bytes"
-            )));
-        }
-        if !shoal_lattice::names::is_message_subject(&subject, false) {
-            return Ok(Err(format!(
-                "{subject:?} is not a message subject (dot-separated tokens of letters, digits, - and _)"
-            )));
-        }
-        let Some(publisher) = self.publisher else {
-            return Ok(Err(format!(
-                "permission denied: the app may publish to no subject (spec.publish): not {subject}"
-            )));
-        };
-        let timeout = std::time::Duration::from_millis(u64::from(timeout_ms));
-        Ok(
-            match publisher
-                .0
-                .request(&subject, Vec::new(), body, timeout, 1)
-                .await
-            {
-                Ok(answers) => match answers.into_iter().next() {
-                    Some((subject, _, body)) => {
-                        Ok(wasmcloud::wasmcloud::messaging::types::BrokerMessage {
-                            subject,
-                            body,
-                            reply_to: None,
-                        })
-                    }
-                    None => Err(format!("no answer on {subject}")),
-                },
-                Err(error) => Err(format!("{:?}", guest_error(error))),
-            },
-        )
-    }
-
-    async fn publish(
-        &mut self,
-        message: wasmcloud::wasmcloud::messaging::types::BrokerMessage,
-    ) -> wasmtime::Result<Result<(), String>> {
-        if message.body.len() > MAX_MESSAGE_BYTES {
-            return Ok(Err(format!(
-                "a message carries at most {MAX_MESSAGE_BYTES} bytes"
-            )));
-        }
-        let Some(publisher) = self.publisher else {
-            return Ok(Err(format!(
-                "permission denied: the app may publish to no subject (spec.publish): not {}",
-                message.subject
-            )));
-        };
-        // An answer to the request being handled: wasmCloud's components publish to its
-        // reply subject, which goes out on the connection the request came on. No other
-        // inbox: a component answers what it was asked, not whoever it heard of.
-        if let Some(answering) = self
-            .answering
-            .as_ref()
-            .filter(|reply| reply.subject == message.subject)
-        {
-            return Ok(answering
-                .via
-                .reply(&answering.subject, Vec::new(), message.body)
-                .await
-                .map_err(|error| format!("{:?}", guest_error(error))));
-        }
-        if !shoal_lattice::names::is_message_subject(&message.subject, false) {
-            return Ok(Err(format!(
-                "{:?} is not a message subject (dot-separated tokens of letters, digits, - and _)",
-                message.subject
-            )));
-        }
-        Ok(publisher
-            .0
-            .publish(&message.subject, Vec::new(), message.body)
-            .await
-            .map_err(|error| format!("{:?}", guest_error(error))))
-    }
-}
-
 /// Adds `wasi:messaging`'s `types`, `producer` and `request-reply`, and wasmCloud's
 /// `consumer`, to `linker`.
 ///
@@ -717,14 +610,7 @@ pub fn add_to_linker<T: HasMessaging + Send + 'static>(
     types::add_to_linker::<T, HasMessagingView>(linker, T::messaging)?;
     producer::add_to_linker::<T, HasMessagingView>(linker, T::messaging)?;
     request_reply::add_to_linker::<T, HasMessagingView>(linker, T::messaging)?;
-    wasmcloud::wasmcloud::messaging::types::add_to_linker::<T, HasMessagingView>(
-        linker,
-        T::messaging,
-    )?;
-    wasmcloud::wasmcloud::messaging::consumer::add_to_linker::<T, HasMessagingView>(
-        linker,
-        T::messaging,
-    )
+    wasmcloud::add_to_linker(linker)
 }
 
 #[cfg(test)]
