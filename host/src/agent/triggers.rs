@@ -144,9 +144,7 @@ impl Running<'_> {
     fn app(&self) -> String {
         format!("{}/{}", self.grants.namespace, self.grants.app)
     }
-}
 
-impl Running<'_> {
     /// Whether the replica's credential changed since the connection was made.
     fn renewed(&self) -> bool {
         self.grants.access() != *self.access

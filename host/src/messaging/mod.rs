@@ -179,6 +179,14 @@ impl Message {
         }
     }
 
+    /// A message a guest sends with `data` and nothing else (wasmCloud's carry no metadata).
+    fn outgoing(data: Vec<u8>) -> Self {
+        Self {
+            data,
+            ..Self::default()
+        }
+    }
+
     /// The same message, answered on `subject` through `via` (the connection it came on).
     pub fn replying_to(self, subject: String, via: Arc<dyn Replier>) -> Self {
         Self {
@@ -228,6 +236,25 @@ impl<'a> MessagingView<'a> {
             publisher,
             answering,
         }
+    }
+}
+
+impl<'a> MessagingView<'a> {
+    /// The publisher a guest's `message` on `topic` goes out through, once the topic is a
+    /// message subject, the message fits, and the app may publish at all (the publisher
+    /// checks the topic against the app's grants).
+    fn sender(&self, topic: &str, message: &Message) -> Result<&'a PublisherLink, Error> {
+        if !shoal_lattice::names::is_message_subject(topic, false) {
+            return Err(Error::Other(format!(
+                "{topic:?} is not a message subject (dot-separated tokens of letters, digits, - and _)"
+            )));
+        }
+        message.check()?;
+        self.publisher.ok_or_else(|| {
+            Error::PermissionDenied(format!(
+                "the app may publish to no subject (spec.publish): not {topic}"
+            ))
+        })
     }
 }
 
@@ -375,10 +402,7 @@ impl types::HostClient for MessagingView<'_> {
 
 impl types::HostMessage for MessagingView<'_> {
     async fn new(&mut self, data: Vec<u8>) -> wasmtime::Result<Resource<Message>> {
-        Ok(self.table.push(Message {
-            data,
-            ..Message::default()
-        })?)
+        Ok(self.table.push(Message::outgoing(data))?)
     }
 
     async fn topic(&mut self, message: Resource<Message>) -> wasmtime::Result<Option<String>> {
@@ -471,18 +495,9 @@ impl producer::Host for MessagingView<'_> {
         message: Resource<Message>,
     ) -> wasmtime::Result<Result<(), Error>> {
         let message = self.table.delete(message)?;
-        if !shoal_lattice::names::is_message_subject(&topic, false) {
-            return Ok(Err(Error::Other(format!(
-                "{topic:?} is not a message subject (dot-separated tokens of letters, digits, - and _)"
-            ))));
-        }
-        if let Err(error) = message.check() {
-            return Ok(Err(error));
-        }
-        let Some(publisher) = self.publisher else {
-            return Ok(Err(Error::PermissionDenied(format!(
-                "the app may publish to no subject (spec.publish): not {topic}"
-            ))));
+        let publisher = match self.sender(&topic, &message) {
+            Ok(publisher) => publisher,
+            Err(error) => return Ok(Err(error)),
         };
         let headers = message.headers();
         Ok(publisher
@@ -545,18 +560,9 @@ impl request_reply::Host for MessagingView<'_> {
             None => RequestOptions::default(),
         };
         let message = self.table.get(&message)?;
-        if !shoal_lattice::names::is_message_subject(&topic, false) {
-            return Ok(Err(Error::Other(format!(
-                "{topic:?} is not a message subject (dot-separated tokens of letters, digits, - and _)"
-            ))));
-        }
-        if let Err(error) = message.check() {
-            return Ok(Err(error));
-        }
-        let Some(publisher) = self.publisher else {
-            return Ok(Err(Error::PermissionDenied(format!(
-                "the app may publish to no subject (spec.publish): not {topic}"
-            ))));
+        let publisher = match self.sender(&topic, message) {
+            Ok(publisher) => publisher,
+            Err(error) => return Ok(Err(error)),
         };
         let (headers, data) = (message.headers(), message.data.clone());
         let replies = options.replies.unwrap_or(1).clamp(1, MAX_REPLIES);

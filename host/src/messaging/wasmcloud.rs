@@ -3,7 +3,7 @@
 //! and request on the subjects the app grants, relative to its namespace; a publish to the
 //! reply subject of the message being handled is its answer) and its `handler` export.
 
-use super::{HasMessaging, HasMessagingView, MAX_MESSAGE_BYTES, MessagingView, guest_error};
+use super::{HasMessaging, HasMessagingView, Message, MessagingView, guest_error};
 use wasmtime::component::Linker;
 
 /// The consumer guests import.
@@ -56,21 +56,12 @@ impl bindings::wasmcloud::messaging::consumer::Host for MessagingView<'_> {
         timeout_ms: u32,
     ) -> wasmtime::Result<Result<bindings::wasmcloud::messaging::types::BrokerMessage, String>>
     {
-        if body.len() > MAX_MESSAGE_BYTES {
-            return Ok(Err(format!(
-                "a message carries at most {MAX_MESSAGE_BYTES} bytes"
-            )));
-        }
-        if !shoal_lattice::names::is_message_subject(&subject, false) {
-            return Ok(Err(format!(
-                "{subject:?} is not a message subject (dot-separated tokens of letters, digits, - and _)"
-            )));
-        }
-        let Some(publisher) = self.publisher else {
-            return Ok(Err(format!(
-                "permission denied: the app may publish to no subject (spec.publish): not {subject}"
-            )));
+        let message = Message::outgoing(body);
+        let publisher = match self.sender(&subject, &message) {
+            Ok(publisher) => publisher,
+            Err(error) => return Ok(Err(format!("{error:?}"))),
         };
+        let body = message.data;
         let timeout = std::time::Duration::from_millis(u64::from(timeout_ms));
         Ok(
             match publisher
@@ -97,40 +88,31 @@ impl bindings::wasmcloud::messaging::consumer::Host for MessagingView<'_> {
         &mut self,
         message: bindings::wasmcloud::messaging::types::BrokerMessage,
     ) -> wasmtime::Result<Result<(), String>> {
-        if message.body.len() > MAX_MESSAGE_BYTES {
-            return Ok(Err(format!(
-                "a message carries at most {MAX_MESSAGE_BYTES} bytes"
-            )));
+        let (subject, outgoing) = (message.subject, Message::outgoing(message.body));
+        if let Err(error) = outgoing.check() {
+            return Ok(Err(format!("{error:?}")));
         }
-        let Some(publisher) = self.publisher else {
-            return Ok(Err(format!(
-                "permission denied: the app may publish to no subject (spec.publish): not {}",
-                message.subject
-            )));
-        };
         // An answer to the request being handled: wasmCloud's components publish to its
         // reply subject, which goes out on the connection the request came on. No other
         // inbox: a component answers what it was asked, not whoever it heard of.
         if let Some(answering) = self
             .answering
             .as_ref()
-            .filter(|reply| reply.subject == message.subject)
+            .filter(|reply| reply.subject == subject)
         {
             return Ok(answering
                 .via
-                .reply(&answering.subject, Vec::new(), message.body)
+                .reply(&answering.subject, Vec::new(), outgoing.data)
                 .await
                 .map_err(|error| format!("{:?}", guest_error(error))));
         }
-        if !shoal_lattice::names::is_message_subject(&message.subject, false) {
-            return Ok(Err(format!(
-                "{:?} is not a message subject (dot-separated tokens of letters, digits, - and _)",
-                message.subject
-            )));
-        }
+        let publisher = match self.sender(&subject, &outgoing) {
+            Ok(publisher) => publisher,
+            Err(error) => return Ok(Err(format!("{error:?}"))),
+        };
         Ok(publisher
             .0
-            .publish(&message.subject, Vec::new(), message.body)
+            .publish(&subject, Vec::new(), outgoing.data)
             .await
             .map_err(|error| format!("{:?}", guest_error(error))))
     }
