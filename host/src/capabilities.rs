@@ -64,10 +64,13 @@ pub(crate) const CAPABILITIES: &[Capability] = &[
         add: |linker| crate::keyvalue::add_to_linker(linker),
     },
     Capability {
-        name: "wasi:messaging 0.2 (draft: types, producer)",
+        name: "wasi:messaging 0.2 (draft: types, producer, request-reply), wasmcloud:messaging 0.2",
         interfaces: &[
             ("wasi:messaging/types", "0.2"),
             ("wasi:messaging/producer", "0.2"),
+            ("wasi:messaging/request-reply", "0.2"),
+            ("wasmcloud:messaging/types", "0.2"),
+            ("wasmcloud:messaging/consumer", "0.2"),
         ],
         wasi_03: false,
         add: |linker| crate::messaging::add_to_linker(linker),
@@ -143,6 +146,8 @@ mod tests {
             "wasi:keyvalue/store@0.1.0",
             "shoal-fixtures:unsupported/store",
             "wasi:clocks/monotonic-clock@0.3.0",
+            "wasi:messaging/request-reply@0.2.0-draft",
+            "wasmcloud:messaging/consumer@0.2.0",
         ];
         assert_eq!(
             missing(imports, true),
